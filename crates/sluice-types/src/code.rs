@@ -1,0 +1,125 @@
+//! Stable error codes carried on the wire.
+//!
+//! The numbers follow the streaming error table of the system Sluice is modelled on. A code is
+//! never renumbered and a retired code is never reused; `codes_are_pinned` below enforces it.
+
+use std::fmt;
+
+/// A stable streaming error code.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u32)]
+pub enum ErrorCode {
+    /// The WAL of the pchannel is not on this node.
+    ChannelNotExist = 1,
+    /// The WAL was fenced by a newer term.
+    ChannelFenced = 2,
+    /// The component is shutting down.
+    OnShutdown = 3,
+    /// Protocol misuse: a request out of sequence.
+    InvalidRequestSeq = 4,
+    /// The request's term does not match the WAL's.
+    UnmatchedChannelTerm = 5,
+    /// A stale request that was ignored.
+    IgnoredOperation = 6,
+    /// An internal error.
+    Inner = 7,
+    /// Bad input.
+    InvalidArgument = 8,
+    /// The transaction expired or is unknown.
+    TransactionExpired = 9,
+    /// The transaction is not in a state that allows the operation.
+    InvalidTransactionState = 10,
+    /// The operation will never succeed.
+    Unrecoverable = 11,
+    /// A broadcast resource key is held.
+    ResourceAcquired = 12,
+    /// Anything else.
+    Unknown = 999,
+}
+
+impl ErrorCode {
+    /// Every code.
+    pub const ALL: [ErrorCode; 13] = [
+        ErrorCode::ChannelNotExist,
+        ErrorCode::ChannelFenced,
+        ErrorCode::OnShutdown,
+        ErrorCode::InvalidRequestSeq,
+        ErrorCode::UnmatchedChannelTerm,
+        ErrorCode::IgnoredOperation,
+        ErrorCode::Inner,
+        ErrorCode::InvalidArgument,
+        ErrorCode::TransactionExpired,
+        ErrorCode::InvalidTransactionState,
+        ErrorCode::Unrecoverable,
+        ErrorCode::ResourceAcquired,
+        ErrorCode::Unknown,
+    ];
+
+    /// The wire number.
+    pub fn number(self) -> u32 {
+        self as u32
+    }
+
+    /// The code with wire number `n`; unknown numbers map to [`ErrorCode::Unknown`].
+    pub fn from_number(n: u32) -> ErrorCode {
+        ErrorCode::ALL
+            .iter()
+            .copied()
+            .find(|c| c.number() == n)
+            .unwrap_or(ErrorCode::Unknown)
+    }
+
+    /// The upper-case name used in logs and messages, e.g. `CHANNEL_FENCED`.
+    pub fn name(self) -> &'static str {
+        match self {
+            ErrorCode::ChannelNotExist => "CHANNEL_NOT_EXIST",
+            ErrorCode::ChannelFenced => "CHANNEL_FENCED",
+            ErrorCode::OnShutdown => "ON_SHUTDOWN",
+            ErrorCode::InvalidRequestSeq => "INVALID_REQUEST_SEQ",
+            ErrorCode::UnmatchedChannelTerm => "UNMATCHED_CHANNEL_TERM",
+            ErrorCode::IgnoredOperation => "IGNORED_OPERATION",
+            ErrorCode::Inner => "INNER",
+            ErrorCode::InvalidArgument => "INVALID_ARGUMENT",
+            ErrorCode::TransactionExpired => "TRANSACTION_EXPIRED",
+            ErrorCode::InvalidTransactionState => "INVALID_TRANSACTION_STATE",
+            ErrorCode::Unrecoverable => "UNRECOVERABLE",
+            ErrorCode::ResourceAcquired => "RESOURCE_ACQUIRED",
+            ErrorCode::Unknown => "UNKNOWN",
+        }
+    }
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_are_pinned() {
+        let pinned: Vec<(u32, &str)> = ErrorCode::ALL.iter().map(|c| (c.number(), c.name())).collect();
+        assert_eq!(
+            pinned,
+            [
+                (1, "CHANNEL_NOT_EXIST"),
+                (2, "CHANNEL_FENCED"),
+                (3, "ON_SHUTDOWN"),
+                (4, "INVALID_REQUEST_SEQ"),
+                (5, "UNMATCHED_CHANNEL_TERM"),
+                (6, "IGNORED_OPERATION"),
+                (7, "INNER"),
+                (8, "INVALID_ARGUMENT"),
+                (9, "TRANSACTION_EXPIRED"),
+                (10, "INVALID_TRANSACTION_STATE"),
+                (11, "UNRECOVERABLE"),
+                (12, "RESOURCE_ACQUIRED"),
+                (999, "UNKNOWN"),
+            ]
+        );
+        assert_eq!(ErrorCode::from_number(4242), ErrorCode::Unknown);
+    }
+}

@@ -1,0 +1,16 @@
+//! Sluice's shared vocabulary: ids, channel names, timestamps, the message model, the on-log
+//! record codec and the stable error codes. Everything above this crate speaks these types; it
+//! has no heavy dependencies on purpose.
+
+pub mod channel;
+pub mod code;
+pub mod codec;
+pub mod error;
+pub mod ids;
+pub mod message;
+
+pub use channel::{PChannel, VChannel};
+pub use code::ErrorCode;
+pub use error::{CodecError, ParseError};
+pub use ids::{CollectionId, MessageId, PartitionId, SegmentId, Term, Timestamp, TxnId};
+pub use message::{ImmutableMessage, Message, MessageType, MutableMessage};

@@ -1,0 +1,756 @@
+//! The message model.
+//!
+//! A message is exactly `{payload: bytes, properties: map<string, string>}` — the envelope that
+//! every backend stores verbatim. Properties whose key starts with `_` are reserved for the
+//! system (see [`keys`]); user properties may not start with `_`.
+//!
+//! Two shapes exist so that the type system keeps the life cycle straight:
+//! * [`MutableMessage`] — built by a producer, stamped by the WAL (timestamp, term,
+//!   last-confirmed id, txn context) and consumed by `append`. It has no id.
+//! * [`ImmutableMessage`] — what a log returns after the append: the same envelope plus its
+//!   [`MessageId`]. It cannot be turned back into a mutable message, so it cannot be appended
+//!   again, and there is no way to read a message that has no id.
+
+mod header;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::ops::Deref;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use bytes::Bytes;
+
+pub use header::*;
+
+use crate::channel::VChannel;
+use crate::error::ParseError;
+use crate::ids::{MessageId, Term, Timestamp};
+
+/// Reserved property keys. Every key starting with `_` is reserved.
+pub mod keys {
+    /// Message version (decimal).
+    pub const VERSION: &str = "_v";
+    /// Message type (decimal [`super::MessageType`] number).
+    pub const TYPE: &str = "_t";
+    /// Timestamp assigned by the WAL (base-36).
+    pub const TIMESTAMP: &str = "_tt";
+    /// Barrier timestamp: the append must get a timestamp ≥ this (base-36).
+    pub const BARRIER_TIMESTAMP: &str = "_btt";
+    /// The WAL term that wrote the message (base-36).
+    pub const TERM: &str = "_wt";
+    /// Last-confirmed message id (32 hex digits).
+    pub const LAST_CONFIRMED: &str = "_lc";
+    /// Flag: the last-confirmed id is the message's own id (value empty).
+    pub const LAST_CONFIRMED_IS_SELF: &str = "_lcs";
+    /// Vchannel (absent = every vchannel of the pchannel).
+    pub const VCHANNEL: &str = "_vc";
+    /// Broadcast header (base64 protobuf).
+    pub const BROADCAST_HEADER: &str = "_bh";
+    /// Typed header (base64 protobuf).
+    pub const HEADER: &str = "_h";
+    /// Transaction context (base64 protobuf).
+    pub const TXN_CONTEXT: &str = "_tx";
+    /// Flag: not persisted (only TimeTick may carry it; value empty).
+    pub const NOT_PERSISTED: &str = "_np";
+}
+
+/// The message format version this build writes.
+pub const MESSAGE_VERSION: u32 = 2;
+
+/// Every kind of message, with its stable wire number.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[repr(u32)]
+pub enum MessageType {
+    /// Timestamp progress marker (system, self-controlled).
+    TimeTick = 1,
+    /// Rows for a collection (DML).
+    Insert = 2,
+    /// Primary keys to delete (DML).
+    Delete = 3,
+    /// One sealed segment is complete (self-controlled).
+    Flush = 4,
+    /// A collection is created (exclusive).
+    CreateCollection = 5,
+    /// A collection is dropped (exclusive).
+    DropCollection = 6,
+    /// A partition is created (exclusive).
+    CreatePartition = 7,
+    /// A partition is dropped (exclusive).
+    DropPartition = 8,
+    /// Seal every growing segment of a collection (exclusive).
+    ManualFlush = 9,
+    /// A new growing segment (self-controlled).
+    CreateSegment = 10,
+    /// Bulk import.
+    Import = 11,
+    /// New collection schema (exclusive).
+    SchemaChange = 12,
+    /// Opens a transaction (system).
+    BeginTxn = 900,
+    /// Commits a transaction (system).
+    CommitTxn = 901,
+    /// Rolls back a transaction (system).
+    RollbackTxn = 902,
+    /// A committed transaction as one message; read side only, never persisted (system).
+    Txn = 999,
+}
+
+impl MessageType {
+    /// Every message type.
+    pub const ALL: [MessageType; 16] = [
+        MessageType::TimeTick,
+        MessageType::Insert,
+        MessageType::Delete,
+        MessageType::Flush,
+        MessageType::CreateCollection,
+        MessageType::DropCollection,
+        MessageType::CreatePartition,
+        MessageType::DropPartition,
+        MessageType::ManualFlush,
+        MessageType::CreateSegment,
+        MessageType::Import,
+        MessageType::SchemaChange,
+        MessageType::BeginTxn,
+        MessageType::CommitTxn,
+        MessageType::RollbackTxn,
+        MessageType::Txn,
+    ];
+
+    /// The stable wire number.
+    pub fn number(self) -> u32 {
+        self as u32
+    }
+
+    /// The type with wire number `n`.
+    pub fn from_number(n: u32) -> Result<MessageType, ParseError> {
+        MessageType::ALL
+            .iter()
+            .copied()
+            .find(|t| t.number() == n)
+            .ok_or(ParseError::MessageType(n))
+    }
+
+    /// System messages pass every type filter and cannot be appended directly by clients.
+    pub fn is_system(self) -> bool {
+        matches!(
+            self,
+            MessageType::TimeTick
+                | MessageType::BeginTxn
+                | MessageType::CommitTxn
+                | MessageType::RollbackTxn
+                | MessageType::Txn
+        )
+    }
+
+    /// Self-controlled messages are only ever written by the streaming node itself.
+    pub fn is_self_controlled(self) -> bool {
+        matches!(
+            self,
+            MessageType::TimeTick | MessageType::CreateSegment | MessageType::Flush
+        )
+    }
+
+    /// Exclusive messages take an exclusive lock on their vchannel while appended.
+    pub fn is_exclusive(self) -> bool {
+        matches!(
+            self,
+            MessageType::CreateCollection
+                | MessageType::DropCollection
+                | MessageType::CreatePartition
+                | MessageType::DropPartition
+                | MessageType::ManualFlush
+                | MessageType::SchemaChange
+        )
+    }
+
+    /// Messages that may be the body of a client transaction.
+    pub fn allowed_in_txn(self) -> bool {
+        matches!(self, MessageType::Insert | MessageType::Delete)
+    }
+}
+
+impl fmt::Display for MessageType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self, f)
+    }
+}
+
+/// The property map of a message.
+pub type Properties = BTreeMap<String, String>;
+
+/// The envelope shared by both message shapes: payload bytes and properties.
+///
+/// Accessors parse reserved properties on demand; a malformed value is a [`ParseError`], never a
+/// panic, because envelopes come from logs and from the network.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Message {
+    payload: Bytes,
+    properties: Properties,
+}
+
+impl fmt::Debug for Message {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Message")
+            .field("payload_len", &self.payload.len())
+            .field("properties", &self.properties)
+            .finish()
+    }
+}
+
+fn encode_base36(mut v: u64) -> String {
+    const DIGITS: &[u8; 36] = b"0123456789abcdefghijklmnopqrstuvwxyz";
+    if v == 0 {
+        return "0".to_owned();
+    }
+    let mut buf = [0u8; 13];
+    let mut i = buf.len();
+    while v > 0 {
+        i -= 1;
+        buf[i] = DIGITS[(v % 36) as usize];
+        v /= 36;
+    }
+    buf[i..].iter().map(|&b| b as char).collect()
+}
+
+fn cut(s: &str) -> String {
+    s.chars().take(64).collect()
+}
+
+impl Message {
+    /// An envelope from raw parts, as decoded from a log or the wire. The type property must be
+    /// present and known; nothing else is checked until it is read.
+    pub fn from_parts(payload: Bytes, properties: Properties) -> Result<Message, ParseError> {
+        let msg = Message {
+            payload,
+            properties,
+        };
+        msg.message_type()?;
+        Ok(msg)
+    }
+
+    /// The payload (the serialized body).
+    pub fn payload(&self) -> &Bytes {
+        &self.payload
+    }
+
+    /// Every property, reserved ones included.
+    pub fn properties(&self) -> &Properties {
+        &self.properties
+    }
+
+    /// One property.
+    pub fn property(&self, key: &str) -> Option<&str> {
+        self.properties.get(key).map(String::as_str)
+    }
+
+    /// The user properties (keys not starting with `_`).
+    pub fn user_properties(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.properties
+            .iter()
+            .filter(|(k, _)| !k.starts_with('_'))
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+    }
+
+    /// Bytes counted against every buffer limit: payload plus every property key and value.
+    pub fn estimate_size(&self) -> usize {
+        self.payload.len()
+            + self
+                .properties
+                .iter()
+                .map(|(k, v)| k.len() + v.len())
+                .sum::<usize>()
+    }
+
+    fn parse_u64(&self, key: &'static str, radix: u32) -> Result<Option<u64>, ParseError> {
+        match self.properties.get(key) {
+            None => Ok(None),
+            Some(v) => u64::from_str_radix(v, radix)
+                .map(Some)
+                .map_err(|_| ParseError::Property {
+                    key,
+                    value: cut(v),
+                    reason: "not a number",
+                }),
+        }
+    }
+
+    fn decode_proto<P: prost::Message + Default>(
+        &self,
+        key: &'static str,
+    ) -> Result<Option<P>, ParseError> {
+        let Some(v) = self.properties.get(key) else {
+            return Ok(None);
+        };
+        let bad = |reason| ParseError::Property {
+            key,
+            value: cut(v),
+            reason,
+        };
+        let bytes = BASE64.decode(v).map_err(|_| bad("not base64"))?;
+        P::decode(bytes.as_slice())
+            .map(Some)
+            .map_err(|_| bad("not a valid protobuf"))
+    }
+
+    /// The message type.
+    pub fn message_type(&self) -> Result<MessageType, ParseError> {
+        let n = self
+            .parse_u64(keys::TYPE, 10)?
+            .ok_or(ParseError::MissingProperty(keys::TYPE))?;
+        let n = u32::try_from(n).map_err(|_| ParseError::Property {
+            key: keys::TYPE,
+            value: n.to_string(),
+            reason: "out of range",
+        })?;
+        MessageType::from_number(n)
+    }
+
+    /// The message format version (absent = 0).
+    pub fn version(&self) -> Result<u32, ParseError> {
+        let v = self.parse_u64(keys::VERSION, 10)?.unwrap_or(0);
+        u32::try_from(v).map_err(|_| ParseError::Property {
+            key: keys::VERSION,
+            value: v.to_string(),
+            reason: "out of range",
+        })
+    }
+
+    /// The timestamp the WAL assigned, if any.
+    pub fn timestamp(&self) -> Result<Option<Timestamp>, ParseError> {
+        Ok(self.parse_u64(keys::TIMESTAMP, 36)?.map(Timestamp))
+    }
+
+    /// The barrier timestamp the append asked for, if any.
+    pub fn barrier_timestamp(&self) -> Result<Option<Timestamp>, ParseError> {
+        Ok(self.parse_u64(keys::BARRIER_TIMESTAMP, 36)?.map(Timestamp))
+    }
+
+    /// The term of the WAL that wrote the message, if stamped.
+    pub fn term(&self) -> Result<Option<Term>, ParseError> {
+        Ok(self.parse_u64(keys::TERM, 36)?.map(Term))
+    }
+
+    /// The vchannel, or `None` for a message addressed to every vchannel of the pchannel.
+    pub fn vchannel(&self) -> Result<Option<VChannel>, ParseError> {
+        match self.properties.get(keys::VCHANNEL) {
+            None => Ok(None),
+            Some(v) if v.is_empty() => Ok(None),
+            Some(v) => VChannel::new(v).map(Some),
+        }
+    }
+
+    /// The vchannel name as stored, without parsing (`None` = every vchannel).
+    pub fn vchannel_str(&self) -> Option<&str> {
+        self.property(keys::VCHANNEL).filter(|v| !v.is_empty())
+    }
+
+    /// Whether the message is flagged as not persisted.
+    pub fn is_not_persisted(&self) -> bool {
+        self.properties.contains_key(keys::NOT_PERSISTED)
+    }
+
+    /// The transaction context, if the message is part of a transaction.
+    pub fn txn_context(&self) -> Result<Option<TxnContext>, ParseError> {
+        self.decode_proto(keys::TXN_CONTEXT)
+    }
+
+    /// The broadcast header, if the message is one copy of a broadcast.
+    pub fn broadcast_header(&self) -> Result<Option<BroadcastHeader>, ParseError> {
+        self.decode_proto(keys::BROADCAST_HEADER)
+    }
+
+    /// The typed header. Fails when `H` is not the header of this message's type.
+    pub fn header<H: MessageHeader>(&self) -> Result<H, ParseError> {
+        let actual = self.message_type()?;
+        if actual != H::TYPE {
+            return Err(ParseError::HeaderType {
+                expected: H::TYPE,
+                actual,
+            });
+        }
+        Ok(self.decode_proto(keys::HEADER)?.unwrap_or_default())
+    }
+
+    fn set(&mut self, key: &str, value: String) {
+        self.properties.insert(key.to_owned(), value);
+    }
+
+    fn set_proto<P: prost::Message>(&mut self, key: &str, p: &P) {
+        self.set(key, BASE64.encode(p.encode_to_vec()));
+    }
+}
+
+/// A message before it is appended: built by a producer, stamped by the WAL, consumed by
+/// `append`. Reading its envelope goes through `Deref<Target = Message>`.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct MutableMessage {
+    msg: Message,
+}
+
+impl Deref for MutableMessage {
+    type Target = Message;
+    fn deref(&self) -> &Message {
+        &self.msg
+    }
+}
+
+impl MutableMessage {
+    /// Starts a message of the header's type.
+    pub fn builder<H: MessageHeader>(header: H) -> MessageBuilder {
+        MessageBuilder::new(header)
+    }
+
+    /// A mutable message from a decoded envelope (e.g. received over the wire).
+    pub fn from_message(msg: Message) -> MutableMessage {
+        MutableMessage { msg }
+    }
+
+    /// The envelope.
+    pub fn into_message(self) -> Message {
+        self.msg
+    }
+
+    /// Sets the timestamp (done by the WAL).
+    pub fn set_timestamp(&mut self, ts: Timestamp) {
+        self.msg.set(keys::TIMESTAMP, encode_base36(ts.0));
+    }
+
+    /// Sets the barrier timestamp: the append must get a timestamp ≥ `ts`.
+    pub fn set_barrier_timestamp(&mut self, ts: Timestamp) {
+        self.msg.set(keys::BARRIER_TIMESTAMP, encode_base36(ts.0));
+    }
+
+    /// Sets the term of the writing WAL (done by the WAL).
+    pub fn set_term(&mut self, term: Term) {
+        self.msg.set(keys::TERM, encode_base36(term.0));
+    }
+
+    /// Sets the last-confirmed id (done by the WAL).
+    pub fn set_last_confirmed(&mut self, id: MessageId) {
+        self.msg.properties.remove(keys::LAST_CONFIRMED_IS_SELF);
+        self.msg.set(keys::LAST_CONFIRMED, id.to_string());
+    }
+
+    /// Marks the last-confirmed id as the message's own id, which is not known before append.
+    pub fn set_last_confirmed_is_self(&mut self) {
+        self.msg.properties.remove(keys::LAST_CONFIRMED);
+        self.msg.set(keys::LAST_CONFIRMED_IS_SELF, String::new());
+    }
+
+    /// Sets the transaction context.
+    pub fn set_txn_context(&mut self, txn: TxnContext) {
+        self.msg.set_proto(keys::TXN_CONTEXT, &txn);
+    }
+
+    /// Replaces the typed header (e.g. the WAL filling in the assigned segment).
+    pub fn set_header<H: MessageHeader>(&mut self, header: &H) -> Result<(), ParseError> {
+        let actual = self.msg.message_type()?;
+        if actual != H::TYPE {
+            return Err(ParseError::HeaderType {
+                expected: H::TYPE,
+                actual,
+            });
+        }
+        self.msg.set_proto(keys::HEADER, header);
+        Ok(())
+    }
+
+    /// Sets or clears the not-persisted flag. Only a TimeTick may be not persisted.
+    pub fn set_not_persisted(&mut self, not_persisted: bool) -> Result<(), ParseError> {
+        if !not_persisted {
+            self.msg.properties.remove(keys::NOT_PERSISTED);
+            return Ok(());
+        }
+        if self.msg.message_type()? != MessageType::TimeTick {
+            return Err(ParseError::Property {
+                key: keys::NOT_PERSISTED,
+                value: String::new(),
+                reason: "only a TimeTick may be not persisted",
+            });
+        }
+        self.msg.set(keys::NOT_PERSISTED, String::new());
+        Ok(())
+    }
+
+    /// The message after append, with the id the log gave it.
+    pub fn into_immutable(self, id: MessageId) -> ImmutableMessage {
+        ImmutableMessage { id, msg: self.msg }
+    }
+}
+
+/// A message as stored in a log: the envelope plus its id. Reading its envelope goes through
+/// `Deref<Target = Message>`.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct ImmutableMessage {
+    id: MessageId,
+    msg: Message,
+}
+
+impl Deref for ImmutableMessage {
+    type Target = Message;
+    fn deref(&self) -> &Message {
+        &self.msg
+    }
+}
+
+impl ImmutableMessage {
+    /// A message read back from a log at `id`.
+    pub fn new(id: MessageId, msg: Message) -> ImmutableMessage {
+        ImmutableMessage { id, msg }
+    }
+
+    /// Its position in the log.
+    pub fn id(&self) -> MessageId {
+        self.id
+    }
+
+    /// The envelope.
+    pub fn message(&self) -> &Message {
+        &self.msg
+    }
+
+    /// The last-confirmed id: reading from it sees every message with a timestamp ≥ this one's.
+    pub fn last_confirmed(&self) -> Result<Option<MessageId>, ParseError> {
+        if self.msg.properties.contains_key(keys::LAST_CONFIRMED_IS_SELF) {
+            return Ok(Some(self.id));
+        }
+        match self.msg.properties.get(keys::LAST_CONFIRMED) {
+            None => Ok(None),
+            Some(v) => v.parse().map(Some).map_err(|_| ParseError::Property {
+                key: keys::LAST_CONFIRMED,
+                value: cut(v),
+                reason: "not a message id",
+            }),
+        }
+    }
+}
+
+/// Builds a [`MutableMessage`], checking what a producer may set.
+#[derive(Debug)]
+pub struct MessageBuilder {
+    msg: Message,
+    error: Option<ParseError>,
+}
+
+impl MessageBuilder {
+    fn new<H: MessageHeader>(header: H) -> MessageBuilder {
+        let mut msg = Message {
+            payload: Bytes::new(),
+            properties: Properties::new(),
+        };
+        msg.set(keys::TYPE, H::TYPE.number().to_string());
+        msg.set(keys::VERSION, MESSAGE_VERSION.to_string());
+        if header != H::default() {
+            msg.set_proto(keys::HEADER, &header);
+        }
+        MessageBuilder { msg, error: None }
+    }
+
+    /// The vchannel the message goes to.
+    pub fn vchannel(mut self, vchannel: &VChannel) -> Self {
+        self.msg.set(keys::VCHANNEL, vchannel.as_str().to_owned());
+        self
+    }
+
+    /// The payload (serialized body).
+    pub fn payload(mut self, payload: impl Into<Bytes>) -> Self {
+        self.msg.payload = payload.into();
+        self
+    }
+
+    /// A user property. Keys starting with `_` are reserved: `build` then fails.
+    pub fn property(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        let key = key.into();
+        if key.is_empty() || key.starts_with('_') {
+            self.error.get_or_insert(ParseError::ReservedProperty(key));
+        } else {
+            self.msg.properties.insert(key, value.into());
+        }
+        self
+    }
+
+    /// The barrier timestamp: the append must get a timestamp ≥ `ts`.
+    pub fn barrier_timestamp(mut self, ts: Timestamp) -> Self {
+        self.msg.set(keys::BARRIER_TIMESTAMP, encode_base36(ts.0));
+        self
+    }
+
+    /// Marks the message as one copy of a broadcast.
+    pub fn broadcast(mut self, header: &BroadcastHeader) -> Self {
+        self.msg.set_proto(keys::BROADCAST_HEADER, header);
+        self
+    }
+
+    /// The message, or the first error a setter recorded.
+    pub fn build(self) -> Result<MutableMessage, ParseError> {
+        match self.error {
+            Some(e) => Err(e),
+            None => Ok(MutableMessage { msg: self.msg }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vc() -> VChannel {
+        VChannel::new("dml_0_100v0").unwrap()
+    }
+
+    #[test]
+    fn flags_match_the_reference_table() {
+        use MessageType::*;
+        for t in MessageType::ALL {
+            assert_eq!(MessageType::from_number(t.number()).unwrap(), t);
+        }
+        assert!(MessageType::from_number(13).is_err());
+        let system: Vec<_> = MessageType::ALL.into_iter().filter(|t| t.is_system()).collect();
+        assert_eq!(system, [TimeTick, BeginTxn, CommitTxn, RollbackTxn, Txn]);
+        let selfc: Vec<_> = MessageType::ALL
+            .into_iter()
+            .filter(|t| t.is_self_controlled())
+            .collect();
+        assert_eq!(selfc, [TimeTick, Flush, CreateSegment]);
+        let excl: Vec<_> = MessageType::ALL
+            .into_iter()
+            .filter(|t| t.is_exclusive())
+            .collect();
+        assert_eq!(
+            excl,
+            [
+                CreateCollection,
+                DropCollection,
+                CreatePartition,
+                DropPartition,
+                ManualFlush,
+                SchemaChange
+            ]
+        );
+    }
+
+    #[test]
+    fn wire_numbers_are_pinned() {
+        let pinned: Vec<u32> = MessageType::ALL.iter().map(|t| t.number()).collect();
+        assert_eq!(
+            pinned,
+            [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 900, 901, 902, 999]
+        );
+    }
+
+    #[test]
+    fn builder_sets_type_header_and_user_properties() {
+        let header = InsertHeader {
+            collection_id: 100,
+            partitions: vec![PartitionSegmentAssignment {
+                partition_id: 7,
+                rows: 3,
+                binary_size: 30,
+                segment_id: 0,
+            }],
+        };
+        let msg = MutableMessage::builder(header.clone())
+            .vchannel(&vc())
+            .payload(&b"rows"[..])
+            .property("trace", "abc")
+            .build()
+            .unwrap();
+        assert_eq!(msg.message_type().unwrap(), MessageType::Insert);
+        assert_eq!(msg.version().unwrap(), MESSAGE_VERSION);
+        assert_eq!(msg.header::<InsertHeader>().unwrap(), header);
+        assert!(matches!(
+            msg.header::<DeleteHeader>(),
+            Err(ParseError::HeaderType { .. })
+        ));
+        assert_eq!(msg.vchannel().unwrap(), Some(vc()));
+        assert_eq!(msg.user_properties().collect::<Vec<_>>(), [("trace", "abc")]);
+        assert_eq!(msg.timestamp().unwrap(), None);
+    }
+
+    #[test]
+    fn reserved_user_properties_are_rejected() {
+        for key in ["_tt", "_custom", ""] {
+            let err = MutableMessage::builder(DeleteHeader::default())
+                .property(key, "x")
+                .build()
+                .unwrap_err();
+            assert_eq!(err, ParseError::ReservedProperty(key.to_owned()));
+        }
+    }
+
+    #[test]
+    fn wal_stamps_round_trip() {
+        let mut msg = MutableMessage::builder(TimeTickHeader::default())
+            .build()
+            .unwrap();
+        msg.set_timestamp(Timestamp(u64::MAX));
+        msg.set_term(Term(42));
+        msg.set_barrier_timestamp(Timestamp(0));
+        msg.set_txn_context(TxnContext {
+            txn_id: 9,
+            keepalive_ms: -1,
+        });
+        msg.set_not_persisted(true).unwrap();
+        msg.set_last_confirmed(MessageId(5));
+        assert_eq!(msg.timestamp().unwrap(), Some(Timestamp(u64::MAX)));
+        assert_eq!(msg.term().unwrap(), Some(Term(42)));
+        assert_eq!(msg.barrier_timestamp().unwrap(), Some(Timestamp(0)));
+        assert_eq!(msg.txn_context().unwrap().unwrap().txn_id, 9);
+        assert!(msg.is_not_persisted());
+        let imm = msg.clone().into_immutable(MessageId(7));
+        assert_eq!(imm.last_confirmed().unwrap(), Some(MessageId(5)));
+        msg.set_last_confirmed_is_self();
+        let imm = msg.into_immutable(MessageId(7));
+        assert_eq!(imm.last_confirmed().unwrap(), Some(MessageId(7)));
+        assert_eq!(imm.id(), MessageId(7));
+    }
+
+    #[test]
+    fn only_timeticks_may_be_not_persisted() {
+        let mut msg = MutableMessage::builder(DeleteHeader::default())
+            .build()
+            .unwrap();
+        assert!(msg.set_not_persisted(true).is_err());
+        assert!(!msg.is_not_persisted());
+    }
+
+    #[test]
+    fn malformed_reserved_properties_are_errors() {
+        let mut props = Properties::new();
+        props.insert(keys::TYPE.into(), "2".into());
+        props.insert(keys::TIMESTAMP.into(), "!!".into());
+        props.insert(keys::HEADER.into(), "not base64".into());
+        props.insert(keys::VCHANNEL.into(), "no-shard".into());
+        props.insert(keys::LAST_CONFIRMED.into(), "xyz".into());
+        let msg = Message::from_parts(Bytes::new(), props).unwrap();
+        assert!(msg.timestamp().is_err());
+        assert!(msg.header::<InsertHeader>().is_err());
+        assert!(msg.vchannel().is_err());
+        let imm = ImmutableMessage::new(MessageId(1), msg);
+        assert!(imm.last_confirmed().is_err());
+        assert_eq!(
+            Message::from_parts(Bytes::new(), Properties::new()).unwrap_err(),
+            ParseError::MissingProperty(keys::TYPE)
+        );
+    }
+
+    #[test]
+    fn size_estimate_counts_payload_and_properties() {
+        let msg = MutableMessage::builder(ImportHeader::default())
+            .payload(vec![0u8; 100])
+            .property("k", "vv")
+            .build()
+            .unwrap();
+        let props: usize = msg.properties().iter().map(|(k, v)| k.len() + v.len()).sum();
+        assert_eq!(msg.estimate_size(), 100 + props);
+        assert!(props >= 3);
+    }
+
+    #[test]
+    fn base36_matches_std_parse() {
+        for v in [0u64, 1, 35, 36, 1295, u64::MAX, 1 << 40] {
+            assert_eq!(u64::from_str_radix(&encode_base36(v), 36).unwrap(), v);
+        }
+    }
+}
