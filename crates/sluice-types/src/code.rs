@@ -101,7 +101,10 @@ mod tests {
 
     #[test]
     fn codes_are_pinned() {
-        let pinned: Vec<(u32, &str)> = ErrorCode::ALL.iter().map(|c| (c.number(), c.name())).collect();
+        let pinned: Vec<(u32, &str)> = ErrorCode::ALL
+            .iter()
+            .map(|c| (c.number(), c.name()))
+            .collect();
         assert_eq!(
             pinned,
             [

@@ -87,7 +87,9 @@ impl Timestamp {
     /// Adds a physical duration (keepalive arithmetic), saturating at [`Timestamp::MAX`].
     pub fn saturating_add_duration(self, d: Duration) -> Timestamp {
         let ms = u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
-        let add = ms.checked_shl(LOGICAL_BITS).filter(|v| v >> LOGICAL_BITS == ms);
+        let add = ms
+            .checked_shl(LOGICAL_BITS)
+            .filter(|v| v >> LOGICAL_BITS == ms);
         match add {
             Some(add) => Timestamp(self.0.saturating_add(add)),
             None => Timestamp::MAX,
@@ -241,7 +243,14 @@ mod tests {
 
     #[test]
     fn message_id_rejects_bad_strings() {
-        for bad in ["", "0", "zz", &"0".repeat(33), &"A".repeat(32), &"g".repeat(32)] {
+        for bad in [
+            "",
+            "0",
+            "zz",
+            &"0".repeat(33),
+            &"A".repeat(32),
+            &"g".repeat(32),
+        ] {
             assert!(bad.parse::<MessageId>().is_err(), "{bad:?} parsed");
         }
     }

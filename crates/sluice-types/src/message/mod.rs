@@ -512,7 +512,11 @@ impl ImmutableMessage {
 
     /// The last-confirmed id: reading from it sees every message with a timestamp ≥ this one's.
     pub fn last_confirmed(&self) -> Result<Option<MessageId>, ParseError> {
-        if self.msg.properties.contains_key(keys::LAST_CONFIRMED_IS_SELF) {
+        if self
+            .msg
+            .properties
+            .contains_key(keys::LAST_CONFIRMED_IS_SELF)
+        {
             return Ok(Some(self.id));
         }
         match self.msg.properties.get(keys::LAST_CONFIRMED) {
@@ -606,7 +610,10 @@ mod tests {
             assert_eq!(MessageType::from_number(t.number()).unwrap(), t);
         }
         assert!(MessageType::from_number(13).is_err());
-        let system: Vec<_> = MessageType::ALL.into_iter().filter(|t| t.is_system()).collect();
+        let system: Vec<_> = MessageType::ALL
+            .into_iter()
+            .filter(|t| t.is_system())
+            .collect();
         assert_eq!(system, [TimeTick, BeginTxn, CommitTxn, RollbackTxn, Txn]);
         let selfc: Vec<_> = MessageType::ALL
             .into_iter()
@@ -664,7 +671,10 @@ mod tests {
             Err(ParseError::HeaderType { .. })
         ));
         assert_eq!(msg.vchannel().unwrap(), Some(vc()));
-        assert_eq!(msg.user_properties().collect::<Vec<_>>(), [("trace", "abc")]);
+        assert_eq!(
+            msg.user_properties().collect::<Vec<_>>(),
+            [("trace", "abc")]
+        );
         assert_eq!(msg.timestamp().unwrap(), None);
     }
 
@@ -742,7 +752,11 @@ mod tests {
             .property("k", "vv")
             .build()
             .unwrap();
-        let props: usize = msg.properties().iter().map(|(k, v)| k.len() + v.len()).sum();
+        let props: usize = msg
+            .properties()
+            .iter()
+            .map(|(k, v)| k.len() + v.len())
+            .sum();
         assert_eq!(msg.estimate_size(), 100 + props);
         assert!(props >= 3);
     }
