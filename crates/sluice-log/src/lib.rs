@@ -32,6 +32,8 @@
 //!   first await ([`LogHandle::enqueue`]) returns only once the backend has room for the record;
 //!   the returned [`AppendFuture`] resolves with the id only once the record is durable at the
 //!   backend's durability level. Acceptance and durability are separate so callers can pipeline.
+//!   Records enqueued one after another (each `enqueue` returned before the next began) get
+//!   increasing ids.
 //! * MUST NOT acknowledge a record that a later read, from any handle or process, could miss.
 //! * MUST fence: once a handle at term `T` has opened a pchannel read-write, every append through
 //!   a handle at a term `< T` fails with [`LogError::Fenced`], and every record that such a handle
@@ -49,6 +51,8 @@
 pub mod error;
 pub mod local;
 pub mod memory;
+#[cfg(feature = "testkit")]
+pub mod testkit;
 
 use std::future::Future;
 use std::pin::Pin;

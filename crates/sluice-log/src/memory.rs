@@ -199,6 +199,9 @@ impl LogHandle for MemoryHandle {
 
     async fn enqueue(&self, message: MutableMessage) -> Result<AppendFuture, LogError> {
         self.check_writable()?;
+        // Appends complete synchronously here; give the scheduler a chance so a tight append
+        // loop cannot starve other tasks (real backends always wait on I/O).
+        tokio::task::consume_budget().await;
         let one_in = self.append_error_one_in.load(Ordering::Relaxed);
         if one_in > 0 && rand::rng().random_ratio(1, one_in) {
             return Err(LogError::Unavailable("injected append fault".into()));
@@ -291,5 +294,86 @@ fn index_of(id: MessageId) -> Result<u64, LogError> {
 impl Drop for MemoryHandle {
     fn drop(&mut self) {
         self.cancel.cancel();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sluice_types::message::DeleteHeader;
+
+    fn msg() -> MutableMessage {
+        MutableMessage::builder(DeleteHeader::default())
+            .build()
+            .expect("message")
+    }
+
+    #[tokio::test]
+    async fn providers_with_one_shared_name_share_logs() {
+        let config = MemoryConfig {
+            shared_name: Some("memory-unit-shared".into()),
+            ..Default::default()
+        };
+        let p = PChannel::new("shared").unwrap();
+        let a = MemoryProvider::new(config.clone());
+        let b = MemoryProvider::new(config);
+        let h = a
+            .open(OpenOptions::read_write(p.clone(), Term(1)))
+            .await
+            .unwrap();
+        h.append(msg()).await.unwrap();
+        let err = b
+            .open(OpenOptions::read_write(p.clone(), Term(0)))
+            .await
+            .err()
+            .expect("lower term open through another provider");
+        assert!(err.is_fenced());
+        let private = MemoryProvider::new(MemoryConfig::default());
+        private
+            .open(OpenOptions::read_write(p, Term(0)))
+            .await
+            .expect("a private provider has its own logs");
+    }
+
+    #[tokio::test]
+    async fn injected_faults_are_retryable_and_forced_fence_is_not() {
+        let provider = MemoryProvider::new(MemoryConfig {
+            shared_name: None,
+            append_error_one_in: 1,
+        });
+        let p = PChannel::new("faulty").unwrap();
+        let h = provider
+            .open(OpenOptions::read_write(p.clone(), Term(1)))
+            .await
+            .unwrap();
+        let err = h.append(msg()).await.unwrap_err();
+        assert!(err.retryable(), "{err:?}");
+        provider.set_append_error_one_in(0);
+        h.append(msg()).await.unwrap();
+        provider.force_fence(&p);
+        let err = h.append(msg()).await.unwrap_err();
+        assert!(err.is_fenced() && !err.retryable(), "{err:?}");
+    }
+
+    #[tokio::test]
+    async fn foreign_ids_are_invalid_arguments() {
+        let provider = MemoryProvider::new(MemoryConfig::default());
+        let h = provider
+            .open(OpenOptions::read_write(
+                PChannel::new("ids").unwrap(),
+                Term(1),
+            ))
+            .await
+            .unwrap();
+        let foreign = MessageId::from_parts(1, 0);
+        assert!(matches!(
+            h.read(ReadOptions::new(DeliverPolicy::StartFrom(foreign)))
+                .await,
+            Err(LogError::InvalidArgument(_))
+        ));
+        assert!(matches!(
+            h.truncate(foreign).await,
+            Err(LogError::InvalidArgument(_))
+        ));
     }
 }
