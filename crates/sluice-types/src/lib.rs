@@ -13,4 +13,4 @@ pub use channel::{PChannel, VChannel};
 pub use code::ErrorCode;
 pub use error::{CodecError, ParseError};
 pub use ids::{CollectionId, MessageId, PartitionId, SegmentId, Term, Timestamp, TxnId};
-pub use message::{ImmutableMessage, Message, MessageType, MutableMessage};
+pub use message::{ImmutableMessage, ImmutableTxnMessage, Message, MessageType, MutableMessage};

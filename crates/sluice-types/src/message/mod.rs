@@ -530,6 +530,96 @@ impl ImmutableMessage {
     }
 }
 
+/// A committed transaction as the read side delivers it: its BeginTxn, its bodies in timestamp
+/// order and its CommitTxn. The whole transaction is one point in time: the commit's timestamp
+/// and last-confirmed id.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct ImmutableTxnMessage {
+    begin: ImmutableMessage,
+    bodies: Vec<ImmutableMessage>,
+    commit: ImmutableMessage,
+}
+
+impl ImmutableTxnMessage {
+    /// Assembles a transaction. Fails unless `begin` is a BeginTxn and `commit` a CommitTxn, and
+    /// every part carries the same transaction id and vchannel.
+    pub fn new(
+        begin: ImmutableMessage,
+        bodies: Vec<ImmutableMessage>,
+        commit: ImmutableMessage,
+    ) -> Result<ImmutableTxnMessage, ParseError> {
+        let bad = |reason| ParseError::Property {
+            key: keys::TXN_CONTEXT,
+            value: String::new(),
+            reason,
+        };
+        if begin.message_type()? != MessageType::BeginTxn {
+            return Err(bad("a transaction must start with BeginTxn"));
+        }
+        if commit.message_type()? != MessageType::CommitTxn {
+            return Err(bad("a transaction must end with CommitTxn"));
+        }
+        let txn = begin
+            .txn_context()?
+            .ok_or(ParseError::MissingProperty(keys::TXN_CONTEXT))?
+            .txn_id;
+        for part in bodies.iter().chain([&commit]) {
+            if part.txn_context()?.map(|t| t.txn_id) != Some(txn) {
+                return Err(bad("a part belongs to another transaction"));
+            }
+            if part.vchannel_str() != begin.vchannel_str() {
+                return Err(bad("a part is on another vchannel"));
+            }
+        }
+        Ok(ImmutableTxnMessage {
+            begin,
+            bodies,
+            commit,
+        })
+    }
+
+    /// The BeginTxn.
+    pub fn begin(&self) -> &ImmutableMessage {
+        &self.begin
+    }
+
+    /// The body messages in timestamp order.
+    pub fn bodies(&self) -> &[ImmutableMessage] {
+        &self.bodies
+    }
+
+    /// The CommitTxn.
+    pub fn commit(&self) -> &ImmutableMessage {
+        &self.commit
+    }
+
+    /// The transaction id.
+    pub fn txn_id(&self) -> Result<i64, ParseError> {
+        Ok(self
+            .begin
+            .txn_context()?
+            .ok_or(ParseError::MissingProperty(keys::TXN_CONTEXT))?
+            .txn_id)
+    }
+
+    /// The transaction's timestamp: the commit's.
+    pub fn timestamp(&self) -> Result<Option<Timestamp>, ParseError> {
+        self.commit.timestamp()
+    }
+
+    /// The transaction's last-confirmed id: the commit's.
+    pub fn last_confirmed(&self) -> Result<Option<MessageId>, ParseError> {
+        self.commit.last_confirmed()
+    }
+
+    /// Bytes of every part, for buffer accounting.
+    pub fn estimate_size(&self) -> usize {
+        self.begin.estimate_size()
+            + self.commit.estimate_size()
+            + self.bodies.iter().map(|b| b.estimate_size()).sum::<usize>()
+    }
+}
+
 /// Builds a [`MutableMessage`], checking what a producer may set.
 #[derive(Debug)]
 pub struct MessageBuilder {
@@ -759,6 +849,34 @@ mod tests {
             .sum();
         assert_eq!(msg.estimate_size(), 100 + props);
         assert!(props >= 3);
+    }
+
+    fn txn_part<H: MessageHeader>(h: H, txn_id: i64, id: u128) -> ImmutableMessage {
+        let mut m = MutableMessage::builder(h).vchannel(&vc()).build().unwrap();
+        m.set_txn_context(TxnContext {
+            txn_id,
+            keepalive_ms: 1000,
+        });
+        m.set_timestamp(Timestamp(id as u64 * 10));
+        m.set_last_confirmed(MessageId(id));
+        m.into_immutable(MessageId(id))
+    }
+
+    #[test]
+    fn txn_message_checks_its_parts() {
+        let begin = txn_part(BeginTxnHeader::default(), 7, 1);
+        let body = txn_part(InsertHeader::default(), 7, 2);
+        let commit = txn_part(CommitTxnHeader::default(), 7, 3);
+        let txn =
+            ImmutableTxnMessage::new(begin.clone(), vec![body.clone()], commit.clone()).unwrap();
+        assert_eq!(txn.txn_id().unwrap(), 7);
+        assert_eq!(txn.timestamp().unwrap(), Some(Timestamp(30)));
+        assert_eq!(txn.last_confirmed().unwrap(), Some(MessageId(3)));
+        assert_eq!(txn.bodies().len(), 1);
+        let other = txn_part(InsertHeader::default(), 8, 2);
+        assert!(ImmutableTxnMessage::new(begin.clone(), vec![other], commit.clone()).is_err());
+        assert!(ImmutableTxnMessage::new(body.clone(), vec![], commit.clone()).is_err());
+        assert!(ImmutableTxnMessage::new(begin, vec![], body).is_err());
     }
 
     #[test]
