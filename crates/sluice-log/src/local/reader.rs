@@ -1,0 +1,452 @@
+//! The read path: one task per stream, reading segment files in chunks on the blocking pool.
+//!
+//! A reader seeks with the sparse index, decodes records in id order and hands them to a bounded
+//! channel. At the end of the data it waits for the committed-lsn watch (in-process writers) or
+//! polls (writers in other processes). While an in-process writer is active, a reader never
+//! delivers a record at or past the committed lsn, so it never shows a record that is written but
+//! not yet durable.
+
+use std::fs::File;
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sluice_types::{ImmutableMessage, MessageId};
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+use super::recovery::{FrameAt, RecoveryMode, corrupted, decode_body, frame_at, recover};
+use super::segment::{SEGMENT_HEADER_LEN, list_segments, read_bounded, read_segment_header};
+use super::{LocalConfig, SharedDir};
+use crate::LogError;
+
+/// Bytes a reader reads per step (more when one record is larger).
+const READ_CHUNK: u64 = 256 << 10;
+
+/// Where a read starts.
+#[derive(Clone, Copy, Debug)]
+pub(super) enum Start {
+    /// The oldest retained record.
+    Oldest,
+    /// The first record with lsn `>=` this (the oldest retained one if that was truncated).
+    From(u64),
+}
+
+struct Cursor {
+    base: u64,
+    path: std::path::PathBuf,
+    file: File,
+    offset: u64,
+    next_lsn: u64,
+    last_indexed: u64,
+    /// Bytes to read next time (a record larger than a chunk needs more).
+    need: u64,
+}
+
+/// A reader's position and what it needs to move on; lives on the blocking pool while it reads.
+pub(super) struct Reader {
+    shared: Arc<SharedDir>,
+    index_interval: u64,
+    /// Records below this lsn are skipped.
+    target: u64,
+    cur: Option<Cursor>,
+}
+
+/// What one step produced.
+pub(super) enum Step {
+    /// Records, possibly none when only skipped records were passed.
+    Records(Vec<ImmutableMessage>),
+    /// Nothing to deliver now; wait for a commit or the next poll.
+    Idle,
+    /// The read failed; deliver the error and end.
+    Failed(LogError),
+}
+
+enum Stop {
+    /// Consumed something (or needs a larger read); call again.
+    Progress,
+    /// The next record is not committed yet.
+    Limit,
+    /// Nothing consumable at the cursor: the end of the file (`None`) or bytes that are not a
+    /// complete valid record (`Some(reason)`).
+    End(Option<String>),
+}
+
+enum Advance {
+    Moved,
+    Wait,
+}
+
+impl Reader {
+    pub(super) fn new(shared: Arc<SharedDir>, config: &LocalConfig, start: Start) -> Reader {
+        Reader {
+            shared,
+            index_interval: config.index_interval,
+            target: match start {
+                Start::Oldest => 0,
+                Start::From(lsn) => lsn,
+            },
+            cur: None,
+        }
+    }
+
+    /// Reads up to `max` records (blocking).
+    pub(super) fn step(&mut self, max: usize) -> Step {
+        let mut out = Vec::new();
+        match self.fill(max.max(1), &mut out) {
+            Ok(step) => step,
+            Err(e) => Step::Failed(e),
+        }
+    }
+
+    fn fill(&mut self, max: usize, out: &mut Vec<ImmutableMessage>) -> Result<Step, LogError> {
+        for _ in 0..64 {
+            if self.cur.is_none() && !self.position()? {
+                return Ok(Step::Idle);
+            }
+            let stop = self.read_chunk(max, out)?;
+            if !out.is_empty() {
+                return Ok(Step::Records(std::mem::take(out)));
+            }
+            match stop {
+                Stop::Progress => {}
+                Stop::Limit => return Ok(Step::Idle),
+                Stop::End(reason) => match self.advance(reason)? {
+                    Advance::Moved => {}
+                    Advance::Wait => return Ok(Step::Idle),
+                },
+            }
+        }
+        Ok(Step::Records(Vec::new()))
+    }
+
+    /// Opens the segment holding the target (or the oldest one). `false` when there is none yet.
+    fn position(&mut self) -> Result<bool, LogError> {
+        let segments = list_segments(&self.shared.path)?;
+        let Some(first) = segments.first() else {
+            return Ok(false);
+        };
+        let seg = segments
+            .iter()
+            .rev()
+            .find(|s| s.base <= self.target)
+            .unwrap_or(first);
+        let newest = segments.last().is_some_and(|l| l.base == seg.base);
+        let file = match File::open(&seg.path) {
+            Ok(f) => f,
+            // Truncated between listing and opening: look again on the next step.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(LogError::io(format!("open {}", seg.path.display()), e)),
+        };
+        match read_segment_header(&file)
+            .map_err(|e| LogError::io(format!("read {}", seg.path.display()), e))?
+        {
+            Ok(base) if base == seg.base => {}
+            Ok(base) => {
+                return Err(corrupted(
+                    &seg.path,
+                    0,
+                    format!("header base lsn {base} does not match the file name"),
+                ));
+            }
+            // The newest segment is being created (or its header was torn and a read-write open
+            // will rewrite it).
+            Err(_) if newest => return Ok(false),
+            Err(reason) => return Err(corrupted(&seg.path, 0, reason)),
+        }
+        let (next_lsn, offset) = if self.target > seg.base {
+            self.shared
+                .seek(seg.base, self.target)
+                .unwrap_or((seg.base, SEGMENT_HEADER_LEN))
+        } else {
+            (seg.base, SEGMENT_HEADER_LEN)
+        };
+        self.cur = Some(Cursor {
+            base: seg.base,
+            path: seg.path.clone(),
+            file,
+            offset,
+            next_lsn,
+            last_indexed: offset,
+            need: READ_CHUNK,
+        });
+        Ok(true)
+    }
+
+    fn read_chunk(
+        &mut self,
+        max: usize,
+        out: &mut Vec<ImmutableMessage>,
+    ) -> Result<Stop, LogError> {
+        let Some(cur) = self.cur.as_mut() else {
+            return Ok(Stop::Progress);
+        };
+        let want = std::mem::replace(&mut cur.need, READ_CHUNK);
+        let buf = read_bounded(&cur.file, cur.offset, want)
+            .map_err(|e| LogError::io(format!("read {}", cur.path.display()), e))?;
+        // Taken after the read: bytes an in-process writer wrote but has not yet synced are
+        // then beyond the limit.
+        let limit = self.shared.read_limit();
+        let mut pos = 0usize;
+        let mut index = Vec::new();
+        let stop = loop {
+            if out.len() >= max && pos > 0 {
+                break Stop::Progress;
+            }
+            if limit.is_some_and(|l| cur.next_lsn >= l) {
+                break if pos > 0 { Stop::Progress } else { Stop::Limit };
+            }
+            let Some(rest) = buf.get(pos..).filter(|r| !r.is_empty()) else {
+                break if pos > 0 {
+                    Stop::Progress
+                } else {
+                    Stop::End(None)
+                };
+            };
+            match frame_at(rest) {
+                FrameAt::Valid { body, len } => {
+                    if cur.next_lsn >= self.target {
+                        let msg = decode_body(body, &cur.path, cur.offset)?;
+                        out.push(ImmutableMessage::new(
+                            MessageId::from_parts(0, cur.next_lsn),
+                            msg,
+                        ));
+                    }
+                    if cur.offset >= cur.last_indexed.saturating_add(self.index_interval) {
+                        index.push((cur.next_lsn, cur.offset));
+                        cur.last_indexed = cur.offset;
+                    }
+                    pos += len;
+                    cur.offset += len as u64;
+                    cur.next_lsn += 1;
+                }
+                FrameAt::Incomplete { needed } => {
+                    let needed = needed as u64;
+                    if pos > 0 {
+                        // The chunk cut the frame: read again from its start.
+                        cur.need = READ_CHUNK.max(needed);
+                        break Stop::Progress;
+                    }
+                    if (buf.len() as u64) < want {
+                        // The file ends inside this frame.
+                        break Stop::End(Some("incomplete record".into()));
+                    }
+                    // The record is larger than a chunk: read it whole next time (the read is
+                    // bounded by the file size, whatever the header claims).
+                    cur.need = needed;
+                    break Stop::Progress;
+                }
+                FrameAt::Invalid(reason) => {
+                    break if pos > 0 {
+                        Stop::Progress
+                    } else {
+                        Stop::End(Some(reason))
+                    };
+                }
+            }
+        };
+        let base = cur.base;
+        self.shared.merge_index(base, &index);
+        Ok(stop)
+    }
+
+    /// At the end of the current segment's data: move to the next segment if there is one.
+    fn advance(&mut self, reason: Option<String>) -> Result<Advance, LogError> {
+        let Some(cur) = self.cur.as_ref() else {
+            return Ok(Advance::Moved);
+        };
+        let segments = list_segments(&self.shared.path)?;
+        let Some(next) = segments.iter().find(|s| s.base > cur.base) else {
+            // The newest segment: more records may come (a torn tail is rewritten by the next
+            // read-write open).
+            return Ok(Advance::Wait);
+        };
+        let newest = segments.last().is_some_and(|l| l.base == next.base);
+        // A later segment exists, so this one is sealed and what it holds is final. Look once
+        // more: it may have grown between our read and the listing.
+        let file_len = cur
+            .file
+            .metadata()
+            .map_err(|e| LogError::io(format!("stat {}", cur.path.display()), e))?
+            .len();
+        if file_len != cur.offset {
+            let check = frame_check(&cur.file, cur.offset, file_len)
+                .map_err(|e| LogError::io(format!("read {}", cur.path.display()), e))?;
+            return match check {
+                // It grew: read on.
+                Ok(()) => Ok(Advance::Moved),
+                Err(r) => Err(corrupted(
+                    &cur.path,
+                    cur.offset,
+                    format!("{} (in a sealed segment)", reason.unwrap_or(r)),
+                )),
+            };
+        }
+        let file = match File::open(&next.path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                // Truncated away meanwhile: find the oldest retained record again.
+                self.reposition();
+                return Ok(Advance::Moved);
+            }
+            Err(e) => return Err(LogError::io(format!("open {}", next.path.display()), e)),
+        };
+        match read_segment_header(&file)
+            .map_err(|e| LogError::io(format!("read {}", next.path.display()), e))?
+        {
+            Ok(base) if base == next.base => {}
+            Ok(base) => {
+                return Err(corrupted(
+                    &next.path,
+                    0,
+                    format!("header base lsn {base} does not match the file name"),
+                ));
+            }
+            Err(_) if newest => return Ok(Advance::Wait),
+            Err(reason) => return Err(corrupted(&next.path, 0, reason)),
+        }
+        if next.base != cur.next_lsn {
+            if !cur.path.exists() {
+                // Our segment was truncated while we read it, and so were its successors.
+                self.reposition();
+                return Ok(Advance::Moved);
+            }
+            return Err(corrupted(
+                &next.path,
+                0,
+                format!(
+                    "segment starts at lsn {} but the previous segment ends at lsn {}",
+                    next.base, cur.next_lsn
+                ),
+            ));
+        }
+        self.cur = Some(Cursor {
+            base: next.base,
+            path: next.path.clone(),
+            file,
+            offset: SEGMENT_HEADER_LEN,
+            next_lsn: next.base,
+            last_indexed: SEGMENT_HEADER_LEN,
+            need: READ_CHUNK,
+        });
+        Ok(Advance::Moved)
+    }
+
+    fn reposition(&mut self) {
+        if let Some(cur) = self.cur.take() {
+            self.target = self.target.max(cur.next_lsn);
+        }
+    }
+}
+
+/// Whether a complete, valid frame starts at `offset` (reads at most what the file holds).
+fn frame_check(file: &File, offset: u64, file_len: u64) -> io::Result<Result<(), String>> {
+    let probe = read_bounded(file, offset, READ_CHUNK)?;
+    let frame = match frame_at(&probe) {
+        FrameAt::Valid { .. } => return Ok(Ok(())),
+        FrameAt::Invalid(r) => return Ok(Err(r)),
+        FrameAt::Incomplete { needed } => {
+            if offset + needed as u64 > file_len || probe.len() >= needed {
+                return Ok(Err("incomplete record".into()));
+            }
+            read_bounded(file, offset, needed as u64)?
+        }
+    };
+    Ok(match frame_at(&frame) {
+        FrameAt::Valid { .. } => Ok(()),
+        FrameAt::Invalid(r) => Err(r),
+        FrameAt::Incomplete { .. } => Err("incomplete record".into()),
+    })
+}
+
+/// The lsn the next record of the log will get, from the files (for `Latest` without an
+/// in-process writer).
+pub(super) fn end_lsn(shared: &SharedDir, index_interval: u64) -> Result<u64, LogError> {
+    let segments = list_segments(&shared.path)?;
+    let Some(newest) = segments.last() else {
+        return Ok(0);
+    };
+    let start = shared
+        .seek(newest.base, u64::MAX)
+        .map(|(lsn, off)| (off, lsn, off));
+    let scanned = recover(
+        std::slice::from_ref(newest),
+        RecoveryMode::ReadOnly,
+        index_interval,
+        start,
+    )?;
+    for s in &scanned {
+        shared.merge_index(s.base, &s.index);
+    }
+    Ok(scanned.last().map_or(newest.base, |s| s.next_lsn))
+}
+
+/// The reader task: steps the reader on the blocking pool and feeds the stream.
+pub(super) async fn run(
+    reader: Reader,
+    tx: mpsc::Sender<Result<ImmutableMessage, LogError>>,
+    stop: CancellationToken,
+    mut committed: watch::Receiver<u64>,
+    poll: Duration,
+) {
+    let mut reader = reader;
+    loop {
+        // Decode no more than the consumer has room for: read-ahead stays bounded.
+        let room = loop {
+            let room = tx.capacity();
+            if room > 0 {
+                break room;
+            }
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                permit = tx.reserve() => match permit {
+                    Ok(permit) => drop(permit),
+                    Err(_) => return,
+                },
+            }
+        };
+        if stop.is_cancelled() {
+            return;
+        }
+        committed.borrow_and_update();
+        let joined = tokio::task::spawn_blocking(move || {
+            let step = reader.step(room);
+            (reader, step)
+        })
+        .await;
+        let step;
+        (reader, step) = match joined {
+            Ok(r) => r,
+            Err(e) => {
+                let _ = tx
+                    .send(Err(LogError::Unavailable(format!("reader failed: {e}"))))
+                    .await;
+                return;
+            }
+        };
+        match step {
+            Step::Records(batch) => {
+                for msg in batch {
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        sent = tx.send(Ok(msg)) => if sent.is_err() { return },
+                    }
+                }
+            }
+            Step::Idle => {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = committed.changed() => {}
+                    _ = tokio::time::sleep(poll) => {}
+                }
+            }
+            Step::Failed(e) => {
+                tokio::select! {
+                    _ = stop.cancelled() => {}
+                    _ = tx.send(Err(e)) => {}
+                }
+                return;
+            }
+        }
+    }
+}

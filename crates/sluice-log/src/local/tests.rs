@@ -1,0 +1,522 @@
+//! Tests of the local backend through its handles.
+
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use sluice_types::message::InsertHeader;
+use sluice_types::{ImmutableMessage, MessageId, MutableMessage, PChannel, Term};
+
+use super::segment::{SEGMENT_HEADER_LEN, list_segments};
+use super::*;
+use crate::{LogStream, ReadOptions};
+
+fn msg(text: &str) -> MutableMessage {
+    MutableMessage::builder(InsertHeader::default())
+        .payload(text.as_bytes().to_vec())
+        .build()
+        .unwrap()
+}
+
+fn text(m: &ImmutableMessage) -> String {
+    String::from_utf8(m.payload().to_vec()).unwrap()
+}
+
+fn id(lsn: u64) -> MessageId {
+    MessageId::from_parts(0, lsn)
+}
+
+fn pch() -> PChannel {
+    PChannel::new("pch-1").unwrap()
+}
+
+fn config(root: &Path) -> LocalConfig {
+    LocalConfig {
+        segment_size: 512,
+        index_interval: 128,
+        poll_interval: Duration::from_millis(10),
+        ..LocalConfig::new(root)
+    }
+}
+
+async fn open(cfg: &LocalConfig, term: u64, rw: bool) -> Result<Arc<dyn LogHandle>, LogError> {
+    let provider = LocalProvider::new(cfg.clone())?;
+    let options = if rw {
+        OpenOptions::read_write(pch(), Term(term))
+    } else {
+        OpenOptions::read_only(pch(), Term(term))
+    };
+    provider.open(options).await
+}
+
+async fn append_n(h: &Arc<dyn LogHandle>, prefix: &str, n: usize) -> Vec<MessageId> {
+    let mut ids = Vec::new();
+    for i in 0..n {
+        ids.push(h.append(msg(&format!("{prefix}-{i}"))).await.unwrap());
+    }
+    ids
+}
+
+async fn take(stream: &mut LogStream, n: usize) -> Vec<ImmutableMessage> {
+    let mut out = Vec::new();
+    while out.len() < n {
+        let next = tokio::time::timeout(Duration::from_secs(10), stream.next())
+            .await
+            .expect("read timed out")
+            .expect("stream ended")
+            .expect("read failed");
+        out.push(next);
+    }
+    out
+}
+
+async fn read_all(h: &Arc<dyn LogHandle>, n: usize) -> Vec<ImmutableMessage> {
+    let mut s = h.read(ReadOptions::new(DeliverPolicy::All)).await.unwrap();
+    take(&mut s, n).await
+}
+
+fn dir_of(root: &Path) -> PathBuf {
+    root.join(pch().as_str())
+}
+
+fn newest_segment(root: &Path) -> PathBuf {
+    list_segments(&dir_of(root))
+        .unwrap()
+        .last()
+        .unwrap()
+        .path
+        .clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ids_are_dense_and_reads_honour_every_policy() {
+    let root = tempfile::tempdir().unwrap();
+    let cfg = config(root.path());
+    let h = open(&cfg, 1, true).await.unwrap();
+    let ids = append_n(&h, "a", 40).await;
+    assert_eq!(ids, (0..40).map(id).collect::<Vec<_>>());
+    assert!(
+        list_segments(&dir_of(root.path())).unwrap().len() > 3,
+        "small segments roll"
+    );
+
+    let all = read_all(&h, 40).await;
+    for (i, m) in all.iter().enumerate() {
+        assert_eq!(m.id(), id(i as u64));
+        assert_eq!(text(m), format!("a-{i}"));
+    }
+    for start in [0u64, 1, 7, 17, 33, 39] {
+        let mut s = h
+            .read(ReadOptions::new(DeliverPolicy::StartFrom(id(start))))
+            .await
+            .unwrap();
+        assert_eq!(take(&mut s, 1).await[0].id(), id(start));
+        let mut s = h
+            .read(ReadOptions::new(DeliverPolicy::StartAfter(id(start))))
+            .await
+            .unwrap();
+        if start < 39 {
+            assert_eq!(take(&mut s, 1).await[0].id(), id(start + 1));
+        }
+    }
+    let mut latest = h
+        .read(ReadOptions::new(DeliverPolicy::Latest))
+        .await
+        .unwrap();
+    let mut tail = h
+        .read(ReadOptions::new(DeliverPolicy::StartFrom(id(40))))
+        .await
+        .unwrap();
+    let new = append_n(&h, "b", 3).await;
+    let got = take(&mut latest, 3).await;
+    assert_eq!(got.iter().map(|m| m.id()).collect::<Vec<_>>(), new);
+    assert_eq!(take(&mut tail, 3).await[0].id(), id(40));
+    h.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lsns_continue_across_reopen_and_terms() {
+    let root = tempfile::tempdir().unwrap();
+    let cfg = config(root.path());
+    let h = open(&cfg, 1, true).await.unwrap();
+    append_n(&h, "a", 25).await;
+    h.close().await;
+    let h = open(&cfg, 3, true).await.unwrap();
+    let ids = append_n(&h, "b", 5).await;
+    assert_eq!(ids[0], id(25));
+    let all = read_all(&h, 30).await;
+    assert_eq!(text(&all[24]), "a-24");
+    assert_eq!(text(&all[25]), "b-0");
+    h.close().await;
+}
+
+/// Writes 12 records through a handle and returns the newest segment's length afterwards.
+async fn write_and_close(cfg: &LocalConfig) -> u64 {
+    let h = open(cfg, 1, true).await.unwrap();
+    append_n(&h, "r", 12).await;
+    h.close().await;
+    std::fs::metadata(newest_segment(&cfg.root)).unwrap().len()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn torn_tail_is_truncated_on_read_write_open() {
+    let full = {
+        let mut out = Vec::new();
+        sluice_types::codec::encode_message(&msg("torn").into_message(), &mut out).unwrap();
+        out
+    };
+    let mut bad_crc = full.clone();
+    let last = bad_crc.len() - 1;
+    bad_crc[last] ^= 0x55;
+    let tails: Vec<(&str, Vec<u8>)> = vec![
+        ("garbage", b"\x13\x37 this is not a record".to_vec()),
+        ("half record", full[..full.len() / 2].to_vec()),
+        ("bad crc", bad_crc),
+    ];
+    for (name, tail) in tails {
+        let root = tempfile::tempdir().unwrap();
+        let cfg = LocalConfig {
+            segment_size: 1 << 20,
+            ..config(root.path())
+        };
+        let good_len = write_and_close(&cfg).await;
+        let seg = newest_segment(root.path());
+        let f = std::fs::OpenOptions::new().write(true).open(&seg).unwrap();
+        f.write_all_at(&tail, good_len).unwrap();
+        drop(f);
+
+        // Read-only: stops before the tail, leaves the file alone.
+        let ro = open(&cfg, 0, false).await.unwrap();
+        let got = read_all(&ro, 12).await;
+        assert_eq!(text(&got[11]), "r-11", "{name}");
+        ro.close().await;
+        assert_eq!(
+            std::fs::metadata(&seg).unwrap().len(),
+            good_len + tail.len() as u64
+        );
+
+        let h = open(&cfg, 2, true).await.unwrap();
+        assert_eq!(std::fs::metadata(&seg).unwrap().len(), good_len, "{name}");
+        assert_eq!(h.append(msg("next")).await.unwrap(), id(12), "{name}");
+        let got = read_all(&h, 13).await;
+        assert_eq!(text(&got[12]), "next", "{name}");
+        h.close().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn corruption_in_a_sealed_segment_fails_open_and_reads() {
+    let root = tempfile::tempdir().unwrap();
+    let cfg = config(root.path());
+    let h = open(&cfg, 1, true).await.unwrap();
+    append_n(&h, "a", 40).await;
+    let segments = list_segments(&dir_of(root.path())).unwrap();
+    assert!(segments.len() > 2);
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&segments[1].path)
+        .unwrap();
+    f.write_all_at(b"XX", SEGMENT_HEADER_LEN + 20).unwrap();
+
+    // A reader delivers what precedes the damage, then one error, then ends.
+    let mut s = h.read(ReadOptions::new(DeliverPolicy::All)).await.unwrap();
+    let mut ok = 0;
+    let err = loop {
+        match tokio::time::timeout(Duration::from_secs(10), s.next())
+            .await
+            .unwrap()
+        {
+            Some(Ok(_)) => ok += 1,
+            Some(Err(e)) => break e,
+            None => panic!("stream ended without an error"),
+        }
+    };
+    assert!(matches!(err, LogError::Corrupted { .. }), "{err}");
+    assert_eq!(ok as u64, segments[1].base);
+    assert!(s.next().await.is_none(), "one error, then the end");
+    h.close().await;
+
+    for rw in [true, false] {
+        match open(&cfg, 2, rw).await {
+            Err(LogError::Corrupted { location, .. }) => {
+                assert!(location.contains(".log:"), "{location}")
+            }
+            Err(e) => panic!("unexpected error {e}"),
+            Ok(_) => panic!("opened a corrupted log"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn truncate_removes_whole_old_segments_only() {
+    let root = tempfile::tempdir().unwrap();
+    let cfg = config(root.path());
+    let h = open(&cfg, 1, true).await.unwrap();
+    append_n(&h, "a", 60).await;
+    let before = list_segments(&dir_of(root.path())).unwrap();
+    let cut = before[2].base + 1; // inside the third segment
+    h.truncate(id(cut)).await.unwrap();
+    let after = list_segments(&dir_of(root.path())).unwrap();
+    assert_eq!(after[0].base, before[2].base, "first two segments removed");
+
+    // Reading from a truncated id starts at the oldest retained record.
+    let mut s = h
+        .read(ReadOptions::new(DeliverPolicy::StartFrom(id(0))))
+        .await
+        .unwrap();
+    assert_eq!(take(&mut s, 1).await[0].id(), id(before[2].base));
+
+    // Truncating everything keeps the newest segment, and appends continue.
+    h.truncate(id(1_000)).await.unwrap();
+    let after = list_segments(&dir_of(root.path())).unwrap();
+    assert_eq!(after.len(), 1);
+    assert_eq!(h.append(msg("more")).await.unwrap(), id(60));
+    h.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_only_and_closed_handles_refuse_writes() {
+    let root = tempfile::tempdir().unwrap();
+    let cfg = config(root.path());
+    let ro = open(&cfg, 1, false).await.unwrap();
+    assert!(matches!(
+        ro.append(msg("x")).await,
+        Err(LogError::ReadOnly(_))
+    ));
+    assert!(matches!(
+        ro.truncate(id(0)).await,
+        Err(LogError::ReadOnly(_))
+    ));
+    let rw = open(&cfg, 1, true).await.unwrap();
+    rw.close().await;
+    rw.close().await;
+    assert!(matches!(rw.append(msg("x")).await, Err(LogError::Closed)));
+    assert!(matches!(
+        rw.read(ReadOptions::new(DeliverPolicy::All)).await,
+        Err(LogError::Closed)
+    ));
+    ro.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn higher_term_open_fences_lower_term_handles() {
+    let root = tempfile::tempdir().unwrap();
+    let cfg = config(root.path());
+    let old = open(&cfg, 1, true).await.unwrap();
+    let acked = append_n(&old, "old", 5).await;
+    let new = open(&cfg, 2, true).await.unwrap();
+    let err = old.append(msg("late")).await.unwrap_err();
+    assert!(err.is_fenced(), "{err}");
+    assert!(old.append(msg("later")).await.unwrap_err().is_fenced());
+    assert!(old.truncate(id(0)).await.unwrap_err().is_fenced());
+    assert!(open(&cfg, 1, true).await.err().unwrap().is_fenced());
+    let first_new = new.append(msg("new")).await.unwrap();
+    assert!(acked.iter().all(|a| *a < first_new));
+    let all = read_all(&new, 6).await;
+    assert_eq!(text(&all[5]), "new");
+    old.close().await;
+    new.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn same_term_handles_resync_instead_of_overwriting() {
+    let root = tempfile::tempdir().unwrap();
+    let cfg = config(root.path());
+    let a = open(&cfg, 1, true).await.unwrap();
+    let b = open(&cfg, 1, true).await.unwrap();
+    let mut ids = Vec::new();
+    for i in 0..30 {
+        let h = if i % 3 == 0 { &a } else { &b };
+        ids.push(h.append(msg(&format!("x-{i}"))).await.unwrap());
+    }
+    assert_eq!(ids, (0..30).map(id).collect::<Vec<_>>());
+    let all = read_all(&a, 30).await;
+    for (i, m) in all.iter().enumerate() {
+        assert_eq!(text(m), format!("x-{i}"));
+    }
+    a.close().await;
+    b.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_process_readers_tail_and_see_only_committed_records() {
+    let root = tempfile::tempdir().unwrap();
+    let cfg = config(root.path());
+    let rw = open(&cfg, 1, true).await.unwrap();
+    let ro = open(&cfg, 1, false).await.unwrap();
+    let mut s = ro.read(ReadOptions::new(DeliverPolicy::All)).await.unwrap();
+    let writer = {
+        let rw = rw.clone();
+        tokio::spawn(async move { append_n(&rw, "t", 50).await })
+    };
+    let got = take(&mut s, 50).await;
+    let ids = writer.await.unwrap();
+    assert_eq!(got.iter().map(|m| m.id()).collect::<Vec<_>>(), ids);
+
+    // Hold the directory lock so the writer cannot sync: nothing is delivered meanwhile.
+    let lock = std::fs::File::open(dir_of(root.path()).join(segment::LOCK_FILE)).unwrap();
+    lock.lock().unwrap();
+    let pending = rw.enqueue(msg("pending")).await.unwrap();
+    assert!(
+        tokio::time::timeout(Duration::from_millis(150), s.next())
+            .await
+            .is_err(),
+        "an uncommitted record was delivered"
+    );
+    lock.unlock().unwrap();
+    let id = pending.await.unwrap();
+    assert_eq!(take(&mut s, 1).await[0].id(), id);
+    ro.close().await;
+    rw.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enqueue_waits_while_the_queue_is_full() {
+    let root = tempfile::tempdir().unwrap();
+    let cfg = LocalConfig {
+        queue_records: 4,
+        ..config(root.path())
+    };
+    let rw = open(&cfg, 1, true).await.unwrap();
+    rw.append(msg("warm")).await.unwrap();
+    let lock = std::fs::File::open(dir_of(root.path()).join(segment::LOCK_FILE)).unwrap();
+    lock.lock().unwrap();
+    let mut futures = Vec::new();
+    // The writer takes the first record and blocks on the lock; it keeps its slot until it is
+    // written, so three more fill the queue.
+    for i in 0..4 {
+        futures.push(rw.enqueue(msg(&format!("q-{i}"))).await.unwrap());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let blocked = tokio::time::timeout(Duration::from_millis(200), rw.enqueue(msg("over"))).await;
+    assert!(
+        blocked.is_err(),
+        "enqueue returned while the queue was full"
+    );
+    lock.unlock().unwrap();
+    let over = tokio::time::timeout(Duration::from_secs(10), rw.enqueue(msg("over")))
+        .await
+        .unwrap()
+        .unwrap();
+    for f in futures {
+        f.await.unwrap();
+    }
+    over.await.unwrap();
+    rw.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn close_fails_queued_appends_and_stops_tasks() {
+    let root = tempfile::tempdir().unwrap();
+    let cfg = config(root.path());
+    let rw = open(&cfg, 1, true).await.unwrap();
+    let s1 = rw.read(ReadOptions::new(DeliverPolicy::All)).await.unwrap();
+    let _s2 = rw
+        .read(ReadOptions::new(DeliverPolicy::Latest))
+        .await
+        .unwrap();
+    drop(s1);
+    let lock = std::fs::File::open(dir_of(root.path()).join(segment::LOCK_FILE)).unwrap();
+    lock.lock().unwrap();
+    let first = rw.enqueue(msg("in flight")).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    let queued = rw.enqueue(msg("queued")).await.unwrap();
+    let closing = {
+        let rw = rw.clone();
+        tokio::spawn(async move { rw.close().await })
+    };
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    lock.unlock().unwrap();
+    tokio::time::timeout(Duration::from_secs(10), closing)
+        .await
+        .unwrap()
+        .unwrap();
+    // The batch being written completes; the one still queued fails.
+    assert!(first.await.is_ok());
+    assert!(matches!(queued.await, Err(LogError::Closed)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_a_stream_stops_its_reader() {
+    let root = tempfile::tempdir().unwrap();
+    let cfg = config(root.path());
+    let rw = open(&cfg, 1, true).await.unwrap();
+    append_n(&rw, "d", 20).await;
+    let provider = LocalProvider::new(cfg.clone()).unwrap();
+    let handle = provider
+        .open_local(OpenOptions::read_only(pch(), Term(1)))
+        .await
+        .unwrap();
+    let mut s = handle
+        .read(ReadOptions {
+            policy: DeliverPolicy::All,
+            read_ahead: 2,
+        })
+        .await
+        .unwrap();
+    take(&mut s, 1).await;
+    drop(s);
+    // The handle's task tracker empties once the reader noticed.
+    for _ in 0..100 {
+        if handle.tasks.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(handle.tasks.is_empty(), "reader still running");
+    rw.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relaxed_durability_modes_append_and_read() {
+    for durability in [
+        Durability::None,
+        Durability::Interval(Duration::from_millis(5)),
+    ] {
+        let root = tempfile::tempdir().unwrap();
+        let cfg = LocalConfig {
+            durability,
+            ..config(root.path())
+        };
+        let h = open(&cfg, 1, true).await.unwrap();
+        append_n(&h, "n", 30).await;
+        let all = read_all(&h, 30).await;
+        assert_eq!(text(&all[29]), "n-29");
+        h.close().await;
+        let h = open(&cfg, 2, true).await.unwrap();
+        assert_eq!(h.append(msg("after")).await.unwrap(), id(30));
+        h.close().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_appenders_get_distinct_increasing_ids() {
+    let root = tempfile::tempdir().unwrap();
+    let cfg = LocalConfig {
+        segment_size: 4096,
+        ..config(root.path())
+    };
+    let h = open(&cfg, 1, true).await.unwrap();
+    let mut tasks = Vec::new();
+    for w in 0..16 {
+        let h = h.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut ids = Vec::new();
+            for i in 0..40 {
+                ids.push((h.append(msg(&format!("{w}-{i}"))).await.unwrap(), i));
+            }
+            ids
+        }));
+    }
+    let mut all_ids = Vec::new();
+    for t in tasks {
+        let ids = t.await.unwrap();
+        assert!(ids.windows(2).all(|p| p[0].0 < p[1].0), "per-writer order");
+        all_ids.extend(ids.into_iter().map(|(id, _)| id));
+    }
+    all_ids.sort();
+    assert_eq!(all_ids, (0..640).map(id).collect::<Vec<_>>());
+    let got = read_all(&h, 640).await;
+    assert!(got.windows(2).all(|p| p[0].id() < p[1].id()));
+    h.close().await;
+}

@@ -1,0 +1,680 @@
+//! The write path: a bounded queue in front of one writer thread per read-write handle.
+//!
+//! Group commit: the writer takes every queued record, writes them with one `pwrite` and one
+//! `fdatasync`, then resolves all their futures. With many appenders in a closed loop, taking
+//! "whatever is queued" splits them into alternating small and large cohorts (the few that
+//! re-enqueued first, then the rest), which halves throughput. So when the queue holds fewer
+//! records than the previous batch and that batch ended very recently, the writer waits a short,
+//! bounded time — at most `group_commit_max_wait` and half the last fsync's duration — for the
+//! queue to reach the previous batch size. A writer whose previous batch was one record never
+//! waits, so a lone appender sees no added latency.
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::{Condvar, Mutex, MutexGuard};
+use sluice_types::codec::{encode_message, encoded_len};
+use sluice_types::{MessageId, MutableMessage, PChannel, Term};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot, watch};
+
+use super::recovery::{RecoveryMode, ScannedSegment, recover};
+use super::segment::{
+    LOCK_FILE, SEGMENT_HEADER_LEN, TERM_FILE, encode_segment_header, list_segments, read_term,
+    segment_name, sync_dir, write_term,
+};
+use super::{Durability, LocalConfig, SharedDir};
+use crate::{AppendFuture, LogError, OpenOptions};
+
+type Ack = oneshot::Sender<Result<MessageId, LogError>>;
+
+/// One accepted record waiting for the writer.
+struct Pending {
+    frame: Vec<u8>,
+    ack: Ack,
+    /// Back-pressure: released once the record is written (or failed).
+    _permits: (OwnedSemaphorePermit, OwnedSemaphorePermit),
+}
+
+struct QueueState {
+    items: Vec<Pending>,
+    /// The error every later append gets once the writer is fenced.
+    terminal: Option<LogError>,
+    closing: bool,
+    /// The writer is asleep until the queue holds this many records.
+    wake_at: usize,
+}
+
+struct Queue {
+    state: Mutex<QueueState>,
+    wake: Condvar,
+    records: Arc<Semaphore>,
+    bytes: Arc<Semaphore>,
+    max_bytes: u32,
+}
+
+impl Queue {
+    fn refusal(state: &QueueState) -> Option<LogError> {
+        if let Some(e) = &state.terminal {
+            return Some(e.clone());
+        }
+        state.closing.then_some(LogError::Closed)
+    }
+
+    fn refusal_now(&self) -> LogError {
+        Queue::refusal(&self.state.lock()).unwrap_or(LogError::Closed)
+    }
+
+    /// Stops accepting appends: with `terminal` (fenced) or because the handle closes.
+    fn stop(&self, terminal: Option<LogError>) {
+        let mut state = self.state.lock();
+        match terminal {
+            Some(e) => {
+                state.terminal.get_or_insert(e);
+            }
+            None => state.closing = true,
+        }
+        self.wake.notify_all();
+        drop(state);
+        self.records.close();
+        self.bytes.close();
+    }
+}
+
+/// The handle's side of its writer.
+pub(super) struct WriterLink {
+    queue: Arc<Queue>,
+    done: watch::Receiver<bool>,
+}
+
+impl WriterLink {
+    /// Fails if the writer no longer accepts appends (fenced or closing).
+    pub(super) fn check(&self) -> Result<(), LogError> {
+        match Queue::refusal(&self.queue.state.lock()) {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// Encodes the record, waits for room in the queue and queues it.
+    pub(super) async fn enqueue(&self, message: MutableMessage) -> Result<AppendFuture, LogError> {
+        let message = message.into_message();
+        let mut frame = Vec::with_capacity(encoded_len(&message));
+        encode_message(&message, &mut frame)
+            .map_err(|e| LogError::InvalidArgument(format!("record cannot be stored: {e}")))?;
+        let records = self
+            .queue
+            .records
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| self.queue.refusal_now())?;
+        let weight = u32::try_from(frame.len())
+            .unwrap_or(u32::MAX)
+            .clamp(1, self.queue.max_bytes);
+        let bytes = self
+            .queue
+            .bytes
+            .clone()
+            .acquire_many_owned(weight)
+            .await
+            .map_err(|_| self.queue.refusal_now())?;
+        let (ack, future) = AppendFuture::pending();
+        let mut state = self.queue.state.lock();
+        if let Some(e) = Queue::refusal(&state) {
+            return Err(e);
+        }
+        state.items.push(Pending {
+            frame,
+            ack,
+            _permits: (records, bytes),
+        });
+        if state.items.len() >= state.wake_at {
+            self.queue.wake.notify_one();
+        }
+        Ok(future)
+    }
+
+    /// Stops the writer: queued records fail with `Closed`, a batch being written completes.
+    /// Returns once the writer thread has finished.
+    pub(super) async fn close(&self) {
+        self.queue.stop(None);
+        let mut done = self.done.clone();
+        let _ = done.wait_for(|d| *d).await;
+    }
+
+    /// Tells the writer to stop without waiting for it (handle dropped without `close`).
+    pub(super) fn shutdown(&self) {
+        self.queue.stop(None);
+    }
+}
+
+/// The segment being appended to.
+struct Active {
+    base: u64,
+    path: PathBuf,
+    file: File,
+    /// Where the next record goes (the writer's idea of the file length).
+    offset: u64,
+    next_lsn: u64,
+    /// Offset of the last sparse index entry (or the header end).
+    last_indexed: u64,
+}
+
+impl Active {
+    fn open(seg: &ScannedSegment) -> Result<Active, LogError> {
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&seg.path)
+            .map_err(|e| LogError::io(format!("open {}", seg.path.display()), e))?;
+        Ok(Active {
+            base: seg.base,
+            path: seg.path.clone(),
+            file,
+            offset: seg.end_offset,
+            next_lsn: seg.next_lsn,
+            last_indexed: seg.index.last().map_or(SEGMENT_HEADER_LEN, |&(_, off)| off),
+        })
+    }
+}
+
+struct Writer {
+    pchannel: PChannel,
+    term: Term,
+    config: Arc<LocalConfig>,
+    shared: Arc<SharedDir>,
+    queue: Arc<Queue>,
+    lock_file: File,
+    lock_path: PathBuf,
+    term_file: File,
+    term_path: PathBuf,
+    active: Active,
+    /// Whether this writer counts in `SharedDir::writers`.
+    registered: bool,
+    buf: Vec<u8>,
+    spare: Vec<Pending>,
+    prev_batch: usize,
+    last_commit: Instant,
+    last_fsync: Duration,
+    /// Written but not yet synced (interval durability).
+    dirty: bool,
+    last_sync: Instant,
+    done: watch::Sender<bool>,
+}
+
+fn open_rw(path: &Path) -> Result<File, LogError> {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .map_err(|e| LogError::io(format!("open {}", path.display()), e))
+}
+
+/// Creates an empty segment with base `base`, durably.
+fn create_segment(dir: &Path, base: u64, term: Term) -> Result<ScannedSegment, LogError> {
+    let path = dir.join(segment_name(base));
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(&path)
+        .map_err(|e| LogError::io(format!("create {}", path.display()), e))?;
+    file.write_all_at(&encode_segment_header(base, term), 0)
+        .and_then(|()| file.sync_data())
+        .map_err(|e| LogError::io(format!("write {}", path.display()), e))?;
+    sync_dir(dir)?;
+    Ok(ScannedSegment {
+        base,
+        path,
+        end_offset: SEGMENT_HEADER_LEN,
+        next_lsn: base,
+        index: Vec::new(),
+    })
+}
+
+/// Opens the log read-write: under the directory lock, checks and writes the term, recovers the
+/// segments and registers the writer; then starts the writer thread.
+pub(super) fn open_writer(
+    config: &Arc<LocalConfig>,
+    shared: &Arc<SharedDir>,
+    options: &OpenOptions,
+) -> Result<WriterLink, LogError> {
+    let dir = &shared.path;
+    let lock_path = dir.join(LOCK_FILE);
+    let lock_file = open_rw(&lock_path)?;
+    lock_file
+        .lock()
+        .map_err(|e| LogError::io(format!("lock {}", lock_path.display()), e))?;
+    let recovered = (|| {
+        let term_path = dir.join(TERM_FILE);
+        let term_file = open_rw(&term_path)?;
+        let stored = read_term(&term_file, &term_path)?;
+        if stored.term > options.term {
+            return Err(LogError::Fenced {
+                pchannel: options.pchannel.clone(),
+                term: options.term,
+                current: stored.term,
+            });
+        }
+        if stored.term < options.term || stored.slot.is_none() {
+            write_term(&term_file, &term_path, stored, options.term)?;
+            if stored.slot.is_none() {
+                sync_dir(dir)?;
+            }
+        }
+        let segments = list_segments(dir)?;
+        let scanned = if segments.is_empty() {
+            vec![create_segment(dir, 0, options.term)?]
+        } else {
+            recover(
+                &segments,
+                RecoveryMode::ReadWrite(options.term),
+                config.index_interval,
+                None,
+            )?
+        };
+        for s in &scanned {
+            shared.replace_index(s.base, s.index.clone());
+        }
+        let newest = scanned
+            .last()
+            .ok_or_else(|| LogError::Unavailable("recovery found no segment".into()))?;
+        let active = Active::open(newest)?;
+        shared.register_writer(active.next_lsn);
+        Ok((term_path, term_file, active))
+    })();
+    if let Err(e) = lock_file.unlock() {
+        tracing::warn!(error = %e, path = %lock_path.display(), "unlock failed");
+    }
+    let (term_path, term_file, active) = recovered?;
+    tracing::info!(
+        pchannel = %options.pchannel,
+        term = %options.term,
+        next_lsn = active.next_lsn,
+        segment = %active.path.display(),
+        "local log opened read-write"
+    );
+
+    let queue = Arc::new(Queue {
+        state: Mutex::new(QueueState {
+            items: Vec::new(),
+            terminal: None,
+            closing: false,
+            wake_at: usize::MAX,
+        }),
+        wake: Condvar::new(),
+        records: Arc::new(Semaphore::new(
+            config.queue_records.min(Semaphore::MAX_PERMITS),
+        )),
+        bytes: Arc::new(Semaphore::new(config.queue_bytes.min(u32::MAX as usize))),
+        max_bytes: u32::try_from(config.queue_bytes).unwrap_or(u32::MAX),
+    });
+    let (done, done_rx) = watch::channel(false);
+    let now = Instant::now();
+    let writer = Writer {
+        pchannel: options.pchannel.clone(),
+        term: options.term,
+        config: config.clone(),
+        shared: shared.clone(),
+        queue: queue.clone(),
+        lock_file,
+        lock_path,
+        term_file,
+        term_path,
+        active,
+        registered: true,
+        buf: Vec::new(),
+        spare: Vec::new(),
+        prev_batch: 0,
+        last_commit: now,
+        last_fsync: Duration::ZERO,
+        dirty: false,
+        last_sync: now,
+        done,
+    };
+    std::thread::Builder::new()
+        .name("sluice-wal".into())
+        .spawn(move || writer.run())
+        .map_err(|e| LogError::io("start the local log writer thread", e))?;
+    Ok(WriterLink {
+        queue,
+        done: done_rx,
+    })
+}
+
+fn fail(items: impl IntoIterator<Item = Pending>, error: &LogError) {
+    for p in items {
+        let _ = p.ack.send(Err(error.clone()));
+    }
+}
+
+impl Writer {
+    fn run(mut self) {
+        while let Some(batch) = self.next_batch() {
+            self.commit(batch);
+        }
+        if self.dirty
+            && let Err(e) = self.active.file.sync_data()
+        {
+            tracing::error!(error = %e, path = %self.active.path.display(), "final sync failed");
+        }
+        self.deregister();
+        let _ = self.done.send(true);
+    }
+
+    fn idle_timeout(&self) -> Duration {
+        match self.config.durability {
+            Durability::Interval(d) => d.min(self.config.poll_interval),
+            _ => self.config.poll_interval,
+        }
+    }
+
+    /// Waits for appends and takes every queued one; `None` once the writer must stop.
+    fn next_batch(&mut self) -> Option<Vec<Pending>> {
+        let queue = self.queue.clone();
+        let idle = self.idle_timeout();
+        let mut state = queue.state.lock();
+        loop {
+            if let Some(error) = Queue::refusal(&state) {
+                let rest = std::mem::take(&mut state.items);
+                drop(state);
+                fail(rest, &error);
+                return None;
+            }
+            if !state.items.is_empty() {
+                break;
+            }
+            state.wake_at = 1;
+            let timed_out = queue.wake.wait_for(&mut state, idle).timed_out();
+            state.wake_at = usize::MAX;
+            if timed_out && state.items.is_empty() && Queue::refusal(&state).is_none() {
+                MutexGuard::unlocked(&mut state, || self.idle_tick());
+            }
+        }
+        self.gather(&queue, &mut state);
+        let batch = std::mem::replace(&mut state.items, std::mem::take(&mut self.spare));
+        Some(batch)
+    }
+
+    /// The adaptive part of group commit (see the module docs).
+    fn gather(&self, queue: &Queue, state: &mut MutexGuard<'_, QueueState>) {
+        let target = self.prev_batch;
+        if target <= 1 || state.items.len() >= target {
+            return;
+        }
+        let budget = self.config.group_commit_max_wait.min(self.last_fsync / 2);
+        let deadline = self.last_commit + budget;
+        if Instant::now() >= deadline {
+            return;
+        }
+        state.wake_at = target;
+        while state.items.len() < target && Queue::refusal(state).is_none() {
+            if queue.wake.wait_until(state, deadline).timed_out() {
+                break;
+            }
+        }
+        state.wake_at = usize::MAX;
+    }
+
+    fn commit(&mut self, mut batch: Vec<Pending>) {
+        let n = batch.len();
+        let result = match self.lock_file.lock() {
+            Ok(()) => {
+                let r = self.write_locked(&batch);
+                if let Err(e) = self.lock_file.unlock() {
+                    tracing::warn!(error = %e, path = %self.lock_path.display(), "unlock failed");
+                }
+                r
+            }
+            Err(e) => Err(LogError::io(
+                format!("lock {}", self.lock_path.display()),
+                e,
+            )),
+        };
+        match result {
+            Ok(first) => {
+                self.shared.publish(self.active.next_lsn);
+                for (i, p) in batch.drain(..).enumerate() {
+                    let _ = p.ack.send(Ok(MessageId::from_parts(0, first + i as u64)));
+                }
+            }
+            Err(e) => {
+                if e.is_fenced() {
+                    self.fence(e.clone());
+                }
+                fail(batch.drain(..), &e);
+            }
+        }
+        self.spare = batch;
+        self.prev_batch = n;
+        self.last_commit = Instant::now();
+    }
+
+    fn fenced(&self, current: Term) -> LogError {
+        LogError::Fenced {
+            pchannel: self.pchannel.clone(),
+            term: self.term,
+            current,
+        }
+    }
+
+    fn fence(&mut self, error: LogError) {
+        tracing::warn!(pchannel = %self.pchannel, term = %self.term, %error, "local log writer fenced");
+        self.queue.stop(Some(error));
+        self.deregister();
+    }
+
+    fn deregister(&mut self) {
+        if self.registered {
+            self.registered = false;
+            self.shared.deregister_writer();
+        }
+    }
+
+    fn io(&self, what: &str, e: std::io::Error) -> LogError {
+        LogError::io(format!("{what} {}", self.active.path.display()), e)
+    }
+
+    /// Writes one batch. Runs under the directory lock.
+    fn write_locked(&mut self, batch: &[Pending]) -> Result<u64, LogError> {
+        let stored = read_term(&self.term_file, &self.term_path)?;
+        if stored.term > self.term {
+            return Err(self.fenced(stored.term));
+        }
+        let len = self
+            .active
+            .file
+            .metadata()
+            .map_err(|e| self.io("stat", e))?
+            .len();
+        if len != self.active.offset {
+            // Another handle at this term wrote since our last batch.
+            self.resync()?;
+        }
+        let first = self.active.next_lsn;
+        let interval = self.config.index_interval;
+        let mut buf = std::mem::take(&mut self.buf);
+        buf.clear();
+        let mut index = Vec::new();
+        let mut last_indexed = self.active.last_indexed;
+        for (i, p) in batch.iter().enumerate() {
+            let offset = self.active.offset + buf.len() as u64;
+            if offset >= last_indexed.saturating_add(interval) {
+                index.push((first + i as u64, offset));
+                last_indexed = offset;
+            }
+            buf.extend_from_slice(&p.frame);
+        }
+        let written = self.write_and_sync(&buf);
+        let added = buf.len() as u64;
+        self.buf = buf;
+        if let Err(e) = written {
+            // Leave no record behind that a reader could see but nobody acknowledged.
+            if let Err(undo) = self.active.file.set_len(self.active.offset) {
+                tracing::error!(error = %undo, path = %self.active.path.display(), "could not remove a failed batch");
+            }
+            return Err(e);
+        }
+        self.active.offset += added;
+        self.active.next_lsn += batch.len() as u64;
+        self.active.last_indexed = last_indexed;
+        self.shared.merge_index(self.active.base, &index);
+        if self.active.offset >= self.config.segment_size
+            && self.active.next_lsn > self.active.base
+            && let Err(e) = self.roll()
+        {
+            tracing::warn!(error = %e, pchannel = %self.pchannel, "segment roll failed; will retry");
+        }
+        Ok(first)
+    }
+
+    fn write_and_sync(&mut self, buf: &[u8]) -> Result<(), LogError> {
+        self.active
+            .file
+            .write_all_at(buf, self.active.offset)
+            .map_err(|e| self.io("write", e))?;
+        match self.config.durability {
+            Durability::Fsync => {
+                let start = Instant::now();
+                self.active
+                    .file
+                    .sync_data()
+                    .map_err(|e| self.io("sync", e))?;
+                self.last_fsync = start.elapsed();
+                self.last_sync = Instant::now();
+            }
+            Durability::Interval(d) => {
+                self.dirty = true;
+                if self.last_sync.elapsed() >= d {
+                    self.sync_now()?;
+                }
+            }
+            Durability::None => {}
+        }
+        Ok(())
+    }
+
+    fn sync_now(&mut self) -> Result<(), LogError> {
+        self.active
+            .file
+            .sync_data()
+            .map_err(|e| self.io("sync", e))?;
+        self.dirty = false;
+        self.last_sync = Instant::now();
+        Ok(())
+    }
+
+    /// Seals the active segment and starts the next one. Runs under the directory lock.
+    fn roll(&mut self) -> Result<(), LogError> {
+        if self.dirty {
+            self.sync_now()?;
+        }
+        let base = self.active.next_lsn;
+        let seg = match create_segment(&self.shared.path, base, self.term) {
+            Ok(seg) => seg,
+            Err(LogError::Io { source, .. })
+                if source.kind() == std::io::ErrorKind::AlreadyExists =>
+            {
+                // Someone else at this term rolled first; follow the files.
+                return self.resync();
+            }
+            Err(e) => return Err(e),
+        };
+        self.active = Active::open(&seg)?;
+        self.shared.replace_index(base, Vec::new());
+        tracing::debug!(pchannel = %self.pchannel, base, "rolled to a new segment");
+        Ok(())
+    }
+
+    /// Re-reads the tail of the log (from the active segment on) after another handle at the
+    /// same term wrote to it. Runs under the directory lock.
+    fn resync(&mut self) -> Result<(), LogError> {
+        let segments: Vec<_> = list_segments(&self.shared.path)?
+            .into_iter()
+            .filter(|s| s.base >= self.active.base)
+            .collect();
+        if segments.first().map(|s| s.base) != Some(self.active.base) {
+            return Err(LogError::Corrupted {
+                location: format!("{}:0", self.active.path.display()),
+                reason: "the active segment disappeared".into(),
+            });
+        }
+        let scanned = recover(
+            &segments,
+            RecoveryMode::ReadWrite(self.term),
+            self.config.index_interval,
+            None,
+        )?;
+        for s in &scanned {
+            self.shared.replace_index(s.base, s.index.clone());
+        }
+        let Some(newest) = scanned.last() else {
+            return Err(LogError::Unavailable("resync found no segment".into()));
+        };
+        self.active = Active::open(newest)?;
+        tracing::info!(
+            pchannel = %self.pchannel,
+            next_lsn = self.active.next_lsn,
+            "resynced with records written by another handle"
+        );
+        // Whoever wrote them held the lock through their sync.
+        self.shared.publish(self.active.next_lsn);
+        Ok(())
+    }
+
+    /// Housekeeping while no append arrives: interval syncs, noticing a fence or another
+    /// writer's records so in-process readers are not held back by a stale limit.
+    fn idle_tick(&mut self) {
+        if self.dirty
+            && let Durability::Interval(d) = self.config.durability
+            && self.last_sync.elapsed() >= d
+            && let Err(e) = self.sync_now()
+        {
+            tracing::error!(error = %e, "interval sync failed");
+        }
+        match read_term(&self.term_file, &self.term_path) {
+            Ok(stored) if stored.term > self.term => {
+                let e = self.fenced(stored.term);
+                self.fence(e);
+                return;
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "reading the term file failed"),
+        }
+        let grown = self
+            .active
+            .file
+            .metadata()
+            .map(|m| m.len() != self.active.offset)
+            .unwrap_or(false);
+        if grown {
+            let r = self.lock_file.lock().map_err(|e| self.io("lock", e));
+            let r = r.and_then(|()| {
+                let stored = read_term(&self.term_file, &self.term_path);
+                let r = match stored {
+                    Ok(s) if s.term > self.term => Err(self.fenced(s.term)),
+                    Ok(_) => self.resync(),
+                    Err(e) => Err(e),
+                };
+                let _ = self.lock_file.unlock();
+                r
+            });
+            match r {
+                Err(e) if e.is_fenced() => self.fence(e),
+                Err(e) => tracing::warn!(error = %e, "idle resync failed"),
+                Ok(()) => {}
+            }
+        }
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        self.deregister();
+    }
+}
