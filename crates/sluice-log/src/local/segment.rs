@@ -283,7 +283,13 @@ pub fn write_term(
     };
     let buf = encode_term_slot(term);
     file.write_all_at(&buf, (slot * TERM_SLOT_LEN) as u64)
-        .and_then(|()| file.sync_data())
+        .and_then(|()| {
+            // Keep the file two slots long, so that every later read is one `pread`.
+            if file.metadata()?.len() < (2 * TERM_SLOT_LEN) as u64 {
+                file.set_len((2 * TERM_SLOT_LEN) as u64)?;
+            }
+            file.sync_data()
+        })
         .map_err(|e| LogError::io(format!("write {}", path.display()), e))
 }
 
