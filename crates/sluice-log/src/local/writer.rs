@@ -163,13 +163,31 @@ struct Active {
     last_indexed: u64,
 }
 
+/// Reserves the blocks of a segment up to `size` without changing its length (best effort).
+fn preallocate(file: &File, path: &Path, size: u64) {
+    use rustix::fs::{FallocateFlags, fallocate};
+    let len = match file.metadata() {
+        Ok(m) => m.len(),
+        Err(_) => return,
+    };
+    if len >= size {
+        return;
+    }
+    if let Err(e) = fallocate(file, FallocateFlags::KEEP_SIZE, len, size - len) {
+        tracing::debug!(error = %e, path = %path.display(), "segment preallocation not available");
+    }
+}
+
 impl Active {
-    fn open(seg: &ScannedSegment) -> Result<Active, LogError> {
+    fn open(seg: &ScannedSegment, config: &LocalConfig) -> Result<Active, LogError> {
         let file = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
             .open(&seg.path)
             .map_err(|e| LogError::io(format!("open {}", seg.path.display()), e))?;
+        if config.preallocate {
+            preallocate(&file, &seg.path, config.segment_size);
+        }
         Ok(Active {
             base: seg.base,
             path: seg.path.clone(),
@@ -284,7 +302,7 @@ pub(super) fn open_writer(
         let newest = scanned
             .last()
             .ok_or_else(|| LogError::Unavailable("recovery found no segment".into()))?;
-        let active = Active::open(newest)?;
+        let active = Active::open(newest, config)?;
         shared.register_writer(active.next_lsn);
         Ok((term_path, term_file, active))
     })();
@@ -585,7 +603,7 @@ impl Writer {
             }
             Err(e) => return Err(e),
         };
-        self.active = Active::open(&seg)?;
+        self.active = Active::open(&seg, &self.config)?;
         self.shared.replace_index(base, Vec::new());
         tracing::debug!(pchannel = %self.pchannel, base, "rolled to a new segment");
         Ok(())
@@ -616,7 +634,7 @@ impl Writer {
         let Some(newest) = scanned.last() else {
             return Err(LogError::Unavailable("resync found no segment".into()));
         };
-        self.active = Active::open(newest)?;
+        self.active = Active::open(newest, &self.config)?;
         tracing::info!(
             pchannel = %self.pchannel,
             next_lsn = self.active.next_lsn,
