@@ -1,0 +1,268 @@
+//! Timestamp allocation, acknowledgement and last-confirmed ids.
+//!
+//! Appends run concurrently, so log id order is not timestamp order. This state machine keeps
+//! what readers need to release messages in timestamp order:
+//!
+//! * **Allocation** happens under one lock, so allocation order equals timestamp order.
+//! * **Last-confirmed id (LC)** of a message `m`: reading the log from `LC(m)` sees every message
+//!   with a timestamp ≥ `TT(m)`, and the BeginTxn of every transaction still open. We use the
+//!   largest id acknowledged before `m` was allocated: every record with a smaller id got its id
+//!   before that acknowledgement, hence was allocated before `m`, hence has a smaller timestamp.
+//!   Open transactions hold the LC at their BeginTxn so a reader starting there sees the whole
+//!   transaction.
+//! * **Timetick sync**: the highest timestamp below which every allocation is acknowledged is
+//!   `last_confirmed_ts`. A timetick at that timestamp, written after all of those messages were
+//!   acknowledged, guarantees every message with TT ≤ tick precedes it in the log.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use sluice_types::{ImmutableMessage, MessageId, Timestamp, VChannel};
+
+use crate::tso::Batch;
+
+/// What a timetick sync decided.
+#[derive(Debug)]
+pub(crate) struct SyncPlan {
+    /// The timetick's timestamp.
+    pub(crate) tick: Timestamp,
+    /// The timetick's last-confirmed id.
+    pub(crate) last_confirmed: MessageId,
+    /// Acknowledged messages with TT ≤ tick, in timestamp order, not yet given to readers.
+    pub(crate) messages: Vec<ImmutableMessage>,
+    /// Whether the timetick must be written to the log.
+    pub(crate) persist: bool,
+}
+
+/// Allocation, acknowledgement and LC state of one WAL.
+#[derive(Debug)]
+pub(crate) struct AckState {
+    pub(crate) batch: Batch,
+    last_allocated: Timestamp,
+    /// Allocated, not yet acknowledged: timestamp → the LC it was given.
+    inflight: BTreeMap<Timestamp, MessageId>,
+    max_acked_id: MessageId,
+    /// BeginTxn ids of transactions still open.
+    open_txns: BTreeSet<(MessageId, i64)>,
+    open_txn_ids: HashMap<i64, MessageId>,
+    /// Acknowledged messages waiting for the next sync.
+    acked: BTreeMap<Timestamp, ImmutableMessage>,
+    last_tick: Timestamp,
+    /// Per vchannel, the highest acknowledged timestamp (MVCC).
+    vchannel_mvcc: HashMap<VChannel, Timestamp>,
+}
+
+impl AckState {
+    /// State right after the first timetick (`tick` at `id`) was written.
+    pub(crate) fn new(tick: Timestamp, id: MessageId) -> AckState {
+        AckState {
+            batch: Batch::default(),
+            last_allocated: tick,
+            inflight: BTreeMap::new(),
+            max_acked_id: id,
+            open_txns: BTreeSet::new(),
+            open_txn_ids: HashMap::new(),
+            acked: BTreeMap::new(),
+            last_tick: tick,
+            vchannel_mvcc: HashMap::new(),
+        }
+    }
+
+    /// The LC a message allocated now gets.
+    pub(crate) fn current_lc(&self) -> MessageId {
+        match self.open_txns.first() {
+            Some((begin, _)) => (*begin).min(self.max_acked_id),
+            None => self.max_acked_id,
+        }
+    }
+
+    /// Takes a timestamp (≥ `barrier`) from the local batch and registers it in flight; `None`
+    /// when the batch must be refilled first.
+    pub(crate) fn allocate(
+        &mut self,
+        barrier: Option<Timestamp>,
+    ) -> Option<(Timestamp, MessageId)> {
+        let ts = self.batch.take(barrier)?;
+        debug_assert!(ts > self.last_allocated);
+        self.last_allocated = ts;
+        let lc = self.current_lc();
+        self.inflight.insert(ts, lc);
+        Some((ts, lc))
+    }
+
+    /// The append at `ts` failed: nothing was written.
+    pub(crate) fn ack_failed(&mut self, ts: Timestamp) {
+        self.inflight.remove(&ts);
+    }
+
+    /// The append at `ts` is durable as `msg`. `deliver` is false for parts of a transaction
+    /// that readers get through the scanner's txn assembly anyway (they are still delivered;
+    /// the flag exists for messages that must never reach the buffer).
+    pub(crate) fn ack(&mut self, ts: Timestamp, msg: ImmutableMessage) {
+        self.inflight.remove(&ts);
+        self.max_acked_id = self.max_acked_id.max(msg.id());
+        if let Ok(Some(vc)) = msg.vchannel() {
+            let e = self.vchannel_mvcc.entry(vc).or_insert(ts);
+            *e = (*e).max(ts);
+        }
+        self.acked.insert(ts, msg);
+    }
+
+    /// A transaction's BeginTxn is durable at `begin`: hold the LC there until it ends.
+    pub(crate) fn open_txn(&mut self, txn_id: i64, begin: MessageId) {
+        if self.open_txn_ids.insert(txn_id, begin).is_none() {
+            self.open_txns.insert((begin, txn_id));
+        }
+    }
+
+    /// A transaction ended (committed, rolled back, expired or failed).
+    pub(crate) fn close_txn(&mut self, txn_id: i64) {
+        if let Some(begin) = self.open_txn_ids.remove(&txn_id) {
+            self.open_txns.remove(&(begin, txn_id));
+        }
+    }
+
+    /// The highest timestamp below which every allocation is acknowledged.
+    pub(crate) fn last_confirmed_ts(&self) -> Timestamp {
+        match self.inflight.first_key_value() {
+            Some((first, _)) => Timestamp(first.0 - 1),
+            None => self.last_allocated,
+        }
+    }
+
+    /// Plans a timetick. `sync_ts` is a timestamp the caller just allocated for the sync itself
+    /// (it is acknowledged here at once, so an idle WAL's time still advances). Returns `None`
+    /// when time did not advance since the last timetick.
+    pub(crate) fn plan_sync(
+        &mut self,
+        sync_ts: Timestamp,
+        force_persist: bool,
+    ) -> Option<SyncPlan> {
+        self.inflight.remove(&sync_ts);
+        let tick = self.last_confirmed_ts();
+        if tick <= self.last_tick {
+            return None;
+        }
+        let later = self.acked.split_off(&Timestamp(tick.0.saturating_add(1)));
+        let ready = std::mem::replace(&mut self.acked, later);
+        let last_confirmed = match self.inflight.first_key_value() {
+            Some((_, lc)) => (*lc).min(self.current_lc()),
+            None => self.current_lc(),
+        };
+        let messages: Vec<ImmutableMessage> = ready.into_values().collect();
+        let persist = force_persist || !messages.is_empty();
+        self.last_tick = tick;
+        Some(SyncPlan {
+            tick,
+            last_confirmed,
+            messages,
+            persist,
+        })
+    }
+
+    /// A persisted timetick is durable at `id`.
+    pub(crate) fn tick_written(&mut self, id: MessageId) {
+        self.max_acked_id = self.max_acked_id.max(id);
+    }
+
+    /// The latest timestamp a read of `vchannel` may use: its newest acknowledged write or the
+    /// last timetick, whichever is later.
+    pub(crate) fn mvcc(&self, vchannel: &VChannel) -> Timestamp {
+        self.vchannel_mvcc
+            .get(vchannel)
+            .copied()
+            .unwrap_or_default()
+            .max(self.last_tick)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sluice_types::MutableMessage;
+    use sluice_types::message::InsertHeader;
+
+    fn state() -> AckState {
+        let mut s = AckState::new(Timestamp(100), MessageId(1));
+        s.batch = crate::tso::Batch::default();
+        s
+    }
+
+    fn fill(s: &mut AckState, from: u64) {
+        s.batch = crate::tso::Batch::for_tests(from, from + 1000);
+    }
+
+    fn msg(id: u128) -> ImmutableMessage {
+        MutableMessage::builder(InsertHeader::default())
+            .build()
+            .unwrap()
+            .into_immutable(MessageId(id))
+    }
+
+    #[test]
+    fn lc_is_the_largest_id_acked_before_allocation() {
+        let mut s = state();
+        fill(&mut s, 200);
+        let (a, lc_a) = s.allocate(None).unwrap();
+        let (b, lc_b) = s.allocate(None).unwrap();
+        assert_eq!((lc_a, lc_b), (MessageId(1), MessageId(1)));
+        // b finishes first with a smaller id than a will get.
+        s.ack(b, msg(5));
+        let (c, lc_c) = s.allocate(None).unwrap();
+        assert_eq!(lc_c, MessageId(5));
+        s.ack(a, msg(6));
+        s.ack(c, msg(7));
+        assert_eq!(s.last_confirmed_ts(), c);
+    }
+
+    #[test]
+    fn open_txn_holds_the_lc() {
+        let mut s = state();
+        fill(&mut s, 200);
+        let (t, _) = s.allocate(None).unwrap();
+        s.ack(t, msg(10));
+        s.open_txn(7, MessageId(10));
+        let (u, _) = s.allocate(None).unwrap();
+        s.ack(u, msg(11));
+        assert_eq!(s.allocate(None).unwrap().1, MessageId(10));
+        s.close_txn(7);
+        assert_eq!(s.allocate(None).unwrap().1, MessageId(11));
+    }
+
+    #[test]
+    fn sync_releases_only_confirmed_messages_in_timestamp_order() {
+        let mut s = state();
+        fill(&mut s, 200);
+        let (a, _) = s.allocate(None).unwrap();
+        let (b, _) = s.allocate(None).unwrap();
+        let (c, _) = s.allocate(None).unwrap();
+        s.ack(c, msg(3));
+        s.ack(a, msg(4));
+        // b is still in flight: only a is confirmed.
+        let (sync, _) = s.allocate(None).unwrap();
+        let plan = s.plan_sync(sync, false).unwrap();
+        assert_eq!(plan.tick, a);
+        assert_eq!(
+            plan.messages.iter().map(|m| m.id()).collect::<Vec<_>>(),
+            [MessageId(4)]
+        );
+        assert!(plan.persist);
+        // The tick's LC must let a reader see b, whose LC was taken before anything was acked.
+        assert_eq!(plan.last_confirmed, MessageId(1));
+        s.ack(b, msg(5));
+        let (sync, _) = s.allocate(None).unwrap();
+        let plan = s.plan_sync(sync, false).unwrap();
+        assert_eq!(plan.tick, sync);
+        assert_eq!(
+            plan.messages.iter().map(|m| m.id()).collect::<Vec<_>>(),
+            [MessageId(5), MessageId(3)]
+        );
+        // Idle: time advances with a timetick that need not be persisted.
+        let (sync, _) = s.allocate(None).unwrap();
+        let plan = s.plan_sync(sync, false).unwrap();
+        assert!(!plan.persist && plan.messages.is_empty());
+        assert!(
+            s.plan_sync(sync, false).is_none(),
+            "no progress, no timetick"
+        );
+    }
+}

@@ -1,0 +1,15 @@
+//! The WAL component: what a streaming node runs for one pchannel on top of any `sluice-log`
+//! backend.
+
+mod ack;
+pub mod error;
+mod lock;
+pub mod scanner;
+pub mod shard;
+pub mod tso;
+mod txn;
+pub mod wab;
+pub mod wal;
+
+pub use error::WalError;
+pub use wal::{AppendResult, RecoveryHook, Wal, WalConfig, WalDeps};

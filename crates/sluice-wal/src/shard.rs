@@ -1,0 +1,568 @@
+//! Vchannel invariants and the growing-segment life cycle.
+//!
+//! The shard manager knows which collections and partitions exist on this pchannel and which
+//! growing segments take their inserts:
+//!
+//! * an Insert or Delete for a collection that was never created, or was dropped, or (Insert) a
+//!   partition that does not exist, is **unrecoverable** and nothing is written;
+//! * each Insert is assigned to a growing segment of its (collection, partition) with room for
+//!   it; when none has room the WAL writes a CreateSegment itself and retries;
+//! * segments seal by size (a jittered fraction of the maximum), by idle time, and when the
+//!   growing bytes of the whole node pass a high watermark (largest first, down to a low one);
+//! * a sealed segment gets its Flush message once every write assigned to it is acknowledged
+//!   (and every transaction that wrote to it has ended);
+//! * ManualFlush / SchemaChange seal every growing segment of the collection and are themselves
+//!   the flush point; DropCollection / DropPartition drop their segments.
+//!
+//! State changes from DDL apply when the DDL is acknowledged, while the DDL still holds its
+//! exclusive lock, so no insert can race them.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use rand::Rng;
+use sluice_types::message::{
+    CreateCollectionHeader, CreatePartitionHeader, CreateSegmentHeader, DeleteHeader,
+    DropCollectionHeader, DropPartitionHeader, FlushHeader, InsertHeader, ManualFlushHeader,
+    SchemaChangeHeader,
+};
+use sluice_types::{ImmutableMessage, MessageType, MutableMessage};
+use tokio::time::Instant;
+
+use crate::WalError;
+
+/// Segment policies.
+#[derive(Clone, Debug)]
+pub struct SegmentConfig {
+    /// Bytes at which a growing segment seals, before jitter. Default 120 MiB (1 GiB × 0.12, as
+    /// the reference).
+    pub max_segment_bytes: u64,
+    /// Each segment's limit is `max_segment_bytes × U[1 − jitter, 1]`. Default 0.1.
+    pub size_jitter: f64,
+    /// A segment idle this long seals, if it holds at least `min_idle_seal_bytes`. Default 600 s.
+    pub max_idle: Duration,
+    /// Smallest segment the idle policy seals. Default 16 MiB.
+    pub min_idle_seal_bytes: u64,
+    /// Growing bytes on the whole node above which the largest segments seal. Default 4 GiB.
+    pub node_growing_high: u64,
+    /// ... until the node's growing bytes are below this. Default 2 GiB.
+    pub node_growing_low: u64,
+    /// How often the time and memory policies run. Default 10 s.
+    pub check_interval: Duration,
+}
+
+impl Default for SegmentConfig {
+    fn default() -> Self {
+        SegmentConfig {
+            max_segment_bytes: 120 << 20,
+            size_jitter: 0.1,
+            max_idle: Duration::from_secs(600),
+            min_idle_seal_bytes: 16 << 20,
+            node_growing_high: 4 << 30,
+            node_growing_low: 2 << 30,
+            check_interval: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Growing bytes across every WAL of a node (shared between their shard managers).
+#[derive(Debug, Default)]
+pub struct NodeGrowingBytes(AtomicU64);
+
+impl NodeGrowingBytes {
+    /// A new counter.
+    pub fn new() -> Arc<NodeGrowingBytes> {
+        Arc::new(NodeGrowingBytes::default())
+    }
+
+    /// The current total.
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    fn add(&self, n: u64) {
+        self.0.fetch_add(n, Ordering::Relaxed);
+    }
+
+    fn sub(&self, n: u64) {
+        let _ = self
+            .0
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
+                Some(v.saturating_sub(n))
+            });
+    }
+}
+
+/// Why a segment sealed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SealReason {
+    /// It reached its size limit.
+    Size,
+    /// It was idle.
+    Idle,
+    /// The node held too many growing bytes.
+    NodeMemory,
+}
+
+#[derive(Debug)]
+struct Segment {
+    collection: i64,
+    partition: i64,
+    vchannel: Option<String>,
+    limit: u64,
+    bytes: u64,
+    rows: u64,
+    last_write: Instant,
+    sealed: Option<SealReason>,
+    /// Writes assigned and not yet acknowledged, plus transactions holding it.
+    holds: u32,
+}
+
+#[derive(Debug, Default)]
+struct Collection {
+    partitions: HashMap<i64, Vec<i64>>,
+}
+
+#[derive(Default)]
+struct State {
+    collections: HashMap<i64, Collection>,
+    segments: HashMap<i64, Segment>,
+}
+
+/// The result of trying to place an insert.
+#[derive(Debug)]
+pub(crate) enum Placement {
+    /// Nothing to place (not an Insert/Delete) or placed into `segment` (which must be released
+    /// with [`ShardManager::release`]).
+    Placed(Option<i64>),
+    /// No growing segment has room: create one for (collection, partition) and retry.
+    NeedSegment { collection: i64, partition: i64 },
+}
+
+/// A segment ready for its Flush message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct FlushReady {
+    pub(crate) collection: i64,
+    pub(crate) partition: i64,
+    pub(crate) segment: i64,
+    pub(crate) vchannel: Option<String>,
+}
+
+/// Collections, partitions and growing segments of one WAL.
+pub(crate) struct ShardManager {
+    config: SegmentConfig,
+    node: Arc<NodeGrowingBytes>,
+    state: Mutex<State>,
+    /// Serialises segment creation so concurrent inserts do not each create one.
+    pub(crate) create_gate: tokio::sync::Mutex<()>,
+    /// Woken when a sealed segment may have become ready to flush.
+    pub(crate) flush_wakeup: tokio::sync::Notify,
+}
+
+fn unrecoverable(what: String) -> WalError {
+    WalError::Unrecoverable(what)
+}
+
+impl ShardManager {
+    pub(crate) fn new(config: SegmentConfig, node: Arc<NodeGrowingBytes>) -> ShardManager {
+        ShardManager {
+            config,
+            node,
+            state: Mutex::new(State::default()),
+            create_gate: tokio::sync::Mutex::new(()),
+            flush_wakeup: tokio::sync::Notify::new(),
+        }
+    }
+
+    /// Checks the vchannel invariants for `msg` and, for an Insert, reserves room in a growing
+    /// segment and writes its id into the header. Nothing is reserved on error.
+    pub(crate) fn place(&self, msg: &mut MutableMessage) -> Result<Placement, WalError> {
+        match msg.message_type()? {
+            MessageType::Insert => self.place_insert(msg),
+            MessageType::Delete => {
+                let h: DeleteHeader = msg.header()?;
+                if !self.state.lock().collections.contains_key(&h.collection_id) {
+                    return Err(unrecoverable(format!(
+                        "delete from collection {} which does not exist (never created or dropped)",
+                        h.collection_id
+                    )));
+                }
+                Ok(Placement::Placed(None))
+            }
+            _ => Ok(Placement::Placed(None)),
+        }
+    }
+
+    fn place_insert(&self, msg: &mut MutableMessage) -> Result<Placement, WalError> {
+        let mut h: InsertHeader = msg.header()?;
+        let [part] = h.partitions.as_mut_slice() else {
+            return Err(WalError::InvalidArgument(format!(
+                "an insert must carry exactly one partition, this one has {}",
+                h.partitions.len()
+            )));
+        };
+        if part.binary_size == 0 {
+            part.binary_size = msg.estimate_size() as u64;
+        }
+        let size = part.binary_size;
+        let mut st = self.state.lock();
+        let State {
+            collections,
+            segments,
+        } = &mut *st;
+        let coll = collections.get(&h.collection_id).ok_or_else(|| {
+            unrecoverable(format!(
+                "insert into collection {} which does not exist (never created or dropped)",
+                h.collection_id
+            ))
+        })?;
+        let growing = coll.partitions.get(&part.partition_id).ok_or_else(|| {
+            unrecoverable(format!(
+                "insert into partition {} of collection {} which does not exist",
+                part.partition_id, h.collection_id
+            ))
+        })?;
+        let mut placed = None;
+        for id in growing {
+            let Some(seg) = segments.get_mut(id) else {
+                continue;
+            };
+            if seg.sealed.is_some() {
+                continue;
+            }
+            if seg.bytes + size <= seg.limit {
+                seg.bytes += size;
+                seg.rows += part.rows;
+                seg.holds += 1;
+                seg.last_write = Instant::now();
+                placed = Some(*id);
+                break;
+            }
+            if seg.bytes == 0 {
+                return Err(unrecoverable(format!(
+                    "insert of {size} bytes is larger than an empty segment ({} bytes)",
+                    seg.limit
+                )));
+            }
+            // Full: seal it; the insert goes elsewhere.
+            seg.sealed = Some(SealReason::Size);
+            self.flush_wakeup.notify_one();
+        }
+        let (collection, partition) = (h.collection_id, part.partition_id);
+        match placed {
+            Some(segment) => {
+                part.segment_id = segment;
+                self.node.add(size);
+                drop(st);
+                msg.set_header(&h)?;
+                Ok(Placement::Placed(Some(segment)))
+            }
+            None => Ok(Placement::NeedSegment {
+                collection,
+                partition,
+            }),
+        }
+    }
+
+    /// The header of a new segment for (collection, partition), with a jittered size limit.
+    pub(crate) fn new_segment_header(
+        &self,
+        collection: i64,
+        partition: i64,
+        segment: i64,
+    ) -> CreateSegmentHeader {
+        let j = self.config.size_jitter.clamp(0.0, 0.99);
+        let factor = if j > 0.0 {
+            rand::rng().random_range(1.0 - j..=1.0)
+        } else {
+            1.0
+        };
+        CreateSegmentHeader {
+            collection_id: collection,
+            partition_id: partition,
+            segment_id: segment,
+            storage_version: 2,
+            max_segment_size: ((self.config.max_segment_bytes as f64) * factor).max(1.0) as u64,
+            max_rows: 0,
+            level: 1,
+        }
+    }
+
+    /// An insert assigned to `segment` was acknowledged or failed: release its hold, and give
+    /// back its bytes if it failed.
+    pub(crate) fn release(&self, segment: i64, failed_bytes: Option<u64>) {
+        let mut st = self.state.lock();
+        if let Some(seg) = st.segments.get_mut(&segment) {
+            seg.holds = seg.holds.saturating_sub(1);
+            if let Some(b) = failed_bytes {
+                seg.bytes = seg.bytes.saturating_sub(b);
+                self.node.sub(b);
+            }
+            if seg.sealed.is_some() && seg.holds == 0 {
+                self.flush_wakeup.notify_one();
+            }
+        }
+    }
+
+    /// A transaction body wrote to `segment`: keep it from flushing until the transaction ends.
+    pub(crate) fn hold(&self, segment: i64) {
+        if let Some(seg) = self.state.lock().segments.get_mut(&segment) {
+            seg.holds += 1;
+        }
+    }
+
+    /// Applies an acknowledged message that changes shard state.
+    pub(crate) fn observe(&self, msg: &ImmutableMessage) -> Result<(), WalError> {
+        let vchannel = msg.vchannel_str().map(str::to_owned);
+        let mut st = self.state.lock();
+        match msg.message_type()? {
+            MessageType::CreateCollection => {
+                let h: CreateCollectionHeader = msg.header()?;
+                let c = st.collections.entry(h.collection_id).or_default();
+                for p in h.partition_ids {
+                    c.partitions.entry(p).or_default();
+                }
+            }
+            MessageType::CreatePartition => {
+                let h: CreatePartitionHeader = msg.header()?;
+                if let Some(c) = st.collections.get_mut(&h.collection_id) {
+                    c.partitions.entry(h.partition_id).or_default();
+                }
+            }
+            MessageType::DropCollection => {
+                let h: DropCollectionHeader = msg.header()?;
+                if let Some(c) = st.collections.remove(&h.collection_id) {
+                    for seg in c.partitions.values().flatten() {
+                        if let Some(s) = st.segments.remove(seg) {
+                            self.node.sub(s.bytes);
+                        }
+                    }
+                }
+            }
+            MessageType::DropPartition => {
+                let h: DropPartitionHeader = msg.header()?;
+                let segs = st
+                    .collections
+                    .get_mut(&h.collection_id)
+                    .and_then(|c| c.partitions.remove(&h.partition_id))
+                    .unwrap_or_default();
+                for seg in segs {
+                    if let Some(s) = st.segments.remove(&seg) {
+                        self.node.sub(s.bytes);
+                    }
+                }
+            }
+            MessageType::CreateSegment => {
+                let h: CreateSegmentHeader = msg.header()?;
+                let State {
+                    collections,
+                    segments,
+                } = &mut *st;
+                if let Some(p) = collections
+                    .get_mut(&h.collection_id)
+                    .and_then(|c| c.partitions.get_mut(&h.partition_id))
+                {
+                    p.push(h.segment_id);
+                    segments.insert(
+                        h.segment_id,
+                        Segment {
+                            collection: h.collection_id,
+                            partition: h.partition_id,
+                            vchannel,
+                            limit: h.max_segment_size,
+                            bytes: 0,
+                            rows: 0,
+                            last_write: Instant::now(),
+                            sealed: None,
+                            holds: 0,
+                        },
+                    );
+                }
+            }
+            MessageType::Flush => {
+                let h: FlushHeader = msg.header()?;
+                Self::forget(
+                    &mut st,
+                    &self.node,
+                    h.collection_id,
+                    h.partition_id,
+                    h.segment_id,
+                );
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn forget(
+        st: &mut State,
+        node: &NodeGrowingBytes,
+        collection: i64,
+        partition: i64,
+        segment: i64,
+    ) {
+        if let Some(s) = st.segments.remove(&segment) {
+            node.sub(s.bytes);
+        }
+        if let Some(p) = st
+            .collections
+            .get_mut(&collection)
+            .and_then(|c| c.partitions.get_mut(&partition))
+        {
+            p.retain(|s| *s != segment);
+        }
+    }
+
+    /// Before a ManualFlush or SchemaChange is written (under its exclusive lock): seals every
+    /// growing segment of the collection and writes their ids into the header. These segments
+    /// get no Flush message; the message itself is their flush point.
+    pub(crate) fn seal_for_flush(&self, msg: &mut MutableMessage) -> Result<Vec<i64>, WalError> {
+        let ty = msg.message_type()?;
+        let collection = match ty {
+            MessageType::ManualFlush => msg.header::<ManualFlushHeader>()?.collection_id,
+            MessageType::SchemaChange => msg.header::<SchemaChangeHeader>()?.collection_id,
+            _ => return Ok(Vec::new()),
+        };
+        let mut st = self.state.lock();
+        let Some(c) = st.collections.get(&collection) else {
+            return Err(unrecoverable(format!(
+                "{ty} for collection {collection} which does not exist"
+            )));
+        };
+        let mut ids: Vec<i64> = c.partitions.values().flatten().copied().collect();
+        ids.sort_unstable();
+        for id in &ids {
+            let (partition, _) = match st.segments.get(id) {
+                Some(s) => (s.partition, s.collection),
+                None => continue,
+            };
+            Self::forget(&mut st, &self.node, collection, partition, *id);
+        }
+        drop(st);
+        match ty {
+            MessageType::ManualFlush => {
+                let mut h: ManualFlushHeader = msg.header()?;
+                h.segment_ids = ids.clone();
+                msg.set_header(&h)?;
+            }
+            _ => {
+                let mut h: SchemaChangeHeader = msg.header()?;
+                h.flushed_segment_ids = ids.clone();
+                msg.set_header(&h)?;
+            }
+        }
+        Ok(ids)
+    }
+
+    /// Runs the idle and node-memory policies.
+    pub(crate) fn seal_by_policy(&self) -> Vec<(i64, SealReason)> {
+        let now = Instant::now();
+        let mut sealed = Vec::new();
+        let mut st = self.state.lock();
+        for (id, s) in st.segments.iter_mut() {
+            if s.sealed.is_none()
+                && s.bytes >= self.config.min_idle_seal_bytes
+                && now.duration_since(s.last_write) >= self.config.max_idle
+            {
+                s.sealed = Some(SealReason::Idle);
+                sealed.push((*id, SealReason::Idle));
+            }
+        }
+        if self.node.get() > self.config.node_growing_high {
+            let mut growing: Vec<(u64, i64)> = st
+                .segments
+                .iter()
+                .filter(|(_, s)| s.sealed.is_none() && s.bytes > 0)
+                .map(|(id, s)| (s.bytes, *id))
+                .collect();
+            growing.sort_unstable_by(|a, b| b.cmp(a));
+            // Bytes of sealed segments still count until flushed; project the total down.
+            let mut projected = self.node.get();
+            for (bytes, id) in growing {
+                if projected <= self.config.node_growing_low {
+                    break;
+                }
+                if let Some(s) = st.segments.get_mut(&id) {
+                    s.sealed = Some(SealReason::NodeMemory);
+                    sealed.push((id, SealReason::NodeMemory));
+                    projected = projected.saturating_sub(bytes);
+                }
+            }
+        }
+        if !sealed.is_empty() {
+            self.flush_wakeup.notify_one();
+        }
+        sealed
+    }
+
+    /// Sealed segments with no write or transaction still holding them.
+    pub(crate) fn ready_to_flush(&self) -> Vec<FlushReady> {
+        let st = self.state.lock();
+        let mut out: Vec<FlushReady> = st
+            .segments
+            .iter()
+            .filter(|(_, s)| s.sealed.is_some() && s.holds == 0)
+            .map(|(id, s)| FlushReady {
+                collection: s.collection,
+                partition: s.partition,
+                segment: *id,
+                vchannel: s.vchannel.clone(),
+            })
+            .collect();
+        out.sort_by_key(|f| f.segment);
+        out
+    }
+
+    /// Growing (not sealed) segments and their bytes, for tests and status.
+    pub(crate) fn growing(&self) -> Vec<(i64, u64)> {
+        let st = self.state.lock();
+        let mut v: Vec<(i64, u64)> = st
+            .segments
+            .iter()
+            .filter(|(_, s)| s.sealed.is_none())
+            .map(|(id, s)| (*id, s.bytes))
+            .collect();
+        v.sort_unstable();
+        v
+    }
+
+    /// The seal reason of a segment still known, for tests and status.
+    pub(crate) fn seal_reason(&self, segment: i64) -> Option<SealReason> {
+        self.state
+            .lock()
+            .segments
+            .get(&segment)
+            .and_then(|s| s.sealed)
+    }
+
+    /// How often to run [`ShardManager::seal_by_policy`].
+    pub(crate) fn check_interval(&self) -> Duration {
+        self.config.check_interval
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn segment_limits_are_jittered_within_bounds() {
+        let m = ShardManager::new(
+            SegmentConfig {
+                max_segment_bytes: 1_000_000,
+                size_jitter: 0.1,
+                ..SegmentConfig::default()
+            },
+            NodeGrowingBytes::new(),
+        );
+        let sizes: Vec<u64> = (0..200)
+            .map(|i| m.new_segment_header(1, 1, i).max_segment_size)
+            .collect();
+        assert!(sizes.iter().all(|s| (900_000..=1_000_000).contains(s)));
+        let distinct: std::collections::HashSet<_> = sizes.iter().collect();
+        assert!(distinct.len() > 50, "limits are not jittered");
+    }
+}

@@ -1,0 +1,165 @@
+//! Shared helpers for WAL integration tests.
+#![allow(dead_code)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use sluice_log::LogProvider;
+use sluice_log::local::{LocalConfig, LocalProvider};
+use sluice_log::memory::{MemoryConfig, MemoryProvider};
+use sluice_types::message::{
+    BeginTxnHeader, CommitTxnHeader, CreateCollectionHeader, DeleteHeader, DropCollectionHeader,
+    InsertHeader, PartitionSegmentAssignment, RollbackTxnHeader, TxnContext,
+};
+use sluice_types::{CollectionId, MutableMessage, PChannel, Term, VChannel};
+use sluice_wal::scanner::{ReadMessage, Scanner};
+use sluice_wal::shard::NodeGrowingBytes;
+use sluice_wal::tso::LocalOracle;
+use sluice_wal::{Wal, WalConfig, WalDeps};
+
+pub const COLLECTION: i64 = 100;
+pub const PARTITION: i64 = 10;
+
+/// A backend for a test, with whatever must outlive it.
+pub struct Backend {
+    pub provider: Arc<dyn LogProvider>,
+    pub _dir: Option<tempfile::TempDir>,
+}
+
+pub fn memory() -> Backend {
+    Backend {
+        provider: Arc::new(MemoryProvider::new(MemoryConfig::default())),
+        _dir: None,
+    }
+}
+
+pub fn local() -> Backend {
+    let dir = tempfile::tempdir().unwrap();
+    let provider = LocalProvider::new(LocalConfig::new(dir.path())).unwrap();
+    Backend {
+        provider: Arc::new(provider),
+        _dir: Some(dir),
+    }
+}
+
+pub fn pchannel() -> PChannel {
+    PChannel::new("wal-test-dml_0").unwrap()
+}
+
+pub fn vchannel(collection: i64) -> VChannel {
+    pchannel().vchannel(CollectionId(collection), 0).unwrap()
+}
+
+pub fn deps() -> WalDeps {
+    let oracle = LocalOracle::new();
+    WalDeps {
+        oracle: oracle.clone(),
+        ids: oracle,
+        node_growing: NodeGrowingBytes::new(),
+        recovery: None,
+    }
+}
+
+pub fn fast_config() -> WalConfig {
+    WalConfig {
+        timetick_interval: Duration::from_millis(20),
+        ..WalConfig::default()
+    }
+}
+
+pub async fn open(b: &Backend, term: u64, config: WalConfig) -> Wal {
+    Wal::open(&*b.provider, pchannel(), Term(term), config, deps())
+        .await
+        .unwrap()
+}
+
+pub fn create_collection(collection: i64) -> MutableMessage {
+    MutableMessage::builder(CreateCollectionHeader {
+        collection_id: collection,
+        partition_ids: vec![PARTITION],
+        db_id: 1,
+    })
+    .vchannel(&vchannel(collection))
+    .build()
+    .unwrap()
+}
+
+pub fn drop_collection(collection: i64) -> MutableMessage {
+    MutableMessage::builder(DropCollectionHeader {
+        collection_id: collection,
+        db_id: 1,
+    })
+    .vchannel(&vchannel(collection))
+    .build()
+    .unwrap()
+}
+
+pub fn insert(collection: i64, tag: &str, bytes: usize) -> MutableMessage {
+    MutableMessage::builder(InsertHeader {
+        collection_id: collection,
+        partitions: vec![PartitionSegmentAssignment {
+            partition_id: PARTITION,
+            rows: 1,
+            binary_size: bytes as u64,
+            segment_id: 0,
+        }],
+    })
+    .vchannel(&vchannel(collection))
+    .property("tag", tag)
+    .payload(vec![7u8; bytes])
+    .build()
+    .unwrap()
+}
+
+pub fn delete(collection: i64) -> MutableMessage {
+    MutableMessage::builder(DeleteHeader {
+        collection_id: collection,
+        rows: 1,
+    })
+    .vchannel(&vchannel(collection))
+    .build()
+    .unwrap()
+}
+
+pub fn begin(collection: i64, keepalive_ms: i64) -> MutableMessage {
+    MutableMessage::builder(BeginTxnHeader {
+        keepalive_milliseconds: keepalive_ms,
+    })
+    .vchannel(&vchannel(collection))
+    .build()
+    .unwrap()
+}
+
+pub fn in_txn(mut m: MutableMessage, ctx: TxnContext) -> MutableMessage {
+    m.set_txn_context(ctx);
+    m
+}
+
+pub fn commit(collection: i64, ctx: TxnContext) -> MutableMessage {
+    in_txn(
+        MutableMessage::builder(CommitTxnHeader::default())
+            .vchannel(&vchannel(collection))
+            .build()
+            .unwrap(),
+        ctx,
+    )
+}
+
+pub fn rollback(collection: i64, ctx: TxnContext) -> MutableMessage {
+    in_txn(
+        MutableMessage::builder(RollbackTxnHeader::default())
+            .vchannel(&vchannel(collection))
+            .build()
+            .unwrap(),
+        ctx,
+    )
+}
+
+/// Next item, failing the test after 10 s of silence.
+pub async fn next(s: &mut Scanner) -> ReadMessage {
+    tokio::time::timeout(Duration::from_secs(10), s.next())
+        .await
+        .expect("scanner silent for 10 s")
+        .expect("scanner ended")
+        .expect("scanner error")
+}
