@@ -350,7 +350,13 @@ impl LogHandle for LocalHandle {
     }
 
     async fn enqueue(&self, message: MutableMessage) -> Result<AppendFuture, LogError> {
-        let writer = self.check_writable()?;
+        if self.closed.load(Ordering::Acquire) {
+            return Err(LogError::Closed);
+        }
+        let Some(writer) = &self.writer else {
+            return Err(LogError::ReadOnly(self.options.pchannel.clone()));
+        };
+        // A fenced or closing writer refuses inside (its queue is closed).
         writer.enqueue(message).await
     }
 

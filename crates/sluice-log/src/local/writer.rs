@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex, MutexGuard};
-use sluice_types::codec::{encode_message, encoded_len};
+use sluice_types::codec::{FRAME_HEADER_LEN, MAX_BODY_LEN, encode_message, encoded_len};
 use sluice_types::{MessageId, MutableMessage, PChannel, Term};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot, watch};
 
@@ -30,16 +30,25 @@ use crate::{AppendFuture, LogError, OpenOptions};
 
 type Ack = oneshot::Sender<Result<MessageId, LogError>>;
 
-/// One accepted record waiting for the writer.
+/// One accepted record waiting for the writer; its frame is in the queue's buffer.
 struct Pending {
-    frame: Vec<u8>,
+    /// Frame length in bytes.
+    len: usize,
     ack: Ack,
     /// Back-pressure: released once the record is written (or failed).
-    _permits: (OwnedSemaphorePermit, OwnedSemaphorePermit),
+    _permit: OwnedSemaphorePermit,
+}
+
+/// Records taken from the queue: their frames back to back, in order.
+struct Batch {
+    items: Vec<Pending>,
+    frames: Vec<u8>,
 }
 
 struct QueueState {
     items: Vec<Pending>,
+    /// The frames of `items`, back to back (encoded by the appenders, written as is).
+    frames: Vec<u8>,
     /// The error every later append gets once the writer is fenced.
     terminal: Option<LogError>,
     closing: bool,
@@ -50,9 +59,13 @@ struct QueueState {
 struct Queue {
     state: Mutex<QueueState>,
     wake: Condvar,
-    records: Arc<Semaphore>,
-    bytes: Arc<Semaphore>,
-    max_bytes: u32,
+    /// Back-pressure in bytes. A record weighs its frame length but at least
+    /// `queue_bytes / queue_records`, so the queue is bounded in records too.
+    room: Arc<Semaphore>,
+    /// Least weight of a record.
+    min_weight: u32,
+    /// Most weight of a record (a larger one waits for an empty queue).
+    max_weight: u32,
 }
 
 impl Queue {
@@ -78,8 +91,7 @@ impl Queue {
         }
         self.wake.notify_all();
         drop(state);
-        self.records.close();
-        self.bytes.close();
+        self.room.close();
     }
 }
 
@@ -101,22 +113,18 @@ impl WriterLink {
     /// Encodes the record, waits for room in the queue and queues it.
     pub(super) async fn enqueue(&self, message: MutableMessage) -> Result<AppendFuture, LogError> {
         let message = message.into_message();
-        let mut frame = Vec::with_capacity(encoded_len(&message));
-        encode_message(&message, &mut frame)
-            .map_err(|e| LogError::InvalidArgument(format!("record cannot be stored: {e}")))?;
-        let records = self
-            .queue
-            .records
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(|_| self.queue.refusal_now())?;
-        let weight = u32::try_from(frame.len())
+        let len = encoded_len(&message);
+        if len > FRAME_HEADER_LEN + MAX_BODY_LEN {
+            return Err(LogError::InvalidArgument(format!(
+                "record of {len} bytes exceeds the {MAX_BODY_LEN}-byte limit"
+            )));
+        }
+        let weight = u32::try_from(len)
             .unwrap_or(u32::MAX)
-            .clamp(1, self.queue.max_bytes);
-        let bytes = self
+            .clamp(self.queue.min_weight, self.queue.max_weight);
+        let permit = self
             .queue
-            .bytes
+            .room
             .clone()
             .acquire_many_owned(weight)
             .await
@@ -126,14 +134,26 @@ impl WriterLink {
         if let Some(e) = Queue::refusal(&state) {
             return Err(e);
         }
+        // Encoded straight into the batch buffer: no per-record allocation or copy.
+        let start = state.frames.len();
+        if let Err(e) = encode_message(&message, &mut state.frames) {
+            state.frames.truncate(start);
+            return Err(LogError::InvalidArgument(format!(
+                "record cannot be stored: {e}"
+            )));
+        }
+        let len = state.frames.len() - start;
         state.items.push(Pending {
-            frame,
+            len,
             ack,
-            _permits: (records, bytes),
+            _permit: permit,
         });
         if state.items.len() >= state.wake_at {
             self.queue.wake.notify_one();
         }
+        drop(state);
+        // The message (and its payload) is freed here, on the appender's thread.
+        drop(message);
         Ok(future)
     }
 
@@ -212,8 +232,8 @@ struct Writer {
     active: Active,
     /// Whether this writer counts in `SharedDir::writers`.
     registered: bool,
-    buf: Vec<u8>,
-    spare: Vec<Pending>,
+    /// Emptied buffers of the last batch, reused for the next.
+    spare: Option<Batch>,
     prev_batch: usize,
     last_commit: Instant,
     last_fsync: Duration,
@@ -318,19 +338,22 @@ pub(super) fn open_writer(
         "local log opened read-write"
     );
 
+    let queue_bytes = u32::try_from(config.queue_bytes).unwrap_or(u32::MAX).max(1);
+    let queue_records = u32::try_from(config.queue_records)
+        .unwrap_or(u32::MAX)
+        .clamp(1, queue_bytes);
     let queue = Arc::new(Queue {
         state: Mutex::new(QueueState {
             items: Vec::new(),
+            frames: Vec::new(),
             terminal: None,
             closing: false,
             wake_at: usize::MAX,
         }),
         wake: Condvar::new(),
-        records: Arc::new(Semaphore::new(
-            config.queue_records.min(Semaphore::MAX_PERMITS),
-        )),
-        bytes: Arc::new(Semaphore::new(config.queue_bytes.min(u32::MAX as usize))),
-        max_bytes: u32::try_from(config.queue_bytes).unwrap_or(u32::MAX),
+        room: Arc::new(Semaphore::new(queue_bytes as usize)),
+        min_weight: (queue_bytes / queue_records).max(1),
+        max_weight: queue_bytes,
     });
     let (done, done_rx) = watch::channel(false);
     let now = Instant::now();
@@ -346,8 +369,7 @@ pub(super) fn open_writer(
         term_path,
         active,
         registered: true,
-        buf: Vec::new(),
-        spare: Vec::new(),
+        spare: None,
         prev_batch: 0,
         last_commit: now,
         last_fsync: Duration::ZERO,
@@ -393,13 +415,14 @@ impl Writer {
     }
 
     /// Waits for appends and takes every queued one; `None` once the writer must stop.
-    fn next_batch(&mut self) -> Option<Vec<Pending>> {
+    fn next_batch(&mut self) -> Option<Batch> {
         let queue = self.queue.clone();
         let idle = self.idle_timeout();
         let mut state = queue.state.lock();
         loop {
             if let Some(error) = Queue::refusal(&state) {
                 let rest = std::mem::take(&mut state.items);
+                state.frames.clear();
                 drop(state);
                 fail(rest, &error);
                 return None;
@@ -415,8 +438,14 @@ impl Writer {
             }
         }
         self.gather(&queue, &mut state);
-        let batch = std::mem::replace(&mut state.items, std::mem::take(&mut self.spare));
-        Some(batch)
+        let spare = self.spare.take().unwrap_or(Batch {
+            items: Vec::new(),
+            frames: Vec::new(),
+        });
+        Some(Batch {
+            items: std::mem::replace(&mut state.items, spare.items),
+            frames: std::mem::replace(&mut state.frames, spare.frames),
+        })
     }
 
     /// The adaptive part of group commit (see the module docs).
@@ -439,8 +468,8 @@ impl Writer {
         state.wake_at = usize::MAX;
     }
 
-    fn commit(&mut self, mut batch: Vec<Pending>) {
-        let n = batch.len();
+    fn commit(&mut self, mut batch: Batch) {
+        let n = batch.items.len();
         let result = match self.lock_file.lock() {
             Ok(()) => {
                 let r = self.write_locked(&batch);
@@ -457,7 +486,7 @@ impl Writer {
         match result {
             Ok(first) => {
                 self.shared.publish(self.active.next_lsn);
-                for (i, p) in batch.drain(..).enumerate() {
+                for (i, p) in batch.items.drain(..).enumerate() {
                     let _ = p.ack.send(Ok(MessageId::from_parts(0, first + i as u64)));
                 }
             }
@@ -465,10 +494,11 @@ impl Writer {
                 if e.is_fenced() {
                     self.fence(e.clone());
                 }
-                fail(batch.drain(..), &e);
+                fail(batch.items.drain(..), &e);
             }
         }
-        self.spare = batch;
+        batch.frames.clear();
+        self.spare = Some(batch);
         self.prev_batch = n;
         self.last_commit = Instant::now();
     }
@@ -499,7 +529,7 @@ impl Writer {
     }
 
     /// Writes one batch. Runs under the directory lock.
-    fn write_locked(&mut self, batch: &[Pending]) -> Result<u64, LogError> {
+    fn write_locked(&mut self, batch: &Batch) -> Result<u64, LogError> {
         let stored = read_term(&self.term_file, &self.term_path)?;
         if stored.term > self.term {
             return Err(self.fenced(stored.term));
@@ -516,22 +546,18 @@ impl Writer {
         }
         let first = self.active.next_lsn;
         let interval = self.config.index_interval;
-        let mut buf = std::mem::take(&mut self.buf);
-        buf.clear();
         let mut index = Vec::new();
         let mut last_indexed = self.active.last_indexed;
-        for (i, p) in batch.iter().enumerate() {
-            let offset = self.active.offset + buf.len() as u64;
+        let mut offset = self.active.offset;
+        for (i, p) in batch.items.iter().enumerate() {
             if offset >= last_indexed.saturating_add(interval) {
                 index.push((first + i as u64, offset));
                 last_indexed = offset;
             }
-            buf.extend_from_slice(&p.frame);
+            offset += p.len as u64;
         }
-        let written = self.write_and_sync(&buf);
-        let added = buf.len() as u64;
-        self.buf = buf;
-        if let Err(e) = written {
+        let added = batch.frames.len() as u64;
+        if let Err(e) = self.write_and_sync(&batch.frames) {
             // Leave no record behind that a reader could see but nobody acknowledged.
             if let Err(undo) = self.active.file.set_len(self.active.offset) {
                 tracing::error!(error = %undo, path = %self.active.path.display(), "could not remove a failed batch");
@@ -539,7 +565,7 @@ impl Writer {
             return Err(e);
         }
         self.active.offset += added;
-        self.active.next_lsn += batch.len() as u64;
+        self.active.next_lsn += batch.items.len() as u64;
         self.active.last_indexed = last_indexed;
         self.shared.merge_index(self.active.base, &index);
         if self.active.offset >= self.config.segment_size
