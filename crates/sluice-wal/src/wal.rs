@@ -577,9 +577,14 @@ impl Inner {
             }
         };
         let imm = msg.into_immutable(id);
+        // Shard state from DDL, CreateSegment and Flush applies while this append still holds
+        // its lock, before anything allocated later can observe the shard.
+        if let Err(e) = self.shard.observe(&imm) {
+            tracing::warn!(error = %e, id = %imm.id(), "could not apply message to shard state");
+        }
         {
             let mut ack = self.ack.lock();
-            ack.ack(ts, imm.clone());
+            ack.ack(ts, imm);
             if let (MessageType::BeginTxn, Some(ctx)) = (ty, txn) {
                 ack.open_txn(ctx.txn_id, id);
             }
@@ -608,9 +613,6 @@ impl Inner {
             }
         };
         self.txns_ended(ended);
-        if let Err(e) = self.shard.observe(&imm) {
-            tracing::warn!(error = %e, id = %imm.id(), "could not apply message to shard state");
-        }
         if ty.is_exclusive() {
             // No transaction may straddle an exclusive message on its vchannel.
             let ended = self.txns.fail_vchannel(vchannel.as_deref());
