@@ -427,3 +427,58 @@ async fn transient_backend_errors_are_retried() {
         .unwrap_err();
     assert_eq!(err.code(), ErrorCode::OnShutdown);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn insert_into_a_dropped_partition_is_rejected() {
+    use sluice_types::message::{
+        CreatePartitionHeader, DropPartitionHeader, InsertHeader, PartitionSegmentAssignment,
+    };
+    let b = memory();
+    let wal = open(&b, 1, fast_config()).await;
+    wal.append(create_collection(COLLECTION)).await.unwrap();
+    let vc = vchannel(COLLECTION);
+    let into = |partition: i64| {
+        MutableMessage::builder(InsertHeader {
+            collection_id: COLLECTION,
+            partitions: vec![PartitionSegmentAssignment {
+                partition_id: partition,
+                rows: 1,
+                binary_size: 8,
+                segment_id: 0,
+            }],
+        })
+        .vchannel(&vc)
+        .build()
+        .unwrap()
+    };
+    let err = wal.append(into(11)).await.unwrap_err();
+    assert_eq!(err.code(), ErrorCode::Unrecoverable, "before create: {err}");
+    wal.append(
+        MutableMessage::builder(CreatePartitionHeader {
+            collection_id: COLLECTION,
+            partition_id: 11,
+        })
+        .vchannel(&vc)
+        .build()
+        .unwrap(),
+    )
+    .await
+    .unwrap();
+    wal.append(into(11)).await.unwrap();
+    wal.append(
+        MutableMessage::builder(DropPartitionHeader {
+            collection_id: COLLECTION,
+            partition_id: 11,
+        })
+        .vchannel(&vc)
+        .build()
+        .unwrap(),
+    )
+    .await
+    .unwrap();
+    let err = wal.append(into(11)).await.unwrap_err();
+    assert_eq!(err.code(), ErrorCode::Unrecoverable, "after drop: {err}");
+    // The other partition is unaffected.
+    wal.append(into(PARTITION)).await.unwrap();
+    wal.close().await;
+}
