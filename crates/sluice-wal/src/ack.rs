@@ -47,8 +47,10 @@ pub(crate) struct AckState {
     /// Acknowledged messages waiting for the next sync.
     acked: BTreeMap<Timestamp, ImmutableMessage>,
     last_tick: Timestamp,
+    /// Messages were released since the last persisted timetick.
+    released_since_persist: bool,
     /// Per vchannel, the highest acknowledged timestamp (MVCC).
-    vchannel_mvcc: HashMap<VChannel, Timestamp>,
+    vchannel_mvcc: HashMap<String, Timestamp>,
 }
 
 impl AckState {
@@ -63,6 +65,7 @@ impl AckState {
             open_txn_ids: HashMap::new(),
             acked: BTreeMap::new(),
             last_tick: tick,
+            released_since_persist: false,
             vchannel_mvcc: HashMap::new(),
         }
     }
@@ -100,9 +103,13 @@ impl AckState {
     pub(crate) fn ack(&mut self, ts: Timestamp, msg: ImmutableMessage) {
         self.inflight.remove(&ts);
         self.max_acked_id = self.max_acked_id.max(msg.id());
-        if let Ok(Some(vc)) = msg.vchannel() {
-            let e = self.vchannel_mvcc.entry(vc).or_insert(ts);
-            *e = (*e).max(ts);
+        if let Some(vc) = msg.vchannel_str() {
+            match self.vchannel_mvcc.get_mut(vc) {
+                Some(e) => *e = (*e).max(ts),
+                None => {
+                    self.vchannel_mvcc.insert(vc.to_owned(), ts);
+                }
+            }
         }
         self.acked.insert(ts, msg);
     }
@@ -130,12 +137,14 @@ impl AckState {
     }
 
     /// Plans a timetick. `sync_ts` is a timestamp the caller just allocated for the sync itself
-    /// (it is acknowledged here at once, so an idle WAL's time still advances). Returns `None`
-    /// when time did not advance since the last timetick.
+    /// (it is acknowledged here at once, so an idle WAL's time still advances). The timetick is
+    /// persisted when forced, or when `persist_due` and messages were released since the last
+    /// persisted one. Returns `None` when time did not advance since the last timetick.
     pub(crate) fn plan_sync(
         &mut self,
         sync_ts: Timestamp,
         force_persist: bool,
+        persist_due: bool,
     ) -> Option<SyncPlan> {
         self.inflight.remove(&sync_ts);
         let tick = self.last_confirmed_ts();
@@ -149,7 +158,9 @@ impl AckState {
             None => self.current_lc(),
         };
         let messages: Vec<ImmutableMessage> = ready.into_values().collect();
-        let persist = force_persist || !messages.is_empty();
+        let released = self.released_since_persist || !messages.is_empty();
+        let persist = force_persist || (persist_due && released);
+        self.released_since_persist = released && !persist;
         self.last_tick = tick;
         Some(SyncPlan {
             tick,
@@ -168,7 +179,7 @@ impl AckState {
     /// last timetick, whichever is later.
     pub(crate) fn mvcc(&self, vchannel: &VChannel) -> Timestamp {
         self.vchannel_mvcc
-            .get(vchannel)
+            .get(vchannel.as_str())
             .copied()
             .unwrap_or_default()
             .max(self.last_tick)
@@ -239,7 +250,7 @@ mod tests {
         s.ack(a, msg(4));
         // b is still in flight: only a is confirmed.
         let (sync, _) = s.allocate(None).unwrap();
-        let plan = s.plan_sync(sync, false).unwrap();
+        let plan = s.plan_sync(sync, false, true).unwrap();
         assert_eq!(plan.tick, a);
         assert_eq!(
             plan.messages.iter().map(|m| m.id()).collect::<Vec<_>>(),
@@ -250,7 +261,7 @@ mod tests {
         assert_eq!(plan.last_confirmed, MessageId(1));
         s.ack(b, msg(5));
         let (sync, _) = s.allocate(None).unwrap();
-        let plan = s.plan_sync(sync, false).unwrap();
+        let plan = s.plan_sync(sync, false, true).unwrap();
         assert_eq!(plan.tick, sync);
         assert_eq!(
             plan.messages.iter().map(|m| m.id()).collect::<Vec<_>>(),
@@ -258,11 +269,35 @@ mod tests {
         );
         // Idle: time advances with a timetick that need not be persisted.
         let (sync, _) = s.allocate(None).unwrap();
-        let plan = s.plan_sync(sync, false).unwrap();
+        let plan = s.plan_sync(sync, false, true).unwrap();
         assert!(!plan.persist && plan.messages.is_empty());
         assert!(
-            s.plan_sync(sync, false).is_none(),
+            s.plan_sync(sync, false, true).is_none(),
             "no progress, no timetick"
         );
+    }
+
+    #[test]
+    fn released_messages_get_a_persisted_timetick_once_it_is_due() {
+        let mut s = state();
+        fill(&mut s, 200);
+        let (a, _) = s.allocate(None).unwrap();
+        s.ack(a, msg(3));
+        // Released at once to the buffer, not yet persisted.
+        let (sync, _) = s.allocate(None).unwrap();
+        let plan = s.plan_sync(sync, false, false).unwrap();
+        assert_eq!(plan.messages.len(), 1);
+        assert!(!plan.persist);
+        // Due: persisted although nothing new was released in this round.
+        let (sync, _) = s.allocate(None).unwrap();
+        let plan = s.plan_sync(sync, false, true).unwrap();
+        assert!(plan.messages.is_empty());
+        assert!(plan.persist);
+        // Then idle rounds are not persisted.
+        let (sync, _) = s.allocate(None).unwrap();
+        assert!(!s.plan_sync(sync, false, true).unwrap().persist);
+        // A forced one always is.
+        let (sync, _) = s.allocate(None).unwrap();
+        assert!(s.plan_sync(sync, true, false).unwrap().persist);
     }
 }

@@ -38,11 +38,11 @@ pub(crate) struct LockManager {
 
 impl LockManager {
     fn vchannel(&self, name: &str) -> Arc<RwLock<()>> {
-        self.vchannels
-            .lock()
-            .entry(name.to_owned())
-            .or_default()
-            .clone()
+        let mut map = self.vchannels.lock();
+        if let Some(l) = map.get(name) {
+            return l.clone();
+        }
+        map.entry(name.to_owned()).or_default().clone()
     }
 
     /// Takes the locks for a message on `vchannel` (`None` = the whole pchannel).

@@ -202,8 +202,10 @@ impl WriteAheadBuffer {
     /// Appends the messages acknowledged since the previous push, sorted by timestamp, and the
     /// timetick that covers them (its timestamp ≥ every message's). Timestamps must strictly
     /// increase across pushes; a violation is an [`WalError::InvalidArgument`] and nothing is
-    /// buffered. A not-persisted timetick only becomes the latest timetick; everything else is
-    /// queued. Evicts from the head afterwards.
+    /// buffered. A not-persisted timetick that covers no message only becomes the latest
+    /// timetick; one that covers messages is queued after them, so a reader that is never quite
+    /// caught up still has them released without waiting for the next persisted timetick.
+    /// Everything else is queued. Evicts from the head afterwards.
     pub fn push(
         &self,
         messages: Vec<ImmutableMessage>,
@@ -242,10 +244,11 @@ impl WriteAheadBuffer {
                 state.latest_ts
             )));
         }
+        let covers_messages = !stamped.is_empty();
         for (ts, msg) in stamped {
             state.enqueue(msg, ts);
         }
-        if !timetick.is_not_persisted() {
+        if !timetick.is_not_persisted() || covers_messages {
             state.enqueue(timetick.clone(), tick_ts);
         }
         state.latest_timetick = timetick;
@@ -521,13 +524,26 @@ mod tests {
             assert!(s.bytes <= 3 * one, "{s:?}");
             assert!(s.entries >= 1);
         }
-        // One entry larger than the whole capacity stays: it is the last one.
-        wab.push(vec![data(999, ts + 1, 10 * one)], tick(1000, ts + 2, false))
+        // One entry larger than the whole capacity stays while it is the last one...
+        wab.push(vec![data(999, ts + 1, 10 * one)], tick(1000, ts + 2, true))
             .unwrap();
         let s = wab.stats();
-        assert_eq!(s.entries, 1);
-        assert!(s.bytes > 3 * one);
-        assert_eq!(s.floor, Timestamp(ts - 1));
+        assert_eq!(s.entries, 1, "{s:?}");
+        assert!(
+            s.bytes <= 3 * one,
+            "the big entry went once the tick followed it"
+        );
+        assert_eq!(s.floor, Timestamp(ts + 1));
+        wab.push(vec![], tick(1001, ts + 3, true)).unwrap();
+        wab.push(
+            vec![data(1002, ts + 4, 10 * one)],
+            tick(1003, ts + 5, false),
+        )
+        .unwrap();
+        // ...and a not-persisted tick queued after it evicts it too; the tick stays last.
+        let s = wab.stats();
+        assert_eq!(s.entries, 1, "{s:?}");
+        assert!(s.bytes <= 3 * one);
     }
 
     #[tokio::test(start_paused = true)]
@@ -558,17 +574,18 @@ mod tests {
             tick(4, 14, false),
         )
         .unwrap();
-        assert_eq!(wab.stats().floor, Timestamp(11));
+        // The timetick releasing the messages is queued after them, so 11 and 12 went.
+        assert_eq!(wab.stats().floor, Timestamp(12));
         assert!(matches!(
-            wab.read_from_exclusive_timetick(Timestamp(10)).await,
+            wab.read_from_exclusive_timetick(Timestamp(11)).await,
             Err(WalError::Evicted)
         ));
         // Exactly the floor is fine: everything above it is still here.
         let mut c = wab
-            .read_from_exclusive_timetick(Timestamp(11))
+            .read_from_exclusive_timetick(Timestamp(12))
             .await
             .unwrap();
-        assert_eq!(ts_of(&c.next().await.unwrap()), 12);
+        assert_eq!(ts_of(&c.next().await.unwrap()), 13);
     }
 
     #[tokio::test]
@@ -591,14 +608,18 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn not_persisted_timetick_is_not_queued_and_is_yielded_once_when_caught_up() {
+    async fn not_persisted_timetick_is_queued_only_after_messages_and_yielded_once() {
         let wab = wab(1 << 20, Duration::from_secs(30));
         let mut c = wab
             .read_from_exclusive_timetick(Timestamp(10))
             .await
             .unwrap();
         wab.push(vec![data(1, 11, 1)], tick(1, 12, false)).unwrap();
-        assert_eq!(wab.stats().entries, 2, "first timetick + one message");
+        assert_eq!(
+            wab.stats().entries,
+            3,
+            "first timetick + one message + the not-persisted timetick releasing it"
+        );
         assert_eq!(ts_of(&c.next().await.unwrap()), 11);
         let t = c.next().await.unwrap();
         assert_eq!(ts_of(&t), 12);
@@ -614,7 +635,11 @@ mod tests {
         let t = c.next().await.unwrap();
         assert_eq!(ts_of(&t), 14);
         assert!(!t.is_not_persisted());
-        assert_eq!(wab.stats().entries, 3);
+        assert_eq!(
+            wab.stats().entries,
+            4,
+            "an idle not-persisted timetick is not queued"
+        );
     }
 
     #[tokio::test]

@@ -132,6 +132,9 @@ struct Inner {
     state: AtomicU8,
     force_tick: AtomicBool,
     tick_wakeup: Notify,
+    /// Woken by every acknowledgement so tailing readers get messages without waiting for the
+    /// next persisted timetick.
+    ack_wakeup: Notify,
 }
 
 /// The WAL of one pchannel at one term.
@@ -204,6 +207,7 @@ impl Wal {
             state: AtomicU8::new(OPEN),
             force_tick: AtomicBool::new(false),
             tick_wakeup: Notify::new(),
+            ack_wakeup: Notify::new(),
             config,
         });
         let wal = Wal {
@@ -485,20 +489,15 @@ impl Inner {
             segment,
             flushed,
         } = p;
-        let release_failed = |bytes: Option<u64>| {
+        // Gives back a failed insert's segment reservation (decoded only on failure).
+        let release_failed = |msg: &MutableMessage| {
             if let Some(seg) = segment {
+                let bytes = msg
+                    .header::<sluice_types::message::InsertHeader>()
+                    .ok()
+                    .and_then(|h| h.partitions.first().map(|p| p.binary_size));
                 self.shard.release(seg, bytes);
             }
-        };
-        let insert_bytes = || {
-            msg.header::<sluice_types::message::InsertHeader>()
-                .ok()
-                .and_then(|h| h.partitions.first().map(|p| p.binary_size))
-        };
-        let failed_bytes = if segment.is_some() {
-            insert_bytes()
-        } else {
-            None
         };
         // Transaction ids come from the allocator before the timestamp (they may await).
         let mut begin_keepalive = None;
@@ -518,7 +517,7 @@ impl Inner {
         let (ts, lc) = match self.allocate(barrier).await {
             Ok(v) => v,
             Err(e) => {
-                release_failed(failed_bytes);
+                release_failed(&msg);
                 return Err(e);
             }
         };
@@ -548,7 +547,7 @@ impl Inner {
         };
         if let Err(e) = txn_check {
             self.ack.lock().ack_failed(ts);
-            release_failed(failed_bytes);
+            release_failed(&msg);
             return Err(e);
         }
         msg.set_timestamp(ts);
@@ -560,7 +559,7 @@ impl Inner {
             Ok(id) => id,
             Err(e) => {
                 self.ack.lock().ack_failed(ts);
-                release_failed(failed_bytes);
+                release_failed(&msg);
                 let ended = match (ty, txn) {
                     (MessageType::BeginTxn, Some(ctx)) => self.txns.begin_failed(ctx.txn_id),
                     (MessageType::CommitTxn | MessageType::RollbackTxn, Some(ctx)) => {
@@ -585,6 +584,7 @@ impl Inner {
         {
             let mut ack = self.ack.lock();
             ack.ack(ts, imm);
+            self.ack_wakeup.notify_one();
             if let (MessageType::BeginTxn, Some(ctx)) = (ty, txn) {
                 ack.open_txn(ctx.txn_id, id);
             }
@@ -665,12 +665,15 @@ impl Inner {
 
     /// One timetick: plan, expire transactions, write it if it must be persisted, hand the
     /// acknowledged messages and the tick to the write-ahead buffer.
-    async fn sync_timetick(&self) -> Result<(), WalError> {
+    /// `persist_due`: the persisted-timetick interval has passed, so a timetick covering newly
+    /// released messages is written to the log.
+    async fn sync_timetick(&self, persist_due: bool) -> Result<bool, WalError> {
         let force = self.force_tick.swap(false, Ordering::AcqRel);
         let (sync_ts, _) = self.allocate(None).await?;
-        let Some(plan) = self.ack.lock().plan_sync(sync_ts, force) else {
-            return Ok(());
+        let Some(plan) = self.ack.lock().plan_sync(sync_ts, force, persist_due) else {
+            return Ok(false);
         };
+        let persisted = plan.persist;
         let ended = self.txns.expire_up_to(plan.tick);
         self.txns_ended(ended);
         let mut msg = MutableMessage::builder(TimeTickHeader::default()).build()?;
@@ -695,7 +698,7 @@ impl Inner {
             msg.into_immutable(plan.last_confirmed)
         };
         self.wab_push(plan.messages, tick);
-        Ok(())
+        Ok(persisted)
     }
 
     fn wab_push(&self, messages: Vec<ImmutableMessage>, tick: ImmutableMessage) {
@@ -732,23 +735,38 @@ impl Inner {
     }
 }
 
-/// Writes a timetick every interval, or at once when a new reader asks for a persisted one.
+/// Releases acknowledged messages to the write-ahead buffer as soon as they are confirmed (a
+/// not-persisted timetick, coalesced over about a millisecond), and writes a persisted timetick
+/// every `timetick_interval` when messages were released since the last one, or at once when a
+/// new reader asks for one.
 async fn timetick_loop(inner: Arc<Inner>, cancel: CancellationToken) {
-    let mut interval = tokio::time::interval(inner.config.timetick_interval);
+    let period = inner.config.timetick_interval;
+    let mut interval = tokio::time::interval(period);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_persisted = tokio::time::Instant::now();
     loop {
+        let mut eager = false;
         tokio::select! {
             _ = cancel.cancelled() => return,
             _ = interval.tick() => {}
             _ = inner.tick_wakeup.notified() => {}
+            _ = inner.ack_wakeup.notified() => eager = true,
         }
         if inner.state.load(Ordering::Acquire) != OPEN {
             return;
         }
-        if let Err(e) = inner.sync_timetick().await {
-            match e {
-                WalError::Fenced { .. } | WalError::Shutdown => return,
-                e => tracing::warn!(error = %e, "timetick sync failed"),
+        let due = last_persisted.elapsed() >= period;
+        match inner.sync_timetick(due).await {
+            Ok(true) => last_persisted = tokio::time::Instant::now(),
+            Ok(false) => {}
+            Err(WalError::Fenced { .. } | WalError::Shutdown) => return,
+            Err(e) => tracing::warn!(error = %e, "timetick sync failed"),
+        }
+        if eager {
+            // Coalesce the acknowledgements of the next moment into one release.
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tokio::time::sleep(std::time::Duration::from_millis(1)) => {}
             }
         }
     }
