@@ -8,9 +8,9 @@ cd "$(dirname "$0")/.."
 log() { printf '\n== %s\n' "$*"; }
 
 # --- what the tests need -------------------------------------------------------------------
-# Debian packages, installed only when missing. Later issues add etcd, an S3 server and a
-# Kafka-protocol broker here; today the tests need only the Rust toolchain.
-APT_PACKAGES=()
+# Debian packages, installed only when missing. protoc builds etcd-client; etcd-server is the real
+# etcd the sluice-meta etcd conformance tests run against (etcd-client: etcdctl, to see it is up) (later: an S3 server, a Kafka broker).
+APT_PACKAGES=(protobuf-compiler etcd-server etcd-client)
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
@@ -30,6 +30,60 @@ fi
 # Reuse a build directory outside the clone when there is one: a cold build is most of CI.
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/sluice-target}"
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+
+# --- services the tests talk to ------------------------------------------------------------
+# Each runs on 127.0.0.1 with free ports and a temp dir, and is stopped by its PID on exit.
+SERVICE_PIDS=()
+SERVICE_DIRS=()
+cleanup() {
+  for pid in "${SERVICE_PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  for pid in "${SERVICE_PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+  for dir in "${SERVICE_DIRS[@]}"; do rm -rf "$dir"; done
+}
+trap cleanup EXIT
+
+# A port nothing on 127.0.0.1 listens on (bash only: fresh machines may lack python and curl).
+free_port() {
+  local port
+  while :; do
+    port=$((20000 + RANDOM % 25000))
+    (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null || { echo "$port"; return; }
+  done
+}
+
+start_etcd() {
+  local client_port peer_port dir
+  client_port="$(free_port)"
+  peer_port="$(free_port)"
+  dir="$(mktemp -d -t sluice-etcd.XXXXXX)"
+  SERVICE_DIRS+=("$dir")
+  etcd --name sluice-test --data-dir "$dir/data" \
+    --listen-client-urls "http://127.0.0.1:$client_port" \
+    --advertise-client-urls "http://127.0.0.1:$client_port" \
+    --listen-peer-urls "http://127.0.0.1:$peer_port" \
+    --initial-advertise-peer-urls "http://127.0.0.1:$peer_port" \
+    --initial-cluster "sluice-test=http://127.0.0.1:$peer_port" \
+    --logger zap --log-level error >"$dir/etcd.log" 2>&1 &
+  local pid=$!
+  SERVICE_PIDS+=("$pid")
+  local _
+  for _ in $(seq 1 100); do
+    if ETCDCTL_API=3 etcdctl --endpoints "http://127.0.0.1:$client_port" --dial-timeout 1s \
+      endpoint health >/dev/null 2>&1; then
+      export SLUICE_TEST_ETCD="http://127.0.0.1:$client_port"
+      log "etcd is up at $SLUICE_TEST_ETCD"
+      return
+    fi
+    kill -0 "$pid" 2>/dev/null || break
+    sleep 0.1
+  done
+  echo "etcd did not start; its log:" >&2
+  cat "$dir/etcd.log" >&2
+  exit 1
+}
+
+log "starting etcd"
+start_etcd
 
 log "cargo fmt --check"
 cargo fmt --all -- --check
