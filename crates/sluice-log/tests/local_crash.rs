@@ -4,11 +4,14 @@
 //! (which does nothing unless `SLUICE_CRASH_CHILD_DIR` is set). The child appends from several
 //! tasks and prints one line per acknowledged append; the parent kills it with SIGKILL at a random
 //! moment, reopens the log at a higher term and checks that every acknowledged record is there,
-//! intact, in strictly increasing id order. Twenty rounds run on the same directory.
+//! intact, in strictly increasing id order. Twenty rounds run on the same directory. While the
+//! child appends, the parent tails the log read-only (a reader in another process than the
+//! writer, polling the files, which end in the writer's zero runway): it must never fail and
+//! never deliver anything but intact records with dense ids.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
@@ -151,6 +154,8 @@ fn sigkill_never_loses_or_garbles_acknowledged_records() {
                 }
             }
         });
+        let (stop_tail, stop_rx) = tokio::sync::oneshot::channel();
+        let tail = rt.spawn(tail_from_other_process(root.path().to_owned(), stop_rx));
         let mut collected = Vec::new();
         loop {
             let line = rx
@@ -166,6 +171,12 @@ fn sigkill_never_loses_or_garbles_acknowledged_records() {
         child.wait().unwrap();
         lines.join().unwrap();
         collected.extend(rx.try_iter());
+        let _ = stop_tail.send(());
+        let tailed = rt
+            .block_on(tail)
+            .unwrap()
+            .unwrap_or_else(|e| panic!("round {round}: the read-only tail failed: {e}"));
+        assert!(tailed > 0, "round {round}: the read-only tail saw nothing");
 
         let mut round_acks = 0;
         for line in collected {
@@ -186,6 +197,53 @@ fn sigkill_never_loses_or_garbles_acknowledged_records() {
 
         rt.block_on(verify(root.path(), Term(child_term + 1), &acked));
     }
+}
+
+/// Tails the log read-only from the start until `stop` fires (and the records seen by then are
+/// drained); returns how many records it saw.
+async fn tail_from_other_process(
+    root: PathBuf,
+    mut stop: tokio::sync::oneshot::Receiver<()>,
+) -> Result<u64, String> {
+    let provider = LocalProvider::new(config(&root)).map_err(|e| e.to_string())?;
+    let handle = provider
+        .open(OpenOptions::read_only(pchannel(), Term(0)))
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut stream = handle
+        .read(ReadOptions::new(DeliverPolicy::All))
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut next_lsn = 0u64;
+    let mut stopping = false;
+    loop {
+        let wait = if stopping {
+            Duration::from_millis(300)
+        } else {
+            Duration::from_secs(3600)
+        };
+        let record = tokio::select! {
+            _ = &mut stop, if !stopping => {
+                stopping = true;
+                continue;
+            }
+            r = tokio::time::timeout(wait, stream.next()) => match r {
+                Err(_) => break,
+                Ok(None) => return Err("stream ended".into()),
+                Ok(Some(Err(e))) => return Err(format!("read failed at lsn {next_lsn}: {e}")),
+                Ok(Some(Ok(record))) => record,
+            },
+        };
+        if record.id() != MessageId::from_parts(0, next_lsn) {
+            return Err(format!("expected lsn {next_lsn}, got {}", record.id()));
+        }
+        check_payload(record.payload())
+            .map_err(|e| format!("record {} is garbled: {e}", record.id()))?;
+        next_lsn += 1;
+    }
+    drop(stream);
+    handle.close().await;
+    Ok(next_lsn)
 }
 
 async fn verify(root: &Path, term: Term, acked: &BTreeMap<MessageId, String>) {

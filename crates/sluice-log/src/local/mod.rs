@@ -82,10 +82,17 @@ pub struct LocalConfig {
     /// writer checks whether it was fenced. Default 25 ms.
     pub poll_interval: Duration,
     /// Reserve each segment's blocks up front (`fallocate` with `KEEP_SIZE`, so the file length
-    /// still ends at the last record). Makes each append's `fdatasync` cheaper (no block
-    /// allocation to journal) at the cost of reserving `segment_size` of disk per active
-    /// segment. Ignored where the filesystem cannot do it. Default true.
+    /// still ends at the last record). Only used when `runway` is 0: the zero runway makes
+    /// syncs cheaper than reserved (unwritten) blocks do, and supersedes it. Ignored where the
+    /// filesystem cannot do it. Default true.
     pub preallocate: bool,
+    /// Bytes of zeros the writer keeps written ahead of the next record in the active segment
+    /// (capped at `segment_size`; 0 disables). Appends then overwrite blocks that are already
+    /// allocated and written, so their `fdatasync` flushes data without journaling metadata;
+    /// the metadata cost is paid once per runway instead of once per batch. The segment file
+    /// ends in up to this many zero bytes while it is active (see the format docs in
+    /// `segment.rs`); it is cut to its last record when sealed. Default 4 MiB.
+    pub runway: u64,
 }
 
 impl LocalConfig {
@@ -101,6 +108,7 @@ impl LocalConfig {
             group_commit_max_wait: Duration::from_micros(200),
             poll_interval: Duration::from_millis(25),
             preallocate: true,
+            runway: 4 << 20,
         }
     }
 

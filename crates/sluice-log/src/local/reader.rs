@@ -5,6 +5,11 @@
 //! polls (writers in other processes). While an in-process writer is active, a reader never
 //! delivers a record at or past the committed lsn, so it never shows a record that is written but
 //! not yet durable.
+//!
+//! The newest segment usually ends in the writer's zero runway (see `segment.rs`): a zero frame
+//! header there is not a record and not damage, just "no more records yet"; the reader waits at
+//! it like at the end of the file. A sealed segment is cut to its last record before its
+//! successor exists, so moving on never skips a record.
 
 use std::fs::File;
 use std::io;

@@ -151,6 +151,25 @@ pub(super) fn scan_records(
     })
 }
 
+/// Whether every byte from `from` to the end of the file is zero (a writer's runway, see
+/// `segment.rs`). Reads in bounded chunks.
+pub(super) fn zeros_to_end(file: &File, from: u64) -> io::Result<bool> {
+    const CHUNK: u64 = 1 << 20;
+    let file_len = file.metadata()?.len();
+    let mut at = from;
+    while at < file_len {
+        let buf = read_bounded(file, at, CHUNK)?;
+        if buf.is_empty() {
+            break;
+        }
+        if buf.iter().any(|&b| b != 0) {
+            return Ok(false);
+        }
+        at += buf.len() as u64;
+    }
+    Ok(true)
+}
+
 /// The first offset at or after `from` where a complete, checksum-valid frame starts.
 pub(super) fn find_valid_frame(file: &File, from: u64) -> io::Result<Option<u64>> {
     const WINDOW: u64 = 1 << 20;
@@ -296,28 +315,67 @@ pub(super) fn recover(
             (0, Some((offset, lsn, last_indexed))) => ((offset, lsn), last_indexed),
             _ => ((SEGMENT_HEADER_LEN, seg.base), SEGMENT_HEADER_LEN),
         };
-        let scan = scan_records(&file, &seg.path, from, last_indexed, index_interval)?;
+        // A read-only scan of the newest segment can race its writer in another process: a
+        // frame may be seen half copied, or zeros where records land a moment later, so what
+        // looks like "a bad record with a valid one after it" may just be a write in progress.
+        // Look again (briefly) before calling that corruption.
+        let racy = last && matches!(mode, RecoveryMode::ReadOnly);
+        let mut attempts = 0;
+        // For a bad record: whether only zeros follow it, else where a valid record follows.
+        let (scan, zeros, follows) = loop {
+            let scan = scan_records(&file, &seg.path, from, last_indexed, index_interval)?;
+            let Some((offset, _)) = &scan.bad else {
+                break (scan, false, None);
+            };
+            let offset = *offset;
+            let zeros = zeros_to_end(&file, offset).map_err(|e| io_err("read", &seg.path, e))?;
+            // Only the newest segment is searched (a sealed one is damaged either way).
+            let follows = if zeros || !last {
+                None
+            } else {
+                find_valid_frame(&file, offset + 1).map_err(|e| io_err("read", &seg.path, e))?
+            };
+            if follows.is_none() || !racy || attempts >= 8 {
+                break (scan, zeros, follows);
+            }
+            attempts += 1;
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        };
         if let Some((offset, reason)) = scan.bad {
-            if !last {
+            if zeros && !last {
+                // Rolling cuts a segment to its last record (and syncs it) before the next
+                // segment exists, so a sealed segment cannot end in a runway.
+                return Err(corrupted(
+                    &seg.path,
+                    offset,
+                    "a sealed segment ends in zeros after its last record",
+                ));
+            }
+            if zeros {
+                // The normal end of the newest segment: the writer's zero runway.
+                if matches!(mode, RecoveryMode::ReadWrite(_)) {
+                    file.set_len(offset)
+                        .map_err(|e| io_err("truncate", &seg.path, e))?;
+                }
+            } else if !last {
                 return Err(corrupted(
                     &seg.path,
                     offset,
                     format!("{reason} (in a sealed segment)"),
                 ));
-            }
-            if let Some(at) =
-                find_valid_frame(&file, offset + 1).map_err(|e| io_err("read", &seg.path, e))?
-            {
-                return Err(corrupted(
-                    &seg.path,
-                    offset,
-                    format!("{reason}, but a valid record follows at offset {at}"),
-                ));
-            }
-            if matches!(mode, RecoveryMode::ReadWrite(_)) {
-                tracing::warn!(path = %seg.path.display(), offset, %reason, "truncating the torn tail of the newest segment");
-                file.set_len(offset)
-                    .map_err(|e| io_err("truncate", &seg.path, e))?;
+            } else {
+                if let Some(at) = follows {
+                    return Err(corrupted(
+                        &seg.path,
+                        offset,
+                        format!("{reason}, but a valid record follows at offset {at}"),
+                    ));
+                }
+                if matches!(mode, RecoveryMode::ReadWrite(_)) {
+                    tracing::warn!(path = %seg.path.display(), offset, %reason, "truncating the torn tail of the newest segment");
+                    file.set_len(offset)
+                        .map_err(|e| io_err("truncate", &seg.path, e))?;
+                }
             }
         }
         if writable {
@@ -525,6 +583,48 @@ mod tests {
             .open(&sealed)
             .unwrap();
         f.write_all_at(&[0], 0).unwrap();
+        let segs = list_segments(dir.path()).unwrap();
+        assert!(matches!(
+            recover(&segs, rw(), 64, None),
+            Err(LogError::Corrupted { .. })
+        ));
+    }
+
+    #[test]
+    fn zero_runway_ends_the_newest_segment_and_damages_a_sealed_one() {
+        let dir = tempfile::tempdir().unwrap();
+        write_segment(dir.path(), 0, 4);
+        let path = write_segment(dir.path(), 4, 6);
+        let data_len = std::fs::metadata(&path).unwrap().len();
+        // A runway longer than a scan chunk.
+        append_bytes(&path, &vec![0; (3 << 20) + 5]);
+        let segs = list_segments(dir.path()).unwrap();
+        let ro = recover(&segs, RecoveryMode::ReadOnly, 64, None).unwrap();
+        assert_eq!(ro[1].next_lsn, 10);
+        assert_eq!(ro[1].end_offset, data_len);
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().len(),
+            data_len + (3 << 20) + 5
+        );
+        let out = recover(&segs, rw(), 64, None).unwrap();
+        assert_eq!(out[1].next_lsn, 10);
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), data_len);
+
+        // Zeros after the records of a sealed segment: rolling cuts them, so this is damage.
+        let dir = tempfile::tempdir().unwrap();
+        let sealed = write_segment(dir.path(), 0, 4);
+        append_bytes(&sealed, &[0; 100]);
+        write_segment(dir.path(), 4, 1);
+        let segs = list_segments(dir.path()).unwrap();
+        for mode in [rw(), RecoveryMode::ReadOnly] {
+            let err = recover(&segs, mode, 64, None).unwrap_err();
+            assert!(matches!(err, LogError::Corrupted { .. }), "{err}");
+        }
+        // Zeros, then something that is not zero, in the newest segment: a torn tail as before.
+        let dir = tempfile::tempdir().unwrap();
+        let path = write_segment(dir.path(), 0, 4);
+        append_bytes(&path, &[0; 4096]);
+        append_bytes(&path, &record(4));
         let segs = list_segments(dir.path()).unwrap();
         assert!(matches!(
             recover(&segs, rw(), 64, None),

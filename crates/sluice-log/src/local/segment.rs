@@ -33,6 +33,20 @@
 //! segment's base equals the previous segment's base plus its record count. The [`MessageId`]
 //! of a record is `MessageId::from_parts(0, lsn)`.
 //!
+//! ## Zero runway
+//!
+//! The newest segment may end in a run of zero bytes after its last record: the writer keeps
+//! zeros written (and synced with the batch that wrote them) ahead of the next record, so that
+//! later batches overwrite blocks the filesystem has already allocated and an `fdatasync` only
+//! flushes data, not metadata (like RocksDB's recycled logs). A frame never starts with a zero
+//! byte (its magic), so a frame header of zeros, or the end of the file, means "no more records":
+//! recovery treats an all-zero region after the last valid record of the newest segment as its
+//! normal end (a read-write open truncates it), and readers wait there for more records. The
+//! runway is at most `LocalConfig::runway` (and at most `segment_size`) past the last batch's
+//! end. Before a segment is sealed, the writer cuts it to its last record and syncs it, and only
+//! then creates the next segment, so a sealed segment never ends in zeros; one that does is
+//! reported as corruption.
+//!
 //! # Term file
 //!
 //! ```text

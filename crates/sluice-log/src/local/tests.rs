@@ -7,6 +7,7 @@ use std::time::Duration;
 use sluice_types::message::InsertHeader;
 use sluice_types::{ImmutableMessage, MessageId, MutableMessage, PChannel, Term};
 
+use super::recovery::{RecoveryMode, recover};
 use super::segment::{SEGMENT_HEADER_LEN, list_segments};
 use super::*;
 use crate::{LogStream, ReadOptions};
@@ -150,12 +151,26 @@ async fn lsns_continue_across_reopen_and_terms() {
     h.close().await;
 }
 
-/// Writes 12 records through a handle and returns the newest segment's length afterwards.
+/// The offset after the last valid record of the newest segment (the file may go on with the
+/// writer's zero runway).
+fn data_end(root: &Path) -> u64 {
+    let segments = list_segments(&dir_of(root)).unwrap();
+    let scanned = recover(
+        &segments[segments.len() - 1..],
+        RecoveryMode::ReadOnly,
+        64 << 10,
+        None,
+    )
+    .unwrap();
+    scanned[0].end_offset
+}
+
+/// Writes 12 records through a handle and returns the end of the newest segment's data.
 async fn write_and_close(cfg: &LocalConfig) -> u64 {
     let h = open(cfg, 1, true).await.unwrap();
     append_n(&h, "r", 12).await;
     h.close().await;
-    std::fs::metadata(newest_segment(&cfg.root)).unwrap().len()
+    data_end(&cfg.root)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -184,16 +199,15 @@ async fn torn_tail_is_truncated_on_read_write_open() {
         let f = std::fs::OpenOptions::new().write(true).open(&seg).unwrap();
         f.write_all_at(&tail, good_len).unwrap();
         drop(f);
+        let file_len = std::fs::metadata(&seg).unwrap().len();
+        assert!(file_len > good_len + tail.len() as u64, "a runway follows");
 
         // Read-only: stops before the tail, leaves the file alone.
         let ro = open(&cfg, 0, false).await.unwrap();
         let got = read_all(&ro, 12).await;
         assert_eq!(text(&got[11]), "r-11", "{name}");
         ro.close().await;
-        assert_eq!(
-            std::fs::metadata(&seg).unwrap().len(),
-            good_len + tail.len() as u64
-        );
+        assert_eq!(std::fs::metadata(&seg).unwrap().len(), file_len);
 
         let h = open(&cfg, 2, true).await.unwrap();
         assert_eq!(std::fs::metadata(&seg).unwrap().len(), good_len, "{name}");
@@ -519,4 +533,113 @@ async fn concurrent_appenders_get_distinct_increasing_ids() {
     let got = read_all(&h, 640).await;
     assert!(got.windows(2).all(|p| p[0].id() < p[1].id()));
     h.close().await;
+}
+
+/// Whether the file's last byte is zero (an empty file has none).
+fn ends_in_zero(path: &Path) -> bool {
+    let bytes = std::fs::read(path).unwrap();
+    bytes.last() == Some(&0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zero_runway_is_recovered_and_continued() {
+    let root = tempfile::tempdir().unwrap();
+    let cfg = LocalConfig {
+        segment_size: 1 << 20,
+        runway: 64 << 10,
+        ..config(root.path())
+    };
+    let h = open(&cfg, 1, true).await.unwrap();
+    append_n(&h, "a", 10).await;
+    // Dropped without close, like a crash of the process: the runway stays.
+    drop(h);
+    let seg = newest_segment(root.path());
+    let end = data_end(root.path());
+    let len = std::fs::metadata(&seg).unwrap().len();
+    assert!(len > end + 4096, "runway of {} bytes", len - end);
+    assert!(ends_in_zero(&seg));
+
+    // Read-only: everything, nothing more, and the file untouched.
+    let ro = open(&cfg, 0, false).await.unwrap();
+    let got = read_all(&ro, 10).await;
+    assert_eq!(text(&got[9]), "a-9");
+    let mut stream = ro.read(ReadOptions::new(DeliverPolicy::All)).await.unwrap();
+    take(&mut stream, 10).await;
+    assert!(
+        tokio::time::timeout(Duration::from_millis(100), stream.next())
+            .await
+            .is_err(),
+        "the runway is not a record"
+    );
+    let mut latest = ro
+        .read(ReadOptions::new(DeliverPolicy::Latest))
+        .await
+        .unwrap();
+    assert_eq!(std::fs::metadata(&seg).unwrap().len(), len);
+
+    // Read-write: continues at lsn 10, right after the last record.
+    let h = open(&cfg, 2, true).await.unwrap();
+    assert_eq!(h.append(msg("b")).await.unwrap(), id(10));
+    let got = read_all(&h, 11).await;
+    assert_eq!(text(&got[10]), "b");
+    // The read-only handle's Latest stream sees the new record (and nothing of the runway).
+    let next = tokio::time::timeout(Duration::from_secs(5), latest.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(next.id(), id(10));
+    h.close().await;
+    ro.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn other_handle_reader_tails_past_the_runway_and_sealed_segments_have_none() {
+    let root = tempfile::tempdir().unwrap();
+    let cfg = LocalConfig {
+        segment_size: 2048,
+        runway: 1 << 20,
+        ..config(root.path())
+    };
+    // A read-only provider of its own (a separate `SharedDir` is not possible in one process,
+    // but with no in-process writer registered at the start it reads by polling the files, as
+    // another process would).
+    let ro = open(&cfg, 0, false).await.unwrap();
+    let mut stream = ro.read(ReadOptions::new(DeliverPolicy::All)).await.unwrap();
+    let h = open(&cfg, 1, true).await.unwrap();
+    let n = 300;
+    let ids = append_n(&h, "t", n).await;
+    assert_eq!(ids.last().copied(), Some(id(n as u64 - 1)));
+    let got = tokio::time::timeout(Duration::from_secs(10), take(&mut stream, n))
+        .await
+        .unwrap();
+    for (i, m) in got.iter().enumerate() {
+        assert_eq!(m.id(), id(i as u64));
+        assert_eq!(text(m), format!("t-{i}"));
+    }
+    let segments = list_segments(&dir_of(root.path())).unwrap();
+    assert!(segments.len() > 3, "rolled {} times", segments.len() - 1);
+    let scanned = recover(&segments, RecoveryMode::ReadOnly, 64 << 10, None).unwrap();
+    for s in &scanned[..scanned.len() - 1] {
+        let len = std::fs::metadata(&s.path).unwrap().len();
+        assert_eq!(
+            len,
+            s.end_offset,
+            "{} ends after its data",
+            s.path.display()
+        );
+    }
+    // The newest one is bounded by segment_size (the runway is capped by it) plus a batch.
+    let newest = &segments[segments.len() - 1].path;
+    assert!(std::fs::metadata(newest).unwrap().len() <= 2 * 2048 + 4096);
+    h.close().await;
+    // No in-process writer now: the reader polls the files and must not choke on the runway.
+    let h2 = open(&cfg, 2, true).await.unwrap();
+    append_n(&h2, "u", 1).await;
+    drop(h2);
+    let more = tokio::time::timeout(Duration::from_secs(10), take(&mut stream, 1))
+        .await
+        .unwrap();
+    assert_eq!(more[0].id(), id(n as u64));
+    ro.close().await;
 }

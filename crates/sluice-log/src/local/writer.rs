@@ -5,9 +5,18 @@
 //! "whatever is queued" splits them into alternating small and large cohorts (the few that
 //! re-enqueued first, then the rest), which halves throughput. So when the queue holds fewer
 //! records than the previous batch and that batch ended very recently, the writer waits a short,
-//! bounded time — at most `group_commit_max_wait` and half the last fsync's duration — for the
-//! queue to reach the previous batch size. A writer whose previous batch was one record never
+//! bounded time — at most `group_commit_max_wait` and the last fsync's duration — for the queue
+//! to reach the previous batch size. A writer whose previous batch was one record never
 //! waits, so a lone appender sees no added latency.
+//!
+//! Zero runway: an `fdatasync` that extends the file (or writes into unwritten extents) must
+//! also journal metadata, which costs about as much again as the data. So the writer keeps zeros
+//! written ahead of the next record (`Active::zeroed_end`): when a batch would end past them, it
+//! writes zeros up to `LocalConfig::runway` beyond the batch in the same pass, and the batch's
+//! `fdatasync` persists both. Later batches overwrite allocated, written blocks, and their syncs
+//! flush data only. The file length is therefore not the end of the data: whether another handle
+//! wrote is decided by the frame header at the expected end (zeros or the end of the file mean
+//! nobody did). Rolling cuts the runway off before the next segment is created.
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -22,8 +31,8 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot, watch};
 
 use super::recovery::{RecoveryMode, ScannedSegment, recover};
 use super::segment::{
-    LOCK_FILE, SEGMENT_HEADER_LEN, TERM_FILE, encode_segment_header, list_segments, read_term,
-    segment_name, sync_dir, write_term,
+    LOCK_FILE, SEGMENT_HEADER_LEN, TERM_FILE, encode_segment_header, list_segments, read_full_at,
+    read_term, segment_name, sync_dir, write_term,
 };
 use super::{Durability, LocalConfig, SharedDir};
 use crate::{AppendFuture, LogError, OpenOptions};
@@ -176,8 +185,11 @@ struct Active {
     base: u64,
     path: PathBuf,
     file: File,
-    /// Where the next record goes (the writer's idea of the file length).
+    /// Where the next record goes (the end of the data as this writer knows it).
     offset: u64,
+    /// Everything from `offset` up to here is known to read as zeros (or lie past the end of
+    /// the file); zeros this writer wrote are made durable by the next batch's sync.
+    zeroed_end: u64,
     next_lsn: u64,
     /// Offset of the last sparse index entry (or the header end).
     last_indexed: u64,
@@ -205,7 +217,7 @@ impl Active {
             .write(true)
             .open(&seg.path)
             .map_err(|e| LogError::io(format!("open {}", seg.path.display()), e))?;
-        if config.preallocate {
+        if config.preallocate && config.runway == 0 {
             preallocate(&file, &seg.path, config.segment_size);
         }
         Ok(Active {
@@ -213,6 +225,8 @@ impl Active {
             path: seg.path.clone(),
             file,
             offset: seg.end_offset,
+            // Recovery cut any runway; what lies beyond is unknown until zeroed again.
+            zeroed_end: seg.end_offset,
             next_lsn: seg.next_lsn,
             last_indexed: seg.index.last().map_or(SEGMENT_HEADER_LEN, |&(_, off)| off),
         })
@@ -240,6 +254,8 @@ struct Writer {
     /// Written but not yet synced (interval durability).
     dirty: bool,
     last_sync: Instant,
+    /// A buffer of zeros for the runway (allocated on first use).
+    zeros: Vec<u8>,
     done: watch::Sender<bool>,
 }
 
@@ -375,6 +391,7 @@ pub(super) fn open_writer(
         last_fsync: Duration::ZERO,
         dirty: false,
         last_sync: now,
+        zeros: Vec::new(),
         done,
     };
     std::thread::Builder::new()
@@ -454,7 +471,7 @@ impl Writer {
         if target <= 1 || state.items.len() >= target {
             return;
         }
-        let budget = self.config.group_commit_max_wait.min(self.last_fsync / 2);
+        let budget = self.config.group_commit_max_wait.min(self.last_fsync);
         let deadline = self.last_commit + budget;
         if Instant::now() >= deadline {
             return;
@@ -534,13 +551,7 @@ impl Writer {
         if stored.term > self.term {
             return Err(self.fenced(stored.term));
         }
-        let len = self
-            .active
-            .file
-            .metadata()
-            .map_err(|e| self.io("stat", e))?
-            .len();
-        if len != self.active.offset {
+        if self.written_by_other()? {
             // Another handle at this term wrote since our last batch.
             self.resync()?;
         }
@@ -562,6 +573,7 @@ impl Writer {
             if let Err(undo) = self.active.file.set_len(self.active.offset) {
                 tracing::error!(error = %undo, path = %self.active.path.display(), "could not remove a failed batch");
             }
+            self.active.zeroed_end = self.active.offset;
             return Err(e);
         }
         self.active.offset += added;
@@ -577,11 +589,47 @@ impl Writer {
         Ok(first)
     }
 
+    /// Whether the active segment holds something at our end of the data: a frame header that
+    /// is not all zeros (the runway), or a file shorter than our end.
+    fn written_by_other(&self) -> Result<bool, LogError> {
+        let mut header = [0u8; FRAME_HEADER_LEN];
+        let n = read_full_at(&self.active.file, &mut header, self.active.offset)
+            .map_err(|e| self.io("read", e))?;
+        if n > 0 {
+            return Ok(header[..n].iter().any(|&b| b != 0));
+        }
+        let len = self
+            .active
+            .file
+            .metadata()
+            .map_err(|e| self.io("stat", e))?
+            .len();
+        Ok(len != self.active.offset)
+    }
+
+    /// Writes the batch at the end of the data and, when it ends past the zeroed runway,
+    /// zeros beyond it (see the module docs); syncs as the durability asks.
     fn write_and_sync(&mut self, buf: &[u8]) -> Result<(), LogError> {
         self.active
             .file
             .write_all_at(buf, self.active.offset)
             .map_err(|e| self.io("write", e))?;
+        let end = self.active.offset + buf.len() as u64;
+        let runway = self.config.runway.min(self.config.segment_size);
+        // Not when the segment is about to be sealed (it is cut at `end` then).
+        if runway > 0
+            && end > self.active.zeroed_end
+            && end < self.config.segment_size
+            && let Err(e) = self.write_zeros(end, end + runway)
+        {
+            // Only a cost, not a failure: go on without a runway (and leave none half written).
+            tracing::debug!(error = %e, "could not extend the zero runway");
+            if let Err(e) = self.active.file.set_len(end) {
+                return Err(self.io("truncate", e));
+            }
+            self.active.zeroed_end = end;
+        }
+        self.active.zeroed_end = self.active.zeroed_end.max(end);
         match self.config.durability {
             Durability::Fsync => {
                 let start = Instant::now();
@@ -603,6 +651,28 @@ impl Writer {
         Ok(())
     }
 
+    /// Writes zeros over `[from, to)` of the active segment and records them as runway.
+    fn write_zeros(&mut self, from: u64, to: u64) -> Result<(), LogError> {
+        const ZEROS_CHUNK: u64 = 1 << 20;
+        if to <= from {
+            return Ok(());
+        }
+        let chunk = (to - from).min(ZEROS_CHUNK) as usize;
+        if self.zeros.len() < chunk {
+            self.zeros = vec![0u8; chunk];
+        }
+        let mut at = from;
+        while at < to {
+            let n = (to - at).min(self.zeros.len() as u64) as usize;
+            if let Err(e) = self.active.file.write_all_at(&self.zeros[..n], at) {
+                return Err(self.io("write zeros to", e));
+            }
+            at += n as u64;
+        }
+        self.active.zeroed_end = to;
+        Ok(())
+    }
+
     fn sync_now(&mut self) -> Result<(), LogError> {
         self.active
             .file
@@ -615,6 +685,22 @@ impl Writer {
 
     /// Seals the active segment and starts the next one. Runs under the directory lock.
     fn roll(&mut self) -> Result<(), LogError> {
+        // Cut the runway off and make that durable before the next segment exists, so a sealed
+        // segment never ends in zeros.
+        let size = self
+            .active
+            .file
+            .metadata()
+            .map_err(|e| self.io("stat", e))?
+            .len();
+        if size > self.active.offset {
+            self.active
+                .file
+                .set_len(self.active.offset)
+                .map_err(|e| self.io("cut the runway of", e))?;
+            self.active.zeroed_end = self.active.offset;
+            self.dirty = true;
+        }
         if self.dirty {
             self.sync_now()?;
         }
@@ -690,12 +776,7 @@ impl Writer {
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "reading the term file failed"),
         }
-        let grown = self
-            .active
-            .file
-            .metadata()
-            .map(|m| m.len() != self.active.offset)
-            .unwrap_or(false);
+        let grown = self.written_by_other().unwrap_or(false);
         if grown {
             let r = self.lock_file.lock().map_err(|e| self.io("lock", e));
             let r = r.and_then(|()| {
