@@ -20,7 +20,6 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
-use async_trait::async_trait;
 use bytes::Bytes;
 use redb::{Database, ReadableTable, TableDefinition};
 
@@ -168,50 +167,7 @@ impl Persist for RedbPersist {
     }
 }
 
-#[async_trait]
-impl MetaStore for EmbeddedStore {
-    async fn get(&self, key: &str) -> Result<Option<KeyValue>> {
-        self.engine.get(key)
-    }
-
-    async fn scan_prefix(&self, prefix: &str) -> Result<(Vec<KeyValue>, Revision)> {
-        self.engine.scan_prefix(prefix)
-    }
-
-    async fn put(
-        &self,
-        key: &str,
-        value: Bytes,
-        condition: Condition,
-        lease: Option<LeaseId>,
-    ) -> Result<Revision> {
-        self.engine.put(key, value, condition, lease)
-    }
-
-    async fn delete(&self, key: &str, condition: Condition) -> Result<Option<Revision>> {
-        self.engine.delete(key, condition)
-    }
-
-    async fn txn(&self, compares: Vec<(String, Condition)>, ops: Vec<TxnOp>) -> Result<TxnResult> {
-        self.engine.txn(compares, ops)
-    }
-
-    async fn watch_prefix(&self, prefix: &str, from_revision: Revision) -> Result<WatchStream> {
-        self.engine.watch_prefix(prefix, from_revision)
-    }
-
-    async fn grant(&self, ttl: Duration) -> Result<LeaseId> {
-        self.engine.grant(ttl)
-    }
-
-    async fn keep_alive(&self, lease: LeaseId) -> Result<Duration> {
-        self.engine.keep_alive(lease)
-    }
-
-    async fn revoke(&self, lease: LeaseId) -> Result<()> {
-        self.engine.revoke(lease)
-    }
-}
+crate::engine::delegate_meta_store!(EmbeddedStore);
 
 #[cfg(test)]
 mod tests {
