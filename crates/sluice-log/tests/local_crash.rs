@@ -9,11 +9,11 @@
 //! writer, polling the files, which end in the writer's zero runway): it must never fail and
 //! never deliver anything but intact records with dense ids.
 
+mod common;
+
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::sync::mpsc;
 use std::time::Duration;
 
 use rand::Rng;
@@ -120,7 +120,6 @@ fn sigkill_never_loses_or_garbles_acknowledged_records() {
         return;
     }
     let root = tempfile::tempdir().unwrap();
-    let exe = std::env::current_exe().unwrap();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -130,30 +129,13 @@ fn sigkill_never_loses_or_garbles_acknowledged_records() {
     let mut rng = rand::rng();
     for round in 0..ROUNDS {
         let child_term = 2 * round + 1;
-        let mut child = Command::new(&exe)
-            .args([
-                "child_appender",
-                "--exact",
-                "--nocapture",
-                "--include-ignored",
-                "--test-threads=1",
-            ])
-            .env(DIR_ENV, root.path())
-            .env(TERM_ENV, child_term.to_string())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        let lines = std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
+        let (mut child, rx, lines) = common::spawn_child_test(
+            "child_appender",
+            &[
+                (DIR_ENV, root.path().display().to_string()),
+                (TERM_ENV, child_term.to_string()),
+            ],
+        );
         let (stop_tail, stop_rx) = tokio::sync::oneshot::channel();
         let tail = rt.spawn(tail_from_other_process(root.path().to_owned(), stop_rx));
         let mut collected = Vec::new();

@@ -3,12 +3,12 @@
 //! `child_fenced_appender` does nothing unless `SLUICE_FENCE_CHILD_DIR` is set; the parent test
 //! runs this binary again as a child that writes at term 1 while the parent opens at term 2.
 
+mod common;
+
 use std::collections::BTreeSet;
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::sync::Arc;
-use std::sync::mpsc;
 use std::time::Duration;
 
 use sluice_log::local::{LocalConfig, LocalProvider};
@@ -156,29 +156,10 @@ fn higher_term_in_another_process_fences_the_writer() {
         return;
     }
     let root = tempfile::tempdir().unwrap();
-    let mut child = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "child_fenced_appender",
-            "--exact",
-            "--nocapture",
-            "--include-ignored",
-            "--test-threads=1",
-        ])
-        .env(DIR_ENV, root.path())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    let lines = std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
+    let (mut child, rx, lines) = common::spawn_child_test(
+        "child_fenced_appender",
+        &[(DIR_ENV, root.path().display().to_string())],
+    );
     let mut collected = Vec::new();
     // Let the child get going: wait for a few acknowledged appends.
     while collected
