@@ -1,0 +1,89 @@
+//! The coordinator's key layout in the meta store.
+//!
+//! Everything lives under one root (default [`DEFAULT_ROOT`]) so several clusters, or several
+//! tests, can share one etcd:
+//!
+//! ```text
+//! {root}/tso                         timestamp high-water mark (window end)
+//! {root}/id                          id allocator high-water mark
+//! {root}/leader                      the elected coordinator (leased)
+//! {root}/node/{id}                   a registered streaming node (leased)
+//! {root}/pchannel/{name}             pchannel metadata (term, node, state, history)
+//! {root}/broadcast/{id}              a pending broadcast task
+//! ```
+
+/// The default key root.
+pub const DEFAULT_ROOT: &str = "sluice";
+
+/// Key builder for one root.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Keys {
+    root: String,
+}
+
+impl Keys {
+    /// Keys under `root` (a trailing `/` is ignored).
+    pub fn new(root: impl Into<String>) -> Keys {
+        let mut root = root.into();
+        while root.ends_with('/') {
+            root.pop();
+        }
+        Keys { root }
+    }
+
+    /// The root.
+    pub fn root(&self) -> &str {
+        &self.root
+    }
+
+    /// The timestamp oracle's high-water mark.
+    pub fn tso(&self) -> String {
+        format!("{}/tso", self.root)
+    }
+
+    /// The id allocator's high-water mark.
+    pub fn id(&self) -> String {
+        format!("{}/id", self.root)
+    }
+
+    /// The leader key.
+    pub fn leader(&self) -> String {
+        format!("{}/leader", self.root)
+    }
+
+    /// The prefix of every node registration.
+    pub fn node_prefix(&self) -> String {
+        format!("{}/node/", self.root)
+    }
+
+    /// One node's registration.
+    pub fn node(&self, id: crate::NodeId) -> String {
+        format!("{}{}", self.node_prefix(), id.0)
+    }
+
+    /// The prefix of every pchannel's metadata.
+    pub fn pchannel_prefix(&self) -> String {
+        format!("{}/pchannel/", self.root)
+    }
+
+    /// One pchannel's metadata.
+    pub fn pchannel(&self, name: &str) -> String {
+        format!("{}{}", self.pchannel_prefix(), name)
+    }
+
+    /// The prefix of every broadcast task.
+    pub fn broadcast_prefix(&self) -> String {
+        format!("{}/broadcast/", self.root)
+    }
+
+    /// One broadcast task (zero-padded so tasks scan in id order).
+    pub fn broadcast(&self, id: u64) -> String {
+        format!("{}{:020}", self.broadcast_prefix(), id)
+    }
+}
+
+impl Default for Keys {
+    fn default() -> Keys {
+        Keys::new(DEFAULT_ROOT)
+    }
+}

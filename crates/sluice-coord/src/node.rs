@@ -1,0 +1,28 @@
+//! Streaming node identity as the coordinator sees it.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+/// A streaming node's id: unique in the cluster, chosen by the node (or the operator).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct NodeId(pub u64);
+
+impl fmt::Display for NodeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "node-{}", self.0)
+    }
+}
+
+/// What a node announces when it registers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeInfo {
+    /// The node's id.
+    pub id: NodeId,
+    /// Where its gRPC server listens (`host:port`).
+    pub address: String,
+    /// The node is shutting down gracefully: it keeps what it has until moved, gets nothing new.
+    pub stopping: bool,
+}
+
+/// The live nodes, by id.
+pub type Nodes = BTreeMap<NodeId, NodeInfo>;
