@@ -1,0 +1,13 @@
+//! The streaming node.
+//!
+//! A node holds the WALs of the pchannels the coordinator assigned to it ([`WalManager`]: one
+//! WAL per pchannel, transitions serialized per pchannel and ordered by term) and serves them over
+//! gRPC ([`service`]): `Produce` and `Consume` for clients, `Assign`/`Remove`/`Status` for the
+//! coordinator.
+
+pub mod error;
+pub mod manager;
+pub mod service;
+
+pub use error::NodeError;
+pub use manager::WalManager;

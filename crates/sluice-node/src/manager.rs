@@ -1,0 +1,234 @@
+//! The WAL manager: one WAL per pchannel assigned to this node.
+//!
+//! # Contract
+//!
+//! * Transitions of one pchannel (assign, remove, shutdown) are serialized and ordered by term:
+//!   the manager remembers the highest term it has seen for each pchannel, and a request with a
+//!   lower term is [`NodeError::Ignored`] (`IGNORED_OPERATION`) and changes nothing.
+//! * `assign(p, t)` opens the WAL at `t` (which fences every older term in the log backend),
+//!   recovers it, and returns once it accepts appends. Assigning the term already open is a
+//!   no-op; assigning a higher term closes the WAL at the older term first.
+//! * `remove(p, t)` closes the WAL gracefully (open transactions get a bounded wait, then appends
+//!   are refused). No WAL here is [`NodeError::ChannelNotExist`], another term
+//!   [`NodeError::UnmatchedTerm`]; the coordinator counts both as removed.
+//! * `wal(p, t)` is what producers and consumers use: it fails with `CHANNEL_NOT_EXIST`,
+//!   `UNMATCHED_CHANNEL_TERM`, or `CHANNEL_FENCED` when the WAL here lost its fence.
+//! * Transitions of different pchannels run concurrently.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use sluice_log::LogProvider;
+use sluice_types::{ErrorCode, PChannel, Term};
+use sluice_wal::{Wal, WalConfig, WalDeps, WalError};
+
+use crate::NodeError;
+
+/// One pchannel's slot: the transition lock and what is open.
+#[derive(Default)]
+struct Slot {
+    /// Held for the whole of a transition.
+    transition: tokio::sync::Mutex<()>,
+    state: Mutex<SlotState>,
+}
+
+#[derive(Default)]
+struct SlotState {
+    /// The highest term any request named.
+    highest: Term,
+    wal: Option<Wal>,
+}
+
+/// The status of one WAL on this node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WalInfo {
+    /// The pchannel.
+    pub pchannel: PChannel,
+    /// The term it is open at.
+    pub term: Term,
+    /// Whether it accepts appends (false once fenced).
+    pub available: bool,
+}
+
+/// The WALs of one node.
+pub struct WalManager {
+    provider: Arc<dyn LogProvider>,
+    config: WalConfig,
+    deps: WalDeps,
+    slots: Mutex<HashMap<PChannel, Arc<Slot>>>,
+    shutting_down: std::sync::atomic::AtomicBool,
+}
+
+impl WalManager {
+    /// A manager opening WALs on `provider` with `config` and `deps`.
+    pub fn new(provider: Arc<dyn LogProvider>, config: WalConfig, deps: WalDeps) -> WalManager {
+        WalManager {
+            provider,
+            config,
+            deps,
+            slots: Mutex::new(HashMap::new()),
+            shutting_down: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    fn slot(&self, pchannel: &PChannel) -> Arc<Slot> {
+        self.slots
+            .lock()
+            .entry(pchannel.clone())
+            .or_default()
+            .clone()
+    }
+
+    fn check_running(&self) -> Result<(), NodeError> {
+        if self
+            .shutting_down
+            .load(std::sync::atomic::Ordering::Acquire)
+        {
+            return Err(NodeError::Shutdown);
+        }
+        Ok(())
+    }
+
+    /// Opens the WAL of `pchannel` at `term` and returns once it accepts appends.
+    pub async fn assign(&self, pchannel: &PChannel, term: Term) -> Result<(), NodeError> {
+        self.check_running()?;
+        let slot = self.slot(pchannel);
+        let _transition = slot.transition.lock().await;
+        self.check_running()?;
+        let old = {
+            let mut state = slot.state.lock();
+            if term < state.highest {
+                return Err(NodeError::Ignored {
+                    pchannel: pchannel.clone(),
+                    requested: term,
+                    seen: state.highest,
+                });
+            }
+            if let Some(wal) = &state.wal
+                && wal.term() == term
+                && wal.is_available()
+            {
+                return Ok(());
+            }
+            state.highest = term;
+            state.wal.take()
+        };
+        if let Some(old) = old {
+            tracing::info!(%pchannel, old_term = %old.term(), new_term = %term, "closing the WAL at the older term");
+            old.close().await;
+        }
+        let started = std::time::Instant::now();
+        let wal = Wal::open(
+            self.provider.as_ref(),
+            pchannel.clone(),
+            term,
+            self.config.clone(),
+            self.deps.clone(),
+        )
+        .await?;
+        tracing::info!(%pchannel, %term, elapsed_ms = started.elapsed().as_millis() as u64, "WAL open");
+        slot.state.lock().wal = Some(wal);
+        Ok(())
+    }
+
+    /// Closes the WAL of `pchannel` at `term`.
+    pub async fn remove(&self, pchannel: &PChannel, term: Term) -> Result<(), NodeError> {
+        let slot = self.slot(pchannel);
+        let _transition = slot.transition.lock().await;
+        let wal = {
+            let mut state = slot.state.lock();
+            state.highest = state.highest.max(term);
+            match &state.wal {
+                None => return Err(NodeError::ChannelNotExist(pchannel.clone())),
+                Some(wal) if wal.term() != term => {
+                    return Err(NodeError::UnmatchedTerm {
+                        pchannel: pchannel.clone(),
+                        requested: term,
+                        current: wal.term(),
+                    });
+                }
+                Some(_) => state.wal.take(),
+            }
+        };
+        if let Some(wal) = wal {
+            wal.close().await;
+            tracing::info!(%pchannel, %term, "WAL removed");
+        }
+        Ok(())
+    }
+
+    /// The WAL of `pchannel` if it is open here at `term` (`None`: whatever term is open) and
+    /// still available.
+    pub fn wal(&self, pchannel: &PChannel, term: Option<Term>) -> Result<Wal, NodeError> {
+        self.check_running()?;
+        let slot = self
+            .slots
+            .lock()
+            .get(pchannel)
+            .cloned()
+            .ok_or_else(|| NodeError::ChannelNotExist(pchannel.clone()))?;
+        let state = slot.state.lock();
+        let wal = state
+            .wal
+            .as_ref()
+            .ok_or_else(|| NodeError::ChannelNotExist(pchannel.clone()))?;
+        if let Some(term) = term
+            && wal.term() != term
+        {
+            return Err(NodeError::UnmatchedTerm {
+                pchannel: pchannel.clone(),
+                requested: term,
+                current: wal.term(),
+            });
+        }
+        if !wal.is_available() {
+            return Err(NodeError::Wal(WalError::Fenced {
+                pchannel: pchannel.clone(),
+                term: wal.term(),
+            }));
+        }
+        Ok(wal.clone())
+    }
+
+    /// Every WAL open here.
+    pub fn status(&self) -> Vec<WalInfo> {
+        let slots: Vec<_> = self.slots.lock().values().cloned().collect();
+        let mut out: Vec<WalInfo> = slots
+            .iter()
+            .filter_map(|slot| {
+                let state = slot.state.lock();
+                state.wal.as_ref().map(|wal| WalInfo {
+                    pchannel: wal.pchannel().clone(),
+                    term: wal.term(),
+                    available: wal.is_available(),
+                })
+            })
+            .collect();
+        out.sort_by(|a, b| a.pchannel.as_str().cmp(b.pchannel.as_str()));
+        out
+    }
+
+    /// Refuses new work and closes every WAL gracefully.
+    pub async fn shutdown(&self) {
+        self.shutting_down
+            .store(true, std::sync::atomic::Ordering::Release);
+        let slots: Vec<_> = self.slots.lock().values().cloned().collect();
+        for slot in slots {
+            let _transition = slot.transition.lock().await;
+            let wal = slot.state.lock().wal.take();
+            if let Some(wal) = wal {
+                wal.close().await;
+            }
+        }
+    }
+}
+
+/// Whether a code means "this pchannel is not usable here at that term" (the client should wait
+/// for a new assignment).
+pub fn is_wrong_node(code: ErrorCode) -> bool {
+    matches!(
+        code,
+        ErrorCode::ChannelNotExist | ErrorCode::UnmatchedChannelTerm | ErrorCode::ChannelFenced
+    )
+}
