@@ -183,6 +183,14 @@ impl Wal {
             log.close().await;
             return Err(e);
         }
+        let shard = Arc::new(ShardManager::new(
+            config.segments.clone(),
+            deps.node_growing.clone(),
+        ));
+        if let Err(e) = replay_shard_state(&log, &shard, first.id()).await {
+            log.close().await;
+            return Err(e);
+        }
         let wab = match WriteAheadBuffer::new(config.wab, first.clone()) {
             Ok(w) => Arc::new(w),
             Err(e) => {
@@ -199,10 +207,7 @@ impl Wal {
             ack: Mutex::new(AckState::new(first_ts, first.id())),
             txns: TxnManager::new(config.txn_default_keepalive),
             locks: LockManager::default(),
-            shard: Arc::new(ShardManager::new(
-                config.segments.clone(),
-                deps.node_growing,
-            )),
+            shard,
             wab,
             state: AtomicU8::new(OPEN),
             force_tick: AtomicBool::new(false),
@@ -799,4 +804,35 @@ async fn segment_loop(inner: Arc<Inner>, cancel: CancellationToken) {
             }
         }
     }
+}
+
+/// Rebuilds the vchannel state (collections, partitions, growing segments) an earlier owner
+/// left, by replaying every retained record before this term's first timetick. A record that
+/// does not decode or does not apply is logged and skipped: recovery reports, it never panics.
+async fn replay_shard_state(
+    log: &Arc<dyn LogHandle>,
+    shard: &ShardManager,
+    first: MessageId,
+) -> Result<(), WalError> {
+    let mut stream = log
+        .read(sluice_log::ReadOptions::new(sluice_log::DeliverPolicy::All))
+        .await?;
+    let started = std::time::Instant::now();
+    let mut replayed = 0u64;
+    while let Some(item) = stream.next().await {
+        let msg = item?;
+        if msg.id() >= first {
+            break;
+        }
+        replayed += 1;
+        if let Err(e) = shard.observe(&msg) {
+            tracing::warn!(id = %msg.id(), error = %e, "skipping a record recovery cannot apply");
+        }
+    }
+    tracing::debug!(
+        replayed,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "shard state replayed"
+    );
+    Ok(())
 }

@@ -233,12 +233,14 @@ async fn fenced(b: Backend) {
         .await
         .unwrap_err();
     assert!(matches!(err, WalError::Fenced { .. }));
-    // The new term recovers nothing yet (no recovery storage), so it cannot know collection
-    // 100: the invariant holds on the new owner too.
-    let err = new.append(insert(COLLECTION, "new", 8)).await.unwrap_err();
-    assert_eq!(err.code(), ErrorCode::Unrecoverable);
-    new.append(create_collection(COLLECTION)).await.unwrap();
+    // The new term replayed the log on open: it knows collection 100 exists, and that
+    // collection 101 does not (the invariant holds on the new owner too).
     new.append(insert(COLLECTION, "new", 8)).await.unwrap();
+    let err = new
+        .append(insert(COLLECTION + 1, "never-created", 8))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), ErrorCode::Unrecoverable);
     old.close().await;
     new.close().await;
 }
