@@ -121,7 +121,7 @@ pub struct BroadcastResult {
     pub appends: BTreeMap<VChannel, Option<AppendOutcome>>,
 }
 
-/// Where a broadcast task is.
+/// Where a broadcast task is; states only move forward (`Pending < WaitAck < Done`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum TaskState {
     /// Some vchannel has neither been sent nor acked.
@@ -224,7 +224,8 @@ impl BroadcastHandle {
     }
 
     /// Waits until `f` holds for the progress and returns that progress; [`CoordError::Shutdown`]
-    /// when the broadcaster stops first.
+    /// when the broadcaster stops first. `f` should accept [`TaskState::Done`] (states are
+    /// ordered, so `p.state >= TaskState::WaitAck` does): a done task changes no more.
     pub async fn wait_for(&mut self, mut f: impl FnMut(&Progress) -> bool) -> Result<Progress> {
         let cancel = self.cancel.clone();
         tokio::select! {
@@ -354,8 +355,8 @@ impl Broadcaster {
     }
 
     /// Starts a broadcast, waiting while a resource key is held, and returns once the task is
-    /// persisted and its sends started. Dropping the returned future after the keys are taken
-    /// does not cancel the broadcast.
+    /// persisted and its sends started. Dropping the returned future while it waits for a key
+    /// gives up (nothing was written); once the keys are taken the broadcast goes ahead.
     pub async fn submit(&self, request: BroadcastRequest) -> Result<BroadcastHandle> {
         self.inner.submit(request, true).await
     }
@@ -491,13 +492,15 @@ impl Inner {
     ) -> Result<BroadcastHandle> {
         let checked = check(&request.message, &request.vchannels, &request.resource_keys)
             .map_err(CoordError::InvalidArgument)?;
-        if self.cancel.is_cancelled() {
-            return Err(CoordError::Shutdown);
-        }
+        // Until the keys are held the caller may give up (its waiter leaves the queue); from
+        // then on the task is written and started in the background whatever the caller does.
+        let id = self.ids.next_id().await?;
+        let guard = tokio::select! {
+            _ = self.cancel.cancelled() => return Err(CoordError::Shutdown),
+            guard = self.locks.acquire(&checked.resource_keys, wait) => guard?,
+        };
         let inner = self.clone();
         self.run(async move {
-            let id = inner.ids.next_id().await?;
-            let guard = inner.locks.acquire(&checked.resource_keys, wait).await?;
             let key = inner.keys.broadcast(id);
             let proto = TaskProto::new(id, &checked);
             let spec = Spec::new(id, key, checked).map_err(CoordError::InvalidArgument)?;

@@ -257,7 +257,7 @@ async fn ack_all(b: &Broadcaster, copies: &[Appended]) {
 }
 
 async fn wait_state(handle: &mut BroadcastHandle, state: TaskState) {
-    bounded("the broadcast state", handle.wait_for(|p| p.state == state))
+    bounded("the broadcast state", handle.wait_for(|p| p.state >= state))
         .await
         .unwrap();
 }
@@ -424,6 +424,15 @@ async fn exclusive_key_blocks_until_the_holder_completes() {
             [backend.keys.broadcast(holder.id())]
         );
         assert!(!reader.is_finished());
+        // A caller that gives up while waiting leaves the queue and writes nothing.
+        let quitter = tokio::spawn({
+            let b = b.clone();
+            async move { b.broadcast(request(vec![key(1, "coll", false)])).await }
+        });
+        wait_queued(&b, 2).await;
+        quitter.abort();
+        assert!(quitter.await.is_err_and(|e| e.is_cancelled()));
+        assert_eq!(b.waiting(), 1);
 
         ack_all(&b, &first).await;
         bounded("the holder", holder.wait()).await.unwrap();
