@@ -746,3 +746,73 @@ async fn malformed_tasks_are_reported_and_left_while_others_recover() {
         assert_eq!(task_keys(&backend).await.len(), 3);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vchannel_acked_while_its_send_is_retried_stops_being_sent() {
+    for backend in common::backends("bcast_ack_first").await {
+        let (appender, mut feed) = FakeAppender::new(0);
+        appender.fail(VCS[2], u32::MAX);
+        let ids = Arc::new(Counter(AtomicU64::new(0)));
+        let (b, _) = start(backend.store.clone(), &backend, appender.clone(), ids).await;
+        let handle = b.submit(request(vec![])).await.unwrap();
+        let id = handle.id();
+        let copies = feed.next(2).await;
+        bounded("a failed attempt", async {
+            while appender.attempts(VCS[2]) < 2 {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        })
+        .await;
+        // The copy reached its consumer although the append reported an error.
+        ack_all(&b, &copies).await;
+        b.ack(id, VCS[2]).await.unwrap();
+        let result = bounded("the result", handle.wait()).await.unwrap();
+        assert_eq!(result.appends[&vc(VCS[2])], None);
+        for c in &copies {
+            assert_eq!(result.appends[&c.vchannel], Some(c.outcome));
+        }
+        // Done means no send is left running: the attempts stop.
+        let attempts = appender.attempts(VCS[2]);
+        assert!(task_keys(&backend).await.is_empty());
+        assert_eq!(appender.attempts(VCS[2]), attempts);
+        feed.assert_none();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_coordinators_on_one_task_merge_acks_and_the_loser_lets_go() {
+    for backend in common::backends("bcast_split").await {
+        let ids = Arc::new(Counter(AtomicU64::new(0)));
+        let (appender, mut feed) = FakeAppender::new(0);
+        let (first, _) = start(backend.store.clone(), &backend, appender, ids.clone()).await;
+        let mut stale = first.submit(request(vec![])).await.unwrap();
+        let id = stale.id();
+        feed.next(3).await;
+        wait_state(&mut stale, TaskState::WaitAck).await;
+
+        // A second coordinator takes over while the first still runs (its leadership lapsed).
+        let (appender2, mut feed2) = FakeAppender::new(1000);
+        let store = common::second_handle(&backend).await;
+        let (second, recovery) = start(store, &backend, appender2, ids).await;
+        assert_eq!(recovery.tasks.len(), 1);
+        let handle = second.handle(id).unwrap();
+
+        // The first records one ack after the second loaded the task; the second's next write
+        // loses its compare-and-set, re-reads and keeps both acks.
+        first.ack(id, VCS[0]).await.unwrap();
+        second.ack(id, VCS[1]).await.unwrap();
+        assert_eq!(handle.progress().acked, 2, "{}", backend.name);
+        second.ack(id, VCS[2]).await.unwrap();
+        let result = bounded("the result", handle.wait()).await.unwrap();
+        assert!(result.appends.values().all(Option::is_some));
+        assert!(task_keys(&backend).await.is_empty());
+
+        // The first finds the task gone and lets it go instead of writing it back.
+        let err = first.ack(id, VCS[1]).await.unwrap_err();
+        assert!(matches!(err, CoordError::Conflict(_)), "{err}");
+        assert!(matches!(stale.wait().await, Err(CoordError::Conflict(_))));
+        assert!(first.running().is_empty());
+        assert!(task_keys(&backend).await.is_empty());
+        feed2.assert_none();
+    }
+}
