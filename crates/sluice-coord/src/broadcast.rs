@@ -289,18 +289,22 @@ impl Broadcaster {
         config: BroadcastConfig,
     ) -> Result<(Broadcaster, Recovery)> {
         config.validate()?;
-        let inner = Arc::new(Inner {
-            workers: Semaphore::new(config.workers),
-            store,
-            keys,
-            appender,
-            ids,
-            config,
-            locks: Arc::new(LockTable::default()),
-            tasks: Mutex::new(BTreeMap::new()),
-            tracker: TaskTracker::new(),
-            cancel: CancellationToken::new(),
-        });
+        // Built first so that giving up on `recover` halfway (dropping it) stops what it started.
+        let broadcaster = Broadcaster {
+            inner: Arc::new(Inner {
+                workers: Semaphore::new(config.workers),
+                store,
+                keys,
+                appender,
+                ids,
+                config,
+                locks: Arc::new(LockTable::default()),
+                tasks: Mutex::new(BTreeMap::new()),
+                tracker: TaskTracker::new(),
+                cancel: CancellationToken::new(),
+            }),
+        };
+        let inner = &broadcaster.inner;
         let (kvs, _) = inner
             .store
             .scan_prefix(&inner.keys.broadcast_prefix())
@@ -339,7 +343,7 @@ impl Broadcaster {
             inner.tasks.lock().insert(task.spec.id, task.clone());
             inner.start(task, resend).await;
         }
-        Ok((Broadcaster { inner }, report))
+        Ok((broadcaster, report))
     }
 
     /// Broadcasts `request`, waiting while a resource key is held, and returns once every

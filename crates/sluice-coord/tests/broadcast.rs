@@ -816,3 +816,50 @@ async fn two_coordinators_on_one_task_merge_acks_and_the_loser_lets_go() {
         feed2.assert_none();
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reused_id_is_a_conflict_and_overwrites_nothing() {
+    for backend in common::backends("bcast_reused_id").await {
+        let (appender, mut feed) = FakeAppender::new(0);
+        let (b, _) = start(
+            backend.store.clone(),
+            &backend,
+            appender,
+            Arc::new(Counter(AtomicU64::new(0))),
+        )
+        .await;
+        let mut handle = b.submit(request(vec![])).await.unwrap();
+        let copies = feed.next(3).await;
+        wait_state(&mut handle, TaskState::WaitAck).await;
+        b.shutdown().await;
+        let key = backend.keys.broadcast(handle.id());
+        let before = backend.store.get(&key).await.unwrap().unwrap();
+
+        // A broken id source hands out the same id again after the restart.
+        let (appender, mut feed2) = FakeAppender::new(1000);
+        let (b, _) = start(
+            backend.store.clone(),
+            &backend,
+            appender,
+            Arc::new(Counter(AtomicU64::new(0))),
+        )
+        .await;
+        let err = b.submit(request(vec![key_of("coll")])).await.unwrap_err();
+        assert!(matches!(err, CoordError::Conflict(_)), "{err}");
+        assert_eq!(backend.store.get(&key).await.unwrap().unwrap(), before);
+        // Its keys were let go, and the original task still completes.
+        let next = b.try_submit(request(vec![key_of("coll")])).await.unwrap();
+        let recovered = b.handle(handle.id()).unwrap();
+        ack_all(&b, &copies).await;
+        bounded("the original task", recovered.wait())
+            .await
+            .unwrap();
+        ack_all(&b, &feed2.next(3).await).await;
+        bounded("the next broadcast", next.wait()).await.unwrap();
+        assert!(task_keys(&backend).await.is_empty());
+    }
+}
+
+fn key_of(collection: &str) -> ResourceKey {
+    key(1, collection, false)
+}
