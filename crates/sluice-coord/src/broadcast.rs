@@ -408,7 +408,17 @@ impl Broadcaster {
                     .persist(&task, &mut live, |p| p.vchannels[idx].acked = true)
                     .await?;
                 debug!(broadcast_id, vchannel = %task.spec.vchannels[idx], "broadcast acked");
-                inner.settle(&task, &mut live).await
+                // The ack is durable; finishing the task must not hang on the caller retrying.
+                if let Err(e) = inner.settle(&task, &mut live).await {
+                    warn!(broadcast_id, error = %e, "finishing a broadcast failed; retrying");
+                    drop(live);
+                    let job = inner.clone();
+                    inner.spawn(async move {
+                        let mut live = task.live.lock().await;
+                        job.settle_retrying(&task, &mut live).await;
+                    });
+                }
+                Ok(())
             })
             .await
     }
@@ -659,8 +669,8 @@ impl Inner {
     }
 
     /// Persists `change` applied to the task with compare-and-set; when another writer got there
-    /// first, re-reads, merges (flags only ever go from false to true) and tries again. Nothing
-    /// in memory changes unless the write succeeds. A change that changes nothing writes nothing.
+    /// first, re-reads, merges (flags only ever go from false to true) and tries again. Memory
+    /// only ever holds what the store holds. A change that changes nothing writes nothing.
     async fn persist(
         &self,
         task: &Task,
