@@ -744,6 +744,9 @@ async fn malformed_tasks_are_reported_and_left_while_others_recover() {
             assert_eq!(&kv.value, v);
         }
         assert_eq!(task_keys(&backend).await.len(), 3);
+        for (k, _) in &garbage {
+            backend.store.delete(k, Condition::None).await.unwrap();
+        }
     }
 }
 
