@@ -91,3 +91,26 @@ pub async fn backends(test: &str) -> Vec<Backend> {
     all.extend(etcd(test).await);
     all
 }
+
+/// A lease TTL short enough for lapse tests on this backend: etcd rounds TTLs up to whole
+/// seconds and enforces a minimum (1.5 s with default settings, so 2 s).
+pub fn short_ttl(backend: &Backend) -> std::time::Duration {
+    match backend.name {
+        "etcd" => std::time::Duration::from_secs(2),
+        _ => std::time::Duration::from_millis(600),
+    }
+}
+
+/// Waits (bounded by `timeout`) until the watched value satisfies `pred`; panics with `what`.
+pub async fn wait_until<T: Clone>(
+    rx: &mut tokio::sync::watch::Receiver<T>,
+    timeout: std::time::Duration,
+    what: &str,
+    mut pred: impl FnMut(&T) -> bool,
+) -> T {
+    match tokio::time::timeout(timeout, rx.wait_for(|v| pred(v))).await {
+        Ok(Ok(v)) => v.clone(),
+        Ok(Err(_)) => panic!("{what}: the sender is gone"),
+        Err(_) => panic!("{what}: not reached within {timeout:?}"),
+    }
+}
