@@ -26,6 +26,9 @@ use crate::keys::Keys;
 use crate::registry::keep_lease_alive;
 use crate::{CoordError, Result};
 
+const RETRY_MIN: Duration = Duration::from_millis(50);
+const RETRY_MAX: Duration = Duration::from_secs(2);
+
 /// The stored value of `{root}/leader`.
 #[derive(Clone, PartialEq, Message)]
 pub struct LeaderRecord {
@@ -108,8 +111,9 @@ impl Election {
         })
     }
 
-    /// Campaigns until this candidate is the leader. Errors from the meta store other than a
-    /// held key or a lapsed lease end the campaign (the lease is revoked); call again to retry.
+    /// Campaigns until this candidate is the leader. While the store is unavailable it keeps
+    /// retrying with backoff (drop the future to give up); an error the store will not recover
+    /// from ends the campaign and revokes its lease.
     pub async fn campaign(&self) -> Result<Leadership> {
         if self.ttl.is_zero() {
             return Err(CoordError::InvalidArgument(
@@ -123,11 +127,12 @@ impl Election {
             .encode_to_vec(),
         );
         let mut lease = self.lease().await?;
+        let mut backoff = RETRY_MIN;
         loop {
             if lease.lost.is_cancelled() {
                 lease = self.lease().await?;
             }
-            let attempt = self
+            let attempt = match self
                 .store
                 .put(
                     &self.key,
@@ -135,23 +140,27 @@ impl Election {
                     Condition::KeyAbsent,
                     Some(lease.id),
                 )
-                .await;
-            match attempt {
+                .await
+            {
                 Ok(revision) => return Ok(self.won(lease, revision)),
-                Err(MetaError::ConditionFailed { .. }) => {}
+                // Someone holds the key: wait for it to go, then try again.
+                Err(MetaError::ConditionFailed { .. }) => self.wait_until_free(&lease).await,
                 Err(MetaError::LeaseNotFound(_)) => {
                     lease = self.lease().await?;
                     continue;
                 }
-                Err(e) => {
-                    self.release(lease).await;
-                    return Err(e.into());
-                }
-            }
-            // Someone holds the key: wait for it to go, then try again.
-            match self.wait_until_free(&lease).await {
+                Err(e) => Err(e.into()),
+            };
+            match attempt {
                 Ok(Some(revision)) => return Ok(self.won(lease, revision)),
-                Ok(None) => {}
+                Ok(None) => backoff = RETRY_MIN,
+                Err(e) if e.retryable() => {
+                    // The store is unavailable (a put may even have applied: the next round
+                    // finds the key under our lease). Keep campaigning.
+                    tracing::debug!(error = %e, "campaign step failed; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(RETRY_MAX);
+                }
                 Err(e) => {
                     self.release(lease).await;
                     return Err(e);
@@ -215,10 +224,6 @@ impl Election {
                 Some(Ok(_)) => {}
                 // The watch broke: look again from a fresh snapshot.
                 Some(Err(MetaError::Compacted { .. })) | None => return Ok(None),
-                Some(Err(e)) if e.retryable() => {
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    return Ok(None);
-                }
                 Some(Err(e)) => return Err(e.into()),
             }
         }

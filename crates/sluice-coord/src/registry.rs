@@ -110,6 +110,8 @@ pub struct NodeSession {
     lease: LeaseId,
     /// The registered info and the mod revision of its last write.
     state: Mutex<(NodeInfo, Revision)>,
+    /// Serialises rewrites of the key (each is a compare-and-set on the last one's revision).
+    write: tokio::sync::Mutex<()>,
     lost: CancellationToken,
     _stop: DropGuard,
 }
@@ -172,6 +174,7 @@ impl NodeSession {
             key,
             lease,
             state: Mutex::new((info, revision)),
+            write: tokio::sync::Mutex::new(()),
             lost,
             _stop: stop.drop_guard(),
         })
@@ -190,6 +193,7 @@ impl NodeSession {
     /// Marks the node as stopping (it gets nothing new). Fails with [`CoordError::Conflict`]
     /// when the key is no longer this session's (the lease lapsed).
     pub async fn set_stopping(&self) -> Result<()> {
+        let _write = self.write.lock().await;
         let (mut info, revision) = self.state.lock().clone();
         info.stopping = true;
         let value = Bytes::from(NodeRecord::from(&info).encode_to_vec());

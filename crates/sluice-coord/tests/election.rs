@@ -223,3 +223,53 @@ async fn a_malformed_leader_value_is_reported() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broken_watches_neither_lose_leadership_nor_stall_a_standby() {
+    for b in common::backends("elect_rewatch").await {
+        let flaky = common::BreakableWatches::new(b.store.clone());
+        let leader = Election::new(flaky.clone(), &b.keys, "leader", LONG_TTL)
+            .campaign()
+            .await
+            .unwrap();
+        let standby = Election::new(flaky.clone(), &b.keys, "standby", LONG_TTL);
+        let campaign = tokio::spawn(async move { standby.campaign().await });
+        // The leader watches its key, the standby waits on a watch too.
+        common::wait_for_watch_calls(&flaky, 2, "leader and standby watching").await;
+
+        // Both watches break and the next attempt is refused; both must resume watching.
+        flaky.break_watches(1);
+        common::wait_for_watch_calls(&flaky, 5, "both re-watching").await;
+        assert!(
+            !leader.is_lost(),
+            "{}: a broken watch is not a lost key",
+            b.name
+        );
+        assert!(
+            !campaign.is_finished(),
+            "{}: standby won from a live leader",
+            b.name
+        );
+
+        // The resumed watches still work: the standby takes over on resign...
+        let calls = flaky.watch_calls();
+        leader.resign().await.unwrap();
+        let new_leader = tokio::time::timeout(PROMPT, campaign)
+            .await
+            .expect("standby did not take over")
+            .unwrap()
+            .unwrap();
+        assert_eq!(new_leader.candidate(), "standby");
+        // ...and a leader whose watch broke still notices its key going.
+        common::wait_for_watch_calls(&flaky, calls + 1, "new leader watching").await;
+        flaky.break_watches(0);
+        common::wait_for_watch_calls(&flaky, calls + 2, "new leader re-watching").await;
+        b.store
+            .delete(&b.keys.leader(), Condition::None)
+            .await
+            .unwrap();
+        tokio::time::timeout(PROMPT, new_leader.lost())
+            .await
+            .unwrap_or_else(|_| panic!("{}: lost() did not resolve after a re-watch", b.name));
+    }
+}

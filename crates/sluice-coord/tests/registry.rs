@@ -266,3 +266,47 @@ async fn a_session_learns_that_its_lease_is_lost() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_watcher_rescans_after_a_broken_watch() {
+    for b in common::backends("reg_rewatch").await {
+        let flaky = common::BreakableWatches::new(b.store.clone());
+        let watcher = NodeWatcher::start(flaky.clone(), &b.keys).await.unwrap();
+        let mut rx = watcher.subscribe();
+        let one = NodeSession::register(b.store.clone(), &b.keys, node(1), LONG_TTL)
+            .await
+            .unwrap();
+        common::wait_until(&mut rx, PROMPT, "node 1 seen", |n| {
+            n.contains_key(&NodeId(1))
+        })
+        .await;
+        assert_eq!(flaky.watch_calls(), 1);
+
+        // The watch breaks and the next two attempts are refused; meanwhile the set changes.
+        flaky.break_watches(2);
+        let two = NodeSession::register(b.store.clone(), &b.keys, node(2), LONG_TTL)
+            .await
+            .unwrap();
+        one.close().await.unwrap();
+        let nodes = common::wait_until(&mut rx, PROMPT, "changes made while broken seen", |n| {
+            n.keys().copied().collect::<Vec<_>>() == [NodeId(2)]
+        })
+        .await;
+        assert_eq!(nodes[&NodeId(2)], node(2));
+        common::wait_for_watch_calls(&flaky, 4, "re-watch after two refusals").await;
+
+        // Watching again: later changes arrive too.
+        let three = NodeSession::register(b.store.clone(), &b.keys, node(3), LONG_TTL)
+            .await
+            .unwrap();
+        common::wait_until(&mut rx, PROMPT, "node 3 seen", |n| n.len() == 2).await;
+        eprintln!(
+            "{}: watcher recovered after {} watch calls",
+            b.name,
+            flaky.watch_calls()
+        );
+        two.close().await.unwrap();
+        three.close().await.unwrap();
+        common::wait_until(&mut rx, PROMPT, "all gone", |n| n.is_empty()).await;
+    }
+}
