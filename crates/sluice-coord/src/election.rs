@@ -20,10 +20,10 @@ use bytes::Bytes;
 use futures::StreamExt;
 use prost::Message;
 use sluice_meta::{Condition, KeyValue, LeaseId, MetaError, MetaStore, Revision, WatchEvent};
-use tokio_util::sync::{CancellationToken, DropGuard};
+use tokio_util::sync::CancellationToken;
 
 use crate::keys::Keys;
-use crate::registry::keep_lease_alive;
+use crate::registry::{OwnedTask, keep_lease_alive};
 use crate::{CoordError, Result};
 
 const RETRY_MIN: Duration = Duration::from_millis(50);
@@ -74,7 +74,7 @@ impl std::fmt::Debug for Election {
 struct KeptLease {
     id: LeaseId,
     lost: CancellationToken,
-    stop: DropGuard,
+    task: OwnedTask,
 }
 
 impl Election {
@@ -95,20 +95,10 @@ impl Election {
 
     async fn lease(&self) -> Result<KeptLease> {
         let id = self.store.grant(self.ttl).await?;
-        let stop = CancellationToken::new();
         let lost = CancellationToken::new();
-        tokio::spawn(keep_lease_alive(
-            self.store.clone(),
-            id,
-            self.ttl,
-            stop.clone(),
-            lost.clone(),
-        ));
-        Ok(KeptLease {
-            id,
-            lost,
-            stop: stop.drop_guard(),
-        })
+        let (store, ttl) = (self.store.clone(), self.ttl);
+        let task = OwnedTask::spawn(|stop| keep_lease_alive(store, id, ttl, stop, lost.clone()));
+        Ok(KeptLease { id, lost, task })
     }
 
     /// Campaigns until this candidate is the leader. While the store is unavailable it keeps
@@ -172,28 +162,23 @@ impl Election {
     fn won(&self, lease: KeptLease, revision: Revision) -> Leadership {
         tracing::info!(candidate = %self.candidate, lease = lease.id.0, revision, "became leader");
         let lost = lease.lost.clone();
-        let stop = CancellationToken::new();
-        tokio::spawn(watch_leadership(
-            self.store.clone(),
-            self.key.clone(),
-            revision,
-            lease.id,
-            lost.clone(),
-            stop.clone(),
-        ));
+        let (store, key) = (self.store.clone(), self.key.clone());
+        let watch = OwnedTask::spawn(|stop| {
+            watch_leadership(store, key, revision, lease.id, lost.clone(), stop)
+        });
         Leadership {
             store: self.store.clone(),
             candidate: self.candidate.clone(),
             lease: lease.id,
             lost,
-            _keep_alive: lease.stop,
-            _watch: stop.drop_guard(),
+            keep_alive: lease.task,
+            watch,
         }
     }
 
     async fn release(&self, lease: KeptLease) {
-        let KeptLease { id, stop, .. } = lease;
-        drop(stop);
+        let KeptLease { id, task, .. } = lease;
+        task.stop().await;
         if let Err(e) = self.store.revoke(id).await {
             tracing::debug!(lease = id.0, error = %e, "could not revoke a campaign lease");
         }
@@ -236,8 +221,8 @@ pub struct Leadership {
     candidate: String,
     lease: LeaseId,
     lost: CancellationToken,
-    _keep_alive: DropGuard,
-    _watch: DropGuard,
+    keep_alive: OwnedTask,
+    watch: OwnedTask,
 }
 
 impl std::fmt::Debug for Leadership {
@@ -277,12 +262,13 @@ impl Leadership {
             store,
             lease,
             lost,
-            _keep_alive,
-            _watch,
+            keep_alive,
+            watch,
             ..
         } = self;
         lost.cancel();
-        drop((_keep_alive, _watch));
+        keep_alive.stop().await;
+        watch.stop().await;
         match store.revoke(lease).await {
             Ok(()) | Err(MetaError::LeaseNotFound(_)) => Ok(()),
             Err(e) => Err(e.into()),

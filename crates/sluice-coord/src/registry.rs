@@ -17,6 +17,7 @@
 //!   whose id does not parse, or whose record names another id is not a valid registration: it
 //!   is logged and left out (a valid node overwritten with garbage drops out too).
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,11 +27,50 @@ use parking_lot::Mutex;
 use prost::Message;
 use sluice_meta::{Condition, KeyValue, LeaseId, MetaError, MetaStore, Revision, WatchEvent};
 use tokio::sync::watch;
+use tokio::task::JoinHandle;
 use tokio::time::Instant;
-use tokio_util::sync::{CancellationToken, DropGuard};
+use tokio_util::sync::CancellationToken;
 
 use crate::keys::Keys;
 use crate::{CoordError, NodeId, NodeInfo, Nodes, Result};
+
+/// A background task owned by a handle: cancelled when the handle drops it, awaited by
+/// [`OwnedTask::stop`] on an orderly shutdown.
+pub(crate) struct OwnedTask {
+    cancel: CancellationToken,
+    handle: Option<JoinHandle<()>>,
+}
+
+impl OwnedTask {
+    /// Spawns `task`, handing it the token that tells it to stop.
+    pub(crate) fn spawn<F>(task: impl FnOnce(CancellationToken) -> F) -> OwnedTask
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        let cancel = CancellationToken::new();
+        let handle = tokio::spawn(task(cancel.clone()));
+        OwnedTask {
+            cancel,
+            handle: Some(handle),
+        }
+    }
+
+    /// Cancels the task and waits for it to finish.
+    pub(crate) async fn stop(mut self) {
+        self.cancel.cancel();
+        if let Some(handle) = self.handle.take()
+            && let Err(e) = handle.await
+        {
+            tracing::warn!(error = %e, "background task failed");
+        }
+    }
+}
+
+impl Drop for OwnedTask {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+    }
+}
 
 /// The default lease TTL of a node registration.
 pub const DEFAULT_NODE_TTL: Duration = Duration::from_secs(10);
@@ -113,7 +153,7 @@ pub struct NodeSession {
     /// Serialises rewrites of the key (each is a compare-and-set on the last one's revision).
     write: tokio::sync::Mutex<()>,
     lost: CancellationToken,
-    _stop: DropGuard,
+    keep_alive: OwnedTask,
 }
 
 impl std::fmt::Debug for NodeSession {
@@ -159,15 +199,10 @@ impl NodeSession {
                 });
             }
         };
-        let stop = CancellationToken::new();
         let lost = CancellationToken::new();
-        tokio::spawn(keep_lease_alive(
-            store.clone(),
-            lease,
-            ttl,
-            stop.clone(),
-            lost.clone(),
-        ));
+        let keep_alive = OwnedTask::spawn(|stop| {
+            keep_lease_alive(store.clone(), lease, ttl, stop, lost.clone())
+        });
         tracing::info!(node = %info.id, address = %info.address, "node registered");
         Ok(NodeSession {
             store,
@@ -176,7 +211,7 @@ impl NodeSession {
             state: Mutex::new((info, revision)),
             write: tokio::sync::Mutex::new(()),
             lost,
-            _stop: stop.drop_guard(),
+            keep_alive,
         })
     }
 
@@ -234,10 +269,10 @@ impl NodeSession {
         let NodeSession {
             store,
             lease,
-            _stop,
+            keep_alive,
             ..
         } = self;
-        drop(_stop);
+        keep_alive.stop().await;
         match store.revoke(lease).await {
             Ok(()) | Err(MetaError::LeaseNotFound(_)) => Ok(()),
             Err(e) => Err(e.into()),
@@ -248,7 +283,7 @@ impl NodeSession {
 /// Watches the node registrations and publishes the live set (see the module docs).
 pub struct NodeWatcher {
     rx: watch::Receiver<Nodes>,
-    _stop: DropGuard,
+    task: OwnedTask,
 }
 
 impl std::fmt::Debug for NodeWatcher {
@@ -305,12 +340,8 @@ impl NodeWatcher {
         let prefix = keys.node_prefix();
         let (nodes, revision) = scan_nodes(store.as_ref(), &prefix).await?;
         let (tx, rx) = watch::channel(nodes);
-        let stop = CancellationToken::new();
-        tokio::spawn(watch_nodes(store, prefix, revision, tx, stop.clone()));
-        Ok(NodeWatcher {
-            rx,
-            _stop: stop.drop_guard(),
-        })
+        let task = OwnedTask::spawn(|stop| watch_nodes(store, prefix, revision, tx, stop));
+        Ok(NodeWatcher { rx, task })
     }
 
     /// A receiver of the live node set; it changes on every registration, update and leave.
@@ -321,6 +352,12 @@ impl NodeWatcher {
     /// The live node set now.
     pub fn nodes(&self) -> Nodes {
         self.rx.borrow().clone()
+    }
+
+    /// Stops watching and waits for the task to end (dropping the watcher also stops it).
+    /// Receivers keep the last set.
+    pub async fn close(self) {
+        self.task.stop().await;
     }
 }
 

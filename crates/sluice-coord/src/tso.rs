@@ -15,6 +15,9 @@
 //!   window that was not persisted.
 //! * The window is extended in the background when less than a third of it is left, so
 //!   allocation normally never waits for the meta store.
+//! * An oracle that was superseded keeps handing out from its persisted window (every timestamp
+//!   of which is below the new oracle's) until it next extends the window and finds out. Run the
+//!   oracle under a [`crate::election::Leadership`] and drop it when that is lost.
 //! * [`Ids::allocate`] hands out ids from blocks reserved the same way at `{root}/id`: an id is
 //!   never handed out twice, also across restarts (ids of a reserved but unused block are
 //!   skipped). Ids start at 1.
@@ -42,9 +45,10 @@ use sluice_meta::{Condition, MetaError, MetaStore, Revision};
 use sluice_types::Timestamp;
 use sluice_types::ids::LOGICAL_BITS;
 use sluice_wal::WalError;
-use tokio_util::sync::{CancellationToken, DropGuard};
+use tokio_util::sync::CancellationToken;
 
 use crate::keys::Keys;
+use crate::registry::OwnedTask;
 use crate::{CoordError, Result};
 
 /// The largest `count` one [`Tso::allocate`] call accepts: one millisecond's logical space.
@@ -184,34 +188,38 @@ impl Mark {
         })
     }
 
-    /// Persists `value` with compare-and-set. Losing to another writer fences the mark.
-    async fn store(&mut self, store: &dyn MetaStore, value: u64) -> Result<()> {
+    /// Persists `value` (or the persisted value, if that is higher: a mark never goes down)
+    /// with compare-and-set and returns what was persisted. Losing to another writer fences the
+    /// mark for good.
+    async fn store(&mut self, store: &dyn MetaStore, value: u64) -> Result<u64> {
         if self.fenced {
             return Err(CoordError::NotLeader);
         }
-        let bytes = Bytes::from(
-            HighWater {
-                format: HIGH_WATER_FORMAT,
-                value,
-                owner: self.owner,
-            }
-            .encode_to_vec(),
-        );
-        // At most one retry: after an ambiguous earlier write that did apply.
+        let mut value = value.max(self.value.unwrap_or(0));
+        // At most one retry: after an earlier write of ours that reported failure but applied.
         for _ in 0..2 {
             let condition = match self.revision {
                 None => Condition::KeyAbsent,
                 Some(r) => Condition::ModRevision(r),
             };
-            match store.put(&self.key, bytes.clone(), condition, None).await {
+            let bytes = HighWater {
+                format: HIGH_WATER_FORMAT,
+                value,
+                owner: self.owner,
+            }
+            .encode_to_vec();
+            match store
+                .put(&self.key, Bytes::from(bytes), condition, None)
+                .await
+            {
                 Ok(rev) => {
                     self.revision = Some(rev);
                     self.value = Some(value);
-                    return Ok(());
+                    return Ok(value);
                 }
                 Err(MetaError::ConditionFailed { .. }) => {
-                    // Either another instance took over, or an earlier write of ours that
-                    // reported failure did apply: only our nonce tells them apart.
+                    // Either another instance took over, or an earlier write of ours did apply:
+                    // only our nonce tells them apart.
                     let current = store.get(&self.key).await?;
                     let ours = current.as_ref().and_then(|kv| {
                         decode_high_water(&self.key, &kv.value)
@@ -223,18 +231,16 @@ impl Mark {
                         Some((rev, v)) if Some(rev) != self.revision => {
                             self.revision = Some(rev);
                             self.value = Some(v);
+                            value = value.max(v);
                         }
-                        _ => {
-                            self.fenced = true;
-                            tracing::warn!(key = %self.key, "high-water mark taken over by another instance");
-                            return Err(CoordError::NotLeader);
-                        }
+                        _ => break,
                     }
                 }
                 Err(e) => return Err(e.into()),
             }
         }
         self.fenced = true;
+        tracing::warn!(key = %self.key, "high-water mark taken over by another instance");
         Err(CoordError::NotLeader)
     }
 }
@@ -285,7 +291,7 @@ struct TsoInner {
 /// The timestamp oracle (see the module docs for its contract).
 pub struct Tso {
     inner: Arc<TsoInner>,
-    _stop: DropGuard,
+    extender: Mutex<Option<OwnedTask>>,
 }
 
 impl std::fmt::Debug for Tso {
@@ -325,7 +331,7 @@ impl Tso {
                 "clock or persisted window ({start} ms) is beyond the timestamp range"
             )));
         }
-        mark.store(store.as_ref(), end).await?;
+        let end = mark.store(store.as_ref(), end).await?;
         tracing::info!(key = %mark.key, start, end, "timestamp oracle opened");
         let inner = Arc::new(TsoInner {
             store,
@@ -340,13 +346,13 @@ impl Tso {
             mark: tokio::sync::Mutex::new(mark),
             low: tokio::sync::Notify::new(),
         });
-        let stop = CancellationToken::new();
-        if config.extend_in_background {
-            tokio::spawn(extend_in_background(inner.clone(), stop.clone()));
-        }
+        let extender = config.extend_in_background.then(|| {
+            let inner = inner.clone();
+            OwnedTask::spawn(|stop| extend_in_background(inner, stop))
+        });
         Ok(Tso {
             inner,
-            _stop: stop.drop_guard(),
+            extender: Mutex::new(extender),
         })
     }
 
@@ -397,6 +403,17 @@ impl Tso {
     pub fn window_end_ms(&self) -> u64 {
         self.inner.cursor.lock().window_end
     }
+
+    /// Stops the background extension, waiting for a write in flight (dropping the oracle stops
+    /// it without waiting, as a crash would: a successor opening at once may then lose its
+    /// compare-and-set to that write and must retry).
+    /// Allocation goes on working, extending the window only when it runs out.
+    pub async fn close(&self) {
+        let task = self.extender.lock().take();
+        if let Some(task) = task {
+            task.stop().await;
+        }
+    }
 }
 
 impl TsoInner {
@@ -415,9 +432,9 @@ impl TsoInner {
             )));
         }
         match mark.store(self.store.as_ref(), end).await {
-            Ok(()) => {
+            Ok(persisted) => {
                 let mut c = self.cursor.lock();
-                c.window_end = c.window_end.max(end);
+                c.window_end = c.window_end.max(persisted);
                 Ok(())
             }
             Err(e) => {
@@ -449,15 +466,14 @@ async fn extend_in_background(inner: Arc<TsoInner>, stop: CancellationToken) {
         }
         if let Some(at) = target {
             // Reach a whole window past `at`: extend() only writes when the end is not past it.
+            // An extension in flight is finished, not abandoned, so that `close` leaves no write
+            // behind that could land after a successor read the mark.
             let physical = at.saturating_add(inner.window_ms / 3 + 1);
-            tokio::select! {
-                () = stop.cancelled() => return,
-                r = inner.extend(physical) => if let Err(e) = r {
-                    tracing::warn!(error = %e, "background TSO window extension failed");
-                    if inner.cursor.lock().fenced {
-                        return;
-                    }
-                },
+            if let Err(e) = inner.extend(physical).await {
+                tracing::warn!(error = %e, "background TSO window extension failed");
+                if inner.cursor.lock().fenced {
+                    return;
+                }
             }
         }
     }
@@ -545,8 +561,7 @@ impl Ids {
                 .next
                 .saturating_add(count.max(self.block))
                 .min(MAX_ID + 1);
-            st.mark.store(self.store.as_ref(), end).await?;
-            st.end = end;
+            st.end = st.mark.store(self.store.as_ref(), end).await?;
         }
         let first = st.next;
         st.next = last;

@@ -227,7 +227,7 @@ async fn a_malformed_leader_value_is_reported() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broken_watches_neither_lose_leadership_nor_stall_a_standby() {
     for b in common::backends("elect_rewatch").await {
-        let flaky = common::BreakableWatches::new(b.store.clone());
+        let flaky = common::FaultyStore::new(b.store.clone());
         let leader = Election::new(flaky.clone(), &b.keys, "leader", LONG_TTL)
             .campaign()
             .await

@@ -270,7 +270,7 @@ async fn a_session_learns_that_its_lease_is_lost() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_watcher_rescans_after_a_broken_watch() {
     for b in common::backends("reg_rewatch").await {
-        let flaky = common::BreakableWatches::new(b.store.clone());
+        let flaky = common::FaultyStore::new(b.store.clone());
         let watcher = NodeWatcher::start(flaky.clone(), &b.keys).await.unwrap();
         let mut rx = watcher.subscribe();
         let one = NodeSession::register(b.store.clone(), &b.keys, node(1), LONG_TTL)

@@ -59,7 +59,7 @@ async fn restarted_oracle_never_goes_back_even_when_the_clock_steps_back() {
         // The clock steps back while the oracle runs: it keeps going up.
         clock.step_back(Duration::from_secs(60));
         high = allocate_increasing(&tso, 10, 7, high).await;
-        drop(tso);
+        tso.close().await;
 
         // A restart on another handle, same clock.
         let tso = Tso::open(
@@ -71,7 +71,7 @@ async fn restarted_oracle_never_goes_back_even_when_the_clock_steps_back() {
         .await
         .unwrap();
         high = allocate_increasing(&tso, 10, 100, high).await;
-        drop(tso);
+        tso.close().await;
 
         // A restart after the clock stepped back by an hour.
         clock.step_back(Duration::from_secs(3600));
@@ -142,7 +142,7 @@ async fn logical_overflow_moves_to_the_next_millisecond_and_extends_the_window()
             b.name
         );
         // The persisted end covers everything handed out, so a restart starts above it.
-        drop(tso);
+        tso.close().await;
         let tso = Tso::open(
             b.store.clone(),
             &b.keys,
@@ -493,5 +493,147 @@ async fn the_oracle_serves_the_wal_traits() {
         // Physical time follows the wall clock.
         let now = Timestamp::now().physical_ms();
         assert!(last.physical_ms().abs_diff(now) < 60_000, "{}", b.name);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wal_runs_on_the_coordinators_oracle_across_a_coordinator_restart() {
+    use sluice_log::memory::{MemoryConfig, MemoryProvider};
+    use sluice_types::message::{CreateCollectionHeader, InsertHeader, PartitionSegmentAssignment};
+    use sluice_types::{CollectionId, MutableMessage, PChannel, Term};
+    use sluice_wal::shard::NodeGrowingBytes;
+    use sluice_wal::{Wal, WalConfig, WalDeps};
+
+    for b in common::backends("tso_wal_run").await {
+        let provider = MemoryProvider::new(MemoryConfig::default());
+        let pchannel = PChannel::new("coord-tso-dml_0").unwrap();
+        let mut last = Timestamp::MIN;
+        for term in 1..=2u64 {
+            // The second coordinator's clock is an hour behind: the WAL must not notice.
+            let clock: Arc<dyn Clock> = if term == 1 {
+                Arc::new(SystemClock)
+            } else {
+                ManualClock::new(SystemClock.now_ms() - 3_600_000)
+            };
+            let tso = Arc::new(
+                Tso::open(b.store.clone(), &b.keys, TsoConfig::default(), clock)
+                    .await
+                    .unwrap(),
+            );
+            let ids = Arc::new(
+                Ids::open(b.store.clone(), &b.keys, IdsConfig::default())
+                    .await
+                    .unwrap(),
+            );
+            let deps = WalDeps {
+                oracle: tso.clone(),
+                ids,
+                node_growing: NodeGrowingBytes::new(),
+                recovery: None,
+            };
+            let wal = Wal::open(
+                &provider,
+                pchannel.clone(),
+                Term(term),
+                WalConfig::default(),
+                deps,
+            )
+            .await
+            .unwrap();
+            // A fresh collection per term: this WAL replays nothing from the previous one.
+            let collection = 100 + term as i64;
+            let vchannel = pchannel.vchannel(CollectionId(collection), 0).unwrap();
+            let create = MutableMessage::builder(CreateCollectionHeader {
+                collection_id: collection,
+                partition_ids: vec![10],
+                db_id: 1,
+            })
+            .vchannel(&vchannel)
+            .build()
+            .unwrap();
+            let mut appended = vec![wal.append(create).await.unwrap()];
+            for _ in 0..50 {
+                let insert = MutableMessage::builder(InsertHeader {
+                    collection_id: collection,
+                    partitions: vec![PartitionSegmentAssignment {
+                        partition_id: 10,
+                        rows: 1,
+                        binary_size: 16,
+                        segment_id: 0,
+                    }],
+                })
+                .vchannel(&vchannel)
+                .payload(vec![7u8; 16])
+                .build()
+                .unwrap();
+                appended.push(wal.append(insert).await.unwrap());
+            }
+            for r in &appended {
+                assert!(
+                    r.timestamp > last,
+                    "{}: term {term}: {:?} <= {last:?}",
+                    b.name,
+                    r.timestamp
+                );
+                assert!(
+                    r.timestamp.physical_ms() < tso.window_end_ms(),
+                    "{}",
+                    b.name
+                );
+                last = r.timestamp;
+            }
+            wal.close().await;
+            tso.close().await;
+        }
+        eprintln!(
+            "{}: a WAL appended over two coordinator lifetimes, last {last:?}",
+            b.name
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_write_acknowledgement_is_not_taken_for_a_takeover() {
+    for b in common::backends("tso_lost_ack").await {
+        let faulty = common::FaultyStore::new(b.store.clone());
+        let clock = ManualClock::new(T0);
+        let tso = Tso::open(faulty.clone(), &b.keys, TsoConfig::default(), clock.clone())
+            .await
+            .unwrap();
+        let before = tso.allocate(1).await.unwrap();
+        // The window runs out; its extension is applied but the answer is lost.
+        clock.advance(Duration::from_secs(10));
+        faulty.lose_next_put_acks(1);
+        let err = tso.allocate(1).await.unwrap_err();
+        assert!(err.retryable(), "{}: {err:?}", b.name);
+        // The retry finds its own write (by its nonce) and carries on: not fenced.
+        let after = tso.allocate(1).await.unwrap();
+        assert!(after > before, "{}", b.name);
+        let mark =
+            HighWater::decode(b.store.get(&b.keys.tso()).await.unwrap().unwrap().value).unwrap();
+        assert!(
+            after.physical_ms() < mark.value,
+            "{}: handed out past the stored mark",
+            b.name
+        );
+
+        // The same for ids.
+        let ids = Ids::open(faulty.clone(), &b.keys, IdsConfig { block: 10 })
+            .await
+            .unwrap();
+        let first = ids.allocate(1).await.unwrap();
+        faulty.lose_next_put_acks(1);
+        let err = ids.allocate(10).await.unwrap_err();
+        assert!(err.retryable(), "{}: {err:?}", b.name);
+        let next = ids.allocate(10).await.unwrap();
+        assert!(next > first, "{}", b.name);
+        let reopened = Ids::open(b.store.clone(), &b.keys, IdsConfig { block: 10 })
+            .await
+            .unwrap();
+        assert!(
+            reopened.allocate(1).await.unwrap() >= next + 10,
+            "{}",
+            b.name
+        );
     }
 }

@@ -115,24 +115,28 @@ pub async fn wait_until<T: Clone>(
     }
 }
 
-/// A real store whose watches can be broken on demand, as a compaction or a lost connection
-/// would: every open watch ends with [`sluice_meta::MetaError::Compacted`], and the next
-/// `refuse` watch calls fail with `Unavailable`. Everything else goes to the real store.
-pub struct BreakableWatches {
+/// A real store with injectable faults, as a compaction or a lost connection would cause:
+/// watches can be broken on demand (every open watch ends with
+/// [`sluice_meta::MetaError::Compacted`], and the next `refuse` watch calls fail with
+/// `Unavailable`), and puts can lose their acknowledgement (applied, but reported as
+/// `Unavailable`). Everything else goes to the real store.
+pub struct FaultyStore {
     inner: Arc<dyn MetaStore>,
     epoch: tokio::sync::watch::Sender<u64>,
     refuse: std::sync::atomic::AtomicUsize,
+    lose_acks: std::sync::atomic::AtomicUsize,
     /// How many `watch_prefix` calls were made (refused ones included).
     pub watch_calls: std::sync::atomic::AtomicUsize,
 }
 
-impl BreakableWatches {
+impl FaultyStore {
     /// Wraps `inner`.
-    pub fn new(inner: Arc<dyn MetaStore>) -> Arc<BreakableWatches> {
-        Arc::new(BreakableWatches {
+    pub fn new(inner: Arc<dyn MetaStore>) -> Arc<FaultyStore> {
+        Arc::new(FaultyStore {
             inner,
             epoch: tokio::sync::watch::channel(0).0,
             refuse: std::sync::atomic::AtomicUsize::new(0),
+            lose_acks: std::sync::atomic::AtomicUsize::new(0),
             watch_calls: std::sync::atomic::AtomicUsize::new(0),
         })
     }
@@ -144,6 +148,11 @@ impl BreakableWatches {
         self.epoch.send_modify(|e| *e += 1);
     }
 
+    /// The next `n` puts are applied but reported as `Unavailable`.
+    pub fn lose_next_put_acks(&self, n: usize) {
+        self.lose_acks.store(n, std::sync::atomic::Ordering::SeqCst);
+    }
+
     /// `watch_prefix` calls so far.
     pub fn watch_calls(&self) -> usize {
         self.watch_calls.load(std::sync::atomic::Ordering::SeqCst)
@@ -151,7 +160,7 @@ impl BreakableWatches {
 }
 
 #[async_trait::async_trait]
-impl MetaStore for BreakableWatches {
+impl MetaStore for FaultyStore {
     async fn get(&self, key: &str) -> sluice_meta::Result<Option<sluice_meta::KeyValue>> {
         self.inner.get(key).await
     }
@@ -170,7 +179,21 @@ impl MetaStore for BreakableWatches {
         condition: sluice_meta::Condition,
         lease: Option<sluice_meta::LeaseId>,
     ) -> sluice_meta::Result<sluice_meta::Revision> {
-        self.inner.put(key, value, condition, lease).await
+        let rev = self.inner.put(key, value, condition, lease).await?;
+        if self
+            .lose_acks
+            .fetch_update(
+                std::sync::atomic::Ordering::SeqCst,
+                std::sync::atomic::Ordering::SeqCst,
+                |n| n.checked_sub(1),
+            )
+            .is_ok()
+        {
+            return Err(sluice_meta::MetaError::Unavailable(format!(
+                "the test lost the acknowledgement of revision {rev}"
+            )));
+        }
+        Ok(rev)
     }
 
     async fn delete(
@@ -246,7 +269,7 @@ impl MetaStore for BreakableWatches {
 }
 
 /// Waits (bounded) until `store` has seen at least `n` watch calls.
-pub async fn wait_for_watch_calls(store: &BreakableWatches, n: usize, what: &str) {
+pub async fn wait_for_watch_calls(store: &FaultyStore, n: usize, what: &str) {
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
     while store.watch_calls() < n {
         assert!(
