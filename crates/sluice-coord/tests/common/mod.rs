@@ -91,3 +91,192 @@ pub async fn backends(test: &str) -> Vec<Backend> {
     all.extend(etcd(test).await);
     all
 }
+
+/// A lease TTL short enough for lapse tests on this backend: etcd rounds TTLs up to whole
+/// seconds and enforces a minimum (1.5 s with default settings, so 2 s).
+pub fn short_ttl(backend: &Backend) -> std::time::Duration {
+    match backend.name {
+        "etcd" => std::time::Duration::from_secs(2),
+        _ => std::time::Duration::from_millis(600),
+    }
+}
+
+/// Waits (bounded by `timeout`) until the watched value satisfies `pred`; panics with `what`.
+pub async fn wait_until<T: Clone>(
+    rx: &mut tokio::sync::watch::Receiver<T>,
+    timeout: std::time::Duration,
+    what: &str,
+    mut pred: impl FnMut(&T) -> bool,
+) -> T {
+    match tokio::time::timeout(timeout, rx.wait_for(|v| pred(v))).await {
+        Ok(Ok(v)) => v.clone(),
+        Ok(Err(_)) => panic!("{what}: the sender is gone"),
+        Err(_) => panic!("{what}: not reached within {timeout:?}"),
+    }
+}
+
+/// A real store with injectable faults, as a compaction or a lost connection would cause:
+/// watches can be broken on demand (every open watch ends with
+/// [`sluice_meta::MetaError::Compacted`], and the next `refuse` watch calls fail with
+/// `Unavailable`), and puts can lose their acknowledgement (applied, but reported as
+/// `Unavailable`). Everything else goes to the real store.
+pub struct FaultyStore {
+    inner: Arc<dyn MetaStore>,
+    epoch: tokio::sync::watch::Sender<u64>,
+    refuse: std::sync::atomic::AtomicUsize,
+    lose_acks: std::sync::atomic::AtomicUsize,
+    /// How many `watch_prefix` calls were made (refused ones included).
+    pub watch_calls: std::sync::atomic::AtomicUsize,
+}
+
+impl FaultyStore {
+    /// Wraps `inner`.
+    pub fn new(inner: Arc<dyn MetaStore>) -> Arc<FaultyStore> {
+        Arc::new(FaultyStore {
+            inner,
+            epoch: tokio::sync::watch::channel(0).0,
+            refuse: std::sync::atomic::AtomicUsize::new(0),
+            lose_acks: std::sync::atomic::AtomicUsize::new(0),
+            watch_calls: std::sync::atomic::AtomicUsize::new(0),
+        })
+    }
+
+    /// Ends every open watch with an error and refuses the next `refuse` watch calls.
+    pub fn break_watches(&self, refuse: usize) {
+        self.refuse
+            .store(refuse, std::sync::atomic::Ordering::SeqCst);
+        self.epoch.send_modify(|e| *e += 1);
+    }
+
+    /// The next `n` puts are applied but reported as `Unavailable`.
+    pub fn lose_next_put_acks(&self, n: usize) {
+        self.lose_acks.store(n, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// `watch_prefix` calls so far.
+    pub fn watch_calls(&self) -> usize {
+        self.watch_calls.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+#[async_trait::async_trait]
+impl MetaStore for FaultyStore {
+    async fn get(&self, key: &str) -> sluice_meta::Result<Option<sluice_meta::KeyValue>> {
+        self.inner.get(key).await
+    }
+
+    async fn scan_prefix(
+        &self,
+        prefix: &str,
+    ) -> sluice_meta::Result<(Vec<sluice_meta::KeyValue>, sluice_meta::Revision)> {
+        self.inner.scan_prefix(prefix).await
+    }
+
+    async fn put(
+        &self,
+        key: &str,
+        value: bytes::Bytes,
+        condition: sluice_meta::Condition,
+        lease: Option<sluice_meta::LeaseId>,
+    ) -> sluice_meta::Result<sluice_meta::Revision> {
+        let rev = self.inner.put(key, value, condition, lease).await?;
+        if self
+            .lose_acks
+            .fetch_update(
+                std::sync::atomic::Ordering::SeqCst,
+                std::sync::atomic::Ordering::SeqCst,
+                |n| n.checked_sub(1),
+            )
+            .is_ok()
+        {
+            return Err(sluice_meta::MetaError::Unavailable(format!(
+                "the test lost the acknowledgement of revision {rev}"
+            )));
+        }
+        Ok(rev)
+    }
+
+    async fn delete(
+        &self,
+        key: &str,
+        condition: sluice_meta::Condition,
+    ) -> sluice_meta::Result<Option<sluice_meta::Revision>> {
+        self.inner.delete(key, condition).await
+    }
+
+    async fn txn(
+        &self,
+        compares: Vec<(String, sluice_meta::Condition)>,
+        ops: Vec<sluice_meta::TxnOp>,
+    ) -> sluice_meta::Result<sluice_meta::TxnResult> {
+        self.inner.txn(compares, ops).await
+    }
+
+    async fn watch_prefix(
+        &self,
+        prefix: &str,
+        from_revision: sluice_meta::Revision,
+    ) -> sluice_meta::Result<sluice_meta::WatchStream> {
+        use futures::StreamExt;
+        use std::sync::atomic::Ordering;
+        self.watch_calls.fetch_add(1, Ordering::SeqCst);
+        if self
+            .refuse
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+        {
+            return Err(sluice_meta::MetaError::Unavailable(
+                "watch refused by the test".into(),
+            ));
+        }
+        let mut epoch = self.epoch.subscribe();
+        epoch.mark_unchanged();
+        let events = self.inner.watch_prefix(prefix, from_revision).await?;
+        let broken = sluice_meta::MetaError::Compacted {
+            requested: from_revision,
+            compacted: from_revision,
+        };
+        Ok(
+            futures::stream::unfold(Some((events, epoch)), move |state| {
+                let broken = broken.clone();
+                async move {
+                    let (mut events, mut epoch) = state?;
+                    tokio::select! {
+                        biased;
+                        _ = epoch.changed() => Some((Err(broken), None)),
+                        ev = events.next() => ev.map(|ev| (ev, Some((events, epoch)))),
+                    }
+                }
+            })
+            .boxed(),
+        )
+    }
+
+    async fn grant(&self, ttl: std::time::Duration) -> sluice_meta::Result<sluice_meta::LeaseId> {
+        self.inner.grant(ttl).await
+    }
+
+    async fn keep_alive(
+        &self,
+        lease: sluice_meta::LeaseId,
+    ) -> sluice_meta::Result<std::time::Duration> {
+        self.inner.keep_alive(lease).await
+    }
+
+    async fn revoke(&self, lease: sluice_meta::LeaseId) -> sluice_meta::Result<()> {
+        self.inner.revoke(lease).await
+    }
+}
+
+/// Waits (bounded) until `store` has seen at least `n` watch calls.
+pub async fn wait_for_watch_calls(store: &FaultyStore, n: usize, what: &str) {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while store.watch_calls() < n {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what}: only {} watch calls, expected {n}",
+            store.watch_calls()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+}
