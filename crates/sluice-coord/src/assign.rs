@@ -162,6 +162,8 @@ struct Shared {
     vchannels: Mutex<BTreeMap<String, u32>>,
     trigger: Notify,
     topology: watch::Sender<Topology>,
+    /// How many rounds ended with nothing left to change.
+    settled: watch::Sender<u64>,
 }
 
 /// The running assignment loop (see the module docs). Dropping it stops the loop.
@@ -198,6 +200,7 @@ impl Assigner {
             vchannels: Mutex::new(BTreeMap::new()),
             trigger: Notify::new(),
             topology,
+            settled: watch::channel(0).0,
         });
         shared.publish();
         let cancel = CancellationToken::new();
@@ -217,6 +220,12 @@ impl Assigner {
     /// The current topology.
     pub fn topology(&self) -> Topology {
         self.shared.topology.borrow().clone()
+    }
+
+    /// How many rounds so far found nothing to change (the layout had settled); for operators
+    /// and tests that need to know a round has run.
+    pub fn settled(&self) -> watch::Receiver<u64> {
+        self.shared.settled.subscribe()
     }
 
     /// A client saw `pchannel` fail at `term`: when `term` is current and the pchannel is
@@ -279,7 +288,10 @@ async fn run(shared: Arc<Shared>, mut nodes: watch::Receiver<Nodes>, cancel: Can
             };
             match result {
                 Ok(true) => backoff = config.backoff_initial,
-                Ok(false) => break,
+                Ok(false) => {
+                    shared.settled.send_modify(|n| *n += 1);
+                    break;
+                }
                 Err(CoordError::NoHealthyNode) => {
                     tracing::warn!("no healthy streaming node; waiting for one");
                     break;
