@@ -503,3 +503,73 @@ async fn failing_new_node_is_retried_until_it_recovers() {
         assert!(m.list().iter().all(|meta| meta.history.is_empty()));
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_record_is_retried_without_stopping_the_loop() {
+    use sluice_coord::pchannel::PChannelMeta;
+    use sluice_meta::Condition;
+
+    for b in common::backends("assign_malformed").await {
+        let m = manager(&b, 4).await;
+        let fake = Arc::new(FakeNodes::default());
+        let (nodes_tx, nodes_rx) = watch::channel(node_set(&[1, 2]));
+        let assigner = Assigner::start(m, nodes_rx, fake.clone(), config()).unwrap();
+        let mut rx = assigner.subscribe();
+        let before = wait_for(&mut rx, "4 channels placed", |t| t.channels.len() == 4).await;
+        let on_2: Vec<String> = before
+            .channels
+            .iter()
+            .filter(|(_, (_, info))| info.id == NodeId(2))
+            .map(|(n, _)| n.clone())
+            .collect();
+        assert_eq!(on_2.len(), 2, "{}", b.name);
+        let (bad, good) = (&on_2[0], &on_2[1]);
+
+        // Someone writes garbage over one record, then node 2 dies.
+        let key = b.keys.pchannel(bad);
+        b.store
+            .put(
+                &key,
+                bytes::Bytes::from_static(b"\x08garbage"),
+                Condition::None,
+                None,
+            )
+            .await
+            .unwrap();
+        nodes_tx.send(node_set(&[1])).unwrap();
+
+        // The healthy record moves; the bad one is retried, never overwritten.
+        wait_for(&mut rx, "the healthy channel on node 1", |t| {
+            t.channels
+                .get(good)
+                .is_some_and(|(_, info)| info.id == NodeId(1))
+        })
+        .await;
+        assert_eq!(
+            &b.store.get(&key).await.unwrap().unwrap().value[..],
+            b"\x08garbage"
+        );
+        assert!(!assigner.topology().channels.contains_key(bad));
+
+        // An operator repairs the record: the loop picks it up and moves it past that term.
+        let repaired = PChannelMeta {
+            name: PChannel::new(bad).unwrap(),
+            term: Term(10),
+            node: Some(NodeId(2)),
+            state: PChannelState::Assigned,
+            history: Vec::new(),
+            last_assigned_ms: 1,
+        };
+        b.store
+            .put(&key, repaired.encode(), Condition::None, None)
+            .await
+            .unwrap();
+        let after = wait_for(&mut rx, "the repaired channel on node 1", |t| {
+            t.channels
+                .get(bad)
+                .is_some_and(|(term, info)| info.id == NodeId(1) && *term == Term(11))
+        })
+        .await;
+        check_served(&after, &fake);
+    }
+}
