@@ -19,13 +19,15 @@
 //! 2. **Place** the unplaced pchannels, most vchannels first (ties by name), each on the node that
 //!    gives the lowest cost, among the nodes holding fewer than `⌈P/N⌉` pchannels (so a fresh
 //!    layout is count-balanced); ties go to the smaller node id.
-//! 3. **Rebalance** (when [`BalanceConfig::allow_rebalance`]): up to
-//!    [`BalanceConfig::max_steps`] times, move one *movable* channel (kept in step 1 and assigned
-//!    long enough ago, as the caller says) to another node, choosing the best single move:
+//! 3. **Rebalance** (when [`BalanceConfig::allow_rebalance`]): move *movable* channels (kept in
+//!    step 1 and assigned long enough ago, as the caller says), at most
+//!    [`BalanceConfig::max_steps`] channels per call, taking the best step each time:
 //!    * a move from a node with at least 2 more pchannels than the target is always taken (it
 //!      evens out the counts; among those, the lowest resulting cost wins);
-//!    * otherwise only a move between nodes whose counts differ by exactly 1 (the counts stay as
-//!      even as they were) and that lowers the cost by more than [`BalanceConfig::tolerance`].
+//!    * otherwise a move between nodes whose counts differ by exactly 1 (the counts stay as even
+//!      as they were), or a swap of two channels on different nodes (two steps; counts do not
+//!      change), whichever lowers the cost most, and only when that is by more than
+//!      [`BalanceConfig::tolerance`].
 //!
 //!    A channel moves at most once per call.
 //!
@@ -128,6 +130,22 @@ impl Layout {
         d
     }
 
+    /// How the cost changes when a channel with `va` vchannels on `na` and one with `vb` on `nb`
+    /// exchange nodes (pchannel counts stay as they are).
+    fn swap_delta(&self, na: NodeId, va: u32, nb: NodeId, vb: u32) -> f64 {
+        let (va, vb) = (u64::from(va), u64::from(vb));
+        let (la, lb) = (self.load[&na], self.load[&nb]);
+        let new_a = Load {
+            p: la.p,
+            v: la.v - va + vb,
+        };
+        let new_b = Load {
+            p: lb.p,
+            v: lb.v - vb + va,
+        };
+        self.node_cost(new_a) + self.node_cost(new_b) - self.node_cost(la) - self.node_cost(lb)
+    }
+
     fn apply(&mut self, from: Option<NodeId>, to: NodeId, v: u32) {
         let v = u64::from(v);
         if let Some(from) = from
@@ -223,30 +241,59 @@ pub fn balance(
 
     // 3. Rebalance.
     if config.allow_rebalance {
-        for _ in 0..config.max_steps {
-            let Some((name, to)) = best_move(channels, &layout, &target, &movable, config) else {
-                break;
+        let mut steps = config.max_steps;
+        while let Some(m) = best_move(channels, &layout, &target, &movable, config, steps) {
+            let moves: Vec<(String, NodeId)> = match m {
+                Move::One(name, to) => vec![(name, to)],
+                Move::Swap(a, b) => {
+                    let (na, nb) = (target[&a], target[&b]);
+                    vec![(a, nb), (b, na)]
+                }
             };
-            let from = target[&name];
-            layout.apply(Some(from), to, channels[&name].vchannels);
-            target.insert(name.clone(), to);
-            movable.remove(&name);
+            for (name, to) in moves {
+                let from = target[&name];
+                layout.apply(Some(from), to, channels[&name].vchannels);
+                target.insert(name.clone(), to);
+                movable.remove(&name);
+                steps -= 1;
+            }
         }
     }
     Ok(target)
 }
 
-/// The best single move allowed by the rules in the module docs, if any.
+/// A rebalance step.
+enum Move {
+    /// Move one channel to a node.
+    One(String, NodeId),
+    /// Exchange the nodes of two channels (two steps).
+    Swap(String, String),
+}
+
+/// The best step allowed by the rules in the module docs that fits in `steps`, if any.
 fn best_move(
     channels: &BTreeMap<String, ChannelInput>,
     layout: &Layout,
     target: &BTreeMap<String, NodeId>,
     movable: &BTreeSet<String>,
     config: &BalanceConfig,
-) -> Option<(String, NodeId)> {
-    // (evens counts, cost delta, channel, node): evening moves first, then the lowest delta;
-    // iteration order (name, then node id) breaks ties deterministically.
-    let mut best: Option<(bool, f64, &String, NodeId)> = None;
+    steps: usize,
+) -> Option<Move> {
+    if steps == 0 {
+        return None;
+    }
+    // (evens counts, cost delta, step): evening moves first, then the lowest delta; iteration
+    // order (name, then node id) breaks ties deterministically.
+    let mut best: Option<(bool, f64, Move)> = None;
+    let mut offer = |evens: bool, d: f64, m: Move| {
+        let better = match &best {
+            None => true,
+            Some((be, bd, _)) => (evens && !be) || (evens == *be && d < *bd),
+        };
+        if better {
+            best = Some((evens, d, m));
+        }
+    };
     for name in movable {
         let from = target[name];
         let v = channels[name].vchannels;
@@ -257,19 +304,27 @@ fn best_move(
             }
             let evens = from_p >= l.p + 2;
             let d = layout.delta(Some(from), to, v);
-            if !evens && d >= -config.tolerance {
-                continue;
-            }
-            let better = match best {
-                None => true,
-                Some((be, bd, _, _)) => (evens && !be) || (evens == be && d < bd),
-            };
-            if better {
-                best = Some((evens, d, name, to));
+            if evens || d < -config.tolerance {
+                offer(evens, d, Move::One(name.clone(), to));
             }
         }
     }
-    best.map(|(_, _, name, to)| (name.clone(), to))
+    if steps >= 2 {
+        for (i, a) in movable.iter().enumerate() {
+            for b in movable.iter().skip(i + 1) {
+                let (na, nb) = (target[a], target[b]);
+                let (va, vb) = (channels[a].vchannels, channels[b].vchannels);
+                if na == nb || va == vb {
+                    continue;
+                }
+                let d = layout.swap_delta(na, va, nb, vb);
+                if d < -config.tolerance {
+                    offer(false, d, Move::Swap(a.clone(), b.clone()));
+                }
+            }
+        }
+    }
+    best.map(|(_, _, m)| m)
 }
 
 #[cfg(test)]
@@ -354,6 +409,24 @@ mod tests {
         let t = balance(&c, &n, &BalanceConfig::default()).unwrap();
         assert_ne!(t["p00"], t["p02"]);
         assert_ne!(t["p01"], t["p03"]);
+    }
+
+    #[test]
+    fn heavy_channels_on_one_node_are_swapped_apart() {
+        let c = chans(&[(50, Some(1)), (50, Some(1)), (0, Some(2)), (0, Some(2))]);
+        let n = nodes(&[1, 2]);
+        let config = BalanceConfig::default();
+        let t = balance(&c, &n, &config).unwrap();
+        assert_ne!(t["p00"], t["p01"]);
+        assert_eq!(counts(&t, &n), [2, 2]);
+        assert!(cost(&c, &t, &n) < 1e-9);
+        // A swap is two steps: with one step allowed nothing can improve.
+        let one = BalanceConfig {
+            max_steps: 1,
+            ..config
+        };
+        let t = balance(&c, &n, &one).unwrap();
+        assert!(c.iter().all(|(name, ch)| ch.current == Some(t[name])));
     }
 
     #[test]

@@ -573,3 +573,63 @@ async fn malformed_record_is_retried_without_stopping_the_loop() {
         check_served(&after, &fake);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_the_assigner_stops_the_loop() {
+    let b = common::embedded("assign_drop");
+    let (nodes_tx, nodes_rx) = watch::channel(node_set(&[1]));
+    let fake = Arc::new(FakeNodes::default());
+    let assigner = Assigner::start(manager(&b, 2).await, nodes_rx, fake.clone(), config()).unwrap();
+    let mut rx = assigner.subscribe();
+    wait_for(&mut rx, "2 channels placed", |t| t.channels.len() == 2).await;
+    drop(assigner);
+    // The topology stream closes once the loop's task has ended and released it.
+    let closed = tokio::time::timeout(WAIT, async { while rx.changed().await.is_ok() {} }).await;
+    assert!(closed.is_ok(), "the loop did not stop within {WAIT:?}");
+    // With the loop gone, a node set change moves nothing.
+    let calls = fake.calls().len();
+    assert!(
+        nodes_tx.send(node_set(&[2])).is_err(),
+        "no one watches the node set any more"
+    );
+    assert_eq!(fake.calls().len(), calls);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vchannel_counts_spread_heavy_pchannels() {
+    for b in common::backends("assign_vchannels").await {
+        let m = manager(&b, 4).await;
+        let fake = Arc::new(FakeNodes::default());
+        let (_nodes_tx, nodes_rx) = watch::channel(node_set(&[1, 2]));
+        let assigner = Assigner::start(m, nodes_rx, fake.clone(), config()).unwrap();
+        let mut rx = assigner.subscribe();
+        let before = wait_for(&mut rx, "4 channels placed", |t| t.channels.len() == 4).await;
+        // Both channels of node 1 turn out to carry many vchannels.
+        let heavy: Vec<String> = before
+            .channels
+            .iter()
+            .filter(|(_, (_, info))| info.id == NodeId(1))
+            .map(|(n, _)| n.clone())
+            .collect();
+        assert_eq!(heavy.len(), 2, "{}", b.name);
+        assigner.set_vchannel_counts(heavy.iter().map(|n| (n.clone(), 50)).collect());
+
+        let after = wait_for(&mut rx, "one heavy channel per node", |t| {
+            t.channels.len() == 4
+                && t.channels[&heavy[0]].1.id != t.channels[&heavy[1]].1.id
+                && per_node(t).values().all(|n| *n == 2)
+        })
+        .await;
+        let moved: Vec<&String> = after
+            .channels
+            .iter()
+            .filter(|(name, entry)| before.channels[*name] != **entry)
+            .map(|(name, _)| name)
+            .collect();
+        assert_eq!(moved.len(), 2, "a swap moves two channels: {after:?}");
+        for name in moved {
+            assert_eq!(after.channels[name].0, before.channels[name].0.next());
+        }
+        check_served(&after, &fake);
+    }
+}
