@@ -359,6 +359,13 @@ async fn read_loop(
             return;
         }
         tracing::debug!(pchannel = %request.pchannel, error = %err, "read interrupted; resuming");
+        if err.is_wrong_node() {
+            client
+                .inner
+                .topology
+                .report_error(&request.pchannel, target.term, err.code, &err.message)
+                .await;
+        }
         above = Some(target.term);
         if err.code != ErrorCode::ChannelNotExist && err.code != ErrorCode::UnmatchedChannelTerm {
             tokio::time::sleep(backoff.min(Duration::from_millis(200))).await;

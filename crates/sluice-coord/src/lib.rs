@@ -23,9 +23,11 @@ pub mod broadcast;
 pub mod election;
 pub mod error;
 pub mod keys;
+pub mod leader;
 pub mod node;
 pub mod pchannel;
 pub mod registry;
+pub mod service;
 pub mod tso;
 
 pub use error::CoordError;

@@ -5,6 +5,7 @@
 //! gRPC ([`service`]): `Produce` and `Consume` for clients, `Assign`/`Remove`/`Status` for the
 //! coordinator.
 
+pub mod coord_link;
 pub mod error;
 pub mod manager;
 pub mod service;

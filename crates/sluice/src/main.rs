@@ -1,36 +1,172 @@
-//! The `sluice` command.
+//! The `sluice` command: run Sluice (`standalone`, `coord`, `node`), talk to it (`produce`,
+//! `consume`, `ctl`), measure it (`bench`), and `log-smoke`, which exercises the local log alone.
 //!
-//! Until the streaming node and coordinator exist, the binary offers `log-smoke`: it runs the
-//! local log end to end on a data directory (open at the next term, which fences any earlier
-//! writer; concurrent appends; read everything back and verify it), so each run proves that what
-//! earlier runs acknowledged is still there.
+//! Configuration comes from defaults, then `--config FILE` (TOML), then `SLUICE_*` environment
+//! variables (nested keys joined with `__`, e.g. `SLUICE_META__BACKEND=etcd`), then flags.
+//! Logging follows `RUST_LOG` (default `warn`), on stderr.
 
 mod bench;
+mod cli;
+mod config;
+mod server;
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
+use figment::Figment;
+use figment::providers::Serialized;
 use sluice_log::local::{LocalConfig, LocalProvider};
 use sluice_log::{DeliverPolicy, LogError, LogHandle, LogProvider, OpenOptions, ReadOptions};
 use sluice_types::message::InsertHeader;
-use sluice_types::{MutableMessage, PChannel, Term};
+use sluice_types::{MutableMessage, PChannel, Term, VChannel};
+
+use crate::config::Config;
 
 #[derive(Parser)]
 #[command(
     name = "sluice",
     version,
-    about = "Sluice: a WAL-centred streaming service"
+    about = "Sluice: a WAL-centred streaming service",
+    long_about = "Sluice: a WAL-centred streaming service.\n\nRun `sluice standalone` for a \
+                  single-process server with everything under one data directory, or \
+                  `sluice coord` plus several `sluice node` for a cluster (etcd for metadata, a \
+                  shared log directory). Configuration: defaults < --config FILE (TOML) < \
+                  SLUICE_* environment (nested keys joined by `__`) < flags."
 )]
 struct Cli {
     #[command(subcommand)]
     command: Command,
 }
 
+/// Settings every server command takes (each overrides the config file and environment).
+#[derive(Args, Clone, Debug, Default)]
+struct ServerOpts {
+    /// TOML configuration file.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Data directory (standalone: meta store and WAL; node: WAL unless --log-dir).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// gRPC listen address (`host:port`; port 0 picks a free one).
+    #[arg(long)]
+    listen: Option<String>,
+    /// Address other processes use to reach this one (default: the bound address).
+    #[arg(long)]
+    advertise: Option<String>,
+    /// Metadata store: `embedded` or `etcd`.
+    #[arg(long)]
+    meta_backend: Option<String>,
+    /// etcd endpoints, comma separated (`http://host:port`).
+    #[arg(long, value_delimiter = ',')]
+    etcd: Option<Vec<String>>,
+    /// Log directory (cluster nodes share one).
+    #[arg(long)]
+    log_dir: Option<PathBuf>,
+    /// Node id (unique in the cluster).
+    #[arg(long)]
+    node_id: Option<u64>,
+    /// Node registration lease TTL in milliseconds.
+    #[arg(long)]
+    lease_ttl_ms: Option<u64>,
+    /// Coordinator endpoint (`http://host:port`) for nodes.
+    #[arg(long)]
+    coord: Option<String>,
+    /// Number of pchannels the coordinator manages.
+    #[arg(long)]
+    pchannels: Option<u32>,
+}
+
+impl ServerOpts {
+    fn load(&self) -> anyhow::Result<Config> {
+        let mut f = Figment::new();
+        macro_rules! set {
+            ($key:literal, $v:expr) => {
+                if let Some(v) = &$v {
+                    f = f.merge(Serialized::default($key, v));
+                }
+            };
+        }
+        set!("data_dir", self.data_dir);
+        set!("listen", self.listen);
+        set!("advertise", self.advertise);
+        set!("meta.backend", self.meta_backend);
+        set!("meta.endpoints", self.etcd);
+        set!("log.dir", self.log_dir);
+        set!("node.id", self.node_id);
+        set!("node.lease_ttl_ms", self.lease_ttl_ms);
+        set!("coord.endpoint", self.coord);
+        set!("pchannels.count", self.pchannels);
+        Config::load(self.config.as_deref(), f)
+    }
+}
+
+/// Where client commands find the coordinator.
+#[derive(Args, Clone, Debug)]
+struct ClientOpts {
+    /// Coordinator endpoint.
+    #[arg(
+        long,
+        env = "SLUICE_COORD__ENDPOINT",
+        default_value = "http://127.0.0.1:7730"
+    )]
+    coord: String,
+    /// Give up an operation after this many seconds.
+    #[arg(long, default_value_t = 30)]
+    timeout_secs: u64,
+}
+
 #[derive(Subcommand)]
 enum Command {
+    /// Run coordinator + node + embedded meta store + local log in one process, everything under
+    /// one data directory. Prints the address it listens on.
+    Standalone(ServerOpts),
+    /// Run a coordinator (leader-elected through the meta store; use etcd for a cluster).
+    Coord(ServerOpts),
+    /// Run a streaming node: registers in the meta store and serves the WALs the coordinator
+    /// assigns it.
+    Node(ServerOpts),
+    /// Append messages to a vchannel: `--count N` generated ones, or one per stdin line.
+    Produce {
+        #[command(flatten)]
+        client: ClientOpts,
+        /// Target vchannel (`{pchannel}_{collection}v{shard}`).
+        #[arg(long)]
+        vchannel: String,
+        /// Send a CreateCollection for the vchannel's collection first.
+        #[arg(long)]
+        create_collection: bool,
+        /// Generate this many messages instead of reading stdin.
+        #[arg(long)]
+        count: Option<usize>,
+        /// Appends in flight.
+        #[arg(long, default_value_t = 16)]
+        concurrency: usize,
+    },
+    /// Read the inserts of a vchannel in timestamp order, surviving failovers.
+    Consume {
+        #[command(flatten)]
+        client: ClientOpts,
+        /// Source vchannel.
+        #[arg(long)]
+        vchannel: String,
+        /// Start at the beginning of the log (default: only new messages).
+        #[arg(long)]
+        from_beginning: bool,
+        /// Stop after this many messages.
+        #[arg(long)]
+        limit: Option<usize>,
+        /// Stop when nothing arrives for this many milliseconds.
+        #[arg(long)]
+        idle_exit_ms: Option<u64>,
+    },
+    /// Inspect a running cluster.
+    Ctl {
+        #[command(subcommand)]
+        what: CtlCommand,
+    },
     /// Measure throughput and latency next to a baseline taken in the same run.
     Bench {
         #[command(subcommand)]
@@ -58,6 +194,21 @@ enum Command {
 }
 
 #[derive(Subcommand)]
+enum CtlCommand {
+    /// Which node owns each pchannel, at which term.
+    Topology {
+        #[command(flatten)]
+        client: ClientOpts,
+    },
+    /// The WALs one node holds.
+    Status {
+        /// The node's address (`host:port`).
+        #[arg(long)]
+        node: String,
+    },
+}
+
+#[derive(Subcommand)]
 enum BenchCommand {
     /// The full WAL (interceptors, timeticks, write-ahead buffer) against the raw local log it
     /// runs on: 1 KiB inserts, fsync on, closed loop at each producer count; then
@@ -78,13 +229,93 @@ enum BenchCommand {
     },
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+fn vchannel(name: &str) -> anyhow::Result<VChannel> {
+    VChannel::new(name).with_context(|| format!("--vchannel {name:?}"))
+}
+
+fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    init_tracing();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("starting the runtime")?;
     match cli.command {
+        Command::Standalone(opts) => {
+            let config = opts.load()?;
+            rt.block_on(server::standalone(config))
+        }
+        Command::Coord(opts) => {
+            let config = opts.load()?;
+            rt.block_on(server::coord(config))
+        }
+        Command::Node(opts) => {
+            let config = opts.load()?;
+            rt.block_on(server::node(config))
+        }
+        Command::Produce {
+            client,
+            vchannel: v,
+            create_collection,
+            count,
+            concurrency,
+        } => {
+            let v = vchannel(&v)?;
+            rt.block_on(async {
+                let (c, _t) =
+                    cli::connect(&client.coord, Duration::from_secs(client.timeout_secs))?;
+                cli::produce(&c, &v, create_collection, count, concurrency).await
+            })
+        }
+        Command::Consume {
+            client,
+            vchannel: v,
+            from_beginning,
+            limit,
+            idle_exit_ms,
+        } => {
+            let v = vchannel(&v)?;
+            rt.block_on(async {
+                let (c, _t) =
+                    cli::connect(&client.coord, Duration::from_secs(client.timeout_secs))?;
+                cli::consume(
+                    &c,
+                    &v,
+                    from_beginning,
+                    limit,
+                    idle_exit_ms.map(Duration::from_millis),
+                )
+                .await
+            })
+        }
+        Command::Ctl {
+            what: CtlCommand::Topology { client },
+        } => rt.block_on(async {
+            let (_c, t) = cli::connect(&client.coord, Duration::from_secs(client.timeout_secs))?;
+            cli::topology(&t, Duration::from_secs(client.timeout_secs)).await
+        }),
+        Command::Ctl {
+            what: CtlCommand::Status { node },
+        } => rt.block_on(cli::status(&node)),
         Command::Bench {
             what:
                 BenchCommand::Wal {

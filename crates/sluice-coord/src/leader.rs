@@ -1,0 +1,332 @@
+//! The coordinator process: campaign for leadership, and while leader run everything the
+//! cluster needs from its coordinator.
+//!
+//! On winning the election the leader opens, in order: the timestamp oracle and id allocator
+//! (whose persisted windows make sure it never hands out anything a predecessor did), the
+//! pchannel records, the node watcher, the assignment loop and the broadcaster (which resumes
+//! the tasks a predecessor left). When leadership is lost (lease lapsed, key taken) everything is
+//! shut down and the process campaigns again. Callers reach the current leader's parts through
+//! [`Coordinator::leader`], which waits (bounded) while an election is in progress.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sluice_meta::MetaStore;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::assign::{AssignConfig, Assigner, NodeClient};
+use crate::broadcast::{BroadcastAppender, BroadcastConfig, BroadcastIds, Broadcaster};
+use crate::election::Election;
+use crate::keys::Keys;
+use crate::pchannel::{ChannelManager, PChannelNames};
+use crate::registry::NodeWatcher;
+use crate::tso::{Ids, IdsConfig, SystemClock, Tso, TsoConfig};
+use crate::{CoordError, Result};
+
+/// Everything a coordinator needs to know.
+#[derive(Clone, Debug)]
+pub struct CoordinatorConfig {
+    /// Key layout (root) in the meta store.
+    pub keys: Keys,
+    /// This process's name in the election (unique per coordinator process).
+    pub candidate: String,
+    /// Leader lease TTL: a standby takes over this long after the leader dies. Default 10 s.
+    pub election_ttl: Duration,
+    /// The pchannels to manage.
+    pub pchannels: PChannelNames,
+    /// Timestamp oracle settings.
+    pub tso: TsoConfig,
+    /// Id allocator settings.
+    pub ids: IdsConfig,
+    /// Assignment loop settings.
+    pub assign: AssignConfig,
+    /// Broadcaster settings.
+    pub broadcast: BroadcastConfig,
+}
+
+impl CoordinatorConfig {
+    /// Defaults for `candidate` managing `pchannels`.
+    pub fn new(candidate: impl Into<String>, pchannels: PChannelNames) -> CoordinatorConfig {
+        CoordinatorConfig {
+            keys: Keys::default(),
+            candidate: candidate.into(),
+            election_ttl: Duration::from_secs(10),
+            pchannels,
+            tso: TsoConfig::default(),
+            ids: IdsConfig::default(),
+            assign: AssignConfig::default(),
+            broadcast: BroadcastConfig::default(),
+        }
+    }
+}
+
+/// The parts a leader runs.
+pub struct LeaderState {
+    /// Timestamps.
+    pub tso: Arc<Tso>,
+    /// Ids.
+    pub ids: Arc<Ids>,
+    /// The pchannel records.
+    pub channels: Arc<ChannelManager>,
+    /// The assignment loop and topology.
+    pub assigner: Arc<Assigner>,
+    /// Broadcasts.
+    pub broadcaster: Arc<Broadcaster>,
+    /// Live nodes.
+    pub nodes: Arc<NodeWatcher>,
+}
+
+impl std::fmt::Debug for LeaderState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LeaderState").finish_non_exhaustive()
+    }
+}
+
+/// A running coordinator process (leader or standby). Dropping it stops everything.
+pub struct Coordinator {
+    state: watch::Receiver<Option<Arc<LeaderState>>>,
+    cancel: CancellationToken,
+    task: parking_lot::Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for Coordinator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Coordinator")
+            .field("leader", &self.state.borrow().is_some())
+            .finish()
+    }
+}
+
+struct IdsForBroadcast(Arc<Ids>);
+
+#[async_trait]
+impl BroadcastIds for IdsForBroadcast {
+    async fn next_id(&self) -> Result<u64> {
+        self.0.allocate(1).await
+    }
+}
+
+impl Coordinator {
+    /// Starts campaigning; returns at once.
+    pub fn start(
+        store: Arc<dyn MetaStore>,
+        config: CoordinatorConfig,
+        nodes: Arc<dyn NodeClient>,
+        appender: Arc<dyn BroadcastAppender>,
+    ) -> Result<Coordinator> {
+        config.assign.validate()?;
+        config.pchannels.resolve()?;
+        let (tx, rx) = watch::channel(None);
+        let cancel = CancellationToken::new();
+        let task = tokio::spawn(run(store, config, nodes, appender, tx, cancel.clone()));
+        Ok(Coordinator {
+            state: rx,
+            cancel,
+            task: parking_lot::Mutex::new(Some(task)),
+        })
+    }
+
+    /// The leader's parts if this process is the leader now.
+    pub fn leader_now(&self) -> Option<Arc<LeaderState>> {
+        self.state.borrow().clone()
+    }
+
+    /// The leader's parts, waiting up to `patience` for this process to become leader.
+    pub async fn leader(&self, patience: Duration) -> Result<Arc<LeaderState>> {
+        let mut rx = self.state.clone();
+        let wait = rx.wait_for(Option::is_some);
+        match tokio::time::timeout(patience, wait).await {
+            Ok(Ok(state)) => Ok(state.clone().expect("waited for Some")),
+            Ok(Err(_)) => Err(CoordError::Shutdown),
+            Err(_) => Err(CoordError::NotLeader),
+        }
+    }
+
+    /// Leadership changes: `Some` while leader.
+    pub fn subscribe(&self) -> watch::Receiver<Option<Arc<LeaderState>>> {
+        self.state.clone()
+    }
+
+    /// Stops (resigning leadership if held) and waits until everything stopped.
+    pub async fn shutdown(&self) {
+        self.cancel.cancel();
+        let task = self.task.lock().take();
+        if let Some(task) = task {
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for Coordinator {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+    }
+}
+
+async fn run(
+    store: Arc<dyn MetaStore>,
+    config: CoordinatorConfig,
+    nodes: Arc<dyn NodeClient>,
+    appender: Arc<dyn BroadcastAppender>,
+    state: watch::Sender<Option<Arc<LeaderState>>>,
+    cancel: CancellationToken,
+) {
+    let election = Election::new(
+        store.clone(),
+        &config.keys,
+        config.candidate.clone(),
+        config.election_ttl,
+    );
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let leadership = tokio::select! {
+            _ = cancel.cancelled() => return,
+            l = election.campaign() => l,
+        };
+        let leadership = match leadership {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!(error = %e, "campaign failed; retrying");
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+                continue;
+            }
+        };
+        tracing::info!(candidate = %config.candidate, "became the coordinator leader");
+        let started = tokio::select! {
+            _ = cancel.cancelled() => { let _ = leadership.resign().await; return; }
+            _ = leadership.lost() => { tracing::warn!("lost leadership while starting"); continue; }
+            s = start_leader(&store, &config, &nodes, &appender) => s,
+        };
+        let leader = match started {
+            Ok(l) => Arc::new(l),
+            Err(e) => {
+                tracing::error!(error = %e, "could not start as leader; resigning");
+                let _ = leadership.resign().await;
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+                continue;
+            }
+        };
+        backoff = Duration::from_millis(100);
+        state.send_replace(Some(leader.clone()));
+        let resign = tokio::select! {
+            _ = cancel.cancelled() => true,
+            _ = leadership.lost() => { tracing::warn!("lost coordinator leadership"); false }
+        };
+        state.send_replace(None);
+        stop_leader(leader).await;
+        if resign {
+            let _ = leadership.resign().await;
+            return;
+        }
+    }
+}
+
+async fn start_leader(
+    store: &Arc<dyn MetaStore>,
+    config: &CoordinatorConfig,
+    node_client: &Arc<dyn NodeClient>,
+    appender: &Arc<dyn BroadcastAppender>,
+) -> Result<LeaderState> {
+    let tso = Arc::new(
+        Tso::open(
+            store.clone(),
+            &config.keys,
+            config.tso.clone(),
+            Arc::new(SystemClock),
+        )
+        .await?,
+    );
+    let ids = Arc::new(Ids::open(store.clone(), &config.keys, config.ids.clone()).await?);
+    let names = config.pchannels.resolve()?;
+    let channels =
+        Arc::new(ChannelManager::init(store.clone(), config.keys.clone(), &names).await?);
+    let nodes = Arc::new(NodeWatcher::start(store.clone(), &config.keys).await?);
+    let assigner = Arc::new(Assigner::start(
+        channels.clone(),
+        nodes.subscribe(),
+        node_client.clone(),
+        config.assign.clone(),
+    )?);
+    let (broadcaster, recovery) = Broadcaster::recover(
+        store.clone(),
+        config.keys.clone(),
+        appender.clone(),
+        Arc::new(IdsForBroadcast(ids.clone())),
+        config.broadcast.clone(),
+    )
+    .await?;
+    for e in &recovery.malformed {
+        tracing::error!(error = %e, "a broadcast task could not be recovered");
+    }
+    Ok(LeaderState {
+        tso,
+        ids,
+        channels,
+        assigner,
+        broadcaster: Arc::new(broadcaster),
+        nodes,
+    })
+}
+
+async fn stop_leader(leader: Arc<LeaderState>) {
+    leader.assigner.shutdown().await;
+    // The rest stops when the last reference (held by in-flight RPCs) is dropped.
+    drop(leader);
+}
+
+/// Timestamps and ids from whichever process is the coordinator leader *in this process*
+/// (standalone: the node's WALs use the coordinator it runs beside). While no leader is
+/// elected yet, calls wait up to [`LeaderOracle::PATIENCE`], then fail retryably.
+pub struct LeaderOracle {
+    coordinator: Arc<Coordinator>,
+}
+
+impl LeaderOracle {
+    /// How long a call waits for an election.
+    pub const PATIENCE: Duration = Duration::from_secs(10);
+
+    /// The oracle of `coordinator`.
+    pub fn new(coordinator: Arc<Coordinator>) -> LeaderOracle {
+        LeaderOracle { coordinator }
+    }
+}
+
+fn unavailable(e: CoordError) -> sluice_wal::WalError {
+    match e {
+        CoordError::InvalidArgument(m) => sluice_wal::WalError::InvalidArgument(m),
+        e => sluice_wal::WalError::Log(sluice_log::LogError::Unavailable(e.to_string())),
+    }
+}
+
+#[async_trait]
+impl sluice_wal::tso::TimestampOracle for LeaderOracle {
+    async fn allocate(&self, count: u32) -> Result<sluice_types::Timestamp, sluice_wal::WalError> {
+        let leader = self
+            .coordinator
+            .leader(Self::PATIENCE)
+            .await
+            .map_err(unavailable)?;
+        leader.tso.allocate(count).await.map_err(unavailable)
+    }
+}
+
+#[async_trait]
+impl sluice_wal::tso::IdAllocator for LeaderOracle {
+    async fn allocate_id(&self) -> Result<i64, sluice_wal::WalError> {
+        let leader = self
+            .coordinator
+            .leader(Self::PATIENCE)
+            .await
+            .map_err(unavailable)?;
+        let id = leader.ids.allocate(1).await.map_err(unavailable)?;
+        i64::try_from(id)
+            .map_err(|_| sluice_wal::WalError::Unrecoverable(format!("id {id} exceeds i64")))
+    }
+}

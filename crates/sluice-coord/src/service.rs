@@ -1,0 +1,234 @@
+//! The coordinator's gRPC service (`sluice.v1.Coordinator`), answered by the current leader.
+//!
+//! A process that is not the leader (yet) waits up to [`LEADER_PATIENCE`] for an election, then
+//! answers `UNAVAILABLE` so clients retry (they reconnect with backoff). The assignment stream
+//! ends when this process loses leadership.
+
+// Every handler answers with tonic's `Status`.
+#![allow(clippy::result_large_err)]
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::Stream;
+use sluice_proto::convert;
+use sluice_proto::v1::{self, coordinator_server};
+use sluice_types::message::ResourceKey;
+use sluice_types::{ErrorCode, MutableMessage};
+use tokio::sync::mpsc;
+use tonic::{Request, Response, Status};
+
+use crate::CoordError;
+use crate::assign::Topology;
+use crate::broadcast::BroadcastRequest;
+use crate::leader::{Coordinator, LeaderState};
+
+/// How long a call waits for this process to become leader.
+pub const LEADER_PATIENCE: Duration = Duration::from_secs(5);
+
+/// The gRPC service over a [`Coordinator`].
+#[derive(Clone)]
+pub struct CoordinatorService {
+    coordinator: Arc<Coordinator>,
+}
+
+impl CoordinatorService {
+    /// The service of `coordinator`.
+    pub fn new(coordinator: Arc<Coordinator>) -> CoordinatorService {
+        CoordinatorService { coordinator }
+    }
+
+    /// The tonic server.
+    pub fn server(&self) -> coordinator_server::CoordinatorServer<CoordinatorService> {
+        coordinator_server::CoordinatorServer::new(self.clone()).max_decoding_message_size(64 << 20)
+    }
+
+    async fn leader(&self) -> Result<Arc<LeaderState>, Status> {
+        self.coordinator
+            .leader(LEADER_PATIENCE)
+            .await
+            .map_err(|e| match e {
+                CoordError::NotLeader => Status::unavailable("this coordinator is not the leader"),
+                e => coord_status(&e),
+            })
+    }
+}
+
+/// A coordinator error as a status carrying its code.
+pub fn coord_status(e: &CoordError) -> Status {
+    convert::status(e.code(), e.to_string())
+}
+
+/// The wire form of a topology.
+pub fn topology_to_wire(t: &Topology) -> v1::Assignments {
+    v1::Assignments {
+        version: t.version,
+        assignments: t
+            .channels
+            .iter()
+            .filter_map(|(name, (term, node))| {
+                let p = sluice_types::PChannel::new(name).ok()?;
+                Some(v1::Assignment {
+                    pchannel: Some(convert::pchannel_to_wire(&p, *term)),
+                    node_id: node.id.0,
+                    address: node.address.clone(),
+                })
+            })
+            .collect(),
+    }
+}
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl coordinator_server::Coordinator for CoordinatorService {
+    type WatchAssignmentsStream = BoxStream<v1::Assignments>;
+
+    async fn watch_assignments(
+        &self,
+        _request: Request<v1::WatchAssignmentsRequest>,
+    ) -> Result<Response<Self::WatchAssignmentsStream>, Status> {
+        let leader = self.leader().await?;
+        let mut topology = leader.assigner.subscribe();
+        let mut leadership = self.coordinator.subscribe();
+        let (tx, rx) = mpsc::channel(4);
+        tokio::spawn(async move {
+            loop {
+                let update = topology_to_wire(&topology.borrow_and_update());
+                if tx.send(Ok(update)).await.is_err() {
+                    return;
+                }
+                tokio::select! {
+                    _ = tx.closed() => return,
+                    changed = topology.changed() => if changed.is_err() { break },
+                    _ = leadership.wait_for(Option::is_none) => break,
+                }
+            }
+            let _ = tx
+                .send(Err(Status::unavailable("coordinator leadership changed")))
+                .await;
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+
+    async fn report_error(
+        &self,
+        request: Request<v1::ReportErrorRequest>,
+    ) -> Result<Response<v1::ReportErrorResponse>, Status> {
+        let request = request.into_inner();
+        let (pchannel, term) = convert::pchannel_from_wire(request.pchannel)
+            .map_err(|e| convert::status(e.code(), e.to_string()))?;
+        let leader = self.leader().await?;
+        match leader.assigner.report_error(pchannel.as_str(), term).await {
+            Ok(()) | Err(CoordError::StaleTerm { .. }) => {}
+            Err(e) => return Err(coord_status(&e)),
+        }
+        Ok(Response::new(v1::ReportErrorResponse {}))
+    }
+
+    async fn allocate_timestamps(
+        &self,
+        request: Request<v1::AllocateRequest>,
+    ) -> Result<Response<v1::AllocateResponse>, Status> {
+        let count = request.into_inner().count;
+        let leader = self.leader().await?;
+        let first = leader
+            .tso
+            .allocate(count)
+            .await
+            .map_err(|e| coord_status(&e))?;
+        Ok(Response::new(v1::AllocateResponse {
+            first: first.0,
+            count,
+        }))
+    }
+
+    async fn allocate_ids(
+        &self,
+        request: Request<v1::AllocateRequest>,
+    ) -> Result<Response<v1::AllocateResponse>, Status> {
+        let count = request.into_inner().count;
+        if count == 0 {
+            return Err(convert::status(
+                ErrorCode::InvalidArgument,
+                "count must be positive",
+            ));
+        }
+        let leader = self.leader().await?;
+        let first = leader
+            .ids
+            .allocate(u64::from(count))
+            .await
+            .map_err(|e| coord_status(&e))?;
+        Ok(Response::new(v1::AllocateResponse { first, count }))
+    }
+
+    async fn broadcast(
+        &self,
+        request: Request<v1::BroadcastRequest>,
+    ) -> Result<Response<v1::BroadcastResponse>, Status> {
+        let request = request.into_inner();
+        let message = request
+            .message
+            .ok_or_else(|| convert::status(ErrorCode::InvalidArgument, "missing message"))
+            .and_then(|m| {
+                convert::message_from_wire(m).map_err(|e| convert::status(e.code(), e.to_string()))
+            })?;
+        let vchannels = request.vchannels.clone();
+        let broadcast = BroadcastRequest {
+            message: MutableMessage::from_message(message),
+            vchannels: request.vchannels,
+            resource_keys: request
+                .resource_keys
+                .into_iter()
+                .map(|k| ResourceKey {
+                    domain: k.domain,
+                    key: k.key,
+                    shared: k.shared,
+                })
+                .collect(),
+        };
+        let leader = self.leader().await?;
+        let result = leader
+            .broadcaster
+            .broadcast(broadcast)
+            .await
+            .map_err(|e| coord_status(&e))?;
+        let results = vchannels
+            .iter()
+            .map(|v| {
+                let outcome = result
+                    .appends
+                    .iter()
+                    .find(|(k, _)| k.as_str() == v)
+                    .and_then(|(_, o)| *o);
+                v1::BroadcastVChannelResult {
+                    vchannel: v.clone(),
+                    id: outcome.map(|o| o.id.to_string()).unwrap_or_default(),
+                    timestamp: outcome.map_or(0, |o| o.timestamp.0),
+                }
+            })
+            .collect();
+        Ok(Response::new(v1::BroadcastResponse {
+            broadcast_id: result.broadcast_id,
+            results,
+        }))
+    }
+
+    async fn broadcast_ack(
+        &self,
+        request: Request<v1::BroadcastAckRequest>,
+    ) -> Result<Response<v1::BroadcastAckResponse>, Status> {
+        let request = request.into_inner();
+        let leader = self.leader().await?;
+        leader
+            .broadcaster
+            .ack(request.broadcast_id, &request.vchannel)
+            .await
+            .map_err(|e| coord_status(&e))?;
+        Ok(Response::new(v1::BroadcastAckResponse {}))
+    }
+}

@@ -1,0 +1,255 @@
+//! The node's links with the coordinator, in both directions:
+//!
+//! * [`GrpcNodeClient`]: the coordinator's calls to nodes (`Assign`, `Remove`) over gRPC, and
+//!   [`LocalNodeClient`] for a node in the coordinator's own process (standalone);
+//! * [`RemoteOracle`]: timestamps and ids for this node's WALs from the coordinator's oracle.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use parking_lot::Mutex;
+use sluice_coord::NodeInfo;
+use sluice_coord::assign::{NodeCallError, NodeClient};
+use sluice_log::LogError;
+use sluice_proto::convert;
+use sluice_proto::v1::{
+    self, coordinator_client::CoordinatorClient,
+    streaming_node_manager_client::StreamingNodeManagerClient,
+};
+use sluice_types::{ErrorCode, PChannel, Term, Timestamp};
+use sluice_wal::WalError;
+use sluice_wal::tso::{IdAllocator, TimestampOracle};
+use tonic::transport::Channel;
+
+use crate::{NodeError, WalManager};
+
+fn lazy_channel(address: &str) -> Result<Channel, String> {
+    let uri = if address.contains("://") {
+        address.to_owned()
+    } else {
+        format!("http://{address}")
+    };
+    Ok(tonic::transport::Endpoint::from_shared(uri)
+        .map_err(|e| format!("bad address {address:?}: {e}"))?
+        .connect_timeout(Duration::from_secs(2))
+        .tcp_nodelay(true)
+        .connect_lazy())
+}
+
+/// Classifies a node's answer: "not here / other term / stale" counts as removed.
+fn call_error(code: ErrorCode, cause: String) -> NodeCallError {
+    match code {
+        ErrorCode::ChannelNotExist
+        | ErrorCode::UnmatchedChannelTerm
+        | ErrorCode::IgnoredOperation => NodeCallError::Gone(cause),
+        _ => NodeCallError::Failed(format!("{}: {cause}", code.name())),
+    }
+}
+
+/// The coordinator's calls to nodes over gRPC (one lazily connected channel per address).
+#[derive(Default)]
+pub struct GrpcNodeClient {
+    channels: Mutex<HashMap<String, Channel>>,
+}
+
+impl GrpcNodeClient {
+    /// A client with no connections yet.
+    pub fn new() -> GrpcNodeClient {
+        GrpcNodeClient::default()
+    }
+
+    fn client(
+        &self,
+        node: &NodeInfo,
+    ) -> Result<StreamingNodeManagerClient<Channel>, NodeCallError> {
+        let mut channels = self.channels.lock();
+        let channel = match channels.get(&node.address) {
+            Some(c) => c.clone(),
+            None => {
+                let c = lazy_channel(&node.address).map_err(NodeCallError::Failed)?;
+                channels.insert(node.address.clone(), c.clone());
+                c
+            }
+        };
+        Ok(StreamingNodeManagerClient::new(channel))
+    }
+}
+
+#[async_trait]
+impl NodeClient for GrpcNodeClient {
+    async fn assign(
+        &self,
+        node: &NodeInfo,
+        pchannel: &PChannel,
+        term: Term,
+    ) -> Result<(), NodeCallError> {
+        let request = v1::AssignRequest {
+            pchannel: Some(convert::pchannel_to_wire(pchannel, term)),
+        };
+        match self.client(node)?.assign(request).await {
+            Ok(_) => Ok(()),
+            Err(status) => {
+                let (code, cause) = convert::error_of(&status);
+                Err(call_error(code, cause))
+            }
+        }
+    }
+
+    async fn remove(
+        &self,
+        node: &NodeInfo,
+        pchannel: &PChannel,
+        term: Term,
+    ) -> Result<(), NodeCallError> {
+        let request = v1::RemoveRequest {
+            pchannel: Some(convert::pchannel_to_wire(pchannel, term)),
+        };
+        match self.client(node)?.remove(request).await {
+            Ok(_) => Ok(()),
+            Err(status) => {
+                let (code, cause) = convert::error_of(&status);
+                Err(call_error(code, cause))
+            }
+        }
+    }
+}
+
+/// The coordinator's calls to the node in its own process (standalone), without gRPC; calls for
+/// any other node fail.
+pub struct LocalNodeClient {
+    node_id: sluice_coord::NodeId,
+    manager: Arc<WalManager>,
+}
+
+impl LocalNodeClient {
+    /// Calls for `node_id` go to `manager`.
+    pub fn new(node_id: sluice_coord::NodeId, manager: Arc<WalManager>) -> LocalNodeClient {
+        LocalNodeClient { node_id, manager }
+    }
+
+    fn check(&self, node: &NodeInfo) -> Result<(), NodeCallError> {
+        if node.id == self.node_id {
+            Ok(())
+        } else {
+            Err(NodeCallError::Failed(format!(
+                "{} is not the node in this process",
+                node.id
+            )))
+        }
+    }
+}
+
+fn local_error(e: NodeError) -> NodeCallError {
+    call_error(e.code(), e.to_string())
+}
+
+#[async_trait]
+impl NodeClient for LocalNodeClient {
+    async fn assign(
+        &self,
+        node: &NodeInfo,
+        pchannel: &PChannel,
+        term: Term,
+    ) -> Result<(), NodeCallError> {
+        self.check(node)?;
+        self.manager
+            .assign(pchannel, term)
+            .await
+            .map_err(local_error)
+    }
+
+    async fn remove(
+        &self,
+        node: &NodeInfo,
+        pchannel: &PChannel,
+        term: Term,
+    ) -> Result<(), NodeCallError> {
+        self.check(node)?;
+        self.manager
+            .remove(pchannel, term)
+            .await
+            .map_err(local_error)
+    }
+}
+
+/// Timestamps and ids from the coordinator (`AllocateTimestamps`, `AllocateIds`). Ids are
+/// fetched in blocks of [`RemoteOracle::ID_BLOCK`]; timestamps are already batched by the WAL.
+/// A failed call is a retryable error (the coordinator may be failing over).
+pub struct RemoteOracle {
+    client: CoordinatorClient<Channel>,
+    /// Ids fetched and not yet handed out: `[next, end)`.
+    ids: tokio::sync::Mutex<(u64, u64)>,
+}
+
+impl RemoteOracle {
+    /// Ids fetched per call.
+    pub const ID_BLOCK: u32 = 1000;
+
+    /// An oracle asking the coordinator at `endpoint`.
+    pub fn new(endpoint: &str) -> Result<RemoteOracle, String> {
+        Ok(RemoteOracle {
+            client: CoordinatorClient::new(lazy_channel(endpoint)?),
+            ids: tokio::sync::Mutex::new((0, 0)),
+        })
+    }
+}
+
+fn unavailable(status: &tonic::Status) -> WalError {
+    let (code, cause) = convert::error_of(status);
+    match code {
+        ErrorCode::InvalidArgument => WalError::InvalidArgument(cause),
+        _ => WalError::Log(LogError::Unavailable(format!(
+            "coordinator oracle: {}: {cause}",
+            code.name()
+        ))),
+    }
+}
+
+#[async_trait]
+impl TimestampOracle for RemoteOracle {
+    async fn allocate(&self, count: u32) -> Result<Timestamp, WalError> {
+        let r = self
+            .client
+            .clone()
+            .allocate_timestamps(v1::AllocateRequest { count })
+            .await
+            .map_err(|s| unavailable(&s))?
+            .into_inner();
+        if r.count < count || r.first == 0 {
+            return Err(WalError::Unrecoverable(format!(
+                "coordinator answered {} timestamps from {} for {count}",
+                r.count, r.first
+            )));
+        }
+        Ok(Timestamp(r.first))
+    }
+}
+
+#[async_trait]
+impl IdAllocator for RemoteOracle {
+    async fn allocate_id(&self) -> Result<i64, WalError> {
+        let mut ids = self.ids.lock().await;
+        if ids.0 >= ids.1 {
+            let r = self
+                .client
+                .clone()
+                .allocate_ids(v1::AllocateRequest {
+                    count: Self::ID_BLOCK,
+                })
+                .await
+                .map_err(|s| unavailable(&s))?
+                .into_inner();
+            if r.count == 0 || r.first == 0 {
+                return Err(WalError::Unrecoverable(
+                    "coordinator answered an empty id block".into(),
+                ));
+            }
+            *ids = (r.first, r.first + u64::from(r.count));
+        }
+        let id = ids.0;
+        ids.0 += 1;
+        i64::try_from(id).map_err(|_| WalError::Unrecoverable(format!("id {id} exceeds i64")))
+    }
+}

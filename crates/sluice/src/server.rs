@@ -1,0 +1,466 @@
+//! Process wiring: `standalone` (coordinator + node + embedded meta store + local log in one
+//! process), `coord` and `node`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use async_trait::async_trait;
+use sluice_client::access::{RoutedAccess, WalAccess};
+use sluice_client::{Client, ClientConfig, TopologySource};
+use sluice_coord::assign::{AssignConfig, NodeClient};
+use sluice_coord::broadcast::{AppendOutcome, BroadcastAppender};
+use sluice_coord::keys::Keys;
+use sluice_coord::leader::{Coordinator, CoordinatorConfig, LeaderOracle};
+use sluice_coord::pchannel::PChannelNames;
+use sluice_coord::registry::NodeSession;
+use sluice_coord::service::CoordinatorService;
+use sluice_coord::{CoordError, NodeId, NodeInfo};
+use sluice_log::LogProvider;
+use sluice_log::local::{LocalConfig, LocalProvider};
+use sluice_meta::MetaStore;
+use sluice_node::WalManager;
+use sluice_node::coord_link::{GrpcNodeClient, LocalNodeClient, RemoteOracle};
+use sluice_node::service::NodeService;
+use sluice_types::{ErrorCode, MutableMessage, PChannel, VChannel};
+use sluice_wal::shard::NodeGrowingBytes;
+use sluice_wal::tso::{IdAllocator, TimestampOracle};
+use sluice_wal::{WalConfig, WalDeps};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::config::Config;
+
+/// Opens the configured meta store.
+pub async fn meta_store(config: &Config) -> anyhow::Result<Arc<dyn MetaStore>> {
+    Ok(match config.meta.backend.as_str() {
+        "etcd" => Arc::new(
+            sluice_meta::etcd::EtcdStore::connect(&config.meta.endpoints)
+                .await
+                .with_context(|| format!("connecting to etcd at {:?}", config.meta.endpoints))?,
+        ),
+        _ => {
+            std::fs::create_dir_all(&config.data_dir)
+                .with_context(|| format!("creating {}", config.data_dir.display()))?;
+            let path = config.data_dir.join("meta.redb");
+            Arc::new(
+                sluice_meta::embedded::EmbeddedStore::open(&path)
+                    .with_context(|| format!("opening the meta store {}", path.display()))?,
+            )
+        }
+    })
+}
+
+fn log_provider(config: &Config) -> anyhow::Result<Arc<dyn LogProvider>> {
+    let dir = config.log_dir();
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    Ok(Arc::new(
+        LocalProvider::new(LocalConfig::new(&dir))
+            .with_context(|| format!("opening the local log in {}", dir.display()))?,
+    ))
+}
+
+fn wal_config(config: &Config) -> WalConfig {
+    WalConfig {
+        timetick_interval: Config::ms(config.wal.timetick_interval_ms),
+        ..WalConfig::default()
+    }
+}
+
+fn coordinator_config(config: &Config, candidate: String) -> CoordinatorConfig {
+    let pchannels = if config.pchannels.names.is_empty() {
+        PChannelNames::Count {
+            prefix: config.pchannels.prefix.clone(),
+            count: config.pchannels.count,
+        }
+    } else {
+        PChannelNames::Explicit(config.pchannels.names.clone())
+    };
+    let mut c = CoordinatorConfig::new(candidate, pchannels);
+    c.keys = Keys::new(config.meta.root.clone());
+    c.election_ttl = Config::ms(config.coord.election_ttl_ms);
+    c.assign = AssignConfig {
+        trigger_interval: Config::ms(config.coord.trigger_interval_ms),
+        call_timeout: Config::ms(config.coord.call_timeout_ms),
+        ..AssignConfig::default()
+    };
+    c
+}
+
+/// The topology of the coordinator in this process, for an in-process client.
+pub struct LeaderTopology {
+    rx: watch::Receiver<sluice_client::Topology>,
+    coordinator: Arc<Coordinator>,
+    _task: tokio::task::JoinHandle<()>,
+}
+
+impl LeaderTopology {
+    /// Follows `coordinator`'s topology whenever it is the leader.
+    pub fn new(coordinator: Arc<Coordinator>) -> LeaderTopology {
+        let (tx, rx) = watch::channel(sluice_client::Topology::default());
+        let mut leadership = coordinator.subscribe();
+        let task = tokio::spawn(async move {
+            loop {
+                let leader = leadership.borrow_and_update().clone();
+                if let Some(leader) = leader {
+                    let mut topology = leader.assigner.subscribe();
+                    loop {
+                        let t = topology.borrow_and_update().clone();
+                        tx.send_replace(client_topology(&t));
+                        tokio::select! {
+                            changed = topology.changed() => if changed.is_err() { break },
+                            changed = leadership.changed() => {
+                                if changed.is_err() { return }
+                                break;
+                            }
+                        }
+                    }
+                } else if leadership.changed().await.is_err() {
+                    return;
+                }
+            }
+        });
+        LeaderTopology {
+            rx,
+            coordinator,
+            _task: task,
+        }
+    }
+}
+
+impl Drop for LeaderTopology {
+    fn drop(&mut self) {
+        self._task.abort();
+    }
+}
+
+fn client_topology(t: &sluice_coord::assign::Topology) -> sluice_client::Topology {
+    sluice_client::Topology {
+        version: t.version,
+        channels: t
+            .channels
+            .iter()
+            .filter_map(|(name, (term, node))| {
+                let pchannel = PChannel::new(name).ok()?;
+                Some((
+                    name.clone(),
+                    sluice_client::Assignment {
+                        pchannel,
+                        term: *term,
+                        node_id: node.id.0,
+                        address: node.address.clone(),
+                    },
+                ))
+            })
+            .collect(),
+    }
+}
+
+#[async_trait]
+impl TopologySource for LeaderTopology {
+    fn subscribe(&self) -> watch::Receiver<sluice_client::Topology> {
+        self.rx.clone()
+    }
+
+    async fn report_error(
+        &self,
+        pchannel: &PChannel,
+        term: sluice_types::Term,
+        code: ErrorCode,
+        cause: &str,
+    ) {
+        if let Some(leader) = self.coordinator.leader_now() {
+            tracing::debug!(%pchannel, %term, code = code.name(), cause, "client reported an error");
+            let _ = leader.assigner.report_error(pchannel.as_str(), term).await;
+        }
+    }
+}
+
+/// Broadcast copies go out through a client.
+struct ClientAppender(std::sync::OnceLock<Client>);
+
+#[async_trait]
+impl BroadcastAppender for ClientAppender {
+    async fn append(
+        &self,
+        _vchannel: &VChannel,
+        message: MutableMessage,
+    ) -> Result<AppendOutcome, CoordError> {
+        let client = self.0.get().ok_or(CoordError::Shutdown)?;
+        let r = client.append(message).await.map_err(|e| match e.code {
+            ErrorCode::InvalidArgument => CoordError::InvalidArgument(e.message),
+            _ => CoordError::Node {
+                node: "wal".into(),
+                reason: e.to_string(),
+            },
+        })?;
+        Ok(AppendOutcome {
+            id: r.id,
+            timestamp: r.timestamp,
+        })
+    }
+}
+
+async fn bind(listen: &str) -> anyhow::Result<(TcpListener, SocketAddr)> {
+    let listener = TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("listening on {listen}"))?;
+    let addr = listener.local_addr()?;
+    Ok((listener, addr))
+}
+
+/// How long open streams get to finish after a shutdown signal.
+const GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Serves `router` until it fails or `stop` resolves; then gives open streams [`GRACE`] to end.
+async fn serve(
+    router: tonic::transport::server::Router,
+    listener: TcpListener,
+    stop: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let mut server = tokio::spawn(router.serve_with_incoming_shutdown(
+        TcpListenerStream::new(listener),
+        async {
+            let _ = rx.await;
+        },
+    ));
+    tokio::select! {
+        r = &mut server => return r.context("gRPC server task")?.context("serving gRPC"),
+        _ = stop => {}
+    }
+    let _ = tx.send(());
+    match tokio::time::timeout(GRACE, &mut server).await {
+        Ok(r) => r.context("gRPC server task")?.context("serving gRPC"),
+        Err(_) => {
+            tracing::warn!("open streams did not end within {GRACE:?}; closing them");
+            server.abort();
+            Ok(())
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("installing the SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}
+
+fn health() -> (
+    tonic_health::server::HealthReporter,
+    tonic_health::pb::health_server::HealthServer<impl tonic_health::pb::health_server::Health>,
+) {
+    tonic_health::server::health_reporter()
+}
+
+/// `sluice standalone`.
+pub async fn standalone(config: Config) -> anyhow::Result<()> {
+    let store = meta_store(&config).await?;
+    let provider = log_provider(&config)?;
+    let (listener, addr) = bind(&config.listen).await?;
+    let advertise = config.advertise.clone().unwrap_or_else(|| addr.to_string());
+    let node_id = NodeId(config.node.id);
+
+    let appender = Arc::new(ClientAppender(std::sync::OnceLock::new()));
+    // The node's WALs need timestamps from the coordinator, which needs the node to place
+    // pchannels on: the coordinator starts with a client to the manager built just below.
+    let manager_slot: Arc<std::sync::OnceLock<Arc<WalManager>>> = Arc::default();
+    let coordinator = Arc::new(Coordinator::start(
+        store.clone(),
+        coordinator_config(&config, format!("standalone-{advertise}")),
+        Arc::new(DeferredNodeClient(manager_slot.clone(), node_id)),
+        appender.clone(),
+    )?);
+    let oracle = Arc::new(LeaderOracle::new(coordinator.clone()));
+    let manager = Arc::new(WalManager::new(
+        provider,
+        wal_config(&config),
+        WalDeps {
+            oracle: oracle.clone() as Arc<dyn TimestampOracle>,
+            ids: oracle as Arc<dyn IdAllocator>,
+            node_growing: NodeGrowingBytes::new(),
+            recovery: None,
+        },
+    ));
+    let _ = manager_slot.set(manager.clone());
+    let topology = Arc::new(LeaderTopology::new(coordinator.clone()));
+    let access: Arc<dyn WalAccess> =
+        Arc::new(RoutedAccess::new(Some((node_id.0, manager.clone()))));
+    let client = Client::new(topology, access, ClientConfig::default());
+    let _ = appender.0.set(client);
+
+    let session = NodeSession::register(
+        store.clone(),
+        &Keys::new(config.meta.root.clone()),
+        NodeInfo {
+            id: node_id,
+            address: advertise.clone(),
+            stopping: false,
+        },
+        Config::ms(config.node.lease_ttl_ms),
+    )
+    .await
+    .context("registering the node")?;
+
+    let node = NodeService::new(node_id.0, manager.clone());
+    let coord_service = CoordinatorService::new(coordinator.clone());
+    let (mut reporter, health_service) = health();
+    reporter
+        .set_serving::<sluice_proto::v1::streaming_node_server::StreamingNodeServer<NodeService>>()
+        .await;
+    println!(
+        "sluice standalone listening on {addr} (data dir {}, {} pchannels)",
+        config.data_dir.display(),
+        if config.pchannels.names.is_empty() {
+            config.pchannels.count as usize
+        } else {
+            config.pchannels.names.len()
+        }
+    );
+    let router = tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(node.streaming_server())
+        .add_service(node.manager_server())
+        .add_service(coord_service.server());
+    serve(router, listener, shutdown_signal()).await?;
+    println!("shutting down");
+    let _ = session.set_stopping().await;
+    manager.shutdown().await;
+    let _ = session.close().await;
+    coordinator.shutdown().await;
+    Ok(())
+}
+
+/// A node client for the node in this process, available once the node is built.
+struct DeferredNodeClient(Arc<std::sync::OnceLock<Arc<WalManager>>>, NodeId);
+
+impl DeferredNodeClient {
+    fn inner(&self) -> Result<LocalNodeClient, sluice_coord::assign::NodeCallError> {
+        self.0
+            .get()
+            .map(|m| LocalNodeClient::new(self.1, m.clone()))
+            .ok_or_else(|| sluice_coord::assign::NodeCallError::Failed("node is starting".into()))
+    }
+}
+
+#[async_trait]
+impl NodeClient for DeferredNodeClient {
+    async fn assign(
+        &self,
+        node: &NodeInfo,
+        pchannel: &PChannel,
+        term: sluice_types::Term,
+    ) -> Result<(), sluice_coord::assign::NodeCallError> {
+        self.inner()?.assign(node, pchannel, term).await
+    }
+
+    async fn remove(
+        &self,
+        node: &NodeInfo,
+        pchannel: &PChannel,
+        term: sluice_types::Term,
+    ) -> Result<(), sluice_coord::assign::NodeCallError> {
+        self.inner()?.remove(node, pchannel, term).await
+    }
+}
+
+/// `sluice coord`.
+pub async fn coord(config: Config) -> anyhow::Result<()> {
+    let store = meta_store(&config).await?;
+    let (listener, addr) = bind(&config.listen).await?;
+    let advertise = config.advertise.clone().unwrap_or_else(|| addr.to_string());
+    let appender = Arc::new(ClientAppender(std::sync::OnceLock::new()));
+    let coordinator = Arc::new(Coordinator::start(
+        store,
+        coordinator_config(&config, format!("coord-{advertise}")),
+        Arc::new(GrpcNodeClient::new()),
+        appender.clone(),
+    )?);
+    let topology = Arc::new(LeaderTopology::new(coordinator.clone()));
+    let _ = appender.0.set(Client::new(
+        topology,
+        Arc::new(RoutedAccess::new(None)),
+        ClientConfig::default(),
+    ));
+    let (_reporter, health_service) = health();
+    println!("sluice coord listening on {addr}");
+    let router = tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(CoordinatorService::new(coordinator.clone()).server());
+    serve(router, listener, shutdown_signal()).await?;
+    coordinator.shutdown().await;
+    Ok(())
+}
+
+/// `sluice node`.
+pub async fn node(config: Config) -> anyhow::Result<()> {
+    let store = meta_store(&config).await?;
+    let provider = log_provider(&config)?;
+    let (listener, addr) = bind(&config.listen).await?;
+    let advertise = config.advertise.clone().unwrap_or_else(|| addr.to_string());
+    let oracle = Arc::new(
+        RemoteOracle::new(&config.coord.endpoint)
+            .map_err(anyhow::Error::msg)
+            .context("coord.endpoint")?,
+    );
+    let manager = Arc::new(WalManager::new(
+        provider,
+        wal_config(&config),
+        WalDeps {
+            oracle: oracle.clone() as Arc<dyn TimestampOracle>,
+            ids: oracle as Arc<dyn IdAllocator>,
+            node_growing: NodeGrowingBytes::new(),
+            recovery: None,
+        },
+    ));
+    let node_id = NodeId(config.node.id);
+    let session = NodeSession::register(
+        store,
+        &Keys::new(config.meta.root.clone()),
+        NodeInfo {
+            id: node_id,
+            address: advertise.clone(),
+            stopping: false,
+        },
+        Config::ms(config.node.lease_ttl_ms),
+    )
+    .await
+    .context("registering the node")?;
+    let service = NodeService::new(node_id.0, manager.clone());
+    let (_reporter, health_service) = health();
+    println!(
+        "sluice node {} listening on {addr} (advertised as {advertise})",
+        node_id.0
+    );
+    let router = tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(service.streaming_server())
+        .add_service(service.manager_server());
+    let lost = std::sync::atomic::AtomicBool::new(false);
+    serve(router, listener, async {
+        tokio::select! {
+            _ = shutdown_signal() => {}
+            _ = session.lost() => lost.store(true, std::sync::atomic::Ordering::Relaxed),
+        }
+    })
+    .await?;
+    let lost = lost.into_inner();
+    manager.shutdown().await;
+    if lost {
+        bail!("the node's registration lease was lost; its pchannels are being moved");
+    }
+    let _ = session.close().await;
+    Ok(())
+}
