@@ -26,6 +26,9 @@ use crate::keys::Keys;
 use crate::registry::{OwnedTask, keep_lease_alive};
 use crate::{CoordError, Result};
 
+/// The default lease TTL of the leader key.
+pub const DEFAULT_LEADER_TTL: Duration = Duration::from_secs(10);
+
 const RETRY_MIN: Duration = Duration::from_millis(50);
 const RETRY_MAX: Duration = Duration::from_secs(2);
 

@@ -13,8 +13,9 @@
 //!   read, at open). Losing it means another oracle opened on the key: this one is fenced for
 //!   good and every later call fails with [`CoordError::NotLeader`]; nothing is handed out from a
 //!   window that was not persisted.
-//! * The window is extended in the background when less than a third of it is left, so
-//!   allocation normally never waits for the meta store.
+//! * The window is extended in the background when less than a third of it is left (found by
+//!   an allocation, or by the clock alone while idle), so allocation normally never waits for
+//!   the meta store.
 //! * An oracle that was superseded keeps handing out from its persisted window (every timestamp
 //!   of which is below the new oracle's) until it next extends the window and finds out. Run the
 //!   oracle under a [`crate::election::Leadership`] and drop it when that is lost.
@@ -448,32 +449,50 @@ impl TsoInner {
 }
 
 async fn extend_in_background(inner: Arc<TsoInner>, stop: CancellationToken) {
+    let third = inner.window_ms.div_ceil(3);
+    let mut backoff = Duration::from_millis(50);
     loop {
+        // Wake when an allocation finds the window low, or when the clock alone will have used
+        // two thirds of it, so that the first allocation after an idle spell does not wait.
+        let idle = {
+            let c = inner.cursor.lock();
+            let left = c
+                .window_end
+                .saturating_sub(c.physical.max(inner.clock.now_ms()));
+            Duration::from_millis(left.saturating_sub(third).max(1))
+        };
         tokio::select! {
             () = stop.cancelled() => return,
             () = inner.low.notified() => {}
+            () = tokio::time::sleep(idle) => {}
         }
         let (target, fenced) = {
             let c = inner.cursor.lock();
             let at = c.physical.max(inner.clock.now_ms());
             (
-                (c.window_end.saturating_sub(at) < inner.window_ms.div_ceil(3)).then_some(at),
+                (c.window_end.saturating_sub(at) < third).then_some(at),
                 c.fenced,
             )
         };
         if fenced {
             return;
         }
-        if let Some(at) = target {
-            // Reach a whole window past `at`: extend() only writes when the end is not past it.
-            // An extension in flight is finished, not abandoned, so that `close` leaves no write
-            // behind that could land after a successor read the mark.
-            let physical = at.saturating_add(inner.window_ms / 3 + 1);
-            if let Err(e) = inner.extend(physical).await {
+        let Some(at) = target else { continue };
+        // Reach a whole window past `at`: extend() only writes when the end is not past it.
+        // An extension in flight is finished, not abandoned, so that `close` leaves no write
+        // behind that could land after a successor read the mark.
+        match inner.extend(at.saturating_add(third)).await {
+            Ok(()) => backoff = Duration::from_millis(50),
+            Err(e) => {
                 tracing::warn!(error = %e, "background TSO window extension failed");
                 if inner.cursor.lock().fenced {
                     return;
                 }
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    () = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(1));
             }
         }
     }

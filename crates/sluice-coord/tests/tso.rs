@@ -637,3 +637,43 @@ async fn a_lost_write_acknowledgement_is_not_taken_for_a_takeover() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_window_is_extended_ahead_of_the_clock_while_idle() {
+    for b in common::backends("tso_idle").await {
+        let tso = Tso::open(
+            b.store.clone(),
+            &b.keys,
+            config(Duration::from_millis(300)),
+            Arc::new(SystemClock),
+        )
+        .await
+        .unwrap();
+        let opened_end = tso.window_end_ms();
+        // No allocation at all: the background task alone keeps the window ahead of the clock.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while tso.window_end_ms() < opened_end + 600 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{}: the idle window was not extended",
+                b.name
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        tso.close().await;
+        let stored =
+            HighWater::decode(b.store.get(&b.keys.tso()).await.unwrap().unwrap().value).unwrap();
+        assert_eq!(
+            stored.value,
+            tso.window_end_ms(),
+            "{}: the window in memory is the stored one",
+            b.name
+        );
+        let t = tso.allocate(1).await.unwrap();
+        assert!(t.physical_ms() < stored.value, "{}", b.name);
+        eprintln!(
+            "{}: idle window moved from {opened_end} to {}",
+            b.name, stored.value
+        );
+    }
+}
