@@ -148,6 +148,18 @@ fn sigkill_never_loses_or_garbles_acknowledged_records() {
             }
             collected.push(line);
         }
+        // Kill at a random moment once the child is acknowledging (on a loaded machine its
+        // first fsync can take longer than the random pause).
+        loop {
+            let line = rx
+                .recv_timeout(Duration::from_secs(30))
+                .expect("the child never acknowledged an append");
+            let first_ack = line.starts_with("ACK ");
+            collected.push(line);
+            if first_ack {
+                break;
+            }
+        }
         std::thread::sleep(Duration::from_millis(rng.random_range(50..=400)));
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
