@@ -92,4 +92,4 @@ log "cargo clippy"
 cargo clippy --workspace --all-targets --all-features --locked -- -D warnings
 
 log "cargo test"
-cargo test --workspace --all-features --locked
+cargo test --workspace --all-features --locked --no-fail-fast
