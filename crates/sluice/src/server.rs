@@ -28,7 +28,6 @@ use sluice_wal::tso::{IdAllocator, TimestampOracle};
 use sluice_wal::{WalConfig, WalDeps};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::config::Config;
 
@@ -219,13 +218,14 @@ async fn serve(
     listener: TcpListener,
     stop: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
+    // Accepted sockets get TCP_NODELAY: with Nagle's algorithm, small responses wait for the
+    // peer's delayed ACK (tens of ms) whenever several appends share a connection.
+    let incoming = tonic::transport::server::TcpIncoming::from_listener(listener, true, None)
+        .map_err(|e| anyhow::anyhow!("accepting connections: {e}"))?;
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let mut server = tokio::spawn(router.serve_with_incoming_shutdown(
-        TcpListenerStream::new(listener),
-        async {
-            let _ = rx.await;
-        },
-    ));
+    let mut server = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async {
+        let _ = rx.await;
+    }));
     tokio::select! {
         r = &mut server => return r.context("gRPC server task")?.context("serving gRPC"),
         _ = stop => {}
