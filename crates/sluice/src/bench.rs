@@ -7,7 +7,8 @@
 //! Every point is a closed loop: N producer tasks each append, wait for the acknowledgement
 //! (durable: fsync stays on) and append again, for a fixed time. Rates count acknowledged
 //! appends; MB/s counts payload bytes (10^6 B); latencies are of single appends, from call to
-//! acknowledgement.
+//! acknowledgement. CPU is the whole process's (client and server alike, all threads) over the
+//! point: per record, and as cores kept busy on average — on a small box it explains the ratio.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -102,12 +103,25 @@ struct Measured {
     rate: f64,
     /// Nanoseconds per operation.
     latency: Histogram<u64>,
+    /// Process CPU time per operation, in microseconds.
+    cpu_us: f64,
+    /// Process CPU time over wall time: cores kept busy.
+    cores: f64,
 }
 
 impl Measured {
     fn ms(&self, quantile: f64) -> f64 {
         self.latency.value_at_quantile(quantile) as f64 / 1e6
     }
+}
+
+/// CPU time of the whole process so far (every thread, exited ones included).
+fn process_cpu() -> Duration {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::ProcessCPUTime);
+    Duration::new(
+        u64::try_from(t.tv_sec).unwrap_or(0),
+        u32::try_from(t.tv_nsec).unwrap_or(0),
+    )
 }
 
 /// Runs `op` from `producers` tasks for `duration`, each task starting the next operation when
@@ -123,6 +137,7 @@ where
 {
     let op = Arc::new(op);
     let done = Arc::new(AtomicU64::new(0));
+    let cpu_started = process_cpu();
     let started = Instant::now();
     let deadline = started + duration;
     let mut tasks = tokio::task::JoinSet::new();
@@ -146,9 +161,13 @@ where
     while let Some(r) = tasks.join_next().await {
         latency.add(r??).context("merging latency histograms")?;
     }
+    let (elapsed, cpu) = (started.elapsed(), process_cpu().saturating_sub(cpu_started));
+    let done = done.load(Ordering::Relaxed);
     Ok(Measured {
-        rate: done.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64(),
+        rate: done as f64 / elapsed.as_secs_f64(),
         latency,
+        cpu_us: cpu.as_secs_f64() * 1e6 / done.max(1) as f64,
+        cores: cpu.as_secs_f64() / elapsed.as_secs_f64(),
     })
 }
 
@@ -326,8 +345,16 @@ async fn grpc_points(
         server.addr, params.record_size, params.seconds
     );
     println!(
-        "{:>9}  {:<10} {:>10} {:>8} {:>8} {:>8} {:>14}",
-        "producers", "path", "rec/s", "MB/s", "p50 ms", "p99 ms", "vs in-process"
+        "{:>9}  {:<10} {:>10} {:>8} {:>8} {:>8} {:>10} {:>6} {:>14}",
+        "producers",
+        "path",
+        "rec/s",
+        "MB/s",
+        "p50 ms",
+        "p99 ms",
+        "CPU us/rec",
+        "cores",
+        "vs in-process"
     );
     for &n in params.producers {
         let local = measure(&in_process, &vc, &payload, n, duration).await?;
@@ -360,11 +387,13 @@ async fn measure(
 fn row(producers: usize, path: &str, m: &Measured, record_size: usize, baseline: Option<f64>) {
     let ratio = baseline.map_or_else(String::new, |b| format!("{:.1}%", 100.0 * m.rate / b));
     println!(
-        "{producers:>9}  {path:<10} {:>10.0} {:>8.2} {:>8.3} {:>8.3} {ratio:>14}",
+        "{producers:>9}  {path:<10} {:>10.0} {:>8.2} {:>8.3} {:>8.3} {:>10.1} {:>6.2} {ratio:>14}",
         m.rate,
         m.rate * record_size as f64 / 1e6,
         m.ms(0.5),
         m.ms(0.99),
+        m.cpu_us,
+        m.cores,
     );
 }
 

@@ -4,7 +4,8 @@
 
 use std::process::Command;
 
-/// The numbers of the row for `producers` and `path`: rec/s, MB/s, p50 ms, p99 ms.
+/// The numbers of the row for `producers` and `path`: rec/s, MB/s, p50 ms, p99 ms,
+/// CPU µs/rec, cores.
 fn row(stdout: &str, producers: usize, path: &str) -> Vec<f64> {
     let line = stdout
         .lines()
@@ -15,7 +16,7 @@ fn row(stdout: &str, producers: usize, path: &str) -> Vec<f64> {
         .unwrap_or_else(|| panic!("no {path} row for {producers} producers in:\n{stdout}"));
     line.split_whitespace()
         .skip(2)
-        .take(4)
+        .take(6)
         .map(|w| {
             w.parse()
                 .unwrap_or_else(|_| panic!("bad number {w:?} in {line:?}"))
@@ -52,8 +53,8 @@ fn bench_grpc_prints_rows_with_nonzero_throughput() {
     for producers in [1, 4] {
         for path in ["in-process", "grpc"] {
             let v = row(&stdout, producers, path);
-            assert_eq!(v.len(), 4, "{path} row for {producers}: {v:?}");
-            let (rate, mbps, p50, p99) = (v[0], v[1], v[2], v[3]);
+            assert_eq!(v.len(), 6, "{path} row for {producers}: {v:?}");
+            let (rate, mbps, p50, p99, cpu) = (v[0], v[1], v[2], v[3], v[4]);
             assert!(
                 rate > 0.0,
                 "{path} with {producers} producers: {rate} rec/s"
@@ -67,6 +68,7 @@ fn bench_grpc_prints_rows_with_nonzero_throughput() {
                 p99 > 0.0 && p50 <= p99,
                 "{path}: p50 {p50} ms, p99 {p99} ms"
             );
+            assert!(cpu > 0.0, "{path}: {cpu} CPU µs per record");
         }
     }
     // The benchmark's temporary directory is removed.
