@@ -34,6 +34,8 @@ use crate::server::Standalone;
 
 const COLLECTION: i64 = 1;
 const PARTITION: i64 = 1;
+/// The one pchannel `bench grpc`'s standalone server manages.
+const GRPC_PCHANNEL: &str = "bench_0";
 
 /// What every benchmark takes: where, how many producers, how big, how long.
 pub struct BenchParams<'a> {
@@ -280,8 +282,7 @@ pub async fn grpc(params: BenchParams<'_>) -> anyhow::Result<()> {
         listen: "127.0.0.1:0".into(),
         ..Config::default()
     };
-    config.pchannels.prefix = "bench".into();
-    config.pchannels.count = 1;
+    config.pchannels.names = vec![GRPC_PCHANNEL.into()];
     config.validate()?;
     let server = Standalone::start(&config)
         .await
@@ -322,7 +323,7 @@ async fn grpc_points(
         client_config,
     );
 
-    let vc = PChannel::new("bench_0")?.vchannel(CollectionId(COLLECTION), 0)?;
+    let vc = PChannel::new(GRPC_PCHANNEL)?.vchannel(CollectionId(COLLECTION), 0)?;
     let payload: Arc<[u8]> = vec![0x5a; params.record_size].into();
     // The first append waits for the coordinator to place the pchannel; the first gRPC one
     // also connects and opens the producer stream. Neither belongs in the measurement.
