@@ -1,26 +1,79 @@
 //! `sluice bench`: throughput and latency measured next to a baseline taken in the same run.
+//!
+//! * `wal`: the full WAL against the raw local log it runs on.
+//! * `grpc`: a [`Client`] appending over loopback gRPC to a standalone server started in this
+//!   process, against the same kind of client reaching that server's WAL in process.
+//!
+//! Every point is a closed loop: N producer tasks each append, wait for the acknowledgement
+//! (durable: fsync stays on) and append again, for a fixed time. Rates count acknowledged
+//! appends; MB/s counts payload bytes (10^6 B); latencies are of single appends, from call to
+//! acknowledgement. CPU is the whole process's (client and server alike, all threads) over the
+//! point: per record, and as cores kept busy on average — on a small box it explains the ratio.
 
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
+use anyhow::{Context, bail};
 use hdrhistogram::Histogram;
+use sluice_client::access::RoutedAccess;
+use sluice_client::topology::CoordinatorTopology;
+use sluice_client::{Client, ClientConfig};
 use sluice_log::local::{LocalConfig, LocalProvider};
 use sluice_log::{DeliverPolicy, LogHandle, LogProvider, OpenOptions};
 use sluice_types::message::{CreateCollectionHeader, InsertHeader, PartitionSegmentAssignment};
-use sluice_types::{CollectionId, MutableMessage, PChannel, Term};
+use sluice_types::{CollectionId, MutableMessage, PChannel, Term, VChannel};
 use sluice_wal::scanner::{MessageFilter, ReadMessage, ScannerOptions};
 use sluice_wal::shard::NodeGrowingBytes;
 use sluice_wal::tso::LocalOracle;
 use sluice_wal::{Wal, WalConfig, WalDeps};
 
+use crate::config::Config;
+use crate::server::Standalone;
+
 const COLLECTION: i64 = 1;
 const PARTITION: i64 = 1;
+/// The one pchannel `bench grpc`'s standalone server manages.
+const GRPC_PCHANNEL: &str = "bench_0";
 
-fn insert(pchannel: &PChannel, payload: &[u8], sent_ns: u64) -> anyhow::Result<MutableMessage> {
-    let vc = pchannel.vchannel(CollectionId(COLLECTION), 0)?;
+/// What every benchmark takes: where, how many producers, how big, how long.
+pub struct BenchParams<'a> {
+    /// Directory to run in (the caller creates and removes it).
+    pub dir: &'a Path,
+    /// Producer counts, one measurement point each.
+    pub producers: &'a [usize],
+    /// Payload bytes per insert.
+    pub record_size: usize,
+    /// Seconds per measurement point.
+    pub seconds: f64,
+}
+
+impl BenchParams<'_> {
+    /// The time per point; bad settings are errors, not panics.
+    fn duration(&self) -> anyhow::Result<Duration> {
+        if self.producers.is_empty() || self.producers.contains(&0) {
+            bail!("--producers needs one or more counts, each at least 1");
+        }
+        if self.record_size > 16 << 20 {
+            bail!("--record-size is at most 16 MiB");
+        }
+        match Duration::try_from_secs_f64(self.seconds) {
+            Ok(d) if !d.is_zero() && d <= Duration::from_secs(3600) => Ok(d),
+            _ => bail!(
+                "--seconds must be above 0 and at most 3600, not {}",
+                self.seconds
+            ),
+        }
+    }
+}
+
+/// The command line, as the table's caption.
+fn command_line() -> String {
+    std::env::args().collect::<Vec<_>>().join(" ")
+}
+
+fn insert(vc: &VChannel, payload: &[u8], sent_ns: u64) -> anyhow::Result<MutableMessage> {
     Ok(MutableMessage::builder(InsertHeader {
         collection_id: COLLECTION,
         partitions: vec![PartitionSegmentAssignment {
@@ -30,37 +83,94 @@ fn insert(pchannel: &PChannel, payload: &[u8], sent_ns: u64) -> anyhow::Result<M
             segment_id: 0,
         }],
     })
-    .vchannel(&vc)
+    .vchannel(vc)
     .property("sent", sent_ns.to_string())
     .payload(payload.to_vec())
     .build()?)
 }
 
-/// Runs `op` from `producers` tasks for `duration`; returns completed operations per second.
-async fn closed_loop<F, Fut>(producers: usize, duration: Duration, op: F) -> anyhow::Result<f64>
+fn create_collection(vc: &VChannel) -> anyhow::Result<MutableMessage> {
+    Ok(MutableMessage::builder(CreateCollectionHeader {
+        collection_id: COLLECTION,
+        partition_ids: vec![PARTITION],
+        db_id: 1,
+    })
+    .vchannel(vc)
+    .build()?)
+}
+
+/// One closed-loop measurement.
+struct Measured {
+    /// Completed operations per second.
+    rate: f64,
+    /// Nanoseconds per operation.
+    latency: Histogram<u64>,
+    /// Process CPU time per operation, in microseconds.
+    cpu_us: f64,
+    /// Process CPU time over wall time: cores kept busy.
+    cores: f64,
+}
+
+impl Measured {
+    fn ms(&self, quantile: f64) -> f64 {
+        self.latency.value_at_quantile(quantile) as f64 / 1e6
+    }
+}
+
+/// CPU time of the whole process so far (every thread, exited ones included).
+fn process_cpu() -> Duration {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::ProcessCPUTime);
+    Duration::new(
+        u64::try_from(t.tv_sec).unwrap_or(0),
+        u32::try_from(t.tv_nsec).unwrap_or(0),
+    )
+}
+
+/// Runs `op` from `producers` tasks for `duration`, each task starting the next operation when
+/// the last one completed.
+async fn closed_loop<F, Fut>(
+    producers: usize,
+    duration: Duration,
+    op: F,
+) -> anyhow::Result<Measured>
 where
     F: Fn() -> Fut + Send + Sync + 'static,
     Fut: std::future::Future<Output = anyhow::Result<()>> + Send,
 {
     let op = Arc::new(op);
     let done = Arc::new(AtomicU64::new(0));
+    let cpu_started = process_cpu();
     let started = Instant::now();
     let deadline = started + duration;
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..producers {
         let (op, done) = (op.clone(), done.clone());
         tasks.spawn(async move {
+            let mut latency = Histogram::<u64>::new(3).context("histogram")?;
             while Instant::now() < deadline {
+                let t = Instant::now();
                 op().await?;
+                // Auto-resizing: recording only fails past u64::MAX / 2 ns.
+                latency
+                    .record((t.elapsed().as_nanos() as u64).max(1))
+                    .context("recording a latency")?;
                 done.fetch_add(1, Ordering::Relaxed);
             }
-            anyhow::Ok(())
+            anyhow::Ok(latency)
         });
     }
+    let mut latency = Histogram::<u64>::new(3).context("histogram")?;
     while let Some(r) = tasks.join_next().await {
-        r??;
+        latency.add(r??).context("merging latency histograms")?;
     }
-    Ok(done.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64())
+    let (elapsed, cpu) = (started.elapsed(), process_cpu().saturating_sub(cpu_started));
+    let done = done.load(Ordering::Relaxed);
+    Ok(Measured {
+        rate: done as f64 / elapsed.as_secs_f64(),
+        latency,
+        cpu_us: cpu.as_secs_f64() * 1e6 / done.max(1) as f64,
+        cores: cpu.as_secs_f64() / elapsed.as_secs_f64(),
+    })
 }
 
 fn wal_deps() -> WalDeps {
@@ -82,30 +192,20 @@ async fn open_wal(provider: &dyn LogProvider, pchannel: &PChannel) -> anyhow::Re
         wal_deps(),
     )
     .await?;
-    let vc = pchannel.vchannel(CollectionId(COLLECTION), 0)?;
-    wal.append(
-        MutableMessage::builder(CreateCollectionHeader {
-            collection_id: COLLECTION,
-            partition_ids: vec![PARTITION],
-            db_id: 1,
-        })
-        .vchannel(&vc)
-        .build()?,
-    )
+    wal.append(create_collection(
+        &pchannel.vchannel(CollectionId(COLLECTION), 0)?,
+    )?)
     .await?;
     Ok(wal)
 }
 
 /// `sluice bench wal`: the full WAL against the raw local log it runs on, same disk, same run.
-pub async fn wal(
-    dir: &Path,
-    producers: &[usize],
-    record_size: usize,
-    seconds: f64,
-) -> anyhow::Result<()> {
+pub async fn wal(params: BenchParams<'_>) -> anyhow::Result<()> {
+    let duration = params.duration()?;
+    let (dir, record_size, seconds) = (params.dir, params.record_size, params.seconds);
     let provider = LocalProvider::new(LocalConfig::new(dir))?;
-    let duration = Duration::from_secs_f64(seconds);
     let payload: Arc<[u8]> = vec![0x5a; record_size].into();
+    println!("$ {}", command_line());
     println!(
         "WAL vs raw local log: {record_size} B inserts, fsync on, {seconds} s per point, dir {}",
         dir.display()
@@ -115,33 +215,43 @@ pub async fn wal(
         "producers", "raw rec/s", "wal rec/s", "wal/raw"
     );
     let mut half_rate = None;
-    for (i, &n) in producers.iter().enumerate() {
+    for (i, &n) in params.producers.iter().enumerate() {
         let raw_p = PChannel::new(format!("bench-raw-{i}"))?;
         let raw: Arc<dyn LogHandle> = provider
             .open(OpenOptions::read_write(raw_p.clone(), Term(1)))
             .await?;
-        let (h, p, pl) = (raw.clone(), raw_p.clone(), payload.clone());
+        let (h, vc, pl) = (
+            raw.clone(),
+            raw_p.vchannel(CollectionId(COLLECTION), 0)?,
+            payload.clone(),
+        );
         let raw_rate = closed_loop(n, duration, move || {
-            let (h, p, pl) = (h.clone(), p.clone(), pl.clone());
+            let (h, vc, pl) = (h.clone(), vc.clone(), pl.clone());
             async move {
-                h.append(insert(&p, &pl, 0)?).await?;
+                h.append(insert(&vc, &pl, 0)?).await?;
                 Ok(())
             }
         })
-        .await?;
+        .await?
+        .rate;
         raw.close().await;
 
         let wal_p = PChannel::new(format!("bench-wal-{i}"))?;
         let wal = open_wal(&provider, &wal_p).await?;
-        let (w, p, pl) = (wal.clone(), wal_p.clone(), payload.clone());
+        let (w, vc, pl) = (
+            wal.clone(),
+            wal_p.vchannel(CollectionId(COLLECTION), 0)?,
+            payload.clone(),
+        );
         let wal_rate = closed_loop(n, duration, move || {
-            let (w, p, pl) = (w.clone(), p.clone(), pl.clone());
+            let (w, vc, pl) = (w.clone(), vc.clone(), pl.clone());
             async move {
-                w.append(insert(&p, &pl, 0)?).await?;
+                w.append(insert(&vc, &pl, 0)?).await?;
                 Ok(())
             }
         })
-        .await?;
+        .await?
+        .rate;
         wal.close().await;
         println!(
             "{n:>9} {raw_rate:>14.0} {wal_rate:>14.0} {:>7.1}%",
@@ -157,6 +267,137 @@ pub async fn wal(
     Ok(())
 }
 
+/// Bound on waiting for the standalone server to place the pchannel, and on any one append.
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// `sluice bench grpc`: starts a standalone server in this process (data under `params.dir`,
+/// gRPC on `127.0.0.1:0`), then at each producer count measures a [`Client`] reaching its WAL
+/// in process (no network hop) and a [`Client`] going through loopback gRPC (topology from the
+/// coordinator service, every append on the node's `Produce` stream). Both append 1 KiB (or
+/// `record_size`) inserts to the same vchannel; the server is stopped at the end, also on error.
+pub async fn grpc(params: BenchParams<'_>) -> anyhow::Result<()> {
+    let duration = params.duration()?;
+    let mut config = Config {
+        data_dir: params.dir.join("standalone"),
+        listen: "127.0.0.1:0".into(),
+        ..Config::default()
+    };
+    config.pchannels.names = vec![GRPC_PCHANNEL.into()];
+    config.validate()?;
+    let server = Standalone::start(&config)
+        .await
+        .context("starting the standalone server")?;
+    let measured = grpc_points(&server, &params, duration).await;
+    let stopped = server
+        .stop()
+        .await
+        .context("stopping the standalone server");
+    measured?;
+    stopped
+}
+
+async fn grpc_points(
+    server: &Standalone,
+    params: &BenchParams<'_>,
+    duration: Duration,
+) -> anyhow::Result<()> {
+    let client_config = ClientConfig {
+        timeout: Some(CLIENT_TIMEOUT),
+        ..ClientConfig::default()
+    };
+    let in_process = Client::new(
+        server.topology.clone(),
+        Arc::new(RoutedAccess::new(Some((
+            server.node_id.0,
+            server.manager.clone(),
+        )))),
+        client_config.clone(),
+    );
+    let coordinator = Arc::new(
+        CoordinatorTopology::connect(&format!("http://{}", server.addr))
+            .context("connecting to the coordinator service")?,
+    );
+    let remote = Client::new(
+        coordinator,
+        Arc::new(RoutedAccess::new(None)),
+        client_config,
+    );
+
+    let vc = PChannel::new(GRPC_PCHANNEL)?.vchannel(CollectionId(COLLECTION), 0)?;
+    let payload: Arc<[u8]> = vec![0x5a; params.record_size].into();
+    // The first append waits for the coordinator to place the pchannel; the first gRPC one
+    // also connects and opens the producer stream. Neither belongs in the measurement.
+    in_process
+        .append(create_collection(&vc)?)
+        .await
+        .context("creating the benchmark collection")?;
+    in_process
+        .append(insert(&vc, &payload, 0)?)
+        .await
+        .context("warming up the in-process client")?;
+    remote
+        .append(insert(&vc, &payload, 0)?)
+        .await
+        .context("warming up the gRPC client")?;
+
+    println!("$ {}", command_line());
+    println!(
+        "gRPC (loopback, standalone on {}) vs in-process WAL: {} B inserts to {vc}, fsync on, {} s per point",
+        server.addr, params.record_size, params.seconds
+    );
+    println!(
+        "{:>9}  {:<10} {:>10} {:>8} {:>8} {:>8} {:>10} {:>6} {:>14}",
+        "producers",
+        "path",
+        "rec/s",
+        "MB/s",
+        "p50 ms",
+        "p99 ms",
+        "CPU us/rec",
+        "cores",
+        "vs in-process"
+    );
+    for &n in params.producers {
+        let local = measure(&in_process, &vc, &payload, n, duration).await?;
+        row(n, "in-process", &local, params.record_size, None);
+        let grpc = measure(&remote, &vc, &payload, n, duration).await?;
+        row(n, "grpc", &grpc, params.record_size, Some(local.rate));
+    }
+    Ok(())
+}
+
+/// A closed loop of `producers` tasks appending inserts through `client`.
+async fn measure(
+    client: &Client,
+    vc: &VChannel,
+    payload: &Arc<[u8]>,
+    producers: usize,
+    duration: Duration,
+) -> anyhow::Result<Measured> {
+    let (c, vc, pl) = (client.clone(), vc.clone(), payload.clone());
+    closed_loop(producers, duration, move || {
+        let (c, vc, pl) = (c.clone(), vc.clone(), pl.clone());
+        async move {
+            c.append(insert(&vc, &pl, 0)?).await?;
+            Ok(())
+        }
+    })
+    .await
+}
+
+fn row(producers: usize, path: &str, m: &Measured, record_size: usize, baseline: Option<f64>) {
+    let ratio = baseline.map_or_else(String::new, |b| format!("{:.1}%", 100.0 * m.rate / b));
+    println!(
+        "{producers:>9}  {path:<10} {:>10.0} {:>8.2} {:>8.3} {:>8.3} {:>10.1} {:>6.2} {ratio:>14}",
+        m.rate,
+        m.rate * record_size as f64 / 1e6,
+        m.ms(0.5),
+        m.ms(0.99),
+        m.cpu_us,
+        m.cores,
+    );
+}
+
 /// Append → tailing-reader latency at a fixed offered rate (open loop).
 async fn latency(
     provider: &dyn LogProvider,
@@ -166,9 +407,10 @@ async fn latency(
     duration: Duration,
 ) -> anyhow::Result<()> {
     let p = PChannel::new("bench-latency")?;
+    let vc = p.vchannel(CollectionId(COLLECTION), 0)?;
     let wal = open_wal(provider, &p).await?;
     let mut scanner = wal.read(ScannerOptions {
-        vchannel: Some(p.vchannel(CollectionId(COLLECTION), 0)?),
+        vchannel: Some(vc.clone()),
         policy: DeliverPolicy::All,
         filters: vec![MessageFilter::Types(vec![
             sluice_types::MessageType::Insert,
@@ -180,14 +422,14 @@ async fn latency(
     let mut tasks = tokio::task::JoinSet::new();
     let sent = Arc::new(AtomicU64::new(0));
     for _ in 0..producers {
-        let (wal, p, payload, sent) = (wal.clone(), p.clone(), payload.clone(), sent.clone());
+        let (wal, vc, payload, sent) = (wal.clone(), vc.clone(), payload.clone(), sent.clone());
         tasks.spawn(async move {
             let mut tick = tokio::time::interval(per_producer);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             while epoch.elapsed() < duration {
                 tick.tick().await;
                 let now = epoch.elapsed().as_nanos() as u64;
-                wal.append(insert(&p, &payload, now)?).await?;
+                wal.append(insert(&vc, &payload, now)?).await?;
                 sent.fetch_add(1, Ordering::Relaxed);
             }
             anyhow::Ok(())

@@ -214,19 +214,49 @@ enum BenchCommand {
     /// runs on: 1 KiB inserts, fsync on, closed loop at each producer count; then
     /// append→tailing-reader latency at half the WAL's rate.
     Wal {
-        /// Directory to benchmark in (a temporary subdirectory is created and removed).
-        #[arg(long, default_value = ".")]
-        dir: PathBuf,
+        #[command(flatten)]
+        opts: BenchOpts,
         /// Concurrent producers, comma separated.
         #[arg(long, value_delimiter = ',', default_value = "1,16,256")]
         producers: Vec<usize>,
-        /// Payload bytes per insert.
-        #[arg(long, default_value_t = 1024)]
-        record_size: usize,
-        /// Seconds per measurement.
-        #[arg(long, default_value_t = 3.0)]
-        seconds: f64,
     },
+    /// Appends through gRPC against appends in process, same run: starts a standalone server
+    /// in this process, then at each producer count a client reaching its WAL directly and a
+    /// client going over loopback gRPC append inserts in a closed loop (fsync on); prints
+    /// records/s, MB/s, per-append latency p50/p99 and the gRPC/in-process ratio.
+    Grpc {
+        #[command(flatten)]
+        opts: BenchOpts,
+        /// Concurrent producers, comma separated.
+        #[arg(long, value_delimiter = ',', default_value = "1,64")]
+        producers: Vec<usize>,
+    },
+}
+
+/// Settings every benchmark takes.
+#[derive(Args, Clone, Debug)]
+struct BenchOpts {
+    /// Directory to benchmark in (a temporary subdirectory is created and removed).
+    #[arg(long, default_value = ".")]
+    dir: PathBuf,
+    /// Payload bytes per insert.
+    #[arg(long, default_value_t = 1024)]
+    record_size: usize,
+    /// Seconds per measurement.
+    #[arg(long, default_value_t = 3.0)]
+    seconds: f64,
+}
+
+impl BenchOpts {
+    /// A fresh temporary directory under `--dir`, removed when dropped.
+    fn tempdir(&self) -> anyhow::Result<tempfile::TempDir> {
+        std::fs::create_dir_all(&self.dir)
+            .with_context(|| format!("creating {}", self.dir.display()))?;
+        tempfile::Builder::new()
+            .prefix("sluice-bench-")
+            .tempdir_in(&self.dir)
+            .context("creating the benchmark directory")
+    }
 }
 
 fn main() -> std::process::ExitCode {
@@ -317,20 +347,26 @@ fn run() -> anyhow::Result<()> {
             what: CtlCommand::Status { node },
         } => rt.block_on(cli::status(&node)),
         Command::Bench {
-            what:
-                BenchCommand::Wal {
-                    dir,
-                    producers,
-                    record_size,
-                    seconds,
-                },
+            what: BenchCommand::Wal { opts, producers },
         } => {
-            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-            let tmp = tempfile::Builder::new()
-                .prefix("sluice-bench-")
-                .tempdir_in(&dir)
-                .context("creating the benchmark directory")?;
-            rt.block_on(bench::wal(tmp.path(), &producers, record_size, seconds))
+            let tmp = opts.tempdir()?;
+            rt.block_on(bench::wal(bench::BenchParams {
+                dir: tmp.path(),
+                producers: &producers,
+                record_size: opts.record_size,
+                seconds: opts.seconds,
+            }))
+        }
+        Command::Bench {
+            what: BenchCommand::Grpc { opts, producers },
+        } => {
+            let tmp = opts.tempdir()?;
+            rt.block_on(bench::grpc(bench::BenchParams {
+                dir: tmp.path(),
+                producers: &producers,
+                record_size: opts.record_size,
+                seconds: opts.seconds,
+            }))
         }
         Command::LogSmoke {
             data_dir,

@@ -28,7 +28,6 @@ use sluice_wal::tso::{IdAllocator, TimestampOracle};
 use sluice_wal::{WalConfig, WalDeps};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::config::Config;
 
@@ -219,13 +218,14 @@ async fn serve(
     listener: TcpListener,
     stop: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
+    // Accepted sockets get TCP_NODELAY: with Nagle's algorithm, small responses wait for the
+    // peer's delayed ACK (tens of ms) whenever several appends share a connection.
+    let incoming = tonic::transport::server::TcpIncoming::from_listener(listener, true, None)
+        .map_err(|e| anyhow::anyhow!("accepting connections: {e}"))?;
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let mut server = tokio::spawn(router.serve_with_incoming_shutdown(
-        TcpListenerStream::new(listener),
-        async {
-            let _ = rx.await;
-        },
-    ));
+    let mut server = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async {
+        let _ = rx.await;
+    }));
     tokio::select! {
         r = &mut server => return r.context("gRPC server task")?.context("serving gRPC"),
         _ = stop => {}
@@ -265,63 +265,137 @@ fn health() -> (
     tonic_health::server::health_reporter()
 }
 
+/// A standalone server running in this process: coordinator, node (its [`WalManager`]) and the
+/// gRPC services on one listener. [`Standalone::stop`] shuts it down in order: the gRPC server
+/// (open streams get [`GRACE`]), then the node's WALs, its registration, the coordinator.
+pub(crate) struct Standalone {
+    /// The address the gRPC services listen on.
+    pub(crate) addr: SocketAddr,
+    /// The node's id.
+    pub(crate) node_id: NodeId,
+    /// The node's WALs.
+    pub(crate) manager: Arc<WalManager>,
+    /// The coordinator's topology, read in process.
+    pub(crate) topology: Arc<LeaderTopology>,
+    coordinator: Arc<Coordinator>,
+    session: NodeSession,
+    stop: tokio::sync::oneshot::Sender<()>,
+    server: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl Standalone {
+    /// Opens the meta store and the log under `config.data_dir`, binds `config.listen` and
+    /// starts serving.
+    pub(crate) async fn start(config: &Config) -> anyhow::Result<Standalone> {
+        let store = meta_store(config).await?;
+        let provider = log_provider(config)?;
+        let (listener, addr) = bind(&config.listen).await?;
+        let advertise = config.advertise.clone().unwrap_or_else(|| addr.to_string());
+        let node_id = NodeId(config.node.id);
+
+        let appender = Arc::new(ClientAppender(std::sync::OnceLock::new()));
+        // The node's WALs need timestamps from the coordinator, which needs the node to place
+        // pchannels on: the coordinator starts with a client to the manager built just below.
+        let manager_slot: Arc<std::sync::OnceLock<Arc<WalManager>>> = Arc::default();
+        let coordinator = Arc::new(Coordinator::start(
+            store.clone(),
+            coordinator_config(config, format!("standalone-{advertise}")),
+            Arc::new(DeferredNodeClient(manager_slot.clone(), node_id)),
+            appender.clone(),
+        )?);
+        let oracle = Arc::new(LeaderOracle::new(coordinator.clone()));
+        let manager = Arc::new(WalManager::new(
+            provider,
+            wal_config(config),
+            WalDeps {
+                oracle: oracle.clone() as Arc<dyn TimestampOracle>,
+                ids: oracle as Arc<dyn IdAllocator>,
+                node_growing: NodeGrowingBytes::new(),
+                recovery: None,
+            },
+        ));
+        let _ = manager_slot.set(manager.clone());
+        let topology = Arc::new(LeaderTopology::new(coordinator.clone()));
+        let access: Arc<dyn WalAccess> =
+            Arc::new(RoutedAccess::new(Some((node_id.0, manager.clone()))));
+        let client = Client::new(topology.clone(), access, ClientConfig::default());
+        let _ = appender.0.set(client);
+
+        let session = NodeSession::register(
+            store.clone(),
+            &Keys::new(config.meta.root.clone()),
+            NodeInfo {
+                id: node_id,
+                address: advertise.clone(),
+                stopping: false,
+            },
+            Config::ms(config.node.lease_ttl_ms),
+        )
+        .await
+        .context("registering the node")?;
+
+        let node = NodeService::new(node_id.0, manager.clone());
+        let coord_service = CoordinatorService::new(coordinator.clone());
+        let (mut reporter, health_service) = health();
+        reporter
+            .set_serving::<sluice_proto::v1::streaming_node_server::StreamingNodeServer<NodeService>>()
+            .await;
+        let router = tonic::transport::Server::builder()
+            .add_service(health_service)
+            .add_service(node.streaming_server())
+            .add_service(node.manager_server())
+            .add_service(coord_service.server());
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(serve(router, listener, async move {
+            let _ = stopped.await;
+        }));
+        Ok(Standalone {
+            addr,
+            node_id,
+            manager,
+            topology,
+            coordinator,
+            session,
+            stop,
+            server,
+        })
+    }
+
+    /// Serves until `signal` resolves (or the server fails), then shuts down.
+    pub(crate) async fn run_until(
+        mut self,
+        signal: impl std::future::Future<Output = ()>,
+    ) -> anyhow::Result<()> {
+        let served = tokio::select! {
+            r = &mut self.server => Some(r),
+            _ = signal => None,
+        };
+        let served = match served {
+            Some(r) => r,
+            None => {
+                let _ = self.stop.send(());
+                (&mut self.server).await
+            }
+        };
+        let _ = self.session.set_stopping().await;
+        self.manager.shutdown().await;
+        let _ = self.session.close().await;
+        self.coordinator.shutdown().await;
+        served.context("gRPC server task")?
+    }
+
+    /// Shuts down now.
+    pub(crate) async fn stop(self) -> anyhow::Result<()> {
+        self.run_until(std::future::ready(())).await
+    }
+}
+
 /// `sluice standalone`.
 pub async fn standalone(config: Config) -> anyhow::Result<()> {
-    let store = meta_store(&config).await?;
-    let provider = log_provider(&config)?;
-    let (listener, addr) = bind(&config.listen).await?;
-    let advertise = config.advertise.clone().unwrap_or_else(|| addr.to_string());
-    let node_id = NodeId(config.node.id);
-
-    let appender = Arc::new(ClientAppender(std::sync::OnceLock::new()));
-    // The node's WALs need timestamps from the coordinator, which needs the node to place
-    // pchannels on: the coordinator starts with a client to the manager built just below.
-    let manager_slot: Arc<std::sync::OnceLock<Arc<WalManager>>> = Arc::default();
-    let coordinator = Arc::new(Coordinator::start(
-        store.clone(),
-        coordinator_config(&config, format!("standalone-{advertise}")),
-        Arc::new(DeferredNodeClient(manager_slot.clone(), node_id)),
-        appender.clone(),
-    )?);
-    let oracle = Arc::new(LeaderOracle::new(coordinator.clone()));
-    let manager = Arc::new(WalManager::new(
-        provider,
-        wal_config(&config),
-        WalDeps {
-            oracle: oracle.clone() as Arc<dyn TimestampOracle>,
-            ids: oracle as Arc<dyn IdAllocator>,
-            node_growing: NodeGrowingBytes::new(),
-            recovery: None,
-        },
-    ));
-    let _ = manager_slot.set(manager.clone());
-    let topology = Arc::new(LeaderTopology::new(coordinator.clone()));
-    let access: Arc<dyn WalAccess> =
-        Arc::new(RoutedAccess::new(Some((node_id.0, manager.clone()))));
-    let client = Client::new(topology, access, ClientConfig::default());
-    let _ = appender.0.set(client);
-
-    let session = NodeSession::register(
-        store.clone(),
-        &Keys::new(config.meta.root.clone()),
-        NodeInfo {
-            id: node_id,
-            address: advertise.clone(),
-            stopping: false,
-        },
-        Config::ms(config.node.lease_ttl_ms),
-    )
-    .await
-    .context("registering the node")?;
-
-    let node = NodeService::new(node_id.0, manager.clone());
-    let coord_service = CoordinatorService::new(coordinator.clone());
-    let (mut reporter, health_service) = health();
-    reporter
-        .set_serving::<sluice_proto::v1::streaming_node_server::StreamingNodeServer<NodeService>>()
-        .await;
+    let server = Standalone::start(&config).await?;
     println!(
-        "sluice standalone listening on {addr} (data dir {}, {} pchannels)",
+        "sluice standalone listening on {} (data dir {}, {} pchannels)",
+        server.addr,
         config.data_dir.display(),
         if config.pchannels.names.is_empty() {
             config.pchannels.count as usize
@@ -329,18 +403,12 @@ pub async fn standalone(config: Config) -> anyhow::Result<()> {
             config.pchannels.names.len()
         }
     );
-    let router = tonic::transport::Server::builder()
-        .add_service(health_service)
-        .add_service(node.streaming_server())
-        .add_service(node.manager_server())
-        .add_service(coord_service.server());
-    serve(router, listener, shutdown_signal()).await?;
-    println!("shutting down");
-    let _ = session.set_stopping().await;
-    manager.shutdown().await;
-    let _ = session.close().await;
-    coordinator.shutdown().await;
-    Ok(())
+    server
+        .run_until(async {
+            shutdown_signal().await;
+            println!("shutting down");
+        })
+        .await
 }
 
 /// A node client for the node in this process, available once the node is built.

@@ -1,0 +1,97 @@
+//! Runs the real `sluice bench grpc` with tiny settings: it starts a standalone server in the
+//! process, appends through an in-process client and through loopback gRPC, and prints one
+//! table row per path and producer count, each with a non-zero rate.
+
+use std::process::Command;
+
+/// The numbers of the row for `producers` and `path`: rec/s, MB/s, p50 ms, p99 ms,
+/// CPU µs/rec, cores.
+fn row(stdout: &str, producers: usize, path: &str) -> Vec<f64> {
+    let line = stdout
+        .lines()
+        .find(|l| {
+            let mut words = l.split_whitespace();
+            words.next() == Some(&producers.to_string()) && words.next() == Some(path)
+        })
+        .unwrap_or_else(|| panic!("no {path} row for {producers} producers in:\n{stdout}"));
+    line.split_whitespace()
+        .skip(2)
+        .take(6)
+        .map(|w| {
+            w.parse()
+                .unwrap_or_else(|_| panic!("bad number {w:?} in {line:?}"))
+        })
+        .collect()
+}
+
+#[test]
+fn bench_grpc_prints_rows_with_nonzero_throughput() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["bench", "grpc", "--dir"])
+        .arg(dir.path())
+        .args([
+            "--producers",
+            "1,4",
+            "--seconds",
+            "0.2",
+            "--record-size",
+            "256",
+        ])
+        .output()
+        .expect("run sluice");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "sluice bench grpc failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("bench grpc --dir") && stdout.contains("--seconds 0.2"),
+        "the table names its command line:\n{stdout}"
+    );
+    for producers in [1, 4] {
+        for path in ["in-process", "grpc"] {
+            let v = row(&stdout, producers, path);
+            assert_eq!(v.len(), 6, "{path} row for {producers}: {v:?}");
+            let (rate, mbps, p50, p99, cpu) = (v[0], v[1], v[2], v[3], v[4]);
+            assert!(
+                rate > 0.0,
+                "{path} with {producers} producers: {rate} rec/s"
+            );
+            // 256 B per record: MB/s follows from rec/s (both are rounded when printed).
+            assert!(
+                (mbps - rate * 256.0 / 1e6).abs() < 0.01,
+                "{path}: {mbps} MB/s at {rate} rec/s"
+            );
+            assert!(
+                p99 > 0.0 && p50 <= p99,
+                "{path}: p50 {p50} ms, p99 {p99} ms"
+            );
+            assert!(cpu > 0.0, "{path}: {cpu} CPU µs per record");
+        }
+    }
+    // The benchmark's temporary directory is removed.
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+}
+
+#[test]
+fn bench_grpc_bad_settings_are_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    for (flag, value, message) in [
+        ("--seconds", "-1", "--seconds must be above 0"),
+        ("--seconds", "NaN", "--seconds must be above 0"),
+        ("--producers", "0", "--producers needs one or more counts"),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .args(["bench", "grpc", "--dir"])
+            .arg(dir.path())
+            .arg(format!("{flag}={value}"))
+            .output()
+            .expect("run sluice");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{flag} {value} was accepted");
+        assert!(err.contains(message), "{flag} {value}: {err}");
+        assert!(!err.contains("panicked"), "{flag} {value}: {err}");
+    }
+}
