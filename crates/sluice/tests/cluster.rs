@@ -24,6 +24,7 @@ use rustix::process::Signal;
 use sluice_client::access::{RemoteAccess, RoutedAccess, WalAccess};
 use sluice_client::topology::CoordinatorTopology;
 use sluice_client::{Client, ClientConfig, ReadRequest, Topology, TopologySource};
+use sluice_meta::MetaStore;
 use sluice_types::message::{CreateCollectionHeader, InsertHeader, PartitionSegmentAssignment};
 use sluice_types::{ErrorCode, MessageType, MutableMessage, Term, VChannel};
 use sluice_wal::scanner::{MessageFilter, ReadMessage};
@@ -413,12 +414,56 @@ async fn cluster_survives_owner_kills_and_fences_a_stopped_owner() {
         }
     }
 
-    // Fencing end to end: stop an owner (alive, cut off) until its pchannel moved, continue it,
-    // and append to it at its old term: never acknowledged.
+    // Fencing end to end: stop an owner (alive, cut off) until its registration lease lapsed,
+    // continue it (a stopped process may hold the shared log's write lock, which would keep the
+    // new owner from opening), wait until its pchannel moved to a higher term, then append to it
+    // at its old term: never acknowledged.
     let pchannel = pchannel_name(0);
     let owner = topo_rx.borrow_and_update().channels[&pchannel].clone();
+    let store = sluice_meta::etcd::EtcdStore::connect(std::slice::from_ref(&cluster.etcd))
+        .await
+        .expect("connecting to etcd");
+    let node_key = sluice_coord::keys::Keys::new(cluster.root.clone())
+        .node(sluice_coord::NodeId(owner.node_id));
+    assert!(
+        store.get(&node_key).await.expect("etcd get").is_some(),
+        "the owner's registration {node_key} exists"
+    );
+    let fenced_vchannel = vchannels
+        .iter()
+        .find(|v| v.pchannel_str() == pchannel)
+        .expect("a vchannel on the pchannel");
+    let old_owner = RemoteAccess::new();
+    // A producer stream to the owner opened before it is stopped: what it answers after the
+    // move comes from the old process itself (not only a refused connection).
+    let fenced_vi = vchannels
+        .iter()
+        .position(|v| v == fenced_vchannel)
+        .expect("index");
+    match old_owner
+        .append(&owner, insert(fenced_vchannel, "before-stop"))
+        .await
+    {
+        Ok(r) => load.acks.lock().push(Ack {
+            tag: "before-stop".into(),
+            vchannel: fenced_vi,
+            ts: r.timestamp.0,
+            done: Instant::now(),
+        }),
+        Err(e) => eprintln!("note: the owner refused the append before the stop: {e}"),
+    }
     cluster.nodes[&owner.node_id].signal(Signal::STOP);
     let stopped_at = Instant::now();
+    let lapse_deadline = stopped_at + WAIT;
+    while store.get(&node_key).await.expect("etcd get").is_some() {
+        assert!(
+            Instant::now() < lapse_deadline,
+            "the stopped node's registration did not lapse within {WAIT:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let lapsed_after = stopped_at.elapsed();
+    cluster.nodes[&owner.node_id].signal(Signal::CONT);
     let moved = wait_topology(
         &mut topo_rx,
         &format!("{pchannel} leaves stopped node {}", owner.node_id),
@@ -430,25 +475,14 @@ async fn cluster_survives_owner_kills_and_fences_a_stopped_owner() {
     )
     .await;
     let moved_at = Instant::now();
-    load.wait_ack(
-        &format!("on {pchannel} after the stopped owner lost it"),
-        |a| a.done >= moved_at && on_pchannel(a, &pchannel),
-    )
-    .await;
     eprintln!(
-        "fencing: stopped node {} ({pchannel} term {}); moved to node {} at term {} after {:.2?}",
+        "fencing: stopped node {} ({pchannel} term {}); lease lapsed after {lapsed_after:.2?}; moved to node {} at term {} after {:.2?}",
         owner.node_id,
         owner.term,
         moved.channels[&pchannel].node_id,
         moved.channels[&pchannel].term,
         moved_at - stopped_at
     );
-    cluster.nodes[&owner.node_id].signal(Signal::CONT);
-    let fenced_vchannel = vchannels
-        .iter()
-        .find(|v| v.pchannel_str() == pchannel)
-        .expect("a vchannel on the pchannel");
-    let old_owner = RemoteAccess::new();
     let mut fenced_codes = BTreeSet::new();
     for i in 0..5 {
         let tag = format!("fenced-{i}");
@@ -466,11 +500,15 @@ async fn cluster_survives_owner_kills_and_fences_a_stopped_owner() {
                         || matches!(e.code, ErrorCode::OnShutdown | ErrorCode::Unknown),
                     "unexpected error from the fenced owner: {e}"
                 );
-                fenced_codes.insert(e.code.name());
+                fenced_codes.insert(format!("{}: {}", e.code.name(), e.message));
             }
         }
     }
     eprintln!("fencing: appends to the old owner at its old term failed with {fenced_codes:?}");
+    load.wait_ack(&format!("on {pchannel} on its new owner"), |a| {
+        a.done >= moved_at && on_pchannel(a, &pchannel)
+    })
+    .await;
     cluster
         .nodes
         .get_mut(&owner.node_id)
@@ -531,8 +569,10 @@ async fn cluster_survives_owner_kills_and_fences_a_stopped_owner() {
                 tag_of(&m),
                 m.as_message().map(|m| m.term())
             );
+            // Data messages get unique, strictly increasing timestamps; a timetick may repeat
+            // the last one (it promises nothing at or below it follows).
             assert!(
-                ts > last_ts,
+                ts > last_ts || (m.is_timetick() && ts == last_ts),
                 "{v}: timestamp {ts} ({desc}) after {last_ts} ({last_desc})"
             );
             last_ts = ts;
