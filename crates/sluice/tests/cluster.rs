@@ -352,7 +352,11 @@ async fn cluster_survives_owner_kills_and_fences_a_stopped_owner() {
     let mut failovers = Vec::new();
     for round in 0..rounds {
         let pchannel = pchannel_name(round % PCHANNELS);
-        let before = topo_rx.borrow_and_update().clone();
+        // A pchannel being moved (by the balancer, say) is absent until it is assigned again.
+        let before = wait_topology(&mut topo_rx, &format!("{pchannel} assigned"), |t| {
+            t.channels.contains_key(&pchannel)
+        })
+        .await;
         let owner = before.channels[&pchannel].clone();
         let victim = owner.node_id;
         let owned: Vec<(String, Term)> = before
@@ -419,7 +423,12 @@ async fn cluster_survives_owner_kills_and_fences_a_stopped_owner() {
     // new owner from opening), wait until its pchannel moved to a higher term, then append to it
     // at its old term: never acknowledged.
     let pchannel = pchannel_name(0);
-    let owner = topo_rx.borrow_and_update().channels[&pchannel].clone();
+    let owner = wait_topology(&mut topo_rx, &format!("{pchannel} assigned"), |t| {
+        t.channels.contains_key(&pchannel)
+    })
+    .await
+    .channels[&pchannel]
+        .clone();
     let store = sluice_meta::etcd::EtcdStore::connect(std::slice::from_ref(&cluster.etcd))
         .await
         .expect("connecting to etcd");
