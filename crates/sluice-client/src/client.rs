@@ -151,6 +151,23 @@ impl Client {
         self.inner.config.timeout.map(|t| Instant::now() + t)
     }
 
+    /// Resolves once the topology shows `pchannel` at a term above `term`; never if the
+    /// topology source closes first.
+    async fn moved_past(&self, pchannel: &PChannel, term: Term) {
+        let mut rx = self.inner.topology.subscribe();
+        let moved = rx
+            .wait_for(|t| {
+                t.channels
+                    .get(pchannel.as_str())
+                    .is_some_and(|a| a.term > term)
+            })
+            .await
+            .is_ok();
+        if !moved {
+            std::future::pending::<()>().await;
+        }
+    }
+
     /// Appends `msg` to its vchannel's WAL, waiting for an owner and retrying across failovers
     /// (at-least-once). Returns once the message is durable.
     pub async fn append(&self, msg: MutableMessage) -> Result<AppendResult, ClientError> {
@@ -162,9 +179,21 @@ impl Client {
             let target = self
                 .wait_assignment(&pchannel, above, backoff, deadline)
                 .await?;
-            let err = match self.inner.access.append(&target, msg.clone()).await {
-                Ok(r) => return Ok(r),
-                Err(e) => e,
+            // An owner that hangs (alive but cut off, say) never answers: the attempt also ends
+            // when the topology moves the pchannel past its term (outcome unknown: retried on
+            // the new owner, at-least-once) or when the deadline passes.
+            let err = tokio::select! {
+                r = self.inner.access.append(&target, msg.clone()) => match r {
+                    Ok(r) => return Ok(r),
+                    Err(e) => e,
+                },
+                () = self.moved_past(&pchannel, target.term) => moved_error(&pchannel, target.term),
+                () = sleep_until_deadline(deadline) => {
+                    return Err(ClientError::new(
+                        ErrorCode::Unknown,
+                        format!("timed out appending to pchannel {pchannel} at term {}", target.term),
+                    ));
+                }
             };
             if !err.retryable() {
                 return Err(err);
@@ -285,6 +314,22 @@ impl Client {
     }
 }
 
+/// The error of an attempt abandoned because `pchannel` moved past `term` meanwhile.
+fn moved_error(pchannel: &PChannel, term: Term) -> ClientError {
+    ClientError::new(
+        ErrorCode::Unknown,
+        format!("pchannel {pchannel} moved past term {term} while the call was in flight"),
+    )
+}
+
+/// Resolves at `deadline`, or never without one.
+async fn sleep_until_deadline(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Messages from a [`Client::read`], in timestamp order.
 pub struct Reader {
     rx: mpsc::Receiver<Result<ReadMessage, ClientError>>,
@@ -334,9 +379,21 @@ async fn read_loop(
             filters,
             ..ScannerOptions::default()
         };
-        let err = match client.inner.access.read(&target, options).await {
+        // A stream from an owner that hangs would never end: it is dropped once the topology
+        // moves the pchannel past its term, and the read resumes on the new owner.
+        let moved = client.moved_past(&request.pchannel, target.term);
+        tokio::pin!(moved);
+        let opened = tokio::select! {
+            r = client.inner.access.read(&target, options) => r,
+            () = &mut moved => Err(moved_error(&request.pchannel, target.term)),
+        };
+        let err = match opened {
             Ok(mut stream) => loop {
-                match stream.next().await {
+                let next = tokio::select! {
+                    next = stream.next() => next,
+                    () = &mut moved => break moved_error(&request.pchannel, target.term),
+                };
+                match next {
                     Some(Ok(m)) => {
                         backoff = config.backoff_initial;
                         if !m.is_timetick()

@@ -390,3 +390,80 @@ async fn producers_follow_a_moved_wal() {
         acked.len()
     );
 }
+
+/// A "node" that accepts connections and never answers (a process that is alive but stopped):
+/// its address, and a receiver told of every accepted connection.
+async fn hanging_node() -> (String, tokio::sync::mpsc::UnboundedReceiver<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap().to_string();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            held.push(socket);
+            let _ = tx.send(());
+        }
+    });
+    (address, rx)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attempts_on_a_hanging_owner_end_when_the_pchannel_moves() {
+    let node = start_node(2, shared_memory("grpc-hang"), LocalOracle::new()).await;
+    node.manager.assign(&pchannel(), Term(2)).await.unwrap();
+    let (hang_address, mut accepted) = hanging_node().await;
+    let hanging = Assignment {
+        pchannel: pchannel(),
+        term: Term(1),
+        node_id: 1,
+        address: hang_address,
+    };
+
+    // An append in flight to the hanging owner completes on the new owner once the topology
+    // moves the pchannel to a higher term.
+    let topology = StaticTopology::new();
+    topology.set([hanging.clone()]);
+    let client = remote_client(topology.clone());
+    let append = tokio::spawn({
+        let client = client.clone();
+        async move { client.append(create_collection(5)).await }
+    });
+    tokio::time::timeout(Duration::from_secs(10), accepted.recv())
+        .await
+        .expect("the client connects to the hanging owner")
+        .unwrap();
+    assert!(!append.is_finished(), "the hanging owner answered nothing");
+    topology.set([assignment(&node, 2)]);
+    tokio::time::timeout(Duration::from_secs(10), append)
+        .await
+        .expect("the append leaves the hanging owner when the pchannel moves")
+        .unwrap()
+        .expect("the append succeeds on the new owner");
+    client.append(insert(5, "after-move")).await.unwrap();
+
+    // A read from the hanging owner resumes on the new owner the same way.
+    let topology = StaticTopology::new();
+    topology.set([hanging]);
+    let reader_client = remote_client(topology.clone());
+    let mut request = ReadRequest::vchannel(&vchannel(5));
+    request
+        .filters
+        .push(MessageFilter::Types(vec![MessageType::Insert]));
+    let mut reader = reader_client.read(request);
+    tokio::time::timeout(Duration::from_secs(10), accepted.recv())
+        .await
+        .expect("the reader connects to the hanging owner")
+        .unwrap();
+    topology.set([assignment(&node, 2)]);
+    let tag = loop {
+        let m = tokio::time::timeout(Duration::from_secs(10), reader.next())
+            .await
+            .expect("the read leaves the hanging owner when the pchannel moves")
+            .expect("reader ended")
+            .expect("read error");
+        if let Some(tag) = tag_of(&m) {
+            break tag;
+        }
+    };
+    assert_eq!(tag, "after-move");
+}

@@ -1,0 +1,636 @@
+//! A real cluster — one `sluice coord` and three `sluice node` processes on a real etcd
+//! (`SLUICE_TEST_ETCD`) and one shared local log directory — under continuous load from four
+//! producers, while the owner of a pchannel is SIGKILLed round after round and a fresh process
+//! with the same node id takes its place. Then an owner is SIGSTOPped until its pchannel moved
+//! and continued: it must not acknowledge anything at its old term (fencing end to end).
+//!
+//! Checked at the end, reading every vchannel from the beginning: every acknowledged message is
+//! there with its acknowledged timestamp, timestamps strictly increase and terms never go back
+//! per vchannel, nothing sent to the fenced owner appears; duplicates (at-least-once) are counted.
+//! Failover time — SIGKILL until the first acknowledged append on the pchannel after the
+//! topology showed its new term — is reported (median, max) with the lease TTL, and the median
+//! must stay under 3 s with a 2 s TTL.
+
+mod support;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use rustix::process::Signal;
+use sluice_client::access::{RemoteAccess, RoutedAccess, WalAccess};
+use sluice_client::topology::CoordinatorTopology;
+use sluice_client::{Client, ClientConfig, ReadRequest, Topology, TopologySource};
+use sluice_meta::MetaStore;
+use sluice_types::message::{CreateCollectionHeader, InsertHeader, PartitionSegmentAssignment};
+use sluice_types::{ErrorCode, MessageType, MutableMessage, Term, VChannel};
+use sluice_wal::scanner::{MessageFilter, ReadMessage};
+use support::{Proc, etcd_endpoint, unique_root};
+use tokio::sync::watch;
+
+const NODES: u64 = 3;
+const PCHANNELS: usize = 3;
+const COLLECTIONS_PER_PCHANNEL: usize = 2;
+const PRODUCERS: usize = 4;
+const LEASE_TTL_MS: u64 = 2000;
+/// SIGKILL rounds (override with `SLUICE_E2E_ROUNDS`).
+const ROUNDS: usize = 10;
+/// Bound on every wait for the cluster to do something.
+const WAIT: Duration = Duration::from_secs(30);
+
+/// Fields drop in order: the processes die before their directory (and stderr logs) go.
+struct Cluster {
+    nodes: BTreeMap<u64, Proc>,
+    coord: Proc,
+    etcd: String,
+    root: String,
+    dir: tempfile::TempDir,
+}
+
+impl Cluster {
+    fn envs(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("SLUICE_META__ROOT", self.root.clone()),
+            ("SLUICE_COORD__ELECTION_TTL_MS", "2000".into()),
+        ]
+    }
+
+    fn logs(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn log_dir(&self) -> PathBuf {
+        self.dir.path().join("log")
+    }
+
+    /// Starts node `id`, retrying while the registration of a dead predecessor with the same id
+    /// has not lapsed yet.
+    fn start_node(&self, id: u64) -> Proc {
+        let data_dir = self.dir.path().join(format!("node-{id}"));
+        let log_dir = self.log_dir();
+        let coord = self.coord.endpoint();
+        let (id_s, ttl) = (id.to_string(), LEASE_TTL_MS.to_string());
+        let args = [
+            "node",
+            "--meta-backend",
+            "etcd",
+            "--etcd",
+            &self.etcd,
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            data_dir.to_str().expect("utf-8 temp path"),
+            "--log-dir",
+            log_dir.to_str().expect("utf-8 temp path"),
+            "--node-id",
+            &id_s,
+            "--lease-ttl-ms",
+            &ttl,
+            "--coord",
+            &coord,
+        ];
+        let envs = self.envs();
+        let envs: Vec<(&str, &str)> = envs.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let deadline = Instant::now() + WAIT;
+        loop {
+            match Proc::spawn(
+                &format!("node-{id}"),
+                &args,
+                &envs,
+                self.logs(),
+                Duration::from_secs(20),
+            ) {
+                Ok(p) => return p,
+                Err(e) if Instant::now() < deadline => {
+                    eprintln!(
+                        "node {id} did not start yet (retrying): {}",
+                        first_line(&e.message)
+                    );
+                    std::thread::sleep(Duration::from_millis(250));
+                }
+                Err(e) => panic!("node {id} would not start within {WAIT:?}: {e}"),
+            }
+        }
+    }
+}
+
+fn first_line(s: &str) -> &str {
+    s.lines().next().unwrap_or_default()
+}
+
+fn start_cluster(etcd: String) -> Cluster {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let root = unique_root("cluster");
+    let pchannels = PCHANNELS.to_string();
+    let coord = Proc::spawn(
+        "coord",
+        &[
+            "coord",
+            "--meta-backend",
+            "etcd",
+            "--etcd",
+            &etcd,
+            "--listen",
+            "127.0.0.1:0",
+            "--pchannels",
+            &pchannels,
+        ],
+        &[
+            ("SLUICE_META__ROOT", &root),
+            ("SLUICE_COORD__ELECTION_TTL_MS", "2000"),
+        ],
+        dir.path(),
+        WAIT,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let mut cluster = Cluster {
+        dir,
+        etcd,
+        root,
+        coord,
+        nodes: BTreeMap::new(),
+    };
+    for id in 1..=NODES {
+        let node = cluster.start_node(id);
+        cluster.nodes.insert(id, node);
+    }
+    cluster
+}
+
+fn pchannel_name(p: usize) -> String {
+    format!("sluice-dml_{p}")
+}
+
+fn vchannels() -> Vec<VChannel> {
+    (0..PCHANNELS)
+        .flat_map(|p| {
+            (0..COLLECTIONS_PER_PCHANNEL).map(move |c| {
+                let collection = 100 + p * COLLECTIONS_PER_PCHANNEL + c;
+                VChannel::new(format!("{}_{collection}v0", pchannel_name(p))).expect("vchannel")
+            })
+        })
+        .collect()
+}
+
+fn create_collection(v: &VChannel) -> MutableMessage {
+    MutableMessage::builder(CreateCollectionHeader {
+        collection_id: v.collection().0,
+        partition_ids: vec![1],
+        db_id: 1,
+    })
+    .vchannel(v)
+    .build()
+    .expect("a valid CreateCollection")
+}
+
+fn insert(v: &VChannel, tag: &str) -> MutableMessage {
+    MutableMessage::builder(InsertHeader {
+        collection_id: v.collection().0,
+        partitions: vec![PartitionSegmentAssignment {
+            partition_id: 1,
+            rows: 1,
+            binary_size: 32,
+            segment_id: 0,
+        }],
+    })
+    .vchannel(v)
+    .property("tag", tag)
+    .payload(vec![7u8; 32])
+    .build()
+    .expect("a valid insert")
+}
+
+/// One acknowledged append.
+#[derive(Clone, Debug)]
+struct Ack {
+    tag: String,
+    vchannel: usize,
+    ts: u64,
+    done: Instant,
+}
+
+/// What the producers share with the test.
+struct Load {
+    acks: Mutex<Vec<Ack>>,
+    errors: Mutex<Vec<String>>,
+    stop: AtomicBool,
+    /// Bumped on every ack, so waiters wake on progress instead of polling.
+    progress: watch::Sender<u64>,
+}
+
+impl Load {
+    /// Waits (bounded) until some ack satisfies `pred`; returns the first such ack.
+    async fn wait_ack(&self, what: &str, pred: impl Fn(&Ack) -> bool) -> Ack {
+        let mut rx = self.progress.subscribe();
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            if let Some(a) = self.acks.lock().iter().find(|a| pred(a)) {
+                return a.clone();
+            }
+            let errors = self.errors.lock().clone();
+            assert!(errors.is_empty(), "producers failed: {errors:?}");
+            tokio::time::timeout_at(deadline, rx.changed())
+                .await
+                .unwrap_or_else(|_| panic!("no acknowledged append {what} within {WAIT:?}"))
+                .expect("progress channel");
+        }
+    }
+}
+
+async fn wait_topology(
+    rx: &mut watch::Receiver<Topology>,
+    what: &str,
+    pred: impl Fn(&Topology) -> bool,
+) -> Topology {
+    tokio::time::timeout(WAIT, rx.wait_for(|t| pred(t)))
+        .await
+        .unwrap_or_else(|_| panic!("topology: {what} did not happen within {WAIT:?}"))
+        .expect("topology watch")
+        .clone()
+}
+
+fn median(sorted: &[Duration]) -> Duration {
+    let n = sorted.len();
+    if n % 2 == 1 {
+        sorted[n / 2]
+    } else {
+        (sorted[n / 2 - 1] + sorted[n / 2]) / 2
+    }
+}
+
+fn tag_of(m: &ReadMessage) -> Option<&str> {
+    m.as_message().and_then(|m| m.property("tag"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_survives_owner_kills_and_fences_a_stopped_owner() {
+    let Some(etcd) = etcd_endpoint("cluster_survives_owner_kills_and_fences_a_stopped_owner")
+    else {
+        return;
+    };
+    let rounds = std::env::var("SLUICE_E2E_ROUNDS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(ROUNDS);
+    let test_started = Instant::now();
+    let mut cluster = tokio::task::block_in_place(|| start_cluster(etcd));
+
+    let topology =
+        Arc::new(CoordinatorTopology::connect(&cluster.coord.endpoint()).expect("endpoint"));
+    let mut topo_rx = topology.subscribe();
+    wait_topology(&mut topo_rx, "every pchannel assigned", |t| {
+        t.channels.len() == PCHANNELS
+    })
+    .await;
+    let client = Client::new(
+        topology.clone(),
+        Arc::new(RoutedAccess::new(None)),
+        ClientConfig {
+            timeout: Some(Duration::from_secs(60)),
+            ..ClientConfig::default()
+        },
+    );
+    let vchannels = Arc::new(vchannels());
+    for v in vchannels.iter() {
+        client
+            .append(create_collection(v))
+            .await
+            .unwrap_or_else(|e| panic!("creating the collection of {v}: {e}"));
+    }
+
+    // Four producers append continuously, each cycling over every vchannel.
+    let load = Arc::new(Load {
+        acks: Mutex::new(Vec::new()),
+        errors: Mutex::new(Vec::new()),
+        stop: AtomicBool::new(false),
+        progress: watch::Sender::new(0),
+    });
+    let producers: Vec<_> = (0..PRODUCERS)
+        .map(|p| {
+            let (client, load, vchannels) = (client.clone(), load.clone(), vchannels.clone());
+            tokio::spawn(async move {
+                let mut i = 0usize;
+                while !load.stop.load(Ordering::Relaxed) {
+                    let vi = (p + i) % vchannels.len();
+                    let tag = format!("p{p}-{i}");
+                    match client.append(insert(&vchannels[vi], &tag)).await {
+                        Ok(r) => {
+                            load.acks.lock().push(Ack {
+                                tag,
+                                vchannel: vi,
+                                ts: r.timestamp.0,
+                                done: Instant::now(),
+                            });
+                            load.progress.send_modify(|n| *n += 1);
+                        }
+                        Err(e) => {
+                            load.errors.lock().push(format!("{tag}: {e}"));
+                            load.progress.send_modify(|n| *n += 1);
+                            return;
+                        }
+                    }
+                    i += 1;
+                }
+            })
+        })
+        .collect();
+
+    let on_pchannel = |a: &Ack, p: &str| vchannels[a.vchannel].pchannel_str() == p;
+    // Every pchannel takes appends before the first kill.
+    let warm = Instant::now();
+    for p in 0..PCHANNELS {
+        let name = pchannel_name(p);
+        load.wait_ack(&format!("on {name} at start"), |a| {
+            a.done >= warm && on_pchannel(a, &name)
+        })
+        .await;
+    }
+
+    let mut failovers = Vec::new();
+    for round in 0..rounds {
+        let pchannel = pchannel_name(round % PCHANNELS);
+        // A pchannel being moved (by the balancer, say) is absent until it is assigned again.
+        let before = wait_topology(&mut topo_rx, &format!("{pchannel} assigned"), |t| {
+            t.channels.contains_key(&pchannel)
+        })
+        .await;
+        let owner = before.channels[&pchannel].clone();
+        let victim = owner.node_id;
+        let owned: Vec<(String, Term)> = before
+            .channels
+            .values()
+            .filter(|a| a.node_id == victim)
+            .map(|a| (a.pchannel.as_str().to_owned(), a.term))
+            .collect();
+
+        let killed_at = Instant::now();
+        cluster
+            .nodes
+            .get_mut(&victim)
+            .expect("a running node owns every pchannel")
+            .kill();
+        let after = wait_topology(
+            &mut topo_rx,
+            &format!("round {round}: node {victim}'s pchannels {owned:?} move"),
+            |t| {
+                owned.iter().all(|(p, term)| {
+                    t.channels
+                        .get(p)
+                        .is_some_and(|a| a.term > *term && a.node_id != victim)
+                })
+            },
+        )
+        .await;
+        let moved_at = Instant::now();
+        let first = load
+            .wait_ack(
+                &format!("round {round}: on {pchannel} after the move"),
+                |a| a.done >= moved_at && on_pchannel(a, &pchannel),
+            )
+            .await;
+        let failover = first.done - killed_at;
+        let new = &after.channels[&pchannel];
+        eprintln!(
+            "round {round}: killed node {victim} owning {owned:?}; {pchannel} term {} -> {} on node {} (topology after {:.2?}); first ack after {:.2?}",
+            owner.term,
+            new.term,
+            new.node_id,
+            moved_at - killed_at,
+            failover
+        );
+        failovers.push(failover);
+
+        // A fresh process with the same id keeps three nodes available.
+        let node = tokio::task::block_in_place(|| cluster.start_node(victim));
+        cluster.nodes.insert(victim, node);
+        // Every pchannel takes appends again before the next round.
+        let restarted = Instant::now();
+        for p in 0..PCHANNELS {
+            let name = pchannel_name(p);
+            load.wait_ack(
+                &format!("round {round}: on {name} after the restart"),
+                |a| a.done >= restarted && on_pchannel(a, &name),
+            )
+            .await;
+        }
+    }
+
+    // Fencing end to end: stop an owner (alive, cut off) until its registration lease lapsed,
+    // continue it (a stopped process may hold the shared log's write lock, which would keep the
+    // new owner from opening), wait until its pchannel moved to a higher term, then append to it
+    // at its old term: never acknowledged.
+    let pchannel = pchannel_name(0);
+    let owner = wait_topology(&mut topo_rx, &format!("{pchannel} assigned"), |t| {
+        t.channels.contains_key(&pchannel)
+    })
+    .await
+    .channels[&pchannel]
+        .clone();
+    let store = sluice_meta::etcd::EtcdStore::connect(std::slice::from_ref(&cluster.etcd))
+        .await
+        .expect("connecting to etcd");
+    let node_key = sluice_coord::keys::Keys::new(cluster.root.clone())
+        .node(sluice_coord::NodeId(owner.node_id));
+    assert!(
+        store.get(&node_key).await.expect("etcd get").is_some(),
+        "the owner's registration {node_key} exists"
+    );
+    let fenced_vchannel = vchannels
+        .iter()
+        .find(|v| v.pchannel_str() == pchannel)
+        .expect("a vchannel on the pchannel");
+    let old_owner = RemoteAccess::new();
+    // A producer stream to the owner opened before it is stopped: what it answers after the
+    // move comes from the old process itself (not only a refused connection).
+    let fenced_vi = vchannels
+        .iter()
+        .position(|v| v == fenced_vchannel)
+        .expect("index");
+    match old_owner
+        .append(&owner, insert(fenced_vchannel, "before-stop"))
+        .await
+    {
+        Ok(r) => load.acks.lock().push(Ack {
+            tag: "before-stop".into(),
+            vchannel: fenced_vi,
+            ts: r.timestamp.0,
+            done: Instant::now(),
+        }),
+        Err(e) => eprintln!("note: the owner refused the append before the stop: {e}"),
+    }
+    cluster.nodes[&owner.node_id].signal(Signal::STOP);
+    let stopped_at = Instant::now();
+    let lapse_deadline = stopped_at + WAIT;
+    while store.get(&node_key).await.expect("etcd get").is_some() {
+        assert!(
+            Instant::now() < lapse_deadline,
+            "the stopped node's registration did not lapse within {WAIT:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let lapsed_after = stopped_at.elapsed();
+    cluster.nodes[&owner.node_id].signal(Signal::CONT);
+    let moved = wait_topology(
+        &mut topo_rx,
+        &format!("{pchannel} leaves stopped node {}", owner.node_id),
+        |t| {
+            t.channels
+                .get(&pchannel)
+                .is_some_and(|a| a.term > owner.term && a.node_id != owner.node_id)
+        },
+    )
+    .await;
+    let moved_at = Instant::now();
+    eprintln!(
+        "fencing: stopped node {} ({pchannel} term {}); lease lapsed after {lapsed_after:.2?}; moved to node {} at term {} after {:.2?}",
+        owner.node_id,
+        owner.term,
+        moved.channels[&pchannel].node_id,
+        moved.channels[&pchannel].term,
+        moved_at - stopped_at
+    );
+    let mut fenced_codes = BTreeSet::new();
+    for i in 0..5 {
+        let tag = format!("fenced-{i}");
+        match old_owner
+            .append(&owner, insert(fenced_vchannel, &tag))
+            .await
+        {
+            Ok(r) => panic!(
+                "the old owner acknowledged {tag} at term {} after term {} opened: {r:?}",
+                owner.term, moved.channels[&pchannel].term
+            ),
+            Err(e) => {
+                assert!(
+                    e.is_wrong_node()
+                        || matches!(e.code, ErrorCode::OnShutdown | ErrorCode::Unknown),
+                    "unexpected error from the fenced owner: {e}"
+                );
+                fenced_codes.insert(format!("{}: {}", e.code.name(), e.message));
+            }
+        }
+    }
+    eprintln!("fencing: appends to the old owner at its old term failed with {fenced_codes:?}");
+    load.wait_ack(&format!("on {pchannel} on its new owner"), |a| {
+        a.done >= moved_at && on_pchannel(a, &pchannel)
+    })
+    .await;
+    cluster
+        .nodes
+        .get_mut(&owner.node_id)
+        .expect("the stopped node")
+        .kill();
+
+    // Stop the load; every producer must have kept going through every failover.
+    load.stop.store(true, Ordering::Relaxed);
+    for p in producers {
+        p.await.expect("producer task");
+    }
+    let errors = load.errors.lock().clone();
+    assert!(errors.is_empty(), "producers failed: {errors:?}");
+    let acks = load.acks.lock().clone();
+
+    // Read every vchannel from the beginning.
+    let reader_client = Client::new(
+        topology.clone(),
+        Arc::new(RoutedAccess::new(None)),
+        ClientConfig {
+            timeout: Some(Duration::from_secs(60)),
+            ..ClientConfig::default()
+        },
+    );
+    let mut duplicates = 0usize;
+    let mut read_total = 0usize;
+    for (vi, v) in vchannels.iter().enumerate() {
+        let want: BTreeMap<&str, u64> = acks
+            .iter()
+            .filter(|a| a.vchannel == vi)
+            .map(|a| (a.tag.as_str(), a.ts))
+            .collect();
+        let mut request = ReadRequest::vchannel(v);
+        request
+            .filters
+            .push(MessageFilter::Types(vec![MessageType::Insert]));
+        let mut reader = reader_client.read(request);
+        let mut copies: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+        let (mut last_ts, mut last_term) = (0u64, Term(0));
+        let mut last_desc = String::new();
+        let mut missing = want.len();
+        while missing > 0 {
+            let m = tokio::time::timeout(WAIT, reader.next())
+                .await
+                .unwrap_or_else(|_| {
+                    panic!("{v}: {missing} acknowledged messages never arrived within {WAIT:?}")
+                })
+                .unwrap_or_else(|| panic!("{v}: the reader ended"))
+                .unwrap_or_else(|e| panic!("{v}: read error {e}"));
+            let ts = m
+                .timestamp()
+                .expect("a delivered message has a timestamp")
+                .0;
+            let desc = format!(
+                "id {} type {:?} tag {:?} term {:?}",
+                m.id(),
+                m.message_type(),
+                tag_of(&m),
+                m.as_message().map(|m| m.term())
+            );
+            // Data messages get unique, strictly increasing timestamps; a timetick may repeat
+            // the last one (it promises nothing at or below it follows).
+            assert!(
+                ts > last_ts || (m.is_timetick() && ts == last_ts),
+                "{v}: timestamp {ts} ({desc}) after {last_ts} ({last_desc})"
+            );
+            last_ts = ts;
+            last_desc = desc;
+            let Some(msg) = m.as_message() else { continue };
+            let term = msg.term().expect("a valid term").expect("a stamped term");
+            assert!(
+                term >= last_term,
+                "{v}: a message at term {term} after one at term {last_term} (fencing)"
+            );
+            last_term = term;
+            let Some(tag) = tag_of(&m) else { continue };
+            assert!(
+                !tag.starts_with("fenced-"),
+                "{v}: the fenced owner wrote {tag}"
+            );
+            read_total += 1;
+            let seen = copies.entry(tag.to_owned()).or_default();
+            if !seen.is_empty() {
+                duplicates += 1;
+            }
+            seen.push(ts);
+            if want.get(tag) == Some(&ts) {
+                missing -= 1;
+            }
+        }
+        for (tag, ts) in &want {
+            assert!(
+                copies.get(*tag).is_some_and(|c| c.contains(ts)),
+                "{v}: acknowledged {tag} at ts {ts} is missing (copies: {:?})",
+                copies.get(*tag)
+            );
+        }
+    }
+
+    failovers.sort();
+    let (med, max) = (median(&failovers), failovers[failovers.len() - 1]);
+    let summary = format!(
+        "cluster e2e: {rounds} SIGKILL rounds, lease TTL {LEASE_TTL_MS} ms: failover (kill -> first ack on the new owner) median {med:.2?}, max {max:.2?}, all {failovers:?}; {} acknowledged, {read_total} read, 0 lost, {duplicates} duplicates; test took {:.1?}",
+        acks.len(),
+        test_started.elapsed()
+    );
+    eprintln!("{summary}");
+    let report = Path::new(env!("CARGO_TARGET_TMPDIR")).join("cluster-failover.txt");
+    if let Err(e) = std::fs::write(&report, format!("{summary}\n")) {
+        eprintln!("note: could not write {}: {e}", report.display());
+    }
+    assert!(
+        med < Duration::from_secs(3),
+        "median failover {med:?} with a {LEASE_TTL_MS} ms lease TTL (want < 3 s): {summary}"
+    );
+}
