@@ -530,3 +530,6 @@ impl Drop for ObjectHandle {
         self.cancel.cancel();
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -71,7 +71,11 @@ impl Reader {
     async fn wait(&mut self) {
         match &mut self.acked {
             Some(rx) => {
-                let _ = tokio::time::timeout(self.poll_interval, rx.changed()).await;
+                let woken = tokio::time::timeout(self.poll_interval, rx.changed()).await;
+                if let Ok(Err(_)) = woken {
+                    // The writer is gone: poll from now on instead of spinning on a closed watch.
+                    self.acked = None;
+                }
             }
             None => tokio::time::sleep(self.poll_interval).await,
         }
