@@ -469,6 +469,7 @@ impl LogHandle for ObjectHandle {
             acked: self.writer.as_ref().map(|w| w.acked()),
             poll_interval: self.config.poll_interval,
             read_ahead_blocks: self.config.read_ahead_blocks,
+            tasks: self.tasks.clone(),
         };
         self.tasks.spawn(reader.run());
         Ok(LogStream::new(rx, Some(guard)))

@@ -15,6 +15,7 @@ use futures::future::BoxFuture;
 use sluice_types::{ImmutableMessage, MessageId};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use super::block::BlockKind;
 use super::layout::{Position, SegmentId, pack};
@@ -47,6 +48,8 @@ pub struct Reader {
     pub poll_interval: Duration,
     /// Blocks fetched ahead while catching up.
     pub read_ahead_blocks: usize,
+    /// The handle's tasks; read-ahead fetches run here so `close` waits for them too.
+    pub tasks: TaskTracker,
 }
 
 enum Step {
@@ -140,7 +143,7 @@ impl Reader {
         let mut checked_truncation = false;
         let result = loop {
             if ahead.0.is_empty() {
-                ahead.0.push_back(tokio::spawn(fetch(block)));
+                ahead.0.push_back(self.tasks.spawn(fetch(block)));
             }
             let Some(next) = ahead.0.pop_front() else {
                 continue;
@@ -176,7 +179,7 @@ impl Reader {
                         // Catching up: keep the next blocks coming.
                         let mut next_index = block + 1 + ahead.0.len() as u64;
                         while ahead.0.len() < self.read_ahead_blocks {
-                            ahead.0.push_back(tokio::spawn(fetch(next_index)));
+                            ahead.0.push_back(self.tasks.spawn(fetch(next_index)));
                             next_index += 1;
                         }
                         let location = self.channel.layout.block(segment, block).to_string();
