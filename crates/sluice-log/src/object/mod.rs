@@ -59,8 +59,8 @@
 //!
 //! # Limits
 //!
-//! * Durability is the store's: S3 acknowledges durable writes; `LocalFileSystem` does not
-//!   `fsync`, so a machine crash can lose acknowledged records in a local directory.
+//! * Durability is the store's: S3 acknowledges durable writes; in a local directory every
+//!   object is `fsync`ed (file and directory) before its upload counts as done.
 //! * An opener that dies between claiming its segment and sealing it, while racing a higher term,
 //!   leaves an empty unsealed segment that readers wait at until the next read-write open seals
 //!   it.
@@ -99,7 +99,8 @@ use crate::{
 /// Where the objects live.
 #[derive(Clone, Debug)]
 pub enum ObjectStoreConfig {
-    /// A local directory (created if missing), through `object_store`'s `LocalFileSystem`.
+    /// A local directory (created if missing), through `object_store`'s `LocalFileSystem`, with
+    /// every write `fsync`ed.
     LocalDir(PathBuf),
     /// An S3 (or S3-compatible) bucket.
     S3(S3Config),
@@ -203,7 +204,8 @@ pub fn build_store(config: &ObjectStoreConfig) -> Result<Arc<dyn ObjectStore>, L
                     dir.display()
                 ))
             })?;
-            Ok(Arc::new(fs))
+            // An acknowledged record must survive a machine crash, as on S3.
+            Ok(Arc::new(fs.with_fsync(true)))
         }
         ObjectStoreConfig::S3(s3) => {
             let mut b = AmazonS3Builder::new()
