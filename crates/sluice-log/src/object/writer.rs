@@ -228,24 +228,40 @@ impl Writer {
                     stop = e.clone();
                     break;
                 }
-                // Seal at once when nothing is uploading (nothing to batch behind), else at the
-                // interval; size seals happen in `enqueue`.
-                let due = st.open.first_at.is_some_and(|t| {
-                    inflight.is_empty() || t + self.settings.flush_interval <= Instant::now()
-                });
-                if due && let Err(e) = seal_open(&mut st, &self) {
+                // Size seals happen in `enqueue`. Otherwise the open block is sealed only when an
+                // upload slot is free (while all are busy it keeps gathering records), and then at
+                // once if nothing is uploading (nothing to batch behind), else once its first
+                // record has waited `flush_interval`.
+                let mut deadline = None;
+                let mut seal_error = None;
+                loop {
+                    while inflight.len() < self.settings.max_inflight
+                        && let Some(block) = st.sealed.pop_front()
+                    {
+                        let me = self.clone();
+                        let (index, data) = (block.index, block.data);
+                        inflight.push_back(Box::pin(async move { me.upload(index, data).await }));
+                        waiting.push_back((index, block.waiters, block.permits));
+                    }
+                    let Some(first) = st.open.first_at else { break };
+                    if inflight.len() >= self.settings.max_inflight {
+                        break;
+                    }
+                    let due = first + self.settings.flush_interval;
+                    if !inflight.is_empty() && due > Instant::now() {
+                        deadline = Some(due);
+                        break;
+                    }
+                    if let Err(e) = seal_open(&mut st, &self) {
+                        seal_error = Some(e);
+                        break;
+                    }
+                }
+                if let Some(e) = seal_error {
                     stop = e;
                     break;
                 }
-                while inflight.len() < self.settings.max_inflight
-                    && let Some(block) = st.sealed.pop_front()
-                {
-                    let me = self.clone();
-                    let (index, data) = (block.index, block.data);
-                    inflight.push_back(Box::pin(async move { me.upload(index, data).await }));
-                    waiting.push_back((index, block.waiters, block.permits));
-                }
-                st.open.first_at.map(|t| t + self.settings.flush_interval)
+                deadline
             };
             tokio::select! {
                 _ = cancel.cancelled() => break,
