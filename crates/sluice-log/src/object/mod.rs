@@ -17,9 +17,11 @@
 //!
 //! # Writing
 //!
-//! Concurrent `enqueue`s share the open block; it is sealed at [`ObjectConfig::block_size`], after
-//! [`ObjectConfig::flush_interval`], or at once when no upload is running. Up to
-//! [`ObjectConfig::max_inflight`] blocks upload at once and are acknowledged in block order;
+//! Concurrent `enqueue`s share the open block (a record's id is fixed when it joins it). The
+//! block is sealed at [`ObjectConfig::block_size`]; otherwise only when one of the
+//! [`ObjectConfig::max_inflight`] upload slots is free — at once if no upload is running, else
+//! once its first record has waited [`ObjectConfig::flush_interval`] — so while every slot is
+//! busy it keeps gathering records. Uploads run concurrently and are acknowledged in block order;
 //! [`ObjectConfig::max_pending_bytes`] bounds what is accepted but not yet durable. Transient
 //! upload errors are retried with backoff for [`ObjectConfig::retry_timeout`]; after that (or any
 //! other failure) the handle fails every pending append and accepts none: nothing after a block
@@ -147,7 +149,8 @@ pub struct ObjectConfig {
     pub prefix: String,
     /// A block is sealed once its records reach this many bytes. Default 2 MiB.
     pub block_size: usize,
-    /// Longest a record waits in the open block while an upload is running. Default 5 ms.
+    /// While another upload is running, how long the open block gathers records before it is
+    /// sealed (when an upload slot is free; 0 = as soon as one is). Default 5 ms.
     pub flush_interval: Duration,
     /// Block uploads in flight at once per handle. Default 8.
     pub max_inflight: usize,

@@ -2,9 +2,10 @@
 //!
 //! ```text
 //!  enqueue ─▶ encode ─▶ pending-bytes permit (back-pressure) ─▶ open block (id assigned here)
-//!                                                                 │ sealed at block_size, at
-//!                                                                 │ flush_interval, or at once
-//!                                                                 ▼ when no upload is running
+//!                                                                 │ sealed at block_size, or
+//!                                                                 │ when an upload slot is free:
+//!                                                                 │ at once if none is running,
+//!                                                                 ▼ else after flush_interval
 //!  flusher task ─▶ up to max_inflight conditional-create uploads ─▶ acks in block order
 //! ```
 //!
