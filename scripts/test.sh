@@ -9,7 +9,8 @@ log() { printf '\n== %s\n' "$*"; }
 
 # --- what the tests need -------------------------------------------------------------------
 # Debian packages, installed only when missing. protoc builds etcd-client; etcd-server is the real
-# etcd the sluice-meta etcd conformance tests run against (etcd-client: etcdctl, to see it is up) (later: an S3 server, a Kafka broker).
+# etcd the sluice-meta etcd conformance tests run against (etcd-client: etcdctl, to see it is up);
+# the S3 server (moto, from PyPI) is installed by start_s3 below (later: a Kafka broker).
 APT_PACKAGES=(protobuf-compiler etcd-server etcd-client)
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
@@ -82,8 +83,41 @@ start_etcd() {
   exit 1
 }
 
+# An S3-compatible server (moto, in memory) for the object log backend's tests
+# (crates/sluice-log/tests/conformance_object.rs, object_fencing.rs). The tests create their
+# bucket themselves.
+start_s3() {
+  if ! command -v moto_server >/dev/null 2>&1; then
+    log "installing moto (S3 server for tests)"
+    python3 -m pip install --quiet 'moto[s3]' flask flask-cors
+  fi
+  local port dir
+  port="$(free_port)"
+  dir="$(mktemp -d -t sluice-s3.XXXXXX)"
+  SERVICE_DIRS+=("$dir")
+  moto_server -H 127.0.0.1 -p "$port" >"$dir/moto.log" 2>&1 &
+  local pid=$!
+  SERVICE_PIDS+=("$pid")
+  local _
+  for _ in $(seq 1 200); do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+      export SLUICE_TEST_S3="http://127.0.0.1:$port"
+      log "S3 server (moto) is up at $SLUICE_TEST_S3"
+      return
+    fi
+    kill -0 "$pid" 2>/dev/null || break
+    sleep 0.1
+  done
+  echo "the S3 server did not start; its log:" >&2
+  cat "$dir/moto.log" >&2
+  exit 1
+}
+
 log "starting etcd"
 start_etcd
+
+log "starting an S3 server"
+start_s3
 
 log "cargo fmt --check"
 cargo fmt --all -- --check

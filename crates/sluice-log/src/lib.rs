@@ -51,6 +51,8 @@
 pub mod error;
 pub mod local;
 pub mod memory;
+#[cfg(feature = "object")]
+pub mod object;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 
@@ -276,6 +278,9 @@ pub enum LogConfig {
     Memory(memory::MemoryConfig),
     /// Segment files in a local directory (the embedded default).
     Local(local::LocalConfig),
+    /// Blocks in an object store (a local directory or S3): the zero-disk WAL.
+    #[cfg(feature = "object")]
+    Object(object::ObjectConfig),
 }
 
 /// Builds the provider for a backend configuration (the factory).
@@ -283,5 +288,7 @@ pub async fn build_provider(config: &LogConfig) -> Result<Arc<dyn LogProvider>, 
     match config {
         LogConfig::Memory(c) => Ok(Arc::new(memory::MemoryProvider::new(c.clone()))),
         LogConfig::Local(c) => Ok(Arc::new(local::LocalProvider::new(c.clone())?)),
+        #[cfg(feature = "object")]
+        LogConfig::Object(c) => Ok(Arc::new(object::ObjectProvider::new(c.clone())?)),
     }
 }
