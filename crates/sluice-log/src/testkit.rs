@@ -622,3 +622,29 @@ pub async fn closed_handle_rejects_and_ends_readers(b: TestBackend) {
     assert!(h.read(ReadOptions::new(DeliverPolicy::All)).await.is_err());
     h.close().await;
 }
+
+/// Creates `bucket` on the S3-compatible test server at `endpoint` (`http://host:port`) if it
+/// is missing (an unsigned `PUT /{bucket}`, which the test servers accept). Panics with the
+/// server's answer otherwise: it is for tests only.
+pub fn ensure_s3_bucket(endpoint: &str, bucket: &str) {
+    use std::io::{Read, Write};
+    let host = endpoint
+        .strip_prefix("http://")
+        .expect("the S3 test endpoint must be an http:// URL")
+        .trim_end_matches('/');
+    let mut conn = std::net::TcpStream::connect(host).expect("connect to the S3 server");
+    conn.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .expect("set a read timeout");
+    write!(
+        conn,
+        "PUT /{bucket} HTTP/1.1\r\nHost: {host}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    )
+    .expect("send create-bucket");
+    let mut response = String::new();
+    let _ = conn.read_to_string(&mut response);
+    let status = response.split_whitespace().nth(1).unwrap_or("");
+    assert!(
+        status == "200" || response.contains("BucketAlreadyOwnedByYou"),
+        "create bucket {bucket}: {response}"
+    );
+}

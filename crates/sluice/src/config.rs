@@ -52,10 +52,23 @@ pub struct MetaSection {
 #[serde(default, deny_unknown_fields)]
 pub struct LogSection {
     /// `local` (segment files in `dir`; nodes of a cluster share the directory and fence each
-    /// other through it).
+    /// other through it) or `object` (zero-disk: blocks in an object store — S3 when
+    /// `s3_endpoint` is set, else the directory `dir`).
     pub backend: String,
     /// The log directory (default `{data_dir}/wal`).
     pub dir: Option<PathBuf>,
+    /// `object` on S3: the endpoint (`http://host:port`; empty = a local directory).
+    pub s3_endpoint: Option<String>,
+    /// `object` on S3: the bucket (must exist).
+    pub s3_bucket: String,
+    /// `object` on S3: the region.
+    pub s3_region: String,
+    /// `object` on S3: the access key id.
+    pub s3_access_key_id: String,
+    /// `object` on S3: the secret access key.
+    pub s3_secret_access_key: String,
+    /// `object`: the key prefix under which every pchannel's blocks live.
+    pub prefix: String,
 }
 
 /// The pchannels.
@@ -134,6 +147,12 @@ impl Default for LogSection {
         LogSection {
             backend: "local".into(),
             dir: None,
+            s3_endpoint: None,
+            s3_bucket: "sluice".into(),
+            s3_region: "us-east-1".into(),
+            s3_access_key_id: "test".into(),
+            s3_secret_access_key: "test".into(),
+            prefix: "wal".into(),
         }
     }
 }
@@ -224,8 +243,9 @@ impl Config {
             "etcd" => bail!("meta.backend = \"etcd\" needs meta.endpoints"),
             other => bail!("meta.backend must be \"embedded\" or \"etcd\", not {other:?}"),
         }
-        if self.log.backend != "local" {
-            bail!("log.backend must be \"local\", not {:?}", self.log.backend);
+        match self.log.backend.as_str() {
+            "local" | "object" => {}
+            other => bail!("log.backend must be \"local\" or \"object\", not {other:?}"),
         }
         if self.pchannels.names.is_empty() && self.pchannels.count == 0 {
             bail!("pchannels.count must be at least 1 (or list pchannels.names)");

@@ -52,6 +52,33 @@ pub async fn meta_store(config: &Config) -> anyhow::Result<Arc<dyn MetaStore>> {
 }
 
 fn log_provider(config: &Config) -> anyhow::Result<Arc<dyn LogProvider>> {
+    use sluice_log::object::{ObjectConfig, ObjectProvider, ObjectStoreConfig, S3Config};
+    let log = &config.log;
+    if log.backend == "object" {
+        let store = match log.s3_endpoint.as_deref().filter(|e| !e.is_empty()) {
+            Some(endpoint) => ObjectStoreConfig::S3(S3Config {
+                endpoint: Some(endpoint.to_owned()),
+                bucket: log.s3_bucket.clone(),
+                region: log.s3_region.clone(),
+                access_key_id: log.s3_access_key_id.clone(),
+                secret_access_key: log.s3_secret_access_key.clone(),
+                allow_http: endpoint.starts_with("http://"),
+            }),
+            None => {
+                let dir = config.log_dir();
+                std::fs::create_dir_all(&dir)
+                    .with_context(|| format!("creating {}", dir.display()))?;
+                ObjectStoreConfig::LocalDir(dir)
+            }
+        };
+        let object = ObjectConfig {
+            prefix: log.prefix.clone(),
+            ..ObjectConfig::new(store)
+        };
+        return Ok(Arc::new(
+            ObjectProvider::new(object).context("opening the object log")?,
+        ));
+    }
     let dir = config.log_dir();
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     Ok(Arc::new(

@@ -47,15 +47,30 @@ struct Cluster {
     coord: Proc,
     etcd: String,
     root: String,
+    /// How nodes reach the log (environment for `sluice node`).
+    log_envs: Vec<(&'static str, String)>,
     dir: tempfile::TempDir,
+}
+
+/// Where the WAL lives.
+enum Medium {
+    /// The `local` backend on one directory every node shares (cross-process fencing).
+    SharedDir,
+    /// The `object` backend on an S3 server (fencing by conditional create).
+    S3 {
+        /// `http://host:port`.
+        endpoint: String,
+    },
 }
 
 impl Cluster {
     fn envs(&self) -> Vec<(&'static str, String)> {
-        vec![
+        let mut envs = vec![
             ("SLUICE_META__ROOT", self.root.clone()),
             ("SLUICE_COORD__ELECTION_TTL_MS", "2000".into()),
-        ]
+        ];
+        envs.extend(self.log_envs.iter().cloned());
+        envs
     }
 
     fn logs(&self) -> &Path {
@@ -121,9 +136,22 @@ fn first_line(s: &str) -> &str {
     s.lines().next().unwrap_or_default()
 }
 
-fn start_cluster(etcd: String) -> Cluster {
+fn start_cluster(etcd: String, medium: &Medium) -> Cluster {
     let dir = tempfile::tempdir().expect("temp dir");
     let root = unique_root("cluster");
+    let log_envs = match medium {
+        Medium::SharedDir => Vec::new(),
+        Medium::S3 { endpoint } => {
+            sluice_log::testkit::ensure_s3_bucket(endpoint, "sluice-e2e");
+            vec![
+                ("SLUICE_LOG__BACKEND", "object".to_owned()),
+                ("SLUICE_LOG__S3_ENDPOINT", endpoint.clone()),
+                ("SLUICE_LOG__S3_BUCKET", "sluice-e2e".to_owned()),
+                // A fresh prefix per run: the bucket outlives the test.
+                ("SLUICE_LOG__PREFIX", root.replace('/', "-")),
+            ]
+        }
+    };
     let pchannels = PCHANNELS.to_string();
     let coord = Proc::spawn(
         "coord",
@@ -150,6 +178,7 @@ fn start_cluster(etcd: String) -> Cluster {
         dir,
         etcd,
         root,
+        log_envs,
         coord,
         nodes: BTreeMap::new(),
     };
@@ -271,12 +300,37 @@ async fn cluster_survives_owner_kills_and_fences_a_stopped_owner() {
     else {
         return;
     };
+    run_cluster(etcd, Medium::SharedDir, "local").await;
+}
+
+/// The same with the WAL on the `object` backend over the S3 server (`SLUICE_TEST_S3`): a
+/// zero-disk WAL that any node can take over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_on_the_object_log_over_s3_survives_owner_kills() {
+    let test = "cluster_on_the_object_log_over_s3_survives_owner_kills";
+    let Some(etcd) = etcd_endpoint(test) else {
+        return;
+    };
+    let endpoint = match std::env::var("SLUICE_TEST_S3") {
+        Ok(e) if !e.is_empty() => e,
+        _ => {
+            if std::env::var("CI").is_ok_and(|v| v == "true") {
+                panic!("SLUICE_TEST_S3 is not set but CI=true: {test} must run");
+            }
+            eprintln!("note: SLUICE_TEST_S3 is not set; skipping {test}");
+            return;
+        }
+    };
+    run_cluster(etcd, Medium::S3 { endpoint }, "object-s3").await;
+}
+
+async fn run_cluster(etcd: String, medium: Medium, label: &str) {
     let rounds = std::env::var("SLUICE_E2E_ROUNDS")
         .ok()
         .and_then(|r| r.parse().ok())
         .unwrap_or(ROUNDS);
     let test_started = Instant::now();
-    let mut cluster = tokio::task::block_in_place(|| start_cluster(etcd));
+    let mut cluster = tokio::task::block_in_place(|| start_cluster(etcd, &medium));
 
     let topology =
         Arc::new(CoordinatorTopology::connect(&cluster.coord.endpoint()).expect("endpoint"));
@@ -620,12 +674,13 @@ async fn cluster_survives_owner_kills_and_fences_a_stopped_owner() {
     failovers.sort();
     let (med, max) = (median(&failovers), failovers[failovers.len() - 1]);
     let summary = format!(
-        "cluster e2e: {rounds} SIGKILL rounds, lease TTL {LEASE_TTL_MS} ms: failover (kill -> first ack on the new owner) median {med:.2?}, max {max:.2?}, all {failovers:?}; {} acknowledged, {read_total} read, 0 lost, {duplicates} duplicates; test took {:.1?}",
+        "cluster e2e ({label} log): {rounds} SIGKILL rounds, lease TTL {LEASE_TTL_MS} ms: failover (kill -> first ack on the new owner) median {med:.2?}, max {max:.2?}, all {failovers:?}; {} acknowledged, {read_total} read, 0 lost, {duplicates} duplicates; test took {:.1?}",
         acks.len(),
         test_started.elapsed()
     );
     eprintln!("{summary}");
-    let report = Path::new(env!("CARGO_TARGET_TMPDIR")).join("cluster-failover.txt");
+    let report =
+        Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("cluster-failover-{label}.txt"));
     if let Err(e) = std::fs::write(&report, format!("{summary}\n")) {
         eprintln!("note: could not write {}: {e}", report.display());
     }

@@ -3,8 +3,6 @@
 
 #![allow(dead_code)]
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -54,28 +52,7 @@ pub fn s3_endpoint() -> Option<String> {
     }
 }
 
-/// Creates `bucket` on the server at `endpoint` (`http://host:port`) if it is missing.
-pub fn ensure_bucket(endpoint: &str, bucket: &str) {
-    let host = endpoint
-        .strip_prefix("http://")
-        .expect("SLUICE_TEST_S3 must be an http:// URL")
-        .trim_end_matches('/');
-    let mut conn = TcpStream::connect(host).expect("connect to the S3 server");
-    conn.set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    write!(
-        conn,
-        "PUT /{bucket} HTTP/1.1\r\nHost: {host}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-    )
-    .expect("send create-bucket");
-    let mut response = String::new();
-    let _ = conn.read_to_string(&mut response);
-    let status = response.split_whitespace().nth(1).unwrap_or("");
-    assert!(
-        status == "200" || response.contains("BucketAlreadyOwnedByYou"),
-        "create bucket {bucket}: {response}"
-    );
-}
+pub use sluice_log::testkit::ensure_s3_bucket as ensure_bucket;
 
 /// S3 settings for `endpoint`.
 pub fn s3_store(endpoint: &str) -> ObjectStoreConfig {
