@@ -22,6 +22,7 @@
 
 pub mod access;
 pub mod client;
+pub mod coord;
 pub mod error;
 pub mod topology;
 

@@ -132,24 +132,22 @@ pub async fn produce(
 pub async fn consume(
     client: &Client,
     vchannel: &VChannel,
-    from_beginning: bool,
+    policy: DeliverPolicy,
     limit: Option<usize>,
     idle_exit: Option<Duration>,
 ) -> anyhow::Result<()> {
     let mut request = ReadRequest::vchannel(vchannel);
-    request.policy = if from_beginning {
-        DeliverPolicy::All
-    } else {
-        DeliverPolicy::Latest
-    };
+    request.policy = policy;
     request
         .filters
         .push(MessageFilter::Types(vec![MessageType::Insert]));
     let mut reader = client.read(request);
     let mut delivered = 0usize;
+    // Idle means no insert for that long (timeticks keep arriving while the channel is quiet).
+    let mut idle_deadline = idle_exit.map(|idle| tokio::time::Instant::now() + idle);
     while limit.is_none_or(|l| delivered < l) {
-        let next = match idle_exit {
-            Some(idle) => match tokio::time::timeout(idle, reader.next()).await {
+        let next = match idle_deadline {
+            Some(deadline) => match tokio::time::timeout_at(deadline, reader.next()).await {
                 Ok(n) => n,
                 Err(_) => break,
             },
@@ -164,6 +162,9 @@ pub async fn consume(
                 continue;
             }
             delivered += 1;
+            if let Some(idle) = idle_exit {
+                idle_deadline = Some(tokio::time::Instant::now() + idle);
+            }
             println!(
                 "msg id={} ts={} key={} payload={}",
                 part.id(),

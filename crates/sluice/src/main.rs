@@ -153,8 +153,11 @@ enum Command {
         #[arg(long)]
         vchannel: String,
         /// Start at the beginning of the log (default: only new messages).
-        #[arg(long)]
+        #[arg(long, conflicts_with = "start_from")]
         from_beginning: bool,
+        /// Start at this message id (32 hex digits, as `produce` and `consume` print), inclusive.
+        #[arg(long)]
+        start_from: Option<String>,
         /// Stop after this many messages.
         #[arg(long)]
         limit: Option<usize>,
@@ -320,17 +323,25 @@ fn run() -> anyhow::Result<()> {
             client,
             vchannel: v,
             from_beginning,
+            start_from,
             limit,
             idle_exit_ms,
         } => {
             let v = vchannel(&v)?;
+            let policy = match start_from {
+                Some(id) => DeliverPolicy::StartFrom(
+                    id.parse().with_context(|| format!("--start-from {id:?}"))?,
+                ),
+                None if from_beginning => DeliverPolicy::All,
+                None => DeliverPolicy::Latest,
+            };
             rt.block_on(async {
                 let (c, _t) =
                     cli::connect(&client.coord, Duration::from_secs(client.timeout_secs))?;
                 cli::consume(
                     &c,
                     &v,
-                    from_beginning,
+                    policy,
                     limit,
                     idle_exit_ms.map(Duration::from_millis),
                 )

@@ -257,3 +257,146 @@ fn bad_flags_and_config_fail_clearly_and_touch_nothing() {
         data_dir.display()
     );
 }
+
+/// A broadcast (one DDL to two shards of a collection on different pchannels) reaches both
+/// vchannels with its broadcast header, holds its exclusive resource key until both are
+/// acknowledged, and then completes with where each copy landed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broadcast_reaches_every_vchannel_and_completes_on_acks() {
+    use sluice_client::coord::CoordClient;
+    use sluice_types::message::{CreateCollectionHeader, CreatePartitionHeader, ResourceKey};
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let server = start(&dir.path().join("data"), dir.path());
+    let endpoint = server.endpoint();
+    let topology = Arc::new(CoordinatorTopology::connect(&endpoint).expect("endpoint"));
+    let client = Client::new(
+        topology,
+        Arc::new(RoutedAccess::new(None)),
+        ClientConfig {
+            timeout: Some(Duration::from_secs(30)),
+            ..ClientConfig::default()
+        },
+    );
+    let shards = [
+        VChannel::new("sluice-dml_0_11v0").unwrap(),
+        VChannel::new("sluice-dml_1_11v1").unwrap(),
+    ];
+    for v in &shards {
+        let create = MutableMessage::builder(CreateCollectionHeader {
+            collection_id: 11,
+            partition_ids: vec![1],
+            db_id: 1,
+        })
+        .vchannel(v)
+        .build()
+        .unwrap();
+        client
+            .append(create)
+            .await
+            .expect("create collection shard");
+    }
+    let coord = CoordClient::connect(&endpoint).expect("endpoint");
+    let key = ResourceKey {
+        domain: 1,
+        key: "collection-11".into(),
+        shared: false,
+    };
+    let ddl = |partition| {
+        MutableMessage::builder(CreatePartitionHeader {
+            collection_id: 11,
+            partition_id: partition,
+        })
+        .property("reason", "e2e")
+        .build()
+        .unwrap()
+    };
+    let first = tokio::spawn({
+        let (coord, shards, key, msg) = (coord.clone(), shards.clone(), key.clone(), ddl(2));
+        async move { coord.broadcast(&msg, &shards, &[key]).await }
+    });
+
+    // Each shard's consumer finds its copy, checks the header and acknowledges it.
+    let mut seen = BTreeMap::new();
+    for v in &shards {
+        let copy = broadcast_copy(&client, v, None).await;
+        let header = copy
+            .broadcast_header()
+            .expect("a valid broadcast header")
+            .expect("the copy carries its broadcast header");
+        assert_eq!(copy.vchannel_str(), Some(v.as_str()));
+        assert_eq!(copy.property("reason"), Some("e2e"));
+        assert_eq!(header.vchannels.len(), 2);
+        assert_eq!(header.resource_keys, vec![key.clone()]);
+        seen.insert(v.as_str().to_owned(), (header.broadcast_id, copy.id()));
+    }
+    assert!(!first.is_finished(), "the broadcast waits for both acks");
+    // A second broadcast on the same exclusive key waits for the first.
+    let second = tokio::spawn({
+        let (coord, shards, key, msg) = (coord.clone(), shards.clone(), key.clone(), ddl(3));
+        async move { coord.broadcast(&msg, &shards, &[key]).await }
+    });
+    for v in &shards {
+        let (id, _) = seen[v.as_str()];
+        coord.ack(id, v).await.expect("ack");
+    }
+    let outcome = tokio::time::timeout(Duration::from_secs(30), first)
+        .await
+        .expect("the broadcast completes once every vchannel acknowledged it")
+        .unwrap()
+        .expect("broadcast");
+    for a in &outcome.appends {
+        let (id, msg_id) = seen[a.vchannel.as_str()];
+        assert_eq!(outcome.broadcast_id, id);
+        assert_eq!(
+            a.id,
+            Some(msg_id),
+            "the outcome names the copy the consumer read"
+        );
+    }
+    // The key is free now: the second broadcast gets through; its consumers ack it too.
+    for v in &shards {
+        let copy = broadcast_copy(&client, v, Some(outcome.broadcast_id)).await;
+        let id = copy.broadcast_header().unwrap().unwrap().broadcast_id;
+        coord.ack(id, v).await.expect("ack the second broadcast");
+    }
+    let second = tokio::time::timeout(Duration::from_secs(30), second)
+        .await
+        .expect("the second broadcast completes")
+        .unwrap()
+        .expect("second broadcast");
+    assert!(second.broadcast_id > outcome.broadcast_id);
+    // Bad input is refused and changes nothing.
+    let err = coord.broadcast(&ddl(4), &[], &[]).await.unwrap_err();
+    assert_eq!(err.code, sluice_types::ErrorCode::InvalidArgument, "{err}");
+}
+
+/// The first CreatePartition broadcast copy on `v` whose broadcast id is not `skip`.
+async fn broadcast_copy(
+    client: &Client,
+    v: &VChannel,
+    skip: Option<u64>,
+) -> sluice_types::ImmutableMessage {
+    use sluice_client::ReadRequest;
+    use sluice_types::MessageType;
+    use sluice_wal::scanner::MessageFilter;
+    let mut request = ReadRequest::vchannel(v);
+    request
+        .filters
+        .push(MessageFilter::Types(vec![MessageType::CreatePartition]));
+    let mut reader = client.read(request);
+    loop {
+        let m = tokio::time::timeout(Duration::from_secs(30), reader.next())
+            .await
+            .expect("the broadcast copy arrives")
+            .expect("reader open")
+            .expect("read");
+        if let Some(m) = m.as_message()
+            && m.message_type().ok() == Some(MessageType::CreatePartition)
+            && let Ok(Some(h)) = m.broadcast_header()
+            && Some(h.broadcast_id) != skip
+        {
+            return m.clone();
+        }
+    }
+}
