@@ -106,6 +106,8 @@ pub struct CoordSection {
     pub trigger_interval_ms: u64,
     /// Bound on one Remove call to a node (ms).
     pub call_timeout_ms: u64,
+    /// Bound on one Assign call to a node, WAL recovery included (ms).
+    pub assign_timeout_ms: u64,
 }
 
 /// The WAL.
@@ -183,6 +185,7 @@ impl Default for CoordSection {
             election_ttl_ms: 10_000,
             trigger_interval_ms: 60_000,
             call_timeout_ms: 5_000,
+            assign_timeout_ms: 30_000,
         }
     }
 }
@@ -255,6 +258,7 @@ impl Config {
             ("coord.election_ttl_ms", self.coord.election_ttl_ms),
             ("coord.trigger_interval_ms", self.coord.trigger_interval_ms),
             ("coord.call_timeout_ms", self.coord.call_timeout_ms),
+            ("coord.assign_timeout_ms", self.coord.assign_timeout_ms),
             ("wal.timetick_interval_ms", self.wal.timetick_interval_ms),
         ] {
             if ms == 0 {

@@ -109,6 +109,7 @@ fn coordinator_config(config: &Config, candidate: String) -> CoordinatorConfig {
     c.assign = AssignConfig {
         trigger_interval: Config::ms(config.coord.trigger_interval_ms),
         call_timeout: Config::ms(config.coord.call_timeout_ms),
+        assign_timeout: Config::ms(config.coord.assign_timeout_ms),
         ..AssignConfig::default()
     };
     c
