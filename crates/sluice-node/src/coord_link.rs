@@ -48,6 +48,14 @@ fn call_error(code: ErrorCode, cause: String) -> NodeCallError {
     }
 }
 
+/// A node's answer to a call, classified.
+fn answered<T>(result: Result<tonic::Response<T>, tonic::Status>) -> Result<(), NodeCallError> {
+    result.map(|_| ()).map_err(|status| {
+        let (code, cause) = convert::error_of(&status);
+        call_error(code, cause)
+    })
+}
+
 /// The coordinator's calls to nodes over gRPC (one lazily connected channel per address).
 #[derive(Default)]
 pub struct GrpcNodeClient {
@@ -88,13 +96,7 @@ impl NodeClient for GrpcNodeClient {
         let request = v1::AssignRequest {
             pchannel: Some(convert::pchannel_to_wire(pchannel, term)),
         };
-        match self.client(node)?.assign(request).await {
-            Ok(_) => Ok(()),
-            Err(status) => {
-                let (code, cause) = convert::error_of(&status);
-                Err(call_error(code, cause))
-            }
-        }
+        answered(self.client(node)?.assign(request).await)
     }
 
     async fn remove(
@@ -106,13 +108,7 @@ impl NodeClient for GrpcNodeClient {
         let request = v1::RemoveRequest {
             pchannel: Some(convert::pchannel_to_wire(pchannel, term)),
         };
-        match self.client(node)?.remove(request).await {
-            Ok(_) => Ok(()),
-            Err(status) => {
-                let (code, cause) = convert::error_of(&status);
-                Err(call_error(code, cause))
-            }
-        }
+        answered(self.client(node)?.remove(request).await)
     }
 }
 

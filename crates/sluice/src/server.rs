@@ -94,6 +94,47 @@ fn wal_config(config: &Config) -> WalConfig {
     }
 }
 
+/// The node's WAL manager, with timestamps and ids from `oracle`.
+fn wal_manager<O>(
+    config: &Config,
+    provider: Arc<dyn LogProvider>,
+    oracle: Arc<O>,
+) -> Arc<WalManager>
+where
+    O: TimestampOracle + IdAllocator,
+{
+    Arc::new(WalManager::new(
+        provider,
+        wal_config(config),
+        WalDeps {
+            oracle: oracle.clone(),
+            ids: oracle,
+            node_growing: NodeGrowingBytes::new(),
+            recovery: None,
+        },
+    ))
+}
+
+/// Registers this process's node (`node.id`) at `address` under a lease of `node.lease_ttl_ms`.
+async fn register_node(
+    store: Arc<dyn MetaStore>,
+    config: &Config,
+    address: String,
+) -> anyhow::Result<NodeSession> {
+    NodeSession::register(
+        store,
+        &Keys::new(config.meta.root.clone()),
+        NodeInfo {
+            id: NodeId(config.node.id),
+            address,
+            stopping: false,
+        },
+        Config::ms(config.node.lease_ttl_ms),
+    )
+    .await
+    .context("registering the node")
+}
+
 fn coordinator_config(config: &Config, candidate: String) -> CoordinatorConfig {
     let pchannels = if config.pchannels.names.is_empty() {
         PChannelNames::Count {
@@ -332,16 +373,7 @@ impl Standalone {
             appender.clone(),
         )?);
         let oracle = Arc::new(LeaderOracle::new(coordinator.clone()));
-        let manager = Arc::new(WalManager::new(
-            provider,
-            wal_config(config),
-            WalDeps {
-                oracle: oracle.clone() as Arc<dyn TimestampOracle>,
-                ids: oracle as Arc<dyn IdAllocator>,
-                node_growing: NodeGrowingBytes::new(),
-                recovery: None,
-            },
-        ));
+        let manager = wal_manager(config, provider, oracle);
         let _ = manager_slot.set(manager.clone());
         let topology = Arc::new(LeaderTopology::new(coordinator.clone()));
         let access: Arc<dyn WalAccess> =
@@ -349,18 +381,7 @@ impl Standalone {
         let client = Client::new(topology.clone(), access, ClientConfig::default());
         let _ = appender.0.set(client);
 
-        let session = NodeSession::register(
-            store.clone(),
-            &Keys::new(config.meta.root.clone()),
-            NodeInfo {
-                id: node_id,
-                address: advertise.clone(),
-                stopping: false,
-            },
-            Config::ms(config.node.lease_ttl_ms),
-        )
-        .await
-        .context("registering the node")?;
+        let session = register_node(store.clone(), config, advertise.clone()).await?;
 
         let node = NodeService::new(node_id.0, manager.clone());
         let coord_service = CoordinatorService::new(coordinator.clone());
@@ -511,29 +532,9 @@ pub async fn node(config: Config) -> anyhow::Result<()> {
             .map_err(anyhow::Error::msg)
             .context("coord.endpoint")?,
     );
-    let manager = Arc::new(WalManager::new(
-        provider,
-        wal_config(&config),
-        WalDeps {
-            oracle: oracle.clone() as Arc<dyn TimestampOracle>,
-            ids: oracle as Arc<dyn IdAllocator>,
-            node_growing: NodeGrowingBytes::new(),
-            recovery: None,
-        },
-    ));
+    let manager = wal_manager(&config, provider, oracle);
     let node_id = NodeId(config.node.id);
-    let session = NodeSession::register(
-        store,
-        &Keys::new(config.meta.root.clone()),
-        NodeInfo {
-            id: node_id,
-            address: advertise.clone(),
-            stopping: false,
-        },
-        Config::ms(config.node.lease_ttl_ms),
-    )
-    .await
-    .context("registering the node")?;
+    let session = register_node(store, &config, advertise.clone()).await?;
     let service = NodeService::new(node_id.0, manager.clone());
     let (_reporter, health_service) = health();
     println!(
