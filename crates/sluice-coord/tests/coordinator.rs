@@ -90,13 +90,9 @@ fn on_node(t: &Topology, id: u64) -> Vec<(String, Term)> {
 async fn lease_loss_moves_pchannels(b: common::Backend) {
     let ttl = common::short_ttl(&b);
     let nodes = Arc::new(Nodes::default());
-    let coordinator = Coordinator::start(
-        b.store.clone(),
-        config(&b, "c1"),
-        nodes.clone(),
-        Arc::new(NoAppends),
-    )
-    .unwrap();
+    // The nodes are up before the coordinator, so its first placement spreads the pchannels
+    // (a node joining later gets pchannels only through rebalancing, which waits until
+    // assignments are a few minutes old).
     let mut sessions = Vec::new();
     for id in 1..=3 {
         sessions.push(
@@ -105,6 +101,13 @@ async fn lease_loss_moves_pchannels(b: common::Backend) {
                 .unwrap(),
         );
     }
+    let coordinator = Coordinator::start(
+        b.store.clone(),
+        config(&b, "c1"),
+        nodes.clone(),
+        Arc::new(NoAppends),
+    )
+    .unwrap();
     let leader = coordinator.leader(WAIT).await.unwrap();
     let mut topology = leader.assigner.subscribe();
     let before = common::wait_until(&mut topology, WAIT, "6 pchannels over 3 nodes", |t| {
