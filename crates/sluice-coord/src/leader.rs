@@ -44,6 +44,11 @@ pub struct CoordinatorConfig {
     pub assign: AssignConfig,
     /// Broadcaster settings.
     pub broadcast: BroadcastConfig,
+    /// Before its first placement a new leader waits until the node set has not changed for this
+    /// long (at most five times as long in all), so nodes starting together with the cluster
+    /// share the pchannels from the start instead of the first one to register taking them all.
+    /// Default 1 s.
+    pub node_settle: Duration,
 }
 
 impl CoordinatorConfig {
@@ -58,6 +63,7 @@ impl CoordinatorConfig {
             ids: IdsConfig::default(),
             assign: AssignConfig::default(),
             broadcast: BroadcastConfig::default(),
+            node_settle: Duration::from_secs(1),
         }
     }
 }
@@ -248,6 +254,7 @@ async fn start_leader(
     let channels =
         Arc::new(ChannelManager::init(store.clone(), config.keys.clone(), &names).await?);
     let nodes = Arc::new(NodeWatcher::start(store.clone(), &config.keys).await?);
+    settle(nodes.subscribe(), config.node_settle).await;
     let assigner = Arc::new(Assigner::start(
         channels.clone(),
         nodes.subscribe(),
@@ -273,6 +280,30 @@ async fn start_leader(
         broadcaster: Arc::new(broadcaster),
         nodes,
     })
+}
+
+/// Waits until the node set is non-empty and then unchanged for `quiet`, or `5 × quiet` passed.
+async fn settle(mut nodes: watch::Receiver<crate::Nodes>, quiet: Duration) {
+    let deadline = tokio::time::Instant::now() + quiet * 5;
+    loop {
+        let now = tokio::time::Instant::now();
+        if now >= deadline {
+            return;
+        }
+        let empty = nodes.borrow_and_update().is_empty();
+        let wake = if empty {
+            deadline
+        } else {
+            (now + quiet).min(deadline)
+        };
+        // A change restarts the quiet period; quiet (or the watcher ending) ends the wait.
+        if !matches!(
+            tokio::time::timeout_at(wake, nodes.changed()).await,
+            Ok(Ok(()))
+        ) {
+            return;
+        }
+    }
 }
 
 async fn stop_leader(leader: Arc<LeaderState>) {
