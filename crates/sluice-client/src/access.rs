@@ -5,7 +5,6 @@ use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
 
 use async_trait::async_trait;
 use futures::{Stream, StreamExt};
@@ -65,21 +64,8 @@ impl RemoteAccess {
         if let Some(c) = self.channels.lock().get(address) {
             return Ok(c.clone());
         }
-        let uri = if address.contains("://") {
-            address.to_owned()
-        } else {
-            format!("http://{address}")
-        };
-        let channel = tonic::transport::Endpoint::from_shared(uri)
-            .map_err(|e| {
-                ClientError::new(
-                    ErrorCode::InvalidArgument,
-                    format!("bad node address {address:?}: {e}"),
-                )
-            })?
-            .connect_timeout(Duration::from_secs(2))
-            .tcp_nodelay(true)
-            .connect_lazy();
+        let channel = sluice_proto::lazy_channel(address)
+            .map_err(|e| ClientError::new(ErrorCode::InvalidArgument, e))?;
         self.channels
             .lock()
             .insert(address.to_owned(), channel.clone());

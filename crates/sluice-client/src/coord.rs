@@ -1,7 +1,6 @@
 //! Calls to the coordinator that are not about routing: broadcasts (one message to many
 //! vchannels, acknowledged per vchannel by whoever applies it) and timestamp/id allocation.
 
-use std::time::Duration;
 
 use sluice_proto::convert;
 use sluice_proto::v1::{self, coordinator_client::CoordinatorClient};
@@ -41,15 +40,8 @@ pub struct CoordClient {
 impl CoordClient {
     /// A client of the coordinator at `endpoint` (`http://host:port`), connecting lazily.
     pub fn connect(endpoint: &str) -> Result<CoordClient, ClientError> {
-        let channel = tonic::transport::Endpoint::from_shared(endpoint.to_owned())
-            .map_err(|e| {
-                ClientError::new(
-                    ErrorCode::InvalidArgument,
-                    format!("bad coordinator endpoint {endpoint:?}: {e}"),
-                )
-            })?
-            .connect_timeout(Duration::from_secs(2))
-            .connect_lazy();
+        let channel = sluice_proto::lazy_channel(endpoint)
+            .map_err(|e| ClientError::new(ErrorCode::InvalidArgument, e))?;
         Ok(CoordClient {
             client: CoordinatorClient::new(channel),
         })

@@ -98,15 +98,8 @@ impl CoordinatorTopology {
     /// Watches the coordinator at `endpoint` (`http://host:port`). Returns at once; the first
     /// topology arrives when the coordinator answers.
     pub fn connect(endpoint: &str) -> Result<CoordinatorTopology, crate::ClientError> {
-        let channel = tonic::transport::Endpoint::from_shared(endpoint.to_owned())
-            .map_err(|e| {
-                crate::ClientError::new(
-                    ErrorCode::InvalidArgument,
-                    format!("bad coordinator endpoint {endpoint:?}: {e}"),
-                )
-            })?
-            .connect_timeout(Duration::from_secs(2))
-            .connect_lazy();
+        let channel = sluice_proto::lazy_channel(endpoint)
+            .map_err(|e| crate::ClientError::new(ErrorCode::InvalidArgument, e))?;
         let client = CoordinatorClient::new(channel);
         let (tx, rx) = watch::channel(Topology::default());
         let task = tokio::spawn(watch_loop(client.clone(), tx));

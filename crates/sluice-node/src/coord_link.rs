@@ -6,37 +6,23 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 use async_trait::async_trait;
 use parking_lot::Mutex;
 use sluice_coord::NodeInfo;
 use sluice_coord::assign::{NodeCallError, NodeClient};
 use sluice_log::LogError;
-use sluice_proto::convert;
 use sluice_proto::v1::{
     self, coordinator_client::CoordinatorClient,
     streaming_node_manager_client::StreamingNodeManagerClient,
 };
+use sluice_proto::{convert, lazy_channel};
 use sluice_types::{ErrorCode, PChannel, Term, Timestamp};
 use sluice_wal::WalError;
 use sluice_wal::tso::{IdAllocator, TimestampOracle};
 use tonic::transport::Channel;
 
 use crate::{NodeError, WalManager};
-
-fn lazy_channel(address: &str) -> Result<Channel, String> {
-    let uri = if address.contains("://") {
-        address.to_owned()
-    } else {
-        format!("http://{address}")
-    };
-    Ok(tonic::transport::Endpoint::from_shared(uri)
-        .map_err(|e| format!("bad address {address:?}: {e}"))?
-        .connect_timeout(Duration::from_secs(2))
-        .tcp_nodelay(true)
-        .connect_lazy())
-}
 
 /// Classifies a node's answer: "not here / other term / stale" counts as removed.
 fn call_error(code: ErrorCode, cause: String) -> NodeCallError {
