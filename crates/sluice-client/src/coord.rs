@@ -1,7 +1,6 @@
 //! Calls to the coordinator that are not about routing: broadcasts (one message to many
 //! vchannels, acknowledged per vchannel by whoever applies it) and timestamp/id allocation.
 
-
 use sluice_proto::convert;
 use sluice_proto::v1::{self, coordinator_client::CoordinatorClient};
 use sluice_types::message::ResourceKey;

@@ -329,35 +329,28 @@ impl LeaderOracle {
     }
 }
 
-fn unavailable(e: CoordError) -> sluice_wal::WalError {
-    match e {
-        CoordError::InvalidArgument(m) => sluice_wal::WalError::InvalidArgument(m),
-        e => sluice_wal::WalError::Log(sluice_log::LogError::Unavailable(e.to_string())),
+impl LeaderOracle {
+    async fn leader(&self) -> Result<Arc<LeaderState>, sluice_wal::WalError> {
+        self.coordinator
+            .leader(Self::PATIENCE)
+            .await
+            .map_err(crate::tso::to_wal_error)
     }
 }
 
+// The leader's own oracle and allocator answer, with their error mapping.
 #[async_trait]
 impl sluice_wal::tso::TimestampOracle for LeaderOracle {
     async fn allocate(&self, count: u32) -> Result<sluice_types::Timestamp, sluice_wal::WalError> {
-        let leader = self
-            .coordinator
-            .leader(Self::PATIENCE)
-            .await
-            .map_err(unavailable)?;
-        leader.tso.allocate(count).await.map_err(unavailable)
+        let leader = self.leader().await?;
+        sluice_wal::tso::TimestampOracle::allocate(leader.tso.as_ref(), count).await
     }
 }
 
 #[async_trait]
 impl sluice_wal::tso::IdAllocator for LeaderOracle {
     async fn allocate_id(&self) -> Result<i64, sluice_wal::WalError> {
-        let leader = self
-            .coordinator
-            .leader(Self::PATIENCE)
-            .await
-            .map_err(unavailable)?;
-        let id = leader.ids.allocate(1).await.map_err(unavailable)?;
-        i64::try_from(id)
-            .map_err(|_| sluice_wal::WalError::Unrecoverable(format!("id {id} exceeds i64")))
+        let leader = self.leader().await?;
+        sluice_wal::tso::IdAllocator::allocate_id(leader.ids.as_ref()).await
     }
 }

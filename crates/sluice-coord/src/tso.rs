@@ -591,7 +591,7 @@ impl Ids {
 /// Maps a coordinator error to the WAL's: bad input stays bad input, a broken stored value is
 /// unrecoverable, everything the caller may retry (lost leadership, meta store unavailable)
 /// becomes a retryable backend-unavailable error.
-fn to_wal_error(e: CoordError) -> WalError {
+pub(crate) fn to_wal_error(e: CoordError) -> WalError {
     match e {
         CoordError::InvalidArgument(m) => WalError::InvalidArgument(m),
         CoordError::Shutdown => WalError::Shutdown,
