@@ -23,10 +23,7 @@ impl ClientError {
 
     /// The WAL is not (or no longer) usable at that node and term: wait for a new assignment.
     pub fn is_wrong_node(&self) -> bool {
-        matches!(
-            self.code,
-            ErrorCode::ChannelNotExist | ErrorCode::UnmatchedChannelTerm | ErrorCode::ChannelFenced
-        )
+        sluice_node::manager::is_wrong_node(self.code)
     }
 
     /// Retrying the same operation later can succeed (wrong-node errors included).

@@ -31,7 +31,6 @@ use tokio::sync::{Notify, Semaphore, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::NodeError;
 use crate::manager::WalManager;
 
 /// Appends one `Produce` stream may have in flight.
@@ -413,12 +412,5 @@ impl StreamingNodeManager for NodeService {
             node_id: self.node_id,
             wals,
         }))
-    }
-}
-
-/// Maps a node error for callers that are not gRPC.
-impl From<NodeError> for Status {
-    fn from(e: NodeError) -> Status {
-        e.to_status()
     }
 }
