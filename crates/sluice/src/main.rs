@@ -25,6 +25,12 @@ use sluice_types::{MutableMessage, PChannel, Term, VChannel};
 
 use crate::config::Config;
 
+/// mimalloc instead of the system allocator: messages are allocated on one runtime thread and
+/// freed on another (the log's writer, the write-ahead buffer), which glibc's per-thread arenas
+/// handle poorly; `sluice bench wal` measured the difference.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "sluice",

@@ -16,6 +16,7 @@ mod header;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::ops::Deref;
+use std::sync::Arc;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
@@ -183,11 +184,29 @@ pub type Properties = BTreeMap<String, String>;
 ///
 /// Accessors parse reserved properties on demand; a malformed value is a [`ParseError`], never a
 /// panic, because envelopes come from logs and from the network.
-#[derive(Clone, PartialEq, Eq)]
+///
+/// Cheap to clone: the properties are shared copy-on-write (a WAL keeps the message it hands to
+/// the log, so every append clones one). The type and the timestamp, read several times on every
+/// append and every read, are parsed once and kept next to the properties.
+#[derive(Clone)]
 pub struct Message {
     payload: Bytes,
-    properties: Properties,
+    properties: Arc<Properties>,
+    /// The parsed type property (always present and valid: checked on construction).
+    ty: MessageType,
+    /// The parsed timestamp property when it is present and valid (`None` otherwise; the
+    /// accessor then parses to report the error).
+    ts: Option<Timestamp>,
 }
+
+impl PartialEq for Message {
+    fn eq(&self, other: &Message) -> bool {
+        // `ty` and `ts` are functions of the properties.
+        self.payload == other.payload && self.properties == other.properties
+    }
+}
+
+impl Eq for Message {}
 
 impl fmt::Debug for Message {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -210,23 +229,57 @@ fn encode_base36(mut v: u64) -> String {
         buf[i] = DIGITS[(v % 36) as usize];
         v /= 36;
     }
-    buf[i..].iter().map(|&b| b as char).collect()
+    // Every byte is an ASCII digit or letter, so this is valid UTF-8.
+    String::from_utf8(buf[i..].to_vec()).unwrap_or_default()
 }
 
 fn cut(s: &str) -> String {
     s.chars().take(64).collect()
 }
 
+fn parse_u64(
+    properties: &Properties,
+    key: &'static str,
+    radix: u32,
+) -> Result<Option<u64>, ParseError> {
+    match properties.get(key) {
+        None => Ok(None),
+        Some(v) => u64::from_str_radix(v, radix)
+            .map(Some)
+            .map_err(|_| ParseError::Property {
+                key,
+                value: cut(v),
+                reason: "not a number",
+            }),
+    }
+}
+
+fn parse_type(properties: &Properties) -> Result<MessageType, ParseError> {
+    let n =
+        parse_u64(properties, keys::TYPE, 10)?.ok_or(ParseError::MissingProperty(keys::TYPE))?;
+    let n = u32::try_from(n).map_err(|_| ParseError::Property {
+        key: keys::TYPE,
+        value: n.to_string(),
+        reason: "out of range",
+    })?;
+    MessageType::from_number(n)
+}
+
 impl Message {
     /// An envelope from raw parts, as decoded from a log or the wire. The type property must be
     /// present and known; nothing else is checked until it is read.
     pub fn from_parts(payload: Bytes, properties: Properties) -> Result<Message, ParseError> {
-        let msg = Message {
+        let ty = parse_type(&properties)?;
+        let ts = parse_u64(&properties, keys::TIMESTAMP, 36)
+            .ok()
+            .flatten()
+            .map(Timestamp);
+        Ok(Message {
             payload,
-            properties,
-        };
-        msg.message_type()?;
-        Ok(msg)
+            properties: Arc::new(properties),
+            ty,
+            ts,
+        })
     }
 
     /// The payload (the serialized body).
@@ -263,16 +316,7 @@ impl Message {
     }
 
     fn parse_u64(&self, key: &'static str, radix: u32) -> Result<Option<u64>, ParseError> {
-        match self.properties.get(key) {
-            None => Ok(None),
-            Some(v) => u64::from_str_radix(v, radix)
-                .map(Some)
-                .map_err(|_| ParseError::Property {
-                    key,
-                    value: cut(v),
-                    reason: "not a number",
-                }),
-        }
+        parse_u64(&self.properties, key, radix)
     }
 
     fn decode_proto<P: prost::Message + Default>(
@@ -294,16 +338,11 @@ impl Message {
     }
 
     /// The message type.
+    ///
+    /// Never fails on a constructed message (the type is checked when it is built or decoded);
+    /// the `Result` keeps call sites uniform with the other accessors.
     pub fn message_type(&self) -> Result<MessageType, ParseError> {
-        let n = self
-            .parse_u64(keys::TYPE, 10)?
-            .ok_or(ParseError::MissingProperty(keys::TYPE))?;
-        let n = u32::try_from(n).map_err(|_| ParseError::Property {
-            key: keys::TYPE,
-            value: n.to_string(),
-            reason: "out of range",
-        })?;
-        MessageType::from_number(n)
+        Ok(self.ty)
     }
 
     /// The message format version (absent = 0).
@@ -318,7 +357,10 @@ impl Message {
 
     /// The timestamp the WAL assigned, if any.
     pub fn timestamp(&self) -> Result<Option<Timestamp>, ParseError> {
-        Ok(self.parse_u64(keys::TIMESTAMP, 36)?.map(Timestamp))
+        match self.ts {
+            Some(ts) => Ok(Some(ts)),
+            None => Ok(self.parse_u64(keys::TIMESTAMP, 36)?.map(Timestamp)),
+        }
     }
 
     /// The barrier timestamp the append asked for, if any.
@@ -373,7 +415,19 @@ impl Message {
     }
 
     fn set(&mut self, key: &str, value: String) {
-        self.properties.insert(key.to_owned(), value);
+        let properties = Arc::make_mut(&mut self.properties);
+        match properties.get_mut(key) {
+            Some(v) => *v = value,
+            None => {
+                properties.insert(key.to_owned(), value);
+            }
+        }
+    }
+
+    fn remove(&mut self, key: &str) {
+        if self.properties.contains_key(key) {
+            Arc::make_mut(&mut self.properties).remove(key);
+        }
     }
 
     fn set_proto<P: prost::Message>(&mut self, key: &str, p: &P) {
@@ -414,6 +468,7 @@ impl MutableMessage {
     /// Sets the timestamp (done by the WAL).
     pub fn set_timestamp(&mut self, ts: Timestamp) {
         self.msg.set(keys::TIMESTAMP, encode_base36(ts.0));
+        self.msg.ts = Some(ts);
     }
 
     /// Sets the barrier timestamp: the append must get a timestamp ≥ `ts`.
@@ -428,13 +483,13 @@ impl MutableMessage {
 
     /// Sets the last-confirmed id (done by the WAL).
     pub fn set_last_confirmed(&mut self, id: MessageId) {
-        self.msg.properties.remove(keys::LAST_CONFIRMED_IS_SELF);
+        self.msg.remove(keys::LAST_CONFIRMED_IS_SELF);
         self.msg.set(keys::LAST_CONFIRMED, id.to_string());
     }
 
     /// Marks the last-confirmed id as the message's own id, which is not known before append.
     pub fn set_last_confirmed_is_self(&mut self) {
-        self.msg.properties.remove(keys::LAST_CONFIRMED);
+        self.msg.remove(keys::LAST_CONFIRMED);
         self.msg.set(keys::LAST_CONFIRMED_IS_SELF, String::new());
     }
 
@@ -459,7 +514,7 @@ impl MutableMessage {
     /// Sets or clears the not-persisted flag. Only a TimeTick may be not persisted.
     pub fn set_not_persisted(&mut self, not_persisted: bool) -> Result<(), ParseError> {
         if !not_persisted {
-            self.msg.properties.remove(keys::NOT_PERSISTED);
+            self.msg.remove(keys::NOT_PERSISTED);
             return Ok(());
         }
         if self.msg.message_type()? != MessageType::TimeTick {
@@ -631,7 +686,9 @@ impl MessageBuilder {
     fn new<H: MessageHeader>(header: H) -> MessageBuilder {
         let mut msg = Message {
             payload: Bytes::new(),
-            properties: Properties::new(),
+            properties: Arc::new(Properties::new()),
+            ty: H::TYPE,
+            ts: None,
         };
         msg.set(keys::TYPE, H::TYPE.number().to_string());
         msg.set(keys::VERSION, MESSAGE_VERSION.to_string());
@@ -659,7 +716,7 @@ impl MessageBuilder {
         if key.is_empty() || key.starts_with('_') {
             self.error.get_or_insert(ParseError::ReservedProperty(key));
         } else {
-            self.msg.properties.insert(key, value.into());
+            Arc::make_mut(&mut self.msg.properties).insert(key, value.into());
         }
         self
     }
