@@ -149,9 +149,24 @@ impl MessageId {
     }
 }
 
+impl MessageId {
+    /// The 32 lowercase hex digits of the id (its `Display` form), without the formatting
+    /// machinery: the WAL writes one into every message it appends.
+    fn hex(self) -> [u8; 32] {
+        const DIGITS: &[u8; 16] = b"0123456789abcdef";
+        let mut out = [0u8; 32];
+        for (i, d) in out.iter_mut().enumerate() {
+            *d = DIGITS[((self.0 >> (4 * (31 - i))) & 0xf) as usize];
+        }
+        out
+    }
+}
+
 impl fmt::Display for MessageId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:032x}", self.0)
+        let hex = self.hex();
+        // Hex digits are ASCII.
+        f.write_str(std::str::from_utf8(&hex).map_err(|_| fmt::Error)?)
     }
 }
 
@@ -261,6 +276,7 @@ mod tests {
             let (ia, ib) = (MessageId(a), MessageId(b));
             let (sa, sb) = (ia.to_string(), ib.to_string());
             prop_assert_eq!(sa.parse::<MessageId>().unwrap(), ia);
+            prop_assert_eq!(&sa, &format!("{a:032x}"));
             prop_assert_eq!(sa.cmp(&sb), ia.cmp(&ib));
             prop_assert_eq!(ia.to_bytes().cmp(&ib.to_bytes()), ia.cmp(&ib));
             prop_assert_eq!(MessageId::from_parts(ia.hi(), ia.lo()), ia);

@@ -101,6 +101,12 @@ fn create_collection(vc: &VChannel) -> anyhow::Result<MutableMessage> {
 
 /// One closed-loop measurement.
 struct Measured {
+    /// Completed operations.
+    done: u64,
+    /// Wall time.
+    elapsed: Duration,
+    /// Process CPU time.
+    cpu: Duration,
     /// Completed operations per second.
     rate: f64,
     /// Nanoseconds per operation.
@@ -166,6 +172,9 @@ where
     let (elapsed, cpu) = (started.elapsed(), process_cpu().saturating_sub(cpu_started));
     let done = done.load(Ordering::Relaxed);
     Ok(Measured {
+        done,
+        elapsed,
+        cpu,
         rate: done as f64 / elapsed.as_secs_f64(),
         latency,
         cpu_us: cpu.as_secs_f64() * 1e6 / done.max(1) as f64,
@@ -199,20 +208,52 @@ async fn open_wal(provider: &dyn LogProvider, pchannel: &PChannel) -> anyhow::Re
     Ok(wal)
 }
 
+/// Rounds per point in `bench wal`: raw and WAL alternate (raw first, then WAL first, ...) so
+/// that load from elsewhere on the machine falls on both sides alike.
+const WAL_ROUNDS: u32 = 3;
+
+/// Closed-loop totals of several rounds.
+#[derive(Default)]
+struct Totals {
+    done: u64,
+    elapsed: Duration,
+    cpu: Duration,
+}
+
+impl Totals {
+    fn add(&mut self, m: &Measured) {
+        self.done += m.done;
+        self.elapsed += m.elapsed;
+        self.cpu += m.cpu;
+    }
+
+    fn rate(&self) -> f64 {
+        self.done as f64 / self.elapsed.as_secs_f64().max(f64::MIN_POSITIVE)
+    }
+
+    fn cpu_us(&self) -> f64 {
+        self.cpu.as_secs_f64() * 1e6 / self.done.max(1) as f64
+    }
+}
+
 /// `sluice bench wal`: the full WAL against the raw local log it runs on, same disk, same run.
+/// At each producer count, raw and WAL run [`WAL_ROUNDS`] alternating rounds of `seconds /
+/// WAL_ROUNDS` each; the table shows records/s over all rounds and process CPU per append.
 pub async fn wal(params: BenchParams<'_>) -> anyhow::Result<()> {
     let duration = params.duration()?;
+    let round = duration / WAL_ROUNDS;
     let (dir, record_size, seconds) = (params.dir, params.record_size, params.seconds);
     let provider = LocalProvider::new(LocalConfig::new(dir))?;
     let payload: Arc<[u8]> = vec![0x5a; record_size].into();
     println!("$ {}", command_line());
     println!(
-        "WAL vs raw local log: {record_size} B inserts, fsync on, {seconds} s per point, dir {}",
+        "WAL vs raw local log: {record_size} B inserts, fsync on, {seconds} s per point in \
+         {WAL_ROUNDS} alternating rounds, dir {}",
         dir.display()
     );
     println!(
-        "{:>9} {:>14} {:>14} {:>8}",
-        "producers", "raw rec/s", "wal rec/s", "wal/raw"
+        "{:>9} {:>12} {:>12} {:>8} {:>13} {:>13}",
+        "producers", "raw rec/s", "wal rec/s", "wal/raw", "raw cpu us/op", "wal cpu us/op"
     );
     let mut half_rate = None;
     for (i, &n) in params.producers.iter().enumerate() {
@@ -220,42 +261,52 @@ pub async fn wal(params: BenchParams<'_>) -> anyhow::Result<()> {
         let raw: Arc<dyn LogHandle> = provider
             .open(OpenOptions::read_write(raw_p.clone(), Term(1)))
             .await?;
-        let (h, vc, pl) = (
-            raw.clone(),
-            raw_p.vchannel(CollectionId(COLLECTION), 0)?,
-            payload.clone(),
-        );
-        let raw_rate = closed_loop(n, duration, move || {
-            let (h, vc, pl) = (h.clone(), vc.clone(), pl.clone());
-            async move {
-                h.append(insert(&vc, &pl, 0)?).await?;
-                Ok(())
-            }
-        })
-        .await?
-        .rate;
-        raw.close().await;
-
         let wal_p = PChannel::new(format!("bench-wal-{i}"))?;
         let wal = open_wal(&provider, &wal_p).await?;
-        let (w, vc, pl) = (
-            wal.clone(),
-            wal_p.vchannel(CollectionId(COLLECTION), 0)?,
-            payload.clone(),
-        );
-        let wal_rate = closed_loop(n, duration, move || {
-            let (w, vc, pl) = (w.clone(), vc.clone(), pl.clone());
-            async move {
-                w.append(insert(&vc, &pl, 0)?).await?;
-                Ok(())
+        let (mut raw_total, mut wal_total) = (Totals::default(), Totals::default());
+        for r in 0..WAL_ROUNDS {
+            for wal_side in [r % 2 == 1, r % 2 == 0] {
+                if wal_side {
+                    let (w, vc, pl) = (
+                        wal.clone(),
+                        wal_p.vchannel(CollectionId(COLLECTION), 0)?,
+                        payload.clone(),
+                    );
+                    let m = closed_loop(n, round, move || {
+                        let (w, vc, pl) = (w.clone(), vc.clone(), pl.clone());
+                        async move {
+                            w.append(insert(&vc, &pl, 0)?).await?;
+                            Ok(())
+                        }
+                    })
+                    .await?;
+                    wal_total.add(&m);
+                } else {
+                    let (h, vc, pl) = (
+                        raw.clone(),
+                        raw_p.vchannel(CollectionId(COLLECTION), 0)?,
+                        payload.clone(),
+                    );
+                    let m = closed_loop(n, round, move || {
+                        let (h, vc, pl) = (h.clone(), vc.clone(), pl.clone());
+                        async move {
+                            h.append(insert(&vc, &pl, 0)?).await?;
+                            Ok(())
+                        }
+                    })
+                    .await?;
+                    raw_total.add(&m);
+                }
             }
-        })
-        .await?
-        .rate;
+        }
+        raw.close().await;
         wal.close().await;
+        let (raw_rate, wal_rate) = (raw_total.rate(), wal_total.rate());
         println!(
-            "{n:>9} {raw_rate:>14.0} {wal_rate:>14.0} {:>7.1}%",
-            100.0 * wal_rate / raw_rate
+            "{n:>9} {raw_rate:>12.0} {wal_rate:>12.0} {:>7.1}% {:>13.1} {:>13.1}",
+            100.0 * wal_rate / raw_rate,
+            raw_total.cpu_us(),
+            wal_total.cpu_us(),
         );
         if n == 16 || half_rate.is_none() {
             half_rate = Some((n, wal_rate / 2.0));

@@ -197,11 +197,13 @@ pub struct Message {
     /// The parsed timestamp property when it is present and valid (`None` otherwise; the
     /// accessor then parses to report the error).
     ts: Option<Timestamp>,
+    /// Bytes of every property key and value (kept up to date by every setter).
+    properties_len: usize,
 }
 
 impl PartialEq for Message {
     fn eq(&self, other: &Message) -> bool {
-        // `ty` and `ts` are functions of the properties.
+        // `ty`, `ts` and `properties_len` are functions of the properties.
         self.payload == other.payload && self.properties == other.properties
     }
 }
@@ -274,11 +276,13 @@ impl Message {
             .ok()
             .flatten()
             .map(Timestamp);
+        let properties_len = properties.iter().map(|(k, v)| k.len() + v.len()).sum();
         Ok(Message {
             payload,
             properties: Arc::new(properties),
             ty,
             ts,
+            properties_len,
         })
     }
 
@@ -307,12 +311,7 @@ impl Message {
 
     /// Bytes counted against every buffer limit: payload plus every property key and value.
     pub fn estimate_size(&self) -> usize {
-        self.payload.len()
-            + self
-                .properties
-                .iter()
-                .map(|(k, v)| k.len() + v.len())
-                .sum::<usize>()
+        self.payload.len() + self.properties_len
     }
 
     fn parse_u64(&self, key: &'static str, radix: u32) -> Result<Option<u64>, ParseError> {
@@ -416,17 +415,24 @@ impl Message {
 
     fn set(&mut self, key: &str, value: String) {
         let properties = Arc::make_mut(&mut self.properties);
+        self.properties_len += value.len();
         match properties.get_mut(key) {
-            Some(v) => *v = value,
+            Some(v) => {
+                self.properties_len -= v.len();
+                *v = value;
+            }
             None => {
+                self.properties_len += key.len();
                 properties.insert(key.to_owned(), value);
             }
         }
     }
 
     fn remove(&mut self, key: &str) {
-        if self.properties.contains_key(key) {
-            Arc::make_mut(&mut self.properties).remove(key);
+        if self.properties.contains_key(key)
+            && let Some(v) = Arc::make_mut(&mut self.properties).remove(key)
+        {
+            self.properties_len -= key.len() + v.len();
         }
     }
 
@@ -689,6 +695,7 @@ impl MessageBuilder {
             properties: Arc::new(Properties::new()),
             ty: H::TYPE,
             ts: None,
+            properties_len: 0,
         };
         msg.set(keys::TYPE, H::TYPE.number().to_string());
         msg.set(keys::VERSION, MESSAGE_VERSION.to_string());
@@ -716,7 +723,7 @@ impl MessageBuilder {
         if key.is_empty() || key.starts_with('_') {
             self.error.get_or_insert(ParseError::ReservedProperty(key));
         } else {
-            Arc::make_mut(&mut self.msg.properties).insert(key, value.into());
+            self.msg.set(&key, value.into());
         }
         self
     }
@@ -906,6 +913,42 @@ mod tests {
             .sum();
         assert_eq!(msg.estimate_size(), 100 + props);
         assert!(props >= 3);
+    }
+
+    /// The size kept by the setters always matches the properties it summarizes.
+    #[test]
+    fn size_estimate_follows_every_setter() {
+        fn recount(m: &Message) -> usize {
+            m.payload().len()
+                + m.properties()
+                    .iter()
+                    .map(|(k, v)| k.len() + v.len())
+                    .sum::<usize>()
+        }
+        let mut msg = MutableMessage::builder(TimeTickHeader::default())
+            .payload(vec![1u8; 7])
+            .property("k", "v")
+            .property("k", "longer value")
+            .build()
+            .unwrap();
+        assert_eq!(msg.estimate_size(), recount(&msg));
+        msg.set_timestamp(Timestamp(5));
+        msg.set_timestamp(Timestamp(u64::MAX));
+        msg.set_term(Term(3));
+        msg.set_last_confirmed(MessageId(9));
+        assert_eq!(msg.estimate_size(), recount(&msg));
+        msg.set_last_confirmed_is_self();
+        msg.set_not_persisted(true).unwrap();
+        assert_eq!(msg.estimate_size(), recount(&msg));
+        msg.set_not_persisted(false).unwrap();
+        msg.set_last_confirmed(MessageId(10));
+        let copy = msg.clone();
+        msg.set_term(Term(300_000));
+        assert_eq!(msg.estimate_size(), recount(&msg));
+        assert_eq!(copy.estimate_size(), recount(&copy));
+        let decoded = Message::from_parts(msg.payload().clone(), msg.properties().clone()).unwrap();
+        assert_eq!(decoded.estimate_size(), msg.estimate_size());
+        assert_eq!(decoded.timestamp().unwrap(), Some(Timestamp(u64::MAX)));
     }
 
     fn txn_part<H: MessageHeader>(h: H, txn_id: i64, id: u128) -> ImmutableMessage {
