@@ -316,9 +316,22 @@ impl ShardManager {
 
     /// Applies an acknowledged message that changes shard state.
     pub(crate) fn observe(&self, msg: &ImmutableMessage) -> Result<(), WalError> {
+        let ty = msg.message_type()?;
+        if !matches!(
+            ty,
+            MessageType::CreateCollection
+                | MessageType::CreatePartition
+                | MessageType::DropCollection
+                | MessageType::DropPartition
+                | MessageType::CreateSegment
+                | MessageType::Flush
+        ) {
+            // Data and everything else leave the shard state as it is.
+            return Ok(());
+        }
         let vchannel = msg.vchannel_str().map(str::to_owned);
         let mut st = self.state.lock();
-        match msg.message_type()? {
+        match ty {
             MessageType::CreateCollection => {
                 let h: CreateCollectionHeader = msg.header()?;
                 let c = st.collections.entry(h.collection_id).or_default();

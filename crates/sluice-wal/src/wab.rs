@@ -96,15 +96,10 @@ impl State {
         self.head + self.entries.len() as u64
     }
 
-    fn enqueue(&mut self, msg: ImmutableMessage, ts: Timestamp) {
+    fn enqueue(&mut self, msg: ImmutableMessage, ts: Timestamp, at: Instant) {
         let size = msg.estimate_size();
         self.bytes += size;
-        self.entries.push_back(Entry {
-            msg,
-            ts,
-            size,
-            at: Instant::now(),
-        });
+        self.entries.push_back(Entry { msg, ts, size, at });
     }
 
     fn evict(&mut self, config: &WabConfig) {
@@ -185,7 +180,7 @@ impl WriteAheadBuffer {
             closed: false,
         };
         if !first_timetick.is_not_persisted() {
-            state.enqueue(first_timetick, ts);
+            state.enqueue(first_timetick, ts, Instant::now());
         }
         Ok(WriteAheadBuffer {
             config,
@@ -245,11 +240,12 @@ impl WriteAheadBuffer {
             )));
         }
         let covers_messages = !stamped.is_empty();
+        let now = Instant::now();
         for (ts, msg) in stamped {
-            state.enqueue(msg, ts);
+            state.enqueue(msg, ts, now);
         }
         if !timetick.is_not_persisted() || covers_messages {
-            state.enqueue(timetick.clone(), tick_ts);
+            state.enqueue(timetick.clone(), tick_ts, now);
         }
         state.latest_timetick = timetick;
         state.latest_ts = tick_ts;
