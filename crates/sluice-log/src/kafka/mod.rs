@@ -1,0 +1,538 @@
+//! The `kafka` backend: each pchannel is a Kafka topic (`{prefix}{pchannel}`, one partition),
+//! and a record's [`MessageId`] is its offset (`hi = 0`, `lo = offset`).
+//!
+//! # Writing
+//!
+//! A read-write handle owns a *transactional* producer whose `transactional.id` is
+//! `{prefix}{pchannel}`. Concurrent `enqueue`s are gathered into one transaction per batch
+//! (group commit, see `writer.rs`); an append is acknowledged once its transaction committed
+//! (`acks=all`, and visible to `read_committed` readers). Commit and abort markers occupy
+//! offsets, so ids are increasing but not contiguous. Every record value carries its writer's
+//! term (`record.rs`).
+//!
+//! # Fencing
+//!
+//! Storage-level, through the producer epoch of the shared transactional id. A read-write open
+//! at term `T`:
+//! 1. creates the topic if it is missing;
+//! 2. reads the newest record's term `M`; `M > T` means `Fenced`, and nothing is touched;
+//! 3. `init_transactions`: the broker bumps the epoch of `{prefix}{pchannel}`, ends any
+//!    transaction an older producer left open, and from now on rejects the older producers'
+//!    produce and commit requests (`ProducerFenced`);
+//! 4. reads the newest term again; `> T` means an open at a higher term finished step 2 after
+//!    ours, so `Fenced` (still nothing written);
+//! 5. commits a term fence record `T` in its own transaction.
+//!
+//! An old writer's acknowledged appends committed before step 3 (after it, the broker refuses
+//! its commits), so they precede the new term's records and stay in the log; its next batch
+//! fails `Fenced`, and so does every append after. Records carry terms in log order (a record at
+//! a lower term cannot follow a higher term's fence, since that fence's producer fenced the
+//! lower one first), so the newest record tells the highest term that opened — which is what
+//! steps 2 and 4 rely on and what a writer reads back when a commit fails, to tell a fence from a
+//! transient error. `truncate` reads it back too.
+//!
+//! Limit: an open at a lower term that races a higher one (its step 2 ran before the higher
+//! term's fence landed) bumps the epoch before it notices and fails; the higher-term handle then
+//! fails `Fenced` too, although nothing it acknowledged is lost. The owner must reopen (at a new
+//! term). Without the race (the usual stale open) step 2 refuses before touching anything.
+//!
+//! # Reading
+//!
+//! A reader is a `read_committed` consumer assigned to partition 0 at the policy's offset
+//! (`All` = the oldest retained, `Latest` = the end offset when `read` is called, `StartFrom(id)` =
+//! `id`, `StartAfter(id)` = `id + 1`), without a consumer group. Term fences are skipped; a value
+//! that is not ours is `Corrupted`. The consumer's own prefetch is capped
+//! (`queued.min.messages` = the read-ahead), records then go through a channel bounded by the
+//! read-ahead.
+//!
+//! # Truncation
+//!
+//! The test broker (Tansu 0.6.0) does not implement `DeleteRecords`, so `truncate` only checks
+//! that the handle is not fenced; retention is the topic's (`retention.ms`/`retention.bytes`).
+//! The contract allows, and does not require, discarding.
+//!
+//! # Limits of the test broker (Tansu 0.6.0)
+//!
+//! Tansu holds back records of open transactions and fences older producer epochs, but it does
+//! not report aborted transactions in fetch responses, so a `read_committed` reader also sees
+//! records of aborted transactions. They are never acknowledged (an old writer's batch that a
+//! fence cut off, a failed batch), so this does not break the contract — a reader may see a
+//! record whose append failed — but on such a broker a failed append can still show up in reads.
+
+mod reader;
+mod record;
+mod writer;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use rdkafka::ClientConfig;
+use rdkafka::Offset;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::types::RDKafkaErrorCode;
+use sluice_types::{MessageId, MutableMessage, PChannel, Term};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use self::reader::{assign, tail_term, unavailable};
+use self::writer::{Writer, WriterSettings, is_fence};
+use crate::{
+    AccessMode, AppendFuture, DeliverPolicy, LogError, LogHandle, LogProvider, LogStream,
+    OpenOptions, ReadOptions,
+};
+
+/// Settings of the kafka backend.
+#[derive(Clone, Debug)]
+pub struct KafkaConfig {
+    /// `bootstrap.servers` (e.g. `127.0.0.1:9092`).
+    pub bootstrap_servers: String,
+    /// Prefix of every topic and transactional id (`""` for none). Default `"sluice-"`.
+    pub prefix: String,
+    /// Records per transaction at most. Default 4096.
+    pub max_batch_records: usize,
+    /// Encoded bytes accepted but not yet acknowledged before `enqueue` waits. Default 64 MiB.
+    pub max_pending_bytes: usize,
+    /// The largest encoded record (keep it under the broker's `message.max.bytes`).
+    /// Default 1000 KiB.
+    pub max_record_bytes: usize,
+    /// Timeout of each blocking client call (create topic, init/commit a transaction, read the
+    /// end of a topic). Default 30 s.
+    pub op_timeout: Duration,
+    /// How long the broker may hold a fetch of a caught-up reader (`fetch.wait.max.ms`):
+    /// the tailing latency. Default 10 ms.
+    pub fetch_wait_max: Duration,
+    /// Extra librdkafka settings for every client (producers and consumers).
+    pub client_settings: Vec<(String, String)>,
+}
+
+impl KafkaConfig {
+    /// The defaults for a cluster at `bootstrap_servers`.
+    pub fn new(bootstrap_servers: impl Into<String>) -> KafkaConfig {
+        KafkaConfig {
+            bootstrap_servers: bootstrap_servers.into(),
+            prefix: "sluice-".into(),
+            max_batch_records: 4096,
+            max_pending_bytes: 64 << 20,
+            max_record_bytes: 1000 << 10,
+            op_timeout: Duration::from_secs(30),
+            fetch_wait_max: Duration::from_millis(10),
+            client_settings: Vec::new(),
+        }
+    }
+
+    fn validate(&self) -> Result<(), LogError> {
+        let bad = |what: &str| Err(LogError::InvalidArgument(format!("kafka backend: {what}")));
+        if self.bootstrap_servers.is_empty() {
+            return bad("bootstrap_servers is empty");
+        }
+        if self.max_batch_records == 0 || self.max_record_bytes == 0 {
+            return bad("max_batch_records and max_record_bytes must be > 0");
+        }
+        if self.max_pending_bytes < self.max_record_bytes
+            || self.max_pending_bytes > u32::MAX as usize
+        {
+            return bad("max_pending_bytes must be in max_record_bytes..=4 GiB");
+        }
+        if self.op_timeout.is_zero() {
+            return bad("op_timeout must be > 0");
+        }
+        // Topic names allow [a-zA-Z0-9._-]; pchannel names are checked at open.
+        if !self.prefix.chars().all(topic_char) {
+            return bad("prefix may only hold ASCII letters, digits, '.', '_' and '-'");
+        }
+        Ok(())
+    }
+
+    fn client(&self) -> ClientConfig {
+        let mut c = ClientConfig::new();
+        c.set("bootstrap.servers", &self.bootstrap_servers)
+            .set("socket.nagle.disable", "true")
+            .set("log_level", "3");
+        for (k, v) in &self.client_settings {
+            c.set(k, v);
+        }
+        c
+    }
+
+    fn consumer(&self, read_ahead: usize) -> ClientConfig {
+        let mut c = self.client();
+        c.set("group.id", format!("{}reader", self.prefix))
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("isolation.level", "read_committed")
+            .set("auto.offset.reset", "earliest")
+            .set(
+                "fetch.wait.max.ms",
+                self.fetch_wait_max.as_millis().clamp(1, 10_000).to_string(),
+            )
+            .set("fetch.error.backoff.ms", "10")
+            .set(
+                "queued.min.messages",
+                read_ahead.clamp(1, 10_000_000).to_string(),
+            );
+        c
+    }
+}
+
+fn topic_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')
+}
+
+/// Opens logs stored in Kafka topics.
+pub struct KafkaProvider {
+    config: Arc<KafkaConfig>,
+    admin: AdminClient<DefaultClientContext>,
+}
+
+impl KafkaProvider {
+    /// A provider for `config` (connects lazily; creates nothing).
+    pub fn new(config: KafkaConfig) -> Result<KafkaProvider, LogError> {
+        config.validate()?;
+        let admin = config
+            .client()
+            .create()
+            .map_err(|e| LogError::InvalidArgument(format!("kafka backend client: {e}")))?;
+        Ok(KafkaProvider {
+            config: Arc::new(config),
+            admin,
+        })
+    }
+
+    /// The topic (and transactional id) of `pchannel`.
+    pub fn topic(&self, pchannel: &PChannel) -> Result<String, LogError> {
+        let topic = format!("{}{}", self.config.prefix, pchannel);
+        if topic.len() > 249 || !topic.chars().all(topic_char) {
+            return Err(LogError::InvalidArgument(format!(
+                "kafka backend: {topic:?} is not a valid topic name"
+            )));
+        }
+        Ok(topic)
+    }
+
+    async fn create_topic(&self, topic: &str) -> Result<(), LogError> {
+        let opts = AdminOptions::new().operation_timeout(Some(self.config.op_timeout));
+        let results = self
+            .admin
+            .create_topics(
+                &[NewTopic::new(topic, 1, TopicReplication::Fixed(1))],
+                &opts,
+            )
+            .await
+            .map_err(|e| unavailable("create topic", e))?;
+        for r in results {
+            match r {
+                Ok(_) => {}
+                Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Err((t, code)) => {
+                    return Err(LogError::Unavailable(format!(
+                        "kafka: create topic {t}: {code}"
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Runs a blocking client call on the blocking pool.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, LogError> + Send + 'static,
+) -> Result<T, LogError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| LogError::Unavailable(format!("kafka client call: {e}")))?
+}
+
+/// What a handle needs to read the newest term of its topic.
+#[derive(Clone)]
+struct Tail {
+    config: ClientConfig,
+    topic: String,
+    timeout: Duration,
+}
+
+impl Tail {
+    async fn term(&self) -> Result<u64, LogError> {
+        let t = self.clone();
+        blocking(move || tail_term(&t.config, &t.topic, t.timeout)).await
+    }
+}
+
+fn fenced(pchannel: &PChannel, term: Term, current: u64) -> LogError {
+    LogError::Fenced {
+        pchannel: pchannel.clone(),
+        term,
+        current: Term(current),
+    }
+}
+
+/// Steps 3–5 of a read-write open (see the module docs): returns the producer that now owns the
+/// pchannel.
+async fn claim(
+    config: &KafkaConfig,
+    tail: &Tail,
+    pchannel: &PChannel,
+    term: Term,
+) -> Result<Arc<FutureProducer>, LogError> {
+    let producer: FutureProducer = config
+        .client()
+        .set("transactional.id", &tail.topic)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "0")
+        .set(
+            "transaction.timeout.ms",
+            config
+                .op_timeout
+                .as_millis()
+                .clamp(1000, 900_000)
+                .to_string(),
+        )
+        .create()
+        .map_err(|e| LogError::InvalidArgument(format!("kafka producer: {e}")))?;
+    let producer = Arc::new(producer);
+    let map = |what: &'static str| {
+        move |e: rdkafka::error::KafkaError| {
+            if is_fence(&e) {
+                fenced(pchannel, term, term.0)
+            } else {
+                unavailable(what, e)
+            }
+        }
+    };
+    let p = producer.clone();
+    let timeout = config.op_timeout;
+    blocking(move || {
+        p.init_transactions(timeout)
+            .map_err(|e| unavailable("init_transactions", e))
+    })
+    .await?;
+    let current = tail.term().await?;
+    if current > term.0 {
+        return Err(fenced(pchannel, term, current));
+    }
+    producer
+        .begin_transaction()
+        .map_err(map("begin_transaction"))?;
+    let fence = record::encode_fence(term.0);
+    let delivery = producer
+        .send_result(
+            FutureRecord::<(), [u8]>::to(&tail.topic)
+                .partition(0)
+                .payload(&fence[..]),
+        )
+        .map_err(|(e, _)| map("produce the term fence")(e))?;
+    match delivery.await {
+        Ok(Ok(_)) => {}
+        Ok(Err((e, _))) => return Err(map("produce the term fence")(e)),
+        Err(_) => return Err(LogError::Unavailable("kafka: term fence canceled".into())),
+    }
+    let p = producer.clone();
+    let committed = blocking(move || Ok(p.commit_transaction(timeout))).await?;
+    if let Err(e) = committed {
+        let current = tail.term().await.unwrap_or(0);
+        if is_fence(&e) || current > term.0 {
+            return Err(fenced(pchannel, term, current.max(term.0)));
+        }
+        return Err(unavailable("commit the term fence", e));
+    }
+    Ok(producer)
+}
+
+#[async_trait]
+impl LogProvider for KafkaProvider {
+    fn backend(&self) -> &'static str {
+        "kafka"
+    }
+
+    async fn open(&self, options: OpenOptions) -> Result<Arc<dyn LogHandle>, LogError> {
+        let topic = self.topic(&options.pchannel)?;
+        self.create_topic(&topic).await?;
+        let tail = Tail {
+            config: self.config.consumer(1),
+            topic: topic.clone(),
+            timeout: self.config.op_timeout,
+        };
+        let cancel = CancellationToken::new();
+        let tasks = TaskTracker::new();
+        let writer = match options.mode {
+            AccessMode::ReadOnly => None,
+            AccessMode::ReadWrite => {
+                let current = tail.term().await?;
+                if current > options.term.0 {
+                    return Err(fenced(&options.pchannel, options.term, current));
+                }
+                let producer = claim(&self.config, &tail, &options.pchannel, options.term).await?;
+                tracing::info!(pchannel = %options.pchannel, term = options.term.0, topic,
+                    "opened kafka log read-write");
+                let t = tail.clone();
+                let w = Arc::new(Writer::new(
+                    producer,
+                    WriterSettings {
+                        topic: topic.clone(),
+                        pchannel: options.pchannel.clone(),
+                        term: options.term,
+                        max_batch_records: self.config.max_batch_records,
+                        max_pending_bytes: self.config.max_pending_bytes,
+                        max_record_bytes: self.config.max_record_bytes,
+                        op_timeout: self.config.op_timeout,
+                    },
+                    Box::new(move || {
+                        let t = t.clone();
+                        Box::pin(async move { t.term().await.unwrap_or(0) })
+                    }),
+                ));
+                tasks.spawn(w.clone().run(cancel.clone()));
+                Some(w)
+            }
+        };
+        Ok(Arc::new(KafkaHandle {
+            options,
+            config: self.config.clone(),
+            topic,
+            tail,
+            writer,
+            closed: AtomicBool::new(false),
+            cancel,
+            tasks,
+        }))
+    }
+}
+
+struct KafkaHandle {
+    options: OpenOptions,
+    config: Arc<KafkaConfig>,
+    topic: String,
+    tail: Tail,
+    writer: Option<Arc<Writer>>,
+    closed: AtomicBool,
+    cancel: CancellationToken,
+    tasks: TaskTracker,
+}
+
+impl KafkaHandle {
+    fn writer(&self) -> Result<&Arc<Writer>, LogError> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(LogError::Closed);
+        }
+        self.writer
+            .as_ref()
+            .ok_or_else(|| LogError::ReadOnly(self.options.pchannel.clone()))
+    }
+}
+
+#[async_trait]
+impl LogHandle for KafkaHandle {
+    fn pchannel(&self) -> &PChannel {
+        &self.options.pchannel
+    }
+
+    fn term(&self) -> Term {
+        self.options.term
+    }
+
+    fn mode(&self) -> AccessMode {
+        self.options.mode
+    }
+
+    async fn enqueue(&self, message: MutableMessage) -> Result<AppendFuture, LogError> {
+        self.writer()?.enqueue(message, &self.cancel).await
+    }
+
+    async fn read(&self, options: ReadOptions) -> Result<LogStream, LogError> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(LogError::Closed);
+        }
+        let read_ahead = options.effective_read_ahead();
+        let consumer: StreamConsumer = self
+            .config
+            .consumer(read_ahead)
+            .create()
+            .map_err(|e| unavailable("create consumer", e))?;
+        let offset = match options.policy {
+            DeliverPolicy::All => Offset::Beginning,
+            DeliverPolicy::StartFrom(id) => start_offset(id, 0)?,
+            DeliverPolicy::StartAfter(id) => start_offset(id, 1)?,
+            DeliverPolicy::Latest => {
+                let (topic, timeout) = (self.topic.clone(), self.config.op_timeout);
+                let (consumer, end) = blocking(move || {
+                    let (_, high) = consumer
+                        .fetch_watermarks(&topic, 0, timeout)
+                        .map_err(|e| unavailable("watermarks", e))?;
+                    Ok((consumer, high))
+                })
+                .await?;
+                return self.start_reader(consumer, Offset::Offset(end), read_ahead);
+            }
+        };
+        self.start_reader(consumer, offset, read_ahead)
+    }
+
+    async fn truncate(&self, _up_to: MessageId) -> Result<(), LogError> {
+        let writer = self.writer()?;
+        if let Some(e) = writer.failure() {
+            return Err(e);
+        }
+        let current = self.tail.term().await?;
+        if current > self.options.term.0 {
+            let e = fenced(&self.options.pchannel, self.options.term, current);
+            writer.fail(e.clone());
+            return Err(e);
+        }
+        // Nothing to delete: see the module docs, "Truncation".
+        Ok(())
+    }
+
+    async fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        if let Some(w) = &self.writer {
+            w.fail(LogError::Closed);
+        }
+        self.cancel.cancel();
+        self.tasks.close();
+        self.tasks.wait().await;
+    }
+}
+
+impl KafkaHandle {
+    fn start_reader(
+        &self,
+        consumer: StreamConsumer,
+        offset: Offset,
+        read_ahead: usize,
+    ) -> Result<LogStream, LogError> {
+        assign(&consumer, &self.topic, offset)?;
+        let (tx, rx) = mpsc::channel(read_ahead);
+        let stop = self.cancel.child_token();
+        let guard = stop.clone().drop_guard();
+        let tasks = self.tasks.clone();
+        let topic = self.topic.clone();
+        self.tasks.spawn(async move {
+            let consumer = reader::run(consumer, topic, tx, stop).await;
+            // Closing a client waits for its threads: not on the runtime's workers.
+            tasks.spawn_blocking(move || drop(consumer));
+        });
+        Ok(LogStream::new(rx, Some(guard)))
+    }
+}
+
+fn start_offset(id: MessageId, plus: u64) -> Result<Offset, LogError> {
+    id.lo()
+        .checked_add(plus)
+        .and_then(|o| i64::try_from(o).ok())
+        .filter(|_| id.hi() == 0)
+        .map(Offset::Offset)
+        .ok_or_else(|| LogError::InvalidArgument(format!("{id} is not a kafka offset")))
+}
+
+impl Drop for KafkaHandle {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+    }
+}
