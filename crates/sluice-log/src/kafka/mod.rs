@@ -59,6 +59,7 @@
 //! fence cut off, a failed batch), so this does not break the contract — a reader may see a
 //! record whose append failed — but on such a broker a failed append can still show up in reads.
 
+mod fence;
 mod reader;
 mod record;
 mod writer;
@@ -73,15 +74,16 @@ use rdkafka::Offset;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::types::RDKafkaErrorCode;
 use sluice_types::{MessageId, MutableMessage, PChannel, Term};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use self::reader::{assign, tail_term, unavailable};
-use self::writer::{Writer, WriterSettings, is_fence};
+use self::fence::{Fencing, blocking};
+use self::reader::{assign, unavailable};
+use self::record::Owner;
+use self::writer::{Writer, WriterSettings};
 use crate::{
     AccessMode, AppendFuture, DeliverPolicy, LogError, LogHandle, LogProvider, LogStream,
     OpenOptions, ReadOptions,
@@ -107,6 +109,11 @@ pub struct KafkaConfig {
     /// How long the broker may hold a fetch of a caught-up reader (`fetch.wait.max.ms`):
     /// the tailing latency. Default 10 ms.
     pub fetch_wait_max: Duration,
+    /// How long a writer whose producer was fenced waits for the fencer's records before it
+    /// concludes that the fencer was a stale opener (which fails without writing) and claims
+    /// the pchannel back; also how long an open whose own fence was cut off waits before it
+    /// tries again. Default 3 s.
+    pub reclaim_wait: Duration,
     /// Extra librdkafka settings for every client (producers and consumers).
     pub client_settings: Vec<(String, String)>,
 }
@@ -122,6 +129,7 @@ impl KafkaConfig {
             max_record_bytes: 1000 << 10,
             op_timeout: Duration::from_secs(30),
             fetch_wait_max: Duration::from_millis(10),
+            reclaim_wait: Duration::from_secs(3),
             client_settings: Vec::new(),
         }
     }
@@ -175,6 +183,19 @@ impl KafkaConfig {
             .set(
                 "queued.min.messages",
                 read_ahead.clamp(1, 10_000_000).to_string(),
+            );
+        c
+    }
+
+    fn producer(&self, transactional_id: &str) -> ClientConfig {
+        let mut c = self.client();
+        c.set("transactional.id", transactional_id)
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("linger.ms", "0")
+            .set(
+                "transaction.timeout.ms",
+                self.op_timeout.as_millis().clamp(1000, 900_000).to_string(),
             );
         c
     }
@@ -240,111 +261,6 @@ impl KafkaProvider {
     }
 }
 
-/// Runs a blocking client call on the blocking pool.
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, LogError> + Send + 'static,
-) -> Result<T, LogError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| LogError::Unavailable(format!("kafka client call: {e}")))?
-}
-
-/// What a handle needs to read the newest term of its topic.
-#[derive(Clone)]
-struct Tail {
-    config: ClientConfig,
-    topic: String,
-    timeout: Duration,
-}
-
-impl Tail {
-    async fn term(&self) -> Result<u64, LogError> {
-        let t = self.clone();
-        blocking(move || tail_term(&t.config, &t.topic, t.timeout)).await
-    }
-}
-
-fn fenced(pchannel: &PChannel, term: Term, current: u64) -> LogError {
-    LogError::Fenced {
-        pchannel: pchannel.clone(),
-        term,
-        current: Term(current),
-    }
-}
-
-/// Steps 3–5 of a read-write open (see the module docs): returns the producer that now owns the
-/// pchannel.
-async fn claim(
-    config: &KafkaConfig,
-    tail: &Tail,
-    pchannel: &PChannel,
-    term: Term,
-) -> Result<Arc<FutureProducer>, LogError> {
-    let producer: FutureProducer = config
-        .client()
-        .set("transactional.id", &tail.topic)
-        .set("enable.idempotence", "true")
-        .set("acks", "all")
-        .set("linger.ms", "0")
-        .set(
-            "transaction.timeout.ms",
-            config
-                .op_timeout
-                .as_millis()
-                .clamp(1000, 900_000)
-                .to_string(),
-        )
-        .create()
-        .map_err(|e| LogError::InvalidArgument(format!("kafka producer: {e}")))?;
-    let producer = Arc::new(producer);
-    let map = |what: &'static str| {
-        move |e: rdkafka::error::KafkaError| {
-            if is_fence(&e) {
-                fenced(pchannel, term, term.0)
-            } else {
-                unavailable(what, e)
-            }
-        }
-    };
-    let p = producer.clone();
-    let timeout = config.op_timeout;
-    blocking(move || {
-        p.init_transactions(timeout)
-            .map_err(|e| unavailable("init_transactions", e))
-    })
-    .await?;
-    let current = tail.term().await?;
-    if current > term.0 {
-        return Err(fenced(pchannel, term, current));
-    }
-    producer
-        .begin_transaction()
-        .map_err(map("begin_transaction"))?;
-    let fence = record::encode_fence(term.0);
-    let delivery = producer
-        .send_result(
-            FutureRecord::<(), [u8]>::to(&tail.topic)
-                .partition(0)
-                .payload(&fence[..]),
-        )
-        .map_err(|(e, _)| map("produce the term fence")(e))?;
-    match delivery.await {
-        Ok(Ok(_)) => {}
-        Ok(Err((e, _))) => return Err(map("produce the term fence")(e)),
-        Err(_) => return Err(LogError::Unavailable("kafka: term fence canceled".into())),
-    }
-    let p = producer.clone();
-    let committed = blocking(move || Ok(p.commit_transaction(timeout))).await?;
-    if let Err(e) = committed {
-        let current = tail.term().await.unwrap_or(0);
-        if is_fence(&e) || current > term.0 {
-            return Err(fenced(pchannel, term, current.max(term.0)));
-        }
-        return Err(unavailable("commit the term fence", e));
-    }
-    Ok(producer)
-}
-
 #[async_trait]
 impl LogProvider for KafkaProvider {
     fn backend(&self) -> &'static str {
@@ -354,39 +270,40 @@ impl LogProvider for KafkaProvider {
     async fn open(&self, options: OpenOptions) -> Result<Arc<dyn LogHandle>, LogError> {
         let topic = self.topic(&options.pchannel)?;
         self.create_topic(&topic).await?;
-        let tail = Tail {
-            config: self.config.consumer(1),
+        let fencing = Arc::new(Fencing {
+            pchannel: options.pchannel.clone(),
             topic: topic.clone(),
-            timeout: self.config.op_timeout,
-        };
+            me: Owner {
+                term: options.term.0,
+                nonce: rand::random::<u64>() | 1,
+            },
+            producer_config: self.config.producer(&topic),
+            consumer_config: self.config.consumer(1),
+            op_timeout: self.config.op_timeout,
+            reclaim_wait: self.config.reclaim_wait,
+        });
         let cancel = CancellationToken::new();
         let tasks = TaskTracker::new();
         let writer = match options.mode {
             AccessMode::ReadOnly => None,
             AccessMode::ReadWrite => {
-                let current = tail.term().await?;
-                if current > options.term.0 {
-                    return Err(fenced(&options.pchannel, options.term, current));
+                // A stale open is refused before it touches anything.
+                let newest = fencing.newest().await?;
+                if newest.term > options.term.0 {
+                    return Err(fencing.fenced(newest));
                 }
-                let producer = claim(&self.config, &tail, &options.pchannel, options.term).await?;
+                let producer = fencing.claim(false).await?;
                 tracing::info!(pchannel = %options.pchannel, term = options.term.0, topic,
                     "opened kafka log read-write");
-                let t = tail.clone();
                 let w = Arc::new(Writer::new(
+                    fencing.clone(),
                     producer,
                     WriterSettings {
-                        topic: topic.clone(),
-                        pchannel: options.pchannel.clone(),
-                        term: options.term,
                         max_batch_records: self.config.max_batch_records,
                         max_pending_bytes: self.config.max_pending_bytes,
                         max_record_bytes: self.config.max_record_bytes,
                         op_timeout: self.config.op_timeout,
                     },
-                    Box::new(move || {
-                        let t = t.clone();
-                        Box::pin(async move { t.term().await.unwrap_or(0) })
-                    }),
                 ));
                 tasks.spawn(w.clone().run(cancel.clone()));
                 Some(w)
@@ -396,7 +313,7 @@ impl LogProvider for KafkaProvider {
             options,
             config: self.config.clone(),
             topic,
-            tail,
+            fencing,
             writer,
             closed: AtomicBool::new(false),
             cancel,
@@ -409,7 +326,7 @@ struct KafkaHandle {
     options: OpenOptions,
     config: Arc<KafkaConfig>,
     topic: String,
-    tail: Tail,
+    fencing: Arc<Fencing>,
     writer: Option<Arc<Writer>>,
     closed: AtomicBool,
     cancel: CancellationToken,
@@ -479,9 +396,9 @@ impl LogHandle for KafkaHandle {
         if let Some(e) = writer.failure() {
             return Err(e);
         }
-        let current = self.tail.term().await?;
-        if current > self.options.term.0 {
-            let e = fenced(&self.options.pchannel, self.options.term, current);
+        let newest = self.fencing.newest().await?;
+        if self.fencing.beaten(newest, true) {
+            let e = self.fencing.fenced(newest);
             writer.fail(e.clone());
             return Err(e);
         }

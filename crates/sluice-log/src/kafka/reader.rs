@@ -2,8 +2,8 @@
 //!
 //! A reader is a `read_committed` consumer assigned (no group, no commits) to partition 0 at the
 //! policy's offset; a task moves its records into the stream's channel, skipping term fences.
-//! `tail_term` reads the newest record of a topic (scanning back from the end in growing
-//! windows, since transaction markers occupy offsets) and returns its writer's term.
+//! [`tail_owner`] reads the newest record of a topic (scanning back from the end in growing
+//! windows, since transaction markers occupy offsets) and returns its writer.
 
 use std::time::{Duration, Instant};
 
@@ -15,7 +15,7 @@ use sluice_types::{ImmutableMessage, MessageId};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::record::{self, Record};
+use super::record::{self, Owner, Record};
 use crate::LogError;
 
 /// Maps a client error to a (transient) backend error.
@@ -31,9 +31,13 @@ pub fn assign(consumer: &impl Consumer, topic: &str, offset: Offset) -> Result<(
     consumer.assign(&tpl).map_err(|e| unavailable("assign", e))
 }
 
-/// The term of the newest record in `topic` (0 for an empty topic) and the end offset it read
-/// up to. Blocking: call it from a blocking thread.
-pub fn tail_term(config: &ClientConfig, topic: &str, timeout: Duration) -> Result<u64, LogError> {
+/// The owner of the newest record in `topic` (the default owner, term 0, for an empty topic).
+/// Blocking: call it from a blocking thread.
+pub fn tail_owner(
+    config: &ClientConfig,
+    topic: &str,
+    timeout: Duration,
+) -> Result<Owner, LogError> {
     let consumer: BaseConsumer = config
         .clone()
         .set("enable.partition.eof", "true")
@@ -62,7 +66,7 @@ pub fn tail_term(config: &ClientConfig, topic: &str, timeout: Duration) -> Resul
                         break;
                     }
                     let r = record::decode(|| format!("{topic}@{}", m.offset()), m.payload())?;
-                    last = Some(r.term());
+                    last = Some(r.owner());
                     if m.offset() >= end - 1 {
                         break;
                     }
@@ -71,13 +75,13 @@ pub fn tail_term(config: &ClientConfig, topic: &str, timeout: Duration) -> Resul
                 Some(Err(e)) => return Err(unavailable("read the end of the log", e)),
             }
         }
-        if let Some(term) = last {
-            return Ok(term);
+        if let Some(owner) = last {
+            return Ok(owner);
         }
         end = start;
         window = window.saturating_mul(4);
     }
-    Ok(0)
+    Ok(Owner::default())
 }
 
 /// One read: moves records from `consumer` into `tx` until `stop`, the receiver is dropped, or

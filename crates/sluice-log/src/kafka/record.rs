@@ -5,12 +5,13 @@
 //!  4     version (1)
 //!  5     kind: 1 = data, 2 = term fence
 //!  6..14 the writer's term (u64 LE)
-//!  14..  data: one codec frame (sluice_types::codec, with its own checksum); fence: nothing
+//!  14..22 the writer's nonce (u64 LE): random per read-write open, tells same-term opens apart
+//!  22..  data: one codec frame (sluice_types::codec, with its own checksum); fence: nothing
 //! ```
 //!
-//! Every record carries its writer's term, so the newest record of a topic tells the highest
-//! term that wrote it (see the fencing rules in the module above). Anything else in the topic is
-//! foreign: decoding it is [`LogError::Corrupted`], never a panic.
+//! Every record carries its writer's [`Owner`], so the newest record of a topic tells who wrote
+//! last (see the fencing rules in the module above). Anything else in the topic is foreign:
+//! decoding it is [`LogError::Corrupted`], never a panic.
 
 use sluice_types::codec::{decode_message, encode_message};
 use sluice_types::message::Message;
@@ -22,53 +23,63 @@ const VERSION: u8 = 1;
 const KIND_DATA: u8 = 1;
 const KIND_FENCE: u8 = 2;
 /// Bytes before a data record's codec frame.
-pub const HEADER_LEN: usize = 14;
+pub const HEADER_LEN: usize = 22;
+
+/// Who wrote a record: a read-write open's term and nonce.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Owner {
+    /// The term.
+    pub term: u64,
+    /// Random per read-write open.
+    pub nonce: u64,
+}
 
 /// A decoded record value.
 #[derive(Debug)]
 pub enum Record {
     /// A message written at `term`.
     Data {
-        /// The writer's term.
-        term: u64,
+        /// The writer.
+        owner: Owner,
         /// The message.
         message: Message,
     },
-    /// The term fence a read-write open at `term` wrote.
+    /// The term fence a read-write open wrote.
     Fence {
-        /// The opener's term.
-        term: u64,
+        /// The opener.
+        owner: Owner,
     },
 }
 
 impl Record {
-    /// The term of the writer of this record.
-    pub fn term(&self) -> u64 {
+    /// The writer of this record.
+    pub fn owner(&self) -> Owner {
         match self {
-            Record::Data { term, .. } | Record::Fence { term } => *term,
+            Record::Data { owner, .. } | Record::Fence { owner } => *owner,
         }
     }
 }
 
-fn header(kind: u8, term: u64, out: &mut Vec<u8>) {
+fn header(kind: u8, owner: Owner, out: &mut Vec<u8>) {
     out.extend_from_slice(&MAGIC);
     out.push(VERSION);
     out.push(kind);
-    out.extend_from_slice(&term.to_le_bytes());
+    out.extend_from_slice(&owner.term.to_le_bytes());
+    out.extend_from_slice(&owner.nonce.to_le_bytes());
 }
 
 /// Encodes a data record.
-pub fn encode_data(term: u64, message: &Message) -> Result<Vec<u8>, LogError> {
+pub fn encode_data(owner: Owner, message: &Message) -> Result<Vec<u8>, LogError> {
     let mut out = Vec::with_capacity(HEADER_LEN + sluice_types::codec::encoded_len(message));
-    header(KIND_DATA, term, &mut out);
+    header(KIND_DATA, owner, &mut out);
     encode_message(message, &mut out)?;
     Ok(out)
 }
 
 /// Encodes a term fence.
-pub fn encode_fence(term: u64) -> Vec<u8> {
+pub fn encode_fence(owner: Owner) -> Vec<u8> {
     let mut out = Vec::with_capacity(HEADER_LEN);
-    header(KIND_FENCE, term, &mut out);
+    header(KIND_FENCE, owner, &mut out);
     out
 }
 
@@ -90,18 +101,24 @@ pub fn decode(location: impl Fn() -> String, value: Option<&[u8]>) -> Result<Rec
     if head[4] != VERSION {
         return Err(corrupted("unknown record version"));
     }
-    let mut term = [0u8; 8];
-    term.copy_from_slice(&head[6..14]);
-    let term = u64::from_le_bytes(term);
+    let u64_at = |at: usize| {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&head[at..at + 8]);
+        u64::from_le_bytes(b)
+    };
+    let owner = Owner {
+        term: u64_at(6),
+        nonce: u64_at(14),
+    };
     match head[5] {
         KIND_DATA => {
             let (message, len) = decode_message(body)?;
             if len != body.len() {
                 return Err(corrupted("bytes after the message"));
             }
-            Ok(Record::Data { term, message })
+            Ok(Record::Data { owner, message })
         }
-        KIND_FENCE if body.is_empty() => Ok(Record::Fence { term }),
+        KIND_FENCE if body.is_empty() => Ok(Record::Fence { owner }),
         KIND_FENCE => Err(corrupted("bytes after a term fence")),
         _ => Err(corrupted("unknown record kind")),
     }
@@ -125,18 +142,20 @@ mod tests {
 
     #[test]
     fn data_and_fence_round_trip() {
-        let data = encode_data(7, &msg()).expect("encode");
+        let owner = Owner { term: 7, nonce: 11 };
+        let data = encode_data(owner, &msg()).expect("encode");
         match decode(|| "x".into(), Some(&data)).expect("decode") {
-            Record::Data { term, message } => {
-                assert_eq!(term, 7);
+            Record::Data { owner: o, message } => {
+                assert_eq!(o, owner);
                 assert_eq!(message.payload(), &b"hello"[..]);
             }
             other => panic!("decoded {other:?}"),
         }
-        let fence = encode_fence(9);
+        let owner = Owner { term: 9, nonce: 3 };
+        let fence = encode_fence(owner);
         assert!(matches!(
             decode(|| "f".into(), Some(&fence)),
-            Ok(Record::Fence { term: 9 })
+            Ok(Record::Fence { owner: o }) if o == owner
         ));
     }
 
@@ -145,16 +164,18 @@ mod tests {
         for v in [
             &b""[..],
             b"hello",
-            b"SLKF\x01\x03aaaaaaaa",
-            b"SLKF\x02\x01aaaaaaaa",
+            b"SLKF\x01\x03aaaaaaaabbbbbbbb",
+            b"SLKF\x02\x01aaaaaaaabbbbbbbb",
+            b"SLKF\x01\x02aaaaaaaabbbbbbbbc",
+            b"SLKF\x01\x01aaaaaaaabbbbbbbb",
         ] {
             assert!(matches!(
                 decode(|| "x".into(), Some(v)),
-                Err(LogError::Corrupted { .. })
+                Err(LogError::Corrupted { .. } | LogError::Codec(_))
             ));
         }
         assert!(decode(|| "x".into(), None).is_err());
-        let mut data = encode_data(1, &msg()).expect("encode");
+        let mut data = encode_data(Owner::default(), &msg()).expect("encode");
         data.push(0);
         assert!(decode(|| "x".into(), Some(&data)).is_err());
     }
@@ -169,7 +190,7 @@ mod tests {
         /// A damaged data record is an error, never a different message.
         #[test]
         fn flipped_bits_are_detected(at in HEADER_LEN..40usize, bit in 0..8u8) {
-            let good = encode_data(3, &msg()).expect("encode");
+            let good = encode_data(Owner { term: 3, nonce: 1 }, &msg()).expect("encode");
             let mut bad = good.clone();
             let at = at.min(bad.len() - 1);
             bad[at] ^= 1 << bit;

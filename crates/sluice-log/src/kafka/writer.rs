@@ -9,10 +9,14 @@
 //!
 //! One transaction is in flight at a time; records that arrive meanwhile form the next one, so
 //! the batch grows with the load. A record is acknowledged only after its transaction committed,
-//! so it is durable (`acks=all`) and visible to `read_committed` readers. A fence (the broker
-//! rejects this producer's epoch) fails the batch and every later append with
-//! [`LogError::Fenced`]; any other fatal producer error fails them with that error. A batch that
-//! fails with an abortable error is aborted and its appends fail; later batches go on.
+//! so it is durable (`acks=all`) and visible to `read_committed` readers.
+//!
+//! When the broker rejects this producer's epoch, the writer reads the newest record back
+//! ([`Fencing::watch`]): a higher term's (or a later same-term open's) means the batch and every
+//! later append fail [`LogError::Fenced`]; none within `reclaim_wait` means a stale opener bumped
+//! the epoch and then failed, so the writer claims the pchannel again with a new producer and the
+//! batch fails with a retryable [`LogError::Unavailable`]. A batch that fails with an abortable
+//! error is aborted, its appends fail `Unavailable`, and later batches go on.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,26 +25,13 @@ use futures::future::join_all;
 use parking_lot::Mutex;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
-use sluice_types::{MessageId, MutableMessage, PChannel, Term};
+use sluice_types::{MessageId, MutableMessage};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
+use super::fence::{Fencing, is_fence, is_fence_code};
 use super::record;
 use crate::{AppendFuture, LogError};
-
-/// Whether a Kafka error means that a newer producer of the same transactional id took over.
-pub fn is_fence(e: &KafkaError) -> bool {
-    e.rdkafka_error_code().is_some_and(is_fence_code)
-}
-
-fn is_fence_code(code: RDKafkaErrorCode) -> bool {
-    matches!(
-        code,
-        RDKafkaErrorCode::ProducerFenced
-            | RDKafkaErrorCode::InvalidProducerEpoch
-            | RDKafkaErrorCode::Fenced
-    )
-}
 
 /// Whether the producer can no longer be used.
 fn is_fatal(e: &KafkaError) -> bool {
@@ -58,12 +49,6 @@ struct Pending {
 
 /// What the writer needs to know about its log.
 pub struct WriterSettings {
-    /// The topic.
-    pub topic: String,
-    /// The pchannel (for errors).
-    pub pchannel: PChannel,
-    /// The handle's term.
-    pub term: Term,
     /// Records per transaction at most.
     pub max_batch_records: usize,
     /// Encoded bytes accepted but not yet acknowledged before `enqueue` waits.
@@ -76,32 +61,31 @@ pub struct WriterSettings {
 
 /// The writer of one read-write handle.
 pub struct Writer {
-    producer: Arc<FutureProducer>,
+    fencing: Arc<Fencing>,
+    producer: Mutex<Arc<FutureProducer>>,
     settings: WriterSettings,
     queue: mpsc::UnboundedSender<Pending>,
     rx: Mutex<Option<mpsc::UnboundedReceiver<Pending>>>,
     permits: Arc<Semaphore>,
     failure: Mutex<Option<LogError>>,
-    /// Finds the highest term in the log when a fence is reported (for `Fenced::current`).
-    current_term: Box<dyn Fn() -> futures::future::BoxFuture<'static, u64> + Send + Sync>,
 }
 
 impl Writer {
-    /// A writer over a producer that has initialised its transactions.
+    /// A writer over the producer that claimed the pchannel.
     pub fn new(
+        fencing: Arc<Fencing>,
         producer: Arc<FutureProducer>,
         settings: WriterSettings,
-        current_term: Box<dyn Fn() -> futures::future::BoxFuture<'static, u64> + Send + Sync>,
     ) -> Writer {
         let (queue, rx) = mpsc::unbounded_channel();
         Writer {
-            producer,
+            fencing,
+            producer: Mutex::new(producer),
             permits: Arc::new(Semaphore::new(settings.max_pending_bytes)),
             settings,
             queue,
             rx: Mutex::new(Some(rx)),
             failure: Mutex::new(None),
-            current_term,
         }
     }
 
@@ -127,7 +111,7 @@ impl Writer {
         if let Some(e) = self.failure() {
             return Err(e);
         }
-        let value = record::encode_data(self.settings.term.0, &message.into_message())?;
+        let value = record::encode_data(self.fencing.me, &message.into_message())?;
         if value.len() > self.settings.max_record_bytes {
             return Err(LogError::InvalidArgument(format!(
                 "record of {} bytes is larger than the kafka backend's limit of {} bytes",
@@ -213,14 +197,15 @@ impl Writer {
     }
 
     async fn try_commit(&self, values: &[&[u8]]) -> Result<Vec<MessageId>, KafkaError> {
-        self.producer.begin_transaction()?;
+        let producer = self.producer.lock().clone();
+        producer.begin_transaction()?;
         let mut deliveries = Vec::with_capacity(values.len());
         let mut send_error = None;
         for v in values {
-            let rec = FutureRecord::<(), [u8]>::to(&self.settings.topic)
+            let rec = FutureRecord::<(), [u8]>::to(&self.fencing.topic)
                 .partition(0)
                 .payload(v);
-            match self.producer.send_result(rec) {
+            match producer.send_result(rec) {
                 Ok(d) => deliveries.push(d),
                 Err((e, _)) => {
                     send_error = Some(e);
@@ -249,59 +234,68 @@ impl Writer {
             }
         }
         if let Some(e) = first_error {
-            self.abort().await;
+            self.abort(&producer).await;
             return Err(e);
         }
-        let producer = self.producer.clone();
+        let p = producer.clone();
         let timeout = self.settings.op_timeout;
-        let committed = tokio::task::spawn_blocking(move || producer.commit_transaction(timeout))
+        let committed = tokio::task::spawn_blocking(move || p.commit_transaction(timeout))
             .await
             .unwrap_or(Err(KafkaError::Canceled));
         if let Err(e) = committed {
-            self.abort().await;
+            self.abort(&producer).await;
             return Err(e);
         }
         Ok(ids)
     }
 
     /// Aborts the open transaction, if the producer still can (a fenced one cannot).
-    async fn abort(&self) {
-        let producer = self.producer.clone();
+    async fn abort(&self, producer: &Arc<FutureProducer>) {
+        if producer.client().fatal_error().is_some() {
+            return;
+        }
+        let producer = producer.clone();
         let timeout = self.settings.op_timeout;
         let r = tokio::task::spawn_blocking(move || producer.abort_transaction(timeout)).await;
         if let Ok(Err(e)) = r {
-            tracing::debug!(pchannel = %self.settings.pchannel, error = %e, "abort_transaction failed");
+            tracing::debug!(pchannel = %self.fencing.pchannel, error = %e, "abort_transaction failed");
         }
     }
 
-    /// Turns a failed transaction into the error its appends get. A fence — the broker's
-    /// answer, or (read back) a higher term at the end of the log — fails the writer for good,
-    /// as does any other fatal producer error.
+    /// Turns a failed transaction into the error its appends get (see the module docs).
     async fn classify(&self, e: KafkaError) -> LogError {
-        let pchannel = &self.settings.pchannel;
-        let fatal_fence = self
-            .producer
-            .client()
-            .fatal_error()
-            .is_some_and(|(code, _)| is_fence_code(code));
-        let current = (self.current_term)().await;
-        if is_fence(&e) || fatal_fence || current > self.settings.term.0 {
-            let current = current.max(self.settings.term.0);
-            let fenced = LogError::Fenced {
-                pchannel: pchannel.clone(),
-                term: self.settings.term,
-                current: Term(current),
+        let pchannel = &self.fencing.pchannel;
+        let fatal = self.producer.lock().client().fatal_error();
+        let fenced = is_fence(&e) || fatal.as_ref().is_some_and(|(code, _)| is_fence_code(*code));
+        if !fenced && fatal.is_none() && !is_fatal(&e) {
+            // Abortable or transient: this producer goes on, unless a winner shows up.
+            return match self.fencing.newest().await {
+                Ok(newest) if self.fencing.beaten(newest, true) => {
+                    let f = self.fencing.fenced(newest);
+                    self.fail(f.clone());
+                    f
+                }
+                _ => LogError::Unavailable(format!("kafka transaction on {pchannel}: {e}")),
             };
-            tracing::info!(%pchannel, term = self.settings.term.0, current, error = %e,
-                "kafka writer fenced");
-            self.fail(fenced.clone());
-            return fenced;
         }
-        let error = LogError::Unavailable(format!("kafka transaction on {pchannel}: {e}"));
-        if is_fatal(&e) || self.producer.client().fatal_error().is_some() {
-            tracing::warn!(%pchannel, error = %e, "kafka producer failed for good");
-            self.fail(error.clone());
+        tracing::info!(%pchannel, term = self.fencing.me.term, fenced, error = %e,
+            "kafka producer can no longer write");
+        if fenced && let Err(f) = self.fencing.watch(true).await {
+            self.fail(f.clone());
+            return f;
         }
-        error
+        match self.fencing.claim(true).await {
+            Ok(p) => {
+                *self.producer.lock() = p;
+                LogError::Unavailable(format!(
+                    "kafka transaction on {pchannel} was cut off ({e}); the pchannel was claimed \
+                     back, retry"
+                ))
+            }
+            Err(f) => {
+                self.fail(f.clone());
+                f
+            }
+        }
     }
 }
