@@ -34,6 +34,15 @@ pub fn is_fence(e: &KafkaError) -> bool {
     e.rdkafka_error_code().is_some_and(is_fence_code)
 }
 
+/// Whether `producer` failed for good because a newer producer of its transactional id took
+/// over (its pending requests then fail with other errors, e.g. purged).
+pub fn is_fenced(producer: &FutureProducer) -> bool {
+    producer
+        .client()
+        .fatal_error()
+        .is_some_and(|(code, _)| is_fence_code(code))
+}
+
 /// Runs a blocking client call on the blocking pool.
 pub async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, LogError> + Send + 'static,
@@ -95,6 +104,11 @@ impl Fencing {
     /// see who did it ([`Fencing::watch`]) and tries again if it was not a winner.
     pub async fn claim(&self, opened: bool) -> Result<Arc<FutureProducer>, LogError> {
         for _ in 0..CLAIM_ATTEMPTS {
+            // Refuse before bumping the epoch when a winner is already visible.
+            let newest = self.newest().await?;
+            if self.beaten(newest, opened) {
+                return Err(self.fenced(newest));
+            }
             let producer: FutureProducer = self
                 .producer_config
                 .create()
@@ -112,7 +126,7 @@ impl Fencing {
             }
             match self.commit_fence(&producer).await {
                 Ok(()) => return Ok(producer),
-                Err(e) if is_fence(&e) => self.watch(opened).await?,
+                Err(e) if is_fence(&e) || is_fenced(&producer) => self.watch(opened).await?,
                 Err(e) => return Err(unavailable("commit the term fence", e)),
             }
         }

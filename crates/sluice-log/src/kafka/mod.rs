@@ -183,7 +183,10 @@ impl KafkaConfig {
             .set(
                 "queued.min.messages",
                 read_ahead.clamp(1, 10_000_000).to_string(),
-            );
+            )
+            // librdkafka waits this long before fetching again once its queue holds
+            // `queued.min.messages` (default 1 s): a caught-up reader refetches quickly.
+            .set("fetch.queue.backoff.ms", "5");
         c
     }
 

@@ -31,16 +31,19 @@ pub fn assign(consumer: &impl Consumer, topic: &str, offset: Offset) -> Result<(
     consumer.assign(&tpl).map_err(|e| unavailable("assign", e))
 }
 
-/// The owner of the newest record in `topic` (the default owner, term 0, for an empty topic).
-/// Blocking: call it from a blocking thread.
+/// The owner of the newest record written to `topic`, committed or not (the default owner,
+/// term 0, for an empty topic). Blocking: call it from a blocking thread.
 pub fn tail_owner(
     config: &ClientConfig,
     topic: &str,
     timeout: Duration,
 ) -> Result<Owner, LogError> {
+    // Uncommitted records count too: only the producer holding the current epoch can write
+    // them, and a read_committed consumer would wait at an open transaction.
     let consumer: BaseConsumer = config
         .clone()
         .set("enable.partition.eof", "true")
+        .set("isolation.level", "read_uncommitted")
         .create()
         .map_err(|e| unavailable("create consumer", e))?;
     let (low, high) = consumer

@@ -29,7 +29,7 @@ use sluice_types::{MessageId, MutableMessage};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use super::fence::{Fencing, is_fence, is_fence_code};
+use super::fence::{Fencing, is_fence, is_fenced};
 use super::record;
 use crate::{AppendFuture, LogError};
 
@@ -40,6 +40,21 @@ fn is_fatal(e: &KafkaError) -> bool {
         _ => false,
     }
 }
+
+/// Times a batch is written again after the writer claimed its pchannel back.
+const RECLAIM_RETRIES: usize = 3;
+
+/// What a failed transaction leads to.
+enum Outcome {
+    /// The producer was fenced by an opener that did not take over, and a new producer claimed
+    /// the pchannel back: the batch may be written again.
+    Reclaimed,
+    /// The batch fails with this error.
+    Failed(LogError),
+}
+
+/// How long a transaction may take before the writer starts looking for a winner.
+const COMMIT_WATCH_AFTER: Duration = Duration::from_secs(1);
 
 struct Pending {
     value: Vec<u8>,
@@ -190,9 +205,46 @@ impl Writer {
 
     /// Writes `values` in one transaction; returns their ids once it committed.
     async fn commit_batch(&self, values: &[&[u8]]) -> Result<Vec<MessageId>, LogError> {
-        match self.try_commit(values).await {
-            Ok(ids) => Ok(ids),
-            Err(e) => Err(self.classify(e).await),
+        for _ in 0..RECLAIM_RETRIES {
+            let attempt = self.try_commit(values);
+            tokio::pin!(attempt);
+            let result = tokio::select! {
+                r = &mut attempt => r,
+                // A transaction cut off by a newer producer may hang instead of failing (Tansu
+                // answers some requests of a fenced epoch with retriable errors): once a winner
+                // is visible, the batch fails at once. Its commit can no longer succeed, and not
+                // acknowledging is always safe.
+                fenced = self.winner_while_committing() => {
+                    self.fail(fenced.clone());
+                    return Err(fenced);
+                }
+            };
+            match result {
+                Ok(ids) => return Ok(ids),
+                Err(e) => match self.classify(e).await {
+                    // The cut-off transaction was aborted: write the batch again.
+                    Outcome::Reclaimed => continue,
+                    Outcome::Failed(e) => return Err(e),
+                },
+            }
+        }
+        Err(LogError::Unavailable(format!(
+            "kafka: pchannel {} was taken over {RECLAIM_RETRIES} times in a row by opens that \
+             did not keep it",
+            self.fencing.pchannel
+        )))
+    }
+
+    /// Resolves once another open is seen to have won, checking from one second into a commit.
+    async fn winner_while_committing(&self) -> LogError {
+        tokio::time::sleep(COMMIT_WATCH_AFTER).await;
+        loop {
+            if let Ok(newest) = self.fencing.newest().await
+                && self.fencing.beaten(newest, true)
+            {
+                return self.fencing.fenced(newest);
+            }
+            tokio::time::sleep(COMMIT_WATCH_AFTER / 4).await;
         }
     }
 
@@ -262,39 +314,38 @@ impl Writer {
         }
     }
 
-    /// Turns a failed transaction into the error its appends get (see the module docs).
-    async fn classify(&self, e: KafkaError) -> LogError {
+    /// What a failed transaction leads to (see the module docs).
+    async fn classify(&self, e: KafkaError) -> Outcome {
         let pchannel = &self.fencing.pchannel;
-        let fatal = self.producer.lock().client().fatal_error();
-        let fenced = is_fence(&e) || fatal.as_ref().is_some_and(|(code, _)| is_fence_code(*code));
+        let producer = self.producer.lock().clone();
+        let fatal = producer.client().fatal_error();
+        let fenced = is_fence(&e) || is_fenced(&producer);
         if !fenced && fatal.is_none() && !is_fatal(&e) {
             // Abortable or transient: this producer goes on, unless a winner shows up.
-            return match self.fencing.newest().await {
+            return Outcome::Failed(match self.fencing.newest().await {
                 Ok(newest) if self.fencing.beaten(newest, true) => {
                     let f = self.fencing.fenced(newest);
                     self.fail(f.clone());
                     f
                 }
                 _ => LogError::Unavailable(format!("kafka transaction on {pchannel}: {e}")),
-            };
+            });
         }
         tracing::info!(%pchannel, term = self.fencing.me.term, fenced, error = %e,
             "kafka producer can no longer write");
-        if fenced && let Err(f) = self.fencing.watch(true).await {
-            self.fail(f.clone());
-            return f;
-        }
-        match self.fencing.claim(true).await {
+        // Whoever made this producer unusable may be a new owner: wait to see.
+        let claimed = match self.fencing.watch(true).await {
+            Ok(()) => self.fencing.claim(true).await,
+            Err(f) => Err(f),
+        };
+        match claimed {
             Ok(p) => {
                 *self.producer.lock() = p;
-                LogError::Unavailable(format!(
-                    "kafka transaction on {pchannel} was cut off ({e}); the pchannel was claimed \
-                     back, retry"
-                ))
+                Outcome::Reclaimed
             }
             Err(f) => {
                 self.fail(f.clone());
-                f
+                Outcome::Failed(f)
             }
         }
     }
