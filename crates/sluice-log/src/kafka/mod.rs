@@ -12,29 +12,35 @@
 //!
 //! # Fencing
 //!
-//! Storage-level, through the producer epoch of the shared transactional id. A read-write open
-//! at term `T`:
+//! Storage-level, through the producer epoch of the shared transactional id; every record also
+//! carries its writer's owner (term, and a random nonce per read-write open), so the
+//! newest record of the topic tells who holds the pchannel. A read-write open at term `T`:
 //! 1. creates the topic if it is missing;
-//! 2. reads the newest record's term `M`; `M > T` means `Fenced`, and nothing is touched;
-//! 3. `init_transactions`: the broker bumps the epoch of `{prefix}{pchannel}`, ends any
-//!    transaction an older producer left open, and from now on rejects the older producers'
-//!    produce and commit requests (`ProducerFenced`);
-//! 4. reads the newest term again; `> T` means an open at a higher term finished step 2 after
-//!    ours, so `Fenced` (still nothing written);
-//! 5. commits a term fence record `T` in its own transaction.
+//! 2. reads the newest record's owner; a term above `T` means `Fenced`, and nothing is touched
+//!    (the usual stale open);
+//! 3. `init_transactions`: the broker bumps the epoch of `{prefix}{pchannel}`, ends whatever
+//!    transaction an older producer had open, and from then on refuses that producer's
+//!    produce, add-partition and commit requests (`ProducerFenced`);
+//! 4. reads the newest owner again; a term above `T` (an open at a higher term got further
+//!    meanwhile) means `Fenced`, still without writing anything;
+//! 5. commits a term fence record in its own transaction. If that commit is itself fenced, it
+//!    waits to see who did it (below) and starts again at 3 unless a higher term took over.
 //!
-//! An old writer's acknowledged appends committed before step 3 (after it, the broker refuses
-//! its commits), so they precede the new term's records and stay in the log; its next batch
-//! fails `Fenced`, and so does every append after. Records carry terms in log order (a record at
-//! a lower term cannot follow a higher term's fence, since that fence's producer fenced the
-//! lower one first), so the newest record tells the highest term that opened — which is what
-//! steps 2 and 4 rely on and what a writer reads back when a commit fails, to tell a fence from a
-//! transient error. `truncate` reads it back too.
+//! Everything an old writer acknowledged was committed before step 3 (after it the broker
+//! refuses its commits), so it precedes the new owner's records and stays; its next batch fails.
+//! Records are in owner order in the log: a producer can only write while it holds the epoch,
+//! and each owner checks (4) before writing that no higher term wrote after it.
 //!
-//! Limit: an open at a lower term that races a higher one (its step 2 ran before the higher
-//! term's fence landed) bumps the epoch before it notices and fails; the higher-term handle then
-//! fails `Fenced` too, although nothing it acknowledged is lost. The owner must reopen (at a new
-//! term). Without the race (the usual stale open) step 2 refuses before touching anything.
+//! A fenced writer cannot tell from the broker *who* bumped the epoch: a higher term, a later
+//! open at the same term — or a lower-term open that raced this one past step 2 and fails at
+//! step 4 without writing. So it waits up to [`KafkaConfig::reclaim_wait`] for a record of a
+//! higher term or of another open at its term: one means `Fenced`, for this append and every
+//! later one; none means the fencer did not take over, and the writer claims the pchannel back
+//! (steps 3–5 with a new producer) and writes the batch again. A racing stale open thus delays
+//! the owner by up to `reclaim_wait` but does not break it, and a higher term always wins (its
+//! fence lands within moments of its epoch bump). A commit that hangs (a fenced epoch's request
+//! that the broker answers with retriable errors) ends as soon as a winner is visible.
+//! `truncate` reads the newest owner back too, so a fenced handle's truncate is `Fenced`.
 //!
 //! # Reading
 //!
@@ -53,11 +59,12 @@
 //!
 //! # Limits of the test broker (Tansu 0.6.0)
 //!
-//! Tansu holds back records of open transactions and fences older producer epochs, but it does
-//! not report aborted transactions in fetch responses, so a `read_committed` reader also sees
-//! records of aborted transactions. They are never acknowledged (an old writer's batch that a
-//! fence cut off, a failed batch), so this does not break the contract — a reader may see a
-//! record whose append failed — but on such a broker a failed append can still show up in reads.
+//! Tansu holds back records of open transactions and fences older producer epochs, but a
+//! `read_committed` reader also receives records of *aborted* transactions (seen with
+//! kafka-python; Kafka itself filters them). Such records were never acknowledged (a batch a
+//! fence cut off, a failed batch), so the contract holds — nothing acknowledged is missed, and
+//! records may show up whose append failed or, after a claim-back, twice (the aborted copy and
+//! the acknowledged one, with different ids). On Kafka they stay invisible.
 
 mod fence;
 mod reader;
@@ -417,6 +424,9 @@ impl LogHandle for KafkaHandle {
         self.cancel.cancel();
         self.tasks.close();
         self.tasks.wait().await;
+        if let Some(p) = self.writer.as_ref().and_then(|w| w.take_producer()) {
+            let _ = tokio::task::spawn_blocking(move || drop(p)).await;
+        }
     }
 }
 

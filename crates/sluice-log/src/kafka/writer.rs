@@ -77,7 +77,8 @@ pub struct WriterSettings {
 /// The writer of one read-write handle.
 pub struct Writer {
     fencing: Arc<Fencing>,
-    producer: Mutex<Arc<FutureProducer>>,
+    /// `None` once the handle closed.
+    producer: Mutex<Option<Arc<FutureProducer>>>,
     settings: WriterSettings,
     queue: mpsc::UnboundedSender<Pending>,
     rx: Mutex<Option<mpsc::UnboundedReceiver<Pending>>>,
@@ -95,13 +96,19 @@ impl Writer {
         let (queue, rx) = mpsc::unbounded_channel();
         Writer {
             fencing,
-            producer: Mutex::new(producer),
+            producer: Mutex::new(Some(producer)),
             permits: Arc::new(Semaphore::new(settings.max_pending_bytes)),
             settings,
             queue,
             rx: Mutex::new(Some(rx)),
             failure: Mutex::new(None),
         }
+    }
+
+    /// Takes the producer out (at close), so that its last reference can be dropped off the
+    /// runtime: destroying a client waits for its threads.
+    pub fn take_producer(&self) -> Option<Arc<FutureProducer>> {
+        self.producer.lock().take()
     }
 
     /// The error every append fails with from now on, if any.
@@ -249,7 +256,7 @@ impl Writer {
     }
 
     async fn try_commit(&self, values: &[&[u8]]) -> Result<Vec<MessageId>, KafkaError> {
-        let producer = self.producer.lock().clone();
+        let producer = self.producer.lock().clone().ok_or(KafkaError::Canceled)?;
         producer.begin_transaction()?;
         let mut deliveries = Vec::with_capacity(values.len());
         let mut send_error = None;
@@ -317,7 +324,9 @@ impl Writer {
     /// What a failed transaction leads to (see the module docs).
     async fn classify(&self, e: KafkaError) -> Outcome {
         let pchannel = &self.fencing.pchannel;
-        let producer = self.producer.lock().clone();
+        let Some(producer) = self.producer.lock().clone() else {
+            return Outcome::Failed(LogError::Closed);
+        };
         let fatal = producer.client().fatal_error();
         let fenced = is_fence(&e) || is_fenced(&producer);
         if !fenced && fatal.is_none() && !is_fatal(&e) {
@@ -340,7 +349,11 @@ impl Writer {
         };
         match claimed {
             Ok(p) => {
-                *self.producer.lock() = p;
+                let mut slot = self.producer.lock();
+                if slot.is_none() {
+                    return Outcome::Failed(LogError::Closed);
+                }
+                *slot = Some(p);
                 Outcome::Reclaimed
             }
             Err(f) => {
