@@ -43,6 +43,12 @@ pub fn is_fenced(producer: &FutureProducer) -> bool {
         .is_some_and(|(code, _)| is_fence_code(code))
 }
 
+/// Drops `producer` on the blocking pool: destroying the last reference to a client waits for
+/// its threads.
+pub fn drop_off_runtime(producer: Arc<FutureProducer>) {
+    drop(tokio::task::spawn_blocking(move || drop(producer)));
+}
+
 /// Runs a blocking client call on the blocking pool.
 pub async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, LogError> + Send + 'static,
@@ -50,6 +56,14 @@ pub async fn blocking<T: Send + 'static>(
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| LogError::Unavailable(format!("kafka client call: {e}")))?
+}
+
+/// How one claim attempt ended, when it did not succeed.
+enum Attempt {
+    /// The fence's commit was itself fenced: see who did it, then maybe try again.
+    Retry,
+    /// The claim fails with this error.
+    Fail(LogError),
 }
 
 /// One read-write open's view of its pchannel's topic.
@@ -114,20 +128,15 @@ impl Fencing {
                 .create()
                 .map_err(|e| LogError::InvalidArgument(format!("kafka producer: {e}")))?;
             let producer = Arc::new(producer);
-            let (p, timeout) = (producer.clone(), self.op_timeout);
-            blocking(move || {
-                p.init_transactions(timeout)
-                    .map_err(|e| unavailable("init_transactions", e))
-            })
-            .await?;
-            let newest = self.newest().await?;
-            if self.beaten(newest, opened) {
-                return Err(self.fenced(newest));
-            }
-            match self.commit_fence(&producer).await {
+            match self.init_and_fence(&producer, opened).await {
                 Ok(()) => return Ok(producer),
-                Err(e) if is_fence(&e) || is_fenced(&producer) => self.watch(opened).await?,
-                Err(e) => return Err(unavailable("commit the term fence", e)),
+                Err(attempt) => {
+                    drop_off_runtime(producer);
+                    match attempt {
+                        Attempt::Retry => self.watch(opened).await?,
+                        Attempt::Fail(e) => return Err(e),
+                    }
+                }
             }
         }
         Err(LogError::Unavailable(format!(
@@ -135,6 +144,30 @@ impl Fencing {
              higher term",
             self.pchannel
         )))
+    }
+
+    /// Steps 3–5 of a claim with `producer` (see the module docs).
+    async fn init_and_fence(
+        &self,
+        producer: &Arc<FutureProducer>,
+        opened: bool,
+    ) -> Result<(), Attempt> {
+        let (p, timeout) = (producer.clone(), self.op_timeout);
+        blocking(move || {
+            p.init_transactions(timeout)
+                .map_err(|e| unavailable("init_transactions", e))
+        })
+        .await
+        .map_err(Attempt::Fail)?;
+        let newest = self.newest().await.map_err(Attempt::Fail)?;
+        if self.beaten(newest, opened) {
+            return Err(Attempt::Fail(self.fenced(newest)));
+        }
+        match self.commit_fence(producer).await {
+            Ok(()) => Ok(()),
+            Err(e) if is_fence(&e) || is_fenced(producer) => Err(Attempt::Retry),
+            Err(e) => Err(Attempt::Fail(unavailable("commit the term fence", e))),
+        }
     }
 
     async fn commit_fence(&self, producer: &Arc<FutureProducer>) -> Result<(), KafkaError> {

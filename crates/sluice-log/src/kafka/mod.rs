@@ -297,11 +297,6 @@ impl LogProvider for KafkaProvider {
         let writer = match options.mode {
             AccessMode::ReadOnly => None,
             AccessMode::ReadWrite => {
-                // A stale open is refused before it touches anything.
-                let newest = fencing.newest().await?;
-                if newest.term > options.term.0 {
-                    return Err(fencing.fenced(newest));
-                }
                 let producer = fencing.claim(false).await?;
                 tracing::info!(pchannel = %options.pchannel, term = options.term.0, topic,
                     "opened kafka log read-write");

@@ -29,7 +29,7 @@ use sluice_types::{MessageId, MutableMessage};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use super::fence::{Fencing, is_fence, is_fenced};
+use super::fence::{Fencing, drop_off_runtime, is_fence, is_fenced};
 use super::record;
 use crate::{AppendFuture, LogError};
 
@@ -349,11 +349,18 @@ impl Writer {
         };
         match claimed {
             Ok(p) => {
-                let mut slot = self.producer.lock();
-                if slot.is_none() {
-                    return Outcome::Failed(LogError::Closed);
+                let old = {
+                    let mut slot = self.producer.lock();
+                    if slot.is_none() {
+                        drop(slot);
+                        drop_off_runtime(p);
+                        return Outcome::Failed(LogError::Closed);
+                    }
+                    slot.replace(p)
+                };
+                if let Some(old) = old {
+                    drop_off_runtime(old);
                 }
-                *slot = Some(p);
                 Outcome::Reclaimed
             }
             Err(f) => {
