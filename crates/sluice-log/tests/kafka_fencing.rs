@@ -88,7 +88,7 @@ fn raw_term_fences(broker: &str, topic: &str) -> Vec<u64> {
         .set("bootstrap.servers", broker)
         .set("group.id", "sluice-test-raw")
         .set("enable.partition.eof", "true")
-        .set("isolation.level", "read_committed")
+        .set("isolation.level", "read_uncommitted")
         .create()
         .unwrap();
     let mut tpl = rdkafka::TopicPartitionList::new();
