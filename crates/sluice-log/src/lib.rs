@@ -49,6 +49,8 @@
 //! * MUST stop every task it started when [`LogHandle::close`] returns.
 
 pub mod error;
+#[cfg(feature = "kafka")]
+pub mod kafka;
 pub mod local;
 pub mod memory;
 #[cfg(feature = "object")]
@@ -281,6 +283,9 @@ pub enum LogConfig {
     /// Blocks in an object store (a local directory or S3): the zero-disk WAL.
     #[cfg(feature = "object")]
     Object(object::ObjectConfig),
+    /// One Kafka topic per pchannel, fenced by transactional producers.
+    #[cfg(feature = "kafka")]
+    Kafka(kafka::KafkaConfig),
 }
 
 /// Builds the provider for a backend configuration (the factory).
@@ -290,5 +295,7 @@ pub async fn build_provider(config: &LogConfig) -> Result<Arc<dyn LogProvider>, 
         LogConfig::Local(c) => Ok(Arc::new(local::LocalProvider::new(c.clone())?)),
         #[cfg(feature = "object")]
         LogConfig::Object(c) => Ok(Arc::new(object::ObjectProvider::new(c.clone())?)),
+        #[cfg(feature = "kafka")]
+        LogConfig::Kafka(c) => Ok(Arc::new(kafka::KafkaProvider::new(c.clone())?)),
     }
 }

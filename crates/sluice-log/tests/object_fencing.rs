@@ -8,15 +8,13 @@
 //! this binary again as a child that writes at term 1 while the parent opens at term 2.
 
 mod common;
+mod fencing_support;
 mod object_support;
 
-use std::collections::BTreeSet;
 use std::fmt;
-use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::time::Duration;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use async_trait::async_trait;
 use futures::TryStreamExt;
@@ -27,12 +25,10 @@ use object_store::{
     ObjectStoreExt, PutMode, PutMultipartOptions, PutOptions, PutPayload, PutResult,
 };
 use sluice_log::object::{ObjectConfig, ObjectProvider, ObjectStoreConfig};
-use sluice_log::{
-    DeliverPolicy, LogError, LogHandle, LogProvider, LogStream, OpenOptions, ReadOptions,
-};
-use sluice_types::message::InsertHeader;
-use sluice_types::{ImmutableMessage, MessageId, MutableMessage, PChannel, Term};
+use sluice_log::{DeliverPolicy, LogError, LogProvider, OpenOptions, ReadOptions};
+use sluice_types::{PChannel, Term};
 
+use fencing_support::{message, next, print_line, read_through, text};
 use object_support::{s3_endpoint, s3_store, test_config};
 
 const CHILD_ENV: &str = "SLUICE_OBJECT_CHILD";
@@ -107,112 +103,16 @@ fn pchannel() -> PChannel {
     PChannel::new("fence-pch").unwrap()
 }
 
-fn message(text: &str) -> MutableMessage {
-    MutableMessage::builder(InsertHeader::default())
-        .payload(text.as_bytes().to_vec())
-        .build()
-        .unwrap()
-}
-
-fn text(m: &ImmutableMessage) -> String {
-    String::from_utf8(m.payload().to_vec()).unwrap()
-}
-
-async fn next(stream: &mut LogStream) -> Result<ImmutableMessage, LogError> {
-    tokio::time::timeout(Duration::from_secs(30), stream.next())
-        .await
-        .expect("read timed out")
-        .expect("stream ended")
-}
-
-/// Reads everything up to and including `last`; checks ids increase.
-async fn read_through(handle: &Arc<dyn LogHandle>, last: MessageId) -> Vec<ImmutableMessage> {
-    let mut stream = handle
-        .read(ReadOptions::new(DeliverPolicy::All))
-        .await
-        .unwrap();
-    let mut out: Vec<ImmutableMessage> = Vec::new();
-    loop {
-        let m = next(&mut stream).await.expect("read failed");
-        if let Some(prev) = out.last() {
-            assert!(prev.id() < m.id(), "ids not increasing");
-        }
-        let done = m.id() == last;
-        out.push(m);
-        if done {
-            return out;
-        }
-    }
-}
-
-/// Checks that no old-term record (`old` prefix) follows the first new-term one (`new` prefix).
-fn assert_terms_in_order(records: &[ImmutableMessage], old: &str, new: &str) {
-    let Some(first_new) = records.iter().position(|m| text(m).starts_with(new)) else {
-        panic!("no {new} record");
-    };
-    if let Some(late) = records[first_new..]
-        .iter()
-        .find(|m| text(m).starts_with(old))
-    {
-        panic!(
-            "{old} record {} ({}) comes after the first {new} record {}",
-            late.id(),
-            text(late),
-            records[first_new].id()
-        );
-    }
-}
-
-fn print_line(line: &str) {
-    let mut out = std::io::stdout().lock();
-    let _ = writeln!(out, "{line}").and_then(|()| out.flush());
-}
-
-/// Runs only in the child process: appends at term 1 until fenced, printing every ack.
 #[test]
 fn child_fenced_appender() {
     let Ok(medium) = std::env::var(CHILD_ENV) else {
         return;
     };
     let medium = Medium::decode(&medium);
-    let outcome = runtime().block_on(async move {
-        let provider = medium.provider();
-        let handle = provider
-            .open(OpenOptions::read_write(pchannel(), Term(1)))
-            .await
-            .unwrap();
-        print_line("\nREADY");
-        let mut tasks = Vec::new();
-        for writer in 0..8 {
-            let handle = handle.clone();
-            tasks.push(tokio::spawn(async move {
-                for seq in 0.. {
-                    match handle
-                        .append(message(&format!("t1-w{writer}-s{seq}")))
-                        .await
-                    {
-                        Ok(id) => print_line(&format!("ACK {id}")),
-                        Err(e) => return e,
-                    }
-                }
-                unreachable!()
-            }));
-        }
-        let mut errors = Vec::new();
-        for t in tasks {
-            match tokio::time::timeout(Duration::from_secs(60), t).await {
-                Ok(Ok(e)) => errors.push(e),
-                Ok(Err(e)) => return format!("ERROR task failed: {e}"),
-                Err(_) => return "ERROR never fenced".to_string(),
-            }
-        }
-        let again = handle.append(message("t1-after")).await;
-        handle.close().await;
-        match (errors.iter().all(LogError::is_fenced), again) {
-            (true, Err(e)) if e.is_fenced() => "FENCED".to_string(),
-            (_, again) => format!("ERROR {errors:?} then {again:?}"),
-        }
-    });
+    let outcome = runtime().block_on(fencing_support::child_fenced_appender(
+        Arc::new(medium.provider()),
+        pchannel(),
+    ));
     print_line(&outcome);
     assert_eq!(outcome, "FENCED");
 }
@@ -223,116 +123,25 @@ fn higher_term_in_another_process_fences_the_writer() {
         return;
     }
     on_each_medium(|medium| async move {
-        let (mut child, rx, lines) =
-            common::spawn_child_test("child_fenced_appender", &[(CHILD_ENV, medium.encode())]);
-        let mut collected: Vec<String> = Vec::new();
-        while collected.iter().filter(|l| l.starts_with("ACK")).count() < 50 {
-            collected.push(
-                rx.recv_timeout(Duration::from_secs(30))
-                    .expect("the child did not start appending"),
-            );
-        }
-        let provider = medium.provider();
-        let handle = provider
-            .open(OpenOptions::read_write(pchannel(), Term(2)))
-            .await
-            .unwrap();
-        let mut parent_ids = Vec::new();
-        for i in 0..20 {
-            parent_ids.push(handle.append(message(&format!("t2-{i}"))).await.unwrap());
-        }
-        let status = tokio::task::spawn_blocking(move || {
-            let status = child.wait().unwrap();
-            lines.join().unwrap();
-            status
-        })
-        .await
-        .unwrap();
-        collected.extend(rx.try_iter());
-        assert!(status.success(), "child failed: {collected:?}");
-        assert!(
-            collected.iter().any(|l| l == "FENCED"),
-            "the child was not fenced: {collected:?}"
-        );
-        let child_ids: BTreeSet<MessageId> = collected
-            .iter()
-            .filter_map(|l| l.strip_prefix("ACK "))
-            .map(|id| id.parse().unwrap())
-            .collect();
-        let records = read_through(&handle, *parent_ids.last().unwrap()).await;
-        let present: BTreeSet<MessageId> = records.iter().map(|m| m.id()).collect();
-        for id in &child_ids {
-            assert!(
-                present.contains(id),
-                "{medium:?}: acknowledged term-1 record {id} is missing"
-            );
-        }
-        assert!(child_ids.iter().all(|id| *id < parent_ids[0]));
-        assert_terms_in_order(&records, "t1-", "t2-");
-        handle.close().await;
+        fencing_support::higher_term_in_another_process_fences_the_writer(
+            Arc::new(medium.provider()),
+            pchannel(),
+            "child_fenced_appender",
+            &[(CHILD_ENV, medium.encode())],
+        )
+        .await;
     });
 }
 
 #[test]
 fn writers_racing_a_higher_term_open_lose_nothing_and_stay_fenced() {
     on_each_medium(|medium| async move {
-        let provider = medium.provider();
-        for round in 0..4u64 {
-            let (old_term, new_term) = (Term(2 * round + 1), Term(2 * round + 2));
-            let old = provider
-                .open(OpenOptions::read_write(pchannel(), old_term))
-                .await
-                .unwrap();
-            let opened = Arc::new(AtomicBool::new(false));
-            let mut tasks = Vec::new();
-            for writer in 0..16 {
-                let (old, opened) = (old.clone(), opened.clone());
-                tasks.push(tokio::spawn(async move {
-                    let mut acked = Vec::new();
-                    for seq in 0.. {
-                        let after_open = opened.load(Ordering::SeqCst);
-                        match old.append(message(&format!("old-w{writer}-s{seq}"))).await {
-                            Ok(id) => {
-                                assert!(!after_open, "an append begun after the open was acked");
-                                acked.push(id);
-                            }
-                            Err(e) => return (acked, e),
-                        }
-                    }
-                    unreachable!()
-                }));
-            }
-            tokio::time::sleep(Duration::from_millis(30 + 20 * round)).await;
-            let new = provider
-                .open(OpenOptions::read_write(pchannel(), new_term))
-                .await
-                .unwrap();
-            opened.store(true, Ordering::SeqCst);
-            let mut new_ids = Vec::new();
-            for i in 0..10 {
-                new_ids.push(new.append(message(&format!("new-{i}"))).await.unwrap());
-            }
-            let mut old_ids = Vec::new();
-            for t in tasks {
-                let (acked, err) = t.await.unwrap();
-                assert!(err.is_fenced(), "{err}");
-                old_ids.extend(acked);
-            }
-            assert!(!old_ids.is_empty());
-            let err = old.append(message("old-late")).await.unwrap_err();
-            assert!(err.is_fenced(), "a fenced handle must stay fenced: {err}");
-            let records = read_through(&new, *new_ids.last().unwrap()).await;
-            let present: BTreeSet<MessageId> = records.iter().map(|m| m.id()).collect();
-            for id in &old_ids {
-                assert!(present.contains(id), "acknowledged record {id} is missing");
-            }
-            assert!(old_ids.iter().all(|id| *id < new_ids[0]));
-            let min_old = *old_ids.iter().min().unwrap();
-            let this_round: Vec<_> = records.into_iter().filter(|m| m.id() >= min_old).collect();
-            assert_terms_in_order(&this_round, "old-", "new-");
-            old.close().await;
-            new.close().await;
-        }
+        fencing_support::writers_racing_a_higher_term_open_lose_nothing_and_stay_fenced(
+            Arc::new(medium.provider()),
+            pchannel(),
+            4,
+        )
+        .await;
     });
 }
 
@@ -340,41 +149,16 @@ fn writers_racing_a_higher_term_open_lose_nothing_and_stay_fenced() {
 fn racing_opens_leave_only_the_higher_term_writable() {
     on_each_medium(|medium| async move {
         // Two providers, as two nodes would have.
-        let (a, b) = (Arc::new(medium.provider()), Arc::new(medium.provider()));
-        for round in 0..6u64 {
-            let (low, high) = (Term(2 * round + 1), Term(2 * round + 2));
-            let (pa, pb) = (a.clone(), b.clone());
-            let open_low =
-                tokio::spawn(
-                    async move { pa.open(OpenOptions::read_write(pchannel(), low)).await },
-                );
-            let open_high =
-                tokio::spawn(
-                    async move { pb.open(OpenOptions::read_write(pchannel(), high)).await },
-                );
-            let high_h = open_high.await.unwrap().expect("the higher term opens");
-            let low_r = open_low.await.unwrap();
-            let id = high_h
-                .append(message(&format!("high-{round}")))
-                .await
-                .unwrap();
-            match low_r {
-                Ok(low_h) => {
-                    let err = low_h.append(message("low")).await.unwrap_err();
-                    assert!(err.is_fenced(), "lower term wrote after both opens: {err}");
-                    low_h.close().await;
-                }
-                Err(e) => assert!(e.is_fenced(), "{e}"),
-            }
-            let records = read_through(&high_h, id).await;
-            assert!(records.iter().all(|m| text(m).starts_with("high-")));
-            assert_eq!(records.len() as u64, round + 1);
-            high_h.close().await;
-        }
+        fencing_support::racing_opens_leave_only_the_higher_term_writable(
+            Arc::new(medium.provider()),
+            Arc::new(medium.provider()),
+            pchannel(),
+            6,
+        )
+        .await;
     });
 }
 
-/// Every object of `medium`'s test (on S3 the bucket is shared), with sizes.
 async fn all_objects(store: &Arc<dyn ObjectStore>, medium: &Medium) -> Vec<(String, u64)> {
     let prefix = match medium {
         Medium::Dir(_) => None,
