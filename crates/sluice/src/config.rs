@@ -52,8 +52,9 @@ pub struct MetaSection {
 #[serde(default, deny_unknown_fields)]
 pub struct LogSection {
     /// `local` (segment files in `dir`; nodes of a cluster share the directory and fence each
-    /// other through it) or `object` (zero-disk: blocks in an object store — S3 when
-    /// `s3_endpoint` is set, else the directory `dir`).
+    /// other through it), `object` (zero-disk: blocks in an object store — S3 when
+    /// `s3_endpoint` is set, else the directory `dir`) or `kafka` (a topic per pchannel on the
+    /// cluster at `kafka_bootstrap`; fencing by transactional producer epochs).
     pub backend: String,
     /// The log directory (default `{data_dir}/wal`).
     pub dir: Option<PathBuf>,
@@ -69,6 +70,13 @@ pub struct LogSection {
     pub s3_secret_access_key: String,
     /// `object`: the key prefix under which every pchannel's blocks live.
     pub prefix: String,
+    /// `kafka`: the bootstrap servers (`host:port[,host:port...]`).
+    pub kafka_bootstrap: Option<String>,
+    /// `kafka`: the prefix of every topic and transactional id.
+    pub kafka_prefix: String,
+    /// `kafka`: readers see only committed records. Turn off only on a broker whose last stable
+    /// offset can get stuck (Tansu 0.6.0, see `docs/kafka.md`).
+    pub kafka_read_committed: bool,
 }
 
 /// The pchannels.
@@ -155,6 +163,9 @@ impl Default for LogSection {
             s3_access_key_id: "test".into(),
             s3_secret_access_key: "test".into(),
             prefix: "wal".into(),
+            kafka_bootstrap: None,
+            kafka_prefix: "sluice-".into(),
+            kafka_read_committed: true,
         }
     }
 }
@@ -248,7 +259,20 @@ impl Config {
         }
         match self.log.backend.as_str() {
             "local" | "object" => {}
-            other => bail!("log.backend must be \"local\" or \"object\", not {other:?}"),
+            "kafka" if cfg!(not(feature = "kafka")) => {
+                bail!("log.backend = \"kafka\" needs a sluice binary built with the kafka feature")
+            }
+            "kafka"
+                if self
+                    .log
+                    .kafka_bootstrap
+                    .as_deref()
+                    .is_none_or(str::is_empty) =>
+            {
+                bail!("log.backend = \"kafka\" needs log.kafka_bootstrap")
+            }
+            "kafka" => {}
+            other => bail!("log.backend must be \"local\", \"object\" or \"kafka\", not {other:?}"),
         }
         if self.pchannels.names.is_empty() && self.pchannels.count == 0 {
             bail!("pchannels.count must be at least 1 (or list pchannels.names)");
@@ -324,6 +348,26 @@ mod tests {
             let e = Config::load(Some(std::path::Path::new("missing.toml")), Figment::new())
                 .unwrap_err();
             assert!(format!("{e:#}").contains("does not exist"), "{e:#}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn kafka_backend_needs_its_bootstrap_servers() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("k.toml", "[log]\nbackend = \"kafka\"\n")?;
+            let e = Config::load(Some(std::path::Path::new("k.toml")), Figment::new()).unwrap_err();
+            assert!(format!("{e:#}").contains("log.kafka_bootstrap"), "{e:#}");
+            jail.set_env("SLUICE_LOG__KAFKA_BOOTSTRAP", "127.0.0.1:9092");
+            jail.set_env("SLUICE_LOG__KAFKA_READ_COMMITTED", "false");
+            let c = Config::load(Some(std::path::Path::new("k.toml")), Figment::new())
+                .map_err(|e| e.to_string())?;
+            assert_eq!(c.log.kafka_bootstrap.as_deref(), Some("127.0.0.1:9092"));
+            assert!(!c.log.kafka_read_committed);
+            assert_eq!(c.log.kafka_prefix, "sluice-", "the default prefix");
+            jail.create_file("p.toml", "[log]\nbackend = \"pulsar\"\n")?;
+            let e = Config::load(Some(std::path::Path::new("p.toml")), Figment::new()).unwrap_err();
+            assert!(format!("{e:#}").contains("\"kafka\""), "{e:#}");
             Ok(())
         });
     }

@@ -54,6 +54,20 @@ pub async fn meta_store(config: &Config) -> anyhow::Result<Arc<dyn MetaStore>> {
 fn log_provider(config: &Config) -> anyhow::Result<Arc<dyn LogProvider>> {
     use sluice_log::object::{ObjectConfig, ObjectProvider, ObjectStoreConfig, S3Config};
     let log = &config.log;
+    #[cfg(feature = "kafka")]
+    if log.backend == "kafka" {
+        use sluice_log::kafka::{KafkaConfig, KafkaProvider};
+        // `validate` checked that it is set.
+        let bootstrap = log.kafka_bootstrap.clone().unwrap_or_default();
+        let kafka = KafkaConfig {
+            prefix: log.kafka_prefix.clone(),
+            read_committed: log.kafka_read_committed,
+            ..KafkaConfig::new(bootstrap)
+        };
+        return Ok(Arc::new(
+            KafkaProvider::new(kafka).context("opening the kafka log")?,
+        ));
+    }
     if log.backend == "object" {
         let store = match log.s3_endpoint.as_deref().filter(|e| !e.is_empty()) {
             Some(endpoint) => ObjectStoreConfig::S3(S3Config {
