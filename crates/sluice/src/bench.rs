@@ -208,6 +208,27 @@ async fn open_wal(provider: &dyn LogProvider, pchannel: &PChannel) -> anyhow::Re
     Ok(wal)
 }
 
+/// Where `bench wal` appends: the raw log or the WAL on top of it.
+#[derive(Clone)]
+enum Sink {
+    Raw(Arc<dyn LogHandle>),
+    Wal(Wal),
+}
+
+impl Sink {
+    async fn append(&self, msg: MutableMessage) -> anyhow::Result<()> {
+        match self {
+            Sink::Raw(log) => {
+                log.append(msg).await?;
+            }
+            Sink::Wal(wal) => {
+                wal.append(msg).await?;
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Rounds per point in `bench wal`: raw and WAL alternate (raw first, then WAL first, ...) so
 /// that load from elsewhere on the machine falls on both sides alike.
 const WAL_ROUNDS: u32 = 3;
@@ -266,37 +287,21 @@ pub async fn wal(params: BenchParams<'_>) -> anyhow::Result<()> {
         let (mut raw_total, mut wal_total) = (Totals::default(), Totals::default());
         for r in 0..WAL_ROUNDS {
             for wal_side in [r % 2 == 1, r % 2 == 0] {
-                if wal_side {
-                    let (w, vc, pl) = (
-                        wal.clone(),
-                        wal_p.vchannel(CollectionId(COLLECTION), 0)?,
-                        payload.clone(),
-                    );
-                    let m = closed_loop(n, round, move || {
-                        let (w, vc, pl) = (w.clone(), vc.clone(), pl.clone());
-                        async move {
-                            w.append(insert(&vc, &pl, 0)?).await?;
-                            Ok(())
-                        }
-                    })
-                    .await?;
-                    wal_total.add(&m);
+                let (sink, pchannel, total) = if wal_side {
+                    (Sink::Wal(wal.clone()), &wal_p, &mut wal_total)
                 } else {
-                    let (h, vc, pl) = (
-                        raw.clone(),
-                        raw_p.vchannel(CollectionId(COLLECTION), 0)?,
-                        payload.clone(),
-                    );
-                    let m = closed_loop(n, round, move || {
-                        let (h, vc, pl) = (h.clone(), vc.clone(), pl.clone());
-                        async move {
-                            h.append(insert(&vc, &pl, 0)?).await?;
-                            Ok(())
-                        }
-                    })
-                    .await?;
-                    raw_total.add(&m);
-                }
+                    (Sink::Raw(raw.clone()), &raw_p, &mut raw_total)
+                };
+                let (vc, pl) = (
+                    pchannel.vchannel(CollectionId(COLLECTION), 0)?,
+                    payload.clone(),
+                );
+                let m = closed_loop(n, round, move || {
+                    let (sink, vc, pl) = (sink.clone(), vc.clone(), pl.clone());
+                    async move { sink.append(insert(&vc, &pl, 0)?).await }
+                })
+                .await?;
+                total.add(&m);
             }
         }
         raw.close().await;
