@@ -1,5 +1,5 @@
-//! Fencing scenarios shared by the backends' fencing tests (`object_fencing.rs`,
-//! `kafka_fencing.rs`): a writer in another process fenced by a higher-term open, in-process
+//! Fencing scenarios shared by the backends' fencing tests (`local_fencing.rs`,
+//! `object_fencing.rs`, `kafka_fencing.rs`): a writer in another process fenced by a higher-term open, in-process
 //! writers racing a higher-term open, and two opens racing each other. Each takes the providers
 //! to use, so every backend runs the same checks.
 
@@ -237,6 +237,14 @@ pub async fn writers_racing_a_higher_term_open_lose_nothing_and_stay_fenced(
         assert!(!old_ids.is_empty());
         let err = old.append(message("old-late")).await.unwrap_err();
         assert!(err.is_fenced(), "a fenced handle must stay fenced: {err}");
+        let reopen = provider
+            .open(OpenOptions::read_write(pchannel.clone(), old_term))
+            .await;
+        assert!(
+            reopen.as_ref().err().is_some_and(LogError::is_fenced),
+            "reopening the fenced term must fail Fenced, got {:?}",
+            reopen.map(|_| "a handle")
+        );
         let records = read_through(&new, *new_ids.last().unwrap()).await;
         let present: BTreeSet<MessageId> = records.iter().map(|m| m.id()).collect();
         for id in &old_ids {
