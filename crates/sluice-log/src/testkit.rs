@@ -88,10 +88,16 @@ where
 }
 
 /// Expands to one `#[test]` per conformance behaviour, each calling `$make` for a fresh backend.
+///
+/// `conformance_tests!(when SERVICE => MAKE)` is the form for a backend that needs an external
+/// service: `SERVICE` is an `Option<S>` evaluated in every test (`None` = the test returns at
+/// once; the expression itself decides whether that is allowed, e.g. fails in CI), and `MAKE`
+/// turns the `S` into the backend's future. Either way every test of the suite is generated from
+/// this one list, so a backend cannot miss one.
 #[macro_export]
 macro_rules! conformance_tests {
-    ($make:expr) => {
-        $crate::conformance_tests!(@tests $make;
+    (when $service:expr => $make:expr) => {
+        $crate::conformance_tests!(@tests [$service] [$make];
             multi_pchannel_isolation,
             term_loop_on_one_pchannel,
             fast_close_of_many_readers,
@@ -104,11 +110,18 @@ macro_rules! conformance_tests {
             closed_handle_rejects_and_ends_readers,
         );
     };
-    (@tests $make:expr; $($name:ident,)*) => {
+    ($make:expr) => {
+        $crate::conformance_tests!(when Some(()) => |()| ($make)());
+    };
+    (@tests [$service:expr] [$make:expr]; $($name:ident,)*) => {
         $(
             #[test]
             fn $name() {
-                $crate::testkit::run($make, $crate::testkit::$name);
+                let Some(service) = $service else {
+                    return;
+                };
+                let make = $make;
+                $crate::testkit::run(move || make(service), $crate::testkit::$name);
             }
         )*
     };
