@@ -20,24 +20,12 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use sluice_log::kafka::{KafkaConfig, KafkaProvider};
 use sluice_log::{DeliverPolicy, LogError, LogHandle, LogProvider, OpenOptions, ReadOptions};
-use sluice_types::{MessageId, PChannel, Term};
+use sluice_types::{MessageId, Term};
 
-use fencing_support::{message, next, print_line, read_through, text};
+use fencing_support::{message, next, pchannel, print_line, read_through, runtime, text};
 use kafka_support::{kafka_broker, test_config, unique_prefix};
 
 const CHILD_ENV: &str = "SLUICE_KAFKA_CHILD";
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime")
-}
-
-fn pchannel() -> PChannel {
-    PChannel::new("fence-pch").unwrap()
-}
 
 /// Settings for these tests: a fenced writer waits 1 s for the fencer before claiming back.
 fn config(broker: &str, prefix: &str) -> KafkaConfig {

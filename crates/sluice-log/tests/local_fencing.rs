@@ -12,9 +12,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 use sluice_log::local::{LocalConfig, LocalProvider};
-use sluice_types::PChannel;
 
-use fencing_support::print_line;
+use fencing_support::{pchannel, print_line, runtime};
 
 const DIR_ENV: &str = "SLUICE_FENCE_CHILD_DIR";
 
@@ -26,18 +25,6 @@ fn provider(root: &Path) -> Arc<LocalProvider> {
         })
         .unwrap(),
     )
-}
-
-fn pchannel() -> PChannel {
-    PChannel::new("fence-pch").unwrap()
-}
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
 }
 
 #[test]

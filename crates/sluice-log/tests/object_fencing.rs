@@ -26,9 +26,9 @@ use object_store::{
 };
 use sluice_log::object::{ObjectConfig, ObjectProvider, ObjectStoreConfig};
 use sluice_log::{DeliverPolicy, LogError, LogProvider, OpenOptions, ReadOptions};
-use sluice_types::{PChannel, Term};
+use sluice_types::Term;
 
-use fencing_support::{message, next, print_line, read_through, text};
+use fencing_support::{message, next, pchannel, print_line, read_through, runtime, text};
 use object_support::{s3_endpoint, s3_store, test_config};
 
 const CHILD_ENV: &str = "SLUICE_OBJECT_CHILD";
@@ -89,18 +89,6 @@ where
         let prefix = format!("fence-{:016x}", rand::random::<u64>());
         rt.block_on(test(Medium::S3 { endpoint, prefix }));
     }
-}
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime")
-}
-
-fn pchannel() -> PChannel {
-    PChannel::new("fence-pch").unwrap()
 }
 
 #[test]

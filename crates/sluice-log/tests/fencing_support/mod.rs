@@ -19,6 +19,20 @@ use sluice_types::{ImmutableMessage, MessageId, MutableMessage, PChannel, Term};
 
 use crate::common;
 
+/// The pchannel every fencing test uses (each test has its own directory, prefix or topics).
+pub fn pchannel() -> PChannel {
+    PChannel::new("fence-pch").unwrap()
+}
+
+/// A two-worker runtime, for tests that run a scenario (or a child's part of one) themselves.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
 /// An insert whose payload is `text`.
 pub fn message(text: &str) -> MutableMessage {
     MutableMessage::builder(InsertHeader::default())
