@@ -167,6 +167,15 @@ async fn wait_for(
     }
 }
 
+/// The pchannels the topology places on node `id`.
+fn channels_on(t: &Topology, id: u64) -> Vec<String> {
+    t.channels
+        .iter()
+        .filter(|(_, (_, info))| info.id == NodeId(id))
+        .map(|(n, _)| n.clone())
+        .collect()
+}
+
 fn per_node(t: &Topology) -> BTreeMap<NodeId, usize> {
     let mut counts = BTreeMap::new();
     for (_, info) in t.channels.values() {
@@ -245,12 +254,7 @@ async fn dead_node_channels_move_at_the_next_term_without_calling_it() {
         let assigner = Assigner::start(m, nodes_rx, fake.clone(), config()).unwrap();
         let mut rx = assigner.subscribe();
         let before = wait_for(&mut rx, "6 channels placed", |t| t.channels.len() == 6).await;
-        let on_3: Vec<String> = before
-            .channels
-            .iter()
-            .filter(|(_, (_, info))| info.id == NodeId(3))
-            .map(|(n, _)| n.clone())
-            .collect();
+        let on_3: Vec<String> = channels_on(&before, 3);
         assert_eq!(on_3.len(), 2, "{}: {before:?}", b.name);
 
         // Node 3 dies: its lease is gone. Were it called it would hang past the wait (call
@@ -296,12 +300,7 @@ async fn hanging_old_owner_is_bounded_by_the_call_timeout() {
         let assigner = Assigner::start(m.clone(), nodes_rx, fake.clone(), cfg).unwrap();
         let mut rx = assigner.subscribe();
         let before = wait_for(&mut rx, "6 channels placed", |t| t.channels.len() == 6).await;
-        let on_1: Vec<String> = before
-            .channels
-            .iter()
-            .filter(|(_, (_, info))| info.id == NodeId(1))
-            .map(|(n, _)| n.clone())
-            .collect();
+        let on_1: Vec<String> = channels_on(&before, 1);
         assert_eq!(on_1.len(), 2, "{}", b.name);
 
         // Node 1 is shutting down (still live) and stops answering.
@@ -516,12 +515,7 @@ async fn malformed_record_is_retried_without_stopping_the_loop() {
         let assigner = Assigner::start(m, nodes_rx, fake.clone(), config()).unwrap();
         let mut rx = assigner.subscribe();
         let before = wait_for(&mut rx, "4 channels placed", |t| t.channels.len() == 4).await;
-        let on_2: Vec<String> = before
-            .channels
-            .iter()
-            .filter(|(_, (_, info))| info.id == NodeId(2))
-            .map(|(n, _)| n.clone())
-            .collect();
+        let on_2: Vec<String> = channels_on(&before, 2);
         assert_eq!(on_2.len(), 2, "{}", b.name);
         let (bad, good) = (&on_2[0], &on_2[1]);
 
@@ -605,12 +599,7 @@ async fn vchannel_counts_spread_heavy_pchannels() {
         let mut rx = assigner.subscribe();
         let before = wait_for(&mut rx, "4 channels placed", |t| t.channels.len() == 4).await;
         // Both channels of node 1 turn out to carry many vchannels.
-        let heavy: Vec<String> = before
-            .channels
-            .iter()
-            .filter(|(_, (_, info))| info.id == NodeId(1))
-            .map(|(n, _)| n.clone())
-            .collect();
+        let heavy: Vec<String> = channels_on(&before, 1);
         assert_eq!(heavy.len(), 2, "{}", b.name);
         assigner.set_vchannel_counts(heavy.iter().map(|n| (n.clone(), 50)).collect());
 
