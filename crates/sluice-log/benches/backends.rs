@@ -38,8 +38,8 @@ use sluice_log::object::{ObjectConfig, ObjectProvider, ObjectStoreConfig, S3Conf
 use sluice_types::PChannel;
 
 use support::{
-    Outcome, RECORD, append_case, ensure_bucket, histogram, object_blocks, print_header, print_row,
-    raw_put_case, secs_per_case,
+    Outcome, RECORD, append_case, ensure_bucket, gather, histogram, object_blocks, print_header,
+    print_row, raw_put_case, secs_per_case,
 };
 
 const BUCKET: &str = "sluice-bench";
@@ -182,20 +182,7 @@ async fn raw_kafka(broker: &str, topic: &str, concurrency: usize, run_for: Durat
             h
         }));
     }
-    let mut latency_us = histogram();
-    for t in tasks {
-        latency_us
-            .add(t.await.expect("producer task"))
-            .expect("merge");
-    }
-    let elapsed = start.elapsed();
-    let ops = latency_us.len();
-    Outcome {
-        ops,
-        bytes: ops * RECORD as u64,
-        elapsed,
-        latency_us,
-    }
+    gather(tasks, start, RECORD as u64).await
 }
 
 async fn kafka_medium(broker: &str, run_for: Duration) -> Rows {

@@ -49,6 +49,29 @@ impl Outcome {
     }
 }
 
+/// Waits for the measuring tasks started at `start` and merges their latencies; each operation
+/// carried `bytes_per_op` payload bytes.
+pub async fn gather(
+    tasks: Vec<tokio::task::JoinHandle<Histogram<u64>>>,
+    start: Instant,
+    bytes_per_op: u64,
+) -> Outcome {
+    let mut latency_us = histogram();
+    for t in tasks {
+        latency_us
+            .add(t.await.expect("measuring task"))
+            .expect("merge");
+    }
+    let elapsed = start.elapsed();
+    let ops = latency_us.len();
+    Outcome {
+        ops,
+        bytes: ops * bytes_per_op,
+        elapsed,
+        latency_us,
+    }
+}
+
 /// An empty latency histogram (1 µs .. 10 min).
 pub fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 600_000_000, 3).expect("histogram bounds")
@@ -138,19 +161,9 @@ pub async fn append_case(
             h
         }));
     }
-    let mut latency_us = histogram();
-    for t in tasks {
-        latency_us.add(t.await.expect("appender")).expect("merge");
-    }
-    let elapsed = start.elapsed();
+    let outcome = gather(tasks, start, RECORD as u64).await;
     handle.close().await;
-    let ops = latency_us.len();
-    Outcome {
-        ops,
-        bytes: ops * RECORD as u64,
-        elapsed,
-        latency_us,
-    }
+    outcome
 }
 
 /// The number and mean size of the data blocks the object backend wrote for `pchannel` under
@@ -208,18 +221,7 @@ pub async fn raw_put_case(
             h
         }));
     }
-    let mut latency_us = histogram();
-    for t in tasks {
-        latency_us.add(t.await.expect("put task")).expect("merge");
-    }
-    let elapsed = start.elapsed();
-    let ops = latency_us.len();
-    Outcome {
-        ops,
-        bytes: ops * size,
-        elapsed,
-        latency_us,
-    }
+    gather(tasks, start, size).await
 }
 
 /// Prints the header of a results table.
