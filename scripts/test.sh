@@ -53,6 +53,22 @@ free_port() {
   done
 }
 
+# Waits (20 s at most) until something answers on 127.0.0.1:$port; fails with the log of
+# the service (`what`, started as `pid`, logging to `logfile`) if it exits or never answers.
+wait_for_port() {
+  local what=$1 port=$2 pid=$3 logfile=$4 _
+  for _ in $(seq 1 200); do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+      return
+    fi
+    kill -0 "$pid" 2>/dev/null || break
+    sleep 0.1
+  done
+  echo "$what did not start; its log:" >&2
+  cat "$logfile" >&2
+  exit 1
+}
+
 start_etcd() {
   local client_port peer_port dir
   client_port="$(free_port)"
@@ -99,19 +115,9 @@ start_s3() {
   moto_server -H 127.0.0.1 -p "$port" >"$dir/moto.log" 2>&1 &
   local pid=$!
   SERVICE_PIDS+=("$pid")
-  local _
-  for _ in $(seq 1 200); do
-    if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
-      export SLUICE_TEST_S3="http://127.0.0.1:$port"
-      log "S3 server (moto) is up at $SLUICE_TEST_S3"
-      return
-    fi
-    kill -0 "$pid" 2>/dev/null || break
-    sleep 0.1
-  done
-  echo "the S3 server did not start; its log:" >&2
-  cat "$dir/moto.log" >&2
-  exit 1
+  wait_for_port "the S3 server" "$port" "$pid" "$dir/moto.log"
+  export SLUICE_TEST_S3="http://127.0.0.1:$port"
+  log "S3 server (moto) is up at $SLUICE_TEST_S3"
 }
 
 # A Kafka-protocol broker (Tansu 0.6.0, in memory) for the kafka log backend's tests
@@ -153,19 +159,9 @@ start_kafka() {
     --storage-engine memory://tansu/ >"$dir/tansu.log" 2>&1 &
   local pid=$!
   SERVICE_PIDS+=("$pid")
-  local _
-  for _ in $(seq 1 200); do
-    if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
-      export SLUICE_TEST_KAFKA="127.0.0.1:$port"
-      log "Kafka-protocol broker (Tansu) is up at $SLUICE_TEST_KAFKA"
-      return
-    fi
-    kill -0 "$pid" 2>/dev/null || break
-    sleep 0.1
-  done
-  echo "the Kafka broker did not start; its log:" >&2
-  cat "$dir/tansu.log" >&2
-  exit 1
+  wait_for_port "the Kafka broker" "$port" "$pid" "$dir/tansu.log"
+  export SLUICE_TEST_KAFKA="127.0.0.1:$port"
+  log "Kafka-protocol broker (Tansu) is up at $SLUICE_TEST_KAFKA"
 }
 
 log "starting etcd"
