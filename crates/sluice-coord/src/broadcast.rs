@@ -791,7 +791,7 @@ impl Spec {
             .ok_or_else(|| "the broadcast header did not encode".to_owned())?;
         let mut copies = Vec::with_capacity(checked.vchannels.len());
         for vchannel in &checked.vchannels {
-            let mut properties = checked.template.properties().clone();
+            let mut properties = checked.template.properties().into_owned();
             properties.insert(prop::VCHANNEL.to_owned(), vchannel.as_str().to_owned());
             properties.insert(prop::BROADCAST_HEADER.to_owned(), encoded_header.clone());
             let copy = Message::from_parts(checked.template.payload().clone(), properties)

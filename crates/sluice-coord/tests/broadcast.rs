@@ -614,7 +614,7 @@ async fn restart_before_acks_waits_for_the_acks_and_releases_the_keys() {
 }
 
 fn raw(props: &[(&str, &str)], base: &MutableMessage) -> MutableMessage {
-    let mut properties: Properties = base.properties().clone();
+    let mut properties: Properties = base.properties().into_owned();
     for (k, v) in props {
         properties.insert(k.to_string(), v.to_string());
     }

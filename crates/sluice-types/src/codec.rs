@@ -121,12 +121,7 @@ pub fn encode_frame(body: &[u8], out: &mut Vec<u8>) -> Result<(), CodecError> {
 
 /// The body length of `msg`.
 pub fn message_body_len(msg: &Message) -> usize {
-    8 + msg.payload().len()
-        + msg
-            .properties()
-            .iter()
-            .map(|(k, v)| 8 + k.len() + v.len())
-            .sum::<usize>()
+    8 + msg.payload().len() + 8 * msg.property_count() + msg.properties_len()
 }
 
 /// The frame length of `msg`.
@@ -156,11 +151,11 @@ pub fn encode_message(msg: &Message, out: &mut Vec<u8>) -> Result<(), CodecError
         out.extend_from_slice(b);
     };
     put(out, msg.payload());
-    out.extend_from_slice(&(msg.properties().len() as u32).to_le_bytes());
-    for (k, v) in msg.properties() {
-        put(out, k.as_bytes());
-        put(out, v.as_bytes());
-    }
+    out.extend_from_slice(&(msg.property_count() as u32).to_le_bytes());
+    msg.for_each_property(|k, v| {
+        put(out, k);
+        put(out, v);
+    });
     let crc = crc32c::crc32c(&out[start + FRAME_HEADER_LEN..]);
     out[start + 8..start + 12].copy_from_slice(&crc.to_le_bytes());
     debug_assert_eq!(out.len() - start, FRAME_HEADER_LEN + body_len);

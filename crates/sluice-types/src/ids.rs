@@ -152,7 +152,7 @@ impl MessageId {
 impl MessageId {
     /// The 32 lowercase hex digits of the id (its `Display` form), without the formatting
     /// machinery: the WAL writes one into every message it appends.
-    fn hex(self) -> [u8; 32] {
+    pub(crate) fn hex(self) -> [u8; 32] {
         const DIGITS: &[u8; 16] = b"0123456789abcdef";
         let mut out = [0u8; 32];
         for (i, d) in out.iter_mut().enumerate() {

@@ -13,6 +13,7 @@
 
 mod header;
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::ops::Deref;
@@ -188,6 +189,10 @@ pub type Properties = BTreeMap<String, String>;
 /// Cheap to clone: the properties are shared copy-on-write (a WAL keeps the message it hands to
 /// the log, so every append clones one). The type and the timestamp, read several times on every
 /// append and every read, are parsed once and kept next to the properties.
+///
+/// The stamps the WAL sets on every append (timestamp, term, last-confirmed id) are kept typed,
+/// outside the string map, until the message is encoded: [`Message::properties`] and the codec
+/// render them as the reserved properties they are, so what is stored is the same envelope.
 #[derive(Clone)]
 pub struct Message {
     payload: Bytes,
@@ -195,16 +200,119 @@ pub struct Message {
     /// The parsed type property (always present and valid: checked on construction).
     ty: MessageType,
     /// The parsed timestamp property when it is present and valid (`None` otherwise; the
-    /// accessor then parses to report the error).
+    /// accessor then parses to report the error). A typed stamp, if set, takes precedence.
     ts: Option<Timestamp>,
-    /// Bytes of every property key and value (kept up to date by every setter).
+    /// Stamps set by the WAL, not in `properties`.
+    stamps: Stamps,
+    /// Whether `properties` may hold stamp keys (it came from a decoded envelope): a setter
+    /// then removes the map's copy so that only one exists.
+    map_stamps: bool,
+    /// Bytes of every property key and value, typed stamps included (kept up to date by every
+    /// setter).
     properties_len: usize,
+}
+
+/// The WAL's stamps while they are typed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Stamps {
+    ts: Option<Timestamp>,
+    term: Option<Term>,
+    lc: Option<MessageId>,
+}
+
+/// A stamp rendered as its property value, without allocating.
+struct StampText {
+    buf: [u8; 32],
+    len: usize,
+}
+
+impl StampText {
+    fn base36(mut v: u64) -> StampText {
+        const DIGITS: &[u8; 36] = b"0123456789abcdefghijklmnopqrstuvwxyz";
+        let mut buf = [0u8; 32];
+        let mut tmp = [0u8; 13];
+        let mut i = tmp.len();
+        loop {
+            i -= 1;
+            tmp[i] = DIGITS[(v % 36) as usize];
+            v /= 36;
+            if v == 0 {
+                break;
+            }
+        }
+        let len = tmp.len() - i;
+        buf[..len].copy_from_slice(&tmp[i..]);
+        StampText { buf, len }
+    }
+
+    fn id(id: MessageId) -> StampText {
+        StampText {
+            buf: id.hex(),
+            len: 32,
+        }
+    }
+
+    fn as_bytes(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+
+    fn as_str(&self) -> &str {
+        // Base-36 and hex digits are ASCII.
+        std::str::from_utf8(self.as_bytes()).unwrap_or_default()
+    }
+}
+
+/// Digits of `v` in base 36 (the length of its property value).
+fn base36_len(mut v: u64) -> usize {
+    let mut n = 1;
+    while v >= 36 {
+        v /= 36;
+        n += 1;
+    }
+    n
+}
+
+impl Stamps {
+    /// Key and value bytes of the typed stamps.
+    fn len(&self) -> usize {
+        self.ts
+            .map_or(0, |t| keys::TIMESTAMP.len() + base36_len(t.0))
+            + self.term.map_or(0, |t| keys::TERM.len() + base36_len(t.0))
+            + self.lc.map_or(0, |_| keys::LAST_CONFIRMED.len() + 32)
+    }
+
+    fn count(&self) -> usize {
+        usize::from(self.ts.is_some())
+            + usize::from(self.term.is_some())
+            + usize::from(self.lc.is_some())
+    }
+
+    fn is_empty(&self) -> bool {
+        *self == Stamps::default()
+    }
+
+    /// The typed stamps as (key, value) properties.
+    fn entries(&self) -> impl Iterator<Item = (&'static str, StampText)> {
+        [
+            self.ts.map(|t| (keys::TIMESTAMP, StampText::base36(t.0))),
+            self.term.map(|t| (keys::TERM, StampText::base36(t.0))),
+            self.lc.map(|id| (keys::LAST_CONFIRMED, StampText::id(id))),
+        ]
+        .into_iter()
+        .flatten()
+    }
 }
 
 impl PartialEq for Message {
     fn eq(&self, other: &Message) -> bool {
-        // `ty`, `ts` and `properties_len` are functions of the properties.
-        self.payload == other.payload && self.properties == other.properties
+        // `ty`, `ts` and `properties_len` are functions of the properties; a stamp is equal
+        // whether it is typed or in the map.
+        self.payload == other.payload
+            && if self.stamps.is_empty() && other.stamps.is_empty() {
+                self.properties == other.properties
+            } else {
+                self.properties() == other.properties()
+            }
     }
 }
 
@@ -214,25 +322,13 @@ impl fmt::Debug for Message {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Message")
             .field("payload_len", &self.payload.len())
-            .field("properties", &self.properties)
+            .field("properties", &self.properties())
             .finish()
     }
 }
 
-fn encode_base36(mut v: u64) -> String {
-    const DIGITS: &[u8; 36] = b"0123456789abcdefghijklmnopqrstuvwxyz";
-    if v == 0 {
-        return "0".to_owned();
-    }
-    let mut buf = [0u8; 13];
-    let mut i = buf.len();
-    while v > 0 {
-        i -= 1;
-        buf[i] = DIGITS[(v % 36) as usize];
-        v /= 36;
-    }
-    // Every byte is an ASCII digit or letter, so this is valid UTF-8.
-    String::from_utf8(buf[i..].to_vec()).unwrap_or_default()
+fn encode_base36(v: u64) -> String {
+    StampText::base36(v).as_str().to_owned()
 }
 
 fn cut(s: &str) -> String {
@@ -277,11 +373,21 @@ impl Message {
             .flatten()
             .map(Timestamp);
         let properties_len = properties.iter().map(|(k, v)| k.len() + v.len()).sum();
+        let map_stamps = [
+            keys::TIMESTAMP,
+            keys::TERM,
+            keys::LAST_CONFIRMED,
+            keys::LAST_CONFIRMED_IS_SELF,
+        ]
+        .iter()
+        .any(|k| properties.contains_key(*k));
         Ok(Message {
             payload,
             properties: Arc::new(properties),
             ty,
             ts,
+            stamps: Stamps::default(),
+            map_stamps,
             properties_len,
         })
     }
@@ -291,12 +397,43 @@ impl Message {
         &self.payload
     }
 
-    /// Every property, reserved ones included.
-    pub fn properties(&self) -> &Properties {
-        &self.properties
+    /// Every property, reserved ones included (the WAL's typed stamps rendered into a copy of
+    /// the map when there are any).
+    pub fn properties(&self) -> Cow<'_, Properties> {
+        if self.stamps.is_empty() {
+            return Cow::Borrowed(&self.properties);
+        }
+        let mut all = (*self.properties).clone();
+        for (k, v) in self.stamps.entries() {
+            all.insert(k.to_owned(), v.as_str().to_owned());
+        }
+        Cow::Owned(all)
     }
 
-    /// One property.
+    /// Calls `f` with every property as it is stored, without building a map: the string map's
+    /// entries, then the typed stamps. The codec writes records with this.
+    pub fn for_each_property(&self, mut f: impl FnMut(&[u8], &[u8])) {
+        for (k, v) in self.properties.iter() {
+            f(k.as_bytes(), v.as_bytes());
+        }
+        for (k, v) in self.stamps.entries() {
+            f(k.as_bytes(), v.as_bytes());
+        }
+    }
+
+    /// How many properties [`Message::for_each_property`] yields.
+    pub fn property_count(&self) -> usize {
+        self.properties.len() + self.stamps.count()
+    }
+
+    /// Bytes of every property key and value (what [`Message::for_each_property`] yields).
+    pub fn properties_len(&self) -> usize {
+        self.properties_len
+    }
+
+    /// One property of the string map: user properties and the reserved ones other than the
+    /// WAL's stamps, which are read through [`Message::timestamp`], [`Message::term`] and
+    /// [`ImmutableMessage::last_confirmed`].
     pub fn property(&self, key: &str) -> Option<&str> {
         self.properties.get(key).map(String::as_str)
     }
@@ -356,7 +493,7 @@ impl Message {
 
     /// The timestamp the WAL assigned, if any.
     pub fn timestamp(&self) -> Result<Option<Timestamp>, ParseError> {
-        match self.ts {
+        match self.stamps.ts.or(self.ts) {
             Some(ts) => Ok(Some(ts)),
             None => Ok(self.parse_u64(keys::TIMESTAMP, 36)?.map(Timestamp)),
         }
@@ -369,6 +506,9 @@ impl Message {
 
     /// The term of the WAL that wrote the message, if stamped.
     pub fn term(&self) -> Result<Option<Term>, ParseError> {
+        if let Some(t) = self.stamps.term {
+            return Ok(Some(t));
+        }
         Ok(self.parse_u64(keys::TERM, 36)?.map(Term))
     }
 
@@ -439,6 +579,17 @@ impl Message {
     fn set_proto<P: prost::Message>(&mut self, key: &str, p: &P) {
         self.set(key, BASE64.encode(p.encode_to_vec()));
     }
+
+    /// Replaces the typed stamps, keeping the size and the single copy of each stamp right.
+    fn set_stamps(&mut self, stamps: Stamps, map_keys: &[&str]) {
+        if self.map_stamps {
+            for k in map_keys {
+                self.remove(k);
+            }
+        }
+        self.properties_len = self.properties_len - self.stamps.len() + stamps.len();
+        self.stamps = stamps;
+    }
 }
 
 /// A message before it is appended: built by a producer, stamped by the WAL, consumed by
@@ -473,7 +624,11 @@ impl MutableMessage {
 
     /// Sets the timestamp (done by the WAL).
     pub fn set_timestamp(&mut self, ts: Timestamp) {
-        self.msg.set(keys::TIMESTAMP, encode_base36(ts.0));
+        let stamps = Stamps {
+            ts: Some(ts),
+            ..self.msg.stamps
+        };
+        self.msg.set_stamps(stamps, &[keys::TIMESTAMP]);
         self.msg.ts = Some(ts);
     }
 
@@ -484,19 +639,34 @@ impl MutableMessage {
 
     /// Sets the term of the writing WAL (done by the WAL).
     pub fn set_term(&mut self, term: Term) {
-        self.msg.set(keys::TERM, encode_base36(term.0));
+        let stamps = Stamps {
+            term: Some(term),
+            ..self.msg.stamps
+        };
+        self.msg.set_stamps(stamps, &[keys::TERM]);
     }
 
     /// Sets the last-confirmed id (done by the WAL).
     pub fn set_last_confirmed(&mut self, id: MessageId) {
-        self.msg.remove(keys::LAST_CONFIRMED_IS_SELF);
-        self.msg.set(keys::LAST_CONFIRMED, id.to_string());
+        let stamps = Stamps {
+            lc: Some(id),
+            ..self.msg.stamps
+        };
+        self.msg.set_stamps(
+            stamps,
+            &[keys::LAST_CONFIRMED, keys::LAST_CONFIRMED_IS_SELF],
+        );
     }
 
     /// Marks the last-confirmed id as the message's own id, which is not known before append.
     pub fn set_last_confirmed_is_self(&mut self) {
-        self.msg.remove(keys::LAST_CONFIRMED);
+        let stamps = Stamps {
+            lc: None,
+            ..self.msg.stamps
+        };
+        self.msg.set_stamps(stamps, &[keys::LAST_CONFIRMED]);
         self.msg.set(keys::LAST_CONFIRMED_IS_SELF, String::new());
+        self.msg.map_stamps = true;
     }
 
     /// Sets the transaction context.
@@ -573,6 +743,9 @@ impl ImmutableMessage {
 
     /// The last-confirmed id: reading from it sees every message with a timestamp ≥ this one's.
     pub fn last_confirmed(&self) -> Result<Option<MessageId>, ParseError> {
+        if let Some(lc) = self.msg.stamps.lc {
+            return Ok(Some(lc));
+        }
         if self
             .msg
             .properties
@@ -695,6 +868,8 @@ impl MessageBuilder {
             properties: Arc::new(Properties::new()),
             ty: H::TYPE,
             ts: None,
+            stamps: Stamps::default(),
+            map_stamps: false,
             properties_len: 0,
         };
         msg.set(keys::TYPE, H::TYPE.number().to_string());
@@ -946,7 +1121,8 @@ mod tests {
         msg.set_term(Term(300_000));
         assert_eq!(msg.estimate_size(), recount(&msg));
         assert_eq!(copy.estimate_size(), recount(&copy));
-        let decoded = Message::from_parts(msg.payload().clone(), msg.properties().clone()).unwrap();
+        let decoded =
+            Message::from_parts(msg.payload().clone(), msg.properties().into_owned()).unwrap();
         assert_eq!(decoded.estimate_size(), msg.estimate_size());
         assert_eq!(decoded.timestamp().unwrap(), Some(Timestamp(u64::MAX)));
     }
@@ -977,6 +1153,68 @@ mod tests {
         assert!(ImmutableTxnMessage::new(begin.clone(), vec![other], commit.clone()).is_err());
         assert!(ImmutableTxnMessage::new(body.clone(), vec![], commit.clone()).is_err());
         assert!(ImmutableTxnMessage::new(begin, vec![], body).is_err());
+    }
+
+    /// Typed stamps are stored as the reserved properties they stand for: a decoded copy has
+    /// the same envelope, and stamping a decoded message again leaves one copy of each stamp.
+    #[test]
+    fn typed_stamps_encode_as_properties() {
+        let mut msg = MutableMessage::builder(InsertHeader::default())
+            .vchannel(&vc())
+            .payload(vec![3u8; 10])
+            .property("k", "v")
+            .build()
+            .unwrap();
+        msg.set_timestamp(Timestamp(1 << 40));
+        msg.set_term(Term(7));
+        msg.set_last_confirmed(MessageId(0xabc));
+        let props = msg.properties();
+        assert_eq!(props.get(keys::TIMESTAMP).unwrap(), &encode_base36(1 << 40));
+        assert_eq!(props.get(keys::TERM).unwrap(), "7");
+        assert_eq!(
+            props.get(keys::LAST_CONFIRMED).unwrap(),
+            &MessageId(0xabc).to_string()
+        );
+        let bytes = crate::codec::encode_message_to_vec(&msg).unwrap();
+        assert_eq!(bytes.len(), crate::codec::encoded_len(&msg));
+        let (decoded, _) = crate::codec::decode_message(&bytes).unwrap();
+        assert_eq!(decoded, *msg);
+        assert_eq!(decoded.estimate_size(), msg.estimate_size());
+        assert_eq!(decoded.term().unwrap(), Some(Term(7)));
+        let imm = ImmutableMessage::new(MessageId(1), decoded.clone());
+        assert_eq!(imm.last_confirmed().unwrap(), Some(MessageId(0xabc)));
+
+        // Stamped again: the map's copies give way to the typed ones.
+        let mut again = MutableMessage::from_message(decoded);
+        again.set_timestamp(Timestamp(5));
+        again.set_term(Term(8));
+        again.set_last_confirmed(MessageId(9));
+        assert_eq!(again.property_count(), msg.property_count());
+        let (decoded, _) =
+            crate::codec::decode_message(&crate::codec::encode_message_to_vec(&again).unwrap())
+                .unwrap();
+        assert_eq!(decoded.timestamp().unwrap(), Some(Timestamp(5)));
+        assert_eq!(decoded.term().unwrap(), Some(Term(8)));
+        assert_eq!(decoded.estimate_size(), again.estimate_size());
+        let imm = ImmutableMessage::new(MessageId(1), decoded);
+        assert_eq!(imm.last_confirmed().unwrap(), Some(MessageId(9)));
+
+        // Marked as its own last-confirmed id, then given a real one: the flag goes.
+        again.set_last_confirmed_is_self();
+        assert_eq!(
+            again.into_immutable(MessageId(4)).last_confirmed().unwrap(),
+            Some(MessageId(4))
+        );
+        let mut own = MutableMessage::builder(TimeTickHeader::default())
+            .build()
+            .unwrap();
+        own.set_last_confirmed_is_self();
+        own.set_last_confirmed(MessageId(2));
+        assert!(!own.properties().contains_key(keys::LAST_CONFIRMED_IS_SELF));
+        assert_eq!(
+            own.into_immutable(MessageId(4)).last_confirmed().unwrap(),
+            Some(MessageId(2))
+        );
     }
 
     #[test]
