@@ -14,7 +14,7 @@
 //!   `last_confirmed_ts`. A timetick at that timestamp, written after all of those messages were
 //!   acknowledged, guarantees every message with TT ≤ tick precedes it in the log.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 
 use sluice_types::{ImmutableMessage, MessageId, Timestamp, VChannel};
 
@@ -33,19 +33,31 @@ pub(crate) struct SyncPlan {
     pub(crate) persist: bool,
 }
 
+/// Where one allocated timestamp stands.
+#[derive(Debug)]
+enum Slot {
+    /// Allocated, not yet acknowledged; the LC it was given.
+    InFlight(MessageId),
+    /// Acknowledged, waiting for the next sync to hand it to readers.
+    Acked(ImmutableMessage),
+    /// Nothing to release: the append failed, or the timestamp was a sync's own.
+    Done,
+}
+
 /// Allocation, acknowledgement and LC state of one WAL.
 #[derive(Debug)]
 pub(crate) struct AckState {
     pub(crate) batch: Batch,
     last_allocated: Timestamp,
-    /// Allocated, not yet acknowledged: timestamp → the LC it was given.
-    inflight: BTreeMap<Timestamp, MessageId>,
+    /// Every timestamp allocated since the last sync released it, in allocation (= timestamp)
+    /// order, so a sync releases a prefix and an acknowledgement finds its slot by binary search.
+    slots: VecDeque<(Timestamp, Slot)>,
+    /// Slots still in flight.
+    inflight: usize,
     max_acked_id: MessageId,
     /// BeginTxn ids of transactions still open.
     open_txns: BTreeSet<(MessageId, i64)>,
     open_txn_ids: HashMap<i64, MessageId>,
-    /// Acknowledged messages waiting for the next sync.
-    acked: BTreeMap<Timestamp, ImmutableMessage>,
     last_tick: Timestamp,
     /// Messages were released since the last persisted timetick.
     released_since_persist: bool,
@@ -59,15 +71,45 @@ impl AckState {
         AckState {
             batch: Batch::default(),
             last_allocated: tick,
-            inflight: BTreeMap::new(),
+            slots: VecDeque::new(),
+            inflight: 0,
             max_acked_id: id,
             open_txns: BTreeSet::new(),
             open_txn_ids: HashMap::new(),
-            acked: BTreeMap::new(),
             last_tick: tick,
             released_since_persist: false,
             vchannel_mvcc: HashMap::new(),
         }
+    }
+
+    /// The slot of `ts`, if it is still held.
+    fn slot(&mut self, ts: Timestamp) -> Option<&mut Slot> {
+        let i = self.slots.partition_point(|(t, _)| *t < ts);
+        match self.slots.get_mut(i) {
+            Some((t, slot)) if *t == ts => Some(slot),
+            _ => None,
+        }
+    }
+
+    /// Resolves the in-flight slot of `ts` to `to`.
+    fn resolve(&mut self, ts: Timestamp, to: Slot) {
+        if let Some(slot) = self.slot(ts)
+            && matches!(slot, Slot::InFlight(_))
+        {
+            *slot = to;
+            self.inflight -= 1;
+        }
+    }
+
+    /// The first slot still in flight: its timestamp and LC.
+    fn first_inflight(&self) -> Option<(Timestamp, MessageId)> {
+        if self.inflight == 0 {
+            return None;
+        }
+        self.slots.iter().find_map(|(t, s)| match s {
+            Slot::InFlight(lc) => Some((*t, *lc)),
+            _ => None,
+        })
     }
 
     /// The LC a message allocated now gets.
@@ -88,20 +130,20 @@ impl AckState {
         debug_assert!(ts > self.last_allocated);
         self.last_allocated = ts;
         let lc = self.current_lc();
-        self.inflight.insert(ts, lc);
+        self.slots.push_back((ts, Slot::InFlight(lc)));
+        self.inflight += 1;
         Some((ts, lc))
     }
 
     /// The append at `ts` failed: nothing was written.
     pub(crate) fn ack_failed(&mut self, ts: Timestamp) {
-        self.inflight.remove(&ts);
+        self.resolve(ts, Slot::Done);
     }
 
     /// The append at `ts` is durable as `msg`. `deliver` is false for parts of a transaction
     /// that readers get through the scanner's txn assembly anyway (they are still delivered;
     /// the flag exists for messages that must never reach the buffer).
     pub(crate) fn ack(&mut self, ts: Timestamp, msg: ImmutableMessage) {
-        self.inflight.remove(&ts);
         self.max_acked_id = self.max_acked_id.max(msg.id());
         if let Some(vc) = msg.vchannel_str() {
             match self.vchannel_mvcc.get_mut(vc) {
@@ -111,7 +153,7 @@ impl AckState {
                 }
             }
         }
-        self.acked.insert(ts, msg);
+        self.resolve(ts, Slot::Acked(msg));
     }
 
     /// A transaction's BeginTxn is durable at `begin`: hold the LC there until it ends.
@@ -130,7 +172,7 @@ impl AckState {
 
     /// The highest timestamp below which every allocation is acknowledged.
     pub(crate) fn last_confirmed_ts(&self) -> Timestamp {
-        match self.inflight.first_key_value() {
+        match self.first_inflight() {
             Some((first, _)) => Timestamp(first.0 - 1),
             None => self.last_allocated,
         }
@@ -146,18 +188,25 @@ impl AckState {
         force_persist: bool,
         persist_due: bool,
     ) -> Option<SyncPlan> {
-        self.inflight.remove(&sync_ts);
+        self.resolve(sync_ts, Slot::Done);
         let tick = self.last_confirmed_ts();
         if tick <= self.last_tick {
             return None;
         }
-        let later = self.acked.split_off(&Timestamp(tick.0.saturating_add(1)));
-        let ready = std::mem::replace(&mut self.acked, later);
-        let last_confirmed = match self.inflight.first_key_value() {
-            Some((_, lc)) => (*lc).min(self.current_lc()),
+        let last_confirmed = match self.first_inflight() {
+            Some((_, lc)) => lc.min(self.current_lc()),
             None => self.current_lc(),
         };
-        let messages: Vec<ImmutableMessage> = ready.into_values().collect();
+        // Everything before the first slot in flight is resolved: release that prefix.
+        let mut messages = Vec::new();
+        while let Some((t, slot)) = self.slots.front()
+            && *t <= tick
+            && !matches!(slot, Slot::InFlight(_))
+        {
+            if let Some((_, Slot::Acked(m))) = self.slots.pop_front() {
+                messages.push(m);
+            }
+        }
         let released = self.released_since_persist || !messages.is_empty();
         let persist = force_persist || (persist_due && released);
         self.released_since_persist = released && !persist;
