@@ -329,9 +329,9 @@ fn read_from_wire(response: v1::ConsumeResponse) -> Result<ReadMessage, ClientEr
         Some(consume_response::Response::Message(m)) => Ok(ReadMessage::Message(
             convert::immutable_from_wire(m).map_err(bad)?,
         )),
-        Some(consume_response::Response::Txn(t)) => {
-            Ok(ReadMessage::Txn(convert::txn_from_wire(t).map_err(bad)?))
-        }
+        Some(consume_response::Response::Txn(t)) => Ok(ReadMessage::Txn(Box::new(
+            convert::txn_from_wire(t).map_err(bad)?,
+        ))),
         None => Err(ClientError::new(ErrorCode::Inner, "empty consume response")),
     }
 }

@@ -37,11 +37,13 @@ impl WireError {
 pub fn message_to_wire(msg: &Message) -> v1::Message {
     v1::Message {
         payload: msg.payload().clone(),
-        properties: msg
-            .properties()
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect(),
+        properties: {
+            let mut all = std::collections::HashMap::with_capacity(msg.property_count());
+            msg.for_each_property(|k, v| {
+                all.insert(k.to_owned(), v.to_owned());
+            });
+            all
+        },
     }
 }
 

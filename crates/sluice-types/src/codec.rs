@@ -153,8 +153,8 @@ pub fn encode_message(msg: &Message, out: &mut Vec<u8>) -> Result<(), CodecError
     put(out, msg.payload());
     out.extend_from_slice(&(msg.property_count() as u32).to_le_bytes());
     msg.for_each_property(|k, v| {
-        put(out, k);
-        put(out, v);
+        put(out, k.as_bytes());
+        put(out, v.as_bytes());
     });
     let crc = crc32c::crc32c(&out[start + FRAME_HEADER_LEN..]);
     out[start + 8..start + 12].copy_from_slice(&crc.to_le_bytes());

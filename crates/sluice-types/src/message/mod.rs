@@ -190,9 +190,11 @@ pub type Properties = BTreeMap<String, String>;
 /// the log, so every append clones one). The type and the timestamp, read several times on every
 /// append and every read, are parsed once and kept next to the properties.
 ///
-/// The stamps the WAL sets on every append (timestamp, term, last-confirmed id) are kept typed,
-/// outside the string map, until the message is encoded: [`Message::properties`] and the codec
-/// render them as the reserved properties they are, so what is stored is the same envelope.
+/// The reserved properties every message of this build has (type, version, vchannel) and the
+/// stamps the WAL sets on every append (timestamp, term, last-confirmed id) are kept typed,
+/// outside the string map: a message costs a few allocations instead of two per property.
+/// [`Message::properties`] and the codec render them as the reserved properties they stand for,
+/// so what is stored and sent is the same envelope. A decoded envelope keeps them in the map.
 #[derive(Clone)]
 pub struct Message {
     payload: Bytes,
@@ -202,104 +204,134 @@ pub struct Message {
     /// The parsed timestamp property when it is present and valid (`None` otherwise; the
     /// accessor then parses to report the error). A typed stamp, if set, takes precedence.
     ts: Option<Timestamp>,
-    /// Stamps set by the WAL, not in `properties`.
-    stamps: Stamps,
-    /// Whether `properties` may hold stamp keys (it came from a decoded envelope): a setter
-    /// then removes the map's copy so that only one exists.
+    /// Reserved properties kept typed, not in `properties`.
+    typed: Typed,
+    /// Whether `properties` may hold the WAL's stamp keys (it came from a decoded envelope): a
+    /// setter then removes the map's copy so that only one exists.
     map_stamps: bool,
-    /// Bytes of every property key and value, typed stamps included (kept up to date by every
+    /// Bytes of every property key and value, typed ones included (kept up to date by every
     /// setter).
     properties_len: usize,
 }
 
-/// The WAL's stamps while they are typed.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-struct Stamps {
+/// Reserved properties while they are typed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct Typed {
+    /// `_t` and `_v`: the type and this build's message version.
+    kind: Option<MessageType>,
+    vchannel: Option<VChannel>,
     ts: Option<Timestamp>,
     term: Option<Term>,
     lc: Option<MessageId>,
 }
 
-/// A stamp rendered as its property value, without allocating.
-struct StampText {
-    buf: [u8; 32],
-    len: usize,
+/// A typed property's value as text, without allocating.
+enum TypedText<'a> {
+    Inline { buf: [u8; 32], len: usize },
+    Str(&'a str),
 }
 
-impl StampText {
-    fn base36(mut v: u64) -> StampText {
+impl TypedText<'_> {
+    fn radix(mut v: u64, radix: u64) -> TypedText<'static> {
         const DIGITS: &[u8; 36] = b"0123456789abcdefghijklmnopqrstuvwxyz";
         let mut buf = [0u8; 32];
-        let mut tmp = [0u8; 13];
+        let mut tmp = [0u8; 20];
         let mut i = tmp.len();
         loop {
             i -= 1;
-            tmp[i] = DIGITS[(v % 36) as usize];
-            v /= 36;
+            tmp[i] = DIGITS[(v % radix) as usize];
+            v /= radix;
             if v == 0 {
                 break;
             }
         }
         let len = tmp.len() - i;
         buf[..len].copy_from_slice(&tmp[i..]);
-        StampText { buf, len }
-    }
-
-    fn id(id: MessageId) -> StampText {
-        StampText {
-            buf: id.hex(),
-            len: 32,
-        }
-    }
-
-    fn as_bytes(&self) -> &[u8] {
-        &self.buf[..self.len]
+        TypedText::Inline { buf, len }
     }
 
     fn as_str(&self) -> &str {
-        // Base-36 and hex digits are ASCII.
-        std::str::from_utf8(self.as_bytes()).unwrap_or_default()
+        match self {
+            // Digits are ASCII.
+            TypedText::Inline { buf, len } => std::str::from_utf8(&buf[..*len]).unwrap_or_default(),
+            TypedText::Str(s) => s,
+        }
     }
 }
 
-/// Digits of `v` in base 36 (the length of its property value).
-fn base36_len(mut v: u64) -> usize {
+/// Digits of `v` in `radix` (the length of its property value).
+fn digits(mut v: u64, radix: u64) -> usize {
     let mut n = 1;
-    while v >= 36 {
-        v /= 36;
+    while v >= radix {
+        v /= radix;
         n += 1;
     }
     n
 }
 
-impl Stamps {
-    /// Key and value bytes of the typed stamps.
+impl Typed {
+    /// Key and value bytes of the typed properties.
     fn len(&self) -> usize {
-        self.ts
-            .map_or(0, |t| keys::TIMESTAMP.len() + base36_len(t.0))
-            + self.term.map_or(0, |t| keys::TERM.len() + base36_len(t.0))
+        self.kind.map_or(0, |ty| {
+            keys::TYPE.len()
+                + digits(u64::from(ty.number()), 10)
+                + keys::VERSION.len()
+                + digits(u64::from(MESSAGE_VERSION), 10)
+        }) + self
+            .vchannel
+            .as_ref()
+            .map_or(0, |v| keys::VCHANNEL.len() + v.as_str().len())
+            + self
+                .ts
+                .map_or(0, |t| keys::TIMESTAMP.len() + digits(t.0, 36))
+            + self.term.map_or(0, |t| keys::TERM.len() + digits(t.0, 36))
             + self.lc.map_or(0, |_| keys::LAST_CONFIRMED.len() + 32)
     }
 
     fn count(&self) -> usize {
-        usize::from(self.ts.is_some())
+        2 * usize::from(self.kind.is_some())
+            + usize::from(self.vchannel.is_some())
+            + usize::from(self.ts.is_some())
             + usize::from(self.term.is_some())
             + usize::from(self.lc.is_some())
     }
 
     fn is_empty(&self) -> bool {
-        *self == Stamps::default()
+        *self == Typed::default()
     }
 
-    /// The typed stamps as (key, value) properties.
-    fn entries(&self) -> impl Iterator<Item = (&'static str, StampText)> {
-        [
-            self.ts.map(|t| (keys::TIMESTAMP, StampText::base36(t.0))),
-            self.term.map(|t| (keys::TERM, StampText::base36(t.0))),
-            self.lc.map(|id| (keys::LAST_CONFIRMED, StampText::id(id))),
-        ]
-        .into_iter()
-        .flatten()
+    /// The typed properties as (key, value).
+    fn entries(&self) -> impl Iterator<Item = (&'static str, TypedText<'_>)> {
+        let kind = self.kind.map(|ty| {
+            [
+                (keys::TYPE, TypedText::radix(u64::from(ty.number()), 10)),
+                (
+                    keys::VERSION,
+                    TypedText::radix(u64::from(MESSAGE_VERSION), 10),
+                ),
+            ]
+        });
+        kind.into_iter().flatten().chain(
+            [
+                self.vchannel
+                    .as_ref()
+                    .map(|v| (keys::VCHANNEL, TypedText::Str(v.as_str()))),
+                self.ts
+                    .map(|t| (keys::TIMESTAMP, TypedText::radix(t.0, 36))),
+                self.term.map(|t| (keys::TERM, TypedText::radix(t.0, 36))),
+                self.lc.map(|id| {
+                    (
+                        keys::LAST_CONFIRMED,
+                        TypedText::Inline {
+                            buf: id.hex(),
+                            len: 32,
+                        },
+                    )
+                }),
+            ]
+            .into_iter()
+            .flatten(),
+        )
     }
 }
 
@@ -308,7 +340,7 @@ impl PartialEq for Message {
         // `ty`, `ts` and `properties_len` are functions of the properties; a stamp is equal
         // whether it is typed or in the map.
         self.payload == other.payload
-            && if self.stamps.is_empty() && other.stamps.is_empty() {
+            && if self.typed.is_empty() && other.typed.is_empty() {
                 self.properties == other.properties
             } else {
                 self.properties() == other.properties()
@@ -328,7 +360,7 @@ impl fmt::Debug for Message {
 }
 
 fn encode_base36(v: u64) -> String {
-    StampText::base36(v).as_str().to_owned()
+    TypedText::radix(v, 36).as_str().to_owned()
 }
 
 fn cut(s: &str) -> String {
@@ -386,7 +418,7 @@ impl Message {
             properties: Arc::new(properties),
             ty,
             ts,
-            stamps: Stamps::default(),
+            typed: Typed::default(),
             map_stamps,
             properties_len,
         })
@@ -397,33 +429,33 @@ impl Message {
         &self.payload
     }
 
-    /// Every property, reserved ones included (the WAL's typed stamps rendered into a copy of
-    /// the map when there are any).
+    /// Every property, reserved ones included (the typed ones rendered into a copy of the map
+    /// when there are any).
     pub fn properties(&self) -> Cow<'_, Properties> {
-        if self.stamps.is_empty() {
+        if self.typed.is_empty() {
             return Cow::Borrowed(&self.properties);
         }
         let mut all = (*self.properties).clone();
-        for (k, v) in self.stamps.entries() {
+        for (k, v) in self.typed.entries() {
             all.insert(k.to_owned(), v.as_str().to_owned());
         }
         Cow::Owned(all)
     }
 
     /// Calls `f` with every property as it is stored, without building a map: the string map's
-    /// entries, then the typed stamps. The codec writes records with this.
-    pub fn for_each_property(&self, mut f: impl FnMut(&[u8], &[u8])) {
+    /// entries, then the typed ones. The codec writes records with this.
+    pub fn for_each_property(&self, mut f: impl FnMut(&str, &str)) {
         for (k, v) in self.properties.iter() {
-            f(k.as_bytes(), v.as_bytes());
+            f(k, v);
         }
-        for (k, v) in self.stamps.entries() {
-            f(k.as_bytes(), v.as_bytes());
+        for (k, v) in self.typed.entries() {
+            f(k, v.as_str());
         }
     }
 
     /// How many properties [`Message::for_each_property`] yields.
     pub fn property_count(&self) -> usize {
-        self.properties.len() + self.stamps.count()
+        self.properties.len() + self.typed.count()
     }
 
     /// Bytes of every property key and value (what [`Message::for_each_property`] yields).
@@ -431,9 +463,8 @@ impl Message {
         self.properties_len
     }
 
-    /// One property of the string map: user properties and the reserved ones other than the
-    /// WAL's stamps, which are read through [`Message::timestamp`], [`Message::term`] and
-    /// [`ImmutableMessage::last_confirmed`].
+    /// One property of the string map: user properties and the reserved ones that are not
+    /// typed. Type, version, vchannel and the WAL's stamps are read through their accessors.
     pub fn property(&self, key: &str) -> Option<&str> {
         self.properties.get(key).map(String::as_str)
     }
@@ -483,6 +514,9 @@ impl Message {
 
     /// The message format version (absent = 0).
     pub fn version(&self) -> Result<u32, ParseError> {
+        if self.typed.kind.is_some() {
+            return Ok(MESSAGE_VERSION);
+        }
         let v = self.parse_u64(keys::VERSION, 10)?.unwrap_or(0);
         u32::try_from(v).map_err(|_| ParseError::Property {
             key: keys::VERSION,
@@ -493,7 +527,7 @@ impl Message {
 
     /// The timestamp the WAL assigned, if any.
     pub fn timestamp(&self) -> Result<Option<Timestamp>, ParseError> {
-        match self.stamps.ts.or(self.ts) {
+        match self.typed.ts.or(self.ts) {
             Some(ts) => Ok(Some(ts)),
             None => Ok(self.parse_u64(keys::TIMESTAMP, 36)?.map(Timestamp)),
         }
@@ -506,7 +540,7 @@ impl Message {
 
     /// The term of the WAL that wrote the message, if stamped.
     pub fn term(&self) -> Result<Option<Term>, ParseError> {
-        if let Some(t) = self.stamps.term {
+        if let Some(t) = self.typed.term {
             return Ok(Some(t));
         }
         Ok(self.parse_u64(keys::TERM, 36)?.map(Term))
@@ -514,6 +548,9 @@ impl Message {
 
     /// The vchannel, or `None` for a message addressed to every vchannel of the pchannel.
     pub fn vchannel(&self) -> Result<Option<VChannel>, ParseError> {
+        if let Some(v) = &self.typed.vchannel {
+            return Ok(Some(v.clone()));
+        }
         match self.properties.get(keys::VCHANNEL) {
             None => Ok(None),
             Some(v) if v.is_empty() => Ok(None),
@@ -523,6 +560,9 @@ impl Message {
 
     /// The vchannel name as stored, without parsing (`None` = every vchannel).
     pub fn vchannel_str(&self) -> Option<&str> {
+        if let Some(v) = &self.typed.vchannel {
+            return Some(v.as_str());
+        }
         self.property(keys::VCHANNEL).filter(|v| !v.is_empty())
     }
 
@@ -580,15 +620,17 @@ impl Message {
         self.set(key, BASE64.encode(p.encode_to_vec()));
     }
 
-    /// Replaces the typed stamps, keeping the size and the single copy of each stamp right.
-    fn set_stamps(&mut self, stamps: Stamps, map_keys: &[&str]) {
+    /// Changes the typed properties with `f`, keeping the size and the single copy of each
+    /// stamp right (`map_keys`: the map's copies of what `f` sets).
+    fn retype(&mut self, map_keys: &[&str], f: impl FnOnce(&mut Typed)) {
         if self.map_stamps {
             for k in map_keys {
                 self.remove(k);
             }
         }
-        self.properties_len = self.properties_len - self.stamps.len() + stamps.len();
-        self.stamps = stamps;
+        self.properties_len -= self.typed.len();
+        f(&mut self.typed);
+        self.properties_len += self.typed.len();
     }
 }
 
@@ -624,11 +666,7 @@ impl MutableMessage {
 
     /// Sets the timestamp (done by the WAL).
     pub fn set_timestamp(&mut self, ts: Timestamp) {
-        let stamps = Stamps {
-            ts: Some(ts),
-            ..self.msg.stamps
-        };
-        self.msg.set_stamps(stamps, &[keys::TIMESTAMP]);
+        self.msg.retype(&[keys::TIMESTAMP], |t| t.ts = Some(ts));
         self.msg.ts = Some(ts);
     }
 
@@ -639,32 +677,20 @@ impl MutableMessage {
 
     /// Sets the term of the writing WAL (done by the WAL).
     pub fn set_term(&mut self, term: Term) {
-        let stamps = Stamps {
-            term: Some(term),
-            ..self.msg.stamps
-        };
-        self.msg.set_stamps(stamps, &[keys::TERM]);
+        self.msg.retype(&[keys::TERM], |t| t.term = Some(term));
     }
 
     /// Sets the last-confirmed id (done by the WAL).
     pub fn set_last_confirmed(&mut self, id: MessageId) {
-        let stamps = Stamps {
-            lc: Some(id),
-            ..self.msg.stamps
-        };
-        self.msg.set_stamps(
-            stamps,
-            &[keys::LAST_CONFIRMED, keys::LAST_CONFIRMED_IS_SELF],
-        );
+        self.msg
+            .retype(&[keys::LAST_CONFIRMED, keys::LAST_CONFIRMED_IS_SELF], |t| {
+                t.lc = Some(id)
+            });
     }
 
     /// Marks the last-confirmed id as the message's own id, which is not known before append.
     pub fn set_last_confirmed_is_self(&mut self) {
-        let stamps = Stamps {
-            lc: None,
-            ..self.msg.stamps
-        };
-        self.msg.set_stamps(stamps, &[keys::LAST_CONFIRMED]);
+        self.msg.retype(&[keys::LAST_CONFIRMED], |t| t.lc = None);
         self.msg.set(keys::LAST_CONFIRMED_IS_SELF, String::new());
         self.msg.map_stamps = true;
     }
@@ -743,7 +769,7 @@ impl ImmutableMessage {
 
     /// The last-confirmed id: reading from it sees every message with a timestamp ≥ this one's.
     pub fn last_confirmed(&self) -> Result<Option<MessageId>, ParseError> {
-        if let Some(lc) = self.msg.stamps.lc {
+        if let Some(lc) = self.msg.typed.lc {
             return Ok(Some(lc));
         }
         if self
@@ -868,12 +894,11 @@ impl MessageBuilder {
             properties: Arc::new(Properties::new()),
             ty: H::TYPE,
             ts: None,
-            stamps: Stamps::default(),
+            typed: Typed::default(),
             map_stamps: false,
             properties_len: 0,
         };
-        msg.set(keys::TYPE, H::TYPE.number().to_string());
-        msg.set(keys::VERSION, MESSAGE_VERSION.to_string());
+        msg.retype(&[], |t| t.kind = Some(H::TYPE));
         if header != H::default() {
             msg.set_proto(keys::HEADER, &header);
         }
@@ -882,7 +907,8 @@ impl MessageBuilder {
 
     /// The vchannel the message goes to.
     pub fn vchannel(mut self, vchannel: &VChannel) -> Self {
-        self.msg.set(keys::VCHANNEL, vchannel.as_str().to_owned());
+        self.msg
+            .retype(&[], |t| t.vchannel = Some(vchannel.clone()));
         self
     }
 
@@ -1155,10 +1181,10 @@ mod tests {
         assert!(ImmutableTxnMessage::new(begin, vec![], body).is_err());
     }
 
-    /// Typed stamps are stored as the reserved properties they stand for: a decoded copy has
+    /// Typed properties are stored as the reserved properties they stand for: a decoded copy has
     /// the same envelope, and stamping a decoded message again leaves one copy of each stamp.
     #[test]
-    fn typed_stamps_encode_as_properties() {
+    fn typed_properties_encode_as_properties() {
         let mut msg = MutableMessage::builder(InsertHeader::default())
             .vchannel(&vc())
             .payload(vec![3u8; 10])
@@ -1169,6 +1195,15 @@ mod tests {
         msg.set_term(Term(7));
         msg.set_last_confirmed(MessageId(0xabc));
         let props = msg.properties();
+        assert_eq!(props.get(keys::TYPE).unwrap(), "2");
+        assert_eq!(
+            props.get(keys::VERSION).unwrap(),
+            &MESSAGE_VERSION.to_string()
+        );
+        assert_eq!(props.get(keys::VCHANNEL).unwrap(), vc().as_str());
+        assert_eq!(props.get("k").unwrap(), "v");
+        assert_eq!(props.len(), 7);
+        assert_eq!(msg.property_count(), 7);
         assert_eq!(props.get(keys::TIMESTAMP).unwrap(), &encode_base36(1 << 40));
         assert_eq!(props.get(keys::TERM).unwrap(), "7");
         assert_eq!(
@@ -1179,6 +1214,9 @@ mod tests {
         assert_eq!(bytes.len(), crate::codec::encoded_len(&msg));
         let (decoded, _) = crate::codec::decode_message(&bytes).unwrap();
         assert_eq!(decoded, *msg);
+        assert_eq!(decoded.properties(), msg.properties());
+        assert_eq!(decoded.vchannel().unwrap(), Some(vc()));
+        assert_eq!(decoded.version().unwrap(), MESSAGE_VERSION);
         assert_eq!(decoded.estimate_size(), msg.estimate_size());
         assert_eq!(decoded.term().unwrap(), Some(Term(7)));
         let imm = ImmutableMessage::new(MessageId(1), decoded.clone());

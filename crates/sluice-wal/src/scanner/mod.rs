@@ -99,8 +99,9 @@ impl ScannerOptions {
 pub enum ReadMessage {
     /// A message that is not part of a transaction, timeticks included.
     Message(ImmutableMessage),
-    /// A committed transaction: begin, bodies and commit, at the commit's timestamp.
-    Txn(ImmutableTxnMessage),
+    /// A committed transaction: begin, bodies and commit, at the commit's timestamp (boxed:
+    /// it holds several messages, and most of what is delivered is plain messages).
+    Txn(Box<ImmutableTxnMessage>),
 }
 
 impl ReadMessage {

@@ -119,7 +119,7 @@ impl TxnBuffer {
                 match ImmutableTxnMessage::new(b.begin, b.bodies, msg.msg) {
                     Ok(t) => {
                         self.counters.committed += 1;
-                        Some(ReadMessage::Txn(t))
+                        Some(ReadMessage::Txn(Box::new(t)))
                     }
                     Err(e) => {
                         tracing::warn!(
