@@ -44,14 +44,27 @@ enum Slot {
     Done,
 }
 
+/// One allocated timestamp: what the append needs, and where its slot is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Ticket {
+    /// The timestamp.
+    pub(crate) ts: Timestamp,
+    /// Its last-confirmed id.
+    pub(crate) lc: MessageId,
+    /// Allocation sequence number: the slot's index plus `AckState::head_seq`.
+    seq: u64,
+}
+
 /// Allocation, acknowledgement and LC state of one WAL.
 #[derive(Debug)]
 pub(crate) struct AckState {
     pub(crate) batch: Batch,
     last_allocated: Timestamp,
     /// Every timestamp allocated since the last sync released it, in allocation (= timestamp)
-    /// order, so a sync releases a prefix and an acknowledgement finds its slot by binary search.
+    /// order: a sync releases a prefix, an acknowledgement finds its slot by its sequence number.
     slots: VecDeque<(Timestamp, Slot)>,
+    /// Sequence number of `slots[0]`.
+    head_seq: u64,
     /// Slots still in flight.
     inflight: usize,
     max_acked_id: MessageId,
@@ -63,6 +76,8 @@ pub(crate) struct AckState {
     released_since_persist: bool,
     /// Per vchannel, the highest acknowledged timestamp (MVCC).
     vchannel_mvcc: HashMap<String, Timestamp>,
+    /// An empty vector with room, for the next sync's messages.
+    spare: Vec<ImmutableMessage>,
 }
 
 impl AckState {
@@ -72,6 +87,7 @@ impl AckState {
             batch: Batch::default(),
             last_allocated: tick,
             slots: VecDeque::new(),
+            head_seq: 0,
             inflight: 0,
             max_acked_id: id,
             open_txns: BTreeSet::new(),
@@ -79,21 +95,17 @@ impl AckState {
             last_tick: tick,
             released_since_persist: false,
             vchannel_mvcc: HashMap::new(),
+            spare: Vec::new(),
         }
     }
 
-    /// The slot of `ts`, if it is still held.
-    fn slot(&mut self, ts: Timestamp) -> Option<&mut Slot> {
-        let i = self.slots.partition_point(|(t, _)| *t < ts);
-        match self.slots.get_mut(i) {
-            Some((t, slot)) if *t == ts => Some(slot),
-            _ => None,
-        }
-    }
-
-    /// Resolves the in-flight slot of `ts` to `to`.
-    fn resolve(&mut self, ts: Timestamp, to: Slot) {
-        if let Some(slot) = self.slot(ts)
+    /// Resolves the in-flight slot of `t` to `to`.
+    fn resolve(&mut self, t: Ticket, to: Slot) {
+        let Some(i) = t.seq.checked_sub(self.head_seq) else {
+            return;
+        };
+        if let Some((ts, slot)) = usize::try_from(i).ok().and_then(|i| self.slots.get_mut(i))
+            && *ts == t.ts
             && matches!(slot, Slot::InFlight(_))
         {
             *slot = to;
@@ -122,28 +134,27 @@ impl AckState {
 
     /// Takes a timestamp (≥ `barrier`) from the local batch and registers it in flight; `None`
     /// when the batch must be refilled first.
-    pub(crate) fn allocate(
-        &mut self,
-        barrier: Option<Timestamp>,
-    ) -> Option<(Timestamp, MessageId)> {
+    pub(crate) fn allocate(&mut self, barrier: Option<Timestamp>) -> Option<Ticket> {
         let ts = self.batch.take(barrier)?;
         debug_assert!(ts > self.last_allocated);
         self.last_allocated = ts;
         let lc = self.current_lc();
+        let seq = self.head_seq + self.slots.len() as u64;
         self.slots.push_back((ts, Slot::InFlight(lc)));
         self.inflight += 1;
-        Some((ts, lc))
+        Some(Ticket { ts, lc, seq })
     }
 
     /// The append at `ts` failed: nothing was written.
-    pub(crate) fn ack_failed(&mut self, ts: Timestamp) {
-        self.resolve(ts, Slot::Done);
+    pub(crate) fn ack_failed(&mut self, t: Ticket) {
+        self.resolve(t, Slot::Done);
     }
 
     /// The append at `ts` is durable as `msg`. `deliver` is false for parts of a transaction
     /// that readers get through the scanner's txn assembly anyway (they are still delivered;
     /// the flag exists for messages that must never reach the buffer).
-    pub(crate) fn ack(&mut self, ts: Timestamp, msg: ImmutableMessage) {
+    pub(crate) fn ack(&mut self, t: Ticket, msg: ImmutableMessage) {
+        let ts = t.ts;
         self.max_acked_id = self.max_acked_id.max(msg.id());
         if let Some(vc) = msg.vchannel_str() {
             match self.vchannel_mvcc.get_mut(vc) {
@@ -153,7 +164,7 @@ impl AckState {
                 }
             }
         }
-        self.resolve(ts, Slot::Acked(msg));
+        self.resolve(t, Slot::Acked(msg));
     }
 
     /// A transaction's BeginTxn is durable at `begin`: hold the LC there until it ends.
@@ -178,17 +189,17 @@ impl AckState {
         }
     }
 
-    /// Plans a timetick. `sync_ts` is a timestamp the caller just allocated for the sync itself
+    /// Plans a timetick. `sync` is a timestamp the caller just allocated for the sync itself
     /// (it is acknowledged here at once, so an idle WAL's time still advances). The timetick is
     /// persisted when forced, or when `persist_due` and messages were released since the last
     /// persisted one. Returns `None` when time did not advance since the last timetick.
     pub(crate) fn plan_sync(
         &mut self,
-        sync_ts: Timestamp,
+        sync: Ticket,
         force_persist: bool,
         persist_due: bool,
     ) -> Option<SyncPlan> {
-        self.resolve(sync_ts, Slot::Done);
+        self.resolve(sync, Slot::Done);
         let tick = self.last_confirmed_ts();
         if tick <= self.last_tick {
             return None;
@@ -198,12 +209,14 @@ impl AckState {
             None => self.current_lc(),
         };
         // Everything before the first slot in flight is resolved: release that prefix.
-        let mut messages = Vec::new();
+        let mut messages = std::mem::take(&mut self.spare);
         while let Some((t, slot)) = self.slots.front()
             && *t <= tick
             && !matches!(slot, Slot::InFlight(_))
         {
-            if let Some((_, Slot::Acked(m))) = self.slots.pop_front() {
+            let popped = self.slots.pop_front();
+            self.head_seq += 1;
+            if let Some((_, Slot::Acked(m))) = popped {
                 messages.push(m);
             }
         }
@@ -217,6 +230,12 @@ impl AckState {
             messages,
             persist,
         })
+    }
+
+    /// Gives back a sync's emptied message vector, so the next sync need not allocate one.
+    pub(crate) fn spare(&mut self, mut messages: Vec<ImmutableMessage>) {
+        messages.clear();
+        self.spare = messages;
     }
 
     /// A persisted timetick is durable at `id`.
@@ -262,45 +281,48 @@ mod tests {
     fn lc_is_the_largest_id_acked_before_allocation() {
         let mut s = state();
         fill(&mut s, 200);
-        let (a, lc_a) = s.allocate(None).unwrap();
-        let (b, lc_b) = s.allocate(None).unwrap();
+        let a = s.allocate(None).unwrap();
+        let lc_a = a.lc;
+        let b = s.allocate(None).unwrap();
+        let lc_b = b.lc;
         assert_eq!((lc_a, lc_b), (MessageId(1), MessageId(1)));
         // b finishes first with a smaller id than a will get.
         s.ack(b, msg(5));
-        let (c, lc_c) = s.allocate(None).unwrap();
+        let c = s.allocate(None).unwrap();
+        let lc_c = c.lc;
         assert_eq!(lc_c, MessageId(5));
         s.ack(a, msg(6));
         s.ack(c, msg(7));
-        assert_eq!(s.last_confirmed_ts(), c);
+        assert_eq!(s.last_confirmed_ts(), c.ts);
     }
 
     #[test]
     fn open_txn_holds_the_lc() {
         let mut s = state();
         fill(&mut s, 200);
-        let (t, _) = s.allocate(None).unwrap();
+        let t = s.allocate(None).unwrap();
         s.ack(t, msg(10));
         s.open_txn(7, MessageId(10));
-        let (u, _) = s.allocate(None).unwrap();
+        let u = s.allocate(None).unwrap();
         s.ack(u, msg(11));
-        assert_eq!(s.allocate(None).unwrap().1, MessageId(10));
+        assert_eq!(s.allocate(None).unwrap().lc, MessageId(10));
         s.close_txn(7);
-        assert_eq!(s.allocate(None).unwrap().1, MessageId(11));
+        assert_eq!(s.allocate(None).unwrap().lc, MessageId(11));
     }
 
     #[test]
     fn sync_releases_only_confirmed_messages_in_timestamp_order() {
         let mut s = state();
         fill(&mut s, 200);
-        let (a, _) = s.allocate(None).unwrap();
-        let (b, _) = s.allocate(None).unwrap();
-        let (c, _) = s.allocate(None).unwrap();
+        let a = s.allocate(None).unwrap();
+        let b = s.allocate(None).unwrap();
+        let c = s.allocate(None).unwrap();
         s.ack(c, msg(3));
         s.ack(a, msg(4));
         // b is still in flight: only a is confirmed.
-        let (sync, _) = s.allocate(None).unwrap();
+        let sync = s.allocate(None).unwrap();
         let plan = s.plan_sync(sync, false, true).unwrap();
-        assert_eq!(plan.tick, a);
+        assert_eq!(plan.tick, a.ts);
         assert_eq!(
             plan.messages.iter().map(|m| m.id()).collect::<Vec<_>>(),
             [MessageId(4)]
@@ -309,15 +331,15 @@ mod tests {
         // The tick's LC must let a reader see b, whose LC was taken before anything was acked.
         assert_eq!(plan.last_confirmed, MessageId(1));
         s.ack(b, msg(5));
-        let (sync, _) = s.allocate(None).unwrap();
+        let sync = s.allocate(None).unwrap();
         let plan = s.plan_sync(sync, false, true).unwrap();
-        assert_eq!(plan.tick, sync);
+        assert_eq!(plan.tick, sync.ts);
         assert_eq!(
             plan.messages.iter().map(|m| m.id()).collect::<Vec<_>>(),
             [MessageId(5), MessageId(3)]
         );
         // Idle: time advances with a timetick that need not be persisted.
-        let (sync, _) = s.allocate(None).unwrap();
+        let sync = s.allocate(None).unwrap();
         let plan = s.plan_sync(sync, false, true).unwrap();
         assert!(!plan.persist && plan.messages.is_empty());
         assert!(
@@ -330,23 +352,23 @@ mod tests {
     fn released_messages_get_a_persisted_timetick_once_it_is_due() {
         let mut s = state();
         fill(&mut s, 200);
-        let (a, _) = s.allocate(None).unwrap();
+        let a = s.allocate(None).unwrap();
         s.ack(a, msg(3));
         // Released at once to the buffer, not yet persisted.
-        let (sync, _) = s.allocate(None).unwrap();
+        let sync = s.allocate(None).unwrap();
         let plan = s.plan_sync(sync, false, false).unwrap();
         assert_eq!(plan.messages.len(), 1);
         assert!(!plan.persist);
         // Due: persisted although nothing new was released in this round.
-        let (sync, _) = s.allocate(None).unwrap();
+        let sync = s.allocate(None).unwrap();
         let plan = s.plan_sync(sync, false, true).unwrap();
         assert!(plan.messages.is_empty());
         assert!(plan.persist);
         // Then idle rounds are not persisted.
-        let (sync, _) = s.allocate(None).unwrap();
+        let sync = s.allocate(None).unwrap();
         assert!(!s.plan_sync(sync, false, true).unwrap().persist);
         // A forced one always is.
-        let (sync, _) = s.allocate(None).unwrap();
+        let sync = s.allocate(None).unwrap();
         assert!(s.plan_sync(sync, true, false).unwrap().persist);
     }
 }

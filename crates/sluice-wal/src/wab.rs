@@ -200,37 +200,45 @@ impl WriteAheadBuffer {
     /// buffered. A not-persisted timetick that covers no message only becomes the latest
     /// timetick; one that covers messages is queued after them, so a reader that is never quite
     /// caught up still has them released without waiting for the next persisted timetick.
-    /// Everything else is queued. Evicts from the head afterwards.
+    /// Everything else is queued. Evicts from the head afterwards. `messages` is emptied either
+    /// way; its allocation stays with the caller for the next push.
     pub fn push(
         &self,
-        messages: Vec<ImmutableMessage>,
+        messages: &mut Vec<ImmutableMessage>,
+        timetick: ImmutableMessage,
+    ) -> Result<(), WalError> {
+        // Emptied whatever happens; the caller keeps the allocation for the next push.
+        let result = self.push_inner(messages, timetick);
+        messages.clear();
+        result
+    }
+
+    fn push_inner(
+        &self,
+        messages: &mut Vec<ImmutableMessage>,
         timetick: ImmutableMessage,
     ) -> Result<(), WalError> {
         let tick_ts = check_timetick(&timetick)?;
-        let mut stamped = Vec::with_capacity(messages.len());
-        for msg in messages {
-            let ts = timestamp_of(&msg)?;
-            stamped.push((ts, msg));
-        }
         let mut state = self.state.lock();
         if state.closed {
             return Err(WalError::Shutdown);
         }
         let mut last = state.latest_ts;
-        for (ts, msg) in &stamped {
-            if *ts <= last {
+        for msg in messages.iter() {
+            let ts = timestamp_of(msg)?;
+            if ts <= last {
                 return Err(WalError::InvalidArgument(format!(
                     "write-ahead buffer push out of order: message {} has timestamp {ts}, not \
                      above {last}",
                     msg.id()
                 )));
             }
-            last = *ts;
+            last = ts;
         }
-        let last_msg = stamped.last().map(|(ts, _)| *ts);
-        let tick_ok = match last_msg {
-            Some(ts) => tick_ts >= ts,
-            None => tick_ts > state.latest_ts,
+        let tick_ok = if messages.is_empty() {
+            tick_ts > state.latest_ts
+        } else {
+            tick_ts >= last
         };
         if !tick_ok {
             return Err(WalError::InvalidArgument(format!(
@@ -239,9 +247,11 @@ impl WriteAheadBuffer {
                 state.latest_ts
             )));
         }
-        let covers_messages = !stamped.is_empty();
+        let covers_messages = !messages.is_empty();
         let now = Instant::now();
-        for (ts, msg) in stamped {
+        for msg in messages.drain(..) {
+            // Checked above.
+            let ts = msg.timestamp().ok().flatten().unwrap_or(tick_ts);
             state.enqueue(msg, ts, now);
         }
         if !timetick.is_not_persisted() || covers_messages {
@@ -440,9 +450,10 @@ mod tests {
     #[tokio::test]
     async fn cursor_yields_messages_after_the_start_in_timestamp_order() {
         let wab = wab(1 << 20, Duration::from_secs(30));
-        wab.push(vec![data(1, 11, 1), data(2, 12, 1)], tick(3, 13, true))
+        wab.push(&mut vec![data(1, 11, 1), data(2, 12, 1)], tick(3, 13, true))
             .unwrap();
-        wab.push(vec![data(4, 15, 1)], tick(5, 16, true)).unwrap();
+        wab.push(&mut vec![data(4, 15, 1)], tick(5, 16, true))
+            .unwrap();
         let mut c = wab
             .read_from_exclusive_timetick(Timestamp(12))
             .await
@@ -467,36 +478,38 @@ mod tests {
     #[tokio::test]
     async fn out_of_order_pushes_are_errors_and_change_nothing() {
         let wab = wab(1 << 20, Duration::from_secs(30));
-        wab.push(vec![data(1, 11, 1)], tick(2, 12, true)).unwrap();
+        wab.push(&mut vec![data(1, 11, 1)], tick(2, 12, true))
+            .unwrap();
         let before = wab.stats();
         // Message not above the previous timetick.
         assert!(matches!(
-            wab.push(vec![data(3, 12, 1)], tick(4, 14, true)),
+            wab.push(&mut vec![data(3, 12, 1)], tick(4, 14, true)),
             Err(WalError::InvalidArgument(_))
         ));
         // Messages not sorted.
         assert!(matches!(
-            wab.push(vec![data(3, 15, 1), data(4, 14, 1)], tick(5, 16, true)),
+            wab.push(&mut vec![data(3, 15, 1), data(4, 14, 1)], tick(5, 16, true)),
             Err(WalError::InvalidArgument(_))
         ));
         // Timetick below its messages.
         assert!(matches!(
-            wab.push(vec![data(3, 15, 1)], tick(4, 14, true)),
+            wab.push(&mut vec![data(3, 15, 1)], tick(4, 14, true)),
             Err(WalError::InvalidArgument(_))
         ));
         // Timetick not advancing.
         assert!(matches!(
-            wab.push(vec![], tick(4, 12, false)),
+            wab.push(&mut vec![], tick(4, 12, false)),
             Err(WalError::InvalidArgument(_))
         ));
         // Not a timetick.
         assert!(matches!(
-            wab.push(vec![], data(4, 20, 1)),
+            wab.push(&mut vec![], data(4, 20, 1)),
             Err(WalError::InvalidArgument(_))
         ));
         assert_eq!(wab.stats(), before);
         // A timetick equal to its last message is fine.
-        wab.push(vec![data(3, 15, 1)], tick(4, 15, true)).unwrap();
+        wab.push(&mut vec![data(3, 15, 1)], tick(4, 15, true))
+            .unwrap();
     }
 
     #[tokio::test]
@@ -506,7 +519,7 @@ mod tests {
         let mut id = 1;
         let mut ts = 11;
         for _ in 0..20 {
-            let msgs = (0..3)
+            let mut msgs: Vec<_> = (0..3)
                 .map(|_| {
                     id += 1;
                     ts += 1;
@@ -515,14 +528,17 @@ mod tests {
                 .collect();
             ts += 1;
             id += 1;
-            wab.push(msgs, tick(id, ts, false)).unwrap();
+            wab.push(&mut msgs, tick(id, ts, false)).unwrap();
             let s = wab.stats();
             assert!(s.bytes <= 3 * one, "{s:?}");
             assert!(s.entries >= 1);
         }
         // One entry larger than the whole capacity stays while it is the last one...
-        wab.push(vec![data(999, ts + 1, 10 * one)], tick(1000, ts + 2, true))
-            .unwrap();
+        wab.push(
+            &mut vec![data(999, ts + 1, 10 * one)],
+            tick(1000, ts + 2, true),
+        )
+        .unwrap();
         let s = wab.stats();
         assert_eq!(s.entries, 1, "{s:?}");
         assert!(
@@ -530,9 +546,9 @@ mod tests {
             "the big entry went once the tick followed it"
         );
         assert_eq!(s.floor, Timestamp(ts + 1));
-        wab.push(vec![], tick(1001, ts + 3, true)).unwrap();
+        wab.push(&mut vec![], tick(1001, ts + 3, true)).unwrap();
         wab.push(
-            vec![data(1002, ts + 4, 10 * one)],
+            &mut vec![data(1002, ts + 4, 10 * one)],
             tick(1003, ts + 5, false),
         )
         .unwrap();
@@ -545,17 +561,19 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn eviction_by_age_uses_the_keepalive_and_keeps_the_last_entry() {
         let wab = wab(1 << 20, Duration::from_secs(30));
-        wab.push(vec![data(1, 11, 1)], tick(2, 12, true)).unwrap();
+        wab.push(&mut vec![data(1, 11, 1)], tick(2, 12, true))
+            .unwrap();
         tokio::time::advance(Duration::from_secs(20)).await;
-        wab.push(vec![data(3, 13, 1)], tick(4, 14, true)).unwrap();
+        wab.push(&mut vec![data(3, 13, 1)], tick(4, 14, true))
+            .unwrap();
         assert_eq!(wab.stats().entries, 5, "nothing is older than 30 s yet");
         tokio::time::advance(Duration::from_secs(11)).await;
-        wab.push(vec![], tick(5, 15, false)).unwrap();
+        wab.push(&mut vec![], tick(5, 15, false)).unwrap();
         let s = wab.stats();
         assert_eq!(s.entries, 2, "the first three entries are 31 s old: {s:?}");
         assert_eq!(s.floor, Timestamp(12));
         tokio::time::advance(Duration::from_secs(60)).await;
-        wab.push(vec![], tick(6, 16, false)).unwrap();
+        wab.push(&mut vec![], tick(6, 16, false)).unwrap();
         let s = wab.stats();
         assert_eq!(s.entries, 1, "the last entry is never evicted: {s:?}");
         assert_eq!(s.floor, Timestamp(13));
@@ -566,7 +584,7 @@ mod tests {
         let one = data(1, 11, 100).estimate_size();
         let wab = wab(2 * one, Duration::from_secs(30));
         wab.push(
-            vec![data(1, 11, 100), data(2, 12, 100), data(3, 13, 100)],
+            &mut vec![data(1, 11, 100), data(2, 12, 100), data(3, 13, 100)],
             tick(4, 14, false),
         )
         .unwrap();
@@ -592,11 +610,11 @@ mod tests {
             .read_from_exclusive_timetick(Timestamp(10))
             .await
             .unwrap();
-        wab.push(vec![data(1, 11, 100)], tick(2, 12, false))
+        wab.push(&mut vec![data(1, 11, 100)], tick(2, 12, false))
             .unwrap();
         assert_eq!(ts_of(&c.next().await.unwrap()), 11);
         wab.push(
-            vec![data(3, 13, 100), data(4, 14, 100), data(5, 15, 100)],
+            &mut vec![data(3, 13, 100), data(4, 14, 100), data(5, 15, 100)],
             tick(6, 16, false),
         )
         .unwrap();
@@ -610,7 +628,8 @@ mod tests {
             .read_from_exclusive_timetick(Timestamp(10))
             .await
             .unwrap();
-        wab.push(vec![data(1, 11, 1)], tick(1, 12, false)).unwrap();
+        wab.push(&mut vec![data(1, 11, 1)], tick(1, 12, false))
+            .unwrap();
         assert_eq!(
             wab.stats().entries,
             3,
@@ -623,11 +642,11 @@ mod tests {
         // Not again: the next call waits for new data.
         let again = tokio::time::timeout(Duration::from_millis(50), c.next()).await;
         assert!(again.is_err(), "the same timetick was yielded twice");
-        wab.push(vec![], tick(1, 13, false)).unwrap();
+        wab.push(&mut vec![], tick(1, 13, false)).unwrap();
         assert_eq!(ts_of(&c.next().await.unwrap()), 13);
         assert_eq!(ts_of(&wab.latest_timetick()), 13);
         // A persisted timetick is queued and yielded as an entry.
-        wab.push(vec![], tick(2, 14, true)).unwrap();
+        wab.push(&mut vec![], tick(2, 14, true)).unwrap();
         let t = c.next().await.unwrap();
         assert_eq!(ts_of(&t), 14);
         assert!(!t.is_not_persisted());
@@ -641,7 +660,7 @@ mod tests {
     #[tokio::test]
     async fn cursor_created_behind_a_not_persisted_timetick_sees_it() {
         let wab = wab(1 << 20, Duration::from_secs(30));
-        wab.push(vec![], tick(0, 20, false)).unwrap();
+        wab.push(&mut vec![], tick(0, 20, false)).unwrap();
         let mut c = wab
             .read_from_exclusive_timetick(Timestamp(10))
             .await
@@ -663,7 +682,7 @@ mod tests {
         assert!(!reader.is_finished());
         // Messages up to 13 arrive together with timetick 14; the cursor starts after 13.
         wab.push(
-            vec![data(1, 11, 1), data(2, 12, 1), data(3, 13, 1)],
+            &mut vec![data(1, 11, 1), data(2, 12, 1), data(3, 13, 1)],
             tick(4, 14, true),
         )
         .unwrap();
@@ -688,7 +707,7 @@ mod tests {
         assert!(matches!(blocked.await.unwrap(), Err(WalError::Shutdown)));
         assert!(matches!(waiting.await.unwrap(), Err(WalError::Shutdown)));
         assert!(matches!(
-            wab.push(vec![], tick(1, 11, false)),
+            wab.push(&mut vec![], tick(1, 11, false)),
             Err(WalError::Shutdown)
         ));
         assert_eq!(wab.stats().bytes, 0);

@@ -32,7 +32,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::WalError;
-use crate::ack::AckState;
+use crate::ack::{AckState, Ticket};
 use crate::lock::LockManager;
 use crate::scanner::{Scanner, ScannerOptions, start_scanner};
 use crate::shard::{NodeGrowingBytes, Placement, SegmentConfig, ShardManager};
@@ -149,7 +149,7 @@ pub struct Wal {
 struct Prepared {
     msg: MutableMessage,
     ty: MessageType,
-    vchannel: Option<String>,
+    vchannel: Option<VChannel>,
     txn: Option<TxnContext>,
     segment: Option<i64>,
     flushed: Vec<i64>,
@@ -310,8 +310,7 @@ impl Wal {
                     self.inner.pchannel
                 )));
             }
-            Some(v) => Some(v.as_str().to_owned()),
-            None => None,
+            v => v,
         };
         if vchannel.is_none() && !ty.is_exclusive() {
             return Err(WalError::InvalidArgument(format!(
@@ -335,7 +334,7 @@ impl Wal {
         let inner = &self.inner;
         let _lock = inner
             .locks
-            .acquire(vchannel.as_deref(), ty.is_exclusive())
+            .acquire(vchannel.as_ref().map(VChannel::as_str), ty.is_exclusive())
             .await;
         inner.check_open()?;
         let mut p = Prepared {
@@ -346,7 +345,7 @@ impl Wal {
             segment: None,
             flushed: Vec::new(),
         };
-        p.segment = inner.place(&mut p.msg, p.vchannel.as_deref()).await?;
+        p.segment = inner.place(&mut p.msg, p.vchannel.as_ref()).await?;
         if matches!(ty, MessageType::ManualFlush | MessageType::SchemaChange) {
             p.flushed = inner.shard.seal_for_flush(&mut p.msg)?;
         }
@@ -420,7 +419,7 @@ impl Inner {
     async fn place(
         &self,
         msg: &mut MutableMessage,
-        vchannel: Option<&str>,
+        vchannel: Option<&VChannel>,
     ) -> Result<Option<i64>, WalError> {
         loop {
             let (collection, partition) = match self.shard.place(msg)? {
@@ -439,17 +438,15 @@ impl Inner {
                 .shard
                 .new_segment_header(collection, partition, segment);
             let mut b = MutableMessage::builder(header);
-            let vc;
             if let Some(v) = vchannel {
-                vc = VChannel::new(v)?;
-                b = b.vchannel(&vc);
+                b = b.vchannel(v);
             }
             // The insert already holds the vchannel's shared lock, which is what CreateSegment
             // needs; it is written without taking it again.
             self.write(Prepared {
                 msg: b.build()?,
                 ty: MessageType::CreateSegment,
-                vchannel: vchannel.map(str::to_owned),
+                vchannel: vchannel.cloned(),
                 txn: None,
                 segment: None,
                 flushed: Vec::new(),
@@ -460,10 +457,7 @@ impl Inner {
 
     /// Takes a timestamp ≥ `barrier` and its last-confirmed id, refilling from the oracle as
     /// needed. The timestamp is registered in flight and must be acknowledged or failed.
-    async fn allocate(
-        &self,
-        barrier: Option<Timestamp>,
-    ) -> Result<(Timestamp, MessageId), WalError> {
+    async fn allocate(&self, barrier: Option<Timestamp>) -> Result<Ticket, WalError> {
         loop {
             if let Some(v) = self.ack.lock().allocate(barrier) {
                 return Ok(v);
@@ -494,6 +488,7 @@ impl Inner {
             segment,
             flushed,
         } = p;
+        let vc = vchannel.as_ref().map(VChannel::as_str);
         // Gives back a failed insert's segment reservation (decoded only on failure).
         let release_failed = |msg: &MutableMessage| {
             if let Some(seg) = segment {
@@ -519,26 +514,27 @@ impl Inner {
             begin_keepalive = Some(keepalive);
         }
         let barrier = msg.barrier_timestamp()?;
-        let (ts, lc) = match self.allocate(barrier).await {
+        let ticket = match self.allocate(barrier).await {
             Ok(v) => v,
             Err(e) => {
                 release_failed(&msg);
                 return Err(e);
             }
         };
+        let (ts, lc) = (ticket.ts, ticket.lc);
         // Transaction rules, decided at this timestamp.
         let txn_check = match (ty, txn) {
-            (MessageType::BeginTxn, Some(ctx)) => {
-                self.txns
-                    .begin(ctx.txn_id, vchannel.clone(), begin_keepalive.flatten(), ts)
-            }
+            (MessageType::BeginTxn, Some(ctx)) => self.txns.begin(
+                ctx.txn_id,
+                vc.map(str::to_owned),
+                begin_keepalive.flatten(),
+                ts,
+            ),
             (MessageType::CommitTxn | MessageType::RollbackTxn, Some(ctx)) => {
-                match self.txns.finish_start(
-                    ctx.txn_id,
-                    vchannel.as_deref(),
-                    ts,
-                    ty == MessageType::CommitTxn,
-                ) {
+                match self
+                    .txns
+                    .finish_start(ctx.txn_id, vc, ts, ty == MessageType::CommitTxn)
+                {
                     Ok(mut rx) => {
                         // Every body already in flight must finish first.
                         let _ = rx.wait_for(|n| *n == 0).await;
@@ -547,11 +543,11 @@ impl Inner {
                     Err(e) => Err(e),
                 }
             }
-            (_, Some(ctx)) => self.txns.body_start(ctx.txn_id, vchannel.as_deref(), ts),
+            (_, Some(ctx)) => self.txns.body_start(ctx.txn_id, vc, ts),
             (_, None) => Ok(()),
         };
         if let Err(e) = txn_check {
-            self.ack.lock().ack_failed(ts);
+            self.ack.lock().ack_failed(ticket);
             release_failed(&msg);
             return Err(e);
         }
@@ -563,7 +559,7 @@ impl Inner {
         let id = match result {
             Ok(id) => id,
             Err(e) => {
-                self.ack.lock().ack_failed(ts);
+                self.ack.lock().ack_failed(ticket);
                 release_failed(&msg);
                 let ended = match (ty, txn) {
                     (MessageType::BeginTxn, Some(ctx)) => self.txns.begin_failed(ctx.txn_id),
@@ -588,7 +584,7 @@ impl Inner {
         }
         {
             let mut ack = self.ack.lock();
-            ack.ack(ts, imm);
+            ack.ack(ticket, imm);
             self.ack_wakeup.notify_one();
             if let (MessageType::BeginTxn, Some(ctx)) = (ty, txn) {
                 ack.open_txn(ctx.txn_id, id);
@@ -620,7 +616,7 @@ impl Inner {
         self.txns_ended(ended);
         if ty.is_exclusive() {
             // No transaction may straddle an exclusive message on its vchannel.
-            let ended = self.txns.fail_vchannel(vchannel.as_deref());
+            let ended = self.txns.fail_vchannel(vc);
             self.txns_ended(ended);
         }
         Ok(AppendResult {
@@ -674,8 +670,8 @@ impl Inner {
     /// released messages is written to the log.
     async fn sync_timetick(&self, persist_due: bool) -> Result<bool, WalError> {
         let force = self.force_tick.swap(false, Ordering::AcqRel);
-        let (sync_ts, _) = self.allocate(None).await?;
-        let Some(plan) = self.ack.lock().plan_sync(sync_ts, force, persist_due) else {
+        let sync = self.allocate(None).await?;
+        let Some(plan) = self.ack.lock().plan_sync(sync, force, persist_due) else {
             return Ok(false);
         };
         let persisted = plan.persist;
@@ -706,10 +702,12 @@ impl Inner {
         Ok(persisted)
     }
 
-    fn wab_push(&self, messages: Vec<ImmutableMessage>, tick: ImmutableMessage) {
-        if let Err(e) = self.wab.push(messages, tick) {
+    fn wab_push(&self, mut messages: Vec<ImmutableMessage>, tick: ImmutableMessage) {
+        if let Err(e) = self.wab.push(&mut messages, tick) {
             tracing::error!(error = %e, "write-ahead buffer refused a timetick");
         }
+        // The emptied vector is the next sync's.
+        self.ack.lock().spare(messages);
     }
 
     /// Writes Flush for every sealed segment whose writes are all acknowledged.
@@ -721,15 +719,14 @@ impl Inner {
                 partition_id: f.partition,
                 segment_id: f.segment,
             });
-            let vc;
-            if let Some(v) = &f.vchannel {
-                vc = VChannel::new(v)?;
-                b = b.vchannel(&vc);
+            let vchannel = f.vchannel.as_deref().map(VChannel::new).transpose()?;
+            if let Some(v) = &vchannel {
+                b = b.vchannel(v);
             }
             self.write(Prepared {
                 msg: b.build()?,
                 ty: MessageType::Flush,
-                vchannel: f.vchannel.clone(),
+                vchannel,
                 txn: None,
                 segment: None,
                 flushed: Vec::new(),

@@ -138,7 +138,7 @@ impl TestWriter {
     /// advance (the oldest in-flight allocation did not change).
     async fn tick(&self) -> Option<Timestamp> {
         let _one_at_a_time = self.tick_lock.lock().await;
-        let (tt, collected, lc, persisted) = {
+        let (tt, mut collected, lc, persisted) = {
             let mut s = self.state.lock();
             let tt = match s.in_flight.keys().next() {
                 Some(oldest) => Timestamp(oldest.0 - 1),
@@ -183,7 +183,9 @@ impl TestWriter {
             tick.set_not_persisted(true).unwrap();
             lc
         };
-        self.wab.push(collected, tick.into_immutable(id)).unwrap();
+        self.wab
+            .push(&mut collected, tick.into_immutable(id))
+            .unwrap();
         Some(tt)
     }
 
