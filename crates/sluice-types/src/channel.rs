@@ -74,7 +74,8 @@ impl FromStr for PChannel {
 #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct VChannel {
     name: Arc<str>,
-    split: usize,
+    /// Byte offset of the `_` before the collection id (names are short, so `u32` holds it).
+    split: u32,
     collection: CollectionId,
     shard: u32,
 }
@@ -101,7 +102,7 @@ impl VChannel {
         let shard: u32 = shard.parse().map_err(|_| bad())?;
         Ok(VChannel {
             name: name.into(),
-            split,
+            split: u32::try_from(split).map_err(|_| bad())?,
             collection: CollectionId(collection),
             shard,
         })
@@ -114,12 +115,12 @@ impl VChannel {
 
     /// The pchannel that carries this vchannel.
     pub fn pchannel(&self) -> PChannel {
-        PChannel(self.name[..self.split].into())
+        PChannel(self.name[..self.split as usize].into())
     }
 
     /// The pchannel name part, without allocating.
     pub fn pchannel_str(&self) -> &str {
-        &self.name[..self.split]
+        &self.name[..self.split as usize]
     }
 
     /// The collection this vchannel is a shard of.

@@ -20,17 +20,29 @@
 //! Everything with a timestamp above the *floor* (the timestamp of the last evicted entry, or of
 //! the first timetick) is, or will be, in the buffer; a reader asking for anything older gets
 //! [`WalError::Evicted`] and must read the log instead.
+//!
+//! Buffered messages are packed ([`Packer`]): payload and properties copied into shared 64 KiB
+//! chunks and the message's own allocations freed at once. Holding 64 MiB of messages as
+//! individual allocations made every new message land in memory that had gone cold: under
+//! `perf` at 256 producers, building a message cost three times as much next to the WAL as next
+//! to the raw log, and the WAL reached 149k appends/s at 8.4 µs of CPU each. With the buffer
+//! emptied after every push (the same code path otherwise) it reached 250k at 5.6 µs. Chunks
+//! of 1 MiB were freed to the system and faulted in again; 64 KiB ones are reused.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::Mutex;
+use sluice_types::message::Packer;
 use sluice_types::{ImmutableMessage, MessageType, Timestamp};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::error::WalError;
+
+/// Bytes of one chunk buffered messages are packed into.
+const PACK_CHUNK: usize = 64 << 10;
 
 /// Settings of a [`WriteAheadBuffer`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -128,6 +140,8 @@ impl State {
 pub struct WriteAheadBuffer {
     config: WabConfig,
     state: Mutex<State>,
+    /// Packs pushed messages (only pushes use it).
+    packer: Mutex<Packer>,
     /// Bumped on every change; cursors wait on it.
     version: watch::Sender<u64>,
 }
@@ -185,6 +199,7 @@ impl WriteAheadBuffer {
         Ok(WriteAheadBuffer {
             config,
             state: Mutex::new(state),
+            packer: Mutex::new(Packer::new(PACK_CHUNK)),
             version: watch::Sender::new(0),
         })
     }
@@ -219,6 +234,12 @@ impl WriteAheadBuffer {
         timetick: ImmutableMessage,
     ) -> Result<(), WalError> {
         let tick_ts = check_timetick(&timetick)?;
+        {
+            let mut packer = self.packer.lock();
+            for msg in messages.iter_mut() {
+                msg.pack(&mut packer);
+            }
+        }
         let mut state = self.state.lock();
         if state.closed {
             return Err(WalError::Shutdown);

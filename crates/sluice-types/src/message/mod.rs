@@ -12,6 +12,7 @@
 //!   again, and there is no way to read a message that has no id.
 
 mod header;
+mod props;
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
@@ -24,6 +25,9 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use bytes::Bytes;
 
 pub use header::*;
+pub use props::Packer;
+
+use props::Props;
 
 use crate::channel::VChannel;
 use crate::error::ParseError;
@@ -194,16 +198,14 @@ pub type Properties = BTreeMap<String, String>;
 /// stamps the WAL sets on every append (timestamp, term, last-confirmed id) are kept typed,
 /// outside the string map: a message costs a few allocations instead of two per property.
 /// [`Message::properties`] and the codec render them as the reserved properties they stand for,
-/// so what is stored and sent is the same envelope. A decoded envelope keeps them in the map.
+/// so what is stored and sent is the same envelope. A decoded envelope keeps them in the map,
+/// except a valid timestamp, which is typed at once.
 #[derive(Clone)]
 pub struct Message {
     payload: Bytes,
-    properties: Arc<Properties>,
+    properties: Props,
     /// The parsed type property (always present and valid: checked on construction).
     ty: MessageType,
-    /// The parsed timestamp property when it is present and valid (`None` otherwise; the
-    /// accessor then parses to report the error). A typed stamp, if set, takes precedence.
-    ts: Option<Timestamp>,
     /// Reserved properties kept typed, not in `properties`.
     typed: Typed,
     /// Whether `properties` may hold the WAL's stamp keys (it came from a decoded envelope): a
@@ -222,7 +224,17 @@ struct Typed {
     vchannel: Option<VChannel>,
     ts: Option<Timestamp>,
     term: Option<Term>,
-    lc: Option<MessageId>,
+    /// A `MessageId` as two halves (high, low): a `u128` field would make every message 16-byte
+    /// aligned and larger.
+    lc: Option<[u64; 2]>,
+}
+
+fn split_id(id: MessageId) -> [u64; 2] {
+    [(id.0 >> 64) as u64, id.0 as u64]
+}
+
+fn join_id([high, low]: [u64; 2]) -> MessageId {
+    MessageId((u128::from(high) << 64) | u128::from(low))
 }
 
 /// A typed property's value as text, without allocating.
@@ -323,7 +335,7 @@ impl Typed {
                     (
                         keys::LAST_CONFIRMED,
                         TypedText::Inline {
-                            buf: id.hex(),
+                            buf: join_id(id).hex(),
                             len: 32,
                         },
                     )
@@ -372,7 +384,15 @@ fn parse_u64(
     key: &'static str,
     radix: u32,
 ) -> Result<Option<u64>, ParseError> {
-    match properties.get(key) {
+    parse_u64_value(properties.get(key).map(String::as_str), key, radix)
+}
+
+fn parse_u64_value(
+    value: Option<&str>,
+    key: &'static str,
+    radix: u32,
+) -> Result<Option<u64>, ParseError> {
+    match value {
         None => Ok(None),
         Some(v) => u64::from_str_radix(v, radix)
             .map(Some)
@@ -398,13 +418,20 @@ fn parse_type(properties: &Properties) -> Result<MessageType, ParseError> {
 impl Message {
     /// An envelope from raw parts, as decoded from a log or the wire. The type property must be
     /// present and known; nothing else is checked until it is read.
-    pub fn from_parts(payload: Bytes, properties: Properties) -> Result<Message, ParseError> {
+    pub fn from_parts(payload: Bytes, mut properties: Properties) -> Result<Message, ParseError> {
         let ty = parse_type(&properties)?;
-        let ts = parse_u64(&properties, keys::TIMESTAMP, 36)
-            .ok()
-            .flatten()
-            .map(Timestamp);
-        let properties_len = properties.iter().map(|(k, v)| k.len() + v.len()).sum();
+        // A valid timestamp is read on every delivery: it becomes typed (the same property when
+        // encoded). An invalid one stays in the map for the accessor to report.
+        let mut typed = Typed::default();
+        if let Ok(Some(ts)) = parse_u64(&properties, keys::TIMESTAMP, 36) {
+            properties.remove(keys::TIMESTAMP);
+            typed.ts = Some(Timestamp(ts));
+        }
+        let properties_len = properties
+            .iter()
+            .map(|(k, v)| k.len() + v.len())
+            .sum::<usize>()
+            + typed.len();
         let map_stamps = [
             keys::TIMESTAMP,
             keys::TERM,
@@ -415,10 +442,9 @@ impl Message {
         .any(|k| properties.contains_key(*k));
         Ok(Message {
             payload,
-            properties: Arc::new(properties),
+            properties: Props::Map(Arc::new(properties)),
             ty,
-            ts,
-            typed: Typed::default(),
+            typed,
             map_stamps,
             properties_len,
         })
@@ -433,9 +459,9 @@ impl Message {
     /// when there are any).
     pub fn properties(&self) -> Cow<'_, Properties> {
         if self.typed.is_empty() {
-            return Cow::Borrowed(&self.properties);
+            return self.properties.as_map();
         }
-        let mut all = (*self.properties).clone();
+        let mut all = self.properties.as_map().into_owned();
         for (k, v) in self.typed.entries() {
             all.insert(k.to_owned(), v.as_str().to_owned());
         }
@@ -466,15 +492,12 @@ impl Message {
     /// One property of the string map: user properties and the reserved ones that are not
     /// typed. Type, version, vchannel and the WAL's stamps are read through their accessors.
     pub fn property(&self, key: &str) -> Option<&str> {
-        self.properties.get(key).map(String::as_str)
+        self.properties.get(key)
     }
 
     /// The user properties (keys not starting with `_`).
     pub fn user_properties(&self) -> impl Iterator<Item = (&str, &str)> {
-        self.properties
-            .iter()
-            .filter(|(k, _)| !k.starts_with('_'))
-            .map(|(k, v)| (k.as_str(), v.as_str()))
+        self.properties.iter().filter(|(k, _)| !k.starts_with('_'))
     }
 
     /// Bytes counted against every buffer limit: payload plus every property key and value.
@@ -483,7 +506,7 @@ impl Message {
     }
 
     fn parse_u64(&self, key: &'static str, radix: u32) -> Result<Option<u64>, ParseError> {
-        parse_u64(&self.properties, key, radix)
+        parse_u64_value(self.properties.get(key), key, radix)
     }
 
     fn decode_proto<P: prost::Message + Default>(
@@ -527,7 +550,7 @@ impl Message {
 
     /// The timestamp the WAL assigned, if any.
     pub fn timestamp(&self) -> Result<Option<Timestamp>, ParseError> {
-        match self.typed.ts.or(self.ts) {
+        match self.typed.ts {
             Some(ts) => Ok(Some(ts)),
             None => Ok(self.parse_u64(keys::TIMESTAMP, 36)?.map(Timestamp)),
         }
@@ -552,8 +575,7 @@ impl Message {
             return Ok(Some(v.clone()));
         }
         match self.properties.get(keys::VCHANNEL) {
-            None => Ok(None),
-            Some(v) if v.is_empty() => Ok(None),
+            None | Some("") => Ok(None),
             Some(v) => VChannel::new(v).map(Some),
         }
     }
@@ -594,7 +616,7 @@ impl Message {
     }
 
     fn set(&mut self, key: &str, value: String) {
-        let properties = Arc::make_mut(&mut self.properties);
+        let properties = self.properties.make_mut();
         self.properties_len += value.len();
         match properties.get_mut(key) {
             Some(v) => {
@@ -610,7 +632,7 @@ impl Message {
 
     fn remove(&mut self, key: &str) {
         if self.properties.contains_key(key)
-            && let Some(v) = Arc::make_mut(&mut self.properties).remove(key)
+            && let Some(v) = self.properties.make_mut().remove(key)
         {
             self.properties_len -= key.len() + v.len();
         }
@@ -667,7 +689,6 @@ impl MutableMessage {
     /// Sets the timestamp (done by the WAL).
     pub fn set_timestamp(&mut self, ts: Timestamp) {
         self.msg.retype(&[keys::TIMESTAMP], |t| t.ts = Some(ts));
-        self.msg.ts = Some(ts);
     }
 
     /// Sets the barrier timestamp: the append must get a timestamp ≥ `ts`.
@@ -684,7 +705,7 @@ impl MutableMessage {
     pub fn set_last_confirmed(&mut self, id: MessageId) {
         self.msg
             .retype(&[keys::LAST_CONFIRMED, keys::LAST_CONFIRMED_IS_SELF], |t| {
-                t.lc = Some(id)
+                t.lc = Some(split_id(id))
             });
     }
 
@@ -767,10 +788,16 @@ impl ImmutableMessage {
         &self.msg
     }
 
+    /// Packs the payload and map entries into `packer`'s current chunk (see [`Packer`]): for a
+    /// message that will be kept for a while. It reads exactly as before.
+    pub fn pack(&mut self, packer: &mut Packer) {
+        packer.pack(&mut self.msg);
+    }
+
     /// The last-confirmed id: reading from it sees every message with a timestamp ≥ this one's.
     pub fn last_confirmed(&self) -> Result<Option<MessageId>, ParseError> {
         if let Some(lc) = self.msg.typed.lc {
-            return Ok(Some(lc));
+            return Ok(Some(join_id(lc)));
         }
         if self
             .msg
@@ -891,9 +918,8 @@ impl MessageBuilder {
     fn new<H: MessageHeader>(header: H) -> MessageBuilder {
         let mut msg = Message {
             payload: Bytes::new(),
-            properties: Arc::new(Properties::new()),
+            properties: Props::default(),
             ty: H::TYPE,
-            ts: None,
             typed: Typed::default(),
             map_stamps: false,
             properties_len: 0,
@@ -1253,6 +1279,82 @@ mod tests {
             own.into_immutable(MessageId(4)).last_confirmed().unwrap(),
             Some(MessageId(2))
         );
+    }
+
+    /// A packed message reads, encodes and compares exactly like the original; messages share
+    /// chunks; a setter on a packed copy unpacks it and leaves the others alone.
+    #[test]
+    fn packed_messages_read_like_the_original() {
+        let mut packer = Packer::new(4096);
+        let originals: Vec<ImmutableMessage> = (0..20u128)
+            .map(|i| {
+                let mut m = MutableMessage::builder(InsertHeader {
+                    collection_id: i as i64,
+                    ..Default::default()
+                })
+                .vchannel(&vc())
+                .payload(vec![i as u8; 300 + i as usize * 50])
+                .property("user", format!("value-{i}"))
+                .build()
+                .unwrap();
+                m.set_timestamp(Timestamp(100 + i as u64));
+                m.set_txn_context(TxnContext {
+                    txn_id: i as i64,
+                    keepalive_ms: 5,
+                });
+                m.into_immutable(MessageId(i))
+            })
+            .collect();
+        let mut packed = originals.clone();
+        for m in &mut packed {
+            m.pack(&mut packer);
+        }
+        for (o, p) in originals.iter().zip(&packed) {
+            assert_eq!(o, p);
+            assert_eq!(o.properties(), p.properties());
+            assert_eq!(o.payload(), p.payload());
+            assert_eq!(o.estimate_size(), p.estimate_size());
+            assert_eq!(o.property("user"), p.property("user"));
+            assert_eq!(o.property("absent"), None);
+            assert_eq!(p.property("absent"), None);
+            assert_eq!(
+                o.header::<InsertHeader>().unwrap(),
+                p.header::<InsertHeader>().unwrap()
+            );
+            assert_eq!(o.txn_context().unwrap(), p.txn_context().unwrap());
+            assert_eq!(
+                o.user_properties().collect::<Vec<_>>(),
+                p.user_properties().collect::<Vec<_>>()
+            );
+            assert_eq!(
+                crate::codec::encode_message_to_vec(o).unwrap(),
+                crate::codec::encode_message_to_vec(p).unwrap()
+            );
+        }
+        // Several small messages per 4 KiB chunk; the 1250-byte ones still fit one each.
+        let chunk_of = |m: &ImmutableMessage| m.payload().as_ptr() as usize / 4096;
+        assert!(
+            packed
+                .windows(2)
+                .any(|w| chunk_of(&w[0]) == chunk_of(&w[1]))
+        );
+
+        // Changing a packed copy unpacks that copy only.
+        let mut changed = MutableMessage::from_message(packed[3].message().clone());
+        changed.set_txn_context(TxnContext {
+            txn_id: 99,
+            keepalive_ms: 1,
+        });
+        assert_eq!(changed.txn_context().unwrap().unwrap().txn_id, 99);
+        assert_eq!(changed.property("user"), Some("value-3"));
+        assert_eq!(packed[3].txn_context().unwrap().unwrap().txn_id, 3);
+        // Packing twice changes nothing.
+        let again = {
+            let mut m = packed[5].clone();
+            m.pack(&mut packer);
+            m
+        };
+        assert_eq!(again.payload().as_ptr(), packed[5].payload().as_ptr());
     }
 
     #[test]
