@@ -167,10 +167,25 @@ impl AckState {
         self.resolve(t, Slot::Acked(msg));
     }
 
-    /// A transaction's BeginTxn is durable at `begin`: hold the LC there until it ends.
+    /// Holds the LC at `begin` until transaction `txn_id` ends. Called when its BeginTxn is
+    /// allocated, with the LC that BeginTxn was given, before it is appended: the BeginTxn's id
+    /// will be above every id acknowledged so far, so a reader starting at the hold sees it.
+    /// Holding only once the BeginTxn is acknowledged is too late: another message can be
+    /// acknowledged with a higher id, and a message allocated then gets an LC past the BeginTxn
+    /// while the transaction is still open (a resumed reader then lost the whole transaction).
     pub(crate) fn open_txn(&mut self, txn_id: i64, begin: MessageId) {
-        if self.open_txn_ids.insert(txn_id, begin).is_none() {
-            self.open_txns.insert((begin, txn_id));
+        if let Some(old) = self.open_txn_ids.insert(txn_id, begin) {
+            self.open_txns.remove(&(old, txn_id));
+        }
+        self.open_txns.insert((begin, txn_id));
+    }
+
+    /// The BeginTxn of an open transaction is durable at `id`: the hold moves up to it (every
+    /// message allocated from now on may start reading there). Nothing if the transaction
+    /// already ended.
+    pub(crate) fn txn_begun_at(&mut self, txn_id: i64, id: MessageId) {
+        if self.open_txn_ids.contains_key(&txn_id) {
+            self.open_txn(txn_id, id);
         }
     }
 
@@ -308,6 +323,33 @@ mod tests {
         assert_eq!(s.allocate(None).unwrap().lc, MessageId(10));
         s.close_txn(7);
         assert_eq!(s.allocate(None).unwrap().lc, MessageId(11));
+    }
+
+    /// The race the scenario test caught: a BeginTxn's append is assigned its id, a later
+    /// message is acknowledged with a higher id before the BeginTxn's acknowledgement is
+    /// processed, and a message allocated then must still get an LC at or below the BeginTxn.
+    #[test]
+    fn txn_hold_starts_when_the_begin_is_allocated() {
+        let mut s = state();
+        fill(&mut s, 200);
+        let begin = s.allocate(None).unwrap();
+        s.open_txn(7, begin.lc);
+        let other = s.allocate(None).unwrap();
+        // The log gave the BeginTxn id 9 and `other` id 10; `other` is processed first.
+        s.ack(other, msg(10));
+        let during = s.allocate(None).unwrap();
+        assert!(
+            during.lc <= MessageId(9),
+            "LC {:?} skips the BeginTxn",
+            during.lc
+        );
+        s.ack(begin, msg(9));
+        s.txn_begun_at(7, MessageId(9));
+        assert_eq!(s.allocate(None).unwrap().lc, MessageId(9));
+        s.close_txn(7);
+        // An ended transaction is not held again by a late acknowledgement.
+        s.txn_begun_at(7, MessageId(9));
+        assert_eq!(s.allocate(None).unwrap().lc, MessageId(10));
     }
 
     #[test]

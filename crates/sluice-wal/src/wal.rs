@@ -551,6 +551,10 @@ impl Inner {
             release_failed(&msg);
             return Err(e);
         }
+        if let (MessageType::BeginTxn, Some(ctx)) = (ty, txn) {
+            // Before the append, so no LC handed out meanwhile can pass the BeginTxn.
+            self.ack.lock().open_txn(ctx.txn_id, lc);
+        }
         msg.set_timestamp(ts);
         msg.set_last_confirmed(lc);
         msg.set_term(self.term);
@@ -587,7 +591,7 @@ impl Inner {
             ack.ack(ticket, imm);
             self.ack_wakeup.notify_one();
             if let (MessageType::BeginTxn, Some(ctx)) = (ty, txn) {
-                ack.open_txn(ctx.txn_id, id);
+                ack.txn_begun_at(ctx.txn_id, id);
             }
         }
         // Segment holds: a plain insert releases at once; a transaction body keeps the segment

@@ -109,7 +109,15 @@ async fn collect(
     let mut out = Vec::new();
     let mut last_data_ts = Timestamp::MIN;
     let mut last_ts = Timestamp::MIN;
+    // Timeticks keep coming, so a reader that lost a message never goes silent: bound the
+    // whole collection, not only each wait.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     while out.len() < want {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "reader got {} of {want} messages in 20 s",
+            out.len()
+        );
         let m = next(&mut s).await;
         let ts = ts_of(&m);
         assert!(
