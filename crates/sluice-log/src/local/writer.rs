@@ -18,6 +18,7 @@
 //! wrote is decided by the frame header at the expected end (zeros or the end of the file mean
 //! nobody did). Rolling cuts the runway off before the next segment is created.
 
+use std::cell::RefCell;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -38,6 +39,14 @@ use super::{Durability, LocalConfig, SharedDir};
 use crate::{AppendFuture, LogError, OpenOptions};
 
 type Ack = oneshot::Sender<Result<MessageId, LogError>>;
+
+/// A scratch buffer larger than this (after a big record) is given back instead of kept.
+const SCRATCH_KEEP: usize = 1 << 20;
+
+thread_local! {
+    /// Where an appender encodes its record before copying it into the queue.
+    static ENCODE_SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
 
 /// One accepted record waiting for the writer; its frame is in the queue's buffer.
 struct Pending {
@@ -139,28 +148,32 @@ impl WriterLink {
             .await
             .map_err(|_| self.queue.refusal_now())?;
         let (ack, future) = AppendFuture::pending();
-        let mut state = self.queue.state.lock();
-        if let Some(e) = Queue::refusal(&state) {
-            return Err(e);
-        }
-        // Encoded straight into the batch buffer: no per-record allocation or copy.
-        let start = state.frames.len();
-        if let Err(e) = encode_message(&message, &mut state.frames) {
-            state.frames.truncate(start);
-            return Err(LogError::InvalidArgument(format!(
-                "record cannot be stored: {e}"
-            )));
-        }
-        let len = state.frames.len() - start;
-        state.items.push(Pending {
-            len,
-            ack,
-            _permit: permit,
-        });
-        if state.items.len() >= state.wake_at {
-            self.queue.wake.notify_one();
-        }
-        drop(state);
+        // Encoded (checksum included) outside the queue lock, into this thread's scratch
+        // buffer: under the lock only a copy remains, so appenders do not queue behind each
+        // other's encoding.
+        ENCODE_SCRATCH.with_borrow_mut(|scratch| {
+            scratch.clear();
+            encode_message(&message, scratch)
+                .map_err(|e| LogError::InvalidArgument(format!("record cannot be stored: {e}")))?;
+            let mut state = self.queue.state.lock();
+            if let Some(e) = Queue::refusal(&state) {
+                return Err(e);
+            }
+            state.frames.extend_from_slice(scratch);
+            state.items.push(Pending {
+                len: scratch.len(),
+                ack,
+                _permit: permit,
+            });
+            if state.items.len() >= state.wake_at {
+                self.queue.wake.notify_one();
+            }
+            drop(state);
+            if scratch.capacity() > SCRATCH_KEEP {
+                *scratch = Vec::new();
+            }
+            Ok(())
+        })?;
         // The message (and its payload) is freed here, on the appender's thread.
         drop(message);
         Ok(future)
