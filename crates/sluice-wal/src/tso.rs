@@ -82,19 +82,38 @@ pub const DEFAULT_BATCH: u32 = 1000;
 /// and expiry are measured in timestamps).
 pub const BATCH_MAX_AGE: Duration = Duration::from_millis(50);
 
+/// Time on the coarse monotonic clock (a few milliseconds of resolution, and no `rdtsc` or
+/// hypervisor clock read): a batch's age is checked on every timestamp, under the WAL's
+/// allocation lock, and a 50 ms bound needs no finer clock.
+fn coarse_now() -> Duration {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::MonotonicCoarse);
+    Duration::new(
+        u64::try_from(t.tv_sec).unwrap_or(0),
+        u32::try_from(t.tv_nsec).unwrap_or(0),
+    )
+}
+
 /// A batch of timestamps fetched from the oracle: `next..end` are still free.
 #[derive(Debug, Default, Clone, Copy)]
 pub(crate) struct Batch {
     next: u64,
     end: u64,
-    fetched: Option<std::time::Instant>,
+    /// When it was fetched, on [`coarse_now`]'s clock.
+    fetched: Option<Duration>,
+}
+
+impl Batch {
+    fn too_old(&self) -> bool {
+        self.fetched
+            .is_some_and(|f| coarse_now().saturating_sub(f) > BATCH_MAX_AGE)
+    }
 }
 
 impl Batch {
     /// Takes one timestamp at least `barrier`, if the batch has one. A batch whose timestamps
     /// are all below the barrier is emptied.
     pub(crate) fn take(&mut self, barrier: Option<Timestamp>) -> Option<Timestamp> {
-        if self.fetched.is_some_and(|f| f.elapsed() > BATCH_MAX_AGE) {
+        if self.too_old() {
             self.next = self.end;
             return None;
         }
@@ -125,9 +144,7 @@ impl Batch {
 
     /// Whether the batch can hand out a timestamp ≥ `barrier`.
     pub(crate) fn usable(&self, barrier: Option<Timestamp>) -> bool {
-        !self.is_empty()
-            && self.fetched.is_none_or(|f| f.elapsed() <= BATCH_MAX_AGE)
-            && barrier.is_none_or(|t| t.0 < self.end)
+        !self.is_empty() && !self.too_old() && barrier.is_none_or(|t| t.0 < self.end)
     }
 
     /// Whether every timestamp of `self` is above every timestamp of `other`.
@@ -176,7 +193,7 @@ impl Refiller {
             let fresh = Batch {
                 next: first.0,
                 end: first.0.saturating_add(u64::from(self.batch)),
-                fetched: Some(std::time::Instant::now()),
+                fetched: Some(coarse_now()),
             };
             if usable(&fresh) {
                 *slot.lock() = fresh;
