@@ -197,10 +197,17 @@ impl AckState {
     }
 
     /// The highest timestamp below which every allocation is acknowledged.
+    #[cfg(test)]
     pub(crate) fn last_confirmed_ts(&self) -> Timestamp {
+        self.confirmed().0
+    }
+
+    /// The last-confirmed timestamp and, when an append is in flight, the LC of the first one
+    /// (one scan for both).
+    fn confirmed(&self) -> (Timestamp, Option<MessageId>) {
         match self.first_inflight() {
-            Some((first, _)) => Timestamp(first.0 - 1),
-            None => self.last_allocated,
+            Some((first, lc)) => (Timestamp(first.0 - 1), Some(lc)),
+            None => (self.last_allocated, None),
         }
     }
 
@@ -215,12 +222,12 @@ impl AckState {
         persist_due: bool,
     ) -> Option<SyncPlan> {
         self.resolve(sync, Slot::Done);
-        let tick = self.last_confirmed_ts();
+        let (tick, first_lc) = self.confirmed();
         if tick <= self.last_tick {
             return None;
         }
-        let last_confirmed = match self.first_inflight() {
-            Some((_, lc)) => lc.min(self.current_lc()),
+        let last_confirmed = match first_lc {
+            Some(lc) => lc.min(self.current_lc()),
             None => self.current_lc(),
         };
         // Everything before the first slot in flight is resolved: release that prefix.
