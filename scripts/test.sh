@@ -53,12 +53,14 @@ free_port() {
   done
 }
 
-# Waits (20 s at most) until something answers on 127.0.0.1:$port; fails with the log of
-# the service (`what`, started as `pid`, logging to `logfile`) if it exits or never answers.
-wait_for_port() {
-  local what=$1 port=$2 pid=$3 logfile=$4 _
+# Waits (20 s at most) until the probe command (the arguments after the first three) succeeds;
+# fails with the log of the service (`what`, started as `pid`, logging to `logfile`) if it exits
+# or never gets ready.
+wait_until() {
+  local what=$1 pid=$2 logfile=$3 _
+  shift 3
   for _ in $(seq 1 200); do
-    if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+    if "$@"; then
       return
     fi
     kill -0 "$pid" 2>/dev/null || break
@@ -67,6 +69,15 @@ wait_for_port() {
   echo "$what did not start; its log:" >&2
   cat "$logfile" >&2
   exit 1
+}
+
+# Succeeds when something answers on 127.0.0.1:$1.
+port_answers() {
+  (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
+}
+
+etcd_healthy() {
+  ETCDCTL_API=3 etcdctl --endpoints "$1" --dial-timeout 1s endpoint health >/dev/null 2>&1
 }
 
 start_etcd() {
@@ -84,20 +95,9 @@ start_etcd() {
     --logger zap --log-level error >"$dir/etcd.log" 2>&1 &
   local pid=$!
   SERVICE_PIDS+=("$pid")
-  local _
-  for _ in $(seq 1 100); do
-    if ETCDCTL_API=3 etcdctl --endpoints "http://127.0.0.1:$client_port" --dial-timeout 1s \
-      endpoint health >/dev/null 2>&1; then
-      export SLUICE_TEST_ETCD="http://127.0.0.1:$client_port"
-      log "etcd is up at $SLUICE_TEST_ETCD"
-      return
-    fi
-    kill -0 "$pid" 2>/dev/null || break
-    sleep 0.1
-  done
-  echo "etcd did not start; its log:" >&2
-  cat "$dir/etcd.log" >&2
-  exit 1
+  wait_until "etcd" "$pid" "$dir/etcd.log" etcd_healthy "http://127.0.0.1:$client_port"
+  export SLUICE_TEST_ETCD="http://127.0.0.1:$client_port"
+  log "etcd is up at $SLUICE_TEST_ETCD"
 }
 
 # An S3-compatible server (moto, in memory) for the object log backend's tests
@@ -115,7 +115,7 @@ start_s3() {
   moto_server -H 127.0.0.1 -p "$port" >"$dir/moto.log" 2>&1 &
   local pid=$!
   SERVICE_PIDS+=("$pid")
-  wait_for_port "the S3 server" "$port" "$pid" "$dir/moto.log"
+  wait_until "the S3 server" "$pid" "$dir/moto.log" port_answers "$port"
   export SLUICE_TEST_S3="http://127.0.0.1:$port"
   log "S3 server (moto) is up at $SLUICE_TEST_S3"
 }
@@ -159,7 +159,7 @@ start_kafka() {
     --storage-engine memory://tansu/ >"$dir/tansu.log" 2>&1 &
   local pid=$!
   SERVICE_PIDS+=("$pid")
-  wait_for_port "the Kafka broker" "$port" "$pid" "$dir/tansu.log"
+  wait_until "the Kafka broker" "$pid" "$dir/tansu.log" port_answers "$port"
   export SLUICE_TEST_KAFKA="127.0.0.1:$port"
   log "Kafka-protocol broker (Tansu) is up at $SLUICE_TEST_KAFKA"
 }
