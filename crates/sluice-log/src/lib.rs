@@ -263,6 +263,16 @@ impl LogStream {
     pub async fn next(&mut self) -> Option<Result<ImmutableMessage, LogError>> {
         self.rx.recv().await
     }
+
+    /// The next record if one is ready, without waiting: `Pending` when none is buffered yet,
+    /// `Ready(None)` once the stream has ended.
+    pub fn try_next(&mut self) -> Poll<Option<Result<ImmutableMessage, LogError>>> {
+        match self.rx.try_recv() {
+            Ok(item) => Poll::Ready(Some(item)),
+            Err(mpsc::error::TryRecvError::Empty) => Poll::Pending,
+            Err(mpsc::error::TryRecvError::Disconnected) => Poll::Ready(None),
+        }
+    }
 }
 
 impl Stream for LogStream {

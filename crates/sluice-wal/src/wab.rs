@@ -381,28 +381,35 @@ impl WabCursor {
     /// Cancel-safe: dropping the future before it completes loses nothing.
     pub async fn next(&mut self) -> Result<ImmutableMessage, WalError> {
         loop {
+            // Marked seen before looking, so a push after the look still wakes the wait below.
             self.rx.borrow_and_update();
-            {
-                let state = self.wab.state.lock();
-                if state.closed {
-                    return Err(WalError::Shutdown);
-                }
-                if self.position < state.head {
-                    return Err(WalError::Evicted);
-                }
-                let index = (self.position - state.head) as usize;
-                if let Some(entry) = state.entries.get(index) {
-                    self.position += 1;
-                    self.last_ts = self.last_ts.max(entry.ts);
-                    return Ok(entry.msg.clone());
-                }
-                if state.latest_timetick.is_not_persisted() && state.latest_ts > self.last_ts {
-                    self.last_ts = state.latest_ts;
-                    return Ok(state.latest_timetick.clone());
-                }
+            if let Some(next) = self.try_next() {
+                return next;
             }
             self.rx.changed().await.map_err(|_| WalError::Shutdown)?;
         }
+    }
+
+    /// What [`WabCursor::next`] would yield now, without waiting: `None` when caught up.
+    pub fn try_next(&mut self) -> Option<Result<ImmutableMessage, WalError>> {
+        let state = self.wab.state.lock();
+        if state.closed {
+            return Some(Err(WalError::Shutdown));
+        }
+        if self.position < state.head {
+            return Some(Err(WalError::Evicted));
+        }
+        let index = (self.position - state.head) as usize;
+        if let Some(entry) = state.entries.get(index) {
+            self.position += 1;
+            self.last_ts = self.last_ts.max(entry.ts);
+            return Some(Ok(entry.msg.clone()));
+        }
+        if state.latest_timetick.is_not_persisted() && state.latest_ts > self.last_ts {
+            self.last_ts = state.latest_ts;
+            return Some(Ok(state.latest_timetick.clone()));
+        }
+        None
     }
 
     /// Offset of the next entry this cursor yields.
@@ -494,6 +501,33 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(ts_of(&c.next().await.unwrap()), 11);
+    }
+
+    #[tokio::test]
+    async fn try_next_takes_what_is_buffered_without_waiting() {
+        let wab = wab(1 << 20, Duration::from_secs(30));
+        let mut c = wab
+            .read_from_exclusive_timetick(Timestamp(10))
+            .await
+            .unwrap();
+        assert!(c.try_next().is_none());
+        wab.push(
+            &mut vec![data(1, 11, 1), data(2, 12, 1)],
+            tick(3, 13, false),
+        )
+        .unwrap();
+        let mut got = Vec::new();
+        while let Some(m) = c.try_next() {
+            got.push(ts_of(&m.unwrap()));
+        }
+        // The not-persisted timetick covering the messages is queued after them, once.
+        assert_eq!(got, [11, 12, 13]);
+        // A newer not-persisted timetick that covers nothing is yielded once.
+        wab.push(&mut Vec::new(), tick(4, 14, false)).unwrap();
+        assert_eq!(ts_of(&c.try_next().unwrap().unwrap()), 14);
+        assert!(c.try_next().is_none());
+        wab.close();
+        assert!(matches!(c.try_next(), Some(Err(WalError::Shutdown))));
     }
 
     #[tokio::test]

@@ -26,6 +26,7 @@ mod txn_buffer;
 #[cfg(test)]
 mod tests;
 
+use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -201,7 +202,9 @@ pub struct ScannerStats {
 /// one `Err` (terminal) or when dropped. Dropping it stops its task and everything the task
 /// holds.
 pub struct Scanner {
-    rx: mpsc::Receiver<Result<ReadMessage, WalError>>,
+    rx: mpsc::Receiver<Batch>,
+    /// The rest of the batch taken last.
+    ready: VecDeque<Result<ReadMessage, WalError>>,
     cancel: CancellationToken,
     tasks: TaskTracker,
     stats: Arc<Mutex<ScannerStats>>,
@@ -218,7 +221,17 @@ impl std::fmt::Debug for Scanner {
 impl Scanner {
     /// The next message; `None` once the scanner has ended (after its one terminal error).
     pub async fn next(&mut self) -> Option<Result<ReadMessage, WalError>> {
-        self.rx.recv().await
+        std::future::poll_fn(|cx| self.poll_item(cx)).await
+    }
+
+    fn poll_item(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<ReadMessage, WalError>>> {
+        while self.ready.is_empty() {
+            match std::task::ready!(self.rx.poll_recv(cx)) {
+                Some(batch) => self.ready.extend(batch),
+                None => return Poll::Ready(None),
+            }
+        }
+        Poll::Ready(self.ready.pop_front())
     }
 
     /// A point-in-time view.
@@ -250,7 +263,7 @@ impl Stream for Scanner {
     type Item = Result<ReadMessage, WalError>;
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        self.get_mut().rx.poll_recv(cx)
+        self.get_mut().poll_item(cx)
     }
 }
 
@@ -283,6 +296,7 @@ pub fn start_scanner(
     tasks.close();
     Ok(Scanner {
         rx,
+        ready: VecDeque::new(),
         cancel,
         tasks,
         stats,
@@ -301,17 +315,28 @@ fn publish(stats: &Mutex<ScannerStats>, source: &Source, pipeline: &Pipeline, fi
     };
 }
 
+/// What the scanner's task hands to the consumer at once: messages in order, at most one error
+/// (last). Batches let one wake-up of each side move many messages.
+type Batch = Vec<Result<ReadMessage, WalError>>;
+
 /// The scanner's task: reads upstream while the pipeline wants input, hands pending messages to
 /// the consumer, and on a terminal error delivers what is pending and then the error.
+///
+/// Upstream is drained of whatever is ready before the task waits, and the consumer gets all
+/// pending messages as one batch; with the one-batch channel and the consumer's current batch,
+/// at most three times `pending_limit` messages are held for a slow consumer.
 async fn run(
     mut source: Source,
     mut pipeline: Pipeline,
-    tx: mpsc::Sender<Result<ReadMessage, WalError>>,
+    tx: mpsc::Sender<Batch>,
     cancel: CancellationToken,
     stats: Arc<Mutex<ScannerStats>>,
 ) {
     let error = loop {
         pipeline.pump();
+        if let Some(e) = read_ready(&mut source, &mut pipeline) {
+            break Some(e);
+        }
         publish(&stats, &source, &pipeline, false);
         let can_read = pipeline.wants_input();
         let has_pending = pipeline.has_pending();
@@ -319,11 +344,7 @@ async fn run(
             biased;
             _ = cancel.cancelled() => break None,
             permit = tx.reserve(), if has_pending => match permit {
-                Ok(permit) => {
-                    if let Some(msg) = pipeline.pop_pending() {
-                        permit.send(Ok(msg));
-                    }
-                }
+                Ok(permit) => permit.send(pipeline.take_pending().map(Ok).collect()),
                 Err(_) => break None,
             },
             next = source.next(), if can_read => match next {
@@ -338,23 +359,38 @@ async fn run(
     publish(&stats, &source, &pipeline, true);
 }
 
+/// Moves what upstream has ready into the pipeline, as far as it wants input. A terminal error
+/// is returned.
+fn read_ready(source: &mut Source, pipeline: &mut Pipeline) -> Option<WalError> {
+    while pipeline.wants_input() {
+        match source.try_next()? {
+            Ok(msg) => {
+                pipeline.ingest(msg);
+                pipeline.pump();
+            }
+            Err(e) => return Some(e),
+        }
+    }
+    None
+}
+
 async fn deliver_then_fail(
     pipeline: &mut Pipeline,
-    tx: &mpsc::Sender<Result<ReadMessage, WalError>>,
+    tx: &mpsc::Sender<Batch>,
     cancel: &CancellationToken,
     error: WalError,
 ) {
     loop {
         pipeline.pump();
-        let item = match pipeline.pop_pending() {
-            Some(msg) => Ok(msg),
-            None => Err(error.clone()),
-        };
-        let last = item.is_err();
+        let mut batch: Batch = pipeline.take_pending().map(Ok).collect();
+        let last = batch.is_empty();
+        if last {
+            batch.push(Err(error.clone()));
+        }
         tokio::select! {
             biased;
             _ = cancel.cancelled() => return,
-            sent = tx.send(item) => if sent.is_err() { return },
+            sent = tx.send(batch) => if sent.is_err() { return },
         }
         if last {
             return;

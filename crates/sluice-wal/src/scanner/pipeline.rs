@@ -2,7 +2,7 @@
 //!
 //! Synchronous on purpose, so the ordering logic can be driven directly by tests. The scanner
 //! task feeds it every message from the log or the write-ahead buffer with [`Pipeline::ingest`],
-//! lets it release with [`Pipeline::pump`] and hands [`Pipeline::pop_pending`] to the consumer.
+//! lets it release with [`Pipeline::pump`] and hands [`Pipeline::take_pending`] to the consumer.
 //!
 //! Release is lazy: a timetick is queued, and [`Pipeline::pump`] moves the messages it covers
 //! through the txn buffer into the pending queue only while the queue has room. The scanner
@@ -175,9 +175,9 @@ impl Pipeline {
         !self.pending.is_empty()
     }
 
-    /// The next message for the consumer.
-    pub(crate) fn pop_pending(&mut self) -> Option<ReadMessage> {
-        self.pending.pop_front()
+    /// Every message waiting for the consumer, in order.
+    pub(crate) fn take_pending(&mut self) -> impl Iterator<Item = ReadMessage> + '_ {
+        self.pending.drain(..)
     }
 
     /// Messages waiting for the consumer.
@@ -490,20 +490,21 @@ mod tests {
                     if p.wants_input() {
                         break;
                     }
-                    out.extend(p.pop_pending());
+                    out.extend(p.take_pending());
                 }
                 p.ingest(Classified::new(m).unwrap());
                 p.pump();
-                // A consumer of random speed.
-                for _ in 0..rng.random_range(0..=limit) {
-                    out.extend(p.pop_pending());
+                // A consumer of random speed: it takes everything pending, now and then.
+                if rng.random_bool(0.3) {
+                    out.extend(p.take_pending());
                 }
             }
             loop {
                 p.pump();
-                match p.pop_pending() {
-                    Some(m) => out.push(m),
-                    None => break,
+                let before = out.len();
+                out.extend(p.take_pending());
+                if out.len() == before {
+                    break;
                 }
             }
             let got: Vec<Expected> = out.iter().map(observed).collect();
@@ -579,9 +580,7 @@ mod tests {
         p.ingest(Classified::new(mk(tick.clone(), 7, 19, false)).unwrap());
         p.ingest(Classified::new(mk(tick, 8, 30, false)).unwrap());
         p.pump();
-        let got: Vec<_> = std::iter::from_fn(|| p.pop_pending())
-            .map(|m| observed(&m))
-            .collect();
+        let got: Vec<_> = p.take_pending().map(|m| observed(&m)).collect();
         assert_eq!(
             got,
             [

@@ -18,10 +18,11 @@
 //! retryable.
 
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use sluice_log::{DeliverPolicy, LogError, LogHandle, LogStream, ReadOptions};
-use sluice_types::{MessageId, MessageType, Timestamp};
+use sluice_types::{ImmutableMessage, MessageId, MessageType, Timestamp};
 use tokio::time::Instant;
 
 use super::pipeline::Classified;
@@ -166,42 +167,99 @@ impl Source {
                             Err(e) => return Err(e),
                         }
                     }
-                    let msg = match stream.next().await {
-                        None => return Err(WalError::Shutdown),
-                        Some(Err(e)) => {
-                            self.retry_or_fail(e)?;
-                            continue;
-                        }
-                        Some(Ok(msg)) => msg,
-                    };
-                    self.backoff = INITIAL_BACKOFF;
-                    self.reader_policy = DeliverPolicy::StartAfter(msg.id());
-                    self.counters.upstream_messages += 1;
-                    let msg = Classified::new(msg)?;
-                    if self.exclusive_start.is_some_and(|ex| msg.ts <= ex) {
-                        continue;
-                    }
-                    if self.wab.is_some()
-                        && msg.ty == MessageType::TimeTick
-                        && !msg.msg.is_not_persisted()
-                        && let Mode::CatchUp { switch_at, .. } = &mut self.mode
-                    {
-                        *switch_at = Some(msg.ts);
-                    }
-                    self.record(&msg);
-                    return Ok(msg);
-                }
-                Mode::Tailing { cursor } => match cursor.next().await {
-                    Ok(msg) => {
-                        self.counters.upstream_messages += 1;
-                        let msg = Classified::new(msg)?;
-                        self.record(&msg);
+                    let item = stream.next().await;
+                    if let Some(msg) = self.take_log_item(item)? {
                         return Ok(msg);
                     }
-                    Err(WalError::Evicted) => self.fall_back_to_log(),
-                    Err(e) => return Err(e),
-                },
+                }
+                Mode::Tailing { cursor } => {
+                    let item = cursor.next().await;
+                    if let Some(msg) = self.take_buffer_item(item)? {
+                        return Ok(msg);
+                    }
+                }
             }
+        }
+    }
+
+    /// What [`Source::next`] would return now, if that needs no waiting (`None` otherwise), so
+    /// a scanner can move whatever is ready in one go. Never opens a log reader and never
+    /// switches from the log to the buffer: those are left to `next`.
+    pub(crate) fn try_next(&mut self) -> Option<Result<Classified, WalError>> {
+        loop {
+            let taken = match &mut self.mode {
+                Mode::CatchUp {
+                    stream,
+                    switch_at: None,
+                } => match stream.try_next() {
+                    Poll::Ready(item) => self.take_log_item(item),
+                    Poll::Pending => return None,
+                },
+                Mode::Tailing { cursor } => {
+                    let item = cursor.try_next()?;
+                    self.take_buffer_item(item)
+                }
+                // Opening a log reader (also after an eviction) is `next`'s work.
+                _ => return None,
+            };
+            match taken {
+                Ok(Some(msg)) => return Some(Ok(msg)),
+                Ok(None) => {}
+                Err(e) => return Some(Err(e)),
+            }
+        }
+    }
+
+    /// Handles one item of the log reader: the message to deliver, `None` when it is skipped
+    /// (or the reader is being reopened after an error), or a terminal error.
+    fn take_log_item(
+        &mut self,
+        item: Option<Result<ImmutableMessage, LogError>>,
+    ) -> Result<Option<Classified>, WalError> {
+        let msg = match item {
+            None => return Err(WalError::Shutdown),
+            Some(Err(e)) => {
+                self.retry_or_fail(e)?;
+                return Ok(None);
+            }
+            Some(Ok(msg)) => msg,
+        };
+        self.backoff = INITIAL_BACKOFF;
+        self.reader_policy = DeliverPolicy::StartAfter(msg.id());
+        self.counters.upstream_messages += 1;
+        let msg = Classified::new(msg)?;
+        if self.exclusive_start.is_some_and(|ex| msg.ts <= ex) {
+            return Ok(None);
+        }
+        if self.wab.is_some()
+            && msg.ty == MessageType::TimeTick
+            && !msg.msg.is_not_persisted()
+            && let Mode::CatchUp { switch_at, .. } = &mut self.mode
+        {
+            *switch_at = Some(msg.ts);
+        }
+        self.record(&msg);
+        Ok(Some(msg))
+    }
+
+    /// Handles one item of the buffer cursor, like [`Source::take_log_item`]; an eviction switches
+    /// back to the log.
+    fn take_buffer_item(
+        &mut self,
+        item: Result<ImmutableMessage, WalError>,
+    ) -> Result<Option<Classified>, WalError> {
+        match item {
+            Ok(msg) => {
+                self.counters.upstream_messages += 1;
+                let msg = Classified::new(msg)?;
+                self.record(&msg);
+                Ok(Some(msg))
+            }
+            Err(WalError::Evicted) => {
+                self.fall_back_to_log();
+                Ok(None)
+            }
+            Err(e) => Err(e),
         }
     }
 
