@@ -27,7 +27,9 @@
 //! `perf` at 256 producers, building a message cost three times as much next to the WAL as next
 //! to the raw log, and the WAL reached 149k appends/s at 8.4 µs of CPU each. With the buffer
 //! emptied after every push (the same code path otherwise) it reached 250k at 5.6 µs. Chunks
-//! of 1 MiB were freed to the system and faulted in again; 64 KiB ones are reused.
+//! of 1 MiB were freed to the system and faulted in again. 64 KiB chunks are recycled by the
+//! packer itself once eviction drops their last message (the buffer frees oldest first), so a
+//! busy buffer packs into memory that is already mapped.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -199,7 +201,11 @@ impl WriteAheadBuffer {
         Ok(WriteAheadBuffer {
             config,
             state: Mutex::new(state),
-            packer: Mutex::new(Packer::new(PACK_CHUNK)),
+            // Every chunk the buffer can hold, and some for messages readers still hold.
+            packer: Mutex::new(Packer::with_reuse(
+                PACK_CHUNK,
+                config.capacity_bytes / PACK_CHUNK + 32,
+            )),
             version: watch::Sender::new(0),
         })
     }

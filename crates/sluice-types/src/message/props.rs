@@ -8,6 +8,7 @@
 //! it is buffered, and new messages get built in memory that went cold meanwhile, which made
 //! building a message several times slower than the same work next to the raw log.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
@@ -136,20 +137,94 @@ impl PartialEq for Props {
 }
 
 /// Packs messages into shared chunks (see the module docs). A chunk is freed when the last
-/// message packed into it is dropped.
+/// message packed into it is dropped, or, with [`Packer::with_reuse`], packed into again.
 #[derive(Debug)]
 pub struct Packer {
     chunk: BytesMut,
     chunk_size: usize,
+    /// Whether `chunk` is a standard-size chunk, so worth reusing.
+    reusable: bool,
+    /// Filled chunks, oldest first, kept to be reused once every message in them is dropped.
+    retired: VecDeque<BytesMut>,
+    /// How many filled chunks are tracked (0: none are reused).
+    max_retired: usize,
+    /// Chunks allocated so far.
+    allocated: u64,
 }
+
+/// Free chunks a reusing [`Packer`] keeps beyond the one it takes.
+const MAX_FREE: usize = 16;
 
 impl Packer {
     /// A packer that allocates chunks of `chunk_size` bytes (a message larger than that gets a
     /// chunk of its own).
     pub fn new(chunk_size: usize) -> Packer {
+        Packer::with_reuse(chunk_size, 0)
+    }
+
+    /// Like [`Packer::new`], and a new chunk is the oldest of the last `max_retired` filled
+    /// ones when no message packed into it is alive any more. For a holder that frees messages
+    /// oldest first (a FIFO buffer of up to `max_retired` chunks), this recycles memory that is
+    /// already mapped instead of having the allocator fault fresh pages in. At most
+    /// [`MAX_FREE`] + 1 free chunks are kept.
+    pub fn with_reuse(chunk_size: usize, max_retired: usize) -> Packer {
         Packer {
             chunk: BytesMut::new(),
             chunk_size,
+            reusable: false,
+            retired: VecDeque::new(),
+            max_retired,
+            allocated: 0,
+        }
+    }
+
+    /// Chunks allocated so far (reused ones are not counted again).
+    pub fn chunks_allocated(&self) -> u64 {
+        self.allocated
+    }
+
+    /// Makes the current chunk one with room for `total` bytes.
+    fn next_chunk(&mut self, total: usize) {
+        let filled = std::mem::take(&mut self.chunk);
+        if self.reusable && self.max_retired > 0 {
+            self.retired.push_back(filled);
+        }
+        if total > self.chunk_size {
+            self.chunk = BytesMut::with_capacity(total);
+            self.allocated += 1;
+            self.reusable = false;
+            return;
+        }
+        self.reusable = true;
+        let size = self.chunk_size;
+        let oldest_free = self
+            .retired
+            .front_mut()
+            .is_some_and(|oldest| oldest.try_reclaim(size));
+        let reused = if oldest_free {
+            self.retired.pop_front()
+        } else {
+            None
+        };
+        self.chunk = match reused {
+            Some(mut chunk) => {
+                chunk.clear();
+                // More free chunks sit at the front when the holder dropped many at once;
+                // keep a few.
+                let mut free = 0;
+                while free < self.retired.len() && self.retired[free].try_reclaim(size) {
+                    free += 1;
+                }
+                self.retired.drain(..free.saturating_sub(MAX_FREE));
+                chunk
+            }
+            None => {
+                self.allocated += 1;
+                BytesMut::with_capacity(size)
+            }
+        };
+        while self.retired.len() > self.max_retired {
+            self.retired.pop_front();
         }
     }
 
@@ -166,7 +241,7 @@ impl Packer {
             .sum::<usize>();
         let total = msg.payload.len() + entries;
         if self.chunk.capacity() - self.chunk.len() < total {
-            self.chunk = BytesMut::with_capacity(self.chunk_size.max(total));
+            self.next_chunk(total);
         }
         self.chunk.extend_from_slice(&msg.payload);
         self.chunk
@@ -183,5 +258,90 @@ impl Packer {
         let entries = packed.split_off(msg.payload.len());
         msg.payload = packed;
         msg.properties = Props::Packed(entries);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::VecDeque;
+
+    use super::Packer;
+    use crate::message::InsertHeader;
+    use crate::{ImmutableMessage, MessageId, MutableMessage};
+
+    fn msg(i: u64, len: usize) -> ImmutableMessage {
+        MutableMessage::builder(InsertHeader::default())
+            .payload(vec![i as u8; len])
+            .property("n", i.to_string())
+            .build()
+            .unwrap()
+            .into_immutable(MessageId::from_parts(0, i))
+    }
+
+    /// Packs `count` messages, keeping the newest `window` (plus, with `pin`, the very first)
+    /// alive like a FIFO buffer; checks every live message still reads like its original.
+    fn run_fifo(packer: &mut Packer, count: u64, window: usize, pin: bool) {
+        let mut live: VecDeque<(ImmutableMessage, ImmutableMessage)> = VecDeque::new();
+        let mut pinned = None;
+        for i in 0..count {
+            let original = msg(i, 700 + (i as usize * 37) % 600);
+            let mut packed = original.clone();
+            packed.pack(packer);
+            if pin && i == 0 {
+                pinned = Some((original.clone(), packed.clone()));
+            }
+            live.push_back((original, packed));
+            if live.len() > window {
+                live.pop_front();
+            }
+            if i % 50 == 0 || i + 1 == count {
+                for (o, p) in live.iter().chain(pinned.iter()) {
+                    assert_eq!(o, p);
+                    assert_eq!(o.property("n"), p.property("n"));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_reusing_packer_recycles_chunks_no_live_message_is_in() {
+        // ~3 messages per chunk, 40 alive: ~14 chunks busy at any time.
+        let mut packer = Packer::with_reuse(4096, 32);
+        run_fifo(&mut packer, 3000, 40, false);
+        assert!(
+            packer.chunks_allocated() <= 32,
+            "{} chunks allocated for 3000 messages",
+            packer.chunks_allocated()
+        );
+        // Without reuse every chunk is new.
+        let mut plain = Packer::new(4096);
+        run_fifo(&mut plain, 3000, 40, false);
+        assert!(
+            plain.chunks_allocated() >= 700,
+            "{}",
+            plain.chunks_allocated()
+        );
+    }
+
+    #[test]
+    fn a_pinned_chunk_is_never_reused_and_stops_nothing() {
+        let mut packer = Packer::with_reuse(4096, 32);
+        run_fifo(&mut packer, 3000, 40, true);
+        assert!(
+            packer.chunks_allocated() <= 64,
+            "{}",
+            packer.chunks_allocated()
+        );
+    }
+
+    #[test]
+    fn oversized_messages_get_their_own_chunk_and_are_not_retired() {
+        let mut packer = Packer::with_reuse(1024, 8);
+        run_fifo(&mut packer, 200, 4, false);
+        let mut big = msg(7, 5000);
+        let original = big.clone();
+        big.pack(&mut packer);
+        assert_eq!(big, original);
+        assert!(packer.retired.len() <= 8);
     }
 }
