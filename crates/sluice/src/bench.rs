@@ -233,9 +233,21 @@ impl Sink {
     }
 }
 
-/// Rounds per point in `bench wal`: raw and WAL alternate (raw first, then WAL first, ...) so
-/// that load from elsewhere on the machine falls on both sides alike.
-const WAL_ROUNDS: u32 = 3;
+/// Longest round of `bench wal`. Raw and WAL alternate (raw first, then WAL first, ...) so that
+/// whatever the machine goes through falls on both sides alike. On the development VM that
+/// changes within seconds: the raw log appended ~300k records/s for the first ~8 s of load and
+/// ~180k after, at 50% more CPU per append. Short rounds split such phases evenly.
+const WAL_ROUND_MAX: Duration = Duration::from_secs(1);
+
+/// Fewest measured rounds per side in `bench wal`.
+const WAL_MIN_ROUNDS: u32 = 3;
+
+/// Measured rounds per side for `duration` per side, and their length.
+fn wal_rounds(duration: Duration) -> (u32, Duration) {
+    let rounds = (duration.as_secs_f64() / WAL_ROUND_MAX.as_secs_f64()).ceil() as u32;
+    let rounds = rounds.max(WAL_MIN_ROUNDS);
+    (rounds, duration / rounds)
+}
 
 /// Closed-loop totals of several rounds.
 #[derive(Default)]
@@ -262,18 +274,21 @@ impl Totals {
 }
 
 /// `sluice bench wal`: the full WAL against the raw local log it runs on, same disk, same run.
-/// At each producer count, raw and WAL run [`WAL_ROUNDS`] alternating rounds of `seconds /
-/// WAL_ROUNDS` each; the table shows records/s over all rounds and process CPU per append.
+/// At each producer count, raw and WAL each run one warm-up round (not counted: the first
+/// seconds of load find the disk and caches fresh, and the WAL's buffer empty), then
+/// alternating rounds of at most [`WAL_ROUND_MAX`] adding up to `seconds` per side; the table
+/// shows records/s over the measured rounds and process CPU per append.
 pub async fn wal(params: BenchParams<'_>) -> anyhow::Result<()> {
     let duration = params.duration()?;
-    let round = duration / WAL_ROUNDS;
+    let (rounds, round) = wal_rounds(duration);
     let (dir, record_size, seconds) = (params.dir, params.record_size, params.seconds);
     let provider = LocalProvider::new(LocalConfig::new(dir))?;
     let payload: Arc<[u8]> = vec![0x5a; record_size].into();
     println!("$ {}", command_line());
     println!(
-        "WAL vs raw local log: {record_size} B inserts, fsync on, {seconds} s per point in \
-         {WAL_ROUNDS} alternating rounds, dir {}",
+        "WAL vs raw local log: {record_size} B inserts, fsync on, {seconds} s per side and point \
+         in {rounds} alternating rounds of {:.2} s after a warm-up round each, dir {}",
+        round.as_secs_f64(),
         dir.display()
     );
     println!(
@@ -289,12 +304,13 @@ pub async fn wal(params: BenchParams<'_>) -> anyhow::Result<()> {
         let wal_p = PChannel::new(format!("bench-wal-{i}"))?;
         let wal = open_wal(&provider, &wal_p).await?;
         let (mut raw_total, mut wal_total) = (Totals::default(), Totals::default());
-        for r in 0..WAL_ROUNDS {
+        // Round 0 is the warm-up.
+        for r in 0..=rounds {
             for wal_side in [r % 2 == 1, r % 2 == 0] {
-                let (sink, pchannel, total) = if wal_side {
-                    (Sink::Wal(wal.clone()), &wal_p, &mut wal_total)
+                let (sink, pchannel) = if wal_side {
+                    (Sink::Wal(wal.clone()), &wal_p)
                 } else {
-                    (Sink::Raw(raw.clone()), &raw_p, &mut raw_total)
+                    (Sink::Raw(raw.clone()), &raw_p)
                 };
                 let (vc, pl) = (
                     pchannel.vchannel(CollectionId(COLLECTION), 0)?,
@@ -305,7 +321,11 @@ pub async fn wal(params: BenchParams<'_>) -> anyhow::Result<()> {
                     async move { sink.append(insert(&vc, &pl, 0)?).await }
                 })
                 .await?;
-                total.add(&m);
+                match (r, wal_side) {
+                    (0, _) => {}
+                    (_, true) => wal_total.add(&m),
+                    (_, false) => raw_total.add(&m),
+                }
             }
         }
         raw.close().await;
@@ -532,4 +552,20 @@ async fn latency(
     );
     wal.close().await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::wal_rounds;
+
+    #[test]
+    fn wal_rounds_last_at_most_a_second_and_are_at_least_three() {
+        let s = Duration::from_secs_f64;
+        assert_eq!(wal_rounds(s(3.0)), (3, s(1.0)));
+        assert_eq!(wal_rounds(s(15.0)), (15, s(1.0)));
+        assert_eq!(wal_rounds(s(7.5)), (8, s(7.5) / 8));
+        assert_eq!(wal_rounds(s(0.3)), (3, s(0.1)));
+    }
 }
