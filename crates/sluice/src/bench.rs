@@ -277,7 +277,8 @@ impl Totals {
 /// At each producer count, raw and WAL each run one warm-up round (not counted: the first
 /// seconds of load find the disk and caches fresh, and the WAL's buffer empty), then
 /// alternating rounds of at most [`WAL_ROUND_MAX`] adding up to `seconds` per side; the table
-/// shows records/s over the measured rounds and process CPU per append.
+/// shows records/s over the measured rounds and process CPU per append. Then, for each
+/// producer count, append → tailing-reader latency at half the WAL's rate there.
 pub async fn wal(params: BenchParams<'_>) -> anyhow::Result<()> {
     let duration = params.duration()?;
     let (rounds, round) = wal_rounds(duration);
@@ -295,7 +296,7 @@ pub async fn wal(params: BenchParams<'_>) -> anyhow::Result<()> {
         "{:>9} {:>12} {:>12} {:>8} {:>13} {:>13}",
         "producers", "raw rec/s", "wal rec/s", "wal/raw", "raw cpu us/op", "wal cpu us/op"
     );
-    let mut half_rate = None;
+    let mut half_rates = Vec::new();
     for (i, &n) in params.producers.iter().enumerate() {
         let raw_p = PChannel::new(format!("bench-raw-{i}"))?;
         let raw: Arc<dyn LogHandle> = provider
@@ -337,12 +338,10 @@ pub async fn wal(params: BenchParams<'_>) -> anyhow::Result<()> {
             raw_total.cpu_us(),
             wal_total.cpu_us(),
         );
-        if n == 16 || half_rate.is_none() {
-            half_rate = Some((n, wal_rate / 2.0));
-        }
+        half_rates.push((n, wal_rate / 2.0));
     }
-    if let Some((n, rate)) = half_rate {
-        latency(&provider, n, rate, payload, duration).await?;
+    for (n, rate) in half_rates {
+        latency(&provider, n, rate, payload.clone(), duration).await?;
     }
     Ok(())
 }
@@ -486,7 +485,7 @@ async fn latency(
     payload: Arc<[u8]>,
     duration: Duration,
 ) -> anyhow::Result<()> {
-    let p = PChannel::new("bench-latency")?;
+    let p = PChannel::new(format!("bench-latency-{producers}"))?;
     let vc = p.vchannel(CollectionId(COLLECTION), 0)?;
     let wal = open_wal(provider, &p).await?;
     let mut scanner = wal.read(ScannerOptions {
