@@ -1281,6 +1281,62 @@ mod tests {
         );
     }
 
+    /// Headers of any size round-trip; replacing one keeps the size estimate equal to what the
+    /// properties hold; a header that is not base64 is an error naming it.
+    #[test]
+    fn headers_of_any_size_round_trip_and_keep_the_size_right() {
+        let header = |parts: i64, segment: i64| InsertHeader {
+            collection_id: 7,
+            partitions: (0..parts)
+                .map(|p| PartitionSegmentAssignment {
+                    partition_id: p,
+                    rows: 1000 + p as u64,
+                    binary_size: 1 << 20,
+                    segment_id: segment,
+                })
+                .collect(),
+        };
+        let size_of = |m: &MutableMessage| {
+            m.payload().len()
+                + m.properties()
+                    .iter()
+                    .map(|(k, v)| k.len() + v.len())
+                    .sum::<usize>()
+        };
+        for parts in [1, 3, 40] {
+            let mut m = MutableMessage::builder(header(parts, 0))
+                .vchannel(&vc())
+                .payload(vec![1; 10])
+                .build()
+                .unwrap();
+            assert_eq!(m.header::<InsertHeader>().unwrap(), header(parts, 0));
+            assert_eq!(m.estimate_size(), size_of(&m));
+            // A longer value (large segment ids), then a shorter one again.
+            m.set_header(&header(parts, i64::MAX)).unwrap();
+            assert_eq!(m.header::<InsertHeader>().unwrap(), header(parts, i64::MAX));
+            assert_eq!(m.estimate_size(), size_of(&m));
+            m.set_header(&header(parts, 1)).unwrap();
+            assert_eq!(m.header::<InsertHeader>().unwrap(), header(parts, 1));
+            assert_eq!(m.estimate_size(), size_of(&m));
+            // What it encodes to decodes to the same header.
+            let (back, _) =
+                crate::codec::decode_message(&crate::codec::encode_message_to_vec(&m).unwrap())
+                    .unwrap();
+            assert_eq!(back.header::<InsertHeader>().unwrap(), header(parts, 1));
+        }
+        let mut props = Properties::new();
+        props.insert(keys::TYPE.into(), "2".into());
+        props.insert(keys::VERSION.into(), "2".into());
+        props.insert(keys::HEADER.into(), "%%% not base64".into());
+        let m = Message::from_parts(Bytes::new(), props);
+        match m.map(|m| m.header::<InsertHeader>()) {
+            Ok(Err(ParseError::Property { key, reason, .. })) => {
+                assert_eq!((key, reason), (keys::HEADER, "not base64"));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
     /// A packed message reads, encodes and compares exactly like the original; messages share
     /// chunks; a setter on a packed copy unpacks it and leaves the others alone.
     #[test]
