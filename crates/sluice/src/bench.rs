@@ -24,7 +24,7 @@ use sluice_log::local::{LocalConfig, LocalProvider};
 use sluice_log::{DeliverPolicy, LogHandle, LogProvider, OpenOptions};
 use sluice_types::message::{CreateCollectionHeader, InsertHeader, PartitionSegmentAssignment};
 use sluice_types::{CollectionId, MutableMessage, PChannel, Term, VChannel};
-use sluice_wal::scanner::{MessageFilter, ReadMessage, ScannerOptions};
+use sluice_wal::scanner::{MessageFilter, ReadMessage, ScannerMode, ScannerOptions};
 use sluice_wal::shard::NodeGrowingBytes;
 use sluice_wal::tso::LocalOracle;
 use sluice_wal::{Wal, WalConfig, WalDeps};
@@ -297,6 +297,8 @@ pub async fn wal(params: BenchParams<'_>) -> anyhow::Result<()> {
         "producers", "raw rec/s", "wal rec/s", "wal/raw", "raw cpu us/op", "wal cpu us/op"
     );
     let mut half_rates = Vec::new();
+    // The WAL pchannel with the most records, for the catch-up read at the end.
+    let mut largest: Option<(u64, PChannel)> = None;
     for (i, &n) in params.producers.iter().enumerate() {
         let raw_p = PChannel::new(format!("bench-raw-{i}"))?;
         let raw: Arc<dyn LogHandle> = provider
@@ -339,9 +341,18 @@ pub async fn wal(params: BenchParams<'_>) -> anyhow::Result<()> {
             wal_total.cpu_us(),
         );
         half_rates.push((n, wal_rate / 2.0));
+        if largest
+            .as_ref()
+            .is_none_or(|(most, _)| wal_total.done > *most)
+        {
+            largest = Some((wal_total.done, wal_p));
+        }
     }
     for (n, rate) in half_rates {
         latency(&provider, n, rate, payload.clone(), duration).await?;
+    }
+    if let Some((_, pchannel)) = largest {
+        catch_up(&provider, &pchannel).await?;
     }
     Ok(())
 }
@@ -475,6 +486,52 @@ fn row(producers: usize, path: &str, m: &Measured, record_size: usize, baseline:
         m.cpu_us,
         m.cores,
     );
+}
+
+/// How fast a scanner reads a WAL's log from the start (catch-up, as after a restart or for a
+/// consumer far behind) until it switches to the write-ahead buffer. Reopens `pchannel`'s WAL
+/// at the next term, like a new owner.
+async fn catch_up(provider: &dyn LogProvider, pchannel: &PChannel) -> anyhow::Result<()> {
+    let wal = Wal::open(
+        provider,
+        pchannel.clone(),
+        Term(2),
+        WalConfig::default(),
+        wal_deps(),
+    )
+    .await?;
+    let mut scanner = wal.read(ScannerOptions::new(DeliverPolicy::All))?;
+    let started = Instant::now();
+    let (mut records, mut ended) = (0u64, None);
+    while ended.is_none() {
+        let next = tokio::time::timeout(CLIENT_TIMEOUT, scanner.next())
+            .await
+            .context("catch-up read stalled")?;
+        let tick = match next {
+            Some(Ok(m)) => m.is_timetick(),
+            Some(Err(e)) => return Err(e).context("catch-up read"),
+            None => bail!("the catch-up scanner ended"),
+        };
+        if !tick {
+            records += 1;
+        }
+        // Checked now and then: the stats take a lock.
+        if (tick || records % 1024 == 0) && scanner.stats().mode == ScannerMode::Tailing {
+            ended = Some(started.elapsed());
+        }
+    }
+    let elapsed = ended.unwrap_or_else(|| started.elapsed());
+    let stats = scanner.stats();
+    println!(
+        "catch-up read of {pchannel} from its log: {records} data messages ({} read upstream) in \
+         {:.2} s, {:.0} messages/s, then on to the write-ahead buffer",
+        stats.source.upstream_messages,
+        elapsed.as_secs_f64(),
+        stats.source.upstream_messages as f64 / elapsed.as_secs_f64().max(f64::MIN_POSITIVE),
+    );
+    scanner.close().await;
+    wal.close().await;
+    Ok(())
 }
 
 /// Append → tailing-reader latency at a fixed offered rate (open loop).
