@@ -196,15 +196,25 @@ fn wal_deps() -> WalDeps {
     }
 }
 
-async fn open_wal(provider: &dyn LogProvider, pchannel: &PChannel) -> anyhow::Result<Wal> {
-    let wal = Wal::open(
+/// The WAL of `pchannel` at `term`, with default settings and a local oracle.
+async fn wal_at(
+    provider: &dyn LogProvider,
+    pchannel: &PChannel,
+    term: Term,
+) -> anyhow::Result<Wal> {
+    Ok(Wal::open(
         provider,
         pchannel.clone(),
-        Term(1),
+        term,
         WalConfig::default(),
         wal_deps(),
     )
-    .await?;
+    .await?)
+}
+
+/// A new WAL of `pchannel` with the benchmark collection created.
+async fn open_wal(provider: &dyn LogProvider, pchannel: &PChannel) -> anyhow::Result<Wal> {
+    let wal = wal_at(provider, pchannel, Term(1)).await?;
     wal.append(create_collection(
         &pchannel.vchannel(CollectionId(COLLECTION), 0)?,
     )?)
@@ -492,18 +502,11 @@ fn row(producers: usize, path: &str, m: &Measured, record_size: usize, baseline:
 /// consumer far behind) until it switches to the write-ahead buffer. Reopens `pchannel`'s WAL
 /// at the next term, like a new owner.
 async fn catch_up(provider: &dyn LogProvider, pchannel: &PChannel) -> anyhow::Result<()> {
-    let wal = Wal::open(
-        provider,
-        pchannel.clone(),
-        Term(2),
-        WalConfig::default(),
-        wal_deps(),
-    )
-    .await?;
+    let wal = wal_at(provider, pchannel, Term(2)).await?;
     let mut scanner = wal.read(ScannerOptions::new(DeliverPolicy::All))?;
     let started = Instant::now();
-    let (mut records, mut ended) = (0u64, None);
-    while ended.is_none() {
+    let mut records = 0u64;
+    let elapsed = loop {
         let next = tokio::time::timeout(CLIENT_TIMEOUT, scanner.next())
             .await
             .context("catch-up read stalled")?;
@@ -516,11 +519,10 @@ async fn catch_up(provider: &dyn LogProvider, pchannel: &PChannel) -> anyhow::Re
             records += 1;
         }
         // Checked now and then: the stats take a lock.
-        if (tick || records % 1024 == 0) && scanner.stats().mode == ScannerMode::Tailing {
-            ended = Some(started.elapsed());
+        if (tick || records.is_multiple_of(1024)) && scanner.stats().mode == ScannerMode::Tailing {
+            break started.elapsed();
         }
-    }
-    let elapsed = ended.unwrap_or_else(|| started.elapsed());
+    };
     let stats = scanner.stats();
     println!(
         "catch-up read of {pchannel} from its log: {records} data messages ({} read upstream) in \

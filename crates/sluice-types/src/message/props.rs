@@ -197,32 +197,22 @@ impl Packer {
         }
         self.reusable = true;
         let size = self.chunk_size;
-        let oldest_free = self
-            .retired
-            .front_mut()
-            .is_some_and(|oldest| oldest.try_reclaim(size));
-        let reused = if oldest_free {
+        // Free chunks sit at the front (the holder drops oldest first): take the oldest, keep
+        // at most MAX_FREE more.
+        let mut free = 0;
+        while free < self.retired.len() && self.retired[free].try_reclaim(size) {
+            free += 1;
+        }
+        self.retired.drain(..free.saturating_sub(MAX_FREE + 1));
+        let reused = if free > 0 {
             self.retired.pop_front()
         } else {
             None
         };
-        self.chunk = match reused {
-            Some(mut chunk) => {
-                chunk.clear();
-                // More free chunks sit at the front when the holder dropped many at once;
-                // keep a few.
-                let mut free = 0;
-                while free < self.retired.len() && self.retired[free].try_reclaim(size) {
-                    free += 1;
-                }
-                self.retired.drain(..free.saturating_sub(MAX_FREE));
-                chunk
-            }
-            None => {
-                self.allocated += 1;
-                BytesMut::with_capacity(size)
-            }
-        };
+        self.chunk = reused.unwrap_or_else(|| {
+            self.allocated += 1;
+            BytesMut::with_capacity(size)
+        });
         while self.retired.len() > self.max_retired {
             self.retired.pop_front();
         }
