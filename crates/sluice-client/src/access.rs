@@ -1,5 +1,6 @@
-//! How the client reaches a WAL once it knows the owner: over gRPC, or directly when the owning
-//! node runs in this process.
+//! How the client reaches a WAL once it knows the owner: over gRPC ([`RemoteAccess`]). A process
+//! that hosts a node can route its own pchannels around the network with another [`WalAccess`]
+//! (the `sluice` binary's standalone mode does).
 
 use std::collections::HashMap;
 use std::pin::Pin;
@@ -9,22 +10,20 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use async_trait::async_trait;
 use futures::{Stream, StreamExt};
 use parking_lot::Mutex;
-use sluice_log::DeliverPolicy;
-use sluice_node::WalManager;
 use sluice_proto::convert;
 use sluice_proto::v1::{
-    self, consume_response, deliver_filter, deliver_policy, produce_appended, produce_request,
-    produce_response, streaming_node_client::StreamingNodeClient,
+    self, produce_appended, produce_request, produce_response,
+    streaming_node_client::StreamingNodeClient,
 };
-use sluice_types::message::TxnContext;
-use sluice_types::{ErrorCode, MutableMessage, PChannel, Term, Timestamp};
-use sluice_wal::AppendResult;
-use sluice_wal::scanner::{MessageFilter, ReadMessage, ScannerOptions};
+use sluice_types::{
+    AppendResult, ConsumeOptions, ErrorCode, MutableMessage, PChannel, ReadMessage, Term,
+};
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::task::AbortOnDropHandle;
 use tonic::transport::Channel;
 
-use crate::{AbortOnDrop, Assignment, ClientError};
+use crate::{Assignment, ClientError};
 
 /// Ordered messages from one read.
 pub type MessageStream = Pin<Box<dyn Stream<Item = Result<ReadMessage, ClientError>> + Send>>;
@@ -43,7 +42,7 @@ pub trait WalAccess: Send + Sync + 'static {
     async fn read(
         &self,
         target: &Assignment,
-        options: ScannerOptions,
+        options: ConsumeOptions,
     ) -> Result<MessageStream, ClientError>;
 }
 
@@ -115,7 +114,7 @@ impl WalAccess for RemoteAccess {
     async fn read(
         &self,
         target: &Assignment,
-        options: ScannerOptions,
+        options: ConsumeOptions,
     ) -> Result<MessageStream, ClientError> {
         let request = consume_request(target, &options);
         let stream = self
@@ -125,7 +124,9 @@ impl WalAccess for RemoteAccess {
             .map_err(|s| ClientError::from_status(&s))?
             .into_inner();
         Ok(Box::pin(stream.map(|item| match item {
-            Ok(response) => read_from_wire(response),
+            Ok(response) => ReadMessage::try_from(response).map_err(|e| {
+                ClientError::new(ErrorCode::Inner, format!("bad message from node: {e}"))
+            }),
             Err(status) => Err(ClientError::from_status(&status)),
         })))
     }
@@ -141,7 +142,7 @@ struct RemoteProducer {
     /// `None` once the stream ended.
     pending: Arc<Mutex<Option<Pending>>>,
     next_request: AtomicU64,
-    _receiver: AbortOnDrop,
+    _receiver: AbortOnDropHandle<()>,
 }
 
 impl RemoteProducer {
@@ -183,7 +184,7 @@ impl RemoteProducer {
             tx,
             pending,
             next_request: AtomicU64::new(1),
-            _receiver: AbortOnDrop(receiver.abort_handle()),
+            _receiver: AbortOnDropHandle::new(receiver),
         })
     }
 
@@ -203,7 +204,7 @@ impl RemoteProducer {
         let request = v1::ProduceRequest {
             request: Some(produce_request::Request::Append(v1::ProduceAppend {
                 request_id,
-                message: Some(convert::message_to_wire(&msg)),
+                message: Some(v1::Message::from(&*msg)),
                 barrier_timestamp: 0,
             })),
         };
@@ -244,7 +245,8 @@ async fn receive(
                 response: Some(produce_response::Response::Closed(c)),
             })) => {
                 break c.reason.map_or_else(closed_error, |r| {
-                    ClientError::new(ErrorCode::from_number(r.code), r.cause)
+                    let (code, cause) = convert::error_from_wire(&r);
+                    ClientError::new(code, cause)
                 });
             }
             Ok(Some(_)) => continue,
@@ -260,9 +262,11 @@ async fn receive(
 
 fn append_outcome(outcome: Option<produce_appended::Outcome>) -> Result<AppendResult, ClientError> {
     match outcome {
-        Some(produce_appended::Outcome::Result(r)) => append_result_from_wire(r),
+        Some(produce_appended::Outcome::Result(r)) => AppendResult::try_from(r)
+            .map_err(|e| ClientError::new(ErrorCode::Inner, format!("bad append result: {e}"))),
         Some(produce_appended::Outcome::Error(e)) => {
-            Err(ClientError::new(ErrorCode::from_number(e.code), e.cause))
+            let (code, cause) = convert::error_from_wire(&e);
+            Err(ClientError::new(code, cause))
         }
         None => Err(ClientError::new(
             ErrorCode::Inner,
@@ -271,42 +275,7 @@ fn append_outcome(outcome: Option<produce_appended::Outcome>) -> Result<AppendRe
     }
 }
 
-fn append_result_from_wire(r: v1::AppendResult) -> Result<AppendResult, ClientError> {
-    let bad = |e: convert::WireError| {
-        ClientError::new(ErrorCode::Inner, format!("bad append result: {e}"))
-    };
-    Ok(AppendResult {
-        id: convert::message_id_from_wire(&r.id).map_err(bad)?,
-        timestamp: Timestamp(r.timestamp),
-        last_confirmed: convert::message_id_from_wire(&r.last_confirmed_id).map_err(bad)?,
-        txn: r.txn.map(|t| TxnContext {
-            txn_id: t.txn_id,
-            keepalive_ms: t.keepalive_ms,
-        }),
-        flushed_segments: r.flushed_segments,
-    })
-}
-
-fn consume_request(target: &Assignment, options: &ScannerOptions) -> v1::ConsumeRequest {
-    let policy = match options.policy {
-        DeliverPolicy::All => deliver_policy::Policy::All(v1::Empty {}),
-        DeliverPolicy::Latest => deliver_policy::Policy::Latest(v1::Empty {}),
-        DeliverPolicy::StartFrom(id) => deliver_policy::Policy::StartFrom(id.to_string()),
-        DeliverPolicy::StartAfter(id) => deliver_policy::Policy::StartAfter(id.to_string()),
-    };
-    let filters = options
-        .filters
-        .iter()
-        .map(|f| v1::DeliverFilter {
-            filter: Some(match f {
-                MessageFilter::TimeTickGt(t) => deliver_filter::Filter::TimestampGt(t.0),
-                MessageFilter::TimeTickGte(t) => deliver_filter::Filter::TimestampGte(t.0),
-                MessageFilter::Types(types) => deliver_filter::Filter::Types(v1::MessageTypes {
-                    types: types.iter().map(|t| t.to_string()).collect(),
-                }),
-            }),
-        })
-        .collect();
+fn consume_request(target: &Assignment, options: &ConsumeOptions) -> v1::ConsumeRequest {
     v1::ConsumeRequest {
         pchannel: Some(convert::pchannel_to_wire(&target.pchannel, target.term)),
         vchannel: options
@@ -314,86 +283,13 @@ fn consume_request(target: &Assignment, options: &ScannerOptions) -> v1::Consume
             .as_ref()
             .map(|v| v.as_str().to_owned())
             .unwrap_or_default(),
-        deliver_policy: Some(v1::DeliverPolicy {
-            policy: Some(policy),
-        }),
-        filters,
-    }
-}
-
-fn read_from_wire(response: v1::ConsumeResponse) -> Result<ReadMessage, ClientError> {
-    let bad = |e: convert::WireError| {
-        ClientError::new(ErrorCode::Inner, format!("bad message from node: {e}"))
-    };
-    match response.response {
-        Some(consume_response::Response::Message(m)) => Ok(ReadMessage::Message(
-            convert::immutable_from_wire(m).map_err(bad)?,
-        )),
-        Some(consume_response::Response::Txn(t)) => Ok(ReadMessage::Txn(Box::new(
-            convert::txn_from_wire(t).map_err(bad)?,
-        ))),
-        None => Err(ClientError::new(ErrorCode::Inner, "empty consume response")),
-    }
-}
-
-/// Direct access to the WALs of a node in this process, gRPC for every other node.
-pub struct RoutedAccess {
-    local: Option<(u64, Arc<WalManager>)>,
-    remote: RemoteAccess,
-}
-
-impl RoutedAccess {
-    /// Routes appends for node `node_id` to `manager` directly (no network hop), the rest over
-    /// gRPC.
-    pub fn new(local: Option<(u64, Arc<WalManager>)>) -> RoutedAccess {
-        RoutedAccess {
-            local,
-            remote: RemoteAccess::new(),
-        }
-    }
-
-    fn local_for(&self, target: &Assignment) -> Option<&Arc<WalManager>> {
-        self.local
-            .as_ref()
-            .filter(|(id, _)| *id == target.node_id)
-            .map(|(_, m)| m)
-    }
-}
-
-#[async_trait]
-impl WalAccess for RoutedAccess {
-    async fn append(
-        &self,
-        target: &Assignment,
-        msg: MutableMessage,
-    ) -> Result<AppendResult, ClientError> {
-        match self.local_for(target) {
-            Some(manager) => {
-                let wal = manager.wal(&target.pchannel, Some(target.term))?;
-                Ok(wal.append(msg).await?)
-            }
-            None => self.remote.append(target, msg).await,
-        }
-    }
-
-    async fn read(
-        &self,
-        target: &Assignment,
-        options: ScannerOptions,
-    ) -> Result<MessageStream, ClientError> {
-        match self.local_for(target) {
-            Some(manager) => {
-                let wal = manager.wal(&target.pchannel, Some(target.term))?;
-                let scanner = wal.read(options)?;
-                Ok(Box::pin(scanner.map(|r| r.map_err(ClientError::from))))
-            }
-            None => self.remote.read(target, options).await,
-        }
+        deliver_policy: Some(options.policy.into()),
+        filters: options.filters.iter().map(Into::into).collect(),
     }
 }
 
 /// The pchannel a message goes to (from its vchannel).
-pub(crate) fn pchannel_of(msg: &MutableMessage) -> Result<PChannel, ClientError> {
+pub fn pchannel_of(msg: &MutableMessage) -> Result<PChannel, ClientError> {
     match msg.vchannel()? {
         Some(v) => Ok(v.pchannel()),
         None => Err(ClientError::new(

@@ -5,16 +5,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use sluice_log::DeliverPolicy;
 use sluice_types::message::{BeginTxnHeader, CommitTxnHeader, RollbackTxnHeader, TxnContext};
-use sluice_types::{ErrorCode, MessageId, MutableMessage, PChannel, Term, Timestamp, VChannel};
-use sluice_wal::AppendResult;
-use sluice_wal::scanner::{MessageFilter, ReadMessage, ScannerOptions};
+use sluice_types::{
+    AppendResult, ConsumeOptions, DeliverPolicy, ErrorCode, MessageFilter, MessageId,
+    MutableMessage, PChannel, ReadMessage, Term, Timestamp, VChannel,
+};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
+use tokio_util::task::AbortOnDropHandle;
 
 use crate::access::{WalAccess, pchannel_of};
-use crate::{AbortOnDrop, Assignment, ClientError, TopologySource};
+use crate::{Assignment, ClientError, TopologySource};
 
 /// Retry and wait settings.
 #[derive(Clone, Debug)]
@@ -309,7 +310,7 @@ impl Client {
         let task = tokio::spawn(read_loop(self.clone(), request, tx));
         Reader {
             rx,
-            _task: AbortOnDrop(task.abort_handle()),
+            _task: AbortOnDropHandle::new(task),
         }
     }
 }
@@ -333,7 +334,7 @@ async fn sleep_until_deadline(deadline: Option<Instant>) {
 /// Messages from a [`Client::read`], in timestamp order.
 pub struct Reader {
     rx: mpsc::Receiver<Result<ReadMessage, ClientError>>,
-    _task: AbortOnDrop,
+    _task: AbortOnDropHandle<()>,
 }
 
 impl Reader {
@@ -373,11 +374,10 @@ async fn read_loop(
             }
             None => request.policy,
         };
-        let options = ScannerOptions {
+        let options = ConsumeOptions {
             vchannel: request.vchannel.clone(),
             policy,
             filters,
-            ..ScannerOptions::default()
         };
         // A stream from an owner that hangs would never end: it is dropped once the topology
         // moves the pchannel past its term, and the read resumes on the new owner.

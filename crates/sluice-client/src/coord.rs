@@ -55,16 +55,9 @@ impl CoordClient {
         resource_keys: &[ResourceKey],
     ) -> Result<BroadcastOutcome, ClientError> {
         let request = v1::BroadcastRequest {
-            message: Some(convert::message_to_wire(message)),
+            message: Some(v1::Message::from(&**message)),
             vchannels: vchannels.iter().map(|v| v.as_str().to_owned()).collect(),
-            resource_keys: resource_keys
-                .iter()
-                .map(|k| v1::ResourceKey {
-                    domain: k.domain,
-                    key: k.key.clone(),
-                    shared: k.shared,
-                })
-                .collect(),
+            resource_keys: resource_keys.to_vec(),
         };
         let response = self
             .client

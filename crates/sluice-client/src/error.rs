@@ -23,33 +23,18 @@ impl ClientError {
 
     /// The WAL is not (or no longer) usable at that node and term: wait for a new assignment.
     pub fn is_wrong_node(&self) -> bool {
-        sluice_node::manager::is_wrong_node(self.code)
+        self.code.is_wrong_node()
     }
 
     /// Retrying the same operation later can succeed (wrong-node errors included).
     pub fn retryable(&self) -> bool {
-        self.is_wrong_node()
-            || matches!(
-                self.code,
-                ErrorCode::OnShutdown | ErrorCode::Inner | ErrorCode::Unknown
-            )
+        self.code.retryable()
     }
 
-    pub(crate) fn from_status(status: &tonic::Status) -> ClientError {
+    /// The error a gRPC status carries.
+    pub fn from_status(status: &tonic::Status) -> ClientError {
         let (code, message) = sluice_proto::convert::error_of(status);
         ClientError { code, message }
-    }
-}
-
-impl From<sluice_wal::WalError> for ClientError {
-    fn from(e: sluice_wal::WalError) -> ClientError {
-        ClientError::new(e.code(), e.to_string())
-    }
-}
-
-impl From<sluice_node::NodeError> for ClientError {
-    fn from(e: sluice_node::NodeError) -> ClientError {
-        ClientError::new(e.code(), e.to_string())
     }
 }
 

@@ -16,9 +16,10 @@
 //!   consumer sees no gap and no duplicate.
 //! * **Transactions** ([`Client::begin_txn`], [`Client::append_messages`]).
 //!
-//! The WALs are reached through a [`access::WalAccess`]: over gRPC ([`access::RemoteAccess`]) or,
-//! when the owning node runs in the same process (standalone), directly
-//! ([`access::RoutedAccess`] with a local [`sluice_node::WalManager`]) without a network hop.
+//! The WALs are reached through a [`access::WalAccess`]: over gRPC ([`access::RemoteAccess`]), or
+//! another implementation a process that hosts a node plugs in (standalone routes its own
+//! pchannels without a network hop). The client depends only on the contract: `sluice-types`,
+//! `sluice-proto` and the gRPC stack.
 
 pub mod access;
 pub mod client;
@@ -29,12 +30,3 @@ pub mod topology;
 pub use client::{Client, ClientConfig, ReadRequest, Reader, Txn};
 pub use error::ClientError;
 pub use topology::{Assignment, Topology, TopologySource};
-
-/// Aborts a background task when dropped.
-pub(crate) struct AbortOnDrop(pub(crate) tokio::task::AbortHandle);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}

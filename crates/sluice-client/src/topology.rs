@@ -4,12 +4,12 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::AbortOnDrop;
 use async_trait::async_trait;
 use sluice_proto::convert;
 use sluice_proto::v1::{self, coordinator_client::CoordinatorClient};
 use sluice_types::{ErrorCode, PChannel, Term};
 use tokio::sync::watch;
+use tokio_util::task::AbortOnDropHandle;
 
 /// One pchannel's owner.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -91,7 +91,7 @@ impl TopologySource for StaticTopology {
 pub struct CoordinatorTopology {
     rx: watch::Receiver<Topology>,
     client: CoordinatorClient<tonic::transport::Channel>,
-    _task: AbortOnDrop,
+    _task: AbortOnDropHandle<()>,
 }
 
 impl CoordinatorTopology {
@@ -106,7 +106,7 @@ impl CoordinatorTopology {
         Ok(CoordinatorTopology {
             rx,
             client,
-            _task: AbortOnDrop(task.abort_handle()),
+            _task: AbortOnDropHandle::new(task),
         })
     }
 }

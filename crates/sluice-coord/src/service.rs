@@ -14,7 +14,6 @@ use std::time::Duration;
 use futures::Stream;
 use sluice_proto::convert;
 use sluice_proto::v1::{self, coordinator_server};
-use sluice_types::message::ResourceKey;
 use sluice_types::{ErrorCode, MutableMessage};
 use tokio::sync::mpsc;
 use tonic::{Request, Response, Status};
@@ -174,22 +173,12 @@ impl coordinator_server::Coordinator for CoordinatorService {
         let message = request
             .message
             .ok_or_else(|| convert::status(ErrorCode::InvalidArgument, "missing message"))
-            .and_then(|m| {
-                convert::message_from_wire(m).map_err(|e| convert::status(e.code(), e.to_string()))
-            })?;
+            .and_then(|m| MutableMessage::try_from(m).map_err(|e| e.to_status()))?;
         let vchannels = request.vchannels.clone();
         let broadcast = BroadcastRequest {
-            message: MutableMessage::from_message(message),
+            message,
             vchannels: request.vchannels,
-            resource_keys: request
-                .resource_keys
-                .into_iter()
-                .map(|k| ResourceKey {
-                    domain: k.domain,
-                    key: k.key,
-                    shared: k.shared,
-                })
-                .collect(),
+            resource_keys: request.resource_keys,
         };
         let leader = self.leader().await?;
         let result = leader

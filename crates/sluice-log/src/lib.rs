@@ -114,18 +114,7 @@ impl OpenOptions {
     }
 }
 
-/// Where a read starts.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum DeliverPolicy {
-    /// From the oldest retained record.
-    All,
-    /// Only records appended after the read started.
-    Latest,
-    /// From this id, inclusive (from the oldest retained record if it was truncated).
-    StartFrom(MessageId),
-    /// After this id, exclusive.
-    StartAfter(MessageId),
-}
+pub use sluice_types::read::DeliverPolicy;
 
 /// How to read.
 #[derive(Clone, Copy, Debug)]

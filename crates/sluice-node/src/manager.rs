@@ -20,7 +20,7 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 use sluice_log::LogProvider;
-use sluice_types::{ErrorCode, PChannel, Term};
+use sluice_types::{PChannel, Term};
 use sluice_wal::{Wal, WalConfig, WalDeps, WalError};
 
 use crate::NodeError;
@@ -222,13 +222,4 @@ impl WalManager {
             }
         }
     }
-}
-
-/// Whether a code means "this pchannel is not usable here at that term" (the client should wait
-/// for a new assignment).
-pub fn is_wrong_node(code: ErrorCode) -> bool {
-    matches!(
-        code,
-        ErrorCode::ChannelNotExist | ErrorCode::UnmatchedChannelTerm | ErrorCode::ChannelFenced
-    )
 }

@@ -19,14 +19,13 @@ use futures::Stream;
 use sluice_log::DeliverPolicy;
 use sluice_proto::convert::{self, WireError};
 use sluice_proto::v1::{
-    self, consume_response, deliver_filter, deliver_policy, produce_appended, produce_request,
-    produce_response,
+    self, produce_appended, produce_request, produce_response,
     streaming_node_manager_server::{StreamingNodeManager, StreamingNodeManagerServer},
     streaming_node_server::{StreamingNode, StreamingNodeServer},
 };
-use sluice_types::{ErrorCode, MessageType, MutableMessage, PChannel, Term, Timestamp, VChannel};
-use sluice_wal::scanner::{MessageFilter, ReadMessage, ScannerOptions};
-use sluice_wal::{AppendResult, Wal, WalError};
+use sluice_types::{ErrorCode, MutableMessage, PChannel, Term, Timestamp, VChannel};
+use sluice_wal::scanner::{MessageFilter, ScannerOptions};
+use sluice_wal::{Wal, WalError};
 use tokio::sync::{Notify, Semaphore, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
@@ -74,30 +73,8 @@ impl NodeService {
     }
 }
 
-fn wire_status(e: WireError) -> Status {
-    convert::status(e.code(), e.to_string())
-}
-
 fn wal_status(e: &WalError) -> Status {
     convert::status(e.code(), e.to_string())
-}
-
-fn append_result_to_wire(r: AppendResult) -> v1::AppendResult {
-    v1::AppendResult {
-        id: r.id.to_string(),
-        timestamp: r.timestamp.0,
-        last_confirmed_id: r.last_confirmed.to_string(),
-        txn: r.txn.map(|t| v1::TxnContext {
-            txn_id: t.txn_id,
-            keepalive_ms: t.keepalive_ms,
-        }),
-        flushed_segments: r.flushed_segments,
-    }
-}
-
-/// Whether an append error means the WAL here will not take more appends.
-fn ends_producer(code: ErrorCode) -> bool {
-    matches!(code, ErrorCode::ChannelFenced | ErrorCode::OnShutdown)
 }
 
 /// The parsed form of a `ProduceAppend`.
@@ -105,9 +82,8 @@ fn parse_append(a: v1::ProduceAppend) -> Result<(u64, MutableMessage), (u64, Sta
     let id = a.request_id;
     let wire = a
         .message
-        .ok_or_else(|| (id, wire_status(WireError::Missing("message"))))?;
-    let msg = convert::message_from_wire(wire).map_err(|e| (id, wire_status(e)))?;
-    let mut msg = MutableMessage::from_message(msg);
+        .ok_or_else(|| (id, WireError::Missing("message").to_status()))?;
+    let mut msg = MutableMessage::try_from(wire).map_err(|e| (id, e.to_status()))?;
     if a.barrier_timestamp != 0 {
         msg.set_barrier_timestamp(Timestamp(a.barrier_timestamp));
     }
@@ -179,9 +155,9 @@ async fn produce_loop(
                 let reason = reason.clone();
                 tokio::spawn(async move {
                     let outcome = match wal.append(msg).await {
-                        Ok(r) => produce_appended::Outcome::Result(append_result_to_wire(r)),
+                        Ok(r) => produce_appended::Outcome::Result(r.into()),
                         Err(e) => {
-                            if ends_producer(e.code()) && !unavailable.swap(true, Ordering::AcqRel)
+                            if e.code().ends_producer() && !unavailable.swap(true, Ordering::AcqRel)
                             {
                                 *reason.lock() =
                                     Some(convert::error_to_wire(e.code(), e.to_string()));
@@ -218,46 +194,19 @@ async fn produce_loop(
         .await;
 }
 
-fn scanner_options(req: &v1::ConsumeRequest) -> Result<ScannerOptions, Status> {
-    let invalid = |m: String| convert::status(ErrorCode::InvalidArgument, m);
-    let policy = match req.deliver_policy.as_ref().and_then(|p| p.policy.as_ref()) {
-        None | Some(deliver_policy::Policy::All(_)) => DeliverPolicy::All,
-        Some(deliver_policy::Policy::Latest(_)) => DeliverPolicy::Latest,
-        Some(deliver_policy::Policy::StartFrom(id)) => {
-            DeliverPolicy::StartFrom(convert::message_id_from_wire(id).map_err(wire_status)?)
-        }
-        Some(deliver_policy::Policy::StartAfter(id)) => {
-            DeliverPolicy::StartAfter(convert::message_id_from_wire(id).map_err(wire_status)?)
-        }
-    };
-    let mut filters = Vec::new();
-    for f in &req.filters {
-        match &f.filter {
-            Some(deliver_filter::Filter::TimestampGt(t)) => {
-                filters.push(MessageFilter::TimeTickGt(Timestamp(*t)))
-            }
-            Some(deliver_filter::Filter::TimestampGte(t)) => {
-                filters.push(MessageFilter::TimeTickGte(Timestamp(*t)))
-            }
-            Some(deliver_filter::Filter::Types(types)) => {
-                let mut parsed = Vec::new();
-                for name in &types.types {
-                    let ty = MessageType::ALL
-                        .iter()
-                        .copied()
-                        .find(|t| t.to_string() == *name)
-                        .ok_or_else(|| invalid(format!("unknown message type {name:?}")))?;
-                    parsed.push(ty);
-                }
-                filters.push(MessageFilter::Types(parsed));
-            }
-            None => return Err(invalid("empty filter".into())),
-        }
-    }
+fn scanner_options(req: v1::ConsumeRequest) -> Result<ScannerOptions, WireError> {
+    let policy = req
+        .deliver_policy
+        .map_or(Ok(DeliverPolicy::All), TryInto::try_into)?;
+    let filters = req
+        .filters
+        .into_iter()
+        .map(MessageFilter::try_from)
+        .collect::<Result<_, _>>()?;
     let vchannel = if req.vchannel.is_empty() {
         None
     } else {
-        Some(VChannel::new(&req.vchannel).map_err(|e| invalid(e.to_string()))?)
+        Some(VChannel::new(&req.vchannel)?)
     };
     Ok(ScannerOptions {
         vchannel,
@@ -267,20 +216,8 @@ fn scanner_options(req: &v1::ConsumeRequest) -> Result<ScannerOptions, Status> {
     })
 }
 
-fn read_to_wire(m: &ReadMessage) -> v1::ConsumeResponse {
-    let response = match m {
-        ReadMessage::Message(m) => {
-            consume_response::Response::Message(convert::immutable_to_wire(m))
-        }
-        ReadMessage::Txn(t) => consume_response::Response::Txn(convert::txn_to_wire(t)),
-    };
-    v1::ConsumeResponse {
-        response: Some(response),
-    }
-}
-
 fn pchannel_term(p: Option<v1::PChannelAtTerm>) -> Result<(PChannel, Option<Term>), Status> {
-    let (p, term) = convert::pchannel_from_wire(p).map_err(wire_status)?;
+    let (p, term) = convert::pchannel_from_wire(p).map_err(|e| e.to_status())?;
     Ok((p, (term.0 != 0).then_some(term)))
 }
 
@@ -306,7 +243,8 @@ impl StreamingNode for NodeService {
                 "the first request of a producer must be `open`",
             ));
         };
-        let (pchannel, term) = convert::pchannel_from_wire(open.pchannel).map_err(wire_status)?;
+        let (pchannel, term) =
+            convert::pchannel_from_wire(open.pchannel).map_err(|e| e.to_status())?;
         let wal = self
             .manager
             .wal(&pchannel, Some(term))
@@ -331,7 +269,7 @@ impl StreamingNode for NodeService {
     ) -> Result<Response<Self::ConsumeStream>, Status> {
         let req = request.into_inner();
         let (pchannel, term) = pchannel_term(req.pchannel.clone())?;
-        let options = scanner_options(&req)?;
+        let options = scanner_options(req).map_err(|e| e.to_status())?;
         let wal = self
             .manager
             .wal(&pchannel, term)
@@ -344,7 +282,7 @@ impl StreamingNode for NodeService {
                     _ = tx.closed() => break,
                     next = scanner.next() => match next {
                         Some(Ok(m)) => {
-                            if tx.send(Ok(read_to_wire(&m))).await.is_err() {
+                            if tx.send(Ok(v1::ConsumeResponse::from(&m))).await.is_err() {
                                 break;
                             }
                         }
@@ -373,8 +311,8 @@ impl StreamingNodeManager for NodeService {
         &self,
         request: Request<v1::AssignRequest>,
     ) -> Result<Response<v1::AssignResponse>, Status> {
-        let (pchannel, term) =
-            convert::pchannel_from_wire(request.into_inner().pchannel).map_err(wire_status)?;
+        let (pchannel, term) = convert::pchannel_from_wire(request.into_inner().pchannel)
+            .map_err(|e| e.to_status())?;
         self.manager
             .assign(&pchannel, term)
             .await
@@ -386,8 +324,8 @@ impl StreamingNodeManager for NodeService {
         &self,
         request: Request<v1::RemoveRequest>,
     ) -> Result<Response<v1::RemoveResponse>, Status> {
-        let (pchannel, term) =
-            convert::pchannel_from_wire(request.into_inner().pchannel).map_err(wire_status)?;
+        let (pchannel, term) = convert::pchannel_from_wire(request.into_inner().pchannel)
+            .map_err(|e| e.to_status())?;
         self.manager
             .remove(&pchannel, term)
             .await

@@ -89,6 +89,37 @@ impl ErrorCode {
     }
 }
 
+impl ErrorCode {
+    /// The pchannel is not (or no longer) served here at the term asked for: the client waits
+    /// for a higher term in the assignment and retries on its owner.
+    pub fn is_wrong_node(self) -> bool {
+        matches!(
+            self,
+            ErrorCode::ChannelNotExist | ErrorCode::UnmatchedChannelTerm | ErrorCode::ChannelFenced
+        )
+    }
+
+    /// Retrying the same operation later can succeed (wrong-node errors included).
+    pub fn retryable(self) -> bool {
+        self.is_wrong_node()
+            || matches!(
+                self,
+                ErrorCode::OnShutdown | ErrorCode::Inner | ErrorCode::Unknown
+            )
+    }
+
+    /// The WAL will take no more appends from this producer (fenced or shutting down): a
+    /// producer stream ends after answering what is in flight.
+    pub fn ends_producer(self) -> bool {
+        matches!(self, ErrorCode::ChannelFenced | ErrorCode::OnShutdown)
+    }
+
+    /// The code named `name` (as [`ErrorCode::name`] writes it).
+    pub fn from_name(name: &str) -> Option<ErrorCode> {
+        ErrorCode::ALL.iter().copied().find(|c| c.name() == name)
+    }
+}
+
 impl fmt::Display for ErrorCode {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.name())

@@ -31,6 +31,14 @@ pub enum ParseError {
     /// A property the operation needs is missing.
     #[error("message has no {0} property")]
     MissingProperty(&'static str),
+    /// A header that does not decode or breaks a rule of its type.
+    #[error("invalid {ty:?} header: {reason}")]
+    Header {
+        /// The message's type.
+        ty: crate::message::MessageType,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
     /// The header does not belong to the message's type.
     #[error("header of type {expected:?} asked of a {actual:?} message")]
     HeaderType {

@@ -8,9 +8,11 @@ pub mod codec;
 pub mod error;
 pub mod ids;
 pub mod message;
+pub mod read;
 
 pub use channel::{PChannel, VChannel};
 pub use code::ErrorCode;
 pub use error::{CodecError, ParseError};
 pub use ids::{CollectionId, MessageId, PartitionId, SegmentId, Term, Timestamp, TxnId};
 pub use message::{ImmutableMessage, ImmutableTxnMessage, Message, MessageType, MutableMessage};
+pub use read::{AppendResult, ConsumeOptions, DeliverPolicy, MessageFilter, ReadMessage};

@@ -12,4 +12,5 @@ pub mod wab;
 pub mod wal;
 
 pub use error::WalError;
-pub use wal::{AppendResult, RecoveryHook, Wal, WalConfig, WalDeps};
+pub use sluice_types::AppendResult;
+pub use wal::{RecoveryHook, Wal, WalConfig, WalDeps};

@@ -25,7 +25,8 @@ use parking_lot::Mutex;
 use sluice_log::{LogError, LogHandle, LogProvider, OpenOptions};
 use sluice_types::message::{BeginTxnHeader, FlushHeader, TimeTickHeader, TxnContext};
 use sluice_types::{
-    ImmutableMessage, MessageId, MessageType, MutableMessage, PChannel, Term, Timestamp, VChannel,
+    AppendResult, ImmutableMessage, MessageId, MessageType, MutableMessage, PChannel, Term,
+    Timestamp, VChannel,
 };
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -96,21 +97,6 @@ pub struct WalDeps {
     pub node_growing: Arc<NodeGrowingBytes>,
     /// Recovery; `None` replays nothing.
     pub recovery: Option<Arc<dyn RecoveryHook>>,
-}
-
-/// The result of an append.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct AppendResult {
-    /// Where the message is in the log.
-    pub id: MessageId,
-    /// Its timestamp.
-    pub timestamp: Timestamp,
-    /// Its last-confirmed id.
-    pub last_confirmed: MessageId,
-    /// Its transaction, for BeginTxn and transaction parts.
-    pub txn: Option<TxnContext>,
-    /// Segments a ManualFlush or SchemaChange sealed.
-    pub flushed_segments: Vec<i64>,
 }
 
 const OPEN: u8 = 0;
@@ -315,6 +301,19 @@ impl Wal {
         if vchannel.is_none() && !ty.is_exclusive() {
             return Err(WalError::InvalidArgument(format!(
                 "a {ty} message must name its vchannel"
+            )));
+        }
+        // The header must decode as its type's and keep its type's rules, whatever the type:
+        // a record recovery or a reader cannot apply must never reach the log.
+        let header = msg.any_header()?;
+        header.check_from_producer()?;
+        if let (Some(v), Some(collection)) = (&vchannel, header.collection_id())
+            && v.collection().0 != collection
+        {
+            return Err(WalError::InvalidArgument(format!(
+                "the {ty} header names collection {collection}, but vchannel {v} belongs to \
+                 collection {}",
+                v.collection()
             )));
         }
         let txn = msg.txn_context()?;

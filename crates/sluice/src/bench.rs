@@ -17,7 +17,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use hdrhistogram::Histogram;
-use sluice_client::access::RoutedAccess;
 use sluice_client::topology::CoordinatorTopology;
 use sluice_client::{Client, ClientConfig};
 use sluice_log::local::{LocalConfig, LocalProvider};
@@ -30,6 +29,7 @@ use sluice_wal::tso::LocalOracle;
 use sluice_wal::{Wal, WalConfig, WalDeps};
 
 use crate::config::Config;
+use crate::local_access::RoutedAccess;
 use crate::server::Standalone;
 
 const COLLECTION: i64 = 1;

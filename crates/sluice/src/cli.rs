@@ -5,7 +5,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use sluice_client::access::RoutedAccess;
 use sluice_client::topology::CoordinatorTopology;
 use sluice_client::{Client, ClientConfig, ReadRequest, TopologySource};
 use sluice_log::DeliverPolicy;
@@ -13,6 +12,8 @@ use sluice_proto::v1::{self, streaming_node_manager_client::StreamingNodeManager
 use sluice_types::message::{CreateCollectionHeader, InsertHeader, PartitionSegmentAssignment};
 use sluice_types::{MessageType, MutableMessage, VChannel};
 use sluice_wal::scanner::{MessageFilter, ReadMessage};
+
+use crate::local_access::RoutedAccess;
 
 /// A client of the coordinator at `endpoint`, giving up an operation after `timeout`.
 pub fn connect(

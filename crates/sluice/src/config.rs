@@ -253,6 +253,10 @@ impl Config {
     pub fn validate(&self) -> anyhow::Result<()> {
         match self.meta.backend.as_str() {
             "embedded" => {}
+            "etcd" if cfg!(not(feature = "etcd")) => bail!(
+                "meta.backend = \"etcd\" needs a sluice binary built with the etcd feature \
+                 (cargo build --release -p sluice --features etcd; it needs protoc)"
+            ),
             "etcd" if !self.meta.endpoints.is_empty() => {}
             "etcd" => bail!("meta.backend = \"etcd\" needs meta.endpoints"),
             other => bail!("meta.backend must be \"embedded\" or \"etcd\", not {other:?}"),

@@ -8,6 +8,7 @@
 mod bench;
 mod cli;
 mod config;
+mod local_access;
 mod server;
 
 use std::path::PathBuf;

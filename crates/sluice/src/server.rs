@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use async_trait::async_trait;
-use sluice_client::access::{RoutedAccess, WalAccess};
+use sluice_client::access::WalAccess;
 use sluice_client::{Client, ClientConfig, TopologySource};
 use sluice_coord::assign::{AssignConfig, NodeClient};
 use sluice_coord::broadcast::{AppendOutcome, BroadcastAppender};
@@ -30,10 +30,12 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::config::Config;
+use crate::local_access::RoutedAccess;
 
 /// Opens the configured meta store.
 pub async fn meta_store(config: &Config) -> anyhow::Result<Arc<dyn MetaStore>> {
     Ok(match config.meta.backend.as_str() {
+        #[cfg(feature = "etcd")]
         "etcd" => Arc::new(
             sluice_meta::etcd::EtcdStore::connect(&config.meta.endpoints)
                 .await

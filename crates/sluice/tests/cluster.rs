@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use rustix::process::Signal;
-use sluice_client::access::{RemoteAccess, RoutedAccess, WalAccess};
+use sluice_client::access::{RemoteAccess, WalAccess};
 use sluice_client::topology::CoordinatorTopology;
 use sluice_client::{Client, ClientConfig, ReadRequest, Topology, TopologySource};
 use sluice_meta::MetaStore;
@@ -379,7 +379,7 @@ async fn run_cluster(etcd: String, medium: Medium, label: &str) {
     .await;
     let client = Client::new(
         topology.clone(),
-        Arc::new(RoutedAccess::new(None)),
+        Arc::new(RemoteAccess::new()),
         ClientConfig {
             timeout: Some(Duration::from_secs(60)),
             ..ClientConfig::default()
@@ -628,7 +628,7 @@ async fn run_cluster(etcd: String, medium: Medium, label: &str) {
     // Read every vchannel from the beginning.
     let reader_client = Client::new(
         topology.clone(),
-        Arc::new(RoutedAccess::new(None)),
+        Arc::new(RemoteAccess::new()),
         ClientConfig {
             timeout: Some(Duration::from_secs(60)),
             ..ClientConfig::default()

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rustix::process::Signal;
-use sluice_client::access::RoutedAccess;
+use sluice_client::access::RemoteAccess;
 use sluice_client::topology::CoordinatorTopology;
 use sluice_client::{Client, ClientConfig};
 use sluice_types::message::{InsertHeader, PartitionSegmentAssignment};
@@ -142,7 +142,7 @@ async fn produce_consume_restart_round_trip() {
     let topology = Arc::new(CoordinatorTopology::connect(&endpoint).expect("endpoint"));
     let client = Client::new(
         topology,
-        Arc::new(RoutedAccess::new(None)),
+        Arc::new(RemoteAccess::new()),
         ClientConfig {
             timeout: Some(Duration::from_secs(30)),
             ..ClientConfig::default()
@@ -272,7 +272,7 @@ async fn broadcast_reaches_every_vchannel_and_completes_on_acks() {
     let topology = Arc::new(CoordinatorTopology::connect(&endpoint).expect("endpoint"));
     let client = Client::new(
         topology,
-        Arc::new(RoutedAccess::new(None)),
+        Arc::new(RemoteAccess::new()),
         ClientConfig {
             timeout: Some(Duration::from_secs(30)),
             ..ClientConfig::default()

@@ -1,259 +1,168 @@
 //! Typed headers: the small part of each message the WAL needs without decoding the body.
 //!
-//! Headers are protobuf messages (declared here with `prost` derives so this crate needs no code
-//! generation) stored base64-encoded in the `_h` property. Each header type belongs to exactly one
-//! [`MessageType`].
+//! The header messages, [`TxnContext`], [`ResourceKey`] and [`BroadcastHeader`] are generated
+//! from `proto/sluice/v1/message.proto`, the wire contract, so the Rust types and what a client
+//! in another language sends are the same messages. Inside a log they are stored
+//! protobuf-encoded in the message's reserved properties; on the wire they are typed fields.
+//! Each header type belongs to exactly one [`MessageType`]; [`Header`] is any one of them.
 
 use super::MessageType;
+use crate::error::ParseError;
+
+/// Code generated from `proto/sluice/v1/message.proto`.
+#[allow(missing_docs, clippy::all, clippy::pedantic, unreachable_pub)]
+pub mod pb {
+    include!(concat!(env!("OUT_DIR"), "/sluice.v1.rs"));
+}
+
+pub use pb::{
+    BeginTxnHeader, BroadcastHeader, CommitTxnHeader, CreateCollectionHeader,
+    CreatePartitionHeader, CreateSegmentHeader, DeleteHeader, DropCollectionHeader,
+    DropPartitionHeader, FlushHeader, ImportHeader, InsertHeader, ManualFlushHeader,
+    PartitionSegmentAssignment, ResourceKey, RollbackTxnHeader, SchemaChangeHeader, TimeTickHeader,
+    TxnContext, TxnHeader,
+};
 
 /// A header type and the message type it belongs to.
 pub trait MessageHeader: prost::Message + Default + Clone + PartialEq + 'static {
-    /// The message type whose `_h` property holds this header.
+    /// The message type whose header this is.
     const TYPE: MessageType;
 }
 
-macro_rules! header {
-    ($(#[$doc:meta])* $name:ident => $ty:ident { $($body:tt)* }) => {
-        $(#[$doc])*
-        #[derive(Clone, PartialEq, prost::Message)]
-        pub struct $name { $($body)* }
+macro_rules! headers {
+    ($($ty:ident => $name:ident),* $(,)?) => {
+        $(
+            impl MessageHeader for $name {
+                const TYPE: MessageType = MessageType::$ty;
+            }
+        )*
 
-        impl MessageHeader for $name {
-            const TYPE: MessageType = MessageType::$ty;
+        /// The header of any message type: the Rust form of the wire's `oneof header`.
+        #[derive(Clone, Debug, PartialEq)]
+        pub enum Header {
+            $(
+                #[doc = concat!("The header of a ", stringify!($ty), " message.")]
+                $ty($name),
+            )*
         }
+
+        impl Header {
+            /// The message type this header belongs to.
+            pub fn message_type(&self) -> MessageType {
+                match self {
+                    $(Header::$ty(_) => MessageType::$ty,)*
+                }
+            }
+
+            /// Decodes the header of a `ty` message from its protobuf bytes.
+            pub fn decode(ty: MessageType, bytes: &[u8]) -> Result<Header, prost::DecodeError> {
+                use prost::Message as _;
+                Ok(match ty {
+                    $(MessageType::$ty => Header::$ty($name::decode(bytes)?),)*
+                })
+            }
+
+            /// The default (empty) header of a `ty` message.
+            pub fn empty(ty: MessageType) -> Header {
+                match ty {
+                    $(MessageType::$ty => Header::$ty($name::default()),)*
+                }
+            }
+
+            /// The protobuf encoding.
+            pub fn encode_to_vec(&self) -> Vec<u8> {
+                use prost::Message as _;
+                match self {
+                    $(Header::$ty(h) => h.encode_to_vec(),)*
+                }
+            }
+
+            /// Whether every field has its default value (such a header is not stored).
+            pub fn is_empty(&self) -> bool {
+                match self {
+                    $(Header::$ty(h) => *h == $name::default(),)*
+                }
+            }
+        }
+
+        $(
+            impl From<$name> for Header {
+                fn from(h: $name) -> Header {
+                    Header::$ty(h)
+                }
+            }
+        )*
     };
 }
 
-header!(
-    /// TimeTick: no fields; the timestamp is the message's own.
-    TimeTickHeader => TimeTick {}
+headers!(
+    TimeTick => TimeTickHeader,
+    Insert => InsertHeader,
+    Delete => DeleteHeader,
+    Flush => FlushHeader,
+    CreateCollection => CreateCollectionHeader,
+    DropCollection => DropCollectionHeader,
+    CreatePartition => CreatePartitionHeader,
+    DropPartition => DropPartitionHeader,
+    ManualFlush => ManualFlushHeader,
+    CreateSegment => CreateSegmentHeader,
+    Import => ImportHeader,
+    SchemaChange => SchemaChangeHeader,
+    BeginTxn => BeginTxnHeader,
+    CommitTxn => CommitTxnHeader,
+    RollbackTxn => RollbackTxnHeader,
+    Txn => TxnHeader,
 );
 
-/// Rows of one partition in an insert and the growing segment the WAL assigned them to.
-#[derive(Clone, PartialEq, prost::Message)]
-pub struct PartitionSegmentAssignment {
-    /// The partition.
-    #[prost(int64, tag = "1")]
-    pub partition_id: i64,
-    /// Rows inserted into it.
-    #[prost(uint64, tag = "2")]
-    pub rows: u64,
-    /// Bytes inserted into it (0 = let the WAL use the message size).
-    #[prost(uint64, tag = "3")]
-    pub binary_size: u64,
-    /// The growing segment assigned by the WAL (0 until assigned).
-    #[prost(int64, tag = "4")]
-    pub segment_id: i64,
-}
-
-header!(
-    /// Insert: the collection and, per partition, rows, bytes and the assigned segment.
-    InsertHeader => Insert {
-        /// The collection.
-        #[prost(int64, tag = "1")]
-        pub collection_id: i64,
-        /// One entry per partition touched (the WAL requires exactly one).
-        #[prost(message, repeated, tag = "2")]
-        pub partitions: Vec<PartitionSegmentAssignment>,
+impl Header {
+    /// The collection the header names, for the types that name one.
+    pub fn collection_id(&self) -> Option<i64> {
+        match self {
+            Header::Insert(h) => Some(h.collection_id),
+            Header::Delete(h) => Some(h.collection_id),
+            Header::Flush(h) => Some(h.collection_id),
+            Header::CreateCollection(h) => Some(h.collection_id),
+            Header::DropCollection(h) => Some(h.collection_id),
+            Header::CreatePartition(h) => Some(h.collection_id),
+            Header::DropPartition(h) => Some(h.collection_id),
+            Header::ManualFlush(h) => Some(h.collection_id),
+            Header::CreateSegment(h) => Some(h.collection_id),
+            Header::SchemaChange(h) => Some(h.collection_id),
+            Header::TimeTick(_)
+            | Header::Import(_)
+            | Header::BeginTxn(_)
+            | Header::CommitTxn(_)
+            | Header::RollbackTxn(_)
+            | Header::Txn(_) => None,
+        }
     }
-);
 
-header!(
-    /// Delete: the collection and the number of primary keys deleted.
-    DeleteHeader => Delete {
-        /// The collection.
-        #[prost(int64, tag = "1")]
-        pub collection_id: i64,
-        /// Primary keys deleted.
-        #[prost(uint64, tag = "2")]
-        pub rows: u64,
+    /// Checks what a producer's header must satisfy beyond decoding: the fields the WAL fills
+    /// are empty, an insert names exactly one partition.
+    pub fn check_from_producer(&self) -> Result<(), ParseError> {
+        let bad = |reason: &'static str| ParseError::Header {
+            ty: self.message_type(),
+            reason,
+        };
+        match self {
+            Header::Insert(h) => {
+                if h.partitions.len() != 1 {
+                    return Err(bad("an insert names exactly one partition"));
+                }
+                if h.partitions.iter().any(|p| p.segment_id != 0) {
+                    return Err(bad("segment_id is assigned by the WAL; leave it 0"));
+                }
+            }
+            Header::ManualFlush(h) if !h.segment_ids.is_empty() => {
+                return Err(bad("segment_ids is filled by the WAL; leave it empty"));
+            }
+            Header::SchemaChange(h) if !h.flushed_segment_ids.is_empty() => {
+                return Err(bad(
+                    "flushed_segment_ids is filled by the WAL; leave it empty",
+                ));
+            }
+            _ => {}
+        }
+        Ok(())
     }
-);
-
-header!(
-    /// Flush: one sealed segment whose writes are all acknowledged (written by the WAL).
-    FlushHeader => Flush {
-        /// The collection.
-        #[prost(int64, tag = "1")]
-        pub collection_id: i64,
-        /// The partition.
-        #[prost(int64, tag = "2")]
-        pub partition_id: i64,
-        /// The segment.
-        #[prost(int64, tag = "3")]
-        pub segment_id: i64,
-    }
-);
-
-header!(
-    /// CreateCollection: the new collection and its initial partitions.
-    CreateCollectionHeader => CreateCollection {
-        /// The collection.
-        #[prost(int64, tag = "1")]
-        pub collection_id: i64,
-        /// Its initial partitions.
-        #[prost(int64, repeated, tag = "2")]
-        pub partition_ids: Vec<i64>,
-        /// Its database.
-        #[prost(int64, tag = "3")]
-        pub db_id: i64,
-    }
-);
-
-header!(
-    /// DropCollection.
-    DropCollectionHeader => DropCollection {
-        /// The collection.
-        #[prost(int64, tag = "1")]
-        pub collection_id: i64,
-        /// Its database.
-        #[prost(int64, tag = "2")]
-        pub db_id: i64,
-    }
-);
-
-header!(
-    /// CreatePartition.
-    CreatePartitionHeader => CreatePartition {
-        /// The collection.
-        #[prost(int64, tag = "1")]
-        pub collection_id: i64,
-        /// The new partition.
-        #[prost(int64, tag = "2")]
-        pub partition_id: i64,
-    }
-);
-
-header!(
-    /// DropPartition.
-    DropPartitionHeader => DropPartition {
-        /// The collection.
-        #[prost(int64, tag = "1")]
-        pub collection_id: i64,
-        /// The dropped partition.
-        #[prost(int64, tag = "2")]
-        pub partition_id: i64,
-    }
-);
-
-header!(
-    /// ManualFlush: seal every growing segment of a collection (the WAL fills `segment_ids`).
-    ManualFlushHeader => ManualFlush {
-        /// The collection.
-        #[prost(int64, tag = "1")]
-        pub collection_id: i64,
-        /// The flush timestamp chosen by the caller.
-        #[prost(uint64, tag = "2")]
-        pub flush_ts: u64,
-        /// The segments sealed by this flush (filled by the WAL).
-        #[prost(int64, repeated, tag = "3")]
-        pub segment_ids: Vec<i64>,
-    }
-);
-
-header!(
-    /// CreateSegment: a new growing segment (written by the WAL).
-    CreateSegmentHeader => CreateSegment {
-        /// The collection.
-        #[prost(int64, tag = "1")]
-        pub collection_id: i64,
-        /// The partition.
-        #[prost(int64, tag = "2")]
-        pub partition_id: i64,
-        /// The new segment.
-        #[prost(int64, tag = "3")]
-        pub segment_id: i64,
-        /// Storage format version of the segment's files.
-        #[prost(int64, tag = "4")]
-        pub storage_version: i64,
-        /// Bytes at which the segment seals.
-        #[prost(uint64, tag = "5")]
-        pub max_segment_size: u64,
-        /// Rows at which the segment seals (0 = unlimited).
-        #[prost(uint64, tag = "6")]
-        pub max_rows: u64,
-        /// Segment level (1 = L1).
-        #[prost(int32, tag = "7")]
-        pub level: i32,
-    }
-);
-
-header!(
-    /// Import: no header fields.
-    ImportHeader => Import {}
-);
-
-header!(
-    /// SchemaChange: new schema in the body; the WAL fills the segments it flushed.
-    SchemaChangeHeader => SchemaChange {
-        /// The collection.
-        #[prost(int64, tag = "1")]
-        pub collection_id: i64,
-        /// Segments sealed by the change (filled by the WAL).
-        #[prost(int64, repeated, tag = "2")]
-        pub flushed_segment_ids: Vec<i64>,
-    }
-);
-
-header!(
-    /// BeginTxn: opens a transaction on one vchannel.
-    BeginTxnHeader => BeginTxn {
-        /// Keepalive in milliseconds (0 = the WAL's default).
-        #[prost(int64, tag = "1")]
-        pub keepalive_milliseconds: i64,
-    }
-);
-
-header!(
-    /// CommitTxn.
-    CommitTxnHeader => CommitTxn {}
-);
-
-header!(
-    /// RollbackTxn.
-    RollbackTxnHeader => RollbackTxn {}
-);
-
-header!(
-    /// Txn: the read-side message a scanner assembles from Begin, bodies and Commit.
-    TxnHeader => Txn {}
-);
-
-/// The transaction a message belongs to (property `_tx`).
-#[derive(Clone, Copy, PartialEq, Eq, prost::Message)]
-pub struct TxnContext {
-    /// The transaction id.
-    #[prost(int64, tag = "1")]
-    pub txn_id: i64,
-    /// Keepalive in milliseconds; -1 means infinite.
-    #[prost(int64, tag = "2")]
-    pub keepalive_ms: i64,
-}
-
-/// A lock a broadcast holds while it is being applied.
-#[derive(Clone, PartialEq, Eq, Hash, prost::Message)]
-pub struct ResourceKey {
-    /// The domain (1 = collection name, 2 = database name, 3 = privilege, 4 = cluster).
-    #[prost(int32, tag = "1")]
-    pub domain: i32,
-    /// The key within the domain.
-    #[prost(string, tag = "2")]
-    pub key: String,
-    /// Shared (reader) or exclusive (writer).
-    #[prost(bool, tag = "3")]
-    pub shared: bool,
-}
-
-/// Identifies one broadcast and the vchannels it goes to (property `_bh`).
-#[derive(Clone, PartialEq, prost::Message)]
-pub struct BroadcastHeader {
-    /// The broadcast id from the coordinator's id allocator.
-    #[prost(uint64, tag = "1")]
-    pub broadcast_id: u64,
-    /// Every vchannel the broadcast goes to.
-    #[prost(string, repeated, tag = "2")]
-    pub vchannels: Vec<String>,
-    /// The resource keys held until every vchannel has the message.
-    #[prost(message, repeated, tag = "3")]
-    pub resource_keys: Vec<ResourceKey>,
 }

@@ -603,6 +603,19 @@ impl Message {
         self.decode_proto(keys::BROADCAST_HEADER)
     }
 
+    /// The header of this message's type, whatever the type: what a producer's header is
+    /// validated with and what the wire carries. A stored header that does not decode as its
+    /// type's header is an error.
+    pub fn any_header(&self) -> Result<Header, ParseError> {
+        let ty = self.message_type()?;
+        let Some(v) = self.properties.get(keys::HEADER) else {
+            return Ok(Header::empty(ty));
+        };
+        let bad = |reason| ParseError::Header { ty, reason };
+        let bytes = BASE64.decode(v).map_err(|_| bad("not base64"))?;
+        Header::decode(ty, &bytes).map_err(|_| bad("not a valid protobuf of its type"))
+    }
+
     /// The typed header. Fails when `H` is not the header of this message's type.
     pub fn header<H: MessageHeader>(&self) -> Result<H, ParseError> {
         let actual = self.message_type()?;
@@ -916,19 +929,40 @@ pub struct MessageBuilder {
 
 impl MessageBuilder {
     fn new<H: MessageHeader>(header: H) -> MessageBuilder {
+        let mut b = MessageBuilder::empty(H::TYPE);
+        if header != H::default() {
+            b.msg.set_proto(keys::HEADER, &header);
+        }
+        b
+    }
+
+    fn empty(ty: MessageType) -> MessageBuilder {
         let mut msg = Message {
             payload: Bytes::new(),
             properties: Props::default(),
-            ty: H::TYPE,
+            ty,
             typed: Typed::default(),
             map_stamps: false,
             properties_len: 0,
         };
-        msg.retype(&[], |t| t.kind = Some(H::TYPE));
-        if header != H::default() {
-            msg.set_proto(keys::HEADER, &header);
-        }
+        msg.retype(&[], |t| t.kind = Some(ty));
         MessageBuilder { msg, error: None }
+    }
+
+    /// Starts a message of the header's type, chosen at run time (a header from the wire).
+    pub fn from_header(header: &Header) -> MessageBuilder {
+        let mut b = MessageBuilder::empty(header.message_type());
+        if !header.is_empty() {
+            b.msg
+                .set(keys::HEADER, BASE64.encode(header.encode_to_vec()));
+        }
+        b
+    }
+
+    /// The transaction the message belongs to (bodies, commit and rollback carry it).
+    pub fn txn(mut self, txn: TxnContext) -> Self {
+        self.msg.set_proto(keys::TXN_CONTEXT, &txn);
+        self
     }
 
     /// The vchannel the message goes to.

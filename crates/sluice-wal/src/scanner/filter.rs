@@ -1,20 +1,9 @@
 //! Message filters of a scanner, AND-combined.
 
+use sluice_types::read::MessageFilter;
 use sluice_types::{MessageType, Timestamp};
 
 use crate::error::WalError;
-
-/// One condition a delivered message must meet. A scanner's filters are AND-combined.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum MessageFilter {
-    /// Timestamp strictly greater than this.
-    TimeTickGt(Timestamp),
-    /// Timestamp greater than or equal to this.
-    TimeTickGte(Timestamp),
-    /// Only these data message types. System messages (TimeTick, BeginTxn, CommitTxn,
-    /// RollbackTxn, Txn) always pass, so naming one here is an invalid argument.
-    Types(Vec<MessageType>),
-}
 
 /// The filters of one scanner, checked once at start.
 #[derive(Clone, Debug, Default)]

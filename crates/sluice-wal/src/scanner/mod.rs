@@ -34,15 +34,13 @@ use std::task::{Context, Poll};
 use futures::Stream;
 use parking_lot::Mutex;
 use sluice_log::{DEFAULT_READ_AHEAD, DeliverPolicy, LogHandle};
-use sluice_types::{
-    ImmutableMessage, ImmutableTxnMessage, MessageId, MessageType, ParseError, Timestamp, VChannel,
-};
+use sluice_types::{ConsumeOptions, VChannel};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-pub use filter::MessageFilter;
 pub use pipeline::PipelineCounters;
+pub use sluice_types::read::{MessageFilter, ReadMessage};
 pub use source::{ScannerMode, SourceCounters};
 pub use txn_buffer::{DEFAULT_TXN_KEEPALIVE, TxnCounters};
 
@@ -86,95 +84,21 @@ impl Default for ScannerOptions {
 }
 
 impl ScannerOptions {
+    /// Default tuning for what a consumer asked for.
+    pub fn from_consume(options: ConsumeOptions) -> ScannerOptions {
+        ScannerOptions {
+            vchannel: options.vchannel,
+            policy: options.policy,
+            filters: options.filters,
+            ..ScannerOptions::default()
+        }
+    }
+
     /// Default options starting at `policy`.
     pub fn new(policy: DeliverPolicy) -> ScannerOptions {
         ScannerOptions {
             policy,
             ..ScannerOptions::default()
-        }
-    }
-}
-
-/// One delivered message: a plain message (data or timetick) or a committed transaction.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum ReadMessage {
-    /// A message that is not part of a transaction, timeticks included.
-    Message(ImmutableMessage),
-    /// A committed transaction: begin, bodies and commit, at the commit's timestamp (boxed:
-    /// it holds several messages, and most of what is delivered is plain messages).
-    Txn(Box<ImmutableTxnMessage>),
-}
-
-impl ReadMessage {
-    /// The timestamp (a transaction's is its commit's). A scanner only delivers messages that
-    /// have one; `None` only for a hand-built message without a valid `_tt`.
-    pub fn timestamp(&self) -> Option<Timestamp> {
-        match self {
-            ReadMessage::Message(m) => m.timestamp().ok().flatten(),
-            ReadMessage::Txn(t) => t.timestamp().ok().flatten(),
-        }
-    }
-
-    /// The last-confirmed id (a transaction's is its commit's): reading the log from it sees
-    /// every message with a timestamp ≥ this one's. `Ok(None)` when absent.
-    pub fn last_confirmed(&self) -> Result<Option<MessageId>, ParseError> {
-        match self {
-            ReadMessage::Message(m) => m.last_confirmed(),
-            ReadMessage::Txn(t) => t.last_confirmed(),
-        }
-    }
-
-    /// The log id (a transaction's is its commit's).
-    pub fn id(&self) -> MessageId {
-        match self {
-            ReadMessage::Message(m) => m.id(),
-            ReadMessage::Txn(t) => t.commit().id(),
-        }
-    }
-
-    /// The type: [`MessageType::Txn`] for a transaction. `None` for a hand-built message
-    /// without a valid type.
-    pub fn message_type(&self) -> Option<MessageType> {
-        match self {
-            ReadMessage::Message(m) => m.message_type().ok(),
-            ReadMessage::Txn(_) => Some(MessageType::Txn),
-        }
-    }
-
-    /// Whether this is a timetick.
-    pub fn is_timetick(&self) -> bool {
-        self.message_type() == Some(MessageType::TimeTick)
-    }
-
-    /// The vchannel (`None` = every vchannel of the pchannel).
-    pub fn vchannel_str(&self) -> Option<&str> {
-        match self {
-            ReadMessage::Message(m) => m.vchannel_str(),
-            ReadMessage::Txn(t) => t.begin().vchannel_str(),
-        }
-    }
-
-    /// Bytes for buffer accounting.
-    pub fn estimate_size(&self) -> usize {
-        match self {
-            ReadMessage::Message(m) => m.estimate_size(),
-            ReadMessage::Txn(t) => t.estimate_size(),
-        }
-    }
-
-    /// The plain message, if this is one.
-    pub fn as_message(&self) -> Option<&ImmutableMessage> {
-        match self {
-            ReadMessage::Message(m) => Some(m),
-            ReadMessage::Txn(_) => None,
-        }
-    }
-
-    /// The transaction, if this is one.
-    pub fn as_txn(&self) -> Option<&ImmutableTxnMessage> {
-        match self {
-            ReadMessage::Message(_) => None,
-            ReadMessage::Txn(t) => Some(t),
         }
     }
 }

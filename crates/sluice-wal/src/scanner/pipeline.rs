@@ -531,7 +531,7 @@ mod tests {
 
     #[test]
     fn filters_apply_before_reordering_and_txns_are_filtered_by_commit_time() {
-        use crate::scanner::filter::MessageFilter;
+        use sluice_types::MessageFilter;
         let vc = VChannel::new("p_1v0").unwrap();
         let other = VChannel::new("p_2v0").unwrap();
         let mut p = Pipeline::new(

@@ -19,8 +19,8 @@ use sluice_types::message::{
     TxnContext,
 };
 use sluice_types::{
-    CollectionId, ImmutableMessage, MessageId, MessageType, MutableMessage, PChannel, Term,
-    Timestamp, VChannel,
+    CollectionId, ImmutableMessage, ImmutableTxnMessage, MessageId, MessageType, MutableMessage,
+    PChannel, Term, Timestamp, VChannel,
 };
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use sluice_client::access::{RemoteAccess, RoutedAccess, WalAccess};
+use sluice_client::access::{RemoteAccess, WalAccess};
 use sluice_client::topology::StaticTopology;
 use sluice_client::{Assignment, Client, ClientConfig, ReadRequest};
 use sluice_log::LogProvider;
@@ -18,7 +18,7 @@ use sluice_proto::v1::{
 };
 use sluice_types::message::{CreateCollectionHeader, InsertHeader, PartitionSegmentAssignment};
 use sluice_types::{ErrorCode, MessageType, MutableMessage, PChannel, Term, VChannel};
-use sluice_wal::scanner::{MessageFilter, ReadMessage};
+use sluice_types::{MessageFilter, ReadMessage};
 use sluice_wal::shard::NodeGrowingBytes;
 use sluice_wal::tso::LocalOracle;
 use sluice_wal::{WalConfig, WalDeps};
@@ -123,7 +123,7 @@ fn assignment(node: &TestNode, term: u64) -> Assignment {
 fn remote_client(topology: Arc<StaticTopology>) -> Client {
     Client::new(
         topology,
-        Arc::new(RoutedAccess::new(None)),
+        Arc::new(RemoteAccess::new()),
         ClientConfig {
             timeout: Some(Duration::from_secs(30)),
             ..ClientConfig::default()
@@ -271,6 +271,7 @@ async fn node_checks_terms_and_ownership() {
                 message: Some(v1::Message {
                     payload: vec![1, 2, 3].into(),
                     properties: [("_t".to_owned(), "nonsense".to_owned())].into(),
+                    ..v1::Message::from(&*insert(1, "reserved key"))
                 }),
                 barrier_timestamp: 0,
             })),
@@ -278,7 +279,7 @@ async fn node_checks_terms_and_ownership() {
         v1::ProduceRequest {
             request: Some(produce_request::Request::Append(v1::ProduceAppend {
                 request_id: 2,
-                message: Some(sluice_proto::convert::message_to_wire(&insert(1, "ok"))),
+                message: Some(v1::Message::from(&*insert(1, "ok"))),
                 barrier_timestamp: 0,
             })),
         },
@@ -300,12 +301,12 @@ async fn node_checks_terms_and_ownership() {
     match &outcomes[&1] {
         produce_appended::Outcome::Error(e) => {
             assert_eq!(
-                ErrorCode::from_number(e.code),
+                sluice_proto::convert::error_from_wire(e).0,
                 ErrorCode::InvalidArgument,
                 "{e:?}"
             )
         }
-        other => panic!("a typeless message was accepted: {other:?}"),
+        other => panic!("a message with a reserved property was accepted: {other:?}"),
     }
     assert!(
         matches!(&outcomes[&2], produce_appended::Outcome::Result(_)),
