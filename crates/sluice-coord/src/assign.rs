@@ -7,7 +7,9 @@
 //!   [`Assigner::trigger`], [`Assigner::set_vchannel_counts`], and a timer
 //!   ([`AssignConfig::trigger_interval`]). A round also runs at start.
 //! * **A round** (repeated until it changes nothing): the current layout keeps a pchannel on its
-//!   node only if it is Assigned and the node is live and not stopping; the [`balancer`] decides
+//!   node only if it is Assigned, the node is live and not stopping, and the node is still the
+//!   incarnation (process) it was assigned to — a node restarted with the same id holds no WAL,
+//!   so its pchannels are assigned again at a higher term; the [`balancer`] decides
 //!   the targets; every pchannel whose target differs is moved, all in parallel:
 //!   1. persist the new binding ([`ChannelManager::assign`], term + 1);
 //!   2. remove the pchannel from every earlier owner in its history, each call bounded by
@@ -22,7 +24,8 @@
 //!   A failing node client or meta store never stops or panics the loop; only
 //!   [`Assigner::shutdown`] or dropping the [`Assigner`] does.
 //! * **Topology**: [`Assigner::subscribe`] gives a [`Topology`] listing the Assigned pchannels
-//!   whose node is live, with their term and node; its version strictly increases on every
+//!   whose node is live in the incarnation they were assigned to, with their term and node; its
+//!   version strictly increases on every
 //!   change of that list.
 //!
 //! [`balancer`]: crate::balancer
@@ -329,7 +332,9 @@ impl Shared {
             .filter(|m| m.state == PChannelState::Assigned)
             .filter_map(|m| {
                 let info = nodes.get(&m.node?)?.clone();
-                Some((m.name.as_str().to_owned(), (m.term, info)))
+                // Never list a WAL at a node process that does not hold it.
+                (info.incarnation == m.incarnation)
+                    .then(|| (m.name.as_str().to_owned(), (m.term, info)))
             })
             .collect();
         self.topology.send_if_modified(|t| {
@@ -358,9 +363,13 @@ impl Shared {
             .list()
             .into_iter()
             .map(|m| {
-                let current = m
-                    .node
-                    .filter(|n| m.state == PChannelState::Assigned && healthy.contains(n));
+                // A record bound to an earlier incarnation of a node is not placed: that
+                // process is gone and the one answering now holds no WAL.
+                let current = m.node.filter(|n| {
+                    m.state == PChannelState::Assigned
+                        && healthy.contains(n)
+                        && nodes.get(n).is_some_and(|i| i.incarnation == m.incarnation)
+                });
                 let input = ChannelInput {
                     vchannels: counts.get(m.name.as_str()).copied().unwrap_or(0),
                     current,
@@ -399,7 +408,10 @@ impl Shared {
             .get(&to)
             .cloned()
             .ok_or_else(|| CoordError::InvalidArgument(format!("{to} is not a live node")))?;
-        let meta = self.manager.assign(name, to).await?;
+        let meta = self
+            .manager
+            .assign_to(name, to, target.incarnation)
+            .await?;
         self.publish();
         let (pchannel, term) = (meta.name.clone(), meta.term);
 

@@ -85,6 +85,9 @@ pub struct PChannelMeta {
     pub history: Vec<(Term, NodeId)>,
     /// When the last assignment was confirmed (ms since the Unix epoch; 0: never).
     pub last_assigned_ms: u64,
+    /// The incarnation of `node` the current term was assigned to (see
+    /// [`crate::NodeInfo::incarnation`]; 0 in records written before incarnations existed).
+    pub incarnation: i64,
 }
 
 /// The stored form of [`PChannelMeta`].
@@ -102,6 +105,8 @@ struct PChannelMetaPb {
     history: Vec<HistoryPb>,
     #[prost(uint64, tag = "6")]
     last_assigned_ms: u64,
+    #[prost(int64, tag = "7")]
+    incarnation: i64,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -122,6 +127,7 @@ impl PChannelMeta {
             state: PChannelState::Uninitialized,
             history: Vec::new(),
             last_assigned_ms: 0,
+            incarnation: 0,
         }
     }
 
@@ -141,6 +147,7 @@ impl PChannelMeta {
                 })
                 .collect(),
             last_assigned_ms: self.last_assigned_ms,
+            incarnation: self.incarnation,
         }
         .encode_to_vec()
         .into()
@@ -191,6 +198,7 @@ impl PChannelMeta {
             state,
             history,
             last_assigned_ms: pb.last_assigned_ms,
+            incarnation: pb.incarnation,
         })
     }
 }
@@ -343,9 +351,24 @@ impl ChannelManager {
     ///
     /// A lost compare-and-set re-reads the record and is [`CoordError::Conflict`].
     pub async fn assign(&self, name: &str, node: NodeId) -> Result<PChannelMeta> {
+        self.assign_to(name, node, 0).await
+    }
+
+    /// [`Self::assign`] to one incarnation of `node`: a channel Assigned to an earlier
+    /// incarnation of the same node (a restarted process, which holds no WAL) is assigned
+    /// again at a new term, the earlier incarnation's term joining the history.
+    pub async fn assign_to(
+        &self,
+        name: &str,
+        node: NodeId,
+        incarnation: i64,
+    ) -> Result<PChannelMeta> {
         let entry = self.entry(name)?;
         let cur = &entry.meta;
-        if cur.state == PChannelState::Assigned && cur.node == Some(node) {
+        if cur.state == PChannelState::Assigned
+            && cur.node == Some(node)
+            && cur.incarnation == incarnation
+        {
             return Ok(cur.clone());
         }
         let mut next = cur.clone();
@@ -356,6 +379,7 @@ impl ChannelManager {
         }
         next.term = cur.term.next();
         next.node = Some(node);
+        next.incarnation = incarnation;
         next.state = PChannelState::Assigning;
         self.write(name, &entry, next).await
     }
@@ -525,6 +549,7 @@ mod tests {
             state: PChannelState::Assigning,
             history: vec![(Term(2), NodeId(1)), (Term(3), NodeId(2))],
             last_assigned_ms: 1234,
+            incarnation: 42,
         }
     }
 

@@ -171,7 +171,7 @@ impl NodeSession {
     pub async fn register(
         store: Arc<dyn MetaStore>,
         keys: &Keys,
-        info: NodeInfo,
+        mut info: NodeInfo,
         ttl: Duration,
     ) -> Result<NodeSession> {
         if ttl.is_zero() {
@@ -199,6 +199,9 @@ impl NodeSession {
                 });
             }
         };
+        // Created just now (the key was absent), so this is the registration's create revision:
+        // what every watcher reads as the node's incarnation.
+        info.incarnation = revision;
         let lost = CancellationToken::new();
         let keep_alive = OwnedTask::spawn(|stop| {
             keep_lease_alive(store.clone(), lease, ttl, stop, lost.clone())
@@ -316,6 +319,7 @@ fn parse_node(prefix: &str, kv: &KeyValue) -> Option<NodeInfo> {
         id: NodeId(id),
         address: record.address,
         stopping: record.stopping,
+        incarnation: kv.create_revision,
     })
 }
 

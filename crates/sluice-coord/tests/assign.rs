@@ -114,6 +114,7 @@ fn node(id: u64) -> NodeInfo {
         id: NodeId(id),
         address: format!("127.0.0.1:{}", 20000 + id),
         stopping: false,
+        incarnation: 0,
     }
 }
 
@@ -284,6 +285,41 @@ async fn dead_node_channels_move_at_the_next_term_without_calling_it() {
                 .all(|c| !matches!(c, Call::Remove(NodeId(3), ..) | Call::Assign(NodeId(3), ..))),
             "dead node was called"
         );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_node_gets_its_pchannels_back_at_a_higher_term() {
+    for b in common::backends("assign_restarted_node").await {
+        let m = manager(&b, 4).await;
+        let fake = Arc::new(FakeNodes::default());
+        let mut first = node_set(&[1]);
+        first.get_mut(&NodeId(1)).unwrap().incarnation = 7;
+        let (nodes_tx, nodes_rx) = watch::channel(first);
+        let assigner = Assigner::start(m, nodes_rx, fake.clone(), config()).unwrap();
+        let mut rx = assigner.subscribe();
+        let before = wait_for(&mut rx, "4 channels placed", |t| t.channels.len() == 4).await;
+
+        // The process restarts with the same id and address: it holds nothing, and its new
+        // registration has a larger incarnation. The watcher may merge the old key's delete and
+        // the new key's put into one change, so the node set changes only in the incarnation.
+        fake.serving.lock().clear();
+        let mut restarted = node_set(&[1]);
+        restarted.get_mut(&NodeId(1)).unwrap().incarnation = 9;
+        nodes_tx.send(restarted).unwrap();
+        let after = wait_for(&mut rx, "every channel re-opened at a higher term", |t| {
+            t.channels.len() == 4
+                && t.channels
+                    .iter()
+                    .all(|(name, (term, _))| *term > before.channels[name].0)
+        })
+        .await;
+        for (term, info) in after.channels.values() {
+            assert_eq!((info.id, info.incarnation), (NodeId(1), 9), "{}", b.name);
+            assert!(term.0 >= 2, "{}", b.name);
+        }
+        // Every listed WAL is open on the node process that now answers.
+        check_served(&after, &fake);
     }
 }
 
@@ -553,6 +589,7 @@ async fn malformed_record_is_retried_without_stopping_the_loop() {
             state: PChannelState::Assigned,
             history: Vec::new(),
             last_assigned_ms: 1,
+            incarnation: 0,
         };
         b.store
             .put(&key, repaired.encode(), Condition::None, None)

@@ -76,6 +76,7 @@ fn node(id: u64) -> NodeInfo {
         id: NodeId(id),
         address: format!("127.0.0.1:{}", 40000 + id),
         stopping: false,
+        incarnation: 0,
     }
 }
 

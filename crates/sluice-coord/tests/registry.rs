@@ -20,6 +20,7 @@ fn node(id: u64) -> NodeInfo {
         id: NodeId(id),
         address: format!("127.0.0.1:{}", 7000 + id),
         stopping: false,
+        incarnation: 0,
     }
 }
 
@@ -38,8 +39,10 @@ async fn registered_nodes_are_seen_and_a_closed_one_is_gone_at_once() {
             );
         }
         let nodes = common::wait_until(&mut rx, PROMPT, "three nodes seen", |n| n.len() == 3).await;
-        for id in 1..=3 {
-            assert_eq!(nodes[&NodeId(id)], node(id), "{}", b.name);
+        for (id, session) in (1..=3).zip(&sessions) {
+            // What the watcher sees is what was registered, with the store's incarnation.
+            assert_eq!(nodes[&NodeId(id)], session.info(), "{}", b.name);
+            assert!(session.info().incarnation > 0, "{}", b.name);
         }
         // A watcher started now finds them by its initial scan.
         let late = NodeWatcher::start(common::second_handle(&b).await, &b.keys)
@@ -292,7 +295,7 @@ async fn the_watcher_rescans_after_a_broken_watch() {
             n.keys().copied().collect::<Vec<_>>() == [NodeId(2)]
         })
         .await;
-        assert_eq!(nodes[&NodeId(2)], node(2));
+        assert_eq!(nodes[&NodeId(2)], two.info());
         common::wait_for_watch_calls(&flaky, 4, "re-watch after two refusals").await;
 
         // Watching again: later changes arrive too.

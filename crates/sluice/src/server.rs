@@ -144,6 +144,7 @@ async fn register_node(
             id: NodeId(config.node.id),
             address,
             stopping: false,
+            incarnation: 0,
         },
         Config::ms(config.node.lease_ttl_ms),
     )
