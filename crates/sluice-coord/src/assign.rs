@@ -408,10 +408,7 @@ impl Shared {
             .get(&to)
             .cloned()
             .ok_or_else(|| CoordError::InvalidArgument(format!("{to} is not a live node")))?;
-        let meta = self
-            .manager
-            .assign_to(name, to, target.incarnation)
-            .await?;
+        let meta = self.manager.assign_to(name, to, target.incarnation).await?;
         self.publish();
         let (pchannel, term) = (meta.name.clone(), meta.term);
 
