@@ -1,6 +1,6 @@
 //! Compiles `proto/` (at the workspace root) with protox (pure Rust, no `protoc` needed) and
-//! generates tonic code. The message model's types (`message.proto`) are generated once, in
-//! sluice-types, and used from there.
+//! generates tonic code. The message model's types (everything `message.proto` declares) are
+//! generated once, in sluice-types, and used from there.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let files = [
@@ -17,29 +17,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_server(true)
         .build_client(true)
         .bytes(["."]);
-    for name in [
-        "MessageType",
-        "TimeTickHeader",
-        "PartitionSegmentAssignment",
-        "InsertHeader",
-        "DeleteHeader",
-        "FlushHeader",
-        "CreateCollectionHeader",
-        "DropCollectionHeader",
-        "CreatePartitionHeader",
-        "DropPartitionHeader",
-        "ManualFlushHeader",
-        "CreateSegmentHeader",
-        "ImportHeader",
-        "SchemaChangeHeader",
-        "BeginTxnHeader",
-        "CommitTxnHeader",
-        "RollbackTxnHeader",
-        "TxnHeader",
-        "TxnContext",
-        "ResourceKey",
-        "BroadcastHeader",
-    ] {
+    let model = descriptors
+        .file
+        .iter()
+        .find(|f| f.name() == "sluice/v1/message.proto")
+        .ok_or("message.proto is missing from the descriptors")?;
+    let names = model
+        .message_type
+        .iter()
+        .map(|m| m.name())
+        .chain(model.enum_type.iter().map(|e| e.name()));
+    for name in names {
         config = config.extern_path(
             format!(".sluice.v1.{name}"),
             format!("::sluice_types::message::pb::{name}"),

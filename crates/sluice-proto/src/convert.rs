@@ -701,6 +701,32 @@ mod tests {
     }
 
     #[test]
+    fn rust_tables_match_the_proto_enums() {
+        use sluice_types::message::pb;
+        for ty in MessageType::ALL {
+            let wire = pb::MessageType::try_from(message_type_to_wire(ty)).unwrap();
+            // MESSAGE_TYPE_CREATE_COLLECTION ~ CreateCollection
+            let name: String = wire
+                .as_str_name()
+                .trim_start_matches("MESSAGE_TYPE_")
+                .split('_')
+                .map(|w| w[..1].to_owned() + &w[1..].to_ascii_lowercase())
+                .collect();
+            assert_eq!(name, ty.to_string());
+        }
+        for code in ErrorCode::ALL {
+            let wire = v1::ErrorCode::try_from(error_code_to_wire(code)).unwrap();
+            assert_eq!(wire.as_str_name(), format!("ERROR_CODE_{}", code.name()));
+        }
+        // Every wire value but UNSPECIFIED has its Rust counterpart.
+        assert_eq!(
+            pb::MessageType::from_str_name("MESSAGE_TYPE_TXN").map(|t| t as i32),
+            Some(999)
+        );
+        assert!(message_type_from_wire(pb::MessageType::Unspecified as i32).is_err());
+    }
+
+    #[test]
     fn codes_survive_a_status_as_error_info() {
         for code in ErrorCode::ALL {
             let s = status_with(code, "why", [("pchannel", "p1".to_owned())]);

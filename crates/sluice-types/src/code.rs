@@ -87,9 +87,7 @@ impl ErrorCode {
             ErrorCode::Unknown => "UNKNOWN",
         }
     }
-}
 
-impl ErrorCode {
     /// The pchannel is not (or no longer) served here at the term asked for: the client waits
     /// for a higher term in the assignment and retries on its owner.
     pub fn is_wrong_node(self) -> bool {
