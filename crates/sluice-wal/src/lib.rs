@@ -2,6 +2,7 @@
 //! backend.
 
 mod ack;
+mod append;
 pub mod error;
 mod lock;
 pub mod scanner;

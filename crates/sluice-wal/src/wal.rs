@@ -1,16 +1,8 @@
 //! The WAL of one pchannel: open sequence, append path, timetick sync, segment flushing, reads.
 //!
-//! Append path, in order:
-//!
-//! ```text
-//!  lock (exclusive for DDL / ManualFlush / SchemaChange, shared otherwise)
-//!   ▸ shard: vchannel invariants, segment assignment (writes CreateSegment when needed),
-//!            ManualFlush / SchemaChange seal the collection's segments
-//!   ▸ timetick: unique timestamp (≥ barrier) and last-confirmed id, under one lock
-//!   ▸ txn: Begin / body / Commit / Rollback session rules and expiry
-//!   ▸ log: term stamped, appended with retries (10 ms → 5 s) except on fence
-//!   ▸ ack: last-confirmed bookkeeping, shard state from DDL, exclusive messages fail open txns
-//! ```
+//! The append path is an ordered chain of steps (validate ▸ lock ▸ place ▸ observe ▸ txn id ▸
+//! timestamp ▸ txn ▸ log), each owning what it does before the log append and after it; see
+//! [`crate::append`].
 //!
 //! A background task writes a timetick every `timetick_interval` (persisted only when real
 //! messages were acknowledged since the last one, or a new reader asked for one) and hands the
@@ -23,7 +15,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use parking_lot::Mutex;
 use sluice_log::{LogError, LogHandle, LogProvider, OpenOptions};
-use sluice_types::message::{BeginTxnHeader, FlushHeader, TimeTickHeader, TxnContext};
+use sluice_types::message::{FlushHeader, TimeTickHeader};
 use sluice_types::{
     AppendResult, ImmutableMessage, MessageId, MessageType, MutableMessage, PChannel, Term,
     Timestamp, VChannel,
@@ -34,6 +26,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::WalError;
 use crate::ack::{AckState, Ticket};
+use crate::append::{self, Append};
 use crate::lock::LockManager;
 use crate::scanner::{Scanner, ScannerOptions, start_scanner};
 use crate::shard::{NodeGrowingBytes, Placement, SegmentConfig, ShardManager};
@@ -103,24 +96,24 @@ const OPEN: u8 = 0;
 const CLOSING: u8 = 1;
 const FENCED: u8 = 2;
 
-struct Inner {
-    pchannel: PChannel,
-    term: Term,
+pub(crate) struct Inner {
+    pub(crate) pchannel: PChannel,
+    pub(crate) term: Term,
     config: WalConfig,
     log: Arc<dyn LogHandle>,
-    ids: Arc<dyn IdAllocator>,
+    pub(crate) ids: Arc<dyn IdAllocator>,
     refiller: Refiller,
-    ack: Mutex<AckState>,
-    txns: TxnManager,
-    locks: LockManager,
-    shard: Arc<ShardManager>,
+    pub(crate) ack: Mutex<AckState>,
+    pub(crate) txns: TxnManager,
+    pub(crate) locks: LockManager,
+    pub(crate) shard: Arc<ShardManager>,
     wab: Arc<WriteAheadBuffer>,
     state: AtomicU8,
     force_tick: AtomicBool,
     tick_wakeup: Notify,
     /// Woken by every acknowledgement so tailing readers get messages without waiting for the
     /// next persisted timetick.
-    ack_wakeup: Notify,
+    pub(crate) ack_wakeup: Notify,
 }
 
 /// The WAL of one pchannel at one term.
@@ -129,16 +122,6 @@ pub struct Wal {
     inner: Arc<Inner>,
     cancel: CancellationToken,
     tasks: TaskTracker,
-}
-
-/// How a message reaches `write`.
-struct Prepared {
-    msg: MutableMessage,
-    ty: MessageType,
-    vchannel: Option<VChannel>,
-    txn: Option<TxnContext>,
-    segment: Option<i64>,
-    flushed: Vec<i64>,
 }
 
 impl Wal {
@@ -279,76 +262,9 @@ impl Wal {
     pub async fn append(&self, msg: MutableMessage) -> Result<AppendResult, WalError> {
         self.inner.check_open()?;
         let ty = msg.message_type()?;
-        if ty.is_self_controlled() || ty == MessageType::Txn {
-            return Err(WalError::InvalidArgument(format!(
-                "{ty} messages are written by the WAL itself"
-            )));
-        }
-        if msg.is_not_persisted() {
-            return Err(WalError::InvalidArgument(
-                "only the WAL writes not-persisted messages".into(),
-            ));
-        }
-        let vchannel = match msg.vchannel()? {
-            Some(v) if v.pchannel_str() != self.inner.pchannel.as_str() => {
-                return Err(WalError::InvalidArgument(format!(
-                    "vchannel {v} is not on pchannel {}",
-                    self.inner.pchannel
-                )));
-            }
-            v => v,
-        };
-        if vchannel.is_none() && !ty.is_exclusive() {
-            return Err(WalError::InvalidArgument(format!(
-                "a {ty} message must name its vchannel"
-            )));
-        }
-        // The header must decode as its type's and keep its type's rules, whatever the type:
-        // a record recovery or a reader cannot apply must never reach the log.
-        let header = msg.any_header()?;
-        header.check_from_producer()?;
-        if let (Some(v), Some(collection)) = (&vchannel, header.collection_id())
-            && v.collection().0 != collection
-        {
-            return Err(WalError::InvalidArgument(format!(
-                "the {ty} header names collection {collection}, but vchannel {v} belongs to \
-                 collection {}",
-                v.collection()
-            )));
-        }
-        let txn = msg.txn_context()?;
-        if txn.is_some()
-            && !(ty.allowed_in_txn()
-                || matches!(ty, MessageType::CommitTxn | MessageType::RollbackTxn))
-        {
-            return Err(WalError::InvalidArgument(format!(
-                "{ty} is not allowed in a transaction"
-            )));
-        }
-        if txn.is_none() && matches!(ty, MessageType::CommitTxn | MessageType::RollbackTxn) {
-            return Err(WalError::InvalidArgument(format!(
-                "{ty} without a transaction context"
-            )));
-        }
-        let inner = &self.inner;
-        let _lock = inner
-            .locks
-            .acquire(vchannel.as_ref().map(VChannel::as_str), ty.is_exclusive())
-            .await;
-        inner.check_open()?;
-        let mut p = Prepared {
-            msg,
-            ty,
-            vchannel,
-            txn,
-            segment: None,
-            flushed: Vec::new(),
-        };
-        p.segment = inner.place(&mut p.msg, p.vchannel.as_ref()).await?;
-        if matches!(ty, MessageType::ManualFlush | MessageType::SchemaChange) {
-            p.flushed = inner.shard.seal_for_flush(&mut p.msg)?;
-        }
-        inner.write(p).await
+        self.inner
+            .run_chain(append::CLIENT, Append::new(msg, ty, None))
+            .await
     }
 
     /// Starts a scanner over this WAL. Its catch-up reads the log; once caught up it tails the
@@ -398,7 +314,7 @@ impl Inner {
         }
     }
 
-    fn check_open(&self) -> Result<(), WalError> {
+    pub(crate) fn check_open(&self) -> Result<(), WalError> {
         match self.state.load(Ordering::Acquire) {
             OPEN => Ok(()),
             FENCED => Err(self.fenced()),
@@ -415,7 +331,7 @@ impl Inner {
 
     /// Checks vchannel invariants and assigns an insert to a segment, writing CreateSegment
     /// when no growing segment has room.
-    async fn place(
+    pub(crate) async fn place(
         &self,
         msg: &mut MutableMessage,
         vchannel: Option<&VChannel>,
@@ -441,22 +357,16 @@ impl Inner {
                 b = b.vchannel(v);
             }
             // The insert already holds the vchannel's shared lock, which is what CreateSegment
-            // needs; it is written without taking it again.
-            self.write(Prepared {
-                msg: b.build()?,
-                ty: MessageType::CreateSegment,
-                vchannel: vchannel.cloned(),
-                txn: None,
-                segment: None,
-                flushed: Vec::new(),
-            })
-            .await?;
+            // needs; it is written without taking it again. (Boxed: placement is itself a step
+            // of the chain this runs.)
+            let create = Append::new(b.build()?, MessageType::CreateSegment, vchannel.cloned());
+            Box::pin(self.run_chain(append::SELF_WRITTEN, create)).await?;
         }
     }
 
     /// Takes a timestamp ≥ `barrier` and its last-confirmed id, refilling from the oracle as
     /// needed. The timestamp is registered in flight and must be acknowledged or failed.
-    async fn allocate(&self, barrier: Option<Timestamp>) -> Result<Ticket, WalError> {
+    pub(crate) async fn allocate(&self, barrier: Option<Timestamp>) -> Result<Ticket, WalError> {
         loop {
             if let Some(v) = self.ack.lock().allocate(barrier) {
                 return Ok(v);
@@ -477,161 +387,7 @@ impl Inner {
         }
     }
 
-    /// Timestamp, transaction rules, term, log append, acknowledgement.
-    async fn write(&self, p: Prepared) -> Result<AppendResult, WalError> {
-        let Prepared {
-            mut msg,
-            ty,
-            vchannel,
-            mut txn,
-            segment,
-            flushed,
-        } = p;
-        let vc = vchannel.as_ref().map(VChannel::as_str);
-        // Gives back a failed insert's segment reservation (decoded only on failure).
-        let release_failed = |msg: &MutableMessage| {
-            if let Some(seg) = segment {
-                let bytes = msg
-                    .header::<sluice_types::message::InsertHeader>()
-                    .ok()
-                    .and_then(|h| h.partitions.first().map(|p| p.binary_size));
-                self.shard.release(seg, bytes);
-            }
-        };
-        // Transaction ids come from the allocator before the timestamp (they may await).
-        let mut begin_keepalive = None;
-        if ty == MessageType::BeginTxn {
-            let h: BeginTxnHeader = msg.header()?;
-            let keepalive = self.txns.keepalive_for(h.keepalive_milliseconds);
-            let txn_id = self.ids.allocate_id().await?;
-            let ctx = TxnContext {
-                txn_id,
-                keepalive_ms: keepalive.map_or(-1, |k| k.as_millis() as i64),
-            };
-            msg.set_txn_context(ctx);
-            txn = Some(ctx);
-            begin_keepalive = Some(keepalive);
-        }
-        let barrier = msg.barrier_timestamp()?;
-        let ticket = match self.allocate(barrier).await {
-            Ok(v) => v,
-            Err(e) => {
-                release_failed(&msg);
-                return Err(e);
-            }
-        };
-        let (ts, lc) = (ticket.ts, ticket.lc);
-        // Transaction rules, decided at this timestamp.
-        let txn_check = match (ty, txn) {
-            (MessageType::BeginTxn, Some(ctx)) => self.txns.begin(
-                ctx.txn_id,
-                vc.map(str::to_owned),
-                begin_keepalive.flatten(),
-                ts,
-            ),
-            (MessageType::CommitTxn | MessageType::RollbackTxn, Some(ctx)) => {
-                match self
-                    .txns
-                    .finish_start(ctx.txn_id, vc, ts, ty == MessageType::CommitTxn)
-                {
-                    Ok(mut rx) => {
-                        // Every body already in flight must finish first.
-                        let _ = rx.wait_for(|n| *n == 0).await;
-                        Ok(())
-                    }
-                    Err(e) => Err(e),
-                }
-            }
-            (_, Some(ctx)) => self.txns.body_start(ctx.txn_id, vc, ts),
-            (_, None) => Ok(()),
-        };
-        if let Err(e) = txn_check {
-            self.ack.lock().ack_failed(ticket);
-            release_failed(&msg);
-            return Err(e);
-        }
-        if let (MessageType::BeginTxn, Some(ctx)) = (ty, txn) {
-            // Before the append, so no LC handed out meanwhile can pass the BeginTxn.
-            self.ack.lock().open_txn(ctx.txn_id, lc);
-        }
-        msg.set_timestamp(ts);
-        msg.set_last_confirmed(lc);
-        msg.set_term(self.term);
-
-        let result = self.append_to_log(&msg).await;
-        let id = match result {
-            Ok(id) => id,
-            Err(e) => {
-                self.ack.lock().ack_failed(ticket);
-                release_failed(&msg);
-                let ended = match (ty, txn) {
-                    (MessageType::BeginTxn, Some(ctx)) => self.txns.begin_failed(ctx.txn_id),
-                    (MessageType::CommitTxn | MessageType::RollbackTxn, Some(ctx)) => {
-                        self.txns.finish_done(ctx.txn_id, false)
-                    }
-                    (_, Some(ctx)) => {
-                        self.txns.body_done(ctx.txn_id, ts, false);
-                        Ended::default()
-                    }
-                    _ => Ended::default(),
-                };
-                self.txns_ended(ended);
-                return Err(e);
-            }
-        };
-        let imm = msg.into_immutable(id);
-        // Shard state from DDL, CreateSegment and Flush applies while this append still holds
-        // its lock, before anything allocated later can observe the shard.
-        if let Err(e) = self.shard.observe(&imm) {
-            tracing::warn!(error = %e, id = %imm.id(), "could not apply message to shard state");
-        }
-        {
-            let mut ack = self.ack.lock();
-            ack.ack(ticket, imm);
-            self.ack_wakeup.notify_one();
-            if let (MessageType::BeginTxn, Some(ctx)) = (ty, txn) {
-                ack.txn_begun_at(ctx.txn_id, id);
-            }
-        }
-        // Segment holds: a plain insert releases at once; a transaction body keeps the segment
-        // from flushing until its transaction ends.
-        match (segment, txn) {
-            (Some(seg), Some(ctx)) if ty.allowed_in_txn() => {
-                self.shard.hold(seg);
-                self.shard.release(seg, None);
-                let shard = self.shard.clone();
-                self.txns
-                    .on_end(ctx.txn_id, Box::new(move || shard.release(seg, None)));
-            }
-            (Some(seg), _) => self.shard.release(seg, None),
-            _ => {}
-        }
-        let ended = match (ty, txn) {
-            (MessageType::CommitTxn | MessageType::RollbackTxn, Some(ctx)) => {
-                self.txns.finish_done(ctx.txn_id, true)
-            }
-            (MessageType::BeginTxn, _) | (_, None) => Ended::default(),
-            (_, Some(ctx)) => {
-                self.txns.body_done(ctx.txn_id, ts, true);
-                Ended::default()
-            }
-        };
-        self.txns_ended(ended);
-        if ty.is_exclusive() {
-            // No transaction may straddle an exclusive message on its vchannel.
-            let ended = self.txns.fail_vchannel(vc);
-            self.txns_ended(ended);
-        }
-        Ok(AppendResult {
-            id,
-            timestamp: ts,
-            last_confirmed: lc,
-            txn,
-            flushed_segments: flushed,
-        })
-    }
-
-    fn txns_ended(&self, ended: Ended) {
+    pub(crate) fn txns_ended(&self, ended: Ended) {
         let ids = ended.run();
         if !ids.is_empty() {
             let mut ack = self.ack.lock();
@@ -643,7 +399,7 @@ impl Inner {
 
     /// Appends to the log, retrying retryable errors with backoff (10 ms → `append_retry_max`).
     /// A fence makes the WAL permanently unavailable.
-    async fn append_to_log(&self, msg: &MutableMessage) -> Result<MessageId, WalError> {
+    pub(crate) async fn append_to_log(&self, msg: &MutableMessage) -> Result<MessageId, WalError> {
         let mut backoff = Duration::from_millis(10);
         loop {
             match self.log.append(msg.clone()).await {
@@ -726,15 +482,8 @@ impl Inner {
             if let Some(v) = &vchannel {
                 b = b.vchannel(v);
             }
-            self.write(Prepared {
-                msg: b.build()?,
-                ty: MessageType::Flush,
-                vchannel,
-                txn: None,
-                segment: None,
-                flushed: Vec::new(),
-            })
-            .await?;
+            let flush = Append::new(b.build()?, MessageType::Flush, vchannel);
+            self.run_chain(append::SELF_WRITTEN, flush).await?;
         }
         Ok(())
     }

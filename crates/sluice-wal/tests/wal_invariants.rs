@@ -482,3 +482,45 @@ async fn insert_into_a_dropped_partition_is_rejected() {
     wal.append(into(PARTITION)).await.unwrap();
     wal.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_garbage_header_is_rejected_for_every_type_and_nothing_is_written() {
+    use sluice_types::Message;
+    use sluice_types::message::Properties;
+
+    let b = memory();
+    let wal = open(&b, 1, fast_config()).await;
+    wal.append(create_collection(COLLECTION)).await.unwrap();
+    // Not base64, and base64 of bytes that are no protobuf (wire type 7 does not exist).
+    for garbage in ["!!not base64!!", "////"] {
+        for ty in MessageType::ALL {
+            let properties: Properties = [
+                ("_t", ty.number().to_string()),
+                ("_v", "2".to_owned()),
+                ("_vc", vchannel(COLLECTION).as_str().to_owned()),
+                ("_h", garbage.to_owned()),
+                ("tag", "garbage".to_owned()),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v))
+            .collect();
+            let msg = Message::from_parts(b"rows".to_vec().into(), properties).unwrap();
+            let err = wal
+                .append(MutableMessage::from_message(msg))
+                .await
+                .expect_err("a garbage header was accepted");
+            assert_eq!(err.code(), ErrorCode::InvalidArgument, "{ty}: {err}");
+        }
+    }
+    // A marker after the rejected appends: everything before it is in the raw log.
+    wal.append(create_collection(COLLECTION + 1)).await.unwrap();
+    let raw = raw_until(&b, |m| {
+        m.vchannel_str() == Some(vchannel(COLLECTION + 1).as_str())
+    })
+    .await;
+    assert!(
+        raw.iter().all(|m| m.property("tag") != Some("garbage")),
+        "a message with a garbage header reached the log"
+    );
+    wal.close().await;
+}
