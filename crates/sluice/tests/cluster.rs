@@ -156,6 +156,11 @@ fn first_line(s: &str) -> &str {
 }
 
 fn start_cluster(etcd: String, medium: &Medium) -> Cluster {
+    start_cluster_of(etcd, medium, NODES)
+}
+
+/// A coordinator and `nodes` node processes.
+fn start_cluster_of(etcd: String, medium: &Medium, nodes: u64) -> Cluster {
     let dir = tempfile::tempdir().expect("temp dir");
     let root = unique_root("cluster");
     let log_envs = match medium {
@@ -213,7 +218,7 @@ fn start_cluster(etcd: String, medium: &Medium) -> Cluster {
         coord,
         nodes: BTreeMap::new(),
     };
-    for id in 1..=NODES {
+    for id in 1..=nodes {
         let node = cluster.start_node(id);
         cluster.nodes.insert(id, node);
     }
@@ -323,6 +328,133 @@ fn median(sorted: &[Duration]) -> Duration {
 
 fn tag_of(m: &ReadMessage) -> Option<&str> {
     m.as_message().and_then(|m| m.property("tag"))
+}
+
+/// Every pchannel's (term, node address) from the coordinator's raw `WatchAssignments`, once
+/// all `PCHANNELS` are listed and `ok` holds for them.
+async fn raw_assignments(
+    coord: &str,
+    ok: impl Fn(&BTreeMap<String, (u64, String)>) -> bool,
+) -> BTreeMap<String, (u64, String)> {
+    use sluice_proto::v1::{WatchAssignmentsRequest, coordinator_client::CoordinatorClient};
+    let mut client = CoordinatorClient::new(sluice_proto::lazy_channel(coord).expect("address"));
+    let mut stream = client
+        .watch_assignments(WatchAssignmentsRequest {})
+        .await
+        .expect("watch assignments")
+        .into_inner();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let mut last = BTreeMap::new();
+    loop {
+        let next = tokio::time::timeout_at(deadline, stream.message()).await;
+        let Ok(Ok(Some(update))) = next else {
+            panic!("assignments never became what was expected; last: {last:?} ({next:?})");
+        };
+        last = update
+            .assignments
+            .into_iter()
+            .filter_map(|a| {
+                let p = a.pchannel?;
+                Some((p.name, (p.term, a.address)))
+            })
+            .collect();
+        if last.len() == PCHANNELS && ok(&last) {
+            return last;
+        }
+    }
+}
+
+/// A restarted node process, reached with nothing but the generated gRPC stubs and never
+/// calling `ReportError`: the coordinator lists its pchannels again only at higher terms, the
+/// node holds each WAL it is listed for, and a raw producer can append at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_restarted_with_the_same_id_serves_again_without_report_error() {
+    use sluice_proto::v1::{
+        self, StatusRequest, produce_request, produce_response,
+        streaming_node_client::StreamingNodeClient,
+        streaming_node_manager_client::StreamingNodeManagerClient,
+    };
+    let Some(etcd) =
+        etcd_endpoint("a_node_restarted_with_the_same_id_serves_again_without_report_error")
+    else {
+        return;
+    };
+    let mut cluster = start_cluster_of(etcd, &Medium::SharedDir, 1);
+    let coord = cluster.coord.endpoint();
+    let mut before = raw_assignments(&coord, |_| true).await;
+    for (how, signal) in [("SIGTERM", Signal::TERM), ("SIGKILL", Signal::KILL)] {
+        let mut old = cluster.nodes.remove(&1).expect("node 1");
+        old.signal(signal);
+        assert!(
+            old.wait_exit(WAIT).is_some(),
+            "node 1 did not exit after {how}"
+        );
+        drop(old);
+        cluster.nodes.insert(1, cluster.start_node(1));
+        let after = raw_assignments(&coord, |a| {
+            a.iter().all(|(name, (term, _))| *term > before[name].0)
+        })
+        .await;
+        let address = &after.values().next().expect("a pchannel").1;
+        let channel = sluice_proto::lazy_channel(address).expect("address");
+        // The node holds every WAL it is listed for, at the listed term.
+        let status = StreamingNodeManagerClient::new(channel.clone())
+            .status(StatusRequest {})
+            .await
+            .expect("node status")
+            .into_inner();
+        let held: BTreeMap<String, (u64, bool)> = status
+            .wals
+            .into_iter()
+            .filter_map(|w| {
+                let p = w.pchannel?;
+                Some((p.name, (p.term, w.available)))
+            })
+            .collect();
+        for (name, (term, _)) in &after {
+            assert_eq!(
+                held.get(name),
+                Some(&(*term, true)),
+                "after {how}: {held:?}"
+            );
+        }
+        // A raw producer appends at the new term at once.
+        let (name, (term, _)) = after.iter().next().expect("a pchannel");
+        let v = VChannel::new(format!("{name}_9{term}v0")).expect("vchannel");
+        let requests = vec![
+            v1::ProduceRequest {
+                request: Some(produce_request::Request::Open(v1::ProduceOpen {
+                    pchannel: Some(v1::PChannelAtTerm {
+                        name: name.clone(),
+                        term: *term,
+                    }),
+                })),
+            },
+            v1::ProduceRequest {
+                request: Some(produce_request::Request::Append(v1::ProduceAppend {
+                    request_id: 1,
+                    message: Some(v1::Message::from(&*create_collection(&v))),
+                    barrier_timestamp: 0,
+                })),
+            },
+        ];
+        let mut responses = StreamingNodeClient::new(channel)
+            .produce(futures::stream::iter(requests))
+            .await
+            .expect("open a producer")
+            .into_inner();
+        let mut appended = None;
+        while let Some(r) = responses.message().await.expect("produce stream") {
+            if let Some(produce_response::Response::Appended(a)) = r.response {
+                appended = a.outcome;
+            }
+        }
+        assert!(
+            matches!(appended, Some(v1::produce_appended::Outcome::Result(_))),
+            "after {how}: {appended:?}"
+        );
+        before = after;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
