@@ -330,27 +330,17 @@ impl LeaderOracle {
 }
 
 impl LeaderOracle {
-    async fn leader(&self) -> Result<Arc<LeaderState>, sluice_wal::WalError> {
-        self.coordinator
-            .leader(Self::PATIENCE)
-            .await
-            .map_err(crate::tso::to_wal_error)
+    async fn leader(&self) -> Result<Arc<LeaderState>> {
+        self.coordinator.leader(Self::PATIENCE).await
     }
-}
 
-// The leader's own oracle and allocator answer, with their error mapping.
-#[async_trait]
-impl sluice_wal::tso::TimestampOracle for LeaderOracle {
-    async fn allocate(&self, count: u32) -> Result<sluice_types::Timestamp, sluice_wal::WalError> {
-        let leader = self.leader().await?;
-        sluice_wal::tso::TimestampOracle::allocate(leader.tso.as_ref(), count).await
+    /// `count` consecutive timestamps from the leader's oracle; returns the first.
+    pub async fn allocate_timestamps(&self, count: u32) -> Result<sluice_types::Timestamp> {
+        self.leader().await?.tso.allocate(count).await
     }
-}
 
-#[async_trait]
-impl sluice_wal::tso::IdAllocator for LeaderOracle {
-    async fn allocate_id(&self) -> Result<i64, sluice_wal::WalError> {
-        let leader = self.leader().await?;
-        sluice_wal::tso::IdAllocator::allocate_id(leader.ids.as_ref()).await
+    /// One fresh id from the leader's allocator.
+    pub async fn allocate_id(&self) -> Result<i64> {
+        self.leader().await?.ids.allocate_id().await
     }
 }

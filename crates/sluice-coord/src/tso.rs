@@ -38,14 +38,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use async_trait::async_trait;
 use bytes::Bytes;
 use parking_lot::Mutex;
 use prost::Message;
 use sluice_meta::{Condition, MetaError, MetaStore, Revision};
 use sluice_types::Timestamp;
 use sluice_types::ids::LOGICAL_BITS;
-use sluice_wal::WalError;
 use tokio_util::sync::CancellationToken;
 
 use crate::keys::Keys;
@@ -586,31 +584,11 @@ impl Ids {
         st.next = last;
         Ok(first)
     }
-}
 
-/// Maps a coordinator error to the WAL's: bad input stays bad input, a broken stored value is
-/// unrecoverable, everything the caller may retry (lost leadership, meta store unavailable)
-/// becomes a retryable backend-unavailable error.
-pub(crate) fn to_wal_error(e: CoordError) -> WalError {
-    match e {
-        CoordError::InvalidArgument(m) => WalError::InvalidArgument(m),
-        CoordError::Shutdown => WalError::Shutdown,
-        e if e.retryable() => WalError::Log(sluice_log::LogError::Unavailable(e.to_string())),
-        e => WalError::Unrecoverable(e.to_string()),
-    }
-}
-
-#[async_trait]
-impl sluice_wal::tso::TimestampOracle for Tso {
-    async fn allocate(&self, count: u32) -> Result<Timestamp, WalError> {
-        Tso::allocate(self, count).await.map_err(to_wal_error)
-    }
-}
-
-#[async_trait]
-impl sluice_wal::tso::IdAllocator for Ids {
-    async fn allocate_id(&self) -> Result<i64, WalError> {
-        let id = Ids::allocate(self, 1).await.map_err(to_wal_error)?;
-        i64::try_from(id).map_err(|_| WalError::Unrecoverable(format!("id {id} exceeds i64")))
+    /// One fresh id as the WAL uses them (transaction and segment ids).
+    pub async fn allocate_id(&self) -> Result<i64> {
+        let id = self.allocate(1).await?;
+        // MAX_ID keeps every id within i64.
+        i64::try_from(id).map_err(|_| CoordError::InvalidArgument(format!("id {id} exceeds i64")))
     }
 }

@@ -345,9 +345,7 @@ async fn ids_never_repeat_across_restarts() {
                 }
                 high = first + count - 1;
             }
-            let wal_id = sluice_wal::tso::IdAllocator::allocate_id(&ids)
-                .await
-                .unwrap();
+            let wal_id = ids.allocate_id().await.unwrap();
             assert!(u64::try_from(wal_id).unwrap() > high);
             high = u64::try_from(wal_id).unwrap();
         }
@@ -439,13 +437,6 @@ async fn bad_counts_are_invalid_arguments_and_change_nothing() {
             "{}",
             b.name
         );
-        let wal_err = sluice_wal::tso::TimestampOracle::allocate(&tso, 0)
-            .await
-            .unwrap_err();
-        assert!(
-            matches!(wal_err, sluice_wal::WalError::InvalidArgument(_)),
-            "{wal_err:?}"
-        );
 
         let ids = Ids::open(b.store.clone(), &b.keys, IdsConfig::default())
             .await
@@ -466,127 +457,6 @@ async fn bad_counts_are_invalid_arguments_and_change_nothing() {
             ids.allocate(1).await.unwrap(),
             1,
             "{}: nothing was consumed",
-            b.name
-        );
-    }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_oracle_serves_the_wal_traits() {
-    for b in common::backends("tso_wal").await {
-        let tso: Arc<dyn sluice_wal::tso::TimestampOracle> = Arc::new(
-            Tso::open(
-                b.store.clone(),
-                &b.keys,
-                TsoConfig::default(),
-                Arc::new(SystemClock),
-            )
-            .await
-            .unwrap(),
-        );
-        let mut last = Timestamp::MIN;
-        for _ in 0..50 {
-            let t = tso.allocate(1000).await.unwrap();
-            assert!(t > last);
-            last = Timestamp(t.0 + 999);
-        }
-        // Physical time follows the wall clock.
-        let now = Timestamp::now().physical_ms();
-        assert!(last.physical_ms().abs_diff(now) < 60_000, "{}", b.name);
-    }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_wal_runs_on_the_coordinators_oracle_across_a_coordinator_restart() {
-    use sluice_log::memory::{MemoryConfig, MemoryProvider};
-    use sluice_types::message::{CreateCollectionHeader, InsertHeader, PartitionSegmentAssignment};
-    use sluice_types::{CollectionId, MutableMessage, PChannel, Term};
-    use sluice_wal::shard::NodeGrowingBytes;
-    use sluice_wal::{Wal, WalConfig, WalDeps};
-
-    for b in common::backends("tso_wal_run").await {
-        let provider = MemoryProvider::new(MemoryConfig::default());
-        let pchannel = PChannel::new("coord-tso-dml_0").unwrap();
-        let mut last = Timestamp::MIN;
-        for term in 1..=2u64 {
-            // The second coordinator's clock is an hour behind: the WAL must not notice.
-            let clock: Arc<dyn Clock> = if term == 1 {
-                Arc::new(SystemClock)
-            } else {
-                ManualClock::new(SystemClock.now_ms() - 3_600_000)
-            };
-            let tso = Arc::new(
-                Tso::open(b.store.clone(), &b.keys, TsoConfig::default(), clock)
-                    .await
-                    .unwrap(),
-            );
-            let ids = Arc::new(
-                Ids::open(b.store.clone(), &b.keys, IdsConfig::default())
-                    .await
-                    .unwrap(),
-            );
-            let deps = WalDeps {
-                oracle: tso.clone(),
-                ids,
-                node_growing: NodeGrowingBytes::new(),
-                recovery: None,
-            };
-            let wal = Wal::open(
-                &provider,
-                pchannel.clone(),
-                Term(term),
-                WalConfig::default(),
-                deps,
-            )
-            .await
-            .unwrap();
-            // A fresh collection per term: this WAL replays nothing from the previous one.
-            let collection = 100 + term as i64;
-            let vchannel = pchannel.vchannel(CollectionId(collection), 0).unwrap();
-            let create = MutableMessage::builder(CreateCollectionHeader {
-                collection_id: collection,
-                partition_ids: vec![10],
-                db_id: 1,
-            })
-            .vchannel(&vchannel)
-            .build()
-            .unwrap();
-            let mut appended = vec![wal.append(create).await.unwrap()];
-            for _ in 0..50 {
-                let insert = MutableMessage::builder(InsertHeader {
-                    collection_id: collection,
-                    partitions: vec![PartitionSegmentAssignment {
-                        partition_id: 10,
-                        rows: 1,
-                        binary_size: 16,
-                        segment_id: 0,
-                    }],
-                })
-                .vchannel(&vchannel)
-                .payload(vec![7u8; 16])
-                .build()
-                .unwrap();
-                appended.push(wal.append(insert).await.unwrap());
-            }
-            for r in &appended {
-                assert!(
-                    r.timestamp > last,
-                    "{}: term {term}: {:?} <= {last:?}",
-                    b.name,
-                    r.timestamp
-                );
-                assert!(
-                    r.timestamp.physical_ms() < tso.window_end_ms(),
-                    "{}",
-                    b.name
-                );
-                last = r.timestamp;
-            }
-            wal.close().await;
-            tso.close().await;
-        }
-        eprintln!(
-            "{}: a WAL appended over two coordinator lifetimes, last {last:?}",
             b.name
         );
     }

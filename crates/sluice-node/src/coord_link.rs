@@ -2,15 +2,19 @@
 //!
 //! * [`GrpcNodeClient`]: the coordinator's calls to nodes (`Assign`, `Remove`) over gRPC, and
 //!   [`LocalNodeClient`] for a node in the coordinator's own process (standalone);
-//! * [`RemoteOracle`]: timestamps and ids for this node's WALs from the coordinator's oracle.
+//! * [`RemoteOracle`]: timestamps and ids for this node's WALs from the coordinator's oracle;
+//!   [`LeaderOracleLink`] the same for a node in the coordinator's own process (standalone).
+//!
+//! The WAL's oracle traits meet the coordinator's oracle here, the one crate that knows both.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use parking_lot::Mutex;
-use sluice_coord::NodeInfo;
 use sluice_coord::assign::{NodeCallError, NodeClient};
+use sluice_coord::leader::LeaderOracle;
+use sluice_coord::{CoordError, NodeInfo};
 use sluice_log::LogError;
 use sluice_proto::v1::{
     self, coordinator_client::CoordinatorClient,
@@ -233,5 +237,39 @@ impl IdAllocator for RemoteOracle {
         let id = ids.0;
         ids.0 += 1;
         i64::try_from(id).map_err(|_| WalError::Unrecoverable(format!("id {id} exceeds i64")))
+    }
+}
+
+/// The coordinator's error as the WAL's: bad input stays bad input, everything the caller may
+/// retry (lost leadership, meta store unavailable) becomes a retryable backend-unavailable
+/// error, the rest is unrecoverable.
+pub fn coord_to_wal_error(e: CoordError) -> WalError {
+    match e {
+        CoordError::InvalidArgument(m) => WalError::InvalidArgument(m),
+        CoordError::Shutdown => WalError::Shutdown,
+        e if e.retryable() => WalError::Log(LogError::Unavailable(e.to_string())),
+        e => WalError::Unrecoverable(e.to_string()),
+    }
+}
+
+/// Timestamps and ids for the WALs of a node that runs in the coordinator's process: straight
+/// from the leader's oracle (waiting for an election when there is no leader).
+#[derive(Clone)]
+pub struct LeaderOracleLink(pub Arc<LeaderOracle>);
+
+#[async_trait]
+impl TimestampOracle for LeaderOracleLink {
+    async fn allocate(&self, count: u32) -> Result<Timestamp, WalError> {
+        self.0
+            .allocate_timestamps(count)
+            .await
+            .map_err(coord_to_wal_error)
+    }
+}
+
+#[async_trait]
+impl IdAllocator for LeaderOracleLink {
+    async fn allocate_id(&self) -> Result<i64, WalError> {
+        self.0.allocate_id().await.map_err(coord_to_wal_error)
     }
 }

@@ -20,7 +20,7 @@ use sluice_log::LogProvider;
 use sluice_log::local::{LocalConfig, LocalProvider};
 use sluice_meta::MetaStore;
 use sluice_node::WalManager;
-use sluice_node::coord_link::{GrpcNodeClient, LocalNodeClient, RemoteOracle};
+use sluice_node::coord_link::{GrpcNodeClient, LeaderOracleLink, LocalNodeClient, RemoteOracle};
 use sluice_node::service::NodeService;
 use sluice_types::{ErrorCode, MutableMessage, PChannel, VChannel};
 use sluice_wal::shard::NodeGrowingBytes;
@@ -389,7 +389,9 @@ impl Standalone {
             Arc::new(DeferredNodeClient(manager_slot.clone(), node_id)),
             appender.clone(),
         )?);
-        let oracle = Arc::new(LeaderOracle::new(coordinator.clone()));
+        let oracle = Arc::new(LeaderOracleLink(Arc::new(LeaderOracle::new(
+            coordinator.clone(),
+        ))));
         let manager = wal_manager(config, provider, oracle);
         let _ = manager_slot.set(manager.clone());
         let topology = Arc::new(LeaderTopology::new(coordinator.clone()));
