@@ -17,7 +17,7 @@ use sluice_coord::registry::NodeSession;
 use sluice_coord::service::CoordinatorService;
 use sluice_coord::{CoordError, NodeId, NodeInfo};
 use sluice_log::LogProvider;
-use sluice_log::local::{LocalConfig, LocalProvider};
+use sluice_log::local::LocalProvider;
 use sluice_meta::MetaStore;
 use sluice_node::WalManager;
 use sluice_node::coord_link::{GrpcNodeClient, LeaderOracleLink, LocalNodeClient, RemoteOracle};
@@ -29,22 +29,27 @@ use sluice_wal::{WalConfig, WalDeps};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::config::Config;
+use crate::config::{Config, LogBackendConfig, MetaBackendConfig};
 use crate::local_access::RoutedAccess;
 
-/// Opens the configured meta store.
+/// Opens the configured meta store: the one factory for every meta backend.
 pub async fn meta_store(config: &Config) -> anyhow::Result<Arc<dyn MetaStore>> {
-    Ok(match config.meta.backend.as_str() {
+    Ok(match config.meta_backend() {
         #[cfg(feature = "etcd")]
-        "etcd" => Arc::new(
-            sluice_meta::etcd::EtcdStore::connect(&config.meta.endpoints)
+        MetaBackendConfig::Etcd { endpoints } => Arc::new(
+            sluice_meta::etcd::EtcdStore::connect(&endpoints)
                 .await
-                .with_context(|| format!("connecting to etcd at {:?}", config.meta.endpoints))?,
+                .with_context(|| format!("connecting to etcd at {endpoints:?}"))?,
         ),
-        _ => {
-            std::fs::create_dir_all(&config.data_dir)
-                .with_context(|| format!("creating {}", config.data_dir.display()))?;
-            let path = config.data_dir.join("meta.redb");
+        #[cfg(not(feature = "etcd"))]
+        MetaBackendConfig::Etcd { .. } => {
+            bail!("meta.backend = \"etcd\" needs a sluice binary built with the etcd feature")
+        }
+        MetaBackendConfig::Embedded { path } => {
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir)
+                    .with_context(|| format!("creating {}", dir.display()))?;
+            }
             Arc::new(
                 sluice_meta::embedded::EmbeddedStore::open(&path)
                     .with_context(|| format!("opening the meta store {}", path.display()))?,
@@ -53,61 +58,38 @@ pub async fn meta_store(config: &Config) -> anyhow::Result<Arc<dyn MetaStore>> {
     })
 }
 
-fn log_provider(config: &Config) -> anyhow::Result<Arc<dyn LogProvider>> {
-    use sluice_log::object::{ObjectConfig, ObjectProvider, ObjectStoreConfig, S3Config};
-    let log = &config.log;
-    #[cfg(feature = "kafka")]
-    if log.backend == "kafka" {
-        use sluice_log::kafka::{KafkaConfig, KafkaProvider};
-        // `validate` checked that it is set.
-        let bootstrap = log.kafka_bootstrap.clone().unwrap_or_default();
-        let kafka = KafkaConfig {
-            prefix: log.kafka_prefix.clone(),
-            read_committed: log.kafka_read_committed,
-            ..KafkaConfig::new(bootstrap)
-        };
-        return Ok(Arc::new(
-            KafkaProvider::new(kafka).context("opening the kafka log")?,
-        ));
-    }
-    if log.backend == "object" {
-        let store = match log.s3_endpoint.as_deref().filter(|e| !e.is_empty()) {
-            Some(endpoint) => ObjectStoreConfig::S3(S3Config {
-                endpoint: Some(endpoint.to_owned()),
-                bucket: log.s3_bucket.clone(),
-                region: log.s3_region.clone(),
-                access_key_id: log.s3_access_key_id.clone(),
-                secret_access_key: log.s3_secret_access_key.clone(),
-                allow_http: endpoint.starts_with("http://"),
-            }),
-            None => {
-                let dir = config.log_dir();
-                std::fs::create_dir_all(&dir)
-                    .with_context(|| format!("creating {}", dir.display()))?;
-                ObjectStoreConfig::LocalDir(dir)
+/// Opens the configured log backend: the one factory for every log backend.
+pub fn log_provider(config: &Config) -> anyhow::Result<Arc<dyn LogProvider>> {
+    let create = |dir: &std::path::Path| {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))
+    };
+    Ok(match config.log_backend()? {
+        LogBackendConfig::Local(local) => {
+            create(&local.root)?;
+            let root = local.root.clone();
+            Arc::new(
+                LocalProvider::new(local)
+                    .with_context(|| format!("opening the local log in {}", root.display()))?,
+            )
+        }
+        LogBackendConfig::Object(object) => {
+            if let sluice_log::object::ObjectStoreConfig::LocalDir(dir) = &object.store {
+                create(dir)?;
             }
-        };
-        let object = ObjectConfig {
-            prefix: log.prefix.clone(),
-            ..ObjectConfig::new(store)
-        };
-        return Ok(Arc::new(
-            ObjectProvider::new(object).context("opening the object log")?,
-        ));
-    }
-    let dir = config.log_dir();
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    Ok(Arc::new(
-        LocalProvider::new(LocalConfig::new(&dir))
-            .with_context(|| format!("opening the local log in {}", dir.display()))?,
-    ))
+            Arc::new(
+                sluice_log::object::ObjectProvider::new(object)
+                    .context("opening the object log")?,
+            )
+        }
+        #[cfg(feature = "kafka")]
+        LogBackendConfig::Kafka(kafka) => {
+            Arc::new(sluice_log::kafka::KafkaProvider::new(kafka).context("opening the kafka log")?)
+        }
+    })
 }
 
 fn wal_config(config: &Config) -> WalConfig {
-    WalConfig {
-        timetick_interval: Config::ms(config.wal.timetick_interval_ms),
-        ..WalConfig::default()
-    }
+    config.wal.wal_config()
 }
 
 /// The node's WAL manager, with timestamps and ids from `oracle`.
@@ -168,6 +150,7 @@ fn coordinator_config(config: &Config, candidate: String) -> CoordinatorConfig {
         trigger_interval: Config::ms(config.coord.trigger_interval_ms),
         call_timeout: Config::ms(config.coord.call_timeout_ms),
         assign_timeout: Config::ms(config.coord.assign_timeout_ms),
+        balance: config.coord.balance_config(),
         ..AssignConfig::default()
     };
     c
