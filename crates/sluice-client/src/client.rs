@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
+use sluice_types::backoff::Backoff;
 use sluice_types::message::{BeginTxnHeader, CommitTxnHeader, RollbackTxnHeader, TxnContext};
 use sluice_types::{
     AppendResult, ConsumeOptions, DeliverPolicy, ErrorCode, MessageFilter, MessageId,
@@ -174,11 +175,14 @@ impl Client {
     pub async fn append(&self, msg: MutableMessage) -> Result<AppendResult, ClientError> {
         let pchannel = pchannel_of(&msg)?;
         let deadline = self.deadline();
-        let mut backoff = self.inner.config.backoff_initial;
+        let mut backoff = Backoff::new(
+            self.inner.config.backoff_initial,
+            self.inner.config.backoff_max,
+        );
         let mut above = None;
         loop {
             let target = self
-                .wait_assignment(&pchannel, above, backoff, deadline)
+                .wait_assignment(&pchannel, above, backoff.current(), deadline)
                 .await?;
             // An owner that hangs (alive but cut off, say) never answers: the attempt also ends
             // when the topology moves the pchannel past its term (outcome unknown: retried on
@@ -213,10 +217,10 @@ impl Client {
                 // The node is unreachable or closing: most likely it is being replaced.
                 above = Some(target.term);
             } else {
-                tokio::time::sleep(backoff).await;
+                tokio::time::sleep(backoff.current()).await;
                 above = None;
             }
-            backoff = (backoff * 2).min(self.inner.config.backoff_max);
+            backoff.advance();
         }
     }
 
@@ -350,14 +354,14 @@ async fn read_loop(
     tx: mpsc::Sender<Result<ReadMessage, ClientError>>,
 ) {
     let config = client.inner.config.clone();
-    let mut backoff = config.backoff_initial;
+    let mut backoff = Backoff::new(config.backoff_initial, config.backoff_max);
     let mut above = None;
     // (last-confirmed id, timestamp) of the last data message delivered.
     let mut last: Option<(MessageId, Timestamp)> = None;
     loop {
         let deadline = client.deadline();
         let target = match client
-            .wait_assignment(&request.pchannel, above, backoff, deadline)
+            .wait_assignment(&request.pchannel, above, backoff.current(), deadline)
             .await
         {
             Ok(t) => t,
@@ -395,7 +399,7 @@ async fn read_loop(
                 };
                 match next {
                     Some(Ok(m)) => {
-                        backoff = config.backoff_initial;
+                        backoff.reset();
                         if !m.is_timetick()
                             && let (Ok(Some(lc)), Some(ts)) = (m.last_confirmed(), m.timestamp())
                         {
@@ -425,9 +429,9 @@ async fn read_loop(
         }
         above = Some(target.term);
         if err.code != ErrorCode::ChannelNotExist && err.code != ErrorCode::UnmatchedChannelTerm {
-            tokio::time::sleep(backoff.min(Duration::from_millis(200))).await;
+            tokio::time::sleep(backoff.current().min(Duration::from_millis(200))).await;
         }
-        backoff = (backoff * 2).min(config.backoff_max);
+        backoff.advance();
     }
 }
 

@@ -7,6 +7,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use sluice_proto::convert;
 use sluice_proto::v1::{self, coordinator_client::CoordinatorClient};
+use sluice_types::backoff::Backoff;
 use sluice_types::{ErrorCode, PChannel, Term};
 use tokio::sync::watch;
 use tokio_util::task::AbortOnDropHandle;
@@ -115,7 +116,7 @@ async fn watch_loop(
     mut client: CoordinatorClient<tonic::transport::Channel>,
     tx: watch::Sender<Topology>,
 ) {
-    let mut backoff = Duration::from_millis(100);
+    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
     loop {
         match client
             .watch_assignments(v1::WatchAssignmentsRequest {})
@@ -126,7 +127,7 @@ async fn watch_loop(
                 loop {
                     match stream.message().await {
                         Ok(Some(update)) => {
-                            backoff = Duration::from_millis(100);
+                            backoff.reset();
                             match topology_from_wire(update) {
                                 Ok(t) => {
                                     tx.send_if_modified(|cur| {
@@ -151,8 +152,7 @@ async fn watch_loop(
             }
             Err(status) => tracing::debug!(%status, "cannot watch the topology yet"),
         }
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(Duration::from_secs(10));
+        tokio::time::sleep(backoff.next_delay()).await;
     }
 }
 

@@ -42,6 +42,8 @@ use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use sluice_types::backoff::Backoff;
+
 use crate::balancer::{BalanceConfig, ChannelInput, balance};
 use crate::pchannel::{ChannelManager, PChannelState, now_ms};
 use crate::{CoordError, NodeId, NodeInfo, Nodes, Result};
@@ -282,7 +284,7 @@ async fn run(shared: Arc<Shared>, mut nodes: watch::Receiver<Nodes>, cancel: Can
     let config = &shared.config;
     let mut watching_nodes = true;
     loop {
-        let mut backoff = config.backoff_initial;
+        let mut backoff = Backoff::new(config.backoff_initial, config.backoff_max);
         loop {
             let snapshot = nodes.borrow_and_update().clone();
             let result = tokio::select! {
@@ -290,7 +292,7 @@ async fn run(shared: Arc<Shared>, mut nodes: watch::Receiver<Nodes>, cancel: Can
                 r = shared.round(&snapshot) => r,
             };
             match result {
-                Ok(true) => backoff = config.backoff_initial,
+                Ok(true) => backoff.reset(),
                 Ok(false) => {
                     shared.settled.send_modify(|n| *n += 1);
                     break;
@@ -300,14 +302,14 @@ async fn run(shared: Arc<Shared>, mut nodes: watch::Receiver<Nodes>, cancel: Can
                     break;
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, backoff_ms = backoff.as_millis() as u64,
+                    tracing::warn!(error = %e, backoff_ms = backoff.current().as_millis() as u64,
                         "assignment round failed; retrying");
                     tokio::select! {
                         _ = cancel.cancelled() => return,
-                        _ = tokio::time::sleep(backoff) => {}
+                        _ = tokio::time::sleep(backoff.current()) => {}
                         r = nodes.changed(), if watching_nodes => watching_nodes = r.is_ok(),
                     }
-                    backoff = (backoff * 2).min(config.backoff_max);
+                    backoff.advance();
                 }
             }
         }

@@ -22,6 +22,8 @@ use prost::Message;
 use sluice_meta::{Condition, KeyValue, LeaseId, MetaError, MetaStore, Revision, WatchEvent};
 use tokio_util::sync::CancellationToken;
 
+use sluice_types::backoff::Backoff;
+
 use crate::keys::Keys;
 use crate::registry::{OwnedTask, keep_lease_alive};
 use crate::{CoordError, Result};
@@ -120,7 +122,7 @@ impl Election {
             .encode_to_vec(),
         );
         let mut lease = self.lease().await?;
-        let mut backoff = RETRY_MIN;
+        let mut backoff = Backoff::new(RETRY_MIN, RETRY_MAX);
         loop {
             if lease.lost.is_cancelled() {
                 lease = self.lease().await?;
@@ -146,13 +148,12 @@ impl Election {
             };
             match attempt {
                 Ok(Some(revision)) => return Ok(self.won(lease, revision)),
-                Ok(None) => backoff = RETRY_MIN,
+                Ok(None) => backoff.reset(),
                 Err(e) if e.retryable() => {
                     // The store is unavailable (a put may even have applied: the next round
                     // finds the key under our lease). Keep campaigning.
                     tracing::debug!(error = %e, "campaign step failed; retrying");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(RETRY_MAX);
+                    tokio::time::sleep(backoff.next_delay()).await;
                 }
                 Err(e) => {
                     self.release(lease).await;

@@ -16,6 +16,8 @@ use sluice_meta::MetaStore;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use sluice_types::backoff::Backoff;
+
 use crate::assign::{AssignConfig, Assigner, NodeClient};
 use crate::broadcast::{BroadcastAppender, BroadcastConfig, BroadcastIds, Broadcaster};
 use crate::election::Election;
@@ -185,7 +187,7 @@ async fn run(
         config.candidate.clone(),
         config.election_ttl,
     );
-    let mut backoff = Duration::from_millis(100);
+    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
     loop {
         let leadership = tokio::select! {
             _ = cancel.cancelled() => return,
@@ -197,9 +199,8 @@ async fn run(
                 tracing::error!(error = %e, "campaign failed; retrying");
                 tokio::select! {
                     _ = cancel.cancelled() => return,
-                    _ = tokio::time::sleep(backoff) => {}
+                    _ = tokio::time::sleep(backoff.next_delay()) => {}
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(5));
                 continue;
             }
         };
@@ -214,12 +215,11 @@ async fn run(
             Err(e) => {
                 tracing::error!(error = %e, "could not start as leader; resigning");
                 let _ = leadership.resign().await;
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(5));
+                tokio::time::sleep(backoff.next_delay()).await;
                 continue;
             }
         };
-        backoff = Duration::from_millis(100);
+        backoff.reset();
         state.send_replace(Some(leader.clone()));
         let resign = tokio::select! {
             _ = cancel.cancelled() => true,

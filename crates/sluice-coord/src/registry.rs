@@ -31,6 +31,8 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use sluice_types::backoff::Backoff;
+
 use crate::keys::Keys;
 use crate::{CoordError, NodeId, NodeInfo, Nodes, Result};
 
@@ -375,7 +377,7 @@ async fn watch_nodes(
     tx: watch::Sender<Nodes>,
     stop: CancellationToken,
 ) {
-    let mut backoff = WATCH_BACKOFF_MIN;
+    let mut backoff = Backoff::new(WATCH_BACKOFF_MIN, WATCH_BACKOFF_MAX);
     loop {
         match follow(store.as_ref(), &prefix, revision, &tx, &stop).await {
             Follow::Stopped => return,
@@ -387,9 +389,8 @@ async fn watch_nodes(
         loop {
             tokio::select! {
                 () = stop.cancelled() => return,
-                () = tokio::time::sleep(backoff) => {}
+                () = tokio::time::sleep(backoff.next_delay()) => {}
             }
-            backoff = (backoff * 2).min(WATCH_BACKOFF_MAX);
             match scan_nodes(store.as_ref(), &prefix).await {
                 Ok((nodes, rev)) => {
                     tx.send_if_modified(|cur| {
@@ -403,7 +404,7 @@ async fn watch_nodes(
                 Err(e) => tracing::warn!(prefix = %prefix, error = %e, "node re-scan failed"),
             }
         }
-        backoff = WATCH_BACKOFF_MIN;
+        backoff.reset();
     }
 }
 

@@ -46,6 +46,8 @@ use sluice_types::Timestamp;
 use sluice_types::ids::LOGICAL_BITS;
 use tokio_util::sync::CancellationToken;
 
+use sluice_types::backoff::Backoff;
+
 use crate::keys::Keys;
 use crate::registry::OwnedTask;
 use crate::{CoordError, Result};
@@ -448,7 +450,7 @@ impl TsoInner {
 
 async fn extend_in_background(inner: Arc<TsoInner>, stop: CancellationToken) {
     let third = inner.window_ms.div_ceil(3);
-    let mut backoff = Duration::from_millis(50);
+    let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(1));
     loop {
         // Wake when an allocation finds the window low, or when the clock alone will have used
         // two thirds of it, so that the first allocation after an idle spell does not wait.
@@ -480,7 +482,7 @@ async fn extend_in_background(inner: Arc<TsoInner>, stop: CancellationToken) {
         // An extension in flight is finished, not abandoned, so that `close` leaves no write
         // behind that could land after a successor read the mark.
         match inner.extend(at.saturating_add(third)).await {
-            Ok(()) => backoff = Duration::from_millis(50),
+            Ok(()) => backoff.reset(),
             Err(e) => {
                 tracing::warn!(error = %e, "background TSO window extension failed");
                 if inner.cursor.lock().fenced {
@@ -488,9 +490,8 @@ async fn extend_in_background(inner: Arc<TsoInner>, stop: CancellationToken) {
                 }
                 tokio::select! {
                     () = stop.cancelled() => return,
-                    () = tokio::time::sleep(backoff) => {}
+                    () = tokio::time::sleep(backoff.next_delay()) => {}
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(1));
             }
         }
     }

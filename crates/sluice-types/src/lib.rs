@@ -2,6 +2,7 @@
 //! record codec and the stable error codes. Everything above this crate speaks these types; it
 //! has no heavy dependencies on purpose.
 
+pub mod backoff;
 pub mod channel;
 pub mod code;
 pub mod codec;

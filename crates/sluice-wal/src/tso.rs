@@ -12,6 +12,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use parking_lot::Mutex;
 use sluice_types::Timestamp;
+use sluice_types::backoff::Backoff;
 
 use crate::WalError;
 
@@ -187,7 +188,7 @@ impl Refiller {
         if usable(&slot.lock()) {
             return Ok(());
         }
-        let mut wait = Duration::from_millis(1);
+        let mut wait = Backoff::new(Duration::from_millis(1), Duration::from_millis(50));
         loop {
             let first = self.oracle.allocate(self.batch).await?;
             let fresh = Batch {
@@ -201,8 +202,7 @@ impl Refiller {
             }
             // The oracle is behind the barrier (a timestamp chosen elsewhere, slightly in our
             // future): wait for its clock to pass it.
-            tokio::time::sleep(wait).await;
-            wait = (wait * 2).min(Duration::from_millis(50));
+            tokio::time::sleep(wait.next_delay()).await;
         }
     }
 }

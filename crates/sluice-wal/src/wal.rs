@@ -15,6 +15,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use parking_lot::Mutex;
 use sluice_log::{LogError, LogHandle, LogProvider, OpenOptions};
+use sluice_types::backoff::Backoff;
 use sluice_types::message::{FlushHeader, TimeTickHeader};
 use sluice_types::{
     AppendResult, ImmutableMessage, MessageId, MessageType, MutableMessage, PChannel, Term,
@@ -213,14 +214,13 @@ impl Wal {
         msg.set_timestamp(ts);
         msg.set_term(term);
         msg.set_last_confirmed_is_self();
-        let mut backoff = Duration::from_millis(20);
+        let mut backoff = Backoff::new(Duration::from_millis(20), Duration::from_secs(5));
         loop {
             match log.append(msg.clone()).await {
                 Ok(id) => return Ok((msg.into_immutable(id), ts)),
                 Err(e) if e.retryable() => {
                     tracing::warn!(error = %e, "first timetick failed; retrying");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    tokio::time::sleep(backoff.next_delay()).await;
                 }
                 Err(e) => return Err(e.into()),
             }
@@ -400,7 +400,7 @@ impl Inner {
     /// Appends to the log, retrying retryable errors with backoff (10 ms → `append_retry_max`).
     /// A fence makes the WAL permanently unavailable.
     pub(crate) async fn append_to_log(&self, msg: &MutableMessage) -> Result<MessageId, WalError> {
-        let mut backoff = Duration::from_millis(10);
+        let mut backoff = Backoff::new(Duration::from_millis(10), self.config.append_retry_max);
         loop {
             match self.log.append(msg.clone()).await {
                 Ok(id) => return Ok(id),
@@ -414,9 +414,9 @@ impl Inner {
                     if self.state.load(Ordering::Acquire) != OPEN {
                         return Err(self.check_open().err().unwrap_or(WalError::Shutdown));
                     }
-                    tracing::warn!(error = %e, ?backoff, "log append failed; retrying");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(self.config.append_retry_max);
+                    let delay = backoff.next_delay();
+                    tracing::warn!(error = %e, ?delay, "log append failed; retrying");
+                    tokio::time::sleep(delay).await;
                 }
                 Err(e) => return Err(e.into()),
             }

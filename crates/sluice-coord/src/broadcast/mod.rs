@@ -62,6 +62,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, error, info, warn};
 
 use sluice_meta::{Condition, KeyValue, MetaError, MetaStore, Revision};
+use sluice_types::backoff::Backoff;
 use sluice_types::codec;
 use sluice_types::message::{self as msg, BroadcastHeader, ResourceKey, keys as prop};
 use sluice_types::{Message, MessageId, MutableMessage, Timestamp, VChannel};
@@ -581,7 +582,7 @@ impl Inner {
     async fn send(self: Arc<Self>, task: Arc<Task>, idx: usize) {
         let id = task.spec.id;
         let vchannel = &task.spec.vchannels[idx];
-        let mut backoff = Backoff::new(&self.config);
+        let mut backoff = Backoff::new(self.config.backoff_initial, self.config.backoff_max);
         let outcome = loop {
             if task.live.lock().await.proto.vchannels[idx].acked {
                 break None;
@@ -634,7 +635,7 @@ impl Inner {
 
     /// [`Inner::settle`] until it succeeds (the store may be briefly unavailable).
     async fn settle_retrying(&self, task: &Task, live: &mut Live) {
-        let mut backoff = Backoff::new(&self.config);
+        let mut backoff = Backoff::new(self.config.backoff_initial, self.config.backoff_max);
         while let Err(e) = self.settle(task, live).await {
             if live.finished {
                 return;
@@ -745,26 +746,5 @@ impl Inner {
         })?;
         live.revision = kv.mod_revision;
         Ok(())
-    }
-}
-
-/// Per-vchannel retry delays: `initial`, doubling, capped at `max`.
-struct Backoff {
-    next: Duration,
-    max: Duration,
-}
-
-impl Backoff {
-    fn new(config: &BroadcastConfig) -> Backoff {
-        Backoff {
-            next: config.backoff_initial,
-            max: config.backoff_max,
-        }
-    }
-
-    fn next_delay(&mut self) -> Duration {
-        let delay = self.next;
-        self.next = (self.next * 2).min(self.max);
-        delay
     }
 }

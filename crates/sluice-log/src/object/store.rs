@@ -11,6 +11,7 @@ use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions};
+use sluice_types::backoff::Backoff;
 use sluice_types::{PChannel, Term};
 use tokio::time::Instant;
 
@@ -70,13 +71,12 @@ where
     Fut: Future<Output = Result<T, LogError>>,
 {
     let deadline = Instant::now() + timeout;
-    let mut backoff = Duration::from_millis(5);
+    let mut backoff = Backoff::new(Duration::from_millis(5), Duration::from_secs(1));
     loop {
         match op().await {
-            Err(e) if e.retryable() && Instant::now() + backoff < deadline => {
+            Err(e) if e.retryable() && Instant::now() + backoff.current() < deadline => {
                 tracing::debug!(error = %e, "object store call failed; retrying");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(1));
+                tokio::time::sleep(backoff.next_delay()).await;
             }
             r => return r,
         }

@@ -22,6 +22,7 @@ use std::task::Poll;
 use std::time::Duration;
 
 use sluice_log::{DeliverPolicy, LogError, LogHandle, LogStream, ReadOptions};
+use sluice_types::backoff::Backoff;
 use sluice_types::{ImmutableMessage, MessageId, MessageType, Timestamp};
 use tokio::time::Instant;
 
@@ -82,7 +83,7 @@ pub(crate) struct Source {
     /// Timestamp of the last delivered message.
     last_ts: Option<Timestamp>,
     mode: Mode,
-    backoff: Duration,
+    backoff: Backoff,
     on_new_reader: Option<Arc<dyn Fn() + Send + Sync>>,
     counters: SourceCounters,
 }
@@ -104,7 +105,7 @@ impl Source {
             resume_from: None,
             last_ts: None,
             mode: Mode::Opening { retry_at: None },
-            backoff: INITIAL_BACKOFF,
+            backoff: Backoff::new(INITIAL_BACKOFF, MAX_BACKOFF),
             on_new_reader,
             counters: SourceCounters::default(),
         }
@@ -224,7 +225,7 @@ impl Source {
             }
             Some(Ok(msg)) => msg,
         };
-        self.backoff = INITIAL_BACKOFF;
+        self.backoff.reset();
         self.reader_policy = DeliverPolicy::StartAfter(msg.id());
         self.counters.upstream_messages += 1;
         let msg = Classified::new(msg)?;
@@ -300,14 +301,13 @@ impl Source {
         tracing::warn!(
             pchannel = %self.log.pchannel(),
             error = %e,
-            backoff_ms = self.backoff.as_millis() as u64,
+            backoff_ms = self.backoff.current().as_millis() as u64,
             "log reader failed; reopening"
         );
         self.counters.reader_retries += 1;
         self.mode = Mode::Opening {
-            retry_at: Some(Instant::now() + self.backoff),
+            retry_at: Some(Instant::now() + self.backoff.next_delay()),
         };
-        self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
         Ok(())
     }
 }
