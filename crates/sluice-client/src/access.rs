@@ -53,6 +53,12 @@ pub struct RemoteAccess {
     producers: Mutex<HashMap<String, Arc<RemoteProducer>>>,
 }
 
+impl std::fmt::Debug for RemoteAccess {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RemoteAccess").finish_non_exhaustive()
+    }
+}
+
 impl RemoteAccess {
     /// A client with no connections yet.
     pub fn new() -> RemoteAccess {

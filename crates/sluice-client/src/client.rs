@@ -46,6 +46,12 @@ pub struct Client {
     inner: Arc<Inner>,
 }
 
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client").finish_non_exhaustive()
+    }
+}
+
 struct Inner {
     topology: Arc<dyn TopologySource>,
     access: Arc<dyn WalAccess>,
@@ -341,6 +347,12 @@ pub struct Reader {
     _task: AbortOnDropHandle<()>,
 }
 
+impl std::fmt::Debug for Reader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reader").finish_non_exhaustive()
+    }
+}
+
 impl Reader {
     /// The next message; an `Err` is terminal (bad request or unrecoverable).
     pub async fn next(&mut self) -> Option<Result<ReadMessage, ClientError>> {
@@ -440,6 +452,12 @@ pub struct Txn {
     client: Client,
     vchannel: VChannel,
     ctx: TxnContext,
+}
+
+impl std::fmt::Debug for Txn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Txn").finish_non_exhaustive()
+    }
 }
 
 impl Txn {

@@ -36,6 +36,12 @@ pub struct CoordClient {
     client: CoordinatorClient<Channel>,
 }
 
+impl std::fmt::Debug for CoordClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CoordClient").finish_non_exhaustive()
+    }
+}
+
 impl CoordClient {
     /// A client of the coordinator at `endpoint` (`http://host:port`), connecting lazily.
     pub fn connect(endpoint: &str) -> Result<CoordClient, ClientError> {

@@ -50,6 +50,12 @@ pub struct StaticTopology {
     reports: parking_lot::Mutex<Vec<(PChannel, Term, ErrorCode)>>,
 }
 
+impl std::fmt::Debug for StaticTopology {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StaticTopology").finish_non_exhaustive()
+    }
+}
+
 impl StaticTopology {
     /// An empty topology.
     pub fn new() -> Arc<StaticTopology> {
@@ -93,6 +99,13 @@ pub struct CoordinatorTopology {
     rx: watch::Receiver<Topology>,
     client: CoordinatorClient<tonic::transport::Channel>,
     _task: AbortOnDropHandle<()>,
+}
+
+impl std::fmt::Debug for CoordinatorTopology {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CoordinatorTopology")
+            .finish_non_exhaustive()
+    }
 }
 
 impl CoordinatorTopology {

@@ -319,6 +319,12 @@ pub struct LeaderOracle {
     coordinator: Arc<Coordinator>,
 }
 
+impl std::fmt::Debug for LeaderOracle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LeaderOracle").finish_non_exhaustive()
+    }
+}
+
 impl LeaderOracle {
     /// How long a call waits for an election.
     pub const PATIENCE: Duration = Duration::from_secs(10);

@@ -32,6 +32,12 @@ pub struct CoordinatorService {
     coordinator: Arc<Coordinator>,
 }
 
+impl std::fmt::Debug for CoordinatorService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CoordinatorService").finish_non_exhaustive()
+    }
+}
+
 impl CoordinatorService {
     /// The service of `coordinator`.
     pub fn new(coordinator: Arc<Coordinator>) -> CoordinatorService {

@@ -192,6 +192,12 @@ pub struct AppendFuture {
     inner: AppendInner,
 }
 
+impl std::fmt::Debug for AppendFuture {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppendFuture").finish_non_exhaustive()
+    }
+}
+
 enum AppendInner {
     Ready(Option<Result<MessageId, LogError>>),
     Waiting(oneshot::Receiver<Result<MessageId, LogError>>),
@@ -236,6 +242,12 @@ impl Future for AppendFuture {
 pub struct LogStream {
     rx: mpsc::Receiver<Result<ImmutableMessage, LogError>>,
     _stop: Option<DropGuard>,
+}
+
+impl std::fmt::Debug for LogStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LogStream").finish_non_exhaustive()
+    }
 }
 
 impl LogStream {

@@ -43,6 +43,12 @@ pub struct MemoryProvider {
     append_error_one_in: Arc<AtomicU32>,
 }
 
+impl std::fmt::Debug for MemoryProvider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryProvider").finish_non_exhaustive()
+    }
+}
+
 impl MemoryProvider {
     /// A provider; see [`MemoryConfig`].
     pub fn new(config: MemoryConfig) -> MemoryProvider {

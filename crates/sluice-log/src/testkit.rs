@@ -47,6 +47,12 @@ pub struct TestBackend {
     pub keep: Box<dyn Any + Send + Sync>,
 }
 
+impl std::fmt::Debug for TestBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TestBackend").finish_non_exhaustive()
+    }
+}
+
 impl TestBackend {
     /// A backend with nothing to keep alive.
     pub fn new(provider: Arc<dyn LogProvider>) -> TestBackend {

@@ -29,8 +29,8 @@ use crate::{
     WatchStream,
 };
 
-const KV: TableDefinition<&str, &[u8]> = TableDefinition::new("sluice_meta_kv");
-const INFO: TableDefinition<&str, i64> = TableDefinition::new("sluice_meta_info");
+const KV: TableDefinition<'static, &str, &[u8]> = TableDefinition::new("sluice_meta_kv");
+const INFO: TableDefinition<'static, &str, i64> = TableDefinition::new("sluice_meta_info");
 const REVISION_KEY: &str = "revision";
 const RECORD_VERSION: u8 = 1;
 const HEADER_LEN: usize = 1 + 8 * 3;
@@ -38,6 +38,12 @@ const HEADER_LEN: usize = 1 + 8 * 3;
 /// A [`MetaStore`] in one redb file.
 pub struct EmbeddedStore {
     engine: EngineHandle,
+}
+
+impl std::fmt::Debug for EmbeddedStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EmbeddedStore").finish_non_exhaustive()
+    }
 }
 
 impl EmbeddedStore {

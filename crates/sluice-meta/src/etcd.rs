@@ -25,6 +25,12 @@ pub struct EtcdStore {
     client: Client,
 }
 
+impl std::fmt::Debug for EtcdStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EtcdStore").finish_non_exhaustive()
+    }
+}
+
 impl EtcdStore {
     /// Connects to the etcd endpoints (e.g. `http://127.0.0.1:2379`).
     pub async fn connect(endpoints: &[String]) -> Result<Self> {

@@ -15,6 +15,12 @@ pub struct MemoryStore {
     engine: EngineHandle,
 }
 
+impl std::fmt::Debug for MemoryStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryStore").finish_non_exhaustive()
+    }
+}
+
 impl MemoryStore {
     /// An empty store keeping the last 10 000 watch events. Call inside a tokio runtime.
     pub fn new() -> Self {

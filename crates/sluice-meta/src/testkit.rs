@@ -34,6 +34,12 @@ pub struct Harness {
     pub keep: Option<Box<dyn Any + Send>>,
 }
 
+impl std::fmt::Debug for Harness {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Harness").finish_non_exhaustive()
+    }
+}
+
 /// Defines one `#[test]` per conformance test, each running against the harness `$make` makes.
 #[macro_export]
 macro_rules! conformance_tests {

@@ -52,6 +52,12 @@ pub struct GrpcNodeClient {
     channels: Mutex<HashMap<String, Channel>>,
 }
 
+impl std::fmt::Debug for GrpcNodeClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GrpcNodeClient").finish_non_exhaustive()
+    }
+}
+
 impl GrpcNodeClient {
     /// A client with no connections yet.
     pub fn new() -> GrpcNodeClient {
@@ -107,6 +113,12 @@ impl NodeClient for GrpcNodeClient {
 pub struct LocalNodeClient {
     node_id: sluice_coord::NodeId,
     manager: Arc<WalManager>,
+}
+
+impl std::fmt::Debug for LocalNodeClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalNodeClient").finish_non_exhaustive()
+    }
 }
 
 impl LocalNodeClient {
@@ -167,6 +179,12 @@ pub struct RemoteOracle {
     client: CoordinatorClient<Channel>,
     /// Ids fetched and not yet handed out: `[next, end)`.
     ids: tokio::sync::Mutex<(u64, u64)>,
+}
+
+impl std::fmt::Debug for RemoteOracle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RemoteOracle").finish_non_exhaustive()
+    }
 }
 
 impl RemoteOracle {
@@ -256,6 +274,12 @@ pub fn coord_to_wal_error(e: CoordError) -> WalError {
 /// from the leader's oracle (waiting for an election when there is no leader).
 #[derive(Clone)]
 pub struct LeaderOracleLink(pub Arc<LeaderOracle>);
+
+impl std::fmt::Debug for LeaderOracleLink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LeaderOracleLink").finish_non_exhaustive()
+    }
+}
 
 #[async_trait]
 impl TimestampOracle for LeaderOracleLink {

@@ -60,6 +60,12 @@ pub struct WalManager {
     shutting_down: std::sync::atomic::AtomicBool,
 }
 
+impl std::fmt::Debug for WalManager {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WalManager").finish_non_exhaustive()
+    }
+}
+
 impl WalManager {
     /// A manager opening WALs on `provider` with `config` and `deps`.
     pub fn new(provider: Arc<dyn LogProvider>, config: WalConfig, deps: WalDeps) -> WalManager {

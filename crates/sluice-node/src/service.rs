@@ -45,6 +45,12 @@ pub struct NodeService {
     producers: Arc<std::sync::atomic::AtomicU64>,
 }
 
+impl std::fmt::Debug for NodeService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeService").finish_non_exhaustive()
+    }
+}
+
 impl NodeService {
     /// The services of node `node_id`.
     pub fn new(node_id: u64, manager: Arc<WalManager>) -> NodeService {

@@ -93,6 +93,12 @@ pub struct WalDeps {
     pub recovery: Option<Arc<dyn RecoveryHook>>,
 }
 
+impl std::fmt::Debug for WalDeps {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WalDeps").finish_non_exhaustive()
+    }
+}
+
 const OPEN: u8 = 0;
 const CLOSING: u8 = 1;
 const FENCED: u8 = 2;
@@ -123,6 +129,16 @@ pub struct Wal {
     inner: Arc<Inner>,
     cancel: CancellationToken,
     tasks: TaskTracker,
+}
+
+impl std::fmt::Debug for Wal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Wal")
+            .field("pchannel", &self.inner.pchannel)
+            .field("term", &self.inner.term)
+            .field("available", &self.is_available())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Wal {

@@ -38,7 +38,7 @@ const PARTITION: i64 = 1;
 const GRPC_PCHANNEL: &str = "bench_0";
 
 /// What every benchmark takes: where, how many producers, how big, how long.
-pub struct BenchParams<'a> {
+pub(crate) struct BenchParams<'a> {
     /// Directory to run in (the caller creates and removes it).
     pub dir: &'a Path,
     /// Producer counts, one measurement point each.
@@ -289,7 +289,7 @@ impl Totals {
 /// alternating rounds of at most [`WAL_ROUND_MAX`] adding up to `seconds` per side; the table
 /// shows records/s over the measured rounds and process CPU per append. Then, for each
 /// producer count, append → tailing-reader latency at half the WAL's rate there.
-pub async fn wal(params: BenchParams<'_>) -> anyhow::Result<()> {
+pub(crate) async fn wal(params: BenchParams<'_>) -> anyhow::Result<()> {
     let duration = params.duration()?;
     let (rounds, round) = wal_rounds(duration);
     let (dir, record_size, seconds) = (params.dir, params.record_size, params.seconds);
@@ -375,7 +375,7 @@ const CLIENT_TIMEOUT: Duration = Duration::from_secs(30);
 /// in process (no network hop) and a [`Client`] going through loopback gRPC (topology from the
 /// coordinator service, every append on the node's `Produce` stream). Both append 1 KiB (or
 /// `record_size`) inserts to the same vchannel; the server is stopped at the end, also on error.
-pub async fn grpc(params: BenchParams<'_>) -> anyhow::Result<()> {
+pub(crate) async fn grpc(params: BenchParams<'_>) -> anyhow::Result<()> {
     let duration = params.duration()?;
     let mut config = Config {
         data_dir: params.dir.join("standalone"),

@@ -16,7 +16,7 @@ use sluice_wal::scanner::{MessageFilter, ReadMessage};
 use crate::local_access::RoutedAccess;
 
 /// A client of the coordinator at `endpoint`, giving up an operation after `timeout`.
-pub fn connect(
+pub(crate) fn connect(
     endpoint: &str,
     timeout: Duration,
 ) -> anyhow::Result<(Client, Arc<CoordinatorTopology>)> {
@@ -34,10 +34,10 @@ pub fn connect(
 }
 
 /// The partition every CLI insert goes to (created with the collection).
-pub const CLI_PARTITION: i64 = 1;
+pub(crate) const CLI_PARTITION: i64 = 1;
 
 /// An insert of `payload` into `vchannel`'s collection (partition [`CLI_PARTITION`]).
-pub fn insert(
+pub(crate) fn insert(
     vchannel: &VChannel,
     payload: Vec<u8>,
     key: Option<&str>,
@@ -60,7 +60,7 @@ pub fn insert(
 }
 
 /// `sluice produce`.
-pub async fn produce(
+pub(crate) async fn produce(
     client: &Client,
     vchannel: &VChannel,
     create_collection: bool,
@@ -130,7 +130,7 @@ pub async fn produce(
 }
 
 /// `sluice consume`.
-pub async fn consume(
+pub(crate) async fn consume(
     client: &Client,
     vchannel: &VChannel,
     policy: DeliverPolicy,
@@ -187,7 +187,7 @@ fn parts(m: &ReadMessage) -> Vec<&sluice_types::ImmutableMessage> {
 }
 
 /// `sluice ctl topology`.
-pub async fn topology(topology: &CoordinatorTopology, wait: Duration) -> anyhow::Result<()> {
+pub(crate) async fn topology(topology: &CoordinatorTopology, wait: Duration) -> anyhow::Result<()> {
     let mut rx = topology.subscribe();
     let t = tokio::time::timeout(wait, rx.wait_for(|t| t.version > 0))
         .await
@@ -205,7 +205,7 @@ pub async fn topology(topology: &CoordinatorTopology, wait: Duration) -> anyhow:
 }
 
 /// `sluice ctl status`.
-pub async fn status(node: &str) -> anyhow::Result<()> {
+pub(crate) async fn status(node: &str) -> anyhow::Result<()> {
     let uri = if node.contains("://") {
         node.to_owned()
     } else {

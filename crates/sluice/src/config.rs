@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 /// Everything a `sluice` process can be configured with.
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
-pub struct Config {
+pub(crate) struct Config {
     /// Where standalone keeps everything (meta store, WAL); a node keeps its WAL here unless
     /// `log.dir` says otherwise.
     pub data_dir: PathBuf,
@@ -38,7 +38,7 @@ pub struct Config {
 /// Which metadata store. An unknown name is a configuration error.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
-pub enum MetaBackend {
+pub(crate) enum MetaBackend {
     /// One redb file under the data dir (single process).
     Embedded,
     /// An etcd cluster (needs a binary built with the `etcd` feature).
@@ -48,7 +48,7 @@ pub enum MetaBackend {
 /// Which log backend. An unknown name is a configuration error.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
-pub enum LogBackend {
+pub(crate) enum LogBackend {
     /// Segment files in `log.dir`.
     Local,
     /// Blocks in an object store (S3 when `s3_endpoint` is set, else `log.dir`).
@@ -60,7 +60,7 @@ pub enum LogBackend {
 /// The metadata store as the meta crate opens it: what one factory
 /// ([`crate::server::meta_store`]) turns into a store.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum MetaBackendConfig {
+pub(crate) enum MetaBackendConfig {
     /// The embedded store in this file.
     Embedded {
         /// The redb file.
@@ -76,7 +76,7 @@ pub enum MetaBackendConfig {
 /// The log backend as the log crate's own configuration: what one factory
 /// ([`crate::server::log_provider`]) turns into a provider.
 #[derive(Clone, Debug)]
-pub enum LogBackendConfig {
+pub(crate) enum LogBackendConfig {
     /// The local log.
     Local(sluice_log::local::LocalConfig),
     /// The object log.
@@ -89,7 +89,7 @@ pub enum LogBackendConfig {
 /// The metadata store.
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
-pub struct MetaSection {
+pub(crate) struct MetaSection {
     /// `embedded` (one file under the data dir, single process; the default) or `etcd`.
     pub backend: MetaBackend,
     /// etcd endpoints (`http://host:port`).
@@ -101,7 +101,7 @@ pub struct MetaSection {
 /// The log backend.
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
-pub struct LogSection {
+pub(crate) struct LogSection {
     /// `local` (segment files in `dir`; nodes of a cluster share the directory and fence each
     /// other through it), `object` (zero-disk: blocks in an object store — S3 when
     /// `s3_endpoint` is set, else the directory `dir`) or `kafka` (a topic per pchannel on the
@@ -133,7 +133,7 @@ pub struct LogSection {
 /// The pchannels.
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
-pub struct PChannelsSection {
+pub(crate) struct PChannelsSection {
     /// Explicit names; when empty, `count` names `{prefix}_{i}`.
     pub names: Vec<String>,
     /// How many pchannels.
@@ -145,7 +145,7 @@ pub struct PChannelsSection {
 /// This node.
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
-pub struct NodeSection {
+pub(crate) struct NodeSection {
     /// The node id (unique in the cluster).
     pub id: u64,
     /// Registration lease TTL in ms: the coordinator moves this node's pchannels this long after
@@ -156,7 +156,7 @@ pub struct NodeSection {
 /// The coordinator.
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
-pub struct CoordSection {
+pub(crate) struct CoordSection {
     /// Where nodes and clients reach the coordinator (`http://host:port`).
     pub endpoint: String,
     /// Leader lease TTL in ms.
@@ -181,7 +181,7 @@ pub struct CoordSection {
 /// The WAL (defaults are the WAL crate's own).
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
-pub struct WalSection {
+pub(crate) struct WalSection {
     /// How often timeticks are synchronised (ms). Default 200.
     pub timetick_interval_ms: u64,
     /// Timestamps fetched from the oracle at once. Default 1000.
@@ -323,7 +323,7 @@ fn ms_of(d: Duration) -> u64 {
 impl WalSection {
     /// The WAL crate's configuration. Every field is named, so a setting the WAL gains
     /// does not compile until it is reachable from here.
-    pub fn wal_config(&self) -> sluice_wal::WalConfig {
+    pub(crate) fn wal_config(&self) -> sluice_wal::WalConfig {
         let ms = Config::ms;
         sluice_wal::WalConfig {
             timetick_interval: ms(self.timetick_interval_ms),
@@ -350,7 +350,7 @@ impl WalSection {
 
 impl CoordSection {
     /// The balancer's configuration.
-    pub fn balance_config(&self) -> sluice_coord::balancer::BalanceConfig {
+    pub(crate) fn balance_config(&self) -> sluice_coord::balancer::BalanceConfig {
         sluice_coord::balancer::BalanceConfig {
             allow_rebalance: self.balance_allow_rebalance,
             max_steps: self.balance_max_steps,
@@ -375,7 +375,10 @@ const TOP_LEVEL_KEYS: [&str; 9] = [
 
 impl Config {
     /// Defaults ← `file` ← `SLUICE_*` environment ← `overrides` (flags, as a partial tree).
-    pub fn load(file: Option<&std::path::Path>, overrides: Figment) -> anyhow::Result<Config> {
+    pub(crate) fn load(
+        file: Option<&std::path::Path>,
+        overrides: Figment,
+    ) -> anyhow::Result<Config> {
         let mut figment = Figment::from(Serialized::defaults(Config::default()));
         if let Some(path) = file {
             if !path.is_file() {
@@ -401,7 +404,7 @@ impl Config {
     }
 
     /// Checks what serde cannot.
-    pub fn validate(&self) -> anyhow::Result<()> {
+    pub(crate) fn validate(&self) -> anyhow::Result<()> {
         match self.meta.backend {
             MetaBackend::Embedded => {}
             MetaBackend::Etcd if cfg!(not(feature = "etcd")) => bail!(
@@ -479,7 +482,7 @@ impl Config {
     }
 
     /// The metadata store this configuration names.
-    pub fn meta_backend(&self) -> MetaBackendConfig {
+    pub(crate) fn meta_backend(&self) -> MetaBackendConfig {
         match self.meta.backend {
             MetaBackend::Embedded => MetaBackendConfig::Embedded {
                 path: self.data_dir.join("meta.redb"),
@@ -491,7 +494,7 @@ impl Config {
     }
 
     /// The log backend this configuration names, as the log crate's configuration.
-    pub fn log_backend(&self) -> anyhow::Result<LogBackendConfig> {
+    pub(crate) fn log_backend(&self) -> anyhow::Result<LogBackendConfig> {
         use sluice_log::object::{ObjectConfig, ObjectStoreConfig, S3Config};
         let log = &self.log;
         Ok(match log.backend {
@@ -533,7 +536,7 @@ impl Config {
     }
 
     /// The log directory.
-    pub fn log_dir(&self) -> PathBuf {
+    pub(crate) fn log_dir(&self) -> PathBuf {
         self.log
             .dir
             .clone()
@@ -541,7 +544,7 @@ impl Config {
     }
 
     /// A duration from a millisecond setting.
-    pub fn ms(ms: u64) -> Duration {
+    pub(crate) fn ms(ms: u64) -> Duration {
         Duration::from_millis(ms)
     }
 }

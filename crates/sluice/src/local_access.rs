@@ -14,7 +14,7 @@ use sluice_types::{AppendResult, ConsumeOptions, MutableMessage};
 use sluice_wal::scanner::ScannerOptions;
 
 /// Direct access to the WALs of a node in this process, gRPC for every other node.
-pub struct RoutedAccess {
+pub(crate) struct RoutedAccess {
     local: Option<(u64, Arc<WalManager>)>,
     remote: RemoteAccess,
 }
@@ -22,7 +22,7 @@ pub struct RoutedAccess {
 impl RoutedAccess {
     /// Routes appends for node `node_id` to `manager` directly (no network hop), the rest over
     /// gRPC. `None`: everything over gRPC.
-    pub fn new(local: Option<(u64, Arc<WalManager>)>) -> RoutedAccess {
+    pub(crate) fn new(local: Option<(u64, Arc<WalManager>)>) -> RoutedAccess {
         RoutedAccess {
             local,
             remote: RemoteAccess::new(),

@@ -33,7 +33,7 @@ use crate::config::{Config, LogBackendConfig, MetaBackendConfig};
 use crate::local_access::RoutedAccess;
 
 /// Opens the configured meta store: the one factory for every meta backend.
-pub async fn meta_store(config: &Config) -> anyhow::Result<Arc<dyn MetaStore>> {
+pub(crate) async fn meta_store(config: &Config) -> anyhow::Result<Arc<dyn MetaStore>> {
     Ok(match config.meta_backend() {
         #[cfg(feature = "etcd")]
         MetaBackendConfig::Etcd { endpoints } => Arc::new(
@@ -59,7 +59,7 @@ pub async fn meta_store(config: &Config) -> anyhow::Result<Arc<dyn MetaStore>> {
 }
 
 /// Opens the configured log backend: the one factory for every log backend.
-pub fn log_provider(config: &Config) -> anyhow::Result<Arc<dyn LogProvider>> {
+pub(crate) fn log_provider(config: &Config) -> anyhow::Result<Arc<dyn LogProvider>> {
     let create = |dir: &std::path::Path| {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))
     };
@@ -157,7 +157,7 @@ fn coordinator_config(config: &Config, candidate: String) -> CoordinatorConfig {
 }
 
 /// The topology of the coordinator in this process, for an in-process client.
-pub struct LeaderTopology {
+pub(crate) struct LeaderTopology {
     rx: watch::Receiver<sluice_client::Topology>,
     coordinator: Arc<Coordinator>,
     _task: tokio::task::JoinHandle<()>,
@@ -165,7 +165,7 @@ pub struct LeaderTopology {
 
 impl LeaderTopology {
     /// Follows `coordinator`'s topology whenever it is the leader.
-    pub fn new(coordinator: Arc<Coordinator>) -> LeaderTopology {
+    pub(crate) fn new(coordinator: Arc<Coordinator>) -> LeaderTopology {
         let (tx, rx) = watch::channel(sluice_client::Topology::default());
         let mut leadership = coordinator.subscribe();
         let task = tokio::spawn(async move {
@@ -442,7 +442,7 @@ impl Standalone {
 }
 
 /// `sluice standalone`.
-pub async fn standalone(config: Config) -> anyhow::Result<()> {
+pub(crate) async fn standalone(config: Config) -> anyhow::Result<()> {
     let server = Standalone::start(&config).await?;
     println!(
         "sluice standalone listening on {} (data dir {}, {} pchannels)",
@@ -496,7 +496,7 @@ impl NodeClient for DeferredNodeClient {
 }
 
 /// `sluice coord`.
-pub async fn coord(config: Config) -> anyhow::Result<()> {
+pub(crate) async fn coord(config: Config) -> anyhow::Result<()> {
     let store = meta_store(&config).await?;
     let (listener, addr) = bind(&config.listen).await?;
     let advertise = config.advertise.clone().unwrap_or_else(|| addr.to_string());
@@ -524,7 +524,7 @@ pub async fn coord(config: Config) -> anyhow::Result<()> {
 }
 
 /// `sluice node`.
-pub async fn node(config: Config) -> anyhow::Result<()> {
+pub(crate) async fn node(config: Config) -> anyhow::Result<()> {
     let store = meta_store(&config).await?;
     let provider = log_provider(&config)?;
     let (listener, addr) = bind(&config.listen).await?;

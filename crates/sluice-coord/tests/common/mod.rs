@@ -8,7 +8,7 @@ use sluice_coord::keys::Keys;
 use sluice_meta::MetaStore;
 
 /// One backend for one test: a store, a key root unique to the test, and what keeps it alive.
-pub struct Backend {
+pub(crate) struct Backend {
     /// `embedded` or `etcd`.
     pub name: &'static str,
     /// The store.
@@ -28,7 +28,7 @@ fn unique_root(test: &str) -> String {
 }
 
 /// An embedded (redb) store in a fresh temp dir.
-pub fn embedded(test: &str) -> Backend {
+pub(crate) fn embedded(test: &str) -> Backend {
     let dir = tempfile::tempdir().unwrap();
     let store = sluice_meta::embedded::EmbeddedStore::open(dir.path().join("meta.redb")).unwrap();
     Backend {
@@ -42,7 +42,7 @@ pub fn embedded(test: &str) -> Backend {
 /// Another handle on the same backend, as a second process (a restarted coordinator, a second
 /// coordinator) would have. For `embedded` this closes nothing: redb allows one opener per file,
 /// so the same store is shared; for etcd it is a new connection.
-pub async fn second_handle(backend: &Backend) -> Arc<dyn MetaStore> {
+pub(crate) async fn second_handle(backend: &Backend) -> Arc<dyn MetaStore> {
     match backend.name {
         #[cfg(feature = "etcd")]
         "etcd" => Arc::new(
@@ -55,7 +55,7 @@ pub async fn second_handle(backend: &Backend) -> Arc<dyn MetaStore> {
 }
 
 /// A real etcd from `SLUICE_TEST_ETCD`; `None` (with a note) when unset outside CI.
-pub async fn etcd(test: &str) -> Option<Backend> {
+pub(crate) async fn etcd(test: &str) -> Option<Backend> {
     #[cfg(feature = "etcd")]
     {
         let Ok(endpoint) = std::env::var("SLUICE_TEST_ETCD") else {
@@ -86,7 +86,7 @@ pub async fn etcd(test: &str) -> Option<Backend> {
 }
 
 /// Every backend available to this run.
-pub async fn backends(test: &str) -> Vec<Backend> {
+pub(crate) async fn backends(test: &str) -> Vec<Backend> {
     let mut all = vec![embedded(test)];
     all.extend(etcd(test).await);
     all
@@ -94,7 +94,7 @@ pub async fn backends(test: &str) -> Vec<Backend> {
 
 /// A lease TTL short enough for lapse tests on this backend: etcd rounds TTLs up to whole
 /// seconds and enforces a minimum (1.5 s with default settings, so 2 s).
-pub fn short_ttl(backend: &Backend) -> std::time::Duration {
+pub(crate) fn short_ttl(backend: &Backend) -> std::time::Duration {
     match backend.name {
         "etcd" => std::time::Duration::from_secs(2),
         _ => std::time::Duration::from_millis(600),
@@ -102,7 +102,7 @@ pub fn short_ttl(backend: &Backend) -> std::time::Duration {
 }
 
 /// Waits (bounded by `timeout`) until the watched value satisfies `pred`; panics with `what`.
-pub async fn wait_until<T: Clone>(
+pub(crate) async fn wait_until<T: Clone>(
     rx: &mut tokio::sync::watch::Receiver<T>,
     timeout: std::time::Duration,
     what: &str,
@@ -120,7 +120,7 @@ pub async fn wait_until<T: Clone>(
 /// [`sluice_meta::MetaError::Compacted`], and the next `refuse` watch calls fail with
 /// `Unavailable`), and puts can lose their acknowledgement (applied, but reported as
 /// `Unavailable`). Everything else goes to the real store.
-pub struct FaultyStore {
+pub(crate) struct FaultyStore {
     inner: Arc<dyn MetaStore>,
     epoch: tokio::sync::watch::Sender<u64>,
     refuse: std::sync::atomic::AtomicUsize,
@@ -131,7 +131,7 @@ pub struct FaultyStore {
 
 impl FaultyStore {
     /// Wraps `inner`.
-    pub fn new(inner: Arc<dyn MetaStore>) -> Arc<FaultyStore> {
+    pub(crate) fn new(inner: Arc<dyn MetaStore>) -> Arc<FaultyStore> {
         Arc::new(FaultyStore {
             inner,
             epoch: tokio::sync::watch::channel(0).0,
@@ -142,19 +142,19 @@ impl FaultyStore {
     }
 
     /// Ends every open watch with an error and refuses the next `refuse` watch calls.
-    pub fn break_watches(&self, refuse: usize) {
+    pub(crate) fn break_watches(&self, refuse: usize) {
         self.refuse
             .store(refuse, std::sync::atomic::Ordering::SeqCst);
         self.epoch.send_modify(|e| *e += 1);
     }
 
     /// The next `n` puts are applied but reported as `Unavailable`.
-    pub fn lose_next_put_acks(&self, n: usize) {
+    pub(crate) fn lose_next_put_acks(&self, n: usize) {
         self.lose_acks.store(n, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// `watch_prefix` calls so far.
-    pub fn watch_calls(&self) -> usize {
+    pub(crate) fn watch_calls(&self) -> usize {
         self.watch_calls.load(std::sync::atomic::Ordering::SeqCst)
     }
 }
@@ -269,7 +269,7 @@ impl MetaStore for FaultyStore {
 }
 
 /// Waits (bounded) until `store` has seen at least `n` watch calls.
-pub async fn wait_for_watch_calls(store: &FaultyStore, n: usize, what: &str) {
+pub(crate) async fn wait_for_watch_calls(store: &FaultyStore, n: usize, what: &str) {
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
     while store.watch_calls() < n {
         assert!(

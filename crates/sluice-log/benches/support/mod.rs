@@ -18,10 +18,10 @@ use sluice_types::message::InsertHeader;
 use sluice_types::{MutableMessage, PChannel, Term};
 
 /// Payload bytes per record.
-pub const RECORD: usize = 1024;
+pub(crate) const RECORD: usize = 1024;
 
 /// What one case measured.
-pub struct Outcome {
+pub(crate) struct Outcome {
     /// Operations (appends, PUTs, ...) completed.
     pub ops: u64,
     /// Payload bytes they carried.
@@ -34,24 +34,24 @@ pub struct Outcome {
 
 impl Outcome {
     /// Operations per second.
-    pub fn per_sec(&self) -> f64 {
+    pub(crate) fn per_sec(&self) -> f64 {
         self.ops as f64 / self.elapsed.as_secs_f64()
     }
 
     /// Payload MB (10^6 bytes) per second.
-    pub fn mb_per_sec(&self) -> f64 {
+    pub(crate) fn mb_per_sec(&self) -> f64 {
         self.bytes as f64 / self.elapsed.as_secs_f64() / 1e6
     }
 
     /// The latency at quantile `q`, in ms.
-    pub fn pct_ms(&self, q: f64) -> f64 {
+    pub(crate) fn pct_ms(&self, q: f64) -> f64 {
         self.latency_us.value_at_quantile(q) as f64 / 1000.0
     }
 }
 
 /// Waits for the measuring tasks started at `start` and merges their latencies; each operation
 /// carried `bytes_per_op` payload bytes.
-pub async fn gather(
+pub(crate) async fn gather(
     tasks: Vec<tokio::task::JoinHandle<Histogram<u64>>>,
     start: Instant,
     bytes_per_op: u64,
@@ -73,12 +73,12 @@ pub async fn gather(
 }
 
 /// An empty latency histogram (1 µs .. 10 min).
-pub fn histogram() -> Histogram<u64> {
+pub(crate) fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 600_000_000, 3).expect("histogram bounds")
 }
 
 /// A record with a [`RECORD`]-byte payload.
-pub fn message() -> MutableMessage {
+pub(crate) fn message() -> MutableMessage {
     MutableMessage::builder(InsertHeader::default())
         .payload(vec![0x5au8; RECORD])
         .build()
@@ -87,7 +87,7 @@ pub fn message() -> MutableMessage {
 
 /// Seconds per case: `SLUICE_BENCH_SECS`, else `default` (1 in a smoke run: `cargo test
 /// --benches` runs benches without `--bench`).
-pub fn secs_per_case(default: u64) -> (bool, u64) {
+pub(crate) fn secs_per_case(default: u64) -> (bool, u64) {
     let smoke = !std::env::args().any(|a| a == "--bench");
     let secs = std::env::var("SLUICE_BENCH_SECS")
         .ok()
@@ -98,7 +98,7 @@ pub fn secs_per_case(default: u64) -> (bool, u64) {
 
 /// Creates `bucket` on an S3-compatible server that accepts an unsigned create (moto does); on
 /// other servers create it beforehand (for s3s-fs: a directory named after it in its root).
-pub fn ensure_bucket(endpoint: &str, bucket: &str) {
+pub(crate) fn ensure_bucket(endpoint: &str, bucket: &str) {
     use std::io::{Read, Write};
     let host = endpoint
         .strip_prefix("http://")
@@ -124,7 +124,7 @@ pub fn ensure_bucket(endpoint: &str, bucket: &str) {
 
 /// `appenders` tasks append to `pchannel` (opened read-write at term 1) for `run_for`, each with
 /// up to `window` appends outstanding (1: wait for each ack).
-pub async fn append_case(
+pub(crate) async fn append_case(
     provider: &dyn LogProvider,
     pchannel: &PChannel,
     appenders: usize,
@@ -168,7 +168,7 @@ pub async fn append_case(
 
 /// The number and mean size of the data blocks the object backend wrote for `pchannel` under
 /// `prefix`.
-pub async fn object_blocks(
+pub(crate) async fn object_blocks(
     store: &Arc<dyn ObjectStore>,
     prefix: &str,
     pchannel: &PChannel,
@@ -186,7 +186,7 @@ pub async fn object_blocks(
 }
 
 /// `concurrency` tasks PUT (conditional create) new objects of `size` bytes for `run_for`.
-pub async fn raw_put_case(
+pub(crate) async fn raw_put_case(
     store: Arc<dyn ObjectStore>,
     prefix: &str,
     size: u64,
@@ -225,7 +225,7 @@ pub async fn raw_put_case(
 }
 
 /// Prints the header of a results table.
-pub fn print_header() {
+pub(crate) fn print_header() {
     eprintln!(
         "\n{:<40} {:>10} {:>9} {:>9} {:>9} {:>8}",
         "case", "ops/s", "MB/s", "p50 ms", "p99 ms", "vs raw"
@@ -233,7 +233,7 @@ pub fn print_header() {
 }
 
 /// Prints one row; `raw` is the medium's ceiling the row is compared with (MB/s share).
-pub fn print_row(name: &str, o: &Outcome, raw: Option<&Outcome>) {
+pub(crate) fn print_row(name: &str, o: &Outcome, raw: Option<&Outcome>) {
     let share = raw
         .map(|r| {
             format!(

@@ -20,7 +20,7 @@ const CLAIM_ATTEMPTS: usize = 5;
 const WATCH_INTERVAL: Duration = Duration::from_millis(100);
 
 /// Whether a Kafka error code means that a newer producer of the same transactional id took over.
-pub fn is_fence_code(code: RDKafkaErrorCode) -> bool {
+pub(super) fn is_fence_code(code: RDKafkaErrorCode) -> bool {
     matches!(
         code,
         RDKafkaErrorCode::ProducerFenced
@@ -30,13 +30,13 @@ pub fn is_fence_code(code: RDKafkaErrorCode) -> bool {
 }
 
 /// Whether a Kafka error means that a newer producer of the same transactional id took over.
-pub fn is_fence(e: &KafkaError) -> bool {
+pub(super) fn is_fence(e: &KafkaError) -> bool {
     e.rdkafka_error_code().is_some_and(is_fence_code)
 }
 
 /// Whether `producer` failed for good because a newer producer of its transactional id took
 /// over (its pending requests then fail with other errors, e.g. purged).
-pub fn is_fenced(producer: &FutureProducer) -> bool {
+pub(super) fn is_fenced(producer: &FutureProducer) -> bool {
     producer
         .client()
         .fatal_error()
@@ -45,12 +45,12 @@ pub fn is_fenced(producer: &FutureProducer) -> bool {
 
 /// Drops `producer` on the blocking pool: destroying the last reference to a client waits for
 /// its threads.
-pub fn drop_off_runtime(producer: Arc<FutureProducer>) {
+pub(super) fn drop_off_runtime(producer: Arc<FutureProducer>) {
     drop(tokio::task::spawn_blocking(move || drop(producer)));
 }
 
 /// Runs a blocking client call on the blocking pool.
-pub async fn blocking<T: Send + 'static>(
+pub(super) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, LogError> + Send + 'static,
 ) -> Result<T, LogError> {
     tokio::task::spawn_blocking(f)
@@ -67,7 +67,7 @@ enum Attempt {
 }
 
 /// One read-write open's view of its pchannel's topic.
-pub struct Fencing {
+pub(super) struct Fencing {
     /// The pchannel.
     pub pchannel: PChannel,
     /// The topic, which is also the transactional id.
@@ -87,7 +87,7 @@ pub struct Fencing {
 
 impl Fencing {
     /// The owner of the newest record (the default owner, term 0, for an empty topic).
-    pub async fn newest(&self) -> Result<Owner, LogError> {
+    pub(super) async fn newest(&self) -> Result<Owner, LogError> {
         let (config, topic, timeout) = (
             self.consumer_config.clone(),
             self.topic.clone(),
@@ -97,7 +97,7 @@ impl Fencing {
     }
 
     /// The fence error for a log whose newest owner is `newest`.
-    pub fn fenced(&self, newest: Owner) -> LogError {
+    pub(super) fn fenced(&self, newest: Owner) -> LogError {
         LogError::Fenced {
             pchannel: self.pchannel.clone(),
             term: Term(self.me.term),
@@ -107,7 +107,7 @@ impl Fencing {
 
     /// Whether `newest` shows that another open won: a higher term, or — once this open has
     /// written (`opened`) — the same term with another nonce (a later open at the same term).
-    pub fn beaten(&self, newest: Owner, opened: bool) -> bool {
+    pub(super) fn beaten(&self, newest: Owner, opened: bool) -> bool {
         newest.term > self.me.term
             || (opened && newest.term == self.me.term && newest.nonce != self.me.nonce)
     }
@@ -116,7 +116,7 @@ impl Fencing {
     /// owner, commits a term fence. `opened` is false for an open and true for a writer that
     /// claims back what a stale opener took. When the fence's commit is itself fenced, waits to
     /// see who did it ([`Fencing::watch`]) and tries again if it was not a winner.
-    pub async fn claim(&self, opened: bool) -> Result<Arc<FutureProducer>, LogError> {
+    pub(super) async fn claim(&self, opened: bool) -> Result<Arc<FutureProducer>, LogError> {
         for _ in 0..CLAIM_ATTEMPTS {
             // Refuse before bumping the epoch when a winner is already visible.
             let newest = self.newest().await?;
@@ -195,7 +195,7 @@ impl Fencing {
     /// records. A winner's (see [`Fencing::beaten`]) means `Fenced`; none means the fencer was
     /// an opener that lost (a stale term, which then fails without writing) or died, so the
     /// caller may claim again.
-    pub async fn watch(&self, opened: bool) -> Result<(), LogError> {
+    pub(super) async fn watch(&self, opened: bool) -> Result<(), LogError> {
         let deadline = Instant::now() + self.reclaim_wait;
         loop {
             let newest = self.newest().await?;

@@ -241,6 +241,14 @@ pub struct KafkaProvider {
     admin: AdminClient<DefaultClientContext>,
 }
 
+impl std::fmt::Debug for KafkaProvider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaProvider")
+            .field("bootstrap_servers", &self.config.bootstrap_servers)
+            .finish_non_exhaustive()
+    }
+}
+
 impl KafkaProvider {
     /// A provider for `config` (connects lazily; creates nothing).
     pub fn new(config: KafkaConfig) -> Result<KafkaProvider, LogError> {

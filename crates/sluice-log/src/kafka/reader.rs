@@ -19,12 +19,16 @@ use super::record::{self, Owner, Record};
 use crate::LogError;
 
 /// Maps a client error to a (transient) backend error.
-pub fn unavailable(what: &str, e: KafkaError) -> LogError {
+pub(super) fn unavailable(what: &str, e: KafkaError) -> LogError {
     LogError::Unavailable(format!("kafka {what}: {e}"))
 }
 
 /// Assigns partition 0 of `topic` at `offset`.
-pub fn assign(consumer: &impl Consumer, topic: &str, offset: Offset) -> Result<(), LogError> {
+pub(super) fn assign(
+    consumer: &impl Consumer,
+    topic: &str,
+    offset: Offset,
+) -> Result<(), LogError> {
     let mut tpl = TopicPartitionList::with_capacity(1);
     tpl.add_partition_offset(topic, 0, offset)
         .map_err(|e| unavailable("assign", e))?;
@@ -33,7 +37,7 @@ pub fn assign(consumer: &impl Consumer, topic: &str, offset: Offset) -> Result<(
 
 /// The owner of the newest record written to `topic`, committed or not (the default owner,
 /// term 0, for an empty topic). Blocking: call it from a blocking thread.
-pub fn tail_owner(
+pub(super) fn tail_owner(
     config: &ClientConfig,
     topic: &str,
     timeout: Duration,
@@ -89,7 +93,7 @@ pub fn tail_owner(
 
 /// One read: moves records from `consumer` into `tx` until `stop`, the receiver is dropped, or
 /// a record does not decode (then that error is the stream's last item).
-pub async fn run(
+pub(super) async fn run(
     consumer: StreamConsumer,
     topic: String,
     tx: mpsc::Sender<Result<ImmutableMessage, LogError>>,

@@ -23,11 +23,11 @@ const VERSION: u8 = 1;
 const KIND_DATA: u8 = 1;
 const KIND_FENCE: u8 = 2;
 /// Bytes before a data record's codec frame.
-pub const HEADER_LEN: usize = 22;
+pub(super) const HEADER_LEN: usize = 22;
 
 /// Who wrote a record: a read-write open's term and nonce.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Owner {
+pub(super) struct Owner {
     /// The term.
     pub term: u64,
     /// Random per read-write open.
@@ -36,7 +36,7 @@ pub struct Owner {
 
 /// A decoded record value.
 #[derive(Debug)]
-pub enum Record {
+pub(super) enum Record {
     /// A message written at `term`.
     Data {
         /// The writer.
@@ -53,7 +53,7 @@ pub enum Record {
 
 impl Record {
     /// The writer of this record.
-    pub fn owner(&self) -> Owner {
+    pub(super) fn owner(&self) -> Owner {
         match self {
             Record::Data { owner, .. } | Record::Fence { owner } => *owner,
         }
@@ -69,7 +69,7 @@ fn header(kind: u8, owner: Owner, out: &mut Vec<u8>) {
 }
 
 /// Encodes a data record.
-pub fn encode_data(owner: Owner, message: &Message) -> Result<Vec<u8>, LogError> {
+pub(super) fn encode_data(owner: Owner, message: &Message) -> Result<Vec<u8>, LogError> {
     let mut out = Vec::with_capacity(HEADER_LEN + sluice_types::codec::encoded_len(message));
     header(KIND_DATA, owner, &mut out);
     encode_message(message, &mut out)?;
@@ -77,14 +77,17 @@ pub fn encode_data(owner: Owner, message: &Message) -> Result<Vec<u8>, LogError>
 }
 
 /// Encodes a term fence.
-pub fn encode_fence(owner: Owner) -> Vec<u8> {
+pub(super) fn encode_fence(owner: Owner) -> Vec<u8> {
     let mut out = Vec::with_capacity(HEADER_LEN);
     header(KIND_FENCE, owner, &mut out);
     out
 }
 
 /// Decodes a record value; `location` names it in errors.
-pub fn decode(location: impl Fn() -> String, value: Option<&[u8]>) -> Result<Record, LogError> {
+pub(super) fn decode(
+    location: impl Fn() -> String,
+    value: Option<&[u8]>,
+) -> Result<Record, LogError> {
     let corrupted = |reason: &str| LogError::Corrupted {
         location: location(),
         reason: reason.into(),

@@ -63,7 +63,7 @@ struct Pending {
 }
 
 /// What the writer needs to know about its log.
-pub struct WriterSettings {
+pub(super) struct WriterSettings {
     /// Records per transaction at most.
     pub max_batch_records: usize,
     /// Encoded bytes accepted but not yet acknowledged before `enqueue` waits.
@@ -75,7 +75,7 @@ pub struct WriterSettings {
 }
 
 /// The writer of one read-write handle.
-pub struct Writer {
+pub(super) struct Writer {
     fencing: Arc<Fencing>,
     /// `None` once the handle closed.
     producer: Mutex<Option<Arc<FutureProducer>>>,
@@ -88,7 +88,7 @@ pub struct Writer {
 
 impl Writer {
     /// A writer over the producer that claimed the pchannel.
-    pub fn new(
+    pub(super) fn new(
         fencing: Arc<Fencing>,
         producer: Arc<FutureProducer>,
         settings: WriterSettings,
@@ -107,17 +107,17 @@ impl Writer {
 
     /// Takes the producer out (at close), so that its last reference can be dropped off the
     /// runtime: destroying a client waits for its threads.
-    pub fn take_producer(&self) -> Option<Arc<FutureProducer>> {
+    pub(super) fn take_producer(&self) -> Option<Arc<FutureProducer>> {
         self.producer.lock().take()
     }
 
     /// The error every append fails with from now on, if any.
-    pub fn failure(&self) -> Option<LogError> {
+    pub(super) fn failure(&self) -> Option<LogError> {
         self.failure.lock().clone()
     }
 
     /// Fails every later append with `e` (the first failure wins).
-    pub fn fail(&self, e: LogError) {
+    pub(super) fn fail(&self, e: LogError) {
         let mut f = self.failure.lock();
         if f.is_none() {
             *f = Some(e);
@@ -125,7 +125,7 @@ impl Writer {
     }
 
     /// Encodes `message`, waits for room, and queues it.
-    pub async fn enqueue(
+    pub(super) async fn enqueue(
         &self,
         message: MutableMessage,
         cancel: &CancellationToken,
@@ -161,7 +161,7 @@ impl Writer {
     }
 
     /// The writer task: one transaction per batch until `cancel`.
-    pub async fn run(self: Arc<Self>, cancel: CancellationToken) {
+    pub(super) async fn run(self: Arc<Self>, cancel: CancellationToken) {
         let Some(mut rx) = self.rx.lock().take() else {
             return;
         };

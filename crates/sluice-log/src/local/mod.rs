@@ -140,6 +140,14 @@ pub struct LocalProvider {
     config: Arc<LocalConfig>,
 }
 
+impl std::fmt::Debug for LocalProvider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalProvider")
+            .field("root", &self.config.root)
+            .finish_non_exhaustive()
+    }
+}
+
 impl LocalProvider {
     /// A provider over `config.root` (created if missing).
     pub fn new(config: LocalConfig) -> Result<LocalProvider, LogError> {

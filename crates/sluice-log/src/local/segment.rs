@@ -75,7 +75,7 @@ use sluice_types::Term;
 use crate::LogError;
 
 /// Bytes of the segment file header.
-pub const SEGMENT_HEADER_LEN: u64 = 32;
+pub(super) const SEGMENT_HEADER_LEN: u64 = 32;
 const SEGMENT_MAGIC: u32 = 0x4753_4C53;
 const SEGMENT_VERSION: u8 = 1;
 const SEGMENT_SUFFIX: &str = ".log";
@@ -86,17 +86,17 @@ const TERM_VERSION: u8 = 1;
 const TERM_SLOT_LEN: usize = 32;
 
 /// Name of the term file.
-pub const TERM_FILE: &str = "TERM";
+pub(super) const TERM_FILE: &str = "TERM";
 /// Name of the lock file.
-pub const LOCK_FILE: &str = "LOCK";
+pub(super) const LOCK_FILE: &str = "LOCK";
 
 /// The file name of the segment whose first record has lsn `base`.
-pub fn segment_name(base: u64) -> String {
+pub(super) fn segment_name(base: u64) -> String {
     format!("{base:0width$}{SEGMENT_SUFFIX}", width = SEGMENT_DIGITS)
 }
 
 /// The base lsn of a segment file name, or `None` if the name is not a segment's.
-pub fn parse_segment_name(name: &str) -> Option<u64> {
+pub(super) fn parse_segment_name(name: &str) -> Option<u64> {
     let digits = name.strip_suffix(SEGMENT_SUFFIX)?;
     if digits.len() != SEGMENT_DIGITS || !digits.bytes().all(|b| b.is_ascii_digit()) {
         return None;
@@ -106,7 +106,7 @@ pub fn parse_segment_name(name: &str) -> Option<u64> {
 
 /// One segment file found in a pchannel directory.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct SegmentFile {
+pub(super) struct SegmentFile {
     /// Base lsn (from the name).
     pub base: u64,
     /// Full path.
@@ -114,7 +114,7 @@ pub struct SegmentFile {
 }
 
 /// The segment files of `dir`, oldest first. A missing directory has none.
-pub fn list_segments(dir: &Path) -> Result<Vec<SegmentFile>, LogError> {
+pub(super) fn list_segments(dir: &Path) -> Result<Vec<SegmentFile>, LogError> {
     let entries = match std::fs::read_dir(dir) {
         Ok(e) => e,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -137,7 +137,7 @@ pub fn list_segments(dir: &Path) -> Result<Vec<SegmentFile>, LogError> {
 }
 
 /// Encodes the header of a segment with base lsn `base`, created at `term`.
-pub fn encode_segment_header(base: u64, term: Term) -> [u8; SEGMENT_HEADER_LEN as usize] {
+pub(super) fn encode_segment_header(base: u64, term: Term) -> [u8; SEGMENT_HEADER_LEN as usize] {
     let mut h = [0u8; SEGMENT_HEADER_LEN as usize];
     h[0..4].copy_from_slice(&SEGMENT_MAGIC.to_le_bytes());
     h[4] = SEGMENT_VERSION;
@@ -149,7 +149,7 @@ pub fn encode_segment_header(base: u64, term: Term) -> [u8; SEGMENT_HEADER_LEN a
 }
 
 /// Decodes a segment header; returns its base lsn or why it is not valid.
-pub fn decode_segment_header(buf: &[u8]) -> Result<u64, String> {
+pub(super) fn decode_segment_header(buf: &[u8]) -> Result<u64, String> {
     let Some(h) = buf.get(..SEGMENT_HEADER_LEN as usize) else {
         return Err(format!(
             "segment header is {} bytes, needs {SEGMENT_HEADER_LEN}",
@@ -184,14 +184,14 @@ pub fn decode_segment_header(buf: &[u8]) -> Result<u64, String> {
 }
 
 /// Reads and checks the header of an open segment file.
-pub fn read_segment_header(file: &File) -> Result<Result<u64, String>, io::Error> {
+pub(super) fn read_segment_header(file: &File) -> Result<Result<u64, String>, io::Error> {
     let mut buf = [0u8; SEGMENT_HEADER_LEN as usize];
     let n = read_full_at(file, &mut buf, 0)?;
     Ok(decode_segment_header(&buf[..n]))
 }
 
 /// Reads into `buf` at `offset` until it is full or the file ends; returns the bytes read.
-pub fn read_full_at(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+pub(super) fn read_full_at(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
     let mut done = 0;
     while done < buf.len() {
         match file.read_at(&mut buf[done..], offset + done as u64) {
@@ -206,7 +206,7 @@ pub fn read_full_at(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usiz
 
 /// Reads up to `len` bytes at `offset` into a new buffer, never past the end of the file, so a
 /// length taken from damaged data cannot drive a large allocation.
-pub fn read_bounded(file: &File, offset: u64, len: u64) -> io::Result<Vec<u8>> {
+pub(super) fn read_bounded(file: &File, offset: u64, len: u64) -> io::Result<Vec<u8>> {
     let file_len = file.metadata()?.len();
     let len = len.min(file_len.saturating_sub(offset));
     let len = usize::try_from(len).unwrap_or(usize::MAX);
@@ -244,7 +244,7 @@ fn decode_term_slot(s: &[u8]) -> Option<u64> {
 
 /// What the term file holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct StoredTerm {
+pub(super) struct StoredTerm {
     /// The highest valid term (0 when none was ever written).
     pub term: Term,
     /// The slot holding it (`None` when none is valid).
@@ -253,7 +253,7 @@ pub struct StoredTerm {
 
 /// Reads the term file through an open descriptor (`pread`, so a descriptor kept open for the
 /// handle's lifetime always sees the latest write).
-pub fn read_term(file: &File, path: &Path) -> Result<StoredTerm, LogError> {
+pub(super) fn read_term(file: &File, path: &Path) -> Result<StoredTerm, LogError> {
     let mut buf = [0u8; 2 * TERM_SLOT_LEN];
     let n = read_full_at(file, &mut buf, 0)
         .map_err(|e| LogError::io(format!("read {}", path.display()), e))?;
@@ -285,7 +285,7 @@ pub fn read_term(file: &File, path: &Path) -> Result<StoredTerm, LogError> {
 }
 
 /// Writes `term` into the slot not holding the current maximum and syncs the file.
-pub fn write_term(
+pub(super) fn write_term(
     file: &File,
     path: &Path,
     current: StoredTerm,
@@ -308,7 +308,7 @@ pub fn write_term(
 }
 
 /// Syncs a directory so that created, renamed and removed entries are durable.
-pub fn sync_dir(dir: &Path) -> Result<(), LogError> {
+pub(super) fn sync_dir(dir: &Path) -> Result<(), LogError> {
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(|e| LogError::io(format!("sync directory {}", dir.display()), e))

@@ -29,18 +29,18 @@ use super::layout::SegmentId;
 use crate::LogError;
 
 /// Block magic, "SLOB".
-pub const BLOCK_MAGIC: [u8; 4] = *b"SLOB";
+pub(super) const BLOCK_MAGIC: [u8; 4] = *b"SLOB";
 /// Block format version written by this build.
-pub const BLOCK_VERSION: u8 = 1;
+pub(super) const BLOCK_VERSION: u8 = 1;
 /// Bytes of the header before the body.
-pub const BLOCK_HEADER_LEN: usize = 48;
+pub(super) const BLOCK_HEADER_LEN: usize = 48;
 
 const KIND_DATA: u8 = 1;
 const KIND_FENCE: u8 = 2;
 
 /// What a block object holds.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum BlockKind {
+pub(super) enum BlockKind {
     /// Records written by the writer with this nonce.
     Data {
         /// The writing handle's nonce.
@@ -55,7 +55,7 @@ pub enum BlockKind {
 
 /// A decoded block: header checked, body checksum verified, records not yet decoded.
 #[derive(Clone, Debug)]
-pub struct Block {
+pub(super) struct Block {
     /// Data or fence.
     pub kind: BlockKind,
     /// The segment named in the header.
@@ -69,7 +69,7 @@ pub struct Block {
 
 impl Block {
     /// Decodes and checks `data`, read from `location`.
-    pub fn decode(location: &str, data: Bytes) -> Result<Block, LogError> {
+    pub(super) fn decode(location: &str, data: Bytes) -> Result<Block, LogError> {
         let bad = |reason: &str| LogError::Corrupted {
             location: location.to_owned(),
             reason: reason.to_owned(),
@@ -125,7 +125,7 @@ impl Block {
     }
 
     /// Decodes the records, in order, checking there are exactly `count` of them.
-    pub fn records(&self, location: &str) -> BlockRecords<'_> {
+    pub(super) fn records(&self, location: &str) -> BlockRecords<'_> {
         BlockRecords {
             location: location.to_owned(),
             body: &self.body,
@@ -135,7 +135,7 @@ impl Block {
 }
 
 /// The records of one block, decoded one at a time.
-pub struct BlockRecords<'a> {
+pub(super) struct BlockRecords<'a> {
     location: String,
     body: &'a [u8],
     left: u32,
@@ -171,7 +171,7 @@ impl Iterator for BlockRecords<'_> {
 }
 
 /// Appends one record frame for `msg` to a block body under construction.
-pub fn encode_record(msg: &Message, body: &mut Vec<u8>) -> Result<(), LogError> {
+pub(super) fn encode_record(msg: &Message, body: &mut Vec<u8>) -> Result<(), LogError> {
     encode_message(msg, body).map_err(LogError::from)
 }
 
@@ -200,7 +200,13 @@ fn header(
 }
 
 /// A data block: header + `body` (which holds `count` record frames).
-pub fn encode_data(segment: SegmentId, index: u64, nonce: u64, count: u32, body: &[u8]) -> Bytes {
+pub(super) fn encode_data(
+    segment: SegmentId,
+    index: u64,
+    nonce: u64,
+    count: u32,
+    body: &[u8],
+) -> Bytes {
     let mut out = Vec::with_capacity(BLOCK_HEADER_LEN + body.len());
     out.extend_from_slice(&header(KIND_DATA, segment, index, nonce, count, body));
     out.extend_from_slice(body);
@@ -208,7 +214,7 @@ pub fn encode_data(segment: SegmentId, index: u64, nonce: u64, count: u32, body:
 }
 
 /// A fence at `index`, written by a writer of segment `by`.
-pub fn encode_fence(by: SegmentId, index: u64) -> Bytes {
+pub(super) fn encode_fence(by: SegmentId, index: u64) -> Bytes {
     Bytes::copy_from_slice(&header(KIND_FENCE, by, index, 0, 0, &[]))
 }
 

@@ -22,33 +22,33 @@ use sluice_types::{MessageId, PChannel};
 /// Bits of `lo` holding the entry index.
 const ENTRY_BITS: u32 = 24;
 /// Largest term an id can carry, plus one.
-pub const TERM_LIMIT: u64 = 1 << 48;
+pub(super) const TERM_LIMIT: u64 = 1 << 48;
 /// Largest block index, plus one.
-pub const BLOCK_LIMIT: u64 = 1 << 40;
+pub(super) const BLOCK_LIMIT: u64 = 1 << 40;
 /// Most records one block may hold.
-pub const MAX_ENTRIES: u32 = 1 << ENTRY_BITS;
+pub(super) const MAX_ENTRIES: u32 = 1 << ENTRY_BITS;
 
 /// One writer's run: the term it opened at, and a generation that tells apart read-write opens at
 /// the same term. Ordered by (term, gen).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct SegmentId {
+pub(super) struct SegmentId {
     term: u64,
     gen_: u16,
 }
 
 impl SegmentId {
     /// `None` when `term` is too large for an id.
-    pub fn new(term: u64, gen_: u16) -> Option<SegmentId> {
+    pub(super) fn new(term: u64, gen_: u16) -> Option<SegmentId> {
         (term < TERM_LIMIT).then_some(SegmentId { term, gen_ })
     }
 
     /// The term.
-    pub fn term(self) -> u64 {
+    pub(super) fn term(self) -> u64 {
         self.term
     }
 
     /// The generation within the term.
-    pub fn generation(self) -> u16 {
+    pub(super) fn generation(self) -> u16 {
         self.gen_
     }
 
@@ -57,7 +57,7 @@ impl SegmentId {
     }
 
     /// Parses a segment directory name; `None` for anything else.
-    pub fn parse(name: &str) -> Option<SegmentId> {
+    pub(super) fn parse(name: &str) -> Option<SegmentId> {
         let (t, g) = name.split_once('-')?;
         if t.len() != 15 || g.len() != 5 || !t.bytes().chain(g.bytes()).all(|b| b.is_ascii_digit())
         {
@@ -69,7 +69,7 @@ impl SegmentId {
 
 /// A position in the log: a record, or the start of a block when `entry` is 0.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub struct Position {
+pub(super) struct Position {
     /// The segment.
     pub segment: SegmentId,
     /// The block in the segment.
@@ -80,7 +80,7 @@ pub struct Position {
 
 impl Position {
     /// The position right after this one.
-    pub fn next(self) -> Position {
+    pub(super) fn next(self) -> Position {
         if self.entry + 1 < MAX_ENTRIES {
             Position {
                 entry: self.entry + 1,
@@ -97,7 +97,7 @@ impl Position {
 }
 
 /// The id of a record.
-pub fn pack(segment: SegmentId, block: u64, entry: u32) -> MessageId {
+pub(super) fn pack(segment: SegmentId, block: u64, entry: u32) -> MessageId {
     MessageId::from_parts(
         segment.term << 16 | u64::from(segment.gen_),
         block << ENTRY_BITS | u64::from(entry),
@@ -105,7 +105,7 @@ pub fn pack(segment: SegmentId, block: u64, entry: u32) -> MessageId {
 }
 
 /// The position of an id (every 128-bit value is one).
-pub fn unpack(id: MessageId) -> Position {
+pub(super) fn unpack(id: MessageId) -> Position {
     let segment = SegmentId {
         term: id.hi() >> 16,
         gen_: (id.hi() & 0xffff) as u16,
@@ -119,61 +119,61 @@ pub fn unpack(id: MessageId) -> Position {
 
 /// Object names of one pchannel.
 #[derive(Clone, Debug)]
-pub struct Layout {
+pub(super) struct Layout {
     channel: Path,
 }
 
 impl Layout {
     /// Names under `prefix` (may be empty) for `pchannel`.
-    pub fn new(prefix: &Path, pchannel: &PChannel) -> Layout {
+    pub(super) fn new(prefix: &Path, pchannel: &PChannel) -> Layout {
         Layout {
             channel: prefix.clone().join(pchannel.as_str()),
         }
     }
 
     /// The pchannel's directory (segments are its children).
-    pub fn channel(&self) -> &Path {
+    pub(super) fn channel(&self) -> &Path {
         &self.channel
     }
 
     /// A segment's directory.
-    pub fn segment(&self, s: SegmentId) -> Path {
+    pub(super) fn segment(&self, s: SegmentId) -> Path {
         self.channel.clone().join(s.dir_name())
     }
 
     /// The claim object of a segment.
-    pub fn owner(&self, s: SegmentId) -> Path {
+    pub(super) fn owner(&self, s: SegmentId) -> Path {
         self.segment(s).join("owner")
     }
 
     /// The sealed hint of a segment.
-    pub fn sealed(&self, s: SegmentId) -> Path {
+    pub(super) fn sealed(&self, s: SegmentId) -> Path {
         self.segment(s).join("sealed")
     }
 
     /// The directory of a segment's blocks.
-    pub fn blocks(&self, s: SegmentId) -> Path {
+    pub(super) fn blocks(&self, s: SegmentId) -> Path {
         self.segment(s).join("b")
     }
 
     /// One block.
-    pub fn block(&self, s: SegmentId, index: u64) -> Path {
+    pub(super) fn block(&self, s: SegmentId, index: u64) -> Path {
         self.blocks(s).join(format!("{index:013}"))
     }
 
     /// The directory of a segment's truncation marks.
-    pub fn truncs(&self, s: SegmentId) -> Path {
+    pub(super) fn truncs(&self, s: SegmentId) -> Path {
         self.segment(s).join("t")
     }
 
     /// One truncation mark.
-    pub fn trunc(&self, s: SegmentId, index: u64) -> Path {
+    pub(super) fn trunc(&self, s: SegmentId, index: u64) -> Path {
         self.truncs(s).join(format!("{index:013}"))
     }
 }
 
 /// The index in a block or truncation-mark name; `None` for anything else.
-pub fn parse_index(name: &str) -> Option<u64> {
+pub(super) fn parse_index(name: &str) -> Option<u64> {
     if name.len() != 13 || !name.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }

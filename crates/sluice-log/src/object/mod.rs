@@ -236,6 +236,15 @@ pub struct ObjectProvider {
     config: Arc<ObjectConfig>,
 }
 
+impl std::fmt::Debug for ObjectProvider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ObjectProvider")
+            .field("store", &self.store.to_string())
+            .field("prefix", &self.prefix.as_ref())
+            .finish_non_exhaustive()
+    }
+}
+
 impl ObjectProvider {
     /// A provider for `config` (builds the store client; touches no object).
     pub fn new(config: ObjectConfig) -> Result<ObjectProvider, LogError> {

@@ -24,7 +24,7 @@ use crate::LogError;
 
 /// Where a reader starts.
 #[derive(Clone, Copy, Debug)]
-pub enum Start {
+pub(super) enum Start {
     /// At the oldest retained record of the first segment at or above `segment` (from its start
     /// when it is a later segment), skipping positions below `at`.
     At(Position),
@@ -33,7 +33,7 @@ pub enum Start {
 }
 
 /// One read.
-pub struct Reader {
+pub(super) struct Reader {
     /// The pchannel.
     pub channel: Channel,
     /// Where to start.
@@ -59,7 +59,7 @@ enum Step {
 
 impl Reader {
     /// Runs until the stream is dropped, the handle closes or a read fails.
-    pub async fn run(mut self) {
+    pub(super) async fn run(mut self) {
         let stop = self.stop.clone();
         tokio::select! {
             _ = stop.cancelled() => {}

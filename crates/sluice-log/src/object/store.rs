@@ -20,11 +20,11 @@ use super::layout::{Layout, SegmentId, parse_index};
 use crate::LogError;
 
 /// Fences a sealer creates at once (see [`Channel::seal`]).
-pub const SEAL_WINDOW: u64 = 32;
+pub(super) const SEAL_WINDOW: u64 = 32;
 
 /// What is at a block index.
 #[derive(Debug)]
-pub enum Fetched {
+pub(super) enum Fetched {
     /// A block (data or fence).
     Block(Block),
     /// Nothing (yet).
@@ -32,7 +32,7 @@ pub enum Fetched {
 }
 
 /// Result of a conditional create.
-pub enum Created {
+pub(super) enum Created {
     /// The object is ours.
     Created,
     /// Something was there already.
@@ -41,7 +41,7 @@ pub enum Created {
 
 /// One pchannel in one object store.
 #[derive(Clone)]
-pub struct Channel {
+pub(super) struct Channel {
     /// The store.
     pub store: Arc<dyn ObjectStore>,
     /// Object names.
@@ -53,7 +53,7 @@ pub struct Channel {
 }
 
 /// A store error as a log error.
-pub fn store_error(what: &str, path: &Path, e: object_store::Error) -> LogError {
+pub(super) fn store_error(what: &str, path: &Path, e: object_store::Error) -> LogError {
     match e {
         object_store::Error::NotImplemented { .. } | object_store::Error::NotSupported { .. } => {
             LogError::InvalidArgument(format!(
@@ -65,7 +65,7 @@ pub fn store_error(what: &str, path: &Path, e: object_store::Error) -> LogError 
 }
 
 /// Retries `op` on retryable errors with exponential backoff until `timeout` has passed.
-pub async fn with_retry<T, F, Fut>(timeout: Duration, mut op: F) -> Result<T, LogError>
+pub(super) async fn with_retry<T, F, Fut>(timeout: Duration, mut op: F) -> Result<T, LogError>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, LogError>>,
@@ -92,7 +92,7 @@ impl Channel {
     }
 
     /// The pchannel's segments, oldest first. Foreign names under the pchannel are corruption.
-    pub async fn segments(&self) -> Result<Vec<SegmentId>, LogError> {
+    pub(super) async fn segments(&self) -> Result<Vec<SegmentId>, LogError> {
         let dir = self.layout.channel();
         with_retry(self.retry_timeout, || async {
             let listed = match self.store.list_with_delimiter(Some(dir)).await {
@@ -117,7 +117,7 @@ impl Channel {
     }
 
     /// Indexes under `dir` (block or truncation-mark names), sorted.
-    pub async fn indexes(&self, dir: &Path) -> Result<BTreeSet<u64>, LogError> {
+    pub(super) async fn indexes(&self, dir: &Path) -> Result<BTreeSet<u64>, LogError> {
         with_retry(self.retry_timeout, || async {
             let metas: Vec<_> = match self.store.list(Some(dir)).try_collect().await {
                 Ok(m) => m,
@@ -139,7 +139,7 @@ impl Channel {
     }
 
     /// The first block index a segment still holds (its newest truncation mark, or 0).
-    pub async fn retained_start(&self, s: SegmentId) -> Result<u64, LogError> {
+    pub(super) async fn retained_start(&self, s: SegmentId) -> Result<u64, LogError> {
         Ok(self
             .indexes(&self.layout.truncs(s))
             .await?
@@ -149,13 +149,17 @@ impl Channel {
     }
 
     /// The block indexes present in a segment at or above `from`.
-    pub async fn block_indexes(&self, s: SegmentId, from: u64) -> Result<BTreeSet<u64>, LogError> {
+    pub(super) async fn block_indexes(
+        &self,
+        s: SegmentId,
+        from: u64,
+    ) -> Result<BTreeSet<u64>, LogError> {
         let mut all = self.indexes(&self.layout.blocks(s)).await?;
         Ok(all.split_off(&from))
     }
 
     /// Reads an object; `None` when it does not exist.
-    pub async fn get(&self, path: &Path) -> Result<Option<Bytes>, LogError> {
+    pub(super) async fn get(&self, path: &Path) -> Result<Option<Bytes>, LogError> {
         with_retry(self.retry_timeout, || async {
             let r = match self.store.get(path).await {
                 Ok(r) => r.bytes().await,
@@ -171,7 +175,7 @@ impl Channel {
     }
 
     /// Fetches the block at `index` of segment `s` and checks it belongs there.
-    pub async fn fetch(&self, s: SegmentId, index: u64) -> Result<Fetched, LogError> {
+    pub(super) async fn fetch(&self, s: SegmentId, index: u64) -> Result<Fetched, LogError> {
         let path = self.layout.block(s, index);
         let Some(data) = self.get(&path).await? else {
             return Ok(Fetched::Missing);
@@ -187,7 +191,7 @@ impl Channel {
     }
 
     /// One conditional-create attempt (no retry).
-    pub async fn create_once(&self, path: &Path, data: Bytes) -> Result<Created, LogError> {
+    pub(super) async fn create_once(&self, path: &Path, data: Bytes) -> Result<Created, LogError> {
         match self
             .store
             .put_opts(path, data.into(), PutOptions::from(PutMode::Create))
@@ -201,12 +205,12 @@ impl Channel {
 
     /// Conditional create with retries. A create whose response was lost and is retried reports
     /// `Exists`; callers that care check the content.
-    pub async fn create(&self, path: &Path, data: Bytes) -> Result<Created, LogError> {
+    pub(super) async fn create(&self, path: &Path, data: Bytes) -> Result<Created, LogError> {
         with_retry(self.retry_timeout, || self.create_once(path, data.clone())).await
     }
 
     /// Writes (or overwrites) an object.
-    pub async fn overwrite(&self, path: &Path, data: Bytes) -> Result<(), LogError> {
+    pub(super) async fn overwrite(&self, path: &Path, data: Bytes) -> Result<(), LogError> {
         with_retry(self.retry_timeout, || async {
             self.store
                 .put(path, data.clone().into())
@@ -218,7 +222,7 @@ impl Channel {
     }
 
     /// Deletes objects; missing ones are fine.
-    pub async fn delete_all(&self, paths: Vec<Path>) -> Result<(), LogError> {
+    pub(super) async fn delete_all(&self, paths: Vec<Path>) -> Result<(), LogError> {
         if paths.is_empty() {
             return Ok(());
         }
@@ -237,7 +241,7 @@ impl Channel {
     }
 
     /// The index of the fence of a sealed segment, from its hint.
-    pub async fn fence_index(&self, s: SegmentId) -> Result<Option<u64>, LogError> {
+    pub(super) async fn fence_index(&self, s: SegmentId) -> Result<Option<u64>, LogError> {
         let path = self.layout.sealed(s);
         let Some(data) = self.get(&path).await? else {
             return Ok(None);
@@ -257,7 +261,7 @@ impl Channel {
     /// log) and keep going, so fences are created for a window of [`SEAL_WINDOW`] indexes at
     /// once: the lowest fence in the window with only blocks below it is the segment's end. Fences
     /// above it are harmless (they only make the writer's later blocks fail sooner).
-    pub async fn seal(&self, s: SegmentId, by: SegmentId) -> Result<u64, LogError> {
+    pub(super) async fn seal(&self, s: SegmentId, by: SegmentId) -> Result<u64, LogError> {
         if let Some(k) = self.fence_index(s).await? {
             return Ok(k);
         }
@@ -299,7 +303,7 @@ impl Channel {
     }
 
     /// A fenced error for a handle at `term` fenced by a writer at `current`.
-    pub fn fenced(&self, term: Term, current: u64) -> LogError {
+    pub(super) fn fenced(&self, term: Term, current: u64) -> LogError {
         LogError::Fenced {
             pchannel: self.pchannel.clone(),
             term,

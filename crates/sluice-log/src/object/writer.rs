@@ -35,7 +35,7 @@ type Waiter = oneshot::Sender<Result<MessageId, LogError>>;
 
 /// Writer settings (from the backend config).
 #[derive(Clone, Copy, Debug)]
-pub struct WriterSettings {
+pub(super) struct WriterSettings {
     /// Seal a block at this many body bytes.
     pub block_size: usize,
     /// Seal a non-empty block this long after its first record.
@@ -69,7 +69,7 @@ struct State {
 }
 
 /// The shared part of a segment writer.
-pub struct Writer {
+pub(super) struct Writer {
     channel: Channel,
     segment: SegmentId,
     term: Term,
@@ -84,7 +84,7 @@ pub struct Writer {
 
 impl Writer {
     /// A writer appending to the (freshly claimed, empty) `segment`.
-    pub fn new(
+    pub(super) fn new(
         channel: Channel,
         segment: SegmentId,
         term: Term,
@@ -114,22 +114,22 @@ impl Writer {
     }
 
     /// The segment written.
-    pub fn segment(&self) -> SegmentId {
+    pub(super) fn segment(&self) -> SegmentId {
         self.segment
     }
 
     /// Watches the next block index to be acknowledged.
-    pub fn acked(&self) -> watch::Receiver<u64> {
+    pub(super) fn acked(&self) -> watch::Receiver<u64> {
         self.acked.subscribe()
     }
 
     /// The error every append gets from now on, if the writer stopped.
-    pub fn failure(&self) -> Option<LogError> {
+    pub(super) fn failure(&self) -> Option<LogError> {
         self.state.lock().failed.clone()
     }
 
     /// Stops the writer with `err` (if not stopped already) and fails everything pending.
-    pub fn fail(&self, err: LogError) {
+    pub(super) fn fail(&self, err: LogError) {
         let (open, sealed) = {
             let mut st = self.state.lock();
             if st.failed.is_none() {
@@ -152,7 +152,7 @@ impl Writer {
     }
 
     /// Accepts one record (see [`crate::LogHandle::enqueue`]).
-    pub async fn enqueue(
+    pub(super) async fn enqueue(
         &self,
         message: MutableMessage,
         cancel: &CancellationToken,
@@ -214,7 +214,7 @@ impl Writer {
     }
 
     /// Runs the flusher until `cancel` fires or the writer fails.
-    pub async fn run_flusher(self: Arc<Self>, cancel: CancellationToken) {
+    pub(super) async fn run_flusher(self: Arc<Self>, cancel: CancellationToken) {
         // Uploads run concurrently; `waiting` holds their waiters in the same (block) order, so
         // results are taken, and acknowledged, in order.
         let mut inflight: FuturesOrdered<BoxFuture<'static, Result<(), LogError>>> =

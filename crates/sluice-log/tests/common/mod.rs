@@ -8,7 +8,7 @@ use std::thread::JoinHandle;
 /// Re-runs this test binary as a child that executes only the (ignored) test `name`, with
 /// `envs` set. Returns the child, its stdout lines as they arrive, and the thread reading them
 /// (it ends when the child's stdout closes).
-pub fn spawn_child_test(
+pub(crate) fn spawn_child_test(
     name: &str,
     envs: &[(&str, String)],
 ) -> (Child, mpsc::Receiver<String>, JoinHandle<()>) {

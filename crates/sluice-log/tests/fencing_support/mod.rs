@@ -20,12 +20,12 @@ use sluice_types::{ImmutableMessage, MessageId, MutableMessage, PChannel, Term};
 use crate::common;
 
 /// The pchannel every fencing test uses (each test has its own directory, prefix or topics).
-pub fn pchannel() -> PChannel {
+pub(crate) fn pchannel() -> PChannel {
     PChannel::new("fence-pch").unwrap()
 }
 
 /// A two-worker runtime, for tests that run a scenario (or a child's part of one) themselves.
-pub fn runtime() -> tokio::runtime::Runtime {
+pub(crate) fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -34,7 +34,7 @@ pub fn runtime() -> tokio::runtime::Runtime {
 }
 
 /// An insert whose payload is `text`.
-pub fn message(text: &str) -> MutableMessage {
+pub(crate) fn message(text: &str) -> MutableMessage {
     MutableMessage::builder(InsertHeader::default())
         .payload(text.as_bytes().to_vec())
         .build()
@@ -42,12 +42,12 @@ pub fn message(text: &str) -> MutableMessage {
 }
 
 /// The payload of a record written by [`message`].
-pub fn text(m: &ImmutableMessage) -> String {
+pub(crate) fn text(m: &ImmutableMessage) -> String {
     String::from_utf8(m.payload().to_vec()).unwrap()
 }
 
 /// The next record, failing the test after 30 s.
-pub async fn next(stream: &mut LogStream) -> Result<ImmutableMessage, LogError> {
+pub(crate) async fn next(stream: &mut LogStream) -> Result<ImmutableMessage, LogError> {
     tokio::time::timeout(Duration::from_secs(30), stream.next())
         .await
         .expect("read timed out")
@@ -55,7 +55,10 @@ pub async fn next(stream: &mut LogStream) -> Result<ImmutableMessage, LogError> 
 }
 
 /// Reads everything from the start through `last`, checking that ids increase.
-pub async fn read_through(handle: &Arc<dyn LogHandle>, last: MessageId) -> Vec<ImmutableMessage> {
+pub(crate) async fn read_through(
+    handle: &Arc<dyn LogHandle>,
+    last: MessageId,
+) -> Vec<ImmutableMessage> {
     let mut stream = handle
         .read(ReadOptions::new(DeliverPolicy::All))
         .await
@@ -75,7 +78,7 @@ pub async fn read_through(handle: &Arc<dyn LogHandle>, last: MessageId) -> Vec<I
 }
 
 /// No record whose text starts with `old` comes after the first one that starts with `new`.
-pub fn assert_terms_in_order(records: &[ImmutableMessage], old: &str, new: &str) {
+pub(crate) fn assert_terms_in_order(records: &[ImmutableMessage], old: &str, new: &str) {
     let Some(first_new) = records.iter().position(|m| text(m).starts_with(new)) else {
         panic!("no {new} record");
     };
@@ -93,7 +96,7 @@ pub fn assert_terms_in_order(records: &[ImmutableMessage], old: &str, new: &str)
 }
 
 /// Prints one line to stdout at once (the parent reads them as they come).
-pub fn print_line(line: &str) {
+pub(crate) fn print_line(line: &str) {
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "{line}").and_then(|()| out.flush());
 }
@@ -102,7 +105,10 @@ pub fn print_line(line: &str) {
 /// at term 1, prints `READY`, then eight tasks append until they fail, printing `ACK {id}` for
 /// every acknowledged append. Returns `FENCED` when every task (and one more append) failed
 /// with `Fenced`, `ERROR ...` otherwise.
-pub async fn child_fenced_appender(provider: Arc<dyn LogProvider>, pchannel: PChannel) -> String {
+pub(crate) async fn child_fenced_appender(
+    provider: Arc<dyn LogProvider>,
+    pchannel: PChannel,
+) -> String {
     let handle = provider
         .open(OpenOptions::read_write(pchannel, Term(1)))
         .await
@@ -146,7 +152,7 @@ pub async fn child_fenced_appender(provider: Arc<dyn LogProvider>, pchannel: PCh
 /// `provider` and appends 20 records; then checks that the child was fenced, that everything
 /// it acknowledged is readable and precedes term 2, and that no term-1 record follows a term-2
 /// one.
-pub async fn higher_term_in_another_process_fences_the_writer(
+pub(crate) async fn higher_term_in_another_process_fences_the_writer(
     provider: Arc<dyn LogProvider>,
     pchannel: PChannel,
     child_test: &str,
@@ -202,7 +208,7 @@ pub async fn higher_term_in_another_process_fences_the_writer(
 /// `rounds` rounds: sixteen writers at an odd term append while the next term opens. Every
 /// acknowledged old record is readable and precedes the new term; no append begun after the
 /// open returned is acknowledged; the old handle stays fenced.
-pub async fn writers_racing_a_higher_term_open_lose_nothing_and_stay_fenced(
+pub(crate) async fn writers_racing_a_higher_term_open_lose_nothing_and_stay_fenced(
     provider: Arc<dyn LogProvider>,
     pchannel: PChannel,
     rounds: u64,
@@ -276,7 +282,7 @@ pub async fn writers_racing_a_higher_term_open_lose_nothing_and_stay_fenced(
 /// `rounds` rounds: opens at two terms race, through two providers (as two nodes would have).
 /// The higher one opens; the lower one either fails `Fenced` or is fenced by the time the
 /// higher one has opened. Only the higher terms' records are in the log.
-pub async fn racing_opens_leave_only_the_higher_term_writable(
+pub(crate) async fn racing_opens_leave_only_the_higher_term_writable(
     a: Arc<dyn LogProvider>,
     b: Arc<dyn LogProvider>,
     pchannel: PChannel,

@@ -10,11 +10,11 @@ use sluice_log::kafka::{KafkaConfig, KafkaProvider};
 use sluice_log::testkit::TestBackend;
 
 /// The environment variable with the broker address (e.g. `127.0.0.1:9092`).
-pub const KAFKA_ENV: &str = "SLUICE_TEST_KAFKA";
+pub(crate) const KAFKA_ENV: &str = "SLUICE_TEST_KAFKA";
 
 /// The broker address, or `None` (after a note) when the tests should be skipped. In CI
 /// (`CI=true`) a missing broker fails the test instead.
-pub fn kafka_broker() -> Option<String> {
+pub(crate) fn kafka_broker() -> Option<String> {
     match std::env::var(KAFKA_ENV) {
         Ok(e) if !e.is_empty() => Some(e),
         _ => {
@@ -30,14 +30,14 @@ pub fn kafka_broker() -> Option<String> {
 }
 
 /// A prefix no other test uses (tests share one broker).
-pub fn unique_prefix(what: &str) -> String {
+pub(crate) fn unique_prefix(what: &str) -> String {
     format!("{what}-{:016x}-", rand::random::<u64>())
 }
 
 /// Settings for tests under `prefix`. Readers are `read_uncommitted`: the test broker (Tansu
 /// 0.6.0) can leave a fenced epoch's transaction open for good, and `read_committed` readers then
 /// stall at it (see "Limits of the test broker" in `sluice_log::kafka`).
-pub fn test_config(broker: &str, prefix: &str) -> KafkaConfig {
+pub(crate) fn test_config(broker: &str, prefix: &str) -> KafkaConfig {
     KafkaConfig {
         prefix: prefix.into(),
         op_timeout: Duration::from_secs(20),
@@ -47,7 +47,7 @@ pub fn test_config(broker: &str, prefix: &str) -> KafkaConfig {
 }
 
 /// A fresh backend: a new random prefix on the test broker.
-pub fn backend(broker: &str) -> TestBackend {
+pub(crate) fn backend(broker: &str) -> TestBackend {
     let config = test_config(broker, &unique_prefix("conf"));
     TestBackend::new(Arc::new(
         KafkaProvider::new(config).expect("kafka provider"),

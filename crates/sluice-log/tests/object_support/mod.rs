@@ -10,12 +10,12 @@ use sluice_log::object::{ObjectConfig, ObjectProvider, ObjectStoreConfig, S3Conf
 use sluice_log::testkit::TestBackend;
 
 /// The environment variable with the S3 endpoint (e.g. `http://127.0.0.1:9000`).
-pub const S3_ENV: &str = "SLUICE_TEST_S3";
+pub(crate) const S3_ENV: &str = "SLUICE_TEST_S3";
 /// The bucket the tests use (created if missing).
-pub const BUCKET: &str = "sluice-test";
+pub(crate) const BUCKET: &str = "sluice-test";
 
 /// Settings that keep tests quick: small blocks (size seals happen), short intervals.
-pub fn test_config(store: ObjectStoreConfig) -> ObjectConfig {
+pub(crate) fn test_config(store: ObjectStoreConfig) -> ObjectConfig {
     ObjectConfig {
         block_size: 8 << 10,
         flush_interval: Duration::from_millis(2),
@@ -26,7 +26,7 @@ pub fn test_config(store: ObjectStoreConfig) -> ObjectConfig {
 }
 
 /// A fresh backend in a new temp directory.
-pub fn local_backend() -> TestBackend {
+pub(crate) fn local_backend() -> TestBackend {
     let dir = tempfile::tempdir().expect("temp dir");
     let config = test_config(ObjectStoreConfig::LocalDir(dir.path().to_path_buf()));
     TestBackend::with_keep(
@@ -37,7 +37,7 @@ pub fn local_backend() -> TestBackend {
 
 /// The S3 endpoint, or `None` (after a note) when the tests should be skipped. In CI
 /// (`CI=true`) a missing endpoint fails the test instead.
-pub fn s3_endpoint() -> Option<String> {
+pub(crate) fn s3_endpoint() -> Option<String> {
     match std::env::var(S3_ENV) {
         Ok(e) if !e.is_empty() => Some(e),
         _ => {
@@ -52,10 +52,10 @@ pub fn s3_endpoint() -> Option<String> {
     }
 }
 
-pub use sluice_log::testkit::ensure_s3_bucket as ensure_bucket;
+pub(crate) use sluice_log::testkit::ensure_s3_bucket as ensure_bucket;
 
 /// S3 settings for `endpoint`.
-pub fn s3_store(endpoint: &str) -> ObjectStoreConfig {
+pub(crate) fn s3_store(endpoint: &str) -> ObjectStoreConfig {
     ensure_bucket(endpoint, BUCKET);
     ObjectStoreConfig::S3(S3Config {
         access_key_id: "test".into(),
@@ -65,7 +65,7 @@ pub fn s3_store(endpoint: &str) -> ObjectStoreConfig {
 }
 
 /// A fresh backend on S3: a new random prefix in the test bucket.
-pub fn s3_backend(endpoint: &str) -> TestBackend {
+pub(crate) fn s3_backend(endpoint: &str) -> TestBackend {
     let config = ObjectConfig {
         prefix: format!("conf-{:016x}", rand::random::<u64>()),
         ..test_config(s3_store(endpoint))

@@ -17,23 +17,23 @@ use sluice_wal::shard::NodeGrowingBytes;
 use sluice_wal::tso::LocalOracle;
 use sluice_wal::{Wal, WalConfig, WalDeps};
 
-pub const COLLECTION: i64 = 100;
-pub const PARTITION: i64 = 10;
+pub(crate) const COLLECTION: i64 = 100;
+pub(crate) const PARTITION: i64 = 10;
 
 /// A backend for a test, with whatever must outlive it.
-pub struct Backend {
+pub(crate) struct Backend {
     pub provider: Arc<dyn LogProvider>,
     pub _dir: Option<tempfile::TempDir>,
 }
 
-pub fn memory() -> Backend {
+pub(crate) fn memory() -> Backend {
     Backend {
         provider: Arc::new(MemoryProvider::new(MemoryConfig::default())),
         _dir: None,
     }
 }
 
-pub fn local() -> Backend {
+pub(crate) fn local() -> Backend {
     let dir = tempfile::tempdir().unwrap();
     let provider = LocalProvider::new(LocalConfig::new(dir.path())).unwrap();
     Backend {
@@ -42,15 +42,15 @@ pub fn local() -> Backend {
     }
 }
 
-pub fn pchannel() -> PChannel {
+pub(crate) fn pchannel() -> PChannel {
     PChannel::new("wal-test-dml_0").unwrap()
 }
 
-pub fn vchannel(collection: i64) -> VChannel {
+pub(crate) fn vchannel(collection: i64) -> VChannel {
     pchannel().vchannel(CollectionId(collection), 0).unwrap()
 }
 
-pub fn deps() -> WalDeps {
+pub(crate) fn deps() -> WalDeps {
     let oracle = LocalOracle::new();
     WalDeps {
         oracle: oracle.clone(),
@@ -60,20 +60,20 @@ pub fn deps() -> WalDeps {
     }
 }
 
-pub fn fast_config() -> WalConfig {
+pub(crate) fn fast_config() -> WalConfig {
     WalConfig {
         timetick_interval: Duration::from_millis(20),
         ..WalConfig::default()
     }
 }
 
-pub async fn open(b: &Backend, term: u64, config: WalConfig) -> Wal {
+pub(crate) async fn open(b: &Backend, term: u64, config: WalConfig) -> Wal {
     Wal::open(&*b.provider, pchannel(), Term(term), config, deps())
         .await
         .unwrap()
 }
 
-pub fn create_collection(collection: i64) -> MutableMessage {
+pub(crate) fn create_collection(collection: i64) -> MutableMessage {
     MutableMessage::builder(CreateCollectionHeader {
         collection_id: collection,
         partition_ids: vec![PARTITION],
@@ -84,7 +84,7 @@ pub fn create_collection(collection: i64) -> MutableMessage {
     .unwrap()
 }
 
-pub fn drop_collection(collection: i64) -> MutableMessage {
+pub(crate) fn drop_collection(collection: i64) -> MutableMessage {
     MutableMessage::builder(DropCollectionHeader {
         collection_id: collection,
         db_id: 1,
@@ -94,7 +94,7 @@ pub fn drop_collection(collection: i64) -> MutableMessage {
     .unwrap()
 }
 
-pub fn insert(collection: i64, tag: &str, bytes: usize) -> MutableMessage {
+pub(crate) fn insert(collection: i64, tag: &str, bytes: usize) -> MutableMessage {
     MutableMessage::builder(InsertHeader {
         collection_id: collection,
         partitions: vec![PartitionSegmentAssignment {
@@ -111,7 +111,7 @@ pub fn insert(collection: i64, tag: &str, bytes: usize) -> MutableMessage {
     .unwrap()
 }
 
-pub fn delete(collection: i64) -> MutableMessage {
+pub(crate) fn delete(collection: i64) -> MutableMessage {
     MutableMessage::builder(DeleteHeader {
         collection_id: collection,
         rows: 1,
@@ -121,7 +121,7 @@ pub fn delete(collection: i64) -> MutableMessage {
     .unwrap()
 }
 
-pub fn begin(collection: i64, keepalive_ms: i64) -> MutableMessage {
+pub(crate) fn begin(collection: i64, keepalive_ms: i64) -> MutableMessage {
     MutableMessage::builder(BeginTxnHeader {
         keepalive_milliseconds: keepalive_ms,
     })
@@ -130,12 +130,12 @@ pub fn begin(collection: i64, keepalive_ms: i64) -> MutableMessage {
     .unwrap()
 }
 
-pub fn in_txn(mut m: MutableMessage, ctx: TxnContext) -> MutableMessage {
+pub(crate) fn in_txn(mut m: MutableMessage, ctx: TxnContext) -> MutableMessage {
     m.set_txn_context(ctx);
     m
 }
 
-pub fn commit(collection: i64, ctx: TxnContext) -> MutableMessage {
+pub(crate) fn commit(collection: i64, ctx: TxnContext) -> MutableMessage {
     in_txn(
         MutableMessage::builder(CommitTxnHeader::default())
             .vchannel(&vchannel(collection))
@@ -145,7 +145,7 @@ pub fn commit(collection: i64, ctx: TxnContext) -> MutableMessage {
     )
 }
 
-pub fn rollback(collection: i64, ctx: TxnContext) -> MutableMessage {
+pub(crate) fn rollback(collection: i64, ctx: TxnContext) -> MutableMessage {
     in_txn(
         MutableMessage::builder(RollbackTxnHeader::default())
             .vchannel(&vchannel(collection))
@@ -156,7 +156,7 @@ pub fn rollback(collection: i64, ctx: TxnContext) -> MutableMessage {
 }
 
 /// Next item, failing the test after 10 s of silence.
-pub async fn next(s: &mut Scanner) -> ReadMessage {
+pub(crate) async fn next(s: &mut Scanner) -> ReadMessage {
     tokio::time::timeout(Duration::from_secs(10), s.next())
         .await
         .expect("scanner silent for 10 s")

@@ -20,13 +20,13 @@ use std::time::{Duration, Instant};
 use rustix::process::{Pid, Signal, kill_process};
 
 /// The `sluice` binary built for this test run.
-pub fn sluice_bin() -> &'static str {
+pub(crate) fn sluice_bin() -> &'static str {
     env!("CARGO_BIN_EXE_sluice")
 }
 
 /// The etcd endpoint from `SLUICE_TEST_ETCD`; `None` (with a note) when unset, unless `CI=true`,
 /// where it is a failure.
-pub fn etcd_endpoint(test: &str) -> Option<String> {
+pub(crate) fn etcd_endpoint(test: &str) -> Option<String> {
     match std::env::var("SLUICE_TEST_ETCD") {
         Ok(e) if !e.is_empty() => Some(e),
         _ => {
@@ -40,7 +40,7 @@ pub fn etcd_endpoint(test: &str) -> Option<String> {
 }
 
 /// A meta-store key root no other test run uses.
-pub fn unique_root(test: &str) -> String {
+pub(crate) fn unique_root(test: &str) -> String {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos())
@@ -49,7 +49,7 @@ pub fn unique_root(test: &str) -> String {
 }
 
 /// A running server process.
-pub struct Proc {
+pub(crate) struct Proc {
     /// A name for messages (`node-2`, `coord`, ...).
     pub name: String,
     /// The address it listens on (`host:port`), from its "listening on" line.
@@ -62,7 +62,7 @@ pub struct Proc {
 
 /// Why a process did not come up.
 #[derive(Debug)]
-pub struct SpawnError {
+pub(crate) struct SpawnError {
     /// What happened, with the tail of the process's stderr.
     pub message: String,
 }
@@ -77,7 +77,7 @@ impl Proc {
     /// Starts `sluice ARGS` with `envs`, stderr into `{log_dir}/{name}.stderr` (appended, so a
     /// restarted process keeps its predecessor's log), and waits up to `timeout` for its
     /// "listening on ADDR" stdout line.
-    pub fn spawn(
+    pub(crate) fn spawn(
         name: &str,
         args: &[&str],
         envs: &[(&str, &str)],
@@ -165,30 +165,30 @@ impl Proc {
     }
 
     /// `http://ADDR`.
-    pub fn endpoint(&self) -> String {
+    pub(crate) fn endpoint(&self) -> String {
         format!("http://{}", self.addr)
     }
 
     /// The process id.
-    pub fn pid(&self) -> u32 {
+    pub(crate) fn pid(&self) -> u32 {
         self.child.id()
     }
 
     /// Sends `signal`.
-    pub fn signal(&self, signal: Signal) {
+    pub(crate) fn signal(&self, signal: Signal) {
         let pid = Pid::from_child(&self.child);
         kill_process(pid, signal)
             .unwrap_or_else(|e| panic!("sending {signal:?} to {}: {e}", self.name));
     }
 
     /// SIGKILLs the process and reaps it.
-    pub fn kill(&mut self) {
+    pub(crate) fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
 
     /// Waits up to `timeout` for the process to exit.
-    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+    pub(crate) fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
         let deadline = Instant::now() + timeout;
         loop {
             match self.child.try_wait() {
@@ -202,12 +202,12 @@ impl Proc {
     }
 
     /// The stdout lines printed since the last call (after the "listening" line).
-    pub fn stdout_lines(&self) -> Vec<String> {
+    pub(crate) fn stdout_lines(&self) -> Vec<String> {
         self.stdout_rx.try_iter().collect()
     }
 
     /// The last `n` lines of its stderr.
-    pub fn stderr_tail(&self, n: usize) -> String {
+    pub(crate) fn stderr_tail(&self, n: usize) -> String {
         tail(&self.stderr_path, n)
     }
 }
@@ -236,7 +236,7 @@ fn listening_addr(line: &str) -> Option<String> {
 }
 
 /// The last `n` lines of the file at `path`.
-pub fn tail(path: &Path, n: usize) -> String {
+pub(crate) fn tail(path: &Path, n: usize) -> String {
     let mut s = String::new();
     if let Ok(mut f) = std::fs::File::open(path) {
         let _ = f.read_to_string(&mut s);
@@ -247,7 +247,7 @@ pub fn tail(path: &Path, n: usize) -> String {
 
 /// What a finished client command printed.
 #[derive(Debug)]
-pub struct CliOutput {
+pub(crate) struct CliOutput {
     /// Its exit status.
     pub status: ExitStatus,
     /// Its stdout.
@@ -258,7 +258,7 @@ pub struct CliOutput {
 
 /// Runs `sluice ARGS` with `envs` to completion; panics (with what it printed) if it takes
 /// longer than `timeout`.
-pub fn run_cli(args: &[&str], envs: &[(&str, &str)], timeout: Duration) -> CliOutput {
+pub(crate) fn run_cli(args: &[&str], envs: &[(&str, &str)], timeout: Duration) -> CliOutput {
     let mut cmd = Command::new(sluice_bin());
     cmd.args(args)
         .stdin(Stdio::null())
