@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use sluice_proto::convert;
 use sluice_proto::v1::{self, coordinator_client::CoordinatorClient};
 use sluice_types::backoff::Backoff;
-use sluice_types::{ErrorCode, PChannel, Term};
+use sluice_types::{ErrorCode, NodeId, PChannel, Term};
 use tokio::sync::watch;
 use tokio_util::task::AbortOnDropHandle;
 
@@ -20,7 +20,7 @@ pub struct Assignment {
     /// The owner's term.
     pub term: Term,
     /// The owning node.
-    pub node_id: u64,
+    pub node_id: NodeId,
     /// Its gRPC address (`host:port`).
     pub address: String,
 }
@@ -178,7 +178,7 @@ fn topology_from_wire(update: v1::Assignments) -> Result<Topology, convert::Wire
             Assignment {
                 pchannel,
                 term,
-                node_id: a.node_id,
+                node_id: NodeId(a.node_id),
                 address: a.address,
             },
         );

@@ -1,17 +1,8 @@
 //! Streaming node identity as the coordinator sees it.
 
 use std::collections::BTreeMap;
-use std::fmt;
 
-/// A streaming node's id: unique in the cluster, chosen by the node (or the operator).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct NodeId(pub u64);
-
-impl fmt::Display for NodeId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "node-{}", self.0)
-    }
-}
+pub use sluice_types::NodeId;
 
 /// What a node announces when it registers.
 #[derive(Clone, Debug, PartialEq, Eq)]

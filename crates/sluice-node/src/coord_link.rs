@@ -21,7 +21,7 @@ use sluice_proto::v1::{
     streaming_node_manager_client::StreamingNodeManagerClient,
 };
 use sluice_proto::{convert, lazy_channel};
-use sluice_types::{ErrorCode, PChannel, Term, Timestamp};
+use sluice_types::{ErrorCode, NodeId, PChannel, Term, Timestamp};
 use sluice_wal::WalError;
 use sluice_wal::tso::{IdAllocator, TimestampOracle};
 use tonic::transport::Channel;
@@ -111,7 +111,7 @@ impl NodeClient for GrpcNodeClient {
 /// The coordinator's calls to the node in its own process (standalone), without gRPC; calls for
 /// any other node fail.
 pub struct LocalNodeClient {
-    node_id: sluice_coord::NodeId,
+    node_id: NodeId,
     manager: Arc<WalManager>,
 }
 
@@ -123,7 +123,7 @@ impl std::fmt::Debug for LocalNodeClient {
 
 impl LocalNodeClient {
     /// Calls for `node_id` go to `manager`.
-    pub fn new(node_id: sluice_coord::NodeId, manager: Arc<WalManager>) -> LocalNodeClient {
+    pub fn new(node_id: NodeId, manager: Arc<WalManager>) -> LocalNodeClient {
         LocalNodeClient { node_id, manager }
     }
 

@@ -23,7 +23,7 @@ use sluice_proto::v1::{
     streaming_node_manager_server::{StreamingNodeManager, StreamingNodeManagerServer},
     streaming_node_server::{StreamingNode, StreamingNodeServer},
 };
-use sluice_types::{ErrorCode, MutableMessage, PChannel, Term, Timestamp, VChannel};
+use sluice_types::{ErrorCode, MutableMessage, NodeId, PChannel, Term, Timestamp, VChannel};
 use sluice_wal::scanner::{MessageFilter, ScannerOptions};
 use sluice_wal::{Wal, WalError};
 use tokio::sync::{Notify, Semaphore, mpsc};
@@ -40,7 +40,7 @@ type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 /// Both services over one [`WalManager`].
 #[derive(Clone)]
 pub struct NodeService {
-    node_id: u64,
+    node_id: NodeId,
     manager: Arc<WalManager>,
     producers: Arc<std::sync::atomic::AtomicU64>,
 }
@@ -53,7 +53,7 @@ impl std::fmt::Debug for NodeService {
 
 impl NodeService {
     /// The services of node `node_id`.
-    pub fn new(node_id: u64, manager: Arc<WalManager>) -> NodeService {
+    pub fn new(node_id: NodeId, manager: Arc<WalManager>) -> NodeService {
         NodeService {
             node_id,
             manager,
@@ -353,7 +353,7 @@ impl StreamingNodeManager for NodeService {
             })
             .collect();
         Ok(Response::new(v1::StatusResponse {
-            node_id: self.node_id,
+            node_id: self.node_id.0,
             wals,
         }))
     }

@@ -17,7 +17,7 @@ use sluice_proto::v1::{
     streaming_node_client::StreamingNodeClient,
 };
 use sluice_types::message::{CreateCollectionHeader, InsertHeader, PartitionSegmentAssignment};
-use sluice_types::{ErrorCode, MessageType, MutableMessage, PChannel, Term, VChannel};
+use sluice_types::{ErrorCode, MessageType, MutableMessage, NodeId, PChannel, Term, VChannel};
 use sluice_types::{MessageFilter, ReadMessage};
 use sluice_wal::shard::NodeGrowingBytes;
 use sluice_wal::tso::LocalOracle;
@@ -50,7 +50,7 @@ async fn start_node(id: u64, provider: Arc<dyn LogProvider>, oracle: Arc<LocalOr
         ..WalConfig::default()
     };
     let manager = Arc::new(WalManager::new(provider, config, deps));
-    let service = NodeService::new(id, manager.clone());
+    let service = NodeService::new(NodeId(id), manager.clone());
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap().to_string();
     let server = tokio::spawn(async move {
@@ -115,7 +115,7 @@ fn assignment(node: &TestNode, term: u64) -> Assignment {
     Assignment {
         pchannel: pchannel(),
         term: Term(term),
-        node_id: node.id,
+        node_id: NodeId(node.id),
         address: node.address.clone(),
     }
 }
@@ -416,7 +416,7 @@ async fn attempts_on_a_hanging_owner_end_when_the_pchannel_moves() {
     let hanging = Assignment {
         pchannel: pchannel(),
         term: Term(1),
-        node_id: 1,
+        node_id: NodeId(1),
         address: hang_address,
     };
 

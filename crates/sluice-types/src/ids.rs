@@ -214,6 +214,16 @@ numeric_id!(
     TxnId
 );
 
+/// A streaming node's id: unique in the cluster, chosen by the node (or the operator).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct NodeId(pub u64);
+
+impl fmt::Display for NodeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "node-{}", self.0)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

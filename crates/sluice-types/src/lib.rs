@@ -14,6 +14,6 @@ pub mod read;
 pub use channel::{PChannel, VChannel};
 pub use code::ErrorCode;
 pub use error::{CodecError, ParseError};
-pub use ids::{CollectionId, MessageId, PartitionId, SegmentId, Term, Timestamp, TxnId};
+pub use ids::{CollectionId, MessageId, NodeId, PartitionId, SegmentId, Term, Timestamp, TxnId};
 pub use message::{ImmutableMessage, ImmutableTxnMessage, Message, MessageType, MutableMessage};
 pub use read::{AppendResult, ConsumeOptions, DeliverPolicy, MessageFilter, ReadMessage};

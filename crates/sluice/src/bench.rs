@@ -408,7 +408,7 @@ async fn grpc_points(
     let in_process = Client::new(
         server.topology.clone(),
         Arc::new(RoutedAccess::new(Some((
-            server.node_id.0,
+            server.node_id,
             server.manager.clone(),
         )))),
         client_config.clone(),

@@ -10,19 +10,19 @@ use futures::StreamExt;
 use sluice_client::access::{MessageStream, RemoteAccess, WalAccess};
 use sluice_client::{Assignment, ClientError};
 use sluice_node::WalManager;
-use sluice_types::{AppendResult, ConsumeOptions, MutableMessage};
+use sluice_types::{AppendResult, ConsumeOptions, MutableMessage, NodeId};
 use sluice_wal::scanner::ScannerOptions;
 
 /// Direct access to the WALs of a node in this process, gRPC for every other node.
 pub(crate) struct RoutedAccess {
-    local: Option<(u64, Arc<WalManager>)>,
+    local: Option<(NodeId, Arc<WalManager>)>,
     remote: RemoteAccess,
 }
 
 impl RoutedAccess {
     /// Routes appends for node `node_id` to `manager` directly (no network hop), the rest over
     /// gRPC. `None`: everything over gRPC.
-    pub(crate) fn new(local: Option<(u64, Arc<WalManager>)>) -> RoutedAccess {
+    pub(crate) fn new(local: Option<(NodeId, Arc<WalManager>)>) -> RoutedAccess {
         RoutedAccess {
             local,
             remote: RemoteAccess::new(),

@@ -216,7 +216,7 @@ fn client_topology(t: &sluice_coord::assign::Topology) -> sluice_client::Topolog
                     sluice_client::Assignment {
                         pchannel,
                         term: *term,
-                        node_id: node.id.0,
+                        node_id: node.id,
                         address: node.address.clone(),
                     },
                 ))
@@ -379,13 +379,13 @@ impl Standalone {
         let _ = manager_slot.set(manager.clone());
         let topology = Arc::new(LeaderTopology::new(coordinator.clone()));
         let access: Arc<dyn WalAccess> =
-            Arc::new(RoutedAccess::new(Some((node_id.0, manager.clone()))));
+            Arc::new(RoutedAccess::new(Some((node_id, manager.clone()))));
         let client = Client::new(topology.clone(), access, ClientConfig::default());
         let _ = appender.0.set(client);
 
         let session = register_node(store.clone(), config, advertise.clone()).await?;
 
-        let node = NodeService::new(node_id.0, manager.clone());
+        let node = NodeService::new(node_id, manager.clone());
         let coord_service = CoordinatorService::new(coordinator.clone());
         let (mut reporter, health_service) = health();
         reporter
@@ -537,7 +537,7 @@ pub(crate) async fn node(config: Config) -> anyhow::Result<()> {
     let manager = wal_manager(&config, provider, oracle);
     let node_id = NodeId(config.node.id);
     let session = register_node(store, &config, advertise.clone()).await?;
-    let service = NodeService::new(node_id.0, manager.clone());
+    let service = NodeService::new(node_id, manager.clone());
     let (_reporter, health_service) = health();
     println!(
         "sluice node {} listening on {addr} (advertised as {advertise})",

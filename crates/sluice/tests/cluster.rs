@@ -582,11 +582,11 @@ async fn run_cluster(etcd: String, medium: Medium, label: &str) {
         })
         .await;
         let owner = before.channels[&pchannel].clone();
-        let victim = owner.node_id;
+        let victim = owner.node_id.0;
         let owned: Vec<(String, Term)> = before
             .channels
             .values()
-            .filter(|a| a.node_id == victim)
+            .filter(|a| a.node_id.0 == victim)
             .map(|a| (a.pchannel.as_str().to_owned(), a.term))
             .collect();
 
@@ -603,7 +603,7 @@ async fn run_cluster(etcd: String, medium: Medium, label: &str) {
                 owned.iter().all(|(p, term)| {
                     t.channels
                         .get(p)
-                        .is_some_and(|a| a.term > *term && a.node_id != victim)
+                        .is_some_and(|a| a.term > *term && a.node_id.0 != victim)
                 })
             },
         )
@@ -656,8 +656,7 @@ async fn run_cluster(etcd: String, medium: Medium, label: &str) {
     let store = sluice_meta::etcd::EtcdStore::connect(std::slice::from_ref(&cluster.etcd))
         .await
         .expect("connecting to etcd");
-    let node_key = sluice_coord::keys::Keys::new(cluster.root.clone())
-        .node(sluice_coord::NodeId(owner.node_id));
+    let node_key = sluice_coord::keys::Keys::new(cluster.root.clone()).node(owner.node_id);
     assert!(
         store.get(&node_key).await.expect("etcd get").is_some(),
         "the owner's registration {node_key} exists"
@@ -685,7 +684,7 @@ async fn run_cluster(etcd: String, medium: Medium, label: &str) {
         }),
         Err(e) => eprintln!("note: the owner refused the append before the stop: {e}"),
     }
-    cluster.nodes[&owner.node_id].signal(Signal::STOP);
+    cluster.nodes[&owner.node_id.0].signal(Signal::STOP);
     let stopped_at = Instant::now();
     let lapse_deadline = stopped_at + WAIT;
     while store.get(&node_key).await.expect("etcd get").is_some() {
@@ -696,7 +695,7 @@ async fn run_cluster(etcd: String, medium: Medium, label: &str) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let lapsed_after = stopped_at.elapsed();
-    cluster.nodes[&owner.node_id].signal(Signal::CONT);
+    cluster.nodes[&owner.node_id.0].signal(Signal::CONT);
     let moved = wait_topology(
         &mut topo_rx,
         &format!("{pchannel} leaves stopped node {}", owner.node_id),
@@ -744,7 +743,7 @@ async fn run_cluster(etcd: String, medium: Medium, label: &str) {
     .await;
     cluster
         .nodes
-        .get_mut(&owner.node_id)
+        .get_mut(&owner.node_id.0)
         .expect("the stopped node")
         .kill();
 
