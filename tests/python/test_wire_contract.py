@@ -456,6 +456,9 @@ def test_a_client_from_the_protos_alone(pb, server):
         assert info.reason == reason, f"{what}: {info}"
         number = getattr(pb.common, f"ERROR_CODE_{reason}")
         assert info.metadata["code"] == str(number), what
+        if reason in ("CHANNEL_NOT_EXIST", "UNMATCHED_CHANNEL_TERM"):
+            # Errors about a pchannel's owner name the pchannel and the term held here.
+            assert info.metadata["pchannel"] and info.metadata["term"].isdigit(), info
         want = grpc.StatusCode.INVALID_ARGUMENT if reason == "INVALID_ARGUMENT" else (
             grpc.StatusCode.FAILED_PRECONDITION)
         assert code == want, f"{what}: {code}"

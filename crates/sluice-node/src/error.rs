@@ -53,8 +53,32 @@ impl NodeError {
         }
     }
 
-    /// This error as a gRPC status carrying the code.
+    /// The pchannel and the term the error is about, where it names them.
+    pub fn pchannel_term(&self) -> Option<(&PChannel, Term)> {
+        match self {
+            NodeError::ChannelNotExist(p) => Some((p, Term(0))),
+            NodeError::UnmatchedTerm {
+                pchannel, current, ..
+            } => Some((pchannel, *current)),
+            NodeError::Ignored { pchannel, seen, .. } => Some((pchannel, *seen)),
+            NodeError::Wal(WalError::Fenced { pchannel, term }) => Some((pchannel, *term)),
+            _ => None,
+        }
+    }
+
+    /// This error as a gRPC status carrying the code, and the pchannel and the term here (0
+    /// when the node does not hold the pchannel) where the error names them.
     pub fn to_status(&self) -> tonic::Status {
-        sluice_proto::convert::status(self.code(), self.to_string())
+        match self.pchannel_term() {
+            Some((pchannel, term)) => sluice_proto::convert::status_with(
+                self.code(),
+                self.to_string(),
+                [
+                    ("pchannel", pchannel.as_str().to_owned()),
+                    ("term", term.0.to_string()),
+                ],
+            ),
+            None => sluice_proto::convert::status(self.code(), self.to_string()),
+        }
     }
 }
