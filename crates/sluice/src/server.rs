@@ -28,6 +28,7 @@ use sluice_wal::tso::{IdAllocator, TimestampOracle};
 use sluice_wal::{WalConfig, WalDeps};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tokio_util::task::AbortOnDropHandle;
 
 use crate::config::{Config, LogBackendConfig, MetaBackendConfig};
 use crate::local_access::RoutedAccess;
@@ -160,7 +161,7 @@ fn coordinator_config(config: &Config, candidate: String) -> CoordinatorConfig {
 pub(crate) struct LeaderTopology {
     rx: watch::Receiver<sluice_client::Topology>,
     coordinator: Arc<Coordinator>,
-    _task: tokio::task::JoinHandle<()>,
+    _task: AbortOnDropHandle<()>,
 }
 
 impl LeaderTopology {
@@ -192,14 +193,8 @@ impl LeaderTopology {
         LeaderTopology {
             rx,
             coordinator,
-            _task: task,
+            _task: AbortOnDropHandle::new(task),
         }
-    }
-}
-
-impl Drop for LeaderTopology {
-    fn drop(&mut self) {
-        self._task.abort();
     }
 }
 
