@@ -36,7 +36,7 @@
 
 use std::time::Duration;
 
-use sluice_types::message::{BeginTxnHeader, InsertHeader, TxnContext};
+use sluice_types::message::{BeginTxnHeader, Header, InsertHeader, TxnContext};
 use sluice_types::{
     AppendResult, ImmutableMessage, MessageId, MessageType, MutableMessage, Timestamp, VChannel,
 };
@@ -89,6 +89,8 @@ pub(crate) struct Append {
     segment: Option<i64>,
     /// Segments a ManualFlush / SchemaChange sealed.
     flushed: Vec<i64>,
+    /// The header, decoded once by the Validate step.
+    header: Option<Header>,
     /// BeginTxn: the keepalive the session gets.
     begin_keepalive: Option<Option<Duration>>,
     ticket: Option<Ticket>,
@@ -107,6 +109,7 @@ impl Append {
             _lock: None,
             segment: None,
             flushed: Vec::new(),
+            header: None,
             begin_keepalive: None,
             ticket: None,
             id: None,
@@ -119,9 +122,7 @@ impl Append {
 
     /// The message before the log append. Steps only run `before` while it is there.
     fn msg(&mut self) -> Result<&mut MutableMessage, WalError> {
-        self.msg
-            .as_mut()
-            .ok_or_else(|| WalError::Unrecoverable("append step ran after the log append".into()))
+        self.msg.as_mut().ok_or_else(after_log)
     }
 }
 
@@ -184,10 +185,17 @@ impl Step {
                 inner.check_open()
             }
             Step::Place => {
-                let vchannel = a.vchannel.clone();
-                let msg = a.msg()?;
-                let segment = inner.place(msg, vchannel.as_ref()).await?;
-                a.segment = segment;
+                let Append {
+                    msg,
+                    vchannel,
+                    header,
+                    ..
+                } = a;
+                let msg = msg.as_mut().ok_or_else(after_log)?;
+                let header = header.as_ref().ok_or_else(|| {
+                    WalError::Unrecoverable("the Place step runs after the Validate step".into())
+                })?;
+                a.segment = inner.place(msg, header, vchannel.as_ref()).await?;
                 if matches!(a.ty, MessageType::ManualFlush | MessageType::SchemaChange) {
                     let flushed = inner.shard.seal_for_flush(a.msg()?);
                     // A refused seal gives back what placement reserved (none for these types).
@@ -327,10 +335,14 @@ impl Step {
     }
 }
 
+fn after_log() -> WalError {
+    WalError::Unrecoverable("append step ran after the log append".into())
+}
+
 /// What every producer's message must satisfy before anything is locked or allocated.
 fn validate(inner: &Inner, a: &mut Append) -> Result<(), WalError> {
     let ty = a.ty;
-    let pchannel = inner.pchannel.clone();
+    let pchannel = &inner.pchannel;
     let msg = a.msg()?;
     if ty.is_self_controlled() || ty == MessageType::Txn {
         return Err(WalError::InvalidArgument(format!(
@@ -383,6 +395,7 @@ fn validate(inner: &Inner, a: &mut Append) -> Result<(), WalError> {
     }
     a.vchannel = vchannel;
     a.txn = txn;
+    a.header = Some(header);
     Ok(())
 }
 

@@ -25,9 +25,8 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use rand::Rng;
 use sluice_types::message::{
-    CreateCollectionHeader, CreatePartitionHeader, CreateSegmentHeader, DeleteHeader,
-    DropCollectionHeader, DropPartitionHeader, FlushHeader, InsertHeader, ManualFlushHeader,
-    SchemaChangeHeader,
+    CreateCollectionHeader, CreatePartitionHeader, CreateSegmentHeader, DropCollectionHeader,
+    DropPartitionHeader, FlushHeader, Header, InsertHeader, ManualFlushHeader, SchemaChangeHeader,
 };
 use sluice_types::{ImmutableMessage, MessageType, MutableMessage};
 use tokio::time::Instant;
@@ -179,11 +178,14 @@ impl ShardManager {
 
     /// Checks the vchannel invariants for `msg` and, for an Insert, reserves room in a growing
     /// segment and writes its id into the header. Nothing is reserved on error.
-    pub(crate) fn place(&self, msg: &mut MutableMessage) -> Result<Placement, WalError> {
-        match msg.message_type()? {
-            MessageType::Insert => self.place_insert(msg),
-            MessageType::Delete => {
-                let h: DeleteHeader = msg.header()?;
+    pub(crate) fn place(
+        &self,
+        msg: &mut MutableMessage,
+        header: &Header,
+    ) -> Result<Placement, WalError> {
+        match header {
+            Header::Insert(h) => self.place_insert(msg, h),
+            Header::Delete(h) => {
                 if !self.state.lock().collections.contains_key(&h.collection_id) {
                     return Err(unrecoverable(format!(
                         "delete from collection {} which does not exist (never created or dropped)",
@@ -196,8 +198,12 @@ impl ShardManager {
         }
     }
 
-    fn place_insert(&self, msg: &mut MutableMessage) -> Result<Placement, WalError> {
-        let mut h: InsertHeader = msg.header()?;
+    fn place_insert(
+        &self,
+        msg: &mut MutableMessage,
+        header: &InsertHeader,
+    ) -> Result<Placement, WalError> {
+        let mut h = header.clone();
         let [part] = h.partitions.as_mut_slice() else {
             return Err(WalError::InvalidArgument(format!(
                 "an insert must carry exactly one partition, this one has {}",

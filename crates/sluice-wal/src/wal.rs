@@ -16,7 +16,7 @@ use async_trait::async_trait;
 use parking_lot::Mutex;
 use sluice_log::{LogError, LogHandle, LogProvider, OpenOptions};
 use sluice_types::backoff::Backoff;
-use sluice_types::message::{FlushHeader, TimeTickHeader};
+use sluice_types::message::{FlushHeader, Header, TimeTickHeader};
 use sluice_types::{
     AppendResult, ImmutableMessage, MessageId, MessageType, MutableMessage, PChannel, Term,
     Timestamp, VChannel,
@@ -350,10 +350,11 @@ impl Inner {
     pub(crate) async fn place(
         &self,
         msg: &mut MutableMessage,
+        header: &Header,
         vchannel: Option<&VChannel>,
     ) -> Result<Option<i64>, WalError> {
         loop {
-            let (collection, partition) = match self.shard.place(msg)? {
+            let (collection, partition) = match self.shard.place(msg, header)? {
                 Placement::Placed(seg) => return Ok(seg),
                 Placement::NeedSegment {
                     collection,
@@ -361,7 +362,7 @@ impl Inner {
                 } => (collection, partition),
             };
             let _gate = self.shard.create_gate.lock().await;
-            if let Placement::Placed(seg) = self.shard.place(msg)? {
+            if let Placement::Placed(seg) = self.shard.place(msg, header)? {
                 return Ok(seg);
             }
             let segment = self.ids.allocate_id().await?;
