@@ -10,10 +10,12 @@
 //!  Lock      vchannel lock (exclusive for DDL),          released when the append ends
 //!            held to the end
 //!  Place     insert → growing segment (writes            done: hold (txn body) or release the
-//!            CreateSegment when none has room);          reservation; failed: release it
-//!            ManualFlush / SchemaChange seal segments
+//!            CreateSegment when none has room); DDL      reservation; failed: release it
+//!            needs its collection on the vchannel;
+//!            ManualFlush / SchemaChange name the
+//!            segments they seal
 //!  Observe   ·                                           done: shard state from DDL,
-//!                                                        CreateSegment, Flush
+//!                                                        CreateSegment, Flush, flush points
 //!  TxnId     BeginTxn: transaction id and keepalive      ·
 //!  Timestamp timestamp ≥ barrier, last-confirmed id,     done: acknowledge (hands the message
 //!            term stamped                                to the timetick sync); failed: free
@@ -36,7 +38,9 @@
 
 use std::time::Duration;
 
-use sluice_types::message::{BeginTxnHeader, Header, InsertHeader, TxnContext};
+use sluice_types::message::{
+    BeginTxnHeader, Header, InsertHeader, ManualFlushHeader, SchemaChangeHeader, TxnContext,
+};
 use sluice_types::{
     AppendResult, ImmutableMessage, MessageId, MessageType, MutableMessage, Timestamp, VChannel,
 };
@@ -196,11 +200,15 @@ impl Step {
                     WalError::Unrecoverable("the Place step runs after the Validate step".into())
                 })?;
                 a.segment = inner.place(msg, header, vchannel.as_ref()).await?;
-                if matches!(a.ty, MessageType::ManualFlush | MessageType::SchemaChange) {
-                    let flushed = inner.shard.seal_for_flush(a.msg()?);
-                    // A refused seal gives back what placement reserved (none for these types).
-                    a.flushed = flushed?;
-                }
+                // A flush point: placement named the segments it seals in its header; they
+                // leave the growing state when it is acknowledged (Observe).
+                a.flushed = match a.ty {
+                    MessageType::ManualFlush => a.msg()?.header::<ManualFlushHeader>()?.segment_ids,
+                    MessageType::SchemaChange => {
+                        a.msg()?.header::<SchemaChangeHeader>()?.flushed_segment_ids
+                    }
+                    _ => Vec::new(),
+                };
                 Ok(())
             }
             Step::Observe => Ok(()),

@@ -1,10 +1,14 @@
 //! Vchannel invariants and the growing-segment life cycle.
 //!
-//! The shard manager knows which collections and partitions exist on this pchannel and which
-//! growing segments take their inserts:
+//! The shard manager knows which collections and partitions exist on each vchannel of this
+//! pchannel and which growing segments take their inserts. State is kept per vchannel (a
+//! collection created with no vchannel, for the whole pchannel, serves every vchannel of it):
 //!
-//! * an Insert or Delete for a collection that was never created, or was dropped, or (Insert) a
-//!   partition that does not exist, is **unrecoverable** and nothing is written;
+//! * an Insert or Delete for a collection that was never created on its vchannel, or was
+//!   dropped, or (Insert) a partition that does not exist, is **unrecoverable** and nothing is
+//!   written; so is a CreatePartition, DropPartition, ManualFlush or SchemaChange for such a
+//!   collection, and a DropCollection for one never created (dropping a dropped one again is a
+//!   no-op: broadcasts deliver at least once);
 //! * each Insert is assigned to a growing segment of its (collection, partition) with room for
 //!   it; when none has room the WAL writes a CreateSegment itself and retries;
 //! * segments seal by size (a jittered fraction of the maximum), by idle time, and when the
@@ -14,8 +18,11 @@
 //! * ManualFlush / SchemaChange seal every growing segment of the collection and are themselves
 //!   the flush point; DropCollection / DropPartition drop their segments.
 //!
-//! State changes from DDL apply when the DDL is acknowledged, while the DDL still holds its
-//! exclusive lock, so no insert can race them.
+//! State changes from DDL (ManualFlush and SchemaChange included) apply when the DDL is
+//! acknowledged, while the DDL still holds its exclusive lock, so no insert can race them and a
+//! failed append changes nothing. Recovery replays the same messages through
+//! [`ShardManager::replay`], which also restores each growing segment's rows and bytes from the
+//! inserts assigned to it.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -125,10 +132,60 @@ struct Collection {
     partitions: HashMap<i64, Vec<i64>>,
 }
 
+/// A collection on one vchannel (`None`: created for the whole pchannel).
+type CollKey = (Option<String>, i64);
+
+/// The key under which `collection` exists for `vchannel`: its own, else the pchannel-wide one.
+fn coll_key(
+    collections: &HashMap<CollKey, Collection>,
+    vchannel: Option<&str>,
+    collection: i64,
+) -> Option<CollKey> {
+    let own = (vchannel.map(str::to_owned), collection);
+    if collections.contains_key(&own) {
+        return Some(own);
+    }
+    let wide = (None, collection);
+    collections.contains_key(&wide).then_some(wide)
+}
+
 #[derive(Default)]
 struct State {
-    collections: HashMap<i64, Collection>,
+    collections: HashMap<CollKey, Collection>,
+    /// Collections dropped on a vchannel, so that a repeated drop is a no-op.
+    dropped: std::collections::HashSet<CollKey>,
     segments: HashMap<i64, Segment>,
+}
+
+impl State {
+    fn key(&self, vchannel: Option<&str>, collection: i64) -> Option<CollKey> {
+        coll_key(&self.collections, vchannel, collection)
+    }
+
+    /// Every key of `collection` a DDL on `vchannel` applies to (a pchannel-wide DDL: all).
+    fn keys_for_ddl(&self, vchannel: Option<&str>, collection: i64) -> Vec<CollKey> {
+        match vchannel {
+            Some(_) => self.key(vchannel, collection).into_iter().collect(),
+            None => self
+                .collections
+                .keys()
+                .filter(|(_, c)| *c == collection)
+                .cloned()
+                .collect(),
+        }
+    }
+
+    /// Segment ids of `collection` as a DDL on `vchannel` sees it, ascending.
+    fn segments_of(&self, vchannel: Option<&str>, collection: i64) -> Vec<i64> {
+        let mut ids: Vec<i64> = self
+            .keys_for_ddl(vchannel, collection)
+            .iter()
+            .filter_map(|k| self.collections.get(k))
+            .flat_map(|c| c.partitions.values().flatten().copied())
+            .collect();
+        ids.sort_unstable();
+        ids
+    }
 }
 
 /// The result of trying to place an insert.
@@ -183,14 +240,59 @@ impl ShardManager {
         msg: &mut MutableMessage,
         header: &Header,
     ) -> Result<Placement, WalError> {
+        let vchannel = msg.vchannel_str().map(str::to_owned);
+        let vc = vchannel.as_deref();
+        let missing = |what: &str, collection: i64| {
+            unrecoverable(format!(
+                "{what} collection {collection} which does not exist on {} (never created or \
+                 dropped)",
+                vc.unwrap_or("this pchannel")
+            ))
+        };
         match header {
             Header::Insert(h) => self.place_insert(msg, h),
             Header::Delete(h) => {
-                if !self.state.lock().collections.contains_key(&h.collection_id) {
-                    return Err(unrecoverable(format!(
-                        "delete from collection {} which does not exist (never created or dropped)",
-                        h.collection_id
-                    )));
+                if self.state.lock().key(vc, h.collection_id).is_none() {
+                    return Err(missing("delete from", h.collection_id));
+                }
+                Ok(Placement::Placed(None))
+            }
+            Header::CreatePartition(CreatePartitionHeader { collection_id, .. })
+            | Header::DropPartition(DropPartitionHeader { collection_id, .. }) => {
+                if self.state.lock().key(vc, *collection_id).is_none() {
+                    return Err(missing("partition DDL for", *collection_id));
+                }
+                Ok(Placement::Placed(None))
+            }
+            Header::DropCollection(h) => {
+                let st = self.state.lock();
+                let again = st.dropped.contains(&(vchannel.clone(), h.collection_id));
+                if st.keys_for_ddl(vc, h.collection_id).is_empty() && !again {
+                    return Err(missing("drop of", h.collection_id));
+                }
+                Ok(Placement::Placed(None))
+            }
+            Header::ManualFlush(ManualFlushHeader { collection_id, .. })
+            | Header::SchemaChange(SchemaChangeHeader { collection_id, .. }) => {
+                // The segments this flush point seals go into the header; they are forgotten
+                // when it is acknowledged (observe), so a failed append changes nothing.
+                let ids = {
+                    let st = self.state.lock();
+                    if st.keys_for_ddl(vc, *collection_id).is_empty() {
+                        return Err(missing("flush of", *collection_id));
+                    }
+                    st.segments_of(vc, *collection_id)
+                };
+                match header {
+                    Header::ManualFlush(h) => msg.set_header(&ManualFlushHeader {
+                        segment_ids: ids,
+                        ..h.clone()
+                    })?,
+                    Header::SchemaChange(h) => msg.set_header(&SchemaChangeHeader {
+                        flushed_segment_ids: ids,
+                        ..h.clone()
+                    })?,
+                    _ => {}
                 }
                 Ok(Placement::Placed(None))
             }
@@ -218,13 +320,19 @@ impl ShardManager {
         let State {
             collections,
             segments,
+            ..
         } = &mut *st;
-        let coll = collections.get(&h.collection_id).ok_or_else(|| {
-            unrecoverable(format!(
-                "insert into collection {} which does not exist (never created or dropped)",
-                h.collection_id
-            ))
-        })?;
+        let vc = msg.vchannel_str();
+        let coll = coll_key(collections, vc, h.collection_id)
+            .and_then(|k| collections.get(&k))
+            .ok_or_else(|| {
+                unrecoverable(format!(
+                    "insert into collection {} which does not exist on {} (never created or \
+                     dropped)",
+                    h.collection_id,
+                    vc.unwrap_or("this pchannel")
+                ))
+            })?;
         let growing = coll.partitions.get(&part.partition_id).ok_or_else(|| {
             unrecoverable(format!(
                 "insert into partition {} of collection {} which does not exist",
@@ -331,46 +439,59 @@ impl ShardManager {
                 | MessageType::DropPartition
                 | MessageType::CreateSegment
                 | MessageType::Flush
+                | MessageType::ManualFlush
+                | MessageType::SchemaChange
         ) {
             // Data and everything else leave the shard state as it is.
             return Ok(());
         }
         let vchannel = msg.vchannel_str().map(str::to_owned);
+        let vc = vchannel.as_deref();
         let mut st = self.state.lock();
         match ty {
             MessageType::CreateCollection => {
                 let h: CreateCollectionHeader = msg.header()?;
-                let c = st.collections.entry(h.collection_id).or_default();
+                let key = (vchannel.clone(), h.collection_id);
+                st.dropped.remove(&key);
+                let c = st.collections.entry(key).or_default();
                 for p in h.partition_ids {
                     c.partitions.entry(p).or_default();
                 }
             }
             MessageType::CreatePartition => {
                 let h: CreatePartitionHeader = msg.header()?;
-                if let Some(c) = st.collections.get_mut(&h.collection_id) {
-                    c.partitions.entry(h.partition_id).or_default();
+                for key in st.keys_for_ddl(vc, h.collection_id) {
+                    if let Some(c) = st.collections.get_mut(&key) {
+                        c.partitions.entry(h.partition_id).or_default();
+                    }
                 }
             }
             MessageType::DropCollection => {
                 let h: DropCollectionHeader = msg.header()?;
-                if let Some(c) = st.collections.remove(&h.collection_id) {
-                    for seg in c.partitions.values().flatten() {
-                        if let Some(s) = st.segments.remove(seg) {
-                            self.node.sub(s.bytes);
+                for key in st.keys_for_ddl(vc, h.collection_id) {
+                    if let Some(c) = st.collections.remove(&key) {
+                        for seg in c.partitions.values().flatten() {
+                            if let Some(s) = st.segments.remove(seg) {
+                                self.node.sub(s.bytes);
+                            }
                         }
                     }
+                    st.dropped.insert(key);
                 }
+                st.dropped.insert((vchannel.clone(), h.collection_id));
             }
             MessageType::DropPartition => {
                 let h: DropPartitionHeader = msg.header()?;
-                let segs = st
-                    .collections
-                    .get_mut(&h.collection_id)
-                    .and_then(|c| c.partitions.remove(&h.partition_id))
-                    .unwrap_or_default();
-                for seg in segs {
-                    if let Some(s) = st.segments.remove(&seg) {
-                        self.node.sub(s.bytes);
+                for key in st.keys_for_ddl(vc, h.collection_id) {
+                    let segs = st
+                        .collections
+                        .get_mut(&key)
+                        .and_then(|c| c.partitions.remove(&h.partition_id))
+                        .unwrap_or_default();
+                    for seg in segs {
+                        if let Some(s) = st.segments.remove(&seg) {
+                            self.node.sub(s.bytes);
+                        }
                     }
                 }
             }
@@ -379,9 +500,10 @@ impl ShardManager {
                 let State {
                     collections,
                     segments,
+                    ..
                 } = &mut *st;
-                if let Some(p) = collections
-                    .get_mut(&h.collection_id)
+                if let Some(p) = coll_key(collections, vc, h.collection_id)
+                    .and_then(|k| collections.get_mut(&k))
                     .and_then(|c| c.partitions.get_mut(&h.partition_id))
                 {
                     p.push(h.segment_id);
@@ -403,77 +525,60 @@ impl ShardManager {
             }
             MessageType::Flush => {
                 let h: FlushHeader = msg.header()?;
-                Self::forget(
-                    &mut st,
-                    &self.node,
-                    h.collection_id,
-                    h.partition_id,
-                    h.segment_id,
-                );
+                Self::forget(&mut st, &self.node, h.segment_id);
+            }
+            MessageType::ManualFlush | MessageType::SchemaChange => {
+                // The flush point: the segments it names are flushed.
+                let ids = match ty {
+                    MessageType::ManualFlush => msg.header::<ManualFlushHeader>()?.segment_ids,
+                    _ => msg.header::<SchemaChangeHeader>()?.flushed_segment_ids,
+                };
+                for id in ids {
+                    Self::forget(&mut st, &self.node, id);
+                }
             }
             _ => {}
         }
         Ok(())
     }
 
-    fn forget(
-        st: &mut State,
-        node: &NodeGrowingBytes,
-        collection: i64,
-        partition: i64,
-        segment: i64,
-    ) {
-        if let Some(s) = st.segments.remove(&segment) {
-            node.sub(s.bytes);
+    /// Applies a message read back from the log when the WAL opens: what [`Self::observe`]
+    /// applies, and an insert's rows and bytes to the growing segment it was assigned to (a
+    /// live insert counted them when it was placed), so recovered segments carry their size
+    /// into the seal policies and the node's growing bytes.
+    pub(crate) fn replay(&self, msg: &ImmutableMessage) -> Result<(), WalError> {
+        if msg.message_type()? != MessageType::Insert {
+            return self.observe(msg);
         }
-        if let Some(p) = st
-            .collections
-            .get_mut(&collection)
-            .and_then(|c| c.partitions.get_mut(&partition))
-        {
-            p.retain(|s| *s != segment);
+        let h: InsertHeader = msg.header()?;
+        let mut st = self.state.lock();
+        for p in &h.partitions {
+            if let Some(seg) = st.segments.get_mut(&p.segment_id) {
+                let bytes = if p.binary_size == 0 {
+                    msg.estimate_size() as u64
+                } else {
+                    p.binary_size
+                };
+                seg.bytes += bytes;
+                seg.rows += p.rows;
+                self.node.add(bytes);
+            }
         }
+        Ok(())
     }
 
-    /// Before a ManualFlush or SchemaChange is written (under its exclusive lock): seals every
-    /// growing segment of the collection and writes their ids into the header. These segments
-    /// get no Flush message; the message itself is their flush point.
-    pub(crate) fn seal_for_flush(&self, msg: &mut MutableMessage) -> Result<Vec<i64>, WalError> {
-        let ty = msg.message_type()?;
-        let collection = match ty {
-            MessageType::ManualFlush => msg.header::<ManualFlushHeader>()?.collection_id,
-            MessageType::SchemaChange => msg.header::<SchemaChangeHeader>()?.collection_id,
-            _ => return Ok(Vec::new()),
+    /// Drops a flushed segment from the growing state.
+    fn forget(st: &mut State, node: &NodeGrowingBytes, segment: i64) {
+        let Some(s) = st.segments.remove(&segment) else {
+            return;
         };
-        let mut st = self.state.lock();
-        let Some(c) = st.collections.get(&collection) else {
-            return Err(unrecoverable(format!(
-                "{ty} for collection {collection} which does not exist"
-            )));
-        };
-        let mut ids: Vec<i64> = c.partitions.values().flatten().copied().collect();
-        ids.sort_unstable();
-        for id in &ids {
-            let (partition, _) = match st.segments.get(id) {
-                Some(s) => (s.partition, s.collection),
-                None => continue,
-            };
-            Self::forget(&mut st, &self.node, collection, partition, *id);
+        node.sub(s.bytes);
+        if let Some(p) = coll_key(&st.collections, s.vchannel.as_deref(), s.collection)
+            .and_then(|k| st.collections.get_mut(&k))
+            .and_then(|c| c.partitions.get_mut(&s.partition))
+        {
+            p.retain(|id| *id != segment);
         }
-        drop(st);
-        match ty {
-            MessageType::ManualFlush => {
-                let mut h: ManualFlushHeader = msg.header()?;
-                h.segment_ids = ids.clone();
-                msg.set_header(&h)?;
-            }
-            _ => {
-                let mut h: SchemaChangeHeader = msg.header()?;
-                h.flushed_segment_ids = ids.clone();
-                msg.set_header(&h)?;
-            }
-        }
-        Ok(ids)
     }
 
     /// Runs the idle and node-memory policies.

@@ -591,7 +591,7 @@ async fn replay_shard_state(
             break;
         }
         replayed += 1;
-        if let Err(e) = shard.observe(&msg) {
+        if let Err(e) = shard.replay(&msg) {
             tracing::warn!(id = %msg.id(), error = %e, "skipping a record recovery cannot apply");
         }
     }
