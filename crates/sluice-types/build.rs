@@ -10,6 +10,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // Small value types that are copied and compared freely.
         .type_attribute(".sluice.v1.TxnContext", "#[derive(Eq, Hash)]")
         .type_attribute(".sluice.v1.ResourceKey", "#[derive(Eq, Hash)]")
+        .type_attribute(".sluice.v1.FieldSchema", "#[derive(Eq)]")
+        .type_attribute(".sluice.v1.CollectionSchema", "#[derive(Eq)]")
         .compile_fds(descriptors)?;
     Ok(())
 }

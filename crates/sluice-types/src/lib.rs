@@ -10,6 +10,7 @@ pub mod error;
 pub mod ids;
 pub mod message;
 pub mod read;
+pub mod schema;
 
 pub use channel::{PChannel, VChannel};
 pub use code::ErrorCode;

@@ -1,0 +1,293 @@
+//! Collection schemas: the typed fields a collection's rows have (the types are generated from
+//! `proto/sluice/v1/message.proto`), the rules a schema must keep, and the one change a schema
+//! may undergo (a nullable scalar field added).
+
+pub use crate::message::pb::{CollectionSchema, DataType, FieldSchema};
+
+/// Longest field or collection name.
+pub const MAX_NAME_LEN: usize = 255;
+/// Largest VARCHAR `max_length`.
+pub const MAX_VARCHAR_LENGTH: u32 = 65_535;
+/// Largest FLOAT_VECTOR `dim`.
+pub const MAX_VECTOR_DIM: u32 = 32_768;
+/// Most shards a collection may have.
+pub const MAX_SHARDS: u32 = 64;
+
+/// A schema, or a change to one, that breaks a rule.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("invalid schema: {0}")]
+pub struct SchemaError(pub String);
+
+fn bad(what: impl Into<String>) -> SchemaError {
+    SchemaError(what.into())
+}
+
+fn check_name(kind: &str, name: &str) -> Result<(), SchemaError> {
+    let ok = !name.is_empty()
+        && name.len() <= MAX_NAME_LEN
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+        && !name.as_bytes()[0].is_ascii_digit();
+    if ok {
+        Ok(())
+    } else {
+        Err(bad(format!(
+            "{kind} name {name:?} must be 1-{MAX_NAME_LEN} characters of [A-Za-z0-9_], not \
+             starting with a digit"
+        )))
+    }
+}
+
+/// The field's data type, if it is a known one.
+pub fn data_type(field: &FieldSchema) -> Result<DataType, SchemaError> {
+    match DataType::try_from(field.data_type) {
+        Ok(DataType::Unspecified) | Err(_) => Err(bad(format!(
+            "field {:?} has no known data type ({})",
+            field.name, field.data_type
+        ))),
+        Ok(t) => Ok(t),
+    }
+}
+
+fn check_field(f: &FieldSchema) -> Result<DataType, SchemaError> {
+    check_name("field", &f.name)?;
+    let ty = data_type(f)?;
+    match ty {
+        DataType::Varchar if f.max_length == 0 || f.max_length > MAX_VARCHAR_LENGTH => {
+            return Err(bad(format!(
+                "VARCHAR field {:?} needs max_length 1-{MAX_VARCHAR_LENGTH}, not {}",
+                f.name, f.max_length
+            )));
+        }
+        DataType::FloatVector if f.dim == 0 || f.dim > MAX_VECTOR_DIM => {
+            return Err(bad(format!(
+                "FLOAT_VECTOR field {:?} needs dim 1-{MAX_VECTOR_DIM}, not {}",
+                f.name, f.dim
+            )));
+        }
+        DataType::FloatVector if f.nullable => {
+            return Err(bad(format!("vector field {:?} cannot be nullable", f.name)));
+        }
+        _ => {}
+    }
+    if f.auto_id && !(f.is_primary_key && ty == DataType::Int64) {
+        return Err(bad(format!(
+            "auto_id is for an INT64 primary key, not field {:?}",
+            f.name
+        )));
+    }
+    Ok(ty)
+}
+
+/// Checks every rule of a schema: a valid name, 1-`MAX_SHARDS` shards (0 means 1), unique valid
+/// field names, known types with their parameters, exactly one primary key (INT64 or VARCHAR,
+/// not nullable) and at least one FLOAT_VECTOR field.
+pub fn validate(schema: &CollectionSchema) -> Result<(), SchemaError> {
+    check_name("collection", &schema.name)?;
+    if schema.shards > MAX_SHARDS {
+        return Err(bad(format!(
+            "{} shards: at most {MAX_SHARDS}",
+            schema.shards
+        )));
+    }
+    let mut names = std::collections::HashSet::new();
+    let (mut primary, mut vectors) = (Vec::new(), 0);
+    for f in &schema.fields {
+        let ty = check_field(f)?;
+        if !names.insert(f.name.as_str()) {
+            return Err(bad(format!("field name {:?} is used twice", f.name)));
+        }
+        if f.is_primary_key {
+            primary.push((f, ty));
+        }
+        if ty == DataType::FloatVector {
+            vectors += 1;
+        }
+    }
+    match primary.as_slice() {
+        [(f, ty)] => {
+            if !matches!(ty, DataType::Int64 | DataType::Varchar) {
+                return Err(bad(format!(
+                    "primary key {:?} must be INT64 or VARCHAR, not {}",
+                    f.name,
+                    ty.as_str_name()
+                )));
+            }
+            if f.nullable {
+                return Err(bad(format!("primary key {:?} cannot be nullable", f.name)));
+            }
+        }
+        [] => return Err(bad("no field is the primary key")),
+        more => {
+            return Err(bad(format!(
+                "{} fields are marked primary key; exactly one may be",
+                more.len()
+            )));
+        }
+    }
+    if vectors == 0 {
+        return Err(bad("a collection needs at least one FLOAT_VECTOR field"));
+    }
+    Ok(())
+}
+
+/// The schema after a SCHEMA_CHANGE that adds `field`: a nullable scalar field with a new name
+/// (existing rows have no value for it), which gets the next field id; the version goes up by
+/// one.
+pub fn add_field(
+    schema: &CollectionSchema,
+    field: FieldSchema,
+) -> Result<CollectionSchema, SchemaError> {
+    let ty = check_field(&field)?;
+    if field.is_primary_key || ty == DataType::FloatVector {
+        return Err(bad(format!(
+            "field {:?}: only scalar, non-key fields can be added",
+            field.name
+        )));
+    }
+    if !field.nullable {
+        return Err(bad(format!(
+            "added field {:?} must be nullable: existing rows have no value for it",
+            field.name
+        )));
+    }
+    if schema.fields.iter().any(|f| f.name == field.name) {
+        return Err(bad(format!("field name {:?} is used already", field.name)));
+    }
+    let next_id = schema.fields.iter().map(|f| f.field_id).max().unwrap_or(0) + 1;
+    let mut out = schema.clone();
+    out.fields.push(FieldSchema {
+        field_id: next_id,
+        ..field
+    });
+    out.version = schema.version + 1;
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn field(name: &str, ty: DataType) -> FieldSchema {
+        FieldSchema {
+            name: name.into(),
+            data_type: ty as i32,
+            ..FieldSchema::default()
+        }
+    }
+
+    fn good() -> CollectionSchema {
+        CollectionSchema {
+            name: "docs".into(),
+            fields: vec![
+                FieldSchema {
+                    is_primary_key: true,
+                    auto_id: true,
+                    field_id: 1,
+                    ..field("id", DataType::Int64)
+                },
+                FieldSchema {
+                    dim: 128,
+                    field_id: 2,
+                    ..field("vec", DataType::FloatVector)
+                },
+                FieldSchema {
+                    max_length: 64,
+                    field_id: 3,
+                    ..field("title", DataType::Varchar)
+                },
+                FieldSchema {
+                    field_id: 4,
+                    ..field("meta", DataType::Json)
+                },
+            ],
+            shards: 2,
+            version: 1,
+            ..CollectionSchema::default()
+        }
+    }
+
+    #[test]
+    fn a_valid_schema_passes() {
+        validate(&good()).unwrap();
+        let mut varchar_pk = good();
+        varchar_pk.fields[0] = FieldSchema {
+            is_primary_key: true,
+            max_length: 36,
+            ..field("id", DataType::Varchar)
+        };
+        validate(&varchar_pk).unwrap();
+    }
+
+    #[test]
+    fn every_broken_rule_is_an_error_naming_it() {
+        type Edit = fn(&mut CollectionSchema);
+        let cases: Vec<(&str, Edit)> = vec![
+            ("collection name", |s| s.name = "9lives".into()),
+            ("collection name", |s| s.name = String::new()),
+            ("shards", |s| s.shards = 65),
+            ("field name", |s| s.fields[2].name = "has space".into()),
+            ("used twice", |s| s.fields[3].name = "title".into()),
+            ("no known data type", |s| s.fields[3].data_type = 0),
+            ("no known data type", |s| s.fields[3].data_type = 77),
+            ("max_length", |s| s.fields[2].max_length = 0),
+            ("max_length", |s| s.fields[2].max_length = 70_000),
+            ("dim", |s| s.fields[1].dim = 0),
+            ("dim", |s| s.fields[1].dim = 40_000),
+            ("nullable", |s| s.fields[1].nullable = true),
+            ("no field is the primary key", |s| {
+                s.fields[0].is_primary_key = false;
+                s.fields[0].auto_id = false;
+            }),
+            ("exactly one", |s| s.fields[2].is_primary_key = true),
+            ("INT64 or VARCHAR", |s| {
+                s.fields[0].data_type = DataType::Double as i32;
+                s.fields[0].auto_id = false;
+            }),
+            ("cannot be nullable", |s| s.fields[0].nullable = true),
+            ("auto_id", |s| s.fields[3].auto_id = true),
+            ("FLOAT_VECTOR", |s| s.fields.remove(1).name.clear()),
+        ];
+        for (want, edit) in cases {
+            let mut s = good();
+            edit(&mut s);
+            let e = validate(&s).expect_err(want).to_string();
+            assert!(e.contains(want), "{want}: {e}");
+        }
+    }
+
+    #[test]
+    fn a_schema_change_adds_one_nullable_scalar_field() {
+        let s = good();
+        let added = add_field(
+            &s,
+            FieldSchema {
+                nullable: true,
+                ..field("score", DataType::Float)
+            },
+        )
+        .unwrap();
+        assert_eq!(added.version, 2);
+        assert_eq!(added.fields.last().unwrap().field_id, 5);
+        validate(&added).unwrap();
+        for (want, f) in [
+            ("nullable", field("score", DataType::Float)),
+            (
+                "used already",
+                FieldSchema {
+                    nullable: true,
+                    ..field("title", DataType::Bool)
+                },
+            ),
+            (
+                "only scalar",
+                FieldSchema {
+                    dim: 4,
+                    ..field("v2", DataType::FloatVector)
+                },
+            ),
+        ] {
+            let e = add_field(&s, f).expect_err(want).to_string();
+            assert!(e.contains(want), "{want}: {e}");
+        }
+    }
+}
