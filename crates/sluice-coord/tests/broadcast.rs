@@ -225,6 +225,7 @@ fn ddl() -> MutableMessage {
         collection_id: 100,
         partition_ids: vec![1, 2],
         db_id: 1,
+        schema: None,
     })
     .payload(&b"schema"[..])
     .property("trace", "abc")

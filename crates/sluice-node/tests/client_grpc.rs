@@ -88,6 +88,7 @@ fn create_collection(collection: i64) -> MutableMessage {
         collection_id: collection,
         partition_ids: vec![1],
         db_id: 1,
+        schema: None,
     })
     .vchannel(&vchannel(collection))
     .build()

@@ -119,6 +119,7 @@ async fn a_wal_runs_on_the_coordinators_oracle_across_a_coordinator_restart() {
             collection_id: collection,
             partition_ids: vec![10],
             db_id: 1,
+            schema: None,
         })
         .vchannel(&vchannel)
         .build()

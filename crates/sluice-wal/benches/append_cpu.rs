@@ -95,6 +95,7 @@ async fn run(target: Target, producers: usize, iters: u64) -> Duration {
                 collection_id: COLLECTION,
                 partition_ids: vec![PARTITION],
                 db_id: 1,
+                schema: None,
             })
             .vchannel(&vc)
             .build()

@@ -388,6 +388,18 @@ fn validate(inner: &Inner, a: &mut Append) -> Result<(), WalError> {
             v.collection()
         )));
     }
+    // A schema, where a DDL carries one, keeps every schema rule; a schema change must carry
+    // the schema it leads to.
+    let schema = match &header {
+        Header::CreateCollection(h) => h.schema.as_ref(),
+        Header::SchemaChange(h) => Some(h.schema.as_ref().ok_or_else(|| {
+            WalError::InvalidArgument("a SchemaChange carries the schema after the change".into())
+        })?),
+        _ => None,
+    };
+    if let Some(s) = schema {
+        sluice_types::schema::validate(s).map_err(|e| WalError::InvalidArgument(e.to_string()))?;
+    }
     let txn = msg.txn_context()?;
     if txn.is_some()
         && !(ty.allowed_in_txn() || matches!(ty, MessageType::CommitTxn | MessageType::RollbackTxn))

@@ -35,6 +35,7 @@ use sluice_types::message::{
     CreateCollectionHeader, CreatePartitionHeader, CreateSegmentHeader, DropCollectionHeader,
     DropPartitionHeader, FlushHeader, Header, InsertHeader, ManualFlushHeader, SchemaChangeHeader,
 };
+use sluice_types::schema::CollectionSchema;
 use sluice_types::{ImmutableMessage, MessageType, MutableMessage};
 use tokio::time::Instant;
 
@@ -130,6 +131,8 @@ struct Segment {
 #[derive(Debug, Default)]
 struct Collection {
     partitions: HashMap<i64, Vec<i64>>,
+    /// Its schema (`None`: created without one; its rows are not interpreted).
+    schema: Option<CollectionSchema>,
 }
 
 /// A collection on one vchannel (`None`: created for the whole pchannel).
@@ -272,32 +275,78 @@ impl ShardManager {
                 }
                 Ok(Placement::Placed(None))
             }
+            Header::SchemaChange(SchemaChangeHeader {
+                collection_id,
+                schema: Some(next),
+                ..
+            }) => {
+                // The change must be exactly one added field on the schema in force.
+                let st = self.state.lock();
+                let current = st
+                    .key(vc, *collection_id)
+                    .and_then(|k| st.collections.get(&k))
+                    .ok_or_else(|| missing("schema change of", *collection_id))?
+                    .schema
+                    .clone()
+                    .ok_or_else(|| {
+                        unrecoverable(format!(
+                            "schema change of collection {collection_id}, created without a schema"
+                        ))
+                    })?;
+                drop(st);
+                let added = next.fields.last().cloned().unwrap_or_default();
+                let expected = sluice_types::schema::add_field(&current, added)
+                    .map_err(|e| WalError::InvalidArgument(e.to_string()))?;
+                if expected != *next {
+                    return Err(WalError::InvalidArgument(format!(
+                        "the schema after the change must be version {} with one field added at \
+                         the end (field id {}), the rest as it is",
+                        expected.version,
+                        expected.fields.last().map_or(0, |f| f.field_id)
+                    )));
+                }
+                self.flush_point(msg, header, vc, *collection_id)
+            }
             Header::ManualFlush(ManualFlushHeader { collection_id, .. })
             | Header::SchemaChange(SchemaChangeHeader { collection_id, .. }) => {
-                // The segments this flush point seals go into the header; they are forgotten
-                // when it is acknowledged (observe), so a failed append changes nothing.
-                let ids = {
-                    let st = self.state.lock();
-                    if st.keys_for_ddl(vc, *collection_id).is_empty() {
-                        return Err(missing("flush of", *collection_id));
-                    }
-                    st.segments_of(vc, *collection_id)
-                };
-                match header {
-                    Header::ManualFlush(h) => msg.set_header(&ManualFlushHeader {
-                        segment_ids: ids,
-                        ..h.clone()
-                    })?,
-                    Header::SchemaChange(h) => msg.set_header(&SchemaChangeHeader {
-                        flushed_segment_ids: ids,
-                        ..h.clone()
-                    })?,
-                    _ => {}
-                }
-                Ok(Placement::Placed(None))
+                self.flush_point(msg, header, vc, *collection_id)
             }
             _ => Ok(Placement::Placed(None)),
         }
+    }
+
+    /// A ManualFlush / SchemaChange: the segments it seals go into its header; they are
+    /// forgotten when it is acknowledged (observe), so a failed append changes nothing.
+    fn flush_point(
+        &self,
+        msg: &mut MutableMessage,
+        header: &Header,
+        vc: Option<&str>,
+        collection_id: i64,
+    ) -> Result<Placement, WalError> {
+        let ids = {
+            let st = self.state.lock();
+            if st.keys_for_ddl(vc, collection_id).is_empty() {
+                return Err(unrecoverable(format!(
+                    "flush of collection {collection_id} which does not exist on {} (never \
+                     created or dropped)",
+                    vc.unwrap_or("this pchannel")
+                )));
+            }
+            st.segments_of(vc, collection_id)
+        };
+        match header {
+            Header::ManualFlush(h) => msg.set_header(&ManualFlushHeader {
+                segment_ids: ids,
+                ..h.clone()
+            })?,
+            Header::SchemaChange(h) => msg.set_header(&SchemaChangeHeader {
+                flushed_segment_ids: ids,
+                ..h.clone()
+            })?,
+            _ => {}
+        }
+        Ok(Placement::Placed(None))
     }
 
     fn place_insert(
@@ -457,6 +506,9 @@ impl ShardManager {
                 for p in h.partition_ids {
                     c.partitions.entry(p).or_default();
                 }
+                if h.schema.is_some() {
+                    c.schema = h.schema;
+                }
             }
             MessageType::CreatePartition => {
                 let h: CreatePartitionHeader = msg.header()?;
@@ -528,10 +580,21 @@ impl ShardManager {
                 Self::forget(&mut st, &self.node, h.segment_id);
             }
             MessageType::ManualFlush | MessageType::SchemaChange => {
-                // The flush point: the segments it names are flushed.
+                // The flush point: the segments it names are flushed; a schema change puts its
+                // schema in force.
                 let ids = match ty {
                     MessageType::ManualFlush => msg.header::<ManualFlushHeader>()?.segment_ids,
-                    _ => msg.header::<SchemaChangeHeader>()?.flushed_segment_ids,
+                    _ => {
+                        let h: SchemaChangeHeader = msg.header()?;
+                        if let Some(schema) = h.schema {
+                            for key in st.keys_for_ddl(vc, h.collection_id) {
+                                if let Some(c) = st.collections.get_mut(&key) {
+                                    c.schema = Some(schema.clone());
+                                }
+                            }
+                        }
+                        h.flushed_segment_ids
+                    }
                 };
                 for id in ids {
                     Self::forget(&mut st, &self.node, id);
@@ -660,6 +723,18 @@ impl ShardManager {
             .segments
             .get(&segment)
             .and_then(|s| s.sealed)
+    }
+
+    /// The schema in force for `collection` on `vchannel`, if it has one.
+    pub(crate) fn schema(
+        &self,
+        vchannel: Option<&str>,
+        collection: i64,
+    ) -> Option<CollectionSchema> {
+        let st = self.state.lock();
+        st.key(vchannel, collection)
+            .and_then(|k| st.collections.get(&k))
+            .and_then(|c| c.schema.clone())
     }
 
     /// How often to run [`ShardManager::seal_by_policy`].

@@ -268,6 +268,13 @@ impl Wal {
         self.inner.shard.growing()
     }
 
+    /// The schema in force for `vchannel`'s collection, if it was created with one.
+    pub fn schema(&self, vchannel: &VChannel) -> Option<sluice_types::schema::CollectionSchema> {
+        self.inner
+            .shard
+            .schema(Some(vchannel.as_str()), vchannel.collection().0)
+    }
+
     /// Why a known segment sealed, if it did (status and tests).
     pub fn seal_reason(&self, segment: i64) -> Option<crate::shard::SealReason> {
         self.inner.shard.seal_reason(segment)

@@ -179,6 +179,7 @@ async fn invariants_are_kept_per_vchannel_and_survive_a_reopen() {
             collection_id: COLLECTION,
             partition_ids: vec![PARTITION],
             db_id: 1,
+            schema: None,
         })
         .vchannel(v)
         .build()
@@ -220,5 +221,122 @@ async fn a_manual_flush_that_fails_to_append_changes_nothing() {
         "memory sealed segments the log never recorded as flushed"
     );
     fence.close().await;
+    wal.close().await;
+}
+
+fn schema_field(
+    id: i64,
+    name: &str,
+    ty: sluice_types::schema::DataType,
+) -> sluice_types::schema::FieldSchema {
+    sluice_types::schema::FieldSchema {
+        field_id: id,
+        name: name.into(),
+        data_type: ty as i32,
+        ..Default::default()
+    }
+}
+
+fn docs_schema() -> sluice_types::schema::CollectionSchema {
+    use sluice_types::schema::{CollectionSchema, DataType, FieldSchema};
+    CollectionSchema {
+        name: "docs".into(),
+        fields: vec![
+            FieldSchema {
+                is_primary_key: true,
+                ..schema_field(1, "id", DataType::Int64)
+            },
+            FieldSchema {
+                dim: 8,
+                ..schema_field(2, "vec", DataType::FloatVector)
+            },
+        ],
+        shards: 1,
+        version: 1,
+        ..Default::default()
+    }
+}
+
+fn create_with(schema: sluice_types::schema::CollectionSchema) -> MutableMessage {
+    MutableMessage::builder(sluice_types::message::CreateCollectionHeader {
+        collection_id: COLLECTION,
+        partition_ids: vec![PARTITION],
+        db_id: 1,
+        schema: Some(schema),
+    })
+    .vchannel(&vchannel(COLLECTION))
+    .build()
+    .unwrap()
+}
+
+fn schema_change(schema: sluice_types::schema::CollectionSchema) -> MutableMessage {
+    MutableMessage::builder(sluice_types::message::SchemaChangeHeader {
+        collection_id: COLLECTION,
+        flushed_segment_ids: Vec::new(),
+        schema: Some(schema),
+    })
+    .vchannel(&vchannel(COLLECTION))
+    .build()
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schemas_are_checked_applied_and_recovered() {
+    use sluice_types::schema::{DataType, FieldSchema};
+    let b = memory();
+    let wal = open(&b, 1, fast_config()).await;
+    // A schema that breaks a rule (no primary key) is bad input and creates nothing.
+    let mut broken = docs_schema();
+    broken.fields[0].is_primary_key = false;
+    let err = wal.append(create_with(broken)).await.unwrap_err();
+    assert_eq!(err.code(), ErrorCode::InvalidArgument, "{err}");
+    assert_eq!(wal.schema(&vchannel(COLLECTION)), None);
+    let err = wal.append(insert(COLLECTION, "x", 10)).await.unwrap_err();
+    assert_eq!(
+        err.code(),
+        ErrorCode::Unrecoverable,
+        "nothing was created: {err}"
+    );
+
+    wal.append(create_with(docs_schema())).await.unwrap();
+    assert_eq!(wal.schema(&vchannel(COLLECTION)), Some(docs_schema()));
+    wal.append(insert(COLLECTION, "a", 10)).await.unwrap();
+
+    // A schema change adds one nullable field; anything else is refused.
+    let mut not_nullable = docs_schema();
+    not_nullable
+        .fields
+        .push(schema_field(3, "score", DataType::Float));
+    not_nullable.version = 2;
+    let err = wal.append(schema_change(not_nullable)).await.unwrap_err();
+    assert_eq!(err.code(), ErrorCode::InvalidArgument, "{err}");
+    let mut renamed = docs_schema();
+    renamed.name = "other".into();
+    renamed.fields.push(FieldSchema {
+        nullable: true,
+        ..schema_field(3, "score", DataType::Float)
+    });
+    renamed.version = 2;
+    let err = wal.append(schema_change(renamed)).await.unwrap_err();
+    assert_eq!(err.code(), ErrorCode::InvalidArgument, "{err}");
+    let mut v2 = docs_schema();
+    v2.fields.push(FieldSchema {
+        nullable: true,
+        ..schema_field(3, "score", DataType::Float)
+    });
+    v2.version = 2;
+    let flushed = wal
+        .append(schema_change(v2.clone()))
+        .await
+        .unwrap()
+        .flushed_segments;
+    assert_eq!(flushed.len(), 1, "a schema change is a flush point");
+    assert_eq!(wal.schema(&vchannel(COLLECTION)), Some(v2.clone()));
+    wal.close().await;
+
+    // Rebuilt from the log: the schema in force is version 2.
+    let wal = open(&b, 2, fast_config()).await;
+    assert_eq!(wal.schema(&vchannel(COLLECTION)), Some(v2));
+    assert!(wal.growing_segments().is_empty());
     wal.close().await;
 }

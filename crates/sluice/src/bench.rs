@@ -94,6 +94,7 @@ fn create_collection(vc: &VChannel) -> anyhow::Result<MutableMessage> {
         collection_id: COLLECTION,
         partition_ids: vec![PARTITION],
         db_id: 1,
+        schema: None,
     })
     .vchannel(vc)
     .build()?)

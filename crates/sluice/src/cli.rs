@@ -72,6 +72,7 @@ pub(crate) async fn produce(
             collection_id: vchannel.collection().0,
             partition_ids: vec![CLI_PARTITION],
             db_id: 1,
+            schema: None,
         })
         .vchannel(vchannel)
         .build()?;

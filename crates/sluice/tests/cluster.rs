@@ -245,6 +245,7 @@ fn create_collection(v: &VChannel) -> MutableMessage {
         collection_id: v.collection().0,
         partition_ids: vec![1],
         db_id: 1,
+        schema: None,
     })
     .vchannel(v)
     .build()

@@ -287,6 +287,7 @@ async fn broadcast_reaches_every_vchannel_and_completes_on_acks() {
             collection_id: 11,
             partition_ids: vec![1],
             db_id: 1,
+            schema: None,
         })
         .vchannel(v)
         .build()

@@ -42,7 +42,16 @@ pub(super) fn check(
     template.version().map_err(|e| e.to_string())?;
     template.barrier_timestamp().map_err(|e| e.to_string())?;
     // The typed header must decode as the header of the message's type.
-    template.any_header().map_err(|e| e.to_string())?;
+    let header = template.any_header().map_err(|e| e.to_string())?;
+    // A schema it carries keeps every schema rule: a copy the WAL would refuse is never sent.
+    let schema = match &header {
+        msg::Header::CreateCollection(h) => h.schema.as_ref(),
+        msg::Header::SchemaChange(h) => h.schema.as_ref(),
+        _ => None,
+    };
+    if let Some(s) = schema {
+        sluice_types::schema::validate(s).map_err(|e| e.to_string())?;
+    }
     let encoded = codec::encode_message_to_vec(template).map_err(|e| e.to_string())?;
 
     if vchannels.is_empty() {

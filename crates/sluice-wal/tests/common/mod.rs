@@ -78,6 +78,7 @@ pub(crate) fn create_collection(collection: i64) -> MutableMessage {
         collection_id: collection,
         partition_ids: vec![PARTITION],
         db_id: 1,
+        schema: None,
     })
     .vchannel(&vchannel(collection))
     .build()
