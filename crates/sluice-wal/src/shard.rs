@@ -225,6 +225,16 @@ fn unrecoverable(what: String) -> WalError {
     WalError::Unrecoverable(what)
 }
 
+impl Drop for ShardManager {
+    /// The WAL is gone (closed, moved, fenced): its growing segments no longer take node
+    /// memory, and its next owner counts them again from the log.
+    fn drop(&mut self) {
+        let st = self.state.get_mut();
+        let bytes: u64 = st.segments.values().map(|s| s.bytes).sum();
+        self.node.sub(bytes);
+    }
+}
+
 impl ShardManager {
     pub(crate) fn new(config: SegmentConfig, node: Arc<NodeGrowingBytes>) -> ShardManager {
         ShardManager {

@@ -340,3 +340,29 @@ async fn schemas_are_checked_applied_and_recovered() {
     assert!(wal.growing_segments().is_empty());
     wal.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_wal_gives_its_growing_bytes_back_to_the_node() {
+    let b = memory();
+    let node = NodeGrowingBytes::new();
+    for term in 1..=3 {
+        let mut d = deps();
+        d.node_growing = node.clone();
+        let wal = Wal::open(&*b.provider, pchannel(), Term(term), fast_config(), d)
+            .await
+            .unwrap();
+        if term == 1 {
+            wal.append(create_collection(COLLECTION)).await.unwrap();
+            wal.append(insert(COLLECTION, "a", 1000)).await.unwrap();
+        }
+        // Counted once, whether appended here or recovered from the log.
+        assert_eq!(node.get(), 1000, "term {term}");
+        wal.close().await;
+        drop(wal);
+        assert_eq!(
+            node.get(),
+            0,
+            "term {term}: a closed WAL still counts its segments"
+        );
+    }
+}
