@@ -43,7 +43,7 @@ async fn start_node(id: u64, provider: Arc<dyn LogProvider>, oracle: Arc<LocalOr
         oracle: oracle.clone(),
         ids: oracle,
         node_growing: NodeGrowingBytes::new(),
-        recovery: None,
+        checkpoints: None,
     };
     let config = WalConfig {
         timetick_interval: Duration::from_millis(20),

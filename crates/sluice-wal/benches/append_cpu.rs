@@ -80,7 +80,7 @@ async fn run(target: Target, producers: usize, iters: u64) -> Duration {
                 oracle: oracle.clone(),
                 ids: oracle,
                 node_growing: NodeGrowingBytes::new(),
-                recovery: None,
+                checkpoints: None,
             };
             let wal = Wal::open(
                 &provider,

@@ -42,6 +42,14 @@ pub enum WalError {
     /// A write-ahead buffer position was evicted; the reader must fall back to the log.
     #[error("write-ahead buffer position evicted")]
     Evicted,
+    /// The store recovery snapshots are kept in failed.
+    #[error("checkpoint store: {message}")]
+    Store {
+        /// What failed.
+        message: String,
+        /// Whether trying again may succeed.
+        retryable: bool,
+    },
     /// The log backend failed.
     #[error("log: {0}")]
     Log(#[from] LogError),
@@ -63,7 +71,7 @@ impl WalError {
             WalError::InvalidTxnState { .. } => ErrorCode::InvalidTransactionState,
             WalError::Unrecoverable(_) => ErrorCode::Unrecoverable,
             WalError::InvalidArgument(_) => ErrorCode::InvalidArgument,
-            WalError::Evicted => ErrorCode::Inner,
+            WalError::Evicted | WalError::Store { .. } => ErrorCode::Inner,
             WalError::Log(e) => e.code(),
         }
     }
@@ -73,6 +81,7 @@ impl WalError {
         match self {
             WalError::Log(e) => e.retryable(),
             WalError::Evicted => true,
+            WalError::Store { retryable, .. } => *retryable,
             _ => false,
         }
     }

@@ -3,6 +3,7 @@
 
 mod ack;
 mod append;
+pub mod checkpoint;
 pub mod error;
 mod lock;
 pub mod scanner;
@@ -14,4 +15,5 @@ pub mod wal;
 
 pub use error::WalError;
 pub use sluice_types::AppendResult;
-pub use wal::{RecoveryHook, Wal, WalConfig, WalDeps};
+pub use checkpoint::{CheckpointStore, MemoryCheckpointStore, Snapshot};
+pub use wal::{RecoveryStats, Wal, WalConfig, WalDeps};

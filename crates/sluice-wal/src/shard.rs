@@ -36,7 +36,7 @@ use sluice_types::message::{
     DropPartitionHeader, FlushHeader, Header, InsertHeader, ManualFlushHeader, SchemaChangeHeader,
 };
 use sluice_types::schema::CollectionSchema;
-use sluice_types::{ImmutableMessage, MessageType, MutableMessage};
+use sluice_types::{ImmutableMessage, MessageType, MutableMessage, Timestamp};
 use tokio::time::Instant;
 
 use crate::WalError;
@@ -126,6 +126,8 @@ struct Segment {
     sealed: Option<SealReason>,
     /// Writes assigned and not yet acknowledged, plus transactions holding it.
     holds: u32,
+    /// Recovered from a snapshot valid as of this timestamp: replay skips messages at or below.
+    as_of: u64,
 }
 
 #[derive(Debug, Default)]
@@ -133,6 +135,8 @@ struct Collection {
     partitions: HashMap<i64, Vec<i64>>,
     /// Its schema (`None`: created without one; its rows are not interpreted).
     schema: Option<CollectionSchema>,
+    /// Recovered from a snapshot valid as of this timestamp: replay skips messages at or below.
+    as_of: u64,
 }
 
 /// A collection on one vchannel (`None`: created for the whole pchannel).
@@ -155,8 +159,9 @@ fn coll_key(
 #[derive(Default)]
 struct State {
     collections: HashMap<CollKey, Collection>,
-    /// Collections dropped on a vchannel, so that a repeated drop is a no-op.
-    dropped: std::collections::HashSet<CollKey>,
+    /// Collections dropped on a vchannel, so that a repeated drop is a no-op (with the
+    /// timestamp a recovered tombstone is valid as of).
+    dropped: HashMap<CollKey, u64>,
     segments: HashMap<i64, Segment>,
 }
 
@@ -279,7 +284,7 @@ impl ShardManager {
             }
             Header::DropCollection(h) => {
                 let st = self.state.lock();
-                let again = st.dropped.contains(&(vchannel.clone(), h.collection_id));
+                let again = st.dropped.contains_key(&(vchannel.clone(), h.collection_id));
                 if st.keys_for_ddl(vc, h.collection_id).is_empty() && !again {
                     return Err(missing("drop of", h.collection_id));
                 }
@@ -538,9 +543,9 @@ impl ShardManager {
                             }
                         }
                     }
-                    st.dropped.insert(key);
+                    st.dropped.insert(key, 0);
                 }
-                st.dropped.insert((vchannel.clone(), h.collection_id));
+                st.dropped.insert((vchannel.clone(), h.collection_id), 0);
             }
             MessageType::DropPartition => {
                 let h: DropPartitionHeader = msg.header()?;
@@ -581,6 +586,7 @@ impl ShardManager {
                             last_write: Instant::now(),
                             sealed: None,
                             holds: 0,
+                            as_of: 0,
                         },
                     );
                 }
@@ -615,29 +621,189 @@ impl ShardManager {
         Ok(())
     }
 
-    /// Applies a message read back from the log when the WAL opens: what [`Self::observe`]
-    /// applies, and an insert's rows and bytes to the growing segment it was assigned to (a
-    /// live insert counted them when it was placed), so recovered segments carry their size
-    /// into the seal policies and the node's growing bytes.
+    /// Applies a message read back from the log when the WAL opens (or, in timestamp order,
+    /// to a checkpoint replica): what [`Self::observe`] applies, and an insert's rows and bytes
+    /// to the growing segment it was assigned to (a live insert counted them when it was
+    /// placed), so recovered segments carry their size into the seal policies and the node's
+    /// growing bytes.
+    ///
+    /// A message at or below the `as_of` of the recovered record it would change is skipped:
+    /// that record already reflects it.
     pub(crate) fn replay(&self, msg: &ImmutableMessage) -> Result<(), WalError> {
-        if msg.message_type()? != MessageType::Insert {
-            return self.observe(msg);
-        }
-        let h: InsertHeader = msg.header()?;
-        let mut st = self.state.lock();
-        for p in &h.partitions {
-            if let Some(seg) = st.segments.get_mut(&p.segment_id) {
-                let bytes = if p.binary_size == 0 {
-                    msg.estimate_size() as u64
-                } else {
-                    p.binary_size
-                };
-                seg.bytes += bytes;
-                seg.rows += p.rows;
-                self.node.add(bytes);
+        let ty = msg.message_type()?;
+        let ts = msg.timestamp()?.map_or(0, |t| t.0);
+        if ty == MessageType::Insert {
+            let h: InsertHeader = msg.header()?;
+            let mut st = self.state.lock();
+            for p in &h.partitions {
+                if let Some(seg) = st.segments.get_mut(&p.segment_id)
+                    && ts > seg.as_of
+                {
+                    let bytes = if p.binary_size == 0 {
+                        msg.estimate_size() as u64
+                    } else {
+                        p.binary_size
+                    };
+                    seg.bytes += bytes;
+                    seg.rows += p.rows;
+                    self.node.add(bytes);
+                }
             }
+            return Ok(());
         }
-        Ok(())
+        if ts > 0 && self.covered(msg, ty, ts)? {
+            return Ok(());
+        }
+        self.observe(msg)
+    }
+
+    /// Whether a recovered record already reflects the DDL `msg` (at `ts`).
+    fn covered(&self, msg: &ImmutableMessage, ty: MessageType, ts: u64) -> Result<bool, WalError> {
+        let collection = match ty {
+            MessageType::CreateCollection => msg.header::<CreateCollectionHeader>()?.collection_id,
+            MessageType::DropCollection => msg.header::<DropCollectionHeader>()?.collection_id,
+            MessageType::CreatePartition => msg.header::<CreatePartitionHeader>()?.collection_id,
+            MessageType::DropPartition => msg.header::<DropPartitionHeader>()?.collection_id,
+            MessageType::SchemaChange => msg.header::<SchemaChangeHeader>()?.collection_id,
+            MessageType::ManualFlush => msg.header::<ManualFlushHeader>()?.collection_id,
+            MessageType::CreateSegment => {
+                let h: CreateSegmentHeader = msg.header()?;
+                let st = self.state.lock();
+                if st.segments.contains_key(&h.segment_id) {
+                    return Ok(true);
+                }
+                h.collection_id
+            }
+            _ => return Ok(false),
+        };
+        let vc = msg.vchannel_str();
+        let st = self.state.lock();
+        let own = (vc.map(str::to_owned), collection);
+        if st.dropped.get(&own).is_some_and(|a| *a >= ts) {
+            return Ok(true);
+        }
+        Ok(st
+            .keys_for_ddl(vc, collection)
+            .iter()
+            .filter_map(|k| st.collections.get(k))
+            .any(|c| c.as_of >= ts))
+    }
+
+    /// Replaces the state with a snapshot's (a WAL opening from a checkpoint).
+    pub(crate) fn import(&self, snapshot: &crate::checkpoint::Snapshot) {
+        let vchannel = |v: &str| (!v.is_empty()).then(|| v.to_owned());
+        let mut st = self.state.lock();
+        let old: u64 = st.segments.values().map(|s| s.bytes).sum();
+        self.node.sub(old);
+        *st = State::default();
+        for c in &snapshot.collections {
+            let key = (vchannel(&c.vchannel), c.collection_id);
+            if c.dropped {
+                st.dropped.insert(key, c.as_of);
+                continue;
+            }
+            st.collections.insert(
+                key,
+                Collection {
+                    partitions: c.partition_ids.iter().map(|p| (*p, Vec::new())).collect(),
+                    schema: c.schema.clone(),
+                    as_of: c.as_of,
+                },
+            );
+        }
+        let State {
+            collections,
+            segments,
+            ..
+        } = &mut *st;
+        let mut ordered: Vec<&crate::checkpoint::SegmentMeta> = snapshot.segments.iter().collect();
+        ordered.sort_by_key(|s| s.segment_id);
+        for s in ordered {
+            let vc = vchannel(&s.vchannel);
+            let Some(p) = coll_key(collections, vc.as_deref(), s.collection_id)
+                .and_then(|k| collections.get_mut(&k))
+                .and_then(|c| c.partitions.get_mut(&s.partition_id))
+            else {
+                tracing::warn!(
+                    segment = s.segment_id,
+                    collection = s.collection_id,
+                    "a recovered segment's collection or partition is not in the snapshot; \
+                     dropping it"
+                );
+                continue;
+            };
+            p.push(s.segment_id);
+            self.node.add(s.bytes);
+            segments.insert(
+                s.segment_id,
+                Segment {
+                    collection: s.collection_id,
+                    partition: s.partition_id,
+                    vchannel: vc,
+                    limit: s.max_bytes,
+                    bytes: s.bytes,
+                    rows: s.rows,
+                    last_write: Instant::now(),
+                    sealed: None,
+                    holds: 0,
+                    as_of: s.as_of,
+                },
+            );
+        }
+    }
+
+    /// The state as snapshot records valid as of `as_of`, in a stable order.
+    pub(crate) fn export(
+        &self,
+        as_of: Timestamp,
+    ) -> (
+        Vec<crate::checkpoint::CollectionMeta>,
+        Vec<crate::checkpoint::SegmentMeta>,
+    ) {
+        use crate::checkpoint::{CollectionMeta, SegmentMeta};
+        let st = self.state.lock();
+        let name = |v: &Option<String>| v.clone().unwrap_or_default();
+        let mut collections: Vec<CollectionMeta> = st
+            .collections
+            .iter()
+            .map(|((v, id), c)| {
+                let mut partition_ids: Vec<i64> = c.partitions.keys().copied().collect();
+                partition_ids.sort_unstable();
+                CollectionMeta {
+                    vchannel: name(v),
+                    collection_id: *id,
+                    partition_ids,
+                    schema: c.schema.clone(),
+                    dropped: false,
+                    as_of: as_of.0,
+                }
+            })
+            .chain(st.dropped.keys().map(|(v, id)| CollectionMeta {
+                vchannel: name(v),
+                collection_id: *id,
+                partition_ids: Vec::new(),
+                schema: None,
+                dropped: true,
+                as_of: as_of.0,
+            }))
+            .collect();
+        collections.sort_by(|a, b| (&a.vchannel, a.collection_id).cmp(&(&b.vchannel, b.collection_id)));
+        let mut segments: Vec<SegmentMeta> = st
+            .segments
+            .iter()
+            .map(|(id, s)| SegmentMeta {
+                segment_id: *id,
+                collection_id: s.collection,
+                partition_id: s.partition,
+                vchannel: name(&s.vchannel),
+                max_bytes: s.limit,
+                bytes: s.bytes,
+                rows: s.rows,
+                as_of: as_of.0,
+            })
+            .collect();
+        segments.sort_by_key(|s| s.segment_id);
+        (collections, segments)
     }
 
     /// Drops a flushed segment from the growing state.

@@ -12,7 +12,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::time::Duration;
 
-use async_trait::async_trait;
 use parking_lot::Mutex;
 use sluice_log::{LogError, LogHandle, LogProvider, OpenOptions};
 use sluice_types::backoff::Backoff;
@@ -27,6 +26,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::WalError;
 use crate::ack::{AckState, Ticket};
+use crate::checkpoint::{CheckpointStore, Checkpointer};
 use crate::append::{self, Append};
 use crate::lock::LockManager;
 use crate::scanner::{Scanner, ScannerOptions, start_scanner};
@@ -52,6 +52,16 @@ pub struct WalConfig {
     pub wab: WabConfig,
     /// Segment policies.
     pub segments: SegmentConfig,
+    /// How often the recovery snapshot is saved (when anything changed). Default 5 s.
+    pub checkpoint_interval: Duration,
+    /// Save the recovery snapshot early once this many messages were applied since the last
+    /// one. Default 20 000.
+    pub checkpoint_dirty_messages: u64,
+    /// When the log no longer holds the snapshot's checkpoint (truncated past it by hand, or
+    /// the log was replaced), open anyway: replay from the oldest retained record on top of
+    /// the snapshot. What the lost records changed (segments created, DDL) is missing from the
+    /// shard state. Default false: the open fails with an error naming this setting.
+    pub replay_past_missing_checkpoint: bool,
 }
 
 impl Default for WalConfig {
@@ -64,20 +74,24 @@ impl Default for WalConfig {
             append_retry_max: Duration::from_secs(5),
             wab: WabConfig::default(),
             segments: SegmentConfig::default(),
+            checkpoint_interval: Duration::from_secs(5),
+            checkpoint_dirty_messages: 20_000,
+            replay_past_missing_checkpoint: false,
         }
     }
 }
 
-/// Rebuilds the WAL's state from the log when it opens (the recovery storage plugs in here).
-#[async_trait]
-pub trait RecoveryHook: Send + Sync + 'static {
-    /// Called after the first timetick of this term is written and before appends are
-    /// accepted.
-    async fn recover(
-        &self,
-        log: &Arc<dyn LogHandle>,
-        first_timetick: &ImmutableMessage,
-    ) -> Result<(), WalError>;
+/// How a WAL's open rebuilt its state.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RecoveryStats {
+    /// The checkpoint the replay started at (id, timestamp); `None`: from the start of the log.
+    pub checkpoint: Option<(MessageId, Timestamp)>,
+    /// Records applied.
+    pub replayed: u64,
+    /// Records read and skipped (at or below the checkpoint's timestamp).
+    pub skipped: u64,
+    /// How long it took, in milliseconds.
+    pub elapsed_ms: u64,
 }
 
 /// What the WAL needs from its surroundings.
@@ -89,8 +103,8 @@ pub struct WalDeps {
     pub ids: Arc<dyn IdAllocator>,
     /// Growing bytes of the whole node.
     pub node_growing: Arc<NodeGrowingBytes>,
-    /// Recovery; `None` replays nothing.
-    pub recovery: Option<Arc<dyn RecoveryHook>>,
+    /// Where recovery snapshots are kept; `None`: every open replays the whole retained log.
+    pub checkpoints: Option<Arc<dyn CheckpointStore>>,
 }
 
 impl std::fmt::Debug for WalDeps {
@@ -115,6 +129,10 @@ pub(crate) struct Inner {
     pub(crate) locks: LockManager,
     pub(crate) shard: Arc<ShardManager>,
     wab: Arc<WriteAheadBuffer>,
+    /// The replica recovery snapshots are taken from, and where they go.
+    checkpointer: Option<(Checkpointer, Arc<dyn CheckpointStore>)>,
+    checkpoint_wakeup: Notify,
+    recovery: RecoveryStats,
     state: AtomicU8,
     force_tick: AtomicBool,
     tick_wakeup: Notify,
@@ -163,20 +181,38 @@ impl Wal {
                 return Err(e);
             }
         };
-        if let Some(r) = &deps.recovery
-            && let Err(e) = r.recover(&log, &first).await
-        {
-            log.close().await;
-            return Err(e);
-        }
         let shard = Arc::new(ShardManager::new(
             config.segments.clone(),
             deps.node_growing.clone(),
         ));
-        if let Err(e) = replay_shard_state(&log, &shard, first.id()).await {
-            log.close().await;
-            return Err(e);
-        }
+        let recovered = recover(
+            &log,
+            &shard,
+            &first,
+            deps.checkpoints.as_deref(),
+            config.replay_past_missing_checkpoint,
+        )
+        .await;
+        let recovery = match recovered {
+            Ok(r) => r,
+            Err(e) => {
+                log.close().await;
+                return Err(e);
+            }
+        };
+        // The replica starts at this term's first timetick: every earlier message is in the
+        // recovered state, every later one is above its timestamp.
+        let checkpointer = deps.checkpoints.map(|store| {
+            let (collections, segments) = shard.export(first_ts);
+            let state = crate::checkpoint::Snapshot {
+                collections,
+                segments,
+                ..Default::default()
+            };
+            let replica =
+                Checkpointer::new(config.segments.clone(), &state, first.id(), first_ts);
+            (replica, store)
+        });
         let wab = match WriteAheadBuffer::new(config.wab, first.clone()) {
             Ok(w) => Arc::new(w),
             Err(e) => {
@@ -195,6 +231,9 @@ impl Wal {
             locks: LockManager::default(),
             shard,
             wab,
+            checkpointer,
+            checkpoint_wakeup: Notify::new(),
+            recovery,
             state: AtomicU8::new(OPEN),
             force_tick: AtomicBool::new(false),
             tick_wakeup: Notify::new(),
@@ -210,6 +249,10 @@ impl Wal {
             .spawn(timetick_loop(wal.inner.clone(), wal.cancel.clone()));
         wal.tasks
             .spawn(segment_loop(wal.inner.clone(), wal.cancel.clone()));
+        if wal.inner.checkpointer.is_some() {
+            wal.tasks
+                .spawn(checkpoint_loop(wal.inner.clone(), wal.cancel.clone()));
+        }
         Ok(wal)
     }
 
@@ -261,6 +304,17 @@ impl Wal {
     /// The latest timestamp a read of `vchannel` may use.
     pub fn latest_mvcc(&self, vchannel: &VChannel) -> Timestamp {
         self.inner.ack.lock().mvcc(vchannel)
+    }
+
+    /// How this WAL's open rebuilt its state.
+    pub fn recovery_stats(&self) -> RecoveryStats {
+        self.inner.recovery
+    }
+
+    /// Saves a recovery snapshot now if anything changed since the last one (tests, and
+    /// before a planned move).
+    pub async fn checkpoint(&self) -> Result<(), WalError> {
+        self.inner.save_checkpoint().await
     }
 
     /// Growing segments and their bytes (status and tests).
@@ -324,6 +378,12 @@ impl Wal {
         self.cancel.cancel();
         self.tasks.close();
         self.tasks.wait().await;
+        // A last snapshot, so the next owner replays as little as possible.
+        if inner.state.load(Ordering::Acquire) != FENCED
+            && let Err(e) = inner.save_checkpoint().await
+        {
+            tracing::warn!(error = %e, "saving the last recovery snapshot failed");
+        }
         inner.wab.close();
         inner.log.close().await;
     }
@@ -458,6 +518,12 @@ impl Inner {
             return Ok(false);
         };
         let persisted = plan.persist;
+        if let Some((replica, _)) = &self.checkpointer {
+            let dirty = replica.apply(&plan.messages, plan.last_confirmed, plan.tick);
+            if dirty >= self.config.checkpoint_dirty_messages {
+                self.checkpoint_wakeup.notify_one();
+            }
+        }
         let ended = self.txns.expire_up_to(plan.tick);
         self.txns_ended(ended);
         let mut msg = MutableMessage::builder(TimeTickHeader::default()).build()?;
@@ -491,6 +557,25 @@ impl Inner {
         }
         // The emptied vector is the next sync's.
         self.ack.lock().spare(messages);
+    }
+
+    /// Saves a recovery snapshot if anything changed since the last one.
+    async fn save_checkpoint(&self) -> Result<(), WalError> {
+        let Some((replica, store)) = &self.checkpointer else {
+            return Ok(());
+        };
+        let Some((snapshot, version)) = replica.snapshot(self.term) else {
+            return Ok(());
+        };
+        store.save(&self.pchannel, &snapshot).await?;
+        replica.saved(version);
+        tracing::debug!(
+            pchannel = %self.pchannel,
+            checkpoint = snapshot.checkpoint.timestamp,
+            segments = snapshot.segments.len(),
+            "recovery snapshot saved"
+        );
+        Ok(())
     }
 
     /// Writes Flush for every sealed segment whose writes are all acknowledged.
@@ -579,33 +664,117 @@ async fn segment_loop(inner: Arc<Inner>, cancel: CancellationToken) {
     }
 }
 
+/// Saves a recovery snapshot every `checkpoint_interval`, and early when enough messages were
+/// applied. The first one is saved at once: a WAL that just replayed its log never replays that
+/// part again, even if its owner dies the next moment.
+async fn checkpoint_loop(inner: Arc<Inner>, cancel: CancellationToken) {
+    let mut interval = tokio::time::interval(inner.config.checkpoint_interval);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = interval.tick() => {}
+            _ = inner.checkpoint_wakeup.notified() => {}
+        }
+        if inner.state.load(Ordering::Acquire) != OPEN {
+            return;
+        }
+        if let Err(e) = inner.save_checkpoint().await {
+            tracing::warn!(pchannel = %inner.pchannel, error = %e, "saving the recovery snapshot failed; retrying");
+        }
+    }
+}
+
 /// Rebuilds the vchannel state (collections, partitions, growing segments) an earlier owner
-/// left, by replaying every retained record before this term's first timetick. A record that
-/// does not decode or does not apply is logged and skipped: recovery reports, it never panics.
-async fn replay_shard_state(
+/// left: from the saved snapshot and the records after its checkpoint when there is one, else
+/// by replaying every retained record before this term's first timetick. A record that does not
+/// decode or does not apply is logged and skipped: recovery reports, it never panics.
+async fn recover(
     log: &Arc<dyn LogHandle>,
     shard: &ShardManager,
-    first: MessageId,
-) -> Result<(), WalError> {
-    let mut stream = log
-        .read(sluice_log::ReadOptions::new(sluice_log::DeliverPolicy::All))
-        .await?;
+    first: &ImmutableMessage,
+    store: Option<&dyn CheckpointStore>,
+    replay_past_missing: bool,
+) -> Result<RecoveryStats, WalError> {
+    let snapshot = match store {
+        Some(store) => store.load(log.pchannel(), log.term()).await?,
+        None => None,
+    };
     let started = std::time::Instant::now();
+    let (policy, after) = match &snapshot {
+        Some(snap) => {
+            shard.import(snap);
+            let id = snap.checkpoint.id()?;
+            if id >= first.id() {
+                return Err(WalError::Unrecoverable(format!(
+                    "the recovery checkpoint of {} is at {id}, past the end of its log (this \
+                     term starts at {}): the snapshot is not of this log. Remove it from the \
+                     meta store to replay the log from its start",
+                    log.pchannel(),
+                    first.id()
+                )));
+            }
+            (
+                sluice_log::DeliverPolicy::StartFrom(id),
+                Some((id, Timestamp(snap.checkpoint.timestamp))),
+            )
+        }
+        None => (sluice_log::DeliverPolicy::All, None),
+    };
+    let mut stream = log.read(sluice_log::ReadOptions::new(policy)).await?;
     let mut replayed = 0u64;
+    let mut skipped = 0u64;
+    let mut checked = after.is_none();
     while let Some(item) = stream.next().await {
         let msg = item?;
-        if msg.id() >= first {
+        if !checked {
+            checked = true;
+            if let Some((id, _)) = after
+                && msg.id() != id
+            {
+                let what = format!(
+                    "the recovery checkpoint of {} is at {id}, which the log no longer holds \
+                     (its oldest record from there is {}): the log was truncated past it or \
+                     replaced",
+                    log.pchannel(),
+                    msg.id()
+                );
+                if !replay_past_missing {
+                    return Err(WalError::Unrecoverable(format!(
+                        "{what}. To open it anyway from what the log holds, on top of the saved \
+                         snapshot, set wal.replay_past_missing_checkpoint = true"
+                    )));
+                }
+                tracing::error!("{what}; replaying from {} as configured", msg.id());
+            }
+        }
+        if msg.id() >= first.id() {
             break;
+        }
+        if let Some((_, ts)) = after
+            && msg.timestamp().ok().flatten().is_some_and(|t| t <= ts)
+        {
+            skipped += 1;
+            continue;
         }
         replayed += 1;
         if let Err(e) = shard.replay(&msg) {
             tracing::warn!(id = %msg.id(), error = %e, "skipping a record recovery cannot apply");
         }
     }
-    tracing::debug!(
+    let stats = RecoveryStats {
+        checkpoint: after,
         replayed,
-        elapsed_ms = started.elapsed().as_millis() as u64,
-        "shard state replayed"
+        skipped,
+        elapsed_ms: started.elapsed().as_millis() as u64,
+    };
+    tracing::info!(
+        pchannel = %log.pchannel(),
+        checkpoint = ?stats.checkpoint,
+        replayed,
+        skipped,
+        elapsed_ms = stats.elapsed_ms,
+        "shard state recovered"
     );
-    Ok(())
+    Ok(stats)
 }

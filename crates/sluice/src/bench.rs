@@ -193,7 +193,7 @@ fn wal_deps() -> WalDeps {
         oracle: oracle.clone(),
         ids: oracle,
         node_growing: NodeGrowingBytes::new(),
-        recovery: None,
+        checkpoints: None,
     }
 }
 

@@ -109,7 +109,7 @@ where
             oracle: oracle.clone(),
             ids: oracle,
             node_growing: NodeGrowingBytes::new(),
-            recovery: None,
+            checkpoints: None,
         },
     ))
 }

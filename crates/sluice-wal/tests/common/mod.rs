@@ -56,7 +56,7 @@ pub(crate) fn deps() -> WalDeps {
         oracle: oracle.clone(),
         ids: oracle,
         node_growing: NodeGrowingBytes::new(),
-        recovery: None,
+        checkpoints: None,
     }
 }
 
