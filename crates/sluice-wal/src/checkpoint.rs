@@ -175,7 +175,10 @@ impl MemoryCheckpointStore {
 
     /// `pchannel`'s snapshot, without claiming it (tests).
     pub fn get(&self, pchannel: &PChannel) -> Option<Snapshot> {
-        self.snapshots.lock().get(pchannel).and_then(|(_, s)| s.clone())
+        self.snapshots
+            .lock()
+            .get(pchannel)
+            .and_then(|(_, s)| s.clone())
     }
 }
 

@@ -13,7 +13,7 @@ mod txn;
 pub mod wab;
 pub mod wal;
 
+pub use checkpoint::{CheckpointStore, MemoryCheckpointStore, Snapshot};
 pub use error::WalError;
 pub use sluice_types::AppendResult;
-pub use checkpoint::{CheckpointStore, MemoryCheckpointStore, Snapshot};
 pub use wal::{RecoveryStats, Wal, WalConfig, WalDeps};

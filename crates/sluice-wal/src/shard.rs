@@ -284,7 +284,9 @@ impl ShardManager {
             }
             Header::DropCollection(h) => {
                 let st = self.state.lock();
-                let again = st.dropped.contains_key(&(vchannel.clone(), h.collection_id));
+                let again = st
+                    .dropped
+                    .contains_key(&(vchannel.clone(), h.collection_id));
                 if st.keys_for_ddl(vc, h.collection_id).is_empty() && !again {
                     return Err(missing("drop of", h.collection_id));
                 }
@@ -787,7 +789,8 @@ impl ShardManager {
                 as_of: as_of.0,
             }))
             .collect();
-        collections.sort_by(|a, b| (&a.vchannel, a.collection_id).cmp(&(&b.vchannel, b.collection_id)));
+        collections
+            .sort_by(|a, b| (&a.vchannel, a.collection_id).cmp(&(&b.vchannel, b.collection_id)));
         let mut segments: Vec<SegmentMeta> = st
             .segments
             .iter()

@@ -26,8 +26,8 @@ use tokio_util::task::TaskTracker;
 
 use crate::WalError;
 use crate::ack::{AckState, Ticket};
-use crate::checkpoint::{CheckpointStore, Checkpointer};
 use crate::append::{self, Append};
+use crate::checkpoint::{CheckpointStore, Checkpointer};
 use crate::lock::LockManager;
 use crate::scanner::{Scanner, ScannerOptions, start_scanner};
 use crate::shard::{NodeGrowingBytes, Placement, SegmentConfig, ShardManager};
@@ -209,8 +209,7 @@ impl Wal {
                 segments,
                 ..Default::default()
             };
-            let replica =
-                Checkpointer::new(config.segments.clone(), &state, first.id(), first_ts);
+            let replica = Checkpointer::new(config.segments.clone(), &state, first.id(), first_ts);
             (replica, store)
         });
         let wab = match WriteAheadBuffer::new(config.wab, first.clone()) {

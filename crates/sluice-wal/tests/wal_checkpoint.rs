@@ -106,7 +106,9 @@ async fn a_reopen_replays_only_what_follows_the_checkpoint_and_matches_a_full_re
                 .await
                 .unwrap();
         }
-        wal.append(manual_flush(&vchannel(COLLECTION))).await.unwrap();
+        wal.append(manual_flush(&vchannel(COLLECTION)))
+            .await
+            .unwrap();
         wal.append(drop_collection(COLLECTION + 1)).await.unwrap();
         checkpoint_now(&wal).await;
         for i in 0..7 {
@@ -188,7 +190,10 @@ async fn records_saved_after_the_checkpoint_are_not_applied_twice() {
     h.store.put(&pchannel(), torn);
 
     let two = h.open(2).await;
-    assert_eq!(two.recovery_stats().checkpoint.unwrap().1.0, old.checkpoint.timestamp);
+    assert_eq!(
+        two.recovery_stats().checkpoint.unwrap().1.0,
+        old.checkpoint.timestamp
+    );
     let bytes: u64 = two.growing_segments().iter().map(|(_, b)| b).sum();
     assert_eq!(bytes, 1800, "every insert counted once");
     two.close().await;
@@ -230,7 +235,10 @@ async fn a_checkpoint_the_log_no_longer_holds_is_a_clear_error_with_a_way_out() 
     let text = err.to_string();
     assert_eq!(err.code(), ErrorCode::Unrecoverable, "{text}");
     assert!(text.contains("no longer holds"), "{text}");
-    assert!(text.contains("wal.replay_past_missing_checkpoint"), "{text}");
+    assert!(
+        text.contains("wal.replay_past_missing_checkpoint"),
+        "{text}"
+    );
 
     // The documented way out opens it, with the snapshot's state.
     let config = WalConfig {

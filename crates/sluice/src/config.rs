@@ -211,6 +211,15 @@ pub(crate) struct WalSection {
     pub node_growing_low_bytes: u64,
     /// How often the time and memory seal policies run (ms). Default 10000.
     pub segment_check_interval_ms: u64,
+    /// How often the recovery snapshot is saved to the meta store, when anything changed
+    /// (ms). Default 5000.
+    pub checkpoint_interval_ms: u64,
+    /// Save the recovery snapshot early after this many messages. Default 20000.
+    pub checkpoint_dirty_messages: u64,
+    /// When the log no longer holds the snapshot's checkpoint, open anyway from the oldest
+    /// retained record (what the missing records changed is lost). Default false: the open
+    /// fails with an error that names this setting.
+    pub replay_past_missing_checkpoint: bool,
 }
 
 impl Default for Config {
@@ -312,6 +321,9 @@ impl Default for WalSection {
             node_growing_high_bytes: w.segments.node_growing_high,
             node_growing_low_bytes: w.segments.node_growing_low,
             segment_check_interval_ms: ms_of(w.segments.check_interval),
+            checkpoint_interval_ms: ms_of(w.checkpoint_interval),
+            checkpoint_dirty_messages: w.checkpoint_dirty_messages,
+            replay_past_missing_checkpoint: w.replay_past_missing_checkpoint,
         }
     }
 }
@@ -344,6 +356,9 @@ impl WalSection {
                 node_growing_low: self.node_growing_low_bytes,
                 check_interval: ms(self.segment_check_interval_ms),
             },
+            checkpoint_interval: ms(self.checkpoint_interval_ms),
+            checkpoint_dirty_messages: self.checkpoint_dirty_messages.max(1),
+            replay_past_missing_checkpoint: self.replay_past_missing_checkpoint,
         }
     }
 }
@@ -451,6 +466,10 @@ impl Config {
             (
                 "wal.segment_check_interval_ms",
                 self.wal.segment_check_interval_ms,
+            ),
+            (
+                "wal.checkpoint_interval_ms",
+                self.wal.checkpoint_interval_ms,
             ),
         ] {
             if ms == 0 {

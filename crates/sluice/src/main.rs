@@ -241,6 +241,23 @@ enum BenchCommand {
         #[arg(long, value_delimiter = ',', default_value = "1,64")]
         producers: Vec<usize>,
     },
+    /// Time to open a WAL (local log, embedded meta store) whose log holds each count of
+    /// messages, with a recent recovery snapshot and replaying everything, in one run; prints
+    /// the ratio of the largest count's open time to the smallest's.
+    Recovery {
+        /// Directory to benchmark in (a temporary subdirectory is created and removed).
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+        /// Messages in the log, comma separated.
+        #[arg(long, value_delimiter = ',', default_value = "100000,1000000")]
+        counts: Vec<u64>,
+        /// Inserts written after the snapshot the reopen starts from.
+        #[arg(long, default_value_t = 10_000)]
+        tail: u64,
+        /// Payload bytes per insert.
+        #[arg(long, default_value_t = 64)]
+        record_size: usize,
+    },
 }
 
 /// Settings every benchmark takes.
@@ -384,6 +401,28 @@ fn run() -> anyhow::Result<()> {
                 producers: &producers,
                 record_size: opts.record_size,
                 seconds: opts.seconds,
+            }))
+        }
+        Command::Bench {
+            what:
+                BenchCommand::Recovery {
+                    dir,
+                    counts,
+                    tail,
+                    record_size,
+                },
+        } => {
+            let opts = BenchOpts {
+                dir,
+                record_size,
+                seconds: 0.0,
+            };
+            let tmp = opts.tempdir()?;
+            rt.block_on(bench::recovery::run(bench::recovery::RecoveryParams {
+                dir: tmp.path(),
+                counts: &counts,
+                tail,
+                record_size,
             }))
         }
         Command::LogSmoke {

@@ -22,6 +22,7 @@ use sluice_meta::MetaStore;
 use sluice_node::WalManager;
 use sluice_node::coord_link::{GrpcNodeClient, LeaderOracleLink, LocalNodeClient, RemoteOracle};
 use sluice_node::service::NodeService;
+use sluice_storage::checkpoints::MetaCheckpointStore;
 use sluice_types::{ErrorCode, MutableMessage, PChannel, VChannel};
 use sluice_wal::shard::NodeGrowingBytes;
 use sluice_wal::tso::{IdAllocator, TimestampOracle};
@@ -98,6 +99,7 @@ fn wal_manager<O>(
     config: &Config,
     provider: Arc<dyn LogProvider>,
     oracle: Arc<O>,
+    store: Arc<dyn MetaStore>,
 ) -> Arc<WalManager>
 where
     O: TimestampOracle + IdAllocator,
@@ -109,7 +111,7 @@ where
             oracle: oracle.clone(),
             ids: oracle,
             node_growing: NodeGrowingBytes::new(),
-            checkpoints: None,
+            checkpoints: Some(MetaCheckpointStore::new(store, config.meta.root.clone())),
         },
     ))
 }
@@ -370,7 +372,7 @@ impl Standalone {
         let oracle = Arc::new(LeaderOracleLink(Arc::new(LeaderOracle::new(
             coordinator.clone(),
         ))));
-        let manager = wal_manager(config, provider, oracle);
+        let manager = wal_manager(config, provider, oracle, store.clone());
         let _ = manager_slot.set(manager.clone());
         let topology = Arc::new(LeaderTopology::new(coordinator.clone()));
         let access: Arc<dyn WalAccess> =
@@ -529,7 +531,7 @@ pub(crate) async fn node(config: Config) -> anyhow::Result<()> {
             .map_err(anyhow::Error::msg)
             .context("coord.endpoint")?,
     );
-    let manager = wal_manager(&config, provider, oracle);
+    let manager = wal_manager(&config, provider, oracle, store.clone());
     let node_id = NodeId(config.node.id);
     let session = register_node(store, &config, advertise.clone()).await?;
     let service = NodeService::new(node_id, manager.clone());

@@ -95,3 +95,41 @@ fn bench_grpc_bad_settings_are_errors() {
         assert!(!err.contains("panicked"), "{flag} {value}: {err}");
     }
 }
+
+#[test]
+fn bench_recovery_replays_only_the_tail_with_a_snapshot_and_everything_without() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["bench", "recovery", "--dir"])
+        .arg(dir.path())
+        .args(["--counts", "2000,6000", "--tail", "300"])
+        .output()
+        .expect("run sluice");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "sluice bench recovery failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for count in [2000u64, 6000] {
+        let line = stdout
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(&count.to_string()))
+            .unwrap_or_else(|| panic!("no row for {count}:\n{stdout}"));
+        let nums: Vec<f64> = line
+            .split_whitespace()
+            .filter(|w| *w != "|")
+            .map(|w| w.parse().unwrap())
+            .collect();
+        let (with_replayed, without_replayed) = (nums[3], nums[5]);
+        assert!(
+            (300.0..320.0).contains(&with_replayed),
+            "with a snapshot only the tail is replayed: {line}"
+        );
+        assert!(
+            without_replayed >= count as f64,
+            "without one everything is: {line}"
+        );
+    }
+    assert!(stdout.contains("ratio 6000 vs 2000 messages"), "{stdout}");
+}

@@ -23,6 +23,7 @@
 mod reader;
 mod recovery;
 mod segment;
+mod sidecar;
 mod writer;
 
 use std::collections::HashMap;
@@ -306,6 +307,11 @@ impl SharedDir {
         }
     }
 
+    /// A segment's index entries as known now.
+    fn index_entries(&self, base: u64) -> Vec<(u64, u64)> {
+        self.index.lock().get(&base).cloned().unwrap_or_default()
+    }
+
     fn remove_index(&self, base: u64) {
         self.index.lock().remove(&base);
     }
@@ -480,6 +486,9 @@ fn truncate_segments(
             if next.base > up_to.saturating_add(1) {
                 break;
             }
+            // The sidecar first: a sidecar without its segment is never read, but a segment
+            // must not outlive a removal that reported success.
+            sidecar::remove(&seg.path)?;
             match std::fs::remove_file(&seg.path) {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}

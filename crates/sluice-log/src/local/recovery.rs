@@ -213,7 +213,7 @@ pub(super) fn find_valid_frame(file: &File, from: u64) -> io::Result<Option<u64>
 }
 
 /// One segment after recovery.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub(super) struct ScannedSegment {
     /// Base lsn.
     pub base: u64,
@@ -250,6 +250,16 @@ pub(super) fn recover(
     for (i, seg) in segments.iter().enumerate() {
         let last = i + 1 == segments.len();
         let writable = last && matches!(mode, RecoveryMode::ReadWrite(_));
+        // A sealed segment with an intact sidecar that agrees with the files is not scanned.
+        let sealed_next = segments.get(i + 1).map(|n| n.base);
+        if let Some(next) = sealed_next
+            && (i > 0 || start.is_none())
+            && out.last().is_none_or(|p| p.next_lsn == seg.base)
+            && let Some(known) = super::sidecar::read(&seg.path, seg.base, next)
+        {
+            out.push(known);
+            continue;
+        }
         let file = match std::fs::OpenOptions::new()
             .read(true)
             .write(writable)
@@ -390,6 +400,15 @@ pub(super) fn recover(
             next_lsn: scan.next_lsn,
             index: scan.index,
         });
+        // A sealed segment scanned in full: record it so the next open need not scan it.
+        if !last
+            && (i > 0 || start.is_none())
+            && matches!(mode, RecoveryMode::ReadWrite(_))
+            && sealed_next == Some(scan.next_lsn)
+            && let Some(done) = out.last()
+        {
+            super::sidecar::write(done);
+        }
     }
     Ok(out)
 }

@@ -250,8 +250,31 @@ async fn corruption_in_a_sealed_segment_fails_open_and_reads() {
     assert!(s.next().await.is_none(), "one error, then the end");
     h.close().await;
 
+    // An open trusts the sidecar the writer left when the segment sealed, so it does not read
+    // every record of every sealed segment; reads still report the damage where it is.
     for rw in [true, false] {
-        match open(&cfg, 2, rw).await {
+        let h = open(&cfg, 2, rw).await.unwrap();
+        let mut s = h.read(ReadOptions::new(DeliverPolicy::All)).await.unwrap();
+        let err = loop {
+            match s.next().await {
+                Some(Ok(_)) => {}
+                Some(Err(e)) => break e,
+                None => panic!("read past the damage"),
+            }
+        };
+        match err {
+            LogError::Corrupted { location, .. } => {
+                assert!(location.contains(".log:"), "{location}")
+            }
+            e => panic!("unexpected error {e}"),
+        }
+        h.close().await;
+    }
+
+    // Without its sidecar the segment is scanned, and the open refuses the damage.
+    std::fs::remove_file(segments[1].path.with_extension("idx")).unwrap();
+    for rw in [true, false] {
+        match open(&cfg, 3, rw).await {
             Err(LogError::Corrupted { location, .. }) => {
                 assert!(location.contains(".log:"), "{location}")
             }
@@ -259,6 +282,59 @@ async fn corruption_in_a_sealed_segment_fails_open_and_reads() {
             Ok(_) => panic!("opened a corrupted log"),
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sealed_segments_get_sidecars_and_an_open_reads_those_instead_of_the_records() {
+    let root = tempfile::tempdir().unwrap();
+    let cfg = config(root.path());
+    let h = open(&cfg, 1, true).await.unwrap();
+    append_n(&h, "a", 60).await;
+    h.close().await;
+    let dir = dir_of(root.path());
+    let segments = list_segments(&dir).unwrap();
+    assert!(segments.len() > 3);
+    let sealed = &segments[..segments.len() - 1];
+    for seg in sealed {
+        assert!(
+            seg.path.with_extension("idx").exists(),
+            "{}",
+            seg.path.display()
+        );
+    }
+    assert!(!segments.last().unwrap().path.with_extension("idx").exists());
+
+    // The sidecars give what a scan would: the same recovery result either way.
+    let with = recover(&segments, RecoveryMode::ReadOnly, cfg.index_interval, None).unwrap();
+    for seg in sealed {
+        std::fs::remove_file(seg.path.with_extension("idx")).unwrap();
+    }
+    let scanned = recover(&segments, RecoveryMode::ReadOnly, cfg.index_interval, None).unwrap();
+    assert_eq!(with.len(), scanned.len());
+    for (a, b) in with.iter().zip(&scanned) {
+        assert_eq!(
+            (a.base, a.end_offset, a.next_lsn),
+            (b.base, b.end_offset, b.next_lsn)
+        );
+    }
+    // A read-write open writes the sidecars that were missing; every record still reads.
+    let h = open(&cfg, 2, true).await.unwrap();
+    for seg in sealed {
+        assert!(seg.path.with_extension("idx").exists());
+    }
+    let mut s = h
+        .read(ReadOptions::new(DeliverPolicy::StartFrom(id(segments[2]
+            .base
+            + 1))))
+        .await
+        .unwrap();
+    assert_eq!(take(&mut s, 1).await[0].id(), id(segments[2].base + 1));
+    // Truncation takes a segment's sidecar with it.
+    h.truncate(id(segments[2].base)).await.unwrap();
+    assert!(!segments[0].path.with_extension("idx").exists());
+    assert!(!segments[1].path.with_extension("idx").exists());
+    assert!(segments[2].path.with_extension("idx").exists());
+    h.close().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

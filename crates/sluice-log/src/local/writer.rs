@@ -718,6 +718,13 @@ impl Writer {
             self.sync_now()?;
         }
         let base = self.active.next_lsn;
+        let sealed = ScannedSegment {
+            base: self.active.base,
+            path: self.active.path.clone(),
+            end_offset: self.active.offset,
+            next_lsn: self.active.next_lsn,
+            index: self.shared.index_entries(self.active.base),
+        };
         let seg = match create_segment(&self.shared.path, base, self.term) {
             Ok(seg) => seg,
             Err(LogError::Io { source, .. })
@@ -730,6 +737,8 @@ impl Writer {
         };
         self.active = Active::open(&seg, &self.config)?;
         self.shared.replace_index(base, Vec::new());
+        // Once the next segment exists the sealed one is final: record it for the next open.
+        super::sidecar::write(&sealed);
         tracing::debug!(pchannel = %self.pchannel, base, "rolled to a new segment");
         Ok(())
     }

@@ -1,6 +1,8 @@
 //! `sluice bench`: throughput and latency measured next to a baseline taken in the same run.
 //!
 //! * `wal`: the full WAL against the raw local log it runs on.
+//! * `recovery`: opening a WAL as its log grows, with a recent snapshot and without (see
+//!   [`recovery`]).
 //! * `grpc`: a [`Client`] appending over loopback gRPC to a standalone server started in this
 //!   process, against the same kind of client reaching that server's WAL in process.
 //!
@@ -31,6 +33,8 @@ use sluice_wal::{Wal, WalConfig, WalDeps};
 use crate::config::Config;
 use crate::local_access::RoutedAccess;
 use crate::server::Standalone;
+
+pub(crate) mod recovery;
 
 const COLLECTION: i64 = 1;
 const PARTITION: i64 = 1;
