@@ -1,10 +1,11 @@
 //! Compiles `proto/` (at the workspace root) with protox (pure Rust, no `protoc` needed) and
 //! generates tonic code. The message model's types (everything `message.proto` declares) are
-//! generated once, in sluice-types, and used from there.
+//! generated once, in sluice-types (with `storage.proto`'s records), and used from there.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let files = [
         "../../proto/sluice/v1/message.proto",
+        "../../proto/sluice/v1/storage.proto",
         "../../proto/sluice/v1/common.proto",
         "../../proto/sluice/v1/node.proto",
         "../../proto/sluice/v1/coord.proto",
@@ -17,21 +18,23 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_server(true)
         .build_client(true)
         .bytes(["."]);
-    let model = descriptors
-        .file
-        .iter()
-        .find(|f| f.name() == "sluice/v1/message.proto")
-        .ok_or("message.proto is missing from the descriptors")?;
-    let names = model
-        .message_type
-        .iter()
-        .map(|m| m.name())
-        .chain(model.enum_type.iter().map(|e| e.name()));
-    for name in names {
-        config = config.extern_path(
-            format!(".sluice.v1.{name}"),
-            format!("::sluice_types::message::pb::{name}"),
-        );
+    for file in ["sluice/v1/message.proto", "sluice/v1/storage.proto"] {
+        let model = descriptors
+            .file
+            .iter()
+            .find(|f| f.name() == file)
+            .ok_or_else(|| format!("{file} is missing from the descriptors"))?;
+        let names = model
+            .message_type
+            .iter()
+            .map(|m| m.name())
+            .chain(model.enum_type.iter().map(|e| e.name()));
+        for name in names {
+            config = config.extern_path(
+                format!(".sluice.v1.{name}"),
+                format!("::sluice_types::message::pb::{name}"),
+            );
+        }
     }
     config.compile_fds(descriptors)?;
     Ok(())

@@ -44,6 +44,7 @@ async fn start_node(id: u64, provider: Arc<dyn LogProvider>, oracle: Arc<LocalOr
         ids: oracle,
         node_growing: NodeGrowingBytes::new(),
         checkpoints: None,
+        rows: None,
     };
     let config = WalConfig {
         timetick_interval: Duration::from_millis(20),

@@ -102,6 +102,7 @@ async fn a_wal_runs_on_the_coordinators_oracle_across_a_coordinator_restart() {
             ids: Arc::new(IdsLink(ids)),
             node_growing: NodeGrowingBytes::new(),
             checkpoints: None,
+            rows: None,
         };
         let wal = Wal::open(
             &provider,

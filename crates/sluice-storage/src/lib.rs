@@ -2,5 +2,10 @@
 //!
 //! * [`checkpoints`] — the WAL's recovery snapshots (checkpoint, collections per vchannel with
 //!   their schemas, growing segments with their stats) in the meta store.
+//! * [`flusher`] — growing segments to Parquet in object storage, manifests, flush
+//!   checkpoints, log truncation.
+//! * [`rows`] — Insert and Delete bodies (Arrow IPC) checked against the collection's schema.
 
 pub mod checkpoints;
+pub mod flusher;
+pub mod rows;

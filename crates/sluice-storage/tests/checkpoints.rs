@@ -147,6 +147,7 @@ fn wal_deps(oracle: &Arc<LocalOracle>, store: Arc<MetaCheckpointStore>) -> WalDe
         ids: oracle.clone(),
         node_growing: NodeGrowingBytes::new(),
         checkpoints: Some(store),
+        rows: None,
     }
 }
 

@@ -81,6 +81,7 @@ async fn run(target: Target, producers: usize, iters: u64) -> Duration {
                 ids: oracle,
                 node_growing: NodeGrowingBytes::new(),
                 checkpoints: None,
+                rows: None,
             };
             let wal = Wal::open(
                 &provider,

@@ -9,6 +9,8 @@
 //!            decodes and keeps its type's rules, txn
 //!  Lock      vchannel lock (exclusive for DDL),          released when the append ends
 //!            held to the end
+//!  Rows      Insert / Delete body against the schema     ·
+//!            in force (when the collection has one)
 //!  Place     insert → growing segment (writes            done: hold (txn body) or release the
 //!            CreateSegment when none has room); DDL      reservation; failed: release it
 //!            needs its collection on the vchannel;
@@ -56,6 +58,7 @@ use crate::wal::Inner;
 pub(crate) enum Step {
     Validate,
     Lock,
+    Rows,
     Place,
     Observe,
     TxnId,
@@ -67,6 +70,7 @@ pub(crate) enum Step {
 pub(crate) const CLIENT: &[Step] = &[
     Step::Validate,
     Step::Lock,
+    Step::Rows,
     Step::Place,
     Step::Observe,
     Step::TxnId,
@@ -211,6 +215,7 @@ impl Step {
                 };
                 Ok(())
             }
+            Step::Rows => check_rows(inner, a),
             Step::Observe => Ok(()),
             Step::TxnId => {
                 if a.ty != MessageType::BeginTxn {
@@ -246,7 +251,7 @@ impl Step {
 
     fn failed(self, inner: &Inner, a: &Append) {
         match self {
-            Step::Validate | Step::Lock | Step::Observe | Step::TxnId => {}
+            Step::Validate | Step::Lock | Step::Rows | Step::Observe | Step::TxnId => {}
             Step::Place => {
                 if let Some(seg) = a.segment {
                     let bytes = a
@@ -283,7 +288,7 @@ impl Step {
 
     fn done(self, inner: &Inner, a: &mut Append) {
         match self {
-            Step::Validate | Step::Lock | Step::TxnId => {}
+            Step::Validate | Step::Lock | Step::Rows | Step::TxnId => {}
             Step::Place => match (a.segment, a.txn) {
                 // A transaction body keeps its segment from flushing until the transaction
                 // ends; a plain insert gives its reservation back at once.
@@ -348,6 +353,33 @@ fn after_log() -> WalError {
 }
 
 /// What every producer's message must satisfy before anything is locked or allocated.
+/// The Rows step: an Insert or Delete body must fit the schema of its collection (when the
+/// collection was created with one and a row check is installed).
+fn check_rows(inner: &Inner, a: &mut Append) -> Result<(), WalError> {
+    let Some(check) = &inner.rows else {
+        return Ok(());
+    };
+    let (collection, rows, insert) = match a.header.as_ref() {
+        Some(Header::Insert(h)) => (
+            h.collection_id,
+            h.partitions.iter().map(|p| p.rows).sum::<u64>(),
+            true,
+        ),
+        Some(Header::Delete(h)) => (h.collection_id, h.rows, false),
+        _ => return Ok(()),
+    };
+    let Some(schema) = inner.shard.schema(a.vc(), collection) else {
+        return Ok(());
+    };
+    let body = a.msg()?.payload().clone();
+    let checked = if insert {
+        check.check_insert(&schema, rows, &body)
+    } else {
+        check.check_delete(&schema, rows, &body)
+    };
+    checked.map_err(WalError::InvalidArgument)
+}
+
 fn validate(inner: &Inner, a: &mut Append) -> Result<(), WalError> {
     let ty = a.ty;
     let pchannel = &inner.pchannel;

@@ -216,8 +216,8 @@ struct Position {
 pub(crate) struct Checkpointer {
     replica: ShardManager,
     position: Mutex<Position>,
-    /// The version last saved.
-    saved: Mutex<Option<u64>>,
+    /// The version last saved, and its checkpoint's id.
+    saved: Mutex<Option<(u64, MessageId)>>,
 }
 
 impl std::fmt::Debug for Checkpointer {
@@ -280,7 +280,7 @@ impl Checkpointer {
     /// The snapshot to save, or `None` when nothing changed since the last saved one.
     pub(crate) fn snapshot(&self, term: Term) -> Option<(Snapshot, u64)> {
         let mut pos = self.position.lock();
-        if *self.saved.lock() == Some(pos.version) {
+        if self.saved.lock().is_some_and(|(v, _)| v == pos.version) {
             return None;
         }
         let (collections, segments) = self.replica.export(pos.ts);
@@ -295,11 +295,16 @@ impl Checkpointer {
         ))
     }
 
-    /// `version` was saved.
-    pub(crate) fn saved(&self, version: u64) {
+    /// `version`, with its checkpoint at `id`, was saved.
+    pub(crate) fn saved(&self, version: u64, id: MessageId) {
         let mut saved = self.saved.lock();
-        if saved.is_none_or(|v| v < version) {
-            *saved = Some(version);
+        if saved.is_none_or(|(v, _)| v < version) {
+            *saved = Some((version, id));
         }
+    }
+
+    /// The id the last snapshot saved by this WAL starts replay at.
+    pub(crate) fn saved_id(&self) -> Option<MessageId> {
+        self.saved.lock().map(|(_, id)| id)
     }
 }

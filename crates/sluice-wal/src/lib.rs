@@ -6,6 +6,7 @@ mod append;
 pub mod checkpoint;
 pub mod error;
 mod lock;
+pub mod rows;
 pub mod scanner;
 pub mod shard;
 pub mod tso;
@@ -15,5 +16,6 @@ pub mod wal;
 
 pub use checkpoint::{CheckpointStore, MemoryCheckpointStore, Snapshot};
 pub use error::WalError;
+pub use rows::RowCheck;
 pub use sluice_types::AppendResult;
 pub use wal::{RecoveryStats, Wal, WalConfig, WalDeps};

@@ -105,6 +105,9 @@ pub struct WalDeps {
     pub node_growing: Arc<NodeGrowingBytes>,
     /// Where recovery snapshots are kept; `None`: every open replays the whole retained log.
     pub checkpoints: Option<Arc<dyn CheckpointStore>>,
+    /// Checks Insert and Delete bodies of collections that have a schema; `None`: bodies are
+    /// not interpreted.
+    pub rows: Option<Arc<dyn crate::RowCheck>>,
 }
 
 impl std::fmt::Debug for WalDeps {
@@ -123,6 +126,7 @@ pub(crate) struct Inner {
     config: WalConfig,
     log: Arc<dyn LogHandle>,
     pub(crate) ids: Arc<dyn IdAllocator>,
+    pub(crate) rows: Option<Arc<dyn crate::RowCheck>>,
     refiller: Refiller,
     pub(crate) ack: Mutex<AckState>,
     pub(crate) txns: TxnManager,
@@ -224,6 +228,7 @@ impl Wal {
             term,
             log,
             ids: deps.ids,
+            rows: deps.rows,
             refiller,
             ack: Mutex::new(AckState::new(first_ts, first.id())),
             txns: TxnManager::new(config.txn_default_keepalive),
@@ -314,6 +319,23 @@ impl Wal {
     /// before a planned move).
     pub async fn checkpoint(&self) -> Result<(), WalError> {
         self.inner.save_checkpoint().await
+    }
+
+    /// Where the last recovery snapshot this WAL saved starts its replay (`None`: it saved
+    /// none, or has no snapshot store — then its next owner replays the whole log, which must
+    /// not be truncated).
+    pub fn saved_checkpoint(&self) -> Option<MessageId> {
+        self.inner
+            .checkpointer
+            .as_ref()
+            .and_then(|(replica, _)| replica.saved_id())
+    }
+
+    /// Truncates the log up to and including `up_to`, at the backend's granularity (whole
+    /// files on `local`, whole blocks on `object`); the caller keeps what is still needed.
+    pub async fn truncate(&self, up_to: MessageId) -> Result<(), WalError> {
+        self.inner.check_open()?;
+        Ok(self.inner.log.truncate(up_to).await?)
     }
 
     /// Growing segments and their bytes (status and tests).
@@ -567,7 +589,7 @@ impl Inner {
             return Ok(());
         };
         store.save(&self.pchannel, &snapshot).await?;
-        replica.saved(version);
+        replica.saved(version, snapshot.checkpoint.id()?);
         tracing::debug!(
             pchannel = %self.pchannel,
             checkpoint = snapshot.checkpoint.timestamp,

@@ -23,6 +23,7 @@ use sluice_node::WalManager;
 use sluice_node::coord_link::{GrpcNodeClient, LeaderOracleLink, LocalNodeClient, RemoteOracle};
 use sluice_node::service::NodeService;
 use sluice_storage::checkpoints::MetaCheckpointStore;
+use sluice_storage::rows::ArrowRowCheck;
 use sluice_types::{ErrorCode, MutableMessage, PChannel, VChannel};
 use sluice_wal::shard::NodeGrowingBytes;
 use sluice_wal::tso::{IdAllocator, TimestampOracle};
@@ -112,6 +113,7 @@ where
             ids: oracle,
             node_growing: NodeGrowingBytes::new(),
             checkpoints: Some(MetaCheckpointStore::new(store, config.meta.root.clone())),
+            rows: Some(Arc::new(ArrowRowCheck::default())),
         },
     ))
 }

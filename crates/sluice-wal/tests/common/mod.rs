@@ -57,6 +57,7 @@ pub(crate) fn deps() -> WalDeps {
         ids: oracle,
         node_growing: NodeGrowingBytes::new(),
         checkpoints: None,
+        rows: None,
     }
 }
 

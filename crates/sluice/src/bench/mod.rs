@@ -198,6 +198,7 @@ fn wal_deps() -> WalDeps {
         ids: oracle,
         node_growing: NodeGrowingBytes::new(),
         checkpoints: None,
+        rows: None,
     }
 }
 

@@ -72,6 +72,7 @@ fn deps(oracle: &Arc<LocalOracle>, store: Option<Arc<dyn CheckpointStore>>) -> W
         ids: oracle.clone(),
         node_growing: NodeGrowingBytes::new(),
         checkpoints: store,
+        rows: None,
     }
 }
 

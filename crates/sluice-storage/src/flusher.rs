@@ -1,0 +1,814 @@
+//! The flusher: turns a WAL's growing segments into Parquet segments in object storage, and
+//! truncates the log below what is no longer needed.
+//!
+//! One flusher runs per open WAL. It reads the WAL in timestamp order (a scanner: the log, then
+//! the write-ahead buffer), keeps every growing segment's rows in memory as Arrow batches and the
+//! deletes of each vchannel, and at each flush point the WAL writes — FLUSH for a sealed segment,
+//! MANUAL_FLUSH and SCHEMA_CHANGE for the segments they name — writes them out:
+//!
+//! 1. the segment's Parquet file and the vchannel's delete file, under names that depend only on
+//!    the segment (or the flush point), so a retry after a crash writes the same objects;
+//! 2. the manifest in the meta store — the commit point. A segment that already has one is not
+//!    written again (its rows are all there);
+//! 3. then, now and then, the **flush checkpoint**: the log position from which the rows not yet
+//!    in Parquet can be read again (the first message of the oldest unflushed data), saved in the
+//!    meta store. A flusher that starts reads from there.
+//!
+//! A crash at any point of this loses nothing and writes nothing twice: rows are in the log until
+//! their manifest is committed, a segment with a manifest is skipped, and rows belong to exactly
+//! the segment the WAL assigned them to.
+//!
+//! **Truncation.** Every `truncate_interval` the flusher notes the oldest position still needed
+//! — the lower of the saved flush checkpoint and the WAL's saved recovery checkpoint — and
+//! truncates the log below the one it noted `retention` ago. See `sluice_log` for what each
+//! backend removes (whole files on `local`, whole blocks on `object`, nothing on `kafka`).
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arrow_array::{Array, ArrayRef, BinaryArray, Int64Array, RecordBatch, cast::AsArray};
+use arrow_schema::{DataType as ArrowType, Field, Schema};
+use bytes::Bytes;
+use object_store::path::Path as ObjectPath;
+use object_store::{ObjectStore, ObjectStoreExt};
+use parquet::arrow::ArrowWriter;
+use parquet::file::properties::WriterProperties;
+use prost::Message as _;
+use sluice_meta::{Condition, MetaStore};
+use sluice_types::backoff::Backoff;
+use sluice_types::message::pb::{
+    DeleteManifest, SegmentManifest, StorageFile,
+    segment_manifest::{PkMax, PkMin},
+};
+use sluice_types::message::{
+    CreateCollectionHeader, DeleteHeader, DropCollectionHeader, DropPartitionHeader, FlushHeader,
+    InsertHeader, ManualFlushHeader, SchemaChangeHeader,
+};
+use sluice_types::schema::{CollectionSchema, DataType};
+use sluice_types::{
+    DeliverPolicy, ImmutableMessage, MessageFilter, MessageId, MessageType, Timestamp,
+};
+use sluice_wal::checkpoint::Checkpoint;
+use sluice_wal::scanner::{ReadMessage, ScannerOptions};
+use sluice_wal::{Wal, WalError};
+use tokio_util::sync::CancellationToken;
+
+use crate::rows::{decode_delete, decode_insert, primary_key};
+
+/// The system column holding each row's timestamp.
+pub const TS_COLUMN: &str = "_ts";
+/// The body column of rows of a collection without a schema.
+pub const PAYLOAD_COLUMN: &str = "_payload";
+
+/// What the flusher needs: where segments go and where their manifests go.
+#[derive(Clone)]
+pub struct StorageConfig {
+    /// The storage root (a local directory in standalone, a bucket in a cluster).
+    pub store: Arc<dyn ObjectStore>,
+    /// The meta store manifests and flush checkpoints are kept in.
+    pub meta: Arc<dyn MetaStore>,
+    /// The meta store's root prefix.
+    pub meta_root: String,
+    /// How long a log record is kept after nothing needs it any more.
+    pub retention: Duration,
+    /// How often truncation runs.
+    pub truncate_interval: Duration,
+    /// How often the flush checkpoint is saved (when it moved).
+    pub checkpoint_interval: Duration,
+    /// The largest body decoded, in bytes.
+    pub max_body_bytes: usize,
+}
+
+impl std::fmt::Debug for StorageConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StorageConfig")
+            .field("meta_root", &self.meta_root)
+            .field("retention", &self.retention)
+            .field("truncate_interval", &self.truncate_interval)
+            .finish_non_exhaustive()
+    }
+}
+
+impl StorageConfig {
+    fn root(&self) -> &str {
+        self.meta_root.trim_end_matches('/')
+    }
+
+    /// The meta-store key of a segment's manifest.
+    pub fn manifest_key(&self, collection: i64, segment: i64) -> String {
+        format!("{}/segments/{collection}/{segment}", self.root())
+    }
+
+    /// The prefix of every segment manifest.
+    pub fn manifests_prefix(&self) -> String {
+        format!("{}/segments/", self.root())
+    }
+
+    /// The meta-store key of a delete manifest.
+    pub fn delete_manifest_key(&self, collection: i64, vchannel: &str, ts: u64) -> String {
+        format!("{}/deletes/{collection}/{vchannel}/{ts}", self.root())
+    }
+
+    /// The prefix of every delete manifest.
+    pub fn delete_manifests_prefix(&self) -> String {
+        format!("{}/deletes/", self.root())
+    }
+
+    fn flush_checkpoint_key(&self, pchannel: &str) -> String {
+        format!("{}/flush/{pchannel}", self.root())
+    }
+}
+
+/// The object path of a segment's data file.
+pub fn segment_path(collection: i64, partition: i64, segment: i64) -> String {
+    format!("segments/{collection}/{partition}/{segment}/data.parquet")
+}
+
+/// The object path of a delete file.
+pub fn delete_path(collection: i64, vchannel: &str, flush_ts: u64) -> String {
+    format!("deletes/{collection}/{vchannel}/{flush_ts}.parquet")
+}
+
+/// A running flusher.
+#[derive(Debug)]
+pub struct Flusher {
+    cancel: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Flusher {
+    /// Starts flushing `wal`.
+    pub fn start(wal: Wal, config: Arc<StorageConfig>) -> Flusher {
+        let cancel = CancellationToken::new();
+        let task = tokio::spawn(run(wal, config, cancel.clone()));
+        Flusher { cancel, task }
+    }
+
+    /// Stops it (what is not flushed stays in the log for the next owner).
+    pub async fn stop(self) {
+        self.cancel.cancel();
+        let _ = self.task.await;
+    }
+}
+
+/// Where a piece of unflushed data starts in the log: reading from `id` with timestamps above
+/// `after` finds it again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Position {
+    id: MessageId,
+    after: Timestamp,
+}
+
+fn position_of(m: &ImmutableMessage) -> Option<Position> {
+    let ts = m.timestamp().ok().flatten()?;
+    let lc = m.last_confirmed().ok().flatten().unwrap_or(m.id());
+    Some(Position {
+        id: lc,
+        after: Timestamp(ts.0.saturating_sub(1)),
+    })
+}
+
+struct SegmentBuf {
+    collection: i64,
+    partition: i64,
+    vchannel: String,
+    schema: Option<CollectionSchema>,
+    batches: Vec<RecordBatch>,
+    rows: u64,
+    start: Position,
+    first_id: MessageId,
+    last_id: MessageId,
+    min_ts: u64,
+    max_ts: u64,
+}
+
+struct DeleteBuf {
+    keys: Vec<ArrayRef>,
+    ts: Vec<i64>,
+    start: Position,
+}
+
+#[derive(Default)]
+struct State {
+    /// Per (vchannel, collection): the schema in force (`None`: created without one).
+    schemas: HashMap<(String, i64), Option<CollectionSchema>>,
+    segments: HashMap<i64, SegmentBuf>,
+    deletes: HashMap<(String, i64), DeleteBuf>,
+    /// Where reading stands when nothing is pending.
+    current: Option<Position>,
+}
+
+impl State {
+    fn schema(&self, vchannel: &str, collection: i64) -> Option<CollectionSchema> {
+        self.schemas
+            .get(&(vchannel.to_owned(), collection))
+            .or_else(|| self.schemas.get(&(String::new(), collection)))
+            .cloned()
+            .flatten()
+    }
+
+    /// The flush checkpoint: the oldest start of pending data, else where reading stands.
+    fn checkpoint(&self) -> Option<Position> {
+        let pending = self
+            .segments
+            .values()
+            .map(|s| s.start)
+            .chain(self.deletes.values().map(|d| d.start));
+        let mut out: Option<Position> = None;
+        for p in pending {
+            out = Some(match out {
+                None => p,
+                Some(o) => Position {
+                    id: o.id.min(p.id),
+                    after: o.after.min(p.after),
+                },
+            });
+        }
+        out.or(self.current)
+    }
+}
+
+/// Ends with the WAL (its scanner ends) or when cancelled.
+async fn run(wal: Wal, config: Arc<StorageConfig>, cancel: CancellationToken) {
+    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+    loop {
+        match flush_loop(&wal, &config, &cancel).await {
+            Ok(()) => return,
+            Err(e) => {
+                if cancel.is_cancelled() || !wal.is_available() {
+                    return;
+                }
+                let delay = backoff.next_delay();
+                tracing::warn!(pchannel = %wal.pchannel(), error = %e, ?delay, "the flusher failed; starting again from its checkpoint");
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = tokio::time::sleep(delay) => {}
+                }
+            }
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum FlushError {
+    #[error("wal: {0}")]
+    Wal(#[from] WalError),
+    #[error("meta store: {0}")]
+    Meta(#[from] sluice_meta::MetaError),
+    #[error("object store: {0}")]
+    Object(#[from] object_store::Error),
+    #[error("parquet: {0}")]
+    Parquet(#[from] parquet::errors::ParquetError),
+    #[error("arrow: {0}")]
+    Arrow(#[from] arrow_schema::ArrowError),
+    #[error("{0}")]
+    Corrupt(String),
+}
+
+async fn load_checkpoint(
+    config: &StorageConfig,
+    pchannel: &str,
+) -> Result<Option<Position>, FlushError> {
+    let key = config.flush_checkpoint_key(pchannel);
+    let Some(kv) = config.meta.get(&key).await? else {
+        return Ok(None);
+    };
+    let c = Checkpoint::decode(kv.value.as_ref()).map_err(|e| {
+        FlushError::Corrupt(format!(
+            "the flush checkpoint {key} does not decode ({e}); delete it to flush again from \
+             the log's oldest retained record"
+        ))
+    })?;
+    let id = c.id().map_err(|e| FlushError::Corrupt(e.to_string()))?;
+    Ok(Some(Position {
+        id,
+        after: Timestamp(c.timestamp),
+    }))
+}
+
+async fn flush_loop(
+    wal: &Wal,
+    config: &StorageConfig,
+    cancel: &CancellationToken,
+) -> Result<(), FlushError> {
+    let pchannel = wal.pchannel().as_str().to_owned();
+    let start = load_checkpoint(config, &pchannel).await?;
+    let options = match start {
+        Some(p) => ScannerOptions {
+            policy: DeliverPolicy::StartFrom(p.id),
+            filters: vec![MessageFilter::TimeTickGt(p.after)],
+            ..ScannerOptions::default()
+        },
+        None => ScannerOptions::default(),
+    };
+    let mut scanner = wal.read(options)?;
+    let mut state = State {
+        current: start,
+        ..State::default()
+    };
+    let mut saved = start;
+    let mut last_save = Instant::now();
+    let mut truncation = Truncation::default();
+    let mut tick = tokio::time::interval(config.truncate_interval.min(config.checkpoint_interval));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let next = tokio::select! {
+            _ = cancel.cancelled() => return Ok(()),
+            _ = tick.tick() => None,
+            m = scanner.next() => match m {
+                None => return Ok(()),
+                Some(m) => Some(m?),
+            },
+        };
+        let mut flushed = false;
+        if let Some(m) = next {
+            match m {
+                ReadMessage::Message(m) => {
+                    flushed |= apply(&mut state, config, &m).await?;
+                    if let Some(p) = position_of(&m) {
+                        state.current = Some(Position {
+                            id: p.id,
+                            after: Timestamp(p.after.0 + 1),
+                        });
+                    }
+                }
+                ReadMessage::Txn(t) => {
+                    for m in t.bodies() {
+                        flushed |= apply(&mut state, config, m).await?;
+                    }
+                    if let Some(p) = position_of(t.commit()) {
+                        state.current = Some(Position {
+                            id: p.id,
+                            after: Timestamp(p.after.0 + 1),
+                        });
+                    }
+                }
+            }
+        }
+        let due = last_save.elapsed() >= config.checkpoint_interval;
+        if (flushed || due)
+            && let Some(c) = state.checkpoint()
+            && Some(c) != saved
+        {
+            save_checkpoint(config, &pchannel, wal, c).await?;
+            saved = Some(c);
+            last_save = Instant::now();
+        }
+        if let Some(s) = saved {
+            truncation.maybe_truncate(wal, config, s.id).await;
+        }
+    }
+}
+
+async fn save_checkpoint(
+    config: &StorageConfig,
+    pchannel: &str,
+    wal: &Wal,
+    c: Position,
+) -> Result<(), FlushError> {
+    let value = Checkpoint::new(c.id, c.after, wal.term()).encode_to_vec();
+    config
+        .meta
+        .put(
+            &config.flush_checkpoint_key(pchannel),
+            Bytes::from(value),
+            Condition::None,
+            None,
+        )
+        .await?;
+    Ok(())
+}
+
+/// Positions noted for truncation, oldest first.
+#[derive(Default)]
+struct Truncation {
+    noted: VecDeque<(Instant, MessageId)>,
+    last_run: Option<Instant>,
+    done: Option<MessageId>,
+}
+
+impl Truncation {
+    async fn maybe_truncate(&mut self, wal: &Wal, config: &StorageConfig, flush: MessageId) {
+        if self
+            .last_run
+            .is_some_and(|t| t.elapsed() < config.truncate_interval)
+        {
+            return;
+        }
+        self.last_run = Some(Instant::now());
+        // Without a saved recovery checkpoint the WAL replays the whole log: keep it all.
+        let Some(recovery) = wal.saved_checkpoint() else {
+            return;
+        };
+        let needed = flush.min(recovery);
+        if self.noted.back().is_none_or(|(_, id)| *id != needed) {
+            self.noted.push_back((Instant::now(), needed));
+        }
+        // The newest position noted at least `retention` ago.
+        let mut target = None;
+        while let Some((at, id)) = self.noted.front().copied() {
+            if at.elapsed() < config.retention {
+                break;
+            }
+            target = Some(id);
+            if self.noted.len() == 1 {
+                break;
+            }
+            self.noted.pop_front();
+        }
+        let Some(target) = target else {
+            return;
+        };
+        if self.done.is_some_and(|d| d >= target) || target.0 == 0 {
+            return;
+        }
+        // Records at `target` are still needed: truncate strictly below it.
+        match wal.truncate(MessageId(target.0 - 1)).await {
+            Ok(()) => {
+                self.done = Some(target);
+                tracing::debug!(pchannel = %wal.pchannel(), below = %target, "log truncated");
+            }
+            Err(e) => {
+                tracing::warn!(pchannel = %wal.pchannel(), error = %e, "truncating the log failed")
+            }
+        }
+    }
+}
+
+/// Applies one message; returns whether something was flushed.
+async fn apply(
+    state: &mut State,
+    config: &StorageConfig,
+    m: &ImmutableMessage,
+) -> Result<bool, FlushError> {
+    let Ok(ty) = m.message_type() else {
+        return Ok(false);
+    };
+    let vchannel = m.vchannel_str().unwrap_or_default().to_owned();
+    let ts = m.timestamp().ok().flatten().map_or(0, |t| t.0);
+    match ty {
+        MessageType::CreateCollection => {
+            if let Ok(h) = m.header::<CreateCollectionHeader>() {
+                state.schemas.insert((vchannel, h.collection_id), h.schema);
+            }
+            Ok(false)
+        }
+        MessageType::Insert => {
+            let Ok(h) = m.header::<InsertHeader>() else {
+                return Ok(false);
+            };
+            let Some(part) = h.partitions.first() else {
+                return Ok(false);
+            };
+            let schema = state.schema(&vchannel, h.collection_id);
+            let batch = match rows_of(schema.as_ref(), m, part.rows, ts, config.max_body_bytes) {
+                Ok(b) => b,
+                Err(e) => {
+                    tracing::error!(id = %m.id(), error = %e, "an insert in the log does not decode; its rows are not flushed");
+                    return Ok(false);
+                }
+            };
+            let start = position_of(m).unwrap_or(Position {
+                id: m.id(),
+                after: Timestamp(ts.saturating_sub(1)),
+            });
+            let seg = state
+                .segments
+                .entry(part.segment_id)
+                .or_insert_with(|| SegmentBuf {
+                    collection: h.collection_id,
+                    partition: part.partition_id,
+                    vchannel: vchannel.clone(),
+                    schema: schema.clone(),
+                    batches: Vec::new(),
+                    rows: 0,
+                    start,
+                    first_id: m.id(),
+                    last_id: m.id(),
+                    min_ts: ts,
+                    max_ts: ts,
+                });
+            seg.rows += batch.num_rows() as u64;
+            seg.batches.push(batch);
+            seg.last_id = m.id();
+            seg.min_ts = seg.min_ts.min(ts);
+            seg.max_ts = seg.max_ts.max(ts);
+            Ok(false)
+        }
+        MessageType::Delete => {
+            let Ok(h) = m.header::<DeleteHeader>() else {
+                return Ok(false);
+            };
+            let Some(schema) = state.schema(&vchannel, h.collection_id) else {
+                return Ok(false);
+            };
+            let keys = match decode_delete(&schema, m.payload(), h.rows, config.max_body_bytes) {
+                Ok(k) => k,
+                Err(e) => {
+                    tracing::error!(id = %m.id(), error = %e, "a delete in the log does not decode; skipped");
+                    return Ok(false);
+                }
+            };
+            let start = position_of(m).unwrap_or(Position {
+                id: m.id(),
+                after: Timestamp(ts.saturating_sub(1)),
+            });
+            let buf = state
+                .deletes
+                .entry((vchannel, h.collection_id))
+                .or_insert_with(|| DeleteBuf {
+                    keys: Vec::new(),
+                    ts: Vec::new(),
+                    start,
+                });
+            buf.ts.extend(std::iter::repeat_n(ts as i64, keys.len()));
+            buf.keys.push(keys);
+            Ok(false)
+        }
+        MessageType::Flush => {
+            let Ok(h) = m.header::<FlushHeader>() else {
+                return Ok(false);
+            };
+            flush_segments(state, config, &[h.segment_id], ts).await?;
+            flush_deletes(state, config, &vchannel, h.collection_id, ts).await?;
+            Ok(true)
+        }
+        MessageType::ManualFlush => {
+            let Ok(h) = m.header::<ManualFlushHeader>() else {
+                return Ok(false);
+            };
+            flush_segments(state, config, &h.segment_ids, ts).await?;
+            flush_deletes(state, config, &vchannel, h.collection_id, ts).await?;
+            Ok(true)
+        }
+        MessageType::SchemaChange => {
+            let Ok(h) = m.header::<SchemaChangeHeader>() else {
+                return Ok(false);
+            };
+            flush_segments(state, config, &h.flushed_segment_ids, ts).await?;
+            flush_deletes(state, config, &vchannel, h.collection_id, ts).await?;
+            if let Some(schema) = h.schema {
+                for ((v, c), s) in state.schemas.iter_mut() {
+                    if *c == h.collection_id && (vchannel.is_empty() || *v == vchannel) {
+                        *s = Some(schema.clone());
+                    }
+                }
+            }
+            Ok(true)
+        }
+        MessageType::DropCollection => {
+            if let Ok(h) = m.header::<DropCollectionHeader>() {
+                let hit = |v: &str| vchannel.is_empty() || v == vchannel;
+                state
+                    .segments
+                    .retain(|_, s| !(s.collection == h.collection_id && hit(&s.vchannel)));
+                state
+                    .deletes
+                    .retain(|(v, c), _| !(*c == h.collection_id && hit(v)));
+            }
+            Ok(true)
+        }
+        MessageType::DropPartition => {
+            if let Ok(h) = m.header::<DropPartitionHeader>() {
+                state.segments.retain(|_, s| {
+                    !(s.collection == h.collection_id
+                        && s.partition == h.partition_id
+                        && (vchannel.is_empty() || s.vchannel == vchannel))
+                });
+            }
+            Ok(true)
+        }
+        _ => Ok(false),
+    }
+}
+
+/// An insert's rows with the `_ts` column.
+fn rows_of(
+    schema: Option<&CollectionSchema>,
+    m: &ImmutableMessage,
+    rows: u64,
+    ts: u64,
+    max_bytes: usize,
+) -> Result<RecordBatch, FlushError> {
+    let ts_field = Field::new(TS_COLUMN, ArrowType::Int64, false);
+    let (mut fields, mut columns): (Vec<Field>, Vec<ArrayRef>) = match schema {
+        Some(schema) => {
+            let batch = decode_insert(schema, m.payload(), rows, max_bytes)
+                .map_err(|e| FlushError::Corrupt(e.to_string()))?;
+            let s = batch.schema();
+            (
+                s.fields().iter().map(|f| f.as_ref().clone()).collect(),
+                batch.columns().to_vec(),
+            )
+        }
+        None => (
+            vec![Field::new(PAYLOAD_COLUMN, ArrowType::Binary, false)],
+            vec![Arc::new(BinaryArray::from_vec(vec![m.payload().as_ref()])) as ArrayRef],
+        ),
+    };
+    let n = columns.first().map_or(0, |c| c.len());
+    fields.push(ts_field);
+    columns.push(Arc::new(Int64Array::from(vec![ts as i64; n])));
+    Ok(RecordBatch::try_new(
+        Arc::new(Schema::new(fields)),
+        columns,
+    )?)
+}
+
+/// Parquet bytes of `batches`, with statistics and a bloom filter on `pk`.
+fn parquet_bytes(batches: &[RecordBatch], pk: Option<&str>) -> Result<Vec<u8>, FlushError> {
+    let Some(first) = batches.first() else {
+        return Err(FlushError::Corrupt("nothing to write".into()));
+    };
+    let mut props = WriterProperties::builder()
+        .set_compression(parquet::basic::Compression::SNAPPY)
+        .set_max_row_group_row_count(Some(1 << 20));
+    if let Some(pk) = pk {
+        props = props.set_column_bloom_filter_enabled(pk.into(), true);
+    }
+    let mut out = Vec::new();
+    let mut w = ArrowWriter::try_new(&mut out, first.schema(), Some(props.build()))?;
+    for b in batches {
+        w.write(b)?;
+    }
+    w.close()?;
+    Ok(out)
+}
+
+async fn put_object(config: &StorageConfig, path: &str, bytes: Vec<u8>) -> Result<(), FlushError> {
+    config
+        .store
+        .put(&ObjectPath::from(path), Bytes::from(bytes).into())
+        .await?;
+    Ok(())
+}
+
+/// The primary key's min and max over a segment's rows.
+fn pk_bounds(
+    schema: Option<&CollectionSchema>,
+    batches: &[RecordBatch],
+) -> (Option<PkMin>, Option<PkMax>) {
+    let Some(pk) = schema.and_then(|s| primary_key(s).ok()) else {
+        return (None, None);
+    };
+    match DataType::try_from(pk.data_type) {
+        Ok(DataType::Int64) => {
+            let vals = batches
+                .iter()
+                .filter_map(|b| b.column_by_name(&pk.name))
+                .flat_map(|c| {
+                    c.as_primitive::<arrow_array::types::Int64Type>()
+                        .iter()
+                        .flatten()
+                        .collect::<Vec<_>>()
+                });
+            let (mut lo, mut hi) = (None::<i64>, None::<i64>);
+            for v in vals {
+                lo = Some(lo.map_or(v, |l| l.min(v)));
+                hi = Some(hi.map_or(v, |h| h.max(v)));
+            }
+            (lo.map(PkMin::PkMinInt), hi.map(PkMax::PkMaxInt))
+        }
+        Ok(DataType::Varchar) => {
+            let (mut lo, mut hi): (Option<String>, Option<String>) = (None, None);
+            for c in batches.iter().filter_map(|b| b.column_by_name(&pk.name)) {
+                for v in c.as_string::<i32>().iter().flatten() {
+                    if lo.as_deref().is_none_or(|l| v < l) {
+                        lo = Some(v.to_owned());
+                    }
+                    if hi.as_deref().is_none_or(|h| v > h) {
+                        hi = Some(v.to_owned());
+                    }
+                }
+            }
+            (lo.map(PkMin::PkMinStr), hi.map(PkMax::PkMaxStr))
+        }
+        _ => (None, None),
+    }
+}
+
+async fn flush_segments(
+    state: &mut State,
+    config: &StorageConfig,
+    ids: &[i64],
+    flush_ts: u64,
+) -> Result<(), FlushError> {
+    for id in ids {
+        let Some(seg) = state.segments.get(id) else {
+            continue;
+        };
+        let key = config.manifest_key(seg.collection, *id);
+        if config.meta.get(&key).await?.is_some() {
+            // Flushed before (a replay after a crash): every row is there already.
+            state.segments.remove(id);
+            continue;
+        }
+        let path = segment_path(seg.collection, seg.partition, *id);
+        let pk = seg
+            .schema
+            .as_ref()
+            .and_then(|s| primary_key(s).ok())
+            .map(|f| f.name.clone());
+        let bytes = parquet_bytes(&seg.batches, pk.as_deref())?;
+        let size = bytes.len() as u64;
+        put_object(config, &path, bytes).await?;
+        let (pk_min, pk_max) = pk_bounds(seg.schema.as_ref(), &seg.batches);
+        let manifest = SegmentManifest {
+            segment_id: *id,
+            collection_id: seg.collection,
+            partition_id: seg.partition,
+            vchannel: seg.vchannel.clone(),
+            rows: seg.rows,
+            min_timestamp: seg.min_ts,
+            max_timestamp: seg.max_ts,
+            start_position: seg.first_id.to_string(),
+            end_position: seg.last_id.to_string(),
+            data: Some(StorageFile {
+                path,
+                rows: seg.rows,
+                bytes: size,
+            }),
+            schema_version: seg.schema.as_ref().map_or(0, |s| s.version),
+            pk_min,
+            pk_max,
+            flush_timestamp: flush_ts,
+        };
+        config
+            .meta
+            .put(
+                &key,
+                Bytes::from(manifest.encode_to_vec()),
+                Condition::None,
+                None,
+            )
+            .await?;
+        tracing::debug!(
+            segment = id,
+            rows = seg.rows,
+            bytes = size,
+            "segment flushed"
+        );
+        state.segments.remove(id);
+    }
+    Ok(())
+}
+
+async fn flush_deletes(
+    state: &mut State,
+    config: &StorageConfig,
+    vchannel: &str,
+    collection: i64,
+    flush_ts: u64,
+) -> Result<(), FlushError> {
+    let key = (vchannel.to_owned(), collection);
+    let Some(buf) = state.deletes.get(&key) else {
+        return Ok(());
+    };
+    let Some(schema) = state.schema(vchannel, collection) else {
+        state.deletes.remove(&key);
+        return Ok(());
+    };
+    let pk = primary_key(&schema).map_err(|e| FlushError::Corrupt(e.to_string()))?;
+    let manifest_key = config.delete_manifest_key(collection, vchannel, flush_ts);
+    if config.meta.get(&manifest_key).await?.is_none() {
+        let refs: Vec<&dyn Array> = buf.keys.iter().map(|a| a.as_ref()).collect();
+        let keys = arrow_select::concat::concat(&refs)?;
+        let rows = keys.len() as u64;
+        let batch = RecordBatch::try_new(
+            Arc::new(Schema::new(vec![
+                Field::new(&pk.name, keys.data_type().clone(), false),
+                Field::new(TS_COLUMN, ArrowType::Int64, false),
+            ])),
+            vec![keys, Arc::new(Int64Array::from(buf.ts.clone()))],
+        )?;
+        let path = delete_path(collection, vchannel, flush_ts);
+        let bytes = parquet_bytes(&[batch], Some(&pk.name))?;
+        let size = bytes.len() as u64;
+        put_object(config, &path, bytes).await?;
+        let manifest = DeleteManifest {
+            collection_id: collection,
+            vchannel: vchannel.to_owned(),
+            rows,
+            min_timestamp: buf.ts.iter().copied().min().unwrap_or(0) as u64,
+            max_timestamp: buf.ts.iter().copied().max().unwrap_or(0) as u64,
+            file: Some(StorageFile {
+                path,
+                rows,
+                bytes: size,
+            }),
+            flush_timestamp: flush_ts,
+        };
+        config
+            .meta
+            .put(
+                &manifest_key,
+                Bytes::from(manifest.encode_to_vec()),
+                Condition::None,
+                None,
+            )
+            .await?;
+    }
+    state.deletes.remove(&key);
+    Ok(())
+}

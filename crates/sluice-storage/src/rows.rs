@@ -1,0 +1,346 @@
+//! Typed row data: Insert and Delete bodies as Arrow IPC streams, checked against the
+//! collection's schema.
+//!
+//! * An **Insert** body is an Arrow IPC stream (schema, one or more record batches, end) whose
+//!   columns are the collection's fields in force, by name, in any order: every field that is
+//!   not nullable must be there; a nullable field may be left out (it reads as null — this is
+//!   how rows written before a SchemaChange added a field look); a column the schema does not
+//!   name is refused. The primary key is never null.
+//! * A **Delete** body is an Arrow IPC stream of one column named after the primary key field,
+//!   of its type, with no nulls.
+//!
+//! | field type | Arrow type |
+//! |---|---|
+//! | BOOL | Boolean |
+//! | INT32 | Int32 |
+//! | INT64 | Int64 |
+//! | FLOAT | Float32 |
+//! | DOUBLE | Float64 |
+//! | VARCHAR | Utf8 (each value at most `max_length` bytes) |
+//! | JSON | Utf8 (each value a JSON document) |
+//! | FLOAT_VECTOR | FixedSizeList(Float32, `dim`), no null elements |
+//!
+//! The row counts the header claims must be the body's.
+
+use std::sync::Arc;
+
+use arrow_array::cast::AsArray;
+use arrow_array::{Array, ArrayRef, RecordBatch, new_null_array};
+use arrow_schema::{DataType as ArrowType, Field, Schema, SchemaRef};
+use sluice_types::schema::{CollectionSchema, DataType, FieldSchema};
+
+/// Why a body was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum RowError {
+    /// The body is not what the schema asks for.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+fn invalid(what: impl Into<String>) -> RowError {
+    RowError::Invalid(what.into())
+}
+
+/// The Arrow type of a field.
+pub fn arrow_type(field: &FieldSchema) -> Result<ArrowType, RowError> {
+    let ty = DataType::try_from(field.data_type).map_err(|_| {
+        invalid(format!(
+            "field {} has an unknown type {}",
+            field.name, field.data_type
+        ))
+    })?;
+    Ok(match ty {
+        DataType::Bool => ArrowType::Boolean,
+        DataType::Int32 => ArrowType::Int32,
+        DataType::Int64 => ArrowType::Int64,
+        DataType::Float => ArrowType::Float32,
+        DataType::Double => ArrowType::Float64,
+        DataType::Varchar | DataType::Json => ArrowType::Utf8,
+        DataType::FloatVector => ArrowType::FixedSizeList(
+            Arc::new(Field::new("item", ArrowType::Float32, false)),
+            i32::try_from(field.dim).map_err(|_| invalid("vector dimension too large"))?,
+        ),
+        DataType::Unspecified => {
+            return Err(invalid(format!("field {} has no type", field.name)));
+        }
+    })
+}
+
+/// The Arrow schema of a collection's rows as stored: its fields in schema order.
+pub fn arrow_schema(schema: &CollectionSchema) -> Result<SchemaRef, RowError> {
+    let fields = schema
+        .fields
+        .iter()
+        .map(|f| {
+            let nullable = f.nullable && !f.is_primary_key;
+            Ok(Field::new(&f.name, arrow_type(f)?, nullable))
+        })
+        .collect::<Result<Vec<_>, RowError>>()?;
+    Ok(Arc::new(Schema::new(fields)))
+}
+
+/// The primary key field.
+pub fn primary_key(schema: &CollectionSchema) -> Result<&FieldSchema, RowError> {
+    schema
+        .fields
+        .iter()
+        .find(|f| f.is_primary_key)
+        .ok_or_else(|| invalid("the collection's schema has no primary key"))
+}
+
+/// Reads every batch of an Arrow IPC stream.
+fn read_stream(body: &[u8], max_bytes: usize) -> Result<Vec<RecordBatch>, RowError> {
+    if body.len() > max_bytes {
+        return Err(invalid(format!(
+            "the body is {} bytes, more than the limit of {max_bytes}",
+            body.len()
+        )));
+    }
+    if body.is_empty() {
+        return Err(invalid(
+            "the body is empty: an Arrow IPC stream is required",
+        ));
+    }
+    let reader = arrow_ipc::reader::StreamReader::try_new(std::io::Cursor::new(body), None)
+        .map_err(|e| invalid(format!("the body is not an Arrow IPC stream: {e}")))?;
+    reader
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| invalid(format!("the body is not an Arrow IPC stream: {e}")))
+}
+
+/// Checks one column against its field.
+fn check_column(field: &FieldSchema, col: &ArrayRef) -> Result<(), RowError> {
+    let want = arrow_type(field)?;
+    let name = &field.name;
+    if col.data_type() != &want {
+        // A vector's list item may be named anything and be nullable in the type; its values
+        // are checked below.
+        let vector_ok = matches!(
+            (col.data_type(), &want),
+            (ArrowType::FixedSizeList(got, n), ArrowType::FixedSizeList(_, m))
+                if got.data_type() == &ArrowType::Float32 && n == m
+        );
+        if !vector_ok {
+            return Err(invalid(format!(
+                "column {name} is {}, the field needs {want}",
+                col.data_type()
+            )));
+        }
+    }
+    if col.null_count() > 0 && (field.is_primary_key || !field.nullable) {
+        let what = if field.is_primary_key {
+            "the primary key"
+        } else {
+            "a field that is not nullable"
+        };
+        return Err(invalid(format!(
+            "column {name} has {} null values; it is {what}",
+            col.null_count()
+        )));
+    }
+    match DataType::try_from(field.data_type) {
+        Ok(DataType::Varchar) => {
+            let max = field.max_length as usize;
+            if let Some((i, v)) = col
+                .as_string::<i32>()
+                .iter()
+                .enumerate()
+                .find_map(|(i, v)| v.filter(|v| v.len() > max).map(|v| (i, v)))
+            {
+                return Err(invalid(format!(
+                    "column {name} row {i}: {} bytes, more than max_length {max}",
+                    v.len()
+                )));
+            }
+        }
+        Ok(DataType::Json) => {
+            for (i, v) in col.as_string::<i32>().iter().enumerate() {
+                if let Some(v) = v
+                    && let Err(e) = serde_json::from_str::<serde::de::IgnoredAny>(v)
+                {
+                    return Err(invalid(format!("column {name} row {i} is not JSON: {e}")));
+                }
+            }
+        }
+        Ok(DataType::FloatVector) => {
+            let list = col.as_fixed_size_list();
+            if list.values().null_count() > 0 {
+                return Err(invalid(format!("column {name} has null vector elements")));
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// Checks an Insert body against `schema` and returns its rows as stored: the schema's
+/// columns in schema order (absent nullable ones as nulls), in one batch.
+pub fn decode_insert(
+    schema: &CollectionSchema,
+    body: &[u8],
+    rows: u64,
+    max_bytes: usize,
+) -> Result<RecordBatch, RowError> {
+    let batches = read_stream(body, max_bytes)?;
+    let target = arrow_schema(schema)?;
+    let Some(first) = batches.first() else {
+        return Err(invalid("the body holds no record batch"));
+    };
+    let got = first.schema();
+    for f in got.fields() {
+        if !schema.fields.iter().any(|s| &s.name == f.name()) {
+            return Err(invalid(format!(
+                "column {} is not a field of the collection (schema version {})",
+                f.name(),
+                schema.version
+            )));
+        }
+    }
+    let total: usize = batches.iter().map(RecordBatch::num_rows).sum();
+    if total as u64 != rows {
+        return Err(invalid(format!(
+            "the header says {rows} rows, the body holds {total}"
+        )));
+    }
+    let mut columns = Vec::with_capacity(schema.fields.len());
+    for (field, target_field) in schema.fields.iter().zip(target.fields()) {
+        let parts: Vec<ArrayRef> = match got.index_of(&field.name) {
+            Ok(i) => batches.iter().map(|b| b.column(i).clone()).collect(),
+            Err(_) if field.nullable && !field.is_primary_key => {
+                vec![new_null_array(target_field.data_type(), total)]
+            }
+            Err(_) => {
+                return Err(invalid(format!(
+                    "column {} is missing; the field is {}",
+                    field.name,
+                    if field.is_primary_key {
+                        "the primary key"
+                    } else {
+                        "not nullable"
+                    }
+                )));
+            }
+        };
+        for p in &parts {
+            check_column(field, p)?;
+        }
+        let refs: Vec<&dyn Array> = parts.iter().map(|a| a.as_ref()).collect();
+        let joined = if refs.len() == 1 {
+            parts[0].clone()
+        } else {
+            arrow_select::concat::concat(&refs).map_err(|e| invalid(e.to_string()))?
+        };
+        // Vectors arrive with any item name; store them under the schema's.
+        let joined = if joined.data_type() == target_field.data_type() {
+            joined
+        } else {
+            let list = joined.as_fixed_size_list();
+            Arc::new(
+                arrow_array::FixedSizeListArray::try_new(
+                    Arc::new(Field::new("item", ArrowType::Float32, false)),
+                    field.dim as i32,
+                    list.values().clone(),
+                    list.nulls().cloned(),
+                )
+                .map_err(|e| invalid(format!("column {}: {e}", field.name)))?,
+            )
+        };
+        columns.push(joined);
+    }
+    RecordBatch::try_new(target, columns).map_err(|e| invalid(e.to_string()))
+}
+
+/// Checks a Delete body against `schema` and returns its primary keys.
+pub fn decode_delete(
+    schema: &CollectionSchema,
+    body: &[u8],
+    rows: u64,
+    max_bytes: usize,
+) -> Result<ArrayRef, RowError> {
+    let batches = read_stream(body, max_bytes)?;
+    let pk = primary_key(schema)?;
+    let mut parts = Vec::with_capacity(batches.len());
+    for b in &batches {
+        if b.num_columns() != 1 || b.schema().field(0).name() != &pk.name {
+            return Err(invalid(format!(
+                "a delete body is one column named after the primary key ({}); this one has {:?}",
+                pk.name,
+                b.schema()
+                    .fields()
+                    .iter()
+                    .map(|f| f.name().clone())
+                    .collect::<Vec<_>>()
+            )));
+        }
+        check_column(pk, b.column(0))?;
+        parts.push(b.column(0).clone());
+    }
+    let total: usize = parts.iter().map(|a| a.len()).sum();
+    if total as u64 != rows {
+        return Err(invalid(format!(
+            "the header says {rows} rows, the body holds {total}"
+        )));
+    }
+    let refs: Vec<&dyn Array> = parts.iter().map(|a| a.as_ref()).collect();
+    match refs.len() {
+        0 => Ok(new_null_array(&arrow_type(pk)?, 0)),
+        1 => Ok(parts[0].clone()),
+        _ => arrow_select::concat::concat(&refs).map_err(|e| invalid(e.to_string())),
+    }
+}
+
+/// Encodes batches as an Arrow IPC stream (what clients send as an Insert or Delete body).
+pub fn encode_stream(batches: &[RecordBatch]) -> Result<Vec<u8>, RowError> {
+    let Some(first) = batches.first() else {
+        return Err(invalid("nothing to encode"));
+    };
+    let mut out = Vec::new();
+    let mut w = arrow_ipc::writer::StreamWriter::try_new(&mut out, &first.schema())
+        .map_err(|e| invalid(e.to_string()))?;
+    for b in batches {
+        w.write(b).map_err(|e| invalid(e.to_string()))?;
+    }
+    w.finish().map_err(|e| invalid(e.to_string()))?;
+    drop(w);
+    Ok(out)
+}
+
+/// The WAL's row check, with Arrow: refuses an Insert or Delete whose body does not fit the
+/// schema in force.
+#[derive(Debug, Clone)]
+pub struct ArrowRowCheck {
+    /// The largest body accepted, in bytes.
+    pub max_body_bytes: usize,
+}
+
+impl Default for ArrowRowCheck {
+    fn default() -> Self {
+        ArrowRowCheck {
+            max_body_bytes: 64 << 20,
+        }
+    }
+}
+
+impl sluice_wal::RowCheck for ArrowRowCheck {
+    fn check_insert(
+        &self,
+        schema: &CollectionSchema,
+        rows: u64,
+        body: &[u8],
+    ) -> Result<(), String> {
+        decode_insert(schema, body, rows, self.max_body_bytes)
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+
+    fn check_delete(
+        &self,
+        schema: &CollectionSchema,
+        rows: u64,
+        body: &[u8],
+    ) -> Result<(), String> {
+        decode_delete(schema, body, rows, self.max_body_bytes)
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+}
