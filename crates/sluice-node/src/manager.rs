@@ -20,6 +20,7 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 use sluice_log::LogProvider;
+use sluice_storage::flusher::{Flusher, StorageConfig};
 use sluice_types::{PChannel, Term};
 use sluice_wal::{Wal, WalConfig, WalDeps, WalError};
 
@@ -38,6 +39,16 @@ struct SlotState {
     /// The highest term any request named.
     highest: Term,
     wal: Option<Wal>,
+    /// Flushes the open WAL's segments to the recovery storage.
+    flusher: Option<Flusher>,
+}
+
+/// Closes a WAL, then stops its flusher (whatever it did not flush stays in the log).
+async fn close(wal: Wal, flusher: Option<Flusher>) {
+    wal.close().await;
+    if let Some(f) = flusher {
+        f.stop().await;
+    }
 }
 
 /// The status of one WAL on this node.
@@ -56,6 +67,7 @@ pub struct WalManager {
     provider: Arc<dyn LogProvider>,
     config: WalConfig,
     deps: WalDeps,
+    storage: Option<Arc<StorageConfig>>,
     slots: Mutex<HashMap<PChannel, Arc<Slot>>>,
     shutting_down: std::sync::atomic::AtomicBool,
 }
@@ -73,9 +85,16 @@ impl WalManager {
             provider,
             config,
             deps,
+            storage: None,
             slots: Mutex::new(HashMap::new()),
             shutting_down: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// Every WAL this manager opens gets a flusher writing to `storage`.
+    pub fn with_storage(mut self, storage: Arc<StorageConfig>) -> WalManager {
+        self.storage = Some(storage);
+        self
     }
 
     fn slot(&self, pchannel: &PChannel) -> Arc<Slot> {
@@ -118,11 +137,11 @@ impl WalManager {
                 return Ok(());
             }
             state.highest = term;
-            state.wal.take()
+            (state.wal.take(), state.flusher.take())
         };
-        if let Some(old) = old {
+        if let (Some(old), flusher) = old {
             tracing::info!(%pchannel, old_term = %old.term(), new_term = %term, "closing the WAL at the older term");
-            old.close().await;
+            close(old, flusher).await;
         }
         let started = std::time::Instant::now();
         let wal = Wal::open(
@@ -134,7 +153,13 @@ impl WalManager {
         )
         .await?;
         tracing::info!(%pchannel, %term, elapsed_ms = started.elapsed().as_millis() as u64, "WAL open");
-        slot.state.lock().wal = Some(wal);
+        let flusher = self
+            .storage
+            .as_ref()
+            .map(|s| Flusher::start(wal.clone(), s.clone()));
+        let mut state = slot.state.lock();
+        state.wal = Some(wal);
+        state.flusher = flusher;
         Ok(())
     }
 
@@ -154,11 +179,11 @@ impl WalManager {
                         current: wal.term(),
                     });
                 }
-                Some(_) => state.wal.take(),
+                Some(_) => (state.wal.take(), state.flusher.take()),
             }
         };
-        if let Some(wal) = wal {
-            wal.close().await;
+        if let (Some(wal), flusher) = wal {
+            close(wal, flusher).await;
             tracing::info!(%pchannel, %term, "WAL removed");
         }
         Ok(())
@@ -222,9 +247,12 @@ impl WalManager {
         let slots: Vec<_> = self.slots.lock().values().cloned().collect();
         for slot in slots {
             let _transition = slot.transition.lock().await;
-            let wal = slot.state.lock().wal.take();
+            let (wal, flusher) = {
+                let mut state = slot.state.lock();
+                (state.wal.take(), state.flusher.take())
+            };
             if let Some(wal) = wal {
-                wal.close().await;
+                close(wal, flusher).await;
             }
         }
     }

@@ -47,7 +47,7 @@ use sluice_types::message::{
 };
 use sluice_types::schema::{CollectionSchema, DataType};
 use sluice_types::{
-    DeliverPolicy, ImmutableMessage, MessageFilter, MessageId, MessageType, Timestamp,
+    DeliverPolicy, ImmutableMessage, MessageFilter, MessageId, MessageType, Timestamp, VChannel,
 };
 use sluice_wal::checkpoint::Checkpoint;
 use sluice_wal::scanner::{ReadMessage, ScannerOptions};
@@ -200,12 +200,21 @@ struct State {
 }
 
 impl State {
-    fn schema(&self, vchannel: &str, collection: i64) -> Option<CollectionSchema> {
-        self.schemas
+    /// The schema of `collection` on `vchannel`: as its CreateCollection / SchemaChange read
+    /// here set it, else (created before where this flusher started reading) as the WAL
+    /// recovered it.
+    fn schema(&mut self, wal: &Wal, vchannel: &str, collection: i64) -> Option<CollectionSchema> {
+        if let Some(s) = self
+            .schemas
             .get(&(vchannel.to_owned(), collection))
             .or_else(|| self.schemas.get(&(String::new(), collection)))
-            .cloned()
-            .flatten()
+        {
+            return s.clone();
+        }
+        let s = VChannel::new(vchannel).ok().and_then(|v| wal.schema(&v));
+        self.schemas
+            .insert((vchannel.to_owned(), collection), s.clone());
+        s
     }
 
     /// The flush checkpoint: the oldest start of pending data, else where reading stands.
@@ -325,7 +334,7 @@ async fn flush_loop(
         if let Some(m) = next {
             match m {
                 ReadMessage::Message(m) => {
-                    flushed |= apply(&mut state, config, &m).await?;
+                    flushed |= apply(&mut state, wal, config, &m).await?;
                     if let Some(p) = position_of(&m) {
                         state.current = Some(Position {
                             id: p.id,
@@ -335,7 +344,7 @@ async fn flush_loop(
                 }
                 ReadMessage::Txn(t) => {
                     for m in t.bodies() {
-                        flushed |= apply(&mut state, config, m).await?;
+                        flushed |= apply(&mut state, wal, config, m).await?;
                     }
                     if let Some(p) = position_of(t.commit()) {
                         state.current = Some(Position {
@@ -439,6 +448,7 @@ impl Truncation {
 /// Applies one message; returns whether something was flushed.
 async fn apply(
     state: &mut State,
+    wal: &Wal,
     config: &StorageConfig,
     m: &ImmutableMessage,
 ) -> Result<bool, FlushError> {
@@ -461,7 +471,7 @@ async fn apply(
             let Some(part) = h.partitions.first() else {
                 return Ok(false);
             };
-            let schema = state.schema(&vchannel, h.collection_id);
+            let schema = state.schema(wal, &vchannel, h.collection_id);
             let batch = match rows_of(schema.as_ref(), m, part.rows, ts, config.max_body_bytes) {
                 Ok(b) => b,
                 Err(e) => {
@@ -500,7 +510,7 @@ async fn apply(
             let Ok(h) = m.header::<DeleteHeader>() else {
                 return Ok(false);
             };
-            let Some(schema) = state.schema(&vchannel, h.collection_id) else {
+            let Some(schema) = state.schema(wal, &vchannel, h.collection_id) else {
                 return Ok(false);
             };
             let keys = match decode_delete(&schema, m.payload(), h.rows, config.max_body_bytes) {
@@ -531,7 +541,7 @@ async fn apply(
                 return Ok(false);
             };
             flush_segments(state, config, &[h.segment_id], ts).await?;
-            flush_deletes(state, config, &vchannel, h.collection_id, ts).await?;
+            flush_deletes(state, wal, config, &vchannel, h.collection_id, ts).await?;
             Ok(true)
         }
         MessageType::ManualFlush => {
@@ -539,7 +549,7 @@ async fn apply(
                 return Ok(false);
             };
             flush_segments(state, config, &h.segment_ids, ts).await?;
-            flush_deletes(state, config, &vchannel, h.collection_id, ts).await?;
+            flush_deletes(state, wal, config, &vchannel, h.collection_id, ts).await?;
             Ok(true)
         }
         MessageType::SchemaChange => {
@@ -547,7 +557,7 @@ async fn apply(
                 return Ok(false);
             };
             flush_segments(state, config, &h.flushed_segment_ids, ts).await?;
-            flush_deletes(state, config, &vchannel, h.collection_id, ts).await?;
+            flush_deletes(state, wal, config, &vchannel, h.collection_id, ts).await?;
             if let Some(schema) = h.schema {
                 for ((v, c), s) in state.schemas.iter_mut() {
                     if *c == h.collection_id && (vchannel.is_empty() || *v == vchannel) {
@@ -756,17 +766,21 @@ async fn flush_segments(
 
 async fn flush_deletes(
     state: &mut State,
+    wal: &Wal,
     config: &StorageConfig,
     vchannel: &str,
     collection: i64,
     flush_ts: u64,
 ) -> Result<(), FlushError> {
     let key = (vchannel.to_owned(), collection);
-    let Some(buf) = state.deletes.get(&key) else {
+    if !state.deletes.contains_key(&key) {
+        return Ok(());
+    }
+    let Some(schema) = state.schema(wal, vchannel, collection) else {
+        state.deletes.remove(&key);
         return Ok(());
     };
-    let Some(schema) = state.schema(vchannel, collection) else {
-        state.deletes.remove(&key);
+    let Some(buf) = state.deletes.get(&key) else {
         return Ok(());
     };
     let pk = primary_key(&schema).map_err(|e| FlushError::Corrupt(e.to_string()))?;

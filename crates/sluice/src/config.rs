@@ -33,6 +33,60 @@ pub(crate) struct Config {
     pub coord: CoordSection,
     /// The WAL.
     pub wal: WalSection,
+    /// The recovery storage: where flushed segments go, and log truncation.
+    pub storage: StorageSection,
+}
+
+/// The recovery storage.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct StorageSection {
+    /// Flush growing segments to Parquet and truncate the log. Default true. When false, data
+    /// stays in the log, which is never truncated.
+    pub enabled: bool,
+    /// The storage directory when `s3_endpoint` is not set (default `{data_dir}/storage`).
+    pub dir: Option<PathBuf>,
+    /// S3: the endpoint (`http://host:port`); unset or empty = the directory `dir`.
+    pub s3_endpoint: Option<String>,
+    /// S3: the bucket (must exist).
+    pub s3_bucket: String,
+    /// S3: the region.
+    pub s3_region: String,
+    /// S3: the access key id.
+    pub s3_access_key_id: String,
+    /// S3: the secret access key.
+    pub s3_secret_access_key: String,
+    /// The key prefix segments and delete files live under (see `proto/sluice/v1/storage.proto`
+    /// for the layout below it).
+    pub prefix: String,
+    /// How long a log record is kept after neither the flusher nor recovery needs it (ms).
+    /// Default 600000.
+    pub retention_ms: u64,
+    /// How often truncation runs (ms). Default 10000.
+    pub truncate_interval_ms: u64,
+    /// How often the flush checkpoint is saved when it moved (ms). Default 2000.
+    pub checkpoint_interval_ms: u64,
+    /// The largest Insert or Delete body accepted (bytes). Default 64 MiB.
+    pub max_body_bytes: usize,
+}
+
+impl Default for StorageSection {
+    fn default() -> StorageSection {
+        StorageSection {
+            enabled: true,
+            dir: None,
+            s3_endpoint: None,
+            s3_bucket: "sluice".into(),
+            s3_region: "us-east-1".into(),
+            s3_access_key_id: "test".into(),
+            s3_secret_access_key: "test".into(),
+            prefix: "storage".into(),
+            retention_ms: 600_000,
+            truncate_interval_ms: 10_000,
+            checkpoint_interval_ms: 2_000,
+            max_body_bytes: 64 << 20,
+        }
+    }
 }
 
 /// Which metadata store. An unknown name is a configuration error.
@@ -234,6 +288,7 @@ impl Default for Config {
             node: NodeSection::default(),
             coord: CoordSection::default(),
             wal: WalSection::default(),
+            storage: StorageSection::default(),
         }
     }
 }
@@ -471,6 +526,14 @@ impl Config {
                 "wal.checkpoint_interval_ms",
                 self.wal.checkpoint_interval_ms,
             ),
+            (
+                "storage.truncate_interval_ms",
+                self.storage.truncate_interval_ms,
+            ),
+            (
+                "storage.checkpoint_interval_ms",
+                self.storage.checkpoint_interval_ms,
+            ),
         ] {
             if ms == 0 {
                 bail!("{key} must be positive");
@@ -552,6 +615,43 @@ impl Config {
                 bail!("log.backend = \"kafka\" needs a sluice binary built with the kafka feature")
             }
         })
+    }
+
+    /// The storage root as an object store (`None` when storage is off).
+    pub(crate) fn storage_store(
+        &self,
+    ) -> anyhow::Result<Option<std::sync::Arc<dyn object_store::ObjectStore>>> {
+        use sluice_log::object::{ObjectStoreConfig, S3Config};
+        let st = &self.storage;
+        if !st.enabled {
+            return Ok(None);
+        }
+        let config = match st.s3_endpoint.as_deref().filter(|e| !e.is_empty()) {
+            Some(endpoint) => ObjectStoreConfig::S3(S3Config {
+                endpoint: Some(endpoint.to_owned()),
+                bucket: st.s3_bucket.clone(),
+                region: st.s3_region.clone(),
+                access_key_id: st.s3_access_key_id.clone(),
+                secret_access_key: st.s3_secret_access_key.clone(),
+                allow_http: endpoint.starts_with("http://"),
+            }),
+            None => {
+                let dir = st
+                    .dir
+                    .clone()
+                    .unwrap_or_else(|| self.data_dir.join("storage"));
+                std::fs::create_dir_all(&dir)
+                    .with_context(|| format!("creating {}", dir.display()))?;
+                ObjectStoreConfig::LocalDir(dir)
+            }
+        };
+        let store = sluice_log::object::build_store(&config).context("opening the storage")?;
+        let prefix = st.prefix.trim_matches('/');
+        Ok(Some(if prefix.is_empty() {
+            store
+        } else {
+            std::sync::Arc::new(object_store::prefix::PrefixStore::new(store, prefix))
+        }))
     }
 
     /// The log directory.

@@ -23,6 +23,7 @@ use sluice_node::WalManager;
 use sluice_node::coord_link::{GrpcNodeClient, LeaderOracleLink, LocalNodeClient, RemoteOracle};
 use sluice_node::service::NodeService;
 use sluice_storage::checkpoints::MetaCheckpointStore;
+use sluice_storage::flusher::StorageConfig;
 use sluice_storage::rows::ArrowRowCheck;
 use sluice_types::{ErrorCode, MutableMessage, PChannel, VChannel};
 use sluice_wal::shard::NodeGrowingBytes;
@@ -101,11 +102,23 @@ fn wal_manager<O>(
     provider: Arc<dyn LogProvider>,
     oracle: Arc<O>,
     store: Arc<dyn MetaStore>,
-) -> Arc<WalManager>
+) -> anyhow::Result<Arc<WalManager>>
 where
     O: TimestampOracle + IdAllocator,
 {
-    Arc::new(WalManager::new(
+    let storage = config.storage_store()?.map(|objects| {
+        let st = &config.storage;
+        Arc::new(StorageConfig {
+            store: objects,
+            meta: store.clone(),
+            meta_root: config.meta.root.clone(),
+            retention: Config::ms(st.retention_ms),
+            truncate_interval: Config::ms(st.truncate_interval_ms),
+            checkpoint_interval: Config::ms(st.checkpoint_interval_ms),
+            max_body_bytes: st.max_body_bytes,
+        })
+    });
+    let manager = WalManager::new(
         provider,
         wal_config(config),
         WalDeps {
@@ -113,9 +126,15 @@ where
             ids: oracle,
             node_growing: NodeGrowingBytes::new(),
             checkpoints: Some(MetaCheckpointStore::new(store, config.meta.root.clone())),
-            rows: Some(Arc::new(ArrowRowCheck::default())),
+            rows: Some(Arc::new(ArrowRowCheck {
+                max_body_bytes: config.storage.max_body_bytes,
+            })),
         },
-    ))
+    );
+    Ok(Arc::new(match storage {
+        Some(s) => manager.with_storage(s),
+        None => manager,
+    }))
 }
 
 /// Registers this process's node (`node.id`) at `address` under a lease of `node.lease_ttl_ms`.
@@ -374,7 +393,7 @@ impl Standalone {
         let oracle = Arc::new(LeaderOracleLink(Arc::new(LeaderOracle::new(
             coordinator.clone(),
         ))));
-        let manager = wal_manager(config, provider, oracle, store.clone());
+        let manager = wal_manager(config, provider, oracle, store.clone())?;
         let _ = manager_slot.set(manager.clone());
         let topology = Arc::new(LeaderTopology::new(coordinator.clone()));
         let access: Arc<dyn WalAccess> =
@@ -533,7 +552,7 @@ pub(crate) async fn node(config: Config) -> anyhow::Result<()> {
             .map_err(anyhow::Error::msg)
             .context("coord.endpoint")?,
     );
-    let manager = wal_manager(&config, provider, oracle, store.clone());
+    let manager = wal_manager(&config, provider, oracle, store.clone())?;
     let node_id = NodeId(config.node.id);
     let session = register_node(store, &config, advertise.clone()).await?;
     let service = NodeService::new(node_id, manager.clone());
