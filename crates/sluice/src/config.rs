@@ -163,6 +163,8 @@ pub(crate) struct LogSection {
     pub backend: LogBackend,
     /// The log directory (default `{data_dir}/wal`).
     pub dir: Option<PathBuf>,
+    /// `local`: bytes per segment file (the unit truncation removes). Default 64 MiB.
+    pub local_segment_bytes: u64,
     /// `object` on S3: the endpoint (`http://host:port`; empty = a local directory).
     pub s3_endpoint: Option<String>,
     /// `object` on S3: the bucket (must exist).
@@ -308,6 +310,7 @@ impl Default for LogSection {
         LogSection {
             backend: LogBackend::Local,
             dir: None,
+            local_segment_bytes: 64 << 20,
             s3_endpoint: None,
             s3_bucket: "sluice".into(),
             s3_region: "us-east-1".into(),
@@ -431,7 +434,7 @@ impl CoordSection {
 }
 
 /// The top-level keys, for telling configuration variables from other `SLUICE_*` ones.
-const TOP_LEVEL_KEYS: [&str; 9] = [
+const TOP_LEVEL_KEYS: [&str; 10] = [
     "data_dir",
     "listen",
     "advertise",
@@ -441,6 +444,7 @@ const TOP_LEVEL_KEYS: [&str; 9] = [
     "node",
     "coord",
     "wal",
+    "storage",
 ];
 
 impl Config {
@@ -580,9 +584,10 @@ impl Config {
         use sluice_log::object::{ObjectConfig, ObjectStoreConfig, S3Config};
         let log = &self.log;
         Ok(match log.backend {
-            LogBackend::Local => {
-                LogBackendConfig::Local(sluice_log::local::LocalConfig::new(self.log_dir()))
-            }
+            LogBackend::Local => LogBackendConfig::Local(sluice_log::local::LocalConfig {
+                segment_size: log.local_segment_bytes,
+                ..sluice_log::local::LocalConfig::new(self.log_dir())
+            }),
             LogBackend::Object => {
                 let store = match log.s3_endpoint.as_deref().filter(|e| !e.is_empty()) {
                     Some(endpoint) => ObjectStoreConfig::S3(S3Config {
@@ -673,6 +678,30 @@ impl Config {
 #[allow(clippy::result_large_err)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_section_can_be_set_from_the_environment() {
+        // The environment filter names every top-level key of the configuration.
+        let tree = figment::Figment::from(Serialized::defaults(Config::default()));
+        let dict = tree
+            .find_value("")
+            .ok()
+            .and_then(|v| v.into_dict())
+            .unwrap_or_default();
+        let mut keys: Vec<&str> = dict.keys().map(String::as_str).collect();
+        let mut known: Vec<&str> = TOP_LEVEL_KEYS.to_vec();
+        keys.sort_unstable();
+        known.sort_unstable();
+        assert_eq!(keys, known);
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("SLUICE_STORAGE__S3_ENDPOINT", "http://127.0.0.1:9");
+            jail.set_env("SLUICE_STORAGE__RETENTION_MS", "5");
+            let c = Config::load(None, Figment::new()).map_err(|e| e.to_string())?;
+            assert_eq!(c.storage.s3_endpoint.as_deref(), Some("http://127.0.0.1:9"));
+            assert_eq!(c.storage.retention_ms, 5);
+            Ok(())
+        });
+    }
 
     #[test]
     fn wal_and_balancer_settings_reach_their_crates() {

@@ -28,7 +28,7 @@ use sluice_meta::MetaStore;
 use sluice_types::message::{CreateCollectionHeader, InsertHeader, PartitionSegmentAssignment};
 use sluice_types::{ErrorCode, MessageType, MutableMessage, Term, VChannel};
 use sluice_wal::scanner::{MessageFilter, ReadMessage};
-use support::{Proc, etcd_endpoint, unique_root};
+use support::{Proc, etcd_endpoint, service_endpoint, unique_root};
 use tokio::sync::watch;
 
 const NODES: u64 = 3;
@@ -66,20 +66,6 @@ enum Medium {
         /// `host:port`.
         bootstrap: String,
     },
-}
-
-/// A service endpoint from `var`; `None` (skip, with a note) when it is not set, a panic in CI.
-fn service_endpoint(var: &str, test: &str) -> Option<String> {
-    match std::env::var(var) {
-        Ok(e) if !e.is_empty() => Some(e),
-        _ => {
-            if std::env::var("CI").is_ok_and(|v| v == "true") {
-                panic!("{var} is not set but CI=true: {test} must run");
-            }
-            eprintln!("note: {var} is not set; skipping {test}");
-            None
-        }
-    }
 }
 
 impl Cluster {

@@ -27,13 +27,19 @@ pub(crate) fn sluice_bin() -> &'static str {
 /// The etcd endpoint from `SLUICE_TEST_ETCD`; `None` (with a note) when unset, unless `CI=true`,
 /// where it is a failure.
 pub(crate) fn etcd_endpoint(test: &str) -> Option<String> {
-    match std::env::var("SLUICE_TEST_ETCD") {
+    service_endpoint("SLUICE_TEST_ETCD", test)
+}
+
+/// The endpoint of a test service from the environment variable `var`; `None` (with a note)
+/// when unset, unless `CI=true`, where it is a failure.
+pub(crate) fn service_endpoint(var: &str, test: &str) -> Option<String> {
+    match std::env::var(var) {
         Ok(e) if !e.is_empty() => Some(e),
         _ => {
             if std::env::var("CI").is_ok_and(|v| v == "true") {
-                panic!("SLUICE_TEST_ETCD is not set but CI=true: {test} must run");
+                panic!("{var} is not set but CI=true: {test} must run");
             }
-            eprintln!("note: SLUICE_TEST_ETCD is not set; skipping {test}");
+            eprintln!("note: {var} is not set; skipping {test}");
             None
         }
     }
