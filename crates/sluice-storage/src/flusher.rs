@@ -54,7 +54,7 @@ use sluice_wal::scanner::{ReadMessage, ScannerOptions};
 use sluice_wal::{Wal, WalError};
 use tokio_util::sync::CancellationToken;
 
-use crate::rows::{decode_delete, decode_insert, primary_key};
+use crate::rows::{decode_delete, decode_insert_bytes, primary_key};
 
 /// The system column holding each row's timestamp.
 pub const TS_COLUMN: &str = "_ts";
@@ -604,7 +604,7 @@ fn rows_of(
     let ts_field = Field::new(TS_COLUMN, ArrowType::Int64, false);
     let (mut fields, mut columns): (Vec<Field>, Vec<ArrayRef>) = match schema {
         Some(schema) => {
-            let batch = decode_insert(schema, m.payload(), rows, max_bytes)
+            let batch = decode_insert_bytes(schema, m.payload(), rows, max_bytes)
                 .map_err(|e| FlushError::Corrupt(e.to_string()))?;
             let s = batch.schema();
             (
@@ -626,19 +626,33 @@ fn rows_of(
     )?)
 }
 
-/// Parquet bytes of `batches`, with statistics and a bloom filter on `pk`.
+/// The Parquet writer settings of every file the flusher writes: Snappy, column statistics, a
+/// bloom filter on the primary key `pk`, dictionary encoding only for text columns (vectors and
+/// numbers gain nothing from it and pay for the dictionary).
+pub fn writer_properties(schema: &arrow_schema::Schema, pk: Option<&str>) -> WriterProperties {
+    let mut props = WriterProperties::builder()
+        .set_compression(parquet::basic::Compression::SNAPPY)
+        .set_max_row_group_row_count(Some(1 << 20))
+        .set_dictionary_enabled(false);
+    for f in schema.fields() {
+        if matches!(f.data_type(), ArrowType::Utf8 | ArrowType::LargeUtf8) {
+            props = props.set_column_dictionary_enabled(f.name().as_str().into(), true);
+        }
+    }
+    if let Some(pk) = pk {
+        props = props.set_column_bloom_filter_enabled(pk.into(), true);
+    }
+    props.build()
+}
+
+/// Parquet bytes of `batches` (see [`writer_properties`]).
 fn parquet_bytes(batches: &[RecordBatch], pk: Option<&str>) -> Result<Vec<u8>, FlushError> {
     let Some(first) = batches.first() else {
         return Err(FlushError::Corrupt("nothing to write".into()));
     };
-    let mut props = WriterProperties::builder()
-        .set_compression(parquet::basic::Compression::SNAPPY)
-        .set_max_row_group_row_count(Some(1 << 20));
-    if let Some(pk) = pk {
-        props = props.set_column_bloom_filter_enabled(pk.into(), true);
-    }
+    let props = writer_properties(&first.schema(), pk);
     let mut out = Vec::new();
-    let mut w = ArrowWriter::try_new(&mut out, first.schema(), Some(props.build()))?;
+    let mut w = ArrowWriter::try_new(&mut out, first.schema(), Some(props))?;
     for b in batches {
         w.write(b)?;
     }

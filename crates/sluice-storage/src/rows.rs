@@ -88,8 +88,13 @@ pub fn primary_key(schema: &CollectionSchema) -> Result<&FieldSchema, RowError> 
         .ok_or_else(|| invalid("the collection's schema has no primary key"))
 }
 
-/// Reads every batch of an Arrow IPC stream.
+/// Reads every batch of an Arrow IPC stream, without copying the body's buffers (when they are
+/// aligned as Arrow wants; otherwise the decoder copies them).
 fn read_stream(body: &[u8], max_bytes: usize) -> Result<Vec<RecordBatch>, RowError> {
+    read_stream_bytes(&bytes::Bytes::copy_from_slice(body), max_bytes)
+}
+
+fn read_stream_bytes(body: &bytes::Bytes, max_bytes: usize) -> Result<Vec<RecordBatch>, RowError> {
     if body.len() > max_bytes {
         return Err(invalid(format!(
             "the body is {} bytes, more than the limit of {max_bytes}",
@@ -101,11 +106,19 @@ fn read_stream(body: &[u8], max_bytes: usize) -> Result<Vec<RecordBatch>, RowErr
             "the body is empty: an Arrow IPC stream is required",
         ));
     }
-    let reader = arrow_ipc::reader::StreamReader::try_new(std::io::Cursor::new(body), None)
-        .map_err(|e| invalid(format!("the body is not an Arrow IPC stream: {e}")))?;
-    reader
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| invalid(format!("the body is not an Arrow IPC stream: {e}")))
+    let not_ipc =
+        |e: arrow_schema::ArrowError| invalid(format!("the body is not an Arrow IPC stream: {e}"));
+    let mut decoder = arrow_ipc::reader::StreamDecoder::new();
+    let mut buffer = arrow_buffer::Buffer::from(body.clone());
+    let mut out = Vec::new();
+    while !buffer.is_empty() {
+        match decoder.decode(&mut buffer).map_err(not_ipc)? {
+            Some(batch) => out.push(batch),
+            None => break,
+        }
+    }
+    decoder.finish().map_err(not_ipc)?;
+    Ok(out)
 }
 
 /// Checks one column against its field.
@@ -181,7 +194,25 @@ pub fn decode_insert(
     rows: u64,
     max_bytes: usize,
 ) -> Result<RecordBatch, RowError> {
-    let batches = read_stream(body, max_bytes)?;
+    decode_insert_batches(schema, read_stream(body, max_bytes)?, rows)
+}
+
+/// [`decode_insert`] of a body held in [`bytes::Bytes`] (a message's payload), without copying
+/// its buffers.
+pub fn decode_insert_bytes(
+    schema: &CollectionSchema,
+    body: &bytes::Bytes,
+    rows: u64,
+    max_bytes: usize,
+) -> Result<RecordBatch, RowError> {
+    decode_insert_batches(schema, read_stream_bytes(body, max_bytes)?, rows)
+}
+
+fn decode_insert_batches(
+    schema: &CollectionSchema,
+    batches: Vec<RecordBatch>,
+    rows: u64,
+) -> Result<RecordBatch, RowError> {
     let target = arrow_schema(schema)?;
     let Some(first) = batches.first() else {
         return Err(invalid("the body holds no record batch"));

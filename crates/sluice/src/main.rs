@@ -241,6 +241,29 @@ enum BenchCommand {
         #[arg(long, value_delimiter = ',', default_value = "1,64")]
         producers: Vec<usize>,
     },
+    /// Rows/s the flusher writes to Parquet (reading the log, decoding the inserts, writing the
+    /// file, committing the manifest) against parquet's ArrowWriter writing the same batches
+    /// to the same local object-store directory, in one run; prints the ratio.
+    Flush {
+        /// Directory to benchmark in (a temporary subdirectory is created and removed).
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+        /// Rows per round.
+        #[arg(long, default_value_t = 50_000)]
+        rows: usize,
+        /// Rows per insert.
+        #[arg(long, default_value_t = 1000)]
+        batch_rows: usize,
+        /// Vector dimension.
+        #[arg(long, default_value_t = 128)]
+        dim: usize,
+        /// Rounds per side (the best and the median of each are compared).
+        #[arg(long, default_value_t = 10)]
+        rounds: usize,
+        /// Write the files to memory instead of a directory: takes the disk out of both sides.
+        #[arg(long)]
+        in_memory: bool,
+    },
     /// Time to open a WAL (local log, embedded meta store) whose log holds each count of
     /// messages, with a recent recovery snapshot and replaying everything, in one run; prints
     /// the ratio of the largest count's open time to the smallest's.
@@ -423,6 +446,32 @@ fn run() -> anyhow::Result<()> {
                 counts: &counts,
                 tail,
                 record_size,
+            }))
+        }
+        Command::Bench {
+            what:
+                BenchCommand::Flush {
+                    dir,
+                    rows,
+                    batch_rows,
+                    dim,
+                    rounds,
+                    in_memory,
+                },
+        } => {
+            let opts = BenchOpts {
+                dir,
+                record_size: 0,
+                seconds: 0.0,
+            };
+            let tmp = opts.tempdir()?;
+            rt.block_on(bench::flush::run(bench::flush::FlushParams {
+                dir: tmp.path(),
+                rows,
+                batch_rows,
+                dim,
+                rounds,
+                in_memory,
             }))
         }
         Command::LogSmoke {

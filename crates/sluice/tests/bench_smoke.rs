@@ -133,3 +133,38 @@ fn bench_recovery_replays_only_the_tail_with_a_snapshot_and_everything_without()
     }
     assert!(stdout.contains("ratio 6000 vs 2000 messages"), "{stdout}");
 }
+
+#[test]
+fn bench_flush_compares_the_flusher_with_arrow_writer() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["bench", "flush", "--dir"])
+        .arg(dir.path())
+        .args([
+            "--rows",
+            "3000",
+            "--batch-rows",
+            "500",
+            "--dim",
+            "8",
+            "--rounds",
+            "2",
+        ])
+        .output()
+        .expect("run sluice");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "sluice bench flush failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for path in ["ArrowWriter", "flusher"] {
+        let line = stdout
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(path))
+            .unwrap_or_else(|| panic!("no {path} row:\n{stdout}"));
+        let best: f64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+        assert!(best > 0.0, "{line}");
+    }
+    assert!(stdout.contains("flusher / ArrowWriter = "), "{stdout}");
+}

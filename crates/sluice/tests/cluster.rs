@@ -73,6 +73,11 @@ impl Cluster {
         let mut envs = vec![
             ("SLUICE_META__ROOT", self.root.clone()),
             ("SLUICE_COORD__ELECTION_TTL_MS", "2000".into()),
+            // Segments go where every node sees them (S3 overrides this below).
+            (
+                "SLUICE_STORAGE__DIR",
+                self.dir.path().join("storage").display().to_string(),
+            ),
         ];
         envs.extend(self.log_envs.iter().cloned());
         envs
@@ -137,6 +142,37 @@ impl Cluster {
     }
 }
 
+/// The last "shard state recovered" line node `id` logged for `pchannel` (ANSI colours removed).
+fn last_recovery(cluster: &Cluster, id: u64, pchannel: &str) -> String {
+    let text = std::fs::read_to_string(cluster.logs().join(format!("node-{id}.stderr")))
+        .unwrap_or_default();
+    let plain: String = {
+        let mut out = String::with_capacity(text.len());
+        let mut chars = text.chars();
+        while let Some(c) = chars.next() {
+            if c == '\u{1b}' {
+                // Skip to the end of the escape sequence (a letter).
+                for d in chars.by_ref() {
+                    if d.is_ascii_alphabetic() {
+                        break;
+                    }
+                }
+            } else {
+                out.push(c);
+            }
+        }
+        out
+    };
+    plain
+        .lines()
+        .filter(|l| {
+            l.contains("shard state recovered") && l.contains(&format!("pchannel={pchannel} "))
+        })
+        .last()
+        .unwrap_or("no recovery logged")
+        .to_owned()
+}
+
 fn first_line(s: &str) -> &str {
     s.lines().next().unwrap_or_default()
 }
@@ -159,6 +195,12 @@ fn start_cluster_of(etcd: String, medium: &Medium, nodes: u64) -> Cluster {
                 ("SLUICE_LOG__S3_BUCKET", "sluice-e2e".to_owned()),
                 // A fresh prefix per run: the bucket outlives the test.
                 ("SLUICE_LOG__PREFIX", root.replace('/', "-")),
+                ("SLUICE_STORAGE__S3_ENDPOINT", endpoint.clone()),
+                ("SLUICE_STORAGE__S3_BUCKET", "sluice-e2e".to_owned()),
+                (
+                    "SLUICE_STORAGE__PREFIX",
+                    format!("{}-storage", root.replace('/', "-")),
+                ),
             ]
         }
         Medium::Kafka { bootstrap } => vec![
@@ -613,6 +655,22 @@ async fn run_cluster(etcd: String, medium: Medium, label: &str) {
             failover
         );
         failovers.push(failover);
+        // The new owner rebuilt its state from the recovery checkpoint its predecessor saved,
+        // not by replaying the pchannel's whole log.
+        let recovered = last_recovery(&cluster, new.node_id.0, &pchannel);
+        assert!(
+            recovered.contains("Some((MessageId("),
+            "round {round}: node {} opened {pchannel} without a checkpoint: {recovered}",
+            new.node_id
+        );
+        eprintln!(
+            "round {round}: {}",
+            recovered
+                .split("shard state recovered")
+                .nth(1)
+                .unwrap_or_default()
+                .trim()
+        );
 
         // A fresh process with the same id keeps three nodes available.
         let node = tokio::task::block_in_place(|| cluster.start_node(victim));

@@ -1,6 +1,7 @@
 //! `sluice bench`: throughput and latency measured next to a baseline taken in the same run.
 //!
 //! * `wal`: the full WAL against the raw local log it runs on.
+//! * `flush`: the flusher writing Parquet against `ArrowWriter` (see [`flush`]).
 //! * `recovery`: opening a WAL as its log grows, with a recent snapshot and without (see
 //!   [`recovery`]).
 //! * `grpc`: a [`Client`] appending over loopback gRPC to a standalone server started in this
@@ -34,6 +35,7 @@ use crate::config::Config;
 use crate::local_access::RoutedAccess;
 use crate::server::Standalone;
 
+pub(crate) mod flush;
 pub(crate) mod recovery;
 
 const COLLECTION: i64 = 1;
