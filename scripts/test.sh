@@ -192,5 +192,5 @@ PROTOC=/nonexistent/protoc cargo build --release --locked -p sluice
 log "Python tests (tests/python, stubs generated from proto/)"
 VENV="$HOME/.cache/sluice-venv"
 [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
-"$VENV/bin/python" -m pip install --quiet grpcio grpcio-tools grpcio-status pytest
+"$VENV/bin/python" -m pip install --quiet grpcio grpcio-tools grpcio-status pytest pyarrow
 SLUICE_BIN="$CARGO_TARGET_DIR/release/sluice" "$VENV/bin/python" -m pytest -q tests/python

@@ -10,140 +10,14 @@ Coordinator.ReportError.
 Environment: SLUICE_BIN, the sluice binary to run (scripts/test.sh builds it).
 """
 
-import os
-import queue
-import re
-import signal
-import subprocess
-import sys
-import tempfile
-import threading
-import time
-from pathlib import Path
-
 import grpc
 import pytest
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 
-ROOT = Path(__file__).resolve().parents[2]
+from sluice_testkit import TIMEOUT, Producer, Server, assignment, error_info
+
 COLLECTION = 7
 PARTITION = 1
 ROWS = 1000
-TIMEOUT = 30
-
-
-@pytest.fixture(scope="session")
-def pb(tmp_path_factory):
-    """Generated stubs: (message_pb2, common_pb2, node_pb2, node_pb2_grpc, coord_pb2,
-    coord_pb2_grpc)."""
-    out = tmp_path_factory.mktemp("stubs")
-    protos = sorted(str(p) for p in (ROOT / "proto").rglob("*.proto"))
-    from grpc_tools import protoc
-
-    args = ["protoc", f"-I{ROOT / 'proto'}", f"--python_out={out}", f"--grpc_python_out={out}"]
-    assert protoc.main(args + protos) == 0, "grpcio-tools could not compile proto/"
-    sys.path.insert(0, str(out))
-    from sluice.v1 import (  # noqa: E402  (generated just now)
-        common_pb2,
-        coord_pb2,
-        coord_pb2_grpc,
-        message_pb2,
-        node_pb2,
-        node_pb2_grpc,
-    )
-
-    class Stubs:
-        pass
-
-    s = Stubs()
-    s.message, s.common, s.node, s.node_grpc = message_pb2, common_pb2, node_pb2, node_pb2_grpc
-    s.coord, s.coord_grpc = coord_pb2, coord_pb2_grpc
-    return s
-
-
-class Server:
-    """`sluice standalone` on a free port and a data directory of its own."""
-
-    def __init__(self, data_dir):
-        self.data_dir = data_dir
-        self.proc = None
-        self.address = None
-
-    def start(self):
-        binary = os.environ.get("SLUICE_BIN")
-        assert binary, "SLUICE_BIN must name the sluice binary"
-        self.proc = subprocess.Popen(
-            [binary, "standalone", "--data-dir", str(self.data_dir), "--listen", "127.0.0.1:0"],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        deadline = time.monotonic() + TIMEOUT
-        lines = []
-        while time.monotonic() < deadline:
-            line = self.proc.stdout.readline()
-            if not line:
-                break
-            lines.append(line)
-            m = re.search(r"listening on (\S+)", line)
-            if m:
-                self.address = m.group(1)
-                # Keep draining its output so it never blocks on a full pipe.
-                threading.Thread(target=self.proc.stdout.read, daemon=True).start()
-                return
-        raise AssertionError("standalone did not start:\n" + "".join(lines))
-
-    def stop(self):
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                assert self.proc.wait(timeout=TIMEOUT) == 0, "standalone failed on SIGTERM"
-            finally:
-                if self.proc.poll() is None:
-                    self.proc.kill()
-
-
-@pytest.fixture
-def server():
-    with tempfile.TemporaryDirectory(prefix="sluice-py-") as d:
-        s = Server(Path(d))
-        s.start()
-        try:
-            yield s
-        finally:
-            if s.proc.poll() is None:
-                s.proc.kill()
-                s.proc.wait()
-
-
-def assignment(pb, channel, name=None, above_term=0):
-    """The assignment of pchannel `name` (default: the first listed by name) from
-    WatchAssignments, at a term above `above_term`."""
-    coord = pb.coord_grpc.CoordinatorStub(channel)
-    stream = coord.WatchAssignments(pb.coord.WatchAssignmentsRequest(), timeout=TIMEOUT)
-    try:
-        for update in stream:
-            listed = sorted(update.assignments, key=lambda a: a.pchannel.name)
-            if name is not None:
-                listed = [a for a in listed if a.pchannel.name == name]
-            if listed and listed[0].pchannel.term > above_term:
-                return listed[0]
-    finally:
-        stream.cancel()
-    raise AssertionError("no assignment arrived")
-
-
-def error_info(err):
-    """(grpc code, ErrorInfo) of a failed call, decoded with grpc_status."""
-    status = rpc_status.from_call(err)
-    assert status is not None, f"no status details on {err}"
-    for detail in status.details:
-        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-            info = error_details_pb2.ErrorInfo()
-            detail.Unpack(info)
-            return err.code(), info
-    raise AssertionError(f"no ErrorInfo in {status}")
 
 
 def insert(pb, vc, i, **overrides):
@@ -163,67 +37,6 @@ def insert(pb, vc, i, **overrides):
         else:
             setattr(msg, k, v)
     return msg
-
-
-class Producer:
-    """One Produce stream: requests from a queue, responses collected by request id."""
-
-    def __init__(self, pb, channel, a):
-        self.pb = pb
-        self.requests = queue.Queue()
-        self.sent = 0
-        self.answered = 0
-        self.max_in_flight = 0
-        self.lock = threading.Lock()
-        self.requests.put(
-            pb.node.ProduceRequest(open=pb.node.ProduceOpen(pchannel=a.pchannel))
-        )
-        node = pb.node_grpc.StreamingNodeStub(channel)
-        self.responses = node.Produce(self._requests(), timeout=120)
-        first = next(self.responses)
-        assert first.WhichOneof("response") == "opened", first
-
-    def _requests(self):
-        while True:
-            r = self.requests.get()
-            if r is None:
-                return
-            if r.WhichOneof("request") == "append":
-                with self.lock:
-                    self.sent += 1
-                    self.max_in_flight = max(self.max_in_flight, self.sent - self.answered)
-            yield r
-
-    def send(self, request_id, message):
-        self.requests.put(
-            self.pb.node.ProduceRequest(
-                append=self.pb.node.ProduceAppend(request_id=request_id, message=message)
-            )
-        )
-
-    def wait_sent(self, n):
-        """Waits until `n` appends went to the stream (before reading any answer to them)."""
-        deadline = time.monotonic() + TIMEOUT
-        while self.sent < n:
-            assert time.monotonic() < deadline, f"only {self.sent} of {n} appends sent"
-            time.sleep(0.005)
-
-    def collect(self, n):
-        """The next `n` outcomes: request id -> AppendResult or StreamingError."""
-        out = {}
-        while len(out) < n:
-            r = next(self.responses)
-            kind = r.WhichOneof("response")
-            assert kind == "appended", f"producer answered {r}"
-            with self.lock:
-                self.answered += 1
-            out[r.appended.request_id] = getattr(r.appended, r.appended.WhichOneof("outcome"))
-        return out
-
-    def close(self):
-        self.requests.put(None)
-        rest = list(self.responses)
-        assert [r.WhichOneof("response") for r in rest] == ["closed"], rest
 
 
 def consume(pb, channel, a, vchannel, want, timeout=TIMEOUT):
