@@ -165,10 +165,10 @@ fn last_recovery(cluster: &Cluster, id: u64, pchannel: &str) -> String {
     };
     plain
         .lines()
-        .filter(|l| {
+        .rev()
+        .find(|l| {
             l.contains("shard state recovered") && l.contains(&format!("pchannel={pchannel} "))
         })
-        .last()
         .unwrap_or("no recovery logged")
         .to_owned()
 }

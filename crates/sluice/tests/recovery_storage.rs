@@ -7,6 +7,9 @@
 //!
 //! On `local` (the standalone default) and on `object` over the S3 server (`SLUICE_TEST_S3`),
 //! where the segments go to S3 too.
+//!
+//! And a soak: under minutes of sustained inserts with a short retention, the log directory
+//! stays below a stated bound while many times that much data goes through it.
 
 mod support;
 
@@ -177,7 +180,17 @@ impl Medium {
     }
 
     fn start(&self, data: &Path, logs: &Path) -> Proc {
-        let envs = self.envs();
+        self.start_with(data, logs, &[])
+    }
+
+    /// Starts with `extra` settings on top of the test's (later ones win).
+    fn start_with(&self, data: &Path, logs: &Path, extra: &[(&str, &str)]) -> Proc {
+        let mut envs = self.envs();
+        envs.extend(
+            extra
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
+        );
         let envs: Vec<(&str, &str)> = envs.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
         Proc::spawn(
             "standalone",
@@ -264,7 +277,7 @@ async fn produce(
     let mut n = 0u64;
     loop {
         n += 1;
-        if n % 5 == 0 {
+        if n.is_multiple_of(5) {
             let victims: Vec<i64> = {
                 let mut m = mine.lock();
                 let k = m.len().min(2);
@@ -543,4 +556,136 @@ async fn sigkill_while_flushing_on_the_object_log_over_s3_loses_and_duplicates_n
     sluice_log::testkit::ensure_s3_bucket(&endpoint, "sluice-e2e");
     let prefix = support::unique_root("crash").replace('/', "-");
     run(Medium::S3 { endpoint, prefix }, "object-s3").await;
+}
+
+/// The log directory's size in bytes.
+fn dir_bytes(dir: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .filter_map(Result::ok)
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => dir_bytes(&e.path()),
+            Ok(m) => m.len(),
+            Err(_) => 0,
+        })
+        .sum()
+}
+
+/// The soak's length: `SLUICE_SOAK_SECS`, else 5 minutes in CI and 30 s elsewhere.
+fn soak_duration() -> Duration {
+    let secs = std::env::var("SLUICE_SOAK_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(if std::env::var("CI").is_ok_and(|v| v == "true") {
+            300
+        } else {
+            30
+        });
+    Duration::from_secs(secs)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn under_sustained_inserts_the_log_stays_below_its_bound() {
+    // The bound: the retention (10 s) of writes at the paced rate below (~1 MB/s), plus the
+    // growing segments (1 MiB each), the log's open file and the checkpoints' lag.
+    const BOUND: u64 = 40 << 20;
+    let duration = soak_duration();
+    let data = tempfile::tempdir().unwrap();
+    let logs = tempfile::tempdir().unwrap();
+    let server = Medium::Local.start_with(
+        data.path(),
+        logs.path(),
+        &[
+            ("SLUICE_STORAGE__RETENTION_MS", "10000"),
+            ("SLUICE_STORAGE__TRUNCATE_INTERVAL_MS", "1000"),
+            ("SLUICE_WAL__SEGMENT_MAX_BYTES", "1048576"),
+            ("SLUICE_LOG__LOCAL_SEGMENT_BYTES", "1048576"),
+        ],
+    );
+    let topology = CoordinatorTopology::connect(&server.endpoint()).unwrap();
+    let target = assignment(&topology).await;
+    let access = Arc::new(RemoteAccess::new());
+    let create = MutableMessage::builder(CreateCollectionHeader {
+        collection_id: 500,
+        partition_ids: vec![1],
+        db_id: 1,
+        schema: Some(schema()),
+    })
+    .vchannel(&vchannel())
+    .build()
+    .unwrap();
+    access
+        .append(&target, create)
+        .await
+        .expect("create the collection");
+
+    let written = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let next = Arc::new(std::sync::atomic::AtomicI64::new(0));
+    let producers: Vec<_> = (0..2)
+        .map(|_| {
+            let (access, target, written, stop, next) = (
+                access.clone(),
+                target.clone(),
+                written.clone(),
+                stop.clone(),
+                next.clone(),
+            );
+            tokio::spawn(async move {
+                // ~200 inserts/s of 64 rows each per producer.
+                let mut pace = tokio::time::interval(Duration::from_millis(5));
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    pace.tick().await;
+                    let first = next.fetch_add(64, std::sync::atomic::Ordering::Relaxed);
+                    let ids: Vec<i64> = (first..first + 64).collect();
+                    let msg = insert(&ids);
+                    let bytes = msg.payload().len() as u64;
+                    access.append(&target, msg).await.expect("insert");
+                    written.fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+    let wal = data.path().join("wal");
+    let started = std::time::Instant::now();
+    let mut peak = 0u64;
+    let mut samples = Vec::new();
+    while started.elapsed() < duration {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let now = dir_bytes(&wal);
+        peak = peak.max(now);
+        samples.push(now);
+        assert!(
+            now <= BOUND,
+            "after {:.0?} the log holds {now} bytes, above the bound of {BOUND}",
+            started.elapsed()
+        );
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for p in producers {
+        p.await.unwrap();
+    }
+    let total = written.load(std::sync::atomic::Ordering::Relaxed);
+    let segments = dir_bytes(&data.path().join("storage"));
+    eprintln!(
+        "soak: {:.0?} of inserts, {total} bytes of bodies written; log peak {peak} bytes (bound \
+         {BOUND}), last {} bytes; {segments} bytes of Parquet",
+        started.elapsed(),
+        samples.last().copied().unwrap_or(0)
+    );
+    // The pacing writes ~1 MB/s; well under that means the server stalled.
+    assert!(
+        total >= duration.as_secs() * 250_000,
+        "the producers wrote only {total} bytes in {duration:?}"
+    );
+    if duration >= Duration::from_secs(300) {
+        assert!(
+            total >= 4 * BOUND,
+            "{total} bytes went through a log bounded at {BOUND}"
+        );
+    }
+    assert!(segments > 0, "nothing was flushed");
+    drop(server);
 }
