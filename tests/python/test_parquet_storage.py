@@ -9,6 +9,8 @@ A body that does not fit the schema is refused with INVALID_ARGUMENT.
 Environment: SLUICE_BIN, the sluice binary to run (scripts/test.sh builds it).
 """
 
+import os
+import subprocess
 import time
 
 import grpc
@@ -118,9 +120,12 @@ def test_flushed_segments_are_parquet_that_pyarrow_reads(pb, server):
         vchannel=vc,
         manual_flush=m.ManualFlushHeader(collection_id=COLLECTION),
     )
+    # The delete is acknowledged before the flush is sent, so the flush point follows it (two
+    # appends in flight at once may be ordered either way).
     producer.send(300, delete)
+    done = producer.collect(1)
     producer.send(301, flush)
-    done = producer.collect(2)
+    done.update(producer.collect(1))
     assert all(o.DESCRIPTOR.name == "AppendResult" for o in done.values()), done
     assert list(done[301].flushed_segments), "the flush names the growing segment"
     producer.close()
@@ -164,3 +169,25 @@ def test_flushed_segments_are_parquet_that_pyarrow_reads(pb, server):
     d = pa.concat_tables(pq.read_table(f) for f in delete_files)
     assert d.schema.names == ["id", "_ts"]
     assert sorted(d.column("id").to_pylist()) == deleted
+
+    # The coordinator lists the manifests: the same files, rows and key range.
+    coord = pb.coord_grpc.CoordinatorStub(channel)
+    listed = coord.ListSegments(pb.coord.ListSegmentsRequest(collection_id=COLLECTION), timeout=TIMEOUT)
+    assert sum(m.rows for m in listed.segments) == INSERTS * ROWS_PER_INSERT
+    assert sorted(root / m.data.path for m in listed.segments) == files
+    for m in listed.segments:
+        assert m.vchannel == vc and m.schema_version == 1 and m.partition_id == PARTITION
+        assert m.pk_min_int >= 0 and m.pk_max_int < INSERTS * ROWS_PER_INSERT
+        assert 0 < m.min_timestamp <= m.max_timestamp < m.flush_timestamp
+        assert len(m.start_position) == 32 and len(m.end_position) == 32
+    assert [sorted(root / x.file.path for x in listed.deletes)] == [delete_files]
+    assert sum(x.rows for x in listed.deletes) == len(deleted)
+
+    # And `sluice ctl segments` prints them.
+    out = subprocess.run(
+        [os.environ["SLUICE_BIN"], "ctl", "segments", "--coord", f"http://{server.address}",
+         "--collection", str(COLLECTION)],
+        capture_output=True, text=True, timeout=TIMEOUT, check=True,
+    ).stdout
+    assert f"{len(listed.segments)} segments, {INSERTS * ROWS_PER_INSERT} rows" in out, out
+    assert f"1 delete files, {len(deleted)} deletes" in out, out

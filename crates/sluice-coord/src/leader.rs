@@ -95,6 +95,8 @@ impl std::fmt::Debug for LeaderState {
 /// A running coordinator process (leader or standby). Dropping it stops everything.
 pub struct Coordinator {
     state: watch::Receiver<Option<Arc<LeaderState>>>,
+    store: Arc<dyn MetaStore>,
+    root: String,
     cancel: CancellationToken,
     task: parking_lot::Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
@@ -128,12 +130,27 @@ impl Coordinator {
         config.pchannels.resolve()?;
         let (tx, rx) = watch::channel(None);
         let cancel = CancellationToken::new();
-        let task = tokio::spawn(run(store, config, nodes, appender, tx, cancel.clone()));
+        let root = config.keys.root().to_owned();
+        let task = tokio::spawn(run(
+            store.clone(),
+            config,
+            nodes,
+            appender,
+            tx,
+            cancel.clone(),
+        ));
         Ok(Coordinator {
             state: rx,
+            store,
+            root,
             cancel,
             task: parking_lot::Mutex::new(Some(task)),
         })
+    }
+
+    /// The meta store and its key root (reads any coordinator may serve).
+    pub fn meta(&self) -> (&Arc<dyn MetaStore>, &str) {
+        (&self.store, &self.root)
     }
 
     /// The leader's parts if this process is the leader now.

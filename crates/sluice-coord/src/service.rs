@@ -226,4 +226,51 @@ impl coordinator_server::Coordinator for CoordinatorService {
             .map_err(|e| coord_status(&e))?;
         Ok(Response::new(v1::BroadcastAckResponse {}))
     }
+
+    async fn list_segments(
+        &self,
+        request: Request<v1::ListSegmentsRequest>,
+    ) -> Result<Response<v1::ListSegmentsResponse>, Status> {
+        use prost::Message as _;
+        use sluice_types::storage;
+        let collection = request.into_inner().collection_id;
+        let (store, root) = self.coordinator.meta();
+        let (segments_prefix, deletes_prefix) = if collection == 0 {
+            (
+                storage::segment_manifests_prefix(root),
+                storage::delete_manifests_prefix(root),
+            )
+        } else {
+            (
+                storage::collection_segments_prefix(root, collection),
+                storage::collection_deletes_prefix(root, collection),
+            )
+        };
+        let read = |e: sluice_meta::MetaError| Status::unavailable(format!("meta store: {e}"));
+        let corrupt = |key: &str, e: prost::DecodeError| {
+            Status::internal(format!("the manifest {key} does not decode: {e}"))
+        };
+        let (kvs, _) = store.scan_prefix(&segments_prefix).await.map_err(read)?;
+        let mut segments = kvs
+            .iter()
+            .map(|kv| {
+                sluice_types::message::pb::SegmentManifest::decode(kv.value.as_ref())
+                    .map_err(|e| corrupt(&kv.key, e))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        segments.sort_by_key(|m| (m.collection_id, m.segment_id));
+        let (kvs, _) = store.scan_prefix(&deletes_prefix).await.map_err(read)?;
+        let mut deletes = kvs
+            .iter()
+            .map(|kv| {
+                sluice_types::message::pb::DeleteManifest::decode(kv.value.as_ref())
+                    .map_err(|e| corrupt(&kv.key, e))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        deletes.sort_by_key(|m| (m.collection_id, m.flush_timestamp));
+        Ok(Response::new(v1::ListSegmentsResponse {
+            segments,
+            deletes,
+        }))
+    }
 }

@@ -46,6 +46,7 @@ use sluice_types::message::{
     InsertHeader, ManualFlushHeader, SchemaChangeHeader,
 };
 use sluice_types::schema::{CollectionSchema, DataType};
+use sluice_types::storage;
 use sluice_types::{
     DeliverPolicy, ImmutableMessage, MessageFilter, MessageId, MessageType, Timestamp, VChannel,
 };
@@ -97,37 +98,27 @@ impl StorageConfig {
 
     /// The meta-store key of a segment's manifest.
     pub fn manifest_key(&self, collection: i64, segment: i64) -> String {
-        format!("{}/segments/{collection}/{segment}", self.root())
+        storage::segment_manifest_key(self.root(), collection, segment)
     }
 
     /// The prefix of every segment manifest.
     pub fn manifests_prefix(&self) -> String {
-        format!("{}/segments/", self.root())
+        storage::segment_manifests_prefix(self.root())
     }
 
     /// The meta-store key of a delete manifest.
     pub fn delete_manifest_key(&self, collection: i64, vchannel: &str, ts: u64) -> String {
-        format!("{}/deletes/{collection}/{vchannel}/{ts}", self.root())
+        storage::delete_manifest_key(self.root(), collection, vchannel, ts)
     }
 
     /// The prefix of every delete manifest.
     pub fn delete_manifests_prefix(&self) -> String {
-        format!("{}/deletes/", self.root())
+        storage::delete_manifests_prefix(self.root())
     }
 
     fn flush_checkpoint_key(&self, pchannel: &str) -> String {
         format!("{}/flush/{pchannel}", self.root())
     }
-}
-
-/// The object path of a segment's data file.
-pub fn segment_path(collection: i64, partition: i64, segment: i64) -> String {
-    format!("segments/{collection}/{partition}/{segment}/data.parquet")
-}
-
-/// The object path of a delete file.
-pub fn delete_path(collection: i64, vchannel: &str, flush_ts: u64) -> String {
-    format!("deletes/{collection}/{vchannel}/{flush_ts}.parquet")
 }
 
 /// A running flusher.
@@ -728,7 +719,7 @@ async fn flush_segments(
             state.segments.remove(id);
             continue;
         }
-        let path = segment_path(seg.collection, seg.partition, *id);
+        let path = storage::segment_data_path(seg.collection, seg.partition, *id);
         let pk = seg
             .schema
             .as_ref()
@@ -810,7 +801,7 @@ async fn flush_deletes(
             ])),
             vec![keys, Arc::new(Int64Array::from(buf.ts.clone()))],
         )?;
-        let path = delete_path(collection, vchannel, flush_ts);
+        let path = storage::delete_file_path(collection, vchannel, flush_ts);
         let bytes = parquet_bytes(&[batch], Some(&pk.name))?;
         let size = bytes.len() as u64;
         put_object(config, &path, bytes).await?;

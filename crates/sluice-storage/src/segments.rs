@@ -39,7 +39,7 @@ pub async fn segment_manifests(
     collection: Option<i64>,
 ) -> Result<Vec<SegmentManifest>, ReadError> {
     let prefix = match collection {
-        Some(c) => format!("{}{c}/", config.manifests_prefix()),
+        Some(c) => sluice_types::storage::collection_segments_prefix(&config.meta_root, c),
         None => config.manifests_prefix(),
     };
     let (kvs, _) = config.meta.scan_prefix(&prefix).await?;
@@ -62,7 +62,7 @@ pub async fn delete_manifests(
     collection: Option<i64>,
 ) -> Result<Vec<DeleteManifest>, ReadError> {
     let prefix = match collection {
-        Some(c) => format!("{}{c}/", config.delete_manifests_prefix()),
+        Some(c) => sluice_types::storage::collection_deletes_prefix(&config.meta_root, c),
         None => config.delete_manifests_prefix(),
     };
     let (kvs, _) = config.meta.scan_prefix(&prefix).await?;

@@ -11,6 +11,7 @@ pub mod ids;
 pub mod message;
 pub mod read;
 pub mod schema;
+pub mod storage;
 
 pub use channel::{PChannel, VChannel};
 pub use code::ErrorCode;

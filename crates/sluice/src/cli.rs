@@ -227,3 +227,64 @@ pub(crate) async fn status(node: &str) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// `sluice ctl segments`: the segments (and delete files) the recovery storage committed.
+pub(crate) async fn segments(
+    coord: &str,
+    collection: Option<i64>,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    let channel = sluice_proto::lazy_channel(coord).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut client = v1::coordinator_client::CoordinatorClient::new(channel);
+    let mut request = tonic::Request::new(v1::ListSegmentsRequest {
+        collection_id: collection.unwrap_or(0),
+    });
+    request.set_timeout(timeout);
+    let r = client
+        .list_segments(request)
+        .await
+        .with_context(|| format!("listing segments at {coord}"))?
+        .into_inner();
+    println!(
+        "{:>10} {:>12} {:>9} {:<28} {:>9} {:>10} {:>20} {:>20}  path",
+        "collection", "segment", "partition", "vchannel", "rows", "bytes", "min ts", "max ts"
+    );
+    for s in &r.segments {
+        let data = s.data.clone().unwrap_or_default();
+        println!(
+            "{:>10} {:>12} {:>9} {:<28} {:>9} {:>10} {:>20} {:>20}  {}",
+            s.collection_id,
+            s.segment_id,
+            s.partition_id,
+            s.vchannel,
+            s.rows,
+            data.bytes,
+            s.min_timestamp,
+            s.max_timestamp,
+            data.path
+        );
+    }
+    for d in &r.deletes {
+        let file = d.file.clone().unwrap_or_default();
+        println!(
+            "{:>10} {:>12} {:>9} {:<28} {:>9} {:>10} {:>20} {:>20}  {}",
+            d.collection_id,
+            "deletes",
+            "-",
+            d.vchannel,
+            d.rows,
+            file.bytes,
+            d.min_timestamp,
+            d.max_timestamp,
+            file.path
+        );
+    }
+    println!(
+        "{} segments, {} rows; {} delete files, {} deletes",
+        r.segments.len(),
+        r.segments.iter().map(|s| s.rows).sum::<u64>(),
+        r.deletes.len(),
+        r.deletes.iter().map(|d| d.rows).sum::<u64>()
+    );
+    Ok(())
+}

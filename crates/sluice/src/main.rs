@@ -216,6 +216,14 @@ enum CtlCommand {
         #[arg(long)]
         node: String,
     },
+    /// The segments and delete files the recovery storage committed (their manifests).
+    Segments {
+        #[command(flatten)]
+        client: ClientOpts,
+        /// Only this collection.
+        #[arg(long)]
+        collection: Option<i64>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -404,6 +412,13 @@ fn run() -> anyhow::Result<()> {
         Command::Ctl {
             what: CtlCommand::Status { node },
         } => rt.block_on(cli::status(&node)),
+        Command::Ctl {
+            what: CtlCommand::Segments { client, collection },
+        } => rt.block_on(cli::segments(
+            &client.coord,
+            collection,
+            Duration::from_secs(client.timeout_secs),
+        )),
         Command::Bench {
             what: BenchCommand::Wal { opts, producers },
         } => {

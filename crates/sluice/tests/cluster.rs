@@ -528,6 +528,14 @@ async fn run_cluster(etcd: String, medium: Medium, label: &str) {
         .ok()
         .and_then(|r| r.parse().ok())
         .unwrap_or(ROUNDS);
+    // Seconds between rounds (`SLUICE_E2E_ROUND_GAP_SECS`, default 0): with 20 rounds and 30 s
+    // this is the ≥ 10-minute fault loop.
+    let round_gap = Duration::from_secs(
+        std::env::var("SLUICE_E2E_ROUND_GAP_SECS")
+            .ok()
+            .and_then(|r| r.parse().ok())
+            .unwrap_or(0),
+    );
     let test_started = Instant::now();
     let mut cluster = tokio::task::block_in_place(|| start_cluster(etcd, &medium));
 
@@ -684,6 +692,10 @@ async fn run_cluster(etcd: String, medium: Medium, label: &str) {
                 |a| a.done >= restarted && on_pchannel(a, &name),
             )
             .await;
+        }
+        // A fault loop spaces the kills out while the producers keep writing, so the log ages.
+        if !round_gap.is_zero() {
+            tokio::time::sleep(round_gap).await;
         }
     }
 
@@ -885,6 +897,22 @@ async fn run_cluster(etcd: String, medium: Medium, label: &str) {
         }
     }
 
+    // A failover must not get slower as the log ages (every open replays from a recent
+    // checkpoint, never from the start of the log).
+    let in_order = failovers.clone();
+    let third = in_order.len() / 3;
+    if third >= 2 {
+        let mut early = in_order[..third].to_vec();
+        let mut late = in_order[in_order.len() - third..].to_vec();
+        early.sort();
+        late.sort();
+        let (early, late) = (median(&early), median(&late));
+        assert!(
+            late <= early * 2 + Duration::from_secs(1),
+            "failovers grew with the log's age: first third median {early:?}, last third {late:?} \
+             (in order: {in_order:?})"
+        );
+    }
     failovers.sort();
     let (med, max) = (median(&failovers), failovers[failovers.len() - 1]);
     let summary = format!(
@@ -912,5 +940,12 @@ async fn run_cluster(etcd: String, medium: Medium, label: &str) {
     assert!(
         med < bound,
         "median failover {med:?} with a {LEASE_TTL_MS} ms lease TTL (want < {bound:?}): {summary}"
+    );
+    // Every failover, not just the typical one, completes within a bound (an assign timeout
+    // is 30 s: a recovery restarted from scratch would show here).
+    assert!(
+        max < bound * 3,
+        "slowest failover {max:?} (want < {:?}): {summary}",
+        bound * 3
     );
 }
