@@ -78,6 +78,9 @@ impl Cluster {
                 "SLUICE_STORAGE__DIR",
                 self.dir.path().join("storage").display().to_string(),
             ),
+            // The test reads every acknowledged message back from the log at the end: keep the
+            // log whole for that long (truncation is tested in recovery_storage.rs).
+            ("SLUICE_STORAGE__RETENTION_MS", "7200000".into()),
         ];
         envs.extend(self.log_envs.iter().cloned());
         envs

@@ -158,7 +158,9 @@ pub struct ObjectConfig {
     pub max_pending_bytes: usize,
     /// How often a reader asks again for a block that is not there yet. Default 20 ms.
     pub poll_interval: Duration,
-    /// Blocks a reader fetches ahead while catching up. Default 4.
+    /// Blocks a reader fetches ahead while catching up (GETs in flight per reader; at most this
+    /// many blocks buffered). Default 16: on the S3 test server a cold catch-up read 2.6× faster
+    /// than with 4 (`cargo bench -p sluice-log --features object --bench object_catchup`).
     pub read_ahead_blocks: usize,
     /// How long transient store errors are retried before an operation fails. Default 30 s.
     pub retry_timeout: Duration,
@@ -175,7 +177,7 @@ impl ObjectConfig {
             max_inflight: 8,
             max_pending_bytes: 64 << 20,
             poll_interval: Duration::from_millis(20),
-            read_ahead_blocks: 4,
+            read_ahead_blocks: 16,
             retry_timeout: Duration::from_secs(30),
         }
     }
