@@ -84,6 +84,8 @@ pub struct LeaderState {
     pub broadcaster: Arc<Broadcaster>,
     /// Live nodes.
     pub nodes: Arc<NodeWatcher>,
+    /// Collections.
+    pub catalog: Arc<crate::catalog::Catalog>,
 }
 
 impl std::fmt::Debug for LeaderState {
@@ -289,6 +291,11 @@ async fn start_leader(
     for e in &recovery.malformed {
         tracing::error!(error = %e, "a broadcast task could not be recovered");
     }
+    let catalog = Arc::new(crate::catalog::Catalog::new(
+        store.clone(),
+        config.keys.root(),
+        names.clone(),
+    ));
     Ok(LeaderState {
         tso,
         ids,
@@ -296,6 +303,7 @@ async fn start_leader(
         assigner,
         broadcaster: Arc::new(broadcaster),
         nodes,
+        catalog,
     })
 }
 

@@ -227,6 +227,71 @@ impl coordinator_server::Coordinator for CoordinatorService {
         Ok(Response::new(v1::BroadcastAckResponse {}))
     }
 
+    async fn create_collection(
+        &self,
+        request: Request<v1::CreateCollectionRequest>,
+    ) -> Result<Response<v1::CollectionInfo>, Status> {
+        let request = request.into_inner();
+        let schema = request
+            .schema
+            .ok_or_else(|| convert::status(ErrorCode::InvalidArgument, "missing schema"))?;
+        let leader = self.leader().await?;
+        let info = leader
+            .catalog
+            .create(
+                &leader.ids,
+                &leader.broadcaster,
+                schema,
+                request.partition_names,
+            )
+            .await
+            .map_err(|e| coord_status(&e))?;
+        Ok(Response::new(info))
+    }
+
+    async fn drop_collection(
+        &self,
+        request: Request<v1::DropCollectionRequest>,
+    ) -> Result<Response<v1::CollectionInfo>, Status> {
+        let name = request.into_inner().name;
+        let leader = self.leader().await?;
+        let info = leader
+            .catalog
+            .drop_collection(&leader.broadcaster, &name)
+            .await
+            .map_err(|e| coord_status(&e))?;
+        Ok(Response::new(info))
+    }
+
+    async fn describe_collection(
+        &self,
+        request: Request<v1::DescribeCollectionRequest>,
+    ) -> Result<Response<v1::CollectionInfo>, Status> {
+        use v1::describe_collection_request::Which;
+        let leader = self.leader().await?;
+        let info = match request.into_inner().which {
+            Some(Which::Name(name)) => leader.catalog.by_name(&name).await,
+            Some(Which::CollectionId(id)) => leader.catalog.by_id(id).await,
+            None => {
+                return Err(convert::status(
+                    ErrorCode::InvalidArgument,
+                    "name or collection_id is required",
+                ));
+            }
+        }
+        .map_err(|e| coord_status(&e))?;
+        Ok(Response::new(info))
+    }
+
+    async fn list_collections(
+        &self,
+        _request: Request<v1::ListCollectionsRequest>,
+    ) -> Result<Response<v1::ListCollectionsResponse>, Status> {
+        let leader = self.leader().await?;
+        let collections = leader.catalog.list().await.map_err(|e| coord_status(&e))?;
+        Ok(Response::new(v1::ListCollectionsResponse { collections }))
+    }
+
     async fn list_segments(
         &self,
         request: Request<v1::ListSegmentsRequest>,

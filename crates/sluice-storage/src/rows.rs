@@ -375,3 +375,148 @@ impl sluice_wal::RowCheck for ArrowRowCheck {
             .map_err(|e| e.to_string())
     }
 }
+
+/// Rows given as JSON objects (one per row, fields by name) as a batch of `schema`'s columns,
+/// in schema order: numbers for numeric fields, strings for VARCHAR, any JSON value for JSON
+/// (stored as its text), arrays of numbers for vectors. A field that is absent or null is null
+/// (refused for the primary key and fields that are not nullable); a key that is not a field
+/// is refused.
+pub fn batch_from_json(
+    schema: &CollectionSchema,
+    rows: &[serde_json::Value],
+) -> Result<RecordBatch, RowError> {
+    use arrow_array::builder::{
+        BooleanBuilder, FixedSizeListBuilder, Float32Builder, Float64Builder, Int32Builder,
+        Int64Builder, StringBuilder,
+    };
+    let target = arrow_schema(schema)?;
+    for (i, row) in rows.iter().enumerate() {
+        let obj = row
+            .as_object()
+            .ok_or_else(|| invalid(format!("row {i} is not a JSON object")))?;
+        if let Some(k) = obj
+            .keys()
+            .find(|k| !schema.fields.iter().any(|f| &f.name == *k))
+        {
+            return Err(invalid(format!(
+                "row {i}: {k:?} is not a field of the collection"
+            )));
+        }
+    }
+    let mut columns: Vec<ArrayRef> = Vec::with_capacity(schema.fields.len());
+    for field in &schema.fields {
+        let name = &field.name;
+        let values = rows.iter().map(|r| r.get(name).filter(|v| !v.is_null()));
+        let bad = |i: usize, want: &str| invalid(format!("row {i}: {name} must be {want}"));
+        let col: ArrayRef = match DataType::try_from(field.data_type) {
+            Ok(DataType::Bool) => {
+                let mut b = BooleanBuilder::new();
+                for (i, v) in values.enumerate() {
+                    match v {
+                        None => b.append_null(),
+                        Some(v) => b.append_value(v.as_bool().ok_or_else(|| bad(i, "a boolean"))?),
+                    }
+                }
+                Arc::new(b.finish())
+            }
+            Ok(DataType::Int32) => {
+                let mut b = Int32Builder::new();
+                for (i, v) in values.enumerate() {
+                    match v {
+                        None => b.append_null(),
+                        Some(v) => b.append_value(
+                            v.as_i64()
+                                .and_then(|n| i32::try_from(n).ok())
+                                .ok_or_else(|| bad(i, "a 32-bit integer"))?,
+                        ),
+                    }
+                }
+                Arc::new(b.finish())
+            }
+            Ok(DataType::Int64) => {
+                let mut b = Int64Builder::new();
+                for (i, v) in values.enumerate() {
+                    match v {
+                        None => b.append_null(),
+                        Some(v) => b.append_value(v.as_i64().ok_or_else(|| bad(i, "an integer"))?),
+                    }
+                }
+                Arc::new(b.finish())
+            }
+            Ok(DataType::Float) => {
+                let mut b = Float32Builder::new();
+                for (i, v) in values.enumerate() {
+                    match v {
+                        None => b.append_null(),
+                        Some(v) => {
+                            b.append_value(v.as_f64().ok_or_else(|| bad(i, "a number"))? as f32)
+                        }
+                    }
+                }
+                Arc::new(b.finish())
+            }
+            Ok(DataType::Double) => {
+                let mut b = Float64Builder::new();
+                for (i, v) in values.enumerate() {
+                    match v {
+                        None => b.append_null(),
+                        Some(v) => b.append_value(v.as_f64().ok_or_else(|| bad(i, "a number"))?),
+                    }
+                }
+                Arc::new(b.finish())
+            }
+            Ok(DataType::Varchar) => {
+                let mut b = StringBuilder::new();
+                for (i, v) in values.enumerate() {
+                    match v {
+                        None => b.append_null(),
+                        Some(v) => b.append_value(v.as_str().ok_or_else(|| bad(i, "a string"))?),
+                    }
+                }
+                Arc::new(b.finish())
+            }
+            Ok(DataType::Json) => {
+                let mut b = StringBuilder::new();
+                for v in values {
+                    match v {
+                        None => b.append_null(),
+                        Some(v) => b.append_value(v.to_string()),
+                    }
+                }
+                Arc::new(b.finish())
+            }
+            Ok(DataType::FloatVector) => {
+                let dim = field.dim as usize;
+                let mut b =
+                    FixedSizeListBuilder::new(Float32Builder::new(), dim as i32).with_field(
+                        Arc::new(arrow_schema::Field::new("item", ArrowType::Float32, false)),
+                    );
+                for (i, v) in values.enumerate() {
+                    match v {
+                        None => {
+                            b.values().append_nulls(dim);
+                            b.append(false);
+                        }
+                        Some(v) => {
+                            let items = v
+                                .as_array()
+                                .filter(|a| a.len() == dim)
+                                .ok_or_else(|| bad(i, &format!("an array of {dim} numbers")))?;
+                            for x in items {
+                                b.values().append_value(
+                                    x.as_f64().ok_or_else(|| bad(i, "an array of numbers"))? as f32,
+                                );
+                            }
+                            b.append(true);
+                        }
+                    }
+                }
+                Arc::new(b.finish())
+            }
+            _ => return Err(invalid(format!("field {name} has no supported type"))),
+        };
+        check_column(field, &col)?;
+        columns.push(col);
+    }
+    RecordBatch::try_new(target, columns).map_err(|e| invalid(e.to_string()))
+}

@@ -288,3 +288,312 @@ pub(crate) async fn segments(
     );
     Ok(())
 }
+
+fn coordinator(
+    coord: &str,
+) -> anyhow::Result<v1::coordinator_client::CoordinatorClient<tonic::transport::Channel>> {
+    let channel = sluice_proto::lazy_channel(coord).map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(v1::coordinator_client::CoordinatorClient::new(channel))
+}
+
+fn timed<T>(message: T, timeout: Duration) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(message);
+    r.set_timeout(timeout);
+    r
+}
+
+/// A field from `name:type[:N][:pk][:auto][:nullable]` (N: a VARCHAR's max length, a
+/// FLOAT_VECTOR's dimension).
+pub(crate) fn parse_field(spec: &str) -> anyhow::Result<sluice_types::schema::FieldSchema> {
+    use sluice_types::schema::{DataType, FieldSchema};
+    let mut parts = spec.split(':');
+    let name = parts.next().unwrap_or_default();
+    let ty = parts.next().unwrap_or_default();
+    let data_type = match ty.to_ascii_lowercase().as_str() {
+        "bool" => DataType::Bool,
+        "int32" => DataType::Int32,
+        "int64" => DataType::Int64,
+        "float" => DataType::Float,
+        "double" => DataType::Double,
+        "varchar" => DataType::Varchar,
+        "json" => DataType::Json,
+        "float_vector" => DataType::FloatVector,
+        other => bail!(
+            "field {spec:?}: unknown type {other:?} (bool, int32, int64, float, double, varchar, \
+             json, float_vector)"
+        ),
+    };
+    let mut f = FieldSchema {
+        name: name.to_owned(),
+        data_type: data_type as i32,
+        ..FieldSchema::default()
+    };
+    for p in parts {
+        match p {
+            "pk" => f.is_primary_key = true,
+            "auto" => f.auto_id = true,
+            "nullable" => f.nullable = true,
+            n => {
+                let n: u32 = n
+                    .parse()
+                    .with_context(|| format!("field {spec:?}: {n:?} is not a size"))?;
+                match data_type {
+                    DataType::Varchar => f.max_length = n,
+                    DataType::FloatVector => f.dim = n,
+                    _ => bail!("field {spec:?}: only varchar and float_vector take a size"),
+                }
+            }
+        }
+    }
+    Ok(f)
+}
+
+fn print_collection(c: &v1::CollectionInfo) {
+    let schema = c.schema.clone().unwrap_or_default();
+    let state = v1::CollectionState::try_from(c.state)
+        .map(|s| {
+            s.as_str_name()
+                .trim_start_matches("COLLECTION_STATE_")
+                .to_lowercase()
+        })
+        .unwrap_or_else(|_| c.state.to_string());
+    println!(
+        "collection {} id={} state={state} shards={} schema_version={} created_ts={}",
+        schema.name, c.collection_id, schema.shards, schema.version, c.created_timestamp
+    );
+    for f in &schema.fields {
+        let ty = sluice_types::schema::DataType::try_from(f.data_type)
+            .map(|t| {
+                t.as_str_name()
+                    .trim_start_matches("DATA_TYPE_")
+                    .to_lowercase()
+            })
+            .unwrap_or_else(|_| f.data_type.to_string());
+        let mut extra = Vec::new();
+        if f.is_primary_key {
+            extra.push("primary key".to_owned());
+        }
+        if f.auto_id {
+            extra.push("auto id".to_owned());
+        }
+        if f.nullable {
+            extra.push("nullable".to_owned());
+        }
+        if f.max_length > 0 {
+            extra.push(format!("max_length {}", f.max_length));
+        }
+        if f.dim > 0 {
+            extra.push(format!("dim {}", f.dim));
+        }
+        println!(
+            "  field {} id={} {ty} {}",
+            f.name,
+            f.field_id,
+            extra.join(", ")
+        );
+    }
+    for p in &c.partitions {
+        println!("  partition {} id={}", p.name, p.partition_id);
+    }
+    for (i, v) in c.vchannels.iter().enumerate() {
+        println!("  shard {i} vchannel {v}");
+    }
+}
+
+/// `sluice ctl create-collection`.
+pub(crate) async fn create_collection(
+    coord: &str,
+    name: &str,
+    fields: &[String],
+    shards: u32,
+    partitions: Vec<String>,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    let fields = fields
+        .iter()
+        .map(|s| parse_field(s))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let schema = sluice_types::schema::CollectionSchema {
+        name: name.to_owned(),
+        fields,
+        shards,
+        ..Default::default()
+    };
+    let info = coordinator(coord)?
+        .create_collection(timed(
+            v1::CreateCollectionRequest {
+                schema: Some(schema),
+                partition_names: partitions,
+            },
+            timeout,
+        ))
+        .await
+        .map_err(|s| anyhow::anyhow!("creating collection {name}: {}", s.message()))?
+        .into_inner();
+    print_collection(&info);
+    Ok(())
+}
+
+/// `sluice ctl collections`.
+pub(crate) async fn list_collections(coord: &str, timeout: Duration) -> anyhow::Result<()> {
+    let r = coordinator(coord)?
+        .list_collections(timed(v1::ListCollectionsRequest {}, timeout))
+        .await
+        .map_err(|s| anyhow::anyhow!("listing collections: {}", s.message()))?
+        .into_inner();
+    for c in &r.collections {
+        let s = c.schema.clone().unwrap_or_default();
+        println!(
+            "{} id={} shards={} fields={} vchannels={}",
+            s.name,
+            c.collection_id,
+            s.shards,
+            s.fields.len(),
+            c.vchannels.join(",")
+        );
+    }
+    println!("{} collections", r.collections.len());
+    Ok(())
+}
+
+async fn describe(
+    coord: &str,
+    name: &str,
+    timeout: Duration,
+) -> anyhow::Result<v1::CollectionInfo> {
+    Ok(coordinator(coord)?
+        .describe_collection(timed(
+            v1::DescribeCollectionRequest {
+                which: Some(v1::describe_collection_request::Which::Name(
+                    name.to_owned(),
+                )),
+            },
+            timeout,
+        ))
+        .await
+        .map_err(|s| anyhow::anyhow!("describing collection {name}: {}", s.message()))?
+        .into_inner())
+}
+
+/// `sluice ctl describe`.
+pub(crate) async fn describe_collection(
+    coord: &str,
+    name: &str,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    print_collection(&describe(coord, name, timeout).await?);
+    Ok(())
+}
+
+/// `sluice ctl drop-collection`.
+pub(crate) async fn drop_collection(
+    coord: &str,
+    name: &str,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    let info = coordinator(coord)?
+        .drop_collection(timed(
+            v1::DropCollectionRequest {
+                name: name.to_owned(),
+            },
+            timeout,
+        ))
+        .await
+        .map_err(|s| anyhow::anyhow!("dropping collection {name}: {}", s.message()))?
+        .into_inner();
+    println!("dropped collection {name} id={}", info.collection_id);
+    Ok(())
+}
+
+/// The shard a primary key goes to: int64 keys by value, varchar keys by a CRC-32C of their
+/// bytes.
+fn shard_of(pk: &serde_json::Value, shards: usize) -> usize {
+    let h = match pk {
+        serde_json::Value::Number(n) => n.as_i64().unwrap_or(0).rem_euclid(shards as i64) as u64,
+        serde_json::Value::String(s) => u64::from(crc32c::crc32c(s.as_bytes())),
+        _ => 0,
+    };
+    (h % shards as u64) as usize
+}
+
+/// `sluice insert`: rows of a JSON-lines file into a collection of the catalog, routed to its
+/// shards by primary key, `batch` rows per insert.
+pub(crate) async fn insert_file(
+    client: &Client,
+    coord: &str,
+    collection: &str,
+    file: &std::path::Path,
+    batch: usize,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    let info = describe(coord, collection, timeout).await?;
+    let schema = info
+        .schema
+        .clone()
+        .context("the collection has no schema")?;
+    let pk = sluice_storage::rows::primary_key(&schema)?.name.clone();
+    let partition = info
+        .partitions
+        .first()
+        .context("the collection has no partition")?
+        .partition_id;
+    let vchannels = info
+        .vchannels
+        .iter()
+        .map(|v| VChannel::new(v.as_str()))
+        .collect::<Result<Vec<_>, _>>()?;
+    if vchannels.is_empty() {
+        bail!("collection {collection} has no vchannels");
+    }
+    let text = std::fs::File::open(file).with_context(|| format!("opening {}", file.display()))?;
+    let mut per_shard: Vec<Vec<serde_json::Value>> = vec![Vec::new(); vchannels.len()];
+    let (mut rows, mut inserts) = (0usize, 0usize);
+    let started = std::time::Instant::now();
+    let send = async |shard: usize, rows: Vec<serde_json::Value>| -> anyhow::Result<()> {
+        let b = sluice_storage::rows::batch_from_json(&schema, &rows)?;
+        let body = sluice_storage::rows::encode_stream(std::slice::from_ref(&b))?;
+        let msg = MutableMessage::builder(InsertHeader {
+            collection_id: info.collection_id,
+            partitions: vec![PartitionSegmentAssignment {
+                partition_id: partition,
+                rows: rows.len() as u64,
+                binary_size: body.len() as u64,
+                segment_id: 0,
+            }],
+        })
+        .vchannel(&vchannels[shard])
+        .payload(body)
+        .build()?;
+        client.append(msg).await.context("inserting")?;
+        Ok(())
+    };
+    for (n, line) in std::io::BufReader::new(text).lines().enumerate() {
+        let line = line.with_context(|| format!("reading {}", file.display()))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let row: serde_json::Value = serde_json::from_str(&line)
+            .with_context(|| format!("{}:{}: not JSON", file.display(), n + 1))?;
+        let key = row.get(&pk).cloned().unwrap_or_default();
+        let shard = shard_of(&key, vchannels.len());
+        per_shard[shard].push(row);
+        rows += 1;
+        if per_shard[shard].len() >= batch.max(1) {
+            send(shard, std::mem::take(&mut per_shard[shard]))
+                .await
+                .with_context(|| format!("rows up to line {}", n + 1))?;
+            inserts += 1;
+        }
+    }
+    for (shard, rest) in per_shard.into_iter().enumerate() {
+        if !rest.is_empty() {
+            send(shard, rest).await?;
+            inserts += 1;
+        }
+    }
+    println!(
+        "inserted {rows} rows into {collection} in {inserts} inserts ({:.2} s)",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}

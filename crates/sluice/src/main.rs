@@ -152,6 +152,21 @@ enum Command {
         #[arg(long, default_value_t = 16)]
         concurrency: usize,
     },
+    /// Insert the rows of a JSON-lines file (one object per line, fields by name) into a
+    /// collection of the catalog, routed to its shards by primary key.
+    Insert {
+        #[command(flatten)]
+        client: ClientOpts,
+        /// The collection's name.
+        #[arg(long)]
+        collection: String,
+        /// The JSON-lines file.
+        #[arg(long)]
+        file: PathBuf,
+        /// Rows per insert message.
+        #[arg(long, default_value_t = 1000)]
+        batch: usize,
+    },
     /// Read the inserts of a vchannel in timestamp order, surviving failovers.
     Consume {
         #[command(flatten)]
@@ -215,6 +230,44 @@ enum CtlCommand {
         /// The node's address (`host:port`).
         #[arg(long)]
         node: String,
+    },
+    /// Create a collection in the catalog.
+    CreateCollection {
+        #[command(flatten)]
+        client: ClientOpts,
+        /// Its name.
+        #[arg(long)]
+        name: String,
+        /// A field: `name:type[:N][:pk][:auto][:nullable]`, type one of bool, int32, int64,
+        /// float, double, varchar (N = max length), json, float_vector (N = dimension). Repeat
+        /// for each field, in order.
+        #[arg(long = "field", required = true)]
+        fields: Vec<String>,
+        /// Shards (one vchannel each).
+        #[arg(long, default_value_t = 1)]
+        shards: u32,
+        /// Partition names (default: one, `_default`).
+        #[arg(long = "partition")]
+        partitions: Vec<String>,
+    },
+    /// The collections of the catalog.
+    Collections {
+        #[command(flatten)]
+        client: ClientOpts,
+    },
+    /// One collection: schema, partitions, vchannels.
+    Describe {
+        #[command(flatten)]
+        client: ClientOpts,
+        /// Its name.
+        name: String,
+    },
+    /// Drop a collection.
+    DropCollection {
+        #[command(flatten)]
+        client: ClientOpts,
+        /// Its name.
+        name: String,
     },
     /// The segments and delete files the recovery storage committed (their manifests).
     Segments {
@@ -412,6 +465,53 @@ fn run() -> anyhow::Result<()> {
         Command::Ctl {
             what: CtlCommand::Status { node },
         } => rt.block_on(cli::status(&node)),
+        Command::Ctl {
+            what:
+                CtlCommand::CreateCollection {
+                    client,
+                    name,
+                    fields,
+                    shards,
+                    partitions,
+                },
+        } => rt.block_on(cli::create_collection(
+            &client.coord,
+            &name,
+            &fields,
+            shards,
+            partitions,
+            Duration::from_secs(client.timeout_secs),
+        )),
+        Command::Ctl {
+            what: CtlCommand::Collections { client },
+        } => rt.block_on(cli::list_collections(
+            &client.coord,
+            Duration::from_secs(client.timeout_secs),
+        )),
+        Command::Ctl {
+            what: CtlCommand::Describe { client, name },
+        } => rt.block_on(cli::describe_collection(
+            &client.coord,
+            &name,
+            Duration::from_secs(client.timeout_secs),
+        )),
+        Command::Ctl {
+            what: CtlCommand::DropCollection { client, name },
+        } => rt.block_on(cli::drop_collection(
+            &client.coord,
+            &name,
+            Duration::from_secs(client.timeout_secs),
+        )),
+        Command::Insert {
+            client,
+            collection,
+            file,
+            batch,
+        } => rt.block_on(async {
+            let timeout = Duration::from_secs(client.timeout_secs);
+            let (c, _t) = cli::connect(&client.coord, timeout)?;
+            cli::insert_file(&c, &client.coord, &collection, &file, batch, timeout).await
+        }),
         Command::Ctl {
             what: CtlCommand::Segments { client, collection },
         } => rt.block_on(cli::segments(

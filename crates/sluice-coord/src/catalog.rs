@@ -1,0 +1,319 @@
+//! The catalog: collections by name and id, with their schema, vchannels and partitions.
+//!
+//! Meta-store layout under the root:
+//!
+//! | key | value |
+//! |---|---|
+//! | `catalog/collections/{id}` | `CollectionInfo` (protobuf, `coord.proto`) |
+//! | `catalog/names/{name}` | the id of the live collection with that name (decimal) |
+//!
+//! Create: validate the schema (field ids assigned), take ids for the collection and its
+//! partitions, spread one vchannel per shard over the pchannels, record the collection as
+//! CREATING together with its name (one transaction: a name in use fails it), broadcast
+//! CreateCollection to every vchannel holding the name's exclusive resource key, then record it
+//! CREATED. Drop: broadcast DropCollection the same way, then remove the name and the record.
+//! A broadcast here is complete when every vchannel's WAL holds its copy (the WAL applies DDL
+//! as it appends it), so the catalog acknowledges the copies itself; the resource key
+//! serializes DDL on one collection until then. A crash between the steps leaves the broadcast
+//! to the broadcaster's recovery and the record CREATING; creating it again is refused (the
+//! name is taken) and dropping it completes it.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use prost::Message as _;
+use sluice_meta::{Condition, MetaStore, TxnOp};
+use sluice_proto::v1;
+use sluice_types::message::{CreateCollectionHeader, DropCollectionHeader, ResourceKey};
+use sluice_types::schema::CollectionSchema;
+use sluice_types::{CollectionId, MutableMessage, PChannel};
+
+use crate::broadcast::{BroadcastRequest, Broadcaster};
+use crate::tso::Ids;
+use crate::{CoordError, Result};
+
+/// The resource-key domain of collection names (see `ResourceKey` in `message.proto`).
+const COLLECTION_NAME_DOMAIN: i32 = 1;
+
+/// The most shards a collection may have.
+pub const MAX_SHARDS: u32 = 64;
+
+/// The catalog over a meta store.
+pub struct Catalog {
+    store: Arc<dyn MetaStore>,
+    root: String,
+    pchannels: Vec<PChannel>,
+}
+
+impl std::fmt::Debug for Catalog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Catalog")
+            .field("root", &self.root)
+            .finish_non_exhaustive()
+    }
+}
+
+fn not_found(what: impl std::fmt::Display) -> CoordError {
+    CoordError::InvalidArgument(format!("collection {what} does not exist"))
+}
+
+impl Catalog {
+    /// The catalog under `root`, spreading vchannels over `pchannels`.
+    pub fn new(store: Arc<dyn MetaStore>, root: &str, pchannels: Vec<PChannel>) -> Catalog {
+        Catalog {
+            store,
+            root: root.trim_end_matches('/').to_owned(),
+            pchannels,
+        }
+    }
+
+    fn record_key(&self, id: i64) -> String {
+        format!("{}/catalog/collections/{id}", self.root)
+    }
+
+    fn name_key(&self, name: &str) -> String {
+        format!("{}/catalog/names/{name}", self.root)
+    }
+
+    async fn read(&self, key: &str) -> Result<Option<v1::CollectionInfo>> {
+        let Some(kv) = self.store.get(key).await? else {
+            return Ok(None);
+        };
+        v1::CollectionInfo::decode(kv.value.as_ref())
+            .map(Some)
+            .map_err(|e| CoordError::Malformed {
+                key: key.to_owned(),
+                reason: e.to_string(),
+            })
+    }
+
+    /// The collection with id `id`.
+    pub async fn by_id(&self, id: i64) -> Result<v1::CollectionInfo> {
+        self.read(&self.record_key(id))
+            .await?
+            .ok_or_else(|| not_found(id))
+    }
+
+    /// The live collection named `name`.
+    pub async fn by_name(&self, name: &str) -> Result<v1::CollectionInfo> {
+        let key = self.name_key(name);
+        let Some(kv) = self.store.get(&key).await? else {
+            return Err(not_found(format!("{name:?}")));
+        };
+        let id: i64 = std::str::from_utf8(&kv.value)
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| CoordError::Malformed {
+                key,
+                reason: "not a collection id".into(),
+            })?;
+        self.by_id(id).await
+    }
+
+    /// Every live collection, by name.
+    pub async fn list(&self) -> Result<Vec<v1::CollectionInfo>> {
+        let prefix = format!("{}/catalog/collections/", self.root);
+        let (kvs, _) = self.store.scan_prefix(&prefix).await?;
+        let mut out = kvs
+            .iter()
+            .map(|kv| {
+                v1::CollectionInfo::decode(kv.value.as_ref()).map_err(|e| CoordError::Malformed {
+                    key: kv.key.clone(),
+                    reason: e.to_string(),
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        out.sort_by(|a, b| name_of(a).cmp(name_of(b)));
+        Ok(out)
+    }
+
+    /// Creates a collection (see the module docs).
+    pub async fn create(
+        &self,
+        ids: &Ids,
+        broadcaster: &Broadcaster,
+        mut schema: CollectionSchema,
+        partition_names: Vec<String>,
+    ) -> Result<v1::CollectionInfo> {
+        for (i, f) in schema.fields.iter_mut().enumerate() {
+            if f.field_id == 0 {
+                f.field_id = i as i64 + 1;
+            }
+        }
+        schema.version = 1;
+        if schema.shards == 0 {
+            schema.shards = 1;
+        }
+        if schema.shards > MAX_SHARDS {
+            return Err(CoordError::InvalidArgument(format!(
+                "{} shards: at most {MAX_SHARDS}",
+                schema.shards
+            )));
+        }
+        sluice_types::schema::validate(&schema)
+            .map_err(|e| CoordError::InvalidArgument(e.to_string()))?;
+        let partition_names = if partition_names.is_empty() {
+            vec!["_default".to_owned()]
+        } else {
+            partition_names
+        };
+        let mut seen = std::collections::HashSet::new();
+        if let Some(dup) = partition_names.iter().find(|n| !seen.insert(n.as_str())) {
+            return Err(CoordError::InvalidArgument(format!(
+                "partition name {dup:?} is used twice"
+            )));
+        }
+        if self.pchannels.is_empty() {
+            return Err(CoordError::InvalidArgument(
+                "no pchannels to place shards on".into(),
+            ));
+        }
+        let first = ids.allocate(1 + partition_names.len() as u64).await?;
+        let id = i64::try_from(first)
+            .map_err(|_| CoordError::InvalidArgument("id allocator ran out of i64 ids".into()))?;
+        let vchannels = (0..schema.shards)
+            .map(|shard| {
+                let p = &self.pchannels[(first as usize + shard as usize) % self.pchannels.len()];
+                p.vchannel(CollectionId(id), shard)
+                    .map(|v| v.as_str().to_owned())
+                    .map_err(|e| CoordError::InvalidArgument(e.to_string()))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let partitions: Vec<v1::PartitionInfo> = partition_names
+            .into_iter()
+            .enumerate()
+            .map(|(i, name)| v1::PartitionInfo {
+                partition_id: id + 1 + i as i64,
+                name,
+            })
+            .collect();
+        let mut info = v1::CollectionInfo {
+            collection_id: id,
+            schema: Some(schema.clone()),
+            vchannels,
+            partitions,
+            state: v1::CollectionState::Creating as i32,
+            created_timestamp: 0,
+        };
+        let name_key = self.name_key(&schema.name);
+        let result = self
+            .store
+            .txn(
+                vec![(name_key.clone(), Condition::KeyAbsent)],
+                vec![
+                    TxnOp::Put {
+                        key: name_key,
+                        value: Bytes::from(id.to_string()),
+                        lease: None,
+                    },
+                    TxnOp::Put {
+                        key: self.record_key(id),
+                        value: Bytes::from(info.encode_to_vec()),
+                        lease: None,
+                    },
+                ],
+            )
+            .await?;
+        if !result.committed {
+            return Err(CoordError::InvalidArgument(format!(
+                "a collection named {:?} exists",
+                schema.name
+            )));
+        }
+        let template = MutableMessage::builder(CreateCollectionHeader {
+            collection_id: id,
+            partition_ids: info.partitions.iter().map(|p| p.partition_id).collect(),
+            db_id: 1,
+            schema: Some(schema.clone()),
+        })
+        .build()
+        .map_err(|e| CoordError::InvalidArgument(e.to_string()))?;
+        let ts = self
+            .broadcast(broadcaster, template, &info.vchannels, &schema.name)
+            .await?;
+        info.state = v1::CollectionState::Created as i32;
+        info.created_timestamp = ts;
+        self.store
+            .put(
+                &self.record_key(id),
+                Bytes::from(info.encode_to_vec()),
+                Condition::None,
+                None,
+            )
+            .await?;
+        tracing::info!(collection = id, name = %schema.name, shards = schema.shards, "collection created");
+        Ok(info)
+    }
+
+    /// Drops the live collection named `name` (see the module docs).
+    pub async fn drop_collection(
+        &self,
+        broadcaster: &Broadcaster,
+        name: &str,
+    ) -> Result<v1::CollectionInfo> {
+        let mut info = self.by_name(name).await?;
+        let template = MutableMessage::builder(DropCollectionHeader {
+            collection_id: info.collection_id,
+            db_id: 1,
+        })
+        .build()
+        .map_err(|e| CoordError::InvalidArgument(e.to_string()))?;
+        self.broadcast(broadcaster, template, &info.vchannels, name)
+            .await?;
+        self.store
+            .txn(
+                Vec::new(),
+                vec![
+                    TxnOp::Delete {
+                        key: self.name_key(name),
+                    },
+                    TxnOp::Delete {
+                        key: self.record_key(info.collection_id),
+                    },
+                ],
+            )
+            .await?;
+        info.state = v1::CollectionState::Dropped as i32;
+        tracing::info!(collection = info.collection_id, %name, "collection dropped");
+        Ok(info)
+    }
+
+    /// Broadcasts `template` to `vchannels` under `name`'s exclusive key; returns the first
+    /// copy's timestamp once every copy is in its WAL.
+    async fn broadcast(
+        &self,
+        broadcaster: &Broadcaster,
+        template: MutableMessage,
+        vchannels: &[String],
+        name: &str,
+    ) -> Result<u64> {
+        let mut handle = broadcaster
+            .submit(BroadcastRequest {
+                message: template,
+                vchannels: vchannels.to_vec(),
+                resource_keys: vec![ResourceKey {
+                    domain: COLLECTION_NAME_DOMAIN,
+                    key: name.to_owned(),
+                    shared: false,
+                }],
+            })
+            .await?;
+        handle.wait_for(|p| p.sent >= p.total).await?;
+        let id = handle.id();
+        for v in vchannels {
+            broadcaster.ack(id, v).await?;
+        }
+        let result = handle.wait().await?;
+        Ok(result
+            .appends
+            .values()
+            .flatten()
+            .map(|o| o.timestamp.0)
+            .min()
+            .unwrap_or(0))
+    }
+}
+
+fn name_of(info: &v1::CollectionInfo) -> &str {
+    info.schema.as_ref().map_or("", |s| s.name.as_str())
+}

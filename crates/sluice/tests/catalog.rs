@@ -1,0 +1,245 @@
+//! The catalog end to end on a real standalone server, through the CLI: create a collection
+//! with a schema, list and describe it, insert rows from a JSON-lines file (routed to its two
+//! shards), refuse bad rows with a clear error, serialize concurrent creates of one name, drop
+//! it and create it again.
+
+mod support;
+
+use std::time::Duration;
+
+use sluice_proto::v1;
+use support::{Proc, run_cli};
+
+const TIMEOUT: Duration = Duration::from_secs(60);
+
+fn start(data: &std::path::Path, logs: &std::path::Path) -> Proc {
+    Proc::spawn(
+        "standalone",
+        &[
+            "standalone",
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+        ],
+        &[],
+        logs,
+        TIMEOUT,
+    )
+    .unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn ctl(server: &Proc, args: &[&str]) -> support::CliOutput {
+    let endpoint = server.endpoint();
+    let mut all: Vec<&str> = args.to_vec();
+    all.extend(["--coord", endpoint.as_str()]);
+    run_cli(&all, &[], TIMEOUT)
+}
+
+/// `sluice ctl create-collection NAME` with the test's schema and two shards.
+fn create_collection(endpoint: &str, name: &str) -> support::CliOutput {
+    run_cli(
+        &[
+            "ctl",
+            "create-collection",
+            "--name",
+            name,
+            "--field",
+            "id:int64:pk",
+            "--field",
+            "title:varchar:32",
+            "--field",
+            "vec:float_vector:3",
+            "--field",
+            "meta:json:nullable",
+            "--shards",
+            "2",
+            "--coord",
+            endpoint,
+        ],
+        &[],
+        TIMEOUT,
+    )
+}
+
+fn ok(out: support::CliOutput, what: &str) -> String {
+    assert!(
+        out.status.success(),
+        "{what} failed:\n{}\n{}",
+        out.stdout,
+        out.stderr
+    );
+    out.stdout
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn collections_are_created_described_filled_from_json_lines_and_dropped() {
+    let data = tempfile::tempdir().unwrap();
+    let logs = tempfile::tempdir().unwrap();
+    let server = start(data.path(), logs.path());
+    let endpoint = server.endpoint();
+    let create = |name: &str| create_collection(&endpoint, name);
+    let out = ok(create("docs"), "create-collection");
+    assert!(out.contains("collection docs id="), "{out}");
+    assert!(out.contains("field id id=1 int64 primary key"), "{out}");
+    assert!(out.contains("field vec id=3 float_vector dim 3"), "{out}");
+    assert!(out.contains("partition _default"), "{out}");
+    assert!(out.contains("shard 1 vchannel"), "{out}");
+
+    // A name in use is refused; a bad schema too.
+    let again = create("docs");
+    assert!(!again.status.success());
+    assert!(
+        again.stderr.contains("a collection named \"docs\" exists"),
+        "{}",
+        again.stderr
+    );
+    let bad = ctl(
+        &server,
+        &[
+            "ctl",
+            "create-collection",
+            "--name",
+            "nopk",
+            "--field",
+            "x:int64",
+        ],
+    );
+    assert!(!bad.status.success());
+    assert!(bad.stderr.contains("primary key"), "{}", bad.stderr);
+
+    let list = ok(ctl(&server, &["ctl", "collections"]), "collections");
+    assert!(
+        list.contains("docs id=") && list.contains("1 collections"),
+        "{list}"
+    );
+
+    // Rows from a JSON-lines file.
+    let file = data.path().join("rows.jsonl");
+    let lines: Vec<String> = (0..250)
+        .map(|i| {
+            format!(r#"{{"id": {i}, "title": "t{i}", "vec": [{i}, 0.5, 1], "meta": {{"n": {i}}}}}"#)
+        })
+        .collect();
+    std::fs::write(&file, lines.join("\n")).unwrap();
+    let out = run_cli(
+        &[
+            "insert",
+            "--collection",
+            "docs",
+            "--file",
+            file.to_str().unwrap(),
+            "--batch",
+            "40",
+            "--coord",
+            &endpoint,
+        ],
+        &[],
+        TIMEOUT,
+    );
+    let out = ok(out, "insert");
+    assert!(out.contains("inserted 250 rows into docs"), "{out}");
+
+    // Every row is in the WAL of the shard its key routes to.
+    let mut coord = v1::coordinator_client::CoordinatorClient::new(
+        sluice_proto::lazy_channel(&endpoint).unwrap(),
+    );
+    let info = coord
+        .describe_collection(v1::DescribeCollectionRequest {
+            which: Some(v1::describe_collection_request::Which::Name("docs".into())),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(info.vchannels.len(), 2);
+    assert_eq!(info.state, v1::CollectionState::Created as i32);
+    let topology = std::sync::Arc::new(
+        sluice_client::topology::CoordinatorTopology::connect(&endpoint).unwrap(),
+    );
+    let client = sluice_client::Client::new(
+        topology,
+        std::sync::Arc::new(sluice_client::access::RemoteAccess::new()),
+        sluice_client::ClientConfig::default(),
+    );
+    let mut total = 0u64;
+    for (shard, v) in info.vchannels.iter().enumerate() {
+        let v = sluice_types::VChannel::new(v.as_str()).unwrap();
+        let mut reader = client.read(sluice_client::ReadRequest::vchannel(&v));
+        let mut rows = 0u64;
+        while rows < 125 {
+            let m = tokio::time::timeout(TIMEOUT, reader.next())
+                .await
+                .expect("rows arrive")
+                .expect("stream")
+                .expect("message");
+            if let sluice_types::ReadMessage::Message(m) = m
+                && m.message_type().ok() == Some(sluice_types::MessageType::Insert)
+            {
+                let h: sluice_types::message::InsertHeader = m.header().unwrap();
+                rows += h.partitions[0].rows;
+                let b = sluice_storage::rows::decode_insert(
+                    info.schema.as_ref().unwrap(),
+                    m.payload(),
+                    h.partitions[0].rows,
+                    1 << 20,
+                )
+                .unwrap();
+                let ids = b
+                    .column(0)
+                    .as_any()
+                    .downcast_ref::<arrow_array::Int64Array>()
+                    .unwrap();
+                assert!(ids.iter().all(|k| k.unwrap() % 2 == shard as i64));
+            }
+        }
+        total += rows;
+    }
+    assert_eq!(total, 250);
+
+    // A bad row is a clear error naming it, and nothing of that insert is written.
+    std::fs::write(&file, r#"{"id": 1, "title": "x", "vec": [1, 2]}"#).unwrap();
+    let out = run_cli(
+        &[
+            "insert",
+            "--collection",
+            "docs",
+            "--file",
+            file.to_str().unwrap(),
+            "--coord",
+            &endpoint,
+        ],
+        &[],
+        TIMEOUT,
+    );
+    assert!(!out.status.success());
+    assert!(
+        out.stderr.contains("vec must be an array of 3 numbers"),
+        "{}",
+        out.stderr
+    );
+
+    // Concurrent creates of one name: exactly one wins.
+    let outcomes: Vec<bool> = std::thread::scope(|s| {
+        let hs: Vec<_> = (0..3)
+            .map(|_| s.spawn(|| create("race").status.success()))
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert_eq!(outcomes.iter().filter(|ok| **ok).count(), 1, "{outcomes:?}");
+
+    // Drop, then the name is free again (a new id).
+    let out = ok(ctl(&server, &["ctl", "drop-collection", "docs"]), "drop");
+    assert!(out.contains("dropped collection docs"), "{out}");
+    let gone = ctl(&server, &["ctl", "describe", "docs"]);
+    assert!(!gone.status.success());
+    assert!(gone.stderr.contains("does not exist"), "{}", gone.stderr);
+    let out = ok(create("docs"), "create again");
+    let new_id = out
+        .split("id=")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .and_then(|s| s.parse::<i64>().ok())
+        .unwrap();
+    assert_ne!(new_id, info.collection_id);
+    drop(server);
+}
