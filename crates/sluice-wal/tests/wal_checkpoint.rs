@@ -7,8 +7,7 @@ use std::sync::Arc;
 
 use common::*;
 use sluice_log::{DeliverPolicy, OpenOptions, ReadOptions};
-use sluice_types::message::ManualFlushHeader;
-use sluice_types::{ErrorCode, MessageId, MutableMessage, Term, VChannel};
+use sluice_types::{ErrorCode, MessageId, Term};
 use sluice_wal::checkpoint::MemoryCheckpointStore;
 use sluice_wal::tso::LocalOracle;
 use sluice_wal::{Wal, WalConfig, WalDeps};
@@ -67,17 +66,6 @@ impl Harness {
         .await
         .unwrap()
     }
-}
-
-fn manual_flush(v: &VChannel) -> MutableMessage {
-    MutableMessage::builder(ManualFlushHeader {
-        collection_id: v.collection().0,
-        flush_ts: 0,
-        segment_ids: Vec::new(),
-    })
-    .vchannel(v)
-    .build()
-    .unwrap()
 }
 
 /// Waits until the replica has applied everything acknowledged so far (a timetick released

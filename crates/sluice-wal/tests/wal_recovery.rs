@@ -7,21 +7,10 @@ use std::time::Duration;
 
 use common::*;
 use sluice_log::OpenOptions;
-use sluice_types::message::{CreatePartitionHeader, ManualFlushHeader};
+use sluice_types::message::CreatePartitionHeader;
 use sluice_types::{CollectionId, ErrorCode, MutableMessage, Term, VChannel};
 use sluice_wal::shard::{NodeGrowingBytes, SegmentConfig};
 use sluice_wal::{Wal, WalConfig};
-
-fn manual_flush(v: &VChannel) -> MutableMessage {
-    MutableMessage::builder(ManualFlushHeader {
-        collection_id: v.collection().0,
-        flush_ts: 0,
-        segment_ids: Vec::new(),
-    })
-    .vchannel(v)
-    .build()
-    .unwrap()
-}
 
 /// A WAL at `term` whose node growing bytes the test can see.
 async fn open_counted(

@@ -253,6 +253,23 @@ impl Medium {
     }
 }
 
+/// Creates the test's collection (with its schema) on `target`.
+async fn create_collection(access: &RemoteAccess, target: &Assignment) {
+    let create = MutableMessage::builder(CreateCollectionHeader {
+        collection_id: 500,
+        partition_ids: vec![1],
+        db_id: 1,
+        schema: Some(schema()),
+    })
+    .vchannel(&vchannel())
+    .build()
+    .unwrap();
+    access
+        .append(target, create)
+        .await
+        .expect("create the collection");
+}
+
 async fn assignment(topology: &CoordinatorTopology) -> Assignment {
     let mut rx = topology.subscribe();
     let t = tokio::time::timeout(
@@ -421,19 +438,7 @@ async fn run(medium: Medium, label: &str) {
         let target = assignment(&topology).await;
         let access = Arc::new(RemoteAccess::new());
         if round == 0 {
-            let create = MutableMessage::builder(CreateCollectionHeader {
-                collection_id: 500,
-                partition_ids: vec![1],
-                db_id: 1,
-                schema: Some(schema()),
-            })
-            .vchannel(&vchannel())
-            .build()
-            .unwrap();
-            access
-                .append(&target, create)
-                .await
-                .expect("create the collection");
+            create_collection(&access, &target).await;
         }
         let mine = Arc::new(Mutex::new(Vec::new()));
         let tasks: Vec<_> = (0..PRODUCERS)
@@ -530,16 +535,29 @@ async fn run(medium: Medium, label: &str) {
         "{label}: every restart recovers from a checkpoint ({recovered_from_checkpoint} of {})",
         rounds - 1
     );
-    eprintln!(
-        "{label}: {rounds} SIGKILLs; {} rows acknowledged, {} unknown; {} in {} Parquet segments, \
-         {} in the log tail ({records} records retained); {} deletes acknowledged",
-        o.acked.len(),
-        o.maybe.len(),
-        in_parquet.len(),
-        segments.len(),
-        in_log.len(),
-        o.deleted.len()
+    report(
+        &format!("crash-{label}"),
+        &format!(
+            "{label}: {rounds} SIGKILLs; {} rows acknowledged, {} unknown; {} in {} Parquet \
+             segments, {} in the log tail ({records} records retained); {} deletes acknowledged",
+            o.acked.len(),
+            o.maybe.len(),
+            in_parquet.len(),
+            segments.len(),
+            in_log.len(),
+            o.deleted.len()
+        ),
     );
+}
+
+/// Prints `summary` and keeps it in `{CARGO_TARGET_TMPDIR}/{name}.txt` (a passing test's output
+/// is not shown; the file is where a run's numbers can be read afterwards).
+fn report(name: &str, summary: &str) {
+    eprintln!("{summary}");
+    let path = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{name}.txt"));
+    if let Err(e) = std::fs::write(&path, format!("{summary}\n")) {
+        eprintln!("note: could not write {}: {e}", path.display());
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -607,19 +625,7 @@ async fn under_sustained_inserts_the_log_stays_below_its_bound() {
     let topology = CoordinatorTopology::connect(&server.endpoint()).unwrap();
     let target = assignment(&topology).await;
     let access = Arc::new(RemoteAccess::new());
-    let create = MutableMessage::builder(CreateCollectionHeader {
-        collection_id: 500,
-        partition_ids: vec![1],
-        db_id: 1,
-        schema: Some(schema()),
-    })
-    .vchannel(&vchannel())
-    .build()
-    .unwrap();
-    access
-        .append(&target, create)
-        .await
-        .expect("create the collection");
+    create_collection(&access, &target).await;
 
     let written = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -669,11 +675,14 @@ async fn under_sustained_inserts_the_log_stays_below_its_bound() {
     }
     let total = written.load(std::sync::atomic::Ordering::Relaxed);
     let segments = dir_bytes(&data.path().join("storage"));
-    eprintln!(
-        "soak: {:.0?} of inserts, {total} bytes of bodies written; log peak {peak} bytes (bound \
-         {BOUND}), last {} bytes; {segments} bytes of Parquet",
-        started.elapsed(),
-        samples.last().copied().unwrap_or(0)
+    report(
+        "soak",
+        &format!(
+            "soak: {:.0?} of inserts, {total} bytes of bodies written; log peak {peak} bytes \
+             (bound {BOUND}), last {} bytes; {segments} bytes of Parquet",
+            started.elapsed(),
+            samples.last().copied().unwrap_or(0)
+        ),
     );
     // The pacing writes ~1 MB/s; well under that means the server stalled.
     assert!(

@@ -9,7 +9,7 @@ use sluice_log::local::{LocalConfig, LocalProvider};
 use sluice_log::memory::{MemoryConfig, MemoryProvider};
 use sluice_types::message::{
     BeginTxnHeader, CommitTxnHeader, CreateCollectionHeader, DeleteHeader, DropCollectionHeader,
-    InsertHeader, PartitionSegmentAssignment, RollbackTxnHeader, TxnContext,
+    InsertHeader, ManualFlushHeader, PartitionSegmentAssignment, RollbackTxnHeader, TxnContext,
 };
 use sluice_types::{CollectionId, MutableMessage, PChannel, Term, VChannel};
 use sluice_wal::scanner::{ReadMessage, Scanner};
@@ -82,6 +82,17 @@ pub(crate) fn create_collection(collection: i64) -> MutableMessage {
         schema: None,
     })
     .vchannel(&vchannel(collection))
+    .build()
+    .unwrap()
+}
+
+pub(crate) fn manual_flush(v: &VChannel) -> MutableMessage {
+    MutableMessage::builder(ManualFlushHeader {
+        collection_id: v.collection().0,
+        flush_ts: 0,
+        segment_ids: Vec::new(),
+    })
+    .vchannel(v)
     .build()
     .unwrap()
 }
