@@ -505,19 +505,36 @@ pub(crate) async fn drop_collection(
     Ok(())
 }
 
-/// The shard a primary key goes to: int64 keys by value, varchar keys by a CRC-32C of their
-/// bytes.
-fn shard_of(pk: &serde_json::Value, shards: usize) -> usize {
-    let h = match pk {
-        serde_json::Value::Number(n) => n.as_i64().unwrap_or(0).rem_euclid(shards as i64) as u64,
-        serde_json::Value::String(s) => u64::from(crc32c::crc32c(s.as_bytes())),
-        _ => 0,
-    };
-    (h % shards as u64) as usize
+/// The shard of every row of `batch` by its primary key column `pk`: int64 keys by value,
+/// varchar keys by a CRC-32C of their bytes.
+fn shards_of(
+    batch: &arrow_array::RecordBatch,
+    pk: &str,
+    shards: usize,
+) -> anyhow::Result<Vec<usize>> {
+    use arrow_array::cast::AsArray;
+    let col = batch
+        .column_by_name(pk)
+        .with_context(|| format!("the rows have no primary key column {pk:?}"))?;
+    let n = shards as u64;
+    Ok(match col.data_type() {
+        arrow_schema::DataType::Int64 => col
+            .as_primitive::<arrow_array::types::Int64Type>()
+            .iter()
+            .map(|k| (k.unwrap_or(0).rem_euclid(shards as i64)) as usize)
+            .collect(),
+        arrow_schema::DataType::Utf8 => col
+            .as_string::<i32>()
+            .iter()
+            .map(|k| (u64::from(crc32c::crc32c(k.unwrap_or("").as_bytes())) % n) as usize)
+            .collect(),
+        other => bail!("primary key column {pk:?} is {other}, not int64 or utf8"),
+    })
 }
 
-/// `sluice insert`: rows of a JSON-lines file into a collection of the catalog, routed to its
-/// shards by primary key, `batch` rows per insert.
+/// `sluice insert`: rows of a JSON-lines file (one object per line) or a Parquet file
+/// (`.parquet`, columns named after the fields) into a collection of the catalog, routed to its
+/// shards by primary key, at most `batch` rows per insert.
 pub(crate) async fn insert_file(
     client: &Client,
     coord: &str,
@@ -545,50 +562,72 @@ pub(crate) async fn insert_file(
     if vchannels.is_empty() {
         bail!("collection {collection} has no vchannels");
     }
-    let text = std::fs::File::open(file).with_context(|| format!("opening {}", file.display()))?;
-    let mut per_shard: Vec<Vec<serde_json::Value>> = vec![Vec::new(); vchannels.len()];
-    let (mut rows, mut inserts) = (0usize, 0usize);
+    let batch = batch.max(1);
     let started = std::time::Instant::now();
-    let send = async |shard: usize, rows: Vec<serde_json::Value>| -> anyhow::Result<()> {
-        let b = sluice_storage::rows::batch_from_json(&schema, &rows)?;
-        let body = sluice_storage::rows::encode_stream(std::slice::from_ref(&b))?;
-        let msg = MutableMessage::builder(InsertHeader {
-            collection_id: info.collection_id,
-            partitions: vec![PartitionSegmentAssignment {
-                partition_id: partition,
-                rows: rows.len() as u64,
-                binary_size: body.len() as u64,
-                segment_id: 0,
-            }],
-        })
-        .vchannel(&vchannels[shard])
-        .payload(body)
-        .build()?;
-        client.append(msg).await.context("inserting")?;
+    let (mut rows, mut inserts) = (0usize, 0usize);
+    // Each chunk of rows is split by shard and sent as one insert per shard.
+    let mut send = async |chunk: arrow_array::RecordBatch| -> anyhow::Result<()> {
+        let shards = shards_of(&chunk, &pk, vchannels.len())?;
+        for (shard, v) in vchannels.iter().enumerate() {
+            let mask = arrow_array::BooleanArray::from(
+                shards.iter().map(|s| *s == shard).collect::<Vec<_>>(),
+            );
+            let part = arrow_select::filter::filter_record_batch(&chunk, &mask)?;
+            if part.num_rows() == 0 {
+                continue;
+            }
+            let body = sluice_storage::rows::encode_stream(std::slice::from_ref(&part))?;
+            let msg = MutableMessage::builder(InsertHeader {
+                collection_id: info.collection_id,
+                partitions: vec![PartitionSegmentAssignment {
+                    partition_id: partition,
+                    rows: part.num_rows() as u64,
+                    binary_size: body.len() as u64,
+                    segment_id: 0,
+                }],
+            })
+            .vchannel(v)
+            .payload(body)
+            .build()?;
+            client.append(msg).await.context("inserting")?;
+            rows += part.num_rows();
+            inserts += 1;
+        }
         Ok(())
     };
-    for (n, line) in std::io::BufReader::new(text).lines().enumerate() {
-        let line = line.with_context(|| format!("reading {}", file.display()))?;
-        if line.trim().is_empty() {
-            continue;
+    let opened =
+        std::fs::File::open(file).with_context(|| format!("opening {}", file.display()))?;
+    if file.extension().is_some_and(|e| e == "parquet") {
+        let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(opened)
+            .with_context(|| format!("{} is not a Parquet file", file.display()))?
+            .with_batch_size(batch)
+            .build()?;
+        for chunk in reader {
+            send(chunk.with_context(|| format!("reading {}", file.display()))?).await?;
         }
-        let row: serde_json::Value = serde_json::from_str(&line)
-            .with_context(|| format!("{}:{}: not JSON", file.display(), n + 1))?;
-        let key = row.get(&pk).cloned().unwrap_or_default();
-        let shard = shard_of(&key, vchannels.len());
-        per_shard[shard].push(row);
-        rows += 1;
-        if per_shard[shard].len() >= batch.max(1) {
-            send(shard, std::mem::take(&mut per_shard[shard]))
-                .await
-                .with_context(|| format!("rows up to line {}", n + 1))?;
-            inserts += 1;
+    } else {
+        let mut pending: Vec<serde_json::Value> = Vec::with_capacity(batch);
+        let mut first_line = 1;
+        for (n, line) in std::io::BufReader::new(opened).lines().enumerate() {
+            let line = line.with_context(|| format!("reading {}", file.display()))?;
+            if line.trim().is_empty() {
+                continue;
+            }
+            let row: serde_json::Value = serde_json::from_str(&line)
+                .with_context(|| format!("{}:{}: not JSON", file.display(), n + 1))?;
+            pending.push(row);
+            if pending.len() >= batch {
+                let chunk = sluice_storage::rows::batch_from_json(&schema, &pending)
+                    .with_context(|| format!("{}:{}-{}", file.display(), first_line, n + 1))?;
+                send(chunk).await?;
+                pending.clear();
+                first_line = n + 2;
+            }
         }
-    }
-    for (shard, rest) in per_shard.into_iter().enumerate() {
-        if !rest.is_empty() {
-            send(shard, rest).await?;
-            inserts += 1;
+        if !pending.is_empty() {
+            let chunk = sluice_storage::rows::batch_from_json(&schema, &pending)
+                .with_context(|| format!("{}:{}-", file.display(), first_line))?;
+            send(chunk).await?;
         }
     }
     println!(

@@ -152,15 +152,16 @@ enum Command {
         #[arg(long, default_value_t = 16)]
         concurrency: usize,
     },
-    /// Insert the rows of a JSON-lines file (one object per line, fields by name) into a
-    /// collection of the catalog, routed to its shards by primary key.
+    /// Insert the rows of a JSON-lines file (one object per line, fields by name) or of a
+    /// Parquet file (`.parquet`, columns named after the fields) into a collection of the
+    /// catalog, routed to its shards by primary key.
     Insert {
         #[command(flatten)]
         client: ClientOpts,
         /// The collection's name.
         #[arg(long)]
         collection: String,
-        /// The JSON-lines file.
+        /// The JSON-lines or Parquet file.
         #[arg(long)]
         file: PathBuf,
         /// Rows per insert message.

@@ -62,6 +62,47 @@ fn create_collection(endpoint: &str, name: &str) -> support::CliOutput {
     )
 }
 
+/// Rows `ids` of the test's schema in a Parquet file (the vector's items not nullable, as the
+/// catalog's schema has them).
+fn write_parquet(path: &std::path::Path, ids: std::ops::Range<i64>) {
+    use arrow_array::{
+        ArrayRef, FixedSizeListArray, Float32Array, Int64Array, RecordBatch, StringArray,
+    };
+    use std::sync::Arc;
+    let n = (ids.end - ids.start) as usize;
+    let vec = FixedSizeListArray::try_new(
+        Arc::new(arrow_schema::Field::new(
+            "item",
+            arrow_schema::DataType::Float32,
+            false,
+        )),
+        3,
+        Arc::new(Float32Array::from_iter_values((0..n * 3).map(|i| i as f32))),
+        None,
+    )
+    .unwrap();
+    let b = RecordBatch::try_from_iter([
+        (
+            "id",
+            Arc::new(Int64Array::from_iter_values(ids.clone())) as ArrayRef,
+        ),
+        (
+            "title",
+            Arc::new(StringArray::from_iter_values(ids.map(|i| format!("p{i}")))) as ArrayRef,
+        ),
+        ("vec", Arc::new(vec) as ArrayRef),
+    ])
+    .unwrap();
+    let mut w = parquet::arrow::ArrowWriter::try_new(
+        std::fs::File::create(path).unwrap(),
+        b.schema(),
+        None,
+    )
+    .unwrap();
+    w.write(&b).unwrap();
+    w.close().unwrap();
+}
+
 fn ok(out: support::CliOutput, what: &str) -> String {
     assert!(
         out.status.success(),
@@ -140,6 +181,25 @@ async fn collections_are_created_described_filled_from_json_lines_and_dropped() 
     let out = ok(out, "insert");
     assert!(out.contains("inserted 250 rows into docs"), "{out}");
 
+    // And from a Parquet file.
+    let parquet_file = data.path().join("rows.parquet");
+    write_parquet(&parquet_file, 1000..1050);
+    let out = run_cli(
+        &[
+            "insert",
+            "--collection",
+            "docs",
+            "--file",
+            parquet_file.to_str().unwrap(),
+            "--coord",
+            &endpoint,
+        ],
+        &[],
+        TIMEOUT,
+    );
+    let out = ok(out, "insert from Parquet");
+    assert!(out.contains("inserted 50 rows into docs"), "{out}");
+
     // Every row is in the WAL of the shard its key routes to.
     let mut coord = v1::coordinator_client::CoordinatorClient::new(
         sluice_proto::lazy_channel(&endpoint).unwrap(),
@@ -166,7 +226,7 @@ async fn collections_are_created_described_filled_from_json_lines_and_dropped() 
         let v = sluice_types::VChannel::new(v.as_str()).unwrap();
         let mut reader = client.read(sluice_client::ReadRequest::vchannel(&v));
         let mut rows = 0u64;
-        while rows < 125 {
+        while rows < 150 {
             let m = tokio::time::timeout(TIMEOUT, reader.next())
                 .await
                 .expect("rows arrive")
@@ -194,7 +254,7 @@ async fn collections_are_created_described_filled_from_json_lines_and_dropped() 
         }
         total += rows;
     }
-    assert_eq!(total, 250);
+    assert_eq!(total, 300);
 
     // A bad row is a clear error naming it, and nothing of that insert is written.
     std::fs::write(&file, r#"{"id": 1, "title": "x", "vec": [1, 2]}"#).unwrap();
