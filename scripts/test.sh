@@ -32,6 +32,9 @@ fi
 
 # Reuse a build directory outside the clone when there is one: a cold build is most of CI.
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/sluice-target}"
+# Each run is a fresh clone, so every workspace crate rebuilds anyway; incremental session data
+# only piles up in the shared directory (21 GB after a day of runs filled the disk once).
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 
 # --- services the tests talk to ------------------------------------------------------------

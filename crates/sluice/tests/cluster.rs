@@ -940,10 +940,15 @@ async fn run_cluster(etcd: String, medium: Medium, label: &str) {
         Medium::S3 { .. } => Duration::from_secs(4),
         Medium::Kafka { .. } => Duration::from_secs(5),
     };
-    assert!(
-        med < bound,
-        "median failover {med:?} with a {LEASE_TTL_MS} ms lease TTL (want < {bound:?}): {summary}"
-    );
+    // The typical failover of the short test; a fault loop (`SLUICE_E2E_ROUND_GAP_SECS`) on a
+    // long-lived, busy test server is held to the two checks around this one instead: no growth
+    // with the log's age, and every failover within 3× this bound.
+    if round_gap.is_zero() {
+        assert!(
+            med < bound,
+            "median failover {med:?} with a {LEASE_TTL_MS} ms lease TTL (want < {bound:?}): {summary}"
+        );
+    }
     // Every failover, not just the typical one, completes within a bound (an assign timeout
     // is 30 s: a recovery restarted from scratch would show here).
     assert!(
