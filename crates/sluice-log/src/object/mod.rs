@@ -159,8 +159,10 @@ pub struct ObjectConfig {
     /// How often a reader asks again for a block that is not there yet. Default 20 ms.
     pub poll_interval: Duration,
     /// Blocks a reader fetches ahead while catching up (GETs in flight per reader; at most this
-    /// many blocks buffered). Default 16: on the S3 test server a cold catch-up read 2.6× faster
-    /// than with 4 (`cargo bench -p sluice-log --features object --bench object_catchup`).
+    /// many blocks buffered). Default 16: where a GET's latency dominates (a busy S3 test
+    /// server) a cold catch-up read 2.6× faster than with 4; on an idle single-threaded test
+    /// server it made no difference (`cargo bench -p sluice-log --features object --bench
+    /// object_catchup`).
     pub read_ahead_blocks: usize,
     /// How long transient store errors are retried before an operation fails. Default 30 s.
     pub retry_timeout: Duration,
