@@ -9,6 +9,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "../../proto/sluice/v1/common.proto",
         "../../proto/sluice/v1/node.proto",
         "../../proto/sluice/v1/coord.proto",
+        "../../proto/sluice/v1/query.proto",
     ];
     for f in &files {
         println!("cargo:rerun-if-changed={f}");

@@ -14,6 +14,8 @@
 //! * **Consuming** ([`Client::read`]): a resumable reader that, after the owner changes, resumes
 //!   from the last delivered message's last-confirmed id with a `timestamp > last` filter, so the
 //!   consumer sees no gap and no duplicate.
+//! * **Reading collections** ([`query::QueryClient`]): Search, Query and Get, retried while a
+//!   shard catches up or moves.
 //! * **Transactions** ([`Client::begin_txn`], [`Client::append_messages`]).
 //!
 //! The WALs are reached through a [`access::WalAccess`]: over gRPC ([`access::RemoteAccess`]), or
@@ -25,8 +27,10 @@ pub mod access;
 pub mod client;
 pub mod coord;
 pub mod error;
+pub mod query;
 pub mod topology;
 
 pub use client::{Client, ClientConfig, ReadRequest, Reader, Txn};
 pub use error::ClientError;
+pub use query::QueryClient;
 pub use topology::{Assignment, Topology, TopologySource};

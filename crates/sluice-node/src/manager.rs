@@ -25,6 +25,7 @@ use sluice_types::{PChannel, Term};
 use sluice_wal::{Wal, WalConfig, WalDeps, WalError};
 
 use crate::NodeError;
+use crate::query::{QueryFeed, QueryHost};
 
 /// One pchannel's slot: the transition lock and what is open.
 #[derive(Default)]
@@ -41,13 +42,38 @@ struct SlotState {
     wal: Option<Wal>,
     /// Flushes the open WAL's segments to the recovery storage.
     flusher: Option<Flusher>,
+    /// Feeds the open WAL's query delegators.
+    feed: Option<QueryFeed>,
 }
 
-/// Closes a WAL, then stops its flusher (whatever it did not flush stays in the log).
-async fn close(wal: Wal, flusher: Option<Flusher>) {
+/// What runs beside an open WAL.
+#[derive(Default)]
+struct Companions {
+    flusher: Option<Flusher>,
+    feed: Option<QueryFeed>,
+}
+
+/// Closes a WAL, then stops its flusher (whatever it did not flush stays in the log) and its
+/// query delegators.
+async fn close(wal: Wal, companions: Companions) {
     wal.close().await;
-    if let Some(f) = flusher {
+    if let Some(f) = companions.feed {
         f.stop().await;
+    }
+    if let Some(f) = companions.flusher {
+        f.stop().await;
+    }
+}
+
+impl SlotState {
+    fn take(&mut self) -> (Option<Wal>, Companions) {
+        (
+            self.wal.take(),
+            Companions {
+                flusher: self.flusher.take(),
+                feed: self.feed.take(),
+            },
+        )
     }
 }
 
@@ -68,6 +94,7 @@ pub struct WalManager {
     config: WalConfig,
     deps: WalDeps,
     storage: Option<Arc<StorageConfig>>,
+    query: Option<Arc<QueryHost>>,
     slots: Mutex<HashMap<PChannel, Arc<Slot>>>,
     shutting_down: std::sync::atomic::AtomicBool,
 }
@@ -86,6 +113,7 @@ impl WalManager {
             config,
             deps,
             storage: None,
+            query: None,
             slots: Mutex::new(HashMap::new()),
             shutting_down: std::sync::atomic::AtomicBool::new(false),
         }
@@ -95,6 +123,17 @@ impl WalManager {
     pub fn with_storage(mut self, storage: Arc<StorageConfig>) -> WalManager {
         self.storage = Some(storage);
         self
+    }
+
+    /// Every WAL this manager opens feeds query delegators on `host`.
+    pub fn with_query(mut self, host: Arc<QueryHost>) -> WalManager {
+        self.query = Some(host);
+        self
+    }
+
+    /// The query delegators here, if any.
+    pub fn query(&self) -> Option<&Arc<QueryHost>> {
+        self.query.as_ref()
     }
 
     fn slot(&self, pchannel: &PChannel) -> Arc<Slot> {
@@ -137,11 +176,11 @@ impl WalManager {
                 return Ok(());
             }
             state.highest = term;
-            (state.wal.take(), state.flusher.take())
+            state.take()
         };
-        if let (Some(old), flusher) = old {
+        if let (Some(old), companions) = old {
             tracing::info!(%pchannel, old_term = %old.term(), new_term = %term, "closing the WAL at the older term");
-            close(old, flusher).await;
+            close(old, companions).await;
         }
         let started = std::time::Instant::now();
         let wal = Wal::open(
@@ -157,9 +196,11 @@ impl WalManager {
             .storage
             .as_ref()
             .map(|s| Flusher::start(wal.clone(), s.clone()));
+        let feed = self.query.as_ref().map(|q| q.serve(wal.clone()));
         let mut state = slot.state.lock();
         state.wal = Some(wal);
         state.flusher = flusher;
+        state.feed = feed;
         Ok(())
     }
 
@@ -179,11 +220,11 @@ impl WalManager {
                         current: wal.term(),
                     });
                 }
-                Some(_) => (state.wal.take(), state.flusher.take()),
+                Some(_) => state.take(),
             }
         };
-        if let (Some(wal), flusher) = wal {
-            close(wal, flusher).await;
+        if let (Some(wal), companions) = wal {
+            close(wal, companions).await;
             tracing::info!(%pchannel, %term, "WAL removed");
         }
         Ok(())
@@ -247,12 +288,9 @@ impl WalManager {
         let slots: Vec<_> = self.slots.lock().values().cloned().collect();
         for slot in slots {
             let _transition = slot.transition.lock().await;
-            let (wal, flusher) = {
-                let mut state = slot.state.lock();
-                (state.wal.take(), state.flusher.take())
-            };
+            let (wal, companions) = slot.state.lock().take();
             if let Some(wal) = wal {
-                close(wal, flusher).await;
+                close(wal, companions).await;
             }
         }
     }

@@ -266,6 +266,21 @@ enum FlushError {
     Corrupt(String),
 }
 
+/// Where reading the log must start to find every row of `pchannel` not yet in a committed
+/// segment: the flush checkpoint as (first id to read, timestamps above which to take). `None`:
+/// from the log's oldest record. A reader that first calls this and then lists the committed
+/// manifests misses nothing: what was committed in between is read twice, and the segment
+/// manifest tells it apart.
+pub async fn flush_start(
+    config: &StorageConfig,
+    pchannel: &str,
+) -> Result<Option<(MessageId, Timestamp)>, String> {
+    load_checkpoint(config, pchannel)
+        .await
+        .map(|p| p.map(|p| (p.id, p.after)))
+        .map_err(|e| e.to_string())
+}
+
 async fn load_checkpoint(
     config: &StorageConfig,
     pchannel: &str,

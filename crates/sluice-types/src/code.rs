@@ -33,13 +33,17 @@ pub enum ErrorCode {
     Unrecoverable = 11,
     /// A broadcast resource key is held.
     ResourceAcquired = 12,
+    /// The collection does not exist.
+    CollectionNotFound = 13,
+    /// A read's shard did not catch up with its guarantee timestamp in time.
+    NotReady = 14,
     /// Anything else.
     Unknown = 999,
 }
 
 impl ErrorCode {
     /// Every code.
-    pub const ALL: [ErrorCode; 13] = [
+    pub const ALL: [ErrorCode; 15] = [
         ErrorCode::ChannelNotExist,
         ErrorCode::ChannelFenced,
         ErrorCode::OnShutdown,
@@ -52,6 +56,8 @@ impl ErrorCode {
         ErrorCode::InvalidTransactionState,
         ErrorCode::Unrecoverable,
         ErrorCode::ResourceAcquired,
+        ErrorCode::CollectionNotFound,
+        ErrorCode::NotReady,
         ErrorCode::Unknown,
     ];
 
@@ -84,6 +90,8 @@ impl ErrorCode {
             ErrorCode::InvalidTransactionState => "INVALID_TRANSACTION_STATE",
             ErrorCode::Unrecoverable => "UNRECOVERABLE",
             ErrorCode::ResourceAcquired => "RESOURCE_ACQUIRED",
+            ErrorCode::CollectionNotFound => "COLLECTION_NOT_FOUND",
+            ErrorCode::NotReady => "NOT_READY",
             ErrorCode::Unknown => "UNKNOWN",
         }
     }
@@ -102,7 +110,7 @@ impl ErrorCode {
         self.is_wrong_node()
             || matches!(
                 self,
-                ErrorCode::OnShutdown | ErrorCode::Inner | ErrorCode::Unknown
+                ErrorCode::OnShutdown | ErrorCode::Inner | ErrorCode::NotReady | ErrorCode::Unknown
             )
     }
 
@@ -149,6 +157,8 @@ mod tests {
                 (10, "INVALID_TRANSACTION_STATE"),
                 (11, "UNRECOVERABLE"),
                 (12, "RESOURCE_ACQUIRED"),
+                (13, "COLLECTION_NOT_FOUND"),
+                (14, "NOT_READY"),
                 (999, "UNKNOWN"),
             ]
         );

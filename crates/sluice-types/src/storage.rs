@@ -44,6 +44,12 @@ pub fn segment_data_path(collection: i64, partition: i64, segment: i64) -> Strin
     format!("segments/{collection}/{partition}/{segment}/data.parquet")
 }
 
+/// The object path of the ANN index of a segment's vector field `field`, next to its data file:
+/// the index is built once (when the segment is first loaded) and loaded from there after.
+pub fn segment_index_path(collection: i64, partition: i64, segment: i64, field: &str) -> String {
+    format!("segments/{collection}/{partition}/{segment}/{field}.hnsw")
+}
+
 /// The object path of the delete file of `vchannel` at the flush point `flush_ts`.
 pub fn delete_file_path(collection: i64, vchannel: &str, flush_ts: u64) -> String {
     format!("deletes/{collection}/{vchannel}/{flush_ts}.parquet")

@@ -636,3 +636,172 @@ pub(crate) async fn insert_file(
     );
     Ok(())
 }
+
+/// `sluice ctl flush`: a ManualFlush on every shard of a collection (its growing segments are
+/// sealed and written to Parquet; searches then use their HNSW indexes).
+pub(crate) async fn flush(
+    client: &Client,
+    coord: &str,
+    collection: &str,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    let info = describe(coord, collection, timeout).await?;
+    for v in &info.vchannels {
+        let v = VChannel::new(v.as_str())?;
+        let msg = MutableMessage::builder(sluice_types::message::ManualFlushHeader {
+            collection_id: info.collection_id,
+            flush_ts: 0,
+            segment_ids: Vec::new(),
+        })
+        .vchannel(&v)
+        .build()?;
+        let r = client.append(msg).await.context("flushing")?;
+        println!("{v}: flush at {}", r.timestamp.0);
+    }
+    Ok(())
+}
+
+/// The consistency level named on the command line.
+pub(crate) fn consistency(name: &str) -> anyhow::Result<v1::ConsistencyLevel> {
+    Ok(match name.to_ascii_lowercase().as_str() {
+        "strong" => v1::ConsistencyLevel::Strong,
+        "session" => v1::ConsistencyLevel::Session,
+        "bounded" => v1::ConsistencyLevel::Bounded,
+        "eventually" => v1::ConsistencyLevel::Eventually,
+        other => bail!("consistency must be strong, session, bounded or eventually, not {other:?}"),
+    })
+}
+
+/// The metric named on the command line (empty: the index's).
+pub(crate) fn metric(name: &str) -> anyhow::Result<v1::MetricType> {
+    Ok(match name.to_ascii_uppercase().as_str() {
+        "" => v1::MetricType::Unspecified,
+        "L2" => v1::MetricType::L2,
+        "IP" => v1::MetricType::Ip,
+        "COSINE" => v1::MetricType::Cosine,
+        other => bail!("metric must be L2, IP or COSINE, not {other:?}"),
+    })
+}
+
+/// Comma-separated floats.
+pub(crate) fn parse_vector(text: &str) -> anyhow::Result<Vec<f32>> {
+    text.split(',')
+        .map(|v| {
+            v.trim()
+                .parse::<f32>()
+                .with_context(|| format!("{v:?} in a query vector is not a number"))
+        })
+        .collect()
+}
+
+/// The batches of an Arrow IPC stream from a response.
+pub(crate) fn decode_rows(bytes: &[u8]) -> anyhow::Result<Vec<arrow_array::RecordBatch>> {
+    if bytes.is_empty() {
+        return Ok(Vec::new());
+    }
+    let reader = arrow_ipc::reader::StreamReader::try_new(std::io::Cursor::new(bytes), None)?;
+    Ok(reader.collect::<Result<Vec<_>, _>>()?)
+}
+
+/// One value of `col` at `row` as JSON.
+fn json_value(col: &dyn arrow_array::Array, row: usize) -> serde_json::Value {
+    use arrow_array::cast::AsArray;
+    use arrow_array::types::{Float32Type, Float64Type, Int32Type, Int64Type};
+    use arrow_schema::DataType as T;
+    if col.is_null(row) {
+        return serde_json::Value::Null;
+    }
+    match col.data_type() {
+        T::Boolean => col.as_boolean().value(row).into(),
+        T::Int32 => col.as_primitive::<Int32Type>().value(row).into(),
+        T::Int64 => col.as_primitive::<Int64Type>().value(row).into(),
+        T::Float32 => f64::from(col.as_primitive::<Float32Type>().value(row)).into(),
+        T::Float64 => col.as_primitive::<Float64Type>().value(row).into(),
+        T::Utf8 => col.as_string::<i32>().value(row).into(),
+        T::FixedSizeList(_, _) => {
+            let v = col.as_fixed_size_list().value(row);
+            serde_json::Value::Array((0..v.len()).map(|i| json_value(v.as_ref(), i)).collect())
+        }
+        other => format!("<{other}>").into(),
+    }
+}
+
+/// Rows as JSON objects.
+pub(crate) fn json_rows(batches: &[arrow_array::RecordBatch]) -> Vec<serde_json::Value> {
+    let mut out = Vec::new();
+    for b in batches {
+        for r in 0..b.num_rows() {
+            let mut obj = serde_json::Map::new();
+            for (f, c) in b.schema().fields().iter().zip(b.columns()) {
+                obj.insert(f.name().clone(), json_value(c.as_ref(), r));
+            }
+            out.push(serde_json::Value::Object(obj));
+        }
+    }
+    out
+}
+
+/// `sluice search`: prints, per query vector, one JSON object per hit (`_score` and the fields).
+pub(crate) async fn search(
+    endpoint: &str,
+    req: v1::SearchRequest,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    let client = sluice_client::QueryClient::connect(endpoint)
+        .map_err(|e| anyhow::anyhow!("{e}"))?
+        .with_deadline(timeout);
+    let started = std::time::Instant::now();
+    let resp = client
+        .search(req)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let took = started.elapsed();
+    for (q, hits) in resp.results.iter().enumerate() {
+        println!("# query {q}: {} hits", hits.scores.len());
+        for (mut row, score) in json_rows(&decode_rows(&hits.rows)?)
+            .into_iter()
+            .zip(&hits.scores)
+        {
+            if let serde_json::Value::Object(o) = &mut row {
+                o.insert("_score".into(), f64::from(*score).into());
+            }
+            println!("{row}");
+        }
+    }
+    eprintln!(
+        "searched at timestamp {} in {:.1} ms",
+        resp.mvcc_timestamp,
+        took.as_secs_f64() * 1e3
+    );
+    Ok(())
+}
+
+/// `sluice query` and `sluice get`: prints one JSON object per row.
+pub(crate) async fn query(
+    endpoint: &str,
+    req: QueryOrGet,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    let client = sluice_client::QueryClient::connect(endpoint)
+        .map_err(|e| anyhow::anyhow!("{e}"))?
+        .with_deadline(timeout);
+    let resp = match req {
+        QueryOrGet::Query(r) => client.query(r).await,
+        QueryOrGet::Get(r) => client.get(r).await,
+    }
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
+    for row in json_rows(&decode_rows(&resp.rows)?) {
+        println!("{row}");
+    }
+    eprintln!(
+        "{} rows at timestamp {}",
+        resp.row_count, resp.mvcc_timestamp
+    );
+    Ok(())
+}
+
+/// A Query or a Get.
+pub(crate) enum QueryOrGet {
+    Query(v1::QueryRequest),
+    Get(v1::GetRequest),
+}

@@ -35,6 +35,77 @@ pub(crate) struct Config {
     pub wal: WalSection,
     /// The recovery storage: where flushed segments go, and log truncation.
     pub storage: StorageSection,
+    /// The query delegators and their search indexes (needs `storage.enabled`).
+    pub query: QuerySection,
+}
+
+/// The query side: delegators, HNSW indexes of sealed segments, read consistency.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct QuerySection {
+    /// Serve Search / Query / Get from delegators fed by this node's WALs. Default true.
+    pub enabled: bool,
+    /// The metric sealed segments' HNSW graphs are built for: "L2", "IP" or "COSINE". Default L2.
+    /// A search with another metric compares exactly.
+    pub index_metric: String,
+    /// HNSW links per node (M). Default 16.
+    pub hnsw_m: usize,
+    /// HNSW candidate list while building (efConstruction). Default 128.
+    pub hnsw_ef_construction: usize,
+    /// HNSW candidate list while searching (ef). Default 64.
+    pub hnsw_ef_search: usize,
+    /// Sealed segments with fewer rows are searched exactly. Default 2048.
+    pub index_min_rows: usize,
+    /// How long a read waits for its shards to reach its guarantee timestamp by default (ms).
+    /// Default 10000.
+    pub read_timeout_ms: u64,
+    /// How stale a BOUNDED read may be (ms). Default 5000.
+    pub bounded_staleness_ms: u64,
+}
+
+impl Default for QuerySection {
+    fn default() -> QuerySection {
+        QuerySection {
+            enabled: true,
+            index_metric: "L2".into(),
+            hnsw_m: 16,
+            hnsw_ef_construction: 128,
+            hnsw_ef_search: 64,
+            index_min_rows: 2048,
+            read_timeout_ms: 10_000,
+            bounded_staleness_ms: 5_000,
+        }
+    }
+}
+
+impl QuerySection {
+    /// The node's query configuration.
+    pub(crate) fn query_config(&self) -> anyhow::Result<sluice_node::query::QueryConfig> {
+        use sluice_query::Metric;
+        let metric = match self.index_metric.to_ascii_uppercase().as_str() {
+            "L2" => Metric::L2,
+            "IP" => Metric::Ip,
+            "COSINE" => Metric::Cosine,
+            other => bail!("query.index_metric must be L2, IP or COSINE, not {other:?}"),
+        };
+        if self.hnsw_m < 2 || self.hnsw_ef_construction == 0 || self.hnsw_ef_search == 0 {
+            bail!("query.hnsw_m must be at least 2 and the hnsw_ef_* values positive");
+        }
+        if self.read_timeout_ms == 0 {
+            bail!("query.read_timeout_ms must be positive");
+        }
+        Ok(sluice_node::query::QueryConfig {
+            index: sluice_query::IndexParams {
+                metric,
+                connectivity: self.hnsw_m,
+                expansion_add: self.hnsw_ef_construction,
+                expansion_search: self.hnsw_ef_search,
+                min_rows: self.index_min_rows,
+            },
+            read_timeout: Config::ms(self.read_timeout_ms),
+            bounded_staleness: Config::ms(self.bounded_staleness_ms),
+        })
+    }
 }
 
 /// The recovery storage.
@@ -291,6 +362,7 @@ impl Default for Config {
             coord: CoordSection::default(),
             wal: WalSection::default(),
             storage: StorageSection::default(),
+            query: QuerySection::default(),
         }
     }
 }
@@ -434,7 +506,7 @@ impl CoordSection {
 }
 
 /// The top-level keys, for telling configuration variables from other `SLUICE_*` ones.
-const TOP_LEVEL_KEYS: [&str; 10] = [
+const TOP_LEVEL_KEYS: [&str; 11] = [
     "data_dir",
     "listen",
     "advertise",
@@ -445,6 +517,7 @@ const TOP_LEVEL_KEYS: [&str; 10] = [
     "coord",
     "wal",
     "storage",
+    "query",
 ];
 
 impl Config {

@@ -110,6 +110,56 @@ impl ServerOpts {
     }
 }
 
+/// What a read (search, query) names and how fresh it must be.
+#[derive(Args, Clone, Debug)]
+struct ReadOpts {
+    /// The node to ask (any node answers for a whole collection; standalone: its address).
+    #[arg(
+        long,
+        env = "SLUICE_COORD__ENDPOINT",
+        default_value = "http://127.0.0.1:7730"
+    )]
+    node: String,
+    /// The collection's name.
+    #[arg(long)]
+    collection: String,
+    /// Only rows matching this expression, e.g. `age >= 18 and tag in ["a", "b"]`.
+    #[arg(long, default_value = "")]
+    filter: String,
+    /// Fields to return besides the primary key (comma-separated).
+    #[arg(long, default_value = "")]
+    output_fields: String,
+    /// strong, session, bounded or eventually.
+    #[arg(long, default_value = "strong")]
+    consistency: String,
+    /// Read as of this timestamp (0: the newest the shards have applied).
+    #[arg(long, default_value_t = 0)]
+    mvcc_timestamp: u64,
+    /// Give up after this many seconds.
+    #[arg(long, default_value_t = 30)]
+    timeout_secs: u64,
+}
+
+impl ReadOpts {
+    fn output_fields(&self) -> Vec<String> {
+        self.output_fields
+            .split(',')
+            .map(str::trim)
+            .filter(|f| !f.is_empty())
+            .map(str::to_owned)
+            .collect()
+    }
+
+    fn read_options(&self) -> anyhow::Result<sluice_proto::v1::ReadOptions> {
+        Ok(sluice_proto::v1::ReadOptions {
+            consistency: cli::consistency(&self.consistency)? as i32,
+            mvcc_timestamp: self.mvcc_timestamp,
+            timeout_ms: u32::try_from(self.timeout_secs * 1000).unwrap_or(u32::MAX),
+            ..Default::default()
+        })
+    }
+}
+
 /// Where client commands find the coordinator.
 #[derive(Args, Clone, Debug)]
 struct ClientOpts {
@@ -168,6 +218,38 @@ enum Command {
         #[arg(long, default_value_t = 1000)]
         batch: usize,
     },
+    /// The rows nearest to one or more query vectors (prints one JSON object per hit).
+    Search {
+        #[command(flatten)]
+        read: ReadOpts,
+        /// A query vector: comma-separated floats (repeat for several queries).
+        #[arg(long = "vector", required = true)]
+        vectors: Vec<String>,
+        /// The vector field (may be left out when the collection has one).
+        #[arg(long, default_value = "")]
+        field: String,
+        /// Hits per query vector.
+        #[arg(long, default_value_t = 10)]
+        top_k: u32,
+        /// L2, IP or COSINE (default: the index's metric).
+        #[arg(long, default_value = "")]
+        metric: String,
+        /// Compare every row instead of using the HNSW indexes.
+        #[arg(long)]
+        exact: bool,
+    },
+    /// The rows matching a filter, or the rows with given primary keys (one JSON object each).
+    Query {
+        #[command(flatten)]
+        read: ReadOpts,
+        /// At most this many rows (0: all), smallest keys first.
+        #[arg(long, default_value_t = 0)]
+        limit: u64,
+        /// Fetch these primary keys instead of filtering (comma-separated; integers for an
+        /// INT64 key, strings for a VARCHAR one).
+        #[arg(long, conflicts_with = "filter")]
+        ids: Option<String>,
+    },
     /// Read the inserts of a vchannel in timestamp order, surviving failovers.
     Consume {
         #[command(flatten)]
@@ -221,6 +303,13 @@ enum Command {
 
 #[derive(Subcommand)]
 enum CtlCommand {
+    /// Seal and flush a collection's growing segments to Parquet (ManualFlush on every shard).
+    Flush {
+        #[command(flatten)]
+        client: ClientOpts,
+        /// The collection's name.
+        name: String,
+    },
     /// Which node owns each pchannel, at which term.
     Topology {
         #[command(flatten)]
@@ -503,6 +592,83 @@ fn run() -> anyhow::Result<()> {
             &name,
             Duration::from_secs(client.timeout_secs),
         )),
+        Command::Search {
+            read,
+            vectors,
+            field,
+            top_k,
+            metric,
+            exact,
+        } => {
+            let req = sluice_proto::v1::SearchRequest {
+                collection: read.collection.clone(),
+                vector_field: field,
+                vectors: vectors
+                    .iter()
+                    .map(|v| {
+                        Ok(sluice_proto::v1::FloatVector {
+                            values: cli::parse_vector(v)?,
+                        })
+                    })
+                    .collect::<anyhow::Result<_>>()?,
+                top_k,
+                metric: cli::metric(&metric)? as i32,
+                filter: read.filter.clone(),
+                output_fields: read.output_fields(),
+                read: Some(read.read_options()?),
+                exact,
+                partition_ids: Vec::new(),
+            };
+            rt.block_on(cli::search(
+                &read.node,
+                req,
+                Duration::from_secs(read.timeout_secs),
+            ))
+        }
+        Command::Query { read, limit, ids } => {
+            let req = match ids {
+                Some(ids) => {
+                    let parts: Vec<&str> = ids.split(',').map(str::trim).collect();
+                    let ints: Result<Vec<i64>, _> = parts.iter().map(|p| p.parse()).collect();
+                    let keys = match ints {
+                        Ok(values) => sluice_proto::v1::primary_keys::Keys::IntKeys(
+                            sluice_proto::v1::Int64List { values },
+                        ),
+                        Err(_) => sluice_proto::v1::primary_keys::Keys::StrKeys(
+                            sluice_proto::v1::StringList {
+                                values: parts.iter().map(|p| (*p).to_owned()).collect(),
+                            },
+                        ),
+                    };
+                    cli::QueryOrGet::Get(sluice_proto::v1::GetRequest {
+                        collection: read.collection.clone(),
+                        keys: Some(sluice_proto::v1::PrimaryKeys { keys: Some(keys) }),
+                        output_fields: read.output_fields(),
+                        read: Some(read.read_options()?),
+                    })
+                }
+                None => cli::QueryOrGet::Query(sluice_proto::v1::QueryRequest {
+                    collection: read.collection.clone(),
+                    filter: read.filter.clone(),
+                    output_fields: read.output_fields(),
+                    limit,
+                    read: Some(read.read_options()?),
+                    partition_ids: Vec::new(),
+                }),
+            };
+            rt.block_on(cli::query(
+                &read.node,
+                req,
+                Duration::from_secs(read.timeout_secs),
+            ))
+        }
+        Command::Ctl {
+            what: CtlCommand::Flush { client, name },
+        } => rt.block_on(async {
+            let timeout = Duration::from_secs(client.timeout_secs);
+            let (c, _t) = cli::connect(&client.coord, timeout)?;
+            cli::flush(&c, &client.coord, &name, timeout).await
+        }),
         Command::Insert {
             client,
             collection,

@@ -21,6 +21,7 @@ use sluice_log::local::LocalProvider;
 use sluice_meta::MetaStore;
 use sluice_node::WalManager;
 use sluice_node::coord_link::{GrpcNodeClient, LeaderOracleLink, LocalNodeClient, RemoteOracle};
+use sluice_node::query::{QueryHost, QueryService};
 use sluice_node::service::NodeService;
 use sluice_storage::checkpoints::MetaCheckpointStore;
 use sluice_storage::flusher::StorageConfig;
@@ -131,10 +132,23 @@ where
             })),
         },
     );
-    Ok(Arc::new(match storage {
+    let manager = match storage {
+        Some(s) if config.query.enabled => manager
+            .with_storage(s.clone())
+            .with_query(QueryHost::new(s, config.query.query_config()?)),
         Some(s) => manager.with_storage(s),
         None => manager,
-    }))
+    };
+    Ok(Arc::new(manager))
+}
+
+/// The `Query` service over the node's delegators, when it has them.
+fn query_server(
+    manager: &WalManager,
+) -> Option<sluice_proto::v1::query_server::QueryServer<QueryService>> {
+    manager
+        .query()
+        .map(|host| QueryService::new(host.clone()).server())
 }
 
 /// Registers this process's node (`node.id`) at `address` under a lease of `node.lease_ttl_ms`.
@@ -413,6 +427,7 @@ impl Standalone {
             .add_service(health_service)
             .add_service(node.streaming_server())
             .add_service(node.manager_server())
+            .add_optional_service(query_server(&manager))
             .add_service(coord_service.server());
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let server = tokio::spawn(serve(router, listener, async move {
@@ -564,7 +579,8 @@ pub(crate) async fn node(config: Config) -> anyhow::Result<()> {
     let router = tonic::transport::Server::builder()
         .add_service(health_service)
         .add_service(service.streaming_server())
-        .add_service(service.manager_server());
+        .add_service(service.manager_server())
+        .add_optional_service(query_server(&manager));
     let lost = std::sync::atomic::AtomicBool::new(false);
     serve(router, listener, async {
         tokio::select! {

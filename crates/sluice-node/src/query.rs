@@ -1,0 +1,883 @@
+//! The node's query side: one query delegator per vchannel of every WAL open here, fed by the
+//! WAL, and the `Query` gRPC service over them.
+//!
+//! **Feeding a pchannel's delegators** (one task per open WAL):
+//! 1. read the flush checkpoint — the log position from which every row not yet in a committed
+//!    segment can be read again — and only then list the committed segment and delete
+//!    manifests (so a segment committed in between is seen twice, never missed);
+//! 2. load the committed segments of the pchannel's vchannels (Parquet from object storage,
+//!    with their HNSW indexes — loaded from next to the segment, or built and stored there) and
+//!    the deletes of the delete files;
+//! 3. read the WAL from the checkpoint in timestamp order: inserts go to growing segments (those
+//!    of segments already loaded sealed are skipped), deletes to the shard, schema changes and
+//!    drops likewise; after each message (and each timetick) tsafe moves to its timestamp;
+//! 4. when a Flush names a segment, a loader waits for its manifest, loads the Parquet file and
+//!    swaps it in for the growing rows in one step.
+//!
+//! Until step 2 is done tsafe is 0, so reads wait (and time out with NOT_READY) rather than
+//! answer without the sealed rows.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use arrow_array::cast::AsArray;
+use arrow_array::{Array, RecordBatch};
+use parking_lot::{Mutex, RwLock};
+use sluice_proto::v1 as pb;
+use sluice_query::segment::{Pk, Segment, pks_of};
+use sluice_query::shard::{Hits, SearchSpec, merge_hits};
+use sluice_query::{
+    AnnIndex, Delegator, Filter, IndexParams, Metric, QueryError, ReadAt, ShardData,
+};
+use sluice_storage::flusher::{StorageConfig, TS_COLUMN, flush_start};
+use sluice_storage::rows::{decode_delete, decode_insert_bytes, encode_stream};
+use sluice_storage::segments::{delete_manifests, read_file, segment_manifests};
+use sluice_types::message::pb::SegmentManifest;
+use sluice_types::message::{
+    CreateCollectionHeader, DeleteHeader, DropCollectionHeader, DropPartitionHeader, FlushHeader,
+    InsertHeader, ManualFlushHeader, SchemaChangeHeader,
+};
+use sluice_types::{
+    DeliverPolicy, ErrorCode, ImmutableMessage, MessageFilter, MessageType, VChannel,
+};
+use sluice_wal::Wal;
+use sluice_wal::scanner::{ReadMessage, ScannerOptions};
+use tokio_util::sync::CancellationToken;
+
+/// How the query side behaves.
+#[derive(Clone, Copy, Debug)]
+pub struct QueryConfig {
+    /// The HNSW parameters of sealed segments.
+    pub index: IndexParams,
+    /// How long a read waits for its guarantee when the request does not say.
+    pub read_timeout: Duration,
+    /// How stale a BOUNDED read may be.
+    pub bounded_staleness: Duration,
+}
+
+impl Default for QueryConfig {
+    fn default() -> Self {
+        QueryConfig {
+            index: IndexParams::default(),
+            read_timeout: Duration::from_secs(10),
+            bounded_staleness: Duration::from_secs(5),
+        }
+    }
+}
+
+/// The delegators of this node.
+pub struct QueryHost {
+    storage: Arc<StorageConfig>,
+    config: QueryConfig,
+    shards: RwLock<HashMap<String, Arc<Delegator>>>,
+    wals: Mutex<HashMap<String, Wal>>,
+}
+
+impl std::fmt::Debug for QueryHost {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QueryHost")
+            .field("shards", &self.shards.read().len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Feeds one WAL's delegators; stopping it drops them.
+#[derive(Debug)]
+pub struct QueryFeed {
+    cancel: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl QueryFeed {
+    /// Stops feeding (the WAL closed or moved).
+    pub async fn stop(self) {
+        self.cancel.cancel();
+        let _ = self.task.await;
+    }
+}
+
+/// A failed read, with its wire code.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct ReadError {
+    /// The wire code.
+    pub code: ErrorCode,
+    /// What went wrong.
+    pub message: String,
+}
+
+impl ReadError {
+    fn new(code: ErrorCode, message: impl Into<String>) -> ReadError {
+        ReadError {
+            code,
+            message: message.into(),
+        }
+    }
+
+    fn invalid(message: impl Into<String>) -> ReadError {
+        ReadError::new(ErrorCode::InvalidArgument, message)
+    }
+
+    /// As a gRPC status.
+    pub fn to_status(&self) -> tonic::Status {
+        sluice_proto::convert::status(self.code, self.message.clone())
+    }
+}
+
+impl From<QueryError> for ReadError {
+    fn from(e: QueryError) -> ReadError {
+        let code = match &e {
+            QueryError::Invalid(_) => ErrorCode::InvalidArgument,
+            QueryError::NotReady { .. } => ErrorCode::NotReady,
+            QueryError::Unavailable(_) => ErrorCode::ChannelNotExist,
+            QueryError::Internal(_) => ErrorCode::Inner,
+        };
+        ReadError::new(code, e.to_string())
+    }
+}
+
+/// The most query vectors one search may carry.
+pub const MAX_QUERY_VECTORS: usize = 1024;
+/// The largest top_k.
+pub const MAX_TOP_K: usize = 16_384;
+
+fn now_ts() -> u64 {
+    let ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    ms << 18
+}
+
+impl QueryHost {
+    /// A host reading committed segments from `storage`.
+    pub fn new(storage: Arc<StorageConfig>, config: QueryConfig) -> Arc<QueryHost> {
+        Arc::new(QueryHost {
+            storage,
+            config,
+            shards: RwLock::new(HashMap::new()),
+            wals: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Starts feeding the delegators of `wal`'s vchannels.
+    pub fn serve(self: &Arc<Self>, wal: Wal) -> QueryFeed {
+        let cancel = CancellationToken::new();
+        self.wals
+            .lock()
+            .insert(wal.pchannel().as_str().to_owned(), wal.clone());
+        let task = tokio::spawn(feed(self.clone(), wal, cancel.clone()));
+        QueryFeed { cancel, task }
+    }
+
+    fn forget(&self, pchannel: &str) {
+        self.shards
+            .write()
+            .retain(|v, _| VChannel::new(v).map_or(true, |v| v.pchannel_str() != pchannel));
+    }
+
+    /// The delegators of the collection named `name`, checked to be all of its shards.
+    fn shards_of(&self, name: &str) -> Result<Vec<Arc<Delegator>>, ReadError> {
+        let shards = self.shards.read();
+        let newest = shards
+            .values()
+            .filter(|d| d.read().schema().name == name)
+            .map(|d| d.collection())
+            .max()
+            .ok_or_else(|| {
+                ReadError::new(
+                    ErrorCode::CollectionNotFound,
+                    format!(
+                        "collection {name:?} does not exist (or no shard of it is served here)"
+                    ),
+                )
+            })?;
+        let mut out: Vec<Arc<Delegator>> = shards
+            .values()
+            .filter(|d| d.collection() == newest)
+            .cloned()
+            .collect();
+        out.sort_by(|a, b| a.vchannel().cmp(b.vchannel()));
+        let want = out
+            .first()
+            .map_or(1, |d| d.read().schema().shards.max(1) as usize);
+        if out.len() < want {
+            return Err(ReadError::new(
+                ErrorCode::ChannelNotExist,
+                format!(
+                    "collection {name:?} has {want} shards and {} are served here; reads across \
+                     nodes are not supported yet — send the request to the node that owns all \
+                     of them",
+                    out.len()
+                ),
+            ));
+        }
+        Ok(out)
+    }
+
+    /// Where each shard's read may run.
+    fn read_at(&self, d: &Delegator, read: Option<&pb::ReadOptions>) -> ReadAt {
+        let default = pb::ReadOptions::default();
+        let read = read.unwrap_or(&default);
+        let level = pb::ConsistencyLevel::try_from(read.consistency)
+            .unwrap_or(pb::ConsistencyLevel::Bounded);
+        let guarantee = match level {
+            pb::ConsistencyLevel::Strong => VChannel::new(d.vchannel())
+                .ok()
+                .and_then(|v| {
+                    self.wals
+                        .lock()
+                        .get(v.pchannel_str())
+                        .map(|w| w.latest_mvcc(&v).0)
+                })
+                .unwrap_or_else(now_ts),
+            pb::ConsistencyLevel::Session | pb::ConsistencyLevel::Eventually => 0,
+            pb::ConsistencyLevel::Bounded | pb::ConsistencyLevel::Unspecified => {
+                now_ts().saturating_sub((self.config.bounded_staleness.as_millis() as u64) << 18)
+            }
+        };
+        ReadAt {
+            guarantee: guarantee.max(read.guarantee_timestamp),
+            mvcc: (read.mvcc_timestamp > 0).then_some(read.mvcc_timestamp),
+            timeout: match read.timeout_ms {
+                0 => self.config.read_timeout,
+                ms => Duration::from_millis(ms.into()),
+            },
+        }
+    }
+
+    /// Answers a Search.
+    pub async fn search(&self, req: pb::SearchRequest) -> Result<pb::SearchResponse, ReadError> {
+        if req.vectors.is_empty() || req.vectors.len() > MAX_QUERY_VECTORS {
+            return Err(ReadError::invalid(format!(
+                "a search needs 1 to {MAX_QUERY_VECTORS} query vectors, not {}",
+                req.vectors.len()
+            )));
+        }
+        let k = req.top_k as usize;
+        if k == 0 || k > MAX_TOP_K {
+            return Err(ReadError::invalid(format!(
+                "top_k must be 1 to {MAX_TOP_K}, not {k}"
+            )));
+        }
+        let metric = match pb::MetricType::try_from(req.metric) {
+            Ok(pb::MetricType::Unspecified) => None,
+            Ok(pb::MetricType::L2) => Some(Metric::L2),
+            Ok(pb::MetricType::Ip) => Some(Metric::Ip),
+            Ok(pb::MetricType::Cosine) => Some(Metric::Cosine),
+            Err(_) => return Err(ReadError::invalid(format!("unknown metric {}", req.metric))),
+        };
+        let shards = self.shards_of(&req.collection)?;
+        let filter = parse_filter(&req.filter, &shards[0])?;
+        let spec = SearchSpec {
+            field: (!req.vector_field.is_empty()).then(|| req.vector_field.clone()),
+            vectors: req.vectors.into_iter().map(|v| v.values).collect(),
+            top_k: k,
+            metric,
+            filter,
+            partitions: req.partition_ids,
+            output_fields: req.output_fields,
+            exact: req.exact,
+            ef: None,
+        };
+        let mut per_shard: Vec<Vec<Hits>> = Vec::with_capacity(shards.len());
+        let mut mvcc = 0;
+        for d in &shards {
+            let t = d.ready(self.read_at(d, req.read.as_ref())).await?;
+            mvcc = mvcc.max(t);
+            per_shard.push(d.read().search(&spec, t)?);
+        }
+        let mut results = Vec::with_capacity(spec.vectors.len());
+        for q in 0..spec.vectors.len() {
+            let parts: Vec<Hits> = per_shard.iter_mut().map(|s| s[q].clone()).collect();
+            let hits = if parts.len() == 1 {
+                parts.into_iter().next().expect("one part")
+            } else {
+                merge_hits(parts, k)?
+            };
+            let rows = encode_stream(std::slice::from_ref(&hits.rows))
+                .map_err(|e| ReadError::new(ErrorCode::Inner, e.to_string()))?;
+            results.push(pb::SearchHits {
+                keys: Some(keys_to_pb(&hits.pks)),
+                scores: hits.scores,
+                rows: rows.into(),
+            });
+        }
+        Ok(pb::SearchResponse {
+            results,
+            mvcc_timestamp: mvcc,
+        })
+    }
+
+    /// Answers a Query.
+    pub async fn query(&self, req: pb::QueryRequest) -> Result<pb::QueryResponse, ReadError> {
+        let shards = self.shards_of(&req.collection)?;
+        let filter = parse_filter(&req.filter, &shards[0])?;
+        let limit = usize::try_from(req.limit).unwrap_or(usize::MAX);
+        let mut parts = Vec::with_capacity(shards.len());
+        let mut mvcc = 0;
+        for d in &shards {
+            let t = d.ready(self.read_at(d, req.read.as_ref())).await?;
+            mvcc = mvcc.max(t);
+            parts.push(d.read().query(
+                filter.as_ref(),
+                &req.partition_ids,
+                &req.output_fields,
+                limit,
+                t,
+            )?);
+        }
+        let batch = merge_sorted(parts, limit)?;
+        respond(batch, mvcc)
+    }
+
+    /// Answers a Get.
+    pub async fn get(&self, req: pb::GetRequest) -> Result<pb::QueryResponse, ReadError> {
+        let shards = self.shards_of(&req.collection)?;
+        let keys = keys_from_pb(req.keys.as_ref())?;
+        let mut parts = Vec::with_capacity(shards.len());
+        let mut mvcc = 0;
+        for d in &shards {
+            let t = d.ready(self.read_at(d, req.read.as_ref())).await?;
+            mvcc = mvcc.max(t);
+            parts.push(d.read().get(&keys, &req.output_fields, t)?);
+        }
+        // Back into the order the keys were asked in.
+        let order: HashMap<&Pk, usize> = keys.iter().enumerate().map(|(i, k)| (k, i)).collect();
+        let mut picks = Vec::new();
+        let found: Vec<Vec<Pk>> = parts
+            .iter()
+            .map(|b| pks_of(b.column(0).as_ref()).map_err(ReadError::from))
+            .collect::<Result<_, _>>()?;
+        for (p, ks) in found.iter().enumerate() {
+            for (i, k) in ks.iter().enumerate() {
+                picks.push((order.get(k).copied().unwrap_or(usize::MAX), p, i));
+            }
+        }
+        picks.sort_unstable();
+        let batch = interleave_batches(
+            &parts,
+            &picks.iter().map(|&(_, p, i)| (p, i)).collect::<Vec<_>>(),
+        )?;
+        respond(batch, mvcc)
+    }
+}
+
+fn parse_filter(text: &str, shard: &Delegator) -> Result<Option<Filter>, ReadError> {
+    if text.trim().is_empty() {
+        return Ok(None);
+    }
+    Filter::parse(text, shard.read().schema())
+        .map(Some)
+        .map_err(|e| ReadError::invalid(e.to_string()))
+}
+
+fn respond(batch: RecordBatch, mvcc: u64) -> Result<pb::QueryResponse, ReadError> {
+    let rows = encode_stream(std::slice::from_ref(&batch))
+        .map_err(|e| ReadError::new(ErrorCode::Inner, e.to_string()))?;
+    Ok(pb::QueryResponse {
+        rows: rows.into(),
+        row_count: batch.num_rows() as u64,
+        mvcc_timestamp: mvcc,
+    })
+}
+
+/// Rows `picks` (part, row) of `parts`, in that order.
+fn interleave_batches(
+    parts: &[RecordBatch],
+    picks: &[(usize, usize)],
+) -> Result<RecordBatch, ReadError> {
+    let internal = |e: arrow_schema::ArrowError| ReadError::new(ErrorCode::Inner, e.to_string());
+    let schema = parts[0].schema();
+    let mut columns = Vec::with_capacity(schema.fields().len());
+    for c in 0..schema.fields().len() {
+        let arrays: Vec<&dyn Array> = parts.iter().map(|b| b.column(c).as_ref()).collect();
+        columns.push(arrow_select::interleave::interleave(&arrays, picks).map_err(internal)?);
+    }
+    RecordBatch::try_new(schema, columns).map_err(internal)
+}
+
+/// Key-ordered rows of every part, at most `limit` (0: all).
+fn merge_sorted(parts: Vec<RecordBatch>, limit: usize) -> Result<RecordBatch, ReadError> {
+    let mut picks: Vec<(Pk, usize, usize)> = Vec::new();
+    for (p, b) in parts.iter().enumerate() {
+        for (i, k) in pks_of(b.column(0).as_ref())?.into_iter().enumerate() {
+            picks.push((k, p, i));
+        }
+    }
+    picks.sort_unstable();
+    if limit > 0 {
+        picks.truncate(limit);
+    }
+    interleave_batches(
+        &parts,
+        &picks.iter().map(|(_, p, i)| (*p, *i)).collect::<Vec<_>>(),
+    )
+}
+
+fn keys_to_pb(pks: &[Pk]) -> pb::PrimaryKeys {
+    let keys = if pks.iter().all(|k| matches!(k, Pk::Int(_))) {
+        pb::primary_keys::Keys::IntKeys(pb::Int64List {
+            values: pks
+                .iter()
+                .map(|k| if let Pk::Int(v) = k { *v } else { 0 })
+                .collect(),
+        })
+    } else {
+        pb::primary_keys::Keys::StrKeys(pb::StringList {
+            values: pks
+                .iter()
+                .map(|k| match k {
+                    Pk::Int(v) => v.to_string(),
+                    Pk::Str(s) => s.to_string(),
+                })
+                .collect(),
+        })
+    };
+    pb::PrimaryKeys { keys: Some(keys) }
+}
+
+fn keys_from_pb(keys: Option<&pb::PrimaryKeys>) -> Result<Vec<Pk>, ReadError> {
+    match keys.and_then(|k| k.keys.as_ref()) {
+        Some(pb::primary_keys::Keys::IntKeys(l)) => {
+            Ok(l.values.iter().map(|v| Pk::Int(*v)).collect())
+        }
+        Some(pb::primary_keys::Keys::StrKeys(l)) => Ok(l
+            .values
+            .iter()
+            .map(|v| Pk::Str(Arc::from(v.as_str())))
+            .collect()),
+        None => Err(ReadError::invalid("a Get needs primary keys")),
+    }
+}
+
+/// Feeds `wal`'s delegators until cancelled or the WAL ends; starts over (from the storage) on
+/// a failure.
+async fn feed(host: Arc<QueryHost>, wal: Wal, cancel: CancellationToken) {
+    let pchannel = wal.pchannel().as_str().to_owned();
+    let mut backoff =
+        sluice_types::backoff::Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
+    loop {
+        let result = tokio::select! {
+            _ = cancel.cancelled() => Ok(()),
+            r = feed_once(&host, &wal, &cancel) => r,
+        };
+        host.forget(&pchannel);
+        match result {
+            Ok(()) => break,
+            Err(e) => {
+                if cancel.is_cancelled() || !wal.is_available() {
+                    break;
+                }
+                let delay = backoff.next_delay();
+                tracing::warn!(%pchannel, error = %e, ?delay, "feeding the query delegators failed; starting over");
+                tokio::select! {
+                    _ = cancel.cancelled() => break,
+                    _ = tokio::time::sleep(delay) => {}
+                }
+            }
+        }
+    }
+    host.wals.lock().remove(&pchannel);
+}
+
+/// The delegator of (`vchannel`, `collection`), made on first sight with the schema the WAL
+/// knows (`None` for a collection without a schema: nothing to search).
+fn delegator(
+    host: &QueryHost,
+    wal: &Wal,
+    vchannel: &str,
+    collection: i64,
+    schema: Option<sluice_types::schema::CollectionSchema>,
+) -> Option<Arc<Delegator>> {
+    if let Some(d) = host.shards.read().get(vchannel)
+        && d.collection() == collection
+    {
+        return Some(d.clone());
+    }
+    let schema = schema.or_else(|| VChannel::new(vchannel).ok().and_then(|v| wal.schema(&v)))?;
+    let data = match ShardData::new(schema, host.config.index) {
+        Ok(d) => d,
+        Err(e) => {
+            tracing::warn!(vchannel, error = %e, "no query delegator for this shard");
+            return None;
+        }
+    };
+    let d = Arc::new(Delegator::new(vchannel, collection, data));
+    host.shards.write().insert(vchannel.to_owned(), d.clone());
+    Some(d)
+}
+
+async fn feed_once(
+    host: &Arc<QueryHost>,
+    wal: &Wal,
+    cancel: &CancellationToken,
+) -> Result<(), String> {
+    let pchannel = wal.pchannel().as_str().to_owned();
+    let storage = &host.storage;
+    let start = flush_start(storage, &pchannel).await?;
+    let on_this = |v: &str| VChannel::new(v).is_ok_and(|v| v.pchannel_str() == pchannel);
+    let manifests = segment_manifests(storage, None)
+        .await
+        .map_err(|e| e.to_string())?;
+    for m in manifests.into_iter().filter(|m| on_this(&m.vchannel)) {
+        if let Some(d) = delegator(host, wal, &m.vchannel, m.collection_id, None) {
+            load_segment(host, &d, &m).await?;
+        }
+    }
+    for m in delete_manifests(storage, None)
+        .await
+        .map_err(|e| e.to_string())?
+        .into_iter()
+        .filter(|m| on_this(&m.vchannel))
+    {
+        let Some(d) = delegator(host, wal, &m.vchannel, m.collection_id, None) else {
+            continue;
+        };
+        let Some(file) = &m.file else { continue };
+        for b in read_file(storage, &file.path)
+            .await
+            .map_err(|e| e.to_string())?
+        {
+            let (keys, ts) = split_ts(&b)?;
+            d.write()
+                .delete_each(keys.column(0).as_ref(), &ts)
+                .map_err(|e| e.to_string())?;
+        }
+    }
+    let options = match start {
+        Some((id, after)) => ScannerOptions {
+            policy: DeliverPolicy::StartFrom(id),
+            filters: vec![MessageFilter::TimeTickGt(after)],
+            ..ScannerOptions::default()
+        },
+        None => ScannerOptions::default(),
+    };
+    let mut scanner = wal.read(options).map_err(|e| e.to_string())?;
+    loop {
+        let m = tokio::select! {
+            _ = cancel.cancelled() => return Ok(()),
+            m = scanner.next() => match m {
+                None => return Ok(()),
+                Some(m) => m.map_err(|e| e.to_string())?,
+            },
+        };
+        let ts = match &m {
+            ReadMessage::Message(m) => {
+                apply(host, wal, m)?;
+                m.timestamp().ok().flatten()
+            }
+            ReadMessage::Txn(t) => {
+                for b in t.bodies() {
+                    apply(host, wal, b)?;
+                }
+                t.commit().timestamp().ok().flatten()
+            }
+        };
+        if let Some(ts) = ts {
+            for d in host.shards.read().values() {
+                if on_this(d.vchannel()) {
+                    d.update_tsafe(ts.0);
+                }
+            }
+        }
+    }
+}
+
+/// A file's rows without `_ts`, and `_ts` as timestamps.
+fn split_ts(b: &RecordBatch) -> Result<(RecordBatch, Vec<u64>), String> {
+    let i = b
+        .schema()
+        .index_of(TS_COLUMN)
+        .map_err(|_| format!("a segment file without its {TS_COLUMN} column"))?;
+    let ts = b
+        .column(i)
+        .as_primitive_opt::<arrow_array::types::Int64Type>()
+        .ok_or("the timestamp column is not INT64")?
+        .values()
+        .iter()
+        .map(|&t| t as u64)
+        .collect();
+    let keep: Vec<usize> = (0..b.num_columns()).filter(|&c| c != i).collect();
+    Ok((b.project(&keep).map_err(|e| e.to_string())?, ts))
+}
+
+/// Loads a committed segment into `d` (with its indexes) in place of its growing rows.
+async fn load_segment(
+    host: &Arc<QueryHost>,
+    d: &Arc<Delegator>,
+    m: &SegmentManifest,
+) -> Result<(), String> {
+    let Some(file) = &m.data else {
+        return Ok(());
+    };
+    let storage = &host.storage;
+    let mut batches = Vec::new();
+    let mut ts = Vec::new();
+    for b in read_file(storage, &file.path)
+        .await
+        .map_err(|e| e.to_string())?
+    {
+        let (rows, t) = split_ts(&b)?;
+        batches.push(rows);
+        ts.extend(t);
+    }
+    let (mut seg, fields, params) = {
+        let data = d.read();
+        (
+            data.prepare_sealed(m.segment_id, m.partition_id, batches, ts)
+                .map_err(|e| e.to_string())?,
+            data.vector_fields().to_vec(),
+            data.index_params(),
+        )
+    };
+    if seg.len() >= params.min_rows {
+        for (f, name) in fields.iter().enumerate() {
+            let path = sluice_types::storage::segment_index_path(
+                m.collection_id,
+                m.partition_id,
+                m.segment_id,
+                name,
+            );
+            let index = index_for(storage, &path, &seg, f, params).await?;
+            seg.set_index(f, index);
+        }
+    }
+    let rows = seg.len();
+    d.write().install_sealed(seg).map_err(|e| e.to_string())?;
+    tracing::debug!(segment = m.segment_id, rows, "sealed segment loaded");
+    Ok(())
+}
+
+/// The index stored at `path` if it fits the segment, else one built now (and stored).
+async fn index_for(
+    storage: &StorageConfig,
+    path: &str,
+    seg: &Segment,
+    f: usize,
+    params: IndexParams,
+) -> Result<AnnIndex, String> {
+    use object_store::ObjectStoreExt;
+    let col = seg.vectors(f).ok_or("no such vector field")?;
+    let object = object_store::path::Path::from(path);
+    if let Ok(got) = storage.store.get(&object).await
+        && let Ok(bytes) = got.bytes().await
+    {
+        match AnnIndex::from_bytes(&bytes, col.dim, seg.len(), params) {
+            Ok(i) => return Ok(i),
+            Err(e) => {
+                tracing::warn!(path, error = %e, "the stored index does not fit; building it again")
+            }
+        }
+    }
+    let (data, dim) = (col.data.clone(), col.dim);
+    let index = tokio::task::spawn_blocking(move || AnnIndex::build(&data, dim, params))
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
+    match index.to_bytes() {
+        Ok(bytes) => {
+            if let Err(e) = storage.store.put(&object, bytes.into()).await {
+                tracing::warn!(path, error = %e, "storing the index failed (it is built again on the next load)");
+            }
+        }
+        Err(e) => tracing::warn!(path, error = %e, "serialising the index failed"),
+    }
+    Ok(index)
+}
+
+fn apply(host: &Arc<QueryHost>, wal: &Wal, m: &ImmutableMessage) -> Result<(), String> {
+    let Ok(ty) = m.message_type() else {
+        return Ok(());
+    };
+    let vchannel = m.vchannel_str().unwrap_or_default().to_owned();
+    let ts = m.timestamp().ok().flatten().map_or(0, |t| t.0);
+    let max = host.storage.max_body_bytes;
+    match ty {
+        MessageType::CreateCollection => {
+            if let Ok(h) = m.header::<CreateCollectionHeader>()
+                && h.schema.is_some()
+            {
+                delegator(host, wal, &vchannel, h.collection_id, h.schema);
+            }
+        }
+        MessageType::Insert => {
+            let Ok(h) = m.header::<InsertHeader>() else {
+                return Ok(());
+            };
+            let Some(part) = h.partitions.first() else {
+                return Ok(());
+            };
+            let Some(d) = delegator(host, wal, &vchannel, h.collection_id, None) else {
+                return Ok(());
+            };
+            let schema = d.read().schema().clone();
+            match decode_insert_bytes(&schema, m.payload(), part.rows, max) {
+                Ok(batch) => d
+                    .write()
+                    .insert(part.segment_id, part.partition_id, batch, ts)
+                    .map_err(|e| e.to_string())?,
+                Err(e) => {
+                    tracing::error!(id = %m.id(), error = %e, "an insert in the log does not decode; its rows are not searchable")
+                }
+            }
+        }
+        MessageType::Delete => {
+            let Ok(h) = m.header::<DeleteHeader>() else {
+                return Ok(());
+            };
+            let Some(d) = delegator(host, wal, &vchannel, h.collection_id, None) else {
+                return Ok(());
+            };
+            let schema = d.read().schema().clone();
+            match decode_delete(&schema, m.payload(), h.rows, max) {
+                Ok(keys) => d
+                    .write()
+                    .delete(keys.as_ref(), ts)
+                    .map_err(|e| e.to_string())?,
+                Err(e) => {
+                    tracing::error!(id = %m.id(), error = %e, "a delete in the log does not decode; skipped")
+                }
+            }
+        }
+        MessageType::SchemaChange => {
+            if let Ok(h) = m.header::<SchemaChangeHeader>() {
+                if let Some(schema) = h.schema
+                    && let Some(d) = delegator(host, wal, &vchannel, h.collection_id, None)
+                {
+                    d.write().set_schema(schema).map_err(|e| e.to_string())?;
+                }
+                hand_off(host, &vchannel, h.collection_id, &h.flushed_segment_ids);
+            }
+        }
+        MessageType::Flush => {
+            if let Ok(h) = m.header::<FlushHeader>() {
+                hand_off(host, &vchannel, h.collection_id, &[h.segment_id]);
+            }
+        }
+        MessageType::ManualFlush => {
+            if let Ok(h) = m.header::<ManualFlushHeader>() {
+                hand_off(host, &vchannel, h.collection_id, &h.segment_ids);
+            }
+        }
+        MessageType::DropCollection => {
+            if let Ok(h) = m.header::<DropCollectionHeader>() {
+                host.shards.write().retain(|v, d| {
+                    !(d.collection() == h.collection_id && (vchannel.is_empty() || *v == vchannel))
+                });
+            }
+        }
+        MessageType::DropPartition => {
+            if let Ok(h) = m.header::<DropPartitionHeader>()
+                && let Some(d) = host.shards.read().get(&vchannel)
+                && d.collection() == h.collection_id
+            {
+                d.write().drop_partition(h.partition_id);
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// Waits (in the background) for the manifests of `segments` and swaps each in for its
+/// growing rows.
+fn hand_off(host: &Arc<QueryHost>, vchannel: &str, collection: i64, segments: &[i64]) {
+    let Some(d) = host.shards.read().get(vchannel).cloned() else {
+        return;
+    };
+    if d.collection() != collection {
+        return;
+    }
+    for &segment in segments {
+        let (host, d) = (host.clone(), d.clone());
+        tokio::spawn(async move {
+            let key = host.storage.manifest_key(collection, segment);
+            let mut delay = Duration::from_millis(50);
+            loop {
+                if !host
+                    .shards
+                    .read()
+                    .get(d.vchannel())
+                    .is_some_and(|x| Arc::ptr_eq(x, &d))
+                {
+                    return; // the shard went (dropped, or the WAL moved)
+                }
+                match host.storage.meta.get(&key).await {
+                    Ok(Some(kv)) => {
+                        use prost::Message as _;
+                        match SegmentManifest::decode(kv.value.as_ref()) {
+                            Ok(m) => {
+                                if let Err(e) = load_segment(&host, &d, &m).await {
+                                    tracing::warn!(segment, error = %e, "loading a sealed segment failed; its rows stay growing");
+                                }
+                            }
+                            Err(e) => tracing::warn!(key, error = %e, "a manifest does not decode"),
+                        }
+                        return;
+                    }
+                    Ok(None) => {}
+                    Err(e) => tracing::debug!(key, error = %e, "reading a manifest failed"),
+                }
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(2));
+            }
+        });
+    }
+}
+
+/// The `Query` gRPC service.
+#[derive(Clone, Debug)]
+pub struct QueryService {
+    host: Arc<QueryHost>,
+}
+
+impl QueryService {
+    /// The service over `host`.
+    pub fn new(host: Arc<QueryHost>) -> QueryService {
+        QueryService { host }
+    }
+
+    /// As a tonic server.
+    pub fn server(self) -> pb::query_server::QueryServer<QueryService> {
+        pb::query_server::QueryServer::new(self)
+            .max_decoding_message_size(64 << 20)
+            .max_encoding_message_size(256 << 20)
+    }
+}
+
+#[tonic::async_trait]
+impl pb::query_server::Query for QueryService {
+    async fn search(
+        &self,
+        request: tonic::Request<pb::SearchRequest>,
+    ) -> Result<tonic::Response<pb::SearchResponse>, tonic::Status> {
+        self.host
+            .search(request.into_inner())
+            .await
+            .map(tonic::Response::new)
+            .map_err(|e| e.to_status())
+    }
+
+    async fn query(
+        &self,
+        request: tonic::Request<pb::QueryRequest>,
+    ) -> Result<tonic::Response<pb::QueryResponse>, tonic::Status> {
+        self.host
+            .query(request.into_inner())
+            .await
+            .map(tonic::Response::new)
+            .map_err(|e| e.to_status())
+    }
+
+    async fn get(
+        &self,
+        request: tonic::Request<pb::GetRequest>,
+    ) -> Result<tonic::Response<pb::QueryResponse>, tonic::Status> {
+        self.host
+            .get(request.into_inner())
+            .await
+            .map(tonic::Response::new)
+            .map_err(|e| e.to_status())
+    }
+}

@@ -1,0 +1,2754 @@
+//! The filter language: Milvus-style boolean expressions over a collection's scalar fields,
+//! parsed and type-checked against a [`CollectionSchema`] and evaluated over Arrow
+//! [`RecordBatch`]es with Arrow compute kernels.
+//!
+//! # Grammar
+//!
+//! Keywords (`and`, `or`, `not`, `in`, `is`, `null`, `true`, `false`) are case-insensitive
+//! (a field named like a keyword cannot be used in a filter); field names are case-sensitive.
+//!
+//! ```text
+//! expr       := or_expr
+//! or_expr    := and_expr (("or" | "||") and_expr)*
+//! and_expr   := not_expr (("and" | "&&") not_expr)*
+//! not_expr   := ("not" | "!") not_expr | primary
+//! primary    := "(" expr ")" | comparison | range | in_expr | null_test
+//! comparison := field OP literal | literal OP field       OP: == != < <= > >=
+//! range      := literal ("<" | "<=") field ("<" | "<=") literal
+//!             | literal (">" | ">=") field (">" | ">=") literal
+//! in_expr    := field ["not"] "in" "[" [literal ("," literal)*] "]"
+//! null_test  := field "is" ["not"] "null"
+//! literal    := integer (i64, optional sign) | float (`1.5`, `-2e3`, `.5`)
+//!             | string ('…' or "…", escapes \" \' \\ \n \t \r) | "true" | "false"
+//! ```
+//!
+//! `=` is rejected (use `==`); comparing two fields, or two literals, is rejected.
+//!
+//! # Types
+//!
+//! * INT32, INT64, FLOAT, DOUBLE fields compare with integer and float literals. Integer
+//!   fields compare exactly with any literal (`age > 2.5`, `i32_field < 10000000000` work).
+//!   For FLOAT and DOUBLE fields the literal is converted to the field's type (rounded to
+//!   nearest) and compared with IEEE 754 semantics: NaN values match only `!=`, `-0.0 == 0.0`.
+//! * VARCHAR fields compare with string literals, all six operators, in byte order.
+//! * BOOL fields compare with `true` / `false`, `==` and `!=` only.
+//! * `in` lists hold literals that could be compared with the field by `==`.
+//! * JSON and FLOAT_VECTOR fields cannot be filtered on.
+//!
+//! # Nulls
+//!
+//! A comparison or `in` test on a null value is unknown, and `and` / `or` / `not` follow SQL's
+//! three-valued (Kleene) logic, so `not (x == 1)` does not match a row where `x` is null, and
+//! `x not in []` matches every row where `x` is not null. Only `is null` / `is not null` are
+//! ever true or false on a null. At the top an unknown result counts as no match. A batch with
+//! no column for a nullable field (added after the batch was written) reads it as all null.
+//!
+//! # The empty filter
+//!
+//! [`Filter::parse`] rejects an empty (or whitespace-only) expression: callers treat an empty
+//! filter as "no filter" and skip filtering instead of parsing it.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::sync::Arc;
+
+use arrow_arith::boolean::{and_kleene, is_not_null, is_null, not, or_kleene};
+use arrow_array::cast::AsArray;
+use arrow_array::types::{Float32Type, Float64Type, Int32Type, Int64Type};
+use arrow_array::{
+    Array, ArrayRef, ArrowPrimitiveType, BooleanArray, Int32Array, Int64Array, PrimitiveArray,
+    RecordBatch, Scalar, StringArray,
+};
+use arrow_buffer::BooleanBuffer;
+use arrow_schema::{ArrowError, DataType as ArrowType};
+use sluice_types::schema::{CollectionSchema, DataType};
+
+/// Deepest nesting of parentheses and `not`s an expression may have.
+pub const MAX_DEPTH: usize = 128;
+
+/// Longest token text a [`FilterError`] quotes.
+const MAX_TOKEN_QUOTE: usize = 40;
+
+/// Why an expression could not be parsed or type-checked, or a batch could not be evaluated.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct FilterError {
+    /// What is wrong.
+    pub message: String,
+    /// Byte offset of the offending token in the expression (its length at the end of input).
+    pub offset: usize,
+    /// The offending token's text (empty at the end of input).
+    pub token: String,
+}
+
+impl FilterError {
+    /// An error about `token` at byte `offset`.
+    pub fn new(message: impl Into<String>, offset: usize, token: impl Into<String>) -> Self {
+        let token: String = token.into();
+        let token = if token.len() > MAX_TOKEN_QUOTE {
+            let mut end = MAX_TOKEN_QUOTE;
+            while !token.is_char_boundary(end) {
+                end -= 1;
+            }
+            format!("{}…", &token[..end])
+        } else {
+            token
+        };
+        FilterError {
+            message: message.into(),
+            offset,
+            token,
+        }
+    }
+}
+
+impl fmt::Display for FilterError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.token.is_empty() {
+            write!(
+                f,
+                "filter error at offset {} (end of input): {}",
+                self.offset, self.message
+            )
+        } else {
+            write!(
+                f,
+                "filter error at offset {} near {:?}: {}",
+                self.offset, self.token, self.message
+            )
+        }
+    }
+}
+
+/// A parsed, type-checked filter expression, ready to evaluate over batches of rows.
+#[derive(Debug, Clone)]
+pub struct Filter {
+    text: String,
+    columns: Vec<Column>,
+    root: Node,
+}
+
+impl Filter {
+    /// Parses and type-checks `expr` against `schema`.
+    ///
+    /// An empty or whitespace-only expression is an error: callers skip filtering when the
+    /// filter is empty rather than parsing it.
+    pub fn parse(expr: &str, schema: &CollectionSchema) -> Result<Filter, FilterError> {
+        let tokens = lex(expr)?;
+        if tokens.len() == 1 {
+            return Err(FilterError::new(
+                "empty filter expression (skip filtering instead of parsing an empty filter)",
+                expr.len(),
+                "",
+            ));
+        }
+        let mut parser = Parser {
+            tokens,
+            pos: 0,
+            depth: 0,
+            schema,
+            columns: Vec::new(),
+        };
+        let root = parser.parse_or()?;
+        let end = parser.peek();
+        if end.tok != Tok::End {
+            let message = if end.tok == Tok::RParen {
+                "unbalanced ')': no '(' to close".to_string()
+            } else {
+                format!(
+                    "unexpected {} after a complete expression (missing 'and' / 'or'?)",
+                    end.tok.describe()
+                )
+            };
+            return Err(FilterError::new(message, end.offset, end.text.clone()));
+        }
+        Ok(Filter {
+            text: expr.to_string(),
+            columns: parser.columns,
+            root,
+        })
+    }
+
+    /// Which rows of `batch` match (true = keep). The result has no nulls: a row whose result
+    /// is unknown (three-valued logic over nulls) does not match.
+    ///
+    /// Columns are found by field name; a missing column of a nullable field reads as all null,
+    /// other columns (such as system columns) are ignored.
+    pub fn evaluate(&self, batch: &RecordBatch) -> Result<BooleanArray, FilterError> {
+        let mut arrays = Vec::with_capacity(self.columns.len());
+        for col in &self.columns {
+            arrays.push(col.resolve(batch)?);
+        }
+        let result = self
+            .root
+            .eval(&self.columns, &arrays, batch.num_rows(), &self.text)?;
+        Ok(match result.nulls() {
+            Some(nulls) if nulls.null_count() > 0 => {
+                BooleanArray::new(result.values() & nulls.inner(), None)
+            }
+            Some(_) => BooleanArray::new(result.values().clone(), None),
+            None => result,
+        })
+    }
+
+    /// The field names the expression reads, each once, in order of first appearance.
+    pub fn fields(&self) -> Vec<String> {
+        self.columns.iter().map(|c| c.name.clone()).collect()
+    }
+
+    /// The expression text it was parsed from.
+    pub fn text(&self) -> &str {
+        &self.text
+    }
+}
+
+impl fmt::Display for Filter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Lexer
+// ---------------------------------------------------------------------------------------------
+
+/// A comparison operator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CmpOp {
+    Eq,
+    Ne,
+    Lt,
+    Le,
+    Gt,
+    Ge,
+}
+
+impl CmpOp {
+    /// The operator with its operands swapped: `lit < field` is `field > lit`.
+    fn flip(self) -> CmpOp {
+        match self {
+            CmpOp::Eq => CmpOp::Eq,
+            CmpOp::Ne => CmpOp::Ne,
+            CmpOp::Lt => CmpOp::Gt,
+            CmpOp::Le => CmpOp::Ge,
+            CmpOp::Gt => CmpOp::Lt,
+            CmpOp::Ge => CmpOp::Le,
+        }
+    }
+
+    fn symbol(self) -> &'static str {
+        match self {
+            CmpOp::Eq => "==",
+            CmpOp::Ne => "!=",
+            CmpOp::Lt => "<",
+            CmpOp::Le => "<=",
+            CmpOp::Gt => ">",
+            CmpOp::Ge => ">=",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum Tok {
+    Ident(String),
+    Int(i64),
+    Float(f64),
+    Str(String),
+    Bool(bool),
+    Null,
+    And,
+    Or,
+    Not,
+    In,
+    Is,
+    Op(CmpOp),
+    LParen,
+    RParen,
+    LBracket,
+    RBracket,
+    Comma,
+    End,
+}
+
+impl Tok {
+    fn describe(&self) -> String {
+        match self {
+            Tok::Ident(name) => format!("field {name:?}"),
+            Tok::Int(_) | Tok::Float(_) | Tok::Str(_) | Tok::Bool(_) => "literal".to_string(),
+            Tok::Null => "'null'".to_string(),
+            Tok::And => "'and'".to_string(),
+            Tok::Or => "'or'".to_string(),
+            Tok::Not => "'not'".to_string(),
+            Tok::In => "'in'".to_string(),
+            Tok::Is => "'is'".to_string(),
+            Tok::Op(op) => format!("'{}'", op.symbol()),
+            Tok::LParen => "'('".to_string(),
+            Tok::RParen => "')'".to_string(),
+            Tok::LBracket => "'['".to_string(),
+            Tok::RBracket => "']'".to_string(),
+            Tok::Comma => "','".to_string(),
+            Tok::End => "end of input".to_string(),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Token {
+    tok: Tok,
+    offset: usize,
+    text: String,
+}
+
+fn is_ident_start(c: u8) -> bool {
+    c.is_ascii_alphabetic() || c == b'_'
+}
+
+fn is_ident_char(c: u8) -> bool {
+    c.is_ascii_alphanumeric() || c == b'_'
+}
+
+/// Splits `src` into tokens, ending with [`Tok::End`].
+fn lex(src: &str) -> Result<Vec<Token>, FilterError> {
+    let bytes = src.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < bytes.len() {
+        let c = bytes[i];
+        if c.is_ascii_whitespace() {
+            i += 1;
+            continue;
+        }
+        let start = i;
+        let next = bytes.get(i + 1).copied();
+        let at_number = |j: usize| {
+            bytes.get(j).is_some_and(u8::is_ascii_digit)
+                || (bytes.get(j) == Some(&b'.') && bytes.get(j + 1).is_some_and(u8::is_ascii_digit))
+        };
+        let simple = |tok: Tok, len: usize| Token {
+            tok,
+            offset: start,
+            text: src[start..start + len].to_string(),
+        };
+        let token = match c {
+            b'(' => simple(Tok::LParen, 1),
+            b')' => simple(Tok::RParen, 1),
+            b'[' => simple(Tok::LBracket, 1),
+            b']' => simple(Tok::RBracket, 1),
+            b',' => simple(Tok::Comma, 1),
+            b'=' if next == Some(b'=') => simple(Tok::Op(CmpOp::Eq), 2),
+            b'=' => {
+                return Err(FilterError::new(
+                    "'=' is not an operator: use '==' to test equality",
+                    start,
+                    "=",
+                ));
+            }
+            b'!' if next == Some(b'=') => simple(Tok::Op(CmpOp::Ne), 2),
+            b'!' => simple(Tok::Not, 1),
+            b'<' if next == Some(b'=') => simple(Tok::Op(CmpOp::Le), 2),
+            b'<' if next == Some(b'>') => {
+                return Err(FilterError::new(
+                    "'<>' is not an operator: use '!=' to test inequality",
+                    start,
+                    "<>",
+                ));
+            }
+            b'<' => simple(Tok::Op(CmpOp::Lt), 1),
+            b'>' if next == Some(b'=') => simple(Tok::Op(CmpOp::Ge), 2),
+            b'>' => simple(Tok::Op(CmpOp::Gt), 1),
+            b'&' if next == Some(b'&') => simple(Tok::And, 2),
+            b'|' if next == Some(b'|') => simple(Tok::Or, 2),
+            b'&' | b'|' => {
+                let want = if c == b'&' { "&&" } else { "||" };
+                return Err(FilterError::new(
+                    format!("'{}' is not an operator: use '{want}'", c as char),
+                    start,
+                    (c as char).to_string(),
+                ));
+            }
+            b'"' | b'\'' => lex_string(src, start)?,
+            b'-' | b'+' if at_number(i + 1) => lex_number(src, start)?,
+            _ if at_number(i) => lex_number(src, start)?,
+            _ if is_ident_start(c) => {
+                let mut end = i + 1;
+                while end < bytes.len() && is_ident_char(bytes[end]) {
+                    end += 1;
+                }
+                let text = &src[start..end];
+                let tok = match text.to_ascii_lowercase().as_str() {
+                    "and" => Tok::And,
+                    "or" => Tok::Or,
+                    "not" => Tok::Not,
+                    "in" => Tok::In,
+                    "is" => Tok::Is,
+                    "null" => Tok::Null,
+                    "true" => Tok::Bool(true),
+                    "false" => Tok::Bool(false),
+                    _ => Tok::Ident(text.to_string()),
+                };
+                simple(tok, end - start)
+            }
+            _ => {
+                let ch = src[start..].chars().next().unwrap_or('?');
+                return Err(FilterError::new(
+                    format!("unexpected character {ch:?}"),
+                    start,
+                    ch.to_string(),
+                ));
+            }
+        };
+        i = start + token.text.len();
+        out.push(token);
+    }
+    out.push(Token {
+        tok: Tok::End,
+        offset: src.len(),
+        text: String::new(),
+    });
+    Ok(out)
+}
+
+/// Lexes the number starting at `start` (an optional sign, digits, an optional fraction and
+/// an optional exponent).
+fn lex_number(src: &str, start: usize) -> Result<Token, FilterError> {
+    let bytes = src.as_bytes();
+    let mut i = start;
+    if matches!(bytes[i], b'-' | b'+') {
+        i += 1;
+    }
+    let digits = |mut j: usize| {
+        while j < bytes.len() && bytes[j].is_ascii_digit() {
+            j += 1;
+        }
+        j
+    };
+    i = digits(i);
+    let mut is_float = false;
+    if bytes.get(i) == Some(&b'.') {
+        is_float = true;
+        i = digits(i + 1);
+    }
+    if matches!(bytes.get(i), Some(b'e' | b'E')) {
+        let mut j = i + 1;
+        if matches!(bytes.get(j), Some(b'+' | b'-')) {
+            j += 1;
+        }
+        if bytes.get(j).is_some_and(u8::is_ascii_digit) {
+            is_float = true;
+            i = digits(j);
+        }
+    }
+    // A number runs into a letter, digit, '_' or '.': `12abc`, `1.2.3`, `1e`.
+    if i < bytes.len() && (is_ident_char(bytes[i]) || bytes[i] == b'.') {
+        let mut end = i;
+        while end < bytes.len() && (is_ident_char(bytes[end]) || bytes[end] == b'.') {
+            end += 1;
+        }
+        return Err(FilterError::new(
+            "malformed number",
+            start,
+            &src[start..end],
+        ));
+    }
+    let text = &src[start..i];
+    let tok = if is_float {
+        match text.parse::<f64>() {
+            Ok(v) => Tok::Float(v),
+            Err(_) => return Err(FilterError::new("malformed number", start, text)),
+        }
+    } else {
+        match text.parse::<i64>() {
+            Ok(v) => Tok::Int(v),
+            Err(_) => {
+                return Err(FilterError::new(
+                    "integer literal out of the INT64 range",
+                    start,
+                    text,
+                ));
+            }
+        }
+    };
+    Ok(Token {
+        tok,
+        offset: start,
+        text: text.to_string(),
+    })
+}
+
+/// Lexes the quoted string starting at `start`, resolving its escapes.
+fn lex_string(src: &str, start: usize) -> Result<Token, FilterError> {
+    let quote = src.as_bytes()[start] as char;
+    let mut value = String::new();
+    let mut chars = src[start + 1..].char_indices();
+    while let Some((rel, ch)) = chars.next() {
+        let at = start + 1 + rel;
+        if ch == quote {
+            let end = at + 1;
+            return Ok(Token {
+                tok: Tok::Str(value),
+                offset: start,
+                text: src[start..end].to_string(),
+            });
+        }
+        if ch != '\\' {
+            value.push(ch);
+            continue;
+        }
+        match chars.next() {
+            Some((_, '"')) => value.push('"'),
+            Some((_, '\'')) => value.push('\''),
+            Some((_, '\\')) => value.push('\\'),
+            Some((_, 'n')) => value.push('\n'),
+            Some((_, 't')) => value.push('\t'),
+            Some((_, 'r')) => value.push('\r'),
+            Some((_, other)) => {
+                return Err(FilterError::new(
+                    format!(
+                        "unknown escape '\\{other}' in a string (known: \\\" \\' \\\\ \\n \\t \\r)"
+                    ),
+                    at,
+                    format!("\\{other}"),
+                ));
+            }
+            None => break,
+        }
+    }
+    Err(FilterError::new(
+        format!("unterminated string: no closing {quote}"),
+        start,
+        &src[start..],
+    ))
+}
+
+// ---------------------------------------------------------------------------------------------
+// The parsed form
+// ---------------------------------------------------------------------------------------------
+
+/// The scalar field types a filter can read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Bool,
+    Int32,
+    Int64,
+    Float,
+    Double,
+    Varchar,
+}
+
+impl Kind {
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Bool => "BOOL",
+            Kind::Int32 => "INT32",
+            Kind::Int64 => "INT64",
+            Kind::Float => "FLOAT",
+            Kind::Double => "DOUBLE",
+            Kind::Varchar => "VARCHAR",
+        }
+    }
+
+    fn arrow(self) -> ArrowType {
+        match self {
+            Kind::Bool => ArrowType::Boolean,
+            Kind::Int32 => ArrowType::Int32,
+            Kind::Int64 => ArrowType::Int64,
+            Kind::Float => ArrowType::Float32,
+            Kind::Double => ArrowType::Float64,
+            Kind::Varchar => ArrowType::Utf8,
+        }
+    }
+
+    /// The range of an integer kind.
+    fn int_range(self) -> (i64, i64) {
+        match self {
+            Kind::Int32 => (i32::MIN.into(), i32::MAX.into()),
+            _ => (i64::MIN, i64::MAX),
+        }
+    }
+}
+
+/// A field the filter reads.
+#[derive(Debug, Clone)]
+struct Column {
+    name: String,
+    kind: Kind,
+    nullable: bool,
+    /// Where the field first appears in the expression.
+    offset: usize,
+}
+
+impl Column {
+    /// The batch's column for this field, checked; `None` for a missing nullable field.
+    fn resolve(&self, batch: &RecordBatch) -> Result<Option<ArrayRef>, FilterError> {
+        match batch.column_by_name(&self.name) {
+            Some(array) if array.data_type() == &self.kind.arrow() => Ok(Some(array.clone())),
+            Some(array) => Err(FilterError::new(
+                format!(
+                    "the batch's column for {} field {:?} has Arrow type {}, not {}",
+                    self.kind.name(),
+                    self.name,
+                    array.data_type(),
+                    self.kind.arrow()
+                ),
+                self.offset,
+                &self.name,
+            )),
+            None if self.nullable => Ok(None),
+            None => Err(FilterError::new(
+                format!(
+                    "the batch has no column for non-nullable field {:?}",
+                    self.name
+                ),
+                self.offset,
+                &self.name,
+            )),
+        }
+    }
+}
+
+/// What a leaf tests about one field's value.
+#[derive(Debug, Clone)]
+enum Pred {
+    /// `is null` (`false`) or `is not null` (`true`).
+    IsNull {
+        negated: bool,
+    },
+    /// The same answer for every non-null value (e.g. `int32_field < 1e12`).
+    Const(bool),
+    /// An INT32 / INT64 field against a value in the field's range.
+    Int(CmpOp, i64),
+    F32(CmpOp, f32),
+    F64(CmpOp, f64),
+    Str(CmpOp, String),
+    /// A BOOL field equals this value.
+    Bool(bool),
+    /// Sorted, deduplicated values in the field's range.
+    InInt(Vec<i64>),
+    /// Sorted (total order), deduplicated, no NaN, no -0.0.
+    InF32(Vec<f32>),
+    /// Sorted (total order), deduplicated, no NaN, no -0.0.
+    InF64(Vec<f64>),
+    InStr(HashSet<String>),
+    InBool {
+        has_true: bool,
+        has_false: bool,
+    },
+}
+
+#[derive(Debug, Clone)]
+enum Node {
+    And(Vec<Node>),
+    Or(Vec<Node>),
+    Not(Box<Node>),
+    Leaf { column: usize, pred: Pred },
+}
+
+// ---------------------------------------------------------------------------------------------
+// Parser
+// ---------------------------------------------------------------------------------------------
+
+/// A literal with the token it came from.
+#[derive(Debug, Clone)]
+struct Lit {
+    value: LitValue,
+    offset: usize,
+    text: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum LitValue {
+    Int(i64),
+    Float(f64),
+    Str(String),
+    Bool(bool),
+}
+
+impl LitValue {
+    fn describe(&self) -> &'static str {
+        match self {
+            LitValue::Int(_) => "an integer",
+            LitValue::Float(_) => "a float",
+            LitValue::Str(_) => "a string",
+            LitValue::Bool(_) => "a boolean",
+        }
+    }
+}
+
+enum Operand {
+    /// Index into the parser's columns, and the field token.
+    Field(usize, Token),
+    Lit(Lit),
+}
+
+struct Parser<'a> {
+    tokens: Vec<Token>,
+    pos: usize,
+    depth: usize,
+    schema: &'a CollectionSchema,
+    columns: Vec<Column>,
+}
+
+fn err_at(token: &Token, message: impl Into<String>) -> FilterError {
+    FilterError::new(message, token.offset, token.text.clone())
+}
+
+impl Parser<'_> {
+    fn peek(&self) -> &Token {
+        &self.tokens[self.pos]
+    }
+
+    fn bump(&mut self) -> Token {
+        let token = self.tokens[self.pos].clone();
+        if token.tok != Tok::End {
+            self.pos += 1;
+        }
+        token
+    }
+
+    fn enter(&mut self) -> Result<(), FilterError> {
+        self.depth += 1;
+        if self.depth > MAX_DEPTH {
+            return Err(err_at(
+                self.peek(),
+                format!("expression nested more than {MAX_DEPTH} levels deep"),
+            ));
+        }
+        Ok(())
+    }
+
+    fn parse_or(&mut self) -> Result<Node, FilterError> {
+        let mut terms = vec![self.parse_and()?];
+        while self.peek().tok == Tok::Or {
+            self.bump();
+            terms.push(self.parse_and()?);
+        }
+        Ok(if terms.len() == 1 {
+            terms.remove(0)
+        } else {
+            Node::Or(terms)
+        })
+    }
+
+    fn parse_and(&mut self) -> Result<Node, FilterError> {
+        let mut terms = vec![self.parse_not()?];
+        while self.peek().tok == Tok::And {
+            self.bump();
+            terms.push(self.parse_not()?);
+        }
+        Ok(if terms.len() == 1 {
+            terms.remove(0)
+        } else {
+            Node::And(terms)
+        })
+    }
+
+    fn parse_not(&mut self) -> Result<Node, FilterError> {
+        if self.peek().tok == Tok::Not {
+            self.bump();
+            self.enter()?;
+            let inner = self.parse_not()?;
+            self.depth -= 1;
+            return Ok(Node::Not(Box::new(inner)));
+        }
+        self.parse_primary()
+    }
+
+    fn parse_primary(&mut self) -> Result<Node, FilterError> {
+        let token = self.peek().clone();
+        match token.tok {
+            Tok::LParen => {
+                self.bump();
+                self.enter()?;
+                let inner = self.parse_or()?;
+                self.depth -= 1;
+                let close = self.peek();
+                if close.tok != Tok::RParen {
+                    return Err(err_at(
+                        close,
+                        format!(
+                            "expected ')' to close the '(' at offset {}, found {}",
+                            token.offset,
+                            close.tok.describe()
+                        ),
+                    ));
+                }
+                self.bump();
+                Ok(inner)
+            }
+            Tok::Ident(_)
+            | Tok::Int(_)
+            | Tok::Float(_)
+            | Tok::Str(_)
+            | Tok::Bool(_)
+            | Tok::Null => self.parse_predicate(),
+            Tok::End => Err(err_at(
+                &token,
+                "expected a condition (a comparison, 'in', 'is null', 'not' or '('), found end of input",
+            )),
+            _ => Err(err_at(
+                &token,
+                format!(
+                    "expected a condition (a comparison, 'in', 'is null', 'not' or '('), found {}",
+                    token.tok.describe()
+                ),
+            )),
+        }
+    }
+
+    /// A field or a literal.
+    fn operand(&mut self) -> Result<Operand, FilterError> {
+        let token = self.bump();
+        let value = match &token.tok {
+            Tok::Ident(name) => {
+                let column = self.resolve_field(name, &token)?;
+                return Ok(Operand::Field(column, token));
+            }
+            Tok::Int(v) => LitValue::Int(*v),
+            Tok::Float(v) => LitValue::Float(*v),
+            Tok::Str(s) => LitValue::Str(s.clone()),
+            Tok::Bool(b) => LitValue::Bool(*b),
+            Tok::Null => {
+                return Err(err_at(
+                    &token,
+                    "null is not a value to compare with: use 'field is null' or 'field is not null'",
+                ));
+            }
+            other => {
+                return Err(err_at(
+                    &token,
+                    format!("expected a field or a literal, found {}", other.describe()),
+                ));
+            }
+        };
+        Ok(Operand::Lit(Lit {
+            value,
+            offset: token.offset,
+            text: token.text,
+        }))
+    }
+
+    /// The index of field `name` in `self.columns`, adding it on first use.
+    fn resolve_field(&mut self, name: &str, token: &Token) -> Result<usize, FilterError> {
+        if let Some(i) = self.columns.iter().position(|c| c.name == name) {
+            return Ok(i);
+        }
+        let Some(field) = self.schema.fields.iter().find(|f| f.name == name) else {
+            let hint = self
+                .schema
+                .fields
+                .iter()
+                .find(|f| f.name.eq_ignore_ascii_case(name))
+                .map(|f| {
+                    format!(
+                        " (did you mean {:?}? field names are case-sensitive)",
+                        f.name
+                    )
+                })
+                .unwrap_or_default();
+            return Err(err_at(token, format!("unknown field {name:?}{hint}")));
+        };
+        let kind = match DataType::try_from(field.data_type) {
+            Ok(DataType::Bool) => Kind::Bool,
+            Ok(DataType::Int32) => Kind::Int32,
+            Ok(DataType::Int64) => Kind::Int64,
+            Ok(DataType::Float) => Kind::Float,
+            Ok(DataType::Double) => Kind::Double,
+            Ok(DataType::Varchar) => Kind::Varchar,
+            Ok(DataType::Json) => {
+                return Err(err_at(
+                    token,
+                    format!("cannot filter on JSON field {name:?}"),
+                ));
+            }
+            Ok(DataType::FloatVector) => {
+                return Err(err_at(
+                    token,
+                    format!("cannot filter on FLOAT_VECTOR field {name:?}"),
+                ));
+            }
+            Ok(DataType::Unspecified) | Err(_) => {
+                return Err(err_at(
+                    token,
+                    format!(
+                        "field {name:?} has no known data type ({})",
+                        field.data_type
+                    ),
+                ));
+            }
+        };
+        self.columns.push(Column {
+            name: name.to_string(),
+            kind,
+            nullable: field.nullable,
+            offset: token.offset,
+        });
+        Ok(self.columns.len() - 1)
+    }
+
+    fn expect_op(&mut self, after: &str) -> Result<(CmpOp, Token), FilterError> {
+        let token = self.peek().clone();
+        match token.tok {
+            Tok::Op(op) => {
+                self.bump();
+                Ok((op, token))
+            }
+            ref other => Err(err_at(
+                &token,
+                format!(
+                    "expected a comparison operator (== != < <= > >=) after {after}, found {}",
+                    other.describe()
+                ),
+            )),
+        }
+    }
+
+    fn parse_predicate(&mut self) -> Result<Node, FilterError> {
+        match self.operand()? {
+            Operand::Field(column, field_token) => self.parse_field_predicate(column, &field_token),
+            Operand::Lit(lit) => {
+                let (op, op_token) = self.expect_op("a literal")?;
+                let (column, field_token) = match self.operand()? {
+                    Operand::Field(column, token) => (column, token),
+                    Operand::Lit(other) => {
+                        return Err(FilterError::new(
+                            "a comparison needs a field: both sides are literals",
+                            other.offset,
+                            other.text,
+                        ));
+                    }
+                };
+                let first = self.comparison(column, op.flip(), &op_token, &lit)?;
+                let Tok::Op(op2) = self.peek().tok else {
+                    return Ok(first);
+                };
+                // A range: `lit < field < lit` or `lit > field > lit`.
+                let op2_token = self.bump();
+                let ascending = |o: CmpOp| matches!(o, CmpOp::Lt | CmpOp::Le);
+                let descending = |o: CmpOp| matches!(o, CmpOp::Gt | CmpOp::Ge);
+                if !((ascending(op) && ascending(op2)) || (descending(op) && descending(op2))) {
+                    return Err(err_at(
+                        &op2_token,
+                        format!(
+                            "a range must be 'low < {0} < high' or 'high > {0} > low' \
+                             (with < <= or > >=), not '{1} {0} {2}'",
+                            field_token.text,
+                            op.symbol(),
+                            op2.symbol()
+                        ),
+                    ));
+                }
+                let hi = match self.operand()? {
+                    Operand::Lit(hi) => hi,
+                    Operand::Field(_, token) => {
+                        return Err(err_at(
+                            &token,
+                            "comparing two fields is not supported: a range's bounds are literals",
+                        ));
+                    }
+                };
+                let second = self.comparison(column, op2, &op2_token, &hi)?;
+                if let Tok::Op(_) = self.peek().tok {
+                    return Err(err_at(
+                        self.peek(),
+                        "a range has two bounds: 'low < field < high'",
+                    ));
+                }
+                Ok(Node::And(vec![first, second]))
+            }
+        }
+    }
+
+    fn parse_field_predicate(
+        &mut self,
+        column: usize,
+        field_token: &Token,
+    ) -> Result<Node, FilterError> {
+        let token = self.peek().clone();
+        match token.tok {
+            Tok::Op(op) => {
+                self.bump();
+                let lit = match self.operand()? {
+                    Operand::Lit(lit) => lit,
+                    Operand::Field(_, other) => {
+                        return Err(err_at(
+                            &other,
+                            format!(
+                                "comparing two fields ({} {} {}) is not supported: compare a \
+                                 field with a literal",
+                                field_token.text,
+                                op.symbol(),
+                                other.text
+                            ),
+                        ));
+                    }
+                };
+                let node = self.comparison(column, op, &token, &lit)?;
+                if let Tok::Op(_) = self.peek().tok {
+                    return Err(err_at(
+                        self.peek(),
+                        "comparisons do not chain this way: write a range as \
+                         'low < field < high', or join comparisons with 'and'",
+                    ));
+                }
+                Ok(node)
+            }
+            Tok::In => {
+                self.bump();
+                self.parse_in(column)
+            }
+            Tok::Not => {
+                self.bump();
+                let next = self.peek();
+                if next.tok != Tok::In {
+                    return Err(err_at(
+                        next,
+                        format!("expected 'in' after 'not', found {}", next.tok.describe()),
+                    ));
+                }
+                self.bump();
+                Ok(Node::Not(Box::new(self.parse_in(column)?)))
+            }
+            Tok::Is => {
+                self.bump();
+                let negated = self.peek().tok == Tok::Not;
+                if negated {
+                    self.bump();
+                }
+                let next = self.peek();
+                if next.tok != Tok::Null {
+                    return Err(err_at(
+                        next,
+                        format!(
+                            "expected 'null' after 'is{}', found {}",
+                            if negated { " not" } else { "" },
+                            next.tok.describe()
+                        ),
+                    ));
+                }
+                self.bump();
+                Ok(Node::Leaf {
+                    column,
+                    pred: Pred::IsNull { negated },
+                })
+            }
+            ref other => Err(err_at(
+                &token,
+                format!(
+                    "expected a comparison operator (== != < <= > >=), 'in', 'not in' or \
+                     'is [not] null' after field {:?}, found {}",
+                    field_token.text,
+                    other.describe()
+                ),
+            )),
+        }
+    }
+
+    fn mismatch(&self, column: usize, lit: &Lit) -> FilterError {
+        let col = &self.columns[column];
+        FilterError::new(
+            format!(
+                "field {:?} is {} and cannot be compared with {} ({})",
+                col.name,
+                col.kind.name(),
+                lit.value.describe(),
+                lit.text
+            ),
+            lit.offset,
+            lit.text.clone(),
+        )
+    }
+
+    /// `field op lit`, type-checked.
+    fn comparison(
+        &self,
+        column: usize,
+        op: CmpOp,
+        op_token: &Token,
+        lit: &Lit,
+    ) -> Result<Node, FilterError> {
+        let kind = self.columns[column].kind;
+        let pred = match (kind, &lit.value) {
+            (Kind::Int32 | Kind::Int64, LitValue::Int(v)) => {
+                int_pred(kind, op, IntBound::Exact(*v))
+            }
+            (Kind::Int32 | Kind::Int64, LitValue::Float(v)) => {
+                int_pred(kind, op, float_to_int_bound(op, *v))
+            }
+            (Kind::Float, LitValue::Int(v)) => Pred::F32(op, *v as f32),
+            (Kind::Float, LitValue::Float(v)) => Pred::F32(op, *v as f32),
+            (Kind::Double, LitValue::Int(v)) => Pred::F64(op, *v as f64),
+            (Kind::Double, LitValue::Float(v)) => Pred::F64(op, *v),
+            (Kind::Varchar, LitValue::Str(s)) => Pred::Str(op, s.clone()),
+            (Kind::Bool, LitValue::Bool(b)) => match op {
+                CmpOp::Eq => Pred::Bool(*b),
+                CmpOp::Ne => Pred::Bool(!*b),
+                _ => {
+                    return Err(err_at(
+                        op_token,
+                        format!(
+                            "BOOL field {:?} supports only == and !=, not {}",
+                            self.columns[column].name, op_token.text
+                        ),
+                    ));
+                }
+            },
+            _ => return Err(self.mismatch(column, lit)),
+        };
+        Ok(Node::Leaf { column, pred })
+    }
+
+    /// `[lit, ...]` after `in`, type-checked.
+    fn parse_in(&mut self, column: usize) -> Result<Node, FilterError> {
+        let open = self.peek();
+        if open.tok != Tok::LBracket {
+            return Err(err_at(
+                open,
+                format!(
+                    "expected '[' to start the list after 'in', found {}",
+                    open.tok.describe()
+                ),
+            ));
+        }
+        self.bump();
+        let mut lits = Vec::new();
+        if self.peek().tok == Tok::RBracket {
+            self.bump();
+        } else {
+            loop {
+                match self.operand()? {
+                    Operand::Lit(lit) => lits.push(lit),
+                    Operand::Field(_, token) => {
+                        return Err(err_at(&token, "an 'in' list holds literals, not fields"));
+                    }
+                }
+                let sep = self.bump();
+                match sep.tok {
+                    Tok::Comma => {}
+                    Tok::RBracket => break,
+                    ref other => {
+                        return Err(err_at(
+                            &sep,
+                            format!(
+                                "expected ',' or ']' in the 'in' list, found {}",
+                                other.describe()
+                            ),
+                        ));
+                    }
+                }
+            }
+        }
+        let kind = self.columns[column].kind;
+        let pred = match kind {
+            Kind::Int32 | Kind::Int64 => {
+                let (lo, hi) = kind.int_range();
+                let mut values = Vec::new();
+                for lit in &lits {
+                    let v = match lit.value {
+                        LitValue::Int(v) => Some(v),
+                        LitValue::Float(f) => match float_to_int_bound(CmpOp::Eq, f) {
+                            IntBound::Exact(v) => Some(v),
+                            _ => None,
+                        },
+                        _ => return Err(self.mismatch(column, lit)),
+                    };
+                    values.extend(v.filter(|v| (lo..=hi).contains(v)));
+                }
+                values.sort_unstable();
+                values.dedup();
+                Pred::InInt(values)
+            }
+            Kind::Float => {
+                let mut values = Vec::new();
+                for lit in &lits {
+                    let v = match lit.value {
+                        LitValue::Int(v) => v as f32,
+                        LitValue::Float(f) => f as f32,
+                        _ => return Err(self.mismatch(column, lit)),
+                    };
+                    if !v.is_nan() {
+                        values.push(v + 0.0); // -0.0 + 0.0 == +0.0
+                    }
+                }
+                values.sort_unstable_by(f32::total_cmp);
+                values.dedup_by(|a, b| a.total_cmp(b).is_eq());
+                Pred::InF32(values)
+            }
+            Kind::Double => {
+                let mut values = Vec::new();
+                for lit in &lits {
+                    let v = match lit.value {
+                        LitValue::Int(v) => v as f64,
+                        LitValue::Float(f) => f,
+                        _ => return Err(self.mismatch(column, lit)),
+                    };
+                    if !v.is_nan() {
+                        values.push(v + 0.0);
+                    }
+                }
+                values.sort_unstable_by(f64::total_cmp);
+                values.dedup_by(|a, b| a.total_cmp(b).is_eq());
+                Pred::InF64(values)
+            }
+            Kind::Varchar => {
+                let mut values = HashSet::with_capacity(lits.len());
+                for lit in &lits {
+                    match &lit.value {
+                        LitValue::Str(s) => values.insert(s.clone()),
+                        _ => return Err(self.mismatch(column, lit)),
+                    };
+                }
+                Pred::InStr(values)
+            }
+            Kind::Bool => {
+                let (mut has_true, mut has_false) = (false, false);
+                for lit in &lits {
+                    match lit.value {
+                        LitValue::Bool(true) => has_true = true,
+                        LitValue::Bool(false) => has_false = true,
+                        _ => return Err(self.mismatch(column, lit)),
+                    }
+                }
+                Pred::InBool {
+                    has_true,
+                    has_false,
+                }
+            }
+        };
+        Ok(Node::Leaf { column, pred })
+    }
+}
+
+/// An integer field compared with a literal, in integer terms.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum IntBound {
+    /// Compare with this integer.
+    Exact(i64),
+    /// The literal is below every INT64.
+    Below,
+    /// The literal is above every INT64.
+    Above,
+    /// Every non-null value compares this way.
+    Always(bool),
+}
+
+/// Turns `x op v` for an integer `x` and a float `v` into an integer comparison with the same
+/// answer for every integer `x`: `x < 2.5` is `x < 3`, `x <= 2.5` is `x <= 2`, `x == 2.5` is
+/// never true.
+fn float_to_int_bound(op: CmpOp, v: f64) -> IntBound {
+    if v.is_nan() {
+        return IntBound::Always(op == CmpOp::Ne);
+    }
+    let rounded = match op {
+        CmpOp::Eq | CmpOp::Ne => {
+            if v.fract() != 0.0 {
+                return IntBound::Always(op == CmpOp::Ne);
+            }
+            v
+        }
+        CmpOp::Lt | CmpOp::Ge => v.ceil(),
+        CmpOp::Le | CmpOp::Gt => v.floor(),
+    };
+    // i64 covers [-2^63, 2^63); `rounded` is a whole number (or infinite) here.
+    const TWO_63: f64 = 9_223_372_036_854_775_808.0;
+    if rounded >= TWO_63 {
+        IntBound::Above
+    } else if rounded < -TWO_63 {
+        IntBound::Below
+    } else {
+        IntBound::Exact(rounded as i64)
+    }
+}
+
+/// The predicate for an integer field of `kind` compared with `bound`.
+fn int_pred(kind: Kind, op: CmpOp, bound: IntBound) -> Pred {
+    let (lo, hi) = kind.int_range();
+    let below = |op: CmpOp| Pred::Const(matches!(op, CmpOp::Ne | CmpOp::Gt | CmpOp::Ge));
+    let above = |op: CmpOp| Pred::Const(matches!(op, CmpOp::Ne | CmpOp::Lt | CmpOp::Le));
+    match bound {
+        IntBound::Always(b) => Pred::Const(b),
+        IntBound::Below => below(op),
+        IntBound::Above => above(op),
+        IntBound::Exact(v) if v < lo => below(op),
+        IntBound::Exact(v) if v > hi => above(op),
+        IntBound::Exact(v) => Pred::Int(op, v),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Evaluation
+// ---------------------------------------------------------------------------------------------
+
+/// An Arrow kernel failure not tied to one field: reported against the whole expression.
+fn arrow_err(text: &str) -> impl Fn(ArrowError) -> FilterError + '_ {
+    move |e| FilterError::new(format!("evaluation failed: {e}"), 0, text)
+}
+
+/// `f(value)` for each slot of `array`, null where `array` is null.
+fn map_primitive<T: ArrowPrimitiveType>(
+    array: &PrimitiveArray<T>,
+    f: impl Fn(T::Native) -> bool,
+) -> BooleanArray {
+    let values = array.values();
+    let bits = BooleanBuffer::collect_bool(array.len(), |i| f(values[i]));
+    BooleanArray::new(bits, array.nulls().cloned())
+}
+
+/// IEEE 754 comparison of every value with `v` (NaN matches only `!=`; `-0.0 == 0.0`).
+fn cmp_float<T>(array: &PrimitiveArray<T>, op: CmpOp, v: T::Native) -> BooleanArray
+where
+    T: ArrowPrimitiveType,
+    T::Native: PartialOrd,
+{
+    match op {
+        CmpOp::Eq => map_primitive(array, |x| x == v),
+        CmpOp::Ne => map_primitive(array, |x| x != v),
+        CmpOp::Lt => map_primitive(array, |x| x < v),
+        CmpOp::Le => map_primitive(array, |x| x <= v),
+        CmpOp::Gt => map_primitive(array, |x| x > v),
+        CmpOp::Ge => map_primitive(array, |x| x >= v),
+    }
+}
+
+/// An Arrow comparison kernel of `array` with the one-element `scalar`.
+fn cmp_kernel(array: &ArrayRef, op: CmpOp, scalar: ArrayRef) -> Result<BooleanArray, ArrowError> {
+    use arrow_ord::cmp;
+    let scalar = Scalar::new(scalar);
+    match op {
+        CmpOp::Eq => cmp::eq(array, &scalar),
+        CmpOp::Ne => cmp::neq(array, &scalar),
+        CmpOp::Lt => cmp::lt(array, &scalar),
+        CmpOp::Le => cmp::lt_eq(array, &scalar),
+        CmpOp::Gt => cmp::gt(array, &scalar),
+        CmpOp::Ge => cmp::gt_eq(array, &scalar),
+    }
+}
+
+/// Whether `values` (sorted by total order, no NaN, no -0.0) holds `x` (with -0.0 made +0.0):
+/// IEEE equality, as NaN is in no list.
+fn contains_float<F: Copy + PartialEq>(
+    values: &[F],
+    x: F,
+    cmp: impl Fn(&F, &F) -> std::cmp::Ordering,
+) -> bool {
+    if values.len() <= 8 {
+        values.contains(&x)
+    } else {
+        values.binary_search_by(|v| cmp(v, &x)).is_ok()
+    }
+}
+
+impl Pred {
+    fn eval(&self, array: &ArrayRef) -> Result<BooleanArray, ArrowError> {
+        let len = array.len();
+        Ok(match self {
+            Pred::IsNull { negated: false } => is_null(array)?,
+            Pred::IsNull { negated: true } => is_not_null(array)?,
+            Pred::Const(b) => {
+                let bits = if *b {
+                    BooleanBuffer::new_set(len)
+                } else {
+                    BooleanBuffer::new_unset(len)
+                };
+                BooleanArray::new(bits, array.nulls().cloned())
+            }
+            Pred::Int(op, v) => match array.data_type() {
+                ArrowType::Int32 => {
+                    // In range: checked when parsed.
+                    let v = i32::try_from(*v).map_err(|e| ArrowError::CastError(e.to_string()))?;
+                    cmp_kernel(array, *op, Arc::new(Int32Array::from(vec![v])))?
+                }
+                _ => cmp_kernel(array, *op, Arc::new(Int64Array::from(vec![*v])))?,
+            },
+            Pred::F32(op, v) => cmp_float(array.as_primitive::<Float32Type>(), *op, *v),
+            Pred::F64(op, v) => cmp_float(array.as_primitive::<Float64Type>(), *op, *v),
+            Pred::Str(op, v) => {
+                cmp_kernel(array, *op, Arc::new(StringArray::from(vec![v.as_str()])))?
+            }
+            Pred::Bool(true) => array.as_boolean().clone(),
+            Pred::Bool(false) => not(array.as_boolean())?,
+            Pred::InInt(values) => {
+                let has = |x: i64| {
+                    if values.len() <= 8 {
+                        values.contains(&x)
+                    } else {
+                        values.binary_search(&x).is_ok()
+                    }
+                };
+                match array.data_type() {
+                    ArrowType::Int32 => {
+                        map_primitive(array.as_primitive::<Int32Type>(), |x| has(x.into()))
+                    }
+                    _ => map_primitive(array.as_primitive::<Int64Type>(), has),
+                }
+            }
+            Pred::InF32(values) => map_primitive(array.as_primitive::<Float32Type>(), |x| {
+                contains_float(values, x + 0.0, f32::total_cmp)
+            }),
+            Pred::InF64(values) => map_primitive(array.as_primitive::<Float64Type>(), |x| {
+                contains_float(values, x + 0.0, f64::total_cmp)
+            }),
+            Pred::InStr(values) => {
+                let strings = array.as_string::<i32>();
+                let bits = BooleanBuffer::collect_bool(len, |i| values.contains(strings.value(i)));
+                BooleanArray::new(bits, strings.nulls().cloned())
+            }
+            Pred::InBool {
+                has_true,
+                has_false,
+            } => {
+                let bools = array.as_boolean();
+                match (has_true, has_false) {
+                    (true, true) => Pred::Const(true).eval(array)?,
+                    (false, false) => Pred::Const(false).eval(array)?,
+                    (true, false) => bools.clone(),
+                    (false, true) => not(bools)?,
+                }
+            }
+        })
+    }
+}
+
+impl Node {
+    fn eval(
+        &self,
+        columns: &[Column],
+        arrays: &[Option<ArrayRef>],
+        len: usize,
+        text: &str,
+    ) -> Result<BooleanArray, FilterError> {
+        match self {
+            Node::And(terms) | Node::Or(terms) => {
+                let is_and = matches!(self, Node::And(_));
+                let mut acc = terms[0].eval(columns, arrays, len, text)?;
+                for term in &terms[1..] {
+                    let next = term.eval(columns, arrays, len, text)?;
+                    acc = if is_and {
+                        and_kleene(&acc, &next)
+                    } else {
+                        or_kleene(&acc, &next)
+                    }
+                    .map_err(arrow_err(text))?;
+                }
+                Ok(acc)
+            }
+            Node::Not(inner) => {
+                not(&inner.eval(columns, arrays, len, text)?).map_err(arrow_err(text))
+            }
+            Node::Leaf { column, pred } => match &arrays[*column] {
+                // A missing (all-null) column.
+                None => Ok(match pred {
+                    Pred::IsNull { negated } => {
+                        let bits = if *negated {
+                            BooleanBuffer::new_unset(len)
+                        } else {
+                            BooleanBuffer::new_set(len)
+                        };
+                        BooleanArray::new(bits, None)
+                    }
+                    _ => BooleanArray::new_null(len),
+                }),
+                Some(array) => pred.eval(array).map_err(|e| {
+                    let col = &columns[*column];
+                    FilterError::new(
+                        format!("evaluating a condition on field {:?} failed: {e}", col.name),
+                        col.offset,
+                        &col.name,
+                    )
+                }),
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use arrow_array::{
+        BooleanArray, FixedSizeListArray, Float32Array, Float64Array, Int32Array, Int64Array,
+        StringArray,
+    };
+    use arrow_schema::{Field, Schema};
+    use proptest::prelude::*;
+    use sluice_types::schema::FieldSchema;
+    use std::cmp::Ordering;
+
+    fn field(name: &str, ty: DataType, nullable: bool) -> FieldSchema {
+        FieldSchema {
+            name: name.into(),
+            data_type: ty as i32,
+            nullable,
+            max_length: if ty == DataType::Varchar { 64 } else { 0 },
+            dim: if ty == DataType::FloatVector { 2 } else { 0 },
+            ..FieldSchema::default()
+        }
+    }
+
+    /// `added` and `note` are nullable fields no test batch has a column for.
+    fn schema() -> CollectionSchema {
+        CollectionSchema {
+            name: "docs".into(),
+            fields: vec![
+                FieldSchema {
+                    is_primary_key: true,
+                    ..field("id", DataType::Int64, false)
+                },
+                field("vec", DataType::FloatVector, false),
+                field("meta", DataType::Json, true),
+                field("age", DataType::Int32, true),
+                field("big", DataType::Int64, true),
+                field("score", DataType::Float, true),
+                field("ratio", DataType::Double, true),
+                field("name", DataType::Varchar, true),
+                field("flag", DataType::Bool, true),
+                field("added", DataType::Int64, true),
+                field("note", DataType::Varchar, true),
+            ],
+            shards: 1,
+            version: 2,
+            ..CollectionSchema::default()
+        }
+    }
+
+    #[derive(Debug, Clone, Default)]
+    struct Row {
+        age: Option<i32>,
+        big: Option<i64>,
+        score: Option<f32>,
+        ratio: Option<f64>,
+        name: Option<String>,
+        flag: Option<bool>,
+    }
+
+    /// A batch of `rows` (ids 1..), with a vector, a JSON and a system column, and no column
+    /// for `added` or `note`.
+    fn batch(rows: &[Row]) -> RecordBatch {
+        let n = rows.len();
+        let ids: Int64Array = (1..=n as i64).map(Some).collect();
+        let vecs = FixedSizeListArray::from_iter_primitive::<Float32Type, _, _>(
+            (0..n).map(|i| Some(vec![Some(i as f32), Some(0.5)])),
+            2,
+        );
+        let columns: Vec<(&str, ArrayRef, bool)> = vec![
+            ("_ts", Arc::new(Int64Array::from(vec![7; n])), false),
+            ("id", Arc::new(ids), false),
+            ("vec", Arc::new(vecs), false),
+            (
+                "meta",
+                Arc::new(StringArray::from(vec![Some("{}"); n])),
+                true,
+            ),
+            (
+                "age",
+                Arc::new(rows.iter().map(|r| r.age).collect::<Int32Array>()),
+                true,
+            ),
+            (
+                "big",
+                Arc::new(rows.iter().map(|r| r.big).collect::<Int64Array>()),
+                true,
+            ),
+            (
+                "score",
+                Arc::new(rows.iter().map(|r| r.score).collect::<Float32Array>()),
+                true,
+            ),
+            (
+                "ratio",
+                Arc::new(rows.iter().map(|r| r.ratio).collect::<Float64Array>()),
+                true,
+            ),
+            (
+                "name",
+                Arc::new(
+                    rows.iter()
+                        .map(|r| r.name.as_deref())
+                        .collect::<StringArray>(),
+                ),
+                true,
+            ),
+            (
+                "flag",
+                Arc::new(rows.iter().map(|r| r.flag).collect::<BooleanArray>()),
+                true,
+            ),
+        ];
+        let fields: Vec<Field> = columns
+            .iter()
+            .map(|(name, array, nullable)| Field::new(*name, array.data_type().clone(), *nullable))
+            .collect();
+        RecordBatch::try_new(
+            Arc::new(Schema::new(fields)),
+            columns.into_iter().map(|(_, a, _)| a).collect(),
+        )
+        .unwrap()
+    }
+
+    fn small_rows() -> Vec<Row> {
+        vec![
+            Row {
+                age: Some(10),
+                big: Some(1),
+                score: Some(1.5),
+                ratio: Some(2.5),
+                name: Some("alice".into()),
+                flag: Some(true),
+            },
+            Row {
+                age: None,
+                big: Some(i64::MAX),
+                score: Some(-0.0),
+                ratio: None,
+                name: Some("bob".into()),
+                flag: Some(false),
+            },
+            Row {
+                age: Some(30),
+                big: None,
+                score: None,
+                ratio: Some(0.1),
+                name: None,
+                flag: None,
+            },
+            Row {
+                age: Some(-5),
+                big: Some(i64::MIN),
+                score: Some(f32::NAN),
+                ratio: Some(-1e300),
+                name: Some("it's \"q\"".into()),
+                flag: Some(true),
+            },
+            Row {
+                age: Some(i32::MAX),
+                big: Some(-7),
+                score: Some(0.1),
+                ratio: Some(0.0),
+                name: Some(String::new()),
+                flag: Some(false),
+            },
+        ]
+    }
+
+    /// The ids (1-based) of the small batch's rows that `expr` matches.
+    fn ids(expr: &str) -> Vec<i64> {
+        let filter = Filter::parse(expr, &schema()).unwrap_or_else(|e| panic!("{expr}: {e}"));
+        let mask = filter.evaluate(&batch(&small_rows())).unwrap();
+        assert_eq!(mask.null_count(), 0, "{expr}");
+        assert_eq!(mask.len(), 5);
+        (0..mask.len())
+            .filter(|&i| mask.value(i))
+            .map(|i| i as i64 + 1)
+            .collect()
+    }
+
+    fn check(cases: &[(&str, &[i64])]) {
+        for (expr, want) in cases {
+            assert_eq!(ids(expr), *want, "{expr}");
+        }
+    }
+
+    fn parse_err(expr: &str) -> FilterError {
+        match Filter::parse(expr, &schema()) {
+            Ok(f) => panic!("{expr:?} parsed: {f:?}"),
+            Err(e) => e,
+        }
+    }
+
+    /// `expr` fails at `offset` near `token` with a message containing `want`.
+    fn check_err(expr: &str, offset: usize, token: &str, want: &str) {
+        let e = parse_err(expr);
+        assert_eq!(e.offset, offset, "{expr:?}: {e}");
+        assert_eq!(e.token, token, "{expr:?}: {e}");
+        assert!(e.message.contains(want), "{expr:?}: {e} (wanted {want:?})");
+    }
+
+    #[test]
+    fn integer_comparisons_every_operator_both_orders() {
+        check(&[
+            ("age > 10", &[3, 5]),
+            ("age >= 10", &[1, 3, 5]),
+            ("age == 30", &[3]),
+            ("age != 30", &[1, 4, 5]),
+            ("age < 10", &[4]),
+            ("age <= -5", &[4]),
+            ("10 < age", &[3, 5]),
+            ("10 <= age", &[1, 3, 5]),
+            ("30 == age", &[3]),
+            ("30 != age", &[1, 4, 5]),
+            ("-5 >= age", &[4]),
+            ("0 > age", &[4]),
+            ("big == 9223372036854775807", &[2]),
+            ("big == -9223372036854775808", &[4]),
+            ("big > 0", &[1, 2]),
+            ("id == 3", &[3]),
+        ]);
+    }
+
+    #[test]
+    fn numeric_comparisons_across_types() {
+        check(&[
+            // An integer field against a float literal compares exactly.
+            ("age > 2.5", &[1, 3, 5]),
+            ("age < -4.5", &[4]),
+            ("age <= -5.0", &[4]),
+            ("age >= 10.0", &[1, 3, 5]),
+            ("age == 10.0", &[1]),
+            ("age == 10.5", &[]),
+            ("age != 10.5", &[1, 3, 4, 5]),
+            ("age > 1e1", &[3, 5]),
+            ("age <= 2147483647.5", &[1, 3, 4, 5]),
+            ("age > 2147483646.5", &[5]),
+            // An INT32 field against literals outside its range.
+            ("age < 10000000000", &[1, 3, 4, 5]),
+            ("age > -10000000000", &[1, 3, 4, 5]),
+            ("age > 10000000000", &[]),
+            ("age == 10000000000", &[]),
+            ("age != 10000000000", &[1, 3, 4, 5]),
+            ("age >= -1e300", &[1, 3, 4, 5]),
+            ("age < -2147483648", &[]),
+            ("age == 2147483647", &[5]),
+            ("age > 2147483647", &[]),
+            // INT64 against floats beyond its range.
+            ("big > 9.3e18", &[]),
+            ("big < 9.3e18", &[1, 2, 4, 5]),
+            ("big >= 9.2e18", &[2]),
+            ("big < -9.2e18", &[4]),
+            ("big > -1e300", &[1, 2, 4, 5]),
+            ("big == 9223372036854775807.0", &[]),
+            ("big < 9223372036854775807.0", &[1, 2, 4, 5]),
+            // FLOAT: the literal is rounded to f32; -0.0 == 0.0; NaN matches only !=.
+            ("score == 1.5", &[1]),
+            ("score == 0.1", &[5]),
+            ("score == 0", &[2]),
+            ("score == -0.0", &[2]),
+            ("score >= 0", &[1, 2, 5]),
+            ("score < 0", &[]),
+            ("score != 1.5", &[2, 4, 5]),
+            ("score < 1e39", &[1, 2, 5]),
+            ("score > 1", &[1]),
+            // DOUBLE
+            ("ratio == 0.1", &[3]),
+            ("ratio == 0", &[5]),
+            ("ratio > -1", &[1, 3, 5]),
+            ("ratio < -1e299", &[4]),
+            ("ratio >= 2", &[1]),
+            ("ratio != 0.1", &[1, 4, 5]),
+        ]);
+    }
+
+    #[test]
+    fn in_lists_of_numbers() {
+        check(&[
+            ("age in [10, 30.0, 2.5, 10000000000]", &[1, 3]),
+            ("age not in [10, 30.0, 2.5, 10000000000]", &[4, 5]),
+            ("age in [2147483647, -5]", &[4, 5]),
+            ("big in [-7, 9223372036854775807]", &[2, 5]),
+            ("big in [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, -7, 11]", &[1, 5]),
+            ("score in [0, 1.5]", &[1, 2]),
+            ("score in [0.1]", &[5]),
+            ("score not in [0.1]", &[1, 2, 4]),
+            (
+                "score in [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 0.1, -0.0]",
+                &[2, 5],
+            ),
+            ("ratio in [0.1, -0.0]", &[3, 5]),
+            (
+                "ratio in [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 2.5, 0.1]",
+                &[1, 3],
+            ),
+            ("age in []", &[]),
+            ("age not in []", &[1, 3, 4, 5]),
+        ]);
+    }
+
+    #[test]
+    fn strings_compare_in_byte_order_with_escapes() {
+        check(&[
+            ("name == \"alice\"", &[1]),
+            ("name == 'alice'", &[1]),
+            ("name != 'bob'", &[1, 4, 5]),
+            ("name > 'b'", &[2, 4]),
+            ("name >= 'bob'", &[2, 4]),
+            ("name < 'b'", &[1, 5]),
+            ("name <= 'bob'", &[1, 2, 5]),
+            ("name >= ''", &[1, 2, 4, 5]),
+            ("name == ''", &[5]),
+            ("'bob' == name", &[2]),
+            ("'b' < name", &[2, 4]),
+            (r#"name == 'it\'s "q"'"#, &[4]),
+            (r#"name == "it's \"q\"""#, &[4]),
+            (r#"name == "it\'s \"q\"""#, &[4]),
+            ("name in ['bob', '']", &[2, 5]),
+            ("name not in ['bob']", &[1, 4, 5]),
+            ("name in []", &[]),
+            ("name not in []", &[1, 2, 4, 5]),
+            ("'a' < name < 'c'", &[1, 2]),
+        ]);
+        let tokens = lex(r#""a\nb\tc\\d\"e'f" 'x\'y"z'"#).unwrap();
+        assert_eq!(tokens[0].tok, Tok::Str("a\nb\tc\\d\"e'f".into()));
+        assert_eq!(tokens[1].tok, Tok::Str("x'y\"z".into()));
+        assert_eq!(tokens[1].offset, 18);
+        assert_eq!(tokens[2].tok, Tok::End);
+
+        // Escaped control characters and non-ASCII text reach the comparison.
+        let rows = [
+            Row {
+                name: Some("line\nbreak".into()),
+                ..Row::default()
+            },
+            Row {
+                name: Some("tab\there \\ é".into()),
+                ..Row::default()
+            },
+        ];
+        let b = batch(&rows);
+        for (expr, want) in [
+            (r#"name == "line\nbreak""#, [true, false]),
+            (r"name == 'tab\there \\ é'", [false, true]),
+            (r"name in ['tab\there \\ é', 'x']", [false, true]),
+            (r"name > 'line\n'", [true, true]),
+            (r"name > 'line\t'", [true, true]),
+            (r"name < 'line\t'", [false, false]),
+        ] {
+            let got = Filter::parse(expr, &schema())
+                .unwrap()
+                .evaluate(&b)
+                .unwrap();
+            assert_eq!(got, BooleanArray::from(want.to_vec()), "{expr}");
+        }
+    }
+
+    #[test]
+    fn literal_syntax() {
+        let toks = |s: &str| {
+            lex(s)
+                .unwrap()
+                .into_iter()
+                .map(|t| t.tok)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            toks("-2e3 1.5 .5 -.5 +7 -9223372036854775808 1E+2 2e-1"),
+            vec![
+                Tok::Float(-2000.0),
+                Tok::Float(1.5),
+                Tok::Float(0.5),
+                Tok::Float(-0.5),
+                Tok::Int(7),
+                Tok::Int(i64::MIN),
+                Tok::Float(100.0),
+                Tok::Float(0.2),
+                Tok::End,
+            ]
+        );
+        assert_eq!(
+            toks("TRUE False nUlL AND Or NOT In iS && || !"),
+            vec![
+                Tok::Bool(true),
+                Tok::Bool(false),
+                Tok::Null,
+                Tok::And,
+                Tok::Or,
+                Tok::Not,
+                Tok::In,
+                Tok::Is,
+                Tok::And,
+                Tok::Or,
+                Tok::Not,
+                Tok::End,
+            ]
+        );
+        assert_eq!(
+            toks("a<=b>=c<d>e==f!=g"),
+            vec![
+                Tok::Ident("a".into()),
+                Tok::Op(CmpOp::Le),
+                Tok::Ident("b".into()),
+                Tok::Op(CmpOp::Ge),
+                Tok::Ident("c".into()),
+                Tok::Op(CmpOp::Lt),
+                Tok::Ident("d".into()),
+                Tok::Op(CmpOp::Gt),
+                Tok::Ident("e".into()),
+                Tok::Op(CmpOp::Eq),
+                Tok::Ident("f".into()),
+                Tok::Op(CmpOp::Ne),
+                Tok::Ident("g".into()),
+                Tok::End,
+            ]
+        );
+    }
+
+    #[test]
+    fn booleans() {
+        check(&[
+            ("flag == true", &[1, 4]),
+            ("flag == TRUE", &[1, 4]),
+            ("flag != true", &[2, 5]),
+            ("flag == false", &[2, 5]),
+            ("flag != False", &[1, 4]),
+            ("true == flag", &[1, 4]),
+            ("flag in [true]", &[1, 4]),
+            ("flag in [false]", &[2, 5]),
+            ("flag in [true, false]", &[1, 2, 4, 5]),
+            ("flag not in [true, false]", &[]),
+            ("flag not in [true]", &[2, 5]),
+            ("flag in []", &[]),
+            ("flag not in []", &[1, 2, 4, 5]),
+        ]);
+    }
+
+    #[test]
+    fn nulls_and_missing_columns_follow_three_valued_logic() {
+        check(&[
+            ("age is null", &[2]),
+            ("age IS NOT NULL", &[1, 3, 4, 5]),
+            ("id is null", &[]),
+            ("id is not null", &[1, 2, 3, 4, 5]),
+            ("added is null", &[1, 2, 3, 4, 5]),
+            ("added is not null", &[]),
+            ("added == 1", &[]),
+            ("added != 1", &[]),
+            ("not (added == 1)", &[]),
+            ("not added == 1", &[]),
+            ("added in []", &[]),
+            ("added not in []", &[]),
+            ("note == 'x'", &[]),
+            ("note not in ['x']", &[]),
+            ("note is null and id < 3", &[1, 2]),
+            // `not` over a null stays excluded.
+            ("not (age == 10)", &[3, 4, 5]),
+            ("!(age == 10)", &[3, 4, 5]),
+            ("not (flag == true)", &[2, 5]),
+            ("not not (age == 10)", &[1]),
+            // true or unknown = true; false or unknown = unknown.
+            ("age == 10 or added == 1", &[1]),
+            ("not (age == 10 or added == 1)", &[]),
+            // false and unknown = false; true and unknown = unknown.
+            ("age > 0 and added == 1", &[]),
+            ("not (age > 100 and added == 1)", &[1, 3, 4]),
+            ("age == 10 and added is null", &[1]),
+            ("age is null or age > 20", &[2, 3, 5]),
+            ("not (age is null or age > 20)", &[1, 4]),
+        ]);
+    }
+
+    #[test]
+    fn connectives_and_precedence() {
+        check(&[
+            ("id == 1 or id == 2 and id == 3", &[1]),
+            ("(id == 1 or id == 2) and id == 2", &[2]),
+            ("id == 1 || id == 2 && id == 3", &[1]),
+            ("id == 1 OR id == 2 AND id == 2", &[1, 2]),
+            ("not id == 1 and id < 3", &[2]),
+            ("NOT id == 1 AND id < 3 OR id == 5", &[2, 5]),
+            ("!(id > 2)", &[1, 2]),
+            ("!id > 2", &[1, 2]),
+            ("not (id > 2 or id == 1)", &[2]),
+            ("((id == 4))", &[4]),
+            ("id > 1 and id < 5 and id != 3", &[2, 4]),
+            ("id == 1 or id == 3 or id == 5", &[1, 3, 5]),
+            ("id==1||id==2", &[1, 2]),
+        ]);
+    }
+
+    #[test]
+    fn chained_ranges() {
+        check(&[
+            ("1 < id < 4", &[2, 3]),
+            ("1 <= id <= 4", &[1, 2, 3, 4]),
+            ("1 < id <= 4", &[2, 3, 4]),
+            ("1 <= id < 4", &[1, 2, 3]),
+            ("4 > id > 1", &[2, 3]),
+            ("4 >= id > 1", &[2, 3, 4]),
+            ("0 < age < 2.5e9", &[1, 3, 5]),
+            ("-1.5 <= score <= 1", &[2, 5]),
+            ("not 1 < id < 4", &[1, 4, 5]),
+            ("1 < id < 4 and 2 < id", &[3]),
+        ]);
+    }
+
+    #[test]
+    fn fields_and_text() {
+        let text = "age > 1 and (name == 'x' or age < 0) and added is null";
+        let f = Filter::parse(text, &schema()).unwrap();
+        assert_eq!(f.fields(), vec!["age", "name", "added"]);
+        assert_eq!(f.text(), text);
+        assert_eq!(f.to_string(), text);
+        let g = f.clone();
+        assert_eq!(g.fields(), f.fields());
+    }
+
+    #[test]
+    fn errors_point_at_the_offending_token() {
+        check_err("", 0, "", "empty");
+        check_err("   ", 3, "", "empty");
+        check_err("foo > 1", 0, "foo", "unknown field \"foo\"");
+        check_err("id > 1 and foo > 1", 11, "foo", "unknown field");
+        check_err("Age > 1", 0, "Age", "did you mean \"age\"");
+        check_err(
+            "vec is null",
+            0,
+            "vec",
+            "cannot filter on FLOAT_VECTOR field \"vec\"",
+        );
+        check_err("meta == 'x'", 0, "meta", "cannot filter on JSON field");
+        check_err("age = 1", 4, "=", "'=='");
+        check_err("age <> 1", 4, "<>", "'!='");
+        check_err("age > 1 & id > 1", 8, "&", "'&&'");
+        check_err("age > 1 | id > 1", 8, "|", "'||'");
+        check_err("age @ 1", 4, "@", "unexpected character");
+        check_err(
+            "age > 1 garbage",
+            8,
+            "garbage",
+            "after a complete expression",
+        );
+        check_err("age > 1 2", 8, "2", "after a complete expression");
+        check_err("(age > 1", 8, "", "expected ')'");
+        check_err("((age > 1) or id == 2", 21, "", "'(' at offset 0");
+        check_err("age > 1)", 7, ")", "unbalanced ')'");
+        check_err("()", 1, ")", "expected a condition");
+        check_err("age > 1 and", 11, "", "end of input");
+        check_err("and age > 1", 0, "and", "expected a condition");
+        check_err("age", 3, "", "after field \"age\"");
+        check_err("age age", 4, "age", "after field \"age\"");
+        check_err("age > name", 6, "name", "comparing two fields");
+        check_err("1 < 2", 4, "2", "both sides are literals");
+        check_err("1 2", 2, "2", "comparison operator");
+        check_err("age > >", 6, ">", "expected a field or a literal");
+        check_err("age == null", 7, "null", "is null");
+        check_err("age is 1", 7, "1", "expected 'null'");
+        check_err("age is not 1", 11, "1", "expected 'null' after 'is not'");
+        check_err("age not 1", 8, "1", "expected 'in'");
+        check_err("age in 1", 7, "1", "expected '['");
+        check_err("age in [1 2]", 10, "2", "expected ',' or ']'");
+        check_err("age in [1,]", 10, "]", "expected a field or a literal");
+        check_err("age in [1, id]", 11, "id", "literals, not fields");
+        check_err("age in [1", 9, "", "expected ',' or ']'");
+        check_err("name == \"abc", 8, "\"abc", "unterminated string");
+        check_err(r#"name == "a\qb""#, 10, r"\q", "unknown escape");
+        check_err("age > 12abc", 6, "12abc", "malformed number");
+        check_err("age > 1.2.3", 6, "1.2.3", "malformed number");
+        check_err(
+            "age > 99999999999999999999",
+            6,
+            "99999999999999999999",
+            "INT64 range",
+        );
+        check_err("1 < age > 3", 8, ">", "a range must be");
+        check_err("1 < age < id", 10, "id", "comparing two fields");
+        check_err("1 < age < 2 < 3", 12, "<", "two bounds");
+        check_err("age < 1 < 2", 8, "<", "do not chain");
+        // Offsets are in bytes.
+        check_err("name == \"é\" and x == 1", 17, "x", "unknown field");
+    }
+
+    #[test]
+    fn type_errors_name_the_field_its_type_and_the_literal() {
+        check_err("age > \"x\"", 6, "\"x\"", "field \"age\" is INT32");
+        check_err("age > 'x'", 6, "'x'", "a string");
+        check_err(
+            "big == true",
+            7,
+            "true",
+            "INT64 and cannot be compared with a boolean",
+        );
+        check_err("score < 'x'", 8, "'x'", "FLOAT");
+        check_err("ratio in [1, 'x']", 13, "'x'", "DOUBLE");
+        check_err("name == 1", 8, "1", "field \"name\" is VARCHAR");
+        check_err("name in ['a', 2.5]", 14, "2.5", "a float");
+        check_err("'x' < age", 0, "'x'", "INT32");
+        check_err("flag == 1", 8, "1", "BOOL");
+        check_err("flag in [true, 0]", 15, "0", "BOOL");
+        check_err("flag < true", 5, "<", "only == and !=");
+        check_err("true > flag", 5, ">", "only == and !=, not >");
+        check_err("false < flag < true", 6, "<", "only == and !=");
+        check_err("1 < name < 'z'", 0, "1", "VARCHAR");
+    }
+
+    #[test]
+    fn nesting_is_limited() {
+        let deep = |n: usize| format!("{}id == 1{}", "(".repeat(n), ")".repeat(n));
+        assert_eq!(
+            Filter::parse(&deep(MAX_DEPTH), &schema())
+                .unwrap()
+                .evaluate(&batch(&small_rows()))
+                .unwrap(),
+            BooleanArray::from(vec![true, false, false, false, false])
+        );
+        let e = parse_err(&deep(MAX_DEPTH + 1));
+        assert!(e.message.contains("nested"), "{e}");
+        assert_eq!(e.offset, MAX_DEPTH + 1);
+        let e = parse_err(&format!("{}id == 1", "not ".repeat(MAX_DEPTH + 1)));
+        assert!(e.message.contains("nested"), "{e}");
+        assert_eq!(
+            ids(&format!("{}id == 1", "not ".repeat(MAX_DEPTH))),
+            vec![1]
+        );
+    }
+
+    #[test]
+    fn error_display_names_the_token_and_offset() {
+        assert_eq!(
+            FilterError::new("unknown field \"foo\"", 12, "foo").to_string(),
+            "filter error at offset 12 near \"foo\": unknown field \"foo\""
+        );
+        assert_eq!(
+            FilterError::new("expected ')'", 8, "").to_string(),
+            "filter error at offset 8 (end of input): expected ')'"
+        );
+        let long = FilterError::new("x", 0, "y".repeat(100));
+        assert!(
+            long.token.starts_with("yyyy") && long.token.len() < 50,
+            "{long}"
+        );
+        let e = parse_err("id > 1 and foo > 1").to_string();
+        assert!(e.contains("offset 11") && e.contains("\"foo\""), "{e}");
+    }
+
+    #[test]
+    fn evaluation_checks_the_batch_columns() {
+        // `age` as Int64 instead of Int32.
+        let batch_wrong = RecordBatch::try_from_iter(vec![
+            ("id", Arc::new(Int64Array::from(vec![1])) as ArrayRef),
+            ("age", Arc::new(Int64Array::from(vec![1])) as ArrayRef),
+        ])
+        .unwrap();
+        let f = Filter::parse("id > 0 and age > 0", &schema()).unwrap();
+        let e = f.evaluate(&batch_wrong).unwrap_err();
+        assert_eq!(e.offset, 11, "{e}");
+        assert!(
+            e.message.contains("Int64") && e.message.contains("Int32"),
+            "{e}"
+        );
+        // A non-nullable field's column is missing.
+        let no_id = RecordBatch::try_from_iter(vec![(
+            "age",
+            Arc::new(Int32Array::from(vec![1])) as ArrayRef,
+        )])
+        .unwrap();
+        let e = f.evaluate(&no_id).unwrap_err();
+        assert!(
+            e.message
+                .contains("no column for non-nullable field \"id\""),
+            "{e}"
+        );
+        // A missing nullable field is all null.
+        let f = Filter::parse("age > 0 or big is null", &schema()).unwrap();
+        assert_eq!(f.evaluate(&no_id).unwrap(), BooleanArray::from(vec![true]));
+    }
+
+    #[test]
+    fn empty_and_sliced_batches() {
+        let f = Filter::parse("age > 0 or name in ['bob']", &schema()).unwrap();
+        assert_eq!(f.evaluate(&batch(&[])).unwrap().len(), 0);
+        let full = batch(&small_rows());
+        let whole = f.evaluate(&full).unwrap();
+        assert_eq!(
+            whole,
+            BooleanArray::from(vec![true, true, true, false, true])
+        );
+        for (offset, len) in [(1, 3), (2, 3), (4, 1), (0, 0)] {
+            let got = f.evaluate(&full.slice(offset, len)).unwrap();
+            let want = whole.slice(offset, len);
+            assert_eq!(got, want, "slice {offset}+{len}");
+        }
+    }
+
+    #[test]
+    fn a_large_batch() {
+        let n: i64 = 100_000;
+        let rows: Vec<Row> = (0..n)
+            .map(|i| Row {
+                age: (i % 7 != 0).then_some((i % 100) as i32),
+                big: Some(i),
+                score: Some(i as f32 / 10.0),
+                ratio: None,
+                name: (i % 5 != 0).then(|| format!("n{}", i % 13)),
+                flag: Some(i % 2 == 0),
+            })
+            .collect();
+        let b = batch(&rows);
+        let f = Filter::parse(
+            "(age >= 50 and name in ['n1', 'n2', 'n3']) or (big > 99990 and flag == true)",
+            &schema(),
+        )
+        .unwrap();
+        let got = f.evaluate(&b).unwrap();
+        let want: Vec<bool> = (0..n)
+            .map(|i| {
+                let a = i % 7 != 0 && i % 100 >= 50 && i % 5 != 0 && (1..=3).contains(&(i % 13));
+                a || (i > 99_990 && i % 2 == 0)
+            })
+            .collect();
+        assert_eq!(got, BooleanArray::from(want));
+        assert!(got.true_count() > 1000);
+    }
+
+    // --- A naive row-by-row evaluator to compare with -------------------------------------
+
+    #[derive(Debug, Clone)]
+    enum TLit {
+        I(i64),
+        F(f64),
+        S(String),
+        B(bool),
+    }
+
+    #[derive(Debug, Clone)]
+    enum TExpr {
+        Cmp {
+            field: &'static str,
+            op: CmpOp,
+            lit: TLit,
+            flipped: bool,
+        },
+        Range {
+            field: &'static str,
+            lo: TLit,
+            lo_op: CmpOp,
+            hi: TLit,
+            hi_op: CmpOp,
+            descending: bool,
+        },
+        In {
+            field: &'static str,
+            list: Vec<TLit>,
+            negated: bool,
+        },
+        IsNull {
+            field: &'static str,
+            negated: bool,
+        },
+        Not(Box<TExpr>, u8),
+        And(Vec<TExpr>, u8),
+        Or(Vec<TExpr>, u8),
+    }
+
+    #[derive(Debug, Clone)]
+    enum TVal {
+        Null,
+        I(i64),
+        F32(f32),
+        F64(f64),
+        S(String),
+        B(bool),
+    }
+
+    fn value(row: &Row, field: &str) -> TVal {
+        let v = match field {
+            "age" => row.age.map(|v| TVal::I(v.into())),
+            "big" => row.big.map(TVal::I),
+            "score" => row.score.map(TVal::F32),
+            "ratio" => row.ratio.map(TVal::F64),
+            "name" => row.name.clone().map(TVal::S),
+            "flag" => row.flag.map(TVal::B),
+            "added" | "note" => None,
+            other => panic!("no field {other}"),
+        };
+        v.unwrap_or(TVal::Null)
+    }
+
+    /// Exact comparison of an integer with a float.
+    fn cmp_int_float(x: i64, v: f64) -> Option<Ordering> {
+        if v.is_nan() {
+            return None;
+        }
+        if v >= 9_223_372_036_854_775_808.0 {
+            return Some(Ordering::Less);
+        }
+        if v < -9_223_372_036_854_775_808.0 {
+            return Some(Ordering::Greater);
+        }
+        let t = v.trunc();
+        match x.cmp(&(t as i64)) {
+            Ordering::Equal => (0.0).partial_cmp(&(v - t)),
+            o => Some(o),
+        }
+    }
+
+    fn naive_cmp(v: &TVal, op: CmpOp, lit: &TLit) -> Option<bool> {
+        let ord = match (v, lit) {
+            (TVal::Null, _) => return None,
+            (TVal::I(x), TLit::I(y)) => Some(x.cmp(y)),
+            (TVal::I(x), TLit::F(y)) => cmp_int_float(*x, *y),
+            (TVal::F32(x), TLit::I(y)) => x.partial_cmp(&(*y as f32)),
+            (TVal::F32(x), TLit::F(y)) => x.partial_cmp(&(*y as f32)),
+            (TVal::F64(x), TLit::I(y)) => x.partial_cmp(&(*y as f64)),
+            (TVal::F64(x), TLit::F(y)) => x.partial_cmp(y),
+            (TVal::S(x), TLit::S(y)) => Some(x.as_bytes().cmp(y.as_bytes())),
+            (TVal::B(x), TLit::B(y)) => Some(x.cmp(y)),
+            other => panic!("ill-typed test expression {other:?}"),
+        };
+        Some(match ord {
+            None => op == CmpOp::Ne,
+            Some(o) => match op {
+                CmpOp::Eq => o == Ordering::Equal,
+                CmpOp::Ne => o != Ordering::Equal,
+                CmpOp::Lt => o == Ordering::Less,
+                CmpOp::Le => o != Ordering::Greater,
+                CmpOp::Gt => o == Ordering::Greater,
+                CmpOp::Ge => o != Ordering::Less,
+            },
+        })
+    }
+
+    fn and3(a: Option<bool>, b: Option<bool>) -> Option<bool> {
+        match (a, b) {
+            (Some(false), _) | (_, Some(false)) => Some(false),
+            (Some(true), Some(true)) => Some(true),
+            _ => None,
+        }
+    }
+
+    fn naive(e: &TExpr, row: &Row) -> Option<bool> {
+        match e {
+            TExpr::Cmp { field, op, lit, .. } => naive_cmp(&value(row, field), *op, lit),
+            TExpr::Range {
+                field,
+                lo,
+                lo_op,
+                hi,
+                hi_op,
+                ..
+            } => {
+                let v = value(row, field);
+                and3(naive_cmp(&v, lo_op.flip(), lo), naive_cmp(&v, *hi_op, hi))
+            }
+            TExpr::In {
+                field,
+                list,
+                negated,
+            } => {
+                let v = value(row, field);
+                if matches!(v, TVal::Null) {
+                    return None;
+                }
+                let found = list
+                    .iter()
+                    .any(|l| naive_cmp(&v, CmpOp::Eq, l) == Some(true));
+                Some(found != *negated)
+            }
+            TExpr::IsNull { field, negated } => {
+                Some(matches!(value(row, field), TVal::Null) != *negated)
+            }
+            TExpr::Not(inner, _) => naive(inner, row).map(|b| !b),
+            TExpr::And(terms, _) | TExpr::Or(terms, _) => {
+                // Kleene: a deciding value (false for and, true for or) wins, else unknown
+                // wins, else the neutral value.
+                let decider = matches!(e, TExpr::Or(..));
+                let values: Vec<Option<bool>> = terms.iter().map(|t| naive(t, row)).collect();
+                if values.contains(&Some(decider)) {
+                    Some(decider)
+                } else if values.contains(&None) {
+                    None
+                } else {
+                    Some(!decider)
+                }
+            }
+        }
+    }
+
+    fn render_lit(lit: &TLit, out: &mut String) {
+        match lit {
+            TLit::I(v) => out.push_str(&v.to_string()),
+            // `{:?}` is the shortest text that reads back as the same f64, always with a '.'
+            // or an exponent.
+            TLit::F(v) => out.push_str(&format!("{v:?}")),
+            TLit::B(b) => out.push_str(match (b, out.len() % 3) {
+                (true, 0) => "true",
+                (true, 1) => "TRUE",
+                (true, _) => "True",
+                (false, 0) => "false",
+                (false, 1) => "FALSE",
+                (false, _) => "fAlse",
+            }),
+            TLit::S(s) => {
+                let quote = if s.len() % 2 == 0 { '"' } else { '\'' };
+                out.push(quote);
+                for c in s.chars() {
+                    match c {
+                        '\\' => out.push_str("\\\\"),
+                        '\n' => out.push_str("\\n"),
+                        '\t' => out.push_str("\\t"),
+                        c if c == quote => {
+                            out.push('\\');
+                            out.push(c);
+                        }
+                        c => out.push(c),
+                    }
+                }
+                out.push(quote);
+            }
+        }
+    }
+
+    fn prec(e: &TExpr) -> u8 {
+        match e {
+            TExpr::Or(..) => 1,
+            TExpr::And(..) => 2,
+            TExpr::Not(..) => 3,
+            _ => 4,
+        }
+    }
+
+    /// Renders `e` with the parentheses precedence needs (and some it does not), in varying
+    /// keyword spellings.
+    fn render(e: &TExpr, min_prec: u8, out: &mut String) {
+        let style = match e {
+            TExpr::Not(_, s) | TExpr::And(_, s) | TExpr::Or(_, s) => *s,
+            _ => 0,
+        };
+        let paren = prec(e) < min_prec || style % 5 == 4;
+        if paren {
+            out.push('(');
+        }
+        match e {
+            TExpr::Cmp {
+                field,
+                op,
+                lit,
+                flipped: false,
+            } => {
+                out.push_str(&format!("{field} {} ", op.symbol()));
+                render_lit(lit, out);
+            }
+            TExpr::Cmp {
+                field,
+                op,
+                lit,
+                flipped: true,
+            } => {
+                render_lit(lit, out);
+                out.push_str(&format!(" {} {field}", op.flip().symbol()));
+            }
+            TExpr::Range {
+                field,
+                lo,
+                lo_op,
+                hi,
+                hi_op,
+                descending: false,
+            } => {
+                render_lit(lo, out);
+                out.push_str(&format!(" {} {field} {} ", lo_op.symbol(), hi_op.symbol()));
+                render_lit(hi, out);
+            }
+            TExpr::Range {
+                field,
+                lo,
+                lo_op,
+                hi,
+                hi_op,
+                descending: true,
+            } => {
+                render_lit(hi, out);
+                let (a, b) = (hi_op.flip().symbol(), lo_op.flip().symbol());
+                out.push_str(&format!(" {a} {field} {b} "));
+                render_lit(lo, out);
+            }
+            TExpr::In {
+                field,
+                list,
+                negated,
+            } => {
+                let kw = match (negated, list.len() % 2) {
+                    (false, 0) => "in",
+                    (false, _) => "IN",
+                    (true, 0) => "not in",
+                    (true, _) => "NOT In",
+                };
+                out.push_str(&format!("{field} {kw} ["));
+                for (i, lit) in list.iter().enumerate() {
+                    if i > 0 {
+                        out.push_str(", ");
+                    }
+                    render_lit(lit, out);
+                }
+                out.push(']');
+            }
+            TExpr::IsNull { field, negated } => {
+                out.push_str(field);
+                out.push_str(if *negated { " is not null" } else { " IS NULL" });
+            }
+            TExpr::Not(inner, s) => {
+                out.push_str(["not ", "NOT ", "!", "Not  "][usize::from(*s % 4)]);
+                render(inner, 3, out);
+            }
+            TExpr::And(terms, s) | TExpr::Or(terms, s) => {
+                let is_and = matches!(e, TExpr::And(..));
+                let word = if is_and {
+                    [" and ", " AND ", " && ", "&&"][usize::from(*s % 4)]
+                } else {
+                    [" or ", " OR ", " || ", "||"][usize::from(*s % 4)]
+                };
+                for (i, t) in terms.iter().enumerate() {
+                    if i > 0 {
+                        out.push_str(word);
+                    }
+                    render(t, if is_and { 2 } else { 1 }, out);
+                }
+            }
+        }
+        if paren {
+            out.push(')');
+        }
+    }
+
+    fn collect_fields(e: &TExpr, out: &mut Vec<&'static str>) {
+        match e {
+            TExpr::Cmp { field, .. }
+            | TExpr::Range { field, .. }
+            | TExpr::In { field, .. }
+            | TExpr::IsNull { field, .. } => {
+                if !out.contains(field) {
+                    out.push(field);
+                }
+            }
+            TExpr::Not(inner, _) => collect_fields(inner, out),
+            TExpr::And(terms, _) | TExpr::Or(terms, _) => {
+                terms.iter().for_each(|t| collect_fields(t, out));
+            }
+        }
+    }
+
+    fn num_lit() -> BoxedStrategy<TLit> {
+        prop_oneof![
+            (-4i64..=4).prop_map(TLit::I),
+            prop::sample::select(vec![
+                i64::from(i32::MAX),
+                i64::from(i32::MIN),
+                i64::from(i32::MAX) + 1,
+                i64::from(i32::MIN) - 1,
+                i64::MAX,
+                i64::MIN,
+                (1 << 53) + 1,
+                -100,
+            ])
+            .prop_map(TLit::I),
+            (-9i32..=9).prop_map(|k| TLit::F(f64::from(k) / 2.0)),
+            prop::sample::select(vec![
+                -0.0,
+                0.1,
+                -0.1,
+                1e20,
+                -1e20,
+                2147483647.5,
+                2147483648.0,
+                -2147483648.5,
+                9.3e18,
+                -9.3e18,
+                9007199254740993.0,
+                9.223_372_036_854_776e18,
+                1e-300,
+                3.4e38,
+                1e39,
+            ])
+            .prop_map(TLit::F),
+        ]
+        .boxed()
+    }
+
+    const STRINGS: &[&str] = &[
+        "",
+        "a",
+        "b",
+        "ab",
+        "B",
+        "é",
+        "a\"b",
+        "it's",
+        "x\\y",
+        "line\nbreak",
+        "\t",
+        "ba",
+    ];
+
+    fn str_lit() -> BoxedStrategy<TLit> {
+        prop::sample::select(STRINGS)
+            .prop_map(|s| TLit::S(s.to_string()))
+            .boxed()
+    }
+
+    fn any_op() -> impl Strategy<Value = CmpOp> {
+        prop::sample::select(vec![
+            CmpOp::Eq,
+            CmpOp::Ne,
+            CmpOp::Lt,
+            CmpOp::Le,
+            CmpOp::Gt,
+            CmpOp::Ge,
+        ])
+    }
+
+    fn lower_op() -> impl Strategy<Value = CmpOp> {
+        prop::sample::select(vec![CmpOp::Lt, CmpOp::Le])
+    }
+
+    fn ordered_leaf(
+        field: &'static str,
+        lit: impl Strategy<Value = TLit> + Clone + 'static,
+    ) -> BoxedStrategy<TExpr> {
+        prop_oneof![
+            3 => (any_op(), lit.clone(), any::<bool>()).prop_map(move |(op, lit, flipped)| {
+                TExpr::Cmp { field, op, lit, flipped }
+            }),
+            1 => (lit.clone(), lower_op(), lit.clone(), lower_op(), any::<bool>()).prop_map(
+                move |(lo, lo_op, hi, hi_op, descending)| TExpr::Range {
+                    field, lo, lo_op, hi, hi_op, descending,
+                }
+            ),
+            1 => (prop::collection::vec(lit, 0..12), any::<bool>())
+                .prop_map(move |(list, negated)| TExpr::In { field, list, negated }),
+        ]
+        .boxed()
+    }
+
+    fn leaf() -> BoxedStrategy<TExpr> {
+        let bool_leaf = prop_oneof![
+            (
+                prop::sample::select(vec![CmpOp::Eq, CmpOp::Ne]),
+                any::<bool>(),
+                any::<bool>()
+            )
+                .prop_map(|(op, b, flipped)| TExpr::Cmp {
+                    field: "flag",
+                    op,
+                    lit: TLit::B(b),
+                    flipped,
+                }),
+            (prop::collection::vec(any::<bool>(), 0..3), any::<bool>()).prop_map(
+                |(list, negated)| TExpr::In {
+                    field: "flag",
+                    list: list.into_iter().map(TLit::B).collect(),
+                    negated,
+                }
+            ),
+        ];
+        let is_null = (
+            prop::sample::select(vec![
+                "age", "big", "score", "ratio", "name", "flag", "added", "note",
+            ]),
+            any::<bool>(),
+        )
+            .prop_map(|(field, negated)| TExpr::IsNull { field, negated });
+        prop_oneof![
+            2 => ordered_leaf("age", num_lit()),
+            2 => ordered_leaf("big", num_lit()),
+            2 => ordered_leaf("score", num_lit()),
+            2 => ordered_leaf("ratio", num_lit()),
+            2 => ordered_leaf("name", str_lit()),
+            1 => ordered_leaf("added", num_lit()),
+            1 => ordered_leaf("note", str_lit()),
+            2 => bool_leaf,
+            1 => is_null,
+        ]
+        .boxed()
+    }
+
+    fn expr() -> impl Strategy<Value = TExpr> {
+        leaf().prop_recursive(4, 24, 4, |inner| {
+            prop_oneof![
+                (inner.clone(), any::<u8>()).prop_map(|(e, s)| TExpr::Not(Box::new(e), s)),
+                (prop::collection::vec(inner.clone(), 2..4), any::<u8>())
+                    .prop_map(|(t, s)| TExpr::And(t, s)),
+                (prop::collection::vec(inner, 2..4), any::<u8>())
+                    .prop_map(|(t, s)| TExpr::Or(t, s)),
+            ]
+        })
+    }
+
+    fn row() -> impl Strategy<Value = Row> {
+        let ages = prop_oneof![
+            -3i32..=3,
+            prop::sample::select(vec![i32::MAX, i32::MIN, -100])
+        ];
+        let bigs = prop_oneof![
+            -3i64..=3,
+            prop::sample::select(vec![
+                i64::MAX,
+                i64::MIN,
+                (1 << 53) + 1,
+                9_223_372_036_854_775_000,
+                i64::from(i32::MAX) + 1,
+            ])
+        ];
+        let scores = prop::sample::select(vec![
+            -2.0f32,
+            -1.5,
+            -0.0,
+            0.0,
+            0.1,
+            1.0,
+            1.5,
+            2.5,
+            f32::NAN,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            3.4e38,
+            2147483648.0,
+        ]);
+        let ratios = prop::sample::select(vec![
+            -2.0f64,
+            -0.0,
+            0.0,
+            0.1,
+            1.5,
+            f64::NAN,
+            f64::INFINITY,
+            f64::NEG_INFINITY,
+            1e20,
+            9007199254740992.0,
+            2147483647.5,
+            -4.0,
+        ]);
+        let names = prop::sample::select(STRINGS).prop_map(str::to_string);
+        (
+            prop::option::weighted(0.75, ages),
+            prop::option::weighted(0.75, bigs),
+            prop::option::weighted(0.75, scores),
+            prop::option::weighted(0.75, ratios),
+            prop::option::weighted(0.75, names),
+            prop::option::weighted(0.75, any::<bool>()),
+        )
+            .prop_map(|(age, big, score, ratio, name, flag)| Row {
+                age,
+                big,
+                score,
+                ratio,
+                name,
+                flag,
+            })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        #[test]
+        fn evaluate_matches_a_naive_row_by_row_evaluator(
+            e in expr(),
+            rows in prop::collection::vec(row(), 0..10),
+        ) {
+            let mut text = String::new();
+            render(&e, 0, &mut text);
+            let filter = Filter::parse(&text, &schema());
+            prop_assert!(filter.is_ok(), "{text}: {:?}", filter.err());
+            let filter = filter.unwrap();
+
+            let mut want_fields = Vec::new();
+            collect_fields(&e, &mut want_fields);
+            prop_assert_eq!(filter.fields(), want_fields, "{}", text);
+
+            let b = batch(&rows);
+            let got = filter.evaluate(&b).unwrap();
+            prop_assert_eq!(got.null_count(), 0);
+            let want: Vec<bool> = rows.iter().map(|r| naive(&e, r) == Some(true)).collect();
+            prop_assert_eq!(&got, &BooleanArray::from(want.clone()), "{}", text);
+
+            if rows.len() >= 2 {
+                let sliced = filter.evaluate(&b.slice(1, rows.len() - 1)).unwrap();
+                prop_assert_eq!(sliced, BooleanArray::from(want[1..].to_vec()), "{}", text);
+            }
+        }
+    }
+}

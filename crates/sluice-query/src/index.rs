@@ -1,0 +1,226 @@
+//! The ANN index of a sealed segment's vector field: HNSW from `usearch`.
+//!
+//! Why `usearch`: it is a maintained HNSW implementation with SIMD distance kernels, safe to
+//! search from many threads at once, serialisable to a byte buffer (so an index built once is
+//! stored next to its segment and loaded instead of rebuilt), and it searches with a predicate
+//! over keys — which is how MVCC visibility and scalar filters are applied inside the graph walk
+//! instead of after it. Keys are row offsets within the segment.
+
+use std::sync::Arc;
+
+use usearch::{Index, IndexOptions, MetricKind, ScalarKind};
+
+use crate::vector::Metric;
+
+/// HNSW parameters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IndexParams {
+    /// The metric the graph is built for.
+    pub metric: Metric,
+    /// Links per node (HNSW `M`).
+    pub connectivity: usize,
+    /// Candidate list size while building (`efConstruction`).
+    pub expansion_add: usize,
+    /// Candidate list size while searching (`ef`); a search asks for at least `k`.
+    pub expansion_search: usize,
+    /// Segments with fewer rows are searched exactly (an index would not pay).
+    pub min_rows: usize,
+}
+
+impl Default for IndexParams {
+    fn default() -> Self {
+        IndexParams {
+            metric: Metric::L2,
+            connectivity: 16,
+            expansion_add: 128,
+            expansion_search: 64,
+            min_rows: 2048,
+        }
+    }
+}
+
+/// An index failed.
+#[derive(Debug, thiserror::Error)]
+#[error("ANN index: {0}")]
+pub struct IndexError(pub String);
+
+fn err(e: impl std::fmt::Display) -> IndexError {
+    IndexError(e.to_string())
+}
+
+/// One vector field's HNSW graph over a segment.
+#[derive(Clone)]
+pub struct AnnIndex {
+    inner: Arc<Index>,
+    params: IndexParams,
+}
+
+impl std::fmt::Debug for AnnIndex {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AnnIndex")
+            .field("params", &self.params)
+            .field("size", &self.inner.size())
+            .finish()
+    }
+}
+
+fn options(dim: usize, p: &IndexParams) -> IndexOptions {
+    IndexOptions {
+        dimensions: dim,
+        metric: match p.metric {
+            Metric::L2 => MetricKind::L2sq,
+            Metric::Ip => MetricKind::IP,
+            Metric::Cosine => MetricKind::Cos,
+        },
+        quantization: ScalarKind::F32,
+        connectivity: p.connectivity,
+        expansion_add: p.expansion_add,
+        expansion_search: p.expansion_search,
+        multi: false,
+    }
+}
+
+fn threads() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get())
+}
+
+/// Searches at once that the index serves (usearch keeps one context per concurrent call).
+const SEARCH_SLOTS: usize = 64;
+
+impl AnnIndex {
+    /// Builds the graph over `rows` vectors of `dim` floats laid out one after another; key =
+    /// row number. Uses every core.
+    pub fn build(vectors: &[f32], dim: usize, params: IndexParams) -> Result<AnnIndex, IndexError> {
+        if dim == 0 || !vectors.len().is_multiple_of(dim) {
+            return Err(IndexError(format!(
+                "{} floats do not make vectors of dimension {dim}",
+                vectors.len()
+            )));
+        }
+        let rows = vectors.len() / dim;
+        let index = Index::new(&options(dim, &params)).map_err(err)?;
+        let workers = threads();
+        index
+            .reserve_capacity_and_threads(rows, workers.max(SEARCH_SLOTS))
+            .map_err(err)?;
+        let per = rows.div_ceil(workers).max(1);
+        let failed = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..workers)
+                .map(|w| {
+                    let index = &index;
+                    s.spawn(move || -> Result<(), IndexError> {
+                        let lo = (w * per).min(rows);
+                        let hi = ((w + 1) * per).min(rows);
+                        for r in lo..hi {
+                            index
+                                .add(r as u64, &vectors[r * dim..(r + 1) * dim])
+                                .map_err(err)?;
+                        }
+                        Ok(())
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join()
+                        .unwrap_or_else(|_| Err(err("an index builder panicked")))
+                })
+                .find_map(Result::err)
+        });
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        Ok(AnnIndex {
+            inner: Arc::new(index),
+            params,
+        })
+    }
+
+    /// The parameters it was built with.
+    pub fn params(&self) -> IndexParams {
+        self.params
+    }
+
+    /// Vectors in the graph.
+    pub fn len(&self) -> usize {
+        self.inner.size()
+    }
+
+    /// Whether the graph is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The `k` nearest keys passing `keep`, closest first, with usearch distances (L2²,
+    /// `1 − ip`, `1 − cos`).
+    pub fn search(
+        &self,
+        query: &[f32],
+        k: usize,
+        ef: usize,
+        keep: impl Fn(u64) -> bool,
+    ) -> Result<Vec<(u64, f32)>, IndexError> {
+        if query.len() != self.inner.dimensions() {
+            return Err(IndexError(format!(
+                "the query has {} dimensions, the index {}",
+                query.len(),
+                self.inner.dimensions()
+            )));
+        }
+        // usearch's expansion is per index; searches asking for a wider one than it has get
+        // at least k candidates through `count`.
+        let _ = ef;
+        let m = self.inner.filtered_search(query, k, keep).map_err(err)?;
+        Ok(m.keys.into_iter().zip(m.distances).collect())
+    }
+
+    /// The graph as bytes (to store next to the segment).
+    pub fn to_bytes(&self) -> Result<Vec<u8>, IndexError> {
+        let mut buf = vec![0u8; self.inner.serialized_length()];
+        self.inner.save_to_buffer(&mut buf).map_err(err)?;
+        Ok(buf)
+    }
+
+    /// A graph stored by [`AnnIndex::to_bytes`], checked against what the segment expects.
+    pub fn from_bytes(
+        bytes: &[u8],
+        dim: usize,
+        rows: usize,
+        params: IndexParams,
+    ) -> Result<AnnIndex, IndexError> {
+        let meta = Index::metadata_from_buffer(bytes).map_err(err)?;
+        if meta.dimensions as usize != dim || meta.count_present as usize != rows {
+            return Err(IndexError(format!(
+                "the stored index has {} vectors of dimension {}, the segment {rows} of {dim}",
+                meta.count_present, meta.dimensions
+            )));
+        }
+        let index = Index::new(&options(dim, &params)).map_err(err)?;
+        index.load_from_buffer(bytes).map_err(err)?;
+        index
+            .reserve_capacity_and_threads(rows, threads().max(SEARCH_SLOTS))
+            .map_err(err)?;
+        index.change_expansion_search(params.expansion_search);
+        Ok(AnnIndex {
+            inner: Arc::new(index),
+            params,
+        })
+    }
+}
+
+/// The score a caller sees for a usearch distance of `metric`.
+pub fn score_of(metric: Metric, d: f32) -> f32 {
+    match metric {
+        Metric::L2 => d,
+        Metric::Ip | Metric::Cosine => 1.0 - d,
+    }
+}
+
+/// The internal distance (smaller is closer, as [`Metric::distance`]) of a usearch distance.
+pub fn distance_of(metric: Metric, d: f32) -> f32 {
+    match metric {
+        Metric::L2 => d,
+        Metric::Ip | Metric::Cosine => d - 1.0,
+    }
+}

@@ -1,0 +1,257 @@
+//! Segment data as the query path holds it: the rows (Arrow batches, the schema's columns), and
+//! beside them what search needs at hand — each row's timestamp and primary key, every vector
+//! field laid out contiguously, and the MVCC bound `superseded`: the timestamp from which the
+//! row is no longer the visible version of its key (a later insert or a delete of the same
+//! key), `u64::MAX` while it is.
+//!
+//! A row is visible at timestamp `T` when `ts ≤ T < superseded`.
+
+use std::sync::Arc;
+
+use arrow_array::cast::AsArray;
+use arrow_array::types::Int64Type;
+use arrow_array::{Array, ArrayRef, RecordBatch};
+use arrow_schema::DataType as ArrowType;
+
+use crate::QueryError;
+use crate::index::AnnIndex;
+use crate::vector::norm;
+
+/// A primary key value.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Pk {
+    /// An INT64 key.
+    Int(i64),
+    /// A VARCHAR key.
+    Str(Arc<str>),
+}
+
+impl std::fmt::Display for Pk {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Pk::Int(v) => write!(f, "{v}"),
+            Pk::Str(s) => write!(f, "{s:?}"),
+        }
+    }
+}
+
+/// The keys of a primary-key column.
+pub fn pks_of(col: &dyn Array) -> Result<Vec<Pk>, QueryError> {
+    match col.data_type() {
+        ArrowType::Int64 => Ok(col
+            .as_primitive::<Int64Type>()
+            .iter()
+            .map(|v| Pk::Int(v.unwrap_or_default()))
+            .collect()),
+        ArrowType::Utf8 => Ok(col
+            .as_string::<i32>()
+            .iter()
+            .map(|v| Pk::Str(Arc::from(v.unwrap_or_default())))
+            .collect()),
+        other => Err(QueryError::Invalid(format!(
+            "a primary key column of type {other} (INT64 or VARCHAR expected)"
+        ))),
+    }
+}
+
+/// One vector field's values, row after row.
+#[derive(Clone, Debug, Default)]
+pub struct VectorColumn {
+    /// Floats per vector.
+    pub dim: usize,
+    /// `rows × dim` floats.
+    pub data: Vec<f32>,
+    /// `|v|` per row (cosine).
+    pub norms: Vec<f32>,
+}
+
+impl VectorColumn {
+    /// Row `r`'s vector.
+    #[inline]
+    pub fn row(&self, r: usize) -> &[f32] {
+        &self.data[r * self.dim..(r + 1) * self.dim]
+    }
+
+    fn append(&mut self, col: &dyn Array) -> Result<(), QueryError> {
+        let list = col.as_fixed_size_list_opt().ok_or_else(|| {
+            QueryError::Invalid(format!("a vector column of type {}", col.data_type()))
+        })?;
+        if list.value_length() as usize != self.dim {
+            return Err(QueryError::Invalid(format!(
+                "vectors of dimension {}, the field has {}",
+                list.value_length(),
+                self.dim
+            )));
+        }
+        let values = list
+            .values()
+            .as_primitive_opt::<arrow_array::types::Float32Type>();
+        let Some(values) = values else {
+            return Err(QueryError::Invalid("vector elements are not FLOAT".into()));
+        };
+        let start = list.offset() * self.dim;
+        let floats = &values.values()[start..start + list.len() * self.dim];
+        self.data.extend_from_slice(floats);
+        self.norms
+            .extend(floats.chunks_exact(self.dim.max(1)).map(norm));
+        Ok(())
+    }
+}
+
+/// Where a row is: its segment and its offset in it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RowRef {
+    /// The segment.
+    pub segment: i64,
+    /// The row's offset in the segment.
+    pub offset: u32,
+}
+
+/// A segment's rows.
+#[derive(Debug)]
+pub struct Segment {
+    /// Its id (the WAL assigned it).
+    pub id: i64,
+    /// Its partition.
+    pub partition: i64,
+    /// Loaded from a Parquet segment (else growing, fed by the WAL).
+    pub sealed: bool,
+    batches: Vec<RecordBatch>,
+    starts: Vec<usize>,
+    pub(crate) ts: Vec<u64>,
+    pub(crate) pks: Vec<Pk>,
+    pub(crate) vectors: Vec<VectorColumn>,
+    pub(crate) superseded: Vec<u64>,
+    pub(crate) indexes: Vec<Option<AnnIndex>>,
+}
+
+impl Segment {
+    /// An empty segment with vector fields of these dimensions.
+    pub fn new(id: i64, partition: i64, sealed: bool, dims: &[usize]) -> Segment {
+        Segment {
+            id,
+            partition,
+            sealed,
+            batches: Vec::new(),
+            starts: Vec::new(),
+            ts: Vec::new(),
+            pks: Vec::new(),
+            vectors: dims
+                .iter()
+                .map(|&dim| VectorColumn {
+                    dim,
+                    ..VectorColumn::default()
+                })
+                .collect(),
+            superseded: Vec::new(),
+            indexes: dims.iter().map(|_| None).collect(),
+        }
+    }
+
+    /// Rows held.
+    pub fn len(&self) -> usize {
+        self.ts.len()
+    }
+
+    /// Whether it holds no row.
+    pub fn is_empty(&self) -> bool {
+        self.ts.is_empty()
+    }
+
+    /// Appends `batch` (the schema's columns; `pk` names the key column, `vector_fields` the
+    /// vector columns in the segment's order) with per-row timestamps `ts`.
+    pub(crate) fn append(
+        &mut self,
+        batch: RecordBatch,
+        ts: &[u64],
+        pk: &str,
+        vector_fields: &[String],
+    ) -> Result<std::ops::Range<usize>, QueryError> {
+        let n = batch.num_rows();
+        if ts.len() != n {
+            return Err(QueryError::Invalid(format!(
+                "{} timestamps for {n} rows",
+                ts.len()
+            )));
+        }
+        let pk_col = batch
+            .column_by_name(pk)
+            .ok_or_else(|| QueryError::Invalid(format!("rows without the primary key {pk}")))?;
+        let pks = pks_of(pk_col.as_ref())?;
+        let mut cols = Vec::with_capacity(vector_fields.len());
+        for name in vector_fields {
+            let col = batch.column_by_name(name).ok_or_else(|| {
+                QueryError::Invalid(format!("rows without the vector field {name}"))
+            })?;
+            cols.push(col.clone());
+        }
+        for (v, col) in self.vectors.iter_mut().zip(&cols) {
+            v.append(col.as_ref())?;
+        }
+        let first = self.len();
+        self.starts.push(first);
+        self.batches.push(batch);
+        self.ts.extend_from_slice(ts);
+        self.pks.extend(pks);
+        self.superseded.resize(first + n, u64::MAX);
+        Ok(first..first + n)
+    }
+
+    /// Whether row `r` is visible at `t`.
+    #[inline]
+    pub fn visible(&self, r: usize, t: u64) -> bool {
+        self.ts[r] <= t && t < self.superseded[r]
+    }
+
+    /// The batches and the row each starts at.
+    pub fn batches(&self) -> impl Iterator<Item = (usize, &RecordBatch)> {
+        self.starts.iter().copied().zip(&self.batches)
+    }
+
+    /// Which batch row `r` is in, and its row there.
+    pub fn locate(&self, r: usize) -> (usize, usize) {
+        let b = self.starts.partition_point(|&s| s <= r) - 1;
+        (b, r - self.starts[b])
+    }
+
+    /// The batch at `b`.
+    pub fn batch(&self, b: usize) -> &RecordBatch {
+        &self.batches[b]
+    }
+
+    /// A column of batch `b` by name, or nulls when the batch predates the field.
+    pub(crate) fn column(&self, b: usize, name: &str, ty: &ArrowType) -> ArrayRef {
+        let batch = &self.batches[b];
+        batch
+            .column_by_name(name)
+            .cloned()
+            .unwrap_or_else(|| arrow_array::new_null_array(ty, batch.num_rows()))
+    }
+
+    /// Row `r`'s key.
+    pub fn pk(&self, r: usize) -> &Pk {
+        &self.pks[r]
+    }
+
+    /// Row `r`'s timestamp.
+    pub fn ts(&self, r: usize) -> u64 {
+        self.ts[r]
+    }
+
+    /// Sets the ANN index of vector field `f`.
+    pub fn set_index(&mut self, f: usize, index: AnnIndex) {
+        if let Some(slot) = self.indexes.get_mut(f) {
+            *slot = Some(index);
+        }
+    }
+
+    /// The ANN index of vector field `f`, if built.
+    pub fn index(&self, f: usize) -> Option<&AnnIndex> {
+        self.indexes.get(f).and_then(Option::as_ref)
+    }
+
+    /// Vector field `f`'s values.
+    pub fn vectors(&self, f: usize) -> Option<&VectorColumn> {
+        self.vectors.get(f)
+    }
+}

@@ -1,0 +1,681 @@
+//! One shard's data (one collection on one vchannel): growing segments fed by the WAL, sealed
+//! segments loaded from object storage, the versions of every primary key, the deletes — and
+//! search, query and get over all of it at an MVCC timestamp.
+//!
+//! **MVCC.** Messages reach a shard in timestamp order; a row inserted at `ts` is the visible
+//! version of its key from `ts` until the next event on that key: a later insert (an upsert, or
+//! the same key inserted again) or a delete. A delete at `td` hides rows with `ts < td` (an
+//! upsert is a delete and an insert at one timestamp: the new row stays). Each row keeps that
+//! bound (`superseded`), recomputed whenever an event on its key arrives, so the check at search
+//! time is two comparisons, and at any `T` at most one version of a key is visible — across
+//! growing and sealed segments alike.
+//!
+//! **Hand-off.** When a growing segment's Parquet file is committed, [`ShardData::load_sealed`]
+//! takes its rows in under one write lock: each (key, timestamp) already held points at the
+//! sealed row instead, the growing segment goes, and no search sees the rows missing or twice.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+
+use arrow_array::{Array, ArrayRef, Float32Array, RecordBatch};
+use arrow_schema::{DataType as ArrowType, Field, Schema, SchemaRef};
+use sluice_types::schema::{CollectionSchema, DataType};
+
+use crate::QueryError;
+use crate::filter::Filter;
+use crate::index::{IndexParams, distance_of};
+use crate::segment::{Pk, RowRef, Segment, pks_of};
+use crate::vector::{Metric, TopK, norm};
+
+/// The column holding each hit's score in search results.
+pub const SCORE_COLUMN: &str = "_score";
+
+/// What a search asks of one shard.
+#[derive(Clone, Debug)]
+pub struct SearchSpec {
+    /// The vector field searched (`None`: the only one).
+    pub field: Option<String>,
+    /// The query vectors.
+    pub vectors: Vec<Vec<f32>>,
+    /// Hits per query.
+    pub top_k: usize,
+    /// The metric (`None`: the index's, L2 by default).
+    pub metric: Option<Metric>,
+    /// Only rows matching this.
+    pub filter: Option<Filter>,
+    /// Only these partitions (empty: all).
+    pub partitions: Vec<i64>,
+    /// Fields returned with each hit (the primary key always is).
+    pub output_fields: Vec<String>,
+    /// Compare every visible row instead of walking ANN graphs.
+    pub exact: bool,
+    /// The ANN candidate list size (`None`: the index's).
+    pub ef: Option<usize>,
+}
+
+/// One query's hits from one shard, closest first.
+#[derive(Clone, Debug)]
+pub struct Hits {
+    /// Each hit's key.
+    pub pks: Vec<Pk>,
+    /// Internal distances (smaller is closer) for merging.
+    pub distances: Vec<f32>,
+    /// The scores callers see.
+    pub scores: Vec<f32>,
+    /// The output fields of each hit, one row per hit (the primary key first).
+    pub rows: RecordBatch,
+}
+
+/// One collection's data on one vchannel.
+#[derive(Debug)]
+pub struct ShardData {
+    schema: CollectionSchema,
+    arrow: SchemaRef,
+    pk: String,
+    vector_fields: Vec<String>,
+    dims: Vec<usize>,
+    segments: BTreeMap<i64, Segment>,
+    /// Segments whose rows come from their Parquet file: inserts read again from the log for
+    /// them are not taken.
+    sealed_ids: HashSet<i64>,
+    versions: HashMap<Pk, Vec<(u64, RowRef)>>,
+    deletes: HashMap<Pk, Vec<u64>>,
+    index: IndexParams,
+}
+
+fn arrow_type(f: &sluice_types::schema::FieldSchema) -> Result<ArrowType, QueryError> {
+    Ok(
+        match DataType::try_from(f.data_type)
+            .map_err(|_| QueryError::Invalid(format!("field {} has an unknown type", f.name)))?
+        {
+            DataType::Bool => ArrowType::Boolean,
+            DataType::Int32 => ArrowType::Int32,
+            DataType::Int64 => ArrowType::Int64,
+            DataType::Float => ArrowType::Float32,
+            DataType::Double => ArrowType::Float64,
+            DataType::Varchar | DataType::Json => ArrowType::Utf8,
+            DataType::FloatVector => ArrowType::FixedSizeList(
+                Arc::new(Field::new("item", ArrowType::Float32, false)),
+                f.dim as i32,
+            ),
+            DataType::Unspecified => {
+                return Err(QueryError::Invalid(format!("field {} has no type", f.name)));
+            }
+        },
+    )
+}
+
+fn arrow_schema(schema: &CollectionSchema) -> Result<SchemaRef, QueryError> {
+    let fields = schema
+        .fields
+        .iter()
+        .map(|f| Ok(Field::new(&f.name, arrow_type(f)?, !f.is_primary_key)))
+        .collect::<Result<Vec<_>, QueryError>>()?;
+    Ok(Arc::new(Schema::new(fields)))
+}
+
+impl ShardData {
+    /// An empty shard of a collection with `schema`.
+    pub fn new(schema: CollectionSchema, index: IndexParams) -> Result<ShardData, QueryError> {
+        let pk = schema
+            .fields
+            .iter()
+            .find(|f| f.is_primary_key)
+            .ok_or_else(|| QueryError::Invalid("the schema has no primary key".into()))?
+            .name
+            .clone();
+        let (vector_fields, dims) = schema
+            .fields
+            .iter()
+            .filter(|f| f.data_type == DataType::FloatVector as i32)
+            .map(|f| (f.name.clone(), f.dim as usize))
+            .unzip();
+        Ok(ShardData {
+            arrow: arrow_schema(&schema)?,
+            schema,
+            pk,
+            vector_fields,
+            dims,
+            segments: BTreeMap::new(),
+            sealed_ids: HashSet::new(),
+            versions: HashMap::new(),
+            deletes: HashMap::new(),
+            index,
+        })
+    }
+
+    /// The schema in force.
+    pub fn schema(&self) -> &CollectionSchema {
+        &self.schema
+    }
+
+    /// A SchemaChange: later rows carry the added field; earlier ones read it as null.
+    pub fn set_schema(&mut self, schema: CollectionSchema) -> Result<(), QueryError> {
+        self.arrow = arrow_schema(&schema)?;
+        self.schema = schema;
+        Ok(())
+    }
+
+    /// The segments held: (id, partition, sealed, rows, indexed).
+    pub fn segments(&self) -> Vec<(i64, i64, bool, usize, bool)> {
+        self.segments
+            .values()
+            .map(|s| {
+                (
+                    s.id,
+                    s.partition,
+                    s.sealed,
+                    s.len(),
+                    s.indexes.iter().any(Option::is_some),
+                )
+            })
+            .collect()
+    }
+
+    /// Whether segment `id` is held as sealed.
+    pub fn is_sealed(&self, id: i64) -> bool {
+        self.sealed_ids.contains(&id)
+    }
+
+    /// Rows visible at `t`.
+    pub fn count(&self, t: u64) -> usize {
+        self.segments
+            .values()
+            .map(|s| (0..s.len()).filter(|&r| s.visible(r, t)).count())
+            .sum()
+    }
+
+    /// Takes an insert's rows at `ts` into growing segment `segment`. Rows of a segment already
+    /// held as sealed are not taken again.
+    pub fn insert(
+        &mut self,
+        segment: i64,
+        partition: i64,
+        batch: RecordBatch,
+        ts: u64,
+    ) -> Result<(), QueryError> {
+        if self.sealed_ids.contains(&segment) || batch.num_rows() == 0 {
+            return Ok(());
+        }
+        let seg = self
+            .segments
+            .entry(segment)
+            .or_insert_with(|| Segment::new(segment, partition, false, &self.dims));
+        let n = batch.num_rows();
+        let rows = seg.append(batch, &vec![ts; n], &self.pk, &self.vector_fields)?;
+        let keys: Vec<Pk> = rows.clone().map(|r| seg.pks[r].clone()).collect();
+        for (r, key) in rows.zip(keys) {
+            let at = RowRef {
+                segment,
+                offset: r as u32,
+            };
+            self.add_version(key, ts, at);
+        }
+        Ok(())
+    }
+
+    /// Deletes `keys` at `ts`.
+    pub fn delete(&mut self, keys: &dyn Array, ts: u64) -> Result<(), QueryError> {
+        for key in pks_of(keys)? {
+            self.delete_one(key, ts);
+        }
+        Ok(())
+    }
+
+    /// Deletes `keys[i]` at `ts[i]` (a delete file's rows).
+    pub fn delete_each(&mut self, keys: &dyn Array, ts: &[u64]) -> Result<(), QueryError> {
+        let keys = pks_of(keys)?;
+        if keys.len() != ts.len() {
+            return Err(QueryError::Invalid(format!(
+                "{} keys with {} timestamps",
+                keys.len(),
+                ts.len()
+            )));
+        }
+        for (key, ts) in keys.into_iter().zip(ts) {
+            self.delete_one(key, *ts);
+        }
+        Ok(())
+    }
+
+    fn delete_one(&mut self, key: Pk, ts: u64) {
+        let list = self.deletes.entry(key.clone()).or_default();
+        if list.contains(&ts) {
+            return;
+        }
+        list.push(ts);
+        self.refresh(&key);
+    }
+
+    fn add_version(&mut self, key: Pk, ts: u64, at: RowRef) {
+        let versions = self.versions.entry(key.clone()).or_default();
+        if let Some(v) = versions.iter_mut().find(|(t, _)| *t == ts) {
+            // The same row again (a growing row and its sealed copy): point at the newer copy;
+            // the old one stays hidden.
+            let old = std::mem::replace(&mut v.1, at);
+            if let Some(s) = self.segments.get_mut(&old.segment)
+                && old != at
+            {
+                s.superseded[old.offset as usize] = 0;
+            }
+        } else {
+            versions.push((ts, at));
+        }
+        self.refresh(&key);
+    }
+
+    /// Recomputes `superseded` of every version of `key`.
+    fn refresh(&mut self, key: &Pk) {
+        let Some(versions) = self.versions.get_mut(key) else {
+            return;
+        };
+        versions.sort_unstable_by_key(|(t, _)| *t);
+        let deletes = self.deletes.get(key);
+        for i in 0..versions.len() {
+            let (ts, at) = versions[i];
+            let next_insert = versions.get(i + 1).map_or(u64::MAX, |(t, _)| *t);
+            let next_delete = deletes
+                .into_iter()
+                .flatten()
+                .copied()
+                .filter(|&d| d > ts)
+                .min()
+                .unwrap_or(u64::MAX);
+            if let Some(s) = self.segments.get_mut(&at.segment) {
+                s.superseded[at.offset as usize] = next_insert.min(next_delete);
+            }
+        }
+    }
+
+    /// A sealed segment built from its file's rows (`batches` have the schema's columns, `ts`
+    /// is per row), not yet in the shard: build its indexes ([`Segment::vectors`],
+    /// [`Segment::set_index`]) outside the shard's lock, then [`ShardData::install_sealed`].
+    pub fn prepare_sealed(
+        &self,
+        id: i64,
+        partition: i64,
+        batches: Vec<RecordBatch>,
+        ts: Vec<u64>,
+    ) -> Result<Segment, QueryError> {
+        let mut seg = Segment::new(id, partition, true, &self.dims);
+        let mut at = 0;
+        for b in batches {
+            let n = b.num_rows();
+            let Some(ts) = ts.get(at..at + n) else {
+                return Err(QueryError::Invalid("fewer timestamps than rows".into()));
+            };
+            seg.append(b, ts, &self.pk, &self.vector_fields)?;
+            at += n;
+        }
+        Ok(seg)
+    }
+
+    /// The vector fields, in the order [`Segment::vectors`] numbers them.
+    pub fn vector_fields(&self) -> &[String] {
+        &self.vector_fields
+    }
+
+    /// The index parameters.
+    pub fn index_params(&self) -> IndexParams {
+        self.index
+    }
+
+    /// Takes a sealed segment in place of the growing segment with its id.
+    pub fn install_sealed(&mut self, seg: Segment) -> Result<(), QueryError> {
+        let id = seg.id;
+        let keys: Vec<(Pk, u64)> = (0..seg.len())
+            .map(|r| (seg.pks[r].clone(), seg.ts[r]))
+            .collect();
+        // The growing copy goes first (same segment id): its versions are forgotten, then the
+        // sealed rows are registered. All of it happens under the caller's one write lock.
+        if let Some(growing) = self.segments.remove(&id) {
+            for key in growing.pks.iter().collect::<HashSet<_>>() {
+                if let Some(v) = self.versions.get_mut(key) {
+                    v.retain(|(_, at)| at.segment != id);
+                }
+            }
+        }
+        self.segments.insert(id, seg);
+        self.sealed_ids.insert(id);
+        for (r, (key, ts)) in keys.into_iter().enumerate() {
+            self.add_version(
+                key,
+                ts,
+                RowRef {
+                    segment: id,
+                    offset: r as u32,
+                },
+            );
+        }
+        Ok(())
+    }
+
+    /// Drops a partition's segments.
+    pub fn drop_partition(&mut self, partition: i64) {
+        let gone: Vec<i64> = self
+            .segments
+            .values()
+            .filter(|s| s.partition == partition)
+            .map(|s| s.id)
+            .collect();
+        for id in gone {
+            if let Some(seg) = self.segments.remove(&id) {
+                for key in &seg.pks {
+                    if let Some(v) = self.versions.get_mut(key) {
+                        v.retain(|(_, at)| at.segment != id);
+                    }
+                }
+            }
+        }
+    }
+
+    fn vector_field(&self, name: Option<&str>) -> Result<usize, QueryError> {
+        match name {
+            None if self.vector_fields.len() == 1 => Ok(0),
+            None => Err(QueryError::Invalid(format!(
+                "the collection has {} vector fields ({}): name the one to search",
+                self.vector_fields.len(),
+                self.vector_fields.join(", ")
+            ))),
+            Some(n) => self
+                .vector_fields
+                .iter()
+                .position(|f| f == n)
+                .ok_or_else(|| {
+                    QueryError::Invalid(format!(
+                        "{n:?} is not a vector field of the collection (it has {})",
+                        self.vector_fields.join(", ")
+                    ))
+                }),
+        }
+    }
+
+    /// The rows of `seg` that match `filter` and the partitions (`None`: all of them).
+    fn mask(
+        &self,
+        seg: &Segment,
+        filter: Option<&Filter>,
+        partitions: &[i64],
+    ) -> Result<Option<Vec<bool>>, QueryError> {
+        if !partitions.is_empty() && !partitions.contains(&seg.partition) {
+            return Ok(Some(vec![false; seg.len()]));
+        }
+        let Some(filter) = filter else {
+            return Ok(None);
+        };
+        let mut out = Vec::with_capacity(seg.len());
+        for (_, b) in seg.batches() {
+            let m = filter
+                .evaluate(b)
+                .map_err(|e| QueryError::Invalid(e.to_string()))?;
+            out.extend(m.values().iter());
+        }
+        Ok(Some(out))
+    }
+
+    fn check_output_fields(&self, fields: &[String]) -> Result<(), QueryError> {
+        for f in fields {
+            if self.arrow.field_with_name(f).is_err() {
+                return Err(QueryError::Invalid(format!(
+                    "output field {f:?} is not a field of the collection"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Searches at `t`.
+    pub fn search(&self, spec: &SearchSpec, t: u64) -> Result<Vec<Hits>, QueryError> {
+        let f = self.vector_field(spec.field.as_deref())?;
+        let dim = self.dims[f];
+        self.check_output_fields(&spec.output_fields)?;
+        if let Some(q) = spec.vectors.iter().find(|q| q.len() != dim) {
+            return Err(QueryError::Invalid(format!(
+                "a query vector has {} dimensions, field {} has {dim}",
+                q.len(),
+                self.vector_fields[f]
+            )));
+        }
+        if spec.top_k == 0 {
+            return Err(QueryError::Invalid("top_k must be at least 1".into()));
+        }
+        let metric = spec.metric.unwrap_or(self.index.metric);
+        let masks = self
+            .segments
+            .values()
+            .map(|s| self.mask(s, spec.filter.as_ref(), &spec.partitions))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut out = Vec::with_capacity(spec.vectors.len());
+        for q in &spec.vectors {
+            let qn = norm(q);
+            let mut top = TopK::<RowRef>::new(spec.top_k);
+            for (seg, mask) in self.segments.values().zip(&masks) {
+                let keep = |r: usize| seg.visible(r, t) && mask.as_ref().is_none_or(|m| m[r]);
+                let index = seg
+                    .index(f)
+                    .filter(|i| !spec.exact && i.params().metric == metric);
+                let selective = mask
+                    .as_ref()
+                    .is_some_and(|m| m.iter().filter(|&&b| b).count() * 10 < seg.len());
+                match index {
+                    Some(index) if !selective => {
+                        let ef = spec.ef.unwrap_or(index.params().expansion_search);
+                        let hits = index
+                            .search(q, spec.top_k, ef, |k| keep(k as usize))
+                            .map_err(|e| QueryError::Internal(e.to_string()))?;
+                        for (key, d) in hits {
+                            let r = key as usize;
+                            if r < seg.len() && keep(r) {
+                                top.push(
+                                    distance_of(metric, d),
+                                    RowRef {
+                                        segment: seg.id,
+                                        offset: r as u32,
+                                    },
+                                );
+                            }
+                        }
+                    }
+                    _ => {
+                        let col = &seg.vectors[f];
+                        for r in 0..seg.len() {
+                            if !keep(r) {
+                                continue;
+                            }
+                            let d = metric.distance(q, qn, col.row(r), col.norms[r]);
+                            if d < top.bound() {
+                                top.push(
+                                    d,
+                                    RowRef {
+                                        segment: seg.id,
+                                        offset: r as u32,
+                                    },
+                                );
+                            }
+                        }
+                    }
+                }
+            }
+            let found = top.into_sorted();
+            let rows: Vec<RowRef> = found.iter().map(|c| c.item).collect();
+            let batch = self.rows(&rows, &spec.output_fields)?;
+            let distances: Vec<f32> = found.iter().map(|c| c.distance).collect();
+            let scores: Vec<f32> = distances.iter().map(|&d| metric.score(d)).collect();
+            out.push(Hits {
+                pks: rows
+                    .iter()
+                    .map(|r| self.segments[&r.segment].pks[r.offset as usize].clone())
+                    .collect(),
+                distances,
+                scores,
+                rows: batch,
+            });
+        }
+        Ok(out)
+    }
+
+    /// The rows visible at `t` that match `filter` (every row when `None`), in key order, at
+    /// most `limit` (0: no limit), with `output_fields` (the primary key first).
+    pub fn query(
+        &self,
+        filter: Option<&Filter>,
+        partitions: &[i64],
+        output_fields: &[String],
+        limit: usize,
+        t: u64,
+    ) -> Result<RecordBatch, QueryError> {
+        self.check_output_fields(output_fields)?;
+        let mut found: Vec<(&Pk, RowRef)> = Vec::new();
+        for seg in self.segments.values() {
+            let mask = self.mask(seg, filter, partitions)?;
+            for r in 0..seg.len() {
+                if seg.visible(r, t) && mask.as_ref().is_none_or(|m| m[r]) {
+                    found.push((
+                        &seg.pks[r],
+                        RowRef {
+                            segment: seg.id,
+                            offset: r as u32,
+                        },
+                    ));
+                }
+            }
+        }
+        found.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        if limit > 0 {
+            found.truncate(limit);
+        }
+        let rows: Vec<RowRef> = found.into_iter().map(|(_, r)| r).collect();
+        self.rows(&rows, output_fields)
+    }
+
+    /// The rows of `keys` visible at `t`, in the order asked (missing keys left out).
+    pub fn get(
+        &self,
+        keys: &[Pk],
+        output_fields: &[String],
+        t: u64,
+    ) -> Result<RecordBatch, QueryError> {
+        self.check_output_fields(output_fields)?;
+        let mut rows = Vec::new();
+        let mut seen = HashSet::new();
+        for k in keys {
+            if !seen.insert(k) {
+                continue;
+            }
+            let Some(versions) = self.versions.get(k) else {
+                continue;
+            };
+            if let Some((_, at)) = versions.iter().find(|(_, at)| {
+                self.segments
+                    .get(&at.segment)
+                    .is_some_and(|s| s.visible(at.offset as usize, t))
+            }) {
+                rows.push(*at);
+            }
+        }
+        self.rows(&rows, output_fields)
+    }
+
+    /// `rows`' key and `fields` as one batch.
+    fn rows(&self, rows: &[RowRef], fields: &[String]) -> Result<RecordBatch, QueryError> {
+        let mut names: Vec<&str> = vec![self.pk.as_str()];
+        names.extend(fields.iter().map(String::as_str).filter(|f| *f != self.pk));
+        // Every (segment, batch) the rows touch, numbered for `interleave`.
+        let mut sources: Vec<(i64, usize)> = Vec::new();
+        let mut picks = Vec::with_capacity(rows.len());
+        let mut numbering: HashMap<(i64, usize), usize> = HashMap::new();
+        for r in rows {
+            let seg = &self.segments[&r.segment];
+            let (b, i) = seg.locate(r.offset as usize);
+            let n = *numbering.entry((r.segment, b)).or_insert_with(|| {
+                sources.push((r.segment, b));
+                sources.len() - 1
+            });
+            picks.push((n, i));
+        }
+        let mut fields_out = Vec::new();
+        let mut columns: Vec<ArrayRef> = Vec::new();
+        for name in names {
+            let field = self
+                .arrow
+                .field_with_name(name)
+                .map_err(|e| QueryError::Invalid(e.to_string()))?;
+            let arrays: Vec<ArrayRef> = sources
+                .iter()
+                .map(|(s, b)| self.segments[s].column(*b, name, field.data_type()))
+                .collect();
+            let col = if arrays.is_empty() {
+                arrow_array::new_empty_array(field.data_type())
+            } else {
+                let refs: Vec<&dyn Array> = arrays.iter().map(|a| a.as_ref()).collect();
+                arrow_select::interleave::interleave(&refs, &picks)
+                    .map_err(|e| QueryError::Internal(e.to_string()))?
+            };
+            fields_out.push(Field::new(name, field.data_type().clone(), true));
+            columns.push(col);
+        }
+        RecordBatch::try_new(Arc::new(Schema::new(fields_out)), columns)
+            .map_err(|e| QueryError::Internal(e.to_string()))
+    }
+}
+
+/// Merges one query's hits from several shards: the `k` closest, one per key (the closest
+/// copy wins), with their rows.
+pub fn merge_hits(parts: Vec<Hits>, k: usize) -> Result<Hits, QueryError> {
+    let mut all: Vec<(f32, usize, usize)> = Vec::new();
+    for (p, h) in parts.iter().enumerate() {
+        for i in 0..h.pks.len() {
+            all.push((h.distances[i], p, i));
+        }
+    }
+    all.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let mut seen = HashSet::new();
+    let mut picks = Vec::new();
+    for (_, p, i) in all {
+        if picks.len() == k {
+            break;
+        }
+        if seen.insert(&parts[p].pks[i]) {
+            picks.push((p, i));
+        }
+    }
+    let schema = parts
+        .first()
+        .map(|h| h.rows.schema())
+        .unwrap_or_else(|| Arc::new(Schema::empty()));
+    let mut columns = Vec::new();
+    for c in 0..schema.fields().len() {
+        let arrays: Vec<&dyn Array> = parts.iter().map(|h| h.rows.column(c).as_ref()).collect();
+        columns.push(
+            arrow_select::interleave::interleave(&arrays, &picks)
+                .map_err(|e| QueryError::Internal(e.to_string()))?,
+        );
+    }
+    let rows =
+        RecordBatch::try_new(schema, columns).map_err(|e| QueryError::Internal(e.to_string()))?;
+    Ok(Hits {
+        pks: picks
+            .iter()
+            .map(|&(p, i)| parts[p].pks[i].clone())
+            .collect(),
+        distances: picks.iter().map(|&(p, i)| parts[p].distances[i]).collect(),
+        scores: picks.iter().map(|&(p, i)| parts[p].scores[i]).collect(),
+        rows,
+    })
+}
+
+/// A search result's rows with the score column appended.
+pub fn with_scores(hits: &Hits) -> Result<RecordBatch, QueryError> {
+    let mut fields: Vec<Field> = hits
+        .rows
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| f.as_ref().clone())
+        .collect();
+    fields.push(Field::new(SCORE_COLUMN, ArrowType::Float32, false));
+    let mut columns = hits.rows.columns().to_vec();
+    columns.push(Arc::new(Float32Array::from(hits.scores.clone())));
+    RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)
+        .map_err(|e| QueryError::Internal(e.to_string()))
+}
