@@ -176,6 +176,23 @@ impl QueryHost {
             .retain(|v, _| VChannel::new(v).map_or(true, |v| v.pchannel_str() != pchannel));
     }
 
+    /// The segments the delegators of collection `name` hold: (vchannel, segment, sealed, rows,
+    /// indexed), and their tsafe.
+    pub fn segments(&self, name: &str) -> Vec<(String, i64, bool, usize, bool)> {
+        let shards = self.shards.read();
+        let mut out = Vec::new();
+        for d in shards.values() {
+            let data = d.read();
+            if data.schema().name == name {
+                for (id, _, sealed, rows, indexed) in data.segments() {
+                    out.push((d.vchannel().to_owned(), id, sealed, rows, indexed));
+                }
+            }
+        }
+        out.sort();
+        out
+    }
+
     /// The delegators of the collection named `name`, checked to be all of its shards.
     fn shards_of(&self, name: &str) -> Result<Vec<Arc<Delegator>>, ReadError> {
         let shards = self.shards.read();

@@ -348,7 +348,7 @@ pub(crate) fn parse_field(spec: &str) -> anyhow::Result<sluice_types::schema::Fi
     Ok(f)
 }
 
-fn print_collection(c: &v1::CollectionInfo) {
+pub(crate) fn print_collection(c: &v1::CollectionInfo) {
     let schema = c.schema.clone().unwrap_or_default();
     let state = v1::CollectionState::try_from(c.state)
         .map(|s| {
@@ -408,7 +408,7 @@ pub(crate) async fn create_collection(
     shards: u32,
     partitions: Vec<String>,
     timeout: Duration,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<v1::CollectionInfo> {
     let fields = fields
         .iter()
         .map(|s| parse_field(s))
@@ -430,8 +430,7 @@ pub(crate) async fn create_collection(
         .await
         .map_err(|s| anyhow::anyhow!("creating collection {name}: {}", s.message()))?
         .into_inner();
-    print_collection(&info);
-    Ok(())
+    Ok(info)
 }
 
 /// `sluice ctl collections`.
@@ -532,7 +531,7 @@ fn shards_of(
     })
 }
 
-/// `sluice insert`: rows of a JSON-lines file (one object per line) or a Parquet file
+/// `sluice insert` (returns what it did, to print): rows of a JSON-lines file (one object per line) or a Parquet file
 /// (`.parquet`, columns named after the fields) into a collection of the catalog, routed to its
 /// shards by primary key, at most `batch` rows per insert.
 pub(crate) async fn insert_file(
@@ -542,7 +541,7 @@ pub(crate) async fn insert_file(
     file: &std::path::Path,
     batch: usize,
     timeout: Duration,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<String> {
     let info = describe(coord, collection, timeout).await?;
     let schema = info
         .schema
@@ -630,22 +629,54 @@ pub(crate) async fn insert_file(
             send(chunk).await?;
         }
     }
-    println!(
+    Ok(format!(
         "inserted {rows} rows into {collection} in {inserts} inserts ({:.2} s)",
         started.elapsed().as_secs_f64()
-    );
-    Ok(())
+    ))
 }
 
-/// `sluice ctl flush`: a ManualFlush on every shard of a collection (its growing segments are
+/// Appends `batch` (the collection's columns) as one insert into its first partition on
+/// `vchannel`.
+pub(crate) async fn insert_batch(
+    client: &Client,
+    coord: &str,
+    collection: &str,
+    vchannel: &str,
+    batch: arrow_array::RecordBatch,
+    timeout: Duration,
+) -> anyhow::Result<sluice_types::AppendResult> {
+    let info = describe(coord, collection, timeout).await?;
+    let partition = info
+        .partitions
+        .first()
+        .context("the collection has no partition")?
+        .partition_id;
+    let body = sluice_storage::rows::encode_stream(std::slice::from_ref(&batch))?;
+    let msg = MutableMessage::builder(InsertHeader {
+        collection_id: info.collection_id,
+        partitions: vec![PartitionSegmentAssignment {
+            partition_id: partition,
+            rows: batch.num_rows() as u64,
+            binary_size: body.len() as u64,
+            segment_id: 0,
+        }],
+    })
+    .vchannel(&VChannel::new(vchannel)?)
+    .payload(body)
+    .build()?;
+    Ok(client.append(msg).await.context("inserting")?)
+}
+
+/// `sluice ctl flush` (returns a line per shard, to print): a ManualFlush on every shard of a collection (its growing segments are
 /// sealed and written to Parquet; searches then use their HNSW indexes).
 pub(crate) async fn flush(
     client: &Client,
     coord: &str,
     collection: &str,
     timeout: Duration,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Vec<String>> {
     let info = describe(coord, collection, timeout).await?;
+    let mut out = Vec::new();
     for v in &info.vchannels {
         let v = VChannel::new(v.as_str())?;
         let msg = MutableMessage::builder(sluice_types::message::ManualFlushHeader {
@@ -656,9 +687,9 @@ pub(crate) async fn flush(
         .vchannel(&v)
         .build()?;
         let r = client.append(msg).await.context("flushing")?;
-        println!("{v}: flush at {}", r.timestamp.0);
+        out.push(format!("{v}: flush at {}", r.timestamp.0));
     }
-    Ok(())
+    Ok(out)
 }
 
 /// The consistency level named on the command line.

@@ -432,6 +432,53 @@ enum BenchCommand {
         #[arg(long, default_value_t = 64)]
         record_size: usize,
     },
+    /// Vector search: in process through a shard against the raw usearch HNSW index (same
+    /// vectors, same parameters, alternating rounds), then end to end through a standalone
+    /// server in this process: insert rate, flush + index time, search QPS and p50/p99 at 1 and
+    /// 8 clients over loopback gRPC, recall@10, insert→searchable latency.
+    Search {
+        /// Directory to benchmark in (a temporary subdirectory is created and removed).
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+        /// Parquet file of the vectors (`id` int64 = row number, `tag` int64, `vec`
+        /// fixed-size list of float32), as `scripts/bench_search.py` writes it. Default:
+        /// generated (fixed-seed Gaussian clusters).
+        #[arg(long, requires = "queries")]
+        data: Option<PathBuf>,
+        /// Parquet file of the query vectors (`vec`).
+        #[arg(long, requires = "data")]
+        queries: Option<PathBuf>,
+        /// Parquet file of the exact top-10 ids per query (`ids`). Default: computed here.
+        #[arg(long)]
+        truth: Option<PathBuf>,
+        /// Generated vectors.
+        #[arg(long, default_value_t = 100_000)]
+        rows: usize,
+        /// Generated dimension.
+        #[arg(long, default_value_t = 128)]
+        dim: usize,
+        /// Generated queries.
+        #[arg(long, default_value_t = 1000)]
+        nq: usize,
+        /// Seconds of searching per client count.
+        #[arg(long, default_value_t = 5.0)]
+        seconds: f64,
+        /// In-process rounds per side.
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        /// HNSW links per node.
+        #[arg(long, default_value_t = 16)]
+        hnsw_m: usize,
+        /// HNSW candidate list while building.
+        #[arg(long, default_value_t = 128)]
+        ef_construction: usize,
+        /// HNSW candidate list while searching.
+        #[arg(long, default_value_t = 64)]
+        ef_search: usize,
+        /// Print one JSON object with the results on stdout (the table goes to stderr).
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// Settings every benchmark takes.
@@ -564,14 +611,19 @@ fn run() -> anyhow::Result<()> {
                     shards,
                     partitions,
                 },
-        } => rt.block_on(cli::create_collection(
-            &client.coord,
-            &name,
-            &fields,
-            shards,
-            partitions,
-            Duration::from_secs(client.timeout_secs),
-        )),
+        } => rt.block_on(async {
+            let info = cli::create_collection(
+                &client.coord,
+                &name,
+                &fields,
+                shards,
+                partitions,
+                Duration::from_secs(client.timeout_secs),
+            )
+            .await?;
+            cli::print_collection(&info);
+            Ok(())
+        }),
         Command::Ctl {
             what: CtlCommand::Collections { client },
         } => rt.block_on(cli::list_collections(
@@ -667,7 +719,10 @@ fn run() -> anyhow::Result<()> {
         } => rt.block_on(async {
             let timeout = Duration::from_secs(client.timeout_secs);
             let (c, _t) = cli::connect(&client.coord, timeout)?;
-            cli::flush(&c, &client.coord, &name, timeout).await
+            for line in cli::flush(&c, &client.coord, &name, timeout).await? {
+                println!("{line}");
+            }
+            Ok(())
         }),
         Command::Insert {
             client,
@@ -677,7 +732,10 @@ fn run() -> anyhow::Result<()> {
         } => rt.block_on(async {
             let timeout = Duration::from_secs(client.timeout_secs);
             let (c, _t) = cli::connect(&client.coord, timeout)?;
-            cli::insert_file(&c, &client.coord, &collection, &file, batch, timeout).await
+            let done =
+                cli::insert_file(&c, &client.coord, &collection, &file, batch, timeout).await?;
+            println!("{done}");
+            Ok(())
         }),
         Command::Ctl {
             what: CtlCommand::Segments { client, collection },
@@ -728,6 +786,44 @@ fn run() -> anyhow::Result<()> {
                 counts: &counts,
                 tail,
                 record_size,
+            }))
+        }
+        Command::Bench {
+            what:
+                BenchCommand::Search {
+                    dir,
+                    data,
+                    queries,
+                    truth,
+                    rows,
+                    dim,
+                    nq,
+                    seconds,
+                    rounds,
+                    hnsw_m,
+                    ef_construction,
+                    ef_search,
+                    json,
+                },
+        } => {
+            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            rt.block_on(bench::search::search(bench::search::SearchBenchParams {
+                dir,
+                data,
+                queries,
+                truth,
+                rows,
+                dim,
+                nq,
+                seconds,
+                rounds,
+                json,
+                index: sluice_query::IndexParams {
+                    connectivity: hnsw_m,
+                    expansion_add: ef_construction,
+                    expansion_search: ef_search,
+                    ..sluice_query::IndexParams::default()
+                },
             }))
         }
         Command::Bench {

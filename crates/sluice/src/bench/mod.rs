@@ -37,6 +37,7 @@ use crate::server::Standalone;
 
 pub(crate) mod flush;
 pub(crate) mod recovery;
+pub(crate) mod search;
 
 const COLLECTION: i64 = 1;
 const PARTITION: i64 = 1;
