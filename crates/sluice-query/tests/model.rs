@@ -1,0 +1,252 @@
+//! A shard against a brute-force model: random inserts (keys drawn from a small range, so keys
+//! are inserted again and deleted and inserted again), deletes, hand-offs of growing segments to
+//! sealed ones (some with an HNSW index, some installed long after they sealed) — and at random
+//! timestamps, past ones included, exact search, filtered query and get compared with what the
+//! model computes from the same events.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use arrow_array::cast::AsArray;
+use arrow_array::types::Int64Type;
+use arrow_array::{ArrayRef, FixedSizeListArray, Float32Array, Int64Array, RecordBatch};
+use arrow_schema::{DataType as ArrowType, Field, Schema};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use sluice_query::shard::SearchSpec;
+use sluice_query::vector::Metric;
+use sluice_query::{AnnIndex, Filter, IndexParams, Pk, ShardData};
+use sluice_types::schema::{CollectionSchema, DataType, FieldSchema};
+
+const DIM: usize = 4;
+const KEYS: i64 = 60;
+
+fn schema() -> CollectionSchema {
+    let f = |name: &str, ty: DataType| FieldSchema {
+        name: name.into(),
+        data_type: ty as i32,
+        ..FieldSchema::default()
+    };
+    CollectionSchema {
+        name: "model".into(),
+        fields: vec![
+            FieldSchema {
+                is_primary_key: true,
+                ..f("id", DataType::Int64)
+            },
+            FieldSchema {
+                nullable: true,
+                ..f("tag", DataType::Int64)
+            },
+            FieldSchema {
+                dim: DIM as u32,
+                ..f("vec", DataType::FloatVector)
+            },
+        ],
+        shards: 1,
+        ..CollectionSchema::default()
+    }
+}
+
+#[derive(Clone, Debug)]
+struct Row {
+    id: i64,
+    tag: Option<i64>,
+    vec: Vec<f32>,
+}
+
+#[derive(Clone, Debug)]
+enum Event {
+    Insert(Row),
+    Delete(i64),
+}
+
+fn batch(rows: &[Row]) -> RecordBatch {
+    let item = Arc::new(Field::new("item", ArrowType::Float32, false));
+    let floats: Vec<f32> = rows.iter().flat_map(|r| r.vec.clone()).collect();
+    RecordBatch::try_new(
+        Arc::new(Schema::new(vec![
+            Field::new("id", ArrowType::Int64, false),
+            Field::new("tag", ArrowType::Int64, true),
+            Field::new("vec", ArrowType::FixedSizeList(item.clone(), DIM as i32), false),
+        ])),
+        vec![
+            Arc::new(Int64Array::from(rows.iter().map(|r| r.id).collect::<Vec<_>>())) as ArrayRef,
+            Arc::new(Int64Array::from(rows.iter().map(|r| r.tag).collect::<Vec<_>>())),
+            Arc::new(
+                FixedSizeListArray::try_new(
+                    item,
+                    DIM as i32,
+                    Arc::new(Float32Array::from(floats)),
+                    None,
+                )
+                .unwrap(),
+            ),
+        ],
+    )
+    .unwrap()
+}
+
+/// The rows visible at `t`: per key, the newest event at or before `t`, if an insert.
+fn visible(events: &[(u64, Event)], t: u64) -> BTreeMap<i64, Row> {
+    let mut out = BTreeMap::new();
+    for (ts, e) in events {
+        if *ts > t {
+            break;
+        }
+        match e {
+            Event::Insert(r) => {
+                out.insert(r.id, r.clone());
+            }
+            Event::Delete(id) => {
+                out.remove(id);
+            }
+        }
+    }
+    out
+}
+
+fn ids(b: &RecordBatch) -> Vec<i64> {
+    b.column(0).as_primitive::<Int64Type>().values().to_vec()
+}
+
+fn run(seed: u64) {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let params = IndexParams {
+        min_rows: 0,
+        ..IndexParams::default()
+    };
+    let mut shard = ShardData::new(schema(), params).unwrap();
+    let filter = Filter::parse("tag < 5 or tag is null", shard.schema()).unwrap();
+    let mut events: Vec<(u64, Event)> = Vec::new();
+    let mut ts = 100u64;
+    let mut segment = 1i64;
+    // The current growing segment's rows and timestamps; sealed ones waiting to be installed.
+    let mut growing: (Vec<RecordBatch>, Vec<u64>) = (Vec::new(), Vec::new());
+    let mut pending: Vec<(i64, Vec<RecordBatch>, Vec<u64>)> = Vec::new();
+    let mut checks = 0;
+    for _ in 0..400 {
+        ts += rng.random_range(1..5);
+        match rng.random_range(0..10) {
+            0..5 => {
+                let mut keys: Vec<i64> = (0..rng.random_range(1..6))
+                    .map(|_| rng.random_range(0..KEYS))
+                    .collect();
+                keys.sort_unstable();
+                keys.dedup();
+                let rows: Vec<Row> = keys
+                    .into_iter()
+                    .map(|id| Row {
+                        id,
+                        tag: (rng.random_range(0..4) > 0).then(|| rng.random_range(0..10)),
+                        vec: (0..DIM).map(|_| rng.random_range(-1.0..1.0)).collect(),
+                    })
+                    .collect();
+                let b = batch(&rows);
+                if rng.random_bool(0.3) {
+                    // An upsert: a delete and an insert of the same keys at one timestamp; the
+                    // delete hides older rows only.
+                    let keys: Vec<i64> = rows.iter().map(|r| r.id).collect();
+                    shard.delete(&Int64Array::from(keys.clone()), ts).unwrap();
+                    events.extend(keys.into_iter().map(|k| (ts, Event::Delete(k))));
+                }
+                shard.insert(segment, 1, b.clone(), ts).unwrap();
+                growing.1.extend(std::iter::repeat_n(ts, rows.len()));
+                growing.0.push(b);
+                events.extend(rows.into_iter().map(|r| (ts, Event::Insert(r))));
+            }
+            5..7 => {
+                let n = rng.random_range(1..4);
+                let keys: Vec<i64> = (0..n).map(|_| rng.random_range(0..KEYS)).collect();
+                let mut uniq = keys.clone();
+                uniq.sort_unstable();
+                uniq.dedup();
+                shard.delete(&Int64Array::from(keys), ts).unwrap();
+                events.extend(uniq.into_iter().map(|k| (ts, Event::Delete(k))));
+            }
+            7 => {
+                // Seal: the segment's file is installed now or later.
+                if !growing.1.is_empty() {
+                    let (b, t) = std::mem::take(&mut growing);
+                    pending.push((segment, b, t));
+                    segment += 1;
+                }
+            }
+            8 => {
+                if !pending.is_empty() {
+                    let (id, b, t) = pending.remove(rng.random_range(0..pending.len()));
+                    let mut seg = shard.prepare_sealed(id, 1, b, t).unwrap();
+                    if rng.random_bool(0.5) {
+                        let v = seg.vectors(0).unwrap();
+                        seg.set_index(0, AnnIndex::build(&v.data, DIM, params).unwrap());
+                    }
+                    shard.install_sealed(seg).unwrap();
+                }
+            }
+            _ => {
+                checks += 1;
+                let at = rng.random_range(90..=ts);
+                let model = visible(&events, at);
+                // Query with a filter (nulls match only `is null`).
+                let got = ids(&shard.query(Some(&filter), &[], &["tag".into()], 0, at).unwrap());
+                let want: Vec<i64> = model
+                    .values()
+                    .filter(|r| r.tag.is_none_or(|t| t < 5))
+                    .map(|r| r.id)
+                    .collect();
+                assert_eq!(got, want, "seed {seed}: query at {at}");
+                assert_eq!(shard.count(at), model.len(), "seed {seed}: count at {at}");
+                // Get.
+                let keys: Vec<Pk> = (0..5).map(|_| Pk::Int(rng.random_range(0..KEYS))).collect();
+                let got = ids(&shard.get(&keys, &[], at).unwrap());
+                let mut seen = std::collections::HashSet::new();
+                let want: Vec<i64> = keys
+                    .iter()
+                    .filter_map(|k| match k {
+                        Pk::Int(v) => Some(*v),
+                        Pk::Str(_) => None,
+                    })
+                    .filter(|v| seen.insert(*v) && model.contains_key(v))
+                    .collect();
+                assert_eq!(got, want, "seed {seed}: get at {at}");
+                // Exact search.
+                let q: Vec<f32> = (0..DIM).map(|_| rng.random_range(-1.0..1.0)).collect();
+                let spec = SearchSpec {
+                    field: None,
+                    vectors: vec![q.clone()],
+                    top_k: 5,
+                    metric: Some(Metric::L2),
+                    filter: None,
+                    partitions: Vec::new(),
+                    output_fields: vec!["tag".into()],
+                    exact: true,
+                    ef: None,
+                };
+                let hits = shard.search(&spec, at).unwrap();
+                let mut want: Vec<(f32, i64)> = model
+                    .values()
+                    .map(|r| (sluice_query::vector::l2_squared(&q, &r.vec), r.id))
+                    .collect();
+                want.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+                want.truncate(5);
+                let got: Vec<i64> = ids(&hits[0].rows);
+                assert_eq!(
+                    got,
+                    want.iter().map(|w| w.1).collect::<Vec<_>>(),
+                    "seed {seed}: search at {at}"
+                );
+                for (s, w) in hits[0].scores.iter().zip(&want) {
+                    assert!((s - w.0).abs() < 1e-5, "seed {seed}: score {s} vs {}", w.0);
+                }
+            }
+        }
+    }
+    assert!(checks > 10, "seed {seed}: only {checks} checks");
+}
+
+#[test]
+fn a_shard_answers_like_the_model_at_every_timestamp() {
+    for seed in 0..40 {
+        run(seed);
+    }
+}
