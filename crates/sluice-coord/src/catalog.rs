@@ -38,6 +38,12 @@ const COLLECTION_NAME_DOMAIN: i32 = 1;
 /// The most shards a collection may have.
 pub const MAX_SHARDS: u32 = 64;
 
+/// The meta-store key naming the live collection called `name` (its id, decimal), under the
+/// meta store's `root`.
+pub fn name_key(root: &str, name: &str) -> String {
+    format!("{}/catalog/names/{name}", root.trim_end_matches('/'))
+}
+
 /// The catalog over a meta store.
 pub struct Catalog {
     store: Arc<dyn MetaStore>,
@@ -72,7 +78,7 @@ impl Catalog {
     }
 
     fn name_key(&self, name: &str) -> String {
-        format!("{}/catalog/names/{name}", self.root)
+        name_key(&self.root, name)
     }
 
     async fn read(&self, key: &str) -> Result<Option<v1::CollectionInfo>> {

@@ -193,43 +193,62 @@ impl QueryHost {
         out
     }
 
-    /// The delegators of the collection named `name`, checked to be all of its shards.
-    fn shards_of(&self, name: &str) -> Result<Vec<Arc<Delegator>>, ReadError> {
+    /// The delegators of the collection named `name`, checked to be all of its shards. A
+    /// collection the catalog has but no delegator here serves yet (its WALs are being opened
+    /// or moved, or its segments loaded) is NOT_READY, which callers retry.
+    async fn shards_of(&self, name: &str) -> Result<Vec<Arc<Delegator>>, ReadError> {
+        let found = self.local_shards(name);
+        if let Some(out) = found {
+            let want = out
+                .first()
+                .map_or(1, |d| d.read().schema().shards.max(1) as usize);
+            if out.len() < want {
+                return Err(ReadError::new(
+                    ErrorCode::ChannelNotExist,
+                    format!(
+                        "collection {name:?} has {want} shards and {} are served here; reads \
+                         across nodes are not supported yet — send the request to the node \
+                         that owns all of them",
+                        out.len()
+                    ),
+                ));
+            }
+            return Ok(out);
+        }
+        let key = sluice_coord::catalog::name_key(&self.storage.meta_root, name);
+        match self.storage.meta.get(&key).await {
+            Ok(Some(_)) => Err(ReadError::new(
+                ErrorCode::NotReady,
+                format!(
+                    "collection {name:?} exists but no shard of it is served here yet (its WALs \
+                     are being opened or moved); retry"
+                ),
+            )),
+            Ok(None) => Err(ReadError::new(
+                ErrorCode::CollectionNotFound,
+                format!("collection {name:?} does not exist"),
+            )),
+            Err(e) => Err(ReadError::new(
+                ErrorCode::Inner,
+                format!("reading the catalog: {e}"),
+            )),
+        }
+    }
+
+    fn local_shards(&self, name: &str) -> Option<Vec<Arc<Delegator>>> {
         let shards = self.shards.read();
         let newest = shards
             .values()
             .filter(|d| d.read().schema().name == name)
             .map(|d| d.collection())
-            .max()
-            .ok_or_else(|| {
-                ReadError::new(
-                    ErrorCode::CollectionNotFound,
-                    format!(
-                        "collection {name:?} does not exist (or no shard of it is served here)"
-                    ),
-                )
-            })?;
+            .max()?;
         let mut out: Vec<Arc<Delegator>> = shards
             .values()
             .filter(|d| d.collection() == newest)
             .cloned()
             .collect();
         out.sort_by(|a, b| a.vchannel().cmp(b.vchannel()));
-        let want = out
-            .first()
-            .map_or(1, |d| d.read().schema().shards.max(1) as usize);
-        if out.len() < want {
-            return Err(ReadError::new(
-                ErrorCode::ChannelNotExist,
-                format!(
-                    "collection {name:?} has {want} shards and {} are served here; reads across \
-                     nodes are not supported yet — send the request to the node that owns all \
-                     of them",
-                    out.len()
-                ),
-            ));
-        }
-        Ok(out)
+        Some(out)
     }
 
     /// Where each shard's read may run.
@@ -284,7 +303,7 @@ impl QueryHost {
             Ok(pb::MetricType::Cosine) => Some(Metric::Cosine),
             Err(_) => return Err(ReadError::invalid(format!("unknown metric {}", req.metric))),
         };
-        let shards = self.shards_of(&req.collection)?;
+        let shards = self.shards_of(&req.collection).await?;
         let filter = parse_filter(&req.filter, &shards[0])?;
         let spec = SearchSpec {
             field: (!req.vector_field.is_empty()).then(|| req.vector_field.clone()),
@@ -328,7 +347,7 @@ impl QueryHost {
 
     /// Answers a Query.
     pub async fn query(&self, req: pb::QueryRequest) -> Result<pb::QueryResponse, ReadError> {
-        let shards = self.shards_of(&req.collection)?;
+        let shards = self.shards_of(&req.collection).await?;
         let filter = parse_filter(&req.filter, &shards[0])?;
         let limit = usize::try_from(req.limit).unwrap_or(usize::MAX);
         let mut parts = Vec::with_capacity(shards.len());
@@ -350,7 +369,7 @@ impl QueryHost {
 
     /// Answers a Get.
     pub async fn get(&self, req: pb::GetRequest) -> Result<pb::QueryResponse, ReadError> {
-        let shards = self.shards_of(&req.collection)?;
+        let shards = self.shards_of(&req.collection).await?;
         let keys = keys_from_pb(req.keys.as_ref())?;
         let mut parts = Vec::with_capacity(shards.len());
         let mut mvcc = 0;
@@ -360,7 +379,10 @@ impl QueryHost {
             parts.push(d.read().get(&keys, &req.output_fields, t)?);
         }
         // Back into the order the keys were asked in.
-        let order: HashMap<&Pk, usize> = keys.iter().enumerate().map(|(i, k)| (k, i)).collect();
+        let mut order: HashMap<&Pk, usize> = HashMap::new();
+        for (i, k) in keys.iter().enumerate() {
+            order.entry(k).or_insert(i);
+        }
         let mut picks = Vec::new();
         let found: Vec<Vec<Pk>> = parts
             .iter()
@@ -534,6 +556,11 @@ async fn feed_once(
     let storage = &host.storage;
     let start = flush_start(storage, &pchannel).await?;
     let on_this = |v: &str| VChannel::new(v).is_ok_and(|v| v.pchannel_str() == pchannel);
+    // Every collection the WAL knows gets its delegator now: reads wait on its tsafe (0 until
+    // the segments below are loaded) instead of finding no collection.
+    for (vchannel, collection, schema) in wal.schemas() {
+        delegator(host, wal, &vchannel, collection, Some(schema));
+    }
     let manifests = segment_manifests(storage, None)
         .await
         .map_err(|e| e.to_string())?;

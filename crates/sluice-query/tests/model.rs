@@ -68,11 +68,19 @@ fn batch(rows: &[Row]) -> RecordBatch {
         Arc::new(Schema::new(vec![
             Field::new("id", ArrowType::Int64, false),
             Field::new("tag", ArrowType::Int64, true),
-            Field::new("vec", ArrowType::FixedSizeList(item.clone(), DIM as i32), false),
+            Field::new(
+                "vec",
+                ArrowType::FixedSizeList(item.clone(), DIM as i32),
+                false,
+            ),
         ])),
         vec![
-            Arc::new(Int64Array::from(rows.iter().map(|r| r.id).collect::<Vec<_>>())) as ArrayRef,
-            Arc::new(Int64Array::from(rows.iter().map(|r| r.tag).collect::<Vec<_>>())),
+            Arc::new(Int64Array::from(
+                rows.iter().map(|r| r.id).collect::<Vec<_>>(),
+            )) as ArrayRef,
+            Arc::new(Int64Array::from(
+                rows.iter().map(|r| r.tag).collect::<Vec<_>>(),
+            )),
             Arc::new(
                 FixedSizeListArray::try_new(
                     item,
@@ -188,7 +196,9 @@ fn run(seed: u64) {
                 let at = rng.random_range(90..=ts);
                 let model = visible(&events, at);
                 // Query with a filter (nulls match only `is null`).
-                let got = ids(&shard.query(Some(&filter), &[], &["tag".into()], 0, at).unwrap());
+                let got = ids(&shard
+                    .query(Some(&filter), &[], &["tag".into()], 0, at)
+                    .unwrap());
                 let want: Vec<i64> = model
                     .values()
                     .filter(|r| r.tag.is_none_or(|t| t < 5))

@@ -916,6 +916,16 @@ impl ShardManager {
             .and_then(|c| c.schema.clone())
     }
 
+    /// Every (vchannel, collection, schema) with a schema (vchannel-wide collections only: a
+    /// pchannel-wide one names no vchannel).
+    pub(crate) fn schemas(&self) -> Vec<(String, i64, CollectionSchema)> {
+        let st = self.state.lock();
+        st.collections
+            .iter()
+            .filter_map(|((v, c), coll)| Some((v.clone()?, *c, coll.schema.clone()?)))
+            .collect()
+    }
+
     /// How often to run [`ShardManager::seal_by_policy`].
     pub(crate) fn check_interval(&self) -> Duration {
         self.config.check_interval

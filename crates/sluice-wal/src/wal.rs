@@ -343,6 +343,12 @@ impl Wal {
         self.inner.shard.growing()
     }
 
+    /// Every collection of this pchannel created with a schema: (vchannel, collection, schema
+    /// in force).
+    pub fn schemas(&self) -> Vec<(String, i64, sluice_types::schema::CollectionSchema)> {
+        self.inner.shard.schemas()
+    }
+
     /// The schema in force for `vchannel`'s collection, if it was created with one.
     pub fn schema(&self, vchannel: &VChannel) -> Option<sluice_types::schema::CollectionSchema> {
         self.inner

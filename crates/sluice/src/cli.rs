@@ -664,7 +664,7 @@ pub(crate) async fn insert_batch(
     .vchannel(&VChannel::new(vchannel)?)
     .payload(body)
     .build()?;
-    Ok(client.append(msg).await.context("inserting")?)
+    client.append(msg).await.context("inserting")
 }
 
 /// `sluice ctl flush` (returns a line per shard, to print): a ManualFlush on every shard of a collection (its growing segments are

@@ -88,7 +88,10 @@ fn floats_of(col: &dyn Array) -> anyhow::Result<(usize, Vec<f32>)> {
         .as_primitive_opt::<Float32Type>()
         .context("vector elements that are not float32")?;
     let start = list.offset() * dim;
-    Ok((dim, values.values()[start..start + list.len() * dim].to_vec()))
+    Ok((
+        dim,
+        values.values()[start..start + list.len() * dim].to_vec(),
+    ))
 }
 
 /// Gaussian clusters: 256 centres ~ N(0,1), points = centre + 0.15·N(0,1).
@@ -174,13 +177,21 @@ fn load(params: &SearchBenchParams, tmp: &Path) -> anyhow::Result<Dataset> {
         let mut vectors = Vec::new();
         let mut dim = 0;
         for b in &batches {
-            let (d, v) = floats_of(b.column_by_name("vec").context("data without `vec`")?.as_ref())?;
+            let (d, v) = floats_of(
+                b.column_by_name("vec")
+                    .context("data without `vec`")?
+                    .as_ref(),
+            )?;
             dim = d;
             vectors.extend(v);
         }
         let mut qs = Vec::new();
         for b in read_parquet(queries)? {
-            let (d, v) = floats_of(b.column_by_name("vec").context("queries without `vec`")?.as_ref())?;
+            let (d, v) = floats_of(
+                b.column_by_name("vec")
+                    .context("queries without `vec`")?
+                    .as_ref(),
+            )?;
             qs.extend(v.chunks_exact(d).map(<[f32]>::to_vec));
         }
         let truth = match &params.truth {
@@ -216,7 +227,11 @@ fn load(params: &SearchBenchParams, tmp: &Path) -> anyhow::Result<Dataset> {
     for (c, chunk) in vectors.chunks(params.dim * 10_000).enumerate() {
         let first = (c * 10_000) as i64;
         let n = chunk.len() / params.dim;
-        batches.push(batch_of((first..first + n as i64).collect(), chunk, params.dim)?);
+        batches.push(batch_of(
+            (first..first + n as i64).collect(),
+            chunk,
+            params.dim,
+        )?);
     }
     let data_file = tmp.join("data.parquet");
     let file = std::fs::File::create(&data_file)?;
@@ -316,7 +331,8 @@ fn in_process(ds: &Dataset, params: &SearchBenchParams) -> anyhow::Result<InProc
         multi: false,
     })
     .map_err(|e| anyhow::anyhow!("usearch: {e}"))?;
-    raw.reserve(rows).map_err(|e| anyhow::anyhow!("usearch: {e}"))?;
+    raw.reserve(rows)
+        .map_err(|e| anyhow::anyhow!("usearch: {e}"))?;
     // Built on every core, as Sluice builds its own.
     let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
     let per = rows.div_ceil(workers);
@@ -365,7 +381,9 @@ fn in_process(ds: &Dataset, params: &SearchBenchParams) -> anyhow::Result<InProc
         let started = Instant::now();
         raw_found.clear();
         for q in &ds.queries {
-            let m = raw.search(q, K).map_err(|e| anyhow::anyhow!("usearch: {e}"))?;
+            let m = raw
+                .search(q, K)
+                .map_err(|e| anyhow::anyhow!("usearch: {e}"))?;
             raw_found.push(m.keys.iter().map(|k| *k as i64).collect::<Vec<i64>>());
         }
         raw_qps.push(ds.queries.len() as f64 / started.elapsed().as_secs_f64());
@@ -438,8 +456,15 @@ async fn end_to_end(
         .await?;
     let (client, _topology) = crate::cli::connect(&endpoint, timeout)?;
     let started = Instant::now();
-    crate::cli::insert_file(&client, &endpoint, "bench_search", &ds.data_file, 1000, timeout)
-        .await?;
+    crate::cli::insert_file(
+        &client,
+        &endpoint,
+        "bench_search",
+        &ds.data_file,
+        1000,
+        timeout,
+    )
+    .await?;
     let rows: usize = ds.batches.iter().map(RecordBatch::num_rows).sum();
     let insert_rows_per_s = rows as f64 / started.elapsed().as_secs_f64();
 
@@ -467,8 +492,8 @@ async fn end_to_end(
     }
     let flush_index_s = started.elapsed().as_secs_f64();
 
-    let query = sluice_client::QueryClient::connect(&endpoint)
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let query =
+        sluice_client::QueryClient::connect(&endpoint).map_err(|e| anyhow::anyhow!("{e}"))?;
     // Recall over every query, one request each.
     let mut found = Vec::with_capacity(ds.queries.len());
     for q in &ds.queries {
@@ -526,8 +551,15 @@ async fn end_to_end(
         let vector = vec![1000.0 + t as f32; ds.dim];
         let batch = batch_of(vec![id], &vector, ds.dim)?;
         let started = Instant::now();
-        crate::cli::insert_batch(&client, &endpoint, "bench_search", &info_vchannel, batch, timeout)
-            .await?;
+        crate::cli::insert_batch(
+            &client,
+            &endpoint,
+            "bench_search",
+            &info_vchannel,
+            batch,
+            timeout,
+        )
+        .await?;
         loop {
             let r = query
                 .search(search_request(&vector, v1::ConsistencyLevel::Strong))
@@ -579,7 +611,10 @@ pub(crate) async fn search(params: SearchBenchParams) -> anyhow::Result<()> {
         params.index.expansion_search,
         params.rounds
     );
-    eprintln!("{:>16} {:>10} {:>10} {:>8} {:>8}", "path", "best qps", "median", "recall", "build s");
+    eprintln!(
+        "{:>16} {:>10} {:>10} {:>8} {:>8}",
+        "path", "best qps", "median", "recall", "build s"
+    );
     eprintln!(
         "{:>16} {sb:>10.0} {sm:>10.0} {:>8.4} {:>8.1}",
         "sluice shard", ip.sluice_recall, ip.build_s

@@ -1,0 +1,515 @@
+//! The query path end to end on a real standalone process, against a brute-force model kept by
+//! the test: random inserts (keys drawn from a small range, so they are inserted again),
+//! deletes, flushes (growing segments become Parquet segments with HNSW indexes, loaded and
+//! swapped in by the delegators) and WAL moves (the process is SIGKILLed and started again: the
+//! WALs reopen at a higher term and the delegators rebuild from the segments and the log) —
+//! and at random past and present timestamps, `Query` with a filter, `Get` and exact `Search`
+//! are compared with the model. Every insert is read back at once with STRONG consistency and
+//! must be there.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arrow_array::cast::AsArray;
+use arrow_array::types::Int64Type;
+use arrow_array::{ArrayRef, FixedSizeListArray, Float32Array, Int64Array, RecordBatch};
+use arrow_schema::{DataType as ArrowType, Field, Schema};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use sluice_client::access::RemoteAccess;
+use sluice_client::topology::CoordinatorTopology;
+use sluice_client::{Client, ClientConfig, QueryClient};
+use sluice_proto::v1;
+use sluice_types::message::{
+    DeleteHeader, InsertHeader, ManualFlushHeader, PartitionSegmentAssignment,
+};
+use sluice_types::schema::{CollectionSchema, DataType, FieldSchema};
+use sluice_types::{MutableMessage, VChannel};
+use support::Proc;
+
+const TIMEOUT: Duration = Duration::from_secs(60);
+const DIM: usize = 8;
+const KEYS: i64 = 150;
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn start(data: &std::path::Path, logs: &std::path::Path, listen: &str) -> Proc {
+    Proc::spawn(
+        "standalone",
+        &[
+            "standalone",
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--listen",
+            listen,
+        ],
+        &[
+            ("SLUICE_QUERY__INDEX_MIN_ROWS", "20"),
+            ("SLUICE_STORAGE__CHECKPOINT_INTERVAL_MS", "200"),
+            ("SLUICE_WAL__CHECKPOINT_INTERVAL_MS", "300"),
+        ],
+        logs,
+        TIMEOUT,
+    )
+    .unwrap_or_else(|e| panic!("{e}"))
+}
+
+#[derive(Clone, Debug)]
+struct Row {
+    id: i64,
+    tag: Option<i64>,
+    vec: Vec<f32>,
+}
+
+#[derive(Clone, Debug)]
+enum Event {
+    Insert(Row),
+    Delete(i64),
+}
+
+fn visible(events: &[(u64, Event)], t: u64) -> BTreeMap<i64, Row> {
+    let mut sorted: Vec<&(u64, Event)> = events.iter().collect();
+    sorted.sort_by_key(|(ts, _)| *ts);
+    let mut out = BTreeMap::new();
+    for (ts, e) in sorted {
+        if *ts > t {
+            break;
+        }
+        match e {
+            Event::Insert(r) => {
+                out.insert(r.id, r.clone());
+            }
+            Event::Delete(id) => {
+                out.remove(id);
+            }
+        }
+    }
+    out
+}
+
+fn rows_batch(rows: &[Row]) -> RecordBatch {
+    let item = Arc::new(Field::new("item", ArrowType::Float32, false));
+    let floats: Vec<f32> = rows.iter().flat_map(|r| r.vec.clone()).collect();
+    RecordBatch::try_new(
+        Arc::new(Schema::new(vec![
+            Field::new("id", ArrowType::Int64, false),
+            Field::new("tag", ArrowType::Int64, true),
+            Field::new(
+                "vec",
+                ArrowType::FixedSizeList(item.clone(), DIM as i32),
+                false,
+            ),
+        ])),
+        vec![
+            Arc::new(Int64Array::from(
+                rows.iter().map(|r| r.id).collect::<Vec<_>>(),
+            )) as ArrayRef,
+            Arc::new(Int64Array::from(
+                rows.iter().map(|r| r.tag).collect::<Vec<_>>(),
+            )),
+            Arc::new(
+                FixedSizeListArray::try_new(
+                    item,
+                    DIM as i32,
+                    Arc::new(Float32Array::from(floats)),
+                    None,
+                )
+                .unwrap(),
+            ),
+        ],
+    )
+    .unwrap()
+}
+
+fn ipc(batch: &RecordBatch) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut w = arrow_ipc::writer::StreamWriter::try_new(&mut out, &batch.schema()).unwrap();
+    w.write(batch).unwrap();
+    w.finish().unwrap();
+    drop(w);
+    out
+}
+
+fn decode(bytes: &[u8]) -> Vec<RecordBatch> {
+    if bytes.is_empty() {
+        return Vec::new();
+    }
+    arrow_ipc::reader::StreamReader::try_new(std::io::Cursor::new(bytes), None)
+        .unwrap()
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap()
+}
+
+fn ids_and_tags(bytes: &[u8]) -> Vec<(i64, Option<i64>)> {
+    let mut out = Vec::new();
+    for b in decode(bytes) {
+        let ids = b.column(0).as_primitive::<Int64Type>();
+        let tags = b
+            .column_by_name("tag")
+            .map(|c| c.as_primitive::<Int64Type>().clone());
+        for i in 0..b.num_rows() {
+            let tag = tags
+                .as_ref()
+                .and_then(|t| (!arrow_array::Array::is_null(t, i)).then(|| t.value(i)));
+            out.push((ids.value(i), tag));
+        }
+    }
+    out
+}
+
+fn read(consistency: v1::ConsistencyLevel, mvcc: u64) -> Option<v1::ReadOptions> {
+    Some(v1::ReadOptions {
+        consistency: consistency as i32,
+        mvcc_timestamp: mvcc,
+        timeout_ms: 30_000,
+        ..v1::ReadOptions::default()
+    })
+}
+
+struct Cluster {
+    client: Client,
+    query: QueryClient,
+    info: v1::CollectionInfo,
+}
+
+fn connect(endpoint: &str, info: v1::CollectionInfo) -> Cluster {
+    let topology = Arc::new(CoordinatorTopology::connect(endpoint).unwrap());
+    let client = Client::new(
+        topology,
+        Arc::new(RemoteAccess::new()),
+        ClientConfig {
+            timeout: Some(TIMEOUT),
+            ..ClientConfig::default()
+        },
+    );
+    Cluster {
+        client,
+        query: QueryClient::connect(endpoint)
+            .unwrap()
+            .with_deadline(TIMEOUT),
+        info,
+    }
+}
+
+impl Cluster {
+    fn vchannel(&self, key: i64) -> VChannel {
+        let n = self.info.vchannels.len() as i64;
+        VChannel::new(&self.info.vchannels[key.rem_euclid(n) as usize]).unwrap()
+    }
+
+    /// Inserts `rows` (one append per shard); returns (timestamp, rows) per append.
+    async fn insert(&self, rows: Vec<Row>) -> Vec<(u64, Vec<Row>)> {
+        let mut by_shard: BTreeMap<String, Vec<Row>> = BTreeMap::new();
+        for r in rows {
+            by_shard
+                .entry(self.vchannel(r.id).as_str().to_owned())
+                .or_default()
+                .push(r);
+        }
+        let mut out = Vec::new();
+        for (v, rows) in by_shard {
+            let body = ipc(&rows_batch(&rows));
+            let msg = MutableMessage::builder(InsertHeader {
+                collection_id: self.info.collection_id,
+                partitions: vec![PartitionSegmentAssignment {
+                    partition_id: self.info.partitions[0].partition_id,
+                    rows: rows.len() as u64,
+                    binary_size: body.len() as u64,
+                    segment_id: 0,
+                }],
+            })
+            .vchannel(&VChannel::new(&v).unwrap())
+            .payload(body)
+            .build()
+            .unwrap();
+            let r = self.client.append(msg).await.expect("insert");
+            out.push((r.timestamp.0, rows));
+        }
+        out
+    }
+
+    async fn delete(&self, keys: Vec<i64>) -> Vec<(u64, Vec<i64>)> {
+        let mut by_shard: BTreeMap<String, Vec<i64>> = BTreeMap::new();
+        for k in keys {
+            by_shard
+                .entry(self.vchannel(k).as_str().to_owned())
+                .or_default()
+                .push(k);
+        }
+        let mut out = Vec::new();
+        for (v, keys) in by_shard {
+            let batch = RecordBatch::try_new(
+                Arc::new(Schema::new(vec![Field::new("id", ArrowType::Int64, false)])),
+                vec![Arc::new(Int64Array::from(keys.clone())) as ArrayRef],
+            )
+            .unwrap();
+            let msg = MutableMessage::builder(DeleteHeader {
+                collection_id: self.info.collection_id,
+                rows: keys.len() as u64,
+            })
+            .vchannel(&VChannel::new(&v).unwrap())
+            .payload(ipc(&batch))
+            .build()
+            .unwrap();
+            let r = self.client.append(msg).await.expect("delete");
+            out.push((r.timestamp.0, keys));
+        }
+        out
+    }
+
+    async fn flush(&self) {
+        for v in &self.info.vchannels {
+            let msg = MutableMessage::builder(ManualFlushHeader {
+                collection_id: self.info.collection_id,
+                flush_ts: 0,
+                segment_ids: Vec::new(),
+            })
+            .vchannel(&VChannel::new(v).unwrap())
+            .build()
+            .unwrap();
+            self.client.append(msg).await.expect("flush");
+        }
+    }
+}
+
+async fn create(endpoint: &str) -> v1::CollectionInfo {
+    let f = |name: &str, ty: DataType| FieldSchema {
+        name: name.into(),
+        data_type: ty as i32,
+        ..FieldSchema::default()
+    };
+    let schema = CollectionSchema {
+        name: "model".into(),
+        fields: vec![
+            FieldSchema {
+                is_primary_key: true,
+                ..f("id", DataType::Int64)
+            },
+            FieldSchema {
+                nullable: true,
+                ..f("tag", DataType::Int64)
+            },
+            FieldSchema {
+                dim: DIM as u32,
+                ..f("vec", DataType::FloatVector)
+            },
+        ],
+        shards: 2,
+        ..CollectionSchema::default()
+    };
+    let mut coord = v1::coordinator_client::CoordinatorClient::new(
+        sluice_proto::lazy_channel(endpoint).unwrap(),
+    );
+    coord
+        .create_collection(v1::CreateCollectionRequest {
+            schema: Some(schema),
+            partition_names: Vec::new(),
+        })
+        .await
+        .expect("create collection")
+        .into_inner()
+}
+
+async fn check(c: &Cluster, events: &[(u64, Event)], at: u64, rng: &mut StdRng, what: &str) {
+    let model = visible(events, at);
+    // A filtered query.
+    let got = c
+        .query
+        .query(v1::QueryRequest {
+            collection: "model".into(),
+            filter: "tag < 5 or tag is null".into(),
+            output_fields: vec!["tag".into()],
+            read: read(v1::ConsistencyLevel::Eventually, at),
+            ..v1::QueryRequest::default()
+        })
+        .await
+        .expect("query");
+    assert_eq!(got.mvcc_timestamp, at, "{what}");
+    let want: Vec<(i64, Option<i64>)> = model
+        .values()
+        .filter(|r| r.tag.is_none_or(|t| t < 5))
+        .map(|r| (r.id, r.tag))
+        .collect();
+    assert_eq!(ids_and_tags(&got.rows), want, "{what}: query at {at}");
+    // Get of random keys.
+    let keys: Vec<i64> = (0..8).map(|_| rng.random_range(0..KEYS)).collect();
+    let got = c
+        .query
+        .get(v1::GetRequest {
+            collection: "model".into(),
+            keys: Some(v1::PrimaryKeys {
+                keys: Some(v1::primary_keys::Keys::IntKeys(v1::Int64List {
+                    values: keys.clone(),
+                })),
+            }),
+            output_fields: vec!["tag".into()],
+            read: read(v1::ConsistencyLevel::Eventually, at),
+        })
+        .await
+        .expect("get");
+    let mut seen = std::collections::HashSet::new();
+    let want: Vec<(i64, Option<i64>)> = keys
+        .iter()
+        .filter(|k| seen.insert(**k))
+        .filter_map(|k| model.get(k).map(|r| (r.id, r.tag)))
+        .collect();
+    assert_eq!(
+        ids_and_tags(&got.rows),
+        want,
+        "{what}: get {keys:?} at {at}"
+    );
+    // Exact search.
+    let q: Vec<f32> = (0..DIM).map(|_| rng.random_range(-1.0..1.0)).collect();
+    let got = c
+        .query
+        .search(v1::SearchRequest {
+            collection: "model".into(),
+            vectors: vec![v1::FloatVector { values: q.clone() }],
+            top_k: 7,
+            metric: v1::MetricType::L2 as i32,
+            read: read(v1::ConsistencyLevel::Eventually, at),
+            exact: true,
+            ..v1::SearchRequest::default()
+        })
+        .await
+        .expect("search");
+    let mut want: Vec<(f32, i64)> = model
+        .values()
+        .map(|r| (sluice_query::vector::l2_squared(&q, &r.vec), r.id))
+        .collect();
+    want.sort_by(|a, b| a.0.total_cmp(&b.0));
+    want.truncate(7);
+    let hits = &got.results[0];
+    let got_ids = match hits.keys.as_ref().and_then(|k| k.keys.as_ref()) {
+        Some(v1::primary_keys::Keys::IntKeys(l)) => l.values.clone(),
+        _ => Vec::new(),
+    };
+    assert_eq!(
+        got_ids,
+        want.iter().map(|w| w.1).collect::<Vec<_>>(),
+        "{what}: search at {at}"
+    );
+    for (s, w) in hits.scores.iter().zip(&want) {
+        assert!((s - w.0).abs() < 1e-4, "{what}: score {s} vs {}", w.0);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn search_query_and_get_match_a_model_through_flushes_and_wal_moves() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let listen = format!("127.0.0.1:{}", free_port());
+    let mut server = start(&data, dir.path(), &listen);
+    let endpoint = server.endpoint();
+    let info = create(&endpoint).await;
+    let mut c = connect(&endpoint, info.clone());
+    let mut rng = StdRng::seed_from_u64(7);
+    let mut events: Vec<(u64, Event)> = Vec::new();
+    let (mut checks, mut moves, mut flushes, mut strong) = (0, 0, 0, 0);
+    for step in 0..160 {
+        match rng.random_range(0..20) {
+            0..9 => {
+                let mut keys: Vec<i64> = (0..rng.random_range(1..12))
+                    .map(|_| rng.random_range(0..KEYS))
+                    .collect();
+                keys.sort_unstable();
+                keys.dedup();
+                let rows: Vec<Row> = keys
+                    .iter()
+                    .map(|&id| Row {
+                        id,
+                        tag: (rng.random_range(0..4) > 0).then(|| rng.random_range(0..10)),
+                        vec: (0..DIM).map(|_| rng.random_range(-1.0..1.0)).collect(),
+                    })
+                    .collect();
+                for (ts, rows) in c.insert(rows.clone()).await {
+                    events.extend(rows.into_iter().map(|r| (ts, Event::Insert(r))));
+                }
+                // STRONG: every acknowledged insert is seen at once, as inserted.
+                let got = c
+                    .query
+                    .get(v1::GetRequest {
+                        collection: "model".into(),
+                        keys: Some(v1::PrimaryKeys {
+                            keys: Some(v1::primary_keys::Keys::IntKeys(v1::Int64List {
+                                values: keys.clone(),
+                            })),
+                        }),
+                        output_fields: vec!["tag".into()],
+                        read: read(v1::ConsistencyLevel::Strong, 0),
+                    })
+                    .await
+                    .expect("strong get");
+                let want: Vec<(i64, Option<i64>)> = rows.iter().map(|r| (r.id, r.tag)).collect();
+                assert_eq!(ids_and_tags(&got.rows), want, "step {step}: strong read");
+                strong += 1;
+            }
+            9..12 => {
+                let keys: Vec<i64> = (0..rng.random_range(1..6))
+                    .map(|_| rng.random_range(0..KEYS))
+                    .collect();
+                for (ts, keys) in c.delete(keys).await {
+                    let mut keys = keys;
+                    keys.sort_unstable();
+                    keys.dedup();
+                    events.extend(keys.into_iter().map(|k| (ts, Event::Delete(k))));
+                }
+            }
+            12..14 => {
+                c.flush().await;
+                flushes += 1;
+            }
+            14 => {
+                // A WAL move: SIGKILL, then a new process opens every WAL at a higher term.
+                server.kill();
+                server = start(&data, dir.path(), &listen);
+                c = connect(&endpoint, info.clone());
+                moves += 1;
+            }
+            _ => {
+                let latest = events.iter().map(|e| e.0).max().unwrap_or(0);
+                let at = if rng.random_bool(0.5) || events.is_empty() {
+                    latest.max(1)
+                } else {
+                    events[rng.random_range(0..events.len())].0
+                };
+                check(&c, &events, at, &mut rng, &format!("step {step}")).await;
+                checks += 1;
+            }
+        }
+    }
+    // Once more after everything is flushed and loaded, and after a last move.
+    c.flush().await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let latest = events.iter().map(|e| e.0).max().unwrap();
+    check(&c, &events, latest, &mut rng, "after the last flush").await;
+    server.kill();
+    server = start(&data, dir.path(), &listen);
+    c = connect(&endpoint, info.clone());
+    check(&c, &events, latest, &mut rng, "after the last move").await;
+    for e in events.iter().step_by(17) {
+        check(
+            &c,
+            &events,
+            e.0,
+            &mut rng,
+            "a past timestamp after the last move",
+        )
+        .await;
+    }
+    server.kill();
+    assert!(
+        checks >= 10 && moves >= 2 && flushes >= 3 && strong >= 20,
+        "checks {checks}, moves {moves}, flushes {flushes}, strong reads {strong}"
+    );
+    eprintln!("checks {checks}, moves {moves}, flushes {flushes}, strong reads {strong}");
+}
