@@ -44,6 +44,11 @@ pub fn name_key(root: &str, name: &str) -> String {
     format!("{}/catalog/names/{name}", root.trim_end_matches('/'))
 }
 
+/// The meta-store key of collection `id`'s `CollectionInfo`, under the meta store's `root`.
+pub fn collection_key(root: &str, id: &str) -> String {
+    format!("{}/catalog/collections/{id}", root.trim_end_matches('/'))
+}
+
 /// The catalog over a meta store.
 pub struct Catalog {
     store: Arc<dyn MetaStore>,
@@ -74,7 +79,7 @@ impl Catalog {
     }
 
     fn record_key(&self, id: i64) -> String {
-        format!("{}/catalog/collections/{id}", self.root)
+        collection_key(&self.root, &id.to_string())
     }
 
     fn name_key(&self, name: &str) -> String {

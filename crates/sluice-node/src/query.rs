@@ -72,6 +72,8 @@ pub struct QueryHost {
     config: QueryConfig,
     shards: RwLock<HashMap<String, Arc<Delegator>>>,
     wals: Mutex<HashMap<String, Wal>>,
+    locator: std::sync::OnceLock<Arc<dyn ShardLocator>>,
+    address: std::sync::OnceLock<String>,
 }
 
 impl std::fmt::Debug for QueryHost {
@@ -157,7 +159,16 @@ impl QueryHost {
             config,
             shards: RwLock::new(HashMap::new()),
             wals: Mutex::new(HashMap::new()),
+            locator: std::sync::OnceLock::new(),
+            address: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Lets this host forward the shards it does not serve to their owners, found by
+    /// `locator`; `address` is this node's own (never forwarded to). Set once.
+    pub fn set_locator(&self, locator: Arc<dyn ShardLocator>, address: String) {
+        let _ = self.locator.set(locator);
+        let _ = self.address.set(address);
     }
 
     /// Starts feeding the delegators of `wal`'s vchannels.
@@ -193,64 +204,6 @@ impl QueryHost {
         out
     }
 
-    /// The delegators of the collection named `name`, checked to be all of its shards. A
-    /// collection the catalog has but no delegator here serves yet (its WALs are being opened
-    /// or moved, or its segments loaded) is NOT_READY, which callers retry.
-    async fn shards_of(&self, name: &str) -> Result<Vec<Arc<Delegator>>, ReadError> {
-        let found = self.local_shards(name);
-        if let Some(out) = found {
-            let want = out
-                .first()
-                .map_or(1, |d| d.read().schema().shards.max(1) as usize);
-            if out.len() < want {
-                return Err(ReadError::new(
-                    ErrorCode::ChannelNotExist,
-                    format!(
-                        "collection {name:?} has {want} shards and {} are served here; reads \
-                         across nodes are not supported yet — send the request to the node \
-                         that owns all of them",
-                        out.len()
-                    ),
-                ));
-            }
-            return Ok(out);
-        }
-        let key = sluice_coord::catalog::name_key(&self.storage.meta_root, name);
-        match self.storage.meta.get(&key).await {
-            Ok(Some(_)) => Err(ReadError::new(
-                ErrorCode::NotReady,
-                format!(
-                    "collection {name:?} exists but no shard of it is served here yet (its WALs \
-                     are being opened or moved); retry"
-                ),
-            )),
-            Ok(None) => Err(ReadError::new(
-                ErrorCode::CollectionNotFound,
-                format!("collection {name:?} does not exist"),
-            )),
-            Err(e) => Err(ReadError::new(
-                ErrorCode::Inner,
-                format!("reading the catalog: {e}"),
-            )),
-        }
-    }
-
-    fn local_shards(&self, name: &str) -> Option<Vec<Arc<Delegator>>> {
-        let shards = self.shards.read();
-        let newest = shards
-            .values()
-            .filter(|d| d.read().schema().name == name)
-            .map(|d| d.collection())
-            .max()?;
-        let mut out: Vec<Arc<Delegator>> = shards
-            .values()
-            .filter(|d| d.collection() == newest)
-            .cloned()
-            .collect();
-        out.sort_by(|a, b| a.vchannel().cmp(b.vchannel()));
-        Some(out)
-    }
-
     /// Where each shard's read may run.
     fn read_at(&self, d: &Delegator, read: Option<&pb::ReadOptions>) -> ReadAt {
         let default = pb::ReadOptions::default();
@@ -282,6 +235,220 @@ impl QueryHost {
         }
     }
 
+    /// Which shards of collection `name` answer a request, and where: those served here, and
+    /// per owning node those that are not (`only`: exactly these shards, all served here — a
+    /// request another node forwarded).
+    async fn plan(&self, name: &str, only: &[String]) -> Result<Vec<Part>, ReadError> {
+        if !only.is_empty() {
+            let shards = self.shards.read();
+            return only
+                .iter()
+                .map(|v| {
+                    shards
+                        .get(v)
+                        .filter(|d| d.read().schema().name == name)
+                        .map(|d| Part::Local(d.clone()))
+                        .ok_or_else(|| {
+                            ReadError::new(
+                                ErrorCode::ChannelNotExist,
+                                format!("shard {v} of collection {name:?} is not served here"),
+                            )
+                        })
+                })
+                .collect();
+        }
+        if let Some(local) = self.local_shards(name) {
+            let want = local
+                .first()
+                .map_or(1, |d| d.read().schema().shards.max(1) as usize);
+            if local.len() >= want {
+                return Ok(local.into_iter().map(Part::Local).collect());
+            }
+        }
+        let info = self.catalog_entry(name).await?;
+        let mut parts = Vec::new();
+        let mut remote: HashMap<String, Vec<String>> = HashMap::new();
+        for v in &info.vchannels {
+            let here = self
+                .shards
+                .read()
+                .get(v)
+                .filter(|d| d.collection() == info.collection_id)
+                .cloned();
+            if let Some(d) = here {
+                parts.push(Part::Local(d));
+                continue;
+            }
+            let pchannel = VChannel::new(v)
+                .map_err(|e| ReadError::new(ErrorCode::Inner, e.to_string()))?
+                .pchannel_str()
+                .to_owned();
+            let owner = match self.locator.get() {
+                Some(l) => l.owner(&pchannel),
+                None => None,
+            };
+            match owner {
+                Some(address) if Some(&address) != self.address.get() => {
+                    remote.entry(address).or_default().push(v.clone());
+                }
+                _ => {
+                    return Err(ReadError::new(
+                        ErrorCode::NotReady,
+                        format!(
+                            "shard {v} of collection {name:?} is not served anywhere yet (its \
+                             WAL is being opened or moved); retry"
+                        ),
+                    ));
+                }
+            }
+        }
+        let mut remote: Vec<(String, Vec<String>)> = remote.into_iter().collect();
+        remote.sort();
+        parts.extend(
+            remote
+                .into_iter()
+                .map(|(address, vchannels)| Part::Remote { address, vchannels }),
+        );
+        Ok(parts)
+    }
+
+    /// The catalog's entry of the live collection `name`.
+    async fn catalog_entry(&self, name: &str) -> Result<pb::CollectionInfo, ReadError> {
+        use prost::Message as _;
+        let meta = &self.storage.meta;
+        let root = &self.storage.meta_root;
+        let inner = |e: sluice_meta::MetaError| {
+            ReadError::new(ErrorCode::Inner, format!("reading the catalog: {e}"))
+        };
+        let Some(id) = meta
+            .get(&sluice_coord::catalog::name_key(root, name))
+            .await
+            .map_err(inner)?
+        else {
+            return Err(ReadError::new(
+                ErrorCode::CollectionNotFound,
+                format!("collection {name:?} does not exist"),
+            ));
+        };
+        let id = String::from_utf8_lossy(&id.value).trim().to_owned();
+        let key = sluice_coord::catalog::collection_key(root, &id);
+        let entry = meta.get(&key).await.map_err(inner)?.ok_or_else(|| {
+            ReadError::new(
+                ErrorCode::NotReady,
+                format!("collection {name:?} is being created or dropped; retry"),
+            )
+        })?;
+        pb::CollectionInfo::decode(entry.value.as_ref()).map_err(|e| {
+            ReadError::new(
+                ErrorCode::Inner,
+                format!("the catalog entry {key} does not decode: {e}"),
+            )
+        })
+    }
+
+    fn local_shards(&self, name: &str) -> Option<Vec<Arc<Delegator>>> {
+        let shards = self.shards.read();
+        let newest = shards
+            .values()
+            .filter(|d| d.read().schema().name == name)
+            .map(|d| d.collection())
+            .max()?;
+        let mut out: Vec<Arc<Delegator>> = shards
+            .values()
+            .filter(|d| d.collection() == newest)
+            .cloned()
+            .collect();
+        out.sort_by(|a, b| a.vchannel().cmp(b.vchannel()));
+        Some(out)
+    }
+
+    /// Reads every part at one MVCC timestamp, so a multi-shard answer is one snapshot: the
+    /// request's `mvcc_timestamp` if it names one; else the guarantee is the highest of every
+    /// shard's (for STRONG: each WAL's newest timestamp), every shard waits until it reached
+    /// it, and the read happens at the lowest timestamp every shard has applied (as fresh as
+    /// the slowest shard allows). Remote parts answer with the timestamp they read at; one that
+    /// read earlier than the others is asked again at the common timestamp.
+    async fn read_parts<T, L, R, RF>(
+        &self,
+        parts: &[Part],
+        read: Option<&pb::ReadOptions>,
+        local: L,
+        remote: R,
+    ) -> Result<(Vec<T>, u64), ReadError>
+    where
+        L: Fn(&Delegator, u64) -> Result<T, ReadError>,
+        R: Fn(String, Vec<String>, pb::ReadOptions) -> RF,
+        RF: std::future::Future<Output = Result<(T, u64), ReadError>>,
+    {
+        let base = read.copied().unwrap_or_default();
+        let explicit = base.mvcc_timestamp;
+        let mut guarantee = base.guarantee_timestamp;
+        let mut timeout = self.config.read_timeout;
+        for part in parts {
+            if let Part::Local(d) = part {
+                let at = self.read_at(d, read);
+                guarantee = guarantee.max(at.guarantee);
+                timeout = at.timeout;
+            }
+        }
+        let mut remote_done: Vec<Option<(T, u64)>> = parts.iter().map(|_| None).collect();
+        let mut t = explicit;
+        if explicit == 0 {
+            for (i, part) in parts.iter().enumerate() {
+                if let Part::Remote { address, vchannels } = part {
+                    let options = pb::ReadOptions {
+                        guarantee_timestamp: guarantee,
+                        ..base
+                    };
+                    let r = remote(address.clone(), vchannels.clone(), options).await?;
+                    t = t.max(r.1);
+                    remote_done[i] = Some(r);
+                }
+            }
+            let need = guarantee.max(t);
+            let mut lowest = None::<u64>;
+            for part in parts {
+                if let Part::Local(d) = part {
+                    let reached = d
+                        .ready(ReadAt {
+                            guarantee: need,
+                            mvcc: None,
+                            timeout,
+                        })
+                        .await?;
+                    lowest = Some(lowest.map_or(reached, |l| l.min(reached)));
+                }
+            }
+            t = t.max(lowest.unwrap_or(0));
+        }
+        let mut out = Vec::with_capacity(parts.len());
+        for (i, part) in parts.iter().enumerate() {
+            match part {
+                Part::Local(d) => {
+                    let at = d
+                        .ready(ReadAt {
+                            guarantee: 0,
+                            mvcc: Some(t),
+                            timeout,
+                        })
+                        .await?;
+                    out.push(local(d, at)?);
+                }
+                Part::Remote { address, vchannels } => match remote_done[i].take() {
+                    Some((v, at)) if at == t => out.push(v),
+                    _ => {
+                        let options = pb::ReadOptions {
+                            mvcc_timestamp: t,
+                            ..base
+                        };
+                        out.push(remote(address.clone(), vchannels.clone(), options).await?.0);
+                    }
+                },
+            }
+        }
+        Ok((out, t))
+    }
+
     /// Answers a Search.
     pub async fn search(&self, req: pb::SearchRequest) -> Result<pb::SearchResponse, ReadError> {
         if req.vectors.is_empty() || req.vectors.len() > MAX_QUERY_VECTORS {
@@ -303,29 +470,65 @@ impl QueryHost {
             Ok(pb::MetricType::Cosine) => Some(Metric::Cosine),
             Err(_) => return Err(ReadError::invalid(format!("unknown metric {}", req.metric))),
         };
-        let shards = self.shards_of(&req.collection).await?;
-        let filter = parse_filter(&req.filter, &shards[0])?;
-        let spec = SearchSpec {
-            field: (!req.vector_field.is_empty()).then(|| req.vector_field.clone()),
-            vectors: req.vectors.into_iter().map(|v| v.values).collect(),
-            top_k: k,
-            metric,
-            filter,
-            partitions: req.partition_ids,
-            output_fields: req.output_fields,
-            exact: req.exact,
-            ef: None,
+        let parts = self.plan(&req.collection, &req.shards).await?;
+        let nq = req.vectors.len();
+        let spec = match parts.iter().find_map(|p| match p {
+            Part::Local(d) => Some(d),
+            Part::Remote { .. } => None,
+        }) {
+            Some(d) => Some(SearchSpec {
+                field: (!req.vector_field.is_empty()).then(|| req.vector_field.clone()),
+                vectors: req.vectors.iter().map(|v| v.values.clone()).collect(),
+                top_k: k,
+                metric,
+                filter: parse_filter(&req.filter, d)?,
+                partitions: req.partition_ids.clone(),
+                output_fields: req.output_fields.clone(),
+                exact: req.exact,
+                ef: None,
+            }),
+            None => None,
         };
-        let mut per_shard: Vec<Vec<Hits>> = Vec::with_capacity(shards.len());
-        let mut mvcc = 0;
-        for d in &shards {
-            let t = d.ready(self.read_at(d, req.read.as_ref())).await?;
-            mvcc = mvcc.max(t);
-            per_shard.push(d.read().search(&spec, t)?);
-        }
-        let mut results = Vec::with_capacity(spec.vectors.len());
-        for q in 0..spec.vectors.len() {
-            let parts: Vec<Hits> = per_shard.iter_mut().map(|s| s[q].clone()).collect();
+        let used = std::sync::Mutex::new(metric.unwrap_or(self.config.index.metric));
+        let (per_part, mvcc) = self
+            .read_parts(
+                &parts,
+                req.read.as_ref(),
+                |d, t| {
+                    let spec = spec.as_ref().expect("a local part has a spec");
+                    if let Ok(mut u) = used.lock() {
+                        *u = metric.unwrap_or(d.read().index_params().metric);
+                    }
+                    Ok(d.read().search(spec, t)?)
+                },
+                |address, vchannels, read| {
+                    let req = pb::SearchRequest {
+                        shards: vchannels,
+                        read: Some(read),
+                        ..req.clone()
+                    };
+                    let used = &used;
+                    async move {
+                        let r =
+                            forward(&address, |mut c| async move { c.search(req).await }).await?;
+                        let m = metric_of(r.metric).unwrap_or(metric.unwrap_or(Metric::L2));
+                        if let Ok(mut u) = used.lock() {
+                            *u = m;
+                        }
+                        let hits = r
+                            .results
+                            .iter()
+                            .map(|h| hits_of(h, m))
+                            .collect::<Result<Vec<_>, _>>()?;
+                        Ok((hits, r.mvcc_timestamp))
+                    }
+                },
+            )
+            .await?;
+        let used = used.into_inner().unwrap_or(Metric::L2);
+        let mut results = Vec::with_capacity(nq);
+        for q in 0..nq {
+            let parts: Vec<Hits> = per_part.iter().filter_map(|s| s.get(q).cloned()).collect();
             let hits = if parts.len() == 1 {
                 parts.into_iter().next().expect("one part")
             } else {
@@ -342,64 +545,193 @@ impl QueryHost {
         Ok(pb::SearchResponse {
             results,
             mvcc_timestamp: mvcc,
+            metric: metric_to_pb(used) as i32,
         })
     }
 
     /// Answers a Query.
     pub async fn query(&self, req: pb::QueryRequest) -> Result<pb::QueryResponse, ReadError> {
-        let shards = self.shards_of(&req.collection).await?;
-        let filter = parse_filter(&req.filter, &shards[0])?;
+        let parts = self.plan(&req.collection, &req.shards).await?;
         let limit = usize::try_from(req.limit).unwrap_or(usize::MAX);
-        let mut parts = Vec::with_capacity(shards.len());
-        let mut mvcc = 0;
-        for d in &shards {
-            let t = d.ready(self.read_at(d, req.read.as_ref())).await?;
-            mvcc = mvcc.max(t);
-            parts.push(d.read().query(
-                filter.as_ref(),
-                &req.partition_ids,
-                &req.output_fields,
-                limit,
-                t,
-            )?);
-        }
-        let batch = merge_sorted(parts, limit)?;
+        let (parts_rows, mvcc) = self
+            .read_parts(
+                &parts,
+                req.read.as_ref(),
+                |d, t| {
+                    let filter = parse_filter(&req.filter, d)?;
+                    Ok(vec![d.read().query(
+                        filter.as_ref(),
+                        &req.partition_ids,
+                        &req.output_fields,
+                        limit,
+                        t,
+                    )?])
+                },
+                |address, vchannels, read| {
+                    let req = pb::QueryRequest {
+                        shards: vchannels,
+                        read: Some(read),
+                        ..req.clone()
+                    };
+                    async move {
+                        let r =
+                            forward(&address, |mut c| async move { c.query(req).await }).await?;
+                        Ok((decode_rows(&r.rows)?, r.mvcc_timestamp))
+                    }
+                },
+            )
+            .await?;
+        let batches: Vec<RecordBatch> = parts_rows.into_iter().flatten().collect();
+        let batch = merge_sorted(batches, limit)?;
         respond(batch, mvcc)
     }
 
     /// Answers a Get.
     pub async fn get(&self, req: pb::GetRequest) -> Result<pb::QueryResponse, ReadError> {
-        let shards = self.shards_of(&req.collection).await?;
+        let parts = self.plan(&req.collection, &req.shards).await?;
         let keys = keys_from_pb(req.keys.as_ref())?;
-        let mut parts = Vec::with_capacity(shards.len());
-        let mut mvcc = 0;
-        for d in &shards {
-            let t = d.ready(self.read_at(d, req.read.as_ref())).await?;
-            mvcc = mvcc.max(t);
-            parts.push(d.read().get(&keys, &req.output_fields, t)?);
-        }
+        let (parts_rows, mvcc) = self
+            .read_parts(
+                &parts,
+                req.read.as_ref(),
+                |d, t| Ok(vec![d.read().get(&keys, &req.output_fields, t)?]),
+                |address, vchannels, read| {
+                    let req = pb::GetRequest {
+                        shards: vchannels,
+                        read: Some(read),
+                        ..req.clone()
+                    };
+                    async move {
+                        let r = forward(&address, |mut c| async move { c.get(req).await }).await?;
+                        Ok((decode_rows(&r.rows)?, r.mvcc_timestamp))
+                    }
+                },
+            )
+            .await?;
+        let batches: Vec<RecordBatch> = parts_rows.into_iter().flatten().collect();
         // Back into the order the keys were asked in.
         let mut order: HashMap<&Pk, usize> = HashMap::new();
         for (i, k) in keys.iter().enumerate() {
             order.entry(k).or_insert(i);
         }
         let mut picks = Vec::new();
-        let found: Vec<Vec<Pk>> = parts
-            .iter()
-            .map(|b| pks_of(b.column(0).as_ref()).map_err(ReadError::from))
-            .collect::<Result<_, _>>()?;
-        for (p, ks) in found.iter().enumerate() {
-            for (i, k) in ks.iter().enumerate() {
+        for (p, b) in batches.iter().enumerate() {
+            for (i, k) in pks_of(b.column(0).as_ref())?.iter().enumerate() {
                 picks.push((order.get(k).copied().unwrap_or(usize::MAX), p, i));
             }
         }
         picks.sort_unstable();
         let batch = interleave_batches(
-            &parts,
+            &batches,
             &picks.iter().map(|&(_, p, i)| (p, i)).collect::<Vec<_>>(),
         )?;
         respond(batch, mvcc)
     }
+}
+
+/// Where a request's shards are answered.
+enum Part {
+    /// By a delegator here.
+    Local(Arc<Delegator>),
+    /// By the node at `address`, for these shards.
+    Remote {
+        address: String,
+        vchannels: Vec<String>,
+    },
+}
+
+/// Finds the node that owns a pchannel now (the coordinator's topology).
+pub trait ShardLocator: Send + Sync + 'static {
+    /// The gRPC address (`host:port`) of `pchannel`'s owner, if it has one.
+    fn owner(&self, pchannel: &str) -> Option<String>;
+}
+
+/// Calls the `Query` service of the node at `address` once (the caller's client retries).
+async fn forward<T, F, Fut>(address: &str, call: F) -> Result<T, ReadError>
+where
+    F: FnOnce(pb::query_client::QueryClient<tonic::transport::Channel>) -> Fut,
+    Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+{
+    let channel =
+        sluice_proto::lazy_channel(address).map_err(|e| ReadError::new(ErrorCode::Inner, e))?;
+    let client = pb::query_client::QueryClient::new(channel)
+        .max_decoding_message_size(256 << 20)
+        .max_encoding_message_size(64 << 20);
+    call(client)
+        .await
+        .map(tonic::Response::into_inner)
+        .map_err(|s| {
+            let (code, message) = sluice_proto::convert::error_of(&s);
+            ReadError::new(code, format!("node {address}: {message}"))
+        })
+}
+
+fn metric_of(m: i32) -> Option<Metric> {
+    match pb::MetricType::try_from(m) {
+        Ok(pb::MetricType::L2) => Some(Metric::L2),
+        Ok(pb::MetricType::Ip) => Some(Metric::Ip),
+        Ok(pb::MetricType::Cosine) => Some(Metric::Cosine),
+        _ => None,
+    }
+}
+
+fn metric_to_pb(m: Metric) -> pb::MetricType {
+    match m {
+        Metric::L2 => pb::MetricType::L2,
+        Metric::Ip => pb::MetricType::Ip,
+        Metric::Cosine => pb::MetricType::Cosine,
+    }
+}
+
+/// A remote node's hits for one query, with distances back from its scores.
+fn hits_of(h: &pb::SearchHits, metric: Metric) -> Result<Hits, ReadError> {
+    let pks = keys_from_pb(h.keys.as_ref()).unwrap_or_default();
+    let rows = decode_rows(&h.rows)?;
+    let rows = match rows.len() {
+        0 => {
+            return Err(ReadError::new(
+                ErrorCode::Inner,
+                "a remote search answered no rows",
+            ));
+        }
+        1 => rows.into_iter().next().expect("one batch"),
+        _ => arrow_select::concat::concat_batches(&rows[0].schema(), &rows)
+            .map_err(|e| ReadError::new(ErrorCode::Inner, e.to_string()))?,
+    };
+    let distances = h
+        .scores
+        .iter()
+        .map(|&s| match metric {
+            Metric::L2 => s,
+            Metric::Ip | Metric::Cosine => -s,
+        })
+        .collect();
+    Ok(Hits {
+        pks,
+        distances,
+        scores: h.scores.clone(),
+        rows,
+    })
+}
+
+/// The batches of an Arrow IPC stream another node answered.
+fn decode_rows(bytes: &[u8]) -> Result<Vec<RecordBatch>, ReadError> {
+    let bad = |e: arrow_schema::ArrowError| {
+        ReadError::new(
+            ErrorCode::Inner,
+            format!("a node answered rows that do not decode: {e}"),
+        )
+    };
+    let mut decoder = arrow_ipc::reader::StreamDecoder::new();
+    let mut buffer = arrow_buffer::Buffer::from(bytes.to_vec());
+    let mut out = Vec::new();
+    while !buffer.is_empty() {
+        match decoder.decode(&mut buffer).map_err(bad)? {
+            Some(b) => out.push(b),
+            None => break,
+        }
+    }
+    Ok(out)
 }
 
 fn parse_filter(text: &str, shard: &Delegator) -> Result<Option<Filter>, ReadError> {

@@ -670,6 +670,7 @@ fn run() -> anyhow::Result<()> {
                 read: Some(read.read_options()?),
                 exact,
                 partition_ids: Vec::new(),
+                shards: Vec::new(),
             };
             rt.block_on(cli::search(
                 &read.node,
@@ -697,6 +698,7 @@ fn run() -> anyhow::Result<()> {
                         keys: Some(sluice_proto::v1::PrimaryKeys { keys: Some(keys) }),
                         output_fields: read.output_fields(),
                         read: Some(read.read_options()?),
+                        shards: Vec::new(),
                     })
                 }
                 None => cli::QueryOrGet::Query(sluice_proto::v1::QueryRequest {
@@ -706,6 +708,7 @@ fn run() -> anyhow::Result<()> {
                     limit,
                     read: Some(read.read_options()?),
                     partition_ids: Vec::new(),
+                    shards: Vec::new(),
                 }),
             };
             rt.block_on(cli::query(

@@ -142,6 +142,32 @@ where
     Ok(Arc::new(manager))
 }
 
+/// Where pchannels live, from the coordinator's assignment stream.
+struct TopologyLocator {
+    rx: watch::Receiver<sluice_client::Topology>,
+    _source: sluice_client::topology::CoordinatorTopology,
+}
+
+impl TopologyLocator {
+    fn new(source: sluice_client::topology::CoordinatorTopology) -> TopologyLocator {
+        use sluice_client::TopologySource;
+        TopologyLocator {
+            rx: source.subscribe(),
+            _source: source,
+        }
+    }
+}
+
+impl sluice_node::query::ShardLocator for TopologyLocator {
+    fn owner(&self, pchannel: &str) -> Option<String> {
+        self.rx
+            .borrow()
+            .channels
+            .get(pchannel)
+            .map(|a| a.address.clone())
+    }
+}
+
 /// The `Query` service over the node's delegators, when it has them.
 fn query_server(
     manager: &WalManager,
@@ -568,6 +594,13 @@ pub(crate) async fn node(config: Config) -> anyhow::Result<()> {
             .context("coord.endpoint")?,
     );
     let manager = wal_manager(&config, provider, oracle, store.clone())?;
+    if let Some(host) = manager.query() {
+        // Reads of collections whose shards live on other nodes are forwarded to their owners.
+        let topology =
+            sluice_client::topology::CoordinatorTopology::connect(&config.coord.endpoint)
+                .map_err(|e| anyhow::anyhow!("coord.endpoint: {e}"))?;
+        host.set_locator(Arc::new(TopologyLocator::new(topology)), advertise.clone());
+    }
     let node_id = NodeId(config.node.id);
     let session = register_node(store, &config, advertise.clone()).await?;
     let service = NodeService::new(node_id, manager.clone());

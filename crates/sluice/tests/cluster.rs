@@ -957,3 +957,300 @@ async fn run_cluster(etcd: String, medium: Medium, label: &str) {
         bound * 3
     );
 }
+
+/// Searches through one node while the owner of a shard's WAL is SIGKILLed: the node answering
+/// forwards the shards it does not hold to their owners; when an owner dies, searches fail with
+/// retryable errors (the client retries) until the new owner's delegator has rebuilt the shard,
+/// then resume. Every answer is checked against a model of the acknowledged writes at the
+/// answer's MVCC timestamp: no deleted row, no row written after it (rows whose append may have
+/// been retried across the failover are allowed either way: the client is at-least-once), and
+/// no row missing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn searches_resume_on_the_new_owner_after_the_wal_owner_is_killed() {
+    use sluice_client::QueryClient;
+    use sluice_proto::v1;
+    let Some(etcd) =
+        etcd_endpoint("searches_resume_on_the_new_owner_after_the_wal_owner_is_killed")
+    else {
+        return;
+    };
+    const DIM: usize = 4;
+    let mut cluster = start_cluster(etcd, &Medium::SharedDir);
+    let coord = cluster.coord.endpoint();
+    let f = |name: &str, ty: sluice_types::schema::DataType| sluice_types::schema::FieldSchema {
+        name: name.into(),
+        data_type: ty as i32,
+        ..Default::default()
+    };
+    let schema = sluice_types::schema::CollectionSchema {
+        name: "search_kill".into(),
+        fields: vec![
+            sluice_types::schema::FieldSchema {
+                is_primary_key: true,
+                ..f("id", sluice_types::schema::DataType::Int64)
+            },
+            sluice_types::schema::FieldSchema {
+                dim: DIM as u32,
+                ..f("vec", sluice_types::schema::DataType::FloatVector)
+            },
+        ],
+        shards: 2,
+        ..Default::default()
+    };
+    let mut cc =
+        v1::coordinator_client::CoordinatorClient::new(sluice_proto::lazy_channel(&coord).unwrap());
+    let info = cc
+        .create_collection(v1::CreateCollectionRequest {
+            schema: Some(schema),
+            partition_names: Vec::new(),
+        })
+        .await
+        .expect("create collection")
+        .into_inner();
+    let topology = Arc::new(CoordinatorTopology::connect(&coord).unwrap());
+    let client = Client::new(
+        topology.clone(),
+        Arc::new(RemoteAccess::new()),
+        ClientConfig {
+            timeout: Some(WAIT),
+            ..ClientConfig::default()
+        },
+    );
+    let vector = |id: i64| -> Vec<f32> {
+        (0..DIM)
+            .map(|d| ((id as f32) * 0.37 + d as f32 * 1.3).sin())
+            .collect()
+    };
+    let ipc = move |b: &arrow_array::RecordBatch| {
+        let mut out = Vec::new();
+        let mut w = arrow_ipc::writer::StreamWriter::try_new(&mut out, &b.schema()).unwrap();
+        w.write(b).unwrap();
+        w.finish().unwrap();
+        drop(w);
+        out
+    };
+    let rows_of = move |ids: &[i64]| {
+        let item = Arc::new(arrow_schema::Field::new(
+            "item",
+            arrow_schema::DataType::Float32,
+            false,
+        ));
+        let floats: Vec<f32> = ids.iter().flat_map(|i| vector(*i)).collect();
+        arrow_array::RecordBatch::try_new(
+            Arc::new(arrow_schema::Schema::new(vec![
+                arrow_schema::Field::new("id", arrow_schema::DataType::Int64, false),
+                arrow_schema::Field::new(
+                    "vec",
+                    arrow_schema::DataType::FixedSizeList(item.clone(), DIM as i32),
+                    false,
+                ),
+            ])),
+            vec![
+                Arc::new(arrow_array::Int64Array::from(ids.to_vec())) as arrow_array::ArrayRef,
+                Arc::new(
+                    arrow_array::FixedSizeListArray::try_new(
+                        item,
+                        DIM as i32,
+                        Arc::new(arrow_array::Float32Array::from(floats)),
+                        None,
+                    )
+                    .unwrap(),
+                ),
+            ],
+        )
+        .unwrap()
+    };
+    let vchannels = info.vchannels.clone();
+    let shard_of = move |id: i64| VChannel::new(&vchannels[id.rem_euclid(2) as usize]).unwrap();
+    let (collection_id, partition_id) = (info.collection_id, info.partitions[0].partition_id);
+    let insert_shard = shard_of.clone();
+    let insert_msg = move |id: i64| {
+        let shard_of = &insert_shard;
+        let body = ipc(&rows_of(&[id]));
+        MutableMessage::builder(InsertHeader {
+            collection_id,
+            partitions: vec![PartitionSegmentAssignment {
+                partition_id,
+                rows: 1,
+                binary_size: body.len() as u64,
+                segment_id: 0,
+            }],
+        })
+        .vchannel(&shard_of(id))
+        .payload(body)
+        .build()
+        .unwrap()
+    };
+    // (id, ack timestamp, how long the append took): rows; (id, ack timestamp): deletes.
+    let inserted: Arc<Mutex<Vec<(i64, u64, Duration)>>> = Arc::default();
+    let mut deleted: Vec<(i64, u64)> = Vec::new();
+    for id in 0..120 {
+        let started = Instant::now();
+        let r = client.append(insert_msg(id)).await.expect("insert");
+        inserted.lock().push((id, r.timestamp.0, started.elapsed()));
+    }
+    for id in (0..60).step_by(3) {
+        let keys = arrow_array::RecordBatch::try_new(
+            Arc::new(arrow_schema::Schema::new(vec![arrow_schema::Field::new(
+                "id",
+                arrow_schema::DataType::Int64,
+                false,
+            )])),
+            vec![Arc::new(arrow_array::Int64Array::from(vec![id])) as arrow_array::ArrayRef],
+        )
+        .unwrap();
+        let msg = MutableMessage::builder(sluice_types::message::DeleteHeader {
+            collection_id: info.collection_id,
+            rows: 1,
+        })
+        .vchannel(&shard_of(id))
+        .payload(ipc(&keys))
+        .build()
+        .unwrap();
+        let r = client.append(msg).await.expect("delete");
+        deleted.push((id, r.timestamp.0));
+    }
+    // The victim owns shard 0; searches go through another node.
+    let p0 = VChannel::new(&info.vchannels[0])
+        .unwrap()
+        .pchannel_str()
+        .to_owned();
+    let assignments = raw_assignments(&coord, |_| true).await;
+    let (term0, owner_addr) = assignments[&p0].clone();
+    let victim = *cluster
+        .nodes
+        .iter()
+        .find(|(_, p)| p.addr == owner_addr)
+        .map(|(id, _)| id)
+        .expect("the owner is one of the nodes");
+    let reader = cluster
+        .nodes
+        .iter()
+        .find(|(id, _)| **id != victim)
+        .map(|(_, p)| p.endpoint())
+        .unwrap();
+    let query = QueryClient::connect(&reader).unwrap().with_deadline(WAIT);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (stop, inserted, client) = (stop.clone(), inserted.clone(), client.clone());
+        let insert_msg = insert_msg.clone();
+        tokio::spawn(async move {
+            let mut id = 1000;
+            while !stop.load(Ordering::Relaxed) {
+                let started = Instant::now();
+                let r = client.append(insert_msg(id)).await.expect("insert");
+                inserted.lock().push((id, r.timestamp.0, started.elapsed()));
+                id += 1;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    };
+    type Answer = (Instant, i64, u64, Vec<i64>, Vec<f32>);
+    let searcher = {
+        let (stop, query) = (stop.clone(), query.clone());
+        tokio::spawn(async move {
+            let mut answers: Vec<Answer> = Vec::new();
+            let mut q = 0i64;
+            while !stop.load(Ordering::Relaxed) {
+                q += 1;
+                let probe = 5000 + q;
+                let r = query
+                    .search(v1::SearchRequest {
+                        collection: "search_kill".into(),
+                        vectors: vec![v1::FloatVector {
+                            values: (0..DIM)
+                                .map(|d| ((probe as f32) * 0.37 + d as f32 * 1.3).sin())
+                                .collect(),
+                        }],
+                        top_k: 5,
+                        exact: true,
+                        read: Some(v1::ReadOptions {
+                            consistency: v1::ConsistencyLevel::Strong as i32,
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    })
+                    .await
+                    .expect("a search failed for good (the client retries retryable errors)");
+                let hits = &r.results[0];
+                let ids = match hits.keys.as_ref().and_then(|k| k.keys.as_ref()) {
+                    Some(v1::primary_keys::Keys::IntKeys(l)) => l.values.clone(),
+                    _ => Vec::new(),
+                };
+                answers.push((
+                    Instant::now(),
+                    probe,
+                    r.mvcc_timestamp,
+                    ids,
+                    hits.scores.clone(),
+                ));
+            }
+            answers
+        })
+    };
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let killed_at = Instant::now();
+    cluster.nodes.get_mut(&victim).unwrap().kill();
+    let mut rx = topology.subscribe();
+    wait_topology(&mut rx, "shard 0's pchannel at a higher term", |t| {
+        t.channels.get(&p0).is_some_and(|a| a.term.0 > term0)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    stop.store(true, Ordering::Relaxed);
+    writer.await.unwrap();
+    let answers = searcher.await.unwrap();
+
+    // Every answer against the model at its timestamp.
+    let inserted = inserted.lock().clone();
+    let retried: BTreeSet<i64> = inserted
+        .iter()
+        .filter(|(_, _, took)| *took > Duration::from_millis(500))
+        .map(|(id, _, _)| *id)
+        .collect();
+    let mut gap = Duration::ZERO;
+    let mut last = killed_at;
+    let mut after_kill = 0;
+    for (at, probe, mvcc, ids, scores) in &answers {
+        let q: Vec<f32> = (0..DIM)
+            .map(|d| ((*probe as f32) * 0.37 + d as f32 * 1.3).sin())
+            .collect();
+        let live = |id: i64, t: u64| {
+            inserted.iter().any(|(i, ts, _)| *i == id && *ts <= t)
+                && !deleted.iter().any(|(i, ts)| *i == id && *ts <= t)
+        };
+        for id in ids {
+            assert!(
+                live(*id, *mvcc) || retried.contains(id),
+                "a search at {mvcc} returned row {id}, which is deleted or not yet written then"
+            );
+        }
+        let kth = scores.last().copied().unwrap_or(f32::INFINITY);
+        for (id, ts, _) in &inserted {
+            if *ts <= *mvcc && live(*id, *mvcc) && !ids.contains(id) {
+                let d = sluice_query::vector::l2_squared(&q, &vector(*id));
+                assert!(
+                    d > kth + 1e-5 || (ids.len() == 5 && (d - kth).abs() <= 1e-5),
+                    "a search at {mvcc} missed row {id} (distance {d}, 5th hit {kth}): {ids:?}"
+                );
+            }
+        }
+        if *at > killed_at {
+            after_kill += 1;
+            gap = gap.max(at.duration_since(last));
+            last = *at;
+        }
+    }
+    eprintln!(
+        "{} searches ({after_kill} after the kill), longest wait for an answer after the kill {gap:?}, {} rows inserted ({} possibly retried)",
+        answers.len(),
+        inserted.len(),
+        retried.len()
+    );
+    assert!(after_kill > 0, "no search answered after the kill");
+    assert!(
+        gap < Duration::from_secs(LEASE_TTL_MS / 1000 + 10),
+        "searches stalled for {gap:?} after the owner was killed"
+    );
+}

@@ -353,6 +353,7 @@ async fn check(c: &Cluster, events: &[(u64, Event)], at: u64, rng: &mut StdRng, 
             }),
             output_fields: vec!["tag".into()],
             read: read(v1::ConsistencyLevel::Eventually, at),
+            shards: Vec::new(),
         })
         .await
         .expect("get");
@@ -446,6 +447,7 @@ async fn search_query_and_get_match_a_model_through_flushes_and_wal_moves() {
                         }),
                         output_fields: vec!["tag".into()],
                         read: read(v1::ConsistencyLevel::Strong, 0),
+                        shards: Vec::new(),
                     })
                     .await
                     .expect("strong get");
