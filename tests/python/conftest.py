@@ -27,6 +27,8 @@ def pb(tmp_path_factory):
         message_pb2,
         node_pb2,
         node_pb2_grpc,
+        query_pb2,
+        query_pb2_grpc,
         storage_pb2,
     )
 
@@ -37,6 +39,7 @@ def pb(tmp_path_factory):
     s.message, s.common, s.node, s.node_grpc = message_pb2, common_pb2, node_pb2, node_pb2_grpc
     s.coord, s.coord_grpc = coord_pb2, coord_pb2_grpc
     s.storage = storage_pb2
+    s.query, s.query_grpc = query_pb2, query_pb2_grpc
     return s
 
 

@@ -715,23 +715,16 @@ fn hits_of(h: &pb::SearchHits, metric: Metric) -> Result<Hits, ReadError> {
 }
 
 /// The batches of an Arrow IPC stream another node answered.
-fn decode_rows(bytes: &[u8]) -> Result<Vec<RecordBatch>, ReadError> {
-    let bad = |e: arrow_schema::ArrowError| {
+fn decode_rows(bytes: &bytes::Bytes) -> Result<Vec<RecordBatch>, ReadError> {
+    if bytes.is_empty() {
+        return Ok(Vec::new());
+    }
+    sluice_storage::rows::read_stream_bytes(bytes, usize::MAX).map_err(|e| {
         ReadError::new(
             ErrorCode::Inner,
             format!("a node answered rows that do not decode: {e}"),
         )
-    };
-    let mut decoder = arrow_ipc::reader::StreamDecoder::new();
-    let mut buffer = arrow_buffer::Buffer::from(bytes.to_vec());
-    let mut out = Vec::new();
-    while !buffer.is_empty() {
-        match decoder.decode(&mut buffer).map_err(bad)? {
-            Some(b) => out.push(b),
-            None => break,
-        }
-    }
-    Ok(out)
+    })
 }
 
 fn parse_filter(text: &str, shard: &Delegator) -> Result<Option<Filter>, ReadError> {

@@ -94,7 +94,12 @@ fn read_stream(body: &[u8], max_bytes: usize) -> Result<Vec<RecordBatch>, RowErr
     read_stream_bytes(&bytes::Bytes::copy_from_slice(body), max_bytes)
 }
 
-fn read_stream_bytes(body: &bytes::Bytes, max_bytes: usize) -> Result<Vec<RecordBatch>, RowError> {
+/// Every batch of an Arrow IPC stream of at most `max_bytes` (row bodies, and the rows read
+/// answers carry), without copying aligned buffers.
+pub fn read_stream_bytes(
+    body: &bytes::Bytes,
+    max_bytes: usize,
+) -> Result<Vec<RecordBatch>, RowError> {
     if body.len() > max_bytes {
         return Err(invalid(format!(
             "the body is {} bytes, more than the limit of {max_bytes}",
