@@ -246,7 +246,7 @@ impl QueryHost {
                 .map(|v| {
                     shards
                         .get(v)
-                        .filter(|d| d.read().schema().name == name)
+                        .filter(|d| self.serving(d) && d.read().schema().name == name)
                         .map(|d| Part::Local(d.clone()))
                         .ok_or_else(|| {
                             ReadError::new(
@@ -273,7 +273,7 @@ impl QueryHost {
                 .shards
                 .read()
                 .get(v)
-                .filter(|d| d.collection() == info.collection_id)
+                .filter(|d| d.collection() == info.collection_id && self.serving(d))
                 .cloned();
             if let Some(d) = here {
                 parts.push(Part::Local(d));
@@ -346,16 +346,28 @@ impl QueryHost {
         })
     }
 
+    /// Whether `d`'s WAL is still open and unfenced here (a fenced owner's delegator may lag
+    /// behind writes the new owner already acknowledged: it must not answer).
+    fn serving(&self, d: &Delegator) -> bool {
+        VChannel::new(d.vchannel()).is_ok_and(|v| {
+            self.wals
+                .lock()
+                .get(v.pchannel_str())
+                .is_some_and(Wal::is_available)
+        })
+    }
+
     fn local_shards(&self, name: &str) -> Option<Vec<Arc<Delegator>>> {
         let shards = self.shards.read();
         let newest = shards
             .values()
+            .filter(|d| self.serving(d))
             .filter(|d| d.read().schema().name == name)
             .map(|d| d.collection())
             .max()?;
         let mut out: Vec<Arc<Delegator>> = shards
             .values()
-            .filter(|d| d.collection() == newest)
+            .filter(|d| d.collection() == newest && self.serving(d))
             .cloned()
             .collect();
         out.sort_by(|a, b| a.vchannel().cmp(b.vchannel()));
@@ -463,6 +475,12 @@ impl QueryHost {
                 "top_k must be 1 to {MAX_TOP_K}, not {k}"
             )));
         }
+        if req.ef > 4096 {
+            return Err(ReadError::invalid(format!(
+                "ef must be at most 4096, not {}",
+                req.ef
+            )));
+        }
         let metric = match pb::MetricType::try_from(req.metric) {
             Ok(pb::MetricType::Unspecified) => None,
             Ok(pb::MetricType::L2) => Some(Metric::L2),
@@ -485,7 +503,7 @@ impl QueryHost {
                 partitions: req.partition_ids.clone(),
                 output_fields: req.output_fields.clone(),
                 exact: req.exact,
-                ef: None,
+                ef: (req.ef > 0).then_some(req.ef as usize),
             }),
             None => None,
         };

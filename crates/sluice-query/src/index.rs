@@ -153,7 +153,9 @@ impl AnnIndex {
     }
 
     /// The `k` nearest keys passing `keep`, closest first, with usearch distances (L2²,
-    /// `1 − ip`, `1 − cos`).
+    /// `1 − ip`, `1 − cos`). The walk keeps at least `ef` candidates (the index's own
+    /// `expansion_search` when larger): asking for `max(k, ef)` results widens it per search
+    /// without touching the shared index.
     pub fn search(
         &self,
         query: &[f32],
@@ -168,11 +170,15 @@ impl AnnIndex {
                 self.inner.dimensions()
             )));
         }
-        // usearch's expansion is per index; searches asking for a wider one than it has get
-        // at least k candidates through `count`.
-        let _ = ef;
-        let m = self.inner.filtered_search(query, k, keep).map_err(err)?;
-        Ok(m.keys.into_iter().zip(m.distances).collect())
+        let wide = if ef > self.params.expansion_search {
+            ef.max(k)
+        } else {
+            k
+        };
+        let m = self.inner.filtered_search(query, wide, keep).map_err(err)?;
+        let mut out: Vec<(u64, f32)> = m.keys.into_iter().zip(m.distances).collect();
+        out.truncate(k);
+        Ok(out)
     }
 
     /// The graph as bytes (to store next to the segment).
@@ -222,5 +228,75 @@ pub fn distance_of(metric: Metric, d: f32) -> f32 {
     match metric {
         Metric::L2 => d,
         Metric::Ip | Metric::Cosine => d - 1.0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::vector::{TopK, l2_squared};
+
+    fn data(rows: usize, dim: usize, seed: u32) -> Vec<f32> {
+        // A cheap deterministic scatter (no clusters: the hardest case for a graph).
+        (0..rows * dim)
+            .map(|i| {
+                ((i as u32).wrapping_mul(2_654_435_761).wrapping_add(seed) >> 8) as f32
+                    / 16_777_216.0
+            })
+            .collect()
+    }
+
+    fn recall(index: &AnnIndex, vectors: &[f32], queries: &[f32], dim: usize, ef: usize) -> f64 {
+        let mut hit = 0;
+        let n = queries.len() / dim;
+        for q in queries.chunks_exact(dim) {
+            let mut top = TopK::new(10);
+            for (i, v) in vectors.chunks_exact(dim).enumerate() {
+                top.push(l2_squared(q, v), i as u64);
+            }
+            let truth: Vec<u64> = top.into_sorted().iter().map(|c| c.item).collect();
+            let got = index.search(q, 10, ef, |_| true).unwrap();
+            assert!(got.len() <= 10);
+            hit += got.iter().filter(|(k, _)| truth.contains(k)).count();
+        }
+        hit as f64 / (n * 10) as f64
+    }
+
+    #[test]
+    fn a_wider_search_finds_more_and_a_stored_index_answers_the_same() {
+        let dim = 16;
+        let vectors = data(3000, dim, 1);
+        let queries = data(40, dim, 7);
+        let params = IndexParams {
+            connectivity: 4,
+            expansion_add: 16,
+            expansion_search: 4,
+            ..IndexParams::default()
+        };
+        let index = AnnIndex::build(&vectors, dim, params).unwrap();
+        assert_eq!(index.len(), 3000);
+        let narrow = recall(&index, &vectors, &queries, dim, 0);
+        let wide = recall(&index, &vectors, &queries, dim, 400);
+        assert!(wide > narrow, "ef 400 recall {wide} vs default {narrow}");
+        assert!(wide > 0.9, "ef 400 recall {wide}");
+
+        let bytes = index.to_bytes().unwrap();
+        let back = AnnIndex::from_bytes(&bytes, dim, 3000, params).unwrap();
+        for q in queries.chunks_exact(dim).take(5) {
+            assert_eq!(
+                back.search(q, 10, 64, |_| true).unwrap(),
+                index.search(q, 10, 64, |_| true).unwrap()
+            );
+        }
+        // A predicate keeps only what it admits.
+        let even = index
+            .search(&queries[..dim], 10, 64, |k| k % 2 == 0)
+            .unwrap();
+        assert!(!even.is_empty() && even.iter().all(|(k, _)| k % 2 == 0));
+        // A stored index that does not fit the segment is refused, not trusted.
+        let e = AnnIndex::from_bytes(&bytes, dim, 2999, params).unwrap_err();
+        assert!(e.to_string().contains("3000 vectors"), "{e}");
+        assert!(AnnIndex::from_bytes(b"not an index", dim, 3000, params).is_err());
+        assert!(index.search(&[1.0], 10, 0, |_| true).is_err());
     }
 }

@@ -237,6 +237,9 @@ enum Command {
         /// Compare every row instead of using the HNSW indexes.
         #[arg(long)]
         exact: bool,
+        /// HNSW candidate list size for this search (0: the server's `query.hnsw_ef_search`).
+        #[arg(long, default_value_t = 0)]
+        ef: u32,
     },
     /// The rows matching a filter, or the rows with given primary keys (one JSON object each).
     Query {
@@ -651,6 +654,7 @@ fn run() -> anyhow::Result<()> {
             top_k,
             metric,
             exact,
+            ef,
         } => {
             let req = sluice_proto::v1::SearchRequest {
                 collection: read.collection.clone(),
@@ -670,6 +674,7 @@ fn run() -> anyhow::Result<()> {
                 read: Some(read.read_options()?),
                 exact,
                 partition_ids: Vec::new(),
+                ef,
                 shards: Vec::new(),
             };
             rt.block_on(cli::search(

@@ -168,3 +168,64 @@ fn bench_flush_compares_the_flusher_with_arrow_writer() {
     }
     assert!(stdout.contains("flusher / ArrowWriter = "), "{stdout}");
 }
+
+#[test]
+fn bench_search_reports_recall_and_both_paths_as_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["bench", "search", "--dir"])
+        .arg(dir.path())
+        .args([
+            "--rows",
+            "4000",
+            "--dim",
+            "16",
+            "--nq",
+            "50",
+            "--seconds",
+            "0.3",
+            "--rounds",
+            "1",
+            "--json",
+        ])
+        .output()
+        .expect("run sluice");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        out.status.success(),
+        "sluice bench search failed:\n{stdout}\n{stderr}"
+    );
+    let json: serde_json::Value = serde_json::from_str(stdout.trim())
+        .unwrap_or_else(|e| panic!("stdout is not one JSON object ({e}):\n{stdout}"));
+    let num = |k: &str| {
+        json[k]
+            .as_f64()
+            .unwrap_or_else(|| panic!("{k} missing in {json}"))
+    };
+    assert_eq!(num("rows"), 4000.0);
+    for k in [
+        "insert_rows_per_s",
+        "search_qps_1",
+        "search_qps_8",
+        "in_process_qps_best",
+        "usearch_raw_qps_best",
+    ] {
+        assert!(num(k) > 0.0, "{k}: {json}");
+    }
+    for k in [
+        "recall_at_10",
+        "in_process_recall_at_10",
+        "usearch_raw_recall_at_10",
+    ] {
+        assert!(num(k) > 0.9 && num(k) <= 1.0, "{k}: {json}");
+    }
+    assert!(
+        num("p50_ms_1") > 0.0 && num("p50_ms_1") <= num("p99_ms_1"),
+        "{json}"
+    );
+    assert!(
+        stderr.contains("sluice / usearch"),
+        "the table goes to stderr:\n{stderr}"
+    );
+}
