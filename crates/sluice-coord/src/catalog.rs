@@ -121,6 +121,38 @@ impl Catalog {
         self.by_id(id).await
     }
 
+    /// Sets whether the live collection `name` is loaded for reads (compare-and-set on its
+    /// record, retried when it changed in between).
+    pub async fn set_load_state(
+        &self,
+        name: &str,
+        state: v1::LoadState,
+    ) -> Result<v1::CollectionInfo> {
+        loop {
+            let info = self.by_name(name).await?;
+            let key = self.record_key(info.collection_id);
+            let Some(kv) = self.store.get(&key).await? else {
+                return Err(not_found(format!("{name:?}")));
+            };
+            let mut next = info.clone();
+            next.load_state = state as i32;
+            match self
+                .store
+                .put(
+                    &key,
+                    Bytes::from(next.encode_to_vec()),
+                    Condition::ModRevision(kv.mod_revision),
+                    None,
+                )
+                .await
+            {
+                Ok(_) => return Ok(next),
+                Err(sluice_meta::MetaError::ConditionFailed { .. }) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
     /// Every live collection, by name.
     pub async fn list(&self) -> Result<Vec<v1::CollectionInfo>> {
         let prefix = format!("{}/catalog/collections/", self.root);
@@ -205,6 +237,7 @@ impl Catalog {
             partitions,
             state: v1::CollectionState::Creating as i32,
             created_timestamp: 0,
+            load_state: v1::LoadState::Loaded as i32,
         };
         let name_key = self.name_key(&schema.name);
         let result = self

@@ -263,6 +263,43 @@ impl coordinator_server::Coordinator for CoordinatorService {
         Ok(Response::new(info))
     }
 
+    async fn load_collection(
+        &self,
+        request: Request<v1::LoadCollectionRequest>,
+    ) -> Result<Response<v1::CollectionInfo>, Status> {
+        let request = request.into_inner();
+        if request.replicas > 1 {
+            return Err(convert::status(
+                ErrorCode::InvalidArgument,
+                format!(
+                    "{} replicas: Sluice serves one replica per shard so far",
+                    request.replicas
+                ),
+            ));
+        }
+        let leader = self.leader().await?;
+        let info = leader
+            .catalog
+            .set_load_state(&request.name, v1::LoadState::Loaded)
+            .await
+            .map_err(|e| coord_status(&e))?;
+        Ok(Response::new(info))
+    }
+
+    async fn release_collection(
+        &self,
+        request: Request<v1::ReleaseCollectionRequest>,
+    ) -> Result<Response<v1::CollectionInfo>, Status> {
+        let name = request.into_inner().name;
+        let leader = self.leader().await?;
+        let info = leader
+            .catalog
+            .set_load_state(&name, v1::LoadState::Released)
+            .await
+            .map_err(|e| coord_status(&e))?;
+        Ok(Response::new(info))
+    }
+
     async fn describe_collection(
         &self,
         request: Request<v1::DescribeCollectionRequest>,

@@ -74,6 +74,11 @@ pub struct QueryHost {
     wals: Mutex<HashMap<String, Wal>>,
     locator: std::sync::OnceLock<Arc<dyn ShardLocator>>,
     address: std::sync::OnceLock<String>,
+    /// Collections released (Coordinator.ReleaseCollection): no delegator holds their rows.
+    released: RwLock<std::collections::HashSet<i64>>,
+    /// Bumped when `released` changes: every feed starts over.
+    load_gen: tokio::sync::watch::Sender<u64>,
+    watching: std::sync::Once,
 }
 
 impl std::fmt::Debug for QueryHost {
@@ -161,6 +166,9 @@ impl QueryHost {
             wals: Mutex::new(HashMap::new()),
             locator: std::sync::OnceLock::new(),
             address: std::sync::OnceLock::new(),
+            released: RwLock::new(std::collections::HashSet::new()),
+            load_gen: tokio::sync::watch::channel(0).0,
+            watching: std::sync::Once::new(),
         })
     }
 
@@ -173,6 +181,9 @@ impl QueryHost {
 
     /// Starts feeding the delegators of `wal`'s vchannels.
     pub fn serve(self: &Arc<Self>, wal: Wal) -> QueryFeed {
+        self.watching.call_once(|| {
+            tokio::spawn(watch_load_states(Arc::downgrade(self)));
+        });
         let cancel = CancellationToken::new();
         self.wals
             .lock()
@@ -266,6 +277,12 @@ impl QueryHost {
             }
         }
         let info = self.catalog_entry(name).await?;
+        if info.load_state == pb::LoadState::Released as i32 {
+            return Err(ReadError::new(
+                ErrorCode::CollectionNotLoaded,
+                format!("collection {name:?} is released; load it to read it"),
+            ));
+        }
         let mut parts = Vec::new();
         let mut remote: HashMap<String, Vec<String>> = HashMap::new();
         for v in &info.vchannels {
@@ -361,7 +378,7 @@ impl QueryHost {
         let shards = self.shards.read();
         let newest = shards
             .values()
-            .filter(|d| self.serving(d))
+            .filter(|d| self.serving(d) && !self.released.read().contains(&d.collection()))
             .filter(|d| d.read().schema().name == name)
             .map(|d| d.collection())
             .max()?;
@@ -839,10 +856,17 @@ async fn feed(host: Arc<QueryHost>, wal: Wal, cancel: CancellationToken) {
     let pchannel = wal.pchannel().as_str().to_owned();
     let mut backoff =
         sluice_types::backoff::Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
+    let mut generation = host.load_gen.subscribe();
     loop {
+        generation.mark_unchanged();
         let result = tokio::select! {
             _ = cancel.cancelled() => Ok(()),
             r = feed_once(&host, &wal, &cancel) => r,
+            _ = generation.changed() => {
+                // A collection was loaded or released: build this pchannel's shards again.
+                host.forget(&pchannel);
+                continue;
+            }
         };
         host.forget(&pchannel);
         match result {
@@ -876,6 +900,9 @@ fn delegator(
         && d.collection() == collection
     {
         return Some(d.clone());
+    }
+    if host.released.read().contains(&collection) {
+        return None;
     }
     let schema = schema.or_else(|| VChannel::new(vchannel).ok().and_then(|v| wal.schema(&v)))?;
     let data = match ShardData::new(schema, host.config.index) {
@@ -1210,6 +1237,91 @@ fn hand_off(host: &Arc<QueryHost>, vchannel: &str, collection: i64, segments: &[
                 delay = (delay * 2).min(Duration::from_secs(2));
             }
         });
+    }
+}
+
+/// Keeps `released` equal to the catalog's released collections: a scan, then a watch from
+/// the scan's revision (a scan again after any watch error). Ends with the host.
+async fn watch_load_states(host: std::sync::Weak<QueryHost>) {
+    use futures::StreamExt;
+    use prost::Message as _;
+    let mut backoff =
+        sluice_types::backoff::Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
+    loop {
+        let Some(h) = host.upgrade() else { return };
+        let prefix = sluice_coord::catalog::collection_key(&h.storage.meta_root, "");
+        let meta = h.storage.meta.clone();
+        drop(h);
+        let released_of = |value: &[u8]| {
+            pb::CollectionInfo::decode(value).ok().map(|c| {
+                (
+                    c.collection_id,
+                    c.load_state == pb::LoadState::Released as i32,
+                )
+            })
+        };
+        let outcome: Result<(), String> = async {
+            let (kvs, revision) = meta.scan_prefix(&prefix).await.map_err(|e| e.to_string())?;
+            let set: std::collections::HashSet<i64> = kvs
+                .iter()
+                .filter_map(|kv| released_of(&kv.value))
+                .filter(|(_, r)| *r)
+                .map(|(id, _)| id)
+                .collect();
+            if let Some(h) = host.upgrade() {
+                h.set_released(set);
+            }
+            let mut stream = meta
+                .watch_prefix(&prefix, revision + 1)
+                .await
+                .map_err(|e| e.to_string())?;
+            while let Some(event) = stream.next().await {
+                let Some(h) = host.upgrade() else {
+                    return Ok(());
+                };
+                let mut set = h.released.read().clone();
+                match event.map_err(|e| e.to_string())? {
+                    sluice_meta::WatchEvent::Put(kv) => {
+                        if let Some((id, released)) = released_of(&kv.value) {
+                            if released {
+                                set.insert(id);
+                            } else {
+                                set.remove(&id);
+                            }
+                        }
+                    }
+                    sluice_meta::WatchEvent::Delete { key, .. } => {
+                        if let Some(id) = key.rsplit('/').next().and_then(|s| s.parse().ok()) {
+                            set.remove(&id);
+                        }
+                    }
+                }
+                h.set_released(set);
+            }
+            Err("the catalog watch ended".into())
+        }
+        .await;
+        if let Err(e) = outcome {
+            tracing::debug!(error = %e, "watching load states; starting over");
+        }
+        tokio::time::sleep(backoff.next_delay()).await;
+    }
+}
+
+impl QueryHost {
+    fn set_released(&self, set: std::collections::HashSet<i64>) {
+        let changed = {
+            let mut cur = self.released.write();
+            if *cur == set {
+                false
+            } else {
+                *cur = set;
+                true
+            }
+        };
+        if changed {
+            self.load_gen.send_modify(|g| *g += 1);
+        }
     }
 }
 

@@ -37,13 +37,15 @@ pub enum ErrorCode {
     CollectionNotFound = 13,
     /// A read's shard did not catch up with its guarantee timestamp in time.
     NotReady = 14,
+    /// The collection is released.
+    CollectionNotLoaded = 15,
     /// Anything else.
     Unknown = 999,
 }
 
 impl ErrorCode {
     /// Every code.
-    pub const ALL: [ErrorCode; 15] = [
+    pub const ALL: [ErrorCode; 16] = [
         ErrorCode::ChannelNotExist,
         ErrorCode::ChannelFenced,
         ErrorCode::OnShutdown,
@@ -58,6 +60,7 @@ impl ErrorCode {
         ErrorCode::ResourceAcquired,
         ErrorCode::CollectionNotFound,
         ErrorCode::NotReady,
+        ErrorCode::CollectionNotLoaded,
         ErrorCode::Unknown,
     ];
 
@@ -92,6 +95,7 @@ impl ErrorCode {
             ErrorCode::ResourceAcquired => "RESOURCE_ACQUIRED",
             ErrorCode::CollectionNotFound => "COLLECTION_NOT_FOUND",
             ErrorCode::NotReady => "NOT_READY",
+            ErrorCode::CollectionNotLoaded => "COLLECTION_NOT_LOADED",
             ErrorCode::Unknown => "UNKNOWN",
         }
     }
@@ -159,6 +163,7 @@ mod tests {
                 (12, "RESOURCE_ACQUIRED"),
                 (13, "COLLECTION_NOT_FOUND"),
                 (14, "NOT_READY"),
+                (15, "COLLECTION_NOT_LOADED"),
                 (999, "UNKNOWN"),
             ]
         );

@@ -357,8 +357,13 @@ pub(crate) fn print_collection(c: &v1::CollectionInfo) {
                 .to_lowercase()
         })
         .unwrap_or_else(|_| c.state.to_string());
+    let loaded = if c.load_state == v1::LoadState::Released as i32 {
+        "released"
+    } else {
+        "loaded"
+    };
     println!(
-        "collection {} id={} state={state} shards={} schema_version={} created_ts={}",
+        "collection {} id={} state={state} {loaded} shards={} schema_version={} created_ts={}",
         schema.name, c.collection_id, schema.shards, schema.version, c.created_timestamp
     );
     for f in &schema.fields {
@@ -501,6 +506,38 @@ pub(crate) async fn drop_collection(
         .map_err(|s| anyhow::anyhow!("dropping collection {name}: {}", s.message()))?
         .into_inner();
     println!("dropped collection {name} id={}", info.collection_id);
+    Ok(())
+}
+
+/// `sluice ctl load` / `sluice ctl release`.
+pub(crate) async fn set_loaded(
+    coord: &str,
+    name: &str,
+    load: bool,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    let mut c = coordinator(coord)?;
+    let info = if load {
+        c.load_collection(timed(
+            v1::LoadCollectionRequest {
+                name: name.to_owned(),
+                replicas: 1,
+            },
+            timeout,
+        ))
+        .await
+    } else {
+        c.release_collection(timed(
+            v1::ReleaseCollectionRequest {
+                name: name.to_owned(),
+            },
+            timeout,
+        ))
+        .await
+    }
+    .map_err(|s| anyhow::anyhow!("collection {name}: {}", s.message()))?
+    .into_inner();
+    print_collection(&info);
     Ok(())
 }
 

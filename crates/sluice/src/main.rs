@@ -355,6 +355,20 @@ enum CtlCommand {
         /// Its name.
         name: String,
     },
+    /// Load a collection for reads (a new one is loaded): delegators hold its rows again.
+    Load {
+        #[command(flatten)]
+        client: ClientOpts,
+        /// Its name.
+        name: String,
+    },
+    /// Release a collection: delegators drop its rows; reads answer COLLECTION_NOT_LOADED.
+    Release {
+        #[command(flatten)]
+        client: ClientOpts,
+        /// Its name.
+        name: String,
+    },
     /// Drop a collection.
     DropCollection {
         #[command(flatten)]
@@ -645,6 +659,22 @@ fn run() -> anyhow::Result<()> {
         } => rt.block_on(cli::drop_collection(
             &client.coord,
             &name,
+            Duration::from_secs(client.timeout_secs),
+        )),
+        Command::Ctl {
+            what: CtlCommand::Load { client, name },
+        } => rt.block_on(cli::set_loaded(
+            &client.coord,
+            &name,
+            true,
+            Duration::from_secs(client.timeout_secs),
+        )),
+        Command::Ctl {
+            what: CtlCommand::Release { client, name },
+        } => rt.block_on(cli::set_loaded(
+            &client.coord,
+            &name,
+            false,
             Duration::from_secs(client.timeout_secs),
         )),
         Command::Search {

@@ -515,3 +515,97 @@ async fn search_query_and_get_match_a_model_through_flushes_and_wal_moves() {
     );
     eprintln!("checks {checks}, moves {moves}, flushes {flushes}, strong reads {strong}");
 }
+
+async fn query_all(c: &Cluster) -> Result<Vec<(i64, Option<i64>)>, sluice_client::ClientError> {
+    c.query
+        .query(v1::QueryRequest {
+            collection: "model".into(),
+            output_fields: vec!["tag".into()],
+            read: read(v1::ConsistencyLevel::Strong, 0),
+            ..v1::QueryRequest::default()
+        })
+        .await
+        .map(|r| ids_and_tags(&r.rows))
+}
+
+/// Release drops a collection's rows from the delegators and reads answer
+/// COLLECTION_NOT_LOADED while writes go on; load brings every row back, those written while it
+/// was released included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_released_collection_is_not_read_until_loaded_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let listen = format!("127.0.0.1:{}", free_port());
+    let mut server = start(&data, dir.path(), &listen);
+    let endpoint = server.endpoint();
+    let info = create(&endpoint).await;
+    let c = connect(&endpoint, info);
+    let row = |id: i64| Row {
+        id,
+        tag: Some(id % 10),
+        vec: vec![id as f32; DIM],
+    };
+    c.insert((0..20).map(row).collect()).await;
+    c.flush().await;
+    c.insert((20..30).map(row).collect()).await;
+    let all = |n: i64| (0..n).map(|i| (i, Some(i % 10))).collect::<Vec<_>>();
+    assert_eq!(query_all(&c).await.unwrap(), all(30));
+
+    let mut coord = v1::coordinator_client::CoordinatorClient::new(
+        sluice_proto::lazy_channel(&endpoint).unwrap(),
+    );
+    let released = coord
+        .release_collection(v1::ReleaseCollectionRequest {
+            name: "model".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(released.load_state, v1::LoadState::Released as i32);
+    // The delegators notice through the catalog watch.
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    loop {
+        match query_all(&c).await {
+            Err(e) if e.code == sluice_types::ErrorCode::CollectionNotLoaded => break,
+            other => assert!(
+                std::time::Instant::now() < deadline,
+                "still readable after release: {other:?}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Writes go on while it is released.
+    c.insert((30..40).map(row).collect()).await;
+    let err = coord
+        .load_collection(v1::LoadCollectionRequest {
+            name: "model".into(),
+            replicas: 2,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+    coord
+        .load_collection(v1::LoadCollectionRequest {
+            name: "model".into(),
+            replicas: 1,
+        })
+        .await
+        .unwrap();
+    // Loaded again (after a restart too): every row, the ones written while released included.
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    loop {
+        match query_all(&c).await {
+            Ok(rows) if rows == all(40) => break,
+            other => assert!(
+                std::time::Instant::now() < deadline,
+                "not readable after load: {other:?}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    server.kill();
+    server = start(&data, dir.path(), &listen);
+    let c = connect(&endpoint, c.info.clone());
+    assert_eq!(query_all(&c).await.unwrap(), all(40));
+    server.kill();
+}
