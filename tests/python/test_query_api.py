@@ -224,6 +224,15 @@ def test_search_query_and_get_over_the_wire(pb, server):
         )
     )
     assert reason == "INVALID_ARGUMENT" and "dimension" in message, message
+    reason, _, message = code_of(
+        lambda: stub.Search(
+            q.SearchRequest(
+                collection="wire", vectors=[q.FloatVector(values=[float("nan")] * DIM)], top_k=3
+            ),
+            timeout=TIMEOUT,
+        )
+    )
+    assert reason == "INVALID_ARGUMENT" and "NaN" in message, message
     reason, _, _ = code_of(
         lambda: stub.Query(q.QueryRequest(collection="nope"), timeout=TIMEOUT)
     )

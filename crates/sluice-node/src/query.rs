@@ -148,6 +148,8 @@ impl From<QueryError> for ReadError {
 pub const MAX_QUERY_VECTORS: usize = 1024;
 /// The largest top_k.
 pub const MAX_TOP_K: usize = 16_384;
+/// The most hits one search may ask for (query vectors × top_k).
+pub const MAX_HITS: usize = 1 << 20;
 
 fn now_ts() -> u64 {
     let ms = SystemTime::now()
@@ -490,6 +492,22 @@ impl QueryHost {
         if k == 0 || k > MAX_TOP_K {
             return Err(ReadError::invalid(format!(
                 "top_k must be 1 to {MAX_TOP_K}, not {k}"
+            )));
+        }
+        if k * req.vectors.len() > MAX_HITS {
+            return Err(ReadError::invalid(format!(
+                "{} query vectors × top_k {k} asks for more than {MAX_HITS} hits; split the search",
+                req.vectors.len()
+            )));
+        }
+        if let Some((i, _)) = req
+            .vectors
+            .iter()
+            .enumerate()
+            .find(|(_, v)| v.values.iter().any(|x| !x.is_finite()))
+        {
+            return Err(ReadError::invalid(format!(
+                "query vector {i} has a NaN or infinite value"
             )));
         }
         if req.ef > 4096 {
