@@ -53,6 +53,11 @@ pub struct SegmentConfig {
     pub max_idle: Duration,
     /// Smallest segment the idle policy seals. Default 16 MiB.
     pub min_idle_seal_bytes: u64,
+    /// A segment this old seals whatever its size (its age counts from its CreateSegment, or
+    /// from the WAL's open for a recovered one). This bounds how much log the flusher and the
+    /// query delegators read again after a failover: a trickle of writes never fills a
+    /// segment. Default 30 min.
+    pub max_age: Duration,
     /// Growing bytes on the whole node above which the largest segments seal. Default 4 GiB.
     pub node_growing_high: u64,
     /// ... until the node's growing bytes are below this. Default 2 GiB.
@@ -68,6 +73,7 @@ impl Default for SegmentConfig {
             size_jitter: 0.1,
             max_idle: Duration::from_secs(600),
             min_idle_seal_bytes: 16 << 20,
+            max_age: Duration::from_secs(1800),
             node_growing_high: 4 << 30,
             node_growing_low: 2 << 30,
             check_interval: Duration::from_secs(10),
@@ -112,6 +118,8 @@ pub enum SealReason {
     Idle,
     /// The node held too many growing bytes.
     NodeMemory,
+    /// It reached its maximum age.
+    Age,
 }
 
 #[derive(Debug)]
@@ -123,6 +131,8 @@ struct Segment {
     bytes: u64,
     rows: u64,
     last_write: Instant,
+    /// When it was created (or recovered).
+    created: Instant,
     sealed: Option<SealReason>,
     /// Writes assigned and not yet acknowledged, plus transactions holding it.
     holds: u32,
@@ -586,6 +596,7 @@ impl ShardManager {
                             bytes: 0,
                             rows: 0,
                             last_write: Instant::now(),
+                            created: Instant::now(),
                             sealed: None,
                             holds: 0,
                             as_of: 0,
@@ -746,6 +757,7 @@ impl ShardManager {
                     bytes: s.bytes,
                     rows: s.rows,
                     last_write: Instant::now(),
+                    created: Instant::now(),
                     sealed: None,
                     holds: 0,
                     as_of: s.as_of,
@@ -835,6 +847,12 @@ impl ShardManager {
             {
                 s.sealed = Some(SealReason::Idle);
                 sealed.push((*id, SealReason::Idle));
+            } else if s.sealed.is_none()
+                && s.rows > 0
+                && now.duration_since(s.created) >= self.config.max_age
+            {
+                s.sealed = Some(SealReason::Age);
+                sealed.push((*id, SealReason::Age));
             }
         }
         if self.node.get() > self.config.node_growing_high {

@@ -314,6 +314,38 @@ async fn segment_seals_when_idle() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_segment_written_to_all_the_time_seals_by_age() {
+    let b = memory();
+    let wal = open(
+        &b,
+        1,
+        segment_config(|s| {
+            s.max_age = Duration::from_millis(300);
+            // Never idle long enough, never full: only its age seals it.
+            s.max_idle = Duration::from_secs(3600);
+            s.max_segment_bytes = 1 << 30;
+        }),
+    )
+    .await;
+    wal.append(create_collection(COLLECTION)).await.unwrap();
+    let a = wal.append(insert(COLLECTION, "a", 10)).await.unwrap();
+    let seg = landed_segment(&wal, a.id).await;
+    let trickle = async {
+        for i in 0..100 {
+            wal.append(insert(COLLECTION, &format!("t{i}"), 10))
+                .await
+                .unwrap();
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::select! {
+        _ = wait_flush(&wal, seg) => {}
+        _ = trickle => panic!("the segment never sealed by age"),
+    }
+    wal.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn segments_seal_when_the_node_holds_too_many_growing_bytes() {
     let b = memory();
     let wal = open(

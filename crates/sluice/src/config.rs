@@ -332,6 +332,9 @@ pub(crate) struct WalSection {
     pub segment_max_idle_ms: u64,
     /// Smallest segment the idle policy seals. Default 16 MiB.
     pub segment_min_idle_seal_bytes: u64,
+    /// A segment this old seals whatever its size (ms): bounds the log the flusher and the
+    /// query delegators read again after a failover. Default 1800000.
+    pub segment_max_age_ms: u64,
     /// Growing bytes on the node above which the largest segments seal. Default 4 GiB.
     pub node_growing_high_bytes: u64,
     /// ... until the node's growing bytes are below this. Default 2 GiB.
@@ -448,6 +451,7 @@ impl Default for WalSection {
             segment_size_jitter: w.segments.size_jitter,
             segment_max_idle_ms: ms_of(w.segments.max_idle),
             segment_min_idle_seal_bytes: w.segments.min_idle_seal_bytes,
+            segment_max_age_ms: ms_of(w.segments.max_age),
             node_growing_high_bytes: w.segments.node_growing_high,
             node_growing_low_bytes: w.segments.node_growing_low,
             segment_check_interval_ms: ms_of(w.segments.check_interval),
@@ -482,6 +486,7 @@ impl WalSection {
                 size_jitter: self.segment_size_jitter,
                 max_idle: ms(self.segment_max_idle_ms),
                 min_idle_seal_bytes: self.segment_min_idle_seal_bytes,
+                max_age: ms(self.segment_max_age_ms),
                 node_growing_high: self.node_growing_high_bytes,
                 node_growing_low: self.node_growing_low_bytes,
                 check_interval: ms(self.segment_check_interval_ms),
@@ -603,6 +608,7 @@ impl Config {
                 "wal.checkpoint_interval_ms",
                 self.wal.checkpoint_interval_ms,
             ),
+            ("wal.segment_max_age_ms", self.wal.segment_max_age_ms),
             (
                 "storage.truncate_interval_ms",
                 self.storage.truncate_interval_ms,
