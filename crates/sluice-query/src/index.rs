@@ -91,6 +91,16 @@ impl AnnIndex {
     /// Builds the graph over `rows` vectors of `dim` floats laid out one after another; key =
     /// row number. Uses every core.
     pub fn build(vectors: &[f32], dim: usize, params: IndexParams) -> Result<AnnIndex, IndexError> {
+        Self::build_on(vectors, dim, params, threads())
+    }
+
+    /// [`AnnIndex::build`] on `workers` threads (one thread builds the same graph every time).
+    pub fn build_on(
+        vectors: &[f32],
+        dim: usize,
+        params: IndexParams,
+        workers: usize,
+    ) -> Result<AnnIndex, IndexError> {
         if dim == 0 || !vectors.len().is_multiple_of(dim) {
             return Err(IndexError(format!(
                 "{} floats do not make vectors of dimension {dim}",
@@ -99,7 +109,7 @@ impl AnnIndex {
         }
         let rows = vectors.len() / dim;
         let index = Index::new(&options(dim, &params)).map_err(err)?;
-        let workers = threads();
+        let workers = workers.max(1);
         index
             .reserve_capacity_and_threads(rows, workers.max(SEARCH_SLOTS))
             .map_err(err)?;
@@ -264,21 +274,26 @@ mod tests {
 
     #[test]
     fn a_wider_search_finds_more_and_a_stored_index_answers_the_same() {
-        let dim = 16;
+        let dim = 32;
         let vectors = data(3000, dim, 1);
         let queries = data(40, dim, 7);
         let params = IndexParams {
-            connectivity: 4,
-            expansion_add: 16,
-            expansion_search: 4,
+            connectivity: 2,
+            expansion_add: 2,
+            expansion_search: 1,
             ..IndexParams::default()
         };
-        let index = AnnIndex::build(&vectors, dim, params).unwrap();
+        // One builder thread: the same graph every run.
+        let index = AnnIndex::build_on(&vectors, dim, params, 1).unwrap();
         assert_eq!(index.len(), 3000);
         let narrow = recall(&index, &vectors, &queries, dim, 0);
         let wide = recall(&index, &vectors, &queries, dim, 400);
-        assert!(wide > narrow, "ef 400 recall {wide} vs default {narrow}");
-        assert!(wide > 0.9, "ef 400 recall {wide}");
+        // A graph this sparse misses most neighbours with its own tiny `ef`; a wide walk finds
+        // many more of them.
+        assert!(
+            wide > narrow + 0.03,
+            "ef 400 recall {wide} vs the index's own ef {narrow}"
+        );
 
         let bytes = index.to_bytes().unwrap();
         let back = AnnIndex::from_bytes(&bytes, dim, 3000, params).unwrap();
