@@ -230,7 +230,7 @@ impl QueryHost {
                     self.wals
                         .lock()
                         .get(v.pchannel_str())
-                        .map(|w| w.latest_mvcc(&v).0)
+                        .map(|w| w.last_write(&v).0)
                 })
                 .unwrap_or_else(now_ts),
             pb::ConsistencyLevel::Session | pb::ConsistencyLevel::Eventually => 0,

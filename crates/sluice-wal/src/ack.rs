@@ -76,6 +76,9 @@ pub(crate) struct AckState {
     released_since_persist: bool,
     /// Per vchannel, the highest acknowledged timestamp (MVCC).
     vchannel_mvcc: HashMap<String, Timestamp>,
+    /// The timestamp of the WAL's first message at this term: every write acknowledged at an
+    /// older term is below it.
+    opened: Timestamp,
     /// An empty vector with room, for the next sync's messages.
     spare: Vec<ImmutableMessage>,
 }
@@ -96,6 +99,7 @@ impl AckState {
             released_since_persist: false,
             vchannel_mvcc: HashMap::new(),
             spare: Vec::new(),
+            opened: tick,
         }
     }
 
@@ -263,6 +267,16 @@ impl AckState {
     /// A persisted timetick is durable at `id`.
     pub(crate) fn tick_written(&mut self, id: MessageId) {
         self.max_acked_id = self.max_acked_id.max(id);
+    }
+
+    /// A timestamp at or above `vchannel`'s newest acknowledged write, at this term or an
+    /// older one: the newest write since the open, else the open itself.
+    pub(crate) fn last_write(&self, vchannel: &VChannel) -> Timestamp {
+        self.vchannel_mvcc
+            .get(vchannel.as_str())
+            .copied()
+            .unwrap_or_default()
+            .max(self.opened)
     }
 
     /// The latest timestamp a read of `vchannel` may use: its newest acknowledged write or the

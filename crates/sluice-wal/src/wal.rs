@@ -310,6 +310,14 @@ impl Wal {
         self.inner.ack.lock().mvcc(vchannel)
     }
 
+    /// A timestamp at or above `vchannel`'s newest acknowledged write (at this term, else the
+    /// WAL's open, which is above every write of older terms): a STRONG read waits for this,
+    /// not for the latest timetick, so it never waits for a tick that only says nothing
+    /// happened.
+    pub fn last_write(&self, vchannel: &VChannel) -> Timestamp {
+        self.inner.ack.lock().last_write(vchannel)
+    }
+
     /// How this WAL's open rebuilt its state.
     pub fn recovery_stats(&self) -> RecoveryStats {
         self.inner.recovery
