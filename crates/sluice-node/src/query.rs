@@ -542,16 +542,14 @@ impl QueryHost {
             }),
             None => None,
         };
-        let used = std::sync::Mutex::new(metric.unwrap_or(self.config.index.metric));
+        // Every delegator here builds its indexes with this node's metric.
+        let used = metric.unwrap_or(self.config.index.metric);
         let (per_part, mvcc) = self
             .read_parts(
                 &parts,
                 req.read.as_ref(),
                 |d, t| {
                     let spec = spec.as_ref().expect("a local part has a spec");
-                    if let Ok(mut u) = used.lock() {
-                        *u = metric.unwrap_or(d.read().index_params().metric);
-                    }
                     Ok(d.read().search(spec, t)?)
                 },
                 |address, vchannels, read| {
@@ -560,14 +558,11 @@ impl QueryHost {
                         read: Some(read),
                         ..req.clone()
                     };
-                    let used = &used;
                     async move {
                         let r =
                             forward(&address, |mut c| async move { c.search(req).await }).await?;
-                        let m = metric_of(r.metric).unwrap_or(metric.unwrap_or(Metric::L2));
-                        if let Ok(mut u) = used.lock() {
-                            *u = m;
-                        }
+                        // Scores back to distances in the metric the owner used.
+                        let m = metric_of(r.metric).unwrap_or(used);
                         let hits = r
                             .results
                             .iter()
@@ -578,7 +573,6 @@ impl QueryHost {
                 },
             )
             .await?;
-        let used = used.into_inner().unwrap_or(Metric::L2);
         let mut results = Vec::with_capacity(nq);
         for q in 0..nq {
             let parts: Vec<Hits> = per_part.iter().filter_map(|s| s.get(q).cloned()).collect();

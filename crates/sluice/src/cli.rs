@@ -767,8 +767,8 @@ pub(crate) fn decode_rows(bytes: &[u8]) -> anyhow::Result<Vec<arrow_array::Recor
     if bytes.is_empty() {
         return Ok(Vec::new());
     }
-    let reader = arrow_ipc::reader::StreamReader::try_new(std::io::Cursor::new(bytes), None)?;
-    Ok(reader.collect::<Result<Vec<_>, _>>()?)
+    let bytes = bytes::Bytes::copy_from_slice(bytes);
+    Ok(sluice_storage::rows::read_stream_bytes(&bytes, usize::MAX)?)
 }
 
 /// One value of `col` at `row` as JSON.
