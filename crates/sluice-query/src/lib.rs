@@ -20,7 +20,7 @@ pub use delegator::{Delegator, ReadAt};
 pub use filter::Filter;
 pub use index::{AnnIndex, IndexParams};
 pub use segment::Pk;
-pub use shard::{Hits, SearchSpec, ShardData};
+pub use shard::{Hits, Scope, SearchSpec, ShardData};
 pub use vector::Metric;
 
 /// Why a search or query failed.

@@ -123,6 +123,8 @@ pub struct Segment {
     pub(crate) vectors: Vec<VectorColumn>,
     pub(crate) superseded: Vec<u64>,
     pub(crate) indexes: Vec<Option<AnnIndex>>,
+    /// Only keys, timestamps and MVCC bounds are held: a query worker holds the rows.
+    pub(crate) remote: bool,
 }
 
 impl Segment {
@@ -145,7 +147,29 @@ impl Segment {
                 .collect(),
             superseded: Vec::new(),
             indexes: dims.iter().map(|_| None).collect(),
+            remote: false,
         }
+    }
+
+    /// Whether only the keys are held here (a query worker holds the rows).
+    pub fn is_remote(&self) -> bool {
+        self.remote
+    }
+
+    /// Drops the rows, vectors and indexes, keeping keys, timestamps and MVCC bounds.
+    pub(crate) fn demote(&mut self) {
+        self.batches = Vec::new();
+        self.starts = Vec::new();
+        for v in &mut self.vectors {
+            *v = VectorColumn {
+                dim: v.dim,
+                ..VectorColumn::default()
+            };
+        }
+        for i in &mut self.indexes {
+            *i = None;
+        }
+        self.remote = true;
     }
 
     /// Rows held.

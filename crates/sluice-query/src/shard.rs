@@ -66,6 +66,40 @@ pub struct Hits {
     pub rows: RecordBatch,
 }
 
+/// What part of a shard a read covers: a delegator reads what it holds and sends each query
+/// worker the segments it holds, with the rows that are gone at the read's timestamp by a
+/// newer version or a delete the worker does not know of.
+#[derive(Clone, Debug, Default)]
+pub struct Scope {
+    /// Only these segments (`None`: every segment whose rows are held).
+    pub segments: Option<HashSet<i64>>,
+    /// Per segment, rows the read treats as invisible.
+    pub hidden: HashMap<i64, HashSet<u32>>,
+}
+
+impl Scope {
+    /// The segments `ids`, hiding `hidden` (rows per segment).
+    pub fn of(ids: impl IntoIterator<Item = i64>, hidden: HashMap<i64, HashSet<u32>>) -> Scope {
+        Scope {
+            segments: Some(ids.into_iter().collect()),
+            hidden,
+        }
+    }
+
+    fn covers(&self, seg: &Segment) -> bool {
+        !seg.remote && self.segments.as_ref().is_none_or(|s| s.contains(&seg.id))
+    }
+
+    #[inline]
+    fn hides(&self, seg: i64, r: usize) -> bool {
+        !self.hidden.is_empty()
+            && self
+                .hidden
+                .get(&seg)
+                .is_some_and(|h| h.contains(&(r as u32)))
+    }
+}
+
 /// One collection's data on one vchannel.
 #[derive(Debug)]
 pub struct ShardData {
@@ -350,6 +384,64 @@ impl ShardData {
         Ok(())
     }
 
+    /// Keeps only the keys, timestamps and MVCC bounds of sealed segment `id`: its rows are
+    /// read on a query worker from now on, with [`ShardData::hidden_rows`]. False when no such
+    /// sealed segment is held.
+    pub fn demote(&mut self, id: i64) -> bool {
+        match self.segments.get_mut(&id) {
+            Some(seg) if seg.sealed => {
+                seg.demote();
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// The sealed segments whose rows a query worker holds.
+    pub fn remote_segments(&self) -> Vec<i64> {
+        self.segments
+            .values()
+            .filter(|s| s.remote)
+            .map(|s| s.id)
+            .collect()
+    }
+
+    /// The rows of segment `id` that are gone at `t` although inserted before it: what a query
+    /// worker holding the segment must hide (it knows neither the deletes nor newer versions).
+    pub fn hidden_rows(&self, id: i64, t: u64) -> HashSet<u32> {
+        let Some(seg) = self.segments.get(&id) else {
+            return HashSet::new();
+        };
+        (0..seg.len())
+            .filter(|&r| seg.ts[r] <= t && seg.superseded[r] <= t)
+            .map(|r| r as u32)
+            .collect()
+    }
+
+    /// Which of `ids` are not held with their rows.
+    pub fn missing(&self, ids: &HashSet<i64>) -> Vec<i64> {
+        let mut out: Vec<i64> = ids
+            .iter()
+            .copied()
+            .filter(|id| self.segments.get(id).is_none_or(|s| s.remote || !s.sealed))
+            .collect();
+        out.sort_unstable();
+        out
+    }
+
+    /// Drops sealed segment `id` (a query worker's, no longer placed on it).
+    pub fn remove_sealed(&mut self, id: i64) {
+        if let Some(seg) = self.segments.remove(&id) {
+            self.sealed_ids.remove(&id);
+            for key in seg.pks.iter().collect::<HashSet<_>>() {
+                if let Some(v) = self.versions.get_mut(key) {
+                    v.retain(|(_, at)| at.segment != id);
+                }
+                self.refresh(key);
+            }
+        }
+    }
+
     /// Drops a partition's segments.
     pub fn drop_partition(&mut self, partition: i64) {
         let gone: Vec<i64> = self
@@ -426,6 +518,16 @@ impl ShardData {
 
     /// Searches at `t`.
     pub fn search(&self, spec: &SearchSpec, t: u64) -> Result<Vec<Hits>, QueryError> {
+        self.search_in(spec, t, &Scope::default())
+    }
+
+    /// Searches the part `scope` covers at `t`.
+    pub fn search_in(
+        &self,
+        spec: &SearchSpec,
+        t: u64,
+        scope: &Scope,
+    ) -> Result<Vec<Hits>, QueryError> {
         let f = self.vector_field(spec.field.as_deref())?;
         let dim = self.dims[f];
         self.check_output_fields(&spec.output_fields)?;
@@ -440,17 +542,21 @@ impl ShardData {
             return Err(QueryError::Invalid("top_k must be at least 1".into()));
         }
         let metric = spec.metric.unwrap_or(self.index.metric);
-        let masks = self
-            .segments
-            .values()
+        let segments: Vec<&Segment> = self.segments.values().filter(|s| scope.covers(s)).collect();
+        let masks = segments
+            .iter()
             .map(|s| self.mask(s, spec.filter.as_ref(), &spec.partitions))
             .collect::<Result<Vec<_>, _>>()?;
         let mut out = Vec::with_capacity(spec.vectors.len());
         for q in &spec.vectors {
             let qn = norm(q);
             let mut top = TopK::<RowRef>::new(spec.top_k);
-            for (seg, mask) in self.segments.values().zip(&masks) {
-                let keep = |r: usize| seg.visible(r, t) && mask.as_ref().is_none_or(|m| m[r]);
+            for (seg, mask) in segments.iter().zip(&masks) {
+                let keep = |r: usize| {
+                    seg.visible(r, t)
+                        && mask.as_ref().is_none_or(|m| m[r])
+                        && !scope.hides(seg.id, r)
+                };
                 let index = seg
                     .index(f)
                     .filter(|i| !spec.exact && i.params().metric == metric);
@@ -524,12 +630,35 @@ impl ShardData {
         limit: usize,
         t: u64,
     ) -> Result<RecordBatch, QueryError> {
+        self.query_in(
+            filter,
+            partitions,
+            output_fields,
+            limit,
+            t,
+            &Scope::default(),
+        )
+    }
+
+    /// [`ShardData::query`] over the part `scope` covers.
+    pub fn query_in(
+        &self,
+        filter: Option<&Filter>,
+        partitions: &[i64],
+        output_fields: &[String],
+        limit: usize,
+        t: u64,
+        scope: &Scope,
+    ) -> Result<RecordBatch, QueryError> {
         self.check_output_fields(output_fields)?;
         let mut found: Vec<(&Pk, RowRef)> = Vec::new();
-        for seg in self.segments.values() {
+        for seg in self.segments.values().filter(|s| scope.covers(s)) {
             let mask = self.mask(seg, filter, partitions)?;
             for r in 0..seg.len() {
-                if seg.visible(r, t) && mask.as_ref().is_none_or(|m| m[r]) {
+                if seg.visible(r, t)
+                    && mask.as_ref().is_none_or(|m| m[r])
+                    && !scope.hides(seg.id, r)
+                {
                     found.push((
                         &seg.pks[r],
                         RowRef {
@@ -555,6 +684,17 @@ impl ShardData {
         output_fields: &[String],
         t: u64,
     ) -> Result<RecordBatch, QueryError> {
+        self.get_in(keys, output_fields, t, &Scope::default())
+    }
+
+    /// [`ShardData::get`] over the part `scope` covers.
+    pub fn get_in(
+        &self,
+        keys: &[Pk],
+        output_fields: &[String],
+        t: u64,
+        scope: &Scope,
+    ) -> Result<RecordBatch, QueryError> {
         self.check_output_fields(output_fields)?;
         let mut rows = Vec::new();
         let mut seen = HashSet::new();
@@ -566,9 +706,11 @@ impl ShardData {
                 continue;
             };
             if let Some((_, at)) = versions.iter().find(|(_, at)| {
-                self.segments
-                    .get(&at.segment)
-                    .is_some_and(|s| s.visible(at.offset as usize, t))
+                self.segments.get(&at.segment).is_some_and(|s| {
+                    scope.covers(s)
+                        && s.visible(at.offset as usize, t)
+                        && !scope.hides(s.id, at.offset as usize)
+                })
             }) {
                 rows.push(*at);
             }

@@ -3,8 +3,13 @@
 //! sealed ones (some with an HNSW index, some installed long after they sealed) — and at random
 //! timestamps, past ones included, exact search, filtered query and get compared with what the
 //! model computes from the same events.
+//!
+//! Some sealed segments go to one of two query workers (a second `ShardData` each): the shard
+//! keeps only their keys, and every read is answered the way a delegator answers it — its own
+//! part, plus each worker's part with the rows the shard says are gone at the read's timestamp,
+//! merged. Segments also move between workers and back to the shard.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use arrow_array::cast::AsArray;
@@ -13,7 +18,7 @@ use arrow_array::{ArrayRef, FixedSizeListArray, Float32Array, Int64Array, Record
 use arrow_schema::{DataType as ArrowType, Field, Schema};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use sluice_query::shard::SearchSpec;
+use sluice_query::shard::{Hits, Scope, SearchSpec, merge_hits};
 use sluice_query::vector::Metric;
 use sluice_query::{AnnIndex, Filter, IndexParams, Pk, ShardData};
 use sluice_types::schema::{CollectionSchema, DataType, FieldSchema};
@@ -132,6 +137,13 @@ fn run(seed: u64) {
     // The current growing segment's rows and timestamps; sealed ones waiting to be installed.
     let mut growing: (Vec<RecordBatch>, Vec<u64>) = (Vec::new(), Vec::new());
     let mut pending: Vec<(i64, Vec<RecordBatch>, Vec<u64>)> = Vec::new();
+    let mut workers = [
+        ShardData::new(schema(), params).unwrap(),
+        ShardData::new(schema(), params).unwrap(),
+    ];
+    // Sealed segments a worker holds (and the shard only the keys of), and their rows.
+    let mut placed: HashMap<i64, usize> = HashMap::new();
+    let mut files: HashMap<i64, (Vec<RecordBatch>, Vec<u64>)> = HashMap::new();
     let mut checks = 0;
     for _ in 0..400 {
         ts += rng.random_range(1..5);
@@ -183,22 +195,88 @@ fn run(seed: u64) {
             8 => {
                 if !pending.is_empty() {
                     let (id, b, t) = pending.remove(rng.random_range(0..pending.len()));
-                    let mut seg = shard.prepare_sealed(id, 1, b, t).unwrap();
+                    let indexed = rng.random_bool(0.5);
+                    let seal = |to: &ShardData, b: Vec<RecordBatch>, t: Vec<u64>| {
+                        let mut seg = to.prepare_sealed(id, 1, b, t).unwrap();
+                        if indexed {
+                            let v = seg.vectors(0).unwrap();
+                            seg.set_index(0, AnnIndex::build(&v.data, DIM, params).unwrap());
+                        }
+                        seg
+                    };
+                    shard
+                        .install_sealed(seal(&shard, b.clone(), t.clone()))
+                        .unwrap();
                     if rng.random_bool(0.5) {
-                        let v = seg.vectors(0).unwrap();
-                        seg.set_index(0, AnnIndex::build(&v.data, DIM, params).unwrap());
+                        let w = rng.random_range(0..2);
+                        workers[w]
+                            .install_sealed(seal(&workers[w], b.clone(), t.clone()))
+                            .unwrap();
+                        assert!(shard.demote(id));
+                        placed.insert(id, w);
                     }
-                    shard.install_sealed(seg).unwrap();
+                    files.insert(id, (b, t));
+                }
+            }
+            9 if rng.random_bool(0.3) && !files.is_empty() => {
+                // A segment moves: to the other worker, to a worker, or back to the shard.
+                let ids: Vec<i64> = files.keys().copied().collect();
+                let id = ids[rng.random_range(0..ids.len())];
+                let (b, t) = files[&id].clone();
+                match placed.get(&id).copied() {
+                    Some(w) if rng.random_bool(0.5) => {
+                        workers[w].remove_sealed(id);
+                        let seg = shard.prepare_sealed(id, 1, b, t).unwrap();
+                        shard.install_sealed(seg).unwrap();
+                        placed.remove(&id);
+                    }
+                    from => {
+                        let to = from.map_or(rng.random_range(0..2), |w| 1 - w);
+                        let seg = workers[to].prepare_sealed(id, 1, b, t).unwrap();
+                        workers[to].install_sealed(seg).unwrap();
+                        if let Some(w) = from {
+                            workers[w].remove_sealed(id);
+                        } else {
+                            assert!(shard.demote(id));
+                        }
+                        placed.insert(id, to);
+                    }
                 }
             }
             _ => {
                 checks += 1;
                 let at = rng.random_range(90..=ts);
                 let model = visible(&events, at);
+                // What each worker is asked: its segments, minus the rows gone at `at`.
+                let scopes: Vec<Scope> = (0..2)
+                    .map(|w| {
+                        let segs: Vec<i64> = placed
+                            .iter()
+                            .filter(|(_, x)| **x == w)
+                            .map(|(id, _)| *id)
+                            .collect();
+                        let hidden = segs
+                            .iter()
+                            .map(|&id| (id, shard.hidden_rows(id, at)))
+                            .collect();
+                        assert!(
+                            workers[w]
+                                .missing(&segs.iter().copied().collect::<HashSet<_>>())
+                                .is_empty()
+                        );
+                        Scope::of(segs, hidden)
+                    })
+                    .collect();
                 // Query with a filter (nulls match only `is null`).
-                let got = ids(&shard
+                let mut got = ids(&shard
                     .query(Some(&filter), &[], &["tag".into()], 0, at)
                     .unwrap());
+                for (w, scope) in scopes.iter().enumerate() {
+                    got.extend(ids(&workers[w]
+                        .query_in(Some(&filter), &[], &["tag".into()], 0, at, scope)
+                        .unwrap()));
+                }
+                got.sort_unstable();
                 let want: Vec<i64> = model
                     .values()
                     .filter(|r| r.tag.is_none_or(|t| t < 5))
@@ -208,7 +286,23 @@ fn run(seed: u64) {
                 assert_eq!(shard.count(at), model.len(), "seed {seed}: count at {at}");
                 // Get.
                 let keys: Vec<Pk> = (0..5).map(|_| Pk::Int(rng.random_range(0..KEYS))).collect();
-                let got = ids(&shard.get(&keys, &[], at).unwrap());
+                let mut found: HashSet<i64> = ids(&shard.get(&keys, &[], at).unwrap())
+                    .into_iter()
+                    .collect();
+                for (w, scope) in scopes.iter().enumerate() {
+                    for id in ids(&workers[w].get_in(&keys, &[], at, scope).unwrap()) {
+                        assert!(found.insert(id), "seed {seed}: key {id} found twice");
+                    }
+                }
+                let mut seen2 = HashSet::new();
+                let got: Vec<i64> = keys
+                    .iter()
+                    .filter_map(|k| match k {
+                        Pk::Int(v) => Some(*v),
+                        Pk::Str(_) => None,
+                    })
+                    .filter(|v| seen2.insert(*v) && found.contains(v))
+                    .collect();
                 let mut seen = std::collections::HashSet::new();
                 let want: Vec<i64> = keys
                     .iter()
@@ -232,7 +326,11 @@ fn run(seed: u64) {
                     exact: true,
                     ef: None,
                 };
-                let hits = shard.search(&spec, at).unwrap();
+                let mut parts: Vec<Hits> = shard.search(&spec, at).unwrap();
+                for (w, scope) in scopes.iter().enumerate() {
+                    parts.extend(workers[w].search_in(&spec, at, scope).unwrap());
+                }
+                let hits = [merge_hits(parts, 5).unwrap()];
                 let mut want: Vec<(f32, i64)> = model
                     .values()
                     .map(|r| (sluice_query::vector::l2_squared(&q, &r.vec), r.id))
