@@ -10,6 +10,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "../../proto/sluice/v1/node.proto",
         "../../proto/sluice/v1/coord.proto",
         "../../proto/sluice/v1/query.proto",
+        "../../proto/sluice/v1/worker.proto",
     ];
     for f in &files {
         println!("cargo:rerun-if-changed={f}");

@@ -10,6 +10,8 @@
 //! {root}/node/{id}                   a registered streaming node (leased)
 //! {root}/pchannel/{name}             pchannel metadata (term, node, state, history)
 //! {root}/broadcast/{id}              a pending broadcast task
+//! {root}/query/node/{id}             a registered query worker (`sluice querynode`, leased)
+//! {root}/query/placement/{segment}   where a sealed segment is served (SegmentPlacement)
 //! ```
 
 /// The default key root.
@@ -79,6 +81,24 @@ impl Keys {
     /// One broadcast task (zero-padded so tasks scan in id order).
     pub fn broadcast(&self, id: u64) -> String {
         format!("{}{:020}", self.broadcast_prefix(), id)
+    }
+}
+
+impl Keys {
+    /// The keys query workers register under (`{root}/query/node/{id}`): the same layout as
+    /// streaming nodes, one level down.
+    pub fn query_workers(&self) -> Keys {
+        Keys::new(format!("{}/query", self.root))
+    }
+
+    /// The prefix of every segment placement.
+    pub fn placement_prefix(&self) -> String {
+        format!("{}/query/placement/", self.root)
+    }
+
+    /// Where sealed segment `segment` is served.
+    pub fn placement(&self, segment: i64) -> String {
+        format!("{}{segment}", self.placement_prefix())
     }
 }
 

@@ -51,6 +51,8 @@ pub struct CoordinatorConfig {
     /// share the pchannels from the start instead of the first one to register taking them all.
     /// Default 1 s.
     pub node_settle: Duration,
+    /// Query placement settings.
+    pub placement: crate::placement::PlacementConfig,
 }
 
 impl CoordinatorConfig {
@@ -66,6 +68,7 @@ impl CoordinatorConfig {
             assign: AssignConfig::default(),
             broadcast: BroadcastConfig::default(),
             node_settle: Duration::from_secs(1),
+            placement: crate::placement::PlacementConfig::default(),
         }
     }
 }
@@ -86,6 +89,8 @@ pub struct LeaderState {
     pub nodes: Arc<NodeWatcher>,
     /// Collections.
     pub catalog: Arc<crate::catalog::Catalog>,
+    /// Sealed segments on query workers (taken on shutdown).
+    pub placement: parking_lot::Mutex<Option<crate::placement::Placement>>,
 }
 
 impl std::fmt::Debug for LeaderState {
@@ -296,6 +301,12 @@ async fn start_leader(
         config.keys.root(),
         names.clone(),
     ));
+    let placement = crate::placement::Placement::start(
+        store.clone(),
+        config.keys.clone(),
+        config.placement.clone(),
+    )
+    .await?;
     Ok(LeaderState {
         tso,
         ids,
@@ -304,6 +315,7 @@ async fn start_leader(
         broadcaster: Arc::new(broadcaster),
         nodes,
         catalog,
+        placement: parking_lot::Mutex::new(Some(placement)),
     })
 }
 
@@ -333,6 +345,10 @@ async fn settle(mut nodes: watch::Receiver<crate::Nodes>, quiet: Duration) {
 
 async fn stop_leader(leader: Arc<LeaderState>) {
     leader.assigner.shutdown().await;
+    let placement = leader.placement.lock().take();
+    if let Some(p) = placement {
+        p.shutdown().await;
+    }
     // The rest stops when the last reference (held by in-flight RPCs) is dropped.
     drop(leader);
 }

@@ -27,6 +27,7 @@ pub mod keys;
 pub mod leader;
 pub mod node;
 pub mod pchannel;
+pub mod placement;
 pub mod registry;
 pub mod service;
 pub mod tso;

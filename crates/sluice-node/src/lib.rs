@@ -9,8 +9,10 @@
 pub mod coord_link;
 pub mod error;
 pub mod manager;
+pub mod mirror;
 pub mod query;
 pub mod service;
+pub mod worker;
 
 pub use error::NodeError;
 pub use manager::WalManager;

@@ -16,8 +16,16 @@
 //!
 //! Until step 2 is done tsafe is 0, so reads wait (and time out with NOT_READY) rather than
 //! answer without the sealed rows.
+//!
+//! **Query workers.** When the coordinator places a sealed segment on a query worker
+//! (`{root}/query/placement/{segment}`, see `worker.proto`), the delegator keeps only the
+//! segment's keys, timestamps and MVCC bounds once the worker reports it loaded, and every read
+//! asks the worker for that part, naming the rows gone at the read's timestamp. A segment whose
+//! placement goes (its worker lost and no other registered) is loaded here again. Until a
+//! placed segment is on its worker the delegator answers from its own copy, so a hand-off or a
+//! placement never leaves a moment where rows are missing or counted twice.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -79,7 +87,12 @@ pub struct QueryHost {
     /// Bumped when `released` changes: every feed starts over.
     load_gen: tokio::sync::watch::Sender<u64>,
     watching: std::sync::Once,
+    /// Where sealed segments are placed on query workers (by meta key).
+    placements: std::sync::OnceLock<tokio::sync::watch::Receiver<Placements>>,
 }
+
+/// Segment placements by meta-store key.
+type Placements = BTreeMap<String, pb::SegmentPlacement>;
 
 impl std::fmt::Debug for QueryHost {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -115,14 +128,14 @@ pub struct ReadError {
 }
 
 impl ReadError {
-    fn new(code: ErrorCode, message: impl Into<String>) -> ReadError {
+    pub(crate) fn new(code: ErrorCode, message: impl Into<String>) -> ReadError {
         ReadError {
             code,
             message: message.into(),
         }
     }
 
-    fn invalid(message: impl Into<String>) -> ReadError {
+    pub(crate) fn invalid(message: impl Into<String>) -> ReadError {
         ReadError::new(ErrorCode::InvalidArgument, message)
     }
 
@@ -171,6 +184,7 @@ impl QueryHost {
             released: RwLock::new(std::collections::HashSet::new()),
             load_gen: tokio::sync::watch::channel(0).0,
             watching: std::sync::Once::new(),
+            placements: std::sync::OnceLock::new(),
         })
     }
 
@@ -185,6 +199,12 @@ impl QueryHost {
     pub fn serve(self: &Arc<Self>, wal: Wal) -> QueryFeed {
         self.watching.call_once(|| {
             tokio::spawn(watch_load_states(Arc::downgrade(self)));
+            let placements =
+                crate::mirror::mirror(self.storage.meta.clone(), self.placement_prefix(), |v| {
+                    prost::Message::decode(v).ok()
+                });
+            let _ = self.placements.set(placements.clone());
+            tokio::spawn(follow_placements(Arc::downgrade(self), placements));
         });
         let cancel = CancellationToken::new();
         self.wals
@@ -215,6 +235,71 @@ impl QueryHost {
         }
         out.sort();
         out
+    }
+
+    /// The sealed segments of collection `name` whose rows query workers hold (the delegators
+    /// here keep their keys only), ascending.
+    pub fn remote_segments(&self, name: &str) -> Vec<i64> {
+        let mut out: Vec<i64> = self
+            .shards
+            .read()
+            .values()
+            .filter(|d| d.read().schema().name == name)
+            .flat_map(|d| d.read().remote_segments())
+            .collect();
+        out.sort_unstable();
+        out
+    }
+
+    fn placement_prefix(&self) -> String {
+        sluice_coord::keys::Keys::new(self.storage.meta_root.clone()).placement_prefix()
+    }
+
+    /// Per query worker, the part of `data` (the shard of `d`) it holds, as of `t`.
+    fn worker_scopes(
+        &self,
+        d: &Delegator,
+        data: &ShardData,
+        t: u64,
+    ) -> Result<Vec<(String, pb::SegmentScope)>, ReadError> {
+        let remote = data.remote_segments();
+        if remote.is_empty() {
+            return Ok(Vec::new());
+        }
+        let prefix = self.placement_prefix();
+        let placements = self.placements.get().map(|p| p.borrow().clone());
+        let mut by: BTreeMap<String, pb::SegmentScope> = BTreeMap::new();
+        for s in remote {
+            let placed = placements
+                .as_ref()
+                .and_then(|p| p.get(&format!("{prefix}{s}")))
+                .map(|p| p.address.clone());
+            let Some(address) = placed else {
+                return Err(ReadError::new(
+                    ErrorCode::NotReady,
+                    format!(
+                        "segment {s} of shard {} is moving between query workers; retry",
+                        d.vchannel()
+                    ),
+                ));
+            };
+            let scope = by.entry(address).or_insert_with(|| pb::SegmentScope {
+                collection_id: d.collection(),
+                vchannel: d.vchannel().to_owned(),
+                mvcc_timestamp: t,
+                ..pb::SegmentScope::default()
+            });
+            scope.segment_ids.push(s);
+            let mut rows: Vec<u32> = data.hidden_rows(s, t).into_iter().collect();
+            if !rows.is_empty() {
+                rows.sort_unstable();
+                scope.hidden.push(pb::SegmentRows {
+                    segment_id: s,
+                    rows,
+                });
+            }
+        }
+        Ok(by.into_iter().collect())
     }
 
     /// Where each shard's read may run.
@@ -399,7 +484,7 @@ impl QueryHost {
     /// it, and the read happens at the lowest timestamp every shard has applied (as fresh as
     /// the slowest shard allows). Remote parts answer with the timestamp they read at; one that
     /// read earlier than the others is asked again at the common timestamp.
-    async fn read_parts<T, L, R, RF>(
+    async fn read_parts<T, L, LF, R, RF>(
         &self,
         parts: &[Part],
         read: Option<&pb::ReadOptions>,
@@ -407,7 +492,8 @@ impl QueryHost {
         remote: R,
     ) -> Result<(Vec<T>, u64), ReadError>
     where
-        L: Fn(&Delegator, u64) -> Result<T, ReadError>,
+        L: Fn(Arc<Delegator>, u64) -> LF,
+        LF: std::future::Future<Output = Result<T, ReadError>>,
         R: Fn(String, Vec<String>, pb::ReadOptions) -> RF,
         RF: std::future::Future<Output = Result<(T, u64), ReadError>>,
     {
@@ -463,7 +549,7 @@ impl QueryHost {
                             timeout,
                         })
                         .await?;
-                    out.push(local(d, at)?);
+                    out.push(local(d.clone(), at).await?);
                 }
                 Part::Remote { address, vchannels } => match remote_done[i].take() {
                     Some((v, at)) if at == t => out.push(v),
@@ -482,75 +568,57 @@ impl QueryHost {
 
     /// Answers a Search.
     pub async fn search(&self, req: pb::SearchRequest) -> Result<pb::SearchResponse, ReadError> {
-        if req.vectors.is_empty() || req.vectors.len() > MAX_QUERY_VECTORS {
-            return Err(ReadError::invalid(format!(
-                "a search needs 1 to {MAX_QUERY_VECTORS} query vectors, not {}",
-                req.vectors.len()
-            )));
-        }
+        let metric = check_search(&req)?;
         let k = req.top_k as usize;
-        if k == 0 || k > MAX_TOP_K {
-            return Err(ReadError::invalid(format!(
-                "top_k must be 1 to {MAX_TOP_K}, not {k}"
-            )));
-        }
-        if k * req.vectors.len() > MAX_HITS {
-            return Err(ReadError::invalid(format!(
-                "{} query vectors × top_k {k} asks for more than {MAX_HITS} hits; split the search",
-                req.vectors.len()
-            )));
-        }
-        if let Some((i, _)) = req
-            .vectors
-            .iter()
-            .enumerate()
-            .find(|(_, v)| v.values.iter().any(|x| !x.is_finite()))
-        {
-            return Err(ReadError::invalid(format!(
-                "query vector {i} has a NaN or infinite value"
-            )));
-        }
-        if req.ef > 4096 {
-            return Err(ReadError::invalid(format!(
-                "ef must be at most 4096, not {}",
-                req.ef
-            )));
-        }
-        let metric = match pb::MetricType::try_from(req.metric) {
-            Ok(pb::MetricType::Unspecified) => None,
-            Ok(pb::MetricType::L2) => Some(Metric::L2),
-            Ok(pb::MetricType::Ip) => Some(Metric::Ip),
-            Ok(pb::MetricType::Cosine) => Some(Metric::Cosine),
-            Err(_) => return Err(ReadError::invalid(format!("unknown metric {}", req.metric))),
-        };
         let parts = self.plan(&req.collection, &req.shards).await?;
         let nq = req.vectors.len();
         let spec = match parts.iter().find_map(|p| match p {
             Part::Local(d) => Some(d),
             Part::Remote { .. } => None,
         }) {
-            Some(d) => Some(SearchSpec {
-                field: (!req.vector_field.is_empty()).then(|| req.vector_field.clone()),
-                vectors: req.vectors.iter().map(|v| v.values.clone()).collect(),
-                top_k: k,
-                metric,
-                filter: parse_filter(&req.filter, d)?,
-                partitions: req.partition_ids.clone(),
-                output_fields: req.output_fields.clone(),
-                exact: req.exact,
-                ef: (req.ef > 0).then_some(req.ef as usize),
-            }),
+            Some(d) => Some(search_spec(&req, metric, d)?),
             None => None,
         };
         // Every delegator here builds its indexes with this node's metric.
         let used = metric.unwrap_or(self.config.index.metric);
+        let (spec, req_ref) = (&spec, &req);
         let (per_part, mvcc) = self
             .read_parts(
                 &parts,
                 req.read.as_ref(),
-                |d, t| {
+                |d, t| async move {
                     let spec = spec.as_ref().expect("a local part has a spec");
-                    Ok(d.read().search(spec, t)?)
+                    let (hits, scopes) = {
+                        let data = d.read();
+                        (data.search(spec, t)?, self.worker_scopes(&d, &data, t)?)
+                    };
+                    if scopes.is_empty() {
+                        return Ok(hits);
+                    }
+                    let mut parts = vec![hits];
+                    for (address, scope) in scopes {
+                        let request = pb::WorkerSearchRequest {
+                            scope: Some(scope),
+                            search: Some(req_ref.clone()),
+                        };
+                        let r = call_worker(&address, |mut c| async move {
+                            c.search_segments(request).await
+                        })
+                        .await?;
+                        let m = metric_of(r.metric).unwrap_or(used);
+                        parts.push(
+                            r.results
+                                .iter()
+                                .map(|h| hits_of(h, m))
+                                .collect::<Result<Vec<_>, _>>()?,
+                        );
+                    }
+                    (0..nq)
+                        .map(|q| {
+                            let of_q = parts.iter().filter_map(|p| p.get(q).cloned()).collect();
+                            Ok(merge_hits(of_q, k)?)
+                        })
+                        .collect()
                 },
                 |address, vchannels, read| {
                     let req = pb::SearchRequest {
@@ -581,13 +649,7 @@ impl QueryHost {
             } else {
                 merge_hits(parts, k)?
             };
-            let rows = encode_stream(std::slice::from_ref(&hits.rows))
-                .map_err(|e| ReadError::new(ErrorCode::Inner, e.to_string()))?;
-            results.push(pb::SearchHits {
-                keys: Some(keys_to_pb(&hits.pks)),
-                scores: hits.scores,
-                rows: rows.into(),
-            });
+            results.push(hits_to_pb(&hits)?);
         }
         Ok(pb::SearchResponse {
             results,
@@ -600,19 +662,38 @@ impl QueryHost {
     pub async fn query(&self, req: pb::QueryRequest) -> Result<pb::QueryResponse, ReadError> {
         let parts = self.plan(&req.collection, &req.shards).await?;
         let limit = usize::try_from(req.limit).unwrap_or(usize::MAX);
+        let req_ref = &req;
         let (parts_rows, mvcc) = self
             .read_parts(
                 &parts,
                 req.read.as_ref(),
-                |d, t| {
-                    let filter = parse_filter(&req.filter, d)?;
-                    Ok(vec![d.read().query(
-                        filter.as_ref(),
-                        &req.partition_ids,
-                        &req.output_fields,
-                        limit,
-                        t,
-                    )?])
+                |d, t| async move {
+                    let req = req_ref;
+                    let filter = parse_filter(&req.filter, &d)?;
+                    let (batch, scopes) = {
+                        let data = d.read();
+                        let batch = data.query(
+                            filter.as_ref(),
+                            &req.partition_ids,
+                            &req.output_fields,
+                            limit,
+                            t,
+                        )?;
+                        (batch, self.worker_scopes(&d, &data, t)?)
+                    };
+                    let mut out = vec![batch];
+                    for (address, scope) in scopes {
+                        let request = pb::WorkerQueryRequest {
+                            scope: Some(scope),
+                            query: Some(req.clone()),
+                        };
+                        let r = call_worker(&address, |mut c| async move {
+                            c.query_segments(request).await
+                        })
+                        .await?;
+                        out.extend(decode_rows(&r.rows)?);
+                    }
+                    Ok(out)
                 },
                 |address, vchannels, read| {
                     let req = pb::QueryRequest {
@@ -637,11 +718,33 @@ impl QueryHost {
     pub async fn get(&self, req: pb::GetRequest) -> Result<pb::QueryResponse, ReadError> {
         let parts = self.plan(&req.collection, &req.shards).await?;
         let keys = keys_from_pb(req.keys.as_ref())?;
+        let (keys_ref, req_ref) = (&keys, &req);
         let (parts_rows, mvcc) = self
             .read_parts(
                 &parts,
                 req.read.as_ref(),
-                |d, t| Ok(vec![d.read().get(&keys, &req.output_fields, t)?]),
+                |d, t| async move {
+                    let (batch, scopes) = {
+                        let data = d.read();
+                        let batch = data.get(keys_ref, &req_ref.output_fields, t)?;
+                        (batch, self.worker_scopes(&d, &data, t)?)
+                    };
+                    let mut out = vec![batch];
+                    for (address, scope) in scopes {
+                        let request = pb::WorkerGetRequest {
+                            scope: Some(scope),
+                            get: Some(req_ref.clone()),
+                        };
+                        let r =
+                            call_worker(
+                                &address,
+                                |mut c| async move { c.get_segments(request).await },
+                            )
+                            .await?;
+                        out.extend(decode_rows(&r.rows)?);
+                    }
+                    Ok(out)
+                },
                 |address, vchannels, read| {
                     let req = pb::GetRequest {
                         shards: vchannels,
@@ -676,6 +779,81 @@ impl QueryHost {
     }
 }
 
+/// The checks of a search request; its metric (`None`: the index's).
+pub(crate) fn check_search(req: &pb::SearchRequest) -> Result<Option<Metric>, ReadError> {
+    if req.vectors.is_empty() || req.vectors.len() > MAX_QUERY_VECTORS {
+        return Err(ReadError::invalid(format!(
+            "a search needs 1 to {MAX_QUERY_VECTORS} query vectors, not {}",
+            req.vectors.len()
+        )));
+    }
+    let k = req.top_k as usize;
+    if k == 0 || k > MAX_TOP_K {
+        return Err(ReadError::invalid(format!(
+            "top_k must be 1 to {MAX_TOP_K}, not {k}"
+        )));
+    }
+    if k * req.vectors.len() > MAX_HITS {
+        return Err(ReadError::invalid(format!(
+            "{} query vectors × top_k {k} asks for more than {MAX_HITS} hits; split the search",
+            req.vectors.len()
+        )));
+    }
+    if let Some((i, _)) = req
+        .vectors
+        .iter()
+        .enumerate()
+        .find(|(_, v)| v.values.iter().any(|x| !x.is_finite()))
+    {
+        return Err(ReadError::invalid(format!(
+            "query vector {i} has a NaN or infinite value"
+        )));
+    }
+    if req.ef > 4096 {
+        return Err(ReadError::invalid(format!(
+            "ef must be at most 4096, not {}",
+            req.ef
+        )));
+    }
+    match pb::MetricType::try_from(req.metric) {
+        Ok(pb::MetricType::Unspecified) => Ok(None),
+        Ok(pb::MetricType::L2) => Ok(Some(Metric::L2)),
+        Ok(pb::MetricType::Ip) => Ok(Some(Metric::Ip)),
+        Ok(pb::MetricType::Cosine) => Ok(Some(Metric::Cosine)),
+        Err(_) => Err(ReadError::invalid(format!("unknown metric {}", req.metric))),
+    }
+}
+
+/// What a search asks of the shard `d` (its filter checked against `d`'s schema).
+pub(crate) fn search_spec(
+    req: &pb::SearchRequest,
+    metric: Option<Metric>,
+    d: &Delegator,
+) -> Result<SearchSpec, ReadError> {
+    Ok(SearchSpec {
+        field: (!req.vector_field.is_empty()).then(|| req.vector_field.clone()),
+        vectors: req.vectors.iter().map(|v| v.values.clone()).collect(),
+        top_k: req.top_k as usize,
+        metric,
+        filter: parse_filter(&req.filter, d)?,
+        partitions: req.partition_ids.clone(),
+        output_fields: req.output_fields.clone(),
+        exact: req.exact,
+        ef: (req.ef > 0).then_some(req.ef as usize),
+    })
+}
+
+/// One query's hits on the wire.
+pub(crate) fn hits_to_pb(hits: &Hits) -> Result<pb::SearchHits, ReadError> {
+    let rows = encode_stream(std::slice::from_ref(&hits.rows))
+        .map_err(|e| ReadError::new(ErrorCode::Inner, e.to_string()))?;
+    Ok(pb::SearchHits {
+        keys: Some(keys_to_pb(&hits.pks)),
+        scores: hits.scores.clone(),
+        rows: rows.into(),
+    })
+}
+
 /// Where a request's shards are answered.
 enum Part {
     /// By a delegator here.
@@ -685,6 +863,132 @@ enum Part {
         address: String,
         vchannels: Vec<String>,
     },
+}
+
+/// A channel to `address`, made once per process (a channel multiplexes every call).
+fn channel(address: &str) -> Result<tonic::transport::Channel, ReadError> {
+    static CHANNELS: std::sync::OnceLock<Mutex<HashMap<String, tonic::transport::Channel>>> =
+        std::sync::OnceLock::new();
+    let mut channels = CHANNELS.get_or_init(Default::default).lock();
+    if let Some(c) = channels.get(address) {
+        return Ok(c.clone());
+    }
+    let c = sluice_proto::lazy_channel(address).map_err(|e| ReadError::new(ErrorCode::Inner, e))?;
+    channels.insert(address.to_owned(), c.clone());
+    Ok(c)
+}
+
+/// How long a delegator waits for a query worker's answer before the read fails (retryably).
+const WORKER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Calls the `QueryWorker` service at `address` once. A worker that cannot be reached or does
+/// not answer in [`WORKER_TIMEOUT`] is NOT_READY: its segments move to another worker once its
+/// registration lapses.
+async fn call_worker<T, F, Fut>(address: &str, call: F) -> Result<T, ReadError>
+where
+    F: FnOnce(pb::query_worker_client::QueryWorkerClient<tonic::transport::Channel>) -> Fut,
+    Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+{
+    let client = pb::query_worker_client::QueryWorkerClient::new(channel(address)?)
+        .max_decoding_message_size(256 << 20)
+        .max_encoding_message_size(256 << 20);
+    let unreachable = |why: String| {
+        ReadError::new(
+            ErrorCode::NotReady,
+            format!("query worker {address} is unreachable ({why}); retry"),
+        )
+    };
+    match tokio::time::timeout(WORKER_TIMEOUT, call(client)).await {
+        Err(_) => Err(unreachable(format!("no answer in {WORKER_TIMEOUT:?}"))),
+        Ok(Ok(r)) => Ok(r.into_inner()),
+        Ok(Err(s)) => match sluice_proto::convert::error_of(&s) {
+            (ErrorCode::Unknown, message) => Err(unreachable(message)),
+            (code, message) => Err(ReadError::new(
+                code,
+                format!("query worker {address}: {message}"),
+            )),
+        },
+    }
+}
+
+/// Follows segment placements: a segment held here whose worker reports it loaded keeps only its
+/// keys here; a segment whose rows a worker held and that is no longer placed is loaded here
+/// again. Runs at every placement change and every second (workers load in the background).
+/// Ends with the host.
+async fn follow_placements(
+    host: std::sync::Weak<QueryHost>,
+    mut placements: tokio::sync::watch::Receiver<Placements>,
+) {
+    loop {
+        let Some(h) = host.upgrade() else { return };
+        let placed = placements.borrow_and_update().clone();
+        let prefix = h.placement_prefix();
+        let delegators: Vec<Arc<Delegator>> = h.shards.read().values().cloned().collect();
+        let mut status: HashMap<String, std::collections::HashSet<i64>> = HashMap::new();
+        for d in delegators {
+            let (full, stubs): (Vec<i64>, Vec<i64>) = {
+                let data = d.read();
+                let stubs = data.remote_segments();
+                let full = data
+                    .segments()
+                    .into_iter()
+                    .filter(|s| s.2 && !stubs.contains(&s.0))
+                    .map(|s| s.0)
+                    .collect();
+                (full, stubs)
+            };
+            for id in full {
+                let Some(p) = placed.get(&format!("{prefix}{id}")) else {
+                    continue;
+                };
+                if !status.contains_key(&p.address) {
+                    let loaded = tokio::time::timeout(
+                        Duration::from_secs(2),
+                        call_worker(&p.address, |mut c| async move {
+                            c.status(pb::WorkerStatusRequest {}).await
+                        }),
+                    )
+                    .await
+                    .ok()
+                    .and_then(Result::ok)
+                    .map(|r| r.segment_ids.into_iter().collect())
+                    .unwrap_or_default();
+                    status.insert(p.address.clone(), loaded);
+                }
+                if status[&p.address].contains(&id) && d.write().demote(id) {
+                    tracing::info!(segment = id, worker = %p.address, "a query worker serves a sealed segment; keeping its keys only");
+                }
+            }
+            for id in stubs {
+                if placed.contains_key(&format!("{prefix}{id}")) {
+                    continue;
+                }
+                let key = h.storage.manifest_key(d.collection(), id);
+                let manifest = match h.storage.meta.get(&key).await {
+                    Ok(Some(kv)) => {
+                        use prost::Message as _;
+                        SegmentManifest::decode(kv.value.as_ref()).ok()
+                    }
+                    _ => None,
+                };
+                let Some(m) = manifest else { continue };
+                match load_segment(&h.storage, &d, &m).await {
+                    Ok(()) => tracing::info!(
+                        segment = id,
+                        "a segment no query worker holds is served here again"
+                    ),
+                    Err(e) => {
+                        tracing::warn!(segment = id, error = %e, "loading a segment back failed; retrying")
+                    }
+                }
+            }
+        }
+        drop(h);
+        tokio::select! {
+            r = placements.changed() => if r.is_err() { return },
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
 }
 
 /// Finds the node that owns a pchannel now (the coordinator's topology).
@@ -699,9 +1003,7 @@ where
     F: FnOnce(pb::query_client::QueryClient<tonic::transport::Channel>) -> Fut,
     Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
 {
-    let channel =
-        sluice_proto::lazy_channel(address).map_err(|e| ReadError::new(ErrorCode::Inner, e))?;
-    let client = pb::query_client::QueryClient::new(channel)
+    let client = pb::query_client::QueryClient::new(channel(address)?)
         .max_decoding_message_size(256 << 20)
         .max_encoding_message_size(64 << 20);
     call(client)
@@ -713,7 +1015,7 @@ where
         })
 }
 
-fn metric_of(m: i32) -> Option<Metric> {
+pub(crate) fn metric_of(m: i32) -> Option<Metric> {
     match pb::MetricType::try_from(m) {
         Ok(pb::MetricType::L2) => Some(Metric::L2),
         Ok(pb::MetricType::Ip) => Some(Metric::Ip),
@@ -722,7 +1024,7 @@ fn metric_of(m: i32) -> Option<Metric> {
     }
 }
 
-fn metric_to_pb(m: Metric) -> pb::MetricType {
+pub(crate) fn metric_to_pb(m: Metric) -> pb::MetricType {
     match m {
         Metric::L2 => pb::MetricType::L2,
         Metric::Ip => pb::MetricType::Ip,
@@ -731,7 +1033,7 @@ fn metric_to_pb(m: Metric) -> pb::MetricType {
 }
 
 /// A remote node's hits for one query, with distances back from its scores.
-fn hits_of(h: &pb::SearchHits, metric: Metric) -> Result<Hits, ReadError> {
+pub(crate) fn hits_of(h: &pb::SearchHits, metric: Metric) -> Result<Hits, ReadError> {
     let pks = keys_from_pb(h.keys.as_ref()).unwrap_or_default();
     let rows = decode_rows(&h.rows)?;
     let rows = match rows.len() {
@@ -762,7 +1064,7 @@ fn hits_of(h: &pb::SearchHits, metric: Metric) -> Result<Hits, ReadError> {
 }
 
 /// The batches of an Arrow IPC stream another node answered.
-fn decode_rows(bytes: &bytes::Bytes) -> Result<Vec<RecordBatch>, ReadError> {
+pub(crate) fn decode_rows(bytes: &bytes::Bytes) -> Result<Vec<RecordBatch>, ReadError> {
     if bytes.is_empty() {
         return Ok(Vec::new());
     }
@@ -774,7 +1076,7 @@ fn decode_rows(bytes: &bytes::Bytes) -> Result<Vec<RecordBatch>, ReadError> {
     })
 }
 
-fn parse_filter(text: &str, shard: &Delegator) -> Result<Option<Filter>, ReadError> {
+pub(crate) fn parse_filter(text: &str, shard: &Delegator) -> Result<Option<Filter>, ReadError> {
     if text.trim().is_empty() {
         return Ok(None);
     }
@@ -783,7 +1085,7 @@ fn parse_filter(text: &str, shard: &Delegator) -> Result<Option<Filter>, ReadErr
         .map_err(|e| ReadError::invalid(e.to_string()))
 }
 
-fn respond(batch: RecordBatch, mvcc: u64) -> Result<pb::QueryResponse, ReadError> {
+pub(crate) fn respond(batch: RecordBatch, mvcc: u64) -> Result<pb::QueryResponse, ReadError> {
     let rows = encode_stream(std::slice::from_ref(&batch))
         .map_err(|e| ReadError::new(ErrorCode::Inner, e.to_string()))?;
     Ok(pb::QueryResponse {
@@ -826,7 +1128,7 @@ fn merge_sorted(parts: Vec<RecordBatch>, limit: usize) -> Result<RecordBatch, Re
     )
 }
 
-fn keys_to_pb(pks: &[Pk]) -> pb::PrimaryKeys {
+pub(crate) fn keys_to_pb(pks: &[Pk]) -> pb::PrimaryKeys {
     let keys = if pks.iter().all(|k| matches!(k, Pk::Int(_))) {
         pb::primary_keys::Keys::IntKeys(pb::Int64List {
             values: pks
@@ -848,7 +1150,7 @@ fn keys_to_pb(pks: &[Pk]) -> pb::PrimaryKeys {
     pb::PrimaryKeys { keys: Some(keys) }
 }
 
-fn keys_from_pb(keys: Option<&pb::PrimaryKeys>) -> Result<Vec<Pk>, ReadError> {
+pub(crate) fn keys_from_pb(keys: Option<&pb::PrimaryKeys>) -> Result<Vec<Pk>, ReadError> {
     match keys.and_then(|k| k.keys.as_ref()) {
         Some(pb::primary_keys::Keys::IntKeys(l)) => {
             Ok(l.values.iter().map(|v| Pk::Int(*v)).collect())
@@ -948,7 +1250,7 @@ async fn feed_once(
         .map_err(|e| e.to_string())?;
     for m in manifests.into_iter().filter(|m| on_this(&m.vchannel)) {
         if let Some(d) = delegator(host, wal, &m.vchannel, m.collection_id, None) {
-            load_segment(host, &d, &m).await?;
+            load_segment(&host.storage, &d, &m).await?;
         }
     }
     for m in delete_manifests(storage, None)
@@ -1029,15 +1331,14 @@ fn split_ts(b: &RecordBatch) -> Result<(RecordBatch, Vec<u64>), String> {
 }
 
 /// Loads a committed segment into `d` (with its indexes) in place of its growing rows.
-async fn load_segment(
-    host: &Arc<QueryHost>,
-    d: &Arc<Delegator>,
+pub(crate) async fn load_segment(
+    storage: &StorageConfig,
+    d: &Delegator,
     m: &SegmentManifest,
 ) -> Result<(), String> {
     let Some(file) = &m.data else {
         return Ok(());
     };
-    let storage = &host.storage;
     let mut batches = Vec::new();
     let mut ts = Vec::new();
     for b in read_file(storage, &file.path)
@@ -1234,7 +1535,7 @@ fn hand_off(host: &Arc<QueryHost>, vchannel: &str, collection: i64, segments: &[
                         use prost::Message as _;
                         match SegmentManifest::decode(kv.value.as_ref()) {
                             Ok(m) => {
-                                if let Err(e) = load_segment(&host, &d, &m).await {
+                                if let Err(e) = load_segment(&host.storage, &d, &m).await {
                                     tracing::warn!(segment, error = %e, "loading a sealed segment failed; its rows stay growing");
                                 }
                             }
@@ -1252,71 +1553,36 @@ fn hand_off(host: &Arc<QueryHost>, vchannel: &str, collection: i64, segments: &[
     }
 }
 
-/// Keeps `released` equal to the catalog's released collections: a scan, then a watch from
-/// the scan's revision (a scan again after any watch error). Ends with the host.
+/// Keeps `released` equal to the catalog's released collections. Ends with the host.
 async fn watch_load_states(host: std::sync::Weak<QueryHost>) {
-    use futures::StreamExt;
     use prost::Message as _;
-    let mut backoff =
-        sluice_types::backoff::Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
-    loop {
-        let Some(h) = host.upgrade() else { return };
-        let prefix = sluice_coord::catalog::collection_key(&h.storage.meta_root, "");
-        let meta = h.storage.meta.clone();
-        drop(h);
-        let released_of = |value: &[u8]| {
+    let Some(h) = host.upgrade() else { return };
+    let mut states = crate::mirror::mirror(
+        h.storage.meta.clone(),
+        sluice_coord::catalog::collection_key(&h.storage.meta_root, ""),
+        |value| {
             pb::CollectionInfo::decode(value).ok().map(|c| {
                 (
                     c.collection_id,
                     c.load_state == pb::LoadState::Released as i32,
                 )
             })
-        };
-        let outcome: Result<(), String> = async {
-            let (kvs, revision) = meta.scan_prefix(&prefix).await.map_err(|e| e.to_string())?;
-            let set: std::collections::HashSet<i64> = kvs
-                .iter()
-                .filter_map(|kv| released_of(&kv.value))
-                .filter(|(_, r)| *r)
-                .map(|(id, _)| id)
-                .collect();
-            if let Some(h) = host.upgrade() {
-                h.set_released(set);
-            }
-            let mut stream = meta
-                .watch_prefix(&prefix, revision + 1)
-                .await
-                .map_err(|e| e.to_string())?;
-            while let Some(event) = stream.next().await {
-                let Some(h) = host.upgrade() else {
-                    return Ok(());
-                };
-                let mut set = h.released.read().clone();
-                match event.map_err(|e| e.to_string())? {
-                    sluice_meta::WatchEvent::Put(kv) => {
-                        if let Some((id, released)) = released_of(&kv.value) {
-                            if released {
-                                set.insert(id);
-                            } else {
-                                set.remove(&id);
-                            }
-                        }
-                    }
-                    sluice_meta::WatchEvent::Delete { key, .. } => {
-                        if let Some(id) = key.rsplit('/').next().and_then(|s| s.parse().ok()) {
-                            set.remove(&id);
-                        }
-                    }
-                }
-                h.set_released(set);
-            }
-            Err("the catalog watch ended".into())
+        },
+    );
+    drop(h);
+    loop {
+        let set = states
+            .borrow_and_update()
+            .values()
+            .filter(|(_, released)| *released)
+            .map(|(id, _)| *id)
+            .collect();
+        let Some(h) = host.upgrade() else { return };
+        h.set_released(set);
+        drop(h);
+        if states.changed().await.is_err() {
+            return;
         }
-        .await;
-        if let Err(e) = outcome {
-            tracing::debug!(error = %e, "watching load states; starting over");
-        }
-        tokio::time::sleep(backoff.next_delay()).await;
     }
 }
 

@@ -185,6 +185,10 @@ enum Command {
     /// Run a streaming node: registers in the meta store and serves the WALs the coordinator
     /// assigns it.
     Node(ServerOpts),
+    /// Run a query worker: registers in the meta store and holds the sealed segments the
+    /// coordinator places on it, answering the delegators' reads over them (more memory and CPU
+    /// for search than the streaming nodes have).
+    Querynode(ServerOpts),
     /// Append messages to a vchannel: `--count N` generated ones, or one per stdin line.
     Produce {
         #[command(flatten)]
@@ -566,6 +570,10 @@ fn run() -> anyhow::Result<()> {
         Command::Node(opts) => {
             let config = opts.load()?;
             rt.block_on(server::node(config))
+        }
+        Command::Querynode(opts) => {
+            let config = opts.load()?;
+            rt.block_on(server::querynode(config))
         }
         Command::Produce {
             client,

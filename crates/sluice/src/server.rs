@@ -97,17 +97,12 @@ fn wal_config(config: &Config) -> WalConfig {
     config.wal.wal_config()
 }
 
-/// The node's WAL manager, with timestamps and ids from `oracle`.
-fn wal_manager<O>(
+/// The recovery storage (object store + manifests in the meta store), if configured.
+fn storage_config(
     config: &Config,
-    provider: Arc<dyn LogProvider>,
-    oracle: Arc<O>,
-    store: Arc<dyn MetaStore>,
-) -> anyhow::Result<Arc<WalManager>>
-where
-    O: TimestampOracle + IdAllocator,
-{
-    let storage = config.storage_store()?.map(|objects| {
+    store: &Arc<dyn MetaStore>,
+) -> anyhow::Result<Option<Arc<StorageConfig>>> {
+    Ok(config.storage_store()?.map(|objects| {
         let st = &config.storage;
         Arc::new(StorageConfig {
             store: objects,
@@ -118,7 +113,20 @@ where
             checkpoint_interval: Config::ms(st.checkpoint_interval_ms),
             max_body_bytes: st.max_body_bytes,
         })
-    });
+    }))
+}
+
+/// The node's WAL manager, with timestamps and ids from `oracle`.
+fn wal_manager<O>(
+    config: &Config,
+    provider: Arc<dyn LogProvider>,
+    oracle: Arc<O>,
+    store: Arc<dyn MetaStore>,
+) -> anyhow::Result<Arc<WalManager>>
+where
+    O: TimestampOracle + IdAllocator,
+{
+    let storage = storage_config(config, &store)?;
     let manager = WalManager::new(
         provider,
         wal_config(config),
@@ -177,15 +185,25 @@ fn query_server(
         .map(|host| QueryService::new(host.clone()).server())
 }
 
-/// Registers this process's node (`node.id`) at `address` under a lease of `node.lease_ttl_ms`.
+/// Registers this process's node (`node.id`) at `address` under a lease of `node.lease_ttl_ms`
+/// (a query worker under `{root}/query/`).
 async fn register_node(
     store: Arc<dyn MetaStore>,
     config: &Config,
     address: String,
 ) -> anyhow::Result<NodeSession> {
+    register_under(store, &Keys::new(config.meta.root.clone()), config, address).await
+}
+
+async fn register_under(
+    store: Arc<dyn MetaStore>,
+    keys: &Keys,
+    config: &Config,
+    address: String,
+) -> anyhow::Result<NodeSession> {
     NodeSession::register(
         store,
-        &Keys::new(config.meta.root.clone()),
+        keys,
         NodeInfo {
             id: NodeId(config.node.id),
             address,
@@ -626,6 +644,48 @@ pub(crate) async fn node(config: Config) -> anyhow::Result<()> {
     manager.shutdown().await;
     if lost {
         bail!("the node's registration lease was lost; its pchannels are being moved");
+    }
+    let _ = session.close().await;
+    Ok(())
+}
+
+/// `sluice querynode`: a query worker alone — it registers under `{root}/query/node/{node.id}`
+/// and holds the sealed segments the coordinator places on it.
+pub(crate) async fn querynode(config: Config) -> anyhow::Result<()> {
+    let store = meta_store(&config).await?;
+    let Some(storage) = storage_config(&config, &store)? else {
+        bail!("a query worker reads segments from object storage: configure [storage]");
+    };
+    let (listener, addr) = bind(&config.listen).await?;
+    let advertise = config.advertise.clone().unwrap_or_else(|| addr.to_string());
+    let worker = sluice_node::worker::QueryWorker::start(
+        storage,
+        config.query.query_config()?,
+        config.node.id,
+        advertise.clone(),
+    );
+    let keys = Keys::new(config.meta.root.clone()).query_workers();
+    let session = register_under(store, &keys, &config, advertise.clone())
+        .await
+        .context("registering the query worker")?;
+    let (_reporter, health_service) = health();
+    println!(
+        "sluice querynode {} listening on {addr} (advertised as {advertise})",
+        config.node.id
+    );
+    let router = tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(worker.server());
+    let lost = std::sync::atomic::AtomicBool::new(false);
+    serve(router, listener, async {
+        tokio::select! {
+            _ = shutdown_signal() => {}
+            _ = session.lost() => lost.store(true, std::sync::atomic::Ordering::Relaxed),
+        }
+    })
+    .await?;
+    if lost.into_inner() {
+        bail!("the query worker's registration lease was lost; its segments are being moved");
     }
     let _ = session.close().await;
     Ok(())

@@ -609,3 +609,234 @@ async fn a_released_collection_is_not_read_until_loaded_again() {
     assert_eq!(query_all(&c).await.unwrap(), all(40));
     server.kill();
 }
+
+/// What `sluice standalone` and `sluice querynode` processes share when query workers run: an
+/// etcd (under a fresh root) and the storage directory.
+struct Shared {
+    etcd: String,
+    root: String,
+    storage: std::path::PathBuf,
+    logs: std::path::PathBuf,
+}
+
+impl Shared {
+    fn envs(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("SLUICE_META__ROOT", self.root.clone()),
+            ("SLUICE_STORAGE__DIR", self.storage.display().to_string()),
+            ("SLUICE_COORD__ELECTION_TTL_MS", "2000".into()),
+            ("SLUICE_QUERY__INDEX_MIN_ROWS", "20".into()),
+            ("SLUICE_STORAGE__CHECKPOINT_INTERVAL_MS", "200".into()),
+            ("SLUICE_WAL__CHECKPOINT_INTERVAL_MS", "300".into()),
+        ]
+    }
+
+    /// Starts `sluice ARGS` on the shared etcd, retrying while a killed predecessor's
+    /// registration (or leadership) has not lapsed yet.
+    fn spawn(&self, name: &str, args: &[&str]) -> Proc {
+        let mut all = args.to_vec();
+        all.extend([
+            "--meta-backend",
+            "etcd",
+            "--etcd",
+            &self.etcd,
+            "--lease-ttl-ms",
+            "2000",
+        ]);
+        let envs = self.envs();
+        let envs: Vec<(&str, &str)> = envs.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let deadline = std::time::Instant::now() + TIMEOUT;
+        loop {
+            match Proc::spawn(name, &all, &envs, &self.logs, Duration::from_secs(20)) {
+                Ok(p) => return p,
+                Err(e) if std::time::Instant::now() < deadline => {
+                    eprintln!("{name} did not start yet (retrying): {e}");
+                    std::thread::sleep(Duration::from_millis(300));
+                }
+                Err(e) => panic!("{name} would not start: {e}"),
+            }
+        }
+    }
+
+    fn standalone(&self, data: &std::path::Path, listen: &str) -> Proc {
+        self.spawn(
+            "standalone",
+            &[
+                "standalone",
+                "--data-dir",
+                data.to_str().unwrap(),
+                "--listen",
+                listen,
+            ],
+        )
+    }
+
+    fn querynode(&self, id: u64) -> Proc {
+        let id = id.to_string();
+        self.spawn(
+            "querynode",
+            &["querynode", "--listen", "127.0.0.1:0", "--node-id", &id],
+        )
+    }
+}
+
+/// The segments a query worker holds (its `Status`).
+async fn worker_segments(endpoint: &str) -> Vec<i64> {
+    let mut c = v1::query_worker_client::QueryWorkerClient::new(
+        sluice_proto::lazy_channel(endpoint).unwrap(),
+    );
+    c.status(v1::WorkerStatusRequest {})
+        .await
+        .expect("worker status")
+        .into_inner()
+        .segment_ids
+}
+
+/// Sealed segments on query workers: `sluice standalone` on etcd with two `sluice querynode`
+/// processes. The coordinator places every flushed segment on a worker, the worker loads it,
+/// the delegator keeps only its keys and asks the worker at every read, naming the rows deleted
+/// or replaced since. Random inserts, deletes and flushes go on while workers are SIGKILLed
+/// (their segments move to the others, or to a new worker) and the standalone process is
+/// SIGKILLed (WAL moves); at random past and present timestamps Query, Get and exact Search
+/// are compared with the model. At the end every worker is killed: the delegators load the
+/// segments back and still answer like the model.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_match_the_model_with_sealed_segments_on_query_workers_that_get_killed() {
+    let Some(etcd) = support::etcd_endpoint(
+        "reads_match_the_model_with_sealed_segments_on_query_workers_that_get_killed",
+    ) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let shared = Shared {
+        etcd,
+        root: support::unique_root("query_workers"),
+        storage: dir.path().join("storage"),
+        logs: dir.path().to_owned(),
+    };
+    let data = dir.path().join("data");
+    let listen = format!("127.0.0.1:{}", free_port());
+    let mut server = shared.standalone(&data, &listen);
+    let endpoint = server.endpoint();
+    let mut workers: Vec<Proc> = vec![shared.querynode(101), shared.querynode(102)];
+    let mut next_worker = 103;
+    let info = create(&endpoint).await;
+    let mut c = connect(&endpoint, info.clone());
+    let mut rng = StdRng::seed_from_u64(11);
+    let mut events: Vec<(u64, Event)> = Vec::new();
+    let (mut checks, mut worker_kills, mut moves, mut flushes) = (0, 0, 0, 0);
+    let mut on_workers = 0;
+    for step in 0..90 {
+        match rng.random_range(0..20) {
+            0..8 => {
+                let mut keys: Vec<i64> = (0..rng.random_range(1..12))
+                    .map(|_| rng.random_range(0..KEYS))
+                    .collect();
+                keys.sort_unstable();
+                keys.dedup();
+                let rows: Vec<Row> = keys
+                    .iter()
+                    .map(|&id| Row {
+                        id,
+                        tag: (rng.random_range(0..4) > 0).then(|| rng.random_range(0..10)),
+                        vec: (0..DIM).map(|_| rng.random_range(-1.0..1.0)).collect(),
+                    })
+                    .collect();
+                for (ts, rows) in c.insert(rows).await {
+                    events.extend(rows.into_iter().map(|r| (ts, Event::Insert(r))));
+                }
+            }
+            8..11 => {
+                let keys: Vec<i64> = (0..rng.random_range(1..6))
+                    .map(|_| rng.random_range(0..KEYS))
+                    .collect();
+                for (ts, keys) in c.delete(keys).await {
+                    let mut keys = keys;
+                    keys.sort_unstable();
+                    keys.dedup();
+                    events.extend(keys.into_iter().map(|k| (ts, Event::Delete(k))));
+                }
+            }
+            11..14 => {
+                c.flush().await;
+                flushes += 1;
+            }
+            14 | 15 => {
+                // A worker dies; a new one (a new id) joins.
+                let victim = rng.random_range(0..workers.len());
+                on_workers += worker_segments(&workers[victim].endpoint()).await.len();
+                workers.remove(victim).kill();
+                workers.push(shared.querynode(next_worker));
+                next_worker += 1;
+                worker_kills += 1;
+            }
+            16 if moves < 2 => {
+                server.kill();
+                server = shared.standalone(&data, &listen);
+                c = connect(&endpoint, info.clone());
+                moves += 1;
+            }
+            _ => {
+                let latest = events.iter().map(|e| e.0).max().unwrap_or(0);
+                let at = if rng.random_bool(0.5) || events.is_empty() {
+                    latest.max(1)
+                } else {
+                    events[rng.random_range(0..events.len())].0
+                };
+                check(&c, &events, at, &mut rng, &format!("step {step}")).await;
+                checks += 1;
+            }
+        }
+    }
+    c.flush().await;
+    let latest = events.iter().map(|e| e.0).max().unwrap();
+    // Wait until the workers' segments settle (placed and loaded), then read through them.
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    let mut last = (0, std::time::Instant::now());
+    loop {
+        let mut held = 0;
+        for w in &workers {
+            held += worker_segments(&w.endpoint()).await.len();
+        }
+        if held != last.0 {
+            last = (held, std::time::Instant::now());
+        } else if held > 0 && last.1.elapsed() > Duration::from_secs(2) {
+            on_workers += held;
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the workers hold {held} segments after {flushes} flushes"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    check(&c, &events, latest, &mut rng, "with segments on workers").await;
+    for e in events.iter().step_by(23) {
+        check(&c, &events, e.0, &mut rng, "a past timestamp on workers").await;
+    }
+    // The delegators did hand their segments over (and kept the keys only).
+    let log = std::fs::read_to_string(dir.path().join("standalone.stderr")).unwrap();
+    let handed = log
+        .matches("a query worker serves a sealed segment; keeping its keys only")
+        .count();
+    assert!(handed > 0, "no delegator handed a segment to a worker");
+    // Every worker dies: once their registrations lapse the segments come back.
+    for mut w in workers.drain(..) {
+        w.kill();
+    }
+    check(&c, &events, latest, &mut rng, "after every worker died").await;
+    let log = std::fs::read_to_string(dir.path().join("standalone.stderr")).unwrap();
+    assert!(
+        log.contains("a segment no query worker holds is served here again"),
+        "the delegators did not take their segments back"
+    );
+    server.kill();
+    eprintln!(
+        "checks {checks}, worker kills {worker_kills}, WAL moves {moves}, flushes {flushes}, \
+         segments seen on workers {on_workers}, hand-overs to workers {handed}"
+    );
+    assert!(
+        checks >= 10 && worker_kills >= 2 && flushes >= 3 && on_workers > 0,
+        "checks {checks}, worker kills {worker_kills}, flushes {flushes}, on workers {on_workers}"
+    );
+}

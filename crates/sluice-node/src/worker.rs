@@ -1,0 +1,321 @@
+//! A query worker (`sluice querynode`): holds the sealed segments the coordinator placed on it
+//! and answers delegators' reads over them (see `proto/sluice/v1/worker.proto`).
+//!
+//! The worker follows `{root}/query/placement/`: a segment placed on it (its node id and
+//! address) is loaded from object storage — the Parquet rows and the ANN indexes stored next to
+//! them (built and stored when missing) — into a shard per (vchannel, collection) with the
+//! collection's schema from the catalog; a segment placed elsewhere, or no longer placed, is
+//! dropped. It knows nothing of deletes or newer versions of its rows: every read names the rows
+//! gone at its timestamp.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::RwLock;
+use prost::Message as _;
+use sluice_proto::v1 as pb;
+use sluice_query::{Delegator, Scope, ShardData};
+use sluice_storage::flusher::StorageConfig;
+use sluice_types::ErrorCode;
+use sluice_types::message::pb::SegmentManifest;
+
+use crate::query::{
+    QueryConfig, ReadError, check_search, hits_to_pb, keys_from_pb, load_segment, parse_filter,
+    respond, search_spec,
+};
+
+/// The segments placed on this worker, and the shards holding them.
+pub struct QueryWorker {
+    storage: Arc<StorageConfig>,
+    config: QueryConfig,
+    node_id: u64,
+    address: String,
+    /// Per vchannel: the shard of the collection whose segments are loaded here.
+    shards: RwLock<HashMap<String, Arc<Delegator>>>,
+}
+
+impl std::fmt::Debug for QueryWorker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QueryWorker")
+            .field("node_id", &self.node_id)
+            .field("address", &self.address)
+            .finish_non_exhaustive()
+    }
+}
+
+impl QueryWorker {
+    /// A worker registered as `node_id` at `address`, following the placements under `keys`'s
+    /// root until dropped.
+    pub fn start(
+        storage: Arc<StorageConfig>,
+        config: QueryConfig,
+        node_id: u64,
+        address: String,
+    ) -> Arc<QueryWorker> {
+        let worker = Arc::new(QueryWorker {
+            storage,
+            config,
+            node_id,
+            address,
+            shards: RwLock::new(HashMap::new()),
+        });
+        tokio::spawn(follow(Arc::downgrade(&worker)));
+        worker
+    }
+
+    /// The segments loaded here, ascending.
+    pub fn loaded(&self) -> Vec<i64> {
+        let mut out: Vec<i64> = self
+            .shards
+            .read()
+            .values()
+            .flat_map(|d| {
+                d.read()
+                    .segments()
+                    .into_iter()
+                    .filter(|s| s.2)
+                    .map(|s| s.0)
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        out.sort_unstable();
+        out
+    }
+
+    /// The gRPC service.
+    pub fn server(self: &Arc<Self>) -> pb::query_worker_server::QueryWorkerServer<WorkerService> {
+        pb::query_worker_server::QueryWorkerServer::new(WorkerService {
+            worker: self.clone(),
+        })
+        .max_decoding_message_size(256 << 20)
+        .max_encoding_message_size(256 << 20)
+    }
+
+    /// The shard a read names, its segments all loaded, and the read's scope.
+    fn scoped(
+        &self,
+        scope: Option<&pb::SegmentScope>,
+    ) -> Result<(Arc<Delegator>, Scope, u64), ReadError> {
+        let scope = scope.ok_or_else(|| ReadError::invalid("a worker read needs a scope"))?;
+        let d = self
+            .shards
+            .read()
+            .get(&scope.vchannel)
+            .filter(|d| d.collection() == scope.collection_id)
+            .cloned();
+        let ids: HashSet<i64> = scope.segment_ids.iter().copied().collect();
+        let missing = match &d {
+            Some(d) => d.read().missing(&ids),
+            None => {
+                let mut all: Vec<i64> = ids.iter().copied().collect();
+                all.sort_unstable();
+                all
+            }
+        };
+        if !missing.is_empty() {
+            return Err(ReadError::new(
+                ErrorCode::NotReady,
+                format!(
+                    "query worker {} does not hold segments {missing:?} (being loaded or moved); retry",
+                    self.address
+                ),
+            ));
+        }
+        let d = d.expect("no missing segments, so the shard exists");
+        let hidden = scope
+            .hidden
+            .iter()
+            .map(|h| (h.segment_id, h.rows.iter().copied().collect()))
+            .collect();
+        Ok((d, Scope::of(ids, hidden), scope.mvcc_timestamp))
+    }
+
+    async fn load(&self, p: &pb::SegmentPlacement) -> Result<(), String> {
+        let storage = &self.storage;
+        let manifest = storage
+            .meta
+            .get(&storage.manifest_key(p.collection_id, p.segment_id))
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or("its manifest is gone")?;
+        let manifest =
+            SegmentManifest::decode(manifest.value.as_ref()).map_err(|e| e.to_string())?;
+        let key =
+            sluice_coord::catalog::collection_key(&storage.meta_root, &p.collection_id.to_string());
+        let info = storage
+            .meta
+            .get(&key)
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or("the collection is gone")?;
+        let schema = pb::CollectionInfo::decode(info.value.as_ref())
+            .map_err(|e| e.to_string())?
+            .schema
+            .ok_or("the collection has no schema")?;
+        let d = {
+            let mut shards = self.shards.write();
+            let d = shards
+                .get(&p.vchannel)
+                .filter(|d| d.collection() == p.collection_id);
+            match d {
+                Some(d) => d.clone(),
+                None => {
+                    let data = ShardData::new(schema.clone(), self.config.index)
+                        .map_err(|e| e.to_string())?;
+                    let d = Arc::new(Delegator::new(&p.vchannel, p.collection_id, data));
+                    shards.insert(p.vchannel.clone(), d.clone());
+                    d
+                }
+            }
+        };
+        if d.read().schema() != &schema {
+            d.write().set_schema(schema).map_err(|e| e.to_string())?;
+        }
+        load_segment(storage, &d, &manifest).await
+    }
+
+    fn unload(&self, segment: i64) {
+        let mut shards = self.shards.write();
+        for d in shards.values() {
+            d.write().remove_sealed(segment);
+        }
+        shards.retain(|_, d| !d.read().segments().is_empty());
+    }
+}
+
+/// Loads what is placed here and drops what is not, at every placement change (and every few
+/// seconds, to retry failed loads). Ends with the worker.
+async fn follow(worker: std::sync::Weak<QueryWorker>) {
+    let Some(w) = worker.upgrade() else { return };
+    let mut placements = crate::mirror::mirror(
+        w.storage.meta.clone(),
+        sluice_coord::keys::Keys::new(w.storage.meta_root.clone()).placement_prefix(),
+        |v| pb::SegmentPlacement::decode(v).ok(),
+    );
+    drop(w);
+    let mut failed: HashMap<i64, u32> = HashMap::new();
+    loop {
+        let Some(w) = worker.upgrade() else { return };
+        let mine: BTreeMap<i64, pb::SegmentPlacement> = placements
+            .borrow_and_update()
+            .values()
+            .filter(|p| p.node_id == w.node_id && p.address == w.address)
+            .map(|p| (p.segment_id, p.clone()))
+            .collect();
+        let loaded: HashSet<i64> = w.loaded().into_iter().collect();
+        for id in loaded.iter().filter(|id| !mine.contains_key(id)) {
+            tracing::info!(segment = id, "dropping a segment no longer placed here");
+            w.unload(*id);
+        }
+        for (id, p) in mine.iter().filter(|(id, _)| !loaded.contains(id)) {
+            match w.load(p).await {
+                Ok(()) => {
+                    failed.remove(id);
+                    tracing::info!(segment = id, rows = p.rows, "loaded a placed segment");
+                }
+                Err(e) => {
+                    let n = failed.entry(*id).or_default();
+                    *n += 1;
+                    tracing::warn!(segment = id, attempt = *n, error = %e, "loading a placed segment failed; retrying");
+                }
+            }
+        }
+        drop(w);
+        let retry = if failed.is_empty() {
+            Duration::from_secs(5)
+        } else {
+            Duration::from_millis(500)
+        };
+        tokio::select! {
+            r = placements.changed() => if r.is_err() { return },
+            _ = tokio::time::sleep(retry) => {}
+        }
+    }
+}
+
+/// The `QueryWorker` gRPC service.
+#[derive(Debug)]
+pub struct WorkerService {
+    worker: Arc<QueryWorker>,
+}
+
+#[tonic::async_trait]
+impl pb::query_worker_server::QueryWorker for WorkerService {
+    async fn search_segments(
+        &self,
+        request: tonic::Request<pb::WorkerSearchRequest>,
+    ) -> Result<tonic::Response<pb::SearchResponse>, tonic::Status> {
+        let req = request.into_inner();
+        let search = req.search.unwrap_or_default();
+        let answer = (|| {
+            let metric = check_search(&search)?;
+            let (d, scope, t) = self.worker.scoped(req.scope.as_ref())?;
+            let spec = search_spec(&search, metric, &d)?;
+            let used = metric.unwrap_or(self.worker.config.index.metric);
+            let hits = d.read().search_in(&spec, t, &scope)?;
+            Ok(pb::SearchResponse {
+                results: hits
+                    .iter()
+                    .map(hits_to_pb)
+                    .collect::<Result<Vec<_>, ReadError>>()?,
+                mvcc_timestamp: t,
+                metric: crate::query::metric_to_pb(used) as i32,
+            })
+        })();
+        answer
+            .map(tonic::Response::new)
+            .map_err(|e: ReadError| e.to_status())
+    }
+
+    async fn query_segments(
+        &self,
+        request: tonic::Request<pb::WorkerQueryRequest>,
+    ) -> Result<tonic::Response<pb::QueryResponse>, tonic::Status> {
+        let req = request.into_inner();
+        let query = req.query.unwrap_or_default();
+        let answer = (|| {
+            let (d, scope, t) = self.worker.scoped(req.scope.as_ref())?;
+            let filter = parse_filter(&query.filter, &d)?;
+            let limit = usize::try_from(query.limit).unwrap_or(usize::MAX);
+            let batch = d.read().query_in(
+                filter.as_ref(),
+                &query.partition_ids,
+                &query.output_fields,
+                limit,
+                t,
+                &scope,
+            )?;
+            respond(batch, t)
+        })();
+        answer
+            .map(tonic::Response::new)
+            .map_err(|e: ReadError| e.to_status())
+    }
+
+    async fn get_segments(
+        &self,
+        request: tonic::Request<pb::WorkerGetRequest>,
+    ) -> Result<tonic::Response<pb::QueryResponse>, tonic::Status> {
+        let req = request.into_inner();
+        let get = req.get.unwrap_or_default();
+        let answer = (|| {
+            let (d, scope, t) = self.worker.scoped(req.scope.as_ref())?;
+            let keys = keys_from_pb(get.keys.as_ref())?;
+            let batch = d.read().get_in(&keys, &get.output_fields, t, &scope)?;
+            respond(batch, t)
+        })();
+        answer
+            .map(tonic::Response::new)
+            .map_err(|e: ReadError| e.to_status())
+    }
+
+    async fn status(
+        &self,
+        _request: tonic::Request<pb::WorkerStatusRequest>,
+    ) -> Result<tonic::Response<pb::WorkerStatusResponse>, tonic::Status> {
+        Ok(tonic::Response::new(pb::WorkerStatusResponse {
+            segment_ids: self.worker.loaded(),
+        }))
+    }
+}
