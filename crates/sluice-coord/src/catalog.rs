@@ -121,12 +121,13 @@ impl Catalog {
         self.by_id(id).await
     }
 
-    /// Sets whether the live collection `name` is loaded for reads (compare-and-set on its
-    /// record, retried when it changed in between).
+    /// Sets whether the live collection `name` is loaded for reads, and (`Some`) its replicas
+    /// (compare-and-set on its record, retried when it changed in between).
     pub async fn set_load_state(
         &self,
         name: &str,
         state: v1::LoadState,
+        replicas: Option<u32>,
     ) -> Result<v1::CollectionInfo> {
         loop {
             let info = self.by_name(name).await?;
@@ -136,6 +137,9 @@ impl Catalog {
             };
             let mut next = info.clone();
             next.load_state = state as i32;
+            if let Some(r) = replicas {
+                next.replicas = r;
+            }
             match self
                 .store
                 .put(
@@ -238,6 +242,7 @@ impl Catalog {
             state: v1::CollectionState::Creating as i32,
             created_timestamp: 0,
             load_state: v1::LoadState::Loaded as i32,
+            replicas: 1,
         };
         let name_key = self.name_key(&schema.name);
         let result = self

@@ -12,6 +12,7 @@
 //! {root}/broadcast/{id}              a pending broadcast task
 //! {root}/query/node/{id}             a registered query worker (`sluice querynode`, leased)
 //! {root}/query/placement/{segment}   where a sealed segment is served (SegmentPlacement)
+//! {root}/query/replica/{vchannel}/{r} a replica delegator of a shard (ReplicaPlacement)
 //! ```
 
 /// The default key root.
@@ -99,6 +100,16 @@ impl Keys {
     /// Where sealed segment `segment` is served.
     pub fn placement(&self, segment: i64) -> String {
         format!("{}{segment}", self.placement_prefix())
+    }
+
+    /// The prefix of every replica placement.
+    pub fn replica_prefix(&self) -> String {
+        format!("{}/query/replica/", self.root)
+    }
+
+    /// Where replica `replica` of `vchannel`'s delegator runs.
+    pub fn replica(&self, vchannel: &str, replica: u32) -> String {
+        format!("{}{vchannel}/{replica}", self.replica_prefix())
     }
 }
 

@@ -12,6 +12,11 @@
 //! * Segments of released or dropped collections, and segments whose manifest is gone, lose their
 //!   placement; with no query worker registered nothing is placed, and every delegator holds its
 //!   sealed segments itself.
+//! * Replicas: a loaded collection with `replicas` N > 1 gets, per shard, replicas 1..N-1 at
+//!   `{root}/query/replica/{vchannel}/{r}` ([`ReplicaPlacement`]) on query workers, at most one
+//!   replica of a shard per worker, each on the worker hosting the fewest replicas (ties:
+//!   lowest id); a replica stays on its worker while the worker is registered. With fewer
+//!   workers than replicas some replicas wait unplaced.
 //! * The loop runs every [`PlacementConfig::interval`] and whenever the worker set changes; a
 //!   failed round is logged and retried at the next one.
 
@@ -22,7 +27,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use prost::Message;
 use sluice_meta::{Condition, MetaStore};
-use sluice_proto::v1::{CollectionInfo, CollectionState, LoadState, SegmentPlacement};
+use sluice_proto::v1::{
+    CollectionInfo, CollectionState, LoadState, ReplicaPlacement, SegmentPlacement,
+};
 use sluice_types::message::pb::SegmentManifest;
 use tokio::sync::watch;
 
@@ -115,6 +122,84 @@ pub fn plan(
     (puts, gone)
 }
 
+/// A shard that needs `replicas` delegators (the WAL owner's is replica 0).
+#[derive(Clone, Debug, PartialEq)]
+pub struct ReplicatedShard {
+    /// Its collection.
+    pub collection_id: i64,
+    /// Its vchannel.
+    pub vchannel: String,
+    /// Delegators wanted, the owner's included.
+    pub replicas: u32,
+}
+
+/// The changes that make `current` (by (vchannel, replica)) follow the plan for `shards` over
+/// `workers`: replica placements to write and (vchannel, replica) whose placement goes.
+pub fn plan_replicas(
+    shards: &[ReplicatedShard],
+    workers: &Nodes,
+    current: &HashMap<(String, u32), ReplicaPlacement>,
+) -> (Vec<ReplicaPlacement>, Vec<(String, u32)>) {
+    let live: BTreeMap<NodeId, &str> = workers
+        .values()
+        .filter(|w| !w.stopping)
+        .map(|w| (w.id, w.address.as_str()))
+        .collect();
+    let wanted: HashMap<(&str, u32), &ReplicatedShard> = shards
+        .iter()
+        .flat_map(|s| (1..s.replicas).map(move |r| ((s.vchannel.as_str(), r), s)))
+        .collect();
+    let is_live = |p: &ReplicaPlacement| {
+        live.get(&NodeId(p.node_id))
+            .is_some_and(|&a| a == p.address)
+    };
+    let mut gone: Vec<(String, u32)> = current
+        .iter()
+        .filter(|((v, r), p)| {
+            wanted
+                .get(&(v.as_str(), *r))
+                .is_none_or(|s| s.collection_id != p.collection_id)
+                || !is_live(p)
+        })
+        .map(|(k, _)| k.clone())
+        .collect();
+    gone.sort();
+    let mut hosted: BTreeMap<NodeId, usize> = live.keys().map(|&id| (id, 0)).collect();
+    let mut on: HashMap<&str, Vec<NodeId>> = HashMap::new();
+    for ((v, r), p) in current {
+        if !gone.contains(&(v.clone(), *r)) {
+            *hosted.entry(NodeId(p.node_id)).or_default() += 1;
+            on.entry(v.as_str()).or_default().push(NodeId(p.node_id));
+        }
+    }
+    let mut keys: Vec<(&str, u32)> = wanted.keys().copied().collect();
+    keys.sort();
+    let mut puts = Vec::new();
+    for (v, r) in keys {
+        if current.contains_key(&(v.to_owned(), r)) && !gone.contains(&(v.to_owned(), r)) {
+            continue;
+        }
+        let taken = on.get(v).cloned().unwrap_or_default();
+        let Some((&node, _)) = hosted
+            .iter()
+            .filter(|(id, _)| !taken.contains(id))
+            .min_by(|a, b| a.1.cmp(b.1).then(a.0.cmp(b.0)))
+        else {
+            continue;
+        };
+        *hosted.get_mut(&node).expect("a live worker") += 1;
+        on.entry(v).or_default().push(node);
+        puts.push(ReplicaPlacement {
+            collection_id: wanted[&(v, r)].collection_id,
+            vchannel: v.to_owned(),
+            replica: r,
+            node_id: node.0,
+            address: live[&node].to_owned(),
+        });
+    }
+    (puts, gone)
+}
+
 /// The placement loop of a leader; stops when dropped or [`Placement::shutdown`].
 pub struct Placement {
     workers: NodeWatcher,
@@ -165,12 +250,17 @@ impl Placement {
     }
 }
 
-/// The segments of loaded collections, from the catalog and the manifests.
-async fn segments(store: &Arc<dyn MetaStore>, root: &str) -> Result<Vec<PlacedSegment>> {
+/// The segments of loaded collections (from the catalog and the manifests) and their shards
+/// that want replicas.
+async fn segments(
+    store: &Arc<dyn MetaStore>,
+    root: &str,
+) -> Result<(Vec<PlacedSegment>, Vec<ReplicatedShard>)> {
     let (collections, _) = store
         .scan_prefix(&crate::catalog::collection_key(root, ""))
         .await?;
     let mut loaded: HashMap<i64, Vec<i64>> = HashMap::new();
+    let mut replicated = Vec::new();
     for kv in &collections {
         let Ok(info) = CollectionInfo::decode(kv.value.as_ref()) else {
             continue;
@@ -180,6 +270,13 @@ async fn segments(store: &Arc<dyn MetaStore>, root: &str) -> Result<Vec<PlacedSe
         {
             let partitions = info.partitions.iter().map(|p| p.partition_id).collect();
             loaded.insert(info.collection_id, partitions);
+            if info.replicas > 1 {
+                replicated.extend(info.vchannels.iter().map(|v| ReplicatedShard {
+                    collection_id: info.collection_id,
+                    vchannel: v.clone(),
+                    replicas: info.replicas,
+                }));
+            }
         }
     }
     let (manifests, _) = store
@@ -206,11 +303,12 @@ async fn segments(store: &Arc<dyn MetaStore>, root: &str) -> Result<Vec<PlacedSe
         });
     }
     out.sort_by_key(|s| s.segment_id);
-    Ok(out)
+    Ok((out, replicated))
 }
 
 async fn round(store: &Arc<dyn MetaStore>, keys: &Keys, workers: &Nodes) -> Result<()> {
-    let segs = segments(store, keys.root()).await?;
+    let (segs, replicated) = segments(store, keys.root()).await?;
+    replicas(store, keys, workers, &replicated).await?;
     let (kvs, _) = store.scan_prefix(&keys.placement_prefix()).await?;
     let mut current = HashMap::new();
     for kv in kvs {
@@ -243,6 +341,43 @@ async fn round(store: &Arc<dyn MetaStore>, keys: &Keys, workers: &Nodes) -> Resu
     }
     for id in gone {
         store.delete(&keys.placement(id), Condition::None).await?;
+    }
+    Ok(())
+}
+
+async fn replicas(
+    store: &Arc<dyn MetaStore>,
+    keys: &Keys,
+    workers: &Nodes,
+    shards: &[ReplicatedShard],
+) -> Result<()> {
+    let (kvs, _) = store.scan_prefix(&keys.replica_prefix()).await?;
+    let mut current = HashMap::new();
+    for kv in kvs {
+        match ReplicaPlacement::decode(kv.value.as_ref()) {
+            Ok(p) if keys.replica(&p.vchannel, p.replica) == kv.key => {
+                current.insert((p.vchannel.clone(), p.replica), p);
+            }
+            _ => {
+                tracing::warn!(key = %kv.key, "removing a replica placement that does not decode");
+                store.delete(&kv.key, Condition::None).await?;
+            }
+        }
+    }
+    let (puts, gone) = plan_replicas(shards, workers, &current);
+    for (v, r) in gone {
+        store.delete(&keys.replica(&v, r), Condition::None).await?;
+    }
+    for p in puts {
+        tracing::info!(vchannel = %p.vchannel, replica = p.replica, worker = p.node_id, "placing a replica delegator on a query worker");
+        store
+            .put(
+                &keys.replica(&p.vchannel, p.replica),
+                Bytes::from(p.encode_to_vec()),
+                Condition::None,
+                None,
+            )
+            .await?;
     }
     Ok(())
 }
@@ -332,6 +467,73 @@ mod tests {
         let change = plan(&segs, &workers(&[]), &current);
         assert!(change.0.is_empty());
         assert_eq!(change.1.len(), 9);
+    }
+
+    #[test]
+    fn replicas_go_one_per_worker_and_follow_lost_workers_and_counts() {
+        let shards = |n: u32| -> Vec<ReplicatedShard> {
+            ["a", "b"]
+                .iter()
+                .map(|v| ReplicatedShard {
+                    collection_id: 1,
+                    vchannel: v.to_string(),
+                    replicas: n,
+                })
+                .collect()
+        };
+        let mut current: HashMap<(String, u32), ReplicaPlacement> = HashMap::new();
+        let apply =
+            |current: &mut HashMap<(String, u32), ReplicaPlacement>,
+             (puts, gone): (Vec<ReplicaPlacement>, Vec<(String, u32)>)| {
+                for k in gone {
+                    current.remove(&k);
+                }
+                for p in puts {
+                    current.insert((p.vchannel.clone(), p.replica), p);
+                }
+            };
+        // 3 replicas of 2 shards over 3 workers: 4 placements, no worker with two of a shard.
+        let change = plan_replicas(&shards(3), &workers(&[1, 2, 3]), &current);
+        apply(&mut current, change);
+        assert_eq!(current.len(), 4);
+        for v in ["a", "b"] {
+            let mut on: Vec<u64> = current
+                .values()
+                .filter(|p| p.vchannel == v)
+                .map(|p| p.node_id)
+                .collect();
+            on.sort();
+            on.dedup();
+            assert_eq!(on.len(), 2, "{v}: {current:?}");
+        }
+        let mut per: BTreeMap<u64, usize> = BTreeMap::new();
+        for p in current.values() {
+            *per.entry(p.node_id).or_default() += 1;
+        }
+        assert!(per.values().all(|&n| n <= 2), "{per:?}");
+        // Stable while nothing changes.
+        let again = plan_replicas(&shards(3), &workers(&[1, 2, 3]), &current);
+        assert!(again.0.is_empty() && again.1.is_empty());
+        // A lost worker's replicas move to one that hosts no replica of the same shard.
+        let change = plan_replicas(&shards(3), &workers(&[1, 3, 4]), &current);
+        apply(&mut current, change);
+        assert_eq!(current.len(), 4);
+        assert!(current.values().all(|p| p.node_id != 2));
+        // Two workers for three replicas of a shard: still at most one replica per worker.
+        let change = plan_replicas(&shards(4), &workers(&[1, 3]), &current);
+        apply(&mut current, change);
+        for v in ["a", "b"] {
+            let n = current.values().filter(|p| p.vchannel == v).count();
+            assert_eq!(n, 2, "{v}: {current:?}");
+        }
+        // Fewer replicas wanted: the extra placements go; none wanted: all go.
+        let change = plan_replicas(&shards(2), &workers(&[1, 3]), &current);
+        apply(&mut current, change);
+        assert_eq!(current.len(), 2);
+        assert!(current.keys().all(|(_, r)| *r == 1));
+        let (puts, gone) = plan_replicas(&shards(1), &workers(&[1, 3]), &current);
+        assert!(puts.is_empty());
+        assert_eq!(gone.len(), 2);
     }
 
     #[test]

@@ -32,6 +32,9 @@ pub struct CoordinatorService {
     coordinator: Arc<Coordinator>,
 }
 
+/// The most delegators a shard can have (LoadCollection).
+pub const MAX_REPLICAS: u32 = 16;
+
 impl std::fmt::Debug for CoordinatorService {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("CoordinatorService").finish_non_exhaustive()
@@ -268,11 +271,11 @@ impl coordinator_server::Coordinator for CoordinatorService {
         request: Request<v1::LoadCollectionRequest>,
     ) -> Result<Response<v1::CollectionInfo>, Status> {
         let request = request.into_inner();
-        if request.replicas > 1 {
+        if request.replicas > MAX_REPLICAS {
             return Err(convert::status(
                 ErrorCode::InvalidArgument,
                 format!(
-                    "{} replicas: Sluice serves one replica per shard so far",
+                    "{} replicas: at most {MAX_REPLICAS} delegators per shard",
                     request.replicas
                 ),
             ));
@@ -280,7 +283,11 @@ impl coordinator_server::Coordinator for CoordinatorService {
         let leader = self.leader().await?;
         let info = leader
             .catalog
-            .set_load_state(&request.name, v1::LoadState::Loaded)
+            .set_load_state(
+                &request.name,
+                v1::LoadState::Loaded,
+                Some(request.replicas.max(1)),
+            )
             .await
             .map_err(|e| coord_status(&e))?;
         Ok(Response::new(info))
@@ -294,7 +301,7 @@ impl coordinator_server::Coordinator for CoordinatorService {
         let leader = self.leader().await?;
         let info = leader
             .catalog
-            .set_load_state(&name, v1::LoadState::Released)
+            .set_load_state(&name, v1::LoadState::Released, None)
             .await
             .map_err(|e| coord_status(&e))?;
         Ok(Response::new(info))

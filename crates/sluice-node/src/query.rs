@@ -46,11 +46,13 @@ use sluice_types::message::{
     CreateCollectionHeader, DeleteHeader, DropCollectionHeader, DropPartitionHeader, FlushHeader,
     InsertHeader, ManualFlushHeader, SchemaChangeHeader,
 };
+use sluice_types::read::ReadMessage;
 use sluice_types::{
     DeliverPolicy, ErrorCode, ImmutableMessage, MessageFilter, MessageType, VChannel,
 };
+use sluice_types::{MessageId, Timestamp};
 use sluice_wal::Wal;
-use sluice_wal::scanner::{ReadMessage, ScannerOptions};
+use sluice_wal::scanner::ScannerOptions;
 use tokio_util::sync::CancellationToken;
 
 /// How the query side behaves.
@@ -79,7 +81,7 @@ pub struct QueryHost {
     storage: Arc<StorageConfig>,
     config: QueryConfig,
     shards: RwLock<HashMap<String, Arc<Delegator>>>,
-    wals: Mutex<HashMap<String, Wal>>,
+    wals: Mutex<HashMap<String, Arc<dyn ShardLog>>>,
     locator: std::sync::OnceLock<Arc<dyn ShardLocator>>,
     address: std::sync::OnceLock<String>,
     /// Collections released (Coordinator.ReleaseCollection): no delegator holds their rows.
@@ -89,7 +91,16 @@ pub struct QueryHost {
     watching: std::sync::Once,
     /// Where sealed segments are placed on query workers (by meta key).
     placements: std::sync::OnceLock<tokio::sync::watch::Receiver<Placements>>,
+    /// Replica delegators on query workers (by meta key).
+    replicas: std::sync::OnceLock<tokio::sync::watch::Receiver<Replicas>>,
+    /// Spreads reads over a shard's replicas.
+    turn: std::sync::atomic::AtomicUsize,
+    /// Reads answered for shards named by the request (forwarded by another node).
+    forwarded_reads: std::sync::atomic::AtomicU64,
 }
+
+/// Replica placements by meta-store key.
+type Replicas = BTreeMap<String, pb::ReplicaPlacement>;
 
 /// Segment placements by meta-store key.
 type Placements = BTreeMap<String, pb::SegmentPlacement>;
@@ -185,18 +196,22 @@ impl QueryHost {
             load_gen: tokio::sync::watch::channel(0).0,
             watching: std::sync::Once::new(),
             placements: std::sync::OnceLock::new(),
+            replicas: std::sync::OnceLock::new(),
+            turn: std::sync::atomic::AtomicUsize::new(0),
+            forwarded_reads: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
     /// Lets this host forward the shards it does not serve to their owners, found by
     /// `locator`; `address` is this node's own (never forwarded to). Set once.
-    pub fn set_locator(&self, locator: Arc<dyn ShardLocator>, address: String) {
+    pub fn set_locator(self: &Arc<Self>, locator: Arc<dyn ShardLocator>, address: String) {
         let _ = self.locator.set(locator);
         let _ = self.address.set(address);
+        self.start_watching();
     }
 
-    /// Starts feeding the delegators of `wal`'s vchannels.
-    pub fn serve(self: &Arc<Self>, wal: Wal) -> QueryFeed {
+    /// Starts following load states, segment placements and replicas (once).
+    fn start_watching(self: &Arc<Self>) {
         self.watching.call_once(|| {
             tokio::spawn(watch_load_states(Arc::downgrade(self)));
             let placements =
@@ -205,12 +220,39 @@ impl QueryHost {
                 });
             let _ = self.placements.set(placements.clone());
             tokio::spawn(follow_placements(Arc::downgrade(self), placements));
+            let replicas = crate::mirror::mirror(
+                self.storage.meta.clone(),
+                sluice_coord::keys::Keys::new(self.storage.meta_root.clone()).replica_prefix(),
+                |v| prost::Message::decode(v).ok(),
+            );
+            let _ = self.replicas.set(replicas);
         });
+    }
+
+    /// The query workers hosting replicas of `vchannel` (of `collection`).
+    fn replica_addresses(&self, vchannel: &str, collection: i64) -> Vec<String> {
+        self.replicas.get().map_or_else(Vec::new, |r| {
+            r.borrow()
+                .values()
+                .filter(|p| p.vchannel == vchannel && p.collection_id == collection)
+                .map(|p| p.address.clone())
+                .collect()
+        })
+    }
+
+    /// Starts feeding the delegators of `wal`'s vchannels.
+    pub fn serve(self: &Arc<Self>, wal: Wal) -> QueryFeed {
+        self.serve_log(Arc::new(WalLog(wal)))
+    }
+
+    /// Starts feeding the delegators of `log`'s vchannels (those it [`ShardLog::wants`]).
+    pub fn serve_log(self: &Arc<Self>, log: Arc<dyn ShardLog>) -> QueryFeed {
+        self.start_watching();
         let cancel = CancellationToken::new();
         self.wals
             .lock()
-            .insert(wal.pchannel().as_str().to_owned(), wal.clone());
-        let task = tokio::spawn(feed(self.clone(), wal, cancel.clone()));
+            .insert(log.pchannel().to_owned(), log.clone());
+        let task = tokio::spawn(feed(self.clone(), log, cancel.clone()));
         QueryFeed { cancel, task }
     }
 
@@ -302,6 +344,18 @@ impl QueryHost {
         Ok(by.into_iter().collect())
     }
 
+    /// Reads answered for shards another node named (forwarded to this node), and the
+    /// vchannels of the delegators here.
+    pub fn served(&self) -> (u64, Vec<String>) {
+        let mut v: Vec<String> = self.shards.read().keys().cloned().collect();
+        v.sort();
+        (
+            self.forwarded_reads
+                .load(std::sync::atomic::Ordering::Relaxed),
+            v,
+        )
+    }
+
     /// Where each shard's read may run.
     fn read_at(&self, d: &Delegator, read: Option<&pb::ReadOptions>) -> ReadAt {
         let default = pb::ReadOptions::default();
@@ -315,7 +369,7 @@ impl QueryHost {
                     self.wals
                         .lock()
                         .get(v.pchannel_str())
-                        .map(|w| w.last_write(&v).0)
+                        .and_then(|w| w.strong_guarantee(&v))
                 })
                 .unwrap_or_else(now_ts),
             pb::ConsistencyLevel::Session | pb::ConsistencyLevel::Eventually => 0,
@@ -336,8 +390,17 @@ impl QueryHost {
     /// Which shards of collection `name` answer a request, and where: those served here, and
     /// per owning node those that are not (`only`: exactly these shards, all served here — a
     /// request another node forwarded).
-    async fn plan(&self, name: &str, only: &[String]) -> Result<Vec<Part>, ReadError> {
+    async fn plan(
+        &self,
+        name: &str,
+        only: &[String],
+        read: Option<&pb::ReadOptions>,
+    ) -> Result<Vec<Part>, ReadError> {
+        // Reads that are not STRONG may go to any replica of a shard (the primary is the fallback).
+        let spread = read.is_none_or(|r| r.consistency != pb::ConsistencyLevel::Strong as i32);
         if !only.is_empty() {
+            self.forwarded_reads
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let shards = self.shards.read();
             return only
                 .iter()
@@ -359,7 +422,13 @@ impl QueryHost {
             let want = local
                 .first()
                 .map_or(1, |d| d.read().schema().shards.max(1) as usize);
-            if local.len() >= want {
+            let replicated = spread
+                && local.iter().any(|d| {
+                    !self
+                        .replica_addresses(d.vchannel(), d.collection())
+                        .is_empty()
+                });
+            if local.len() >= want && !replicated {
                 return Ok(local.into_iter().map(Part::Local).collect());
             }
         }
@@ -371,7 +440,7 @@ impl QueryHost {
             ));
         }
         let mut parts = Vec::new();
-        let mut remote: HashMap<String, Vec<String>> = HashMap::new();
+        let mut remote: HashMap<(String, Option<String>), Vec<String>> = HashMap::new();
         for v in &info.vchannels {
             let here = self
                 .shards
@@ -379,6 +448,30 @@ impl QueryHost {
                 .get(v)
                 .filter(|d| d.collection() == info.collection_id && self.serving(d))
                 .cloned();
+            let replicas = if spread {
+                self.replica_addresses(v, info.collection_id)
+            } else {
+                Vec::new()
+            };
+            if !replicas.is_empty() {
+                let turn = self.turn.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if let Some(r) = replicas.get(turn % (replicas.len() + 1)) {
+                    // A replica, with the primary as the fallback while it cannot answer.
+                    let primary = match &here {
+                        Some(_) => self.address.get().cloned(),
+                        None => self.locator.get().and_then(|l| {
+                            VChannel::new(v)
+                                .ok()
+                                .and_then(|v| l.owner(v.pchannel_str()))
+                        }),
+                    };
+                    remote
+                        .entry((r.clone(), primary))
+                        .or_default()
+                        .push(v.clone());
+                    continue;
+                }
+            }
             if let Some(d) = here {
                 parts.push(Part::Local(d));
                 continue;
@@ -393,7 +486,7 @@ impl QueryHost {
             };
             match owner {
                 Some(address) if Some(&address) != self.address.get() => {
-                    remote.entry(address).or_default().push(v.clone());
+                    remote.entry((address, None)).or_default().push(v.clone());
                 }
                 _ => {
                     return Err(ReadError::new(
@@ -406,12 +499,16 @@ impl QueryHost {
                 }
             }
         }
-        let mut remote: Vec<(String, Vec<String>)> = remote.into_iter().collect();
+        let mut remote: Vec<_> = remote.into_iter().collect();
         remote.sort();
         parts.extend(
             remote
                 .into_iter()
-                .map(|(address, vchannels)| Part::Remote { address, vchannels }),
+                .map(|((address, fallback), vchannels)| Part::Remote {
+                    address,
+                    vchannels,
+                    fallback,
+                }),
         );
         Ok(parts)
     }
@@ -457,7 +554,7 @@ impl QueryHost {
             self.wals
                 .lock()
                 .get(v.pchannel_str())
-                .is_some_and(Wal::is_available)
+                .is_some_and(|w| w.is_available())
         })
     }
 
@@ -512,12 +609,20 @@ impl QueryHost {
         let mut t = explicit;
         if explicit == 0 {
             for (i, part) in parts.iter().enumerate() {
-                if let Part::Remote { address, vchannels } = part {
+                if let Part::Remote {
+                    address,
+                    vchannels,
+                    fallback,
+                } = part
+                {
                     let options = pb::ReadOptions {
                         guarantee_timestamp: guarantee,
                         ..base
                     };
-                    let r = remote(address.clone(), vchannels.clone(), options).await?;
+                    let r = with_fallback(address, fallback.as_deref(), |a| {
+                        remote(a.to_owned(), vchannels.clone(), options)
+                    })
+                    .await?;
                     t = t.max(r.1);
                     remote_done[i] = Some(r);
                 }
@@ -551,14 +656,22 @@ impl QueryHost {
                         .await?;
                     out.push(local(d.clone(), at).await?);
                 }
-                Part::Remote { address, vchannels } => match remote_done[i].take() {
+                Part::Remote {
+                    address,
+                    vchannels,
+                    fallback,
+                } => match remote_done[i].take() {
                     Some((v, at)) if at == t => out.push(v),
                     _ => {
                         let options = pb::ReadOptions {
                             mvcc_timestamp: t,
                             ..base
                         };
-                        out.push(remote(address.clone(), vchannels.clone(), options).await?.0);
+                        let r = with_fallback(address, fallback.as_deref(), |a| {
+                            remote(a.to_owned(), vchannels.clone(), options)
+                        })
+                        .await?;
+                        out.push(r.0);
                     }
                 },
             }
@@ -570,7 +683,9 @@ impl QueryHost {
     pub async fn search(&self, req: pb::SearchRequest) -> Result<pb::SearchResponse, ReadError> {
         let metric = check_search(&req)?;
         let k = req.top_k as usize;
-        let parts = self.plan(&req.collection, &req.shards).await?;
+        let parts = self
+            .plan(&req.collection, &req.shards, req.read.as_ref())
+            .await?;
         let nq = req.vectors.len();
         let spec = match parts.iter().find_map(|p| match p {
             Part::Local(d) => Some(d),
@@ -660,7 +775,9 @@ impl QueryHost {
 
     /// Answers a Query.
     pub async fn query(&self, req: pb::QueryRequest) -> Result<pb::QueryResponse, ReadError> {
-        let parts = self.plan(&req.collection, &req.shards).await?;
+        let parts = self
+            .plan(&req.collection, &req.shards, req.read.as_ref())
+            .await?;
         let limit = usize::try_from(req.limit).unwrap_or(usize::MAX);
         let req_ref = &req;
         let (parts_rows, mvcc) = self
@@ -716,7 +833,9 @@ impl QueryHost {
 
     /// Answers a Get.
     pub async fn get(&self, req: pb::GetRequest) -> Result<pb::QueryResponse, ReadError> {
-        let parts = self.plan(&req.collection, &req.shards).await?;
+        let parts = self
+            .plan(&req.collection, &req.shards, req.read.as_ref())
+            .await?;
         let keys = keys_from_pb(req.keys.as_ref())?;
         let (keys_ref, req_ref) = (&keys, &req);
         let (parts_rows, mvcc) = self
@@ -858,11 +977,41 @@ pub(crate) fn hits_to_pb(hits: &Hits) -> Result<pb::SearchHits, ReadError> {
 enum Part {
     /// By a delegator here.
     Local(Arc<Delegator>),
-    /// By the node at `address`, for these shards.
+    /// By the node at `address`, for these shards (a replica's host: `fallback` is the
+    /// primary's node, asked when the replica cannot answer).
     Remote {
         address: String,
         vchannels: Vec<String>,
+        fallback: Option<String>,
     },
+}
+
+/// `call` at `address`, and at `fallback` when that fails in a way another node may not (a
+/// replica still loading, or gone).
+async fn with_fallback<T, F, Fut>(
+    address: &str,
+    fallback: Option<&str>,
+    call: F,
+) -> Result<T, ReadError>
+where
+    F: Fn(&str) -> Fut,
+    Fut: std::future::Future<Output = Result<T, ReadError>>,
+{
+    match call(address).await {
+        Err(e)
+            if fallback.is_some()
+                && !matches!(
+                    e.code,
+                    ErrorCode::InvalidArgument
+                        | ErrorCode::CollectionNotFound
+                        | ErrorCode::CollectionNotLoaded
+                ) =>
+        {
+            tracing::debug!(replica = address, error = %e, "a replica could not answer; asking the primary");
+            call(fallback.expect("checked")).await
+        }
+        r => r,
+    }
 }
 
 /// A channel to `address`, made once per process (a channel multiplexes every call).
@@ -988,6 +1137,76 @@ async fn follow_placements(
             r = placements.changed() => if r.is_err() { return },
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
         }
+    }
+}
+
+/// Messages a host's delegators are fed, in timestamp order (timeticks included).
+pub type LogStream =
+    std::pin::Pin<Box<dyn futures::Stream<Item = Result<ReadMessage, String>> + Send>>;
+
+/// The log the delegators of one pchannel are fed from: the WAL open on this node, or (a
+/// replica) the owner's, read remotely.
+pub trait ShardLog: Send + Sync + 'static {
+    /// The pchannel.
+    fn pchannel(&self) -> &str;
+    /// Whether this host keeps a delegator for `vchannel` (all of the pchannel's by default).
+    fn wants(&self, _vchannel: &str) -> bool {
+        true
+    }
+    /// The collections the log knows, with their schemas: (vchannel, collection, schema).
+    fn schemas(&self) -> Vec<(String, i64, sluice_types::schema::CollectionSchema)>;
+    /// The schema of `vchannel`'s collection.
+    fn schema(&self, vchannel: &VChannel) -> Option<sluice_types::schema::CollectionSchema>;
+    /// Reads from a flush checkpoint (the message id to start from and the timestamp already
+    /// reflected), or from the start of the log.
+    fn read(&self, start: Option<(MessageId, Timestamp)>) -> Result<LogStream, String>;
+    /// Whether the delegators fed from it may answer (the WAL is open and not fenced).
+    fn is_available(&self) -> bool;
+    /// The guarantee of a STRONG read of `vchannel` (`None`: the current time).
+    fn strong_guarantee(&self, vchannel: &VChannel) -> Option<u64>;
+}
+
+/// The WAL open on this node.
+struct WalLog(Wal);
+
+impl ShardLog for WalLog {
+    fn pchannel(&self) -> &str {
+        self.0.pchannel().as_str()
+    }
+
+    fn schemas(&self) -> Vec<(String, i64, sluice_types::schema::CollectionSchema)> {
+        self.0.schemas()
+    }
+
+    fn schema(&self, vchannel: &VChannel) -> Option<sluice_types::schema::CollectionSchema> {
+        self.0.schema(vchannel)
+    }
+
+    fn read(&self, start: Option<(MessageId, Timestamp)>) -> Result<LogStream, String> {
+        let options = match start {
+            Some((id, after)) => ScannerOptions {
+                policy: DeliverPolicy::StartFrom(id),
+                filters: vec![MessageFilter::TimeTickGt(after)],
+                ..ScannerOptions::default()
+            },
+            None => ScannerOptions::default(),
+        };
+        let scanner = self.0.read(options).map_err(|e| e.to_string())?;
+        Ok(Box::pin(futures::stream::unfold(
+            scanner,
+            |mut s| async move {
+                let m = s.next().await?;
+                Some((m.map_err(|e| e.to_string()), s))
+            },
+        )))
+    }
+
+    fn is_available(&self) -> bool {
+        self.0.is_available()
+    }
+
+    fn strong_guarantee(&self, vchannel: &VChannel) -> Option<u64> {
+        Some(self.0.last_write(vchannel).0)
     }
 }
 
@@ -1166,8 +1385,8 @@ pub(crate) fn keys_from_pb(keys: Option<&pb::PrimaryKeys>) -> Result<Vec<Pk>, Re
 
 /// Feeds `wal`'s delegators until cancelled or the WAL ends; starts over (from the storage) on
 /// a failure.
-async fn feed(host: Arc<QueryHost>, wal: Wal, cancel: CancellationToken) {
-    let pchannel = wal.pchannel().as_str().to_owned();
+async fn feed(host: Arc<QueryHost>, wal: Arc<dyn ShardLog>, cancel: CancellationToken) {
+    let pchannel = wal.pchannel().to_owned();
     let mut backoff =
         sluice_types::backoff::Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
     let mut generation = host.load_gen.subscribe();
@@ -1175,7 +1394,7 @@ async fn feed(host: Arc<QueryHost>, wal: Wal, cancel: CancellationToken) {
         generation.mark_unchanged();
         let result = tokio::select! {
             _ = cancel.cancelled() => Ok(()),
-            r = feed_once(&host, &wal, &cancel) => r,
+            r = feed_once(&host, wal.as_ref(), &cancel) => r,
             _ = generation.changed() => {
                 // A collection was loaded or released: build this pchannel's shards again.
                 host.forget(&pchannel);
@@ -1198,14 +1417,17 @@ async fn feed(host: Arc<QueryHost>, wal: Wal, cancel: CancellationToken) {
             }
         }
     }
-    host.wals.lock().remove(&pchannel);
+    let mut wals = host.wals.lock();
+    if wals.get(&pchannel).is_some_and(|w| Arc::ptr_eq(w, &wal)) {
+        wals.remove(&pchannel);
+    }
 }
 
 /// The delegator of (`vchannel`, `collection`), made on first sight with the schema the WAL
 /// knows (`None` for a collection without a schema: nothing to search).
 fn delegator(
     host: &QueryHost,
-    wal: &Wal,
+    wal: &dyn ShardLog,
     vchannel: &str,
     collection: i64,
     schema: Option<sluice_types::schema::CollectionSchema>,
@@ -1215,7 +1437,7 @@ fn delegator(
     {
         return Some(d.clone());
     }
-    if host.released.read().contains(&collection) {
+    if host.released.read().contains(&collection) || !wal.wants(vchannel) {
         return None;
     }
     let schema = schema.or_else(|| VChannel::new(vchannel).ok().and_then(|v| wal.schema(&v)))?;
@@ -1233,10 +1455,10 @@ fn delegator(
 
 async fn feed_once(
     host: &Arc<QueryHost>,
-    wal: &Wal,
+    wal: &dyn ShardLog,
     cancel: &CancellationToken,
 ) -> Result<(), String> {
-    let pchannel = wal.pchannel().as_str().to_owned();
+    let pchannel = wal.pchannel().to_owned();
     let storage = &host.storage;
     let start = flush_start(storage, &pchannel).await?;
     let on_this = |v: &str| VChannel::new(v).is_ok_and(|v| v.pchannel_str() == pchannel);
@@ -1273,21 +1495,13 @@ async fn feed_once(
                 .map_err(|e| e.to_string())?;
         }
     }
-    let options = match start {
-        Some((id, after)) => ScannerOptions {
-            policy: DeliverPolicy::StartFrom(id),
-            filters: vec![MessageFilter::TimeTickGt(after)],
-            ..ScannerOptions::default()
-        },
-        None => ScannerOptions::default(),
-    };
-    let mut scanner = wal.read(options).map_err(|e| e.to_string())?;
+    let mut scanner = wal.read(start)?;
     loop {
         let m = tokio::select! {
             _ = cancel.cancelled() => return Ok(()),
-            m = scanner.next() => match m {
+            m = futures::StreamExt::next(&mut scanner) => match m {
                 None => return Ok(()),
-                Some(m) => m.map_err(|e| e.to_string())?,
+                Some(m) => m?,
             },
         };
         let ts = match &m {
@@ -1413,7 +1627,7 @@ async fn index_for(
     Ok(index)
 }
 
-fn apply(host: &Arc<QueryHost>, wal: &Wal, m: &ImmutableMessage) -> Result<(), String> {
+fn apply(host: &Arc<QueryHost>, wal: &dyn ShardLog, m: &ImmutableMessage) -> Result<(), String> {
     let Ok(ty) = m.message_type() else {
         return Ok(());
     };

@@ -33,6 +33,8 @@ pub struct QueryWorker {
     address: String,
     /// Per vchannel: the shard of the collection whose segments are loaded here.
     shards: RwLock<HashMap<String, Arc<Delegator>>>,
+    /// The replica delegators of this process, if it runs any.
+    replicas: std::sync::OnceLock<Arc<crate::query::QueryHost>>,
 }
 
 impl std::fmt::Debug for QueryWorker {
@@ -59,9 +61,15 @@ impl QueryWorker {
             node_id,
             address,
             shards: RwLock::new(HashMap::new()),
+            replicas: std::sync::OnceLock::new(),
         });
         tokio::spawn(follow(Arc::downgrade(&worker)));
         worker
+    }
+
+    /// Reports the replica delegators of `host` in `Status`.
+    pub fn set_replicas(&self, host: Arc<crate::query::QueryHost>) {
+        let _ = self.replicas.set(host);
     }
 
     /// The segments loaded here, ascending.
@@ -314,8 +322,16 @@ impl pb::query_worker_server::QueryWorker for WorkerService {
         &self,
         _request: tonic::Request<pb::WorkerStatusRequest>,
     ) -> Result<tonic::Response<pb::WorkerStatusResponse>, tonic::Status> {
+        let (replica_reads, replica_vchannels) = self
+            .worker
+            .replicas
+            .get()
+            .map(|h| h.served())
+            .unwrap_or_default();
         Ok(tonic::Response::new(pb::WorkerStatusResponse {
             segment_ids: self.worker.loaded(),
+            replica_vchannels,
+            replica_reads,
         }))
     }
 }

@@ -81,7 +81,8 @@ impl Delegator {
 
     /// Waits until a read at `at` may run; returns the MVCC timestamp to read at.
     pub async fn ready(&self, at: ReadAt) -> Result<u64, QueryError> {
-        let need = at.guarantee.max(at.mvcc.unwrap_or(0));
+        // A delegator that applied nothing yet (tsafe 0: still loading) never answers.
+        let need = at.guarantee.max(at.mvcc.unwrap_or(0)).max(1);
         let mut rx = self.tsafe.subscribe();
         let reached = tokio::time::timeout(at.timeout, rx.wait_for(|t| *t >= need)).await;
         match reached {

@@ -509,19 +509,19 @@ pub(crate) async fn drop_collection(
     Ok(())
 }
 
-/// `sluice ctl load` / `sluice ctl release`.
+/// `sluice ctl load` (`Some(replicas)`) / `sluice ctl release` (`None`).
 pub(crate) async fn set_loaded(
     coord: &str,
     name: &str,
-    load: bool,
+    load: Option<u32>,
     timeout: Duration,
 ) -> anyhow::Result<()> {
     let mut c = coordinator(coord)?;
-    let info = if load {
+    let info = if let Some(replicas) = load {
         c.load_collection(timed(
             v1::LoadCollectionRequest {
                 name: name.to_owned(),
-                replicas: 1,
+                replicas,
             },
             timeout,
         ))

@@ -9,6 +9,7 @@ mod bench;
 mod cli;
 mod config;
 mod local_access;
+mod replica;
 mod server;
 
 use std::path::PathBuf;
@@ -365,6 +366,10 @@ enum CtlCommand {
         client: ClientOpts,
         /// Its name.
         name: String,
+        /// Delegators per shard: N-1 replicas go to query workers (`sluice querynode`) and
+        /// take their share of reads that are not STRONG.
+        #[arg(long, default_value_t = 1)]
+        replicas: u32,
     },
     /// Release a collection: delegators drop its rows; reads answer COLLECTION_NOT_LOADED.
     Release {
@@ -670,11 +675,16 @@ fn run() -> anyhow::Result<()> {
             Duration::from_secs(client.timeout_secs),
         )),
         Command::Ctl {
-            what: CtlCommand::Load { client, name },
+            what:
+                CtlCommand::Load {
+                    client,
+                    name,
+                    replicas,
+                },
         } => rt.block_on(cli::set_loaded(
             &client.coord,
             &name,
-            true,
+            Some(replicas),
             Duration::from_secs(client.timeout_secs),
         )),
         Command::Ctl {
@@ -682,7 +692,7 @@ fn run() -> anyhow::Result<()> {
         } => rt.block_on(cli::set_loaded(
             &client.coord,
             &name,
-            false,
+            None,
             Duration::from_secs(client.timeout_secs),
         )),
         Command::Search {

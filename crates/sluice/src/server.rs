@@ -649,8 +649,9 @@ pub(crate) async fn node(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `sluice querynode`: a query worker alone — it registers under `{root}/query/node/{node.id}`
-/// and holds the sealed segments the coordinator places on it.
+/// `sluice querynode`: a query worker alone — it registers under `{root}/query/node/{node.id}`,
+/// holds the sealed segments the coordinator places on it and runs the replica delegators
+/// placed on it (fed from their WAL's owner, found through the coordinator at `coord.endpoint`).
 pub(crate) async fn querynode(config: Config) -> anyhow::Result<()> {
     let store = meta_store(&config).await?;
     let Some(storage) = storage_config(&config, &store)? else {
@@ -658,12 +659,38 @@ pub(crate) async fn querynode(config: Config) -> anyhow::Result<()> {
     };
     let (listener, addr) = bind(&config.listen).await?;
     let advertise = config.advertise.clone().unwrap_or_else(|| addr.to_string());
+    let query = config.query.query_config()?;
     let worker = sluice_node::worker::QueryWorker::start(
-        storage,
-        config.query.query_config()?,
+        storage.clone(),
+        query,
         config.node.id,
         advertise.clone(),
     );
+    let topology = Arc::new(
+        sluice_client::topology::CoordinatorTopology::connect(&config.coord.endpoint)
+            .map_err(|e| anyhow::anyhow!("coord.endpoint: {e}"))?,
+    );
+    let host = QueryHost::new(storage.clone(), query);
+    worker.set_replicas(host.clone());
+    host.set_locator(
+        Arc::new(TopologyLocator::new(
+            sluice_client::topology::CoordinatorTopology::connect(&config.coord.endpoint)
+                .map_err(|e| anyhow::anyhow!("coord.endpoint: {e}"))?,
+        )),
+        advertise.clone(),
+    );
+    let client = Client::new(
+        topology,
+        Arc::new(sluice_client::access::RemoteAccess::new()),
+        ClientConfig::default(),
+    );
+    let replicas = AbortOnDropHandle::new(tokio::spawn(crate::replica::follow(
+        host.clone(),
+        client,
+        storage,
+        config.node.id,
+        advertise.clone(),
+    )));
     let keys = Keys::new(config.meta.root.clone()).query_workers();
     let session = register_under(store, &keys, &config, advertise.clone())
         .await
@@ -675,7 +702,8 @@ pub(crate) async fn querynode(config: Config) -> anyhow::Result<()> {
     );
     let router = tonic::transport::Server::builder()
         .add_service(health_service)
-        .add_service(worker.server());
+        .add_service(worker.server())
+        .add_service(QueryService::new(host).server());
     let lost = std::sync::atomic::AtomicBool::new(false);
     serve(router, listener, async {
         tokio::select! {
@@ -684,6 +712,7 @@ pub(crate) async fn querynode(config: Config) -> anyhow::Result<()> {
         }
     })
     .await?;
+    drop(replicas);
     if lost.into_inner() {
         bail!("the query worker's registration lease was lost; its segments are being moved");
     }

@@ -320,6 +320,18 @@ async fn create(endpoint: &str) -> v1::CollectionInfo {
 }
 
 async fn check(c: &Cluster, events: &[(u64, Event)], at: u64, rng: &mut StdRng, what: &str) {
+    check_on(c, &[], events, at, rng, what).await
+}
+
+/// [`check`], asking only `shards` (empty: the whole collection) of the node `c` reads from.
+async fn check_on(
+    c: &Cluster,
+    shards: &[String],
+    events: &[(u64, Event)],
+    at: u64,
+    rng: &mut StdRng,
+    what: &str,
+) {
     let model = visible(events, at);
     // A filtered query.
     let got = c
@@ -329,6 +341,7 @@ async fn check(c: &Cluster, events: &[(u64, Event)], at: u64, rng: &mut StdRng, 
             filter: "tag < 5 or tag is null".into(),
             output_fields: vec!["tag".into()],
             read: read(v1::ConsistencyLevel::Eventually, at),
+            shards: shards.to_vec(),
             ..v1::QueryRequest::default()
         })
         .await
@@ -353,7 +366,7 @@ async fn check(c: &Cluster, events: &[(u64, Event)], at: u64, rng: &mut StdRng, 
             }),
             output_fields: vec!["tag".into()],
             read: read(v1::ConsistencyLevel::Eventually, at),
-            shards: Vec::new(),
+            shards: shards.to_vec(),
         })
         .await
         .expect("get");
@@ -379,6 +392,7 @@ async fn check(c: &Cluster, events: &[(u64, Event)], at: u64, rng: &mut StdRng, 
             metric: v1::MetricType::L2 as i32,
             read: read(v1::ConsistencyLevel::Eventually, at),
             exact: true,
+            shards: shards.to_vec(),
             ..v1::SearchRequest::default()
         })
         .await
@@ -579,7 +593,7 @@ async fn a_released_collection_is_not_read_until_loaded_again() {
     let err = coord
         .load_collection(v1::LoadCollectionRequest {
             name: "model".into(),
-            replicas: 2,
+            replicas: 17,
         })
         .await
         .unwrap_err();
@@ -671,17 +685,25 @@ impl Shared {
         )
     }
 
-    fn querynode(&self, id: u64) -> Proc {
+    fn querynode(&self, id: u64, coord: &str) -> Proc {
         let id = id.to_string();
         self.spawn(
             "querynode",
-            &["querynode", "--listen", "127.0.0.1:0", "--node-id", &id],
+            &[
+                "querynode",
+                "--listen",
+                "127.0.0.1:0",
+                "--node-id",
+                &id,
+                "--coord",
+                coord,
+            ],
         )
     }
 }
 
-/// The segments a query worker holds (its `Status`).
-async fn worker_segments(endpoint: &str) -> Vec<i64> {
+/// A query worker's `Status`.
+async fn worker_status(endpoint: &str) -> v1::WorkerStatusResponse {
     let mut c = v1::query_worker_client::QueryWorkerClient::new(
         sluice_proto::lazy_channel(endpoint).unwrap(),
     );
@@ -689,7 +711,11 @@ async fn worker_segments(endpoint: &str) -> Vec<i64> {
         .await
         .expect("worker status")
         .into_inner()
-        .segment_ids
+}
+
+/// The segments a query worker holds.
+async fn worker_segments(endpoint: &str) -> Vec<i64> {
+    worker_status(endpoint).await.segment_ids
 }
 
 /// Sealed segments on query workers: `sluice standalone` on etcd with two `sluice querynode`
@@ -718,7 +744,10 @@ async fn reads_match_the_model_with_sealed_segments_on_query_workers_that_get_ki
     let listen = format!("127.0.0.1:{}", free_port());
     let mut server = shared.standalone(&data, &listen);
     let endpoint = server.endpoint();
-    let mut workers: Vec<Proc> = vec![shared.querynode(101), shared.querynode(102)];
+    let mut workers: Vec<Proc> = vec![
+        shared.querynode(101, &endpoint),
+        shared.querynode(102, &endpoint),
+    ];
     let mut next_worker = 103;
     let info = create(&endpoint).await;
     let mut c = connect(&endpoint, info.clone());
@@ -766,7 +795,7 @@ async fn reads_match_the_model_with_sealed_segments_on_query_workers_that_get_ki
                 let victim = rng.random_range(0..workers.len());
                 on_workers += worker_segments(&workers[victim].endpoint()).await.len();
                 workers.remove(victim).kill();
-                workers.push(shared.querynode(next_worker));
+                workers.push(shared.querynode(next_worker, &endpoint));
                 next_worker += 1;
                 worker_kills += 1;
             }
@@ -838,5 +867,159 @@ async fn reads_match_the_model_with_sealed_segments_on_query_workers_that_get_ki
     assert!(
         checks >= 10 && worker_kills >= 2 && flushes >= 3 && on_workers > 0,
         "checks {checks}, worker kills {worker_kills}, flushes {flushes}, on workers {on_workers}"
+    );
+}
+
+/// Replicas: a collection loaded with 3 replicas gets two more delegators per shard, one on each
+/// of two `sluice querynode` processes, fed remotely from the WAL owner. Reads that are not
+/// STRONG, sent to the standalone node, are spread over them (the workers count the reads they
+/// answer) and answer like the model; each worker alone answers like the model for every shard;
+/// the standalone process is SIGKILLed and restarted (the WALs move to a new incarnation), and
+/// the replicas follow: rows written after the move are read from the replicas alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_on_query_workers_answer_like_the_model_and_follow_a_moved_wal() {
+    let Some(etcd) = support::etcd_endpoint(
+        "replicas_on_query_workers_answer_like_the_model_and_follow_a_moved_wal",
+    ) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let shared = Shared {
+        etcd,
+        root: support::unique_root("query_replicas"),
+        storage: dir.path().join("storage"),
+        logs: dir.path().to_owned(),
+    };
+    let data = dir.path().join("data");
+    let listen = format!("127.0.0.1:{}", free_port());
+    let mut server = shared.standalone(&data, &listen);
+    let endpoint = server.endpoint();
+    let workers = [
+        shared.querynode(101, &endpoint),
+        shared.querynode(102, &endpoint),
+    ];
+    let info = create(&endpoint).await;
+    let mut c = connect(&endpoint, info.clone());
+    let mut rng = StdRng::seed_from_u64(5);
+    let mut events: Vec<(u64, Event)> = Vec::new();
+    let write = async |c: &Cluster, rng: &mut StdRng, events: &mut Vec<(u64, Event)>| {
+        let keys: Vec<i64> = (0..40).map(|_| rng.random_range(0..KEYS)).collect();
+        let mut uniq = keys.clone();
+        uniq.sort_unstable();
+        uniq.dedup();
+        let rows: Vec<Row> = uniq
+            .iter()
+            .map(|&id| Row {
+                id,
+                tag: (rng.random_range(0..4) > 0).then(|| rng.random_range(0..10)),
+                vec: (0..DIM).map(|_| rng.random_range(-1.0..1.0)).collect(),
+            })
+            .collect();
+        for (ts, rows) in c.insert(rows).await {
+            events.extend(rows.into_iter().map(|r| (ts, Event::Insert(r))));
+        }
+        let gone: Vec<i64> = (0..6).map(|_| rng.random_range(0..KEYS)).collect();
+        for (ts, keys) in c.delete(gone).await {
+            let mut keys = keys;
+            keys.sort_unstable();
+            keys.dedup();
+            events.extend(keys.into_iter().map(|k| (ts, Event::Delete(k))));
+        }
+    };
+    write(&c, &mut rng, &mut events).await;
+    c.flush().await;
+    write(&c, &mut rng, &mut events).await;
+
+    let mut coord = v1::coordinator_client::CoordinatorClient::new(
+        sluice_proto::lazy_channel(&endpoint).unwrap(),
+    );
+    let loaded = coord
+        .load_collection(v1::LoadCollectionRequest {
+            name: "model".into(),
+            replicas: 3,
+        })
+        .await
+        .expect("load with replicas")
+        .into_inner();
+    assert_eq!(loaded.replicas, 3);
+    let bad = coord
+        .load_collection(v1::LoadCollectionRequest {
+            name: "model".into(),
+            replicas: 17,
+        })
+        .await
+        .expect_err("17 replicas");
+    assert_eq!(bad.code(), tonic::Code::InvalidArgument, "{bad:?}");
+    // Both workers run a replica of both shards.
+    let mut want = info.vchannels.clone();
+    want.sort();
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    for w in &workers {
+        loop {
+            let status = worker_status(&w.endpoint()).await;
+            if status.replica_vchannels == want {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "worker {} runs replicas of {:?}",
+                w.endpoint(),
+                status.replica_vchannels
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    // Reads through the standalone node, spread over the three delegators of each shard.
+    let latest = events.iter().map(|e| e.0).max().unwrap();
+    for i in 0..12 {
+        let at = if i % 2 == 0 {
+            latest
+        } else {
+            events[rng.random_range(0..events.len())].0
+        };
+        check(&c, &events, at, &mut rng, &format!("spread read {i}")).await;
+    }
+    let mut replica_reads = 0;
+    for w in &workers {
+        replica_reads += worker_status(&w.endpoint()).await.replica_reads;
+    }
+    assert!(replica_reads > 0, "no read went to a replica");
+    // Each worker's replicas alone, for every shard.
+    for (i, w) in workers.iter().enumerate() {
+        let direct = connect(&w.endpoint(), info.clone());
+        check_on(
+            &direct,
+            &want,
+            &events,
+            latest,
+            &mut rng,
+            &format!("replicas on worker {i}"),
+        )
+        .await;
+    }
+    // The WAL moves (a new process, a new term); the replicas follow it.
+    server.kill();
+    server = shared.standalone(&data, &listen);
+    c = connect(&endpoint, info.clone());
+    write(&c, &mut rng, &mut events).await;
+    c.flush().await;
+    write(&c, &mut rng, &mut events).await;
+    let latest = events.iter().map(|e| e.0).max().unwrap();
+    for (i, w) in workers.iter().enumerate() {
+        let direct = connect(&w.endpoint(), info.clone());
+        check_on(
+            &direct,
+            &want,
+            &events,
+            latest,
+            &mut rng,
+            &format!("replicas on worker {i} after the WAL moved"),
+        )
+        .await;
+    }
+    check(&c, &events, latest, &mut rng, "spread after the WAL moved").await;
+    server.kill();
+    eprintln!(
+        "requests answered by replicas for the standalone node: {replica_reads} (12 checks of 3 reads, 2 shards)"
     );
 }
