@@ -329,6 +329,7 @@ impl QueryHost {
                 collection_id: d.collection(),
                 vchannel: d.vchannel().to_owned(),
                 mvcc_timestamp: t,
+                schema: Some(data.schema().clone()),
                 ..pb::SegmentScope::default()
             });
             scope.segment_ids.push(s);

@@ -19,6 +19,7 @@ use sluice_query::{Delegator, Scope, ShardData};
 use sluice_storage::flusher::StorageConfig;
 use sluice_types::ErrorCode;
 use sluice_types::message::pb::SegmentManifest;
+use sluice_types::schema::CollectionSchema;
 
 use crate::query::{
     QueryConfig, ReadError, check_search, hits_to_pb, keys_from_pb, load_segment, parse_filter,
@@ -139,6 +140,44 @@ impl QueryWorker {
         Ok((d, Scope::of(ids, hidden), scope.mvcc_timestamp))
     }
 
+    /// The catalog's schema of `collection`.
+    async fn schema(&self, collection: i64) -> Result<CollectionSchema, String> {
+        let key =
+            sluice_coord::catalog::collection_key(&self.storage.meta_root, &collection.to_string());
+        let info = self
+            .storage
+            .meta
+            .get(&key)
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or("the collection is gone")?;
+        pb::CollectionInfo::decode(info.value.as_ref())
+            .map_err(|e| e.to_string())?
+            .schema
+            .ok_or_else(|| "the collection has no schema".to_owned())
+    }
+
+    /// Takes the schema a read comes with when it is newer than the shard's.
+    fn refresh_schema(&self, scope: Option<&pb::SegmentScope>) -> Result<(), ReadError> {
+        let Some((scope, schema)) = scope.and_then(|s| Some((s, s.schema.as_ref()?))) else {
+            return Ok(());
+        };
+        let d = self
+            .shards
+            .read()
+            .get(&scope.vchannel)
+            .filter(|d| d.collection() == scope.collection_id)
+            .cloned();
+        if let Some(d) = d
+            && schema.version > d.read().schema().version
+        {
+            d.write()
+                .set_schema(schema.clone())
+                .map_err(|e| ReadError::invalid(format!("the read's schema: {e}")))?;
+        }
+        Ok(())
+    }
+
     async fn load(&self, p: &pb::SegmentPlacement) -> Result<(), String> {
         let storage = &self.storage;
         let manifest = storage
@@ -149,18 +188,7 @@ impl QueryWorker {
             .ok_or("its manifest is gone")?;
         let manifest =
             SegmentManifest::decode(manifest.value.as_ref()).map_err(|e| e.to_string())?;
-        let key =
-            sluice_coord::catalog::collection_key(&storage.meta_root, &p.collection_id.to_string());
-        let info = storage
-            .meta
-            .get(&key)
-            .await
-            .map_err(|e| e.to_string())?
-            .ok_or("the collection is gone")?;
-        let schema = pb::CollectionInfo::decode(info.value.as_ref())
-            .map_err(|e| e.to_string())?
-            .schema
-            .ok_or("the collection has no schema")?;
+        let schema = self.schema(p.collection_id).await?;
         let d = {
             let mut shards = self.shards.write();
             let d = shards
@@ -177,7 +205,7 @@ impl QueryWorker {
                 }
             }
         };
-        if d.read().schema() != &schema {
+        if d.read().schema().version < schema.version {
             d.write().set_schema(schema).map_err(|e| e.to_string())?;
         }
         load_segment(storage, &d, &manifest).await
@@ -256,6 +284,9 @@ impl pb::query_worker_server::QueryWorker for WorkerService {
     ) -> Result<tonic::Response<pb::SearchResponse>, tonic::Status> {
         let req = request.into_inner();
         let search = req.search.unwrap_or_default();
+        if let Err(e) = self.worker.refresh_schema(req.scope.as_ref()) {
+            return Err(e.to_status());
+        }
         let answer = (|| {
             let metric = check_search(&search)?;
             let (d, scope, t) = self.worker.scoped(req.scope.as_ref())?;
@@ -282,6 +313,9 @@ impl pb::query_worker_server::QueryWorker for WorkerService {
     ) -> Result<tonic::Response<pb::QueryResponse>, tonic::Status> {
         let req = request.into_inner();
         let query = req.query.unwrap_or_default();
+        if let Err(e) = self.worker.refresh_schema(req.scope.as_ref()) {
+            return Err(e.to_status());
+        }
         let answer = (|| {
             let (d, scope, t) = self.worker.scoped(req.scope.as_ref())?;
             let filter = parse_filter(&query.filter, &d)?;
@@ -307,6 +341,9 @@ impl pb::query_worker_server::QueryWorker for WorkerService {
     ) -> Result<tonic::Response<pb::QueryResponse>, tonic::Status> {
         let req = request.into_inner();
         let get = req.get.unwrap_or_default();
+        if let Err(e) = self.worker.refresh_schema(req.scope.as_ref()) {
+            return Err(e.to_status());
+        }
         let answer = (|| {
             let (d, scope, t) = self.worker.scoped(req.scope.as_ref())?;
             let keys = keys_from_pb(get.keys.as_ref())?;

@@ -125,6 +125,8 @@ pub struct Segment {
     pub(crate) indexes: Vec<Option<AnnIndex>>,
     /// Only keys, timestamps and MVCC bounds are held: a query worker holds the rows.
     pub(crate) remote: bool,
+    /// At most every `superseded` value (never raised): no row is gone before it.
+    pub(crate) superseded_floor: u64,
 }
 
 impl Segment {
@@ -148,7 +150,15 @@ impl Segment {
             superseded: Vec::new(),
             indexes: dims.iter().map(|_| None).collect(),
             remote: false,
+            superseded_floor: u64::MAX,
         }
+    }
+
+    /// Sets row `r`'s MVCC upper bound.
+    #[inline]
+    pub(crate) fn set_superseded(&mut self, r: usize, t: u64) {
+        self.superseded[r] = t;
+        self.superseded_floor = self.superseded_floor.min(t);
     }
 
     /// Whether only the keys are held here (a query worker holds the rows).

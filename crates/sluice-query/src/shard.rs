@@ -290,7 +290,7 @@ impl ShardData {
             if let Some(s) = self.segments.get_mut(&old.segment)
                 && old != at
             {
-                s.superseded[old.offset as usize] = 0;
+                s.set_superseded(old.offset as usize, 0);
             }
         } else {
             versions.push((ts, at));
@@ -316,7 +316,7 @@ impl ShardData {
                 .min()
                 .unwrap_or(u64::MAX);
             if let Some(s) = self.segments.get_mut(&at.segment) {
-                s.superseded[at.offset as usize] = next_insert.min(next_delete);
+                s.set_superseded(at.offset as usize, next_insert.min(next_delete));
             }
         }
     }
@@ -412,6 +412,10 @@ impl ShardData {
         let Some(seg) = self.segments.get(&id) else {
             return HashSet::new();
         };
+        if t < seg.superseded_floor {
+            // Nothing of it is gone yet at `t` (the common case: no deletes, no upserts).
+            return HashSet::new();
+        }
         (0..seg.len())
             .filter(|&r| seg.ts[r] <= t && seg.superseded[r] <= t)
             .map(|r| r as u32)

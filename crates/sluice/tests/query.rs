@@ -849,6 +849,57 @@ async fn reads_match_the_model_with_sealed_segments_on_query_workers_that_get_ki
         .matches("a query worker serves a sealed segment; keeping its keys only")
         .count();
     assert!(handed > 0, "no delegator handed a segment to a worker");
+    // A field is added (a SchemaChange in every shard): reads naming it go through the workers,
+    // which take the delegator's newer schema (their rows read it as null).
+    let mut schema = info.schema.clone().unwrap();
+    let next_id = schema.fields.iter().map(|f| f.field_id).max().unwrap() + 1;
+    schema.fields.push(FieldSchema {
+        field_id: next_id,
+        name: "note".into(),
+        data_type: DataType::Int64 as i32,
+        nullable: true,
+        ..FieldSchema::default()
+    });
+    schema.version += 1;
+    for v in &info.vchannels {
+        let msg = MutableMessage::builder(sluice_types::message::SchemaChangeHeader {
+            collection_id: info.collection_id,
+            flushed_segment_ids: Vec::new(),
+            schema: Some(schema.clone()),
+        })
+        .vchannel(&VChannel::new(v).unwrap())
+        .build()
+        .unwrap();
+        c.client.append(msg).await.expect("schema change");
+    }
+    let got = c
+        .query
+        .query(v1::QueryRequest {
+            collection: "model".into(),
+            output_fields: vec!["note".into()],
+            read: read(v1::ConsistencyLevel::Strong, 0),
+            ..v1::QueryRequest::default()
+        })
+        .await
+        .expect("a query naming the added field");
+    let batches = decode(&got.rows);
+    let ids: Vec<i64> = batches
+        .iter()
+        .flat_map(|b| b.column(0).as_primitive::<Int64Type>().values().to_vec())
+        .collect();
+    let want: Vec<i64> = visible(&events, got.mvcc_timestamp)
+        .keys()
+        .copied()
+        .collect();
+    assert_eq!(ids, want, "a query naming the added field");
+    for b in &batches {
+        let note = b.column_by_name("note").expect("the added field");
+        assert_eq!(
+            arrow_array::Array::null_count(note.as_ref()),
+            b.num_rows(),
+            "rows written before the field have none"
+        );
+    }
     // Every worker dies: once their registrations lapse the segments come back.
     for mut w in workers.drain(..) {
         w.kill();
