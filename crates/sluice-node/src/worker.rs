@@ -178,6 +178,17 @@ impl QueryWorker {
         Ok(())
     }
 
+    /// Answers a read over `scope` (its schema taken first when newer) with `read`.
+    fn answer<T>(
+        &self,
+        scope: Option<&pb::SegmentScope>,
+        read: impl FnOnce(&Delegator, &Scope, u64) -> Result<T, ReadError>,
+    ) -> Result<T, ReadError> {
+        self.refresh_schema(scope)?;
+        let (d, scope, t) = self.scoped(scope)?;
+        read(&d, &scope, t)
+    }
+
     async fn load(&self, p: &pb::SegmentPlacement) -> Result<(), String> {
         let storage = &self.storage;
         let manifest = storage
@@ -270,6 +281,12 @@ async fn follow(worker: std::sync::Weak<QueryWorker>) {
     }
 }
 
+/// A read's answer as the handlers return it (tonic's own `Result`, large `Status` and all).
+#[allow(clippy::result_large_err)]
+fn reply<T>(answer: Result<T, ReadError>) -> Result<tonic::Response<T>, tonic::Status> {
+    answer.map(tonic::Response::new).map_err(|e| e.to_status())
+}
+
 /// The `QueryWorker` gRPC service.
 #[derive(Debug)]
 pub struct WorkerService {
@@ -284,15 +301,11 @@ impl pb::query_worker_server::QueryWorker for WorkerService {
     ) -> Result<tonic::Response<pb::SearchResponse>, tonic::Status> {
         let req = request.into_inner();
         let search = req.search.unwrap_or_default();
-        if let Err(e) = self.worker.refresh_schema(req.scope.as_ref()) {
-            return Err(e.to_status());
-        }
-        let answer = (|| {
+        reply(self.worker.answer(req.scope.as_ref(), |d, scope, t| {
             let metric = check_search(&search)?;
-            let (d, scope, t) = self.worker.scoped(req.scope.as_ref())?;
-            let spec = search_spec(&search, metric, &d)?;
+            let spec = search_spec(&search, metric, d)?;
             let used = metric.unwrap_or(self.worker.config.index.metric);
-            let hits = d.read().search_in(&spec, t, &scope)?;
+            let hits = d.read().search_in(&spec, t, scope)?;
             Ok(pb::SearchResponse {
                 results: hits
                     .iter()
@@ -301,10 +314,7 @@ impl pb::query_worker_server::QueryWorker for WorkerService {
                 mvcc_timestamp: t,
                 metric: crate::query::metric_to_pb(used) as i32,
             })
-        })();
-        answer
-            .map(tonic::Response::new)
-            .map_err(|e: ReadError| e.to_status())
+        }))
     }
 
     async fn query_segments(
@@ -313,12 +323,8 @@ impl pb::query_worker_server::QueryWorker for WorkerService {
     ) -> Result<tonic::Response<pb::QueryResponse>, tonic::Status> {
         let req = request.into_inner();
         let query = req.query.unwrap_or_default();
-        if let Err(e) = self.worker.refresh_schema(req.scope.as_ref()) {
-            return Err(e.to_status());
-        }
-        let answer = (|| {
-            let (d, scope, t) = self.worker.scoped(req.scope.as_ref())?;
-            let filter = parse_filter(&query.filter, &d)?;
+        reply(self.worker.answer(req.scope.as_ref(), |d, scope, t| {
+            let filter = parse_filter(&query.filter, d)?;
             let limit = usize::try_from(query.limit).unwrap_or(usize::MAX);
             let batch = d.read().query_in(
                 filter.as_ref(),
@@ -326,13 +332,10 @@ impl pb::query_worker_server::QueryWorker for WorkerService {
                 &query.output_fields,
                 limit,
                 t,
-                &scope,
+                scope,
             )?;
             respond(batch, t)
-        })();
-        answer
-            .map(tonic::Response::new)
-            .map_err(|e: ReadError| e.to_status())
+        }))
     }
 
     async fn get_segments(
@@ -341,18 +344,10 @@ impl pb::query_worker_server::QueryWorker for WorkerService {
     ) -> Result<tonic::Response<pb::QueryResponse>, tonic::Status> {
         let req = request.into_inner();
         let get = req.get.unwrap_or_default();
-        if let Err(e) = self.worker.refresh_schema(req.scope.as_ref()) {
-            return Err(e.to_status());
-        }
-        let answer = (|| {
-            let (d, scope, t) = self.worker.scoped(req.scope.as_ref())?;
+        reply(self.worker.answer(req.scope.as_ref(), |d, scope, t| {
             let keys = keys_from_pb(get.keys.as_ref())?;
-            let batch = d.read().get_in(&keys, &get.output_fields, t, &scope)?;
-            respond(batch, t)
-        })();
-        answer
-            .map(tonic::Response::new)
-            .map_err(|e: ReadError| e.to_status())
+            respond(d.read().get_in(&keys, &get.output_fields, t, scope)?, t)
+        }))
     }
 
     async fn status(

@@ -185,6 +185,24 @@ fn query_server(
         .map(|host| QueryService::new(host.clone()).server())
 }
 
+/// Serves `router` until a shutdown signal or until `session`'s registration is lost; true
+/// when it was lost.
+async fn serve_until_lost(
+    router: tonic::transport::server::Router,
+    listener: TcpListener,
+    session: &NodeSession,
+) -> anyhow::Result<bool> {
+    let lost = std::sync::atomic::AtomicBool::new(false);
+    serve(router, listener, async {
+        tokio::select! {
+            _ = shutdown_signal() => {}
+            _ = session.lost() => lost.store(true, std::sync::atomic::Ordering::Relaxed),
+        }
+    })
+    .await?;
+    Ok(lost.into_inner())
+}
+
 /// Registers this process's node (`node.id`) at `address` under a lease of `node.lease_ttl_ms`
 /// (a query worker under `{root}/query/`).
 async fn register_node(
@@ -632,15 +650,7 @@ pub(crate) async fn node(config: Config) -> anyhow::Result<()> {
         .add_service(service.streaming_server())
         .add_service(service.manager_server())
         .add_optional_service(query_server(&manager));
-    let lost = std::sync::atomic::AtomicBool::new(false);
-    serve(router, listener, async {
-        tokio::select! {
-            _ = shutdown_signal() => {}
-            _ = session.lost() => lost.store(true, std::sync::atomic::Ordering::Relaxed),
-        }
-    })
-    .await?;
-    let lost = lost.into_inner();
+    let lost = serve_until_lost(router, listener, &session).await?;
     manager.shutdown().await;
     if lost {
         bail!("the node's registration lease was lost; its pchannels are being moved");
@@ -704,16 +714,9 @@ pub(crate) async fn querynode(config: Config) -> anyhow::Result<()> {
         .add_service(health_service)
         .add_service(worker.server())
         .add_service(QueryService::new(host).server());
-    let lost = std::sync::atomic::AtomicBool::new(false);
-    serve(router, listener, async {
-        tokio::select! {
-            _ = shutdown_signal() => {}
-            _ = session.lost() => lost.store(true, std::sync::atomic::Ordering::Relaxed),
-        }
-    })
-    .await?;
+    let lost = serve_until_lost(router, listener, &session).await?;
     drop(replicas);
-    if lost.into_inner() {
+    if lost {
         bail!("the query worker's registration lease was lost; its segments are being moved");
     }
     let _ = session.close().await;

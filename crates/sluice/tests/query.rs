@@ -634,6 +634,19 @@ struct Shared {
 }
 
 impl Shared {
+    /// A fresh root on the test etcd, and a directory for storage and logs (`None`: no etcd).
+    fn new(test: &str) -> Option<(tempfile::TempDir, Shared)> {
+        let etcd = support::etcd_endpoint(test)?;
+        let dir = tempfile::tempdir().unwrap();
+        let shared = Shared {
+            etcd,
+            root: support::unique_root(test),
+            storage: dir.path().join("storage"),
+            logs: dir.path().to_owned(),
+        };
+        Some((dir, shared))
+    }
+
     fn envs(&self) -> Vec<(&'static str, String)> {
         vec![
             ("SLUICE_META__ROOT", self.root.clone()),
@@ -728,17 +741,10 @@ async fn worker_segments(endpoint: &str) -> Vec<i64> {
 /// segments back and still answer like the model.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reads_match_the_model_with_sealed_segments_on_query_workers_that_get_killed() {
-    let Some(etcd) = support::etcd_endpoint(
-        "reads_match_the_model_with_sealed_segments_on_query_workers_that_get_killed",
-    ) else {
+    let Some((dir, shared)) =
+        Shared::new("reads_match_the_model_with_sealed_segments_on_query_workers_that_get_killed")
+    else {
         return;
-    };
-    let dir = tempfile::tempdir().unwrap();
-    let shared = Shared {
-        etcd,
-        root: support::unique_root("query_workers"),
-        storage: dir.path().join("storage"),
-        logs: dir.path().to_owned(),
     };
     let data = dir.path().join("data");
     let listen = format!("127.0.0.1:{}", free_port());
@@ -929,17 +935,10 @@ async fn reads_match_the_model_with_sealed_segments_on_query_workers_that_get_ki
 /// the replicas follow: rows written after the move are read from the replicas alone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_on_query_workers_answer_like_the_model_and_follow_a_moved_wal() {
-    let Some(etcd) = support::etcd_endpoint(
-        "replicas_on_query_workers_answer_like_the_model_and_follow_a_moved_wal",
-    ) else {
+    let Some((dir, shared)) =
+        Shared::new("replicas_on_query_workers_answer_like_the_model_and_follow_a_moved_wal")
+    else {
         return;
-    };
-    let dir = tempfile::tempdir().unwrap();
-    let shared = Shared {
-        etcd,
-        root: support::unique_root("query_replicas"),
-        storage: dir.path().join("storage"),
-        logs: dir.path().to_owned(),
     };
     let data = dir.path().join("data");
     let listen = format!("127.0.0.1:{}", free_port());
