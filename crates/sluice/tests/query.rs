@@ -319,6 +319,39 @@ async fn create(endpoint: &str) -> v1::CollectionInfo {
         .into_inner()
 }
 
+/// Rows of up to `n` distinct random keys, with random tags (a quarter null) and vectors.
+fn random_rows(rng: &mut StdRng, n: usize) -> Vec<Row> {
+    let mut keys: Vec<i64> = (0..rng.random_range(1..n))
+        .map(|_| rng.random_range(0..KEYS))
+        .collect();
+    keys.sort_unstable();
+    keys.dedup();
+    keys.into_iter()
+        .map(|id| Row {
+            id,
+            tag: (rng.random_range(0..4) > 0).then(|| rng.random_range(0..10)),
+            vec: (0..DIM).map(|_| rng.random_range(-1.0..1.0)).collect(),
+        })
+        .collect()
+}
+
+/// Inserts `rows` and records them at their timestamps.
+async fn insert_recorded(c: &Cluster, rows: Vec<Row>, events: &mut Vec<(u64, Event)>) {
+    for (ts, rows) in c.insert(rows).await {
+        events.extend(rows.into_iter().map(|r| (ts, Event::Insert(r))));
+    }
+}
+
+/// Deletes `n` random keys (some may repeat) and records the deletes at their timestamps.
+async fn delete_recorded(c: &Cluster, rng: &mut StdRng, n: usize, events: &mut Vec<(u64, Event)>) {
+    let keys: Vec<i64> = (0..n).map(|_| rng.random_range(0..KEYS)).collect();
+    for (ts, mut keys) in c.delete(keys).await {
+        keys.sort_unstable();
+        keys.dedup();
+        events.extend(keys.into_iter().map(|k| (ts, Event::Delete(k))));
+    }
+}
+
 async fn check(c: &Cluster, events: &[(u64, Event)], at: u64, rng: &mut StdRng, what: &str) {
     check_on(c, &[], events, at, rng, what).await
 }
@@ -433,22 +466,9 @@ async fn search_query_and_get_match_a_model_through_flushes_and_wal_moves() {
     for step in 0..160 {
         match rng.random_range(0..20) {
             0..9 => {
-                let mut keys: Vec<i64> = (0..rng.random_range(1..12))
-                    .map(|_| rng.random_range(0..KEYS))
-                    .collect();
-                keys.sort_unstable();
-                keys.dedup();
-                let rows: Vec<Row> = keys
-                    .iter()
-                    .map(|&id| Row {
-                        id,
-                        tag: (rng.random_range(0..4) > 0).then(|| rng.random_range(0..10)),
-                        vec: (0..DIM).map(|_| rng.random_range(-1.0..1.0)).collect(),
-                    })
-                    .collect();
-                for (ts, rows) in c.insert(rows.clone()).await {
-                    events.extend(rows.into_iter().map(|r| (ts, Event::Insert(r))));
-                }
+                let rows = random_rows(&mut rng, 12);
+                let keys: Vec<i64> = rows.iter().map(|r| r.id).collect();
+                insert_recorded(&c, rows.clone(), &mut events).await;
                 // STRONG: every acknowledged insert is seen at once, as inserted.
                 let got = c
                     .query
@@ -470,15 +490,8 @@ async fn search_query_and_get_match_a_model_through_flushes_and_wal_moves() {
                 strong += 1;
             }
             9..12 => {
-                let keys: Vec<i64> = (0..rng.random_range(1..6))
-                    .map(|_| rng.random_range(0..KEYS))
-                    .collect();
-                for (ts, keys) in c.delete(keys).await {
-                    let mut keys = keys;
-                    keys.sort_unstable();
-                    keys.dedup();
-                    events.extend(keys.into_iter().map(|k| (ts, Event::Delete(k))));
-                }
+                let n = rng.random_range(1..6);
+                delete_recorded(&c, &mut rng, n, &mut events).await;
             }
             12..14 => {
                 c.flush().await;
@@ -764,33 +777,12 @@ async fn reads_match_the_model_with_sealed_segments_on_query_workers_that_get_ki
     for step in 0..90 {
         match rng.random_range(0..20) {
             0..8 => {
-                let mut keys: Vec<i64> = (0..rng.random_range(1..12))
-                    .map(|_| rng.random_range(0..KEYS))
-                    .collect();
-                keys.sort_unstable();
-                keys.dedup();
-                let rows: Vec<Row> = keys
-                    .iter()
-                    .map(|&id| Row {
-                        id,
-                        tag: (rng.random_range(0..4) > 0).then(|| rng.random_range(0..10)),
-                        vec: (0..DIM).map(|_| rng.random_range(-1.0..1.0)).collect(),
-                    })
-                    .collect();
-                for (ts, rows) in c.insert(rows).await {
-                    events.extend(rows.into_iter().map(|r| (ts, Event::Insert(r))));
-                }
+                let rows = random_rows(&mut rng, 12);
+                insert_recorded(&c, rows, &mut events).await;
             }
             8..11 => {
-                let keys: Vec<i64> = (0..rng.random_range(1..6))
-                    .map(|_| rng.random_range(0..KEYS))
-                    .collect();
-                for (ts, keys) in c.delete(keys).await {
-                    let mut keys = keys;
-                    keys.sort_unstable();
-                    keys.dedup();
-                    events.extend(keys.into_iter().map(|k| (ts, Event::Delete(k))));
-                }
+                let n = rng.random_range(1..6);
+                delete_recorded(&c, &mut rng, n, &mut events).await;
             }
             11..14 => {
                 c.flush().await;
@@ -953,28 +945,8 @@ async fn replicas_on_query_workers_answer_like_the_model_and_follow_a_moved_wal(
     let mut rng = StdRng::seed_from_u64(5);
     let mut events: Vec<(u64, Event)> = Vec::new();
     let write = async |c: &Cluster, rng: &mut StdRng, events: &mut Vec<(u64, Event)>| {
-        let keys: Vec<i64> = (0..40).map(|_| rng.random_range(0..KEYS)).collect();
-        let mut uniq = keys.clone();
-        uniq.sort_unstable();
-        uniq.dedup();
-        let rows: Vec<Row> = uniq
-            .iter()
-            .map(|&id| Row {
-                id,
-                tag: (rng.random_range(0..4) > 0).then(|| rng.random_range(0..10)),
-                vec: (0..DIM).map(|_| rng.random_range(-1.0..1.0)).collect(),
-            })
-            .collect();
-        for (ts, rows) in c.insert(rows).await {
-            events.extend(rows.into_iter().map(|r| (ts, Event::Insert(r))));
-        }
-        let gone: Vec<i64> = (0..6).map(|_| rng.random_range(0..KEYS)).collect();
-        for (ts, keys) in c.delete(gone).await {
-            let mut keys = keys;
-            keys.sort_unstable();
-            keys.dedup();
-            events.extend(keys.into_iter().map(|k| (ts, Event::Delete(k))));
-        }
+        insert_recorded(c, random_rows(rng, 40), events).await;
+        delete_recorded(c, rng, 6, events).await;
     };
     write(&c, &mut rng, &mut events).await;
     c.flush().await;
