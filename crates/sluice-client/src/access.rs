@@ -207,11 +207,14 @@ impl RemoteProducer {
             }
             None => return Err(closed_error()),
         }
+        let (producer, sequence) = msg.producer().ok().flatten().unwrap_or((0, 0));
         let request = v1::ProduceRequest {
             request: Some(produce_request::Request::Append(v1::ProduceAppend {
                 request_id,
                 message: Some(v1::Message::from(&*msg)),
                 barrier_timestamp: 0,
+                producer,
+                sequence,
             })),
         };
         if self.tx.send(request).await.is_err() {

@@ -8,7 +8,7 @@ use futures::StreamExt;
 use sluice_types::backoff::Backoff;
 use sluice_types::message::{BeginTxnHeader, CommitTxnHeader, RollbackTxnHeader, TxnContext};
 use sluice_types::{
-    AppendResult, ConsumeOptions, DeliverPolicy, ErrorCode, MessageFilter, MessageId,
+    AppendResult, ConsumeOptions, DeliverPolicy, ErrorCode, MessageFilter, MessageId, MessageType,
     MutableMessage, PChannel, ReadMessage, Term, Timestamp, VChannel,
 };
 use tokio::sync::mpsc;
@@ -28,6 +28,11 @@ pub struct ClientConfig {
     /// Give up an append (or a read's reconnect) after this long; `None` waits forever, like
     /// the reference client. Default `None`.
     pub timeout: Option<Duration>,
+    /// Exactly-once appends: number every append that is not part of a transaction with this
+    /// client's producer id and a sequence number, so a retry after a failover or a lost
+    /// acknowledgement is not appended twice (the WAL returns the original's result). Default
+    /// true.
+    pub idempotent: bool,
 }
 
 impl Default for ClientConfig {
@@ -36,6 +41,7 @@ impl Default for ClientConfig {
             backoff_initial: Duration::from_millis(100),
             backoff_max: Duration::from_secs(10),
             timeout: None,
+            idempotent: true,
         }
     }
 }
@@ -56,6 +62,22 @@ struct Inner {
     topology: Arc<dyn TopologySource>,
     access: Arc<dyn WalAccess>,
     config: ClientConfig,
+    /// This client's producer id (random, non-zero) and its next sequence number.
+    producer: u64,
+    sequence: std::sync::atomic::AtomicU64,
+}
+
+/// A random non-zero producer id: SipHash keyed from the OS's randomness (std's `RandomState`)
+/// over the time and the process id.
+fn producer_id() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    h.write_u128(now);
+    h.write_u32(std::process::id());
+    h.finish().max(1)
 }
 
 /// What to read.
@@ -105,6 +127,8 @@ impl Client {
                 topology,
                 access,
                 config,
+                producer: producer_id(),
+                sequence: std::sync::atomic::AtomicU64::new(1),
             }),
         }
     }
@@ -178,8 +202,15 @@ impl Client {
 
     /// Appends `msg` to its vchannel's WAL, waiting for an owner and retrying across failovers
     /// (at-least-once). Returns once the message is durable.
-    pub async fn append(&self, msg: MutableMessage) -> Result<AppendResult, ClientError> {
+    pub async fn append(&self, mut msg: MutableMessage) -> Result<AppendResult, ClientError> {
         let pchannel = pchannel_of(&msg)?;
+        if self.inner.config.idempotent && numberable(&msg) {
+            let sequence = self
+                .inner
+                .sequence
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            msg.set_producer(self.inner.producer, sequence);
+        }
         let deadline = self.deadline();
         let mut backoff = Backoff::new(
             self.inner.config.backoff_initial,
@@ -323,6 +354,16 @@ impl Client {
             _task: AbortOnDropHandle::new(task),
         }
     }
+}
+
+/// Whether `msg` can carry a producer sequence: not yet numbered, and not a transaction's.
+fn numberable(msg: &MutableMessage) -> bool {
+    matches!(msg.producer(), Ok(None))
+        && matches!(msg.txn_context(), Ok(None))
+        && !matches!(
+            msg.message_type(),
+            Ok(MessageType::BeginTxn | MessageType::CommitTxn | MessageType::RollbackTxn)
+        )
 }
 
 /// The error of an attempt abandoned because `pchannel` moved past `term` meanwhile.

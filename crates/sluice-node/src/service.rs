@@ -93,6 +93,19 @@ fn parse_append(a: v1::ProduceAppend) -> Result<(u64, MutableMessage), (u64, Sta
     if a.barrier_timestamp != 0 {
         msg.set_barrier_timestamp(Timestamp(a.barrier_timestamp));
     }
+    match (a.producer, a.sequence) {
+        (0, 0) => {}
+        (0, _) => {
+            return Err((
+                id,
+                convert::status(
+                    ErrorCode::InvalidArgument,
+                    "a sequence number without a producer",
+                ),
+            ));
+        }
+        (producer, sequence) => msg.set_producer(producer, sequence),
+    }
     Ok((id, msg))
 }
 

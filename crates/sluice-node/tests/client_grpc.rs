@@ -276,6 +276,7 @@ async fn node_checks_terms_and_ownership() {
                     ..v1::Message::from(&*insert(1, "reserved key"))
                 }),
                 barrier_timestamp: 0,
+                ..Default::default()
             })),
         },
         v1::ProduceRequest {
@@ -283,6 +284,7 @@ async fn node_checks_terms_and_ownership() {
                 request_id: 2,
                 message: Some(v1::Message::from(&*insert(1, "ok"))),
                 barrier_timestamp: 0,
+                ..Default::default()
             })),
         },
         v1::ProduceRequest {

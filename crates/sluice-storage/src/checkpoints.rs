@@ -7,6 +7,7 @@
 //! | `owner` | the term that claimed the pchannel's snapshots last (decimal) |
 //! | `segment/{segment id}` | a growing segment (`SegmentMeta`, protobuf) |
 //! | `collection/{collection id}/{vchannel or _}` | a collection on a vchannel (`CollectionMeta`) |
+//! | `producer/{producer id, hex}` | an idempotent producer's remembered appends (`ProducerMeta`) |
 //! | `checkpoint` | where replay starts (`Checkpoint`) |
 //!
 //! A save writes only the records whose content changed since the last one this process wrote
@@ -31,6 +32,7 @@ use sluice_meta::{Condition, KeyValue, MetaError, MetaStore, Revision, TxnOp};
 use sluice_types::{PChannel, Term};
 use sluice_wal::WalError;
 use sluice_wal::checkpoint::{Checkpoint, CheckpointStore, CollectionMeta, SegmentMeta, Snapshot};
+use sluice_wal::producer::ProducerMeta;
 
 /// The most operations one meta-store transaction carries (etcd's default limit is 128).
 pub const MAX_OPS: usize = 64;
@@ -98,6 +100,10 @@ impl MetaCheckpointStore {
 
     fn checkpoint_key(&self, pchannel: &PChannel) -> String {
         format!("{}checkpoint", self.prefix(pchannel))
+    }
+
+    fn producer_key(&self, pchannel: &PChannel, producer: u64) -> String {
+        format!("{}producer/{producer:016x}", self.prefix(pchannel))
     }
 
     fn segment_key(&self, pchannel: &PChannel, segment: i64) -> String {
@@ -211,6 +217,10 @@ impl CheckpointStore for MetaCheckpointStore {
                     .written
                     .insert(kv.key.clone(), content(&s, |r| r.as_of = 0));
                 snapshot.segments.push(s);
+            } else if rest.starts_with("producer/") {
+                let p: ProducerMeta = decode(kv, &prefix)?;
+                claim.written.insert(kv.key.clone(), p.encode_to_vec());
+                snapshot.producers.push(p);
             } else if rest.starts_with("collection/") {
                 let c: CollectionMeta = decode(kv, &prefix)?;
                 claim
@@ -256,6 +266,14 @@ impl CheckpointStore for MetaCheckpointStore {
                 self.collection_key(pchannel, c),
                 content(c, |r| r.as_of = 0),
                 c.encode_to_vec(),
+            ));
+        }
+        for p in &snapshot.producers {
+            let encoded = p.encode_to_vec();
+            wanted.push((
+                self.producer_key(pchannel, p.producer_id),
+                encoded.clone(),
+                encoded,
             ));
         }
         let keep: std::collections::HashSet<&str> =

@@ -10,6 +10,7 @@ use sluice_storage::checkpoints::{MAX_OPS, MetaCheckpointStore};
 use sluice_types::message::{CreateCollectionHeader, InsertHeader, PartitionSegmentAssignment};
 use sluice_types::{CollectionId, ErrorCode, MessageId, MutableMessage, PChannel, Term, Timestamp};
 use sluice_wal::checkpoint::{Checkpoint, CheckpointStore, CollectionMeta, SegmentMeta, Snapshot};
+use sluice_wal::producer::{ProducedAppend, ProducerMeta};
 use sluice_wal::shard::NodeGrowingBytes;
 use sluice_wal::tso::LocalOracle;
 use sluice_wal::{Wal, WalConfig, WalDeps};
@@ -45,6 +46,19 @@ fn snapshot(term: u64, ts: u64, segments: std::ops::Range<i64>, bytes: u64) -> S
                 as_of: ts,
             })
             .collect(),
+        // Idempotent producers: one whose window moves with the timestamp.
+        producers: vec![ProducerMeta {
+            producer_id: 0xabc,
+            appends: (ts..ts + 2)
+                .map(|seq| ProducedAppend {
+                    sequence: seq,
+                    message_id: MessageId::from_parts(0, seq).to_bytes().to_vec(),
+                    timestamp: seq,
+                    last_confirmed: MessageId::from_parts(0, seq).to_bytes().to_vec(),
+                    flushed_segments: Vec::new(),
+                })
+                .collect(),
+        }],
     }
 }
 
@@ -86,6 +100,8 @@ async fn a_saved_snapshot_loads_back_and_only_changed_records_are_rewritten() {
         loaded.collections, first.collections,
         "unchanged: as of 100"
     );
+    assert_eq!(loaded.producers, second.producers);
+    assert_ne!(loaded.producers, first.producers);
 
     // The replaced owner can no longer write anything.
     let before = meta

@@ -124,6 +124,8 @@ pub struct Snapshot {
     pub collections: Vec<CollectionMeta>,
     /// Growing segments.
     pub segments: Vec<SegmentMeta>,
+    /// Idempotent producers and their remembered appends.
+    pub producers: Vec<crate::producer::ProducerMeta>,
 }
 
 /// Where the WAL keeps its snapshots (the recovery storage implements it over the meta store).
@@ -215,6 +217,7 @@ struct Position {
 /// The shard-state replica a WAL keeps for its snapshots, fed in timestamp order.
 pub(crate) struct Checkpointer {
     replica: ShardManager,
+    producers: crate::producer::Producers,
     position: Mutex<Position>,
     /// The version last saved, and its checkpoint's id.
     saved: Mutex<Option<(u64, MessageId)>>,
@@ -232,6 +235,7 @@ impl Checkpointer {
     /// A replica holding `state` as of the checkpoint `id` / `ts`.
     pub(crate) fn new(
         config: SegmentConfig,
+        producers: crate::producer::ProducerConfig,
         state: &Snapshot,
         id: MessageId,
         ts: Timestamp,
@@ -239,8 +243,11 @@ impl Checkpointer {
         // Its own byte counter: the replica must not count the node's memory twice.
         let replica = ShardManager::new(config, NodeGrowingBytes::new());
         replica.import(state);
+        let producers = crate::producer::Producers::new(producers);
+        producers.import(&state.producers);
         Checkpointer {
             replica,
+            producers,
             position: Mutex::new(Position {
                 id,
                 ts,
@@ -265,6 +272,7 @@ impl Checkpointer {
             if let Err(e) = self.replica.replay(m) {
                 tracing::warn!(id = %m.id(), error = %e, "the checkpoint replica skipped a message");
             }
+            self.producers.record(m);
         }
         if tick > pos.ts {
             pos.ts = tick;
@@ -284,12 +292,14 @@ impl Checkpointer {
             return None;
         }
         let (collections, segments) = self.replica.export(pos.ts);
+        self.producers.expire(pos.ts);
         pos.dirty = 0;
         Some((
             Snapshot {
                 checkpoint: Checkpoint::new(pos.id, pos.ts, term),
                 collections,
                 segments,
+                producers: self.producers.export(),
             },
             pos.version,
         ))

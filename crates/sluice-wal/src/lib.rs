@@ -6,6 +6,7 @@ mod append;
 pub mod checkpoint;
 pub mod error;
 mod lock;
+pub mod producer;
 pub mod rows;
 pub mod scanner;
 pub mod shard;

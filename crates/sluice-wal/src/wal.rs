@@ -29,6 +29,7 @@ use crate::ack::{AckState, Ticket};
 use crate::append::{self, Append};
 use crate::checkpoint::{CheckpointStore, Checkpointer};
 use crate::lock::LockManager;
+use crate::producer::Claim;
 use crate::scanner::{Scanner, ScannerOptions, start_scanner};
 use crate::shard::{NodeGrowingBytes, Placement, SegmentConfig, ShardManager};
 use crate::tso::{DEFAULT_BATCH, IdAllocator, Refiller, TimestampOracle};
@@ -62,6 +63,8 @@ pub struct WalConfig {
     /// the snapshot. What the lost records changed (segments created, DDL) is missing from the
     /// shard state. Default false: the open fails with an error naming this setting.
     pub replay_past_missing_checkpoint: bool,
+    /// What is remembered of idempotent producers (exactly-once appends).
+    pub producers: crate::producer::ProducerConfig,
 }
 
 impl Default for WalConfig {
@@ -77,6 +80,7 @@ impl Default for WalConfig {
             checkpoint_interval: Duration::from_secs(5),
             checkpoint_dirty_messages: 20_000,
             replay_past_missing_checkpoint: false,
+            producers: crate::producer::ProducerConfig::default(),
         }
     }
 }
@@ -132,6 +136,8 @@ pub(crate) struct Inner {
     pub(crate) txns: TxnManager,
     pub(crate) locks: LockManager,
     pub(crate) shard: Arc<ShardManager>,
+    /// Idempotent producers' remembered appends.
+    producers: crate::producer::Producers,
     wab: Arc<WriteAheadBuffer>,
     /// The replica recovery snapshots are taken from, and where they go.
     checkpointer: Option<(Checkpointer, Arc<dyn CheckpointStore>)>,
@@ -189,9 +195,11 @@ impl Wal {
             config.segments.clone(),
             deps.node_growing.clone(),
         ));
+        let producers = crate::producer::Producers::new(config.producers);
         let recovered = recover(
             &log,
             &shard,
+            &producers,
             &first,
             deps.checkpoints.as_deref(),
             config.replay_past_missing_checkpoint,
@@ -211,9 +219,16 @@ impl Wal {
             let state = crate::checkpoint::Snapshot {
                 collections,
                 segments,
+                producers: producers.export(),
                 ..Default::default()
             };
-            let replica = Checkpointer::new(config.segments.clone(), &state, first.id(), first_ts);
+            let replica = Checkpointer::new(
+                config.segments.clone(),
+                config.producers,
+                &state,
+                first.id(),
+                first_ts,
+            );
             (replica, store)
         });
         let wab = match WriteAheadBuffer::new(config.wab, first.clone()) {
@@ -234,6 +249,7 @@ impl Wal {
             txns: TxnManager::new(config.txn_default_keepalive),
             locks: LockManager::default(),
             shard,
+            producers,
             wab,
             checkpointer,
             checkpoint_wakeup: Notify::new(),
@@ -371,12 +387,41 @@ impl Wal {
 
     /// Appends a message from a client. Self-controlled messages (TimeTick, CreateSegment,
     /// Flush) and the read-side Txn are refused; transaction parts must carry their context.
+    ///
+    /// A message numbered by an idempotent producer (`MutableMessage::set_producer`) is appended
+    /// once: a retry gets the original's result (see [`crate::producer`]).
     pub async fn append(&self, msg: MutableMessage) -> Result<AppendResult, WalError> {
         self.inner.check_open()?;
         let ty = msg.message_type()?;
-        self.inner
-            .run_chain(append::CLIENT, Append::new(msg, ty, None))
-            .await
+        let Some((producer, sequence)) = crate::producer::numbering(&msg)? else {
+            return self
+                .inner
+                .run_chain(append::CLIENT, Append::new(msg, ty, None))
+                .await;
+        };
+        match self.inner.producers.claim(producer, sequence)? {
+            Claim::Done(r) => Ok(r),
+            Claim::Wait(mut rx) => {
+                let outcome = rx
+                    .wait_for(Option::is_some)
+                    .await
+                    .map_err(|_| WalError::Shutdown)?;
+                outcome.clone().unwrap_or(Err(WalError::Shutdown))
+            }
+            Claim::Fresh => {
+                // Runs to its end even when the caller goes away: a retry gets its outcome.
+                let inner = self.inner.clone();
+                tokio::spawn(async move {
+                    let r = inner
+                        .run_chain(append::CLIENT, Append::new(msg, ty, None))
+                        .await;
+                    inner.producers.finish(producer, sequence, &r);
+                    r
+                })
+                .await
+                .map_err(|e| WalError::Unrecoverable(format!("an append task failed: {e}")))?
+            }
+        }
     }
 
     /// Starts a scanner over this WAL. Its catch-up reads the log; once caught up it tails the
@@ -680,6 +725,10 @@ async fn segment_loop(inner: Arc<Inner>, cancel: CancellationToken) {
             _ = cancel.cancelled() => return,
             _ = interval.tick() => {
                 inner.shard.seal_by_policy();
+                let ms = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as u64);
+                inner.producers.expire(Timestamp(ms << 18));
             }
             _ = inner.shard.flush_wakeup.notified() => {}
         }
@@ -727,6 +776,7 @@ async fn checkpoint_loop(inner: Arc<Inner>, cancel: CancellationToken) {
 async fn recover(
     log: &Arc<dyn LogHandle>,
     shard: &ShardManager,
+    producers: &crate::producer::Producers,
     first: &ImmutableMessage,
     store: Option<&dyn CheckpointStore>,
     replay_past_missing: bool,
@@ -739,6 +789,7 @@ async fn recover(
     let (policy, after) = match &snapshot {
         Some(snap) => {
             shard.import(snap);
+            producers.import(&snap.producers);
             let id = snap.checkpoint.id()?;
             if id >= first.id() {
                 return Err(WalError::Unrecoverable(format!(
@@ -786,6 +837,8 @@ async fn recover(
         if msg.id() >= first.id() {
             break;
         }
+        // Idempotent: what the snapshot holds already is remembered the same way again.
+        producers.record(&msg);
         if let Some((_, ts)) = after
             && msg.timestamp().ok().flatten().is_some_and(|t| t <= ts)
         {

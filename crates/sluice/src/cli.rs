@@ -363,8 +363,14 @@ pub(crate) fn print_collection(c: &v1::CollectionInfo) {
         "loaded"
     };
     println!(
-        "collection {} id={} state={state} {loaded} shards={} schema_version={} created_ts={}",
-        schema.name, c.collection_id, schema.shards, schema.version, c.created_timestamp
+        "collection {} id={} state={state} {loaded} replicas={} shards={} schema_version={} \
+         created_ts={}",
+        schema.name,
+        c.collection_id,
+        c.replicas.max(1),
+        schema.shards,
+        schema.version,
+        c.created_timestamp
     );
     for f in &schema.fields {
         let ty = sluice_types::schema::DataType::try_from(f.data_type)

@@ -350,6 +350,10 @@ pub(crate) struct WalSection {
     /// retained record (what the missing records changed is lost). Default false: the open
     /// fails with an error that names this setting.
     pub replay_past_missing_checkpoint: bool,
+    /// Exactly-once appends: numbered appends remembered per idempotent producer. Default 256.
+    pub producer_window: usize,
+    /// Exactly-once appends: a producer idle this long is forgotten (ms). Default 3600000.
+    pub producer_idle_expiry_ms: u64,
 }
 
 impl Default for Config {
@@ -458,6 +462,8 @@ impl Default for WalSection {
             checkpoint_interval_ms: ms_of(w.checkpoint_interval),
             checkpoint_dirty_messages: w.checkpoint_dirty_messages,
             replay_past_missing_checkpoint: w.replay_past_missing_checkpoint,
+            producer_window: w.producers.window,
+            producer_idle_expiry_ms: ms_of(w.producers.idle_expiry),
         }
     }
 }
@@ -494,6 +500,10 @@ impl WalSection {
             checkpoint_interval: ms(self.checkpoint_interval_ms),
             checkpoint_dirty_messages: self.checkpoint_dirty_messages.max(1),
             replay_past_missing_checkpoint: self.replay_past_missing_checkpoint,
+            producers: sluice_wal::producer::ProducerConfig {
+                window: self.producer_window.max(1),
+                idle_expiry: ms(self.producer_idle_expiry_ms),
+            },
         }
     }
 }

@@ -249,6 +249,23 @@ impl Message {
         }
     }
 
+    /// The exactly-once numbering of the message: (producer, sequence), if it has one.
+    pub fn producer(&self) -> Result<Option<(u64, u64)>, ParseError> {
+        let producer = self.parse_u64(keys::PRODUCER, 36)?;
+        let sequence = self.parse_u64(keys::PRODUCER_SEQUENCE, 36)?;
+        match (producer, sequence) {
+            (None, None) => Ok(None),
+            (Some(0), _) => Err(ParseError::Property {
+                key: keys::PRODUCER,
+                value: "0".into(),
+                reason: "a producer id is never 0",
+            }),
+            (Some(p), Some(s)) => Ok(Some((p, s))),
+            (Some(_), None) => Err(ParseError::MissingProperty(keys::PRODUCER_SEQUENCE)),
+            (None, Some(_)) => Err(ParseError::MissingProperty(keys::PRODUCER)),
+        }
+    }
+
     /// The barrier timestamp the append asked for, if any.
     pub fn barrier_timestamp(&self) -> Result<Option<Timestamp>, ParseError> {
         Ok(self.parse_u64(keys::BARRIER_TIMESTAMP, 36)?.map(Timestamp))

@@ -28,6 +28,10 @@ pub mod keys {
     pub const TXN_CONTEXT: &str = "_tx";
     /// Flag: not persisted (only TimeTick may carry it; value empty).
     pub const NOT_PERSISTED: &str = "_np";
+    /// Exactly-once appends: the producer that numbered the message (base-36, non-zero).
+    pub const PRODUCER: &str = "_pid";
+    /// Exactly-once appends: the message's sequence number in its producer (base-36).
+    pub const PRODUCER_SEQUENCE: &str = "_psq";
 }
 
 /// The message format version this build writes.

@@ -42,6 +42,15 @@ impl MutableMessage {
         self.msg.set(keys::BARRIER_TIMESTAMP, encode_base36(ts.0));
     }
 
+    /// Numbers the message for exactly-once appends: `sequence` of `producer` (non-zero). A
+    /// WAL that already holds this pair does not append it again: it returns the original's
+    /// result.
+    pub fn set_producer(&mut self, producer: u64, sequence: u64) {
+        self.msg.set(keys::PRODUCER, encode_base36(producer));
+        self.msg
+            .set(keys::PRODUCER_SEQUENCE, encode_base36(sequence));
+    }
+
     /// Sets the term of the writing WAL (done by the WAL).
     pub fn set_term(&mut self, term: Term) {
         self.msg.retype(&[keys::TERM], |t| t.term = Some(term));
