@@ -278,6 +278,10 @@ pub(crate) struct NodeSection {
     /// Registration lease TTL in ms: the coordinator moves this node's pchannels this long after
     /// it dies.
     pub lease_ttl_ms: u64,
+    /// On SIGTERM (or Ctrl-C) the node first has the coordinator move its WALs (query worker:
+    /// its segments and replicas) to others, and stops once none is left or after this long
+    /// (ms). Default 30000.
+    pub drain_timeout_ms: u64,
 }
 
 /// The coordinator.
@@ -418,6 +422,7 @@ impl Default for NodeSection {
         NodeSection {
             id: 1,
             lease_ttl_ms: 10_000,
+            drain_timeout_ms: 30_000,
         }
     }
 }

@@ -185,22 +185,65 @@ fn query_server(
         .map(|host| QueryService::new(host.clone()).server())
 }
 
-/// Serves `router` until a shutdown signal or until `session`'s registration is lost; true
-/// when it was lost.
+/// Serves `router` until `session`'s registration is lost, or until a shutdown signal and a
+/// drain: the registration is marked stopping, so the coordinator moves what this process holds
+/// to others while it still serves, and the server stops once `held` is zero (or after
+/// `drain_timeout`). True when the registration was lost.
 async fn serve_until_lost(
     router: tonic::transport::server::Router,
     listener: TcpListener,
     session: &NodeSession,
+    held: impl Fn() -> usize,
+    drain_timeout: std::time::Duration,
+    can_move: impl std::future::Future<Output = bool>,
 ) -> anyhow::Result<bool> {
     let lost = std::sync::atomic::AtomicBool::new(false);
     serve(router, listener, async {
         tokio::select! {
-            _ = shutdown_signal() => {}
+            _ = shutdown_signal() => {
+                if held() > 0 && !can_move.await {
+                    tracing::info!("stopping: no other process can take over; closing at once");
+                    return;
+                }
+                if let Err(e) = session.set_stopping().await {
+                    tracing::warn!(error = %e, "could not mark the registration stopping; stopping without a drain");
+                    return;
+                }
+                tracing::info!(held = held(), "stopping: waiting for the coordinator to move what this process holds");
+                let started = std::time::Instant::now();
+                let drained = async {
+                    while held() > 0 {
+                        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                    }
+                };
+                tokio::select! {
+                    _ = drained => tracing::info!(elapsed = ?started.elapsed(), "drained"),
+                    _ = tokio::time::sleep(drain_timeout) => tracing::warn!(held = held(), ?drain_timeout, "drain timed out; stopping anyway"),
+                    _ = session.lost() => lost.store(true, std::sync::atomic::Ordering::Relaxed),
+                }
+            }
             _ = session.lost() => lost.store(true, std::sync::atomic::Ordering::Relaxed),
         }
     })
     .await?;
     Ok(lost.into_inner())
+}
+
+/// Whether a streaming node other than `me` is registered and not stopping (one that can take
+/// this node's WALs).
+async fn other_nodes_serve(store: &Arc<dyn MetaStore>, config: &Config, me: NodeId) -> bool {
+    use prost::Message as _;
+    let keys = Keys::new(config.meta.root.clone());
+    match store.scan_prefix(&keys.node_prefix()).await {
+        Ok((kvs, _)) => kvs.iter().any(|kv| {
+            sluice_coord::registry::NodeRecord::decode(kv.value.as_ref())
+                .is_ok_and(|r| r.id != me.0 && !r.stopping)
+        }),
+        Err(e) => {
+            tracing::warn!(error = %e, "listing the other nodes failed; stopping without a drain");
+            false
+        }
+    }
 }
 
 /// Registers this process's node (`node.id`) at `address` under a lease of `node.lease_ttl_ms`
@@ -638,7 +681,7 @@ pub(crate) async fn node(config: Config) -> anyhow::Result<()> {
         host.set_locator(Arc::new(TopologyLocator::new(topology)), advertise.clone());
     }
     let node_id = NodeId(config.node.id);
-    let session = register_node(store, &config, advertise.clone()).await?;
+    let session = register_node(store.clone(), &config, advertise.clone()).await?;
     let service = NodeService::new(node_id, manager.clone());
     let (_reporter, health_service) = health();
     println!(
@@ -650,7 +693,12 @@ pub(crate) async fn node(config: Config) -> anyhow::Result<()> {
         .add_service(service.streaming_server())
         .add_service(service.manager_server())
         .add_optional_service(query_server(&manager));
-    let lost = serve_until_lost(router, listener, &session).await?;
+    let drain = Config::ms(config.node.drain_timeout_ms);
+    let held = || manager.status().len();
+    let lost = serve_until_lost(router, listener, &session, held, drain, async {
+        other_nodes_serve(&store, &config, node_id).await
+    })
+    .await?;
     manager.shutdown().await;
     if lost {
         bail!("the node's registration lease was lost; its pchannels are being moved");
@@ -714,7 +762,11 @@ pub(crate) async fn querynode(config: Config) -> anyhow::Result<()> {
         .add_service(health_service)
         .add_service(worker.server())
         .add_service(QueryService::new(host).server());
-    let lost = serve_until_lost(router, listener, &session).await?;
+    let drain = Config::ms(config.node.drain_timeout_ms);
+    let held = || worker.loaded().len();
+    // With no other worker, the coordinator removes the placements: the delegators take the
+    // segments back, and the drain ends as well.
+    let lost = serve_until_lost(router, listener, &session, held, drain, async { true }).await?;
     drop(replicas);
     if lost {
         bail!("the query worker's registration lease was lost; its segments are being moved");

@@ -816,6 +816,65 @@ async fn run_cluster(etcd: String, medium: Medium, label: &str, default_rounds: 
         .expect("the stopped node")
         .kill();
 
+    // A graceful stop: SIGTERM the owner of another pchannel. It marks itself stopping, the
+    // coordinator moves its WALs to the others while it still serves, and it exits (status 0)
+    // once it holds none. The producers see no error (checked below with every other failure).
+    let node = tokio::task::block_in_place(|| cluster.start_node(owner.node_id.0));
+    cluster.nodes.insert(owner.node_id.0, node);
+    let pchannel = pchannel_name(1);
+    let before = wait_topology(&mut topo_rx, &format!("{pchannel} assigned"), |t| {
+        t.channels.contains_key(&pchannel)
+    })
+    .await;
+    let victim = before.channels[&pchannel].node_id.0;
+    let owned: Vec<String> = before
+        .channels
+        .values()
+        .filter(|a| a.node_id.0 == victim)
+        .map(|a| a.pchannel.as_str().to_owned())
+        .collect();
+    let termed_at = Instant::now();
+    cluster.nodes[&victim].signal(Signal::TERM);
+    let status = tokio::task::block_in_place(|| {
+        cluster
+            .nodes
+            .get_mut(&victim)
+            .expect("the node")
+            .wait_exit(WAIT)
+    })
+    .unwrap_or_else(|| panic!("node {victim} did not exit within {WAIT:?} of SIGTERM"));
+    let exited = termed_at.elapsed();
+    assert!(
+        status.success(),
+        "node {victim} exited with {status} on SIGTERM"
+    );
+    let after_exit = Instant::now();
+    for p in &owned {
+        load.wait_ack(&format!("on {p} after node {victim} stopped"), |a| {
+            a.done >= after_exit && on_pchannel(a, p)
+        })
+        .await;
+    }
+    let mut longest = Duration::ZERO;
+    for p in &owned {
+        let mut done: Vec<Instant> = load
+            .acks
+            .lock()
+            .iter()
+            .filter(|a| on_pchannel(a, p) && a.done >= termed_at)
+            .map(|a| a.done)
+            .collect();
+        done.sort();
+        done.insert(0, termed_at);
+        for w in done.windows(2) {
+            longest = longest.max(w[1] - w[0]);
+        }
+    }
+    eprintln!(
+        "graceful stop: node {victim} holding {owned:?} exited {exited:.2?} after SIGTERM; longest \
+         wait for an acknowledgement on those pchannels {longest:.2?}"
+    );
+
     // Stop the load; every producer must have kept going through every failover.
     load.stop.store(true, Ordering::Relaxed);
     for p in producers {
