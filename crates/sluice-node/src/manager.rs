@@ -192,15 +192,22 @@ impl WalManager {
         )
         .await?;
         tracing::info!(%pchannel, %term, elapsed_ms = started.elapsed().as_millis() as u64, "WAL open");
+        metrics::counter!("sluice_node_wal_opens_total", "pchannel" => pchannel.as_str().to_owned())
+            .increment(1);
+        metrics::histogram!("sluice_node_wal_open_seconds", "pchannel" => pchannel.as_str().to_owned())
+            .record(started.elapsed().as_secs_f64());
         let flusher = self
             .storage
             .as_ref()
             .map(|s| Flusher::start(wal.clone(), s.clone()));
         let feed = self.query.as_ref().map(|q| q.serve(wal.clone()));
-        let mut state = slot.state.lock();
-        state.wal = Some(wal);
-        state.flusher = flusher;
-        state.feed = feed;
+        {
+            let mut state = slot.state.lock();
+            state.wal = Some(wal);
+            state.flusher = flusher;
+            state.feed = feed;
+        }
+        metrics::gauge!("sluice_node_wals").set(self.status().len() as f64);
         Ok(())
     }
 
@@ -226,6 +233,9 @@ impl WalManager {
         if let (Some(wal), companions) = wal {
             close(wal, companions).await;
             tracing::info!(%pchannel, %term, "WAL removed");
+            metrics::counter!("sluice_node_wal_removes_total", "pchannel" => pchannel.as_str().to_owned())
+                .increment(1);
+            metrics::gauge!("sluice_node_wals").set(self.status().len() as f64);
         }
         Ok(())
     }

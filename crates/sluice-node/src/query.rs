@@ -1844,32 +1844,38 @@ impl pb::query_server::Query for QueryService {
         &self,
         request: tonic::Request<pb::SearchRequest>,
     ) -> Result<tonic::Response<pb::SearchResponse>, tonic::Status> {
-        self.host
-            .search(request.into_inner())
-            .await
-            .map(tonic::Response::new)
-            .map_err(|e| e.to_status())
+        measured("search", self.host.search(request.into_inner())).await
     }
 
     async fn query(
         &self,
         request: tonic::Request<pb::QueryRequest>,
     ) -> Result<tonic::Response<pb::QueryResponse>, tonic::Status> {
-        self.host
-            .query(request.into_inner())
-            .await
-            .map(tonic::Response::new)
-            .map_err(|e| e.to_status())
+        measured("query", self.host.query(request.into_inner())).await
     }
 
     async fn get(
         &self,
         request: tonic::Request<pb::GetRequest>,
     ) -> Result<tonic::Response<pb::QueryResponse>, tonic::Status> {
-        self.host
-            .get(request.into_inner())
-            .await
-            .map(tonic::Response::new)
-            .map_err(|e| e.to_status())
+        measured("get", self.host.get(request.into_inner())).await
     }
+}
+
+/// Runs a read, counting it (`sluice_query_requests_total{kind, code}`) and timing it
+/// (`sluice_query_request_seconds{kind}`).
+async fn measured<T>(
+    kind: &'static str,
+    read: impl std::future::Future<Output = Result<T, ReadError>>,
+) -> Result<tonic::Response<T>, tonic::Status> {
+    let started = std::time::Instant::now();
+    let r = read.await;
+    let code = match &r {
+        Ok(_) => "OK",
+        Err(e) => e.code.name(),
+    };
+    metrics::counter!("sluice_query_requests_total", "kind" => kind, "code" => code).increment(1);
+    metrics::histogram!("sluice_query_request_seconds", "kind" => kind)
+        .record(started.elapsed().as_secs_f64());
+    r.map(tonic::Response::new).map_err(|e| e.to_status())
 }

@@ -391,6 +391,21 @@ impl Wal {
     /// A message numbered by an idempotent producer (`MutableMessage::set_producer`) is appended
     /// once: a retry gets the original's result (see [`crate::producer`]).
     pub async fn append(&self, msg: MutableMessage) -> Result<AppendResult, WalError> {
+        let started = std::time::Instant::now();
+        let r = self.append_once(msg).await;
+        let pchannel = self.inner.pchannel.as_str().to_owned();
+        let outcome = match &r {
+            Ok(_) => "OK",
+            Err(e) => e.code().name(),
+        };
+        metrics::counter!("sluice_wal_appends_total", "pchannel" => pchannel.clone(), "code" => outcome)
+            .increment(1);
+        metrics::histogram!("sluice_wal_append_seconds", "pchannel" => pchannel)
+            .record(started.elapsed().as_secs_f64());
+        r
+    }
+
+    async fn append_once(&self, msg: MutableMessage) -> Result<AppendResult, WalError> {
         self.inner.check_open()?;
         let ty = msg.message_type()?;
         let Some((producer, sequence)) = crate::producer::numbering(&msg)? else {
@@ -399,7 +414,15 @@ impl Wal {
                 .run_chain(append::CLIENT, Append::new(msg, ty, None))
                 .await;
         };
-        match self.inner.producers.claim(producer, sequence)? {
+        let claim = self.inner.producers.claim(producer, sequence)?;
+        if !matches!(claim, Claim::Fresh) {
+            metrics::counter!(
+                "sluice_wal_appends_deduplicated_total",
+                "pchannel" => self.inner.pchannel.as_str().to_owned()
+            )
+            .increment(1);
+        }
+        match claim {
             Claim::Done(r) => Ok(r),
             Claim::Wait(mut rx) => {
                 let outcome = rx
@@ -856,6 +879,11 @@ async fn recover(
         skipped,
         elapsed_ms: started.elapsed().as_millis() as u64,
     };
+    let pchannel = log.pchannel().as_str().to_owned();
+    metrics::histogram!("sluice_wal_recovery_seconds", "pchannel" => pchannel.clone())
+        .record(started.elapsed().as_secs_f64());
+    metrics::counter!("sluice_wal_recovery_replayed_total", "pchannel" => pchannel)
+        .increment(replayed);
     tracing::info!(
         pchannel = %log.pchannel(),
         checkpoint = ?stats.checkpoint,

@@ -37,6 +37,9 @@ pub(crate) struct Config {
     pub storage: StorageSection,
     /// The query delegators and their search indexes (needs `storage.enabled`).
     pub query: QuerySection,
+    /// Where this process serves Prometheus metrics (`host:port`, HTTP `GET /metrics`); unset:
+    /// none.
+    pub metrics_listen: Option<String>,
 }
 
 /// The query side: delegators, HNSW indexes of sealed segments, read consistency.
@@ -374,6 +377,7 @@ impl Default for Config {
             wal: WalSection::default(),
             storage: StorageSection::default(),
             query: QuerySection::default(),
+            metrics_listen: None,
         }
     }
 }
@@ -526,7 +530,7 @@ impl CoordSection {
 }
 
 /// The top-level keys, for telling configuration variables from other `SLUICE_*` ones.
-const TOP_LEVEL_KEYS: [&str; 11] = [
+const TOP_LEVEL_KEYS: [&str; 12] = [
     "data_dir",
     "listen",
     "advertise",
@@ -538,6 +542,7 @@ const TOP_LEVEL_KEYS: [&str; 11] = [
     "wal",
     "storage",
     "query",
+    "metrics_listen",
 ];
 
 impl Config {

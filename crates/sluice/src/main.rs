@@ -82,6 +82,9 @@ struct ServerOpts {
     /// Coordinator endpoint (`http://host:port`) for nodes.
     #[arg(long)]
     coord: Option<String>,
+    /// Serve Prometheus metrics at `http://ADDR/metrics` (`host:port`).
+    #[arg(long)]
+    metrics_listen: Option<String>,
     /// Number of pchannels the coordinator manages.
     #[arg(long)]
     pchannels: Option<u32>,
@@ -107,6 +110,7 @@ impl ServerOpts {
         set!("node.lease_ttl_ms", self.lease_ttl_ms);
         set!("coord.endpoint", self.coord);
         set!("pchannels.count", self.pchannels);
+        set!("metrics_listen", self.metrics_listen);
         Config::load(self.config.as_deref(), f)
     }
 }
@@ -566,19 +570,31 @@ fn run() -> anyhow::Result<()> {
     match cli.command {
         Command::Standalone(opts) => {
             let config = opts.load()?;
-            rt.block_on(server::standalone(config))
+            rt.block_on(async {
+                server::serve_metrics(&config)?;
+                server::standalone(config).await
+            })
         }
         Command::Coord(opts) => {
             let config = opts.load()?;
-            rt.block_on(server::coord(config))
+            rt.block_on(async {
+                server::serve_metrics(&config)?;
+                server::coord(config).await
+            })
         }
         Command::Node(opts) => {
             let config = opts.load()?;
-            rt.block_on(server::node(config))
+            rt.block_on(async {
+                server::serve_metrics(&config)?;
+                server::node(config).await
+            })
         }
         Command::Querynode(opts) => {
             let config = opts.load()?;
-            rt.block_on(server::querynode(config))
+            rt.block_on(async {
+                server::serve_metrics(&config)?;
+                server::querynode(config).await
+            })
         }
         Command::Produce {
             client,

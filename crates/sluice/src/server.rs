@@ -37,6 +37,23 @@ use tokio_util::task::AbortOnDropHandle;
 use crate::config::{Config, LogBackendConfig, MetaBackendConfig};
 use crate::local_access::RoutedAccess;
 
+/// Serves Prometheus metrics at `metrics_listen`, when configured: every process records its
+/// counters and histograms through the `metrics` facade, and this exporter renders them.
+pub(crate) fn serve_metrics(config: &Config) -> anyhow::Result<()> {
+    let Some(listen) = config.metrics_listen.as_deref().filter(|l| !l.is_empty()) else {
+        return Ok(());
+    };
+    let addr: SocketAddr = listen
+        .parse()
+        .with_context(|| format!("metrics_listen {listen:?} is not host:port"))?;
+    metrics_exporter_prometheus::PrometheusBuilder::new()
+        .with_http_listener(addr)
+        .install()
+        .with_context(|| format!("serving metrics on {addr}"))?;
+    println!("metrics on http://{addr}/metrics");
+    Ok(())
+}
+
 /// Opens the configured meta store: the one factory for every meta backend.
 pub(crate) async fn meta_store(config: &Config) -> anyhow::Result<Arc<dyn MetaStore>> {
     Ok(match config.meta_backend() {

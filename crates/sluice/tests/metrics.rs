@@ -1,0 +1,160 @@
+//! The Prometheus endpoint: a standalone process started with `--metrics-listen` serves
+//! `GET /metrics`, and the numbers move with the work it does — appends counted and timed per
+//! pchannel and outcome, WAL opens and recovery, reads counted by kind and code.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::sync::Arc;
+use std::time::Duration;
+
+use sluice_client::access::RemoteAccess;
+use sluice_client::topology::CoordinatorTopology;
+use sluice_client::{Client, ClientConfig, QueryClient};
+use sluice_proto::v1;
+use sluice_types::message::{CreateCollectionHeader, InsertHeader, PartitionSegmentAssignment};
+use sluice_types::{MutableMessage, VChannel};
+use support::Proc;
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The body of `GET /metrics` at `addr`.
+fn scrape(addr: &str) -> String {
+    let mut s = std::net::TcpStream::connect(addr).expect("connecting to the metrics endpoint");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    out
+}
+
+/// The sum of every sample of `name` whose labels contain every one of `labels`.
+fn total(body: &str, name: &str, labels: &[&str]) -> f64 {
+    body.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+        })
+        .filter(|l| labels.iter().all(|want| l.contains(want)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_metrics_endpoint_counts_appends_wal_opens_and_reads() {
+    let dir = tempfile::tempdir().unwrap();
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let server = Proc::spawn(
+        "standalone",
+        &[
+            "standalone",
+            "--data-dir",
+            dir.path().join("data").to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            &metrics,
+        ],
+        &[],
+        dir.path(),
+        Duration::from_secs(60),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let endpoint = server.endpoint();
+    let topology = Arc::new(CoordinatorTopology::connect(&endpoint).unwrap());
+    let client = Client::new(
+        topology,
+        Arc::new(RemoteAccess::new()),
+        ClientConfig {
+            timeout: Some(Duration::from_secs(60)),
+            ..ClientConfig::default()
+        },
+    );
+    let v = VChannel::new("sluice-dml_0_77v0").unwrap();
+    client
+        .append(
+            MutableMessage::builder(CreateCollectionHeader {
+                collection_id: 77,
+                partition_ids: vec![1],
+                db_id: 1,
+                schema: None,
+            })
+            .vchannel(&v)
+            .build()
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+    let before = scrape(&metrics);
+    let ok = ["pchannel=\"sluice-dml_0\"", "code=\"OK\""];
+    let appends_before = total(&before, "sluice_wal_appends_total", &ok);
+    assert!(appends_before >= 1.0, "{before}");
+    assert!(
+        total(&before, "sluice_node_wal_opens_total", &[]) >= 4.0,
+        "every pchannel's WAL opened: {before}"
+    );
+    assert!(total(&before, "sluice_node_wals", &[]) >= 4.0, "{before}");
+    for i in 0..25 {
+        let msg = MutableMessage::builder(InsertHeader {
+            collection_id: 77,
+            partitions: vec![PartitionSegmentAssignment {
+                partition_id: 1,
+                rows: 1,
+                binary_size: 8,
+                segment_id: 0,
+            }],
+        })
+        .vchannel(&v)
+        .property("i", i.to_string())
+        .payload(vec![1u8; 8])
+        .build()
+        .unwrap();
+        client.append(msg).await.unwrap();
+    }
+    // A read of a collection that does not exist: counted with its code.
+    let query = QueryClient::connect(&endpoint).unwrap();
+    let err = query
+        .query(v1::QueryRequest {
+            collection: "nothing-here".into(),
+            ..v1::QueryRequest::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code.name(), "COLLECTION_NOT_FOUND", "{err}");
+    let after = scrape(&metrics);
+    let appends_after = total(&after, "sluice_wal_appends_total", &ok);
+    assert_eq!(appends_after - appends_before, 25.0, "{after}");
+    assert!(
+        total(
+            &after,
+            "sluice_wal_append_seconds_count",
+            &["pchannel=\"sluice-dml_0\""]
+        ) >= appends_after,
+        "every append is timed: {after}"
+    );
+    assert_eq!(
+        total(
+            &after,
+            "sluice_query_requests_total",
+            &["kind=\"query\"", "code=\"COLLECTION_NOT_FOUND\""]
+        ),
+        1.0,
+        "{after}"
+    );
+    assert!(
+        after.contains("sluice_wal_recovery_seconds"),
+        "recovery is timed: {after}"
+    );
+}
