@@ -10,6 +10,7 @@
 //! {root}/node/{id}                   a registered streaming node (leased)
 //! {root}/pchannel/{name}             pchannel metadata (term, node, state, history)
 //! {root}/broadcast/{id}              a pending broadcast task
+//! {root}/drain/{id}                  a streaming node drained by an operator
 //! {root}/query/node/{id}             a registered query worker (`sluice querynode`, leased)
 //! {root}/query/placement/{segment}   where a sealed segment is served (SegmentPlacement)
 //! {root}/query/replica/{vchannel}/{r} a replica delegator of a shard (ReplicaPlacement)
@@ -90,6 +91,16 @@ impl Keys {
     /// streaming nodes, one level down.
     pub fn query_workers(&self) -> Keys {
         Keys::new(format!("{}/query", self.root))
+    }
+
+    /// The prefix of every drained node.
+    pub fn drain_prefix(&self) -> String {
+        format!("{}/drain/", self.root)
+    }
+
+    /// A drained node.
+    pub fn drain(&self, node: crate::NodeId) -> String {
+        format!("{}{}", self.drain_prefix(), node.0)
     }
 
     /// The prefix of every segment placement.

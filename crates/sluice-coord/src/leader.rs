@@ -91,6 +91,10 @@ pub struct LeaderState {
     pub catalog: Arc<crate::catalog::Catalog>,
     /// Sealed segments on query workers (taken on shutdown).
     pub placement: parking_lot::Mutex<Option<crate::placement::Placement>>,
+    /// Nodes an operator drained ([`crate::keys::Keys::drain`]): the assignment loop sees them
+    /// as stopping.
+    pub drained: watch::Sender<std::collections::BTreeSet<crate::NodeId>>,
+    _drain_merge: crate::registry::OwnedTask,
 }
 
 impl std::fmt::Debug for LeaderState {
@@ -279,9 +283,22 @@ async fn start_leader(
         Arc::new(ChannelManager::init(store.clone(), config.keys.clone(), &names).await?);
     let nodes = Arc::new(NodeWatcher::start(store.clone(), &config.keys).await?);
     settle(nodes.subscribe(), config.node_settle).await;
+    let (drained_keys, _) = store.scan_prefix(&config.keys.drain_prefix()).await?;
+    let drained: std::collections::BTreeSet<crate::NodeId> = drained_keys
+        .iter()
+        .filter_map(|kv| {
+            kv.key
+                .strip_prefix(&config.keys.drain_prefix())?
+                .parse()
+                .ok()
+                .map(crate::NodeId)
+        })
+        .collect();
+    let (drained, drained_rx) = watch::channel(drained);
+    let (assignable, _drain_merge) = mark_drained(nodes.subscribe(), drained_rx);
     let assigner = Arc::new(Assigner::start(
         channels.clone(),
-        nodes.subscribe(),
+        assignable,
         node_client.clone(),
         config.assign.clone(),
     )?);
@@ -316,7 +333,49 @@ async fn start_leader(
         nodes,
         catalog,
         placement: parking_lot::Mutex::new(Some(placement)),
+        drained,
+        _drain_merge,
     })
+}
+
+/// The live nodes with every drained one marked stopping (what the assignment loop places
+/// pchannels on), kept current by a task that ends with the returned handle.
+fn mark_drained(
+    mut nodes: watch::Receiver<crate::Nodes>,
+    mut drained: watch::Receiver<std::collections::BTreeSet<crate::NodeId>>,
+) -> (watch::Receiver<crate::Nodes>, crate::registry::OwnedTask) {
+    let merge = |nodes: &crate::Nodes, drained: &std::collections::BTreeSet<crate::NodeId>| {
+        let mut out = nodes.clone();
+        for id in drained {
+            if let Some(n) = out.get_mut(id) {
+                n.stopping = true;
+            }
+        }
+        out
+    };
+    let (tx, rx) = watch::channel(merge(
+        &nodes.borrow_and_update(),
+        &drained.borrow_and_update(),
+    ));
+    let task = crate::registry::OwnedTask::spawn(move |cancel| async move {
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                r = nodes.changed() => if r.is_err() { return },
+                r = drained.changed() => if r.is_err() { return },
+            }
+            let merged = merge(&nodes.borrow_and_update(), &drained.borrow_and_update());
+            tx.send_if_modified(|cur| {
+                if *cur == merged {
+                    false
+                } else {
+                    *cur = merged;
+                    true
+                }
+            });
+        }
+    });
+    (rx, task)
 }
 
 /// Waits until the node set is non-empty and then unchanged for `quiet`, or `5 × quiet` passed.

@@ -293,6 +293,48 @@ impl coordinator_server::Coordinator for CoordinatorService {
         Ok(Response::new(info))
     }
 
+    async fn drain_node(
+        &self,
+        request: Request<v1::DrainNodeRequest>,
+    ) -> Result<Response<v1::DrainNodeResponse>, Status> {
+        let request = request.into_inner();
+        let leader = self.leader().await?;
+        let node = crate::NodeId(request.node_id);
+        let (store, root) = self.coordinator.meta();
+        let key = crate::keys::Keys::new(root).drain(node);
+        let written = if request.undo {
+            store
+                .delete(&key, sluice_meta::Condition::None)
+                .await
+                .map(|_| ())
+        } else {
+            store
+                .put(
+                    &key,
+                    bytes::Bytes::new(),
+                    sluice_meta::Condition::None,
+                    None,
+                )
+                .await
+                .map(|_| ())
+        };
+        written.map_err(|e| coord_status(&e.into()))?;
+        leader.drained.send_modify(|set| {
+            if request.undo {
+                set.remove(&node);
+            } else {
+                set.insert(node);
+            }
+        });
+        tracing::info!(
+            node = request.node_id,
+            undo = request.undo,
+            "node drain changed"
+        );
+        let drained = leader.drained.borrow().iter().map(|n| n.0).collect();
+        Ok(Response::new(v1::DrainNodeResponse { drained }))
+    }
+
     async fn release_collection(
         &self,
         request: Request<v1::ReleaseCollectionRequest>,

@@ -515,6 +515,33 @@ pub(crate) async fn drop_collection(
     Ok(())
 }
 
+/// `sluice ctl drain NODE [--undo]`.
+pub(crate) async fn drain(
+    coord: &str,
+    node: u64,
+    undo: bool,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    let mut c = coordinator(coord)?;
+    let r = c
+        .drain_node(timed(
+            v1::DrainNodeRequest {
+                node_id: node,
+                undo,
+            },
+            timeout,
+        ))
+        .await
+        .map_err(|s| anyhow::anyhow!("draining node {node}: {}", s.message()))?
+        .into_inner();
+    println!(
+        "node {node} {}; drained now: {:?}",
+        if undo { "undrained" } else { "drained" },
+        r.drained
+    );
+    Ok(())
+}
+
 /// `sluice ctl load` (`Some(replicas)`) / `sluice ctl release` (`None`).
 pub(crate) async fn set_loaded(
     coord: &str,

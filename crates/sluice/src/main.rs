@@ -375,6 +375,17 @@ enum CtlCommand {
         #[arg(long, default_value_t = 1)]
         replicas: u32,
     },
+    /// Drain a streaming node: the coordinator moves its pchannels to the other nodes (a
+    /// handover) and gives it nothing new until `--undo`. The node keeps running.
+    Drain {
+        #[command(flatten)]
+        client: ClientOpts,
+        /// The node id.
+        node: u64,
+        /// Undrain: the node takes pchannels again.
+        #[arg(long)]
+        undo: bool,
+    },
     /// Release a collection: delegators drop its rows; reads answer COLLECTION_NOT_LOADED.
     Release {
         #[command(flatten)]
@@ -701,6 +712,14 @@ fn run() -> anyhow::Result<()> {
             &client.coord,
             &name,
             Some(replicas),
+            Duration::from_secs(client.timeout_secs),
+        )),
+        Command::Ctl {
+            what: CtlCommand::Drain { client, node, undo },
+        } => rt.block_on(cli::drain(
+            &client.coord,
+            node,
+            undo,
             Duration::from_secs(client.timeout_secs),
         )),
         Command::Ctl {

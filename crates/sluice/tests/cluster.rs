@@ -1328,3 +1328,130 @@ async fn searches_resume_on_the_new_owner_after_the_wal_owner_is_killed() {
         "searches stalled for {gap:?} after the owner was killed"
     );
 }
+
+/// An operator drains a node (`Coordinator.DrainNode`): its pchannels move to the other nodes
+/// while a producer keeps writing without a single error, and it takes nothing new. Undrained
+/// (and the two others drained), every pchannel moves to it. The node processes run throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drained_node_hands_its_pchannels_over_and_takes_them_again_when_undrained() {
+    use sluice_proto::v1;
+    let Some(etcd) = etcd_endpoint(
+        "a_drained_node_hands_its_pchannels_over_and_takes_them_again_when_undrained",
+    ) else {
+        return;
+    };
+    let mut cluster = start_cluster(etcd, &Medium::SharedDir);
+    let coord = cluster.coord.endpoint();
+    let topology = Arc::new(CoordinatorTopology::connect(&coord).expect("endpoint"));
+    let mut rx = topology.subscribe();
+    wait_topology(&mut rx, "every pchannel assigned", |t| {
+        t.channels.len() == PCHANNELS
+    })
+    .await;
+    let client = Client::new(
+        topology.clone(),
+        Arc::new(RemoteAccess::new()),
+        ClientConfig {
+            timeout: Some(Duration::from_secs(60)),
+            ..ClientConfig::default()
+        },
+    );
+    let vchannels = Arc::new(vchannels());
+    for v in vchannels.iter() {
+        client.append(create_collection(v)).await.expect("create");
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let errors: Arc<Mutex<Vec<String>>> = Arc::default();
+    let acked = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let producer = {
+        let (client, vchannels, stop, errors, acked) = (
+            client.clone(),
+            vchannels.clone(),
+            stop.clone(),
+            errors.clone(),
+            acked.clone(),
+        );
+        tokio::spawn(async move {
+            let mut i = 0usize;
+            while !stop.load(Ordering::Relaxed) {
+                let v = &vchannels[i % vchannels.len()];
+                match client.append(insert(v, &format!("d{i}"))).await {
+                    Ok(_) => {
+                        acked.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(e) => errors.lock().push(format!("d{i}: {e}")),
+                }
+                i += 1;
+            }
+        })
+    };
+    // The producer keeps getting acknowledgements: `n` more.
+    let progress = |n: usize| {
+        let acked = acked.clone();
+        async move {
+            let goal = acked.load(Ordering::Relaxed) + n;
+            let deadline = Instant::now() + WAIT;
+            while acked.load(Ordering::Relaxed) < goal {
+                assert!(Instant::now() < deadline, "the producer stalled");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    };
+    progress(50).await;
+    let mut coordinator =
+        v1::coordinator_client::CoordinatorClient::new(sluice_proto::lazy_channel(&coord).unwrap());
+    let ids: Vec<u64> = cluster.nodes.keys().copied().collect();
+    let first = ids[0];
+    let drained = coordinator
+        .drain_node(v1::DrainNodeRequest {
+            node_id: first,
+            undo: false,
+        })
+        .await
+        .expect("drain")
+        .into_inner()
+        .drained;
+    assert_eq!(drained, [first]);
+    wait_topology(&mut rx, "no pchannel on the drained node", |t| {
+        t.channels.len() == PCHANNELS && t.channels.values().all(|a| a.node_id.0 != first)
+    })
+    .await;
+    progress(50).await;
+    for &id in &ids[1..] {
+        coordinator
+            .drain_node(v1::DrainNodeRequest {
+                node_id: id,
+                undo: false,
+            })
+            .await
+            .expect("drain");
+    }
+    let drained = coordinator
+        .drain_node(v1::DrainNodeRequest {
+            node_id: first,
+            undo: true,
+        })
+        .await
+        .expect("undrain")
+        .into_inner()
+        .drained;
+    assert_eq!(drained, ids[1..]);
+    wait_topology(&mut rx, "every pchannel on the undrained node", |t| {
+        t.channels.len() == PCHANNELS && t.channels.values().all(|a| a.node_id.0 == first)
+    })
+    .await;
+    progress(50).await;
+    stop.store(true, Ordering::Relaxed);
+    producer.await.expect("producer");
+    let acked = acked.load(Ordering::Relaxed);
+    let errors = errors.lock().clone();
+    assert!(errors.is_empty(), "the producer saw errors: {errors:?}");
+    assert!(acked > 0);
+    for (id, node) in cluster.nodes.iter_mut() {
+        assert!(
+            node.wait_exit(Duration::ZERO).is_none(),
+            "node {id} exited while drained"
+        );
+    }
+    eprintln!("drain and undrain: {acked} appends acknowledged, no error");
+}
