@@ -467,9 +467,33 @@ async fn run(medium: Medium, label: &str) {
                 .count();
         }
     }
-    // A last run that ends gracefully, then the data is checked offline.
+    // A last run that ends gracefully, then the data is checked offline. It lasts until the
+    // flusher caught up with what the killed runs left (more than half the acknowledged rows in
+    // committed segments, checked below), at least 5 s and at most 90 s: on a loaded machine the
+    // backlog takes longer than a fixed pause.
     let server = medium.start(data.path(), logs.path());
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    let acked = outcome.lock().acked.len() as u64;
+    let started = std::time::Instant::now();
+    let mut coordinator = sluice_proto::v1::coordinator_client::CoordinatorClient::new(
+        sluice_proto::lazy_channel(&server.endpoint()).unwrap(),
+    );
+    loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let flushed: u64 = match coordinator
+            .list_segments(sluice_proto::v1::ListSegmentsRequest { collection_id: 0 })
+            .await
+        {
+            Ok(r) => r.into_inner().segments.iter().map(|m| m.rows).sum(),
+            Err(_) => 0,
+        };
+        let waited = started.elapsed();
+        if waited >= Duration::from_secs(90)
+            || (waited >= Duration::from_secs(5) && flushed > acked / 2)
+        {
+            eprintln!("{label}: last run: {flushed} of {acked} rows flushed after {waited:.1?}");
+            break;
+        }
+    }
     server.signal(rustix::process::Signal::TERM);
     let mut server = server;
     server
