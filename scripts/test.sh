@@ -52,8 +52,10 @@ trap cleanup EXIT
 # A port nothing on 127.0.0.1 listens on (bash only: fresh machines may lack python and curl).
 free_port() {
   local port
+  # Below the kernel's ephemeral range (32768 and up by default): a port there can be the local
+  # end of some outgoing connection, which refuses a probe yet cannot be bound.
   while :; do
-    port=$((20000 + RANDOM % 25000))
+    port=$((20000 + RANDOM % 12000))
     (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null || { echo "$port"; return; }
   done
 }

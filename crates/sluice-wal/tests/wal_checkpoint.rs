@@ -3,70 +3,10 @@
 
 mod common;
 
-use std::sync::Arc;
-
 use common::*;
 use sluice_log::{DeliverPolicy, OpenOptions, ReadOptions};
 use sluice_types::{ErrorCode, MessageId, Term};
-use sluice_wal::checkpoint::MemoryCheckpointStore;
-use sluice_wal::tso::LocalOracle;
-use sluice_wal::{Wal, WalConfig, WalDeps};
-
-/// Opens with one oracle for every term (segment ids stay unique across terms, as the
-/// coordinator's allocator keeps them) and `store` for snapshots.
-struct Harness {
-    backend: Backend,
-    oracle: Arc<LocalOracle>,
-    store: Arc<MemoryCheckpointStore>,
-}
-
-impl Harness {
-    fn new(backend: Backend) -> Harness {
-        Harness {
-            backend,
-            oracle: LocalOracle::new(),
-            store: MemoryCheckpointStore::new(),
-        }
-    }
-
-    fn deps(&self, with_store: bool) -> WalDeps {
-        let mut d = deps();
-        d.oracle = self.oracle.clone();
-        d.ids = self.oracle.clone();
-        if with_store {
-            d.checkpoints = Some(self.store.clone());
-        }
-        d
-    }
-
-    async fn try_open(&self, term: u64, config: WalConfig) -> Result<Wal, sluice_wal::WalError> {
-        Wal::open(
-            &*self.backend.provider,
-            pchannel(),
-            Term(term),
-            config,
-            self.deps(true),
-        )
-        .await
-    }
-
-    async fn open(&self, term: u64) -> Wal {
-        self.try_open(term, fast_config()).await.unwrap()
-    }
-
-    /// A WAL that replays the whole log, to compare with.
-    async fn open_full_replay(&self, term: u64) -> Wal {
-        Wal::open(
-            &*self.backend.provider,
-            pchannel(),
-            Term(term),
-            fast_config(),
-            self.deps(false),
-        )
-        .await
-        .unwrap()
-    }
-}
+use sluice_wal::{Wal, WalConfig};
 
 /// Waits until the replica has applied everything acknowledged so far (a timetick released
 /// it), then saves a snapshot.

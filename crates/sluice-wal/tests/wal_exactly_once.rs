@@ -5,16 +5,13 @@
 
 mod common;
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
 use sluice_types::read::ReadMessage;
-use sluice_types::{AppendResult, ErrorCode, MessageType, MutableMessage, Term};
-use sluice_wal::checkpoint::MemoryCheckpointStore;
+use sluice_types::{AppendResult, ErrorCode, MessageType, MutableMessage};
 use sluice_wal::producer::ProducerConfig;
 use sluice_wal::scanner::{MessageFilter, ScannerOptions};
-use sluice_wal::tso::LocalOracle;
 use sluice_wal::{Wal, WalConfig};
 
 const PRODUCER: u64 = 0x5eed;
@@ -64,39 +61,11 @@ async fn tags(wal: &Wal) -> Vec<String> {
     }
 }
 
-struct Harness {
-    backend: Backend,
-    oracle: Arc<LocalOracle>,
-    store: Arc<MemoryCheckpointStore>,
-}
-
-impl Harness {
-    fn new(backend: Backend) -> Harness {
-        Harness {
-            backend,
-            oracle: LocalOracle::new(),
-            store: MemoryCheckpointStore::new(),
-        }
-    }
-
-    async fn open(&self, term: u64, config: WalConfig, snapshots: bool) -> Wal {
-        let mut d = deps();
-        d.oracle = self.oracle.clone();
-        d.ids = self.oracle.clone();
-        if snapshots {
-            d.checkpoints = Some(self.store.clone());
-        }
-        Wal::open(&*self.backend.provider, pchannel(), Term(term), config, d)
-            .await
-            .unwrap()
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_numbered_append_is_written_once_however_often_and_concurrently_it_is_sent() {
     for backend in [memory(), local()] {
         let h = Harness::new(backend);
-        let wal = h.open(1, fast_config(), false).await;
+        let wal = h.open_with(1, fast_config(), false).await.unwrap();
         wal.append(create_collection(COLLECTION)).await.unwrap();
         let first = wal.append(numbered("a", 1)).await.unwrap();
         let again = wal.append(numbered("a", 1)).await.unwrap();
@@ -128,7 +97,7 @@ async fn a_numbered_append_is_written_once_however_often_and_concurrently_it_is_
 async fn a_reopened_wal_remembers_from_its_log_and_from_its_snapshot() {
     for backend in [memory(), local()] {
         let h = Harness::new(backend);
-        let wal = h.open(1, fast_config(), true).await;
+        let wal = h.open_with(1, fast_config(), true).await.unwrap();
         wal.append(create_collection(COLLECTION)).await.unwrap();
         let mut acked = Vec::new();
         for seq in 1..=3 {
@@ -141,7 +110,7 @@ async fn a_reopened_wal_remembers_from_its_log_and_from_its_snapshot() {
             acked.push(wal.append(numbered(&format!("s{seq}"), seq)).await.unwrap());
         }
         // A crash: term 1 never closes; term 2 reopens from the snapshot and the log after it.
-        let two = h.open(2, fast_config(), true).await;
+        let two = h.open_with(2, fast_config(), true).await.unwrap();
         assert!(two.recovery_stats().checkpoint.is_some());
         for (i, seq) in (1..=5).enumerate() {
             let retry = two.append(numbered("retried", seq)).await.unwrap();
@@ -150,7 +119,7 @@ async fn a_reopened_wal_remembers_from_its_log_and_from_its_snapshot() {
         assert_eq!(tags(&two).await, ["s1", "s2", "s3", "s4", "s5"]);
         two.close().await;
         // Term 3 replays the whole log (no snapshot store): the same.
-        let three = h.open(3, fast_config(), false).await;
+        let three = h.open_with(3, fast_config(), false).await.unwrap();
         for (i, seq) in (1..=5).enumerate() {
             let retry = three.append(numbered("retried", seq)).await.unwrap();
             same(&acked[i], &retry);
@@ -171,7 +140,7 @@ async fn a_sequence_older_than_the_window_is_refused_and_transactions_are_not_nu
         },
         ..fast_config()
     };
-    let wal = h.open(1, config, false).await;
+    let wal = h.open_with(1, config, false).await.unwrap();
     wal.append(create_collection(COLLECTION)).await.unwrap();
     let mut acked = Vec::new();
     for seq in 1..=6 {

@@ -14,15 +14,7 @@ use sluice_client::{Client, ClientConfig, QueryClient};
 use sluice_proto::v1;
 use sluice_types::message::{CreateCollectionHeader, InsertHeader, PartitionSegmentAssignment};
 use sluice_types::{MutableMessage, VChannel};
-use support::Proc;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use support::{Proc, free_port};
 
 /// The body of `GET /metrics` at `addr`.
 fn scrape(addr: &str) -> String {

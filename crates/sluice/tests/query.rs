@@ -28,19 +28,11 @@ use sluice_types::message::{
 };
 use sluice_types::schema::{CollectionSchema, DataType, FieldSchema};
 use sluice_types::{MutableMessage, VChannel};
-use support::Proc;
+use support::{Proc, free_port};
 
 const TIMEOUT: Duration = Duration::from_secs(60);
 const DIM: usize = 8;
 const KEYS: i64 = 150;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 fn start(data: &std::path::Path, logs: &std::path::Path, listen: &str) -> Proc {
     Proc::spawn(

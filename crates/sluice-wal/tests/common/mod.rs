@@ -176,3 +176,65 @@ pub(crate) async fn next(s: &mut Scanner) -> ReadMessage {
         .expect("scanner ended")
         .expect("scanner error")
 }
+
+/// Opens with one oracle for every term (segment ids stay unique across terms, as the
+/// coordinator's allocator keeps them) and `store` for snapshots.
+pub(crate) struct Harness {
+    pub backend: Backend,
+    pub oracle: Arc<LocalOracle>,
+    pub store: Arc<sluice_wal::checkpoint::MemoryCheckpointStore>,
+}
+
+impl Harness {
+    pub(crate) fn new(backend: Backend) -> Harness {
+        Harness {
+            backend,
+            oracle: LocalOracle::new(),
+            store: sluice_wal::checkpoint::MemoryCheckpointStore::new(),
+        }
+    }
+
+    pub(crate) fn deps(&self, with_store: bool) -> WalDeps {
+        let mut d = deps();
+        d.oracle = self.oracle.clone();
+        d.ids = self.oracle.clone();
+        if with_store {
+            d.checkpoints = Some(self.store.clone());
+        }
+        d
+    }
+
+    /// Opens at `term` with `config`, saving and loading snapshots when `snapshots`.
+    pub(crate) async fn open_with(
+        &self,
+        term: u64,
+        config: WalConfig,
+        snapshots: bool,
+    ) -> Result<Wal, sluice_wal::WalError> {
+        Wal::open(
+            &*self.backend.provider,
+            pchannel(),
+            Term(term),
+            config,
+            self.deps(snapshots),
+        )
+        .await
+    }
+
+    pub(crate) async fn try_open(
+        &self,
+        term: u64,
+        config: WalConfig,
+    ) -> Result<Wal, sluice_wal::WalError> {
+        self.open_with(term, config, true).await
+    }
+
+    pub(crate) async fn open(&self, term: u64) -> Wal {
+        self.try_open(term, fast_config()).await.unwrap()
+    }
+
+    /// A WAL that replays the whole log, to compare with.
+    pub(crate) async fn open_full_replay(&self, term: u64) -> Wal {
+        self.open_with(term, fast_config(), false).await.unwrap()
+    }
+}

@@ -19,6 +19,15 @@ use std::time::{Duration, Instant};
 
 use rustix::process::{Pid, Signal, kill_process};
 
+/// A TCP port free on 127.0.0.1 now (for a process that must be told its address up front).
+pub(crate) fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("binding a free port")
+        .local_addr()
+        .expect("its address")
+        .port()
+}
+
 /// The `sluice` binary built for this test run.
 pub(crate) fn sluice_bin() -> &'static str {
     env!("CARGO_BIN_EXE_sluice")
