@@ -444,6 +444,10 @@ impl Shared {
         }
         self.manager.assign_done(name, term).await?;
         self.publish();
+        metrics::counter!("sluice_coord_assignments_total", "pchannel" => name.to_owned())
+            .increment(1);
+        metrics::histogram!("sluice_coord_assign_seconds", "pchannel" => name.to_owned())
+            .record(started.elapsed().as_secs_f64());
         tracing::info!(
             pchannel = name,
             term = term.0,

@@ -740,9 +740,15 @@ async fn flush_segments(
             .as_ref()
             .and_then(|s| primary_key(s).ok())
             .map(|f| f.name.clone());
+        let started = std::time::Instant::now();
         let bytes = parquet_bytes(&seg.batches, pk.as_deref())?;
         let size = bytes.len() as u64;
         put_object(config, &path, bytes).await?;
+        metrics::counter!("sluice_storage_segments_flushed_total").increment(1);
+        metrics::counter!("sluice_storage_flushed_bytes_total").increment(size);
+        metrics::counter!("sluice_storage_flushed_rows_total").increment(seg.rows);
+        metrics::histogram!("sluice_storage_segment_write_seconds")
+            .record(started.elapsed().as_secs_f64());
         let (pk_min, pk_max) = pk_bounds(seg.schema.as_ref(), &seg.batches);
         let manifest = SegmentManifest {
             segment_id: *id,

@@ -169,6 +169,26 @@ impl std::fmt::Debug for Wal {
     }
 }
 
+impl Inner {
+    /// The write-ahead buffer's bytes and evictions, and how far the newest timetick is behind
+    /// the clock (`sluice_wal_buffer_bytes`, `sluice_wal_buffer_evictions_total`,
+    /// `sluice_wal_timetick_lag_seconds`, per pchannel).
+    fn record_buffer_metrics(&self) {
+        let stats = self.wab.stats();
+        let pchannel = self.pchannel.as_str().to_owned();
+        metrics::gauge!("sluice_wal_buffer_bytes", "pchannel" => pchannel.clone())
+            .set(stats.bytes as f64);
+        metrics::counter!("sluice_wal_buffer_evictions_total", "pchannel" => pchannel.clone())
+            .absolute(stats.evicted);
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let tick_ms = stats.latest_timetick.0 >> 18;
+        metrics::gauge!("sluice_wal_timetick_lag_seconds", "pchannel" => pchannel)
+            .set(now_ms.saturating_sub(tick_ms) as f64 / 1000.0);
+    }
+}
+
 impl Wal {
     /// Opens the WAL of `pchannel` at `term`: opens the log read-write (fencing older terms),
     /// writes the first timetick, runs recovery, starts the background tasks. Appends are
@@ -728,6 +748,9 @@ async fn timetick_loop(inner: Arc<Inner>, cancel: CancellationToken) {
             Err(WalError::Fenced { .. } | WalError::Shutdown) => return,
             Err(e) => tracing::warn!(error = %e, "timetick sync failed"),
         }
+        if !eager || due {
+            inner.record_buffer_metrics();
+        }
         if eager {
             // Coalesce the acknowledgements of the next moment into one release.
             tokio::select! {
@@ -748,6 +771,12 @@ async fn segment_loop(inner: Arc<Inner>, cancel: CancellationToken) {
             _ = cancel.cancelled() => return,
             _ = interval.tick() => {
                 inner.shard.seal_by_policy();
+                let growing = inner.shard.growing();
+                let pchannel = inner.pchannel.as_str().to_owned();
+                metrics::gauge!("sluice_wal_growing_segments", "pchannel" => pchannel.clone())
+                    .set(growing.len() as f64);
+                metrics::gauge!("sluice_wal_growing_bytes", "pchannel" => pchannel)
+                    .set(growing.iter().map(|(_, b)| *b as f64).sum::<f64>());
                 let ms = std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)
                     .map_or(0, |d| d.as_millis() as u64);

@@ -1,6 +1,7 @@
 //! The Prometheus endpoint: a standalone process started with `--metrics-listen` serves
 //! `GET /metrics`, and the numbers move with the work it does — appends counted and timed per
-//! pchannel and outcome, WAL opens and recovery, reads counted by kind and code.
+//! pchannel and outcome, WAL opens and recovery, reads counted by kind and code, the write-ahead
+//! buffer and timetick lag, coordinator assignments, and segments the flusher writes.
 
 mod support;
 
@@ -12,7 +13,9 @@ use sluice_client::access::RemoteAccess;
 use sluice_client::topology::CoordinatorTopology;
 use sluice_client::{Client, ClientConfig, QueryClient};
 use sluice_proto::v1;
-use sluice_types::message::{CreateCollectionHeader, InsertHeader, PartitionSegmentAssignment};
+use sluice_types::message::{
+    CreateCollectionHeader, InsertHeader, ManualFlushHeader, PartitionSegmentAssignment,
+};
 use sluice_types::{MutableMessage, VChannel};
 use support::{Proc, free_port};
 
@@ -149,4 +152,55 @@ async fn the_metrics_endpoint_counts_appends_wal_opens_and_reads() {
         after.contains("sluice_wal_recovery_seconds"),
         "recovery is timed: {after}"
     );
+    // The coordinator in the process placed every pchannel once.
+    assert!(
+        total(&after, "sluice_coord_assignments_total", &[]) >= 4.0,
+        "{after}"
+    );
+    assert!(
+        after.contains("sluice_wal_timetick_lag_seconds{pchannel=\"sluice-dml_0\"}"),
+        "{after}"
+    );
+    assert!(
+        after.contains("sluice_wal_growing_segments{pchannel=\"sluice-dml_0\"}"),
+        "{after}"
+    );
+    // A ManualFlush seals the growing segment; the flusher writes it and counts it.
+    client
+        .append(
+            MutableMessage::builder(ManualFlushHeader {
+                collection_id: 77,
+                flush_ts: 0,
+                segment_ids: Vec::new(),
+            })
+            .vchannel(&v)
+            .build()
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let body = scrape(&metrics);
+        if total(&body, "sluice_storage_segments_flushed_total", &[]) >= 1.0 {
+            assert!(
+                total(&body, "sluice_storage_flushed_rows_total", &[]) >= 25.0,
+                "{body}"
+            );
+            assert!(
+                total(
+                    &body,
+                    "sluice_wal_buffer_bytes",
+                    &["pchannel=\"sluice-dml_0\""]
+                ) > 0.0,
+                "{body}"
+            );
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no segment flushed within 30 s: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
