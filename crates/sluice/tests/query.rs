@@ -311,6 +311,20 @@ async fn create(endpoint: &str) -> v1::CollectionInfo {
         .into_inner()
 }
 
+/// The newest timestamp of `events` (at least 1).
+fn newest(events: &[(u64, Event)]) -> u64 {
+    events.iter().map(|e| e.0).max().unwrap_or(0).max(1)
+}
+
+/// A read timestamp: the newest half the time, else the timestamp of a random event.
+fn random_read_time(events: &[(u64, Event)], rng: &mut StdRng) -> u64 {
+    if rng.random_bool(0.5) || events.is_empty() {
+        newest(events)
+    } else {
+        events[rng.random_range(0..events.len())].0
+    }
+}
+
 /// Rows of up to `n` distinct random keys, with random tags (a quarter null) and vectors.
 fn random_rows(rng: &mut StdRng, n: usize) -> Vec<Row> {
     let mut keys: Vec<i64> = (0..rng.random_range(1..n))
@@ -497,12 +511,7 @@ async fn search_query_and_get_match_a_model_through_flushes_and_wal_moves() {
                 moves += 1;
             }
             _ => {
-                let latest = events.iter().map(|e| e.0).max().unwrap_or(0);
-                let at = if rng.random_bool(0.5) || events.is_empty() {
-                    latest.max(1)
-                } else {
-                    events[rng.random_range(0..events.len())].0
-                };
+                let at = random_read_time(&events, &mut rng);
                 check(&c, &events, at, &mut rng, &format!("step {step}")).await;
                 checks += 1;
             }
@@ -511,7 +520,7 @@ async fn search_query_and_get_match_a_model_through_flushes_and_wal_moves() {
     // Once more after everything is flushed and loaded, and after a last move.
     c.flush().await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let latest = events.iter().map(|e| e.0).max().unwrap();
+    let latest = newest(&events);
     check(&c, &events, latest, &mut rng, "after the last flush").await;
     server.kill();
     server = start(&data, dir.path(), &listen);
@@ -796,19 +805,14 @@ async fn reads_match_the_model_with_sealed_segments_on_query_workers_that_get_ki
                 moves += 1;
             }
             _ => {
-                let latest = events.iter().map(|e| e.0).max().unwrap_or(0);
-                let at = if rng.random_bool(0.5) || events.is_empty() {
-                    latest.max(1)
-                } else {
-                    events[rng.random_range(0..events.len())].0
-                };
+                let at = random_read_time(&events, &mut rng);
                 check(&c, &events, at, &mut rng, &format!("step {step}")).await;
                 checks += 1;
             }
         }
     }
     c.flush().await;
-    let latest = events.iter().map(|e| e.0).max().unwrap();
+    let latest = newest(&events);
     // Wait until the workers' segments settle (placed and loaded), then read through them.
     let deadline = std::time::Instant::now() + TIMEOUT;
     let mut last = (0, std::time::Instant::now());
@@ -984,7 +988,7 @@ async fn replicas_on_query_workers_answer_like_the_model_and_follow_a_moved_wal(
         }
     }
     // Reads through the standalone node, spread over the three delegators of each shard.
-    let latest = events.iter().map(|e| e.0).max().unwrap();
+    let latest = newest(&events);
     for i in 0..12 {
         let at = if i % 2 == 0 {
             latest
@@ -1018,7 +1022,7 @@ async fn replicas_on_query_workers_answer_like_the_model_and_follow_a_moved_wal(
     write(&c, &mut rng, &mut events).await;
     c.flush().await;
     write(&c, &mut rng, &mut events).await;
-    let latest = events.iter().map(|e| e.0).max().unwrap();
+    let latest = newest(&events);
     for (i, w) in workers.iter().enumerate() {
         let direct = connect(&w.endpoint(), info.clone());
         check_on(
