@@ -634,13 +634,16 @@ impl Inner {
     /// acknowledged messages and the tick to the write-ahead buffer.
     /// `persist_due`: the persisted-timetick interval has passed, so a timetick covering newly
     /// released messages is written to the log.
-    async fn sync_timetick(&self, persist_due: bool) -> Result<bool, WalError> {
+    /// Releases what is acknowledged to readers; says whether a tick was persisted and how
+    /// many messages the release carried.
+    async fn sync_timetick(&self, persist_due: bool) -> Result<(bool, usize), WalError> {
         let force = self.force_tick.swap(false, Ordering::AcqRel);
         let sync = self.allocate(None).await?;
         let Some(plan) = self.ack.lock().plan_sync(sync, force, persist_due) else {
-            return Ok(false);
+            return Ok((false, 0));
         };
         let persisted = plan.persist;
+        let released = plan.messages.len();
         if let Some((replica, _)) = &self.checkpointer {
             let dirty = replica.apply(&plan.messages, plan.last_confirmed, plan.tick);
             if dirty >= self.config.checkpoint_dirty_messages {
@@ -671,7 +674,7 @@ impl Inner {
             msg.into_immutable(plan.last_confirmed)
         };
         self.wab_push(plan.messages, tick);
-        Ok(persisted)
+        Ok((persisted, released))
     }
 
     fn wab_push(&self, mut messages: Vec<ImmutableMessage>, tick: ImmutableMessage) {
@@ -742,17 +745,25 @@ async fn timetick_loop(inner: Arc<Inner>, cancel: CancellationToken) {
             return;
         }
         let due = last_persisted.elapsed() >= period;
+        let mut released = 0;
         match inner.sync_timetick(due).await {
-            Ok(true) => last_persisted = tokio::time::Instant::now(),
-            Ok(false) => {}
+            Ok((persisted, n)) => {
+                released = n;
+                if persisted {
+                    last_persisted = tokio::time::Instant::now();
+                }
+            }
             Err(WalError::Fenced { .. } | WalError::Shutdown) => return,
             Err(e) => tracing::warn!(error = %e, "timetick sync failed"),
         }
         if !eager || due {
             inner.record_buffer_metrics();
         }
-        if eager {
-            // Coalesce the acknowledgements of the next moment into one release.
+        if eager && released > 1 {
+            // Under load (acknowledgements arrived together), coalesce those of the next
+            // moment into one release: every release wakes every tailing reader. A lone
+            // acknowledgement is released at once, so an idle WAL's readers see it without
+            // waiting.
             tokio::select! {
                 _ = cancel.cancelled() => return,
                 _ = tokio::time::sleep(std::time::Duration::from_millis(1)) => {}
