@@ -8,6 +8,11 @@
 //! * [`Election::campaign`] grants a lease, keeps it alive, and tries to create the key; while
 //!   someone else holds it, it watches the key and tries again once it is deleted. It resolves
 //!   only when this candidate holds the key.
+//! * Candidate names are unique (a coordinator is named after the address it serves on). A
+//!   campaign that finds the key under its own name but another lease takes it over at once:
+//!   that holder is a previous incarnation of the same candidate (the same process before it
+//!   lost its lease, or the process that served on this address before a restart), which does
+//!   not act as leader any more. So a restarted coordinator does not wait out its own lease.
 //! * A [`Leadership`] is *lost* ([`Leadership::lost`] resolves) when its lease could not be
 //!   refreshed or the key was deleted or rewritten by anyone else. The holder must stop acting as
 //!   leader then. [`Leadership::resign`] revokes the lease; dropping a `Leadership` only stops
@@ -19,7 +24,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::StreamExt;
 use prost::Message;
-use sluice_meta::{Condition, KeyValue, LeaseId, MetaError, MetaStore, Revision, WatchEvent};
+use sluice_meta::{
+    Condition, KeyValue, LeaseId, MetaError, MetaStore, Revision, TxnOp, WatchEvent,
+};
 use tokio_util::sync::CancellationToken;
 
 use sluice_types::backoff::Backoff;
@@ -139,7 +146,9 @@ impl Election {
             {
                 Ok(revision) => return Ok(self.won(lease, revision)),
                 // Someone holds the key: wait for it to go, then try again.
-                Err(MetaError::ConditionFailed { .. }) => self.wait_until_free(&lease).await,
+                Err(MetaError::ConditionFailed { .. }) => {
+                    self.wait_until_free(&lease, &value).await
+                }
                 Err(MetaError::LeaseNotFound(_)) => {
                     lease = self.lease().await?;
                     continue;
@@ -189,14 +198,43 @@ impl Election {
     }
 
     /// Waits until the leader key is absent. `Some(revision)` when the key turns out to be ours
-    /// already (an earlier put that reported failure had applied).
-    async fn wait_until_free(&self, lease: &KeptLease) -> Result<Option<Revision>> {
+    /// already (an earlier put that reported failure had applied), or was taken over from a
+    /// previous incarnation of this candidate (see the module docs).
+    async fn wait_until_free(&self, lease: &KeptLease, value: &Bytes) -> Result<Option<Revision>> {
         let (kvs, snapshot) = self.store.scan_prefix(&self.key).await?;
         let Some(kv) = kvs.into_iter().find(|kv| kv.key == self.key) else {
             return Ok(None);
         };
         if kv.lease == Some(lease.id) {
             return Ok(Some(kv.mod_revision));
+        }
+        if decode_leader(&kv).is_ok_and(|r| r.candidate == self.candidate) {
+            // Our own name under another lease: a previous incarnation of this candidate (this
+            // process before it lost its lease, or a process at the same address before a
+            // restart), which no longer acts as leader. Take over now instead of waiting out
+            // its lease: candidates' names are unique (each names the address it serves on).
+            // One transaction, so no other candidate slips in between.
+            let taken = self
+                .store
+                .txn(
+                    vec![(self.key.clone(), Condition::ModRevision(kv.mod_revision))],
+                    vec![TxnOp::Put {
+                        key: self.key.clone(),
+                        value: value.clone(),
+                        lease: Some(lease.id),
+                    }],
+                )
+                .await?;
+            if !taken.committed {
+                return Ok(None);
+            }
+            tracing::info!(candidate = %self.candidate, "took the leader key over from a previous incarnation");
+            if let Some(old) = kv.lease
+                && let Err(e) = self.store.revoke(old).await
+            {
+                tracing::debug!(lease = old.0, error = %e, "could not revoke the previous incarnation's lease");
+            }
+            return Ok(Some(taken.revision));
         }
         let mut events = match self.store.watch_prefix(&self.key, snapshot + 1).await {
             Ok(s) => s,

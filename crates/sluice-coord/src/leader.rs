@@ -73,6 +73,17 @@ impl CoordinatorConfig {
     }
 }
 
+/// The leader's timestamp oracle and id allocator. They are served as soon as they are open,
+/// before the rest of the leader (which first waits for nodes to settle): nodes keep getting
+/// timestamps across a coordinator restart.
+#[derive(Debug)]
+pub struct Oracles {
+    /// Timestamps.
+    pub tso: Arc<Tso>,
+    /// Ids.
+    pub ids: Arc<Ids>,
+}
+
 /// The parts a leader runs.
 pub struct LeaderState {
     /// Timestamps.
@@ -106,6 +117,7 @@ impl std::fmt::Debug for LeaderState {
 /// A running coordinator process (leader or standby). Dropping it stops everything.
 pub struct Coordinator {
     state: watch::Receiver<Option<Arc<LeaderState>>>,
+    oracles: watch::Receiver<Option<Arc<Oracles>>>,
     store: Arc<dyn MetaStore>,
     root: String,
     cancel: CancellationToken,
@@ -140,6 +152,7 @@ impl Coordinator {
         config.assign.validate()?;
         config.pchannels.resolve()?;
         let (tx, rx) = watch::channel(None);
+        let (oracles_tx, oracles) = watch::channel(None);
         let cancel = CancellationToken::new();
         let root = config.keys.root().to_owned();
         let task = tokio::spawn(run(
@@ -147,11 +160,15 @@ impl Coordinator {
             config,
             nodes,
             appender,
-            tx,
+            Published {
+                state: tx,
+                oracles: oracles_tx,
+            },
             cancel.clone(),
         ));
         Ok(Coordinator {
             state: rx,
+            oracles,
             store,
             root,
             cancel,
@@ -180,6 +197,17 @@ impl Coordinator {
         }
     }
 
+    /// The leader's oracles, waiting up to `patience` for this process to open them as leader.
+    pub async fn oracles(&self, patience: Duration) -> Result<Arc<Oracles>> {
+        let mut rx = self.oracles.clone();
+        let wait = rx.wait_for(Option::is_some);
+        match tokio::time::timeout(patience, wait).await {
+            Ok(Ok(o)) => Ok(o.clone().expect("waited for Some")),
+            Ok(Err(_)) => Err(CoordError::Shutdown),
+            Err(_) => Err(CoordError::NotLeader),
+        }
+    }
+
     /// Leadership changes: `Some` while leader.
     pub fn subscribe(&self) -> watch::Receiver<Option<Arc<LeaderState>>> {
         self.state.clone()
@@ -201,12 +229,25 @@ impl Drop for Coordinator {
     }
 }
 
+/// What the leader loop publishes to the process.
+struct Published {
+    state: watch::Sender<Option<Arc<LeaderState>>>,
+    oracles: watch::Sender<Option<Arc<Oracles>>>,
+}
+
+impl Published {
+    fn clear(&self) {
+        self.state.send_replace(None);
+        self.oracles.send_replace(None);
+    }
+}
+
 async fn run(
     store: Arc<dyn MetaStore>,
     config: CoordinatorConfig,
     nodes: Arc<dyn NodeClient>,
     appender: Arc<dyn BroadcastAppender>,
-    state: watch::Sender<Option<Arc<LeaderState>>>,
+    published: Published,
     cancel: CancellationToken,
 ) {
     let election = Election::new(
@@ -234,26 +275,27 @@ async fn run(
         };
         tracing::info!(candidate = %config.candidate, "became the coordinator leader");
         let started = tokio::select! {
-            _ = cancel.cancelled() => { let _ = leadership.resign().await; return; }
-            _ = leadership.lost() => { tracing::warn!("lost leadership while starting"); continue; }
-            s = start_leader(&store, &config, &nodes, &appender) => s,
+            _ = cancel.cancelled() => { published.clear(); let _ = leadership.resign().await; return; }
+            _ = leadership.lost() => { tracing::warn!("lost leadership while starting"); published.clear(); continue; }
+            s = start_leader(&store, &config, &nodes, &appender, &published.oracles) => s,
         };
         let leader = match started {
             Ok(l) => Arc::new(l),
             Err(e) => {
                 tracing::error!(error = %e, "could not start as leader; resigning");
+                published.clear();
                 let _ = leadership.resign().await;
                 tokio::time::sleep(backoff.next_delay()).await;
                 continue;
             }
         };
         backoff.reset();
-        state.send_replace(Some(leader.clone()));
+        published.state.send_replace(Some(leader.clone()));
         let resign = tokio::select! {
             _ = cancel.cancelled() => true,
             _ = leadership.lost() => { tracing::warn!("lost coordinator leadership"); false }
         };
-        state.send_replace(None);
+        published.clear();
         stop_leader(leader).await;
         if resign {
             let _ = leadership.resign().await;
@@ -267,6 +309,7 @@ async fn start_leader(
     config: &CoordinatorConfig,
     node_client: &Arc<dyn NodeClient>,
     appender: &Arc<dyn BroadcastAppender>,
+    oracles: &watch::Sender<Option<Arc<Oracles>>>,
 ) -> Result<LeaderState> {
     let tso = Arc::new(
         Tso::open(
@@ -278,6 +321,10 @@ async fn start_leader(
         .await?,
     );
     let ids = Arc::new(Ids::open(store.clone(), &config.keys, config.ids.clone()).await?);
+    oracles.send_replace(Some(Arc::new(Oracles {
+        tso: tso.clone(),
+        ids: ids.clone(),
+    })));
     let names = config.pchannels.resolve()?;
     let channels =
         Arc::new(ChannelManager::init(store.clone(), config.keys.clone(), &names).await?);
@@ -436,17 +483,17 @@ impl LeaderOracle {
 }
 
 impl LeaderOracle {
-    async fn leader(&self) -> Result<Arc<LeaderState>> {
-        self.coordinator.leader(Self::PATIENCE).await
+    async fn oracles(&self) -> Result<Arc<Oracles>> {
+        self.coordinator.oracles(Self::PATIENCE).await
     }
 
     /// `count` consecutive timestamps from the leader's oracle; returns the first.
     pub async fn allocate_timestamps(&self, count: u32) -> Result<sluice_types::Timestamp> {
-        self.leader().await?.tso.allocate(count).await
+        self.oracles().await?.tso.allocate(count).await
     }
 
     /// One fresh id from the leader's allocator.
     pub async fn allocate_id(&self) -> Result<i64> {
-        self.leader().await?.ids.allocate_id().await
+        self.oracles().await?.ids.allocate_id().await
     }
 }

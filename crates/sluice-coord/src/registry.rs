@@ -5,9 +5,13 @@
 //! * A [`NodeSession`] owns `{root}/node/{id}`, a [`NodeRecord`] attached to its own lease. At
 //!   most one live session per id: registering an id whose key exists fails with
 //!   [`CoordError::Conflict`] and leaves the existing registration alone.
-//! * The session refreshes its lease about every `ttl / 3` in a background task. When a refresh
-//!   finds the lease gone, or no refresh succeeds for a whole TTL, the session is *lost*
-//!   ([`NodeSession::lost`] resolves): the node must assume it is no longer registered.
+//! * The session refreshes its lease about every `ttl / 3` in a background task. While the
+//!   store is unavailable (an etcd restart or pause) it keeps trying and the node keeps serving:
+//!   whatever the coordinator decides meanwhile, storage fencing keeps a moved WAL's old owner
+//!   from writing. When a refresh finds the lease gone (it lapsed while the store was away, or
+//!   was revoked), the session registers again under a new lease: a new incarnation, which the
+//!   coordinator treats like a restarted node. Only when that finds the id registered by
+//!   another session is the session *lost* ([`NodeSession::lost`] resolves) for good.
 //! * [`NodeSession::close`] revokes the lease, so the key disappears at once (graceful leave).
 //!   Dropping the session only stops the refreshes: the key disappears when the lease lapses,
 //!   which is what a crashed node looks like.
@@ -110,35 +114,70 @@ pub(crate) async fn keep_lease_alive(
     stop: CancellationToken,
     lost: CancellationToken,
 ) {
+    if refresh_lease(&store, lease, ttl, &stop, true).await != Refreshes::Stopped {
+        lost.cancel();
+    }
+}
+
+/// Why [`refresh_lease`] returned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Refreshes {
+    Stopped,
+    /// The store says the lease does not exist (lapsed or revoked).
+    Gone,
+    /// No refresh succeeded for a whole TTL (only when giving up was asked for).
+    Stale,
+}
+
+/// Refreshes `lease` about every `ttl / 3` until `stop` fires or the lease is gone; with
+/// `give_up`, also when no refresh succeeded for a whole `ttl` (the lease may have lapsed
+/// unseen). Without it, an unavailable store is retried for as long as it takes.
+async fn refresh_lease(
+    store: &Arc<dyn MetaStore>,
+    lease: LeaseId,
+    ttl: Duration,
+    stop: &CancellationToken,
+    give_up: bool,
+) -> Refreshes {
     let period = (ttl / 3).max(Duration::from_millis(10));
     let mut last_ok = Instant::now();
     let mut next = Instant::now() + period;
+    let mut failures = 0u32;
     loop {
         tokio::select! {
-            () = stop.cancelled() => return,
+            () = stop.cancelled() => return Refreshes::Stopped,
             () = tokio::time::sleep_until(next) => {}
         }
         let refreshed = tokio::select! {
-            () = stop.cancelled() => return,
-            r = store.keep_alive(lease) => r,
+            () = stop.cancelled() => return Refreshes::Stopped,
+            r = tokio::time::timeout(ttl, store.keep_alive(lease)) => r.unwrap_or_else(|_| {
+                Err(MetaError::Unavailable("lease refresh timed out".into()))
+            }),
         };
         match refreshed {
             Ok(_) => {
+                if failures > 0 {
+                    tracing::info!(lease = lease.0, failures, "lease refreshed again");
+                }
+                failures = 0;
                 last_ok = Instant::now();
                 next = last_ok + period;
             }
             Err(MetaError::LeaseNotFound(_)) => {
                 tracing::warn!(lease = lease.0, "lease is gone");
-                lost.cancel();
-                return;
+                return Refreshes::Gone;
             }
-            Err(e) if last_ok.elapsed() >= ttl => {
+            Err(e) if give_up && last_ok.elapsed() >= ttl => {
                 tracing::warn!(lease = lease.0, error = %e, "no lease refresh for a whole TTL");
-                lost.cancel();
-                return;
+                return Refreshes::Stale;
             }
             Err(e) => {
-                tracing::debug!(lease = lease.0, error = %e, "lease refresh failed; retrying");
+                failures += 1;
+                if failures == 1 {
+                    tracing::warn!(lease = lease.0, error = %e, "lease refresh failed; retrying");
+                } else {
+                    tracing::debug!(lease = lease.0, error = %e, "lease refresh failed; retrying");
+                }
                 next = Instant::now() + (period / 4).max(Duration::from_millis(10));
             }
         }
@@ -147,29 +186,104 @@ pub(crate) async fn keep_lease_alive(
 
 /// A node's registration (see the module docs).
 pub struct NodeSession {
+    shared: Arc<Registration>,
+    keep_alive: OwnedTask,
+}
+
+/// What a [`NodeSession`] and its background task share.
+struct Registration {
     store: Arc<dyn MetaStore>,
     key: String,
-    lease: LeaseId,
-    /// The registered info and the mod revision of its last write.
-    state: Mutex<(NodeInfo, Revision)>,
-    /// Serialises rewrites of the key (each is a compare-and-set on the last one's revision).
+    ttl: Duration,
+    /// The current lease, the registered info and the mod revision of the key's last write.
+    state: Mutex<(LeaseId, NodeInfo, Revision)>,
+    /// Serialises writes of the key (each is a compare-and-set on the last one's revision).
     write: tokio::sync::Mutex<()>,
     lost: CancellationToken,
-    keep_alive: OwnedTask,
 }
 
 impl std::fmt::Debug for NodeSession {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("NodeSession")
-            .field("key", &self.key)
-            .field("lease", &self.lease)
+            .field("key", &self.shared.key)
+            .field("lease", &self.lease())
             .finish()
+    }
+}
+
+/// Grants a lease of `ttl` and writes `info` at `key` under it, only if the key is absent
+/// ([`CoordError::Conflict`] otherwise). Returns the lease and the key's create revision.
+async fn put_registration(
+    store: &Arc<dyn MetaStore>,
+    key: &str,
+    info: &NodeInfo,
+    ttl: Duration,
+) -> Result<(LeaseId, Revision)> {
+    let lease = store.grant(ttl).await?;
+    let value = Bytes::from(NodeRecord::from(info).encode_to_vec());
+    match store
+        .put(key, value, Condition::KeyAbsent, Some(lease))
+        .await
+    {
+        Ok(revision) => Ok((lease, revision)),
+        Err(e) => {
+            if let Err(revoke) = store.revoke(lease).await {
+                tracing::debug!(lease = lease.0, error = %revoke, "could not revoke an unused lease");
+            }
+            Err(match e {
+                MetaError::ConditionFailed { .. } => {
+                    CoordError::Conflict(format!("{} is already registered", info.id))
+                }
+                e => e.into(),
+            })
+        }
+    }
+}
+
+/// Keeps the registration alive until `stop` fires: refreshes its lease while the store is
+/// unavailable for as long as it takes, and registers again under a new lease when the lease is
+/// found gone. Ends the session (cancels `lost`) only when the id is registered by someone else.
+async fn keep_registered(reg: Arc<Registration>, stop: CancellationToken) {
+    loop {
+        let lease = reg.state.lock().0;
+        if refresh_lease(&reg.store, lease, reg.ttl, &stop, false).await == Refreshes::Stopped {
+            return;
+        }
+        let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
+        loop {
+            let write = tokio::select! {
+                () = stop.cancelled() => return,
+                w = reg.write.lock() => w,
+            };
+            let mut info = reg.state.lock().1.clone();
+            match put_registration(&reg.store, &reg.key, &info, reg.ttl).await {
+                Ok((lease, revision)) => {
+                    info.incarnation = revision;
+                    tracing::info!(node = %info.id, lease = lease.0, incarnation = revision, "node registered again after its lease was lost");
+                    *reg.state.lock() = (lease, info, revision);
+                    break;
+                }
+                Err(CoordError::Conflict(e)) => {
+                    tracing::error!(node = %info.id, error = %e, "the lease was lost and another process registered this node id");
+                    reg.lost.cancel();
+                    return;
+                }
+                Err(e) => {
+                    drop(write);
+                    tracing::warn!(node = %info.id, error = %e, "registering again failed; retrying");
+                    tokio::select! {
+                        () = stop.cancelled() => return,
+                        () = tokio::time::sleep(backoff.next_delay()) => {}
+                    }
+                }
+            }
+        }
     }
 }
 
 impl NodeSession {
     /// Grants a lease of `ttl`, writes `{root}/node/{id}` under it (only if absent) and starts
-    /// refreshing the lease.
+    /// keeping it alive (see the module docs).
     pub async fn register(
         store: Arc<dyn MetaStore>,
         keys: &Keys,
@@ -182,68 +296,48 @@ impl NodeSession {
             ));
         }
         let key = keys.node(info.id);
-        let lease = store.grant(ttl).await?;
-        let value = Bytes::from(NodeRecord::from(&info).encode_to_vec());
-        let revision = match store
-            .put(&key, value, Condition::KeyAbsent, Some(lease))
-            .await
-        {
-            Ok(rev) => rev,
-            Err(e) => {
-                if let Err(revoke) = store.revoke(lease).await {
-                    tracing::debug!(lease = lease.0, error = %revoke, "could not revoke an unused lease");
-                }
-                return Err(match e {
-                    MetaError::ConditionFailed { .. } => {
-                        CoordError::Conflict(format!("{} is already registered", info.id))
-                    }
-                    e => e.into(),
-                });
-            }
-        };
+        let (lease, revision) = put_registration(&store, &key, &info, ttl).await?;
         // Created just now (the key was absent), so this is the registration's create revision:
         // what every watcher reads as the node's incarnation.
         info.incarnation = revision;
-        let lost = CancellationToken::new();
-        let keep_alive = OwnedTask::spawn(|stop| {
-            keep_lease_alive(store.clone(), lease, ttl, stop, lost.clone())
-        });
         tracing::info!(node = %info.id, address = %info.address, "node registered");
-        Ok(NodeSession {
+        let shared = Arc::new(Registration {
             store,
             key,
-            lease,
-            state: Mutex::new((info, revision)),
+            ttl,
+            state: Mutex::new((lease, info, revision)),
             write: tokio::sync::Mutex::new(()),
-            lost,
-            keep_alive,
-        })
+            lost: CancellationToken::new(),
+        });
+        let keep_alive = OwnedTask::spawn(|stop| keep_registered(shared.clone(), stop));
+        Ok(NodeSession { shared, keep_alive })
     }
 
-    /// The registered info.
+    /// The registered info (its incarnation changes when the session registers again).
     pub fn info(&self) -> NodeInfo {
-        self.state.lock().0.clone()
+        self.shared.state.lock().1.clone()
     }
 
-    /// The session's lease.
+    /// The session's current lease.
     pub fn lease(&self) -> LeaseId {
-        self.lease
+        self.shared.state.lock().0
     }
 
     /// Marks the node as stopping (it gets nothing new). Fails with [`CoordError::Conflict`]
-    /// when the key is no longer this session's (the lease lapsed).
+    /// when the key is not this session's at the moment (its lease is gone).
     pub async fn set_stopping(&self) -> Result<()> {
-        let _write = self.write.lock().await;
-        let (mut info, revision) = self.state.lock().clone();
+        let reg = &self.shared;
+        let _write = reg.write.lock().await;
+        let (lease, mut info, revision) = reg.state.lock().clone();
         info.stopping = true;
         let value = Bytes::from(NodeRecord::from(&info).encode_to_vec());
-        let rev = self
+        let rev = reg
             .store
             .put(
-                &self.key,
+                &reg.key,
                 value,
                 Condition::ModRevision(revision),
-                Some(self.lease),
+                Some(lease),
             )
             .await
             .map_err(|e| match e {
@@ -255,30 +349,27 @@ impl NodeSession {
                 }
                 e => e.into(),
             })?;
-        *self.state.lock() = (info, rev);
+        *reg.state.lock() = (lease, info, rev);
         Ok(())
     }
 
-    /// Resolves when the session's lease is lost (see the module docs).
+    /// Resolves when the session is lost for good: its lease was lost and another process
+    /// registered the same id (see the module docs).
     pub async fn lost(&self) {
-        self.lost.cancelled().await;
+        self.shared.lost.cancelled().await;
     }
 
-    /// Whether the session's lease is lost.
+    /// Whether the session is lost for good.
     pub fn is_lost(&self) -> bool {
-        self.lost.is_cancelled()
+        self.shared.lost.is_cancelled()
     }
 
     /// Leaves gracefully: stops the refreshes and revokes the lease, deleting the key.
     pub async fn close(self) -> Result<()> {
-        let NodeSession {
-            store,
-            lease,
-            keep_alive,
-            ..
-        } = self;
+        let NodeSession { shared, keep_alive } = self;
         keep_alive.stop().await;
-        match store.revoke(lease).await {
+        let lease = shared.state.lock().0;
+        match shared.store.revoke(lease).await {
             Ok(()) | Err(MetaError::LeaseNotFound(_)) => Ok(()),
             Err(e) => Err(e.into()),
         }

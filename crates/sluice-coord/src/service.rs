@@ -21,7 +21,7 @@ use tonic::{Request, Response, Status};
 use crate::CoordError;
 use crate::assign::Topology;
 use crate::broadcast::BroadcastRequest;
-use crate::leader::{Coordinator, LeaderState};
+use crate::leader::{Coordinator, LeaderState, Oracles};
 
 /// How long a call waits for this process to become leader.
 pub const LEADER_PATIENCE: Duration = Duration::from_secs(5);
@@ -56,10 +56,22 @@ impl CoordinatorService {
         self.coordinator
             .leader(LEADER_PATIENCE)
             .await
-            .map_err(|e| match e {
-                CoordError::NotLeader => Status::unavailable("this coordinator is not the leader"),
-                e => coord_status(&e),
-            })
+            .map_err(not_leader_status)
+    }
+
+    /// The leader's oracles, served before the rest of the leader is up.
+    async fn oracles(&self) -> Result<Arc<Oracles>, Status> {
+        self.coordinator
+            .oracles(LEADER_PATIENCE)
+            .await
+            .map_err(not_leader_status)
+    }
+}
+
+fn not_leader_status(e: CoordError) -> Status {
+    match e {
+        CoordError::NotLeader => Status::unavailable("this coordinator is not the leader"),
+        e => coord_status(&e),
     }
 }
 
@@ -142,8 +154,8 @@ impl coordinator_server::Coordinator for CoordinatorService {
         request: Request<v1::AllocateRequest>,
     ) -> Result<Response<v1::AllocateResponse>, Status> {
         let count = request.into_inner().count;
-        let leader = self.leader().await?;
-        let first = leader
+        let oracles = self.oracles().await?;
+        let first = oracles
             .tso
             .allocate(count)
             .await
@@ -165,8 +177,8 @@ impl coordinator_server::Coordinator for CoordinatorService {
                 "count must be positive",
             ));
         }
-        let leader = self.leader().await?;
-        let first = leader
+        let oracles = self.oracles().await?;
+        let first = oracles
             .ids
             .allocate(u64::from(count))
             .await

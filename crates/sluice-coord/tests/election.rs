@@ -171,6 +171,60 @@ async fn a_standby_takes_over_after_the_ttl_when_the_leader_crashes() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_candidate_takes_its_own_key_over_without_waiting_out_the_lease() {
+    for b in common::backends("elect_restart").await {
+        let before = Election::new(b.store.clone(), &b.keys, "coord-10.0.0.1:7731", LONG_TTL)
+            .campaign()
+            .await
+            .unwrap();
+        let old_lease = b.store.get(&b.keys.leader()).await.unwrap().unwrap().lease;
+        // The process dies (its lease stays for LONG_TTL) and starts again at the same address;
+        // another candidate waits meanwhile.
+        drop(before);
+        let standby = Election::new(
+            common::second_handle(&b).await,
+            &b.keys,
+            "coord-other",
+            LONG_TTL,
+        );
+        let standby = tokio::spawn(async move { standby.campaign().await });
+        let again = Election::new(
+            common::second_handle(&b).await,
+            &b.keys,
+            "coord-10.0.0.1:7731",
+            LONG_TTL,
+        );
+        let started = Instant::now();
+        let leader = tokio::time::timeout(PROMPT, again.campaign())
+            .await
+            .unwrap_or_else(|_| panic!("{}: the restarted candidate waited", b.name))
+            .unwrap();
+        assert!(started.elapsed() < LONG_TTL / 4, "{}", b.name);
+        let kv = b.store.get(&b.keys.leader()).await.unwrap().unwrap();
+        assert_ne!(kv.lease, old_lease, "{}", b.name);
+        assert_eq!(
+            current_leader(b.store.as_ref(), &b.keys)
+                .await
+                .unwrap()
+                .as_deref(),
+            Some("coord-10.0.0.1:7731")
+        );
+        // The old lease was revoked with the key taken over, and the standby did not win.
+        assert!(!standby.is_finished(), "{}: the standby won too", b.name);
+        assert!(!leader.is_lost(), "{}", b.name);
+        leader.resign().await.unwrap();
+        tokio::time::timeout(PROMPT, standby)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap()
+            .resign()
+            .await
+            .unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leadership_is_lost_when_the_key_or_the_lease_goes() {
     for b in common::backends("elect_lost").await {
         // Someone deletes the key (an operator): the leader must step down.

@@ -241,15 +241,54 @@ async fn malformed_registrations_are_ignored() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_session_learns_that_its_lease_is_lost() {
+async fn a_session_whose_lease_is_lost_registers_again_unless_its_id_was_taken() {
     for b in common::backends("reg_lost").await {
         let ttl = common::short_ttl(&b);
         let s = NodeSession::register(b.store.clone(), &b.keys, node(3), ttl)
             .await
             .unwrap();
-        assert!(!s.is_lost());
-        // Someone (an operator, a partition healing) ends the lease under the session.
+        let (first_lease, first) = (s.lease(), s.info().incarnation);
+        // Someone (an operator, a lease that lapsed while the store was away) ends the lease
+        // under the session: it registers again, as a new incarnation.
+        b.store.revoke(first_lease).await.unwrap();
+        let deadline = Instant::now() + ttl + PROMPT;
+        let kv = loop {
+            // The key is written before the session records its new lease.
+            if let Some(kv) = b.store.get(&b.keys.node(NodeId(3))).await.unwrap()
+                && s.lease() != first_lease
+            {
+                break kv;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{}: not registered again",
+                b.name
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        assert!(!s.is_lost(), "{}", b.name);
+        assert_ne!(kv.lease, Some(first_lease), "{}", b.name);
+        assert_eq!(kv.lease, Some(s.lease()), "{}", b.name);
+        assert!(s.info().incarnation > first, "{}", b.name);
+        s.set_stopping().await.unwrap();
+        let record = NodeRecord::decode(
+            b.store
+                .get(&b.keys.node(NodeId(3)))
+                .await
+                .unwrap()
+                .unwrap()
+                .value
+                .as_ref(),
+        )
+        .unwrap();
+        assert!(record.stopping, "{}", b.name);
+
+        // Lost again, and another process takes the id before the session registers again:
+        // the session is lost for good and leaves the other registration alone.
         b.store.revoke(s.lease()).await.unwrap();
+        let other = NodeSession::register(common::second_handle(&b).await, &b.keys, node(3), ttl)
+            .await
+            .unwrap();
         tokio::time::timeout(ttl + PROMPT, s.lost())
             .await
             .unwrap_or_else(|_| panic!("{}: lost() did not resolve", b.name));
@@ -260,13 +299,9 @@ async fn a_session_learns_that_its_lease_is_lost() {
             "{}: {err:?}",
             b.name
         );
-        assert!(
-            b.store
-                .get(&b.keys.node(NodeId(3)))
-                .await
-                .unwrap()
-                .is_none()
-        );
+        let kv = b.store.get(&b.keys.node(NodeId(3))).await.unwrap().unwrap();
+        assert_eq!(kv.lease, Some(other.lease()), "{}", b.name);
+        other.close().await.unwrap();
     }
 }
 

@@ -8,6 +8,7 @@
 //! The WAL's oracle traits meet the coordinator's oracle here, the one crate that knows both.
 
 use std::collections::HashMap;
+use std::error::Error as _;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -176,7 +177,11 @@ impl NodeClient for LocalNodeClient {
 /// fetched in blocks of [`RemoteOracle::ID_BLOCK`]; timestamps are already batched by the WAL.
 /// A failed call is a retryable error (the coordinator may be failing over).
 pub struct RemoteOracle {
-    client: CoordinatorClient<Channel>,
+    endpoint: String,
+    /// Replaced by a fresh one after a call fails in transport: a lazily connecting channel
+    /// whose connection failed waits about a second before it connects again, while a
+    /// restarted coordinator listens again within milliseconds.
+    client: Mutex<CoordinatorClient<Channel>>,
     /// Ids fetched and not yet handed out: `[next, end)`.
     ids: tokio::sync::Mutex<(u64, u64)>,
 }
@@ -194,9 +199,24 @@ impl RemoteOracle {
     /// An oracle asking the coordinator at `endpoint`.
     pub fn new(endpoint: &str) -> Result<RemoteOracle, String> {
         Ok(RemoteOracle {
-            client: CoordinatorClient::new(lazy_channel(endpoint)?),
+            endpoint: endpoint.to_owned(),
+            client: Mutex::new(CoordinatorClient::new(lazy_channel(endpoint)?)),
             ids: tokio::sync::Mutex::new((0, 0)),
         })
+    }
+
+    fn client(&self) -> CoordinatorClient<Channel> {
+        self.client.lock().clone()
+    }
+
+    /// The call's error; after a transport failure the next call connects afresh.
+    fn failed(&self, status: &tonic::Status) -> WalError {
+        if (status.source().is_some() || status.code() == tonic::Code::Unavailable)
+            && let Ok(channel) = lazy_channel(&self.endpoint)
+        {
+            *self.client.lock() = CoordinatorClient::new(channel);
+        }
+        unavailable(status)
     }
 }
 
@@ -215,11 +235,10 @@ fn unavailable(status: &tonic::Status) -> WalError {
 impl TimestampOracle for RemoteOracle {
     async fn allocate(&self, count: u32) -> Result<Timestamp, WalError> {
         let r = self
-            .client
-            .clone()
+            .client()
             .allocate_timestamps(v1::AllocateRequest { count })
             .await
-            .map_err(|s| unavailable(&s))?
+            .map_err(|s| self.failed(&s))?
             .into_inner();
         if r.count < count || r.first == 0 {
             return Err(WalError::Unrecoverable(format!(
@@ -237,13 +256,12 @@ impl IdAllocator for RemoteOracle {
         let mut ids = self.ids.lock().await;
         if ids.0 >= ids.1 {
             let r = self
-                .client
-                .clone()
+                .client()
                 .allocate_ids(v1::AllocateRequest {
                     count: Self::ID_BLOCK,
                 })
                 .await
-                .map_err(|s| unavailable(&s))?
+                .map_err(|s| self.failed(&s))?
                 .into_inner();
             if r.count == 0 || r.first == 0 {
                 return Err(WalError::Unrecoverable(

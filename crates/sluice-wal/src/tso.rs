@@ -14,6 +14,8 @@ use parking_lot::Mutex;
 use sluice_types::Timestamp;
 use sluice_types::backoff::Backoff;
 
+use tokio_util::sync::CancellationToken;
+
 use crate::WalError;
 
 /// Hands out unique, increasing timestamps in batches. The coordinator's oracle implements this
@@ -163,17 +165,31 @@ impl Batch {
 pub(crate) struct Refiller {
     oracle: Arc<dyn TimestampOracle>,
     batch: u32,
+    /// How long a refill retries an unavailable oracle, and what ends that early.
+    patience: Duration,
+    cancel: CancellationToken,
     /// Serialises refills so concurrent appenders do not each fetch a batch.
     gate: tokio::sync::Mutex<()>,
 }
 
 impl Refiller {
+    /// A refiller that fails at the oracle's first error.
     pub(crate) fn new(oracle: Arc<dyn TimestampOracle>, batch: u32) -> Refiller {
         Refiller {
             oracle,
             batch: batch.max(1),
+            patience: Duration::ZERO,
+            cancel: CancellationToken::new(),
             gate: tokio::sync::Mutex::new(()),
         }
+    }
+
+    /// Retries an unavailable oracle (a retryable error) for up to `patience`, or until
+    /// `cancel` fires (the WAL closes).
+    pub(crate) fn patient(mut self, patience: Duration, cancel: CancellationToken) -> Refiller {
+        self.patience = patience;
+        self.cancel = cancel;
+        self
     }
 
     /// Refills `slot` unless another task did so while this one waited for the gate. With a
@@ -188,9 +204,28 @@ impl Refiller {
         if usable(&slot.lock()) {
             return Ok(());
         }
+        let started = std::time::Instant::now();
         let mut wait = Backoff::new(Duration::from_millis(1), Duration::from_millis(50));
+        let mut unavailable = 0u32;
         loop {
-            let first = self.oracle.allocate(self.batch).await?;
+            let first = match self.oracle.allocate(self.batch).await {
+                Ok(first) => first,
+                Err(e) if e.retryable() && started.elapsed() < self.patience => {
+                    unavailable += 1;
+                    if unavailable == 1 {
+                        tracing::warn!(error = %e, patience = ?self.patience, "timestamp oracle unavailable; waiting for it");
+                    }
+                    tokio::select! {
+                        () = self.cancel.cancelled() => return Err(WalError::Shutdown),
+                        () = tokio::time::sleep(wait.next_delay()) => {}
+                    }
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            if unavailable > 0 {
+                tracing::info!(waited = ?started.elapsed(), "timestamp oracle answers again");
+            }
             let fresh = Batch {
                 next: first.0,
                 end: first.0.saturating_add(u64::from(self.batch)),
@@ -243,5 +278,65 @@ mod tests {
         r.refill(&slot, Some(barrier)).await.unwrap();
         let t = slot.lock().take(Some(barrier)).unwrap();
         assert!(t >= barrier);
+    }
+
+    /// An oracle that is unavailable for its first `down` calls.
+    struct Flaky {
+        inner: Arc<LocalOracle>,
+        down: std::sync::atomic::AtomicU32,
+    }
+
+    #[async_trait]
+    impl TimestampOracle for Flaky {
+        async fn allocate(&self, count: u32) -> Result<Timestamp, WalError> {
+            if self
+                .down
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok()
+            {
+                return Err(WalError::Log(sluice_log::LogError::Unavailable(
+                    "coordinator restarting".into(),
+                )));
+            }
+            self.inner.allocate(count).await
+        }
+    }
+
+    fn flaky(down: u32) -> Arc<Flaky> {
+        Arc::new(Flaky {
+            inner: LocalOracle::new(),
+            down: down.into(),
+        })
+    }
+
+    #[tokio::test]
+    async fn a_patient_refill_waits_out_an_unavailable_oracle_and_a_close_ends_the_wait() {
+        let slot = Mutex::new(Batch::default());
+        // Impatient: the first error is the caller's.
+        let err = Refiller::new(flaky(3), 10)
+            .refill(&slot, None)
+            .await
+            .unwrap_err();
+        assert!(err.retryable(), "{err:?}");
+        // Patient: goes on once the oracle answers again.
+        let r =
+            Refiller::new(flaky(3), 10).patient(Duration::from_secs(30), CancellationToken::new());
+        r.refill(&slot, None).await.unwrap();
+        assert!(slot.lock().take(None).is_some());
+        // Patience runs out: the error is the caller's.
+        let r = Refiller::new(flaky(u32::MAX), 10)
+            .patient(Duration::from_millis(30), CancellationToken::new());
+        let slot = Mutex::new(Batch::default());
+        assert!(r.refill(&slot, None).await.unwrap_err().retryable());
+        // Closing the WAL ends the wait.
+        let cancel = CancellationToken::new();
+        let r =
+            Refiller::new(flaky(u32::MAX), 10).patient(Duration::from_secs(600), cancel.clone());
+        cancel.cancel();
+        let err = tokio::time::timeout(Duration::from_secs(5), r.refill(&slot, None))
+            .await
+            .expect("a cancelled wait ends")
+            .unwrap_err();
+        assert!(matches!(err, WalError::Shutdown), "{err:?}");
     }
 }

@@ -43,6 +43,11 @@ pub struct WalConfig {
     pub timetick_interval: Duration,
     /// Timestamps fetched from the oracle at once. Default 1000.
     pub tso_batch: u32,
+    /// How long an append waits for timestamps while the oracle is unavailable (a coordinator
+    /// restarting or failing over, its meta store briefly away) before it fails with a
+    /// retryable error. Waiting here, the append goes on as soon as the oracle answers again,
+    /// instead of after the client's next backoff. Default 10 s.
+    pub oracle_patience: Duration,
     /// Keepalive of a transaction whose BeginTxn asks for 0. Default 10 s.
     pub txn_default_keepalive: Duration,
     /// How long a graceful close waits for open transactions. Default 3 s.
@@ -72,6 +77,7 @@ impl Default for WalConfig {
         WalConfig {
             timetick_interval: Duration::from_millis(200),
             tso_batch: DEFAULT_BATCH,
+            oracle_patience: Duration::from_secs(10),
             txn_default_keepalive: Duration::from_secs(10),
             close_txn_wait: Duration::from_secs(3),
             append_retry_max: Duration::from_secs(5),
@@ -203,7 +209,9 @@ impl Wal {
         let log = provider
             .open(OpenOptions::read_write(pchannel.clone(), term))
             .await?;
-        let refiller = Refiller::new(deps.oracle.clone(), config.tso_batch);
+        let cancel = CancellationToken::new();
+        let refiller = Refiller::new(deps.oracle.clone(), config.tso_batch)
+            .patient(config.oracle_patience, cancel.clone());
         let (first, first_ts) = match Self::write_first_timetick(&log, &refiller, term).await {
             Ok(v) => v,
             Err(e) => {
@@ -282,7 +290,7 @@ impl Wal {
         });
         let wal = Wal {
             inner,
-            cancel: CancellationToken::new(),
+            cancel,
             tasks: TaskTracker::new(),
         };
         wal.tasks

@@ -320,6 +320,10 @@ pub(crate) struct WalSection {
     pub timetick_interval_ms: u64,
     /// Timestamps fetched from the oracle at once. Default 1000.
     pub tso_batch: u32,
+    /// How long an append waits for timestamps while the coordinator's oracle is unavailable
+    /// (restart, failover, meta store away) before failing retryably (ms; 0: fail at once).
+    /// Default 10000.
+    pub oracle_patience_ms: u64,
     /// Keepalive of a transaction whose BeginTxn asks for 0 (ms). Default 10000.
     pub txn_default_keepalive_ms: u64,
     /// How long a graceful close waits for open transactions (ms). Default 3000.
@@ -455,6 +459,7 @@ impl Default for WalSection {
         WalSection {
             timetick_interval_ms: ms_of(w.timetick_interval),
             tso_batch: w.tso_batch,
+            oracle_patience_ms: ms_of(w.oracle_patience),
             txn_default_keepalive_ms: ms_of(w.txn_default_keepalive),
             close_txn_wait_ms: ms_of(w.close_txn_wait),
             append_retry_max_ms: ms_of(w.append_retry_max),
@@ -489,6 +494,7 @@ impl WalSection {
         sluice_wal::WalConfig {
             timetick_interval: ms(self.timetick_interval_ms),
             tso_batch: self.tso_batch,
+            oracle_patience: ms(self.oracle_patience_ms),
             txn_default_keepalive: ms(self.txn_default_keepalive_ms),
             close_txn_wait: ms(self.close_txn_wait_ms),
             append_retry_max: ms(self.append_retry_max_ms),

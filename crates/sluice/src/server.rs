@@ -202,7 +202,8 @@ fn query_server(
         .map(|host| QueryService::new(host.clone()).server())
 }
 
-/// Serves `router` until `session`'s registration is lost, or until a shutdown signal and a
+/// Serves `router` until `session`'s registration is lost for good (another process registered
+/// the id after its lease lapsed), or until a shutdown signal and a
 /// drain: the registration is marked stopping, so the coordinator moves what this process holds
 /// to others while it still serves, and the server stops once `held` is zero (or after
 /// `drain_timeout`). True when the registration was lost.
@@ -718,7 +719,7 @@ pub(crate) async fn node(config: Config) -> anyhow::Result<()> {
     .await?;
     manager.shutdown().await;
     if lost {
-        bail!("the node's registration lease was lost; its pchannels are being moved");
+        bail!("the node's registration lease was lost and another process registered its id");
     }
     let _ = session.close().await;
     Ok(())
@@ -786,7 +787,9 @@ pub(crate) async fn querynode(config: Config) -> anyhow::Result<()> {
     let lost = serve_until_lost(router, listener, &session, held, drain, async { true }).await?;
     drop(replicas);
     if lost {
-        bail!("the query worker's registration lease was lost; its segments are being moved");
+        bail!(
+            "the query worker's registration lease was lost and another process registered its id"
+        );
     }
     let _ = session.close().await;
     Ok(())

@@ -49,6 +49,8 @@ const WAIT: Duration = Duration::from_secs(30);
 struct Cluster {
     nodes: BTreeMap<u64, Proc>,
     coord: Proc,
+    /// Where the coordinator listens (the same address after a restart).
+    coord_listen: String,
     etcd: String,
     root: String,
     /// How nodes reach the log (environment for `sluice node`).
@@ -92,6 +94,30 @@ impl Cluster {
 
     fn logs(&self) -> &Path {
         self.dir.path()
+    }
+
+    /// SIGKILLs the coordinator and starts it again at the same address at once (retrying
+    /// while the port is not free yet). Returns how long the process took to listen.
+    fn restart_coord(&mut self) -> Duration {
+        self.coord.kill();
+        let started = Instant::now();
+        let deadline = started + WAIT;
+        loop {
+            match spawn_coord(&self.etcd, &self.root, &self.coord_listen, self.logs()) {
+                Ok(p) => {
+                    self.coord = p;
+                    return started.elapsed();
+                }
+                Err(e) if Instant::now() < deadline => {
+                    eprintln!(
+                        "coordinator did not start yet (retrying): {}",
+                        first_line(&e.message)
+                    );
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err(e) => panic!("the coordinator would not start again within {WAIT:?}: {e}"),
+            }
+        }
     }
 
     fn log_dir(&self) -> PathBuf {
@@ -188,6 +214,36 @@ fn start_cluster(etcd: String, medium: &Medium) -> Cluster {
     start_cluster_of(etcd, medium, NODES)
 }
 
+/// `sluice coord` on `listen`.
+fn spawn_coord(
+    etcd: &str,
+    root: &str,
+    listen: &str,
+    dir: &Path,
+) -> Result<Proc, support::SpawnError> {
+    let pchannels = PCHANNELS.to_string();
+    Proc::spawn(
+        "coord",
+        &[
+            "coord",
+            "--meta-backend",
+            "etcd",
+            "--etcd",
+            etcd,
+            "--listen",
+            listen,
+            "--pchannels",
+            &pchannels,
+        ],
+        &[
+            ("SLUICE_META__ROOT", root),
+            ("SLUICE_COORD__ELECTION_TTL_MS", "2000"),
+        ],
+        dir,
+        WAIT,
+    )
+}
+
 /// A coordinator and `nodes` node processes.
 fn start_cluster_of(etcd: String, medium: &Medium, nodes: u64) -> Cluster {
     let dir = tempfile::tempdir().expect("temp dir");
@@ -223,34 +279,17 @@ fn start_cluster_of(etcd: String, medium: &Medium, nodes: u64) -> Cluster {
             ("SLUICE_LOG__KAFKA_READ_COMMITTED", "false".to_owned()),
         ],
     };
-    let pchannels = PCHANNELS.to_string();
-    let coord = Proc::spawn(
-        "coord",
-        &[
-            "coord",
-            "--meta-backend",
-            "etcd",
-            "--etcd",
-            &etcd,
-            "--listen",
-            "127.0.0.1:0",
-            "--pchannels",
-            &pchannels,
-        ],
-        &[
-            ("SLUICE_META__ROOT", &root),
-            ("SLUICE_COORD__ELECTION_TTL_MS", "2000"),
-        ],
-        dir.path(),
-        WAIT,
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
+    // A fixed port, so a restarted coordinator is found where the nodes look for it.
+    let coord_listen = format!("127.0.0.1:{}", support::free_port());
+    let coord =
+        spawn_coord(&etcd, &root, &coord_listen, dir.path()).unwrap_or_else(|e| panic!("{e}"));
     let mut cluster = Cluster {
         dir,
         etcd,
         root,
         log_envs,
         coord,
+        coord_listen,
         nodes: BTreeMap::new(),
     };
     for id in 1..=nodes {
@@ -1454,4 +1493,284 @@ async fn a_drained_node_hands_its_pchannels_over_and_takes_them_again_when_undra
         );
     }
     eprintln!("drain and undrain: {acked} appends acknowledged, no error");
+}
+
+/// Producers appending in a closed loop, remembering when each acknowledgement came.
+struct Flow {
+    acks: Arc<Mutex<Vec<Instant>>>,
+    errors: Arc<Mutex<Vec<String>>>,
+    stop: Arc<AtomicBool>,
+    tasks: tokio::task::JoinSet<()>,
+}
+
+impl Flow {
+    fn start(client: &Client, vchannels: &Arc<Vec<VChannel>>, producers: usize) -> Flow {
+        let (acks, errors) = (
+            Arc::<Mutex<Vec<Instant>>>::default(),
+            Arc::<Mutex<Vec<String>>>::default(),
+        );
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut tasks = tokio::task::JoinSet::new();
+        for p in 0..producers {
+            let (client, vchannels) = (client.clone(), vchannels.clone());
+            let (acks, errors, stop) = (acks.clone(), errors.clone(), stop.clone());
+            tasks.spawn(async move {
+                let mut i = 0usize;
+                while !stop.load(Ordering::Relaxed) {
+                    let v = &vchannels[(i + p) % vchannels.len()];
+                    match client.append(insert(v, &format!("f{p}-{i}"))).await {
+                        Ok(_) => acks.lock().push(Instant::now()),
+                        Err(e) => errors.lock().push(format!("f{p}-{i}: {e}")),
+                    }
+                    i += 1;
+                }
+            });
+        }
+        Flow {
+            acks,
+            errors,
+            stop,
+            tasks,
+        }
+    }
+
+    /// Waits (bounded) for `n` more acknowledgements.
+    async fn progress(&self, n: usize) {
+        let goal = self.acks.lock().len() + n;
+        let deadline = Instant::now() + WAIT;
+        while self.acks.lock().len() < goal {
+            assert!(Instant::now() < deadline, "the producers stalled");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// The longest time between `from` and `to` in which no append was acknowledged, and
+    /// when it began (after `from`).
+    fn longest_gap(&self, from: Instant, to: Instant) -> (Duration, Duration) {
+        let mut times: Vec<Instant> = self
+            .acks
+            .lock()
+            .iter()
+            .copied()
+            .filter(|t| *t > from && *t < to)
+            .collect();
+        times.sort();
+        let mut last = from;
+        let mut longest = (Duration::ZERO, Duration::ZERO);
+        for t in times.into_iter().chain([to]) {
+            if t - last > longest.0 {
+                longest = (t - last, last - from);
+            }
+            last = t;
+        }
+        longest
+    }
+
+    /// Stops the producers; returns how many appends were acknowledged and the errors seen.
+    async fn stop(mut self) -> (usize, Vec<String>) {
+        self.stop.store(true, Ordering::Relaxed);
+        while let Some(r) = self.tasks.join_next().await {
+            r.expect("producer task");
+        }
+        let errors = self.errors.lock().clone();
+        (self.acks.lock().len(), errors)
+    }
+}
+
+/// A client of `cluster` once every pchannel is assigned, and the collections created.
+async fn flowing_client(cluster: &Cluster) -> (Client, Arc<Vec<VChannel>>) {
+    let topology =
+        Arc::new(CoordinatorTopology::connect(&cluster.coord.endpoint()).expect("endpoint"));
+    let mut rx = topology.subscribe();
+    wait_topology(&mut rx, "every pchannel assigned", |t| {
+        t.channels.len() == PCHANNELS
+    })
+    .await;
+    let client = Client::new(
+        topology,
+        Arc::new(RemoteAccess::new()),
+        ClientConfig {
+            timeout: Some(Duration::from_secs(60)),
+            ..ClientConfig::default()
+        },
+    );
+    let vchannels = Arc::new(vchannels());
+    for v in vchannels.iter() {
+        client.append(create_collection(v)).await.expect("create");
+    }
+    (client, vchannels)
+}
+
+/// Appends keep flowing while the coordinator is SIGKILLed and started again at the same
+/// address: the restarted process takes its own leader key over at once (no waiting out its
+/// previous lease), and nodes wait for timestamps instead of failing appends meanwhile. No
+/// acknowledgement gap may exceed 0.5 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn appends_keep_flowing_through_coordinator_restarts() {
+    let Some(etcd) = etcd_endpoint("appends_keep_flowing_through_coordinator_restarts") else {
+        return;
+    };
+    let mut cluster = start_cluster_of(etcd, &Medium::SharedDir, 2);
+    let (client, vchannels) = flowing_client(&cluster).await;
+    let flow = Flow::start(&client, &vchannels, PRODUCERS);
+    flow.progress(100).await;
+    let mut rounds = Vec::new();
+    for _ in 0..3 {
+        let killed = Instant::now();
+        let start = tokio::task::block_in_place(|| cluster.restart_coord());
+        flow.progress(100).await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        rounds.push((start, flow.longest_gap(killed, Instant::now())));
+    }
+    let (acked, errors) = flow.stop().await;
+    assert!(errors.is_empty(), "the producers saw errors: {errors:?}");
+    eprintln!(
+        "coordinator restarts (time to listen again, longest acknowledgement gap): {rounds:?}; {acked} appends acknowledged"
+    );
+    for (id, node) in cluster.nodes.iter_mut() {
+        assert!(node.wait_exit(Duration::ZERO).is_none(), "node {id} exited");
+    }
+    for (_, (gap, _)) in &rounds {
+        assert!(
+            *gap <= Duration::from_millis(500),
+            "an acknowledgement gap of {gap:?} through a coordinator restart: {rounds:?}"
+        );
+    }
+}
+
+/// A single-member etcd this test owns (to SIGKILL and restart it).
+struct OwnEtcd {
+    child: std::process::Child,
+    data: tempfile::TempDir,
+    client_port: u16,
+    peer_port: u16,
+}
+
+impl OwnEtcd {
+    fn start() -> OwnEtcd {
+        let data = tempfile::tempdir().expect("temp dir");
+        let (client_port, peer_port) = (support::free_port(), support::free_port());
+        let child = OwnEtcd::spawn(data.path(), client_port, peer_port);
+        let etcd = OwnEtcd {
+            child,
+            data,
+            client_port,
+            peer_port,
+        };
+        etcd.wait_healthy();
+        etcd
+    }
+
+    fn spawn(data: &Path, client: u16, peer: u16) -> std::process::Child {
+        let client_url = format!("http://127.0.0.1:{client}");
+        let peer_url = format!("http://127.0.0.1:{peer}");
+        std::process::Command::new("etcd")
+            .args([
+                "--name",
+                "outage",
+                "--data-dir",
+                data.to_str().expect("utf-8 temp path"),
+                "--listen-client-urls",
+                &client_url,
+                "--advertise-client-urls",
+                &client_url,
+                "--listen-peer-urls",
+                &peer_url,
+                "--initial-advertise-peer-urls",
+                &peer_url,
+                "--initial-cluster",
+                &format!("outage={peer_url}"),
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("starting etcd (test.sh installs it)")
+    }
+
+    fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.client_port)
+    }
+
+    /// Waits until `/health` answers healthy (a leader is elected).
+    fn wait_healthy(&self) {
+        use std::io::{Read, Write};
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let healthy = std::net::TcpStream::connect(("127.0.0.1", self.client_port))
+                .and_then(|mut s| {
+                    s.set_read_timeout(Some(Duration::from_secs(2)))?;
+                    s.write_all(b"GET /health HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")?;
+                    let mut body = String::new();
+                    s.read_to_string(&mut body)?;
+                    Ok(body.contains("\"health\":\"true\""))
+                })
+                .unwrap_or(false);
+            if healthy {
+                return;
+            }
+            assert!(Instant::now() < deadline, "etcd did not become healthy");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGKILLs etcd, waits `down`, starts it again on the same data and ports; returns the
+    /// time from the kill until it answered healthy again.
+    fn restart(&mut self, down: Duration) -> Duration {
+        self.child.kill().expect("SIGKILL etcd");
+        let killed = Instant::now();
+        let _ = self.child.wait();
+        std::thread::sleep(down);
+        self.child = OwnEtcd::spawn(self.data.path(), self.client_port, self.peer_port);
+        self.wait_healthy();
+        killed.elapsed()
+    }
+}
+
+impl Drop for OwnEtcd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// etcd SIGKILLed and restarted under load: no node or coordinator process stops (they keep
+/// serving the WALs they own while the meta store is away, and keep their registrations), and
+/// appends stall no longer than etcd is away (plus a second of slack for reconnecting).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_etcd_restart_stops_no_process_and_appends_resume() {
+    // Runs where the etcd tests run (the etcd binary is there).
+    if etcd_endpoint("an_etcd_restart_stops_no_process_and_appends_resume").is_none() {
+        return;
+    }
+    let mut etcd = OwnEtcd::start();
+    let mut cluster = start_cluster_of(etcd.endpoint(), &Medium::SharedDir, 2);
+    let (client, vchannels) = flowing_client(&cluster).await;
+    let flow = Flow::start(&client, &vchannels, PRODUCERS);
+    flow.progress(100).await;
+    let mut rounds = Vec::new();
+    for down in [Duration::from_millis(500), Duration::from_millis(1500)] {
+        let killed = Instant::now();
+        let outage = tokio::task::block_in_place(|| etcd.restart(down));
+        flow.progress(100).await;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        rounds.push((outage, flow.longest_gap(killed, Instant::now())));
+    }
+    let (acked, errors) = flow.stop().await;
+    eprintln!(
+        "etcd restarts (away for, longest acknowledgement gap): {rounds:?}; {acked} appends acknowledged"
+    );
+    assert!(errors.is_empty(), "the producers saw errors: {errors:?}");
+    assert!(
+        cluster.coord.wait_exit(Duration::ZERO).is_none(),
+        "the coordinator exited"
+    );
+    for (id, node) in cluster.nodes.iter_mut() {
+        assert!(node.wait_exit(Duration::ZERO).is_none(), "node {id} exited");
+    }
+    for (outage, (gap, _)) in &rounds {
+        assert!(
+            *gap <= *outage + Duration::from_secs(1),
+            "appends stalled {gap:?} for an etcd outage of {outage:?}: {rounds:?}"
+        );
+    }
 }
