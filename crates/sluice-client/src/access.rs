@@ -10,18 +10,17 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use async_trait::async_trait;
 use futures::{Stream, StreamExt};
 use parking_lot::Mutex;
-use sluice_proto::convert;
 use sluice_proto::v1::{
     self, produce_appended, produce_request, produce_response,
     streaming_node_client::StreamingNodeClient,
 };
+use sluice_proto::{Channel, Security, convert};
 use sluice_types::{
     AppendResult, ConsumeOptions, ErrorCode, MutableMessage, PChannel, ReadMessage, Term,
 };
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::task::AbortOnDropHandle;
-use tonic::transport::Channel;
 
 use crate::{Assignment, ClientError};
 
@@ -49,6 +48,8 @@ pub trait WalAccess: Send + Sync + 'static {
 /// Reaches nodes over gRPC; one `Produce` stream per pchannel carries every append to it.
 #[derive(Default)]
 pub struct RemoteAccess {
+    /// `None`: the process's settings ([`Security::install`]), read when a channel is made.
+    security: Option<Security>,
     channels: Mutex<HashMap<String, Channel>>,
     producers: Mutex<HashMap<String, Arc<RemoteProducer>>>,
 }
@@ -65,12 +66,23 @@ impl RemoteAccess {
         RemoteAccess::default()
     }
 
+    /// A client reaching nodes with these TLS settings and token (instead of the process's).
+    pub fn with_security(security: Security) -> RemoteAccess {
+        RemoteAccess {
+            security: Some(security),
+            ..RemoteAccess::default()
+        }
+    }
+
     fn channel(&self, address: &str) -> Result<Channel, ClientError> {
         if let Some(c) = self.channels.lock().get(address) {
             return Ok(c.clone());
         }
-        let channel = sluice_proto::lazy_channel(address)
-            .map_err(|e| ClientError::new(ErrorCode::InvalidArgument, e))?;
+        let channel = match &self.security {
+            Some(s) => s.lazy_channel(address),
+            None => sluice_proto::lazy_channel(address),
+        }
+        .map_err(|e| ClientError::new(ErrorCode::InvalidArgument, e))?;
         self.channels
             .lock()
             .insert(address.to_owned(), channel.clone());

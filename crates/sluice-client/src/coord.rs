@@ -1,11 +1,10 @@
 //! Calls to the coordinator that are not about routing: broadcasts (one message to many
 //! vchannels, acknowledged per vchannel by whoever applies it) and timestamp/id allocation.
 
-use sluice_proto::convert;
 use sluice_proto::v1::{self, coordinator_client::CoordinatorClient};
+use sluice_proto::{Channel, Security, convert};
 use sluice_types::message::ResourceKey;
 use sluice_types::{ErrorCode, MessageId, MutableMessage, Timestamp, VChannel};
-use tonic::transport::Channel;
 
 use crate::ClientError;
 
@@ -43,9 +42,16 @@ impl std::fmt::Debug for CoordClient {
 }
 
 impl CoordClient {
-    /// A client of the coordinator at `endpoint` (`http://host:port`), connecting lazily.
+    /// A client of the coordinator at `endpoint` (`http://host:port`), connecting lazily with
+    /// the process's security settings ([`Security::install`]).
     pub fn connect(endpoint: &str) -> Result<CoordClient, ClientError> {
-        let channel = sluice_proto::lazy_channel(endpoint)
+        CoordClient::connect_with(endpoint, &Security::process())
+    }
+
+    /// The same with these TLS settings and token.
+    pub fn connect_with(endpoint: &str, security: &Security) -> Result<CoordClient, ClientError> {
+        let channel = security
+            .lazy_channel(endpoint)
             .map_err(|e| ClientError::new(ErrorCode::InvalidArgument, e))?;
         Ok(CoordClient {
             client: CoordinatorClient::new(channel),

@@ -5,9 +5,9 @@
 use std::time::{Duration, Instant};
 
 use sluice_proto::v1::{self, query_client::QueryClient as GrpcQueryClient};
+use sluice_proto::{Channel, Security};
 use sluice_types::ErrorCode;
 use sluice_types::backoff::Backoff;
-use tonic::transport::Channel;
 
 use crate::ClientError;
 
@@ -28,9 +28,15 @@ impl std::fmt::Debug for QueryClient {
 
 impl QueryClient {
     /// A client of the node at `endpoint`, connecting lazily; retryable failures are retried for
-    /// up to 30 s per call.
+    /// up to 30 s per call. The process's security settings apply ([`Security::install`]).
     pub fn connect(endpoint: &str) -> Result<QueryClient, ClientError> {
-        let channel = sluice_proto::lazy_channel(endpoint)
+        QueryClient::connect_with(endpoint, &Security::process())
+    }
+
+    /// The same with these TLS settings and token.
+    pub fn connect_with(endpoint: &str, security: &Security) -> Result<QueryClient, ClientError> {
+        let channel = security
+            .lazy_channel(endpoint)
             .map_err(|e| ClientError::new(ErrorCode::InvalidArgument, e))?;
         Ok(QueryClient {
             client: GrpcQueryClient::new(channel)

@@ -97,7 +97,7 @@ impl TopologySource for StaticTopology {
 /// 10 s) whenever it breaks.
 pub struct CoordinatorTopology {
     rx: watch::Receiver<Topology>,
-    client: CoordinatorClient<tonic::transport::Channel>,
+    client: CoordinatorClient<sluice_proto::Channel>,
     _task: AbortOnDropHandle<()>,
 }
 
@@ -110,9 +110,19 @@ impl std::fmt::Debug for CoordinatorTopology {
 
 impl CoordinatorTopology {
     /// Watches the coordinator at `endpoint` (`http://host:port`). Returns at once; the first
-    /// topology arrives when the coordinator answers.
+    /// topology arrives when the coordinator answers. The process's security settings apply
+    /// ([`sluice_proto::Security::install`]).
     pub fn connect(endpoint: &str) -> Result<CoordinatorTopology, crate::ClientError> {
-        let channel = sluice_proto::lazy_channel(endpoint)
+        CoordinatorTopology::connect_with(endpoint, &sluice_proto::Security::process())
+    }
+
+    /// The same with these TLS settings and token.
+    pub fn connect_with(
+        endpoint: &str,
+        security: &sluice_proto::Security,
+    ) -> Result<CoordinatorTopology, crate::ClientError> {
+        let channel = security
+            .lazy_channel(endpoint)
             .map_err(|e| crate::ClientError::new(ErrorCode::InvalidArgument, e))?;
         let client = CoordinatorClient::new(channel);
         let (tx, rx) = watch::channel(Topology::default());
@@ -126,7 +136,7 @@ impl CoordinatorTopology {
 }
 
 async fn watch_loop(
-    mut client: CoordinatorClient<tonic::transport::Channel>,
+    mut client: CoordinatorClient<sluice_proto::Channel>,
     tx: watch::Sender<Topology>,
 ) {
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
@@ -162,6 +172,15 @@ async fn watch_loop(
                         }
                     }
                 }
+            }
+            // Refused credentials do not fix themselves: say so where an operator looks.
+            Err(status)
+                if matches!(
+                    status.code(),
+                    tonic::Code::Unauthenticated | tonic::Code::PermissionDenied
+                ) =>
+            {
+                tracing::warn!(%status, "the coordinator refused this client's credentials")
             }
             Err(status) => tracing::debug!(%status, "cannot watch the topology yet"),
         }

@@ -21,11 +21,10 @@ use sluice_proto::v1::{
     self, coordinator_client::CoordinatorClient,
     streaming_node_manager_client::StreamingNodeManagerClient,
 };
-use sluice_proto::{convert, lazy_channel};
+use sluice_proto::{Channel, convert, lazy_channel};
 use sluice_types::{ErrorCode, NodeId, PChannel, Term, Timestamp};
 use sluice_wal::WalError;
 use sluice_wal::tso::{IdAllocator, TimestampOracle};
-use tonic::transport::Channel;
 
 use crate::{NodeError, WalManager};
 

@@ -1016,8 +1016,8 @@ where
 }
 
 /// A channel to `address`, made once per process (a channel multiplexes every call).
-fn channel(address: &str) -> Result<tonic::transport::Channel, ReadError> {
-    static CHANNELS: std::sync::OnceLock<Mutex<HashMap<String, tonic::transport::Channel>>> =
+fn channel(address: &str) -> Result<sluice_proto::Channel, ReadError> {
+    static CHANNELS: std::sync::OnceLock<Mutex<HashMap<String, sluice_proto::Channel>>> =
         std::sync::OnceLock::new();
     let mut channels = CHANNELS.get_or_init(Default::default).lock();
     if let Some(c) = channels.get(address) {
@@ -1036,7 +1036,7 @@ const WORKER_TIMEOUT: Duration = Duration::from_secs(10);
 /// registration lapses.
 async fn call_worker<T, F, Fut>(address: &str, call: F) -> Result<T, ReadError>
 where
-    F: FnOnce(pb::query_worker_client::QueryWorkerClient<tonic::transport::Channel>) -> Fut,
+    F: FnOnce(pb::query_worker_client::QueryWorkerClient<sluice_proto::Channel>) -> Fut,
     Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
 {
     let client = pb::query_worker_client::QueryWorkerClient::new(channel(address)?)
@@ -1220,7 +1220,7 @@ pub trait ShardLocator: Send + Sync + 'static {
 /// Calls the `Query` service of the node at `address` once (the caller's client retries).
 async fn forward<T, F, Fut>(address: &str, call: F) -> Result<T, ReadError>
 where
-    F: FnOnce(pb::query_client::QueryClient<tonic::transport::Channel>) -> Fut,
+    F: FnOnce(pb::query_client::QueryClient<sluice_proto::Channel>) -> Fut,
     Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
 {
     let client = pb::query_client::QueryClient::new(channel(address)?)

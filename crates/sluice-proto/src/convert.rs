@@ -472,6 +472,14 @@ pub fn error_of(status: &tonic::Status) -> (ErrorCode, String) {
     let code = match status.code() {
         tonic::Code::InvalidArgument => ErrorCode::InvalidArgument,
         tonic::Code::Internal => ErrorCode::Inner,
+        // The server refused this client's credentials (see `security`): the same call cannot
+        // succeed later, so it must not be retried like an unreachable node.
+        tonic::Code::Unauthenticated | tonic::Code::PermissionDenied => {
+            return (
+                ErrorCode::Unrecoverable,
+                format!("{:?}: {}", status.code(), status.message()),
+            );
+        }
         _ => ErrorCode::Unknown,
     };
     (code, status.message().to_owned())
@@ -740,6 +748,12 @@ mod tests {
         }
         let foreign = tonic::Status::unavailable("connection refused");
         assert_eq!(error_of(&foreign).0, ErrorCode::Unknown);
+        // A refused token is terminal (the client must not retry it as a transport error).
+        let refused = tonic::Status::unauthenticated("no token");
+        let (code, message) = error_of(&refused);
+        assert_eq!(code, ErrorCode::Unrecoverable);
+        assert!(!code.retryable());
+        assert_eq!(message, "Unauthenticated: no token");
         let e = error_to_wire(ErrorCode::ChannelFenced, "moved");
         assert_eq!(
             error_from_wire(&e),

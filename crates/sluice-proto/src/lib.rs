@@ -5,6 +5,9 @@
 //! `sluice-types` ([`convert`]).
 
 pub mod convert;
+pub mod security;
+
+pub use security::{Channel, Security};
 
 /// Generated code for package `sluice.v1`.
 #[allow(missing_docs, clippy::all, clippy::pedantic)]
@@ -13,17 +16,9 @@ pub mod v1 {
 }
 
 /// A lazily connecting gRPC channel to `address` (`host:port`, or a URL such as
-/// `http://host:port`): a 2 s connect timeout and `TCP_NODELAY`, as every Sluice client uses.
-/// A malformed address is an error naming it.
-pub fn lazy_channel(address: &str) -> Result<tonic::transport::Channel, String> {
-    let uri = if address.contains("://") {
-        address.to_owned()
-    } else {
-        format!("http://{address}")
-    };
-    Ok(tonic::transport::Endpoint::from_shared(uri)
-        .map_err(|e| format!("bad address {address:?}: {e}"))?
-        .connect_timeout(std::time::Duration::from_secs(2))
-        .tcp_nodelay(true)
-        .connect_lazy())
+/// `http://host:port`) with this process's TLS settings and token ([`Security::install`];
+/// plaintext without a token when none were installed): a 2 s connect timeout and
+/// `TCP_NODELAY`, as every Sluice client uses. See [`Security::lazy_channel`].
+pub fn lazy_channel(address: &str) -> Result<Channel, String> {
+    Security::process().lazy_channel(address)
 }

@@ -291,7 +291,7 @@ pub(crate) async fn segments(
 
 fn coordinator(
     coord: &str,
-) -> anyhow::Result<v1::coordinator_client::CoordinatorClient<tonic::transport::Channel>> {
+) -> anyhow::Result<v1::coordinator_client::CoordinatorClient<sluice_proto::Channel>> {
     let channel = sluice_proto::lazy_channel(coord).map_err(|e| anyhow::anyhow!("{e}"))?;
     Ok(v1::coordinator_client::CoordinatorClient::new(channel))
 }

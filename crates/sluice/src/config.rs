@@ -40,6 +40,94 @@ pub(crate) struct Config {
     /// Where this process serves Prometheus metrics (`host:port`, HTTP `GET /metrics`); unset:
     /// none.
     pub metrics_listen: Option<String>,
+    /// TLS of every gRPC connection this process serves or makes.
+    pub tls: TlsSection,
+    /// The bearer token of every gRPC call.
+    pub auth: AuthSection,
+}
+
+/// TLS (rustls) of gRPC. With `cert` + `key` this process serves over TLS; with `ca` every
+/// connection it makes to other Sluice processes is TLS, verified against `ca`. Paths are PEM
+/// files, read at start-up. Default: all unset (plaintext).
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct TlsSection {
+    /// The certificate chain this process serves with (PEM). Default: unset.
+    pub cert: Option<PathBuf>,
+    /// Its private key (PEM). Default: unset.
+    pub key: Option<PathBuf>,
+    /// The CA that verifies the servers this process connects to, and, with `client_auth`, the
+    /// clients that connect to it (PEM). Default: unset.
+    pub ca: Option<PathBuf>,
+    /// Require a client certificate signed by `ca` on every connection (mTLS). Default false.
+    pub client_auth: bool,
+    /// The certificate chain this process presents when it connects to other Sluice processes
+    /// (needed when they set `client_auth`; PEM). Default: unset.
+    pub client_cert: Option<PathBuf>,
+    /// Its private key (PEM). Default: unset.
+    pub client_key: Option<PathBuf>,
+    /// The name servers' certificates must carry. Default: the host of each address.
+    pub server_name: Option<String>,
+}
+
+/// Authentication of gRPC calls.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct AuthSection {
+    /// A shared bearer token: every call to this process (but health checks) must carry
+    /// `authorization: Bearer <token>` or is answered UNAUTHENTICATED, and this process sends
+    /// it on every call it makes. Printable ASCII without spaces; best set through
+    /// `SLUICE_AUTH__TOKEN`. Default: unset (no check).
+    pub token: Option<Secret>,
+}
+
+/// A secret setting (token, S3 secret key): never shown by `Debug`.
+#[derive(Clone, Default, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+pub(crate) struct Secret(String);
+
+impl Secret {
+    /// The secret itself, for the one place that uses it.
+    pub(crate) fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_empty() {
+            "\"\""
+        } else {
+            "<redacted>"
+        })
+    }
+}
+
+impl<'de> Deserialize<'de> for Secret {
+    /// A string; numbers and booleans too, as their text (an environment variable such as
+    /// `SLUICE_AUTH__TOKEN=12345` reaches serde as a number).
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Secret, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = Secret;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Secret, E> {
+                Ok(Secret(v.to_owned()))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Secret, E> {
+                Ok(Secret(v.to_string()))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Secret, E> {
+                Ok(Secret(v.to_string()))
+            }
+            fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<Secret, E> {
+                Ok(Secret(v.to_string()))
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 /// The query side: delegators, HNSW indexes of sealed segments, read consistency.
@@ -126,10 +214,11 @@ pub(crate) struct StorageSection {
     pub s3_bucket: String,
     /// S3: the region.
     pub s3_region: String,
-    /// S3: the access key id.
+    /// S3: the access key id. Default: unset — `AWS_ACCESS_KEY_ID` from the environment; no
+    /// built-in credential.
     pub s3_access_key_id: String,
-    /// S3: the secret access key.
-    pub s3_secret_access_key: String,
+    /// S3: the secret access key. Default: unset — `AWS_SECRET_ACCESS_KEY`.
+    pub s3_secret_access_key: Secret,
     /// The key prefix segments and delete files live under (see `proto/sluice/v1/storage.proto`
     /// for the layout below it).
     pub prefix: String,
@@ -152,8 +241,8 @@ impl Default for StorageSection {
             s3_endpoint: None,
             s3_bucket: "sluice".into(),
             s3_region: "us-east-1".into(),
-            s3_access_key_id: "test".into(),
-            s3_secret_access_key: "test".into(),
+            s3_access_key_id: String::new(),
+            s3_secret_access_key: Secret::default(),
             prefix: "storage".into(),
             retention_ms: 600_000,
             truncate_interval_ms: 10_000,
@@ -245,10 +334,11 @@ pub(crate) struct LogSection {
     pub s3_bucket: String,
     /// `object` on S3: the region.
     pub s3_region: String,
-    /// `object` on S3: the access key id.
+    /// `object` on S3: the access key id. Default: unset — `AWS_ACCESS_KEY_ID` from the
+    /// environment; no built-in credential.
     pub s3_access_key_id: String,
-    /// `object` on S3: the secret access key.
-    pub s3_secret_access_key: String,
+    /// `object` on S3: the secret access key. Default: unset — `AWS_SECRET_ACCESS_KEY`.
+    pub s3_secret_access_key: Secret,
     /// `object`: the key prefix under which every pchannel's blocks live.
     pub prefix: String,
     /// `kafka`: the bootstrap servers (`host:port[,host:port...]`).
@@ -382,6 +472,8 @@ impl Default for Config {
             storage: StorageSection::default(),
             query: QuerySection::default(),
             metrics_listen: None,
+            tls: TlsSection::default(),
+            auth: AuthSection::default(),
         }
     }
 }
@@ -405,8 +497,8 @@ impl Default for LogSection {
             s3_endpoint: None,
             s3_bucket: "sluice".into(),
             s3_region: "us-east-1".into(),
-            s3_access_key_id: "test".into(),
-            s3_secret_access_key: "test".into(),
+            s3_access_key_id: String::new(),
+            s3_secret_access_key: Secret::default(),
             prefix: "wal".into(),
             kafka_bootstrap: None,
             kafka_prefix: "sluice-".into(),
@@ -535,8 +627,37 @@ impl CoordSection {
     }
 }
 
+/// S3 credentials of `section`: its own settings, else `AWS_ACCESS_KEY_ID` and
+/// `AWS_SECRET_ACCESS_KEY` from the environment. There is no built-in default: none at all is
+/// an error naming both ways.
+fn s3_credentials(section: &str, id: &str, secret: &Secret) -> anyhow::Result<(String, String)> {
+    if !id.is_empty() || !secret.expose().is_empty() {
+        if id.is_empty() || secret.expose().is_empty() {
+            bail!("{section}.s3_access_key_id and {section}.s3_secret_access_key go together");
+        }
+        return Ok((id.to_owned(), secret.expose().to_owned()));
+    }
+    match (
+        std::env::var("AWS_ACCESS_KEY_ID"),
+        std::env::var("AWS_SECRET_ACCESS_KEY"),
+    ) {
+        (Ok(id), Ok(secret)) if !id.is_empty() && !secret.is_empty() => Ok((id, secret)),
+        _ => bail!(
+            "S3 needs credentials: set {section}.s3_access_key_id and \
+             {section}.s3_secret_access_key (e.g. SLUICE_{up}__S3_ACCESS_KEY_ID and \
+             SLUICE_{up}__S3_SECRET_ACCESS_KEY), or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY",
+            up = section.to_ascii_uppercase()
+        ),
+    }
+}
+
+/// The contents of the PEM file `path`, set by `key` (named in the error).
+fn read_pem(key: &str, path: &std::path::Path) -> anyhow::Result<Vec<u8>> {
+    std::fs::read(path).with_context(|| format!("{key}: reading {}", path.display()))
+}
+
 /// The top-level keys, for telling configuration variables from other `SLUICE_*` ones.
-const TOP_LEVEL_KEYS: [&str; 12] = [
+const TOP_LEVEL_KEYS: [&str; 14] = [
     "data_dir",
     "listen",
     "advertise",
@@ -549,6 +670,8 @@ const TOP_LEVEL_KEYS: [&str; 12] = [
     "storage",
     "query",
     "metrics_listen",
+    "tls",
+    "auth",
 ];
 
 impl Config {
@@ -669,7 +792,71 @@ impl Config {
         if self.coord.balance_tolerance.is_nan() || self.coord.balance_tolerance < 0.0 {
             bail!("coord.balance_tolerance must be a number ≥ 0");
         }
+        let t = &self.tls;
+        if t.cert.is_some() != t.key.is_some() {
+            bail!("tls.cert and tls.key go together");
+        }
+        if t.client_cert.is_some() != t.client_key.is_some() {
+            bail!("tls.client_cert and tls.client_key go together");
+        }
+        if t.client_auth && (t.cert.is_none() || t.ca.is_none()) {
+            bail!(
+                "tls.client_auth needs tls.cert and tls.key (the server's) and tls.ca (which \
+                 signs the clients' certificates)"
+            );
+        }
+        if t.client_cert.is_some() && t.ca.is_none() {
+            bail!("tls.client_cert is presented over TLS: set tls.ca too");
+        }
         Ok(())
+    }
+
+    /// How this process serves: TLS from `tls.cert`/`tls.key` (client certificates signed by
+    /// `tls.ca` required with `tls.client_auth`), the token from `auth.token`. Reads the files.
+    pub(crate) fn server_security(&self) -> anyhow::Result<sluice_proto::security::ServerSecurity> {
+        let t = &self.tls;
+        let identity = match (&t.cert, &t.key) {
+            (Some(cert), Some(key)) => {
+                Some((read_pem("tls.cert", cert)?, read_pem("tls.key", key)?))
+            }
+            _ => None,
+        };
+        let client_ca = match (&t.ca, t.client_auth) {
+            (Some(ca), true) => Some(read_pem("tls.ca", ca)?),
+            _ => None,
+        };
+        Ok(sluice_proto::security::ServerSecurity {
+            identity,
+            client_ca,
+            token: self.auth.token.as_ref().map(|t| t.expose().to_owned()),
+        })
+    }
+
+    /// How this process connects to other Sluice processes: TLS verified against `tls.ca`,
+    /// presenting `tls.client_cert`/`tls.client_key`, and sending `auth.token`.
+    pub(crate) fn channel_security(&self) -> anyhow::Result<sluice_proto::Security> {
+        let t = &self.tls;
+        let mut security = sluice_proto::Security::none();
+        if let Some(ca) = &t.ca {
+            let identity = match (&t.client_cert, &t.client_key) {
+                (Some(cert), Some(key)) => Some((
+                    read_pem("tls.client_cert", cert)?,
+                    read_pem("tls.client_key", key)?,
+                )),
+                _ => None,
+            };
+            security = security
+                .with_tls(
+                    &read_pem("tls.ca", ca)?,
+                    identity.as_ref().map(|(c, k)| (c.as_slice(), k.as_slice())),
+                    t.server_name.as_deref(),
+                )
+                .context("tls")?;
+        }
+        if let Some(token) = &self.auth.token {
+            security = security.with_token(token.expose()).context("auth.token")?;
+        }
+        Ok(security)
     }
 
     /// The metadata store this configuration names.
@@ -695,14 +882,21 @@ impl Config {
             }),
             LogBackend::Object => {
                 let store = match log.s3_endpoint.as_deref().filter(|e| !e.is_empty()) {
-                    Some(endpoint) => ObjectStoreConfig::S3(S3Config {
-                        endpoint: Some(endpoint.to_owned()),
-                        bucket: log.s3_bucket.clone(),
-                        region: log.s3_region.clone(),
-                        access_key_id: log.s3_access_key_id.clone(),
-                        secret_access_key: log.s3_secret_access_key.clone(),
-                        allow_http: endpoint.starts_with("http://"),
-                    }),
+                    Some(endpoint) => {
+                        let (access_key_id, secret_access_key) = s3_credentials(
+                            "log",
+                            &log.s3_access_key_id,
+                            &log.s3_secret_access_key,
+                        )?;
+                        ObjectStoreConfig::S3(S3Config {
+                            endpoint: Some(endpoint.to_owned()),
+                            bucket: log.s3_bucket.clone(),
+                            region: log.s3_region.clone(),
+                            access_key_id,
+                            secret_access_key,
+                            allow_http: endpoint.starts_with("http://"),
+                        })
+                    }
                     None => ObjectStoreConfig::LocalDir(self.log_dir()),
                 };
                 LogBackendConfig::Object(ObjectConfig {
@@ -737,14 +931,18 @@ impl Config {
             return Ok(None);
         }
         let config = match st.s3_endpoint.as_deref().filter(|e| !e.is_empty()) {
-            Some(endpoint) => ObjectStoreConfig::S3(S3Config {
-                endpoint: Some(endpoint.to_owned()),
-                bucket: st.s3_bucket.clone(),
-                region: st.s3_region.clone(),
-                access_key_id: st.s3_access_key_id.clone(),
-                secret_access_key: st.s3_secret_access_key.clone(),
-                allow_http: endpoint.starts_with("http://"),
-            }),
+            Some(endpoint) => {
+                let (access_key_id, secret_access_key) =
+                    s3_credentials("storage", &st.s3_access_key_id, &st.s3_secret_access_key)?;
+                ObjectStoreConfig::S3(S3Config {
+                    endpoint: Some(endpoint.to_owned()),
+                    bucket: st.s3_bucket.clone(),
+                    region: st.s3_region.clone(),
+                    access_key_id,
+                    secret_access_key,
+                    allow_http: endpoint.starts_with("http://"),
+                })
+            }
             None => {
                 let dir = st
                     .dir
@@ -845,6 +1043,8 @@ mod tests {
         figment::Jail::expect_with(|jail| {
             jail.set_env("SLUICE_LOG__BACKEND", "object");
             jail.set_env("SLUICE_LOG__S3_ENDPOINT", "http://127.0.0.1:9");
+            jail.set_env("SLUICE_LOG__S3_ACCESS_KEY_ID", "id");
+            jail.set_env("SLUICE_LOG__S3_SECRET_ACCESS_KEY", "secret");
             let c = Config::load(None, Figment::new()).map_err(|e| e.to_string())?;
             assert!(matches!(
                 c.log_backend().map_err(|e| e.to_string())?,
@@ -856,6 +1056,96 @@ mod tests {
                     path: c.data_dir.join("meta.redb")
                 }
             );
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn s3_credentials_come_from_the_configuration_or_the_environment_only() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("SLUICE_LOG__BACKEND", "object");
+            jail.set_env("SLUICE_LOG__S3_ENDPOINT", "http://127.0.0.1:9");
+            jail.set_env("SLUICE_STORAGE__S3_ENDPOINT", "http://127.0.0.1:9");
+            // `Jail` restores the environment afterwards; these may be set outside.
+            jail.set_env("AWS_ACCESS_KEY_ID", "");
+            jail.set_env("AWS_SECRET_ACCESS_KEY", "");
+            let c = Config::load(None, Figment::new()).map_err(|e| e.to_string())?;
+            let e = c.log_backend().unwrap_err().to_string();
+            assert!(e.contains("log.s3_access_key_id"), "{e}");
+            let e = c.storage_store().unwrap_err().to_string();
+            assert!(e.contains("storage.s3_access_key_id"), "{e}");
+            jail.set_env("AWS_ACCESS_KEY_ID", "env-id");
+            jail.set_env("AWS_SECRET_ACCESS_KEY", "env-secret");
+            let c = Config::load(None, Figment::new()).map_err(|e| e.to_string())?;
+            let LogBackendConfig::Object(o) = c.log_backend().map_err(|e| e.to_string())? else {
+                panic!("object");
+            };
+            let sluice_log::object::ObjectStoreConfig::S3(s3) = &o.store else {
+                panic!("s3");
+            };
+            assert_eq!(
+                (s3.access_key_id.as_str(), s3.secret_access_key.as_str()),
+                ("env-id", "env-secret")
+            );
+            assert!(!format!("{o:?}").contains("env-secret"));
+            jail.set_env("SLUICE_LOG__S3_ACCESS_KEY_ID", "cfg-id");
+            jail.set_env("SLUICE_LOG__S3_SECRET_ACCESS_KEY", "cfg-secret");
+            let c = Config::load(None, Figment::new()).map_err(|e| e.to_string())?;
+            let LogBackendConfig::Object(o) = c.log_backend().map_err(|e| e.to_string())? else {
+                panic!("object");
+            };
+            let sluice_log::object::ObjectStoreConfig::S3(s3) = &o.store else {
+                panic!("s3");
+            };
+            assert_eq!(
+                (s3.access_key_id.as_str(), s3.secret_access_key.as_str()),
+                ("cfg-id", "cfg-secret")
+            );
+            assert!(
+                !format!("{c:?}").contains("cfg-secret"),
+                "Debug hides the secret"
+            );
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn tls_and_token_settings_load_and_stay_out_of_debug_output() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "t.toml",
+                "[tls]\ncert = \"s.pem\"\nkey = \"s.key\"\nca = \"ca.pem\"\nclient_auth = true\n",
+            )?;
+            jail.set_env("SLUICE_AUTH__TOKEN", "t0ken-from-env");
+            let c = Config::load(Some(std::path::Path::new("t.toml")), Figment::new())
+                .map_err(|e| e.to_string())?;
+            assert!(c.tls.client_auth);
+            assert_eq!(c.tls.ca.as_deref(), Some(std::path::Path::new("ca.pem")));
+            assert_eq!(
+                c.auth.token.as_ref().map(Secret::expose),
+                Some("t0ken-from-env")
+            );
+            let shown = format!("{c:?}");
+            assert!(!shown.contains("t0ken"), "{shown}");
+            // The files are read when the process starts: a missing one is named.
+            let e = format!("{:#}", c.server_security().unwrap_err());
+            assert!(e.contains("tls.cert") && e.contains("s.pem"), "{e}");
+            // A numeric token from the environment is still a token.
+            jail.set_env("SLUICE_AUTH__TOKEN", "12345");
+            let c = Config::load(None, Figment::new()).map_err(|e| e.to_string())?;
+            assert_eq!(c.auth.token.as_ref().map(Secret::expose), Some("12345"));
+            // Half a pair, or mTLS without a CA, is an error at start.
+            jail.create_file("half.toml", "[tls]\ncert = \"s.pem\"\n")?;
+            let e =
+                Config::load(Some(std::path::Path::new("half.toml")), Figment::new()).unwrap_err();
+            assert!(format!("{e:#}").contains("tls.key"), "{e:#}");
+            jail.create_file(
+                "noca.toml",
+                "[tls]\ncert = \"s.pem\"\nkey = \"s.key\"\nclient_auth = true\n",
+            )?;
+            let e =
+                Config::load(Some(std::path::Path::new("noca.toml")), Figment::new()).unwrap_err();
+            assert!(format!("{e:#}").contains("tls.ca"), "{e:#}");
             Ok(())
         });
     }

@@ -143,6 +143,8 @@ struct ReadOpts {
     /// Give up after this many seconds.
     #[arg(long, default_value_t = 30)]
     timeout_secs: u64,
+    #[command(flatten)]
+    security: SecurityOpts,
 }
 
 impl ReadOpts {
@@ -178,6 +180,69 @@ struct ClientOpts {
     /// Give up an operation after this many seconds.
     #[arg(long, default_value_t = 30)]
     timeout_secs: u64,
+    #[command(flatten)]
+    security: SecurityOpts,
+}
+
+/// How client commands reach Sluice: TLS and the bearer token (servers take theirs from the
+/// `[tls]` and `[auth]` configuration).
+#[derive(Args, Clone, Default)]
+struct SecurityOpts {
+    /// Connect over TLS, verifying servers against this CA certificate (PEM file).
+    #[arg(long)]
+    tls_ca: Option<PathBuf>,
+    /// Present this client certificate (PEM file; servers with `tls.client_auth` require one).
+    #[arg(long, requires_all = ["tls_key", "tls_ca"])]
+    tls_cert: Option<PathBuf>,
+    /// The client certificate's private key (PEM file).
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// The name the server's certificate must carry (default: the host of the address).
+    #[arg(long, requires = "tls_ca")]
+    tls_server_name: Option<String>,
+    /// Send this bearer token with every call (servers with `auth.token` require it).
+    #[arg(long, env = "SLUICE_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+}
+
+impl std::fmt::Debug for SecurityOpts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SecurityOpts")
+            .field("tls_ca", &self.tls_ca)
+            .field("tls_cert", &self.tls_cert)
+            .field("tls_key", &self.tls_key)
+            .field("tls_server_name", &self.tls_server_name)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
+impl SecurityOpts {
+    fn security(&self) -> anyhow::Result<sluice_proto::Security> {
+        let read = |flag: &str, path: &PathBuf| {
+            std::fs::read(path).with_context(|| format!("{flag} {}", path.display()))
+        };
+        let mut security = sluice_proto::Security::none();
+        if let Some(ca) = &self.tls_ca {
+            let identity = match (&self.tls_cert, &self.tls_key) {
+                (Some(cert), Some(key)) => {
+                    Some((read("--tls-cert", cert)?, read("--tls-key", key)?))
+                }
+                _ => None,
+            };
+            security = security.with_tls(
+                &read("--tls-ca", ca)?,
+                identity.as_ref().map(|(c, k)| (c.as_slice(), k.as_slice())),
+                self.tls_server_name.as_deref(),
+            )?;
+        }
+        if let Some(token) = &self.token {
+            security = security
+                .with_token(token)
+                .context("--token / SLUICE_TOKEN")?;
+        }
+        Ok(security)
+    }
 }
 
 #[derive(Subcommand)]
@@ -332,6 +397,8 @@ enum CtlCommand {
         /// The node's address (`host:port`).
         #[arg(long)]
         node: String,
+        #[command(flatten)]
+        security: SecurityOpts,
     },
     /// Create a collection in the catalog.
     CreateCollection {
@@ -571,9 +638,51 @@ fn vchannel(name: &str) -> anyhow::Result<VChannel> {
     VChannel::new(name).with_context(|| format!("--vchannel {name:?}"))
 }
 
+/// The TLS and token flags of a client command (`None`: a server or a benchmark).
+fn client_security(command: &Command) -> Option<&SecurityOpts> {
+    match command {
+        Command::Produce { client, .. }
+        | Command::Insert { client, .. }
+        | Command::Consume { client, .. }
+        | Command::Ctl {
+            what:
+                CtlCommand::Flush { client, .. }
+                | CtlCommand::Topology { client }
+                | CtlCommand::CreateCollection { client, .. }
+                | CtlCommand::Collections { client }
+                | CtlCommand::Describe { client, .. }
+                | CtlCommand::Load { client, .. }
+                | CtlCommand::Drain { client, .. }
+                | CtlCommand::Release { client, .. }
+                | CtlCommand::DropCollection { client, .. }
+                | CtlCommand::Segments { client, .. },
+        } => Some(&client.security),
+        Command::Search { read, .. } | Command::Query { read, .. } => Some(&read.security),
+        Command::Ctl {
+            what: CtlCommand::Status { security, .. },
+        } => Some(security),
+        Command::Standalone(_)
+        | Command::Coord(_)
+        | Command::Node(_)
+        | Command::Querynode(_)
+        | Command::Bench { .. }
+        | Command::LogSmoke { .. } => None,
+    }
+}
+
+/// Every channel this process makes to other Sluice processes — clients, node → coordinator,
+/// node → node, delegator → query worker — uses `security`. Installed once, before any channel
+/// exists: one process has one identity towards the others, and no caller can miss it.
+fn secure_channels(security: sluice_proto::Security) -> anyhow::Result<()> {
+    Ok(security.install()?)
+}
+
 fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
     init_tracing();
+    if let Some(opts) = client_security(&cli.command) {
+        secure_channels(opts.security()?)?;
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -581,6 +690,7 @@ fn run() -> anyhow::Result<()> {
     match cli.command {
         Command::Standalone(opts) => {
             let config = opts.load()?;
+            secure_channels(config.channel_security()?)?;
             rt.block_on(async {
                 server::serve_metrics(&config)?;
                 server::standalone(config).await
@@ -588,6 +698,7 @@ fn run() -> anyhow::Result<()> {
         }
         Command::Coord(opts) => {
             let config = opts.load()?;
+            secure_channels(config.channel_security()?)?;
             rt.block_on(async {
                 server::serve_metrics(&config)?;
                 server::coord(config).await
@@ -595,6 +706,7 @@ fn run() -> anyhow::Result<()> {
         }
         Command::Node(opts) => {
             let config = opts.load()?;
+            secure_channels(config.channel_security()?)?;
             rt.block_on(async {
                 server::serve_metrics(&config)?;
                 server::node(config).await
@@ -602,6 +714,7 @@ fn run() -> anyhow::Result<()> {
         }
         Command::Querynode(opts) => {
             let config = opts.load()?;
+            secure_channels(config.channel_security()?)?;
             rt.block_on(async {
                 server::serve_metrics(&config)?;
                 server::querynode(config).await
@@ -657,7 +770,7 @@ fn run() -> anyhow::Result<()> {
             cli::topology(&t, Duration::from_secs(client.timeout_secs)).await
         }),
         Command::Ctl {
-            what: CtlCommand::Status { node },
+            what: CtlCommand::Status { node, .. },
         } => rt.block_on(cli::status(&node)),
         Command::Ctl {
             what:

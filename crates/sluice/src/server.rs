@@ -208,7 +208,7 @@ fn query_server(
 /// to others while it still serves, and the server stops once `held` is zero (or after
 /// `drain_timeout`). True when the registration was lost.
 async fn serve_until_lost(
-    router: tonic::transport::server::Router,
+    router: sluice_proto::security::Router,
     listener: TcpListener,
     session: &NodeSession,
     held: impl Fn() -> usize,
@@ -433,12 +433,19 @@ async fn bind(listen: &str) -> anyhow::Result<(TcpListener, SocketAddr)> {
     Ok((listener, addr))
 }
 
+/// The gRPC server of this process: TLS and the token check of `config` in front of every
+/// service (health checks pass without a token).
+fn grpc_server(config: &Config) -> anyhow::Result<sluice_proto::security::Server> {
+    let security = config.server_security()?;
+    sluice_proto::security::server(&security).context("tls / auth")
+}
+
 /// How long open streams get to finish after a shutdown signal.
 const GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Serves `router` until it fails or `stop` resolves; then gives open streams [`GRACE`] to end.
 async fn serve(
-    router: tonic::transport::server::Router,
+    router: sluice_proto::security::Router,
     listener: TcpListener,
     stop: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
@@ -546,7 +553,7 @@ impl Standalone {
         reporter
             .set_serving::<sluice_proto::v1::streaming_node_server::StreamingNodeServer<NodeService>>()
             .await;
-        let router = tonic::transport::Server::builder()
+        let router = grpc_server(config)?
             .add_service(health_service)
             .add_service(node.streaming_server())
             .add_service(node.manager_server())
@@ -671,7 +678,7 @@ pub(crate) async fn coord(config: Config) -> anyhow::Result<()> {
     ));
     let (_reporter, health_service) = health();
     println!("sluice coord listening on {addr}");
-    let router = tonic::transport::Server::builder()
+    let router = grpc_server(&config)?
         .add_service(health_service)
         .add_service(CoordinatorService::new(coordinator.clone()).server());
     serve(router, listener, shutdown_signal()).await?;
@@ -706,7 +713,7 @@ pub(crate) async fn node(config: Config) -> anyhow::Result<()> {
         "sluice node {} listening on {addr} (advertised as {advertise})",
         node_id.0
     );
-    let router = tonic::transport::Server::builder()
+    let router = grpc_server(&config)?
         .add_service(health_service)
         .add_service(service.streaming_server())
         .add_service(service.manager_server())
@@ -776,7 +783,7 @@ pub(crate) async fn querynode(config: Config) -> anyhow::Result<()> {
         "sluice querynode {} listening on {addr} (advertised as {advertise})",
         config.node.id
     );
-    let router = tonic::transport::Server::builder()
+    let router = grpc_server(&config)?
         .add_service(health_service)
         .add_service(worker.server())
         .add_service(QueryService::new(host).server());

@@ -260,6 +260,11 @@ fn start_cluster_of(etcd: String, medium: &Medium, nodes: u64) -> Cluster {
                 ("SLUICE_LOG__PREFIX", root.replace('/', "-")),
                 ("SLUICE_STORAGE__S3_ENDPOINT", endpoint.clone()),
                 ("SLUICE_STORAGE__S3_BUCKET", "sluice-e2e".to_owned()),
+                // The test server takes any credentials; Sluice has no built-in ones.
+                ("SLUICE_LOG__S3_ACCESS_KEY_ID", "test".to_owned()),
+                ("SLUICE_LOG__S3_SECRET_ACCESS_KEY", "test".to_owned()),
+                ("SLUICE_STORAGE__S3_ACCESS_KEY_ID", "test".to_owned()),
+                ("SLUICE_STORAGE__S3_SECRET_ACCESS_KEY", "test".to_owned()),
                 (
                     "SLUICE_STORAGE__PREFIX",
                     format!("{}-storage", root.replace('/', "-")),

@@ -172,6 +172,11 @@ impl Medium {
                 ("SLUICE_STORAGE__S3_ENDPOINT", endpoint.clone()),
                 ("SLUICE_STORAGE__S3_BUCKET", "sluice-e2e".to_owned()),
                 ("SLUICE_STORAGE__PREFIX", format!("{prefix}-storage")),
+                // The test server takes any credentials; Sluice has no built-in ones.
+                ("SLUICE_LOG__S3_ACCESS_KEY_ID", "test".to_owned()),
+                ("SLUICE_LOG__S3_SECRET_ACCESS_KEY", "test".to_owned()),
+                ("SLUICE_STORAGE__S3_ACCESS_KEY_ID", "test".to_owned()),
+                ("SLUICE_STORAGE__S3_SECRET_ACCESS_KEY", "test".to_owned()),
             ] {
                 envs.push((k.to_owned(), v));
             }

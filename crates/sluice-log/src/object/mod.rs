@@ -109,7 +109,7 @@ pub enum ObjectStoreConfig {
 }
 
 /// An S3 bucket. The store must support conditional create (`If-None-Match: *`).
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct S3Config {
     /// The endpoint URL (e.g. `http://127.0.0.1:9000`); `None` for AWS.
     pub endpoint: Option<String>,
@@ -119,10 +119,23 @@ pub struct S3Config {
     pub region: String,
     /// The access key id.
     pub access_key_id: String,
-    /// The secret access key.
+    /// The secret access key (`Debug` does not show it).
     pub secret_access_key: String,
     /// Allow plain `http://` endpoints. Default false.
     pub allow_http: bool,
+}
+
+impl std::fmt::Debug for S3Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("S3Config")
+            .field("endpoint", &self.endpoint)
+            .field("bucket", &self.bucket)
+            .field("region", &self.region)
+            .field("access_key_id", &self.access_key_id)
+            .field("secret_access_key", &"<redacted>")
+            .field("allow_http", &self.allow_http)
+            .finish()
+    }
 }
 
 impl S3Config {
