@@ -217,6 +217,8 @@ impl Client {
             self.inner.config.backoff_max,
         );
         let mut above = None;
+        // The last retryable error: what the caller gets if the deadline passes while retrying.
+        let mut last: Option<ClientError> = None;
         loop {
             let target = self
                 .wait_assignment(&pchannel, above, backoff.current(), deadline)
@@ -231,16 +233,18 @@ impl Client {
                 },
                 () = self.moved_past(&pchannel, target.term) => moved_error(&pchannel, target.term),
                 () = sleep_until_deadline(deadline) => {
-                    return Err(ClientError::new(
+                    return Err(last.take().unwrap_or_else(|| ClientError::new(
                         ErrorCode::Unknown,
                         format!("timed out appending to pchannel {pchannel} at term {}", target.term),
-                    ));
+                    )));
                 }
             };
             if !err.retryable() {
                 return Err(err);
             }
-            if deadline.is_some_and(|d| Instant::now() >= d) {
+            // Out of time, or the next wait would end past the deadline: the caller gets this
+            // error (e.g. RESOURCE_EXHAUSTED), not a bare timeout.
+            if deadline.is_some_and(|d| Instant::now() + backoff.current() >= d) {
                 return Err(err);
             }
             tracing::debug!(%pchannel, term = %target.term, error = %err, "append failed; retrying");
@@ -257,6 +261,7 @@ impl Client {
                 tokio::time::sleep(backoff.current()).await;
                 above = None;
             }
+            last = Some(err);
             backoff.advance();
         }
     }

@@ -165,6 +165,9 @@ struct Shared {
     /// The latest live node set (read for the topology; the loop keeps its own receiver).
     nodes: watch::Receiver<Nodes>,
     vchannels: Mutex<BTreeMap<String, u32>>,
+    /// Moves an operator asked for ([`Assigner::move_pchannel`]): pchannel → target node. They
+    /// override the balancer's target until done, or until the node is no longer healthy.
+    requested: Mutex<BTreeMap<String, NodeId>>,
     trigger: Notify,
     topology: watch::Sender<Topology>,
     /// How many rounds ended with nothing left to change.
@@ -203,6 +206,7 @@ impl Assigner {
             config,
             nodes: nodes.clone(),
             vchannels: Mutex::new(BTreeMap::new()),
+            requested: Mutex::new(BTreeMap::new()),
             trigger: Notify::new(),
             topology,
             settled: watch::channel(0).0,
@@ -248,6 +252,51 @@ impl Assigner {
             self.shared.trigger.notify_one();
         }
         Ok(())
+    }
+
+    /// Moves `pchannel` to node `to` (an operator's move): the next round assigns it there at a
+    /// higher term, the old owner closing its WAL first as in every move. Resolves with the
+    /// new term once the topology lists the pchannel on `to`, or at once when it is there
+    /// already. `to` must be live and neither stopping nor drained
+    /// ([`CoordError::InvalidArgument`]); an unknown pchannel is
+    /// [`CoordError::UnknownPChannel`]. The balancer may move the pchannel again later, like
+    /// any other, once it has been where it is for `min_rebalance_interval`. If `to` stops
+    /// being healthy before the move, the request lapses and this waits on: bound it with a
+    /// timeout.
+    pub async fn move_pchannel(&self, pchannel: &str, to: NodeId) -> Result<Term> {
+        let meta = self.shared.manager.get(pchannel)?;
+        match self.shared.nodes.borrow().get(&to) {
+            None => {
+                return Err(CoordError::InvalidArgument(format!(
+                    "{to} is not a live streaming node"
+                )));
+            }
+            Some(n) if n.stopping => {
+                return Err(CoordError::InvalidArgument(format!(
+                    "{to} is stopping or drained"
+                )));
+            }
+            Some(_) => {}
+        }
+        let mut topology = self.subscribe();
+        let on_target = |t: &Topology| {
+            t.channels
+                .get(pchannel)
+                .filter(|(term, node)| node.id == to && *term >= meta.term)
+                .map(|(term, _)| *term)
+        };
+        if let Some(term) = on_target(&topology.borrow_and_update()) {
+            return Ok(term);
+        }
+        self.shared.requested.lock().insert(pchannel.to_owned(), to);
+        self.shared.trigger.notify_one();
+        tracing::info!(pchannel, node = %to, "pchannel move requested");
+        loop {
+            if let Some(term) = on_target(&topology.borrow_and_update()) {
+                return Ok(term);
+            }
+            topology.changed().await.map_err(|_| CoordError::Shutdown)?;
+        }
     }
 
     /// Asks for a round now.
@@ -380,7 +429,16 @@ impl Shared {
                 (m.name.as_str().to_owned(), input)
             })
             .collect();
-        let targets = balance(&inputs, &healthy, &self.config.balance)?;
+        let mut targets = balance(&inputs, &healthy, &self.config.balance)?;
+        self.requested.lock().retain(|name, to| {
+            let valid = healthy.contains(to) && targets.contains_key(name);
+            if valid {
+                targets.insert(name.clone(), *to);
+            } else {
+                tracing::warn!(pchannel = %name, node = %to, "requested move dropped: the node is not healthy");
+            }
+            valid
+        });
         let moves: Vec<(&String, NodeId)> = targets
             .iter()
             .filter(|(name, to)| inputs[*name].current != Some(**to))
@@ -443,6 +501,12 @@ impl Shared {
             }
         }
         self.manager.assign_done(name, term).await?;
+        {
+            let mut requested = self.requested.lock();
+            if requested.get(name) == Some(&to) {
+                requested.remove(name);
+            }
+        }
         self.publish();
         metrics::counter!("sluice_coord_assignments_total", "pchannel" => name.to_owned())
             .increment(1);

@@ -75,6 +75,9 @@ fn not_leader_status(e: CoordError) -> Status {
     }
 }
 
+/// How long `MovePChannel` waits for the move.
+const MOVE_PATIENCE: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// A coordinator error as a status carrying its code.
 pub fn coord_status(e: &CoordError) -> Status {
     convert::status(e.code(), e.to_string())
@@ -303,6 +306,31 @@ impl coordinator_server::Coordinator for CoordinatorService {
             .await
             .map_err(|e| coord_status(&e))?;
         Ok(Response::new(info))
+    }
+
+    async fn move_p_channel(
+        &self,
+        request: Request<v1::MovePChannelRequest>,
+    ) -> Result<Response<v1::MovePChannelResponse>, Status> {
+        let request = request.into_inner();
+        let leader = self.leader().await?;
+        let node = crate::NodeId(request.node_id);
+        let moved = tokio::time::timeout(
+            MOVE_PATIENCE,
+            leader.assigner.move_pchannel(&request.pchannel, node),
+        )
+        .await
+        .map_err(|_| {
+            convert::status(
+                ErrorCode::NotReady,
+                format!(
+                    "{} did not reach {node} within {MOVE_PATIENCE:?}; the move may still finish",
+                    request.pchannel
+                ),
+            )
+        })?
+        .map_err(|e| coord_status(&e))?;
+        Ok(Response::new(v1::MovePChannelResponse { term: moved.0 }))
     }
 
     async fn drain_node(

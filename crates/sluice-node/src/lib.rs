@@ -10,6 +10,7 @@ pub mod coord_link;
 pub mod error;
 pub mod manager;
 pub mod mirror;
+pub mod pressure;
 pub mod query;
 pub mod service;
 pub mod worker;

@@ -291,6 +291,15 @@ impl WalManager {
         out
     }
 
+    /// Bytes the write-ahead buffers of the open WALs hold now.
+    pub fn buffered_bytes(&self) -> u64 {
+        let slots: Vec<_> = self.slots.lock().values().cloned().collect();
+        slots
+            .iter()
+            .filter_map(|slot| slot.state.lock().wal.as_ref().map(Wal::buffer_bytes))
+            .sum()
+    }
+
     /// Refuses new work and closes every WAL gracefully.
     pub async fn shutdown(&self) {
         self.shutting_down

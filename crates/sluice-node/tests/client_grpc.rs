@@ -43,6 +43,7 @@ async fn start_node(id: u64, provider: Arc<dyn LogProvider>, oracle: Arc<LocalOr
         oracle: oracle.clone(),
         ids: oracle,
         node_growing: NodeGrowingBytes::new(),
+        pressure: sluice_wal::Pressure::unlimited(),
         checkpoints: None,
         rows: None,
     };

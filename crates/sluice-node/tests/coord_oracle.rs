@@ -101,6 +101,7 @@ async fn a_wal_runs_on_the_coordinators_oracle_across_a_coordinator_restart() {
             oracle: Arc::new(TsoLink(tso.clone())),
             ids: Arc::new(IdsLink(ids)),
             node_growing: NodeGrowingBytes::new(),
+            pressure: sluice_wal::Pressure::unlimited(),
             checkpoints: None,
             rows: None,
         };

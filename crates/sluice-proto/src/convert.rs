@@ -426,6 +426,7 @@ pub fn grpc_code(code: ErrorCode) -> tonic::Code {
         ErrorCode::InvalidArgument => tonic::Code::InvalidArgument,
         ErrorCode::Inner => tonic::Code::Internal,
         ErrorCode::Unknown => tonic::Code::Unknown,
+        ErrorCode::ResourceExhausted => tonic::Code::ResourceExhausted,
         _ => tonic::Code::FailedPrecondition,
     }
 }

@@ -162,6 +162,7 @@ fn wal_deps(oracle: &Arc<LocalOracle>, store: Arc<MetaCheckpointStore>) -> WalDe
         oracle: oracle.clone(),
         ids: oracle.clone(),
         node_growing: NodeGrowingBytes::new(),
+        pressure: sluice_wal::Pressure::unlimited(),
         checkpoints: Some(store),
         rows: None,
     }

@@ -91,6 +91,7 @@ impl Rig {
                 oracle: self.oracle.clone(),
                 ids: self.oracle.clone(),
                 node_growing: NodeGrowingBytes::new(),
+                pressure: sluice_wal::Pressure::unlimited(),
                 checkpoints: Some(MetaCheckpointStore::new(self.meta.clone(), "/sluice")),
                 rows: Some(Arc::new(ArrowRowCheck::default())),
             },

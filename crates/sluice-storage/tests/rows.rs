@@ -174,6 +174,7 @@ async fn the_wal_refuses_a_bad_body_and_writes_nothing() {
             oracle: oracle.clone(),
             ids: oracle,
             node_growing: NodeGrowingBytes::new(),
+            pressure: sluice_wal::Pressure::unlimited(),
             checkpoints: None,
             rows: Some(Arc::new(ArrowRowCheck::default())),
         },

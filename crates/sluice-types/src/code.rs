@@ -39,13 +39,16 @@ pub enum ErrorCode {
     NotReady = 14,
     /// The collection is released.
     CollectionNotLoaded = 15,
+    /// The node refuses writes for now: a disk is below its free-space watermark or the node
+    /// is over its memory cap. Nothing was written; retry with backoff.
+    ResourceExhausted = 16,
     /// Anything else.
     Unknown = 999,
 }
 
 impl ErrorCode {
     /// Every code.
-    pub const ALL: [ErrorCode; 16] = [
+    pub const ALL: [ErrorCode; 17] = [
         ErrorCode::ChannelNotExist,
         ErrorCode::ChannelFenced,
         ErrorCode::OnShutdown,
@@ -61,6 +64,7 @@ impl ErrorCode {
         ErrorCode::CollectionNotFound,
         ErrorCode::NotReady,
         ErrorCode::CollectionNotLoaded,
+        ErrorCode::ResourceExhausted,
         ErrorCode::Unknown,
     ];
 
@@ -96,6 +100,7 @@ impl ErrorCode {
             ErrorCode::CollectionNotFound => "COLLECTION_NOT_FOUND",
             ErrorCode::NotReady => "NOT_READY",
             ErrorCode::CollectionNotLoaded => "COLLECTION_NOT_LOADED",
+            ErrorCode::ResourceExhausted => "RESOURCE_EXHAUSTED",
             ErrorCode::Unknown => "UNKNOWN",
         }
     }
@@ -114,7 +119,11 @@ impl ErrorCode {
         self.is_wrong_node()
             || matches!(
                 self,
-                ErrorCode::OnShutdown | ErrorCode::Inner | ErrorCode::NotReady | ErrorCode::Unknown
+                ErrorCode::OnShutdown
+                    | ErrorCode::Inner
+                    | ErrorCode::NotReady
+                    | ErrorCode::ResourceExhausted
+                    | ErrorCode::Unknown
             )
     }
 
@@ -164,6 +173,7 @@ mod tests {
                 (13, "COLLECTION_NOT_FOUND"),
                 (14, "NOT_READY"),
                 (15, "COLLECTION_NOT_LOADED"),
+                (16, "RESOURCE_EXHAUSTED"),
                 (999, "UNKNOWN"),
             ]
         );

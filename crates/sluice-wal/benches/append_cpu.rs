@@ -80,6 +80,7 @@ async fn run(target: Target, producers: usize, iters: u64) -> Duration {
                 oracle: oracle.clone(),
                 ids: oracle,
                 node_growing: NodeGrowingBytes::new(),
+                pressure: sluice_wal::Pressure::unlimited(),
                 checkpoints: None,
                 rows: None,
             };

@@ -42,6 +42,9 @@ pub enum WalError {
     /// A write-ahead buffer position was evicted; the reader must fall back to the log.
     #[error("write-ahead buffer position evicted")]
     Evicted,
+    /// The node refuses writes for now (see [`crate::pressure`]); nothing was written.
+    #[error("overloaded: {0}")]
+    Overloaded(String),
     /// The store recovery snapshots are kept in failed.
     #[error("checkpoint store: {message}")]
     Store {
@@ -72,6 +75,7 @@ impl WalError {
             WalError::Unrecoverable(_) => ErrorCode::Unrecoverable,
             WalError::InvalidArgument(_) => ErrorCode::InvalidArgument,
             WalError::Evicted | WalError::Store { .. } => ErrorCode::Inner,
+            WalError::Overloaded(_) => ErrorCode::ResourceExhausted,
             WalError::Log(e) => e.code(),
         }
     }
@@ -80,7 +84,7 @@ impl WalError {
     pub fn retryable(&self) -> bool {
         match self {
             WalError::Log(e) => e.retryable(),
-            WalError::Evicted => true,
+            WalError::Evicted | WalError::Overloaded(_) => true,
             WalError::Store { retryable, .. } => *retryable,
             _ => false,
         }

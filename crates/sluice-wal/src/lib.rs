@@ -6,6 +6,7 @@ mod append;
 pub mod checkpoint;
 pub mod error;
 mod lock;
+pub mod pressure;
 pub mod producer;
 pub mod rows;
 pub mod scanner;
@@ -17,6 +18,7 @@ pub mod wal;
 
 pub use checkpoint::{CheckpointStore, MemoryCheckpointStore, Snapshot};
 pub use error::WalError;
+pub use pressure::Pressure;
 pub use rows::RowCheck;
 pub use sluice_types::AppendResult;
 pub use wal::{RecoveryStats, Wal, WalConfig, WalDeps};

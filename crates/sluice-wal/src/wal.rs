@@ -113,6 +113,8 @@ pub struct WalDeps {
     pub ids: Arc<dyn IdAllocator>,
     /// Growing bytes of the whole node.
     pub node_growing: Arc<NodeGrowingBytes>,
+    /// Admission of appends, shared by the node's WALs ([`crate::pressure`]).
+    pub pressure: Arc<crate::Pressure>,
     /// Where recovery snapshots are kept; `None`: every open replays the whole retained log.
     pub checkpoints: Option<Arc<dyn CheckpointStore>>,
     /// Checks Insert and Delete bodies of collections that have a schema; `None`: bodies are
@@ -132,6 +134,7 @@ const FENCED: u8 = 2;
 
 pub(crate) struct Inner {
     pub(crate) pchannel: PChannel,
+    pressure: Arc<crate::Pressure>,
     pub(crate) term: Term,
     config: WalConfig,
     log: Arc<dyn LogHandle>,
@@ -267,6 +270,7 @@ impl Wal {
             }
         };
         let inner = Arc::new(Inner {
+            pressure: deps.pressure.clone(),
             pchannel,
             term,
             log,
@@ -342,6 +346,11 @@ impl Wal {
     /// The term.
     pub fn term(&self) -> Term {
         self.inner.term
+    }
+
+    /// Bytes the write-ahead buffer holds now.
+    pub fn buffer_bytes(&self) -> u64 {
+        self.inner.wab.stats().bytes as u64
     }
 
     /// Whether appends can still succeed (not closing, not fenced).
@@ -420,7 +429,10 @@ impl Wal {
     /// once: a retry gets the original's result (see [`crate::producer`]).
     pub async fn append(&self, msg: MutableMessage) -> Result<AppendResult, WalError> {
         let started = std::time::Instant::now();
-        let r = self.append_once(msg).await;
+        let r = match self.inner.pressure.admit(msg.estimate_size() as u64).await {
+            Ok(_in_flight) => self.append_once(msg).await,
+            Err(e) => Err(e),
+        };
         let pchannel = self.inner.pchannel.as_str().to_owned();
         let outcome = match &r {
             Ok(_) => "OK",

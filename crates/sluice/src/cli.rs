@@ -542,6 +542,33 @@ pub(crate) async fn drain(
     Ok(())
 }
 
+/// `sluice ctl move PCHANNEL NODE`.
+pub(crate) async fn move_pchannel(
+    coord: &str,
+    pchannel: &str,
+    node: u64,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    let started = std::time::Instant::now();
+    let r = coordinator(coord)?
+        .move_p_channel(timed(
+            v1::MovePChannelRequest {
+                pchannel: pchannel.to_owned(),
+                node_id: node,
+            },
+            timeout,
+        ))
+        .await
+        .map_err(|s| anyhow::anyhow!("moving {pchannel} to node {node}: {}", s.message()))?
+        .into_inner();
+    println!(
+        "{pchannel} is on node {node} at term {} ({} ms)",
+        r.term,
+        started.elapsed().as_millis()
+    );
+    Ok(())
+}
+
 /// `sluice ctl load` (`Some(replicas)`) / `sluice ctl release` (`None`).
 pub(crate) async fn set_loaded(
     coord: &str,

@@ -375,6 +375,16 @@ pub(crate) struct NodeSection {
     /// its segments and replicas) to others, and stops once none is left or after this long
     /// (ms). Default 30000.
     pub drain_timeout_ms: u64,
+    /// Appends are refused (RESOURCE_EXHAUSTED, retryable) while the disk of the log, data or
+    /// local storage directory has fewer free bytes than this, and accepted again once it has
+    /// a tenth more (0: no check). Default 256 MiB.
+    pub min_free_disk_bytes: u64,
+    /// Appends are refused while write-ahead buffers + growing segments + appends in flight
+    /// hold more bytes than this, until under nine tenths of it (0: no cap). Default 4 GiB.
+    pub memory_cap_bytes: u64,
+    /// Appends wait (then fail, RESOURCE_EXHAUSTED) while this many bytes of appends are in
+    /// flight on the node (0: no cap). Default 256 MiB.
+    pub max_in_flight_bytes: u64,
 }
 
 /// The coordinator.
@@ -523,6 +533,9 @@ impl Default for NodeSection {
             id: 1,
             lease_ttl_ms: 10_000,
             drain_timeout_ms: 30_000,
+            min_free_disk_bytes: 256 << 20,
+            memory_cap_bytes: 4 << 30,
+            max_in_flight_bytes: 256 << 20,
         }
     }
 }

@@ -453,6 +453,16 @@ enum CtlCommand {
         #[arg(long)]
         undo: bool,
     },
+    /// Move a pchannel to a streaming node (a handover: its owner closes the WAL, the node
+    /// opens it at a higher term; producers wait and go on). Prints the new term.
+    Move {
+        #[command(flatten)]
+        client: ClientOpts,
+        /// The pchannel, e.g. `sluice-dml_0` (`sluice ctl topology` lists them).
+        pchannel: String,
+        /// The node id to move it to.
+        node: u64,
+    },
     /// Release a collection: delegators drop its rows; reads answer COLLECTION_NOT_LOADED.
     Release {
         #[command(flatten)]
@@ -499,6 +509,22 @@ enum BenchCommand {
         /// Concurrent producers, comma separated.
         #[arg(long, value_delimiter = ',', default_value = "1,64")]
         producers: Vec<usize>,
+    },
+    /// Longest time without an acknowledgement for producers whose pchannel is handed over
+    /// (`MovePChannel`), against equal windows without a move and a SIGKILL failover, in one
+    /// run: starts a coordinator and two nodes (this binary) on the etcd at `--etcd`.
+    Move {
+        #[command(flatten)]
+        opts: BenchOpts,
+        /// The etcd endpoint (a fresh key root is used).
+        #[arg(long)]
+        etcd: String,
+        /// Closed-loop producers.
+        #[arg(long, default_value_t = 4)]
+        producers: usize,
+        /// Moves to measure.
+        #[arg(long, default_value_t = 10)]
+        moves: usize,
     },
     /// Rows/s the flusher writes to Parquet (reading the log, decoding the inserts, writing the
     /// file, committing the manifest) against parquet's ArrowWriter writing the same batches
@@ -653,6 +679,7 @@ fn client_security(command: &Command) -> Option<&SecurityOpts> {
                 | CtlCommand::Describe { client, .. }
                 | CtlCommand::Load { client, .. }
                 | CtlCommand::Drain { client, .. }
+                | CtlCommand::Move { client, .. }
                 | CtlCommand::Release { client, .. }
                 | CtlCommand::DropCollection { client, .. }
                 | CtlCommand::Segments { client, .. },
@@ -833,6 +860,19 @@ fn run() -> anyhow::Result<()> {
             &client.coord,
             node,
             undo,
+            Duration::from_secs(client.timeout_secs),
+        )),
+        Command::Ctl {
+            what:
+                CtlCommand::Move {
+                    client,
+                    pchannel,
+                    node,
+                },
+        } => rt.block_on(cli::move_pchannel(
+            &client.coord,
+            &pchannel,
+            node,
             Duration::from_secs(client.timeout_secs),
         )),
         Command::Ctl {
@@ -1028,6 +1068,24 @@ fn run() -> anyhow::Result<()> {
                     expansion_search: ef_search,
                     ..sluice_query::IndexParams::default()
                 },
+            }))
+        }
+        Command::Bench {
+            what:
+                BenchCommand::Move {
+                    opts,
+                    etcd,
+                    producers,
+                    moves,
+                },
+        } => {
+            let tmp = opts.tempdir()?;
+            rt.block_on(bench::handover::handover(bench::handover::MoveParams {
+                dir: tmp.path(),
+                etcd: &etcd,
+                producers,
+                moves,
+                record_size: opts.record_size,
             }))
         }
         Command::Bench {

@@ -144,13 +144,16 @@ where
     O: TimestampOracle + IdAllocator,
 {
     let storage = storage_config(config, &store)?;
+    let growing = NodeGrowingBytes::new();
+    let pressure = sluice_wal::Pressure::with_in_flight_cap(config.node.max_in_flight_bytes);
     let manager = WalManager::new(
         provider,
         wal_config(config),
         WalDeps {
             oracle: oracle.clone(),
             ids: oracle,
-            node_growing: NodeGrowingBytes::new(),
+            node_growing: growing.clone(),
+            pressure: pressure.clone(),
             checkpoints: Some(MetaCheckpointStore::new(store, config.meta.root.clone())),
             rows: Some(Arc::new(ArrowRowCheck {
                 max_body_bytes: config.storage.max_body_bytes,
@@ -164,7 +167,42 @@ where
         Some(s) => manager.with_storage(s),
         None => manager,
     };
-    Ok(Arc::new(manager))
+    let manager = Arc::new(manager);
+    let mut dirs = vec![config.data_dir.clone()];
+    if config.log.backend != crate::config::LogBackend::Kafka {
+        dirs.push(config.log_dir());
+    }
+    if config
+        .storage
+        .s3_endpoint
+        .as_deref()
+        .is_none_or(str::is_empty)
+    {
+        dirs.push(
+            config
+                .storage
+                .dir
+                .clone()
+                .unwrap_or_else(|| config.data_dir.join("storage")),
+        );
+    }
+    let watched = Arc::downgrade(&manager);
+    tokio::spawn(sluice_node::pressure::monitor(
+        pressure,
+        sluice_node::pressure::PressureConfig {
+            dirs,
+            min_free_bytes: config.node.min_free_disk_bytes,
+            memory_cap_bytes: config.node.memory_cap_bytes,
+            interval: std::time::Duration::from_millis(200),
+        },
+        move || {
+            watched
+                .upgrade()
+                .map(|m| m.buffered_bytes().saturating_add(growing.get()))
+        },
+        tokio_util::sync::CancellationToken::new(),
+    ));
+    Ok(manager)
 }
 
 /// Where pchannels live, from the coordinator's assignment stream.

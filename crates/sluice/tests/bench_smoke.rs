@@ -229,3 +229,70 @@ fn bench_search_reports_recall_and_both_paths_as_json() {
         "the table goes to stderr:\n{stderr}"
     );
 }
+
+/// `sluice bench move` with two moves: it starts a cluster of its own on the test etcd and
+/// prints the three rows (no move, graceful move, failover) and how many appends it saw.
+#[test]
+fn bench_move_measures_handovers_against_quiet_windows_and_a_failover() {
+    let Ok(etcd) = std::env::var("SLUICE_TEST_ETCD") else {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "SLUICE_TEST_ETCD is not set but CI=true"
+        );
+        eprintln!("note: SLUICE_TEST_ETCD is not set; skipping bench move");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["bench", "move", "--dir"])
+        .arg(dir.path())
+        .args(["--etcd", &etcd, "--moves", "2", "--producers", "2"])
+        .output()
+        .expect("run sluice");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "sluice bench move failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let numbers = |label: &str| -> Vec<f64> {
+        let line = stdout
+            .lines()
+            .find(|l| l.starts_with(label))
+            .unwrap_or_else(|| panic!("no {label:?} row in:\n{stdout}"));
+        line[label.len()..]
+            .split_whitespace()
+            .map(|w| {
+                w.parse()
+                    .unwrap_or_else(|_| panic!("bad number {w:?} in {line:?}"))
+            })
+            .collect()
+    };
+    for label in [
+        "no move (1 s windows)",
+        "graceful move (1 s after asking)",
+        "SIGKILL failover (lease TTL 2 s)",
+    ] {
+        let v = numbers(label);
+        assert_eq!(v.len(), 3, "{label}: {v:?}");
+        assert!(
+            v[1] > 0.0 && v[1] <= v[2],
+            "{label}: median {} max {}",
+            v[1],
+            v[2]
+        );
+    }
+    // A failover waits out the 2 s lease; a gap that short means nothing was measured.
+    assert!(
+        numbers("SIGKILL failover (lease TTL 2 s)")[1] >= 1000.0,
+        "{stdout}"
+    );
+    let acked: u64 = stdout
+        .lines()
+        .find(|l| l.starts_with("graceful move: longest gap"))
+        .and_then(|l| l.split("; ").nth(1))
+        .and_then(|s| s.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no acknowledged count in:\n{stdout}"));
+    assert!(acked > 0, "{stdout}");
+}

@@ -1779,3 +1779,102 @@ async fn an_etcd_restart_stops_no_process_and_appends_resume() {
         );
     }
 }
+
+/// `sluice ctl move PCHANNEL NODE` under load: each move hands the pchannel over (a higher
+/// term on the target node, which the topology lists), producers see no error, and bad
+/// requests (a node that is not live, an unknown pchannel) are refused with a clear error and
+/// move nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctl_move_hands_pchannels_over_under_load_without_errors() {
+    let Some(etcd) = etcd_endpoint("ctl_move_hands_pchannels_over_under_load_without_errors")
+    else {
+        return;
+    };
+    let cluster = start_cluster(etcd, &Medium::SharedDir);
+    let (client, vchannels) = flowing_client(&cluster).await;
+    let topology =
+        Arc::new(CoordinatorTopology::connect(&cluster.coord.endpoint()).expect("endpoint"));
+    let mut rx = topology.subscribe();
+    let flow = Flow::start(&client, &vchannels, PRODUCERS);
+    flow.progress(100).await;
+    let coord = cluster.coord.endpoint();
+    let ctl = |args: &[&str]| {
+        let mut all = vec!["ctl"];
+        all.extend_from_slice(args);
+        all.extend_from_slice(&["--coord", &coord]);
+        tokio::task::block_in_place(|| support::run_cli(&all, &[], WAIT))
+    };
+    let mut gaps = Vec::new();
+    for round in 0..6 {
+        let pchannel = pchannel_name(round % PCHANNELS);
+        let before = wait_topology(&mut rx, &format!("{pchannel} assigned"), |t| {
+            t.channels.contains_key(&pchannel)
+        })
+        .await;
+        let from = before.channels[&pchannel].clone();
+        let to = cluster
+            .nodes
+            .keys()
+            .copied()
+            .find(|id| *id != from.node_id.0 && (*id + round as u64).is_multiple_of(2))
+            .or_else(|| {
+                cluster
+                    .nodes
+                    .keys()
+                    .copied()
+                    .find(|id| *id != from.node_id.0)
+            })
+            .expect("another node");
+        let asked = Instant::now();
+        let out = ctl(&["move", &pchannel, &to.to_string()]);
+        assert!(
+            out.status.success(),
+            "ctl move failed: {}{}",
+            out.stdout,
+            out.stderr
+        );
+        let term: u64 = out
+            .stdout
+            .split(" at term ")
+            .nth(1)
+            .and_then(|s| s.split_whitespace().next())
+            .and_then(|t| t.parse().ok())
+            .unwrap_or_else(|| panic!("no term in {:?}", out.stdout));
+        assert!(
+            term > from.term.0,
+            "{pchannel}: term {term} after {}",
+            from.term
+        );
+        let after = wait_topology(&mut rx, &format!("{pchannel} on node {to}"), |t| {
+            t.channels
+                .get(&pchannel)
+                .is_some_and(|a| a.node_id.0 == to && a.term.0 == term)
+        })
+        .await;
+        assert_eq!(after.channels[&pchannel].node_id.0, to);
+        flow.progress(100).await;
+        gaps.push(flow.longest_gap(asked, Instant::now()).0);
+    }
+    // Bad requests change nothing.
+    let layout = rx.borrow().channels.clone();
+    let out = ctl(&["move", &pchannel_name(0), "99"]);
+    assert!(!out.status.success());
+    assert!(
+        out.stderr.contains("not a live streaming node"),
+        "{}",
+        out.stderr
+    );
+    let out = ctl(&["move", "no-such-pchannel", "1"]);
+    assert!(!out.status.success());
+    assert!(out.stderr.contains("unknown pchannel"), "{}", out.stderr);
+    assert_eq!(
+        rx.borrow().channels,
+        layout,
+        "a refused move changed the layout"
+    );
+    let (acked, errors) = flow.stop().await;
+    assert!(errors.is_empty(), "the producers saw errors: {errors:?}");
+    eprintln!(
+        "ctl move: 6 moves, longest acknowledgement gap around each: {gaps:?}; {acked} appends acknowledged, no error"
+    );
+}

@@ -56,6 +56,7 @@ pub(crate) fn deps() -> WalDeps {
         oracle: oracle.clone(),
         ids: oracle,
         node_growing: NodeGrowingBytes::new(),
+        pressure: sluice_wal::Pressure::unlimited(),
         checkpoints: None,
         rows: None,
     }

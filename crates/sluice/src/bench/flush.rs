@@ -168,6 +168,7 @@ async fn flusher_round(
             oracle: oracle.clone(),
             ids: oracle,
             node_growing: NodeGrowingBytes::new(),
+            pressure: sluice_wal::Pressure::unlimited(),
             checkpoints: None,
             rows: None,
         },

@@ -36,6 +36,7 @@ use crate::local_access::RoutedAccess;
 use crate::server::Standalone;
 
 pub(crate) mod flush;
+pub(crate) mod handover;
 pub(crate) mod recovery;
 pub(crate) mod search;
 
@@ -200,6 +201,7 @@ fn wal_deps() -> WalDeps {
         oracle: oracle.clone(),
         ids: oracle,
         node_growing: NodeGrowingBytes::new(),
+        pressure: sluice_wal::Pressure::unlimited(),
         checkpoints: None,
         rows: None,
     }

@@ -71,6 +71,7 @@ fn deps(oracle: &Arc<LocalOracle>, store: Option<Arc<dyn CheckpointStore>>) -> W
         oracle: oracle.clone(),
         ids: oracle.clone(),
         node_growing: NodeGrowingBytes::new(),
+        pressure: sluice_wal::Pressure::unlimited(),
         checkpoints: store,
         rows: None,
     }
