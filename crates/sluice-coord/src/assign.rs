@@ -394,6 +394,8 @@ impl Shared {
             }
             t.channels = channels;
             t.version += 1;
+            metrics::gauge!("sluice_coord_topology_version").set(t.version as f64);
+            metrics::gauge!("sluice_coord_assigned_pchannels").set(t.channels.len() as f64);
             true
         });
     }

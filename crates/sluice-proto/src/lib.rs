@@ -5,6 +5,7 @@
 //! `sluice-types` ([`convert`]).
 
 pub mod convert;
+pub mod metered;
 pub mod security;
 
 pub use security::{Channel, Security};

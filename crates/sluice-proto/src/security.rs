@@ -281,10 +281,15 @@ impl std::fmt::Debug for ServerSecurity {
 }
 
 /// The server every Sluice process serves its services with (see [`server`]).
-pub type Server = tonic::transport::Server<Stack<RequireTokenLayer, tower_layer::Identity>>;
+pub type Server = tonic::transport::Server<ServerLayers>;
+
+/// The layers in front of every service: request metrics outermost (refused calls are counted
+/// too), then the token check.
+pub type ServerLayers =
+    Stack<Stack<RequireTokenLayer, crate::metered::MeteredLayer>, tower_layer::Identity>;
 
 /// A [`Server`]'s router.
-pub type Router = tonic::transport::server::Router<Stack<RequireTokenLayer, tower_layer::Identity>>;
+pub type Router = tonic::transport::server::Router<ServerLayers>;
 
 /// A `tonic` server with `security` applied: TLS when an identity is set (client certificates
 /// required when `client_ca` is), and the token check in front of every service.
@@ -314,7 +319,7 @@ pub fn server(security: &ServerSecurity) -> Result<Server, SecurityError> {
         Some(token) => RequireTokenLayer::new(token)?,
         None => RequireTokenLayer::open(),
     };
-    Ok(builder.layer(layer))
+    Ok(builder.layer(Stack::new(layer, crate::metered::MeteredLayer)))
 }
 
 /// The server half of the token check, a tower layer over every service of a server: a call

@@ -202,6 +202,7 @@ impl Wal {
     /// Opens the WAL of `pchannel` at `term`: opens the log read-write (fencing older terms),
     /// writes the first timetick, runs recovery, starts the background tasks. Appends are
     /// accepted once this returns.
+    #[tracing::instrument(name = "wal.open", level = "info", skip_all, fields(pchannel = %pchannel, term = term.0))]
     pub async fn open(
         provider: &dyn LogProvider,
         pchannel: PChannel,
@@ -427,13 +428,24 @@ impl Wal {
     ///
     /// A message numbered by an idempotent producer (`MutableMessage::set_producer`) is appended
     /// once: a retry gets the original's result (see [`crate::producer`]).
+    #[tracing::instrument(name = "wal.append", level = "debug", skip_all, fields(pchannel = %self.inner.pchannel))]
     pub async fn append(&self, msg: MutableMessage) -> Result<AppendResult, WalError> {
         let started = std::time::Instant::now();
+        let txn_event = match msg.message_type() {
+            Ok(MessageType::BeginTxn) => Some("begin"),
+            Ok(MessageType::CommitTxn) => Some("commit"),
+            Ok(MessageType::RollbackTxn) => Some("rollback"),
+            _ => None,
+        };
         let r = match self.inner.pressure.admit(msg.estimate_size() as u64).await {
             Ok(_in_flight) => self.append_once(msg).await,
             Err(e) => Err(e),
         };
         let pchannel = self.inner.pchannel.as_str().to_owned();
+        if let (Some(event), Ok(_)) = (txn_event, &r) {
+            metrics::counter!("sluice_wal_txns_total", "pchannel" => pchannel.clone(), "event" => event)
+                .increment(1);
+        }
         let outcome = match &r {
             Ok(_) => "OK",
             Err(e) => e.code().name(),

@@ -165,6 +165,31 @@ async fn the_metrics_endpoint_counts_appends_wal_opens_and_reads() {
         after.contains("sluice_wal_growing_segments{pchannel=\"sluice-dml_0\"}"),
         "{after}"
     );
+    // gRPC calls by method and code: the refused query was answered in its headers
+    // (FailedPrecondition carries COLLECTION_NOT_FOUND), produce streams were opened.
+    assert!(
+        total(
+            &after,
+            "sluice_grpc_requests_total",
+            &[
+                "method=\"/sluice.v1.Query/Query\"",
+                "code=\"FailedPrecondition\""
+            ]
+        ) >= 1.0,
+        "{after}"
+    );
+    assert!(
+        total(
+            &after,
+            "sluice_grpc_requests_total",
+            &["method=\"/sluice.v1.StreamingNode/Produce\"", "code=\"Ok\""]
+        ) >= 1.0,
+        "{after}"
+    );
+    assert!(
+        total(&after, "sluice_coord_topology_version", &[]) >= 1.0,
+        "{after}"
+    );
     // A ManualFlush seals the growing segment; the flusher writes it and counts it.
     client
         .append(
