@@ -1,10 +1,11 @@
 //! The `local` backend: one directory of segment files per pchannel on a local filesystem.
 //!
 //! ```text
-//!  root/{pchannel}/LOCK, TERM, {base_lsn:020}.log ...      (formats: see `segment.rs`)
+//!  root/{pchannel}/terms/{term}, {base}-{term}.log, .idx, .seal ...  (see `segment.rs`)
 //!
-//!  append ─▶ enqueue (encode, back-pressure) ─▶ writer thread ─▶ flock, re-read TERM,
-//!            one write + one fdatasync for every queued record, unlock ─▶ resolve AppendFutures
+//!  append ─▶ enqueue (encode, back-pressure) ─▶ writer thread ─▶ flock the term's claim, check
+//!            the claim, one write + one fdatasync for every queued record, check the claim
+//!            again, unlock ─▶ resolve AppendFutures
 //!  read   ─▶ reader task: seek with the sparse index, read chunks on the blocking pool,
 //!            tail committed records (in process: a watch of the committed lsn; other
 //!            processes' writes: polling)
@@ -13,15 +14,63 @@
 //! Ids are `MessageId::from_parts(0, lsn)` with a dense lsn per pchannel that continues across
 //! segments, reopens and terms.
 //!
-//! Fencing holds across processes: read-write opens and every write batch take an exclusive
-//! `flock` on `LOCK` and check `TERM` under it. An open at term `T` writes `T` (refusing if a
-//! higher term is stored) and recovers the log under the lock; a batch at a lower term fails with
-//! [`LogError::Fenced`], and the handle stays fenced. Because a batch holds the lock from the
-//! term check through its fdatasync, a new owner's recovery sees either none or all of it, so no
-//! acknowledged record of an old term can be missed, and none can land after the new owner's.
+//! # Fencing
+//!
+//! Fencing holds across processes, and a new owner never waits for an old one: an owner that is
+//! stopped (SIGSTOP, a long pause) at any point, holding whatever it holds, cannot keep a higher
+//! term from opening the log and appending. Three mechanisms, none of them a lock shared between
+//! terms:
+//!
+//! * **Claims** (`claims.rs`). An open at term `t` refuses if a higher term is stored, creates
+//!   the claim file `terms/{t}` and removes the claims of lower terms (each step synced), and
+//!   only then reads the log. A handle is the owner while its claim file exists. Handles of one
+//!   term take turns through a `flock` on that file — which is all an open ever waits for.
+//! * **Check after sync.** A batch is checked against the claim before it is written and, again,
+//!   after its fdatasync; only then is it acknowledged. A failed check fails the batch with
+//!   [`LogError::Fenced`] (the handle stays fenced) and leaves its bytes where they are.
+//! * **Seal and a fresh segment.** A new term never appends to a file an older term may still
+//!   have open. Its open seals the newest segment at the end its recovery found — first seal
+//!   wins, so racing opens agree (`seal.rs`) — and starts its own segment, created with
+//!   `O_EXCL` under a name that carries the term. Everything in the sealed segment after the
+//!   seal, and any segment a fenced writer creates late, is outside the log (`segment.rs`, "The
+//!   chain of segments"); recovery and readers stop at the seal.
+//!
+//! Why that is enough, for an old writer at term `T` and a new owner at `T' > T` whose open
+//! removes the claim of `T` at moment `R` and then reads the log:
+//!
+//! * *No acknowledged record is lost.* A batch is acknowledged only if its second check ran
+//!   before `R`, so it was durable (written, for the relaxed durabilities) before the new
+//!   owner's recovery read the segment: the recovery finds it, syncs it and seals after it.
+//! * *Nothing of the old writer appears after the open.* A batch whose check ran after `R`
+//!   fails. Its write may land before the recovery's read (then it is inside the seal:
+//!   unacknowledged records may or may not be in the log, as always) or after it (then it is
+//!   after the seal, ignored by every reader and recovery). Stopped anywhere — before its write,
+//!   between write and fdatasync, before the second check, inside a roll (the new segment it
+//!   creates has the new owner's base and a lower term, so it is dead) — it acknowledges
+//!   nothing once continued, and later batches fail their first check.
+//! * *No torn or interleaved data.* The new owner writes only to its own new segment, which no
+//!   other term can open by name; the old writer's late writes go to its old file, after the
+//!   seal. Lsns stay dense: the new segment's base is the sealed segment's end.
+//! * *Readers.* A reader decides what it may deliver only after reading it (`reader.rs`): in
+//!   the newest segment, a record counts if no newer term has claimed the log yet — then the
+//!   newer term's recovery comes later and keeps it — and otherwise only once the seal says so.
+//!   So a record a reader delivered is never cut off by a seal.
+//! * *Two new terms racing* (`T+1` and `T+2`): the higher removes the lower's claim, so the
+//!   lower acknowledges nothing after that; they agree on the old segment's end through the
+//!   first seal, and the lower's segment is either sealed by the higher (if it existed when the
+//!   higher read the log) or dead (same base, lower term).
+//! * *Crashes* (SIGKILL anywhere): claims and seals are created durably before anything relies
+//!   on them; a claim without a seal or a seal without the next segment is completed by the
+//!   next open; recovery truncates a torn tail only in a segment of the opening term.
+//!
+//! Logs written before claims (no `terms/`, segment names without a term, a `TERM` file) open
+//! and read as before: their term still refuses lower opens, and the first read-write open seals
+//! their newest segment and continues in a segment of its own.
 
+mod claims;
 mod reader;
 mod recovery;
+mod seal;
 mod segment;
 mod sidecar;
 mod writer;
@@ -39,14 +88,31 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use self::claims::Claim;
 use self::reader::{Reader, Start};
 use self::recovery::{RecoveryMode, recover};
-use self::segment::{LOCK_FILE, list_segments, read_term};
+use self::segment::{list_segment_files, list_segments};
 use self::writer::{WriterLink, open_writer};
 use crate::{
     AccessMode, AppendFuture, DeliverPolicy, LogError, LogHandle, LogProvider, LogStream,
     OpenOptions, ReadOptions,
 };
+
+/// Knobs for tests of the local backend (`testkit` feature only).
+#[cfg(feature = "testkit")]
+pub mod testkit {
+    use std::time::Duration;
+
+    /// Makes every local writer of this process wait `pause` between a batch's pre-write claim
+    /// check and its write (zero: no wait, the default). That is the window in which a writer
+    /// that is stopped has checked its term but not written yet; tests that stop writers at
+    /// random moments widen it so that they land in it often.
+    pub fn pause_before_write(pause: Duration) {
+        let micros = u64::try_from(pause.as_micros()).unwrap_or(u64::MAX);
+        super::writer::PAUSE_BEFORE_WRITE_MICROS
+            .store(micros, std::sync::atomic::Ordering::Relaxed);
+    }
+}
 
 /// When an append is acknowledged.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -193,9 +259,7 @@ impl LocalProvider {
                         config.index_interval,
                         None,
                     )?;
-                    for s in &scanned {
-                        shared.merge_index(s.base, &s.index);
-                    }
+                    reader::merge_scanned(&shared, &segments, &scanned)?;
                     None
                 }
             };
@@ -223,15 +287,24 @@ async fn blocking<T: Send + 'static>(
         .map_err(|e| LogError::Unavailable(format!("local backend blocking task failed: {e}")))?
 }
 
+/// The in-process writers of a directory.
+#[derive(Default)]
+struct Writers {
+    /// Writers that are open and not (known to be) fenced.
+    count: usize,
+    /// The active segment of the writer of the highest term among them.
+    active: Option<(Term, PathBuf)>,
+}
+
 /// State shared by every handle of one pchannel directory within this process.
 pub(crate) struct SharedDir {
     /// Canonical directory path.
     path: PathBuf,
     /// The lsn after the last record an in-process writer made durable. Readers wake on it.
     committed: watch::Sender<u64>,
-    /// In-process writers that are open and not fenced. While there is one, in-process readers
-    /// stop at `committed`; otherwise they read whatever valid records the files hold.
-    writers: Mutex<usize>,
+    /// While an in-process writer is open, in-process readers of its active segment stop at
+    /// `committed`; elsewhere they read what the files hold by the rules in `reader.rs`.
+    writers: Mutex<Writers>,
     /// Sparse index per segment base: (lsn, offset), ascending.
     index: Mutex<HashMap<u64, Vec<(u64, u64)>>>,
 }
@@ -250,7 +323,7 @@ impl SharedDir {
         let shared = Arc::new(SharedDir {
             path: path.to_owned(),
             committed: watch::Sender::new(0),
-            writers: Mutex::new(0),
+            writers: Mutex::new(Writers::default()),
             index: Mutex::new(HashMap::new()),
         });
         registry.insert(path.to_owned(), Arc::downgrade(&shared));
@@ -260,7 +333,23 @@ impl SharedDir {
     /// The lsn in-process readers must stop before, if an in-process writer is active.
     fn read_limit(&self) -> Option<u64> {
         let writers = self.writers.lock();
-        (*writers > 0).then(|| *self.committed.borrow())
+        (writers.count > 0).then(|| *self.committed.borrow())
+    }
+
+    /// The committed lsn, if `path` is the active segment of an in-process writer (the one of
+    /// the highest term): readers of that segment stop there.
+    fn active_limit(&self, path: &Path) -> Option<u64> {
+        let writers = self.writers.lock();
+        let active = writers.active.as_ref().is_some_and(|(_, p)| p == path);
+        (writers.count > 0 && active).then(|| *self.committed.borrow())
+    }
+
+    /// Records the active segment of a writer at `term` (unless a higher term's is known).
+    fn set_active(&self, term: Term, path: &Path) {
+        let mut writers = self.writers.lock();
+        if writers.active.as_ref().is_none_or(|(t, _)| *t <= term) {
+            writers.active = Some((term, path.to_owned()));
+        }
     }
 
     /// Records that everything below `next` is durable.
@@ -274,15 +363,21 @@ impl SharedDir {
         });
     }
 
-    fn register_writer(&self, committed: u64) {
+    fn register_writer(&self, committed: u64, term: Term, active: &Path) {
         let mut writers = self.writers.lock();
-        *writers += 1;
+        writers.count += 1;
+        if writers.active.as_ref().is_none_or(|(t, _)| *t <= term) {
+            writers.active = Some((term, active.to_owned()));
+        }
         self.publish(committed);
     }
 
     fn deregister_writer(&self) {
         let mut writers = self.writers.lock();
-        *writers = writers.saturating_sub(1);
+        writers.count = writers.count.saturating_sub(1);
+        if writers.count == 0 {
+            writers.active = None;
+        }
         drop(writers);
         // Wake readers so they re-evaluate their limit.
         self.committed.send_modify(|_| {});
@@ -416,13 +511,14 @@ impl LogHandle for LocalHandle {
     }
 
     async fn truncate(&self, up_to: MessageId) -> Result<(), LogError> {
-        self.check_writable()?;
+        let claim = self.check_writable()?.claim().clone();
         let up_to = lsn_of(up_to)?;
         let shared = self.shared.clone();
         let pchannel = self.options.pchannel.clone();
         let term = self.options.term;
         let removed =
-            blocking(move || truncate_segments(&shared.path, &pchannel, term, up_to)).await?;
+            blocking(move || truncate_segments(&shared.path, &pchannel, term, &claim, up_to))
+                .await?;
         for base in removed {
             self.shared.remove_index(base);
         }
@@ -449,51 +545,52 @@ impl Drop for LocalHandle {
     }
 }
 
-/// Deletes, oldest first, every segment all of whose records are `<= up_to`, never the newest.
-/// Runs under the directory lock and refuses if a higher term has opened the log.
+/// Deletes, oldest first, every segment all of whose records are `<= up_to`, never the newest
+/// (with the dead segment files among them). Runs under the term's lock and refuses once a
+/// newer term has claimed the log.
 fn truncate_segments(
     dir: &Path,
     pchannel: &PChannel,
     term: Term,
+    claim: &Claim,
     up_to: u64,
 ) -> Result<Vec<u64>, LogError> {
-    let lock_path = dir.join(LOCK_FILE);
-    let lock = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(&lock_path)
-        .map_err(|e| LogError::io(format!("open {}", lock_path.display()), e))?;
+    let fenced = || LogError::Fenced {
+        pchannel: pchannel.clone(),
+        term,
+        current: claims::current_term(dir).unwrap_or(term),
+    };
+    let Some(lock) = claim.reopen()? else {
+        return Err(fenced());
+    };
     lock.lock()
-        .map_err(|e| LogError::io(format!("lock {}", lock_path.display()), e))?;
+        .map_err(|e| LogError::io(format!("lock {}", claim.path().display()), e))?;
     let result = (|| {
-        let term_path = dir.join(segment::TERM_FILE);
-        let term_file = std::fs::File::open(&term_path)
-            .map_err(|e| LogError::io(format!("open {}", term_path.display()), e))?;
-        let stored = read_term(&term_file, &term_path)?.term;
-        if stored > term {
-            return Err(LogError::Fenced {
-                pchannel: pchannel.clone(),
-                term,
-                current: stored,
-            });
+        if !claim.held()? {
+            return Err(fenced());
         }
-        let segments = list_segments(dir)?;
+        let chain = list_segments(dir)?;
+        let files = list_segment_files(dir)?;
         let mut removed = Vec::new();
-        for pair in segments.windows(2) {
+        for pair in chain.windows(2) {
             let (seg, next) = (&pair[0], &pair[1]);
             if next.base > up_to.saturating_add(1) {
                 break;
             }
-            // The sidecar first: a sidecar without its segment is never read, but a segment
-            // must not outlive a removal that reported success.
-            sidecar::remove(&seg.path)?;
-            match std::fs::remove_file(&seg.path) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => {
-                    return Err(LogError::io(format!("remove {}", seg.path.display()), e));
+            for file in files
+                .iter()
+                .filter(|f| f.base >= seg.base && f.base < next.base)
+            {
+                // The sidecar and seal first: neither is read without its segment, but a
+                // segment must not outlive a removal that reported success.
+                sidecar::remove(&file.path)?;
+                seal::remove(&file.path)?;
+                match std::fs::remove_file(&file.path) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => {
+                        return Err(LogError::io(format!("remove {}", file.path.display()), e));
+                    }
                 }
             }
             removed.push(seg.base);
@@ -504,7 +601,7 @@ fn truncate_segments(
         Ok(removed)
     })();
     if let Err(e) = lock.unlock() {
-        tracing::warn!(error = %e, path = %lock_path.display(), "unlock failed");
+        tracing::warn!(error = %e, path = %claim.path().display(), "unlock failed");
     }
     result
 }

@@ -2,14 +2,25 @@
 //!
 //! A reader seeks with the sparse index, decodes records in id order and hands them to a bounded
 //! channel. At the end of the data it waits for the committed-lsn watch (in-process writers) or
-//! polls (writers in other processes). While an in-process writer is active, a reader never
-//! delivers a record at or past the committed lsn, so it never shows a record that is written but
-//! not yet durable.
+//! polls (writers in other processes).
+//!
+//! Which records of a segment a reader may deliver is decided *after* it read them, so that
+//! no record it delivers can later fall outside the log:
+//! * the active segment of an in-process writer: those below the committed lsn (acknowledged,
+//!   so written and durable before any newer term's recovery);
+//! * a final segment — sealed (`seal.rs`), or followed by another in the chain: exactly its
+//!   records up to that lsn; whatever follows them is a fenced writer's late writes;
+//! * the newest segment otherwise: every valid record, if no newer term than the segment's has
+//!   claimed the log (`claims.rs`) — a newer term's claim, hence its recovery, comes after this
+//!   check and so after the records were written, and its seal keeps them; else none until the
+//!   segment is sealed;
+//! * a segment no longer in the chain (truncated, or superseded by a newer term's segment of
+//!   the same base, which only happens to one that had no record when it was sealed): none; the
+//!   reader finds its position in the chain again.
 //!
 //! The newest segment usually ends in the writer's zero runway (see `segment.rs`): a zero frame
 //! header there is not a record and not damage, just "no more records yet"; the reader waits at
-//! it like at the end of the file. A sealed segment is cut to its last record before its
-//! successor exists, so moving on never skips a record.
+//! it like at the end of the file.
 
 use std::fs::File;
 use std::io;
@@ -20,8 +31,12 @@ use sluice_types::{ImmutableMessage, MessageId};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
-use super::recovery::{FrameAt, RecoveryMode, corrupted, decode_body, frame_at, recover};
-use super::segment::{SEGMENT_HEADER_LEN, list_segments, read_bounded, read_segment_header};
+use super::recovery::{
+    FrameAt, RecoveryMode, ScannedSegment, corrupted, decode_body, frame_at, recover,
+};
+use super::segment::{
+    SEGMENT_HEADER_LEN, SegmentFile, list_segments, read_bounded, read_segment_header,
+};
 use super::{LocalConfig, SharedDir};
 use crate::LogError;
 
@@ -39,6 +54,7 @@ pub(super) enum Start {
 
 struct Cursor {
     base: u64,
+    term: Option<u64>,
     path: std::path::PathBuf,
     file: File,
     offset: u64,
@@ -46,6 +62,98 @@ struct Cursor {
     last_indexed: u64,
     /// Bytes to read next time (a record larger than a chunk needs more).
     need: u64,
+    /// Once the segment is final: the lsn its records end at.
+    limit: Option<u64>,
+    /// Reads that ended before `limit` in a row (more than a couple means damage).
+    short_reads: u32,
+}
+
+impl Cursor {
+    fn open(seg: &SegmentFile, file: File, offset: u64, next_lsn: u64) -> Cursor {
+        Cursor {
+            base: seg.base,
+            term: seg.term,
+            path: seg.path.clone(),
+            file,
+            offset,
+            next_lsn,
+            last_indexed: offset,
+            need: READ_CHUNK,
+            limit: None,
+            short_reads: 0,
+        }
+    }
+
+    fn segment(&self) -> SegmentFile {
+        SegmentFile {
+            base: self.base,
+            term: self.term,
+            path: self.path.clone(),
+        }
+    }
+}
+
+/// What readers may take from a segment, as far as the files say now (see the module docs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Status {
+    /// Final: it holds the records below this lsn.
+    Final(u64),
+    /// The newest segment, and its term still owns the log: every valid record counts.
+    Open,
+    /// The newest segment of a term a newer one has claimed, not sealed yet.
+    Sealing,
+    /// Not in the chain any more.
+    Gone,
+}
+
+/// The status of `seg` in the pchannel directory `dir`. Call it after reading the records it is
+/// to decide on.
+pub(super) fn status(dir: &std::path::Path, seg: &SegmentFile) -> Result<Status, LogError> {
+    if let Some(seal) = super::seal::read(&seg.path, seg.base)? {
+        return Ok(Status::Final(seal.next_lsn));
+    }
+    let chain = list_segments(dir)?;
+    let Some(i) = chain.iter().position(|s| s.path == seg.path) else {
+        return Ok(Status::Gone);
+    };
+    if let Some(next) = chain.get(i + 1) {
+        return Ok(Status::Final(next.base));
+    }
+    let open = match (super::claims::highest_claim(dir)?, seg.term) {
+        // Never claimed: a log of a version before claims, read as it always was.
+        (None, _) => true,
+        (Some(highest), Some(term)) => highest <= term,
+        (Some(_), None) => false,
+    };
+    Ok(if open { Status::Open } else { Status::Sealing })
+}
+
+/// Adds the index entries a read-only recovery found, keeping only records readers may deliver
+/// (the newest segment's count only while it is open or up to its seal).
+pub(super) fn merge_scanned(
+    shared: &SharedDir,
+    chain: &[SegmentFile],
+    scanned: &[ScannedSegment],
+) -> Result<(), LogError> {
+    for s in scanned {
+        let newest = chain.last().is_some_and(|n| n.path == s.path);
+        let limit = match (newest, chain.last()) {
+            (true, Some(seg)) => match status(&shared.path, seg)? {
+                Status::Open => None,
+                Status::Final(l) => Some(l),
+                Status::Sealing | Status::Gone => continue,
+            },
+            _ => None,
+        };
+        let entries: Vec<_> = s
+            .index
+            .iter()
+            .copied()
+            .filter(|&(lsn, _)| limit.is_none_or(|l| lsn < l))
+            .collect();
+        shared.merge_index(s.base, &entries);
+    }
+    Ok(())
 }
 
 /// A reader's position and what it needs to move on; lives on the blocking pool while it reads.
@@ -166,15 +274,7 @@ impl Reader {
         } else {
             (seg.base, SEGMENT_HEADER_LEN)
         };
-        self.cur = Some(Cursor {
-            base: seg.base,
-            path: seg.path.clone(),
-            file,
-            offset,
-            next_lsn,
-            last_indexed: offset,
-            need: READ_CHUNK,
-        });
+        self.cur = Some(Cursor::open(seg, file, offset, next_lsn));
         Ok(true)
     }
 
@@ -189,9 +289,27 @@ impl Reader {
         let want = std::mem::replace(&mut cur.need, READ_CHUNK);
         let buf = read_bounded(&cur.file, cur.offset, want)
             .map_err(|e| LogError::io(format!("read {}", cur.path.display()), e))?;
-        // Taken after the read: bytes an in-process writer wrote but has not yet synced are
-        // then beyond the limit.
-        let limit = self.shared.read_limit();
+        // Decided after the read (see the module docs): bytes an in-process writer wrote but has
+        // not yet synced are then beyond the committed lsn, and records of an open newest
+        // segment were there before any newer term's recovery.
+        let (limit, is_final) = match cur.limit {
+            Some(l) => (Some(l), true),
+            None => match self.shared.active_limit(&cur.path) {
+                Some(committed) => (Some(committed), false),
+                None => match status(&self.shared.path, &cur.segment())? {
+                    Status::Final(l) => {
+                        cur.limit = Some(l);
+                        (Some(l), true)
+                    }
+                    Status::Open => (None, false),
+                    Status::Sealing => (Some(cur.next_lsn), false),
+                    Status::Gone => {
+                        self.reposition();
+                        return Ok(Stop::Progress);
+                    }
+                },
+            },
+        };
         let mut pos = 0usize;
         let mut index = Vec::new();
         let stop = loop {
@@ -199,7 +317,14 @@ impl Reader {
                 break Stop::Progress;
             }
             if limit.is_some_and(|l| cur.next_lsn >= l) {
-                break if pos > 0 { Stop::Progress } else { Stop::Limit };
+                break if pos > 0 {
+                    Stop::Progress
+                } else if is_final {
+                    // The end of a final segment (anything after it is not part of the log).
+                    Stop::End(None)
+                } else {
+                    Stop::Limit
+                };
             }
             let Some(rest) = buf.get(pos..).filter(|r| !r.is_empty()) else {
                 break if pos > 0 {
@@ -224,6 +349,7 @@ impl Reader {
                     pos += len;
                     cur.offset += len as u64;
                     cur.next_lsn += 1;
+                    cur.short_reads = 0;
                 }
                 FrameAt::Incomplete { needed } => {
                     let needed = needed as u64;
@@ -255,42 +381,48 @@ impl Reader {
         Ok(stop)
     }
 
-    /// At the end of the current segment's data: move to the next segment if there is one.
+    /// At the end of the current segment's data: move to the next segment once this one is
+    /// final and read to its end.
     fn advance(&mut self, reason: Option<String>) -> Result<Advance, LogError> {
-        let Some(cur) = self.cur.as_ref() else {
+        let Some(cur) = self.cur.as_mut() else {
             return Ok(Advance::Moved);
         };
-        let segments = list_segments(&self.shared.path)?;
-        let Some(next) = segments.iter().find(|s| s.base > cur.base) else {
-            // The newest segment: more records may come (a torn tail is rewritten by the next
+        let Some(limit) = cur.limit else {
+            // An open segment: more records may come (a torn tail is rewritten by the next
             // read-write open).
             return Ok(Advance::Wait);
         };
-        let newest = segments.last().is_some_and(|l| l.base == next.base);
-        // A later segment exists, so this one is sealed and what it holds is final. Look once
-        // more: it may have grown between our read and the listing.
-        let file_len = cur
-            .file
-            .metadata()
-            .map_err(|e| LogError::io(format!("stat {}", cur.path.display()), e))?
-            .len();
-        if file_len != cur.offset {
-            let check = frame_check(&cur.file, cur.offset, file_len)
-                .map_err(|e| LogError::io(format!("read {}", cur.path.display()), e))?;
-            return match check {
-                // It grew: read on.
-                Ok(()) => Ok(Advance::Moved),
-                Err(r) => Err(corrupted(
+        if cur.next_lsn < limit {
+            // The segment must hold records up to `limit`; the read may have come just before
+            // they were written (the limit was learned after it). Look again, then call it
+            // damage.
+            cur.short_reads += 1;
+            if cur.short_reads > 2 {
+                return Err(corrupted(
                     &cur.path,
                     cur.offset,
-                    format!("{} (in a sealed segment)", reason.unwrap_or(r)),
-                )),
-            };
+                    format!(
+                        "{} (in a sealed segment, before lsn {limit})",
+                        reason.unwrap_or_else(|| "the file ends".into())
+                    ),
+                ));
+            }
+            return Ok(Advance::Moved);
         }
+        let segments = list_segments(&self.shared.path)?;
+        let Some(next) = segments.iter().find(|s| s.base == limit) else {
+            if segments.first().is_none_or(|f| f.base > limit) {
+                // Truncated away meanwhile: find the oldest retained record again.
+                self.reposition();
+                return Ok(Advance::Moved);
+            }
+            // Sealed, and the newer term has not created its segment yet.
+            return Ok(Advance::Wait);
+        };
+        let newest = segments.last().is_some_and(|l| l.base == next.base);
         let file = match File::open(&next.path) {
             Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                // Truncated away meanwhile: find the oldest retained record again.
                 self.reposition();
                 return Ok(Advance::Moved);
             }
@@ -310,30 +442,7 @@ impl Reader {
             Err(_) if newest => return Ok(Advance::Wait),
             Err(reason) => return Err(corrupted(&next.path, 0, reason)),
         }
-        if next.base != cur.next_lsn {
-            if !cur.path.exists() {
-                // Our segment was truncated while we read it, and so were its successors.
-                self.reposition();
-                return Ok(Advance::Moved);
-            }
-            return Err(corrupted(
-                &next.path,
-                0,
-                format!(
-                    "segment starts at lsn {} but the previous segment ends at lsn {}",
-                    next.base, cur.next_lsn
-                ),
-            ));
-        }
-        self.cur = Some(Cursor {
-            base: next.base,
-            path: next.path.clone(),
-            file,
-            offset: SEGMENT_HEADER_LEN,
-            next_lsn: next.base,
-            last_indexed: SEGMENT_HEADER_LEN,
-            need: READ_CHUNK,
-        });
+        self.cur = Some(Cursor::open(next, file, SEGMENT_HEADER_LEN, next.base));
         Ok(Advance::Moved)
     }
 
@@ -344,46 +453,41 @@ impl Reader {
     }
 }
 
-/// Whether a complete, valid frame starts at `offset` (reads at most what the file holds).
-fn frame_check(file: &File, offset: u64, file_len: u64) -> io::Result<Result<(), String>> {
-    let probe = read_bounded(file, offset, READ_CHUNK)?;
-    let frame = match frame_at(&probe) {
-        FrameAt::Valid { .. } => return Ok(Ok(())),
-        FrameAt::Invalid(r) => return Ok(Err(r)),
-        FrameAt::Incomplete { needed } => {
-            if offset + needed as u64 > file_len || probe.len() >= needed {
-                return Ok(Err("incomplete record".into()));
-            }
-            read_bounded(file, offset, needed as u64)?
-        }
-    };
-    Ok(match frame_at(&frame) {
-        FrameAt::Valid { .. } => Ok(()),
-        FrameAt::Invalid(r) => Err(r),
-        FrameAt::Incomplete { .. } => Err("incomplete record".into()),
-    })
-}
-
 /// The lsn the next record of the log will get, from the files (for `Latest` without an
-/// in-process writer).
+/// in-process writer). While a newer term is sealing the newest segment, waits (briefly) for
+/// the seal; if it does not come, starts at the newest segment's base (records may then be
+/// delivered that were appended before the read began, never skipped).
 pub(super) fn end_lsn(shared: &SharedDir, index_interval: u64) -> Result<u64, LogError> {
-    let segments = list_segments(&shared.path)?;
-    let Some(newest) = segments.last() else {
-        return Ok(0);
-    };
-    let start = shared
-        .seek(newest.base, u64::MAX)
-        .map(|(lsn, off)| (off, lsn, off));
-    let scanned = recover(
-        std::slice::from_ref(newest),
-        RecoveryMode::ReadOnly,
-        index_interval,
-        start,
-    )?;
-    for s in &scanned {
-        shared.merge_index(s.base, &s.index);
+    for _ in 0..200 {
+        let segments = list_segments(&shared.path)?;
+        let Some(newest) = segments.last() else {
+            return Ok(0);
+        };
+        let start = shared
+            .seek(newest.base, u64::MAX)
+            .map(|(lsn, off)| (off, lsn, off));
+        let scanned = recover(
+            std::slice::from_ref(newest),
+            RecoveryMode::ReadOnly,
+            index_interval,
+            start,
+        )?;
+        let end = scanned.last().map_or(newest.base, |s| s.next_lsn);
+        match status(&shared.path, newest)? {
+            Status::Open => {
+                merge_scanned(shared, &segments, &scanned)?;
+                return Ok(end);
+            }
+            // Sealed, and no next segment yet.
+            Status::Final(l) if super::seal::read(&newest.path, newest.base)?.is_some() => {
+                return Ok(l);
+            }
+            Status::Final(_) | Status::Sealing | Status::Gone => {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
     }
-    Ok(scanned.last().map_or(newest.base, |s| s.next_lsn))
+    Ok(list_segments(&shared.path)?.last().map_or(0, |s| s.base))
 }
 
 /// The reader task: steps the reader on the blocking pool and feeds the stream.

@@ -83,21 +83,23 @@ pub(super) struct RecordScan {
     pub bad: Option<(u64, String)>,
 }
 
-/// Scans records from `(offset, lsn)` up to the end of the file or the first bad record.
-/// `last_indexed` is the offset of the last index entry before `offset` (or the header end).
+/// Scans records from `(offset, lsn)` up to the end of the file, the first bad record or the
+/// record with lsn `limit` (which is not scanned). `last_indexed` is the offset of the last index
+/// entry before `offset` (or the header end).
 pub(super) fn scan_records(
     file: &File,
     path: &Path,
     start: (u64, u64),
     last_indexed: u64,
     index_interval: u64,
+    limit: Option<u64>,
 ) -> Result<RecordScan, LogError> {
     let (mut offset, mut lsn) = start;
     let mut last_indexed = last_indexed;
     let mut index = Vec::new();
     let file_len = file.metadata().map_err(|e| io_err("stat", path, e))?.len();
     let mut want = SCAN_CHUNK;
-    while offset < file_len {
+    while offset < file_len && limit.is_none_or(|l| lsn < l) {
         let requested = want;
         want = SCAN_CHUNK;
         let buf = read_bounded(file, offset, requested).map_err(|e| io_err("read", path, e))?;
@@ -106,7 +108,7 @@ pub(super) fn scan_records(
         }
         let mut pos = 0usize;
         let mut stop = None;
-        while pos < buf.len() {
+        while pos < buf.len() && limit.is_none_or(|l| lsn < l) {
             match frame_at(&buf[pos..]) {
                 FrameAt::Valid { len, .. } => {
                     if offset >= last_indexed.saturating_add(index_interval) {
@@ -230,16 +232,21 @@ pub(super) struct ScannedSegment {
 /// How a recovery may touch the files.
 #[derive(Clone, Copy, Debug)]
 pub(super) enum RecoveryMode {
-    /// Truncate a torn tail, rewrite a torn header, sync the newest segment. The term goes into a
-    /// rewritten header.
+    /// The open (or resync) of a writer at this term. Truncates a torn tail of a newest segment
+    /// of this term and syncs it; seals a newest segment of an older term where its records end
+    /// (first seal wins, see `seal.rs`); cuts bytes after the records of a segment a newer term
+    /// sealed. The term goes into a rewritten header.
     ReadWrite(Term),
     /// Change nothing; stop before a torn tail.
     ReadOnly,
 }
 
-/// Scans `segments` (oldest first; the last one is the newest of the log), checking contiguity.
-/// `start` optionally gives a known-good `(offset, lsn, last_indexed)` in the first segment to
-/// scan from instead of its header.
+/// Scans `segments` (the chain, oldest first; the last one is the newest of the log), checking
+/// contiguity. `start` optionally gives a known-good `(offset, lsn, last_indexed)` in the first
+/// segment to scan from instead of its header.
+///
+/// A segment followed by another, or sealed, must hold exactly the records up to the lsn that
+/// says (see "The chain of segments" in `segment.rs`).
 pub(super) fn recover(
     segments: &[SegmentFile],
     mode: RecoveryMode,
@@ -249,20 +256,39 @@ pub(super) fn recover(
     let mut out: Vec<ScannedSegment> = Vec::with_capacity(segments.len());
     for (i, seg) in segments.iter().enumerate() {
         let last = i + 1 == segments.len();
-        let writable = last && matches!(mode, RecoveryMode::ReadWrite(_));
-        // A sealed segment with an intact sidecar that agrees with the files is not scanned.
-        let sealed_next = segments.get(i + 1).map(|n| n.base);
-        if let Some(next) = sealed_next
-            && (i > 0 || start.is_none())
+        let next = segments.get(i + 1);
+        let rw_term = match mode {
+            RecoveryMode::ReadWrite(t) => Some(Some(t.0)),
+            RecoveryMode::ReadOnly => None,
+        };
+        let seal = super::seal::read(&seg.path, seg.base)?;
+        // The lsn this segment's records end at, when that is decided.
+        let limit = seal.map(|s| s.next_lsn).or(next.map(|n| n.base));
+        // Sealed by a newer term: bytes after the records are a fenced writer's late writes.
+        let tolerant = seal.is_some() || next.is_some_and(|n| n.term > seg.term);
+        let open_end = last && seal.is_none();
+        // The newest segment of this writer's own term: truncate a torn tail, as always.
+        let own = open_end && rw_term.is_some_and(|t| seg.term == t);
+        // The newest segment of an older term: its writer may still be running (or stopped with
+        // the file open), so it is sealed, never appended to.
+        let seal_it = open_end && rw_term.is_some_and(|t| seg.term < t);
+        let first_scan = i > 0 || start.is_none();
+        // A final segment with an intact sidecar that agrees with the files is not scanned.
+        if let Some(limit) = limit
+            && first_scan
             && out.last().is_none_or(|p| p.next_lsn == seg.base)
-            && let Some(known) = super::sidecar::read(&seg.path, seg.base, next)
+            && let Some(known) = super::sidecar::read(&seg.path, seg.base, limit, tolerant)
         {
+            if tolerant && rw_term.is_some() {
+                trim_late_bytes(&seg.path, known.end_offset);
+            }
             out.push(known);
             continue;
         }
+        let rw = rw_term.is_some() && (own || seal_it || tolerant);
         let file = match std::fs::OpenOptions::new()
             .read(true)
-            .write(writable)
+            .write(rw)
             .open(&seg.path)
         {
             Ok(f) => f,
@@ -283,8 +309,24 @@ pub(super) fn recover(
             ));
         }
         let header = read_segment_header(&file).map_err(|e| io_err("read", &seg.path, e))?;
-        match header {
-            Ok(base) if base == seg.base => {}
+        let empty = RecordScan {
+            end_offset: SEGMENT_HEADER_LEN,
+            next_lsn: seg.base,
+            index: Vec::new(),
+            bad: None,
+        };
+        let (scan, zeros, follows) = match header {
+            Ok(base) if base == seg.base => scan_segment(
+                &file,
+                seg,
+                i,
+                start,
+                index_interval,
+                limit,
+                last,
+                mode,
+                seal_it,
+            )?,
             Ok(base) => {
                 return Err(corrupted(
                     &seg.path,
@@ -292,6 +334,8 @@ pub(super) fn recover(
                     format!("header base lsn {base} does not match the file name"),
                 ));
             }
+            // Sealed with no record (its creator was stopped while creating it).
+            Err(_) if limit == Some(seg.base) => (empty, false, None),
             Err(reason) => {
                 // A crash while creating the newest segment leaves a short or torn header and no
                 // record; anything else is damage.
@@ -307,110 +351,207 @@ pub(super) fn recover(
                         format!("{reason}, but a valid record follows at offset {at}"),
                     ));
                 }
-                if let RecoveryMode::ReadWrite(term) = mode {
+                if own && let RecoveryMode::ReadWrite(term) = mode {
                     tracing::warn!(path = %seg.path.display(), %reason, "rewriting the torn header of the newest segment");
                     rewrite_header(&file, &seg.path, seg.base, term)?;
                 }
-                out.push(ScannedSegment {
-                    base: seg.base,
-                    path: seg.path.clone(),
-                    end_offset: SEGMENT_HEADER_LEN,
-                    next_lsn: seg.base,
-                    index: Vec::new(),
-                });
-                continue;
+                (empty, false, None)
             }
-        }
-        let (from, last_indexed) = match (i, start) {
-            (0, Some((offset, lsn, last_indexed))) => ((offset, lsn), last_indexed),
-            _ => ((SEGMENT_HEADER_LEN, seg.base), SEGMENT_HEADER_LEN),
         };
-        // A read-only scan of the newest segment can race its writer in another process: a
-        // frame may be seen half copied, or zeros where records land a moment later, so what
-        // looks like "a bad record with a valid one after it" may just be a write in progress.
-        // Look again (briefly) before calling that corruption.
-        let racy = last && matches!(mode, RecoveryMode::ReadOnly);
-        let mut attempts = 0;
-        // For a bad record: whether only zeros follow it, else where a valid record follows.
-        let (scan, zeros, follows) = loop {
-            let scan = scan_records(&file, &seg.path, from, last_indexed, index_interval)?;
-            let Some((offset, _)) = &scan.bad else {
-                break (scan, false, None);
-            };
-            let offset = *offset;
-            let zeros = zeros_to_end(&file, offset).map_err(|e| io_err("read", &seg.path, e))?;
-            // Only the newest segment is searched (a sealed one is damaged either way).
-            let follows = if zeros || !last {
-                None
-            } else {
-                find_valid_frame(&file, offset + 1).map_err(|e| io_err("read", &seg.path, e))?
-            };
-            if follows.is_none() || !racy || attempts >= 8 {
-                break (scan, zeros, follows);
-            }
-            attempts += 1;
-            std::thread::sleep(std::time::Duration::from_millis(2));
-        };
-        if let Some((offset, reason)) = scan.bad {
-            if zeros && !last {
-                // Rolling cuts a segment to its last record (and syncs it) before the next
-                // segment exists, so a sealed segment cannot end in a runway.
-                return Err(corrupted(
-                    &seg.path,
-                    offset,
-                    "a sealed segment ends in zeros after its last record",
-                ));
-            }
-            if zeros {
-                // The normal end of the newest segment: the writer's zero runway.
-                if matches!(mode, RecoveryMode::ReadWrite(_)) {
-                    file.set_len(offset)
-                        .map_err(|e| io_err("truncate", &seg.path, e))?;
+        let file_len = file
+            .metadata()
+            .map_err(|e| io_err("stat", &seg.path, e))?
+            .len();
+        match limit {
+            Some(limit) if scan.next_lsn < limit => {
+                // Fewer records than the chain says.
+                match &scan.bad {
+                    Some((offset, _)) if zeros && !tolerant => {
+                        // Rolling cuts a segment to its last record (and syncs it) before the
+                        // next segment exists, so a sealed segment cannot end in a runway.
+                        return Err(corrupted(
+                            &seg.path,
+                            *offset,
+                            "a sealed segment ends in zeros after its last record",
+                        ));
+                    }
+                    Some((offset, reason)) => {
+                        return Err(corrupted(
+                            &seg.path,
+                            *offset,
+                            format!("{reason} (in a sealed segment)"),
+                        ));
+                    }
+                    // The next segment's contiguity check reports it.
+                    None if !last => {}
+                    None => {
+                        return Err(corrupted(
+                            &seg.path,
+                            scan.end_offset,
+                            format!(
+                                "the segment ends at lsn {}, before its seal at lsn {limit}",
+                                scan.next_lsn
+                            ),
+                        ));
+                    }
                 }
-            } else if !last {
-                return Err(corrupted(
-                    &seg.path,
-                    offset,
-                    format!("{reason} (in a sealed segment)"),
-                ));
-            } else {
-                if let Some(at) = follows {
+            }
+            Some(_) if scan.end_offset < file_len => {
+                if tolerant {
+                    // Late writes of a fenced writer: cut them off (harmless if more come).
+                    if rw {
+                        file.set_len(scan.end_offset)
+                            .map_err(|e| io_err("truncate", &seg.path, e))?;
+                    }
+                } else if zeros_to_end(&file, scan.end_offset)
+                    .map_err(|e| io_err("read", &seg.path, e))?
+                {
                     return Err(corrupted(
                         &seg.path,
-                        offset,
-                        format!("{reason}, but a valid record follows at offset {at}"),
+                        scan.end_offset,
+                        "a sealed segment ends in zeros after its last record",
+                    ));
+                } else {
+                    return Err(corrupted(
+                        &seg.path,
+                        scan.end_offset,
+                        "bytes after the last record of a sealed segment",
                     ));
                 }
-                if matches!(mode, RecoveryMode::ReadWrite(_)) {
-                    tracing::warn!(path = %seg.path.display(), offset, %reason, "truncating the torn tail of the newest segment");
-                    file.set_len(offset)
-                        .map_err(|e| io_err("truncate", &seg.path, e))?;
+            }
+            Some(_) => {}
+            None => {
+                if let Some((offset, reason)) = &scan.bad {
+                    if let Some(at) = follows {
+                        return Err(corrupted(
+                            &seg.path,
+                            *offset,
+                            format!("{reason}, but a valid record follows at offset {at}"),
+                        ));
+                    }
+                    if own {
+                        if !zeros {
+                            tracing::warn!(path = %seg.path.display(), offset, %reason, "truncating the torn tail of the newest segment");
+                        }
+                        // A torn tail, or the normal end: the writer's zero runway.
+                        file.set_len(*offset)
+                            .map_err(|e| io_err("truncate", &seg.path, e))?;
+                    }
                 }
             }
         }
-        if writable {
-            // Records a killed writer left in the page cache become durable before anyone relies
-            // on them.
+        if own || seal_it {
+            // Records a killed (or stopped) writer left in the page cache become durable before
+            // anyone relies on them.
             file.sync_data().map_err(|e| io_err("sync", &seg.path, e))?;
         }
-        out.push(ScannedSegment {
+        let mut scanned = ScannedSegment {
             base: seg.base,
             path: seg.path.clone(),
             end_offset: scan.end_offset,
             next_lsn: scan.next_lsn,
             index: scan.index,
-        });
-        // A sealed segment scanned in full: record it so the next open need not scan it.
-        if !last
-            && (i > 0 || start.is_none())
-            && matches!(mode, RecoveryMode::ReadWrite(_))
-            && sealed_next == Some(scan.next_lsn)
-            && let Some(done) = out.last()
-        {
-            super::sidecar::write(done);
+        };
+        let mut final_lsn = limit;
+        if seal_it {
+            let ours = super::seal::Seal {
+                next_lsn: scanned.next_lsn,
+                end_offset: scanned.end_offset,
+            };
+            let held = super::seal::seal_first(&seg.path, seg.base, ours)?;
+            if held != ours {
+                // Another new term sealed it first, maybe after more records arrived: follow
+                // its seal.
+                out.extend(recover(
+                    std::slice::from_ref(seg),
+                    mode,
+                    index_interval,
+                    None,
+                )?);
+                continue;
+            }
+            tracing::info!(path = %seg.path.display(), next_lsn = held.next_lsn, "sealed the newest segment of an older term");
+            if file_len > held.end_offset {
+                file.set_len(held.end_offset)
+                    .map_err(|e| io_err("truncate", &seg.path, e))?;
+            }
+            final_lsn = Some(held.next_lsn);
         }
+        scanned
+            .index
+            .retain(|&(lsn, _)| final_lsn.is_none_or(|l| lsn < l));
+        // A final segment scanned in full: record it so the next open need not scan it.
+        if first_scan
+            && matches!(mode, RecoveryMode::ReadWrite(_))
+            && final_lsn == Some(scanned.next_lsn)
+        {
+            super::sidecar::write(&scanned);
+        }
+        out.push(scanned);
     }
     Ok(out)
+}
+
+/// Scans the records of one segment whose header checked out. Returns the scan and, for a bad
+/// record, whether only zeros follow it, else where a valid record follows.
+#[allow(clippy::too_many_arguments)]
+fn scan_segment(
+    file: &File,
+    seg: &SegmentFile,
+    i: usize,
+    start: Option<(u64, u64, u64)>,
+    index_interval: u64,
+    limit: Option<u64>,
+    last: bool,
+    mode: RecoveryMode,
+    seal_it: bool,
+) -> Result<(RecordScan, bool, Option<u64>), LogError> {
+    let (from, last_indexed) = match (i, start) {
+        (0, Some((offset, lsn, last_indexed))) => ((offset, lsn), last_indexed),
+        _ => ((SEGMENT_HEADER_LEN, seg.base), SEGMENT_HEADER_LEN),
+    };
+    // A scan of a newest segment someone else may be writing (read-only, or one this open seals)
+    // can race that writer: a frame may be seen half copied, or zeros where records land a
+    // moment later, so what looks like "a bad record with a valid one after it" may just be a
+    // write in progress. Look again (briefly) before calling that corruption.
+    let racy = last && (matches!(mode, RecoveryMode::ReadOnly) || seal_it);
+    let mut attempts = 0;
+    loop {
+        let scan = scan_records(file, &seg.path, from, last_indexed, index_interval, limit)?;
+        let Some((offset, _)) = &scan.bad else {
+            return Ok((scan, false, None));
+        };
+        let offset = *offset;
+        let zeros = zeros_to_end(file, offset).map_err(|e| io_err("read", &seg.path, e))?;
+        // Only an open end is searched (a final segment is damaged either way).
+        let follows = if zeros || limit.is_some() {
+            None
+        } else {
+            find_valid_frame(file, offset + 1).map_err(|e| io_err("read", &seg.path, e))?
+        };
+        if follows.is_none() || !racy || attempts >= 8 {
+            return Ok((scan, zeros, follows));
+        }
+        attempts += 1;
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+}
+
+/// Cuts a fenced writer's late bytes after the records of a sealed segment (best effort: they
+/// are ignored anyway).
+fn trim_late_bytes(path: &Path, end: u64) {
+    let r = std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .and_then(|f| {
+            if f.metadata()?.len() > end {
+                f.set_len(end)?;
+            }
+            Ok(())
+        });
+    if let Err(e) = r {
+        tracing::debug!(error = %e, path = %path.display(), "could not cut late bytes after a sealed segment");
+    }
 }
 
 fn rewrite_header(file: &File, path: &Path, base: u64, term: Term) -> Result<(), LogError> {
@@ -455,11 +596,17 @@ mod tests {
         out
     }
 
-    /// Writes a segment with `count` records starting at lsn `base`; returns its path.
+    /// Writes a segment of term 2 with `count` records starting at lsn `base`; returns its path.
     fn write_segment(dir: &Path, base: u64, count: u64) -> PathBuf {
-        let path = dir.join(segment_name(base));
+        write_segment_of(dir, base, Some(2), count)
+    }
+
+    /// Writes a segment created at `term` (`None`: a legacy name) with `count` records.
+    fn write_segment_of(dir: &Path, base: u64, term: Option<u64>, count: u64) -> PathBuf {
+        let path = dir.join(segment_name(base, term));
         let mut f = std::fs::File::create(&path).unwrap();
-        f.write_all(&encode_segment_header(base, Term(1))).unwrap();
+        f.write_all(&encode_segment_header(base, Term(term.unwrap_or(1))))
+            .unwrap();
         for i in 0..count {
             f.write_all(&record(base + i)).unwrap();
         }
@@ -586,7 +733,7 @@ mod tests {
     fn torn_header_of_the_newest_segment_is_rewritten() {
         let dir = tempfile::tempdir().unwrap();
         write_segment(dir.path(), 0, 5);
-        let newest = dir.path().join(segment_name(5));
+        let newest = dir.path().join(segment_name(5, Some(2)));
         std::fs::write(&newest, &encode_segment_header(5, Term(1))[..11]).unwrap();
         let segs = list_segments(dir.path()).unwrap();
         let out = recover(&segs, rw(), 64, None).unwrap();
@@ -661,6 +808,128 @@ mod tests {
         let segs = list_segments(dir.path()).unwrap();
         let out = recover(&segs, rw(), 64, None).unwrap();
         assert_eq!(out[0].next_lsn, 2);
+    }
+
+    fn len(path: &Path) -> u64 {
+        std::fs::metadata(path).unwrap().len()
+    }
+
+    #[test]
+    fn a_newest_segment_of_an_older_term_is_sealed_and_late_bytes_after_it_are_ignored() {
+        let dir = tempfile::tempdir().unwrap();
+        write_segment_of(dir.path(), 0, Some(1), 3);
+        let old = write_segment_of(dir.path(), 3, Some(1), 5);
+        let data_len = len(&old);
+        append_bytes(&old, &[0; 4096]); // the old writer's runway
+        let segs = list_segments(dir.path()).unwrap();
+        let out = recover(&segs, rw(), 64, None).unwrap();
+        assert_eq!(out[1].next_lsn, 8);
+        let seal = super::super::seal::read(&old, 3).unwrap().unwrap();
+        assert_eq!((seal.next_lsn, seal.end_offset), (8, data_len));
+        assert_eq!(len(&old), data_len, "cut at the seal");
+
+        // The stopped writer of term 1 goes on writing after the seal; term 2 starts its own
+        // segment at lsn 8.
+        append_bytes(&old, &record(8));
+        append_bytes(&old, &record(9));
+        append_bytes(&old, &[0xab; 10]);
+        let new = write_segment_of(dir.path(), 8, Some(2), 2);
+        let segs = list_segments(dir.path()).unwrap();
+        assert_eq!(segs.len(), 3);
+        for mode in [RecoveryMode::ReadOnly, rw()] {
+            let out = recover(&segs, mode, 64, None).unwrap();
+            assert_eq!(out[1].next_lsn, 8);
+            assert_eq!(out[1].end_offset, data_len);
+            assert_eq!(out[2].next_lsn, 10);
+        }
+        assert_eq!(
+            len(&old),
+            data_len,
+            "a read-write recovery cuts the late bytes"
+        );
+        assert!(len(&new) > SEGMENT_HEADER_LEN);
+
+        // Without the seal file, a successor of a higher term is enough to ignore them.
+        append_bytes(&old, &record(8));
+        std::fs::remove_file(super::super::seal::path_of(&old)).unwrap();
+        std::fs::remove_file(super::super::sidecar::path_of(&old)).unwrap();
+        let segs = list_segments(dir.path()).unwrap();
+        let out = recover(&segs, RecoveryMode::ReadOnly, 64, None).unwrap();
+        assert_eq!(out[1].next_lsn, 8);
+        // Between segments of one term the same bytes are damage.
+        let dir = tempfile::tempdir().unwrap();
+        let sealed = write_segment(dir.path(), 0, 3);
+        append_bytes(&sealed, &record(3));
+        write_segment(dir.path(), 3, 1);
+        let segs = list_segments(dir.path()).unwrap();
+        assert!(matches!(
+            recover(&segs, RecoveryMode::ReadOnly, 64, None),
+            Err(LogError::Corrupted { .. })
+        ));
+    }
+
+    #[test]
+    fn an_open_follows_a_seal_another_new_term_wrote_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let old = write_segment_of(dir.path(), 0, Some(1), 6);
+        // Another opener of a newer term sealed it after three records (the other three are
+        // late writes of the old term it did not include).
+        let third_end = {
+            let segs = list_segments(dir.path()).unwrap();
+            let f = std::fs::File::open(&old).unwrap();
+            scan_records(
+                &f,
+                &segs[0].path,
+                (SEGMENT_HEADER_LEN, 0),
+                SEGMENT_HEADER_LEN,
+                64,
+                Some(3),
+            )
+            .unwrap()
+            .end_offset
+        };
+        let theirs = super::super::seal::Seal {
+            next_lsn: 3,
+            end_offset: third_end,
+        };
+        super::super::seal::seal_first(&old, 0, theirs).unwrap();
+        let segs = list_segments(dir.path()).unwrap();
+        let out = recover(&segs, RecoveryMode::ReadWrite(Term(3)), 64, None).unwrap();
+        assert_eq!((out[0].next_lsn, out[0].end_offset), (3, third_end));
+        assert_eq!(len(&old), third_end);
+        // A seal promising more records than the segment holds is damage.
+        let dir = tempfile::tempdir().unwrap();
+        let old = write_segment_of(dir.path(), 0, Some(1), 2);
+        let bogus = super::super::seal::Seal {
+            next_lsn: 5,
+            end_offset: 9999,
+        };
+        super::super::seal::seal_first(&old, 0, bogus).unwrap();
+        let segs = list_segments(dir.path()).unwrap();
+        for mode in [RecoveryMode::ReadOnly, rw()] {
+            assert!(matches!(
+                recover(&segs, mode, 64, None),
+                Err(LogError::Corrupted { .. })
+            ));
+        }
+    }
+
+    #[test]
+    fn segments_written_before_term_claims_read_as_before() {
+        let dir = tempfile::tempdir().unwrap();
+        write_segment_of(dir.path(), 0, None, 4);
+        let newest = write_segment_of(dir.path(), 4, None, 3);
+        append_bytes(&newest, &[0; 100]);
+        let segs = list_segments(dir.path()).unwrap();
+        assert!(segs.iter().all(|s| s.term.is_none()));
+        let out = recover(&segs, RecoveryMode::ReadOnly, 64, None).unwrap();
+        assert_eq!(out[1].next_lsn, 7);
+        assert!(super::super::seal::read(&newest, 4).unwrap().is_none());
+        // The first read-write open of a new version seals the legacy newest segment.
+        let out = recover(&segs, rw(), 64, None).unwrap();
+        assert_eq!(out[1].next_lsn, 7);
+        let seal = super::super::seal::read(&newest, 4).unwrap().unwrap();
+        assert_eq!(seal.next_lsn, 7);
     }
 
     proptest! {

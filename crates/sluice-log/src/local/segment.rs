@@ -4,15 +4,38 @@
 //!
 //! ```text
 //!  root/{pchannel}/
-//!    LOCK                        empty; flock'ed by whoever writes (open, every batch, truncate)
-//!    TERM                        the highest term that opened the log read-write (two slots)
-//!    00000000000000000000.log    segment with base lsn 0
-//!    00000000000000004711.log    next segment: its first record has lsn 4711
+//!    terms/00000000000000000007  claim of term 7 (empty file; see `claims.rs`); flock'ed by
+//!                                the handles of term 7 while they write
+//!    00000000000000000000-00000000000000000007.log   segment with base lsn 0, created at term 7
+//!    00000000000000000000-00000000000000000007.idx   its index sidecar (`sidecar.rs`), once final
+//!    00000000000000004711-00000000000000000007.seal  seal written by a newer term (`seal.rs`)
+//!    00000000000000004711-00000000000000000009.log   next segment: first record has lsn 4711
+//!    TERM, LOCK                  written by versions before term claims: TERM is still read (a
+//!                                term stored there still refuses lower opens), LOCK is not used
+//!    00000000000000000000.log    a segment written by such a version (no term in the name)
 //! ```
 //!
-//! Segment names are the base lsn as exactly 20 decimal digits, so name order is lsn order. Any
-//! other file in the directory is ignored.
+//! Segment names are the base lsn as exactly 20 decimal digits, then (since term claims) `-` and
+//! the creating term as 20 digits, so name order is (lsn, term) order. Any other file in the
+//! directory is ignored.
 //!
+//! ## The chain of segments
+//!
+//! A new term never appends to a file an older term may still have open: its open seals the
+//! newest segment and starts its own (see the module docs of `local`). Because the old segment
+//! may have been empty, the new one can have the same base; and a writer of the old term, stopped
+//! in the middle of rolling, may create a segment after the new term has started its own. So the
+//! directory may hold dead segment files, and the log is the *chain* [`list_segments`] derives:
+//! per base lsn only the file of the highest term, and along increasing bases only files whose
+//! term does not decrease (a legacy name counts as term 0). A dead file never holds a record
+//! anyone acknowledged or read (see `local`), and truncation removes it with the live ones.
+//!
+//! A segment followed by another in the chain holds exactly `next.base - base` records; a
+//! segment with a seal file holds exactly `seal.next_lsn - base`. Bytes after those records are
+//! ignored when the segment was sealed by a newer term (the seal file exists, or the next
+//! segment's term is higher): they can only be writes of a fenced writer that arrived late.
+//! Between segments of one term they are damage, as before.
+
 //! # Segment file
 //!
 //! ```text
@@ -22,7 +45,8 @@
 //!  5       1     flags 0 (reserved; a reader rejects unknown bits)
 //!  6       2     reserved, 0
 //!  8       8     base lsn, little-endian u64 (must equal the number in the file name)
-//!  16      8     term of the writer that created the segment, little-endian u64 (informational)
+//!  16      8     term of the writer that created the segment, little-endian u64 (the term
+//!                in the name is authoritative; this one is informational)
 //!  24      4     CRC32C of bytes 0..24, little-endian u32
 //!  28      4     reserved, 0
 //!  32      ...   records, back to back, each one sluice-types record frame
@@ -59,9 +83,10 @@
 //!  20  12 reserved, 0
 //! ```
 //!
-//! The stored term is the largest term in a valid slot. A new term is written (in place, then
-//! fsynced) into the slot that does *not* hold the current maximum, so a write torn by a crash
-//! can only damage the slot being written and the previous term survives.
+//! The stored term is the largest term in a valid slot. Versions before term claims wrote it (in
+//! place, then fsynced, into the slot that does *not* hold the current maximum, so a write torn
+//! by a crash can only damage the slot being written). It is only read now: the term of a log is
+//! the larger of this one and the highest claim (`claims.rs`).
 //!
 //! [`MessageId`]: sluice_types::MessageId
 
@@ -85,23 +110,37 @@ const TERM_MAGIC: u32 = 0x4D54_4C53;
 const TERM_VERSION: u8 = 1;
 const TERM_SLOT_LEN: usize = 32;
 
-/// Name of the term file.
+/// Name of the term file (written by versions before term claims; only read now).
 pub(super) const TERM_FILE: &str = "TERM";
-/// Name of the lock file.
-pub(super) const LOCK_FILE: &str = "LOCK";
 
-/// The file name of the segment whose first record has lsn `base`.
-pub(super) fn segment_name(base: u64) -> String {
-    format!("{base:0width$}{SEGMENT_SUFFIX}", width = SEGMENT_DIGITS)
+/// The file name of the segment whose first record has lsn `base`, created at `term` (`None`:
+/// the name versions before term claims gave it).
+pub(super) fn segment_name(base: u64, term: Option<u64>) -> String {
+    match term {
+        Some(t) => format!(
+            "{base:0width$}-{t:0width$}{SEGMENT_SUFFIX}",
+            width = SEGMENT_DIGITS
+        ),
+        None => format!("{base:0width$}{SEGMENT_SUFFIX}", width = SEGMENT_DIGITS),
+    }
 }
 
-/// The base lsn of a segment file name, or `None` if the name is not a segment's.
-pub(super) fn parse_segment_name(name: &str) -> Option<u64> {
-    let digits = name.strip_suffix(SEGMENT_SUFFIX)?;
+/// A 20-digit decimal number.
+fn parse_digits(digits: &str) -> Option<u64> {
     if digits.len() != SEGMENT_DIGITS || !digits.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
     digits.parse().ok()
+}
+
+/// The base lsn and creating term of a segment file name, or `None` if the name is not a
+/// segment's.
+pub(super) fn parse_segment_name(name: &str) -> Option<(u64, Option<u64>)> {
+    let stem = name.strip_suffix(SEGMENT_SUFFIX)?;
+    match stem.split_once('-') {
+        Some((base, term)) => Some((parse_digits(base)?, Some(parse_digits(term)?))),
+        None => Some((parse_digits(stem)?, None)),
+    }
 }
 
 /// One segment file found in a pchannel directory.
@@ -109,12 +148,33 @@ pub(super) fn parse_segment_name(name: &str) -> Option<u64> {
 pub(super) struct SegmentFile {
     /// Base lsn (from the name).
     pub base: u64,
+    /// The term that created it (from the name; `None` for a legacy name).
+    pub term: Option<u64>,
     /// Full path.
     pub path: PathBuf,
 }
 
-/// The segment files of `dir`, oldest first. A missing directory has none.
+/// The chain of live segments of `dir`, oldest first (see "The chain of segments" above). A
+/// missing directory has none.
 pub(super) fn list_segments(dir: &Path) -> Result<Vec<SegmentFile>, LogError> {
+    let all = list_segment_files(dir)?;
+    let mut chain: Vec<SegmentFile> = Vec::with_capacity(all.len());
+    for seg in all {
+        // Sorted by (base, term): a later file of the same base has a higher term and wins.
+        if chain.last().is_some_and(|l| l.base == seg.base) {
+            chain.pop();
+        }
+        // A segment of a lower term than its predecessor is dead (a fenced writer's late roll).
+        if chain.last().is_some_and(|l| l.term > seg.term) {
+            continue;
+        }
+        chain.push(seg);
+    }
+    Ok(chain)
+}
+
+/// Every segment file of `dir`, live or dead, ordered by (base, term).
+pub(super) fn list_segment_files(dir: &Path) -> Result<Vec<SegmentFile>, LogError> {
     let entries = match std::fs::read_dir(dir) {
         Ok(e) => e,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -124,15 +184,16 @@ pub(super) fn list_segments(dir: &Path) -> Result<Vec<SegmentFile>, LogError> {
     for entry in entries {
         let entry = entry.map_err(|e| LogError::io(format!("list {}", dir.display()), e))?;
         let name = entry.file_name();
-        let Some(base) = name.to_str().and_then(parse_segment_name) else {
+        let Some((base, term)) = name.to_str().and_then(parse_segment_name) else {
             continue;
         };
         out.push(SegmentFile {
             base,
+            term,
             path: entry.path(),
         });
     }
-    out.sort_by_key(|s| s.base);
+    out.sort_by_key(|s| (s.base, s.term));
     Ok(out)
 }
 
@@ -216,6 +277,7 @@ pub(super) fn read_bounded(file: &File, offset: u64, len: u64) -> io::Result<Vec
     Ok(buf)
 }
 
+#[cfg(test)]
 fn encode_term_slot(term: Term) -> [u8; TERM_SLOT_LEN] {
     let mut s = [0u8; TERM_SLOT_LEN];
     s[0..4].copy_from_slice(&TERM_MAGIC.to_le_bytes());
@@ -284,7 +346,9 @@ pub(super) fn read_term(file: &File, path: &Path) -> Result<StoredTerm, LogError
     }
 }
 
-/// Writes `term` into the slot not holding the current maximum and syncs the file.
+/// Writes `term` into the slot not holding the current maximum and syncs the file (as versions
+/// before term claims did; tests use it to build such logs).
+#[cfg(test)]
 pub(super) fn write_term(
     file: &File,
     path: &Path,
@@ -320,10 +384,16 @@ mod tests {
 
     #[test]
     fn segment_names_are_fixed_width_and_round_trip() {
-        assert_eq!(segment_name(0), "00000000000000000000.log");
-        assert_eq!(segment_name(u64::MAX), "18446744073709551615.log");
+        assert_eq!(segment_name(0, None), "00000000000000000000.log");
+        assert_eq!(segment_name(u64::MAX, None), "18446744073709551615.log");
+        assert_eq!(
+            segment_name(4711, Some(3)),
+            "00000000000000004711-00000000000000000003.log"
+        );
         for v in [0, 1, 4711, u64::MAX] {
-            assert_eq!(parse_segment_name(&segment_name(v)), Some(v));
+            for t in [None, Some(0), Some(9), Some(u64::MAX)] {
+                assert_eq!(parse_segment_name(&segment_name(v, t)), Some((v, t)));
+            }
         }
         for bad in [
             "0.log",
@@ -331,9 +401,41 @@ mod tests {
             "00000000000000000000.tmp",
             "99999999999999999999.log",
             "+0000000000000000000.log",
+            "00000000000000000000-1.log",
+            "00000000000000000000-00000000000000000001.seal",
+            "00000000000000000000--0000000000000000001.log",
         ] {
             assert_eq!(parse_segment_name(bad), None, "{bad}");
         }
+    }
+
+    #[test]
+    fn the_chain_keeps_the_highest_term_per_base_and_never_goes_back_in_term() {
+        let dir = tempfile::tempdir().unwrap();
+        for (base, term) in [
+            (0, None),
+            (10, None),
+            (10, Some(3)),
+            (25, Some(3)),
+            (25, Some(2)),
+            (25, Some(5)),
+            (40, Some(4)),
+            (40, Some(5)),
+            (60, Some(4)),
+        ] {
+            std::fs::write(dir.path().join(segment_name(base, term)), b"").unwrap();
+        }
+        std::fs::write(dir.path().join("00000000000000000060-x.log"), b"").unwrap();
+        let chain: Vec<_> = list_segments(dir.path())
+            .unwrap()
+            .into_iter()
+            .map(|s| (s.base, s.term))
+            .collect();
+        assert_eq!(
+            chain,
+            vec![(0, None), (10, Some(3)), (25, Some(5)), (40, Some(5))]
+        );
+        assert_eq!(list_segment_files(dir.path()).unwrap().len(), 9);
     }
 
     #[test]

@@ -4,8 +4,9 @@
 //! segment would find — its end offset, the lsn after its last record and its sparse index — so
 //! that opening the log reads one small file per sealed segment instead of every record: the
 //! open costs the size of the newest segment, not the age of the log. A sidecar is trusted only
-//! when its checksum holds and it agrees with the files (the segment's length, the next
-//! segment's base); otherwise the segment is scanned as before, and a read-write open writes the
+//! when its checksum holds and it agrees with the files (the segment's length — or, for a
+//! segment a newer term sealed, a length at least as long, since a fenced writer may have
+//! written after its records — and the lsn its records end at); otherwise the segment is scanned as before, and a read-write open writes the
 //! sidecar it was missing. Records of a sealed segment are still checked (CRC) when read.
 //!
 //! Layout (little endian): magic `u32`, version `u8`, 3 bytes zero, base `u64`, end offset
@@ -83,13 +84,20 @@ fn decode(b: &[u8], path: PathBuf) -> Option<ScannedSegment> {
     })
 }
 
-/// The sealed segment at `path` (base `base`, followed by a segment at `next_base`) as its
-/// sidecar records it, when the sidecar exists, is intact and matches the files.
-pub(super) fn read(path: &Path, base: u64, next_base: u64) -> Option<ScannedSegment> {
+/// The final segment at `path` (base `base`, records up to lsn `next_lsn`) as its sidecar
+/// records it, when the sidecar exists, is intact and matches the files. `longer_ok`: the
+/// segment was sealed by a newer term, so the file may go on after the records.
+pub(super) fn read(
+    path: &Path,
+    base: u64,
+    next_lsn: u64,
+    longer_ok: bool,
+) -> Option<ScannedSegment> {
     let bytes = std::fs::read(path_of(path)).ok()?;
     let s = decode(&bytes, path.to_path_buf())?;
     let len = std::fs::metadata(path).ok()?.len();
-    (s.base == base && s.next_lsn == next_base && s.end_offset == len).then_some(s)
+    let len_ok = s.end_offset == len || (longer_ok && s.end_offset < len);
+    (s.base == base && s.next_lsn == next_lsn && len_ok).then_some(s)
 }
 
 /// Writes the sidecar of a sealed segment. Failing to is not an error for the log (the next
@@ -154,14 +162,26 @@ mod tests {
         let seg = dir.path().join("00000000000000000100.log");
         std::fs::write(&seg, vec![0u8; 4096]).unwrap();
         write(&scanned(seg.clone()));
-        assert!(read(&seg, 100, 180).is_some());
+        assert!(read(&seg, 100, 180, false).is_some());
         assert!(
-            read(&seg, 100, 181).is_none(),
+            read(&seg, 100, 181, false).is_none(),
             "next segment's base differs"
         );
-        assert!(read(&seg, 99, 180).is_none(), "base differs");
+        assert!(read(&seg, 99, 180, false).is_none(), "base differs");
+        std::fs::write(&seg, vec![0u8; 4100]).unwrap();
+        assert!(
+            read(&seg, 100, 180, false).is_none(),
+            "segment length differs"
+        );
+        assert!(
+            read(&seg, 100, 180, true).is_some(),
+            "late bytes after a segment a newer term sealed"
+        );
         std::fs::write(&seg, vec![0u8; 4000]).unwrap();
-        assert!(read(&seg, 100, 180).is_none(), "segment length differs");
+        assert!(
+            read(&seg, 100, 180, true).is_none(),
+            "shorter than its records"
+        );
         remove(&seg).unwrap();
         assert!(!path_of(&seg).exists());
         remove(&seg).unwrap();

@@ -10,6 +10,7 @@ use sluice_types::{ImmutableMessage, MessageId, MutableMessage, PChannel, Term};
 use super::recovery::{RecoveryMode, recover};
 use super::segment::{SEGMENT_HEADER_LEN, list_segments};
 use super::*;
+use super::{claims, seal};
 use crate::{LogStream, ReadOptions};
 
 fn msg(text: &str) -> MutableMessage {
@@ -443,8 +444,8 @@ async fn in_process_readers_tail_and_see_only_committed_records() {
     let ids = writer.await.unwrap();
     assert_eq!(got.iter().map(|m| m.id()).collect::<Vec<_>>(), ids);
 
-    // Hold the directory lock so the writer cannot sync: nothing is delivered meanwhile.
-    let lock = std::fs::File::open(dir_of(root.path()).join(segment::LOCK_FILE)).unwrap();
+    // Hold the term's lock so the writer cannot sync: nothing is delivered meanwhile.
+    let lock = std::fs::File::open(claims::claim_path(&dir_of(root.path()), Term(1))).unwrap();
     lock.lock().unwrap();
     let pending = rw.enqueue(msg("pending")).await.unwrap();
     assert!(
@@ -469,7 +470,7 @@ async fn enqueue_waits_while_the_queue_is_full() {
     };
     let rw = open(&cfg, 1, true).await.unwrap();
     rw.append(msg("warm")).await.unwrap();
-    let lock = std::fs::File::open(dir_of(root.path()).join(segment::LOCK_FILE)).unwrap();
+    let lock = std::fs::File::open(claims::claim_path(&dir_of(root.path()), Term(1))).unwrap();
     lock.lock().unwrap();
     let mut futures = Vec::new();
     // The writer takes the first record and blocks on the lock; it keeps its slot until it is
@@ -506,7 +507,7 @@ async fn close_fails_queued_appends_and_stops_tasks() {
         .await
         .unwrap();
     drop(s1);
-    let lock = std::fs::File::open(dir_of(root.path()).join(segment::LOCK_FILE)).unwrap();
+    let lock = std::fs::File::open(claims::claim_path(&dir_of(root.path()), Term(1))).unwrap();
     lock.lock().unwrap();
     let first = rw.enqueue(msg("in flight")).await.unwrap();
     tokio::time::sleep(Duration::from_millis(30)).await;
@@ -717,5 +718,168 @@ async fn other_handle_reader_tails_past_the_runway_and_sealed_segments_have_none
         .await
         .unwrap();
     assert_eq!(more[0].id(), id(n as u64));
+    ro.close().await;
+}
+
+/// The frame of a record with payload `text`.
+fn frame(text: &str) -> Vec<u8> {
+    let mut out = Vec::new();
+    sluice_types::codec::encode_message(&msg(text).into_message(), &mut out).unwrap();
+    out
+}
+
+fn append_to(path: &Path, bytes: &[u8]) {
+    use std::io::Write;
+    let mut f = std::fs::OpenOptions::new().append(true).open(path).unwrap();
+    f.write_all(bytes).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_log_written_before_term_claims_opens_reads_and_continues() {
+    let root = tempfile::tempdir().unwrap();
+    let cfg = config(root.path());
+    let dir = dir_of(root.path());
+    std::fs::create_dir_all(&dir).unwrap();
+    // What a version before claims left: segments named by base only, a TERM file, a LOCK file.
+    for (base, count) in [(0u64, 4u64), (4, 3)] {
+        let path = dir.join(segment::segment_name(base, None));
+        let mut bytes = segment::encode_segment_header(base, Term(3)).to_vec();
+        for i in base..base + count {
+            bytes.extend(frame(&format!("old-{i}")));
+        }
+        if base == 4 {
+            bytes.extend(vec![0u8; 1000]); // its writer's runway
+        }
+        std::fs::write(&path, bytes).unwrap();
+    }
+    let term_path = dir.join(segment::TERM_FILE);
+    let term_file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&term_path)
+        .unwrap();
+    let stored = segment::read_term(&term_file, &term_path).unwrap();
+    segment::write_term(&term_file, &term_path, stored, Term(5)).unwrap();
+    std::fs::write(dir.join("LOCK"), b"").unwrap();
+
+    let ro = open(&cfg, 0, false).await.unwrap();
+    let got = read_all(&ro, 7).await;
+    assert_eq!(
+        got.iter().map(text).collect::<Vec<_>>(),
+        (0..7).map(|i| format!("old-{i}")).collect::<Vec<_>>()
+    );
+    // The stored term still refuses a lower one.
+    assert!(open(&cfg, 4, true).await.err().unwrap().is_fenced());
+    // A higher term continues the lsns in a segment of its own; the reader follows.
+    let mut tail = ro
+        .read(ReadOptions::new(DeliverPolicy::StartFrom(id(7))))
+        .await
+        .unwrap();
+    let h = open(&cfg, 6, true).await.unwrap();
+    assert_eq!(append_n(&h, "new", 3).await, vec![id(7), id(8), id(9)]);
+    assert_eq!(text(&take(&mut tail, 1).await[0]), "new-0");
+    let all = read_all(&h, 10).await;
+    assert_eq!(text(&all[6]), "old-6");
+    assert_eq!(text(&all[9]), "new-2");
+    let newest = list_segments(&dir).unwrap().pop().unwrap();
+    assert_eq!((newest.base, newest.term), (7, Some(6)));
+    h.close().await;
+    ro.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fenced_writers_late_records_after_the_seal_are_never_read() {
+    let root = tempfile::tempdir().unwrap();
+    let cfg = LocalConfig {
+        segment_size: 1 << 20,
+        ..config(root.path())
+    };
+    let dir = dir_of(root.path());
+    let old = open(&cfg, 1, true).await.unwrap();
+    append_n(&old, "old", 5).await;
+    let old_segment = newest_segment(root.path());
+    // The old writer is stopped; a new term opens, seals the old segment and appends.
+    let new = open(&cfg, 2, true).await.unwrap();
+    append_n(&new, "new", 2).await;
+    let sealed = seal::read(&old_segment, 0).unwrap().unwrap();
+    assert_eq!(sealed.next_lsn, 5);
+    // The old writer, continued, had checked its term before the open and writes after the
+    // seal (what `write_locked` would do without its check after the sync).
+    append_to(&old_segment, &frame("late-1"));
+    append_to(&old_segment, &frame("late-2"));
+    // The old handle itself is fenced.
+    assert!(old.append(msg("late-3")).await.unwrap_err().is_fenced());
+
+    // Readers — in process (with the writer of term 2) and, below, without any writer — and
+    // recovery see the log up to the seal, then the new term.
+    let expect: Vec<String> = (0..5)
+        .map(|i| format!("old-{i}"))
+        .chain((0..2).map(|i| format!("new-{i}")))
+        .collect();
+    let all = read_all(&new, 7).await;
+    assert_eq!(all.iter().map(text).collect::<Vec<_>>(), expect);
+    new.close().await;
+    old.close().await;
+    let ro = open(&cfg, 0, false).await.unwrap();
+    let all = read_all(&ro, 7).await;
+    assert_eq!(all.iter().map(text).collect::<Vec<_>>(), expect);
+    let mut s = ro.read(ReadOptions::new(DeliverPolicy::All)).await.unwrap();
+    take(&mut s, 7).await;
+    assert!(
+        tokio::time::timeout(Duration::from_millis(150), s.next())
+            .await
+            .is_err(),
+        "something after the log's end was delivered"
+    );
+    ro.close().await;
+    let h = open(&cfg, 3, true).await.unwrap();
+    assert_eq!(h.append(msg("three")).await.unwrap(), id(7));
+    h.close().await;
+    assert!(list_segments(&dir).unwrap().len() >= 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_delivers_nothing_new_from_a_segment_a_newer_term_is_sealing() {
+    let root = tempfile::tempdir().unwrap();
+    let cfg = LocalConfig {
+        segment_size: 1 << 20,
+        ..config(root.path())
+    };
+    let dir = dir_of(root.path());
+    let w = open(&cfg, 1, true).await.unwrap();
+    append_n(&w, "a", 3).await;
+    w.close().await;
+    let segment = newest_segment(root.path());
+    let data_end = data_end(root.path());
+    // Cut the runway, so that records appended below land right after the data.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&segment)
+        .unwrap()
+        .set_len(data_end)
+        .unwrap();
+    let ro = open(&cfg, 0, false).await.unwrap();
+    let mut s = ro.read(ReadOptions::new(DeliverPolicy::All)).await.unwrap();
+    take(&mut s, 3).await;
+    // Term 2 has claimed the log but not sealed the segment yet: records that appear in the
+    // segment now may end up after its seal, so none is delivered.
+    let claim = claims::Claim::acquire(&dir, Term(2)).unwrap();
+    append_to(&segment, &frame("written-while-sealing"));
+    assert!(
+        tokio::time::timeout(Duration::from_millis(150), s.next())
+            .await
+            .is_err(),
+        "a record of a segment being sealed was delivered"
+    );
+    // Term 2's open found the record, so the seal keeps it; the reader goes on.
+    drop(claim);
+    let h = open(&cfg, 2, true).await.unwrap();
+    h.append(msg("b")).await.unwrap();
+    let got = take(&mut s, 2).await;
+    assert_eq!(text(&got[0]), "written-while-sealing");
+    assert_eq!((got[1].id(), text(&got[1])), (id(4), "b".to_string()));
+    h.close().await;
     ro.close().await;
 }

@@ -30,10 +30,10 @@ use sluice_types::codec::{FRAME_HEADER_LEN, MAX_BODY_LEN, encode_message, encode
 use sluice_types::{MessageId, MutableMessage, PChannel, Term};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot, watch};
 
+use super::claims::{self, Claim};
 use super::recovery::{RecoveryMode, ScannedSegment, recover};
 use super::segment::{
-    LOCK_FILE, SEGMENT_HEADER_LEN, TERM_FILE, encode_segment_header, list_segments, read_full_at,
-    read_term, segment_name, sync_dir, write_term,
+    SEGMENT_HEADER_LEN, encode_segment_header, list_segments, read_full_at, segment_name, sync_dir,
 };
 use super::{Durability, LocalConfig, SharedDir};
 use crate::{AppendFuture, LogError, OpenOptions};
@@ -117,9 +117,15 @@ impl Queue {
 pub(super) struct WriterLink {
     queue: Arc<Queue>,
     done: watch::Receiver<bool>,
+    claim: Arc<Claim>,
 }
 
 impl WriterLink {
+    /// The handle's claim of its term (truncation locks and checks it too).
+    pub(super) fn claim(&self) -> &Arc<Claim> {
+        &self.claim
+    }
+
     /// Fails if the writer no longer accepts appends (fenced or closing).
     pub(super) fn check(&self) -> Result<(), LogError> {
         match Queue::refusal(&self.queue.state.lock()) {
@@ -252,10 +258,9 @@ struct Writer {
     config: Arc<LocalConfig>,
     shared: Arc<SharedDir>,
     queue: Arc<Queue>,
-    lock_file: File,
-    lock_path: PathBuf,
-    term_file: File,
-    term_path: PathBuf,
+    /// This handle's claim of its term: checked before and after every batch, and `flock`ed
+    /// while the batch is written (against other handles of the term only).
+    claim: Arc<Claim>,
     active: Active,
     /// Whether this writer counts in `SharedDir::writers`.
     registered: bool,
@@ -272,19 +277,20 @@ struct Writer {
     done: watch::Sender<bool>,
 }
 
-fn open_rw(path: &Path) -> Result<File, LogError> {
-    std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(path)
-        .map_err(|e| LogError::io(format!("open {}", path.display()), e))
+/// The error of a handle at `term` that no longer owns the log in `dir`.
+fn fenced_error(dir: &Path, pchannel: &PChannel, term: Term) -> LogError {
+    let current = claims::current_term(dir).unwrap_or(term);
+    LogError::Fenced {
+        pchannel: pchannel.clone(),
+        term,
+        current,
+    }
 }
 
-/// Creates an empty segment with base `base`, durably.
+/// Creates an empty segment with base `base` for `term`, durably. Never over an existing file
+/// (`O_EXCL`): a fenced writer rolling late cannot take the name of a newer term's segment.
 fn create_segment(dir: &Path, base: u64, term: Term) -> Result<ScannedSegment, LogError> {
-    let path = dir.join(segment_name(base));
+    let path = dir.join(segment_name(base, Some(term.0)));
     let file = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -304,47 +310,56 @@ fn create_segment(dir: &Path, base: u64, term: Term) -> Result<ScannedSegment, L
     })
 }
 
-/// Opens the log read-write: under the directory lock, checks and writes the term, recovers the
-/// segments and registers the writer; then starts the writer thread.
+/// Opens the log read-write at `options.term`: claims the term, fences every older one, recovers
+/// the log, seals a newest segment of an older term and starts a segment of its own (see the
+/// module docs of `local`), registers the writer; then starts the writer thread. Waits only for
+/// other handles of the same term, never for a lock an older term holds.
 pub(super) fn open_writer(
     config: &Arc<LocalConfig>,
     shared: &Arc<SharedDir>,
     options: &OpenOptions,
 ) -> Result<WriterLink, LogError> {
     let dir = &shared.path;
-    let lock_path = dir.join(LOCK_FILE);
-    let lock_file = open_rw(&lock_path)?;
-    lock_file
-        .lock()
-        .map_err(|e| LogError::io(format!("lock {}", lock_path.display()), e))?;
+    let term = options.term;
+    let fenced = || fenced_error(dir, &options.pchannel, term);
+    // Refuse a lower term before leaving a claim behind.
+    if claims::current_term(dir)? > term {
+        return Err(fenced());
+    }
+    let claim = Arc::new(Claim::acquire(dir, term)?);
+    claim.lock()?;
     let recovered = (|| {
-        let term_path = dir.join(TERM_FILE);
-        let term_file = open_rw(&term_path)?;
-        let stored = read_term(&term_file, &term_path)?;
-        if stored.term > options.term {
-            return Err(LogError::Fenced {
-                pchannel: options.pchannel.clone(),
-                term: options.term,
-                current: stored.term,
-            });
+        if claims::current_term(dir)? > term || !claim.held()? {
+            return Err(fenced());
         }
-        if stored.term < options.term || stored.slot.is_none() {
-            write_term(&term_file, &term_path, stored, options.term)?;
-            if stored.slot.is_none() {
-                sync_dir(dir)?;
-            }
-        }
+        // Older terms are fenced from here on: any batch of theirs that is acknowledged was
+        // durable before this point, so the recovery below reads it.
+        claims::remove_below(dir, term)?;
         let segments = list_segments(dir)?;
-        let scanned = if segments.is_empty() {
-            vec![create_segment(dir, 0, options.term)?]
+        let mut scanned = if segments.is_empty() {
+            Vec::new()
         } else {
             recover(
                 &segments,
-                RecoveryMode::ReadWrite(options.term),
+                RecoveryMode::ReadWrite(term),
                 config.index_interval,
                 None,
             )?
         };
+        let newest = segments.last();
+        if newest.is_some_and(|n| n.term > Some(term.0)) {
+            return Err(fenced());
+        }
+        // A newest segment of this term (a reopen) is continued; any other was sealed by the
+        // recovery, and this term starts its own.
+        let continue_newest = match newest {
+            Some(n) => n.term == Some(term.0) && super::seal::read(&n.path, n.base)?.is_none(),
+            None => false,
+        };
+        if !continue_newest {
+            let base = scanned.last().map_or(0, |s| s.next_lsn);
+            scanned.push(create_segment(dir, base, term)?);
+        }
         for s in &scanned {
             shared.replace_index(s.base, s.index.clone());
         }
@@ -352,13 +367,15 @@ pub(super) fn open_writer(
             .last()
             .ok_or_else(|| LogError::Unavailable("recovery found no segment".into()))?;
         let active = Active::open(newest, config)?;
-        shared.register_writer(active.next_lsn);
-        Ok((term_path, term_file, active))
+        // A newer term may have claimed meanwhile; then this handle must not start.
+        if !claim.held()? {
+            return Err(fenced());
+        }
+        shared.register_writer(active.next_lsn, term, &active.path);
+        Ok(active)
     })();
-    if let Err(e) = lock_file.unlock() {
-        tracing::warn!(error = %e, path = %lock_path.display(), "unlock failed");
-    }
-    let (term_path, term_file, active) = recovered?;
+    claim.unlock();
+    let active = recovered?;
     tracing::info!(
         pchannel = %options.pchannel,
         term = %options.term,
@@ -392,10 +409,7 @@ pub(super) fn open_writer(
         config: config.clone(),
         shared: shared.clone(),
         queue: queue.clone(),
-        lock_file,
-        lock_path,
-        term_file,
-        term_path,
+        claim: claim.clone(),
         active,
         registered: true,
         spare: None,
@@ -414,7 +428,22 @@ pub(super) fn open_writer(
     Ok(WriterLink {
         queue,
         done: done_rx,
+        claim,
     })
+}
+
+/// Microseconds every writer of this process waits between a batch's claim check and its write
+/// (`testkit` only; see `local::testkit::pause_before_write`).
+#[cfg(feature = "testkit")]
+pub(super) static PAUSE_BEFORE_WRITE_MICROS: std::sync::atomic::AtomicU64 =
+    std::sync::atomic::AtomicU64::new(0);
+
+#[cfg(feature = "testkit")]
+fn pause_before_write() {
+    let micros = PAUSE_BEFORE_WRITE_MICROS.load(std::sync::atomic::Ordering::Relaxed);
+    if micros > 0 {
+        std::thread::sleep(Duration::from_micros(micros));
+    }
 }
 
 fn fail(items: impl IntoIterator<Item = Pending>, error: &LogError) {
@@ -500,18 +529,13 @@ impl Writer {
 
     fn commit(&mut self, mut batch: Batch) {
         let n = batch.items.len();
-        let result = match self.lock_file.lock() {
+        let result = match self.claim.lock() {
             Ok(()) => {
                 let r = self.write_locked(&batch);
-                if let Err(e) = self.lock_file.unlock() {
-                    tracing::warn!(error = %e, path = %self.lock_path.display(), "unlock failed");
-                }
+                self.claim.unlock();
                 r
             }
-            Err(e) => Err(LogError::io(
-                format!("lock {}", self.lock_path.display()),
-                e,
-            )),
+            Err(e) => Err(e),
         };
         match result {
             Ok(first) => {
@@ -533,11 +557,12 @@ impl Writer {
         self.last_commit = Instant::now();
     }
 
-    fn fenced(&self, current: Term) -> LogError {
-        LogError::Fenced {
-            pchannel: self.pchannel.clone(),
-            term: self.term,
-            current,
+    /// Fails with `Fenced` unless this handle's claim still stands (see `claims.rs`).
+    fn check_claim(&self) -> Result<(), LogError> {
+        if self.claim.held()? {
+            Ok(())
+        } else {
+            Err(fenced_error(&self.shared.path, &self.pchannel, self.term))
         }
     }
 
@@ -558,12 +583,11 @@ impl Writer {
         LogError::io(format!("{what} {}", self.active.path.display()), e)
     }
 
-    /// Writes one batch. Runs under the directory lock.
+    /// Writes one batch. Runs under the term's lock.
     fn write_locked(&mut self, batch: &Batch) -> Result<u64, LogError> {
-        let stored = read_term(&self.term_file, &self.term_path)?;
-        if stored.term > self.term {
-            return Err(self.fenced(stored.term));
-        }
+        self.check_claim()?;
+        #[cfg(feature = "testkit")]
+        pause_before_write();
         if self.written_by_other()? {
             // Another handle at this term wrote since our last batch.
             self.resync()?;
@@ -582,13 +606,21 @@ impl Writer {
         }
         let added = batch.frames.len() as u64;
         if let Err(e) = self.write_and_sync(&batch.frames) {
-            // Leave no record behind that a reader could see but nobody acknowledged.
-            if let Err(undo) = self.active.file.set_len(self.active.offset) {
+            // Leave no record behind that a reader could see but nobody acknowledged — unless a
+            // newer term took over, which may have sealed the segment after these records.
+            if self.claim.held().unwrap_or(false)
+                && let Err(undo) = self.active.file.set_len(self.active.offset)
+            {
                 tracing::error!(error = %undo, path = %self.active.path.display(), "could not remove a failed batch");
             }
             self.active.zeroed_end = self.active.offset;
             return Err(e);
         }
+        // Acknowledged only if this term still owned the log once the batch was durable: then
+        // a newer term's recovery, which starts after it removed this claim, reads the batch.
+        // Otherwise the batch stays unacknowledged where it is (never cut: the newer term may
+        // have sealed the segment after it).
+        self.check_claim()?;
         self.active.offset += added;
         self.active.next_lsn += batch.items.len() as u64;
         self.active.last_indexed = last_indexed;
@@ -696,8 +728,11 @@ impl Writer {
         Ok(())
     }
 
-    /// Seals the active segment and starts the next one. Runs under the directory lock.
+    /// Seals the active segment and starts the next one. Runs under the term's lock.
     fn roll(&mut self) -> Result<(), LogError> {
+        // A fenced writer creates no segment (if it is fenced right after this, its segment is
+        // dead: see "The chain of segments" in `segment.rs`).
+        self.check_claim()?;
         // Cut the runway off and make that durable before the next segment exists, so a sealed
         // segment never ends in zeros.
         let size = self
@@ -737,6 +772,7 @@ impl Writer {
         };
         self.active = Active::open(&seg, &self.config)?;
         self.shared.replace_index(base, Vec::new());
+        self.shared.set_active(self.term, &self.active.path);
         // Once the next segment exists the sealed one is final: record it for the next open.
         super::sidecar::write(&sealed);
         tracing::debug!(pchannel = %self.pchannel, base, "rolled to a new segment");
@@ -744,8 +780,11 @@ impl Writer {
     }
 
     /// Re-reads the tail of the log (from the active segment on) after another handle at the
-    /// same term wrote to it. Runs under the directory lock.
+    /// same term wrote to it. Runs under the term's lock.
     fn resync(&mut self) -> Result<(), LogError> {
+        // What another handle of this term wrote counts as committed below only while the term
+        // still owns the log.
+        self.check_claim()?;
         let segments: Vec<_> = list_segments(&self.shared.path)?
             .into_iter()
             .filter(|s| s.base >= self.active.base)
@@ -768,13 +807,18 @@ impl Writer {
         let Some(newest) = scanned.last() else {
             return Err(LogError::Unavailable("resync found no segment".into()));
         };
+        if segments.last().is_some_and(|s| s.term != Some(self.term.0)) {
+            // A newer term's segment: this term is fenced.
+            return Err(fenced_error(&self.shared.path, &self.pchannel, self.term));
+        }
         self.active = Active::open(newest, &self.config)?;
+        self.shared.set_active(self.term, &self.active.path);
         tracing::info!(
             pchannel = %self.pchannel,
             next_lsn = self.active.next_lsn,
             "resynced with records written by another handle"
         );
-        // Whoever wrote them held the lock through their sync.
+        // Whoever wrote them held the lock through their sync and their claim check.
         self.shared.publish(self.active.next_lsn);
         Ok(())
     }
@@ -789,26 +833,19 @@ impl Writer {
         {
             tracing::error!(error = %e, "interval sync failed");
         }
-        match read_term(&self.term_file, &self.term_path) {
-            Ok(stored) if stored.term > self.term => {
-                let e = self.fenced(stored.term);
+        match self.check_claim() {
+            Err(e) if e.is_fenced() => {
                 self.fence(e);
                 return;
             }
-            Ok(_) => {}
-            Err(e) => tracing::warn!(error = %e, "reading the term file failed"),
+            Err(e) => tracing::warn!(error = %e, "checking the term claim failed"),
+            Ok(()) => {}
         }
         let grown = self.written_by_other().unwrap_or(false);
         if grown {
-            let r = self.lock_file.lock().map_err(|e| self.io("lock", e));
-            let r = r.and_then(|()| {
-                let stored = read_term(&self.term_file, &self.term_path);
-                let r = match stored {
-                    Ok(s) if s.term > self.term => Err(self.fenced(s.term)),
-                    Ok(_) => self.resync(),
-                    Err(e) => Err(e),
-                };
-                let _ = self.lock_file.unlock();
+            let r = self.claim.lock().and_then(|()| {
+                let r = self.resync();
+                self.claim.unlock();
                 r
             });
             match r {
