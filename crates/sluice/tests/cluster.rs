@@ -1,8 +1,11 @@
 //! A real cluster — one `sluice coord` and three `sluice node` processes on a real etcd
 //! (`SLUICE_TEST_ETCD`) and one shared local log directory — under continuous load from four
 //! producers, while the owner of a pchannel is SIGKILLed round after round and a fresh process
-//! with the same node id takes its place. Then an owner is SIGSTOPped until its pchannel moved
-//! and continued: it must not acknowledge anything at its old term (fencing end to end).
+//! with the same node id takes its place — every third round the owner is SIGSTOPped instead
+//! (possibly in the middle of a write), its pchannels must be available on another node within
+//! the lease TTL + 1 s (on `local`: nothing the stopped process holds may block the new owner),
+//! and it is continued and registers again. Then an owner is SIGSTOPped until its pchannel
+//! moved and continued: it must not acknowledge anything at its old term (fencing end to end).
 //!
 //! Checked at the end, reading every vchannel from the beginning: every acknowledged message is
 //! there with its acknowledged timestamp, timestamps strictly increase and terms never go back
@@ -667,6 +670,7 @@ async fn run_cluster(etcd: String, medium: Medium, label: &str, default_rounds: 
     }
 
     let mut failovers = Vec::new();
+    let mut stops = Vec::new();
     for round in 0..rounds {
         let pchannel = pchannel_name(round % PCHANNELS);
         // A pchannel being moved (by the balancer, say) is absent until it is assigned again.
@@ -683,12 +687,19 @@ async fn run_cluster(etcd: String, medium: Medium, label: &str, default_rounds: 
             .map(|a| (a.pchannel.as_str().to_owned(), a.term))
             .collect();
 
+        // Every third round stops the owner (alive, cut off, possibly in the middle of a write
+        // holding whatever it holds) instead of killing it.
+        let stop_round = round % 3 == 2;
         let killed_at = Instant::now();
-        cluster
-            .nodes
-            .get_mut(&victim)
-            .expect("a running node owns every pchannel")
-            .kill();
+        if stop_round {
+            cluster.nodes[&victim].signal(Signal::STOP);
+        } else {
+            cluster
+                .nodes
+                .get_mut(&victim)
+                .expect("a running node owns every pchannel")
+                .kill();
+        }
         let after = wait_topology(
             &mut topo_rx,
             &format!("round {round}: node {victim}'s pchannels {owned:?} move"),
@@ -711,7 +722,8 @@ async fn run_cluster(etcd: String, medium: Medium, label: &str, default_rounds: 
         let failover = first.done - killed_at;
         let new = &after.channels[&pchannel];
         eprintln!(
-            "round {round}: killed node {victim} owning {owned:?}; {pchannel} term {} -> {} on node {} (topology after {:.2?}); first ack after {:.2?}",
+            "round {round}: {} node {victim} owning {owned:?}; {pchannel} term {} -> {} on node {} (topology after {:.2?}); first ack after {:.2?}",
+            if stop_round { "stopped" } else { "killed" },
             owner.term,
             new.term,
             new.node_id,
@@ -719,6 +731,18 @@ async fn run_cluster(etcd: String, medium: Medium, label: &str, default_rounds: 
             failover
         );
         failovers.push(failover);
+        if stop_round {
+            stops.push(failover);
+            // A stopped owner keeps nothing unavailable past its lease (the new owner's open
+            // does not wait for anything the stopped process holds).
+            if matches!(medium, Medium::SharedDir) {
+                let bound = Duration::from_millis(LEASE_TTL_MS) + Duration::from_secs(1);
+                assert!(
+                    failover <= bound,
+                    "round {round}: {pchannel} was unavailable for {failover:?} behind a stopped owner (bound {bound:?})"
+                );
+            }
+        }
         // The new owner rebuilt its state from the recovery checkpoint its predecessor saved,
         // not by replaying the pchannel's whole log.
         let recovered = last_recovery(&cluster, new.node_id.0, &pchannel);
@@ -736,9 +760,15 @@ async fn run_cluster(etcd: String, medium: Medium, label: &str, default_rounds: 
                 .trim()
         );
 
-        // A fresh process with the same id keeps three nodes available.
-        let node = tokio::task::block_in_place(|| cluster.start_node(victim));
-        cluster.nodes.insert(victim, node);
+        if stop_round {
+            // Continued, the old owner finds its WALs fenced and its lease gone, and registers
+            // again as a new incarnation: three nodes stay available.
+            cluster.nodes[&victim].signal(Signal::CONT);
+        } else {
+            // A fresh process with the same id keeps three nodes available.
+            let node = tokio::task::block_in_place(|| cluster.start_node(victim));
+            cluster.nodes.insert(victim, node);
+        }
         // Every pchannel takes appends again before the next round.
         let restarted = Instant::now();
         for p in 0..PCHANNELS {
@@ -1031,7 +1061,10 @@ async fn run_cluster(etcd: String, medium: Medium, label: &str, default_rounds: 
     failovers.sort();
     let (med, max) = (median(&failovers), failovers[failovers.len() - 1]);
     let summary = format!(
-        "cluster e2e ({label} log): {rounds} SIGKILL rounds, lease TTL {LEASE_TTL_MS} ms: failover (kill -> first ack on the new owner) median {med:.2?}, max {max:.2?}, all {failovers:?}; {} acknowledged, {read_total} read, 0 lost, {duplicates} duplicates; test took {:.1?}",
+        "cluster e2e ({label} log): {rounds} rounds ({} SIGKILL, {} SIGSTOP), lease TTL {LEASE_TTL_MS} ms: failover (kill or stop -> first ack on the new owner) median {med:.2?}, max {max:.2?}, all {failovers:?}; behind a stopped owner max {:.2?}; {} acknowledged, {read_total} read, 0 lost, {duplicates} duplicates; test took {:.1?}",
+        rounds - stops.len(),
+        stops.len(),
+        stops.iter().max().copied().unwrap_or_default(),
         acks.len(),
         test_started.elapsed()
     );
