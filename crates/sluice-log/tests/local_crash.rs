@@ -10,6 +10,7 @@
 //! never deliver anything but intact records with dense ids.
 
 mod common;
+mod payload_support;
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -21,6 +22,8 @@ use sluice_log::local::{LocalConfig, LocalProvider};
 use sluice_log::{DeliverPolicy, LogProvider, OpenOptions, ReadOptions};
 use sluice_types::message::InsertHeader;
 use sluice_types::{MessageId, MutableMessage, PChannel, Term};
+
+use payload_support::{check_payload, payload};
 
 const DIR_ENV: &str = "SLUICE_CRASH_CHILD_DIR";
 const TERM_ENV: &str = "SLUICE_CRASH_CHILD_TERM";
@@ -36,25 +39,6 @@ fn config(root: &Path) -> LocalConfig {
 
 fn pchannel() -> PChannel {
     PChannel::new("crash-pch").unwrap()
-}
-
-/// `key|filler|crc32c(key|filler)`: any damage to a stored payload is detectable.
-fn payload(key: &str) -> Vec<u8> {
-    let filler = "abcdefghij".repeat(crc32c::crc32c(key.as_bytes()) as usize % 30);
-    let body = format!("{key}|{filler}");
-    format!("{body}|{:08x}", crc32c::crc32c(body.as_bytes())).into_bytes()
-}
-
-/// The key of a self-checking payload.
-fn check_payload(bytes: &[u8]) -> Result<String, String> {
-    let text = std::str::from_utf8(bytes).map_err(|_| "payload is not UTF-8".to_string())?;
-    let (body, crc) = text.rsplit_once('|').ok_or("no checksum")?;
-    let expected = format!("{:08x}", crc32c::crc32c(body.as_bytes()));
-    if crc != expected {
-        return Err(format!("checksum {crc} != {expected} in {text:?}"));
-    }
-    let (key, _) = body.split_once('|').ok_or("no key")?;
-    Ok(key.to_string())
 }
 
 fn message(key: &str) -> MutableMessage {

@@ -17,6 +17,7 @@
 
 mod common;
 mod fencing_support;
+mod payload_support;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -31,6 +32,7 @@ use sluice_types::message::InsertHeader;
 use sluice_types::{MessageId, MutableMessage, PChannel, Term};
 
 use fencing_support::{print_line, runtime};
+use payload_support::{check_payload, payload};
 
 const DIR_ENV: &str = "SLUICE_STOP_CHILD_DIR";
 const TERM_ENV: &str = "SLUICE_STOP_CHILD_TERM";
@@ -50,25 +52,6 @@ fn config(root: &Path) -> LocalConfig {
 
 fn pchannel() -> PChannel {
     PChannel::new("stop-pch").unwrap()
-}
-
-/// `key|filler|crc32c(key|filler)`: any damage to a stored payload is detectable.
-fn payload(key: &str) -> Vec<u8> {
-    let filler = "0123456789".repeat(crc32c::crc32c(key.as_bytes()) as usize % 40);
-    let body = format!("{key}|{filler}");
-    format!("{body}|{:08x}", crc32c::crc32c(body.as_bytes())).into_bytes()
-}
-
-/// The key of a self-checking payload.
-fn check_payload(bytes: &[u8]) -> Result<String, String> {
-    let text = std::str::from_utf8(bytes).map_err(|_| "payload is not UTF-8".to_string())?;
-    let (body, crc) = text.rsplit_once('|').ok_or("no checksum")?;
-    let expected = format!("{:08x}", crc32c::crc32c(body.as_bytes()));
-    if crc != expected {
-        return Err(format!("checksum {crc} != {expected} in {text:?}"));
-    }
-    let (key, _) = body.split_once('|').ok_or("no key")?;
-    Ok(key.to_string())
 }
 
 /// The term a key was written at (`t{term}-...`).

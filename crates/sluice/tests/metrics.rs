@@ -92,7 +92,15 @@ async fn the_metrics_endpoint_counts_appends_wal_opens_and_reads() {
         )
         .await
         .unwrap();
-    let before = scrape(&metrics);
+    // Every pchannel's WAL opens on its own; wait (bounded) until all four have.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let before = loop {
+        let body = scrape(&metrics);
+        if total(&body, "sluice_node_wals", &[]) >= 4.0 || std::time::Instant::now() > deadline {
+            break body;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     let ok = ["pchannel=\"sluice-dml_0\"", "code=\"OK\""];
     let appends_before = total(&before, "sluice_wal_appends_total", &ok);
     assert!(appends_before >= 1.0, "{before}");
