@@ -20,7 +20,7 @@ mod fencing_support;
 mod payload_support;
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -32,7 +32,7 @@ use sluice_types::message::InsertHeader;
 use sluice_types::{MessageId, MutableMessage, PChannel, Term};
 
 use fencing_support::{print_line, runtime};
-use payload_support::{check_payload, payload};
+use payload_support::{check_payload, payload, tail_checked};
 
 const DIR_ENV: &str = "SLUICE_STOP_CHILD_DIR";
 const TERM_ENV: &str = "SLUICE_STOP_CHILD_TERM";
@@ -172,7 +172,12 @@ fn sigstopped_owner_never_keeps_a_higher_term_out() {
     let rt = runtime();
     let provider: Arc<dyn LogProvider> = Arc::new(LocalProvider::new(config(root.path())).unwrap());
     let (stop_tail, stop_rx) = tokio::sync::oneshot::channel();
-    let tail = rt.spawn(tail(root.path().to_owned(), stop_rx));
+    let tail = rt.spawn(tail_checked(
+        config(root.path()),
+        pchannel(),
+        stop_rx,
+        Duration::from_millis(500),
+    ));
     // Every acknowledged record of every owner so far.
     let mut acked: BTreeMap<MessageId, String> = BTreeMap::new();
     let mut opens = Vec::new();
@@ -401,52 +406,4 @@ fn verify(
             "round {round}: new owner's ids"
         );
     }
-}
-
-/// Tails the log read-only from the start until `stop` fires (and what was written by then is
-/// drained); returns what it saw. Ids must be dense and payloads intact.
-async fn tail(
-    root: PathBuf,
-    mut stop: tokio::sync::oneshot::Receiver<()>,
-) -> Result<Vec<(MessageId, String)>, String> {
-    let provider = LocalProvider::new(config(&root)).map_err(|e| e.to_string())?;
-    let handle = provider
-        .open(OpenOptions::read_only(pchannel(), Term(0)))
-        .await
-        .map_err(|e| e.to_string())?;
-    let mut stream = handle
-        .read(ReadOptions::new(DeliverPolicy::All))
-        .await
-        .map_err(|e| e.to_string())?;
-    let mut out = Vec::new();
-    let mut stopping = false;
-    loop {
-        let wait = if stopping {
-            Duration::from_millis(500)
-        } else {
-            Duration::from_secs(3600)
-        };
-        let record = tokio::select! {
-            _ = &mut stop, if !stopping => {
-                stopping = true;
-                continue;
-            }
-            r = tokio::time::timeout(wait, stream.next()) => match r {
-                Err(_) => break,
-                Ok(None) => return Err("stream ended".into()),
-                Ok(Some(Err(e))) => return Err(format!("read failed after {} records: {e}", out.len())),
-                Ok(Some(Ok(record))) => record,
-            },
-        };
-        let expected = MessageId::from_parts(0, out.len() as u64);
-        if record.id() != expected {
-            return Err(format!("expected {expected}, got {}", record.id()));
-        }
-        let key = check_payload(record.payload())
-            .map_err(|e| format!("record {} is garbled: {e}", record.id()))?;
-        out.push((record.id(), key));
-    }
-    drop(stream);
-    handle.close().await;
-    Ok(out)
 }

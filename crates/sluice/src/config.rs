@@ -1087,37 +1087,29 @@ mod tests {
             assert!(e.contains("log.s3_access_key_id"), "{e}");
             let e = c.storage_store().unwrap_err().to_string();
             assert!(e.contains("storage.s3_access_key_id"), "{e}");
+            // The log's S3 keys and the Debug output of its settings, as loaded now.
+            let log_keys = || -> Result<((String, String), String), String> {
+                let c = Config::load(None, Figment::new()).map_err(|e| e.to_string())?;
+                let LogBackendConfig::Object(o) = c.log_backend().map_err(|e| e.to_string())?
+                else {
+                    panic!("object");
+                };
+                let sluice_log::object::ObjectStoreConfig::S3(s3) = &o.store else {
+                    panic!("s3");
+                };
+                let keys = (s3.access_key_id.clone(), s3.secret_access_key.clone());
+                Ok((keys, format!("{o:?} {c:?}")))
+            };
             jail.set_env("AWS_ACCESS_KEY_ID", "env-id");
             jail.set_env("AWS_SECRET_ACCESS_KEY", "env-secret");
-            let c = Config::load(None, Figment::new()).map_err(|e| e.to_string())?;
-            let LogBackendConfig::Object(o) = c.log_backend().map_err(|e| e.to_string())? else {
-                panic!("object");
-            };
-            let sluice_log::object::ObjectStoreConfig::S3(s3) = &o.store else {
-                panic!("s3");
-            };
-            assert_eq!(
-                (s3.access_key_id.as_str(), s3.secret_access_key.as_str()),
-                ("env-id", "env-secret")
-            );
-            assert!(!format!("{o:?}").contains("env-secret"));
+            let (keys, debug) = log_keys()?;
+            assert_eq!(keys, ("env-id".into(), "env-secret".into()));
+            assert!(!debug.contains("env-secret"));
             jail.set_env("SLUICE_LOG__S3_ACCESS_KEY_ID", "cfg-id");
             jail.set_env("SLUICE_LOG__S3_SECRET_ACCESS_KEY", "cfg-secret");
-            let c = Config::load(None, Figment::new()).map_err(|e| e.to_string())?;
-            let LogBackendConfig::Object(o) = c.log_backend().map_err(|e| e.to_string())? else {
-                panic!("object");
-            };
-            let sluice_log::object::ObjectStoreConfig::S3(s3) = &o.store else {
-                panic!("s3");
-            };
-            assert_eq!(
-                (s3.access_key_id.as_str(), s3.secret_access_key.as_str()),
-                ("cfg-id", "cfg-secret")
-            );
-            assert!(
-                !format!("{c:?}").contains("cfg-secret"),
-                "Debug hides the secret"
-            );
+            let (keys, debug) = log_keys()?;
+            assert_eq!(keys, ("cfg-id".into(), "cfg-secret".into()));
+            assert!(!debug.contains("cfg-secret"), "Debug hides the secret");
             Ok(())
         });
     }

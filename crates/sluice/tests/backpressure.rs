@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use sluice_client::access::RemoteAccess;
 use sluice_client::topology::CoordinatorTopology;
 use sluice_client::{Client, ClientConfig, ReadRequest};
-use sluice_types::message::{CreateCollectionHeader, InsertHeader, PartitionSegmentAssignment};
+use sluice_types::message::CreateCollectionHeader;
 use sluice_types::{ErrorCode, MutableMessage, VChannel};
 use support::Proc;
 
@@ -95,20 +95,7 @@ fn client(server: &Proc) -> Client {
 }
 
 fn insert(v: &VChannel, tag: &str) -> MutableMessage {
-    MutableMessage::builder(InsertHeader {
-        collection_id: 100,
-        partitions: vec![PartitionSegmentAssignment {
-            partition_id: 1,
-            rows: 1,
-            binary_size: RECORD as u64,
-            segment_id: 0,
-        }],
-    })
-    .vchannel(v)
-    .property("tag", tag)
-    .payload(vec![0x42u8; RECORD])
-    .build()
-    .expect("a valid insert")
+    support::tagged_insert(v, "tag", tag, vec![0x42u8; RECORD])
 }
 
 fn filler(dir: &Path, mib: usize) -> PathBuf {

@@ -335,20 +335,7 @@ fn create_collection(v: &VChannel) -> MutableMessage {
 }
 
 fn insert(v: &VChannel, tag: &str) -> MutableMessage {
-    MutableMessage::builder(InsertHeader {
-        collection_id: v.collection().0,
-        partitions: vec![PartitionSegmentAssignment {
-            partition_id: 1,
-            rows: 1,
-            binary_size: 32,
-            segment_id: 0,
-        }],
-    })
-    .vchannel(v)
-    .property("tag", tag)
-    .payload(vec![7u8; 32])
-    .build()
-    .expect("a valid insert")
+    support::tagged_insert(v, "tag", tag, vec![7u8; 32])
 }
 
 /// One acknowledged append.
@@ -1419,61 +1406,9 @@ async fn a_drained_node_hands_its_pchannels_over_and_takes_them_again_when_undra
     };
     let mut cluster = start_cluster(etcd, &Medium::SharedDir);
     let coord = cluster.coord.endpoint();
-    let topology = Arc::new(CoordinatorTopology::connect(&coord).expect("endpoint"));
-    let mut rx = topology.subscribe();
-    wait_topology(&mut rx, "every pchannel assigned", |t| {
-        t.channels.len() == PCHANNELS
-    })
-    .await;
-    let client = Client::new(
-        topology.clone(),
-        Arc::new(RemoteAccess::new()),
-        ClientConfig {
-            timeout: Some(Duration::from_secs(60)),
-            ..ClientConfig::default()
-        },
-    );
-    let vchannels = Arc::new(vchannels());
-    for v in vchannels.iter() {
-        client.append(create_collection(v)).await.expect("create");
-    }
-    let stop = Arc::new(AtomicBool::new(false));
-    let errors: Arc<Mutex<Vec<String>>> = Arc::default();
-    let acked = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let producer = {
-        let (client, vchannels, stop, errors, acked) = (
-            client.clone(),
-            vchannels.clone(),
-            stop.clone(),
-            errors.clone(),
-            acked.clone(),
-        );
-        tokio::spawn(async move {
-            let mut i = 0usize;
-            while !stop.load(Ordering::Relaxed) {
-                let v = &vchannels[i % vchannels.len()];
-                match client.append(insert(v, &format!("d{i}"))).await {
-                    Ok(_) => {
-                        acked.fetch_add(1, Ordering::Relaxed);
-                    }
-                    Err(e) => errors.lock().push(format!("d{i}: {e}")),
-                }
-                i += 1;
-            }
-        })
-    };
-    // The producer keeps getting acknowledgements: `n` more.
-    let progress = |n: usize| {
-        let acked = acked.clone();
-        async move {
-            let goal = acked.load(Ordering::Relaxed) + n;
-            let deadline = Instant::now() + WAIT;
-            while acked.load(Ordering::Relaxed) < goal {
-                assert!(Instant::now() < deadline, "the producer stalled");
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-        }
-    };
+    let (client, vchannels, mut rx) = flowing_client(&cluster).await;
+    let flow = Flow::start(&client, &vchannels, 1);
+    let progress = |n| flow.progress(n);
     progress(50).await;
     let mut coordinator =
         v1::coordinator_client::CoordinatorClient::new(sluice_proto::lazy_channel(&coord).unwrap());
@@ -1518,10 +1453,7 @@ async fn a_drained_node_hands_its_pchannels_over_and_takes_them_again_when_undra
     })
     .await;
     progress(50).await;
-    stop.store(true, Ordering::Relaxed);
-    producer.await.expect("producer");
-    let acked = acked.load(Ordering::Relaxed);
-    let errors = errors.lock().clone();
+    let (acked, errors) = flow.stop().await;
     assert!(errors.is_empty(), "the producer saw errors: {errors:?}");
     assert!(acked > 0);
     for (id, node) in cluster.nodes.iter_mut() {
@@ -1615,8 +1547,11 @@ impl Flow {
     }
 }
 
-/// A client of `cluster` once every pchannel is assigned, and the collections created.
-async fn flowing_client(cluster: &Cluster) -> (Client, Arc<Vec<VChannel>>) {
+/// A client of `cluster` once every pchannel is assigned, the collections created, and the
+/// topology it follows.
+async fn flowing_client(
+    cluster: &Cluster,
+) -> (Client, Arc<Vec<VChannel>>, watch::Receiver<Topology>) {
     let topology =
         Arc::new(CoordinatorTopology::connect(&cluster.coord.endpoint()).expect("endpoint"));
     let mut rx = topology.subscribe();
@@ -1636,7 +1571,7 @@ async fn flowing_client(cluster: &Cluster) -> (Client, Arc<Vec<VChannel>>) {
     for v in vchannels.iter() {
         client.append(create_collection(v)).await.expect("create");
     }
-    (client, vchannels)
+    (client, vchannels, rx)
 }
 
 /// Appends keep flowing while the coordinator is SIGKILLed and started again at the same
@@ -1649,7 +1584,7 @@ async fn appends_keep_flowing_through_coordinator_restarts() {
         return;
     };
     let mut cluster = start_cluster_of(etcd, &Medium::SharedDir, 2);
-    let (client, vchannels) = flowing_client(&cluster).await;
+    let (client, vchannels, _) = flowing_client(&cluster).await;
     let flow = Flow::start(&client, &vchannels, PRODUCERS);
     flow.progress(100).await;
     let mut rounds = Vec::new();
@@ -1782,7 +1717,7 @@ async fn an_etcd_restart_stops_no_process_and_appends_resume() {
     }
     let mut etcd = OwnEtcd::start();
     let mut cluster = start_cluster_of(etcd.endpoint(), &Medium::SharedDir, 2);
-    let (client, vchannels) = flowing_client(&cluster).await;
+    let (client, vchannels, _) = flowing_client(&cluster).await;
     let flow = Flow::start(&client, &vchannels, PRODUCERS);
     flow.progress(100).await;
     let mut rounds = Vec::new();
@@ -1824,10 +1759,7 @@ async fn ctl_move_hands_pchannels_over_under_load_without_errors() {
         return;
     };
     let cluster = start_cluster(etcd, &Medium::SharedDir);
-    let (client, vchannels) = flowing_client(&cluster).await;
-    let topology =
-        Arc::new(CoordinatorTopology::connect(&cluster.coord.endpoint()).expect("endpoint"));
-    let mut rx = topology.subscribe();
+    let (client, vchannels, mut rx) = flowing_client(&cluster).await;
     let flow = Flow::start(&client, &vchannels, PRODUCERS);
     flow.progress(100).await;
     let coord = cluster.coord.endpoint();

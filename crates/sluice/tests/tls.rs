@@ -28,7 +28,6 @@ use sluice_client::{Client, ClientConfig};
 use sluice_proto::Security;
 use sluice_proto::security::REFUSED;
 use sluice_proto::v1;
-use sluice_types::message::{InsertHeader, PartitionSegmentAssignment};
 use sluice_types::{MutableMessage, VChannel};
 use support::{CliOutput, Proc, run_cli};
 
@@ -222,20 +221,7 @@ async fn list_collections(security: &Security, addr: &str) -> Result<Vec<String>
 }
 
 fn insert(vchannel: &VChannel, key: &str) -> MutableMessage {
-    MutableMessage::builder(InsertHeader {
-        collection_id: vchannel.collection().0,
-        partitions: vec![PartitionSegmentAssignment {
-            partition_id: 1,
-            rows: 1,
-            binary_size: 16,
-            segment_id: 0,
-        }],
-    })
-    .vchannel(vchannel)
-    .property("key", key)
-    .payload(b"over TLS".to_vec())
-    .build()
-    .expect("a valid insert")
+    support::tagged_insert(vchannel, "key", key, b"over TLS".to_vec())
 }
 
 /// Everything `proc` printed (stderr file and stdout lines).

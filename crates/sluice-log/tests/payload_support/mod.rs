@@ -19,3 +19,56 @@ pub(crate) fn check_payload(bytes: &[u8]) -> Result<String, String> {
     let (key, _) = body.split_once('|').ok_or("no key")?;
     Ok(key.to_string())
 }
+
+/// Tails `pchannel` read-only from the start until `stop` fires and then until it has been idle
+/// for `idle` (what was written by then is drained); returns every record's id and key. Ids
+/// must be dense from lsn 0 and every payload intact.
+pub(crate) async fn tail_checked(
+    config: sluice_log::local::LocalConfig,
+    pchannel: sluice_types::PChannel,
+    mut stop: tokio::sync::oneshot::Receiver<()>,
+    idle: std::time::Duration,
+) -> Result<Vec<(sluice_types::MessageId, String)>, String> {
+    use sluice_log::{DeliverPolicy, LogProvider, OpenOptions, ReadOptions};
+    use sluice_types::{MessageId, Term};
+    let provider = sluice_log::local::LocalProvider::new(config).map_err(|e| e.to_string())?;
+    let handle = provider
+        .open(OpenOptions::read_only(pchannel, Term(0)))
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut stream = handle
+        .read(ReadOptions::new(DeliverPolicy::All))
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut out = Vec::new();
+    let mut stopping = false;
+    loop {
+        let wait = if stopping {
+            idle
+        } else {
+            std::time::Duration::from_secs(3600)
+        };
+        let record = tokio::select! {
+            _ = &mut stop, if !stopping => {
+                stopping = true;
+                continue;
+            }
+            r = tokio::time::timeout(wait, futures::StreamExt::next(&mut stream)) => match r {
+                Err(_) => break,
+                Ok(None) => return Err("stream ended".into()),
+                Ok(Some(Err(e))) => return Err(format!("read failed after {} records: {e}", out.len())),
+                Ok(Some(Ok(record))) => record,
+            },
+        };
+        let expected = MessageId::from_parts(0, out.len() as u64);
+        if record.id() != expected {
+            return Err(format!("expected {expected}, got {}", record.id()));
+        }
+        let key = check_payload(record.payload())
+            .map_err(|e| format!("record {} is garbled: {e}", record.id()))?;
+        out.push((record.id(), key));
+    }
+    drop(stream);
+    handle.close().await;
+    Ok(out)
+}

@@ -323,3 +323,28 @@ pub(crate) fn run_cli(args: &[&str], envs: &[(&str, &str)], timeout: Duration) -
         ),
     }
 }
+
+/// A one-row Insert on `vchannel` (of the collection the vchannel names, partition 1) with
+/// `payload`, tagged with the property `key` = `value`.
+pub(crate) fn tagged_insert(
+    vchannel: &sluice_types::VChannel,
+    key: &str,
+    value: &str,
+    payload: Vec<u8>,
+) -> sluice_types::MutableMessage {
+    use sluice_types::message::{InsertHeader, PartitionSegmentAssignment};
+    sluice_types::MutableMessage::builder(InsertHeader {
+        collection_id: vchannel.collection().0,
+        partitions: vec![PartitionSegmentAssignment {
+            partition_id: 1,
+            rows: 1,
+            binary_size: payload.len() as u64,
+            segment_id: 0,
+        }],
+    })
+    .vchannel(vchannel)
+    .property(key, value)
+    .payload(payload)
+    .build()
+    .expect("a valid insert")
+}
