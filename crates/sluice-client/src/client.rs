@@ -16,6 +16,7 @@ use tokio::time::Instant;
 use tokio_util::task::AbortOnDropHandle;
 
 use crate::access::{WalAccess, pchannel_of};
+use crate::sequence::Sequencer;
 use crate::{Assignment, ClientError, TopologySource};
 
 /// Retry and wait settings.
@@ -62,9 +63,8 @@ struct Inner {
     topology: Arc<dyn TopologySource>,
     access: Arc<dyn WalAccess>,
     config: ClientConfig,
-    /// This client's producer id (random, non-zero) and its next sequence number.
-    producer: u64,
-    sequence: std::sync::atomic::AtomicU64,
+    /// Numbers exactly-once appends (producer ids and sequences, per pchannel).
+    sequencer: Sequencer,
 }
 
 /// A random non-zero producer id: SipHash keyed from the OS's randomness (std's `RandomState`)
@@ -127,8 +127,7 @@ impl Client {
                 topology,
                 access,
                 config,
-                producer: producer_id(),
-                sequence: std::sync::atomic::AtomicU64::new(1),
+                sequencer: Sequencer::new(producer_id),
             }),
         }
     }
@@ -204,13 +203,14 @@ impl Client {
     /// (at-least-once). Returns once the message is durable.
     pub async fn append(&self, mut msg: MutableMessage) -> Result<AppendResult, ClientError> {
         let pchannel = pchannel_of(&msg)?;
-        if self.inner.config.idempotent && numberable(&msg) {
-            let sequence = self
-                .inner
-                .sequence
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            msg.set_producer(self.inner.producer, sequence);
-        }
+        // Held until the append is answered (or given up): see `sequence`.
+        let _ticket = if self.inner.config.idempotent && numberable(&msg) {
+            let t = self.inner.sequencer.take(&pchannel).await;
+            msg.set_producer(t.producer, t.sequence);
+            Some(t)
+        } else {
+            None
+        };
         let deadline = self.deadline();
         let mut backoff = Backoff::new(
             self.inner.config.backoff_initial,

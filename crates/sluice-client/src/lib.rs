@@ -28,6 +28,7 @@ pub mod client;
 pub mod coord;
 pub mod error;
 pub mod query;
+mod sequence;
 pub mod topology;
 
 pub use client::{Client, ClientConfig, ReadRequest, Reader, Txn};

@@ -19,3 +19,9 @@ pub use error::{CodecError, ParseError};
 pub use ids::{CollectionId, MessageId, NodeId, PartitionId, SegmentId, Term, Timestamp, TxnId};
 pub use message::{ImmutableMessage, ImmutableTxnMessage, Message, MessageType, MutableMessage};
 pub use read::{AppendResult, ConsumeOptions, DeliverPolicy, MessageFilter, ReadMessage};
+
+/// Exactly-once appends: how far a producer's appends may spread. While sequence `s` of a
+/// producer is unanswered, the producer sends no sequence at `s + PRODUCER_WINDOW` or above;
+/// a WAL remembers at least this many of each producer's newest appends. Together they let the
+/// WAL tell a retry (or a late first attempt) from an append it has forgotten.
+pub const PRODUCER_WINDOW: u64 = 128;

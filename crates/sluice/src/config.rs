@@ -461,7 +461,8 @@ pub(crate) struct WalSection {
     /// retained record (what the missing records changed is lost). Default false: the open
     /// fails with an error that names this setting.
     pub replay_past_missing_checkpoint: bool,
-    /// Exactly-once appends: numbered appends remembered per idempotent producer. Default 256.
+    /// Exactly-once appends: numbered appends remembered per idempotent producer. Default 256;
+    /// at least 128 (`PRODUCER_WINDOW`, how far a producer's appends in flight may spread).
     pub producer_window: usize,
     /// Exactly-once appends: a producer idle this long is forgotten (ms). Default 3600000.
     pub producer_idle_expiry_ms: u64,
@@ -621,7 +622,7 @@ impl WalSection {
             checkpoint_dirty_messages: self.checkpoint_dirty_messages.max(1),
             replay_past_missing_checkpoint: self.replay_past_missing_checkpoint,
             producers: sluice_wal::producer::ProducerConfig {
-                window: self.producer_window.max(1),
+                window: self.producer_window,
                 idle_expiry: ms(self.producer_idle_expiry_ms),
             },
         }
@@ -791,6 +792,14 @@ impl Config {
         if w.tso_batch == 0 || w.buffer_capacity_bytes == 0 || w.segment_max_bytes == 0 {
             bail!(
                 "wal.tso_batch, wal.buffer_capacity_bytes and wal.segment_max_bytes must be positive"
+            );
+        }
+        if (w.producer_window as u64) < sluice_types::PRODUCER_WINDOW {
+            bail!(
+                "wal.producer_window must be at least {} (clients keep that many numbered appends \
+                 in flight per producer), not {}",
+                sluice_types::PRODUCER_WINDOW,
+                w.producer_window
             );
         }
         if !(0.0..1.0).contains(&w.segment_size_jitter) {

@@ -401,3 +401,112 @@ async fn broadcast_copy(
         }
     }
 }
+
+/// Reaches the server like [`RemoteAccess`], but holds every 37th append back before sending it
+/// (so hundreds of later appends of the same client overtake it) and then pretends its
+/// acknowledgement was lost (so the client sends it again).
+struct HoldingBack {
+    inner: RemoteAccess,
+    calls: std::sync::atomic::AtomicU64,
+    held: parking_lot::Mutex<std::collections::HashSet<(u64, u64)>>,
+}
+
+#[async_trait::async_trait]
+impl sluice_client::access::WalAccess for HoldingBack {
+    async fn append(
+        &self,
+        target: &sluice_client::Assignment,
+        msg: MutableMessage,
+    ) -> Result<sluice_types::AppendResult, sluice_client::ClientError> {
+        let numbering = msg.producer().expect("numbering").expect("numbered");
+        let nth = self
+            .calls
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let hold = nth.is_multiple_of(37) && self.held.lock().insert(numbering);
+        if hold {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        let result = self.inner.append(target, msg).await?;
+        if hold {
+            return Err(sluice_client::ClientError::new(
+                sluice_types::ErrorCode::Unknown,
+                "test: acknowledgement lost",
+            ));
+        }
+        Ok(result)
+    }
+
+    async fn read(
+        &self,
+        target: &sluice_client::Assignment,
+        options: sluice_types::ConsumeOptions,
+    ) -> Result<sluice_client::access::MessageStream, sluice_client::ClientError> {
+        self.inner.read(target, options).await
+    }
+}
+
+/// One client with 64 appends in flight, some of them overtaken by hundreds of later ones and
+/// then retried: every append succeeds, and each is in the log exactly once (the client keeps
+/// each producer id's appends within the window a WAL remembers, spreading over more ids).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_appends_in_flight_overtaken_and_retried_are_each_written_once() {
+    use sluice_types::message::CreateCollectionHeader;
+    const APPENDS: usize = 3000;
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let server = start(&dir.path().join("data"), dir.path());
+    let topology = Arc::new(CoordinatorTopology::connect(&server.endpoint()).expect("endpoint"));
+    let access = Arc::new(HoldingBack {
+        inner: RemoteAccess::new(),
+        calls: Default::default(),
+        held: Default::default(),
+    });
+    let client = Client::new(
+        topology,
+        access.clone(),
+        ClientConfig {
+            timeout: Some(Duration::from_secs(60)),
+            ..ClientConfig::default()
+        },
+    );
+    let vchannel = VChannel::new(VCHANNEL).expect("vchannel");
+    let create = MutableMessage::builder(CreateCollectionHeader {
+        collection_id: vchannel.collection().0,
+        partition_ids: vec![1],
+        db_id: 1,
+        schema: None,
+    })
+    .vchannel(&vchannel)
+    .build()
+    .unwrap();
+    client.append(create).await.expect("create the collection");
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let tasks: Vec<_> = (0..64)
+        .map(|_| {
+            let (client, vchannel, next) = (client.clone(), vchannel.clone(), next.clone());
+            tokio::spawn(async move {
+                loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    if i >= APPENDS {
+                        return;
+                    }
+                    if let Err(e) = client
+                        .append(client_insert(&vchannel, &format!("k{i}")))
+                        .await
+                    {
+                        panic!("append k{i}: {e}");
+                    }
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.expect("producer task");
+    }
+    let held = access.held.lock().len();
+    assert!(held >= APPENDS / 40, "only {held} appends were held back");
+    let consumed = tokio::task::block_in_place(|| consume_all(&server, APPENDS));
+    for i in 0..APPENDS {
+        assert!(consumed.contains_key(&format!("k{i}")), "k{i} missing");
+    }
+}
