@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use async_trait::async_trait;
 use futures::{Stream, StreamExt};
 use parking_lot::Mutex;
+use prost::Message as _;
 use sluice_proto::v1::{
     self, produce_appended, produce_request, produce_response,
     streaming_node_client::StreamingNodeClient,
@@ -19,7 +20,6 @@ use sluice_types::{
     AppendResult, ConsumeOptions, ErrorCode, MutableMessage, PChannel, ReadMessage, Term,
 };
 use tokio::sync::{mpsc, oneshot};
-use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::task::AbortOnDropHandle;
 
 use crate::{Assignment, ClientError};
@@ -156,7 +156,7 @@ type Pending = HashMap<u64, oneshot::Sender<Result<AppendResult, ClientError>>>;
 struct RemoteProducer {
     term: Term,
     address: String,
-    tx: mpsc::Sender<v1::ProduceRequest>,
+    tx: mpsc::Sender<v1::ProduceAppend>,
     /// `None` once the stream ended.
     pending: Arc<Mutex<Option<Pending>>>,
     next_request: AtomicU64,
@@ -168,17 +168,16 @@ impl RemoteProducer {
         mut node: StreamingNodeClient<Channel>,
         target: &Assignment,
     ) -> Result<RemoteProducer, ClientError> {
-        let (tx, rx) = mpsc::channel(1024);
+        let (tx, rx) = mpsc::channel(MAX_QUEUED_APPENDS);
         let open = v1::ProduceRequest {
             request: Some(produce_request::Request::Open(v1::ProduceOpen {
                 pchannel: Some(convert::pchannel_to_wire(&target.pchannel, target.term)),
+                batch_responses: true,
             })),
         };
-        tx.send(open)
-            .await
-            .map_err(|_| ClientError::new(ErrorCode::Unknown, "producer request queue closed"))?;
+        let requests = futures::stream::once(std::future::ready(open)).chain(batched(rx));
         let mut responses = node
-            .produce(ReceiverStream::new(rx))
+            .produce(requests)
             .await
             .map_err(|s| ClientError::from_status(&s))?
             .into_inner();
@@ -220,14 +219,12 @@ impl RemoteProducer {
             None => return Err(closed_error()),
         }
         let (producer, sequence) = msg.producer().ok().flatten().unwrap_or((0, 0));
-        let request = v1::ProduceRequest {
-            request: Some(produce_request::Request::Append(v1::ProduceAppend {
-                request_id,
-                message: Some(v1::Message::from(&*msg)),
-                barrier_timestamp: 0,
-                producer,
-                sequence,
-            })),
+        let request = v1::ProduceAppend {
+            request_id,
+            message: Some(v1::Message::from(&*msg)),
+            barrier_timestamp: 0,
+            producer,
+            sequence,
         };
         if self.tx.send(request).await.is_err() {
             if let Some(p) = self.pending.lock().as_mut() {
@@ -237,6 +234,46 @@ impl RemoteProducer {
         }
         done_rx.await.unwrap_or_else(|_| Err(closed_error()))
     }
+}
+
+/// Appends queued for one `Produce` stream (callers wait beyond this).
+const MAX_QUEUED_APPENDS: usize = 1024;
+/// Appends per request at most (the server takes up to 1024).
+const MAX_BATCH_APPENDS: usize = 256;
+/// Bytes per request at most, unless one append alone is larger (the limit is 64 MiB).
+const MAX_BATCH_BYTES: usize = 1 << 20;
+
+/// The appends of `rx` as requests: those waiting together go out as one `appends` batch, up
+/// to [`MAX_BATCH_APPENDS`] and [`MAX_BATCH_BYTES`]. Nothing waits to fill a batch.
+fn batched(
+    rx: mpsc::Receiver<v1::ProduceAppend>,
+) -> impl futures::Stream<Item = v1::ProduceRequest> {
+    futures::stream::unfold((rx, None), |(mut rx, mut carried)| async move {
+        let first = match carried.take() {
+            Some(a) => a,
+            None => rx.recv().await?,
+        };
+        let mut bytes = first.encoded_len();
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH_APPENDS {
+            let Ok(next) = rx.try_recv() else { break };
+            bytes += next.encoded_len();
+            if bytes > MAX_BATCH_BYTES {
+                carried = Some(next);
+                break;
+            }
+            batch.push(next);
+        }
+        let request = if batch.len() == 1 {
+            produce_request::Request::Append(batch.pop().expect("one append"))
+        } else {
+            produce_request::Request::Appends(v1::ProduceAppendBatch { appends: batch })
+        };
+        let request = v1::ProduceRequest {
+            request: Some(request),
+        };
+        Some((request, (rx, carried)))
+    })
 }
 
 fn closed_error() -> ClientError {
@@ -253,15 +290,10 @@ async fn receive(
         match responses.message().await {
             Ok(Some(v1::ProduceResponse {
                 response: Some(produce_response::Response::Appended(a)),
-            })) => {
-                let done = pending
-                    .lock()
-                    .as_mut()
-                    .and_then(|p| p.remove(&a.request_id));
-                if let Some(done) = done {
-                    let _ = done.send(append_outcome(a.outcome));
-                }
-            }
+            })) => resolve(&pending, vec![a]),
+            Ok(Some(v1::ProduceResponse {
+                response: Some(produce_response::Response::AppendedBatch(b)),
+            })) => resolve(&pending, b.appended),
             Ok(Some(v1::ProduceResponse {
                 response: Some(produce_response::Response::Closed(c)),
             })) => {
@@ -278,6 +310,21 @@ async fn receive(
     let left = pending.lock().take().unwrap_or_default();
     for (_, done) in left {
         let _ = done.send(Err(reason.clone()));
+    }
+}
+
+/// Hands answers to the appends waiting for them.
+fn resolve(pending: &Mutex<Option<Pending>>, answers: Vec<v1::ProduceAppended>) {
+    let done: Vec<_> = {
+        let mut pending = pending.lock();
+        let Some(p) = pending.as_mut() else { return };
+        answers
+            .into_iter()
+            .filter_map(|a| Some((p.remove(&a.request_id)?, a.outcome)))
+            .collect()
+    };
+    for (tx, outcome) in done {
+        let _ = tx.send(append_outcome(outcome));
     }
 }
 

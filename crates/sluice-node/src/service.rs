@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use futures::Stream;
+use futures::stream::{FuturesUnordered, StreamExt};
 use sluice_log::DeliverPolicy;
 use sluice_proto::convert::{self, WireError};
 use sluice_proto::v1::{
@@ -109,12 +110,10 @@ fn parse_append(a: v1::ProduceAppend) -> Result<(u64, MutableMessage), (u64, Sta
     Ok((id, msg))
 }
 
-fn appended(request_id: u64, outcome: produce_appended::Outcome) -> v1::ProduceResponse {
-    v1::ProduceResponse {
-        response: Some(produce_response::Response::Appended(v1::ProduceAppended {
-            request_id,
-            outcome: Some(outcome),
-        })),
+fn appended(request_id: u64, outcome: produce_appended::Outcome) -> v1::ProduceAppended {
+    v1::ProduceAppended {
+        request_id,
+        outcome: Some(outcome),
     }
 }
 
@@ -123,19 +122,80 @@ fn error_outcome(status: &Status) -> produce_appended::Outcome {
     produce_appended::Outcome::Error(convert::error_to_wire(code, cause))
 }
 
+/// Sends answers as appends complete: those that completed together in one `appended_batch`
+/// when the client reads them, else one `appended` each.
+async fn write_answers(
+    mut done: mpsc::Receiver<v1::ProduceAppended>,
+    out: mpsc::Sender<Result<v1::ProduceResponse, Status>>,
+    batch_responses: bool,
+) {
+    let mut ready = Vec::new();
+    while done.recv_many(&mut ready, MAX_INFLIGHT_APPENDS).await > 0 {
+        let responses: Vec<produce_response::Response> = if batch_responses && ready.len() > 1 {
+            vec![produce_response::Response::AppendedBatch(
+                v1::ProduceAppendedBatch {
+                    appended: std::mem::take(&mut ready),
+                },
+            )]
+        } else {
+            ready
+                .drain(..)
+                .map(produce_response::Response::Appended)
+                .collect()
+        };
+        for response in responses {
+            let response = v1::ProduceResponse {
+                response: Some(response),
+            };
+            if out.send(Ok(response)).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// How a `Produce` stream stops taking appends when its WAL does.
+#[derive(Clone, Default)]
+struct Stopping {
+    unavailable: Arc<AtomicBool>,
+    stop: Arc<Notify>,
+    reason: Arc<parking_lot::Mutex<Option<v1::StreamingError>>>,
+}
+
+impl Stopping {
+    /// The answer to one append; an error that ends the producer stops the stream (once).
+    fn outcome(
+        &self,
+        r: Result<sluice_types::AppendResult, WalError>,
+    ) -> produce_appended::Outcome {
+        match r {
+            Ok(r) => produce_appended::Outcome::Result(r.into()),
+            Err(e) => {
+                if e.code().ends_producer() && !self.unavailable.swap(true, Ordering::AcqRel) {
+                    *self.reason.lock() = Some(convert::error_to_wire(e.code(), e.to_string()));
+                    self.stop.notify_one();
+                }
+                error_outcome(&wal_status(&e))
+            }
+        }
+    }
+}
+
 async fn produce_loop(
     wal: Wal,
     mut inbound: Streaming<v1::ProduceRequest>,
     out: mpsc::Sender<Result<v1::ProduceResponse, Status>>,
+    batch_responses: bool,
 ) {
     let permits = Arc::new(Semaphore::new(MAX_INFLIGHT_APPENDS));
-    let unavailable = Arc::new(AtomicBool::new(false));
-    let stop = Arc::new(Notify::new());
-    let reason: Arc<parking_lot::Mutex<Option<v1::StreamingError>>> = Arc::default();
+    let stopping = Stopping::default();
+    // Bounded: a client that does not read its answers stops this loop (and its stream).
+    let (done, answers) = mpsc::channel(MAX_INFLIGHT_APPENDS);
+    let writer = tokio::spawn(write_answers(answers, out.clone(), batch_responses));
     loop {
         let next = tokio::select! {
             biased;
-            _ = stop.notified() => break,
+            _ = stopping.stop.notified() => break,
             next = inbound.message() => next,
         };
         let request = match next {
@@ -146,49 +206,26 @@ async fn produce_loop(
                 break;
             }
         };
-        match request.request {
-            Some(produce_request::Request::Append(a)) => {
-                let (request_id, msg) = match parse_append(a) {
-                    Ok(v) => v,
-                    Err((id, status)) => {
-                        if out
-                            .send(Ok(appended(id, error_outcome(&status))))
-                            .await
-                            .is_err()
-                        {
-                            break;
-                        }
-                        continue;
-                    }
-                };
-                let Ok(permit) = permits.clone().acquire_owned().await else {
-                    break;
-                };
-                if unavailable.load(Ordering::Acquire) {
-                    break;
+        let batch = match request.request {
+            Some(produce_request::Request::Append(a)) => vec![a],
+            Some(produce_request::Request::Appends(b))
+                if b.appends.len() > MAX_INFLIGHT_APPENDS =>
+            {
+                let status = convert::status(
+                    ErrorCode::InvalidArgument,
+                    format!(
+                        "a batch of {} appends: at most {MAX_INFLIGHT_APPENDS} per request",
+                        b.appends.len()
+                    ),
+                );
+                for a in b.appends {
+                    let _ = done
+                        .send(appended(a.request_id, error_outcome(&status)))
+                        .await;
                 }
-                let wal = wal.clone();
-                let out = out.clone();
-                let unavailable = unavailable.clone();
-                let stop = stop.clone();
-                let reason = reason.clone();
-                tokio::spawn(async move {
-                    let outcome = match wal.append(msg).await {
-                        Ok(r) => produce_appended::Outcome::Result(r.into()),
-                        Err(e) => {
-                            if e.code().ends_producer() && !unavailable.swap(true, Ordering::AcqRel)
-                            {
-                                *reason.lock() =
-                                    Some(convert::error_to_wire(e.code(), e.to_string()));
-                                stop.notify_one();
-                            }
-                            error_outcome(&wal_status(&e))
-                        }
-                    };
-                    let _ = out.send(Ok(appended(request_id, outcome))).await;
-                    drop(permit);
-                });
+                continue;
             }
+            Some(produce_request::Request::Appends(b)) => b.appends,
             Some(produce_request::Request::Close(_)) => break,
             Some(produce_request::Request::Open(_)) | None => {
                 let _ = out
@@ -199,11 +236,50 @@ async fn produce_loop(
                     .await;
                 break;
             }
+        };
+        let mut appends = Vec::with_capacity(batch.len());
+        for a in batch {
+            match parse_append(a) {
+                Ok(v) => appends.push(v),
+                Err((id, status)) => {
+                    let _ = done.send(appended(id, error_outcome(&status))).await;
+                }
+            }
         }
+        if appends.is_empty() {
+            continue;
+        }
+        let Ok(permit) = permits
+            .clone()
+            .acquire_many_owned(appends.len() as u32)
+            .await
+        else {
+            break;
+        };
+        if stopping.unavailable.load(Ordering::Acquire) {
+            break;
+        }
+        let (wal, done, stopping) = (wal.clone(), done.clone(), stopping.clone());
+        tokio::spawn(async move {
+            // The appends of one request run together in this one task.
+            let mut running: FuturesUnordered<_> = appends
+                .into_iter()
+                .map(|(request_id, msg)| {
+                    let wal = &wal;
+                    async move { (request_id, wal.append(msg).await) }
+                })
+                .collect();
+            while let Some((request_id, r)) = running.next().await {
+                let _ = done.send(appended(request_id, stopping.outcome(r))).await;
+            }
+            drop(permit);
+        });
     }
     // Drain: every append in flight is answered before `closed`.
     let _all = permits.acquire_many(MAX_INFLIGHT_APPENDS as u32).await;
-    let reason = reason.lock().take();
+    drop(done);
+    let _ = writer.await;
+    let reason = stopping.reason.lock().take();
     let _ = out
         .send(Ok(v1::ProduceResponse {
             response: Some(produce_response::Response::Closed(v1::ProduceClosed {
@@ -278,7 +354,7 @@ impl StreamingNode for NodeService {
         tx.send(Ok(opened))
             .await
             .map_err(|_| Status::cancelled("client went away"))?;
-        tokio::spawn(produce_loop(wal, inbound, tx));
+        tokio::spawn(produce_loop(wal, inbound, tx, open.batch_responses));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 

@@ -266,6 +266,7 @@ async fn node_checks_terms_and_ownership() {
                     name: pchannel().as_str().to_owned(),
                     term: 3,
                 }),
+                batch_responses: true,
             })),
         },
         v1::ProduceRequest {
@@ -288,6 +289,40 @@ async fn node_checks_terms_and_ownership() {
                 ..Default::default()
             })),
         },
+        // A batch: each of its appends is answered on its own; a bad one fails alone.
+        v1::ProduceRequest {
+            request: Some(produce_request::Request::Appends(v1::ProduceAppendBatch {
+                appends: vec![
+                    v1::ProduceAppend {
+                        request_id: 3,
+                        message: Some(v1::Message::from(&*insert(1, "batched"))),
+                        ..Default::default()
+                    },
+                    v1::ProduceAppend {
+                        request_id: 4,
+                        message: None,
+                        ..Default::default()
+                    },
+                    v1::ProduceAppend {
+                        request_id: 5,
+                        message: Some(v1::Message::from(&*insert(1, "batched too"))),
+                        ..Default::default()
+                    },
+                ],
+            })),
+        },
+        // A batch over the limit: nothing of it is appended.
+        v1::ProduceRequest {
+            request: Some(produce_request::Request::Appends(v1::ProduceAppendBatch {
+                appends: (0..=sluice_node::service::MAX_INFLIGHT_APPENDS as u64)
+                    .map(|i| v1::ProduceAppend {
+                        request_id: 100 + i,
+                        message: Some(v1::Message::from(&*insert(1, "too many"))),
+                        ..Default::default()
+                    })
+                    .collect(),
+            })),
+        },
         v1::ProduceRequest {
             request: Some(produce_request::Request::Close(v1::ProduceClose {})),
         },
@@ -299,10 +334,37 @@ async fn node_checks_terms_and_ownership() {
         .into_inner();
     let mut outcomes = BTreeMap::new();
     while let Some(r) = responses.message().await.unwrap() {
-        if let Some(produce_response::Response::Appended(a)) = r.response {
-            outcomes.insert(a.request_id, a.outcome.unwrap());
+        match r.response {
+            Some(produce_response::Response::Appended(a)) => {
+                outcomes.insert(a.request_id, a.outcome.unwrap());
+            }
+            Some(produce_response::Response::AppendedBatch(b)) => {
+                for a in b.appended {
+                    outcomes.insert(a.request_id, a.outcome.unwrap());
+                }
+            }
+            _ => {}
         }
     }
+    let failed = |id: u64| match &outcomes[&id] {
+        produce_appended::Outcome::Error(e) => sluice_proto::convert::error_from_wire(e).0,
+        other => panic!("append {id} should have failed: {other:?}"),
+    };
+    for id in [3, 5] {
+        assert!(
+            matches!(&outcomes[&id], produce_appended::Outcome::Result(_)),
+            "batched append {id}: {:?}",
+            outcomes[&id]
+        );
+    }
+    assert_eq!(failed(4), ErrorCode::InvalidArgument);
+    for i in 0..=sluice_node::service::MAX_INFLIGHT_APPENDS as u64 {
+        assert_eq!(failed(100 + i), ErrorCode::InvalidArgument);
+    }
+    assert_eq!(
+        outcomes.len(),
+        5 + sluice_node::service::MAX_INFLIGHT_APPENDS + 1
+    );
     match &outcomes[&1] {
         produce_appended::Outcome::Error(e) => {
             assert_eq!(

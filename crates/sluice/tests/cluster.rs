@@ -498,6 +498,7 @@ async fn a_node_restarted_with_the_same_id_serves_again_without_report_error() {
                         name: name.clone(),
                         term: *term,
                     }),
+                    batch_responses: false,
                 })),
             },
             v1::ProduceRequest {
