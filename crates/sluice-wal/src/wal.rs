@@ -148,6 +148,8 @@ pub(crate) struct Inner {
     /// Idempotent producers' remembered appends.
     producers: crate::producer::Producers,
     wab: Arc<WriteAheadBuffer>,
+    /// What each open reader has taken (see `Scanner::progress`), for the scanner-lag metric.
+    readers: Mutex<Vec<std::sync::Weak<std::sync::atomic::AtomicU64>>>,
     /// The replica recovery snapshots are taken from, and where they go.
     checkpointer: Option<(Checkpointer, Arc<dyn CheckpointStore>)>,
     checkpoint_wakeup: Notify,
@@ -179,9 +181,11 @@ impl std::fmt::Debug for Wal {
 }
 
 impl Inner {
-    /// The write-ahead buffer's bytes and evictions, and how far the newest timetick is behind
-    /// the clock (`sluice_wal_buffer_bytes`, `sluice_wal_buffer_evictions_total`,
-    /// `sluice_wal_timetick_lag_seconds`, per pchannel).
+    /// The write-ahead buffer's bytes and evictions, how far the newest timetick is behind the
+    /// clock, and how far the slowest open reader is behind that timetick
+    /// (`sluice_wal_buffer_bytes`, `sluice_wal_buffer_evictions_total`,
+    /// `sluice_wal_timetick_lag_seconds`, `sluice_wal_scanners`, `sluice_wal_scanner_lag_seconds`,
+    /// per pchannel).
     fn record_buffer_metrics(&self) {
         let stats = self.wab.stats();
         let pchannel = self.pchannel.as_str().to_owned();
@@ -193,8 +197,24 @@ impl Inner {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
         let tick_ms = stats.latest_timetick.0 >> 18;
-        metrics::gauge!("sluice_wal_timetick_lag_seconds", "pchannel" => pchannel)
+        metrics::gauge!("sluice_wal_timetick_lag_seconds", "pchannel" => pchannel.clone())
             .set(now_ms.saturating_sub(tick_ms) as f64 / 1000.0);
+        // The reader furthest behind: the newest timetick less the newest timestamp it has taken
+        // (a reader counts from its first message on).
+        let (count, behind_ms) = {
+            let mut readers = self.readers.lock();
+            readers.retain(|r| r.strong_count() > 0);
+            let behind = readers
+                .iter()
+                .filter_map(|r| Some(r.upgrade()?.load(Ordering::Relaxed)))
+                .filter(|&taken| taken > 0)
+                .map(|taken| tick_ms.saturating_sub(taken >> 18))
+                .max();
+            (readers.len(), behind.unwrap_or(0))
+        };
+        metrics::gauge!("sluice_wal_scanners", "pchannel" => pchannel.clone()).set(count as f64);
+        metrics::gauge!("sluice_wal_scanner_lag_seconds", "pchannel" => pchannel)
+            .set(behind_ms as f64 / 1000.0);
     }
 }
 
@@ -284,6 +304,7 @@ impl Wal {
             shard,
             producers,
             wab,
+            readers: Mutex::default(),
             checkpointer,
             checkpoint_wakeup: Notify::new(),
             recovery,
@@ -510,12 +531,16 @@ impl Wal {
                 inner.tick_wakeup.notify_one();
             }
         });
-        start_scanner(
+        let scanner = start_scanner(
             self.inner.log.clone(),
             Some(self.inner.wab.clone()),
             options,
             Some(hook),
-        )
+        )?;
+        let mut readers = self.inner.readers.lock();
+        readers.retain(|r| r.strong_count() > 0);
+        readers.push(scanner.progress());
+        Ok(scanner)
     }
 
     /// Closes gracefully: refuses new transactions and waits (bounded) for open ones, refuses

@@ -236,4 +236,67 @@ async fn the_metrics_endpoint_counts_appends_wal_opens_and_reads() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    // A reader that stops taking messages falls behind: the slowest reader's lag grows while
+    // the pchannel moves on, and goes back down (with the reader count) once it is gone.
+    let on_p0 = ["pchannel=\"sluice-dml_0\""];
+    let readers_before = total(&scrape(&metrics), "sluice_wal_scanners", &on_p0);
+    // From the latest message on: its first message is a fresh timetick, so what it lags it
+    // lags by not reading.
+    let mut stalled = client.read(sluice_client::ReadRequest {
+        policy: sluice_types::DeliverPolicy::Latest,
+        ..sluice_client::ReadRequest::pchannel(&v.pchannel())
+    });
+    tokio::time::timeout(Duration::from_secs(30), stalled.next())
+        .await
+        .expect("the reader's first message")
+        .expect("an open reader")
+        .expect("a message");
+    // More than the gRPC windows and read-ahead hold, so the node's scanner stops being drained.
+    for i in 0..300 {
+        let msg = MutableMessage::builder(InsertHeader {
+            collection_id: 77,
+            partitions: vec![PartitionSegmentAssignment {
+                partition_id: 1,
+                rows: 1,
+                binary_size: 64 << 10,
+                segment_id: 0,
+            }],
+        })
+        .vchannel(&v)
+        .property("big", i.to_string())
+        .payload(vec![2u8; 64 << 10])
+        .build()
+        .unwrap();
+        client.append(msg).await.unwrap();
+    }
+    let lag = |body: &str| total(body, "sluice_wal_scanner_lag_seconds", &on_p0);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let body = scrape(&metrics);
+        if lag(&body) >= 1.5 {
+            assert!(
+                total(&body, "sluice_wal_scanners", &on_p0) >= readers_before + 1.0,
+                "{body}"
+            );
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a stalled reader never showed as lagging: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    drop(stalled);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let body = scrape(&metrics);
+        if lag(&body) < 1.0 && total(&body, "sluice_wal_scanners", &on_p0) <= readers_before {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the lag stayed after the stalled reader went: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }

@@ -28,7 +28,8 @@ mod tests;
 
 use std::collections::VecDeque;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
 use std::task::{Context, Poll};
 
 use futures::Stream;
@@ -132,6 +133,8 @@ pub struct Scanner {
     cancel: CancellationToken,
     tasks: TaskTracker,
     stats: Arc<Mutex<ScannerStats>>,
+    /// The timestamp of the newest message (timeticks included) the consumer has taken.
+    delivered: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for Scanner {
@@ -155,7 +158,21 @@ impl Scanner {
                 None => return Poll::Ready(None),
             }
         }
-        Poll::Ready(self.ready.pop_front())
+        let item = self.ready.pop_front();
+        if let Some(ts) = item
+            .as_ref()
+            .and_then(|r| r.as_ref().ok())
+            .and_then(ReadMessage::timestamp)
+        {
+            self.delivered.fetch_max(ts.0, Ordering::Relaxed);
+        }
+        Poll::Ready(item)
+    }
+
+    /// The timestamp of the newest message the consumer has taken (0 before the first), for as
+    /// long as the scanner lives (a WAL reports how far its readers lag).
+    pub(crate) fn progress(&self) -> Weak<AtomicU64> {
+        Arc::downgrade(&self.delivered)
     }
 
     /// A point-in-time view.
@@ -224,6 +241,7 @@ pub fn start_scanner(
         cancel,
         tasks,
         stats,
+        delivered: Arc::default(),
     })
 }
 
