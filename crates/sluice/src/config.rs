@@ -348,6 +348,18 @@ pub(crate) struct LogSection {
     /// `kafka`: readers see only committed records. Turn off only on a broker whose last stable
     /// offset can get stuck (Tansu 0.6.0, see `docs/kafka.md`).
     pub kafka_read_committed: bool,
+    /// `kafka`: how to reach the brokers: `plaintext` (default), `ssl`, `sasl_plaintext` or
+    /// `sasl_ssl` (librdkafka's `security.protocol`).
+    pub kafka_security_protocol: Option<String>,
+    /// `kafka` over SASL: `PLAIN`, `SCRAM-SHA-256` or `SCRAM-SHA-512`.
+    pub kafka_sasl_mechanism: Option<String>,
+    /// `kafka` over SASL: the user name. No default.
+    pub kafka_sasl_username: String,
+    /// `kafka` over SASL: the password (`SLUICE_LOG__KAFKA_SASL_PASSWORD`). No default; never
+    /// logged.
+    pub kafka_sasl_password: Secret,
+    /// `kafka` over TLS: a PEM file of the CA certificates to trust (default: the system's).
+    pub kafka_ssl_ca_location: Option<PathBuf>,
 }
 
 /// The pchannels.
@@ -514,6 +526,11 @@ impl Default for LogSection {
             kafka_bootstrap: None,
             kafka_prefix: "sluice-".into(),
             kafka_read_committed: true,
+            kafka_security_protocol: None,
+            kafka_sasl_mechanism: None,
+            kafka_sasl_username: String::new(),
+            kafka_sasl_password: Secret::default(),
+            kafka_ssl_ca_location: None,
         }
     }
 }
@@ -644,6 +661,62 @@ impl CoordSection {
 /// S3 credentials of `section`: its own settings, else `AWS_ACCESS_KEY_ID` and
 /// `AWS_SECRET_ACCESS_KEY` from the environment. There is no built-in default: none at all is
 /// an error naming both ways.
+/// The librdkafka settings for TLS and SASL, checked: a mechanism, user name and password go
+/// together, and only with a `sasl_*` protocol.
+fn kafka_client_settings(log: &LogSection) -> anyhow::Result<Vec<(String, String)>> {
+    let mut out = Vec::new();
+    let protocol = log
+        .kafka_security_protocol
+        .as_deref()
+        .unwrap_or("plaintext");
+    let sasl = match protocol {
+        "plaintext" | "ssl" => false,
+        "sasl_plaintext" | "sasl_ssl" => true,
+        other => bail!(
+            "log.kafka_security_protocol must be plaintext, ssl, sasl_plaintext or sasl_ssl, \
+             not {other:?}"
+        ),
+    };
+    out.push(("security.protocol".to_owned(), protocol.to_owned()));
+    let password = log.kafka_sasl_password.expose();
+    let given = log.kafka_sasl_mechanism.is_some()
+        || !log.kafka_sasl_username.is_empty()
+        || !password.is_empty();
+    if sasl {
+        let mechanism = log.kafka_sasl_mechanism.as_deref().unwrap_or("PLAIN");
+        if !matches!(mechanism, "PLAIN" | "SCRAM-SHA-256" | "SCRAM-SHA-512") {
+            bail!(
+                "log.kafka_sasl_mechanism must be PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512, not \
+                 {mechanism:?}"
+            );
+        }
+        if log.kafka_sasl_username.is_empty() || password.is_empty() {
+            bail!(
+                "log.kafka_security_protocol = {protocol:?} needs log.kafka_sasl_username and \
+                 log.kafka_sasl_password (e.g. SLUICE_LOG__KAFKA_SASL_PASSWORD)"
+            );
+        }
+        out.push(("sasl.mechanism".to_owned(), mechanism.to_owned()));
+        out.push(("sasl.username".to_owned(), log.kafka_sasl_username.clone()));
+        out.push(("sasl.password".to_owned(), password.to_owned()));
+    } else if given {
+        bail!(
+            "log.kafka_sasl_* settings need log.kafka_security_protocol = \"sasl_plaintext\" or \
+             \"sasl_ssl\""
+        );
+    }
+    if let Some(ca) = &log.kafka_ssl_ca_location {
+        if !protocol.ends_with("ssl") {
+            bail!("log.kafka_ssl_ca_location needs log.kafka_security_protocol ssl or sasl_ssl");
+        }
+        let ca = ca
+            .to_str()
+            .context("log.kafka_ssl_ca_location must be a UTF-8 path")?;
+        out.push(("ssl.ca.location".to_owned(), ca.to_owned()));
+    }
+    Ok(out)
+}
+
 fn s3_credentials(section: &str, id: &str, secret: &Secret) -> anyhow::Result<(String, String)> {
     if !id.is_empty() || !secret.expose().is_empty() {
         if id.is_empty() || secret.expose().is_empty() {
@@ -745,7 +818,9 @@ impl Config {
             {
                 bail!("log.backend = \"kafka\" needs log.kafka_bootstrap")
             }
-            LogBackend::Kafka => {}
+            LogBackend::Kafka => {
+                kafka_client_settings(&self.log)?;
+            }
         }
         if self.pchannels.names.is_empty() && self.pchannels.count == 0 {
             bail!("pchannels.count must be at least 1 (or list pchannels.names)");
@@ -933,6 +1008,7 @@ impl Config {
                 LogBackendConfig::Kafka(sluice_log::kafka::KafkaConfig {
                     prefix: log.kafka_prefix.clone(),
                     read_committed: log.kafka_read_committed,
+                    client_settings: kafka_client_settings(log)?,
                     ..sluice_log::kafka::KafkaConfig::new(bootstrap)
                 })
             }
@@ -1218,6 +1294,46 @@ mod tests {
             assert_eq!(c.log.kafka_bootstrap.as_deref(), Some("127.0.0.1:9092"));
             assert!(!c.log.kafka_read_committed);
             assert_eq!(c.log.kafka_prefix, "sluice-", "the default prefix");
+            // TLS and SASL: checked, passed on to librdkafka, the password never shown.
+            jail.set_env("SLUICE_LOG__KAFKA_SECURITY_PROTOCOL", "sasl_ssl");
+            let e = Config::load(Some(std::path::Path::new("k.toml")), Figment::new()).unwrap_err();
+            assert!(
+                format!("{e:#}").contains("log.kafka_sasl_password"),
+                "{e:#}"
+            );
+            jail.set_env("SLUICE_LOG__KAFKA_SASL_MECHANISM", "SCRAM-SHA-512");
+            jail.set_env("SLUICE_LOG__KAFKA_SASL_USERNAME", "sluice");
+            jail.set_env("SLUICE_LOG__KAFKA_SASL_PASSWORD", "hunter2-kafka");
+            jail.set_env("SLUICE_LOG__KAFKA_SSL_CA_LOCATION", "/etc/kafka/ca.pem");
+            let c = Config::load(Some(std::path::Path::new("k.toml")), Figment::new())
+                .map_err(|e| e.to_string())?;
+            let settings = kafka_client_settings(&c.log).map_err(|e| e.to_string())?;
+            for (k, v) in [
+                ("security.protocol", "sasl_ssl"),
+                ("sasl.mechanism", "SCRAM-SHA-512"),
+                ("sasl.username", "sluice"),
+                ("sasl.password", "hunter2-kafka"),
+                ("ssl.ca.location", "/etc/kafka/ca.pem"),
+            ] {
+                assert!(
+                    settings.contains(&(k.to_owned(), v.to_owned())),
+                    "{k}={v} missing"
+                );
+            }
+            assert!(
+                !format!("{c:?}").contains("hunter2"),
+                "the password is never shown"
+            );
+            jail.set_env("SLUICE_LOG__KAFKA_SASL_MECHANISM", "GSSAPI");
+            let e = Config::load(Some(std::path::Path::new("k.toml")), Figment::new()).unwrap_err();
+            assert!(format!("{e:#}").contains("GSSAPI"), "{e:#}");
+            jail.set_env("SLUICE_LOG__KAFKA_SASL_MECHANISM", "PLAIN");
+            jail.set_env("SLUICE_LOG__KAFKA_SECURITY_PROTOCOL", "plaintext");
+            let e = Config::load(Some(std::path::Path::new("k.toml")), Figment::new()).unwrap_err();
+            assert!(format!("{e:#}").contains("sasl_plaintext"), "{e:#}");
+            jail.set_env("SLUICE_LOG__KAFKA_SECURITY_PROTOCOL", "kerberos");
+            let e = Config::load(Some(std::path::Path::new("k.toml")), Figment::new()).unwrap_err();
+            assert!(format!("{e:#}").contains("kerberos"), "{e:#}");
             jail.create_file("p.toml", "[log]\nbackend = \"pulsar\"\n")?;
             let e = Config::load(Some(std::path::Path::new("p.toml")), Figment::new()).unwrap_err();
             let e = format!("{e:#}");

@@ -104,7 +104,7 @@ use crate::{
 };
 
 /// Settings of the kafka backend.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct KafkaConfig {
     /// `bootstrap.servers` (e.g. `127.0.0.1:9092`).
     pub bootstrap_servers: String,
@@ -135,6 +135,25 @@ pub struct KafkaConfig {
     pub read_committed: bool,
     /// Extra librdkafka settings for every client (producers and consumers).
     pub client_settings: Vec<(String, String)>,
+}
+
+impl std::fmt::Debug for KafkaConfig {
+    /// Everything but the values of `client_settings` (they may hold a SASL password).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let settings: Vec<&str> = self.client_settings.iter().map(|(k, _)| &**k).collect();
+        f.debug_struct("KafkaConfig")
+            .field("bootstrap_servers", &self.bootstrap_servers)
+            .field("prefix", &self.prefix)
+            .field("max_batch_records", &self.max_batch_records)
+            .field("max_pending_bytes", &self.max_pending_bytes)
+            .field("max_record_bytes", &self.max_record_bytes)
+            .field("op_timeout", &self.op_timeout)
+            .field("fetch_wait_max", &self.fetch_wait_max)
+            .field("reclaim_wait", &self.reclaim_wait)
+            .field("read_committed", &self.read_committed)
+            .field("client_settings", &settings)
+            .finish()
+    }
 }
 
 impl KafkaConfig {
