@@ -220,3 +220,134 @@ async fn a_full_disk_refuses_appends_clearly_loses_nothing_and_recovers() {
     assert_eq!(tags, acked);
     assert!(!tags.contains("refused"));
 }
+
+/// The peak and current resident set of process `pid` (bytes), from `/proc`.
+fn rss(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc status");
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().strip_suffix("kB"))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or_else(|| panic!("no {name} in /proc/{pid}/status"))
+            * 1024
+    };
+    (field("VmHWM:"), field("VmRSS:"))
+}
+
+const MEMORY_CAP: u64 = 96 << 20;
+const IN_FLIGHT_CAP: u64 = 32 << 20;
+/// What the process may hold beyond its idle size and the two caps: allocator slack, gRPC and
+/// HTTP/2 buffers, the flusher's Parquet writer, the client connections' read buffers.
+const MARGIN: u64 = 160 << 20;
+
+/// Sustained overload: 48 producers append 64 KiB inserts as fast as they can to two pchannels of
+/// a standalone with a 96 MiB memory cap and 32 MiB in flight. Appends are taken or refused with
+/// RESOURCE_EXHAUSTED (nothing else), the process's peak resident set stays within its idle size
+/// + both caps + [`MARGIN`], and every acknowledged insert is read back exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sustained_overload_stays_within_the_memory_caps_and_loses_nothing() {
+    const PAYLOAD: usize = 64 << 10;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let memory_cap = MEMORY_CAP.to_string();
+    let in_flight_cap = IN_FLIGHT_CAP.to_string();
+    let server = Proc::spawn(
+        "standalone",
+        &[
+            "standalone",
+            "--data-dir",
+            dir.path().join("data").to_str().expect("utf-8 path"),
+            "--listen",
+            "127.0.0.1:0",
+        ],
+        &[
+            ("SLUICE_NODE__MEMORY_CAP_BYTES", &memory_cap),
+            ("SLUICE_NODE__MAX_IN_FLIGHT_BYTES", &in_flight_cap),
+        ],
+        dir.path(),
+        Duration::from_secs(30),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let client = client(&server);
+    let vchannels = [
+        VChannel::new("sluice-dml_0_100v0").unwrap(),
+        VChannel::new("sluice-dml_1_101v0").unwrap(),
+    ];
+    for v in &vchannels {
+        client
+            .append(
+                MutableMessage::builder(CreateCollectionHeader {
+                    collection_id: v.collection().0,
+                    partition_ids: vec![1],
+                    db_id: 1,
+                    schema: None,
+                })
+                .vchannel(v)
+                .build()
+                .unwrap(),
+            )
+            .await
+            .expect("create the collection");
+    }
+    let (_, idle) = rss(server.pid());
+    let stop = Instant::now() + Duration::from_secs(8);
+    let tasks: Vec<_> = (0..48)
+        .map(|p| {
+            let (client, v) = (client.clone(), vchannels[p % 2].clone());
+            tokio::spawn(async move {
+                let (mut acked, mut refused) = (Vec::new(), 0u64);
+                for i in 0.. {
+                    if Instant::now() >= stop {
+                        break;
+                    }
+                    let tag = format!("p{p}-{i}");
+                    let msg = support::tagged_insert(&v, "tag", &tag, vec![p as u8; PAYLOAD]);
+                    match client.append(msg).await {
+                        Ok(_) => acked.push(tag),
+                        Err(e) if e.code == ErrorCode::ResourceExhausted => refused += 1,
+                        Err(e) => panic!("append {tag}: {e}"),
+                    }
+                }
+                (acked, refused)
+            })
+        })
+        .collect();
+    let mut acked: [Vec<String>; 2] = Default::default();
+    let mut refused = 0;
+    for (p, t) in tasks.into_iter().enumerate() {
+        let (a, r) = t.await.expect("producer");
+        acked[p % 2].extend(a);
+        refused += r;
+    }
+    let (peak, now) = rss(server.pid());
+    let n: usize = acked.iter().map(Vec::len).sum();
+    eprintln!(
+        "overload: {n} inserts of {PAYLOAD} B acknowledged in 8 s ({:.0} MB/s), {refused} \
+         refused; resident set idle {} MiB, peak {} MiB, after {} MiB; caps {} + {} MiB, margin \
+         {} MiB",
+        (n * PAYLOAD) as f64 / 8e6,
+        idle >> 20,
+        peak >> 20,
+        now >> 20,
+        MEMORY_CAP >> 20,
+        IN_FLIGHT_CAP >> 20,
+        MARGIN >> 20
+    );
+    assert!(n > 0, "nothing was acknowledged");
+    assert!(
+        peak <= idle + MEMORY_CAP + IN_FLIGHT_CAP + MARGIN,
+        "peak resident set {} MiB: over idle {} MiB + caps {} + {} MiB + margin {} MiB",
+        peak >> 20,
+        idle >> 20,
+        MEMORY_CAP >> 20,
+        IN_FLIGHT_CAP >> 20,
+        MARGIN >> 20
+    );
+    for (v, tags) in vchannels.iter().zip(&acked) {
+        let read = read_tags(&client, v, tags.len()).await;
+        for tag in tags {
+            assert!(read.contains(tag), "acknowledged {tag} missing on {v}");
+        }
+    }
+}
