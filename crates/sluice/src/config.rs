@@ -40,6 +40,9 @@ pub(crate) struct Config {
     /// Where this process serves Prometheus metrics (`host:port`, HTTP `GET /metrics`); unset:
     /// none.
     pub metrics_listen: Option<String>,
+    /// Where this process exports its tracing spans over OTLP/gRPC (`http://host:4317`); needs
+    /// a binary built with the `otlp` feature. Unset: none.
+    pub otlp_endpoint: Option<String>,
     /// TLS of every gRPC connection this process serves or makes.
     pub tls: TlsSection,
     /// The bearer token of every gRPC call.
@@ -495,6 +498,7 @@ impl Default for Config {
             storage: StorageSection::default(),
             query: QuerySection::default(),
             metrics_listen: None,
+            otlp_endpoint: None,
             tls: TlsSection::default(),
             auth: AuthSection::default(),
         }
@@ -744,7 +748,7 @@ fn read_pem(key: &str, path: &std::path::Path) -> anyhow::Result<Vec<u8>> {
 }
 
 /// The top-level keys, for telling configuration variables from other `SLUICE_*` ones.
-const TOP_LEVEL_KEYS: [&str; 14] = [
+const TOP_LEVEL_KEYS: [&str; 15] = [
     "data_dir",
     "listen",
     "advertise",
@@ -757,6 +761,7 @@ const TOP_LEVEL_KEYS: [&str; 14] = [
     "storage",
     "query",
     "metrics_listen",
+    "otlp_endpoint",
     "tls",
     "auth",
 ];
@@ -821,6 +826,14 @@ impl Config {
             LogBackend::Kafka => {
                 kafka_client_settings(&self.log)?;
             }
+        }
+        if cfg!(not(feature = "otlp"))
+            && self.otlp_endpoint.as_deref().is_some_and(|e| !e.is_empty())
+        {
+            bail!(
+                "otlp_endpoint needs a sluice binary built with the otlp feature \
+                 (cargo build --release -p sluice --features otlp)"
+            );
         }
         if self.pchannels.names.is_empty() && self.pchannels.count == 0 {
             bail!("pchannels.count must be at least 1 (or list pchannels.names)");

@@ -11,6 +11,7 @@ mod config;
 mod local_access;
 mod replica;
 mod server;
+mod telemetry;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -85,6 +86,10 @@ struct ServerOpts {
     /// Serve Prometheus metrics at `http://ADDR/metrics` (`host:port`).
     #[arg(long)]
     metrics_listen: Option<String>,
+    /// Export tracing spans over OTLP/gRPC to this collector (`http://host:4317`; needs the
+    /// `otlp` feature).
+    #[arg(long)]
+    otlp_endpoint: Option<String>,
     /// Number of pchannels the coordinator manages.
     #[arg(long)]
     pchannels: Option<u32>,
@@ -111,6 +116,7 @@ impl ServerOpts {
         set!("coord.endpoint", self.coord);
         set!("pchannels.count", self.pchannels);
         set!("metrics_listen", self.metrics_listen);
+        set!("otlp_endpoint", self.otlp_endpoint);
         Config::load(self.config.as_deref(), f)
     }
 }
@@ -651,15 +657,6 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
-}
-
 fn vchannel(name: &str) -> anyhow::Result<VChannel> {
     VChannel::new(name).with_context(|| format!("--vchannel {name:?}"))
 }
@@ -704,43 +701,64 @@ fn secure_channels(security: sluice_proto::Security) -> anyhow::Result<()> {
     Ok(security.install()?)
 }
 
+/// A server command's role and configuration (`None` for the other commands).
+fn server_config(command: &Command) -> anyhow::Result<Option<(&'static str, Config)>> {
+    Ok(match command {
+        Command::Standalone(opts) => Some(("standalone", opts.load()?)),
+        Command::Coord(opts) => Some(("coord", opts.load()?)),
+        Command::Node(opts) => Some(("node", opts.load()?)),
+        Command::Querynode(opts) => Some(("querynode", opts.load()?)),
+        _ => None,
+    })
+}
+
 fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    init_tracing();
-    if let Some(opts) = client_security(&cli.command) {
-        secure_channels(opts.security()?)?;
-    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("starting the runtime")?;
+    let server = server_config(&cli.command)?;
+    // Dropped before the runtime: the span exporter flushes on it.
+    let _telemetry = {
+        let _in_runtime = rt.enter();
+        match &server {
+            Some((role, config)) => telemetry::init(config.otlp_endpoint.as_deref(), role)?,
+            None => telemetry::init(None, "client")?,
+        }
+    };
+    if let Some(opts) = client_security(&cli.command) {
+        secure_channels(opts.security()?)?;
+    }
+    let mut server = server.map(|(_, config)| config);
+    let mut config = move || server.take().context("a server command's configuration");
     match cli.command {
-        Command::Standalone(opts) => {
-            let config = opts.load()?;
+        Command::Standalone(_) => {
+            let config = config()?;
             secure_channels(config.channel_security()?)?;
             rt.block_on(async {
                 server::serve_metrics(&config)?;
                 server::standalone(config).await
             })
         }
-        Command::Coord(opts) => {
-            let config = opts.load()?;
+        Command::Coord(_) => {
+            let config = config()?;
             secure_channels(config.channel_security()?)?;
             rt.block_on(async {
                 server::serve_metrics(&config)?;
                 server::coord(config).await
             })
         }
-        Command::Node(opts) => {
-            let config = opts.load()?;
+        Command::Node(_) => {
+            let config = config()?;
             secure_channels(config.channel_security()?)?;
             rt.block_on(async {
                 server::serve_metrics(&config)?;
                 server::node(config).await
             })
         }
-        Command::Querynode(opts) => {
-            let config = opts.load()?;
+        Command::Querynode(_) => {
+            let config = config()?;
             secure_channels(config.channel_security()?)?;
             rt.block_on(async {
                 server::serve_metrics(&config)?;
