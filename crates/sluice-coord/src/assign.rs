@@ -15,7 +15,9 @@
 //!   2. remove the pchannel from every earlier owner in its history, each call bounded by
 //!      [`AssignConfig::call_timeout`]; an owner absent from the live node set (its lease is
 //!      gone) counts as removed at once, and so does a node answering
-//!      [`NodeCallError::Gone`];
+//!      [`NodeCallError::Gone`]. An owner that does not confirm in time (hung, cut off) does not
+//!      hold the move up: every log backend fences, so the new owner's open at the higher term
+//!      stops the old one from acknowledging anything; it is told again in the background;
 //!   3. [`NodeClient::assign`] on the new node (bounded by [`AssignConfig::assign_timeout`]);
 //!   4. persist [`ChannelManager::assign_done`].
 //!
@@ -474,17 +476,24 @@ impl Shared {
         self.publish();
         let (pchannel, term) = (meta.name.clone(), meta.term);
 
-        let removes = meta
-            .history
-            .iter()
-            .map(|&(old_term, old_node)| self.remove_from(nodes, &pchannel, old_term, old_node));
-        let failed: Vec<CoordError> = join_all(removes)
-            .await
-            .into_iter()
-            .filter_map(|r| r.err())
-            .collect();
-        if let Some(e) = failed.into_iter().next() {
-            return Err(e);
+        let removes = meta.history.iter().map(|&(old_term, old_node)| {
+            let pchannel = &pchannel;
+            async move {
+                let r = self.remove_from(nodes, pchannel, old_term, old_node).await;
+                (old_term, old_node, r)
+            }
+        });
+        for (old_term, old_node, r) in join_all(removes).await {
+            let Err(e) = r else { continue };
+            // Moving on is safe: every log backend fences, so once the new owner has opened at
+            // the higher term the old one cannot acknowledge another append — waiting for a hung
+            // owner's lease would only keep the pchannel unavailable. It is told again later.
+            tracing::warn!(pchannel = %pchannel, term = old_term.0, node = %old_node, error = %e,
+                "earlier owner did not confirm the removal; moving on (storage fences it)");
+            metrics::counter!("sluice_coord_removes_abandoned_total").increment(1);
+            if let Some(info) = nodes.get(&old_node) {
+                self.remove_later(info.clone(), pchannel.clone(), old_term);
+            }
         }
 
         match tokio::time::timeout(
@@ -524,6 +533,26 @@ impl Shared {
         Ok(())
     }
 
+    /// Tells `node` again, in the background, to stop serving `pchannel@term` (a removal the
+    /// move went past): a few attempts, spaced by the call timeout and more, until it confirms.
+    fn remove_later(&self, node: NodeInfo, pchannel: PChannel, term: Term) {
+        let (client, timeout) = (self.client.clone(), self.config.call_timeout);
+        tokio::spawn(async move {
+            let mut backoff = Backoff::new(timeout, timeout * 8);
+            for _ in 0..LATE_REMOVE_ATTEMPTS {
+                tokio::time::sleep(backoff.current()).await;
+                backoff.advance();
+                match tokio::time::timeout(timeout, client.remove(&node, &pchannel, term)).await {
+                    Ok(Ok(())) => return,
+                    Ok(Err(e)) if e.counts_as_removed() => return,
+                    _ => {}
+                }
+            }
+            tracing::warn!(pchannel = %pchannel, term = term.0, node = %node.id,
+                "earlier owner never confirmed the removal; its WAL stays fenced until it restarts");
+        });
+    }
+
     /// Removes `pchannel@term` from `node`: done at once when the node is not live, otherwise a
     /// bounded call that succeeds when the node confirms or answers it does not hold it.
     async fn remove_from(
@@ -554,6 +583,9 @@ impl Shared {
         }
     }
 }
+
+/// Background attempts to remove a WAL from an earlier owner that did not confirm in time.
+const LATE_REMOVE_ATTEMPTS: usize = 10;
 
 fn node_error(node: NodeId, reason: String) -> CoordError {
     CoordError::Node {
