@@ -1,0 +1,253 @@
+#!/usr/bin/env python3
+"""Writes proto/milvus/*.proto: the part of the Milvus gRPC API that Sluice answers, with the
+package, service, message, field and enum names and numbers that pymilvus uses.
+
+They are read from the protobuf descriptors the pinned pymilvus package ships (its
+pymilvus/grpc_gen/*_pb2.py), starting from the RPCs in RPCS and following every message and enum
+they use. Run it in a virtualenv with that pymilvus installed:
+
+    python3 -m venv /tmp/mv && /tmp/mv/bin/pip install pymilvus==3.0.2
+    /tmp/mv/bin/python scripts/milvus_proto_subset.py proto/milvus
+
+Comments come from RPC_DOCS below (what Sluice does with each call); the rest is generated.
+"""
+import os
+import sys
+
+from google.protobuf import descriptor_pb2
+from pymilvus.grpc_gen import common_pb2, feder_pb2, milvus_pb2, msg_pb2, rg_pb2, schema_pb2
+
+PYMILVUS = "3.0.2"
+
+RPCS = {
+    "Connect": "Registers a client; answers with the server's identity. Sluice keeps no session.",
+    "GetVersion": "The server's version string.",
+    "CreateCollection": "A collection from a serialized schema.CollectionSchema: fields map onto "
+    "Sluice's types; the dynamic field is a JSON field; shards_num shards (0 = 1).",
+    "DropCollection": "Drops a collection and its data.",
+    "HasCollection": "Whether a collection exists.",
+    "DescribeCollection": "The schema, id, shards and creation time of a collection.",
+    "ShowCollections": "The names (and ids) of every collection.",
+    "RenameCollection": "Not supported: Sluice names are fixed at creation (an error status says so).",
+    "GetCollectionStatistics": "row_count: rows inserted and not deleted, as a query sees them.",
+    "LoadCollection": "Loads a collection for search and query.",
+    "ReleaseCollection": "Releases a collection (search and query refuse it until loaded again).",
+    "GetLoadingProgress": "100 once loaded.",
+    "GetLoadState": "LoadStateLoaded, LoadStateNotLoad or LoadStateNotExist.",
+    "CreateIndex": "Records an index on the vector field: AUTOINDEX, HNSW or FLAT with metric "
+    "L2, IP or COSINE (Sluice builds HNSW over sealed segments; growing rows are searched "
+    "exactly). Any other index type or parameter is an error.",
+    "DescribeIndex": "The index recorded on the collection.",
+    "DropIndex": "Forgets the recorded index (searches fall back to exact search).",
+    "CreatePartition": "Not supported yet (an error status says so).",
+    "DropPartition": "Not supported yet (an error status says so).",
+    "HasPartition": "True only for _default.",
+    "ShowPartitions": "The _default partition.",
+    "Insert": "Columnar rows (FieldData) routed to the collection's shards by primary key.",
+    "Upsert": "A delete of the given primary keys followed by an insert of the rows.",
+    "Delete": "Deletes by primary key (`id in [...]`) or by any filter (the matching keys are "
+    "looked up first).",
+    "Search": "Nearest neighbours of each query vector with a filter, output fields, limit, "
+    "offset and metric; ids, distances and fields in SearchResultData.",
+    "Query": "Rows matching a filter (limit, offset, output fields), or count(*).",
+    "Flush": "Seals the collection's growing segments into Parquet.",
+    "GetFlushState": "True once the flush has been written.",
+    "AllocTimestamp": "A timestamp from Sluice's oracle.",
+}
+
+SERVICE = "milvus.proto.milvus.MilvusService"
+
+# Every descriptor pymilvus ships, by full name.
+FILES = {}
+for mod in (common_pb2, schema_pb2, msg_pb2, feder_pb2, rg_pb2, milvus_pb2):
+    fdp = descriptor_pb2.FileDescriptorProto()
+    mod.DESCRIPTOR.CopyToProto(fdp)
+    FILES[fdp.name] = fdp
+
+MESSAGES, ENUMS = {}, {}
+
+
+def index(prefix, file_name, messages, enums):
+    for e in enums:
+        ENUMS[f"{prefix}.{e.name}"] = (file_name, e)
+    for m in messages:
+        full = f"{prefix}.{m.name}"
+        MESSAGES[full] = (file_name, m)
+        index(full, file_name, m.nested_type, m.enum_type)
+
+
+for name, fdp in FILES.items():
+    index(fdp.package, name, fdp.message_type, fdp.enum_type)
+
+service = None
+for fdp in FILES.values():
+    for s in fdp.service:
+        if f"{fdp.package}.{s.name}" == SERVICE:
+            service = (fdp, s)
+assert service, SERVICE
+missing = set(RPCS) - {m.name for m in service[1].method}
+assert not missing, f"pymilvus {PYMILVUS} has no {missing}"
+
+needed_msgs, needed_enums = set(), set()
+
+
+def need_type(full):
+    full = full.lstrip(".")
+    if full in ENUMS:
+        needed_enums.add(full)
+        return
+    if full in needed_msgs:
+        return
+    needed_msgs.add(full)
+    _, m = MESSAGES[full]
+    for f in m.field:
+        if f.type_name:
+            need_type(f.type_name)
+
+
+for m in service[1].method:
+    if m.name in RPCS:
+        need_type(m.input_type)
+        need_type(m.output_type)
+
+# Top-level declarations to write, per file, in their original order.
+TYPE_NAMES = {
+    descriptor_pb2.FieldDescriptorProto.TYPE_DOUBLE: "double",
+    descriptor_pb2.FieldDescriptorProto.TYPE_FLOAT: "float",
+    descriptor_pb2.FieldDescriptorProto.TYPE_INT64: "int64",
+    descriptor_pb2.FieldDescriptorProto.TYPE_UINT64: "uint64",
+    descriptor_pb2.FieldDescriptorProto.TYPE_INT32: "int32",
+    descriptor_pb2.FieldDescriptorProto.TYPE_FIXED64: "fixed64",
+    descriptor_pb2.FieldDescriptorProto.TYPE_FIXED32: "fixed32",
+    descriptor_pb2.FieldDescriptorProto.TYPE_BOOL: "bool",
+    descriptor_pb2.FieldDescriptorProto.TYPE_STRING: "string",
+    descriptor_pb2.FieldDescriptorProto.TYPE_BYTES: "bytes",
+    descriptor_pb2.FieldDescriptorProto.TYPE_UINT32: "uint32",
+    descriptor_pb2.FieldDescriptorProto.TYPE_SFIXED32: "sfixed32",
+    descriptor_pb2.FieldDescriptorProto.TYPE_SFIXED64: "sfixed64",
+    descriptor_pb2.FieldDescriptorProto.TYPE_SINT32: "sint32",
+    descriptor_pb2.FieldDescriptorProto.TYPE_SINT64: "sint64",
+}
+
+
+def type_of(f):
+    return f.type_name if f.type_name else TYPE_NAMES[f.type]
+
+
+def write_enum(e, ind, out):
+    out.append(f"{ind}enum {e.name} {{")
+    if e.options.allow_alias:
+        out.append(f"{ind}  option allow_alias = true;")
+    for v in e.value:
+        dep = " [deprecated = true]" if v.options.deprecated else ""
+        out.append(f"{ind}  {v.name} = {v.number}{dep};")
+    out.append(f"{ind}}}")
+
+
+def write_message(full, m, ind, out):
+    out.append(f"{ind}message {m.name} {{")
+    maps = {n.name: n for n in m.nested_type if n.options.map_entry}
+    for n in m.nested_type:
+        if not n.options.map_entry:
+            write_message(f"{full}.{n.name}", n, ind + "  ", out)
+    for e in m.enum_type:
+        write_enum(e, ind + "  ", out)
+    oneofs = {}
+    for f in m.field:
+        if f.HasField("oneof_index") and not f.proto3_optional:
+            oneofs.setdefault(f.oneof_index, []).append(f)
+    written_oneofs = set()
+    for f in m.field:
+        opts = []
+        if f.options.deprecated:
+            opts.append("deprecated = true")
+        opt = f" [{', '.join(opts)}]" if opts else ""
+        if f.HasField("oneof_index") and not f.proto3_optional:
+            if f.oneof_index in written_oneofs:
+                continue
+            written_oneofs.add(f.oneof_index)
+            out.append(f"{ind}  oneof {m.oneof_decl[f.oneof_index].name} {{")
+            for g in oneofs[f.oneof_index]:
+                out.append(f"{ind}    {type_of(g)} {g.name} = {g.number};")
+            out.append(f"{ind}  }}")
+            continue
+        entry = maps.get(f.type_name.rsplit(".", 1)[-1]) if f.type_name else None
+        if entry and f.label == f.LABEL_REPEATED:
+            k, v = entry.field
+            out.append(f"{ind}  map<{type_of(k)}, {type_of(v)}> {f.name} = {f.number}{opt};")
+            continue
+        label = "repeated " if f.label == f.LABEL_REPEATED else ("optional " if f.proto3_optional else "")
+        out.append(f"{ind}  {label}{type_of(f)} {f.name} = {f.number}{opt};")
+    for i, o in enumerate(m.oneof_decl):
+        pass
+    out.append(f"{ind}}}")
+
+
+def render(file_name, fdp, out_dir):
+    out = [
+        "// Generated by scripts/milvus_proto_subset.py from the descriptors of pymilvus "
+        f"{PYMILVUS}:",
+        "// the part of the Milvus API Sluice answers (see the service's comments), with Milvus's",
+        "// names and field numbers so that pymilvus and other Milvus clients talk to it unchanged.",
+        "// Do not edit by hand; run the script.",
+        'syntax = "proto3";',
+        "",
+        f"package {fdp.package};",
+        "",
+    ]
+    deps = set()
+    for full in sorted(needed_msgs):
+        fn, m = MESSAGES[full]
+        if fn != file_name:
+            continue
+        for f in m.field:
+            if f.type_name:
+                t = f.type_name.lstrip(".")
+                dep = (MESSAGES.get(t) or ENUMS.get(t))[0]
+                if dep != file_name:
+                    deps.add(dep)
+    for full in needed_msgs:
+        pass
+    for d in sorted(deps):
+        out.append(f'import "milvus/{os.path.basename(d)}";')
+    if deps:
+        out.append("")
+    if fdp.options.go_package:
+        pass
+    for e in fdp.enum_type:
+        if f"{fdp.package}.{e.name}" in needed_enums:
+            write_enum(e, "", out)
+            out.append("")
+    for m in fdp.message_type:
+        full = f"{fdp.package}.{m.name}"
+        if full in needed_msgs:
+            write_message(full, m, "", out)
+            out.append("")
+    if service[0].name == file_name:
+        out.append("// The Milvus API calls Sluice answers; any other is UNIMPLEMENTED.")
+        out.append(f"service {service[1].name} {{")
+        for m in service[1].method:
+            if m.name in RPCS:
+                out.append(f"  // {RPCS[m.name]}")
+                out.append(f"  rpc {m.name}({m.input_type}) returns ({m.output_type});")
+        out.append("}")
+        out.append("")
+    path = os.path.join(out_dir, os.path.basename(file_name))
+    with open(path, "w") as f:
+        f.write("\n".join(out))
+    print(f"wrote {path}")
+
+
+def needed_in(file_name):
+    return any(MESSAGES[m][0] == file_name for m in needed_msgs) or any(
+        ENUMS[e][0] == file_name and e.count(".") == FILES[file_name].package.count(".") + 1
+        for e in needed_enums
+    )
+
+
+# Enums nested in needed messages come with their message; top-level ones are written on their own.
+out_dir = sys.argv[1] if len(sys.argv) > 1 else "proto/milvus"
+os.makedirs(out_dir, exist_ok=True)
+for name, fdp in FILES.items():
+    if needed_in(name) or service[0].name == name:
+        render(name, fdp, out_dir)
