@@ -121,13 +121,48 @@ impl Catalog {
         self.by_id(id).await
     }
 
-    /// Sets whether the live collection `name` is loaded for reads, and (`Some`) its replicas
-    /// (compare-and-set on its record, retried when it changed in between).
+    /// Sets whether the live collection `name` is loaded for reads, and (`Some`) its replicas.
     pub async fn set_load_state(
         &self,
         name: &str,
         state: v1::LoadState,
         replicas: Option<u32>,
+    ) -> Result<v1::CollectionInfo> {
+        self.update(name, |next| {
+            next.load_state = state as i32;
+            if let Some(r) = replicas {
+                next.replicas = r;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    /// Sets, then deletes, properties of the live collection `name` (all or nothing).
+    pub async fn alter_properties(
+        &self,
+        name: &str,
+        set: &std::collections::HashMap<String, String>,
+        delete: &[String],
+    ) -> Result<v1::CollectionInfo> {
+        self.update(name, |next| {
+            for (k, v) in set {
+                next.properties.insert(k.clone(), v.clone());
+            }
+            for k in delete {
+                next.properties.remove(k);
+            }
+            check_properties(&next.properties)
+        })
+        .await
+    }
+
+    /// Changes the record of the live collection `name` with `change` (compare-and-set on its
+    /// record, retried when it changed in between; an error from `change` changes nothing).
+    async fn update(
+        &self,
+        name: &str,
+        change: impl Fn(&mut v1::CollectionInfo) -> Result<()>,
     ) -> Result<v1::CollectionInfo> {
         loop {
             let info = self.by_name(name).await?;
@@ -136,10 +171,7 @@ impl Catalog {
                 return Err(not_found(format!("{name:?}")));
             };
             let mut next = info.clone();
-            next.load_state = state as i32;
-            if let Some(r) = replicas {
-                next.replicas = r;
-            }
+            change(&mut next)?;
             match self
                 .store
                 .put(
@@ -181,7 +213,9 @@ impl Catalog {
         broadcaster: &Broadcaster,
         mut schema: CollectionSchema,
         partition_names: Vec<String>,
+        properties: std::collections::HashMap<String, String>,
     ) -> Result<v1::CollectionInfo> {
+        check_properties(&properties)?;
         for (i, f) in schema.fields.iter_mut().enumerate() {
             if f.field_id == 0 {
                 f.field_id = i as i64 + 1;
@@ -243,6 +277,7 @@ impl Catalog {
             created_timestamp: 0,
             load_state: v1::LoadState::Loaded as i32,
             replicas: 1,
+            properties,
         };
         let name_key = self.name_key(&schema.name);
         let result = self
@@ -361,6 +396,30 @@ impl Catalog {
             .min()
             .unwrap_or(0))
     }
+}
+
+/// Collection properties Sluice keeps: at most 64, keys of 1-256 bytes, values of at most 64 KiB.
+fn check_properties(p: &std::collections::HashMap<String, String>) -> Result<()> {
+    if p.len() > 64 {
+        return Err(CoordError::InvalidArgument(format!(
+            "{} collection properties: at most 64",
+            p.len()
+        )));
+    }
+    for (k, v) in p {
+        if k.is_empty() || k.len() > 256 {
+            return Err(CoordError::InvalidArgument(format!(
+                "collection property key {k:?}: 1 to 256 bytes"
+            )));
+        }
+        if v.len() > 64 << 10 {
+            return Err(CoordError::InvalidArgument(format!(
+                "collection property {k:?}: its value is {} bytes, at most 64 KiB",
+                v.len()
+            )));
+        }
+    }
+    Ok(())
 }
 
 fn name_of(info: &v1::CollectionInfo) -> &str {

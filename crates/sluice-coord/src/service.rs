@@ -261,7 +261,22 @@ impl coordinator_server::Coordinator for CoordinatorService {
                 &leader.broadcaster,
                 schema,
                 request.partition_names,
+                request.properties,
             )
+            .await
+            .map_err(|e| coord_status(&e))?;
+        Ok(Response::new(info))
+    }
+
+    async fn alter_collection_properties(
+        &self,
+        request: Request<v1::AlterCollectionPropertiesRequest>,
+    ) -> Result<Response<v1::CollectionInfo>, Status> {
+        let request = request.into_inner();
+        let leader = self.leader().await?;
+        let info = leader
+            .catalog
+            .alter_properties(&request.name, &request.set, &request.delete_keys)
             .await
             .map_err(|e| coord_status(&e))?;
         Ok(Response::new(info))

@@ -435,6 +435,7 @@ pub(crate) async fn create_collection(
             v1::CreateCollectionRequest {
                 schema: Some(schema),
                 partition_names: partitions,
+                properties: Default::default(),
             },
             timeout,
         ))

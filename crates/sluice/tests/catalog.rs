@@ -303,3 +303,103 @@ async fn collections_are_created_described_filled_from_json_lines_and_dropped() 
     assert_ne!(new_id, info.collection_id);
     drop(server);
 }
+
+/// Collection properties: set at creation, altered (set and delete in one step) and listed by
+/// describe, kept across a restart; bad ones are refused and change nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn collection_properties_are_kept_altered_and_checked() {
+    use v1::coordinator_client::CoordinatorClient;
+    let data = tempfile::tempdir().unwrap();
+    let logs = tempfile::tempdir().unwrap();
+    let mut server = start(data.path(), logs.path());
+    let connect = |server: &Proc| {
+        let channel = tonic::transport::Endpoint::from_shared(server.endpoint())
+            .unwrap()
+            .connect_lazy();
+        CoordinatorClient::new(channel)
+    };
+    let mut coord = connect(&server);
+    use sluice_types::schema::{CollectionSchema, DataType, FieldSchema};
+    let schema = CollectionSchema {
+        name: "props".into(),
+        fields: vec![
+            FieldSchema {
+                name: "id".into(),
+                data_type: DataType::Int64 as i32,
+                is_primary_key: true,
+                ..Default::default()
+            },
+            FieldSchema {
+                name: "v".into(),
+                data_type: DataType::FloatVector as i32,
+                dim: 2,
+                ..Default::default()
+            },
+        ],
+        ..Default::default()
+    };
+    let created = coord
+        .create_collection(v1::CreateCollectionRequest {
+            schema: Some(schema),
+            partition_names: Vec::new(),
+            properties: [("a".to_owned(), "1".to_owned()), ("b".into(), "2".into())].into(),
+        })
+        .await
+        .expect("create")
+        .into_inner();
+    assert_eq!(created.properties.len(), 2);
+    let altered = coord
+        .alter_collection_properties(v1::AlterCollectionPropertiesRequest {
+            name: "props".into(),
+            set: [("a".to_owned(), "10".to_owned()), ("c".into(), "3".into())].into(),
+            delete_keys: vec!["b".into(), "absent".into()],
+        })
+        .await
+        .expect("alter")
+        .into_inner();
+    let want: std::collections::HashMap<String, String> =
+        [("a".to_owned(), "10".to_owned()), ("c".into(), "3".into())].into();
+    assert_eq!(altered.properties, want);
+    for bad in [
+        v1::AlterCollectionPropertiesRequest {
+            name: "props".into(),
+            set: [(String::new(), "x".to_owned())].into(),
+            delete_keys: Vec::new(),
+        },
+        v1::AlterCollectionPropertiesRequest {
+            name: "props".into(),
+            set: [("big".to_owned(), "x".repeat(65 << 10))].into(),
+            delete_keys: Vec::new(),
+        },
+        v1::AlterCollectionPropertiesRequest {
+            name: "props".into(),
+            set: (0..64).map(|i| (format!("k{i}"), String::new())).collect(),
+            delete_keys: Vec::new(),
+        },
+        v1::AlterCollectionPropertiesRequest {
+            name: "nope".into(),
+            set: Default::default(),
+            delete_keys: Vec::new(),
+        },
+    ] {
+        let e = coord
+            .alter_collection_properties(bad)
+            .await
+            .expect_err("a bad alteration is refused");
+        assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+    }
+    // Kept, unchanged by the refused ones, across a restart.
+    server.signal(rustix::process::Signal::TERM);
+    tokio::task::block_in_place(|| server.wait_exit(TIMEOUT)).expect("exits after SIGTERM");
+    drop(server);
+    let server = start(data.path(), logs.path());
+    let mut coord = connect(&server);
+    let described = coord
+        .describe_collection(v1::DescribeCollectionRequest {
+            which: Some(v1::describe_collection_request::Which::Name("props".into())),
+        })
+        .await
+        .expect("describe")
+        .into_inner();
+    assert_eq!(described.properties, want);
+}

@@ -1150,6 +1150,7 @@ async fn searches_resume_on_the_new_owner_after_the_wal_owner_is_killed() {
         .create_collection(v1::CreateCollectionRequest {
             schema: Some(schema),
             partition_names: Vec::new(),
+            properties: Default::default(),
         })
         .await
         .expect("create collection")

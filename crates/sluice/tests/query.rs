@@ -305,6 +305,7 @@ async fn create(endpoint: &str) -> v1::CollectionInfo {
         .create_collection(v1::CreateCollectionRequest {
             schema: Some(schema),
             partition_names: Vec::new(),
+            properties: Default::default(),
         })
         .await
         .expect("create collection")
