@@ -14,6 +14,7 @@
 //! not_expr   := ("not" | "!") not_expr | primary
 //! primary    := "(" expr ")" | comparison | range | in_expr | null_test
 //! comparison := field OP literal | literal OP field       OP: == != < <= > >=
+//! field      := name | name "[" string "]"                (a key of a JSON field)
 //! range      := literal ("<" | "<=") field ("<" | "<=") literal
 //!             | literal (">" | ">=") field (">" | ">=") literal
 //! in_expr    := field ["not"] "in" "[" [literal ("," literal)*] "]"
@@ -33,7 +34,14 @@
 //! * VARCHAR fields compare with string literals, all six operators, in byte order.
 //! * BOOL fields compare with `true` / `false`, `==` and `!=` only.
 //! * `in` lists hold literals that could be compared with the field by `==`.
-//! * JSON and FLOAT_VECTOR fields cannot be filtered on.
+//! * A JSON field is filtered through a key of its objects: `meta["color"] == "red"`. The
+//!   literal decides how the key's values are read — numbers as DOUBLE, strings as VARCHAR,
+//!   `true` / `false` as BOOL — and a row whose value is missing, not an object's key, or of
+//!   another JSON type reads as null (so it matches only `is null`). `meta["k"] is null` is
+//!   true when the key is absent or JSON null.
+//! * The schema's dynamic field (`FieldSchema.is_dynamic`) answers for names that are not
+//!   fields: `color == "red"` reads `dynamic["color"]`.
+//! * A JSON field itself and FLOAT_VECTOR fields cannot be compared.
 //!
 //! # Nulls
 //!
@@ -192,7 +200,13 @@ impl Filter {
 
     /// The field names the expression reads, each once, in order of first appearance.
     pub fn fields(&self) -> Vec<String> {
-        self.columns.iter().map(|c| c.name.clone()).collect()
+        let mut out: Vec<String> = Vec::new();
+        for c in &self.columns {
+            if !out.contains(&c.name) {
+                out.push(c.name.clone());
+            }
+        }
+        out
     }
 
     /// The expression text it was parsed from.
@@ -566,6 +580,14 @@ impl Kind {
     }
 }
 
+/// A key of a JSON field's objects, read as a column of one kind.
+#[derive(Debug, Clone, PartialEq)]
+struct JsonKey {
+    key: String,
+    /// Any non-null value counts (as its JSON text): for `is [not] null`.
+    any: bool,
+}
+
 /// A field the filter reads.
 #[derive(Debug, Clone)]
 struct Column {
@@ -574,11 +596,16 @@ struct Column {
     nullable: bool,
     /// Where the field first appears in the expression.
     offset: usize,
+    /// A key of this JSON field, not the field itself.
+    json: Option<JsonKey>,
 }
 
 impl Column {
     /// The batch's column for this field, checked; `None` for a missing nullable field.
     fn resolve(&self, batch: &RecordBatch) -> Result<Option<ArrayRef>, FilterError> {
+        if let Some(json) = &self.json {
+            return self.resolve_json(batch, json);
+        }
         match batch.column_by_name(&self.name) {
             Some(array) if array.data_type() == &self.kind.arrow() => Ok(Some(array.clone())),
             Some(array) => Err(FilterError::new(
@@ -602,6 +629,68 @@ impl Column {
                 &self.name,
             )),
         }
+    }
+}
+
+impl Column {
+    /// The values of a JSON field's key as a column of this column's kind.
+    fn resolve_json(
+        &self,
+        batch: &RecordBatch,
+        json: &JsonKey,
+    ) -> Result<Option<ArrayRef>, FilterError> {
+        let Some(array) = batch.column_by_name(&self.name) else {
+            return Ok(None);
+        };
+        let Some(texts) = array.as_string_opt::<i32>() else {
+            return Err(FilterError::new(
+                format!(
+                    "the batch's column for JSON field {:?} has Arrow type {}, not Utf8",
+                    self.name,
+                    array.data_type()
+                ),
+                self.offset,
+                &self.name,
+            ));
+        };
+        let values = texts.iter().map(|t| {
+            let mut doc: serde_json::Value = serde_json::from_str(t?).ok()?;
+            match doc.get_mut(&json.key)?.take() {
+                serde_json::Value::Null => None,
+                v => Some(v),
+            }
+        });
+        let out: ArrayRef = match self.kind {
+            _ if json.any => Arc::new(
+                values
+                    .map(|v| {
+                        v.map(|v| match v {
+                            serde_json::Value::String(s) => s,
+                            other => other.to_string(),
+                        })
+                    })
+                    .collect::<StringArray>(),
+            ),
+            Kind::Double => Arc::new(
+                values
+                    .map(|v| v.and_then(|v| v.as_f64()))
+                    .collect::<PrimitiveArray<Float64Type>>(),
+            ),
+            Kind::Bool => Arc::new(
+                values
+                    .map(|v| v.and_then(|v| v.as_bool()))
+                    .collect::<BooleanArray>(),
+            ),
+            _ => Arc::new(
+                values
+                    .map(|v| match v {
+                        Some(serde_json::Value::String(s)) => Some(s),
+                        _ => None,
+                    })
+                    .collect::<StringArray>(),
+            ),
+        };
+        Ok(Some(out))
     }
 }
 
@@ -794,10 +883,26 @@ impl Parser<'_> {
         }
     }
 
-    /// A field or a literal.
+    /// A field (or a JSON field's key) or a literal.
     fn operand(&mut self) -> Result<Operand, FilterError> {
+        let start = self.pos;
         let token = self.bump();
         let value = match &token.tok {
+            Tok::Ident(name) if self.peek().tok == Tok::LBracket => {
+                let key = self.json_key()?;
+                let column = self.json_column(name, key, start, &token)?;
+                return Ok(Operand::Field(column, token));
+            }
+            Tok::Ident(name)
+                if !self.schema.fields.iter().any(|f| &f.name == name)
+                    && sluice_types::schema::dynamic_field(self.schema).is_some() =>
+            {
+                let dynamic = sluice_types::schema::dynamic_field(self.schema)
+                    .map(|f| f.name.clone())
+                    .unwrap_or_default();
+                let column = self.json_column(&dynamic, name.clone(), start, &token)?;
+                return Ok(Operand::Field(column, token));
+            }
             Tok::Ident(name) => {
                 let column = self.resolve_field(name, &token)?;
                 return Ok(Operand::Field(column, token));
@@ -826,9 +931,94 @@ impl Parser<'_> {
         }))
     }
 
+    /// `["key"]` after a JSON field's name.
+    fn json_key(&mut self) -> Result<String, FilterError> {
+        self.bump();
+        let key = self.bump();
+        let Tok::Str(k) = &key.tok else {
+            return Err(err_at(
+                &key,
+                format!(
+                    "expected a string key after '[', found {}",
+                    key.tok.describe()
+                ),
+            ));
+        };
+        let close = self.bump();
+        if close.tok != Tok::RBracket {
+            return Err(err_at(
+                &close,
+                format!(
+                    "expected ']' after a JSON key, found {}",
+                    close.tok.describe()
+                ),
+            ));
+        }
+        Ok(k.clone())
+    }
+
+    /// The column for `key` of JSON field `name` (its first token at `start`), read as the kind
+    /// the literal it is compared with asks for.
+    fn json_column(
+        &mut self,
+        name: &str,
+        key: String,
+        start: usize,
+        token: &Token,
+    ) -> Result<usize, FilterError> {
+        let Some(field) = self.schema.fields.iter().find(|f| f.name == name) else {
+            return Err(err_at(token, format!("unknown field {name:?}")));
+        };
+        if DataType::try_from(field.data_type) != Ok(DataType::Json) {
+            return Err(err_at(
+                token,
+                format!("field {name:?} is not JSON: it has no keys to filter on"),
+            ));
+        }
+        let lit_kind = |t: Option<&Token>| match t.map(|t| &t.tok) {
+            Some(Tok::Int(_) | Tok::Float(_)) => Some(Kind::Double),
+            Some(Tok::Str(_)) => Some(Kind::Varchar),
+            Some(Tok::Bool(_)) => Some(Kind::Bool),
+            _ => None,
+        };
+        let at = |i: usize| self.tokens.get(i);
+        let next = self.pos;
+        let before = start
+            .checked_sub(2)
+            .and_then(|i| matches!(at(i + 1).map(|t| &t.tok), Some(Tok::Op(_))).then(|| at(i))?);
+        let (kind, any) = match at(next).map(|t| &t.tok) {
+            Some(Tok::Op(_)) => (lit_kind(at(next + 1)), false),
+            Some(Tok::In) => (lit_kind(at(next + 2)), false),
+            Some(Tok::Not) => (lit_kind(at(next + 3)), false),
+            Some(Tok::Is) => (Some(Kind::Varchar), true),
+            _ => (lit_kind(before), false),
+        };
+        let kind = kind.unwrap_or(Kind::Varchar);
+        let json = Some(JsonKey { key, any });
+        if let Some(i) = self
+            .columns
+            .iter()
+            .position(|c| c.name == name && c.kind == kind && c.json == json)
+        {
+            return Ok(i);
+        }
+        self.columns.push(Column {
+            name: name.to_string(),
+            kind,
+            nullable: true,
+            offset: token.offset,
+            json,
+        });
+        Ok(self.columns.len() - 1)
+    }
+
     /// The index of field `name` in `self.columns`, adding it on first use.
     fn resolve_field(&mut self, name: &str, token: &Token) -> Result<usize, FilterError> {
-        if let Some(i) = self.columns.iter().position(|c| c.name == name) {
+        if let Some(i) = self
+            .columns
+            .iter()
+            .position(|c| c.name == name && c.json.is_none())
+        {
             return Ok(i);
         }
         let Some(field) = self.schema.fields.iter().find(|f| f.name == name) else {
@@ -856,7 +1046,10 @@ impl Parser<'_> {
             Ok(DataType::Json) => {
                 return Err(err_at(
                     token,
-                    format!("cannot filter on JSON field {name:?}"),
+                    format!(
+                        "cannot compare JSON field {name:?} itself: filter on a key, \
+                         {name}[\"key\"]"
+                    ),
                 ));
             }
             Ok(DataType::FloatVector) => {
@@ -880,6 +1073,7 @@ impl Parser<'_> {
             kind,
             nullable: field.nullable,
             offset: token.offset,
+            json: None,
         });
         Ok(self.columns.len() - 1)
     }
@@ -1991,7 +2185,12 @@ mod tests {
             "vec",
             "cannot filter on FLOAT_VECTOR field \"vec\"",
         );
-        check_err("meta == 'x'", 0, "meta", "cannot filter on JSON field");
+        check_err(
+            "meta == 'x'",
+            0,
+            "meta",
+            "cannot compare JSON field \"meta\" itself",
+        );
         check_err("age = 1", 4, "=", "'=='");
         check_err("age <> 1", 4, "<>", "'!='");
         check_err("age > 1 & id > 1", 8, "&", "'&&'");
@@ -2750,5 +2949,82 @@ mod tests {
                 prop_assert_eq!(sliced, BooleanArray::from(want[1..].to_vec()), "{}", text);
             }
         }
+    }
+
+    /// Keys of a JSON field, and of the dynamic field by bare name: read as the literal asks,
+    /// anything else (missing, another JSON type, not an object, null) is null.
+    #[test]
+    fn json_keys_and_dynamic_fields_filter_by_the_literal_type() {
+        let mut schema = schema();
+        schema.fields.push(FieldSchema {
+            is_dynamic: true,
+            ..field("dyn", DataType::Json, true)
+        });
+        let docs = [
+            Some(r#"{"color": "red", "n": 5, "ok": true}"#),
+            Some(r#"{"color": "blue", "n": 2.5}"#),
+            Some(r#"{"color": 7, "n": "5"}"#),
+            Some("[1, 2]"),
+            None,
+            Some(r#"{"color": null}"#),
+        ];
+        let n = docs.len();
+        let b = RecordBatch::try_from_iter([
+            (
+                "id",
+                Arc::new(Int64Array::from_iter_values(1..=n as i64)) as ArrayRef,
+            ),
+            (
+                "meta",
+                Arc::new(StringArray::from(docs.to_vec())) as ArrayRef,
+            ),
+            (
+                "dyn",
+                Arc::new(StringArray::from(docs.to_vec())) as ArrayRef,
+            ),
+        ])
+        .unwrap();
+        let ids = |expr: &str| -> Vec<i64> {
+            let f = Filter::parse(expr, &schema).unwrap_or_else(|e| panic!("{expr}: {e}"));
+            let mask = f.evaluate(&b).unwrap();
+            (0..n)
+                .filter(|&i| mask.value(i))
+                .map(|i| i as i64 + 1)
+                .collect()
+        };
+        assert_eq!(ids(r#"meta["color"] == "red""#), [1]);
+        assert_eq!(
+            ids(r#"meta["color"] != "red""#),
+            [2],
+            "7 and null are not strings"
+        );
+        assert_eq!(ids(r#"meta["n"] > 2"#), [1, 2]);
+        assert_eq!(ids(r#"3 <= meta["n"]"#), [1]);
+        assert_eq!(ids(r#"meta["n"] in [2.5, 9]"#), [2]);
+        assert_eq!(
+            ids(r#"meta["n"] not in ["5"]"#),
+            Vec::<i64>::new(),
+            "only #3 has a string n"
+        );
+        assert_eq!(ids(r#"meta["ok"] == true"#), [1]);
+        assert_eq!(ids(r#"meta["color"] is null"#), [4, 5, 6]);
+        assert_eq!(ids(r#"meta["color"] is not null"#), [1, 2, 3]);
+        // The dynamic field answers for names that are not fields.
+        assert_eq!(ids(r#"color == "red" or n == 2.5"#), [1, 2]);
+        assert_eq!(ids(r#"color in ["red", "blue"] and id > 1"#), [2]);
+        assert_eq!(
+            Filter::parse(r#"color == "red""#, &schema)
+                .unwrap()
+                .fields(),
+            ["dyn"]
+        );
+        // A field that is not JSON has no keys; a key must be a string.
+        let err = Filter::parse(r#"age["x"] == 1"#, &schema).unwrap_err();
+        assert!(err.message.contains("not JSON"), "{err}");
+        let err = Filter::parse("meta[1] == 1", &schema).unwrap_err();
+        assert!(err.message.contains("string key"), "{err}");
+        // Without a dynamic field an unknown name is an error, as before.
+        let err = Filter::parse(r#"color == "red""#, &super::tests::schema()).unwrap_err();
+        assert!(err.message.contains("unknown field"), "{err}");
     }
 }

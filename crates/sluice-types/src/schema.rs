@@ -90,9 +90,18 @@ pub fn validate(schema: &CollectionSchema) -> Result<(), SchemaError> {
         )));
     }
     let mut names = std::collections::HashSet::new();
-    let (mut primary, mut vectors) = (Vec::new(), 0);
+    let (mut primary, mut vectors, mut dynamic) = (Vec::new(), 0, 0);
     for f in &schema.fields {
         let ty = check_field(f)?;
+        if f.is_dynamic {
+            if ty != DataType::Json || !f.nullable || f.is_primary_key {
+                return Err(bad(format!(
+                    "dynamic field {:?} must be a nullable JSON field",
+                    f.name
+                )));
+            }
+            dynamic += 1;
+        }
         if !names.insert(f.name.as_str()) {
             return Err(bad(format!("field name {:?} is used twice", f.name)));
         }
@@ -127,7 +136,17 @@ pub fn validate(schema: &CollectionSchema) -> Result<(), SchemaError> {
     if vectors == 0 {
         return Err(bad("a collection needs at least one FLOAT_VECTOR field"));
     }
+    if dynamic > 1 {
+        return Err(bad(format!(
+            "{dynamic} dynamic fields: a collection has at most one"
+        )));
+    }
     Ok(())
+}
+
+/// The collection's dynamic field, if it has one.
+pub fn dynamic_field(schema: &CollectionSchema) -> Option<&FieldSchema> {
+    schema.fields.iter().find(|f| f.is_dynamic)
 }
 
 /// The schema after a SCHEMA_CHANGE that adds `field`: a nullable scalar field with a new name
@@ -138,7 +157,7 @@ pub fn add_field(
     field: FieldSchema,
 ) -> Result<CollectionSchema, SchemaError> {
     let ty = check_field(&field)?;
-    if field.is_primary_key || ty == DataType::FloatVector {
+    if field.is_primary_key || ty == DataType::FloatVector || field.is_dynamic {
         return Err(bad(format!(
             "field {:?}: only scalar, non-key fields can be added",
             field.name
