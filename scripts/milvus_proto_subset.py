@@ -109,6 +109,9 @@ for m in service[1].method:
     if m.name in RPCS:
         need_type(m.input_type)
         need_type(m.output_type)
+# Messages carried serialized in `bytes` fields: a search's query vectors.
+for extra in ["milvus.proto.common.PlaceholderGroup"]:
+    need_type(extra)
 
 # Top-level declarations to write, per file, in their original order.
 TYPE_NAMES = {

@@ -525,3 +525,35 @@ pub fn batch_from_json(
     }
     RecordBatch::try_new(target, columns).map_err(|e| invalid(e.to_string()))
 }
+
+/// The shard (of `shards`) of every row of `batch` by its primary key column `pk`: INT64 keys
+/// by value (Euclidean remainder), VARCHAR keys by a CRC-32C of their bytes. Inserts and deletes
+/// of one key must go to the same shard: every writer routes with this.
+pub fn shards_of(batch: &RecordBatch, pk: &str, shards: usize) -> Result<Vec<usize>, RowError> {
+    let col = batch
+        .column_by_name(pk)
+        .ok_or_else(|| invalid(format!("the rows have no primary key column {pk:?}")))?;
+    shards_of_keys(col.as_ref(), shards)
+}
+
+/// [`shards_of`] for a column of primary keys.
+pub fn shards_of_keys(keys: &dyn Array, shards: usize) -> Result<Vec<usize>, RowError> {
+    let n = shards.max(1) as u64;
+    Ok(match keys.data_type() {
+        ArrowType::Int64 => keys
+            .as_primitive::<arrow_array::types::Int64Type>()
+            .iter()
+            .map(|k| (k.unwrap_or(0).rem_euclid(n as i64)) as usize)
+            .collect(),
+        ArrowType::Utf8 => keys
+            .as_string::<i32>()
+            .iter()
+            .map(|k| (u64::from(crc32c::crc32c(k.unwrap_or("").as_bytes())) % n) as usize)
+            .collect(),
+        other => {
+            return Err(invalid(format!(
+                "primary keys are int64 or utf8, not {other}"
+            )));
+        }
+    })
+}

@@ -602,33 +602,6 @@ pub(crate) async fn set_loaded(
     Ok(())
 }
 
-/// The shard of every row of `batch` by its primary key column `pk`: int64 keys by value,
-/// varchar keys by a CRC-32C of their bytes.
-fn shards_of(
-    batch: &arrow_array::RecordBatch,
-    pk: &str,
-    shards: usize,
-) -> anyhow::Result<Vec<usize>> {
-    use arrow_array::cast::AsArray;
-    let col = batch
-        .column_by_name(pk)
-        .with_context(|| format!("the rows have no primary key column {pk:?}"))?;
-    let n = shards as u64;
-    Ok(match col.data_type() {
-        arrow_schema::DataType::Int64 => col
-            .as_primitive::<arrow_array::types::Int64Type>()
-            .iter()
-            .map(|k| (k.unwrap_or(0).rem_euclid(shards as i64)) as usize)
-            .collect(),
-        arrow_schema::DataType::Utf8 => col
-            .as_string::<i32>()
-            .iter()
-            .map(|k| (u64::from(crc32c::crc32c(k.unwrap_or("").as_bytes())) % n) as usize)
-            .collect(),
-        other => bail!("primary key column {pk:?} is {other}, not int64 or utf8"),
-    })
-}
-
 /// `sluice insert` (returns what it did, to print): rows of a JSON-lines file (one object per line) or a Parquet file
 /// (`.parquet`, columns named after the fields) into a collection of the catalog, routed to its
 /// shards by primary key, at most `batch` rows per insert.
@@ -664,7 +637,7 @@ pub(crate) async fn insert_file(
     let (mut rows, mut inserts) = (0usize, 0usize);
     // Each chunk of rows is split by shard and sent as one insert per shard.
     let mut send = async |chunk: arrow_array::RecordBatch| -> anyhow::Result<()> {
-        let shards = shards_of(&chunk, &pk, vchannels.len())?;
+        let shards = sluice_storage::rows::shards_of(&chunk, &pk, vchannels.len())?;
         for (shard, v) in vchannels.iter().enumerate() {
             let mask = arrow_array::BooleanArray::from(
                 shards.iter().map(|s| *s == shard).collect::<Vec<_>>(),

@@ -43,6 +43,10 @@ pub(crate) struct Config {
     /// Where this process exports its tracing spans over OTLP/gRPC (`http://host:4317`); needs
     /// a binary built with the `otlp` feature. Unset: none.
     pub otlp_endpoint: Option<String>,
+    /// Where the Milvus-compatible API is served (`host:port`, what pymilvus connects to).
+    /// Unset: `127.0.0.1:19530` for `standalone` when that port is free, none for the other
+    /// commands; empty: none.
+    pub milvus_listen: Option<String>,
     /// TLS of every gRPC connection this process serves or makes.
     pub tls: TlsSection,
     /// The bearer token of every gRPC call.
@@ -499,6 +503,7 @@ impl Default for Config {
             query: QuerySection::default(),
             metrics_listen: None,
             otlp_endpoint: None,
+            milvus_listen: None,
             tls: TlsSection::default(),
             auth: AuthSection::default(),
         }
@@ -748,7 +753,7 @@ fn read_pem(key: &str, path: &std::path::Path) -> anyhow::Result<Vec<u8>> {
 }
 
 /// The top-level keys, for telling configuration variables from other `SLUICE_*` ones.
-const TOP_LEVEL_KEYS: [&str; 15] = [
+const TOP_LEVEL_KEYS: [&str; 16] = [
     "data_dir",
     "listen",
     "advertise",
@@ -762,6 +767,7 @@ const TOP_LEVEL_KEYS: [&str; 15] = [
     "query",
     "metrics_listen",
     "otlp_endpoint",
+    "milvus_listen",
     "tls",
     "auth",
 ];

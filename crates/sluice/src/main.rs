@@ -90,6 +90,10 @@ struct ServerOpts {
     /// `otlp` feature).
     #[arg(long)]
     otlp_endpoint: Option<String>,
+    /// Serve the Milvus-compatible API here (`host:port`; default 127.0.0.1:19530 for
+    /// standalone when free; empty: none).
+    #[arg(long)]
+    milvus_listen: Option<String>,
     /// Number of pchannels the coordinator manages.
     #[arg(long)]
     pchannels: Option<u32>,
@@ -117,6 +121,7 @@ impl ServerOpts {
         set!("pchannels.count", self.pchannels);
         set!("metrics_listen", self.metrics_listen);
         set!("otlp_endpoint", self.otlp_endpoint);
+        set!("milvus_listen", self.milvus_listen);
         Config::load(self.config.as_deref(), f)
     }
 }

@@ -550,6 +550,65 @@ pub(crate) struct Standalone {
     session: NodeSession,
     stop: tokio::sync::oneshot::Sender<()>,
     server: tokio::task::JoinHandle<anyhow::Result<()>>,
+    /// The Milvus API, when served.
+    pub(crate) milvus: Option<MilvusServer>,
+}
+
+/// The Milvus-compatible API served on its own listener (`milvus_listen`).
+pub(crate) struct MilvusServer {
+    /// Where it listens.
+    pub(crate) addr: SocketAddr,
+    stop: tokio_util::sync::CancellationToken,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl MilvusServer {
+    async fn stop(self) {
+        self.stop.cancel();
+        let _ = self.task.await;
+    }
+}
+
+/// The Milvus port a standalone server tries when `milvus_listen` is not set.
+const DEFAULT_MILVUS_LISTEN: &str = "127.0.0.1:19530";
+
+/// Serves the Milvus API on `config.milvus_listen` over Sluice at `coord` / `query`, appending
+/// through `client`. Unset: none, except for a standalone server (`default_port`), which tries
+/// [`DEFAULT_MILVUS_LISTEN`] and goes on without it (with a warning) when that port is taken.
+/// Empty: none.
+async fn serve_milvus(
+    config: &Config,
+    default_port: bool,
+    coord: &str,
+    query: &str,
+    client: Client,
+) -> anyhow::Result<Option<MilvusServer>> {
+    let (listen, explicit) = match config.milvus_listen.as_deref() {
+        Some("") => return Ok(None),
+        Some(l) => (l, true),
+        None if default_port => (DEFAULT_MILVUS_LISTEN, false),
+        None => return Ok(None),
+    };
+    let (listener, addr) = match bind(listen).await {
+        Ok(b) => b,
+        Err(e) if !explicit => {
+            tracing::warn!(error = %e, "the Milvus API is not served: {listen} is not free (set milvus_listen)");
+            eprintln!(
+                "warning: the Milvus API is not served: {listen}: {e:#} (set --milvus-listen)"
+            );
+            return Ok(None);
+        }
+        Err(e) => return Err(e).with_context(|| format!("milvus_listen {listen}")),
+    };
+    let front = sluice_milvus::MilvusFront::connect(coord, query, client)
+        .map_err(|e| anyhow::anyhow!("the Milvus front: {e}"))?;
+    let router = grpc_server(config)?.add_service(front.server());
+    let stop = tokio_util::sync::CancellationToken::new();
+    let cancelled = stop.clone();
+    let task = tokio::spawn(serve(router, listener, async move {
+        cancelled.cancelled().await;
+    }));
+    Ok(Some(MilvusServer { addr, stop, task }))
 }
 
 impl Standalone {
@@ -581,7 +640,7 @@ impl Standalone {
         let access: Arc<dyn WalAccess> =
             Arc::new(RoutedAccess::new(Some((node_id, manager.clone()))));
         let client = Client::new(topology.clone(), access, ClientConfig::default());
-        let _ = appender.0.set(client);
+        let _ = appender.0.set(client.clone());
 
         let session = register_node(store.clone(), config, advertise.clone()).await?;
 
@@ -601,6 +660,8 @@ impl Standalone {
         let server = tokio::spawn(serve(router, listener, async move {
             let _ = stopped.await;
         }));
+        let own = format!("http://{addr}");
+        let milvus = serve_milvus(config, true, &own, &own, client).await?;
         Ok(Standalone {
             addr,
             node_id,
@@ -610,6 +671,7 @@ impl Standalone {
             session,
             stop,
             server,
+            milvus,
         })
     }
 
@@ -629,6 +691,9 @@ impl Standalone {
                 (&mut self.server).await
             }
         };
+        if let Some(m) = self.milvus.take() {
+            m.stop().await;
+        }
         let _ = self.session.set_stopping().await;
         self.manager.shutdown().await;
         let _ = self.session.close().await;
@@ -645,6 +710,9 @@ impl Standalone {
 /// `sluice standalone`.
 pub(crate) async fn standalone(config: Config) -> anyhow::Result<()> {
     let server = Standalone::start(&config).await?;
+    if let Some(m) = &server.milvus {
+        println!("Milvus API listening on {}", m.addr);
+    }
     println!(
         "sluice standalone listening on {} (data dir {}, {} pchannels)",
         server.addr,
@@ -756,12 +824,36 @@ pub(crate) async fn node(config: Config) -> anyhow::Result<()> {
         .add_service(service.streaming_server())
         .add_service(service.manager_server())
         .add_optional_service(query_server(&manager));
+    // The Milvus API (when `milvus_listen` is set) goes through the coordinator and this node's
+    // query service, and appends like any client.
+    let milvus_client = Client::new(
+        Arc::new(
+            sluice_client::topology::CoordinatorTopology::connect(&config.coord.endpoint)
+                .map_err(|e| anyhow::anyhow!("coord.endpoint: {e}"))?,
+        ),
+        Arc::new(RoutedAccess::new(Some((node_id, manager.clone())))),
+        ClientConfig::default(),
+    );
+    let milvus = serve_milvus(
+        &config,
+        false,
+        &config.coord.endpoint,
+        &format!("http://{addr}"),
+        milvus_client,
+    )
+    .await?;
+    if let Some(m) = &milvus {
+        println!("Milvus API listening on {}", m.addr);
+    }
     let drain = Config::ms(config.node.drain_timeout_ms);
     let held = || manager.status().len();
     let lost = serve_until_lost(router, listener, &session, held, drain, async {
         other_nodes_serve(&store, &config, node_id).await
     })
     .await?;
+    if let Some(m) = milvus {
+        m.stop().await;
+    }
     manager.shutdown().await;
     if lost {
         bail!("the node's registration lease was lost and another process registered its id");

@@ -1,0 +1,495 @@
+//! Milvus schemas and columns to and from Sluice's.
+
+use std::collections::HashMap;
+
+use arrow_array::cast::AsArray;
+use arrow_array::types::{Float32Type, Float64Type, Int32Type, Int64Type};
+use arrow_array::{Array, RecordBatch};
+use arrow_schema::DataType as ArrowType;
+use serde_json::Value;
+use sluice_types::schema::{CollectionSchema, DataType, FieldSchema};
+
+use crate::DYNAMIC_FIELD;
+use crate::pb::common::KeyValuePair;
+use crate::pb::schema::{
+    self as ms, DataType as MDataType, FieldData, ScalarField, VectorField, field_data,
+    scalar_field, vector_field,
+};
+use crate::status::Failure;
+
+/// Collection property: the Milvus types of fields Sluice stores wider (INT8 and INT16 as
+/// INT32), as a JSON object of field name → Milvus type number.
+pub(crate) const PROP_TYPES: &str = "milvus.field_types";
+/// Collection property: the consistency level (Milvus's enum number).
+pub(crate) const PROP_CONSISTENCY: &str = "milvus.consistency_level";
+/// Collection property: the index (a JSON object: field, name, type, metric, params).
+pub(crate) const PROP_INDEX: &str = "milvus.index";
+/// The name Milvus gives the dynamic field.
+pub(crate) const MILVUS_DYNAMIC: &str = "$meta";
+
+fn param<'a>(params: &'a [KeyValuePair], key: &str) -> Option<&'a str> {
+    params
+        .iter()
+        .find(|p| p.key == key)
+        .map(|p| p.value.as_str())
+}
+
+/// A Milvus schema as a Sluice schema named `name` with `shards`, and the properties that keep
+/// what Sluice's schema does not.
+pub(crate) fn schema_to_sluice(
+    m: &ms::CollectionSchema,
+    name: &str,
+    shards: u32,
+) -> Result<(CollectionSchema, HashMap<String, String>), Failure> {
+    if !m.functions.is_empty() {
+        return Err(Failure::unsupported("a collection with functions"));
+    }
+    if !m.struct_array_fields.is_empty() {
+        return Err(Failure::unsupported("a struct array field"));
+    }
+    let mut fields = Vec::new();
+    let mut narrow = serde_json::Map::new();
+    for f in &m.fields {
+        if f.is_dynamic {
+            continue;
+        }
+        if f.name == DYNAMIC_FIELD {
+            return Err(Failure::invalid(format!(
+                "field name {DYNAMIC_FIELD:?} is reserved for the dynamic field"
+            )));
+        }
+        let mt = MDataType::try_from(f.data_type).unwrap_or(MDataType::None);
+        let data_type = match mt {
+            MDataType::Bool => DataType::Bool,
+            MDataType::Int8 | MDataType::Int16 => {
+                narrow.insert(f.name.clone(), Value::from(f.data_type));
+                DataType::Int32
+            }
+            MDataType::Int32 => DataType::Int32,
+            MDataType::Int64 => DataType::Int64,
+            MDataType::Float => DataType::Float,
+            MDataType::Double => DataType::Double,
+            MDataType::VarChar => DataType::Varchar,
+            MDataType::Json => DataType::Json,
+            MDataType::FloatVector => DataType::FloatVector,
+            other => {
+                return Err(Failure::unsupported(format!(
+                    "data type {} (field {:?})",
+                    other.as_str_name(),
+                    f.name
+                )));
+            }
+        };
+        let number = |key: &str| -> Result<u32, Failure> {
+            match param(&f.type_params, key) {
+                None => Ok(0),
+                Some(v) => v.parse().map_err(|_| {
+                    Failure::invalid(format!("field {:?}: {key} {v:?} is not a number", f.name))
+                }),
+            }
+        };
+        if f.default_value.is_some() {
+            return Err(Failure::unsupported(format!(
+                "a default value (field {:?})",
+                f.name
+            )));
+        }
+        fields.push(FieldSchema {
+            field_id: 0,
+            name: f.name.clone(),
+            data_type: data_type as i32,
+            is_primary_key: f.is_primary_key,
+            auto_id: f.auto_id || (f.is_primary_key && m.auto_id_legacy()),
+            max_length: number("max_length")?,
+            dim: number("dim")?,
+            nullable: f.nullable,
+            description: f.description.clone(),
+            is_dynamic: false,
+        });
+    }
+    if m.enable_dynamic_field {
+        fields.push(FieldSchema {
+            name: DYNAMIC_FIELD.into(),
+            data_type: DataType::Json as i32,
+            nullable: true,
+            is_dynamic: true,
+            ..FieldSchema::default()
+        });
+    }
+    let mut props = HashMap::new();
+    if !narrow.is_empty() {
+        props.insert(PROP_TYPES.to_owned(), Value::Object(narrow).to_string());
+    }
+    Ok((
+        CollectionSchema {
+            name: name.to_owned(),
+            description: m.description.clone(),
+            fields,
+            shards,
+            version: 0,
+        },
+        props,
+    ))
+}
+
+trait LegacyAutoId {
+    fn auto_id_legacy(&self) -> bool;
+}
+
+impl LegacyAutoId for ms::CollectionSchema {
+    #[allow(deprecated)]
+    fn auto_id_legacy(&self) -> bool {
+        self.auto_id
+    }
+}
+
+/// The Milvus type of Sluice field `f`.
+fn milvus_type(f: &FieldSchema, props: &HashMap<String, String>) -> MDataType {
+    if let Some(t) = props
+        .get(PROP_TYPES)
+        .and_then(|t| serde_json::from_str::<serde_json::Map<String, Value>>(t).ok())
+        .and_then(|m| m.get(&f.name).and_then(Value::as_i64))
+        .and_then(|t| MDataType::try_from(t as i32).ok())
+    {
+        return t;
+    }
+    match DataType::try_from(f.data_type) {
+        Ok(DataType::Bool) => MDataType::Bool,
+        Ok(DataType::Int32) => MDataType::Int32,
+        Ok(DataType::Int64) => MDataType::Int64,
+        Ok(DataType::Float) => MDataType::Float,
+        Ok(DataType::Double) => MDataType::Double,
+        Ok(DataType::Varchar) => MDataType::VarChar,
+        Ok(DataType::Json) => MDataType::Json,
+        Ok(DataType::FloatVector) => MDataType::FloatVector,
+        _ => MDataType::None,
+    }
+}
+
+/// A Sluice schema as Milvus describes it.
+pub(crate) fn schema_to_milvus(
+    s: &CollectionSchema,
+    props: &HashMap<String, String>,
+) -> ms::CollectionSchema {
+    let kv = |k: &str, v: String| KeyValuePair {
+        key: k.into(),
+        value: v,
+    };
+    // The dynamic field is not listed (as Milvus does not): `enable_dynamic_field` says it is there.
+    let fields = s
+        .fields
+        .iter()
+        .filter(|f| !f.is_dynamic)
+        .map(|f| {
+            let mut type_params = Vec::new();
+            if f.dim > 0 {
+                type_params.push(kv("dim", f.dim.to_string()));
+            }
+            if f.max_length > 0 {
+                type_params.push(kv("max_length", f.max_length.to_string()));
+            }
+            ms::FieldSchema {
+                field_id: 100 + f.field_id,
+                name: if f.is_dynamic {
+                    MILVUS_DYNAMIC.into()
+                } else {
+                    f.name.clone()
+                },
+                is_primary_key: f.is_primary_key,
+                description: f.description.clone(),
+                data_type: milvus_type(f, props) as i32,
+                type_params,
+                auto_id: f.auto_id,
+                is_dynamic: f.is_dynamic,
+                nullable: f.nullable && !f.is_dynamic,
+                ..Default::default()
+            }
+        })
+        .collect();
+    #[allow(deprecated)]
+    ms::CollectionSchema {
+        name: s.name.clone(),
+        description: s.description.clone(),
+        auto_id: s.fields.iter().any(|f| f.is_primary_key && f.auto_id),
+        fields,
+        enable_dynamic_field: s.fields.iter().any(|f| f.is_dynamic),
+        ..Default::default()
+    }
+}
+
+/// The number of rows in a Milvus column.
+fn column_len(fd: &FieldData) -> usize {
+    match &fd.field {
+        Some(field_data::Field::Scalars(s)) => match &s.data {
+            Some(scalar_field::Data::BoolData(a)) => a.data.len(),
+            Some(scalar_field::Data::IntData(a)) => a.data.len(),
+            Some(scalar_field::Data::LongData(a)) => a.data.len(),
+            Some(scalar_field::Data::FloatData(a)) => a.data.len(),
+            Some(scalar_field::Data::DoubleData(a)) => a.data.len(),
+            Some(scalar_field::Data::StringData(a)) => a.data.len(),
+            Some(scalar_field::Data::JsonData(a)) => a.data.len(),
+            _ => 0,
+        },
+        Some(field_data::Field::Vectors(v)) => match &v.data {
+            Some(vector_field::Data::FloatVector(a)) if v.dim > 0 => a.data.len() / v.dim as usize,
+            _ => 0,
+        },
+        _ => 0,
+    }
+}
+
+/// The values of a Milvus column, one JSON value per row (null where `valid_data` says so).
+fn column_values(fd: &FieldData) -> Result<Vec<Value>, Failure> {
+    let name = &fd.field_name;
+    let values: Vec<Value> = match &fd.field {
+        Some(field_data::Field::Scalars(s)) => match &s.data {
+            Some(scalar_field::Data::BoolData(a)) => a.data.iter().map(|v| (*v).into()).collect(),
+            Some(scalar_field::Data::IntData(a)) => a.data.iter().map(|v| (*v).into()).collect(),
+            Some(scalar_field::Data::LongData(a)) => a.data.iter().map(|v| (*v).into()).collect(),
+            Some(scalar_field::Data::FloatData(a)) => {
+                a.data.iter().map(|v| f64::from(*v).into()).collect()
+            }
+            Some(scalar_field::Data::DoubleData(a)) => a.data.iter().map(|v| (*v).into()).collect(),
+            Some(scalar_field::Data::StringData(a)) => {
+                a.data.iter().map(|v| v.clone().into()).collect()
+            }
+            Some(scalar_field::Data::JsonData(a)) => a
+                .data
+                .iter()
+                .enumerate()
+                .map(|(i, b)| {
+                    serde_json::from_slice::<Value>(b).map_err(|e| {
+                        Failure::invalid(format!("field {name:?} row {i}: not JSON: {e}"))
+                    })
+                })
+                .collect::<Result<_, _>>()?,
+            _ => {
+                return Err(Failure::unsupported(format!(
+                    "the data of field {name:?} ({})",
+                    MDataType::try_from(fd.r#type).map_or("unknown type", |t| t.as_str_name())
+                )));
+            }
+        },
+        Some(field_data::Field::Vectors(v)) => match &v.data {
+            Some(vector_field::Data::FloatVector(a)) if v.dim > 0 => a
+                .data
+                .chunks(v.dim as usize)
+                .map(|c| Value::Array(c.iter().map(|x| f64::from(*x).into()).collect()))
+                .collect(),
+            _ => {
+                return Err(Failure::unsupported(format!(
+                    "the vectors of field {name:?} (only float vectors are)"
+                )));
+            }
+        },
+        _ => return Err(Failure::invalid(format!("field {name:?} carries no data"))),
+    };
+    if fd.valid_data.is_empty() {
+        return Ok(values);
+    }
+    // Nullable columns: Milvus sends only the valid values, or one per row; both appear.
+    let valid = &fd.valid_data;
+    if values.len() == valid.len() {
+        return Ok(values
+            .into_iter()
+            .zip(valid)
+            .map(|(v, ok)| if *ok { v } else { Value::Null })
+            .collect());
+    }
+    let mut it = values.into_iter();
+    Ok(valid
+        .iter()
+        .map(|ok| {
+            if *ok {
+                it.next().unwrap_or(Value::Null)
+            } else {
+                Value::Null
+            }
+        })
+        .collect())
+}
+
+/// Milvus columns as a batch of `schema`'s rows (the dynamic field's JSON objects go into
+/// [`DYNAMIC_FIELD`]).
+pub(crate) fn rows_from_milvus(
+    schema: &CollectionSchema,
+    columns: &[FieldData],
+) -> Result<RecordBatch, Failure> {
+    let n = columns.iter().map(column_len).max().unwrap_or(0);
+    if n == 0 {
+        return Err(Failure::invalid("no rows to insert"));
+    }
+    let mut rows: Vec<serde_json::Map<String, Value>> = vec![serde_json::Map::new(); n];
+    for fd in columns {
+        let dynamic = fd.is_dynamic || fd.field_name == MILVUS_DYNAMIC;
+        let target = if dynamic {
+            if sluice_types::schema::dynamic_field(schema).is_none() {
+                return Err(Failure::invalid(
+                    "the collection has no dynamic field: every key must be a field",
+                ));
+            }
+            DYNAMIC_FIELD.to_owned()
+        } else {
+            if !schema.fields.iter().any(|f| f.name == fd.field_name) {
+                return Err(Failure::invalid(format!(
+                    "field {:?} does not exist in the collection",
+                    fd.field_name
+                )));
+            }
+            fd.field_name.clone()
+        };
+        let values = column_values(fd)?;
+        if values.len() != n {
+            return Err(Failure::invalid(format!(
+                "field {:?} has {} rows, others {n}",
+                fd.field_name,
+                values.len()
+            )));
+        }
+        for (row, v) in rows.iter_mut().zip(values) {
+            row.insert(target.clone(), v);
+        }
+    }
+    let rows: Vec<Value> = rows.into_iter().map(Value::Object).collect();
+    sluice_storage::rows::batch_from_json(schema, &rows)
+        .map_err(|e| Failure::invalid(e.to_string()))
+}
+
+/// A Sluice result column as a Milvus column named `name` of Milvus type `ty`.
+pub(crate) fn column_to_milvus(
+    name: &str,
+    ty: MDataType,
+    dynamic: bool,
+    col: &dyn Array,
+) -> Result<FieldData, Failure> {
+    let n = col.len();
+    let valid: Vec<bool> = if col.null_count() > 0 && !dynamic {
+        (0..n).map(|i| col.is_valid(i)).collect()
+    } else {
+        Vec::new()
+    };
+    let scalars = |data| Some(field_data::Field::Scalars(ScalarField { data: Some(data) }));
+    let field = match col.data_type() {
+        ArrowType::Boolean => {
+            let a = col.as_boolean();
+            scalars(scalar_field::Data::BoolData(ms::BoolArray {
+                data: (0..n).map(|i| a.is_valid(i) && a.value(i)).collect(),
+            }))
+        }
+        ArrowType::Int32 => {
+            let a = col.as_primitive::<Int32Type>();
+            scalars(scalar_field::Data::IntData(ms::IntArray {
+                data: (0..n).map(|i| a.value(i)).collect(),
+            }))
+        }
+        ArrowType::Int64 => {
+            let a = col.as_primitive::<Int64Type>();
+            scalars(scalar_field::Data::LongData(ms::LongArray {
+                data: (0..n).map(|i| a.value(i)).collect(),
+            }))
+        }
+        ArrowType::Float32 => {
+            let a = col.as_primitive::<Float32Type>();
+            scalars(scalar_field::Data::FloatData(ms::FloatArray {
+                data: (0..n).map(|i| a.value(i)).collect(),
+            }))
+        }
+        ArrowType::Float64 => {
+            let a = col.as_primitive::<Float64Type>();
+            scalars(scalar_field::Data::DoubleData(ms::DoubleArray {
+                data: (0..n).map(|i| a.value(i)).collect(),
+            }))
+        }
+        ArrowType::Utf8 if ty == MDataType::Json => {
+            let a = col.as_string::<i32>();
+            let data = (0..n)
+                .map(|i| {
+                    if a.is_valid(i) {
+                        a.value(i).as_bytes().to_vec()
+                    } else if dynamic {
+                        b"{}".to_vec()
+                    } else {
+                        Vec::new()
+                    }
+                })
+                .collect();
+            scalars(scalar_field::Data::JsonData(ms::JsonArray { data }))
+        }
+        ArrowType::Utf8 => {
+            let a = col.as_string::<i32>();
+            scalars(scalar_field::Data::StringData(ms::StringArray {
+                data: (0..n)
+                    .map(|i| {
+                        if a.is_valid(i) {
+                            a.value(i).to_owned()
+                        } else {
+                            String::new()
+                        }
+                    })
+                    .collect(),
+            }))
+        }
+        ArrowType::FixedSizeList(_, dim) => {
+            let a = col.as_fixed_size_list();
+            let values = a.values().as_primitive::<Float32Type>();
+            Some(field_data::Field::Vectors(VectorField {
+                dim: i64::from(*dim),
+                data: Some(vector_field::Data::FloatVector(ms::FloatArray {
+                    data: values.values().to_vec(),
+                })),
+            }))
+        }
+        other => {
+            return Err(Failure::unexpected(format!(
+                "field {name:?} came back as {other}"
+            )));
+        }
+    };
+    Ok(FieldData {
+        r#type: ty as i32,
+        field_name: name.to_owned(),
+        field,
+        field_id: 0,
+        is_dynamic: dynamic,
+        valid_data: valid,
+    })
+}
+
+/// The columns of `batches` (rows in order) as Milvus columns, for the Sluice fields `names`.
+pub(crate) fn batches_to_milvus(
+    schema: &CollectionSchema,
+    props: &HashMap<String, String>,
+    batches: &[RecordBatch],
+    names: &[String],
+) -> Result<Vec<FieldData>, Failure> {
+    let mut out = Vec::new();
+    for name in names {
+        let Some(f) = schema.fields.iter().find(|f| &f.name == name) else {
+            continue;
+        };
+        let parts: Vec<_> = batches
+            .iter()
+            .filter_map(|b| b.column_by_name(name).cloned())
+            .collect();
+        let refs: Vec<&dyn Array> = parts.iter().map(|a| a.as_ref()).collect();
+        let col = if refs.is_empty() {
+            let ty = sluice_storage::rows::arrow_type(f)
+                .map_err(|e| Failure::unexpected(e.to_string()))?;
+            arrow_array::new_empty_array(&ty)
+        } else {
+            arrow_select::concat::concat(&refs).map_err(|e| Failure::unexpected(e.to_string()))?
+        };
+        let milvus_name = if f.is_dynamic {
+            MILVUS_DYNAMIC
+        } else {
+            name.as_str()
+        };
+        out.push(column_to_milvus(
+            milvus_name,
+            milvus_type(f, props),
+            f.is_dynamic,
+            col.as_ref(),
+        )?);
+    }
+    Ok(out)
+}

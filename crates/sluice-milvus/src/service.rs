@@ -1,0 +1,1306 @@
+//! `MilvusService` over Sluice's client API.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use arrow_array::{Array, ArrayRef, RecordBatch};
+use prost::Message as _;
+use serde_json::Value;
+use sluice_client::coord::CoordClient;
+use sluice_client::{Client, ClientError, QueryClient};
+use sluice_proto::Channel;
+use sluice_proto::v1::{self, coordinator_client::CoordinatorClient};
+use sluice_types::message::{
+    DeleteHeader, InsertHeader, ManualFlushHeader, PartitionSegmentAssignment,
+};
+use sluice_types::schema::{CollectionSchema, DataType};
+use sluice_types::{MutableMessage, VChannel};
+use tonic::{Request, Response};
+
+use crate::DYNAMIC_FIELD;
+use crate::convert::{
+    MILVUS_DYNAMIC, PROP_CONSISTENCY, PROP_INDEX, batches_to_milvus, rows_from_milvus,
+    schema_to_milvus, schema_to_sluice,
+};
+use crate::pb::common::{self as mc, KeyValuePair, Status};
+use crate::pb::milvus::milvus_service_server::{MilvusService, MilvusServiceServer};
+use crate::pb::milvus::{self as mm};
+use crate::pb::schema::{self as ms, DataType as MDataType, FieldData, field_data, scalar_field};
+use crate::status::{self, Failure};
+
+type Reply<T> = Result<Response<T>, tonic::Status>;
+
+/// The Milvus front: answers Milvus calls with Sluice's coordinator (catalog, timestamps), its
+/// client (appends) and its query service.
+#[derive(Clone)]
+pub struct MilvusFront {
+    coord: CoordinatorClient<Channel>,
+    tso: CoordClient,
+    client: Client,
+    query: QueryClient,
+}
+
+impl std::fmt::Debug for MilvusFront {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MilvusFront").finish_non_exhaustive()
+    }
+}
+
+/// A collection as the front works with it.
+struct Collection {
+    info: v1::CollectionInfo,
+    schema: CollectionSchema,
+}
+
+impl Collection {
+    fn props(&self) -> &HashMap<String, String> {
+        &self.info.properties
+    }
+
+    fn pk(&self) -> Result<&sluice_types::schema::FieldSchema, Failure> {
+        self.schema
+            .fields
+            .iter()
+            .find(|f| f.is_primary_key)
+            .ok_or_else(|| Failure::unexpected("the collection has no primary key"))
+    }
+
+    fn vchannels(&self) -> Result<Vec<VChannel>, Failure> {
+        self.info
+            .vchannels
+            .iter()
+            .map(|v| VChannel::new(v.as_str()).map_err(|e| Failure::unexpected(e.to_string())))
+            .collect()
+    }
+
+    fn partition(&self) -> i64 {
+        self.info.partitions.first().map_or(0, |p| p.partition_id)
+    }
+
+    /// The index recorded on the collection (Milvus's CreateIndex), as a JSON object.
+    fn index(&self) -> Option<serde_json::Map<String, Value>> {
+        serde_json::from_str(self.props().get(PROP_INDEX)?).ok()
+    }
+
+    /// The metric of the recorded index (COSINE, Milvus's default, when none is recorded).
+    fn metric(&self) -> String {
+        self.index()
+            .and_then(|i| i.get("metric_type")?.as_str().map(str::to_owned))
+            .unwrap_or_else(|| "COSINE".into())
+    }
+
+    /// The collection's consistency level (Milvus's enum number; Bounded by default).
+    fn consistency(&self) -> i32 {
+        self.props()
+            .get(PROP_CONSISTENCY)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(mc::ConsistencyLevel::Bounded as i32)
+    }
+}
+
+fn kv(key: &str, value: impl Into<String>) -> KeyValuePair {
+    KeyValuePair {
+        key: key.into(),
+        value: value.into(),
+    }
+}
+
+fn param<'a>(params: &'a [KeyValuePair], key: &str) -> Option<&'a str> {
+    params
+        .iter()
+        .find(|p| p.key == key)
+        .map(|p| p.value.as_str())
+}
+
+/// Sluice read options for a Milvus consistency level.
+fn read_options(level: i32, guarantee: u64) -> v1::ReadOptions {
+    let consistency = match mc::ConsistencyLevel::try_from(level) {
+        Ok(mc::ConsistencyLevel::Strong) => v1::ConsistencyLevel::Strong,
+        Ok(mc::ConsistencyLevel::Session) => v1::ConsistencyLevel::Session,
+        Ok(mc::ConsistencyLevel::Eventually) => v1::ConsistencyLevel::Eventually,
+        _ => v1::ConsistencyLevel::Bounded,
+    };
+    v1::ReadOptions {
+        consistency: consistency as i32,
+        guarantee_timestamp: guarantee,
+        ..Default::default()
+    }
+}
+
+fn metric(name: &str) -> Result<v1::MetricType, Failure> {
+    Ok(match name.to_ascii_uppercase().as_str() {
+        "L2" => v1::MetricType::L2,
+        "IP" => v1::MetricType::Ip,
+        "COSINE" => v1::MetricType::Cosine,
+        other => return Err(Failure::unsupported(format!("metric type {other:?}"))),
+    })
+}
+
+fn decode_rows(bytes: &[u8]) -> Result<Vec<RecordBatch>, Failure> {
+    if bytes.is_empty() {
+        return Ok(Vec::new());
+    }
+    let bytes = bytes::Bytes::copy_from_slice(bytes);
+    sluice_storage::rows::read_stream_bytes(&bytes, usize::MAX)
+        .map_err(|e| Failure::unexpected(format!("rows from the query service: {e}")))
+}
+
+/// Which Sluice fields to read for Milvus `output_fields`, and the names to report.
+fn output_fields(c: &Collection, asked: &[String]) -> Result<(Vec<String>, Vec<String>), Failure> {
+    let mut fields: Vec<String> = Vec::new();
+    let mut report: Vec<String> = Vec::new();
+    let add = |f: &str, fields: &mut Vec<String>| {
+        if !fields.iter().any(|x| x == f) {
+            fields.push(f.to_owned());
+        }
+    };
+    for name in asked {
+        if name == "*" {
+            for f in &c.schema.fields {
+                add(&f.name, &mut fields);
+                report.push(if f.is_dynamic {
+                    MILVUS_DYNAMIC.to_owned()
+                } else {
+                    f.name.clone()
+                });
+            }
+        } else if name == MILVUS_DYNAMIC {
+            add(DYNAMIC_FIELD, &mut fields);
+            report.push(name.clone());
+        } else if c
+            .schema
+            .fields
+            .iter()
+            .any(|f| &f.name == name && !f.is_dynamic)
+        {
+            add(name, &mut fields);
+            report.push(name.clone());
+        } else if sluice_types::schema::dynamic_field(&c.schema).is_some() {
+            add(DYNAMIC_FIELD, &mut fields);
+            report.push(name.clone());
+        } else {
+            return Err(Failure::invalid(format!("field {name} not exist")));
+        }
+    }
+    Ok((fields, report))
+}
+
+impl MilvusFront {
+    /// A front reaching Sluice at `endpoint` (a standalone server, or a streaming node whose
+    /// coordinator address is `coord`), appending through `client`.
+    pub fn connect(coord: &str, query: &str, client: Client) -> Result<MilvusFront, ClientError> {
+        let channel = sluice_proto::Security::process()
+            .lazy_channel(coord)
+            .map_err(|e| ClientError::new(sluice_types::ErrorCode::InvalidArgument, e))?;
+        Ok(MilvusFront {
+            coord: CoordinatorClient::new(channel),
+            tso: CoordClient::connect(coord)?,
+            client,
+            query: QueryClient::connect(query)?,
+        })
+    }
+
+    /// The gRPC service.
+    pub fn server(self) -> MilvusServiceServer<MilvusFront> {
+        MilvusServiceServer::new(self)
+            .max_decoding_message_size(256 << 20)
+            .max_encoding_message_size(256 << 20)
+    }
+
+    async fn collection(&self, name: &str) -> Result<Collection, Failure> {
+        if name.is_empty() {
+            return Err(Failure::invalid("collection name should not be empty"));
+        }
+        let info = self
+            .coord
+            .clone()
+            .describe_collection(v1::DescribeCollectionRequest {
+                which: Some(v1::describe_collection_request::Which::Name(
+                    name.to_owned(),
+                )),
+            })
+            .await
+            .map_err(|s| Failure::from_client(&ClientError::from_status(&s), name))?
+            .into_inner();
+        let schema = info
+            .schema
+            .clone()
+            .ok_or_else(|| Failure::unexpected("the catalog returned no schema"))?;
+        Ok(Collection { info, schema })
+    }
+
+    async fn alter(
+        &self,
+        name: &str,
+        set: HashMap<String, String>,
+        delete: Vec<String>,
+    ) -> Result<(), Failure> {
+        self.coord
+            .clone()
+            .alter_collection_properties(v1::AlterCollectionPropertiesRequest {
+                name: name.to_owned(),
+                set,
+                delete_keys: delete,
+            })
+            .await
+            .map_err(|s| Failure::from_client(&ClientError::from_status(&s), name))?;
+        Ok(())
+    }
+
+    /// Appends `batch` (rows of `c`) to the collection's shards by primary key; the newest
+    /// timestamp.
+    async fn insert_rows(&self, c: &Collection, batch: &RecordBatch) -> Result<u64, Failure> {
+        let pk = c.pk()?.name.clone();
+        let vchannels = c.vchannels()?;
+        let shards = sluice_storage::rows::shards_of(batch, &pk, vchannels.len())
+            .map_err(|e| Failure::invalid(e.to_string()))?;
+        let mut appends = Vec::new();
+        for (shard, v) in vchannels.iter().enumerate() {
+            let mask = arrow_array::BooleanArray::from(
+                shards.iter().map(|s| *s == shard).collect::<Vec<_>>(),
+            );
+            let part = arrow_select::filter::filter_record_batch(batch, &mask)
+                .map_err(|e| Failure::unexpected(e.to_string()))?;
+            if part.num_rows() == 0 {
+                continue;
+            }
+            let body = sluice_storage::rows::encode_stream(std::slice::from_ref(&part))
+                .map_err(|e| Failure::invalid(e.to_string()))?;
+            let msg = MutableMessage::builder(InsertHeader {
+                collection_id: c.info.collection_id,
+                partitions: vec![PartitionSegmentAssignment {
+                    partition_id: c.partition(),
+                    rows: part.num_rows() as u64,
+                    binary_size: body.len() as u64,
+                    segment_id: 0,
+                }],
+            })
+            .vchannel(v)
+            .payload(body)
+            .build()
+            .map_err(|e| Failure::invalid(e.to_string()))?;
+            appends.push(self.client.append(msg));
+        }
+        let mut newest = 0;
+        for r in futures::future::join_all(appends).await {
+            let r = r.map_err(|e| Failure::from_client(&e, &c.schema.name))?;
+            newest = newest.max(r.timestamp.0);
+        }
+        Ok(newest)
+    }
+
+    /// Appends deletes of `keys` (a primary key column of `c`) to their shards; the newest
+    /// timestamp (0 when there was nothing to delete).
+    async fn delete_keys(&self, c: &Collection, keys: &ArrayRef) -> Result<u64, Failure> {
+        if keys.is_empty() {
+            return Ok(0);
+        }
+        let pk = c.pk()?;
+        let vchannels = c.vchannels()?;
+        let shards = sluice_storage::rows::shards_of_keys(keys.as_ref(), vchannels.len())
+            .map_err(|e| Failure::invalid(e.to_string()))?;
+        let schema = Arc::new(arrow_schema::Schema::new(vec![arrow_schema::Field::new(
+            &pk.name,
+            keys.data_type().clone(),
+            false,
+        )]));
+        let mut appends = Vec::new();
+        for (shard, v) in vchannels.iter().enumerate() {
+            let mask = arrow_array::BooleanArray::from(
+                shards.iter().map(|s| *s == shard).collect::<Vec<_>>(),
+            );
+            let part = arrow_select::filter::filter(keys.as_ref(), &mask)
+                .map_err(|e| Failure::unexpected(e.to_string()))?;
+            if part.is_empty() {
+                continue;
+            }
+            let rows = part.len() as u64;
+            let batch = RecordBatch::try_new(schema.clone(), vec![part])
+                .map_err(|e| Failure::unexpected(e.to_string()))?;
+            let body = sluice_storage::rows::encode_stream(std::slice::from_ref(&batch))
+                .map_err(|e| Failure::unexpected(e.to_string()))?;
+            let msg = MutableMessage::builder(DeleteHeader {
+                collection_id: c.info.collection_id,
+                rows,
+            })
+            .vchannel(v)
+            .payload(body)
+            .build()
+            .map_err(|e| Failure::invalid(e.to_string()))?;
+            appends.push(self.client.append(msg));
+        }
+        let mut newest = 0;
+        for r in futures::future::join_all(appends).await {
+            let r = r.map_err(|e| Failure::from_client(&e, &c.schema.name))?;
+            newest = newest.max(r.timestamp.0);
+        }
+        Ok(newest)
+    }
+
+    /// The primary keys of the rows of `c` matching `filter`, as of now (strong).
+    async fn keys_matching(&self, c: &Collection, filter: &str) -> Result<ArrayRef, Failure> {
+        let pk = c.pk()?.name.clone();
+        let r = self
+            .query
+            .query(v1::QueryRequest {
+                collection: c.schema.name.clone(),
+                filter: filter.to_owned(),
+                output_fields: Vec::new(),
+                limit: 0,
+                read: Some(read_options(mc::ConsistencyLevel::Strong as i32, 0)),
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| Failure::from_client(&e, &c.schema.name))?;
+        let batches = decode_rows(&r.rows)?;
+        let cols: Vec<&dyn Array> = batches
+            .iter()
+            .filter_map(|b| b.column_by_name(&pk).map(|a| a.as_ref()))
+            .collect();
+        if cols.is_empty() {
+            let ty = sluice_storage::rows::arrow_type(c.pk()?)
+                .map_err(|e| Failure::unexpected(e.to_string()))?;
+            return Ok(arrow_array::new_empty_array(&ty));
+        }
+        arrow_select::concat::concat(&cols).map_err(|e| Failure::unexpected(e.to_string()))
+    }
+
+    async fn do_create(&self, r: mm::CreateCollectionRequest) -> Result<(), Failure> {
+        let m = ms::CollectionSchema::decode(r.schema.as_slice())
+            .map_err(|e| Failure::invalid(format!("the schema does not decode: {e}")))?;
+        let name = if r.collection_name.is_empty() {
+            m.name.clone()
+        } else {
+            r.collection_name.clone()
+        };
+        let shards = u32::try_from(r.shards_num.max(0)).unwrap_or(1);
+        let (schema, mut props) = schema_to_sluice(&m, &name, shards)?;
+        props.insert(PROP_CONSISTENCY.into(), r.consistency_level.to_string());
+        self.coord
+            .clone()
+            .create_collection(v1::CreateCollectionRequest {
+                schema: Some(schema),
+                partition_names: Vec::new(),
+                properties: props,
+            })
+            .await
+            .map_err(|s| Failure::invalid(s.message().to_owned()))?;
+        Ok(())
+    }
+
+    async fn do_insert(
+        &self,
+        name: &str,
+        columns: &[FieldData],
+        upsert: bool,
+    ) -> Result<mm::MutationResult, Failure> {
+        let c = self.collection(name).await?;
+        let batch = rows_from_milvus(&c.schema, columns)?;
+        let pk = c.pk()?.name.clone();
+        let keys = batch
+            .column_by_name(&pk)
+            .cloned()
+            .ok_or_else(|| Failure::invalid(format!("the rows have no primary key {pk:?}")))?;
+        let mut ts = 0;
+        if upsert {
+            ts = self.delete_keys(&c, &keys).await?;
+        }
+        ts = ts.max(self.insert_rows(&c, &batch).await?);
+        let n = batch.num_rows();
+        let ids = ids_of(&keys)?;
+        Ok(mm::MutationResult {
+            status: Some(status::ok()),
+            i_ds: Some(ids),
+            succ_index: (0..n as u32).collect(),
+            insert_cnt: if upsert { 0 } else { n as i64 },
+            upsert_cnt: if upsert { n as i64 } else { 0 },
+            timestamp: ts,
+            ..Default::default()
+        })
+    }
+
+    async fn do_delete(&self, r: mm::DeleteRequest) -> Result<mm::MutationResult, Failure> {
+        if r.expr.trim().is_empty() {
+            return Err(Failure::invalid("a delete needs an expression"));
+        }
+        if !r.expr_template_values.is_empty() {
+            return Err(Failure::unsupported("an expression with template values"));
+        }
+        let c = self.collection(&r.collection_name).await?;
+        let keys = self.keys_matching(&c, &r.expr).await?;
+        let ts = self.delete_keys(&c, &keys).await?;
+        Ok(mm::MutationResult {
+            status: Some(status::ok()),
+            i_ds: Some(ids_of(&keys)?),
+            delete_cnt: keys.len() as i64,
+            timestamp: ts,
+            ..Default::default()
+        })
+    }
+
+    async fn do_search(&self, r: mm::SearchRequest) -> Result<ms::SearchResultData, Failure> {
+        if !r.sub_reqs.is_empty() || r.function_score.is_some() || !r.function_chains.is_empty() {
+            return Err(Failure::unsupported("hybrid search and function scores"));
+        }
+        if !r.expr_template_values.is_empty() {
+            return Err(Failure::unsupported("an expression with template values"));
+        }
+        let c = self.collection(&r.collection_name).await?;
+        let p = &r.search_params;
+        if let Some(g) = param(p, "group_by_field").filter(|g| !g.is_empty()) {
+            return Err(Failure::unsupported(format!(
+                "grouping search results (by {g})"
+            )));
+        }
+        let top_k: u64 = param(p, "topk")
+            .unwrap_or("10")
+            .parse()
+            .map_err(|_| Failure::invalid("topk must be a number"))?;
+        let offset: u64 = param(p, "offset")
+            .filter(|o| !o.is_empty())
+            .unwrap_or("0")
+            .parse()
+            .map_err(|_| Failure::invalid("offset must be a number"))?;
+        if top_k == 0 || top_k + offset > 16384 {
+            return Err(Failure::invalid(format!(
+                "topk {top_k} + offset {offset}: topk must be in 1..=16384 with the offset"
+            )));
+        }
+        let index_metric = c.metric();
+        let asked_metric = param(p, "metric_type").filter(|m| !m.is_empty());
+        if let Some(m) = asked_metric
+            && !m.eq_ignore_ascii_case(&index_metric)
+        {
+            return Err(Failure::invalid(format!(
+                "metric type not match: invalid parameter[expected={index_metric}][actual={m}]"
+            )));
+        }
+        let metric = metric(&index_metric)?;
+        let params: serde_json::Map<String, Value> = match param(p, "params") {
+            Some(s) if !s.is_empty() => serde_json::from_str(s)
+                .map_err(|e| Failure::invalid(format!("search params {s:?}: {e}")))?,
+            _ => serde_json::Map::new(),
+        };
+        let ef = params.get("ef").and_then(Value::as_u64).unwrap_or(0);
+        let exact = c
+            .index()
+            .and_then(|i| i.get("index_type")?.as_str().map(|t| t == "FLAT"))
+            .unwrap_or(false);
+        let vectors = match r.search_input {
+            Some(mm::search_request::SearchInput::PlaceholderGroup(bytes)) => {
+                let group = mc::PlaceholderGroup::decode(bytes.as_slice()).map_err(|e| {
+                    Failure::invalid(format!("the query vectors do not decode: {e}"))
+                })?;
+                let mut vectors = Vec::new();
+                for ph in group.placeholders {
+                    if ph.r#type != mc::PlaceholderType::FloatVector as i32 {
+                        return Err(Failure::unsupported(
+                            "query vectors other than float vectors",
+                        ));
+                    }
+                    for v in ph.values {
+                        if v.len() % 4 != 0 {
+                            return Err(Failure::invalid("a float vector of odd length"));
+                        }
+                        vectors.push(v1::FloatVector {
+                            values: v
+                                .chunks_exact(4)
+                                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                                .collect(),
+                        });
+                    }
+                }
+                vectors
+            }
+            Some(mm::search_request::SearchInput::Ids(_)) => {
+                return Err(Failure::unsupported("search by primary keys"));
+            }
+            None => return Err(Failure::invalid("a search needs query vectors")),
+        };
+        let nq = vectors.len();
+        let (fields, report) = output_fields(&c, &r.output_fields)?;
+        let level = if r.use_default_consistency {
+            c.consistency()
+        } else {
+            r.consistency_level
+        };
+        let anns = param(p, "anns_field").unwrap_or_default().to_owned();
+        let resp = self
+            .query
+            .search(v1::SearchRequest {
+                collection: c.schema.name.clone(),
+                vector_field: anns,
+                vectors,
+                top_k: (top_k + offset) as u32,
+                metric: metric as i32,
+                filter: r.dsl.clone(),
+                output_fields: fields.clone(),
+                read: Some(read_options(level, r.guarantee_timestamp)),
+                exact,
+                ef: ef.min(4096) as u32,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| Failure::from_client(&e, &c.schema.name))?;
+        let pk = c.pk()?.name.clone();
+        let mut ids: Vec<ArrayRef> = Vec::new();
+        let mut scores = Vec::new();
+        let mut topks = Vec::new();
+        let mut rows: Vec<RecordBatch> = Vec::new();
+        for hits in &resp.results {
+            let batches = decode_rows(&hits.rows)?;
+            let all = if batches.is_empty() {
+                None
+            } else {
+                Some(
+                    arrow_select::concat::concat_batches(&batches[0].schema(), &batches)
+                        .map_err(|e| Failure::unexpected(e.to_string()))?,
+                )
+            };
+            let n = hits.scores.len();
+            let skip = (offset as usize).min(n);
+            let take = n - skip;
+            topks.push(take as i64);
+            scores.extend_from_slice(&hits.scores[skip..]);
+            if let Some(all) = all {
+                let part = all.slice(skip, take);
+                if let Some(k) = part.column_by_name(&pk) {
+                    ids.push(k.clone());
+                }
+                rows.push(part);
+            }
+        }
+        let id_refs: Vec<&dyn Array> = ids.iter().map(|a| a.as_ref()).collect();
+        let ids = if id_refs.is_empty() {
+            let ty = sluice_storage::rows::arrow_type(c.pk()?)
+                .map_err(|e| Failure::unexpected(e.to_string()))?;
+            arrow_array::new_empty_array(&ty)
+        } else {
+            arrow_select::concat::concat(&id_refs)
+                .map_err(|e| Failure::unexpected(e.to_string()))?
+        };
+        let fields_data = batches_to_milvus(&c.schema, c.props(), &rows, &fields)?;
+        Ok(ms::SearchResultData {
+            num_queries: nq as i64,
+            top_k: top_k as i64,
+            fields_data,
+            scores,
+            ids: Some(ids_of(&ids)?),
+            topks,
+            output_fields: report,
+            primary_field_name: pk,
+            ..Default::default()
+        })
+    }
+
+    async fn do_query(&self, r: mm::QueryRequest) -> Result<mm::QueryResults, Failure> {
+        if !r.expr_template_values.is_empty() {
+            return Err(Failure::unsupported("an expression with template values"));
+        }
+        let c = self.collection(&r.collection_name).await?;
+        let level = if r.use_default_consistency {
+            c.consistency()
+        } else {
+            r.consistency_level
+        };
+        let read = Some(read_options(level, r.guarantee_timestamp));
+        let number = |key: &str| -> Result<u64, Failure> {
+            match param(&r.query_params, key).filter(|v| !v.is_empty()) {
+                None => Ok(0),
+                Some(v) => v
+                    .parse()
+                    .map_err(|_| Failure::invalid(format!("{key} {v:?} is not a number"))),
+            }
+        };
+        let (limit, offset) = (number("limit")?, number("offset")?);
+        let pk = c.pk()?.name.clone();
+        if r.output_fields
+            .iter()
+            .any(|f| f.eq_ignore_ascii_case("count(*)"))
+        {
+            if r.output_fields.len() > 1 {
+                return Err(Failure::invalid(
+                    "count(*) cannot be mixed with other output fields",
+                ));
+            }
+            let resp = self
+                .query
+                .query(v1::QueryRequest {
+                    collection: c.schema.name.clone(),
+                    filter: r.expr.clone(),
+                    limit: 0,
+                    read,
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| Failure::from_client(&e, &c.schema.name))?;
+            return Ok(mm::QueryResults {
+                status: Some(status::ok()),
+                fields_data: vec![FieldData {
+                    r#type: MDataType::Int64 as i32,
+                    field_name: "count(*)".into(),
+                    field: Some(field_data::Field::Scalars(ms::ScalarField {
+                        data: Some(scalar_field::Data::LongData(ms::LongArray {
+                            data: vec![resp.row_count as i64],
+                        })),
+                    })),
+                    ..Default::default()
+                }],
+                collection_name: c.schema.name.clone(),
+                output_fields: vec!["count(*)".into()],
+                primary_field_name: pk,
+                ..Default::default()
+            });
+        }
+        if r.expr.trim().is_empty() && limit == 0 {
+            return Err(Failure::invalid(
+                "empty expression should be used with limit",
+            ));
+        }
+        let (mut fields, mut report) = output_fields(&c, &r.output_fields)?;
+        if !fields.contains(&pk) {
+            fields.insert(0, pk.clone());
+            report.insert(0, pk.clone());
+        }
+        let resp = self
+            .query
+            .query(v1::QueryRequest {
+                collection: c.schema.name.clone(),
+                filter: r.expr.clone(),
+                output_fields: fields.iter().filter(|f| **f != pk).cloned().collect(),
+                limit: if limit == 0 { 0 } else { limit + offset },
+                read,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| Failure::from_client(&e, &c.schema.name))?;
+        let mut batches = decode_rows(&resp.rows)?;
+        if offset > 0 && !batches.is_empty() {
+            let all = arrow_select::concat::concat_batches(&batches[0].schema(), &batches)
+                .map_err(|e| Failure::unexpected(e.to_string()))?;
+            let skip = (offset as usize).min(all.num_rows());
+            batches = vec![all.slice(skip, all.num_rows() - skip)];
+        }
+        let fields_data = batches_to_milvus(&c.schema, c.props(), &batches, &fields)?;
+        Ok(mm::QueryResults {
+            status: Some(status::ok()),
+            fields_data,
+            collection_name: c.schema.name.clone(),
+            output_fields: report,
+            primary_field_name: pk,
+            ..Default::default()
+        })
+    }
+
+    async fn do_create_index(&self, r: mm::CreateIndexRequest) -> Result<(), Failure> {
+        let c = self.collection(&r.collection_name).await?;
+        let field = c
+            .schema
+            .fields
+            .iter()
+            .find(|f| f.name == r.field_name)
+            .ok_or_else(|| Failure::invalid(format!("field {} not exist", r.field_name)))?;
+        if DataType::try_from(field.data_type) != Ok(DataType::FloatVector) {
+            return Err(Failure::unsupported(format!(
+                "an index on scalar field {:?}",
+                field.name
+            )));
+        }
+        let p = &r.extra_params;
+        let index_type = param(p, "index_type")
+            .unwrap_or("AUTOINDEX")
+            .to_ascii_uppercase();
+        if !matches!(index_type.as_str(), "AUTOINDEX" | "HNSW" | "FLAT") {
+            return Err(Failure::unsupported(format!(
+                "index type {index_type} (Sluice has AUTOINDEX, HNSW and FLAT)"
+            )));
+        }
+        let metric_type = param(p, "metric_type")
+            .filter(|m| !m.is_empty())
+            .unwrap_or("COSINE")
+            .to_ascii_uppercase();
+        metric(&metric_type)?;
+        let params: serde_json::Map<String, Value> = match param(p, "params") {
+            Some(s) if !s.is_empty() => serde_json::from_str(s)
+                .map_err(|e| Failure::invalid(format!("index params {s:?}: {e}")))?,
+            _ => serde_json::Map::new(),
+        };
+        for key in p
+            .iter()
+            .map(|k| k.key.as_str())
+            .chain(params.keys().map(String::as_str))
+        {
+            if !matches!(key, "index_type" | "metric_type" | "params") {
+                return Err(Failure::unsupported(format!(
+                    "index parameter {key:?} (Sluice's HNSW graphs are configured per process)"
+                )));
+            }
+        }
+        if let Some(existing) = c.index() {
+            let same = existing.get("field").and_then(Value::as_str) == Some(&field.name)
+                && existing.get("index_type").and_then(Value::as_str) == Some(&index_type)
+                && existing.get("metric_type").and_then(Value::as_str) == Some(&metric_type);
+            if same {
+                return Ok(());
+            }
+            return Err(Failure::invalid(
+                "at most one distinct index per field is supported",
+            ));
+        }
+        let name = if r.index_name.is_empty() {
+            field.name.clone()
+        } else {
+            r.index_name.clone()
+        };
+        let index = serde_json::json!({
+            "field": field.name,
+            "name": name,
+            "index_type": index_type,
+            "metric_type": metric_type,
+        });
+        self.alter(
+            &c.schema.name,
+            [(PROP_INDEX.to_owned(), index.to_string())].into(),
+            Vec::new(),
+        )
+        .await
+    }
+
+    async fn do_describe_index(
+        &self,
+        r: mm::DescribeIndexRequest,
+    ) -> Result<Vec<mm::IndexDescription>, Failure> {
+        let c = self.collection(&r.collection_name).await?;
+        let Some(i) = c.index() else {
+            return Err(Failure::index_not_found(&r.collection_name));
+        };
+        let s = |k: &str| {
+            i.get(k)
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned()
+        };
+        if (!r.index_name.is_empty() && r.index_name != s("name"))
+            || (!r.field_name.is_empty() && r.field_name != s("field"))
+        {
+            return Err(Failure::index_not_found(&r.collection_name));
+        }
+        Ok(vec![mm::IndexDescription {
+            index_name: s("name"),
+            index_id: c.info.collection_id,
+            params: vec![
+                kv("index_type", s("index_type")),
+                kv("metric_type", s("metric_type")),
+                kv("params", "{}"),
+            ],
+            field_name: s("field"),
+            state: mc::IndexState::Finished as i32,
+            ..Default::default()
+        }])
+    }
+
+    async fn do_flush(&self, names: &[String]) -> Result<mm::FlushResponse, Failure> {
+        let mut out = mm::FlushResponse {
+            status: Some(status::ok()),
+            ..Default::default()
+        };
+        for name in names {
+            let c = self.collection(name).await?;
+            let mut segments = Vec::new();
+            let mut ts = 0;
+            for v in c.vchannels()? {
+                let msg = MutableMessage::builder(ManualFlushHeader {
+                    collection_id: c.info.collection_id,
+                    flush_ts: 0,
+                    segment_ids: Vec::new(),
+                })
+                .vchannel(&v)
+                .build()
+                .map_err(|e| Failure::unexpected(e.to_string()))?;
+                let r = self
+                    .client
+                    .append(msg)
+                    .await
+                    .map_err(|e| Failure::from_client(&e, name))?;
+                segments.extend(r.flushed_segments);
+                ts = ts.max(r.timestamp.0);
+            }
+            let list = ms::LongArray { data: segments };
+            out.coll_seg_i_ds.insert(name.clone(), list.clone());
+            out.flush_coll_seg_i_ds.insert(name.clone(), list);
+            out.coll_seal_times
+                .insert(name.clone(), (ts >> 18) as i64 / 1000);
+            out.coll_flush_ts.insert(name.clone(), ts);
+        }
+        Ok(out)
+    }
+}
+
+/// A primary key column as Milvus ids.
+fn ids_of(keys: &ArrayRef) -> Result<ms::IDs, Failure> {
+    use arrow_array::cast::AsArray;
+    Ok(match keys.data_type() {
+        arrow_schema::DataType::Int64 => ms::IDs {
+            id_field: Some(ms::i_ds::IdField::IntId(ms::LongArray {
+                data: keys
+                    .as_primitive::<arrow_array::types::Int64Type>()
+                    .values()
+                    .to_vec(),
+            })),
+        },
+        arrow_schema::DataType::Utf8 => ms::IDs {
+            id_field: Some(ms::i_ds::IdField::StrId(ms::StringArray {
+                data: keys
+                    .as_string::<i32>()
+                    .iter()
+                    .map(|k| k.unwrap_or_default().to_owned())
+                    .collect(),
+            })),
+        },
+        other => return Err(Failure::unexpected(format!("primary keys of type {other}"))),
+    })
+}
+
+#[tonic::async_trait]
+impl MilvusService for MilvusFront {
+    async fn connect(&self, _: Request<mm::ConnectRequest>) -> Reply<mm::ConnectResponse> {
+        Ok(Response::new(mm::ConnectResponse {
+            status: Some(status::ok()),
+            server_info: Some(mc::ServerInfo {
+                build_tags: format!("sluice {}", env!("CARGO_PKG_VERSION")),
+                deploy_mode: "sluice".into(),
+                ..Default::default()
+            }),
+            identifier: 1,
+        }))
+    }
+
+    async fn get_version(
+        &self,
+        _: Request<mm::GetVersionRequest>,
+    ) -> Reply<mm::GetVersionResponse> {
+        Ok(Response::new(mm::GetVersionResponse {
+            status: Some(status::ok()),
+            version: format!("v2.6.0-sluice-{}", env!("CARGO_PKG_VERSION")),
+        }))
+    }
+
+    async fn create_collection(&self, r: Request<mm::CreateCollectionRequest>) -> Reply<Status> {
+        Ok(Response::new(status::of(
+            &self.do_create(r.into_inner()).await,
+        )))
+    }
+
+    async fn drop_collection(&self, r: Request<mm::DropCollectionRequest>) -> Reply<Status> {
+        let name = r.into_inner().collection_name;
+        let result = async {
+            self.collection(&name).await?;
+            self.coord
+                .clone()
+                .drop_collection(v1::DropCollectionRequest { name: name.clone() })
+                .await
+                .map_err(|s| Failure::from_client(&ClientError::from_status(&s), &name))
+        }
+        .await;
+        Ok(Response::new(status::of(&result)))
+    }
+
+    async fn has_collection(
+        &self,
+        r: Request<mm::HasCollectionRequest>,
+    ) -> Reply<mm::BoolResponse> {
+        let name = r.into_inner().collection_name;
+        let (status, value) = match self.collection(&name).await {
+            Ok(_) => (status::ok(), true),
+            Err(_) => (status::ok(), false),
+        };
+        Ok(Response::new(mm::BoolResponse {
+            status: Some(status),
+            value,
+        }))
+    }
+
+    async fn describe_collection(
+        &self,
+        r: Request<mm::DescribeCollectionRequest>,
+    ) -> Reply<mm::DescribeCollectionResponse> {
+        let name = r.into_inner().collection_name;
+        Ok(Response::new(match self.collection(&name).await {
+            Ok(c) => {
+                let ts = c.info.created_timestamp;
+                mm::DescribeCollectionResponse {
+                    status: Some(status::ok()),
+                    schema: Some(schema_to_milvus(&c.schema, c.props())),
+                    collection_id: c.info.collection_id,
+                    virtual_channel_names: c.info.vchannels.clone(),
+                    physical_channel_names: c
+                        .vchannels()
+                        .unwrap_or_default()
+                        .iter()
+                        .map(|v| v.pchannel().as_str().to_owned())
+                        .collect(),
+                    created_timestamp: ts,
+                    created_utc_timestamp: ts >> 18,
+                    shards_num: c.info.vchannels.len() as i32,
+                    consistency_level: c.consistency(),
+                    collection_name: c.schema.name.clone(),
+                    db_name: "default".into(),
+                    num_partitions: c.info.partitions.len() as i64,
+                    ..Default::default()
+                }
+            }
+            Err(f) => mm::DescribeCollectionResponse {
+                status: Some(f.status()),
+                ..Default::default()
+            },
+        }))
+    }
+
+    async fn show_collections(
+        &self,
+        _: Request<mm::ShowCollectionsRequest>,
+    ) -> Reply<mm::ShowCollectionsResponse> {
+        let result = self
+            .coord
+            .clone()
+            .list_collections(v1::ListCollectionsRequest {})
+            .await;
+        Ok(Response::new(match result {
+            Ok(list) => {
+                let list = list.into_inner().collections;
+                let name = |c: &v1::CollectionInfo| {
+                    c.schema
+                        .as_ref()
+                        .map(|s| s.name.clone())
+                        .unwrap_or_default()
+                };
+                mm::ShowCollectionsResponse {
+                    status: Some(status::ok()),
+                    collection_names: list.iter().map(name).collect(),
+                    collection_ids: list.iter().map(|c| c.collection_id).collect(),
+                    created_timestamps: list.iter().map(|c| c.created_timestamp).collect(),
+                    created_utc_timestamps: list
+                        .iter()
+                        .map(|c| c.created_timestamp >> 18)
+                        .collect(),
+                    query_service_available: list
+                        .iter()
+                        .map(|c| c.load_state != v1::LoadState::Released as i32)
+                        .collect(),
+                    shards_num: list.iter().map(|c| c.vchannels.len() as i32).collect(),
+                    ..Default::default()
+                }
+            }
+            Err(s) => mm::ShowCollectionsResponse {
+                status: Some(Failure::from_client(&ClientError::from_status(&s), "").status()),
+                ..Default::default()
+            },
+        }))
+    }
+
+    async fn rename_collection(&self, _: Request<mm::RenameCollectionRequest>) -> Reply<Status> {
+        Ok(Response::new(
+            Failure::unsupported("renaming a collection").status(),
+        ))
+    }
+
+    async fn get_collection_statistics(
+        &self,
+        r: Request<mm::GetCollectionStatisticsRequest>,
+    ) -> Reply<mm::GetCollectionStatisticsResponse> {
+        let name = r.into_inner().collection_name;
+        let result = async {
+            let c = self.collection(&name).await?;
+            Ok::<_, Failure>(self.keys_matching(&c, "").await?.len())
+        }
+        .await;
+        Ok(Response::new(match result {
+            Ok(n) => mm::GetCollectionStatisticsResponse {
+                status: Some(status::ok()),
+                stats: vec![kv("row_count", n.to_string())],
+            },
+            Err(f) => mm::GetCollectionStatisticsResponse {
+                status: Some(f.status()),
+                stats: Vec::new(),
+            },
+        }))
+    }
+
+    async fn load_collection(&self, r: Request<mm::LoadCollectionRequest>) -> Reply<Status> {
+        let r = r.into_inner();
+        let result = async {
+            self.collection(&r.collection_name).await?;
+            self.coord
+                .clone()
+                .load_collection(v1::LoadCollectionRequest {
+                    name: r.collection_name.clone(),
+                    replicas: u32::try_from(r.replica_number.max(0)).unwrap_or(0),
+                })
+                .await
+                .map_err(|s| {
+                    Failure::from_client(&ClientError::from_status(&s), &r.collection_name)
+                })
+        }
+        .await;
+        Ok(Response::new(status::of(&result)))
+    }
+
+    async fn release_collection(&self, r: Request<mm::ReleaseCollectionRequest>) -> Reply<Status> {
+        let name = r.into_inner().collection_name;
+        let result = async {
+            self.collection(&name).await?;
+            self.coord
+                .clone()
+                .release_collection(v1::ReleaseCollectionRequest { name: name.clone() })
+                .await
+                .map_err(|s| Failure::from_client(&ClientError::from_status(&s), &name))
+        }
+        .await;
+        Ok(Response::new(status::of(&result)))
+    }
+
+    async fn get_loading_progress(
+        &self,
+        r: Request<mm::GetLoadingProgressRequest>,
+    ) -> Reply<mm::GetLoadingProgressResponse> {
+        let name = r.into_inner().collection_name;
+        Ok(Response::new(match self.collection(&name).await {
+            Ok(c) => mm::GetLoadingProgressResponse {
+                status: Some(status::ok()),
+                progress: if c.info.load_state == v1::LoadState::Released as i32 {
+                    0
+                } else {
+                    100
+                },
+                refresh_progress: 100,
+            },
+            Err(f) => mm::GetLoadingProgressResponse {
+                status: Some(f.status()),
+                ..Default::default()
+            },
+        }))
+    }
+
+    async fn get_load_state(
+        &self,
+        r: Request<mm::GetLoadStateRequest>,
+    ) -> Reply<mm::GetLoadStateResponse> {
+        let name = r.into_inner().collection_name;
+        Ok(Response::new(match self.collection(&name).await {
+            Ok(c) => mm::GetLoadStateResponse {
+                status: Some(status::ok()),
+                state: if c.info.load_state == v1::LoadState::Released as i32 {
+                    mc::LoadState::NotLoad as i32
+                } else {
+                    mc::LoadState::Loaded as i32
+                },
+            },
+            Err(f) => mm::GetLoadStateResponse {
+                status: Some(f.status()),
+                state: mc::LoadState::NotExist as i32,
+            },
+        }))
+    }
+
+    async fn create_index(&self, r: Request<mm::CreateIndexRequest>) -> Reply<Status> {
+        Ok(Response::new(status::of(
+            &self.do_create_index(r.into_inner()).await,
+        )))
+    }
+
+    async fn describe_index(
+        &self,
+        r: Request<mm::DescribeIndexRequest>,
+    ) -> Reply<mm::DescribeIndexResponse> {
+        Ok(Response::new(
+            match self.do_describe_index(r.into_inner()).await {
+                Ok(index_descriptions) => mm::DescribeIndexResponse {
+                    status: Some(status::ok()),
+                    index_descriptions,
+                },
+                Err(f) => mm::DescribeIndexResponse {
+                    status: Some(f.status()),
+                    index_descriptions: Vec::new(),
+                },
+            },
+        ))
+    }
+
+    async fn drop_index(&self, r: Request<mm::DropIndexRequest>) -> Reply<Status> {
+        let name = r.into_inner().collection_name;
+        let result = async {
+            let c = self.collection(&name).await?;
+            if c.index().is_none() {
+                return Err(Failure::index_not_found(&name));
+            }
+            self.alter(&name, HashMap::new(), vec![PROP_INDEX.to_owned()])
+                .await
+        }
+        .await;
+        Ok(Response::new(status::of(&result)))
+    }
+
+    async fn create_partition(&self, _: Request<mm::CreatePartitionRequest>) -> Reply<Status> {
+        Ok(Response::new(
+            Failure::unsupported("creating partitions through the Milvus API").status(),
+        ))
+    }
+
+    async fn drop_partition(&self, _: Request<mm::DropPartitionRequest>) -> Reply<Status> {
+        Ok(Response::new(
+            Failure::unsupported("dropping partitions through the Milvus API").status(),
+        ))
+    }
+
+    async fn has_partition(&self, r: Request<mm::HasPartitionRequest>) -> Reply<mm::BoolResponse> {
+        let r = r.into_inner();
+        Ok(Response::new(
+            match self.collection(&r.collection_name).await {
+                Ok(c) => mm::BoolResponse {
+                    status: Some(status::ok()),
+                    value: c.info.partitions.iter().any(|p| p.name == r.partition_name),
+                },
+                Err(f) => mm::BoolResponse {
+                    status: Some(f.status()),
+                    value: false,
+                },
+            },
+        ))
+    }
+
+    async fn show_partitions(
+        &self,
+        r: Request<mm::ShowPartitionsRequest>,
+    ) -> Reply<mm::ShowPartitionsResponse> {
+        let name = r.into_inner().collection_name;
+        Ok(Response::new(match self.collection(&name).await {
+            Ok(c) => mm::ShowPartitionsResponse {
+                status: Some(status::ok()),
+                partition_names: c.info.partitions.iter().map(|p| p.name.clone()).collect(),
+                partition_i_ds: c.info.partitions.iter().map(|p| p.partition_id).collect(),
+                created_timestamps: c
+                    .info
+                    .partitions
+                    .iter()
+                    .map(|_| c.info.created_timestamp)
+                    .collect(),
+                created_utc_timestamps: c
+                    .info
+                    .partitions
+                    .iter()
+                    .map(|_| c.info.created_timestamp >> 18)
+                    .collect(),
+                ..Default::default()
+            },
+            Err(f) => mm::ShowPartitionsResponse {
+                status: Some(f.status()),
+                ..Default::default()
+            },
+        }))
+    }
+
+    async fn insert(&self, r: Request<mm::InsertRequest>) -> Reply<mm::MutationResult> {
+        let r = r.into_inner();
+        Ok(Response::new(mutation(
+            self.do_insert(&r.collection_name, &r.fields_data, false)
+                .await,
+        )))
+    }
+
+    async fn upsert(&self, r: Request<mm::UpsertRequest>) -> Reply<mm::MutationResult> {
+        let r = r.into_inner();
+        if r.partial_update || !r.field_ops.is_empty() {
+            return Ok(Response::new(mutation(Err(Failure::unsupported(
+                "partial updates",
+            )))));
+        }
+        Ok(Response::new(mutation(
+            self.do_insert(&r.collection_name, &r.fields_data, true)
+                .await,
+        )))
+    }
+
+    async fn delete(&self, r: Request<mm::DeleteRequest>) -> Reply<mm::MutationResult> {
+        Ok(Response::new(mutation(
+            self.do_delete(r.into_inner()).await,
+        )))
+    }
+
+    async fn search(&self, r: Request<mm::SearchRequest>) -> Reply<mm::SearchResults> {
+        let r = r.into_inner();
+        let collection_name = r.collection_name.clone();
+        Ok(Response::new(match self.do_search(r).await {
+            Ok(results) => mm::SearchResults {
+                status: Some(status::ok()),
+                results: Some(results),
+                collection_name,
+                ..Default::default()
+            },
+            Err(f) => mm::SearchResults {
+                status: Some(f.status()),
+                collection_name,
+                ..Default::default()
+            },
+        }))
+    }
+
+    async fn query(&self, r: Request<mm::QueryRequest>) -> Reply<mm::QueryResults> {
+        Ok(Response::new(match self.do_query(r.into_inner()).await {
+            Ok(q) => q,
+            Err(f) => mm::QueryResults {
+                status: Some(f.status()),
+                ..Default::default()
+            },
+        }))
+    }
+
+    async fn flush(&self, r: Request<mm::FlushRequest>) -> Reply<mm::FlushResponse> {
+        let r = r.into_inner();
+        Ok(Response::new(
+            match self.do_flush(&r.collection_names).await {
+                Ok(f) => f,
+                Err(f) => mm::FlushResponse {
+                    status: Some(f.status()),
+                    ..Default::default()
+                },
+            },
+        ))
+    }
+
+    async fn get_flush_state(
+        &self,
+        _: Request<mm::GetFlushStateRequest>,
+    ) -> Reply<mm::GetFlushStateResponse> {
+        // A flush answers once every shard sealed its segments; they are durable in the log.
+        Ok(Response::new(mm::GetFlushStateResponse {
+            status: Some(status::ok()),
+            flushed: true,
+        }))
+    }
+
+    async fn alloc_timestamp(
+        &self,
+        _: Request<mm::AllocTimestampRequest>,
+    ) -> Reply<mm::AllocTimestampResponse> {
+        Ok(Response::new(match self.tso.allocate_timestamps(1).await {
+            Ok(ts) => mm::AllocTimestampResponse {
+                status: Some(status::ok()),
+                timestamp: ts.0,
+            },
+            Err(e) => mm::AllocTimestampResponse {
+                status: Some(Failure::from_client(&e, "").status()),
+                timestamp: 0,
+            },
+        }))
+    }
+}
+
+fn mutation(r: Result<mm::MutationResult, Failure>) -> mm::MutationResult {
+    match r {
+        Ok(m) => m,
+        Err(f) => mm::MutationResult {
+            status: Some(f.status()),
+            ..Default::default()
+        },
+    }
+}

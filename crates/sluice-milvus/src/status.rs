@@ -1,0 +1,127 @@
+//! Milvus statuses: what a call answers with, in the `status` field of its response.
+
+use sluice_client::ClientError;
+use sluice_types::ErrorCode;
+
+use crate::pb::common::{ErrorCode as MilvusCode, Status};
+
+/// Why a call failed, as Milvus reports it.
+#[derive(Debug, Clone)]
+pub(crate) struct Failure {
+    /// Milvus's error code (`Status.code`).
+    code: i32,
+    /// The deprecated enum pymilvus still reads (`Status.error_code`).
+    legacy: MilvusCode,
+    reason: String,
+    retriable: bool,
+}
+
+/// Milvus's code for a collection that does not exist.
+const COLLECTION_NOT_FOUND: i32 = 100;
+/// Milvus's code for a collection that is not loaded.
+const COLLECTION_NOT_LOADED: i32 = 101;
+/// Milvus's code for an invalid parameter.
+const PARAMETER_INVALID: i32 = 1100;
+/// Milvus's code for an index that does not exist.
+const INDEX_NOT_FOUND: i32 = 700;
+/// Milvus's code for a service that is not ready (retry).
+const SERVICE_NOT_READY: i32 = 1;
+/// Milvus's code for anything else.
+const UNEXPECTED: i32 = 65535;
+
+impl Failure {
+    pub(crate) fn invalid(reason: impl Into<String>) -> Failure {
+        Failure {
+            code: PARAMETER_INVALID,
+            legacy: MilvusCode::IllegalArgument,
+            reason: reason.into(),
+            retriable: false,
+        }
+    }
+
+    pub(crate) fn collection_not_found(name: &str) -> Failure {
+        Failure {
+            code: COLLECTION_NOT_FOUND,
+            legacy: MilvusCode::CollectionNotExists,
+            reason: format!("collection not found[database=default][collection={name}]"),
+            retriable: false,
+        }
+    }
+
+    pub(crate) fn index_not_found(name: &str) -> Failure {
+        Failure {
+            code: INDEX_NOT_FOUND,
+            legacy: MilvusCode::IndexNotExist,
+            reason: format!("index not found[collection={name}]"),
+            retriable: false,
+        }
+    }
+
+    pub(crate) fn unsupported(what: impl std::fmt::Display) -> Failure {
+        Failure::invalid(format!("{what} is not supported by Sluice"))
+    }
+
+    pub(crate) fn unexpected(reason: impl Into<String>) -> Failure {
+        Failure {
+            code: UNEXPECTED,
+            legacy: MilvusCode::UnexpectedError,
+            reason: reason.into(),
+            retriable: false,
+        }
+    }
+
+    /// A Sluice error, as the Milvus status closest to it; `collection` names the collection the
+    /// call was about.
+    pub(crate) fn from_client(e: &ClientError, collection: &str) -> Failure {
+        let reason = e.message.clone();
+        match e.code {
+            ErrorCode::CollectionNotFound => Failure::collection_not_found(collection),
+            ErrorCode::CollectionNotLoaded => Failure {
+                code: COLLECTION_NOT_LOADED,
+                legacy: MilvusCode::UnexpectedError,
+                reason: format!("collection not loaded[collection={collection}]"),
+                retriable: false,
+            },
+            ErrorCode::InvalidArgument => {
+                // The catalog answers INVALID_ARGUMENT for a name it does not know.
+                if reason.contains("does not exist") {
+                    Failure::collection_not_found(collection)
+                } else {
+                    Failure::invalid(reason)
+                }
+            }
+            code if code.retryable() => Failure {
+                code: SERVICE_NOT_READY,
+                legacy: MilvusCode::UnexpectedError,
+                reason,
+                retriable: true,
+            },
+            _ => Failure::unexpected(reason),
+        }
+    }
+
+    pub(crate) fn status(&self) -> Status {
+        #[allow(deprecated)]
+        Status {
+            error_code: self.legacy as i32,
+            reason: self.reason.clone(),
+            code: self.code,
+            retriable: self.retriable,
+            detail: self.reason.clone(),
+            extra_info: Default::default(),
+        }
+    }
+}
+
+/// Success.
+pub(crate) fn ok() -> Status {
+    Status::default()
+}
+
+/// The status of `r`: success, or its failure's.
+pub(crate) fn of<T>(r: &Result<T, Failure>) -> Status {
+    match r {
+        Ok(_) => ok(),
+        Err(f) => f.status(),
+    }
+}
