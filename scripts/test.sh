@@ -198,5 +198,6 @@ PROTOC=/nonexistent/protoc cargo build --release --locked -p sluice
 log "Python tests (tests/python, stubs generated from proto/)"
 VENV="$HOME/.cache/sluice-venv"
 [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
-"$VENV/bin/python" -m pip install --quiet grpcio grpcio-tools grpcio-status pytest pyarrow
+"$VENV/bin/python" -m pip install --quiet grpcio grpcio-tools grpcio-status pytest pyarrow \
+  pymilvus==3.0.2 milvus-lite==3.2.2
 SLUICE_BIN="$CARGO_TARGET_DIR/release/sluice" "$VENV/bin/python" -m pytest -q tests/python

@@ -27,12 +27,23 @@ class Server:
         self.env = env or {}
         self.proc = None
         self.address = None
+        # The Milvus-compatible API (pymilvus connects here), on a port of its own.
+        self.milvus = None
 
     def start(self):
         binary = os.environ.get("SLUICE_BIN")
         assert binary, "SLUICE_BIN must name the sluice binary"
         self.proc = subprocess.Popen(
-            [binary, "standalone", "--data-dir", str(self.data_dir), "--listen", "127.0.0.1:0"],
+            [
+                binary,
+                "standalone",
+                "--data-dir",
+                str(self.data_dir),
+                "--listen",
+                "127.0.0.1:0",
+                "--milvus-listen",
+                "127.0.0.1:0",
+            ],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
@@ -45,9 +56,13 @@ class Server:
             if not line:
                 break
             lines.append(line)
-            m = re.search(r"listening on (\S+)", line)
+            m = re.search(r"^sluice standalone listening on (\S+)", line)
             if m:
                 self.address = m.group(1)
+            m = re.search(r"^Milvus API listening on (\S+)", line)
+            if m:
+                self.milvus = m.group(1)
+            if self.address and self.milvus:
                 # Keep draining its output so it never blocks on a full pipe.
                 threading.Thread(target=self.proc.stdout.read, daemon=True).start()
                 return

@@ -652,11 +652,6 @@ impl MilvusFront {
                 ..Default::default()
             });
         }
-        if r.expr.trim().is_empty() && limit == 0 {
-            return Err(Failure::invalid(
-                "empty expression should be used with limit",
-            ));
-        }
         let (mut fields, mut report) = output_fields(&c, &r.output_fields)?;
         if !fields.contains(&pk) {
             fields.insert(0, pk.clone());

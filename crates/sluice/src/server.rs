@@ -710,9 +710,6 @@ impl Standalone {
 /// `sluice standalone`.
 pub(crate) async fn standalone(config: Config) -> anyhow::Result<()> {
     let server = Standalone::start(&config).await?;
-    if let Some(m) = &server.milvus {
-        println!("Milvus API listening on {}", m.addr);
-    }
     println!(
         "sluice standalone listening on {} (data dir {}, {} pchannels)",
         server.addr,
@@ -723,6 +720,9 @@ pub(crate) async fn standalone(config: Config) -> anyhow::Result<()> {
             config.pchannels.names.len()
         }
     );
+    if let Some(m) = &server.milvus {
+        println!("Milvus API listening on {}", m.addr);
+    }
     server
         .run_until(async {
             shutdown_signal().await;

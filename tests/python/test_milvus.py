@@ -1,0 +1,388 @@
+"""pymilvus against Sluice: the MilvusClient quickstart runs unchanged against `sluice
+standalone`, and the same calls answer the same as milvus-lite (the embedded Milvus).
+
+Every differential test runs one function against both servers and compares what it returns;
+where Sluice deliberately differs, the test says so and checks Sluice's own answer.
+"""
+
+import math
+import random
+import tempfile
+
+import pytest
+
+from sluice_testkit import Server
+
+pymilvus = pytest.importorskip("pymilvus")
+from pymilvus import DataType, MilvusClient, MilvusException  # noqa: E402
+
+DIM = 8
+
+
+def rows(n, seed=1, start=0):
+    rnd = random.Random(seed)
+    return [
+        {
+            "id": start + i,
+            "vector": [rnd.random() for _ in range(DIM)],
+            "color": rnd.choice(["red", "blue", "green"]),
+            "size": rnd.randint(0, 100),
+        }
+        for i in range(n)
+    ]
+
+
+@pytest.fixture(scope="module")
+def sluice():
+    with tempfile.TemporaryDirectory(prefix="sluice-milvus-") as d:
+        from pathlib import Path
+
+        s = Server(Path(d))
+        s.start()
+        try:
+            yield MilvusClient(uri=f"http://{s.milvus}")
+        finally:
+            s.stop()
+
+
+@pytest.fixture(scope="module")
+def lite():
+    with tempfile.TemporaryDirectory(prefix="milvus-lite-") as d:
+        c = MilvusClient(f"{d}/lite.db")
+        try:
+            yield c
+        finally:
+            c.close()
+
+
+def both(sluice, lite, f):
+    """`f(client)` on each: (Sluice's answer, milvus-lite's answer); an exception is an answer
+    too: ("error", code)."""
+
+    def run(c):
+        try:
+            return f(c)
+        except MilvusException as e:
+            return ("error", e.code)
+
+    return run(sluice), run(lite)
+
+
+def fresh(c, name, **kw):
+    if c.has_collection(name):
+        c.drop_collection(name)
+    c.create_collection(collection_name=name, dimension=DIM, **kw)
+
+
+def hit_ids(result, pk="id"):
+    return [[h[pk] for h in hits] for hits in result]
+
+
+def close(a, b, eps=1e-4):
+    return all(math.isclose(x, y, rel_tol=eps, abs_tol=eps) for x, y in zip(a, b))
+
+
+# --- the quickstart, unchanged -------------------------------------------------------------
+
+
+def test_the_pymilvus_quickstart_runs_unchanged_against_sluice(sluice):
+    client = sluice
+    if client.has_collection("quick_setup"):
+        client.drop_collection("quick_setup")
+    client.create_collection(collection_name="quick_setup", dimension=5)
+    data = [
+        {"id": i, "vector": [random.random() for _ in range(5)], "color": random.choice(["red", "blue"])}
+        for i in range(1000)
+    ]
+    res = client.insert(collection_name="quick_setup", data=data)
+    assert res["insert_count"] == 1000
+    res = client.search(
+        collection_name="quick_setup",
+        data=[[0.3, -0.6, 0.1, 0.2, 0.5]],
+        filter='color == "red"',
+        limit=5,
+        output_fields=["color"],
+    )
+    assert len(res) == 1 and len(res[0]) == 5
+    assert all(h["entity"]["color"] == "red" for h in res[0])
+    distances = [h["distance"] for h in res[0]]
+    assert distances == sorted(distances, reverse=True), "COSINE: most similar first"
+    res = client.query(collection_name="quick_setup", filter="id in [0, 1, 2]", output_fields=["color", "vector"])
+    assert sorted(r["id"] for r in res) == [0, 1, 2]
+    assert all(len(r["vector"]) == 5 and r["color"] in ("red", "blue") for r in res)
+    client.delete(collection_name="quick_setup", ids=[0, 1])
+    res = client.query(collection_name="quick_setup", filter="", output_fields=["count(*)"])
+    assert res[0]["count(*)"] == 998
+    client.drop_collection(collection_name="quick_setup")
+    assert not client.has_collection("quick_setup")
+
+
+# --- differential: the same calls against milvus-lite --------------------------------------
+
+
+def test_describe_after_a_quick_create(sluice, lite):
+    def f(c):
+        fresh(c, "d_describe")
+        d = c.describe_collection("d_describe")
+        return (
+            d["collection_name"],
+            d["auto_id"],
+            d["enable_dynamic_field"],
+            [(x["name"], x["type"], x.get("params", {}), x.get("is_primary", False)) for x in d["fields"]],
+        )
+
+    s, l = both(sluice, lite, f)
+    assert s == l
+
+
+def test_list_and_has_collections(sluice, lite):
+    def f(c):
+        fresh(c, "d_list_a")
+        fresh(c, "d_list_b")
+        names = c.list_collections()
+        out = ("d_list_a" in names, "d_list_b" in names, c.has_collection("d_list_a"), c.has_collection("d_nope"))
+        c.drop_collection("d_list_b")
+        return out + ("d_list_b" in c.list_collections(),)
+
+    s, l = both(sluice, lite, f)
+    assert s == l == (True, True, True, False, False)
+
+
+def test_insert_answers_count_and_ids(sluice, lite):
+    def f(c):
+        fresh(c, "d_insert")
+        r = c.insert("d_insert", rows(100))
+        return r["insert_count"], list(r["ids"])
+
+    s, l = both(sluice, lite, f)
+    assert s == l == (100, list(range(100)))
+
+
+def test_search_top_hits_match(sluice, lite):
+    q = [[0.5] * DIM, [0.1 * i for i in range(DIM)]]
+
+    def f(c):
+        fresh(c, "d_search")
+        c.insert("d_search", rows(500, seed=2))
+        return c.search("d_search", data=q, limit=10, output_fields=["size"])
+
+    s, l = both(sluice, lite, f)
+    assert hit_ids(s) == hit_ids(l)
+    for hs, hl in zip(s, l):
+        assert close([h["distance"] for h in hs], [h["distance"] for h in hl])
+        assert [h["entity"]["size"] for h in hs] == [h["entity"]["size"] for h in hl]
+
+
+@pytest.mark.parametrize(
+    "flt",
+    [
+        'color == "red"',
+        "size > 50",
+        'size <= 20 and color != "blue"',
+        "id in [1, 5, 9, 200, 301]",
+        'color in ["red", "green"] or size == 7',
+        "not (size < 90)",
+    ],
+)
+def test_filtered_search_matches(sluice, lite, flt):
+    def f(c):
+        name = "d_fsearch"
+        if not c.has_collection(name):
+            fresh(c, name)
+            c.insert(name, rows(400, seed=3))
+        return c.search(name, data=[[0.2] * DIM], filter=flt, limit=7, output_fields=["color", "size"])
+
+    s, l = both(sluice, lite, f)
+    assert hit_ids(s) == hit_ids(l), flt
+    assert [[h["entity"] for h in x] for x in s] == [[h["entity"] for h in x] for x in l]
+
+
+def test_search_with_offset_matches(sluice, lite):
+    def f(c):
+        fresh(c, "d_offset")
+        c.insert("d_offset", rows(300, seed=4))
+        return c.search("d_offset", data=[[0.9] * DIM], limit=5, search_params={"offset": 3})
+
+    s, l = both(sluice, lite, f)
+    assert hit_ids(s) == hit_ids(l)
+
+
+def test_l2_metric_collection_matches(sluice, lite):
+    def f(c):
+        fresh(c, "d_l2", metric_type="L2")
+        c.insert("d_l2", rows(300, seed=5))
+        return c.search("d_l2", data=[[0.3] * DIM], limit=10)
+
+    s, l = both(sluice, lite, f)
+    assert hit_ids(s) == hit_ids(l)
+    assert close([h["distance"] for h in s[0]], [h["distance"] for h in l[0]])
+
+
+@pytest.mark.parametrize(
+    "flt,limit,offset",
+    [("size > 90", 0, 0), ('color == "green" and id < 100', 0, 0), ("id >= 0", 10, 0), ("id >= 0", 10, 5), ("", 7, 0)],
+)
+def test_query_matches(sluice, lite, flt, limit, offset):
+    def f(c):
+        name = "d_query"
+        if not c.has_collection(name):
+            fresh(c, name)
+            c.insert(name, rows(300, seed=6))
+        kw = {"limit": limit} if limit else {}
+        if offset:
+            kw["offset"] = offset
+        r = c.query(name, filter=flt, output_fields=["color", "size"], **kw)
+        return sorted((x["id"], x["color"], x["size"]) for x in r)
+
+    s, l = both(sluice, lite, f)
+    assert s == l, (flt, limit, offset)
+
+
+def test_get_by_ids_matches(sluice, lite):
+    def f(c):
+        fresh(c, "d_get")
+        c.insert("d_get", rows(50, seed=7))
+        r = c.get("d_get", ids=[3, 4, 49, 77], output_fields=["color", "vector"])
+        return sorted((x["id"], x["color"], tuple(round(v, 6) for v in x["vector"])) for x in r)
+
+    s, l = both(sluice, lite, f)
+    assert s == l and len(s) == 3
+
+
+def test_count_with_a_filter_matches(sluice, lite):
+    def f(c):
+        fresh(c, "d_count")
+        c.insert("d_count", rows(250, seed=8))
+        return [
+            c.query("d_count", filter=flt, output_fields=["count(*)"])[0]["count(*)"]
+            for flt in ["", "size < 50", 'color == "red"']
+        ]
+
+    s, l = both(sluice, lite, f)
+    assert s == l and s[0] == 250
+
+
+def test_delete_by_ids_and_by_filter_match(sluice, lite):
+    def f(c):
+        fresh(c, "d_delete")
+        c.insert("d_delete", rows(200, seed=9))
+        c.delete("d_delete", ids=[0, 1, 2])
+        c.delete("d_delete", filter="size > 80")
+        left = c.query("d_delete", filter="", output_fields=["count(*)"])[0]["count(*)"]
+        ids = sorted(x["id"] for x in c.query("d_delete", filter="id < 10", output_fields=["size"]))
+        return left, ids
+
+    s, l = both(sluice, lite, f)
+    assert s == l
+
+
+def test_upsert_replaces_rows(sluice, lite):
+    def f(c):
+        fresh(c, "d_upsert")
+        c.insert("d_upsert", rows(20, seed=10))
+        c.upsert("d_upsert", [{"id": 5, "vector": [0.0] * DIM, "color": "black", "size": 1000}])
+        r = c.query("d_upsert", filter="id == 5", output_fields=["color", "size"])
+        n = c.query("d_upsert", filter="", output_fields=["count(*)"])[0]["count(*)"]
+        return [(x["id"], x["color"], x["size"]) for x in r], n
+
+    s, l = both(sluice, lite, f)
+    assert s == l == ([(5, "black", 1000)], 20)
+
+
+def test_an_explicit_schema_with_varchar_and_float_fields(sluice, lite):
+    def f(c):
+        name = "d_schema"
+        if c.has_collection(name):
+            c.drop_collection(name)
+        schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
+        schema.add_field("pk", DataType.VARCHAR, is_primary=True, max_length=32)
+        schema.add_field("title", DataType.VARCHAR, max_length=64)
+        schema.add_field("score", DataType.DOUBLE)
+        schema.add_field("vec", DataType.FLOAT_VECTOR, dim=4)
+        index = c.prepare_index_params()
+        index.add_index(field_name="vec", index_type="FLAT", metric_type="L2")
+        c.create_collection(name, schema=schema, index_params=index)
+        rnd = random.Random(11)
+        data = [
+            {"pk": f"k{i}", "title": f"t{i % 7}", "score": i / 3, "vec": [rnd.random() for _ in range(4)]}
+            for i in range(120)
+        ]
+        c.insert(name, data)
+        q = sorted(
+            (x["pk"], x["title"], round(x["score"], 9))
+            for x in c.query(name, filter='title == "t3" and score > 10', output_fields=["title", "score"])
+        )
+        hits = c.search(name, data=[[0.5, 0.5, 0.5, 0.5]], limit=6, filter='title != "t0"', output_fields=["title"])
+        d = c.describe_collection(name)
+        return q, hit_ids(hits, "pk"), [(x["name"], x["type"]) for x in d["fields"]]
+
+    s, l = both(sluice, lite, f)
+    assert s == l
+
+
+# --- bad input: both refuse ------------------------------------------------------------------
+
+
+def test_errors_for_bad_input_match(sluice, lite):
+    def f(c):
+        fresh(c, "d_errors")
+        c.insert("d_errors", rows(10, seed=12))
+        out = []
+        for call in [
+            lambda: c.search("d_no_such_collection", data=[[0.1] * DIM], limit=3),
+            lambda: c.query("d_no_such_collection", filter="id > 0"),
+            lambda: c.describe_collection("d_no_such_collection"),
+        ]:
+            try:
+                call()
+                out.append("ok")
+            except MilvusException as e:
+                out.append(e.code)
+        for call in [
+            lambda: c.insert("d_errors", [{"id": 1, "color": "red"}]),
+            lambda: c.search("d_errors", data=[[0.1] * (DIM + 1)], limit=3),
+            lambda: c.query("d_errors", filter="id >>> 3"),
+            lambda: c.query("d_errors", filter="id == \"abc\""),
+        ]:
+            try:
+                call()
+                out.append("ok")
+            except MilvusException:
+                out.append("refused")
+        # An empty filter without a limit reads every row (as milvus-lite does).
+        out.append(len(c.query("d_errors", filter="")))
+        return out
+
+    s, l = both(sluice, lite, f)
+    assert s[:3] == [100, 100, 100], s
+    assert s == l
+
+
+# --- deliberate differences, checked on Sluice alone ------------------------------------------
+
+
+def test_unsupported_requests_get_a_clear_error_not_a_silent_success(sluice):
+    """Sluice has one ANN index kind (HNSW, or FLAT for exact search) with per-process
+    parameters and no partitions beyond _default: asking for more is an error, never ignored."""
+    fresh(sluice, "d_unsupported_target")
+    schema = MilvusClient.create_schema(auto_id=False)
+    schema.add_field("id", DataType.INT64, is_primary=True)
+    schema.add_field("v", DataType.FLOAT_VECTOR, dim=4)
+    if sluice.has_collection("d_unsupported"):
+        sluice.drop_collection("d_unsupported")
+    sluice.create_collection("d_unsupported", schema=schema)
+    for index_type, params in [("IVF_PQ", {"nlist": 8}), ("HNSW", {"M": 8})]:
+        index = sluice.prepare_index_params()
+        index.add_index(field_name="v", index_type=index_type, metric_type="L2", params=params)
+        with pytest.raises(MilvusException) as e:
+            sluice.create_index("d_unsupported", index)
+        assert "not supported" in e.value.message
+    with pytest.raises(MilvusException) as e:
+        sluice.create_partition("d_unsupported", "p1")
+    assert "not supported" in e.value.message
+    bad = MilvusClient.create_schema(auto_id=False)
+    bad.add_field("id", DataType.INT64, is_primary=True)
+    bad.add_field("v", DataType.BINARY_VECTOR, dim=16)
+    with pytest.raises(MilvusException) as e:
+        sluice.create_collection("d_binary", schema=bad)
+    assert "not supported" in e.value.message
