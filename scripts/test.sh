@@ -200,4 +200,6 @@ VENV="$HOME/.cache/sluice-venv"
 [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
 "$VENV/bin/python" -m pip install --quiet grpcio grpcio-tools grpcio-status pytest pyarrow \
   pymilvus==3.0.2 milvus-lite==3.2.2
-SLUICE_BIN="$CARGO_TARGET_DIR/release/sluice" "$VENV/bin/python" -m pytest -q tests/python
+# The cluster test needs the etcd feature: the debug binary `cargo test --all-features` built.
+SLUICE_BIN="$CARGO_TARGET_DIR/release/sluice" SLUICE_CLUSTER_BIN="$CARGO_TARGET_DIR/debug/sluice" \
+  "$VENV/bin/python" -m pytest -q tests/python
