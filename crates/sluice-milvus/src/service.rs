@@ -247,6 +247,19 @@ impl MilvusFront {
         Ok(())
     }
 
+    /// `call` on the catalog about the existing collection `name`.
+    async fn catalog<T, F, Fut>(&self, name: &str, call: F) -> Result<T, Failure>
+    where
+        F: FnOnce(CoordinatorClient<Channel>) -> Fut,
+        Fut: std::future::Future<Output = Result<Response<T>, tonic::Status>>,
+    {
+        self.collection(name).await?;
+        call(self.coord.clone())
+            .await
+            .map(Response::into_inner)
+            .map_err(|s| Failure::from_client(&ClientError::from_status(&s), name))
+    }
+
     /// Appends `batch` (rows of `c`) to the collection's shards by primary key; the newest
     /// timestamp.
     async fn insert_rows(&self, c: &Collection, batch: &RecordBatch) -> Result<u64, Failure> {
@@ -888,15 +901,13 @@ impl MilvusService for MilvusFront {
 
     async fn drop_collection(&self, r: Request<mm::DropCollectionRequest>) -> Reply<Status> {
         let name = r.into_inner().collection_name;
-        let result = async {
-            self.collection(&name).await?;
-            self.coord
-                .clone()
-                .drop_collection(v1::DropCollectionRequest { name: name.clone() })
-                .await
-                .map_err(|s| Failure::from_client(&ClientError::from_status(&s), &name))
-        }
-        .await;
+        let request = v1::DropCollectionRequest { name: name.clone() };
+        let result = self
+            .catalog(
+                &name,
+                |mut c| async move { c.drop_collection(request).await },
+            )
+            .await;
         Ok(Response::new(status::of(&result)))
     }
 
@@ -907,7 +918,8 @@ impl MilvusService for MilvusFront {
         let name = r.into_inner().collection_name;
         let (status, value) = match self.collection(&name).await {
             Ok(_) => (status::ok(), true),
-            Err(_) => (status::ok(), false),
+            Err(f) if f.is_collection_not_found() => (status::ok(), false),
+            Err(f) => (f.status(), false),
         };
         Ok(Response::new(mm::BoolResponse {
             status: Some(status),
@@ -1023,34 +1035,27 @@ impl MilvusService for MilvusFront {
 
     async fn load_collection(&self, r: Request<mm::LoadCollectionRequest>) -> Reply<Status> {
         let r = r.into_inner();
-        let result = async {
-            self.collection(&r.collection_name).await?;
-            self.coord
-                .clone()
-                .load_collection(v1::LoadCollectionRequest {
-                    name: r.collection_name.clone(),
-                    replicas: u32::try_from(r.replica_number.max(0)).unwrap_or(0),
-                })
-                .await
-                .map_err(|s| {
-                    Failure::from_client(&ClientError::from_status(&s), &r.collection_name)
-                })
-        }
-        .await;
+        let request = v1::LoadCollectionRequest {
+            name: r.collection_name.clone(),
+            replicas: u32::try_from(r.replica_number.max(0)).unwrap_or(0),
+        };
+        let result = self
+            .catalog(&r.collection_name, |mut c| async move {
+                c.load_collection(request).await
+            })
+            .await;
         Ok(Response::new(status::of(&result)))
     }
 
     async fn release_collection(&self, r: Request<mm::ReleaseCollectionRequest>) -> Reply<Status> {
         let name = r.into_inner().collection_name;
-        let result = async {
-            self.collection(&name).await?;
-            self.coord
-                .clone()
-                .release_collection(v1::ReleaseCollectionRequest { name: name.clone() })
-                .await
-                .map_err(|s| Failure::from_client(&ClientError::from_status(&s), &name))
-        }
-        .await;
+        let request = v1::ReleaseCollectionRequest { name: name.clone() };
+        let result = self
+            .catalog(
+                &name,
+                |mut c| async move { c.release_collection(request).await },
+            )
+            .await;
         Ok(Response::new(status::of(&result)))
     }
 

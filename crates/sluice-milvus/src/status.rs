@@ -48,6 +48,10 @@ impl Failure {
         }
     }
 
+    pub(crate) fn is_collection_not_found(&self) -> bool {
+        self.code == COLLECTION_NOT_FOUND
+    }
+
     pub(crate) fn index_not_found(name: &str) -> Failure {
         Failure {
             code: INDEX_NOT_FOUND,
