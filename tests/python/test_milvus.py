@@ -386,3 +386,61 @@ def test_unsupported_requests_get_a_clear_error_not_a_silent_success(sluice):
     with pytest.raises(MilvusException) as e:
         sluice.create_collection("d_binary", schema=bad)
     assert "not supported" in e.value.message
+
+
+def test_stats_load_release_and_load_state_match(sluice, lite):
+    def f(c):
+        fresh(c, "d_load")
+        c.insert("d_load", rows(60, seed=13))
+        stats = c.get_collection_stats("d_load")["row_count"]
+        loaded = str(c.get_load_state("d_load")["state"])
+        c.release_collection("d_load")
+        released = str(c.get_load_state("d_load")["state"])
+        try:
+            c.query("d_load", filter="id < 5")
+            read_released = "ok"
+        except MilvusException:
+            read_released = "refused"
+        c.load_collection("d_load")
+        again = str(c.get_load_state("d_load")["state"])
+        n = len(c.query("d_load", filter="id < 5"))
+        return stats, loaded, released, read_released, again, n
+
+    s, l = both(sluice, lite, f)
+    assert s == l
+    assert s[0] == 60 and s[3] == "refused" and s[5] == 5
+
+
+def test_indexes_are_described_listed_and_dropped(sluice, lite):
+    def f(c):
+        fresh(c, "d_index")
+        listed = c.list_indexes("d_index")
+        d = c.describe_index("d_index", listed[0])
+        described = (d["field_name"], d["index_type"], d["metric_type"])
+        c.release_collection("d_index")
+        c.drop_index("d_index", listed[0])
+        after = c.list_indexes("d_index")
+        return len(listed), described, after
+
+    s, l = both(sluice, lite, f)
+    assert s == l
+    assert s[1] == ("vector", "AUTOINDEX", "COSINE")
+
+
+def test_partitions_of_a_new_collection_match(sluice, lite):
+    def f(c):
+        fresh(c, "d_parts")
+        return c.list_partitions("d_parts"), c.has_partition("d_parts", "_default"), c.has_partition("d_parts", "p9")
+
+    s, l = both(sluice, lite, f)
+    assert s == l == (["_default"], True, False)
+
+
+def test_rename_is_refused_by_sluice(sluice):
+    """Deliberate difference: Sluice's collection names are fixed at creation (its vchannels and
+    its catalog key carry them); milvus-lite renames."""
+    fresh(sluice, "d_rename")
+    with pytest.raises(MilvusException) as e:
+        sluice.rename_collection("d_rename", "d_renamed")
+    assert "not supported" in e.value.message
+    assert sluice.has_collection("d_rename") and not sluice.has_collection("d_renamed")
