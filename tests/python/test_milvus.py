@@ -444,3 +444,15 @@ def test_rename_is_refused_by_sluice(sluice):
         sluice.rename_collection("d_rename", "d_renamed")
     assert "not supported" in e.value.message
     assert sluice.has_collection("d_rename") and not sluice.has_collection("d_renamed")
+
+
+def test_auto_id_collections_get_fresh_keys(sluice, lite):
+    def f(c):
+        fresh(c, "d_auto", auto_id=True)
+        r = c.insert("d_auto", [{"vector": [0.1 * i] * DIM, "k": i} for i in range(1, 6)])
+        ids = list(r["ids"])
+        got = c.query("d_auto", filter="k >= 1", output_fields=["k"])
+        return r["insert_count"], len(set(ids)), sorted(x["k"] for x in got), sorted(x["id"] for x in got) == sorted(ids)
+
+    s, l = both(sluice, lite, f)
+    assert s == l == (5, 5, [1, 2, 3, 4, 5], True)

@@ -218,7 +218,7 @@ pub(crate) fn schema_to_milvus(
 }
 
 /// The number of rows in a Milvus column.
-fn column_len(fd: &FieldData) -> usize {
+pub(crate) fn column_len(fd: &FieldData) -> usize {
     match &fd.field {
         Some(field_data::Field::Scalars(s)) => match &s.data {
             Some(scalar_field::Data::BoolData(a)) => a.data.len(),

@@ -408,7 +408,9 @@ impl MilvusFront {
         upsert: bool,
     ) -> Result<mm::MutationResult, Failure> {
         let c = self.collection(name).await?;
-        let batch = rows_from_milvus(&c.schema, columns)?;
+        let generated = self.auto_ids(&c, columns).await?;
+        let columns: Vec<FieldData> = columns.iter().cloned().chain(generated).collect();
+        let batch = rows_from_milvus(&c.schema, &columns)?;
         let pk = c.pk()?.name.clone();
         let keys = batch
             .column_by_name(&pk)
@@ -430,6 +432,47 @@ impl MilvusFront {
             timestamp: ts,
             ..Default::default()
         })
+    }
+
+    /// The primary key column of an auto-id collection's rows, from the coordinator's id
+    /// allocator (none when the collection has no auto id or the rows carry keys).
+    async fn auto_ids(
+        &self,
+        c: &Collection,
+        columns: &[FieldData],
+    ) -> Result<Option<FieldData>, Failure> {
+        let pk = c.pk()?;
+        if !pk.auto_id || columns.iter().any(|f| f.field_name == pk.name) {
+            return Ok(None);
+        }
+        let n = columns
+            .iter()
+            .map(crate::convert::column_len)
+            .max()
+            .unwrap_or(0);
+        if n == 0 {
+            return Ok(None);
+        }
+        let count = u32::try_from(n).map_err(|_| Failure::invalid("too many rows"))?;
+        let r = self
+            .coord
+            .clone()
+            .allocate_ids(v1::AllocateRequest { count })
+            .await
+            .map_err(|s| Failure::from_client(&ClientError::from_status(&s), &c.schema.name))?
+            .into_inner();
+        let first = i64::try_from(r.first)
+            .map_err(|_| Failure::unexpected("the id allocator ran out of int64 ids"))?;
+        Ok(Some(FieldData {
+            r#type: MDataType::Int64 as i32,
+            field_name: pk.name.clone(),
+            field: Some(field_data::Field::Scalars(ms::ScalarField {
+                data: Some(scalar_field::Data::LongData(ms::LongArray {
+                    data: (first..first + n as i64).collect(),
+                })),
+            })),
+            ..Default::default()
+        }))
     }
 
     async fn do_delete(&self, r: mm::DeleteRequest) -> Result<mm::MutationResult, Failure> {
