@@ -4,7 +4,7 @@ use std::collections::HashMap;
 
 use arrow_array::cast::AsArray;
 use arrow_array::types::{Float32Type, Float64Type, Int32Type, Int64Type};
-use arrow_array::{Array, RecordBatch};
+use arrow_array::{Array, ArrayRef, RecordBatch};
 use arrow_schema::DataType as ArrowType;
 use serde_json::Value;
 use sluice_types::schema::{CollectionSchema, DataType, FieldSchema};
@@ -467,18 +467,7 @@ pub(crate) fn batches_to_milvus(
         let Some(f) = schema.fields.iter().find(|f| &f.name == name) else {
             continue;
         };
-        let parts: Vec<_> = batches
-            .iter()
-            .filter_map(|b| b.column_by_name(name).cloned())
-            .collect();
-        let refs: Vec<&dyn Array> = parts.iter().map(|a| a.as_ref()).collect();
-        let col = if refs.is_empty() {
-            let ty = sluice_storage::rows::arrow_type(f)
-                .map_err(|e| Failure::unexpected(e.to_string()))?;
-            arrow_array::new_empty_array(&ty)
-        } else {
-            arrow_select::concat::concat(&refs).map_err(|e| Failure::unexpected(e.to_string()))?
-        };
+        let col = column(f, batches)?;
         let milvus_name = if f.is_dynamic {
             MILVUS_DYNAMIC
         } else {
@@ -492,4 +481,19 @@ pub(crate) fn batches_to_milvus(
         )?);
     }
     Ok(out)
+}
+
+/// Field `f`'s column over `batches`, concatenated (empty, of its Arrow type, when no batch has
+/// it).
+pub(crate) fn column(f: &FieldSchema, batches: &[RecordBatch]) -> Result<ArrayRef, Failure> {
+    let parts: Vec<&dyn Array> = batches
+        .iter()
+        .filter_map(|b| b.column_by_name(&f.name).map(|a| a.as_ref()))
+        .collect();
+    if parts.is_empty() {
+        let ty =
+            sluice_storage::rows::arrow_type(f).map_err(|e| Failure::unexpected(e.to_string()))?;
+        return Ok(arrow_array::new_empty_array(&ty));
+    }
+    arrow_select::concat::concat(&parts).map_err(|e| Failure::unexpected(e.to_string()))
 }

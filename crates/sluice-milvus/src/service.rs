@@ -263,6 +263,50 @@ impl MilvusFront {
     /// Appends `batch` (rows of `c`) to the collection's shards by primary key; the newest
     /// timestamp.
     async fn insert_rows(&self, c: &Collection, batch: &RecordBatch) -> Result<u64, Failure> {
+        self.append_by_shard(c, batch, |part, body| {
+            MutableMessage::builder(InsertHeader {
+                collection_id: c.info.collection_id,
+                partitions: vec![PartitionSegmentAssignment {
+                    partition_id: c.partition(),
+                    rows: part.num_rows() as u64,
+                    binary_size: body.len() as u64,
+                    segment_id: 0,
+                }],
+            })
+        })
+        .await
+    }
+
+    /// Appends deletes of `keys` (a primary key column of `c`) to their shards; the newest
+    /// timestamp (0 when there was nothing to delete).
+    async fn delete_keys(&self, c: &Collection, keys: &ArrayRef) -> Result<u64, Failure> {
+        if keys.is_empty() {
+            return Ok(0);
+        }
+        let schema = Arc::new(arrow_schema::Schema::new(vec![arrow_schema::Field::new(
+            &c.pk()?.name,
+            keys.data_type().clone(),
+            false,
+        )]));
+        let batch = RecordBatch::try_new(schema, vec![keys.clone()])
+            .map_err(|e| Failure::unexpected(e.to_string()))?;
+        self.append_by_shard(c, &batch, |part, _| {
+            MutableMessage::builder(DeleteHeader {
+                collection_id: c.info.collection_id,
+                rows: part.num_rows() as u64,
+            })
+        })
+        .await
+    }
+
+    /// Splits `batch` (its primary key column and maybe more) by shard and appends each shard's
+    /// rows, encoded as the body of the message `builder` starts from them; the newest timestamp.
+    async fn append_by_shard(
+        &self,
+        c: &Collection,
+        batch: &RecordBatch,
+        builder: impl Fn(&RecordBatch, &[u8]) -> sluice_types::message::MessageBuilder,
+    ) -> Result<u64, Failure> {
         let pk = c.pk()?.name.clone();
         let vchannels = c.vchannels()?;
         let shards = sluice_storage::rows::shards_of(batch, &pk, vchannels.len())
@@ -279,67 +323,11 @@ impl MilvusFront {
             }
             let body = sluice_storage::rows::encode_stream(std::slice::from_ref(&part))
                 .map_err(|e| Failure::invalid(e.to_string()))?;
-            let msg = MutableMessage::builder(InsertHeader {
-                collection_id: c.info.collection_id,
-                partitions: vec![PartitionSegmentAssignment {
-                    partition_id: c.partition(),
-                    rows: part.num_rows() as u64,
-                    binary_size: body.len() as u64,
-                    segment_id: 0,
-                }],
-            })
-            .vchannel(v)
-            .payload(body)
-            .build()
-            .map_err(|e| Failure::invalid(e.to_string()))?;
-            appends.push(self.client.append(msg));
-        }
-        let mut newest = 0;
-        for r in futures::future::join_all(appends).await {
-            let r = r.map_err(|e| Failure::from_client(&e, &c.schema.name))?;
-            newest = newest.max(r.timestamp.0);
-        }
-        Ok(newest)
-    }
-
-    /// Appends deletes of `keys` (a primary key column of `c`) to their shards; the newest
-    /// timestamp (0 when there was nothing to delete).
-    async fn delete_keys(&self, c: &Collection, keys: &ArrayRef) -> Result<u64, Failure> {
-        if keys.is_empty() {
-            return Ok(0);
-        }
-        let pk = c.pk()?;
-        let vchannels = c.vchannels()?;
-        let shards = sluice_storage::rows::shards_of_keys(keys.as_ref(), vchannels.len())
-            .map_err(|e| Failure::invalid(e.to_string()))?;
-        let schema = Arc::new(arrow_schema::Schema::new(vec![arrow_schema::Field::new(
-            &pk.name,
-            keys.data_type().clone(),
-            false,
-        )]));
-        let mut appends = Vec::new();
-        for (shard, v) in vchannels.iter().enumerate() {
-            let mask = arrow_array::BooleanArray::from(
-                shards.iter().map(|s| *s == shard).collect::<Vec<_>>(),
-            );
-            let part = arrow_select::filter::filter(keys.as_ref(), &mask)
-                .map_err(|e| Failure::unexpected(e.to_string()))?;
-            if part.is_empty() {
-                continue;
-            }
-            let rows = part.len() as u64;
-            let batch = RecordBatch::try_new(schema.clone(), vec![part])
-                .map_err(|e| Failure::unexpected(e.to_string()))?;
-            let body = sluice_storage::rows::encode_stream(std::slice::from_ref(&batch))
-                .map_err(|e| Failure::unexpected(e.to_string()))?;
-            let msg = MutableMessage::builder(DeleteHeader {
-                collection_id: c.info.collection_id,
-                rows,
-            })
-            .vchannel(v)
-            .payload(body)
-            .build()
-            .map_err(|e| Failure::invalid(e.to_string()))?;
+            let msg = builder(&part, &body)
+                .vchannel(v)
+                .payload(body)
+                .build()
+                .map_err(|e| Failure::invalid(e.to_string()))?;
             appends.push(self.client.append(msg));
         }
         let mut newest = 0;
@@ -352,7 +340,6 @@ impl MilvusFront {
 
     /// The primary keys of the rows of `c` matching `filter`, as of now (strong).
     async fn keys_matching(&self, c: &Collection, filter: &str) -> Result<ArrayRef, Failure> {
-        let pk = c.pk()?.name.clone();
         let r = self
             .query
             .query(v1::QueryRequest {
@@ -365,17 +352,7 @@ impl MilvusFront {
             })
             .await
             .map_err(|e| Failure::from_client(&e, &c.schema.name))?;
-        let batches = decode_rows(&r.rows)?;
-        let cols: Vec<&dyn Array> = batches
-            .iter()
-            .filter_map(|b| b.column_by_name(&pk).map(|a| a.as_ref()))
-            .collect();
-        if cols.is_empty() {
-            let ty = sluice_storage::rows::arrow_type(c.pk()?)
-                .map_err(|e| Failure::unexpected(e.to_string()))?;
-            return Ok(arrow_array::new_empty_array(&ty));
-        }
-        arrow_select::concat::concat(&cols).map_err(|e| Failure::unexpected(e.to_string()))
+        crate::convert::column(c.pk()?, &decode_rows(&r.rows)?)
     }
 
     async fn do_create(&self, r: mm::CreateCollectionRequest) -> Result<(), Failure> {
@@ -599,7 +576,6 @@ impl MilvusFront {
             .await
             .map_err(|e| Failure::from_client(&e, &c.schema.name))?;
         let pk = c.pk()?.name.clone();
-        let mut ids: Vec<ArrayRef> = Vec::new();
         let mut scores = Vec::new();
         let mut topks = Vec::new();
         let mut rows: Vec<RecordBatch> = Vec::new();
@@ -619,22 +595,10 @@ impl MilvusFront {
             topks.push(take as i64);
             scores.extend_from_slice(&hits.scores[skip..]);
             if let Some(all) = all {
-                let part = all.slice(skip, take);
-                if let Some(k) = part.column_by_name(&pk) {
-                    ids.push(k.clone());
-                }
-                rows.push(part);
+                rows.push(all.slice(skip, take));
             }
         }
-        let id_refs: Vec<&dyn Array> = ids.iter().map(|a| a.as_ref()).collect();
-        let ids = if id_refs.is_empty() {
-            let ty = sluice_storage::rows::arrow_type(c.pk()?)
-                .map_err(|e| Failure::unexpected(e.to_string()))?;
-            arrow_array::new_empty_array(&ty)
-        } else {
-            arrow_select::concat::concat(&id_refs)
-                .map_err(|e| Failure::unexpected(e.to_string()))?
-        };
+        let ids = crate::convert::column(c.pk()?, &rows)?;
         let fields_data = batches_to_milvus(&c.schema, c.props(), &rows, &fields)?;
         Ok(ms::SearchResultData {
             num_queries: nq as i64,

@@ -11,12 +11,9 @@ mod support;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use sluice_client::access::RemoteAccess;
-use sluice_client::topology::CoordinatorTopology;
-use sluice_client::{Client, ClientConfig, ReadRequest};
+use sluice_client::{Client, ReadRequest};
 use sluice_types::message::CreateCollectionHeader;
 use sluice_types::{ErrorCode, MutableMessage, VChannel};
 use support::Proc;
@@ -82,16 +79,8 @@ fn start(data: &Path, logs: &Path) -> Proc {
 }
 
 fn client(server: &Proc) -> Client {
-    let topology = CoordinatorTopology::connect(&server.endpoint()).expect("endpoint");
-    Client::new(
-        Arc::new(topology),
-        Arc::new(RemoteAccess::new()),
-        ClientConfig {
-            // Short, so a refused append comes back to the test instead of being retried on.
-            timeout: Some(Duration::from_secs(2)),
-            ..ClientConfig::default()
-        },
-    )
+    // Short, so a refused append comes back to the test instead of being retried on.
+    support::client(&server.endpoint(), Duration::from_secs(2))
 }
 
 fn insert(v: &VChannel, tag: &str) -> MutableMessage {

@@ -6,12 +6,9 @@
 mod support;
 
 use std::io::{Read, Write};
-use std::sync::Arc;
 use std::time::Duration;
 
-use sluice_client::access::RemoteAccess;
-use sluice_client::topology::CoordinatorTopology;
-use sluice_client::{Client, ClientConfig, QueryClient};
+use sluice_client::QueryClient;
 use sluice_proto::v1;
 use sluice_types::message::{
     CreateCollectionHeader, InsertHeader, ManualFlushHeader, PartitionSegmentAssignment,
@@ -68,15 +65,7 @@ async fn the_metrics_endpoint_counts_appends_wal_opens_and_reads() {
     )
     .unwrap_or_else(|e| panic!("{e}"));
     let endpoint = server.endpoint();
-    let topology = Arc::new(CoordinatorTopology::connect(&endpoint).unwrap());
-    let client = Client::new(
-        topology,
-        Arc::new(RemoteAccess::new()),
-        ClientConfig {
-            timeout: Some(Duration::from_secs(60)),
-            ..ClientConfig::default()
-        },
-    );
+    let client = support::client(&endpoint, Duration::from_secs(60));
     let v = VChannel::new("sluice-dml_0_77v0").unwrap();
     client
         .append(

@@ -17,9 +17,6 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
 use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
 use parking_lot::Mutex;
 use rustix::process::Signal;
-use sluice_client::access::RemoteAccess;
-use sluice_client::topology::CoordinatorTopology;
-use sluice_client::{Client, ClientConfig};
 use sluice_types::message::CreateCollectionHeader;
 use sluice_types::{MutableMessage, VChannel};
 use support::{Proc, free_port};
@@ -113,14 +110,7 @@ async fn spans_reach_an_otlp_collector() {
         Duration::from_secs(60),
     )
     .unwrap_or_else(|e| panic!("{e}"));
-    let client = Client::new(
-        Arc::new(CoordinatorTopology::connect(&server.endpoint()).unwrap()),
-        Arc::new(RemoteAccess::new()),
-        ClientConfig {
-            timeout: Some(Duration::from_secs(30)),
-            ..ClientConfig::default()
-        },
-    );
+    let client = support::client(&server.endpoint(), Duration::from_secs(30));
     let v = VChannel::new("sluice-dml_0_5v0").unwrap();
     client
         .append(

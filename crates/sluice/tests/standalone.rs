@@ -139,15 +139,7 @@ async fn produce_consume_restart_round_trip() {
     assert_eq!(acks, CLI_MESSAGES, "produce printed:\n{}", out.stdout);
 
     // A few through the Rust client, against the same process.
-    let topology = Arc::new(CoordinatorTopology::connect(&endpoint).expect("endpoint"));
-    let client = Client::new(
-        topology,
-        Arc::new(RemoteAccess::new()),
-        ClientConfig {
-            timeout: Some(Duration::from_secs(30)),
-            ..ClientConfig::default()
-        },
-    );
+    let client = support::client(&endpoint, Duration::from_secs(30));
     let vchannel = VChannel::new(VCHANNEL).expect("vchannel");
     for i in 0..CLIENT_MESSAGES {
         client
@@ -269,15 +261,7 @@ async fn broadcast_reaches_every_vchannel_and_completes_on_acks() {
     let dir = tempfile::tempdir().expect("temp dir");
     let server = start(&dir.path().join("data"), dir.path());
     let endpoint = server.endpoint();
-    let topology = Arc::new(CoordinatorTopology::connect(&endpoint).expect("endpoint"));
-    let client = Client::new(
-        topology,
-        Arc::new(RemoteAccess::new()),
-        ClientConfig {
-            timeout: Some(Duration::from_secs(30)),
-            ..ClientConfig::default()
-        },
-    );
+    let client = support::client(&endpoint, Duration::from_secs(30));
     let shards = [
         VChannel::new("sluice-dml_0_11v0").unwrap(),
         VChannel::new("sluice-dml_1_11v1").unwrap(),

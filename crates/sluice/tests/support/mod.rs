@@ -348,3 +348,19 @@ pub(crate) fn tagged_insert(
     .build()
     .expect("a valid insert")
 }
+
+/// A `sluice-client` of the server at `endpoint` (topology from its coordinator, appends over
+/// gRPC) that gives up an append after `timeout`.
+pub(crate) fn client(endpoint: &str, timeout: Duration) -> sluice_client::Client {
+    use std::sync::Arc;
+    let topology =
+        sluice_client::topology::CoordinatorTopology::connect(endpoint).expect("endpoint");
+    sluice_client::Client::new(
+        Arc::new(topology),
+        Arc::new(sluice_client::access::RemoteAccess::new()),
+        sluice_client::ClientConfig {
+            timeout: Some(timeout),
+            ..sluice_client::ClientConfig::default()
+        },
+    )
+}
