@@ -24,11 +24,12 @@
 //! backend removes (whole files on `local`, whole blocks on `object`, nothing on `kafka`).
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 
-use arrow_array::{Array, ArrayRef, BinaryArray, Int64Array, RecordBatch, cast::AsArray};
-use arrow_schema::{DataType as ArrowType, Field, Schema};
+use arrow_array::builder::BinaryBuilder;
+use arrow_array::{Array, ArrayRef, Int64Array, RecordBatch, cast::AsArray};
+use arrow_schema::{DataType as ArrowType, Field, Schema, SchemaRef};
 use bytes::Bytes;
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt};
@@ -160,18 +161,139 @@ fn position_of(m: &ImmutableMessage) -> Option<Position> {
     })
 }
 
+/// A segment's rows arrive one insert at a time; every this many rows those not merged yet
+/// become one batch. A batch per insert costs its own schema and buffers, and handing a Parquet
+/// writer thousands of one-row batches costs far more than one batch of the same rows.
+const COALESCE_ROWS: usize = 4096;
+
 struct SegmentBuf {
     collection: i64,
     partition: i64,
     vchannel: String,
     schema: Option<CollectionSchema>,
+    /// Merged batches (up to [`COALESCE_ROWS`] rows each, or one schema's run of them).
     batches: Vec<RecordBatch>,
+    /// Decoded batches as they arrived, not merged yet.
+    recent: Vec<RecordBatch>,
+    /// Bodies of a collection without a schema, and their timestamps, not made a batch yet
+    /// (copied: a slice would keep the write-ahead buffer's memory from being reused).
+    bodies: BinaryBuilder,
+    body_ts: Vec<i64>,
+    /// Rows in `recent` and `bodies`.
+    recent_rows: usize,
     rows: u64,
     start: Position,
     first_id: MessageId,
     last_id: MessageId,
     min_ts: u64,
     max_ts: u64,
+}
+
+impl SegmentBuf {
+    /// An empty segment of no collection whose first row is at `start` (message `id`, `ts`).
+    fn starting(start: Position, id: MessageId, ts: u64) -> SegmentBuf {
+        SegmentBuf {
+            collection: 0,
+            partition: 0,
+            vchannel: String::new(),
+            schema: None,
+            batches: Vec::new(),
+            recent: Vec::new(),
+            bodies: BinaryBuilder::new(),
+            body_ts: Vec::new(),
+            recent_rows: 0,
+            rows: 0,
+            start,
+            first_id: id,
+            last_id: id,
+            min_ts: ts,
+            max_ts: ts,
+        }
+    }
+
+    fn push(&mut self, batch: RecordBatch) {
+        // Rows stay in log order: bodies before this batch become a batch first.
+        self.bodies_to_batch();
+        self.rows += batch.num_rows() as u64;
+        self.recent_rows += batch.num_rows();
+        self.recent.push(batch);
+        self.maybe_coalesce();
+    }
+
+    /// One row of a collection without a schema.
+    fn push_body(&mut self, body: &[u8], ts: u64) {
+        self.bodies.append_value(body);
+        self.body_ts.push(ts as i64);
+        self.rows += 1;
+        self.recent_rows += 1;
+        self.maybe_coalesce();
+    }
+
+    fn maybe_coalesce(&mut self) {
+        if self.recent_rows >= COALESCE_ROWS {
+            self.coalesce();
+        }
+    }
+
+    fn bodies_to_batch(&mut self) {
+        if self.body_ts.is_empty() {
+            return;
+        }
+        let ts = std::mem::take(&mut self.body_ts);
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new(self.bodies.finish()),
+            Arc::new(Int64Array::from(ts)),
+        ];
+        match RecordBatch::try_new(payload_schema(), columns) {
+            Ok(b) => self.recent.push(b),
+            // Two columns of equal length matching the schema: cannot fail.
+            Err(e) => tracing::error!(error = %e, "could not buffer rows without a schema"),
+        }
+    }
+
+    /// Merges what is recent: each run of one schema becomes one batch (a run that does not
+    /// merge stays as it is: merging only saves work).
+    fn coalesce(&mut self) {
+        self.bodies_to_batch();
+        self.recent_rows = 0;
+        let mut run: Vec<RecordBatch> = Vec::new();
+        for b in std::mem::take(&mut self.recent) {
+            if run.first().is_some_and(|f| f.schema() != b.schema()) {
+                self.merge(std::mem::take(&mut run));
+            }
+            run.push(b);
+        }
+        self.merge(run);
+    }
+
+    fn merge(&mut self, run: Vec<RecordBatch>) {
+        match run.as_slice() {
+            [] => {}
+            [_] => self.batches.extend(run),
+            [first, ..] => match arrow_select::concat::concat_batches(&first.schema(), &run) {
+                Ok(b) => self.batches.push(b),
+                Err(_) => self.batches.extend(run),
+            },
+        }
+    }
+
+    /// Every row, merged.
+    fn all_batches(&mut self) -> &[RecordBatch] {
+        self.coalesce();
+        &self.batches
+    }
+}
+
+/// The rows of a collection without a schema: its bodies and their timestamps (one schema for
+/// all of them, so their batches merge without comparing fields).
+fn payload_schema() -> SchemaRef {
+    static SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
+        Arc::new(Schema::new(vec![
+            Field::new(PAYLOAD_COLUMN, ArrowType::Binary, false),
+            Field::new(TS_COLUMN, ArrowType::Int64, false),
+        ]))
+    });
+    SCHEMA.clone()
 }
 
 struct DeleteBuf {
@@ -478,12 +600,15 @@ async fn apply(
                 return Ok(false);
             };
             let schema = state.schema(wal, &vchannel, h.collection_id);
-            let batch = match rows_of(schema.as_ref(), m, part.rows, ts, config.max_body_bytes) {
-                Ok(b) => b,
-                Err(e) => {
-                    tracing::error!(id = %m.id(), error = %e, "an insert in the log does not decode; its rows are not flushed");
-                    return Ok(false);
-                }
+            let batch = match &schema {
+                None => None,
+                Some(s) => match rows_of(s, m, part.rows, ts, config.max_body_bytes) {
+                    Ok(b) => Some(b),
+                    Err(e) => {
+                        tracing::error!(id = %m.id(), error = %e, "an insert in the log does not decode; its rows are not flushed");
+                        return Ok(false);
+                    }
+                },
             };
             let start = position_of(m).unwrap_or(Position {
                 id: m.id(),
@@ -497,16 +622,12 @@ async fn apply(
                     partition: part.partition_id,
                     vchannel: vchannel.clone(),
                     schema: schema.clone(),
-                    batches: Vec::new(),
-                    rows: 0,
-                    start,
-                    first_id: m.id(),
-                    last_id: m.id(),
-                    min_ts: ts,
-                    max_ts: ts,
+                    ..SegmentBuf::starting(start, m.id(), ts)
                 });
-            seg.rows += batch.num_rows() as u64;
-            seg.batches.push(batch);
+            match batch {
+                Some(b) => seg.push(b),
+                None => seg.push_body(m.payload(), ts),
+            }
             seg.last_id = m.id();
             seg.min_ts = seg.min_ts.min(ts);
             seg.max_ts = seg.max_ts.max(ts);
@@ -599,33 +720,24 @@ async fn apply(
     }
 }
 
-/// An insert's rows with the `_ts` column.
+/// An insert's rows (of a collection with a schema) with the `_ts` column.
 fn rows_of(
-    schema: Option<&CollectionSchema>,
+    schema: &CollectionSchema,
     m: &ImmutableMessage,
     rows: u64,
     ts: u64,
     max_bytes: usize,
 ) -> Result<RecordBatch, FlushError> {
-    let ts_field = Field::new(TS_COLUMN, ArrowType::Int64, false);
-    let (mut fields, mut columns): (Vec<Field>, Vec<ArrayRef>) = match schema {
-        Some(schema) => {
-            let batch = decode_insert_bytes(schema, m.payload(), rows, max_bytes)
-                .map_err(|e| FlushError::Corrupt(e.to_string()))?;
-            let s = batch.schema();
-            (
-                s.fields().iter().map(|f| f.as_ref().clone()).collect(),
-                batch.columns().to_vec(),
-            )
-        }
-        None => (
-            vec![Field::new(PAYLOAD_COLUMN, ArrowType::Binary, false)],
-            vec![Arc::new(BinaryArray::from_vec(vec![m.payload().as_ref()])) as ArrayRef],
-        ),
-    };
-    let n = columns.first().map_or(0, |c| c.len());
-    fields.push(ts_field);
-    columns.push(Arc::new(Int64Array::from(vec![ts as i64; n])));
+    let batch = decode_insert_bytes(schema, m.payload(), rows, max_bytes)
+        .map_err(|e| FlushError::Corrupt(e.to_string()))?;
+    let s = batch.schema();
+    let mut fields: Vec<Field> = s.fields().iter().map(|f| f.as_ref().clone()).collect();
+    let mut columns = batch.columns().to_vec();
+    fields.push(Field::new(TS_COLUMN, ArrowType::Int64, false));
+    columns.push(Arc::new(Int64Array::from(vec![
+        ts as i64;
+        batch.num_rows()
+    ])));
     Ok(RecordBatch::try_new(
         Arc::new(Schema::new(fields)),
         columns,
@@ -725,7 +837,7 @@ async fn flush_segments(
     flush_ts: u64,
 ) -> Result<(), FlushError> {
     for id in ids {
-        let Some(seg) = state.segments.get(id) else {
+        let Some(seg) = state.segments.get_mut(id) else {
             continue;
         };
         let key = config.manifest_key(seg.collection, *id);
@@ -741,7 +853,7 @@ async fn flush_segments(
             .and_then(|s| primary_key(s).ok())
             .map(|f| f.name.clone());
         let started = std::time::Instant::now();
-        let bytes = parquet_bytes(&seg.batches, pk.as_deref())?;
+        let bytes = parquet_bytes(seg.all_batches(), pk.as_deref())?;
         let size = bytes.len() as u64;
         put_object(config, &path, bytes).await?;
         metrics::counter!("sluice_storage_segments_flushed_total").increment(1);
@@ -851,4 +963,60 @@ async fn flush_deletes(
     }
     state.deletes.remove(&key);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rows(batches: &[RecordBatch]) -> Vec<(Vec<u8>, i64)> {
+        let mut out = Vec::new();
+        for b in batches {
+            let bodies = b.column_by_name(PAYLOAD_COLUMN).unwrap().as_binary::<i32>();
+            let ts = b
+                .column_by_name(TS_COLUMN)
+                .unwrap()
+                .as_primitive::<arrow_array::types::Int64Type>();
+            for i in 0..b.num_rows() {
+                out.push((bodies.value(i).to_vec(), ts.value(i)));
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn a_segment_keeps_every_row_in_order_across_merges() {
+        let start = Position {
+            id: MessageId(1),
+            after: Timestamp(0),
+        };
+        let mut seg = SegmentBuf::starting(start, MessageId(1), 1);
+        let n = 2 * COALESCE_ROWS + 10;
+        let mut expected = Vec::new();
+        for i in 0..n {
+            let body = (i as u32).to_le_bytes().to_vec();
+            if i % 1000 == 999 {
+                // Now and then a row that arrives as a batch (same schema): it keeps its place.
+                let batch = RecordBatch::try_new(
+                    payload_schema(),
+                    vec![
+                        Arc::new(arrow_array::BinaryArray::from_vec(vec![&body[..]])),
+                        Arc::new(Int64Array::from(vec![i as i64])),
+                    ],
+                )
+                .unwrap();
+                seg.push(batch);
+            } else {
+                seg.push_body(&body, i as u64);
+            }
+            expected.push((body, i as i64));
+        }
+        assert_eq!(seg.rows, n as u64);
+        // Merged as they came: whole batches of COALESCE_ROWS rows, then the rest at the end.
+        assert_eq!(seg.batches.len(), 2);
+        assert_eq!(seg.batches[0].num_rows(), COALESCE_ROWS);
+        let all = seg.all_batches();
+        assert_eq!(all.len(), 3);
+        assert_eq!(rows(all), expected);
+    }
 }

@@ -17,7 +17,7 @@
 //!   admitted, however large, so no message is refused for its size here.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use parking_lot::Mutex;
@@ -38,6 +38,9 @@ pub struct Pressure {
     in_flight: AtomicU64,
     cap: u64,
     released: Notify,
+    /// Appends waiting for in-flight bytes to drop: a finishing append wakes them only when
+    /// there are some.
+    waiting: AtomicUsize,
 }
 
 impl Default for Pressure {
@@ -50,6 +53,7 @@ impl Default for Pressure {
             in_flight: AtomicU64::new(0),
             cap: 0,
             released: Notify::new(),
+            waiting: AtomicUsize::new(0),
         }
     }
 }
@@ -133,18 +137,41 @@ impl Pressure {
             self.in_flight.fetch_add(bytes, Ordering::AcqRel);
             return Ok(self.guard(bytes));
         }
+        if self.try_take(bytes) {
+            return Ok(self.guard(bytes));
+        }
+        self.wait_and_take(bytes).await
+    }
+
+    /// Counts `bytes` in flight when they fit under the cap (or nothing else is in flight).
+    fn try_take(&self, bytes: u64) -> bool {
+        let now = self.in_flight.load(Ordering::SeqCst);
+        (now == 0 || now.saturating_add(bytes) <= self.cap)
+            && self
+                .in_flight
+                .compare_exchange(now, now + bytes, Ordering::SeqCst, Ordering::SeqCst)
+                .is_ok()
+    }
+
+    /// [`Pressure::admit`] once `bytes` did not fit: waits for finishing appends. It counts
+    /// itself in `waiting` before reading the in-flight bytes again, and a finishing append
+    /// lowers them before reading `waiting`, so one of the two sees the other.
+    async fn wait_and_take(self: &Arc<Self>, bytes: u64) -> Result<InFlight, WalError> {
+        struct Waiting<'a>(&'a AtomicUsize);
+        impl Drop for Waiting<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
+        self.waiting.fetch_add(1, Ordering::SeqCst);
+        let _waiting = Waiting(&self.waiting);
         let deadline = tokio::time::Instant::now() + IN_FLIGHT_WAIT;
         loop {
             let released = self.released.notified();
-            let now = self.in_flight.load(Ordering::Acquire);
-            if (now == 0 || now.saturating_add(bytes) <= self.cap)
-                && self
-                    .in_flight
-                    .compare_exchange(now, now + bytes, Ordering::AcqRel, Ordering::Acquire)
-                    .is_ok()
-            {
+            if self.try_take(bytes) {
                 return Ok(self.guard(bytes));
             }
+            let now = self.in_flight.load(Ordering::SeqCst);
             if now != 0 && now.saturating_add(bytes) > self.cap {
                 if tokio::time::timeout_at(deadline, released).await.is_err() {
                     return Err(WalError::Overloaded(format!(
@@ -178,8 +205,10 @@ impl Drop for InFlight {
     fn drop(&mut self) {
         self.pressure
             .in_flight
-            .fetch_sub(self.bytes, Ordering::AcqRel);
-        self.pressure.released.notify_waiters();
+            .fetch_sub(self.bytes, Ordering::SeqCst);
+        if self.pressure.waiting.load(Ordering::SeqCst) > 0 {
+            self.pressure.released.notify_waiters();
+        }
     }
 }
 

@@ -103,7 +103,9 @@ type Outcome = Option<Result<AppendResult, WalError>>;
 #[derive(Default)]
 struct Producer {
     done: BTreeMap<u64, Done>,
-    in_flight: HashMap<u64, watch::Sender<Outcome>>,
+    /// Appends in flight, with the channel their retries wait on (made by the first retry:
+    /// almost every append has none).
+    in_flight: HashMap<u64, Option<watch::Sender<Outcome>>>,
     /// The newest remembered timestamp.
     newest: Timestamp,
 }
@@ -178,7 +180,8 @@ impl Producers {
         if let Some(d) = p.done.get(&sequence) {
             return Ok(Claim::Done(d.result()));
         }
-        if let Some(tx) = p.in_flight.get(&sequence) {
+        if let Some(tx) = p.in_flight.get_mut(&sequence) {
+            let tx = tx.get_or_insert_with(|| watch::channel(None).0);
             return Ok(Claim::Wait(tx.subscribe()));
         }
         if p.done.len() >= self.config.window
@@ -194,7 +197,7 @@ impl Producers {
                 self.config.window
             )));
         }
-        p.in_flight.insert(sequence, watch::channel(None).0);
+        p.in_flight.insert(sequence, None);
         Ok(Claim::Fresh)
     }
 
@@ -219,7 +222,7 @@ impl Producers {
                 },
             );
         }
-        if let Some(tx) = p.in_flight.remove(&sequence) {
+        if let Some(Some(tx)) = p.in_flight.remove(&sequence) {
             tx.send_replace(Some(outcome.clone()));
         }
     }

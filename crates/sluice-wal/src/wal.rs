@@ -160,6 +160,10 @@ pub(crate) struct Inner {
     /// Woken by every acknowledgement so tailing readers get messages without waiting for the
     /// next persisted timetick.
     pub(crate) ack_wakeup: Notify,
+    /// The metrics every append records, looked up once (an error's counter is looked up when
+    /// it happens).
+    appends_ok: metrics::Counter,
+    append_seconds: metrics::Histogram,
 }
 
 /// The WAL of one pchannel at one term.
@@ -290,6 +294,7 @@ impl Wal {
                 return Err(e);
             }
         };
+        let pchannel_name = pchannel.as_str().to_owned();
         let inner = Arc::new(Inner {
             pressure: deps.pressure.clone(),
             pchannel,
@@ -312,6 +317,15 @@ impl Wal {
             force_tick: AtomicBool::new(false),
             tick_wakeup: Notify::new(),
             ack_wakeup: Notify::new(),
+            appends_ok: metrics::counter!(
+                "sluice_wal_appends_total",
+                "pchannel" => pchannel_name.clone(),
+                "code" => "OK"
+            ),
+            append_seconds: metrics::histogram!(
+                "sluice_wal_append_seconds",
+                "pchannel" => pchannel_name
+            ),
             config,
         });
         let wal = Wal {
@@ -462,18 +476,22 @@ impl Wal {
             Ok(_in_flight) => self.append_once(msg).await,
             Err(e) => Err(e),
         };
-        let pchannel = self.inner.pchannel.as_str().to_owned();
+        let pchannel = || self.inner.pchannel.as_str().to_owned();
         if let (Some(event), Ok(_)) = (txn_event, &r) {
-            metrics::counter!("sluice_wal_txns_total", "pchannel" => pchannel.clone(), "event" => event)
+            metrics::counter!("sluice_wal_txns_total", "pchannel" => pchannel(), "event" => event)
                 .increment(1);
         }
-        let outcome = match &r {
-            Ok(_) => "OK",
-            Err(e) => e.code().name(),
-        };
-        metrics::counter!("sluice_wal_appends_total", "pchannel" => pchannel.clone(), "code" => outcome)
-            .increment(1);
-        metrics::histogram!("sluice_wal_append_seconds", "pchannel" => pchannel)
+        match &r {
+            Ok(_) => self.inner.appends_ok.increment(1),
+            Err(e) => metrics::counter!(
+                "sluice_wal_appends_total",
+                "pchannel" => pchannel(),
+                "code" => e.code().name()
+            )
+            .increment(1),
+        }
+        self.inner
+            .append_seconds
             .record(started.elapsed().as_secs_f64());
         r
     }
