@@ -161,10 +161,13 @@ fn position_of(m: &ImmutableMessage) -> Option<Position> {
     })
 }
 
-/// A segment's rows arrive one insert at a time; every this many rows those not merged yet
-/// become one batch. A batch per insert costs its own schema and buffers, and handing a Parquet
-/// writer thousands of one-row batches costs far more than one batch of the same rows.
+/// A segment's rows arrive one insert at a time; every this many rows, or this many bytes,
+/// those not merged yet become one batch. A batch per insert costs its own schema and buffers,
+/// and handing a Parquet writer thousands of one-row batches costs far more than one batch of
+/// the same rows. The byte bound keeps what merging copies (memory the node's cap does not see)
+/// small whatever the row size.
 const COALESCE_ROWS: usize = 4096;
+const COALESCE_BYTES: usize = 1 << 20;
 
 struct SegmentBuf {
     collection: i64,
@@ -175,12 +178,14 @@ struct SegmentBuf {
     batches: Vec<RecordBatch>,
     /// Decoded batches as they arrived, not merged yet.
     recent: Vec<RecordBatch>,
-    /// Bodies of a collection without a schema, and their timestamps, not made a batch yet
-    /// (copied: a slice would keep the write-ahead buffer's memory from being reused).
-    bodies: BinaryBuilder,
+    /// Bodies of a collection without a schema, and their timestamps, not made a batch yet.
+    /// Each is a copy of its own size (a slice would keep the write-ahead buffer's memory from
+    /// being reused; a builder growing by doubling would churn through blocks of every size).
+    bodies: Vec<Bytes>,
     body_ts: Vec<i64>,
-    /// Rows in `recent` and `bodies`.
+    /// Rows and bytes in `recent` and `bodies`.
     recent_rows: usize,
+    recent_bytes: usize,
     rows: u64,
     start: Position,
     first_id: MessageId,
@@ -199,9 +204,10 @@ impl SegmentBuf {
             schema: None,
             batches: Vec::new(),
             recent: Vec::new(),
-            bodies: BinaryBuilder::new(),
+            bodies: Vec::new(),
             body_ts: Vec::new(),
             recent_rows: 0,
+            recent_bytes: 0,
             rows: 0,
             start,
             first_id: id,
@@ -216,21 +222,23 @@ impl SegmentBuf {
         self.bodies_to_batch();
         self.rows += batch.num_rows() as u64;
         self.recent_rows += batch.num_rows();
+        self.recent_bytes += batch.get_array_memory_size();
         self.recent.push(batch);
         self.maybe_coalesce();
     }
 
     /// One row of a collection without a schema.
     fn push_body(&mut self, body: &[u8], ts: u64) {
-        self.bodies.append_value(body);
+        self.bodies.push(Bytes::copy_from_slice(body));
         self.body_ts.push(ts as i64);
         self.rows += 1;
         self.recent_rows += 1;
+        self.recent_bytes += body.len();
         self.maybe_coalesce();
     }
 
     fn maybe_coalesce(&mut self) {
-        if self.recent_rows >= COALESCE_ROWS {
+        if self.recent_rows >= COALESCE_ROWS || self.recent_bytes >= COALESCE_BYTES {
             self.coalesce();
         }
     }
@@ -239,11 +247,17 @@ impl SegmentBuf {
         if self.body_ts.is_empty() {
             return;
         }
-        let ts = std::mem::take(&mut self.body_ts);
-        let columns: Vec<ArrayRef> = vec![
-            Arc::new(self.bodies.finish()),
-            Arc::new(Int64Array::from(ts)),
-        ];
+        let mut ts = std::mem::take(&mut self.body_ts);
+        ts.shrink_to_fit();
+        let bodies = std::mem::take(&mut self.bodies);
+        // Exactly as large as the bodies: it is kept until the segment is flushed.
+        let mut merged =
+            BinaryBuilder::with_capacity(bodies.len(), bodies.iter().map(Bytes::len).sum());
+        for b in &bodies {
+            merged.append_value(b);
+        }
+        let columns: Vec<ArrayRef> =
+            vec![Arc::new(merged.finish()), Arc::new(Int64Array::from(ts))];
         match RecordBatch::try_new(payload_schema(), columns) {
             Ok(b) => self.recent.push(b),
             // Two columns of equal length matching the schema: cannot fail.
@@ -256,6 +270,7 @@ impl SegmentBuf {
     fn coalesce(&mut self) {
         self.bodies_to_batch();
         self.recent_rows = 0;
+        self.recent_bytes = 0;
         let mut run: Vec<RecordBatch> = Vec::new();
         for b in std::mem::take(&mut self.recent) {
             if run.first().is_some_and(|f| f.schema() != b.schema()) {
@@ -1018,5 +1033,33 @@ mod tests {
         let all = seg.all_batches();
         assert_eq!(all.len(), 3);
         assert_eq!(rows(all), expected);
+    }
+
+    #[test]
+    fn large_rows_are_merged_by_bytes() {
+        const BODY: usize = 40_000;
+        let start = Position {
+            id: MessageId(1),
+            after: Timestamp(0),
+        };
+        let mut seg = SegmentBuf::starting(start, MessageId(1), 1);
+        for i in 0..60u8 {
+            seg.push_body(&[i; BODY], u64::from(i));
+        }
+        // 27 rows of 40 kB pass the byte bound: two merged batches, 6 rows not merged yet.
+        let merged: Vec<usize> = seg.batches.iter().map(RecordBatch::num_rows).collect();
+        assert_eq!(merged, [27, 27]);
+        // No spare capacity is kept with them: the bodies, offsets and timestamps.
+        for b in &seg.batches {
+            let held = b.get_array_memory_size();
+            assert!(held < 27 * BODY + 4096, "a merged batch holds {held} bytes");
+        }
+        let all = rows(seg.all_batches());
+        assert_eq!(all.len(), 60);
+        assert!(
+            all.iter()
+                .enumerate()
+                .all(|(i, (body, ts))| body[..] == [i as u8; BODY] && *ts == i as i64)
+        );
     }
 }
