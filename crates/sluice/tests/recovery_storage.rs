@@ -708,7 +708,7 @@ async fn under_sustained_inserts_the_log_stays_below_its_bound() {
         "soak",
         &format!(
             "soak: {:.0?} of inserts, {total} bytes of bodies written; log peak {peak} bytes \
-             (bound {BOUND}), last {} bytes; {segments} bytes of Parquet",
+             (bound {BOUND}), last {} bytes; {segments} bytes of flushed segments (Parquet and HNSW index files)",
             started.elapsed(),
             samples.last().copied().unwrap_or(0)
         ),
