@@ -68,9 +68,13 @@ def both(sluice, lite, f):
     return run(sluice), run(lite)
 
 
-def fresh(c, name, **kw):
+def drop_if_exists(c, name):
     if c.has_collection(name):
         c.drop_collection(name)
+
+
+def fresh(c, name, **kw):
+    drop_if_exists(c, name)
     c.create_collection(collection_name=name, dimension=DIM, **kw)
 
 
@@ -292,8 +296,7 @@ def test_upsert_replaces_rows(sluice, lite):
 def test_an_explicit_schema_with_varchar_and_float_fields(sluice, lite):
     def f(c):
         name = "d_schema"
-        if c.has_collection(name):
-            c.drop_collection(name)
+        drop_if_exists(c, name)
         schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
         schema.add_field("pk", DataType.VARCHAR, is_primary=True, max_length=32)
         schema.add_field("title", DataType.VARCHAR, max_length=64)
@@ -368,8 +371,7 @@ def test_unsupported_requests_get_a_clear_error_not_a_silent_success(sluice):
     schema = MilvusClient.create_schema(auto_id=False)
     schema.add_field("id", DataType.INT64, is_primary=True)
     schema.add_field("v", DataType.FLOAT_VECTOR, dim=4)
-    if sluice.has_collection("d_unsupported"):
-        sluice.drop_collection("d_unsupported")
+    drop_if_exists(sluice, "d_unsupported")
     sluice.create_collection("d_unsupported", schema=schema)
     for index_type, params in [("IVF_PQ", {"nlist": 8}), ("HNSW", {"M": 8})]:
         index = sluice.prepare_index_params()

@@ -174,7 +174,7 @@ struct SegmentBuf {
     partition: i64,
     vchannel: String,
     schema: Option<CollectionSchema>,
-    /// Merged batches (up to [`COALESCE_ROWS`] rows each, or one schema's run of them).
+    /// Merged batches: one per merge (see [`COALESCE_ROWS`]) and schema.
     batches: Vec<RecordBatch>,
     /// Decoded batches as they arrived, not merged yet.
     recent: Vec<RecordBatch>,
