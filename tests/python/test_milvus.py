@@ -361,6 +361,30 @@ def test_errors_for_bad_input_match(sluice, lite):
     assert s == l
 
 
+def test_writes_to_a_missing_partition_are_refused_and_change_nothing(sluice, lite):
+    def f(c):
+        fresh(c, "d_part_writes")
+        c.insert("d_part_writes", rows(5, seed=14), partition_name="_default")
+        codes = []
+        for call in [
+            lambda: c.insert("d_part_writes", rows(3, seed=15, start=10), partition_name="p1"),
+            lambda: c.upsert("d_part_writes", rows(2, seed=16), partition_name="p1"),
+            lambda: c.delete("d_part_writes", ids=[0, 1], partition_name="p1"),
+        ]:
+            try:
+                call()
+                codes.append("ok")
+            except MilvusException as e:
+                codes.append(e.code)
+        kept = c.query("d_part_writes", filter="id >= 0", output_fields=["size"])
+        return codes, sorted((r["id"], r["size"]) for r in kept)
+
+    s, l = both(sluice, lite, f)
+    assert s[0] == [200, 200, 200], s
+    assert [i for i, _ in s[1]] == [0, 1, 2, 3, 4], s
+    assert s == l
+
+
 # --- deliberate differences, checked on Sluice alone ------------------------------------------
 
 
@@ -436,6 +460,30 @@ def test_partitions_of_a_new_collection_match(sluice, lite):
 
     s, l = both(sluice, lite, f)
     assert s == l == (["_default"], True, False)
+
+
+def test_reads_of_a_missing_partition_are_an_error_in_sluice(sluice):
+    """Deliberate difference: a search, query or get naming a partition the collection does not
+    have fails with PartitionNotFound (200), as Milvus answers; milvus-lite answers nothing.
+    Naming `_default` reads what was written there."""
+    fresh(sluice, "d_part_reads")
+    data = rows(6, seed=17)
+    sluice.insert("d_part_reads", data)
+    for call in [
+        lambda: sluice.search("d_part_reads", data=[data[0]["vector"]], limit=3, partition_names=["p1"]),
+        lambda: sluice.query("d_part_reads", filter="id >= 0", partition_names=["_default", "p1"]),
+        lambda: sluice.get("d_part_reads", ids=[1], partition_names=["p1"]),
+    ]:
+        with pytest.raises(MilvusException) as e:
+            call()
+        assert e.value.code == 200, e.value
+        assert "p1" in e.value.message
+    hits = sluice.search(
+        "d_part_reads", data=[data[0]["vector"]], limit=3, partition_names=["_default"]
+    )
+    assert hits[0][0]["id"] == 0
+    got = sluice.query("d_part_reads", filter="id >= 0", partition_names=["_default"])
+    assert sorted(r["id"] for r in got) == list(range(6))
 
 
 def test_rename_is_refused_by_sluice(sluice):

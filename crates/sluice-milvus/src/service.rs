@@ -73,8 +73,27 @@ impl Collection {
             .collect()
     }
 
-    fn partition(&self) -> i64 {
-        self.info.partitions.first().map_or(0, |p| p.partition_id)
+    /// The partition a write names: its default (first) one when `name` is empty.
+    fn partition(&self, name: &str) -> Result<i64, Failure> {
+        if name.is_empty() {
+            return Ok(self.info.partitions.first().map_or(0, |p| p.partition_id));
+        }
+        self.info
+            .partitions
+            .iter()
+            .find(|p| p.name == name)
+            .map(|p| p.partition_id)
+            .ok_or_else(|| Failure::partition_not_found(name))
+    }
+
+    /// The partitions a read names (none: all of them); an unknown name is an error, not an
+    /// empty answer.
+    fn partitions(&self, names: &[String]) -> Result<Vec<i64>, Failure> {
+        names
+            .iter()
+            .filter(|n| !n.is_empty())
+            .map(|n| self.partition(n))
+            .collect()
     }
 
     /// The index recorded on the collection (Milvus's CreateIndex), as a JSON object.
@@ -262,12 +281,17 @@ impl MilvusFront {
 
     /// Appends `batch` (rows of `c`) to the collection's shards by primary key; the newest
     /// timestamp.
-    async fn insert_rows(&self, c: &Collection, batch: &RecordBatch) -> Result<u64, Failure> {
+    async fn insert_rows(
+        &self,
+        c: &Collection,
+        partition_id: i64,
+        batch: &RecordBatch,
+    ) -> Result<u64, Failure> {
         self.append_by_shard(c, batch, |part, body| {
             MutableMessage::builder(InsertHeader {
                 collection_id: c.info.collection_id,
                 partitions: vec![PartitionSegmentAssignment {
-                    partition_id: c.partition(),
+                    partition_id,
                     rows: part.num_rows() as u64,
                     binary_size: body.len() as u64,
                     segment_id: 0,
@@ -338,13 +362,20 @@ impl MilvusFront {
         Ok(newest)
     }
 
-    /// The primary keys of the rows of `c` matching `filter`, as of now (strong).
-    async fn keys_matching(&self, c: &Collection, filter: &str) -> Result<ArrayRef, Failure> {
+    /// The primary keys of the rows of `c` (in `partition_ids`, all when empty) matching
+    /// `filter`, as of now (strong).
+    async fn keys_matching(
+        &self,
+        c: &Collection,
+        filter: &str,
+        partition_ids: Vec<i64>,
+    ) -> Result<ArrayRef, Failure> {
         let r = self
             .query
             .query(v1::QueryRequest {
                 collection: c.schema.name.clone(),
                 filter: filter.to_owned(),
+                partition_ids,
                 output_fields: Vec::new(),
                 limit: 0,
                 read: Some(read_options(mc::ConsistencyLevel::Strong as i32, 0)),
@@ -381,10 +412,12 @@ impl MilvusFront {
     async fn do_insert(
         &self,
         name: &str,
+        partition: &str,
         columns: &[FieldData],
         upsert: bool,
     ) -> Result<mm::MutationResult, Failure> {
         let c = self.collection(name).await?;
+        let partition_id = c.partition(partition)?;
         let generated = self.auto_ids(&c, columns).await?;
         let columns: Vec<FieldData> = columns.iter().cloned().chain(generated).collect();
         let batch = rows_from_milvus(&c.schema, &columns)?;
@@ -397,7 +430,7 @@ impl MilvusFront {
         if upsert {
             ts = self.delete_keys(&c, &keys).await?;
         }
-        ts = ts.max(self.insert_rows(&c, &batch).await?);
+        ts = ts.max(self.insert_rows(&c, partition_id, &batch).await?);
         let n = batch.num_rows();
         let ids = ids_of(&keys)?;
         Ok(mm::MutationResult {
@@ -460,7 +493,8 @@ impl MilvusFront {
             return Err(Failure::unsupported("an expression with template values"));
         }
         let c = self.collection(&r.collection_name).await?;
-        let keys = self.keys_matching(&c, &r.expr).await?;
+        let partitions = c.partitions(std::slice::from_ref(&r.partition_name))?;
+        let keys = self.keys_matching(&c, &r.expr, partitions).await?;
         let ts = self.delete_keys(&c, &keys).await?;
         Ok(mm::MutationResult {
             status: Some(status::ok()),
@@ -479,6 +513,7 @@ impl MilvusFront {
             return Err(Failure::unsupported("an expression with template values"));
         }
         let c = self.collection(&r.collection_name).await?;
+        let partition_ids = c.partitions(&r.partition_names)?;
         let p = &r.search_params;
         if let Some(g) = param(p, "group_by_field").filter(|g| !g.is_empty()) {
             return Err(Failure::unsupported(format!(
@@ -571,6 +606,7 @@ impl MilvusFront {
                 read: Some(read_options(level, r.guarantee_timestamp)),
                 exact,
                 ef: ef.min(4096) as u32,
+                partition_ids,
                 ..Default::default()
             })
             .await
@@ -618,6 +654,7 @@ impl MilvusFront {
             return Err(Failure::unsupported("an expression with template values"));
         }
         let c = self.collection(&r.collection_name).await?;
+        let partition_ids = c.partitions(&r.partition_names)?;
         let level = if r.use_default_consistency {
             c.consistency()
         } else {
@@ -650,6 +687,7 @@ impl MilvusFront {
                     filter: r.expr.clone(),
                     limit: 0,
                     read,
+                    partition_ids,
                     ..Default::default()
                 })
                 .await
@@ -685,6 +723,7 @@ impl MilvusFront {
                 output_fields: fields.iter().filter(|f| **f != pk).cloned().collect(),
                 limit: if limit == 0 { 0 } else { limit + offset },
                 read,
+                partition_ids,
                 ..Default::default()
             })
             .await
@@ -1025,7 +1064,7 @@ impl MilvusService for MilvusFront {
         let name = r.into_inner().collection_name;
         let result = async {
             let c = self.collection(&name).await?;
-            Ok::<_, Failure>(self.keys_matching(&c, "").await?.len())
+            Ok::<_, Failure>(self.keys_matching(&c, "", Vec::new()).await?.len())
         }
         .await;
         Ok(Response::new(match result {
@@ -1209,7 +1248,7 @@ impl MilvusService for MilvusFront {
     async fn insert(&self, r: Request<mm::InsertRequest>) -> Reply<mm::MutationResult> {
         let r = r.into_inner();
         Ok(Response::new(mutation(
-            self.do_insert(&r.collection_name, &r.fields_data, false)
+            self.do_insert(&r.collection_name, &r.partition_name, &r.fields_data, false)
                 .await,
         )))
     }
@@ -1222,7 +1261,7 @@ impl MilvusService for MilvusFront {
             )))));
         }
         Ok(Response::new(mutation(
-            self.do_insert(&r.collection_name, &r.fields_data, true)
+            self.do_insert(&r.collection_name, &r.partition_name, &r.fields_data, true)
                 .await,
         )))
     }

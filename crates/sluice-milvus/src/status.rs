@@ -22,6 +22,8 @@ const COLLECTION_NOT_FOUND: i32 = 100;
 const COLLECTION_NOT_LOADED: i32 = 101;
 /// Milvus's code for an invalid parameter.
 const PARAMETER_INVALID: i32 = 1100;
+/// Milvus's code for a partition that does not exist.
+const PARTITION_NOT_FOUND: i32 = 200;
 /// Milvus's code for an index that does not exist.
 const INDEX_NOT_FOUND: i32 = 700;
 /// Milvus's code for a service that is not ready (retry).
@@ -50,6 +52,15 @@ impl Failure {
 
     pub(crate) fn is_collection_not_found(&self) -> bool {
         self.code == COLLECTION_NOT_FOUND
+    }
+
+    pub(crate) fn partition_not_found(name: &str) -> Failure {
+        Failure {
+            code: PARTITION_NOT_FOUND,
+            legacy: MilvusCode::UnexpectedError,
+            reason: format!("partition not found[partition={name}]"),
+            retriable: false,
+        }
     }
 
     pub(crate) fn index_not_found(name: &str) -> Failure {
