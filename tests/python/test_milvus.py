@@ -389,15 +389,20 @@ def test_writes_to_a_missing_partition_are_refused_and_change_nothing(sluice, li
 
 
 def test_unsupported_requests_get_a_clear_error_not_a_silent_success(sluice):
-    """Sluice has one ANN index kind (HNSW, or FLAT for exact search) with per-process
-    parameters and no partitions beyond _default: asking for more is an error, never ignored."""
+    """Sluice has one ANN index kind (HNSW, or FLAT for exact search), built with M and
+    efConstruction, and no partitions beyond _default: asking for more is an error, never
+    ignored."""
     fresh(sluice, "d_unsupported_target")
     schema = MilvusClient.create_schema(auto_id=False)
     schema.add_field("id", DataType.INT64, is_primary=True)
     schema.add_field("v", DataType.FLOAT_VECTOR, dim=4)
     drop_if_exists(sluice, "d_unsupported")
     sluice.create_collection("d_unsupported", schema=schema)
-    for index_type, params in [("IVF_PQ", {"nlist": 8}), ("HNSW", {"M": 8})]:
+    for index_type, params in [
+        ("IVF_PQ", {"nlist": 8}),
+        ("HNSW", {"nlist": 8}),
+        ("FLAT", {"M": 8}),
+    ]:
         index = sluice.prepare_index_params()
         index.add_index(field_name="v", index_type=index_type, metric_type="L2", params=params)
         with pytest.raises(MilvusException) as e:
@@ -451,6 +456,52 @@ def test_indexes_are_described_listed_and_dropped(sluice, lite):
     s, l = both(sluice, lite, f)
     assert s == l
     assert s[1] == ("vector", "AUTOINDEX", "COSINE")
+
+
+def test_an_hnsw_index_with_build_parameters_is_kept_and_searched(sluice, lite):
+    """HNSW's M and efConstruction (as numbers or text) are taken, described back and used for
+    the collection's sealed segments; searches answer as milvus-lite's."""
+
+    def f(c):
+        fresh(c, "d_hnsw")
+        c.release_collection("d_hnsw")
+        c.drop_index("d_hnsw", c.list_indexes("d_hnsw")[0])
+        index = c.prepare_index_params()
+        index.add_index(
+            field_name="vector",
+            index_type="HNSW",
+            metric_type="L2",
+            params={"M": 8, "efConstruction": "64"},
+        )
+        c.create_index("d_hnsw", index)
+        c.load_collection("d_hnsw")
+        data = rows(300, seed=18)
+        c.insert("d_hnsw", data)
+        c.flush("d_hnsw")
+        hits = c.search(
+            "d_hnsw",
+            data=[data[7]["vector"]],
+            limit=3,
+            search_params={"metric_type": "L2", "params": {"ef": 64}},
+        )
+        return [h["id"] for h in hits[0]]
+
+    s, l = both(sluice, lite, f)
+    assert s == l
+    assert s[0] == 7
+    d = sluice.describe_index("d_hnsw", sluice.list_indexes("d_hnsw")[0])
+    assert (d["index_type"], d["metric_type"]) == ("HNSW", "L2")
+    assert d["params"] == {"M": 8, "efConstruction": 64}, d
+    for params in [{"M": 1}, {"M": 4096}, {"efConstruction": 0}, {"M": "many"}]:
+        fresh(sluice, "d_hnsw_bad")
+        sluice.release_collection("d_hnsw_bad")
+        sluice.drop_index("d_hnsw_bad", sluice.list_indexes("d_hnsw_bad")[0])
+        index = sluice.prepare_index_params()
+        index.add_index(field_name="vector", index_type="HNSW", metric_type="L2", params=params)
+        with pytest.raises(MilvusException) as e:
+            sluice.create_index("d_hnsw_bad", index)
+        assert e.value.code == 1100, e.value
+        assert list(params)[0] in e.value.message
 
 
 def test_partitions_of_a_new_collection_match(sluice, lite):

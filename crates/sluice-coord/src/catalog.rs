@@ -419,6 +419,8 @@ fn check_properties(p: &std::collections::HashMap<String, String>) -> Result<()>
             )));
         }
     }
+    // The index settings Sluice itself reads must be readable.
+    sluice_types::index::IndexSettings::from_properties(p).map_err(CoordError::InvalidArgument)?;
     Ok(())
 }
 

@@ -10,6 +10,7 @@ use sluice_client::coord::CoordClient;
 use sluice_client::{Client, ClientError, QueryClient};
 use sluice_proto::Channel;
 use sluice_proto::v1::{self, coordinator_client::CoordinatorClient};
+use sluice_types::index::{self, IndexSettings};
 use sluice_types::message::{
     DeleteHeader, InsertHeader, ManualFlushHeader, PartitionSegmentAssignment,
 };
@@ -144,6 +145,16 @@ fn read_options(level: i32, guarantee: u64) -> v1::ReadOptions {
         guarantee_timestamp: guarantee,
         ..Default::default()
     }
+}
+
+/// An index parameter that must be a whole number (pymilvus sends numbers or their text).
+fn whole_number(key: &str, v: &Value) -> Result<u64, Failure> {
+    let n = match v {
+        Value::Number(n) => n.as_u64(),
+        Value::String(s) => s.trim().parse().ok(),
+        _ => None,
+    };
+    n.ok_or_else(|| Failure::invalid(format!("index parameter {key} is {v}: a whole number")))
 }
 
 fn metric(name: &str) -> Result<v1::MetricType, Failure> {
@@ -779,21 +790,52 @@ impl MilvusFront {
                 .map_err(|e| Failure::invalid(format!("index params {s:?}: {e}")))?,
             _ => serde_json::Map::new(),
         };
-        for key in p
+        // HNSW's build parameters, at the top level or in `params` (pymilvus sends either).
+        let mut hnsw = serde_json::Map::new();
+        for (key, value) in p
             .iter()
-            .map(|k| k.key.as_str())
-            .chain(params.keys().map(String::as_str))
+            .map(|k| (k.key.as_str(), Value::String(k.value.clone())))
+            .chain(params.iter().map(|(k, v)| (k.as_str(), v.clone())))
         {
-            if !matches!(key, "index_type" | "metric_type" | "params") {
-                return Err(Failure::unsupported(format!(
-                    "index parameter {key:?} (Sluice's HNSW graphs are configured per process)"
-                )));
+            match key {
+                "index_type" | "metric_type" | "params" => {}
+                "M" | "efConstruction" if index_type == "HNSW" => {
+                    let (least, most) = if key == "M" {
+                        (2, index::MAX_M)
+                    } else {
+                        (1, index::MAX_EF_CONSTRUCTION)
+                    };
+                    let n = whole_number(key, &value)?;
+                    if !(least as u64..=most as u64).contains(&n) {
+                        return Err(Failure::invalid(format!(
+                            "index parameter {key} is {n}: {least} to {most}"
+                        )));
+                    }
+                    hnsw.insert(key.to_owned(), n.into());
+                }
+                _ => {
+                    return Err(Failure::unsupported(format!(
+                        "index parameter {key:?} with index type {index_type} (Sluice's HNSW \
+                         takes M and efConstruction)"
+                    )));
+                }
             }
         }
+        let number = |key: &str| hnsw.get(key).and_then(Value::as_u64).map(|n| n as usize);
+        let settings = IndexSettings {
+            metric: Some(metric_type.parse().map_err(Failure::invalid)?),
+            m: number("M"),
+            ef_construction: number("efConstruction"),
+        };
+        let mut props = settings.to_properties();
         if let Some(existing) = c.index() {
             let same = existing.get("field").and_then(Value::as_str) == Some(&field.name)
                 && existing.get("index_type").and_then(Value::as_str) == Some(&index_type)
-                && existing.get("metric_type").and_then(Value::as_str) == Some(&metric_type);
+                && existing.get("metric_type").and_then(Value::as_str) == Some(&metric_type)
+                && existing
+                    .get("params")
+                    .and_then(Value::as_object)
+                    .map_or(hnsw.is_empty(), |p| *p == hnsw);
             if same {
                 return Ok(());
             }
@@ -811,13 +853,16 @@ impl MilvusFront {
             "name": name,
             "index_type": index_type,
             "metric_type": metric_type,
+            "params": hnsw,
         });
-        self.alter(
-            &c.schema.name,
-            [(PROP_INDEX.to_owned(), index.to_string())].into(),
-            Vec::new(),
-        )
-        .await
+        props.insert(PROP_INDEX.to_owned(), index.to_string());
+        // The settings not given go back to the node's defaults.
+        let unset = IndexSettings::KEYS
+            .iter()
+            .filter(|k| !props.contains_key(**k))
+            .map(|k| (*k).to_owned())
+            .collect();
+        self.alter(&c.schema.name, props, unset).await
     }
 
     async fn do_describe_index(
@@ -845,7 +890,11 @@ impl MilvusFront {
             params: vec![
                 kv("index_type", s("index_type")),
                 kv("metric_type", s("metric_type")),
-                kv("params", "{}"),
+                kv(
+                    "params",
+                    i.get("params")
+                        .map_or_else(|| "{}".to_owned(), Value::to_string),
+                ),
             ],
             field_name: s("field"),
             state: mc::IndexState::Finished as i32,
@@ -1179,8 +1228,11 @@ impl MilvusService for MilvusFront {
             if c.index().is_none() {
                 return Err(Failure::index_not_found(&name));
             }
-            self.alter(&name, HashMap::new(), vec![PROP_INDEX.to_owned()])
-                .await
+            let keys = std::iter::once(PROP_INDEX)
+                .chain(IndexSettings::KEYS)
+                .map(str::to_owned)
+                .collect();
+            self.alter(&name, HashMap::new(), keys).await
         }
         .await;
         Ok(Response::new(status::of(&result)))

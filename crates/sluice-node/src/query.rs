@@ -41,6 +41,7 @@ use sluice_query::{
 use sluice_storage::flusher::{StorageConfig, TS_COLUMN, flush_start};
 use sluice_storage::rows::{decode_delete, decode_insert_bytes, encode_stream};
 use sluice_storage::segments::{delete_manifests, read_file, segment_manifests};
+use sluice_types::index::IndexSettings;
 use sluice_types::message::pb::SegmentManifest;
 use sluice_types::message::{
     CreateCollectionHeader, DeleteHeader, DropCollectionHeader, DropPartitionHeader, FlushHeader,
@@ -86,7 +87,9 @@ pub struct QueryHost {
     address: std::sync::OnceLock<String>,
     /// Collections released (Coordinator.ReleaseCollection): no delegator holds their rows.
     released: RwLock<std::collections::HashSet<i64>>,
-    /// Bumped when `released` changes: every feed starts over.
+    /// The index settings collections set in their properties (those setting none are absent).
+    index_settings: RwLock<HashMap<i64, IndexSettings>>,
+    /// Bumped when `released` or `index_settings` changes: every feed starts over.
     load_gen: tokio::sync::watch::Sender<u64>,
     watching: std::sync::Once,
     /// Where sealed segments are placed on query workers (by meta key).
@@ -193,6 +196,7 @@ impl QueryHost {
             locator: std::sync::OnceLock::new(),
             address: std::sync::OnceLock::new(),
             released: RwLock::new(std::collections::HashSet::new()),
+            index_settings: RwLock::new(HashMap::new()),
             load_gen: tokio::sync::watch::channel(0).0,
             watching: std::sync::Once::new(),
             placements: std::sync::OnceLock::new(),
@@ -688,15 +692,23 @@ impl QueryHost {
             .plan(&req.collection, &req.shards, req.read.as_ref())
             .await?;
         let nq = req.vectors.len();
-        let spec = match parts.iter().find_map(|p| match p {
+        let local = parts.iter().find_map(|p| match p {
             Part::Local(d) => Some(d),
             Part::Remote { .. } => None,
-        }) {
+        });
+        let spec = match local {
             Some(d) => Some(search_spec(&req, metric, d)?),
             None => None,
         };
-        // Every delegator here builds its indexes with this node's metric.
-        let used = metric.unwrap_or(self.config.index.metric);
+        // Without one in the request: the metric the collection's indexes are built for.
+        let used = match (metric, local) {
+            (Some(m), _) => m,
+            (None, Some(d)) => d.read().index_params().metric,
+            (None, None) => {
+                let info = self.catalog_entry(&req.collection).await?;
+                self.config.index.with(&index_settings(&info)).metric
+            }
+        };
         let (spec, req_ref) = (&spec, &req);
         let (per_part, mvcc) = self
             .read_parts(
@@ -1442,7 +1454,7 @@ fn delegator(
         return None;
     }
     let schema = schema.or_else(|| VChannel::new(vchannel).ok().and_then(|v| wal.schema(&v)))?;
-    let data = match ShardData::new(schema, host.config.index) {
+    let data = match ShardData::new(schema, host.index_params(collection)) {
         Ok(d) => d,
         Err(e) => {
             tracing::warn!(vchannel, error = %e, "no query delegator for this shard");
@@ -1768,7 +1780,16 @@ fn hand_off(host: &Arc<QueryHost>, vchannel: &str, collection: i64, segments: &[
     }
 }
 
-/// Keeps `released` equal to the catalog's released collections. Ends with the host.
+/// The index settings in a collection's properties; unreadable ones (the coordinator refuses
+/// them, so only an older or foreign writer leaves them) are the node's defaults.
+pub(crate) fn index_settings(info: &pb::CollectionInfo) -> IndexSettings {
+    IndexSettings::from_properties(&info.properties).unwrap_or_else(|e| {
+        tracing::warn!(collection = info.collection_id, error = %e, "ignoring the collection's index settings");
+        IndexSettings::default()
+    })
+}
+
+/// Keeps `released` and `index_settings` equal to the catalog's. Ends with the host.
 async fn watch_load_states(host: std::sync::Weak<QueryHost>) {
     use prost::Message as _;
     let Some(h) = host.upgrade() else { return };
@@ -1780,20 +1801,29 @@ async fn watch_load_states(host: std::sync::Weak<QueryHost>) {
                 (
                     c.collection_id,
                     c.load_state == pb::LoadState::Released as i32,
+                    index_settings(&c),
                 )
             })
         },
     );
     drop(h);
     loop {
-        let set = states
-            .borrow_and_update()
-            .values()
-            .filter(|(_, released)| *released)
-            .map(|(id, _)| *id)
-            .collect();
+        let (released, settings) = {
+            let states = states.borrow_and_update();
+            let released = states
+                .values()
+                .filter(|(_, released, _)| *released)
+                .map(|(id, _, _)| *id)
+                .collect();
+            let settings = states
+                .values()
+                .filter(|(_, _, s)| *s != IndexSettings::default())
+                .map(|(id, _, s)| (*id, *s))
+                .collect();
+            (released, settings)
+        };
         let Some(h) = host.upgrade() else { return };
-        h.set_released(set);
+        h.set_catalog(released, settings);
         drop(h);
         if states.changed().await.is_err() {
             return;
@@ -1802,19 +1832,36 @@ async fn watch_load_states(host: std::sync::Weak<QueryHost>) {
 }
 
 impl QueryHost {
-    fn set_released(&self, set: std::collections::HashSet<i64>) {
-        let changed = {
+    fn set_catalog(
+        &self,
+        released: std::collections::HashSet<i64>,
+        settings: HashMap<i64, IndexSettings>,
+    ) {
+        let mut changed = false;
+        {
             let mut cur = self.released.write();
-            if *cur == set {
-                false
-            } else {
-                *cur = set;
-                true
+            if *cur != released {
+                *cur = released;
+                changed = true;
             }
-        };
+        }
+        {
+            let mut cur = self.index_settings.write();
+            if *cur != settings {
+                *cur = settings;
+                changed = true;
+            }
+        }
         if changed {
             self.load_gen.send_modify(|g| *g += 1);
         }
+    }
+
+    /// The HNSW parameters of `collection`'s sealed segments: the node's, with what the
+    /// collection sets in their place.
+    pub fn index_params(&self, collection: i64) -> IndexParams {
+        let settings = self.index_settings.read().get(&collection).copied();
+        self.config.index.with(&settings.unwrap_or_default())
     }
 }
 

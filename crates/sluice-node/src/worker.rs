@@ -15,7 +15,7 @@ use std::time::Duration;
 use parking_lot::RwLock;
 use prost::Message as _;
 use sluice_proto::v1 as pb;
-use sluice_query::{Delegator, Scope, ShardData};
+use sluice_query::{Delegator, IndexParams, Scope, ShardData};
 use sluice_storage::flusher::StorageConfig;
 use sluice_types::ErrorCode;
 use sluice_types::message::pb::SegmentManifest;
@@ -141,7 +141,8 @@ impl QueryWorker {
     }
 
     /// The catalog's schema of `collection`.
-    async fn schema(&self, collection: i64) -> Result<CollectionSchema, String> {
+    /// The schema in force of `collection` and its HNSW parameters.
+    async fn schema(&self, collection: i64) -> Result<(CollectionSchema, IndexParams), String> {
         let key =
             sluice_coord::catalog::collection_key(&self.storage.meta_root, &collection.to_string());
         let info = self
@@ -151,10 +152,12 @@ impl QueryWorker {
             .await
             .map_err(|e| e.to_string())?
             .ok_or("the collection is gone")?;
-        pb::CollectionInfo::decode(info.value.as_ref())
-            .map_err(|e| e.to_string())?
+        let info = pb::CollectionInfo::decode(info.value.as_ref()).map_err(|e| e.to_string())?;
+        let params = self.config.index.with(&crate::query::index_settings(&info));
+        let schema = info
             .schema
-            .ok_or_else(|| "the collection has no schema".to_owned())
+            .ok_or_else(|| "the collection has no schema".to_owned())?;
+        Ok((schema, params))
     }
 
     /// Takes the schema a read comes with when it is newer than the shard's.
@@ -199,7 +202,7 @@ impl QueryWorker {
             .ok_or("its manifest is gone")?;
         let manifest =
             SegmentManifest::decode(manifest.value.as_ref()).map_err(|e| e.to_string())?;
-        let schema = self.schema(p.collection_id).await?;
+        let (schema, params) = self.schema(p.collection_id).await?;
         let d = {
             let mut shards = self.shards.write();
             let d = shards
@@ -208,8 +211,7 @@ impl QueryWorker {
             match d {
                 Some(d) => d.clone(),
                 None => {
-                    let data = ShardData::new(schema.clone(), self.config.index)
-                        .map_err(|e| e.to_string())?;
+                    let data = ShardData::new(schema.clone(), params).map_err(|e| e.to_string())?;
                     let d = Arc::new(Delegator::new(&p.vchannel, p.collection_id, data));
                     shards.insert(p.vchannel.clone(), d.clone());
                     d
@@ -218,6 +220,9 @@ impl QueryWorker {
         };
         if d.read().schema().version < schema.version {
             d.write().set_schema(schema).map_err(|e| e.to_string())?;
+        }
+        if d.read().index_params() != params {
+            d.write().set_index_params(params);
         }
         load_segment(storage, &d, &manifest).await
     }

@@ -8,6 +8,7 @@
 
 use std::sync::Arc;
 
+use sluice_types::index::{IndexMetric, IndexSettings};
 use usearch::{Index, IndexOptions, MetricKind, ScalarKind};
 
 use crate::vector::Metric;
@@ -36,6 +37,26 @@ impl Default for IndexParams {
             expansion_search: 64,
             min_rows: 2048,
         }
+    }
+}
+
+impl IndexParams {
+    /// These parameters with what a collection sets ([`IndexSettings`]) in their place.
+    pub fn with(mut self, settings: &IndexSettings) -> IndexParams {
+        if let Some(m) = settings.metric {
+            self.metric = match m {
+                IndexMetric::L2 => Metric::L2,
+                IndexMetric::Ip => Metric::Ip,
+                IndexMetric::Cosine => Metric::Cosine,
+            };
+        }
+        if let Some(m) = settings.m {
+            self.connectivity = m;
+        }
+        if let Some(ef) = settings.ef_construction {
+            self.expansion_add = ef;
+        }
+        self
     }
 }
 
@@ -212,7 +233,16 @@ impl AnnIndex {
                 meta.count_present, meta.dimensions
             )));
         }
-        let index = Index::new(&options(dim, &params)).map_err(err)?;
+        let options = options(dim, &params);
+        // Built for another metric (the collection's or the node's setting changed since): its
+        // distances would be wrong for this one.
+        if meta.metric != options.metric {
+            return Err(IndexError(format!(
+                "the stored index was built for {:?}, not {:?}",
+                meta.metric, params.metric
+            )));
+        }
+        let index = Index::new(&options).map_err(err)?;
         index.load_from_buffer(bytes).map_err(err)?;
         index
             .reserve_capacity_and_threads(rows, threads().max(SEARCH_SLOTS))
@@ -312,6 +342,33 @@ mod tests {
         let e = AnnIndex::from_bytes(&bytes, dim, 2999, params).unwrap_err();
         assert!(e.to_string().contains("3000 vectors"), "{e}");
         assert!(AnnIndex::from_bytes(b"not an index", dim, 3000, params).is_err());
+        // So is one built for another metric (its distances would be wrong for this one).
+        let cosine = params.with(&IndexSettings {
+            metric: Some(IndexMetric::Cosine),
+            ..IndexSettings::default()
+        });
+        assert_eq!(cosine.metric, Metric::Cosine);
+        let e = AnnIndex::from_bytes(&bytes, dim, 3000, cosine).unwrap_err();
+        assert!(e.to_string().contains("built for"), "{e}");
         assert!(index.search(&[1.0], 10, 0, |_| true).is_err());
+    }
+
+    #[test]
+    fn a_collection_s_settings_replace_the_node_s_and_leave_the_rest() {
+        let node = IndexParams::default();
+        assert_eq!(node.with(&IndexSettings::default()), node);
+        let p = node.with(&IndexSettings {
+            metric: Some(IndexMetric::Ip),
+            m: Some(48),
+            ef_construction: Some(300),
+        });
+        assert_eq!(
+            (p.metric, p.connectivity, p.expansion_add),
+            (Metric::Ip, 48, 300)
+        );
+        assert_eq!(
+            (p.expansion_search, p.min_rows),
+            (node.expansion_search, node.min_rows)
+        );
     }
 }

@@ -354,6 +354,12 @@ impl ShardData {
         self.index
     }
 
+    /// Segments sealed from now on are indexed with `index` (those indexed keep theirs; a
+    /// search with a metric its index was not built for compares exactly).
+    pub fn set_index_params(&mut self, index: IndexParams) {
+        self.index = index;
+    }
+
     /// Takes a sealed segment in place of the growing segment with its id.
     pub fn install_sealed(&mut self, seg: Segment) -> Result<(), QueryError> {
         let id = seg.id;

@@ -8,6 +8,7 @@ pub mod code;
 pub mod codec;
 pub mod error;
 pub mod ids;
+pub mod index;
 pub mod message;
 pub mod read;
 pub mod schema;

@@ -144,7 +144,9 @@ pub(crate) struct QuerySection {
     /// Serve Search / Query / Get from delegators fed by this node's WALs. Default true.
     pub enabled: bool,
     /// The metric sealed segments' HNSW graphs are built for: "L2", "IP" or "COSINE". Default L2.
-    /// A search with another metric compares exactly.
+    /// A search with another metric compares exactly. A collection's `index.metric`,
+    /// `index.hnsw.m` and `index.hnsw.ef_construction` properties take the place of this and
+    /// of `hnsw_m` and `hnsw_ef_construction` for it (the Milvus API's CreateIndex sets them).
     pub index_metric: String,
     /// HNSW links per node (M). Default 16.
     pub hnsw_m: usize,

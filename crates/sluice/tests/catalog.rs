@@ -305,7 +305,8 @@ async fn collections_are_created_described_filled_from_json_lines_and_dropped() 
 }
 
 /// Collection properties: set at creation, altered (set and delete in one step) and listed by
-/// describe, kept across a restart; bad ones are refused and change nothing.
+/// describe, kept across a restart; bad ones are refused and change nothing. The index settings
+/// among them reach the delegators (a search's default metric is the collection's).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn collection_properties_are_kept_altered_and_checked() {
     use v1::coordinator_client::CoordinatorClient;
@@ -388,6 +389,89 @@ async fn collection_properties_are_kept_altered_and_checked() {
             .expect_err("a bad alteration is refused");
         assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
     }
+    // Index settings (see CollectionInfo.properties): unreadable ones are refused; a metric set
+    // on the collection is the one its delegators index and search with by default.
+    for (k, v) in [
+        ("index.metric", "HAMMING"),
+        ("index.hnsw.m", "1"),
+        ("index.hnsw.ef_construction", "many"),
+    ] {
+        let e = coord
+            .alter_collection_properties(v1::AlterCollectionPropertiesRequest {
+                name: "props".into(),
+                set: [(k.to_owned(), v.to_owned())].into(),
+                delete_keys: Vec::new(),
+            })
+            .await
+            .expect_err("an unreadable index setting is refused");
+        assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+        assert!(e.message().contains(k), "{e:?}");
+    }
+    let search_metric = |server: &Proc| {
+        let channel = tonic::transport::Endpoint::from_shared(server.endpoint())
+            .unwrap()
+            .connect_lazy();
+        let mut query = v1::query_client::QueryClient::new(channel);
+        async move {
+            let deadline = tokio::time::Instant::now() + TIMEOUT;
+            loop {
+                let r = query
+                    .search(v1::SearchRequest {
+                        collection: "props".into(),
+                        vectors: vec![v1::FloatVector {
+                            values: vec![1.0, 0.0],
+                        }],
+                        top_k: 1,
+                        ..Default::default()
+                    })
+                    .await;
+                match r {
+                    Ok(r) => {
+                        break v1::MetricType::try_from(r.into_inner().metric)
+                            .expect("a known metric");
+                    }
+                    // The shards are (re)built: a moment after start or a settings change.
+                    Err(e)
+                        if e.message().starts_with("NOT_READY")
+                            && tokio::time::Instant::now() < deadline =>
+                    {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                    Err(e) => panic!("search: {e:?}"),
+                }
+            }
+        }
+    };
+    assert_eq!(search_metric(&server).await, v1::MetricType::L2);
+    let with_index = coord
+        .alter_collection_properties(v1::AlterCollectionPropertiesRequest {
+            name: "props".into(),
+            set: [
+                ("index.metric".to_owned(), "cosine".to_owned()),
+                ("index.hnsw.m".into(), "24".into()),
+            ]
+            .into(),
+            delete_keys: Vec::new(),
+        })
+        .await
+        .expect("index settings are taken")
+        .into_inner();
+    assert_eq!(with_index.properties["index.hnsw.m"], "24");
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    while search_metric(&server).await != v1::MetricType::Cosine {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the delegators never took the collection's metric"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let want: std::collections::HashMap<String, String> = [
+        ("a".to_owned(), "10".to_owned()),
+        ("c".into(), "3".into()),
+        ("index.metric".into(), "cosine".into()),
+        ("index.hnsw.m".into(), "24".into()),
+    ]
+    .into();
     // Kept, unchanged by the refused ones, across a restart.
     server.signal(rustix::process::Signal::TERM);
     tokio::task::block_in_place(|| server.wait_exit(TIMEOUT)).expect("exits after SIGTERM");
@@ -402,4 +486,5 @@ async fn collection_properties_are_kept_altered_and_checked() {
         .expect("describe")
         .into_inner();
     assert_eq!(described.properties, want);
+    assert_eq!(search_metric(&server).await, v1::MetricType::Cosine);
 }
