@@ -411,6 +411,13 @@ def test_unsupported_requests_get_a_clear_error_not_a_silent_success(sluice):
     with pytest.raises(MilvusException) as e:
         sluice.create_partition("d_unsupported", "p1")
     assert "not supported" in e.value.message
+    # A MilvusService method Sluice does not have is named in the answer, not left blank.
+    import grpc
+
+    with pytest.raises(grpc.RpcError) as e:
+        sluice.create_alias("d_unsupported", "d_alias")
+    assert e.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    assert "CreateAlias is not supported by Sluice" in e.value.details()
     bad = MilvusClient.create_schema(auto_id=False)
     bad.add_field("id", DataType.INT64, is_primary=True)
     bad.add_field("v", DataType.BINARY_VECTOR, dim=16)

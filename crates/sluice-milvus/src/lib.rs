@@ -18,8 +18,10 @@
 mod convert;
 mod service;
 mod status;
+mod unsupported;
 
 pub use service::MilvusFront;
+pub use unsupported::Named;
 
 /// The Sluice name of a collection's dynamic field (`$meta` in Milvus).
 pub const DYNAMIC_FIELD: &str = "milvus_meta";

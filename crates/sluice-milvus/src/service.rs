@@ -230,11 +230,13 @@ impl MilvusFront {
         })
     }
 
-    /// The gRPC service.
-    pub fn server(self) -> MilvusServiceServer<MilvusFront> {
-        MilvusServiceServer::new(self)
-            .max_decoding_message_size(256 << 20)
-            .max_encoding_message_size(256 << 20)
+    /// The gRPC service; a method it does not have is UNIMPLEMENTED with a message naming it.
+    pub fn server(self) -> crate::unsupported::Named<MilvusServiceServer<MilvusFront>> {
+        crate::unsupported::Named(
+            MilvusServiceServer::new(self)
+                .max_decoding_message_size(256 << 20)
+                .max_encoding_message_size(256 << 20),
+        )
     }
 
     async fn collection(&self, name: &str) -> Result<Collection, Failure> {
