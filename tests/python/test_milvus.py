@@ -361,6 +361,32 @@ def test_errors_for_bad_input_match(sluice, lite):
     assert s == l
 
 
+def test_like_patterns_match(sluice, lite):
+    def f(c):
+        fresh(c, "d_like", enable_dynamic_field=True)
+        data = rows(40, seed=19)
+        for i, r in enumerate(data):
+            r["tag"] = ["alpha", "beta", "gamma_1", "50%"][i % 4]
+        c.insert("d_like", data)
+        out = []
+        for expr in [
+            'color like "r%"',
+            'color like "%e%"',
+            'color like "gr__n"',
+            'tag like "%a\\\\_%"',
+            'tag like "50\\\\%"',
+            'tag like "a_b"',
+            'tag like "%a" and size > 50',
+        ]:
+            got = c.query("d_like", filter=expr, output_fields=["id"])
+            out.append(sorted(r["id"] for r in got))
+        return out
+
+    s, l = both(sluice, lite, f)
+    assert s == l
+    assert all(s[:2]) and s[3] and s[4], s
+
+
 def test_writes_to_a_missing_partition_are_refused_and_change_nothing(sluice, lite):
     def f(c):
         fresh(c, "d_part_writes")

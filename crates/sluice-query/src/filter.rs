@@ -4,7 +4,7 @@
 //!
 //! # Grammar
 //!
-//! Keywords (`and`, `or`, `not`, `in`, `is`, `null`, `true`, `false`) are case-insensitive
+//! Keywords (`and`, `or`, `not`, `in`, `is`, `like`, `null`, `true`, `false`) are case-insensitive
 //! (a field named like a keyword cannot be used in a filter); field names are case-sensitive.
 //!
 //! ```text
@@ -12,13 +12,15 @@
 //! or_expr    := and_expr (("or" | "||") and_expr)*
 //! and_expr   := not_expr (("and" | "&&") not_expr)*
 //! not_expr   := ("not" | "!") not_expr | primary
-//! primary    := "(" expr ")" | comparison | range | in_expr | null_test
+//! primary    := "(" expr ")" | comparison | range | in_expr | null_test | like
 //! comparison := field OP literal | literal OP field       OP: == != < <= > >=
 //! field      := name | name "[" string "]"                (a key of a JSON field)
 //! range      := literal ("<" | "<=") field ("<" | "<=") literal
 //!             | literal (">" | ">=") field (">" | ">=") literal
 //! in_expr    := field ["not"] "in" "[" [literal ("," literal)*] "]"
 //! null_test  := field "is" ["not"] "null"
+//! like       := field "like" string     (`%`: any run of characters, `_`: any one character,
+//!                                        `\%` `\_` `\\`: themselves)
 //! literal    := integer (i64, optional sign) | float (`1.5`, `-2e3`, `.5`)
 //!             | string ('…' or "…", escapes \" \' \\ \n \t \r) | "true" | "false"
 //! ```
@@ -31,7 +33,8 @@
 //!   fields compare exactly with any literal (`age > 2.5`, `i32_field < 10000000000` work).
 //!   For FLOAT and DOUBLE fields the literal is converted to the field's type (rounded to
 //!   nearest) and compared with IEEE 754 semantics: NaN values match only `!=`, `-0.0 == 0.0`.
-//! * VARCHAR fields compare with string literals, all six operators, in byte order.
+//! * VARCHAR fields compare with string literals, all six operators, in byte order, and match
+//!   `like` patterns (a JSON key or a dynamic field's key too, read as a string).
 //! * BOOL fields compare with `true` / `false`, `==` and `!=` only.
 //! * `in` lists hold literals that could be compared with the field by `==`.
 //! * A JSON field is filtered through a key of its objects: `meta["color"] == "red"`. The
@@ -274,6 +277,7 @@ enum Tok {
     Not,
     In,
     Is,
+    Like,
     Op(CmpOp),
     LParen,
     RParen,
@@ -294,6 +298,7 @@ impl Tok {
             Tok::Not => "'not'".to_string(),
             Tok::In => "'in'".to_string(),
             Tok::Is => "'is'".to_string(),
+            Tok::Like => "'like'".to_string(),
             Tok::Op(op) => format!("'{}'", op.symbol()),
             Tok::LParen => "'('".to_string(),
             Tok::RParen => "')'".to_string(),
@@ -394,6 +399,7 @@ fn lex(src: &str) -> Result<Vec<Token>, FilterError> {
                     "not" => Tok::Not,
                     "in" => Tok::In,
                     "is" => Tok::Is,
+                    "like" => Tok::Like,
                     "null" => Tok::Null,
                     "true" => Tok::Bool(true),
                     "false" => Tok::Bool(false),
@@ -708,6 +714,8 @@ enum Pred {
     F32(CmpOp, f32),
     F64(CmpOp, f64),
     Str(CmpOp, String),
+    /// A VARCHAR value matches a `like` pattern (as an anchored regular expression).
+    Like(regex::Regex),
     /// A BOOL field equals this value.
     Bool(bool),
     /// Sorted, deduplicated values in the field's range.
@@ -991,6 +999,7 @@ impl Parser<'_> {
             Some(Tok::In) => (lit_kind(at(next + 2)), false),
             Some(Tok::Not) => (lit_kind(at(next + 3)), false),
             Some(Tok::Is) => (Some(Kind::Varchar), true),
+            Some(Tok::Like) => (Some(Kind::Varchar), false),
             _ => (lit_kind(before), false),
         };
         let kind = kind.unwrap_or(Kind::Varchar);
@@ -1189,6 +1198,10 @@ impl Parser<'_> {
                 self.bump();
                 self.parse_in(column)
             }
+            Tok::Like => {
+                self.bump();
+                self.parse_like(column, &token)
+            }
             Tok::Not => {
                 self.bump();
                 let next = self.peek();
@@ -1227,8 +1240,8 @@ impl Parser<'_> {
             ref other => Err(err_at(
                 &token,
                 format!(
-                    "expected a comparison operator (== != < <= > >=), 'in', 'not in' or \
-                     'is [not] null' after field {:?}, found {}",
+                    "expected a comparison operator (== != < <= > >=), 'in', 'not in', \
+                     'like' or 'is [not] null' after field {:?}, found {}",
                     field_token.text,
                     other.describe()
                 ),
@@ -1291,6 +1304,37 @@ impl Parser<'_> {
     }
 
     /// `[lit, ...]` after `in`, type-checked.
+    /// `field like "pattern"`, after `like`.
+    fn parse_like(&mut self, column: usize, like: &Token) -> Result<Node, FilterError> {
+        let token = self.peek().clone();
+        let Tok::Str(pattern) = &token.tok else {
+            return Err(err_at(
+                &token,
+                format!(
+                    "expected a string pattern after 'like', found {}",
+                    token.tok.describe()
+                ),
+            ));
+        };
+        let col = &self.columns[column];
+        if col.kind != Kind::Varchar {
+            return Err(err_at(
+                like,
+                format!(
+                    "field {:?} is {}: 'like' matches VARCHAR values only",
+                    col.name,
+                    col.kind.name()
+                ),
+            ));
+        }
+        let regex = like_regex(pattern).map_err(|e| err_at(&token, e))?;
+        self.bump();
+        Ok(Node::Leaf {
+            column,
+            pred: Pred::Like(regex),
+        })
+    }
+
     fn parse_in(&mut self, column: usize) -> Result<Node, FilterError> {
         let open = self.peek();
         if open.tok != Tok::LBracket {
@@ -1530,6 +1574,30 @@ fn contains_float<F: Copy + PartialEq>(
     }
 }
 
+/// A `like` pattern as an anchored regular expression: `%` any run of characters (newlines
+/// too), `_` any one character, a backslash makes the next character itself.
+fn like_regex(pattern: &str) -> Result<regex::Regex, String> {
+    let mut re = String::with_capacity(pattern.len() + 8);
+    re.push_str("^(?s:");
+    let mut chars = pattern.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '%' => re.push_str(".*"),
+            '_' => re.push('.'),
+            '\\' => match chars.next() {
+                Some(c) => re.push_str(&regex::escape(&c.to_string())),
+                None => return Err("a 'like' pattern cannot end with a lone backslash".into()),
+            },
+            c => re.push_str(&regex::escape(&c.to_string())),
+        }
+    }
+    re.push_str(")$");
+    regex::RegexBuilder::new(&re)
+        .size_limit(1 << 20)
+        .build()
+        .map_err(|e| format!("'like' pattern {pattern:?}: {e}"))
+}
+
 impl Pred {
     fn eval(&self, array: &ArrayRef) -> Result<BooleanArray, ArrowError> {
         let len = array.len();
@@ -1557,6 +1625,11 @@ impl Pred {
             Pred::Str(op, v) => {
                 cmp_kernel(array, *op, Arc::new(StringArray::from(vec![v.as_str()])))?
             }
+            Pred::Like(re) => array
+                .as_string::<i32>()
+                .iter()
+                .map(|v| v.map(|v| re.is_match(v)))
+                .collect(),
             Pred::Bool(true) => array.as_boolean().clone(),
             Pred::Bool(false) => not(array.as_boolean())?,
             Pred::InInt(values) => {
@@ -3026,5 +3099,49 @@ mod tests {
         // Without a dynamic field an unknown name is an error, as before.
         let err = Filter::parse(r#"color == "red""#, &super::tests::schema()).unwrap_err();
         assert!(err.message.contains("unknown field"), "{err}");
+        // `like` reads a key as a string (7 and null are not).
+        assert_eq!(ids(r#"meta["color"] like "%e%""#), [1, 2]);
+        assert_eq!(ids(r#"color like "b%" or n like "5""#), [2, 3]);
+    }
+
+    #[test]
+    fn like_matches_patterns_of_varchar_values() {
+        check(&[
+            ("name like 'alice'", &[1]),
+            ("name like 'ALICE'", &[]),
+            ("name like 'a%'", &[1]),
+            ("name like '%b'", &[2]),
+            ("name like '%o%'", &[2]),
+            ("name like '_ob'", &[2]),
+            ("name like '___'", &[2]),
+            ("name like '%'", &[1, 2, 4, 5]),
+            ("name like ''", &[5]),
+            ("name LIKE 'a%' or name like 'b%'", &[1, 2]),
+            // A null value matches no pattern, and `not` keeps it out.
+            ("not (name like 'a%')", &[2, 4, 5]),
+            // Regular-expression characters are themselves; `\` escapes % and _.
+            (r#"name like "it's \"q\"""#, &[4]),
+            (r#"name like "it.s%""#, &[]),
+            (r#"name like "%\\%%""#, &[]),
+            (r#"name like "al\\ice""#, &[1]),
+        ]);
+        let mut schema = schema();
+        schema.fields.push(field("pct", DataType::Varchar, true));
+        let b = RecordBatch::try_from_iter([(
+            "pct",
+            Arc::new(StringArray::from(vec!["50%", "5_0", "500"])) as ArrayRef,
+        )])
+        .unwrap();
+        let ids = |expr: &str| -> Vec<usize> {
+            let mask = Filter::parse(expr, &schema).unwrap().evaluate(&b).unwrap();
+            (0..3).filter(|&i| mask.value(i)).collect()
+        };
+        assert_eq!(ids(r#"pct like "%\\%""#), [0]);
+        assert_eq!(ids(r#"pct like "5\\_0""#), [1]);
+        assert_eq!(ids(r#"pct like "5_0""#), [1, 2]);
+        check_err("age like '1%'", 4, "like", "VARCHAR values only");
+        check_err("name like 5", 10, "5", "string pattern");
+        check_err("name like", 9, "", "string pattern");
+        check_err(r#"name like "a\\""#, 10, r#""a\\""#, "lone backslash");
     }
 }
