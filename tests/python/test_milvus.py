@@ -416,8 +416,8 @@ def test_writes_to_a_missing_partition_are_refused_and_change_nothing(sluice, li
 
 def test_unsupported_requests_get_a_clear_error_not_a_silent_success(sluice):
     """Sluice has one ANN index kind (HNSW, or FLAT for exact search), built with M and
-    efConstruction, and no partitions beyond _default: asking for more is an error, never
-    ignored."""
+    efConstruction, which also answers the IVF types, SCANN and DISKANN, and no partitions
+    beyond _default: asking for more is an error, never ignored."""
     fresh(sluice, "d_unsupported_target")
     schema = MilvusClient.create_schema(auto_id=False)
     schema.add_field("id", DataType.INT64, is_primary=True)
@@ -425,9 +425,10 @@ def test_unsupported_requests_get_a_clear_error_not_a_silent_success(sluice):
     drop_if_exists(sluice, "d_unsupported")
     sluice.create_collection("d_unsupported", schema=schema)
     for index_type, params in [
-        ("IVF_PQ", {"nlist": 8}),
+        ("GPU_CAGRA", {}),
         ("HNSW", {"nlist": 8}),
         ("FLAT", {"M": 8}),
+        ("IVF_FLAT", {"M": 8}),
     ]:
         index = sluice.prepare_index_params()
         index.add_index(field_name="v", index_type=index_type, metric_type="L2", params=params)
@@ -535,6 +536,51 @@ def test_an_hnsw_index_with_build_parameters_is_kept_and_searched(sluice, lite):
             sluice.create_index("d_hnsw_bad", index)
         assert e.value.code == 1100, e.value
         assert list(params)[0] in e.value.message
+
+
+def test_the_hello_milvus_ivf_flat_index_is_taken_and_searched(sluice, lite):
+    """pymilvus's hello_milvus example indexes with IVF_FLAT (nlist) and searches with nprobe:
+    Sluice answers it with its HNSW graphs and describes the index as created."""
+
+    def f(c):
+        fresh(c, "d_ivf")
+        c.release_collection("d_ivf")
+        c.drop_index("d_ivf", c.list_indexes("d_ivf")[0])
+        index = c.prepare_index_params()
+        index.add_index(
+            field_name="vector", index_type="IVF_FLAT", metric_type="L2", params={"nlist": 128}
+        )
+        c.create_index("d_ivf", index)
+        c.load_collection("d_ivf")
+        data = rows(200, seed=20)
+        c.insert("d_ivf", data)
+        hits = c.search(
+            "d_ivf",
+            data=[data[11]["vector"]],
+            limit=4,
+            search_params={"metric_type": "L2", "params": {"nprobe": 16}},
+        )
+        d = c.describe_index("d_ivf", c.list_indexes("d_ivf")[0])
+        return [h["id"] for h in hits[0]], d["index_type"], d["metric_type"]
+
+    s, l = both(sluice, lite, f)
+    assert s == l
+    assert s[0][0] == 11 and s[1:] == ("IVF_FLAT", "L2"), s
+    d = sluice.describe_index("d_ivf", sluice.list_indexes("d_ivf")[0])
+    assert d["params"] == {"nlist": 128}, d
+    for index_type, params in [
+        ("IVF_FLAT", {"nlist": 0}),
+        ("IVF_PQ", {"nlist": 8, "nbits": 99}),
+        ("IVF_SQ8", {"nlist": "many"}),
+    ]:
+        fresh(sluice, "d_ivf_bad")
+        sluice.release_collection("d_ivf_bad")
+        sluice.drop_index("d_ivf_bad", sluice.list_indexes("d_ivf_bad")[0])
+        index = sluice.prepare_index_params()
+        index.add_index(field_name="vector", index_type=index_type, metric_type="L2", params=params)
+        with pytest.raises(MilvusException) as e:
+            sluice.create_index("d_ivf_bad", index)
+        assert e.value.code == 1100, e.value
 
 
 def test_partitions_of_a_new_collection_match(sluice, lite):

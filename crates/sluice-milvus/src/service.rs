@@ -147,6 +147,25 @@ fn read_options(level: i32, guarantee: u64) -> v1::ReadOptions {
     }
 }
 
+/// The parameters a vector index type takes, with their least and most values; `None`: a type
+/// Sluice does not take. IVF_FLAT, IVF_SQ8, IVF_PQ, SCANN and DISKANN are answered with Sluice's
+/// HNSW (built with the node's M and efConstruction): their parameters are checked as Milvus
+/// checks them and described back, and shape nothing.
+fn index_parameters(index_type: &str) -> Option<&'static [(&'static str, u64, u64)]> {
+    const HNSW: &[(&str, u64, u64)] = &[
+        ("M", 2, index::MAX_M as u64),
+        ("efConstruction", 1, index::MAX_EF_CONSTRUCTION as u64),
+    ];
+    const NLIST: (&str, u64, u64) = ("nlist", 1, 65_536);
+    match index_type {
+        "AUTOINDEX" | "FLAT" | "DISKANN" => Some(&[]),
+        "HNSW" => Some(HNSW),
+        "IVF_FLAT" | "IVF_SQ8" | "SCANN" => Some(&[NLIST]),
+        "IVF_PQ" => Some(&[NLIST, ("m", 1, 65_536), ("nbits", 1, 16)]),
+        _ => None,
+    }
+}
+
 /// An index parameter that must be a whole number (pymilvus sends numbers or their text).
 fn whole_number(key: &str, v: &Value) -> Result<u64, Failure> {
     let n = match v {
@@ -777,11 +796,12 @@ impl MilvusFront {
         let index_type = param(p, "index_type")
             .unwrap_or("AUTOINDEX")
             .to_ascii_uppercase();
-        if !matches!(index_type.as_str(), "AUTOINDEX" | "HNSW" | "FLAT") {
+        let Some(allowed) = index_parameters(&index_type) else {
             return Err(Failure::unsupported(format!(
-                "index type {index_type} (Sluice has AUTOINDEX, HNSW and FLAT)"
+                "index type {index_type} (Sluice has AUTOINDEX, HNSW and FLAT, and answers \
+                 IVF_FLAT, IVF_SQ8, IVF_PQ, SCANN and DISKANN with HNSW)"
             )));
-        }
+        };
         let metric_type = param(p, "metric_type")
             .filter(|m| !m.is_empty())
             .unwrap_or("COSINE")
@@ -792,8 +812,8 @@ impl MilvusFront {
                 .map_err(|e| Failure::invalid(format!("index params {s:?}: {e}")))?,
             _ => serde_json::Map::new(),
         };
-        // HNSW's build parameters, at the top level or in `params` (pymilvus sends either).
-        let mut hnsw = serde_json::Map::new();
+        // The type's parameters, at the top level or in `params` (pymilvus sends either).
+        let mut given = serde_json::Map::new();
         for (key, value) in p
             .iter()
             .map(|k| (k.key.as_str(), Value::String(k.value.clone())))
@@ -801,29 +821,35 @@ impl MilvusFront {
         {
             match key {
                 "index_type" | "metric_type" | "params" => {}
-                "M" | "efConstruction" if index_type == "HNSW" => {
-                    let (least, most) = if key == "M" {
-                        (2, index::MAX_M)
-                    } else {
-                        (1, index::MAX_EF_CONSTRUCTION)
+                _ => {
+                    let Some(&(_, least, most)) = allowed.iter().find(|(k, ..)| *k == key) else {
+                        let takes: Vec<&str> = allowed.iter().map(|(k, ..)| *k).collect();
+                        return Err(Failure::unsupported(format!(
+                            "index parameter {key:?} with index type {index_type} (it takes {})",
+                            if takes.is_empty() {
+                                "none".to_owned()
+                            } else {
+                                takes.join(", ")
+                            }
+                        )));
                     };
                     let n = whole_number(key, &value)?;
-                    if !(least as u64..=most as u64).contains(&n) {
+                    if !(least..=most).contains(&n) {
                         return Err(Failure::invalid(format!(
                             "index parameter {key} is {n}: {least} to {most}"
                         )));
                     }
-                    hnsw.insert(key.to_owned(), n.into());
-                }
-                _ => {
-                    return Err(Failure::unsupported(format!(
-                        "index parameter {key:?} with index type {index_type} (Sluice's HNSW \
-                         takes M and efConstruction)"
-                    )));
+                    given.insert(key.to_owned(), n.into());
                 }
             }
         }
-        let number = |key: &str| hnsw.get(key).and_then(Value::as_u64).map(|n| n as usize);
+        // Only HNSW's own parameters shape the graphs; the other types' are kept and described.
+        let number = |key: &str| {
+            (index_type == "HNSW")
+                .then(|| given.get(key).and_then(Value::as_u64))
+                .flatten()
+                .map(|n| n as usize)
+        };
         let settings = IndexSettings {
             metric: Some(metric_type.parse().map_err(Failure::invalid)?),
             m: number("M"),
@@ -837,7 +863,7 @@ impl MilvusFront {
                 && existing
                     .get("params")
                     .and_then(Value::as_object)
-                    .map_or(hnsw.is_empty(), |p| *p == hnsw);
+                    .map_or(given.is_empty(), |p| *p == given);
             if same {
                 return Ok(());
             }
@@ -855,7 +881,7 @@ impl MilvusFront {
             "name": name,
             "index_type": index_type,
             "metric_type": metric_type,
-            "params": hnsw,
+            "params": given,
         });
         props.insert(PROP_INDEX.to_owned(), index.to_string());
         // The settings not given go back to the node's defaults.

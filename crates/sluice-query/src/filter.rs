@@ -14,7 +14,7 @@
 //! not_expr   := ("not" | "!") not_expr | primary
 //! primary    := "(" expr ")" | comparison | range | in_expr | null_test | like
 //! comparison := field OP literal | literal OP field       OP: == != < <= > >=
-//! field      := name | name "[" string "]"                (a key of a JSON field)
+//! field      := name | name ("[" string "]")+              (a key path in a JSON field)
 //! range      := literal ("<" | "<=") field ("<" | "<=") literal
 //!             | literal (">" | ">=") field (">" | ">=") literal
 //! in_expr    := field ["not"] "in" "[" [literal ("," literal)*] "]"
@@ -37,13 +37,15 @@
 //!   `like` patterns (a JSON key or a dynamic field's key too, read as a string).
 //! * BOOL fields compare with `true` / `false`, `==` and `!=` only.
 //! * `in` lists hold literals that could be compared with the field by `==`.
-//! * A JSON field is filtered through a key of its objects: `meta["color"] == "red"`. The
+//! * A JSON field is filtered through a key of its objects: `meta["color"] == "red"`, or a path
+//!   of keys into nested objects: `meta["dims"]["w"] > 2`. The
 //!   literal decides how the key's values are read — numbers as DOUBLE, strings as VARCHAR,
 //!   `true` / `false` as BOOL — and a row whose value is missing, not an object's key, or of
 //!   another JSON type reads as null (so it matches only `is null`). `meta["k"] is null` is
 //!   true when the key is absent or JSON null.
 //! * The schema's dynamic field (`FieldSchema.is_dynamic`) answers for names that are not
-//!   fields: `color == "red"` reads `dynamic["color"]`.
+//!   fields: `color == "red"` reads `dynamic["color"]`, `dims["w"]` reads
+//!   `dynamic["dims"]["w"]`.
 //! * A JSON field itself and FLOAT_VECTOR fields cannot be compared.
 //!
 //! # Nulls
@@ -589,7 +591,8 @@ impl Kind {
 /// A key of a JSON field's objects, read as a column of one kind.
 #[derive(Debug, Clone, PartialEq)]
 struct JsonKey {
-    key: String,
+    /// Keys from the document down (`meta["a"]["b"]`: `a`, then `b`).
+    path: Vec<String>,
     /// Any non-null value counts (as its JSON text): for `is [not] null`.
     any: bool,
 }
@@ -661,7 +664,11 @@ impl Column {
         };
         let values = texts.iter().map(|t| {
             let mut doc: serde_json::Value = serde_json::from_str(t?).ok()?;
-            match doc.get_mut(&json.key)?.take() {
+            let mut at = &mut doc;
+            for key in &json.path {
+                at = at.get_mut(key)?;
+            }
+            match at.take() {
                 serde_json::Value::Null => None,
                 v => Some(v),
             }
@@ -897,8 +904,21 @@ impl Parser<'_> {
         let token = self.bump();
         let value = match &token.tok {
             Tok::Ident(name) if self.peek().tok == Tok::LBracket => {
-                let key = self.json_key()?;
-                let column = self.json_column(name, key, start, &token)?;
+                let mut path = Vec::new();
+                while self.peek().tok == Tok::LBracket {
+                    path.push(self.json_key()?);
+                }
+                // A name that is not a field is a key of the dynamic field, if there is one.
+                let dynamic = sluice_types::schema::dynamic_field(self.schema)
+                    .filter(|_| !self.schema.fields.iter().any(|f| &f.name == name));
+                let column = match dynamic {
+                    Some(d) => {
+                        path.insert(0, name.clone());
+                        let d = d.name.clone();
+                        self.json_column(&d, path, start, &token)?
+                    }
+                    None => self.json_column(name, path, start, &token)?,
+                };
                 return Ok(Operand::Field(column, token));
             }
             Tok::Ident(name)
@@ -908,7 +928,7 @@ impl Parser<'_> {
                 let dynamic = sluice_types::schema::dynamic_field(self.schema)
                     .map(|f| f.name.clone())
                     .unwrap_or_default();
-                let column = self.json_column(&dynamic, name.clone(), start, &token)?;
+                let column = self.json_column(&dynamic, vec![name.clone()], start, &token)?;
                 return Ok(Operand::Field(column, token));
             }
             Tok::Ident(name) => {
@@ -965,12 +985,12 @@ impl Parser<'_> {
         Ok(k.clone())
     }
 
-    /// The column for `key` of JSON field `name` (its first token at `start`), read as the kind
-    /// the literal it is compared with asks for.
+    /// The column for the value at `path` in JSON field `name` (its first token at `start`),
+    /// read as the kind the literal it is compared with asks for.
     fn json_column(
         &mut self,
         name: &str,
-        key: String,
+        path: Vec<String>,
         start: usize,
         token: &Token,
     ) -> Result<usize, FilterError> {
@@ -1003,7 +1023,7 @@ impl Parser<'_> {
             _ => (lit_kind(before), false),
         };
         let kind = kind.unwrap_or(Kind::Varchar);
-        let json = Some(JsonKey { key, any });
+        let json = Some(JsonKey { path, any });
         if let Some(i) = self
             .columns
             .iter()
@@ -3034,7 +3054,7 @@ mod tests {
             ..field("dyn", DataType::Json, true)
         });
         let docs = [
-            Some(r#"{"color": "red", "n": 5, "ok": true}"#),
+            Some(r#"{"color": "red", "n": 5, "ok": true, "dims": {"w": 3, "tags": {"x": "y"}}}"#),
             Some(r#"{"color": "blue", "n": 2.5}"#),
             Some(r#"{"color": 7, "n": "5"}"#),
             Some("[1, 2]"),
@@ -3099,6 +3119,12 @@ mod tests {
         // Without a dynamic field an unknown name is an error, as before.
         let err = Filter::parse(r#"color == "red""#, &super::tests::schema()).unwrap_err();
         assert!(err.message.contains("unknown field"), "{err}");
+        // Key paths reach into nested objects, of a JSON field or of a dynamic field's key.
+        assert_eq!(ids(r#"meta["dims"]["w"] > 2"#), [1]);
+        assert_eq!(ids(r#"dims["w"] == 3 and dims["tags"]["x"] == "y""#), [1]);
+        assert_eq!(ids(r#"meta["dims"]["w"] is null"#), [2, 3, 4, 5, 6]);
+        assert_eq!(ids(r#"meta["color"]["w"] == 1"#), Vec::<i64>::new());
+        assert_eq!(ids(r#"meta["dims"]["tags"]["x"] like "y%""#), [1]);
         // `like` reads a key as a string (7 and null are not).
         assert_eq!(ids(r#"meta["color"] like "%e%""#), [1, 2]);
         assert_eq!(ids(r#"color like "b%" or n like "5""#), [2, 3]);
