@@ -387,6 +387,34 @@ def test_like_patterns_match(sluice, lite):
     assert all(s[:2]) and s[3] and s[4], s
 
 
+def test_range_search_matches(sluice, lite):
+    def f(c):
+        out = []
+        for metric, bounds in [
+            ("L2", [{"radius": 0.5}, {"radius": 0.5, "range_filter": 0.1}]),
+            ("COSINE", [{"radius": 0.9}, {"radius": 0.8, "range_filter": 0.95}]),
+        ]:
+            name = f"d_range_{metric.lower()}"
+            fresh(c, name, metric_type=metric)
+            data = rows(300, seed=21)
+            c.insert(name, data)
+            for b in bounds:
+                hits = c.search(
+                    name,
+                    data=[data[3]["vector"], data[4]["vector"]],
+                    limit=20,
+                    search_params={"metric_type": metric, "params": b},
+                )
+                out.append([[h["id"] for h in q] for q in hits])
+        return out
+
+    s, l = both(sluice, lite, f)
+    assert s == l
+    # Some hits in every range, and the ranges that skip the nearest leave out the query row.
+    assert all(all(q) for q in s), s
+    assert 3 not in s[1][0] and 3 not in s[3][0], s
+
+
 def test_writes_to_a_missing_partition_are_refused_and_change_nothing(sluice, lite):
     def f(c):
         fresh(c, "d_part_writes")

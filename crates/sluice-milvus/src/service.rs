@@ -147,6 +147,91 @@ fn read_options(level: i32, guarantee: u64) -> v1::ReadOptions {
     }
 }
 
+/// A range search's bounds (Milvus's `radius` and `range_filter` search parameters): a hit is
+/// kept when its distance is in `range_filter <= d < radius` (L2) or its similarity in
+/// `radius < s <= range_filter` (IP, COSINE).
+#[derive(Clone, Copy, Debug)]
+struct Range {
+    /// The far bound (`radius`), excluded.
+    far: f32,
+    /// The near bound (`range_filter`), included.
+    near: Option<f32>,
+    /// Smaller scores are nearer (L2).
+    ascending: bool,
+}
+
+impl Range {
+    fn of(
+        params: &serde_json::Map<String, Value>,
+        metric: v1::MetricType,
+    ) -> Result<Option<Range>, Failure> {
+        let bound = |key: &str| -> Result<Option<f32>, Failure> {
+            let Some(v) = params.get(key) else {
+                return Ok(None);
+            };
+            let x = match v {
+                Value::Number(n) => n.as_f64(),
+                Value::String(s) => s.trim().parse().ok(),
+                _ => None,
+            };
+            match x {
+                Some(x) if x.is_finite() => Ok(Some(x as f32)),
+                _ => Err(Failure::invalid(format!(
+                    "search parameter {key} is {v}: a number"
+                ))),
+            }
+        };
+        let (radius, range_filter) = (bound("radius")?, bound("range_filter")?);
+        let Some(far) = radius else {
+            if range_filter.is_some() {
+                return Err(Failure::invalid("range_filter needs a radius"));
+            }
+            return Ok(None);
+        };
+        let ascending = metric == v1::MetricType::L2;
+        if let Some(near) = range_filter
+            && (if ascending { near >= far } else { near <= far })
+        {
+            return Err(Failure::invalid(format!(
+                "range_filter {near} must be {} radius {far} for this metric",
+                if ascending { "below" } else { "above" }
+            )));
+        }
+        Ok(Some(Range {
+            far,
+            near: range_filter,
+            ascending,
+        }))
+    }
+
+    fn contains_far(&self, s: f32) -> bool {
+        if self.ascending {
+            s < self.far
+        } else {
+            s > self.far
+        }
+    }
+
+    fn past_near(&self, s: f32) -> bool {
+        self.near
+            .is_none_or(|n| if self.ascending { s >= n } else { s <= n })
+    }
+
+    /// `[first, end)`: the hits of `scores` (nearest first) in range.
+    fn run(&self, scores: &[f32]) -> (usize, usize) {
+        let first = scores
+            .iter()
+            .position(|&s| self.past_near(s))
+            .unwrap_or(scores.len());
+        let end = first
+            + scores[first..]
+                .iter()
+                .take_while(|&&s| self.contains_far(s))
+                .count();
+        (first, end)
+    }
+}
+
 /// The parameters a vector index type takes, with their least and most values; `None`: a type
 /// Sluice does not take. IVF_FLAT, IVF_SQ8, IVF_PQ, SCANN and DISKANN are answered with Sluice's
 /// HNSW (built with the node's M and efConstruction): their parameters are checked as Milvus
@@ -582,6 +667,7 @@ impl MilvusFront {
             _ => serde_json::Map::new(),
         };
         let ef = params.get("ef").and_then(Value::as_u64).unwrap_or(0);
+        let range = Range::of(&params, metric)?;
         let exact = c
             .index()
             .and_then(|i| i.get("index_type")?.as_str().map(|t| t == "FLAT"))
@@ -618,6 +704,13 @@ impl MilvusFront {
             None => return Err(Failure::invalid("a search needs query vectors")),
         };
         let nq = vectors.len();
+        // A range search that skips the nearest hits (range_filter) asks for as many as a
+        // search may return, so that enough are left past them.
+        let wanted = match range {
+            Some(Range { near: Some(_), .. }) => (1_048_576 / nq.max(1)).min(16_384) as u64,
+            _ => top_k + offset,
+        }
+        .max(top_k + offset);
         let (fields, report) = output_fields(&c, &r.output_fields)?;
         let level = if r.use_default_consistency {
             c.consistency()
@@ -631,7 +724,7 @@ impl MilvusFront {
                 collection: c.schema.name.clone(),
                 vector_field: anns,
                 vectors,
-                top_k: (top_k + offset) as u32,
+                top_k: wanted as u32,
                 metric: metric as i32,
                 filter: r.dsl.clone(),
                 output_fields: fields.clone(),
@@ -657,11 +750,15 @@ impl MilvusFront {
                         .map_err(|e| Failure::unexpected(e.to_string()))?,
                 )
             };
-            let n = hits.scores.len();
-            let skip = (offset as usize).min(n);
-            let take = n - skip;
+            // Nearest first: the hits in range are one run of them.
+            let (first, end) = match &range {
+                Some(range) => range.run(&hits.scores),
+                None => (0, hits.scores.len()),
+            };
+            let skip = (first + offset as usize).min(end);
+            let take = (end - skip).min(top_k as usize);
             topks.push(take as i64);
-            scores.extend_from_slice(&hits.scores[skip..]);
+            scores.extend_from_slice(&hits.scores[skip..skip + take]);
             if let Some(all) = all {
                 rows.push(all.slice(skip, take));
             }
@@ -1428,5 +1525,67 @@ fn mutation(r: Result<mm::MutationResult, Failure>) -> mm::MutationResult {
             status: Some(f.status()),
             ..Default::default()
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params(json: &str) -> serde_json::Map<String, Value> {
+        serde_json::from_str(json).unwrap()
+    }
+
+    #[test]
+    fn a_range_keeps_the_run_of_hits_between_its_bounds() {
+        let l2 = Range::of(
+            &params(r#"{"radius": 4.0, "range_filter": 1}"#),
+            v1::MetricType::L2,
+        )
+        .unwrap()
+        .unwrap();
+        // Distances, nearest first: 0.5 is too near, 4.0 is not below the radius.
+        assert_eq!(l2.run(&[0.5, 1.0, 2.0, 3.9, 4.0, 9.0]), (1, 4));
+        assert_eq!(l2.run(&[5.0]), (0, 0));
+        assert_eq!(l2.run(&[]), (0, 0));
+        let cos = Range::of(&params(r#"{"radius": "0.2"}"#), v1::MetricType::Cosine)
+            .unwrap()
+            .unwrap();
+        // Similarities, nearest first: everything above 0.2.
+        assert_eq!(cos.run(&[0.99, 0.5, 0.2, 0.1]), (0, 2));
+        let cos = Range::of(
+            &params(r#"{"radius": 0.2, "range_filter": 0.9}"#),
+            v1::MetricType::Ip,
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(cos.run(&[0.99, 0.9, 0.5, 0.2, 0.1]), (1, 3));
+        assert!(
+            Range::of(&params(r#"{"ef": 10}"#), v1::MetricType::L2)
+                .unwrap()
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn bad_range_bounds_are_refused() {
+        for (json, metric) in [
+            (r#"{"range_filter": 1}"#, v1::MetricType::L2),
+            (r#"{"radius": 1, "range_filter": 2}"#, v1::MetricType::L2),
+            (
+                r#"{"radius": 0.5, "range_filter": 0.4}"#,
+                v1::MetricType::Cosine,
+            ),
+            (r#"{"radius": "far"}"#, v1::MetricType::L2),
+            (r#"{"radius": [1]}"#, v1::MetricType::L2),
+        ] {
+            let e = Range::of(&params(json), metric).unwrap_err().status();
+            assert_eq!(e.code, 1100, "{json}");
+            assert!(
+                e.reason.contains("radius") || e.reason.contains("range_filter"),
+                "{json}: {}",
+                e.reason
+            );
+        }
     }
 }
