@@ -415,6 +415,46 @@ def test_range_search_matches(sluice, lite):
     assert 3 not in s[1][0] and 3 not in s[3][0], s
 
 
+def test_grouped_search_matches(sluice, lite):
+    def f(c):
+        drop_if_exists(c, "d_group")
+        schema = MilvusClient.create_schema(auto_id=False)
+        schema.add_field("id", DataType.INT64, is_primary=True)
+        schema.add_field("vector", DataType.FLOAT_VECTOR, dim=DIM)
+        schema.add_field("doc", DataType.INT64)
+        schema.add_field("tag", DataType.VARCHAR, max_length=16)
+        index = c.prepare_index_params()
+        index.add_index(field_name="vector", index_type="FLAT", metric_type="L2")
+        c.create_collection("d_group", schema=schema, index_params=index)
+        data = rows(200, seed=22)
+        for i, r in enumerate(data):
+            r["doc"] = i % 7
+            r["tag"] = f"t{i % 3}"
+            del r["color"], r["size"]
+        c.insert("d_group", data)
+        out = []
+        for kw in [
+            {"group_by_field": "doc"},
+            {"group_by_field": "doc", "group_size": 3},
+            {"group_by_field": "tag", "group_size": 2},
+        ]:
+            hits = c.search(
+                "d_group",
+                data=[data[5]["vector"], data[6]["vector"]],
+                limit=3,
+                output_fields=["doc", "tag"],
+                **kw,
+            )
+            out.append([[(h["id"], h["entity"]["doc"], h["entity"]["tag"]) for h in q] for q in hits])
+        return out
+
+    s, l = both(sluice, lite, f)
+    assert s == l
+    # One hit per doc, then three per doc, then two per tag: three groups each time.
+    assert [len(q) for r in s for q in r] == [3, 3, 9, 9, 6, 6], s
+    assert len({d for _, d, _ in s[0][0]}) == 3, s
+
+
 def test_writes_to_a_missing_partition_are_refused_and_change_nothing(sluice, lite):
     def f(c):
         fresh(c, "d_part_writes")

@@ -147,6 +147,122 @@ fn read_options(level: i32, guarantee: u64) -> v1::ReadOptions {
     }
 }
 
+/// A grouped search (Milvus's `group_by_field`): at most `size` hits per value of `field`, for
+/// `limit` groups; groups in the order of their nearest hit, hits nearest first within each.
+#[derive(Clone, Debug)]
+struct Grouping {
+    field: String,
+    size: usize,
+}
+
+/// Most hits per group.
+const MAX_GROUP_SIZE: usize = 1024;
+
+impl Grouping {
+    fn of(c: &Collection, p: &[mc::KeyValuePair]) -> Result<Option<Grouping>, Failure> {
+        let Some(field) = param(p, "group_by_field").filter(|g| !g.is_empty()) else {
+            return Ok(None);
+        };
+        let f = c
+            .schema
+            .fields
+            .iter()
+            .find(|f| f.name == field && !f.is_dynamic)
+            .ok_or_else(|| {
+                Failure::invalid(format!(
+                    "group_by_field {field:?} is not a field of the collection"
+                ))
+            })?;
+        if !matches!(
+            DataType::try_from(f.data_type),
+            Ok(DataType::Bool | DataType::Int32 | DataType::Int64 | DataType::Varchar)
+        ) {
+            return Err(Failure::invalid(format!(
+                "group_by_field {field:?}: only BOOL, integer and VARCHAR fields group results"
+            )));
+        }
+        let size = match param(p, "group_size").filter(|s| !s.is_empty()) {
+            None => 1,
+            Some(s) => match s.trim().parse::<usize>() {
+                Ok(n) if (1..=MAX_GROUP_SIZE).contains(&n) => n,
+                _ => {
+                    return Err(Failure::invalid(format!(
+                        "group_size {s:?}: 1 to {MAX_GROUP_SIZE}"
+                    )));
+                }
+            },
+        };
+        // strict_group_size asks to fill every group as far as the collection allows: groups
+        // are filled from every hit the search returns, whichever it says.
+        if let Some(v) = param(p, "strict_group_size")
+            && !matches!(v.to_ascii_lowercase().as_str(), "" | "true" | "false")
+        {
+            return Err(Failure::invalid(format!(
+                "strict_group_size {v:?}: true or false"
+            )));
+        }
+        Ok(Some(Grouping {
+            field: field.to_owned(),
+            size,
+        }))
+    }
+
+    /// The rows of `batch` (hits nearest first, those in `run` eligible) a grouped answer
+    /// holds: past the first `offset` groups, `limit` groups, grouped.
+    fn pick(
+        &self,
+        batch: &RecordBatch,
+        run: std::ops::Range<usize>,
+        offset: usize,
+        limit: usize,
+    ) -> Result<Vec<usize>, Failure> {
+        use arrow_array::cast::AsArray;
+        use arrow_array::types::{Int32Type, Int64Type};
+        let column = batch.column_by_name(&self.field).ok_or_else(|| {
+            Failure::unexpected(format!("no column {:?} in the hits", self.field))
+        })?;
+        let key = |i: usize| -> Option<String> {
+            if column.is_null(i) {
+                return None;
+            }
+            Some(match column.data_type() {
+                arrow_schema::DataType::Int32 => {
+                    column.as_primitive::<Int32Type>().value(i).to_string()
+                }
+                arrow_schema::DataType::Int64 => {
+                    column.as_primitive::<Int64Type>().value(i).to_string()
+                }
+                arrow_schema::DataType::Boolean => column.as_boolean().value(i).to_string(),
+                _ => column.as_string::<i32>().value(i).to_owned(),
+            })
+        };
+        let wanted = offset + limit;
+        // Groups in the order of their nearest hit; where each key's group is.
+        let mut groups: Vec<Vec<usize>> = Vec::new();
+        let mut at: HashMap<Option<String>, usize> = HashMap::new();
+        let mut full = 0;
+        for i in run {
+            match at.get(&key(i)) {
+                Some(&g) if groups[g].len() < self.size => {
+                    groups[g].push(i);
+                    full += usize::from(groups[g].len() == self.size);
+                }
+                Some(_) => {}
+                None if groups.len() < wanted => {
+                    at.insert(key(i), groups.len());
+                    groups.push(vec![i]);
+                    full += usize::from(self.size == 1);
+                }
+                None => {}
+            }
+            if full == wanted {
+                break;
+            }
+        }
+        Ok(groups.into_iter().skip(offset).flatten().collect())
+    }
+}
+
 /// A range search's bounds (Milvus's `radius` and `range_filter` search parameters): a hit is
 /// kept when its distance is in `range_filter <= d < radius` (L2) or its similarity in
 /// `radius < s <= range_filter` (IP, COSINE).
@@ -632,11 +748,12 @@ impl MilvusFront {
         let c = self.collection(&r.collection_name).await?;
         let partition_ids = c.partitions(&r.partition_names)?;
         let p = &r.search_params;
-        if let Some(g) = param(p, "group_by_field").filter(|g| !g.is_empty()) {
-            return Err(Failure::unsupported(format!(
-                "grouping search results (by {g})"
-            )));
+        for key in ["group_by_fields", "order_by_fields", "search_aggregation"] {
+            if param(p, key).is_some_and(|v| !v.is_empty()) {
+                return Err(Failure::unsupported(format!("the search parameter {key}")));
+            }
         }
+        let grouping = Grouping::of(&c, p)?;
         let top_k: u64 = param(p, "topk")
             .unwrap_or("10")
             .parse()
@@ -706,12 +823,21 @@ impl MilvusFront {
         let nq = vectors.len();
         // A range search that skips the nearest hits (range_filter) asks for as many as a
         // search may return, so that enough are left past them.
-        let wanted = match range {
-            Some(Range { near: Some(_), .. }) => (1_048_576 / nq.max(1)).min(16_384) as u64,
+        // So does a grouped search (many of the nearest hits may share a group).
+        let wanted = match (range, &grouping) {
+            (Some(Range { near: Some(_), .. }), _) | (_, Some(_)) => {
+                (1_048_576 / nq.max(1)).min(16_384) as u64
+            }
             _ => top_k + offset,
         }
         .max(top_k + offset);
         let (fields, report) = output_fields(&c, &r.output_fields)?;
+        let mut fetched = fields.clone();
+        if let Some(g) = &grouping
+            && !fetched.contains(&g.field)
+        {
+            fetched.push(g.field.clone());
+        }
         let level = if r.use_default_consistency {
             c.consistency()
         } else {
@@ -727,7 +853,7 @@ impl MilvusFront {
                 top_k: wanted as u32,
                 metric: metric as i32,
                 filter: r.dsl.clone(),
-                output_fields: fields.clone(),
+                output_fields: fetched,
                 read: Some(read_options(level, r.guarantee_timestamp)),
                 exact,
                 ef: ef.min(4096) as u32,
@@ -755,6 +881,24 @@ impl MilvusFront {
                 Some(range) => range.run(&hits.scores),
                 None => (0, hits.scores.len()),
             };
+            if let (Some(g), Some(all)) = (&grouping, &all) {
+                let picked = g.pick(all, first..end, offset as usize, top_k as usize)?;
+                topks.push(picked.len() as i64);
+                scores.extend(picked.iter().map(|&i| hits.scores[i]));
+                let indices =
+                    arrow_array::UInt32Array::from_iter_values(picked.iter().map(|&i| i as u32));
+                let columns = all
+                    .columns()
+                    .iter()
+                    .map(|c| arrow_select::take::take(c, &indices, None))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| Failure::unexpected(e.to_string()))?;
+                rows.push(
+                    RecordBatch::try_new(all.schema(), columns)
+                        .map_err(|e| Failure::unexpected(e.to_string()))?,
+                );
+                continue;
+            }
             let skip = (first + offset as usize).min(end);
             let take = (end - skip).min(top_k as usize);
             topks.push(take as i64);
@@ -1565,6 +1709,34 @@ mod tests {
                 .unwrap()
                 .is_none()
         );
+    }
+
+    #[test]
+    fn a_grouped_answer_fills_groups_in_the_order_of_their_nearest_hit() {
+        let batch = RecordBatch::try_from_iter([(
+            "doc",
+            Arc::new(arrow_array::Int64Array::from(vec![
+                Some(1),
+                Some(1),
+                Some(2),
+                None,
+                Some(2),
+                Some(1),
+                Some(4),
+                None,
+            ])) as ArrayRef,
+        )])
+        .unwrap();
+        let g = |size| Grouping {
+            field: "doc".into(),
+            size,
+        };
+        // Two per group, three groups (1, 2, null); the first skipped by the offset.
+        assert_eq!(g(2).pick(&batch, 0..8, 1, 2).unwrap(), [2, 4, 3, 7]);
+        assert_eq!(g(2).pick(&batch, 0..8, 0, 1).unwrap(), [0, 1]);
+        assert_eq!(g(1).pick(&batch, 0..8, 0, 10).unwrap(), [0, 2, 3, 6]);
+        // Only hits in the run count.
+        assert_eq!(g(1).pick(&batch, 4..7, 0, 10).unwrap(), [4, 5, 6]);
     }
 
     #[test]
