@@ -455,6 +455,42 @@ def test_grouped_search_matches(sluice, lite):
     assert len({d for _, d, _ in s[0][0]}) == 3, s
 
 
+def test_filter_templates_answer_as_the_filter_written_out(sluice):
+    """Milvus's expression templates (filter_params), which milvus-lite does not read: each
+    answer equals that of the same filter with the values written in."""
+    fresh(sluice, "d_template")
+    data = rows(80, seed=23)
+    sluice.insert("d_template", data)
+
+    def ids(rows_):
+        return sorted(r["id"] for r in rows_)
+
+    q = sluice.query(
+        "d_template",
+        filter="size > {low} and color in {colors}",
+        filter_params={"low": 40, "colors": ["red", "green"]},
+    )
+    assert q and ids(q) == ids(
+        sluice.query("d_template", filter='size > 40 and color in ["red", "green"]')
+    )
+    hits = sluice.search(
+        "d_template",
+        data=[data[2]["vector"]],
+        limit=5,
+        filter="id in {ids} or color == {c}",
+        filter_params={"ids": [2, 3, 4], "c": 'bl"ue'},
+    )
+    # The query row first; no row's color is bl"ue, so only the three ids.
+    assert hits[0][0]["id"] == 2, hits
+    assert sorted(h["id"] for h in hits[0]) == [2, 3, 4], hits
+    before = ids(sluice.query("d_template", filter="size >= 30.5"))
+    sluice.delete("d_template", filter="size < {s}", filter_params={"s": 30.5})
+    assert ids(sluice.query("d_template", filter="")) == before
+    with pytest.raises(MilvusException) as e:
+        sluice.query("d_template", filter="size > {missing}", filter_params={"low": 1})
+    assert e.value.code == 1100 and "missing" in e.value.message
+
+
 def test_writes_to_a_missing_partition_are_refused_and_change_nothing(sluice, lite):
     def f(c):
         fresh(c, "d_part_writes")

@@ -18,6 +18,7 @@
 mod convert;
 mod service;
 mod status;
+mod template;
 mod unsupported;
 
 pub use service::MilvusFront;

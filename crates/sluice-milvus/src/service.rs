@@ -722,12 +722,10 @@ impl MilvusFront {
         if r.expr.trim().is_empty() {
             return Err(Failure::invalid("a delete needs an expression"));
         }
-        if !r.expr_template_values.is_empty() {
-            return Err(Failure::unsupported("an expression with template values"));
-        }
+        let expr = crate::template::render(&r.expr, &r.expr_template_values)?;
         let c = self.collection(&r.collection_name).await?;
         let partitions = c.partitions(std::slice::from_ref(&r.partition_name))?;
-        let keys = self.keys_matching(&c, &r.expr, partitions).await?;
+        let keys = self.keys_matching(&c, &expr, partitions).await?;
         let ts = self.delete_keys(&c, &keys).await?;
         Ok(mm::MutationResult {
             status: Some(status::ok()),
@@ -742,9 +740,7 @@ impl MilvusFront {
         if !r.sub_reqs.is_empty() || r.function_score.is_some() || !r.function_chains.is_empty() {
             return Err(Failure::unsupported("hybrid search and function scores"));
         }
-        if !r.expr_template_values.is_empty() {
-            return Err(Failure::unsupported("an expression with template values"));
-        }
+        let filter = crate::template::render(&r.dsl, &r.expr_template_values)?;
         let c = self.collection(&r.collection_name).await?;
         let partition_ids = c.partitions(&r.partition_names)?;
         let p = &r.search_params;
@@ -852,7 +848,7 @@ impl MilvusFront {
                 vectors,
                 top_k: wanted as u32,
                 metric: metric as i32,
-                filter: r.dsl.clone(),
+                filter,
                 output_fields: fetched,
                 read: Some(read_options(level, r.guarantee_timestamp)),
                 exact,
@@ -923,9 +919,7 @@ impl MilvusFront {
     }
 
     async fn do_query(&self, r: mm::QueryRequest) -> Result<mm::QueryResults, Failure> {
-        if !r.expr_template_values.is_empty() {
-            return Err(Failure::unsupported("an expression with template values"));
-        }
+        let expr = crate::template::render(&r.expr, &r.expr_template_values)?;
         let c = self.collection(&r.collection_name).await?;
         let partition_ids = c.partitions(&r.partition_names)?;
         let level = if r.use_default_consistency {
@@ -957,7 +951,7 @@ impl MilvusFront {
                 .query
                 .query(v1::QueryRequest {
                     collection: c.schema.name.clone(),
-                    filter: r.expr.clone(),
+                    filter: expr.clone(),
                     limit: 0,
                     read,
                     partition_ids,
@@ -992,7 +986,7 @@ impl MilvusFront {
             .query
             .query(v1::QueryRequest {
                 collection: c.schema.name.clone(),
-                filter: r.expr.clone(),
+                filter: expr.clone(),
                 output_fields: fields.iter().filter(|f| **f != pk).cloned().collect(),
                 limit: if limit == 0 { 0 } else { limit + offset },
                 read,
