@@ -78,6 +78,18 @@ def fresh(c, name, **kw):
     c.create_collection(collection_name=name, dimension=DIM, **kw)
 
 
+def reindex(c, name, index_type, params):
+    """A fresh collection `name` whose default index is replaced by an L2 one of `index_type`
+    with `params` (the create_index call's error, if any, is raised); loaded again."""
+    fresh(c, name)
+    c.release_collection(name)
+    c.drop_index(name, c.list_indexes(name)[0])
+    index = c.prepare_index_params()
+    index.add_index(field_name="vector", index_type=index_type, metric_type="L2", params=params)
+    c.create_index(name, index)
+    c.load_collection(name)
+
+
 def hit_ids(result, pk="id"):
     return [[h[pk] for h in hits] for hits in result]
 
@@ -601,18 +613,7 @@ def test_an_hnsw_index_with_build_parameters_is_kept_and_searched(sluice, lite):
     the collection's sealed segments; searches answer as milvus-lite's."""
 
     def f(c):
-        fresh(c, "d_hnsw")
-        c.release_collection("d_hnsw")
-        c.drop_index("d_hnsw", c.list_indexes("d_hnsw")[0])
-        index = c.prepare_index_params()
-        index.add_index(
-            field_name="vector",
-            index_type="HNSW",
-            metric_type="L2",
-            params={"M": 8, "efConstruction": "64"},
-        )
-        c.create_index("d_hnsw", index)
-        c.load_collection("d_hnsw")
+        reindex(c, "d_hnsw", "HNSW", {"M": 8, "efConstruction": "64"})
         data = rows(300, seed=18)
         c.insert("d_hnsw", data)
         c.flush("d_hnsw")
@@ -631,13 +632,8 @@ def test_an_hnsw_index_with_build_parameters_is_kept_and_searched(sluice, lite):
     assert (d["index_type"], d["metric_type"]) == ("HNSW", "L2")
     assert d["params"] == {"M": 8, "efConstruction": 64}, d
     for params in [{"M": 1}, {"M": 4096}, {"efConstruction": 0}, {"M": "many"}]:
-        fresh(sluice, "d_hnsw_bad")
-        sluice.release_collection("d_hnsw_bad")
-        sluice.drop_index("d_hnsw_bad", sluice.list_indexes("d_hnsw_bad")[0])
-        index = sluice.prepare_index_params()
-        index.add_index(field_name="vector", index_type="HNSW", metric_type="L2", params=params)
         with pytest.raises(MilvusException) as e:
-            sluice.create_index("d_hnsw_bad", index)
+            reindex(sluice, "d_hnsw_bad", "HNSW", params)
         assert e.value.code == 1100, e.value
         assert list(params)[0] in e.value.message
 
@@ -647,15 +643,7 @@ def test_the_hello_milvus_ivf_flat_index_is_taken_and_searched(sluice, lite):
     Sluice answers it with its HNSW graphs and describes the index as created."""
 
     def f(c):
-        fresh(c, "d_ivf")
-        c.release_collection("d_ivf")
-        c.drop_index("d_ivf", c.list_indexes("d_ivf")[0])
-        index = c.prepare_index_params()
-        index.add_index(
-            field_name="vector", index_type="IVF_FLAT", metric_type="L2", params={"nlist": 128}
-        )
-        c.create_index("d_ivf", index)
-        c.load_collection("d_ivf")
+        reindex(c, "d_ivf", "IVF_FLAT", {"nlist": 128})
         data = rows(200, seed=20)
         c.insert("d_ivf", data)
         hits = c.search(
@@ -677,13 +665,8 @@ def test_the_hello_milvus_ivf_flat_index_is_taken_and_searched(sluice, lite):
         ("IVF_PQ", {"nlist": 8, "nbits": 99}),
         ("IVF_SQ8", {"nlist": "many"}),
     ]:
-        fresh(sluice, "d_ivf_bad")
-        sluice.release_collection("d_ivf_bad")
-        sluice.drop_index("d_ivf_bad", sluice.list_indexes("d_ivf_bad")[0])
-        index = sluice.prepare_index_params()
-        index.add_index(field_name="vector", index_type=index_type, metric_type="L2", params=params)
         with pytest.raises(MilvusException) as e:
-            sluice.create_index("d_ivf_bad", index)
+            reindex(sluice, "d_ivf_bad", index_type, params)
         assert e.value.code == 1100, e.value
 
 

@@ -1323,7 +1323,6 @@ impl Parser<'_> {
         Ok(Node::Leaf { column, pred })
     }
 
-    /// `[lit, ...]` after `in`, type-checked.
     /// `field like "pattern"`, after `like`.
     fn parse_like(&mut self, column: usize, like: &Token) -> Result<Node, FilterError> {
         let token = self.peek().clone();
@@ -1355,6 +1354,7 @@ impl Parser<'_> {
         })
     }
 
+    /// `[lit, ...]` after `in`, type-checked.
     fn parse_in(&mut self, column: usize) -> Result<Node, FilterError> {
         let open = self.peek();
         if open.tok != Tok::LBracket {
