@@ -1837,22 +1837,43 @@ impl QueryHost {
         released: std::collections::HashSet<i64>,
         settings: HashMap<i64, IndexSettings>,
     ) {
-        let mut changed = false;
+        let mut rebuild = false;
         {
             let mut cur = self.released.write();
             if *cur != released {
                 *cur = released;
-                changed = true;
+                rebuild = true;
             }
         }
-        {
+        let changed: std::collections::BTreeSet<i64> = {
             let mut cur = self.index_settings.write();
-            if *cur != settings {
-                *cur = settings;
-                changed = true;
+            let changed = cur
+                .keys()
+                .chain(settings.keys())
+                .filter(|c| cur.get(c) != settings.get(c))
+                .copied()
+                .collect();
+            *cur = settings;
+            changed
+        };
+        // A collection whose shards hold no index yet (the usual case: an index made right
+        // after the collection) takes its settings in place; one with indexed segments is
+        // rebuilt so that they are indexed again with them.
+        for collection in changed {
+            let params = self.index_params(collection);
+            for d in self.shards.read().values() {
+                if d.collection() != collection {
+                    continue;
+                }
+                let mut data = d.write();
+                if data.segments().iter().any(|&(.., indexed)| indexed) {
+                    rebuild = true;
+                } else {
+                    data.set_index_params(params);
+                }
             }
         }
-        if changed {
+        if rebuild {
             self.load_gen.send_modify(|g| *g += 1);
         }
     }
