@@ -242,14 +242,15 @@ impl Grouping {
         let mut at: HashMap<Option<String>, usize> = HashMap::new();
         let mut full = 0;
         for i in run {
-            match at.get(&key(i)) {
-                Some(&g) if groups[g].len() < self.size => {
+            let k = key(i);
+            match at.get(&k).copied() {
+                Some(g) if groups[g].len() < self.size => {
                     groups[g].push(i);
                     full += usize::from(groups[g].len() == self.size);
                 }
                 Some(_) => {}
                 None if groups.len() < wanted => {
-                    at.insert(key(i), groups.len());
+                    at.insert(k, groups.len());
                     groups.push(vec![i]);
                     full += usize::from(self.size == 1);
                 }

@@ -89,7 +89,8 @@ pub struct QueryHost {
     released: RwLock<std::collections::HashSet<i64>>,
     /// The index settings collections set in their properties (those setting none are absent).
     index_settings: RwLock<HashMap<i64, IndexSettings>>,
-    /// Bumped when `released` or `index_settings` changes: every feed starts over.
+    /// Bumped when `released` changes, or `index_settings` of a collection with indexed
+    /// segments: every feed starts over.
     load_gen: tokio::sync::watch::Sender<u64>,
     watching: std::sync::Once,
     /// Where sealed segments are placed on query workers (by meta key).

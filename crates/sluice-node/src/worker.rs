@@ -140,8 +140,7 @@ impl QueryWorker {
         Ok((d, Scope::of(ids, hidden), scope.mvcc_timestamp))
     }
 
-    /// The catalog's schema of `collection`.
-    /// The schema in force of `collection` and its HNSW parameters.
+    /// The catalog's schema of `collection` and its HNSW parameters.
     async fn schema(&self, collection: i64) -> Result<(CollectionSchema, IndexParams), String> {
         let key =
             sluice_coord::catalog::collection_key(&self.storage.meta_root, &collection.to_string());

@@ -8,7 +8,7 @@
 
 use std::sync::Arc;
 
-use sluice_types::index::{IndexMetric, IndexSettings};
+use sluice_types::index::IndexSettings;
 use usearch::{Index, IndexOptions, MetricKind, ScalarKind};
 
 use crate::vector::Metric;
@@ -44,11 +44,7 @@ impl IndexParams {
     /// These parameters with what a collection sets ([`IndexSettings`]) in their place.
     pub fn with(mut self, settings: &IndexSettings) -> IndexParams {
         if let Some(m) = settings.metric {
-            self.metric = match m {
-                IndexMetric::L2 => Metric::L2,
-                IndexMetric::Ip => Metric::Ip,
-                IndexMetric::Cosine => Metric::Cosine,
-            };
+            self.metric = m.into();
         }
         if let Some(m) = settings.m {
             self.connectivity = m;
@@ -275,6 +271,7 @@ pub fn distance_of(metric: Metric, d: f32) -> f32 {
 mod tests {
     use super::*;
     use crate::vector::{TopK, l2_squared};
+    use sluice_types::index::IndexMetric;
 
     fn data(rows: usize, dim: usize, seed: u32) -> Vec<f32> {
         // A cheap deterministic scatter (no clusters: the hardest case for a graph).

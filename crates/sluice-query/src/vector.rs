@@ -16,6 +16,17 @@ pub enum Metric {
     Cosine,
 }
 
+impl From<sluice_types::index::IndexMetric> for Metric {
+    fn from(m: sluice_types::index::IndexMetric) -> Metric {
+        use sluice_types::index::IndexMetric;
+        match m {
+            IndexMetric::L2 => Metric::L2,
+            IndexMetric::Ip => Metric::Ip,
+            IndexMetric::Cosine => Metric::Cosine,
+        }
+    }
+}
+
 impl Metric {
     /// The score a caller sees for a distance `d` computed by [`Metric::distance`]: the squared
     /// L2 distance, the inner product, or the cosine similarity (as Milvus reports them).

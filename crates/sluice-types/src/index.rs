@@ -31,6 +31,17 @@ pub enum IndexMetric {
     Cosine,
 }
 
+impl IndexMetric {
+    /// Its name as a property value.
+    pub fn name(self) -> &'static str {
+        match self {
+            IndexMetric::L2 => "L2",
+            IndexMetric::Ip => "IP",
+            IndexMetric::Cosine => "COSINE",
+        }
+    }
+}
+
 impl std::str::FromStr for IndexMetric {
     type Err = String;
 
@@ -94,12 +105,7 @@ impl IndexSettings {
     pub fn to_properties(&self) -> HashMap<String, String> {
         let mut out = HashMap::new();
         if let Some(m) = self.metric {
-            let name = match m {
-                IndexMetric::L2 => "L2",
-                IndexMetric::Ip => "IP",
-                IndexMetric::Cosine => "COSINE",
-            };
-            out.insert(PROP_METRIC.to_owned(), name.to_owned());
+            out.insert(PROP_METRIC.to_owned(), m.name().to_owned());
         }
         if let Some(m) = self.m {
             out.insert(PROP_HNSW_M.to_owned(), m.to_string());

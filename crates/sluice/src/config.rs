@@ -181,13 +181,11 @@ impl Default for QuerySection {
 impl QuerySection {
     /// The node's query configuration.
     pub(crate) fn query_config(&self) -> anyhow::Result<sluice_node::query::QueryConfig> {
-        use sluice_query::Metric;
-        let metric = match self.index_metric.to_ascii_uppercase().as_str() {
-            "L2" => Metric::L2,
-            "IP" => Metric::Ip,
-            "COSINE" => Metric::Cosine,
-            other => bail!("query.index_metric must be L2, IP or COSINE, not {other:?}"),
-        };
+        let metric: sluice_query::Metric = self
+            .index_metric
+            .parse::<sluice_types::index::IndexMetric>()
+            .map_err(|e| anyhow::anyhow!("query.index_metric: {e}"))?
+            .into();
         if self.hnsw_m < 2 || self.hnsw_ef_construction == 0 || self.hnsw_ef_search == 0 {
             bail!("query.hnsw_m must be at least 2 and the hnsw_ef_* values positive");
         }
