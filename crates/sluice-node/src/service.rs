@@ -27,7 +27,7 @@ use sluice_proto::v1::{
 use sluice_types::{ErrorCode, MutableMessage, NodeId, PChannel, Term, Timestamp, VChannel};
 use sluice_wal::scanner::{MessageFilter, ScannerOptions};
 use sluice_wal::{Wal, WalError};
-use tokio::sync::{Notify, Semaphore, mpsc};
+use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
@@ -122,43 +122,10 @@ fn error_outcome(status: &Status) -> produce_appended::Outcome {
     produce_appended::Outcome::Error(convert::error_to_wire(code, cause))
 }
 
-/// Sends answers as appends complete: those that completed together in one `appended_batch`
-/// when the client reads them, else one `appended` each.
-async fn write_answers(
-    mut done: mpsc::Receiver<v1::ProduceAppended>,
-    out: mpsc::Sender<Result<v1::ProduceResponse, Status>>,
-    batch_responses: bool,
-) {
-    let mut ready = Vec::new();
-    while done.recv_many(&mut ready, MAX_INFLIGHT_APPENDS).await > 0 {
-        let responses: Vec<produce_response::Response> = if batch_responses && ready.len() > 1 {
-            vec![produce_response::Response::AppendedBatch(
-                v1::ProduceAppendedBatch {
-                    appended: std::mem::take(&mut ready),
-                },
-            )]
-        } else {
-            ready
-                .drain(..)
-                .map(produce_response::Response::Appended)
-                .collect()
-        };
-        for response in responses {
-            let response = v1::ProduceResponse {
-                response: Some(response),
-            };
-            if out.send(Ok(response)).await.is_err() {
-                return;
-            }
-        }
-    }
-}
-
 /// How a `Produce` stream stops taking appends when its WAL does.
 #[derive(Clone, Default)]
 struct Stopping {
     unavailable: Arc<AtomicBool>,
-    stop: Arc<Notify>,
     reason: Arc<parking_lot::Mutex<Option<v1::StreamingError>>>,
 }
 
@@ -173,7 +140,6 @@ impl Stopping {
             Err(e) => {
                 if e.code().ends_producer() && !self.unavailable.swap(true, Ordering::AcqRel) {
                     *self.reason.lock() = Some(convert::error_to_wire(e.code(), e.to_string()));
-                    self.stop.notify_one();
                 }
                 error_outcome(&wal_status(&e))
             }
@@ -181,31 +147,56 @@ impl Stopping {
     }
 }
 
-async fn produce_loop(
+/// One `Produce` stream on the server, as the stream of its responses: polling it reads the
+/// client's requests (while fewer than [`MAX_INFLIGHT_APPENDS`] appends are unanswered), starts
+/// their appends and answers them as they complete — those that completed together in one
+/// `appended_batch` when the client reads them so, else one `appended` each. The appends of one
+/// request run together in one spawned task, so they finish (and a retry finds their outcome)
+/// even when the client goes away. Once the client closes, the stream breaks or the WAL stops
+/// taking appends, it answers everything in flight, then sends `closed` (or the error that
+/// ended it) and ends.
+///
+/// One task (the server's, polling this stream) reads, answers and writes: no hand-off per
+/// request between a reading task, a writing task and a channel between them.
+struct ProducerStream {
     wal: Wal,
-    mut inbound: Streaming<v1::ProduceRequest>,
-    out: mpsc::Sender<Result<v1::ProduceResponse, Status>>,
+    inbound: Streaming<v1::ProduceRequest>,
     batch_responses: bool,
-) {
-    let permits = Arc::new(Semaphore::new(MAX_INFLIGHT_APPENDS));
-    let stopping = Stopping::default();
-    // Bounded: a client that does not read its answers stops this loop (and its stream).
-    let (done, answers) = mpsc::channel(MAX_INFLIGHT_APPENDS);
-    let writer = tokio::spawn(write_answers(answers, out.clone(), batch_responses));
-    loop {
-        let next = tokio::select! {
-            biased;
-            _ = stopping.stop.notified() => break,
-            next = inbound.message() => next,
-        };
-        let request = match next {
-            Ok(Some(r)) => r,
-            Ok(None) => break,
-            Err(status) => {
-                tracing::debug!(%status, "produce stream broke");
-                break;
-            }
-        };
+    /// Answers of the spawned appends, in completion order.
+    done_tx: mpsc::UnboundedSender<v1::ProduceAppended>,
+    done_rx: mpsc::UnboundedReceiver<v1::ProduceAppended>,
+    /// Appends started and not yet in `ready`.
+    in_flight: usize,
+    /// Answers not sent yet.
+    ready: Vec<v1::ProduceAppended>,
+    /// Still taking requests.
+    reading: bool,
+    stopping: Stopping,
+    /// A request the stream cannot go on after: sent (instead of `closed`) once drained.
+    refused: Option<Status>,
+    ended: bool,
+}
+
+impl ProducerStream {
+    fn new(wal: Wal, inbound: Streaming<v1::ProduceRequest>, batch_responses: bool) -> Self {
+        let (done_tx, done_rx) = mpsc::unbounded_channel();
+        ProducerStream {
+            wal,
+            inbound,
+            batch_responses,
+            done_tx,
+            done_rx,
+            in_flight: 0,
+            ready: Vec::new(),
+            reading: true,
+            stopping: Stopping::default(),
+            refused: None,
+            ended: false,
+        }
+    }
+
+    /// Takes one request: starts its appends, or answers what cannot be appended.
+    fn take(&mut self, request: v1::ProduceRequest) {
         let batch = match request.request {
             Some(produce_request::Request::Append(a)) => vec![a],
             Some(produce_request::Request::Appends(b))
@@ -218,50 +209,45 @@ async fn produce_loop(
                         b.appends.len()
                     ),
                 );
-                for a in b.appends {
-                    let _ = done
-                        .send(appended(a.request_id, error_outcome(&status)))
-                        .await;
-                }
-                continue;
+                let outcome = error_outcome(&status);
+                self.ready.extend(
+                    b.appends
+                        .into_iter()
+                        .map(|a| appended(a.request_id, outcome.clone())),
+                );
+                return;
             }
             Some(produce_request::Request::Appends(b)) => b.appends,
-            Some(produce_request::Request::Close(_)) => break,
+            Some(produce_request::Request::Close(_)) => {
+                self.reading = false;
+                return;
+            }
             Some(produce_request::Request::Open(_)) | None => {
-                let _ = out
-                    .send(Err(convert::status(
-                        ErrorCode::InvalidRequestSeq,
-                        "a producer is opened once, with the first request",
-                    )))
-                    .await;
-                break;
+                self.refused = Some(convert::status(
+                    ErrorCode::InvalidRequestSeq,
+                    "a producer is opened once, with the first request",
+                ));
+                self.reading = false;
+                return;
             }
         };
         let mut appends = Vec::with_capacity(batch.len());
         for a in batch {
             match parse_append(a) {
                 Ok(v) => appends.push(v),
-                Err((id, status)) => {
-                    let _ = done.send(appended(id, error_outcome(&status))).await;
-                }
+                Err((id, status)) => self.ready.push(appended(id, error_outcome(&status))),
             }
         }
         if appends.is_empty() {
-            continue;
+            return;
         }
-        let Ok(permit) = permits
-            .clone()
-            .acquire_many_owned(appends.len() as u32)
-            .await
-        else {
-            break;
-        };
-        if stopping.unavailable.load(Ordering::Acquire) {
-            break;
-        }
-        let (wal, done, stopping) = (wal.clone(), done.clone(), stopping.clone());
+        self.in_flight += appends.len();
+        let (wal, done, stopping) = (
+            self.wal.clone(),
+            self.done_tx.clone(),
+            self.stopping.clone(),
+        );
         tokio::spawn(async move {
-            // The appends of one request run together in this one task.
             let mut running: FuturesUnordered<_> = appends
                 .into_iter()
                 .map(|(request_id, msg)| {
@@ -270,23 +256,79 @@ async fn produce_loop(
                 })
                 .collect();
             while let Some((request_id, r)) = running.next().await {
-                let _ = done.send(appended(request_id, stopping.outcome(r))).await;
+                let _ = done.send(appended(request_id, stopping.outcome(r)));
             }
-            drop(permit);
         });
     }
-    // Drain: every append in flight is answered before `closed`.
-    let _all = permits.acquire_many(MAX_INFLIGHT_APPENDS as u32).await;
-    drop(done);
-    let _ = writer.await;
-    let reason = stopping.reason.lock().take();
-    let _ = out
-        .send(Ok(v1::ProduceResponse {
-            response: Some(produce_response::Response::Closed(v1::ProduceClosed {
-                reason,
-            })),
-        }))
-        .await;
+
+    /// The answers in `ready` as one response (or the first of them, one per response).
+    fn answer(&mut self) -> v1::ProduceResponse {
+        let response = if self.batch_responses && self.ready.len() > 1 {
+            produce_response::Response::AppendedBatch(v1::ProduceAppendedBatch {
+                appended: std::mem::take(&mut self.ready),
+            })
+        } else {
+            produce_response::Response::Appended(self.ready.remove(0))
+        };
+        v1::ProduceResponse {
+            response: Some(response),
+        }
+    }
+}
+
+impl Stream for ProducerStream {
+    type Item = Result<v1::ProduceResponse, Status>;
+
+    fn poll_next(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        use std::task::Poll;
+        let this = &mut *self;
+        loop {
+            while let Poll::Ready(Some(a)) = this.done_rx.poll_recv(cx) {
+                this.in_flight -= 1;
+                this.ready.push(a);
+            }
+            if !this.ready.is_empty() {
+                return Poll::Ready(Some(Ok(this.answer())));
+            }
+            if this.ended {
+                return Poll::Ready(None);
+            }
+            if this.stopping.unavailable.load(Ordering::Acquire) {
+                this.reading = false;
+            }
+            if this.reading && this.in_flight < MAX_INFLIGHT_APPENDS {
+                match this.inbound.poll_next_unpin(cx) {
+                    Poll::Ready(Some(Ok(request))) => {
+                        this.take(request);
+                        continue;
+                    }
+                    Poll::Ready(Some(Err(status))) => {
+                        tracing::debug!(%status, "produce stream broke");
+                        this.reading = false;
+                    }
+                    Poll::Ready(None) => this.reading = false,
+                    Poll::Pending => {}
+                }
+            }
+            if this.reading || this.in_flight > 0 {
+                return Poll::Pending;
+            }
+            // Drained: every append was answered.
+            this.ended = true;
+            if let Some(status) = this.refused.take() {
+                return Poll::Ready(Some(Err(status)));
+            }
+            let reason = this.stopping.reason.lock().take();
+            return Poll::Ready(Some(Ok(v1::ProduceResponse {
+                response: Some(produce_response::Response::Closed(v1::ProduceClosed {
+                    reason,
+                })),
+            })));
+        }
+    }
 }
 
 fn scanner_options(req: v1::ConsumeRequest) -> Result<ScannerOptions, WireError> {
@@ -345,17 +387,15 @@ impl StreamingNode for NodeService {
             .wal(&pchannel, Some(term))
             .map_err(|e| e.to_status())?;
         let producer_id = self.producers.fetch_add(1, Ordering::Relaxed) + 1;
-        let (tx, rx) = mpsc::channel(MAX_INFLIGHT_APPENDS);
         let opened = v1::ProduceResponse {
             response: Some(produce_response::Response::Opened(v1::ProduceOpened {
                 producer_id,
             })),
         };
-        tx.send(Ok(opened))
-            .await
-            .map_err(|_| Status::cancelled("client went away"))?;
-        tokio::spawn(produce_loop(wal, inbound, tx, open.batch_responses));
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        let answers = ProducerStream::new(wal, inbound, open.batch_responses);
+        Ok(Response::new(Box::pin(
+            futures::stream::once(std::future::ready(Ok(opened))).chain(answers),
+        )))
     }
 
     async fn consume(

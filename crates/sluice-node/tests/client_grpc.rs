@@ -333,7 +333,9 @@ async fn node_checks_terms_and_ownership() {
         .unwrap()
         .into_inner();
     let mut outcomes = BTreeMap::new();
+    let mut closed = None;
     while let Some(r) = responses.message().await.unwrap() {
+        assert!(closed.is_none(), "a response after `closed`: {r:?}");
         match r.response {
             Some(produce_response::Response::Appended(a)) => {
                 outcomes.insert(a.request_id, a.outcome.unwrap());
@@ -343,9 +345,13 @@ async fn node_checks_terms_and_ownership() {
                     outcomes.insert(a.request_id, a.outcome.unwrap());
                 }
             }
-            _ => {}
+            Some(produce_response::Response::Opened(_)) => assert!(outcomes.is_empty()),
+            Some(produce_response::Response::Closed(c)) => closed = Some(c),
+            None => panic!("a response without content"),
         }
     }
+    // `close` ends the stream once everything before it is answered, with no error.
+    assert_eq!(closed, Some(v1::ProduceClosed { reason: None }));
     let failed = |id: u64| match &outcomes[&id] {
         produce_appended::Outcome::Error(e) => sluice_proto::convert::error_from_wire(e).0,
         other => panic!("append {id} should have failed: {other:?}"),
@@ -379,6 +385,53 @@ async fn node_checks_terms_and_ownership() {
         matches!(&outcomes[&2], produce_appended::Outcome::Result(_)),
         "the valid append after it succeeds: {:?}",
         outcomes[&2]
+    );
+
+    // A second `open` ends the stream with INVALID_REQUEST_SEQ, after the append before it
+    // is answered.
+    let open = v1::ProduceRequest {
+        request: Some(produce_request::Request::Open(v1::ProduceOpen {
+            pchannel: Some(v1::PChannelAtTerm {
+                name: pchannel().as_str().to_owned(),
+                term: 3,
+            }),
+            batch_responses: false,
+        })),
+    };
+    let append = v1::ProduceRequest {
+        request: Some(produce_request::Request::Append(v1::ProduceAppend {
+            request_id: 7,
+            message: Some(v1::Message::from(&*insert(1, "before the second open"))),
+            ..Default::default()
+        })),
+    };
+    let mut responses = raw
+        .produce(futures::stream::iter(vec![open.clone(), append, open]))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut answered = Vec::new();
+    let status = loop {
+        match responses.message().await {
+            Ok(Some(v1::ProduceResponse {
+                response: Some(produce_response::Response::Appended(a)),
+            })) => answered.push(a),
+            Ok(Some(v1::ProduceResponse {
+                response: Some(produce_response::Response::Opened(_)),
+            })) => {}
+            Ok(other) => panic!("unexpected response {other:?}"),
+            Err(status) => break status,
+        }
+    };
+    assert_eq!(answered.len(), 1, "{answered:?}");
+    assert!(matches!(
+        answered[0].outcome,
+        Some(produce_appended::Outcome::Result(_))
+    ));
+    assert_eq!(
+        sluice_proto::convert::error_of(&status).0,
+        ErrorCode::InvalidRequestSeq,
+        "{status:?}"
     );
 }
 
