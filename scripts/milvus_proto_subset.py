@@ -34,15 +34,24 @@ RPCS = {
     "ReleaseCollection": "Releases a collection (search and query refuse it until loaded again).",
     "GetLoadingProgress": "100 once loaded.",
     "GetLoadState": "LoadStateLoaded, LoadStateNotLoad or LoadStateNotExist.",
-    "CreateIndex": "Records an index on the vector field: AUTOINDEX, HNSW or FLAT with metric "
-    "L2, IP or COSINE (Sluice builds HNSW over sealed segments; growing rows are searched "
-    "exactly). Any other index type or parameter is an error.",
+    "CreateIndex": "Records an index on the vector field, metric L2, IP or COSINE: AUTOINDEX, "
+    "HNSW (M, efConstruction) or FLAT; IVF_FLAT, IVF_SQ8, IVF_PQ, SCANN and DISKANN are accepted "
+    "with their parameters checked and answered with HNSW (Sluice builds HNSW graphs over sealed "
+    "segments; growing rows are searched exactly). Any other index type or a bad parameter is "
+    "an error.",
     "DescribeIndex": "The index recorded on the collection.",
     "DropIndex": "Forgets the recorded index (searches fall back to exact search).",
-    "CreatePartition": "Not supported yet (an error status says so).",
-    "DropPartition": "Not supported yet (an error status says so).",
-    "HasPartition": "True only for _default.",
-    "ShowPartitions": "The _default partition.",
+    "CreatePartition": "Adds a partition (a name of [A-Za-z0-9_], not starting with a digit; at "
+    "most 1024 per collection); writes may name it once this returns. An existing name is no "
+    "change.",
+    "DropPartition": "Drops a partition and its rows (growing and sealed). A partition that does "
+    "not exist is no change; the default partition cannot be dropped.",
+    "HasPartition": "Whether the collection has a partition of that name.",
+    "ShowPartitions": "The collection's partitions, the default one first.",
+    "LoadPartitions": "Loads the partitions named (a released collection is loaded with only "
+    "those).",
+    "ReleasePartitions": "Reads skip the partitions named (naming one is PartitionNotLoaded, "
+    "201) until they are loaded again; releasing every partition releases the collection.",
     "Insert": "Columnar rows (FieldData) routed to the collection's shards by primary key.",
     "Upsert": "A delete of the given primary keys followed by an insert of the rows.",
     "Delete": "Deletes by primary key (`id in [...]`) or by any filter (the matching keys are "

@@ -532,8 +532,8 @@ def test_writes_to_a_missing_partition_are_refused_and_change_nothing(sluice, li
 
 def test_unsupported_requests_get_a_clear_error_not_a_silent_success(sluice):
     """Sluice has one ANN index kind (HNSW, or FLAT for exact search), built with M and
-    efConstruction, which also answers the IVF types, SCANN and DISKANN, and no partitions
-    beyond _default: asking for more is an error, never ignored."""
+    efConstruction, which also answers the IVF types, SCANN and DISKANN: asking for more is an
+    error, never ignored."""
     fresh(sluice, "d_unsupported_target")
     schema = MilvusClient.create_schema(auto_id=False)
     schema.add_field("id", DataType.INT64, is_primary=True)
@@ -551,9 +551,6 @@ def test_unsupported_requests_get_a_clear_error_not_a_silent_success(sluice):
         with pytest.raises(MilvusException) as e:
             sluice.create_index("d_unsupported", index)
         assert "not supported" in e.value.message
-    with pytest.raises(MilvusException) as e:
-        sluice.create_partition("d_unsupported", "p1")
-    assert "not supported" in e.value.message
     # A MilvusService method Sluice does not have is named in the answer, not left blank.
     import grpc
 
@@ -677,6 +674,150 @@ def test_partitions_of_a_new_collection_match(sluice, lite):
 
     s, l = both(sluice, lite, f)
     assert s == l == (["_default"], True, False)
+
+
+def test_partitions_are_created_written_searched_and_dropped(sluice, lite):
+    def f(c):
+        fresh(c, "d_parts_life")
+        c.create_partition("d_parts_life", "p1")
+        c.create_partition("d_parts_life", "p2")
+        data = rows(30, seed=21)
+        c.insert("d_parts_life", data[:10])
+        c.insert("d_parts_life", data[10:20], partition_name="p1")
+        c.insert("d_parts_life", data[20:], partition_name="p2")
+        listed = sorted(c.list_partitions("d_parts_life"))
+        has = [c.has_partition("d_parts_life", p) for p in ["p1", "p2", "p3"]]
+
+        def ids(**kw):
+            return sorted(r["id"] for r in c.query("d_parts_life", filter="id >= 0", **kw))
+
+        scoped = [ids(partition_names=["p1"]), ids(partition_names=["p2", "_default"])]
+        hits = c.search(
+            "d_parts_life", data=[data[25]["vector"]], limit=5, partition_names=["p1"]
+        )
+        in_p1 = all(10 <= h["id"] < 20 for h in hits[0]) and len(hits[0]) == 5
+        c.drop_partition("d_parts_life", "p2")
+        after = (
+            sorted(c.list_partitions("d_parts_life")),
+            c.has_partition("d_parts_life", "p2"),
+            ids(),
+        )
+        # A partition of the same name again is a new, empty one.
+        c.create_partition("d_parts_life", "p2")
+        empty = ids(partition_names=["p2"])
+        return listed, has, scoped, in_p1, after, empty
+
+    s, l = both(sluice, lite, f)
+    assert s == l
+    assert s[0] == ["_default", "p1", "p2"] and s[1] == [True, True, False]
+    assert s[2] == [list(range(10, 20)), list(range(10)) + list(range(20, 30))]
+    assert s[3] is True
+    assert s[4] == (["_default", "p1"], False, list(range(20)))
+    assert s[5] == []
+
+
+def test_partition_ddl_follows_milvus_in_sluice(sluice):
+    """Deliberate differences from milvus-lite, as Milvus answers: creating a partition that
+    exists and dropping one that does not are no change; names follow Milvus's rules; the
+    default partition stays."""
+    fresh(sluice, "d_parts_ddl")
+    sluice.create_partition("d_parts_ddl", "p1")
+    sluice.create_partition("d_parts_ddl", "p1")
+    sluice.drop_partition("d_parts_ddl", "nope")
+    assert sorted(sluice.list_partitions("d_parts_ddl")) == ["_default", "p1"]
+    for bad in ["1p", "p-1", "x" * 256]:
+        with pytest.raises(MilvusException) as e:
+            sluice.create_partition("d_parts_ddl", bad)
+        assert e.value.code == 1100 and "partition name" in e.value.message, e.value
+    with pytest.raises(MilvusException) as e:
+        sluice.drop_partition("d_parts_ddl", "_default")
+    assert e.value.code == 1100 and "default partition" in e.value.message, e.value
+    with pytest.raises(MilvusException) as e:
+        sluice.create_partition("d_no_such_collection", "p1")
+    assert e.value.code == 100, e.value
+    assert sorted(sluice.list_partitions("d_parts_ddl")) == ["_default", "p1"]
+
+
+def test_released_partitions_are_skipped_until_loaded_again(sluice):
+    """Partition-level load and release, as Milvus answers (milvus-lite has neither)."""
+    fresh(sluice, "d_parts_load")
+    sluice.create_partition("d_parts_load", "p1")
+    data = rows(20, seed=22)
+    sluice.insert("d_parts_load", data[:10])
+    sluice.insert("d_parts_load", data[10:], partition_name="p1")
+
+    def ids(**kw):
+        return sorted(r["id"] for r in sluice.query("d_parts_load", filter="id >= 0", **kw))
+
+    def state(**kw):
+        return str(sluice.get_load_state("d_parts_load", **kw)["state"])
+
+    sluice.release_partitions("d_parts_load", ["p1"])
+    assert ids() == list(range(10))
+    assert state(partition_name="p1") == "NotLoad" and state() == "Loaded"
+    with pytest.raises(MilvusException) as e:
+        sluice.search("d_parts_load", data=[data[15]["vector"]], limit=3, partition_names=["p1"])
+    assert e.value.code == 201 and "p1" in e.value.message, e.value
+    hits = sluice.search("d_parts_load", data=[data[15]["vector"]], limit=3)
+    assert all(h["id"] < 10 for h in hits[0])
+    sluice.load_partitions("d_parts_load", ["p1"])
+    assert ids() == list(range(20)) and state(partition_name="p1") == "Loaded"
+    # Releasing every partition releases the collection; loading one loads only that one.
+    sluice.release_partitions("d_parts_load", ["_default", "p1"])
+    assert state() == "NotLoad"
+    with pytest.raises(MilvusException) as e:
+        ids()
+    assert e.value.code == 101, e.value
+    sluice.load_partitions("d_parts_load", ["p1"])
+    assert ids() == list(range(10, 20))
+    assert state(partition_name="_default") == "NotLoad"
+    sluice.load_collection("d_parts_load")
+    assert ids() == list(range(20))
+    with pytest.raises(MilvusException) as e:
+        sluice.release_partitions("d_parts_load", ["p9"])
+    assert e.value.code == 200, e.value
+
+
+def test_a_dropped_partition_stays_dropped_after_a_restart():
+    """The rows of a dropped partition, also those already sealed into Parquet, do not come back
+    when the server restarts and reloads the collection's segments."""
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory(prefix="sluice-parts-restart-") as d:
+        s = Server(Path(d))
+        s.start()
+        try:
+            c = MilvusClient(uri=f"http://{s.milvus}")
+            c.create_collection("parts_restart", dimension=DIM)
+            c.create_partition("parts_restart", "p1")
+            data = rows(40, seed=23)
+            c.insert("parts_restart", data[:20])
+            c.insert("parts_restart", data[20:], partition_name="p1")
+            c.flush("parts_restart")
+            c.drop_partition("parts_restart", "p1")
+            # More writes and a flush after the drop: the restart starts past it.
+            c.insert("parts_restart", rows(5, seed=24, start=100))
+            c.flush("parts_restart")
+            before = sorted(r["id"] for r in c.query("parts_restart", filter="id >= 0"))
+            c.close()
+        finally:
+            s.stop()
+        assert before == list(range(20)) + list(range(100, 105))
+        s = Server(Path(d))
+        s.start()
+        try:
+            c = MilvusClient(uri=f"http://{s.milvus}")
+            after = sorted(
+                r["id"]
+                for r in c.query(
+                    "parts_restart", filter="id >= 0", consistency_level="Strong"
+                )
+            )
+            assert after == before
+            assert c.list_partitions("parts_restart") == ["_default"]
+            c.close()
+        finally:
+            s.stop()
 
 
 def test_reads_of_a_missing_partition_are_an_error_in_sluice(sluice):

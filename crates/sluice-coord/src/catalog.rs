@@ -24,7 +24,10 @@ use bytes::Bytes;
 use prost::Message as _;
 use sluice_meta::{Condition, MetaStore, TxnOp};
 use sluice_proto::v1;
-use sluice_types::message::{CreateCollectionHeader, DropCollectionHeader, ResourceKey};
+use sluice_types::message::{
+    CreateCollectionHeader, CreatePartitionHeader, DropCollectionHeader, DropPartitionHeader,
+    ResourceKey,
+};
 use sluice_types::schema::CollectionSchema;
 use sluice_types::{CollectionId, MutableMessage, PChannel};
 
@@ -37,6 +40,14 @@ const COLLECTION_NAME_DOMAIN: i32 = 1;
 
 /// The most shards a collection may have.
 pub const MAX_SHARDS: u32 = 64;
+
+/// The most partitions a collection may have (Milvus's default limit).
+pub const MAX_PARTITIONS: usize = 1024;
+
+fn check_partition_name(name: &str) -> Result<()> {
+    sluice_types::schema::check_name("partition", name)
+        .map_err(|e| CoordError::InvalidArgument(e.to_string()))
+}
 
 /// The meta-store key naming the live collection called `name` (its id, decimal), under the
 /// meta store's `root`.
@@ -238,6 +249,15 @@ impl Catalog {
         } else {
             partition_names
         };
+        if partition_names.len() > MAX_PARTITIONS {
+            return Err(CoordError::InvalidArgument(format!(
+                "{} partitions: at most {MAX_PARTITIONS}",
+                partition_names.len()
+            )));
+        }
+        for n in &partition_names {
+            check_partition_name(n)?;
+        }
         let mut seen = std::collections::HashSet::new();
         if let Some(dup) = partition_names.iter().find(|n| !seen.insert(n.as_str())) {
             return Err(CoordError::InvalidArgument(format!(
@@ -359,6 +379,96 @@ impl Catalog {
             .await?;
         info.state = v1::CollectionState::Dropped as i32;
         tracing::info!(collection = info.collection_id, %name, "collection dropped");
+        Ok(info)
+    }
+
+    /// Adds partition `partition` to the live collection `name`: broadcast first (every WAL of
+    /// the collection knows the partition before the catalog shows it, so a write that names
+    /// it after this returns is accepted), then recorded. An existing partition of that name is
+    /// no change. A crash in between leaves a partition id only the WALs know, unused.
+    pub async fn create_partition(
+        &self,
+        ids: &Ids,
+        broadcaster: &Broadcaster,
+        name: &str,
+        partition: &str,
+    ) -> Result<v1::CollectionInfo> {
+        check_partition_name(partition)?;
+        let info = self.by_name(name).await?;
+        if info.partitions.iter().any(|p| p.name == partition) {
+            return Ok(info);
+        }
+        if info.partitions.len() >= MAX_PARTITIONS {
+            return Err(CoordError::InvalidArgument(format!(
+                "collection {name:?} has {} partitions: at most {MAX_PARTITIONS}",
+                info.partitions.len()
+            )));
+        }
+        let partition_id = i64::try_from(ids.allocate(1).await?)
+            .map_err(|_| CoordError::InvalidArgument("id allocator ran out of i64 ids".into()))?;
+        let template = MutableMessage::builder(CreatePartitionHeader {
+            collection_id: info.collection_id,
+            partition_id,
+        })
+        .build()
+        .map_err(|e| CoordError::InvalidArgument(e.to_string()))?;
+        self.broadcast(broadcaster, template, &info.vchannels, name)
+            .await?;
+        let info = self
+            .update(name, |next| {
+                if next.collection_id != info.collection_id {
+                    return Err(not_found(format!("{name:?}")));
+                }
+                // Created meanwhile by another call: that one stands.
+                if !next.partitions.iter().any(|p| p.name == partition) {
+                    next.partitions.push(v1::PartitionInfo {
+                        partition_id,
+                        name: partition.to_owned(),
+                    });
+                }
+                Ok(())
+            })
+            .await?;
+        tracing::info!(collection = info.collection_id, %name, %partition, partition_id, "partition created");
+        Ok(info)
+    }
+
+    /// Drops partition `partition` of the live collection `name`: DropPartition broadcast to
+    /// every vchannel (the WALs forget its growing segments, delegators its rows), then the
+    /// record forgets it. A partition that does not exist is no change; the default (first)
+    /// partition cannot be dropped.
+    pub async fn drop_partition(
+        &self,
+        broadcaster: &Broadcaster,
+        name: &str,
+        partition: &str,
+    ) -> Result<v1::CollectionInfo> {
+        let info = self.by_name(name).await?;
+        let Some(pos) = info.partitions.iter().position(|p| p.name == partition) else {
+            return Ok(info);
+        };
+        if pos == 0 {
+            return Err(CoordError::InvalidArgument(format!(
+                "partition {partition:?} is the default partition of collection {name:?}: it \
+                 cannot be dropped"
+            )));
+        }
+        let partition_id = info.partitions[pos].partition_id;
+        let template = MutableMessage::builder(DropPartitionHeader {
+            collection_id: info.collection_id,
+            partition_id,
+        })
+        .build()
+        .map_err(|e| CoordError::InvalidArgument(e.to_string()))?;
+        self.broadcast(broadcaster, template, &info.vchannels, name)
+            .await?;
+        let info = self
+            .update(name, |next| {
+                next.partitions.retain(|p| p.partition_id != partition_id);
+                Ok(())
+            })
+            .await?;
+        tracing::info!(collection = info.collection_id, %name, %partition, partition_id, "partition dropped");
         Ok(info)
     }
 

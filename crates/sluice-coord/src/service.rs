@@ -282,6 +282,43 @@ impl coordinator_server::Coordinator for CoordinatorService {
         Ok(Response::new(info))
     }
 
+    async fn create_partition(
+        &self,
+        request: Request<v1::CreatePartitionRequest>,
+    ) -> Result<Response<v1::CollectionInfo>, Status> {
+        let request = request.into_inner();
+        let leader = self.leader().await?;
+        let info = leader
+            .catalog
+            .create_partition(
+                &leader.ids,
+                &leader.broadcaster,
+                &request.collection_name,
+                &request.partition_name,
+            )
+            .await
+            .map_err(|e| coord_status(&e))?;
+        Ok(Response::new(info))
+    }
+
+    async fn drop_partition(
+        &self,
+        request: Request<v1::DropPartitionRequest>,
+    ) -> Result<Response<v1::CollectionInfo>, Status> {
+        let request = request.into_inner();
+        let leader = self.leader().await?;
+        let info = leader
+            .catalog
+            .drop_partition(
+                &leader.broadcaster,
+                &request.collection_name,
+                &request.partition_name,
+            )
+            .await
+            .map_err(|e| coord_status(&e))?;
+        Ok(Response::new(info))
+    }
+
     async fn drop_collection(
         &self,
         request: Request<v1::DropCollectionRequest>,

@@ -22,6 +22,9 @@ use crate::status::Failure;
 pub(crate) const PROP_TYPES: &str = "milvus.field_types";
 /// Collection property: the consistency level (Milvus's enum number).
 pub(crate) const PROP_CONSISTENCY: &str = "milvus.consistency_level";
+/// Collection property: the partitions released (Milvus's ReleasePartitions) while the
+/// collection stays loaded, as a JSON array of partition ids; reads skip them.
+pub(crate) const PROP_RELEASED: &str = "milvus.released_partitions";
 /// Collection property: the index (a JSON object: field, name, type, metric, params).
 pub(crate) const PROP_INDEX: &str = "milvus.index";
 /// The name Milvus gives the dynamic field.

@@ -20,8 +20,8 @@ use tonic::{Request, Response};
 
 use crate::DYNAMIC_FIELD;
 use crate::convert::{
-    MILVUS_DYNAMIC, PROP_CONSISTENCY, PROP_INDEX, batches_to_milvus, rows_from_milvus,
-    schema_to_milvus, schema_to_sluice,
+    MILVUS_DYNAMIC, PROP_CONSISTENCY, PROP_INDEX, PROP_RELEASED, batches_to_milvus,
+    rows_from_milvus, schema_to_milvus, schema_to_sluice,
 };
 use crate::pb::common::{self as mc, KeyValuePair, Status};
 use crate::pb::milvus::milvus_service_server::{MilvusService, MilvusServiceServer};
@@ -87,14 +87,80 @@ impl Collection {
             .ok_or_else(|| Failure::partition_not_found(name))
     }
 
-    /// The partitions a read names (none: all of them); an unknown name is an error, not an
-    /// empty answer.
+    /// The partitions a read covers: those it names, each of which must exist (an unknown
+    /// name is an error, not an empty answer) and be loaded; else every loaded one (an empty
+    /// list when none is released: all of them).
     fn partitions(&self, names: &[String]) -> Result<Vec<i64>, Failure> {
+        let released = self.released();
+        let named: Vec<&String> = names.iter().filter(|n| !n.is_empty()).collect();
+        if !named.is_empty() {
+            return named
+                .into_iter()
+                .map(|n| match self.partition(n)? {
+                    id if released.contains(&id) => Err(Failure::partition_not_loaded(n)),
+                    id => Ok(id),
+                })
+                .collect();
+        }
+        if released.is_empty() {
+            return Ok(Vec::new());
+        }
+        let loaded: Vec<i64> = self
+            .info
+            .partitions
+            .iter()
+            .map(|p| p.partition_id)
+            .filter(|id| !released.contains(id))
+            .collect();
+        if loaded.is_empty() {
+            return Err(Failure::collection_not_loaded(&self.schema.name));
+        }
+        Ok(loaded)
+    }
+
+    /// The partitions released while the collection stays loaded (Milvus's ReleasePartitions).
+    fn released(&self) -> Vec<i64> {
+        self.props()
+            .get(PROP_RELEASED)
+            .and_then(|v| serde_json::from_str(v).ok())
+            .unwrap_or_default()
+    }
+
+    /// The ids of the partitions `names` (at least one; each must exist).
+    fn named_partitions(&self, names: &[String]) -> Result<Vec<i64>, Failure> {
+        if names.is_empty() {
+            return Err(Failure::invalid("no partition names"));
+        }
         names
             .iter()
-            .filter(|n| !n.is_empty())
-            .map(|n| self.partition(n))
+            .map(|n| {
+                if n.is_empty() {
+                    Err(Failure::invalid("an empty partition name"))
+                } else {
+                    self.partition(n)
+                }
+            })
             .collect()
+    }
+
+    /// Whether the collection (or, when named, each of `partitions`) is loaded.
+    fn load_state(&self, partitions: &[String]) -> Result<mc::LoadState, Failure> {
+        let released = self.released();
+        let named = match partitions.is_empty() {
+            true => Vec::new(),
+            false => self.named_partitions(partitions)?,
+        };
+        Ok(
+            if self.released_now() || named.iter().any(|id| released.contains(id)) {
+                mc::LoadState::NotLoad
+            } else {
+                mc::LoadState::Loaded
+            },
+        )
+    }
+
+    fn released_now(&self) -> bool {
+        self.info.load_state == v1::LoadState::Released as i32
     }
 
     /// The index recorded on the collection (Milvus's CreateIndex), as a JSON object.
@@ -618,6 +684,86 @@ impl MilvusFront {
             .await
             .map_err(|e| Failure::from_client(&e, &c.schema.name))?;
         crate::convert::column(c.pk()?, &decode_rows(&r.rows)?)
+    }
+
+    /// Loads collection `name` with `replicas` (Milvus's replica_number), keeping `released`
+    /// of its partitions released (the others are loaded).
+    async fn load(&self, name: &str, replicas: i32, released: Vec<i64>) -> Result<(), Failure> {
+        self.set_released(name, released).await?;
+        let request = v1::LoadCollectionRequest {
+            name: name.to_owned(),
+            replicas: u32::try_from(replicas.max(0)).unwrap_or(0),
+        };
+        self.catalog(
+            name,
+            |mut c| async move { c.load_collection(request).await },
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// Records which partitions of collection `name` are released.
+    async fn set_released(&self, name: &str, released: Vec<i64>) -> Result<(), Failure> {
+        if released.is_empty() {
+            return self
+                .alter(name, HashMap::new(), vec![PROP_RELEASED.into()])
+                .await;
+        }
+        let value =
+            serde_json::to_string(&released).map_err(|e| Failure::unexpected(e.to_string()))?;
+        self.alter(
+            name,
+            HashMap::from([(PROP_RELEASED.to_owned(), value)]),
+            Vec::new(),
+        )
+        .await
+    }
+
+    /// Milvus's LoadPartitions: the partitions named are loaded; when the collection was
+    /// released, it is loaded with only those.
+    async fn do_load_partitions(&self, r: mm::LoadPartitionsRequest) -> Result<(), Failure> {
+        let c = self.collection(&r.collection_name).await?;
+        let named = c.named_partitions(&r.partition_names)?;
+        let released: Vec<i64> = if c.released_now() {
+            c.info.partitions.iter().map(|p| p.partition_id).collect()
+        } else {
+            c.released()
+        };
+        let released = released
+            .into_iter()
+            .filter(|id| !named.contains(id))
+            .collect();
+        self.load(&r.collection_name, r.replica_number, released)
+            .await
+    }
+
+    /// Milvus's ReleasePartitions: reads skip the partitions named (naming one is
+    /// PartitionNotLoaded) until they are loaded again; releasing every partition releases the
+    /// collection.
+    async fn do_release_partitions(&self, r: mm::ReleasePartitionsRequest) -> Result<(), Failure> {
+        let c = self.collection(&r.collection_name).await?;
+        let named = c.named_partitions(&r.partition_names)?;
+        if c.released_now() {
+            return Ok(());
+        }
+        let mut released = c.released();
+        released.retain(|id| c.info.partitions.iter().any(|p| p.partition_id == *id));
+        for id in named {
+            if !released.contains(&id) {
+                released.push(id);
+            }
+        }
+        if released.len() < c.info.partitions.len() {
+            return self.set_released(&r.collection_name, released).await;
+        }
+        let request = v1::ReleaseCollectionRequest {
+            name: r.collection_name.clone(),
+        };
+        self.catalog(&r.collection_name, |mut c| async move {
+            c.release_collection(request).await
+        })
+        .await?;
+        self.set_released(&r.collection_name, Vec::new()).await
     }
 
     async fn do_create(&self, r: mm::CreateCollectionRequest) -> Result<(), Failure> {
@@ -1394,16 +1540,11 @@ impl MilvusService for MilvusFront {
 
     async fn load_collection(&self, r: Request<mm::LoadCollectionRequest>) -> Reply<Status> {
         let r = r.into_inner();
-        let request = v1::LoadCollectionRequest {
-            name: r.collection_name.clone(),
-            replicas: u32::try_from(r.replica_number.max(0)).unwrap_or(0),
-        };
-        let result = self
-            .catalog(&r.collection_name, |mut c| async move {
-                c.load_collection(request).await
-            })
-            .await;
-        Ok(Response::new(status::of(&result)))
+        Ok(Response::new(status::of(
+            &self
+                .load(&r.collection_name, r.replica_number, Vec::new())
+                .await,
+        )))
     }
 
     async fn release_collection(&self, r: Request<mm::ReleaseCollectionRequest>) -> Reply<Status> {
@@ -1422,14 +1563,18 @@ impl MilvusService for MilvusFront {
         &self,
         r: Request<mm::GetLoadingProgressRequest>,
     ) -> Reply<mm::GetLoadingProgressResponse> {
-        let name = r.into_inner().collection_name;
-        Ok(Response::new(match self.collection(&name).await {
-            Ok(c) => mm::GetLoadingProgressResponse {
+        let r = r.into_inner();
+        let state = match self.collection(&r.collection_name).await {
+            Ok(c) => c.load_state(&r.partition_names),
+            Err(f) => Err(f),
+        };
+        Ok(Response::new(match state {
+            Ok(state) => mm::GetLoadingProgressResponse {
                 status: Some(status::ok()),
-                progress: if c.info.load_state == v1::LoadState::Released as i32 {
-                    0
-                } else {
+                progress: if state == mc::LoadState::Loaded {
                     100
+                } else {
+                    0
                 },
                 refresh_progress: 100,
             },
@@ -1444,15 +1589,15 @@ impl MilvusService for MilvusFront {
         &self,
         r: Request<mm::GetLoadStateRequest>,
     ) -> Reply<mm::GetLoadStateResponse> {
-        let name = r.into_inner().collection_name;
-        Ok(Response::new(match self.collection(&name).await {
-            Ok(c) => mm::GetLoadStateResponse {
+        let r = r.into_inner();
+        let state = match self.collection(&r.collection_name).await {
+            Ok(c) => c.load_state(&r.partition_names),
+            Err(f) => Err(f),
+        };
+        Ok(Response::new(match state {
+            Ok(state) => mm::GetLoadStateResponse {
                 status: Some(status::ok()),
-                state: if c.info.load_state == v1::LoadState::Released as i32 {
-                    mc::LoadState::NotLoad as i32
-                } else {
-                    mc::LoadState::Loaded as i32
-                },
+                state: state as i32,
             },
             Err(f) => mm::GetLoadStateResponse {
                 status: Some(f.status()),
@@ -1502,16 +1647,44 @@ impl MilvusService for MilvusFront {
         Ok(Response::new(status::of(&result)))
     }
 
-    async fn create_partition(&self, _: Request<mm::CreatePartitionRequest>) -> Reply<Status> {
-        Ok(Response::new(
-            Failure::unsupported("creating partitions through the Milvus API").status(),
-        ))
+    async fn create_partition(&self, r: Request<mm::CreatePartitionRequest>) -> Reply<Status> {
+        let r = r.into_inner();
+        let request = v1::CreatePartitionRequest {
+            collection_name: r.collection_name.clone(),
+            partition_name: r.partition_name,
+        };
+        let result = self
+            .catalog(&r.collection_name, |mut c| async move {
+                c.create_partition(request).await
+            })
+            .await;
+        Ok(Response::new(status::of(&result)))
     }
 
-    async fn drop_partition(&self, _: Request<mm::DropPartitionRequest>) -> Reply<Status> {
-        Ok(Response::new(
-            Failure::unsupported("dropping partitions through the Milvus API").status(),
-        ))
+    async fn drop_partition(&self, r: Request<mm::DropPartitionRequest>) -> Reply<Status> {
+        let r = r.into_inner();
+        let request = v1::DropPartitionRequest {
+            collection_name: r.collection_name.clone(),
+            partition_name: r.partition_name,
+        };
+        let result = self
+            .catalog(&r.collection_name, |mut c| async move {
+                c.drop_partition(request).await
+            })
+            .await;
+        Ok(Response::new(status::of(&result)))
+    }
+
+    async fn load_partitions(&self, r: Request<mm::LoadPartitionsRequest>) -> Reply<Status> {
+        Ok(Response::new(status::of(
+            &self.do_load_partitions(r.into_inner()).await,
+        )))
+    }
+
+    async fn release_partitions(&self, r: Request<mm::ReleasePartitionsRequest>) -> Reply<Status> {
+        Ok(Response::new(status::of(
+            &self.do_release_partitions(r.into_inner()).await,
+        )))
     }
 
     async fn has_partition(&self, r: Request<mm::HasPartitionRequest>) -> Reply<mm::BoolResponse> {

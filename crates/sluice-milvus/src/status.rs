@@ -24,6 +24,8 @@ const COLLECTION_NOT_LOADED: i32 = 101;
 const PARAMETER_INVALID: i32 = 1100;
 /// Milvus's code for a partition that does not exist.
 const PARTITION_NOT_FOUND: i32 = 200;
+/// Milvus's code for a partition that is not loaded.
+const PARTITION_NOT_LOADED: i32 = 201;
 /// Milvus's code for an index that does not exist.
 const INDEX_NOT_FOUND: i32 = 700;
 /// Milvus's code for a service that is not ready (retry).
@@ -63,6 +65,24 @@ impl Failure {
         }
     }
 
+    pub(crate) fn partition_not_loaded(name: &str) -> Failure {
+        Failure {
+            code: PARTITION_NOT_LOADED,
+            legacy: MilvusCode::UnexpectedError,
+            reason: format!("partition not loaded[partition={name}]"),
+            retriable: false,
+        }
+    }
+
+    pub(crate) fn collection_not_loaded(name: &str) -> Failure {
+        Failure {
+            code: COLLECTION_NOT_LOADED,
+            legacy: MilvusCode::UnexpectedError,
+            reason: format!("collection not loaded[collection={name}]"),
+            retriable: false,
+        }
+    }
+
     pub(crate) fn index_not_found(name: &str) -> Failure {
         Failure {
             code: INDEX_NOT_FOUND,
@@ -91,12 +111,7 @@ impl Failure {
         let reason = e.message.clone();
         match e.code {
             ErrorCode::CollectionNotFound => Failure::collection_not_found(collection),
-            ErrorCode::CollectionNotLoaded => Failure {
-                code: COLLECTION_NOT_LOADED,
-                legacy: MilvusCode::UnexpectedError,
-                reason: format!("collection not loaded[collection={collection}]"),
-                retriable: false,
-            },
+            ErrorCode::CollectionNotLoaded => Failure::collection_not_loaded(collection),
             ErrorCode::InvalidArgument => {
                 // The catalog answers INVALID_ARGUMENT for a name it does not know.
                 if reason.contains("does not exist") {

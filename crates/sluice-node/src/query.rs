@@ -1171,6 +1171,12 @@ pub trait ShardLog: Send + Sync + 'static {
     fn schemas(&self) -> Vec<(String, i64, sluice_types::schema::CollectionSchema)>;
     /// The schema of `vchannel`'s collection.
     fn schema(&self, vchannel: &VChannel) -> Option<sluice_types::schema::CollectionSchema>;
+    /// The partitions `vchannel`'s collection has now, when the log knows them: sealed segments
+    /// of other (dropped) partitions are not loaded. `None` (the default): load every segment
+    /// and rely on the log's DropPartition messages.
+    fn partitions(&self, _vchannel: &VChannel) -> Option<Vec<i64>> {
+        None
+    }
     /// Reads from a flush checkpoint (the message id to start from and the timestamp already
     /// reflected), or from the start of the log.
     fn read(&self, start: Option<(MessageId, Timestamp)>) -> Result<LogStream, String>;
@@ -1194,6 +1200,10 @@ impl ShardLog for WalLog {
 
     fn schema(&self, vchannel: &VChannel) -> Option<sluice_types::schema::CollectionSchema> {
         self.0.schema(vchannel)
+    }
+
+    fn partitions(&self, vchannel: &VChannel) -> Option<Vec<i64>> {
+        self.0.partitions(vchannel)
     }
 
     fn read(&self, start: Option<(MessageId, Timestamp)>) -> Result<LogStream, String> {
@@ -1484,7 +1494,16 @@ async fn feed_once(
     let manifests = segment_manifests(storage, None)
         .await
         .map_err(|e| e.to_string())?;
-    for m in manifests.into_iter().filter(|m| on_this(&m.vchannel)) {
+    let dropped = |m: &SegmentManifest| {
+        VChannel::new(&m.vchannel)
+            .ok()
+            .and_then(|v| wal.partitions(&v))
+            .is_some_and(|live| !live.contains(&m.partition_id))
+    };
+    for m in manifests
+        .into_iter()
+        .filter(|m| on_this(&m.vchannel) && !dropped(m))
+    {
         if let Some(d) = delegator(host, wal, &m.vchannel, m.collection_id, None) {
             load_segment(&host.storage, &d, &m).await?;
         }

@@ -22,7 +22,9 @@ fn bad(what: impl Into<String>) -> SchemaError {
     SchemaError(what.into())
 }
 
-fn check_name(kind: &str, name: &str) -> Result<(), SchemaError> {
+/// Checks a collection, field or partition name: 1-[`MAX_NAME_LEN`] characters of
+/// `[A-Za-z0-9_]`, not starting with a digit; `kind` names what it is in the error.
+pub fn check_name(kind: &str, name: &str) -> Result<(), SchemaError> {
     let ok = !name.is_empty()
         && name.len() <= MAX_NAME_LEN
         && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')

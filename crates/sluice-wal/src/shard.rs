@@ -934,6 +934,17 @@ impl ShardManager {
             .and_then(|c| c.schema.clone())
     }
 
+    /// The partitions of `collection` on `vchannel` (`None`: not a live collection there).
+    pub(crate) fn partitions(&self, vchannel: Option<&str>, collection: i64) -> Option<Vec<i64>> {
+        let st = self.state.lock();
+        let c = st
+            .key(vchannel, collection)
+            .and_then(|k| st.collections.get(&k))?;
+        let mut ids: Vec<i64> = c.partitions.keys().copied().collect();
+        ids.sort_unstable();
+        Some(ids)
+    }
+
     /// Every (vchannel, collection, schema) with a schema (vchannel-wide collections only: a
     /// pchannel-wide one names no vchannel).
     pub(crate) fn schemas(&self) -> Vec<(String, i64, CollectionSchema)> {

@@ -453,6 +453,13 @@ impl Wal {
             .schema(Some(vchannel.as_str()), vchannel.collection().0)
     }
 
+    /// The partitions `vchannel`'s collection has now (`None`: it is not live there).
+    pub fn partitions(&self, vchannel: &VChannel) -> Option<Vec<i64>> {
+        self.inner
+            .shard
+            .partitions(Some(vchannel.as_str()), vchannel.collection().0)
+    }
+
     /// Why a known segment sealed, if it did (status and tests).
     pub fn seal_reason(&self, segment: i64) -> Option<crate::shard::SealReason> {
         self.inner.shard.seal_reason(segment)

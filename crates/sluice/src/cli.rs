@@ -516,6 +516,41 @@ pub(crate) async fn drop_collection(
     Ok(())
 }
 
+/// `sluice ctl create-partition` (`create`) / `sluice ctl drop-partition`.
+pub(crate) async fn partition(
+    coord: &str,
+    collection: &str,
+    partition: &str,
+    create: bool,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    let mut c = coordinator(coord)?;
+    let (collection_name, partition_name) = (collection.to_owned(), partition.to_owned());
+    let info = if create {
+        c.create_partition(timed(
+            v1::CreatePartitionRequest {
+                collection_name,
+                partition_name,
+            },
+            timeout,
+        ))
+        .await
+    } else {
+        c.drop_partition(timed(
+            v1::DropPartitionRequest {
+                collection_name,
+                partition_name,
+            },
+            timeout,
+        ))
+        .await
+    }
+    .map_err(|s| anyhow::anyhow!("collection {collection}: {}", s.message()))?
+    .into_inner();
+    print_collection(&info);
+    Ok(())
+}
+
 /// `sluice ctl drain NODE [--undo]`.
 pub(crate) async fn drain(
     coord: &str,
@@ -602,28 +637,43 @@ pub(crate) async fn set_loaded(
     Ok(())
 }
 
+/// Where `sluice insert` writes.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct InsertTarget<'a> {
+    pub(crate) collection: &'a str,
+    /// The partition's name (`None`: the collection's default, first one).
+    pub(crate) partition: Option<&'a str>,
+}
+
 /// `sluice insert` (returns what it did, to print): rows of a JSON-lines file (one object per line) or a Parquet file
 /// (`.parquet`, columns named after the fields) into a collection of the catalog, routed to its
 /// shards by primary key, at most `batch` rows per insert.
 pub(crate) async fn insert_file(
     client: &Client,
     coord: &str,
-    collection: &str,
+    target: InsertTarget<'_>,
     file: &std::path::Path,
     batch: usize,
     timeout: Duration,
 ) -> anyhow::Result<String> {
+    let collection = target.collection;
     let info = describe(coord, collection, timeout).await?;
     let schema = info
         .schema
         .clone()
         .context("the collection has no schema")?;
     let pk = sluice_storage::rows::primary_key(&schema)?.name.clone();
-    let partition = info
-        .partitions
-        .first()
-        .context("the collection has no partition")?
-        .partition_id;
+    let partition = match target.partition {
+        None => info.partitions.first(),
+        Some(name) => Some(
+            info.partitions
+                .iter()
+                .find(|p| p.name == name)
+                .with_context(|| format!("collection {collection} has no partition {name:?}"))?,
+        ),
+    }
+    .context("the collection has no partition")?
+    .partition_id;
     let vchannels = info
         .vchannels
         .iter()

@@ -302,6 +302,9 @@ enum Command {
         /// Rows per insert message.
         #[arg(long, default_value_t = 1000)]
         batch: usize,
+        /// The partition the rows go to (the collection's default, first one, if not named).
+        #[arg(long)]
+        partition: Option<String>,
     },
     /// The rows nearest to one or more query vectors (prints one JSON object per hit).
     Search {
@@ -487,6 +490,24 @@ enum CtlCommand {
         client: ClientOpts,
         /// Its name.
         name: String,
+    },
+    /// Add a partition to a collection (an existing one of that name is no change).
+    CreatePartition {
+        #[command(flatten)]
+        client: ClientOpts,
+        /// The collection's name.
+        collection: String,
+        /// The partition's name: [A-Za-z0-9_], not starting with a digit.
+        partition: String,
+    },
+    /// Drop a partition of a collection and its rows (not its default, first partition).
+    DropPartition {
+        #[command(flatten)]
+        client: ClientOpts,
+        /// The collection's name.
+        collection: String,
+        /// The partition's name.
+        partition: String,
     },
     /// The segments and delete files the recovery storage committed (their manifests).
     Segments {
@@ -684,6 +705,8 @@ fn client_security(command: &Command) -> Option<&SecurityOpts> {
                 | CtlCommand::Move { client, .. }
                 | CtlCommand::Release { client, .. }
                 | CtlCommand::DropCollection { client, .. }
+                | CtlCommand::CreatePartition { client, .. }
+                | CtlCommand::DropPartition { client, .. }
                 | CtlCommand::Segments { client, .. },
         } => Some(&client.security),
         Command::Search { read, .. } | Command::Query { read, .. } => Some(&read.security),
@@ -866,6 +889,34 @@ fn run() -> anyhow::Result<()> {
         )),
         Command::Ctl {
             what:
+                CtlCommand::CreatePartition {
+                    client,
+                    collection,
+                    partition,
+                },
+        } => rt.block_on(cli::partition(
+            &client.coord,
+            &collection,
+            &partition,
+            true,
+            Duration::from_secs(client.timeout_secs),
+        )),
+        Command::Ctl {
+            what:
+                CtlCommand::DropPartition {
+                    client,
+                    collection,
+                    partition,
+                },
+        } => rt.block_on(cli::partition(
+            &client.coord,
+            &collection,
+            &partition,
+            false,
+            Duration::from_secs(client.timeout_secs),
+        )),
+        Command::Ctl {
+            what:
                 CtlCommand::Load {
                     client,
                     name,
@@ -996,11 +1047,15 @@ fn run() -> anyhow::Result<()> {
             collection,
             file,
             batch,
+            partition,
         } => rt.block_on(async {
             let timeout = Duration::from_secs(client.timeout_secs);
             let (c, _t) = cli::connect(&client.coord, timeout)?;
-            let done =
-                cli::insert_file(&c, &client.coord, &collection, &file, batch, timeout).await?;
+            let target = cli::InsertTarget {
+                collection: &collection,
+                partition: partition.as_deref(),
+            };
+            let done = cli::insert_file(&c, &client.coord, target, &file, batch, timeout).await?;
             println!("{done}");
             Ok(())
         }),

@@ -488,3 +488,144 @@ async fn collection_properties_are_kept_altered_and_checked() {
     assert_eq!(described.properties, want);
     assert_eq!(search_metric(&server).await, v1::MetricType::Cosine);
 }
+
+/// The partition id named `name` in `info`.
+fn partition_id(info: &v1::CollectionInfo, name: &str) -> Option<i64> {
+    info.partitions
+        .iter()
+        .find(|p| p.name == name)
+        .map(|p| p.partition_id)
+}
+
+/// Partitions through the CLI (the coordinator's CreatePartition / DropPartition): added, written
+/// to by name, refused when badly named or the default, dropped; idempotent both ways.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partitions_are_added_written_to_and_dropped() {
+    let data = tempfile::tempdir().unwrap();
+    let logs = tempfile::tempdir().unwrap();
+    let server = start(data.path(), logs.path());
+    let endpoint = server.endpoint();
+    ok(create_collection(&endpoint, "parts"), "create-collection");
+    let mut coord = v1::coordinator_client::CoordinatorClient::new(
+        sluice_proto::lazy_channel(&endpoint).unwrap(),
+    );
+    let describe = |mut coord: v1::coordinator_client::CoordinatorClient<_>| async move {
+        coord
+            .describe_collection(v1::DescribeCollectionRequest {
+                which: Some(v1::describe_collection_request::Which::Name("parts".into())),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+    };
+
+    let out = ok(
+        ctl(&server, &["ctl", "create-partition", "parts", "p1"]),
+        "create-partition",
+    );
+    assert!(out.contains("partition p1 id="), "{out}");
+    let info = describe(coord.clone()).await;
+    let p1 = partition_id(&info, "p1").expect("p1 recorded");
+    assert_eq!(info.partitions[0].name, "_default");
+    // Again: no change, the same id.
+    ok(
+        ctl(&server, &["ctl", "create-partition", "parts", "p1"]),
+        "create-partition again",
+    );
+    let info = describe(coord.clone()).await;
+    assert_eq!(info.partitions.len(), 2, "{:?}", info.partitions);
+    assert_eq!(partition_id(&info, "p1"), Some(p1));
+    for bad in ["1p", "p-1", ""] {
+        let out = ctl(&server, &["ctl", "create-partition", "parts", bad]);
+        assert!(!out.status.success(), "{bad:?} was accepted");
+        assert!(out.stderr.contains("partition name"), "{}", out.stderr);
+    }
+    let out = ctl(&server, &["ctl", "create-partition", "nope", "p1"]);
+    assert!(out.stderr.contains("does not exist"), "{}", out.stderr);
+
+    // Rows into p1 by name: every insert of them is assigned to p1.
+    let file = data.path().join("rows.jsonl");
+    let lines: Vec<String> = (0..20)
+        .map(|i| format!(r#"{{"id": {i}, "title": "t{i}", "vec": [{i}, 0.5, 1]}}"#))
+        .collect();
+    std::fs::write(&file, lines.join("\n")).unwrap();
+    let insert = |partition: &str| {
+        run_cli(
+            &[
+                "insert",
+                "--collection",
+                "parts",
+                "--file",
+                file.to_str().unwrap(),
+                "--partition",
+                partition,
+                "--coord",
+                &endpoint,
+            ],
+            &[],
+            TIMEOUT,
+        )
+    };
+    let out = ok(insert("p1"), "insert into p1");
+    assert!(out.contains("inserted 20 rows into parts"), "{out}");
+    let out = insert("p2");
+    assert!(!out.status.success());
+    assert!(out.stderr.contains("no partition \"p2\""), "{}", out.stderr);
+    let client = sluice_client::Client::new(
+        std::sync::Arc::new(
+            sluice_client::topology::CoordinatorTopology::connect(&endpoint).unwrap(),
+        ),
+        std::sync::Arc::new(sluice_client::access::RemoteAccess::new()),
+        sluice_client::ClientConfig::default(),
+    );
+    let mut rows = 0;
+    for v in &info.vchannels {
+        let v = sluice_types::VChannel::new(v.as_str()).unwrap();
+        let mut reader = client.read(sluice_client::ReadRequest::vchannel(&v));
+        let mut here = 0;
+        while here < 10 {
+            let m = tokio::time::timeout(TIMEOUT, reader.next())
+                .await
+                .expect("rows arrive")
+                .expect("stream")
+                .expect("message");
+            if let sluice_types::ReadMessage::Message(m) = m
+                && m.message_type().ok() == Some(sluice_types::MessageType::Insert)
+            {
+                let h: sluice_types::message::InsertHeader = m.header().unwrap();
+                assert_eq!(h.partitions[0].partition_id, p1);
+                here += h.partitions[0].rows;
+            }
+        }
+        rows += here;
+    }
+    assert_eq!(rows, 20);
+
+    // The default partition stays; p1 goes (twice: no change the second time).
+    let out = ctl(&server, &["ctl", "drop-partition", "parts", "_default"]);
+    assert!(!out.status.success());
+    assert!(out.stderr.contains("default partition"), "{}", out.stderr);
+    for _ in 0..2 {
+        let out = ok(
+            ctl(&server, &["ctl", "drop-partition", "parts", "p1"]),
+            "drop-partition",
+        );
+        assert!(!out.contains("partition p1"), "{out}");
+    }
+    let info = describe(coord.clone()).await;
+    assert_eq!(partition_id(&info, "p1"), None);
+    let out = insert("p1");
+    assert!(!out.status.success());
+    // Through the coordinator's API directly: the answer is the collection as it is now.
+    let now = coord
+        .create_partition(v1::CreatePartitionRequest {
+            collection_name: "parts".into(),
+            partition_name: "p1".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let again = partition_id(&now, "p1").expect("created again");
+    assert_ne!(again, p1, "a new partition gets a new id");
+    ok(insert("p1"), "insert into the new p1");
+}

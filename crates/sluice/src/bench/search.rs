@@ -459,7 +459,10 @@ async fn end_to_end(
     crate::cli::insert_file(
         &client,
         &endpoint,
-        "bench_search",
+        crate::cli::InsertTarget {
+            collection: "bench_search",
+            partition: None,
+        },
         &ds.data_file,
         1000,
         timeout,
