@@ -28,7 +28,8 @@ RPCS = {
     "HasCollection": "Whether a collection exists.",
     "DescribeCollection": "The schema, id, shards and creation time of a collection.",
     "ShowCollections": "The names (and ids) of every collection.",
-    "RenameCollection": "Not supported: Sluice names are fixed at creation (an error status says so).",
+    "RenameCollection": "Not supported: Sluice names are fixed at creation (an error status "
+    "says so); an alias gives a collection another name.",
     "GetCollectionStatistics": "row_count: rows inserted and not deleted, as a query sees them.",
     "LoadCollection": "Loads a collection for search and query.",
     "ReleaseCollection": "Releases a collection (search and query refuse it until loaded again).",
@@ -52,6 +53,13 @@ RPCS = {
     "those).",
     "ReleasePartitions": "Reads skip the partitions named (naming one is PartitionNotLoaded, "
     "201) until they are loaded again; releasing every partition releases the collection.",
+    "CreateAlias": "Another name for a collection, taken by every call that names one except "
+    "DropCollection (unique among collection names and aliases). An alias the collection has "
+    "already is no change.",
+    "AlterAlias": "Points an existing alias at another collection; readers switch at once.",
+    "DropAlias": "Removes an alias (one that does not exist is no change).",
+    "DescribeAlias": "The collection an alias names (AliasNotFound, 1600, if none).",
+    "ListAliases": "The aliases of a collection.",
     "Insert": "Columnar rows (FieldData) routed to the collection's shards by primary key.",
     "Upsert": "A delete of the given primary keys followed by an insert of the rows.",
     "Delete": "Deletes by primary key (`id in [...]`) or by any filter (the matching keys are "

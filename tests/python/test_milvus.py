@@ -555,9 +555,9 @@ def test_unsupported_requests_get_a_clear_error_not_a_silent_success(sluice):
     import grpc
 
     with pytest.raises(grpc.RpcError) as e:
-        sluice.create_alias("d_unsupported", "d_alias")
+        sluice.create_database("d_database")
     assert e.value.code() == grpc.StatusCode.UNIMPLEMENTED
-    assert "CreateAlias is not supported by Sluice" in e.value.details()
+    assert "CreateDatabase is not supported by Sluice" in e.value.details()
     bad = MilvusClient.create_schema(auto_id=False)
     bad.add_field("id", DataType.INT64, is_primary=True)
     bad.add_field("v", DataType.BINARY_VECTOR, dim=16)
@@ -818,6 +818,85 @@ def test_a_dropped_partition_stays_dropped_after_a_restart():
             c.close()
         finally:
             s.stop()
+
+
+def test_aliases_name_collections_and_switch_between_them(sluice, lite):
+    def f(c):
+        for name in ["d_alias_a", "d_alias_b"]:
+            fresh(c, name)
+        c.insert("d_alias_a", rows(5, seed=31))
+        c.insert("d_alias_b", rows(3, seed=32, start=100))
+        c.create_alias("d_alias_a", "d_live")
+
+        def ids():
+            return sorted(r["id"] for r in c.query("d_live", filter="id >= 0"))
+
+        described = c.describe_alias("d_live")
+        listed = c.list_aliases("d_alias_a")["aliases"]
+        first = ids()
+        c.insert("d_live", rows(1, seed=33, start=50))
+        written = sorted(r["id"] for r in c.query("d_alias_a", filter="id >= 0"))
+        name = c.describe_collection("d_live")["collection_name"]
+        hits = c.search("d_live", data=[rows(1, seed=33)[0]["vector"]], limit=1)
+        c.alter_alias("d_alias_b", "d_live")
+        switched = ids()
+        c.drop_alias("d_live")
+        c.drop_alias("d_live")
+        try:
+            c.query("d_live", filter="id >= 0")
+            gone = "ok"
+        except MilvusException as e:
+            gone = e.code
+        return (
+            (described["alias"], described["collection_name"]),
+            listed,
+            first,
+            written,
+            name,
+            hits[0][0]["id"],
+            switched,
+            gone,
+        )
+
+    s, l = both(sluice, lite, f)
+    assert s == l
+    assert s[0] == ("d_live", "d_alias_a") and s[1] == ["d_live"]
+    assert s[2] == list(range(5)) and s[3] == list(range(5)) + [50]
+    assert s[4] == "d_alias_a" and s[5] == 50
+    assert s[6] == [100, 101, 102] and s[7] == 100
+
+
+def test_alias_rules_follow_milvus_in_sluice(sluice):
+    """Deliberate differences from milvus-lite, as Milvus answers: an alias the collection has
+    already is no change; a collection with aliases is not dropped (nor through an alias);
+    describe_collection lists the aliases; a missing alias is AliasNotFound (1600)."""
+    for name in ["d_alias_r1", "d_alias_r2"]:
+        fresh(sluice, name)
+    sluice.create_alias("d_alias_r1", "d_ar")
+    sluice.create_alias("d_alias_r1", "d_ar")
+    assert sluice.describe_collection("d_alias_r1")["aliases"] == ["d_ar"]
+    assert sluice.has_collection("d_ar")
+    assert "d_ar" not in sluice.list_collections()
+    for call, code in [
+        (lambda: sluice.create_alias("d_alias_r2", "d_ar"), 1100),
+        (lambda: sluice.create_alias("d_alias_r1", "d_alias_r2"), 1100),
+        (lambda: sluice.create_alias("d_alias_r1", "9x"), 1100),
+        (lambda: sluice.create_alias("d_nope", "d_ar2"), 100),
+        (lambda: sluice.alter_alias("d_alias_r2", "d_nope_alias"), 1600),
+        (lambda: sluice.describe_alias("d_nope_alias"), 1600),
+        (lambda: sluice.drop_collection("d_ar"), 1100),
+        (lambda: sluice.drop_collection("d_alias_r1"), 1100),
+        (lambda: sluice.create_collection("d_ar", dimension=DIM), 1100),
+    ]:
+        with pytest.raises(MilvusException) as e:
+            call()
+        assert e.value.code == code, e.value
+    assert "d_ar" in sluice.list_aliases()["aliases"]
+    assert sluice.describe_alias("d_ar")["collection_name"] == "d_alias_r1"
+    # Once its aliases are gone, the collection drops.
+    sluice.drop_alias("d_ar")
+    sluice.drop_collection("d_alias_r1")
+    assert not sluice.has_collection("d_alias_r1")
 
 
 def test_reads_of_a_missing_partition_are_an_error_in_sluice(sluice):

@@ -6,6 +6,7 @@
 //! |---|---|
 //! | `catalog/collections/{id}` | `CollectionInfo` (protobuf, `coord.proto`) |
 //! | `catalog/names/{name}` | the id of the live collection with that name (decimal) |
+//! | `catalog/aliases/{alias}` | the id of the live collection the alias names (decimal) |
 //!
 //! Create: validate the schema (field ids assigned), take ids for the collection and its
 //! partitions, spread one vchannel per shard over the pchannels, record the collection as
@@ -26,7 +27,7 @@ use sluice_meta::{Condition, MetaStore, TxnOp};
 use sluice_proto::v1;
 use sluice_types::message::{
     CreateCollectionHeader, CreatePartitionHeader, DropCollectionHeader, DropPartitionHeader,
-    ResourceKey,
+    MessageHeader, ResourceKey,
 };
 use sluice_types::schema::CollectionSchema;
 use sluice_types::{CollectionId, MutableMessage, PChannel};
@@ -44,6 +45,13 @@ pub const MAX_SHARDS: u32 = 64;
 /// The most partitions a collection may have (Milvus's default limit).
 pub const MAX_PARTITIONS: usize = 1024;
 
+/// The DDL message (to broadcast) with `header`.
+fn ddl_message<H: MessageHeader>(header: H) -> Result<MutableMessage> {
+    MutableMessage::builder(header)
+        .build()
+        .map_err(|e| CoordError::InvalidArgument(e.to_string()))
+}
+
 fn check_partition_name(name: &str) -> Result<()> {
     sluice_types::schema::check_name("partition", name)
         .map_err(|e| CoordError::InvalidArgument(e.to_string()))
@@ -53,6 +61,12 @@ fn check_partition_name(name: &str) -> Result<()> {
 /// meta store's `root`.
 pub fn name_key(root: &str, name: &str) -> String {
     format!("{}/catalog/names/{name}", root.trim_end_matches('/'))
+}
+
+/// The meta-store key of alias `alias` (the id of its collection), under the meta store's
+/// `root`.
+pub fn alias_key(root: &str, alias: &str) -> String {
+    format!("{}/catalog/aliases/{alias}", root.trim_end_matches('/'))
 }
 
 /// The meta-store key of collection `id`'s `CollectionInfo`, under the meta store's `root`.
@@ -97,6 +111,25 @@ impl Catalog {
         name_key(&self.root, name)
     }
 
+    fn alias_key(&self, alias: &str) -> String {
+        alias_key(&self.root, alias)
+    }
+
+    /// The collection id stored at `key` (a name or an alias), if the key exists.
+    async fn id_at(&self, key: String) -> Result<Option<i64>> {
+        let Some(kv) = self.store.get(&key).await? else {
+            return Ok(None);
+        };
+        std::str::from_utf8(&kv.value)
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .map(Some)
+            .ok_or(CoordError::Malformed {
+                key,
+                reason: "not a collection id".into(),
+            })
+    }
+
     async fn read(&self, key: &str) -> Result<Option<v1::CollectionInfo>> {
         let Some(kv) = self.store.get(key).await? else {
             return Ok(None);
@@ -116,20 +149,123 @@ impl Catalog {
             .ok_or_else(|| not_found(id))
     }
 
-    /// The live collection named `name`.
+    /// The live collection named `name`, or with the alias `name`.
     pub async fn by_name(&self, name: &str) -> Result<v1::CollectionInfo> {
-        let key = self.name_key(name);
-        let Some(kv) = self.store.get(&key).await? else {
-            return Err(not_found(format!("{name:?}")));
+        let id = match self.id_at(self.name_key(name)).await? {
+            Some(id) => id,
+            None => self
+                .id_at(self.alias_key(name))
+                .await?
+                .ok_or_else(|| not_found(format!("{name:?}")))?,
         };
-        let id: i64 = std::str::from_utf8(&kv.value)
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .ok_or_else(|| CoordError::Malformed {
-                key,
-                reason: "not a collection id".into(),
-            })?;
         self.by_id(id).await
+    }
+
+    /// Gives the live collection `collection` (a name or an alias) the alias `alias` (see
+    /// `CreateAlias` in `coord.proto`); `repoint` (AlterAlias): the alias exists and names
+    /// another collection from now on.
+    pub async fn set_alias(
+        &self,
+        alias: &str,
+        collection: &str,
+        repoint: bool,
+    ) -> Result<v1::CollectionInfo> {
+        sluice_types::schema::check_name("alias", alias)
+            .map_err(|e| CoordError::InvalidArgument(e.to_string()))?;
+        let info = self.by_name(collection).await?;
+        let target = info.collection_id;
+        if self.id_at(self.name_key(alias)).await?.is_some() {
+            return Err(CoordError::InvalidArgument(format!(
+                "{alias:?} is the name of a collection, it cannot be an alias"
+            )));
+        }
+        let key = self.alias_key(alias);
+        let current = self.store.get(&key).await?;
+        let condition = match (&current, repoint) {
+            (None, false) => Condition::KeyAbsent,
+            (None, true) => {
+                return Err(CoordError::InvalidArgument(format!(
+                    "there is no alias {alias:?} to alter"
+                )));
+            }
+            (Some(kv), _) => {
+                let now = self.id_at(key.clone()).await?;
+                if now == Some(target) {
+                    return Ok(info);
+                }
+                if !repoint {
+                    return Err(CoordError::InvalidArgument(format!(
+                        "the alias {alias:?} names another collection (alter it instead)"
+                    )));
+                }
+                Condition::ModRevision(kv.mod_revision)
+            }
+        };
+        // The alias's name must stay free of collections while it is taken.
+        let result = self
+            .store
+            .txn(
+                vec![
+                    (key.clone(), condition),
+                    (self.name_key(alias), Condition::KeyAbsent),
+                ],
+                vec![TxnOp::Put {
+                    key,
+                    value: Bytes::from(target.to_string()),
+                    lease: None,
+                }],
+            )
+            .await?;
+        if !result.committed {
+            return Err(CoordError::Conflict(format!(
+                "the alias {alias:?} changed meanwhile; retry"
+            )));
+        }
+        tracing::info!(%alias, collection = target, name = name_of(&info), "alias set");
+        Ok(info)
+    }
+
+    /// Removes the alias `alias` (no change when there is none).
+    pub async fn drop_alias(&self, alias: &str) -> Result<()> {
+        if self
+            .store
+            .delete(&self.alias_key(alias), Condition::None)
+            .await?
+            .is_some()
+        {
+            tracing::info!(%alias, "alias dropped");
+        }
+        Ok(())
+    }
+
+    /// The aliases of the live collection `collection` (a name or an alias), or of every
+    /// collection, by alias.
+    pub async fn aliases(&self, collection: Option<&str>) -> Result<Vec<v1::CollectionAlias>> {
+        let only = match collection {
+            Some(c) => Some(self.by_name(c).await?.collection_id),
+            None => None,
+        };
+        let prefix = self.alias_key("");
+        let (kvs, _) = self.store.scan_prefix(&prefix).await?;
+        let mut out = Vec::new();
+        for kv in kvs {
+            let Some(id) = self.id_at(kv.key.clone()).await? else {
+                continue;
+            };
+            if only.is_some_and(|o| o != id) {
+                continue;
+            }
+            let Some(info) = self.read(&self.record_key(id)).await? else {
+                continue; // its collection went
+            };
+            out.push(v1::CollectionAlias {
+                alias: kv.key[prefix.len()..].to_owned(),
+                collection_name: name_of(&info).to_owned(),
+                collection_id: id,
+            });
+        }
+        out.sort_by(|a, b| a.alias.cmp(&b.alias));
+        Ok(out)
     }
 
     /// Sets whether the live collection `name` is loaded for reads, and (`Some`) its replicas.
@@ -303,7 +439,10 @@ impl Catalog {
         let result = self
             .store
             .txn(
-                vec![(name_key.clone(), Condition::KeyAbsent)],
+                vec![
+                    (name_key.clone(), Condition::KeyAbsent),
+                    (self.alias_key(&schema.name), Condition::KeyAbsent),
+                ],
                 vec![
                     TxnOp::Put {
                         key: name_key,
@@ -319,19 +458,21 @@ impl Catalog {
             )
             .await?;
         if !result.committed {
+            let what = match self.store.get(&self.alias_key(&schema.name)).await? {
+                Some(_) => "an alias",
+                None => "a collection",
+            };
             return Err(CoordError::InvalidArgument(format!(
-                "a collection named {:?} exists",
+                "{what} named {:?} exists",
                 schema.name
             )));
         }
-        let template = MutableMessage::builder(CreateCollectionHeader {
+        let template = ddl_message(CreateCollectionHeader {
             collection_id: id,
             partition_ids: info.partitions.iter().map(|p| p.partition_id).collect(),
             db_id: 1,
             schema: Some(schema.clone()),
-        })
-        .build()
-        .map_err(|e| CoordError::InvalidArgument(e.to_string()))?;
+        })?;
         let ts = self
             .broadcast(broadcaster, template, &info.vchannels, &schema.name)
             .await?;
@@ -355,13 +496,28 @@ impl Catalog {
         broadcaster: &Broadcaster,
         name: &str,
     ) -> Result<v1::CollectionInfo> {
+        if self.id_at(self.name_key(name)).await?.is_none()
+            && let Some(id) = self.id_at(self.alias_key(name)).await?
+        {
+            let target = self.by_id(id).await?;
+            return Err(CoordError::InvalidArgument(format!(
+                "{name:?} is an alias of collection {:?}: drop a collection by its own name",
+                name_of(&target)
+            )));
+        }
         let mut info = self.by_name(name).await?;
-        let template = MutableMessage::builder(DropCollectionHeader {
+        let aliases = self.aliases(Some(name)).await?;
+        if !aliases.is_empty() {
+            let names: Vec<&str> = aliases.iter().map(|a| a.alias.as_str()).collect();
+            return Err(CoordError::InvalidArgument(format!(
+                "collection {name:?} has aliases ({}): drop them first",
+                names.join(", ")
+            )));
+        }
+        let template = ddl_message(DropCollectionHeader {
             collection_id: info.collection_id,
             db_id: 1,
-        })
-        .build()
-        .map_err(|e| CoordError::InvalidArgument(e.to_string()))?;
+        })?;
         self.broadcast(broadcaster, template, &info.vchannels, name)
             .await?;
         self.store
@@ -406,13 +562,11 @@ impl Catalog {
         }
         let partition_id = i64::try_from(ids.allocate(1).await?)
             .map_err(|_| CoordError::InvalidArgument("id allocator ran out of i64 ids".into()))?;
-        let template = MutableMessage::builder(CreatePartitionHeader {
+        let template = ddl_message(CreatePartitionHeader {
             collection_id: info.collection_id,
             partition_id,
-        })
-        .build()
-        .map_err(|e| CoordError::InvalidArgument(e.to_string()))?;
-        self.broadcast(broadcaster, template, &info.vchannels, name)
+        })?;
+        self.broadcast(broadcaster, template, &info.vchannels, name_of(&info))
             .await?;
         let info = self
             .update(name, |next| {
@@ -454,13 +608,11 @@ impl Catalog {
             )));
         }
         let partition_id = info.partitions[pos].partition_id;
-        let template = MutableMessage::builder(DropPartitionHeader {
+        let template = ddl_message(DropPartitionHeader {
             collection_id: info.collection_id,
             partition_id,
-        })
-        .build()
-        .map_err(|e| CoordError::InvalidArgument(e.to_string()))?;
-        self.broadcast(broadcaster, template, &info.vchannels, name)
+        })?;
+        self.broadcast(broadcaster, template, &info.vchannels, name_of(&info))
             .await?;
         let info = self
             .update(name, |next| {

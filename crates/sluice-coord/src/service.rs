@@ -319,6 +319,61 @@ impl coordinator_server::Coordinator for CoordinatorService {
         Ok(Response::new(info))
     }
 
+    async fn create_alias(
+        &self,
+        request: Request<v1::CreateAliasRequest>,
+    ) -> Result<Response<v1::CollectionInfo>, Status> {
+        let request = request.into_inner();
+        let leader = self.leader().await?;
+        let info = leader
+            .catalog
+            .set_alias(&request.alias, &request.collection_name, false)
+            .await
+            .map_err(|e| coord_status(&e))?;
+        Ok(Response::new(info))
+    }
+
+    async fn alter_alias(
+        &self,
+        request: Request<v1::AlterAliasRequest>,
+    ) -> Result<Response<v1::CollectionInfo>, Status> {
+        let request = request.into_inner();
+        let leader = self.leader().await?;
+        let info = leader
+            .catalog
+            .set_alias(&request.alias, &request.collection_name, true)
+            .await
+            .map_err(|e| coord_status(&e))?;
+        Ok(Response::new(info))
+    }
+
+    async fn drop_alias(
+        &self,
+        request: Request<v1::DropAliasRequest>,
+    ) -> Result<Response<v1::DropAliasResponse>, Status> {
+        let leader = self.leader().await?;
+        leader
+            .catalog
+            .drop_alias(&request.into_inner().alias)
+            .await
+            .map_err(|e| coord_status(&e))?;
+        Ok(Response::new(v1::DropAliasResponse {}))
+    }
+
+    async fn list_aliases(
+        &self,
+        request: Request<v1::ListAliasesRequest>,
+    ) -> Result<Response<v1::ListAliasesResponse>, Status> {
+        let name = request.into_inner().collection_name;
+        let leader = self.leader().await?;
+        let aliases = leader
+            .catalog
+            .aliases((!name.is_empty()).then_some(name.as_str()))
+            .await
+            .map_err(|e| coord_status(&e))?;
+        Ok(Response::new(v1::ListAliasesResponse { aliases }))
+    }
+
     async fn drop_collection(
         &self,
         request: Request<v1::DropCollectionRequest>,

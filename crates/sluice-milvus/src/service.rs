@@ -766,6 +766,67 @@ impl MilvusFront {
         self.set_released(&r.collection_name, Vec::new()).await
     }
 
+    /// The aliases of collection `name` (`None`: of every collection), from the catalog.
+    async fn alias_list(&self, name: Option<&str>) -> Result<Vec<v1::CollectionAlias>, Failure> {
+        let request = v1::ListAliasesRequest {
+            collection_name: name.unwrap_or_default().to_owned(),
+        };
+        self.coord
+            .clone()
+            .list_aliases(request)
+            .await
+            .map(|r| r.into_inner().aliases)
+            .map_err(|s| Failure::from_client(&ClientError::from_status(&s), name.unwrap_or("")))
+    }
+
+    async fn aliases(&self, name: &str) -> Result<Vec<String>, Failure> {
+        Ok(self
+            .alias_list(Some(name))
+            .await?
+            .into_iter()
+            .map(|a| a.alias)
+            .collect())
+    }
+
+    /// CreateAlias (`repoint` false) or AlterAlias.
+    async fn set_alias(
+        &self,
+        alias: String,
+        collection: String,
+        repoint: bool,
+    ) -> Result<(), Failure> {
+        if alias.is_empty() {
+            return Err(Failure::invalid("alias should not be empty"));
+        }
+        self.collection(&collection).await?;
+        let mut coord = self.coord.clone();
+        let answer = if repoint {
+            coord
+                .alter_alias(v1::AlterAliasRequest {
+                    alias: alias.clone(),
+                    collection_name: collection.clone(),
+                })
+                .await
+        } else {
+            coord
+                .create_alias(v1::CreateAliasRequest {
+                    alias: alias.clone(),
+                    collection_name: collection.clone(),
+                })
+                .await
+        };
+        match answer {
+            Ok(_) => Ok(()),
+            Err(s) if s.message().contains("there is no alias") => {
+                Err(Failure::alias_not_found(&alias))
+            }
+            Err(s) => Err(Failure::from_client(
+                &ClientError::from_status(&s),
+                &collection,
+            )),
+        }
+    }
+
     async fn do_create(&self, r: mm::CreateCollectionRequest) -> Result<(), Failure> {
         let m = ms::CollectionSchema::decode(r.schema.as_slice())
             .map_err(|e| Failure::invalid(format!("the schema does not decode: {e}")))?;
@@ -1437,10 +1498,15 @@ impl MilvusService for MilvusFront {
         r: Request<mm::DescribeCollectionRequest>,
     ) -> Reply<mm::DescribeCollectionResponse> {
         let name = r.into_inner().collection_name;
-        Ok(Response::new(match self.collection(&name).await {
-            Ok(c) => {
+        let described = match self.collection(&name).await {
+            Ok(c) => self.aliases(&c.schema.name).await.map(|a| (c, a)),
+            Err(f) => Err(f),
+        };
+        Ok(Response::new(match described {
+            Ok((c, aliases)) => {
                 let ts = c.info.created_timestamp;
                 mm::DescribeCollectionResponse {
+                    aliases,
                     status: Some(status::ok()),
                     schema: Some(schema_to_milvus(&c.schema, c.props())),
                     collection_id: c.info.collection_id,
@@ -1685,6 +1751,87 @@ impl MilvusService for MilvusFront {
         Ok(Response::new(status::of(
             &self.do_release_partitions(r.into_inner()).await,
         )))
+    }
+
+    async fn create_alias(&self, r: Request<mm::CreateAliasRequest>) -> Reply<Status> {
+        let r = r.into_inner();
+        Ok(Response::new(status::of(
+            &self.set_alias(r.alias, r.collection_name, false).await,
+        )))
+    }
+
+    async fn alter_alias(&self, r: Request<mm::AlterAliasRequest>) -> Reply<Status> {
+        let r = r.into_inner();
+        Ok(Response::new(status::of(
+            &self.set_alias(r.alias, r.collection_name, true).await,
+        )))
+    }
+
+    async fn drop_alias(&self, r: Request<mm::DropAliasRequest>) -> Reply<Status> {
+        let alias = r.into_inner().alias;
+        let result = self
+            .coord
+            .clone()
+            .drop_alias(v1::DropAliasRequest { alias })
+            .await
+            .map(|_| ())
+            .map_err(|s| Failure::from_client(&ClientError::from_status(&s), ""));
+        Ok(Response::new(status::of(&result)))
+    }
+
+    async fn describe_alias(
+        &self,
+        r: Request<mm::DescribeAliasRequest>,
+    ) -> Reply<mm::DescribeAliasResponse> {
+        let alias = r.into_inner().alias;
+        let found = match self.alias_list(None).await {
+            Ok(all) => all
+                .into_iter()
+                .find(|a| a.alias == alias)
+                .ok_or_else(|| Failure::alias_not_found(&alias)),
+            Err(f) => Err(f),
+        };
+        Ok(Response::new(match found {
+            Ok(a) => mm::DescribeAliasResponse {
+                status: Some(status::ok()),
+                db_name: "default".into(),
+                alias: a.alias,
+                collection: a.collection_name,
+            },
+            Err(f) => mm::DescribeAliasResponse {
+                status: Some(f.status()),
+                ..Default::default()
+            },
+        }))
+    }
+
+    async fn list_aliases(
+        &self,
+        r: Request<mm::ListAliasesRequest>,
+    ) -> Reply<mm::ListAliasesResponse> {
+        let name = r.into_inner().collection_name;
+        let listed = if name.is_empty() {
+            self.alias_list(None)
+                .await
+                .map(|all| all.into_iter().map(|a| a.alias).collect())
+        } else {
+            match self.collection(&name).await {
+                Ok(c) => self.aliases(&c.schema.name).await,
+                Err(f) => Err(f),
+            }
+        };
+        Ok(Response::new(match listed {
+            Ok(aliases) => mm::ListAliasesResponse {
+                status: Some(status::ok()),
+                db_name: "default".into(),
+                collection_name: name,
+                aliases,
+            },
+            Err(f) => mm::ListAliasesResponse {
+                status: Some(f.status()),
+                ..Default::default()
+            },
+        }))
     }
 
     async fn has_partition(&self, r: Request<mm::HasPartitionRequest>) -> Reply<mm::BoolResponse> {

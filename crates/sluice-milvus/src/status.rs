@@ -26,6 +26,8 @@ const PARAMETER_INVALID: i32 = 1100;
 const PARTITION_NOT_FOUND: i32 = 200;
 /// Milvus's code for a partition that is not loaded.
 const PARTITION_NOT_LOADED: i32 = 201;
+/// Milvus's code for an alias that does not exist.
+const ALIAS_NOT_FOUND: i32 = 1600;
 /// Milvus's code for an index that does not exist.
 const INDEX_NOT_FOUND: i32 = 700;
 /// Milvus's code for a service that is not ready (retry).
@@ -79,6 +81,15 @@ impl Failure {
             code: COLLECTION_NOT_LOADED,
             legacy: MilvusCode::UnexpectedError,
             reason: format!("collection not loaded[collection={name}]"),
+            retriable: false,
+        }
+    }
+
+    pub(crate) fn alias_not_found(alias: &str) -> Failure {
+        Failure {
+            code: ALIAS_NOT_FOUND,
+            legacy: MilvusCode::UnexpectedError,
+            reason: format!("alias not found[database=default][alias={alias}]"),
             retriable: false,
         }
     }

@@ -1,4 +1,4 @@
-//! The MilvusService methods Sluice does not have (aliases, databases, users, resource groups,
+//! The MilvusService methods Sluice does not have (databases, users, roles, resource groups,
 //! ...): the generated router answers them UNIMPLEMENTED with no message, which pymilvus shows
 //! as an empty `details`. [`Named`] wraps the service and names the method instead.
 
@@ -63,9 +63,9 @@ mod tests {
 
     #[test]
     fn the_message_names_the_method() {
-        let m = message("/milvus.proto.milvus.MilvusService/CreateAlias");
+        let m = message("/milvus.proto.milvus.MilvusService/CreateDatabase");
         assert!(
-            m.starts_with("CreateAlias is not supported by Sluice"),
+            m.starts_with("CreateDatabase is not supported by Sluice"),
             "{m}"
         );
         assert!(message("").contains("not supported"));

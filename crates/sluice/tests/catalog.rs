@@ -629,3 +629,159 @@ async fn partitions_are_added_written_to_and_dropped() {
     assert_ne!(again, p1, "a new partition gets a new id");
     ok(insert("p1"), "insert into the new p1");
 }
+
+/// Aliases through the coordinator's API: another name every catalog call takes (describe,
+/// insert), unique among names and aliases, repointed at once, kept across a restart; a
+/// collection is dropped by its own name and only once its aliases are gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aliases_name_collections_until_dropped() {
+    let data = tempfile::tempdir().unwrap();
+    let logs = tempfile::tempdir().unwrap();
+    let server = start(data.path(), logs.path());
+    let endpoint = server.endpoint();
+    ok(create_collection(&endpoint, "first"), "create first");
+    ok(create_collection(&endpoint, "second"), "create second");
+    let coord = || {
+        v1::coordinator_client::CoordinatorClient::new(
+            sluice_proto::lazy_channel(&server.endpoint()).unwrap(),
+        )
+    };
+    let describe = |name: &str| {
+        let mut c = coord();
+        let name = name.to_owned();
+        async move {
+            c.describe_collection(v1::DescribeCollectionRequest {
+                which: Some(v1::describe_collection_request::Which::Name(name)),
+            })
+            .await
+            .map(|r| r.into_inner())
+        }
+    };
+    let alias = |alias: &str, collection: &str, alter: bool| {
+        let mut c = coord();
+        let (alias, collection_name) = (alias.to_owned(), collection.to_owned());
+        async move {
+            if alter {
+                c.alter_alias(v1::AlterAliasRequest {
+                    alias,
+                    collection_name,
+                })
+                .await
+            } else {
+                c.create_alias(v1::CreateAliasRequest {
+                    alias,
+                    collection_name,
+                })
+                .await
+            }
+            .map(|r| r.into_inner().collection_id)
+        }
+    };
+    let first = describe("first").await.unwrap().collection_id;
+    let second = describe("second").await.unwrap().collection_id;
+
+    assert_eq!(alias("current", "first", false).await.unwrap(), first);
+    assert_eq!(describe("current").await.unwrap().collection_id, first);
+    assert_eq!(alias("current", "first", false).await.unwrap(), first);
+    for (a, c, alter, why) in [
+        ("current", "second", false, "names another collection"),
+        ("second", "first", false, "is the name of a collection"),
+        ("9x", "first", false, "alias name"),
+        ("missing", "first", true, "there is no alias"),
+        ("other", "missing", false, "does not exist"),
+    ] {
+        let e = alias(a, c, alter).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument, "{a} → {c}: {e:?}");
+        assert!(e.message().contains(why), "{a} → {c}: {}", e.message());
+    }
+    let taken = create_collection(&endpoint, "current");
+    assert!(!taken.status.success());
+    assert!(
+        taken.stderr.contains("an alias named \"current\" exists"),
+        "{}",
+        taken.stderr
+    );
+    let listed = coord()
+        .list_aliases(v1::ListAliasesRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .aliases;
+    assert_eq!(
+        listed,
+        vec![v1::CollectionAlias {
+            alias: "current".into(),
+            collection_name: "first".into(),
+            collection_id: first,
+        }]
+    );
+    for name in ["first", "current"] {
+        let out = ctl(&server, &["ctl", "drop-collection", name]);
+        assert!(!out.status.success(), "dropped {name} with an alias");
+        assert!(out.stderr.contains("alias"), "{}", out.stderr);
+    }
+
+    // Repointed: the CLI's describe and insert through the alias reach the second collection.
+    assert_eq!(alias("current", "second", true).await.unwrap(), second);
+    let out = ok(ctl(&server, &["ctl", "describe", "current"]), "describe");
+    assert!(out.contains("collection second"), "{out}");
+    let file = data.path().join("rows.jsonl");
+    std::fs::write(&file, r#"{"id": 7, "title": "t", "vec": [1, 2, 3]}"#).unwrap();
+    let out = run_cli(
+        &[
+            "insert",
+            "--collection",
+            "current",
+            "--file",
+            file.to_str().unwrap(),
+            "--coord",
+            &endpoint,
+        ],
+        &[],
+        TIMEOUT,
+    );
+    assert!(ok(out, "insert").contains("inserted 1 rows into current"));
+    let first_aliases = coord()
+        .list_aliases(v1::ListAliasesRequest {
+            collection_name: "first".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .aliases;
+    assert!(first_aliases.is_empty(), "{first_aliases:?}");
+    ok(
+        ctl(&server, &["ctl", "drop-collection", "first"]),
+        "drop first",
+    );
+
+    // Kept across a restart.
+    drop(server);
+    let server = start(data.path(), logs.path());
+    let mut c = v1::coordinator_client::CoordinatorClient::new(
+        sluice_proto::lazy_channel(&server.endpoint()).unwrap(),
+    );
+    let info = c
+        .describe_collection(v1::DescribeCollectionRequest {
+            which: Some(v1::describe_collection_request::Which::Name(
+                "current".into(),
+            )),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(info.collection_id, second);
+    for _ in 0..2 {
+        c.drop_alias(v1::DropAliasRequest {
+            alias: "current".into(),
+        })
+        .await
+        .unwrap();
+    }
+    let gone = ctl(&server, &["ctl", "describe", "current"]);
+    assert!(gone.stderr.contains("does not exist"), "{}", gone.stderr);
+    ok(
+        ctl(&server, &["ctl", "drop-collection", "second"]),
+        "drop second",
+    );
+}
