@@ -65,7 +65,14 @@ RPCS = {
     "Delete": "Deletes by primary key (`id in [...]`) or by any filter (the matching keys are "
     "looked up first).",
     "Search": "Nearest neighbours of each query vector with a filter, output fields, limit, "
-    "offset and metric; ids, distances and fields in SearchResultData.",
+    "offset and metric; ids, distances and fields in SearchResultData. A collection with "
+    "several vector fields is searched on the one named by anns_field, with its index's "
+    "metric.",
+    "HybridSearch": "Several searches (each its own vector field, query vectors, filter and "
+    "limit) fused into one ranking per query vector: RRF (k) or weighted (weights, one per "
+    "search; scores normalized to 0..1, L2 always, IP and COSINE unless norm_score is false); "
+    "limit, offset, "
+    "round_decimal and output fields as in Search. Function scores and grouping are refused.",
     "Query": "Rows matching a filter (limit, offset, output fields), or count(*).",
     "Flush": "Seals the collection's growing segments into Parquet.",
     "GetFlushState": "True once the flush has been written.",

@@ -527,6 +527,118 @@ def test_writes_to_a_missing_partition_are_refused_and_change_nothing(sluice, li
     assert s == l
 
 
+def two_vector_collection(c, name):
+    """A fresh collection `name` with vector fields `a` (FLAT, L2) and `b` (FLAT, IP) and 60
+    rows."""
+    drop_if_exists(c, name)
+    schema = MilvusClient.create_schema(auto_id=False)
+    schema.add_field("id", DataType.INT64, is_primary=True)
+    schema.add_field("a", DataType.FLOAT_VECTOR, dim=DIM)
+    schema.add_field("b", DataType.FLOAT_VECTOR, dim=DIM)
+    schema.add_field("t", DataType.INT64)
+    index = c.prepare_index_params()
+    index.add_index(field_name="a", index_type="FLAT", metric_type="L2")
+    index.add_index(field_name="b", index_type="FLAT", metric_type="IP")
+    c.create_collection(name, schema=schema, index_params=index)
+    rnd = random.Random(41)
+    data = [
+        {
+            "id": i,
+            "a": [rnd.random() for _ in range(DIM)],
+            "b": [rnd.random() for _ in range(DIM)],
+            "t": i % 3,
+        }
+        for i in range(60)
+    ]
+    c.insert(name, data)
+    return data
+
+
+def hits(result, field=None):
+    return [
+        [(h["id"], round(h["distance"], 4)) + ((h["entity"][field],) if field else ()) for h in q]
+        for q in result
+    ]
+
+
+def test_a_collection_with_two_vector_fields_is_indexed_and_searched_on_each(sluice, lite):
+    def f(c):
+        data = two_vector_collection(c, "d_two_vectors")
+        indexes = sorted(c.list_indexes("d_two_vectors"))
+        metrics = [c.describe_index("d_two_vectors", i)["metric_type"] for i in indexes]
+        on_a = c.search("d_two_vectors", [data[3]["a"]], anns_field="a", limit=4, output_fields=["t"])
+        on_b = c.search(
+            "d_two_vectors", [data[3]["b"]], anns_field="b", limit=4, filter="t == 0", output_fields=["t"]
+        )
+        c.release_collection("d_two_vectors")
+        c.drop_index("d_two_vectors", "a")
+        left = c.list_indexes("d_two_vectors")
+        return indexes, metrics, hits(on_a, "t"), hits(on_b, "t"), left
+
+    s, l = both(sluice, lite, f)
+    # After dropping one of two indexes, milvus-lite lists none; Milvus and Sluice the other.
+    assert s[:4] == l[:4]
+    assert s[0] == ["a", "b"] and s[1] == ["L2", "IP"] and s[4] == ["b"]
+    assert s[2][0][0][:2] == (3, 0.0)
+
+
+def test_hybrid_search_fuses_like_milvus(sluice, lite):
+    from pymilvus import AnnSearchRequest, RRFRanker, WeightedRanker
+
+    def f(c):
+        data = two_vector_collection(c, "d_hybrid")
+        queries_a = [data[5]["a"], data[8]["a"]]
+        queries_b = [data[5]["b"], data[8]["b"]]
+        on_a = AnnSearchRequest(queries_a, "a", {"metric_type": "L2"}, limit=5)
+        on_b = AnnSearchRequest(queries_b, "b", {"metric_type": "IP"}, limit=5, expr="t != 1")
+        # Every hit of both searches is kept: ties in RRF scores cannot make the answers differ.
+        rrf = c.hybrid_search("d_hybrid", [on_a, on_b], RRFRanker(30), limit=10, output_fields=["t"])
+        rrf = [sorted(q) for q in hits(rrf, "t")]
+        weighted = c.hybrid_search("d_hybrid", [on_a, on_b], WeightedRanker(0.3, 0.7), limit=4)
+        raw = c.hybrid_search(
+            "d_hybrid", [on_a, on_b], WeightedRanker(0.5, 0.5, norm_score=False), limit=3
+        )
+        return rrf, hits(weighted), hits(raw)
+
+    s, l = both(sluice, lite, f)
+    assert s == l
+    assert all(len(q) >= 5 for q in s[0]) and [len(q) for q in s[1]] == [4, 4]
+    # A hit both searches found ranks above what one found alone.
+    assert all(q[0][1] > 0.5 for q in s[1]), s[1]
+    # Deliberate difference: milvus-lite ignores a hybrid search's offset; Milvus and Sluice
+    # skip that many of the fused hits.
+    from pymilvus import AnnSearchRequest, WeightedRanker
+
+    data = two_vector_collection(sluice, "d_hybrid")
+    reqs = [
+        AnnSearchRequest([data[5]["a"]], "a", {"metric_type": "L2"}, limit=5),
+        AnnSearchRequest([data[5]["b"]], "b", {"metric_type": "IP"}, limit=5),
+    ]
+    whole = hits(sluice.hybrid_search("d_hybrid", reqs, WeightedRanker(0.2, 0.8), limit=6))
+    skipped = hits(sluice.hybrid_search("d_hybrid", reqs, WeightedRanker(0.2, 0.8), limit=4, offset=2))
+    assert skipped == [whole[0][2:6]]
+
+
+def test_hybrid_search_errors_in_sluice(sluice):
+    from pymilvus import AnnSearchRequest, RRFRanker, WeightedRanker
+
+    data = two_vector_collection(sluice, "d_hybrid_errors")
+    on_a = AnnSearchRequest([data[0]["a"]], "a", {"metric_type": "L2"}, limit=3)
+    on_b = AnnSearchRequest([data[0]["b"], data[1]["b"]], "b", {"metric_type": "IP"}, limit=3)
+    for reqs, ranker, why in [
+        ([on_a, on_a], WeightedRanker(0.5), "one weight per search"),
+        ([on_a, on_b], RRFRanker(), "the same number"),
+        ([AnnSearchRequest([data[0]["b"]], "b", {"metric_type": "L2"}, limit=3)], RRFRanker(), "metric type not match"),
+    ]:
+        with pytest.raises(MilvusException) as e:
+            sluice.hybrid_search("d_hybrid_errors", reqs, ranker, limit=3)
+        assert e.value.code == 1100 and why in e.value.message, e.value
+    # With two vector fields, a search names the one it searches.
+    with pytest.raises(MilvusException) as e:
+        sluice.search("d_hybrid_errors", [data[0]["a"]], limit=3)
+    assert "anns_field" in e.value.message, e.value
+
+
 # --- deliberate differences, checked on Sluice alone ------------------------------------------
 
 

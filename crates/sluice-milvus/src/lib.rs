@@ -16,6 +16,7 @@
 //!   recognizes: 100 collection not found, 1100 invalid parameter, 65535 anything else.
 
 mod convert;
+mod hybrid;
 mod service;
 mod status;
 mod template;

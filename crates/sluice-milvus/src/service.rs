@@ -23,6 +23,7 @@ use crate::convert::{
     MILVUS_DYNAMIC, PROP_CONSISTENCY, PROP_INDEX, PROP_RELEASED, batches_to_milvus,
     rows_from_milvus, schema_to_milvus, schema_to_sluice,
 };
+use crate::hybrid::{MAX_HYBRID_SEARCHES, Ranker, Searched};
 use crate::pb::common::{self as mc, KeyValuePair, Status};
 use crate::pb::milvus::milvus_service_server::{MilvusService, MilvusServiceServer};
 use crate::pb::milvus::{self as mm};
@@ -48,17 +49,17 @@ impl std::fmt::Debug for MilvusFront {
 }
 
 /// A collection as the front works with it.
-struct Collection {
-    info: v1::CollectionInfo,
-    schema: CollectionSchema,
+pub(crate) struct Collection {
+    pub(crate) info: v1::CollectionInfo,
+    pub(crate) schema: CollectionSchema,
 }
 
 impl Collection {
-    fn props(&self) -> &HashMap<String, String> {
+    pub(crate) fn props(&self) -> &HashMap<String, String> {
         &self.info.properties
     }
 
-    fn pk(&self) -> Result<&sluice_types::schema::FieldSchema, Failure> {
+    pub(crate) fn pk(&self) -> Result<&sluice_types::schema::FieldSchema, Failure> {
         self.schema
             .fields
             .iter()
@@ -163,14 +164,59 @@ impl Collection {
         self.info.load_state == v1::LoadState::Released as i32
     }
 
-    /// The index recorded on the collection (Milvus's CreateIndex), as a JSON object.
-    fn index(&self) -> Option<serde_json::Map<String, Value>> {
-        serde_json::from_str(self.props().get(PROP_INDEX)?).ok()
+    /// The indexes recorded on the collection (Milvus's CreateIndex), one JSON object each (at
+    /// most one per vector field), in the order they were created. (A collection indexed before
+    /// several were kept holds one object rather than a list.)
+    fn indexes(&self) -> Vec<serde_json::Map<String, Value>> {
+        match self
+            .props()
+            .get(PROP_INDEX)
+            .map(|v| serde_json::from_str(v))
+        {
+            Some(Ok(Value::Array(all))) => all
+                .into_iter()
+                .filter_map(|i| match i {
+                    Value::Object(o) => Some(o),
+                    _ => None,
+                })
+                .collect(),
+            Some(Ok(Value::Object(one))) => vec![one],
+            _ => Vec::new(),
+        }
     }
 
-    /// The metric of the recorded index (COSINE, Milvus's default, when none is recorded).
-    fn metric(&self) -> String {
-        self.index()
+    /// The index recorded on vector field `field`.
+    fn index_of(&self, field: &str) -> Option<serde_json::Map<String, Value>> {
+        self.indexes()
+            .into_iter()
+            .find(|i| i.get("field").and_then(Value::as_str) == Some(field))
+    }
+
+    /// The vector field a search names (`anns`), or the collection's only one.
+    fn anns_field(&self, anns: &str) -> Result<String, Failure> {
+        if !anns.is_empty() {
+            return Ok(anns.to_owned());
+        }
+        let vectors: Vec<&str> = self
+            .schema
+            .fields
+            .iter()
+            .filter(|f| DataType::try_from(f.data_type) == Ok(DataType::FloatVector))
+            .map(|f| f.name.as_str())
+            .collect();
+        match vectors.as_slice() {
+            [one] => Ok((*one).to_owned()),
+            _ => Err(Failure::invalid(format!(
+                "the collection has {} vector fields ({}): name the one to search with anns_field",
+                vectors.len(),
+                vectors.join(", ")
+            ))),
+        }
+    }
+
+    /// The metric of the index on `field` (COSINE, Milvus's default, when it has none).
+    fn metric_of(&self, field: &str) -> String {
+        self.index_of(field)
             .and_then(|i| i.get("metric_type")?.as_str().map(str::to_owned))
             .unwrap_or_else(|| "COSINE".into())
     }
@@ -182,6 +228,33 @@ impl Collection {
             .and_then(|c| c.parse().ok())
             .unwrap_or(mc::ConsistencyLevel::Bounded as i32)
     }
+}
+
+/// Whether the recorded index `i` is the one named `name` on `field` (empty: any).
+fn matches_index(i: &serde_json::Map<String, Value>, name: &str, field: &str) -> bool {
+    let is =
+        |k: &str, want: &str| want.is_empty() || i.get(k).and_then(Value::as_str) == Some(want);
+    is("name", name) && is("field", field)
+}
+
+/// The graph settings a recorded index asks for: its metric, and M / efConstruction when it is
+/// HNSW (the other types' parameters are kept and described, and shape nothing).
+fn graph_settings(index: &serde_json::Map<String, Value>) -> Result<IndexSettings, Failure> {
+    let hnsw = index.get("index_type").and_then(Value::as_str) == Some("HNSW");
+    let number = |key: &str| {
+        hnsw.then(|| index.get("params")?.get(key)?.as_u64())
+            .flatten()
+            .map(|n| n as usize)
+    };
+    let metric = index
+        .get("metric_type")
+        .and_then(Value::as_str)
+        .unwrap_or("COSINE");
+    Ok(IndexSettings {
+        metric: Some(metric.parse().map_err(Failure::invalid)?),
+        m: number("M"),
+        ef_construction: number("efConstruction"),
+    })
 }
 
 fn kv(key: &str, value: impl Into<String>) -> KeyValuePair {
@@ -945,8 +1018,53 @@ impl MilvusFront {
     }
 
     async fn do_search(&self, r: mm::SearchRequest) -> Result<ms::SearchResultData, Failure> {
+        self.search_rows(r).await?.into_milvus()
+    }
+
+    /// A Milvus HybridSearch: each search run on its own, then per query vector the hits of all
+    /// fused by the ranker (see [`Ranker`]), best first, `offset` skipped, `limit` kept.
+    async fn do_hybrid_search(
+        &self,
+        r: mm::HybridSearchRequest,
+    ) -> Result<ms::SearchResultData, Failure> {
+        if r.function_score.is_some() || !r.function_chains.is_empty() {
+            return Err(Failure::unsupported("function scores in a hybrid search"));
+        }
+        if r.requests.is_empty() || r.requests.len() > MAX_HYBRID_SEARCHES {
+            return Err(Failure::invalid(format!(
+                "a hybrid search has {} searches: 1 to {MAX_HYBRID_SEARCHES}",
+                r.requests.len()
+            )));
+        }
+        let ranker = Ranker::of(&r.rank_params, r.requests.len())?;
+        let mut searched = Vec::with_capacity(r.requests.len());
+        for sub in r.requests {
+            let sub = mm::SearchRequest {
+                collection_name: r.collection_name.clone(),
+                partition_names: r.partition_names.clone(),
+                output_fields: r.output_fields.clone(),
+                guarantee_timestamp: r.guarantee_timestamp,
+                consistency_level: r.consistency_level,
+                use_default_consistency: r.use_default_consistency,
+                ..sub
+            };
+            if !sub.sub_reqs.is_empty() {
+                return Err(Failure::invalid("a hybrid search inside a hybrid search"));
+            }
+            // The offset applies to the fused hits (pymilvus copies it into every search too).
+            let mut sub = sub;
+            sub.search_params.retain(|kv| kv.key != "offset");
+            searched.push(self.search_rows(sub).await?);
+        }
+        ranker.fuse(searched)
+    }
+
+    /// A search's hits, best first, as rows (`into_milvus` makes them Milvus's answer).
+    async fn search_rows(&self, r: mm::SearchRequest) -> Result<Searched, Failure> {
         if !r.sub_reqs.is_empty() || r.function_score.is_some() || !r.function_chains.is_empty() {
-            return Err(Failure::unsupported("hybrid search and function scores"));
+            return Err(Failure::unsupported(
+                "sub-searches and function scores in Search (use HybridSearch)",
+            ));
         }
         let filter = crate::template::render(&r.dsl, &r.expr_template_values)?;
         let c = self.collection(&r.collection_name).await?;
@@ -972,7 +1090,8 @@ impl MilvusFront {
                 "topk {top_k} + offset {offset}: topk must be in 1..=16384 with the offset"
             )));
         }
-        let index_metric = c.metric();
+        let anns = c.anns_field(param(p, "anns_field").unwrap_or_default())?;
+        let index_metric = c.metric_of(&anns);
         let asked_metric = param(p, "metric_type").filter(|m| !m.is_empty());
         if let Some(m) = asked_metric
             && !m.eq_ignore_ascii_case(&index_metric)
@@ -990,7 +1109,7 @@ impl MilvusFront {
         let ef = params.get("ef").and_then(Value::as_u64).unwrap_or(0);
         let range = Range::of(&params, metric)?;
         let exact = c
-            .index()
+            .index_of(&anns)
             .and_then(|i| i.get("index_type")?.as_str().map(|t| t == "FLAT"))
             .unwrap_or(false);
         let vectors = match r.search_input {
@@ -1047,7 +1166,6 @@ impl MilvusFront {
         } else {
             r.consistency_level
         };
-        let anns = param(p, "anns_field").unwrap_or_default().to_owned();
         let resp = self
             .query
             .search(v1::SearchRequest {
@@ -1066,7 +1184,6 @@ impl MilvusFront {
             })
             .await
             .map_err(|e| Failure::from_client(&e, &c.schema.name))?;
-        let pk = c.pk()?.name.clone();
         let mut scores = Vec::new();
         let mut topks = Vec::new();
         let mut rows: Vec<RecordBatch> = Vec::new();
@@ -1111,18 +1228,16 @@ impl MilvusFront {
                 rows.push(all.slice(skip, take));
             }
         }
-        let ids = crate::convert::column(c.pk()?, &rows)?;
-        let fields_data = batches_to_milvus(&c.schema, c.props(), &rows, &fields)?;
-        Ok(ms::SearchResultData {
-            num_queries: nq as i64,
-            top_k: top_k as i64,
-            fields_data,
+        Ok(Searched {
+            collection: c,
+            metric,
+            nq,
+            top_k,
             scores,
-            ids: Some(ids_of(&ids)?),
             topks,
-            output_fields: report,
-            primary_field_name: pk,
-            ..Default::default()
+            rows,
+            fields,
+            report,
         })
     }
 
@@ -1286,22 +1401,14 @@ impl MilvusFront {
                 }
             }
         }
-        // Only HNSW's own parameters shape the graphs; the other types' are kept and described.
-        let number = |key: &str| {
-            (index_type == "HNSW")
-                .then(|| given.get(key).and_then(Value::as_u64))
-                .flatten()
-                .map(|n| n as usize)
+        let name = if r.index_name.is_empty() {
+            field.name.clone()
+        } else {
+            r.index_name.clone()
         };
-        let settings = IndexSettings {
-            metric: Some(metric_type.parse().map_err(Failure::invalid)?),
-            m: number("M"),
-            ef_construction: number("efConstruction"),
-        };
-        let mut props = settings.to_properties();
-        if let Some(existing) = c.index() {
-            let same = existing.get("field").and_then(Value::as_str) == Some(&field.name)
-                && existing.get("index_type").and_then(Value::as_str) == Some(&index_type)
+        let mut indexes = c.indexes();
+        if let Some(existing) = c.index_of(&field.name) {
+            let same = existing.get("index_type").and_then(Value::as_str) == Some(&index_type)
                 && existing.get("metric_type").and_then(Value::as_str) == Some(&metric_type)
                 && existing
                     .get("params")
@@ -1314,11 +1421,14 @@ impl MilvusFront {
                 "at most one distinct index per field is supported",
             ));
         }
-        let name = if r.index_name.is_empty() {
-            field.name.clone()
-        } else {
-            r.index_name.clone()
-        };
+        if indexes
+            .iter()
+            .any(|i| i.get("name").and_then(Value::as_str) == Some(&name))
+        {
+            return Err(Failure::invalid(format!(
+                "an index named {name:?} exists on another field"
+            )));
+        }
         let index = serde_json::json!({
             "field": field.name,
             "name": name,
@@ -1326,14 +1436,38 @@ impl MilvusFront {
             "metric_type": metric_type,
             "params": given,
         });
-        props.insert(PROP_INDEX.to_owned(), index.to_string());
-        // The settings not given go back to the node's defaults.
-        let unset = IndexSettings::KEYS
+        if let Value::Object(index) = index {
+            indexes.push(index);
+        }
+        self.record_indexes(&c.schema.name, &indexes).await
+    }
+
+    /// Records `indexes` on collection `name`, with the graph settings Sluice builds its HNSW
+    /// graphs with taken from the first (the collection-wide settings: a field indexed with
+    /// another metric is searched exactly); none: the settings go back to the node's defaults.
+    async fn record_indexes(
+        &self,
+        name: &str,
+        indexes: &[serde_json::Map<String, Value>],
+    ) -> Result<(), Failure> {
+        let mut props = match indexes.first() {
+            Some(first) => graph_settings(first)?.to_properties(),
+            None => HashMap::new(),
+        };
+        let mut unset: Vec<String> = IndexSettings::KEYS
             .iter()
             .filter(|k| !props.contains_key(**k))
             .map(|k| (*k).to_owned())
             .collect();
-        self.alter(&c.schema.name, props, unset).await
+        if indexes.is_empty() {
+            unset.push(PROP_INDEX.to_owned());
+        } else {
+            props.insert(
+                PROP_INDEX.to_owned(),
+                Value::Array(indexes.iter().cloned().map(Value::Object).collect()).to_string(),
+            );
+        }
+        self.alter(name, props, unset).await
     }
 
     async fn do_describe_index(
@@ -1341,36 +1475,40 @@ impl MilvusFront {
         r: mm::DescribeIndexRequest,
     ) -> Result<Vec<mm::IndexDescription>, Failure> {
         let c = self.collection(&r.collection_name).await?;
-        let Some(i) = c.index() else {
-            return Err(Failure::index_not_found(&r.collection_name));
-        };
-        let s = |k: &str| {
-            i.get(k)
-                .and_then(Value::as_str)
-                .unwrap_or_default()
-                .to_owned()
-        };
-        if (!r.index_name.is_empty() && r.index_name != s("name"))
-            || (!r.field_name.is_empty() && r.field_name != s("field"))
-        {
+        let described: Vec<mm::IndexDescription> = c
+            .indexes()
+            .iter()
+            .enumerate()
+            .filter(|(_, i)| matches_index(i, &r.index_name, &r.field_name))
+            .map(|(n, i)| {
+                let s = |k: &str| {
+                    i.get(k)
+                        .and_then(Value::as_str)
+                        .unwrap_or_default()
+                        .to_owned()
+                };
+                mm::IndexDescription {
+                    index_name: s("name"),
+                    index_id: c.info.collection_id + n as i64,
+                    params: vec![
+                        kv("index_type", s("index_type")),
+                        kv("metric_type", s("metric_type")),
+                        kv(
+                            "params",
+                            i.get("params")
+                                .map_or_else(|| "{}".to_owned(), Value::to_string),
+                        ),
+                    ],
+                    field_name: s("field"),
+                    state: mc::IndexState::Finished as i32,
+                    ..Default::default()
+                }
+            })
+            .collect();
+        if described.is_empty() {
             return Err(Failure::index_not_found(&r.collection_name));
         }
-        Ok(vec![mm::IndexDescription {
-            index_name: s("name"),
-            index_id: c.info.collection_id,
-            params: vec![
-                kv("index_type", s("index_type")),
-                kv("metric_type", s("metric_type")),
-                kv(
-                    "params",
-                    i.get("params")
-                        .map_or_else(|| "{}".to_owned(), Value::to_string),
-                ),
-            ],
-            field_name: s("field"),
-            state: mc::IndexState::Finished as i32,
-            ..Default::default()
-        }])
+        Ok(described)
     }
 
     async fn do_flush(&self, names: &[String]) -> Result<mm::FlushResponse, Failure> {
@@ -1411,7 +1549,7 @@ impl MilvusFront {
 }
 
 /// A primary key column as Milvus ids.
-fn ids_of(keys: &ArrayRef) -> Result<ms::IDs, Failure> {
+pub(crate) fn ids_of(keys: &ArrayRef) -> Result<ms::IDs, Failure> {
     use arrow_array::cast::AsArray;
     Ok(match keys.data_type() {
         arrow_schema::DataType::Int64 => ms::IDs {
@@ -1697,17 +1835,20 @@ impl MilvusService for MilvusFront {
     }
 
     async fn drop_index(&self, r: Request<mm::DropIndexRequest>) -> Reply<Status> {
-        let name = r.into_inner().collection_name;
+        let r = r.into_inner();
+        let name = r.collection_name;
         let result = async {
             let c = self.collection(&name).await?;
-            if c.index().is_none() {
-                return Err(Failure::index_not_found(&name));
+            let mut indexes = c.indexes();
+            let before = indexes.len();
+            indexes.retain(|i| !matches_index(i, &r.index_name, &r.field_name));
+            match before - indexes.len() {
+                0 => Err(Failure::index_not_found(&name)),
+                1 => self.record_indexes(&c.schema.name, &indexes).await,
+                _ => Err(Failure::invalid(
+                    "the collection has several indexes: name the one to drop",
+                )),
             }
-            let keys = std::iter::once(PROP_INDEX)
-                .chain(IndexSettings::KEYS)
-                .map(str::to_owned)
-                .collect();
-            self.alter(&name, HashMap::new(), keys).await
         }
         .await;
         Ok(Response::new(status::of(&result)))
@@ -1906,6 +2047,24 @@ impl MilvusService for MilvusFront {
         Ok(Response::new(mutation(
             self.do_delete(r.into_inner()).await,
         )))
+    }
+
+    async fn hybrid_search(&self, r: Request<mm::HybridSearchRequest>) -> Reply<mm::SearchResults> {
+        let r = r.into_inner();
+        let collection_name = r.collection_name.clone();
+        Ok(Response::new(match self.do_hybrid_search(r).await {
+            Ok(results) => mm::SearchResults {
+                status: Some(status::ok()),
+                results: Some(results),
+                collection_name,
+                ..Default::default()
+            },
+            Err(f) => mm::SearchResults {
+                status: Some(f.status()),
+                collection_name,
+                ..Default::default()
+            },
+        }))
     }
 
     async fn search(&self, r: Request<mm::SearchRequest>) -> Reply<mm::SearchResults> {

@@ -54,6 +54,12 @@ impl Failure {
         }
     }
 
+    /// What went wrong, as the client reads it.
+    #[cfg(test)]
+    pub(crate) fn reason(&self) -> &str {
+        &self.reason
+    }
+
     pub(crate) fn is_collection_not_found(&self) -> bool {
         self.code == COLLECTION_NOT_FOUND
     }
