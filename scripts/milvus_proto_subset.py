@@ -64,7 +64,8 @@ RPCS = {
     "Upsert": "A delete of the given primary keys followed by an insert of the rows.",
     "Delete": "Deletes by primary key (`id in [...]`) or by any filter (the matching keys are "
     "looked up first).",
-    "Search": "Nearest neighbours of each query vector with a filter, output fields, limit, "
+    "Search": "Nearest neighbours of each query vector (or of the vectors of the rows named by "
+    "primary key, `ids`; a key with no row is an error) with a filter, output fields, limit, "
     "offset and metric; ids, distances and fields in SearchResultData. A collection with "
     "several vector fields is searched on the one named by anns_field, with its index's "
     "metric.",

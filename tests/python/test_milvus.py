@@ -642,6 +642,21 @@ def test_hybrid_search_errors_in_sluice(sluice):
 # --- deliberate differences, checked on Sluice alone ------------------------------------------
 
 
+def test_search_by_primary_keys_uses_their_vectors(sluice):
+    """Milvus 2.6's search by primary keys (milvus-lite refuses it): the vectors of the rows
+    named are the query vectors, in that order; a key with no row is an error."""
+    data = two_vector_collection(sluice, "d_search_ids")
+    by_ids = sluice.search("d_search_ids", ids=[7, 2], anns_field="b", limit=4, output_fields=["t"])
+    by_vectors = sluice.search(
+        "d_search_ids", [data[7]["b"], data[2]["b"]], anns_field="b", limit=4, output_fields=["t"]
+    )
+    assert hits(by_ids, "t") == hits(by_vectors, "t")
+    assert len(by_ids) == 2 and all(len(q) == 4 for q in by_ids)
+    with pytest.raises(MilvusException) as e:
+        sluice.search("d_search_ids", ids=[7, 999], anns_field="a", limit=4)
+    assert e.value.code == 1100 and "999" in e.value.message, e.value
+
+
 def test_unsupported_requests_get_a_clear_error_not_a_silent_success(sluice):
     """Sluice has one ANN index kind (HNSW, or FLAT for exact search), built with M and
     efConstruction, which also answers the IVF types, SCANN and DISKANN: asking for more is an

@@ -45,6 +45,12 @@ pub const MAX_SHARDS: u32 = 64;
 /// The most partitions a collection may have (Milvus's default limit).
 pub const MAX_PARTITIONS: usize = 1024;
 
+/// The first of `n` fresh ids (collections and partitions).
+async fn allocate_ids(ids: &Ids, n: u64) -> Result<i64> {
+    i64::try_from(ids.allocate(n).await?)
+        .map_err(|_| CoordError::InvalidArgument("id allocator ran out of i64 ids".into()))
+}
+
 /// The DDL message (to broadcast) with `header`.
 fn ddl_message<H: MessageHeader>(header: H) -> Result<MutableMessage> {
     MutableMessage::builder(header)
@@ -405,12 +411,10 @@ impl Catalog {
                 "no pchannels to place shards on".into(),
             ));
         }
-        let first = ids.allocate(1 + partition_names.len() as u64).await?;
-        let id = i64::try_from(first)
-            .map_err(|_| CoordError::InvalidArgument("id allocator ran out of i64 ids".into()))?;
+        let id = allocate_ids(ids, 1 + partition_names.len() as u64).await?;
         let vchannels = (0..schema.shards)
             .map(|shard| {
-                let p = &self.pchannels[(first as usize + shard as usize) % self.pchannels.len()];
+                let p = &self.pchannels[(id as usize + shard as usize) % self.pchannels.len()];
                 p.vchannel(CollectionId(id), shard)
                     .map(|v| v.as_str().to_owned())
                     .map_err(|e| CoordError::InvalidArgument(e.to_string()))
@@ -560,8 +564,7 @@ impl Catalog {
                 info.partitions.len()
             )));
         }
-        let partition_id = i64::try_from(ids.allocate(1).await?)
-            .map_err(|_| CoordError::InvalidArgument("id allocator ran out of i64 ids".into()))?;
+        let partition_id = allocate_ids(ids, 1).await?;
         let template = ddl_message(CreatePartitionHeader {
             collection_id: info.collection_id,
             partition_id,

@@ -327,7 +327,7 @@ fn normalized(metric: v1::MetricType, s: f64) -> f64 {
 }
 
 /// Primary keys as strings (INT64 or VARCHAR), to match hits across searches.
-fn key_strings(col: &ArrayRef) -> Result<Vec<String>, Failure> {
+pub(crate) fn key_strings(col: &ArrayRef) -> Result<Vec<String>, Failure> {
     use arrow_array::cast::AsArray;
     Ok(match col.data_type() {
         arrow_schema::DataType::Int64 => col

@@ -1059,6 +1059,90 @@ impl MilvusFront {
         ranker.fuse(searched)
     }
 
+    /// The vectors in field `field` of the rows with primary keys `ids` (Milvus's search by
+    /// primary keys), in that order; a key with no row is an error.
+    async fn vectors_of(
+        &self,
+        c: &Collection,
+        field: &str,
+        ids: ms::IDs,
+        read: v1::ReadOptions,
+    ) -> Result<Vec<v1::FloatVector>, Failure> {
+        let (keys, asked) = match ids.id_field {
+            Some(ms::i_ds::IdField::IntId(a)) => {
+                let asked: Vec<String> = a.data.iter().map(i64::to_string).collect();
+                let keys = v1::primary_keys::Keys::IntKeys(v1::Int64List { values: a.data });
+                (keys, asked)
+            }
+            Some(ms::i_ds::IdField::StrId(a)) => {
+                let asked = a.data.clone();
+                (
+                    v1::primary_keys::Keys::StrKeys(v1::StringList { values: a.data }),
+                    asked,
+                )
+            }
+            None => return Err(Failure::invalid("a search by primary keys names none")),
+        };
+        if asked.is_empty() || asked.len() > 16384 {
+            return Err(Failure::invalid(format!(
+                "a search by {} primary keys: 1 to 16384",
+                asked.len()
+            )));
+        }
+        let resp = self
+            .query
+            .get(v1::GetRequest {
+                collection: c.schema.name.clone(),
+                keys: Some(v1::PrimaryKeys { keys: Some(keys) }),
+                output_fields: vec![field.to_owned()],
+                read: Some(read),
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| Failure::from_client(&e, &c.schema.name))?;
+        let rows = decode_rows(&resp.rows)?;
+        let found = crate::hybrid::key_strings(&crate::convert::column(c.pk()?, &rows)?)?;
+        if found.len() != asked.len() {
+            let missing: Vec<&str> = asked
+                .iter()
+                .filter(|k| !found.contains(k))
+                .map(String::as_str)
+                .take(10)
+                .collect();
+            return Err(Failure::invalid(format!(
+                "no rows with the primary keys {} to search with",
+                missing.join(", ")
+            )));
+        }
+        let column = rows
+            .iter()
+            .map(|b| {
+                b.column_by_name(field)
+                    .cloned()
+                    .ok_or_else(|| Failure::invalid(format!("{field:?} is not a vector field")))
+            })
+            .collect::<Result<Vec<ArrayRef>, _>>()?;
+        let mut vectors = Vec::with_capacity(asked.len());
+        for col in column {
+            use arrow_array::cast::AsArray;
+            let Some(list) = col.as_fixed_size_list_opt() else {
+                return Err(Failure::invalid(format!("{field:?} is not a vector field")));
+            };
+            for i in 0..list.len() {
+                let v = list.value(i);
+                let Some(values) = v.as_primitive_opt::<arrow_array::types::Float32Type>() else {
+                    return Err(Failure::invalid(format!(
+                        "{field:?} is not a float vector field"
+                    )));
+                };
+                vectors.push(v1::FloatVector {
+                    values: values.values().to_vec(),
+                });
+            }
+        }
+        Ok(vectors)
+    }
+
     /// A search's hits, best first, as rows (`into_milvus` makes them Milvus's answer).
     async fn search_rows(&self, r: mm::SearchRequest) -> Result<Searched, Failure> {
         if !r.sub_reqs.is_empty() || r.function_score.is_some() || !r.function_chains.is_empty() {
@@ -1138,8 +1222,14 @@ impl MilvusFront {
                 }
                 vectors
             }
-            Some(mm::search_request::SearchInput::Ids(_)) => {
-                return Err(Failure::unsupported("search by primary keys"));
+            Some(mm::search_request::SearchInput::Ids(ids)) => {
+                let level = if r.use_default_consistency {
+                    c.consistency()
+                } else {
+                    r.consistency_level
+                };
+                self.vectors_of(&c, &anns, ids, read_options(level, r.guarantee_timestamp))
+                    .await?
             }
             None => return Err(Failure::invalid("a search needs query vectors")),
         };
