@@ -258,13 +258,21 @@ impl Ranker {
             // key → (fused score, first seen, (search, row))
             let mut fused: HashMap<&str, (f64, usize, (usize, usize))> = HashMap::new();
             for (i, s) in searched.iter().enumerate() {
-                let n = usize::try_from(s.topks[q]).unwrap_or(0);
+                let n = s
+                    .topks
+                    .get(q)
+                    .map_or(0, |&n| usize::try_from(n).unwrap_or(0));
                 for rank in 0..n {
                     let row = starts[i] + rank;
-                    let add = self.contribution(i, s.metric, rank, s.scores[row]);
+                    let (Some(&score), Some(key)) = (s.scores.get(row), keys[i].get(row)) else {
+                        return Err(Failure::unexpected(
+                            "a search answered fewer hits than it counted",
+                        ));
+                    };
+                    let add = self.contribution(i, s.metric, rank, score);
                     let seen = fused.len();
                     fused
-                        .entry(keys[i][row].as_str())
+                        .entry(key.as_str())
                         .and_modify(|e| e.0 += add)
                         .or_insert((add, seen, (i, row)));
                 }
