@@ -762,7 +762,10 @@ impl MilvusFront {
     /// Loads collection `name` with `replicas` (Milvus's replica_number), keeping `released`
     /// of its partitions released (the others are loaded).
     async fn load(&self, name: &str, replicas: i32, released: Vec<i64>) -> Result<(), Failure> {
-        self.set_released(name, released).await?;
+        // Written only when it changes: every quick create_collection loads its collection.
+        if self.collection(name).await?.released() != released {
+            self.set_released(name, released).await?;
+        }
         let request = v1::LoadCollectionRequest {
             name: name.to_owned(),
             replicas: u32::try_from(replicas.max(0)).unwrap_or(0),
