@@ -45,6 +45,17 @@ pub const MAX_SHARDS: u32 = 64;
 /// The most partitions a collection may have (Milvus's default limit).
 pub const MAX_PARTITIONS: usize = 1024;
 
+/// The collection id a name or alias key holds (decimal).
+fn id_in(kv: &sluice_meta::KeyValue) -> Result<i64> {
+    std::str::from_utf8(&kv.value)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| CoordError::Malformed {
+            key: kv.key.clone(),
+            reason: "not a collection id".into(),
+        })
+}
+
 /// The first of `n` fresh ids (collections and partitions).
 async fn allocate_ids(ids: &Ids, n: u64) -> Result<i64> {
     i64::try_from(ids.allocate(n).await?)
@@ -123,17 +134,10 @@ impl Catalog {
 
     /// The collection id stored at `key` (a name or an alias), if the key exists.
     async fn id_at(&self, key: String) -> Result<Option<i64>> {
-        let Some(kv) = self.store.get(&key).await? else {
-            return Ok(None);
-        };
-        std::str::from_utf8(&kv.value)
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .map(Some)
-            .ok_or(CoordError::Malformed {
-                key,
-                reason: "not a collection id".into(),
-            })
+        match self.store.get(&key).await? {
+            Some(kv) => id_in(&kv).map(Some),
+            None => Ok(None),
+        }
     }
 
     async fn read(&self, key: &str) -> Result<Option<v1::CollectionInfo>> {
@@ -195,8 +199,7 @@ impl Catalog {
                 )));
             }
             (Some(kv), _) => {
-                let now = self.id_at(key.clone()).await?;
-                if now == Some(target) {
+                if id_in(kv)? == target {
                     return Ok(info);
                 }
                 if !repoint {
@@ -255,9 +258,7 @@ impl Catalog {
         let (kvs, _) = self.store.scan_prefix(&prefix).await?;
         let mut out = Vec::new();
         for kv in kvs {
-            let Some(id) = self.id_at(kv.key.clone()).await? else {
-                continue;
-            };
+            let id = id_in(&kv)?;
             if only.is_some_and(|o| o != id) {
                 continue;
             }
