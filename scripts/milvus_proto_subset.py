@@ -78,6 +78,18 @@ RPCS = {
     "Flush": "Seals the collection's growing segments into Parquet.",
     "GetFlushState": "True once the flush has been written.",
     "AllocTimestamp": "A timestamp from Sluice's oracle.",
+    "ListDatabases": "Sluice has one database, `default` (CreateDatabase, DropDatabase and "
+    "AlterDatabase answer UNIMPLEMENTED). A call whose `dbname` header names any other database "
+    "is refused with INVALID_ARGUMENT before it touches anything.",
+    "DescribeDatabase": "The `default` database (an empty name means it too); any other name is "
+    "DatabaseNotFound (800).",
+    "GetPartitionStatistics": "row_count of one partition: its rows inserted and not deleted, "
+    "as a query sees them.",
+    "FlushAll": "Flush of every collection (as Flush each); flush_all_ts is the newest "
+    "timestamp of the seals.",
+    "GetFlushAllState": "True: FlushAll answers once every shard sealed its segments.",
+    "CheckHealth": "Healthy when the coordinator answers (catalog read) and the timestamp oracle "
+    "allocates; otherwise not, with the reason.",
 }
 
 SERVICE = "milvus.proto.milvus.MilvusService"

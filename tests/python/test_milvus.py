@@ -8,6 +8,7 @@ where Sluice deliberately differs, the test says so and checks Sluice's own answ
 import math
 import random
 import tempfile
+import time
 
 import pytest
 
@@ -33,16 +34,21 @@ def rows(n, seed=1, start=0):
 
 
 @pytest.fixture(scope="module")
-def sluice():
+def sluice_server():
     with tempfile.TemporaryDirectory(prefix="sluice-milvus-") as d:
         from pathlib import Path
 
         s = Server(Path(d))
         s.start()
         try:
-            yield MilvusClient(uri=f"http://{s.milvus}")
+            yield s
         finally:
             s.stop()
+
+
+@pytest.fixture(scope="module")
+def sluice(sluice_server):
+    return MilvusClient(uri=f"http://{sluice_server.milvus}")
 
 
 @pytest.fixture(scope="module")
@@ -1070,3 +1076,99 @@ def test_auto_id_collections_get_fresh_keys(sluice, lite):
 
     s, l = both(sluice, lite, f)
     assert s == l == (5, 5, [1, 2, 3, 4, 5], True)
+
+
+def test_the_default_database_is_listed_and_described_like_milvus(sluice, lite):
+    def f(c):
+        described = c.describe_database("default")
+        c.use_database("default")
+        try:
+            c.use_database("d_no_such_db")
+            missing = "ok"
+        except MilvusException:
+            missing = "refused"
+        return c.list_databases(), described["name"], missing
+
+    s, l = both(sluice, lite, f)
+    assert s == l == (["default"], "default", "refused")
+    with pytest.raises(MilvusException) as e:
+        sluice.describe_database("d_no_such_db")
+    assert e.value.code == 800 and "d_no_such_db" in e.value.message
+
+
+def test_calls_for_another_database_are_refused_and_change_nothing(sluice, sluice_server):
+    """Sluice has one database. A client bound to another (`db_name=`) must not create or
+    write anything in `default` as if it were that database."""
+    import grpc
+
+    drop_if_exists(sluice, "d_other_db")
+    try:
+        other = MilvusClient(uri=f"http://{sluice_server.milvus}", db_name="tenant_a")
+        other.create_collection("d_other_db", dimension=DIM)
+        made = "created"
+    except (MilvusException, grpc.RpcError) as e:
+        made = str(e)
+    assert "database not found[database=tenant_a]" in made, made
+    assert not sluice.has_collection("d_other_db")
+
+
+def test_partition_statistics_match(sluice, lite):
+    def f(c):
+        fresh(c, "d_part_stats")
+        c.create_partition("d_part_stats", "p1")
+        c.insert("d_part_stats", rows(7, seed=31))
+        c.insert("d_part_stats", rows(3, seed=32, start=100), partition_name="p1")
+        c.delete("d_part_stats", ids=[100])
+        got = (
+            c.get_partition_stats("d_part_stats", "_default")["row_count"],
+            c.get_partition_stats("d_part_stats", "p1")["row_count"],
+            c.get_collection_stats("d_part_stats")["row_count"],
+        )
+        try:
+            c.get_partition_stats("d_part_stats", "p_missing")
+            return got, "ok"
+        except MilvusException as e:
+            return got, e.code
+
+    s, l = both(sluice, lite, f)
+    assert s == l == ((7, 2, 9), 200)
+
+
+def test_flush_all_seals_every_collection_and_health_is_reported():
+    """FlushAll writes the growing rows of every collection to Parquet (milvus-lite has no
+    FlushAll); CheckHealth answers healthy while the coordinator and the oracle answer."""
+    from pathlib import Path
+
+    from pymilvus.grpc_gen import milvus_pb2, milvus_pb2_grpc
+    import grpc
+
+    with tempfile.TemporaryDirectory(prefix="sluice-flush-all-") as d:
+        s = Server(Path(d))
+        s.start()
+        try:
+            c = MilvusClient(uri=f"http://{s.milvus}")
+            for name in ("flush_all_a", "flush_all_b"):
+                c.create_collection(name, dimension=DIM)
+                c.insert(name, rows(12, seed=41))
+            assert sorted(Path(d).rglob("*.parquet")) == []
+            c.flush_all()
+            # FlushAll answers once the segments are sealed (durable in the WAL); the flusher
+            # writes them to Parquet next. Nothing else would seal them this soon (the idle
+            # policy waits 10 minutes), so one file per collection (one shard each) shows it.
+            deadline = time.monotonic() + 60
+            # (storage/segments/<collection>/<partition>/<segment>/data.parquet)
+            collections = set()
+            while len(collections) < 2:
+                assert time.monotonic() < deadline, collections
+                time.sleep(0.2)
+                collections = {p.parts[-4] for p in Path(d).rglob("*.parquet")}
+            assert len(c.query("flush_all_a", filter="id >= 0")) == 12
+            with grpc.insecure_channel(s.milvus) as ch:
+                health = milvus_pb2_grpc.MilvusServiceStub(ch).CheckHealth(
+                    milvus_pb2.CheckHealthRequest(), timeout=10
+                )
+            assert health.status.code == 0
+            assert health.isHealthy and list(health.reasons) == [], health
+            c.close()
+        finally:
+            s.stop()

@@ -599,6 +599,22 @@ impl MilvusFront {
         )
     }
 
+    /// The name of every collection.
+    async fn collection_names(&self) -> Result<Vec<String>, Failure> {
+        let list = self
+            .coord
+            .clone()
+            .list_collections(v1::ListCollectionsRequest {})
+            .await
+            .map_err(|s| Failure::from_client(&ClientError::from_status(&s), ""))?;
+        Ok(list
+            .into_inner()
+            .collections
+            .into_iter()
+            .filter_map(|c| c.schema.map(|s| s.name))
+            .collect())
+    }
+
     async fn collection(&self, name: &str) -> Result<Collection, Failure> {
         if name.is_empty() {
             return Err(Failure::invalid("collection name should not be empty"));
@@ -2227,6 +2243,123 @@ impl MilvusService for MilvusFront {
             },
         }))
     }
+
+    async fn list_databases(
+        &self,
+        _: Request<mm::ListDatabasesRequest>,
+    ) -> Reply<mm::ListDatabasesResponse> {
+        Ok(Response::new(mm::ListDatabasesResponse {
+            status: Some(status::ok()),
+            db_names: vec![DEFAULT_DATABASE.to_owned()],
+            created_timestamp: vec![0],
+            db_ids: vec![DEFAULT_DATABASE_ID],
+        }))
+    }
+
+    async fn describe_database(
+        &self,
+        r: Request<mm::DescribeDatabaseRequest>,
+    ) -> Reply<mm::DescribeDatabaseResponse> {
+        let name = r.into_inner().db_name;
+        Ok(Response::new(if is_default_database(&name) {
+            mm::DescribeDatabaseResponse {
+                status: Some(status::ok()),
+                db_name: DEFAULT_DATABASE.to_owned(),
+                db_id: DEFAULT_DATABASE_ID,
+                ..Default::default()
+            }
+        } else {
+            mm::DescribeDatabaseResponse {
+                status: Some(Failure::database_not_found(&name).status()),
+                ..Default::default()
+            }
+        }))
+    }
+
+    async fn get_partition_statistics(
+        &self,
+        r: Request<mm::GetPartitionStatisticsRequest>,
+    ) -> Reply<mm::GetPartitionStatisticsResponse> {
+        let r = r.into_inner();
+        let result = async {
+            let c = self.collection(&r.collection_name).await?;
+            let partition = c.partition(&r.partition_name)?;
+            Ok::<_, Failure>(self.keys_matching(&c, "", vec![partition]).await?.len())
+        }
+        .await;
+        Ok(Response::new(match result {
+            Ok(n) => mm::GetPartitionStatisticsResponse {
+                status: Some(status::ok()),
+                stats: vec![kv("row_count", n.to_string())],
+            },
+            Err(f) => mm::GetPartitionStatisticsResponse {
+                status: Some(f.status()),
+                stats: Vec::new(),
+            },
+        }))
+    }
+
+    async fn flush_all(&self, _: Request<mm::FlushAllRequest>) -> Reply<mm::FlushAllResponse> {
+        let result = async {
+            let names = self.collection_names().await?;
+            self.do_flush(&names).await
+        }
+        .await;
+        // Deprecated in Milvus's proto, yet what pymilvus waits on (GetFlushAllState).
+        #[allow(deprecated)]
+        Ok(Response::new(match result {
+            Ok(f) => mm::FlushAllResponse {
+                status: Some(status::ok()),
+                flush_all_ts: f.coll_flush_ts.values().copied().max().unwrap_or(0),
+                ..Default::default()
+            },
+            Err(f) => mm::FlushAllResponse {
+                status: Some(f.status()),
+                ..Default::default()
+            },
+        }))
+    }
+
+    async fn get_flush_all_state(
+        &self,
+        _: Request<mm::GetFlushAllStateRequest>,
+    ) -> Reply<mm::GetFlushAllStateResponse> {
+        // FlushAll answers once every shard of every collection sealed its segments.
+        Ok(Response::new(mm::GetFlushAllStateResponse {
+            status: Some(status::ok()),
+            flushed: true,
+            ..Default::default()
+        }))
+    }
+
+    async fn check_health(
+        &self,
+        _: Request<mm::CheckHealthRequest>,
+    ) -> Reply<mm::CheckHealthResponse> {
+        let mut reasons = Vec::new();
+        if let Err(f) = self.collection_names().await {
+            reasons.push(format!("the catalog does not answer: {}", f.reason()));
+        }
+        if let Err(e) = self.tso.allocate_timestamps(1).await {
+            reasons.push(format!("the timestamp oracle does not answer: {e}"));
+        }
+        Ok(Response::new(mm::CheckHealthResponse {
+            status: Some(status::ok()),
+            is_healthy: reasons.is_empty(),
+            reasons,
+            ..Default::default()
+        }))
+    }
+}
+
+/// The one database Sluice has (Milvus's default).
+const DEFAULT_DATABASE: &str = "default";
+/// Its id, as Milvus numbers the default database.
+const DEFAULT_DATABASE_ID: i64 = 1;
+
+/// Whether `name` names the default database (an empty name does).
+pub(crate) fn is_default_database(name: &str) -> bool {
+    name.is_empty() || name == DEFAULT_DATABASE
 }
 
 fn mutation(r: Result<mm::MutationResult, Failure>) -> mm::MutationResult {

@@ -30,6 +30,8 @@ const PARTITION_NOT_LOADED: i32 = 201;
 const ALIAS_NOT_FOUND: i32 = 1600;
 /// Milvus's code for an index that does not exist.
 const INDEX_NOT_FOUND: i32 = 700;
+/// Milvus's code for a database that does not exist.
+const DATABASE_NOT_FOUND: i32 = 800;
 /// Milvus's code for a service that is not ready (retry).
 const SERVICE_NOT_READY: i32 = 1;
 /// Milvus's code for anything else.
@@ -55,7 +57,6 @@ impl Failure {
     }
 
     /// What went wrong, as the client reads it.
-    #[cfg(test)]
     pub(crate) fn reason(&self) -> &str {
         &self.reason
     }
@@ -105,6 +106,17 @@ impl Failure {
             code: INDEX_NOT_FOUND,
             legacy: MilvusCode::IndexNotExist,
             reason: format!("index not found[collection={name}]"),
+            retriable: false,
+        }
+    }
+
+    pub(crate) fn database_not_found(name: &str) -> Failure {
+        Failure {
+            code: DATABASE_NOT_FOUND,
+            legacy: MilvusCode::UnexpectedError,
+            reason: format!(
+                "database not found[database={name}] (Sluice has one database, default)"
+            ),
             retriable: false,
         }
     }
