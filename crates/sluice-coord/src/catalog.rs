@@ -88,7 +88,12 @@ pub fn alias_key(root: &str, alias: &str) -> String {
 
 /// The meta-store key of collection `id`'s `CollectionInfo`, under the meta store's `root`.
 pub fn collection_key(root: &str, id: &str) -> String {
-    format!("{}/catalog/collections/{id}", root.trim_end_matches('/'))
+    format!("{}{id}", collections_prefix(root))
+}
+
+/// The prefix of every collection's key under `root`.
+pub fn collections_prefix(root: &str) -> String {
+    format!("{}/catalog/collections/", root.trim_end_matches('/'))
 }
 
 /// The catalog over a meta store.
@@ -345,7 +350,7 @@ impl Catalog {
 
     /// Every live collection, by name.
     pub async fn list(&self) -> Result<Vec<v1::CollectionInfo>> {
-        let prefix = format!("{}/catalog/collections/", self.root);
+        let prefix = collections_prefix(&self.root);
         let (kvs, _) = self.store.scan_prefix(&prefix).await?;
         let mut out = kvs
             .iter()

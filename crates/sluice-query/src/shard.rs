@@ -115,6 +115,10 @@ pub struct ShardData {
     versions: HashMap<Pk, Vec<(u64, RowRef)>>,
     deletes: HashMap<Pk, Vec<u64>>,
     index: IndexParams,
+    /// Partitions dropped while this shard was served: a segment of one that arrives later (a
+    /// flush racing the drop hands its sealed segment over after it) is not taken. Partition
+    /// ids are never reused.
+    dropped_partitions: HashSet<i64>,
 }
 
 fn arrow_type(f: &sluice_types::schema::FieldSchema) -> Result<ArrowType, QueryError> {
@@ -175,6 +179,7 @@ impl ShardData {
             versions: HashMap::new(),
             deletes: HashMap::new(),
             index,
+            dropped_partitions: HashSet::new(),
         })
     }
 
@@ -228,7 +233,10 @@ impl ShardData {
         batch: RecordBatch,
         ts: u64,
     ) -> Result<(), QueryError> {
-        if self.sealed_ids.contains(&segment) || batch.num_rows() == 0 {
+        if self.sealed_ids.contains(&segment)
+            || batch.num_rows() == 0
+            || self.dropped_partitions.contains(&partition)
+        {
             return Ok(());
         }
         let seg = self
@@ -360,8 +368,12 @@ impl ShardData {
         self.index = index;
     }
 
-    /// Takes a sealed segment in place of the growing segment with its id.
+    /// Takes a sealed segment in place of the growing segment with its id (a segment of a
+    /// dropped partition is not taken).
     pub fn install_sealed(&mut self, seg: Segment) -> Result<(), QueryError> {
+        if self.dropped_partitions.contains(&seg.partition) {
+            return Ok(());
+        }
         let id = seg.id;
         let keys: Vec<(Pk, u64)> = (0..seg.len())
             .map(|r| (seg.pks[r].clone(), seg.ts[r]))
@@ -454,6 +466,7 @@ impl ShardData {
 
     /// Drops a partition's segments.
     pub fn drop_partition(&mut self, partition: i64) {
+        self.dropped_partitions.insert(partition);
         let gone: Vec<i64> = self
             .segments
             .values()
@@ -462,10 +475,13 @@ impl ShardData {
             .collect();
         for id in gone {
             if let Some(seg) = self.segments.remove(&id) {
-                for key in &seg.pks {
+                for key in seg.pks.iter().collect::<HashSet<_>>() {
                     if let Some(v) = self.versions.get_mut(key) {
                         v.retain(|(_, at)| at.segment != id);
                     }
+                    // A version of the key in another partition is no longer superseded by
+                    // the dropped one.
+                    self.refresh(key);
                 }
             }
         }

@@ -9,7 +9,7 @@
 
 mod support;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -200,6 +200,12 @@ impl Cluster {
 
     /// Inserts `rows` (one append per shard); returns (timestamp, rows) per append.
     async fn insert(&self, rows: Vec<Row>) -> Vec<(u64, Vec<Row>)> {
+        self.insert_into(self.info.partitions[0].partition_id, rows)
+            .await
+    }
+
+    /// Inserts `rows` into partition `partition_id` (one append per shard).
+    async fn insert_into(&self, partition_id: i64, rows: Vec<Row>) -> Vec<(u64, Vec<Row>)> {
         let mut by_shard: BTreeMap<String, Vec<Row>> = BTreeMap::new();
         for r in rows {
             by_shard
@@ -213,7 +219,7 @@ impl Cluster {
             let msg = MutableMessage::builder(InsertHeader {
                 collection_id: self.info.collection_id,
                 partitions: vec![PartitionSegmentAssignment {
-                    partition_id: self.info.partitions[0].partition_id,
+                    partition_id,
                     rows: rows.len() as u64,
                     binary_size: body.len() as u64,
                     segment_id: 0,
@@ -1041,4 +1047,127 @@ async fn replicas_on_query_workers_answer_like_the_model_and_follow_a_moved_wal(
     eprintln!(
         "requests answered by replicas for the standalone node: {replica_reads} (12 checks of 3 reads, 2 shards)"
     );
+}
+
+/// A replica that starts after a partition was dropped, and after a flush put the drop behind
+/// every flush checkpoint, does not load that partition's sealed segments: the log it replays
+/// no longer says the partition is gone; the catalog does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_started_after_a_partition_drop_does_not_load_its_segments() {
+    let Some((dir, shared)) =
+        Shared::new("a_replica_started_after_a_partition_drop_does_not_load_its_segments")
+    else {
+        return;
+    };
+    let data = dir.path().join("data");
+    let listen = format!("127.0.0.1:{}", free_port());
+    let mut server = shared.standalone(&data, &listen);
+    let endpoint = server.endpoint();
+    create(&endpoint).await;
+    let mut coord = v1::coordinator_client::CoordinatorClient::new(
+        sluice_proto::lazy_channel(&endpoint).unwrap(),
+    );
+    let info = coord
+        .create_partition(v1::CreatePartitionRequest {
+            collection_name: "model".into(),
+            partition_name: "p1".into(),
+        })
+        .await
+        .expect("create partition")
+        .into_inner();
+    let p1 = info
+        .partitions
+        .iter()
+        .find(|p| p.name == "p1")
+        .expect("p1 listed")
+        .partition_id;
+    let c = connect(&endpoint, info.clone());
+    let row = |id: i64| Row {
+        id,
+        tag: Some(id),
+        vec: vec![id as f32; DIM],
+    };
+    c.insert((0..20).map(row).collect()).await;
+    c.insert_into(p1, (100..120).map(row).collect()).await;
+    c.flush().await;
+    coord
+        .drop_partition(v1::DropPartitionRequest {
+            collection_name: "model".into(),
+            partition_name: "p1".into(),
+        })
+        .await
+        .expect("drop partition");
+    // Writes and a flush after the drop: once their segments are committed, every shard's
+    // flush checkpoint is past the DropPartition.
+    c.insert((200..220).map(row).collect()).await;
+    c.flush().await;
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    loop {
+        let segments = coord
+            .list_segments(v1::ListSegmentsRequest {
+                collection_id: info.collection_id,
+            })
+            .await
+            .expect("list segments")
+            .into_inner()
+            .segments;
+        let after_drop: BTreeSet<&str> = segments
+            .iter()
+            .filter(
+                |m| matches!(m.pk_min, Some(sluice_types::message::pb::segment_manifest::PkMin::PkMinInt(k)) if k >= 200),
+            )
+            .map(|m| m.vchannel.as_str())
+            .collect();
+        if after_drop.len() == info.vchannels.len() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "segments: {segments:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The flush checkpoints follow the manifests (checkpoint interval 200 ms).
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let live: Vec<i64> = (0..20).chain(200..220).collect();
+    let owner: Vec<i64> = query_all(&c)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect();
+    assert_eq!(sorted(owner), live);
+
+    let worker = shared.querynode(101, &endpoint);
+    coord
+        .load_collection(v1::LoadCollectionRequest {
+            name: "model".into(),
+            replicas: 2,
+        })
+        .await
+        .expect("load with a replica");
+    let mut want = info.vchannels.clone();
+    want.sort();
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    while worker_status(&worker.endpoint()).await.replica_vchannels != want {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no replicas on the worker"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let direct = connect(&worker.endpoint(), info.clone());
+    let on_worker: Vec<i64> = query_all(&direct)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect();
+    assert_eq!(sorted(on_worker), live, "the replica's rows");
+    server.kill();
+}
+
+fn sorted(mut v: Vec<i64>) -> Vec<i64> {
+    v.sort_unstable();
+    v
 }
