@@ -88,6 +88,8 @@ RPCS = {
     "FlushAll": "Flush of every collection (as Flush each); flush_all_ts is the newest "
     "timestamp of the seals.",
     "GetFlushAllState": "True: FlushAll answers once every shard sealed its segments.",
+    "GetPersistentSegmentInfo": "The collection's segments in Parquet (committed manifests): id, "
+    "partition, rows written (deletes are separate files), state Flushed, level L1.",
     "CheckHealth": "Healthy when the coordinator answers (catalog read) and the timestamp oracle "
     "allocates; otherwise not, with the reason.",
 }

@@ -1136,7 +1136,8 @@ def test_partition_statistics_match(sluice, lite):
 
 def test_flush_all_seals_every_collection_and_health_is_reported():
     """FlushAll writes the growing rows of every collection to Parquet (milvus-lite has no
-    FlushAll); CheckHealth answers healthy while the coordinator and the oracle answer."""
+    FlushAll), list_persistent_segments lists them; CheckHealth answers healthy while the
+    coordinator and the oracle answer."""
     from pathlib import Path
 
     from pymilvus.grpc_gen import milvus_pb2, milvus_pb2_grpc
@@ -1163,6 +1164,19 @@ def test_flush_all_seals_every_collection_and_health_is_reported():
                 time.sleep(0.2)
                 collections = {p.parts[-4] for p in Path(d).rglob("*.parquet")}
             assert len(c.query("flush_all_a", filter="id >= 0")) == 12
+            # The segments in Parquet, as list_persistent_segments reports them.
+            deadline = time.monotonic() + 60
+            while not (segments := c.list_persistent_segments("flush_all_a")):
+                assert time.monotonic() < deadline
+                time.sleep(0.2)
+            assert sum(x.num_rows for x in segments) == 12, segments
+            assert {x.state_name for x in segments} == {"Flushed"}, segments
+            from pymilvus.client.types import SegmentState
+
+            assert c.list_persistent_segments("flush_all_a", states=[SegmentState.Growing]) == []
+            with pytest.raises(MilvusException) as e:
+                c.list_persistent_segments("flush_all_missing")
+            assert e.value.code == 100
             with grpc.insecure_channel(s.milvus) as ch:
                 health = milvus_pb2_grpc.MilvusServiceStub(ch).CheckHealth(
                     milvus_pb2.CheckHealthRequest(), timeout=10

@@ -2332,6 +2332,59 @@ impl MilvusService for MilvusFront {
         }))
     }
 
+    async fn get_persistent_segment_info(
+        &self,
+        r: Request<mm::GetPersistentSegmentInfoRequest>,
+    ) -> Reply<mm::GetPersistentSegmentInfoResponse> {
+        let r = r.into_inner();
+        let flushed = mc::SegmentState::Flushed as i32;
+        let result = async {
+            let c = self.collection(&r.collection_name).await?;
+            let listed = self
+                .coord
+                .clone()
+                .list_segments(v1::ListSegmentsRequest {
+                    collection_id: c.info.collection_id,
+                })
+                .await
+                .map_err(|s| {
+                    Failure::from_client(&ClientError::from_status(&s), &r.collection_name)
+                })?;
+            // Every segment Sluice keeps is flushed (growing rows live in the WAL).
+            if !r.states.is_empty() && !r.states.contains(&flushed) {
+                return Ok(Vec::new());
+            }
+            Ok::<_, Failure>(
+                listed
+                    .into_inner()
+                    .segments
+                    .into_iter()
+                    .map(|m| mm::PersistentSegmentInfo {
+                        segment_id: m.segment_id,
+                        collection_id: m.collection_id,
+                        partition_id: m.partition_id,
+                        num_rows: i64::try_from(m.rows).unwrap_or(i64::MAX),
+                        state: flushed,
+                        level: mc::SegmentLevel::L1 as i32,
+                        insert_channel: m.vchannel,
+                        ..Default::default()
+                    })
+                    .collect(),
+            )
+        }
+        .await;
+        Ok(Response::new(match result {
+            Ok(infos) => mm::GetPersistentSegmentInfoResponse {
+                status: Some(status::ok()),
+                infos,
+            },
+            Err(f) => mm::GetPersistentSegmentInfoResponse {
+                status: Some(f.status()),
+                infos: Vec::new(),
+            },
+        }))
+    }
+
     async fn check_health(
         &self,
         _: Request<mm::CheckHealthRequest>,
