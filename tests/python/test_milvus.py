@@ -1186,3 +1186,81 @@ def test_flush_all_seals_every_collection_and_health_is_reported():
             c.close()
         finally:
             s.stop()
+
+
+def test_inconsistent_requests_are_refused_and_insert_nothing(sluice, sluice_server):
+    """Requests pymilvus would not build, sent by other clients: a row count that is not the
+    columns', a field given twice, a dynamic field that is not a JSON object per row, a search
+    whose nq is not its number of query vectors."""
+    import grpc
+    from pymilvus.grpc_gen import milvus_pb2 as mm, milvus_pb2_grpc, schema_pb2 as ms
+
+    fresh(sluice, "d_bad_insert")
+    ids = lambda keys: ms.FieldData(  # noqa: E731
+        field_name="id", type=ms.DataType.Int64, scalars=ms.ScalarField(long_data=ms.LongArray(data=keys))
+    )
+    vectors = lambda n: ms.FieldData(  # noqa: E731
+        field_name="vector",
+        type=ms.DataType.FloatVector,
+        vectors=ms.VectorField(dim=DIM, float_vector=ms.FloatArray(data=[0.5] * (DIM * n))),
+    )
+    meta = lambda docs: ms.FieldData(  # noqa: E731
+        field_name="$meta",
+        type=ms.DataType.JSON,
+        is_dynamic=True,
+        scalars=ms.ScalarField(json_data=ms.JSONArray(data=docs)),
+    )
+    cases = {
+        "num_rows": mm.InsertRequest(
+            collection_name="d_bad_insert", num_rows=1000, fields_data=[ids([1, 2]), vectors(2)]
+        ),
+        "given more than once": mm.InsertRequest(
+            collection_name="d_bad_insert", num_rows=1, fields_data=[ids([1]), ids([2]), vectors(1)]
+        ),
+        "JSON object per row": mm.InsertRequest(
+            collection_name="d_bad_insert",
+            num_rows=2,
+            fields_data=[ids([1, 2]), vectors(2), meta([b'{"a": 1}', b"[1, 2]"])],
+        ),
+    }
+    with grpc.insecure_channel(sluice_server.milvus) as ch:
+        stub = milvus_pb2_grpc.MilvusServiceStub(ch)
+        for words, request in cases.items():
+            r = stub.Insert(request, timeout=10)
+            assert r.status.code == 1100 and words in r.status.reason, (words, r.status)
+        # The same columns, consistent, are taken.
+        ok = stub.Insert(
+            mm.InsertRequest(
+                collection_name="d_bad_insert",
+                num_rows=2,
+                fields_data=[ids([7, 8]), vectors(2), meta([b'{"a": 1}', b"{}"])],
+            ),
+            timeout=10,
+        )
+        assert ok.status.code == 0, ok.status
+        # A search whose nq is not the number of query vectors it holds.
+        import struct
+
+        from pymilvus.grpc_gen import common_pb2 as mc
+
+        group = mc.PlaceholderGroup(
+            placeholders=[
+                mc.PlaceholderValue(
+                    tag="$0", type=mc.FloatVector, values=[struct.pack(f"{DIM}f", *([0.5] * DIM))]
+                )
+            ]
+        )
+        kv = lambda k, v: mc.KeyValuePair(key=k, value=str(v))  # noqa: E731
+        r = stub.Search(
+            mm.SearchRequest(
+                collection_name="d_bad_insert",
+                placeholder_group=group.SerializeToString(),
+                dsl_type=1,
+                nq=5,
+                search_params=[kv("anns_field", "vector"), kv("topk", 3), kv("params", "{}")],
+            ),
+            timeout=10,
+        )
+        assert r.status.code == 1100 and "nq is 5" in r.status.reason, r.status
+    got = sluice.query("d_bad_insert", filter="id >= 0", consistency_level="Strong")
+    assert sorted(r["id"] for r in got) == [7, 8]

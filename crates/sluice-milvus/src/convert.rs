@@ -313,16 +313,24 @@ fn column_values(fd: &FieldData) -> Result<Vec<Value>, Failure> {
 }
 
 /// Milvus columns as a batch of `schema`'s rows (the dynamic field's JSON objects go into
-/// [`DYNAMIC_FIELD`]).
+/// [`DYNAMIC_FIELD`]). `num_rows` is the request's row count (0: not given); every column must
+/// have that many rows, and name a field at most once.
 pub(crate) fn rows_from_milvus(
     schema: &CollectionSchema,
     columns: &[FieldData],
+    num_rows: u32,
 ) -> Result<RecordBatch, Failure> {
     let n = columns.iter().map(column_len).max().unwrap_or(0);
     if n == 0 {
         return Err(Failure::invalid("no rows to insert"));
     }
+    if num_rows != 0 && num_rows as usize != n {
+        return Err(Failure::invalid(format!(
+            "num_rows is {num_rows} but the fields hold {n} rows"
+        )));
+    }
     let mut rows: Vec<serde_json::Map<String, Value>> = vec![serde_json::Map::new(); n];
+    let mut seen = std::collections::HashSet::new();
     for fd in columns {
         let dynamic = fd.is_dynamic || fd.field_name == MILVUS_DYNAMIC;
         let target = if dynamic {
@@ -341,7 +349,19 @@ pub(crate) fn rows_from_milvus(
             }
             fd.field_name.clone()
         };
+        if !seen.insert(target.clone()) {
+            return Err(Failure::invalid(format!(
+                "field {:?} is given more than once",
+                fd.field_name
+            )));
+        }
         let values = column_values(fd)?;
+        if dynamic && let Some(i) = values.iter().position(|v| !(v.is_object() || v.is_null())) {
+            return Err(Failure::invalid(format!(
+                "field {:?} row {i}: the dynamic field holds a JSON object per row",
+                fd.field_name
+            )));
+        }
         if values.len() != n {
             return Err(Failure::invalid(format!(
                 "field {:?} has {} rows, others {n}",

@@ -947,13 +947,14 @@ impl MilvusFront {
         name: &str,
         partition: &str,
         columns: &[FieldData],
+        num_rows: u32,
         upsert: bool,
     ) -> Result<mm::MutationResult, Failure> {
         let c = self.collection(name).await?;
         let partition_id = c.partition(partition)?;
         let generated = self.auto_ids(&c, columns).await?;
         let columns: Vec<FieldData> = columns.iter().cloned().chain(generated).collect();
-        let batch = rows_from_milvus(&c.schema, &columns)?;
+        let batch = rows_from_milvus(&c.schema, &columns, num_rows)?;
         let pk = c.pk()?.name.clone();
         let keys = batch
             .column_by_name(&pk)
@@ -1253,6 +1254,12 @@ impl MilvusFront {
             None => return Err(Failure::invalid("a search needs query vectors")),
         };
         let nq = vectors.len();
+        if r.nq != 0 && usize::try_from(r.nq).ok() != Some(nq) {
+            return Err(Failure::invalid(format!(
+                "nq is {} but the request holds {nq} query vectors",
+                r.nq
+            )));
+        }
         // A range search that skips the nearest hits (range_filter) asks for as many as a
         // search may return, so that enough are left past them.
         // So does a grouped search (many of the nearest hits may share a group).
@@ -2134,8 +2141,14 @@ impl MilvusService for MilvusFront {
     async fn insert(&self, r: Request<mm::InsertRequest>) -> Reply<mm::MutationResult> {
         let r = r.into_inner();
         Ok(Response::new(mutation(
-            self.do_insert(&r.collection_name, &r.partition_name, &r.fields_data, false)
-                .await,
+            self.do_insert(
+                &r.collection_name,
+                &r.partition_name,
+                &r.fields_data,
+                r.num_rows,
+                false,
+            )
+            .await,
         )))
     }
 
@@ -2147,8 +2160,14 @@ impl MilvusService for MilvusFront {
             )))));
         }
         Ok(Response::new(mutation(
-            self.do_insert(&r.collection_name, &r.partition_name, &r.fields_data, true)
-                .await,
+            self.do_insert(
+                &r.collection_name,
+                &r.partition_name,
+                &r.fields_data,
+                r.num_rows,
+                true,
+            )
+            .await,
         )))
     }
 
