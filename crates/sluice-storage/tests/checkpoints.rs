@@ -33,6 +33,7 @@ fn snapshot(term: u64, ts: u64, segments: std::ops::Range<i64>, bytes: u64) -> S
             schema: None,
             dropped: false,
             as_of: ts,
+            managed: false,
         }],
         segments: segments
             .map(|id| SegmentMeta {

@@ -147,6 +147,10 @@ struct Collection {
     schema: Option<CollectionSchema>,
     /// Recovered from a snapshot valid as of this timestamp: replay skips messages at or below.
     as_of: u64,
+    /// Created by a coordinator broadcast (Coordinator.CreateCollection): the catalog has it,
+    /// so its DropCollection, partition DDL and schema changes must be broadcasts too, or the
+    /// catalog and the log would disagree.
+    managed: bool,
 }
 
 /// A collection on one vchannel (`None`: created for the whole pchannel).
@@ -290,9 +294,11 @@ impl ShardManager {
                 if self.state.lock().key(vc, *collection_id).is_none() {
                     return Err(missing("partition DDL for", *collection_id));
                 }
+                self.check_managed(msg, vc, *collection_id)?;
                 Ok(Placement::Placed(None))
             }
             Header::DropCollection(h) => {
+                self.check_managed(msg, vc, h.collection_id)?;
                 let st = self.state.lock();
                 let again = st
                     .dropped
@@ -307,6 +313,7 @@ impl ShardManager {
                 schema: Some(next),
                 ..
             }) => {
+                self.check_managed(msg, vc, *collection_id)?;
                 // The change must be exactly one added field on the schema in force.
                 let st = self.state.lock();
                 let current = st
@@ -340,6 +347,36 @@ impl ShardManager {
             }
             _ => Ok(Placement::Placed(None)),
         }
+    }
+
+    /// Refuses DDL of a catalog collection (see `Collection::managed`) that is not a broadcast.
+    fn check_managed(
+        &self,
+        msg: &MutableMessage,
+        vc: Option<&str>,
+        collection: i64,
+    ) -> Result<(), WalError> {
+        if msg
+            .broadcast_header()
+            .map_err(|e| WalError::InvalidArgument(e.to_string()))?
+            .is_some()
+        {
+            return Ok(());
+        }
+        let st = self.state.lock();
+        let managed = st
+            .keys_for_ddl(vc, collection)
+            .iter()
+            .filter_map(|k| st.collections.get(k))
+            .any(|c| c.managed);
+        if managed {
+            return Err(WalError::InvalidArgument(format!(
+                "collection {collection} was created through the coordinator \
+                 (Coordinator.CreateCollection): drop it, change its partitions and its schema \
+                 through the coordinator, which keeps the catalog and every vchannel in step"
+            )));
+        }
+        Ok(())
     }
 
     /// A ManualFlush / SchemaChange: the segments it seals go into its header; they are
@@ -527,9 +564,11 @@ impl ShardManager {
         match ty {
             MessageType::CreateCollection => {
                 let h: CreateCollectionHeader = msg.header()?;
+                let managed = msg.broadcast_header().ok().flatten().is_some();
                 let key = (vchannel.clone(), h.collection_id);
                 st.dropped.remove(&key);
                 let c = st.collections.entry(key).or_default();
+                c.managed |= managed;
                 for p in h.partition_ids {
                     c.partitions.entry(p).or_default();
                 }
@@ -721,6 +760,7 @@ impl ShardManager {
                     partitions: c.partition_ids.iter().map(|p| (*p, Vec::new())).collect(),
                     schema: c.schema.clone(),
                     as_of: c.as_of,
+                    managed: c.managed,
                 },
             );
         }
@@ -790,6 +830,7 @@ impl ShardManager {
                     schema: c.schema.clone(),
                     dropped: false,
                     as_of: as_of.0,
+                    managed: c.managed,
                 }
             })
             .chain(st.dropped.keys().map(|(v, id)| CollectionMeta {
@@ -799,6 +840,7 @@ impl ShardManager {
                 schema: None,
                 dropped: true,
                 as_of: as_of.0,
+                managed: false,
             }))
             .collect();
         collections

@@ -556,3 +556,112 @@ async fn a_garbage_header_is_rejected_for_every_type_and_nothing_is_written() {
     );
     wal.close().await;
 }
+
+/// A collection created by a coordinator broadcast is the catalog's: its partition DDL, drop
+/// and schema changes are taken only as broadcasts too — after a reopen from a snapshot and
+/// from a full replay alike — while a collection a producer created itself stays its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ddl_of_a_catalog_collection_must_be_a_broadcast() {
+    use sluice_types::message::{
+        BroadcastHeader, CreateCollectionHeader, CreatePartitionHeader, DropCollectionHeader,
+        DropPartitionHeader,
+    };
+    const CATALOG: i64 = 300;
+    let h = Harness::new(memory());
+    let wal = h.open(1).await;
+    let vc = vchannel(CATALOG);
+    let broadcast = |id: u64| BroadcastHeader {
+        broadcast_id: id,
+        vchannels: vec![vc.as_str().to_owned()],
+        resource_keys: Vec::new(),
+    };
+    wal.append(
+        MutableMessage::builder(CreateCollectionHeader {
+            collection_id: CATALOG,
+            partition_ids: vec![PARTITION],
+            db_id: 1,
+            schema: None,
+        })
+        .vchannel(&vc)
+        .broadcast(&broadcast(1))
+        .build()
+        .unwrap(),
+    )
+    .await
+    .unwrap();
+    let create_partition = |b: Option<BroadcastHeader>| {
+        let m = MutableMessage::builder(CreatePartitionHeader {
+            collection_id: CATALOG,
+            partition_id: 11,
+        })
+        .vchannel(&vc);
+        match b {
+            Some(b) => m.broadcast(&b),
+            None => m,
+        }
+        .build()
+        .unwrap()
+    };
+    let drop_partition = MutableMessage::builder(DropPartitionHeader {
+        collection_id: CATALOG,
+        partition_id: PARTITION,
+    })
+    .vchannel(&vc)
+    .build()
+    .unwrap();
+    let drop_collection = MutableMessage::builder(DropCollectionHeader {
+        collection_id: CATALOG,
+        db_id: 1,
+    })
+    .vchannel(&vc)
+    .build()
+    .unwrap();
+    let refused = async |wal: &sluice_wal::Wal, m: MutableMessage| {
+        let err = wal.append(m).await.unwrap_err();
+        assert_eq!(err.code(), ErrorCode::InvalidArgument, "{err}");
+        assert!(err.to_string().contains("through the coordinator"), "{err}");
+    };
+    refused(&wal, create_partition(None)).await;
+    refused(&wal, drop_partition.clone()).await;
+    refused(&wal, drop_collection.clone()).await;
+    wal.append(create_partition(Some(broadcast(2))))
+        .await
+        .unwrap();
+    // A producer's own collection takes a producer's DDL.
+    wal.append(create_collection(COLLECTION)).await.unwrap();
+    wal.append(
+        MutableMessage::builder(CreatePartitionHeader {
+            collection_id: COLLECTION,
+            partition_id: 12,
+        })
+        .vchannel(&vchannel(COLLECTION))
+        .build()
+        .unwrap(),
+    )
+    .await
+    .unwrap();
+    wal.close().await;
+    for term in [2, 3] {
+        // From the snapshot the close left, then from the whole log.
+        let wal = if term == 2 {
+            h.open(term).await
+        } else {
+            h.open_full_replay(term).await
+        };
+        refused(&wal, drop_collection.clone()).await;
+        refused(&wal, drop_partition.clone()).await;
+        wal.append(
+            MutableMessage::builder(DropCollectionHeader {
+                collection_id: COLLECTION,
+                db_id: 1,
+            })
+            .vchannel(&vchannel(COLLECTION))
+            .build()
+            .unwrap(),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("term {term}: {e}"));
+        wal.append(create_collection(COLLECTION)).await.unwrap();
+        wal.close().await;
+    }
+}
