@@ -237,3 +237,56 @@ def test_search_query_and_get_over_the_wire(pb, server):
         lambda: stub.Query(q.QueryRequest(collection="nope"), timeout=TIMEOUT)
     )
     assert reason == "COLLECTION_NOT_FOUND"
+
+
+def test_catalog_ddl_goes_through_the_coordinator(pb, server):
+    """A collection created with CreateCollection is dropped, and its partitions changed, only
+    through the coordinator's catalog calls: the same DDL appended by a producer, or broadcast
+    with Broadcast, is INVALID_ARGUMENT and changes nothing (the collection stays readable, and
+    DropCollection still drops it)."""
+    channel = grpc.insecure_channel(server.address)
+    m, c, q = pb.message, pb.common, pb.query
+    coord = pb.coord_grpc.CoordinatorStub(channel)
+    schema = m.CollectionSchema(
+        name="ddl_guard",
+        fields=[
+            m.FieldSchema(name="id", data_type=m.DATA_TYPE_INT64, is_primary_key=True),
+            m.FieldSchema(name="vec", data_type=m.DATA_TYPE_FLOAT_VECTOR, dim=DIM),
+        ],
+        shards=1,
+    )
+    info = coord.CreateCollection(pb.coord.CreateCollectionRequest(schema=schema), timeout=TIMEOUT)
+    vc = info.vchannels[0]
+    producer = Producer(pb, channel, assignment(pb, channel, name=vc.rsplit("_", 1)[0]))
+    ddl = [
+        c.Message(
+            type=m.MESSAGE_TYPE_DROP_COLLECTION,
+            vchannel=vc,
+            drop_collection=m.DropCollectionHeader(collection_id=info.collection_id),
+        ),
+        c.Message(
+            type=m.MESSAGE_TYPE_DROP_PARTITION,
+            vchannel=vc,
+            drop_partition=m.DropPartitionHeader(
+                collection_id=info.collection_id, partition_id=info.partitions[0].partition_id
+            ),
+        ),
+    ]
+    for i, message in enumerate(ddl):
+        producer.send(i + 1, message)
+        (outcome,) = producer.collect(1).values()
+        assert outcome.DESCRIPTOR.name == "StreamingError", outcome
+        assert outcome.code == c.ERROR_CODE_INVALID_ARGUMENT, outcome
+        assert "through the coordinator" in outcome.cause, outcome
+        try:
+            coord.Broadcast(pb.coord.BroadcastRequest(message=message, vchannels=[vc]), timeout=TIMEOUT)
+            raise AssertionError("the broadcast was taken")
+        except grpc.RpcError as e:
+            assert e.code() == grpc.StatusCode.INVALID_ARGUMENT, e
+            assert "is in the catalog" in e.details(), e.details()
+    producer.close()
+    read = pb.query_grpc.QueryStub(channel).Query(
+        q.QueryRequest(collection="ddl_guard", filter="id >= 0", read=strong(pb)), timeout=TIMEOUT
+    )
+    assert rows_of(read.rows) == []
+    coord.DropCollection(pb.coord.DropCollectionRequest(name="ddl_guard"), timeout=TIMEOUT)

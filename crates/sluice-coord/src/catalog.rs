@@ -164,6 +164,11 @@ impl Catalog {
             .ok_or_else(|| not_found(id))
     }
 
+    /// Whether the catalog holds a record of collection `id` (live or being dropped).
+    pub async fn contains(&self, id: i64) -> Result<bool> {
+        Ok(self.read(&self.record_key(id)).await?.is_some())
+    }
+
     /// The live collection named `name`, or with the alias `name`.
     pub async fn by_name(&self, name: &str) -> Result<v1::CollectionInfo> {
         let id = match self.id_at(self.name_key(name)).await? {

@@ -83,6 +83,19 @@ pub fn coord_status(e: &CoordError) -> Status {
     convert::status(e.code(), e.to_string())
 }
 
+/// The collection a broadcast of catalog DDL (create or drop a collection or a partition) is
+/// about; `None` for every other message.
+fn catalog_ddl(message: &MutableMessage) -> Option<i64> {
+    use sluice_types::message::Header;
+    match message.any_header().ok()? {
+        Header::CreateCollection(h) => Some(h.collection_id),
+        Header::DropCollection(h) => Some(h.collection_id),
+        Header::CreatePartition(h) => Some(h.collection_id),
+        Header::DropPartition(h) => Some(h.collection_id),
+        _ => None,
+    }
+}
+
 /// The wire form of a topology.
 pub fn topology_to_wire(t: &Topology) -> v1::Assignments {
     v1::Assignments {
@@ -198,13 +211,29 @@ impl coordinator_server::Coordinator for CoordinatorService {
             .message
             .ok_or_else(|| convert::status(ErrorCode::InvalidArgument, "missing message"))
             .and_then(|m| MutableMessage::try_from(m).map_err(|e| e.to_status()))?;
+        let leader = self.leader().await?;
+        if let Some(id) = catalog_ddl(&message)
+            && leader
+                .catalog
+                .contains(id)
+                .await
+                .map_err(|e| coord_status(&e))?
+        {
+            return Err(convert::status(
+                ErrorCode::InvalidArgument,
+                format!(
+                    "collection {id} is in the catalog: create and drop it, and its partitions, \
+                     with CreateCollection, DropCollection, CreatePartition and DropPartition, \
+                     which keep the catalog and every vchannel in step"
+                ),
+            ));
+        }
         let vchannels = request.vchannels.clone();
         let broadcast = BroadcastRequest {
             message,
             vchannels: request.vchannels,
             resource_keys: request.resource_keys,
         };
-        let leader = self.leader().await?;
         let result = leader
             .broadcaster
             .broadcast(broadcast)

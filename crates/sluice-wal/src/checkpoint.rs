@@ -84,7 +84,8 @@ pub struct CollectionMeta {
     /// The record reflects every message at or below this timestamp.
     #[prost(uint64, tag = "6")]
     pub as_of: u64,
-    /// Created by a coordinator broadcast (the catalog's): its other DDL must be broadcasts too.
+    /// Created by a coordinator broadcast (the catalog's): its drop and partition DDL must be
+    /// broadcasts too.
     #[prost(bool, tag = "7")]
     pub managed: bool,
 }

@@ -148,8 +148,8 @@ struct Collection {
     /// Recovered from a snapshot valid as of this timestamp: replay skips messages at or below.
     as_of: u64,
     /// Created by a coordinator broadcast (Coordinator.CreateCollection): the catalog has it,
-    /// so its DropCollection, partition DDL and schema changes must be broadcasts too, or the
-    /// catalog and the log would disagree.
+    /// so its DropCollection and partition DDL must be broadcasts too (the coordinator's), or
+    /// the catalog and the log would disagree.
     managed: bool,
 }
 
@@ -313,7 +313,6 @@ impl ShardManager {
                 schema: Some(next),
                 ..
             }) => {
-                self.check_managed(msg, vc, *collection_id)?;
                 // The change must be exactly one added field on the schema in force.
                 let st = self.state.lock();
                 let current = st
@@ -372,8 +371,8 @@ impl ShardManager {
         if managed {
             return Err(WalError::InvalidArgument(format!(
                 "collection {collection} was created through the coordinator \
-                 (Coordinator.CreateCollection): drop it, change its partitions and its schema \
-                 through the coordinator, which keeps the catalog and every vchannel in step"
+                 (Coordinator.CreateCollection): drop it and change its partitions through the \
+                 coordinator, which keeps the catalog and every vchannel in step"
             )));
         }
         Ok(())

@@ -557,9 +557,9 @@ async fn a_garbage_header_is_rejected_for_every_type_and_nothing_is_written() {
     wal.close().await;
 }
 
-/// A collection created by a coordinator broadcast is the catalog's: its partition DDL, drop
-/// and schema changes are taken only as broadcasts too — after a reopen from a snapshot and
-/// from a full replay alike — while a collection a producer created itself stays its own.
+/// A collection created by a coordinator broadcast is the catalog's: its partition DDL and its
+/// drop are taken only as broadcasts too — after a reopen from a snapshot and from a full
+/// replay alike — while a collection a producer created itself stays its own.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ddl_of_a_catalog_collection_must_be_a_broadcast() {
     use sluice_types::message::{
