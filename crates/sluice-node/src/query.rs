@@ -89,6 +89,9 @@ pub struct QueryHost {
     released: RwLock<std::collections::HashSet<i64>>,
     /// The index settings collections set in their properties (those setting none are absent).
     index_settings: RwLock<HashMap<i64, IndexSettings>>,
+    /// The partitions of every collection in the catalog; `None` until the catalog was read
+    /// once. A feed whose log cannot say which partitions live (a replica's) goes by it.
+    partitions: tokio::sync::watch::Sender<Option<HashMap<i64, Vec<i64>>>>,
     /// Bumped when `released` changes, or `index_settings` of a collection with indexed
     /// segments: every feed starts over.
     load_gen: tokio::sync::watch::Sender<u64>,
@@ -198,6 +201,7 @@ impl QueryHost {
             address: std::sync::OnceLock::new(),
             released: RwLock::new(std::collections::HashSet::new()),
             index_settings: RwLock::new(HashMap::new()),
+            partitions: tokio::sync::watch::channel(None).0,
             load_gen: tokio::sync::watch::channel(0).0,
             watching: std::sync::Once::new(),
             placements: std::sync::OnceLock::new(),
@@ -1172,8 +1176,8 @@ pub trait ShardLog: Send + Sync + 'static {
     /// The schema of `vchannel`'s collection.
     fn schema(&self, vchannel: &VChannel) -> Option<sluice_types::schema::CollectionSchema>;
     /// The partitions `vchannel`'s collection has now, when the log knows them: sealed segments
-    /// of other (dropped) partitions are not loaded. `None` (the default): load every segment
-    /// and rely on the log's DropPartition messages.
+    /// of other (dropped) partitions are not loaded. `None` (the default): the catalog's
+    /// partitions decide (a DropPartition behind the flush checkpoint is no longer in the log).
     fn partitions(&self, _vchannel: &VChannel) -> Option<Vec<i64>> {
         None
     }
@@ -1494,10 +1498,23 @@ async fn feed_once(
     let manifests = segment_manifests(storage, None)
         .await
         .map_err(|e| e.to_string())?;
-    let dropped = |m: &SegmentManifest| {
+    let from_log = |m: &SegmentManifest| {
         VChannel::new(&m.vchannel)
             .ok()
             .and_then(|v| wal.partitions(&v))
+    };
+    // Only a log that cannot say (a replica's) waits for the catalog.
+    let catalog = if manifests
+        .iter()
+        .any(|m| on_this(&m.vchannel) && from_log(m).is_none())
+    {
+        host.catalog_partitions().await
+    } else {
+        None
+    };
+    let dropped = |m: &SegmentManifest| {
+        from_log(m)
+            .or_else(|| catalog.as_ref()?.get(&m.collection_id).cloned())
             .is_some_and(|live| !live.contains(&m.partition_id))
     };
     for m in manifests
@@ -1815,30 +1832,44 @@ async fn watch_load_states(host: std::sync::Weak<QueryHost>) {
     let Some(h) = host.upgrade() else { return };
     let mut states = crate::mirror::mirror(
         h.storage.meta.clone(),
-        sluice_coord::catalog::collection_key(&h.storage.meta_root, ""),
+        sluice_coord::catalog::collections_prefix(&h.storage.meta_root),
         |value| {
             pb::CollectionInfo::decode(value).ok().map(|c| {
                 (
                     c.collection_id,
                     c.load_state == pb::LoadState::Released as i32,
                     index_settings(&c),
+                    c.partitions
+                        .iter()
+                        .map(|p| p.partition_id)
+                        .collect::<Vec<_>>(),
                 )
             })
         },
     );
     drop(h);
+    // The mirror starts empty: its partitions count once it has read the catalog (a value
+    // after the first).
+    let mut scanned = states.has_changed().unwrap_or(false);
     loop {
         let (released, settings) = {
             let states = states.borrow_and_update();
+            if scanned && let Some(h) = host.upgrade() {
+                let partitions = states
+                    .values()
+                    .map(|(id, _, _, p)| (*id, p.clone()))
+                    .collect();
+                h.partitions.send_replace(Some(partitions));
+            }
             let released = states
                 .values()
-                .filter(|(_, released, _)| *released)
-                .map(|(id, _, _)| *id)
+                .filter(|(_, released, _, _)| *released)
+                .map(|(id, _, _, _)| *id)
                 .collect();
             let settings = states
                 .values()
-                .filter(|(_, _, s)| *s != IndexSettings::default())
-                .map(|(id, _, s)| (*id, *s))
+                .filter(|(_, _, s, _)| *s != IndexSettings::default())
+                .map(|(id, _, s, _)| (*id, *s))
                 .collect();
             (released, settings)
         };
@@ -1848,10 +1879,27 @@ async fn watch_load_states(host: std::sync::Weak<QueryHost>) {
         if states.changed().await.is_err() {
             return;
         }
+        scanned = true;
     }
 }
 
+/// How long a feed waits for the host's first read of the catalog.
+const CATALOG_FIRST_READ: Duration = Duration::from_secs(30);
+
 impl QueryHost {
+    /// The partitions of every collection in the catalog, once the host has read it (waits,
+    /// bounded, for the first read; `None` after that: every sealed segment is loaded).
+    async fn catalog_partitions(&self) -> Option<HashMap<i64, Vec<i64>>> {
+        let mut rx = self.partitions.subscribe();
+        match tokio::time::timeout(CATALOG_FIRST_READ, rx.wait_for(Option::is_some)).await {
+            Ok(Ok(p)) => p.clone(),
+            _ => {
+                tracing::warn!("the catalog was not read yet; loading every sealed segment");
+                None
+            }
+        }
+    }
+
     fn set_catalog(
         &self,
         released: std::collections::HashSet<i64>,

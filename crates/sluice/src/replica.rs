@@ -1,27 +1,21 @@
 //! Replica delegators on a query worker: the shards the coordinator placed here
 //! (`{root}/query/replica/`) get delegators fed from their WAL's owner over the network
 //! (`Consume`, through the client, which follows the WAL when it moves and resumes without a
-//! gap), with the collection's schema from the catalog. Which partitions a collection has comes
-//! from the catalog too (mirrored), so a replica that starts or restarts does not load the sealed
-//! segments of a partition dropped before its flush checkpoint (the log it replays no longer
-//! holds the DropPartition).
+//! gap), with the collection's schema from the catalog. Which partitions live comes from the
+//! host's view of the catalog (`QueryHost`), so a replica that starts or restarts does not load
+//! the sealed segments of a partition dropped before its flush checkpoint.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use prost::Message as _;
 use sluice_client::{Client, ReadRequest};
-use sluice_coord::catalog::{collection_key, collections_prefix};
 use sluice_coord::keys::Keys;
 use sluice_node::query::{LogStream, QueryFeed, QueryHost, ShardLog};
 use sluice_proto::v1;
 use sluice_storage::flusher::StorageConfig;
 use sluice_types::schema::CollectionSchema;
 use sluice_types::{DeliverPolicy, MessageFilter, MessageId, PChannel, Timestamp, VChannel};
-use tokio::sync::watch;
-
-/// The catalog's collections by key, as the meta store holds them now.
-type CatalogMirror = watch::Receiver<BTreeMap<String, v1::CollectionInfo>>;
 
 /// A pchannel's log as a replica reads it: remotely, only the vchannels placed here.
 struct RemoteLog {
@@ -29,8 +23,6 @@ struct RemoteLog {
     pchannel: PChannel,
     /// (vchannel, collection, schema) of every replica placed here on this pchannel.
     shards: Vec<(String, i64, CollectionSchema)>,
-    catalog: CatalogMirror,
-    meta_root: String,
 }
 
 impl ShardLog for RemoteLog {
@@ -51,18 +43,6 @@ impl ShardLog for RemoteLog {
             .iter()
             .find(|(v, _, _)| v == vchannel.as_str())
             .map(|(_, _, s)| s.clone())
-    }
-
-    fn partitions(&self, vchannel: &VChannel) -> Option<Vec<i64>> {
-        let (_, collection, _) = self
-            .shards
-            .iter()
-            .find(|(v, _, _)| v == vchannel.as_str())?;
-        let key = collection_key(&self.meta_root, &collection.to_string());
-        // Not mirrored (yet): load every segment and rely on the log, as before the mirror.
-        let catalog = self.catalog.borrow();
-        let info = catalog.get(&key)?;
-        Some(info.partitions.iter().map(|p| p.partition_id).collect())
     }
 
     fn read(&self, start: Option<(MessageId, Timestamp)>) -> Result<LogStream, String> {
@@ -104,9 +84,6 @@ impl ShardLog for RemoteLog {
     }
 }
 
-/// How long a worker waits for its first view of the catalog before starting replicas.
-const CATALOG_FIRST_SCAN: std::time::Duration = std::time::Duration::from_secs(30);
-
 /// Runs the replicas placed on query worker `node_id` at `address` until the process ends.
 pub(crate) async fn follow(
     host: Arc<QueryHost>,
@@ -120,20 +97,6 @@ pub(crate) async fn follow(
         Keys::new(storage.meta_root.clone()).replica_prefix(),
         |v| v1::ReplicaPlacement::decode(v).ok(),
     );
-    let catalog = sluice_node::mirror::mirror(
-        storage.meta.clone(),
-        collections_prefix(&storage.meta_root),
-        |v| v1::CollectionInfo::decode(v).ok(),
-    );
-    // The first feed reads which partitions are live: wait (bounded) for the mirror's first
-    // scan, so it does not start from an empty catalog.
-    let mut scanned = catalog.clone();
-    if tokio::time::timeout(CATALOG_FIRST_SCAN, scanned.changed())
-        .await
-        .is_err()
-    {
-        tracing::warn!("the catalog is not mirrored yet; replicas load every sealed segment");
-    }
     // Per pchannel: the (vchannel, collection) fed, and the feed.
     let mut running: BTreeMap<String, (BTreeSet<(String, i64)>, QueryFeed)> = BTreeMap::new();
     loop {
@@ -167,7 +130,7 @@ pub(crate) async fn follow(
             if running.contains_key(&p) {
                 continue;
             }
-            match start(&host, &client, &storage, &catalog, &p, &set).await {
+            match start(&host, &client, &storage, &p, &set).await {
                 Ok(feed) => {
                     tracing::info!(pchannel = %p, shards = set.len(), "serving replica delegators");
                     running.insert(p, (set, feed));
@@ -188,13 +151,13 @@ async fn start(
     host: &Arc<QueryHost>,
     client: &Client,
     storage: &StorageConfig,
-    catalog: &CatalogMirror,
     pchannel: &str,
     set: &BTreeSet<(String, i64)>,
 ) -> Result<QueryFeed, String> {
     let mut shards = Vec::new();
     for (vchannel, collection) in set {
-        let key = collection_key(&storage.meta_root, &collection.to_string());
+        let key =
+            sluice_coord::catalog::collection_key(&storage.meta_root, &collection.to_string());
         let kv = storage
             .meta
             .get(&key)
@@ -211,8 +174,6 @@ async fn start(
         client: client.clone(),
         pchannel: PChannel::new(pchannel).map_err(|e| e.to_string())?,
         shards,
-        catalog: catalog.clone(),
-        meta_root: storage.meta_root.clone(),
     };
     Ok(host.serve_log(Arc::new(log)))
 }
