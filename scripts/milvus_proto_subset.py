@@ -92,6 +92,14 @@ RPCS = {
     "partition, rows written (deletes are separate files), state Flushed, level L1.",
     "CheckHealth": "Healthy when the coordinator answers (catalog read) and the timestamp oracle "
     "allocates; otherwise not, with the reason.",
+    "GetReplicas": "The replicas of a loaded collection (CollectionNotLoaded, 101, if released): "
+    "Sluice's replica r of every shard is replica r here; each shard's leader is the node "
+    "serving that delegator (replica 0: the streaming node owning the shard's WAL; 1..: query "
+    "workers). partition_ids are the loaded partitions; one resource group, "
+    "__default_resource_group.",
+    "GetQuerySegmentInfo": "The collection's sealed segments as reads see them: every committed "
+    "segment of a loaded partition, state Sealed, with the node holding it (its query worker, "
+    "else the streaming node owning its shard). Growing rows are not listed.",
 }
 
 SERVICE = "milvus.proto.milvus.MilvusService"

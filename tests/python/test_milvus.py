@@ -1264,3 +1264,91 @@ def test_inconsistent_requests_are_refused_and_insert_nothing(sluice, sluice_ser
         assert r.status.code == 1100 and "nq is 5" in r.status.reason, r.status
     got = sluice.query("d_bad_insert", filter="id >= 0", consistency_level="Strong")
     assert sorted(r["id"] for r in got) == [7, 8]
+
+
+def test_iterators_read_one_snapshot_while_rows_change_in_sluice(sluice):
+    """query_iterator and search_iterator pin every page to the first answer's session_ts:
+    rows inserted or deleted while an iterator runs neither appear in nor vanish from its later
+    pages (milvus-lite answers without a session_ts, so pymilvus falls back to its clock)."""
+    name = "d_iterator_snapshot"
+    fresh(sluice, name)
+    sluice.insert(name, rows(100, seed=61))
+    it = sluice.query_iterator(name, batch_size=30, filter="id >= 0", output_fields=["id"])
+    seen = [r["id"] for r in it.next()]
+    assert seen == list(range(30))
+    # Rows the next pages would cover: new keys among them, and old ones deleted.
+    sluice.insert(name, rows(50, seed=62, start=1000))
+    sluice.delete(name, ids=list(range(50, 60)))
+    while page := it.next():
+        seen.extend(r["id"] for r in page)
+    it.close()
+    assert seen == list(range(100))
+    assert sluice.query(name, filter="", output_fields=["count(*)"])[0]["count(*)"] == 140
+
+    # New rows sitting exactly on the query vector would be the nearest hits if visible.
+    probe = [0.5] * DIM
+    it = sluice.search_iterator(
+        name, data=[probe], batch_size=20, limit=60, search_params={"metric_type": "COSINE"}
+    )
+    first = it.next()
+    assert len(first) == 20
+    sluice.insert(
+        name, [{"id": 2000 + i, "vector": probe, "color": "red", "size": 1} for i in range(10)]
+    )
+    found = [h["id"] for h in first]
+    while page := it.next():
+        found.extend(h["id"] for h in page)
+    it.close()
+    assert len(found) == 60 and len(set(found)) == 60, found
+    assert all(i < 100 or 1000 <= i < 1050 for i in found), found
+    # A fresh search sees them.
+    assert {h["id"] for h in sluice.search(name, data=[probe], limit=10)[0]} == set(
+        range(2000, 2010)
+    )
+
+
+def test_replicas_and_loaded_segments_are_described_in_sluice(sluice, sluice_server):
+    """describe_replica: one replica (no query workers here), a leader for each shard — the
+    standalone node; get_query_segment_info: the flushed segments with the node holding them;
+    both refuse a released collection."""
+    from pymilvus import Collection, connections, utility
+
+    connections.connect(alias="d_replicas", uri=f"http://{sluice_server.milvus}")
+    name = "d_replicas"
+    drop_if_exists(sluice, name)
+    sluice.create_collection(name, dimension=DIM, num_shards=2)
+    sluice.insert(name, rows(40, seed=71))
+    replicas = sluice.describe_replica(name)
+    assert len(replicas) == 1, replicas
+    channels = sorted(s.channel_name for s in replicas[0].shards)
+    assert len(channels) == 2 and channels[0] != channels[1], replicas
+    leaders = {s.shard_leader for s in replicas[0].shards}
+    assert len(leaders) == 1 and 0 not in leaders, replicas
+    assert set(replicas[0].group_nodes) == leaders
+    assert replicas[0].resource_group == "__default_resource_group"
+    assert len(Collection(name, using="d_replicas").get_replicas().groups) == 1
+
+    sluice.flush(name)
+    # Flush answers once the segments are sealed; they are listed once written to Parquet.
+    deadline = time.monotonic() + 60
+    while True:
+        infos = utility.get_query_segment_info(name, using="d_replicas")
+        if sum(i.num_rows for i in infos) >= 40:
+            break
+        assert time.monotonic() < deadline, infos
+        time.sleep(0.2)
+    assert sum(i.num_rows for i in infos) == 40, infos
+    assert {i.collectionID for i in infos} == {sluice.describe_collection(name)["collection_id"]}
+    assert {tuple(i.nodeIds) for i in infos} == {tuple(leaders)}, infos
+    assert {i.state for i in infos} == {3}, infos  # SegmentState.Sealed
+
+    sluice.release_collection(name)
+    with pytest.raises(MilvusException) as e:
+        sluice.describe_replica(name)
+    assert e.value.code == 101
+    with pytest.raises(MilvusException) as e:
+        utility.get_query_segment_info(name, using="d_replicas")
+    assert e.value.code == 101
+    sluice.load_collection(name)
+    assert len(sluice.describe_replica(name)) == 1
+    connections.disconnect("d_replicas")

@@ -469,6 +469,76 @@ impl coordinator_server::Coordinator for CoordinatorService {
         Ok(Response::new(v1::MovePChannelResponse { term: moved.0 }))
     }
 
+    async fn list_replicas(
+        &self,
+        request: Request<v1::ListReplicasRequest>,
+    ) -> Result<Response<v1::ListReplicasResponse>, Status> {
+        use prost::Message as _;
+        let collection_id = request.into_inner().collection_id;
+        let leader = self.leader().await?;
+        let info = leader
+            .catalog
+            .by_id(collection_id)
+            .await
+            .map_err(|e| coord_status(&e))?;
+        let owners = leader.assigner.subscribe().borrow().channels.clone();
+        let (store, root) = self.coordinator.meta();
+        let keys = crate::keys::Keys::new(root);
+        let read = |e: sluice_meta::MetaError| Status::unavailable(format!("meta store: {e}"));
+        let corrupt = |key: &str, e: prost::DecodeError| {
+            Status::internal(format!("the placement {key} does not decode: {e}"))
+        };
+        let (kvs, _) = store
+            .scan_prefix(&keys.replica_prefix())
+            .await
+            .map_err(read)?;
+        let mut placed = Vec::new();
+        for kv in &kvs {
+            let r =
+                v1::ReplicaPlacement::decode(kv.value.as_ref()).map_err(|e| corrupt(&kv.key, e))?;
+            if r.collection_id == collection_id && r.replica > 0 {
+                placed.push(r);
+            }
+        }
+        let mut replicas = Vec::new();
+        for vchannel in &info.vchannels {
+            let owner = sluice_types::VChannel::new(vchannel.as_str())
+                .ok()
+                .and_then(|v| owners.get(v.pchannel().as_str()));
+            replicas.push(v1::ReplicaPlacement {
+                collection_id,
+                vchannel: vchannel.clone(),
+                replica: 0,
+                node_id: owner.map_or(0, |(_, node)| node.id.0),
+                address: owner.map_or_else(String::new, |(_, node)| node.address.clone()),
+            });
+            let mut more: Vec<_> = placed
+                .iter()
+                .filter(|r| &r.vchannel == vchannel)
+                .cloned()
+                .collect();
+            more.sort_by_key(|r| r.replica);
+            replicas.extend(more);
+        }
+        let (kvs, _) = store
+            .scan_prefix(&keys.placement_prefix())
+            .await
+            .map_err(read)?;
+        let mut segments = Vec::new();
+        for kv in &kvs {
+            let p =
+                v1::SegmentPlacement::decode(kv.value.as_ref()).map_err(|e| corrupt(&kv.key, e))?;
+            if p.collection_id == collection_id {
+                segments.push(p);
+            }
+        }
+        segments.sort_by_key(|p| p.segment_id);
+        Ok(Response::new(v1::ListReplicasResponse {
+            replicas,
+            segments,
+        }))
+    }
+
     async fn drain_node(
         &self,
         request: Request<v1::DrainNodeRequest>,

@@ -33,6 +33,8 @@ pub(crate) const MAX_HYBRID_SEARCHES: usize = 1024;
 /// first, their scores and rows (the rows of all queries in order, in any number of batches).
 pub(crate) struct Searched {
     pub(crate) collection: Collection,
+    /// The timestamp the search read the collection at.
+    pub(crate) mvcc_timestamp: u64,
     pub(crate) metric: v1::MetricType,
     pub(crate) nq: usize,
     pub(crate) top_k: u64,

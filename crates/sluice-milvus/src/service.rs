@@ -1,6 +1,6 @@
 //! `MilvusService` over Sluice's client API.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use arrow_array::{Array, ArrayRef, RecordBatch};
@@ -271,17 +271,32 @@ fn param<'a>(params: &'a [KeyValuePair], key: &str) -> Option<&'a str> {
         .map(|p| p.value.as_str())
 }
 
-/// Sluice read options for a Milvus consistency level.
-fn read_options(level: i32, guarantee: u64) -> v1::ReadOptions {
+/// The resource group Milvus reports every replica in (Sluice has no resource groups).
+const DEFAULT_RESOURCE_GROUP: &str = "__default_resource_group";
+
+/// Milvus's id of replica `replica` of a collection: unique across collections (a collection
+/// has at most 16 replicas).
+fn replica_id(collection_id: i64, replica: u32) -> i64 {
+    collection_id
+        .wrapping_mul(16)
+        .wrapping_add(i64::from(replica))
+}
+
+/// Sluice read options for a Milvus consistency level. An iterator's pages (`params` hold
+/// `iterator: true`) read as of its guarantee timestamp: pymilvus pins every page to the
+/// `session_ts` of its first answer, so that rows written meanwhile do not shift the pages.
+fn read_options(level: i32, guarantee: u64, params: &[KeyValuePair]) -> v1::ReadOptions {
     let consistency = match mc::ConsistencyLevel::try_from(level) {
         Ok(mc::ConsistencyLevel::Strong) => v1::ConsistencyLevel::Strong,
         Ok(mc::ConsistencyLevel::Session) => v1::ConsistencyLevel::Session,
         Ok(mc::ConsistencyLevel::Eventually) => v1::ConsistencyLevel::Eventually,
         _ => v1::ConsistencyLevel::Bounded,
     };
+    let iterator = param(params, "iterator").is_some_and(|v| v.eq_ignore_ascii_case("true"));
     v1::ReadOptions {
         consistency: consistency as i32,
         guarantee_timestamp: guarantee,
+        mvcc_timestamp: if iterator { guarantee } else { 0 },
         ..Default::default()
     }
 }
@@ -619,22 +634,54 @@ impl MilvusFront {
         if name.is_empty() {
             return Err(Failure::invalid("collection name should not be empty"));
         }
+        self.describe(
+            v1::describe_collection_request::Which::Name(name.to_owned()),
+            name,
+        )
+        .await
+    }
+
+    /// The collection of a request naming it by name or, when the name is empty, by id.
+    async fn collection_named_or(&self, name: &str, id: i64) -> Result<Collection, Failure> {
+        if !name.is_empty() || id == 0 {
+            return self.collection(name).await;
+        }
+        self.describe(
+            v1::describe_collection_request::Which::CollectionId(id),
+            &id.to_string(),
+        )
+        .await
+    }
+
+    async fn describe(
+        &self,
+        which: v1::describe_collection_request::Which,
+        label: &str,
+    ) -> Result<Collection, Failure> {
         let info = self
             .coord
             .clone()
-            .describe_collection(v1::DescribeCollectionRequest {
-                which: Some(v1::describe_collection_request::Which::Name(
-                    name.to_owned(),
-                )),
-            })
+            .describe_collection(v1::DescribeCollectionRequest { which: Some(which) })
             .await
-            .map_err(|s| Failure::from_client(&ClientError::from_status(&s), name))?
+            .map_err(|s| Failure::from_client(&ClientError::from_status(&s), label))?
             .into_inner();
         let schema = info
             .schema
             .clone()
             .ok_or_else(|| Failure::unexpected("the catalog returned no schema"))?;
         Ok(Collection { info, schema })
+    }
+
+    /// Where the collection is served from (the coordinator's ListReplicas).
+    async fn placements(&self, c: &Collection) -> Result<v1::ListReplicasResponse, Failure> {
+        self.coord
+            .clone()
+            .list_replicas(v1::ListReplicasRequest {
+                collection_id: c.info.collection_id,
+            })
+            .await
+            .map(Response::into_inner)
+            .map_err(|s| Failure::from_client(&ClientError::from_status(&s), &c.schema.name))
     }
 
     async fn alter(
@@ -767,7 +814,7 @@ impl MilvusFront {
                 partition_ids,
                 output_fields: Vec::new(),
                 limit: 0,
-                read: Some(read_options(mc::ConsistencyLevel::Strong as i32, 0)),
+                read: Some(read_options(mc::ConsistencyLevel::Strong as i32, 0, &[])),
                 ..Default::default()
             })
             .await
@@ -1037,8 +1084,14 @@ impl MilvusFront {
         })
     }
 
-    async fn do_search(&self, r: mm::SearchRequest) -> Result<ms::SearchResultData, Failure> {
-        self.search_rows(r).await?.into_milvus()
+    /// A Milvus Search: its hits and the timestamp it read the collection at.
+    async fn do_search(
+        &self,
+        r: mm::SearchRequest,
+    ) -> Result<(ms::SearchResultData, u64), Failure> {
+        let searched = self.search_rows(r, None).await?;
+        let at = searched.mvcc_timestamp;
+        Ok((searched.into_milvus()?, at))
     }
 
     /// A Milvus HybridSearch: each search run on its own, then per query vector the hits of all
@@ -1046,7 +1099,7 @@ impl MilvusFront {
     async fn do_hybrid_search(
         &self,
         r: mm::HybridSearchRequest,
-    ) -> Result<ms::SearchResultData, Failure> {
+    ) -> Result<(ms::SearchResultData, u64), Failure> {
         if r.function_score.is_some() || !r.function_chains.is_empty() {
             return Err(Failure::unsupported("function scores in a hybrid search"));
         }
@@ -1074,9 +1127,12 @@ impl MilvusFront {
             // The offset applies to the fused hits (pymilvus copies it into every search too).
             let mut sub = sub;
             sub.search_params.retain(|kv| kv.key != "offset");
-            searched.push(self.search_rows(sub).await?);
+            // Every search reads the collection as of the first one's timestamp.
+            let at = searched.first().map(|s: &Searched| s.mvcc_timestamp);
+            searched.push(self.search_rows(sub, at).await?);
         }
-        ranker.fuse(searched)
+        let at = searched.first().map_or(0, |s| s.mvcc_timestamp);
+        Ok((ranker.fuse(searched)?, at))
     }
 
     /// The vectors in field `field` of the rows with primary keys `ids` (Milvus's search by
@@ -1163,8 +1219,13 @@ impl MilvusFront {
         Ok(vectors)
     }
 
-    /// A search's hits, best first, as rows (`into_milvus` makes them Milvus's answer).
-    async fn search_rows(&self, r: mm::SearchRequest) -> Result<Searched, Failure> {
+    /// A search's hits, best first, as rows (`into_milvus` makes them Milvus's answer); read as
+    /// of timestamp `at` when given.
+    async fn search_rows(
+        &self,
+        r: mm::SearchRequest,
+        at: Option<u64>,
+    ) -> Result<Searched, Failure> {
         if !r.sub_reqs.is_empty() || r.function_score.is_some() || !r.function_chains.is_empty() {
             return Err(Failure::unsupported(
                 "sub-searches and function scores in Search (use HybridSearch)",
@@ -1216,6 +1277,15 @@ impl MilvusFront {
             .index_of(&anns)
             .and_then(|i| i.get("index_type")?.as_str().map(|t| t == "FLAT"))
             .unwrap_or(false);
+        let level = if r.use_default_consistency {
+            c.consistency()
+        } else {
+            r.consistency_level
+        };
+        let mut read = read_options(level, r.guarantee_timestamp, p);
+        if let Some(at) = at {
+            read.mvcc_timestamp = at;
+        }
         let vectors = match r.search_input {
             Some(mm::search_request::SearchInput::PlaceholderGroup(bytes)) => {
                 let group = mc::PlaceholderGroup::decode(bytes.as_slice()).map_err(|e| {
@@ -1243,13 +1313,7 @@ impl MilvusFront {
                 vectors
             }
             Some(mm::search_request::SearchInput::Ids(ids)) => {
-                let level = if r.use_default_consistency {
-                    c.consistency()
-                } else {
-                    r.consistency_level
-                };
-                self.vectors_of(&c, &anns, ids, read_options(level, r.guarantee_timestamp))
-                    .await?
+                self.vectors_of(&c, &anns, ids, read).await?
             }
             None => return Err(Failure::invalid("a search needs query vectors")),
         };
@@ -1277,11 +1341,6 @@ impl MilvusFront {
         {
             fetched.push(g.field.clone());
         }
-        let level = if r.use_default_consistency {
-            c.consistency()
-        } else {
-            r.consistency_level
-        };
         let resp = self
             .query
             .search(v1::SearchRequest {
@@ -1292,7 +1351,7 @@ impl MilvusFront {
                 metric: metric as i32,
                 filter,
                 output_fields: fetched,
-                read: Some(read_options(level, r.guarantee_timestamp)),
+                read: Some(read),
                 exact,
                 ef: ef.min(4096) as u32,
                 partition_ids,
@@ -1346,6 +1405,7 @@ impl MilvusFront {
         }
         Ok(Searched {
             collection: c,
+            mvcc_timestamp: resp.mvcc_timestamp,
             metric,
             nq,
             top_k,
@@ -1366,7 +1426,7 @@ impl MilvusFront {
         } else {
             r.consistency_level
         };
-        let read = Some(read_options(level, r.guarantee_timestamp));
+        let read = Some(read_options(level, r.guarantee_timestamp, &r.query_params));
         let number = |key: &str| -> Result<u64, Failure> {
             match param(&r.query_params, key).filter(|v| !v.is_empty()) {
                 None => Ok(0),
@@ -1413,6 +1473,7 @@ impl MilvusFront {
                 collection_name: c.schema.name.clone(),
                 output_fields: vec!["count(*)".into()],
                 primary_field_name: pk,
+                session_ts: resp.mvcc_timestamp,
                 ..Default::default()
             });
         }
@@ -1448,6 +1509,7 @@ impl MilvusFront {
             collection_name: c.schema.name.clone(),
             output_fields: report,
             primary_field_name: pk,
+            session_ts: resp.mvcc_timestamp,
             ..Default::default()
         })
     }
@@ -2181,11 +2243,11 @@ impl MilvusService for MilvusFront {
         let r = r.into_inner();
         let collection_name = r.collection_name.clone();
         Ok(Response::new(match self.do_hybrid_search(r).await {
-            Ok(results) => mm::SearchResults {
+            Ok((results, session_ts)) => mm::SearchResults {
                 status: Some(status::ok()),
                 results: Some(results),
                 collection_name,
-                ..Default::default()
+                session_ts,
             },
             Err(f) => mm::SearchResults {
                 status: Some(f.status()),
@@ -2199,11 +2261,11 @@ impl MilvusService for MilvusFront {
         let r = r.into_inner();
         let collection_name = r.collection_name.clone();
         Ok(Response::new(match self.do_search(r).await {
-            Ok(results) => mm::SearchResults {
+            Ok((results, session_ts)) => mm::SearchResults {
                 status: Some(status::ok()),
                 results: Some(results),
                 collection_name,
-                ..Default::default()
+                session_ts,
             },
             Err(f) => mm::SearchResults {
                 status: Some(f.status()),
@@ -2398,6 +2460,160 @@ impl MilvusService for MilvusFront {
                 infos,
             },
             Err(f) => mm::GetPersistentSegmentInfoResponse {
+                status: Some(f.status()),
+                infos: Vec::new(),
+            },
+        }))
+    }
+
+    async fn get_replicas(
+        &self,
+        r: Request<mm::GetReplicasRequest>,
+    ) -> Reply<mm::GetReplicasResponse> {
+        let r = r.into_inner();
+        let result = async {
+            let c = self
+                .collection_named_or(&r.collection_name, r.collection_id)
+                .await?;
+            if c.released_now() {
+                return Err(Failure::collection_not_loaded(&c.schema.name));
+            }
+            let placed = self.placements(&c).await?;
+            let released = c.released();
+            let partition_ids: Vec<i64> = c
+                .info
+                .partitions
+                .iter()
+                .map(|p| p.partition_id)
+                .filter(|id| !released.contains(id))
+                .collect();
+            // Sluice's replica r of every shard is Milvus's replica r of the collection.
+            let mut by_replica: BTreeMap<u32, Vec<&v1::ReplicaPlacement>> = BTreeMap::new();
+            for p in &placed.replicas {
+                by_replica.entry(p.replica).or_default().push(p);
+            }
+            Ok::<_, Failure>(
+                by_replica
+                    .into_iter()
+                    .map(|(replica, shards)| {
+                        let mut node_ids: Vec<i64> = shards
+                            .iter()
+                            .filter(|p| p.node_id != 0)
+                            .map(|p| p.node_id as i64)
+                            .collect();
+                        node_ids.sort_unstable();
+                        node_ids.dedup();
+                        mm::ReplicaInfo {
+                            replica_id: replica_id(c.info.collection_id, replica),
+                            collection_id: c.info.collection_id,
+                            partition_ids: partition_ids.clone(),
+                            shard_replicas: shards
+                                .iter()
+                                .map(|p| mm::ShardReplica {
+                                    leader_id: p.node_id as i64,
+                                    leader_addr: p.address.clone(),
+                                    dm_channel_name: p.vchannel.clone(),
+                                    node_ids: if r.with_shard_nodes && p.node_id != 0 {
+                                        vec![p.node_id as i64]
+                                    } else {
+                                        Vec::new()
+                                    },
+                                })
+                                .collect(),
+                            node_ids,
+                            resource_group_name: DEFAULT_RESOURCE_GROUP.into(),
+                            ..Default::default()
+                        }
+                    })
+                    .collect(),
+            )
+        }
+        .await;
+        Ok(Response::new(match result {
+            Ok(replicas) => mm::GetReplicasResponse {
+                status: Some(status::ok()),
+                replicas,
+            },
+            Err(f) => mm::GetReplicasResponse {
+                status: Some(f.status()),
+                replicas: Vec::new(),
+            },
+        }))
+    }
+
+    async fn get_query_segment_info(
+        &self,
+        r: Request<mm::GetQuerySegmentInfoRequest>,
+    ) -> Reply<mm::GetQuerySegmentInfoResponse> {
+        let r = r.into_inner();
+        let result = async {
+            let c = self.collection(&r.collection_name).await?;
+            if c.released_now() {
+                return Err(Failure::collection_not_loaded(&c.schema.name));
+            }
+            let placed = self.placements(&c).await?;
+            let listed = self
+                .coord
+                .clone()
+                .list_segments(v1::ListSegmentsRequest {
+                    collection_id: c.info.collection_id,
+                })
+                .await
+                .map_err(|s| {
+                    Failure::from_client(&ClientError::from_status(&s), &r.collection_name)
+                })?
+                .into_inner();
+            let released = c.released();
+            let workers: HashMap<i64, u64> = placed
+                .segments
+                .iter()
+                .map(|p| (p.segment_id, p.node_id))
+                .collect();
+            // A segment no query worker holds is held by its shard's primary delegator.
+            let owners: HashMap<&str, u64> = placed
+                .replicas
+                .iter()
+                .filter(|p| p.replica == 0)
+                .map(|p| (p.vchannel.as_str(), p.node_id))
+                .collect();
+            let index = c.indexes().into_iter().next();
+            let index_name = index
+                .as_ref()
+                .and_then(|i| i.get("index_name")?.as_str().map(str::to_owned))
+                .unwrap_or_default();
+            Ok::<_, Failure>(
+                listed
+                    .segments
+                    .into_iter()
+                    .filter(|m| !released.contains(&m.partition_id))
+                    .map(|m| {
+                        let node = workers
+                            .get(&m.segment_id)
+                            .or_else(|| owners.get(m.vchannel.as_str()))
+                            .copied()
+                            .unwrap_or(0) as i64;
+                        mm::QuerySegmentInfo {
+                            segment_id: m.segment_id,
+                            collection_id: m.collection_id,
+                            partition_id: m.partition_id,
+                            num_rows: i64::try_from(m.rows).unwrap_or(i64::MAX),
+                            index_name: index_name.clone(),
+                            node_ids: if node == 0 { Vec::new() } else { vec![node] },
+                            state: mc::SegmentState::Sealed as i32,
+                            level: mc::SegmentLevel::L1 as i32,
+                            ..Default::default()
+                        }
+                    })
+                    .collect(),
+            )
+        }
+        .await;
+        Ok(Response::new(match result {
+            Ok(infos) => mm::GetQuerySegmentInfoResponse {
+                status: Some(status::ok()),
+                infos,
+            },
+            Err(f) => mm::GetQuerySegmentInfoResponse {
                 status: Some(f.status()),
                 infos: Vec::new(),
             },

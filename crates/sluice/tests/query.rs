@@ -994,6 +994,51 @@ async fn replicas_on_query_workers_answer_like_the_model_and_follow_a_moved_wal(
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
+    // The coordinator lists them: replica 0 of each shard on the standalone node, 1 and 2 on
+    // the workers; and the flushed segments on the workers.
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    let listed = loop {
+        let listed = coord
+            .list_replicas(v1::ListReplicasRequest {
+                collection_id: info.collection_id,
+            })
+            .await
+            .expect("list replicas")
+            .into_inner();
+        if !listed.segments.is_empty() || std::time::Instant::now() > deadline {
+            break listed;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let shape: Vec<(&str, u32)> = listed
+        .replicas
+        .iter()
+        .map(|r| (r.vchannel.as_str(), r.replica))
+        .collect();
+    let expected: Vec<(&str, u32)> = info
+        .vchannels
+        .iter()
+        .flat_map(|v| (0..3).map(move |r| (v.as_str(), r)))
+        .collect();
+    assert_eq!(shape, expected, "{listed:?}");
+    for r in &listed.replicas {
+        assert_eq!(r.collection_id, info.collection_id);
+        let on_worker = r.node_id == 101 || r.node_id == 102;
+        assert_eq!(on_worker, r.replica > 0, "{r:?}");
+        assert!(r.node_id != 0 && !r.address.is_empty(), "{r:?}");
+    }
+    assert!(!listed.segments.is_empty(), "no segment placed: {listed:?}");
+    for p in &listed.segments {
+        assert_eq!(p.collection_id, info.collection_id);
+        assert!(p.node_id == 101 || p.node_id == 102, "{p:?}");
+    }
+    let unknown = coord
+        .list_replicas(v1::ListReplicasRequest {
+            collection_id: info.collection_id + 1000,
+        })
+        .await
+        .expect_err("an unknown collection");
+    assert_eq!(unknown.code(), tonic::Code::InvalidArgument, "{unknown:?}");
     // Reads through the standalone node, spread over the three delegators of each shard.
     let latest = newest(&events);
     for i in 0..12 {
