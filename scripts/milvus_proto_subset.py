@@ -92,6 +92,10 @@ RPCS = {
     "partition, rows written (deletes are separate files), state Flushed, level L1.",
     "CheckHealth": "Healthy when the coordinator answers (catalog read) and the timestamp oracle "
     "allocates; otherwise not, with the reason.",
+    "AddCollectionField": "Adds a nullable scalar field (BOOL, INT8-64, FLOAT, DOUBLE, VARCHAR, "
+    "JSON; no default value) to a collection: rows written before read it as null, inserts "
+    "after the answer may carry it. pymilvus tries AlterCollectionSchema first, which Sluice "
+    "answers UNIMPLEMENTED, and then this.",
     "GetReplicas": "The replicas of a loaded collection (CollectionNotLoaded, 101, if released): "
     "Sluice's replica r of every shard is replica r here; each shard's leader is the node "
     "serving that delegator (replica 0: the streaming node owning the shard's WAL; 1..: query "

@@ -1352,3 +1352,79 @@ def test_replicas_and_loaded_segments_are_described_in_sluice(sluice, sluice_ser
     sluice.load_collection(name)
     assert len(sluice.describe_replica(name)) == 1
     connections.disconnect("d_replicas")
+
+
+def test_fields_added_to_a_collection_read_null_for_older_rows_and_survive_a_restart():
+    """add_collection_field (milvus-lite answers UNIMPLEMENTED): a nullable scalar field joins
+    the schema; rows sealed into Parquet and growing rows from before read it as null, rows
+    inserted after carry it and filters see it; a field that is not nullable, a name in use, a
+    vector field are refused and change nothing; after a restart all of it reads the same."""
+    from pathlib import Path
+
+    name = "added_fields"
+    with tempfile.TemporaryDirectory(prefix="sluice-add-field-") as d:
+        s = Server(Path(d))
+        s.start()
+        try:
+            c = MilvusClient(uri=f"http://{s.milvus}")
+            c.create_collection(name, dimension=DIM)
+            c.insert(name, rows(10, seed=81))
+            c.flush(name)
+            c.insert(name, rows(5, seed=82, start=10))
+            c.add_collection_field(name, "tag", DataType.VARCHAR, max_length=16, nullable=True)
+            c.add_collection_field(name, "small", DataType.INT8, nullable=True)
+            for bad in [
+                dict(field_name="plain", data_type=DataType.INT64),
+                dict(field_name="tag", data_type=DataType.INT64, nullable=True),
+                dict(field_name="v2", data_type=DataType.FLOAT_VECTOR, dim=DIM, nullable=True),
+            ]:
+                with pytest.raises(MilvusException) as e:
+                    c.add_collection_field(name, **bad)
+                assert e.value.code == 1100, (bad, e.value)
+            fields = {f["name"]: f for f in c.describe_collection(name)["fields"]}
+            assert fields["tag"]["type"] == DataType.VARCHAR and fields["tag"]["nullable"]
+            assert fields["small"]["type"] == DataType.INT8
+            assert set(fields) == {"id", "vector", "tag", "small"}, fields
+            new = [dict(r, tag=f"t{i}", small=i) for i, r in enumerate(rows(3, seed=83, start=20))]
+            c.insert(name, new)
+
+            def state(c):
+                got = c.query(
+                    name,
+                    filter="id >= 0",
+                    output_fields=["tag", "small"],
+                    consistency_level="Strong",
+                )
+                return (
+                    sorted((r["id"], r["tag"], r["small"]) for r in got),
+                    sorted(r["id"] for r in c.query(name, filter='tag like "t%"')),
+                    c.query(name, filter="small is null", output_fields=["count(*)"])[0][
+                        "count(*)"
+                    ],
+                )
+
+            before = state(c)
+            assert before == (
+                [(i, None, None) for i in range(15)] + [(20 + i, f"t{i}", i) for i in range(3)],
+                [20, 21, 22],
+                15,
+            ), before
+            hits = c.search(name, data=[new[1]["vector"]], limit=1, output_fields=["tag"])
+            assert hits[0][0]["entity"]["tag"] == "t1"
+            c.close()
+        finally:
+            s.stop()
+        s = Server(Path(d))
+        s.start()
+        try:
+            c = MilvusClient(uri=f"http://{s.milvus}")
+            assert state(c) == before
+            assert [f["name"] for f in c.describe_collection(name)["fields"]] == [
+                "id",
+                "vector",
+                "tag",
+                "small",
+            ]
+            c.close()
+        finally:
+            s.stop()

@@ -271,6 +271,20 @@ def test_catalog_ddl_goes_through_the_coordinator(pb, server):
                 collection_id=info.collection_id, partition_id=info.partitions[0].partition_id
             ),
         ),
+        c.Message(
+            type=m.MESSAGE_TYPE_SCHEMA_CHANGE,
+            vchannel=vc,
+            schema_change=m.SchemaChangeHeader(
+                collection_id=info.collection_id,
+                schema=m.CollectionSchema(
+                    name="ddl_guard",
+                    fields=list(info.schema.fields)
+                    + [m.FieldSchema(name="note", data_type=m.DATA_TYPE_INT64, nullable=True)],
+                    shards=1,
+                    version=info.schema.version + 1,
+                ),
+            ),
+        ),
     ]
     for i, message in enumerate(ddl):
         producer.send(i + 1, message)
@@ -287,6 +301,37 @@ def test_catalog_ddl_goes_through_the_coordinator(pb, server):
     producer.close()
     read = pb.query_grpc.QueryStub(channel).Query(
         q.QueryRequest(collection="ddl_guard", filter="id >= 0", read=strong(pb)), timeout=TIMEOUT
+    )
+    assert rows_of(read.rows) == []
+    # A field is added through the catalog: the next id, the next schema version.
+    note = m.FieldSchema(name="note", data_type=m.DATA_TYPE_INT64, nullable=True)
+    added = coord.AddCollectionField(
+        pb.coord.AddCollectionFieldRequest(name="ddl_guard", field=note), timeout=TIMEOUT
+    )
+    assert added.schema.version == info.schema.version + 1, added.schema
+    assert [f.name for f in added.schema.fields] == ["id", "vec", "note"]
+    assert added.schema.fields[-1].field_id == max(f.field_id for f in info.schema.fields) + 1
+    for bad in [
+        m.FieldSchema(name="plain", data_type=m.DATA_TYPE_INT64),
+        note,
+        m.FieldSchema(name="v2", data_type=m.DATA_TYPE_FLOAT_VECTOR, dim=DIM, nullable=True),
+    ]:
+        try:
+            coord.AddCollectionField(
+                pb.coord.AddCollectionFieldRequest(name="ddl_guard", field=bad), timeout=TIMEOUT
+            )
+            raise AssertionError(f"{bad} was added")
+        except grpc.RpcError as e:
+            assert e.code() == grpc.StatusCode.INVALID_ARGUMENT, e
+    described = coord.DescribeCollection(
+        pb.coord.DescribeCollectionRequest(name="ddl_guard"), timeout=TIMEOUT
+    )
+    assert described.schema == added.schema
+    read = pb.query_grpc.QueryStub(channel).Query(
+        q.QueryRequest(
+            collection="ddl_guard", filter="note is null", output_fields=["note"], read=strong(pb)
+        ),
+        timeout=TIMEOUT,
     )
     assert rows_of(read.rows) == []
     coord.DropCollection(pb.coord.DropCollectionRequest(name="ddl_guard"), timeout=TIMEOUT)

@@ -27,9 +27,9 @@ use sluice_meta::{Condition, MetaStore, TxnOp};
 use sluice_proto::v1;
 use sluice_types::message::{
     CreateCollectionHeader, CreatePartitionHeader, DropCollectionHeader, DropPartitionHeader,
-    MessageHeader, ResourceKey,
+    MessageHeader, ResourceKey, SchemaChangeHeader,
 };
-use sluice_types::schema::CollectionSchema;
+use sluice_types::schema::{CollectionSchema, FieldSchema};
 use sluice_types::{CollectionId, MutableMessage, PChannel};
 
 use crate::broadcast::{BroadcastRequest, Broadcaster};
@@ -101,6 +101,8 @@ pub struct Catalog {
     store: Arc<dyn MetaStore>,
     root: String,
     pchannels: Vec<PChannel>,
+    /// Held while a schema changes: each change is built on the schema the last one recorded.
+    schema_changes: tokio::sync::Mutex<()>,
 }
 
 impl std::fmt::Debug for Catalog {
@@ -122,6 +124,7 @@ impl Catalog {
             store,
             root: root.trim_end_matches('/').to_owned(),
             pchannels,
+            schema_changes: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -598,6 +601,59 @@ impl Catalog {
             })
             .await?;
         tracing::info!(collection = info.collection_id, %name, %partition, partition_id, "partition created");
+        Ok(info)
+    }
+
+    /// Adds `field` to the live collection `name` (see `AddCollectionField` in `coord.proto`):
+    /// SchemaChange broadcast to every vchannel first, so a write carrying the field after this
+    /// returns is accepted, then the schema recorded with `properties` set. A crash in between
+    /// leaves the WALs a version ahead of the record; the same call again broadcasts the same
+    /// schema, which the WALs take as no change, and records it.
+    pub async fn add_field(
+        &self,
+        broadcaster: &Broadcaster,
+        name: &str,
+        field: FieldSchema,
+        properties: &std::collections::HashMap<String, String>,
+    ) -> Result<v1::CollectionInfo> {
+        let _serial = self.schema_changes.lock().await;
+        let info = self.by_name(name).await?;
+        let current = info.schema.clone().ok_or_else(|| CoordError::Malformed {
+            key: self.record_key(info.collection_id),
+            reason: "a collection record without a schema".into(),
+        })?;
+        let field = FieldSchema {
+            field_id: 0,
+            ..field
+        };
+        let next = sluice_types::schema::add_field(&current, field)
+            .map_err(|e| CoordError::InvalidArgument(e.to_string()))?;
+        sluice_types::schema::validate(&next)
+            .map_err(|e| CoordError::InvalidArgument(e.to_string()))?;
+        let mut merged = info.properties.clone();
+        merged.extend(properties.iter().map(|(k, v)| (k.clone(), v.clone())));
+        check_properties(&merged)?;
+        let template = ddl_message(SchemaChangeHeader {
+            collection_id: info.collection_id,
+            flushed_segment_ids: Vec::new(),
+            schema: Some(next.clone()),
+        })?;
+        self.broadcast(broadcaster, template, &info.vchannels, name_of(&info))
+            .await?;
+        let info = self
+            .update(name, |record| {
+                if record.collection_id != info.collection_id {
+                    return Err(not_found(format!("{name:?}")));
+                }
+                record.schema = Some(next.clone());
+                record
+                    .properties
+                    .extend(properties.iter().map(|(k, v)| (k.clone(), v.clone())));
+                Ok(())
+            })
+            .await?;
+        let added = next.fields.last().map_or("", |f| f.name.as_str());
+        tracing::info!(collection = info.collection_id, %name, field = added, version = next.version, "field added");
         Ok(info)
     }
 

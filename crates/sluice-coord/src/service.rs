@@ -83,8 +83,8 @@ pub fn coord_status(e: &CoordError) -> Status {
     convert::status(e.code(), e.to_string())
 }
 
-/// The collection a broadcast of catalog DDL (create or drop a collection or a partition) is
-/// about; `None` for every other message.
+/// The collection a broadcast of catalog DDL (create or drop a collection or a partition, add
+/// a field) is about; `None` for every other message.
 fn catalog_ddl(message: &MutableMessage) -> Option<i64> {
     use sluice_types::message::Header;
     match message.any_header().ok()? {
@@ -92,6 +92,7 @@ fn catalog_ddl(message: &MutableMessage) -> Option<i64> {
         Header::DropCollection(h) => Some(h.collection_id),
         Header::CreatePartition(h) => Some(h.collection_id),
         Header::DropPartition(h) => Some(h.collection_id),
+        Header::SchemaChange(h) => Some(h.collection_id),
         _ => None,
     }
 }
@@ -222,9 +223,10 @@ impl coordinator_server::Coordinator for CoordinatorService {
             return Err(convert::status(
                 ErrorCode::InvalidArgument,
                 format!(
-                    "collection {id} is in the catalog: create and drop it, and its partitions, \
-                     with CreateCollection, DropCollection, CreatePartition and DropPartition, \
-                     which keep the catalog and every vchannel in step"
+                    "collection {id} is in the catalog: create and drop it, its partitions and \
+                     its fields with CreateCollection, DropCollection, CreatePartition, \
+                     DropPartition and AddCollectionField, which keep the catalog and every \
+                     vchannel in step"
                 ),
             ));
         }
@@ -306,6 +308,31 @@ impl coordinator_server::Coordinator for CoordinatorService {
         let info = leader
             .catalog
             .alter_properties(&request.name, &request.set, &request.delete_keys)
+            .await
+            .map_err(|e| coord_status(&e))?;
+        Ok(Response::new(info))
+    }
+
+    async fn add_collection_field(
+        &self,
+        request: Request<v1::AddCollectionFieldRequest>,
+    ) -> Result<Response<v1::CollectionInfo>, Status> {
+        let request = request.into_inner();
+        let Some(field) = request.field else {
+            return Err(convert::status(
+                ErrorCode::InvalidArgument,
+                "AddCollectionField needs a field",
+            ));
+        };
+        let leader = self.leader().await?;
+        let info = leader
+            .catalog
+            .add_field(
+                &leader.broadcaster,
+                &request.name,
+                field,
+                &request.properties,
+            )
             .await
             .map_err(|e| coord_status(&e))?;
         Ok(Response::new(info))

@@ -56,59 +56,7 @@ pub(crate) fn schema_to_sluice(
         if f.is_dynamic {
             continue;
         }
-        if f.name == DYNAMIC_FIELD {
-            return Err(Failure::invalid(format!(
-                "field name {DYNAMIC_FIELD:?} is reserved for the dynamic field"
-            )));
-        }
-        let mt = MDataType::try_from(f.data_type).unwrap_or(MDataType::None);
-        let data_type = match mt {
-            MDataType::Bool => DataType::Bool,
-            MDataType::Int8 | MDataType::Int16 => {
-                narrow.insert(f.name.clone(), Value::from(f.data_type));
-                DataType::Int32
-            }
-            MDataType::Int32 => DataType::Int32,
-            MDataType::Int64 => DataType::Int64,
-            MDataType::Float => DataType::Float,
-            MDataType::Double => DataType::Double,
-            MDataType::VarChar => DataType::Varchar,
-            MDataType::Json => DataType::Json,
-            MDataType::FloatVector => DataType::FloatVector,
-            other => {
-                return Err(Failure::unsupported(format!(
-                    "data type {} (field {:?})",
-                    other.as_str_name(),
-                    f.name
-                )));
-            }
-        };
-        let number = |key: &str| -> Result<u32, Failure> {
-            match param(&f.type_params, key) {
-                None => Ok(0),
-                Some(v) => v.parse().map_err(|_| {
-                    Failure::invalid(format!("field {:?}: {key} {v:?} is not a number", f.name))
-                }),
-            }
-        };
-        if f.default_value.is_some() {
-            return Err(Failure::unsupported(format!(
-                "a default value (field {:?})",
-                f.name
-            )));
-        }
-        fields.push(FieldSchema {
-            field_id: 0,
-            name: f.name.clone(),
-            data_type: data_type as i32,
-            is_primary_key: f.is_primary_key,
-            auto_id: f.auto_id || (f.is_primary_key && m.auto_id_legacy()),
-            max_length: number("max_length")?,
-            dim: number("dim")?,
-            nullable: f.nullable,
-            description: f.description.clone(),
-            is_dynamic: false,
-        });
+        fields.push(field_to_sluice(f, m.auto_id_legacy(), &mut narrow)?);
     }
     if m.enable_dynamic_field {
         fields.push(FieldSchema {
@@ -133,6 +81,68 @@ pub(crate) fn schema_to_sluice(
         },
         props,
     ))
+}
+
+/// One Milvus field as a Sluice field (its id left 0); an INT8 or INT16 field, stored as INT32,
+/// is noted in `narrow` (field name → Milvus type number, for [`PROP_TYPES`]).
+pub(crate) fn field_to_sluice(
+    f: &ms::FieldSchema,
+    auto_id_legacy: bool,
+    narrow: &mut serde_json::Map<String, Value>,
+) -> Result<FieldSchema, Failure> {
+    if f.name == DYNAMIC_FIELD {
+        return Err(Failure::invalid(format!(
+            "field name {DYNAMIC_FIELD:?} is reserved for the dynamic field"
+        )));
+    }
+    let mt = MDataType::try_from(f.data_type).unwrap_or(MDataType::None);
+    let data_type = match mt {
+        MDataType::Bool => DataType::Bool,
+        MDataType::Int8 | MDataType::Int16 => {
+            narrow.insert(f.name.clone(), Value::from(f.data_type));
+            DataType::Int32
+        }
+        MDataType::Int32 => DataType::Int32,
+        MDataType::Int64 => DataType::Int64,
+        MDataType::Float => DataType::Float,
+        MDataType::Double => DataType::Double,
+        MDataType::VarChar => DataType::Varchar,
+        MDataType::Json => DataType::Json,
+        MDataType::FloatVector => DataType::FloatVector,
+        other => {
+            return Err(Failure::unsupported(format!(
+                "data type {} (field {:?})",
+                other.as_str_name(),
+                f.name
+            )));
+        }
+    };
+    let number = |key: &str| -> Result<u32, Failure> {
+        match param(&f.type_params, key) {
+            None => Ok(0),
+            Some(v) => v.parse().map_err(|_| {
+                Failure::invalid(format!("field {:?}: {key} {v:?} is not a number", f.name))
+            }),
+        }
+    };
+    if f.default_value.is_some() {
+        return Err(Failure::unsupported(format!(
+            "a default value (field {:?})",
+            f.name
+        )));
+    }
+    Ok(FieldSchema {
+        field_id: 0,
+        name: f.name.clone(),
+        data_type: data_type as i32,
+        is_primary_key: f.is_primary_key,
+        auto_id: f.auto_id || (f.is_primary_key && auto_id_legacy),
+        max_length: number("max_length")?,
+        dim: number("dim")?,
+        nullable: f.nullable,
+        description: f.description.clone(),
+        is_dynamic: false,
+    })
 }
 
 trait LegacyAutoId {

@@ -20,8 +20,8 @@ use tonic::{Request, Response};
 
 use crate::DYNAMIC_FIELD;
 use crate::convert::{
-    MILVUS_DYNAMIC, PROP_CONSISTENCY, PROP_INDEX, PROP_RELEASED, batches_to_milvus,
-    rows_from_milvus, schema_to_milvus, schema_to_sluice,
+    MILVUS_DYNAMIC, PROP_CONSISTENCY, PROP_INDEX, PROP_RELEASED, PROP_TYPES, batches_to_milvus,
+    field_to_sluice, rows_from_milvus, schema_to_milvus, schema_to_sluice,
 };
 use crate::hybrid::{MAX_HYBRID_SEARCHES, Ranker, Searched};
 use crate::pb::common::{self as mc, KeyValuePair, Status};
@@ -989,6 +989,41 @@ impl MilvusFront {
         Ok(())
     }
 
+    /// Milvus's AddCollectionField: a nullable scalar field added to the collection's schema.
+    async fn do_add_field(&self, r: mm::AddCollectionFieldRequest) -> Result<(), Failure> {
+        let c = self
+            .collection_named_or(&r.collection_name, r.collection_id)
+            .await?;
+        let f = ms::FieldSchema::decode(r.schema.as_slice())
+            .map_err(|e| Failure::invalid(format!("the field schema does not decode: {e}")))?;
+        if f.is_dynamic || f.is_primary_key || f.is_function_output || f.is_clustering_key {
+            return Err(Failure::invalid(format!(
+                "field {:?}: only a nullable scalar field can be added to a collection",
+                f.name
+            )));
+        }
+        let mut narrow = match c.props().get(PROP_TYPES).map(|v| serde_json::from_str(v)) {
+            Some(Ok(Value::Object(o))) => o,
+            _ => serde_json::Map::new(),
+        };
+        let before = narrow.len();
+        let field = field_to_sluice(&f, false, &mut narrow)?;
+        let mut properties = HashMap::new();
+        if narrow.len() != before {
+            properties.insert(PROP_TYPES.to_owned(), Value::Object(narrow).to_string());
+        }
+        self.coord
+            .clone()
+            .add_collection_field(v1::AddCollectionFieldRequest {
+                name: c.schema.name.clone(),
+                field: Some(field),
+                properties,
+            })
+            .await
+            .map_err(|s| Failure::from_client(&ClientError::from_status(&s), &c.schema.name))?;
+        Ok(())
+    }
+
     async fn do_insert(
         &self,
         name: &str,
@@ -1778,6 +1813,15 @@ impl MilvusService for MilvusFront {
     async fn create_collection(&self, r: Request<mm::CreateCollectionRequest>) -> Reply<Status> {
         Ok(Response::new(status::of(
             &self.do_create(r.into_inner()).await,
+        )))
+    }
+
+    async fn add_collection_field(
+        &self,
+        r: Request<mm::AddCollectionFieldRequest>,
+    ) -> Reply<Status> {
+        Ok(Response::new(status::of(
+            &self.do_add_field(r.into_inner()).await,
         )))
     }
 

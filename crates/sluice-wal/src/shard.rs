@@ -313,6 +313,7 @@ impl ShardManager {
                 schema: Some(next),
                 ..
             }) => {
+                self.check_managed(msg, vc, *collection_id)?;
                 // The change must be exactly one added field on the schema in force.
                 let st = self.state.lock();
                 let current = st
@@ -327,6 +328,11 @@ impl ShardManager {
                         ))
                     })?;
                 drop(st);
+                // The schema in force again: a catalog completing a change whose broadcast
+                // landed before it could record it. No change (it still seals, as any).
+                if current == *next {
+                    return self.flush_point(msg, header, vc, *collection_id);
+                }
                 let added = next.fields.last().cloned().unwrap_or_default();
                 let expected = sluice_types::schema::add_field(&current, added)
                     .map_err(|e| WalError::InvalidArgument(e.to_string()))?;
@@ -371,8 +377,8 @@ impl ShardManager {
         if managed {
             return Err(WalError::InvalidArgument(format!(
                 "collection {collection} was created through the coordinator \
-                 (Coordinator.CreateCollection): drop it and change its partitions through the \
-                 coordinator, which keeps the catalog and every vchannel in step"
+                 (Coordinator.CreateCollection): drop it, change its partitions and add fields \
+                 through the coordinator, which keeps the catalog and every vchannel in step"
             )));
         }
         Ok(())

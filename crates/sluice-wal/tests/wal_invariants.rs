@@ -624,6 +624,43 @@ async fn ddl_of_a_catalog_collection_must_be_a_broadcast() {
     refused(&wal, create_partition(None)).await;
     refused(&wal, drop_partition.clone()).await;
     refused(&wal, drop_collection.clone()).await;
+    let schema_change = MutableMessage::builder(sluice_types::message::SchemaChangeHeader {
+        collection_id: CATALOG,
+        flushed_segment_ids: Vec::new(),
+        schema: Some({
+            use sluice_types::schema::{CollectionSchema, DataType, FieldSchema};
+            let field = |id: i64, name: &str, ty: DataType| FieldSchema {
+                field_id: id,
+                name: name.into(),
+                data_type: ty as i32,
+                ..FieldSchema::default()
+            };
+            CollectionSchema {
+                name: "catalog".into(),
+                fields: vec![
+                    FieldSchema {
+                        is_primary_key: true,
+                        ..field(1, "id", DataType::Int64)
+                    },
+                    FieldSchema {
+                        dim: 2,
+                        ..field(2, "vec", DataType::FloatVector)
+                    },
+                    FieldSchema {
+                        nullable: true,
+                        ..field(3, "note", DataType::Int64)
+                    },
+                ],
+                shards: 1,
+                version: 2,
+                ..CollectionSchema::default()
+            }
+        }),
+    })
+    .vchannel(&vc)
+    .build()
+    .unwrap();
+    refused(&wal, schema_change.clone()).await;
     wal.append(create_partition(Some(broadcast(2))))
         .await
         .unwrap();
@@ -650,6 +687,7 @@ async fn ddl_of_a_catalog_collection_must_be_a_broadcast() {
         };
         refused(&wal, drop_collection.clone()).await;
         refused(&wal, drop_partition.clone()).await;
+        refused(&wal, schema_change.clone()).await;
         wal.append(
             MutableMessage::builder(DropCollectionHeader {
                 collection_id: COLLECTION,

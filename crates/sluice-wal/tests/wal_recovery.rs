@@ -321,6 +321,12 @@ async fn schemas_are_checked_applied_and_recovered() {
         .flushed_segments;
     assert_eq!(flushed.len(), 1, "a schema change is a flush point");
     assert_eq!(wal.schema(&vchannel(COLLECTION)), Some(v2.clone()));
+    // The same change again (a catalog completing it) is no change; an older schema is refused.
+    wal.append(schema_change(v2.clone())).await.unwrap();
+    assert_eq!(wal.schema(&vchannel(COLLECTION)), Some(v2.clone()));
+    let err = wal.append(schema_change(docs_schema())).await.unwrap_err();
+    assert_eq!(err.code(), ErrorCode::InvalidArgument, "{err}");
+    assert_eq!(wal.schema(&vchannel(COLLECTION)), Some(v2.clone()));
     wal.close().await;
 
     // Rebuilt from the log: the schema in force is version 2.

@@ -516,6 +516,30 @@ pub(crate) async fn drop_collection(
     Ok(())
 }
 
+/// `sluice ctl add-field COLLECTION FIELD`.
+pub(crate) async fn add_field(
+    coord: &str,
+    collection: &str,
+    field: &str,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    let field = parse_field(field)?;
+    let info = coordinator(coord)?
+        .add_collection_field(timed(
+            v1::AddCollectionFieldRequest {
+                name: collection.to_owned(),
+                field: Some(field),
+                properties: Default::default(),
+            },
+            timeout,
+        ))
+        .await
+        .map_err(|s| anyhow::anyhow!("collection {collection}: {}", s.message()))?
+        .into_inner();
+    print_collection(&info);
+    Ok(())
+}
+
 /// `sluice ctl create-partition` (`create`) / `sluice ctl drop-partition`.
 pub(crate) async fn partition(
     coord: &str,

@@ -491,6 +491,17 @@ enum CtlCommand {
         /// Its name.
         name: String,
     },
+    /// Add a field to a collection's schema: a nullable scalar field, which rows written before
+    /// read as null.
+    AddField {
+        #[command(flatten)]
+        client: ClientOpts,
+        /// The collection's name.
+        collection: String,
+        /// The field, `name:type[:N]:nullable` (type: bool, int32, int64, float, double,
+        /// varchar, json; N: a varchar's max length).
+        field: String,
+    },
     /// Add a partition to a collection (an existing one of that name is no change).
     CreatePartition {
         #[command(flatten)]
@@ -705,6 +716,7 @@ fn client_security(command: &Command) -> Option<&SecurityOpts> {
                 | CtlCommand::Move { client, .. }
                 | CtlCommand::Release { client, .. }
                 | CtlCommand::DropCollection { client, .. }
+                | CtlCommand::AddField { client, .. }
                 | CtlCommand::CreatePartition { client, .. }
                 | CtlCommand::DropPartition { client, .. }
                 | CtlCommand::Segments { client, .. },
@@ -885,6 +897,19 @@ fn run() -> anyhow::Result<()> {
         } => rt.block_on(cli::drop_collection(
             &client.coord,
             &name,
+            Duration::from_secs(client.timeout_secs),
+        )),
+        Command::Ctl {
+            what:
+                CtlCommand::AddField {
+                    client,
+                    collection,
+                    field,
+                },
+        } => rt.block_on(cli::add_field(
+            &client.coord,
+            &collection,
+            &field,
             Duration::from_secs(client.timeout_secs),
         )),
         Command::Ctl {

@@ -785,3 +785,96 @@ async fn aliases_name_collections_until_dropped() {
         "drop second",
     );
 }
+
+/// `sluice ctl add-field` (the coordinator's AddCollectionField): a nullable field joins the
+/// schema at the next id and version; rows from before read it as null, rows after carry it;
+/// a field that is not nullable, or a name in use, is refused and changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fields_are_added_through_the_cli_and_read_back() {
+    let data = tempfile::tempdir().unwrap();
+    let logs = tempfile::tempdir().unwrap();
+    let server = start(data.path(), logs.path());
+    let endpoint = server.endpoint();
+    ok(create_collection(&endpoint, "fields"), "create-collection");
+    let insert = |name: &str, lines: Vec<String>| {
+        let file = data.path().join(name);
+        std::fs::write(&file, lines.join("\n")).unwrap();
+        ok(
+            run_cli(
+                &[
+                    "insert",
+                    "--collection",
+                    "fields",
+                    "--file",
+                    file.to_str().unwrap(),
+                    "--coord",
+                    &endpoint,
+                ],
+                &[],
+                TIMEOUT,
+            ),
+            name,
+        )
+    };
+    insert(
+        "before.jsonl",
+        (0..10)
+            .map(|i| format!(r#"{{"id": {i}, "title": "t{i}", "vec": [{i}, 0.5, 1]}}"#))
+            .collect(),
+    );
+    let out = ok(
+        ctl(&server, &["ctl", "add-field", "fields", "score:float:nullable"]),
+        "add-field",
+    );
+    assert!(out.contains("schema_version=2"), "{out}");
+    assert!(out.contains("field score id=5 float nullable"), "{out}");
+    for (bad, why) in [
+        ("plain:int64", "must be nullable"),
+        ("score:int64:nullable", "used already"),
+        ("nope", "unknown type"),
+    ] {
+        let out = ctl(&server, &["ctl", "add-field", "fields", bad]);
+        assert!(!out.status.success(), "{bad} was added");
+        assert!(out.stderr.contains(why), "{bad}: {}", out.stderr);
+    }
+    let out = ok(ctl(&server, &["ctl", "describe", "fields"]), "describe");
+    assert!(out.contains("schema_version=2"), "{out}");
+    assert!(!out.contains("field plain"), "{out}");
+    insert(
+        "after.jsonl",
+        (10..15)
+            .map(|i| {
+                format!(r#"{{"id": {i}, "title": "t{i}", "vec": [{i}, 0.5, 1], "score": {i}.5}}"#)
+            })
+            .collect(),
+    );
+    let query = |filter: &str| {
+        ok(
+            run_cli(
+                &[
+                    "query",
+                    "--node",
+                    &endpoint,
+                    "--collection",
+                    "fields",
+                    "--filter",
+                    filter,
+                    "--output-fields",
+                    "score",
+                ],
+                &[],
+                TIMEOUT,
+            ),
+            filter,
+        )
+    };
+    let rows = query("score is null");
+    assert_eq!(rows.lines().count(), 10, "{rows}");
+    assert!(rows.contains(r#""score":null"#), "{rows}");
+    let rows = query("score > 13");
+    assert_eq!(
+        rows.lines().collect::<Vec<_>>(),
+        [r#"{"id":13,"score":13.5}"#, r#"{"id":14,"score":14.5}"#],
+        "{rows}"
+    );
+}

@@ -850,29 +850,29 @@ async fn reads_match_the_model_with_sealed_segments_on_query_workers_that_get_ki
         .matches("a query worker serves a sealed segment; keeping its keys only")
         .count();
     assert!(handed > 0, "no delegator handed a segment to a worker");
-    // A field is added (a SchemaChange in every shard): reads naming it go through the workers,
-    // which take the delegator's newer schema (their rows read it as null).
-    let mut schema = info.schema.clone().unwrap();
-    let next_id = schema.fields.iter().map(|f| f.field_id).max().unwrap() + 1;
-    schema.fields.push(FieldSchema {
-        field_id: next_id,
-        name: "note".into(),
-        data_type: DataType::Int64 as i32,
-        nullable: true,
-        ..FieldSchema::default()
-    });
-    schema.version += 1;
-    for v in &info.vchannels {
-        let msg = MutableMessage::builder(sluice_types::message::SchemaChangeHeader {
-            collection_id: info.collection_id,
-            flushed_segment_ids: Vec::new(),
-            schema: Some(schema.clone()),
-        })
-        .vchannel(&VChannel::new(v).unwrap())
-        .build()
-        .unwrap();
-        c.client.append(msg).await.expect("schema change");
-    }
+    // A field is added (the catalog broadcasts a SchemaChange to every shard): reads naming it
+    // go through the workers, which take the delegator's newer schema (their rows read it as
+    // null).
+    let added = v1::coordinator_client::CoordinatorClient::new(
+        sluice_proto::lazy_channel(&endpoint).unwrap(),
+    )
+    .add_collection_field(v1::AddCollectionFieldRequest {
+        name: "model".into(),
+        field: Some(FieldSchema {
+            name: "note".into(),
+            data_type: DataType::Int64 as i32,
+            nullable: true,
+            ..FieldSchema::default()
+        }),
+        properties: Default::default(),
+    })
+    .await
+    .expect("add a field")
+    .into_inner();
+    assert_eq!(
+        added.schema.as_ref().map(|s| s.version),
+        info.schema.as_ref().map(|s| s.version + 1)
+    );
     let got = c
         .query
         .query(v1::QueryRequest {
