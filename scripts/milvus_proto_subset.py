@@ -92,6 +92,12 @@ RPCS = {
     "partition, rows written (deletes are separate files), state Flushed, level L1.",
     "CheckHealth": "Healthy when the coordinator answers (catalog read) and the timestamp oracle "
     "allocates; otherwise not, with the reason.",
+    "AlterCollection": "Sets and deletes collection properties (drop_collection_properties "
+    "deletes). collection.ttl.seconds is a time to live: reads skip rows inserted at least that "
+    "long before the read's timestamp. Rate limits, disk protection, replica numbers, resource "
+    "groups, partition-key isolation and dynamicfield.enabled are refused; any other key "
+    "(mmap.enabled, collection.autocompaction.enabled, a user's own) is kept and described back "
+    "with no effect on Sluice. Properties given to CreateCollection are taken the same way.",
     "AddCollectionField": "Adds a nullable scalar field (BOOL, INT8-64, FLOAT, DOUBLE, VARCHAR, "
     "JSON; no default value) to a collection: rows written before read it as null, inserts "
     "after the answer may carry it. pymilvus tries AlterCollectionSchema first, which Sluice "

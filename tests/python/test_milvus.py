@@ -1428,3 +1428,47 @@ def test_fields_added_to_a_collection_read_null_for_older_rows_and_survive_a_res
             c.close()
         finally:
             s.stop()
+
+
+def test_collection_properties_and_a_ttl_in_sluice(sluice):
+    """Collection properties through alter_collection_properties, drop_collection_properties
+    and create_collection(properties=...), described back; collection.ttl.seconds hides rows
+    older than it from query, search and count; properties whose Milvus meaning Sluice does not
+    have are refused (milvus-lite answers AlterCollection UNIMPLEMENTED)."""
+    name = "d_ttl"
+    drop_if_exists(sluice, name)
+    sluice.create_collection(name, dimension=DIM, properties={"collection.ttl.seconds": 3})
+    assert sluice.describe_collection(name)["properties"] == {"collection.ttl.seconds": "3"}
+    sluice.insert(name, rows(10, seed=91))
+    count = lambda: sluice.query(name, filter="", output_fields=["count(*)"])[0]["count(*)"]  # noqa: E731
+    assert count() == 10
+    time.sleep(3.3)
+    sluice.insert(name, rows(4, seed=92, start=100))
+    assert count() == 4
+    assert sorted(r["id"] for r in sluice.query(name, filter="id >= 0")) == [100, 101, 102, 103]
+    hits = sluice.search(name, data=[rows(1, seed=91)[0]["vector"]], limit=20)
+    assert sorted(h["id"] for h in hits[0]) == [100, 101, 102, 103]
+
+    sluice.alter_collection_properties(
+        name, properties={"collection.ttl.seconds": 0, "mmap.enabled": True}
+    )
+    assert sluice.describe_collection(name)["properties"] == {
+        "collection.ttl.seconds": "0",
+        "mmap.enabled": "True",
+    }
+    assert count() == 14  # no TTL: the rows were only hidden
+    sluice.drop_collection_properties(name, property_keys=["mmap.enabled"])
+    assert sluice.describe_collection(name)["properties"] == {"collection.ttl.seconds": "0"}
+    for bad in [
+        {"collection.ttl.seconds": -1},
+        {"collection.ttl.seconds": "soon"},
+        {"collection.insertRate.max.mb": 1},
+        {"collection.replica.number": 2},
+    ]:
+        with pytest.raises(MilvusException) as e:
+            sluice.alter_collection_properties(name, properties=bad)
+        assert e.value.code == 1100, (bad, e.value)
+    with pytest.raises(MilvusException):
+        sluice.create_collection("d_ttl_bad", dimension=DIM, properties={"collection.ttl.seconds": -3})
+    assert not sluice.has_collection("d_ttl_bad")
+    assert sluice.describe_collection(name)["properties"] == {"collection.ttl.seconds": "0"}

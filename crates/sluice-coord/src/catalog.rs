@@ -751,8 +751,9 @@ fn check_properties(p: &std::collections::HashMap<String, String>) -> Result<()>
             )));
         }
     }
-    // The index settings Sluice itself reads must be readable.
+    // The settings Sluice itself reads (index, TTL) must be readable.
     sluice_types::index::IndexSettings::from_properties(p).map_err(CoordError::InvalidArgument)?;
+    sluice_types::ttl::ttl_ms(p).map_err(CoordError::InvalidArgument)?;
     Ok(())
 }
 

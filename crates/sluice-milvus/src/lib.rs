@@ -17,6 +17,7 @@
 
 mod convert;
 mod hybrid;
+mod properties;
 mod service;
 mod status;
 mod template;

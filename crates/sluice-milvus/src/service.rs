@@ -976,6 +976,7 @@ impl MilvusFront {
         };
         let shards = u32::try_from(r.shards_num.max(0)).unwrap_or(1);
         let (schema, mut props) = schema_to_sluice(&m, &name, shards)?;
+        props.extend(crate::properties::to_sluice(&r.properties)?);
         props.insert(PROP_CONSISTENCY.into(), r.consistency_level.to_string());
         self.coord
             .clone()
@@ -1816,6 +1817,20 @@ impl MilvusService for MilvusFront {
         )))
     }
 
+    async fn alter_collection(&self, r: Request<mm::AlterCollectionRequest>) -> Reply<Status> {
+        let r = r.into_inner();
+        let result = async {
+            let c = self
+                .collection_named_or(&r.collection_name, r.collection_id)
+                .await?;
+            let set = crate::properties::to_sluice(&r.properties)?;
+            let delete = crate::properties::keys_to_sluice(&r.delete_keys)?;
+            self.alter(&c.schema.name, set, delete).await
+        }
+        .await;
+        Ok(Response::new(status::of(&result)))
+    }
+
     async fn add_collection_field(
         &self,
         r: Request<mm::AddCollectionFieldRequest>,
@@ -1884,6 +1899,7 @@ impl MilvusService for MilvusFront {
                     collection_name: c.schema.name.clone(),
                     db_name: "default".into(),
                     num_partitions: c.info.partitions.len() as i64,
+                    properties: crate::properties::to_milvus(c.props()),
                     ..Default::default()
                 }
             }

@@ -34,7 +34,7 @@ use arrow_array::{Array, RecordBatch};
 use parking_lot::{Mutex, RwLock};
 use sluice_proto::v1 as pb;
 use sluice_query::segment::{Pk, Segment, pks_of};
-use sluice_query::shard::{Hits, SearchSpec, merge_hits};
+use sluice_query::shard::{Hits, Scope, SearchSpec, merge_hits};
 use sluice_query::{
     AnnIndex, Delegator, Filter, IndexParams, Metric, QueryError, ReadAt, ShardData,
 };
@@ -89,6 +89,9 @@ pub struct QueryHost {
     released: RwLock<std::collections::HashSet<i64>>,
     /// The index settings collections set in their properties (those setting none are absent).
     index_settings: RwLock<HashMap<i64, IndexSettings>>,
+    /// The TTLs (milliseconds) collections set in their properties (those setting none are
+    /// absent): reads skip rows older than that.
+    ttls: RwLock<HashMap<i64, u64>>,
     /// The partitions of every collection in the catalog; `None` until the catalog was read
     /// once. A feed whose log cannot say which partitions live (a replica's) goes by it.
     partitions: tokio::sync::watch::Sender<Option<HashMap<i64, Vec<i64>>>>,
@@ -201,6 +204,7 @@ impl QueryHost {
             address: std::sync::OnceLock::new(),
             released: RwLock::new(std::collections::HashSet::new()),
             index_settings: RwLock::new(HashMap::new()),
+            ttls: RwLock::new(HashMap::new()),
             partitions: tokio::sync::watch::channel(None).0,
             load_gen: tokio::sync::watch::channel(0).0,
             watching: std::sync::Once::new(),
@@ -312,6 +316,7 @@ impl QueryHost {
         d: &Delegator,
         data: &ShardData,
         t: u64,
+        expired_before: u64,
     ) -> Result<Vec<(String, pb::SegmentScope)>, ReadError> {
         let remote = data.remote_segments();
         if remote.is_empty() {
@@ -339,6 +344,7 @@ impl QueryHost {
                 vchannel: d.vchannel().to_owned(),
                 mvcc_timestamp: t,
                 schema: Some(data.schema().clone()),
+                expired_before,
                 ..pb::SegmentScope::default()
             });
             scope.segment_ids.push(s);
@@ -721,9 +727,13 @@ impl QueryHost {
                 req.read.as_ref(),
                 |d, t| async move {
                     let spec = spec.as_ref().expect("a local part has a spec");
+                    let expiry = self.expired_before(d.collection(), t);
                     let (hits, scopes) = {
                         let data = d.read();
-                        (data.search(spec, t)?, self.worker_scopes(&d, &data, t)?)
+                        (
+                            data.search_in(spec, t, &Scope::expiring(expiry))?,
+                            self.worker_scopes(&d, &data, t, expiry)?,
+                        )
                     };
                     if scopes.is_empty() {
                         return Ok(hits);
@@ -805,16 +815,18 @@ impl QueryHost {
                 |d, t| async move {
                     let req = req_ref;
                     let filter = parse_filter(&req.filter, &d)?;
+                    let expiry = self.expired_before(d.collection(), t);
                     let (batch, scopes) = {
                         let data = d.read();
-                        let batch = data.query(
+                        let batch = data.query_in(
                             filter.as_ref(),
                             &req.partition_ids,
                             &req.output_fields,
                             limit,
                             t,
+                            &Scope::expiring(expiry),
                         )?;
-                        (batch, self.worker_scopes(&d, &data, t)?)
+                        (batch, self.worker_scopes(&d, &data, t, expiry)?)
                     };
                     let mut out = vec![batch];
                     for (address, scope) in scopes {
@@ -861,10 +873,16 @@ impl QueryHost {
                 &parts,
                 req.read.as_ref(),
                 |d, t| async move {
+                    let expiry = self.expired_before(d.collection(), t);
                     let (batch, scopes) = {
                         let data = d.read();
-                        let batch = data.get(keys_ref, &req_ref.output_fields, t)?;
-                        (batch, self.worker_scopes(&d, &data, t)?)
+                        let batch = data.get_in(
+                            keys_ref,
+                            &req_ref.output_fields,
+                            t,
+                            &Scope::expiring(expiry),
+                        )?;
+                        (batch, self.worker_scopes(&d, &data, t, expiry)?)
                     };
                     let mut out = vec![batch];
                     for (address, scope) in scopes {
@@ -1826,7 +1844,33 @@ pub(crate) fn index_settings(info: &pb::CollectionInfo) -> IndexSettings {
     })
 }
 
-/// Keeps `released` and `index_settings` equal to the catalog's. Ends with the host.
+/// What a host keeps of one collection's catalog record.
+#[derive(Clone, Debug, PartialEq)]
+struct CatalogView {
+    id: i64,
+    released: bool,
+    settings: IndexSettings,
+    ttl_ms: Option<u64>,
+    partitions: Vec<i64>,
+}
+
+impl CatalogView {
+    fn of(c: &pb::CollectionInfo) -> CatalogView {
+        CatalogView {
+            id: c.collection_id,
+            released: c.load_state == pb::LoadState::Released as i32,
+            settings: index_settings(c),
+            ttl_ms: sluice_types::ttl::ttl_ms(&c.properties).unwrap_or_else(|e| {
+                tracing::warn!(collection = c.collection_id, error = %e, "ignoring the collection's TTL");
+                None
+            }),
+            partitions: c.partitions.iter().map(|p| p.partition_id).collect(),
+        }
+    }
+}
+
+/// Keeps `released`, `index_settings`, `ttls` and `partitions` equal to the catalog's. Ends
+/// with the host.
 async fn watch_load_states(host: std::sync::Weak<QueryHost>) {
     use prost::Message as _;
     let Some(h) = host.upgrade() else { return };
@@ -1834,17 +1878,9 @@ async fn watch_load_states(host: std::sync::Weak<QueryHost>) {
         h.storage.meta.clone(),
         sluice_coord::catalog::collections_prefix(&h.storage.meta_root),
         |value| {
-            pb::CollectionInfo::decode(value).ok().map(|c| {
-                (
-                    c.collection_id,
-                    c.load_state == pb::LoadState::Released as i32,
-                    index_settings(&c),
-                    c.partitions
-                        .iter()
-                        .map(|p| p.partition_id)
-                        .collect::<Vec<_>>(),
-                )
-            })
+            pb::CollectionInfo::decode(value)
+                .ok()
+                .map(|c| CatalogView::of(&c))
         },
     );
     drop(h);
@@ -1852,28 +1888,33 @@ async fn watch_load_states(host: std::sync::Weak<QueryHost>) {
     // after the first).
     let mut scanned = states.has_changed().unwrap_or(false);
     loop {
-        let (released, settings) = {
+        let (released, settings, ttls) = {
             let states = states.borrow_and_update();
             if scanned && let Some(h) = host.upgrade() {
                 let partitions = states
                     .values()
-                    .map(|(id, _, _, p)| (*id, p.clone()))
+                    .map(|c| (c.id, c.partitions.clone()))
                     .collect();
                 h.partitions.send_replace(Some(partitions));
             }
             let released = states
                 .values()
-                .filter(|(_, released, _, _)| *released)
-                .map(|(id, _, _, _)| *id)
+                .filter(|c| c.released)
+                .map(|c| c.id)
                 .collect();
             let settings = states
                 .values()
-                .filter(|(_, _, s, _)| *s != IndexSettings::default())
-                .map(|(id, _, s, _)| (*id, *s))
+                .filter(|c| c.settings != IndexSettings::default())
+                .map(|c| (c.id, c.settings))
                 .collect();
-            (released, settings)
+            let ttls = states
+                .values()
+                .filter_map(|c| Some((c.id, c.ttl_ms?)))
+                .collect();
+            (released, settings, ttls)
         };
         let Some(h) = host.upgrade() else { return };
+        *h.ttls.write() = ttls;
         h.set_catalog(released, settings);
         drop(h);
         if states.changed().await.is_err() {
@@ -1944,6 +1985,11 @@ impl QueryHost {
         if rebuild {
             self.load_gen.send_modify(|g| *g += 1);
         }
+    }
+
+    /// The oldest insert timestamp a read of `collection` at `t` sees (its TTL; 0: every row).
+    fn expired_before(&self, collection: i64, t: u64) -> u64 {
+        sluice_types::ttl::expired_before(t, self.ttls.read().get(&collection).copied())
     }
 
     /// The HNSW parameters of `collection`'s sealed segments: the node's, with what the

@@ -137,7 +137,11 @@ impl QueryWorker {
             .iter()
             .map(|h| (h.segment_id, h.rows.iter().copied().collect()))
             .collect();
-        Ok((d, Scope::of(ids, hidden), scope.mvcc_timestamp))
+        Ok((
+            d,
+            Scope::of(ids, hidden).with_expiry(scope.expired_before),
+            scope.mvcc_timestamp,
+        ))
     }
 
     /// The catalog's schema of `collection` and its HNSW parameters.

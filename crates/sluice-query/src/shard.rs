@@ -75,6 +75,9 @@ pub struct Scope {
     pub segments: Option<HashSet<i64>>,
     /// Per segment, rows the read treats as invisible.
     pub hidden: HashMap<i64, HashSet<u32>>,
+    /// Rows inserted before this timestamp are expired (the collection's TTL at the read's
+    /// timestamp, `sluice_types::ttl::expired_before`); 0: none.
+    pub expired_before: u64,
 }
 
 impl Scope {
@@ -83,6 +86,23 @@ impl Scope {
         Scope {
             segments: Some(ids.into_iter().collect()),
             hidden,
+            expired_before: 0,
+        }
+    }
+
+    /// Every segment held, with rows inserted before `expired_before` expired.
+    pub fn expiring(expired_before: u64) -> Scope {
+        Scope {
+            expired_before,
+            ..Scope::default()
+        }
+    }
+
+    /// This scope, with rows inserted before `expired_before` expired.
+    pub fn with_expiry(self, expired_before: u64) -> Scope {
+        Scope {
+            expired_before,
+            ..self
         }
     }
 
@@ -91,12 +111,13 @@ impl Scope {
     }
 
     #[inline]
-    fn hides(&self, seg: i64, r: usize) -> bool {
-        !self.hidden.is_empty()
-            && self
-                .hidden
-                .get(&seg)
-                .is_some_and(|h| h.contains(&(r as u32)))
+    fn hides(&self, seg: &Segment, r: usize) -> bool {
+        seg.ts[r] < self.expired_before
+            || (!self.hidden.is_empty()
+                && self
+                    .hidden
+                    .get(&seg.id)
+                    .is_some_and(|h| h.contains(&(r as u32))))
     }
 }
 
@@ -579,9 +600,7 @@ impl ShardData {
             let mut top = TopK::<RowRef>::new(spec.top_k);
             for (seg, mask) in segments.iter().zip(&masks) {
                 let keep = |r: usize| {
-                    seg.visible(r, t)
-                        && mask.as_ref().is_none_or(|m| m[r])
-                        && !scope.hides(seg.id, r)
+                    seg.visible(r, t) && mask.as_ref().is_none_or(|m| m[r]) && !scope.hides(seg, r)
                 };
                 let index = seg
                     .index(f)
@@ -681,10 +700,7 @@ impl ShardData {
         for seg in self.segments.values().filter(|s| scope.covers(s)) {
             let mask = self.mask(seg, filter, partitions)?;
             for r in 0..seg.len() {
-                if seg.visible(r, t)
-                    && mask.as_ref().is_none_or(|m| m[r])
-                    && !scope.hides(seg.id, r)
-                {
+                if seg.visible(r, t) && mask.as_ref().is_none_or(|m| m[r]) && !scope.hides(seg, r) {
                     found.push((
                         &seg.pks[r],
                         RowRef {
@@ -735,7 +751,7 @@ impl ShardData {
                 self.segments.get(&at.segment).is_some_and(|s| {
                     scope.covers(s)
                         && s.visible(at.offset as usize, t)
-                        && !scope.hides(s.id, at.offset as usize)
+                        && !scope.hides(s, at.offset as usize)
                 })
             }) {
                 rows.push(*at);

@@ -102,6 +102,11 @@ fn batch(rows: &[Row]) -> RecordBatch {
 
 /// The rows visible at `t`: per key, the newest event at or before `t`, if an insert.
 fn visible(events: &[(u64, Event)], t: u64) -> BTreeMap<i64, Row> {
+    visible_unexpired(events, t, 0)
+}
+
+/// [`visible`], leaving out rows inserted before `expired_before` (a TTL).
+fn visible_unexpired(events: &[(u64, Event)], t: u64, expired_before: u64) -> BTreeMap<i64, Row> {
     let mut out = BTreeMap::new();
     for (ts, e) in events {
         if *ts > t {
@@ -109,14 +114,17 @@ fn visible(events: &[(u64, Event)], t: u64) -> BTreeMap<i64, Row> {
         }
         match e {
             Event::Insert(r) => {
-                out.insert(r.id, r.clone());
+                out.insert(r.id, (*ts, r.clone()));
             }
             Event::Delete(id) => {
                 out.remove(id);
             }
         }
     }
-    out
+    out.into_iter()
+        .filter(|(_, (ts, _))| *ts >= expired_before)
+        .map(|(k, (_, r))| (k, r))
+        .collect()
 }
 
 fn ids(b: &RecordBatch) -> Vec<i64> {
@@ -246,7 +254,19 @@ fn run(seed: u64) {
             _ => {
                 checks += 1;
                 let at = rng.random_range(90..=ts);
-                let model = visible(&events, at);
+                assert_eq!(
+                    shard.count(at),
+                    visible(&events, at).len(),
+                    "seed {seed}: count at {at}"
+                );
+                // Half the reads with a TTL: rows inserted before `expiry` are gone.
+                let expiry = if rng.random_bool(0.5) {
+                    rng.random_range(90..=at)
+                } else {
+                    0
+                };
+                let model = visible_unexpired(&events, at, expiry);
+                let own = Scope::expiring(expiry);
                 // What each worker is asked: its segments, minus the rows gone at `at`.
                 let scopes: Vec<Scope> = (0..2)
                     .map(|w| {
@@ -264,12 +284,12 @@ fn run(seed: u64) {
                                 .missing(&segs.iter().copied().collect::<HashSet<_>>())
                                 .is_empty()
                         );
-                        Scope::of(segs, hidden)
+                        Scope::of(segs, hidden).with_expiry(expiry)
                     })
                     .collect();
                 // Query with a filter (nulls match only `is null`).
                 let mut got = ids(&shard
-                    .query(Some(&filter), &[], &["tag".into()], 0, at)
+                    .query_in(Some(&filter), &[], &["tag".into()], 0, at, &own)
                     .unwrap());
                 for (w, scope) in scopes.iter().enumerate() {
                     got.extend(ids(&workers[w]
@@ -282,11 +302,10 @@ fn run(seed: u64) {
                     .filter(|r| r.tag.is_none_or(|t| t < 5))
                     .map(|r| r.id)
                     .collect();
-                assert_eq!(got, want, "seed {seed}: query at {at}");
-                assert_eq!(shard.count(at), model.len(), "seed {seed}: count at {at}");
+                assert_eq!(got, want, "seed {seed}: query at {at}, expiry {expiry}");
                 // Get.
                 let keys: Vec<Pk> = (0..5).map(|_| Pk::Int(rng.random_range(0..KEYS))).collect();
-                let mut found: HashSet<i64> = ids(&shard.get(&keys, &[], at).unwrap())
+                let mut found: HashSet<i64> = ids(&shard.get_in(&keys, &[], at, &own).unwrap())
                     .into_iter()
                     .collect();
                 for (w, scope) in scopes.iter().enumerate() {
@@ -312,7 +331,7 @@ fn run(seed: u64) {
                     })
                     .filter(|v| seen.insert(*v) && model.contains_key(v))
                     .collect();
-                assert_eq!(got, want, "seed {seed}: get at {at}");
+                assert_eq!(got, want, "seed {seed}: get at {at}, expiry {expiry}");
                 // Exact search.
                 let q: Vec<f32> = (0..DIM).map(|_| rng.random_range(-1.0..1.0)).collect();
                 let spec = SearchSpec {
@@ -326,7 +345,7 @@ fn run(seed: u64) {
                     exact: true,
                     ef: None,
                 };
-                let mut parts: Vec<Hits> = shard.search(&spec, at).unwrap();
+                let mut parts: Vec<Hits> = shard.search_in(&spec, at, &own).unwrap();
                 for (w, scope) in scopes.iter().enumerate() {
                     parts.extend(workers[w].search_in(&spec, at, scope).unwrap());
                 }
@@ -341,7 +360,7 @@ fn run(seed: u64) {
                 assert_eq!(
                     got,
                     want.iter().map(|w| w.1).collect::<Vec<_>>(),
-                    "seed {seed}: search at {at}"
+                    "seed {seed}: search at {at}, expiry {expiry}"
                 );
                 for (s, w) in hits[0].scores.iter().zip(&want) {
                     assert!((s - w.0).abs() < 1e-5, "seed {seed}: score {s} vs {}", w.0);

@@ -13,6 +13,7 @@ pub mod message;
 pub mod read;
 pub mod schema;
 pub mod storage;
+pub mod ttl;
 
 pub use channel::{PChannel, VChannel};
 pub use code::ErrorCode;

@@ -823,7 +823,10 @@ async fn fields_are_added_through_the_cli_and_read_back() {
             .collect(),
     );
     let out = ok(
-        ctl(&server, &["ctl", "add-field", "fields", "score:float:nullable"]),
+        ctl(
+            &server,
+            &["ctl", "add-field", "fields", "score:float:nullable"],
+        ),
         "add-field",
     );
     assert!(out.contains("schema_version=2"), "{out}");
