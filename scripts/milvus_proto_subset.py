@@ -23,7 +23,9 @@ RPCS = {
     "Connect": "Registers a client; answers with the server's identity. Sluice keeps no session.",
     "GetVersion": "The server's version string.",
     "CreateCollection": "A collection from a serialized schema.CollectionSchema: fields map onto "
-    "Sluice's types; the dynamic field is a JSON field; shards_num shards (0 = 1).",
+    "Sluice's types; the dynamic field is a JSON field; shards_num shards (0 = 1). A field's "
+    "default_value (BOOL, integers, FLOAT, DOUBLE, VARCHAR) fills inserts that leave it out or "
+    "give null. properties as in AlterCollection.",
     "DropCollection": "Drops a collection and its data.",
     "HasCollection": "Whether a collection exists.",
     "DescribeCollection": "The schema, id, shards and creation time of a collection.",
@@ -68,13 +70,19 @@ RPCS = {
     "primary key, `ids`; a key with no row is an error) with a filter, output fields, limit, "
     "offset and metric; ids, distances and fields in SearchResultData. A collection with "
     "several vector fields is searched on the one named by anns_field, with its index's "
-    "metric.",
+    "metric. session_ts is the timestamp the search read the collection at; a request marked "
+    "`iterator` reads as of its guarantee_timestamp (an iterator's pages see one snapshot). "
+    "pymilvus's search iterator (search_iter_v2, search_iter_batch_size, search_iter_last_bound, "
+    "search_iter_id) gets pages of the nearest hits strictly past the last bound, at most 16384 "
+    "hits deep, with search_iterator_v2_results (token, last_bound).",
     "HybridSearch": "Several searches (each its own vector field, query vectors, filter and "
     "limit) fused into one ranking per query vector: RRF (k) or weighted (weights, one per "
     "search; scores normalized to 0..1, L2 always, IP and COSINE unless norm_score is false); "
     "limit, offset, "
     "round_decimal and output fields as in Search. Function scores and grouping are refused.",
-    "Query": "Rows matching a filter (limit, offset, output fields), or count(*).",
+    "Query": "Rows matching a filter (limit, offset, output fields), or count(*). session_ts "
+    "is the timestamp the query read the collection at; a request marked `iterator` reads as "
+    "of its guarantee_timestamp (a query iterator's pages see one snapshot).",
     "Flush": "Seals the collection's growing segments into Parquet.",
     "GetFlushState": "True once the flush has been written.",
     "AllocTimestamp": "A timestamp from Sluice's oracle.",

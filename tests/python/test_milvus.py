@@ -1307,6 +1307,40 @@ def test_iterators_read_one_snapshot_while_rows_change_in_sluice(sluice):
     )
 
 
+def test_the_search_iterator_pages_through_every_hit_in_order_in_sluice(sluice, caplog):
+    """pymilvus's search iterator (v2: the server pages past the last bound; no fallback to
+    v1) returns every row once, nearest first, in pages of the batch size."""
+    import logging
+
+    name = "d_search_iterator"
+    fresh(sluice, name)
+    sluice.insert(name, rows(130, seed=63))
+    probe = rows(1, seed=64)[0]["vector"]
+    everything = sluice.search(name, data=[probe], limit=130)[0]
+    with caplog.at_level(logging.WARNING):
+        it = sluice.search_iterator(name, data=[probe], batch_size=25)
+        pages = []
+        while page := it.next():
+            pages.append([(h["id"], h["distance"]) for h in page])
+        it.close()
+    assert not [r for r in caplog.records if "Search Iterator V2" in r.getMessage()], caplog.text
+    assert [len(p) for p in pages] == [25, 25, 25, 25, 25, 5]
+    got = [h for p in pages for h in p]
+    assert [i for i, _ in got] == [h["id"] for h in everything]
+    scores = [d for _, d in got]
+    assert scores == sorted(scores, reverse=True)  # COSINE: most similar first
+    # Within a radius (COSINE: more similar than it): the hits before it, in pages.
+    radius = everything[60]["distance"]
+    it = sluice.search_iterator(
+        name, data=[probe], batch_size=25, search_params={"params": {"radius": radius}}
+    )
+    within = []
+    while page := it.next():
+        within.extend(h["id"] for h in page)
+    it.close()
+    assert within == [h["id"] for h in everything[:60]]
+
+
 def test_replicas_and_loaded_segments_are_described_in_sluice(sluice, sluice_server):
     """describe_replica: one replica (no query workers here), a leader for each shard — the
     standalone node; get_query_segment_info: the flushed segments with the node holding them;
@@ -1472,3 +1506,66 @@ def test_collection_properties_and_a_ttl_in_sluice(sluice):
         sluice.create_collection("d_ttl_bad", dimension=DIM, properties={"collection.ttl.seconds": -3})
     assert not sluice.has_collection("d_ttl_bad")
     assert sluice.describe_collection(name)["properties"] == {"collection.ttl.seconds": "0"}
+
+
+def test_default_values_fill_rows_without_a_value_like_milvus(sluice, lite):
+    """Fields with a default value: an insert leaving it out, or giving None to a nullable one,
+    stores the default; describe_collection shows it; a default of the wrong type is refused."""
+
+    def run(c):
+        name = "d_defaults"
+        drop_if_exists(c, name)
+        schema = c.create_schema(auto_id=False)
+        schema.add_field("id", DataType.INT64, is_primary=True)
+        schema.add_field("vector", DataType.FLOAT_VECTOR, dim=DIM)
+        schema.add_field("n", DataType.INT64, default_value=7)
+        schema.add_field("small", DataType.INT16, default_value=-3)
+        schema.add_field("s", DataType.VARCHAR, max_length=8, nullable=True, default_value="dflt")
+        schema.add_field("f", DataType.FLOAT, default_value=1.5)
+        schema.add_field("b", DataType.BOOL, default_value=True)
+        index = c.prepare_index_params()
+        index.add_index(field_name="vector", index_type="FLAT", metric_type="L2")
+        c.create_collection(name, schema=schema, index_params=index)
+        vec = [0.25] * DIM
+        c.insert(
+            name,
+            [
+                {"id": 1, "vector": vec},
+                {"id": 2, "vector": vec, "n": 5, "small": 9, "s": None, "f": 2.5, "b": False},
+                {"id": 3, "vector": vec, "s": "set"},
+            ],
+        )
+        got = c.query(
+            name,
+            filter="id >= 0",
+            output_fields=["n", "small", "s", "f", "b"],
+            consistency_level="Strong",
+        )
+        fields = {f["name"]: f.get("default_value") for f in c.describe_collection(name)["fields"]}
+        filtered = sorted(r["id"] for r in c.query(name, filter="n == 7", consistency_level="Strong"))
+        return sorted((r["id"], r["n"], r["small"], r["s"], r["f"], r["b"]) for r in got), filtered, fields
+
+    mine, theirs = both(sluice, lite, run)
+    assert mine[0] == [
+        (1, 7, -3, "dflt", 1.5, True),
+        (2, 5, 9, "dflt", 2.5, False),
+        (3, 7, -3, "set", 1.5, True),
+    ], mine
+    assert mine[:2] == theirs[:2], (mine, theirs)
+    assert {k: v for k, v in mine[2].items() if v is not None} == {
+        k: v for k, v in theirs[2].items() if v is not None
+    }, (mine[2], theirs[2])
+
+    bad = MilvusClient.create_schema(auto_id=False)
+    bad.add_field("id", DataType.INT64, is_primary=True)
+    bad.add_field("vector", DataType.FLOAT_VECTOR, dim=DIM)
+    bad.add_field("s", DataType.VARCHAR, max_length=3, default_value="too long")
+    with pytest.raises(MilvusException) as e:
+        sluice.create_collection("d_defaults_bad", schema=bad)
+    assert e.value.code == 1100
+    assert not sluice.has_collection("d_defaults_bad")
+    with pytest.raises(MilvusException) as e:
+        sluice.add_collection_field(
+            "d_defaults", "later", DataType.INT64, nullable=True, default_value=1
+        )
+    assert "default value" in e.value.message

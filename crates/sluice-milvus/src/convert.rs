@@ -27,6 +27,9 @@ pub(crate) const PROP_CONSISTENCY: &str = "milvus.consistency_level";
 pub(crate) const PROP_RELEASED: &str = "milvus.released_partitions";
 /// Collection property: the index (a JSON object: field, name, type, metric, params).
 pub(crate) const PROP_INDEX: &str = "milvus.index";
+/// Collection property: the fields' default values (Milvus's `default_value`), as a JSON object
+/// of field name → value; an insert without a value (or with null) for such a field gets it.
+pub(crate) const PROP_DEFAULTS: &str = "milvus.field_defaults";
 /// The name Milvus gives the dynamic field.
 pub(crate) const MILVUS_DYNAMIC: &str = "$meta";
 
@@ -52,11 +55,16 @@ pub(crate) fn schema_to_sluice(
     }
     let mut fields = Vec::new();
     let mut narrow = serde_json::Map::new();
+    let mut defaults = serde_json::Map::new();
     for f in &m.fields {
         if f.is_dynamic {
             continue;
         }
-        fields.push(field_to_sluice(f, m.auto_id_legacy(), &mut narrow)?);
+        let field = field_to_sluice(f, m.auto_id_legacy(), &mut narrow)?;
+        if let Some(v) = default_of(f, &field)? {
+            defaults.insert(f.name.clone(), v);
+        }
+        fields.push(field);
     }
     if m.enable_dynamic_field {
         fields.push(FieldSchema {
@@ -71,6 +79,12 @@ pub(crate) fn schema_to_sluice(
     if !narrow.is_empty() {
         props.insert(PROP_TYPES.to_owned(), Value::Object(narrow).to_string());
     }
+    if !defaults.is_empty() {
+        props.insert(
+            PROP_DEFAULTS.to_owned(),
+            Value::Object(defaults).to_string(),
+        );
+    }
     Ok((
         CollectionSchema {
             name: name.to_owned(),
@@ -84,7 +98,8 @@ pub(crate) fn schema_to_sluice(
 }
 
 /// One Milvus field as a Sluice field (its id left 0); an INT8 or INT16 field, stored as INT32,
-/// is noted in `narrow` (field name → Milvus type number, for [`PROP_TYPES`]).
+/// is noted in `narrow` (field name → Milvus type number, for [`PROP_TYPES`]). Its default
+/// value is [`default_of`]'s.
 pub(crate) fn field_to_sluice(
     f: &ms::FieldSchema,
     auto_id_legacy: bool,
@@ -125,12 +140,6 @@ pub(crate) fn field_to_sluice(
             }),
         }
     };
-    if f.default_value.is_some() {
-        return Err(Failure::unsupported(format!(
-            "a default value (field {:?})",
-            f.name
-        )));
-    }
     Ok(FieldSchema {
         field_id: 0,
         name: f.name.clone(),
@@ -143,6 +152,112 @@ pub(crate) fn field_to_sluice(
         description: f.description.clone(),
         is_dynamic: false,
     })
+}
+
+/// The default value of Milvus field `f` (Sluice field `field`) as JSON, checked against the
+/// field: BOOL, the integers (within their Milvus width), FLOAT, DOUBLE and VARCHAR (within
+/// its max length) take one of their type.
+pub(crate) fn default_of(
+    f: &ms::FieldSchema,
+    field: &FieldSchema,
+) -> Result<Option<Value>, Failure> {
+    use ms::value_field::Data;
+    let Some(data) = f.default_value.as_ref().and_then(|d| d.data.as_ref()) else {
+        return Ok(None);
+    };
+    let mt = MDataType::try_from(f.data_type).unwrap_or(MDataType::None);
+    let wrong = || {
+        Failure::invalid(format!(
+            "field {:?}: its default value {data:?} is not a {}",
+            f.name,
+            mt.as_str_name()
+        ))
+    };
+    if f.is_primary_key || field.is_dynamic {
+        return Err(Failure::invalid(format!(
+            "field {:?}: a primary key or dynamic field has no default value",
+            f.name
+        )));
+    }
+    // Clients send integers as int or long data, and floats as float or double data.
+    let int = match data {
+        Data::IntData(i) => Some(i64::from(*i)),
+        Data::LongData(l) => Some(*l),
+        _ => None,
+    };
+    let float = match data {
+        Data::FloatData(x) => Some(f64::from(*x)),
+        Data::DoubleData(x) => Some(*x),
+        _ => None,
+    };
+    let value = match (mt, data) {
+        (MDataType::Bool, Data::BoolData(b)) => Value::from(*b),
+        (MDataType::Int8, _) if int.is_some_and(|i| i8::try_from(i).is_ok()) => Value::from(int),
+        (MDataType::Int16, _) if int.is_some_and(|i| i16::try_from(i).is_ok()) => Value::from(int),
+        (MDataType::Int32, _) if int.is_some_and(|i| i32::try_from(i).is_ok()) => Value::from(int),
+        (MDataType::Int64, _) if int.is_some() => Value::from(int),
+        (MDataType::Float, _) if float.is_some_and(|x| x.is_finite() && (x as f32).is_finite()) => {
+            Value::from(float)
+        }
+        (MDataType::Double, _) if float.is_some_and(f64::is_finite) => Value::from(float),
+        (MDataType::VarChar, Data::StringData(v))
+            if field.max_length == 0 || v.len() <= field.max_length as usize =>
+        {
+            Value::from(v.clone())
+        }
+        (
+            MDataType::Bool
+            | MDataType::Int8
+            | MDataType::Int16
+            | MDataType::Int32
+            | MDataType::Int64
+            | MDataType::Float
+            | MDataType::Double
+            | MDataType::VarChar,
+            _,
+        ) => return Err(wrong()),
+        _ => {
+            return Err(Failure::unsupported(format!(
+                "a default value for field {:?} of type {}",
+                f.name,
+                mt.as_str_name()
+            )));
+        }
+    };
+    Ok(Some(value))
+}
+
+/// The default value kept for field `name` (see [`PROP_DEFAULTS`]) as Milvus's.
+fn default_to_milvus(
+    name: &str,
+    ty: MDataType,
+    props: &HashMap<String, String>,
+) -> Option<ms::ValueField> {
+    use ms::value_field::Data;
+    let defaults: serde_json::Map<String, Value> = props
+        .get(PROP_DEFAULTS)
+        .and_then(|v| serde_json::from_str(v).ok())?;
+    let v = defaults.get(name)?;
+    let data = match ty {
+        MDataType::Bool => Data::BoolData(v.as_bool()?),
+        MDataType::Int8 | MDataType::Int16 | MDataType::Int32 => {
+            Data::IntData(i32::try_from(v.as_i64()?).ok()?)
+        }
+        MDataType::Int64 => Data::LongData(v.as_i64()?),
+        MDataType::Float => Data::FloatData(v.as_f64()? as f32),
+        MDataType::Double => Data::DoubleData(v.as_f64()?),
+        MDataType::VarChar => Data::StringData(v.as_str()?.to_owned()),
+        _ => return None,
+    };
+    Some(ms::ValueField { data: Some(data) })
+}
+
+/// The default values kept in `props` (see [`PROP_DEFAULTS`]).
+pub(crate) fn defaults(props: &HashMap<String, String>) -> serde_json::Map<String, Value> {
+    props
+        .get(PROP_DEFAULTS)
+        .and_then(|v| serde_json::from_str(v).ok())
+        .unwrap_or_default()
 }
 
 trait LegacyAutoId {
@@ -215,6 +330,7 @@ pub(crate) fn schema_to_milvus(
                 auto_id: f.auto_id,
                 is_dynamic: f.is_dynamic,
                 nullable: f.nullable && !f.is_dynamic,
+                default_value: default_to_milvus(&f.name, milvus_type(f, props), props),
                 ..Default::default()
             }
         })
@@ -324,11 +440,13 @@ fn column_values(fd: &FieldData) -> Result<Vec<Value>, Failure> {
 
 /// Milvus columns as a batch of `schema`'s rows (the dynamic field's JSON objects go into
 /// [`DYNAMIC_FIELD`]). `num_rows` is the request's row count (0: not given); every column must
-/// have that many rows, and name a field at most once.
+/// have that many rows, and name a field at most once. Fields with a default value in
+/// `defaults` (see [`PROP_DEFAULTS`]) get it where a row has none.
 pub(crate) fn rows_from_milvus(
     schema: &CollectionSchema,
     columns: &[FieldData],
     num_rows: u32,
+    defaults: &serde_json::Map<String, Value>,
 ) -> Result<RecordBatch, Failure> {
     let n = columns.iter().map(column_len).max().unwrap_or(0);
     if n == 0 {
@@ -381,6 +499,14 @@ pub(crate) fn rows_from_milvus(
         }
         for (row, v) in rows.iter_mut().zip(values) {
             row.insert(target.clone(), v);
+        }
+    }
+    // A field with a default value: rows without a value for it get the default.
+    for (field, default) in defaults {
+        for row in &mut rows {
+            if row.get(field).is_none_or(Value::is_null) {
+                row.insert(field.clone(), default.clone());
+            }
         }
     }
     let rows: Vec<Value> = rows.into_iter().map(Value::Object).collect();

@@ -35,6 +35,8 @@ pub(crate) struct Searched {
     pub(crate) collection: Collection,
     /// The timestamp the search read the collection at.
     pub(crate) mvcc_timestamp: u64,
+    /// A search iterator's page: its token and last bound.
+    pub(crate) iterator: Option<ms::SearchIteratorV2Results>,
     pub(crate) metric: v1::MetricType,
     pub(crate) nq: usize,
     pub(crate) top_k: u64,
@@ -61,6 +63,7 @@ impl Searched {
             topks: self.topks,
             output_fields: self.report,
             primary_field_name: c.pk()?.name.clone(),
+            search_iterator_v2_results: self.iterator,
             ..Default::default()
         })
     }

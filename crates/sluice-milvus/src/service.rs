@@ -271,6 +271,39 @@ fn param<'a>(params: &'a [KeyValuePair], key: &str) -> Option<&'a str> {
         .map(|p| p.value.as_str())
 }
 
+/// A Milvus response carrying a status.
+trait WithStatus: Default {
+    fn with_status(self, status: Status) -> Self;
+}
+
+macro_rules! with_status {
+    ($($t:ty),* $(,)?) => {$(
+        impl WithStatus for $t {
+            fn with_status(self, status: Status) -> Self {
+                Self {
+                    status: Some(status),
+                    ..self
+                }
+            }
+        }
+    )*};
+}
+
+with_status!(
+    mm::GetPartitionStatisticsResponse,
+    mm::GetPersistentSegmentInfoResponse,
+    mm::GetReplicasResponse,
+    mm::GetQuerySegmentInfoResponse,
+);
+
+/// The answer to a call: `result` with status OK, or an empty response with the failure's.
+fn answer<T: WithStatus>(result: Result<T, Failure>) -> Response<T> {
+    Response::new(match result {
+        Ok(r) => r.with_status(status::ok()),
+        Err(f) => T::default().with_status(f.status()),
+    })
+}
+
 /// The resource group Milvus reports every replica in (Sluice has no resource groups).
 const DEFAULT_RESOURCE_GROUP: &str = "__default_resource_group";
 
@@ -298,6 +331,90 @@ fn read_options(level: i32, guarantee: u64, params: &[KeyValuePair]) -> v1::Read
         guarantee_timestamp: guarantee,
         mvcc_timestamp: if iterator { guarantee } else { 0 },
         ..Default::default()
+    }
+}
+
+/// A page of pymilvus's search iterator (v2): `search_iter_v2` set, the page size in
+/// `search_iter_batch_size`, and after the first page the score of the last hit returned so far
+/// in `search_iter_last_bound` — the page is the nearest hits strictly past it (and within
+/// `radius` / `range_filter` when given). The pages read
+/// one snapshot (the first's session_ts, see [`read_options`]). Hits tied with the bound that
+/// did not fit in the previous page are not returned (as in Milvus), and an iterator reaches
+/// at most 16384 hits deep (as a range search).
+#[derive(Clone, Debug)]
+struct IteratorV2 {
+    batch: u64,
+    last_bound: Option<f32>,
+    /// The iterator's id (`search_iter_id`), set from the second page on.
+    token: Option<String>,
+}
+
+impl IteratorV2 {
+    fn of(p: &[KeyValuePair]) -> Result<Option<IteratorV2>, Failure> {
+        if !param(p, "search_iter_v2").is_some_and(|v| v.eq_ignore_ascii_case("true")) {
+            return Ok(None);
+        }
+        let batch = match param(p, "search_iter_batch_size").or_else(|| param(p, "topk")) {
+            Some(v) => v
+                .trim()
+                .parse::<u64>()
+                .ok()
+                .filter(|b| (1..=16384).contains(b))
+                .ok_or_else(|| {
+                    Failure::invalid(format!(
+                        "search_iter_batch_size {v:?}: a whole number from 1 to 16384"
+                    ))
+                })?,
+            None => return Err(Failure::invalid("a search iterator needs a batch size")),
+        };
+        let last_bound = match param(p, "search_iter_last_bound").filter(|v| !v.is_empty()) {
+            None => None,
+            Some(v) => Some(
+                v.trim()
+                    .parse::<f32>()
+                    .ok()
+                    .filter(|b| b.is_finite())
+                    .ok_or_else(|| {
+                        Failure::invalid(format!("search_iter_last_bound {v:?}: a number"))
+                    })?,
+            ),
+        };
+        let token = param(p, "search_iter_id")
+            .filter(|t| !t.is_empty())
+            .map(str::to_owned);
+        Ok(Some(IteratorV2 {
+            batch,
+            last_bound,
+            token,
+        }))
+    }
+
+    /// The hits a page may hold: those of `given` (a range search's), or every hit, strictly
+    /// past the last bound.
+    fn range(&self, metric: v1::MetricType, given: Option<Range>) -> Range {
+        let ascending = metric == v1::MetricType::L2;
+        let mut range = given.unwrap_or(Range {
+            far: if ascending {
+                f32::INFINITY
+            } else {
+                f32::NEG_INFINITY
+            },
+            near: None,
+            ascending,
+        });
+        if let Some(b) = self.last_bound {
+            let past = if ascending {
+                b.next_up()
+            } else {
+                b.next_down()
+            };
+            range.near = Some(match range.near {
+                None => past,
+                Some(n) if ascending => n.max(past),
+                Some(n) => n.min(past),
+            });
+        }
+        range
     }
 }
 
@@ -1009,6 +1126,12 @@ impl MilvusFront {
         };
         let before = narrow.len();
         let field = field_to_sluice(&f, false, &mut narrow)?;
+        if f.default_value.is_some() {
+            return Err(Failure::unsupported(format!(
+                "a default value for added field {:?} (rows written before it read null)",
+                f.name
+            )));
+        }
         let mut properties = HashMap::new();
         if narrow.len() != before {
             properties.insert(PROP_TYPES.to_owned(), Value::Object(narrow).to_string());
@@ -1037,7 +1160,12 @@ impl MilvusFront {
         let partition_id = c.partition(partition)?;
         let generated = self.auto_ids(&c, columns).await?;
         let columns: Vec<FieldData> = columns.iter().cloned().chain(generated).collect();
-        let batch = rows_from_milvus(&c.schema, &columns, num_rows)?;
+        let batch = rows_from_milvus(
+            &c.schema,
+            &columns,
+            num_rows,
+            &crate::convert::defaults(c.props()),
+        )?;
         let pk = c.pk()?.name.clone();
         let keys = batch
             .column_by_name(&pk)
@@ -1277,10 +1405,17 @@ impl MilvusFront {
             }
         }
         let grouping = Grouping::of(&c, p)?;
-        let top_k: u64 = param(p, "topk")
-            .unwrap_or("10")
-            .parse()
-            .map_err(|_| Failure::invalid("topk must be a number"))?;
+        let iterator = IteratorV2::of(p)?;
+        if iterator.is_some() && grouping.is_some() {
+            return Err(Failure::unsupported("a grouped search iterator"));
+        }
+        let top_k: u64 = match &iterator {
+            Some(it) => it.batch,
+            None => param(p, "topk")
+                .unwrap_or("10")
+                .parse()
+                .map_err(|_| Failure::invalid("topk must be a number"))?,
+        };
         let offset: u64 = param(p, "offset")
             .filter(|o| !o.is_empty())
             .unwrap_or("0")
@@ -1308,7 +1443,10 @@ impl MilvusFront {
             _ => serde_json::Map::new(),
         };
         let ef = params.get("ef").and_then(Value::as_u64).unwrap_or(0);
-        let range = Range::of(&params, metric)?;
+        let range = match (&iterator, Range::of(&params, metric)?) {
+            (None, range) => range,
+            (Some(it), given) => Some(it.range(metric, given)),
+        };
         let exact = c
             .index_of(&anns)
             .and_then(|i| i.get("index_type")?.as_str().map(|t| t == "FLAT"))
@@ -1354,6 +1492,11 @@ impl MilvusFront {
             None => return Err(Failure::invalid("a search needs query vectors")),
         };
         let nq = vectors.len();
+        if iterator.is_some() && nq != 1 {
+            return Err(Failure::invalid(format!(
+                "a search iterator takes one query vector, not {nq}"
+            )));
+        }
         if r.nq != 0 && usize::try_from(r.nq).ok() != Some(nq) {
             return Err(Failure::invalid(format!(
                 "nq is {} but the request holds {nq} query vectors",
@@ -1439,9 +1582,16 @@ impl MilvusFront {
                 rows.push(all.slice(skip, take));
             }
         }
+        let iterator = iterator.map(|it| ms::SearchIteratorV2Results {
+            token: it.token.unwrap_or_else(|| {
+                format!("sluice-{}-{}", c.info.collection_id, resp.mvcc_timestamp)
+            }),
+            last_bound: scores.last().copied().or(it.last_bound).unwrap_or(0.0),
+        });
         Ok(Searched {
             collection: c,
             mvcc_timestamp: resp.mvcc_timestamp,
+            iterator,
             metric,
             nq,
             top_k,
@@ -2428,16 +2578,10 @@ impl MilvusService for MilvusFront {
             Ok::<_, Failure>(self.keys_matching(&c, "", vec![partition]).await?.len())
         }
         .await;
-        Ok(Response::new(match result {
-            Ok(n) => mm::GetPartitionStatisticsResponse {
-                status: Some(status::ok()),
-                stats: vec![kv("row_count", n.to_string())],
-            },
-            Err(f) => mm::GetPartitionStatisticsResponse {
-                status: Some(f.status()),
-                stats: Vec::new(),
-            },
-        }))
+        Ok(answer(result.map(|n| mm::GetPartitionStatisticsResponse {
+            stats: vec![kv("row_count", n.to_string())],
+            ..Default::default()
+        })))
     }
 
     async fn flush_all(&self, _: Request<mm::FlushAllRequest>) -> Reply<mm::FlushAllResponse> {
@@ -2514,16 +2658,12 @@ impl MilvusService for MilvusFront {
             )
         }
         .await;
-        Ok(Response::new(match result {
-            Ok(infos) => mm::GetPersistentSegmentInfoResponse {
-                status: Some(status::ok()),
+        Ok(answer(result.map(|infos| {
+            mm::GetPersistentSegmentInfoResponse {
                 infos,
-            },
-            Err(f) => mm::GetPersistentSegmentInfoResponse {
-                status: Some(f.status()),
-                infos: Vec::new(),
-            },
-        }))
+                ..Default::default()
+            }
+        })))
     }
 
     async fn get_replicas(
@@ -2589,16 +2729,10 @@ impl MilvusService for MilvusFront {
             )
         }
         .await;
-        Ok(Response::new(match result {
-            Ok(replicas) => mm::GetReplicasResponse {
-                status: Some(status::ok()),
-                replicas,
-            },
-            Err(f) => mm::GetReplicasResponse {
-                status: Some(f.status()),
-                replicas: Vec::new(),
-            },
-        }))
+        Ok(answer(result.map(|replicas| mm::GetReplicasResponse {
+            replicas,
+            ..Default::default()
+        })))
     }
 
     async fn get_query_segment_info(
@@ -2668,16 +2802,12 @@ impl MilvusService for MilvusFront {
             )
         }
         .await;
-        Ok(Response::new(match result {
-            Ok(infos) => mm::GetQuerySegmentInfoResponse {
-                status: Some(status::ok()),
+        Ok(answer(result.map(|infos| {
+            mm::GetQuerySegmentInfoResponse {
                 infos,
-            },
-            Err(f) => mm::GetQuerySegmentInfoResponse {
-                status: Some(f.status()),
-                infos: Vec::new(),
-            },
-        }))
+                ..Default::default()
+            }
+        })))
     }
 
     async fn check_health(
