@@ -12,9 +12,17 @@
 //! or_expr    := and_expr (("or" | "||") and_expr)*
 //! and_expr   := not_expr (("and" | "&&") not_expr)*
 //! not_expr   := ("not" | "!") not_expr | primary
-//! primary    := "(" expr ")" | comparison | range | in_expr | null_test | like
+//! primary    := "(" expr ")" | comparison | range | in_expr | null_test | like | function
+//!             | "exists" path
 //! comparison := field OP literal | literal OP field       OP: == != < <= > >=
-//! field      := name | name ("[" string "]")+              (a key path in a JSON field)
+//! field      := name | path
+//! path       := name ("[" (string | index) "]")*           (a key path in a JSON field; an
+//!                                                          index steps into an array)
+//! function   := ("json_contains" | "array_contains") "(" path "," json ")"
+//!             | ("json_contains_any" | "json_contains_all" | "array_contains_any"
+//!                | "array_contains_all") "(" path "," "[" [json ("," json)*] "]" ")"
+//!             | ("array_length" | "json_length") "(" path ")" OP integer
+//! json       := literal | "[" [json ("," json)*] "]"
 //! range      := literal ("<" | "<=") field ("<" | "<=") literal
 //!             | literal (">" | ">=") field (">" | ">=") literal
 //! in_expr    := field ["not"] "in" "[" [literal ("," literal)*] "]"
@@ -46,7 +54,14 @@
 //! * The schema's dynamic field (`FieldSchema.is_dynamic`) answers for names that are not
 //!   fields: `color == "red"` reads `dynamic["color"]`, `dims["w"]` reads
 //!   `dynamic["dims"]["w"]`.
-//! * A JSON field itself and FLOAT_VECTOR fields cannot be compared.
+//! * The JSON functions read the value at a path as JSON: `json_contains(path, v)` is true when
+//!   it is an array holding `v` (numbers equal by value, `1 == 1.0`), `_any` / `_all` when it
+//!   holds any / every value of a list, and false when it is not an array or missing (as in
+//!   Milvus: never unknown, so `not json_contains(...)` matches rows without the key);
+//!   `array_length(path) OP n` compares an array's length (unknown when not an array). `exists path` is true when the key
+//!   is there, even holding JSON null. Function names are case-insensitive.
+//! * A JSON field itself cannot be compared (only `is [not] null`, true for SQL null and JSON
+//!   null alike, and the functions); FLOAT_VECTOR fields cannot be filtered on.
 //!
 //! # Nulls
 //!
@@ -78,6 +93,9 @@ use sluice_types::schema::{CollectionSchema, DataType};
 
 /// Deepest nesting of parentheses and `not`s an expression may have.
 pub const MAX_DEPTH: usize = 128;
+
+/// Most values in a JSON function's list literal.
+const MAX_JSON_LIST: usize = 65_536;
 
 /// Longest token text a [`FilterError`] quotes.
 const MAX_TOKEN_QUOTE: usize = 40;
@@ -251,6 +269,19 @@ impl CmpOp {
             CmpOp::Le => CmpOp::Ge,
             CmpOp::Gt => CmpOp::Lt,
             CmpOp::Ge => CmpOp::Le,
+        }
+    }
+
+    /// Whether `a op b` holds, given how `a` compares with `b`.
+    fn holds(self, ord: std::cmp::Ordering) -> bool {
+        use std::cmp::Ordering::{Equal, Greater, Less};
+        match self {
+            CmpOp::Eq => ord == Equal,
+            CmpOp::Ne => ord != Equal,
+            CmpOp::Lt => ord == Less,
+            CmpOp::Le => ord != Greater,
+            CmpOp::Gt => ord == Greater,
+            CmpOp::Ge => ord != Less,
         }
     }
 
@@ -588,13 +619,23 @@ impl Kind {
     }
 }
 
+/// One step down a JSON document: an object's key or an array's index.
+#[derive(Debug, Clone, PartialEq)]
+enum Step {
+    Key(String),
+    Index(usize),
+}
+
 /// A key of a JSON field's objects, read as a column of one kind.
 #[derive(Debug, Clone, PartialEq)]
 struct JsonKey {
-    /// Keys from the document down (`meta["a"]["b"]`: `a`, then `b`).
-    path: Vec<String>,
+    /// Steps from the document down (`meta["a"][0]`: key `a`, then index 0).
+    path: Vec<Step>,
     /// Any non-null value counts (as its JSON text): for `is [not] null`.
     any: bool,
+    /// The value itself as JSON text (JSON null as `null`; a missing value as a null): for the
+    /// JSON functions and `exists`.
+    raw: bool,
 }
 
 /// A field the filter reads.
@@ -662,16 +703,24 @@ impl Column {
                 &self.name,
             ));
         };
-        let values = texts.iter().map(|t| {
+        let found = |t: Option<&str>| {
             let mut doc: serde_json::Value = serde_json::from_str(t?).ok()?;
             let mut at = &mut doc;
-            for key in &json.path {
-                at = at.get_mut(key)?;
+            for step in &json.path {
+                at = match step {
+                    Step::Key(k) => at.get_mut(k.as_str())?,
+                    Step::Index(i) => at.get_mut(*i)?,
+                };
             }
-            match at.take() {
-                serde_json::Value::Null => None,
-                v => Some(v),
-            }
+            Some(at.take())
+        };
+        if json.raw {
+            let out: StringArray = texts.iter().map(|t| Some(found(t)?.to_string())).collect();
+            return Ok(Some(Arc::new(out)));
+        }
+        let values = texts.iter().map(|t| match found(t)? {
+            serde_json::Value::Null => None,
+            v => Some(v),
         });
         let out: ArrayRef = match self.kind {
             _ if json.any => Arc::new(
@@ -736,6 +785,13 @@ enum Pred {
         has_true: bool,
         has_false: bool,
     },
+    /// A JSON value (as text) is an array holding any (`all`: every one) of these values.
+    JsonContains {
+        values: Vec<serde_json::Value>,
+        all: bool,
+    },
+    /// A JSON value (as text) is an array whose length compares so.
+    ArrayLength(CmpOp, i64),
 }
 
 #[derive(Debug, Clone)]
@@ -878,6 +934,27 @@ impl Parser<'_> {
                 self.bump();
                 Ok(inner)
             }
+            Tok::Ident(ref name)
+                if self.tokens.get(self.pos + 1).map(|t| &t.tok) == Some(&Tok::LParen) =>
+            {
+                let name = name.to_ascii_lowercase();
+                self.parse_function(&name, &token)
+            }
+            Tok::Ident(ref name)
+                if name.eq_ignore_ascii_case("exists")
+                    && matches!(
+                        self.tokens.get(self.pos + 1).map(|t| &t.tok),
+                        Some(Tok::Ident(_))
+                    ) =>
+            {
+                // `exists path`: the key is there (its value may be JSON null).
+                self.bump();
+                let column = self.raw_json_operand()?;
+                Ok(Node::Leaf {
+                    column,
+                    pred: Pred::IsNull { negated: true },
+                })
+            }
             Tok::Ident(_)
             | Tok::Int(_)
             | Tok::Float(_)
@@ -898,37 +975,176 @@ impl Parser<'_> {
         }
     }
 
+    /// A JSON value named by a path (`meta["tags"]`, a dynamic key `tags`, a JSON field
+    /// `meta`), read as JSON text.
+    fn raw_json_operand(&mut self) -> Result<usize, FilterError> {
+        let token = self.bump();
+        let Tok::Ident(name) = &token.tok else {
+            return Err(err_at(
+                &token,
+                format!(
+                    "expected a JSON field or key, found {}",
+                    token.tok.describe()
+                ),
+            ));
+        };
+        let (field, path) = self.json_path(name)?;
+        let json = JsonKey {
+            path,
+            any: false,
+            raw: true,
+        };
+        self.add_json_column(&field, json, Kind::Varchar, &token)
+    }
+
+    /// A literal as a JSON value: a number, string or boolean, or a list of them in `[...]`.
+    fn json_literal(&mut self) -> Result<serde_json::Value, FilterError> {
+        let token = self.bump();
+        Ok(match token.tok {
+            Tok::Int(v) => serde_json::Value::from(v),
+            Tok::Float(v) => serde_json::Number::from_f64(v)
+                .map(serde_json::Value::Number)
+                .ok_or_else(|| err_at(&token, "a number that JSON cannot hold"))?,
+            Tok::Str(v) => serde_json::Value::String(v),
+            Tok::Bool(v) => serde_json::Value::Bool(v),
+            Tok::LBracket => {
+                let mut items = Vec::new();
+                if self.peek().tok == Tok::RBracket {
+                    self.bump();
+                    return Ok(serde_json::Value::Array(items));
+                }
+                // Lists nest as deep as parentheses may.
+                self.enter()?;
+                loop {
+                    if items.len() >= MAX_JSON_LIST {
+                        return Err(err_at(
+                            self.peek(),
+                            format!("a list of at most {MAX_JSON_LIST} values"),
+                        ));
+                    }
+                    items.push(self.json_literal()?);
+                    let next = self.bump();
+                    match next.tok {
+                        Tok::Comma => continue,
+                        Tok::RBracket => break,
+                        _ => {
+                            return Err(err_at(
+                                &next,
+                                format!(
+                                    "expected ',' or ']' in a list, found {}",
+                                    next.tok.describe()
+                                ),
+                            ));
+                        }
+                    }
+                }
+                self.depth -= 1;
+                serde_json::Value::Array(items)
+            }
+            _ => {
+                return Err(err_at(
+                    &token,
+                    format!("expected a literal, found {}", token.tok.describe()),
+                ));
+            }
+        })
+    }
+
+    /// `name(...)`, its name (lowercase) at `token`: `json_contains(path, value)`,
+    /// `json_contains_any(path, [values])`, `json_contains_all(path, [values])`, the same
+    /// `array_*` ones, and `array_length(path) OP integer`.
+    fn parse_function(&mut self, name: &str, token: &Token) -> Result<Node, FilterError> {
+        self.bump(); // the name
+        self.bump(); // (
+        let column = self.raw_json_operand()?;
+        let expect = |p: &mut Self, tok: Tok, what: &str| -> Result<(), FilterError> {
+            let t = p.bump();
+            if t.tok == tok {
+                Ok(())
+            } else {
+                Err(err_at(
+                    &t,
+                    format!("expected {what} in {name}(...), found {}", t.tok.describe()),
+                ))
+            }
+        };
+        let pred = match name {
+            "json_contains" | "array_contains" => {
+                expect(self, Tok::Comma, "','")?;
+                let value = self.json_literal()?;
+                expect(self, Tok::RParen, "')'")?;
+                Pred::JsonContains {
+                    values: vec![value],
+                    all: false,
+                }
+            }
+            "json_contains_any" | "array_contains_any" | "json_contains_all"
+            | "array_contains_all" => {
+                expect(self, Tok::Comma, "','")?;
+                let list_token = self.peek().clone();
+                let serde_json::Value::Array(values) = self.json_literal()? else {
+                    return Err(err_at(
+                        &list_token,
+                        format!("{name} takes a list of values: {name}(field, [v1, v2])"),
+                    ));
+                };
+                expect(self, Tok::RParen, "')'")?;
+                Pred::JsonContains {
+                    values,
+                    all: name.ends_with("_all"),
+                }
+            }
+            "array_length" | "json_length" => {
+                expect(self, Tok::RParen, "')'")?;
+                let (op, _) = self.expect_op(&format!("{name}(...)"))?;
+                let n = self.bump();
+                let Tok::Int(n) = n.tok else {
+                    return Err(err_at(
+                        &n,
+                        format!(
+                            "{name}(...) compares with an integer, not {}",
+                            n.tok.describe()
+                        ),
+                    ));
+                };
+                Pred::ArrayLength(op, n)
+            }
+            _ => {
+                return Err(err_at(
+                    token,
+                    format!(
+                        "unknown function {name:?} (json_contains, json_contains_any, \
+                         json_contains_all, array_contains, array_contains_any, \
+                         array_contains_all, array_length)"
+                    ),
+                ));
+            }
+        };
+        Ok(Node::Leaf { column, pred })
+    }
+
     /// A field (or a JSON field's key) or a literal.
     fn operand(&mut self) -> Result<Operand, FilterError> {
         let start = self.pos;
         let token = self.bump();
         let value = match &token.tok {
-            Tok::Ident(name) if self.peek().tok == Tok::LBracket => {
-                let mut path = Vec::new();
-                while self.peek().tok == Tok::LBracket {
-                    path.push(self.json_key()?);
-                }
-                // A name that is not a field is a key of the dynamic field, if there is one.
-                let dynamic = sluice_types::schema::dynamic_field(self.schema)
-                    .filter(|_| !self.schema.fields.iter().any(|f| &f.name == name));
-                let column = match dynamic {
-                    Some(d) => {
-                        path.insert(0, name.clone());
-                        let d = d.name.clone();
-                        self.json_column(&d, path, start, &token)?
-                    }
-                    None => self.json_column(name, path, start, &token)?,
-                };
+            Tok::Ident(name)
+                if self.peek().tok == Tok::LBracket
+                    || (!self.schema.fields.iter().any(|f| &f.name == name)
+                        && sluice_types::schema::dynamic_field(self.schema).is_some()) =>
+            {
+                let (field, path) = self.json_path(name)?;
+                let column = self.json_column(&field, path, start, &token)?;
                 return Ok(Operand::Field(column, token));
             }
             Tok::Ident(name)
-                if !self.schema.fields.iter().any(|f| &f.name == name)
-                    && sluice_types::schema::dynamic_field(self.schema).is_some() =>
+                if self.peek().tok == Tok::Is
+                    && self.schema.fields.iter().any(|f| {
+                        &f.name == name && DataType::try_from(f.data_type) == Ok(DataType::Json)
+                    }) =>
             {
-                let dynamic = sluice_types::schema::dynamic_field(self.schema)
-                    .map(|f| f.name.clone())
-                    .unwrap_or_default();
-                let column = self.json_column(&dynamic, vec![name.clone()], start, &token)?;
+                // `meta is [not] null`: the JSON field itself.
+                let column = self.json_column(name, Vec::new(), start, &token)?;
                 return Ok(Operand::Field(column, token));
             }
             Tok::Ident(name) => {
@@ -959,18 +1175,40 @@ impl Parser<'_> {
         }))
     }
 
-    /// `["key"]` after a JSON field's name.
-    fn json_key(&mut self) -> Result<String, FilterError> {
+    /// The JSON field and the path into it that `name` (just read) and the `["key"]` / `[index]`
+    /// steps after it name: a field of the schema, or else a key of the dynamic field.
+    fn json_path(&mut self, name: &str) -> Result<(String, Vec<Step>), FilterError> {
+        let mut path = Vec::new();
+        while self.peek().tok == Tok::LBracket {
+            path.push(self.json_key()?);
+        }
+        let dynamic = sluice_types::schema::dynamic_field(self.schema)
+            .filter(|_| !self.schema.fields.iter().any(|f| f.name == name));
+        Ok(match dynamic {
+            Some(d) => {
+                path.insert(0, Step::Key(name.to_owned()));
+                (d.name.clone(), path)
+            }
+            None => (name.to_owned(), path),
+        })
+    }
+
+    /// `["key"]` or `[index]` after a JSON field's name.
+    fn json_key(&mut self) -> Result<Step, FilterError> {
         self.bump();
         let key = self.bump();
-        let Tok::Str(k) = &key.tok else {
-            return Err(err_at(
-                &key,
-                format!(
-                    "expected a string key after '[', found {}",
-                    key.tok.describe()
-                ),
-            ));
+        let step = match &key.tok {
+            Tok::Str(k) => Step::Key(k.clone()),
+            Tok::Int(i) if *i >= 0 => Step::Index(*i as usize),
+            _ => {
+                return Err(err_at(
+                    &key,
+                    format!(
+                        "expected a string key or an array index after '[', found {}",
+                        key.tok.describe()
+                    ),
+                ));
+            }
         };
         let close = self.bump();
         if close.tok != Tok::RBracket {
@@ -982,7 +1220,7 @@ impl Parser<'_> {
                 ),
             ));
         }
-        Ok(k.clone())
+        Ok(step)
     }
 
     /// The column for the value at `path` in JSON field `name` (its first token at `start`),
@@ -990,19 +1228,10 @@ impl Parser<'_> {
     fn json_column(
         &mut self,
         name: &str,
-        path: Vec<String>,
+        path: Vec<Step>,
         start: usize,
         token: &Token,
     ) -> Result<usize, FilterError> {
-        let Some(field) = self.schema.fields.iter().find(|f| f.name == name) else {
-            return Err(err_at(token, format!("unknown field {name:?}")));
-        };
-        if DataType::try_from(field.data_type) != Ok(DataType::Json) {
-            return Err(err_at(
-                token,
-                format!("field {name:?} is not JSON: it has no keys to filter on"),
-            ));
-        }
         let lit_kind = |t: Option<&Token>| match t.map(|t| &t.tok) {
             Some(Tok::Int(_) | Tok::Float(_)) => Some(Kind::Double),
             Some(Tok::Str(_)) => Some(Kind::Varchar),
@@ -1023,7 +1252,36 @@ impl Parser<'_> {
             _ => (lit_kind(before), false),
         };
         let kind = kind.unwrap_or(Kind::Varchar);
-        let json = Some(JsonKey { path, any });
+        self.add_json_column(
+            name,
+            JsonKey {
+                path,
+                any,
+                raw: false,
+            },
+            kind,
+            token,
+        )
+    }
+
+    /// The column for `json` in JSON field `name` (checked to be one) read as `kind`.
+    fn add_json_column(
+        &mut self,
+        name: &str,
+        json: JsonKey,
+        kind: Kind,
+        token: &Token,
+    ) -> Result<usize, FilterError> {
+        let Some(field) = self.schema.fields.iter().find(|f| f.name == name) else {
+            return Err(err_at(token, format!("unknown field {name:?}")));
+        };
+        if DataType::try_from(field.data_type) != Ok(DataType::Json) {
+            return Err(err_at(
+                token,
+                format!("field {name:?} is not JSON: it has no keys to filter on"),
+            ));
+        }
+        let json = Some(json);
         if let Some(i) = self
             .columns
             .iter()
@@ -1690,7 +1948,50 @@ impl Pred {
                     (false, true) => not(bools)?,
                 }
             }
+            // Known for every row, as in Milvus: a missing value holds nothing.
+            Pred::JsonContains { values, all } => array
+                .as_string::<i32>()
+                .iter()
+                .map(|t| {
+                    let doc: Option<serde_json::Value> =
+                        t.and_then(|t| serde_json::from_str(t).ok());
+                    let Some(serde_json::Value::Array(items)) = doc else {
+                        return Some(false);
+                    };
+                    let has = |v: &serde_json::Value| items.iter().any(|i| json_eq(i, v));
+                    Some(if *all {
+                        values.iter().all(has)
+                    } else {
+                        values.iter().any(has)
+                    })
+                })
+                .collect(),
+            Pred::ArrayLength(op, n) => array
+                .as_string::<i32>()
+                .iter()
+                .map(|t| {
+                    let doc: serde_json::Value = serde_json::from_str(t?).ok()?;
+                    let len = i64::try_from(doc.as_array()?.len()).ok()?;
+                    Some(op.holds(len.cmp(n)))
+                })
+                .collect(),
         })
+    }
+}
+
+/// JSON equality with numbers compared by value (`1 == 1.0`).
+fn json_eq(a: &serde_json::Value, b: &serde_json::Value) -> bool {
+    match (a, b) {
+        (serde_json::Value::Number(x), serde_json::Value::Number(y)) => {
+            match (x.as_i64(), y.as_i64()) {
+                (Some(x), Some(y)) => x == y,
+                _ => x.as_f64() == y.as_f64(),
+            }
+        }
+        (serde_json::Value::Array(x), serde_json::Value::Array(y)) => {
+            x.len() == y.len() && x.iter().zip(y).all(|(x, y)| json_eq(x, y))
+        }
+        _ => a == b,
     }
 }
 
@@ -3114,8 +3415,19 @@ mod tests {
         // A field that is not JSON has no keys; a key must be a string.
         let err = Filter::parse(r#"age["x"] == 1"#, &schema).unwrap_err();
         assert!(err.message.contains("not JSON"), "{err}");
-        let err = Filter::parse("meta[1] == 1", &schema).unwrap_err();
-        assert!(err.message.contains("string key"), "{err}");
+        let err = Filter::parse("meta[-1] == 1", &schema).unwrap_err();
+        assert!(
+            err.message.contains("string key or an array index"),
+            "{err}"
+        );
+        let err = Filter::parse("meta[1.5] == 1", &schema).unwrap_err();
+        assert!(
+            err.message.contains("string key or an array index"),
+            "{err}"
+        );
+        // An index steps into an array.
+        assert_eq!(ids("meta[0] == 1"), [4]);
+        assert_eq!(ids("meta[1] == 2 and meta[2] is null"), [4]);
         // Without a dynamic field an unknown name is an error, as before.
         let err = Filter::parse(r#"color == "red""#, &super::tests::schema()).unwrap_err();
         assert!(err.message.contains("unknown field"), "{err}");
@@ -3128,6 +3440,101 @@ mod tests {
         // `like` reads a key as a string (7 and null are not).
         assert_eq!(ids(r#"meta["color"] like "%e%""#), [1, 2]);
         assert_eq!(ids(r#"color like "b%" or n like "5""#), [2, 3]);
+    }
+
+    /// Milvus's JSON functions over a JSON field's values, a dynamic field's keys and the JSON
+    /// field itself; `exists`; `is null` on the JSON field itself.
+    #[test]
+    fn json_functions_exists_and_indexes() {
+        let mut schema = schema();
+        schema.fields.push(FieldSchema {
+            is_dynamic: true,
+            ..field("dyn", DataType::Json, true)
+        });
+        let docs = [
+            Some(r#"{"tags": ["a", "b"], "nums": [1, 2.0, 3], "n": null}"#),
+            Some(r#"{"tags": ["c"], "nums": [], "deep": {"list": [["x"], 1]}}"#),
+            Some(r#"{"tags": "a", "nums": [5]}"#),
+            None,
+            Some("null"),
+            Some(r#"["a", 1]"#),
+        ];
+        let n = docs.len();
+        let b = RecordBatch::try_from_iter([
+            (
+                "id",
+                Arc::new(Int64Array::from_iter_values(1..=n as i64)) as ArrayRef,
+            ),
+            (
+                "meta",
+                Arc::new(StringArray::from(docs.to_vec())) as ArrayRef,
+            ),
+            (
+                "dyn",
+                Arc::new(StringArray::from(docs.to_vec())) as ArrayRef,
+            ),
+        ])
+        .unwrap();
+        let ids = |expr: &str| -> Vec<i64> {
+            let f = Filter::parse(expr, &schema).unwrap_or_else(|e| panic!("{expr}: {e}"));
+            let mask = f.evaluate(&b).unwrap();
+            (0..n)
+                .filter(|&i| mask.is_valid(i) && mask.value(i))
+                .map(|i| i as i64 + 1)
+                .collect()
+        };
+        assert_eq!(ids(r#"json_contains(meta["tags"], "a")"#), [1]);
+        assert_eq!(ids(r#"JSON_CONTAINS(tags, "c")"#), [2], "a dynamic key");
+        assert_eq!(ids(r#"json_contains(meta, "a")"#), [6], "the field itself");
+        assert_eq!(ids(r#"json_contains(meta["nums"], 2)"#), [1], "2 == 2.0");
+        assert_eq!(ids(r#"array_contains(nums, 5)"#), [3]);
+        assert_eq!(ids(r#"json_contains(meta["deep"]["list"], ["x"])"#), [2]);
+        assert_eq!(
+            ids(r#"json_contains_any(meta["tags"], ["b", "c"])"#),
+            [1, 2]
+        );
+        assert_eq!(ids(r#"json_contains_all(meta["tags"], ["a", "b"])"#), [1]);
+        assert_eq!(
+            ids(r#"json_contains_all(meta["tags"], [])"#),
+            [1, 2],
+            "arrays only"
+        );
+        assert_eq!(
+            ids(r#"json_contains_any(meta["tags"], [])"#),
+            Vec::<i64>::new()
+        );
+        assert_eq!(
+            ids(r#"not json_contains(meta["tags"], "a")"#),
+            [2, 3, 4, 5, 6],
+            "a missing value holds nothing"
+        );
+        assert_eq!(ids(r#"array_length(meta["nums"]) == 3"#), [1]);
+        assert_eq!(ids(r#"array_length(nums) < 2"#), [2, 3]);
+        assert_eq!(ids(r#"array_length(meta) >= 2"#), [6]);
+        assert_eq!(ids(r#"exists meta["n"]"#), [1], "a key holding null exists");
+        assert_eq!(ids(r#"exists deep["list"] or exists meta["zz"]"#), [2]);
+        assert_eq!(ids("meta is null"), [4, 5]);
+        assert_eq!(ids("meta is not null"), [1, 2, 3, 6]);
+        assert_eq!(ids(r#"meta["deep"]["list"][0][0] == "x""#), [2]);
+        for (bad, why) in [
+            (r#"json_contains(meta["tags"])"#, "expected ','"),
+            (r#"json_contains_any(meta["tags"], "a")"#, "takes a list"),
+            (r#"json_contains(age, 1)"#, "not JSON"),
+            (r#"array_length(meta["nums"]) == "3""#, "with an integer"),
+            (r#"json_frob(meta, 1)"#, "unknown function"),
+            (r#"json_contains(meta["tags"], "a""#, "expected ')'"),
+        ] {
+            let err = Filter::parse(bad, &schema).unwrap_err();
+            assert!(err.message.contains(why), "{bad}: {err}");
+        }
+        // List literals nest no deeper than parentheses.
+        let deep = format!(
+            "json_contains(meta, {}1{})",
+            "[".repeat(200),
+            "]".repeat(200)
+        );
+        let err = Filter::parse(&deep, &schema).unwrap_err();
+        assert!(err.message.contains("nested more than"), "{err}");
     }
 
     #[test]
