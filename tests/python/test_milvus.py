@@ -195,6 +195,21 @@ def test_search_top_hits_match(sluice, lite):
         assert [h["entity"]["size"] for h in hs] == [h["entity"]["size"] for h in hl]
 
 
+def test_search_scores_are_rounded_like_milvus(sluice, lite):
+    q = [[0.5] * DIM]
+
+    def f(c):
+        fresh(c, "d_round")
+        c.insert("d_round", rows(50, seed=3))
+        return [h["distance"] for h in c.search("d_round", data=q, limit=5, round_decimal=2)[0]]
+
+    s, l = both(sluice, lite, f)
+    assert s == l, (s, l)
+    assert all(round(d, 2) == d for d in s), s
+    with pytest.raises(MilvusException):
+        sluice.search("d_round", data=q, limit=5, round_decimal=9)
+
+
 @pytest.mark.parametrize(
     "flt",
     [

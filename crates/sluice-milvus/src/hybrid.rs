@@ -197,15 +197,7 @@ impl Ranker {
                 "limit {limit} + offset {offset}: limit must be in 1..=16384 with the offset"
             )));
         }
-        let round = match whole(params, "round_decimal", -1)? {
-            -1 => None,
-            d @ 0..=6 => Some(d as u32),
-            d => {
-                return Err(Failure::invalid(format!(
-                    "round_decimal {d}: -1 (none) or 0 to 6"
-                )));
-            }
-        };
+        let round = round_decimal(params)?;
         Ok(Ranker {
             fusion,
             limit: limit as usize,
@@ -319,13 +311,30 @@ impl Ranker {
     }
 
     fn rounded(&self, score: f64) -> f64 {
-        match self.round {
-            Some(d) => {
-                let f = 10f64.powi(d as i32);
-                (score * f).round() / f
-            }
-            None => score,
+        rounded(score, self.round)
+    }
+}
+
+/// A request's `round_decimal`: decimal places scores are rounded to, 0 to 6 (-1 or absent:
+/// not rounded).
+pub(crate) fn round_decimal(params: &[KeyValuePair]) -> Result<Option<u32>, Failure> {
+    match whole(params, "round_decimal", -1)? {
+        -1 => Ok(None),
+        d @ 0..=6 => Ok(Some(d as u32)),
+        d => Err(Failure::invalid(format!(
+            "round_decimal {d}: -1 (none) or 0 to 6"
+        ))),
+    }
+}
+
+/// `score` rounded to `places` decimal places (`None`: as it is).
+pub(crate) fn rounded(score: f64, places: Option<u32>) -> f64 {
+    match places {
+        Some(d) => {
+            let f = 10f64.powi(d as i32);
+            (score * f).round() / f
         }
+        None => score,
     }
 }
 

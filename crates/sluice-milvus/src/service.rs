@@ -1253,7 +1253,13 @@ impl MilvusFront {
         &self,
         r: mm::SearchRequest,
     ) -> Result<(ms::SearchResultData, u64), Failure> {
-        let searched = self.search_rows(r, None).await?;
+        let round = crate::hybrid::round_decimal(&r.search_params)?;
+        let mut searched = self.search_rows(r, None).await?;
+        if round.is_some() {
+            for s in &mut searched.scores {
+                *s = crate::hybrid::rounded(f64::from(*s), round) as f32;
+            }
+        }
         let at = searched.mvcc_timestamp;
         Ok((searched.into_milvus()?, at))
     }
