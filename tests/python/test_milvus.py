@@ -1599,13 +1599,18 @@ JSON_FILTERS = [
     'meta["tags"][0] == "a"',
     'nums[0] == 3',
     'meta["inner"]["x"] == 1 and json_contains(meta["tags"], "d")',
+    "id * 2 > 60",
+    "id + 1 == 10 or id - 3 < 2",
+    'meta["n"] * 2 >= 6',
+    "id / 4 == 2.5",
 ]
 
 
 @pytest.mark.parametrize("flt", JSON_FILTERS)
 def test_json_filters_match(sluice, lite, flt):
-    """Milvus's JSON filter functions, `exists`, array indexes and `is null` on a JSON field,
-    over a JSON field and dynamic-field keys: the same rows as milvus-lite."""
+    """Milvus's JSON filter functions, `exists`, array indexes, `is null` on a JSON field and
+    arithmetic before a comparison, over fields, a JSON field and dynamic-field keys: the same
+    rows as milvus-lite."""
 
     def run(c):
         name = "d_json_filters"

@@ -15,6 +15,7 @@
 //! primary    := "(" expr ")" | comparison | range | in_expr | null_test | like | function
 //!             | "exists" path
 //! comparison := field OP literal | literal OP field       OP: == != < <= > >=
+//!             | field ARITH number OP number               ARITH: + - * / %
 //! field      := name | path
 //! path       := name ("[" (string | index) "]")*           (a key path in a JSON field; an
 //!                                                          index steps into an array)
@@ -44,6 +45,11 @@
 //! * VARCHAR fields compare with string literals, all six operators, in byte order, and match
 //!   `like` patterns (a JSON key or a dynamic field's key too, read as a string).
 //! * BOOL fields compare with `true` / `false`, `==` and `!=` only.
+//! * Arithmetic on a numeric field (or a JSON key, read as DOUBLE) before a comparison,
+//!   `price * 2 > 10`: exact on integers when the field and both numbers are integers (`/`
+//!   truncates, `%` keeps the dividend's sign), in f64 otherwise; `%` takes integers only; a
+//!   division by zero is refused. A `-` or `+` right after a value is arithmetic, elsewhere a
+//!   sign (`age - -5`).
 //! * `in` lists hold literals that could be compared with the field by `==`.
 //! * A JSON field is filtered through a key of its objects: `meta["color"] == "red"`, or a path
 //!   of keys into nested objects: `meta["dims"]["w"] > 2`. The
@@ -297,6 +303,49 @@ impl CmpOp {
     }
 }
 
+/// An arithmetic operator: `field OP number CMP number`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ArithOp {
+    Add,
+    Sub,
+    Mul,
+    Div,
+    Mod,
+}
+
+impl ArithOp {
+    fn symbol(self) -> &'static str {
+        match self {
+            ArithOp::Add => "+",
+            ArithOp::Sub => "-",
+            ArithOp::Mul => "*",
+            ArithOp::Div => "/",
+            ArithOp::Mod => "%",
+        }
+    }
+
+    /// `x op y` on integers, exactly (`None`: division by zero, or out of i128).
+    fn int(self, x: i128, y: i128) -> Option<i128> {
+        match self {
+            ArithOp::Add => x.checked_add(y),
+            ArithOp::Sub => x.checked_sub(y),
+            ArithOp::Mul => x.checked_mul(y),
+            ArithOp::Div => x.checked_div(y),
+            ArithOp::Mod => x.checked_rem(y),
+        }
+    }
+
+    fn float(self, x: f64, y: f64) -> f64 {
+        match self {
+            ArithOp::Add => x + y,
+            ArithOp::Sub => x - y,
+            ArithOp::Mul => x * y,
+            ArithOp::Div => x / y,
+            ArithOp::Mod => x % y,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 enum Tok {
     Ident(String),
@@ -312,6 +361,7 @@ enum Tok {
     Is,
     Like,
     Op(CmpOp),
+    Arith(ArithOp),
     LParen,
     RParen,
     LBracket,
@@ -333,6 +383,7 @@ impl Tok {
             Tok::Is => "'is'".to_string(),
             Tok::Like => "'like'".to_string(),
             Tok::Op(op) => format!("'{}'", op.symbol()),
+            Tok::Arith(op) => format!("'{}'", op.symbol()),
             Tok::LParen => "'('".to_string(),
             Tok::RParen => "')'".to_string(),
             Tok::LBracket => "'['".to_string(),
@@ -356,6 +407,22 @@ fn is_ident_start(c: u8) -> bool {
 
 fn is_ident_char(c: u8) -> bool {
     c.is_ascii_alphanumeric() || c == b'_'
+}
+
+/// Whether a token ends an operand (so a `-` or `+` after it is arithmetic, not a sign).
+fn ends_operand(token: Option<&Token>) -> bool {
+    token.is_some_and(|t| {
+        matches!(
+            t.tok,
+            Tok::Ident(_)
+                | Tok::Int(_)
+                | Tok::Float(_)
+                | Tok::Str(_)
+                | Tok::Bool(_)
+                | Tok::RParen
+                | Tok::RBracket
+        )
+    })
 }
 
 /// Splits `src` into tokens, ending with [`Tok::End`].
@@ -418,7 +485,12 @@ fn lex(src: &str) -> Result<Vec<Token>, FilterError> {
                 ));
             }
             b'"' | b'\'' => lex_string(src, start)?,
-            b'-' | b'+' if at_number(i + 1) => lex_number(src, start)?,
+            b'-' | b'+' if at_number(i + 1) && !ends_operand(out.last()) => lex_number(src, start)?,
+            b'+' => simple(Tok::Arith(ArithOp::Add), 1),
+            b'-' => simple(Tok::Arith(ArithOp::Sub), 1),
+            b'*' => simple(Tok::Arith(ArithOp::Mul), 1),
+            b'/' => simple(Tok::Arith(ArithOp::Div), 1),
+            b'%' => simple(Tok::Arith(ArithOp::Mod), 1),
             _ if at_number(i) => lex_number(src, start)?,
             _ if is_ident_start(c) => {
                 let mut end = i + 1;
@@ -792,6 +864,14 @@ enum Pred {
     },
     /// A JSON value (as text) is an array whose length compares so.
     ArrayLength(CmpOp, i64),
+    /// `value op by cmp against`, on a numeric field: exactly on integers (truncating `/`)
+    /// when the field and both numbers are integers, else in f64.
+    Arith {
+        op: ArithOp,
+        by: LitValue,
+        cmp: CmpOp,
+        against: LitValue,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -1245,6 +1325,7 @@ impl Parser<'_> {
             .and_then(|i| matches!(at(i + 1).map(|t| &t.tok), Some(Tok::Op(_))).then(|| at(i))?);
         let (kind, any) = match at(next).map(|t| &t.tok) {
             Some(Tok::Op(_)) => (lit_kind(at(next + 1)), false),
+            Some(Tok::Arith(_)) => (Some(Kind::Double), false),
             Some(Tok::In) => (lit_kind(at(next + 2)), false),
             Some(Tok::Not) => (lit_kind(at(next + 3)), false),
             Some(Tok::Is) => (Some(Kind::Varchar), true),
@@ -1472,6 +1553,10 @@ impl Parser<'_> {
                 }
                 Ok(node)
             }
+            Tok::Arith(op) => {
+                self.bump();
+                self.parse_arith(column, op, field_token)
+            }
             Tok::In => {
                 self.bump();
                 self.parse_in(column)
@@ -1525,6 +1610,91 @@ impl Parser<'_> {
                 ),
             )),
         }
+    }
+
+    /// `field op number cmp number`, the field and `op` read.
+    fn parse_arith(
+        &mut self,
+        column: usize,
+        op: ArithOp,
+        field_token: &Token,
+    ) -> Result<Node, FilterError> {
+        let number = |p: &mut Self, what: &str| -> Result<Lit, FilterError> {
+            match p.operand()? {
+                Operand::Lit(lit) if matches!(lit.value, LitValue::Int(_) | LitValue::Float(_)) => {
+                    Ok(lit)
+                }
+                Operand::Lit(lit) => Err(FilterError::new(
+                    format!("{what} must be a number, not {}", lit.value.describe()),
+                    lit.offset,
+                    lit.text,
+                )),
+                Operand::Field(_, token) => Err(err_at(
+                    &token,
+                    format!("{what} must be a number: arithmetic between fields is not supported"),
+                )),
+            }
+        };
+        let by = number(self, &format!("the right side of '{}'", op.symbol()))?;
+        let (cmp, _) = self.expect_op(&format!(
+            "'{} {} {}'",
+            field_token.text,
+            op.symbol(),
+            by.text
+        ))?;
+        let against = number(self, "the value compared with")?;
+        let col = &self.columns[column];
+        let numeric = matches!(
+            col.kind,
+            Kind::Int32 | Kind::Int64 | Kind::Float | Kind::Double
+        );
+        if !numeric {
+            return Err(err_at(
+                field_token,
+                format!(
+                    "arithmetic needs a numeric field; {:?} is {}",
+                    col.name,
+                    col.kind.name()
+                ),
+            ));
+        }
+        let zero = match by.value {
+            LitValue::Int(0) => true,
+            LitValue::Float(f) => f == 0.0,
+            _ => false,
+        };
+        if zero && matches!(op, ArithOp::Div | ArithOp::Mod) {
+            return Err(FilterError::new(
+                format!("'{}' by zero", op.symbol()),
+                by.offset,
+                by.text,
+            ));
+        }
+        if op == ArithOp::Mod
+            && !(matches!(col.kind, Kind::Int32 | Kind::Int64)
+                && matches!(by.value, LitValue::Int(_)))
+        {
+            return Err(FilterError::new(
+                "'%' takes an integer field and an integer",
+                by.offset,
+                by.text,
+            ));
+        }
+        if let Tok::Op(_) | Tok::Arith(_) = self.peek().tok {
+            return Err(err_at(
+                self.peek(),
+                "one arithmetic operation and one comparison: 'field * 2 > 10'",
+            ));
+        }
+        Ok(Node::Leaf {
+            column,
+            pred: Pred::Arith {
+                op,
+                by: by.value,
+                cmp,
+                against: against.value,
+            },
+        })
     }
 
     fn mismatch(&self, column: usize, lit: &Lit) -> FilterError {
@@ -1966,6 +2136,50 @@ impl Pred {
                     })
                 })
                 .collect(),
+            Pred::Arith {
+                op,
+                by,
+                cmp,
+                against,
+            } => {
+                let ints = match (by, against) {
+                    (LitValue::Int(b), LitValue::Int(a)) => Some((i128::from(*b), i128::from(*a))),
+                    _ => None,
+                };
+                let num = |l: &LitValue| match l {
+                    LitValue::Int(v) => *v as f64,
+                    LitValue::Float(v) => *v,
+                    _ => f64::NAN,
+                };
+                let (b, a) = (num(by), num(against));
+                let float = |x: f64| {
+                    let v = op.float(x, b);
+                    match cmp {
+                        CmpOp::Ne => v != a,
+                        _ => v.partial_cmp(&a).is_some_and(|o| cmp.holds(o)),
+                    }
+                };
+                let int = |x: i64| match ints {
+                    Some((b, a)) => op.int(i128::from(x), b).map(|v| cmp.holds(v.cmp(&a))),
+                    None => Some(float(x as f64)),
+                };
+                match array.data_type() {
+                    ArrowType::Int32 => array
+                        .as_primitive::<Int32Type>()
+                        .iter()
+                        .map(|x| int(i64::from(x?)))
+                        .collect(),
+                    ArrowType::Int64 => array
+                        .as_primitive::<Int64Type>()
+                        .iter()
+                        .map(|x| int(x?))
+                        .collect(),
+                    ArrowType::Float32 => {
+                        map_primitive(array.as_primitive::<Float32Type>(), |x| float(f64::from(x)))
+                    }
+                    _ => map_primitive(array.as_primitive::<Float64Type>(), float),
+                }
+            }
             Pred::ArrayLength(op, n) => array
                 .as_string::<i32>()
                 .iter()
@@ -2414,8 +2628,14 @@ mod tests {
                 .map(|t| t.tok)
                 .collect::<Vec<_>>()
         };
+        // A sign where no operand ends before it (after a value, `-` and `+` are arithmetic).
+        let signed = |s: &str| {
+            let mut t = toks(s);
+            t.retain(|t| *t != Tok::Comma);
+            t
+        };
         assert_eq!(
-            toks("-2e3 1.5 .5 -.5 +7 -9223372036854775808 1E+2 2e-1"),
+            signed("-2e3, 1.5, .5, -.5, +7, -9223372036854775808, 1E+2, 2e-1"),
             vec![
                 Tok::Float(-2000.0),
                 Tok::Float(1.5),
@@ -2425,6 +2645,29 @@ mod tests {
                 Tok::Int(i64::MIN),
                 Tok::Float(100.0),
                 Tok::Float(0.2),
+                Tok::End,
+            ]
+        );
+        assert_eq!(
+            toks("a-1 a - -1 (a)+2 a[0]*3"),
+            vec![
+                Tok::Ident("a".into()),
+                Tok::Arith(ArithOp::Sub),
+                Tok::Int(1),
+                Tok::Ident("a".into()),
+                Tok::Arith(ArithOp::Sub),
+                Tok::Int(-1),
+                Tok::LParen,
+                Tok::Ident("a".into()),
+                Tok::RParen,
+                Tok::Arith(ArithOp::Add),
+                Tok::Int(2),
+                Tok::Ident("a".into()),
+                Tok::LBracket,
+                Tok::Int(0),
+                Tok::RBracket,
+                Tok::Arith(ArithOp::Mul),
+                Tok::Int(3),
                 Tok::End,
             ]
         );
@@ -3440,6 +3683,53 @@ mod tests {
         // `like` reads a key as a string (7 and null are not).
         assert_eq!(ids(r#"meta["color"] like "%e%""#), [1, 2]);
         assert_eq!(ids(r#"color like "b%" or n like "5""#), [2, 3]);
+    }
+
+    /// `field OP number CMP number`: exact on integers (truncating `/`, `%` with the dividend's
+    /// sign), f64 otherwise; nulls stay unknown.
+    #[test]
+    fn arithmetic_on_a_field_before_a_comparison() {
+        // ages 10, null, 30, -5, i32::MAX; bigs 1, MAX, null, MIN, -7; ratios 2.5, null, 0.1,
+        // -1e300, 0.0; scores 1.5, -0.0, null, NaN, 0.1.
+        check(&[
+            ("age + 5 == 15", &[1]),
+            ("age - 5 == 25", &[3]),
+            ("age-5 == -10", &[4]),
+            ("age * 2 > 50", &[3, 5]),
+            ("age / 3 == 3", &[1]),
+            ("age / 3 == -1", &[4]),
+            ("age % 2 == 0", &[1, 3]),
+            ("age % 2 == -1", &[4]),
+            ("age % 2 != 0", &[4, 5]),
+            ("age * 2.5 == 25", &[1]),
+            ("big + 1 < 0", &[4, 5]),
+            ("big * 2 > 0", &[1, 2]),
+            ("big - 1 == 9223372036854775806", &[2]),
+            ("ratio * 2 == 5", &[1]),
+            ("ratio / 2 > 0.01", &[1, 3]),
+            ("score + 1 > 1", &[1, 5]),
+            ("score * 0 != 0", &[4]),
+            ("not (age + 1 > 20)", &[1, 4]),
+            ("age + -5 == 5", &[1]),
+            ("age >= -5 and age - -5 == 0", &[4]),
+        ]);
+        for (bad, why) in [
+            ("age / 0 == 1", "by zero"),
+            ("age % 0 == 1", "by zero"),
+            ("ratio % 2 == 1", "'%' takes an integer"),
+            ("age % 1.5 == 1", "'%' takes an integer"),
+            ("name + 1 == 2", "numeric field"),
+            ("age + big == 2", "arithmetic between fields"),
+            ("age + 1 + 1 == 2", "comparison operator"),
+            ("age + 1 == 2 + 1", "one arithmetic operation"),
+            ("age + 1 == big", "must be a number"),
+            (r#"age + "1" == 2"#, "must be a number"),
+            ("age + 1", "comparison operator"),
+            ("30 < age * 2", "expected"),
+        ] {
+            let err = parse_err(bad);
+            assert!(err.message.contains(why), "{bad}: {err}");
+        }
     }
 
     /// Milvus's JSON functions over a JSON field's values, a dynamic field's keys and the JSON
