@@ -25,7 +25,10 @@ RPCS = {
     "CreateCollection": "A collection from a serialized schema.CollectionSchema: fields map onto "
     "Sluice's types; the dynamic field is a JSON field; shards_num shards (0 = 1). A field's "
     "default_value (BOOL, integers, FLOAT, DOUBLE, VARCHAR) fills inserts that leave it out or "
-    "give null. properties as in AlterCollection.",
+    "give null. A partition key field (is_partition_key: INT64 or VARCHAR, not nullable) gives "
+    "the collection num_partitions partitions (0: 16; at most 1024) named _default_0 … whose "
+    "rows are spread by the key; writes, reads and partition DDL naming a partition are then "
+    "refused. properties as in AlterCollection.",
     "DropCollection": "Drops a collection and its data.",
     "HasCollection": "Whether a collection exists.",
     "DescribeCollection": "The schema, id, shards and creation time of a collection.",

@@ -1648,3 +1648,56 @@ def test_json_filters_match(sluice, lite, flt):
     mine, theirs = both(sluice, lite, run)
     assert mine == theirs, (flt, mine, theirs)
     assert mine and mine != list(range(40)), (flt, mine)  # the filter selects something
+
+
+def test_partition_key_mode_spreads_rows_over_its_partitions_in_sluice(sluice):
+    """A partition key (milvus-lite names its partitions otherwise and ignores num_partitions):
+    the collection gets `_default_0` … `_default_{n-1}`, rows are spread over them by their
+    key, reads and deletes cover them all, and naming a partition — in an insert, a search, or
+    partition DDL — is refused as in Milvus."""
+    name = "d_partition_key"
+    drop_if_exists(sluice, name)
+    schema = sluice.create_schema(auto_id=False)
+    schema.add_field("id", DataType.INT64, is_primary=True)
+    schema.add_field("vector", DataType.FLOAT_VECTOR, dim=DIM)
+    schema.add_field("tenant", DataType.VARCHAR, max_length=16, is_partition_key=True)
+    index = sluice.prepare_index_params()
+    index.add_index(field_name="vector", index_type="FLAT", metric_type="L2")
+    sluice.create_collection(name, schema=schema, index_params=index, num_partitions=4)
+    parts = sluice.list_partitions(name)
+    assert parts == ["_default_0", "_default_1", "_default_2", "_default_3"], parts
+    described = sluice.describe_collection(name)
+    assert {f["name"]: f.get("is_partition_key") for f in described["fields"]}["tenant"] is True
+    assert described["num_partitions"] == 4
+    data = rows(30, seed=101)
+    sluice.insert(name, [dict(id=r["id"], vector=r["vector"], tenant=f"t{r['id'] % 5}") for r in data])
+    assert sorted(r["id"] for r in sluice.query(name, filter='tenant == "t1"')) == [1, 6, 11, 16, 21, 26]
+    per_partition = [int(sluice.get_partition_stats(name, p)["row_count"]) for p in parts]
+    assert sum(per_partition) == 30 and sum(1 for n in per_partition if n) > 1, per_partition
+    hits = sluice.search(name, data=[data[3]["vector"]], limit=1, filter='tenant == "t3"')
+    assert hits[0][0]["id"] == 3
+    for call in [
+        lambda: sluice.insert(name, [dict(id=99, vector=data[0]["vector"], tenant="x")], partition_name="_default_0"),
+        lambda: sluice.search(name, data=[data[0]["vector"]], limit=1, partition_names=["_default_0"]),
+        lambda: sluice.query(name, filter="id >= 0", partition_names=["_default_1"]),
+        lambda: sluice.create_partition(name, "extra"),
+        lambda: sluice.drop_partition(name, "_default_1"),
+        lambda: sluice.load_partitions(name, ["_default_1"]),
+    ]:
+        with pytest.raises(MilvusException) as e:
+            call()
+        assert "partition key mode" in e.value.message, e.value
+    assert sluice.list_partitions(name) == parts
+    sluice.delete(name, filter='tenant == "t2"')
+    assert sluice.query(name, filter="", output_fields=["count(*)"])[0]["count(*)"] == 24
+    # Without num_partitions: 16, as in Milvus.
+    drop_if_exists(sluice, "d_partition_key_16")
+    sluice.create_collection("d_partition_key_16", schema=schema, index_params=index)
+    assert len(sluice.list_partitions("d_partition_key_16")) == 16
+    bad = sluice.create_schema(auto_id=False)
+    bad.add_field("id", DataType.INT64, is_primary=True)
+    bad.add_field("vector", DataType.FLOAT_VECTOR, dim=DIM)
+    bad.add_field("score", DataType.FLOAT, is_partition_key=True)
+    with pytest.raises(MilvusException):
+        sluice.create_collection("d_partition_key_bad", schema=bad)
+    assert not sluice.has_collection("d_partition_key_bad")

@@ -27,6 +27,9 @@ pub(crate) const PROP_CONSISTENCY: &str = "milvus.consistency_level";
 pub(crate) const PROP_RELEASED: &str = "milvus.released_partitions";
 /// Collection property: the index (a JSON object: field, name, type, metric, params).
 pub(crate) const PROP_INDEX: &str = "milvus.index";
+/// Collection property: the partition key field's name (Milvus's `is_partition_key`): rows go
+/// to the partitions `_default_0` … `_default_{n-1}` by a hash of their key.
+pub(crate) const PROP_PARTITION_KEY: &str = "milvus.partition_key";
 /// Collection property: the fields' default values (Milvus's `default_value`), as a JSON object
 /// of field name → value; an insert without a value (or with null) for such a field gets it.
 pub(crate) const PROP_DEFAULTS: &str = "milvus.field_defaults";
@@ -56,9 +59,29 @@ pub(crate) fn schema_to_sluice(
     let mut fields = Vec::new();
     let mut narrow = serde_json::Map::new();
     let mut defaults = serde_json::Map::new();
+    let mut partition_key = None;
     for f in &m.fields {
         if f.is_dynamic {
             continue;
+        }
+        if f.is_partition_key {
+            let ty = MDataType::try_from(f.data_type).unwrap_or(MDataType::None);
+            if partition_key.is_some() {
+                return Err(Failure::invalid(
+                    "a collection has at most one partition key",
+                ));
+            }
+            if f.is_primary_key
+                || f.nullable
+                || !matches!(ty, MDataType::Int64 | MDataType::VarChar)
+            {
+                return Err(Failure::invalid(format!(
+                    "partition key {:?}: an INT64 or VARCHAR field, not the primary key, not \
+                     nullable",
+                    f.name
+                )));
+            }
+            partition_key = Some(f.name.clone());
         }
         let field = field_to_sluice(f, m.auto_id_legacy(), &mut narrow)?;
         if let Some(v) = default_of(f, &field)? {
@@ -84,6 +107,9 @@ pub(crate) fn schema_to_sluice(
             PROP_DEFAULTS.to_owned(),
             Value::Object(defaults).to_string(),
         );
+    }
+    if let Some(key) = partition_key {
+        props.insert(PROP_PARTITION_KEY.to_owned(), key);
     }
     Ok((
         CollectionSchema {
@@ -331,6 +357,7 @@ pub(crate) fn schema_to_milvus(
                 is_dynamic: f.is_dynamic,
                 nullable: f.nullable && !f.is_dynamic,
                 default_value: default_to_milvus(&f.name, milvus_type(f, props), props),
+                is_partition_key: props.get(PROP_PARTITION_KEY) == Some(&f.name),
                 ..Default::default()
             }
         })

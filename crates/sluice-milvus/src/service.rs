@@ -20,8 +20,8 @@ use tonic::{Request, Response};
 
 use crate::DYNAMIC_FIELD;
 use crate::convert::{
-    MILVUS_DYNAMIC, PROP_CONSISTENCY, PROP_INDEX, PROP_RELEASED, PROP_TYPES, batches_to_milvus,
-    field_to_sluice, rows_from_milvus, schema_to_milvus, schema_to_sluice,
+    MILVUS_DYNAMIC, PROP_CONSISTENCY, PROP_INDEX, PROP_PARTITION_KEY, PROP_RELEASED, PROP_TYPES,
+    batches_to_milvus, field_to_sluice, rows_from_milvus, schema_to_milvus, schema_to_sluice,
 };
 use crate::hybrid::{MAX_HYBRID_SEARCHES, Ranker, Searched};
 use crate::pb::common::{self as mc, KeyValuePair, Status};
@@ -88,10 +88,27 @@ impl Collection {
             .ok_or_else(|| Failure::partition_not_found(name))
     }
 
+    /// The partition key field (Milvus's partition key mode), if the collection has one.
+    fn partition_key(&self) -> Option<&str> {
+        self.props().get(PROP_PARTITION_KEY).map(String::as_str)
+    }
+
+    /// Refuses naming partitions of a collection in partition key mode (Milvus's rule: its
+    /// partitions are the key's).
+    fn no_named_partitions(&self, names: &[String]) -> Result<(), Failure> {
+        if self.partition_key().is_some() && names.iter().any(|n| !n.is_empty()) {
+            return Err(Failure::invalid(
+                "not support manually specifying the partition names if partition key mode is used",
+            ));
+        }
+        Ok(())
+    }
+
     /// The partitions a read covers: those it names, each of which must exist (an unknown
     /// name is an error, not an empty answer) and be loaded; else every loaded one (an empty
     /// list when none is released: all of them).
     fn partitions(&self, names: &[String]) -> Result<Vec<i64>, Failure> {
+        self.no_named_partitions(names)?;
         let released = self.released();
         let named: Vec<&String> = names.iter().filter(|n| !n.is_empty()).collect();
         if !named.is_empty() {
@@ -303,6 +320,10 @@ fn answer<T: WithStatus>(result: Result<T, Failure>) -> Response<T> {
         Err(f) => T::default().with_status(f.status()),
     })
 }
+
+/// Partitions of a collection in partition key mode when the request names no number
+/// (Milvus's default).
+const DEFAULT_KEY_PARTITIONS: i64 = 16;
 
 /// The resource group Milvus reports every replica in (Sluice has no resource groups).
 const DEFAULT_RESOURCE_GROUP: &str = "__default_resource_group";
@@ -819,6 +840,16 @@ impl MilvusFront {
         Ok(())
     }
 
+    /// Refuses partition DDL on a collection in partition key mode (Milvus's rule).
+    async fn partition_ddl_allowed(&self, name: &str) -> Result<(), Failure> {
+        if self.collection(name).await?.partition_key().is_some() {
+            return Err(Failure::invalid(
+                "disable create/drop/load/release partition if partition key mode is used",
+            ));
+        }
+        Ok(())
+    }
+
     /// `call` on the catalog about the existing collection `name`.
     async fn catalog<T, F, Fut>(&self, name: &str, call: F) -> Result<T, Failure>
     where
@@ -978,6 +1009,7 @@ impl MilvusFront {
     /// Milvus's LoadPartitions: the partitions named are loaded; when the collection was
     /// released, it is loaded with only those.
     async fn do_load_partitions(&self, r: mm::LoadPartitionsRequest) -> Result<(), Failure> {
+        self.partition_ddl_allowed(&r.collection_name).await?;
         let c = self.collection(&r.collection_name).await?;
         let named = c.named_partitions(&r.partition_names)?;
         let released: Vec<i64> = if c.released_now() {
@@ -997,6 +1029,7 @@ impl MilvusFront {
     /// PartitionNotLoaded) until they are loaded again; releasing every partition releases the
     /// collection.
     async fn do_release_partitions(&self, r: mm::ReleasePartitionsRequest) -> Result<(), Failure> {
+        self.partition_ddl_allowed(&r.collection_name).await?;
         let c = self.collection(&r.collection_name).await?;
         let named = c.named_partitions(&r.partition_names)?;
         if c.released_now() {
@@ -1095,11 +1128,27 @@ impl MilvusFront {
         let (schema, mut props) = schema_to_sluice(&m, &name, shards)?;
         props.extend(crate::properties::to_sluice(&r.properties)?);
         props.insert(PROP_CONSISTENCY.into(), r.consistency_level.to_string());
+        // Partition key mode: the partitions are the key's, `_default_0` … (16 unless asked).
+        let partition_names = match props.contains_key(PROP_PARTITION_KEY) {
+            false => Vec::new(),
+            true => {
+                let n = match r.num_partitions {
+                    0 => DEFAULT_KEY_PARTITIONS,
+                    n @ 1..=1024 => n,
+                    n => {
+                        return Err(Failure::invalid(format!(
+                            "num_partitions {n}: 1 to 1024 in partition key mode"
+                        )));
+                    }
+                };
+                (0..n).map(|i| format!("_default_{i}")).collect()
+            }
+        };
         self.coord
             .clone()
             .create_collection(v1::CreateCollectionRequest {
                 schema: Some(schema),
-                partition_names: Vec::new(),
+                partition_names,
                 properties: props,
             })
             .await
@@ -1157,6 +1206,7 @@ impl MilvusFront {
         upsert: bool,
     ) -> Result<mm::MutationResult, Failure> {
         let c = self.collection(name).await?;
+        c.no_named_partitions(&[partition.to_owned()])?;
         let partition_id = c.partition(partition)?;
         let generated = self.auto_ids(&c, columns).await?;
         let columns: Vec<FieldData> = columns.iter().cloned().chain(generated).collect();
@@ -1175,7 +1225,10 @@ impl MilvusFront {
         if upsert {
             ts = self.delete_keys(&c, &keys).await?;
         }
-        ts = ts.max(self.insert_rows(&c, partition_id, &batch).await?);
+        ts = ts.max(match c.partition_key() {
+            None => self.insert_rows(&c, partition_id, &batch).await?,
+            Some(key) => self.insert_by_partition_key(&c, key, &batch).await?,
+        });
         let n = batch.num_rows();
         let ids = ids_of(&keys)?;
         Ok(mm::MutationResult {
@@ -1187,6 +1240,39 @@ impl MilvusFront {
             timestamp: ts,
             ..Default::default()
         })
+    }
+
+    /// Inserts `batch` into a collection in partition key mode: each row into partition
+    /// `hash(key) % n` of its `n` partitions (INT64 keys by value, VARCHAR keys by CRC-32C, as
+    /// shards are chosen by primary key).
+    async fn insert_by_partition_key(
+        &self,
+        c: &Collection,
+        key: &str,
+        batch: &RecordBatch,
+    ) -> Result<u64, Failure> {
+        let partitions = &c.info.partitions;
+        let keys = batch
+            .column_by_name(key)
+            .ok_or_else(|| Failure::invalid(format!("the rows have no partition key {key:?}")))?;
+        if keys.null_count() > 0 {
+            return Err(Failure::invalid(format!(
+                "partition key {key:?} is null in some rows"
+            )));
+        }
+        let picked = sluice_storage::rows::shards_of_keys(keys.as_ref(), partitions.len())
+            .map_err(|e| Failure::invalid(e.to_string()))?;
+        let mut newest = 0;
+        for (i, p) in partitions.iter().enumerate() {
+            let mask =
+                arrow_array::BooleanArray::from(picked.iter().map(|x| *x == i).collect::<Vec<_>>());
+            let part = arrow_select::filter::filter_record_batch(batch, &mask)
+                .map_err(|e| Failure::unexpected(e.to_string()))?;
+            if part.num_rows() > 0 {
+                newest = newest.max(self.insert_rows(c, p.partition_id, &part).await?);
+            }
+        }
+        Ok(newest)
     }
 
     /// The primary key column of an auto-id collection's rows, from the coordinator's id
@@ -2254,11 +2340,15 @@ impl MilvusService for MilvusFront {
             collection_name: r.collection_name.clone(),
             partition_name: r.partition_name,
         };
-        let result = self
-            .catalog(&r.collection_name, |mut c| async move {
-                c.create_partition(request).await
-            })
-            .await;
+        let result = match self.partition_ddl_allowed(&r.collection_name).await {
+            Ok(()) => {
+                self.catalog(&r.collection_name, |mut c| async move {
+                    c.create_partition(request).await
+                })
+                .await
+            }
+            Err(f) => Err(f),
+        };
         Ok(Response::new(status::of(&result)))
     }
 
@@ -2268,11 +2358,15 @@ impl MilvusService for MilvusFront {
             collection_name: r.collection_name.clone(),
             partition_name: r.partition_name,
         };
-        let result = self
-            .catalog(&r.collection_name, |mut c| async move {
-                c.drop_partition(request).await
-            })
-            .await;
+        let result = match self.partition_ddl_allowed(&r.collection_name).await {
+            Ok(()) => {
+                self.catalog(&r.collection_name, |mut c| async move {
+                    c.drop_partition(request).await
+                })
+                .await
+            }
+            Err(f) => Err(f),
+        };
         Ok(Response::new(status::of(&result)))
     }
 
