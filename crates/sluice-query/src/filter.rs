@@ -3588,23 +3588,14 @@ mod tests {
         }
     }
 
-    /// Keys of a JSON field, and of the dynamic field by bare name: read as the literal asks,
-    /// anything else (missing, another JSON type, not an object, null) is null.
-    #[test]
-    fn json_keys_and_dynamic_fields_filter_by_the_literal_type() {
+    /// The test schema with a dynamic field `dyn`, and a filter over a batch of `docs` as both
+    /// `meta` and `dyn`: the ids (1-based) of the rows an expression matches.
+    fn json_docs(docs: &[Option<&str>]) -> (CollectionSchema, impl Fn(&str) -> Vec<i64>) {
         let mut schema = schema();
         schema.fields.push(FieldSchema {
             is_dynamic: true,
             ..field("dyn", DataType::Json, true)
         });
-        let docs = [
-            Some(r#"{"color": "red", "n": 5, "ok": true, "dims": {"w": 3, "tags": {"x": "y"}}}"#),
-            Some(r#"{"color": "blue", "n": 2.5}"#),
-            Some(r#"{"color": 7, "n": "5"}"#),
-            Some("[1, 2]"),
-            None,
-            Some(r#"{"color": null}"#),
-        ];
         let n = docs.len();
         let b = RecordBatch::try_from_iter([
             (
@@ -3621,14 +3612,30 @@ mod tests {
             ),
         ])
         .unwrap();
-        let ids = |expr: &str| -> Vec<i64> {
-            let f = Filter::parse(expr, &schema).unwrap_or_else(|e| panic!("{expr}: {e}"));
+        let parse_with = schema.clone();
+        let ids = move |expr: &str| -> Vec<i64> {
+            let f = Filter::parse(expr, &parse_with).unwrap_or_else(|e| panic!("{expr}: {e}"));
             let mask = f.evaluate(&b).unwrap();
             (0..n)
-                .filter(|&i| mask.value(i))
+                .filter(|&i| mask.is_valid(i) && mask.value(i))
                 .map(|i| i as i64 + 1)
                 .collect()
         };
+        (schema, ids)
+    }
+
+    /// Keys of a JSON field, and of the dynamic field by bare name: read as the literal asks,
+    /// anything else (missing, another JSON type, not an object, null) is null.
+    #[test]
+    fn json_keys_and_dynamic_fields_filter_by_the_literal_type() {
+        let (schema, ids) = json_docs(&[
+            Some(r#"{"color": "red", "n": 5, "ok": true, "dims": {"w": 3, "tags": {"x": "y"}}}"#),
+            Some(r#"{"color": "blue", "n": 2.5}"#),
+            Some(r#"{"color": 7, "n": "5"}"#),
+            Some("[1, 2]"),
+            None,
+            Some(r#"{"color": null}"#),
+        ]);
         assert_eq!(ids(r#"meta["color"] == "red""#), [1]);
         assert_eq!(
             ids(r#"meta["color"] != "red""#),
@@ -3736,43 +3743,14 @@ mod tests {
     /// field itself; `exists`; `is null` on the JSON field itself.
     #[test]
     fn json_functions_exists_and_indexes() {
-        let mut schema = schema();
-        schema.fields.push(FieldSchema {
-            is_dynamic: true,
-            ..field("dyn", DataType::Json, true)
-        });
-        let docs = [
+        let (schema, ids) = json_docs(&[
             Some(r#"{"tags": ["a", "b"], "nums": [1, 2.0, 3], "n": null}"#),
             Some(r#"{"tags": ["c"], "nums": [], "deep": {"list": [["x"], 1]}}"#),
             Some(r#"{"tags": "a", "nums": [5]}"#),
             None,
             Some("null"),
             Some(r#"["a", 1]"#),
-        ];
-        let n = docs.len();
-        let b = RecordBatch::try_from_iter([
-            (
-                "id",
-                Arc::new(Int64Array::from_iter_values(1..=n as i64)) as ArrayRef,
-            ),
-            (
-                "meta",
-                Arc::new(StringArray::from(docs.to_vec())) as ArrayRef,
-            ),
-            (
-                "dyn",
-                Arc::new(StringArray::from(docs.to_vec())) as ArrayRef,
-            ),
-        ])
-        .unwrap();
-        let ids = |expr: &str| -> Vec<i64> {
-            let f = Filter::parse(expr, &schema).unwrap_or_else(|e| panic!("{expr}: {e}"));
-            let mask = f.evaluate(&b).unwrap();
-            (0..n)
-                .filter(|&i| mask.is_valid(i) && mask.value(i))
-                .map(|i| i as i64 + 1)
-                .collect()
-        };
+        ]);
         assert_eq!(ids(r#"json_contains(meta["tags"], "a")"#), [1]);
         assert_eq!(ids(r#"JSON_CONTAINS(tags, "c")"#), [2], "a dynamic key");
         assert_eq!(ids(r#"json_contains(meta, "a")"#), [6], "the field itself");
