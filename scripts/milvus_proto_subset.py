@@ -23,7 +23,9 @@ RPCS = {
     "Connect": "Registers a client; answers with the server's identity. Sluice keeps no session.",
     "GetVersion": "The server's version string.",
     "CreateCollection": "A collection from a serialized schema.CollectionSchema: fields map onto "
-    "Sluice's types; the dynamic field is a JSON field; shards_num shards (0 = 1). A field's "
+    "Sluice's types (FLOAT16_VECTOR and BFLOAT16_VECTOR are kept as 32-bit floats; inserts, "
+    "query vectors and answers use their 16-bit form); the dynamic field is a JSON field; "
+    "shards_num shards (0 = 1). A field's "
     "default_value (BOOL, integers, FLOAT, DOUBLE, VARCHAR) fills inserts that leave it out or "
     "give null. A partition key field (is_partition_key: INT64 or VARCHAR, not nullable) gives "
     "the collection num_partitions partitions (0: 16; at most 1024) named _default_0 … whose "

@@ -1701,3 +1701,41 @@ def test_partition_key_mode_spreads_rows_over_its_partitions_in_sluice(sluice):
     with pytest.raises(MilvusException):
         sluice.create_collection("d_partition_key_bad", schema=bad)
     assert not sluice.has_collection("d_partition_key_bad")
+
+
+def test_float16_and_bfloat16_vectors_are_searched_and_returned_in_sluice(sluice):
+    """FLOAT16_VECTOR and BFLOAT16_VECTOR fields (milvus-lite refuses both): kept as 32-bit
+    floats, described with their type, searched with 16-bit query vectors, and returned as the
+    16-bit bytes that were inserted."""
+    import struct
+
+    import numpy as np
+
+    def bf16(values):
+        """bfloat16 bytes: the high halves of the float32s (exact for the values used here)."""
+        return b"".join(struct.pack("<f", v)[2:] for v in values)
+
+    rnd = np.random.default_rng(7)
+    for ty, name in [(DataType.FLOAT16_VECTOR, "d_f16"), (DataType.BFLOAT16_VECTOR, "d_bf16")]:
+        drop_if_exists(sluice, name)
+        schema = sluice.create_schema(auto_id=False)
+        schema.add_field("id", DataType.INT64, is_primary=True)
+        schema.add_field("v", ty, dim=4)
+        index = sluice.prepare_index_params()
+        index.add_index(field_name="v", index_type="FLAT", metric_type="L2")
+        sluice.create_collection(name, schema=schema, index_params=index)
+        assert sluice.describe_collection(name)["fields"][1]["type"] == ty
+        if ty == DataType.FLOAT16_VECTOR:
+            vecs = [rnd.random(4).astype(np.float16) for _ in range(20)]
+            raw = [v.tobytes() for v in vecs]
+        else:
+            # Multiples of 1/8 are exact in bfloat16.
+            floats = [[float(x) / 8 for x in rnd.integers(0, 8, 4)] for _ in range(20)]
+            raw = [bf16(f) for f in floats]
+            vecs = raw
+        sluice.insert(name, [{"id": i, "v": vecs[i]} for i in range(20)])
+        hits = sluice.search(name, data=[vecs[3]], anns_field="v", limit=1, output_fields=["v"])
+        assert hits[0][0]["id"] == 3 and hits[0][0]["distance"] == 0.0, hits
+        assert hits[0][0]["entity"]["v"] == raw[3]
+        got = sluice.query(name, filter="id == 5", output_fields=["v"])
+        assert got[0]["v"] == [raw[5]], got

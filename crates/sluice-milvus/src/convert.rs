@@ -150,6 +150,11 @@ pub(crate) fn field_to_sluice(
         MDataType::VarChar => DataType::Varchar,
         MDataType::Json => DataType::Json,
         MDataType::FloatVector => DataType::FloatVector,
+        // Kept as 32-bit floats; the Milvus type is noted, and answers are in it.
+        MDataType::Float16Vector | MDataType::BFloat16Vector => {
+            narrow.insert(f.name.clone(), Value::from(f.data_type));
+            DataType::FloatVector
+        }
         other => {
             return Err(Failure::unsupported(format!(
                 "data type {} (field {:?})",
@@ -276,6 +281,22 @@ fn default_to_milvus(
         _ => return None,
     };
     Some(ms::ValueField { data: Some(data) })
+}
+
+/// 16-bit floats (IEEE half, or `brain` float16), little-endian, as 32-bit ones (an odd last
+/// byte is left out).
+pub(crate) fn half_floats(bytes: &[u8], brain: bool) -> Vec<f32> {
+    bytes
+        .chunks_exact(2)
+        .map(|b| {
+            let b = [b[0], b[1]];
+            if brain {
+                half::bf16::from_le_bytes(b).to_f32()
+            } else {
+                half::f16::from_le_bytes(b).to_f32()
+            }
+        })
+        .collect()
 }
 
 /// The default values kept in `props` (see [`PROP_DEFAULTS`]).
@@ -432,6 +453,23 @@ fn column_values(fd: &FieldData) -> Result<Vec<Value>, Failure> {
                 .chunks(v.dim as usize)
                 .map(|c| Value::Array(c.iter().map(|x| f64::from(*x).into()).collect()))
                 .collect(),
+            Some(vector_field::Data::Float16Vector(b) | vector_field::Data::Bfloat16Vector(b))
+                if v.dim > 0 =>
+            {
+                let brain = matches!(v.data, Some(vector_field::Data::Bfloat16Vector(_)));
+                if b.len() % (2 * v.dim as usize) != 0 {
+                    return Err(Failure::invalid(format!(
+                        "the vectors of field {name:?}: {} bytes is not a whole number of \
+                         {}-dimensional 16-bit vectors",
+                        b.len(),
+                        v.dim
+                    )));
+                }
+                half_floats(b, brain)
+                    .chunks(v.dim as usize)
+                    .map(|c| Value::Array(c.iter().map(|x| f64::from(*x).into()).collect()))
+                    .collect()
+            }
             _ => {
                 return Err(Failure::unsupported(format!(
                     "the vectors of field {name:?} (only float vectors are)"
@@ -617,12 +655,27 @@ pub(crate) fn column_to_milvus(
         }
         ArrowType::FixedSizeList(_, dim) => {
             let a = col.as_fixed_size_list();
-            let values = a.values().as_primitive::<Float32Type>();
+            let values = a.values().as_primitive::<Float32Type>().values();
+            let data = match ty {
+                MDataType::Float16Vector => vector_field::Data::Float16Vector(
+                    values
+                        .iter()
+                        .flat_map(|x| half::f16::from_f32(*x).to_le_bytes())
+                        .collect(),
+                ),
+                MDataType::BFloat16Vector => vector_field::Data::Bfloat16Vector(
+                    values
+                        .iter()
+                        .flat_map(|x| half::bf16::from_f32(*x).to_le_bytes())
+                        .collect(),
+                ),
+                _ => vector_field::Data::FloatVector(ms::FloatArray {
+                    data: values.to_vec(),
+                }),
+            };
             Some(field_data::Field::Vectors(VectorField {
                 dim: i64::from(*dim),
-                data: Some(vector_field::Data::FloatVector(ms::FloatArray {
-                    data: values.values().to_vec(),
-                })),
+                data: Some(data),
             }))
         }
         other => {

@@ -1559,21 +1559,35 @@ impl MilvusFront {
                 })?;
                 let mut vectors = Vec::new();
                 for ph in group.placeholders {
-                    if ph.r#type != mc::PlaceholderType::FloatVector as i32 {
-                        return Err(Failure::unsupported(
-                            "query vectors other than float vectors",
-                        ));
-                    }
-                    for v in ph.values {
-                        if v.len() % 4 != 0 {
-                            return Err(Failure::invalid("a float vector of odd length"));
+                    // 32-bit floats (`None`), or 16-bit ones (`Some(brain)`: IEEE half or brain
+                    // float16).
+                    let half = match mc::PlaceholderType::try_from(ph.r#type) {
+                        Ok(mc::PlaceholderType::FloatVector) => None,
+                        Ok(mc::PlaceholderType::Float16Vector) => Some(false),
+                        Ok(mc::PlaceholderType::BFloat16Vector) => Some(true),
+                        _ => {
+                            return Err(Failure::unsupported(
+                                "query vectors other than float, float16 and bfloat16 vectors",
+                            ));
                         }
-                        vectors.push(v1::FloatVector {
-                            values: v
+                    };
+                    let size = if half.is_some() { 2 } else { 4 };
+                    for v in ph.values {
+                        if v.len() % size != 0 {
+                            return Err(Failure::invalid(format!(
+                                "a query vector of {} bytes: not a whole number of {size}-byte \
+                                 floats",
+                                v.len()
+                            )));
+                        }
+                        let values = match half {
+                            None => v
                                 .chunks_exact(4)
                                 .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
                                 .collect(),
-                        });
+                            Some(brain) => crate::convert::half_floats(&v, brain),
+                        };
+                        vectors.push(v1::FloatVector { values });
                     }
                 }
                 vectors
