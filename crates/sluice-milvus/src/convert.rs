@@ -265,9 +265,7 @@ fn default_to_milvus(
     props: &HashMap<String, String>,
 ) -> Option<ms::ValueField> {
     use ms::value_field::Data;
-    let defaults: serde_json::Map<String, Value> = props
-        .get(PROP_DEFAULTS)
-        .and_then(|v| serde_json::from_str(v).ok())?;
+    let defaults = defaults(props);
     let v = defaults.get(name)?;
     let data = match ty {
         MDataType::Bool => Data::BoolData(v.as_bool()?),

@@ -810,6 +810,21 @@ impl MilvusFront {
         Ok(Collection { info, schema })
     }
 
+    /// The collection's segments in Parquet (the coordinator's ListSegments), by segment id.
+    async fn segment_manifests(
+        &self,
+        c: &Collection,
+    ) -> Result<Vec<sluice_types::message::pb::SegmentManifest>, Failure> {
+        self.coord
+            .clone()
+            .list_segments(v1::ListSegmentsRequest {
+                collection_id: c.info.collection_id,
+            })
+            .await
+            .map(|r| r.into_inner().segments)
+            .map_err(|s| Failure::from_client(&ClientError::from_status(&s), &c.schema.name))
+    }
+
     /// Where the collection is served from (the coordinator's ListReplicas).
     async fn placements(&self, c: &Collection) -> Result<v1::ListReplicasResponse, Failure> {
         self.coord
@@ -2739,24 +2754,13 @@ impl MilvusService for MilvusFront {
         let flushed = mc::SegmentState::Flushed as i32;
         let result = async {
             let c = self.collection(&r.collection_name).await?;
-            let listed = self
-                .coord
-                .clone()
-                .list_segments(v1::ListSegmentsRequest {
-                    collection_id: c.info.collection_id,
-                })
-                .await
-                .map_err(|s| {
-                    Failure::from_client(&ClientError::from_status(&s), &r.collection_name)
-                })?;
+            let listed = self.segment_manifests(&c).await?;
             // Every segment Sluice keeps is flushed (growing rows live in the WAL).
             if !r.states.is_empty() && !r.states.contains(&flushed) {
                 return Ok(Vec::new());
             }
             Ok::<_, Failure>(
                 listed
-                    .into_inner()
-                    .segments
                     .into_iter()
                     .map(|m| mm::PersistentSegmentInfo {
                         segment_id: m.segment_id,
@@ -2860,17 +2864,7 @@ impl MilvusService for MilvusFront {
                 return Err(Failure::collection_not_loaded(&c.schema.name));
             }
             let placed = self.placements(&c).await?;
-            let listed = self
-                .coord
-                .clone()
-                .list_segments(v1::ListSegmentsRequest {
-                    collection_id: c.info.collection_id,
-                })
-                .await
-                .map_err(|s| {
-                    Failure::from_client(&ClientError::from_status(&s), &r.collection_name)
-                })?
-                .into_inner();
+            let listed = self.segment_manifests(&c).await?;
             let released = c.released();
             let workers: HashMap<i64, u64> = placed
                 .segments
@@ -2891,7 +2885,6 @@ impl MilvusService for MilvusFront {
                 .unwrap_or_default();
             Ok::<_, Failure>(
                 listed
-                    .segments
                     .into_iter()
                     .filter(|m| !released.contains(&m.partition_id))
                     .map(|m| {

@@ -1914,8 +1914,7 @@ async fn watch_load_states(host: std::sync::Weak<QueryHost>) {
             (released, settings, ttls)
         };
         let Some(h) = host.upgrade() else { return };
-        *h.ttls.write() = ttls;
-        h.set_catalog(released, settings);
+        h.set_catalog(released, settings, ttls);
         drop(h);
         if states.changed().await.is_err() {
             return;
@@ -1941,11 +1940,15 @@ impl QueryHost {
         }
     }
 
+    /// Takes the catalog's released collections, index settings and TTLs.
     fn set_catalog(
         &self,
         released: std::collections::HashSet<i64>,
         settings: HashMap<i64, IndexSettings>,
+        ttls: HashMap<i64, u64>,
     ) {
+        // Reads take a TTL change at once; nothing is rebuilt.
+        *self.ttls.write() = ttls;
         let mut rebuild = false;
         {
             let mut cur = self.released.write();
