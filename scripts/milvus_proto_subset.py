@@ -123,6 +123,19 @@ RPCS = {
     "GetQuerySegmentInfo": "The collection's sealed segments as reads see them: every committed "
     "segment of a loaded partition, state Sealed, with the node holding it (its query worker, "
     "else the streaming node owning its shard). Growing rows are not listed.",
+    "ManualCompaction": "Compacts the collection (Coordinator.Compact): each shard's segments "
+    "are rewritten without the rows that deletes already flushed to delete files, or the "
+    "collection's TTL, removed as of now (flush first to include recent deletes). The whole "
+    "collection is compacted whatever partition_id, channel or segment_ids narrow it to (reads "
+    "see the same rows either way), and target_size is not used (segments are rewritten one "
+    "by one, never merged); majorCompaction (clustering compaction) is refused: Sluice has no "
+    "clustering key. compactionID follows it; compactionPlanCount is the shard count.",
+    "GetCompactionState": "Executing until every shard of the compaction is done, then "
+    "Completed (also when the collection was dropped meanwhile); executingPlanNo and "
+    "completedPlanNo count shards. Compactions are remembered for a day.",
+    "GetCompactionStateWithPlans": "As GetCompactionState, with one merge info per segment "
+    "rewritten: the segment keeps its id (sources [id], target id), its channel, type "
+    "CompactionTypeSingle, state CompactionTaskStateCompleted.",
 }
 
 SERVICE = "milvus.proto.milvus.MilvusService"

@@ -1739,3 +1739,165 @@ def test_float16_and_bfloat16_vectors_are_searched_and_returned_in_sluice(sluice
         assert hits[0][0]["entity"]["v"] == raw[3]
         got = sluice.query(name, filter="id == 5", output_fields=["v"])
         assert got[0]["v"] == [raw[5]], got
+
+
+def _parquet_files(data_dir, collection_id):
+    """The data files of a collection's segments: {segment id: [file names]}."""
+    root = data_dir / "storage" / "storage" / "segments" / str(collection_id)
+    out = {}
+    for f in root.glob("*/*/*.parquet"):
+        out.setdefault(int(f.parent.name), []).append(f.name)
+    return {k: sorted(v) for k, v in out.items()}
+
+
+def _persisted(c, name, ready, timeout=60):
+    """{segment id: rows} of the collection's segments in Parquet, once `ready` holds of it."""
+    deadline = time.monotonic() + timeout
+    while True:
+        got = {seg.segment_id: seg.num_rows for seg in c.list_persistent_segments(name)}
+        if ready(got):
+            return got
+        assert time.monotonic() < deadline, got
+        time.sleep(0.2)
+
+
+def _wait_compacted(c, job, timeout=60):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if c.get_compaction_state(job) == "Completed":
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"compaction {job} did not complete")
+
+
+def test_compaction_removes_deleted_rows_from_storage_and_reads_stay_the_same():
+    """compact / get_compaction_state / get_compaction_plans: segments flushed with rows that
+    flushed deletes removed are rewritten without them (smaller files, fewer rows listed; the
+    replaced files deleted a moment later), and every query and search answers as before —
+    also after a restart. A varchar primary key; an upsert's new row stays."""
+    from pathlib import Path
+
+    env = {"SLUICE_STORAGE__COMPACTION_SWEEP_AFTER_MS": "300"}
+    with tempfile.TemporaryDirectory(prefix="sluice-compact-") as d:
+        s = Server(Path(d), env=env)
+        s.start()
+        name = "compact_varchar"
+        try:
+            c = MilvusClient(uri=f"http://{s.milvus}")
+            schema = c.create_schema(auto_id=False)
+            schema.add_field("pk", DataType.VARCHAR, is_primary=True, max_length=16)
+            schema.add_field("vector", DataType.FLOAT_VECTOR, dim=DIM)
+            schema.add_field("n", DataType.INT64)
+            c.create_collection(name, schema=schema)
+            rnd = random.Random(5)
+            data = [
+                {"pk": f"k{i:04}", "vector": [rnd.random() for _ in range(DIM)], "n": i}
+                for i in range(600)
+            ]
+            c.insert(name, data)
+            c.flush(name)
+            c.delete(name, filter="n < 400")
+            c.upsert(name, [{"pk": "k0450", "vector": [0.5] * DIM, "n": -1}])
+            c.flush(name)
+            cid = c.describe_collection(name)["collection_id"]
+            before_files = _parquet_files(Path(d), cid)
+            before_rows = _persisted(c, name, lambda rows_: sum(rows_.values()) == 601)
+            q = [[0.5] * DIM, [0.1] * DIM]
+
+            def reads():
+                rows_ = c.query(name, filter="n >= -10", output_fields=["pk", "n"], limit=1000)
+                hits = c.search(name, q, limit=10, output_fields=["n"])
+                return (
+                    sorted((r["pk"], r["n"]) for r in rows_),
+                    [[(h["pk"], round(h["distance"], 5)) for h in hs] for hs in hits],
+                )
+
+            want = reads()
+            assert len(want[0]) == 200 and ("k0450", -1) in want[0]
+
+            with pytest.raises(MilvusException):
+                c.compact(name, is_clustering=True)
+            job = c.compact(name)
+            _wait_compacted(c, job)
+            plans = c.get_compaction_plans(job)
+            rewritten = {p.sources[0] for p in plans.plans}
+            assert rewritten, plans
+            assert reads() == want
+            after_rows = _persisted(c, name, lambda rows_: True)
+            assert sum(after_rows.values()) < sum(before_rows.values())
+            # The segment holding the 600 first rows kept 199 of them (k0450's old row went too).
+            assert sorted(after_rows.values()) == sorted(
+                [199 if before_rows[k] == 600 else v for k, v in before_rows.items()]
+            ), (before_rows, after_rows)
+            # Within the sweep delay the replaced files go; the compacted ones are smaller.
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                files = _parquet_files(Path(d), cid)
+                if all(len(files.get(seg, [])) == 1 for seg in rewritten):
+                    break
+                time.sleep(0.2)
+            for seg in rewritten:
+                assert files[seg][0].startswith("data.c"), files
+                new = Path(d) / "storage" / "storage" / "segments" / str(cid)
+                (path,) = list(new.glob(f"*/{seg}/data.c*.parquet"))
+                assert path.stat().st_size > 0
+            assert before_files != files
+            # Nothing left to remove: a second compaction rewrites nothing.
+            job2 = c.compact(name)
+            _wait_compacted(c, job2)
+            assert list(c.get_compaction_plans(job2).plans) == []
+            c.close()
+        finally:
+            s.stop()
+        s = Server(Path(d), env=env)
+        s.start()
+        try:
+            c = MilvusClient(uri=f"http://{s.milvus}")
+            c.load_collection(name)
+            assert reads() == want
+            c.close()
+        finally:
+            s.stop()
+
+
+def test_compaction_on_its_own_and_of_expired_rows():
+    """With compaction on its own every half second (no retention, 30% removable), a segment
+    with half its rows deleted is rewritten without anyone asking; a collection whose TTL
+    expired every row compacts to empty segments, and reads still answer nothing."""
+    from pathlib import Path
+
+    env = {
+        "SLUICE_STORAGE__COMPACTION_INTERVAL_MS": "500",
+        "SLUICE_STORAGE__COMPACTION_RETENTION_MS": "0",
+        "SLUICE_STORAGE__COMPACTION_MIN_REMOVED_RATIO": "0.3",
+        "SLUICE_STORAGE__COMPACTION_SWEEP_AFTER_MS": "300",
+    }
+    with tempfile.TemporaryDirectory(prefix="sluice-autocompact-") as d:
+        s = Server(Path(d), env=env)
+        s.start()
+        try:
+            c = MilvusClient(uri=f"http://{s.milvus}")
+            c.create_collection("auto_c", dimension=DIM)
+            c.insert("auto_c", rows(100, seed=31))
+            c.flush("auto_c")
+            c.delete("auto_c", ids=list(range(0, 100, 2)))
+            c.flush("auto_c")
+            _persisted(c, "auto_c", lambda rows_: list(rows_.values()) == [50], timeout=30)
+            got = sorted(r["id"] for r in c.query("auto_c", filter="id >= 0", limit=1000))
+            assert got == list(range(1, 100, 2))
+
+            c.create_collection("ttl_c", dimension=DIM, properties={"collection.ttl.seconds": 1})
+            c.insert("ttl_c", rows(30, seed=32))
+            c.flush("ttl_c")
+            _persisted(c, "ttl_c", lambda rows_: sum(rows_.values()) == 30)
+            time.sleep(2)
+            assert c.query("ttl_c", filter="id >= 0") == []
+            job = c.compact("ttl_c")
+            _wait_compacted(c, job)
+            listed = _persisted(c, "ttl_c", lambda rows_: True)
+            assert listed and all(n == 0 for n in listed.values()), listed
+            assert c.query("ttl_c", filter="id >= 0") == []
+            assert c.search("ttl_c", [[0.5] * DIM], limit=5) == [[]]
+            c.close()
+        finally:
+            s.stop()

@@ -14,6 +14,8 @@
 //! {root}/query/node/{id}             a registered query worker (`sluice querynode`, leased)
 //! {root}/query/placement/{segment}   where a sealed segment is served (SegmentPlacement)
 //! {root}/query/replica/{vchannel}/{r} a replica delegator of a shard (ReplicaPlacement)
+//! {root}/compaction/{id}             a compaction asked for (CompactionInfo)
+//! {root}/compaction-done/{id}/{vchannel} one vchannel of it compacted (VChannelCompaction)
 //! ```
 
 /// The default key root.
@@ -121,6 +123,26 @@ impl Keys {
     /// Where replica `replica` of `vchannel`'s delegator runs.
     pub fn replica(&self, vchannel: &str, replica: u32) -> String {
         format!("{}{vchannel}/{replica}", self.replica_prefix())
+    }
+
+    /// The prefix of every compaction asked for.
+    pub fn compaction_prefix(&self) -> String {
+        format!("{}/compaction/", self.root)
+    }
+
+    /// Compaction `id`.
+    pub fn compaction(&self, id: i64) -> String {
+        format!("{}{id}", self.compaction_prefix())
+    }
+
+    /// The prefix of the vchannels compaction `id` is done with.
+    pub fn compaction_done_prefix(&self, id: i64) -> String {
+        format!("{}/compaction-done/{id}/", self.root)
+    }
+
+    /// Compaction `id` is done with `vchannel`.
+    pub fn compaction_done(&self, id: i64, vchannel: &str) -> String {
+        format!("{}{vchannel}", self.compaction_done_prefix(id))
     }
 }
 

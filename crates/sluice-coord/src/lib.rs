@@ -21,6 +21,7 @@ pub mod assign;
 pub mod balancer;
 pub mod broadcast;
 pub mod catalog;
+pub mod compaction;
 pub mod election;
 pub mod error;
 pub mod keys;

@@ -65,6 +65,8 @@ pub struct PlacedSegment {
     pub vchannel: String,
     /// Its rows.
     pub rows: u64,
+    /// Its manifest's compaction timestamp (0: as flushed).
+    pub version: u64,
 }
 
 /// The changes that make `current` follow the plan for `segments` over `workers`: placements
@@ -98,7 +100,17 @@ pub fn plan(
                 .is_some_and(|&address| address == p.address)
         });
         match kept {
-            Some(p) => *load.entry(NodeId(p.node_id)).or_default() += s.rows,
+            Some(p) => {
+                *load.entry(NodeId(p.node_id)).or_default() += s.rows;
+                if p.version != s.version || p.rows != s.rows {
+                    // Compacted: the worker loads the new version where it is.
+                    puts.push(SegmentPlacement {
+                        rows: s.rows,
+                        version: s.version,
+                        ..p.clone()
+                    });
+                }
+            }
             None => homeless.push(s),
         }
     }
@@ -117,6 +129,7 @@ pub fn plan(
             rows: s.rows,
             node_id: node.0,
             address: live[&node].to_owned(),
+            version: s.version,
         });
     }
     (puts, gone)
@@ -300,6 +313,7 @@ async fn segments(
             partition_id: m.partition_id,
             vchannel: m.vchannel,
             rows: m.rows,
+            version: m.compaction_timestamp,
         });
     }
     out.sort_by_key(|s| s.segment_id);
@@ -410,6 +424,7 @@ mod tests {
             partition_id: 2,
             vchannel: "p0_1v0".into(),
             rows,
+            version: 0,
         }
     }
 
@@ -461,6 +476,27 @@ mod tests {
             }
         }
         assert_eq!(load(&current)[&4], 600, "{:?}", load(&current));
+        // A compacted segment stays on its worker, at its new version and size.
+        let mut compacted = segs.clone();
+        compacted[4].version = 77;
+        compacted[4].rows -= 50;
+        let change = plan(&compacted, &workers(&[1, 3, 4]), &current);
+        assert!(change.1.is_empty(), "{change:?}");
+        assert_eq!(
+            change.0,
+            vec![SegmentPlacement {
+                version: 77,
+                rows: compacted[4].rows,
+                ..current[&5].clone()
+            }]
+        );
+        apply(&mut current, change);
+        assert!(
+            plan(&compacted, &workers(&[1, 3, 4]), &current)
+                .0
+                .is_empty()
+        );
+        let segs = compacted;
         // A segment gone from the plan loses its placement; no workers, no placements.
         let change = plan(&segs[1..], &workers(&[1, 3, 4]), &current);
         assert_eq!(change, (Vec::new(), vec![1]));

@@ -496,6 +496,78 @@ impl coordinator_server::Coordinator for CoordinatorService {
         Ok(Response::new(v1::MovePChannelResponse { term: moved.0 }))
     }
 
+    async fn compact(
+        &self,
+        request: Request<v1::CompactRequest>,
+    ) -> Result<Response<v1::CompactionInfo>, Status> {
+        use prost::Message as _;
+        let collection_id = request.into_inner().collection_id;
+        let leader = self.leader().await?;
+        let info = leader
+            .catalog
+            .by_id(collection_id)
+            .await
+            .map_err(|e| coord_status(&e))?;
+        if info.state != v1::CollectionState::Created as i32 {
+            return Err(convert::status(
+                ErrorCode::InvalidArgument,
+                format!("collection {collection_id} is being dropped"),
+            ));
+        }
+        let oracles = self.oracles().await?;
+        let timestamp = oracles
+            .tso
+            .allocate(1)
+            .await
+            .map_err(|e| coord_status(&e))?;
+        let id = oracles
+            .ids
+            .allocate(1)
+            .await
+            .map_err(|e| coord_status(&e))?;
+        let (store, root) = self.coordinator.meta();
+        let keys = crate::keys::Keys::new(root);
+        let record = v1::CompactionInfo {
+            compaction_id: id as i64,
+            collection_id,
+            timestamp: timestamp.0,
+            vchannels: info.vchannels.clone(),
+            started_unix_ms: crate::compaction::now_ms(),
+            ..v1::CompactionInfo::default()
+        };
+        crate::compaction::forget_old(store.as_ref(), &keys)
+            .await
+            .map_err(|e| coord_status(&e))?;
+        store
+            .put(
+                &keys.compaction(record.compaction_id),
+                bytes::Bytes::from(record.encode_to_vec()),
+                sluice_meta::Condition::KeyAbsent,
+                None,
+            )
+            .await
+            .map_err(|e| Status::unavailable(format!("meta store: {e}")))?;
+        tracing::info!(compaction = id, collection_id, "compaction asked for");
+        Ok(Response::new(v1::CompactionInfo {
+            state: v1::CompactionState::Executing as i32,
+            ..record
+        }))
+    }
+
+    async fn get_compaction(
+        &self,
+        request: Request<v1::GetCompactionRequest>,
+    ) -> Result<Response<v1::CompactionInfo>, Status> {
+        let id = request.into_inner().compaction_id;
+        let leader = self.leader().await?;
+        let (store, root) = self.coordinator.meta();
+        let keys = crate::keys::Keys::new(root);
+        let info = crate::compaction::read(store.as_ref(), &keys, id, &leader.catalog)
+            .await
+            .map_err(|e| coord_status(&e))?;
+        Ok(Response::new(info))
+    }
+
     async fn list_replicas(
         &self,
         request: Request<v1::ListReplicasRequest>,

@@ -308,6 +308,9 @@ macro_rules! with_status {
 
 with_status!(
     mm::GetPartitionStatisticsResponse,
+    mm::ManualCompactionResponse,
+    mm::GetCompactionStateResponse,
+    mm::GetCompactionPlansResponse,
     mm::GetPersistentSegmentInfoResponse,
     mm::GetReplicasResponse,
     mm::GetQuerySegmentInfoResponse,
@@ -330,6 +333,15 @@ const DEFAULT_RESOURCE_GROUP: &str = "__default_resource_group";
 
 /// Milvus's id of replica `replica` of a collection: unique across collections (a collection
 /// has at most 16 replicas).
+/// Milvus's state of a Sluice compaction.
+fn compaction_state(info: &v1::CompactionInfo) -> mc::CompactionState {
+    if info.state == v1::CompactionState::Completed as i32 {
+        mc::CompactionState::Completed
+    } else {
+        mc::CompactionState::Executing
+    }
+}
+
 fn replica_id(collection_id: i64, replica: u32) -> i64 {
     collection_id
         .wrapping_mul(16)
@@ -823,6 +835,28 @@ impl MilvusFront {
             .await
             .map(|r| r.into_inner().segments)
             .map_err(|s| Failure::from_client(&ClientError::from_status(&s), &c.schema.name))
+    }
+
+    /// Starts a compaction of the collection (the coordinator's Compact).
+    async fn compact(&self, c: &Collection) -> Result<v1::CompactionInfo, Failure> {
+        self.coord
+            .clone()
+            .compact(v1::CompactRequest {
+                collection_id: c.info.collection_id,
+            })
+            .await
+            .map(Response::into_inner)
+            .map_err(|s| Failure::from_client(&ClientError::from_status(&s), &c.schema.name))
+    }
+
+    /// A compaction and its progress (the coordinator's GetCompaction).
+    async fn compaction(&self, id: i64) -> Result<v1::CompactionInfo, Failure> {
+        self.coord
+            .clone()
+            .get_compaction(v1::GetCompactionRequest { compaction_id: id })
+            .await
+            .map(Response::into_inner)
+            .map_err(|s| Failure::invalid(format!("compaction {id}: {}", s.message())))
     }
 
     /// Where the collection is served from (the coordinator's ListReplicas).
@@ -2782,6 +2816,80 @@ impl MilvusService for MilvusFront {
                 ..Default::default()
             }
         })))
+    }
+
+    async fn manual_compaction(
+        &self,
+        r: Request<mm::ManualCompactionRequest>,
+    ) -> Reply<mm::ManualCompactionResponse> {
+        let r = r.into_inner();
+        let result = async {
+            if r.major_compaction {
+                return Err(Failure::invalid(
+                    "majorCompaction (clustering compaction) needs a clustering key; Sluice has                      none — compact without it",
+                ));
+            }
+            let c = self
+                .collection_named_or(&r.collection_name, r.collection_id)
+                .await?;
+            let info = self.compact(&c).await?;
+            Ok::<_, Failure>(mm::ManualCompactionResponse {
+                compaction_id: info.compaction_id,
+                compaction_plan_count: info.vchannels.len() as i32,
+                ..Default::default()
+            })
+        }
+        .await;
+        Ok(answer(result))
+    }
+
+    async fn get_compaction_state(
+        &self,
+        r: Request<mm::GetCompactionStateRequest>,
+    ) -> Reply<mm::GetCompactionStateResponse> {
+        let id = r.into_inner().compaction_id;
+        let result = self.compaction(id).await.map(|info| {
+            let done = info.done.len() as i64;
+            mm::GetCompactionStateResponse {
+                state: compaction_state(&info) as i32,
+                executing_plan_no: info.vchannels.len() as i64 - done,
+                completed_plan_no: done,
+                ..Default::default()
+            }
+        });
+        Ok(answer(result))
+    }
+
+    async fn get_compaction_state_with_plans(
+        &self,
+        r: Request<mm::GetCompactionPlansRequest>,
+    ) -> Reply<mm::GetCompactionPlansResponse> {
+        let id = r.into_inner().compaction_id;
+        let result = self.compaction(id).await.map(|info| {
+            let merge_infos = info
+                .done
+                .iter()
+                .flat_map(|d| {
+                    d.segment_ids.iter().map(|&s| mm::CompactionMergeInfo {
+                        sources: vec![s],
+                        target: s,
+                        targets: vec![s],
+                        trigger_id: info.compaction_id,
+                        collection_id: info.collection_id,
+                        channel: d.vchannel.clone(),
+                        r#type: mc::CompactionType::Single as i32,
+                        state: mc::CompactionTaskState::Completed as i32,
+                        ..Default::default()
+                    })
+                })
+                .collect();
+            mm::GetCompactionPlansResponse {
+                state: compaction_state(&info) as i32,
+                merge_infos,
+                ..Default::default()
+            }
+        });
+        Ok(answer(result))
     }
 
     async fn get_replicas(

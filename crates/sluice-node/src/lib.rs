@@ -6,6 +6,7 @@
 //! coordinator — and the query delegators of those WALs' shards with the `Query` service over
 //! them ([`query`]).
 
+pub mod compactor;
 pub mod coord_link;
 pub mod error;
 pub mod manager;

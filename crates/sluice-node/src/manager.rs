@@ -25,6 +25,7 @@ use sluice_types::{PChannel, Term};
 use sluice_wal::{Wal, WalConfig, WalDeps, WalError};
 
 use crate::NodeError;
+use crate::compactor::{CompactionConfig, Compactor};
 use crate::query::{QueryFeed, QueryHost};
 
 /// One pchannel's slot: the transition lock and what is open.
@@ -44,6 +45,8 @@ struct SlotState {
     flusher: Option<Flusher>,
     /// Feeds the open WAL's query delegators.
     feed: Option<QueryFeed>,
+    /// Compacts the open WAL's sealed segments.
+    compactor: Option<Compactor>,
 }
 
 /// What runs beside an open WAL.
@@ -51,11 +54,15 @@ struct SlotState {
 struct Companions {
     flusher: Option<Flusher>,
     feed: Option<QueryFeed>,
+    compactor: Option<Compactor>,
 }
 
 /// Closes a WAL, then stops its flusher (whatever it did not flush stays in the log) and its
 /// query delegators.
 async fn close(wal: Wal, companions: Companions) {
+    if let Some(c) = companions.compactor {
+        c.stop().await;
+    }
     wal.close().await;
     if let Some(f) = companions.feed {
         f.stop().await;
@@ -72,6 +79,7 @@ impl SlotState {
             Companions {
                 flusher: self.flusher.take(),
                 feed: self.feed.take(),
+                compactor: self.compactor.take(),
             },
         )
     }
@@ -95,6 +103,9 @@ pub struct WalManager {
     deps: WalDeps,
     storage: Option<Arc<StorageConfig>>,
     query: Option<Arc<QueryHost>>,
+    compaction: CompactionConfig,
+    /// Compactions asked for (followed from the first WAL opened with storage on).
+    compaction_requests: std::sync::OnceLock<crate::compactor::Requests>,
     slots: Mutex<HashMap<PChannel, Arc<Slot>>>,
     shutting_down: std::sync::atomic::AtomicBool,
 }
@@ -114,6 +125,8 @@ impl WalManager {
             deps,
             storage: None,
             query: None,
+            compaction: CompactionConfig::default(),
+            compaction_requests: std::sync::OnceLock::new(),
             slots: Mutex::new(HashMap::new()),
             shutting_down: std::sync::atomic::AtomicBool::new(false),
         }
@@ -122,6 +135,12 @@ impl WalManager {
     /// Every WAL this manager opens gets a flusher writing to `storage`.
     pub fn with_storage(mut self, storage: Arc<StorageConfig>) -> WalManager {
         self.storage = Some(storage);
+        self
+    }
+
+    /// Every WAL this manager opens with storage compacts its segments with `config`.
+    pub fn with_compaction(mut self, config: CompactionConfig) -> WalManager {
+        self.compaction = config;
         self
     }
 
@@ -201,11 +220,25 @@ impl WalManager {
             .as_ref()
             .map(|s| Flusher::start(wal.clone(), s.clone()));
         let feed = self.query.as_ref().map(|q| q.serve(wal.clone()));
+        let compactor = self.storage.as_ref().map(|s| {
+            let requests = self
+                .compaction_requests
+                .get_or_init(|| crate::compactor::requests(s))
+                .clone();
+            Compactor::start(
+                wal.clone(),
+                s.clone(),
+                self.query.clone(),
+                self.compaction.clone(),
+                requests,
+            )
+        });
         {
             let mut state = slot.state.lock();
             state.wal = Some(wal);
             state.flusher = flusher;
             state.feed = feed;
+            state.compactor = compactor;
         }
         metrics::gauge!("sluice_node_wals").set(self.status().len() as f64);
         Ok(())

@@ -269,6 +269,28 @@ impl QueryHost {
         QueryFeed { cancel, task }
     }
 
+    /// Loads a segment a compaction rewrote (`m`, its new manifest) in place of the older
+    /// version a delegator here holds. Keys-only copies (a query worker holds the rows) keep
+    /// the older version: their keys are a superset, so the rows they tell workers to hide
+    /// stay right whichever version the worker holds.
+    pub async fn reload_compacted(&self, m: &SegmentManifest) -> Result<(), String> {
+        let Some(d) = self.shards.read().get(&m.vchannel).cloned() else {
+            return Ok(());
+        };
+        let held = {
+            let data = d.read();
+            d.collection() == m.collection_id
+                && data
+                    .segment_version(m.segment_id)
+                    .is_some_and(|v| v < m.compaction_timestamp)
+                && !data.remote_segments().contains(&m.segment_id)
+        };
+        if held {
+            load_segment(&self.storage, &d, m).await?;
+        }
+        Ok(())
+    }
+
     fn forget(&self, pchannel: &str) {
         self.shards
             .write()
@@ -348,6 +370,10 @@ impl QueryHost {
                 ..pb::SegmentScope::default()
             });
             scope.segment_ids.push(s);
+            // The worker must hold at least the version whose rows the hidden set describes.
+            scope
+                .segment_versions
+                .push(data.segment_version(s).unwrap_or(0));
             let mut rows: Vec<u32> = data.hidden_rows(s, t).into_iter().collect();
             if !rows.is_empty() {
                 rows.sort_unstable();
@@ -1612,7 +1638,24 @@ fn split_ts(b: &RecordBatch) -> Result<(RecordBatch, Vec<u64>), String> {
     Ok((b.project(&keep).map_err(|e| e.to_string())?, ts))
 }
 
-/// Loads a committed segment into `d` (with its indexes) in place of its growing rows.
+/// A compacted file's rows without `_row`, and `_row` (empty for a file without it).
+fn split_origin(b: &RecordBatch) -> Result<(RecordBatch, Vec<u32>), String> {
+    use sluice_storage::compaction::ROW_COLUMN;
+    let Ok(i) = b.schema().index_of(ROW_COLUMN) else {
+        return Ok((b.clone(), Vec::new()));
+    };
+    let rows = b
+        .column(i)
+        .as_primitive_opt::<arrow_array::types::UInt32Type>()
+        .ok_or("the row column is not UINT32")?
+        .values()
+        .to_vec();
+    let keep: Vec<usize> = (0..b.num_columns()).filter(|&c| c != i).collect();
+    Ok((b.project(&keep).map_err(|e| e.to_string())?, rows))
+}
+
+/// Loads a committed segment into `d` (with its indexes) in place of its growing rows, or of
+/// an older version of it.
 pub(crate) async fn load_segment(
     storage: &StorageConfig,
     d: &Delegator,
@@ -1623,13 +1666,16 @@ pub(crate) async fn load_segment(
     };
     let mut batches = Vec::new();
     let mut ts = Vec::new();
+    let mut origin = Vec::new();
     for b in read_file(storage, &file.path)
         .await
         .map_err(|e| e.to_string())?
     {
         let (rows, t) = split_ts(&b)?;
+        let (rows, o) = split_origin(&rows)?;
         batches.push(rows);
         ts.extend(t);
+        origin.extend(o);
     }
     let (mut seg, fields, params) = {
         let data = d.read();
@@ -1640,6 +1686,10 @@ pub(crate) async fn load_segment(
             data.index_params(),
         )
     };
+    if m.compaction_timestamp > 0 {
+        seg.set_origin(m.compaction_timestamp, origin)
+            .map_err(|e| format!("segment {}: {e}", m.segment_id))?;
+    }
     if seg.len() >= params.min_rows {
         for (f, name) in fields.iter().enumerate() {
             let path = sluice_types::storage::segment_index_path(
@@ -1647,6 +1697,7 @@ pub(crate) async fn load_segment(
                 m.partition_id,
                 m.segment_id,
                 name,
+                m.compaction_timestamp,
             );
             let index = index_for(storage, &path, &seg, f, params).await?;
             seg.set_index(f, index);

@@ -8,7 +8,7 @@
 //! dropped. It knows nothing of deletes or newer versions of its rows: every read names the rows
 //! gone at its timestamp.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -75,20 +75,18 @@ impl QueryWorker {
 
     /// The segments loaded here, ascending.
     pub fn loaded(&self) -> Vec<i64> {
-        let mut out: Vec<i64> = self
-            .shards
-            .read()
-            .values()
-            .flat_map(|d| {
-                d.read()
-                    .segments()
-                    .into_iter()
-                    .filter(|s| s.2)
-                    .map(|s| s.0)
-                    .collect::<Vec<_>>()
-            })
-            .collect();
-        out.sort_unstable();
+        self.loaded_versions().into_keys().collect()
+    }
+
+    /// The segments loaded here and the version (compaction timestamp) each is held at.
+    fn loaded_versions(&self) -> BTreeMap<i64, u64> {
+        let mut out = BTreeMap::new();
+        for d in self.shards.read().values() {
+            let data = d.read();
+            for s in data.segments().into_iter().filter(|s| s.2) {
+                out.insert(s.0, data.segment_version(s.0).unwrap_or(0));
+            }
+        }
         out
     }
 
@@ -113,11 +111,16 @@ impl QueryWorker {
             .get(&scope.vchannel)
             .filter(|d| d.collection() == scope.collection_id)
             .cloned();
-        let ids: HashSet<i64> = scope.segment_ids.iter().copied().collect();
+        let ids: HashMap<i64, u64> = scope
+            .segment_ids
+            .iter()
+            .enumerate()
+            .map(|(i, &id)| (id, scope.segment_versions.get(i).copied().unwrap_or(0)))
+            .collect();
         let missing = match &d {
             Some(d) => d.read().missing(&ids),
             None => {
-                let mut all: Vec<i64> = ids.iter().copied().collect();
+                let mut all: Vec<i64> = ids.keys().copied().collect();
                 all.sort_unstable();
                 all
             }
@@ -126,7 +129,7 @@ impl QueryWorker {
             return Err(ReadError::new(
                 ErrorCode::NotReady,
                 format!(
-                    "query worker {} does not hold segments {missing:?} (being loaded or moved); retry",
+                    "query worker {} does not hold segments {missing:?} (being loaded, moved or reloaded after a compaction); retry",
                     self.address
                 ),
             ));
@@ -139,7 +142,7 @@ impl QueryWorker {
             .collect();
         Ok((
             d,
-            Scope::of(ids, hidden).with_expiry(scope.expired_before),
+            Scope::of(ids.into_keys(), hidden).with_expiry(scope.expired_before),
             scope.mvcc_timestamp,
         ))
     }
@@ -258,12 +261,15 @@ async fn follow(worker: std::sync::Weak<QueryWorker>) {
             .filter(|p| p.node_id == w.node_id && p.address == w.address)
             .map(|p| (p.segment_id, p.clone()))
             .collect();
-        let loaded: HashSet<i64> = w.loaded().into_iter().collect();
-        for id in loaded.iter().filter(|id| !mine.contains_key(id)) {
+        let loaded = w.loaded_versions();
+        for id in loaded.keys().filter(|id| !mine.contains_key(id)) {
             tracing::info!(segment = id, "dropping a segment no longer placed here");
             w.unload(*id);
         }
-        for (id, p) in mine.iter().filter(|(id, _)| !loaded.contains(id)) {
+        // New placements, and segments a compaction rewrote since they were loaded.
+        let stale =
+            |id: &i64, p: &pb::SegmentPlacement| loaded.get(id).is_none_or(|&v| v < p.version);
+        for (id, p) in mine.iter().filter(|(id, p)| stale(id, p)) {
             match w.load(p).await {
                 Ok(()) => {
                     failed.remove(id);

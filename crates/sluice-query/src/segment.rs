@@ -127,6 +127,11 @@ pub struct Segment {
     pub(crate) remote: bool,
     /// At most every `superseded` value (never raised): no row is gone before it.
     pub(crate) superseded_floor: u64,
+    /// Per row, its position in the file the segment was flushed to, when it was loaded from a
+    /// compacted file (`None`: the row's own position). Hidden rows are exchanged by it.
+    origin: Option<Vec<u32>>,
+    /// The manifest's compaction timestamp it was loaded at (0: as flushed).
+    pub version: u64,
 }
 
 impl Segment {
@@ -151,6 +156,37 @@ impl Segment {
             indexes: dims.iter().map(|_| None).collect(),
             remote: false,
             superseded_floor: u64::MAX,
+            origin: None,
+            version: 0,
+        }
+    }
+
+    /// Marks the segment as loaded from the file of compaction `version`, whose rows were at
+    /// `origin` (one per row, increasing) in the flushed file.
+    pub fn set_origin(&mut self, version: u64, origin: Vec<u32>) -> Result<(), QueryError> {
+        if origin.len() != self.len() {
+            return Err(QueryError::Invalid(format!(
+                "{} row positions for {} rows",
+                origin.len(),
+                self.len()
+            )));
+        }
+        if origin.windows(2).any(|w| w[0] >= w[1]) {
+            return Err(QueryError::Invalid(
+                "row positions that do not increase".into(),
+            ));
+        }
+        self.version = version;
+        self.origin = Some(origin);
+        Ok(())
+    }
+
+    /// Row `r`'s position in the file the segment was flushed to.
+    #[inline]
+    pub fn row_id(&self, r: usize) -> u32 {
+        match &self.origin {
+            Some(o) => o[r],
+            None => r as u32,
         }
     }
 

@@ -117,7 +117,7 @@ impl Scope {
                 && self
                     .hidden
                     .get(&seg.id)
-                    .is_some_and(|h| h.contains(&(r as u32))))
+                    .is_some_and(|h| h.contains(&seg.row_id(r))))
     }
 }
 
@@ -399,13 +399,19 @@ impl ShardData {
         let keys: Vec<(Pk, u64)> = (0..seg.len())
             .map(|r| (seg.pks[r].clone(), seg.ts[r]))
             .collect();
-        // The growing copy goes first (same segment id): its versions are forgotten, then the
-        // sealed rows are registered. All of it happens under the caller's one write lock.
-        if let Some(growing) = self.segments.remove(&id) {
-            for key in growing.pks.iter().collect::<HashSet<_>>() {
+        // The growing copy (or an older version: a compaction left rows out) goes first (same
+        // segment id): its versions are forgotten, then the sealed rows are registered. All of
+        // it happens under the caller's one write lock.
+        let mut replaced = HashSet::new();
+        if let Some(old) = self.segments.remove(&id) {
+            let keys = old.pks.into_iter().collect::<HashSet<_>>();
+            for key in &keys {
                 if let Some(v) = self.versions.get_mut(key) {
                     v.retain(|(_, at)| at.segment != id);
                 }
+            }
+            if old.sealed {
+                replaced = keys;
             }
         }
         self.segments.insert(id, seg);
@@ -419,6 +425,10 @@ impl ShardData {
                     offset: r as u32,
                 },
             );
+        }
+        for key in &replaced {
+            // Keys the new version lacks: their other versions' bounds change.
+            self.refresh(key);
         }
         Ok(())
     }
@@ -457,16 +467,29 @@ impl ShardData {
         }
         (0..seg.len())
             .filter(|&r| seg.ts[r] <= t && seg.superseded[r] <= t)
-            .map(|r| r as u32)
+            .map(|r| seg.row_id(r))
             .collect()
     }
 
-    /// Which of `ids` are not held with their rows.
-    pub fn missing(&self, ids: &HashSet<i64>) -> Vec<i64> {
+    /// The version (compaction timestamp) sealed segment `id` is held at.
+    pub fn segment_version(&self, id: i64) -> Option<u64> {
+        self.segments
+            .get(&id)
+            .filter(|s| s.sealed)
+            .map(|s| s.version)
+    }
+
+    /// Which of `ids` are not held with their rows, or at a version older than the one asked
+    /// for (id → oldest version).
+    pub fn missing(&self, ids: &HashMap<i64, u64>) -> Vec<i64> {
         let mut out: Vec<i64> = ids
             .iter()
-            .copied()
-            .filter(|id| self.segments.get(id).is_none_or(|s| s.remote || !s.sealed))
+            .filter(|(id, v)| {
+                self.segments
+                    .get(id)
+                    .is_none_or(|s| s.remote || !s.sealed || s.version < **v)
+            })
+            .map(|(id, _)| *id)
             .collect();
         out.sort_unstable();
         out

@@ -7,7 +7,11 @@
 //! Some sealed segments go to one of two query workers (a second `ShardData` each): the shard
 //! keeps only their keys, and every read is answered the way a delegator answers it — its own
 //! part, plus each worker's part with the rows the shard says are gone at the read's timestamp,
-//! merged. Segments also move between workers and back to the shard.
+//! merged. Segments also move between workers and back to the shard, and are compacted: the
+//! rows deletes removed by the compaction's timestamp are left out of a new version of the file
+//! (row numbers kept as `sluice_storage::compaction` keeps them), which a worker loads while
+//! the shard keeps the older version's keys (or, as after a restart, the new one's); reads are
+//! then at or after the newest compaction's timestamp.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
@@ -127,6 +131,51 @@ fn visible_unexpired(events: &[(u64, Event)], t: u64, expired_before: u64) -> BT
         .collect()
 }
 
+/// A sealed copy of segment `id` from its file (and, once compacted, its version and rows'
+/// flushed positions) for `to`.
+fn sealed(
+    to: &ShardData,
+    id: i64,
+    file: &(Vec<RecordBatch>, Vec<u64>),
+    compacted: Option<&(u64, Vec<u32>)>,
+) -> sluice_query::Segment {
+    let mut seg = to
+        .prepare_sealed(id, 1, file.0.clone(), file.1.clone())
+        .unwrap();
+    if let Some((version, origin)) = compacted {
+        seg.set_origin(*version, origin.clone()).unwrap();
+    }
+    seg
+}
+
+/// Segment `file` compacted at `at`: without the rows a delete in `events` removed by then.
+fn compact(
+    file: &(Vec<RecordBatch>, Vec<u64>),
+    origin: Option<&(u64, Vec<u32>)>,
+    events: &[(u64, Event)],
+    at: u64,
+) -> ((Vec<RecordBatch>, Vec<u64>), Vec<u32>) {
+    let all = arrow_select::concat::concat_batches(&file.0[0].schema(), &file.0).unwrap();
+    let keys = ids(&all);
+    let removed = |r: usize| {
+        events.iter().any(|(d, e)| {
+            matches!(e, Event::Delete(k) if *k == keys[r]) && file.1[r] < *d && *d <= at
+        })
+    };
+    let keep: Vec<bool> = (0..all.num_rows()).map(|r| !removed(r)).collect();
+    let kept = arrow_select::filter::filter_record_batch(
+        &all,
+        &arrow_array::BooleanArray::from(keep.clone()),
+    )
+    .unwrap();
+    let rows = |r: usize| origin.map_or(r as u32, |(_, o)| o[r]);
+    let (ts, origin): (Vec<u64>, Vec<u32>) = (0..keep.len())
+        .filter(|&r| keep[r])
+        .map(|r| (file.1[r], rows(r)))
+        .unzip();
+    ((vec![kept], ts), origin)
+}
+
 fn ids(b: &RecordBatch) -> Vec<i64> {
     b.column(0).as_primitive::<Int64Type>().values().to_vec()
 }
@@ -152,10 +201,14 @@ fn run(seed: u64) {
     // Sealed segments a worker holds (and the shard only the keys of), and their rows.
     let mut placed: HashMap<i64, usize> = HashMap::new();
     let mut files: HashMap<i64, (Vec<RecordBatch>, Vec<u64>)> = HashMap::new();
+    // Compacted segments: version and each row's position in the flushed file.
+    let mut compacted: HashMap<i64, (u64, Vec<u32>)> = HashMap::new();
+    // Reads are at or after the newest compaction.
+    let mut floor = 90u64;
     let mut checks = 0;
     for _ in 0..400 {
         ts += rng.random_range(1..5);
-        match rng.random_range(0..10) {
+        match rng.random_range(0..11) {
             0..5 => {
                 let mut keys: Vec<i64> = (0..rng.random_range(1..6))
                     .map(|_| rng.random_range(0..KEYS))
@@ -230,17 +283,17 @@ fn run(seed: u64) {
                 // A segment moves: to the other worker, to a worker, or back to the shard.
                 let ids: Vec<i64> = files.keys().copied().collect();
                 let id = ids[rng.random_range(0..ids.len())];
-                let (b, t) = files[&id].clone();
+                let file = &files[&id];
                 match placed.get(&id).copied() {
                     Some(w) if rng.random_bool(0.5) => {
                         workers[w].remove_sealed(id);
-                        let seg = shard.prepare_sealed(id, 1, b, t).unwrap();
+                        let seg = sealed(&shard, id, file, compacted.get(&id));
                         shard.install_sealed(seg).unwrap();
                         placed.remove(&id);
                     }
                     from => {
                         let to = from.map_or(rng.random_range(0..2), |w| 1 - w);
-                        let seg = workers[to].prepare_sealed(id, 1, b, t).unwrap();
+                        let seg = sealed(&workers[to], id, file, compacted.get(&id));
                         workers[to].install_sealed(seg).unwrap();
                         if let Some(w) = from {
                             workers[w].remove_sealed(id);
@@ -251,9 +304,36 @@ fn run(seed: u64) {
                     }
                 }
             }
+            10 if rng.random_bool(0.5) && !files.is_empty() => {
+                // A compaction at `ts` of one sealed segment.
+                let ids: Vec<i64> = files.keys().copied().collect();
+                let id = ids[rng.random_range(0..ids.len())];
+                let (file, origin) = compact(&files[&id], compacted.get(&id), &events, ts);
+                compacted.insert(id, (ts, origin));
+                files.insert(id, file);
+                floor = ts;
+                let file = &files[&id];
+                match placed.get(&id).copied() {
+                    Some(w) => {
+                        // The worker loads the new version; the shard keeps the older keys,
+                        // or (a restarted delegator) loads the new version's.
+                        let seg = sealed(&workers[w], id, file, compacted.get(&id));
+                        workers[w].install_sealed(seg).unwrap();
+                        if rng.random_bool(0.3) {
+                            let seg = sealed(&shard, id, file, compacted.get(&id));
+                            shard.install_sealed(seg).unwrap();
+                            assert!(shard.demote(id));
+                        }
+                    }
+                    None => {
+                        let seg = sealed(&shard, id, file, compacted.get(&id));
+                        shard.install_sealed(seg).unwrap();
+                    }
+                }
+            }
             _ => {
                 checks += 1;
-                let at = rng.random_range(90..=ts);
+                let at = rng.random_range(floor..=ts);
                 assert_eq!(
                     shard.count(at),
                     visible(&events, at).len(),
@@ -279,11 +359,11 @@ fn run(seed: u64) {
                             .iter()
                             .map(|&id| (id, shard.hidden_rows(id, at)))
                             .collect();
-                        assert!(
-                            workers[w]
-                                .missing(&segs.iter().copied().collect::<HashSet<_>>())
-                                .is_empty()
-                        );
+                        let versions: HashMap<i64, u64> = segs
+                            .iter()
+                            .map(|&id| (id, shard.segment_version(id).unwrap()))
+                            .collect();
+                        assert!(workers[w].missing(&versions).is_empty());
                         Scope::of(segs, hidden).with_expiry(expiry)
                     })
                     .collect();

@@ -388,7 +388,7 @@ async fn run(wal: Wal, config: Arc<StorageConfig>, cancel: CancellationToken) {
 }
 
 #[derive(Debug, thiserror::Error)]
-enum FlushError {
+pub(crate) enum FlushError {
     #[error("wal: {0}")]
     Wal(#[from] WalError),
     #[error("meta store: {0}")]
@@ -779,7 +779,10 @@ pub fn writer_properties(schema: &arrow_schema::Schema, pk: Option<&str>) -> Wri
 }
 
 /// Parquet bytes of `batches` (see [`writer_properties`]).
-fn parquet_bytes(batches: &[RecordBatch], pk: Option<&str>) -> Result<Vec<u8>, FlushError> {
+pub(crate) fn parquet_bytes(
+    batches: &[RecordBatch],
+    pk: Option<&str>,
+) -> Result<Vec<u8>, FlushError> {
     let Some(first) = batches.first() else {
         return Err(FlushError::Corrupt("nothing to write".into()));
     };
@@ -896,6 +899,7 @@ async fn flush_segments(
             pk_min,
             pk_max,
             flush_timestamp: flush_ts,
+            compaction_timestamp: 0,
         };
         config
             .meta

@@ -44,10 +44,52 @@ pub fn segment_data_path(collection: i64, partition: i64, segment: i64) -> Strin
     format!("segments/{collection}/{partition}/{segment}/data.parquet")
 }
 
+/// The object path (a directory) holding every file of a segment.
+pub fn segment_dir(collection: i64, partition: i64, segment: i64) -> String {
+    format!("segments/{collection}/{partition}/{segment}")
+}
+
+/// The object path of a segment's data file after a compaction at `at`.
+pub fn compacted_data_path(collection: i64, partition: i64, segment: i64, at: u64) -> String {
+    format!(
+        "{}/data.c{at}.parquet",
+        segment_dir(collection, partition, segment)
+    )
+}
+
 /// The object path of the ANN index of a segment's vector field `field`, next to its data file:
 /// the index is built once (when the segment is first loaded) and loaded from there after.
-pub fn segment_index_path(collection: i64, partition: i64, segment: i64, field: &str) -> String {
-    format!("segments/{collection}/{partition}/{segment}/{field}.hnsw")
+/// `version` is the manifest's compaction timestamp (0: never compacted).
+pub fn segment_index_path(
+    collection: i64,
+    partition: i64,
+    segment: i64,
+    field: &str,
+    version: u64,
+) -> String {
+    let dir = segment_dir(collection, partition, segment);
+    match version {
+        0 => format!("{dir}/{field}.hnsw"),
+        v => format!("{dir}/{field}.c{v}.hnsw"),
+    }
+}
+
+/// Whether the file named `name` in a segment's directory belongs to the version whose data
+/// file is `data` and compaction timestamp `version`: the data file itself or one of its
+/// indexes.
+pub fn belongs_to_version(name: &str, data: &str, version: u64) -> bool {
+    if data.rsplit('/').next() == Some(name) {
+        return true;
+    }
+    let Some(stem) = name.strip_suffix(".hnsw") else {
+        return false;
+    };
+    match stem.rsplit_once(".c") {
+        Some((_, v)) if v.bytes().all(|b| b.is_ascii_digit()) && !v.is_empty() => {
+            v.parse() == Ok(version)
+        }
+        _ => version == 0,
+    }
 }
 
 /// The object path of the delete file of `vchannel` at the flush point `flush_ts`.
@@ -69,5 +111,26 @@ mod tests {
         );
         assert_eq!(segment_data_path(7, 1, 42), "segments/7/1/42/data.parquet");
         assert_eq!(delete_file_path(7, "p_7v0", 9), "deletes/7/p_7v0/9.parquet");
+        assert_eq!(
+            segment_index_path(7, 1, 42, "v", 0),
+            "segments/7/1/42/v.hnsw"
+        );
+        assert_eq!(
+            segment_index_path(7, 1, 42, "v", 5),
+            "segments/7/1/42/v.c5.hnsw"
+        );
+        let compacted = compacted_data_path(7, 1, 42, 5);
+        assert_eq!(compacted, "segments/7/1/42/data.c5.parquet");
+        assert!(belongs_to_version("data.c5.parquet", &compacted, 5));
+        assert!(belongs_to_version("v.c5.hnsw", &compacted, 5));
+        assert!(!belongs_to_version("v.hnsw", &compacted, 5));
+        assert!(!belongs_to_version("data.parquet", &compacted, 5));
+        assert!(!belongs_to_version("v.c4.hnsw", &compacted, 5));
+        let flushed = segment_data_path(7, 1, 42);
+        assert!(belongs_to_version("data.parquet", &flushed, 0));
+        assert!(belongs_to_version("v.hnsw", &flushed, 0));
+        // A field named like a version suffix is still that field's unversioned index.
+        assert!(belongs_to_version("my.cat.hnsw", &flushed, 0));
+        assert!(!belongs_to_version("v.c5.hnsw", &flushed, 0));
     }
 }

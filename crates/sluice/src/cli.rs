@@ -540,6 +540,65 @@ pub(crate) async fn add_field(
     Ok(())
 }
 
+/// `sluice ctl compact COLLECTION [--wait]`.
+pub(crate) async fn compact(
+    coord: &str,
+    collection: &str,
+    wait: bool,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    let info = describe(coord, collection, timeout).await?;
+    let mut c = coordinator(coord)?;
+    let failed = |s: tonic::Status| anyhow::anyhow!("compacting {collection}: {}", s.message());
+    let mut compaction = c
+        .compact(timed(
+            v1::CompactRequest {
+                collection_id: info.collection_id,
+            },
+            timeout,
+        ))
+        .await
+        .map_err(failed)?
+        .into_inner();
+    println!(
+        "compaction {} of {collection} at timestamp {}",
+        compaction.compaction_id, compaction.timestamp
+    );
+    if !wait {
+        return Ok(());
+    }
+    let deadline = tokio::time::Instant::now() + timeout;
+    while compaction.state != v1::CompactionState::Completed as i32 {
+        if tokio::time::Instant::now() >= deadline {
+            anyhow::bail!(
+                "compaction {} not finished after {timeout:?} ({} of {} vchannels done)",
+                compaction.compaction_id,
+                compaction.done.len(),
+                compaction.vchannels.len()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        compaction = c
+            .get_compaction(timed(
+                v1::GetCompactionRequest {
+                    compaction_id: compaction.compaction_id,
+                },
+                timeout,
+            ))
+            .await
+            .map_err(failed)?
+            .into_inner();
+    }
+    for d in &compaction.done {
+        println!(
+            "{}: {} segments rewritten, {} rows removed, {} -> {} bytes",
+            d.vchannel, d.segments, d.rows_removed, d.bytes_before, d.bytes_after
+        );
+    }
+    println!("compaction {} completed", compaction.compaction_id);
+    Ok(())
+}
+
 /// `sluice ctl create-partition` (`create`) / `sluice ctl drop-partition`.
 pub(crate) async fn partition(
     coord: &str,

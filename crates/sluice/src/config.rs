@@ -238,6 +238,30 @@ pub(crate) struct StorageSection {
     pub checkpoint_interval_ms: u64,
     /// The largest Insert or Delete body accepted (bytes). Default 64 MiB.
     pub max_body_bytes: usize,
+    /// How often each WAL's sealed segments are looked at for compaction on its own (ms; 0:
+    /// only when asked, `sluice ctl compact`). Default 60000.
+    pub compaction_interval_ms: u64,
+    /// The smallest share (0 to 1) of a segment's rows removed by deletes or the TTL that
+    /// makes compaction on its own rewrite it. Default 0.2.
+    pub compaction_min_removed_ratio: f64,
+    /// How far behind now compaction on its own works (ms): a read pinned to a snapshot
+    /// younger than this sees every row it saw. Default 600000.
+    pub compaction_retention_ms: u64,
+    /// How long files a compaction replaced stay for readers still reading them (ms).
+    /// Default 60000.
+    pub compaction_sweep_after_ms: u64,
+}
+
+impl StorageSection {
+    /// Compaction as the node runs it.
+    pub(crate) fn compaction_config(&self) -> sluice_node::compactor::CompactionConfig {
+        sluice_node::compactor::CompactionConfig {
+            interval: std::time::Duration::from_millis(self.compaction_interval_ms),
+            min_removed_ratio: self.compaction_min_removed_ratio,
+            retention: std::time::Duration::from_millis(self.compaction_retention_ms),
+            sweep_after: std::time::Duration::from_millis(self.compaction_sweep_after_ms),
+        }
+    }
 }
 
 impl Default for StorageSection {
@@ -255,6 +279,10 @@ impl Default for StorageSection {
             truncate_interval_ms: 10_000,
             checkpoint_interval_ms: 2_000,
             max_body_bytes: 64 << 20,
+            compaction_interval_ms: 60_000,
+            compaction_min_removed_ratio: 0.2,
+            compaction_retention_ms: 600_000,
+            compaction_sweep_after_ms: 60_000,
         }
     }
 }
@@ -804,6 +832,10 @@ impl Config {
 
     /// Checks what serde cannot.
     pub(crate) fn validate(&self) -> anyhow::Result<()> {
+        let ratio = self.storage.compaction_min_removed_ratio;
+        if !(0.0..=1.0).contains(&ratio) {
+            bail!("storage.compaction_min_removed_ratio is {ratio}: a share from 0 to 1");
+        }
         match self.meta.backend {
             MetaBackend::Embedded => {}
             MetaBackend::Etcd if cfg!(not(feature = "etcd")) => bail!(

@@ -502,6 +502,17 @@ enum CtlCommand {
         /// varchar, json; N: a varchar's max length).
         field: String,
     },
+    /// Compact a collection: rewrite its sealed segments without the rows committed deletes
+    /// and its TTL removed (flush first for recent deletes).
+    Compact {
+        #[command(flatten)]
+        client: ClientOpts,
+        /// The collection's name (or alias).
+        collection: String,
+        /// Wait until every vchannel is compacted (up to the timeout) and print what was done.
+        #[arg(long)]
+        wait: bool,
+    },
     /// Add a partition to a collection (an existing one of that name is no change).
     CreatePartition {
         #[command(flatten)]
@@ -717,6 +728,7 @@ fn client_security(command: &Command) -> Option<&SecurityOpts> {
                 | CtlCommand::Release { client, .. }
                 | CtlCommand::DropCollection { client, .. }
                 | CtlCommand::AddField { client, .. }
+                | CtlCommand::Compact { client, .. }
                 | CtlCommand::CreatePartition { client, .. }
                 | CtlCommand::DropPartition { client, .. }
                 | CtlCommand::Segments { client, .. },
@@ -897,6 +909,19 @@ fn run() -> anyhow::Result<()> {
         } => rt.block_on(cli::drop_collection(
             &client.coord,
             &name,
+            Duration::from_secs(client.timeout_secs),
+        )),
+        Command::Ctl {
+            what:
+                CtlCommand::Compact {
+                    client,
+                    collection,
+                    wait,
+                },
+        } => rt.block_on(cli::compact(
+            &client.coord,
+            &collection,
+            wait,
             Duration::from_secs(client.timeout_secs),
         )),
         Command::Ctl {

@@ -163,8 +163,11 @@ where
     let manager = match storage {
         Some(s) if config.query.enabled => manager
             .with_storage(s.clone())
+            .with_compaction(config.storage.compaction_config())
             .with_query(QueryHost::new(s, config.query.query_config()?)),
-        Some(s) => manager.with_storage(s),
+        Some(s) => manager
+            .with_storage(s)
+            .with_compaction(config.storage.compaction_config()),
         None => manager,
     };
     let manager = Arc::new(manager);

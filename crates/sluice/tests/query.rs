@@ -844,6 +844,66 @@ async fn reads_match_the_model_with_sealed_segments_on_query_workers_that_get_ki
     for e in events.iter().step_by(23) {
         check(&c, &events, e.0, &mut rng, "a past timestamp on workers").await;
     }
+    // A compaction rewrites the segments the flushed deletes removed rows of: the workers load
+    // the new versions (their placements say which) while the delegators keep the older keys,
+    // and reads as of the newest write answer as before.
+    let mut coord = v1::coordinator_client::CoordinatorClient::new(
+        sluice_proto::lazy_channel(&endpoint).unwrap(),
+    );
+    let mut compaction = coord
+        .compact(v1::CompactRequest {
+            collection_id: info.collection_id,
+        })
+        .await
+        .expect("a compaction")
+        .into_inner();
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    while compaction.state != v1::CompactionState::Completed as i32 {
+        assert!(std::time::Instant::now() < deadline, "{compaction:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        compaction = coord
+            .get_compaction(v1::GetCompactionRequest {
+                compaction_id: compaction.compaction_id,
+            })
+            .await
+            .expect("a compaction's state")
+            .into_inner();
+    }
+    let rewritten: Vec<i64> = compaction
+        .done
+        .iter()
+        .flat_map(|d| d.segment_ids.clone())
+        .collect();
+    let removed: u64 = compaction.done.iter().map(|d| d.rows_removed).sum();
+    assert!(
+        !rewritten.is_empty() && removed > 0,
+        "the deletes removed no sealed row: {compaction:?}"
+    );
+    check(&c, &events, latest, &mut rng, "after a compaction").await;
+    // The placements of the rewritten segments on workers move to their new versions.
+    let reloaded = loop {
+        let placed = coord
+            .list_replicas(v1::ListReplicasRequest {
+                collection_id: info.collection_id,
+            })
+            .await
+            .expect("the placements")
+            .into_inner()
+            .segments;
+        let on_workers: Vec<&v1::SegmentPlacement> = placed
+            .iter()
+            .filter(|p| rewritten.contains(&p.segment_id))
+            .collect();
+        if !on_workers.is_empty() && on_workers.iter().all(|p| p.version > 0) {
+            break on_workers.iter().map(|p| p.segment_id).collect::<Vec<_>>();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no rewritten segment placed on a worker at its new version: {placed:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    check(&c, &events, latest, &mut rng, "after a compaction, again").await;
     // The delegators did hand their segments over (and kept the keys only).
     let log = std::fs::read_to_string(dir.path().join("standalone.stderr")).unwrap();
     let handed = log
@@ -914,7 +974,8 @@ async fn reads_match_the_model_with_sealed_segments_on_query_workers_that_get_ki
     server.kill();
     eprintln!(
         "checks {checks}, worker kills {worker_kills}, WAL moves {moves}, flushes {flushes}, \
-         segments seen on workers {on_workers}, hand-overs to workers {handed}"
+         segments seen on workers {on_workers}, hand-overs to workers {handed}, compacted \
+         {rewritten:?} ({removed} rows removed), of which placed on workers {reloaded:?}"
     );
     assert!(
         checks >= 10 && worker_kills >= 2 && flushes >= 3 && on_workers > 0,

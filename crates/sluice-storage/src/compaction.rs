@@ -1,0 +1,393 @@
+//! Compaction: rewriting a sealed segment without the rows no read can see any more.
+//!
+//! A row is *removed at* timestamp `at` when a committed delete (one in a delete file) of its
+//! primary key came after it and no later than `at`, or when the collection's TTL expired it
+//! at `at`. Every read at or after `at` hides those rows anyway (deletes stay in their files
+//! and keep applying), so a segment rewritten without them reads the same from `at` on; only
+//! a read pinned to an older snapshot sees a difference. The rewrite:
+//!
+//! 1. reads the manifest (and its revision) and the data file;
+//! 2. writes `data.c{at}.parquet` with the rows kept and a `_row` column: each row's position
+//!    in the file the flush wrote (kept from an earlier compaction's file), so the row numbers
+//!    delegators and query workers exchange mean the same rows in every version;
+//! 3. replaces the manifest only if it did not change meanwhile (a flush replay never rewrites
+//!    an existing manifest; a drop deletes it): the commit point. A lost race deletes the new
+//!    file again.
+//!
+//! The replaced files stay until [`sweep`] (run a while later, when no reader still reads
+//! them) deletes every file of the segment's directory the manifest no longer names.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use arrow_array::cast::AsArray;
+use arrow_array::types::{Int64Type, UInt32Type};
+use arrow_array::{Array, ArrayRef, BooleanArray, RecordBatch, UInt32Array};
+use arrow_schema::{DataType as ArrowType, Field, Schema};
+use bytes::Bytes;
+use futures::TryStreamExt;
+use object_store::ObjectStoreExt;
+use object_store::path::Path as ObjectPath;
+use prost::Message as _;
+use sluice_meta::Condition;
+use sluice_types::message::pb::segment_manifest::{PkMax, PkMin};
+use sluice_types::message::pb::{SegmentManifest, StorageFile};
+use sluice_types::storage;
+
+use crate::flusher::{StorageConfig, TS_COLUMN, parquet_bytes};
+use crate::segments::{ReadError, read_file};
+
+/// The column of a compacted file holding each row's position in the flushed file.
+pub const ROW_COLUMN: &str = "_row";
+
+/// Why a compaction failed (nothing was committed).
+#[derive(Debug, thiserror::Error)]
+pub enum CompactError {
+    /// Reading the manifest, the deletes or the data failed.
+    #[error(transparent)]
+    Read(#[from] ReadError),
+    /// The meta store failed.
+    #[error("meta store: {0}")]
+    Meta(#[from] sluice_meta::MetaError),
+    /// The object store failed.
+    #[error("object store: {0}")]
+    Object(#[from] object_store::Error),
+    /// Arrow failed.
+    #[error("arrow: {0}")]
+    Arrow(#[from] arrow_schema::ArrowError),
+    /// A file does not look like what the flusher writes.
+    #[error("{0}")]
+    Corrupt(String),
+}
+
+/// A primary key value.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+enum Key {
+    Int(i64),
+    Str(String),
+}
+
+/// The keys of one column (`None` for a null or a type that is no key type).
+fn keys(col: &dyn Array) -> Result<Vec<Option<Key>>, CompactError> {
+    if let Some(c) = col.as_primitive_opt::<Int64Type>() {
+        Ok(c.iter().map(|v| v.map(Key::Int)).collect())
+    } else if let Some(c) = col.as_string_opt::<i32>() {
+        Ok(c.iter()
+            .map(|v| v.map(|s| Key::Str(s.to_owned())))
+            .collect())
+    } else {
+        Err(CompactError::Corrupt(format!(
+            "a primary key column of type {}",
+            col.data_type()
+        )))
+    }
+}
+
+fn timestamps(b: &RecordBatch) -> Result<&[i64], CompactError> {
+    Ok(b.column_by_name(TS_COLUMN)
+        .and_then(|c| c.as_primitive_opt::<Int64Type>())
+        .ok_or_else(|| CompactError::Corrupt(format!("a file without an int64 {TS_COLUMN}")))?
+        .values())
+}
+
+/// What is removed at one timestamp on one vchannel: per primary key the latest committed
+/// delete no later than it, and the TTL's bound.
+#[derive(Debug, Default)]
+pub struct Removals {
+    at: u64,
+    deletes: HashMap<Key, u64>,
+    expired_before: u64,
+}
+
+impl Removals {
+    /// The committed deletes of `vchannel` (of `collection`, primary key `pk`) up to `at`, and
+    /// rows inserted before `expired_before` (0: no TTL).
+    pub async fn load(
+        config: &StorageConfig,
+        collection: i64,
+        vchannel: &str,
+        pk: &str,
+        at: u64,
+        expired_before: u64,
+    ) -> Result<Removals, CompactError> {
+        let mut out = Removals {
+            at,
+            deletes: HashMap::new(),
+            expired_before: expired_before.min(at),
+        };
+        let manifests = crate::segments::delete_manifests(config, Some(collection)).await?;
+        for m in manifests.iter().filter(|m| m.vchannel == vchannel) {
+            if m.min_timestamp > at {
+                continue;
+            }
+            let Some(file) = &m.file else { continue };
+            for b in read_file(config, &file.path).await? {
+                let col = b.column_by_name(pk).ok_or_else(|| {
+                    CompactError::Corrupt(format!("the delete file {} has no {pk}", file.path))
+                })?;
+                for (key, &ts) in keys(col.as_ref())?.into_iter().zip(timestamps(&b)?) {
+                    let (Some(key), ts) = (key, ts as u64) else {
+                        continue;
+                    };
+                    if ts <= at {
+                        let d = out.deletes.entry(key).or_default();
+                        *d = (*d).max(ts);
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The timestamp rows are removed at.
+    pub fn at(&self) -> u64 {
+        self.at
+    }
+
+    fn removes(&self, key: Option<&Key>, ts: u64) -> bool {
+        ts < self.expired_before
+            || key
+                .and_then(|k| self.deletes.get(k))
+                .is_some_and(|&d| ts < d)
+    }
+
+    /// Whether a segment described by `m` may hold a removed row (cheap: from the manifest
+    /// alone; false means surely not).
+    fn may_remove(&self, m: &SegmentManifest) -> bool {
+        if m.min_timestamp < self.expired_before {
+            return true;
+        }
+        let in_range = |k: &Key| match (k, &m.pk_min, &m.pk_max) {
+            (Key::Int(v), Some(PkMin::PkMinInt(lo)), Some(PkMax::PkMaxInt(hi))) => {
+                lo <= v && v <= hi
+            }
+            (Key::Str(v), Some(PkMin::PkMinStr(lo)), Some(PkMax::PkMaxStr(hi))) => {
+                lo <= v && v <= hi
+            }
+            (_, None, _) | (_, _, None) => true,
+            _ => false,
+        };
+        self.deletes
+            .iter()
+            .any(|(k, &d)| d > m.min_timestamp && in_range(k))
+    }
+}
+
+/// What a compaction of one segment did.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Compacted {
+    /// The new manifest (committed).
+    pub manifest: SegmentManifest,
+    /// Rows left out.
+    pub removed: u64,
+    /// Bytes of the data file before.
+    pub bytes_before: u64,
+}
+
+/// Rewrites segment `segment` of `collection` (primary key `pk`) without the rows removed at
+/// `removals.at()`, if at least `min_ratio` of its rows (and at least one) are. `None` when
+/// nothing was rewritten: too few rows to remove, already compacted at or after that
+/// timestamp, no manifest, or the manifest changed meanwhile.
+pub async fn compact_segment(
+    config: &StorageConfig,
+    collection: i64,
+    segment: i64,
+    pk: &str,
+    removals: &Removals,
+    min_ratio: f64,
+) -> Result<Option<Compacted>, CompactError> {
+    let key = config.manifest_key(collection, segment);
+    let Some(kv) = config.meta.get(&key).await? else {
+        return Ok(None);
+    };
+    let m = SegmentManifest::decode(kv.value.as_ref()).map_err(|e| ReadError::Manifest {
+        key: key.clone(),
+        reason: e.to_string(),
+    })?;
+    let Some(old) = &m.data else { return Ok(None) };
+    if m.compaction_timestamp >= removals.at || m.rows == 0 || !removals.may_remove(&m) {
+        return Ok(None);
+    }
+    let batches = read_file(config, &old.path).await?;
+    let (mut kept, mut removed, mut next_row) = (Vec::new(), 0u64, 0u32);
+    let (mut min_ts, mut max_ts) = (u64::MAX, 0u64);
+    for b in &batches {
+        let col = b
+            .column_by_name(pk)
+            .ok_or_else(|| CompactError::Corrupt(format!("{} has no column {pk}", old.path)))?;
+        let ts = timestamps(b)?;
+        let keep: BooleanArray = keys(col.as_ref())?
+            .iter()
+            .zip(ts)
+            .map(|(k, &t)| Some(!removals.removes(k.as_ref(), t as u64)))
+            .collect();
+        let with_rows = match b.column_by_name(ROW_COLUMN) {
+            Some(rows) if rows.as_primitive_opt::<UInt32Type>().is_some() => b.clone(),
+            Some(_) => {
+                return Err(CompactError::Corrupt(format!(
+                    "{} has a {ROW_COLUMN} column that is not uint32",
+                    old.path
+                )));
+            }
+            None => {
+                let n = b.num_rows() as u32;
+                let rows: ArrayRef =
+                    Arc::new(UInt32Array::from_iter_values(next_row..next_row + n));
+                next_row += n;
+                let mut fields: Vec<Field> = b
+                    .schema()
+                    .fields()
+                    .iter()
+                    .map(|f| f.as_ref().clone())
+                    .collect();
+                fields.push(Field::new(ROW_COLUMN, ArrowType::UInt32, false));
+                let mut columns = b.columns().to_vec();
+                columns.push(rows);
+                RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)?
+            }
+        };
+        removed += keep.false_count() as u64;
+        let kept_batch = arrow_select::filter::filter_record_batch(&with_rows, &keep)?;
+        for &t in timestamps(&kept_batch)? {
+            min_ts = min_ts.min(t as u64);
+            max_ts = max_ts.max(t as u64);
+        }
+        kept.push(kept_batch);
+    }
+    if removed == 0 || (removed as f64) < min_ratio * m.rows as f64 {
+        return Ok(None);
+    }
+    let rows = m.rows.saturating_sub(removed);
+    let schema = kept
+        .first()
+        .map(|b| b.schema())
+        .ok_or_else(|| CompactError::Corrupt(format!("{} holds no batch", old.path)))?;
+    let kept: Vec<RecordBatch> = match kept.iter().filter(|b| b.num_rows() > 0).count() {
+        0 => vec![RecordBatch::new_empty(schema)],
+        _ => kept.into_iter().filter(|b| b.num_rows() > 0).collect(),
+    };
+    let (pk_min, pk_max) = key_bounds(&kept, pk)?;
+    let path = storage::compacted_data_path(m.collection_id, m.partition_id, segment, removals.at);
+    let bytes = parquet_bytes(&kept, Some(pk)).map_err(|e| CompactError::Corrupt(e.to_string()))?;
+    let size = bytes.len() as u64;
+    let object = ObjectPath::from(path.as_str());
+    config.store.put(&object, Bytes::from(bytes).into()).await?;
+    let manifest = SegmentManifest {
+        rows,
+        min_timestamp: if rows == 0 { m.min_timestamp } else { min_ts },
+        max_timestamp: if rows == 0 { m.max_timestamp } else { max_ts },
+        data: Some(StorageFile {
+            path,
+            rows,
+            bytes: size,
+        }),
+        pk_min,
+        pk_max,
+        compaction_timestamp: removals.at,
+        ..m.clone()
+    };
+    let put = config
+        .meta
+        .put(
+            &key,
+            Bytes::from(manifest.encode_to_vec()),
+            Condition::ModRevision(kv.mod_revision),
+            None,
+        )
+        .await;
+    match put {
+        Ok(_) => {}
+        Err(e) => {
+            // Lost to a drop or another compaction (or the store failed): the file is no one's.
+            if let Err(del) = config.store.delete(&object).await {
+                tracing::debug!(error = %del, "deleting an uncommitted compacted file failed");
+            }
+            return match e {
+                sluice_meta::MetaError::ConditionFailed { .. } => Ok(None),
+                e => Err(e.into()),
+            };
+        }
+    }
+    metrics::counter!("sluice_storage_segments_compacted_total").increment(1);
+    metrics::counter!("sluice_storage_compacted_rows_removed_total").increment(removed);
+    tracing::info!(
+        segment,
+        removed,
+        rows,
+        bytes_before = old.bytes,
+        bytes_after = size,
+        "segment compacted"
+    );
+    Ok(Some(Compacted {
+        manifest,
+        removed,
+        bytes_before: old.bytes,
+    }))
+}
+
+/// The smallest and largest key of `batches`' column `pk`.
+fn key_bounds(
+    batches: &[RecordBatch],
+    pk: &str,
+) -> Result<(Option<PkMin>, Option<PkMax>), CompactError> {
+    let mut all = Vec::new();
+    for b in batches {
+        if let Some(c) = b.column_by_name(pk) {
+            all.extend(keys(c.as_ref())?.into_iter().flatten());
+        }
+    }
+    let (lo, hi) = (all.iter().min_by(cmp), all.iter().max_by(cmp));
+    fn cmp(a: &&Key, b: &&Key) -> std::cmp::Ordering {
+        match (a, b) {
+            (Key::Int(a), Key::Int(b)) => a.cmp(b),
+            (Key::Str(a), Key::Str(b)) => a.cmp(b),
+            (Key::Int(_), Key::Str(_)) => std::cmp::Ordering::Less,
+            (Key::Str(_), Key::Int(_)) => std::cmp::Ordering::Greater,
+        }
+    }
+    Ok((
+        lo.map(|k| match k {
+            Key::Int(v) => PkMin::PkMinInt(*v),
+            Key::Str(s) => PkMin::PkMinStr(s.clone()),
+        }),
+        hi.map(|k| match k {
+            Key::Int(v) => PkMax::PkMaxInt(*v),
+            Key::Str(s) => PkMax::PkMaxStr(s.clone()),
+        }),
+    ))
+}
+
+/// Deletes every file in segment `segment`'s directory that its manifest no longer names (the
+/// files compactions replaced, and their indexes): run it once no reader can still be reading
+/// them. Returns how many files it deleted. A segment without a manifest is left alone (a drop
+/// removes its files).
+pub async fn sweep(
+    config: &StorageConfig,
+    collection: i64,
+    segment: i64,
+) -> Result<usize, CompactError> {
+    let key = config.manifest_key(collection, segment);
+    let Some(kv) = config.meta.get(&key).await? else {
+        return Ok(0);
+    };
+    let m = SegmentManifest::decode(kv.value.as_ref()).map_err(|e| ReadError::Manifest {
+        key: key.clone(),
+        reason: e.to_string(),
+    })?;
+    let Some(data) = &m.data else { return Ok(0) };
+    let dir = storage::segment_dir(m.collection_id, m.partition_id, segment);
+    let listed: Vec<object_store::ObjectMeta> = config
+        .store
+        .list(Some(&ObjectPath::from(dir.as_str())))
+        .try_collect()
+        .await?;
+    let mut deleted = 0;
+    for o in listed {
+        let name = o.location.filename().unwrap_or_default();
+        if !storage::belongs_to_version(name, &data.path, m.compaction_timestamp) {
+            config.store.delete(&o.location).await?;
+            deleted += 1;
+        }
+    }
+    Ok(deleted)
+}
