@@ -30,7 +30,9 @@ RPCS = {
     "give null. A partition key field (is_partition_key: INT64 or VARCHAR, not nullable) gives "
     "the collection num_partitions partitions (0: 16; at most 1024) named _default_0 … whose "
     "rows are spread by the key; writes, reads and partition DDL naming a partition are then "
-    "refused. properties as in AlterCollection.",
+    "refused, and a read whose filter pins the key (key == v or key in [...], joined by and "
+    "at the top level) reads only the partitions those values go to. properties as in "
+    "AlterCollection.",
     "DropCollection": "Drops a collection and its data.",
     "HasCollection": "Whether a collection exists.",
     "DescribeCollection": "The schema, id, shards and creation time of a collection.",

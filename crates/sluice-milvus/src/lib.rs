@@ -18,6 +18,7 @@
 mod convert;
 mod hybrid;
 mod properties;
+mod prune;
 mod service;
 mod status;
 mod template;

@@ -93,6 +93,42 @@ impl Collection {
         self.props().get(PROP_PARTITION_KEY).map(String::as_str)
     }
 
+    /// In partition key mode, the partitions a read with this filter can find rows in, when
+    /// the filter pins the key (`crate::prune`); empty: every partition.
+    fn key_partitions(&self, filter: &str) -> Vec<i64> {
+        let Some(key) = self.partition_key() else {
+            return Vec::new();
+        };
+        let Some(values) = crate::prune::key_values(filter, key) else {
+            return Vec::new();
+        };
+        let int_key = self
+            .schema
+            .fields
+            .iter()
+            .any(|f| f.name == key && f.data_type == DataType::Int64 as i32);
+        let parts = &self.info.partitions;
+        match crate::prune::partitions_of(&values, int_key, parts.len()) {
+            // No value (`key in []`, `key == 1 and key == 2`): the filter matches nothing;
+            // reading every partition answers that too.
+            Some(picked) if !picked.is_empty() => picked
+                .into_iter()
+                .filter_map(|i| parts.get(i).map(|p| p.partition_id))
+                .collect(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// The partitions a read covers ([`Collection::partitions`]), narrowed to those the
+    /// filter pins in partition key mode.
+    fn read_partitions(&self, names: &[String], filter: &str) -> Result<Vec<i64>, Failure> {
+        let named = self.partitions(names)?;
+        if named.is_empty() {
+            return Ok(self.key_partitions(filter));
+        }
+        Ok(named)
+    }
+
     /// Refuses naming partitions of a collection in partition key mode (Milvus's rule: its
     /// partitions are the key's).
     fn no_named_partitions(&self, names: &[String]) -> Result<(), Failure> {
@@ -1371,7 +1407,7 @@ impl MilvusFront {
         }
         let expr = crate::template::render(&r.expr, &r.expr_template_values)?;
         let c = self.collection(&r.collection_name).await?;
-        let partitions = c.partitions(std::slice::from_ref(&r.partition_name))?;
+        let partitions = c.read_partitions(std::slice::from_ref(&r.partition_name), &expr)?;
         let keys = self.keys_matching(&c, &expr, partitions).await?;
         let ts = self.delete_keys(&c, &keys).await?;
         Ok(mm::MutationResult {
@@ -1538,7 +1574,7 @@ impl MilvusFront {
         }
         let filter = crate::template::render(&r.dsl, &r.expr_template_values)?;
         let c = self.collection(&r.collection_name).await?;
-        let partition_ids = c.partitions(&r.partition_names)?;
+        let partition_ids = c.read_partitions(&r.partition_names, &filter)?;
         let p = &r.search_params;
         for key in ["group_by_fields", "order_by_fields", "search_aggregation"] {
             if param(p, key).is_some_and(|v| !v.is_empty()) {
@@ -1761,7 +1797,7 @@ impl MilvusFront {
     async fn do_query(&self, r: mm::QueryRequest) -> Result<mm::QueryResults, Failure> {
         let expr = crate::template::render(&r.expr, &r.expr_template_values)?;
         let c = self.collection(&r.collection_name).await?;
-        let partition_ids = c.partitions(&r.partition_names)?;
+        let partition_ids = c.read_partitions(&r.partition_names, &expr)?;
         let level = if r.use_default_consistency {
             c.consistency()
         } else {
