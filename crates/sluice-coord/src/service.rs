@@ -59,6 +59,17 @@ impl CoordinatorService {
             .map_err(not_leader_status)
     }
 
+    /// The leader and collection `id`'s catalog record.
+    async fn collection(&self, id: i64) -> Result<(Arc<LeaderState>, v1::CollectionInfo), Status> {
+        let leader = self.leader().await?;
+        let info = leader
+            .catalog
+            .by_id(id)
+            .await
+            .map_err(|e| coord_status(&e))?;
+        Ok((leader, info))
+    }
+
     /// The leader's oracles, served before the rest of the leader is up.
     async fn oracles(&self) -> Result<Arc<Oracles>, Status> {
         self.coordinator
@@ -502,12 +513,7 @@ impl coordinator_server::Coordinator for CoordinatorService {
     ) -> Result<Response<v1::CompactionInfo>, Status> {
         use prost::Message as _;
         let collection_id = request.into_inner().collection_id;
-        let leader = self.leader().await?;
-        let info = leader
-            .catalog
-            .by_id(collection_id)
-            .await
-            .map_err(|e| coord_status(&e))?;
+        let (_, info) = self.collection(collection_id).await?;
         if info.state != v1::CollectionState::Created as i32 {
             return Err(convert::status(
                 ErrorCode::InvalidArgument,
@@ -574,12 +580,7 @@ impl coordinator_server::Coordinator for CoordinatorService {
     ) -> Result<Response<v1::ListReplicasResponse>, Status> {
         use prost::Message as _;
         let collection_id = request.into_inner().collection_id;
-        let leader = self.leader().await?;
-        let info = leader
-            .catalog
-            .by_id(collection_id)
-            .await
-            .map_err(|e| coord_status(&e))?;
+        let (leader, info) = self.collection(collection_id).await?;
         let owners = leader.assigner.subscribe().borrow().channels.clone();
         let (store, root) = self.coordinator.meta();
         let keys = crate::keys::Keys::new(root);

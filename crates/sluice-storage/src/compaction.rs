@@ -23,7 +23,7 @@ use std::sync::Arc;
 use arrow_array::cast::AsArray;
 use arrow_array::types::{Int64Type, UInt32Type};
 use arrow_array::{Array, ArrayRef, BooleanArray, RecordBatch, UInt32Array};
-use arrow_schema::{DataType as ArrowType, Field, Schema};
+use arrow_schema::{DataType as ArrowType, Field};
 use bytes::Bytes;
 use futures::TryStreamExt;
 use object_store::ObjectStoreExt;
@@ -234,16 +234,7 @@ pub async fn compact_segment(
                 let rows: ArrayRef =
                     Arc::new(UInt32Array::from_iter_values(next_row..next_row + n));
                 next_row += n;
-                let mut fields: Vec<Field> = b
-                    .schema()
-                    .fields()
-                    .iter()
-                    .map(|f| f.as_ref().clone())
-                    .collect();
-                fields.push(Field::new(ROW_COLUMN, ArrowType::UInt32, false));
-                let mut columns = b.columns().to_vec();
-                columns.push(rows);
-                RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)?
+                crate::rows::with_column(b, Field::new(ROW_COLUMN, ArrowType::UInt32, false), rows)?
             }
         };
         removed += keep.false_count() as u64;

@@ -526,6 +526,24 @@ pub fn batch_from_json(
     RecordBatch::try_new(target, columns).map_err(|e| invalid(e.to_string()))
 }
 
+/// `b` with one more column, `field`, holding `column` (as long as `b`).
+pub fn with_column(
+    b: &RecordBatch,
+    field: Field,
+    column: ArrayRef,
+) -> Result<RecordBatch, arrow_schema::ArrowError> {
+    let mut fields: Vec<Field> = b
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| f.as_ref().clone())
+        .collect();
+    fields.push(field);
+    let mut columns = b.columns().to_vec();
+    columns.push(column);
+    RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)
+}
+
 /// The shard (of `shards`) of every row of `batch` by its primary key column `pk`: INT64 keys
 /// by value (Euclidean remainder), VARCHAR keys by a CRC-32C of their bytes. Inserts and deletes
 /// of one key must go to the same shard: every writer routes with this.

@@ -107,16 +107,8 @@ async fn raw_round(
     let with_ts: Vec<RecordBatch> = batches
         .iter()
         .map(|b| {
-            let mut cols = b.columns().to_vec();
-            cols.push(Arc::new(Int64Array::from(vec![1i64; b.num_rows()])) as ArrayRef);
-            let mut fields: Vec<Field> = b
-                .schema()
-                .fields()
-                .iter()
-                .map(|f| f.as_ref().clone())
-                .collect();
-            fields.push(Field::new("_ts", ArrowType::Int64, false));
-            RecordBatch::try_new(Arc::new(arrow_schema::Schema::new(fields)), cols)
+            let ts = Arc::new(Int64Array::from(vec![1i64; b.num_rows()])) as ArrayRef;
+            sluice_storage::rows::with_column(b, Field::new("_ts", ArrowType::Int64, false), ts)
         })
         .collect::<Result<_, _>>()?;
     let _ = first;
