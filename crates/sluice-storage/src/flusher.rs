@@ -93,7 +93,7 @@ impl std::fmt::Debug for StorageConfig {
 }
 
 impl StorageConfig {
-    fn root(&self) -> &str {
+    pub(crate) fn root(&self) -> &str {
         self.meta_root.trim_end_matches('/')
     }
 
@@ -718,6 +718,7 @@ async fn apply(
                 state
                     .deletes
                     .retain(|(v, c), _| !(*c == h.collection_id && hit(v)));
+                remove_data(config, wal, &vchannel, h.collection_id, None).await;
             }
             Ok(true)
         }
@@ -728,11 +729,120 @@ async fn apply(
                         && s.partition == h.partition_id
                         && (vchannel.is_empty() || s.vchannel == vchannel))
                 });
+                remove_data(
+                    config,
+                    wal,
+                    &vchannel,
+                    h.collection_id,
+                    Some(h.partition_id),
+                )
+                .await;
             }
             Ok(true)
         }
         _ => Ok(false),
     }
+}
+
+/// Removes what the recovery storage holds of a dropped collection (`partition`: of one of
+/// its partitions) on `vchannel` (empty: every vchannel of this WAL's pchannel): each
+/// segment's manifest, then its files (a crash in between leaves files no manifest names, never
+/// a manifest without its files), and for a collection its delete manifests and files. Best
+/// effort: a failure is logged and leaves the rest for an operator (the data is unreadable
+/// either way). Ids are never reused, so a replay of the drop removes nothing new.
+async fn remove_data(
+    config: &StorageConfig,
+    wal: &Wal,
+    vchannel: &str,
+    collection: i64,
+    partition: Option<i64>,
+) {
+    let pchannel = wal.pchannel().as_str().to_owned();
+    let on_this = |v: &str| {
+        if vchannel.is_empty() {
+            VChannel::new(v).is_ok_and(|v| v.pchannel_str() == pchannel)
+        } else {
+            v == vchannel
+        }
+    };
+    let outcome: Result<(usize, usize), FlushError> = async {
+        let (mut segments, mut deletes) = (0, 0);
+        let prefix = storage::collection_segments_prefix(config.root(), collection);
+        let (kvs, _) = config.meta.scan_prefix(&prefix).await?;
+        for kv in kvs {
+            let Ok(m) = SegmentManifest::decode(kv.value.as_ref()) else {
+                continue;
+            };
+            if !on_this(&m.vchannel) || partition.is_some_and(|p| p != m.partition_id) {
+                continue;
+            }
+            config.meta.delete(&kv.key, Condition::None).await?;
+            let dir = storage::segment_dir(m.collection_id, m.partition_id, m.segment_id);
+            delete_objects(config, &dir).await?;
+            segments += 1;
+        }
+        if partition.is_none() {
+            let prefix = storage::collection_deletes_prefix(config.root(), collection);
+            let (kvs, _) = config.meta.scan_prefix(&prefix).await?;
+            for kv in kvs {
+                let Ok(m) = DeleteManifest::decode(kv.value.as_ref()) else {
+                    continue;
+                };
+                if !on_this(&m.vchannel) {
+                    continue;
+                }
+                config.meta.delete(&kv.key, Condition::None).await?;
+                if let Some(f) = &m.file {
+                    match config
+                        .store
+                        .delete(&ObjectPath::from(f.path.as_str()))
+                        .await
+                    {
+                        Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+                deletes += 1;
+            }
+        }
+        Ok((segments, deletes))
+    }
+    .await;
+    match outcome {
+        Ok((segments, deletes)) if segments + deletes > 0 => tracing::info!(
+            collection,
+            ?partition,
+            vchannel,
+            segments,
+            delete_files = deletes,
+            "removed the stored data of a drop"
+        ),
+        Ok(_) => {}
+        Err(e) => tracing::warn!(
+            collection,
+            ?partition,
+            vchannel,
+            error = %e,
+            "removing the stored data of a drop failed; its files stay (unread)"
+        ),
+    }
+}
+
+/// Deletes every object under `dir`.
+async fn delete_objects(config: &StorageConfig, dir: &str) -> Result<(), FlushError> {
+    use futures::TryStreamExt;
+    let listed: Vec<object_store::ObjectMeta> = config
+        .store
+        .list(Some(&ObjectPath::from(dir)))
+        .try_collect()
+        .await?;
+    for o in listed {
+        match config.store.delete(&o.location).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
 }
 
 /// An insert's rows (of a collection with a schema) with the `_ts` column.

@@ -281,3 +281,145 @@ async fn rows_of_a_collection_without_a_schema_are_kept_as_payloads() {
     flusher.stop().await;
     wal.close().await;
 }
+
+/// Every file under `dir` (relative to the rig's storage directory).
+fn files_under(r: &Rig, dir: &str) -> Vec<String> {
+    fn walk(p: &std::path::Path, out: &mut Vec<String>) {
+        if let Ok(entries) = std::fs::read_dir(p) {
+            for e in entries.flatten() {
+                if e.path().is_dir() {
+                    walk(&e.path(), out);
+                } else {
+                    out.push(e.path().display().to_string());
+                }
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(&r.dir.path().join("storage").join(dir), &mut out);
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_a_partition_or_a_collection_removes_its_stored_data() {
+    use sluice_types::message::{CreatePartitionHeader, DropCollectionHeader, DropPartitionHeader};
+    let r = rig();
+    let v = pchannel().vchannel(CollectionId(300), 0).unwrap();
+    let other = pchannel().vchannel(CollectionId(301), 0).unwrap();
+    let (wal, flusher) = r.open(1).await;
+    wal.append(create(&v, Some(schema()))).await.unwrap();
+    wal.append(create(&other, Some(schema()))).await.unwrap();
+    wal.append(
+        MutableMessage::builder(CreatePartitionHeader {
+            collection_id: 300,
+            partition_id: 77,
+        })
+        .vchannel(&v)
+        .build()
+        .unwrap(),
+    )
+    .await
+    .unwrap();
+    let into = |v: &VChannel, partition: i64, ids: &[i64]| {
+        let b = body(&batch(ids));
+        MutableMessage::builder(sluice_types::message::InsertHeader {
+            collection_id: v.collection().0,
+            partitions: vec![sluice_types::message::PartitionSegmentAssignment {
+                partition_id: partition,
+                rows: ids.len() as u64,
+                binary_size: b.len() as u64,
+                segment_id: 0,
+            }],
+        })
+        .vchannel(v)
+        .payload(b)
+        .build()
+        .unwrap()
+    };
+    for (vc, partition, ids) in [
+        (&v, PARTITION, vec![1, 2, 3]),
+        (&v, 77, vec![4, 5]),
+        (&other, PARTITION, vec![6, 7]),
+    ] {
+        wal.append(into(vc, partition, &ids)).await.unwrap();
+    }
+    wal.append(delete(&v, 1, delete_body(&[1]))).await.unwrap();
+    wal.append(manual_flush(&v)).await.unwrap();
+    wal.append(manual_flush(&other)).await.unwrap();
+    wait_for("both collections flushed", || async {
+        r.flushed_keys(300).await.len() == 5 && r.flushed_keys(301).await.len() == 2
+    })
+    .await;
+    let storage = r.storage.clone();
+    let partitions = move |c: i64| {
+        let storage = storage.clone();
+        async move {
+            let mut p: Vec<i64> = segment_manifests(&storage, Some(c))
+                .await
+                .unwrap()
+                .iter()
+                .map(|m| m.partition_id)
+                .collect();
+            p.sort_unstable();
+            p
+        }
+    };
+    assert_eq!(partitions(300).await, [PARTITION, 77]);
+    assert!(!files_under(&r, "segments/300/77").is_empty());
+    assert_eq!(
+        delete_manifests(&r.storage, Some(300)).await.unwrap().len(),
+        1
+    );
+
+    wal.append(
+        MutableMessage::builder(DropPartitionHeader {
+            collection_id: 300,
+            partition_id: 77,
+        })
+        .vchannel(&v)
+        .build()
+        .unwrap(),
+    )
+    .await
+    .unwrap();
+    wait_for("the partition's segments removed", || async {
+        partitions(300).await == [PARTITION]
+    })
+    .await;
+    wait_for("the partition's files removed", || async {
+        files_under(&r, "segments/300/77").is_empty()
+    })
+    .await;
+    assert!(!files_under(&r, &format!("segments/300/{PARTITION}")).is_empty());
+
+    wal.append(
+        MutableMessage::builder(DropCollectionHeader {
+            collection_id: 300,
+            db_id: 1,
+        })
+        .vchannel(&v)
+        .build()
+        .unwrap(),
+    )
+    .await
+    .unwrap();
+    wait_for("the collection's segments and deletes removed", || async {
+        segment_manifests(&r.storage, Some(300))
+            .await
+            .unwrap()
+            .is_empty()
+            && delete_manifests(&r.storage, Some(300))
+                .await
+                .unwrap()
+                .is_empty()
+    })
+    .await;
+    wait_for("the collection's files removed", || async {
+        files_under(&r, "segments/300").is_empty() && files_under(&r, "deletes/300").is_empty()
+    })
+    .await;
+    // The other collection keeps everything.
+    assert_eq!(r.flushed_keys(301).await.len(), 2);
+    flusher.stop().await;
+    wal.close().await;
+}
