@@ -49,7 +49,10 @@ RPCS = {
     "with their parameters checked and answered with HNSW (Sluice builds HNSW graphs over sealed "
     "segments; growing rows are searched exactly). Any other index type or a bad parameter is "
     "an error.",
-    "DescribeIndex": "The index recorded on the collection.",
+    "DescribeIndex": "The index recorded on the collection, state Finished; total_rows and "
+    "indexed_rows are the rows of its committed segments (each searched with its index, or "
+    "exactly below the index's row threshold; growing rows are not counted, as in Milvus), "
+    "pending_index_rows 0.",
     "DropIndex": "Forgets the recorded index (searches fall back to exact search).",
     "CreatePartition": "Adds a partition (a name of [A-Za-z0-9_], not starting with a digit; at "
     "most 1024 per collection); writes may name it once this returns. An existing name is no "

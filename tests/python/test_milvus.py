@@ -1936,6 +1936,11 @@ def test_compaction_on_its_own_and_of_expired_rows():
             c.delete("auto_c", ids=list(range(0, 100, 2)))
             c.flush("auto_c")
             _persisted(c, "auto_c", lambda rows_: list(rows_.values()) == [50], timeout=30)
+            # The index counts the committed rows, none pending.
+            (index,) = c.list_indexes("auto_c")
+            described = c.describe_index("auto_c", index)
+            assert (described["total_rows"], described["indexed_rows"]) == (50, 50), described
+            assert described["pending_index_rows"] == 0, described
             got = sorted(r["id"] for r in c.query("auto_c", filter="id >= 0", limit=1000))
             assert got == list(range(1, 100, 2))
 

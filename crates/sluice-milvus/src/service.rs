@@ -2030,6 +2030,14 @@ impl MilvusFront {
         r: mm::DescribeIndexRequest,
     ) -> Result<Vec<mm::IndexDescription>, Failure> {
         let c = self.collection(&r.collection_name).await?;
+        // Every committed segment is searched with its index (or exactly, below the index's
+        // row threshold): none waits for a build. Growing rows are not counted, as in Milvus.
+        let sealed: i64 = self
+            .segment_manifests(&c)
+            .await?
+            .iter()
+            .map(|m| m.rows as i64)
+            .sum();
         let described: Vec<mm::IndexDescription> = c
             .indexes()
             .iter()
@@ -2056,6 +2064,8 @@ impl MilvusFront {
                     ],
                     field_name: s("field"),
                     state: mc::IndexState::Finished as i32,
+                    total_rows: sealed,
+                    indexed_rows: sealed,
                     ..Default::default()
                 }
             })
