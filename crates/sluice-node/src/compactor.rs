@@ -227,22 +227,26 @@ impl Run {
         let at = now_ts().saturating_sub(
             (self.config.retention.as_millis() as u64) << sluice_types::ids::LOGICAL_BITS,
         );
-        let newest_deletes: HashMap<String, u64> = match delete_manifests(&self.storage, None).await
-        {
-            Ok(all) => {
-                let mut out = HashMap::new();
-                for m in all.iter().filter(|m| m.min_timestamp <= at) {
-                    let e: &mut u64 = out.entry(m.vchannel.clone()).or_default();
-                    *e = (*e).max(m.flush_timestamp);
+        let vchannels = self.vchannels();
+        let collections: std::collections::BTreeSet<i64> =
+            vchannels.iter().map(|(_, c, _)| *c).collect();
+        // Per vchannel, the newest delete file that counts at `at`.
+        let mut newest_deletes: HashMap<String, u64> = HashMap::new();
+        for collection in collections {
+            match delete_manifests(&self.storage, Some(collection)).await {
+                Ok(all) => {
+                    for m in all.iter().filter(|m| m.min_timestamp <= at) {
+                        let e = newest_deletes.entry(m.vchannel.clone()).or_default();
+                        *e = (*e).max(m.flush_timestamp);
+                    }
                 }
-                out
+                Err(e) => {
+                    tracing::warn!(collection, error = %e, "listing delete files failed; compacting later");
+                    return;
+                }
             }
-            Err(e) => {
-                tracing::warn!(error = %e, "listing delete files failed; compacting later");
-                return;
-            }
-        };
-        for (vchannel, collection, schema) in self.vchannels() {
+        }
+        for (vchannel, collection, schema) in vchannels {
             if cancel.is_cancelled() {
                 return;
             }
