@@ -871,7 +871,8 @@ fn rows_of(
 
 /// The Parquet writer settings of every file the flusher writes: Snappy, column statistics, a
 /// bloom filter on the primary key `pk`, dictionary encoding only for text columns (vectors and
-/// numbers gain nothing from it and pay for the dictionary).
+/// numbers gain nothing from it and pay for the dictionary), delta encoding for a compacted
+/// file's row numbers.
 pub fn writer_properties(schema: &arrow_schema::Schema, pk: Option<&str>) -> WriterProperties {
     let mut props = WriterProperties::builder()
         .set_compression(parquet::basic::Compression::SNAPPY)
@@ -880,6 +881,13 @@ pub fn writer_properties(schema: &arrow_schema::Schema, pk: Option<&str>) -> Wri
     for f in schema.fields() {
         if matches!(f.data_type(), ArrowType::Utf8 | ArrowType::LargeUtf8) {
             props = props.set_column_dictionary_enabled(f.name().as_str().into(), true);
+        }
+        if f.name() == crate::compaction::ROW_COLUMN {
+            // Increasing row numbers: a few bits per row instead of four bytes.
+            props = props.set_column_encoding(
+                f.name().as_str().into(),
+                parquet::basic::Encoding::DELTA_BINARY_PACKED,
+            );
         }
     }
     if let Some(pk) = pk {

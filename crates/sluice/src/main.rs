@@ -603,6 +603,27 @@ enum BenchCommand {
         #[arg(long)]
         in_memory: bool,
     },
+    /// Rows/s compaction rewrites a segment without its deleted rows (loading the deletes,
+    /// reading the file, writing the new one with its row numbers, swapping the manifest)
+    /// against reading, filtering and writing the same file with parquet and arrow, in one run;
+    /// prints the ratio.
+    Compact {
+        /// Directory to benchmark in (a temporary subdirectory is created and removed).
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+        /// Rows in the segment.
+        #[arg(long, default_value_t = 100_000)]
+        rows: usize,
+        /// Vector dimension.
+        #[arg(long, default_value_t = 128)]
+        dim: usize,
+        /// Share of the rows deleted.
+        #[arg(long, default_value_t = 0.5)]
+        removed: f64,
+        /// Rounds per side (the best and the median of each are compared).
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+    },
     /// Time to open a WAL (local log, embedded meta store) whose log holds each count of
     /// messages, with a recent recovery snapshot and replaying everything, in one run; prints
     /// the ratio of the largest count's open time to the smallest's.
@@ -1240,6 +1261,30 @@ fn run() -> anyhow::Result<()> {
                 dim,
                 rounds,
                 in_memory,
+            }))
+        }
+        Command::Bench {
+            what:
+                BenchCommand::Compact {
+                    dir,
+                    rows,
+                    dim,
+                    removed,
+                    rounds,
+                },
+        } => {
+            let opts = BenchOpts {
+                dir,
+                record_size: 0,
+                seconds: 0.0,
+            };
+            let tmp = opts.tempdir()?;
+            rt.block_on(bench::compact::run(bench::compact::CompactParams {
+                dir: tmp.path(),
+                rows,
+                dim,
+                removed,
+                rounds,
             }))
         }
         Command::LogSmoke {

@@ -170,6 +170,64 @@ fn bench_flush_compares_the_flusher_with_arrow_writer() {
 }
 
 #[test]
+fn bench_compact_compares_compaction_with_reading_filtering_and_writing() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["bench", "compact", "--dir"])
+        .arg(dir.path())
+        .args([
+            "--rows",
+            "2000",
+            "--dim",
+            "8",
+            "--removed",
+            "0.25",
+            "--rounds",
+            "2",
+        ])
+        .output()
+        .expect("run sluice");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "sluice bench compact failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("500 rows deleted"), "{stdout}");
+    for path in ["read+filter+write", "compaction"] {
+        let line = stdout
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(path))
+            .unwrap_or_else(|| panic!("no {path} row:\n{stdout}"));
+        let best: f64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+        assert!(best > 0.0, "{line}");
+    }
+    let ratio = stdout
+        .lines()
+        .find(|l| l.starts_with("compaction / read+filter+write = "))
+        .unwrap_or_else(|| panic!("no ratio:\n{stdout}"));
+    // Both files' sizes are reported (which is smaller depends on how well the rows left
+    // compress: the synthetic vectors repeat).
+    let sizes: Vec<u64> = ratio
+        .rsplit("file ")
+        .next()
+        .unwrap()
+        .split(" -> ")
+        .map(|s| s.trim_end_matches(" bytes").parse().unwrap())
+        .collect();
+    assert!(sizes.len() == 2 && sizes.iter().all(|&b| b > 0), "{ratio}");
+    // Bad input is refused.
+    let bad = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["bench", "compact", "--dir"])
+        .arg(dir.path())
+        .args(["--removed", "0"])
+        .output()
+        .expect("run sluice");
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("--removed"));
+}
+
+#[test]
 fn bench_search_reports_recall_and_both_paths_as_json() {
     let dir = tempfile::tempdir().unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_sluice"))

@@ -78,7 +78,7 @@ fn schema(dim: usize) -> CollectionSchema {
     }
 }
 
-fn batch(first: i64, rows: usize, dim: usize) -> anyhow::Result<RecordBatch> {
+pub(super) fn batch(first: i64, rows: usize, dim: usize) -> anyhow::Result<RecordBatch> {
     let ids = Int64Array::from_iter_values(first..first + rows as i64);
     let values = Float32Array::from_iter_values(
         (0..rows * dim).map(|i| ((i as u64).wrapping_mul(2654435761) % 10_000) as f32 / 97.0),

@@ -2,6 +2,8 @@
 //!
 //! * `wal`: the full WAL against the raw local log it runs on.
 //! * `flush`: the flusher writing Parquet against `ArrowWriter` (see [`flush`]).
+//! * `compact`: compaction rewriting a segment against reading, filtering and writing it by
+//!   hand (see [`compact`]).
 //! * `recovery`: opening a WAL as its log grows, with a recent snapshot and without (see
 //!   [`recovery`]).
 //! * `grpc`: a [`Client`] appending over loopback gRPC to a standalone server started in this
@@ -35,6 +37,7 @@ use crate::config::Config;
 use crate::local_access::RoutedAccess;
 use crate::server::Standalone;
 
+pub(crate) mod compact;
 pub(crate) mod flush;
 pub(crate) mod handover;
 pub(crate) mod recovery;
