@@ -707,13 +707,17 @@ struct BenchOpts {
 impl BenchOpts {
     /// A fresh temporary directory under `--dir`, removed when dropped.
     fn tempdir(&self) -> anyhow::Result<tempfile::TempDir> {
-        std::fs::create_dir_all(&self.dir)
-            .with_context(|| format!("creating {}", self.dir.display()))?;
-        tempfile::Builder::new()
-            .prefix("sluice-bench-")
-            .tempdir_in(&self.dir)
-            .context("creating the benchmark directory")
+        bench_tempdir(&self.dir)
     }
+}
+
+/// A fresh temporary directory under `dir` (created if needed), removed when dropped.
+fn bench_tempdir(dir: &std::path::Path) -> anyhow::Result<tempfile::TempDir> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    tempfile::Builder::new()
+        .prefix("sluice-bench-")
+        .tempdir_in(dir)
+        .context("creating the benchmark directory")
 }
 
 fn main() -> std::process::ExitCode {
@@ -1248,12 +1252,7 @@ fn run() -> anyhow::Result<()> {
                     in_memory,
                 },
         } => {
-            let opts = BenchOpts {
-                dir,
-                record_size: 0,
-                seconds: 0.0,
-            };
-            let tmp = opts.tempdir()?;
+            let tmp = bench_tempdir(&dir)?;
             rt.block_on(bench::flush::run(bench::flush::FlushParams {
                 dir: tmp.path(),
                 rows,
@@ -1273,12 +1272,7 @@ fn run() -> anyhow::Result<()> {
                     rounds,
                 },
         } => {
-            let opts = BenchOpts {
-                dir,
-                record_size: 0,
-                seconds: 0.0,
-            };
-            let tmp = opts.tempdir()?;
+            let tmp = bench_tempdir(&dir)?;
             rt.block_on(bench::compact::run(bench::compact::CompactParams {
                 dir: tmp.path(),
                 rows,

@@ -24,6 +24,36 @@ fn row(stdout: &str, producers: usize, path: &str) -> Vec<f64> {
         .collect()
 }
 
+/// Runs `sluice bench <args>` in a fresh directory and returns its standard output, failing
+/// the test if it fails.
+fn bench(what: &str, args: &[&str]) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["bench", what, "--dir"])
+        .arg(dir.path())
+        .args(args)
+        .output()
+        .expect("run sluice");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "sluice bench {what} failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+/// The best rate (second column) of the row of `path` in a bench's table; positive.
+fn best_rate(stdout: &str, path: &str) -> f64 {
+    let line = stdout
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(path))
+        .unwrap_or_else(|| panic!("no {path} row:\n{stdout}"));
+    let best: f64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+    assert!(best > 0.0, "{line}");
+    best
+}
+
 #[test]
 fn bench_grpc_prints_rows_with_nonzero_throughput() {
     let dir = tempfile::tempdir().unwrap();
@@ -136,11 +166,9 @@ fn bench_recovery_replays_only_the_tail_with_a_snapshot_and_everything_without()
 
 #[test]
 fn bench_flush_compares_the_flusher_with_arrow_writer() {
-    let dir = tempfile::tempdir().unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .args(["bench", "flush", "--dir"])
-        .arg(dir.path())
-        .args([
+    let stdout = bench(
+        "flush",
+        &[
             "--rows",
             "3000",
             "--batch-rows",
@@ -149,33 +177,19 @@ fn bench_flush_compares_the_flusher_with_arrow_writer() {
             "8",
             "--rounds",
             "2",
-        ])
-        .output()
-        .expect("run sluice");
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "sluice bench flush failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
+        ],
     );
     for path in ["ArrowWriter", "flusher"] {
-        let line = stdout
-            .lines()
-            .find(|l| l.split_whitespace().next() == Some(path))
-            .unwrap_or_else(|| panic!("no {path} row:\n{stdout}"));
-        let best: f64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
-        assert!(best > 0.0, "{line}");
+        best_rate(&stdout, path);
     }
     assert!(stdout.contains("flusher / ArrowWriter = "), "{stdout}");
 }
 
 #[test]
 fn bench_compact_compares_compaction_with_reading_filtering_and_writing() {
-    let dir = tempfile::tempdir().unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .args(["bench", "compact", "--dir"])
-        .arg(dir.path())
-        .args([
+    let stdout = bench(
+        "compact",
+        &[
             "--rows",
             "2000",
             "--dim",
@@ -184,23 +198,11 @@ fn bench_compact_compares_compaction_with_reading_filtering_and_writing() {
             "0.25",
             "--rounds",
             "2",
-        ])
-        .output()
-        .expect("run sluice");
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "sluice bench compact failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
+        ],
     );
     assert!(stdout.contains("500 rows deleted"), "{stdout}");
     for path in ["read+filter+write", "compaction"] {
-        let line = stdout
-            .lines()
-            .find(|l| l.split_whitespace().next() == Some(path))
-            .unwrap_or_else(|| panic!("no {path} row:\n{stdout}"));
-        let best: f64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
-        assert!(best > 0.0, "{line}");
+        best_rate(&stdout, path);
     }
     let ratio = stdout
         .lines()
@@ -217,6 +219,7 @@ fn bench_compact_compares_compaction_with_reading_filtering_and_writing() {
         .collect();
     assert!(sizes.len() == 2 && sizes.iter().all(|&b| b > 0), "{ratio}");
     // Bad input is refused.
+    let dir = tempfile::tempdir().unwrap();
     let bad = Command::new(env!("CARGO_BIN_EXE_sluice"))
         .args(["bench", "compact", "--dir"])
         .arg(dir.path())
