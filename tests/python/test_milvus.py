@@ -1803,6 +1803,23 @@ def _parquet_files(data_dir, collection_id):
     return {k: sorted(v) for k, v in out.items()}
 
 
+def _delete_files(data_dir, collection_id):
+    """The names of a collection's delete files, every vchannel."""
+    root = data_dir / "storage" / "storage" / "deletes" / str(collection_id)
+    return sorted(f.name for f in root.glob("*/*.parquet"))
+
+
+def _wait_for(what, check, timeout=30):
+    """`check()` once it is truthy; fails with `what` and the last value after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        got = check()
+        if got:
+            return got
+        assert time.monotonic() < deadline, (what, got)
+        time.sleep(0.2)
+
+
 def _persisted(c, name, ready, timeout=60):
     """{segment id: rows} of the collection's segments in Parquet, once `ready` holds of it."""
     deadline = time.monotonic() + timeout
@@ -1826,8 +1843,9 @@ def _wait_compacted(c, job, timeout=60):
 def test_compaction_removes_deleted_rows_from_storage_and_reads_stay_the_same():
     """compact / get_compaction_state / get_compaction_plans: segments flushed with rows that
     flushed deletes removed are rewritten without them (smaller files, fewer rows listed; the
-    replaced files deleted a moment later), and every query and search answers as before —
-    also after a restart. A varchar primary key; an upsert's new row stays."""
+    replaced files deleted a moment later), the deletes, needless now, go from storage too, and
+    every query and search answers as before — also after a restart. A varchar primary key; an
+    upsert's new row stays."""
     from pathlib import Path
 
     env = {"SLUICE_STORAGE__COMPACTION_SWEEP_AFTER_MS": "300"}
@@ -1855,6 +1873,7 @@ def test_compaction_removes_deleted_rows_from_storage_and_reads_stay_the_same():
             cid = c.describe_collection(name)["collection_id"]
             before_files = _parquet_files(Path(d), cid)
             before_rows = _persisted(c, name, lambda rows_: sum(rows_.values()) == 601)
+            assert _delete_files(Path(d), cid), "the deletes were flushed to a file"
             q = [[0.5] * DIM, [0.1] * DIM]
 
             def reads():
@@ -1895,6 +1914,9 @@ def test_compaction_removes_deleted_rows_from_storage_and_reads_stay_the_same():
                 (path,) = list(new.glob(f"*/{seg}/data.c*.parquet"))
                 assert path.stat().st_size > 0
             assert before_files != files
+            # Every deleted row was left out, so no delete is needed any more: the delete files
+            # are merged into none and deleted too.
+            _wait_for("delete files swept", lambda: _delete_files(Path(d), cid) == [])
             # Nothing left to remove: a second compaction rewrites nothing.
             job2 = c.compact(name)
             _wait_compacted(c, job2)
@@ -1915,8 +1937,10 @@ def test_compaction_removes_deleted_rows_from_storage_and_reads_stay_the_same():
 
 def test_compaction_on_its_own_and_of_expired_rows():
     """With compaction on its own every half second (no retention, 30% removable), a segment
-    with half its rows deleted is rewritten without anyone asking; a collection whose TTL
-    expired every row compacts to empty segments, and reads still answer nothing."""
+    with half its rows deleted is rewritten without anyone asking and its delete file goes; two
+    delete files of too few rows for a rewrite merge into one that still applies after a
+    restart; a collection whose TTL expired every row compacts to empty segments, and reads
+    still answer nothing."""
     from pathlib import Path
 
     env = {
@@ -1943,6 +1967,38 @@ def test_compaction_on_its_own_and_of_expired_rows():
             assert described["pending_index_rows"] == 0, described
             got = sorted(r["id"] for r in c.query("auto_c", filter="id >= 0", limit=1000))
             assert got == list(range(1, 100, 2))
+            cid = c.describe_collection("auto_c")["collection_id"]
+            _wait_for("auto_c's deletes merged away", lambda: _delete_files(Path(d), cid) == [])
+
+            # Two delete files of 10% each: too few rows for a rewrite, but the two files merge
+            # into one still holding all 20 deletes, which keep applying after a restart.
+            c.create_collection("few_c", dimension=DIM)
+            c.insert("few_c", rows(100, seed=33))
+            c.flush("few_c")
+            c.delete("few_c", ids=list(range(10)))
+            c.flush("few_c")
+            c.delete("few_c", ids=list(range(50, 60)))
+            c.flush("few_c")
+            few = c.describe_collection("few_c")["collection_id"]
+            merged = _wait_for(
+                "few_c's two delete files merged into one",
+                lambda: (lambda f: f if len(f) == 1 and ".m" in f[0] else None)(
+                    _delete_files(Path(d), few)
+                ),
+            )
+            listed = _persisted(c, "few_c", lambda rows_: True)
+            assert list(listed.values()) == [100], ("no segment was rewritten", listed)
+            c.close()
+        finally:
+            s.stop()
+        s = Server(Path(d), env=env)
+        s.start()
+        try:
+            c = MilvusClient(uri=f"http://{s.milvus}")
+            c.load_collection("few_c")
+            got = sorted(r["id"] for r in c.query("few_c", filter="id >= 0", limit=1000))
+            assert got == [i for i in range(100) if not (i < 10 or 50 <= i < 60)]
+            assert _delete_files(Path(d), few) == merged
 
             c.create_collection("ttl_c", dimension=DIM, properties={"collection.ttl.seconds": 1})
             c.insert("ttl_c", rows(30, seed=32))

@@ -14,6 +14,11 @@
 //! A compacted segment held by this node's delegators is loaded again at once (the memory of
 //! the removed rows goes); query workers load it when its placement's version changes. The
 //! files it replaced are deleted [`CompactionConfig::sweep_after`] later.
+//!
+//! After the segments, the vchannel's delete files up to the compaction's timestamp (and the
+//! flush checkpoint) are merged into one holding only the deletes still removing a committed
+//! row (`sluice_storage::compaction::merge_deletes`); the files merged go
+//! [`CompactionConfig::sweep_after`] later.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
@@ -23,8 +28,8 @@ use bytes::Bytes;
 use prost::Message as _;
 use sluice_meta::Condition;
 use sluice_proto::v1 as pb;
-use sluice_storage::compaction::{Removals, compact_segment, sweep};
-use sluice_storage::flusher::StorageConfig;
+use sluice_storage::compaction::{Removals, compact_segment, merge_deletes, sweep, sweep_deletes};
+use sluice_storage::flusher::{StorageConfig, flush_start};
 use sluice_storage::rows::primary_key;
 use sluice_storage::segments::{delete_manifests, segment_manifests};
 use sluice_types::schema::CollectionSchema;
@@ -113,7 +118,7 @@ struct Run {
     query: Option<Arc<QueryHost>>,
     config: CompactionConfig,
     /// Per vchannel, the newest delete file's flush timestamp when it was last compacted on its
-    /// own.
+    /// own and its delete files merged (as far as the flush checkpoint allowed).
     seen_deletes: HashMap<String, u64>,
     /// (compaction id, vchannel) done.
     done: HashSet<(i64, String)>,
@@ -189,7 +194,7 @@ impl Run {
                 .compact(&vchannel, collection, &schema, req.timestamp, 0.0)
                 .await
             {
-                Ok(report) => {
+                Ok((report, _)) => {
                     let put = self
                         .storage
                         .meta
@@ -265,8 +270,10 @@ impl Run {
                 )
                 .await
             {
-                Ok(_) => {
-                    self.seen_deletes.insert(vchannel, newest);
+                Ok((_, flushed_through)) => {
+                    // Files the checkpoint kept from merging are looked at again next round.
+                    self.seen_deletes
+                        .insert(vchannel, newest.min(flushed_through.unwrap_or(0)));
                 }
                 Err(e) => {
                     tracing::warn!(vchannel, error = %e, "compacting a vchannel failed; retrying later")
@@ -285,7 +292,8 @@ impl Run {
         sluice_types::ttl::ttl_ms(&info.properties).ok()?
     }
 
-    /// Compacts `vchannel`'s segments at `at`.
+    /// Compacts `vchannel`'s segments at `at`, then merges its delete files. Also returns the
+    /// flush checkpoint's timestamp read first (`None`: none saved yet).
     async fn compact(
         &self,
         vchannel: &str,
@@ -293,13 +301,18 @@ impl Run {
         schema: &CollectionSchema,
         at: u64,
         min_ratio: f64,
-    ) -> Result<pb::VChannelCompaction, String> {
+    ) -> Result<(pb::VChannelCompaction, Option<u64>), String> {
         let mut report = pb::VChannelCompaction {
             vchannel: vchannel.to_owned(),
             ..pb::VChannelCompaction::default()
         };
+        // Read before any segment manifest: every row older than it is in one of those.
+        let flushed_through = flush_start(&self.storage, self.wal.pchannel().as_str())
+            .await?
+            .map(|(_, t)| t.0);
         let Ok(pk) = primary_key(schema) else {
-            return Ok(report); // no schema, no keys: nothing a delete names
+            // No schema, no keys: nothing a delete names.
+            return Ok((report, flushed_through));
         };
         let expired_before = sluice_types::ttl::expired_before(at, self.ttl_ms(collection).await);
         let removals = Removals::load(
@@ -351,6 +364,69 @@ impl Run {
                 }
             });
         }
-        Ok(report)
+        if let Some(through) = flushed_through {
+            self.merge(vchannel, collection, &pk.name, at, through, &mut report)
+                .await;
+        }
+        if let Some(q) = &self.query
+            && report.segments > 0
+        {
+            // The rows compactions left out are gone from the delegator here: so are the
+            // deletes that hid only them.
+            q.forget_deletes(vchannel);
+        }
+        Ok((report, flushed_through))
+    }
+
+    /// Merges `vchannel`'s delete files (a failure is logged: the files stay as they are and
+    /// the next compaction tries again), then sweeps the merged ones a while later.
+    async fn merge(
+        &self,
+        vchannel: &str,
+        collection: i64,
+        pk: &str,
+        at: u64,
+        flushed_through: u64,
+        report: &mut pb::VChannelCompaction,
+    ) {
+        let merged = merge_deletes(
+            &self.storage,
+            collection,
+            vchannel,
+            pk,
+            at,
+            flushed_through,
+            report.segments > 0,
+        )
+        .await;
+        match merged {
+            Ok(Some(m)) => {
+                report.delete_files_merged = m.files as u32;
+                report.deletes_before = m.rows_before;
+                report.deletes_after = m.rows_after;
+                let (storage, grace, vchannel) = (
+                    self.storage.clone(),
+                    self.config.sweep_after,
+                    vchannel.to_owned(),
+                );
+                tokio::spawn(async move {
+                    tokio::time::sleep(grace).await;
+                    match sweep_deletes(&storage, collection, &vchannel, flushed_through, grace)
+                        .await
+                    {
+                        Ok(n) => {
+                            tracing::debug!(vchannel, files = n, "merged delete files deleted")
+                        }
+                        Err(e) => {
+                            tracing::warn!(vchannel, error = %e, "deleting merged delete files failed (the next merge tries again)")
+                        }
+                    }
+                });
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(vchannel, error = %e, "merging delete files failed; they stay as they are")
+            }
+        }
     }
 }

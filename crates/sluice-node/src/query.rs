@@ -291,6 +291,21 @@ impl QueryHost {
         Ok(())
     }
 
+    /// Forgets the deletes the delegator of `vchannel` holds that hide none of its rows any
+    /// more (after a compaction left their rows out, or a merge of delete files found them
+    /// needless). Returns how many went.
+    pub fn forget_deletes(&self, vchannel: &str) -> usize {
+        let Some(d) = self.shards.read().get(vchannel).cloned() else {
+            return 0;
+        };
+        let gone = d.write().forget_deletes();
+        if gone > 0 {
+            metrics::counter!("sluice_query_deletes_forgotten_total").increment(gone as u64);
+            tracing::debug!(vchannel, deletes = gone, "deletes no row needs forgotten");
+        }
+        gone
+    }
+
     fn forget(&self, pchannel: &str) {
         self.shards
             .write()
@@ -1497,12 +1512,15 @@ async fn feed(host: Arc<QueryHost>, wal: Arc<dyn ShardLog>, cancel: Cancellation
 
 /// The delegator of (`vchannel`, `collection`), made on first sight with the schema the WAL
 /// knows (`None` for a collection without a schema: nothing to search).
+/// `loaded`: made while the log is replayed, after the committed segments were loaded (every
+/// row it will hold comes from the log).
 fn delegator(
     host: &QueryHost,
     wal: &dyn ShardLog,
     vchannel: &str,
     collection: i64,
     schema: Option<sluice_types::schema::CollectionSchema>,
+    loaded: bool,
 ) -> Option<Arc<Delegator>> {
     if let Some(d) = host.shards.read().get(vchannel)
         && d.collection() == collection
@@ -1513,13 +1531,16 @@ fn delegator(
         return None;
     }
     let schema = schema.or_else(|| VChannel::new(vchannel).ok().and_then(|v| wal.schema(&v)))?;
-    let data = match ShardData::new(schema, host.index_params(collection)) {
+    let mut data = match ShardData::new(schema, host.index_params(collection)) {
         Ok(d) => d,
         Err(e) => {
             tracing::warn!(vchannel, error = %e, "no query delegator for this shard");
             return None;
         }
     };
+    if loaded {
+        data.mark_loaded();
+    }
     let d = Arc::new(Delegator::new(vchannel, collection, data));
     host.shards.write().insert(vchannel.to_owned(), d.clone());
     Some(d)
@@ -1537,7 +1558,30 @@ async fn feed_once(
     // Every collection the WAL knows gets its delegator now: reads wait on its tsafe (0 until
     // the segments below are loaded) instead of finding no collection.
     for (vchannel, collection, schema) in wal.schemas() {
-        delegator(host, wal, &vchannel, collection, Some(schema));
+        delegator(host, wal, &vchannel, collection, Some(schema), false);
+    }
+    // Deletes before segments: a merge (`sluice_storage::compaction::merge_deletes`) drops a
+    // delete only after the segments needing it were compacted, so segments listed after the
+    // deletes never miss one they need.
+    for m in delete_manifests(storage, None)
+        .await
+        .map_err(|e| e.to_string())?
+        .into_iter()
+        .filter(|m| on_this(&m.vchannel))
+    {
+        let Some(d) = delegator(host, wal, &m.vchannel, m.collection_id, None, false) else {
+            continue;
+        };
+        let Some(file) = &m.file else { continue };
+        for b in read_file(storage, &file.path)
+            .await
+            .map_err(|e| e.to_string())?
+        {
+            let (keys, ts) = split_ts(&b)?;
+            d.write()
+                .delete_each(keys.column(0).as_ref(), &ts)
+                .map_err(|e| e.to_string())?;
+        }
     }
     let manifests = segment_manifests(storage, None)
         .await
@@ -1565,28 +1609,15 @@ async fn feed_once(
         .into_iter()
         .filter(|m| on_this(&m.vchannel) && !dropped(m))
     {
-        if let Some(d) = delegator(host, wal, &m.vchannel, m.collection_id, None) {
+        if let Some(d) = delegator(host, wal, &m.vchannel, m.collection_id, None, false) {
             load_segment(&host.storage, &d, &m).await?;
         }
     }
-    for m in delete_manifests(storage, None)
-        .await
-        .map_err(|e| e.to_string())?
-        .into_iter()
-        .filter(|m| on_this(&m.vchannel))
-    {
-        let Some(d) = delegator(host, wal, &m.vchannel, m.collection_id, None) else {
-            continue;
-        };
-        let Some(file) = &m.file else { continue };
-        for b in read_file(storage, &file.path)
-            .await
-            .map_err(|e| e.to_string())?
-        {
-            let (keys, ts) = split_ts(&b)?;
-            d.write()
-                .delete_each(keys.column(0).as_ref(), &ts)
-                .map_err(|e| e.to_string())?;
+    // Every shard here holds its committed segments and deletes now: what it forgets of the
+    // deletes from here on is what no held row needs.
+    for d in host.shards.read().values() {
+        if on_this(d.vchannel()) {
+            d.write().mark_loaded();
         }
     }
     let mut scanner = wal.read(start)?;
@@ -1758,7 +1789,7 @@ fn apply(host: &Arc<QueryHost>, wal: &dyn ShardLog, m: &ImmutableMessage) -> Res
             if let Ok(h) = m.header::<CreateCollectionHeader>()
                 && h.schema.is_some()
             {
-                delegator(host, wal, &vchannel, h.collection_id, h.schema);
+                delegator(host, wal, &vchannel, h.collection_id, h.schema, true);
             }
         }
         MessageType::Insert => {
@@ -1768,7 +1799,7 @@ fn apply(host: &Arc<QueryHost>, wal: &dyn ShardLog, m: &ImmutableMessage) -> Res
             let Some(part) = h.partitions.first() else {
                 return Ok(());
             };
-            let Some(d) = delegator(host, wal, &vchannel, h.collection_id, None) else {
+            let Some(d) = delegator(host, wal, &vchannel, h.collection_id, None, true) else {
                 return Ok(());
             };
             let schema = d.read().schema().clone();
@@ -1786,7 +1817,7 @@ fn apply(host: &Arc<QueryHost>, wal: &dyn ShardLog, m: &ImmutableMessage) -> Res
             let Ok(h) = m.header::<DeleteHeader>() else {
                 return Ok(());
             };
-            let Some(d) = delegator(host, wal, &vchannel, h.collection_id, None) else {
+            let Some(d) = delegator(host, wal, &vchannel, h.collection_id, None, true) else {
                 return Ok(());
             };
             let schema = d.read().schema().clone();
@@ -1803,7 +1834,7 @@ fn apply(host: &Arc<QueryHost>, wal: &dyn ShardLog, m: &ImmutableMessage) -> Res
         MessageType::SchemaChange => {
             if let Ok(h) = m.header::<SchemaChangeHeader>() {
                 if let Some(schema) = h.schema
-                    && let Some(d) = delegator(host, wal, &vchannel, h.collection_id, None)
+                    && let Some(d) = delegator(host, wal, &vchannel, h.collection_id, None, true)
                 {
                     d.write().set_schema(schema).map_err(|e| e.to_string())?;
                 }

@@ -140,6 +140,10 @@ pub struct ShardData {
     /// flush racing the drop hands its sealed segment over after it) is not taken. Partition
     /// ids are never reused.
     dropped_partitions: HashSet<i64>,
+    /// Every committed segment is held and rows arrive only from the log from now on (set by
+    /// [`ShardData::mark_loaded`]): until then a delete no held row needs may be needed by a
+    /// segment not loaded yet, and [`ShardData::forget_deletes`] keeps it.
+    loaded: bool,
 }
 
 fn arrow_type(f: &sluice_types::schema::FieldSchema) -> Result<ArrowType, QueryError> {
@@ -201,7 +205,42 @@ impl ShardData {
             deletes: HashMap::new(),
             index,
             dropped_partitions: HashSet::new(),
+            loaded: false,
         })
+    }
+
+    /// Every committed segment is held: rows arrive from the log alone from now on, each newer
+    /// than every delete held.
+    pub fn mark_loaded(&mut self) {
+        self.loaded = true;
+    }
+
+    /// Forgets the deletes that hide no held row — their rows were compacted away, or they
+    /// matched none — so the deletes held stay as many as the rows they hide, not as the
+    /// deletes ever made. Nothing before [`ShardData::mark_loaded`]. A row arriving later is
+    /// newer than every delete, so none of them would hide it. Returns how many went.
+    pub fn forget_deletes(&mut self) -> usize {
+        if !self.loaded {
+            return 0;
+        }
+        self.versions.retain(|_, v| !v.is_empty());
+        let versions = &self.versions;
+        let mut gone = 0;
+        self.deletes.retain(|key, list| {
+            let oldest = versions
+                .get(key)
+                .and_then(|v| v.iter().map(|(t, _)| *t).min());
+            let before = list.len();
+            list.retain(|&td| oldest.is_some_and(|o| o < td));
+            gone += before - list.len();
+            !list.is_empty()
+        });
+        gone
+    }
+
+    /// The deletes held (key, timestamp pairs).
+    pub fn deletes_held(&self) -> usize {
+        self.deletes.values().map(Vec::len).sum()
     }
 
     /// The schema in force.

@@ -180,13 +180,17 @@ fn ids(b: &RecordBatch) -> Vec<i64> {
     b.column(0).as_primitive::<Int64Type>().values().to_vec()
 }
 
-fn run(seed: u64) {
+/// Returns how many deletes the shard forgot (those no held row needed any more).
+fn run(seed: u64) -> usize {
     let mut rng = StdRng::seed_from_u64(seed);
     let params = IndexParams {
         min_rows: 0,
         ..IndexParams::default()
     };
     let mut shard = ShardData::new(schema(), params).unwrap();
+    // Every row comes through it from here on.
+    shard.mark_loaded();
+    let mut forgot = 0;
     let filter = Filter::parse("tag < 5 or tag is null", shard.schema()).unwrap();
     let mut events: Vec<(u64, Event)> = Vec::new();
     let mut ts = 100u64;
@@ -330,6 +334,12 @@ fn run(seed: u64) {
                         shard.install_sealed(seg).unwrap();
                     }
                 }
+                // The deletes that hid only the rows left out go; every read below still
+                // answers like the model.
+                let held = shard.deletes_held();
+                let gone = shard.forget_deletes();
+                assert_eq!(shard.deletes_held(), held - gone);
+                forgot += gone;
             }
             _ => {
                 checks += 1;
@@ -449,13 +459,42 @@ fn run(seed: u64) {
         }
     }
     assert!(checks > 10, "seed {seed}: only {checks} checks");
+    forgot
 }
 
 #[test]
 fn a_shard_answers_like_the_model_at_every_timestamp() {
-    for seed in 0..40 {
-        run(seed);
-    }
+    let forgot: usize = (0..40).map(run).sum();
+    assert!(forgot > 0, "no delete was ever forgotten");
+}
+
+#[test]
+fn deletes_are_kept_until_loaded_and_while_a_row_needs_them() {
+    let mut shard = ShardData::new(schema(), IndexParams::default()).unwrap();
+    let row = |id| Row {
+        id,
+        tag: Some(1),
+        vec: vec![0.0; DIM],
+    };
+    // Deletes read from storage before the segments they hide rows of.
+    shard.delete(&Int64Array::from(vec![1, 2, 3]), 50).unwrap();
+    assert_eq!(shard.forget_deletes(), 0, "not loaded yet");
+    let seg = shard
+        .prepare_sealed(7, 1, vec![batch(&[row(1), row(2)])], vec![10, 60])
+        .unwrap();
+    shard.install_sealed(seg).unwrap();
+    shard.mark_loaded();
+    // 1's row is older than its delete, 2's newer, 3 has none.
+    assert_eq!(shard.forget_deletes(), 2);
+    assert_eq!(shard.deletes_held(), 1);
+    assert_eq!(shard.count(100), 1);
+    // A compaction leaves 1's row out: its delete goes too.
+    let seg = shard
+        .prepare_sealed(7, 1, vec![batch(&[row(2)])], vec![60])
+        .unwrap();
+    shard.install_sealed(seg).unwrap();
+    assert_eq!(shard.forget_deletes(), 1);
+    assert_eq!((shard.deletes_held(), shard.count(100)), (0, 1));
 }
 
 /// A flush racing a DropPartition: the partition's sealed segment is handed over after the

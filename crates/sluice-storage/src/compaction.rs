@@ -16,26 +16,38 @@
 //!
 //! The replaced files stay until [`sweep`] (run a while later, when no reader still reads
 //! them) deletes every file of the segment's directory the manifest no longer names.
+//!
+//! **Deletes.** Delete files would otherwise grow with every delete ever made (and every
+//! delegator would hold them all in memory). [`merge_deletes`] rewrites a vchannel's delete
+//! files of the flush points every row older than them was flushed by (the saved flush
+//! checkpoint) into one, keeping only the deletes that still remove a row of a committed
+//! segment: those whose rows compactions left out, and those that matched no row, go. The
+//! manifest of the newest flush point merged is replaced and the others deleted in one
+//! meta-store transaction, guarded by their revisions; [`sweep_deletes`] deletes the files no
+//! manifest names a while later.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use arrow_array::cast::AsArray;
 use arrow_array::types::{Int64Type, UInt32Type};
-use arrow_array::{Array, ArrayRef, BooleanArray, RecordBatch, UInt32Array};
+use arrow_array::{
+    Array, ArrayRef, BooleanArray, Int64Array, RecordBatch, StringArray, UInt32Array,
+};
 use arrow_schema::{DataType as ArrowType, Field};
 use bytes::Bytes;
 use futures::TryStreamExt;
 use object_store::ObjectStoreExt;
 use object_store::path::Path as ObjectPath;
 use prost::Message as _;
-use sluice_meta::Condition;
+use sluice_meta::{Condition, TxnOp};
 use sluice_types::message::pb::segment_manifest::{PkMax, PkMin};
-use sluice_types::message::pb::{SegmentManifest, StorageFile};
+use sluice_types::message::pb::{DeleteManifest, SegmentManifest, StorageFile};
 use sluice_types::storage;
 
 use crate::flusher::{StorageConfig, TS_COLUMN, parquet_bytes};
-use crate::segments::{ReadError, read_file};
+use crate::segments::{ReadError, read_columns, read_file, segment_manifests};
 
 /// The column of a compacted file holding each row's position in the flushed file.
 pub const ROW_COLUMN: &str = "_row";
@@ -61,7 +73,7 @@ pub enum CompactError {
 }
 
 /// A primary key value.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 enum Key {
     Int(i64),
     Str(String),
@@ -376,6 +388,265 @@ pub async fn sweep(
     for o in listed {
         let name = o.location.filename().unwrap_or_default();
         if !storage::belongs_to_version(name, &data.path, m.compaction_timestamp) {
+            config.store.delete(&o.location).await?;
+            deleted += 1;
+        }
+    }
+    Ok(deleted)
+}
+
+/// What merging a vchannel's delete files did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MergedDeletes {
+    /// Delete files merged (a merged one among them counts once).
+    pub files: usize,
+    /// Deletes they held.
+    pub rows_before: u64,
+    /// Deletes kept: those that still remove a row of a committed segment.
+    pub rows_after: u64,
+}
+
+/// One delete manifest as the meta store holds it.
+struct Held {
+    key: String,
+    revision: i64,
+    manifest: DeleteManifest,
+}
+
+/// Merges `vchannel`'s delete files (of `collection`, primary key `pk`) whose flush point is
+/// at most `at` and at most `flushed_through` — the saved flush checkpoint's timestamp, below
+/// which every row is in a committed segment — into one that keeps only the deletes removing a
+/// row of a committed segment of the vchannel (any partition). Runs when there are two such
+/// files or more, when the one there is is a flush's (not merged yet), or when `force`
+/// (segments were just compacted: a merged file may hold deletes they no longer need); writes
+/// only when it has something to drop or files to join. `None`: nothing done (nothing to
+/// gain, or a flush, drop or other merge changed a manifest meanwhile — the next round tries
+/// again). The merged files stay for [`sweep_deletes`].
+///
+/// Safe for every read at or after the newest delete left out: a delete goes only when no
+/// committed row older than it has its key, and no row inserted later can be older than it.
+/// Readers that list delete manifests before segment manifests (as delegators do) never pair
+/// a segment version that needs a delete with a delete list that lost it.
+pub async fn merge_deletes(
+    config: &StorageConfig,
+    collection: i64,
+    vchannel: &str,
+    pk: &str,
+    at: u64,
+    flushed_through: u64,
+    force: bool,
+) -> Result<Option<MergedDeletes>, CompactError> {
+    let limit = at.min(flushed_through);
+    let prefix = storage::collection_deletes_prefix(&config.meta_root, collection);
+    let (kvs, _) = config.meta.scan_prefix(&prefix).await?;
+    let mut held = Vec::new();
+    for kv in kvs {
+        let manifest =
+            DeleteManifest::decode(kv.value.as_ref()).map_err(|e| ReadError::Manifest {
+                key: kv.key.clone(),
+                reason: e.to_string(),
+            })?;
+        if manifest.vchannel == vchannel && manifest.flush_timestamp <= limit {
+            held.push(Held {
+                key: kv.key,
+                revision: kv.mod_revision,
+                manifest,
+            });
+        }
+    }
+    held.sort_by_key(|h| h.manifest.flush_timestamp);
+    let Some(newest) = held.last() else {
+        return Ok(None);
+    };
+    if held.len() < 2 && !force && newest.manifest.merged_timestamp != 0 {
+        return Ok(None);
+    }
+    // Every delete, the latest per key (it removes every older row of the key).
+    let mut deletes: HashMap<Key, u64> = HashMap::new();
+    let mut key_type = None;
+    let mut rows_before = 0;
+    for h in &held {
+        rows_before += h.manifest.rows;
+        let Some(file) = &h.manifest.file else {
+            continue;
+        };
+        for b in read_file(config, &file.path).await? {
+            let col = b.column_by_name(pk).ok_or_else(|| {
+                CompactError::Corrupt(format!("the delete file {} has no {pk}", file.path))
+            })?;
+            key_type.get_or_insert_with(|| col.data_type().clone());
+            for (key, &ts) in keys(col.as_ref())?.into_iter().zip(timestamps(&b)?) {
+                if let Some(key) = key {
+                    let d = deletes.entry(key).or_default();
+                    *d = (*d).max(ts as u64);
+                }
+            }
+        }
+    }
+    // Which of them still remove a committed row.
+    let removals = Removals {
+        at: limit,
+        deletes,
+        expired_before: 0,
+    };
+    let mut needed: HashSet<Key> = HashSet::new();
+    for m in segment_manifests(config, Some(collection))
+        .await?
+        .iter()
+        .filter(|m| m.vchannel == vchannel && m.rows > 0)
+    {
+        if needed.len() == removals.deletes.len() {
+            break;
+        }
+        let Some(file) = &m.data else { continue };
+        if !removals.may_remove(m) {
+            continue;
+        }
+        for b in read_columns(config, &file.path, &[pk, TS_COLUMN]).await? {
+            let col = b.column_by_name(pk).ok_or_else(|| {
+                CompactError::Corrupt(format!("{} has no column {pk}", file.path))
+            })?;
+            for (key, &ts) in keys(col.as_ref())?.into_iter().zip(timestamps(&b)?) {
+                if let Some(key) = key
+                    && removals.removes(Some(&key), ts as u64)
+                {
+                    needed.insert(key);
+                }
+            }
+        }
+    }
+    let mut kept: Vec<(Key, u64)> = removals
+        .deletes
+        .into_iter()
+        .filter(|(k, _)| needed.contains(k))
+        .collect();
+    kept.sort_unstable();
+    let rows_after = kept.len() as u64;
+    if held.len() < 2 && rows_after == rows_before {
+        return Ok(None);
+    }
+    let flush_ts = newest.manifest.flush_timestamp;
+    let file = match (kept.is_empty(), key_type) {
+        (false, Some(key_type)) => {
+            let path = storage::merged_delete_file_path(collection, vchannel, flush_ts, at);
+            let keys: ArrayRef = match key_type {
+                ArrowType::Int64 => {
+                    Arc::new(Int64Array::from_iter(kept.iter().map(|(k, _)| match k {
+                        Key::Int(v) => Some(*v),
+                        Key::Str(_) => None,
+                    })))
+                }
+                _ => Arc::new(StringArray::from_iter(kept.iter().map(|(k, _)| match k {
+                    Key::Str(s) => Some(s.as_str()),
+                    Key::Int(_) => None,
+                }))),
+            };
+            let ts: ArrayRef = Arc::new(Int64Array::from_iter_values(
+                kept.iter().map(|(_, t)| *t as i64),
+            ));
+            let batch = RecordBatch::try_new(
+                Arc::new(arrow_schema::Schema::new(vec![
+                    Field::new(pk, keys.data_type().clone(), false),
+                    Field::new(TS_COLUMN, ArrowType::Int64, false),
+                ])),
+                vec![keys, ts],
+            )?;
+            let bytes = parquet_bytes(&[batch], Some(pk))
+                .map_err(|e| CompactError::Corrupt(e.to_string()))?;
+            let size = bytes.len() as u64;
+            config
+                .store
+                .put(&ObjectPath::from(path.as_str()), Bytes::from(bytes).into())
+                .await?;
+            Some(StorageFile {
+                path,
+                rows: rows_after,
+                bytes: size,
+            })
+        }
+        _ => None,
+    };
+    let manifest = DeleteManifest {
+        collection_id: collection,
+        vchannel: vchannel.to_owned(),
+        rows: rows_after,
+        min_timestamp: kept.iter().map(|(_, t)| *t).min().unwrap_or(0),
+        max_timestamp: kept.iter().map(|(_, t)| *t).max().unwrap_or(0),
+        file,
+        flush_timestamp: flush_ts,
+        merged_timestamp: at,
+    };
+    let compares = held
+        .iter()
+        .map(|h| (h.key.clone(), Condition::ModRevision(h.revision)))
+        .collect();
+    let mut ops = vec![TxnOp::Put {
+        key: newest.key.clone(),
+        value: Bytes::from(manifest.encode_to_vec()),
+        lease: None,
+    }];
+    ops.extend(
+        held[..held.len() - 1]
+            .iter()
+            .map(|h| TxnOp::Delete { key: h.key.clone() }),
+    );
+    // A lost race leaves the new file to `sweep_deletes` (a retry may have written the same).
+    if !config.meta.txn(compares, ops).await?.committed {
+        return Ok(None);
+    }
+    metrics::counter!("sluice_storage_delete_files_merged_total").increment(held.len() as u64);
+    metrics::counter!("sluice_storage_deletes_dropped_total")
+        .increment(rows_before.saturating_sub(rows_after));
+    tracing::info!(
+        vchannel,
+        files = held.len(),
+        rows_before,
+        rows_after,
+        "delete files merged"
+    );
+    Ok(Some(MergedDeletes {
+        files: held.len(),
+        rows_before,
+        rows_after,
+    }))
+}
+
+/// Deletes the files of `vchannel`'s delete directory that no delete manifest names: those a
+/// merge replaced, and any a crash or a lost race left. Only files of flush points at most
+/// `flushed_through` (a later flush may be between writing its file and its manifest) and
+/// last modified at least `min_age` ago (a reader may still be reading one; a merge may be
+/// between writing its file and committing) go. Returns how many files it deleted.
+pub async fn sweep_deletes(
+    config: &StorageConfig,
+    collection: i64,
+    vchannel: &str,
+    flushed_through: u64,
+    min_age: Duration,
+) -> Result<usize, CompactError> {
+    let named: HashSet<String> = crate::segments::delete_manifests(config, Some(collection))
+        .await?
+        .into_iter()
+        .filter(|m| m.vchannel == vchannel)
+        .filter_map(|m| m.file.map(|f| f.path))
+        .collect();
+    let dir = storage::delete_dir(collection, vchannel);
+    let listed: Vec<object_store::ObjectMeta> = config
+        .store
+        .list(Some(&ObjectPath::from(dir.as_str())))
+        .try_collect()
+        .await?;
+    let now_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    let mut deleted = 0;
+    for o in listed {
+        let old_enough = now_ms - o.last_modified.timestamp_millis() >= min_age.as_millis() as i64;
+        let flushed = o
+            .location
+            .filename()
+            .and_then(storage::delete_file_flush_ts)
+            .is_some_and(|ts| ts <= flushed_through);
+        if flushed && old_enough && !named.contains(o.location.as_ref()) {
             config.store.delete(&o.location).await?;
             deleted += 1;
         }

@@ -1087,6 +1087,7 @@ async fn flush_deletes(
                 bytes: size,
             }),
             flush_timestamp: flush_ts,
+            merged_timestamp: 0,
         };
         config
             .meta

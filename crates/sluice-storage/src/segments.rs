@@ -5,6 +5,7 @@ use arrow_array::RecordBatch;
 use bytes::Bytes;
 use object_store::ObjectStoreExt;
 use object_store::path::Path as ObjectPath;
+use parquet::arrow::ProjectionMask;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use prost::Message as _;
 use sluice_types::message::pb::{DeleteManifest, SegmentManifest};
@@ -81,14 +82,45 @@ pub async fn delete_manifests(
 
 /// The batches of the Parquet file at `path` (relative to the storage root).
 pub async fn read_file(config: &StorageConfig, path: &str) -> Result<Vec<RecordBatch>, ReadError> {
+    read_parquet(config, path, None).await
+}
+
+/// The batches of the Parquet file at `path` with only its columns named in `names` (the
+/// others are not decoded).
+pub async fn read_columns(
+    config: &StorageConfig,
+    path: &str,
+    names: &[&str],
+) -> Result<Vec<RecordBatch>, ReadError> {
+    read_parquet(config, path, Some(names)).await
+}
+
+async fn read_parquet(
+    config: &StorageConfig,
+    path: &str,
+    names: Option<&[&str]>,
+) -> Result<Vec<RecordBatch>, ReadError> {
     let bytes: Bytes = config
         .store
         .get(&ObjectPath::from(path))
         .await?
         .bytes()
         .await?;
-    let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)?.build()?;
-    Ok(reader
+    let mut builder = ParquetRecordBatchReaderBuilder::try_new(bytes)?;
+    if let Some(names) = names {
+        let roots: Vec<usize> = builder
+            .schema()
+            .fields()
+            .iter()
+            .enumerate()
+            .filter(|(_, f)| names.contains(&f.name().as_str()))
+            .map(|(i, _)| i)
+            .collect();
+        let mask = ProjectionMask::roots(builder.parquet_schema(), roots);
+        builder = builder.with_projection(mask);
+    }
+    Ok(builder
+        .build()?
         .collect::<Result<Vec<_>, _>>()
         .map_err(parquet::errors::ParquetError::from)?)
 }

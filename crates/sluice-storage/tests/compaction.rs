@@ -1,6 +1,7 @@
 //! Compaction of committed segments against a real object store (an in-memory one, the same
 //! trait the local directory and S3 implement) and a meta store: which rows go, which stay, the
-//! row numbers kept across two compactions, the commit's guard, and the sweep of replaced files.
+//! row numbers kept across two compactions, the commit's guard, the sweep of replaced files, and
+//! the merge of delete files into the deletes committed rows still need.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,9 +16,11 @@ use object_store::path::Path as ObjectPath;
 use parquet::arrow::ArrowWriter;
 use prost::Message as _;
 use sluice_meta::Condition;
-use sluice_storage::compaction::{ROW_COLUMN, Removals, compact_segment, sweep};
+use sluice_storage::compaction::{
+    MergedDeletes, ROW_COLUMN, Removals, compact_segment, merge_deletes, sweep, sweep_deletes,
+};
 use sluice_storage::flusher::StorageConfig;
-use sluice_storage::segments::read_file;
+use sluice_storage::segments::{delete_manifests, read_file};
 use sluice_types::message::pb::segment_manifest::{PkMax, PkMin};
 use sluice_types::message::pb::{DeleteManifest, SegmentManifest, StorageFile};
 use sluice_types::storage;
@@ -135,6 +138,7 @@ async fn deletes(config: &StorageConfig, flush_ts: u64, keys: &[(i64, u64)]) {
             bytes: 0,
         }),
         flush_timestamp: flush_ts,
+        merged_timestamp: 0,
     };
     config
         .meta
@@ -361,4 +365,214 @@ async fn a_segment_dropped_or_rewritten_meanwhile_is_not_overwritten() {
         .unwrap_err();
     assert!(err.to_string().contains("not uint32"), "{err}");
     assert_eq!(manifest(&config, 2).await, m);
+}
+
+/// The (key, delete ts) pairs of a delete manifest's file (none without a file).
+async fn deleted(config: &StorageConfig, m: &DeleteManifest) -> Vec<(i64, i64)> {
+    let Some(file) = &m.file else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for b in read_file(config, &file.path).await.unwrap() {
+        let keys = b.column_by_name("id").unwrap().as_primitive::<Int64Type>();
+        let ts = b.column_by_name("_ts").unwrap().as_primitive::<Int64Type>();
+        out.extend((0..b.num_rows()).map(|r| (keys.value(r), ts.value(r))));
+    }
+    out.sort_unstable();
+    out
+}
+
+async fn delete_files(config: &StorageConfig) -> Vec<String> {
+    let dir = storage::delete_dir(C, V);
+    let mut out: Vec<String> = futures::TryStreamExt::try_collect::<Vec<_>>(
+        config.store.list(Some(&ObjectPath::from(dir.as_str()))),
+    )
+    .await
+    .unwrap()
+    .into_iter()
+    .map(|o| o.location.filename().unwrap().to_owned())
+    .collect();
+    out.sort();
+    out
+}
+
+#[tokio::test]
+async fn delete_files_merge_into_the_deletes_committed_rows_still_need() {
+    let config = config();
+    segment(
+        &config,
+        42,
+        &(0..10).map(|k| (k, 100 + k as u64)).collect::<Vec<_>>(),
+    )
+    .await;
+    segment(&config, 43, &[(20, 150), (21, 151)]).await;
+    // 99 matches no row; 8 is deleted before its row was inserted (the row stays); 5 twice.
+    deletes(&config, 260, &[(3, 200), (5, 220), (99, 210), (8, 90)]).await;
+    deletes(&config, 410, &[(7, 400), (21, 405), (5, 250)]).await;
+    // Past the flush checkpoint: not merged yet.
+    deletes(&config, 600, &[(9, 590)]).await;
+
+    // Up to a checkpoint at 300, the first file alone: 99 and 8 go.
+    let merged = merge_deletes(&config, C, V, "id", 1000, 300, false)
+        .await
+        .unwrap()
+        .expect("two needless deletes");
+    assert_eq!(
+        merged,
+        MergedDeletes {
+            files: 1,
+            rows_before: 4,
+            rows_after: 2
+        }
+    );
+    let all = delete_manifests(&config, Some(C)).await.unwrap();
+    assert_eq!(deleted(&config, &all[0]).await, [(3, 200), (5, 220)]);
+    // A merged file alone, nothing compacted since: left alone.
+    assert_eq!(
+        merge_deletes(&config, C, V, "id", 1000, 300, false)
+            .await
+            .unwrap(),
+        None
+    );
+    let merged = merge_deletes(&config, C, V, "id", 1000, 500, false)
+        .await
+        .unwrap()
+        .expect("two files to merge");
+    assert_eq!(
+        merged,
+        MergedDeletes {
+            files: 2,
+            rows_before: 5,
+            rows_after: 4
+        }
+    );
+    let all = delete_manifests(&config, Some(C)).await.unwrap();
+    let flush_points: Vec<(u64, u64)> = all
+        .iter()
+        .map(|m| (m.flush_timestamp, m.merged_timestamp))
+        .collect();
+    assert_eq!(flush_points, [(410, 1000), (600, 0)]);
+    assert_eq!(
+        all[0].file.as_ref().unwrap().path,
+        storage::merged_delete_file_path(C, V, 410, 1000)
+    );
+    // The latest delete of each key with a row older than it; 99 and 8 went.
+    assert_eq!(
+        deleted(&config, &all[0]).await,
+        [(3, 200), (5, 250), (7, 400), (21, 405)]
+    );
+    assert_eq!(
+        (all[0].rows, all[0].min_timestamp, all[0].max_timestamp),
+        (4, 200, 405)
+    );
+
+    // Compaction reads the merged file as it read the two: the same rows go.
+    let removals = Removals::load(&config, C, V, "id", 500, 0).await.unwrap();
+    let done = compact_segment(&config, C, 42, "id", &removals, 0.0)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(done.removed, 3);
+    let (kept, _) = rows(&config, 42).await;
+    let keys: Vec<i64> = kept.iter().map(|(k, _)| *k).collect();
+    assert_eq!(keys, [0, 1, 2, 4, 6, 8, 9]);
+
+    // After the compaction only 21's delete hides a committed row; without `force` a single
+    // file is left alone.
+    assert_eq!(
+        merge_deletes(&config, C, V, "id", 1100, 500, false)
+            .await
+            .unwrap(),
+        None
+    );
+    let merged = merge_deletes(&config, C, V, "id", 1100, 500, true)
+        .await
+        .unwrap()
+        .expect("deletes no row needs");
+    assert_eq!(
+        merged,
+        MergedDeletes {
+            files: 1,
+            rows_before: 4,
+            rows_after: 1
+        }
+    );
+    let all = delete_manifests(&config, Some(C)).await.unwrap();
+    assert_eq!(deleted(&config, &all[0]).await, [(21, 405)]);
+    // Nothing more to drop: forced or not, nothing is written.
+    assert_eq!(
+        merge_deletes(&config, C, V, "id", 1200, 500, true)
+            .await
+            .unwrap(),
+        None
+    );
+
+    // The sweep deletes the files no manifest names up to the checkpoint, once old enough.
+    let orphan = storage::delete_file_path(C, V, 700);
+    config
+        .store
+        .put(&ObjectPath::from(orphan.as_str()), Bytes::new().into())
+        .await
+        .unwrap();
+    assert_eq!(
+        delete_files(&config).await,
+        [
+            "260.m1000.parquet",
+            "260.parquet",
+            "410.m1000.parquet",
+            "410.m1100.parquet",
+            "410.parquet",
+            "600.parquet",
+            "700.parquet"
+        ]
+    );
+    assert_eq!(
+        sweep_deletes(&config, C, V, 500, Duration::from_secs(3600))
+            .await
+            .unwrap(),
+        0,
+        "every file is younger than an hour"
+    );
+    assert_eq!(
+        sweep_deletes(&config, C, V, 500, Duration::ZERO)
+            .await
+            .unwrap(),
+        4
+    );
+    // 700 is past the checkpoint: its flush may be about to commit its manifest.
+    assert_eq!(
+        delete_files(&config).await,
+        ["410.m1100.parquet", "600.parquet", "700.parquet"]
+    );
+}
+
+#[tokio::test]
+async fn deletes_of_rows_all_compacted_away_leave_a_manifest_without_a_file() {
+    let config = config();
+    segment(&config, 1, &[(1, 10), (2, 11)]).await;
+    deletes(&config, 30, &[(1, 20)]).await;
+    deletes(&config, 40, &[(2, 35)]).await;
+    let removals = Removals::load(&config, C, V, "id", 100, 0).await.unwrap();
+    compact_segment(&config, C, 1, "id", &removals, 0.0)
+        .await
+        .unwrap()
+        .unwrap();
+    let merged = merge_deletes(&config, C, V, "id", 100, 100, true)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((merged.files, merged.rows_after), (2, 0));
+    let all = delete_manifests(&config, Some(C)).await.unwrap();
+    assert_eq!(all.len(), 1);
+    assert_eq!(
+        (all[0].flush_timestamp, all[0].rows, all[0].file.is_none()),
+        (40, 0, true)
+    );
+    assert_eq!(
+        sweep_deletes(&config, C, V, 100, Duration::ZERO)
+            .await
+            .unwrap(),
+        2
+    );
+    assert!(delete_files(&config).await.is_empty());
 }

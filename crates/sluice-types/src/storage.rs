@@ -92,9 +92,38 @@ pub fn belongs_to_version(name: &str, data: &str, version: u64) -> bool {
     }
 }
 
+/// The object path (a directory) of `vchannel`'s delete files.
+pub fn delete_dir(collection: i64, vchannel: &str) -> String {
+    format!("deletes/{collection}/{vchannel}")
+}
+
 /// The object path of the delete file of `vchannel` at the flush point `flush_ts`.
 pub fn delete_file_path(collection: i64, vchannel: &str, flush_ts: u64) -> String {
-    format!("deletes/{collection}/{vchannel}/{flush_ts}.parquet")
+    format!("{}/{flush_ts}.parquet", delete_dir(collection, vchannel))
+}
+
+/// The object path of `vchannel`'s delete files up to the flush point `flush_ts`, merged at
+/// `at`.
+pub fn merged_delete_file_path(collection: i64, vchannel: &str, flush_ts: u64, at: u64) -> String {
+    format!(
+        "{}/{flush_ts}.m{at}.parquet",
+        delete_dir(collection, vchannel)
+    )
+}
+
+/// The flush point a delete file's name (`{flush_ts}.parquet` or `{flush_ts}.m{at}.parquet`)
+/// belongs to; `None` for any other name.
+pub fn delete_file_flush_ts(name: &str) -> Option<u64> {
+    let stem = name.strip_suffix(".parquet")?;
+    let ts = match stem.split_once(".m") {
+        Some((ts, at)) if !at.is_empty() && at.bytes().all(|b| b.is_ascii_digit()) => ts,
+        Some(_) => return None,
+        None => stem,
+    };
+    if ts.is_empty() || !ts.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    ts.parse().ok()
 }
 
 #[cfg(test)]
@@ -111,6 +140,22 @@ mod tests {
         );
         assert_eq!(segment_data_path(7, 1, 42), "segments/7/1/42/data.parquet");
         assert_eq!(delete_file_path(7, "p_7v0", 9), "deletes/7/p_7v0/9.parquet");
+        assert_eq!(
+            merged_delete_file_path(7, "p_7v0", 9, 12),
+            "deletes/7/p_7v0/9.m12.parquet"
+        );
+        assert_eq!(delete_file_flush_ts("9.parquet"), Some(9));
+        assert_eq!(delete_file_flush_ts("9.m12.parquet"), Some(9));
+        for other in [
+            "9.m.parquet",
+            "x9.parquet",
+            ".parquet",
+            "9.mx.parquet",
+            "9.hnsw",
+            "9",
+        ] {
+            assert_eq!(delete_file_flush_ts(other), None, "{other}");
+        }
         assert_eq!(
             segment_index_path(7, 1, 42, "v", 0),
             "segments/7/1/42/v.hnsw"

@@ -591,8 +591,15 @@ pub(crate) async fn compact(
     }
     for d in &compaction.done {
         println!(
-            "{}: {} segments rewritten, {} rows removed, {} -> {} bytes",
-            d.vchannel, d.segments, d.rows_removed, d.bytes_before, d.bytes_after
+            "{}: {} segments rewritten, {} rows removed, {} -> {} bytes; {} delete files merged, {} -> {} deletes",
+            d.vchannel,
+            d.segments,
+            d.rows_removed,
+            d.bytes_before,
+            d.bytes_after,
+            d.delete_files_merged,
+            d.deletes_before,
+            d.deletes_after
         );
     }
     println!("compaction {} completed", compaction.compaction_id);

@@ -152,6 +152,7 @@ pub(crate) async fn run(params: CompactParams<'_>) -> anyhow::Result<()> {
             bytes: 0,
         }),
         flush_timestamp: at,
+        merged_timestamp: 0,
     };
     meta.put(
         &config.delete_manifest_key(COLLECTION, VCHANNEL, at),
