@@ -51,6 +51,11 @@ pub struct CompactionConfig {
     pub retention: Duration,
     /// How long a replaced file stays for readers still reading it. Default 60 s.
     pub sweep_after: Duration,
+    /// How often the node deletes the objects of the storage no manifest names (0: never).
+    /// Default 1 hour.
+    pub gc_interval: Duration,
+    /// How old such an object must be to go. Default 1 hour.
+    pub gc_grace: Duration,
 }
 
 impl Default for CompactionConfig {
@@ -60,7 +65,45 @@ impl Default for CompactionConfig {
             min_removed_ratio: 0.2,
             retention: Duration::from_secs(600),
             sweep_after: Duration::from_secs(60),
+            gc_interval: Duration::from_secs(3600),
+            gc_grace: Duration::from_secs(3600),
         }
+    }
+}
+
+/// The storage's garbage collection on one node (`sluice_storage::gc`), every
+/// [`CompactionConfig::gc_interval`]; stops when dropped. Nodes sharing a storage each run
+/// one: deleting what another already deleted is harmless.
+#[derive(Debug)]
+pub(crate) struct Gc {
+    cancel: CancellationToken,
+}
+
+impl Drop for Gc {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+    }
+}
+
+impl Gc {
+    pub(crate) fn start(storage: Arc<StorageConfig>, config: &CompactionConfig) -> Gc {
+        let cancel = CancellationToken::new();
+        let (interval, grace) = (config.gc_interval, config.gc_grace);
+        if !interval.is_zero() {
+            let cancel = cancel.clone();
+            tokio::spawn(async move {
+                loop {
+                    tokio::select! {
+                        _ = cancel.cancelled() => return,
+                        _ = tokio::time::sleep(interval) => {}
+                    }
+                    if let Err(e) = sluice_storage::gc::collect_garbage(&storage, grace).await {
+                        tracing::warn!(error = %e, "collecting the storage's garbage failed; trying again later");
+                    }
+                }
+            });
+        }
+        Gc { cancel }
     }
 }
 

@@ -106,6 +106,8 @@ pub struct WalManager {
     compaction: CompactionConfig,
     /// Compactions asked for (followed from the first WAL opened with storage on).
     compaction_requests: std::sync::OnceLock<crate::compactor::Requests>,
+    /// The storage's garbage collection (from the first WAL opened with storage on).
+    gc: std::sync::OnceLock<crate::compactor::Gc>,
     slots: Mutex<HashMap<PChannel, Arc<Slot>>>,
     shutting_down: std::sync::atomic::AtomicBool,
 }
@@ -127,6 +129,7 @@ impl WalManager {
             query: None,
             compaction: CompactionConfig::default(),
             compaction_requests: std::sync::OnceLock::new(),
+            gc: std::sync::OnceLock::new(),
             slots: Mutex::new(HashMap::new()),
             shutting_down: std::sync::atomic::AtomicBool::new(false),
         }
@@ -225,6 +228,8 @@ impl WalManager {
                 .compaction_requests
                 .get_or_init(|| crate::compactor::requests(s))
                 .clone();
+            self.gc
+                .get_or_init(|| crate::compactor::Gc::start(s.clone(), &self.compaction));
             Compactor::start(
                 wal.clone(),
                 s.clone(),

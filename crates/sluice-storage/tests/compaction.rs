@@ -1,7 +1,8 @@
 //! Compaction of committed segments against a real object store (an in-memory one, the same
 //! trait the local directory and S3 implement) and a meta store: which rows go, which stay, the
 //! row numbers kept across two compactions, the commit's guard, the sweep of replaced files, and
-//! the merge of delete files into the deletes committed rows still need.
+//! the merge of delete files into the deletes committed rows still need, and the garbage
+//! collection of what no manifest names.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,6 +21,7 @@ use sluice_storage::compaction::{
     MergedDeletes, ROW_COLUMN, Removals, compact_segment, merge_deletes, sweep, sweep_deletes,
 };
 use sluice_storage::flusher::StorageConfig;
+use sluice_storage::gc::collect_garbage;
 use sluice_storage::segments::{delete_manifests, read_file};
 use sluice_types::message::pb::segment_manifest::{PkMax, PkMin};
 use sluice_types::message::pb::{DeleteManifest, SegmentManifest, StorageFile};
@@ -575,4 +577,82 @@ async fn deletes_of_rows_all_compacted_away_leave_a_manifest_without_a_file() {
         2
     );
     assert!(delete_files(&config).await.is_empty());
+}
+
+#[tokio::test]
+async fn garbage_collection_deletes_what_no_manifest_names_once_old_enough() {
+    let config = config();
+    segment(&config, 42, &[(1, 10), (2, 11)]).await;
+    segment(&config, 43, &[(3, 12)]).await;
+    deletes(&config, 30, &[(1, 20)]).await;
+    let removals = Removals::load(&config, C, V, "id", 100, 0).await.unwrap();
+    compact_segment(&config, C, 42, "id", &removals, 0.0)
+        .await
+        .unwrap()
+        .unwrap();
+    let put = |path: String| {
+        let store = config.store.clone();
+        async move {
+            store
+                .put(
+                    &ObjectPath::from(path.as_str()),
+                    Bytes::from_static(b"x").into(),
+                )
+                .await
+                .unwrap();
+        }
+    };
+    // Indexes: of 42's current version and its replaced one, of 43.
+    put(format!("{}/vec.c100.hnsw", storage::segment_dir(C, P, 42))).await;
+    put(format!("{}/vec.hnsw", storage::segment_dir(C, P, 42))).await;
+    put(format!("{}/vec.hnsw", storage::segment_dir(C, P, 43))).await;
+    // Left by crashes: a segment whose manifest a drop deleted, a dropped collection's
+    // segment and delete file, an unnamed delete file; and an object outside the layout.
+    put(storage::segment_data_path(C, P, 99)).await;
+    put(storage::segment_data_path(8, 2, 5)).await;
+    put(storage::delete_file_path(8, "p_8v0", 1)).await;
+    put(storage::delete_file_path(C, V, 55)).await;
+    put("other/keep.parquet".into()).await;
+    let all = || async {
+        let mut out: Vec<String> =
+            futures::TryStreamExt::try_collect::<Vec<_>>(config.store.list(None))
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|o| o.location.to_string())
+                .collect();
+        out.sort();
+        out
+    };
+    let before = all().await;
+    assert_eq!(before.len(), 12, "{before:?}");
+
+    let young = collect_garbage(&config, Duration::from_secs(3600))
+        .await
+        .unwrap();
+    assert_eq!((young.objects, young.deleted), (11, 0));
+    assert_eq!(all().await, before);
+
+    let done = collect_garbage(&config, Duration::ZERO).await.unwrap();
+    assert_eq!((done.objects, done.deleted), (11, 6));
+    assert_eq!(
+        all().await,
+        [
+            "deletes/7/p_7v0/30.parquet",
+            "other/keep.parquet",
+            "segments/7/1/42/data.c100.parquet",
+            "segments/7/1/42/vec.c100.hnsw",
+            "segments/7/1/43/data.parquet",
+            "segments/7/1/43/vec.hnsw",
+        ]
+    );
+    // What is committed reads as before.
+    assert_eq!(rows(&config, 42).await.0, [(2, 1)]);
+    let removals = Removals::load(&config, C, V, "id", 100, 0).await.unwrap();
+    assert_eq!(
+        compact_segment(&config, C, 43, "id", &removals, 0.0)
+            .await
+            .unwrap(),
+        None
+    );
 }

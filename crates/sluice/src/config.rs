@@ -250,6 +250,12 @@ pub(crate) struct StorageSection {
     /// How long files a compaction replaced stay for readers still reading them (ms).
     /// Default 60000.
     pub compaction_sweep_after_ms: u64,
+    /// How often each node deletes the storage's objects no manifest names — what a crash
+    /// left, or a failed sweep (ms; 0: never). Default 3600000.
+    pub gc_interval_ms: u64,
+    /// How old such an object must be to go (ms): longer than any flush, compaction or read of
+    /// one file takes. Default 3600000.
+    pub gc_grace_ms: u64,
 }
 
 impl StorageSection {
@@ -260,6 +266,8 @@ impl StorageSection {
             min_removed_ratio: self.compaction_min_removed_ratio,
             retention: std::time::Duration::from_millis(self.compaction_retention_ms),
             sweep_after: std::time::Duration::from_millis(self.compaction_sweep_after_ms),
+            gc_interval: std::time::Duration::from_millis(self.gc_interval_ms),
+            gc_grace: std::time::Duration::from_millis(self.gc_grace_ms),
         }
     }
 }
@@ -283,6 +291,8 @@ impl Default for StorageSection {
             compaction_min_removed_ratio: 0.2,
             compaction_retention_ms: 600_000,
             compaction_sweep_after_ms: 60_000,
+            gc_interval_ms: 3_600_000,
+            gc_grace_ms: 3_600_000,
         }
     }
 }
@@ -836,6 +846,15 @@ impl Config {
         if !(0.0..=1.0).contains(&ratio) {
             bail!("storage.compaction_min_removed_ratio is {ratio}: a share from 0 to 1");
         }
+        let s = &self.storage;
+        if s.gc_interval_ms > 0 && s.gc_grace_ms < s.compaction_sweep_after_ms {
+            bail!(
+                "storage.gc_grace_ms ({}) is shorter than storage.compaction_sweep_after_ms ({}): \
+                 garbage collection would delete replaced files readers may still read",
+                s.gc_grace_ms,
+                s.compaction_sweep_after_ms
+            );
+        }
         match self.meta.backend {
             MetaBackend::Embedded => {}
             MetaBackend::Etcd if cfg!(not(feature = "etcd")) => bail!(
@@ -1328,6 +1347,17 @@ mod tests {
             let e = Config::load(Some(std::path::Path::new("missing.toml")), Figment::new())
                 .unwrap_err();
             assert!(format!("{e:#}").contains("does not exist"), "{e:#}");
+            // Garbage collection must not delete what a compaction's sweep still waits on.
+            jail.create_file("gc.toml", "[storage]\ngc_grace_ms = 1000\n")?;
+            let e =
+                Config::load(Some(std::path::Path::new("gc.toml")), Figment::new()).unwrap_err();
+            assert!(format!("{e:#}").contains("storage.gc_grace_ms"), "{e:#}");
+            jail.create_file(
+                "gc.toml",
+                "[storage]\ngc_grace_ms = 1000\ngc_interval_ms = 0\n",
+            )?;
+            Config::load(Some(std::path::Path::new("gc.toml")), Figment::new())
+                .map_err(|e| e.to_string())?;
             Ok(())
         });
     }
