@@ -257,19 +257,20 @@ impl Sink {
     }
 }
 
-/// Longest round of `bench wal`. Raw and WAL alternate (raw first, then WAL first, ...) so that
-/// whatever the machine goes through falls on both sides alike. On the development VM that
-/// changes within seconds: the raw log appended ~300k records/s for the first ~8 s of load and
-/// ~180k after, at 50% more CPU per append. Short rounds split such phases evenly.
-const WAL_ROUND_MAX: Duration = Duration::from_secs(1);
+/// Longest round of `bench wal` and `bench grpc`. The two sides of a comparison alternate
+/// (one first, then the other first, ...) so that whatever the machine goes through falls on
+/// both sides alike. On the development VM that changes within seconds: the raw log appended
+/// ~300k records/s for the first ~8 s of load and ~180k after, at 50% more CPU per append.
+/// Short rounds split such phases evenly.
+const ROUND_MAX: Duration = Duration::from_secs(1);
 
-/// Fewest measured rounds per side in `bench wal`.
-const WAL_MIN_ROUNDS: u32 = 3;
+/// Fewest measured rounds per side.
+const MIN_ROUNDS: u32 = 3;
 
 /// Measured rounds per side for `duration` per side, and their length.
-fn wal_rounds(duration: Duration) -> (u32, Duration) {
-    let rounds = (duration.as_secs_f64() / WAL_ROUND_MAX.as_secs_f64()).ceil() as u32;
-    let rounds = rounds.max(WAL_MIN_ROUNDS);
+fn rounds_of(duration: Duration) -> (u32, Duration) {
+    let rounds = (duration.as_secs_f64() / ROUND_MAX.as_secs_f64()).ceil() as u32;
+    let rounds = rounds.max(MIN_ROUNDS);
     (rounds, duration / rounds)
 }
 
@@ -279,13 +280,36 @@ struct Totals {
     done: u64,
     elapsed: Duration,
     cpu: Duration,
+    latency: Option<Histogram<u64>>,
 }
 
 impl Totals {
-    fn add(&mut self, m: &Measured) {
+    fn add(&mut self, m: &Measured) -> anyhow::Result<()> {
         self.done += m.done;
         self.elapsed += m.elapsed;
         self.cpu += m.cpu;
+        match &mut self.latency {
+            None => self.latency = Some(m.latency.clone()),
+            Some(h) => h.add(&m.latency).context("merging latency histograms")?,
+        }
+        Ok(())
+    }
+
+    /// The rounds as one measurement.
+    fn measured(self) -> anyhow::Result<Measured> {
+        let secs = self.elapsed.as_secs_f64().max(f64::MIN_POSITIVE);
+        Ok(Measured {
+            done: self.done,
+            elapsed: self.elapsed,
+            cpu: self.cpu,
+            rate: self.done as f64 / secs,
+            latency: match self.latency {
+                Some(h) => h,
+                None => latency_histogram()?,
+            },
+            cpu_us: self.cpu.as_secs_f64() * 1e6 / self.done.max(1) as f64,
+            cores: self.cpu.as_secs_f64() / secs,
+        })
     }
 
     fn rate(&self) -> f64 {
@@ -300,12 +324,12 @@ impl Totals {
 /// `sluice bench wal`: the full WAL against the raw local log it runs on, same disk, same run.
 /// At each producer count, raw and WAL each run one warm-up round (not counted: the first
 /// seconds of load find the disk and caches fresh, and the WAL's buffer empty), then
-/// alternating rounds of at most [`WAL_ROUND_MAX`] adding up to `seconds` per side; the table
+/// alternating rounds of at most [`ROUND_MAX`] adding up to `seconds` per side; the table
 /// shows records/s over the measured rounds and process CPU per append. Then, for each
 /// producer count, append → tailing-reader latency at half the WAL's rate there.
 pub(crate) async fn wal(params: BenchParams<'_>) -> anyhow::Result<()> {
     let duration = params.duration()?;
-    let (rounds, round) = wal_rounds(duration);
+    let (rounds, round) = rounds_of(duration);
     let (dir, record_size, seconds) = (params.dir, params.record_size, params.seconds);
     let provider = LocalProvider::new(LocalConfig::new(dir))?;
     let payload: Arc<[u8]> = vec![0x5a; record_size].into();
@@ -350,8 +374,8 @@ pub(crate) async fn wal(params: BenchParams<'_>) -> anyhow::Result<()> {
                 .await?;
                 match (r, wal_side) {
                     (0, _) => {}
-                    (_, true) => wal_total.add(&m),
-                    (_, false) => raw_total.add(&m),
+                    (_, true) => wal_total.add(&m)?,
+                    (_, false) => raw_total.add(&m)?,
                 }
             }
         }
@@ -388,7 +412,9 @@ const CLIENT_TIMEOUT: Duration = Duration::from_secs(30);
 /// gRPC on `127.0.0.1:0`), then at each producer count measures a [`Client`] reaching its WAL
 /// in process (no network hop) and a [`Client`] going through loopback gRPC (topology from the
 /// coordinator service, every append on the node's `Produce` stream). Both append 1 KiB (or
-/// `record_size`) inserts to the same vchannel; the server is stopped at the end, also on error.
+/// `record_size`) inserts to the same vchannel, each a warm-up round (not counted), then in
+/// alternating rounds of at most [`ROUND_MAX`] adding up to `seconds` per side, as `bench
+/// wal` does; the server is stopped at the end, also on error.
 pub(crate) async fn grpc(params: BenchParams<'_>) -> anyhow::Result<()> {
     let duration = params.duration()?;
     let mut config = Config {
@@ -454,10 +480,14 @@ async fn grpc_points(
         .await
         .context("warming up the gRPC client")?;
 
+    let (rounds, round) = rounds_of(duration);
     println!("$ {}", command_line());
     println!(
-        "gRPC (loopback, standalone on {}) vs in-process WAL: {} B inserts to {vc}, fsync on, {} s per point",
-        server.addr, params.record_size, params.seconds
+        "gRPC (loopback, standalone on {}) vs in-process WAL: {} B inserts to {vc}, fsync on, {} s per side and point in {rounds} alternating rounds of {:.2} s after a warm-up round each",
+        server.addr,
+        params.record_size,
+        params.seconds,
+        round.as_secs_f64()
     );
     println!(
         "{:>9}  {:<10} {:>10} {:>8} {:>8} {:>8} {:>10} {:>6} {:>14}",
@@ -472,9 +502,22 @@ async fn grpc_points(
         "vs in-process"
     );
     for &n in params.producers {
-        let local = measure(&in_process, &vc, &payload, n, duration).await?;
+        let (mut local, mut grpc) = (Totals::default(), Totals::default());
+        // Round 0 is the warm-up.
+        for r in 0..=rounds {
+            for grpc_side in [r % 2 == 1, r % 2 == 0] {
+                let client = if grpc_side { &remote } else { &in_process };
+                let m = measure(client, &vc, &payload, n, round).await?;
+                match (r, grpc_side) {
+                    (0, _) => {}
+                    (_, true) => grpc.add(&m)?,
+                    (_, false) => local.add(&m)?,
+                }
+            }
+        }
+        let local = local.measured()?;
         row(n, "in-process", &local, params.record_size, None);
-        let grpc = measure(&remote, &vc, &payload, n, duration).await?;
+        let grpc = grpc.measured()?;
         row(n, "grpc", &grpc, params.record_size, Some(local.rate));
     }
     Ok(())
@@ -630,14 +673,14 @@ async fn latency(
 mod tests {
     use std::time::Duration;
 
-    use super::wal_rounds;
+    use super::rounds_of;
 
     #[test]
-    fn wal_rounds_last_at_most_a_second_and_are_at_least_three() {
+    fn rounds_last_at_most_a_second_and_are_at_least_three() {
         let s = Duration::from_secs_f64;
-        assert_eq!(wal_rounds(s(3.0)), (3, s(1.0)));
-        assert_eq!(wal_rounds(s(15.0)), (15, s(1.0)));
-        assert_eq!(wal_rounds(s(7.5)), (8, s(7.5) / 8));
-        assert_eq!(wal_rounds(s(0.3)), (3, s(0.1)));
+        assert_eq!(rounds_of(s(3.0)), (3, s(1.0)));
+        assert_eq!(rounds_of(s(15.0)), (15, s(1.0)));
+        assert_eq!(rounds_of(s(7.5)), (8, s(7.5) / 8));
+        assert_eq!(rounds_of(s(0.3)), (3, s(0.1)));
     }
 }
