@@ -28,7 +28,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use arrow_array::cast::AsArray;
 use arrow_array::types::{Int64Type, UInt32Type};
@@ -635,19 +635,16 @@ pub async fn sweep_deletes(
         .list(Some(&ObjectPath::from(dir.as_str())))
         .try_collect()
         .await?;
-    let now_ms = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64);
     let mut deleted = 0;
     for o in listed {
-        let old_enough = now_ms - o.last_modified.timestamp_millis() >= min_age.as_millis() as i64;
+        let old_enough = crate::gc::older_than(&o, min_age);
         let flushed = o
             .location
             .filename()
             .and_then(storage::delete_file_flush_ts)
             .is_some_and(|ts| ts <= flushed_through);
         if flushed && old_enough && !named.contains(o.location.as_ref()) {
-            config.store.delete(&o.location).await?;
+            crate::gc::delete_object(config, &o.location).await?;
             deleted += 1;
         }
     }

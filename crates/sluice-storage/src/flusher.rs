@@ -793,14 +793,7 @@ async fn remove_data(
                 }
                 config.meta.delete(&kv.key, Condition::None).await?;
                 if let Some(f) = &m.file {
-                    match config
-                        .store
-                        .delete(&ObjectPath::from(f.path.as_str()))
-                        .await
-                    {
-                        Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
-                        Err(e) => return Err(e.into()),
-                    }
+                    crate::gc::delete_object(config, &ObjectPath::from(f.path.as_str())).await?;
                 }
                 deletes += 1;
             }
@@ -837,10 +830,7 @@ async fn delete_objects(config: &StorageConfig, dir: &str) -> Result<(), FlushEr
         .try_collect()
         .await?;
     for o in listed {
-        match config.store.delete(&o.location).await {
-            Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
-            Err(e) => return Err(e.into()),
-        }
+        crate::gc::delete_object(config, &o.location).await?;
     }
     Ok(())
 }

@@ -55,9 +55,6 @@ pub async fn collect_garbage(
         .into_iter()
         .filter_map(|m| m.file.map(|f| f.path))
         .collect();
-    let now_ms = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64);
     let mut out = Collected::default();
     for (prefix, segment_files) in [("segments", true), ("deletes", false)] {
         let listed: Vec<object_store::ObjectMeta> = config
@@ -77,17 +74,12 @@ pub async fn collect_garbage(
             } else {
                 deletes.contains(path)
             };
-            let age_ms = now_ms - o.last_modified.timestamp_millis();
-            if named || age_ms < grace.as_millis() as i64 {
+            if named || !older_than(&o, grace) {
                 continue;
             }
-            match config.store.delete(&o.location).await {
-                Ok(()) | Err(object_store::Error::NotFound { .. }) => {
-                    out.deleted += 1;
-                    out.bytes += o.size;
-                }
-                Err(e) => return Err(e.into()),
-            }
+            delete_object(config, &o.location).await?;
+            out.deleted += 1;
+            out.bytes += o.size;
         }
     }
     metrics::counter!("sluice_storage_gc_deleted_objects_total").increment(out.deleted as u64);
@@ -101,4 +93,24 @@ pub async fn collect_garbage(
         );
     }
     Ok(out)
+}
+
+/// Whether `o` was last modified at least `age` ago.
+pub(crate) fn older_than(o: &object_store::ObjectMeta, age: Duration) -> bool {
+    let now_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    now_ms - o.last_modified.timestamp_millis() >= age.as_millis() as i64
+}
+
+/// Deletes the object at `location`; one already gone is no error (another node or an earlier
+/// attempt deleted it).
+pub(crate) async fn delete_object(
+    config: &StorageConfig,
+    location: &ObjectPath,
+) -> Result<(), object_store::Error> {
+    match config.store.delete(location).await {
+        Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+        Err(e) => Err(e),
+    }
 }

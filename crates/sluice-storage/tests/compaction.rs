@@ -369,6 +369,19 @@ async fn a_segment_dropped_or_rewritten_meanwhile_is_not_overwritten() {
     assert_eq!(manifest(&config, 2).await, m);
 }
 
+/// Merges the delete files of `V` (primary key `id`) at `at`, the flush checkpoint at
+/// `through`.
+async fn merge(
+    config: &StorageConfig,
+    at: u64,
+    through: u64,
+    force: bool,
+) -> Option<MergedDeletes> {
+    merge_deletes(config, C, V, "id", at, through, force)
+        .await
+        .unwrap()
+}
+
 /// The (key, delete ts) pairs of a delete manifest's file (none without a file).
 async fn deleted(config: &StorageConfig, m: &DeleteManifest) -> Vec<(i64, i64)> {
     let Some(file) = &m.file else {
@@ -415,9 +428,8 @@ async fn delete_files_merge_into_the_deletes_committed_rows_still_need() {
     deletes(&config, 600, &[(9, 590)]).await;
 
     // Up to a checkpoint at 300, the first file alone: 99 and 8 go.
-    let merged = merge_deletes(&config, C, V, "id", 1000, 300, false)
+    let merged = merge(&config, 1000, 300, false)
         .await
-        .unwrap()
         .expect("two needless deletes");
     assert_eq!(
         merged,
@@ -430,15 +442,9 @@ async fn delete_files_merge_into_the_deletes_committed_rows_still_need() {
     let all = delete_manifests(&config, Some(C)).await.unwrap();
     assert_eq!(deleted(&config, &all[0]).await, [(3, 200), (5, 220)]);
     // A merged file alone, nothing compacted since: left alone.
-    assert_eq!(
-        merge_deletes(&config, C, V, "id", 1000, 300, false)
-            .await
-            .unwrap(),
-        None
-    );
-    let merged = merge_deletes(&config, C, V, "id", 1000, 500, false)
+    assert_eq!(merge(&config, 1000, 300, false).await, None);
+    let merged = merge(&config, 1000, 500, false)
         .await
-        .unwrap()
         .expect("two files to merge");
     assert_eq!(
         merged,
@@ -481,15 +487,9 @@ async fn delete_files_merge_into_the_deletes_committed_rows_still_need() {
 
     // After the compaction only 21's delete hides a committed row; without `force` a single
     // file is left alone.
-    assert_eq!(
-        merge_deletes(&config, C, V, "id", 1100, 500, false)
-            .await
-            .unwrap(),
-        None
-    );
-    let merged = merge_deletes(&config, C, V, "id", 1100, 500, true)
+    assert_eq!(merge(&config, 1100, 500, false).await, None);
+    let merged = merge(&config, 1100, 500, true)
         .await
-        .unwrap()
         .expect("deletes no row needs");
     assert_eq!(
         merged,
@@ -502,12 +502,7 @@ async fn delete_files_merge_into_the_deletes_committed_rows_still_need() {
     let all = delete_manifests(&config, Some(C)).await.unwrap();
     assert_eq!(deleted(&config, &all[0]).await, [(21, 405)]);
     // Nothing more to drop: forced or not, nothing is written.
-    assert_eq!(
-        merge_deletes(&config, C, V, "id", 1200, 500, true)
-            .await
-            .unwrap(),
-        None
-    );
+    assert_eq!(merge(&config, 1200, 500, true).await, None);
 
     // The sweep deletes the files no manifest names up to the checkpoint, once old enough.
     let orphan = storage::delete_file_path(C, V, 700);
@@ -559,10 +554,7 @@ async fn deletes_of_rows_all_compacted_away_leave_a_manifest_without_a_file() {
         .await
         .unwrap()
         .unwrap();
-    let merged = merge_deletes(&config, C, V, "id", 100, 100, true)
-        .await
-        .unwrap()
-        .unwrap();
+    let merged = merge(&config, 100, 100, true).await.unwrap();
     assert_eq!((merged.files, merged.rows_after), (2, 0));
     let all = delete_manifests(&config, Some(C)).await.unwrap();
     assert_eq!(all.len(), 1);
