@@ -3,11 +3,14 @@
 //!
 //! **Feeding a pchannel's delegators** (one task per open WAL):
 //! 1. read the flush checkpoint — the log position from which every row not yet in a committed
-//!    segment can be read again — and only then list the committed segment and delete
+//!    segment can be read again — and only then list the committed delete and segment
 //!    manifests (so a segment committed in between is seen twice, never missed);
-//! 2. load the committed segments of the pchannel's vchannels (Parquet from object storage,
-//!    with their HNSW indexes — loaded from next to the segment, or built and stored there) and
-//!    the deletes of the delete files;
+//! 2. load the deletes of the delete files, then the committed segments of the pchannel's
+//!    vchannels (Parquet from object storage, with their HNSW indexes — loaded from next to the
+//!    segment, or built and stored there). Deletes first: a merge of delete files drops a
+//!    delete only once the segments needing it were compacted, so segments listed after it
+//!    never miss a delete they need. From then on the delegator forgets the deletes no row it
+//!    holds is older than (after compactions);
 //! 3. read the WAL from the checkpoint in timestamp order: inserts go to growing segments (those
 //!    of segments already loaded sealed are skipped), deletes to the shard, schema changes and
 //!    drops likewise; after each message (and each timetick) tsafe moves to its timestamp;
