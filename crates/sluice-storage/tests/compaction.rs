@@ -648,3 +648,113 @@ async fn garbage_collection_deletes_what_no_manifest_names_once_old_enough() {
         None
     );
 }
+
+/// A Parquet file of `id` (VARCHAR) and `_ts` at `path`.
+async fn string_keys(config: &StorageConfig, path: &str, rows: &[(&str, u64)]) {
+    let batch = RecordBatch::try_new(
+        Arc::new(Schema::new(vec![
+            Field::new("id", ArrowType::Utf8, false),
+            Field::new("_ts", ArrowType::Int64, false),
+        ])),
+        vec![
+            Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.0))) as ArrayRef,
+            Arc::new(Int64Array::from_iter_values(
+                rows.iter().map(|r| r.1 as i64),
+            )),
+        ],
+    )
+    .unwrap();
+    config
+        .store
+        .put(&ObjectPath::from(path), parquet(&batch).into())
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn varchar_deletes_merge_too() {
+    let config = config();
+    let data = storage::segment_data_path(C, P, 5);
+    string_keys(&config, &data, &[("a", 10), ("b", 11), ("c", 12)]).await;
+    let segment = SegmentManifest {
+        segment_id: 5,
+        collection_id: C,
+        partition_id: P,
+        vchannel: V.into(),
+        rows: 3,
+        min_timestamp: 10,
+        max_timestamp: 12,
+        data: Some(StorageFile {
+            path: data,
+            rows: 3,
+            bytes: 0,
+        }),
+        pk_min: Some(PkMin::PkMinStr("a".into())),
+        pk_max: Some(PkMax::PkMaxStr("c".into())),
+        ..Default::default()
+    };
+    config
+        .meta
+        .put(
+            &config.manifest_key(C, 5),
+            Bytes::from(segment.encode_to_vec()),
+            Condition::KeyAbsent,
+            None,
+        )
+        .await
+        .unwrap();
+    for (flush_ts, keys) in [
+        (30, vec![("b", 20), ("zz", 21)]),
+        (40, vec![("a", 5), ("c", 35)]),
+    ] {
+        let path = storage::delete_file_path(C, V, flush_ts);
+        string_keys(&config, &path, &keys).await;
+        let manifest = DeleteManifest {
+            collection_id: C,
+            vchannel: V.into(),
+            rows: 2,
+            file: Some(StorageFile {
+                path,
+                rows: 2,
+                bytes: 0,
+            }),
+            flush_timestamp: flush_ts,
+            ..Default::default()
+        };
+        config
+            .meta
+            .put(
+                &config.delete_manifest_key(C, V, flush_ts),
+                Bytes::from(manifest.encode_to_vec()),
+                Condition::KeyAbsent,
+                None,
+            )
+            .await
+            .unwrap();
+    }
+    // "zz" matches no row, "a"'s delete came before its row: both go.
+    let merged = merge(&config, 100, 100, false).await.unwrap();
+    assert_eq!(
+        (merged.files, merged.rows_before, merged.rows_after),
+        (2, 4, 2)
+    );
+    let all = delete_manifests(&config, Some(C)).await.unwrap();
+    assert_eq!(all.len(), 1);
+    let mut kept = Vec::new();
+    for b in read_file(&config, &all[0].file.as_ref().unwrap().path)
+        .await
+        .unwrap()
+    {
+        let keys = b.column_by_name("id").unwrap().as_string::<i32>();
+        let ts = b.column_by_name("_ts").unwrap().as_primitive::<Int64Type>();
+        kept.extend((0..b.num_rows()).map(|r| (keys.value(r).to_owned(), ts.value(r))));
+    }
+    assert_eq!(kept, [("b".to_owned(), 20), ("c".to_owned(), 35)]);
+    // Compaction removes the same rows from it.
+    let removals = Removals::load(&config, C, V, "id", 100, 0).await.unwrap();
+    let done = compact_segment(&config, C, 5, "id", &removals, 0.0)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((done.removed, done.manifest.rows), (2, 1));
+}
