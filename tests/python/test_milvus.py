@@ -1873,7 +1873,8 @@ def test_compaction_removes_deleted_rows_from_storage_and_reads_stay_the_same():
             cid = c.describe_collection(name)["collection_id"]
             before_files = _parquet_files(Path(d), cid)
             before_rows = _persisted(c, name, lambda rows_: sum(rows_.values()) == 601)
-            assert _delete_files(Path(d), cid), "the deletes were flushed to a file"
+            # Written just after the segments' manifests.
+            _wait_for("the deletes flushed to a file", lambda: _delete_files(Path(d), cid))
             q = [[0.5] * DIM, [0.1] * DIM]
 
             def reads():
@@ -1935,6 +1936,60 @@ def test_compaction_removes_deleted_rows_from_storage_and_reads_stay_the_same():
             s.stop()
 
 
+def _metric(addr, name):
+    """The sum of every sample of `name` on the Prometheus endpoint at `addr`."""
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://{addr}/metrics", timeout=10) as r:
+        body = r.read().decode()
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in body.splitlines()
+        if line.startswith(name + "{") or line.startswith(name + " ")
+    )
+
+
+def test_delegator_memory_is_reported_and_deletes_of_compacted_rows_are_forgotten():
+    """The delegators' rows, segments and deletes held are Prometheus gauges; after a
+    compaction leaves the deleted rows out, the delegator forgets their deletes (they hide
+    nothing any more) and holds only the rows left."""
+    import socket
+    from pathlib import Path
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        metrics = f"127.0.0.1:{sock.getsockname()[1]}"
+    env = {
+        "SLUICE_METRICS_LISTEN": metrics,
+        "SLUICE_STORAGE__COMPACTION_SWEEP_AFTER_MS": "300",
+    }
+    with tempfile.TemporaryDirectory(prefix="sluice-mem-") as d:
+        s = Server(Path(d), env=env)
+        s.start()
+        try:
+            c = MilvusClient(uri=f"http://{s.milvus}")
+            c.create_collection("mem_c", dimension=DIM)
+            c.insert("mem_c", rows(200, seed=51))
+            c.flush("mem_c")
+            c.delete("mem_c", ids=list(range(0, 200, 2)))
+            c.flush("mem_c")
+            held = lambda: (  # noqa: E731
+                _metric(metrics, "sluice_query_rows"),
+                _metric(metrics, "sluice_query_deletes_held"),
+                _metric(metrics, "sluice_query_segments"),
+            )
+            _wait_for("200 rows and 100 deletes held", lambda: held()[:2] == (200, 100))
+            assert held()[2] >= 1
+            job = c.compact("mem_c")
+            _wait_compacted(c, job)
+            _wait_for("100 rows and no delete held", lambda: held()[:2] == (100, 0))
+            got = sorted(r["id"] for r in c.query("mem_c", filter="id >= 0", limit=1000))
+            assert got == list(range(1, 200, 2))
+            c.close()
+        finally:
+            s.stop()
+
+
 def test_storage_garbage_no_manifest_names_is_collected():
     """Objects no manifest names (a crash's leftovers: a dropped collection's files, an
     unnamed segment directory, an unnamed delete file) are deleted by the node's garbage
@@ -1960,8 +2015,9 @@ def test_storage_garbage_no_manifest_names_is_collected():
             c.flush("gc_c")
             _persisted(c, "gc_c", lambda rows_: sum(rows_.values()) == 40)
             cid = c.describe_collection("gc_c")["collection_id"]
+            # The delete file is written just after the segment's manifest is listed.
+            _wait_for("the deletes flushed", lambda: list(root.glob("deletes/*/*/*.parquet")))
             committed = sorted(p.relative_to(root) for p in root.rglob("*.parquet"))
-            assert any(p.parts[0] == "deletes" for p in committed), committed
             (live,) = list((root / "segments" / str(cid)).iterdir())
             orphans = [
                 root / "segments" / "999999" / "1" / "5" / "data.parquet",

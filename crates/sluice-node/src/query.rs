@@ -236,6 +236,7 @@ impl QueryHost {
                 });
             let _ = self.placements.set(placements.clone());
             tokio::spawn(follow_placements(Arc::downgrade(self), placements));
+            tokio::spawn(report_delegators(Arc::downgrade(self)));
             let replicas = crate::mirror::mirror(
                 self.storage.meta.clone(),
                 sluice_coord::keys::Keys::new(self.storage.meta_root.clone()).replica_prefix(),
@@ -1218,6 +1219,53 @@ async fn follow_placements(
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
         }
     }
+}
+
+/// Every second, per delegator (vchannel): its segments by state, the rows and deletes it
+/// holds in memory, and how far its tsafe is behind now. A delegator that went reads zeros.
+/// Ends with the host.
+async fn report_delegators(host: std::sync::Weak<QueryHost>) {
+    let mut shown: std::collections::HashSet<String> = std::collections::HashSet::new();
+    loop {
+        let Some(h) = host.upgrade() else { return };
+        let delegators: Vec<Arc<Delegator>> = h.shards.read().values().cloned().collect();
+        drop(h);
+        let now_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let mut seen = std::collections::HashSet::new();
+        for d in delegators {
+            let v = d.vchannel().to_owned();
+            let ((growing, sealed, remote), rows, deletes) = {
+                let data = d.read();
+                (data.segment_counts(), data.rows_held(), data.deletes_held())
+            };
+            let tsafe_ms = d.tsafe() >> sluice_types::ids::LOGICAL_BITS;
+            let lag = if tsafe_ms == 0 {
+                0.0
+            } else {
+                now_ms.saturating_sub(tsafe_ms) as f64 / 1e3
+            };
+            delegator_gauges(&v, [growing, sealed, remote], rows, deletes, lag);
+            seen.insert(v);
+        }
+        for gone in shown.difference(&seen) {
+            delegator_gauges(gone, [0, 0, 0], 0, 0, 0.0);
+        }
+        shown = seen;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+fn delegator_gauges(vchannel: &str, segments: [usize; 3], rows: usize, deletes: usize, lag: f64) {
+    for (state, n) in ["growing", "sealed", "remote"].into_iter().zip(segments) {
+        metrics::gauge!("sluice_query_segments", "vchannel" => vchannel.to_owned(), "state" => state)
+            .set(n as f64);
+    }
+    metrics::gauge!("sluice_query_rows", "vchannel" => vchannel.to_owned()).set(rows as f64);
+    metrics::gauge!("sluice_query_deletes_held", "vchannel" => vchannel.to_owned())
+        .set(deletes as f64);
+    metrics::gauge!("sluice_query_tsafe_lag_seconds", "vchannel" => vchannel.to_owned()).set(lag);
 }
 
 /// Messages a host's delegators are fed, in timestamp order (timeticks included).

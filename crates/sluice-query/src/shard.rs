@@ -135,6 +135,8 @@ pub struct ShardData {
     sealed_ids: HashSet<i64>,
     versions: HashMap<Pk, Vec<(u64, RowRef)>>,
     deletes: HashMap<Pk, Vec<u64>>,
+    /// How many (key, timestamp) pairs `deletes` holds.
+    deletes_held: usize,
     index: IndexParams,
     /// Partitions dropped while this shard was served: a segment of one that arrives later (a
     /// flush racing the drop hands its sealed segment over after it) is not taken. Partition
@@ -203,6 +205,7 @@ impl ShardData {
             sealed_ids: HashSet::new(),
             versions: HashMap::new(),
             deletes: HashMap::new(),
+            deletes_held: 0,
             index,
             dropped_partitions: HashSet::new(),
             loaded: false,
@@ -235,12 +238,36 @@ impl ShardData {
             gone += before - list.len();
             !list.is_empty()
         });
+        self.deletes_held -= gone;
         gone
     }
 
     /// The deletes held (key, timestamp pairs).
     pub fn deletes_held(&self) -> usize {
-        self.deletes.values().map(Vec::len).sum()
+        self.deletes_held
+    }
+
+    /// Segments held: (growing, sealed with their rows, sealed whose rows a query worker
+    /// holds).
+    pub fn segment_counts(&self) -> (usize, usize, usize) {
+        let mut out = (0, 0, 0);
+        for s in self.segments.values() {
+            match (s.sealed, s.remote) {
+                (false, _) => out.0 += 1,
+                (true, false) => out.1 += 1,
+                (true, true) => out.2 += 1,
+            }
+        }
+        out
+    }
+
+    /// Rows held with their data (growing, and sealed ones not served by a query worker).
+    pub fn rows_held(&self) -> usize {
+        self.segments
+            .values()
+            .filter(|s| !s.remote)
+            .map(Segment::len)
+            .sum()
     }
 
     /// The schema in force.
@@ -346,6 +373,7 @@ impl ShardData {
             return;
         }
         list.push(ts);
+        self.deletes_held += 1;
         self.refresh(&key);
     }
 
