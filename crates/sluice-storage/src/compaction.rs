@@ -37,7 +37,6 @@ use arrow_array::{
 };
 use arrow_schema::{DataType as ArrowType, Field};
 use bytes::Bytes;
-use futures::TryStreamExt;
 use object_store::ObjectStoreExt;
 use object_store::path::Path as ObjectPath;
 use prost::Message as _;
@@ -379,13 +378,8 @@ pub async fn sweep(
     })?;
     let Some(data) = &m.data else { return Ok(0) };
     let dir = storage::segment_dir(m.collection_id, m.partition_id, segment);
-    let listed: Vec<object_store::ObjectMeta> = config
-        .store
-        .list(Some(&ObjectPath::from(dir.as_str())))
-        .try_collect()
-        .await?;
     let mut deleted = 0;
-    for o in listed {
+    for o in crate::gc::list_objects(config, &dir).await? {
         let name = o.location.filename().unwrap_or_default();
         if !storage::belongs_to_version(name, &data.path, m.compaction_timestamp) {
             config.store.delete(&o.location).await?;
@@ -630,13 +624,8 @@ pub async fn sweep_deletes(
         .filter_map(|m| m.file.map(|f| f.path))
         .collect();
     let dir = storage::delete_dir(collection, vchannel);
-    let listed: Vec<object_store::ObjectMeta> = config
-        .store
-        .list(Some(&ObjectPath::from(dir.as_str())))
-        .try_collect()
-        .await?;
     let mut deleted = 0;
-    for o in listed {
+    for o in crate::gc::list_objects(config, &dir).await? {
         let old_enough = crate::gc::older_than(&o, min_age);
         let flushed = o
             .location

@@ -823,13 +823,7 @@ async fn remove_data(
 
 /// Deletes every object under `dir`.
 async fn delete_objects(config: &StorageConfig, dir: &str) -> Result<(), FlushError> {
-    use futures::TryStreamExt;
-    let listed: Vec<object_store::ObjectMeta> = config
-        .store
-        .list(Some(&ObjectPath::from(dir)))
-        .try_collect()
-        .await?;
-    for o in listed {
+    for o in crate::gc::list_objects(config, dir).await? {
         crate::gc::delete_object(config, &o.location).await?;
     }
     Ok(())

@@ -57,12 +57,7 @@ pub async fn collect_garbage(
         .collect();
     let mut out = Collected::default();
     for (prefix, segment_files) in [("segments", true), ("deletes", false)] {
-        let listed: Vec<object_store::ObjectMeta> = config
-            .store
-            .list(Some(&ObjectPath::from(prefix)))
-            .try_collect()
-            .await?;
-        for o in listed {
+        for o in list_objects(config, prefix).await? {
             out.objects += 1;
             let path = o.location.as_ref();
             let named = if segment_files {
@@ -113,4 +108,16 @@ pub(crate) async fn delete_object(
         Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
         Err(e) => Err(e),
     }
+}
+
+/// Every object under `dir` (a path prefix of whole segments).
+pub(crate) async fn list_objects(
+    config: &StorageConfig,
+    dir: &str,
+) -> Result<Vec<object_store::ObjectMeta>, object_store::Error> {
+    config
+        .store
+        .list(Some(&ObjectPath::from(dir)))
+        .try_collect()
+        .await
 }

@@ -107,21 +107,28 @@ async fn segment(config: &StorageConfig, id: i64, rows: &[(i64, u64)]) {
         .unwrap();
 }
 
-/// A delete file of (key, delete ts) at flush point `flush_ts`, committed.
-async fn deletes(config: &StorageConfig, flush_ts: u64, keys: &[(i64, u64)]) {
-    let batch = RecordBatch::try_new(
+/// A batch of `id` (`keys`) and `_ts` (`ts`), as a delete file holds.
+fn key_batch(keys: ArrayRef, ts: &[u64]) -> RecordBatch {
+    RecordBatch::try_new(
         Arc::new(Schema::new(vec![
-            Field::new("id", ArrowType::Int64, false),
+            Field::new("id", keys.data_type().clone(), false),
             Field::new("_ts", ArrowType::Int64, false),
         ])),
         vec![
-            Arc::new(Int64Array::from_iter_values(keys.iter().map(|k| k.0))) as ArrayRef,
-            Arc::new(Int64Array::from_iter_values(
-                keys.iter().map(|k| k.1 as i64),
-            )),
+            keys,
+            Arc::new(Int64Array::from_iter_values(ts.iter().map(|&t| t as i64))),
         ],
     )
-    .unwrap();
+    .unwrap()
+}
+
+/// A delete file of (key, delete ts) at flush point `flush_ts`, committed.
+async fn deletes(config: &StorageConfig, flush_ts: u64, keys: &[(i64, u64)]) {
+    let ts: Vec<u64> = keys.iter().map(|k| k.1).collect();
+    let batch = key_batch(
+        Arc::new(Int64Array::from_iter_values(keys.iter().map(|k| k.0))),
+        &ts,
+    );
     let path = storage::delete_file_path(C, V, flush_ts);
     config
         .store
@@ -651,22 +658,14 @@ async fn garbage_collection_deletes_what_no_manifest_names_once_old_enough() {
 
 /// A Parquet file of `id` (VARCHAR) and `_ts` at `path`.
 async fn string_keys(config: &StorageConfig, path: &str, rows: &[(&str, u64)]) {
-    let batch = RecordBatch::try_new(
-        Arc::new(Schema::new(vec![
-            Field::new("id", ArrowType::Utf8, false),
-            Field::new("_ts", ArrowType::Int64, false),
-        ])),
-        vec![
-            Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.0))) as ArrayRef,
-            Arc::new(Int64Array::from_iter_values(
-                rows.iter().map(|r| r.1 as i64),
-            )),
-        ],
-    )
-    .unwrap();
+    let keys: ArrayRef = Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.0)));
+    let ts: Vec<u64> = rows.iter().map(|r| r.1).collect();
     config
         .store
-        .put(&ObjectPath::from(path), parquet(&batch).into())
+        .put(
+            &ObjectPath::from(path),
+            parquet(&key_batch(keys, &ts)).into(),
+        )
         .await
         .unwrap();
 }
