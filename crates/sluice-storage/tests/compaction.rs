@@ -18,7 +18,8 @@ use parquet::arrow::ArrowWriter;
 use prost::Message as _;
 use sluice_meta::Condition;
 use sluice_storage::compaction::{
-    MergedDeletes, ROW_COLUMN, Removals, compact_segment, merge_deletes, sweep, sweep_deletes,
+    Compacted, MergedDeletes, ROW_COLUMN, Removals, compact_segment, merge_deletes, sweep,
+    sweep_deletes,
 };
 use sluice_storage::flusher::StorageConfig;
 use sluice_storage::gc::collect_garbage;
@@ -376,6 +377,15 @@ async fn a_segment_dropped_or_rewritten_meanwhile_is_not_overwritten() {
     assert_eq!(manifest(&config, 2).await, m);
 }
 
+/// Compacts segment `id` at `at` (no TTL), at least one row to remove.
+async fn compact(config: &StorageConfig, id: i64, at: u64) -> Compacted {
+    let removals = Removals::load(config, C, V, "id", at, 0).await.unwrap();
+    compact_segment(config, C, id, "id", &removals, 0.0)
+        .await
+        .unwrap()
+        .expect("rows to remove")
+}
+
 /// Merges the delete files of `V` (primary key `id`) at `at`, the flush checkpoint at
 /// `through`.
 async fn merge(
@@ -482,11 +492,7 @@ async fn delete_files_merge_into_the_deletes_committed_rows_still_need() {
     );
 
     // Compaction reads the merged file as it read the two: the same rows go.
-    let removals = Removals::load(&config, C, V, "id", 500, 0).await.unwrap();
-    let done = compact_segment(&config, C, 42, "id", &removals, 0.0)
-        .await
-        .unwrap()
-        .unwrap();
+    let done = compact(&config, 42, 500).await;
     assert_eq!(done.removed, 3);
     let (kept, _) = rows(&config, 42).await;
     let keys: Vec<i64> = kept.iter().map(|(k, _)| *k).collect();
@@ -556,11 +562,7 @@ async fn deletes_of_rows_all_compacted_away_leave_a_manifest_without_a_file() {
     segment(&config, 1, &[(1, 10), (2, 11)]).await;
     deletes(&config, 30, &[(1, 20)]).await;
     deletes(&config, 40, &[(2, 35)]).await;
-    let removals = Removals::load(&config, C, V, "id", 100, 0).await.unwrap();
-    compact_segment(&config, C, 1, "id", &removals, 0.0)
-        .await
-        .unwrap()
-        .unwrap();
+    compact(&config, 1, 100).await;
     let merged = merge(&config, 100, 100, true).await.unwrap();
     assert_eq!((merged.files, merged.rows_after), (2, 0));
     let all = delete_manifests(&config, Some(C)).await.unwrap();
@@ -584,11 +586,7 @@ async fn garbage_collection_deletes_what_no_manifest_names_once_old_enough() {
     segment(&config, 42, &[(1, 10), (2, 11)]).await;
     segment(&config, 43, &[(3, 12)]).await;
     deletes(&config, 30, &[(1, 20)]).await;
-    let removals = Removals::load(&config, C, V, "id", 100, 0).await.unwrap();
-    compact_segment(&config, C, 42, "id", &removals, 0.0)
-        .await
-        .unwrap()
-        .unwrap();
+    compact(&config, 42, 100).await;
     let put = |path: String| {
         let store = config.store.clone();
         async move {
@@ -750,10 +748,6 @@ async fn varchar_deletes_merge_too() {
     }
     assert_eq!(kept, [("b".to_owned(), 20), ("c".to_owned(), 35)]);
     // Compaction removes the same rows from it.
-    let removals = Removals::load(&config, C, V, "id", 100, 0).await.unwrap();
-    let done = compact_segment(&config, C, 5, "id", &removals, 0.0)
-        .await
-        .unwrap()
-        .unwrap();
+    let done = compact(&config, 5, 100).await;
     assert_eq!((done.removed, done.manifest.rows), (2, 1));
 }

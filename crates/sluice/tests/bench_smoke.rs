@@ -27,10 +27,14 @@ fn row(stdout: &str, producers: usize, path: &str) -> Vec<f64> {
 /// Runs `sluice bench <args>` in a fresh directory and returns its standard output, failing
 /// the test if it fails.
 fn bench(what: &str, args: &[&str]) -> String {
-    let dir = tempfile::tempdir().unwrap();
+    bench_in(tempfile::tempdir().unwrap().path(), what, args)
+}
+
+/// [`bench`] in `dir`.
+fn bench_in(dir: &std::path::Path, what: &str, args: &[&str]) -> String {
     let out = Command::new(env!("CARGO_BIN_EXE_sluice"))
         .args(["bench", what, "--dir"])
-        .arg(dir.path())
+        .arg(dir)
         .args(args)
         .output()
         .expect("run sluice");
@@ -57,24 +61,17 @@ fn best_rate(stdout: &str, path: &str) -> f64 {
 #[test]
 fn bench_grpc_prints_rows_with_nonzero_throughput() {
     let dir = tempfile::tempdir().unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .args(["bench", "grpc", "--dir"])
-        .arg(dir.path())
-        .args([
+    let stdout = bench_in(
+        dir.path(),
+        "grpc",
+        &[
             "--producers",
             "1,4",
             "--seconds",
             "0.2",
             "--record-size",
             "256",
-        ])
-        .output()
-        .expect("run sluice");
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "sluice bench grpc failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
+        ],
     );
     assert!(
         stdout.contains("bench grpc --dir") && stdout.contains("--seconds 0.2"),
@@ -128,19 +125,7 @@ fn bench_grpc_bad_settings_are_errors() {
 
 #[test]
 fn bench_recovery_replays_only_the_tail_with_a_snapshot_and_everything_without() {
-    let dir = tempfile::tempdir().unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .args(["bench", "recovery", "--dir"])
-        .arg(dir.path())
-        .args(["--counts", "2000,6000", "--tail", "300"])
-        .output()
-        .expect("run sluice");
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "sluice bench recovery failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = bench("recovery", &["--counts", "2000,6000", "--tail", "300"]);
     for count in [2000u64, 6000] {
         let line = stdout
             .lines()
@@ -303,18 +288,9 @@ fn bench_move_measures_handovers_against_quiet_windows_and_a_failover() {
         eprintln!("note: SLUICE_TEST_ETCD is not set; skipping bench move");
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .args(["bench", "move", "--dir"])
-        .arg(dir.path())
-        .args(["--etcd", &etcd, "--moves", "2", "--producers", "2"])
-        .output()
-        .expect("run sluice");
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "sluice bench move failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
+    let stdout = bench(
+        "move",
+        &["--etcd", &etcd, "--moves", "2", "--producers", "2"],
     );
     let numbers = |label: &str| -> Vec<f64> {
         let line = stdout
