@@ -1579,11 +1579,179 @@ def test_default_values_fill_rows_without_a_value_like_milvus(sluice, lite):
         sluice.create_collection("d_defaults_bad", schema=bad)
     assert e.value.code == 1100
     assert not sluice.has_collection("d_defaults_bad")
+    # An INT16 value out of its range is refused (Sluice keeps it in 32 bits).
+    with pytest.raises(MilvusException) as e:
+        sluice.insert("d_defaults", [{"id": 9, "vector": [0.5] * DIM, "small": 40000}])
+    assert e.value.code == 1100 and "Int16" in e.value.message, e.value
+    assert sluice.query("d_defaults", filter="id == 9", consistency_level="Strong") == []
     with pytest.raises(MilvusException) as e:
         sluice.add_collection_field(
             "d_defaults", "later", DataType.INT64, nullable=True, default_value=1
         )
     assert "default value" in e.value.message
+
+
+def array_collection(c, name):
+    """A collection with ARRAY fields of VARCHAR, INT64, nullable INT8 and DOUBLE elements."""
+    drop_if_exists(c, name)
+    schema = c.create_schema(auto_id=False)
+    schema.add_field("id", DataType.INT64, is_primary=True)
+    schema.add_field("vector", DataType.FLOAT_VECTOR, dim=DIM)
+    schema.add_field("tags", DataType.ARRAY, element_type=DataType.VARCHAR, max_capacity=4, max_length=8)
+    schema.add_field("nums", DataType.ARRAY, element_type=DataType.INT64, max_capacity=5)
+    schema.add_field("small", DataType.ARRAY, element_type=DataType.INT8, max_capacity=3, nullable=True)
+    schema.add_field("weights", DataType.ARRAY, element_type=DataType.DOUBLE, max_capacity=2)
+    index = c.prepare_index_params()
+    index.add_index(field_name="vector", index_type="FLAT", metric_type="L2")
+    c.create_collection(name, schema=schema, index_params=index)
+
+
+ARRAY_FILTERS = [
+    'array_contains(tags, "red")',
+    'ARRAY_CONTAINS_ANY(tags, ["blue", "cyan"])',
+    'array_contains_all(tags, ["red", "green"])',
+    "array_length(tags) == 0",
+    "array_length(nums) >= 2",
+    'tags[0] == "blue"',
+    "nums[1] > 40",
+    "small is null",
+    "array_contains(small, 3)",
+    "weights[0] > 10",
+    'not array_contains(tags, "red") and id < 20',
+]
+
+
+def array_rows(n, start=0):
+    rnd = random.Random(41 + start)
+    words = ["red", "blue", "green", "cyan"]
+    return [
+        {
+            "id": i,
+            "vector": [rnd.random() for _ in range(DIM)],
+            "tags": rnd.sample(words, i % 4),
+            "nums": [i, i * 2, i % 5][: 1 + i % 3],
+            "small": None if i % 5 == 0 else [i % 100, -(i % 100)],
+            "weights": [i / 4, 0.5],
+        }
+        for i in range(start, start + n)
+    ]
+
+
+def test_array_fields_are_written_filtered_and_read_like_milvus(sluice, lite):
+    """ARRAY fields (kept by Sluice as JSON arrays): described with their element type and
+    capacity, written sealed and growing, filtered with the array functions and indexes,
+    returned typed by query and search; inserts that break the declaration are refused."""
+
+    def run(c):
+        name = "d_arrays"
+        array_collection(c, name)
+        c.insert(name, array_rows(30))
+        c.flush(name)
+        c.insert(name, array_rows(30, start=30))
+
+        def ids(flt):
+            got = c.query(name, filter=flt, output_fields=["id"], consistency_level="Strong")
+            return sorted(r["id"] for r in got)
+
+        filtered = [ids(f) for f in ARRAY_FILTERS]
+        got = c.query(
+            name,
+            filter="id < 12",
+            output_fields=["tags", "nums", "small", "weights"],
+            consistency_level="Strong",
+        )
+        hits = c.search(
+            name,
+            data=[[0.5] * DIM],
+            limit=5,
+            filter='array_contains(tags, "green")',
+            output_fields=["tags", "nums"],
+        )
+        fields = [
+            (
+                f["name"],
+                f["type"],
+                f.get("element_type"),
+                f.get("params", {}).get("max_capacity"),
+            )
+            for f in c.describe_collection(name)["fields"]
+        ]
+        refused = []
+        vec = [0.1] * DIM
+        for bad in [{"tags": ["a", "b", "c", "d", "e"]}, {"nums": [1, 2, 3, 4, 5, 6]}]:
+            row = dict({"id": 1000, "vector": vec, "tags": [], "nums": [], "small": None, "weights": []}, **bad)
+            try:
+                c.insert(name, [row])
+                refused.append("ok")
+            except MilvusException:
+                refused.append("refused")
+        return (
+            filtered,
+            sorted((r["id"], r["tags"], r["nums"], r["small"], r["weights"]) for r in got),
+            [(h["id"], h["entity"]["tags"], h["entity"]["nums"]) for h in hits[0]],
+            fields,
+            refused,
+            ids("id == 1000"),
+        )
+
+    mine, theirs = both(sluice, lite, run)
+    assert mine == theirs, (mine, theirs)
+    # milvus-lite describes an ARRAY of VARCHAR without the max_length it was created with.
+    tags = [f for f in sluice.describe_collection("d_arrays")["fields"] if f["name"] == "tags"]
+    assert tags[0]["params"] == {"max_capacity": 4, "max_length": 8}, tags
+    # Not vacuous: each filter picks some rows but not all, and the rows read back as written.
+    for flt, got in zip(ARRAY_FILTERS, mine[0]):
+        assert 0 < len(got) < 60, (flt, got)
+    written = {r["id"]: r for r in array_rows(12)}
+    assert mine[1] == [
+        (i, written[i]["tags"], written[i]["nums"], written[i]["small"], written[i]["weights"])
+        for i in range(12)
+    ]
+    assert mine[4] == ["refused"] * 2 and mine[5] == []
+
+
+def test_array_values_outside_the_element_type_are_refused(sluice):
+    """What pymilvus lets through but the declaration forbids (milvus-lite takes the VARCHAR
+    element over max_length): INT8 elements out of range, too many of them, a VARCHAR element
+    longer than max_length; an ARRAY of JSON is refused at create."""
+    name = "s_arrays_bad"
+    array_collection(sluice, name)
+    vec = [0.1] * DIM
+    base = {"id": 1, "vector": vec, "tags": [], "nums": [], "small": None, "weights": []}
+    for bad, why in [
+        ({"small": [127, 128]}, "type Int8"),
+        ({"small": [1, 2, 3, 4]}, "max_capacity 3"),
+        ({"tags": ["ok", "far too long"]}, "at most 8 bytes"),
+    ]:
+        with pytest.raises(MilvusException) as e:
+            sluice.insert(name, [dict(base, **bad)])
+        assert e.value.code == 1100 and why in e.value.message, (bad, e.value)
+    assert sluice.query(name, filter="id >= 0", consistency_level="Strong") == []
+    sluice.insert(name, [dict(base, small=[-128, 127, 0])])
+    got = sluice.query(name, filter="id == 1", output_fields=["small"], consistency_level="Strong")
+    assert [r["small"] for r in got] == [[-128, 127, 0]]
+
+    # An ARRAY field added later: older rows read null, its declaration holds for new ones.
+    sluice.add_collection_field(
+        name, "labels", DataType.ARRAY, element_type=DataType.VARCHAR, max_capacity=2, max_length=4, nullable=True
+    )
+    with pytest.raises(MilvusException) as e:
+        sluice.insert(name, [dict(base, id=2, labels=["a", "b", "c"])])
+    assert "max_capacity 2" in e.value.message, e.value
+    sluice.insert(name, [dict(base, id=2, labels=["ab", "cd"])])
+    got = sluice.query(
+        name, filter='array_contains(labels, "cd") or id == 1', output_fields=["labels"], consistency_level="Strong"
+    )
+    assert sorted((r["id"], r["labels"]) for r in got) == [(1, None), (2, ["ab", "cd"])], got
+
+    schema = MilvusClient.create_schema(auto_id=False)
+    schema.add_field("id", DataType.INT64, is_primary=True)
+    schema.add_field("vector", DataType.FLOAT_VECTOR, dim=DIM)
+    schema.add_field("a", DataType.ARRAY, element_type=DataType.JSON, max_capacity=2)
+    with pytest.raises(MilvusException) as e:
+        sluice.create_collection("s_arrays_json", schema=schema)
+    assert e.value.code == 1100 and "element type" in e.value.message, e.value
+    assert not sluice.has_collection("s_arrays_json")
 
 
 JSON_FILTERS = [

@@ -10,6 +10,7 @@ use serde_json::Value;
 use sluice_types::schema::{CollectionSchema, DataType, FieldSchema};
 
 use crate::DYNAMIC_FIELD;
+use crate::array::{ArraySpec, fits};
 use crate::pb::common::KeyValuePair;
 use crate::pb::schema::{
     self as ms, DataType as MDataType, FieldData, ScalarField, VectorField, field_data,
@@ -17,8 +18,10 @@ use crate::pb::schema::{
 };
 use crate::status::Failure;
 
-/// Collection property: the Milvus types of fields Sluice stores wider (INT8 and INT16 as
-/// INT32), as a JSON object of field name → Milvus type number.
+/// Collection property: the Milvus types of fields Sluice stores otherwise (INT8 and INT16 as
+/// INT32, FLOAT16 and BFLOAT16 vectors as float vectors, ARRAY as JSON), as a JSON object of
+/// field name → Milvus type number, or for an ARRAY field its declaration
+/// ([`ArraySpec::to_json`]).
 pub(crate) const PROP_TYPES: &str = "milvus.field_types";
 /// Collection property: the consistency level (Milvus's enum number).
 pub(crate) const PROP_CONSISTENCY: &str = "milvus.consistency_level";
@@ -36,7 +39,7 @@ pub(crate) const PROP_DEFAULTS: &str = "milvus.field_defaults";
 /// The name Milvus gives the dynamic field.
 pub(crate) const MILVUS_DYNAMIC: &str = "$meta";
 
-fn param<'a>(params: &'a [KeyValuePair], key: &str) -> Option<&'a str> {
+pub(crate) fn param<'a>(params: &'a [KeyValuePair], key: &str) -> Option<&'a str> {
     params
         .iter()
         .find(|p| p.key == key)
@@ -123,9 +126,9 @@ pub(crate) fn schema_to_sluice(
     ))
 }
 
-/// One Milvus field as a Sluice field (its id left 0); an INT8 or INT16 field, stored as INT32,
-/// is noted in `narrow` (field name → Milvus type number, for [`PROP_TYPES`]). Its default
-/// value is [`default_of`]'s.
+/// One Milvus field as a Sluice field (its id left 0); a field Sluice stores as another type
+/// (INT8 or INT16 as INT32, an ARRAY as JSON, ...) is noted in `narrow` (its [`PROP_TYPES`]
+/// entry). Its default value is [`default_of`]'s.
 pub(crate) fn field_to_sluice(
     f: &ms::FieldSchema,
     auto_id_legacy: bool,
@@ -155,6 +158,10 @@ pub(crate) fn field_to_sluice(
             narrow.insert(f.name.clone(), Value::from(f.data_type));
             DataType::FloatVector
         }
+        MDataType::Array => {
+            narrow.insert(f.name.clone(), ArraySpec::of(f)?.to_json());
+            DataType::Json
+        }
         other => {
             return Err(Failure::unsupported(format!(
                 "data type {} (field {:?})",
@@ -177,7 +184,12 @@ pub(crate) fn field_to_sluice(
         data_type: data_type as i32,
         is_primary_key: f.is_primary_key,
         auto_id: f.auto_id || (f.is_primary_key && auto_id_legacy),
-        max_length: number("max_length")?,
+        // An ARRAY's max_length bounds its VARCHAR elements (kept in its declaration).
+        max_length: if mt == MDataType::Array {
+            0
+        } else {
+            number("max_length")?
+        },
         dim: number("dim")?,
         nullable: f.nullable,
         description: f.description.clone(),
@@ -316,14 +328,29 @@ impl LegacyAutoId for ms::CollectionSchema {
     }
 }
 
+/// The [`PROP_TYPES`] entries of `props`.
+fn kept_types(props: &HashMap<String, String>) -> serde_json::Map<String, Value> {
+    props
+        .get(PROP_TYPES)
+        .and_then(|t| serde_json::from_str(t).ok())
+        .unwrap_or_default()
+}
+
+/// The Milvus type a [`PROP_TYPES`] entry names: a type number, or an object whose `type` is
+/// one.
+fn kept_type(entry: &Value) -> Option<MDataType> {
+    let t = entry.as_i64().or_else(|| entry.get("type")?.as_i64())?;
+    MDataType::try_from(i32::try_from(t).ok()?).ok()
+}
+
+/// The declaration of Sluice field `f` if it is a Milvus ARRAY field.
+fn array_spec(f: &FieldSchema, props: &HashMap<String, String>) -> Option<ArraySpec> {
+    ArraySpec::from_json(kept_types(props).get(&f.name)?)
+}
+
 /// The Milvus type of Sluice field `f`.
 fn milvus_type(f: &FieldSchema, props: &HashMap<String, String>) -> MDataType {
-    if let Some(t) = props
-        .get(PROP_TYPES)
-        .and_then(|t| serde_json::from_str::<serde_json::Map<String, Value>>(t).ok())
-        .and_then(|m| m.get(&f.name).and_then(Value::as_i64))
-        .and_then(|t| MDataType::try_from(t as i32).ok())
-    {
+    if let Some(t) = kept_types(props).get(&f.name).and_then(kept_type) {
         return t;
     }
     match DataType::try_from(f.data_type) {
@@ -361,6 +388,10 @@ pub(crate) fn schema_to_milvus(
             if f.max_length > 0 {
                 type_params.push(kv("max_length", f.max_length.to_string()));
             }
+            let array = array_spec(f, props);
+            if let Some(a) = array {
+                type_params.extend(a.type_params());
+            }
             ms::FieldSchema {
                 field_id: 100 + f.field_id,
                 name: if f.is_dynamic {
@@ -377,6 +408,7 @@ pub(crate) fn schema_to_milvus(
                 nullable: f.nullable && !f.is_dynamic,
                 default_value: default_to_milvus(&f.name, milvus_type(f, props), props),
                 is_partition_key: props.get(PROP_PARTITION_KEY) == Some(&f.name),
+                element_type: array.map_or(0, |a| a.element as i32),
                 ..Default::default()
             }
         })
@@ -403,6 +435,7 @@ pub(crate) fn column_len(fd: &FieldData) -> usize {
             Some(scalar_field::Data::DoubleData(a)) => a.data.len(),
             Some(scalar_field::Data::StringData(a)) => a.data.len(),
             Some(scalar_field::Data::JsonData(a)) => a.data.len(),
+            Some(scalar_field::Data::ArrayData(a)) => a.data.len(),
             _ => 0,
         },
         Some(field_data::Field::Vectors(v)) => match &v.data {
@@ -413,32 +446,51 @@ pub(crate) fn column_len(fd: &FieldData) -> usize {
     }
 }
 
+/// The values of a Milvus scalar column (`name`'s), one JSON value per row.
+fn scalar_values(name: &str, data: &scalar_field::Data) -> Result<Vec<Value>, Failure> {
+    Ok(match data {
+        scalar_field::Data::BoolData(a) => a.data.iter().map(|v| (*v).into()).collect(),
+        scalar_field::Data::IntData(a) => a.data.iter().map(|v| (*v).into()).collect(),
+        scalar_field::Data::LongData(a) => a.data.iter().map(|v| (*v).into()).collect(),
+        scalar_field::Data::FloatData(a) => a.data.iter().map(|v| f64::from(*v).into()).collect(),
+        scalar_field::Data::DoubleData(a) => a.data.iter().map(|v| (*v).into()).collect(),
+        scalar_field::Data::StringData(a) => a.data.iter().map(|v| v.clone().into()).collect(),
+        scalar_field::Data::JsonData(a) => a
+            .data
+            .iter()
+            .enumerate()
+            .map(|(i, b)| {
+                serde_json::from_slice::<Value>(b)
+                    .map_err(|e| Failure::invalid(format!("field {name:?} row {i}: not JSON: {e}")))
+            })
+            .collect::<Result<_, _>>()?,
+        _ => {
+            return Err(Failure::unsupported(format!(
+                "the data of field {name:?} (a Milvus type Sluice does not hold)"
+            )));
+        }
+    })
+}
+
 /// The values of a Milvus column, one JSON value per row (null where `valid_data` says so).
 fn column_values(fd: &FieldData) -> Result<Vec<Value>, Failure> {
     let name = &fd.field_name;
     let values: Vec<Value> = match &fd.field {
         Some(field_data::Field::Scalars(s)) => match &s.data {
-            Some(scalar_field::Data::BoolData(a)) => a.data.iter().map(|v| (*v).into()).collect(),
-            Some(scalar_field::Data::IntData(a)) => a.data.iter().map(|v| (*v).into()).collect(),
-            Some(scalar_field::Data::LongData(a)) => a.data.iter().map(|v| (*v).into()).collect(),
-            Some(scalar_field::Data::FloatData(a)) => {
-                a.data.iter().map(|v| f64::from(*v).into()).collect()
-            }
-            Some(scalar_field::Data::DoubleData(a)) => a.data.iter().map(|v| (*v).into()).collect(),
-            Some(scalar_field::Data::StringData(a)) => {
-                a.data.iter().map(|v| v.clone().into()).collect()
-            }
-            Some(scalar_field::Data::JsonData(a)) => a
+            Some(scalar_field::Data::ArrayData(a)) => a
                 .data
                 .iter()
                 .enumerate()
-                .map(|(i, b)| {
-                    serde_json::from_slice::<Value>(b).map_err(|e| {
-                        Failure::invalid(format!("field {name:?} row {i}: not JSON: {e}"))
-                    })
+                .map(|(i, row)| match &row.data {
+                    Some(scalar_field::Data::ArrayData(_) | scalar_field::Data::JsonData(_))
+                    | None => Err(Failure::invalid(format!(
+                        "field {name:?} row {i}: an array holds scalars"
+                    ))),
+                    Some(data) => Ok(Value::Array(scalar_values(name, data)?)),
                 })
                 .collect::<Result<_, _>>()?,
-            _ => {
+            Some(data) => scalar_values(name, data)?,
+            None => {
                 return Err(Failure::unsupported(format!(
                     "the data of field {name:?} ({})",
                     MDataType::try_from(fd.r#type).map_or("unknown type", |t| t.as_str_name())
@@ -503,14 +555,16 @@ fn column_values(fd: &FieldData) -> Result<Vec<Value>, Failure> {
 
 /// Milvus columns as a batch of `schema`'s rows (the dynamic field's JSON objects go into
 /// [`DYNAMIC_FIELD`]). `num_rows` is the request's row count (0: not given); every column must
-/// have that many rows, and name a field at most once. Fields with a default value in
-/// `defaults` (see [`PROP_DEFAULTS`]) get it where a row has none.
+/// have that many rows, and name a field at most once. Values of fields Sluice stores as
+/// another type (`props`' [`PROP_TYPES`]) must fit the Milvus type ([`check_kept`]); fields with
+/// a default value ([`PROP_DEFAULTS`]) get it where a row has none.
 pub(crate) fn rows_from_milvus(
     schema: &CollectionSchema,
+    props: &HashMap<String, String>,
     columns: &[FieldData],
     num_rows: u32,
-    defaults: &serde_json::Map<String, Value>,
 ) -> Result<RecordBatch, Failure> {
+    let kept = kept_types(props);
     let n = columns.iter().map(column_len).max().unwrap_or(0);
     if n == 0 {
         return Err(Failure::invalid("no rows to insert"));
@@ -560,12 +614,15 @@ pub(crate) fn rows_from_milvus(
                 values.len()
             )));
         }
+        if let Some(entry) = kept.get(&target).filter(|_| !dynamic) {
+            check_kept(&target, entry, &values)?;
+        }
         for (row, v) in rows.iter_mut().zip(values) {
             row.insert(target.clone(), v);
         }
     }
     // A field with a default value: rows without a value for it get the default.
-    for (field, default) in defaults {
+    for (field, default) in &defaults(props) {
         for row in &mut rows {
             if row.get(field).is_none_or(Value::is_null) {
                 row.insert(field.clone(), default.clone());
@@ -577,10 +634,37 @@ pub(crate) fn rows_from_milvus(
         .map_err(|e| Failure::invalid(e.to_string()))
 }
 
+/// Checks the values of field `name`, kept as another type than its Milvus one (its
+/// [`PROP_TYPES`] `entry`), against the Milvus type: INT8 and INT16 values within their width,
+/// ARRAY values as [`ArraySpec::check`] says.
+fn check_kept(name: &str, entry: &Value, values: &[Value]) -> Result<(), Failure> {
+    if let Some(spec) = ArraySpec::from_json(entry) {
+        return values
+            .iter()
+            .enumerate()
+            .try_for_each(|(row, v)| spec.check(name, row, v));
+    }
+    let Some(ty @ (MDataType::Int8 | MDataType::Int16)) = kept_type(entry) else {
+        return Ok(());
+    };
+    match values
+        .iter()
+        .position(|v| !v.is_null() && !v.as_i64().is_some_and(|x| fits(ty, x)))
+    {
+        None => Ok(()),
+        Some(row) => Err(Failure::invalid(format!(
+            "field {name:?} row {row}: {} is not of type {}",
+            values[row],
+            ty.as_str_name()
+        ))),
+    }
+}
+
 /// A Sluice result column as a Milvus column named `name` of Milvus type `ty`.
 pub(crate) fn column_to_milvus(
     name: &str,
     ty: MDataType,
+    array: Option<ArraySpec>,
     dynamic: bool,
     col: &dyn Array,
 ) -> Result<FieldData, Failure> {
@@ -620,6 +704,27 @@ pub(crate) fn column_to_milvus(
             let a = col.as_primitive::<Float64Type>();
             scalars(scalar_field::Data::DoubleData(ms::DoubleArray {
                 data: (0..n).map(|i| a.value(i)).collect(),
+            }))
+        }
+        ArrowType::Utf8 if let Some(spec) = array => {
+            let a = col.as_string::<i32>();
+            let data = (0..n)
+                .map(|i| {
+                    if !a.is_valid(i) {
+                        return spec.scalar_field(None);
+                    }
+                    match serde_json::from_str::<Value>(a.value(i)) {
+                        Ok(Value::Array(items)) => spec.scalar_field(Some(&items)),
+                        _ => Err(Failure::unexpected(format!(
+                            "ARRAY field {name:?} row {i} is stored as {:?}",
+                            a.value(i)
+                        ))),
+                    }
+                })
+                .collect::<Result<_, _>>()?;
+            scalars(scalar_field::Data::ArrayData(ms::ArrayArray {
+                data,
+                element_type: spec.element as i32,
             }))
         }
         ArrowType::Utf8 if ty == MDataType::Json => {
@@ -713,6 +818,7 @@ pub(crate) fn batches_to_milvus(
         out.push(column_to_milvus(
             milvus_name,
             milvus_type(f, props),
+            array_spec(f, props),
             f.is_dynamic,
             col.as_ref(),
         )?);

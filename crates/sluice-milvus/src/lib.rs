@@ -15,6 +15,7 @@
 //! * Errors are Milvus statuses (`code` and the deprecated `error_code`) a pymilvus user
 //!   recognizes: 100 collection not found, 1100 invalid parameter, 65535 anything else.
 
+mod array;
 mod convert;
 mod hybrid;
 mod properties;

@@ -1295,12 +1295,7 @@ impl MilvusFront {
         let partition_id = c.partition(partition)?;
         let generated = self.auto_ids(&c, columns).await?;
         let columns: Vec<FieldData> = columns.iter().cloned().chain(generated).collect();
-        let batch = rows_from_milvus(
-            &c.schema,
-            &columns,
-            num_rows,
-            &crate::convert::defaults(c.props()),
-        )?;
+        let batch = rows_from_milvus(&c.schema, c.props(), &columns, num_rows)?;
         let pk = c.pk()?.name.clone();
         let keys = batch
             .column_by_name(&pk)
