@@ -753,6 +753,139 @@ def test_indexes_are_described_listed_and_dropped(sluice, lite):
     assert s[1] == ("vector", "AUTOINDEX", "COSINE")
 
 
+def test_scalar_indexes_are_taken_described_and_dropped_like_milvus(sluice, lite):
+    """INVERTED indexes on scalar fields next to the vector index: created with the collection
+    and later, listed, described, dropped; filtered reads answer the same with them."""
+
+    def f(c):
+        name = "d_scalar_index"
+        drop_if_exists(c, name)
+        schema = c.create_schema(auto_id=False, enable_dynamic_field=True)
+        schema.add_field("id", DataType.INT64, is_primary=True)
+        schema.add_field("vector", DataType.FLOAT_VECTOR, dim=DIM)
+        schema.add_field("color", DataType.VARCHAR, max_length=16)
+        schema.add_field("size", DataType.INT64)
+        schema.add_field("tags", DataType.ARRAY, element_type=DataType.VARCHAR, max_capacity=4, max_length=8)
+        index = c.prepare_index_params()
+        index.add_index(field_name="vector", index_type="FLAT", metric_type="L2")
+        index.add_index(field_name="color", index_type="INVERTED", index_name="color_idx")
+        c.create_collection(name, schema=schema, index_params=index)
+        data = [dict(r, tags=[r["color"]]) for r in rows(50, seed=61)]
+        c.insert(name, data[:25])
+        c.flush(name)
+        c.insert(name, data[25:])
+        later = c.prepare_index_params()
+        later.add_index(field_name="size", index_type="INVERTED")
+        c.release_collection(name)
+        c.create_index(name, later)
+        c.load_collection(name)
+        listed = sorted(c.list_indexes(name))
+        described = sorted(
+            (d["field_name"], d["index_type"]) for d in (c.describe_index(name, i) for i in listed)
+        )
+        by_field = len(c.list_indexes(name, field_name="color"))
+        q = sorted(
+            r["id"]
+            for r in c.query(
+                name,
+                filter='color in ["red", "blue"] and size > 40 and array_contains(tags, "red")',
+                consistency_level="Strong",
+            )
+        )
+        c.release_collection(name)
+        c.drop_index(name, "color_idx")
+        after = sorted(c.describe_index(name, i)["field_name"] for i in c.list_indexes(name))
+        return listed, described, by_field, q, after
+
+    s, l = both(sluice, lite, f)
+    # milvus-lite lists a scalar index created with the collection by its field's name, not
+    # the name it was given; Sluice lists it by the name given.
+    assert s[1:] == l[1:], (s, l)
+    assert s[0] == ["color_idx", "size", "vector"], s
+    assert s[1] == [("color", "INVERTED"), ("size", "INVERTED"), ("vector", "FLAT")], s
+    assert s[3] and s[4] == ["size", "vector"], s
+    d = sluice.describe_index("d_scalar_index", "size")
+    assert "metric_type" not in d and d["index_type"] == "INVERTED", d
+
+
+def test_scalar_index_types_are_checked_against_the_field(sluice):
+    """STL_SORT, Trie, BITMAP, ARRAY and JSON path indexes (milvus-lite has INVERTED on
+    scalars only): each on the field types Milvus allows it, refused with a reason on others;
+    reads unchanged."""
+    name = "s_scalar_index"
+    drop_if_exists(sluice, name)
+    schema = sluice.create_schema(auto_id=False)
+    schema.add_field("id", DataType.INT64, is_primary=True)
+    schema.add_field("vector", DataType.FLOAT_VECTOR, dim=DIM)
+    schema.add_field("color", DataType.VARCHAR, max_length=16)
+    schema.add_field("size", DataType.INT64)
+    schema.add_field("score", DataType.DOUBLE)
+    schema.add_field("meta", DataType.JSON)
+    schema.add_field("tags", DataType.ARRAY, element_type=DataType.INT64, max_capacity=4)
+    index = sluice.prepare_index_params()
+    index.add_index(field_name="vector", index_type="HNSW", metric_type="IP", params={"M": 8})
+    index.add_index(field_name="size", index_type="STL_SORT")
+    index.add_index(field_name="color", index_type="Trie")
+    index.add_index(field_name="tags", index_type="BITMAP")
+    index.add_index(
+        field_name="meta",
+        index_type="INVERTED",
+        index_name="meta_a",
+        params={"json_path": 'meta["a"]', "json_cast_type": "double"},
+    )
+    index.add_index(
+        field_name="meta",
+        index_type="INVERTED",
+        index_name="meta_b",
+        params={"json_path": 'meta["b"]', "json_cast_type": "varchar"},
+    )
+    sluice.create_collection(name, schema=schema, index_params=index)
+    described = {
+        i: sluice.describe_index(name, i) for i in sluice.list_indexes(name)
+    }
+    assert {i: d["index_type"] for i, d in described.items()} == {
+        "vector": "HNSW",
+        "size": "STL_SORT",
+        "color": "Trie",
+        "tags": "BITMAP",
+        "meta_a": "INVERTED",
+        "meta_b": "INVERTED",
+    }, described
+    assert described["meta_a"]["json_path"] == 'meta["a"]', described["meta_a"]
+    assert described["meta_a"]["json_cast_type"] == "DOUBLE", described["meta_a"]
+    # The vector index still sets the graphs' metric: an IP search answers IP scores.
+    data = [
+        dict(r, score=r["size"] / 2, meta={"a": r["size"], "b": r["color"]}, tags=[r["size"]])
+        for r in rows(20, seed=62)
+    ]
+    sluice.insert(name, data)
+    hits = sluice.search(name, data=[[1.0] * DIM], limit=1, consistency_level="Strong")
+    best = max(data, key=lambda r: sum(r["vector"]))
+    assert hits[0][0]["id"] == best["id"], (hits, best["id"])
+    assert abs(hits[0][0]["distance"] - sum(best["vector"])) < 1e-4, hits
+
+    for field, kind, params, why in [
+        ("color", "STL_SORT", {}, "does not index"),
+        ("score", "BITMAP", {}, "does not index"),
+        ("id", "BITMAP", {}, "the primary key"),
+        ("size", "NGRAM", {}, "scalar index type NGRAM"),
+        ("meta", "INVERTED", {}, "needs json_path"),
+        ("meta", "INVERTED", {"json_path": 'meta["c"]', "json_cast_type": "int"}, "json_cast_type"),
+        ("size", "INVERTED", {"nlist": 8}, "takes none"),
+        ("size", "INVERTED", {}, "at most one distinct index"),
+    ]:
+        bad = sluice.prepare_index_params()
+        bad.add_index(field_name=field, index_type=kind, index_name=f"bad_{field}", params=params)
+        sluice.release_collection(name)
+        with pytest.raises(MilvusException) as e:
+            sluice.create_index(name, bad)
+        assert why in e.value.message, (field, kind, e.value)
+    assert sorted(sluice.list_indexes(name)) == ["color", "meta_a", "meta_b", "size", "tags", "vector"]
+    sluice.load_collection(name)
+    got = sorted(r["id"] for r in sluice.query(name, filter='meta["a"] > 50 and color == "red"'))
+    assert got == sorted(r["id"] for r in data if r["size"] > 50 and r["color"] == "red")
+
+
 def test_an_hnsw_index_with_build_parameters_is_kept_and_searched(sluice, lite):
     """HNSW's M and efConstruction (as numbers or text) are taken, described back and used for
     the collection's sealed segments; searches answer as milvus-lite's."""

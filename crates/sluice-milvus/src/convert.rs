@@ -344,12 +344,12 @@ fn kept_type(entry: &Value) -> Option<MDataType> {
 }
 
 /// The declaration of Sluice field `f` if it is a Milvus ARRAY field.
-fn array_spec(f: &FieldSchema, props: &HashMap<String, String>) -> Option<ArraySpec> {
+pub(crate) fn array_spec(f: &FieldSchema, props: &HashMap<String, String>) -> Option<ArraySpec> {
     ArraySpec::from_json(kept_types(props).get(&f.name)?)
 }
 
 /// The Milvus type of Sluice field `f`.
-fn milvus_type(f: &FieldSchema, props: &HashMap<String, String>) -> MDataType {
+pub(crate) fn milvus_type(f: &FieldSchema, props: &HashMap<String, String>) -> MDataType {
     if let Some(t) = kept_types(props).get(&f.name).and_then(kept_type) {
         return t;
     }

@@ -20,6 +20,7 @@ mod convert;
 mod hybrid;
 mod properties;
 mod prune;
+mod scalar_index;
 mod service;
 mod status;
 mod template;

@@ -21,13 +21,15 @@ use tonic::{Request, Response};
 use crate::DYNAMIC_FIELD;
 use crate::convert::{
     MILVUS_DYNAMIC, PROP_CONSISTENCY, PROP_INDEX, PROP_PARTITION_KEY, PROP_RELEASED, PROP_TYPES,
-    batches_to_milvus, field_to_sluice, rows_from_milvus, schema_to_milvus, schema_to_sluice,
+    array_spec, batches_to_milvus, field_to_sluice, milvus_type, rows_from_milvus,
+    schema_to_milvus, schema_to_sluice,
 };
 use crate::hybrid::{MAX_HYBRID_SEARCHES, Ranker, Searched};
 use crate::pb::common::{self as mc, KeyValuePair, Status};
 use crate::pb::milvus::milvus_service_server::{MilvusService, MilvusServiceServer};
 use crate::pb::milvus::{self as mm};
 use crate::pb::schema::{self as ms, DataType as MDataType, FieldData, field_data, scalar_field};
+use crate::scalar_index::scalar_index;
 use crate::status::{self, Failure};
 
 type Reply<T> = Result<Response<T>, tonic::Status>;
@@ -281,6 +283,11 @@ impl Collection {
             .and_then(|c| c.parse().ok())
             .unwrap_or(mc::ConsistencyLevel::Bounded as i32)
     }
+}
+
+/// Whether the recorded index `i` is a vector index (scalar ones have no metric).
+fn is_vector_index(i: &serde_json::Map<String, Value>) -> bool {
+    i.contains_key("metric_type")
 }
 
 /// Whether the recorded index `i` is the one named `name` on `field` (empty: any).
@@ -706,6 +713,53 @@ fn index_parameters(index_type: &str) -> Option<&'static [(&'static str, u64, u6
         "IVF_PQ" => Some(&[NLIST, ("m", 1, 65_536), ("nbits", 1, 16)]),
         _ => None,
     }
+}
+
+/// The index to record for a vector index of `index_type` (upper case) with `metric_type`
+/// (COSINE when not given) and parameters `given`, each checked: `{"index_type",
+/// "metric_type", "params"}`.
+fn vector_index(
+    index_type: &str,
+    metric_type: Option<&str>,
+    given: &serde_json::Map<String, Value>,
+) -> Result<serde_json::Map<String, Value>, Failure> {
+    let Some(allowed) = index_parameters(index_type) else {
+        return Err(Failure::unsupported(format!(
+            "index type {index_type} (Sluice has AUTOINDEX, HNSW and FLAT, and answers \
+             IVF_FLAT, IVF_SQ8, IVF_PQ, SCANN and DISKANN with HNSW)"
+        )));
+    };
+    let metric_type = metric_type
+        .filter(|m| !m.is_empty())
+        .unwrap_or("COSINE")
+        .to_ascii_uppercase();
+    metric(&metric_type)?;
+    let mut params = serde_json::Map::new();
+    for (key, value) in given {
+        let Some(&(_, least, most)) = allowed.iter().find(|(k, ..)| k == key) else {
+            let takes: Vec<&str> = allowed.iter().map(|(k, ..)| *k).collect();
+            return Err(Failure::unsupported(format!(
+                "index parameter {key:?} with index type {index_type} (it takes {})",
+                if takes.is_empty() {
+                    "none".to_owned()
+                } else {
+                    takes.join(", ")
+                }
+            )));
+        };
+        let n = whole_number(key, value)?;
+        if !(least..=most).contains(&n) {
+            return Err(Failure::invalid(format!(
+                "index parameter {key} is {n}: {least} to {most}"
+            )));
+        }
+        params.insert(key.clone(), n.into());
+    }
+    let mut index = serde_json::Map::new();
+    index.insert("index_type".into(), index_type.into());
+    index.insert("metric_type".into(), metric_type.into());
+    index.insert("params".into(), Value::Object(params));
+    Ok(index)
 }
 
 /// An index parameter that must be a whole number (pymilvus sends numbers or their text).
@@ -1894,81 +1948,57 @@ impl MilvusFront {
             .iter()
             .find(|f| f.name == r.field_name)
             .ok_or_else(|| Failure::invalid(format!("field {} not exist", r.field_name)))?;
-        if DataType::try_from(field.data_type) != Ok(DataType::FloatVector) {
-            return Err(Failure::unsupported(format!(
-                "an index on scalar field {:?}",
-                field.name
-            )));
-        }
         let p = &r.extra_params;
         let index_type = param(p, "index_type")
+            .filter(|t| !t.is_empty())
             .unwrap_or("AUTOINDEX")
             .to_ascii_uppercase();
-        let Some(allowed) = index_parameters(&index_type) else {
-            return Err(Failure::unsupported(format!(
-                "index type {index_type} (Sluice has AUTOINDEX, HNSW and FLAT, and answers \
-                 IVF_FLAT, IVF_SQ8, IVF_PQ, SCANN and DISKANN with HNSW)"
-            )));
-        };
-        let metric_type = param(p, "metric_type")
-            .filter(|m| !m.is_empty())
-            .unwrap_or("COSINE")
-            .to_ascii_uppercase();
-        metric(&metric_type)?;
         let params: serde_json::Map<String, Value> = match param(p, "params") {
             Some(s) if !s.is_empty() => serde_json::from_str(s)
                 .map_err(|e| Failure::invalid(format!("index params {s:?}: {e}")))?,
             _ => serde_json::Map::new(),
         };
         // The type's parameters, at the top level or in `params` (pymilvus sends either).
-        let mut given = serde_json::Map::new();
-        for (key, value) in p
+        let given: serde_json::Map<String, Value> = p
             .iter()
-            .map(|k| (k.key.as_str(), Value::String(k.value.clone())))
-            .chain(params.iter().map(|(k, v)| (k.as_str(), v.clone())))
-        {
-            match key {
-                "index_type" | "metric_type" | "params" => {}
-                _ => {
-                    let Some(&(_, least, most)) = allowed.iter().find(|(k, ..)| *k == key) else {
-                        let takes: Vec<&str> = allowed.iter().map(|(k, ..)| *k).collect();
-                        return Err(Failure::unsupported(format!(
-                            "index parameter {key:?} with index type {index_type} (it takes {})",
-                            if takes.is_empty() {
-                                "none".to_owned()
-                            } else {
-                                takes.join(", ")
-                            }
-                        )));
-                    };
-                    let n = whole_number(key, &value)?;
-                    if !(least..=most).contains(&n) {
-                        return Err(Failure::invalid(format!(
-                            "index parameter {key} is {n}: {least} to {most}"
-                        )));
-                    }
-                    given.insert(key.to_owned(), n.into());
-                }
-            }
-        }
+            .map(|k| (k.key.clone(), Value::String(k.value.clone())))
+            .chain(params)
+            .filter(|(k, _)| !matches!(k.as_str(), "index_type" | "metric_type" | "params"))
+            .collect();
+        let mut index = if DataType::try_from(field.data_type) == Ok(DataType::FloatVector) {
+            vector_index(&index_type, param(p, "metric_type"), &given)?
+        } else {
+            scalar_index(
+                field,
+                milvus_type(field, c.props()),
+                array_spec(field, c.props()),
+                &index_type,
+                param(p, "metric_type"),
+                &given,
+            )?
+        };
+        index.insert("field".into(), field.name.clone().into());
         let name = if r.index_name.is_empty() {
             field.name.clone()
         } else {
             r.index_name.clone()
         };
         let mut indexes = c.indexes();
-        if let Some(existing) = c.index_of(&field.name) {
-            let same = existing.get("index_type").and_then(Value::as_str) == Some(&index_type)
-                && existing.get("metric_type").and_then(Value::as_str) == Some(&metric_type)
-                && existing
-                    .get("params")
-                    .and_then(Value::as_object)
-                    .map_or(given.is_empty(), |p| *p == given);
+        // One index per field (per path of a JSON field); asking again for the same one is no
+        // change.
+        let path = |i: &serde_json::Map<String, Value>| i.get("params")?.get("json_path").cloned();
+        let same_place = |i: &&serde_json::Map<String, Value>| {
+            i.get("field") == index.get("field") && path(i) == path(&index)
+        };
+        if let Some(existing) = indexes.iter().find(same_place) {
+            let same = ["index_type", "metric_type", "params"]
+                .iter()
+                .all(|k| existing.get(*k) == index.get(*k));
             if same {
                 return Ok(());
             }
             return Err(Failure::invalid(
-                "at most one distinct index per field is supported",
+                "at most one distinct index per field (per json_path of a JSON field) is supported",
             ));
         }
         if indexes
@@ -1979,28 +2009,21 @@ impl MilvusFront {
                 "an index named {name:?} exists on another field"
             )));
         }
-        let index = serde_json::json!({
-            "field": field.name,
-            "name": name,
-            "index_type": index_type,
-            "metric_type": metric_type,
-            "params": given,
-        });
-        if let Value::Object(index) = index {
-            indexes.push(index);
-        }
+        index.insert("name".into(), name.into());
+        indexes.push(index);
         self.record_indexes(&c.schema.name, &indexes).await
     }
 
     /// Records `indexes` on collection `name`, with the graph settings Sluice builds its HNSW
-    /// graphs with taken from the first (the collection-wide settings: a field indexed with
-    /// another metric is searched exactly); none: the settings go back to the node's defaults.
+    /// graphs with taken from the first vector index (the collection-wide settings: a field
+    /// indexed with another metric is searched exactly); none: the settings go back to the
+    /// node's defaults.
     async fn record_indexes(
         &self,
         name: &str,
         indexes: &[serde_json::Map<String, Value>],
     ) -> Result<(), Failure> {
-        let mut props = match indexes.first() {
+        let mut props = match indexes.iter().find(|i| is_vector_index(i)) {
             Some(first) => graph_settings(first)?.to_properties(),
             None => HashMap::new(),
         };
@@ -2045,18 +2068,26 @@ impl MilvusFront {
                         .unwrap_or_default()
                         .to_owned()
                 };
+                let mut params = vec![kv("index_type", s("index_type"))];
+                if is_vector_index(i) {
+                    params.push(kv("metric_type", s("metric_type")));
+                    params.push(kv(
+                        "params",
+                        i.get("params")
+                            .map_or_else(|| "{}".to_owned(), Value::to_string),
+                    ));
+                } else if let Some(given) = i.get("params").and_then(Value::as_object) {
+                    // A scalar index's parameters (a JSON path index's) one by one, as Milvus.
+                    params.extend(
+                        given
+                            .iter()
+                            .map(|(k, v)| kv(k, v.as_str().unwrap_or_default())),
+                    );
+                }
                 mm::IndexDescription {
                     index_name: s("name"),
                     index_id: c.info.collection_id + n as i64,
-                    params: vec![
-                        kv("index_type", s("index_type")),
-                        kv("metric_type", s("metric_type")),
-                        kv(
-                            "params",
-                            i.get("params")
-                                .map_or_else(|| "{}".to_owned(), Value::to_string),
-                        ),
-                    ],
+                    params,
                     field_name: s("field"),
                     state: mc::IndexState::Finished as i32,
                     total_rows: sealed,
@@ -3027,10 +3058,10 @@ impl MilvusService for MilvusFront {
                 .filter(|p| p.replica == 0)
                 .map(|p| (p.vchannel.as_str(), p.node_id))
                 .collect();
-            let index = c.indexes().into_iter().next();
+            let index = c.indexes().into_iter().find(is_vector_index);
             let index_name = index
                 .as_ref()
-                .and_then(|i| i.get("index_name")?.as_str().map(str::to_owned))
+                .and_then(|i| i.get("name")?.as_str().map(str::to_owned))
                 .unwrap_or_default();
             Ok::<_, Failure>(
                 listed
