@@ -840,3 +840,295 @@ pub(crate) fn column(f: &FieldSchema, batches: &[RecordBatch]) -> Result<ArrayRe
     }
     arrow_select::concat::concat(&parts).map_err(|e| Failure::unexpected(e.to_string()))
 }
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// id (INT64 key), vec (2 floats), small (INT8), tags (ARRAY of ≤ 2 VARCHARs of ≤ 3 bytes,
+    /// nullable), note (nullable VARCHAR), and a dynamic field; as Milvus describes it.
+    fn collection() -> (CollectionSchema, HashMap<String, String>) {
+        let f = |name: &str, ty: MDataType| ms::FieldSchema {
+            name: name.into(),
+            data_type: ty as i32,
+            ..Default::default()
+        };
+        let kv = |k: &str, v: &str| KeyValuePair {
+            key: k.into(),
+            value: v.into(),
+        };
+        let m = ms::CollectionSchema {
+            fields: vec![
+                ms::FieldSchema {
+                    is_primary_key: true,
+                    ..f("id", MDataType::Int64)
+                },
+                ms::FieldSchema {
+                    type_params: vec![kv("dim", "2")],
+                    ..f("vec", MDataType::FloatVector)
+                },
+                f("small", MDataType::Int8),
+                ms::FieldSchema {
+                    element_type: MDataType::VarChar as i32,
+                    type_params: vec![kv("max_capacity", "2"), kv("max_length", "3")],
+                    nullable: true,
+                    ..f("tags", MDataType::Array)
+                },
+                ms::FieldSchema {
+                    type_params: vec![kv("max_length", "4")],
+                    nullable: true,
+                    ..f("note", MDataType::VarChar)
+                },
+            ],
+            enable_dynamic_field: true,
+            ..Default::default()
+        };
+        let (mut schema, props) = schema_to_sluice(&m, "c", 1).unwrap();
+        for (i, f) in schema.fields.iter_mut().enumerate() {
+            f.field_id = i as i64 + 1;
+        }
+        sluice_types::schema::validate(&schema).unwrap();
+        (schema, props)
+    }
+
+    fn scalar_data() -> impl Strategy<Value = scalar_field::Data> {
+        let word = proptest::string::string_regex("[a-z]{0,5}").unwrap();
+        let leaf = prop_oneof![
+            prop::collection::vec(any::<bool>(), 0..4)
+                .prop_map(|data| scalar_field::Data::BoolData(ms::BoolArray { data })),
+            prop::collection::vec(-300i32..300, 0..4)
+                .prop_map(|data| scalar_field::Data::IntData(ms::IntArray { data })),
+            prop::collection::vec(any::<i64>(), 0..4)
+                .prop_map(|data| scalar_field::Data::LongData(ms::LongArray { data })),
+            prop::collection::vec(any::<f32>(), 0..4)
+                .prop_map(|data| scalar_field::Data::FloatData(ms::FloatArray { data })),
+            prop::collection::vec(word, 0..4)
+                .prop_map(|data| scalar_field::Data::StringData(ms::StringArray { data })),
+            prop::collection::vec(
+                prop_oneof![
+                    Just(b"{\"k\": 1}".to_vec()),
+                    Just(b"[1, 2]".to_vec()),
+                    Just(b"null".to_vec()),
+                    prop::collection::vec(any::<u8>(), 0..6),
+                ],
+                0..4
+            )
+            .prop_map(|data| scalar_field::Data::JsonData(ms::JsonArray { data })),
+        ];
+        leaf.prop_recursive(2, 8, 3, |inner| {
+            (
+                prop::collection::vec(prop::option::of(inner), 0..4),
+                0i32..30,
+            )
+                .prop_map(|(rows, element_type)| {
+                    scalar_field::Data::ArrayData(ms::ArrayArray {
+                        data: rows.into_iter().map(|data| ScalarField { data }).collect(),
+                        element_type,
+                    })
+                })
+        })
+    }
+
+    fn column_named(name: &'static str) -> impl Strategy<Value = FieldData> {
+        let field = prop_oneof![
+            scalar_data().prop_map(|d| field_data::Field::Scalars(ScalarField { data: Some(d) })),
+            (0i64..4, prop::collection::vec(-2.0f32..2.0, 0..9)).prop_map(|(dim, data)| {
+                field_data::Field::Vectors(VectorField {
+                    dim,
+                    data: Some(vector_field::Data::FloatVector(ms::FloatArray { data })),
+                })
+            }),
+        ];
+        (
+            prop::option::of(field),
+            prop::collection::vec(any::<bool>(), 0..5),
+        )
+            .prop_map(move |(field, valid_data)| FieldData {
+                field_name: name.into(),
+                is_dynamic: name == "$meta",
+                field,
+                valid_data,
+                ..Default::default()
+            })
+    }
+
+    /// A column of `n` rows for field `name` as a client that follows the schema sends it,
+    /// with values near or past the declarations' edges.
+    fn good_column(name: &'static str, n: usize) -> BoxedStrategy<FieldData> {
+        let scalars =
+            |d: scalar_field::Data| Some(field_data::Field::Scalars(ScalarField { data: Some(d) }));
+        let word = || proptest::string::string_regex("[a-z]{0,4}").unwrap();
+        let data = match name {
+            "id" => prop::collection::vec(any::<i64>(), n)
+                .prop_map(move |data| scalars(scalar_field::Data::LongData(ms::LongArray { data })))
+                .boxed(),
+            "vec" => prop::collection::vec(-2.0f32..2.0, 2 * n)
+                .prop_map(|data| {
+                    Some(field_data::Field::Vectors(VectorField {
+                        dim: 2,
+                        data: Some(vector_field::Data::FloatVector(ms::FloatArray { data })),
+                    }))
+                })
+                .boxed(),
+            "small" => prop::collection::vec(-130i32..130, n)
+                .prop_map(move |data| scalars(scalar_field::Data::IntData(ms::IntArray { data })))
+                .boxed(),
+            "tags" => prop::collection::vec(prop::collection::vec(word(), 0..4), n)
+                .prop_map(move |rows| {
+                    scalars(scalar_field::Data::ArrayData(ms::ArrayArray {
+                        data: rows
+                            .into_iter()
+                            .map(|data| ScalarField {
+                                data: Some(scalar_field::Data::StringData(ms::StringArray {
+                                    data,
+                                })),
+                            })
+                            .collect(),
+                        element_type: MDataType::VarChar as i32,
+                    }))
+                })
+                .boxed(),
+            "note" => prop::collection::vec(word(), n)
+                .prop_map(move |data| {
+                    scalars(scalar_field::Data::StringData(ms::StringArray { data }))
+                })
+                .boxed(),
+            _ => prop::collection::vec(prop::sample::select(vec!["{\"k\": 1}", "{}", "[1]"]), n)
+                .prop_map(move |rows| {
+                    scalars(scalar_field::Data::JsonData(ms::JsonArray {
+                        data: rows.into_iter().map(|r| r.as_bytes().to_vec()).collect(),
+                    }))
+                })
+                .boxed(),
+        };
+        let nullable = matches!(name, "tags" | "note");
+        (
+            data,
+            prop::collection::vec(any::<bool>(), if nullable { 0..=n } else { 0..=0 }),
+        )
+            .prop_map(move |(field, valid_data)| FieldData {
+                field_name: name.into(),
+                is_dynamic: name == "$meta",
+                field,
+                valid_data: if valid_data.len() == n {
+                    valid_data
+                } else {
+                    Vec::new()
+                },
+                ..Default::default()
+            })
+            .boxed()
+    }
+
+    /// Columns for some of the fields (and one no schema has), mostly as a client following the
+    /// schema sends them, now and then anything at all.
+    fn columns() -> impl Strategy<Value = Vec<FieldData>> {
+        const NAMES: [&str; 7] = ["id", "vec", "small", "tags", "note", "$meta", "x"];
+        (1usize..4).prop_flat_map(|n| {
+            let each: Vec<_> = NAMES
+                .iter()
+                .map(|&name| {
+                    let column =
+                        prop_oneof![4 => good_column(name, n), 1 => column_named(name).boxed()];
+                    let present = if name == "x" { 0.1 } else { 0.9 };
+                    prop::option::weighted(present, column)
+                })
+                .collect();
+            each.prop_map(|cols| cols.into_iter().flatten().collect::<Vec<_>>())
+        })
+    }
+
+    #[test]
+    fn rows_following_the_declarations_read_back_as_written() {
+        let (schema, props) = collection();
+        let scalars = |d| Some(field_data::Field::Scalars(ScalarField { data: Some(d) }));
+        let column = |name: &str, field| FieldData {
+            field_name: name.into(),
+            field,
+            ..Default::default()
+        };
+        let strings = |w: &[&str]| ScalarField {
+            data: Some(scalar_field::Data::StringData(ms::StringArray {
+                data: w.iter().map(|s| (*s).to_owned()).collect(),
+            })),
+        };
+        let columns = vec![
+            column(
+                "id",
+                scalars(scalar_field::Data::LongData(ms::LongArray {
+                    data: vec![7, 8],
+                })),
+            ),
+            column(
+                "vec",
+                Some(field_data::Field::Vectors(VectorField {
+                    dim: 2,
+                    data: Some(vector_field::Data::FloatVector(ms::FloatArray {
+                        data: vec![0.5, 1.0, -1.0, 0.0],
+                    })),
+                })),
+            ),
+            column(
+                "small",
+                scalars(scalar_field::Data::IntData(ms::IntArray {
+                    data: vec![-128, 127],
+                })),
+            ),
+            // Only the valid row's array, as pymilvus sends a nullable column.
+            FieldData {
+                valid_data: vec![false, true],
+                ..column(
+                    "tags",
+                    scalars(scalar_field::Data::ArrayData(ms::ArrayArray {
+                        data: vec![strings(&["abc", ""])],
+                        element_type: MDataType::VarChar as i32,
+                    })),
+                )
+            },
+        ];
+        let batch = rows_from_milvus(&schema, &props, &columns, 2).unwrap();
+        let names = ["small".to_owned(), "tags".to_owned()];
+        let out = batches_to_milvus(&schema, &props, &[batch], &names).unwrap();
+        assert_eq!(out[0].r#type, MDataType::Int8 as i32);
+        assert_eq!(
+            column_values(&out[0]).unwrap(),
+            [Value::from(-128), Value::from(127)]
+        );
+        assert_eq!(out[1].r#type, MDataType::Array as i32);
+        assert_eq!(out[1].valid_data, [false, true]);
+        assert_eq!(
+            column_values(&out[1]).unwrap(),
+            [Value::Null, serde_json::json!(["abc", ""])]
+        );
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        /// Whatever columns a client sends, an insert is refused with a reason or gives rows
+        /// that hold to the schema and the Milvus declarations, and read back as Milvus columns.
+        #[test]
+        fn any_columns_are_refused_or_rows_that_keep_the_declarations(
+            columns in columns(),
+            num_rows in 0u32..4,
+        ) {
+            let (schema, props) = collection();
+            let Ok(batch) = rows_from_milvus(&schema, &props, &columns, num_rows) else {
+                return Ok(());
+            };
+            let names: Vec<String> = schema.fields.iter().map(|f| f.name.clone()).collect();
+            let out = batches_to_milvus(&schema, &props, std::slice::from_ref(&batch), &names)
+                .expect("stored rows read back");
+            let spec = array_spec(&schema.fields[3], &props).unwrap();
+            let small = column_values(&out[2]).unwrap();
+            let tags = column_values(&out[3]).unwrap();
+            prop_assert_eq!(small.len(), batch.num_rows());
+            for (row, (s, t)) in small.iter().zip(&tags).enumerate() {
+                prop_assert!(s.as_i64().is_some_and(|x| fits(MDataType::Int8, x)), "{s}");
+                prop_assert!(spec.check("tags", row, t).is_ok(), "{t}");
+            }
+        }
+    }
+}
