@@ -326,6 +326,74 @@ def test_upsert_replaces_rows(sluice, lite):
     assert s == l == ([(5, "black", 1000)], 20)
 
 
+def test_a_partial_upsert_keeps_the_fields_it_leaves_out(sluice, lite):
+    """upsert(partial_update=True): a row with a stored key keeps the fields (and dynamic keys)
+    the update leaves out, sealed or growing; a new key is a new row; a field given as None
+    becomes null; a new row missing a required field is refused."""
+
+    def f(c):
+        name = "d_partial"
+        drop_if_exists(c, name)
+        schema = c.create_schema(auto_id=False, enable_dynamic_field=True)
+        schema.add_field("id", DataType.INT64, is_primary=True)
+        schema.add_field("vector", DataType.FLOAT_VECTOR, dim=DIM)
+        schema.add_field("title", DataType.VARCHAR, max_length=16)
+        schema.add_field("n", DataType.INT64, nullable=True)
+        schema.add_field("tags", DataType.ARRAY, element_type=DataType.INT64, max_capacity=4)
+        index = c.prepare_index_params()
+        index.add_index(field_name="vector", index_type="FLAT", metric_type="L2")
+        c.create_collection(name, schema=schema, index_params=index)
+        c.insert(
+            name,
+            [
+                {"id": i, "vector": [i / 10] * DIM, "title": f"t{i}", "n": i, "tags": [i], "color": "red", "k": i}
+                for i in range(6)
+            ],
+        )
+        c.flush(name)
+        c.insert(name, [{"id": 6, "vector": [0.6] * DIM, "title": "t6", "n": 6, "tags": [6], "color": "red"}])
+        # pymilvus sends one set of fields per call.
+        for row in [
+            {"id": 1, "title": "new1"},
+            {"id": 2, "n": None, "color": "blue"},
+            {"id": 6, "tags": [1, 2, 3]},
+            {"id": 9, "vector": [0.9] * DIM, "title": "t9", "tags": []},
+        ]:
+            c.upsert(name, [row], partial_update=True)
+        refused = "ok"
+        try:
+            c.upsert(name, [{"id": 10, "title": "no vector"}], partial_update=True)
+        except MilvusException:
+            refused = "refused"
+        got = c.query(
+            name,
+            filter="id in [0, 1, 2, 6, 9, 10]",
+            output_fields=["title", "n", "tags", "color", "k", "vector"],
+            consistency_level="Strong",
+        )
+        count = c.query(name, filter="", output_fields=["count(*)"], consistency_level="Strong")
+        return (
+            sorted(
+                (r["id"], r["title"], r["n"], r["tags"], r.get("color"), r.get("k"), [round(x, 4) for x in r["vector"]])
+                for r in got
+            ),
+            count[0]["count(*)"],
+            refused,
+        )
+
+    s, l = both(sluice, lite, f)
+    v = lambda x: [x] * DIM
+    assert s[0] == [
+        (0, "t0", 0, [0], "red", 0, v(0.0)),
+        (1, "new1", 1, [1], "red", 1, v(0.1)),
+        (2, "t2", None, [2], "blue", 2, v(0.2)),
+        (6, "t6", 6, [1, 2, 3], "red", None, v(0.6)),
+        (9, "t9", None, [], None, None, v(0.9)),
+    ], s
+    assert s[1:] == (8, "refused"), s
+    assert s == l, (s, l)
+
+
 def test_an_explicit_schema_with_varchar_and_float_fields(sluice, lite):
     def f(c):
         name = "d_schema"

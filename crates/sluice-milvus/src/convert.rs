@@ -564,6 +564,22 @@ pub(crate) fn rows_from_milvus(
     columns: &[FieldData],
     num_rows: u32,
 ) -> Result<RecordBatch, Failure> {
+    let rows = json_rows_from_milvus(schema, props, columns, num_rows)?;
+    batch_of_rows(schema, props, rows)
+}
+
+/// A row as JSON: Sluice field name → value (the dynamic field's object under
+/// [`DYNAMIC_FIELD`]).
+pub(crate) type JsonRow = serde_json::Map<String, Value>;
+
+/// [`rows_from_milvus`]'s rows before default values: a row has a key for each field a column
+/// was given for.
+pub(crate) fn json_rows_from_milvus(
+    schema: &CollectionSchema,
+    props: &HashMap<String, String>,
+    columns: &[FieldData],
+    num_rows: u32,
+) -> Result<Vec<JsonRow>, Failure> {
     let kept = kept_types(props);
     let n = columns.iter().map(column_len).max().unwrap_or(0);
     if n == 0 {
@@ -621,6 +637,16 @@ pub(crate) fn rows_from_milvus(
             row.insert(target.clone(), v);
         }
     }
+    Ok(rows)
+}
+
+/// `rows` as a batch of `schema`'s rows, fields with a default value ([`PROP_DEFAULTS`]) given
+/// it where a row has none.
+pub(crate) fn batch_of_rows(
+    schema: &CollectionSchema,
+    props: &HashMap<String, String>,
+    mut rows: Vec<JsonRow>,
+) -> Result<RecordBatch, Failure> {
     // A field with a default value: rows without a value for it get the default.
     for (field, default) in &defaults(props) {
         for row in &mut rows {
@@ -632,6 +658,33 @@ pub(crate) fn rows_from_milvus(
     let rows: Vec<Value> = rows.into_iter().map(Value::Object).collect();
     sluice_storage::rows::batch_from_json(schema, &rows)
         .map_err(|e| Failure::invalid(e.to_string()))
+}
+
+/// The rows of `batches` as JSON (every field of `schema` the batches hold), values as Milvus
+/// would answer them and [`json_rows_from_milvus`] would take them back.
+pub(crate) fn json_rows_of(
+    schema: &CollectionSchema,
+    props: &HashMap<String, String>,
+    batches: &[RecordBatch],
+) -> Result<Vec<JsonRow>, Failure> {
+    let n = batches.iter().map(RecordBatch::num_rows).sum();
+    let mut rows = vec![JsonRow::new(); n];
+    let names: Vec<String> = schema.fields.iter().map(|f| f.name.clone()).collect();
+    let columns = batches_to_milvus(schema, props, batches, &names)?;
+    for (f, column) in schema.fields.iter().zip(columns) {
+        let values = column_values(&column)?;
+        if values.len() != n {
+            return Err(Failure::unexpected(format!(
+                "field {:?}: {} values for {n} rows",
+                f.name,
+                values.len()
+            )));
+        }
+        for (row, v) in rows.iter_mut().zip(values) {
+            row.insert(f.name.clone(), v);
+        }
+    }
+    Ok(rows)
 }
 
 /// Checks the values of field `name`, kept as another type than its Milvus one (its

@@ -20,9 +20,10 @@ use tonic::{Request, Response};
 
 use crate::DYNAMIC_FIELD;
 use crate::convert::{
-    MILVUS_DYNAMIC, PROP_CONSISTENCY, PROP_INDEX, PROP_PARTITION_KEY, PROP_RELEASED, PROP_TYPES,
-    array_spec, batches_to_milvus, field_to_sluice, milvus_type, rows_from_milvus,
-    schema_to_milvus, schema_to_sluice,
+    JsonRow, MILVUS_DYNAMIC, PROP_CONSISTENCY, PROP_INDEX, PROP_PARTITION_KEY, PROP_RELEASED,
+    PROP_TYPES, array_spec, batch_of_rows, batches_to_milvus, field_to_sluice,
+    json_rows_from_milvus, json_rows_of, milvus_type, rows_from_milvus, schema_to_milvus,
+    schema_to_sluice,
 };
 use crate::hybrid::{MAX_HYBRID_SEARCHES, Ranker, Searched};
 use crate::pb::common::{self as mc, KeyValuePair, Status};
@@ -33,6 +34,17 @@ use crate::scalar_index::scalar_index;
 use crate::status::{self, Failure};
 
 type Reply<T> = Result<Response<T>, tonic::Status>;
+
+/// What a write of rows does with rows of the same primary keys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Write {
+    /// Adds the rows.
+    Insert,
+    /// Replaces them.
+    Upsert,
+    /// Replaces them, keeping their values of the fields the request leaves out.
+    PartialUpsert,
+}
 
 /// The Milvus front: answers Milvus calls with Sluice's coordinator (catalog, timestamps), its
 /// client (appends) and its query service.
@@ -1342,14 +1354,20 @@ impl MilvusFront {
         partition: &str,
         columns: &[FieldData],
         num_rows: u32,
-        upsert: bool,
+        write: Write,
     ) -> Result<mm::MutationResult, Failure> {
         let c = self.collection(name).await?;
         c.no_named_partitions(&[partition.to_owned()])?;
         let partition_id = c.partition(partition)?;
-        let generated = self.auto_ids(&c, columns).await?;
-        let columns: Vec<FieldData> = columns.iter().cloned().chain(generated).collect();
-        let batch = rows_from_milvus(&c.schema, c.props(), &columns, num_rows)?;
+        let batch = match write {
+            Write::PartialUpsert => self.partial_rows(&c, columns, num_rows).await?,
+            Write::Insert | Write::Upsert => {
+                let generated = self.auto_ids(&c, columns).await?;
+                let columns: Vec<FieldData> = columns.iter().cloned().chain(generated).collect();
+                rows_from_milvus(&c.schema, c.props(), &columns, num_rows)?
+            }
+        };
+        let upsert = write != Write::Insert;
         let pk = c.pk()?.name.clone();
         let keys = batch
             .column_by_name(&pk)
@@ -1411,6 +1429,86 @@ impl MilvusFront {
 
     /// The primary key column of an auto-id collection's rows, from the coordinator's id
     /// allocator (none when the collection has no auto id or the rows carry keys).
+    /// The rows of a partial update (Milvus's upsert with `partial_update`): each row names its
+    /// primary key; a row whose key has a row takes that row's values for the fields the
+    /// request leaves out (and its dynamic keys the request does not give), a row whose key has
+    /// none is a new row (fields left out are null or their default). The rows read are those
+    /// a STRONG read sees; two partial updates of one key at once may each miss the other's.
+    async fn partial_rows(
+        &self,
+        c: &Collection,
+        columns: &[FieldData],
+        num_rows: u32,
+    ) -> Result<RecordBatch, Failure> {
+        let pk = c.pk()?;
+        let mut rows = json_rows_from_milvus(&c.schema, c.props(), columns, num_rows)?;
+        let keys: Vec<&Value> = rows
+            .iter()
+            .map(|r| r.get(&pk.name).filter(|k| !k.is_null()))
+            .collect::<Option<_>>()
+            .ok_or_else(|| {
+                Failure::invalid(format!(
+                    "a partial update names the primary key {:?} of every row",
+                    pk.name
+                ))
+            })?;
+        let keys = if DataType::try_from(pk.data_type) == Ok(DataType::Varchar) {
+            v1::primary_keys::Keys::StrKeys(v1::StringList {
+                values: keys
+                    .iter()
+                    .map(|k| k.as_str().map(str::to_owned))
+                    .collect::<Option<_>>()
+                    .ok_or_else(|| Failure::invalid("a VARCHAR primary key is a string"))?,
+            })
+        } else {
+            v1::primary_keys::Keys::IntKeys(v1::Int64List {
+                values: keys
+                    .iter()
+                    .map(|k| k.as_i64())
+                    .collect::<Option<_>>()
+                    .ok_or_else(|| Failure::invalid("an INT64 primary key is an integer"))?,
+            })
+        };
+        let resp = self
+            .query
+            .get(v1::GetRequest {
+                collection: c.schema.name.clone(),
+                keys: Some(v1::PrimaryKeys { keys: Some(keys) }),
+                output_fields: c.schema.fields.iter().map(|f| f.name.clone()).collect(),
+                read: Some(v1::ReadOptions {
+                    consistency: v1::ConsistencyLevel::Strong as i32,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| Failure::from_client(&e, &c.schema.name))?;
+        let stored = json_rows_of(&c.schema, c.props(), &decode_rows(&resp.rows)?)?;
+        let stored: HashMap<String, JsonRow> = stored
+            .into_iter()
+            .filter_map(|r| Some((r.get(&pk.name)?.to_string(), r)))
+            .collect();
+        for row in &mut rows {
+            let Some(old) = row.get(&pk.name).and_then(|k| stored.get(&k.to_string())) else {
+                continue;
+            };
+            for (field, value) in old {
+                match (row.get_mut(field), value) {
+                    (None, _) => {
+                        row.insert(field.clone(), value.clone());
+                    }
+                    (Some(Value::Object(given)), Value::Object(kept)) if field == DYNAMIC_FIELD => {
+                        for (k, v) in kept {
+                            given.entry(k.clone()).or_insert_with(|| v.clone());
+                        }
+                    }
+                    (Some(_), _) => {}
+                }
+            }
+        }
+        batch_of_rows(&c.schema, c.props(), rows)
+    }
+
     async fn auto_ids(
         &self,
         c: &Collection,
@@ -2653,7 +2751,7 @@ impl MilvusService for MilvusFront {
                 &r.partition_name,
                 &r.fields_data,
                 r.num_rows,
-                false,
+                Write::Insert,
             )
             .await,
         )))
@@ -2661,18 +2759,26 @@ impl MilvusService for MilvusFront {
 
     async fn upsert(&self, r: Request<mm::UpsertRequest>) -> Reply<mm::MutationResult> {
         let r = r.into_inner();
-        if r.partial_update || !r.field_ops.is_empty() {
+        if r.field_ops
+            .iter()
+            .any(|op| op.op != ms::field_partial_update_op::OpType::Replace as i32)
+        {
             return Ok(Response::new(mutation(Err(Failure::unsupported(
-                "partial updates",
+                "ARRAY_APPEND and ARRAY_REMOVE field operations",
             )))));
         }
+        let write = if r.partial_update {
+            Write::PartialUpsert
+        } else {
+            Write::Upsert
+        };
         Ok(Response::new(mutation(
             self.do_insert(
                 &r.collection_name,
                 &r.partition_name,
                 &r.fields_data,
                 r.num_rows,
-                true,
+                write,
             )
             .await,
         )))
