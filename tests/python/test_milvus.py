@@ -394,6 +394,49 @@ def test_a_partial_upsert_keeps_the_fields_it_leaves_out(sluice, lite):
     assert s == l, (s, l)
 
 
+def test_partial_upserts_append_to_and_remove_from_arrays(sluice):
+    """field_ops ARRAY_APPEND / ARRAY_REMOVE in a partial upsert: elements appended to the
+    stored array or every equal one removed; the result keeps max_capacity. (milvus-lite
+    3.2.2 takes the operations as REPLACE, so Sluice is checked on its own.)"""
+
+    def f(c):
+        name = "d_array_ops"
+        array_collection(c, name)
+        c.insert(name, array_rows(6))
+        c.flush(name)
+        c.upsert(name, [{"id": 3, "nums": [30, 31]}], partial_update=True, field_ops={"nums": "array_append"})
+        c.upsert(name, [{"id": 4, "nums": [4, 99]}], partial_update=True, field_ops={"nums": "array_remove"})
+        c.upsert(name, [{"id": 5, "tags": ["cyan"]}], partial_update=True, field_ops={"tags": "array_append"})
+        refused = "ok"
+        try:
+            c.upsert(name, [{"id": 3, "nums": [1, 2, 3]}], partial_update=True, field_ops={"nums": "array_append"})
+        except MilvusException:
+            refused = "refused"
+        got = c.query(name, filter="id >= 3", output_fields=["nums", "tags"], consistency_level="Strong")
+        return sorted((r["id"], r["nums"], r["tags"]) for r in got), refused
+
+    s = f(sluice)
+    stored = {r["id"]: r for r in array_rows(6)}
+    assert s[0] == [
+        (3, stored[3]["nums"] + [30, 31], stored[3]["tags"]),
+        (4, [x for x in stored[4]["nums"] if x not in (4, 99)], stored[4]["tags"]),
+        (5, stored[5]["nums"], stored[5]["tags"] + ["cyan"]),
+    ], s
+    assert s[1] == "refused", s
+    with pytest.raises(MilvusException) as e:
+        sluice.upsert(
+            "d_array_ops",
+            [{"id": 3, "vector": [0.5] * DIM}],
+            partial_update=True,
+            field_ops={"vector": "array_append"},
+        )
+    assert "apply to ARRAY fields" in e.value.message, e.value
+    # An array operation alone makes the upsert a partial one.
+    sluice.upsert("d_array_ops", [{"id": 3, "nums": [7]}], field_ops={"nums": "array_remove"})
+    got = sluice.query("d_array_ops", filter="id == 3", output_fields=["nums", "tags"], consistency_level="Strong")
+    assert [(r["nums"], r["tags"]) for r in got] == [([3, 30, 31], stored[3]["tags"])], got
+
+
 def test_an_explicit_schema_with_varchar_and_float_fields(sluice, lite):
     def f(c):
         name = "d_schema"

@@ -687,6 +687,19 @@ pub(crate) fn json_rows_of(
     Ok(rows)
 }
 
+/// Checks values of field `name` against its Milvus type where Sluice keeps it as another
+/// ([`check_kept`]); other fields' values need no check here.
+pub(crate) fn check_values(
+    props: &HashMap<String, String>,
+    name: &str,
+    values: &[Value],
+) -> Result<(), Failure> {
+    match kept_types(props).get(name) {
+        Some(entry) => check_kept(name, entry, values),
+        None => Ok(()),
+    }
+}
+
 /// Checks the values of field `name`, kept as another type than its Milvus one (its
 /// [`PROP_TYPES`] `entry`), against the Milvus type: INT8 and INT16 values within their width,
 /// ARRAY values as [`ArraySpec::check`] says.

@@ -21,7 +21,7 @@ use tonic::{Request, Response};
 use crate::DYNAMIC_FIELD;
 use crate::convert::{
     JsonRow, MILVUS_DYNAMIC, PROP_CONSISTENCY, PROP_INDEX, PROP_PARTITION_KEY, PROP_RELEASED,
-    PROP_TYPES, array_spec, batch_of_rows, batches_to_milvus, field_to_sluice,
+    PROP_TYPES, array_spec, batch_of_rows, batches_to_milvus, check_values, field_to_sluice,
     json_rows_from_milvus, json_rows_of, milvus_type, rows_from_milvus, schema_to_milvus,
     schema_to_sluice,
 };
@@ -36,14 +36,22 @@ use crate::status::{self, Failure};
 type Reply<T> = Result<Response<T>, tonic::Status>;
 
 /// What a write of rows does with rows of the same primary keys.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Write {
+#[derive(Debug, Clone, Copy)]
+enum Write<'a> {
     /// Adds the rows.
     Insert,
     /// Replaces them.
     Upsert,
-    /// Replaces them, keeping their values of the fields the request leaves out.
-    PartialUpsert,
+    /// Replaces them, keeping their values of the fields the request leaves out, and applying
+    /// the array operations to the fields they name.
+    PartialUpsert(&'a HashMap<String, ArrayOp>),
+}
+
+/// A partial update's operation on an ARRAY field (Milvus's `FieldPartialUpdateOp`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ArrayOp {
+    Append,
+    Remove,
 }
 
 /// The Milvus front: answers Milvus calls with Sluice's coordinator (catalog, timestamps), its
@@ -1354,20 +1362,20 @@ impl MilvusFront {
         partition: &str,
         columns: &[FieldData],
         num_rows: u32,
-        write: Write,
+        write: Write<'_>,
     ) -> Result<mm::MutationResult, Failure> {
         let c = self.collection(name).await?;
         c.no_named_partitions(&[partition.to_owned()])?;
         let partition_id = c.partition(partition)?;
         let batch = match write {
-            Write::PartialUpsert => self.partial_rows(&c, columns, num_rows).await?,
+            Write::PartialUpsert(ops) => self.partial_rows(&c, columns, num_rows, ops).await?,
             Write::Insert | Write::Upsert => {
                 let generated = self.auto_ids(&c, columns).await?;
                 let columns: Vec<FieldData> = columns.iter().cloned().chain(generated).collect();
                 rows_from_milvus(&c.schema, c.props(), &columns, num_rows)?
             }
         };
-        let upsert = write != Write::Insert;
+        let upsert = !matches!(write, Write::Insert);
         let pk = c.pk()?.name.clone();
         let keys = batch
             .column_by_name(&pk)
@@ -1434,14 +1442,36 @@ impl MilvusFront {
     /// request leaves out (and its dynamic keys the request does not give), a row whose key has
     /// none is a new row (fields left out are null or their default). The rows read are those
     /// a STRONG read sees; two partial updates of one key at once may each miss the other's.
+    ///
+    /// `ops` name ARRAY fields whose given elements are appended to the stored array
+    /// (ARRAY_APPEND) or removed from it, every equal element (ARRAY_REMOVE); the result keeps
+    /// the field's declaration.
     async fn partial_rows(
         &self,
         c: &Collection,
         columns: &[FieldData],
         num_rows: u32,
+        ops: &HashMap<String, ArrayOp>,
     ) -> Result<RecordBatch, Failure> {
         let pk = c.pk()?;
         let mut rows = json_rows_from_milvus(&c.schema, c.props(), columns, num_rows)?;
+        for field in ops.keys() {
+            let f = c.schema.fields.iter().find(|f| &f.name == field);
+            if f.and_then(|f| array_spec(f, c.props())).is_none() {
+                return Err(Failure::invalid(format!(
+                    "field operation on {field:?}: ARRAY_APPEND and ARRAY_REMOVE apply to ARRAY \
+                     fields"
+                )));
+            }
+            if rows
+                .iter()
+                .any(|r| !r.get(field).is_some_and(Value::is_array))
+            {
+                return Err(Failure::invalid(format!(
+                    "field operation on {field:?}: every row gives the elements to add or remove"
+                )));
+            }
+        }
         let keys: Vec<&Value> = rows
             .iter()
             .map(|r| r.get(&pk.name).filter(|k| !k.is_null()))
@@ -1489,7 +1519,21 @@ impl MilvusFront {
             .filter_map(|r| Some((r.get(&pk.name)?.to_string(), r)))
             .collect();
         for row in &mut rows {
-            let Some(old) = row.get(&pk.name).and_then(|k| stored.get(&k.to_string())) else {
+            let old = row.get(&pk.name).and_then(|k| stored.get(&k.to_string()));
+            for (field, op) in ops {
+                let kept = old
+                    .and_then(|o| o.get(field)?.as_array().cloned())
+                    .unwrap_or_default();
+                if let Some(Value::Array(given)) = row.get_mut(field) {
+                    *given = match op {
+                        ArrayOp::Append => kept.into_iter().chain(given.drain(..)).collect(),
+                        ArrayOp::Remove => {
+                            kept.into_iter().filter(|v| !given.contains(v)).collect()
+                        }
+                    };
+                }
+            }
+            let Some(old) = old else {
                 continue;
             };
             for (field, value) in old {
@@ -1505,6 +1549,10 @@ impl MilvusFront {
                     (Some(_), _) => {}
                 }
             }
+        }
+        for field in ops.keys() {
+            let values: Vec<Value> = rows.iter().map(|r| r[field].clone()).collect();
+            check_values(c.props(), field, &values)?;
         }
         batch_of_rows(&c.schema, c.props(), rows)
     }
@@ -2758,17 +2806,31 @@ impl MilvusService for MilvusFront {
     }
 
     async fn upsert(&self, r: Request<mm::UpsertRequest>) -> Reply<mm::MutationResult> {
+        use ms::field_partial_update_op::OpType;
         let r = r.into_inner();
-        if r.field_ops
-            .iter()
-            .any(|op| op.op != ms::field_partial_update_op::OpType::Replace as i32)
-        {
-            return Ok(Response::new(mutation(Err(Failure::unsupported(
-                "ARRAY_APPEND and ARRAY_REMOVE field operations",
-            )))));
+        let mut ops = HashMap::new();
+        for op in &r.field_ops {
+            let array_op = match OpType::try_from(op.op) {
+                Ok(OpType::Replace) => continue,
+                Ok(OpType::ArrayAppend) => ArrayOp::Append,
+                Ok(OpType::ArrayRemove) => ArrayOp::Remove,
+                Err(_) => {
+                    return Ok(Response::new(mutation(Err(Failure::invalid(format!(
+                        "field operation {} on {:?} is not one Milvus has",
+                        op.op, op.field_name
+                    ))))));
+                }
+            };
+            if ops.insert(op.field_name.clone(), array_op).is_some() {
+                return Ok(Response::new(mutation(Err(Failure::invalid(format!(
+                    "field {:?}: one ARRAY_APPEND or ARRAY_REMOVE per field",
+                    op.field_name
+                ))))));
+            }
         }
-        let write = if r.partial_update {
-            Write::PartialUpsert
+        // An array operation makes the upsert a partial one (as pymilvus makes it).
+        let write = if r.partial_update || !ops.is_empty() {
+            Write::PartialUpsert(&ops)
         } else {
             Write::Upsert
         };
