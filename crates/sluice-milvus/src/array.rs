@@ -8,7 +8,7 @@
 
 use serde_json::Value;
 
-use crate::convert::param;
+use crate::convert::{is_plain_scalar, param};
 use crate::pb::common::KeyValuePair;
 use crate::pb::schema::{self as ms, DataType as MDataType, ScalarField, scalar_field};
 use crate::status::Failure;
@@ -34,17 +34,7 @@ impl ArraySpec {
     pub(crate) fn of(f: &ms::FieldSchema) -> Result<ArraySpec, Failure> {
         let name = &f.name;
         let element = MDataType::try_from(f.element_type).unwrap_or(MDataType::None);
-        if !matches!(
-            element,
-            MDataType::Bool
-                | MDataType::Int8
-                | MDataType::Int16
-                | MDataType::Int32
-                | MDataType::Int64
-                | MDataType::Float
-                | MDataType::Double
-                | MDataType::VarChar
-        ) {
+        if !is_plain_scalar(element) {
             return Err(Failure::invalid(format!(
                 "ARRAY field {name:?}: element type {} is not one an array holds (BOOL, INT8, \
                  INT16, INT32, INT64, FLOAT, DOUBLE, VARCHAR)",

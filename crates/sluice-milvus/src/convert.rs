@@ -248,17 +248,7 @@ pub(crate) fn default_of(
         {
             Value::from(v.clone())
         }
-        (
-            MDataType::Bool
-            | MDataType::Int8
-            | MDataType::Int16
-            | MDataType::Int32
-            | MDataType::Int64
-            | MDataType::Float
-            | MDataType::Double
-            | MDataType::VarChar,
-            _,
-        ) => return Err(wrong()),
+        (t, _) if is_plain_scalar(t) => return Err(wrong()),
         _ => {
             return Err(Failure::unsupported(format!(
                 "a default value for field {:?} of type {}",
@@ -268,6 +258,22 @@ pub(crate) fn default_of(
         }
     };
     Ok(Some(value))
+}
+
+/// Whether `t` is one of Milvus's plain scalar types: BOOL, the integers, FLOAT, DOUBLE and
+/// VARCHAR (what a default value or an ARRAY element may be).
+pub(crate) fn is_plain_scalar(t: MDataType) -> bool {
+    matches!(
+        t,
+        MDataType::Bool
+            | MDataType::Int8
+            | MDataType::Int16
+            | MDataType::Int32
+            | MDataType::Int64
+            | MDataType::Float
+            | MDataType::Double
+            | MDataType::VarChar
+    )
 }
 
 /// The default value kept for field `name` (see [`PROP_DEFAULTS`]) as Milvus's.
