@@ -25,7 +25,11 @@ RPCS = {
     "CreateCollection": "A collection from a serialized schema.CollectionSchema: fields map onto "
     "Sluice's types (FLOAT16_VECTOR and BFLOAT16_VECTOR are kept as 32-bit floats; inserts, "
     "query vectors and answers use their 16-bit form); the dynamic field is a JSON field; "
-    "shards_num shards (0 = 1). A field's "
+    "shards_num shards (0 = 1). An ARRAY field (element type BOOL, an integer, FLOAT, DOUBLE or "
+    "VARCHAR; max_capacity 1-4096; max_length for VARCHAR elements) is kept as a JSON array, "
+    "checked against its declaration on every write and answered as a typed ArrayArray; filters "
+    "take array_contains, array_contains_any, array_contains_all, array_length and field[i]. "
+    "A field's "
     "default_value (BOOL, integers, FLOAT, DOUBLE, VARCHAR) fills inserts that leave it out or "
     "give null. A partition key field (is_partition_key: INT64 or VARCHAR, not nullable) gives "
     "the collection num_partitions partitions (0: 16; at most 1024) named _default_0 … whose "
@@ -47,13 +51,16 @@ RPCS = {
     "CreateIndex": "Records an index on the vector field, metric L2, IP or COSINE: AUTOINDEX, "
     "HNSW (M, efConstruction) or FLAT; IVF_FLAT, IVF_SQ8, IVF_PQ, SCANN and DISKANN are accepted "
     "with their parameters checked and answered with HNSW (Sluice builds HNSW graphs over sealed "
-    "segments; growing rows are searched exactly). Any other index type or a bad parameter is "
-    "an error.",
+    "segments; growing rows are searched exactly). On a scalar field: INVERTED or AUTOINDEX (any "
+    "scalar), STL_SORT (numbers), Trie (VARCHAR), BITMAP (BOOL, integers, VARCHAR and their "
+    "ARRAYs; not the primary key), or on a JSON field INVERTED with json_path and json_cast_type "
+    "(one per path); checked and recorded, they change no answer (filters are evaluated over "
+    "each segment's rows). Any other index type or a bad parameter is an error.",
     "DescribeIndex": "The index recorded on the collection, state Finished; total_rows and "
     "indexed_rows are the rows of its committed segments (each searched with its index, or "
     "exactly below the index's row threshold; growing rows are not counted, as in Milvus), "
     "pending_index_rows 0.",
-    "DropIndex": "Forgets the recorded index (searches fall back to exact search).",
+    "DropIndex": "Forgets a recorded index (without its vector index, a field is searched exactly).",
     "CreatePartition": "Adds a partition (a name of [A-Za-z0-9_], not starting with a digit; at "
     "most 1024 per collection); writes may name it once this returns. An existing name is no "
     "change.",
@@ -72,8 +79,14 @@ RPCS = {
     "DropAlias": "Removes an alias (one that does not exist is no change).",
     "DescribeAlias": "The collection an alias names (AliasNotFound, 1600, if none).",
     "ListAliases": "The aliases of a collection.",
-    "Insert": "Columnar rows (FieldData) routed to the collection's shards by primary key.",
-    "Upsert": "A delete of the given primary keys followed by an insert of the rows.",
+    "Insert": "Columnar rows (FieldData) routed to the collection's shards by primary key; "
+    "INT8 and INT16 values are checked against their width, ARRAY values against their "
+    "declaration.",
+    "Upsert": "A delete of the given primary keys followed by an insert of the rows. With "
+    "partial_update (or an ARRAY_APPEND / ARRAY_REMOVE in field_ops), each row keeps its stored "
+    "values (read at STRONG consistency) of the fields and dynamic keys it leaves out; a key with "
+    "no row is a new row; field_ops append the given elements to the stored array or remove every "
+    "equal element.",
     "Delete": "Deletes by primary key (`id in [...]`) or by any filter (the matching keys are "
     "looked up first).",
     "Search": "Nearest neighbours of each query vector (or of the vectors of the rows named by "
