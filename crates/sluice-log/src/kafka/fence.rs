@@ -18,6 +18,8 @@ use crate::LogError;
 const CLAIM_ATTEMPTS: usize = 5;
 /// How often the newest owner is read while waiting to see who fenced us.
 const WATCH_INTERVAL: Duration = Duration::from_millis(100);
+/// How long a commit may take before its committer starts looking for who cut it off.
+pub(super) const COMMIT_WATCH_AFTER: Duration = Duration::from_secs(1);
 
 /// Whether a Kafka error code means that a newer producer of the same transactional id took over.
 pub(super) fn is_fence_code(code: RDKafkaErrorCode) -> bool {
@@ -32,6 +34,12 @@ pub(super) fn is_fence_code(code: RDKafkaErrorCode) -> bool {
 /// Whether a Kafka error means that a newer producer of the same transactional id took over.
 pub(super) fn is_fence(e: &KafkaError) -> bool {
     e.rdkafka_error_code().is_some_and(is_fence_code)
+}
+
+/// Whether a transactional call failed for now and may be called again (a timeout, say): its
+/// outcome is unknown until it is.
+fn is_retriable(e: &KafkaError) -> bool {
+    matches!(e, KafkaError::Transaction(t) if t.is_retriable())
 }
 
 /// Whether `producer` failed for good because a newer producer of its transactional id took
@@ -159,14 +167,46 @@ impl Fencing {
         })
         .await
         .map_err(Attempt::Fail)?;
-        let newest = self.newest().await.map_err(Attempt::Fail)?;
-        if self.beaten(newest, opened) {
-            return Err(Attempt::Fail(self.fenced(newest)));
+        let seen = self.newest().await.map_err(Attempt::Fail)?;
+        if self.beaten(seen, opened) {
+            return Err(Attempt::Fail(self.fenced(seen)));
         }
-        match self.commit_fence(producer).await {
+        let commit = self.commit_fence(producer);
+        tokio::pin!(commit);
+        let result = tokio::select! {
+            r = &mut commit => r,
+            // A commit cut off by a newer producer may hang instead of failing (Tansu answers
+            // some requests of a fenced epoch with retriable errors until the call times out).
+            cut_off = self.cut_off_while_committing(opened, seen) => return Err(cut_off),
+        };
+        match result {
             Ok(()) => Ok(()),
-            Err(e) if is_fence(&e) || is_fenced(producer) => Err(Attempt::Retry),
+            // A commit that timed out may or may not have landed: a new producer's
+            // `init_transactions` ends it either way, and a fence of ours that did land is
+            // harmless (the next claim writes the same owner again).
+            Err(e) if is_fence(&e) || is_fenced(producer) || is_retriable(&e) => {
+                Err(Attempt::Retry)
+            }
             Err(e) => Err(Attempt::Fail(unavailable("commit the term fence", e))),
+        }
+    }
+
+    /// Resolves, from [`COMMIT_WATCH_AFTER`] into the commit of this open's fence, once the log
+    /// shows that the commit was cut off: a winner's record means `Fail(Fenced)`; a record of
+    /// any other owner after `seen` (the newest before the commit) means another producer took
+    /// the epoch and wrote, so the claim starts again.
+    async fn cut_off_while_committing(&self, opened: bool, seen: Owner) -> Attempt {
+        tokio::time::sleep(COMMIT_WATCH_AFTER).await;
+        loop {
+            if let Ok(newest) = self.newest().await {
+                if self.beaten(newest, opened) {
+                    return Attempt::Fail(self.fenced(newest));
+                }
+                if newest != seen && newest != self.me {
+                    return Attempt::Retry;
+                }
+            }
+            tokio::time::sleep(COMMIT_WATCH_AFTER / 4).await;
         }
     }
 

@@ -29,7 +29,7 @@ use sluice_types::{MessageId, MutableMessage};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use super::fence::{Fencing, drop_off_runtime, is_fence, is_fenced};
+use super::fence::{COMMIT_WATCH_AFTER, Fencing, drop_off_runtime, is_fence, is_fenced};
 use super::record;
 use crate::{AppendFuture, LogError};
 
@@ -52,9 +52,6 @@ enum Outcome {
     /// The batch fails with this error.
     Failed(LogError),
 }
-
-/// How long a transaction may take before the writer starts looking for a winner.
-const COMMIT_WATCH_AFTER: Duration = Duration::from_secs(1);
 
 struct Pending {
     value: Vec<u8>,
