@@ -698,6 +698,98 @@ enum Step {
     Index(usize),
 }
 
+/// The JSON text of the value at `path` in the document `text`, or `None` when the text is not
+/// JSON or the path leads nowhere. Each step reads one object or array with its members left
+/// as text (checked, not built), so only the value found is ever parsed into a `Value`. A
+/// repeated key means its last value, as in a parsed object.
+fn json_at<'a>(text: &'a str, path: &[Step]) -> Option<&'a str> {
+    use serde::Deserializer as _;
+    use serde_json::value::RawValue;
+    let mut at: &'a RawValue = serde_json::from_str(text).ok()?;
+    for step in path {
+        let mut de = serde_json::Deserializer::from_str(at.get());
+        at = match step {
+            Step::Key(k) => de.deserialize_map(Member(k)).ok()??,
+            Step::Index(i) => de.deserialize_seq(Item(*i)).ok()??,
+        };
+    }
+    Some(at.get())
+}
+
+/// Reads an object, keeping the text of the last value of one key.
+struct Member<'k>(&'k str);
+
+impl<'de> serde::de::Visitor<'de> for Member<'_> {
+    type Value = Option<&'de serde_json::value::RawValue>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut found = None;
+        while let Some(key) = map.next_key::<Key<'de>>()? {
+            let value = map.next_value()?;
+            if key.0 == self.0 {
+                found = Some(value);
+            }
+        }
+        Ok(found)
+    }
+}
+
+/// Reads an array, keeping the text of one item.
+struct Item(usize);
+
+impl<'de> serde::de::Visitor<'de> for Item {
+    type Value = Option<&'de serde_json::value::RawValue>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON array")
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let mut found = None;
+        let mut i = 0;
+        while let Some(item) = seq.next_element::<&'de serde_json::value::RawValue>()? {
+            if i == self.0 {
+                found = Some(item);
+            }
+            i += 1;
+        }
+        Ok(found)
+    }
+}
+
+/// An object's key: borrowed from the text, or unescaped into a new string.
+struct Key<'de>(std::borrow::Cow<'de, str>);
+
+impl<'de> serde::Deserialize<'de> for Key<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct KeyVisitor;
+        impl<'de> serde::de::Visitor<'de> for KeyVisitor {
+            type Value = Key<'de>;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string")
+            }
+
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Key<'de>, E> {
+                Ok(Key(v.into()))
+            }
+
+            fn visit_str<E>(self, v: &str) -> Result<Key<'de>, E> {
+                Ok(Key(v.to_owned().into()))
+            }
+
+            fn visit_string<E>(self, v: String) -> Result<Key<'de>, E> {
+                Ok(Key(v.into()))
+            }
+        }
+        d.deserialize_str(KeyVisitor)
+    }
+}
+
 /// A key of a JSON field's objects, read as a column of one kind.
 #[derive(Debug, Clone, PartialEq)]
 struct JsonKey {
@@ -775,19 +867,16 @@ impl Column {
                 &self.name,
             ));
         };
-        let found = |t: Option<&str>| {
-            let mut doc: serde_json::Value = serde_json::from_str(t?).ok()?;
-            let mut at = &mut doc;
-            for step in &json.path {
-                at = match step {
-                    Step::Key(k) => at.get_mut(k.as_str())?,
-                    Step::Index(i) => at.get_mut(*i)?,
-                };
-            }
-            Some(at.take())
+        if json.raw && json.path.is_empty() {
+            // The whole document as JSON text is the column itself: the JSON functions parse
+            // each row once, and treat text that is not JSON as they treat a null.
+            return Ok(Some(array.clone()));
+        }
+        let found = |t: Option<&str>| -> Option<serde_json::Value> {
+            serde_json::from_str(json_at(t?, &json.path)?).ok()
         };
         if json.raw {
-            let out: StringArray = texts.iter().map(|t| Some(found(t)?.to_string())).collect();
+            let out: StringArray = texts.iter().map(|t| json_at(t?, &json.path)).collect();
             return Ok(Some(Arc::new(out)));
         }
         let values = texts.iter().map(|t| match found(t)? {
@@ -3803,6 +3892,97 @@ mod tests {
         );
         let err = Filter::parse(&deep, &schema).unwrap_err();
         assert!(err.message.contains("nested more than"), "{err}");
+    }
+
+    /// A JSON document with keys from a small set (one of them needs escapes, so that steps
+    /// meet repeated and escaped keys).
+    fn json_doc() -> impl Strategy<Value = serde_json::Value> {
+        use serde_json::Value;
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            (-5i64..5).prop_map(Value::from),
+            (-5i32..5).prop_map(|x| Value::from(f64::from(x) / 2.0)),
+            "[ab\"]{0,3}".prop_map(Value::from),
+        ];
+        leaf.prop_recursive(3, 24, 4, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                prop::collection::vec(
+                    (prop::sample::select(vec!["a", "b", "a\"b\n"]), inner),
+                    0..4
+                )
+                .prop_map(|kv| Value::Object(
+                    kv.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()
+                )),
+            ]
+        })
+    }
+
+    fn json_step() -> impl Strategy<Value = Step> {
+        prop_oneof![
+            prop::sample::select(vec!["a", "b", "a\"b\n", "c"]).prop_map(|k| Step::Key(k.into())),
+            (0usize..4).prop_map(Step::Index),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        /// Reading a path from the text finds what navigating the parsed document finds.
+        #[test]
+        fn json_at_finds_what_the_parsed_document_holds(
+            doc in json_doc(),
+            path in prop::collection::vec(json_step(), 0..4),
+            pretty in any::<bool>(),
+        ) {
+            let text = if pretty {
+                serde_json::to_string_pretty(&doc).unwrap()
+            } else {
+                doc.to_string()
+            };
+            let mut want = Some(&doc);
+            for step in &path {
+                want = want.and_then(|v| match step {
+                    Step::Key(k) => v.get(k.as_str()),
+                    Step::Index(i) => v.get(*i),
+                });
+            }
+            let got = json_at(&text, &path)
+                .map(|t| serde_json::from_str::<serde_json::Value>(t).unwrap());
+            prop_assert_eq!(got.as_ref(), want, "{} at {:?}", text, path);
+        }
+    }
+
+    /// A repeated key means its last value; text that is not JSON, or breaks off after the
+    /// value found, finds nothing.
+    #[test]
+    fn json_at_takes_the_last_repeated_key_and_refuses_bad_text() {
+        let key = |k: &str| Step::Key(k.into());
+        assert_eq!(json_at(r#"{"a": 1, "a": [2]}"#, &[key("a")]), Some("[2]"));
+        assert_eq!(json_at(r#"{"a\u0062": 3}"#, &[key("ab")]), Some("3"));
+        assert_eq!(json_at(r#"{"a": 1, "b": }"#, &[key("a")]), None);
+        assert_eq!(json_at(r#"[1, 2"#, &[Step::Index(0)]), None);
+        assert_eq!(json_at(r#"{"a": 1} x"#, &[]), None);
+        assert_eq!(json_at("not json", &[]), None);
+    }
+
+    /// The JSON functions over a JSON field itself read its text as it is stored: text that
+    /// is not JSON (never written by an insert, which checks it) holds nothing, as a null does.
+    #[test]
+    fn json_functions_over_the_field_itself_treat_bad_text_as_null() {
+        let (_, ids) = json_docs(&[
+            Some(r#"["a", 1]"#),
+            Some("not json"),
+            None,
+            Some(r#"["a"#),
+            Some(r#"{"a": 1}"#),
+        ]);
+        assert_eq!(ids(r#"json_contains(meta, "a")"#), [1]);
+        assert_eq!(ids(r#"not json_contains(meta, "a")"#), [2, 3, 4, 5]);
+        assert_eq!(ids(r#"json_contains_any(dyn, ["b", 1])"#), [1]);
+        assert_eq!(ids(r#"array_length(meta) >= 0"#), [1]);
+        assert_eq!(ids(r#"not (array_length(meta) >= 0)"#), Vec::<i64>::new());
     }
 
     #[test]
