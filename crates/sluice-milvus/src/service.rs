@@ -1551,7 +1551,10 @@ impl MilvusFront {
             }
         }
         for field in ops.keys() {
-            let values: Vec<Value> = rows.iter().map(|r| r[field].clone()).collect();
+            let values: Vec<Value> = rows
+                .iter()
+                .map(|r| r.get(field).cloned().unwrap_or(Value::Null))
+                .collect();
             check_values(c.props(), field, &values)?;
         }
         batch_of_rows(&c.schema, c.props(), rows)

@@ -19,7 +19,7 @@ const CLAIM_ATTEMPTS: usize = 5;
 /// How often the newest owner is read while waiting to see who fenced us.
 const WATCH_INTERVAL: Duration = Duration::from_millis(100);
 /// How long a commit may take before its committer starts looking for who cut it off.
-pub(super) const COMMIT_WATCH_AFTER: Duration = Duration::from_secs(1);
+const COMMIT_WATCH_AFTER: Duration = Duration::from_secs(1);
 
 /// Whether a Kafka error code means that a newer producer of the same transactional id took over.
 pub(super) fn is_fence_code(code: RDKafkaErrorCode) -> bool {
@@ -196,15 +196,28 @@ impl Fencing {
     /// any other owner after `seen` (the newest before the commit) means another producer took
     /// the epoch and wrote, so the claim starts again.
     async fn cut_off_while_committing(&self, opened: bool, seen: Owner) -> Attempt {
+        self.watch_commit(|newest| {
+            if self.beaten(newest, opened) {
+                Some(Attempt::Fail(self.fenced(newest)))
+            } else if newest != seen && newest != self.me {
+                Some(Attempt::Retry)
+            } else {
+                None
+            }
+        })
+        .await
+    }
+
+    /// Reads the newest owner from [`COMMIT_WATCH_AFTER`] into a commit, every quarter of that,
+    /// until `cut_off` makes something of it: a commit cut off by a newer producer may hang
+    /// instead of failing, and the log shows why.
+    pub(super) async fn watch_commit<T>(&self, cut_off: impl Fn(Owner) -> Option<T>) -> T {
         tokio::time::sleep(COMMIT_WATCH_AFTER).await;
         loop {
-            if let Ok(newest) = self.newest().await {
-                if self.beaten(newest, opened) {
-                    return Attempt::Fail(self.fenced(newest));
-                }
-                if newest != seen && newest != self.me {
-                    return Attempt::Retry;
-                }
+            if let Ok(newest) = self.newest().await
+                && let Some(t) = cut_off(newest)
+            {
+                return t;
             }
             tokio::time::sleep(COMMIT_WATCH_AFTER / 4).await;
         }

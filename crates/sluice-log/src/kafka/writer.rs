@@ -29,7 +29,7 @@ use sluice_types::{MessageId, MutableMessage};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use super::fence::{COMMIT_WATCH_AFTER, Fencing, drop_off_runtime, is_fence, is_fenced};
+use super::fence::{Fencing, drop_off_runtime, is_fence, is_fenced};
 use super::record;
 use crate::{AppendFuture, LogError};
 
@@ -241,15 +241,9 @@ impl Writer {
 
     /// Resolves once another open is seen to have won, checking from one second into a commit.
     async fn winner_while_committing(&self) -> LogError {
-        tokio::time::sleep(COMMIT_WATCH_AFTER).await;
-        loop {
-            if let Ok(newest) = self.fencing.newest().await
-                && self.fencing.beaten(newest, true)
-            {
-                return self.fencing.fenced(newest);
-            }
-            tokio::time::sleep(COMMIT_WATCH_AFTER / 4).await;
-        }
+        let f = &self.fencing;
+        f.watch_commit(|newest| f.beaten(newest, true).then(|| f.fenced(newest)))
+            .await
     }
 
     async fn try_commit(&self, values: &[&[u8]]) -> Result<Vec<MessageId>, KafkaError> {
