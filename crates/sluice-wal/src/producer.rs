@@ -17,6 +17,9 @@
 //! makes them count once).
 
 use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use parking_lot::Mutex;
@@ -108,6 +111,44 @@ struct Producer {
     in_flight: HashMap<u64, Option<watch::Sender<Outcome>>>,
     /// The newest remembered timestamp.
     newest: Timestamp,
+}
+
+/// A numbered append's run: polled by its caller like any future, and when the caller stops
+/// waiting before it finished, spawned on the runtime to run to its end — a retry must find its
+/// outcome, never an append left half done. Cheaper than spawning every append up front (a
+/// task, and a wake-up through its handle) when callers wait, as nearly all do.
+pub(crate) struct RunToEnd<T: Send + 'static> {
+    run: Option<Pin<Box<dyn Future<Output = T> + Send>>>,
+}
+
+impl<T: Send + 'static> RunToEnd<T> {
+    pub(crate) fn new(run: impl Future<Output = T> + Send + 'static) -> Self {
+        RunToEnd {
+            run: Some(Box::pin(run)),
+        }
+    }
+}
+
+impl<T: Send + 'static> Future for RunToEnd<T> {
+    type Output = T;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<T> {
+        let Some(run) = self.run.as_mut() else {
+            panic!("RunToEnd polled after it finished");
+        };
+        let out = std::task::ready!(run.as_mut().poll(cx));
+        self.run = None;
+        Poll::Ready(out)
+    }
+}
+
+impl<T: Send + 'static> Drop for RunToEnd<T> {
+    fn drop(&mut self) {
+        // Without a runtime (it is shutting down) nothing could finish it anyway.
+        if let (Some(run), Ok(runtime)) = (self.run.take(), tokio::runtime::Handle::try_current()) {
+            runtime.spawn(run);
+        }
+    }
 }
 
 /// What to do with a numbered append.

@@ -532,7 +532,7 @@ impl Wal {
             Claim::Fresh => {
                 // Runs to its end even when the caller goes away: a retry gets its outcome.
                 let inner = self.inner.clone();
-                tokio::spawn(async move {
+                crate::producer::RunToEnd::new(async move {
                     let r = inner
                         .run_chain(append::CLIENT, Append::new(msg, ty, None))
                         .await;
@@ -540,7 +540,6 @@ impl Wal {
                     r
                 })
                 .await
-                .map_err(|e| WalError::Unrecoverable(format!("an append task failed: {e}")))?
             }
         }
     }

@@ -93,6 +93,37 @@ async fn a_numbered_append_is_written_once_however_often_and_concurrently_it_is_
     }
 }
 
+/// A caller that stops waiting (a timeout, a client gone) does not leave its append half done:
+/// the append runs to its end on its own, is in the log once, and a retry answers its result.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_numbered_append_whose_caller_gave_up_still_runs_to_its_end() {
+    for backend in [memory(), local()] {
+        let h = Harness::new(backend);
+        let wal = h.open_with(1, fast_config(), false).await.unwrap();
+        wal.append(create_collection(COLLECTION)).await.unwrap();
+        for sequence in 1..=20u64 {
+            let tag = format!("gave-up-{sequence}");
+            // Polled once, then dropped: with the local backend it waits on its fsync then.
+            let mut first = Box::pin(wal.append(numbered(&tag, sequence)));
+            let polled = futures::poll!(first.as_mut());
+            drop(first);
+            let retry = tokio::time::timeout(
+                Duration::from_secs(10),
+                wal.append(numbered(&tag, sequence)),
+            )
+            .await
+            .expect("the retry waits for the abandoned append, which finishes")
+            .unwrap();
+            if let std::task::Poll::Ready(Ok(r)) = polled {
+                same(&r, &retry);
+            }
+        }
+        let expected: Vec<String> = (1..=20).map(|s| format!("gave-up-{s}")).collect();
+        assert_eq!(tags(&wal).await, expected);
+        wal.close().await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reopened_wal_remembers_from_its_log_and_from_its_snapshot() {
     for backend in [memory(), local()] {
