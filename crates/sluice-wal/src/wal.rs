@@ -29,7 +29,7 @@ use crate::ack::{AckState, Ticket};
 use crate::append::{self, Append};
 use crate::checkpoint::{CheckpointStore, Checkpointer};
 use crate::lock::LockManager;
-use crate::producer::Claim;
+use crate::producer::{Claim, RunToEnd};
 use crate::scanner::{Scanner, ScannerOptions, start_scanner};
 use crate::shard::{NodeGrowingBytes, Placement, SegmentConfig, ShardManager};
 use crate::tso::{DEFAULT_BATCH, IdAllocator, Refiller, TimestampOracle};
@@ -532,7 +532,7 @@ impl Wal {
             Claim::Fresh => {
                 // Runs to its end even when the caller goes away: a retry gets its outcome.
                 let inner = self.inner.clone();
-                crate::producer::RunToEnd::new(async move {
+                RunToEnd::new(async move {
                     let r = inner
                         .run_chain(append::CLIENT, Append::new(msg, ty, None))
                         .await;

@@ -29,6 +29,14 @@ fn same(a: &AppendResult, b: &AppendResult) {
     );
 }
 
+/// The WAL of `h` opened at term 1 (`snapshots`: with recovery snapshots), holding the
+/// collection the numbered inserts go to.
+async fn with_collection(h: &Harness, config: WalConfig, snapshots: bool) -> Wal {
+    let wal = h.open_with(1, config, snapshots).await.unwrap();
+    wal.append(create_collection(COLLECTION)).await.unwrap();
+    wal
+}
+
 /// The tags of every insert in the log, in order: read up to a marker insert appended now.
 async fn tags(wal: &Wal) -> Vec<String> {
     static MARKS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
@@ -65,8 +73,7 @@ async fn tags(wal: &Wal) -> Vec<String> {
 async fn a_numbered_append_is_written_once_however_often_and_concurrently_it_is_sent() {
     for backend in [memory(), local()] {
         let h = Harness::new(backend);
-        let wal = h.open_with(1, fast_config(), false).await.unwrap();
-        wal.append(create_collection(COLLECTION)).await.unwrap();
+        let wal = with_collection(&h, fast_config(), false).await;
         let first = wal.append(numbered("a", 1)).await.unwrap();
         let again = wal.append(numbered("a", 1)).await.unwrap();
         same(&first, &again);
@@ -99,8 +106,7 @@ async fn a_numbered_append_is_written_once_however_often_and_concurrently_it_is_
 async fn a_numbered_append_whose_caller_gave_up_still_runs_to_its_end() {
     for backend in [memory(), local()] {
         let h = Harness::new(backend);
-        let wal = h.open_with(1, fast_config(), false).await.unwrap();
-        wal.append(create_collection(COLLECTION)).await.unwrap();
+        let wal = with_collection(&h, fast_config(), false).await;
         for sequence in 1..=20u64 {
             let tag = format!("gave-up-{sequence}");
             // Polled once, then dropped: with the local backend it waits on its fsync then.
@@ -128,8 +134,7 @@ async fn a_numbered_append_whose_caller_gave_up_still_runs_to_its_end() {
 async fn a_reopened_wal_remembers_from_its_log_and_from_its_snapshot() {
     for backend in [memory(), local()] {
         let h = Harness::new(backend);
-        let wal = h.open_with(1, fast_config(), true).await.unwrap();
-        wal.append(create_collection(COLLECTION)).await.unwrap();
+        let wal = with_collection(&h, fast_config(), true).await;
         let mut acked = Vec::new();
         for seq in 1..=3 {
             acked.push(wal.append(numbered(&format!("s{seq}"), seq)).await.unwrap());
@@ -171,8 +176,7 @@ async fn a_sequence_older_than_the_window_is_refused_and_transactions_are_not_nu
         },
         ..fast_config()
     };
-    let wal = h.open_with(1, config, false).await.unwrap();
-    wal.append(create_collection(COLLECTION)).await.unwrap();
+    let wal = with_collection(&h, config, false).await;
     let mut acked = Vec::new();
     for seq in 1..=6 {
         acked.push(wal.append(numbered(&format!("s{seq}"), seq)).await.unwrap());
