@@ -27,8 +27,8 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 
-use arrow_array::builder::BinaryBuilder;
-use arrow_array::{Array, ArrayRef, Int64Array, RecordBatch, cast::AsArray};
+use arrow_array::{Array, ArrayRef, BinaryArray, Int64Array, RecordBatch, cast::AsArray};
+use arrow_buffer::OffsetBuffer;
 use arrow_schema::{DataType as ArrowType, Field, Schema, SchemaRef};
 use bytes::Bytes;
 use object_store::path::Path as ObjectPath;
@@ -178,10 +178,14 @@ struct SegmentBuf {
     batches: Vec<RecordBatch>,
     /// Decoded batches as they arrived, not merged yet.
     recent: Vec<RecordBatch>,
-    /// Bodies of a collection without a schema, and their timestamps, not made a batch yet.
-    /// Each is a copy of its own size (a slice would keep the write-ahead buffer's memory from
-    /// being reused; a builder growing by doubling would churn through blocks of every size).
-    bodies: Vec<Bytes>,
+    /// Bodies of a collection without a schema, not made a batch yet: copied once, end to end,
+    /// into a block of [`COALESCE_BYTES`] (or one body, if larger) that becomes the batch's
+    /// value buffer as it is. Blocks of one size are what the allocator reuses best; a slice of
+    /// the write-ahead buffer would keep its memory from being reused, and a buffer growing by
+    /// doubling would churn through blocks of every size.
+    body_values: Vec<u8>,
+    /// Where each pending body ends in `body_values` (after a leading 0), and its timestamp.
+    body_offsets: Vec<i32>,
     body_ts: Vec<i64>,
     /// Rows and bytes in `recent` and `bodies`.
     recent_rows: usize,
@@ -204,7 +208,8 @@ impl SegmentBuf {
             schema: None,
             batches: Vec::new(),
             recent: Vec::new(),
-            bodies: Vec::new(),
+            body_values: Vec::new(),
+            body_offsets: Vec::new(),
             body_ts: Vec::new(),
             recent_rows: 0,
             recent_bytes: 0,
@@ -229,7 +234,23 @@ impl SegmentBuf {
 
     /// One row of a collection without a schema.
     fn push_body(&mut self, body: &[u8], ts: u64) {
-        self.bodies.push(Bytes::copy_from_slice(body));
+        if !self.body_ts.is_empty()
+            && self.body_values.len() + body.len() > self.body_values.capacity()
+        {
+            // The block is full: its bodies become a batch, and the next block starts.
+            self.coalesce();
+        }
+        if self.body_ts.is_empty() {
+            self.body_values = Vec::with_capacity(COALESCE_BYTES.max(body.len()));
+            self.body_offsets = Vec::with_capacity(COALESCE_ROWS + 1);
+            self.body_offsets.push(0);
+            self.body_ts = Vec::with_capacity(COALESCE_ROWS);
+        }
+        self.body_values.extend_from_slice(body);
+        // Bodies are at most `MAX_BODY_LEN` (64 MiB), and a block holds one body past
+        // `COALESCE_BYTES` at most: the end fits an `i32`.
+        self.body_offsets
+            .push(i32::try_from(self.body_values.len()).unwrap_or(i32::MAX));
         self.body_ts.push(ts as i64);
         self.rows += 1;
         self.recent_rows += 1;
@@ -247,20 +268,26 @@ impl SegmentBuf {
         if self.body_ts.is_empty() {
             return;
         }
+        // Kept until the segment is flushed: a block cut short (a batch came between, or the
+        // segment is being flushed) gives back what it does not use; the offsets and
+        // timestamps, reserved for a full block of small rows, always do.
+        let mut values = std::mem::take(&mut self.body_values);
+        if values.capacity() - values.len() > values.capacity() / 8 {
+            values.shrink_to_fit();
+        }
+        let mut offsets = std::mem::take(&mut self.body_offsets);
+        offsets.shrink_to_fit();
         let mut ts = std::mem::take(&mut self.body_ts);
         ts.shrink_to_fit();
-        let bodies = std::mem::take(&mut self.bodies);
-        // Exactly as large as the bodies: it is kept until the segment is flushed.
-        let mut merged =
-            BinaryBuilder::with_capacity(bodies.len(), bodies.iter().map(Bytes::len).sum());
-        for b in &bodies {
-            merged.append_value(b);
-        }
-        let columns: Vec<ArrayRef> =
-            vec![Arc::new(merged.finish()), Arc::new(Int64Array::from(ts))];
-        match RecordBatch::try_new(payload_schema(), columns) {
+        // `OffsetBuffer::new` wants a first offset of 0 and no decrease: pushed that way.
+        let bodies = BinaryArray::try_new(OffsetBuffer::new(offsets.into()), values.into(), None);
+        let batch = bodies.and_then(|bodies| {
+            let columns: Vec<ArrayRef> = vec![Arc::new(bodies), Arc::new(Int64Array::from(ts))];
+            RecordBatch::try_new(payload_schema(), columns)
+        });
+        match batch {
             Ok(b) => self.recent.push(b),
-            // Two columns of equal length matching the schema: cannot fail.
+            // Offsets that start at 0 and grow with every body, one per timestamp: cannot fail.
             Err(e) => tracing::error!(error = %e, "could not buffer rows without a schema"),
         }
     }
@@ -1143,6 +1170,36 @@ mod tests {
     }
 
     #[test]
+    fn a_body_larger_than_a_block_gets_a_block_of_its_own() {
+        let start = Position {
+            id: MessageId(1),
+            after: Timestamp(0),
+        };
+        let mut seg = SegmentBuf::starting(start, MessageId(1), 1);
+        let big = |b: u8| vec![b; 3 * COALESCE_BYTES];
+        let expected = vec![
+            (vec![1u8; 10], 0),
+            (big(2), 1),
+            (vec![3u8; 10], 2),
+            (big(4), 3),
+            (big(5), 4),
+        ];
+        for (body, ts) in &expected {
+            seg.push_body(body, *ts as u64);
+        }
+        assert_eq!(rows(seg.all_batches()), expected);
+        let held: usize = seg
+            .all_batches()
+            .iter()
+            .map(RecordBatch::get_array_memory_size)
+            .sum();
+        assert!(
+            held < 9 * COALESCE_BYTES + 4096 * 5,
+            "the batches hold {held} bytes"
+        );
+    }
+
+    #[test]
     fn large_rows_are_merged_by_bytes() {
         const BODY: usize = 40_000;
         let start = Position {
@@ -1153,14 +1210,21 @@ mod tests {
         for i in 0..60u8 {
             seg.push_body(&[i; BODY], u64::from(i));
         }
-        // 27 rows of 40 kB pass the byte bound: two merged batches, 6 rows not merged yet.
+        // 26 rows of 40 kB fill a block, the 27th does not fit: two merged batches, 8 rows not
+        // merged yet.
         let merged: Vec<usize> = seg.batches.iter().map(RecordBatch::num_rows).collect();
-        assert_eq!(merged, [27, 27]);
-        // No spare capacity is kept with them: the bodies, offsets and timestamps.
+        assert_eq!(merged, [26, 26]);
+        // Each holds its block, and no spare room for offsets and timestamps.
         for b in &seg.batches {
             let held = b.get_array_memory_size();
-            assert!(held < 27 * BODY + 4096, "a merged batch holds {held} bytes");
+            assert!(
+                held < COALESCE_BYTES + 4096,
+                "a merged batch holds {held} bytes"
+            );
         }
+        // The last block, cut short when the segment is flushed, gives back what it does not use.
+        let last = seg.all_batches().last().unwrap().get_array_memory_size();
+        assert!(last < 8 * BODY + 4096, "the last batch holds {last} bytes");
         let all = rows(seg.all_batches());
         assert_eq!(all.len(), 60);
         assert!(
