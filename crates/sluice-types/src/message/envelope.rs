@@ -114,7 +114,7 @@ impl Message {
         let mut typed = Typed::default();
         if let Ok(Some(ts)) = parse_u64(&properties, keys::TIMESTAMP, 36) {
             properties.remove(keys::TIMESTAMP);
-            typed.ts = Some(Timestamp(ts));
+            typed.set_ts(Some(Timestamp(ts)));
         }
         let properties_len = properties
             .iter()
@@ -243,7 +243,7 @@ impl Message {
 
     /// The timestamp the WAL assigned, if any.
     pub fn timestamp(&self) -> Result<Option<Timestamp>, ParseError> {
-        match self.typed.ts {
+        match self.typed.ts() {
             Some(ts) => Ok(Some(ts)),
             None => Ok(self.parse_u64(keys::TIMESTAMP, 36)?.map(Timestamp)),
         }
@@ -251,8 +251,13 @@ impl Message {
 
     /// The exactly-once numbering of the message: (producer, sequence), if it has one.
     pub fn producer(&self) -> Result<Option<(u64, u64)>, ParseError> {
-        let producer = self.parse_u64(keys::PRODUCER, 36)?;
-        let sequence = self.parse_u64(keys::PRODUCER_SEQUENCE, 36)?;
+        let (producer, sequence) = match self.typed.producer() {
+            Some((p, s)) => (Some(p), Some(s)),
+            None => (
+                self.parse_u64(keys::PRODUCER, 36)?,
+                self.parse_u64(keys::PRODUCER_SEQUENCE, 36)?,
+            ),
+        };
         match (producer, sequence) {
             (None, None) => Ok(None),
             (Some(0), _) => Err(ParseError::Property {
@@ -273,7 +278,7 @@ impl Message {
 
     /// The term of the WAL that wrote the message, if stamped.
     pub fn term(&self) -> Result<Option<Term>, ParseError> {
-        if let Some(t) = self.typed.term {
+        if let Some(t) = self.typed.term() {
             return Ok(Some(t));
         }
         Ok(self.parse_u64(keys::TERM, 36)?.map(Term))

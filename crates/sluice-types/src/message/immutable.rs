@@ -41,8 +41,8 @@ impl ImmutableMessage {
 
     /// The last-confirmed id: reading from it sees every message with a timestamp ≥ this one's.
     pub fn last_confirmed(&self) -> Result<Option<MessageId>, ParseError> {
-        if let Some(lc) = self.msg.typed.lc {
-            return Ok(Some(join_id(lc)));
+        if let Some(lc) = self.msg.typed.lc() {
+            return Ok(Some(lc));
         }
         if self
             .msg

@@ -34,7 +34,7 @@ impl MutableMessage {
 
     /// Sets the timestamp (done by the WAL).
     pub fn set_timestamp(&mut self, ts: Timestamp) {
-        self.msg.retype(&[keys::TIMESTAMP], |t| t.ts = Some(ts));
+        self.msg.retype(&[keys::TIMESTAMP], |t| t.set_ts(Some(ts)));
     }
 
     /// Sets the barrier timestamp: the append must get a timestamp ≥ `ts`.
@@ -46,27 +46,29 @@ impl MutableMessage {
     /// WAL that already holds this pair does not append it again: it returns the original's
     /// result.
     pub fn set_producer(&mut self, producer: u64, sequence: u64) {
-        self.msg.set(keys::PRODUCER, encode_base36(producer));
+        // Typed, like the WAL's stamps: set on every append, read by the WAL at once.
+        self.msg.remove(keys::PRODUCER);
+        self.msg.remove(keys::PRODUCER_SEQUENCE);
         self.msg
-            .set(keys::PRODUCER_SEQUENCE, encode_base36(sequence));
+            .retype(&[], |t| t.set_producer(Some((producer, sequence))));
     }
 
     /// Sets the term of the writing WAL (done by the WAL).
     pub fn set_term(&mut self, term: Term) {
-        self.msg.retype(&[keys::TERM], |t| t.term = Some(term));
+        self.msg.retype(&[keys::TERM], |t| t.set_term(Some(term)));
     }
 
     /// Sets the last-confirmed id (done by the WAL).
     pub fn set_last_confirmed(&mut self, id: MessageId) {
         self.msg
             .retype(&[keys::LAST_CONFIRMED, keys::LAST_CONFIRMED_IS_SELF], |t| {
-                t.lc = Some(split_id(id))
+                t.set_lc(Some(id))
             });
     }
 
     /// Marks the last-confirmed id as the message's own id, which is not known before append.
     pub fn set_last_confirmed_is_self(&mut self) {
-        self.msg.retype(&[keys::LAST_CONFIRMED], |t| t.lc = None);
+        self.msg.retype(&[keys::LAST_CONFIRMED], |t| t.set_lc(None));
         self.msg.set(keys::LAST_CONFIRMED_IS_SELF, String::new());
         self.msg.map_stamps = true;
     }

@@ -239,6 +239,7 @@ fn typed_properties_encode_as_properties() {
     msg.set_timestamp(Timestamp(1 << 40));
     msg.set_term(Term(7));
     msg.set_last_confirmed(MessageId(0xabc));
+    msg.set_producer(36 * 36, 35);
     let props = msg.properties();
     assert_eq!(props.get(keys::TYPE).unwrap(), "2");
     assert_eq!(
@@ -247,8 +248,10 @@ fn typed_properties_encode_as_properties() {
     );
     assert_eq!(props.get(keys::VCHANNEL).unwrap(), vc().as_str());
     assert_eq!(props.get("k").unwrap(), "v");
-    assert_eq!(props.len(), 7);
-    assert_eq!(msg.property_count(), 7);
+    assert_eq!(props.len(), 9);
+    assert_eq!(msg.property_count(), 9);
+    assert_eq!(props.get(keys::PRODUCER).unwrap(), "100");
+    assert_eq!(props.get(keys::PRODUCER_SEQUENCE).unwrap(), "z");
     assert_eq!(props.get(keys::TIMESTAMP).unwrap(), &encode_base36(1 << 40));
     assert_eq!(props.get(keys::TERM).unwrap(), "7");
     assert_eq!(
@@ -264,6 +267,7 @@ fn typed_properties_encode_as_properties() {
     assert_eq!(decoded.version().unwrap(), MESSAGE_VERSION);
     assert_eq!(decoded.estimate_size(), msg.estimate_size());
     assert_eq!(decoded.term().unwrap(), Some(Term(7)));
+    assert_eq!(decoded.producer().unwrap(), Some((36 * 36, 35)));
     let imm = ImmutableMessage::new(MessageId(1), decoded.clone());
     assert_eq!(imm.last_confirmed().unwrap(), Some(MessageId(0xabc)));
 
@@ -272,12 +276,20 @@ fn typed_properties_encode_as_properties() {
     again.set_timestamp(Timestamp(5));
     again.set_term(Term(8));
     again.set_last_confirmed(MessageId(9));
+    again.set_producer(7, 1);
     assert_eq!(again.property_count(), msg.property_count());
+    let sizes = |m: &Message| {
+        let mut n = 0;
+        m.for_each_property(|k, v| n += k.len() + v.len());
+        n
+    };
+    assert_eq!(again.properties_len(), sizes(&again));
     let (decoded, _) =
         crate::codec::decode_message(&crate::codec::encode_message_to_vec(&again).unwrap())
             .unwrap();
     assert_eq!(decoded.timestamp().unwrap(), Some(Timestamp(5)));
     assert_eq!(decoded.term().unwrap(), Some(Term(8)));
+    assert_eq!(decoded.producer().unwrap(), Some((7, 1)));
     assert_eq!(decoded.estimate_size(), again.estimate_size());
     let imm = ImmutableMessage::new(MessageId(1), decoded);
     assert_eq!(imm.last_confirmed().unwrap(), Some(MessageId(9)));

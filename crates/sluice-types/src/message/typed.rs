@@ -3,23 +3,86 @@
 use super::*;
 
 /// Reserved properties while they are typed.
+///
+/// The stamps are plain numbers with one bit each in `set` saying whether they are there (an
+/// `Option` of each would make every message a third larger).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub(super) struct Typed {
     /// `_t` and `_v`: the type and this build's message version.
     pub(super) kind: Option<MessageType>,
-    pub(super) vchannel: Option<VChannel>,
-    pub(super) ts: Option<Timestamp>,
-    pub(super) term: Option<Term>,
+    /// Which stamps are set ([`TS`], [`TERM`], [`LC`], [`PRODUCER`]); an unset one is 0.
+    set: u8,
+    ts: u64,
+    term: u64,
     /// A `MessageId` as two halves (high, low): a `u128` field would make every message 16-byte
     /// aligned and larger.
-    pub(super) lc: Option<[u64; 2]>,
+    lc: [u64; 2],
+    /// `_pid` and `_pseq`: the producer and the sequence number of an exactly-once append.
+    producer: [u64; 2],
+    pub(super) vchannel: Option<VChannel>,
 }
 
-pub(super) fn split_id(id: MessageId) -> [u64; 2] {
+const TS: u8 = 1;
+const TERM: u8 = 2;
+const LC: u8 = 4;
+const PRODUCER: u8 = 8;
+
+impl Typed {
+    fn get<T>(&self, bit: u8, v: T) -> Option<T> {
+        (self.set & bit != 0).then_some(v)
+    }
+
+    fn put<T: Default>(&mut self, bit: u8, slot: fn(&mut Typed) -> &mut T, v: Option<T>) {
+        match v {
+            Some(v) => {
+                self.set |= bit;
+                *slot(self) = v;
+            }
+            None => {
+                self.set &= !bit;
+                *slot(self) = T::default();
+            }
+        }
+    }
+
+    pub(super) fn ts(&self) -> Option<Timestamp> {
+        self.get(TS, Timestamp(self.ts))
+    }
+
+    pub(super) fn set_ts(&mut self, ts: Option<Timestamp>) {
+        self.put(TS, |t| &mut t.ts, ts.map(|t| t.0));
+    }
+
+    pub(super) fn term(&self) -> Option<Term> {
+        self.get(TERM, Term(self.term))
+    }
+
+    pub(super) fn set_term(&mut self, term: Option<Term>) {
+        self.put(TERM, |t| &mut t.term, term.map(|t| t.0));
+    }
+
+    pub(super) fn lc(&self) -> Option<MessageId> {
+        self.get(LC, join_id(self.lc))
+    }
+
+    pub(super) fn set_lc(&mut self, id: Option<MessageId>) {
+        self.put(LC, |t| &mut t.lc, id.map(split_id));
+    }
+
+    pub(super) fn producer(&self) -> Option<(u64, u64)> {
+        self.get(PRODUCER, (self.producer[0], self.producer[1]))
+    }
+
+    pub(super) fn set_producer(&mut self, producer: Option<(u64, u64)>) {
+        self.put(PRODUCER, |t| &mut t.producer, producer.map(|(p, s)| [p, s]));
+    }
+}
+
+fn split_id(id: MessageId) -> [u64; 2] {
     [(id.0 >> 64) as u64, id.0 as u64]
 }
 
-pub(super) fn join_id([high, low]: [u64; 2]) -> MessageId {
+fn join_id([high, low]: [u64; 2]) -> MessageId {
     MessageId((u128::from(high) << 64) | u128::from(low))
 }
 
@@ -80,18 +143,22 @@ impl Typed {
             .as_ref()
             .map_or(0, |v| keys::VCHANNEL.len() + v.as_str().len())
             + self
-                .ts
+                .ts()
                 .map_or(0, |t| keys::TIMESTAMP.len() + digits(t.0, 36))
-            + self.term.map_or(0, |t| keys::TERM.len() + digits(t.0, 36))
-            + self.lc.map_or(0, |_| keys::LAST_CONFIRMED.len() + 32)
+            + self
+                .term()
+                .map_or(0, |t| keys::TERM.len() + digits(t.0, 36))
+            + self.lc().map_or(0, |_| keys::LAST_CONFIRMED.len() + 32)
+            + self.producer().map_or(0, |(p, s)| {
+                keys::PRODUCER.len() + digits(p, 36) + keys::PRODUCER_SEQUENCE.len() + digits(s, 36)
+            })
     }
 
     pub(super) fn count(&self) -> usize {
         2 * usize::from(self.kind.is_some())
             + usize::from(self.vchannel.is_some())
-            + usize::from(self.ts.is_some())
-            + usize::from(self.term.is_some())
-            + usize::from(self.lc.is_some())
+            + (self.set & (TS | TERM | LC)).count_ones() as usize
+            + 2 * usize::from(self.set & PRODUCER != 0)
     }
 
     pub(super) fn is_empty(&self) -> bool {
@@ -109,26 +176,35 @@ impl Typed {
                 ),
             ]
         });
-        kind.into_iter().flatten().chain(
+        let producer = self.producer().map(|(p, s)| {
             [
-                self.vchannel
-                    .as_ref()
-                    .map(|v| (keys::VCHANNEL, TypedText::Str(v.as_str()))),
-                self.ts
-                    .map(|t| (keys::TIMESTAMP, TypedText::radix(t.0, 36))),
-                self.term.map(|t| (keys::TERM, TypedText::radix(t.0, 36))),
-                self.lc.map(|id| {
-                    (
-                        keys::LAST_CONFIRMED,
-                        TypedText::Inline {
-                            buf: join_id(id).hex(),
-                            len: 32,
-                        },
-                    )
-                }),
+                (keys::PRODUCER, TypedText::radix(p, 36)),
+                (keys::PRODUCER_SEQUENCE, TypedText::radix(s, 36)),
             ]
-            .into_iter()
-            .flatten(),
-        )
+        });
+        kind.into_iter()
+            .flatten()
+            .chain(producer.into_iter().flatten())
+            .chain(
+                [
+                    self.vchannel
+                        .as_ref()
+                        .map(|v| (keys::VCHANNEL, TypedText::Str(v.as_str()))),
+                    self.ts()
+                        .map(|t| (keys::TIMESTAMP, TypedText::radix(t.0, 36))),
+                    self.term().map(|t| (keys::TERM, TypedText::radix(t.0, 36))),
+                    self.lc().map(|id| {
+                        (
+                            keys::LAST_CONFIRMED,
+                            TypedText::Inline {
+                                buf: id.hex(),
+                                len: 32,
+                            },
+                        )
+                    }),
+                ]
+                .into_iter()
+                .flatten(),
+            )
     }
 }
