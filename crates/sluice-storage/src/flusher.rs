@@ -1133,13 +1133,18 @@ mod tests {
         out
     }
 
-    #[test]
-    fn a_segment_keeps_every_row_in_order_across_merges() {
+    /// A segment of no collection, starting at message 1.
+    fn empty_segment() -> SegmentBuf {
         let start = Position {
             id: MessageId(1),
             after: Timestamp(0),
         };
-        let mut seg = SegmentBuf::starting(start, MessageId(1), 1);
+        SegmentBuf::starting(start, MessageId(1), 1)
+    }
+
+    #[test]
+    fn a_segment_keeps_every_row_in_order_across_merges() {
+        let mut seg = empty_segment();
         let n = 2 * COALESCE_ROWS + 10;
         let mut expected = Vec::new();
         for i in 0..n {
@@ -1171,11 +1176,7 @@ mod tests {
 
     #[test]
     fn a_body_larger_than_a_block_gets_a_block_of_its_own() {
-        let start = Position {
-            id: MessageId(1),
-            after: Timestamp(0),
-        };
-        let mut seg = SegmentBuf::starting(start, MessageId(1), 1);
+        let mut seg = empty_segment();
         let big = |b: u8| vec![b; 3 * COALESCE_BYTES];
         let expected = vec![
             (vec![1u8; 10], 0),
@@ -1202,11 +1203,7 @@ mod tests {
     #[test]
     fn large_rows_are_merged_by_bytes() {
         const BODY: usize = 40_000;
-        let start = Position {
-            id: MessageId(1),
-            after: Timestamp(0),
-        };
-        let mut seg = SegmentBuf::starting(start, MessageId(1), 1);
+        let mut seg = empty_segment();
         for i in 0..60u8 {
             seg.push_body(&[i; BODY], u64::from(i));
         }
