@@ -187,7 +187,7 @@ struct SegmentBuf {
     /// Where each pending body ends in `body_values` (after a leading 0), and its timestamp.
     body_offsets: Vec<i32>,
     body_ts: Vec<i64>,
-    /// Rows and bytes in `recent` and `bodies`.
+    /// Rows and bytes in `recent` and the pending bodies.
     recent_rows: usize,
     recent_bytes: usize,
     rows: u64,

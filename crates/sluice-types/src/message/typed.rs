@@ -32,16 +32,12 @@ impl Typed {
         (self.set & bit != 0).then_some(v)
     }
 
-    fn put<T: Default>(&mut self, bit: u8, slot: fn(&mut Typed) -> &mut T, v: Option<T>) {
-        match v {
-            Some(v) => {
-                self.set |= bit;
-                *slot(self) = v;
-            }
-            None => {
-                self.set &= !bit;
-                *slot(self) = T::default();
-            }
+    /// Marks `bit` set or unset (an unset stamp's number is 0).
+    fn mark(&mut self, bit: u8, on: bool) {
+        if on {
+            self.set |= bit;
+        } else {
+            self.set &= !bit;
         }
     }
 
@@ -50,7 +46,8 @@ impl Typed {
     }
 
     pub(super) fn set_ts(&mut self, ts: Option<Timestamp>) {
-        self.put(TS, |t| &mut t.ts, ts.map(|t| t.0));
+        self.ts = ts.map_or(0, |t| t.0);
+        self.mark(TS, ts.is_some());
     }
 
     pub(super) fn term(&self) -> Option<Term> {
@@ -58,7 +55,8 @@ impl Typed {
     }
 
     pub(super) fn set_term(&mut self, term: Option<Term>) {
-        self.put(TERM, |t| &mut t.term, term.map(|t| t.0));
+        self.term = term.map_or(0, |t| t.0);
+        self.mark(TERM, term.is_some());
     }
 
     pub(super) fn lc(&self) -> Option<MessageId> {
@@ -66,7 +64,8 @@ impl Typed {
     }
 
     pub(super) fn set_lc(&mut self, id: Option<MessageId>) {
-        self.put(LC, |t| &mut t.lc, id.map(split_id));
+        self.lc = id.map_or([0; 2], split_id);
+        self.mark(LC, id.is_some());
     }
 
     pub(super) fn producer(&self) -> Option<(u64, u64)> {
@@ -74,7 +73,8 @@ impl Typed {
     }
 
     pub(super) fn set_producer(&mut self, producer: Option<(u64, u64)>) {
-        self.put(PRODUCER, |t| &mut t.producer, producer.map(|(p, s)| [p, s]));
+        self.producer = producer.map_or([0; 2], |(p, s)| [p, s]);
+        self.mark(PRODUCER, producer.is_some());
     }
 }
 
