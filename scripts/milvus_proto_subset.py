@@ -41,8 +41,10 @@ RPCS = {
     "HasCollection": "Whether a collection exists.",
     "DescribeCollection": "The schema, id, shards and creation time of a collection.",
     "ShowCollections": "The names (and ids) of every collection.",
-    "RenameCollection": "Not supported: Sluice names are fixed at creation (an error status "
-    "says so); an alias gives a collection another name.",
+    "RenameCollection": "Renames a collection within the default database (another db_name or "
+    "newDBName is an error); its id, data, partitions, indexes, aliases and load state stay. The "
+    "new name must be free of collections and aliases; oldName must be a collection's own name, "
+    "not an alias.",
     "GetCollectionStatistics": "row_count: rows inserted and not deleted, as a query sees them.",
     "LoadCollection": "Loads a collection for search and query.",
     "ReleaseCollection": "Releases a collection (search and query refuse it until loaded again).",

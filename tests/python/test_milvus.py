@@ -1315,14 +1315,70 @@ def test_reads_of_a_missing_partition_are_an_error_in_sluice(sluice):
     assert sorted(r["id"] for r in got) == list(range(6))
 
 
-def test_rename_is_refused_by_sluice(sluice):
-    """Deliberate difference: Sluice's collection names are fixed at creation (its vchannels and
-    its catalog key carry them); milvus-lite renames."""
-    fresh(sluice, "d_rename")
-    with pytest.raises(MilvusException) as e:
-        sluice.rename_collection("d_rename", "d_renamed")
-    assert "not supported" in e.value.message
-    assert sluice.has_collection("d_rename") and not sluice.has_collection("d_renamed")
+def test_collections_are_renamed_like_milvus(sluice, lite):
+    """A renamed collection keeps its rows, partitions, index and aliases and takes writes and
+    reads under its new name at once; the old name is free again. Renaming to a name in use, or
+    a collection that does not exist, is an error that changes nothing."""
+
+    def f(c):
+        for n in ["d_rename", "d_renamed", "d_rename_taken"]:
+            for a in c.list_aliases(n)["aliases"] if c.has_collection(n) else []:
+                c.drop_alias(a)
+            drop_if_exists(c, n)
+        fresh(c, "d_rename")
+        fresh(c, "d_rename_taken")
+        data = rows(6, seed=23)
+        c.insert("d_rename", data)
+        c.create_partition("d_rename", "p1")
+        c.insert("d_rename", rows(8, seed=29)[6:], partition_name="p1")
+        c.create_alias("d_rename", "d_rename_alias")
+        c.rename_collection("d_rename", "d_renamed")
+        out = {
+            "names": (c.has_collection("d_rename"), c.has_collection("d_renamed")),
+            "described": c.describe_collection("d_renamed")["collection_name"],
+            "listed": sorted(n for n in c.list_collections() if n.startswith("d_rename")),
+            "partitions": sorted(c.list_partitions("d_renamed")),
+            "alias": c.describe_alias("d_rename_alias")["collection_name"],
+        }
+        c.insert("d_renamed", rows(10, seed=31)[8:])
+        # milvus-lite releases a renamed collection (Sluice keeps it loaded): load it for both.
+        c.load_collection("d_renamed")
+        got = c.query("d_renamed", filter="id >= 0", output_fields=["id"])
+        out["ids"] = sorted(r["id"] for r in got)
+        out["via alias"] = len(c.query("d_rename_alias", filter="id >= 0"))
+        out["in p1"] = sorted(
+            r["id"] for r in c.query("d_renamed", filter="id >= 0", partition_names=["p1"])
+        )
+        out["nearest"] = hit_ids(c.search("d_renamed", data=[data[3]["vector"]], limit=1))
+        c.delete("d_renamed", ids=[0])
+        out["count"] = c.query("d_renamed", filter="", output_fields=["count(*)"])[0]["count(*)"]
+        errors = []
+        for old, new in [("d_renamed", "d_rename_taken"), ("d_renamed", "d_rename_alias"),
+                         ("d_missing", "d_other")]:
+            try:
+                c.rename_collection(old, new)
+                errors.append("renamed")
+            except MilvusException:
+                errors.append("error")
+        out["errors"] = errors
+        # The old name is free again; the renamed collection is as it was.
+        fresh(c, "d_rename")
+        out["after"] = (len(c.query("d_rename", filter="id >= 0")),
+                        len(c.query("d_renamed", filter="id >= 0")))
+        c.drop_alias("d_rename_alias")
+        return out
+
+    s, l = both(sluice, lite, f)
+    assert s == l, (s, l)
+    assert s["names"] == (False, True) and s["ids"] == list(range(10)) and s["count"] == 9
+    assert s["errors"] == ["error"] * 3 and s["after"] == (0, 9)
+    # Sluice keeps a renamed collection loaded: reads under the new name answer at once.
+    drop_if_exists(sluice, "d_rename2")
+    for old, new in [("d_renamed", "d_rename2"), ("d_rename2", "d_renamed")]:
+        sluice.rename_collection(old, new)
+        assert sluice.query(new, filter="", output_fields=["count(*)"])[0]["count(*)"] == 9
+        assert hit_ids(sluice.search(new, data=[rows(6, seed=23)[3]["vector"]], limit=1)) == [[3]]
+        assert not sluice.has_collection(old)
 
 
 def test_auto_id_collections_get_fresh_keys(sluice, lite):

@@ -492,7 +492,7 @@ impl Catalog {
             schema: Some(schema.clone()),
         })?;
         let ts = self
-            .broadcast(broadcaster, template, &info.vchannels, &schema.name)
+            .broadcast(broadcaster, template, &info.vchannels, &[&schema.name])
             .await?;
         info.state = v1::CollectionState::Created as i32;
         info.created_timestamp = ts;
@@ -523,6 +523,7 @@ impl Catalog {
                 name_of(&target)
             )));
         }
+        let _serial = self.schema_changes.lock().await;
         let mut info = self.by_name(name).await?;
         let aliases = self.aliases(Some(name)).await?;
         if !aliases.is_empty() {
@@ -536,19 +537,22 @@ impl Catalog {
             collection_id: info.collection_id,
             db_id: 1,
         })?;
-        self.broadcast(broadcaster, template, &info.vchannels, name)
+        self.broadcast(broadcaster, template, &info.vchannels, &[name])
             .await?;
         self.store
             .txn(
                 Vec::new(),
-                vec![
-                    TxnOp::Delete {
-                        key: self.name_key(name),
-                    },
-                    TxnOp::Delete {
+                // The record's own name too: an interrupted rename left the old and the new
+                // name leading to the collection (a transaction names a key once).
+                std::iter::once(name)
+                    .chain(Some(name_of(&info)).filter(|n| *n != name))
+                    .map(|n| TxnOp::Delete {
+                        key: self.name_key(n),
+                    })
+                    .chain([TxnOp::Delete {
                         key: self.record_key(info.collection_id),
-                    },
-                ],
+                    }])
+                    .collect(),
             )
             .await?;
         info.state = v1::CollectionState::Dropped as i32;
@@ -583,7 +587,7 @@ impl Catalog {
             collection_id: info.collection_id,
             partition_id,
         })?;
-        self.broadcast(broadcaster, template, &info.vchannels, name_of(&info))
+        self.broadcast(broadcaster, template, &info.vchannels, &[name_of(&info)])
             .await?;
         let info = self
             .update(name, |next| {
@@ -638,7 +642,7 @@ impl Catalog {
             flushed_segment_ids: Vec::new(),
             schema: Some(next.clone()),
         })?;
-        self.broadcast(broadcaster, template, &info.vchannels, name_of(&info))
+        self.broadcast(broadcaster, template, &info.vchannels, &[name_of(&info)])
             .await?;
         let info = self
             .update(name, |record| {
@@ -654,6 +658,113 @@ impl Catalog {
             .await?;
         let added = next.fields.last().map_or("", |f| f.name.as_str());
         tracing::info!(collection = info.collection_id, %name, field = added, version = next.version, "field added");
+        Ok(info)
+    }
+
+    /// Renames the live collection `name` to `new_name` (see `RenameCollection` in
+    /// `coord.proto`): the record takes the renamed schema and the new name leads to it as well
+    /// (one transaction: the new name must be free of collections and aliases), then
+    /// SCHEMA_CHANGE with the renamed schema goes to every vchannel under both names' resource
+    /// keys, then the old name is let go. A crash in between leaves both names leading to the
+    /// collection; the same call again completes it (the WALs take a change to the schema they
+    /// hold as no change).
+    pub async fn rename(
+        &self,
+        broadcaster: &Broadcaster,
+        name: &str,
+        new_name: &str,
+    ) -> Result<v1::CollectionInfo> {
+        if name == new_name {
+            return Err(CoordError::InvalidArgument(format!(
+                "the collection is named {name:?} already"
+            )));
+        }
+        let _serial = self.schema_changes.lock().await;
+        let info = loop {
+            let Some(id) = self.id_at(self.name_key(name)).await? else {
+                if self.id_at(self.alias_key(name)).await?.is_some() {
+                    return Err(CoordError::InvalidArgument(format!(
+                        "{name:?} is an alias: rename a collection by its own name"
+                    )));
+                }
+                return Err(not_found(format!("{name:?}")));
+            };
+            let key = self.record_key(id);
+            let Some(kv) = self.store.get(&key).await? else {
+                return Err(not_found(format!("{name:?}")));
+            };
+            let mut info = v1::CollectionInfo::decode(kv.value.as_ref()).map_err(|e| {
+                CoordError::Malformed {
+                    key: key.clone(),
+                    reason: e.to_string(),
+                }
+            })?;
+            let current = info.schema.clone().ok_or_else(|| CoordError::Malformed {
+                key: key.clone(),
+                reason: "a collection record without a schema".into(),
+            })?;
+            if current.name == new_name {
+                // Recorded by an earlier call that stopped before it finished.
+                break info;
+            }
+            if current.name != name {
+                return Err(CoordError::InvalidArgument(format!(
+                    "collection {name:?} is being renamed to {:?}: rename it to that name to \
+                     finish",
+                    current.name
+                )));
+            }
+            let renamed = sluice_types::schema::rename(&current, new_name)
+                .map_err(|e| CoordError::InvalidArgument(e.to_string()))?;
+            info.schema = Some(renamed);
+            let result = self
+                .store
+                .txn(
+                    vec![
+                        (self.name_key(new_name), Condition::KeyAbsent),
+                        (self.alias_key(new_name), Condition::KeyAbsent),
+                        (key.clone(), Condition::ModRevision(kv.mod_revision)),
+                    ],
+                    vec![
+                        TxnOp::Put {
+                            key: self.name_key(new_name),
+                            value: Bytes::from(id.to_string()),
+                            lease: None,
+                        },
+                        TxnOp::Put {
+                            key,
+                            value: Bytes::from(info.encode_to_vec()),
+                            lease: None,
+                        },
+                    ],
+                )
+                .await?;
+            if result.committed {
+                break info;
+            }
+            if self.store.get(&self.alias_key(new_name)).await?.is_some() {
+                return Err(CoordError::InvalidArgument(format!(
+                    "an alias named {new_name:?} exists"
+                )));
+            }
+            if self.store.get(&self.name_key(new_name)).await?.is_some() {
+                return Err(CoordError::InvalidArgument(format!(
+                    "a collection named {new_name:?} exists"
+                )));
+            }
+            // The record changed in between (properties, load state): again.
+        };
+        let template = ddl_message(SchemaChangeHeader {
+            collection_id: info.collection_id,
+            flushed_segment_ids: Vec::new(),
+            schema: info.schema.clone(),
+        })?;
+        self.broadcast(broadcaster, template, &info.vchannels, &[name, new_name])
+            .await?;
+        self.store
+            .delete(&self.name_key(name), Condition::None)
+            .await?;
+        tracing::info!(collection = info.collection_id, from = %name, to = %new_name, "collection renamed");
         Ok(info)
     }
 
@@ -682,7 +793,7 @@ impl Catalog {
             collection_id: info.collection_id,
             partition_id,
         })?;
-        self.broadcast(broadcaster, template, &info.vchannels, name_of(&info))
+        self.broadcast(broadcaster, template, &info.vchannels, &[name_of(&info)])
             .await?;
         let info = self
             .update(name, |next| {
@@ -694,24 +805,27 @@ impl Catalog {
         Ok(info)
     }
 
-    /// Broadcasts `template` to `vchannels` under `name`'s exclusive key; returns the first
-    /// copy's timestamp once every copy is in its WAL.
+    /// Broadcasts `template` to `vchannels` under the exclusive keys of `names`; returns the
+    /// first copy's timestamp once every copy is in its WAL.
     async fn broadcast(
         &self,
         broadcaster: &Broadcaster,
         template: MutableMessage,
         vchannels: &[String],
-        name: &str,
+        names: &[&str],
     ) -> Result<u64> {
         let mut handle = broadcaster
             .submit(BroadcastRequest {
                 message: template,
                 vchannels: vchannels.to_vec(),
-                resource_keys: vec![ResourceKey {
-                    domain: COLLECTION_NAME_DOMAIN,
-                    key: name.to_owned(),
-                    shared: false,
-                }],
+                resource_keys: names
+                    .iter()
+                    .map(|name| ResourceKey {
+                        domain: COLLECTION_NAME_DOMAIN,
+                        key: (*name).to_owned(),
+                        shared: false,
+                    })
+                    .collect(),
             })
             .await?;
         handle.wait_for(|p| p.sent >= p.total).await?;

@@ -349,6 +349,20 @@ impl coordinator_server::Coordinator for CoordinatorService {
         Ok(Response::new(info))
     }
 
+    async fn rename_collection(
+        &self,
+        request: Request<v1::RenameCollectionRequest>,
+    ) -> Result<Response<v1::CollectionInfo>, Status> {
+        let request = request.into_inner();
+        let leader = self.leader().await?;
+        let info = leader
+            .catalog
+            .rename(&leader.broadcaster, &request.name, &request.new_name)
+            .await
+            .map_err(|e| coord_status(&e))?;
+        Ok(Response::new(info))
+    }
+
     async fn create_partition(
         &self,
         request: Request<v1::CreatePartitionRequest>,

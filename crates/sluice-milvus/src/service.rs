@@ -2478,10 +2478,28 @@ impl MilvusService for MilvusFront {
         }))
     }
 
-    async fn rename_collection(&self, _: Request<mm::RenameCollectionRequest>) -> Reply<Status> {
-        Ok(Response::new(
-            Failure::unsupported("renaming a collection").status(),
-        ))
+    async fn rename_collection(&self, r: Request<mm::RenameCollectionRequest>) -> Reply<Status> {
+        let r = r.into_inner();
+        let result = if !is_default_database(&r.db_name) || !is_default_database(&r.new_db_name) {
+            Err(Failure::invalid(format!(
+                "database {:?}: Sluice has one database, `default`, and renames within it",
+                if is_default_database(&r.db_name) {
+                    &r.new_db_name
+                } else {
+                    &r.db_name
+                }
+            )))
+        } else {
+            let request = v1::RenameCollectionRequest {
+                name: r.old_name.clone(),
+                new_name: r.new_name,
+            };
+            self.catalog(&r.old_name, |mut c| async move {
+                c.rename_collection(request).await
+            })
+            .await
+        };
+        Ok(Response::new(status::of(&result)))
     }
 
     async fn get_collection_statistics(

@@ -184,6 +184,48 @@ pub fn add_field(
     Ok(out)
 }
 
+/// The schema after a SCHEMA_CHANGE that renames the collection to `name`: the fields as they
+/// are; the version goes up by one.
+pub fn rename(schema: &CollectionSchema, name: &str) -> Result<CollectionSchema, SchemaError> {
+    check_name("collection name", name)?;
+    if schema.name == name {
+        return Err(bad(format!("the collection is named {name:?} already")));
+    }
+    let mut out = schema.clone();
+    out.name = name.to_owned();
+    out.version = schema.version + 1;
+    Ok(out)
+}
+
+/// Whether `next` is what one SCHEMA_CHANGE may lead to from `current`: one field added (see
+/// [`add_field`]) or the collection renamed (see [`rename`]); else why not.
+pub fn check_change(
+    current: &CollectionSchema,
+    next: &CollectionSchema,
+) -> Result<(), SchemaError> {
+    let expected = if current.name == next.name {
+        add_field(current, next.fields.last().cloned().unwrap_or_default())?
+    } else {
+        rename(current, &next.name)?
+    };
+    if expected == *next {
+        return Ok(());
+    }
+    Err(bad(if current.name == next.name {
+        format!(
+            "the schema after the change must be version {} with one field added at the end \
+             (field id {}), the rest as it is",
+            expected.version,
+            expected.fields.last().map_or(0, |f| f.field_id)
+        )
+    } else {
+        format!(
+            "a renamed schema must be version {} with the fields as they are",
+            expected.version
+        )
+    }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -225,6 +267,47 @@ mod tests {
             version: 1,
             ..CollectionSchema::default()
         }
+    }
+
+    #[test]
+    fn a_schema_change_adds_one_field_or_renames_and_nothing_else() {
+        let current = good();
+        let renamed = rename(&current, "papers").unwrap();
+        assert_eq!((renamed.name.as_str(), renamed.version), ("papers", 2));
+        assert_eq!(renamed.fields, current.fields);
+        check_change(&current, &renamed).unwrap();
+        let added = add_field(
+            &current,
+            FieldSchema {
+                nullable: true,
+                ..field("score", DataType::Float)
+            },
+        )
+        .unwrap();
+        check_change(&current, &added).unwrap();
+
+        let bad = |next: &CollectionSchema| check_change(&current, next).unwrap_err().0;
+        assert!(rename(&current, "docs").unwrap_err().0.contains("already"));
+        assert!(
+            rename(&current, "9lives")
+                .unwrap_err()
+                .0
+                .contains("must be 1-")
+        );
+        // A rename that also adds, drops or changes a field, or skips a version.
+        let mut more = rename(&current, "papers").unwrap();
+        more.fields.push(added.fields.last().unwrap().clone());
+        assert!(bad(&more).contains("fields as they are"), "{}", bad(&more));
+        let mut fewer = renamed.clone();
+        fewer.fields.pop();
+        assert!(bad(&fewer).contains("fields as they are"));
+        let mut skipped = renamed.clone();
+        skipped.version = 3;
+        assert!(bad(&skipped).contains("version 2"));
+        // An added field under the old name with a wrong id.
+        let mut wrong_id = added.clone();
+        wrong_id.fields.last_mut().unwrap().field_id = 9;
+        assert!(bad(&wrong_id).contains("field id 5"), "{}", bad(&wrong_id));
     }
 
     #[test]

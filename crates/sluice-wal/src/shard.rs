@@ -314,7 +314,7 @@ impl ShardManager {
                 ..
             }) => {
                 self.check_managed(msg, vc, *collection_id)?;
-                // The change must be exactly one added field on the schema in force.
+                // The change must be one added field on the schema in force, or a new name.
                 let st = self.state.lock();
                 let current = st
                     .key(vc, *collection_id)
@@ -333,17 +333,8 @@ impl ShardManager {
                 if current == *next {
                     return self.flush_point(msg, header, vc, *collection_id);
                 }
-                let added = next.fields.last().cloned().unwrap_or_default();
-                let expected = sluice_types::schema::add_field(&current, added)
+                sluice_types::schema::check_change(&current, next)
                     .map_err(|e| WalError::InvalidArgument(e.to_string()))?;
-                if expected != *next {
-                    return Err(WalError::InvalidArgument(format!(
-                        "the schema after the change must be version {} with one field added at \
-                         the end (field id {}), the rest as it is",
-                        expected.version,
-                        expected.fields.last().map_or(0, |f| f.field_id)
-                    )));
-                }
                 self.flush_point(msg, header, vc, *collection_id)
             }
             Header::ManualFlush(ManualFlushHeader { collection_id, .. })

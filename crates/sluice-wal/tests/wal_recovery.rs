@@ -291,7 +291,7 @@ async fn schemas_are_checked_applied_and_recovered() {
     assert_eq!(wal.schema(&vchannel(COLLECTION)), Some(docs_schema()));
     wal.append(insert(COLLECTION, "a", 10)).await.unwrap();
 
-    // A schema change adds one nullable field; anything else is refused.
+    // A schema change adds one nullable field (or renames, below); anything else is refused.
     let mut not_nullable = docs_schema();
     not_nullable
         .fields
@@ -327,11 +327,17 @@ async fn schemas_are_checked_applied_and_recovered() {
     let err = wal.append(schema_change(docs_schema())).await.unwrap_err();
     assert_eq!(err.code(), ErrorCode::InvalidArgument, "{err}");
     assert_eq!(wal.schema(&vchannel(COLLECTION)), Some(v2.clone()));
+    // A rename (the fields as they are, the next version) is a change too.
+    let mut v3 = v2.clone();
+    v3.name = "other".into();
+    v3.version = 3;
+    wal.append(schema_change(v3.clone())).await.unwrap();
+    assert_eq!(wal.schema(&vchannel(COLLECTION)), Some(v3.clone()));
     wal.close().await;
 
-    // Rebuilt from the log: the schema in force is version 2.
+    // Rebuilt from the log: the schema in force is version 3, renamed.
     let wal = open(&b, 2, fast_config()).await;
-    assert_eq!(wal.schema(&vchannel(COLLECTION)), Some(v2));
+    assert_eq!(wal.schema(&vchannel(COLLECTION)), Some(v3));
     assert!(wal.growing_segments().is_empty());
     wal.close().await;
 }

@@ -516,6 +516,28 @@ pub(crate) async fn drop_collection(
     Ok(())
 }
 
+/// `sluice ctl rename NAME NEW_NAME`.
+pub(crate) async fn rename(
+    coord: &str,
+    name: &str,
+    new_name: &str,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    let info = coordinator(coord)?
+        .rename_collection(timed(
+            v1::RenameCollectionRequest {
+                name: name.to_owned(),
+                new_name: new_name.to_owned(),
+            },
+            timeout,
+        ))
+        .await
+        .map_err(|s| anyhow::anyhow!("renaming collection {name}: {}", s.message()))?
+        .into_inner();
+    print_collection(&info);
+    Ok(())
+}
+
 /// `sluice ctl add-field COLLECTION FIELD`.
 pub(crate) async fn add_field(
     coord: &str,

@@ -525,6 +525,15 @@ enum CtlCommand {
         /// Its name.
         name: String,
     },
+    /// Rename a collection; its id, data, partitions, aliases and load state stay.
+    Rename {
+        #[command(flatten)]
+        client: ClientOpts,
+        /// Its name (not an alias).
+        name: String,
+        /// Its name from now on: free of collections and aliases.
+        new_name: String,
+    },
     /// Add a field to a collection's schema: a nullable scalar field, which rows written before
     /// read as null.
     AddField {
@@ -787,6 +796,7 @@ fn client_security(command: &Command) -> Option<&SecurityOpts> {
                 | CtlCommand::Release { client, .. }
                 | CtlCommand::DropCollection { client, .. }
                 | CtlCommand::AddField { client, .. }
+                | CtlCommand::Rename { client, .. }
                 | CtlCommand::Compact { client, .. }
                 | CtlCommand::CreatePartition { client, .. }
                 | CtlCommand::DropPartition { client, .. }
@@ -982,6 +992,19 @@ fn run() -> anyhow::Result<()> {
             &client.coord,
             &collection,
             wait,
+            Duration::from_secs(client.timeout_secs),
+        )),
+        Command::Ctl {
+            what:
+                CtlCommand::Rename {
+                    client,
+                    name,
+                    new_name,
+                },
+        } => rt.block_on(cli::rename(
+            &client.coord,
+            &name,
+            &new_name,
             Duration::from_secs(client.timeout_secs),
         )),
         Command::Ctl {

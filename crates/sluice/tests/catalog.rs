@@ -881,3 +881,131 @@ async fn fields_are_added_through_the_cli_and_read_back() {
         "{rows}"
     );
 }
+
+/// `sluice ctl rename` (the coordinator's RenameCollection): the collection keeps its id, rows
+/// and aliases under the new name, reads and writes take the new name at once, the old name is
+/// free again, and all of it holds after a SIGKILL and a restart (the WALs replay the rename).
+/// The same name, an unknown collection, an alias, a name in use and a bad name are refused
+/// and change nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn collections_are_renamed_and_keep_their_rows_and_aliases() {
+    let data = tempfile::tempdir().unwrap();
+    let logs = tempfile::tempdir().unwrap();
+    let mut server = start(data.path(), logs.path());
+    let endpoint = server.endpoint();
+    ok(create_collection(&endpoint, "before"), "create before");
+    ok(create_collection(&endpoint, "taken"), "create taken");
+    let insert = |endpoint: &str, collection: &str, name: &str, ids: std::ops::Range<i64>| {
+        let file = data.path().join(name);
+        let lines: Vec<String> = ids
+            .map(|i| format!(r#"{{"id": {i}, "title": "t{i}", "vec": [{i}, 0.5, 1]}}"#))
+            .collect();
+        std::fs::write(&file, lines.join("\n")).unwrap();
+        ok(
+            run_cli(
+                &[
+                    "insert",
+                    "--collection",
+                    collection,
+                    "--file",
+                    file.to_str().unwrap(),
+                    "--coord",
+                    endpoint,
+                ],
+                &[],
+                TIMEOUT,
+            ),
+            name,
+        )
+    };
+    let ids = |endpoint: &str, collection: &str| -> Vec<i64> {
+        let out = ok(
+            run_cli(
+                &[
+                    "query",
+                    "--node",
+                    endpoint,
+                    "--collection",
+                    collection,
+                    "--filter",
+                    "id >= 0",
+                ],
+                &[],
+                TIMEOUT,
+            ),
+            collection,
+        );
+        out.lines()
+            .map(|l| {
+                let row: serde_json::Value = serde_json::from_str(l).unwrap();
+                row["id"].as_i64().unwrap()
+            })
+            .collect()
+    };
+    insert(&endpoint, "before", "first.jsonl", 0..10);
+    let id = ok(ctl(&server, &["ctl", "describe", "before"]), "describe");
+    let id = id
+        .split_whitespace()
+        .find(|w| w.starts_with("id="))
+        .unwrap()
+        .to_owned();
+    v1::coordinator_client::CoordinatorClient::new(sluice_proto::lazy_channel(&endpoint).unwrap())
+        .create_alias(v1::CreateAliasRequest {
+            alias: "nick".into(),
+            collection_name: "before".into(),
+        })
+        .await
+        .expect("create the alias");
+
+    let out = ok(
+        ctl(&server, &["ctl", "rename", "before", "after"]),
+        "rename",
+    );
+    assert!(out.contains("after") && out.contains(&id), "{out}");
+    assert!(out.contains("schema_version=2"), "{out}");
+    assert_eq!(ids(&endpoint, "after"), (0..10).collect::<Vec<_>>());
+    insert(&endpoint, "after", "second.jsonl", 10..15);
+    assert_eq!(ids(&endpoint, "after"), (0..15).collect::<Vec<_>>());
+    let out = ctl(&server, &["ctl", "describe", "before"]);
+    assert!(
+        !out.status.success(),
+        "the old name still names it: {}",
+        out.stdout
+    );
+    let out = ok(ctl(&server, &["ctl", "describe", "nick"]), "describe alias");
+    assert!(out.contains("after") && out.contains(&id), "{out}");
+
+    for (args, why) in [
+        (["after", "after"], "named \"after\" already"),
+        (["missing", "other"], "missing"),
+        (["nick", "other"], "alias"),
+        (["after", "taken"], "named \"taken\" exists"),
+        (["after", "nick"], "alias named \"nick\" exists"),
+        (["after", "9bad"], "must be 1-"),
+    ] {
+        let out = ctl(&server, &["ctl", "rename", args[0], args[1]]);
+        assert!(!out.status.success(), "{args:?} was renamed");
+        assert!(out.stderr.contains(why), "{args:?}: {}", out.stderr);
+    }
+    let out = ok(
+        ctl(&server, &["ctl", "describe", "after"]),
+        "describe after",
+    );
+    assert!(out.contains("schema_version=2"), "{out}");
+
+    // The old name is free for a new collection.
+    ok(
+        create_collection(&endpoint, "before"),
+        "create before again",
+    );
+    assert!(ids(&endpoint, "before").is_empty());
+
+    server.kill();
+    drop(server);
+    let server = start(data.path(), logs.path());
+    let endpoint = server.endpoint();
+    assert_eq!(ids(&endpoint, "after"), (0..15).collect::<Vec<_>>());
+    assert!(ids(&endpoint, "before").is_empty());
+    let out = ok(ctl(&server, &["ctl", "describe", "nick"]), "describe alias");
+    assert!(out.contains("after") && out.contains(&id), "{out}");
+}
