@@ -2595,3 +2595,43 @@ def test_compaction_on_its_own_and_of_expired_rows():
             c.close()
         finally:
             s.stop()
+
+
+def test_pymilvus_authenticates_with_the_servers_token():
+    """With `auth.token` set, pymilvus connects with that token as its `token` (or as `user` and
+    `password` when the token is `user:password`, as Milvus's are); without it, or with another,
+    calls fail with UNAUTHENTICATED and change nothing."""
+    from pathlib import Path
+
+    import grpc
+
+    with tempfile.TemporaryDirectory(prefix="sluice-milvus-auth-") as d:
+        s = Server(Path(d), env={"SLUICE_AUTH__TOKEN": "root:Milvus"})
+        s.start()
+        try:
+            uri = f"http://{s.milvus}"
+            c = MilvusClient(uri=uri, token="root:Milvus")
+            c.create_collection(collection_name="auth_c", dimension=DIM)
+            c.insert("auth_c", rows(4, seed=3))
+            by_user = MilvusClient(uri=uri, user="root", password="Milvus")
+            got = by_user.query("auth_c", filter="id >= 0", output_fields=["count(*)"])
+            assert got[0]["count(*)"] == 4
+
+            for kw in [{}, {"token": "root:wrong"}, {"user": "root", "password": "milvus"}]:
+                with pytest.raises(Exception) as e:
+                    bad = MilvusClient(uri=uri, timeout=5, **kw)
+                    bad.create_collection(collection_name="auth_bad", dimension=DIM)
+                # pymilvus wraps the refusal of its first call (connect) in a MilvusException.
+                # (pymilvus raises some errors `from` themselves: each link is looked at once.)
+                cause, codes, seen = e.value, [], set()
+                while cause is not None and id(cause) not in seen:
+                    seen.add(id(cause))
+                    if isinstance(cause, grpc.RpcError):
+                        codes.append(cause.code())
+                    cause = cause.__cause__
+                assert grpc.StatusCode.UNAUTHENTICATED in codes, (kw, repr(e.value), codes)
+            assert c.list_collections() == ["auth_c"]
+            c.close()
+            by_user.close()
+        finally:
+            s.stop()

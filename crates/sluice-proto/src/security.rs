@@ -12,7 +12,9 @@
 //!
 //! The token travels as `authorization: Bearer <token>` metadata on every call; a server with a
 //! token answers a call without it, or with another one, `UNAUTHENTICATED` before any service
-//! sees the call. The gRPC health service stays open (load balancers probe it without a token).
+//! sees the call. Servers also take the token as Milvus clients send theirs: the metadata value
+//! is the token in standard base64 (pymilvus `token=`, or `user=` and `password=` when
+//! `user:password` is the token). The gRPC health service stays open (load balancers probe it without a token).
 //! Neither the token nor a private key is ever printed: every `Debug` here redacts them.
 
 use std::future::Future;
@@ -32,8 +34,8 @@ use tower_layer::{Layer, Stack};
 pub const AUTHORIZATION: &str = "authorization";
 
 /// The message of a refused call (it names what is missing, never the token).
-pub const REFUSED: &str =
-    "missing or wrong token: every call must carry `authorization: Bearer <token>` metadata";
+pub const REFUSED: &str = "missing or wrong token: every call must carry `authorization: Bearer \
+     <token>` metadata (Milvus clients: the token as their `token`)";
 
 /// Every call's path starts with this for the gRPC health service, which needs no token.
 const HEALTH_PREFIX: &str = "/grpc.health.v1.Health/";
@@ -327,8 +329,9 @@ pub fn server(security: &ServerSecurity) -> Result<Server, SecurityError> {
 /// `UNAUTHENTICATED` and never reaches a service. Health checks pass.
 #[derive(Clone)]
 pub struct RequireTokenLayer {
-    /// The whole expected header value, `Bearer <token>`; `None` lets every call through.
-    expected: Option<Arc<[u8]>>,
+    /// The whole header values a call may carry: `Bearer <token>`, and the token in standard
+    /// base64 (Milvus's form); `None` lets every call through.
+    expected: Option<Arc<[Box<[u8]>; 2]>>,
 }
 
 impl std::fmt::Debug for RequireTokenLayer {
@@ -346,8 +349,14 @@ impl RequireTokenLayer {
     pub fn new(token: &str) -> Result<RequireTokenLayer, SecurityError> {
         // The same rules as the client's, so a token one side accepts the other does too.
         Authorize::new(token)?;
+        use base64::Engine as _;
+        let bearer = format!("Bearer {token}").into_bytes().into_boxed_slice();
+        let milvus = base64::engine::general_purpose::STANDARD
+            .encode(token)
+            .into_bytes()
+            .into_boxed_slice();
         Ok(RequireTokenLayer {
-            expected: Some(format!("Bearer {token}").into_bytes().into()),
+            expected: Some(Arc::new([bearer, milvus])),
         })
     }
 
@@ -361,7 +370,10 @@ impl RequireTokenLayer {
         match &self.expected {
             None => true,
             Some(_) if path.starts_with(HEALTH_PREFIX) => true,
-            Some(expected) => authorization.is_some_and(|got| constant_time_eq(got, expected)),
+            // Both compared, whichever matches: the time does not tell which form was right.
+            Some(expected) => authorization.is_some_and(|got| {
+                constant_time_eq(got, &expected[0]) | constant_time_eq(got, &expected[1])
+            }),
         }
     }
 }
@@ -440,6 +452,24 @@ mod tests {
         assert!(!layer.allows(CALL, Some(b"s3cret")), "no scheme");
         assert!(!layer.allows(CALL, Some(b"Basic s3cret")), "another scheme");
         assert!(layer.allows(CALL, Some(b"Bearer s3cret")), "right");
+        // Milvus's form: the token in standard base64 ("s3cret" → "czNjcmV0").
+        assert!(
+            layer.allows(CALL, Some(b"czNjcmV0")),
+            "right, as Milvus sends it"
+        );
+        assert!(
+            !layer.allows(CALL, Some(b"czNjcmV0MQ==")),
+            "another token as Milvus sends it"
+        );
+        assert!(
+            !layer.allows(CALL, Some(b"Bearer czNjcmV0")),
+            "base64 after Bearer"
+        );
+        let user = RequireTokenLayer::new("root:Milvus").unwrap();
+        assert!(
+            user.allows(CALL, Some(b"cm9vdDpNaWx2dXM=")),
+            "user:password as the token"
+        );
         assert!(
             layer.allows("/grpc.health.v1.Health/Check", None),
             "health checks need no token"

@@ -82,8 +82,9 @@ pub(crate) struct TlsSection {
 #[serde(default, deny_unknown_fields)]
 pub(crate) struct AuthSection {
     /// A shared bearer token: every call to this process (but health checks) must carry
-    /// `authorization: Bearer <token>` or is answered UNAUTHENTICATED, and this process sends
-    /// it on every call it makes. Printable ASCII without spaces; best set through
+    /// `authorization: Bearer <token>` (or, as Milvus clients send it, the token in base64) or
+    /// is answered UNAUTHENTICATED, and this process sends it on every call it makes.
+    /// Printable ASCII without spaces; best set through
     /// `SLUICE_AUTH__TOKEN`. Default: unset (no check).
     pub token: Option<Secret>,
 }
