@@ -184,6 +184,30 @@ impl Catalog {
         self.by_id(id).await
     }
 
+    /// Lets go of `name` if it leads to no collection record — what a rename interrupted by a
+    /// crash leaves when the collection is then dropped by its other name. Whether it did.
+    async fn clear_stale_name(&self, name: &str) -> Result<bool> {
+        let key = self.name_key(name);
+        let Some(kv) = self.store.get(&key).await? else {
+            return Ok(false);
+        };
+        if self.contains(id_in(&kv)?).await? {
+            return Ok(false);
+        }
+        match self
+            .store
+            .delete(&key, Condition::ModRevision(kv.mod_revision))
+            .await
+        {
+            Ok(_) => {
+                tracing::warn!(%name, "a collection name leading to no collection was let go");
+                Ok(true)
+            }
+            Err(sluice_meta::MetaError::ConditionFailed { .. }) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// Gives the live collection `collection` (a name or an alias) the alias `alias` (see
     /// `CreateAlias` in `coord.proto`); `repoint` (AlterAlias): the alias exists and names
     /// another collection from now on.
@@ -454,28 +478,35 @@ impl Catalog {
             properties,
         };
         let name_key = self.name_key(&schema.name);
-        let result = self
-            .store
-            .txn(
-                vec![
-                    (name_key.clone(), Condition::KeyAbsent),
-                    (self.alias_key(&schema.name), Condition::KeyAbsent),
-                ],
-                vec![
-                    TxnOp::Put {
-                        key: name_key,
-                        value: Bytes::from(id.to_string()),
-                        lease: None,
-                    },
-                    TxnOp::Put {
-                        key: self.record_key(id),
-                        value: Bytes::from(info.encode_to_vec()),
-                        lease: None,
-                    },
-                ],
-            )
-            .await?;
-        if !result.committed {
+        let mut stale_cleared = false;
+        let committed = loop {
+            let result = self
+                .store
+                .txn(
+                    vec![
+                        (name_key.clone(), Condition::KeyAbsent),
+                        (self.alias_key(&schema.name), Condition::KeyAbsent),
+                    ],
+                    vec![
+                        TxnOp::Put {
+                            key: name_key.clone(),
+                            value: Bytes::from(id.to_string()),
+                            lease: None,
+                        },
+                        TxnOp::Put {
+                            key: self.record_key(id),
+                            value: Bytes::from(info.encode_to_vec()),
+                            lease: None,
+                        },
+                    ],
+                )
+                .await?;
+            if result.committed || stale_cleared || !self.clear_stale_name(&schema.name).await? {
+                break result.committed;
+            }
+            stale_cleared = true;
+        };
+        if !committed {
             let what = match self.store.get(&self.alias_key(&schema.name)).await? {
                 Some(_) => "an alias",
                 None => "a collection",
@@ -747,12 +778,15 @@ impl Catalog {
                     "an alias named {new_name:?} exists"
                 )));
             }
-            if self.store.get(&self.name_key(new_name)).await?.is_some() {
+            if self.store.get(&self.name_key(new_name)).await?.is_some()
+                && !self.clear_stale_name(new_name).await?
+            {
                 return Err(CoordError::InvalidArgument(format!(
                     "a collection named {new_name:?} exists"
                 )));
             }
-            // The record changed in between (properties, load state): again.
+            // The record changed in between (properties, load state), or the new name was a
+            // stale one: again.
         };
         let template = ddl_message(SchemaChangeHeader {
             collection_id: info.collection_id,

@@ -1008,4 +1008,56 @@ async fn collections_are_renamed_and_keep_their_rows_and_aliases() {
     assert!(ids(&endpoint, "before").is_empty());
     let out = ok(ctl(&server, &["ctl", "describe", "nick"]), "describe alias");
     assert!(out.contains("after") && out.contains(&id), "{out}");
+
+    // A name leading to no collection (what a rename cut short by a crash leaves once the
+    // collection is dropped by its other name) is let go when a collection or a rename
+    // wants it.
+    let mut server = server;
+    server.kill();
+    drop(server);
+    {
+        use sluice_meta::MetaStore as _;
+        let meta = sluice_meta::embedded::EmbeddedStore::open(data.path().join("meta.redb"))
+            .expect("open the meta store");
+        for stale in ["ghost", "ghost2"] {
+            meta.put(
+                &sluice_coord::catalog::name_key("sluice", stale),
+                bytes::Bytes::from_static(b"999999"),
+                sluice_meta::Condition::KeyAbsent,
+                None,
+            )
+            .await
+            .expect("write a stale name");
+        }
+    }
+    // The store closes its file once its lease reaper (a task) saw it dropped: wait for that.
+    let file = std::fs::File::open(data.path().join("meta.redb")).unwrap();
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    while rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the meta store stays open"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drop(file);
+    let server = start(data.path(), logs.path());
+    let endpoint = server.endpoint();
+    let out = ctl(&server, &["ctl", "describe", "ghost"]);
+    assert!(
+        !out.status.success(),
+        "a stale name describes: {}",
+        out.stdout
+    );
+    ok(
+        create_collection(&endpoint, "ghost"),
+        "create over a stale name",
+    );
+    insert(&endpoint, "ghost", "ghost.jsonl", 0..3);
+    assert_eq!(ids(&endpoint, "ghost"), vec![0, 1, 2]);
+    ok(
+        ctl(&server, &["ctl", "rename", "after", "ghost2"]),
+        "rename onto a stale name",
+    );
+    assert_eq!(ids(&endpoint, "ghost2"), (0..15).collect::<Vec<_>>());
 }
