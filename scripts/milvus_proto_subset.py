@@ -155,7 +155,10 @@ RPCS = {
     "completedPlanNo count shards. Compactions are remembered for a day.",
     "GetCompactionStateWithPlans": "As GetCompactionState, with one merge info per segment "
     "rewritten: the segment keeps its id (sources [id], target id), its channel, type "
-    "CompactionTypeSingle, state CompactionTaskStateCompleted.",
+    "CompactionTypeSingle, state CompactionTaskStateCompleted, trigger_id the compaction. "
+    "With no compactionID but a collection (collection_name, or collection_id): every "
+    "compaction of the collection still remembered, oldest first, their merge infos together; "
+    "Executing while any of them is.",
 }
 
 SERVICE = "milvus.proto.milvus.MilvusService"

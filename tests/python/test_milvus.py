@@ -2390,6 +2390,17 @@ def test_compaction_removes_deleted_rows_from_storage_and_reads_stay_the_same():
             job2 = c.compact(name)
             _wait_compacted(c, job2)
             assert list(c.get_compaction_plans(job2).plans) == []
+            # list_compaction_tasks: the collection's compactions, their plans together.
+            tasks = c.list_compaction_tasks(name)
+            assert tasks.state.name == "Completed", tasks
+            assert sorted((p.trigger_id, p.sources[0]) for p in tasks.plans) == sorted(
+                (job, s) for s in rewritten
+            ), tasks
+            assert all(p.state.name == "Completed" for p in tasks.plans), tasks
+            c.create_collection("compact_none", dimension=DIM)
+            assert list(c.list_compaction_tasks("compact_none").plans) == []
+            with pytest.raises(MilvusException, match="not found"):
+                c.list_compaction_tasks("compact_missing")
             c.close()
         finally:
             s.stop()

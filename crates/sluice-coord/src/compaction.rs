@@ -46,8 +46,48 @@ pub async fn read(
         .get(&key)
         .await?
         .ok_or_else(|| CoordError::InvalidArgument(format!("no compaction {id}")))?;
-    let mut info = decode(&key, &kv.value)?;
-    let (done, _) = store.scan_prefix(&keys.compaction_done_prefix(id)).await?;
+    with_progress(store, keys, decode(&key, &kv.value)?, catalog).await
+}
+
+/// The compactions of collection `collection_id` (every collection's with 0) still kept, each
+/// with its progress and state, oldest first.
+pub async fn list(
+    store: &dyn MetaStore,
+    keys: &Keys,
+    collection_id: i64,
+    catalog: &Catalog,
+) -> Result<Vec<CompactionInfo>> {
+    let (kvs, _) = store.scan_prefix(&keys.compaction_prefix()).await?;
+    let mut records = Vec::new();
+    for kv in kvs {
+        // A record that does not decode is left out and logged (GetCompaction of its id
+        // answers the error) rather than hiding every other one.
+        match decode(&kv.key, &kv.value) {
+            Ok(info) if collection_id == 0 || info.collection_id == collection_id => {
+                records.push(info)
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "a compaction record left out of a listing"),
+        }
+    }
+    records.sort_unstable_by_key(|info| info.compaction_id);
+    let mut listed = Vec::with_capacity(records.len());
+    for info in records {
+        listed.push(with_progress(store, keys, info, catalog).await?);
+    }
+    Ok(listed)
+}
+
+/// `info` (a record as the coordinator wrote it) with the vchannels done so far and its state.
+async fn with_progress(
+    store: &dyn MetaStore,
+    keys: &Keys,
+    mut info: CompactionInfo,
+    catalog: &Catalog,
+) -> Result<CompactionInfo> {
+    let (done, _) = store
+        .scan_prefix(&keys.compaction_done_prefix(info.compaction_id))
+        .await?;
     for kv in done {
         let d =
             VChannelCompaction::decode(kv.value.as_ref()).map_err(|e| CoordError::Malformed {

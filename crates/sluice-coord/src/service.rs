@@ -588,6 +588,21 @@ impl coordinator_server::Coordinator for CoordinatorService {
         Ok(Response::new(info))
     }
 
+    async fn list_compactions(
+        &self,
+        request: Request<v1::ListCompactionsRequest>,
+    ) -> Result<Response<v1::ListCompactionsResponse>, Status> {
+        let collection_id = request.into_inner().collection_id;
+        let leader = self.leader().await?;
+        let (store, root) = self.coordinator.meta();
+        let keys = crate::keys::Keys::new(root);
+        let compactions =
+            crate::compaction::list(store.as_ref(), &keys, collection_id, &leader.catalog)
+                .await
+                .map_err(|e| coord_status(&e))?;
+        Ok(Response::new(v1::ListCompactionsResponse { compactions }))
+    }
+
     async fn list_replicas(
         &self,
         request: Request<v1::ListReplicasRequest>,

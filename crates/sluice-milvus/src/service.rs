@@ -394,8 +394,6 @@ const DEFAULT_KEY_PARTITIONS: i64 = 16;
 /// The resource group Milvus reports every replica in (Sluice has no resource groups).
 const DEFAULT_RESOURCE_GROUP: &str = "__default_resource_group";
 
-/// Milvus's id of replica `replica` of a collection: unique across collections (a collection
-/// has at most 16 replicas).
 /// Milvus's state of a Sluice compaction.
 fn compaction_state(info: &v1::CompactionInfo) -> mc::CompactionState {
     if info.state == v1::CompactionState::Completed as i32 {
@@ -405,6 +403,28 @@ fn compaction_state(info: &v1::CompactionInfo) -> mc::CompactionState {
     }
 }
 
+/// Milvus's plans of a Sluice compaction: one completed plan per segment rewritten so far (in
+/// place: source and target are the same segment), from the vchannels done with it.
+fn compaction_plans(
+    info: &v1::CompactionInfo,
+) -> impl Iterator<Item = mm::CompactionMergeInfo> + '_ {
+    info.done.iter().flat_map(move |d| {
+        d.segment_ids.iter().map(move |&s| mm::CompactionMergeInfo {
+            sources: vec![s],
+            target: s,
+            targets: vec![s],
+            trigger_id: info.compaction_id,
+            collection_id: info.collection_id,
+            channel: d.vchannel.clone(),
+            r#type: mc::CompactionType::Single as i32,
+            state: mc::CompactionTaskState::Completed as i32,
+            ..Default::default()
+        })
+    })
+}
+
+/// Milvus's id of replica `replica` of a collection: unique across collections (a collection
+/// has at most 16 replicas).
 fn replica_id(collection_id: i64, replica: u32) -> i64 {
     collection_id
         .wrapping_mul(16)
@@ -967,6 +987,19 @@ impl MilvusFront {
             .await
             .map(Response::into_inner)
             .map_err(|s| Failure::invalid(format!("compaction {id}: {}", s.message())))
+    }
+
+    /// The compactions of the collection still kept, oldest first (the coordinator's
+    /// ListCompactions).
+    async fn compactions(&self, c: &Collection) -> Result<Vec<v1::CompactionInfo>, Failure> {
+        self.coord
+            .clone()
+            .list_compactions(v1::ListCompactionsRequest {
+                collection_id: c.info.collection_id,
+            })
+            .await
+            .map(|r| r.into_inner().compactions)
+            .map_err(|s| Failure::from_client(&ClientError::from_status(&s), &c.schema.name))
     }
 
     /// Where the collection is served from (the coordinator's ListReplicas).
@@ -3087,7 +3120,8 @@ impl MilvusService for MilvusFront {
         let result = async {
             if r.major_compaction {
                 return Err(Failure::invalid(
-                    "majorCompaction (clustering compaction) needs a clustering key; Sluice has                      none — compact without it",
+                    "majorCompaction (clustering compaction) needs a clustering key; Sluice has \
+                     none — compact without it",
                 ));
             }
             let c = self
@@ -3125,31 +3159,34 @@ impl MilvusService for MilvusFront {
         &self,
         r: Request<mm::GetCompactionPlansRequest>,
     ) -> Reply<mm::GetCompactionPlansResponse> {
-        let id = r.into_inner().compaction_id;
-        let result = self.compaction(id).await.map(|info| {
-            let merge_infos = info
-                .done
+        let r = r.into_inner();
+        let result = async {
+            // No compaction but a collection (pymilvus's `list_compaction_tasks`): every
+            // compaction of the collection still kept.
+            let compactions = if r.compaction_id == 0
+                && (!r.collection_name.is_empty() || r.collection_id != 0)
+            {
+                let c = self
+                    .collection_named_or(&r.collection_name, r.collection_id)
+                    .await?;
+                self.compactions(&c).await?
+            } else {
+                vec![self.compaction(r.compaction_id).await?]
+            };
+            let executing = compactions
                 .iter()
-                .flat_map(|d| {
-                    d.segment_ids.iter().map(|&s| mm::CompactionMergeInfo {
-                        sources: vec![s],
-                        target: s,
-                        targets: vec![s],
-                        trigger_id: info.compaction_id,
-                        collection_id: info.collection_id,
-                        channel: d.vchannel.clone(),
-                        r#type: mc::CompactionType::Single as i32,
-                        state: mc::CompactionTaskState::Completed as i32,
-                        ..Default::default()
-                    })
-                })
-                .collect();
-            mm::GetCompactionPlansResponse {
-                state: compaction_state(&info) as i32,
-                merge_infos,
+                .any(|info| compaction_state(info) == mc::CompactionState::Executing);
+            Ok::<_, Failure>(mm::GetCompactionPlansResponse {
+                state: if executing {
+                    mc::CompactionState::Executing
+                } else {
+                    mc::CompactionState::Completed
+                } as i32,
+                merge_infos: compactions.iter().flat_map(compaction_plans).collect(),
                 ..Default::default()
-            }
-        });
+            })
+        }
+        .await;
         Ok(answer(result))
     }
 

@@ -869,6 +869,21 @@ async fn reads_match_the_model_with_sealed_segments_on_query_workers_that_get_ki
             .expect("a compaction's state")
             .into_inner();
     }
+    // ListCompactions lists it as GetCompaction answers it: under its collection and under
+    // every collection's, not under another one.
+    for (collection_id, want) in [
+        (info.collection_id, vec![compaction.clone()]),
+        (0, vec![compaction.clone()]),
+        (info.collection_id + 1, Vec::new()),
+    ] {
+        let listed = coord
+            .list_compactions(v1::ListCompactionsRequest { collection_id })
+            .await
+            .expect("the compactions")
+            .into_inner()
+            .compactions;
+        assert_eq!(listed, want, "compactions of collection {collection_id}");
+    }
     let rewritten: Vec<i64> = compaction
         .done
         .iter()
