@@ -63,6 +63,10 @@ RPCS = {
     "exactly below the index's row threshold; growing rows are not counted, as in Milvus), "
     "pending_index_rows 0.",
     "DropIndex": "Forgets a recorded index (without its vector index, a field is searched exactly).",
+    "AlterIndex": "Sets (extra_params) or resets (delete_keys, not both) properties of the "
+    "index index_name: mmap.enabled (true or false) only, as in Milvus. It is kept and "
+    "described back by DescribeIndex among the index's params; Sluice keeps its indexes in "
+    "memory either way. Other keys are refused; an unknown index is IndexNotExist.",
     "CreatePartition": "Adds a partition (a name of [A-Za-z0-9_], not starting with a digit; at "
     "most 1024 per collection); writes may name it once this returns. An existing name is no "
     "change.",

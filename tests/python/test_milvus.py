@@ -1027,6 +1027,44 @@ def test_an_hnsw_index_with_build_parameters_is_kept_and_searched(sluice, lite):
         assert list(params)[0] in e.value.message
 
 
+def test_index_properties_are_altered_and_described_in_sluice(sluice):
+    """alter_index_properties / drop_index_properties (AlterIndex, which milvus-lite lacks):
+    mmap.enabled is set, described among the index's parameters and reset; another key, a
+    value that is not a boolean and an unknown index are refused and change nothing; searches
+    answer as before."""
+    name = "d_index_props"
+    reindex(sluice, name, "HNSW", {"M": 8, "efConstruction": 64})
+    sluice.insert(name, rows(60, seed=3))
+    q = [rows(1, seed=4)[0]["vector"]]
+
+    def hits():
+        return hit_ids(sluice.search(name, data=q, limit=5))
+
+    before = hits()
+    index = sluice.list_indexes(name)[0]
+    described = sluice.describe_index(name, index)
+    assert "mmap.enabled" not in described, described
+    sluice.alter_index_properties(name, index, {"mmap.enabled": True})
+    d = sluice.describe_index(name, index)
+    assert d["mmap.enabled"] == "true", d
+    assert d == {**described, "mmap.enabled": "true"}, d
+    for props in [{"foo": 1}, {"mmap.enabled": "sometimes"}, {"mmap.enabled": False, "foo": 1}]:
+        with pytest.raises(MilvusException) as e:
+            sluice.alter_index_properties(name, index, props)
+        assert e.value.code == 1100, e.value
+        assert ("foo" if "foo" in props else "sometimes") in e.value.message, e.value
+    with pytest.raises(MilvusException, match="index not found"):
+        sluice.alter_index_properties(name, "no_such_index", {"mmap.enabled": False})
+    with pytest.raises(MilvusException) as e:
+        sluice.drop_index_properties(name, index, ["foo"])
+    assert e.value.code == 1100, e.value
+    assert sluice.describe_index(name, index)["mmap.enabled"] == "true"
+    assert hits() == before
+    sluice.drop_index_properties(name, index, ["mmap.enabled"])
+    assert sluice.describe_index(name, index) == described
+    assert hits() == before
+
+
 def test_the_hello_milvus_ivf_flat_index_is_taken_and_searched(sluice, lite):
     """pymilvus's hello_milvus example indexes with IVF_FLAT (nlist) and searches with nprobe:
     Sluice answers it with its HNSW graphs and describes the index as created."""

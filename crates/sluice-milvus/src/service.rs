@@ -311,6 +311,34 @@ fn is_vector_index(i: &serde_json::Map<String, Value>) -> bool {
 }
 
 /// Whether the recorded index `i` is the one named `name` on `field` (empty: any).
+/// Where a recorded index keeps the properties AlterIndex set.
+const INDEX_PROPERTIES: &str = "properties";
+
+/// The index properties AlterIndex takes (Milvus's configurable index parameters).
+const INDEX_PROPERTY_KEYS: [&str; 1] = ["mmap.enabled"];
+
+/// `key` if AlterIndex takes it.
+fn index_property(key: &str) -> Result<String, Failure> {
+    if INDEX_PROPERTY_KEYS.contains(&key) {
+        return Ok(key.to_owned());
+    }
+    Err(Failure::invalid(format!(
+        "{key} is not a configurable index param: an index takes {}",
+        INDEX_PROPERTY_KEYS.join(", ")
+    )))
+}
+
+/// A value of `mmap.enabled`: true or false in any case (SDKs send `true` or `True`), kept as
+/// `true` or `false`.
+fn index_property_value(value: &str) -> Result<Value, Failure> {
+    match value.trim().to_ascii_lowercase().as_str() {
+        v @ ("true" | "false") => Ok(Value::String(v.to_owned())),
+        _ => Err(Failure::invalid(format!(
+            "mmap.enabled takes true or false, not {value:?}"
+        ))),
+    }
+}
+
 fn matches_index(i: &serde_json::Map<String, Value>, name: &str, field: &str) -> bool {
     let is =
         |k: &str, want: &str| want.is_empty() || i.get(k).and_then(Value::as_str) == Some(want);
@@ -2225,6 +2253,51 @@ impl MilvusFront {
         self.alter(name, props, unset).await
     }
 
+    /// AlterIndex: sets or resets the index's properties (`mmap.enabled` only, as in Milvus),
+    /// kept in its record under `properties` and described back with its parameters.
+    async fn do_alter_index(&self, r: mm::AlterIndexRequest) -> Result<(), Failure> {
+        let c = self.collection(&r.collection_name).await?;
+        if r.index_name.is_empty() {
+            return Err(Failure::invalid("index name should not be empty"));
+        }
+        let set: Vec<(String, Value)> = r
+            .extra_params
+            .iter()
+            .map(|kv| Ok((index_property(&kv.key)?, index_property_value(&kv.value)?)))
+            .collect::<Result<_, Failure>>()?;
+        let reset: Vec<String> = r
+            .delete_keys
+            .iter()
+            .map(|k| index_property(k))
+            .collect::<Result<_, Failure>>()?;
+        match (set.is_empty(), reset.is_empty()) {
+            (true, true) => return Err(Failure::invalid("no index property to set or delete")),
+            (false, false) => {
+                return Err(Failure::invalid(
+                    "an index's properties are set or deleted, not both in one call",
+                ));
+            }
+            _ => {}
+        }
+        let mut indexes = c.indexes();
+        let index = indexes
+            .iter_mut()
+            .find(|i| matches_index(i, &r.index_name, ""))
+            .ok_or_else(|| Failure::index_not_found(&r.collection_name))?;
+        let mut properties = match index.remove(INDEX_PROPERTIES) {
+            Some(Value::Object(p)) => p,
+            _ => serde_json::Map::new(),
+        };
+        properties.extend(set);
+        for key in &reset {
+            properties.remove(key);
+        }
+        if !properties.is_empty() {
+            index.insert(INDEX_PROPERTIES.into(), Value::Object(properties));
+        }
+        self.record_indexes(&c.schema.name, &indexes).await
+    }
+
     async fn do_describe_index(
         &self,
         r: mm::DescribeIndexRequest,
@@ -2265,6 +2338,10 @@ impl MilvusFront {
                             .iter()
                             .map(|(k, v)| kv(k, v.as_str().unwrap_or_default())),
                     );
+                }
+                // Its properties (AlterIndex) after its parameters, as Milvus lists them.
+                if let Some(Value::Object(p)) = i.get(INDEX_PROPERTIES) {
+                    params.extend(p.iter().map(|(k, v)| kv(k, v.as_str().unwrap_or_default())));
                 }
                 mm::IndexDescription {
                     index_name: s("name"),
@@ -2667,6 +2744,12 @@ impl MilvusService for MilvusFront {
         }
         .await;
         Ok(Response::new(status::of(&result)))
+    }
+
+    async fn alter_index(&self, r: Request<mm::AlterIndexRequest>) -> Reply<Status> {
+        Ok(Response::new(status::of(
+            &self.do_alter_index(r.into_inner()).await,
+        )))
     }
 
     async fn create_partition(&self, r: Request<mm::CreatePartitionRequest>) -> Reply<Status> {
