@@ -310,7 +310,6 @@ fn is_vector_index(i: &serde_json::Map<String, Value>) -> bool {
     i.contains_key("metric_type")
 }
 
-/// Whether the recorded index `i` is the one named `name` on `field` (empty: any).
 /// Where a recorded index keeps the properties AlterIndex set.
 const INDEX_PROPERTIES: &str = "properties";
 
@@ -339,6 +338,7 @@ fn index_property_value(value: &str) -> Result<Value, Failure> {
     }
 }
 
+/// Whether the recorded index `i` is the one named `name` on `field` (empty: any).
 fn matches_index(i: &serde_json::Map<String, Value>, name: &str, field: &str) -> bool {
     let is =
         |k: &str, want: &str| want.is_empty() || i.get(k).and_then(Value::as_str) == Some(want);
