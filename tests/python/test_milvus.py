@@ -2109,14 +2109,24 @@ JSON_FILTERS = [
     "id + 1 == 10 or id - 3 < 2",
     'meta["n"] * 2 >= 6',
     "id / 4 == 2.5",
+    # A value of another JSON type is not equal (== false, != true); a missing key or JSON
+    # null is unknown, also under `not` (milvus-lite takes no `in` on JSON keys).
+    "mixed != 3",
+    'not (mixed == "5")',
+    'meta["inner"] != 1',
+    'meta["n"] != "2"',
+    "not (mixed > 10)",
+    # Arithmetic in parentheses.
+    "(id + 1) < 10",
+    "not ((id * 2) > 60) and (id - 3) >= 20",
 ]
 
 
 @pytest.mark.parametrize("flt", JSON_FILTERS)
 def test_json_filters_match(sluice, lite, flt):
-    """Milvus's JSON filter functions, `exists`, array indexes, `is null` on a JSON field and
-    arithmetic before a comparison, over fields, a JSON field and dynamic-field keys: the same
-    rows as milvus-lite."""
+    """Milvus's JSON filter functions, `exists`, array indexes, `is null` on a JSON field,
+    comparisons with values of other JSON types and arithmetic before a comparison, over
+    fields, a JSON field and dynamic-field keys: the same rows as milvus-lite."""
 
     def run(c):
         name = "d_json_filters"
@@ -2143,6 +2153,8 @@ def test_json_filters_match(sluice, lite, flt):
                         if i % 7
                         else None,
                         "nums": [i, i + 1] if i % 4 else [i],
+                        # A number, a string, a list, JSON null, or no key (i % 5 == 4).
+                        **({} if i % 5 == 4 else {"mixed": [i, str(i), [i], None][i % 4]}),
                     }
                     for i in range(40)
                 ],

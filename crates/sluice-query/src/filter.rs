@@ -968,7 +968,19 @@ enum Node {
     And(Vec<Node>),
     Or(Vec<Node>),
     Not(Box<Node>),
-    Leaf { column: usize, pred: Pred },
+    Leaf {
+        column: usize,
+        pred: Pred,
+    },
+    /// An equality test (`==`, `!=`, `in`) of a JSON value read as one type, where a value of
+    /// another JSON type is there: `answer` (false for `==` and `in`, true for `!=`), as Milvus
+    /// answers; a missing value or JSON null stays unknown. `present` is the column of the
+    /// same key with every non-null value.
+    OtherType {
+        test: Box<Node>,
+        present: usize,
+        answer: bool,
+    },
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1085,6 +1097,9 @@ impl Parser<'_> {
         let token = self.peek().clone();
         match token.tok {
             Tok::LParen => {
+                if let Some(arith) = self.parenthesized_arith()? {
+                    return Ok(arith);
+                }
                 self.bump();
                 self.enter()?;
                 let inner = self.parse_or()?;
@@ -1644,7 +1659,7 @@ impl Parser<'_> {
             }
             Tok::Arith(op) => {
                 self.bump();
-                self.parse_arith(column, op, field_token)
+                self.parse_arith(column, op, field_token, false)
             }
             Tok::In => {
                 self.bump();
@@ -1701,12 +1716,50 @@ impl Parser<'_> {
         }
     }
 
-    /// `field op number cmp number`, the field and `op` read.
+    /// The token `n` after the next one's (0: the next one).
+    fn ahead(&self, n: usize) -> Option<&Tok> {
+        self.tokens.get(self.pos + n).map(|t| &t.tok)
+    }
+
+    /// `(field op number) cmp number`, as Milvus takes it too; `None` (nothing read) when the
+    /// parenthesis opens anything else.
+    fn parenthesized_arith(&mut self) -> Result<Option<Node>, FilterError> {
+        if !matches!(self.ahead(1), Some(Tok::Ident(_))) || self.ahead(2) == Some(&Tok::LParen) {
+            return Ok(None);
+        }
+        let (pos, columns) = (self.pos, self.columns.len());
+        self.bump();
+        // `( field op number )`, then the comparison.
+        let found = match self.operand() {
+            Ok(Operand::Field(column, field_token)) => match self.peek().tok {
+                Tok::Arith(op)
+                    if matches!(self.ahead(1), Some(Tok::Int(_) | Tok::Float(_)))
+                        && self.ahead(2) == Some(&Tok::RParen) =>
+                {
+                    Some((column, op, field_token))
+                }
+                _ => None,
+            },
+            _ => None,
+        };
+        let Some((column, op, field_token)) = found else {
+            // Anything else (`(age + 1 > 2)` too): read again as a parenthesized condition.
+            self.pos = pos;
+            self.columns.truncate(columns);
+            return Ok(None);
+        };
+        self.bump();
+        self.parse_arith(column, op, &field_token, true).map(Some)
+    }
+
+    /// `field op number cmp number`, the field and `op` read; `parenthesized`: `(field op
+    /// number)`, its `(` read.
     fn parse_arith(
         &mut self,
         column: usize,
         op: ArithOp,
         field_token: &Token,
+        parenthesized: bool,
     ) -> Result<Node, FilterError> {
         let number = |p: &mut Self, what: &str| -> Result<Lit, FilterError> {
             match p.operand()? {
@@ -1725,6 +1778,22 @@ impl Parser<'_> {
             }
         };
         let by = number(self, &format!("the right side of '{}'", op.symbol()))?;
+        if parenthesized {
+            let close = self.peek();
+            if close.tok != Tok::RParen {
+                return Err(err_at(
+                    close,
+                    format!(
+                        "expected ')' after '{} {} {}', found {}",
+                        field_token.text,
+                        op.symbol(),
+                        by.text,
+                        close.tok.describe()
+                    ),
+                ));
+            }
+            self.bump();
+        }
         let (cmp, _) = self.expect_op(&format!(
             "'{} {} {}'",
             field_token.text,
@@ -1788,6 +1857,20 @@ impl Parser<'_> {
 
     fn mismatch(&self, column: usize, lit: &Lit) -> FilterError {
         let col = &self.columns[column];
+        if col.json.is_some() {
+            return FilterError::new(
+                format!(
+                    "a key of JSON field {:?} is read as {} here (the first literal's type) and \
+                     cannot be compared with {} ({}): write literals of one type",
+                    col.name,
+                    col.kind.name(),
+                    lit.value.describe(),
+                    lit.text
+                ),
+                lit.offset,
+                lit.text.clone(),
+            );
+        }
         FilterError::new(
             format!(
                 "field {:?} is {} and cannot be compared with {} ({})",
@@ -1803,7 +1886,7 @@ impl Parser<'_> {
 
     /// `field op lit`, type-checked.
     fn comparison(
-        &self,
+        &mut self,
         column: usize,
         op: CmpOp,
         op_token: &Token,
@@ -1837,7 +1920,46 @@ impl Parser<'_> {
             },
             _ => return Err(self.mismatch(column, lit)),
         };
-        Ok(Node::Leaf { column, pred })
+        let leaf = Node::Leaf { column, pred };
+        Ok(match op {
+            CmpOp::Eq | CmpOp::Ne => self.other_types(leaf, column, op == CmpOp::Ne),
+            _ => leaf,
+        })
+    }
+
+    /// `test` (an equality test of `column`) answering `answer` for a JSON value of another
+    /// type than the one `column` reads (see [`Node::OtherType`]); `test` itself for a column
+    /// that is not a JSON key.
+    fn other_types(&mut self, test: Node, column: usize, answer: bool) -> Node {
+        let col = &self.columns[column];
+        let Some(json) = col.json.as_ref().filter(|j| !j.any && !j.raw) else {
+            return test;
+        };
+        let present = Column {
+            name: col.name.clone(),
+            kind: Kind::Varchar,
+            nullable: true,
+            offset: col.offset,
+            json: Some(JsonKey {
+                path: json.path.clone(),
+                any: true,
+                raw: false,
+            }),
+        };
+        let present = match self.columns.iter().position(|c| {
+            c.name == present.name && c.kind == present.kind && c.json == present.json
+        }) {
+            Some(i) => i,
+            None => {
+                self.columns.push(present);
+                self.columns.len() - 1
+            }
+        };
+        Node::OtherType {
+            test: Box::new(test),
+            present,
+            answer,
+        }
     }
 
     /// `field like "pattern"`, after `like`.
@@ -1988,7 +2110,7 @@ impl Parser<'_> {
                 }
             }
         };
-        Ok(Node::Leaf { column, pred })
+        Ok(self.other_types(Node::Leaf { column, pred }, column, false))
     }
 }
 
@@ -2323,6 +2445,25 @@ impl Node {
             }
             Node::Not(inner) => {
                 not(&inner.eval(columns, arrays, len, text)?).map_err(arrow_err(text))
+            }
+            Node::OtherType {
+                test,
+                present,
+                answer,
+            } => {
+                let tested = test.eval(columns, arrays, len, text)?;
+                let Some(present) = &arrays[*present] else {
+                    return Ok(tested);
+                };
+                Ok((0..len)
+                    .map(|i| {
+                        if tested.is_valid(i) {
+                            Some(tested.value(i))
+                        } else {
+                            present.is_valid(i).then_some(*answer)
+                        }
+                    })
+                    .collect())
             }
             Node::Leaf { column, pred } => match &arrays[*column] {
                 // A missing (all-null) column.
@@ -3713,8 +3854,10 @@ mod tests {
         (schema, ids)
     }
 
-    /// Keys of a JSON field, and of the dynamic field by bare name: read as the literal asks,
-    /// anything else (missing, another JSON type, not an object, null) is null.
+    /// Keys of a JSON field, and of the dynamic field by bare name: read as the literal asks;
+    /// a value of another JSON type is not equal to the literal (`==` and `in` false, `!=`
+    /// and `not in` true, as Milvus answers) and unknown to an order comparison, `like` and
+    /// arithmetic; a missing value (or not an object, or JSON null) is null.
     #[test]
     fn json_keys_and_dynamic_fields_filter_by_the_literal_type() {
         let (schema, ids) = json_docs(&[
@@ -3728,16 +3871,37 @@ mod tests {
         assert_eq!(ids(r#"meta["color"] == "red""#), [1]);
         assert_eq!(
             ids(r#"meta["color"] != "red""#),
-            [2],
-            "7 and null are not strings"
+            [2, 3],
+            "7 is not \"red\"; a null color is unknown"
+        );
+        assert_eq!(ids(r#"not (meta["color"] == "red")"#), [2, 3]);
+        assert_eq!(ids(r#""red" != meta["color"]"#), [2, 3]);
+        assert_eq!(ids(r#"meta["color"] == 7"#), [3]);
+        assert_eq!(ids(r#"meta["color"] != 7"#), [1, 2]);
+        assert_eq!(ids(r#"meta["n"] != 5"#), [2, 3], "\"5\" is a string");
+        assert_eq!(ids(r#"meta["n"] != true"#), [1, 2, 3]);
+        assert_eq!(ids(r#"meta["n"] in [true]"#), Vec::<i64>::new());
+        assert_eq!(ids(r#"meta["n"] not in [true]"#), [1, 2, 3]);
+        assert_eq!(
+            ids(r#"not (meta["n"] > 2)"#),
+            Vec::<i64>::new(),
+            "ordered: unknown"
+        );
+        assert_eq!(ids(r#"meta["dims"] != 3"#), [1], "an object is not 3");
+        assert_eq!(ids(r#"color != "red" and n != 2.5"#), [3]);
+        let err = Filter::parse(r#"meta["n"] in [1, "a"]"#, &schema).unwrap_err();
+        assert!(
+            err.message
+                .contains("JSON field \"meta\" is read as DOUBLE"),
+            "{err}"
         );
         assert_eq!(ids(r#"meta["n"] > 2"#), [1, 2]);
         assert_eq!(ids(r#"3 <= meta["n"]"#), [1]);
         assert_eq!(ids(r#"meta["n"] in [2.5, 9]"#), [2]);
         assert_eq!(
             ids(r#"meta["n"] not in ["5"]"#),
-            Vec::<i64>::new(),
-            "only #3 has a string n"
+            [1, 2],
+            "#3's n is \"5\"; the others are numbers"
         );
         assert_eq!(ids(r#"meta["ok"] == true"#), [1]);
         assert_eq!(ids(r#"meta["color"] is null"#), [4, 5, 6]);
@@ -3808,6 +3972,14 @@ mod tests {
             ("not (age + 1 > 20)", &[1, 4]),
             ("age + -5 == 5", &[1]),
             ("age >= -5 and age - -5 == 0", &[4]),
+            // Parenthesized, as Milvus takes it too.
+            ("(age + 5) == 15", &[1]),
+            ("(age % 2) != 0", &[4, 5]),
+            ("(age - -5) == 0 or (big * 2) > 0", &[1, 2, 4]),
+            ("not ((age + 1) > 20)", &[1, 4]),
+            ("((age + 5) == 15)", &[1]),
+            ("(age + 1 > 20)", &[3, 5]),
+            ("(age + 1 > 20) and (age / 3 == 10)", &[3]),
         ]);
         for (bad, why) in [
             ("age / 0 == 1", "by zero"),
@@ -3822,6 +3994,11 @@ mod tests {
             (r#"age + "1" == 2"#, "must be a number"),
             ("age + 1", "comparison operator"),
             ("30 < age * 2", "expected"),
+            ("(age + 1) + 1 == 2", "comparison operator"),
+            ("(age + 1 == 2", "expected ')'"),
+            ("(age / 0) == 1", "by zero"),
+            ("(name + 1) == 2", "numeric field"),
+            ("(age + 1)", "comparison operator"),
         ] {
             let err = parse_err(bad);
             assert!(err.message.contains(why), "{bad}: {err}");
