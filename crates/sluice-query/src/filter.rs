@@ -1104,18 +1104,7 @@ impl Parser<'_> {
                 self.enter()?;
                 let inner = self.parse_or()?;
                 self.depth -= 1;
-                let close = self.peek();
-                if close.tok != Tok::RParen {
-                    return Err(err_at(
-                        close,
-                        format!(
-                            "expected ')' to close the '(' at offset {}, found {}",
-                            token.offset,
-                            close.tok.describe()
-                        ),
-                    ));
-                }
-                self.bump();
+                self.close_paren(&format!("to close the '(' at offset {}", token.offset))?;
                 Ok(inner)
             }
             Tok::Ident(ref name)
@@ -1716,6 +1705,19 @@ impl Parser<'_> {
         }
     }
 
+    /// Reads the `)` expected `context` (e.g. "after 'a + 1'").
+    fn close_paren(&mut self, context: &str) -> Result<(), FilterError> {
+        let close = self.peek();
+        if close.tok != Tok::RParen {
+            return Err(err_at(
+                close,
+                format!("expected ')' {context}, found {}", close.tok.describe()),
+            ));
+        }
+        self.bump();
+        Ok(())
+    }
+
     /// The token `n` after the next one's (0: the next one).
     fn ahead(&self, n: usize) -> Option<&Tok> {
         self.tokens.get(self.pos + n).map(|t| &t.tok)
@@ -1779,20 +1781,12 @@ impl Parser<'_> {
         };
         let by = number(self, &format!("the right side of '{}'", op.symbol()))?;
         if parenthesized {
-            let close = self.peek();
-            if close.tok != Tok::RParen {
-                return Err(err_at(
-                    close,
-                    format!(
-                        "expected ')' after '{} {} {}', found {}",
-                        field_token.text,
-                        op.symbol(),
-                        by.text,
-                        close.tok.describe()
-                    ),
-                ));
-            }
-            self.bump();
+            self.close_paren(&format!(
+                "after '{} {} {}'",
+                field_token.text,
+                op.symbol(),
+                by.text
+            ))?;
         }
         let (cmp, _) = self.expect_op(&format!(
             "'{} {} {}'",
