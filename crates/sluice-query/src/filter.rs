@@ -894,14 +894,22 @@ impl Column {
                     })
                     .collect::<StringArray>(),
             ),
+            // Booleans and numbers meet as Milvus's engine has them meet: true and false are
+            // 1 and 0 to a number, and 1 and 0 (only) are true and false to a boolean.
             Kind::Double => Arc::new(
                 values
-                    .map(|v| v.and_then(|v| v.as_f64()))
+                    .map(|v| v.and_then(|v| v.as_f64().or_else(|| Some(v.as_bool()? as u8 as f64))))
                     .collect::<PrimitiveArray<Float64Type>>(),
             ),
             Kind::Bool => Arc::new(
                 values
-                    .map(|v| v.and_then(|v| v.as_bool()))
+                    .map(|v| {
+                        v.and_then(|v| match v.as_f64() {
+                            Some(1.0) => Some(true),
+                            Some(0.0) => Some(false),
+                            _ => v.as_bool(),
+                        })
+                    })
                     .collect::<BooleanArray>(),
             ),
             _ => Arc::new(
@@ -3883,6 +3891,23 @@ mod tests {
         );
         assert_eq!(ids(r#"meta["dims"] != 3"#), [1], "an object is not 3");
         assert_eq!(ids(r#"color != "red" and n != 2.5"#), [3]);
+        // Booleans and numbers: true and false are 1 and 0; 1 and 0 are true and false.
+        let (_, flags) = json_docs(&[
+            Some(r#"{"k": 1}"#),
+            Some(r#"{"k": 0}"#),
+            Some(r#"{"k": 2.5}"#),
+            Some(r#"{"k": true}"#),
+            Some(r#"{"k": false}"#),
+            Some(r#"{"k": 1.0}"#),
+            Some(r#"{"k": "true"}"#),
+        ]);
+        assert_eq!(flags(r#"meta["k"] == true"#), [1, 4, 6]);
+        assert_eq!(flags(r#"meta["k"] != true"#), [2, 3, 5, 7]);
+        assert_eq!(flags(r#"meta["k"] == false"#), [2, 5]);
+        assert_eq!(flags(r#"meta["k"] == 1"#), [1, 4, 6]);
+        assert_eq!(flags(r#"meta["k"] > 0"#), [1, 3, 4, 6]);
+        assert_eq!(flags(r#"meta["k"] < 1"#), [2, 5]);
+        assert_eq!(flags(r#"meta["k"] + 1 == 2"#), [1, 4, 6]);
         let err = Filter::parse(r#"meta["n"] in [1, "a"]"#, &schema).unwrap_err();
         assert!(
             err.message
