@@ -1112,7 +1112,11 @@ impl Parser<'_> {
                 self.enter()?;
                 let inner = self.parse_or()?;
                 self.depth -= 1;
-                self.close_paren(&format!("to close the '(' at offset {}", token.offset))?;
+                self.expect_tok(
+                    Tok::RParen,
+                    "')'",
+                    &format!("to close the '(' at offset {}", token.offset),
+                )?;
                 Ok(inner)
             }
             Tok::Ident(ref name)
@@ -1668,14 +1672,7 @@ impl Parser<'_> {
             }
             Tok::Not => {
                 self.bump();
-                let next = self.peek();
-                if next.tok != Tok::In {
-                    return Err(err_at(
-                        next,
-                        format!("expected 'in' after 'not', found {}", next.tok.describe()),
-                    ));
-                }
-                self.bump();
+                self.expect_tok(Tok::In, "'in'", "after 'not'")?;
                 Ok(Node::Not(Box::new(self.parse_in(column)?)))
             }
             Tok::Is => {
@@ -1684,18 +1681,12 @@ impl Parser<'_> {
                 if negated {
                     self.bump();
                 }
-                let next = self.peek();
-                if next.tok != Tok::Null {
-                    return Err(err_at(
-                        next,
-                        format!(
-                            "expected 'null' after 'is{}', found {}",
-                            if negated { " not" } else { "" },
-                            next.tok.describe()
-                        ),
-                    ));
-                }
-                self.bump();
+                let after = if negated {
+                    "after 'is not'"
+                } else {
+                    "after 'is'"
+                };
+                self.expect_tok(Tok::Null, "'null'", after)?;
                 Ok(Node::Leaf {
                     column,
                     pred: Pred::IsNull { negated },
@@ -1713,13 +1704,14 @@ impl Parser<'_> {
         }
     }
 
-    /// Reads the `)` expected `context` (e.g. "after 'a + 1'").
-    fn close_paren(&mut self, context: &str) -> Result<(), FilterError> {
-        let close = self.peek();
-        if close.tok != Tok::RParen {
+    /// Reads the next token, which must be `want` (`what`, as an error names it) expected
+    /// `context` (e.g. "after 'not'").
+    fn expect_tok(&mut self, want: Tok, what: &str, context: &str) -> Result<(), FilterError> {
+        let next = self.peek();
+        if next.tok != want {
             return Err(err_at(
-                close,
-                format!("expected ')' {context}, found {}", close.tok.describe()),
+                next,
+                format!("expected {what} {context}, found {}", next.tok.describe()),
             ));
         }
         self.bump();
@@ -1789,12 +1781,11 @@ impl Parser<'_> {
         };
         let by = number(self, &format!("the right side of '{}'", op.symbol()))?;
         if parenthesized {
-            self.close_paren(&format!(
-                "after '{} {} {}'",
-                field_token.text,
-                op.symbol(),
-                by.text
-            ))?;
+            self.expect_tok(
+                Tok::RParen,
+                "')'",
+                &format!("after '{} {} {}'", field_token.text, op.symbol(), by.text),
+            )?;
         }
         let (cmp, _) = self.expect_op(&format!(
             "'{} {} {}'",
