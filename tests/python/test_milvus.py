@@ -1741,6 +1741,94 @@ def test_replicas_and_loaded_segments_are_described_in_sluice(sluice, sluice_ser
     connections.disconnect("d_replicas")
 
 
+def _hello_milvus(uri):
+    """pymilvus's classic ORM example (connections, FieldSchema, Collection, utility) with its
+    iterators, as existing applications use it; what it reads, in comparable form."""
+    from pymilvus import Collection, CollectionSchema, FieldSchema, connections, utility
+
+    alias = f"orm_{abs(hash(uri))}"
+    connections.connect(alias=alias, uri=uri)
+    name = "d_hello_orm"
+    try:
+        if utility.has_collection(name, using=alias):
+            utility.drop_collection(name, using=alias)
+        fields = [
+            FieldSchema("pk", DataType.VARCHAR, is_primary=True, auto_id=False, max_length=100),
+            FieldSchema("random", DataType.DOUBLE),
+            FieldSchema("embeddings", DataType.FLOAT_VECTOR, dim=DIM),
+        ]
+        schema = CollectionSchema(fields, "the simplest demo")
+        coll = Collection(name, schema, consistency_level="Strong", using=alias)
+        rnd = random.Random(99)
+        n = 300
+        entities = [
+            [str(i) for i in range(n)],
+            [round(rnd.random(), 4) for _ in range(n)],
+            [[round(rnd.random(), 3) for _ in range(DIM)] for _ in range(n)],
+        ]
+        inserted = coll.insert(entities)
+        out = {"insert_count": inserted.insert_count, "keys": inserted.primary_keys[:3]}
+        coll.flush()
+        out["num_entities"] = coll.num_entities
+        coll.create_index("embeddings", {"index_type": "FLAT", "metric_type": "L2", "params": {}})
+        utility.wait_for_index_building_complete(name, using=alias)
+        out["has_index"] = coll.has_index()
+        coll.load()
+        utility.wait_for_loading_complete(name, using=alias)
+        out["loading"] = utility.loading_progress(name, using=alias)["loading_progress"]
+        out["listed"] = name in utility.list_collections(using=alias)
+        params = {"metric_type": "L2", "params": {}}
+        queries = entities[-1][-2:]
+        found = coll.search(queries, "embeddings", params, limit=3, output_fields=["random"])
+        out["search"] = [
+            [(h.id, round(h.distance, 3), h.entity.get("random")) for h in hits] for hits in found
+        ]
+        found = coll.search(
+            queries, "embeddings", params, limit=3, expr="random > 0.5", output_fields=["random"]
+        )
+        out["filtered"] = [[h.id for h in hits] for hits in found]
+        rows_ = coll.query(expr="random > 0.9", output_fields=["random"])
+        out["query"] = sorted((r["pk"], r["random"]) for r in rows_)
+        out["query_limit"] = len(coll.query(expr="random > 0.5", limit=4, output_fields=["random"]))
+        expr = 'pk in ["0", "1"]'
+        coll.delete(expr)
+        out["deleted"] = coll.query(expr=expr, output_fields=["random"])
+        it = coll.query_iterator(batch_size=40, expr="random < 0.7", output_fields=["random"])
+        seen, batches = [], 0
+        while page := it.next():
+            seen.extend(r["pk"] for r in page)
+            batches += 1
+        it.close()
+        out["query_iterator"] = (sorted(seen), len(seen) == len(set(seen)), batches > 1)
+        it = coll.search_iterator(queries[:1], "embeddings", params, batch_size=20, limit=90)
+        hits_ = []
+        while page := it.next():
+            hits_.extend((h.id, round(h.distance, 3)) for h in page)
+        it.close()
+        out["search_iterator"] = (len(hits_), len({h[0] for h in hits_}), hits_[:10])
+        coll.release()
+        utility.drop_collection(name, using=alias)
+        out["dropped"] = not utility.has_collection(name, using=alias)
+        return out
+    finally:
+        connections.disconnect(alias)
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")  # the ORM is deprecated, still in use
+def test_the_classic_orm_example_with_iterators_matches_milvus_lite(sluice_server, lite):
+    """Code written against the ORM (pymilvus's `hello_milvus` example: connections,
+    FieldSchema, Collection, utility; column-wise inserts, flush, num_entities, an index,
+    wait_for_* helpers, search, query, delete by expression) plus query and search iterators
+    reads the same in Sluice and milvus-lite."""
+    with tempfile.TemporaryDirectory(prefix="milvus-lite-orm-") as d:
+        theirs = _hello_milvus(f"{d}/lite.db")
+    mine = _hello_milvus(f"http://{sluice_server.milvus}")
+    assert mine == theirs
+    assert mine["num_entities"] == 300 and mine["deleted"] == [], mine
+    assert mine["query_iterator"][2], "the iterator read more than one page"
+    assert mine["search_iterator"][0] == 90 == mine["search_iterator"][1], mine
+
+
 def test_fields_added_to_a_collection_read_null_for_older_rows_and_survive_a_restart():
     """add_collection_field (milvus-lite answers UNIMPLEMENTED): a nullable scalar field joins
     the schema; rows sealed into Parquet and growing rows from before read it as null, rows
@@ -2266,6 +2354,198 @@ def test_random_filters_match_milvus_lite(sluice, lite):
         f"{flt}\n  sluice {mine}\n  lite   {theirs}" for flt, mine, theirs in differ[:5]
     )
     assert selective > 50, selective  # most filters select some rows, not all
+
+
+def test_random_writes_leave_the_same_rows_as_milvus_lite(sluice, lite):
+    """Seeded random inserts, upserts, deletes by key and by filter, flushes and compactions
+    (Sluice only: milvus-lite has neither) over a VARCHAR-keyed collection with a nullable field
+    and a dynamic key: after every step both hold the same rows with the same values."""
+    name = "d_random_writes"
+    for c in (sluice, lite):
+        drop_if_exists(c, name)
+        schema = c.create_schema(auto_id=False, enable_dynamic_field=True)
+        schema.add_field("pk", DataType.VARCHAR, is_primary=True, max_length=8)
+        schema.add_field("vector", DataType.FLOAT_VECTOR, dim=DIM)
+        schema.add_field("n", DataType.INT64)
+        schema.add_field("p", DataType.VARCHAR, max_length=8, nullable=True)
+        index = c.prepare_index_params()
+        index.add_index(field_name="vector", index_type="FLAT", metric_type="L2")
+        c.create_collection(name, schema=schema, index_params=index)
+    rnd = random.Random(5)
+
+    def row():
+        r = {
+            "pk": f"k{rnd.randint(0, 40)}",
+            "vector": [rnd.random() for _ in range(DIM)],
+            "n": rnd.randint(0, 9),
+            # Every row has the dynamic key: a full upsert of a row without it keeps the old
+            # row's key in milvus-lite, while Sluice (and a Milvus server) replaces the row.
+            "extra": rnd.randint(0, 3),
+        }
+        if rnd.random() < 0.7:
+            r["p"] = rnd.choice(["a", "b", None])
+        return r
+
+    def batch():
+        return list({r["pk"]: r for r in (row() for _ in range(rnd.randint(1, 5)))}.values())
+
+    def state(c):
+        found = c.query(
+            name,
+            filter='pk != ""',
+            output_fields=["pk", "n", "p", "extra"],
+            limit=1000,
+            consistency_level="Strong",
+        )
+        return sorted((r["pk"], r["n"], r.get("p"), r.get("extra")) for r in found)
+
+    steps, kinds = [], set()
+    for _ in range(120):
+        op = rnd.random()
+        if op < 0.35:
+            # Inserting a key that has a row duplicates it in both; upserts cover replacing.
+            present = {r[0] for r in state(lite)}
+            rows_ = [r for r in batch() if r["pk"] not in present]
+            if not rows_:
+                continue
+            step = ("insert", [r["pk"] for r in rows_])
+            for c in (sluice, lite):
+                c.insert(name, rows_)
+        elif op < 0.6:
+            rows_ = batch()
+            step = ("upsert", [r["pk"] for r in rows_])
+            for c in (sluice, lite):
+                c.upsert(name, rows_)
+        elif op < 0.75:
+            keys = [f"k{rnd.randint(0, 40)}" for _ in range(rnd.randint(1, 4))]
+            step = ("delete ids", keys)
+            for c in (sluice, lite):
+                c.delete(name, ids=keys)
+        elif op < 0.85:
+            flt = rnd.choice(
+                ["n > 6", 'p == "a"', "extra == 1", 'pk like "k1%"', "p is null", "n in [0, 1]"]
+            )
+            step = ("delete filter", flt)
+            for c in (sluice, lite):
+                c.delete(name, filter=flt)
+        elif op < 0.92:
+            step = ("flush",)
+            sluice.flush(name)
+        else:
+            step = ("compact",)
+            sluice.flush(name)
+            sluice.compact(name)
+        steps.append(step)
+        kinds.add(step[0])
+        mine, theirs = state(sluice), state(lite)
+        assert mine == theirs, (
+            f"after {steps[-3:]}: sluice only {sorted(set(mine) - set(theirs))}, "
+            f"lite only {sorted(set(theirs) - set(mine))}"
+        )
+    assert kinds == {"insert", "upsert", "delete ids", "delete filter", "flush", "compact"}, kinds
+    assert state(sluice), "the steps leave some rows"
+
+
+def test_random_searches_match_milvus_lite(sluice, lite):
+    """Seeded random exact (FLAT) searches over each metric — one to three query vectors,
+    limits, offsets, output fields and filters — over sealed and growing rows answer the same
+    hits with the same distances in Sluice and milvus-lite. (Range and grouped searches are
+    compared in their own tests: lite's answers differ there, see the closing notes.)"""
+    data_rnd = random.Random(13)
+    data = [
+        {
+            "id": i,
+            "vector": [round(data_rnd.uniform(-1, 1), 3) for _ in range(DIM)],
+            "g": data_rnd.randint(0, 5),
+            "t": data_rnd.choice(["a", "b", "c"]),
+            "x": round(data_rnd.uniform(0, 10), 2),
+        }
+        for i in range(200)
+    ]
+    metrics = ["L2", "IP", "COSINE"]
+    for metric in metrics:
+        name = f"d_random_search_{metric.lower()}"
+        for c in (sluice, lite):
+            drop_if_exists(c, name)
+            schema = c.create_schema(auto_id=False)
+            schema.add_field("id", DataType.INT64, is_primary=True)
+            schema.add_field("vector", DataType.FLOAT_VECTOR, dim=DIM)
+            schema.add_field("g", DataType.INT64)
+            schema.add_field("t", DataType.VARCHAR, max_length=4)
+            schema.add_field("x", DataType.DOUBLE)
+            index = c.prepare_index_params()
+            index.add_index(field_name="vector", index_type="FLAT", metric_type=metric)
+            c.create_collection(name, schema=schema, index_params=index)
+            c.insert(name, data[:120])
+            c.flush(name)
+            c.insert(name, data[120:])
+
+    def run(c, name, queries, kw):
+        try:
+            found = c.search(name, data=queries, **kw)
+        except MilvusException as e:
+            return ("error", e.code)
+        keep = set(kw["output_fields"])
+        # Hits at equal distances may come in either order: each query's hits by id.
+        return [
+            {
+                h["id"]: (h["distance"], sorted((k, v) for k, v in h["entity"].items() if k in keep))
+                for h in hits
+            }
+            for hits in found
+        ]
+
+    def same(a, b):
+        """The same hits with the same fields, distances equal up to float32 rounding."""
+        if isinstance(a, tuple) or isinstance(b, tuple) or len(a) != len(b):
+            return a == b
+        return all(
+            x.keys() == y.keys()
+            and all(x[k][1] == y[k][1] and close([x[k][0]], [y[k][0]], 1e-4) for k in x)
+            for x, y in zip(a, b)
+        )
+
+    def only(a, b):
+        if isinstance(a, tuple) or isinstance(b, tuple) or len(a) != len(b):
+            return a
+        return [{k: v for k, v in x.items() if y.get(k) != v} for x, y in zip(a, b)]
+
+    rnd = random.Random(3)
+    differ, hits = [], 0
+    for _ in range(120):
+        metric = rnd.choice(metrics)
+        name = f"d_random_search_{metric.lower()}"
+        queries = [
+            [round(rnd.uniform(-1, 1), 3) for _ in range(DIM)] for _ in range(rnd.randint(1, 3))
+        ]
+        kw = {
+            "limit": rnd.choice([1, 3, 10, 50]),
+            "output_fields": rnd.sample(["g", "t", "x"], rnd.randint(0, 3)),
+            "search_params": {"metric_type": metric},
+        }
+        if rnd.random() < 0.5:
+            kw["filter"] = rnd.choice(
+                [
+                    "g > 2",
+                    't == "a"',
+                    "x < 5 and g != 1",
+                    "id < 100",
+                    't in ["b", "c"]',
+                    "not (g == 0)",
+                ]
+            )
+        if rnd.random() < 0.3:
+            kw["offset"] = rnd.choice([0, 2, 5])
+        mine, theirs = run(sluice, name, queries, kw), run(lite, name, queries, kw)
+        if not same(mine, theirs):
+            differ.append((name, kw, mine, theirs))
+        elif not isinstance(mine, tuple):
+            hits += sum(len(q) for q in mine)
+    assert not differ, "\n".join(
+        f"{name} {kw}\n  sluice only {only(mine, theirs)}\n  lite only   {only(theirs, mine)}"
+        for name, kw, mine, theirs in differ[:3]
+    )
+    assert hits > 1000, hits
 
 
 def test_partition_key_mode_spreads_rows_over_its_partitions_in_sluice(sluice):
