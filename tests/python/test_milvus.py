@@ -1027,6 +1027,72 @@ def test_an_hnsw_index_with_build_parameters_is_kept_and_searched(sluice, lite):
         assert list(params)[0] in e.value.message
 
 
+def test_field_properties_are_altered_and_described_in_sluice(sluice):
+    """alter_collection_field (milvus-lite has no AlterCollectionField): a VARCHAR field's
+    max_length grows and a longer value is then accepted, an ARRAY's max_capacity changes
+    what inserts may hold, mmap.enabled is described among the field's params; a lower
+    max_length, an ARRAY's max_length, another key, a missing field are refused and change
+    nothing."""
+    name = "d_alter_field"
+    drop_if_exists(sluice, name)
+    schema = sluice.create_schema(auto_id=False)
+    schema.add_field("id", DataType.INT64, is_primary=True)
+    schema.add_field("vector", DataType.FLOAT_VECTOR, dim=DIM)
+    schema.add_field("title", DataType.VARCHAR, max_length=4)
+    schema.add_field("tags", DataType.ARRAY, element_type=DataType.INT64, max_capacity=2)
+    index = sluice.prepare_index_params()
+    index.add_index(field_name="vector", index_type="FLAT", metric_type="L2")
+    sluice.create_collection(name, schema=schema, index_params=index)
+
+    def row(i, title, tags):
+        return {"id": i, "vector": [0.1] * DIM, "title": title, "tags": tags}
+
+    def params():
+        fields = sluice.describe_collection(name)["fields"]
+        return {f["name"]: f.get("params", {}) for f in fields}
+
+    def refused(call, text):
+        with pytest.raises(MilvusException) as e:
+            call()
+        assert text in e.value.message, e.value.message
+
+    sluice.insert(name, [row(0, "abcd", [1, 2])])
+    refused(lambda: sluice.insert(name, [row(1, "abcdefgh", [1])]), "max_length")
+    sluice.alter_collection_field(name, "title", field_params={"max_length": 16})
+    assert params()["title"]["max_length"] == 16, params()
+    sluice.insert(name, [row(1, "abcdefgh", [1])])
+    refused(lambda: sluice.insert(name, [row(2, "a" * 17, [1])]), "max_length")
+
+    refused(lambda: sluice.insert(name, [row(2, "x", [1, 2, 3])]), "max_capacity")
+    sluice.alter_collection_field(name, "tags", field_params={"max_capacity": 3})
+    assert params()["tags"]["max_capacity"] == 3, params()
+    sluice.insert(name, [row(2, "x", [1, 2, 3])])
+
+    sluice.alter_collection_field(name, "title", field_params={"mmap.enabled": True})
+    assert params()["title"]["mmap_enabled"] is True, params()
+    sluice.alter_collection_field(name, "title", field_params={"mmap_enabled": False})
+    assert params()["title"]["mmap_enabled"] is False, params()
+
+    before = params()
+    for field, change, text in [
+        ("title", {"max_length": 8}, "only grows"),
+        ("tags", {"max_length": 8}, "only its max_capacity"),
+        ("title", {"max_capacity": 8}, "not an ARRAY"),
+        ("id", {"max_length": 8}, "not VARCHAR"),
+        ("tags", {"max_capacity": 0}, "1-4096"),
+        ("title", {"nullable": True}, "not a field property"),
+        ("nope", {"max_length": 99}, "does not exist"),
+    ]:
+        refused(lambda: sluice.alter_collection_field(name, field, field_params=change), text)
+    assert params() == before
+    found = sluice.query(name, filter="id >= 0", output_fields=["title", "tags"])
+    assert sorted((r["id"], r["title"], list(r["tags"])) for r in found) == [
+        (0, "abcd", [1, 2]),
+        (1, "abcdefgh", [1]),
+        (2, "x", [1, 2, 3]),
+    ]
+
+
 def test_index_properties_are_altered_and_described_in_sluice(sluice):
     """alter_index_properties / drop_index_properties (AlterIndex, which milvus-lite lacks):
     mmap.enabled is set, described among the index's parameters and reset; another key, a

@@ -29,7 +29,7 @@ use sluice_types::message::{
     CreateCollectionHeader, CreatePartitionHeader, DropCollectionHeader, DropPartitionHeader,
     MessageHeader, ResourceKey, SchemaChangeHeader,
 };
-use sluice_types::schema::{CollectionSchema, FieldSchema};
+use sluice_types::schema::{CollectionSchema, FieldSchema, SchemaError};
 use sluice_types::{CollectionId, MutableMessage, PChannel};
 
 use crate::broadcast::{BroadcastRequest, Broadcaster};
@@ -639,11 +639,8 @@ impl Catalog {
         Ok(info)
     }
 
-    /// Adds `field` to the live collection `name` (see `AddCollectionField` in `coord.proto`):
-    /// SchemaChange broadcast to every vchannel first, so a write carrying the field after this
-    /// returns is accepted, then the schema recorded with `properties` set. A crash in between
-    /// leaves the WALs a version ahead of the record; the same call again broadcasts the same
-    /// schema, which the WALs take as no change, and records it.
+    /// Adds `field` to the live collection `name` (see `AddCollectionField` in `coord.proto`),
+    /// with `properties` set, through [`Catalog::change_schema`].
     pub async fn add_field(
         &self,
         broadcaster: &Broadcaster,
@@ -651,18 +648,61 @@ impl Catalog {
         field: FieldSchema,
         properties: &std::collections::HashMap<String, String>,
     ) -> Result<v1::CollectionInfo> {
+        let field = FieldSchema {
+            field_id: 0,
+            ..field
+        };
+        let info = self
+            .change_schema(broadcaster, name, properties, |current| {
+                sluice_types::schema::add_field(current, field)
+            })
+            .await?;
+        let schema = info.schema.as_ref();
+        let added = schema
+            .and_then(|s| s.fields.last())
+            .map_or("", |f| f.name.as_str());
+        let version = schema.map_or(0, |s| s.version);
+        tracing::info!(collection = info.collection_id, %name, field = added, version, "field added");
+        Ok(info)
+    }
+
+    /// Raises VARCHAR field `field`'s `max_length` in the live collection `name` (see
+    /// `AlterCollectionField` in `coord.proto`), through [`Catalog::change_schema`].
+    pub async fn raise_max_length(
+        &self,
+        broadcaster: &Broadcaster,
+        name: &str,
+        field: &str,
+        max_length: u32,
+    ) -> Result<v1::CollectionInfo> {
+        let info = self
+            .change_schema(broadcaster, name, &Default::default(), |current| {
+                sluice_types::schema::raise_max_length(current, field, max_length)
+            })
+            .await?;
+        tracing::info!(collection = info.collection_id, %name, %field, max_length, "max_length raised");
+        Ok(info)
+    }
+
+    /// Changes the live collection `name`'s schema to what `change` makes of it: SchemaChange
+    /// broadcast to every vchannel first, so a write the new schema allows is accepted once
+    /// this returns, then the schema recorded with `properties` set. A crash in between leaves
+    /// the WALs a version ahead of the record; the same call again broadcasts the same schema,
+    /// which the WALs take as no change, and records it.
+    async fn change_schema(
+        &self,
+        broadcaster: &Broadcaster,
+        name: &str,
+        properties: &std::collections::HashMap<String, String>,
+        change: impl FnOnce(&CollectionSchema) -> std::result::Result<CollectionSchema, SchemaError>,
+    ) -> Result<v1::CollectionInfo> {
         let _serial = self.schema_changes.lock().await;
         let info = self.by_name(name).await?;
         let current = info.schema.clone().ok_or_else(|| CoordError::Malformed {
             key: self.record_key(info.collection_id),
             reason: "a collection record without a schema".into(),
         })?;
-        let field = FieldSchema {
-            field_id: 0,
-            ..field
-        };
-        let next = sluice_types::schema::add_field(&current, field)
-            .map_err(|e| CoordError::InvalidArgument(e.to_string()))?;
+        let next = change(&current).map_err(|e| CoordError::InvalidArgument(e.to_string()))?;
         sluice_types::schema::validate(&next)
             .map_err(|e| CoordError::InvalidArgument(e.to_string()))?;
         let mut merged = info.properties.clone();
@@ -675,21 +715,17 @@ impl Catalog {
         })?;
         self.broadcast(broadcaster, template, &info.vchannels, &[name_of(&info)])
             .await?;
-        let info = self
-            .update(name, |record| {
-                if record.collection_id != info.collection_id {
-                    return Err(not_found(format!("{name:?}")));
-                }
-                record.schema = Some(next.clone());
-                record
-                    .properties
-                    .extend(properties.iter().map(|(k, v)| (k.clone(), v.clone())));
-                Ok(())
-            })
-            .await?;
-        let added = next.fields.last().map_or("", |f| f.name.as_str());
-        tracing::info!(collection = info.collection_id, %name, field = added, version = next.version, "field added");
-        Ok(info)
+        self.update(name, |record| {
+            if record.collection_id != info.collection_id {
+                return Err(not_found(format!("{name:?}")));
+            }
+            record.schema = Some(next.clone());
+            record
+                .properties
+                .extend(properties.iter().map(|(k, v)| (k.clone(), v.clone())));
+            Ok(())
+        })
+        .await
     }
 
     /// Renames the live collection `name` to `new_name` (see `RenameCollection` in

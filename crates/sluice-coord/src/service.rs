@@ -349,6 +349,25 @@ impl coordinator_server::Coordinator for CoordinatorService {
         Ok(Response::new(info))
     }
 
+    async fn alter_collection_field(
+        &self,
+        request: Request<v1::AlterCollectionFieldRequest>,
+    ) -> Result<Response<v1::CollectionInfo>, Status> {
+        let request = request.into_inner();
+        let leader = self.leader().await?;
+        let info = leader
+            .catalog
+            .raise_max_length(
+                &leader.broadcaster,
+                &request.name,
+                &request.field_name,
+                request.max_length,
+            )
+            .await
+            .map_err(|e| coord_status(&e))?;
+        Ok(Response::new(info))
+    }
+
     async fn rename_collection(
         &self,
         request: Request<v1::RenameCollectionRequest>,

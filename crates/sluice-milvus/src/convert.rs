@@ -36,6 +36,10 @@ pub(crate) const PROP_PARTITION_KEY: &str = "milvus.partition_key";
 /// Collection property: the fields' default values (Milvus's `default_value`), as a JSON object
 /// of field name → value; an insert without a value (or with null) for such a field gets it.
 pub(crate) const PROP_DEFAULTS: &str = "milvus.field_defaults";
+/// Collection property: fields' `mmap.enabled` (Milvus's AlterCollectionField), as a JSON
+/// object of field name → `"true"` or `"false"`; described among the field's params. Sluice
+/// keeps field data in memory either way.
+pub(crate) const PROP_FIELD_MMAP: &str = "milvus.field_mmap";
 /// The name Milvus gives the dynamic field.
 pub(crate) const MILVUS_DYNAMIC: &str = "$meta";
 
@@ -336,8 +340,16 @@ impl LegacyAutoId for ms::CollectionSchema {
 
 /// The [`PROP_TYPES`] entries of `props`.
 fn kept_types(props: &HashMap<String, String>) -> serde_json::Map<String, Value> {
+    json_object(props, PROP_TYPES)
+}
+
+/// Collection property `key` of `props` as the JSON object it holds (empty if none).
+pub(crate) fn json_object(
+    props: &HashMap<String, String>,
+    key: &str,
+) -> serde_json::Map<String, Value> {
     props
-        .get(PROP_TYPES)
+        .get(key)
         .and_then(|t| serde_json::from_str(t).ok())
         .unwrap_or_default()
 }
@@ -397,6 +409,12 @@ pub(crate) fn schema_to_milvus(
             let array = array_spec(f, props);
             if let Some(a) = array {
                 type_params.extend(a.type_params());
+            }
+            if let Some(v) = json_object(props, PROP_FIELD_MMAP)
+                .get(&f.name)
+                .and_then(Value::as_str)
+            {
+                type_params.push(kv("mmap.enabled", v.to_owned()));
             }
             ms::FieldSchema {
                 field_id: 100 + f.field_id,

@@ -20,10 +20,10 @@ use tonic::{Request, Response};
 
 use crate::DYNAMIC_FIELD;
 use crate::convert::{
-    JsonRow, MILVUS_DYNAMIC, PROP_CONSISTENCY, PROP_INDEX, PROP_PARTITION_KEY, PROP_RELEASED,
-    PROP_TYPES, array_spec, batch_of_rows, batches_to_milvus, check_values, field_to_sluice,
-    json_rows_from_milvus, json_rows_of, milvus_type, rows_from_milvus, schema_to_milvus,
-    schema_to_sluice,
+    JsonRow, MILVUS_DYNAMIC, PROP_CONSISTENCY, PROP_FIELD_MMAP, PROP_INDEX, PROP_PARTITION_KEY,
+    PROP_RELEASED, PROP_TYPES, array_spec, batch_of_rows, batches_to_milvus, check_values,
+    field_to_sluice, json_object, json_rows_from_milvus, json_rows_of, milvus_type,
+    rows_from_milvus, schema_to_milvus, schema_to_sluice,
 };
 use crate::hybrid::{MAX_HYBRID_SEARCHES, Ranker, Searched};
 use crate::pb::common::{self as mc, KeyValuePair, Status};
@@ -336,6 +336,13 @@ fn index_property_value(value: &str) -> Result<Value, Failure> {
             "mmap.enabled takes true or false, not {value:?}"
         ))),
     }
+}
+
+fn unknown_field_property(key: &str) -> Failure {
+    Failure::invalid(format!(
+        "{key} is not a field property Sluice alters: max_length (VARCHAR), max_capacity \
+         (ARRAY) or mmap.enabled"
+    ))
 }
 
 /// Whether the recorded index `i` is the one named `name` on `field` (empty: any).
@@ -1417,6 +1424,105 @@ impl MilvusFront {
         Ok(())
     }
 
+    /// Milvus's AlterCollectionField: `max_length` of a VARCHAR field (raised through the
+    /// coordinator's AlterCollectionField: it only grows), `max_capacity` of an ARRAY field (its
+    /// declaration, which inserts are checked against), `mmap.enabled` of any field (recorded
+    /// and described; delete_keys resets it). Everything is checked before anything changes.
+    async fn do_alter_field(&self, r: mm::AlterCollectionFieldRequest) -> Result<(), Failure> {
+        let c = self.collection(&r.collection_name).await?;
+        let name = &r.field_name;
+        let field = c
+            .schema
+            .fields
+            .iter()
+            .find(|f| &f.name == name && !f.is_dynamic)
+            .ok_or_else(|| {
+                Failure::invalid(format!(
+                    "field {name:?} does not exist in collection {:?}",
+                    c.schema.name
+                ))
+            })?;
+        if r.properties.is_empty() && r.delete_keys.is_empty() {
+            return Err(Failure::invalid("no field property to set or delete"));
+        }
+        let props = c.props();
+        let array = array_spec(field, props);
+        let mut types = json_object(props, PROP_TYPES);
+        let mut mmap = json_object(props, PROP_FIELD_MMAP);
+        let number = |key: &str, v: &str| {
+            v.trim().parse::<u32>().map_err(|_| {
+                Failure::invalid(format!("field {name:?}: {key} {v:?} is not a number"))
+            })
+        };
+        let mut max_length = None;
+        let mut changed = HashMap::new();
+        for p in &r.properties {
+            match p.key.as_str() {
+                "max_length" if array.is_some() => {
+                    return Err(Failure::invalid(format!(
+                        "ARRAY field {name:?}: only its max_capacity can be altered"
+                    )));
+                }
+                "max_length" => max_length = Some(number("max_length", &p.value)?),
+                "max_capacity" => {
+                    let Some(mut spec) = array else {
+                        return Err(Failure::invalid(format!(
+                            "field {name:?} is not an ARRAY: only an ARRAY field has a \
+                             max_capacity"
+                        )));
+                    };
+                    spec.max_capacity = number("max_capacity", &p.value)?;
+                    if spec.max_capacity == 0 || spec.max_capacity > crate::array::MAX_CAPACITY {
+                        return Err(Failure::invalid(format!(
+                            "ARRAY field {name:?} needs max_capacity 1-{}, not {}",
+                            crate::array::MAX_CAPACITY,
+                            spec.max_capacity
+                        )));
+                    }
+                    types.insert(name.clone(), spec.to_json());
+                    changed.insert(
+                        PROP_TYPES.to_owned(),
+                        Value::Object(types.clone()).to_string(),
+                    );
+                }
+                // pymilvus describes it as mmap_enabled; some SDKs send it so.
+                "mmap.enabled" | "mmap_enabled" => {
+                    mmap.insert(name.clone(), index_property_value(&p.value)?);
+                    changed.insert(
+                        PROP_FIELD_MMAP.to_owned(),
+                        Value::Object(mmap.clone()).to_string(),
+                    );
+                }
+                other => return Err(unknown_field_property(other)),
+            }
+        }
+        for key in &r.delete_keys {
+            if key != "mmap.enabled" && key != "mmap_enabled" {
+                return Err(unknown_field_property(key));
+            }
+            mmap.remove(name);
+            changed.insert(
+                PROP_FIELD_MMAP.to_owned(),
+                Value::Object(mmap.clone()).to_string(),
+            );
+        }
+        if let Some(max_length) = max_length {
+            self.coord
+                .clone()
+                .alter_collection_field(v1::AlterCollectionFieldRequest {
+                    name: c.schema.name.clone(),
+                    field_name: name.clone(),
+                    max_length,
+                })
+                .await
+                .map_err(|s| Failure::from_client(&ClientError::from_status(&s), &c.schema.name))?;
+        }
+        if changed.is_empty() {
+            return Ok(());
+        }
+        self.alter(&c.schema.name, changed, Vec::new()).await
+    }
+
     async fn do_insert(
         &self,
         name: &str,
@@ -2465,6 +2571,15 @@ impl MilvusService for MilvusFront {
         }
         .await;
         Ok(Response::new(status::of(&result)))
+    }
+
+    async fn alter_collection_field(
+        &self,
+        r: Request<mm::AlterCollectionFieldRequest>,
+    ) -> Reply<Status> {
+        Ok(Response::new(status::of(
+            &self.do_alter_field(r.into_inner()).await,
+        )))
     }
 
     async fn add_collection_field(

@@ -1,6 +1,7 @@
 //! Collection schemas: the typed fields a collection's rows have (the types are generated from
-//! `proto/sluice/v1/message.proto`), the rules a schema must keep, and the one change a schema
-//! may undergo (a nullable scalar field added).
+//! `proto/sluice/v1/message.proto`), the rules a schema must keep, and the changes a schema
+//! may undergo (a nullable scalar field added, a VARCHAR field's `max_length` raised, the
+//! collection renamed).
 
 pub use crate::message::pb::{CollectionSchema, DataType, FieldSchema};
 
@@ -197,33 +198,89 @@ pub fn rename(schema: &CollectionSchema, name: &str) -> Result<CollectionSchema,
     Ok(out)
 }
 
+/// The schema after a SCHEMA_CHANGE that raises VARCHAR field `name`'s `max_length` to
+/// `max_length` (at most [`MAX_VARCHAR_LENGTH`]; not the primary key's). It only grows: every
+/// row written under the old limit stays valid under the new one. The version goes up by one.
+pub fn raise_max_length(
+    schema: &CollectionSchema,
+    name: &str,
+    max_length: u32,
+) -> Result<CollectionSchema, SchemaError> {
+    let mut out = schema.clone();
+    let Some(field) = out.fields.iter_mut().find(|f| f.name == name) else {
+        return Err(bad(format!("the collection has no field {name:?}")));
+    };
+    if data_type(field)? != DataType::Varchar {
+        return Err(bad(format!(
+            "field {name:?} is not VARCHAR: only a VARCHAR field has a max_length"
+        )));
+    }
+    if field.is_primary_key {
+        return Err(bad(format!(
+            "field {name:?} is the primary key, whose max_length stays as created"
+        )));
+    }
+    if max_length < field.max_length || max_length > MAX_VARCHAR_LENGTH {
+        return Err(bad(format!(
+            "field {name:?}: max_length {max_length} is not in {}-{MAX_VARCHAR_LENGTH} (it only \
+             grows, so that rows written under the old limit stay valid)",
+            field.max_length
+        )));
+    }
+    if max_length == field.max_length {
+        return Err(bad(format!(
+            "field {name:?} has max_length {max_length} already"
+        )));
+    }
+    field.max_length = max_length;
+    out.version = schema.version + 1;
+    Ok(out)
+}
+
 /// Whether `next` is what one SCHEMA_CHANGE may lead to from `current`: one field added (see
-/// [`add_field`]) or the collection renamed (see [`rename`]); else why not.
+/// [`add_field`]), one VARCHAR field's `max_length` raised (see [`raise_max_length`]) or the
+/// collection renamed (see [`rename`]); else why not.
 pub fn check_change(
     current: &CollectionSchema,
     next: &CollectionSchema,
 ) -> Result<(), SchemaError> {
-    let expected = if current.name == next.name {
-        add_field(current, next.fields.last().cloned().unwrap_or_default())?
+    let (expected, rule) = if current.name != next.name {
+        (
+            rename(current, &next.name)?,
+            "a renamed schema must be version {v} with the fields as they are".to_owned(),
+        )
+    } else if next.fields.len() == current.fields.len() {
+        let Some((field, max_length)) = current
+            .fields
+            .iter()
+            .zip(&next.fields)
+            .find(|(a, b)| a != b)
+            .map(|(a, b)| (a.name.as_str(), b.max_length))
+        else {
+            return Err(bad("a schema change that changes nothing"));
+        };
+        (
+            raise_max_length(current, field, max_length)?,
+            format!(
+                "the schema after the change must be version {{v}} with only field {field:?}'s \
+                 max_length raised"
+            ),
+        )
     } else {
-        rename(current, &next.name)?
+        let added = add_field(current, next.fields.last().cloned().unwrap_or_default())?;
+        let id = added.fields.last().map_or(0, |f| f.field_id);
+        (
+            added,
+            format!(
+                "the schema after the change must be version {{v}} with one field added at the \
+                 end (field id {id}), the rest as it is"
+            ),
+        )
     };
     if expected == *next {
         return Ok(());
     }
-    Err(bad(if current.name == next.name {
-        format!(
-            "the schema after the change must be version {} with one field added at the end \
-             (field id {}), the rest as it is",
-            expected.version,
-            expected.fields.last().map_or(0, |f| f.field_id)
-        )
-    } else {
-        format!(
-            "a renamed schema must be version {} with the fields as they are",
-            expected.version
-        )
-    }))
+    Err(bad(rule.replace("{v}", &expected.version.to_string())))
 }
 
 #[cfg(test)]
@@ -308,6 +365,55 @@ mod tests {
         let mut wrong_id = added.clone();
         wrong_id.fields.last_mut().unwrap().field_id = 9;
         assert!(bad(&wrong_id).contains("field id 5"), "{}", bad(&wrong_id));
+    }
+
+    #[test]
+    fn a_varchar_max_length_only_grows_in_a_schema_change() {
+        let current = good();
+        let raised = raise_max_length(&current, "title", 100).unwrap();
+        assert_eq!((raised.fields[2].max_length, raised.version), (100, 2));
+        assert_eq!(raised.fields[..2], current.fields[..2]);
+        check_change(&current, &raised).unwrap();
+
+        let err = |name: &str, n: u32| raise_max_length(&current, name, n).unwrap_err().0;
+        assert!(
+            err("title", 63).contains("only grows"),
+            "{}",
+            err("title", 63)
+        );
+        assert!(
+            err("title", 65_536).contains("64-65535"),
+            "{}",
+            err("title", 65_536)
+        );
+        assert!(err("title", 64).contains("already"));
+        assert!(err("meta", 100).contains("not VARCHAR"));
+        assert!(err("nope", 100).contains("no field"));
+        let mut varchar_pk = current.clone();
+        varchar_pk.fields[0] = FieldSchema {
+            is_primary_key: true,
+            max_length: 36,
+            field_id: 1,
+            ..field("id", DataType::Varchar)
+        };
+        let e = raise_max_length(&varchar_pk, "id", 64).unwrap_err().0;
+        assert!(e.contains("primary key"), "{e}");
+
+        let bad = |next: &CollectionSchema| check_change(&current, next).unwrap_err().0;
+        // Lowered, or raised together with another change, or a version skipped.
+        let mut lowered = current.clone();
+        lowered.fields[2].max_length = 10;
+        lowered.version = 2;
+        assert!(bad(&lowered).contains("only grows"), "{}", bad(&lowered));
+        let mut two = raised.clone();
+        two.fields[3].nullable = true;
+        assert!(bad(&two).contains("only field \"title\""), "{}", bad(&two));
+        let mut skipped = raised.clone();
+        skipped.version = 5;
+        assert!(bad(&skipped).contains("version 2"), "{}", bad(&skipped));
+        let mut same = current.clone();
+        same.version = 2;
+        assert!(bad(&same).contains("changes nothing"), "{}", bad(&same));
     }
 
     #[test]

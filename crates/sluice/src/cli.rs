@@ -562,6 +562,30 @@ pub(crate) async fn add_field(
     Ok(())
 }
 
+/// `sluice ctl alter-field COLLECTION FIELD --max-length N`.
+pub(crate) async fn alter_field(
+    coord: &str,
+    collection: &str,
+    field: &str,
+    max_length: u32,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    let info = coordinator(coord)?
+        .alter_collection_field(timed(
+            v1::AlterCollectionFieldRequest {
+                name: collection.to_owned(),
+                field_name: field.to_owned(),
+                max_length,
+            },
+            timeout,
+        ))
+        .await
+        .map_err(|s| anyhow::anyhow!("collection {collection}: {}", s.message()))?
+        .into_inner();
+    print_collection(&info);
+    Ok(())
+}
+
 /// `sluice ctl compact COLLECTION [--wait]`.
 pub(crate) async fn compact(
     coord: &str,

@@ -545,6 +545,18 @@ enum CtlCommand {
         /// varchar, json; N: a varchar's max length).
         field: String,
     },
+    /// Raise a VARCHAR field's max length (it only grows: rows written before stay valid).
+    AlterField {
+        #[command(flatten)]
+        client: ClientOpts,
+        /// The collection's name (or alias).
+        collection: String,
+        /// The VARCHAR field.
+        field: String,
+        /// Its max length in bytes from now on (above the current one, at most 65535).
+        #[arg(long)]
+        max_length: u32,
+    },
     /// Compact a collection: rewrite its sealed segments without the rows committed deletes
     /// and its TTL removed (flush first for recent deletes).
     Compact {
@@ -796,6 +808,7 @@ fn client_security(command: &Command) -> Option<&SecurityOpts> {
                 | CtlCommand::Release { client, .. }
                 | CtlCommand::DropCollection { client, .. }
                 | CtlCommand::AddField { client, .. }
+                | CtlCommand::AlterField { client, .. }
                 | CtlCommand::Rename { client, .. }
                 | CtlCommand::Compact { client, .. }
                 | CtlCommand::CreatePartition { client, .. }
@@ -1018,6 +1031,21 @@ fn run() -> anyhow::Result<()> {
             &client.coord,
             &collection,
             &field,
+            Duration::from_secs(client.timeout_secs),
+        )),
+        Command::Ctl {
+            what:
+                CtlCommand::AlterField {
+                    client,
+                    collection,
+                    field,
+                    max_length,
+                },
+        } => rt.block_on(cli::alter_field(
+            &client.coord,
+            &collection,
+            &field,
+            max_length,
             Duration::from_secs(client.timeout_secs),
         )),
         Command::Ctl {

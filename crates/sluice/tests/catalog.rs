@@ -882,6 +882,112 @@ async fn fields_are_added_through_the_cli_and_read_back() {
     );
 }
 
+/// `sluice ctl alter-field` (the coordinator's AlterCollectionField): a VARCHAR field's
+/// max_length grows at the next schema version, a value up to the new limit is accepted once
+/// the command returns (and one over it still refused), and after a SIGKILL and a restart the
+/// WALs replay the change: both rows read back, the limit stays. A lower limit, a field that is
+/// not VARCHAR or the primary key are refused and change nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_varchar_max_length_is_raised_and_kept_across_a_restart() {
+    let data = tempfile::tempdir().unwrap();
+    let logs = tempfile::tempdir().unwrap();
+    let mut server = start(data.path(), logs.path());
+    let endpoint = server.endpoint();
+    ok(create_collection(&endpoint, "notes"), "create-collection");
+    let insert = |endpoint: &str, name: &str, id: i64, title: &str| {
+        let file = data.path().join(name);
+        let line = format!(r#"{{"id": {id}, "title": "{title}", "vec": [{id}, 0.5, 1]}}"#);
+        std::fs::write(&file, line).unwrap();
+        run_cli(
+            &[
+                "insert",
+                "--collection",
+                "notes",
+                "--file",
+                file.to_str().unwrap(),
+                "--coord",
+                endpoint,
+            ],
+            &[],
+            TIMEOUT,
+        )
+    };
+    let long = "x".repeat(40);
+    ok(insert(&endpoint, "short.jsonl", 0, "short"), "insert short");
+    let refused = insert(&endpoint, "long.jsonl", 1, &long);
+    assert!(
+        !refused.status.success(),
+        "40 bytes over max_length 32 were accepted"
+    );
+
+    let alter = |server: &Proc, field: &str, n: &str| {
+        ctl(
+            server,
+            &["ctl", "alter-field", "notes", field, "--max-length", n],
+        )
+    };
+    let out = ok(alter(&server, "title", "48"), "alter-field");
+    assert!(out.contains("schema_version=2"), "{out}");
+    assert!(out.contains("max_length 48"), "{out}");
+    for (field, n, why) in [
+        ("title", "40", "only grows"),
+        ("title", "48", "already"),
+        ("meta", "64", "not VARCHAR"),
+        ("id", "64", "not VARCHAR"),
+        ("nope", "64", "no field"),
+    ] {
+        let out = alter(&server, field, n);
+        assert!(!out.status.success(), "{field} {n} was accepted");
+        assert!(out.stderr.contains(why), "{field} {n}: {}", out.stderr);
+    }
+    ok(insert(&endpoint, "long.jsonl", 1, &long), "insert long");
+    let over = insert(&endpoint, "over.jsonl", 2, &"y".repeat(49));
+    assert!(
+        !over.status.success(),
+        "49 bytes over max_length 48 were accepted"
+    );
+
+    server.kill();
+    drop(server);
+    let server = start(data.path(), logs.path());
+    let endpoint = server.endpoint();
+    let out = ok(ctl(&server, &["ctl", "describe", "notes"]), "describe");
+    assert!(
+        out.contains("schema_version=2") && out.contains("max_length 48"),
+        "{out}"
+    );
+    let rows = ok(
+        run_cli(
+            &[
+                "query",
+                "--node",
+                &endpoint,
+                "--collection",
+                "notes",
+                "--filter",
+                "id >= 0",
+                "--output-fields",
+                "title",
+            ],
+            &[],
+            TIMEOUT,
+        ),
+        "query",
+    );
+    assert_eq!(
+        rows.lines().collect::<Vec<_>>(),
+        [
+            r#"{"id":0,"title":"short"}"#.to_owned(),
+            format!(r#"{{"id":1,"title":"{long}"}}"#)
+        ],
+        "{rows}"
+    );
+    ok(
+        insert(&endpoint, "long2.jsonl", 3, &long),
+        "insert long after the restart",
+    );
+}
+
 /// `sluice ctl rename` (the coordinator's RenameCollection): the collection keeps its id, rows
 /// and aliases under the new name, reads and writes take the new name at once, the old name is
 /// free again, and all of it holds after a SIGKILL and a restart (the WALs replay the rename).
