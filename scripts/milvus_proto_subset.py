@@ -139,6 +139,10 @@ RPCS = {
     "JSON; no default value) to a collection: rows written before read it as null, inserts "
     "after the answer may carry it. pymilvus tries AlterCollectionSchema first, which Sluice "
     "answers UNIMPLEMENTED, and then this.",
+    "TruncateCollection": "Empties a collection: every row written before the call goes "
+    "(growing and sealed; reads after the answer see none of them), while its schema, "
+    "partitions, indexes, aliases, properties and load state stay. Each partition gets a new "
+    "id underneath (Sluice's coordinator TruncateCollection).",
     "AlterCollectionField": "Changes a field's properties (field_params): max_length of a "
     "VARCHAR field that is not the primary key (it only grows, 1-65535, so rows written before "
     "stay valid; a value up to the new limit is accepted once this returns), max_capacity of an "

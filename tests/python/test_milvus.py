@@ -1419,6 +1419,73 @@ def test_reads_of_a_missing_partition_are_an_error_in_sluice(sluice):
     assert sorted(r["id"] for r in got) == list(range(6))
 
 
+def test_a_truncated_collection_is_empty_and_keeps_everything_else_like_milvus(sluice, lite):
+    """truncate_collection: every row goes — sealed and growing, in every partition — while the
+    schema, partitions, index, alias, properties and load state stay; rows written after it
+    are read as usual. The same in Sluice and milvus-lite."""
+    name = "d_truncate"
+
+    def run(c):
+        drop_if_exists(c, name)
+        schema = c.create_schema(auto_id=False, enable_dynamic_field=True)
+        schema.add_field("id", DataType.INT64, is_primary=True)
+        schema.add_field("vector", DataType.FLOAT_VECTOR, dim=DIM)
+        schema.add_field("tag", DataType.VARCHAR, max_length=8)
+        index = c.prepare_index_params()
+        index.add_index(field_name="vector", index_type="FLAT", metric_type="L2")
+        c.create_collection(name, schema=schema, index_params=index)
+        c.create_partition(name, "recent")
+        c.create_alias(name, "d_truncate_alias")
+        c.alter_collection_properties(name, properties={"collection.ttl.seconds": 3600})
+        data = [dict(r, tag="old") for r in rows(30, seed=81)]
+        c.insert(name, data[:20])
+        c.flush(name)
+        c.insert(name, data[20:25])
+        c.insert(name, data[25:], partition_name="recent")
+        before = c.describe_collection(name)
+        c.truncate_collection("d_truncate_alias")
+        out = {
+            "count": c.query(name, filter="", output_fields=["count(*)"])[0]["count(*)"],
+            "rows": c.query(name, filter="id >= 0", output_fields=["tag"]),
+            "search": hit_ids(c.search(name, data=[data[0]["vector"]], limit=5)),
+            "partitions": c.list_partitions(name),
+            "indexes": c.list_indexes(name),
+            "load": str(c.get_load_state(name)["state"]),
+            "alias": c.describe_alias("d_truncate_alias")["collection_name"],
+        }
+        after = c.describe_collection(name)
+        out["schema"] = after["fields"] == before["fields"]
+        out["ttl"] = after["properties"].get("collection.ttl.seconds")
+        fresh_rows = [dict(r, tag="new") for r in rows(6, seed=82, start=100)]
+        c.insert(name, fresh_rows[:4])
+        c.insert(name, fresh_rows[4:], partition_name="recent")
+        c.flush(name)
+        found = c.query(name, filter="id >= 0", output_fields=["tag"])
+        out["after"] = sorted((r["id"], r["tag"]) for r in found)
+        found = c.query(name, filter="id >= 0", output_fields=["tag"], partition_names=["recent"])
+        out["recent"] = sorted(r["id"] for r in found)
+        out["search_after"] = hit_ids(c.search(name, data=[fresh_rows[0]["vector"]], limit=3))
+        c.drop_alias("d_truncate_alias")
+        return out
+
+    mine, theirs = run(sluice), run(lite)
+    assert mine == theirs
+    assert mine["count"] == 0 and mine["rows"] == [] and mine["search"] == [[]], mine
+    assert mine["after"] == [(i, "new") for i in range(100, 106)], mine
+    assert mine["recent"] == [104, 105] and mine["search_after"][0][0] == 100, mine
+    with pytest.raises(MilvusException):
+        sluice.truncate_collection("d_truncate_missing")
+    # A released partition stays released under its new id.
+    sluice.release_partitions(name, ["recent"])
+    sluice.truncate_collection(name)
+    with pytest.raises(MilvusException) as e:
+        sluice.query(name, filter="id >= 0", partition_names=["recent"])
+    assert e.value.code == 201, e.value
+    assert sluice.query(name, filter="id >= 0") == []
+    sluice.load_partitions(name, ["recent"])
+    assert sluice.query(name, filter="id >= 0", partition_names=["recent"]) == []
+
+
 def test_collections_are_renamed_like_milvus(sluice, lite):
     """A renamed collection keeps its rows, partitions, index and aliases and takes writes and
     reads under its new name at once; the old name is free again. Renaming to a name in use, or

@@ -476,6 +476,7 @@ impl Catalog {
             load_state: v1::LoadState::Loaded as i32,
             replicas: 1,
             properties,
+            truncating_partition_ids: Vec::new(),
         };
         let name_key = self.name_key(&schema.name);
         let mut stale_cleared = false;
@@ -614,11 +615,7 @@ impl Catalog {
             )));
         }
         let partition_id = allocate_ids(ids, 1).await?;
-        let template = ddl_message(CreatePartitionHeader {
-            collection_id: info.collection_id,
-            partition_id,
-        })?;
-        self.broadcast(broadcaster, template, &info.vchannels, &[name_of(&info)])
+        self.partition_ddl(broadcaster, &info, partition_id, true)
             .await?;
         let info = self
             .update(name, |next| {
@@ -859,11 +856,7 @@ impl Catalog {
             )));
         }
         let partition_id = info.partitions[pos].partition_id;
-        let template = ddl_message(DropPartitionHeader {
-            collection_id: info.collection_id,
-            partition_id,
-        })?;
-        self.broadcast(broadcaster, template, &info.vchannels, &[name_of(&info)])
+        self.partition_ddl(broadcaster, &info, partition_id, false)
             .await?;
         let info = self
             .update(name, |next| {
@@ -873,6 +866,91 @@ impl Catalog {
             .await?;
         tracing::info!(collection = info.collection_id, %name, %partition, partition_id, "partition dropped");
         Ok(info)
+    }
+
+    /// Empties the live collection `name` (see `TruncateCollection` in `coord.proto`): each
+    /// partition gets a new id, created on every vchannel first; the record takes the new ids
+    /// (the old ones kept in `truncating_partition_ids`); DropPartition of each old id is
+    /// broadcast (WALs, delegators and the recovery storage let go of its rows, growing and
+    /// sealed); then the record lets go of the old ids. A crash before the record leaves
+    /// partition ids only the WALs know, unused; after it, the same call again finishes the
+    /// drops it recorded (and does not empty the collection a second time).
+    pub async fn truncate(
+        &self,
+        ids: &Ids,
+        broadcaster: &Broadcaster,
+        name: &str,
+    ) -> Result<v1::CollectionInfo> {
+        let _serial = self.schema_changes.lock().await;
+        let mut info = self.by_name(name).await?;
+        if info.truncating_partition_ids.is_empty() {
+            let n = info.partitions.len() as u64;
+            let first = allocate_ids(ids, n.max(1)).await?;
+            let renumbered: Vec<(i64, i64)> = info
+                .partitions
+                .iter()
+                .zip(first..)
+                .map(|(p, new)| (p.partition_id, new))
+                .collect();
+            for &(_, partition_id) in &renumbered {
+                self.partition_ddl(broadcaster, &info, partition_id, true)
+                    .await?;
+            }
+            info = self
+                .update(name, |next| {
+                    if next.collection_id != info.collection_id {
+                        return Err(not_found(format!("{name:?}")));
+                    }
+                    for p in &mut next.partitions {
+                        if let Some(&(old, new)) =
+                            renumbered.iter().find(|(old, _)| *old == p.partition_id)
+                        {
+                            p.partition_id = new;
+                            next.truncating_partition_ids.push(old);
+                        }
+                    }
+                    Ok(())
+                })
+                .await?;
+        }
+        let old = info.truncating_partition_ids.clone();
+        for &partition_id in &old {
+            self.partition_ddl(broadcaster, &info, partition_id, false)
+                .await?;
+        }
+        let info = self
+            .update(name, |next| {
+                next.truncating_partition_ids.retain(|p| !old.contains(p));
+                Ok(())
+            })
+            .await?;
+        tracing::info!(collection = info.collection_id, %name, partitions = old.len(), "collection truncated");
+        Ok(info)
+    }
+
+    /// Broadcasts CreatePartition (`create`) or DropPartition of `partition_id` to every
+    /// vchannel of the collection `info`, under its name's resource key.
+    async fn partition_ddl(
+        &self,
+        broadcaster: &Broadcaster,
+        info: &v1::CollectionInfo,
+        partition_id: i64,
+        create: bool,
+    ) -> Result<u64> {
+        let collection_id = info.collection_id;
+        let template = if create {
+            ddl_message(CreatePartitionHeader {
+                collection_id,
+                partition_id,
+            })?
+        } else {
+            ddl_message(DropPartitionHeader {
+                collection_id,
+                partition_id,
+            })?
+        };
+        self.broadcast(broadcaster, template, &info.vchannels, &[name_of(info)])
+            .await
     }
 
     /// Broadcasts `template` to `vchannels` under the exclusive keys of `names`; returns the

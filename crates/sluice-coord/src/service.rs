@@ -349,6 +349,20 @@ impl coordinator_server::Coordinator for CoordinatorService {
         Ok(Response::new(info))
     }
 
+    async fn truncate_collection(
+        &self,
+        request: Request<v1::TruncateCollectionRequest>,
+    ) -> Result<Response<v1::CollectionInfo>, Status> {
+        let request = request.into_inner();
+        let leader = self.leader().await?;
+        let info = leader
+            .catalog
+            .truncate(&leader.ids, &leader.broadcaster, &request.name)
+            .await
+            .map_err(|e| coord_status(&e))?;
+        Ok(Response::new(info))
+    }
+
     async fn alter_collection_field(
         &self,
         request: Request<v1::AlterCollectionFieldRequest>,

@@ -1424,6 +1424,46 @@ impl MilvusFront {
         Ok(())
     }
 
+    /// Milvus's TruncateCollection: the coordinator's TruncateCollection (every row goes, the
+    /// partitions get new ids), then the released partitions recorded again under their new
+    /// ids.
+    async fn do_truncate(&self, r: mm::TruncateCollectionRequest) -> Result<(), Failure> {
+        if !is_default_database(&r.db_name) {
+            return Err(Failure::invalid(format!(
+                "database {:?}: Sluice has one database, `default`",
+                r.db_name
+            )));
+        }
+        let before = self.collection(&r.collection_name).await?;
+        let name = before.schema.name.clone();
+        let after = self
+            .coord
+            .clone()
+            .truncate_collection(v1::TruncateCollectionRequest { name: name.clone() })
+            .await
+            .map_err(|s| Failure::from_client(&ClientError::from_status(&s), &name))?
+            .into_inner();
+        let released = before.released();
+        if released.is_empty() {
+            return Ok(());
+        }
+        let partition_name = |id: &i64| {
+            let p = before
+                .info
+                .partitions
+                .iter()
+                .find(|p| p.partition_id == *id)?;
+            Some(p.name.as_str())
+        };
+        let renumbered = released
+            .iter()
+            .filter_map(partition_name)
+            .filter_map(|n| after.partitions.iter().find(|p| p.name == n))
+            .map(|p| p.partition_id)
+            .collect();
+        self.set_released(&name, renumbered).await
+    }
+
     /// Milvus's AlterCollectionField: `max_length` of a VARCHAR field (raised through the
     /// coordinator's AlterCollectionField: it only grows), `max_capacity` of an ARRAY field (its
     /// declaration, which inserts are checked against), `mmap.enabled` of any field (recorded
@@ -2571,6 +2611,15 @@ impl MilvusService for MilvusFront {
         }
         .await;
         Ok(Response::new(status::of(&result)))
+    }
+
+    async fn truncate_collection(
+        &self,
+        r: Request<mm::TruncateCollectionRequest>,
+    ) -> Reply<mm::TruncateCollectionResponse> {
+        Ok(Response::new(mm::TruncateCollectionResponse {
+            status: Some(status::of(&self.do_truncate(r.into_inner()).await)),
+        }))
     }
 
     async fn alter_collection_field(

@@ -562,6 +562,26 @@ pub(crate) async fn add_field(
     Ok(())
 }
 
+/// `sluice ctl truncate COLLECTION`.
+pub(crate) async fn truncate(
+    coord: &str,
+    collection: &str,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    let info = coordinator(coord)?
+        .truncate_collection(timed(
+            v1::TruncateCollectionRequest {
+                name: collection.to_owned(),
+            },
+            timeout,
+        ))
+        .await
+        .map_err(|s| anyhow::anyhow!("truncating {collection}: {}", s.message()))?
+        .into_inner();
+    print_collection(&info);
+    Ok(())
+}
+
 /// `sluice ctl alter-field COLLECTION FIELD --max-length N`.
 pub(crate) async fn alter_field(
     coord: &str,

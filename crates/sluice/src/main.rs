@@ -545,6 +545,14 @@ enum CtlCommand {
         /// varchar, json; N: a varchar's max length).
         field: String,
     },
+    /// Empty a collection: every row goes, growing and sealed; its schema, partitions,
+    /// indexes, aliases and properties stay.
+    Truncate {
+        #[command(flatten)]
+        client: ClientOpts,
+        /// The collection's name (or alias).
+        collection: String,
+    },
     /// Raise a VARCHAR field's max length (it only grows: rows written before stay valid).
     AlterField {
         #[command(flatten)]
@@ -809,6 +817,7 @@ fn client_security(command: &Command) -> Option<&SecurityOpts> {
                 | CtlCommand::DropCollection { client, .. }
                 | CtlCommand::AddField { client, .. }
                 | CtlCommand::AlterField { client, .. }
+                | CtlCommand::Truncate { client, .. }
                 | CtlCommand::Rename { client, .. }
                 | CtlCommand::Compact { client, .. }
                 | CtlCommand::CreatePartition { client, .. }
@@ -1031,6 +1040,13 @@ fn run() -> anyhow::Result<()> {
             &client.coord,
             &collection,
             &field,
+            Duration::from_secs(client.timeout_secs),
+        )),
+        Command::Ctl {
+            what: CtlCommand::Truncate { client, collection },
+        } => rt.block_on(cli::truncate(
+            &client.coord,
+            &collection,
             Duration::from_secs(client.timeout_secs),
         )),
         Command::Ctl {

@@ -497,6 +497,74 @@ fn partition_id(info: &v1::CollectionInfo, name: &str) -> Option<i64> {
         .map(|p| p.partition_id)
 }
 
+/// Waits until the embedded meta store under `dir`, opened by the test and dropped, has closed
+/// its file: it does once its lease reaper (a task) saw it dropped.
+async fn meta_store_closed(dir: &std::path::Path) {
+    let file = std::fs::File::open(dir.join("meta.redb")).unwrap();
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    while rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the meta store stays open"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Inserts rows `ids` of the test's schema into `collection` (into `partition`, if given)
+/// through the CLI, from a JSON lines file `file` under `dir`.
+fn insert_ids(
+    dir: &std::path::Path,
+    endpoint: &str,
+    collection: &str,
+    partition: Option<&str>,
+    file: &str,
+    ids: std::ops::Range<i64>,
+) -> String {
+    let path = dir.join(file);
+    let lines: Vec<String> = ids
+        .map(|i| format!(r#"{{"id": {i}, "title": "t{i}", "vec": [{i}, 0.5, 1]}}"#))
+        .collect();
+    std::fs::write(&path, lines.join("\n")).unwrap();
+    let path = path.to_str().unwrap();
+    let mut args = vec![
+        "insert",
+        "--collection",
+        collection,
+        "--file",
+        path,
+        "--coord",
+        endpoint,
+    ];
+    if let Some(p) = partition {
+        args.extend(["--partition", p]);
+    }
+    ok(run_cli(&args, &[], TIMEOUT), file)
+}
+
+/// The ids of `collection`'s rows, as a query through the CLI reads them.
+fn query_ids(endpoint: &str, collection: &str) -> Vec<i64> {
+    let args = [
+        "query",
+        "--node",
+        endpoint,
+        "--collection",
+        collection,
+        "--filter",
+        "id >= 0",
+    ];
+    let out = ok(run_cli(&args, &[], TIMEOUT), collection);
+    let mut ids: Vec<i64> = out
+        .lines()
+        .map(|l| {
+            let row: serde_json::Value = serde_json::from_str(l).unwrap();
+            row["id"].as_i64().unwrap()
+        })
+        .collect();
+    ids.sort_unstable();
+    ids
+}
+
 /// Partitions through the CLI (the coordinator's CreatePartition / DropPartition): added, written
 /// to by name, refused when badly named or the default, dropped; idempotent both ways.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -988,6 +1056,145 @@ async fn a_varchar_max_length_is_raised_and_kept_across_a_restart() {
     );
 }
 
+/// `sluice ctl truncate` (the coordinator's TruncateCollection): sealed and growing rows of
+/// every partition go, the partitions stay under their names with new ids, rows written after
+/// are read as usual, and after a SIGKILL and a restart the old rows stay gone. Then a
+/// truncation cut short after the catalog recorded the new ids (as a crash leaves it: the old
+/// ids in `truncating_partition_ids`, written into the stopped server's meta store) is
+/// finished by the same call again, which drops the old rows and empties nothing else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_truncated_collection_stays_empty_across_a_restart_and_a_cut_short_one_is_finished() {
+    use prost::Message as _;
+    use sluice_meta::MetaStore as _;
+    let data = tempfile::tempdir().unwrap();
+    let logs = tempfile::tempdir().unwrap();
+    let mut server = start(data.path(), logs.path());
+    let endpoint = server.endpoint();
+    ok(create_collection(&endpoint, "trunc"), "create-collection");
+    ok(
+        ctl(&server, &["ctl", "create-partition", "trunc", "p1"]),
+        "create-partition",
+    );
+    let dir = data.path();
+    insert_ids(dir, &endpoint, "trunc", None, "a.jsonl", 0..10);
+    ok(ctl(&server, &["ctl", "flush", "trunc"]), "flush");
+    insert_ids(dir, &endpoint, "trunc", None, "b.jsonl", 10..20);
+    insert_ids(dir, &endpoint, "trunc", Some("p1"), "c.jsonl", 20..25);
+    assert_eq!(query_ids(&endpoint, "trunc"), (0..25).collect::<Vec<_>>());
+    let describe = |endpoint: String| async move {
+        v1::coordinator_client::CoordinatorClient::new(
+            sluice_proto::lazy_channel(&endpoint).unwrap(),
+        )
+        .describe_collection(v1::DescribeCollectionRequest {
+            which: Some(v1::describe_collection_request::Which::Name("trunc".into())),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+    };
+    let before = describe(endpoint.clone()).await;
+
+    let out = ok(ctl(&server, &["ctl", "truncate", "trunc"]), "truncate");
+    assert!(
+        out.contains("partition _default") && out.contains("partition p1"),
+        "{out}"
+    );
+    let after = describe(endpoint.clone()).await;
+    let names = |i: &v1::CollectionInfo| {
+        i.partitions
+            .iter()
+            .map(|p| p.name.clone())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(names(&after), names(&before));
+    for p in &after.partitions {
+        assert_ne!(
+            partition_id(&before, &p.name),
+            Some(p.partition_id),
+            "{p:?} kept its id"
+        );
+    }
+    assert!(after.truncating_partition_ids.is_empty(), "{after:?}");
+    assert_eq!(after.schema, before.schema);
+    assert!(query_ids(&endpoint, "trunc").is_empty());
+    insert_ids(dir, &endpoint, "trunc", None, "d.jsonl", 100..103);
+    insert_ids(dir, &endpoint, "trunc", Some("p1"), "e.jsonl", 103..105);
+    assert_eq!(
+        query_ids(&endpoint, "trunc"),
+        (100..105).collect::<Vec<_>>()
+    );
+    let out = ctl(&server, &["ctl", "truncate", "missing"]);
+    assert!(out.stderr.contains("does not exist"), "{}", out.stderr);
+
+    server.kill();
+    drop(server);
+    let mut server = start(dir, logs.path());
+    let endpoint = server.endpoint();
+    assert_eq!(
+        query_ids(&endpoint, "trunc"),
+        (100..105).collect::<Vec<_>>()
+    );
+
+    // What a crash after the record and before the drops leaves: the WALs know the new ids
+    // (created here as partitions of other names), the record names them under the old names
+    // and keeps the old ids to drop.
+    for spare in ["x0", "x1"] {
+        ok(
+            ctl(&server, &["ctl", "create-partition", "trunc", spare]),
+            "create a spare partition",
+        );
+    }
+    let info = describe(endpoint.clone()).await;
+    server.kill();
+    drop(server);
+    {
+        let meta = sluice_meta::embedded::EmbeddedStore::open(dir.join("meta.redb"))
+            .expect("open the meta store");
+        let key = sluice_coord::catalog::collection_key("sluice", &info.collection_id.to_string());
+        let mut cut = info.clone();
+        let spare = |n: &str| partition_id(&info, n).unwrap();
+        cut.truncating_partition_ids = vec![spare("_default"), spare("p1")];
+        cut.partitions = vec![
+            v1::PartitionInfo {
+                partition_id: spare("x0"),
+                name: "_default".into(),
+            },
+            v1::PartitionInfo {
+                partition_id: spare("x1"),
+                name: "p1".into(),
+            },
+        ];
+        let kv = meta.get(&key).await.unwrap().expect("the record");
+        meta.put(
+            &key,
+            bytes::Bytes::from(cut.encode_to_vec()),
+            sluice_meta::Condition::ModRevision(kv.mod_revision),
+            None,
+        )
+        .await
+        .expect("write the cut-short record");
+    }
+    meta_store_closed(dir).await;
+    let server = start(dir, logs.path());
+    let endpoint = server.endpoint();
+    // Rows written under the new ids before the call finishes stay.
+    insert_ids(dir, &endpoint, "trunc", None, "f.jsonl", 200..202);
+    let out = ok(
+        ctl(&server, &["ctl", "truncate", "trunc"]),
+        "finish the truncation",
+    );
+    assert!(
+        out.contains("partition _default") && out.contains("partition p1"),
+        "{out}"
+    );
+    let finished = describe(endpoint.clone()).await;
+    assert!(finished.truncating_partition_ids.is_empty(), "{finished:?}");
+    assert_eq!(names(&finished), ["_default", "p1"]);
+    assert_eq!(query_ids(&endpoint, "trunc"), vec![200, 201]);
+    insert_ids(dir, &endpoint, "trunc", Some("p1"), "g.jsonl", 300..301);
+    assert_eq!(query_ids(&endpoint, "trunc"), vec![200, 201, 300]);
+}
+
 /// `sluice ctl rename` (the coordinator's RenameCollection): the collection keeps its id, rows
 /// and aliases under the new name, reads and writes take the new name at once, the old name is
 /// free again, and all of it holds after a SIGKILL and a restart (the WALs replay the rename).
@@ -1136,17 +1343,7 @@ async fn collections_are_renamed_and_keep_their_rows_and_aliases() {
             .expect("write a stale name");
         }
     }
-    // The store closes its file once its lease reaper (a task) saw it dropped: wait for that.
-    let file = std::fs::File::open(data.path().join("meta.redb")).unwrap();
-    let deadline = std::time::Instant::now() + TIMEOUT;
-    while rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_err() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the meta store stays open"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    drop(file);
+    meta_store_closed(data.path()).await;
     let server = start(data.path(), logs.path());
     let endpoint = server.endpoint();
     let out = ctl(&server, &["ctl", "describe", "ghost"]);
