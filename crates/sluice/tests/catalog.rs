@@ -1208,53 +1208,10 @@ async fn collections_are_renamed_and_keep_their_rows_and_aliases() {
     let endpoint = server.endpoint();
     ok(create_collection(&endpoint, "before"), "create before");
     ok(create_collection(&endpoint, "taken"), "create taken");
-    let insert = |endpoint: &str, collection: &str, name: &str, ids: std::ops::Range<i64>| {
-        let file = data.path().join(name);
-        let lines: Vec<String> = ids
-            .map(|i| format!(r#"{{"id": {i}, "title": "t{i}", "vec": [{i}, 0.5, 1]}}"#))
-            .collect();
-        std::fs::write(&file, lines.join("\n")).unwrap();
-        ok(
-            run_cli(
-                &[
-                    "insert",
-                    "--collection",
-                    collection,
-                    "--file",
-                    file.to_str().unwrap(),
-                    "--coord",
-                    endpoint,
-                ],
-                &[],
-                TIMEOUT,
-            ),
-            name,
-        )
+    let insert = |endpoint: &str, collection: &str, file: &str, ids: std::ops::Range<i64>| {
+        insert_ids(data.path(), endpoint, collection, None, file, ids)
     };
-    let ids = |endpoint: &str, collection: &str| -> Vec<i64> {
-        let out = ok(
-            run_cli(
-                &[
-                    "query",
-                    "--node",
-                    endpoint,
-                    "--collection",
-                    collection,
-                    "--filter",
-                    "id >= 0",
-                ],
-                &[],
-                TIMEOUT,
-            ),
-            collection,
-        );
-        out.lines()
-            .map(|l| {
-                let row: serde_json::Value = serde_json::from_str(l).unwrap();
-                row["id"].as_i64().unwrap()
-            })
-            .collect()
-    };
+    let ids = query_ids;
     insert(&endpoint, "before", "first.jsonl", 0..10);
     let id = ok(ctl(&server, &["ctl", "describe", "before"]), "describe");
     let id = id
