@@ -516,6 +516,19 @@ pub(crate) async fn drop_collection(
     Ok(())
 }
 
+/// Prints the collection a catalog call answered with, or fails with `what` and the call's
+/// message.
+fn print_answer(
+    answer: Result<tonic::Response<v1::CollectionInfo>, tonic::Status>,
+    what: &str,
+) -> anyhow::Result<()> {
+    let info = answer
+        .map_err(|s| anyhow::anyhow!("{what}: {}", s.message()))?
+        .into_inner();
+    print_collection(&info);
+    Ok(())
+}
+
 /// `sluice ctl rename NAME NEW_NAME`.
 pub(crate) async fn rename(
     coord: &str,
@@ -523,7 +536,7 @@ pub(crate) async fn rename(
     new_name: &str,
     timeout: Duration,
 ) -> anyhow::Result<()> {
-    let info = coordinator(coord)?
+    let answer = coordinator(coord)?
         .rename_collection(timed(
             v1::RenameCollectionRequest {
                 name: name.to_owned(),
@@ -531,11 +544,8 @@ pub(crate) async fn rename(
             },
             timeout,
         ))
-        .await
-        .map_err(|s| anyhow::anyhow!("renaming collection {name}: {}", s.message()))?
-        .into_inner();
-    print_collection(&info);
-    Ok(())
+        .await;
+    print_answer(answer, &format!("renaming collection {name}"))
 }
 
 /// `sluice ctl add-field COLLECTION FIELD`.
@@ -546,7 +556,7 @@ pub(crate) async fn add_field(
     timeout: Duration,
 ) -> anyhow::Result<()> {
     let field = parse_field(field)?;
-    let info = coordinator(coord)?
+    let answer = coordinator(coord)?
         .add_collection_field(timed(
             v1::AddCollectionFieldRequest {
                 name: collection.to_owned(),
@@ -555,11 +565,8 @@ pub(crate) async fn add_field(
             },
             timeout,
         ))
-        .await
-        .map_err(|s| anyhow::anyhow!("collection {collection}: {}", s.message()))?
-        .into_inner();
-    print_collection(&info);
-    Ok(())
+        .await;
+    print_answer(answer, &format!("collection {collection}"))
 }
 
 /// `sluice ctl truncate COLLECTION`.
@@ -568,18 +575,15 @@ pub(crate) async fn truncate(
     collection: &str,
     timeout: Duration,
 ) -> anyhow::Result<()> {
-    let info = coordinator(coord)?
+    let answer = coordinator(coord)?
         .truncate_collection(timed(
             v1::TruncateCollectionRequest {
                 name: collection.to_owned(),
             },
             timeout,
         ))
-        .await
-        .map_err(|s| anyhow::anyhow!("truncating {collection}: {}", s.message()))?
-        .into_inner();
-    print_collection(&info);
-    Ok(())
+        .await;
+    print_answer(answer, &format!("truncating {collection}"))
 }
 
 /// `sluice ctl alter-field COLLECTION FIELD --max-length N`.
@@ -590,7 +594,7 @@ pub(crate) async fn alter_field(
     max_length: u32,
     timeout: Duration,
 ) -> anyhow::Result<()> {
-    let info = coordinator(coord)?
+    let answer = coordinator(coord)?
         .alter_collection_field(timed(
             v1::AlterCollectionFieldRequest {
                 name: collection.to_owned(),
@@ -599,11 +603,8 @@ pub(crate) async fn alter_field(
             },
             timeout,
         ))
-        .await
-        .map_err(|s| anyhow::anyhow!("collection {collection}: {}", s.message()))?
-        .into_inner();
-    print_collection(&info);
-    Ok(())
+        .await;
+    print_answer(answer, &format!("collection {collection}"))
 }
 
 /// `sluice ctl compact COLLECTION [--wait]`.
