@@ -148,8 +148,8 @@ RPCS = {
     "stay valid; a value up to the new limit is accepted once this returns), max_capacity of an "
     "ARRAY field (1-4096; inserts are checked against it from then on), mmap.enabled of any "
     "field (true or false; described among the field's params, reset by delete_keys; Sluice "
-    "keeps field data in memory either way). Any other key, or an ARRAY's max_length, is "
-    "refused and changes nothing.",
+    "keeps field data in memory either way). Any other key, an ARRAY's max_length, or any "
+    "property of the primary key is refused and changes nothing.",
     "GetReplicas": "The replicas of a loaded collection (CollectionNotLoaded, 101, if released): "
     "Sluice's replica r of every shard is replica r here; each shard's leader is the node "
     "serving that delegator (replica 0: the streaming node owning the shard's WAL; 1..: query "

@@ -1027,10 +1027,11 @@ def test_an_hnsw_index_with_build_parameters_is_kept_and_searched(sluice, lite):
         assert list(params)[0] in e.value.message
 
 
-def test_field_properties_are_altered_and_described_in_sluice(sluice):
+def test_field_properties_are_altered_and_described_in_sluice(sluice, sluice_server):
     """alter_collection_field (milvus-lite has no AlterCollectionField): a VARCHAR field's
     max_length grows and a longer value is then accepted, an ARRAY's max_capacity changes
-    what inserts may hold, mmap.enabled is described among the field's params; a lower
+    what inserts may hold, mmap.enabled is described among the field's params and reset by
+    delete_keys (sent as other SDKs send it); a lower
     max_length, an ARRAY's max_length, another key, a missing field are refused and change
     nothing."""
     name = "d_alter_field"
@@ -1078,13 +1079,32 @@ def test_field_properties_are_altered_and_described_in_sluice(sluice):
         ("title", {"max_length": 8}, "only grows"),
         ("tags", {"max_length": 8}, "only its max_capacity"),
         ("title", {"max_capacity": 8}, "not an ARRAY"),
-        ("id", {"max_length": 8}, "not VARCHAR"),
+        ("id", {"mmap.enabled": True}, "primary key"),
         ("tags", {"max_capacity": 0}, "1-4096"),
         ("title", {"nullable": True}, "not a field property"),
         ("nope", {"max_length": 99}, "does not exist"),
     ]:
         refused(lambda: sluice.alter_collection_field(name, field, field_params=change), text)
     assert params() == before
+
+    import grpc
+    from pymilvus.grpc_gen import milvus_pb2, milvus_pb2_grpc
+
+    with grpc.insecure_channel(sluice_server.milvus) as ch:
+        stub = milvus_pb2_grpc.MilvusServiceStub(ch)
+
+        def delete(key):
+            request = milvus_pb2.AlterCollectionFieldRequest(
+                collection_name=name, field_name="title", delete_keys=[key]
+            )
+            return stub.AlterCollectionField(request, timeout=10)
+
+        refused_delete = delete("max_length")
+        assert refused_delete.code == 1100, refused_delete
+        assert "cannot be deleted" in refused_delete.reason, refused_delete
+        assert params() == before
+        assert delete("mmap.enabled").code == 0
+        assert "mmap_enabled" not in params()["title"], params()
     found = sluice.query(name, filter="id >= 0", output_fields=["title", "tags"])
     assert sorted((r["id"], r["title"], list(r["tags"])) for r in found) == [
         (0, "abcd", [1, 2]),

@@ -1485,6 +1485,11 @@ impl MilvusFront {
         if r.properties.is_empty() && r.delete_keys.is_empty() {
             return Err(Failure::invalid("no field property to set or delete"));
         }
+        if field.is_primary_key {
+            return Err(Failure::invalid(format!(
+                "field {name:?} is the primary key: its properties stay as created"
+            )));
+        }
         let props = c.props();
         let array = array_spec(field, props);
         let mut types = json_object(props, PROP_TYPES);
@@ -1538,7 +1543,10 @@ impl MilvusFront {
         }
         for key in &r.delete_keys {
             if key != "mmap.enabled" && key != "mmap_enabled" {
-                return Err(unknown_field_property(key));
+                return Err(Failure::invalid(format!(
+                    "{key} cannot be deleted: a field's mmap.enabled is reset by delete_keys, \
+                     its max_length and max_capacity are set to a new value"
+                )));
             }
             mmap.remove(name);
             changed.insert(
