@@ -2360,6 +2360,13 @@ JSON_FILTERS = [
     # Arithmetic in parentheses.
     "(id + 1) < 10",
     "not ((id * 2) > 60) and (id - 3) >= 20",
+    # `exists` is false for a key holding JSON null; `$meta` names the dynamic field.
+    "exists mixed",
+    'not exists $meta["mixed"]',
+    '$meta["mixed"] == 8 or $meta["mixed"] == "9"',
+    # true and false as conditions.
+    "id > 30 and true",
+    "false or id < 3",
 ]
 
 

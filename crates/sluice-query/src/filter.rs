@@ -13,12 +13,13 @@
 //! and_expr   := not_expr (("and" | "&&") not_expr)*
 //! not_expr   := ("not" | "!") not_expr | primary
 //! primary    := "(" expr ")" | comparison | range | in_expr | null_test | like | function
-//!             | "exists" path
+//!             | "exists" path | "true" | "false"
 //! comparison := field OP literal | literal OP field       OP: == != < <= > >=
 //!             | field ARITH number OP number               ARITH: + - * / %
 //! field      := name | path
 //! path       := name ("[" (string | index) "]")*           (a key path in a JSON field; an
-//!                                                          index steps into an array)
+//!                                                          index steps into an array;
+//!                                                          `$meta` names the dynamic field)
 //! function   := ("json_contains" | "array_contains") "(" path "," json ")"
 //!             | ("json_contains_any" | "json_contains_all" | "array_contains_any"
 //!                | "array_contains_all") "(" path "," "[" [json ("," json)*] "]" ")"
@@ -59,13 +60,16 @@
 //!   true when the key is absent or JSON null.
 //! * The schema's dynamic field (`FieldSchema.is_dynamic`) answers for names that are not
 //!   fields: `color == "red"` reads `dynamic["color"]`, `dims["w"]` reads
-//!   `dynamic["dims"]["w"]`.
+//!   `dynamic["dims"]["w"]`; `$meta["color"]` (Milvus's name for the dynamic field) reads
+//!   `dynamic["color"]` too.
+//! * `true` and `false` alone are conditions: every row, none.
 //! * The JSON functions read the value at a path as JSON: `json_contains(path, v)` is true when
 //!   it is an array holding `v` (numbers equal by value, `1 == 1.0`), `_any` / `_all` when it
 //!   holds any / every value of a list, and false when it is not an array or missing (as in
 //!   Milvus: never unknown, so `not json_contains(...)` matches rows without the key);
-//!   `array_length(path) OP n` compares an array's length (unknown when not an array). `exists path` is true when the key
-//!   is there, even holding JSON null. Function names are case-insensitive.
+//!   `array_length(path) OP n` compares an array's length (unknown when not an array).
+//!   `exists path` is true when the key is there and does not hold JSON null (as in Milvus:
+//!   `path is not null`). Function names are case-insensitive.
 //! * A JSON field itself cannot be compared (only `is [not] null`, true for SQL null and JSON
 //!   null alike, and the functions); FLOAT_VECTOR fields cannot be filtered on.
 //!
@@ -401,6 +405,9 @@ struct Token {
     text: String,
 }
 
+/// How Milvus filters name the dynamic field itself.
+const DYNAMIC_META: &str = "$meta";
+
 fn is_ident_start(c: u8) -> bool {
     c.is_ascii_alphabetic() || c == b'_'
 }
@@ -492,6 +499,14 @@ fn lex(src: &str) -> Result<Vec<Token>, FilterError> {
             b'/' => simple(Tok::Arith(ArithOp::Div), 1),
             b'%' => simple(Tok::Arith(ArithOp::Mod), 1),
             _ if at_number(i) => lex_number(src, start)?,
+            // Milvus's name for the dynamic field: `$meta["key"]` is the dynamic key `key`.
+            b'$' if src[start..].starts_with(DYNAMIC_META)
+                && !bytes
+                    .get(start + DYNAMIC_META.len())
+                    .is_some_and(|&b| is_ident_char(b)) =>
+            {
+                simple(Tok::Ident(DYNAMIC_META.to_owned()), DYNAMIC_META.len())
+            }
             _ if is_ident_start(c) => {
                 let mut end = i + 1;
                 while end < bytes.len() && is_ident_char(bytes[end]) {
@@ -989,6 +1004,8 @@ enum Node {
         present: usize,
         answer: bool,
     },
+    /// `true` or `false` written as a condition: every row, or none.
+    Const(bool),
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1132,13 +1149,23 @@ impl Parser<'_> {
                         Some(Tok::Ident(_))
                     ) =>
             {
-                // `exists path`: the key is there (its value may be JSON null).
+                // `exists path`: the key is there and does not hold JSON null (as in Milvus,
+                // where `exists k` is `k is not null`).
                 self.bump();
-                let column = self.raw_json_operand()?;
+                let column = self.json_operand(true)?;
                 Ok(Node::Leaf {
                     column,
                     pred: Pred::IsNull { negated: true },
                 })
+            }
+            Tok::Bool(b)
+                if matches!(
+                    self.tokens.get(self.pos + 1).map(|t| &t.tok),
+                    Some(Tok::End | Tok::And | Tok::Or | Tok::RParen)
+                ) =>
+            {
+                self.bump();
+                Ok(Node::Const(b))
             }
             Tok::Ident(_)
             | Tok::Int(_)
@@ -1161,8 +1188,9 @@ impl Parser<'_> {
     }
 
     /// A JSON value named by a path (`meta["tags"]`, a dynamic key `tags`, a JSON field
-    /// `meta`), read as JSON text.
-    fn raw_json_operand(&mut self) -> Result<usize, FilterError> {
+    /// `meta`), read as JSON text; `exists`: a key, read as a value that is there (null when
+    /// missing or JSON null).
+    fn json_operand(&mut self, exists: bool) -> Result<usize, FilterError> {
         let token = self.bump();
         let Tok::Ident(name) = &token.tok else {
             return Err(err_at(
@@ -1174,10 +1202,19 @@ impl Parser<'_> {
             ));
         };
         let (field, path) = self.json_path(name)?;
+        if exists && path.is_empty() {
+            return Err(err_at(
+                &token,
+                format!(
+                    "exists takes a key (field[\"key\"] or a dynamic key), not JSON field \
+                     {field:?} itself: use '{field} is not null'"
+                ),
+            ));
+        }
         let json = JsonKey {
             path,
-            any: false,
-            raw: true,
+            any: exists,
+            raw: !exists,
         };
         self.add_json_column(&field, json, Kind::Varchar, &token)
     }
@@ -1239,9 +1276,29 @@ impl Parser<'_> {
     /// `json_contains_any(path, [values])`, `json_contains_all(path, [values])`, the same
     /// `array_*` ones, and `array_length(path) OP integer`.
     fn parse_function(&mut self, name: &str, token: &Token) -> Result<Node, FilterError> {
+        const FUNCTIONS: [&str; 8] = [
+            "json_contains",
+            "json_contains_any",
+            "json_contains_all",
+            "array_contains",
+            "array_contains_any",
+            "array_contains_all",
+            "array_length",
+            "json_length",
+        ];
+        let unknown = || {
+            err_at(
+                token,
+                format!("unknown function {name:?} ({})", FUNCTIONS.join(", ")),
+            )
+        };
+        // Before its arguments, which only these functions' are.
+        if !FUNCTIONS.contains(&name) {
+            return Err(unknown());
+        }
         self.bump(); // the name
         self.bump(); // (
-        let column = self.raw_json_operand()?;
+        let column = self.json_operand(false)?;
         let expect = |p: &mut Self, tok: Tok, what: &str| -> Result<(), FilterError> {
             let t = p.bump();
             if t.tok == tok {
@@ -1294,16 +1351,7 @@ impl Parser<'_> {
                 };
                 Pred::ArrayLength(op, n)
             }
-            _ => {
-                return Err(err_at(
-                    token,
-                    format!(
-                        "unknown function {name:?} (json_contains, json_contains_any, \
-                         json_contains_all, array_contains, array_contains_any, \
-                         array_contains_all, array_length)"
-                    ),
-                ));
-            }
+            _ => return Err(unknown()),
         };
         Ok(Node::Leaf { column, pred })
     }
@@ -1363,9 +1411,21 @@ impl Parser<'_> {
     /// The JSON field and the path into it that `name` (just read) and the `["key"]` / `[index]`
     /// steps after it name: a field of the schema, or else a key of the dynamic field.
     fn json_path(&mut self, name: &str) -> Result<(String, Vec<Step>), FilterError> {
+        // Just read: the token naming the field.
+        let at = self.tokens[self.pos.saturating_sub(1)].offset;
         let mut path = Vec::new();
         while self.peek().tok == Tok::LBracket {
             path.push(self.json_key()?);
+        }
+        if name == DYNAMIC_META {
+            let Some(d) = sluice_types::schema::dynamic_field(self.schema) else {
+                return Err(FilterError::new(
+                    "$meta names the dynamic field, and the collection has none",
+                    at,
+                    DYNAMIC_META,
+                ));
+            };
+            return Ok((d.name.clone(), path));
         }
         let dynamic = sluice_types::schema::dynamic_field(self.schema)
             .filter(|_| !self.schema.fields.iter().any(|f| f.name == name));
@@ -2439,6 +2499,7 @@ impl Node {
             Node::Not(inner) => {
                 not(&inner.eval(columns, arrays, len, text)?).map_err(arrow_err(text))
             }
+            Node::Const(b) => Ok(BooleanArray::from(vec![*b; len])),
             Node::OtherType {
                 test,
                 present,
@@ -2684,6 +2745,27 @@ mod tests {
         assert_eq!(e.offset, offset, "{expr:?}: {e}");
         assert_eq!(e.token, token, "{expr:?}: {e}");
         assert!(e.message.contains(want), "{expr:?}: {e} (wanted {want:?})");
+    }
+
+    /// `true` and `false` are conditions too (every row, none), as in Milvus; an unknown
+    /// function is named before its arguments are read; `$meta` needs a dynamic field.
+    #[test]
+    fn boolean_constants_unknown_functions_and_meta_without_a_dynamic_field() {
+        check(&[
+            ("true", &[1, 2, 3, 4, 5]),
+            ("false", &[]),
+            ("not false", &[1, 2, 3, 4, 5]),
+            ("(true) and not (false or false)", &[1, 2, 3, 4, 5]),
+            ("false or true", &[1, 2, 3, 4, 5]),
+        ]);
+        check_err(
+            r#"STARTS_WITH(name, "a")"#,
+            0,
+            "STARTS_WITH",
+            "unknown function",
+        );
+        check_err(r#"$meta["k"] == 1"#, 0, "$meta", "has none");
+        check_err("true true", 5, "true", "");
     }
 
     #[test]
@@ -3919,6 +4001,18 @@ mod tests {
         // The dynamic field answers for names that are not fields.
         assert_eq!(ids(r#"color == "red" or n == 2.5"#), [1, 2]);
         assert_eq!(ids(r#"color in ["red", "blue"] and id > 1"#), [2]);
+        // `$meta` is Milvus's name for the dynamic field itself.
+        assert_eq!(ids(r#"$meta["color"] == "red""#), [1]);
+        assert_eq!(ids(r#"$meta["dims"]["w"] == 3"#), [1]);
+        assert_eq!(ids(r#"exists $meta["color"]"#), [1, 2, 3]);
+        assert_eq!(
+            ids(r#"json_contains($meta["color"], 7)"#),
+            Vec::<i64>::new()
+        );
+        for bad in [r#"$metax["color"] == 1"#, r#"$other["color"] == 1"#] {
+            let err = Filter::parse(bad, &schema).unwrap_err();
+            assert!(err.message.contains("unexpected character"), "{bad}: {err}");
+        }
         assert_eq!(
             Filter::parse(r#"color == "red""#, &schema)
                 .unwrap()
@@ -4055,7 +4149,13 @@ mod tests {
         assert_eq!(ids(r#"array_length(meta["nums"]) == 3"#), [1]);
         assert_eq!(ids(r#"array_length(nums) < 2"#), [2, 3]);
         assert_eq!(ids(r#"array_length(meta) >= 2"#), [6]);
-        assert_eq!(ids(r#"exists meta["n"]"#), [1], "a key holding null exists");
+        assert_eq!(
+            ids(r#"exists meta["n"]"#),
+            Vec::<i64>::new(),
+            "a key holding JSON null does not exist, as in Milvus"
+        );
+        assert_eq!(ids(r#"exists meta["nums"]"#), [1, 2, 3]);
+        assert_eq!(ids(r#"not exists meta["n"]"#), [1, 2, 3, 4, 5, 6]);
         assert_eq!(ids(r#"exists deep["list"] or exists meta["zz"]"#), [2]);
         assert_eq!(ids("meta is null"), [4, 5]);
         assert_eq!(ids("meta is not null"), [1, 2, 3, 6]);
@@ -4066,6 +4166,7 @@ mod tests {
             (r#"json_contains(age, 1)"#, "not JSON"),
             (r#"array_length(meta["nums"]) == "3""#, "with an integer"),
             (r#"json_frob(meta, 1)"#, "unknown function"),
+            ("exists meta", "takes a key"),
             (r#"json_contains(meta["tags"], "a""#, "expected ')'"),
         ] {
             let err = Filter::parse(bad, &schema).unwrap_err();
