@@ -1031,8 +1031,8 @@ def test_field_properties_are_altered_and_described_in_sluice(sluice, sluice_ser
     """alter_collection_field (milvus-lite has no AlterCollectionField): a VARCHAR field's
     max_length grows and a longer value is then accepted, an ARRAY's max_capacity changes
     what inserts may hold, mmap.enabled is described among the field's params and reset by
-    delete_keys (sent as other SDKs send it); a lower
-    max_length, an ARRAY's max_length, another key, a missing field are refused and change
+    delete_keys (sent as other SDKs send it); a lower max_length, an ARRAY's max_length, a
+    property of the primary key, another key, a missing field are refused and change
     nothing."""
     name = "d_alter_field"
     drop_if_exists(sluice, name)

@@ -18,6 +18,16 @@ pub(crate) const MAX_CAPACITY: u32 = 4096;
 /// The longest a VARCHAR element may be declared (bytes; Milvus's limit for VARCHAR).
 const MAX_ELEMENT_LENGTH: u32 = 65_535;
 
+/// `max_capacity` of ARRAY field `name`, checked: 1-[`MAX_CAPACITY`].
+pub(crate) fn check_capacity(name: &str, max_capacity: u32) -> Result<u32, Failure> {
+    if max_capacity == 0 || max_capacity > MAX_CAPACITY {
+        return Err(Failure::invalid(format!(
+            "ARRAY field {name:?} needs max_capacity 1-{MAX_CAPACITY}, not {max_capacity}"
+        )));
+    }
+    Ok(max_capacity)
+}
+
 /// What a Milvus ARRAY field is declared to hold.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct ArraySpec {
@@ -52,12 +62,7 @@ impl ArraySpec {
                 })
                 .transpose()
         };
-        let max_capacity = number("max_capacity")?.unwrap_or(0);
-        if max_capacity == 0 || max_capacity > MAX_CAPACITY {
-            return Err(Failure::invalid(format!(
-                "ARRAY field {name:?} needs max_capacity 1-{MAX_CAPACITY}, not {max_capacity}"
-            )));
-        }
+        let max_capacity = check_capacity(name, number("max_capacity")?.unwrap_or(0))?;
         let max_length = if element == MDataType::VarChar {
             match number("max_length")? {
                 Some(n @ 1..=MAX_ELEMENT_LENGTH) => n,

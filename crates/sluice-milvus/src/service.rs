@@ -1500,7 +1500,7 @@ impl MilvusFront {
             })
         };
         let mut max_length = None;
-        let mut changed = HashMap::new();
+        let (mut types_changed, mut mmap_changed) = (false, false);
         for p in &r.properties {
             match p.key.as_str() {
                 "max_length" if array.is_some() => {
@@ -1516,27 +1516,15 @@ impl MilvusFront {
                              max_capacity"
                         )));
                     };
-                    spec.max_capacity = number("max_capacity", &p.value)?;
-                    if spec.max_capacity == 0 || spec.max_capacity > crate::array::MAX_CAPACITY {
-                        return Err(Failure::invalid(format!(
-                            "ARRAY field {name:?} needs max_capacity 1-{}, not {}",
-                            crate::array::MAX_CAPACITY,
-                            spec.max_capacity
-                        )));
-                    }
+                    let n = number("max_capacity", &p.value)?;
+                    spec.max_capacity = crate::array::check_capacity(name, n)?;
                     types.insert(name.clone(), spec.to_json());
-                    changed.insert(
-                        PROP_TYPES.to_owned(),
-                        Value::Object(types.clone()).to_string(),
-                    );
+                    types_changed = true;
                 }
                 // pymilvus describes it as mmap_enabled; some SDKs send it so.
                 "mmap.enabled" | "mmap_enabled" => {
                     mmap.insert(name.clone(), index_property_value(&p.value)?);
-                    changed.insert(
-                        PROP_FIELD_MMAP.to_owned(),
-                        Value::Object(mmap.clone()).to_string(),
-                    );
+                    mmap_changed = true;
                 }
                 other => return Err(unknown_field_property(other)),
             }
@@ -1549,10 +1537,7 @@ impl MilvusFront {
                 )));
             }
             mmap.remove(name);
-            changed.insert(
-                PROP_FIELD_MMAP.to_owned(),
-                Value::Object(mmap.clone()).to_string(),
-            );
+            mmap_changed = true;
         }
         if let Some(max_length) = max_length {
             self.coord
@@ -1564,6 +1549,15 @@ impl MilvusFront {
                 })
                 .await
                 .map_err(|s| Failure::from_client(&ClientError::from_status(&s), &c.schema.name))?;
+        }
+        let mut changed = HashMap::new();
+        for (key, map, touched) in [
+            (PROP_TYPES, types, types_changed),
+            (PROP_FIELD_MMAP, mmap, mmap_changed),
+        ] {
+            if touched {
+                changed.insert(key.to_owned(), Value::Object(map).to_string());
+            }
         }
         if changed.is_empty() {
             return Ok(());

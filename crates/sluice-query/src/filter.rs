@@ -1910,31 +1910,20 @@ impl Parser<'_> {
 
     fn mismatch(&self, column: usize, lit: &Lit) -> FilterError {
         let col = &self.columns[column];
-        if col.json.is_some() {
-            return FilterError::new(
-                format!(
-                    "a key of JSON field {:?} is read as {} here (the first literal's type) and \
-                     cannot be compared with {} ({}): write literals of one type",
-                    col.name,
-                    col.kind.name(),
-                    lit.value.describe(),
-                    lit.text
-                ),
-                lit.offset,
-                lit.text.clone(),
-            );
-        }
-        FilterError::new(
+        let (name, kind, value) = (&col.name, col.kind.name(), lit.value.describe());
+        let message = if col.json.is_some() {
             format!(
-                "field {:?} is {} and cannot be compared with {} ({})",
-                col.name,
-                col.kind.name(),
-                lit.value.describe(),
+                "a key of JSON field {name:?} is read as {kind} here (the first literal's type) \
+                 and cannot be compared with {value} ({}): write literals of one type",
                 lit.text
-            ),
-            lit.offset,
-            lit.text.clone(),
-        )
+            )
+        } else {
+            format!(
+                "field {name:?} is {kind} and cannot be compared with {value} ({})",
+                lit.text
+            )
+        };
+        FilterError::new(message, lit.offset, lit.text.clone())
     }
 
     /// `field op lit`, type-checked.
