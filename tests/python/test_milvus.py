@@ -3236,3 +3236,175 @@ def test_pymilvus_authenticates_with_the_servers_token():
             by_user.close()
         finally:
             s.stop()
+
+
+# --- sparse float vectors ----------------------------------------------------------------------
+
+
+def sparse_collection(c, name, data, index_type="SPARSE_INVERTED_INDEX", params=None):
+    """A collection of an INT64 key, a dense vector, a sparse vector and a tag; `data` written
+    in two parts with a flush between (sealed and growing rows)."""
+    drop_if_exists(c, name)
+    schema = c.create_schema(auto_id=False)
+    schema.add_field("id", DataType.INT64, is_primary=True)
+    schema.add_field("dense", DataType.FLOAT_VECTOR, dim=DIM)
+    schema.add_field("sparse", DataType.SPARSE_FLOAT_VECTOR)
+    schema.add_field("tag", DataType.INT64)
+    index = c.prepare_index_params()
+    index.add_index(field_name="dense", index_type="FLAT", metric_type="L2")
+    index.add_index(
+        field_name="sparse", index_type=index_type, metric_type="IP", params=params or {}
+    )
+    c.create_collection(name, schema=schema, index_params=index)
+    c.insert(name, data[: len(data) // 2])
+    c.flush(name)
+    c.insert(name, data[len(data) // 2 :])
+
+
+def sparse_rows(n, seed):
+    rnd = random.Random(seed)
+    return [
+        {
+            "id": i,
+            "dense": [round(rnd.uniform(-1, 1), 3) for _ in range(DIM)],
+            # 1-6 weights over 40 indices (0 to 1, none 0), so rows share indices.
+            "sparse": {
+                k: round(rnd.uniform(0.01, 1), 3) for k in rnd.sample(range(40), rnd.randint(1, 6))
+            },
+            "tag": i % 4,
+        }
+        for i in range(n)
+    ]
+
+
+def test_sparse_vectors_are_stored_and_searched_like_milvus(sluice, lite):
+    """SPARSE_FLOAT_VECTOR fields: written as {index: weight}, read back the same, searched by
+    inner product (over sealed and growing rows, with filters, limits, offsets and output
+    fields), fused with a dense field in a hybrid search, and described — as milvus-lite does."""
+    from pymilvus import AnnSearchRequest, RRFRanker
+
+    data = sparse_rows(120, seed=21)
+    rnd = random.Random(22)
+    queries = [
+        {k: round(rnd.uniform(0.1, 1), 3) for k in rnd.sample(range(40), rnd.randint(1, 8))}
+        for _ in range(12)
+    ]
+
+    def f(c):
+        sparse_collection(c, "d_sparse", data)
+        out = {}
+        got = c.query("d_sparse", "id in [0, 7, 64, 119]", output_fields=["sparse", "tag"])
+        out["rows"] = sorted(
+            (r["id"], sorted((int(k), v) for k, v in r["sparse"].items()), r["tag"]) for r in got
+        )
+        searches = []
+        for i, q in enumerate(queries):
+            kw = dict(anns_field="sparse", limit=1 + i % 6, output_fields=["tag"])
+            if i % 3 == 1:
+                kw["filter"] = f"tag != {i % 4}"
+            if i % 4 == 2:
+                kw["search_params"] = {"offset": 2}
+            found = c.search("d_sparse", data=[q, queries[(i + 5) % 12]], **kw)
+            # Equal scores may come in either order: each query's hits as a map.
+            searches.append(
+                [{h["id"]: (round(h["distance"], 4), h["entity"]["tag"]) for h in hits} for hits in found]
+            )
+        out["searches"] = searches
+        reqs = [
+            AnnSearchRequest([data[3]["dense"]], "dense", {"metric_type": "L2"}, limit=8),
+            AnnSearchRequest([data[3]["sparse"]], "sparse", {"metric_type": "IP"}, limit=8),
+        ]
+        fused = c.hybrid_search("d_sparse", reqs, RRFRanker(), limit=20)
+        out["hybrid"] = sorted(h["id"] for h in fused[0])
+        field = {f["name"]: f for f in c.describe_collection("d_sparse")["fields"]}["sparse"]
+        out["type"] = field["type"]
+        index = c.describe_index("d_sparse", "sparse")
+        out["index"] = (index["index_type"], index["metric_type"])
+        return out
+
+    s, l = both(sluice, lite, f)
+    assert s == l
+    first = s["rows"][0]
+    assert first[0] == 0 and [(k, round(v, 3)) for k, v in first[1]] == sorted(data[0]["sparse"].items())
+    assert s["type"] == DataType.SPARSE_FLOAT_VECTOR
+    assert all(len(q) > 0 for search in s["searches"] for q in search)
+    # The top hit of a row's own sparse vector scores at least its own squared norm.
+    own = sluice.search("d_sparse", data=[data[9]["sparse"]], anns_field="sparse", limit=1)
+    assert own[0][0]["distance"] >= sum(w * w for w in data[9]["sparse"].values()) - 1e-4
+    assert 3 in s["hybrid"]
+
+
+def test_sparse_vectors_are_checked_and_drop_ratio_search_is_taken_in_sluice(sluice):
+    """Bad sparse rows and queries are refused with a reason and write nothing; a sparse field
+    takes only sparse indexes by IP; drop_ratio_search leaves out a query's smallest weights;
+    a search by primary keys uses the rows' sparse vectors; the rows outlive a release and load
+    of the collection (read back from their segments)."""
+    data = sparse_rows(40, seed=5)
+    sparse_collection(
+        sluice, "s_sparse_checks", data, "SPARSE_WAND", {"drop_ratio_build": 0.2, "inverted_index_algo": "DAAT_MAXSCORE"}
+    )
+    name = "s_sparse_checks"
+    for bad in [{1: -0.5}, {2**32 - 1: 1.0}, {3: float("nan")}]:
+        with pytest.raises(MilvusException):
+            sluice.insert(name, [{**data[0], "id": 1000, "sparse": bad}])
+    assert sluice.query(name, "id == 1000") == []
+    for index_type, metric, params in [
+        ("HNSW", "IP", {}),
+        ("SPARSE_INVERTED_INDEX", "L2", {}),
+        ("SPARSE_INVERTED_INDEX", "BM25", {}),
+        ("SPARSE_INVERTED_INDEX", "IP", {"drop_ratio_build": 1.5}),
+        ("SPARSE_INVERTED_INDEX", "IP", {"inverted_index_algo": "FAST"}),
+        ("SPARSE_INVERTED_INDEX", "IP", {"M": 8}),
+    ]:
+        index = sluice.prepare_index_params()
+        index.add_index(field_name="sparse", index_type=index_type, metric_type=metric, params=params)
+        with pytest.raises(MilvusException):
+            sluice.create_index(name, index)
+    described = sluice.describe_index(name, "sparse")
+    assert (described["index_type"], described["metric_type"]) == ("SPARSE_WAND", "IP")
+    assert described["params"] == {"drop_ratio_build": 0.2, "inverted_index_algo": "DAAT_MAXSCORE"}, described
+    with pytest.raises(MilvusException):
+        sluice.search(name, data=[{1: 1.0}], anns_field="sparse", search_params={"metric_type": "L2"})
+    with pytest.raises(MilvusException):
+        sluice.search(name, data=[{1: 1.0}], anns_field="dense")
+    with pytest.raises(MilvusException):
+        sluice.search(name, data=[[0.1] * DIM], anns_field="sparse")
+    with pytest.raises(MilvusException):
+        sluice.search(name, data=[{1: 1.0}], anns_field="sparse", search_params={"params": {"drop_ratio_search": 1}})
+    with pytest.raises(MilvusException):
+        sluice.search(name, data=[{1: 1.0}], anns_field="sparse", filter="sparse is null")
+
+    # Index 7 carries 0.9 of the query, index 11 0.1: with half the weights dropped only
+    # rows with index 7 score, and each by its weight there.
+    q = {7: 0.9, 11: 0.1}
+    whole = sluice.search(name, data=[q], anns_field="sparse", limit=40, output_fields=["sparse"])[0]
+    dropped = sluice.search(
+        name, data=[q], anns_field="sparse", limit=40, output_fields=["sparse"],
+        search_params={"params": {"drop_ratio_search": 0.5}},
+    )[0]
+    with_7 = {r["id"]: r["sparse"][7] for r in data if 7 in r["sparse"]}
+    with_11 = {r["id"] for r in data if 11 in r["sparse"]}
+    assert with_7 and with_11 - set(with_7)
+    assert {h["id"] for h in whole} == set(with_7) | with_11
+    assert {h["id"]: round(h["distance"], 4) for h in dropped} == {
+        i: round(0.9 * w, 4) for i, w in with_7.items()
+    }
+
+    by_key = sluice.search(name, ids=[3], anns_field="sparse", limit=1)
+    assert by_key[0][0]["id"] == 3 or by_key[0][0]["distance"] >= sum(
+        w * w for w in data[3]["sparse"].values()
+    ) - 1e-4
+
+    # A partial update of another field keeps the stored sparse vector.
+    sluice.upsert(name, [{"id": 5, "tag": 99}], partial_update=True)
+    got = sluice.query(name, "id == 5", output_fields=["sparse", "tag"])
+    assert got[0]["tag"] == 99
+    assert {int(k): round(v, 3) for k, v in got[0]["sparse"].items()} == data[5]["sparse"]
+
+    sluice.flush(name)
+    sluice.release_collection(name)
+    sluice.load_collection(name)
+    back = sluice.query(name, "id >= 0", output_fields=["sparse"], limit=100)
+    assert {r["id"]: {int(k): v for k, v in r["sparse"].items()} for r in back} == {
+        r["id"]: {k: pytest.approx(v, abs=1e-6) for k, v in r["sparse"].items()} for r in data
+    }

@@ -157,6 +157,7 @@ pub(crate) fn field_to_sluice(
         MDataType::VarChar => DataType::Varchar,
         MDataType::Json => DataType::Json,
         MDataType::FloatVector => DataType::FloatVector,
+        MDataType::SparseFloatVector => DataType::SparseFloatVector,
         // Kept as 32-bit floats; the Milvus type is noted, and answers are in it.
         MDataType::Float16Vector | MDataType::BFloat16Vector => {
             narrow.insert(f.name.clone(), Value::from(f.data_type));
@@ -380,6 +381,7 @@ pub(crate) fn milvus_type(f: &FieldSchema, props: &HashMap<String, String>) -> M
         Ok(DataType::Varchar) => MDataType::VarChar,
         Ok(DataType::Json) => MDataType::Json,
         Ok(DataType::FloatVector) => MDataType::FloatVector,
+        Ok(DataType::SparseFloatVector) => MDataType::SparseFloatVector,
         _ => MDataType::None,
     }
 }
@@ -544,9 +546,24 @@ fn column_values(fd: &FieldData) -> Result<Vec<Value>, Failure> {
                     .map(|c| Value::Array(c.iter().map(|x| f64::from(*x).into()).collect()))
                     .collect()
             }
+            Some(vector_field::Data::SparseFloatVector(a)) => a
+                .contents
+                .iter()
+                .enumerate()
+                .map(|(i, row)| {
+                    sluice_types::sparse::check(row)
+                        .map_err(|e| Failure::invalid(format!("field {name:?} row {i}: {e}")))?;
+                    Ok(Value::Object(
+                        sluice_types::sparse::pairs(row)
+                            .map(|(k, w)| (k.to_string(), f64::from(w).into()))
+                            .collect(),
+                    ))
+                })
+                .collect::<Result<_, Failure>>()?,
             _ => {
                 return Err(Failure::unsupported(format!(
-                    "the vectors of field {name:?} (only float vectors are)"
+                    "the vectors of field {name:?} (float, float16, bfloat16 and sparse float \
+                     vectors are)"
                 )));
             }
         },
@@ -869,6 +886,17 @@ pub(crate) fn column_to_milvus(
             Some(field_data::Field::Vectors(VectorField {
                 dim: i64::from(*dim),
                 data: Some(data),
+            }))
+        }
+        ArrowType::Binary if ty == MDataType::SparseFloatVector => {
+            let a = col.as_binary::<i32>();
+            let contents: Vec<Vec<u8>> = a.iter().map(|r| r.unwrap_or_default().to_vec()).collect();
+            let dim = sluice_types::sparse::dim(contents.iter().map(Vec::as_slice)) as i64;
+            Some(field_data::Field::Vectors(VectorField {
+                dim,
+                data: Some(vector_field::Data::SparseFloatVector(
+                    ms::SparseFloatArray { dim, contents },
+                )),
             }))
         }
         other => {

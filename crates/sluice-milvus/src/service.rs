@@ -276,7 +276,7 @@ impl Collection {
             .schema
             .fields
             .iter()
-            .filter(|f| DataType::try_from(f.data_type) == Ok(DataType::FloatVector))
+            .filter(|f| DataType::try_from(f.data_type).is_ok_and(sluice_types::schema::is_vector))
             .map(|f| f.name.as_str())
             .collect();
         match vectors.as_slice() {
@@ -289,11 +289,17 @@ impl Collection {
         }
     }
 
-    /// The metric of the index on `field` (COSINE, Milvus's default, when it has none).
+    /// The metric of the index on `field` (when it has none: COSINE, Milvus's default, or IP
+    /// for a sparse vector field).
     fn metric_of(&self, field: &str) -> String {
+        let sparse = self
+            .schema
+            .fields
+            .iter()
+            .any(|f| f.name == field && f.data_type == DataType::SparseFloatVector as i32);
         self.index_of(field)
             .and_then(|i| i.get("metric_type")?.as_str().map(str::to_owned))
-            .unwrap_or_else(|| "COSINE".into())
+            .unwrap_or_else(|| if sparse { "IP" } else { "COSINE" }.into())
     }
 
     /// The collection's consistency level (Milvus's enum number; Bounded by default).
@@ -836,6 +842,104 @@ fn vector_index(
     index.insert("params".into(), Value::Object(params));
     Ok(index)
 }
+
+/// A search's query vectors, of the kind of the field searched.
+enum QueryVectors {
+    Dense(Vec<v1::FloatVector>),
+    /// Each laid out as [`sluice_types::sparse`] describes.
+    Sparse(Vec<Vec<u8>>),
+}
+
+impl QueryVectors {
+    fn len(&self) -> usize {
+        match self {
+            QueryVectors::Dense(v) => v.len(),
+            QueryVectors::Sparse(v) => v.len(),
+        }
+    }
+}
+
+/// A sparse index's or search's `drop_ratio_build` / `drop_ratio_search`: 0 (the default) up to
+/// but not including 1, a number or its text.
+fn drop_ratio(params: &serde_json::Map<String, Value>, key: &str) -> Result<f64, Failure> {
+    let Some(v) = params.get(key) else {
+        return Ok(0.0);
+    };
+    let n = match v {
+        Value::Number(n) => n.as_f64(),
+        Value::String(s) => s.trim().parse::<f64>().ok(),
+        _ => None,
+    };
+    match n {
+        Some(n) if (0.0..1.0).contains(&n) => Ok(n),
+        _ => Err(Failure::invalid(format!(
+            "{key} is {v}: a number from 0 up to (not including) 1"
+        ))),
+    }
+}
+
+/// The index to record for a SPARSE_FLOAT_VECTOR field: SPARSE_INVERTED_INDEX, SPARSE_WAND or
+/// AUTOINDEX, by IP (the default; BM25 needs a BM25 function, which Sluice does not have), with
+/// `drop_ratio_build` and `inverted_index_algo` checked and described back. Sluice searches
+/// sparse vectors row by row, every weight counted, so neither shapes an answer.
+fn sparse_index(
+    index_type: &str,
+    metric_type: Option<&str>,
+    given: &serde_json::Map<String, Value>,
+) -> Result<serde_json::Map<String, Value>, Failure> {
+    if !matches!(
+        index_type,
+        "SPARSE_INVERTED_INDEX" | "SPARSE_WAND" | "AUTOINDEX"
+    ) {
+        return Err(Failure::invalid(format!(
+            "index type {index_type} does not index a sparse float vector field (it takes \
+             SPARSE_INVERTED_INDEX, SPARSE_WAND or AUTOINDEX)"
+        )));
+    }
+    let metric_type = metric_type
+        .filter(|m| !m.is_empty())
+        .unwrap_or("IP")
+        .to_ascii_uppercase();
+    if metric_type != "IP" {
+        return Err(Failure::invalid(format!(
+            "metric type {metric_type} for a sparse float vector field: it is searched by IP \
+             (BM25 needs a BM25 function, which Sluice does not have)"
+        )));
+    }
+    let mut params = serde_json::Map::new();
+    for (key, value) in given {
+        match key.as_str() {
+            "drop_ratio_build" => {
+                params.insert(key.clone(), drop_ratio(given, key)?.into());
+                continue;
+            }
+            "inverted_index_algo" => {
+                let algo = value.as_str().unwrap_or_default();
+                if !matches!(algo, "TAAT_NAIVE" | "DAAT_WAND" | "DAAT_MAXSCORE") {
+                    return Err(Failure::invalid(format!(
+                        "inverted_index_algo is {value}: TAAT_NAIVE, DAAT_WAND or DAAT_MAXSCORE"
+                    )));
+                }
+            }
+            _ => {
+                return Err(Failure::unsupported(format!(
+                    "index parameter {key:?} with index type {index_type} (it takes \
+                     drop_ratio_build, inverted_index_algo)"
+                )));
+            }
+        }
+        params.insert(key.clone(), value.clone());
+    }
+    let mut index = serde_json::Map::new();
+    index.insert("index_type".into(), index_type.into());
+    index.insert("metric_type".into(), metric_type.into());
+    index.insert("params".into(), Value::Object(params));
+    index.insert(SPARSE_INDEX.into(), true.into());
+    Ok(index)
+}
+
+/// Marks a recorded index as one of a sparse vector field (no graph is built for it).
+const SPARSE_INDEX: &str = "sparse";
 
 /// An index parameter that must be a whole number (pymilvus sends numbers or their text).
 fn whole_number(key: &str, v: &Value) -> Result<u64, Failure> {
@@ -1891,7 +1995,7 @@ impl MilvusFront {
         field: &str,
         ids: ms::IDs,
         read: v1::ReadOptions,
-    ) -> Result<Vec<v1::FloatVector>, Failure> {
+    ) -> Result<QueryVectors, Failure> {
         let (keys, asked) = match ids.id_field {
             Some(ms::i_ds::IdField::IntId(a)) => {
                 let asked: Vec<String> = a.data.iter().map(i64::to_string).collect();
@@ -1947,6 +2051,16 @@ impl MilvusFront {
             })
             .collect::<Result<Vec<ArrayRef>, _>>()?;
         let mut vectors = Vec::with_capacity(asked.len());
+        if let Some(sparse) = column
+            .iter()
+            .map(|col| arrow_array::cast::AsArray::as_binary_opt::<i32>(col.as_ref()))
+            .collect::<Option<Vec<_>>>()
+        {
+            let rows = sparse.iter().flat_map(|a| a.iter());
+            return Ok(QueryVectors::Sparse(
+                rows.map(|r| r.unwrap_or_default().to_vec()).collect(),
+            ));
+        }
         for col in column {
             use arrow_array::cast::AsArray;
             let Some(list) = col.as_fixed_size_list_opt() else {
@@ -1964,7 +2078,7 @@ impl MilvusFront {
                 });
             }
         }
-        Ok(vectors)
+        Ok(QueryVectors::Dense(vectors))
     }
 
     /// A search's hits, best first, as rows (`into_milvus` makes them Milvus's answer); read as
@@ -2050,6 +2164,7 @@ impl MilvusFront {
                     Failure::invalid(format!("the query vectors do not decode: {e}"))
                 })?;
                 let mut vectors = Vec::new();
+                let mut sparse = Vec::new();
                 for ph in group.placeholders {
                     // 32-bit floats (`None`), or 16-bit ones (`Some(brain)`: IEEE half or brain
                     // float16).
@@ -2057,9 +2172,19 @@ impl MilvusFront {
                         Ok(mc::PlaceholderType::FloatVector) => None,
                         Ok(mc::PlaceholderType::Float16Vector) => Some(false),
                         Ok(mc::PlaceholderType::BFloat16Vector) => Some(true),
+                        Ok(mc::PlaceholderType::SparseFloatVector) => {
+                            for (i, v) in ph.values.into_iter().enumerate() {
+                                sluice_types::sparse::check(&v).map_err(|e| {
+                                    Failure::invalid(format!("query vector {i}: {e}"))
+                                })?;
+                                sparse.push(v);
+                            }
+                            continue;
+                        }
                         _ => {
                             return Err(Failure::unsupported(
-                                "query vectors other than float, float16 and bfloat16 vectors",
+                                "query vectors other than float, float16, bfloat16 and sparse \
+                                 float vectors",
                             ));
                         }
                     };
@@ -2082,7 +2207,16 @@ impl MilvusFront {
                         vectors.push(v1::FloatVector { values });
                     }
                 }
-                vectors
+                match (vectors.is_empty(), sparse.is_empty()) {
+                    (_, true) => QueryVectors::Dense(vectors),
+                    (true, false) => QueryVectors::Sparse(sparse),
+                    (false, false) => {
+                        return Err(Failure::invalid(
+                            "a search holds float and sparse query vectors: one kind, for the \
+                             kind of field searched",
+                        ));
+                    }
+                }
             }
             Some(mm::search_request::SearchInput::Ids(ids)) => {
                 self.vectors_of(&c, &anns, ids, read).await?
@@ -2090,6 +2224,17 @@ impl MilvusFront {
             None => return Err(Failure::invalid("a search needs query vectors")),
         };
         let nq = vectors.len();
+        let (vectors, sparse_vectors) = match vectors {
+            QueryVectors::Dense(v) => (v, Vec::new()),
+            QueryVectors::Sparse(v) => {
+                let ratio = drop_ratio(&params, "drop_ratio_search")?;
+                let dropped = v
+                    .iter()
+                    .map(|q| sluice_types::sparse::drop_smallest(q, ratio).into())
+                    .collect();
+                (Vec::new(), dropped)
+            }
+        };
         if iterator.is_some() && nq != 1 {
             return Err(Failure::invalid(format!(
                 "a search iterator takes one query vector, not {nq}"
@@ -2124,6 +2269,7 @@ impl MilvusFront {
                 collection: c.schema.name.clone(),
                 vector_field: anns,
                 vectors,
+                sparse_vectors,
                 top_k: wanted as u32,
                 metric: metric as i32,
                 filter,
@@ -2323,8 +2469,11 @@ impl MilvusFront {
             .chain(params)
             .filter(|(k, _)| !matches!(k.as_str(), "index_type" | "metric_type" | "params"))
             .collect();
-        let mut index = if DataType::try_from(field.data_type) == Ok(DataType::FloatVector) {
+        let ty = DataType::try_from(field.data_type);
+        let mut index = if ty == Ok(DataType::FloatVector) {
             vector_index(&index_type, param(p, "metric_type"), &given)?
+        } else if ty == Ok(DataType::SparseFloatVector) {
+            sparse_index(&index_type, param(p, "metric_type"), &given)?
         } else {
             scalar_index(
                 field,
@@ -2381,7 +2530,10 @@ impl MilvusFront {
         name: &str,
         indexes: &[serde_json::Map<String, Value>],
     ) -> Result<(), Failure> {
-        let mut props = match indexes.iter().find(|i| is_vector_index(i)) {
+        let mut props = match indexes
+            .iter()
+            .find(|i| is_vector_index(i) && !i.contains_key(SPARSE_INDEX))
+        {
             Some(first) => graph_settings(first)?.to_properties(),
             None => HashMap::new(),
         };

@@ -747,7 +747,7 @@ impl QueryHost {
         let parts = self
             .plan(&req.collection, &req.shards, req.read.as_ref())
             .await?;
-        let nq = req.vectors.len();
+        let nq = req.vectors.len() + req.sparse_vectors.len();
         let local = parts.iter().find_map(|p| match p {
             Part::Local(d) => Some(d),
             Part::Remote { .. } => None,
@@ -981,10 +981,18 @@ impl QueryHost {
 
 /// The checks of a search request; its metric (`None`: the index's).
 pub(crate) fn check_search(req: &pb::SearchRequest) -> Result<Option<Metric>, ReadError> {
-    if req.vectors.is_empty() || req.vectors.len() > MAX_QUERY_VECTORS {
+    let nq = match (req.vectors.len(), req.sparse_vectors.len()) {
+        (n, 0) | (0, n) => n,
+        (dense, sparse) => {
+            return Err(ReadError::invalid(format!(
+                "a search has {dense} float and {sparse} sparse query vectors: one kind, for \
+                 the kind of field searched"
+            )));
+        }
+    };
+    if nq == 0 || nq > MAX_QUERY_VECTORS {
         return Err(ReadError::invalid(format!(
-            "a search needs 1 to {MAX_QUERY_VECTORS} query vectors, not {}",
-            req.vectors.len()
+            "a search needs 1 to {MAX_QUERY_VECTORS} query vectors, not {nq}"
         )));
     }
     let k = req.top_k as usize;
@@ -993,11 +1001,18 @@ pub(crate) fn check_search(req: &pb::SearchRequest) -> Result<Option<Metric>, Re
             "top_k must be 1 to {MAX_TOP_K}, not {k}"
         )));
     }
-    if k * req.vectors.len() > MAX_HITS {
+    if k * nq > MAX_HITS {
         return Err(ReadError::invalid(format!(
-            "{} query vectors × top_k {k} asks for more than {MAX_HITS} hits; split the search",
-            req.vectors.len()
+            "{nq} query vectors × top_k {k} asks for more than {MAX_HITS} hits; split the search"
         )));
+    }
+    if let Some((i, e)) = req
+        .sparse_vectors
+        .iter()
+        .enumerate()
+        .find_map(|(i, v)| sluice_types::sparse::check(v).err().map(|e| (i, e)))
+    {
+        return Err(ReadError::invalid(format!("query vector {i}: {e}")));
     }
     if let Some((i, _)) = req
         .vectors
@@ -1015,12 +1030,23 @@ pub(crate) fn check_search(req: &pb::SearchRequest) -> Result<Option<Metric>, Re
             req.ef
         )));
     }
-    match pb::MetricType::try_from(req.metric) {
-        Ok(pb::MetricType::Unspecified) => Ok(None),
-        Ok(pb::MetricType::L2) => Ok(Some(Metric::L2)),
-        Ok(pb::MetricType::Ip) => Ok(Some(Metric::Ip)),
-        Ok(pb::MetricType::Cosine) => Ok(Some(Metric::Cosine)),
-        Err(_) => Err(ReadError::invalid(format!("unknown metric {}", req.metric))),
+    let metric = match pb::MetricType::try_from(req.metric) {
+        Ok(pb::MetricType::Unspecified) => None,
+        Ok(pb::MetricType::L2) => Some(Metric::L2),
+        Ok(pb::MetricType::Ip) => Some(Metric::Ip),
+        Ok(pb::MetricType::Cosine) => Some(Metric::Cosine),
+        Err(_) => return Err(ReadError::invalid(format!("unknown metric {}", req.metric))),
+    };
+    if req.sparse_vectors.is_empty() {
+        return Ok(metric);
+    }
+    // Sparse vectors have one metric, whatever the collection's indexes use.
+    match metric {
+        None | Some(Metric::Ip) => Ok(Some(Metric::Ip)),
+        Some(m) => Err(ReadError::invalid(format!(
+            "sparse vectors are searched by IP, not {}",
+            m.name()
+        ))),
     }
 }
 
@@ -1033,6 +1059,7 @@ pub(crate) fn search_spec(
     Ok(SearchSpec {
         field: (!req.vector_field.is_empty()).then(|| req.vector_field.clone()),
         vectors: req.vectors.iter().map(|v| v.values.clone()).collect(),
+        sparse: req.sparse_vectors.iter().map(|v| v.to_vec()).collect(),
         top_k: req.top_k as usize,
         metric,
         filter: parse_filter(&req.filter, d)?,
@@ -1774,6 +1801,10 @@ pub(crate) async fn load_segment(
     }
     if seg.len() >= params.min_rows {
         for (f, name) in fields.iter().enumerate() {
+            if seg.vectors(f).is_some_and(|c| c.is_sparse()) {
+                // Sparse vectors are searched row by row: there is no graph to build.
+                continue;
+            }
             let path = sluice_types::storage::segment_index_path(
                 m.collection_id,
                 m.partition_id,

@@ -1585,10 +1585,13 @@ impl Parser<'_> {
                     ),
                 ));
             }
-            Ok(DataType::FloatVector) => {
+            Ok(t @ (DataType::FloatVector | DataType::SparseFloatVector)) => {
                 return Err(err_at(
                     token,
-                    format!("cannot filter on FLOAT_VECTOR field {name:?}"),
+                    format!(
+                        "cannot filter on {} field {name:?}",
+                        t.as_str_name().trim_start_matches("DATA_TYPE_")
+                    ),
                 ));
             }
             Ok(DataType::Unspecified) | Err(_) => {

@@ -54,25 +54,64 @@ pub fn pks_of(col: &dyn Array) -> Result<Vec<Pk>, QueryError> {
     }
 }
 
-/// One vector field's values, row after row.
+/// One vector field's values, row after row: `dim` floats per row, or (`dim` 0) a sparse
+/// vector per row, laid out as [`sluice_types::sparse`] describes.
 #[derive(Clone, Debug, Default)]
 pub struct VectorColumn {
-    /// Floats per vector.
+    /// Floats per vector; 0 for a SPARSE_FLOAT_VECTOR field.
     pub dim: usize,
     /// `rows × dim` floats.
     pub data: Vec<f32>,
     /// `|v|` per row (cosine).
     pub norms: Vec<f32>,
+    /// Sparse rows back to back (`dim` 0 only).
+    pub sparse: Vec<u8>,
+    /// Where each sparse row starts in `sparse`, and where the last ends (`dim` 0 only).
+    pub sparse_starts: Vec<usize>,
 }
 
 impl VectorColumn {
+    /// An empty column of `dim` floats per row (0: sparse rows).
+    pub fn new(dim: usize) -> VectorColumn {
+        VectorColumn {
+            dim,
+            sparse_starts: if dim == 0 { vec![0] } else { Vec::new() },
+            ..VectorColumn::default()
+        }
+    }
+
+    /// Whether it holds sparse vectors.
+    #[inline]
+    pub fn is_sparse(&self) -> bool {
+        self.dim == 0
+    }
+
     /// Row `r`'s vector.
     #[inline]
     pub fn row(&self, r: usize) -> &[f32] {
         &self.data[r * self.dim..(r + 1) * self.dim]
     }
 
+    /// Row `r`'s sparse vector (of a sparse column).
+    #[inline]
+    pub fn sparse_row(&self, r: usize) -> &[u8] {
+        &self.sparse[self.sparse_starts[r]..self.sparse_starts[r + 1]]
+    }
+
     fn append(&mut self, col: &dyn Array) -> Result<(), QueryError> {
+        if self.is_sparse() {
+            let rows = col.as_binary_opt::<i32>().ok_or_else(|| {
+                QueryError::Invalid(format!(
+                    "a sparse vector column of type {}",
+                    col.data_type()
+                ))
+            })?;
+            for r in rows.iter() {
+                self.sparse.extend_from_slice(r.unwrap_or_default());
+                self.sparse_starts.push(self.sparse.len());
+            }
+            return Ok(());
+        }
         let list = col.as_fixed_size_list_opt().ok_or_else(|| {
             QueryError::Invalid(format!("a vector column of type {}", col.data_type()))
         })?;
@@ -135,7 +174,7 @@ pub struct Segment {
 }
 
 impl Segment {
-    /// An empty segment with vector fields of these dimensions.
+    /// An empty segment with vector fields of these dimensions (0: a sparse vector field).
     pub fn new(id: i64, partition: i64, sealed: bool, dims: &[usize]) -> Segment {
         Segment {
             id,
@@ -145,13 +184,7 @@ impl Segment {
             starts: Vec::new(),
             ts: Vec::new(),
             pks: Vec::new(),
-            vectors: dims
-                .iter()
-                .map(|&dim| VectorColumn {
-                    dim,
-                    ..VectorColumn::default()
-                })
-                .collect(),
+            vectors: dims.iter().map(|&dim| VectorColumn::new(dim)).collect(),
             superseded: Vec::new(),
             indexes: dims.iter().map(|_| None).collect(),
             remote: false,
@@ -207,10 +240,7 @@ impl Segment {
         self.batches = Vec::new();
         self.starts = Vec::new();
         for v in &mut self.vectors {
-            *v = VectorColumn {
-                dim: v.dim,
-                ..VectorColumn::default()
-            };
+            *v = VectorColumn::new(v.dim);
         }
         for i in &mut self.indexes {
             *i = None;

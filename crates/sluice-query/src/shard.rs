@@ -31,12 +31,15 @@ use crate::vector::{Metric, TopK, norm};
 pub const SCORE_COLUMN: &str = "_score";
 
 /// What a search asks of one shard.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct SearchSpec {
     /// The vector field searched (`None`: the only one).
     pub field: Option<String>,
-    /// The query vectors.
+    /// The query vectors of a FLOAT_VECTOR field.
     pub vectors: Vec<Vec<f32>>,
+    /// The query vectors of a SPARSE_FLOAT_VECTOR field, each laid out as
+    /// [`sluice_types::sparse`] describes (and checked by it).
+    pub sparse: Vec<Vec<u8>>,
     /// Hits per query.
     pub top_k: usize,
     /// The metric (`None`: the index's, L2 by default).
@@ -163,6 +166,7 @@ fn arrow_type(f: &sluice_types::schema::FieldSchema) -> Result<ArrowType, QueryE
                 Arc::new(Field::new("item", ArrowType::Float32, false)),
                 f.dim as i32,
             ),
+            DataType::SparseFloatVector => ArrowType::Binary,
             DataType::Unspecified => {
                 return Err(QueryError::Invalid(format!("field {} has no type", f.name)));
             }
@@ -192,7 +196,8 @@ impl ShardData {
         let (vector_fields, dims) = schema
             .fields
             .iter()
-            .filter(|f| f.data_type == DataType::FloatVector as i32)
+            .filter(|f| DataType::try_from(f.data_type).is_ok_and(sluice_types::schema::is_vector))
+            // A sparse field's column has dim 0.
             .map(|f| (f.name.clone(), f.dim as usize))
             .unzip();
         Ok(ShardData {
@@ -668,6 +673,23 @@ impl ShardData {
         let f = self.vector_field(spec.field.as_deref())?;
         let dim = self.dims[f];
         self.check_output_fields(&spec.output_fields)?;
+        if spec.top_k == 0 {
+            return Err(QueryError::Invalid("top_k must be at least 1".into()));
+        }
+        let segments: Vec<&Segment> = self.segments.values().filter(|s| scope.covers(s)).collect();
+        let masks = segments
+            .iter()
+            .map(|s| self.mask(s, spec.filter.as_ref(), &spec.partitions))
+            .collect::<Result<Vec<_>, _>>()?;
+        if dim == 0 {
+            return self.search_sparse(f, spec, t, scope, &segments, &masks);
+        }
+        if !spec.sparse.is_empty() {
+            return Err(QueryError::Invalid(format!(
+                "field {} is a FLOAT_VECTOR field: search it with float vectors, not sparse ones",
+                self.vector_fields[f]
+            )));
+        }
         if let Some(q) = spec.vectors.iter().find(|q| q.len() != dim) {
             return Err(QueryError::Invalid(format!(
                 "a query vector has {} dimensions, field {} has {dim}",
@@ -675,15 +697,7 @@ impl ShardData {
                 self.vector_fields[f]
             )));
         }
-        if spec.top_k == 0 {
-            return Err(QueryError::Invalid("top_k must be at least 1".into()));
-        }
         let metric = spec.metric.unwrap_or(self.index.metric);
-        let segments: Vec<&Segment> = self.segments.values().filter(|s| scope.covers(s)).collect();
-        let masks = segments
-            .iter()
-            .map(|s| self.mask(s, spec.filter.as_ref(), &spec.partitions))
-            .collect::<Result<Vec<_>, _>>()?;
         let mut out = Vec::with_capacity(spec.vectors.len());
         for q in &spec.vectors {
             let qn = norm(q);
@@ -737,22 +751,92 @@ impl ShardData {
                     }
                 }
             }
-            let found = top.into_sorted();
-            let rows: Vec<RowRef> = found.iter().map(|c| c.item).collect();
-            let batch = self.rows(&rows, &spec.output_fields)?;
-            let distances: Vec<f32> = found.iter().map(|c| c.distance).collect();
-            let scores: Vec<f32> = distances.iter().map(|&d| metric.score(d)).collect();
-            out.push(Hits {
-                pks: rows
-                    .iter()
-                    .map(|r| self.segments[&r.segment].pks[r.offset as usize].clone())
-                    .collect(),
-                distances,
-                scores,
-                rows: batch,
-            });
+            out.push(self.hits(top, metric, &spec.output_fields)?);
         }
         Ok(out)
+    }
+
+    /// [`ShardData::search_in`] of a sparse vector field `f`: every visible row's inner product
+    /// with each query vector (IP is the one metric sparse vectors have); a row that shares no
+    /// index with the query is no hit.
+    fn search_sparse(
+        &self,
+        f: usize,
+        spec: &SearchSpec,
+        t: u64,
+        scope: &Scope,
+        segments: &[&Segment],
+        masks: &[Option<Vec<bool>>],
+    ) -> Result<Vec<Hits>, QueryError> {
+        let name = &self.vector_fields[f];
+        if !spec.vectors.is_empty() {
+            return Err(QueryError::Invalid(format!(
+                "field {name} is a SPARSE_FLOAT_VECTOR field: search it with sparse vectors"
+            )));
+        }
+        if let Some(metric) = spec.metric.filter(|&m| m != Metric::Ip) {
+            return Err(QueryError::Invalid(format!(
+                "field {name} is a SPARSE_FLOAT_VECTOR field, searched by IP, not {}",
+                metric.name()
+            )));
+        }
+        for q in &spec.sparse {
+            sluice_types::sparse::check(q)
+                .map_err(|e| QueryError::Invalid(format!("a query vector of field {name}: {e}")))?;
+        }
+        let mut out = Vec::with_capacity(spec.sparse.len());
+        for q in &spec.sparse {
+            let mut top = TopK::<RowRef>::new(spec.top_k);
+            for (seg, mask) in segments.iter().zip(masks) {
+                let col = &seg.vectors[f];
+                for r in 0..seg.len() {
+                    if !seg.visible(r, t)
+                        || mask.as_ref().is_some_and(|m| !m[r])
+                        || scope.hides(seg, r)
+                    {
+                        continue;
+                    }
+                    let Some(ip) = sluice_types::sparse::dot(q, col.sparse_row(r)) else {
+                        continue;
+                    };
+                    let d = -ip;
+                    if d < top.bound() {
+                        top.push(
+                            d,
+                            RowRef {
+                                segment: seg.id,
+                                offset: r as u32,
+                            },
+                        );
+                    }
+                }
+            }
+            out.push(self.hits(top, Metric::Ip, &spec.output_fields)?);
+        }
+        Ok(out)
+    }
+
+    /// One query's hits out of its top rows.
+    fn hits(
+        &self,
+        top: TopK<RowRef>,
+        metric: Metric,
+        output_fields: &[String],
+    ) -> Result<Hits, QueryError> {
+        let found = top.into_sorted();
+        let rows: Vec<RowRef> = found.iter().map(|c| c.item).collect();
+        let batch = self.rows(&rows, output_fields)?;
+        let distances: Vec<f32> = found.iter().map(|c| c.distance).collect();
+        let scores: Vec<f32> = distances.iter().map(|&d| metric.score(d)).collect();
+        Ok(Hits {
+            pks: rows
+                .iter()
+                .map(|r| self.segments[&r.segment].pks[r.offset as usize].clone())
+                .collect(),
+            distances,
+            scores,
+            rows: batch,
+        })
     }
 
     /// The rows visible at `t` that match `filter` (every row when `None`), in key order, at

@@ -429,11 +429,9 @@ fn run(seed: u64) -> usize {
                     vectors: vec![q.clone()],
                     top_k: 5,
                     metric: Some(Metric::L2),
-                    filter: None,
-                    partitions: Vec::new(),
                     output_fields: vec!["tag".into()],
                     exact: true,
-                    ef: None,
+                    ..SearchSpec::default()
                 };
                 let mut parts: Vec<Hits> = shard.search_in(&spec, at, &own).unwrap();
                 for (w, scope) in scopes.iter().enumerate() {
@@ -531,4 +529,122 @@ fn a_segment_of_a_dropped_partition_handed_over_late_is_not_taken() {
     // Rows of the dropped partition read again from the log are not taken either.
     shard.insert(21, 2, dropped, 120).unwrap();
     assert_eq!(all(&shard), vec![1]);
+}
+
+/// A SPARSE_FLOAT_VECTOR field: searched by inner product over growing and sealed rows, a row
+/// sharing no index with the query is no hit, filters and MVCC apply, the row comes back as it
+/// was written; a dense query, or a metric other than IP, is refused.
+#[test]
+fn sparse_vectors_are_searched_by_inner_product_over_the_rows_that_share_an_index() {
+    use arrow_array::BinaryArray;
+    let sparse = |p: &[(u32, f32)]| sluice_types::sparse::encode(p.to_vec()).unwrap();
+    let schema = CollectionSchema {
+        name: "docs".into(),
+        fields: vec![
+            FieldSchema {
+                field_id: 1,
+                name: "id".into(),
+                data_type: DataType::Int64 as i32,
+                is_primary_key: true,
+                ..Default::default()
+            },
+            FieldSchema {
+                field_id: 2,
+                name: "sv".into(),
+                data_type: DataType::SparseFloatVector as i32,
+                ..Default::default()
+            },
+        ],
+        ..Default::default()
+    };
+    let mut shard = ShardData::new(schema.clone(), IndexParams::default()).unwrap();
+    let rows = |ids: Vec<i64>, vs: Vec<Vec<u8>>| {
+        let cols: Vec<ArrayRef> = vec![
+            Arc::new(Int64Array::from(ids)),
+            Arc::new(BinaryArray::from(
+                vs.iter().map(Vec::as_slice).collect::<Vec<_>>(),
+            )),
+        ];
+        let s = Schema::new(vec![
+            Field::new("id", ArrowType::Int64, false),
+            Field::new("sv", ArrowType::Binary, true),
+        ]);
+        RecordBatch::try_new(Arc::new(s), cols).unwrap()
+    };
+    let sealed = shard
+        .prepare_sealed(
+            1,
+            1,
+            vec![rows(
+                vec![1, 2],
+                vec![sparse(&[(3, 1.0), (9, 2.0)]), sparse(&[(4, 5.0)])],
+            )],
+            vec![100, 100],
+        )
+        .unwrap();
+    shard.install_sealed(sealed).unwrap();
+    shard
+        .insert(
+            2,
+            1,
+            rows(vec![3, 4], vec![sparse(&[(9, 0.5)]), sparse(&[(3, 4.0)])]),
+            110,
+        )
+        .unwrap();
+    let query = sparse(&[(3, 1.0), (9, 1.0)]);
+    let search = |spec: SearchSpec, t: u64| {
+        let hits = shard.search(&spec, t)?;
+        Ok::<_, sluice_query::QueryError>(
+            hits[0]
+                .pks
+                .iter()
+                .zip(&hits[0].scores)
+                .map(|(k, s)| (k.clone(), *s))
+                .collect::<Vec<_>>(),
+        )
+    };
+    let spec = SearchSpec {
+        sparse: vec![query.clone()],
+        top_k: 10,
+        output_fields: vec!["sv".into()],
+        ..SearchSpec::default()
+    };
+    // Row 2 shares no index with the query: no hit.
+    assert_eq!(
+        search(spec.clone(), 200).unwrap(),
+        vec![(Pk::Int(4), 4.0), (Pk::Int(1), 3.0), (Pk::Int(3), 0.5)]
+    );
+    // At 105 the growing rows are not there yet.
+    assert_eq!(search(spec.clone(), 105).unwrap(), vec![(Pk::Int(1), 3.0)]);
+    let filtered = SearchSpec {
+        filter: Some(Filter::parse("id != 4", &schema).unwrap()),
+        top_k: 2,
+        ..spec.clone()
+    };
+    assert_eq!(
+        search(filtered, 200).unwrap(),
+        vec![(Pk::Int(1), 3.0), (Pk::Int(3), 0.5)]
+    );
+    let hits = shard.search(&spec, 200).unwrap();
+    let sv = hits[0]
+        .rows
+        .column_by_name("sv")
+        .unwrap()
+        .as_binary::<i32>();
+    assert_eq!(sv.value(1), sparse(&[(3, 1.0), (9, 2.0)]).as_slice());
+
+    for bad in [
+        SearchSpec {
+            metric: Some(Metric::L2),
+            ..spec.clone()
+        },
+        SearchSpec {
+            sparse: Vec::new(),
+            vectors: vec![vec![1.0; 4]],
+            ..spec.clone()
+        },
+    ] {
+        assert!(shard.search(&bad, 200).is_err());
+    }
+    assert!(Filter::parse("sv is null", &schema).is_err());
 }

@@ -19,6 +19,7 @@
 //! | VARCHAR | Utf8 (each value at most `max_length` bytes) |
 //! | JSON | Utf8 (each value a JSON document) |
 //! | FLOAT_VECTOR | FixedSizeList(Float32, `dim`), no null elements |
+//! | SPARSE_FLOAT_VECTOR | Binary (each value a row as [`sluice_types::sparse`] lays it out) |
 //!
 //! The row counts the header claims must be the body's.
 
@@ -60,6 +61,7 @@ pub fn arrow_type(field: &FieldSchema) -> Result<ArrowType, RowError> {
             Arc::new(Field::new("item", ArrowType::Float32, false)),
             i32::try_from(field.dim).map_err(|_| invalid("vector dimension too large"))?,
         ),
+        DataType::SparseFloatVector => ArrowType::Binary,
         DataType::Unspecified => {
             return Err(invalid(format!("field {} has no type", field.name)));
         }
@@ -184,6 +186,13 @@ fn check_column(field: &FieldSchema, col: &ArrayRef) -> Result<(), RowError> {
             let list = col.as_fixed_size_list();
             if list.values().null_count() > 0 {
                 return Err(invalid(format!("column {name} has null vector elements")));
+            }
+        }
+        Ok(DataType::SparseFloatVector) => {
+            for (i, v) in col.as_binary::<i32>().iter().enumerate() {
+                if let Some(Err(e)) = v.map(sluice_types::sparse::check) {
+                    return Err(invalid(format!("column {name} row {i}: {e}")));
+                }
             }
         }
         _ => {}
@@ -518,12 +527,35 @@ pub fn batch_from_json(
                 }
                 Arc::new(b.finish())
             }
+            Ok(DataType::SparseFloatVector) => {
+                let mut b = arrow_array::builder::BinaryBuilder::new();
+                for (i, v) in values.enumerate() {
+                    match v {
+                        None => b.append_null(),
+                        Some(v) => b.append_value(sparse_from_json(v).map_err(|e| bad(i, &e))?),
+                    }
+                }
+                Arc::new(b.finish())
+            }
             _ => return Err(invalid(format!("field {name} has no supported type"))),
         };
         check_column(field, &col)?;
         columns.push(col);
     }
     RecordBatch::try_new(target, columns).map_err(|e| invalid(e.to_string()))
+}
+
+/// A sparse vector written in JSON as Milvus writes it: an object of index → weight
+/// (`{"3": 0.5, "17": 1.25}`).
+fn sparse_from_json(v: &serde_json::Value) -> Result<Vec<u8>, String> {
+    const WANT: &str = "an object of index (0 to 4294967294) to weight (a number)";
+    let obj = v.as_object().ok_or(WANT)?;
+    let pairs = obj
+        .iter()
+        .map(|(k, w)| Some((k.parse::<u32>().ok()?, w.as_f64()? as f32)))
+        .collect::<Option<Vec<_>>>()
+        .ok_or(WANT)?;
+    sluice_types::sparse::encode(pairs).map_err(|e| format!("a valid sparse vector ({e})"))
 }
 
 /// `b` with one more column, `field`, holding `column` (as long as `b`).

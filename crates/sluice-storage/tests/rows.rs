@@ -231,3 +231,78 @@ async fn the_wal_refuses_a_bad_body_and_writes_nothing() {
     );
     let _: &dyn LogProvider = &provider;
 }
+
+#[test]
+fn sparse_vectors_are_stored_as_milvus_lays_them_out_and_checked() {
+    use arrow_array::BinaryArray;
+    use arrow_array::cast::AsArray;
+    use sluice_storage::rows::batch_from_json;
+    use sluice_types::schema::{CollectionSchema, DataType, FieldSchema};
+    let schema = CollectionSchema {
+        name: "docs".into(),
+        fields: vec![
+            FieldSchema {
+                is_primary_key: true,
+                ..field(1, "id", DataType::Int64)
+            },
+            field(2, "sv", DataType::SparseFloatVector),
+        ],
+        ..Default::default()
+    };
+    sluice_types::schema::validate(&schema).unwrap();
+    let rows: Vec<serde_json::Value> = vec![
+        serde_json::json!({"id": 1, "sv": {"17": 0.25, "3": 1.5}}),
+        serde_json::json!({"id": 2, "sv": {}}),
+    ];
+    let b = batch_from_json(&schema, &rows).unwrap();
+    let stored = decode_insert(&schema, &body(&b), 2, MAX).unwrap();
+    let sv = stored.column_by_name("sv").unwrap().as_binary::<i32>();
+    let first: Vec<(u32, f32)> = sluice_types::sparse::pairs(sv.value(0)).collect();
+    assert_eq!(first, vec![(3, 1.5), (17, 0.25)]);
+    assert!(sv.value(1).is_empty());
+
+    for (json, want) in [
+        (
+            serde_json::json!({"id": 3, "sv": {"1": -1.0}}),
+            "not negative",
+        ),
+        (
+            serde_json::json!({"id": 3, "sv": {"x": 1.0}}),
+            "an object of index",
+        ),
+        (
+            serde_json::json!({"id": 3, "sv": [1.0, 2.0]}),
+            "an object of index",
+        ),
+        (
+            serde_json::json!({"id": 3, "sv": {"4294967295": 1.0}}),
+            "below",
+        ),
+        (serde_json::json!({"id": 3}), "not nullable"),
+    ] {
+        let e = batch_from_json(&schema, std::slice::from_ref(&json))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(want), "{json}: {e} should say {want}");
+    }
+    // Raw bytes out of order, or a torn pair, are refused when the body is read.
+    let unsorted: Vec<u8> = [(5u32, 1.0f32), (2, 1.0)]
+        .iter()
+        .flat_map(|(i, w)| i.to_le_bytes().into_iter().chain(w.to_le_bytes()))
+        .collect();
+    for (raw, want) in [(unsorted, "increase"), (vec![0u8; 5], "bytes")] {
+        let cols: Vec<ArrayRef> = vec![
+            Arc::new(Int64Array::from(vec![9])),
+            Arc::new(BinaryArray::from(vec![raw.as_slice()])),
+        ];
+        let b = arrow_array::RecordBatch::try_new(
+            sluice_storage::rows::arrow_schema(&schema).unwrap(),
+            cols,
+        )
+        .unwrap();
+        let e = decode_insert(&schema, &body(&b), 1, MAX)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(want), "{e} should say {want}");
+    }
+}

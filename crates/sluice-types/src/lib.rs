@@ -12,6 +12,7 @@ pub mod index;
 pub mod message;
 pub mod read;
 pub mod schema;
+pub mod sparse;
 pub mod storage;
 pub mod ttl;
 

@@ -67,7 +67,13 @@ fn check_field(f: &FieldSchema) -> Result<DataType, SchemaError> {
                 f.name, f.dim
             )));
         }
-        DataType::FloatVector if f.nullable => {
+        DataType::SparseFloatVector if f.dim != 0 => {
+            return Err(bad(format!(
+                "SPARSE_FLOAT_VECTOR field {:?} has no dim (it has {})",
+                f.name, f.dim
+            )));
+        }
+        DataType::FloatVector | DataType::SparseFloatVector if f.nullable => {
             return Err(bad(format!("vector field {:?} cannot be nullable", f.name)));
         }
         _ => {}
@@ -83,7 +89,7 @@ fn check_field(f: &FieldSchema) -> Result<DataType, SchemaError> {
 
 /// Checks every rule of a schema: a valid name, 1-`MAX_SHARDS` shards (0 means 1), unique valid
 /// field names, known types with their parameters, exactly one primary key (INT64 or VARCHAR,
-/// not nullable) and at least one FLOAT_VECTOR field.
+/// not nullable) and at least one vector field.
 pub fn validate(schema: &CollectionSchema) -> Result<(), SchemaError> {
     check_name("collection", &schema.name)?;
     if schema.shards > MAX_SHARDS {
@@ -111,7 +117,7 @@ pub fn validate(schema: &CollectionSchema) -> Result<(), SchemaError> {
         if f.is_primary_key {
             primary.push((f, ty));
         }
-        if ty == DataType::FloatVector {
+        if is_vector(ty) {
             vectors += 1;
         }
     }
@@ -137,7 +143,9 @@ pub fn validate(schema: &CollectionSchema) -> Result<(), SchemaError> {
         }
     }
     if vectors == 0 {
-        return Err(bad("a collection needs at least one FLOAT_VECTOR field"));
+        return Err(bad(
+            "a collection needs at least one vector field (FLOAT_VECTOR or SPARSE_FLOAT_VECTOR)",
+        ));
     }
     if dynamic > 1 {
         return Err(bad(format!(
@@ -145,6 +153,11 @@ pub fn validate(schema: &CollectionSchema) -> Result<(), SchemaError> {
         )));
     }
     Ok(())
+}
+
+/// Whether fields of this type hold vectors (searched, never filtered on).
+pub fn is_vector(ty: DataType) -> bool {
+    matches!(ty, DataType::FloatVector | DataType::SparseFloatVector)
 }
 
 /// The collection's dynamic field, if it has one.
@@ -160,7 +173,7 @@ pub fn add_field(
     field: FieldSchema,
 ) -> Result<CollectionSchema, SchemaError> {
     let ty = check_field(&field)?;
-    if field.is_primary_key || ty == DataType::FloatVector || field.is_dynamic {
+    if field.is_primary_key || is_vector(ty) || field.is_dynamic {
         return Err(bad(format!(
             "field {:?}: only scalar, non-key fields can be added",
             field.name
@@ -455,7 +468,21 @@ mod tests {
             }),
             ("cannot be nullable", |s| s.fields[0].nullable = true),
             ("auto_id", |s| s.fields[3].auto_id = true),
-            ("FLOAT_VECTOR", |s| s.fields.remove(1).name.clear()),
+            ("at least one vector field", |s| {
+                s.fields.remove(1).name.clear()
+            }),
+            ("has no dim", |s| {
+                s.fields[1].data_type = DataType::SparseFloatVector as i32;
+            }),
+            ("cannot be nullable", |s| {
+                s.fields[1].data_type = DataType::SparseFloatVector as i32;
+                s.fields[1].dim = 0;
+                s.fields[1].nullable = true;
+            }),
+            ("INT64 or VARCHAR", |s| {
+                s.fields[0].data_type = DataType::SparseFloatVector as i32;
+                s.fields[0].auto_id = false;
+            }),
         ];
         for (want, edit) in cases {
             let mut s = good();
@@ -463,6 +490,16 @@ mod tests {
             let e = validate(&s).expect_err(want).to_string();
             assert!(e.contains(want), "{want}: {e}");
         }
+        // A sparse vector field alone is the collection's vector field; none can be added.
+        let mut sparse_only = good();
+        sparse_only.fields[1].data_type = DataType::SparseFloatVector as i32;
+        sparse_only.fields[1].dim = 0;
+        validate(&sparse_only).unwrap();
+        let added = FieldSchema {
+            nullable: true,
+            ..field("sv2", DataType::SparseFloatVector)
+        };
+        assert!(add_field(&good(), added).is_err());
     }
 
     #[test]

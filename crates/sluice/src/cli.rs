@@ -318,9 +318,10 @@ pub(crate) fn parse_field(spec: &str) -> anyhow::Result<sluice_types::schema::Fi
         "varchar" => DataType::Varchar,
         "json" => DataType::Json,
         "float_vector" => DataType::FloatVector,
+        "sparse_float_vector" => DataType::SparseFloatVector,
         other => bail!(
             "field {spec:?}: unknown type {other:?} (bool, int32, int64, float, double, varchar, \
-             json, float_vector)"
+             json, float_vector, sparse_float_vector)"
         ),
     };
     let mut f = FieldSchema {
@@ -1003,6 +1004,31 @@ pub(crate) fn parse_vector(text: &str) -> anyhow::Result<Vec<f32>> {
         .collect()
 }
 
+/// Whether a query vector argument is a sparse one (a JSON object).
+pub(crate) fn is_sparse_vector(text: &str) -> bool {
+    text.trim_start().starts_with('{')
+}
+
+/// A sparse query vector written as a JSON object of index to weight, laid out as
+/// [`sluice_types::sparse`] describes.
+pub(crate) fn parse_sparse_vector(text: &str) -> anyhow::Result<Vec<u8>> {
+    let obj: serde_json::Map<String, serde_json::Value> = serde_json::from_str(text)
+        .with_context(|| format!("{text:?} is not a JSON object of index to weight"))?;
+    let pairs = obj
+        .iter()
+        .map(|(k, w)| {
+            let index = k
+                .parse::<u32>()
+                .with_context(|| format!("sparse vector index {k:?} is not a whole number"))?;
+            let weight = w
+                .as_f64()
+                .with_context(|| format!("sparse vector weight {w} is not a number"))?;
+            Ok((index, weight as f32))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    Ok(sluice_types::sparse::encode(pairs)?)
+}
+
 /// The batches of an Arrow IPC stream from a response.
 pub(crate) fn decode_rows(bytes: &[u8]) -> anyhow::Result<Vec<arrow_array::RecordBatch>> {
     if bytes.is_empty() {
@@ -1031,6 +1057,12 @@ fn json_value(col: &dyn arrow_array::Array, row: usize) -> serde_json::Value {
             let v = col.as_fixed_size_list().value(row);
             serde_json::Value::Array((0..v.len()).map(|i| json_value(v.as_ref(), i)).collect())
         }
+        // A sparse vector (the one Binary column rows have), as the JSON written to insert it.
+        T::Binary => serde_json::Value::Object(
+            sluice_types::sparse::pairs(col.as_binary::<i32>().value(row))
+                .map(|(i, w)| (i.to_string(), f64::from(w).into()))
+                .collect(),
+        ),
         other => format!("<{other}>").into(),
     }
 }

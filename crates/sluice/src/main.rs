@@ -344,7 +344,8 @@ enum Command {
     Search {
         #[command(flatten)]
         read: ReadOpts,
-        /// A query vector: comma-separated floats (repeat for several queries).
+        /// A query vector: comma-separated floats, or for a sparse vector field a JSON object
+        /// of index to weight, `{"3": 0.5, "17": 1.2}` (repeat for several queries).
         #[arg(long = "vector", required = true)]
         vectors: Vec<String>,
         /// The vector field (may be left out when the collection has one).
@@ -1148,11 +1149,17 @@ fn run() -> anyhow::Result<()> {
                 vector_field: field,
                 vectors: vectors
                     .iter()
+                    .filter(|v| !cli::is_sparse_vector(v))
                     .map(|v| {
                         Ok(sluice_proto::v1::FloatVector {
                             values: cli::parse_vector(v)?,
                         })
                     })
+                    .collect::<anyhow::Result<_>>()?,
+                sparse_vectors: vectors
+                    .iter()
+                    .filter(|v| cli::is_sparse_vector(v))
+                    .map(|v| cli::parse_sparse_vector(v).map(Into::into))
                     .collect::<anyhow::Result<_>>()?,
                 top_k,
                 metric: cli::metric(&metric)? as i32,

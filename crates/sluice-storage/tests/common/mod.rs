@@ -18,7 +18,7 @@ use sluice_types::{MutableMessage, VChannel};
 
 pub(crate) const DIM: usize = 4;
 
-fn field(id: i64, name: &str, ty: DataType) -> FieldSchema {
+pub(crate) fn field(id: i64, name: &str, ty: DataType) -> FieldSchema {
     FieldSchema {
         field_id: id,
         name: name.into(),

@@ -352,12 +352,7 @@ fn in_process(ds: &Dataset, params: &SearchBenchParams) -> anyhow::Result<InProc
         field: None,
         vectors: vec![q.clone()],
         top_k: K,
-        metric: None,
-        filter: None,
-        partitions: Vec::new(),
-        output_fields: Vec::new(),
-        exact: false,
-        ef: None,
+        ..SearchSpec::default()
     };
     let (mut sluice_qps, mut raw_qps) = (Vec::new(), Vec::new());
     let (mut sluice_found, mut raw_found) = (Vec::new(), Vec::new());
