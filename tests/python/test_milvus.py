@@ -5,6 +5,7 @@ Every differential test runs one function against both servers and compares what
 where Sluice deliberately differs, the test says so and checks Sluice's own answer.
 """
 
+import json
 import math
 import random
 import tempfile
@@ -3408,3 +3409,37 @@ def test_sparse_vectors_are_checked_and_drop_ratio_search_is_taken_in_sluice(slu
     assert {r["id"]: {int(k): v for k, v in r["sparse"].items()} for r in back} == {
         r["id"]: {k: pytest.approx(v, abs=1e-6) for k, v in r["sparse"].items()} for r in data
     }
+
+
+def test_a_varchar_primary_key_takes_generated_values_as_in_milvus(sluice):
+    """auto_id on a VARCHAR primary key (Milvus's hybrid search tutorials create one): each row
+    gets the generated integer's decimal text, returned by insert, readable and deletable by
+    it; a generated key longer than max_length is refused like any other value. (milvus-lite
+    refuses the schema; Milvus has taken it since 2.3.)"""
+    name = "s_varchar_auto_id"
+    drop_if_exists(sluice, name)
+    schema = sluice.create_schema(auto_id=True)
+    schema.add_field("pk", DataType.VARCHAR, is_primary=True, max_length=100)
+    schema.add_field("vector", DataType.FLOAT_VECTOR, dim=DIM)
+    sluice.create_collection(name, schema=schema)
+    assert sluice.describe_collection(name)["auto_id"] is True
+    got = sluice.insert(name, [{"vector": [0.1 * i] * DIM} for i in range(5)])
+    ids = list(got["ids"])
+    assert len(ids) == 5 and len(set(ids)) == 5
+    assert all(isinstance(i, str) and int(i) > 0 for i in ids)
+    more = list(sluice.insert(name, [{"vector": [0.9] * DIM}])["ids"])
+    assert int(more[0]) > max(int(i) for i in ids)
+    rows = sluice.query(name, f"pk in {json.dumps(ids[:2])}", output_fields=["pk"])
+    assert sorted(r["pk"] for r in rows) == sorted(ids[:2])
+    sluice.delete(name, ids=ids[:3])
+    assert sorted(r["pk"] for r in sluice.query(name, "pk != ''")) == sorted(ids[3:] + more)
+
+    short = "s_varchar_auto_id_short"
+    drop_if_exists(sluice, short)
+    schema = sluice.create_schema(auto_id=True)
+    schema.add_field("pk", DataType.VARCHAR, is_primary=True, max_length=1)
+    schema.add_field("vector", DataType.FLOAT_VECTOR, dim=DIM)
+    sluice.create_collection(short, schema=schema)
+    with pytest.raises(MilvusException, match="max_length"):
+        sluice.insert(short, [{"vector": [0.5] * DIM}])
+    assert sluice.query(short, "", output_fields=["count(*)"])[0]["count(*)"] == 0

@@ -1900,13 +1900,23 @@ impl MilvusFront {
             .into_inner();
         let first = i64::try_from(r.first)
             .map_err(|_| Failure::unexpected("the id allocator ran out of int64 ids"))?;
+        let ids = first..first + n as i64;
+        // A VARCHAR key gets the generated integer's decimal text (as Milvus gives it).
+        let (ty, data) = if pk.data_type == DataType::Varchar as i32 {
+            let data = ids.map(|i| i.to_string()).collect();
+            let data = scalar_field::Data::StringData(ms::StringArray { data });
+            (MDataType::VarChar, data)
+        } else {
+            let data = scalar_field::Data::LongData(ms::LongArray {
+                data: ids.collect(),
+            });
+            (MDataType::Int64, data)
+        };
         Ok(Some(FieldData {
-            r#type: MDataType::Int64 as i32,
+            r#type: ty as i32,
             field_name: pk.name.clone(),
             field: Some(field_data::Field::Scalars(ms::ScalarField {
-                data: Some(scalar_field::Data::LongData(ms::LongArray {
-                    data: (first..first + n as i64).collect(),
-                })),
+                data: Some(data),
             })),
             ..Default::default()
         }))

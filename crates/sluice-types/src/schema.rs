@@ -78,9 +78,9 @@ fn check_field(f: &FieldSchema) -> Result<DataType, SchemaError> {
         }
         _ => {}
     }
-    if f.auto_id && !(f.is_primary_key && ty == DataType::Int64) {
+    if f.auto_id && !(f.is_primary_key && matches!(ty, DataType::Int64 | DataType::Varchar)) {
         return Err(bad(format!(
-            "auto_id is for an INT64 primary key, not field {:?}",
+            "auto_id is for an INT64 or VARCHAR primary key, not field {:?}",
             f.name
         )));
     }
@@ -490,6 +490,11 @@ mod tests {
             let e = validate(&s).expect_err(want).to_string();
             assert!(e.contains(want), "{want}: {e}");
         }
+        // A VARCHAR primary key may have generated values too.
+        let mut varchar_auto = good();
+        varchar_auto.fields[0].data_type = DataType::Varchar as i32;
+        varchar_auto.fields[0].max_length = 64;
+        validate(&varchar_auto).unwrap();
         // A sparse vector field alone is the collection's vector field; none can be added.
         let mut sparse_only = good();
         sparse_only.fields[1].data_type = DataType::SparseFloatVector as i32;
