@@ -3311,6 +3311,9 @@ def test_sparse_vectors_are_stored_and_searched_like_milvus(sluice, lite):
                 [{h["id"]: (round(h["distance"], 4), h["entity"]["tag"]) for h in hits} for hits in found]
             )
         out["searches"] = searches
+        # A weight of 0 matches nothing.
+        out["zero"] = c.search("d_sparse", data=[{1: 0.0}], anns_field="sparse", limit=5)[0]
+        out["zero"] = [h["id"] for h in out["zero"]]
         reqs = [
             AnnSearchRequest([data[3]["dense"]], "dense", {"metric_type": "L2"}, limit=8),
             AnnSearchRequest([data[3]["sparse"]], "sparse", {"metric_type": "IP"}, limit=8),

@@ -76,9 +76,9 @@ pub fn encode(mut pairs: Vec<(u32, f32)>) -> Result<Vec<u8>, SparseError> {
     Ok(out)
 }
 
-/// The inner product of two rows (both with increasing indices), if they share an index:
-/// rows that share none do not match each other at all (as in Milvus, whose sparse indexes
-/// only reach the rows holding one of the query's indices).
+/// The inner product of two rows (both with increasing indices), if they share an index with
+/// a weight other than 0 in both: rows that share none do not match each other at all (as in
+/// Milvus, whose sparse indexes only reach the rows holding one of the query's indices).
 pub fn dot(a: &[u8], b: &[u8]) -> Option<f32> {
     let (mut x, mut y) = (pairs(a), pairs(b));
     let (mut p, mut q) = (x.next(), y.next());
@@ -88,7 +88,9 @@ pub fn dot(a: &[u8], b: &[u8]) -> Option<f32> {
             std::cmp::Ordering::Less => p = x.next(),
             std::cmp::Ordering::Greater => q = y.next(),
             std::cmp::Ordering::Equal => {
-                sum = Some(sum.unwrap_or(0.0) + v * w);
+                if v != 0.0 && w != 0.0 {
+                    sum = Some(sum.unwrap_or(0.0) + v * w);
+                }
                 p = x.next();
                 q = y.next();
             }
@@ -170,7 +172,8 @@ mod tests {
         assert_eq!(dot(&a, &b), Some(3.0 * 0.5 + 4.0));
         assert_eq!(dot(&b, &a), dot(&a, &b));
         assert_eq!(dot(&a, &row(&[(2, 1.0), (6, 1.0)])), None);
-        assert_eq!(dot(&a, &row(&[(5, 0.0)])), Some(0.0));
+        assert_eq!(dot(&a, &row(&[(5, 0.0)])), None);
+        assert_eq!(dot(&row(&[(1, 0.0), (5, 1.0)]), &a), Some(3.0));
         assert_eq!(dot(&a, &[]), None);
     }
 
