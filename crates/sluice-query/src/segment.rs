@@ -54,8 +54,9 @@ pub fn pks_of(col: &dyn Array) -> Result<Vec<Pk>, QueryError> {
     }
 }
 
-/// One vector field's values, row after row: `dim` floats per row, or (`dim` 0) a sparse
-/// vector per row, laid out as [`sluice_types::sparse`] describes.
+/// One vector field's values: `dim` floats per row, or (`dim` 0) sparse vectors held as an
+/// inverted index, the form a sparse search reads (the rows themselves stay in the segment's
+/// batches).
 #[derive(Clone, Debug, Default)]
 pub struct VectorColumn {
     /// Floats per vector; 0 for a SPARSE_FLOAT_VECTOR field.
@@ -64,10 +65,11 @@ pub struct VectorColumn {
     pub data: Vec<f32>,
     /// `|v|` per row (cosine).
     pub norms: Vec<f32>,
-    /// Sparse rows back to back (`dim` 0 only).
-    pub sparse: Vec<u8>,
-    /// Where each sparse row starts in `sparse`, and where the last ends (`dim` 0 only).
-    pub sparse_starts: Vec<usize>,
+    /// Per sparse index, the rows (offsets in the segment, increasing) holding a weight other
+    /// than 0 there, with the weight (`dim` 0 only).
+    pub postings: std::collections::HashMap<u32, Vec<(u32, f32)>>,
+    /// Rows appended to a sparse column.
+    pub sparse_rows: usize,
 }
 
 impl VectorColumn {
@@ -75,7 +77,6 @@ impl VectorColumn {
     pub fn new(dim: usize) -> VectorColumn {
         VectorColumn {
             dim,
-            sparse_starts: if dim == 0 { vec![0] } else { Vec::new() },
             ..VectorColumn::default()
         }
     }
@@ -92,12 +93,6 @@ impl VectorColumn {
         &self.data[r * self.dim..(r + 1) * self.dim]
     }
 
-    /// Row `r`'s sparse vector (of a sparse column).
-    #[inline]
-    pub fn sparse_row(&self, r: usize) -> &[u8] {
-        &self.sparse[self.sparse_starts[r]..self.sparse_starts[r + 1]]
-    }
-
     fn append(&mut self, col: &dyn Array) -> Result<(), QueryError> {
         if self.is_sparse() {
             let rows = col.as_binary_opt::<i32>().ok_or_else(|| {
@@ -107,8 +102,14 @@ impl VectorColumn {
                 ))
             })?;
             for r in rows.iter() {
-                self.sparse.extend_from_slice(r.unwrap_or_default());
-                self.sparse_starts.push(self.sparse.len());
+                let at = u32::try_from(self.sparse_rows)
+                    .map_err(|_| QueryError::Invalid("a segment of over 2^32 rows".into()))?;
+                for (index, weight) in sluice_types::sparse::pairs(r.unwrap_or_default()) {
+                    if weight != 0.0 {
+                        self.postings.entry(index).or_default().push((at, weight));
+                    }
+                }
+                self.sparse_rows += 1;
             }
             return Ok(());
         }

@@ -788,24 +788,44 @@ impl ShardData {
         for q in &spec.sparse {
             let mut top = TopK::<RowRef>::new(spec.top_k);
             for (seg, mask) in segments.iter().zip(masks) {
+                // The query's indices in increasing order, each row's products summed as they
+                // come: the same sum, in the same order, as `sparse::dot` of the two rows.
                 let col = &seg.vectors[f];
-                for r in 0..seg.len() {
-                    if !seg.visible(r, t)
-                        || mask.as_ref().is_some_and(|m| !m[r])
-                        || scope.hides(seg, r)
+                let mut scores = vec![0.0f32; seg.len()];
+                let mut seen = vec![false; seg.len()];
+                let mut touched: Vec<u32> = Vec::new();
+                for (index, qw) in sluice_types::sparse::pairs(q) {
+                    let Some(list) = col.postings.get(&index).filter(|_| qw != 0.0) else {
+                        continue;
+                    };
+                    for &(r, w) in list {
+                        let Some(score) = scores.get_mut(r as usize) else {
+                            continue;
+                        };
+                        *score += qw * w;
+                        if !seen[r as usize] {
+                            seen[r as usize] = true;
+                            touched.push(r);
+                        }
+                    }
+                }
+                // In row order, as an exact search meets them (equal scores keep that order).
+                touched.sort_unstable();
+                for r in touched {
+                    let ru = r as usize;
+                    if !seg.visible(ru, t)
+                        || mask.as_ref().is_some_and(|m| !m[ru])
+                        || scope.hides(seg, ru)
                     {
                         continue;
                     }
-                    let Some(ip) = sluice_types::sparse::dot(q, col.sparse_row(r)) else {
-                        continue;
-                    };
-                    let d = -ip;
+                    let d = -scores[ru];
                     if d < top.bound() {
                         top.push(
                             d,
                             RowRef {
                                 segment: seg.id,
-                                offset: r as u32,
+                                offset: r,
                             },
                         );
                     }
