@@ -256,6 +256,8 @@ fn bench_search_reports_recall_and_both_paths_as_json() {
         "search_qps_8",
         "in_process_qps_best",
         "usearch_raw_qps_best",
+        "sparse_qps_best",
+        "sparse_scan_qps_best",
     ] {
         assert!(num(k) > 0.0, "{k}: {json}");
     }

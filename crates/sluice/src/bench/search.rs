@@ -10,6 +10,13 @@
 //!    searched over loopback gRPC by 1 and by 8 concurrent clients (QPS, p50/p99, recall@10),
 //!    and the insert→searchable latency of a single row under STRONG consistency.
 //!
+//! 3. **Sparse, in process**: generated sparse vectors (a 30,000-term vocabulary, about 100
+//!    weights per row drawn with a skew toward frequent terms; at most 100 queries of about
+//!    20) as one sealed segment of a SPARSE_FLOAT_VECTOR field, searched through the shard
+//!    (its inverted index) — against scoring every row with `sparse::dot` and keeping the top
+//!    10, the exact answer the shard must give (checked: the same scores at every rank).
+//!    Rounds alternate.
+//!
 //! The data is `scripts/bench_search.py`'s (Parquet files given with `--data/--queries/--truth`)
 //! or generated here the same way: fixed-seed Gaussian clusters. `--json` prints one JSON object
 //! with the keys that script reads.
@@ -394,6 +401,135 @@ fn in_process(ds: &Dataset, params: &SearchBenchParams) -> anyhow::Result<InProc
     })
 }
 
+/// Sparse search in process: the shard's inverted index against scoring every row.
+struct SparseInProcess {
+    rows: usize,
+    sluice_qps: Vec<f64>,
+    scan_qps: Vec<f64>,
+}
+
+/// Terms of the generated sparse vocabulary.
+const SPARSE_VOCABULARY: u32 = 30_000;
+
+/// A generated sparse row of about `mean` weights: indices skewed toward small (frequent)
+/// terms, weights in (0, 1].
+fn sparse_row(rng: &mut rand::rngs::StdRng, mean: usize) -> Vec<u8> {
+    let n = rng.random_range(1..=2 * mean);
+    let pairs = (0..n)
+        .map(|_| {
+            let u: f64 = rng.random();
+            let index = (u * u * f64::from(SPARSE_VOCABULARY)) as u32;
+            (index, rng.random_range(1..=1000) as f32 / 1000.0)
+        })
+        .collect();
+    sluice_types::sparse::encode(pairs).unwrap_or_default()
+}
+
+fn sparse_in_process(params: &SearchBenchParams) -> anyhow::Result<SparseInProcess> {
+    use arrow_array::BinaryArray;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+    let rows: Vec<Vec<u8>> = (0..params.rows)
+        .map(|_| sparse_row(&mut rng, 100))
+        .collect();
+    // At most 100 queries: scoring every row is the slow side.
+    let queries: Vec<Vec<u8>> = (0..params.nq.clamp(1, 100))
+        .map(|_| sparse_row(&mut rng, 20))
+        .collect();
+    let schema = CollectionSchema {
+        name: "sparse_bench".into(),
+        fields: vec![
+            FieldSchema {
+                field_id: 1,
+                name: "id".into(),
+                data_type: DataType::Int64 as i32,
+                is_primary_key: true,
+                ..FieldSchema::default()
+            },
+            FieldSchema {
+                field_id: 2,
+                name: "sv".into(),
+                data_type: DataType::SparseFloatVector as i32,
+                ..FieldSchema::default()
+            },
+        ],
+        ..CollectionSchema::default()
+    };
+    let arrow = Arc::new(Schema::new(vec![
+        Field::new("id", ArrowType::Int64, false),
+        Field::new("sv", ArrowType::Binary, true),
+    ]));
+    let batch = RecordBatch::try_new(
+        arrow,
+        vec![
+            Arc::new(Int64Array::from_iter_values(0..rows.len() as i64)) as ArrayRef,
+            Arc::new(BinaryArray::from_iter_values(rows.iter())),
+        ],
+    )?;
+    let mut shard = ShardData::new(schema, params.index)?;
+    let seg = shard.prepare_sealed(1, 1, vec![batch], vec![1; rows.len()])?;
+    shard.install_sealed(seg)?;
+
+    // The exact answer: every row scored, best first, equal scores in row order.
+    let scan = |q: &[u8]| -> Vec<i64> {
+        let mut scored: Vec<(f32, i64)> = rows
+            .iter()
+            .enumerate()
+            .filter_map(|(i, r)| Some((sluice_types::sparse::dot(q, r)?, i as i64)))
+            .collect();
+        scored.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+        scored.into_iter().take(K).map(|(_, i)| i).collect()
+    };
+    let (mut sluice_qps, mut scan_qps) = (Vec::new(), Vec::new());
+    let mut found = Vec::new();
+    let mut truth = Vec::new();
+    for _ in 0..params.rounds.max(1) {
+        let started = Instant::now();
+        found.clear();
+        for q in &queries {
+            let spec = SearchSpec {
+                sparse: vec![q.clone()],
+                top_k: K,
+                ..SearchSpec::default()
+            };
+            let hits = shard.search(&spec, u64::MAX - 1)?;
+            found.push(
+                hits[0]
+                    .pks
+                    .iter()
+                    .map(|k| match k {
+                        sluice_query::Pk::Int(v) => *v,
+                        sluice_query::Pk::Str(_) => -1,
+                    })
+                    .collect::<Vec<i64>>(),
+            );
+        }
+        sluice_qps.push(queries.len() as f64 / started.elapsed().as_secs_f64());
+        let started = Instant::now();
+        truth = queries.iter().map(|q| scan(q)).collect::<Vec<_>>();
+        scan_qps.push(queries.len() as f64 / started.elapsed().as_secs_f64());
+    }
+    // The same scores at every rank (rows of equal scores may come in either order).
+    let scores = |q: &[u8], ids: &[i64]| -> Vec<Option<f32>> {
+        ids.iter()
+            .map(|&i| sluice_types::sparse::dot(q, &rows[i as usize]))
+            .collect()
+    };
+    if let Some(i) = (0..queries.len())
+        .find(|&i| scores(&queries[i], &found[i]) != scores(&queries[i], &truth[i]))
+    {
+        bail!(
+            "the sparse search answered query {i} otherwise than scoring every row: {:?} vs {:?}",
+            found[i],
+            truth[i]
+        );
+    }
+    Ok(SparseInProcess {
+        rows: rows.len(),
+        sluice_qps,
+        scan_qps,
+    })
+}
+
 fn best_median(v: &[f64]) -> (f64, f64) {
     let mut s = v.to_vec();
     s.sort_by(f64::total_cmp);
@@ -626,6 +762,21 @@ pub(crate) async fn search(params: SearchBenchParams) -> anyhow::Result<()> {
         sb / rb,
         sm / rm
     );
+    let sp = sparse_in_process(&params)?;
+    let (spb, spm) = best_median(&sp.sluice_qps);
+    let (scb, scm) = best_median(&sp.scan_qps);
+    eprintln!(
+        "# sparse, in process, 1 thread, top-{K}: {} rows of ~100 weights over {SPARSE_VOCABULARY} terms, ~20 per query, {} alternating rounds (answers checked equal)",
+        sp.rows, params.rounds
+    );
+    eprintln!("{:>16} {:>10} {:>10}", "path", "best qps", "median");
+    eprintln!("{:>16} {spb:>10.0} {spm:>10.0}", "sluice shard");
+    eprintln!("{:>16} {scb:>10.0} {scm:>10.0}", "scan every row");
+    eprintln!(
+        "sluice / scan = {:.1} (best), {:.1} (median)",
+        spb / scb,
+        spm / scm
+    );
 
     let mut config = Config {
         data_dir: tmp.path().join("standalone"),
@@ -680,6 +831,10 @@ pub(crate) async fn search(params: SearchBenchParams) -> anyhow::Result<()> {
             "usearch_raw_qps_median": rm,
             "usearch_raw_recall_at_10": ip.raw_recall,
             "in_process_vs_usearch_best": sb / rb,
+            "sparse_qps_best": spb,
+            "sparse_qps_median": spm,
+            "sparse_scan_qps_best": scb,
+            "sparse_scan_qps_median": scm,
         });
         println!("{out}");
     }
