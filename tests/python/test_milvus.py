@@ -3437,6 +3437,21 @@ def test_a_varchar_primary_key_takes_generated_values_as_in_milvus(sluice):
     sluice.delete(name, ids=ids[:3])
     assert sorted(r["pk"] for r in sluice.query(name, "pk != ''")) == sorted(ids[3:] + more)
 
+    # A generated key and one vector field of each kind but FLOAT_VECTOR: the rows are
+    # counted from the vectors alone.
+    for field, make, value in [
+        ("sparse", lambda s: s.add_field("sparse", DataType.SPARSE_FLOAT_VECTOR), {3: 0.5}),
+        ("half", lambda s: s.add_field("half", DataType.FLOAT16_VECTOR, dim=DIM), [0.5] * DIM),
+    ]:
+        only = f"s_auto_id_only_{field}"
+        drop_if_exists(sluice, only)
+        schema = sluice.create_schema(auto_id=True)
+        schema.add_field("pk", DataType.VARCHAR, is_primary=True, max_length=100)
+        make(schema)
+        sluice.create_collection(only, schema=schema)
+        got = sluice.insert(only, [{field: value}, {field: value}])
+        assert got["insert_count"] == 2 and len(set(got["ids"])) == 2, got
+
     short = "s_varchar_auto_id_short"
     drop_if_exists(sluice, short)
     schema = sluice.create_schema(auto_id=True)

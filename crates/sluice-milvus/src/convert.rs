@@ -466,6 +466,12 @@ pub(crate) fn column_len(fd: &FieldData) -> usize {
         },
         Some(field_data::Field::Vectors(v)) => match &v.data {
             Some(vector_field::Data::FloatVector(a)) if v.dim > 0 => a.data.len() / v.dim as usize,
+            Some(vector_field::Data::Float16Vector(b) | vector_field::Data::Bfloat16Vector(b))
+                if v.dim > 0 =>
+            {
+                b.len() / (2 * v.dim as usize)
+            }
+            Some(vector_field::Data::SparseFloatVector(a)) => a.contents.len(),
             _ => 0,
         },
         _ => 0,
