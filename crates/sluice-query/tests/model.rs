@@ -531,14 +531,9 @@ fn a_segment_of_a_dropped_partition_handed_over_late_is_not_taken() {
     assert_eq!(all(&shard), vec![1]);
 }
 
-/// A SPARSE_FLOAT_VECTOR field: searched by inner product over growing and sealed rows, a row
-/// sharing no index with the query is no hit, filters and MVCC apply, the row comes back as it
-/// was written; a dense query, or a metric other than IP, is refused.
-#[test]
-fn sparse_vectors_are_searched_by_inner_product_over_the_rows_that_share_an_index() {
-    use arrow_array::BinaryArray;
-    let sparse = |p: &[(u32, f32)]| sluice_types::sparse::encode(p.to_vec()).unwrap();
-    let schema = CollectionSchema {
+/// A collection of an INT64 key `id` and a SPARSE_FLOAT_VECTOR field `sv`.
+fn sparse_schema() -> CollectionSchema {
+    CollectionSchema {
         name: "docs".into(),
         fields: vec![
             FieldSchema {
@@ -556,21 +551,33 @@ fn sparse_vectors_are_searched_by_inner_product_over_the_rows_that_share_an_inde
             },
         ],
         ..Default::default()
-    };
+    }
+}
+
+/// Rows of [`sparse_schema`]: keys `ids`, sparse vectors `rows`.
+fn sparse_batch(ids: Vec<i64>, rows: &[Vec<u8>]) -> RecordBatch {
+    let schema = Schema::new(vec![
+        Field::new("id", ArrowType::Int64, false),
+        Field::new("sv", ArrowType::Binary, true),
+    ]);
+    let cols: Vec<ArrayRef> = vec![
+        Arc::new(Int64Array::from(ids)),
+        Arc::new(arrow_array::BinaryArray::from(
+            rows.iter().map(Vec::as_slice).collect::<Vec<_>>(),
+        )),
+    ];
+    RecordBatch::try_new(Arc::new(schema), cols).unwrap()
+}
+
+/// A SPARSE_FLOAT_VECTOR field: searched by inner product over growing and sealed rows, a row
+/// sharing no index with the query is no hit, filters and MVCC apply, the row comes back as it
+/// was written; a dense query, or a metric other than IP, is refused.
+#[test]
+fn sparse_vectors_are_searched_by_inner_product_over_the_rows_that_share_an_index() {
+    let sparse = |p: &[(u32, f32)]| sluice_types::sparse::encode(p.to_vec()).unwrap();
+    let schema = sparse_schema();
     let mut shard = ShardData::new(schema.clone(), IndexParams::default()).unwrap();
-    let rows = |ids: Vec<i64>, vs: Vec<Vec<u8>>| {
-        let cols: Vec<ArrayRef> = vec![
-            Arc::new(Int64Array::from(ids)),
-            Arc::new(BinaryArray::from(
-                vs.iter().map(Vec::as_slice).collect::<Vec<_>>(),
-            )),
-        ];
-        let s = Schema::new(vec![
-            Field::new("id", ArrowType::Int64, false),
-            Field::new("sv", ArrowType::Binary, true),
-        ]);
-        RecordBatch::try_new(Arc::new(s), cols).unwrap()
-    };
+    let rows = |ids: Vec<i64>, vs: Vec<Vec<u8>>| sparse_batch(ids, &vs);
     let sealed = shard
         .prepare_sealed(
             1,
@@ -654,30 +661,7 @@ fn sparse_vectors_are_searched_by_inner_product_over_the_rows_that_share_an_inde
 /// rows in several growing and sealed segments with zero weights, deletes and top-k cuts.
 #[test]
 fn the_sparse_search_answers_as_scoring_every_row_does() {
-    use arrow_array::BinaryArray;
-    let schema = CollectionSchema {
-        name: "docs".into(),
-        fields: vec![
-            FieldSchema {
-                field_id: 1,
-                name: "id".into(),
-                data_type: DataType::Int64 as i32,
-                is_primary_key: true,
-                ..Default::default()
-            },
-            FieldSchema {
-                field_id: 2,
-                name: "sv".into(),
-                data_type: DataType::SparseFloatVector as i32,
-                ..Default::default()
-            },
-        ],
-        ..Default::default()
-    };
-    let arrow = Arc::new(Schema::new(vec![
-        Field::new("id", ArrowType::Int64, false),
-        Field::new("sv", ArrowType::Binary, true),
-    ]));
+    let schema = sparse_schema();
     let mut rng = StdRng::seed_from_u64(7);
     let random_row = |rng: &mut StdRng| {
         let n = rng.random_range(0..8);
@@ -699,16 +683,7 @@ fn the_sparse_search_answers_as_scoring_every_row_does() {
         let ids: Vec<i64> = (seg * 50..seg * 50 + 50).collect();
         let rows: Vec<Vec<u8>> = ids.iter().map(|_| random_row(&mut rng)).collect();
         let ts = 100 + seg as u64;
-        let batch = RecordBatch::try_new(
-            arrow.clone(),
-            vec![
-                Arc::new(Int64Array::from(ids.clone())) as ArrayRef,
-                Arc::new(BinaryArray::from(
-                    rows.iter().map(Vec::as_slice).collect::<Vec<_>>(),
-                )),
-            ],
-        )
-        .unwrap();
+        let batch = sparse_batch(ids.clone(), &rows);
         if seg % 2 == 0 {
             let sealed = shard
                 .prepare_sealed(seg, 1, vec![batch], vec![ts; ids.len()])

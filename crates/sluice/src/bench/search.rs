@@ -297,6 +297,19 @@ fn schema(dim: usize) -> CollectionSchema {
     }
 }
 
+/// The integer keys of the first query's hits of a search of `shard` that sees every row.
+fn top_ids(shard: &ShardData, spec: &SearchSpec) -> anyhow::Result<Vec<i64>> {
+    let hits = shard.search(spec, u64::MAX - 1)?;
+    Ok(hits[0]
+        .pks
+        .iter()
+        .map(|k| match k {
+            sluice_query::Pk::Int(v) => *v,
+            sluice_query::Pk::Str(_) => -1,
+        })
+        .collect())
+}
+
 struct InProcess {
     build_s: f64,
     raw_build_s: f64,
@@ -367,17 +380,7 @@ fn in_process(ds: &Dataset, params: &SearchBenchParams) -> anyhow::Result<InProc
         let started = Instant::now();
         sluice_found.clear();
         for q in &ds.queries {
-            let hits = shard.search(&spec(q), u64::MAX - 1)?;
-            sluice_found.push(
-                hits[0]
-                    .pks
-                    .iter()
-                    .map(|k| match k {
-                        sluice_query::Pk::Int(v) => *v,
-                        sluice_query::Pk::Str(_) => -1,
-                    })
-                    .collect::<Vec<i64>>(),
-            );
+            sluice_found.push(top_ids(&shard, &spec(q))?);
         }
         sluice_qps.push(ds.queries.len() as f64 / started.elapsed().as_secs_f64());
         let started = Instant::now();
@@ -491,17 +494,7 @@ fn sparse_in_process(params: &SearchBenchParams) -> anyhow::Result<SparseInProce
                 top_k: K,
                 ..SearchSpec::default()
             };
-            let hits = shard.search(&spec, u64::MAX - 1)?;
-            found.push(
-                hits[0]
-                    .pks
-                    .iter()
-                    .map(|k| match k {
-                        sluice_query::Pk::Int(v) => *v,
-                        sluice_query::Pk::Str(_) => -1,
-                    })
-                    .collect::<Vec<i64>>(),
-            );
+            found.push(top_ids(&shard, &spec)?);
         }
         sluice_qps.push(queries.len() as f64 / started.elapsed().as_secs_f64());
         let started = Instant::now();
