@@ -3419,12 +3419,19 @@ def test_a_varchar_primary_key_takes_generated_values_as_in_milvus(sluice):
     gets the generated integer's decimal text, returned by insert, readable and deletable by
     it; a generated key longer than max_length is refused like any other value. (milvus-lite
     refuses the schema; Milvus has taken it since 2.3.)"""
+
+    def generated_key_collection(name, max_length, add_vector):
+        drop_if_exists(sluice, name)
+        schema = sluice.create_schema(auto_id=True)
+        schema.add_field("pk", DataType.VARCHAR, is_primary=True, max_length=max_length)
+        add_vector(schema)
+        sluice.create_collection(name, schema=schema)
+
+    def dense(s):
+        s.add_field("vector", DataType.FLOAT_VECTOR, dim=DIM)
+
     name = "s_varchar_auto_id"
-    drop_if_exists(sluice, name)
-    schema = sluice.create_schema(auto_id=True)
-    schema.add_field("pk", DataType.VARCHAR, is_primary=True, max_length=100)
-    schema.add_field("vector", DataType.FLOAT_VECTOR, dim=DIM)
-    sluice.create_collection(name, schema=schema)
+    generated_key_collection(name, 100, dense)
     assert sluice.describe_collection(name)["auto_id"] is True
     got = sluice.insert(name, [{"vector": [0.1 * i] * DIM} for i in range(5)])
     ids = list(got["ids"])
@@ -3444,20 +3451,12 @@ def test_a_varchar_primary_key_takes_generated_values_as_in_milvus(sluice):
         ("half", lambda s: s.add_field("half", DataType.FLOAT16_VECTOR, dim=DIM), [0.5] * DIM),
     ]:
         only = f"s_auto_id_only_{field}"
-        drop_if_exists(sluice, only)
-        schema = sluice.create_schema(auto_id=True)
-        schema.add_field("pk", DataType.VARCHAR, is_primary=True, max_length=100)
-        make(schema)
-        sluice.create_collection(only, schema=schema)
+        generated_key_collection(only, 100, make)
         got = sluice.insert(only, [{field: value}, {field: value}])
         assert got["insert_count"] == 2 and len(set(got["ids"])) == 2, got
 
     short = "s_varchar_auto_id_short"
-    drop_if_exists(sluice, short)
-    schema = sluice.create_schema(auto_id=True)
-    schema.add_field("pk", DataType.VARCHAR, is_primary=True, max_length=1)
-    schema.add_field("vector", DataType.FLOAT_VECTOR, dim=DIM)
-    sluice.create_collection(short, schema=schema)
+    generated_key_collection(short, 1, dense)
     with pytest.raises(MilvusException, match="max_length"):
         sluice.insert(short, [{"vector": [0.5] * DIM}])
     assert sluice.query(short, "", output_fields=["count(*)"])[0]["count(*)"] == 0

@@ -54,28 +54,15 @@ pub(crate) struct FlushParams<'a> {
 }
 
 fn schema(dim: usize) -> CollectionSchema {
-    CollectionSchema {
-        name: "bench".into(),
-        fields: vec![
-            FieldSchema {
-                field_id: 1,
-                name: "id".into(),
-                data_type: DataType::Int64 as i32,
-                is_primary_key: true,
-                ..Default::default()
-            },
-            FieldSchema {
-                field_id: 2,
-                name: "vec".into(),
-                data_type: DataType::FloatVector as i32,
-                dim: dim as u32,
-                ..Default::default()
-            },
-        ],
-        shards: 1,
-        version: 1,
-        ..Default::default()
-    }
+    super::key_and_vector(
+        "bench",
+        FieldSchema {
+            name: "vec".into(),
+            data_type: DataType::FloatVector as i32,
+            dim: dim as u32,
+            ..Default::default()
+        },
+    )
 }
 
 pub(super) fn batch(first: i64, rows: usize, dim: usize) -> anyhow::Result<RecordBatch> {

@@ -45,6 +45,34 @@ pub(crate) mod search;
 
 const COLLECTION: i64 = 1;
 const PARTITION: i64 = 1;
+/// A one-shard collection `name` of an INT64 primary key `id` (field 1) and `vector` (field 2):
+/// the schema the flush and sparse search benchmarks write.
+pub(crate) fn key_and_vector(
+    name: &str,
+    vector: sluice_types::schema::FieldSchema,
+) -> sluice_types::schema::CollectionSchema {
+    use sluice_types::schema::{CollectionSchema, DataType, FieldSchema};
+    CollectionSchema {
+        name: name.into(),
+        fields: vec![
+            FieldSchema {
+                field_id: 1,
+                name: "id".into(),
+                data_type: DataType::Int64 as i32,
+                is_primary_key: true,
+                ..FieldSchema::default()
+            },
+            FieldSchema {
+                field_id: 2,
+                ..vector
+            },
+        ],
+        shards: 1,
+        version: 1,
+        ..CollectionSchema::default()
+    }
+}
+
 /// The one pchannel `bench grpc`'s standalone server manages.
 const GRPC_PCHANNEL: &str = "bench_0";
 

@@ -438,29 +438,15 @@ fn sparse_in_process(params: &SearchBenchParams) -> anyhow::Result<SparseInProce
     let queries: Vec<Vec<u8>> = (0..params.nq.clamp(1, 100))
         .map(|_| sparse_row(&mut rng, 20))
         .collect();
-    let schema = CollectionSchema {
-        name: "sparse_bench".into(),
-        fields: vec![
-            FieldSchema {
-                field_id: 1,
-                name: "id".into(),
-                data_type: DataType::Int64 as i32,
-                is_primary_key: true,
-                ..FieldSchema::default()
-            },
-            FieldSchema {
-                field_id: 2,
-                name: "sv".into(),
-                data_type: DataType::SparseFloatVector as i32,
-                ..FieldSchema::default()
-            },
-        ],
-        ..CollectionSchema::default()
-    };
-    let arrow = Arc::new(Schema::new(vec![
-        Field::new("id", ArrowType::Int64, false),
-        Field::new("sv", ArrowType::Binary, true),
-    ]));
+    let schema = super::key_and_vector(
+        "sparse_bench",
+        FieldSchema {
+            name: "sv".into(),
+            data_type: DataType::SparseFloatVector as i32,
+            ..FieldSchema::default()
+        },
+    );
+    let arrow = sluice_storage::rows::arrow_schema(&schema)?;
     let batch = RecordBatch::try_new(
         arrow,
         vec![
