@@ -18,6 +18,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .type_attribute(".sluice.v1.ResourceKey", "#[derive(Eq, Hash)]")
         .type_attribute(".sluice.v1.FieldSchema", "#[derive(Eq)]")
         .type_attribute(".sluice.v1.CollectionSchema", "#[derive(Eq)]")
+        .type_attribute(".sluice.v1.FunctionSchema", "#[derive(Eq)]")
         .compile_fds(descriptors)?;
     Ok(())
 }

@@ -8,6 +8,7 @@ where Sluice deliberately differs, the test says so and checks Sluice's own answ
 import json
 import math
 import random
+import re
 import tempfile
 import time
 
@@ -3460,3 +3461,172 @@ def test_a_varchar_primary_key_takes_generated_values_as_in_milvus(sluice):
     with pytest.raises(MilvusException, match="max_length"):
         sluice.insert(short, [{"vector": [0.5] * DIM}])
     assert sluice.query(short, "", output_fields=["count(*)"])[0]["count(*)"] == 0
+
+
+WORDS = (
+    "river stone bridge lantern harbor meadow signal copper orchard canyon glacier "
+    "ember falcon prairie tundra".split()
+)
+
+
+def text_rows(n, seed, start=0):
+    rnd = random.Random(seed)
+    out = []
+    for i in range(start, start + n):
+        words = [rnd.choice(WORDS) for _ in range(rnd.randint(1, 14))]
+        # Capitals and punctuation: the standard analyzer lowercases and splits on them.
+        words = [w.upper() if rnd.random() < 0.1 else w for w in words]
+        out.append({"id": i, "text": ", ".join(words) + ".", "tag": i % 4, "dense": [rnd.random() for _ in range(4)]})
+    return out
+
+
+def bm25_collection(c, name, data, k1=1.5, b=0.75):
+    """A collection with a BM25 function from `text` to `sparse` (and a dense field), holding
+    `data`; k1 1.5 because milvus-lite takes no other."""
+    from pymilvus import Function, FunctionType
+
+    drop_if_exists(c, name)
+    schema = c.create_schema()
+    schema.add_field("id", DataType.INT64, is_primary=True)
+    schema.add_field("text", DataType.VARCHAR, max_length=2000, enable_analyzer=True)
+    schema.add_field("sparse", DataType.SPARSE_FLOAT_VECTOR)
+    schema.add_field("tag", DataType.INT64)
+    schema.add_field("dense", DataType.FLOAT_VECTOR, dim=4)
+    schema.add_function(
+        Function(name="text_bm25", function_type=FunctionType.BM25, input_field_names=["text"], output_field_names=["sparse"])
+    )
+    index = c.prepare_index_params()
+    index.add_index(
+        field_name="sparse",
+        index_type="SPARSE_INVERTED_INDEX",
+        metric_type="BM25",
+        params={"inverted_index_algo": "DAAT_MAXSCORE", "bm25_k1": k1, "bm25_b": b},
+    )
+    index.add_index(field_name="dense", index_type="FLAT", metric_type="L2")
+    c.create_collection(name, schema=schema, index_params=index)
+    c.insert(name, data)
+
+
+def test_full_text_search_scores_like_milvus(sluice, lite):
+    """A BM25 function: text rows in, text queries scored by BM25 (one segment's statistics
+    in milvus-lite, the shard's in Sluice: the same here), with limits, offsets and output
+    fields; milvus-lite answers BM25 distances negated, Milvus (and Sluice) as they are."""
+    data = text_rows(200, seed=31)
+    queries = ["river stone", "COPPER copper lantern!", "tundra", "nothing here", "ember, falcon; prairie glacier"]
+
+    def f(c):
+        bm25_collection(c, "d_bm25", data)
+        out = []
+        for i, q in enumerate(queries):
+            kw = dict(anns_field="sparse", limit=3 + i, output_fields=["text", "tag"])
+            if i % 2 == 1:
+                kw["search_params"] = {"offset": 2}
+            found = c.search("d_bm25", data=[q, queries[(i + 2) % 5]], **kw)
+            # Equal scores may come in either order, and the limit may cut between them: each
+            # query's scores, and its hits but those scored as the last.
+            for hits in found:
+                scores = [round(abs(h["distance"]), 4) for h in hits]
+                sure = {h["id"]: h["entity"]["tag"] for h, s in zip(hits, scores) if s != scores[-1]}
+                out.append((scores, sure))
+        return out
+
+    s, l = both(sluice, lite, f)
+    assert s == l
+    # Two queries per search: "nothing here" (no term in any row) is the 4th and the 7th.
+    assert [i for i, (scores, _) in enumerate(s) if not scores] == [3, 6]
+    hits = sluice.search("d_bm25", data=["harbor"], anns_field="sparse", limit=5, output_fields=["text"])[0]
+    assert hits and all(h["distance"] > 0 and "harbor" in h["entity"]["text"].lower() for h in hits)
+    assert [h["distance"] for h in hits] == sorted((h["distance"] for h in hits), reverse=True)
+
+
+def test_full_text_search_in_sluice_reads_the_shards_statistics_and_refuses_what_milvus_refuses(sluice):
+    """Sluice's BM25: rows flushed and growing and deleted all count in the statistics (as
+    Milvus's per-shard statistics do), filters pick hits without changing scores, release and
+    load answer the same, hybrid search with a dense field works; the output field is
+    described as a function output, never returned, never written; text on another field, a
+    vector on the BM25 field, another metric and TEXT_MATCH's enable_match are refused."""
+    from pymilvus import AnnSearchRequest, Function, FunctionType, MilvusException, RRFRanker
+
+    data = text_rows(120, seed=41)
+    bm25_collection(sluice, "s_bm25", data[:80], k1=1.2, b=0.75)
+    sluice.flush("s_bm25")
+    sluice.insert("s_bm25", data[80:])
+    sluice.delete("s_bm25", ids=[3, 90])
+
+    def search(**kw):
+        got = sluice.search("s_bm25", data=["river copper"], anns_field="sparse", limit=200, **kw)[0]
+        return {h["id"]: h["distance"] for h in got}
+
+    every = search()
+    assert every and 3 not in every and 90 not in every
+    # By hand: BM25 over all 120 rows (the deleted two counted), k1 1.2, b 0.75.
+    docs = {r["id"]: re.findall(r"[a-z0-9]+", r["text"].lower()) for r in data}
+    avgdl = sum(len(t) for t in docs.values()) / len(docs)
+    want = {}
+    for i, terms in docs.items():
+        if i in (3, 90):
+            continue
+        score = 0.0
+        for term in ("river", "copper"):
+            tf = terms.count(term)
+            if tf:
+                df = sum(term in t for t in docs.values())
+                idf = math.log(1 + (len(docs) - df + 0.5) / (df + 0.5))
+                score += idf * tf * 2.2 / (tf + 1.2 * (0.25 + 0.75 * len(terms) / avgdl))
+        if score:
+            want[i] = score
+    assert every.keys() == want.keys()
+    assert all(abs(every[i] - want[i]) < 1e-4 for i in want)
+    # A filter picks the hits; the scores stay.
+    odd = search(filter="tag == 1")
+    assert odd == {i: s for i, s in every.items() if i % 4 == 1}
+    sluice.release_collection("s_bm25")
+    sluice.load_collection("s_bm25")
+    assert search() == every
+    reqs = [
+        AnnSearchRequest(["river copper"], "sparse", {"metric_type": "BM25"}, limit=10),
+        AnnSearchRequest([data[5]["dense"]], "dense", {"metric_type": "L2"}, limit=10),
+    ]
+    fused = sluice.hybrid_search("s_bm25", reqs, RRFRanker(), limit=30)[0]
+    assert 5 in {h["id"] for h in fused}
+    assert max(every, key=every.get) in {h["id"] for h in fused}
+
+    described = sluice.describe_collection("s_bm25")
+    fields = {f["name"]: f for f in described["fields"]}
+    assert fields["sparse"].get("is_function_output") is True
+    assert fields["text"]["params"].get("enable_analyzer") in (True, "true")
+    assert described["functions"][0]["input_field_names"] == ["text"]
+    assert described["functions"][0]["output_field_names"] == ["sparse"]
+    assert "sparse" not in sluice.query("s_bm25", filter="id == 1", output_fields=["*"])[0]
+    assert sluice.describe_index("s_bm25", "sparse")["metric_type"] == "BM25"
+
+    with pytest.raises(MilvusException, match="not allowed to retrieve"):
+        sluice.query("s_bm25", filter="id == 1", output_fields=["sparse"])
+    with pytest.raises(MilvusException, match="BM25"):
+        sluice.search("s_bm25", data=[{1: 0.5}], anns_field="sparse", limit=3)
+    with pytest.raises(MilvusException):
+        sluice.search("s_bm25", data=["river"], anns_field="dense", limit=3)
+    with pytest.raises(MilvusException, match="metric"):
+        sluice.search("s_bm25", data=["river"], anns_field="sparse", limit=3, search_params={"metric_type": "IP"})
+    before = sluice.query("s_bm25", filter="", output_fields=["count(*)"])[0]["count(*)"]
+    with pytest.raises(MilvusException):
+        sluice.insert("s_bm25", [{"id": 999, "text": "x", "tag": 0, "dense": [0.0] * 4, "sparse": {1: 1.0}}])
+    assert sluice.query("s_bm25", filter="", output_fields=["count(*)"])[0]["count(*)"] == before
+
+    def refused(edit):
+        drop_if_exists(sluice, "s_bm25_bad")
+        schema = sluice.create_schema()
+        schema.add_field("id", DataType.INT64, is_primary=True)
+        schema.add_field("text", DataType.VARCHAR, max_length=100, **edit.get("text", {"enable_analyzer": True}))
+        schema.add_field("sparse", DataType.SPARSE_FLOAT_VECTOR)
+        schema.add_function(
+            Function(name="f", function_type=FunctionType.BM25, input_field_names=[edit.get("input", "text")], output_field_names=["sparse"])
+        )
+        with pytest.raises(MilvusException):
+            sluice.create_collection("s_bm25_bad", schema=schema)
+        assert not sluice.has_collection("s_bm25_bad")
+
+    refused({"text": {}})  # no analyzer
+    refused({"text": {"enable_analyzer": True, "enable_match": True}})
+    refused({"text": {"enable_analyzer": True, "analyzer_params": {"tokenizer": "jieba"}}})
+    refused({"input": "id"})

@@ -57,9 +57,6 @@ pub(crate) fn schema_to_sluice(
     name: &str,
     shards: u32,
 ) -> Result<(CollectionSchema, HashMap<String, String>), Failure> {
-    if !m.functions.is_empty() {
-        return Err(Failure::unsupported("a collection with functions"));
-    }
     if !m.struct_array_fields.is_empty() {
         return Err(Failure::unsupported("a struct array field"));
     }
@@ -96,6 +93,14 @@ pub(crate) fn schema_to_sluice(
         }
         fields.push(field);
     }
+    let functions = m
+        .functions
+        .iter()
+        .map(function_to_sluice)
+        .collect::<Result<Vec<_>, _>>()?;
+    for f in &mut fields {
+        f.is_function_output = functions.iter().any(|func| func.output_field == f.name);
+    }
     if m.enable_dynamic_field {
         fields.push(FieldSchema {
             name: DYNAMIC_FIELD.into(),
@@ -125,9 +130,46 @@ pub(crate) fn schema_to_sluice(
             fields,
             shards,
             version: 0,
+            functions,
         },
         props,
     ))
+}
+
+/// A Milvus function as Sluice's: BM25 from one input field to one output field (its fields'
+/// rules are checked with the schema's).
+fn function_to_sluice(
+    f: &ms::FunctionSchema,
+) -> Result<sluice_types::schema::FunctionSchema, Failure> {
+    use sluice_types::schema::FunctionType;
+    if ms::FunctionType::try_from(f.r#type) != Ok(ms::FunctionType::Bm25) {
+        return Err(Failure::unsupported(format!(
+            "function {:?} of type {}: BM25 is the function Sluice runs",
+            f.name,
+            ms::FunctionType::try_from(f.r#type).map_or("unknown", |t| t.as_str_name())
+        )));
+    }
+    let ([input], [output]) = (
+        f.input_field_names.as_slice(),
+        f.output_field_names.as_slice(),
+    ) else {
+        return Err(Failure::invalid(format!(
+            "BM25 function {:?} needs exactly one input and one output field",
+            f.name
+        )));
+    };
+    if let Some(p) = f.params.first() {
+        return Err(Failure::invalid(format!(
+            "BM25 function {:?} takes no params (it has {:?})",
+            f.name, p.key
+        )));
+    }
+    Ok(sluice_types::schema::FunctionSchema {
+        name: f.name.clone(),
+        r#type: FunctionType::Bm25 as i32,
+        input_field: input.clone(),
+        output_field: output.clone(),
+    })
 }
 
 /// One Milvus field as a Sluice field (its id left 0); a field Sluice stores as another type
@@ -175,6 +217,24 @@ pub(crate) fn field_to_sluice(
             )));
         }
     };
+    let flag = |key: &str| -> Result<bool, Failure> {
+        match param(&f.type_params, key) {
+            None => Ok(false),
+            Some(v) if v.eq_ignore_ascii_case("true") => Ok(true),
+            Some(v) if v.eq_ignore_ascii_case("false") => Ok(false),
+            Some(v) => Err(Failure::invalid(format!(
+                "field {:?}: {key} {v:?} is not true or false",
+                f.name
+            ))),
+        }
+    };
+    if flag("enable_match")? {
+        return Err(Failure::unsupported(format!(
+            "enable_match (TEXT_MATCH filters) on field {:?}; enable_analyzer for BM25 search is \
+             supported",
+            f.name
+        )));
+    }
     let number = |key: &str| -> Result<u32, Failure> {
         match param(&f.type_params, key) {
             None => Ok(0),
@@ -199,6 +259,11 @@ pub(crate) fn field_to_sluice(
         nullable: f.nullable,
         description: f.description.clone(),
         is_dynamic: false,
+        enable_analyzer: flag("enable_analyzer")?,
+        analyzer_params: param(&f.type_params, "analyzer_params")
+            .unwrap_or_default()
+            .to_owned(),
+        is_function_output: f.is_function_output,
     })
 }
 
@@ -412,6 +477,12 @@ pub(crate) fn schema_to_milvus(
             if let Some(a) = array {
                 type_params.extend(a.type_params());
             }
+            if f.enable_analyzer {
+                type_params.push(kv("enable_analyzer", "true".into()));
+                if !f.analyzer_params.is_empty() {
+                    type_params.push(kv("analyzer_params", f.analyzer_params.clone()));
+                }
+            }
             if let Some(v) = json_object(props, PROP_FIELD_MMAP)
                 .get(&f.name)
                 .and_then(Value::as_str)
@@ -435,8 +506,30 @@ pub(crate) fn schema_to_milvus(
                 default_value: default_to_milvus(&f.name, milvus_type(f, props), props),
                 is_partition_key: props.get(PROP_PARTITION_KEY) == Some(&f.name),
                 element_type: array.map_or(0, |a| a.element as i32),
+                is_function_output: f.is_function_output,
                 ..Default::default()
             }
+        })
+        .collect();
+    let id_of = |name: &str| {
+        s.fields
+            .iter()
+            .find(|f| f.name == name)
+            .map_or(0, |f| 100 + f.field_id)
+    };
+    let functions = s
+        .functions
+        .iter()
+        .enumerate()
+        .map(|(i, func)| ms::FunctionSchema {
+            name: func.name.clone(),
+            id: 100 + i as i64,
+            r#type: ms::FunctionType::Bm25 as i32,
+            input_field_names: vec![func.input_field.clone()],
+            input_field_ids: vec![id_of(&func.input_field)],
+            output_field_names: vec![func.output_field.clone()],
+            output_field_ids: vec![id_of(&func.output_field)],
+            ..Default::default()
         })
         .collect();
     #[allow(deprecated)]
@@ -445,6 +538,7 @@ pub(crate) fn schema_to_milvus(
         description: s.description.clone(),
         auto_id: s.fields.iter().any(|f| f.is_primary_key && f.auto_id),
         fields,
+        functions,
         enable_dynamic_field: s.fields.iter().any(|f| f.is_dynamic),
         ..Default::default()
     }
@@ -653,6 +747,13 @@ pub(crate) fn json_rows_from_milvus(
                 return Err(Failure::invalid(format!(
                     "field {:?} does not exist in the collection",
                     fd.field_name
+                )));
+            }
+            if let Some(func) = sluice_types::schema::bm25_of(schema, &fd.field_name) {
+                return Err(Failure::invalid(format!(
+                    "field {:?} is the output of BM25 function {:?}: it is computed from field \
+                     {:?}; give that text instead",
+                    fd.field_name, func.name, func.input_field
                 )));
             }
             fd.field_name.clone()

@@ -213,8 +213,11 @@ impl Ranker {
             Fusion::Weighted { weights, normalize } => {
                 let s = f64::from(score);
                 // L2 is always mapped: its raw distances rank the other way round.
-                let map =
-                    *normalize || !matches!(metric, v1::MetricType::Ip | v1::MetricType::Cosine);
+                let map = *normalize
+                    || !matches!(
+                        metric,
+                        v1::MetricType::Ip | v1::MetricType::Cosine | v1::MetricType::Bm25
+                    );
                 let s = if map { normalized(metric, s) } else { s };
                 weights[i] * s
             }
@@ -344,6 +347,8 @@ fn normalized(metric: v1::MetricType, s: f64) -> f64 {
     match metric {
         v1::MetricType::Ip => 0.5 + s.atan() / PI,
         v1::MetricType::Cosine => (1.0 + s) * 0.5,
+        // BM25 scores are never negative.
+        v1::MetricType::Bm25 => 2.0 * s.atan() / PI,
         _ => 1.0 - 2.0 * s.atan() / PI,
     }
 }
@@ -445,6 +450,8 @@ mod tests {
         assert!((normalized(L2, 0.0) - 1.0).abs() < 1e-9);
         assert!(normalized(L2, 0.5) > normalized(L2, 2.0));
         assert!(normalized(Ip, 2.0) > normalized(Ip, 0.5));
+        assert!(normalized(Bm25, 0.0).abs() < 1e-9);
+        assert!(normalized(Bm25, 2.0) > normalized(Bm25, 0.5));
         // IP scores take any sign; L2 distances are never negative.
         for (m, s) in [
             (Ip, -5.0),

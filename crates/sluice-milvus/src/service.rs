@@ -289,9 +289,12 @@ impl Collection {
         }
     }
 
-    /// The metric of the index on `field` (when it has none: COSINE, Milvus's default, or IP
-    /// for a sparse vector field).
+    /// The metric of the index on `field` (when it has none: COSINE, Milvus's default, IP for a
+    /// sparse vector field, BM25 for a BM25 function's output).
     fn metric_of(&self, field: &str) -> String {
+        if sluice_types::schema::bm25_of(&self.schema, field).is_some() {
+            return "BM25".into();
+        }
         let sparse = self
             .schema
             .fields
@@ -848,6 +851,8 @@ enum QueryVectors {
     Dense(Vec<v1::FloatVector>),
     /// Each laid out as [`sluice_types::sparse`] describes.
     Sparse(Vec<Vec<u8>>),
+    /// Text queries of a BM25 function's output field.
+    Text(Vec<String>),
 }
 
 impl QueryVectors {
@@ -855,6 +860,7 @@ impl QueryVectors {
         match self {
             QueryVectors::Dense(v) => v.len(),
             QueryVectors::Sparse(v) => v.len(),
+            QueryVectors::Text(v) => v.len(),
         }
     }
 }
@@ -879,13 +885,15 @@ fn drop_ratio(params: &serde_json::Map<String, Value>, key: &str) -> Result<f64,
 }
 
 /// The index to record for a SPARSE_FLOAT_VECTOR field: SPARSE_INVERTED_INDEX, SPARSE_WAND or
-/// AUTOINDEX, by IP (the default; BM25 needs a BM25 function, which Sluice does not have), with
-/// `drop_ratio_build` and `inverted_index_algo` checked and described back. Sluice searches
-/// sparse vectors row by row, every weight counted, so neither shapes an answer.
+/// AUTOINDEX, by IP (the default) — or, on a BM25 function's output (`bm25`), by BM25 with its
+/// `bm25_k1` and `bm25_b` (the searches' parameters) — with `drop_ratio_build` and
+/// `inverted_index_algo` checked and described back. Sluice searches every weight of the rows
+/// holding a query's indices, so neither of those shapes an answer.
 fn sparse_index(
     index_type: &str,
     metric_type: Option<&str>,
     given: &serde_json::Map<String, Value>,
+    bm25: bool,
 ) -> Result<serde_json::Map<String, Value>, Failure> {
     if !matches!(
         index_type,
@@ -898,17 +906,46 @@ fn sparse_index(
     }
     let metric_type = metric_type
         .filter(|m| !m.is_empty())
-        .unwrap_or("IP")
+        .unwrap_or(if bm25 { "BM25" } else { "IP" })
         .to_ascii_uppercase();
-    if metric_type != "IP" {
-        return Err(Failure::invalid(format!(
-            "metric type {metric_type} for a sparse float vector field: it is searched by IP \
-             (BM25 needs a BM25 function, which Sluice does not have)"
-        )));
+    match (metric_type.as_str(), bm25) {
+        ("IP", false) | ("BM25", true) => {}
+        (_, false) => {
+            return Err(Failure::invalid(format!(
+                "metric type {metric_type} for a sparse float vector field: it is searched by IP \
+                 (BM25 is for a BM25 function's output field)"
+            )));
+        }
+        (_, true) => {
+            return Err(Failure::invalid(format!(
+                "metric type {metric_type} for a BM25 function's output field: it is searched \
+                 by BM25"
+            )));
+        }
     }
+    let (mut k1, mut b) = (
+        sluice_types::text::DEFAULT_BM25_K1,
+        sluice_types::text::DEFAULT_BM25_B,
+    );
     let mut params = serde_json::Map::new();
     for (key, value) in given {
         match key.as_str() {
+            "bm25_k1" | "bm25_b" if bm25 => {
+                let x = match value {
+                    Value::Number(n) => n.as_f64(),
+                    Value::String(s) => s.trim().parse().ok(),
+                    _ => None,
+                }
+                .ok_or_else(|| Failure::invalid(format!("{key} is {value}: a number")))?;
+                if key == "bm25_k1" {
+                    k1 = x as f32;
+                } else {
+                    b = x as f32;
+                }
+                sluice_types::text::check_bm25_params(k1, b).map_err(Failure::invalid)?;
+                params.insert(key.clone(), x.into());
+                continue;
+            }
             "drop_ratio_build" => {
                 params.insert(key.clone(), drop_ratio(given, key)?.into());
                 continue;
@@ -924,7 +961,8 @@ fn sparse_index(
             _ => {
                 return Err(Failure::unsupported(format!(
                     "index parameter {key:?} with index type {index_type} (it takes \
-                     drop_ratio_build, inverted_index_algo)"
+                     drop_ratio_build, inverted_index_algo{})",
+                    if bm25 { ", bm25_k1, bm25_b" } else { "" }
                 )));
             }
         }
@@ -956,6 +994,7 @@ fn metric(name: &str) -> Result<v1::MetricType, Failure> {
         "L2" => v1::MetricType::L2,
         "IP" => v1::MetricType::Ip,
         "COSINE" => v1::MetricType::Cosine,
+        "BM25" => v1::MetricType::Bm25,
         other => return Err(Failure::unsupported(format!("metric type {other:?}"))),
     })
 }
@@ -980,7 +1019,8 @@ fn output_fields(c: &Collection, asked: &[String]) -> Result<(Vec<String>, Vec<S
     };
     for name in asked {
         if name == "*" {
-            for f in &c.schema.fields {
+            // A BM25 function's output is computed for search, never returned (as in Milvus).
+            for f in c.schema.fields.iter().filter(|f| !f.is_function_output) {
                 add(&f.name, &mut fields);
                 report.push(if f.is_dynamic {
                     MILVUS_DYNAMIC.to_owned()
@@ -991,6 +1031,11 @@ fn output_fields(c: &Collection, asked: &[String]) -> Result<(Vec<String>, Vec<S
         } else if name == MILVUS_DYNAMIC {
             add(DYNAMIC_FIELD, &mut fields);
             report.push(name.clone());
+        } else if sluice_types::schema::bm25_of(&c.schema, name).is_some() {
+            return Err(Failure::invalid(format!(
+                "not allowed to retrieve raw data of field {name}: the output of a BM25 \
+                 function is computed for search"
+            )));
         } else if c
             .schema
             .fields
@@ -2175,6 +2220,7 @@ impl MilvusFront {
                 })?;
                 let mut vectors = Vec::new();
                 let mut sparse = Vec::new();
+                let mut texts = Vec::new();
                 for ph in group.placeholders {
                     // 32-bit floats (`None`), or 16-bit ones (`Some(brain)`: IEEE half or brain
                     // float16).
@@ -2182,6 +2228,14 @@ impl MilvusFront {
                         Ok(mc::PlaceholderType::FloatVector) => None,
                         Ok(mc::PlaceholderType::Float16Vector) => Some(false),
                         Ok(mc::PlaceholderType::BFloat16Vector) => Some(true),
+                        Ok(mc::PlaceholderType::VarChar) => {
+                            for (i, v) in ph.values.into_iter().enumerate() {
+                                texts.push(String::from_utf8(v).map_err(|_| {
+                                    Failure::invalid(format!("text query {i} is not UTF-8"))
+                                })?);
+                            }
+                            continue;
+                        }
                         Ok(mc::PlaceholderType::SparseFloatVector) => {
                             for (i, v) in ph.values.into_iter().enumerate() {
                                 sluice_types::sparse::check(&v).map_err(|e| {
@@ -2194,7 +2248,7 @@ impl MilvusFront {
                         _ => {
                             return Err(Failure::unsupported(
                                 "query vectors other than float, float16, bfloat16 and sparse \
-                                 float vectors",
+                                 float vectors (or text for a BM25 function's output)",
                             ));
                         }
                     };
@@ -2217,13 +2271,14 @@ impl MilvusFront {
                         vectors.push(v1::FloatVector { values });
                     }
                 }
-                match (vectors.is_empty(), sparse.is_empty()) {
-                    (_, true) => QueryVectors::Dense(vectors),
-                    (true, false) => QueryVectors::Sparse(sparse),
-                    (false, false) => {
+                match (vectors.is_empty(), sparse.is_empty(), texts.is_empty()) {
+                    (_, true, true) => QueryVectors::Dense(vectors),
+                    (true, false, true) => QueryVectors::Sparse(sparse),
+                    (true, true, false) => QueryVectors::Text(texts),
+                    _ => {
                         return Err(Failure::invalid(
-                            "a search holds float and sparse query vectors: one kind, for the \
-                             kind of field searched",
+                            "a search holds float and sparse query vectors or text: one kind, \
+                             for the kind of field searched",
                         ));
                     }
                 }
@@ -2234,17 +2289,42 @@ impl MilvusFront {
             None => return Err(Failure::invalid("a search needs query vectors")),
         };
         let nq = vectors.len();
-        let (vectors, sparse_vectors) = match vectors {
-            QueryVectors::Dense(v) => (v, Vec::new()),
+        let bm25 = sluice_types::schema::bm25_of(&c.schema, &anns).is_some();
+        let (vectors, sparse_vectors, text_queries) = match vectors {
+            QueryVectors::Text(_) if !bm25 => {
+                return Err(Failure::invalid(format!(
+                    "text queries search a BM25 function's output field; {anns} is not one"
+                )));
+            }
+            _ if bm25 && !matches!(vectors, QueryVectors::Text(_)) => {
+                return Err(Failure::invalid(format!(
+                    "field {anns} is a BM25 function's output: search it with text"
+                )));
+            }
+            QueryVectors::Dense(v) => (v, Vec::new(), Vec::new()),
             QueryVectors::Sparse(v) => {
                 let ratio = drop_ratio(&params, "drop_ratio_search")?;
                 let dropped = v
                     .iter()
                     .map(|q| sluice_types::sparse::drop_smallest(q, ratio).into())
                     .collect();
-                (Vec::new(), dropped)
+                (Vec::new(), dropped, Vec::new())
+            }
+            QueryVectors::Text(t) => {
+                // Checked, though every term is searched.
+                drop_ratio(&params, "drop_ratio_search")?;
+                (Vec::new(), Vec::new(), t)
             }
         };
+        // BM25's parameters are the index's.
+        let index = c.index_of(&anns);
+        let index_param = |key: &str| {
+            index
+                .as_ref()
+                .and_then(|i| i.get("params")?.get(key)?.as_f64())
+                .map(|x| x as f32)
+        };
+        let (bm25_k1, bm25_b) = (index_param("bm25_k1").unwrap_or(0.0), index_param("bm25_b"));
         if iterator.is_some() && nq != 1 {
             return Err(Failure::invalid(format!(
                 "a search iterator takes one query vector, not {nq}"
@@ -2280,6 +2360,9 @@ impl MilvusFront {
                 vector_field: anns,
                 vectors,
                 sparse_vectors,
+                text_queries,
+                bm25_k1,
+                bm25_b,
                 top_k: wanted as u32,
                 metric: metric as i32,
                 filter,
@@ -2483,7 +2566,8 @@ impl MilvusFront {
         let mut index = if ty == Ok(DataType::FloatVector) {
             vector_index(&index_type, param(p, "metric_type"), &given)?
         } else if ty == Ok(DataType::SparseFloatVector) {
-            sparse_index(&index_type, param(p, "metric_type"), &given)?
+            let bm25 = sluice_types::schema::bm25_of(&c.schema, &field.name).is_some();
+            sparse_index(&index_type, param(p, "metric_type"), &given, bm25)?
         } else {
             scalar_index(
                 field,

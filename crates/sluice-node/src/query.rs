@@ -747,7 +747,7 @@ impl QueryHost {
         let parts = self
             .plan(&req.collection, &req.shards, req.read.as_ref())
             .await?;
-        let nq = req.vectors.len() + req.sparse_vectors.len();
+        let nq = req.vectors.len() + req.sparse_vectors.len() + req.text_queries.len();
         let local = parts.iter().find_map(|p| match p {
             Part::Local(d) => Some(d),
             Part::Remote { .. } => None,
@@ -773,11 +773,20 @@ impl QueryHost {
                 |d, t| async move {
                     let spec = spec.as_ref().expect("a local part has a spec");
                     let expiry = self.expired_before(d.collection(), t);
-                    let (hits, scopes) = {
+                    let (hits, scopes, term_stats) = {
                         let data = d.read();
+                        let scopes = self.worker_scopes(&d, &data, t, expiry)?;
+                        // Query workers score text by the whole shard's term statistics.
+                        let term_stats = match (scopes.is_empty(), spec.texts.is_empty()) {
+                            (false, false) => {
+                                Some(data.term_stats(spec.field.as_deref(), &spec.texts)?)
+                            }
+                            _ => None,
+                        };
                         (
                             data.search_in(spec, t, &Scope::expiring(expiry))?,
-                            self.worker_scopes(&d, &data, t, expiry)?,
+                            scopes,
+                            term_stats,
                         )
                     };
                     if scopes.is_empty() {
@@ -788,6 +797,11 @@ impl QueryHost {
                         let request = pb::WorkerSearchRequest {
                             scope: Some(scope),
                             search: Some(req_ref.clone()),
+                            term_stats: term_stats.as_ref().map(|s| pb::TermStatistics {
+                                rows: s.rows,
+                                terms: s.terms,
+                                rows_with_term: s.rows_with_term.clone(),
+                            }),
                         };
                         let r = call_worker(&address, |mut c| async move {
                             c.search_segments(request).await
@@ -842,7 +856,11 @@ impl QueryHost {
         Ok(pb::SearchResponse {
             results,
             mvcc_timestamp: mvcc,
-            metric: metric_to_pb(used) as i32,
+            metric: if req.text_queries.is_empty() {
+                metric_to_pb(used)
+            } else {
+                pb::MetricType::Bm25
+            } as i32,
         })
     }
 
@@ -981,15 +999,19 @@ impl QueryHost {
 
 /// The checks of a search request; its metric (`None`: the index's).
 pub(crate) fn check_search(req: &pb::SearchRequest) -> Result<Option<Metric>, ReadError> {
-    let nq = match (req.vectors.len(), req.sparse_vectors.len()) {
-        (n, 0) | (0, n) => n,
-        (dense, sparse) => {
-            return Err(ReadError::invalid(format!(
-                "a search has {dense} float and {sparse} sparse query vectors: one kind, for \
-                 the kind of field searched"
-            )));
-        }
-    };
+    let kinds = [
+        req.vectors.len(),
+        req.sparse_vectors.len(),
+        req.text_queries.len(),
+    ];
+    if kinds.iter().filter(|&&n| n > 0).count() > 1 {
+        return Err(ReadError::invalid(format!(
+            "a search has {} float and {} sparse query vectors and {} text queries: one kind, \
+             for the kind of field searched",
+            kinds[0], kinds[1], kinds[2]
+        )));
+    }
+    let nq: usize = kinds.iter().sum();
     if nq == 0 || nq > MAX_QUERY_VECTORS {
         return Err(ReadError::invalid(format!(
             "a search needs 1 to {MAX_QUERY_VECTORS} query vectors, not {nq}"
@@ -1035,8 +1057,23 @@ pub(crate) fn check_search(req: &pb::SearchRequest) -> Result<Option<Metric>, Re
         Ok(pb::MetricType::L2) => Some(Metric::L2),
         Ok(pb::MetricType::Ip) => Some(Metric::Ip),
         Ok(pb::MetricType::Cosine) => Some(Metric::Cosine),
+        Ok(pb::MetricType::Bm25) if !req.text_queries.is_empty() => Some(Metric::Ip),
+        Ok(pb::MetricType::Bm25) => {
+            return Err(ReadError::invalid("the BM25 metric is for text queries"));
+        }
         Err(_) => return Err(ReadError::invalid(format!("unknown metric {}", req.metric))),
     };
+    if !req.text_queries.is_empty() {
+        sluice_types::text::check_bm25_params(bm25_k1(req), bm25_b(req))
+            .map_err(ReadError::invalid)?;
+        return match metric {
+            None | Some(Metric::Ip) => Ok(Some(Metric::Ip)),
+            Some(m) => Err(ReadError::invalid(format!(
+                "text queries are scored by BM25, not {}",
+                m.name()
+            ))),
+        };
+    }
     if req.sparse_vectors.is_empty() {
         return Ok(metric);
     }
@@ -1050,6 +1087,20 @@ pub(crate) fn check_search(req: &pb::SearchRequest) -> Result<Option<Metric>, Re
     }
 }
 
+/// A search's BM25 `k1` (0: the default).
+fn bm25_k1(req: &pb::SearchRequest) -> f32 {
+    if req.bm25_k1 == 0.0 {
+        sluice_types::text::DEFAULT_BM25_K1
+    } else {
+        req.bm25_k1
+    }
+}
+
+/// A search's BM25 `b` (unset: the default).
+fn bm25_b(req: &pb::SearchRequest) -> f32 {
+    req.bm25_b.unwrap_or(sluice_types::text::DEFAULT_BM25_B)
+}
+
 /// What a search asks of the shard `d` (its filter checked against `d`'s schema).
 pub(crate) fn search_spec(
     req: &pb::SearchRequest,
@@ -1060,6 +1111,9 @@ pub(crate) fn search_spec(
         field: (!req.vector_field.is_empty()).then(|| req.vector_field.clone()),
         vectors: req.vectors.iter().map(|v| v.values.clone()).collect(),
         sparse: req.sparse_vectors.iter().map(|v| v.to_vec()).collect(),
+        texts: req.text_queries.clone(),
+        bm25: Some((bm25_k1(req), bm25_b(req))),
+        term_stats: None,
         top_k: req.top_k as usize,
         metric,
         filter: parse_filter(&req.filter, d)?,
@@ -1404,6 +1458,8 @@ pub(crate) fn metric_of(m: i32) -> Option<Metric> {
         Ok(pb::MetricType::L2) => Some(Metric::L2),
         Ok(pb::MetricType::Ip) => Some(Metric::Ip),
         Ok(pb::MetricType::Cosine) => Some(Metric::Cosine),
+        // BM25 scores, like inner products, grow with relevance.
+        Ok(pb::MetricType::Bm25) => Some(Metric::Ip),
         _ => None,
     }
 }

@@ -15,7 +15,7 @@ use std::time::Duration;
 use parking_lot::RwLock;
 use prost::Message as _;
 use sluice_proto::v1 as pb;
-use sluice_query::{Delegator, IndexParams, Scope, ShardData};
+use sluice_query::{Delegator, IndexParams, Scope, ShardData, TermStats};
 use sluice_storage::flusher::StorageConfig;
 use sluice_types::ErrorCode;
 use sluice_types::message::pb::SegmentManifest;
@@ -317,7 +317,12 @@ impl pb::query_worker_server::QueryWorker for WorkerService {
         let search = req.search.unwrap_or_default();
         reply(self.worker.answer(req.scope.as_ref(), |d, scope, t| {
             let metric = check_search(&search)?;
-            let spec = search_spec(&search, metric, d)?;
+            let mut spec = search_spec(&search, metric, d)?;
+            spec.term_stats = req.term_stats.as_ref().map(|s| TermStats {
+                rows: s.rows,
+                terms: s.terms,
+                rows_with_term: s.rows_with_term.clone(),
+            });
             let used = metric.unwrap_or(self.worker.config.index.metric);
             let hits = d.read().search_in(&spec, t, scope)?;
             Ok(pb::SearchResponse {

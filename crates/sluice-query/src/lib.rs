@@ -19,7 +19,7 @@ pub mod vector;
 pub use delegator::{Delegator, ReadAt};
 pub use filter::Filter;
 pub use index::{AnnIndex, IndexParams};
-pub use segment::{Pk, Segment};
+pub use segment::{Pk, Segment, TermStats};
 pub use shard::{Hits, Scope, SearchSpec, ShardData};
 pub use vector::Metric;
 

@@ -54,6 +54,53 @@ pub fn pks_of(col: &dyn Array) -> Result<Vec<Pk>, QueryError> {
     }
 }
 
+/// Where a vector field's values come from.
+#[derive(Clone, Debug)]
+pub enum VectorSource {
+    /// The rows' column of the field.
+    Column(String),
+    /// The term frequencies of the rows' text column `input` (a BM25 function's output field,
+    /// never stored).
+    Text {
+        /// The input field.
+        input: String,
+        /// How its text splits into terms.
+        analyzer: sluice_types::text::Analyzer,
+    },
+}
+
+impl VectorSource {
+    /// The column the values are read from.
+    fn column(&self) -> &str {
+        match self {
+            VectorSource::Column(name) => name,
+            VectorSource::Text { input, .. } => input,
+        }
+    }
+}
+
+/// Term statistics of rows with a text-sourced column (for BM25's IDF and average length).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct TermStats {
+    /// Rows.
+    pub rows: u64,
+    /// Terms in all of them.
+    pub terms: u64,
+    /// Per term id, the rows holding it (only the terms asked for, when taken for a search).
+    pub rows_with_term: std::collections::HashMap<u32, u64>,
+}
+
+impl TermStats {
+    /// The rows' average number of terms (0 without rows).
+    pub fn average_length(&self) -> f32 {
+        if self.rows == 0 {
+            0.0
+        } else {
+            (self.terms as f64 / self.rows as f64) as f32
+        }
+    }
+}
+
 /// One vector field's values: `dim` floats per row, or (`dim` 0) sparse vectors held as an
 /// inverted index, the form a sparse search reads (the rows themselves stay in the segment's
 /// batches).
@@ -70,6 +117,13 @@ pub struct VectorColumn {
     pub postings: std::collections::HashMap<u32, Vec<(u32, f32)>>,
     /// Rows appended to a sparse column.
     pub sparse_rows: usize,
+    /// Text-sourced only: per row, its number of terms.
+    pub lengths: Vec<f32>,
+    /// Text-sourced only: the terms of every row.
+    pub total_terms: u64,
+    /// Text-sourced only, once the rows are dropped (a query worker holds them): their term
+    /// statistics.
+    pub kept_stats: Option<Box<TermStats>>,
 }
 
 impl VectorColumn {
@@ -91,6 +145,63 @@ impl VectorColumn {
     #[inline]
     pub fn row(&self, r: usize) -> &[f32] {
         &self.data[r * self.dim..(r + 1) * self.dim]
+    }
+
+    /// Adds this column's statistics of the terms `ids` (and its rows and terms) to `into`.
+    pub(crate) fn add_term_stats(&self, ids: &[u32], into: &mut TermStats) {
+        if let Some(kept) = &self.kept_stats {
+            into.rows += kept.rows;
+            into.terms += kept.terms;
+            for id in ids {
+                *into.rows_with_term.entry(*id).or_default() +=
+                    kept.rows_with_term.get(id).copied().unwrap_or(0);
+            }
+            return;
+        }
+        into.rows += self.sparse_rows as u64;
+        into.terms += self.total_terms;
+        for id in ids {
+            *into.rows_with_term.entry(*id).or_default() +=
+                self.postings.get(id).map_or(0, |p| p.len() as u64);
+        }
+    }
+
+    /// Appends the term frequencies of each text in `col` (a null text has no terms).
+    fn append_text(
+        &mut self,
+        col: &dyn Array,
+        analyzer: &sluice_types::text::Analyzer,
+    ) -> Result<(), QueryError> {
+        let texts = col.as_string_opt::<i32>().ok_or_else(|| {
+            QueryError::Invalid(format!("a text column of type {}", col.data_type()))
+        })?;
+        for text in texts.iter() {
+            let at = u32::try_from(self.sparse_rows)
+                .map_err(|_| QueryError::Invalid("a segment of over 2^32 rows".into()))?;
+            let mut len = 0.0;
+            for (id, tf) in analyzer.term_frequencies(text.unwrap_or_default()) {
+                self.postings.entry(id).or_default().push((at, tf));
+                len += tf;
+            }
+            self.lengths.push(len);
+            self.total_terms += len as u64;
+            self.sparse_rows += 1;
+        }
+        Ok(())
+    }
+
+    /// Drops the values, keeping what a text-sourced column's statistics need.
+    fn demote(&mut self) {
+        let kept = (!self.lengths.is_empty() || self.kept_stats.is_some()).then(|| {
+            let mut stats = TermStats::default();
+            let ids: Vec<u32> = self.postings.keys().copied().collect();
+            self.add_term_stats(&ids, &mut stats);
+            Box::new(stats)
+        });
+        *self = VectorColumn {
+            kept_stats: kept,
+            ..VectorColumn::new(self.dim)
+        };
     }
 
     fn append(&mut self, col: &dyn Array) -> Result<(), QueryError> {
@@ -241,7 +352,7 @@ impl Segment {
         self.batches = Vec::new();
         self.starts = Vec::new();
         for v in &mut self.vectors {
-            *v = VectorColumn::new(v.dim);
+            v.demote();
         }
         for i in &mut self.indexes {
             *i = None;
@@ -259,14 +370,14 @@ impl Segment {
         self.ts.is_empty()
     }
 
-    /// Appends `batch` (the schema's columns; `pk` names the key column, `vector_fields` the
-    /// vector columns in the segment's order) with per-row timestamps `ts`.
+    /// Appends `batch` (the schema's columns; `pk` names the key column, `sources` the
+    /// vector fields' in the segment's order) with per-row timestamps `ts`.
     pub(crate) fn append(
         &mut self,
         batch: RecordBatch,
         ts: &[u64],
         pk: &str,
-        vector_fields: &[String],
+        sources: &[VectorSource],
     ) -> Result<std::ops::Range<usize>, QueryError> {
         let n = batch.num_rows();
         if ts.len() != n {
@@ -279,15 +390,28 @@ impl Segment {
             .column_by_name(pk)
             .ok_or_else(|| QueryError::Invalid(format!("rows without the primary key {pk}")))?;
         let pks = pks_of(pk_col.as_ref())?;
-        let mut cols = Vec::with_capacity(vector_fields.len());
-        for name in vector_fields {
-            let col = batch.column_by_name(name).ok_or_else(|| {
-                QueryError::Invalid(format!("rows without the vector field {name}"))
-            })?;
-            cols.push(col.clone());
+        let mut cols = Vec::with_capacity(sources.len());
+        for source in sources {
+            let name = source.column();
+            let col = match (batch.column_by_name(name), source) {
+                (Some(col), _) => col.clone(),
+                // A nullable text field's column may be left out: no terms.
+                (None, VectorSource::Text { .. }) => {
+                    arrow_array::new_null_array(&ArrowType::Utf8, n)
+                }
+                (None, VectorSource::Column(_)) => {
+                    return Err(QueryError::Invalid(format!(
+                        "rows without the vector field {name}"
+                    )));
+                }
+            };
+            cols.push(col);
         }
-        for (v, col) in self.vectors.iter_mut().zip(&cols) {
-            v.append(col.as_ref())?;
+        for ((v, col), source) in self.vectors.iter_mut().zip(&cols).zip(sources) {
+            match source {
+                VectorSource::Column(_) => v.append(col.as_ref())?,
+                VectorSource::Text { analyzer, .. } => v.append_text(col.as_ref(), analyzer)?,
+            }
         }
         let first = self.len();
         self.starts.push(first);

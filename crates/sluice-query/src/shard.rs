@@ -24,7 +24,7 @@ use sluice_types::schema::{CollectionSchema, DataType};
 use crate::QueryError;
 use crate::filter::Filter;
 use crate::index::{IndexParams, distance_of};
-use crate::segment::{Pk, RowRef, Segment, pks_of};
+use crate::segment::{Pk, RowRef, Segment, TermStats, VectorSource, pks_of};
 use crate::vector::{Metric, TopK, norm};
 
 /// The column holding each hit's score in search results.
@@ -40,6 +40,14 @@ pub struct SearchSpec {
     /// The query vectors of a SPARSE_FLOAT_VECTOR field, each laid out as
     /// [`sluice_types::sparse`] describes (and checked by it).
     pub sparse: Vec<Vec<u8>>,
+    /// The text queries of a BM25 function's output field: each is split into terms by the
+    /// function's analyzer, and rows are scored by Okapi BM25.
+    pub texts: Vec<String>,
+    /// BM25's `k1` and `b` (`None`: 1.2 and 0.75).
+    pub bm25: Option<(f32, f32)>,
+    /// The term statistics BM25 scores by (`None`: those of every segment of this shard data,
+    /// [`ShardData::term_stats`]); a delegator gives its query workers its own.
+    pub term_stats: Option<TermStats>,
     /// Hits per query.
     pub top_k: usize,
     /// The metric (`None`: the index's, L2 by default).
@@ -54,6 +62,15 @@ pub struct SearchSpec {
     pub exact: bool,
     /// The ANN candidate list size (`None`: the index's).
     pub ef: Option<usize>,
+}
+
+/// What scores a row's term frequencies in a BM25 search.
+#[derive(Clone, Copy, Debug)]
+struct Bm25Scoring {
+    k1: f32,
+    b: f32,
+    /// The rows' average number of terms.
+    avgdl: f32,
 }
 
 /// One query's hits from one shard, closest first.
@@ -131,6 +148,8 @@ pub struct ShardData {
     arrow: SchemaRef,
     pk: String,
     vector_fields: Vec<String>,
+    /// Where each vector field's values come from.
+    sources: Vec<VectorSource>,
     dims: Vec<usize>,
     segments: BTreeMap<i64, Segment>,
     /// Segments whose rows come from their Parquet file: inserts read again from the log for
@@ -174,6 +193,34 @@ fn arrow_type(f: &sluice_types::schema::FieldSchema) -> Result<ArrowType, QueryE
     )
 }
 
+/// Where each vector field's values come from: its column, or a BM25 function's input.
+fn sources(
+    schema: &CollectionSchema,
+    vector_fields: &[String],
+) -> Result<Vec<VectorSource>, QueryError> {
+    vector_fields
+        .iter()
+        .map(|name| match sluice_types::schema::bm25_of(schema, name) {
+            None => Ok(VectorSource::Column(name.clone())),
+            Some(func) => {
+                let input = schema
+                    .fields
+                    .iter()
+                    .find(|f| f.name == func.input_field)
+                    .ok_or_else(|| {
+                        QueryError::Invalid(format!("no input field {}", func.input_field))
+                    })?;
+                let analyzer = sluice_types::text::Analyzer::from_params(&input.analyzer_params)
+                    .map_err(|e| QueryError::Invalid(format!("field {}: {e}", input.name)))?;
+                Ok(VectorSource::Text {
+                    input: input.name.clone(),
+                    analyzer,
+                })
+            }
+        })
+        .collect()
+}
+
 fn arrow_schema(schema: &CollectionSchema) -> Result<SchemaRef, QueryError> {
     let fields = schema
         .fields
@@ -193,7 +240,7 @@ impl ShardData {
             .ok_or_else(|| QueryError::Invalid("the schema has no primary key".into()))?
             .name
             .clone();
-        let (vector_fields, dims) = schema
+        let (vector_fields, dims): (Vec<String>, Vec<usize>) = schema
             .fields
             .iter()
             .filter(|f| DataType::try_from(f.data_type).is_ok_and(sluice_types::schema::is_vector))
@@ -202,6 +249,7 @@ impl ShardData {
             .unzip();
         Ok(ShardData {
             arrow: arrow_schema(&schema)?,
+            sources: sources(&schema, &vector_fields)?,
             schema,
             pk,
             vector_fields,
@@ -283,6 +331,7 @@ impl ShardData {
     /// A SchemaChange: later rows carry the added field; earlier ones read it as null.
     pub fn set_schema(&mut self, schema: CollectionSchema) -> Result<(), QueryError> {
         self.arrow = arrow_schema(&schema)?;
+        self.sources = sources(&schema, &self.vector_fields)?;
         self.schema = schema;
         Ok(())
     }
@@ -336,7 +385,7 @@ impl ShardData {
             .entry(segment)
             .or_insert_with(|| Segment::new(segment, partition, false, &self.dims));
         let n = batch.num_rows();
-        let rows = seg.append(batch, &vec![ts; n], &self.pk, &self.vector_fields)?;
+        let rows = seg.append(batch, &vec![ts; n], &self.pk, &self.sources)?;
         let keys: Vec<Pk> = rows.clone().map(|r| seg.pks[r].clone()).collect();
         for (r, key) in rows.zip(keys) {
             let at = RowRef {
@@ -439,7 +488,7 @@ impl ShardData {
             let Some(ts) = ts.get(at..at + n) else {
                 return Err(QueryError::Invalid("fewer timestamps than rows".into()));
             };
-            seg.append(b, ts, &self.pk, &self.vector_fields)?;
+            seg.append(b, ts, &self.pk, &self.sources)?;
             at += n;
         }
         Ok(seg)
@@ -654,8 +703,43 @@ impl ShardData {
                     "output field {f:?} is not a field of the collection"
                 )));
             }
+            if sluice_types::schema::bm25_of(&self.schema, f).is_some() {
+                return Err(QueryError::Invalid(format!(
+                    "output field {f:?} is a BM25 function's output: it is computed for search, \
+                     not returned"
+                )));
+            }
         }
         Ok(())
+    }
+
+    /// The term statistics of the text-sourced field `field` (`None`: the only vector field)
+    /// over every segment held (whether a query worker holds its rows or not), with the rows
+    /// holding each term of `texts`: what BM25 scores a search of `texts` by. Every row ever
+    /// inserted into a held segment counts, deleted or not (as in Milvus).
+    pub fn term_stats(
+        &self,
+        field: Option<&str>,
+        texts: &[String],
+    ) -> Result<TermStats, QueryError> {
+        let f = self.vector_field(field)?;
+        let VectorSource::Text { analyzer, .. } = &self.sources[f] else {
+            return Err(QueryError::Invalid(format!(
+                "field {} is not a BM25 function's output: search it with vectors, not text",
+                self.vector_fields[f]
+            )));
+        };
+        let mut ids: Vec<u32> = texts
+            .iter()
+            .flat_map(|t| analyzer.term_frequencies(t).into_iter().map(|(id, _)| id))
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        let mut stats = TermStats::default();
+        for seg in self.segments.values() {
+            seg.vectors[f].add_term_stats(&ids, &mut stats);
+        }
+        Ok(stats)
     }
 
     /// Searches at `t`.
@@ -684,9 +768,10 @@ impl ShardData {
         if dim == 0 {
             return self.search_sparse(f, spec, t, scope, &segments, &masks);
         }
-        if !spec.sparse.is_empty() {
+        if !spec.sparse.is_empty() || !spec.texts.is_empty() {
             return Err(QueryError::Invalid(format!(
-                "field {} is a FLOAT_VECTOR field: search it with float vectors, not sparse ones",
+                "field {} is a FLOAT_VECTOR field: search it with float vectors, not sparse ones \
+                 or text",
                 self.vector_fields[f]
             )));
         }
@@ -757,8 +842,9 @@ impl ShardData {
     }
 
     /// [`ShardData::search_in`] of a sparse vector field `f`: every visible row's inner product
-    /// with each query vector (IP is the one metric sparse vectors have); a row that shares no
-    /// index with the query is no hit.
+    /// with each query vector (IP is the one metric sparse vectors have) — or, for a BM25
+    /// function's output, each text query's Okapi BM25 score; a row that shares no index (term)
+    /// with the query is no hit.
     fn search_sparse(
         &self,
         f: usize,
@@ -769,23 +855,72 @@ impl ShardData {
         masks: &[Option<Vec<bool>>],
     ) -> Result<Vec<Hits>, QueryError> {
         let name = &self.vector_fields[f];
-        if !spec.vectors.is_empty() {
-            return Err(QueryError::Invalid(format!(
-                "field {name} is a SPARSE_FLOAT_VECTOR field: search it with sparse vectors"
-            )));
-        }
         if let Some(metric) = spec.metric.filter(|&m| m != Metric::Ip) {
             return Err(QueryError::Invalid(format!(
                 "field {name} is a SPARSE_FLOAT_VECTOR field, searched by IP, not {}",
                 metric.name()
             )));
         }
-        for q in &spec.sparse {
-            sluice_types::sparse::check(q)
-                .map_err(|e| QueryError::Invalid(format!("a query vector of field {name}: {e}")))?;
-        }
-        let mut out = Vec::with_capacity(spec.sparse.len());
-        for q in &spec.sparse {
+        // Per query, its (index, weight) pairs by increasing index; and BM25's parameters.
+        let (queries, bm25): (Vec<Vec<(u32, f32)>>, Option<Bm25Scoring>) = match &self.sources[f] {
+            VectorSource::Column(_) => {
+                if !spec.vectors.is_empty() || !spec.texts.is_empty() {
+                    return Err(QueryError::Invalid(format!(
+                        "field {name} is a SPARSE_FLOAT_VECTOR field: search it with sparse \
+                             vectors"
+                    )));
+                }
+                for q in &spec.sparse {
+                    sluice_types::sparse::check(q).map_err(|e| {
+                        QueryError::Invalid(format!("a query vector of field {name}: {e}"))
+                    })?;
+                }
+                let queries = spec
+                    .sparse
+                    .iter()
+                    .map(|q| sluice_types::sparse::pairs(q).collect())
+                    .collect();
+                (queries, None)
+            }
+            VectorSource::Text { analyzer, .. } => {
+                if !spec.vectors.is_empty() || !spec.sparse.is_empty() {
+                    return Err(QueryError::Invalid(format!(
+                        "field {name} is a BM25 function's output: search it with text"
+                    )));
+                }
+                let (k1, b) = spec.bm25.unwrap_or((
+                    sluice_types::text::DEFAULT_BM25_K1,
+                    sluice_types::text::DEFAULT_BM25_B,
+                ));
+                sluice_types::text::check_bm25_params(k1, b).map_err(QueryError::Invalid)?;
+                let own;
+                let stats = match &spec.term_stats {
+                    Some(s) => s,
+                    None => {
+                        own = self.term_stats(Some(name), &spec.texts)?;
+                        &own
+                    }
+                };
+                let queries = spec
+                    .texts
+                    .iter()
+                    .map(|text| {
+                        analyzer
+                            .term_frequencies(text)
+                            .into_iter()
+                            .map(|(id, tf)| {
+                                let with = stats.rows_with_term.get(&id).copied().unwrap_or(0);
+                                (id, tf * sluice_types::text::idf(stats.rows, with))
+                            })
+                            .collect()
+                    })
+                    .collect();
+                let avgdl = stats.average_length();
+                (queries, Some(Bm25Scoring { k1, b, avgdl }))
+            }
+        };
+        let mut out = Vec::with_capacity(queries.len());
+        for q in &queries {
             let mut top = TopK::<RowRef>::new(spec.top_k);
             for (seg, mask) in segments.iter().zip(masks) {
                 // The query's indices in increasing order, each row's products summed as they
@@ -794,7 +929,7 @@ impl ShardData {
                 let mut scores = vec![0.0f32; seg.len()];
                 let mut seen = vec![false; seg.len()];
                 let mut touched: Vec<u32> = Vec::new();
-                for (index, qw) in sluice_types::sparse::pairs(q) {
+                for &(index, qw) in q {
                     let Some(list) = col.postings.get(&index).filter(|_| qw != 0.0) else {
                         continue;
                     };
@@ -802,7 +937,13 @@ impl ShardData {
                         let Some(score) = scores.get_mut(r as usize) else {
                             continue;
                         };
-                        *score += qw * w;
+                        *score += match bm25 {
+                            None => qw * w,
+                            Some(Bm25Scoring { k1, b, avgdl }) => {
+                                let len = col.lengths.get(r as usize).copied().unwrap_or(w);
+                                qw * sluice_types::text::tf_weight(w, len, avgdl, k1, b)
+                            }
+                        };
                         if !seen[r as usize] {
                             seen[r as usize] = true;
                             touched.push(r);

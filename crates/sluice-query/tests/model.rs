@@ -726,3 +726,236 @@ fn the_sparse_search_answers_as_scoring_every_row_does() {
         assert_eq!(got, want, "round {round} at {t}, k {k}");
     }
 }
+
+/// A collection of a key, a text field with the standard analyzer and its BM25 function's
+/// output `sparse`.
+fn bm25_schema() -> CollectionSchema {
+    use sluice_types::schema::{FunctionSchema, FunctionType};
+    CollectionSchema {
+        name: "texts".into(),
+        fields: vec![
+            FieldSchema {
+                field_id: 1,
+                name: "id".into(),
+                data_type: DataType::Int64 as i32,
+                is_primary_key: true,
+                ..Default::default()
+            },
+            FieldSchema {
+                field_id: 2,
+                name: "text".into(),
+                data_type: DataType::Varchar as i32,
+                max_length: 1000,
+                nullable: true,
+                enable_analyzer: true,
+                ..Default::default()
+            },
+            FieldSchema {
+                field_id: 3,
+                name: "sparse".into(),
+                data_type: DataType::SparseFloatVector as i32,
+                is_function_output: true,
+                ..Default::default()
+            },
+        ],
+        functions: vec![FunctionSchema {
+            name: "bm25".into(),
+            r#type: FunctionType::Bm25 as i32,
+            input_field: "text".into(),
+            output_field: "sparse".into(),
+        }],
+        ..Default::default()
+    }
+}
+
+/// Rows of [`bm25_schema`] as written: keys and texts (no `sparse` column).
+fn text_batch(ids: Vec<i64>, texts: Vec<Option<&str>>) -> RecordBatch {
+    let schema = Schema::new(vec![
+        Field::new("id", ArrowType::Int64, false),
+        Field::new("text", ArrowType::Utf8, true),
+    ]);
+    let cols: Vec<ArrayRef> = vec![
+        Arc::new(Int64Array::from(ids)),
+        Arc::new(arrow_array::StringArray::from(texts)),
+    ];
+    RecordBatch::try_new(Arc::new(schema), cols).unwrap()
+}
+
+/// A BM25 function's output is searched with text: each row scored by Okapi BM25 with the
+/// shard's term statistics (every row inserted, growing and sealed, deleted ones too), as
+/// computed here by hand from the texts; filters, MVCC and deletes decide the hits, not the
+/// statistics; a query worker scoring its rows with the delegator's statistics answers the
+/// same; vectors, other metrics and asking for the output field are refused.
+#[test]
+fn a_bm25_output_is_searched_with_text_by_the_shards_term_statistics() {
+    use sluice_types::text::{Analyzer, idf, tf_weight};
+    let texts: Vec<(i64, Option<&str>)> = vec![
+        (1, Some("The quick brown fox")),
+        (2, Some("A lazy dog sleeps; the dog dreams")),
+        (3, Some("Quick, quick! The fox runs")),
+        (4, None),
+        (5, Some("brown bread and brown sugar")),
+        (6, Some("dog days of summer")),
+    ];
+    let schema = bm25_schema();
+    let mut shard = ShardData::new(schema.clone(), IndexParams::default()).unwrap();
+    let batch = |rows: &[(i64, Option<&str>)]| {
+        text_batch(
+            rows.iter().map(|r| r.0).collect(),
+            rows.iter().map(|r| r.1).collect(),
+        )
+    };
+    let sealed = shard
+        .prepare_sealed(1, 1, vec![batch(&texts[..3])], vec![100; 3])
+        .unwrap();
+    shard.install_sealed(sealed).unwrap();
+    shard.insert(2, 1, batch(&texts[3..]), 110).unwrap();
+    // Row 6 deleted: still counted in the statistics.
+    shard.delete(&Int64Array::from(vec![6]), 120).unwrap();
+
+    // By hand: BM25 over all six rows.
+    let a = Analyzer::default();
+    let docs: Vec<(i64, Vec<String>)> = texts
+        .iter()
+        .map(|(id, t)| (*id, a.terms(t.unwrap_or_default())))
+        .collect();
+    let n = docs.len() as u64;
+    let avgdl = docs.iter().map(|d| d.1.len()).sum::<usize>() as f32 / n as f32;
+    let (k1, b) = (1.5, 0.6);
+    let expect = |query: &str, t: u64, live: &dyn Fn(i64) -> bool| {
+        let q = a.terms(query);
+        let mut scored: Vec<(i64, f32)> = docs
+            .iter()
+            .filter(|(id, _)| live(*id) && (*id <= 3 || t >= 110) && !(*id == 6 && t >= 120))
+            .filter_map(|(id, terms)| {
+                let mut score = 0.0;
+                let mut hit = false;
+                let mut uniq = q.clone();
+                uniq.sort();
+                uniq.dedup();
+                for term in &uniq {
+                    let qtf = q.iter().filter(|x| *x == term).count() as f32;
+                    let tf = terms.iter().filter(|x| *x == term).count() as f32;
+                    if tf == 0.0 {
+                        continue;
+                    }
+                    hit = true;
+                    let df = docs.iter().filter(|d| d.1.contains(term)).count() as u64;
+                    score += qtf * idf(n, df) * tf_weight(tf, terms.len() as f32, avgdl, k1, b);
+                }
+                hit.then_some((*id, score))
+            })
+            .collect();
+        scored.sort_by(|x, y| y.1.total_cmp(&x.1).then(x.0.cmp(&y.0)));
+        scored
+    };
+    let search = |spec: &SearchSpec, t: u64| -> Vec<(i64, f32)> {
+        shard.search(spec, t).unwrap()[0]
+            .pks
+            .iter()
+            .zip(&shard.search(spec, t).unwrap()[0].scores)
+            .map(|(k, s)| match k {
+                Pk::Int(i) => (*i, *s),
+                Pk::Str(_) => unreachable!(),
+            })
+            .collect()
+    };
+    let close = |got: Vec<(i64, f32)>, want: Vec<(i64, f32)>| {
+        assert_eq!(
+            got.iter().map(|g| g.0).collect::<Vec<_>>(),
+            want.iter().map(|w| w.0).collect::<Vec<_>>(),
+            "{got:?} vs {want:?}"
+        );
+        for (g, w) in got.iter().zip(&want) {
+            assert!((g.1 - w.1).abs() < 1e-4, "{got:?} vs {want:?}");
+        }
+    };
+    for (query, t) in [
+        ("quick fox", 200),
+        ("DOG dog brown", 200),
+        ("dog", 115),
+        ("the", 105),
+        ("summer", 200),
+        ("nothing matches", 200),
+    ] {
+        let spec = SearchSpec {
+            texts: vec![query.into()],
+            bm25: Some((k1, b)),
+            top_k: 10,
+            output_fields: vec!["text".into()],
+            ..SearchSpec::default()
+        };
+        close(search(&spec, t), expect(query, t, &|_| true));
+    }
+    let filtered = SearchSpec {
+        texts: vec!["brown dog".into()],
+        bm25: Some((k1, b)),
+        top_k: 10,
+        filter: Some(Filter::parse("id > 1", &schema).unwrap()),
+        ..SearchSpec::default()
+    };
+    close(
+        search(&filtered, 200),
+        expect("brown dog", 200, &|id| id > 1),
+    );
+
+    // A query worker holding the sealed segment scores it by the delegator's statistics.
+    let stats = shard.term_stats(None, &filtered.texts).unwrap();
+    assert_eq!(
+        (stats.rows, stats.terms),
+        (6, docs.iter().map(|d| d.1.len() as u64).sum())
+    );
+    let mut worker = ShardData::new(schema.clone(), IndexParams::default()).unwrap();
+    let copy = worker
+        .prepare_sealed(1, 1, vec![batch(&texts[..3])], vec![100; 3])
+        .unwrap();
+    worker.install_sealed(copy).unwrap();
+    assert!(shard.demote(1));
+    assert_eq!(shard.term_stats(None, &filtered.texts).unwrap(), stats);
+    let remote = SearchSpec {
+        term_stats: Some(stats),
+        ..filtered.clone()
+    };
+    let parts = vec![
+        shard
+            .search_in(&remote, 200, &Scope::default())
+            .unwrap()
+            .remove(0),
+        worker
+            .search_in(&remote, 200, &Scope::default())
+            .unwrap()
+            .remove(0),
+    ];
+    let merged = merge_hits(parts, 10).unwrap();
+    let got: Vec<(i64, f32)> = merged
+        .pks
+        .iter()
+        .zip(&merged.scores)
+        .map(|(k, s)| (if let Pk::Int(i) = k { *i } else { 0 }, *s))
+        .collect();
+    close(got, expect("brown dog", 200, &|id| id > 1));
+
+    for bad in [
+        SearchSpec {
+            metric: Some(Metric::L2),
+            ..filtered.clone()
+        },
+        SearchSpec {
+            sparse: vec![sluice_types::sparse::encode(vec![(1, 1.0)]).unwrap()],
+            ..filtered.clone()
+        },
+        SearchSpec {
+            output_fields: vec!["sparse".into()],
+            ..filtered.clone()
+        },
+        SearchSpec {
+            bm25: Some((5.0, 0.5)),
+            ..filtered.clone()
+        },
+    ] {
+        assert!(worker.search(&bad, 200).is_err());
+    }
+    // Text is for a BM25 output only.
+    let sparse = ShardData::new(sparse_schema(), IndexParams::default()).unwrap();
+    assert!(sparse.search(&filtered, 200).is_err());
+}

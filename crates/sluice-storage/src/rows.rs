@@ -68,11 +68,10 @@ pub fn arrow_type(field: &FieldSchema) -> Result<ArrowType, RowError> {
     })
 }
 
-/// The Arrow schema of a collection's rows as stored: its fields in schema order.
+/// The Arrow schema of a collection's rows as stored: its fields in schema order, but for
+/// functions' outputs (computed, never stored).
 pub fn arrow_schema(schema: &CollectionSchema) -> Result<SchemaRef, RowError> {
-    let fields = schema
-        .fields
-        .iter()
+    let fields = sluice_types::schema::stored_fields(schema)
         .map(|f| {
             let nullable = f.nullable && !f.is_primary_key;
             Ok(Field::new(&f.name, arrow_type(f)?, nullable))
@@ -233,6 +232,17 @@ fn decode_insert_batches(
     };
     let got = first.schema();
     for f in got.fields() {
+        if let Some(out) = schema
+            .fields
+            .iter()
+            .find(|s| &s.name == f.name() && s.is_function_output)
+        {
+            return Err(invalid(format!(
+                "column {} is a function's output: it is computed from the function's input, \
+                 never written",
+                out.name
+            )));
+        }
         if !schema.fields.iter().any(|s| &s.name == f.name()) {
             return Err(invalid(format!(
                 "column {} is not a field of the collection (schema version {})",
@@ -247,8 +257,8 @@ fn decode_insert_batches(
             "the header says {rows} rows, the body holds {total}"
         )));
     }
-    let mut columns = Vec::with_capacity(schema.fields.len());
-    for (field, target_field) in schema.fields.iter().zip(target.fields()) {
+    let mut columns = Vec::with_capacity(target.fields().len());
+    for (field, target_field) in sluice_types::schema::stored_fields(schema).zip(target.fields()) {
         let parts: Vec<ArrayRef> = match got.index_of(&field.name) {
             Ok(i) => batches.iter().map(|b| b.column(i).clone()).collect(),
             Err(_) if field.nullable && !field.is_primary_key => {
@@ -408,17 +418,28 @@ pub fn batch_from_json(
         let obj = row
             .as_object()
             .ok_or_else(|| invalid(format!("row {i} is not a JSON object")))?;
+        if let Some(k) = obj.keys().find(|k| {
+            schema
+                .fields
+                .iter()
+                .any(|f| &f.name == *k && f.is_function_output)
+        }) {
+            return Err(invalid(format!(
+                "row {i}: {k:?} is a function's output: it is computed from the function's \
+                 input, never written"
+            )));
+        }
         if let Some(k) = obj
             .keys()
-            .find(|k| !schema.fields.iter().any(|f| &f.name == *k))
+            .find(|k| !sluice_types::schema::stored_fields(schema).any(|f| &f.name == *k))
         {
             return Err(invalid(format!(
                 "row {i}: {k:?} is not a field of the collection"
             )));
         }
     }
-    let mut columns: Vec<ArrayRef> = Vec::with_capacity(schema.fields.len());
-    for field in &schema.fields {
+    let mut columns: Vec<ArrayRef> = Vec::with_capacity(target.fields().len());
+    for field in sluice_types::schema::stored_fields(schema) {
         let name = &field.name;
         let values = rows.iter().map(|r| r.get(name).filter(|v| !v.is_null()));
         let bad = |i: usize, want: &str| invalid(format!("row {i}: {name} must be {want}"));

@@ -14,6 +14,7 @@ pub mod read;
 pub mod schema;
 pub mod sparse;
 pub mod storage;
+pub mod text;
 pub mod ttl;
 
 pub use channel::{PChannel, VChannel};

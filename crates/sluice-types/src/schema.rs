@@ -3,7 +3,9 @@
 //! may undergo (a nullable scalar field added, a VARCHAR field's `max_length` raised, the
 //! collection renamed).
 
-pub use crate::message::pb::{CollectionSchema, DataType, FieldSchema};
+pub use crate::message::pb::{
+    CollectionSchema, DataType, FieldSchema, FunctionSchema, FunctionType,
+};
 
 /// Longest field or collection name.
 pub const MAX_NAME_LEN: usize = 255;
@@ -77,6 +79,29 @@ fn check_field(f: &FieldSchema) -> Result<DataType, SchemaError> {
             return Err(bad(format!("vector field {:?} cannot be nullable", f.name)));
         }
         _ => {}
+    }
+    if f.enable_analyzer {
+        if ty != DataType::Varchar {
+            return Err(bad(format!(
+                "field {:?}: only a VARCHAR field has an analyzer",
+                f.name
+            )));
+        }
+        crate::text::Analyzer::from_params(&f.analyzer_params)
+            .map_err(|e| bad(format!("field {:?}: {e}", f.name)))?;
+    } else if !f.analyzer_params.is_empty() {
+        return Err(bad(format!(
+            "field {:?} has analyzer_params without enable_analyzer",
+            f.name
+        )));
+    }
+    if f.is_function_output
+        && (ty != DataType::SparseFloatVector || f.is_primary_key || f.is_dynamic)
+    {
+        return Err(bad(format!(
+            "function output field {:?} must be a SPARSE_FLOAT_VECTOR field",
+            f.name
+        )));
     }
     if f.auto_id && !(f.is_primary_key && matches!(ty, DataType::Int64 | DataType::Varchar)) {
         return Err(bad(format!(
@@ -152,7 +177,75 @@ pub fn validate(schema: &CollectionSchema) -> Result<(), SchemaError> {
             "{dynamic} dynamic fields: a collection has at most one"
         )));
     }
+    check_functions(schema)
+}
+
+/// A schema's functions: valid unique names, BM25 from a VARCHAR field with an analyzer to a
+/// function output field, each such field the output of exactly one function.
+fn check_functions(schema: &CollectionSchema) -> Result<(), SchemaError> {
+    let field = |name: &str| schema.fields.iter().find(|f| f.name == name);
+    let mut names = std::collections::HashSet::new();
+    let mut outputs = std::collections::HashSet::new();
+    for func in &schema.functions {
+        check_name("function", &func.name)?;
+        if !names.insert(func.name.as_str()) {
+            return Err(bad(format!("function name {:?} is used twice", func.name)));
+        }
+        if FunctionType::try_from(func.r#type) != Ok(FunctionType::Bm25) {
+            return Err(bad(format!(
+                "function {:?} has no known type ({}): BM25 is the one",
+                func.name, func.r#type
+            )));
+        }
+        match field(&func.input_field) {
+            Some(f) if f.data_type == DataType::Varchar as i32 && f.enable_analyzer => {}
+            _ => {
+                return Err(bad(format!(
+                    "BM25 function {:?}: its input {:?} must be a VARCHAR field with                      enable_analyzer",
+                    func.name, func.input_field
+                )));
+            }
+        }
+        match field(&func.output_field) {
+            Some(f) if f.is_function_output => {}
+            _ => {
+                return Err(bad(format!(
+                    "BM25 function {:?}: its output {:?} must be a SPARSE_FLOAT_VECTOR field                      with is_function_output",
+                    func.name, func.output_field
+                )));
+            }
+        }
+        if !outputs.insert(func.output_field.as_str()) {
+            return Err(bad(format!(
+                "field {:?} is the output of two functions",
+                func.output_field
+            )));
+        }
+    }
+    if let Some(f) = schema
+        .fields
+        .iter()
+        .find(|f| f.is_function_output && !outputs.contains(f.name.as_str()))
+    {
+        return Err(bad(format!(
+            "field {:?} is a function output but no function outputs it",
+            f.name
+        )));
+    }
     Ok(())
+}
+
+/// The BM25 function whose output is field `name`, if there is one.
+pub fn bm25_of<'a>(schema: &'a CollectionSchema, name: &str) -> Option<&'a FunctionSchema> {
+    schema
+        .functions
+        .iter()
+        .find(|f| f.output_field == name && f.r#type == FunctionType::Bm25 as i32)
+}
+
+/// The fields rows are written with (every field but functions' outputs).
+pub fn stored_fields(schema: &CollectionSchema) -> impl Iterator<Item = &FieldSchema> {
+    schema.fields.iter().filter(|f| !f.is_function_output)
 }
 
 /// Whether fields of this type hold vectors (searched, never filtered on).
@@ -173,7 +266,7 @@ pub fn add_field(
     field: FieldSchema,
 ) -> Result<CollectionSchema, SchemaError> {
     let ty = check_field(&field)?;
-    if field.is_primary_key || is_vector(ty) || field.is_dynamic {
+    if field.is_primary_key || is_vector(ty) || field.is_dynamic || field.is_function_output {
         return Err(bad(format!(
             "field {:?}: only scalar, non-key fields can be added",
             field.name
@@ -505,6 +598,82 @@ mod tests {
             ..field("sv2", DataType::SparseFloatVector)
         };
         assert!(add_field(&good(), added).is_err());
+    }
+
+    /// `good()` with a BM25 function from `title` (with the standard analyzer) to `sparse`.
+    fn with_bm25() -> CollectionSchema {
+        let mut s = good();
+        s.fields[2].enable_analyzer = true;
+        s.fields.push(FieldSchema {
+            is_function_output: true,
+            ..field("sparse", DataType::SparseFloatVector)
+        });
+        s.functions.push(FunctionSchema {
+            name: "title_bm25".into(),
+            r#type: FunctionType::Bm25 as i32,
+            input_field: "title".into(),
+            output_field: "sparse".into(),
+        });
+        s
+    }
+
+    #[test]
+    fn a_bm25_function_reads_an_analyzed_varchar_field_into_its_own_output_field() {
+        let s = with_bm25();
+        validate(&s).unwrap();
+        assert_eq!(bm25_of(&s, "sparse").unwrap().input_field, "title");
+        assert!(bm25_of(&s, "title").is_none());
+        assert_eq!(
+            stored_fields(&s)
+                .map(|f| f.name.as_str())
+                .collect::<Vec<_>>(),
+            ["id", "vec", "title", "meta"]
+        );
+        type Edit = fn(&mut CollectionSchema);
+        let cases: Vec<(&str, Edit)> = vec![
+            ("enable_analyzer", |s| s.fields[2].enable_analyzer = false),
+            ("only a VARCHAR field", |s| {
+                s.fields[3].enable_analyzer = true
+            }),
+            ("tokenizer", |s| {
+                s.fields[2].analyzer_params = r#"{"tokenizer": "jieba"}"#.into()
+            }),
+            ("without enable_analyzer", |s| {
+                s.fields[3].analyzer_params = "{}".into()
+            }),
+            ("must be a SPARSE_FLOAT_VECTOR", |s| {
+                s.fields[4].data_type = DataType::FloatVector as i32;
+                s.fields[4].dim = 4;
+            }),
+            ("no function outputs it", |s| s.functions.clear()),
+            ("is_function_output", |s| {
+                s.fields[4].is_function_output = false
+            }),
+            ("input", |s| s.functions[0].input_field = "nope".into()),
+            ("no known type", |s| s.functions[0].r#type = 0),
+            ("function name", |s| s.functions[0].name = "a b".into()),
+            ("used twice", |s| {
+                let again = s.functions[0].clone();
+                s.functions.push(again);
+            }),
+            ("output of two functions", |s| {
+                let mut again = s.functions[0].clone();
+                again.name = "other".into();
+                s.functions.push(again);
+            }),
+        ];
+        for (want, edit) in cases {
+            let mut s = with_bm25();
+            edit(&mut s);
+            let e = validate(&s).expect_err(want).to_string();
+            assert!(e.contains(want), "{want}: {e}");
+        }
+        let output = FieldSchema {
+            nullable: true,
+            is_function_output: true,
+            ..field("more", DataType::Bool)
+        };
+        assert!(add_field(&s, output).is_err());
     }
 
     #[test]

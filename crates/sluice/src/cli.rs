@@ -334,6 +334,9 @@ pub(crate) fn parse_field(spec: &str) -> anyhow::Result<sluice_types::schema::Fi
             "pk" => f.is_primary_key = true,
             "auto" => f.auto_id = true,
             "nullable" => f.nullable = true,
+            "analyzer" => f.enable_analyzer = true,
+            // The output of a BM25 function of that input field (see `bm25_functions`).
+            p if p.starts_with("bm25=") => f.is_function_output = true,
             n => {
                 let n: u32 = n
                     .parse()
@@ -347,6 +350,24 @@ pub(crate) fn parse_field(spec: &str) -> anyhow::Result<sluice_types::schema::Fi
         }
     }
     Ok(f)
+}
+
+/// The BM25 functions field specs name: `sv:sparse_float_vector:bm25=text` is the output of a
+/// BM25 function (named `sv_bm25`) of the field `text`.
+fn bm25_functions(specs: &[String]) -> Vec<sluice_types::schema::FunctionSchema> {
+    specs
+        .iter()
+        .filter_map(|spec| {
+            let name = spec.split(':').next().unwrap_or_default();
+            let input = spec.split(':').find_map(|p| p.strip_prefix("bm25="))?;
+            Some(sluice_types::schema::FunctionSchema {
+                name: format!("{name}_bm25"),
+                r#type: sluice_types::schema::FunctionType::Bm25 as i32,
+                input_field: input.to_owned(),
+                output_field: name.to_owned(),
+            })
+        })
+        .collect()
 }
 
 pub(crate) fn print_collection(c: &v1::CollectionInfo) {
@@ -397,6 +418,19 @@ pub(crate) fn print_collection(c: &v1::CollectionInfo) {
         if f.dim > 0 {
             extra.push(format!("dim {}", f.dim));
         }
+        if f.enable_analyzer {
+            extra.push(if f.analyzer_params.is_empty() {
+                "analyzer standard".to_owned()
+            } else {
+                format!("analyzer {}", f.analyzer_params)
+            });
+        }
+        if let Some(func) = sluice_types::schema::bm25_of(&schema, &f.name) {
+            extra.push(format!(
+                "BM25 of {} (function {})",
+                func.input_field, func.name
+            ));
+        }
         println!(
             "  field {} id={} {ty} {}",
             f.name,
@@ -421,6 +455,7 @@ pub(crate) async fn create_collection(
     partitions: Vec<String>,
     timeout: Duration,
 ) -> anyhow::Result<v1::CollectionInfo> {
+    let functions = bm25_functions(fields);
     let fields = fields
         .iter()
         .map(|s| parse_field(s))
@@ -429,6 +464,7 @@ pub(crate) async fn create_collection(
         name: name.to_owned(),
         fields,
         shards,
+        functions,
         ..Default::default()
     };
     let info = coordinator(coord)?
@@ -989,7 +1025,8 @@ pub(crate) fn metric(name: &str) -> anyhow::Result<v1::MetricType> {
         "L2" => v1::MetricType::L2,
         "IP" => v1::MetricType::Ip,
         "COSINE" => v1::MetricType::Cosine,
-        other => bail!("metric must be L2, IP or COSINE, not {other:?}"),
+        "BM25" => v1::MetricType::Bm25,
+        other => bail!("metric must be L2, IP, COSINE or BM25, not {other:?}"),
     })
 }
 

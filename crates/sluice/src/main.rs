@@ -346,15 +346,19 @@ enum Command {
         read: ReadOpts,
         /// A query vector: comma-separated floats, or for a sparse vector field a JSON object
         /// of index to weight, `{"3": 0.5, "17": 1.2}` (repeat for several queries).
-        #[arg(long = "vector", required = true)]
+        #[arg(long = "vector", required_unless_present = "texts")]
         vectors: Vec<String>,
+        /// A text query of a BM25 function's output field, scored by BM25 (repeat for several
+        /// queries).
+        #[arg(long = "text", conflicts_with = "vectors")]
+        texts: Vec<String>,
         /// The vector field (may be left out when the collection has one).
         #[arg(long, default_value = "")]
         field: String,
         /// Hits per query vector.
         #[arg(long, default_value_t = 10)]
         top_k: u32,
-        /// L2, IP or COSINE (default: the index's metric).
+        /// L2, IP, COSINE or BM25 (default: the index's metric; BM25 for text queries).
         #[arg(long, default_value = "")]
         metric: String,
         /// Compare every row instead of using the HNSW indexes.
@@ -457,8 +461,11 @@ enum CtlCommand {
         #[arg(long)]
         name: String,
         /// A field: `name:type[:N][:pk][:auto][:nullable]`, type one of bool, int32, int64,
-        /// float, double, varchar (N = max length), json, float_vector (N = dimension). Repeat
-        /// for each field, in order.
+        /// float, double, varchar (N = max length), json, float_vector (N = dimension),
+        /// sparse_float_vector. A varchar field with `:analyzer` is split into terms (the
+        /// standard analyzer); a sparse_float_vector field with `:bm25=<that field>` is the
+        /// output of a BM25 function of it, searched with `search --text`. Repeat for each
+        /// field, in order.
         #[arg(long = "field", required = true)]
         fields: Vec<String>,
         /// Shards (one vchannel each).
@@ -1138,6 +1145,7 @@ fn run() -> anyhow::Result<()> {
         Command::Search {
             read,
             vectors,
+            texts,
             field,
             top_k,
             metric,
@@ -1161,6 +1169,9 @@ fn run() -> anyhow::Result<()> {
                     .filter(|v| cli::is_sparse_vector(v))
                     .map(|v| cli::parse_sparse_vector(v).map(Into::into))
                     .collect::<anyhow::Result<_>>()?,
+                text_queries: texts,
+                bm25_k1: 0.0,
+                bm25_b: None,
                 top_k,
                 metric: cli::metric(&metric)? as i32,
                 filter: read.filter.clone(),

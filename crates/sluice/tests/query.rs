@@ -215,24 +215,31 @@ impl Cluster {
         }
         let mut out = Vec::new();
         for (v, rows) in by_shard {
-            let body = ipc(&rows_batch(&rows));
-            let msg = MutableMessage::builder(InsertHeader {
-                collection_id: self.info.collection_id,
-                partitions: vec![PartitionSegmentAssignment {
-                    partition_id,
-                    rows: rows.len() as u64,
-                    binary_size: body.len() as u64,
-                    segment_id: 0,
-                }],
-            })
-            .vchannel(&VChannel::new(&v).unwrap())
-            .payload(body)
-            .build()
-            .unwrap();
-            let r = self.client.append(msg).await.expect("insert");
-            out.push((r.timestamp.0, rows));
+            let ts = self
+                .insert_batch(&v, partition_id, &rows_batch(&rows))
+                .await;
+            out.push((ts, rows));
         }
         out
+    }
+
+    /// Inserts `batch` into partition `partition_id` of shard `vchannel`; returns its timestamp.
+    async fn insert_batch(&self, vchannel: &str, partition_id: i64, batch: &RecordBatch) -> u64 {
+        let body = ipc(batch);
+        let msg = MutableMessage::builder(InsertHeader {
+            collection_id: self.info.collection_id,
+            partitions: vec![PartitionSegmentAssignment {
+                partition_id,
+                rows: batch.num_rows() as u64,
+                binary_size: body.len() as u64,
+                segment_id: 0,
+            }],
+        })
+        .vchannel(&VChannel::new(vchannel).unwrap())
+        .payload(body)
+        .build()
+        .unwrap();
+        self.client.append(msg).await.expect("insert").timestamp.0
     }
 
     async fn delete(&self, keys: Vec<i64>) -> Vec<(u64, Vec<i64>)> {
@@ -1443,6 +1450,185 @@ async fn a_ttl_hides_old_rows_on_query_workers_and_delegators() {
             "the TTL is not removed"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    server.kill();
+}
+
+/// Text search on query workers: a BM25 function's output, its sealed segment on a `sluice
+/// querynode`, more rows growing on the delegator, one deleted. Every hit's score is Okapi BM25
+/// with the statistics of all the shard's rows — as computed here from the texts — whether the
+/// worker or the delegator scored it (a worker scoring with its own segment's statistics would
+/// answer other scores).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn text_searches_on_query_workers_score_by_the_whole_shards_term_statistics() {
+    use sluice_types::schema::{FunctionSchema, FunctionType};
+    use sluice_types::text::{Analyzer, idf, tf_weight};
+    let Some((dir, shared)) =
+        Shared::new("text_searches_on_query_workers_score_by_the_whole_shards_term_statistics")
+    else {
+        return;
+    };
+    let data = dir.path().join("data");
+    let listen = format!("127.0.0.1:{}", free_port());
+    let mut server = shared.standalone(&data, &listen);
+    let endpoint = server.endpoint();
+    let worker = shared.querynode(101, &endpoint);
+    let f = |name: &str, ty: DataType| FieldSchema {
+        name: name.into(),
+        data_type: ty as i32,
+        ..FieldSchema::default()
+    };
+    let schema = CollectionSchema {
+        name: "texts".into(),
+        fields: vec![
+            FieldSchema {
+                is_primary_key: true,
+                ..f("id", DataType::Int64)
+            },
+            FieldSchema {
+                max_length: 500,
+                enable_analyzer: true,
+                ..f("text", DataType::Varchar)
+            },
+            FieldSchema {
+                is_function_output: true,
+                ..f("sparse", DataType::SparseFloatVector)
+            },
+        ],
+        functions: vec![FunctionSchema {
+            name: "text_bm25".into(),
+            r#type: FunctionType::Bm25 as i32,
+            input_field: "text".into(),
+            output_field: "sparse".into(),
+        }],
+        shards: 1,
+        ..CollectionSchema::default()
+    };
+    let mut coord = v1::coordinator_client::CoordinatorClient::new(
+        sluice_proto::lazy_channel(&endpoint).unwrap(),
+    );
+    let info = coord
+        .create_collection(v1::CreateCollectionRequest {
+            schema: Some(schema),
+            partition_names: Vec::new(),
+            properties: Default::default(),
+        })
+        .await
+        .expect("create collection")
+        .into_inner();
+    let c = connect(&endpoint, info.clone());
+    let words = [
+        "river", "stone", "bridge", "lantern", "harbor", "meadow", "signal", "copper",
+    ];
+    let mut rng = StdRng::seed_from_u64(23);
+    let texts: Vec<(i64, String)> = (0..60)
+        .map(|id| {
+            let n = rng.random_range(1..10);
+            let text: Vec<&str> = (0..n)
+                .map(|_| words[rng.random_range(0..words.len())])
+                .collect();
+            (id, text.join(" "))
+        })
+        .collect();
+    let batch = |rows: &[(i64, String)]| {
+        RecordBatch::try_new(
+            Arc::new(Schema::new(vec![
+                Field::new("id", ArrowType::Int64, false),
+                Field::new("text", ArrowType::Utf8, false),
+            ])),
+            vec![
+                Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.0))) as ArrayRef,
+                Arc::new(arrow_array::StringArray::from_iter_values(
+                    rows.iter().map(|r| r.1.as_str()),
+                )),
+            ],
+        )
+        .unwrap()
+    };
+    let (vchannel, partition) = (&info.vchannels[0], info.partitions[0].partition_id);
+    c.insert_batch(vchannel, partition, &batch(&texts[..40]))
+        .await;
+    c.flush().await;
+    // The worker holds the sealed segment and the delegator keeps only its keys.
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    while worker_segments(&worker.endpoint()).await.is_empty()
+        || !server.stderr_tail(400).contains("keeping its keys only")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the sealed segment did not move to the worker"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    c.insert_batch(vchannel, partition, &batch(&texts[40..]))
+        .await;
+    let deleted = c.delete(vec![7]).await;
+    let at = deleted[0].0;
+
+    let analyzer = Analyzer::default();
+    let docs: Vec<(i64, Vec<String>)> = texts
+        .iter()
+        .map(|(id, t)| (*id, analyzer.terms(t)))
+        .collect();
+    let rows = docs.len() as u64;
+    let avgdl = docs.iter().map(|d| d.1.len()).sum::<usize>() as f32 / rows as f32;
+    let (k1, b) = (1.2, 0.75);
+    for query in ["river stone", "copper copper lantern", "meadow"] {
+        let q = analyzer.terms(query);
+        let mut want: Vec<(i64, f32)> = docs
+            .iter()
+            .filter(|(id, _)| *id != 7)
+            .filter_map(|(id, terms)| {
+                let mut uniq = q.clone();
+                uniq.sort();
+                uniq.dedup();
+                let mut score = None;
+                for term in &uniq {
+                    let tf = terms.iter().filter(|x| *x == term).count() as f32;
+                    if tf > 0.0 {
+                        let qtf = q.iter().filter(|x| *x == term).count() as f32;
+                        let df = docs.iter().filter(|d| d.1.contains(term)).count() as u64;
+                        *score.get_or_insert(0.0) +=
+                            qtf * idf(rows, df) * tf_weight(tf, terms.len() as f32, avgdl, k1, b);
+                    }
+                }
+                score.map(|s| (*id, s))
+            })
+            .collect();
+        want.sort_by(|x, y| y.1.total_cmp(&x.1).then(x.0.cmp(&y.0)));
+        want.truncate(10);
+        let got = c
+            .query
+            .search(v1::SearchRequest {
+                collection: "texts".into(),
+                text_queries: vec![query.into()],
+                top_k: 10,
+                read: read(v1::ConsistencyLevel::Strong, at),
+                ..v1::SearchRequest::default()
+            })
+            .await
+            .expect("search");
+        assert_eq!(got.metric, v1::MetricType::Bm25 as i32);
+        let hits = &got.results[0];
+        let ids: Vec<i64> = ids_and_tags(&hits.rows).iter().map(|r| r.0).collect();
+        // Equal scores may come in either order: compare scores by rank and the sets of ids.
+        for (rank, (score, w)) in hits.scores.iter().zip(&want).enumerate() {
+            assert!(
+                (score - w.1).abs() < 1e-4,
+                "{query}: rank {rank}: {score} vs {w:?}"
+            );
+        }
+        assert_eq!(hits.scores.len(), want.len(), "{query}");
+        let cut = want.last().map_or(0.0, |w| w.1);
+        let sure: BTreeSet<i64> = want
+            .iter()
+            .filter(|w| w.1 > cut + 1e-4)
+            .map(|w| w.0)
+            .collect();
+        assert!(
+            sure.iter().all(|id| ids.contains(id)),
+            "{query}: {ids:?} vs {want:?}"
+        );
     }
     server.kill();
 }

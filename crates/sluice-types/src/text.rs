@@ -1,0 +1,331 @@
+//! Full-text search's vocabulary: the analyzer that splits a VARCHAR field's text into terms
+//! (Milvus's `analyzer_params`), the 32-bit term ids a BM25 function's sparse output is keyed
+//! by, and Okapi BM25's parts (term statistics, IDF, a row's term weight).
+//!
+//! The standard tokenizer takes maximal runs of Unicode letters and digits (`char::
+//! is_alphanumeric`), as Milvus's default `standard` tokenizer does; the standard analyzer adds
+//! the lowercase filter.
+
+use std::collections::HashSet;
+
+use serde_json::Value;
+
+/// Analyzer parameters that are not valid.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("analyzer_params: {0}")]
+pub struct AnalyzerError(pub String);
+
+fn bad(what: impl Into<String>) -> AnalyzerError {
+    AnalyzerError(what.into())
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Tokenizer {
+    /// Runs of letters and digits.
+    Standard,
+    /// Runs of characters other than white space.
+    Whitespace,
+}
+
+/// Splits text into terms.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Analyzer {
+    tokenizer: Tokenizer,
+    lowercase: bool,
+    stop_words: HashSet<String>,
+    /// Terms longer than this many characters are dropped (`length` filter).
+    max_len: Option<usize>,
+}
+
+impl Default for Analyzer {
+    /// The standard analyzer: the standard tokenizer and the lowercase filter.
+    fn default() -> Self {
+        Analyzer {
+            tokenizer: Tokenizer::Standard,
+            lowercase: true,
+            stop_words: HashSet::new(),
+            max_len: None,
+        }
+    }
+}
+
+fn stop_words(list: &Value) -> Result<HashSet<String>, AnalyzerError> {
+    let words = list
+        .as_array()
+        .ok_or_else(|| bad("stop_words must be a list of words"))?;
+    words
+        .iter()
+        .map(|w| match w.as_str() {
+            // Milvus's named word lists (`_english_`, ...).
+            Some(s) if s.len() > 2 && s.starts_with('_') && s.ends_with('_') => Err(bad(format!(
+                "the stop word list {s} is not supported: give the words"
+            ))),
+            Some(s) => Ok(s.to_owned()),
+            None => Err(bad("stop_words must be a list of words")),
+        })
+        .collect()
+}
+
+impl Analyzer {
+    /// The analyzer `params` (a JSON object, Milvus's `analyzer_params`; empty: the standard
+    /// analyzer) describe: `{"type": "standard", "stop_words": [...]}` (a built-in analyzer),
+    /// or `{"tokenizer": "standard" | "whitespace", "filter": [...]}` with the filters
+    /// `"lowercase"`, `{"type": "stop", "stop_words": [...]}` and `{"type": "length", "max":
+    /// n}`. Anything else is refused.
+    pub fn from_params(params: &str) -> Result<Analyzer, AnalyzerError> {
+        if params.trim().is_empty() {
+            return Ok(Analyzer::default());
+        }
+        let v: Value =
+            serde_json::from_str(params).map_err(|e| bad(format!("not JSON ({e}): {params}")))?;
+        let obj = v
+            .as_object()
+            .ok_or_else(|| bad(format!("a JSON object expected, not {params}")))?;
+        if obj.is_empty() {
+            return Ok(Analyzer::default());
+        }
+        if let Some(ty) = obj.get("type") {
+            if let Some(k) = obj
+                .keys()
+                .find(|k| !matches!(k.as_str(), "type" | "stop_words"))
+            {
+                return Err(bad(format!("a built-in analyzer takes no {k:?}")));
+            }
+            return match ty.as_str() {
+                Some("standard") => Ok(Analyzer {
+                    stop_words: obj
+                        .get("stop_words")
+                        .map(stop_words)
+                        .transpose()?
+                        .unwrap_or_default(),
+                    ..Analyzer::default()
+                }),
+                _ => Err(bad(format!(
+                    "the built-in analyzer {ty} is not supported (\"standard\" is)"
+                ))),
+            };
+        }
+        if let Some(k) = obj
+            .keys()
+            .find(|k| !matches!(k.as_str(), "tokenizer" | "filter"))
+        {
+            return Err(bad(format!("unknown key {k:?}")));
+        }
+        let tokenizer = match obj.get("tokenizer") {
+            None => return Err(bad("a custom analyzer needs a tokenizer")),
+            Some(t) => {
+                let name = match t {
+                    Value::String(s) => Some(s.as_str()),
+                    Value::Object(o) if o.len() == 1 => o.get("type").and_then(Value::as_str),
+                    _ => None,
+                };
+                match name {
+                    Some("standard") => Tokenizer::Standard,
+                    Some("whitespace") => Tokenizer::Whitespace,
+                    _ => {
+                        return Err(bad(format!(
+                            "the tokenizer {t} is not supported (\"standard\" and \
+                             \"whitespace\" are)"
+                        )));
+                    }
+                }
+            }
+        };
+        let mut out = Analyzer {
+            tokenizer,
+            lowercase: false,
+            stop_words: HashSet::new(),
+            max_len: None,
+        };
+        let filters = match obj.get("filter") {
+            None => Vec::new(),
+            Some(Value::Array(list)) => list.clone(),
+            Some(other) => return Err(bad(format!("filter must be a list, not {other}"))),
+        };
+        for f in &filters {
+            match f {
+                Value::String(s) if s == "lowercase" => out.lowercase = true,
+                Value::Object(o) if o.get("type").and_then(Value::as_str) == Some("stop") => {
+                    let list = o
+                        .get("stop_words")
+                        .ok_or_else(|| bad("a stop filter needs stop_words"))?;
+                    out.stop_words.extend(stop_words(list)?);
+                }
+                Value::Object(o) if o.get("type").and_then(Value::as_str) == Some("length") => {
+                    let max = o
+                        .get("max")
+                        .and_then(Value::as_u64)
+                        .filter(|&m| m > 0)
+                        .ok_or_else(|| bad("a length filter needs a positive max"))?;
+                    out.max_len = Some(usize::try_from(max).unwrap_or(usize::MAX));
+                }
+                other => {
+                    return Err(bad(format!(
+                        "the filter {other} is not supported (\"lowercase\", stop and length \
+                         are)"
+                    )));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The terms of `text`, in order, each as often as it occurs.
+    pub fn terms(&self, text: &str) -> Vec<String> {
+        let split: Box<dyn Iterator<Item = &str>> = match self.tokenizer {
+            Tokenizer::Standard => Box::new(
+                text.split(|c: char| !c.is_alphanumeric())
+                    .filter(|t| !t.is_empty()),
+            ),
+            Tokenizer::Whitespace => Box::new(text.split_whitespace()),
+        };
+        split
+            .map(|t| {
+                if self.lowercase {
+                    t.to_lowercase()
+                } else {
+                    t.to_owned()
+                }
+            })
+            .filter(|t| self.max_len.is_none_or(|m| t.chars().count() <= m))
+            .filter(|t| !self.stop_words.contains(t))
+            .collect()
+    }
+
+    /// `text`'s term frequencies keyed by [`term_id`], by increasing id: a BM25 function's
+    /// output row (and a text query's terms).
+    pub fn term_frequencies(&self, text: &str) -> Vec<(u32, f32)> {
+        let mut ids: Vec<u32> = self.terms(text).iter().map(|t| term_id(t)).collect();
+        ids.sort_unstable();
+        let mut out: Vec<(u32, f32)> = Vec::new();
+        for id in ids {
+            match out.last_mut() {
+                Some((last, n)) if *last == id => *n += 1.0,
+                _ => out.push((id, 1.0)),
+            }
+        }
+        out
+    }
+}
+
+/// A term's 32-bit id: FNV-1a of its UTF-8 bytes.
+pub fn term_id(term: &str) -> u32 {
+    term.bytes().fold(0x811c_9dc5u32, |h, b| {
+        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+    })
+}
+
+/// BM25's default `k1` (term frequency saturation), as Milvus's.
+pub const DEFAULT_BM25_K1: f32 = 1.2;
+/// BM25's default `b` (document length normalization), as Milvus's.
+pub const DEFAULT_BM25_B: f32 = 0.75;
+
+/// Checks BM25's `k1` (0–3; Milvus advises 1.2–2) and `b` (0–1).
+pub fn check_bm25_params(k1: f32, b: f32) -> Result<(), String> {
+    if !(0.0..=3.0).contains(&k1) {
+        return Err(format!("bm25_k1 {k1}: it must be in [0, 3]"));
+    }
+    if !(0.0..=1.0).contains(&b) {
+        return Err(format!("bm25_b {b}: it must be in [0, 1]"));
+    }
+    Ok(())
+}
+
+/// A term's inverse document frequency among `rows` rows, `with_term` of which hold it:
+/// `ln(1 + (N − n + 0.5) / (n + 0.5))`.
+pub fn idf(rows: u64, with_term: u64) -> f32 {
+    let (n, q) = (rows as f64, with_term as f64);
+    (1.0 + (n - q + 0.5) / (q + 0.5)).ln() as f32
+}
+
+/// A row's weight for a term it holds `tf` times, the row holding `len` terms in all where
+/// rows hold `avgdl` on average: `tf · (k1 + 1) / (tf + k1 · (1 − b + b · len / avgdl))`.
+pub fn tf_weight(tf: f32, len: f32, avgdl: f32, k1: f32, b: f32) -> f32 {
+    let norm = if avgdl > 0.0 { len / avgdl } else { 1.0 };
+    tf * (k1 + 1.0) / (tf + k1 * (1.0 - b + b * norm))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_standard_analyzer_splits_on_what_is_not_a_letter_or_digit_and_lowercases() {
+        let a = Analyzer::default();
+        assert_eq!(
+            a.terms("The 2 QUICK Brown-Foxes dog's 32.3 Straße_x"),
+            [
+                "the", "2", "quick", "brown", "foxes", "dog", "s", "32", "3", "straße", "x"
+            ]
+        );
+        assert!(a.terms("  --  ").is_empty());
+        assert_eq!(Analyzer::from_params("").unwrap(), a);
+        assert_eq!(Analyzer::from_params("{}").unwrap(), a);
+        assert_eq!(Analyzer::from_params(r#"{"type": "standard"}"#).unwrap(), a);
+    }
+
+    #[test]
+    fn custom_analyzers_take_their_tokenizer_and_filters() {
+        let plain = Analyzer::from_params(r#"{"tokenizer": "standard"}"#).unwrap();
+        assert_eq!(plain.terms("Hello World"), ["Hello", "World"]);
+        let ws = Analyzer::from_params(
+            r#"{"tokenizer": {"type": "whitespace"}, "filter": ["lowercase",
+                {"type": "stop", "stop_words": ["a", "the"]}, {"type": "length", "max": 5}]}"#,
+        )
+        .unwrap();
+        assert_eq!(ws.terms("The cat-dog ate A banana!"), ["ate"]);
+        let stop = Analyzer::from_params(r#"{"type": "standard", "stop_words": ["of"]}"#).unwrap();
+        assert_eq!(stop.terms("Out of Order"), ["out", "order"]);
+    }
+
+    #[test]
+    fn unknown_analyzer_params_are_refused() {
+        for bad in [
+            "[1]",
+            "not json",
+            r#"{"type": "english"}"#,
+            r#"{"tokenizer": "jieba"}"#,
+            r#"{"tokenizer": "standard", "filter": ["stemmer"]}"#,
+            r#"{"tokenizer": "standard", "filter": "lowercase"}"#,
+            r#"{"tokenizer": "standard", "x": 1}"#,
+            r#"{"filter": ["lowercase"]}"#,
+            r#"{"type": "standard", "stop_words": ["_english_"]}"#,
+            r#"{"type": "standard", "stop_words": [1]}"#,
+            r#"{"tokenizer": "standard", "filter": [{"type": "length", "max": 0}]}"#,
+        ] {
+            assert!(Analyzer::from_params(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn term_frequencies_count_each_term_by_its_id() {
+        let tf = Analyzer::default().term_frequencies("b a B c b");
+        let mut want = vec![
+            (term_id("a"), 1.0),
+            (term_id("b"), 3.0),
+            (term_id("c"), 1.0),
+        ];
+        want.sort_by_key(|p| p.0);
+        assert_eq!(tf, want);
+        assert_ne!(term_id("a"), term_id("b"));
+        // FNV-1a's published value for "a".
+        assert_eq!(term_id("a"), 0xe40c_292c);
+    }
+
+    #[test]
+    fn bm25_parts_follow_the_okapi_formula() {
+        // 10 rows, 2 with the term.
+        let want = (1.0f64 + 8.5 / 2.5).ln() as f32;
+        assert!((idf(10, 2) - want).abs() < 1e-6);
+        // A row of average length: tf (k1 + 1) / (tf + k1).
+        assert!((tf_weight(2.0, 5.0, 5.0, 1.2, 0.75) - 2.0 * 2.2 / 3.2).abs() < 1e-6);
+        // b = 0 ignores the length.
+        assert_eq!(
+            tf_weight(1.0, 50.0, 5.0, 1.5, 0.0),
+            tf_weight(1.0, 1.0, 5.0, 1.5, 0.0)
+        );
+        assert!(check_bm25_params(1.2, 0.75).is_ok());
+        assert!(check_bm25_params(3.5, 0.75).is_err());
+        assert!(check_bm25_params(1.5, 1.5).is_err());
+    }
+}
