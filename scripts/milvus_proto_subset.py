@@ -36,7 +36,10 @@ RPCS = {
     "rows are spread by the key; writes, reads and partition DDL naming a partition are then "
     "refused, and a read whose filter pins the key (key == v or key in [...], joined by and "
     "at the top level) reads only the partitions those values go to. properties as in "
-    "AlterCollection.",
+    "AlterCollection. A SPARSE_FLOAT_VECTOR field holds {index: weight} rows. functions: BM25 "
+    "only, from a VARCHAR field with enable_analyzer (and analyzer_params, as RunAnalyzer "
+    "takes them) to a SPARSE_FLOAT_VECTOR field, which inserts leave out (it is computed from "
+    "the text) and reads never return; enable_match (TEXT_MATCH) is refused.",
     "DropCollection": "Drops a collection and its data.",
     "HasCollection": "Whether a collection exists.",
     "DescribeCollection": "The schema, id, shards and creation time of a collection.",
@@ -57,7 +60,10 @@ RPCS = {
     "scalar), STL_SORT (numbers), Trie (VARCHAR), BITMAP (BOOL, integers, VARCHAR and their "
     "ARRAYs; not the primary key), or on a JSON field INVERTED with json_path and json_cast_type "
     "(one per path); checked and recorded, they change no answer (filters are evaluated over "
-    "each segment's rows). Any other index type or a bad parameter is an error.",
+    "each segment's rows). On a SPARSE_FLOAT_VECTOR field: SPARSE_INVERTED_INDEX, SPARSE_WAND "
+    "or AUTOINDEX by IP (drop_ratio_build, inverted_index_algo), or by BM25 on a BM25 "
+    "function's output (bm25_k1, default 1.2, and bm25_b, default 0.75: the searches' "
+    "parameters). Any other index type or a bad parameter is an error.",
     "DescribeIndex": "The index recorded on the collection, state Finished; total_rows and "
     "indexed_rows are the rows of its committed segments (each searched with its index, or "
     "exactly below the index's row threshold; growing rows are not counted, as in Milvus), "
@@ -103,7 +109,10 @@ RPCS = {
     "`iterator` reads as of its guarantee_timestamp (an iterator's pages see one snapshot). "
     "pymilvus's search iterator (search_iter_v2, search_iter_batch_size, search_iter_last_bound, "
     "search_iter_id) gets pages of the nearest hits strictly past the last bound, at most 16384 "
-    "hits deep, with search_iterator_v2_results (token, last_bound).",
+    "hits deep, with search_iterator_v2_results (token, last_bound). A BM25 function's output "
+    "field is searched with text placeholders (VarChar): each text is split by the input "
+    "field's analyzer and rows are scored by Okapi BM25 with the term statistics of every row "
+    "inserted into their shard.",
     "HybridSearch": "Several searches (each its own vector field, query vectors, filter and "
     "limit) fused into one ranking per query vector: RRF (k) or weighted (weights, one per "
     "search; scores normalized to 0..1, L2 always, IP and COSINE unless norm_score is false); "
@@ -174,6 +183,11 @@ RPCS = {
     "With no compactionID but a collection (collection_name, or collection_id): every "
     "compaction of the collection still remembered, oldest first, their merge infos together; "
     "Executing while any of them is.",
+    "RunAnalyzer": "The terms each text (placeholder: UTF-8 strings) splits into, by "
+    "analyzer_params (a JSON object as a field's; empty: the standard analyzer) or by the "
+    "analyzer of field_name of collection_name (a VARCHAR field with enable_analyzer). "
+    "with_hash adds each term's 32-bit id (its key in a BM25 function's output); with_detail "
+    "adds byte offsets and positions. analyzer_names (multi-language analyzers) is refused.",
 }
 
 SERVICE = "milvus.proto.milvus.MilvusService"

@@ -3630,3 +3630,44 @@ def test_full_text_search_in_sluice_reads_the_shards_statistics_and_refuses_what
     refused({"text": {"enable_analyzer": True, "enable_match": True}})
     refused({"text": {"enable_analyzer": True, "analyzer_params": {"tokenizer": "jieba"}}})
     refused({"input": "id"})
+
+
+def test_run_analyzer_shows_the_terms_a_bm25_function_indexes(sluice):
+    """run_analyzer: the standard analyzer by default, given analyzer_params, or a collection
+    field's analyzer; with_hash gives the ids a BM25 output is keyed by (two texts with the same
+    terms, the same ids), with_detail offsets and positions; unknown analyzers are refused."""
+    from pymilvus import Function, FunctionType, MilvusException
+
+    got = sluice.run_analyzer(["The Quick brown-fox!", "fox QUICK"], with_hash=True, with_detail=True)
+    first = [(t.token, t.dict["start_offset"], t.dict["end_offset"], t.dict["position"]) for t in got[0].tokens]
+    assert first == [("the", 0, 3, 0), ("quick", 4, 9, 1), ("brown", 10, 15, 2), ("fox", 16, 19, 3)]
+    ids = {t.token: t.dict["hash"] for t in got[0].tokens}
+    assert {t.token: t.dict["hash"] for t in got[1].tokens} == {"fox": ids["fox"], "quick": ids["quick"]}
+    assert len(set(ids.values())) == 4
+    assert sluice.run_analyzer("Hello World", analyzer_params={"tokenizer": "whitespace"}).tokens == ["Hello", "World"]
+
+    drop_if_exists(sluice, "s_analyzed")
+    schema = sluice.create_schema()
+    schema.add_field("id", DataType.INT64, is_primary=True)
+    params = {"tokenizer": "standard", "filter": ["lowercase", {"type": "stop", "stop_words": ["of", "the"]}]}
+    schema.add_field("text", DataType.VARCHAR, max_length=100, enable_analyzer=True, analyzer_params=params)
+    schema.add_field("sparse", DataType.SPARSE_FLOAT_VECTOR)
+    schema.add_function(
+        Function(name="f", function_type=FunctionType.BM25, input_field_names=["text"], output_field_names=["sparse"])
+    )
+    sluice.create_collection("s_analyzed", schema=schema)
+    got = sluice.run_analyzer("The Age of Wonders", collection_name="s_analyzed", field_name="text")
+    assert got.tokens == ["age", "wonders"]
+    # The collection's analyzer is the one its searches use: a stop word matches nothing.
+    sluice.insert("s_analyzed", [{"id": 1, "text": "the age of wonders"}])
+    index = sluice.prepare_index_params()
+    index.add_index(field_name="sparse", index_type="AUTOINDEX", metric_type="BM25")
+    sluice.create_index("s_analyzed", index)
+    sluice.load_collection("s_analyzed")
+    assert sluice.search("s_analyzed", data=["the of"], anns_field="sparse", limit=3)[0] == []
+    assert [h["id"] for h in sluice.search("s_analyzed", data=["AGE"], anns_field="sparse", limit=3)[0]] == [1]
+    for bad in ({"tokenizer": "jieba"}, {"type": "english"}, {"tokenizer": "standard", "filter": ["stemmer"]}):
+        with pytest.raises(MilvusException, match="analyzer_params"):
+            sluice.run_analyzer("x", analyzer_params=bad)
+    with pytest.raises(MilvusException):
+        sluice.run_analyzer("x", collection_name="s_analyzed", field_name="id")

@@ -1576,6 +1576,69 @@ impl MilvusFront {
     /// Milvus's TruncateCollection: the coordinator's TruncateCollection (every row goes, the
     /// partitions get new ids), then the released partitions recorded again under their new
     /// ids.
+    /// RunAnalyzer: the terms of each text by the given analyzer, or by a collection field's.
+    async fn do_run_analyzer(
+        &self,
+        r: mm::RunAnalyzerRequest,
+    ) -> Result<Vec<mm::AnalyzerResult>, Failure> {
+        if !r.analyzer_names.is_empty() {
+            return Err(Failure::unsupported(
+                "analyzer_names (multi-language analyzers)",
+            ));
+        }
+        let params = if r.collection_name.is_empty() {
+            r.analyzer_params
+        } else {
+            if !is_default_database(&r.db_name) {
+                return Err(Failure::invalid(format!(
+                    "database {:?}: Sluice has one database, `default`",
+                    r.db_name
+                )));
+            }
+            let c = self.collection(&r.collection_name).await?;
+            let field = c
+                .schema
+                .fields
+                .iter()
+                .find(|f| f.name == r.field_name)
+                .ok_or_else(|| Failure::invalid(format!("field {} not exist", r.field_name)))?;
+            if !field.enable_analyzer {
+                return Err(Failure::invalid(format!(
+                    "field {} has no analyzer (enable_analyzer)",
+                    r.field_name
+                )));
+            }
+            field.analyzer_params.clone()
+        };
+        let analyzer = sluice_types::text::Analyzer::from_params(&params)
+            .map_err(|e| Failure::invalid(e.to_string()))?;
+        r.placeholder
+            .iter()
+            .enumerate()
+            .map(|(i, bytes)| {
+                let text = std::str::from_utf8(bytes)
+                    .map_err(|_| Failure::invalid(format!("text {i} is not UTF-8")))?;
+                let tokens = analyzer
+                    .tokens(text)
+                    .into_iter()
+                    .map(|t| mm::AnalyzerToken {
+                        hash: if r.with_hash {
+                            sluice_types::text::term_id(&t.text)
+                        } else {
+                            0
+                        },
+                        start_offset: if r.with_detail { t.start as i64 } else { 0 },
+                        end_offset: if r.with_detail { t.end as i64 } else { 0 },
+                        position: if r.with_detail { t.position as i64 } else { 0 },
+                        position_length: i64::from(r.with_detail),
+                        token: t.text,
+                    })
+                    .collect();
+                Ok(mm::AnalyzerResult { tokens })
+            })
+            .collect()
+    }
+
     async fn do_truncate(&self, r: mm::TruncateCollectionRequest) -> Result<(), Failure> {
         if !is_default_database(&r.db_name) {
             return Err(Failure::invalid(format!(
@@ -2859,6 +2922,24 @@ impl MilvusService for MilvusFront {
         }
         .await;
         Ok(Response::new(status::of(&result)))
+    }
+
+    async fn run_analyzer(
+        &self,
+        r: Request<mm::RunAnalyzerRequest>,
+    ) -> Reply<mm::RunAnalyzerResponse> {
+        Ok(Response::new(
+            match self.do_run_analyzer(r.into_inner()).await {
+                Ok(results) => mm::RunAnalyzerResponse {
+                    status: Some(status::ok()),
+                    results,
+                },
+                Err(f) => mm::RunAnalyzerResponse {
+                    status: Some(f.status()),
+                    results: Vec::new(),
+                },
+            },
+        ))
     }
 
     async fn truncate_collection(

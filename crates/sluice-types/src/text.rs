@@ -27,6 +27,19 @@ enum Tokenizer {
     Whitespace,
 }
 
+/// A term of a text and where it is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Token {
+    /// The term (after the filters).
+    pub text: String,
+    /// Its first byte in the text.
+    pub start: usize,
+    /// The byte after its last.
+    pub end: usize,
+    /// Its place among the tokenizer's tokens, from 0.
+    pub position: usize,
+}
+
 /// Splits text into terms.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Analyzer {
@@ -172,23 +185,49 @@ impl Analyzer {
 
     /// The terms of `text`, in order, each as often as it occurs.
     pub fn terms(&self, text: &str) -> Vec<String> {
-        let split: Box<dyn Iterator<Item = &str>> = match self.tokenizer {
-            Tokenizer::Standard => Box::new(
-                text.split(|c: char| !c.is_alphanumeric())
-                    .filter(|t| !t.is_empty()),
-            ),
-            Tokenizer::Whitespace => Box::new(text.split_whitespace()),
+        self.tokens(text).into_iter().map(|t| t.text).collect()
+    }
+
+    /// The terms of `text` with where each is: its byte range in `text` and its position among
+    /// the tokenizer's tokens (a token a filter drops leaves a gap).
+    pub fn tokens(&self, text: &str) -> Vec<Token> {
+        let word = |c: char| match self.tokenizer {
+            Tokenizer::Standard => c.is_alphanumeric(),
+            Tokenizer::Whitespace => !c.is_whitespace(),
         };
-        split
-            .map(|t| {
-                if self.lowercase {
-                    t.to_lowercase()
-                } else {
-                    t.to_owned()
+        let mut runs: Vec<(usize, usize)> = Vec::new();
+        let mut start = None;
+        for (i, c) in text.char_indices() {
+            match (word(c), start) {
+                (true, None) => start = Some(i),
+                (false, Some(s)) => {
+                    runs.push((s, i));
+                    start = None;
                 }
+                _ => {}
+            }
+        }
+        if let Some(s) = start {
+            runs.push((s, text.len()));
+        }
+        runs.into_iter()
+            .enumerate()
+            .filter_map(|(position, (start, end))| {
+                let raw = &text[start..end];
+                let term = if self.lowercase {
+                    raw.to_lowercase()
+                } else {
+                    raw.to_owned()
+                };
+                let keep = self.max_len.is_none_or(|m| term.chars().count() <= m)
+                    && !self.stop_words.contains(&term);
+                keep.then_some(Token {
+                    text: term,
+                    start,
+                    end,
+                    position,
+                })
             })
-            .filter(|t| self.max_len.is_none_or(|m| t.chars().count() <= m))
-            .filter(|t| !self.stop_words.contains(t))
             .collect()
     }
 
@@ -276,6 +315,14 @@ mod tests {
         assert_eq!(ws.terms("The cat-dog ate A banana!"), ["ate"]);
         let stop = Analyzer::from_params(r#"{"type": "standard", "stop_words": ["of"]}"#).unwrap();
         assert_eq!(stop.terms("Out of Order"), ["out", "order"]);
+        let tokens = stop.tokens("Out of Ordér!");
+        assert_eq!(
+            tokens
+                .iter()
+                .map(|t| (t.text.as_str(), t.start, t.end, t.position))
+                .collect::<Vec<_>>(),
+            [("out", 0, 3, 0), ("ordér", 7, 13, 2)]
+        );
     }
 
     #[test]
