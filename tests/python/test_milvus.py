@@ -3544,7 +3544,7 @@ def test_full_text_search_in_sluice_reads_the_shards_statistics_and_refuses_what
     Milvus's per-shard statistics do), filters pick hits without changing scores, release and
     load answer the same, hybrid search with a dense field works; the output field is
     described as a function output, never returned, never written; text on another field, a
-    vector on the BM25 field, another metric and TEXT_MATCH's enable_match are refused."""
+    vector on the BM25 field, another metric and enable_match without an analyzer are refused."""
     from pymilvus import AnnSearchRequest, Function, FunctionType, MilvusException, RRFRanker
 
     data = text_rows(120, seed=41)
@@ -3627,7 +3627,7 @@ def test_full_text_search_in_sluice_reads_the_shards_statistics_and_refuses_what
         assert not sluice.has_collection("s_bm25_bad")
 
     refused({"text": {}})  # no analyzer
-    refused({"text": {"enable_analyzer": True, "enable_match": True}})
+    refused({"text": {"enable_match": True}})  # TEXT_MATCH needs an analyzer too
     refused({"text": {"enable_analyzer": True, "analyzer_params": {"tokenizer": "jieba"}}})
     refused({"input": "id"})
 
@@ -3671,3 +3671,44 @@ def test_run_analyzer_shows_the_terms_a_bm25_function_indexes(sluice):
             sluice.run_analyzer("x", analyzer_params=bad)
     with pytest.raises(MilvusException):
         sluice.run_analyzer("x", collection_name="s_analyzed", field_name="id")
+
+
+def test_text_match_filters_like_milvus(sluice, lite):
+    """TEXT_MATCH(field, 'terms') on a VARCHAR field with enable_match: rows holding any of
+    the terms, in query, search and delete filters, joined with other conditions — as
+    milvus-lite answers."""
+    data = text_rows(80, seed=51)
+
+    def f(c):
+        drop_if_exists(c, "d_match")
+        schema = c.create_schema()
+        schema.add_field("id", DataType.INT64, is_primary=True)
+        schema.add_field("text", DataType.VARCHAR, max_length=2000, enable_analyzer=True, enable_match=True)
+        schema.add_field("tag", DataType.INT64)
+        schema.add_field("dense", DataType.FLOAT_VECTOR, dim=4)
+        index = c.prepare_index_params()
+        index.add_index(field_name="dense", index_type="FLAT", metric_type="L2")
+        c.create_collection("d_match", schema=schema, index_params=index)
+        c.insert("d_match", data)
+        out = {}
+        for q in ["TEXT_MATCH(text, 'river')", "text_match(text, 'COPPER Glacier')", "TEXT_MATCH(text, 'river') and tag == 2", "not TEXT_MATCH(text, 'stone ember')", "TEXT_MATCH(text, 'nothing')"]:
+            out[q] = sorted(r["id"] for r in c.query("d_match", filter=q, output_fields=["id"]))
+        hits = c.search("d_match", data=[data[0]["dense"]], limit=10, filter="TEXT_MATCH(text, 'harbor meadow')", output_fields=["text"])
+        out["search"] = sorted(h["id"] for h in hits[0])
+        c.delete("d_match", filter="TEXT_MATCH(text, 'tundra')")
+        out["left"] = c.query("d_match", filter="", output_fields=["count(*)"])[0]["count(*)"]
+        return out
+
+    s, l = both(sluice, lite, f)
+    assert s == l
+    assert 0 < len(s["TEXT_MATCH(text, 'river')"]) < 80 and s["TEXT_MATCH(text, 'nothing')"] == []
+    assert all("harbor" in data[i]["text"].lower() or "meadow" in data[i]["text"].lower() for i in s["search"])
+    assert s["left"] < 80
+    # Sluice: minimum_should_match, and the field must have enable_match.
+    got = sluice.query("d_match", filter="TEXT_MATCH(text, 'river copper glacier', minimum_should_match=2)", output_fields=["text"])
+    assert got and all(sum(w in r["text"].lower() for w in ("river", "copper", "glacier")) >= 2 for r in got)
+    from pymilvus import MilvusException
+
+    bm25_collection(sluice, "s_nomatch", data[:5])
+    with pytest.raises(MilvusException, match="enable_match"):
+        sluice.query("s_nomatch", filter="TEXT_MATCH(text, 'river')")

@@ -228,13 +228,6 @@ pub(crate) fn field_to_sluice(
             ))),
         }
     };
-    if flag("enable_match")? {
-        return Err(Failure::unsupported(format!(
-            "enable_match (TEXT_MATCH filters) on field {:?}; enable_analyzer for BM25 search is \
-             supported",
-            f.name
-        )));
-    }
     let number = |key: &str| -> Result<u32, Failure> {
         match param(&f.type_params, key) {
             None => Ok(0),
@@ -264,6 +257,7 @@ pub(crate) fn field_to_sluice(
             .unwrap_or_default()
             .to_owned(),
         is_function_output: f.is_function_output,
+        enable_match: flag("enable_match")?,
     })
 }
 
@@ -482,6 +476,9 @@ pub(crate) fn schema_to_milvus(
                 if !f.analyzer_params.is_empty() {
                     type_params.push(kv("analyzer_params", f.analyzer_params.clone()));
                 }
+            }
+            if f.enable_match {
+                type_params.push(kv("enable_match", "true".into()));
             }
             if let Some(v) = json_object(props, PROP_FIELD_MMAP)
                 .get(&f.name)

@@ -24,6 +24,7 @@
 //!             | ("json_contains_any" | "json_contains_all" | "array_contains_any"
 //!                | "array_contains_all") "(" path "," "[" [json ("," json)*] "]" ")"
 //!             | ("array_length" | "json_length") "(" path ")" OP integer
+//!             | "text_match" "(" field "," string ["," "minimum_should_match" "=" integer] ")"
 //! json       := literal | "[" [json ("," json)*] "]"
 //! range      := literal ("<" | "<=") field ("<" | "<=") literal
 //!             | literal (">" | ">=") field (">" | ">=") literal
@@ -70,6 +71,10 @@
 //!   `array_length(path) OP n` compares an array's length (unknown when not an array).
 //!   `exists path` is true when the key is there and does not hold JSON null (as in Milvus:
 //!   `path is not null`). Function names are case-insensitive.
+//! * `text_match(field, 'some words')` (a VARCHAR field with `enable_match`) is true when the
+//!   field's text holds any of the terms the field's analyzer splits the string into (at least
+//!   `minimum_should_match` of them, when given); false for a null value or a string without
+//!   terms, as in Milvus.
 //! * A JSON field itself cannot be compared (only `is [not] null`, true for SQL null and JSON
 //!   null alike, and the functions); FLOAT_VECTOR fields cannot be filtered on.
 //!
@@ -461,6 +466,14 @@ fn lex(src: &str) -> Result<Vec<Token>, FilterError> {
             b']' => simple(Tok::RBracket, 1),
             b',' => simple(Tok::Comma, 1),
             b'=' if next == Some(b'=') => simple(Tok::Op(CmpOp::Eq), 2),
+            // `text_match(..., minimum_should_match=2)`: an argument's name and value.
+            b'=' if matches!(
+                out.last().map(|t: &Token| &t.tok),
+                Some(Tok::Ident(name)) if name.eq_ignore_ascii_case("minimum_should_match")
+            ) =>
+            {
+                simple(Tok::Op(CmpOp::Eq), 1)
+            }
             b'=' => {
                 return Err(FilterError::new(
                     "'=' is not an operator: use '==' to test equality",
@@ -976,6 +989,12 @@ enum Pred {
     },
     /// A JSON value (as text) is an array whose length compares so.
     ArrayLength(CmpOp, i64),
+    /// A VARCHAR value's terms (by `analyzer`) hold at least `min` of `terms`.
+    TextMatch {
+        analyzer: Arc<sluice_types::text::Analyzer>,
+        terms: HashSet<String>,
+        min: usize,
+    },
     /// `value op by cmp against`, on a numeric field: exactly on integers (truncating `/`)
     /// when the field and both numbers are integers, else in f64.
     Arith {
@@ -1276,7 +1295,7 @@ impl Parser<'_> {
     /// `json_contains_any(path, [values])`, `json_contains_all(path, [values])`, the same
     /// `array_*` ones, and `array_length(path) OP integer`.
     fn parse_function(&mut self, name: &str, token: &Token) -> Result<Node, FilterError> {
-        const FUNCTIONS: [&str; 8] = [
+        const FUNCTIONS: [&str; 9] = [
             "json_contains",
             "json_contains_any",
             "json_contains_all",
@@ -1285,6 +1304,7 @@ impl Parser<'_> {
             "array_contains_all",
             "array_length",
             "json_length",
+            "text_match",
         ];
         let unknown = || {
             err_at(
@@ -1298,6 +1318,9 @@ impl Parser<'_> {
         }
         self.bump(); // the name
         self.bump(); // (
+        if name == "text_match" {
+            return self.parse_text_match();
+        }
         let column = self.json_operand(false)?;
         let expect = |p: &mut Self, tok: Tok, what: &str| -> Result<(), FilterError> {
             let t = p.bump();
@@ -1354,6 +1377,70 @@ impl Parser<'_> {
             _ => return Err(unknown()),
         };
         Ok(Node::Leaf { column, pred })
+    }
+
+    /// `text_match(` already read: `field, 'terms' [, minimum_should_match=n])`.
+    fn parse_text_match(&mut self) -> Result<Node, FilterError> {
+        let token = self.bump();
+        let Tok::Ident(name) = &token.tok else {
+            return Err(err_at(
+                &token,
+                format!(
+                    "text_match(field, 'terms') takes a field first, not {}",
+                    token.tok.describe()
+                ),
+            ));
+        };
+        let field = self.schema.fields.iter().find(|f| &f.name == name).cloned();
+        let Some(field) = field.filter(|f| f.enable_match) else {
+            return Err(err_at(
+                &token,
+                format!("text_match needs a VARCHAR field with enable_match; {name:?} is not one"),
+            ));
+        };
+        let analyzer = sluice_types::text::Analyzer::from_params(&field.analyzer_params)
+            .map_err(|e| err_at(&token, e.to_string()))?;
+        let column = self.resolve_field(name, &token)?;
+        self.expect_tok(Tok::Comma, "','", "after text_match's field")?;
+        let text = self.bump();
+        let Tok::Str(text) = text.tok else {
+            return Err(err_at(
+                &text,
+                format!(
+                    "text_match(field, 'terms') takes a string, not {}",
+                    text.tok.describe()
+                ),
+            ));
+        };
+        let mut min = 1;
+        if self.peek().tok == Tok::Comma {
+            self.bump();
+            let key = self.bump();
+            let n = match (&key.tok, self.bump().tok, self.bump().tok) {
+                (Tok::Ident(k), Tok::Op(CmpOp::Eq), Tok::Int(n))
+                    if k.eq_ignore_ascii_case("minimum_should_match") && n >= 1 =>
+                {
+                    n
+                }
+                _ => {
+                    return Err(err_at(
+                        &key,
+                        "text_match's third argument is minimum_should_match=n, n at least 1",
+                    ));
+                }
+            };
+            min = usize::try_from(n).unwrap_or(usize::MAX);
+        }
+        self.expect_tok(Tok::RParen, "')'", "to close text_match(...)")?;
+        let terms = analyzer.terms(&text).into_iter().collect();
+        Ok(Node::Leaf {
+            column,
+            pred: Pred::TextMatch {
+                analyzer: Arc::new(analyzer),
+                terms,
+                min,
+            },
+        })
     }
 
     /// A field (or a JSON field's key) or a literal.
@@ -2390,6 +2477,22 @@ impl Pred {
                     } else {
                         values.iter().any(has)
                     })
+                })
+                .collect(),
+            // Known for every row, as in Milvus: a null value holds no term.
+            Pred::TextMatch {
+                analyzer,
+                terms,
+                min,
+            } => array
+                .as_string::<i32>()
+                .iter()
+                .map(|t| {
+                    let Some(t) = t.filter(|_| !terms.is_empty()) else {
+                        return Some(false);
+                    };
+                    let held: HashSet<String> = analyzer.terms(t).into_iter().collect();
+                    Some(terms.iter().filter(|q| held.contains(*q)).count() >= *min)
                 })
                 .collect(),
             Pred::Arith {
@@ -4039,6 +4142,79 @@ mod tests {
         // `like` reads a key as a string (7 and null are not).
         assert_eq!(ids(r#"meta["color"] like "%e%""#), [1, 2]);
         assert_eq!(ids(r#"color like "b%" or n like "5""#), [2, 3]);
+    }
+
+    /// `text_match(field, 'terms')`: any of the terms (by the field's analyzer: lowercased,
+    /// split on what is not a letter or digit, its stop words dropped), or at least
+    /// `minimum_should_match` of them; never unknown; only on a field with enable_match.
+    #[test]
+    fn text_match_finds_rows_holding_the_terms_by_the_fields_analyzer() {
+        let mut schema = schema();
+        schema.fields.push(FieldSchema {
+            enable_analyzer: true,
+            enable_match: true,
+            analyzer_params: r#"{"type": "standard", "stop_words": ["the"]}"#.into(),
+            ..field("body", DataType::Varchar, true)
+        });
+        let bodies = [
+            Some("The quick brown fox"),
+            Some("lazy dogs, quick cats"),
+            None,
+            Some("BROWN-bread; the end"),
+            Some(""),
+        ];
+        let body: ArrayRef = Arc::new(StringArray::from(bodies.to_vec()));
+        let ids: ArrayRef = Arc::new(Int64Array::from_iter_values(1..=5));
+        let batch = RecordBatch::try_new(
+            Arc::new(Schema::new(vec![
+                Field::new("id", ArrowType::Int64, false),
+                Field::new("body", ArrowType::Utf8, true),
+            ])),
+            vec![ids, body],
+        )
+        .unwrap();
+        let ids = |expr: &str| -> Vec<i64> {
+            let filter = Filter::parse(expr, &schema).unwrap_or_else(|e| panic!("{expr}: {e}"));
+            let mask = filter.evaluate(&batch).unwrap();
+            assert_eq!(mask.null_count(), 0, "{expr}");
+            (0..mask.len())
+                .filter(|&i| mask.value(i))
+                .map(|i| i as i64 + 1)
+                .collect()
+        };
+        assert_eq!(ids("text_match(body, 'quick')"), [1, 2]);
+        assert_eq!(ids("TEXT_MATCH(body, 'Brown dogs')"), [1, 2, 4]);
+        assert_eq!(
+            ids("text_match(body, 'the')"),
+            Vec::<i64>::new(),
+            "a stop word"
+        );
+        assert_eq!(ids("not text_match(body, 'quick')"), [3, 4, 5]);
+        assert_eq!(
+            ids("text_match(body, 'quick brown fox', minimum_should_match=2)"),
+            [1]
+        );
+        assert_eq!(
+            ids("text_match(body, 'quick cats', minimum_should_match = 2) or id == 5"),
+            [2, 5]
+        );
+        assert_eq!(ids("text_match(body, '!!')"), Vec::<i64>::new());
+        for (bad, why) in [
+            ("text_match(name, 'x')", "enable_match"),
+            ("text_match(body, 3)", "takes a string"),
+            ("text_match(body 'x')", "expected ','"),
+            (
+                "text_match(body, 'x', minimum_should_match=0)",
+                "at least 1",
+            ),
+            ("text_match(body, 'x', other=2)", "is not an operator"),
+            ("text_match(body, 'x', id)", "minimum_should_match"),
+            ("text_match(body, 'x'", "expected ')'"),
+            ("age = 3", "use '=='"),
+        ] {
+            let e = Filter::parse(bad, &schema).expect_err(bad).to_string();
+            assert!(e.contains(why), "{bad}: {e}");
+        }
     }
 
     /// `field OP number CMP number`: exact on integers (truncating `/`, `%` with the dividend's

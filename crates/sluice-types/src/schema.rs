@@ -89,6 +89,11 @@ fn check_field(f: &FieldSchema) -> Result<DataType, SchemaError> {
         }
         crate::text::Analyzer::from_params(&f.analyzer_params)
             .map_err(|e| bad(format!("field {:?}: {e}", f.name)))?;
+    } else if f.enable_match {
+        return Err(bad(format!(
+            "field {:?}: enable_match needs enable_analyzer",
+            f.name
+        )));
     } else if !f.analyzer_params.is_empty() {
         return Err(bad(format!(
             "field {:?} has analyzer_params without enable_analyzer",
@@ -640,6 +645,12 @@ mod tests {
             }),
             ("without enable_analyzer", |s| {
                 s.fields[3].analyzer_params = "{}".into()
+            }),
+            ("enable_match needs enable_analyzer", |s| {
+                s.fields[2].enable_analyzer = false;
+                s.fields[2].enable_match = true;
+                s.functions.clear();
+                s.fields.pop();
             }),
             ("must be a SPARSE_FLOAT_VECTOR", |s| {
                 s.fields[4].data_type = DataType::FloatVector as i32;

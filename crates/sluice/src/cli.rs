@@ -335,6 +335,8 @@ pub(crate) fn parse_field(spec: &str) -> anyhow::Result<sluice_types::schema::Fi
             "auto" => f.auto_id = true,
             "nullable" => f.nullable = true,
             "analyzer" => f.enable_analyzer = true,
+            // TEXT_MATCH filters (with `analyzer`).
+            "match" => f.enable_match = true,
             // The output of a BM25 function of that input field (see `bm25_functions`).
             p if p.starts_with("bm25=") => f.is_function_output = true,
             n => {
@@ -424,6 +426,9 @@ pub(crate) fn print_collection(c: &v1::CollectionInfo) {
             } else {
                 format!("analyzer {}", f.analyzer_params)
             });
+        }
+        if f.enable_match {
+            extra.push("text_match".to_owned());
         }
         if let Some(func) = sluice_types::schema::bm25_of(&schema, &f.name) {
             extra.push(format!(

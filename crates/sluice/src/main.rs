@@ -463,9 +463,9 @@ enum CtlCommand {
         /// A field: `name:type[:N][:pk][:auto][:nullable]`, type one of bool, int32, int64,
         /// float, double, varchar (N = max length), json, float_vector (N = dimension),
         /// sparse_float_vector. A varchar field with `:analyzer` is split into terms (the
-        /// standard analyzer); a sparse_float_vector field with `:bm25=<that field>` is the
-        /// output of a BM25 function of it, searched with `search --text`. Repeat for each
-        /// field, in order.
+        /// standard analyzer), and with `:match` too filters take `text_match(field, 'terms')`;
+        /// a sparse_float_vector field with `:bm25=<that field>` is the output of a BM25
+        /// function of it, searched with `search --text`. Repeat for each field, in order.
         #[arg(long = "field", required = true)]
         fields: Vec<String>,
         /// Shards (one vchannel each).
