@@ -40,7 +40,7 @@ RPCS = {
     "only, from a VARCHAR field with enable_analyzer (and analyzer_params, as RunAnalyzer "
     "takes them) to a SPARSE_FLOAT_VECTOR field, which inserts leave out (it is computed from "
     "the text) and reads never return; enable_match lets filters take TEXT_MATCH(field, "
-    "'terms'[, minimum_should_match=n]) on the field.",
+    "'terms'[, minimum_should_match=n]) and PHRASE_MATCH(field, 'phrase'[, slop]) on the field.",
     "DropCollection": "Drops a collection and its data.",
     "HasCollection": "Whether a collection exists.",
     "DescribeCollection": "The schema, id, shards and creation time of a collection.",

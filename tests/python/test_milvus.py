@@ -3712,3 +3712,39 @@ def test_text_match_filters_like_milvus(sluice, lite):
     bm25_collection(sluice, "s_nomatch", data[:5])
     with pytest.raises(MilvusException, match="enable_match"):
         sluice.query("s_nomatch", filter="TEXT_MATCH(text, 'river')")
+
+
+def test_phrase_match_filters_as_milvus_documents_them(sluice):
+    """PHRASE_MATCH(field, 'phrase', slop) on a field with enable_match: the examples of
+    Milvus's phrase match guide — slop 0 needs the terms side by side in order, slop 1 lets a
+    word in between, slop 2 lets them swap — in query and search filters."""
+    from pymilvus import MilvusException
+
+    drop_if_exists(sluice, "s_phrase")
+    schema = sluice.create_schema()
+    schema.add_field("id", DataType.INT64, is_primary=True)
+    schema.add_field("text", DataType.VARCHAR, max_length=500, enable_analyzer=True, enable_match=True)
+    schema.add_field("dense", DataType.FLOAT_VECTOR, dim=2)
+    index = sluice.prepare_index_params()
+    index.add_index(field_name="dense", index_type="FLAT", metric_type="L2")
+    sluice.create_collection("s_phrase", schema=schema, index_params=index)
+    texts = [
+        "Machine learning boosts efficiency",
+        "Learning machine models",
+        "Deep learning machine",
+        "Machine deep learning",
+        "Machines that learn",
+    ]
+    sluice.insert("s_phrase", [{"id": i + 1, "text": t, "dense": [float(i), 0.0]} for i, t in enumerate(texts)])
+
+    def ids(flt):
+        return sorted(r["id"] for r in sluice.query("s_phrase", filter=flt, output_fields=["id"]))
+
+    assert ids("PHRASE_MATCH(text, 'machine learning')") == [1]
+    assert ids("PHRASE_MATCH(text, 'machine learning', 1)") == [1, 4]
+    assert ids("PHRASE_MATCH(text, 'machine learning', 2)") == [1, 2, 3, 4]
+    assert ids("PHRASE_MATCH(text, 'machine learning', 2) and id > 2") == [3, 4]
+    hits = sluice.search("s_phrase", data=[[0.0, 0.0]], limit=5, filter="PHRASE_MATCH(text, 'deep learning')")
+    assert sorted(h["id"] for h in hits[0]) == [3, 4]
+    with pytest.raises(MilvusException, match="slop"):
+        sluice.query("s_phrase", filter="PHRASE_MATCH(text, 'machine learning', -1)")

@@ -25,6 +25,7 @@
 //!                | "array_contains_all") "(" path "," "[" [json ("," json)*] "]" ")"
 //!             | ("array_length" | "json_length") "(" path ")" OP integer
 //!             | "text_match" "(" field "," string ["," "minimum_should_match" "=" integer] ")"
+//!             | "phrase_match" "(" field "," string ["," integer] ")"
 //! json       := literal | "[" [json ("," json)*] "]"
 //! range      := literal ("<" | "<=") field ("<" | "<=") literal
 //!             | literal (">" | ">=") field (">" | ">=") literal
@@ -74,7 +75,10 @@
 //! * `text_match(field, 'some words')` (a VARCHAR field with `enable_match`) is true when the
 //!   field's text holds any of the terms the field's analyzer splits the string into (at least
 //!   `minimum_should_match` of them, when given); false for a null value or a string without
-//!   terms, as in Milvus.
+//!   terms, as in Milvus. `phrase_match(field, 'some words', slop)` is true when the text holds
+//!   the string's terms as a phrase: each term at its own position, the terms' positions less
+//!   their places in the phrase differing by at most `slop` (0 by default: in order and side
+//!   by side; 1 lets one word in between; 2 lets two terms swap), as Lucene and Tantivy count.
 //! * A JSON field itself cannot be compared (only `is [not] null`, true for SQL null and JSON
 //!   null alike, and the functions); FLOAT_VECTOR fields cannot be filtered on.
 //!
@@ -989,6 +993,13 @@ enum Pred {
     },
     /// A JSON value (as text) is an array whose length compares so.
     ArrayLength(CmpOp, i64),
+    /// A VARCHAR value's terms (by `analyzer`) hold the phrase `terms` (each with its place
+    /// in the phrase) within `slop`.
+    PhraseMatch {
+        analyzer: Arc<sluice_types::text::Analyzer>,
+        terms: Vec<(String, usize)>,
+        slop: usize,
+    },
     /// A VARCHAR value's terms (by `analyzer`) hold at least `min` of `terms`.
     TextMatch {
         analyzer: Arc<sluice_types::text::Analyzer>,
@@ -1295,7 +1306,7 @@ impl Parser<'_> {
     /// `json_contains_any(path, [values])`, `json_contains_all(path, [values])`, the same
     /// `array_*` ones, and `array_length(path) OP integer`.
     fn parse_function(&mut self, name: &str, token: &Token) -> Result<Node, FilterError> {
-        const FUNCTIONS: [&str; 9] = [
+        const FUNCTIONS: [&str; 10] = [
             "json_contains",
             "json_contains_any",
             "json_contains_all",
@@ -1305,6 +1316,7 @@ impl Parser<'_> {
             "array_length",
             "json_length",
             "text_match",
+            "phrase_match",
         ];
         let unknown = || {
             err_at(
@@ -1318,8 +1330,8 @@ impl Parser<'_> {
         }
         self.bump(); // the name
         self.bump(); // (
-        if name == "text_match" {
-            return self.parse_text_match();
+        if name == "text_match" || name == "phrase_match" {
+            return self.parse_text_match(name);
         }
         let column = self.json_operand(false)?;
         let expect = |p: &mut Self, tok: Tok, what: &str| -> Result<(), FilterError> {
@@ -1379,14 +1391,15 @@ impl Parser<'_> {
         Ok(Node::Leaf { column, pred })
     }
 
-    /// `text_match(` already read: `field, 'terms' [, minimum_should_match=n])`.
-    fn parse_text_match(&mut self) -> Result<Node, FilterError> {
+    /// `text_match(` already read: `field, 'terms' [, minimum_should_match=n])`; or
+    /// `phrase_match(`: `field, 'phrase' [, slop]`.
+    fn parse_text_match(&mut self, function: &str) -> Result<Node, FilterError> {
         let token = self.bump();
         let Tok::Ident(name) = &token.tok else {
             return Err(err_at(
                 &token,
                 format!(
-                    "text_match(field, 'terms') takes a field first, not {}",
+                    "{function}(field, 'terms') takes a field first, not {}",
                     token.tok.describe()
                 ),
             ));
@@ -1395,23 +1408,65 @@ impl Parser<'_> {
         let Some(field) = field.filter(|f| f.enable_match) else {
             return Err(err_at(
                 &token,
-                format!("text_match needs a VARCHAR field with enable_match; {name:?} is not one"),
+                format!("{function} needs a VARCHAR field with enable_match; {name:?} is not one"),
             ));
         };
         let analyzer = sluice_types::text::Analyzer::from_params(&field.analyzer_params)
             .map_err(|e| err_at(&token, e.to_string()))?;
         let column = self.resolve_field(name, &token)?;
-        self.expect_tok(Tok::Comma, "','", "after text_match's field")?;
+        self.expect_tok(Tok::Comma, "','", &format!("after {function}'s field"))?;
         let text = self.bump();
         let Tok::Str(text) = text.tok else {
             return Err(err_at(
                 &text,
                 format!(
-                    "text_match(field, 'terms') takes a string, not {}",
+                    "{function}(field, 'terms') takes a string, not {}",
                     text.tok.describe()
                 ),
             ));
         };
+        if function == "phrase_match" {
+            let mut slop = 0;
+            if self.peek().tok == Tok::Comma {
+                self.bump();
+                let n = self.bump();
+                slop = match n.tok {
+                    Tok::Int(n) if (0..=MAX_SLOP).contains(&n) => n as usize,
+                    _ => {
+                        return Err(err_at(
+                            &n,
+                            format!(
+                                "phrase_match's third argument is the slop, an integer 0 to \
+                                 {MAX_SLOP}"
+                            ),
+                        ));
+                    }
+                };
+            }
+            self.expect_tok(Tok::RParen, "')'", "to close phrase_match(...)")?;
+            let terms: Vec<(String, usize)> = analyzer
+                .tokens(&text)
+                .into_iter()
+                .map(|t| (t.text, t.position))
+                .collect();
+            if terms.len() > MAX_PHRASE_TERMS {
+                return Err(err_at(
+                    &token,
+                    format!(
+                        "a phrase of {} terms: phrase_match takes at most {MAX_PHRASE_TERMS}",
+                        terms.len()
+                    ),
+                ));
+            }
+            return Ok(Node::Leaf {
+                column,
+                pred: Pred::PhraseMatch {
+                    analyzer: Arc::new(analyzer),
+                    terms,
+                    slop,
+                },
+            });
+        }
         let mut min = 1;
         if self.peek().tok == Tok::Comma {
             self.bump();
@@ -2479,6 +2534,15 @@ impl Pred {
                     })
                 })
                 .collect(),
+            Pred::PhraseMatch {
+                analyzer,
+                terms,
+                slop,
+            } => array
+                .as_string::<i32>()
+                .iter()
+                .map(|t| Some(t.is_some_and(|t| holds_phrase(&analyzer.tokens(t), terms, *slop))))
+                .collect(),
             // Known for every row, as in Milvus: a null value holds no term.
             Pred::TextMatch {
                 analyzer,
@@ -2553,6 +2617,78 @@ impl Pred {
 }
 
 /// JSON equality with numbers compared by value (`1 == 1.0`).
+/// The largest slop `phrase_match` takes.
+const MAX_SLOP: i64 = 1 << 16;
+/// The most terms a `phrase_match` phrase may have.
+const MAX_PHRASE_TERMS: usize = 256;
+
+/// Whether `doc`'s terms hold the phrase `terms` (each with its place in the phrase) within
+/// `slop`: every term at a position of its own in `doc`, the differences position − place
+/// spanning at most `slop`.
+fn holds_phrase(doc: &[sluice_types::text::Token], terms: &[(String, usize)], slop: usize) -> bool {
+    if terms.is_empty() {
+        return false;
+    }
+    // (position − place, which term, position), by the difference.
+    let mut events: Vec<(i64, usize, usize)> = Vec::new();
+    for (i, (term, place)) in terms.iter().enumerate() {
+        let before = events.len();
+        for t in doc.iter().filter(|t| &t.text == term) {
+            events.push((t.position as i64 - *place as i64, i, t.position));
+        }
+        if events.len() == before {
+            return false;
+        }
+    }
+    events.sort_unstable();
+    let distinct = {
+        let mut seen: Vec<&str> = terms.iter().map(|t| t.0.as_str()).collect();
+        seen.sort_unstable();
+        seen.dedup();
+        seen.len() == terms.len()
+    };
+    (0..events.len()).any(|s| {
+        let end = events.partition_point(|e| e.0 <= events[s].0 + slop as i64);
+        let window = &events[s..end];
+        if distinct {
+            // Distinct terms sit at distinct positions: each term in the window is enough.
+            let mut covered = vec![false; terms.len()];
+            window.iter().for_each(|e| covered[e.1] = true);
+            covered.iter().all(|&c| c)
+        } else {
+            assigns_positions(window, terms.len())
+        }
+    })
+}
+
+/// Whether each of `n` terms can take a position of its own among `window`'s (term, position)
+/// pairs: a bipartite matching, grown one augmenting path per term.
+fn assigns_positions(window: &[(i64, usize, usize)], n: usize) -> bool {
+    fn augment(
+        term: usize,
+        window: &[(i64, usize, usize)],
+        owner: &mut std::collections::HashMap<usize, usize>,
+        seen: &mut HashSet<usize>,
+    ) -> bool {
+        for &(_, t, position) in window.iter().filter(|e| e.1 == term) {
+            if !seen.insert(position) {
+                continue;
+            }
+            let free = match owner.get(&position).copied() {
+                None => true,
+                Some(other) => augment(other, window, owner, seen),
+            };
+            if free {
+                owner.insert(position, t);
+                return true;
+            }
+        }
+        false
+    }
+    let mut owner = std::collections::HashMap::new();
+    (0..n).all(|term| augment(term, window, &mut owner, &mut HashSet::new()))
+}
+
 fn json_eq(a: &serde_json::Value, b: &serde_json::Value) -> bool {
     match (a, b) {
         (serde_json::Value::Number(x), serde_json::Value::Number(y)) => {
@@ -4199,6 +4335,13 @@ mod tests {
             [2, 5]
         );
         assert_eq!(ids("text_match(body, '!!')"), Vec::<i64>::new());
+        assert_eq!(ids("phrase_match(body, 'quick brown')"), [1]);
+        assert_eq!(ids("PHRASE_MATCH(body, 'brown quick', 2)"), [1]);
+        assert_eq!(
+            ids("phrase_match(body, 'quick fox', 1) or phrase_match(body, 'brown bread')"),
+            [1, 4]
+        );
+        assert_eq!(ids("not phrase_match(body, 'quick cats')"), [1, 3, 4, 5]);
         for (bad, why) in [
             ("text_match(name, 'x')", "enable_match"),
             ("text_match(body, 3)", "takes a string"),
@@ -4211,10 +4354,54 @@ mod tests {
             ("text_match(body, 'x', id)", "minimum_should_match"),
             ("text_match(body, 'x'", "expected ')'"),
             ("age = 3", "use '=='"),
+            ("phrase_match(body, 'x', -1)", "the slop"),
+            ("phrase_match(body, 'x', 'y')", "the slop"),
+            ("phrase_match(name, 'x')", "enable_match"),
         ] {
             let e = Filter::parse(bad, &schema).expect_err(bad).to_string();
             assert!(e.contains(why), "{bad}: {e}");
         }
+    }
+
+    /// `phrase_match(field, 'phrase', slop)`: the terms in order and side by side, or within
+    /// the slop as Lucene counts it (a word between costs 1, two terms swapped 2); a term given
+    /// twice needs two positions; stop words keep their places.
+    #[test]
+    fn phrase_match_finds_the_terms_in_order_within_the_slop() {
+        use sluice_types::text::Analyzer;
+        let a = Analyzer::from_params(r#"{"type": "standard", "stop_words": ["the"]}"#).unwrap();
+        let holds = |doc: &str, phrase: &str, slop: usize| {
+            let terms: Vec<(String, usize)> = a
+                .tokens(phrase)
+                .into_iter()
+                .map(|t| (t.text, t.position))
+                .collect();
+            holds_phrase(&a.tokens(doc), &terms, slop)
+        };
+        assert!(holds(
+            "machine learning boosts efficiency",
+            "machine learning",
+            0
+        ));
+        assert!(!holds("machine deep learning", "machine learning", 0));
+        assert!(holds("machine deep learning", "machine learning", 1));
+        assert!(!holds("learning machine", "machine learning", 1));
+        assert!(holds("learning machine", "machine learning", 2));
+        assert!(holds("x learning machine", "machine learning", 2));
+        assert!(!holds("machine x y learning", "machine learning", 1));
+        assert!(holds("Machine-Learning!", "MACHINE learning", 0));
+        // The stop word keeps its place, in the text and in the phrase.
+        assert!(holds("end of the road", "of the road", 0));
+        assert!(holds("end of the road", "of road", 1));
+        assert!(!holds("end of the road", "of road", 0));
+        // A term given twice needs two positions.
+        assert!(!holds("go now", "go go", 5));
+        assert!(holds("go go now", "go go", 0));
+        assert!(holds("go now go", "go go", 1));
+        assert!(!holds("go now go", "go go now", 0));
+        assert!(holds("go now go", "go now go", 0));
+        assert!(!holds("anything", "the", 3), "no term");
+        assert!(!holds("machine", "machine learning", 9));
     }
 
     /// `field OP number CMP number`: exact on integers (truncating `/`, `%` with the dividend's

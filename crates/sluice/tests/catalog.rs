@@ -103,6 +103,35 @@ fn write_parquet(path: &std::path::Path, ids: std::ops::Range<i64>) {
     w.close().unwrap();
 }
 
+/// `sluice insert` of JSON `lines`, written to `file` in `dir`, into `collection` (and
+/// `partition`).
+fn insert_lines<L: AsRef<str>>(
+    dir: &std::path::Path,
+    endpoint: &str,
+    collection: &str,
+    partition: Option<&str>,
+    file: &str,
+    lines: &[L],
+) -> support::CliOutput {
+    let path = dir.join(file);
+    let text: Vec<&str> = lines.iter().map(AsRef::as_ref).collect();
+    std::fs::write(&path, text.join("\n")).unwrap();
+    let path = path.to_str().unwrap();
+    let mut args = vec![
+        "insert",
+        "--collection",
+        collection,
+        "--file",
+        path,
+        "--coord",
+        endpoint,
+    ];
+    if let Some(p) = partition {
+        args.extend(["--partition", p]);
+    }
+    run_cli(&args, &[], TIMEOUT)
+}
+
 fn ok(out: support::CliOutput, what: &str) -> String {
     assert!(
         out.status.success(),
@@ -521,25 +550,13 @@ fn insert_ids(
     file: &str,
     ids: std::ops::Range<i64>,
 ) -> String {
-    let path = dir.join(file);
     let lines: Vec<String> = ids
         .map(|i| format!(r#"{{"id": {i}, "title": "t{i}", "vec": [{i}, 0.5, 1]}}"#))
         .collect();
-    std::fs::write(&path, lines.join("\n")).unwrap();
-    let path = path.to_str().unwrap();
-    let mut args = vec![
-        "insert",
-        "--collection",
-        collection,
-        "--file",
-        path,
-        "--coord",
-        endpoint,
-    ];
-    if let Some(p) = partition {
-        args.extend(["--partition", p]);
-    }
-    ok(run_cli(&args, &[], TIMEOUT), file)
+    ok(
+        insert_lines(dir, endpoint, collection, partition, file, &lines),
+        file,
+    )
 }
 
 /// The ids of `collection`'s rows, as a query through the CLI reads them.
@@ -1352,21 +1369,7 @@ async fn sparse_vectors_are_searched_by_inner_product_and_recovered_after_a_kill
         "create-collection",
     );
     let insert = |endpoint: &str, file: &str, lines: &[&str]| {
-        let path = data.path().join(file);
-        std::fs::write(&path, lines.join("\n")).unwrap();
-        run_cli(
-            &[
-                "insert",
-                "--collection",
-                "terms",
-                "--file",
-                path.to_str().unwrap(),
-                "--coord",
-                endpoint,
-            ],
-            &[],
-            TIMEOUT,
-        )
+        insert_lines(data.path(), endpoint, "terms", None, file, lines)
     };
     ok(
         insert(
@@ -1473,21 +1476,7 @@ async fn text_is_searched_by_bm25_and_recovered_after_a_kill() {
         "create-collection",
     );
     let insert = |endpoint: &str, file: &str, lines: &[&str]| {
-        let path = data.path().join(file);
-        std::fs::write(&path, lines.join("\n")).unwrap();
-        run_cli(
-            &[
-                "insert",
-                "--collection",
-                "notes",
-                "--file",
-                path.to_str().unwrap(),
-                "--coord",
-                endpoint,
-            ],
-            &[],
-            TIMEOUT,
-        )
+        insert_lines(data.path(), endpoint, "notes", None, file, lines)
     };
     ok(
         insert(
