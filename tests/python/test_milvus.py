@@ -3632,6 +3632,13 @@ def test_full_text_search_in_sluice_reads_the_shards_statistics_and_refuses_what
     refused({"input": "id"})
 
 
+def index_for(c, field):
+    """Index params with a BM25 AUTOINDEX on `field`."""
+    index = c.prepare_index_params()
+    index.add_index(field_name=field, index_type="AUTOINDEX", metric_type="BM25")
+    return index
+
+
 def test_run_analyzer_shows_the_terms_a_bm25_function_indexes(sluice):
     """run_analyzer: the standard analyzer by default, given analyzer_params, or a collection
     field's analyzer; with_hash gives the ids a BM25 output is keyed by (two texts with the same
@@ -3660,13 +3667,27 @@ def test_run_analyzer_shows_the_terms_a_bm25_function_indexes(sluice):
     assert got.tokens == ["age", "wonders"]
     # The collection's analyzer is the one its searches use: a stop word matches nothing.
     sluice.insert("s_analyzed", [{"id": 1, "text": "the age of wonders"}])
-    index = sluice.prepare_index_params()
-    index.add_index(field_name="sparse", index_type="AUTOINDEX", metric_type="BM25")
-    sluice.create_index("s_analyzed", index)
+    sluice.create_index("s_analyzed", index_for(sluice, "sparse"))
     sluice.load_collection("s_analyzed")
     assert sluice.search("s_analyzed", data=["the of"], anns_field="sparse", limit=3)[0] == []
     assert [h["id"] for h in sluice.search("s_analyzed", data=["AGE"], anns_field="sparse", limit=3)[0]] == [1]
-    for bad in ({"tokenizer": "jieba"}, {"type": "english"}, {"tokenizer": "standard", "filter": ["stemmer"]}):
+
+    # With the english analyzer, a search for "running" finds "runs" (both stem to "run").
+    drop_if_exists(sluice, "s_english")
+    schema = sluice.create_schema()
+    schema.add_field("id", DataType.INT64, is_primary=True)
+    schema.add_field("text", DataType.VARCHAR, max_length=100, enable_analyzer=True, analyzer_params={"type": "english"})
+    schema.add_field("sparse", DataType.SPARSE_FLOAT_VECTOR)
+    schema.add_function(
+        Function(name="f", function_type=FunctionType.BM25, input_field_names=["text"], output_field_names=["sparse"])
+    )
+    sluice.create_collection("s_english", schema=schema, index_params=index_for(sluice, "sparse"))
+    sluice.insert("s_english", [{"id": 1, "text": "she runs daily"}, {"id": 2, "text": "a quiet walk"}])
+    assert [h["id"] for h in sluice.search("s_english", data=["running"], anns_field="sparse", limit=3)[0]] == [1]
+    # The english analyzer stems (Snowball), then drops English stop words, as Milvus's does.
+    english = sluice.run_analyzer("The runners were running to connected networks", analyzer_params={"type": "english"})
+    assert english.tokens == ["runner", "were", "run", "connect", "network"]
+    for bad in ({"tokenizer": "jieba"}, {"type": "chinese"}, {"tokenizer": "standard", "filter": ["stemmer"]}):
         with pytest.raises(MilvusException, match="analyzer_params"):
             sluice.run_analyzer("x", analyzer_params=bad)
     with pytest.raises(MilvusException):

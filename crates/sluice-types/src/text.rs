@@ -4,10 +4,12 @@
 //!
 //! The standard tokenizer takes maximal runs of Unicode letters and digits (`char::
 //! is_alphanumeric`), as Milvus's default `standard` tokenizer does; the standard analyzer adds
-//! the lowercase filter.
+//! the lowercase filter; the english analyzer adds the Snowball English stemmer and English
+//! stop words after it, as Milvus's does. Filters apply in the order given.
 
 use std::collections::HashSet;
 
+use rust_stemmers::Algorithm;
 use serde_json::Value;
 
 /// Analyzer parameters that are not valid.
@@ -19,12 +21,31 @@ fn bad(what: impl Into<String>) -> AnalyzerError {
     AnalyzerError(what.into())
 }
 
+/// English stop words (`_english_`; the english analyzer's), as Milvus lists them.
+pub const ENGLISH_STOP_WORDS: &[&str] = &[
+    "a", "an", "and", "are", "as", "at", "be", "but", "by", "for", "if", "in", "into", "is", "it",
+    "no", "not", "of", "on", "or", "such", "that", "the", "their", "then", "there", "these",
+    "they", "this", "to", "was", "will", "with",
+];
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Tokenizer {
     /// Runs of letters and digits.
     Standard,
     /// Runs of characters other than white space.
     Whitespace,
+}
+
+/// One step terms go through, in order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Filter {
+    Lowercase,
+    /// Drops these terms.
+    Stop(HashSet<String>),
+    /// Drops terms longer than this many characters.
+    Length(usize),
+    /// Snowball stemming.
+    Stemmer(Algorithm),
 }
 
 /// A term of a text and where it is.
@@ -44,10 +65,7 @@ pub struct Token {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Analyzer {
     tokenizer: Tokenizer,
-    lowercase: bool,
-    stop_words: HashSet<String>,
-    /// Terms longer than this many characters are dropped (`length` filter).
-    max_len: Option<usize>,
+    filters: Vec<Filter>,
 }
 
 impl Default for Analyzer {
@@ -55,36 +73,101 @@ impl Default for Analyzer {
     fn default() -> Self {
         Analyzer {
             tokenizer: Tokenizer::Standard,
-            lowercase: true,
-            stop_words: HashSet::new(),
-            max_len: None,
+            filters: vec![Filter::Lowercase],
         }
     }
 }
 
+/// A stop word list: words, and `_english_` for the English list.
 fn stop_words(list: &Value) -> Result<HashSet<String>, AnalyzerError> {
     let words = list
         .as_array()
         .ok_or_else(|| bad("stop_words must be a list of words"))?;
-    words
-        .iter()
-        .map(|w| match w.as_str() {
-            // Milvus's named word lists (`_english_`, ...).
-            Some(s) if s.len() > 2 && s.starts_with('_') && s.ends_with('_') => Err(bad(format!(
-                "the stop word list {s} is not supported: give the words"
-            ))),
-            Some(s) => Ok(s.to_owned()),
-            None => Err(bad("stop_words must be a list of words")),
-        })
-        .collect()
+    let mut out = HashSet::new();
+    for w in words {
+        match w.as_str() {
+            Some("_english_") => out.extend(ENGLISH_STOP_WORDS.iter().map(|w| (*w).to_owned())),
+            // Milvus's other named lists (`_french_`, ...).
+            Some(s) if s.len() > 2 && s.starts_with('_') && s.ends_with('_') => {
+                return Err(bad(format!(
+                    "the stop word list {s} is not supported (_english_ is): give the words"
+                )));
+            }
+            Some(s) => {
+                out.insert(s.to_owned());
+            }
+            None => return Err(bad("stop_words must be a list of words")),
+        }
+    }
+    Ok(out)
+}
+
+/// The Snowball stemmer for a language, as Milvus names them.
+fn stemmer(language: &str) -> Result<Algorithm, AnalyzerError> {
+    Ok(match language.to_ascii_lowercase().as_str() {
+        "arabic" => Algorithm::Arabic,
+        "danish" => Algorithm::Danish,
+        "dutch" => Algorithm::Dutch,
+        "english" => Algorithm::English,
+        "finnish" => Algorithm::Finnish,
+        "french" => Algorithm::French,
+        "german" => Algorithm::German,
+        "greek" => Algorithm::Greek,
+        "hungarian" => Algorithm::Hungarian,
+        "italian" => Algorithm::Italian,
+        "norwegian" => Algorithm::Norwegian,
+        "portuguese" => Algorithm::Portuguese,
+        "romanian" => Algorithm::Romanian,
+        "russian" => Algorithm::Russian,
+        "spanish" => Algorithm::Spanish,
+        "swedish" => Algorithm::Swedish,
+        "tamil" => Algorithm::Tamil,
+        "turkish" => Algorithm::Turkish,
+        other => return Err(bad(format!("no stemmer for the language {other:?}"))),
+    })
+}
+
+/// One entry of a custom analyzer's `filter` list.
+fn filter(f: &Value) -> Result<Filter, AnalyzerError> {
+    let unsupported = || {
+        bad(format!(
+            "the filter {f} is not supported (\"lowercase\", stop, length and stemmer are)"
+        ))
+    };
+    match f {
+        Value::String(s) if s == "lowercase" => Ok(Filter::Lowercase),
+        Value::Object(o) => match o.get("type").and_then(Value::as_str) {
+            Some("lowercase") => Ok(Filter::Lowercase),
+            Some("stop") => Ok(Filter::Stop(stop_words(
+                o.get("stop_words")
+                    .ok_or_else(|| bad("a stop filter needs stop_words"))?,
+            )?)),
+            Some("length") => {
+                let max = o
+                    .get("max")
+                    .and_then(Value::as_u64)
+                    .filter(|&m| m > 0)
+                    .ok_or_else(|| bad("a length filter needs a positive max"))?;
+                Ok(Filter::Length(usize::try_from(max).unwrap_or(usize::MAX)))
+            }
+            Some("stemmer") => Ok(Filter::Stemmer(stemmer(
+                o.get("language")
+                    .and_then(Value::as_str)
+                    .ok_or_else(|| bad("a stemmer filter needs a language"))?,
+            )?)),
+            _ => Err(unsupported()),
+        },
+        _ => Err(unsupported()),
+    }
 }
 
 impl Analyzer {
     /// The analyzer `params` (a JSON object, Milvus's `analyzer_params`; empty: the standard
-    /// analyzer) describe: `{"type": "standard", "stop_words": [...]}` (a built-in analyzer),
-    /// or `{"tokenizer": "standard" | "whitespace", "filter": [...]}` with the filters
-    /// `"lowercase"`, `{"type": "stop", "stop_words": [...]}` and `{"type": "length", "max":
-    /// n}`. Anything else is refused.
+    /// analyzer) describe: a built-in analyzer, `{"type": "standard" | "english",
+    /// "stop_words": [...]}`, or `{"tokenizer": "standard" | "whitespace", "filter": [...]}`
+    /// with the filters `"lowercase"`, `{"type": "stop", "stop_words": [...]}` (`_english_`
+    /// names the English list), `{"type": "length", "max": n}` and `{"type": "stemmer",
+    /// "language": "english"}` (Snowball's languages). Anything else is refused.
     pub fn from_params(params: &str) -> Result<Analyzer, AnalyzerError> {
         if params.trim().is_empty() {
             return Ok(Analyzer::default());
@@ -104,19 +187,29 @@ impl Analyzer {
             {
                 return Err(bad(format!("a built-in analyzer takes no {k:?}")));
             }
-            return match ty.as_str() {
-                Some("standard") => Ok(Analyzer {
-                    stop_words: obj
-                        .get("stop_words")
-                        .map(stop_words)
-                        .transpose()?
-                        .unwrap_or_default(),
-                    ..Analyzer::default()
-                }),
-                _ => Err(bad(format!(
-                    "the built-in analyzer {ty} is not supported (\"standard\" is)"
-                ))),
-            };
+            let mut filters = vec![Filter::Lowercase];
+            match ty.as_str() {
+                Some("standard") => {}
+                Some("english") => {
+                    filters.push(Filter::Stemmer(Algorithm::English));
+                    filters.push(Filter::Stop(
+                        ENGLISH_STOP_WORDS.iter().map(|w| (*w).to_owned()).collect(),
+                    ));
+                }
+                _ => {
+                    return Err(bad(format!(
+                        "the built-in analyzer {ty} is not supported (\"standard\" and \
+                         \"english\" are)"
+                    )));
+                }
+            }
+            if let Some(list) = obj.get("stop_words") {
+                filters.push(Filter::Stop(stop_words(list)?));
+            }
+            return Ok(Analyzer {
+                tokenizer: Tokenizer::Standard,
+                filters,
+            });
         }
         if let Some(k) = obj
             .keys()
@@ -144,43 +237,12 @@ impl Analyzer {
                 }
             }
         };
-        let mut out = Analyzer {
-            tokenizer,
-            lowercase: false,
-            stop_words: HashSet::new(),
-            max_len: None,
-        };
         let filters = match obj.get("filter") {
             None => Vec::new(),
-            Some(Value::Array(list)) => list.clone(),
+            Some(Value::Array(list)) => list.iter().map(filter).collect::<Result<_, _>>()?,
             Some(other) => return Err(bad(format!("filter must be a list, not {other}"))),
         };
-        for f in &filters {
-            match f {
-                Value::String(s) if s == "lowercase" => out.lowercase = true,
-                Value::Object(o) if o.get("type").and_then(Value::as_str) == Some("stop") => {
-                    let list = o
-                        .get("stop_words")
-                        .ok_or_else(|| bad("a stop filter needs stop_words"))?;
-                    out.stop_words.extend(stop_words(list)?);
-                }
-                Value::Object(o) if o.get("type").and_then(Value::as_str) == Some("length") => {
-                    let max = o
-                        .get("max")
-                        .and_then(Value::as_u64)
-                        .filter(|&m| m > 0)
-                        .ok_or_else(|| bad("a length filter needs a positive max"))?;
-                    out.max_len = Some(usize::try_from(max).unwrap_or(usize::MAX));
-                }
-                other => {
-                    return Err(bad(format!(
-                        "the filter {other} is not supported (\"lowercase\", stop and length \
-                         are)"
-                    )));
-                }
-            }
-        }
-        Ok(out)
+        Ok(Analyzer { tokenizer, filters })
     }
 
     /// The terms of `text`, in order, each as often as it occurs.
@@ -213,15 +275,21 @@ impl Analyzer {
         runs.into_iter()
             .enumerate()
             .filter_map(|(position, (start, end))| {
-                let raw = &text[start..end];
-                let term = if self.lowercase {
-                    raw.to_lowercase()
-                } else {
-                    raw.to_owned()
-                };
-                let keep = self.max_len.is_none_or(|m| term.chars().count() <= m)
-                    && !self.stop_words.contains(&term);
-                keep.then_some(Token {
+                let mut term = text[start..end].to_owned();
+                for f in &self.filters {
+                    match f {
+                        Filter::Lowercase => term = term.to_lowercase(),
+                        Filter::Stop(words) if words.contains(&term) => return None,
+                        Filter::Length(max) if term.chars().count() > *max => return None,
+                        Filter::Stemmer(algorithm) => {
+                            term = rust_stemmers::Stemmer::create(*algorithm)
+                                .stem(&term)
+                                .into_owned();
+                        }
+                        Filter::Stop(_) | Filter::Length(_) => {}
+                    }
+                }
+                Some(Token {
                     text: term,
                     start,
                     end,
@@ -330,18 +398,53 @@ mod tests {
         for bad in [
             "[1]",
             "not json",
-            r#"{"type": "english"}"#,
+            r#"{"type": "chinese"}"#,
+            r#"{"tokenizer": "standard", "filter": [{"type": "stemmer", "language": "klingon"}]}"#,
+            r#"{"tokenizer": "standard", "filter": [{"type": "stemmer"}]}"#,
+            r#"{"type": "standard", "stop_words": ["_french_"]}"#,
             r#"{"tokenizer": "jieba"}"#,
             r#"{"tokenizer": "standard", "filter": ["stemmer"]}"#,
             r#"{"tokenizer": "standard", "filter": "lowercase"}"#,
             r#"{"tokenizer": "standard", "x": 1}"#,
             r#"{"filter": ["lowercase"]}"#,
-            r#"{"type": "standard", "stop_words": ["_english_"]}"#,
             r#"{"type": "standard", "stop_words": [1]}"#,
             r#"{"tokenizer": "standard", "filter": [{"type": "length", "max": 0}]}"#,
         ] {
             assert!(Analyzer::from_params(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn the_english_analyzer_stems_then_drops_english_stop_words() {
+        let english = Analyzer::from_params(r#"{"type": "english"}"#).unwrap();
+        assert_eq!(
+            english.terms("The Runners were running to the connected networks, and it is fine"),
+            ["runner", "were", "run", "connect", "network", "fine"]
+        );
+        // The same by a custom analyzer, filters in that order.
+        let custom = Analyzer::from_params(
+            r#"{"tokenizer": "standard", "filter": ["lowercase",
+                {"type": "stemmer", "language": "english"}, {"type": "stop", "stop_words": ["_english_"]}]}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            custom.terms("The Runners were running"),
+            english.terms("The Runners were running")
+        );
+        // Before lowercasing, a capital is no stop word.
+        let order = Analyzer::from_params(
+            r#"{"tokenizer": "standard", "filter": [{"type": "stop", "stop_words": ["the"]}, "lowercase"]}"#,
+        )
+        .unwrap();
+        assert_eq!(order.terms("The end the"), ["the", "end"]);
+        let extra =
+            Analyzer::from_params(r#"{"type": "english", "stop_words": ["fine"]}"#).unwrap();
+        assert_eq!(extra.terms("it is fine"), Vec::<String>::new());
+        let french = Analyzer::from_params(
+            r#"{"tokenizer": "standard", "filter": ["lowercase", {"type": "stemmer", "language": "French"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(french.terms("continuellement"), ["continuel"]);
     }
 
     #[test]
