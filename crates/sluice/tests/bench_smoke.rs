@@ -258,6 +258,8 @@ fn bench_search_reports_recall_and_both_paths_as_json() {
         "usearch_raw_qps_best",
         "sparse_qps_best",
         "sparse_scan_qps_best",
+        "text_qps_best",
+        "text_scan_qps_best",
     ] {
         assert!(num(k) > 0.0, "{k}: {json}");
     }

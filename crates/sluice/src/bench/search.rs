@@ -16,6 +16,12 @@
 //!    (its inverted index) — against scoring every row with `sparse::dot` and keeping the top
 //!    10, the exact answer the shard must give (checked: the same scores at every rank).
 //!    Rounds alternate.
+//! 4. **Text (BM25), in process**: generated texts (words of a 20,000-word vocabulary drawn
+//!    with the same skew, about 60 per row) as one sealed segment of a BM25 function's output,
+//!    searched with 3-word texts through the shard — against scoring every row by BM25 from its
+//!    term counts (analyzed and counted before the clock starts, with the collection's term
+//!    statistics), the exact answer the shard must give (checked: the same scores at every
+//!    rank, to 1e-4). Rounds alternate.
 //!
 //! The data is `scripts/bench_search.py`'s (Parquet files given with `--data/--queries/--truth`)
 //! or generated here the same way: fixed-seed Gaussian clusters. `--json` prints one JSON object
@@ -509,6 +515,166 @@ fn sparse_in_process(params: &SearchBenchParams) -> anyhow::Result<SparseInProce
     })
 }
 
+/// Text search in process: the shard's BM25 search against scoring every row.
+struct TextInProcess {
+    rows: usize,
+    sluice_qps: Vec<f64>,
+    scan_qps: Vec<f64>,
+}
+
+/// Words of the generated text vocabulary.
+const TEXT_VOCABULARY: usize = 20_000;
+
+/// A generated text of about `mean` words, skewed toward frequent ones.
+fn text_row(rng: &mut rand::rngs::StdRng, mean: usize) -> String {
+    let n = rng.random_range(1..=2 * mean);
+    let words: Vec<String> = (0..n)
+        .map(|_| {
+            let u: f64 = rng.random();
+            format!("w{}", (u * u * TEXT_VOCABULARY as f64) as usize)
+        })
+        .collect();
+    words.join(" ")
+}
+
+fn text_in_process(params: &SearchBenchParams) -> anyhow::Result<TextInProcess> {
+    use sluice_types::schema::{FunctionSchema, FunctionType};
+    use sluice_types::text::{Analyzer, DEFAULT_BM25_B, DEFAULT_BM25_K1, idf, tf_weight};
+    use std::collections::HashMap;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(13);
+    let texts: Vec<String> = (0..params.rows).map(|_| text_row(&mut rng, 60)).collect();
+    let queries: Vec<String> = (0..params.nq.clamp(1, 100))
+        .map(|_| {
+            (0..3)
+                .map(|_| format!("w{}", rng.random_range(0..TEXT_VOCABULARY / 10)))
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .collect();
+    let mut schema = super::key_and_vector(
+        "text_bench",
+        FieldSchema {
+            name: "text".into(),
+            data_type: DataType::Varchar as i32,
+            max_length: 65_535,
+            enable_analyzer: true,
+            ..FieldSchema::default()
+        },
+    );
+    schema.fields.push(FieldSchema {
+        field_id: 3,
+        name: "sparse".into(),
+        data_type: DataType::SparseFloatVector as i32,
+        is_function_output: true,
+        ..FieldSchema::default()
+    });
+    schema.functions.push(FunctionSchema {
+        name: "text_bm25".into(),
+        r#type: FunctionType::Bm25 as i32,
+        input_field: "text".into(),
+        output_field: "sparse".into(),
+    });
+    let batch = RecordBatch::try_new(
+        sluice_storage::rows::arrow_schema(&schema)?,
+        vec![
+            Arc::new(Int64Array::from_iter_values(0..texts.len() as i64)) as ArrayRef,
+            Arc::new(arrow_array::StringArray::from_iter_values(texts.iter())),
+        ],
+    )?;
+    let mut shard = ShardData::new(schema, params.index)?;
+    let seg = shard.prepare_sealed(1, 1, vec![batch], vec![1; texts.len()])?;
+    shard.install_sealed(seg)?;
+
+    // Every row's term counts and length, and each term's rows, before the clock starts.
+    let analyzer = Analyzer::default();
+    let counted: Vec<(HashMap<u32, f32>, f32)> = texts
+        .iter()
+        .map(|t| {
+            let tf: HashMap<u32, f32> = analyzer.term_frequencies(t).into_iter().collect();
+            let len = tf.values().sum();
+            (tf, len)
+        })
+        .collect();
+    let mut rows_with: HashMap<u32, u64> = HashMap::new();
+    for (tf, _) in &counted {
+        for id in tf.keys() {
+            *rows_with.entry(*id).or_default() += 1;
+        }
+    }
+    let n = counted.len() as u64;
+    let avgdl = counted.iter().map(|c| f64::from(c.1)).sum::<f64>() as f32 / n.max(1) as f32;
+    let score = |q: &[(u32, f32)], row: &(HashMap<u32, f32>, f32)| -> Option<f32> {
+        let mut total = None;
+        for &(id, qtf) in q {
+            if let Some(&tf) = row.0.get(&id) {
+                let w = qtf
+                    * idf(n, rows_with[&id])
+                    * tf_weight(tf, row.1, avgdl, DEFAULT_BM25_K1, DEFAULT_BM25_B);
+                *total.get_or_insert(0.0) += w;
+            }
+        }
+        total
+    };
+    let scan = |q: &str| -> Vec<i64> {
+        let q = analyzer.term_frequencies(q);
+        let mut scored: Vec<(f32, i64)> = counted
+            .iter()
+            .enumerate()
+            .filter_map(|(i, row)| Some((score(&q, row)?, i as i64)))
+            .collect();
+        scored.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+        scored.into_iter().take(K).map(|(_, i)| i).collect()
+    };
+    let (mut sluice_qps, mut scan_qps) = (Vec::new(), Vec::new());
+    let (mut found, mut truth) = (Vec::new(), Vec::new());
+    for _ in 0..params.rounds.max(1) {
+        let started = Instant::now();
+        found.clear();
+        for q in &queries {
+            let spec = SearchSpec {
+                texts: vec![q.clone()],
+                top_k: K,
+                ..SearchSpec::default()
+            };
+            found.push(top_ids(&shard, &spec)?);
+        }
+        sluice_qps.push(queries.len() as f64 / started.elapsed().as_secs_f64());
+        let started = Instant::now();
+        truth = queries.iter().map(|q| scan(q)).collect::<Vec<_>>();
+        scan_qps.push(queries.len() as f64 / started.elapsed().as_secs_f64());
+    }
+    // The same scores at every rank (rows of equal scores may come in either order).
+    let scores = |q: &str, ids: &[i64]| -> Vec<f32> {
+        let q = analyzer.term_frequencies(q);
+        ids.iter()
+            .map(|&i| score(&q, &counted[i as usize]).unwrap_or(f32::NAN))
+            .collect()
+    };
+    let differs = |a: Vec<f32>, b: Vec<f32>| {
+        a.len() != b.len()
+            || a.iter()
+                .zip(&b)
+                .any(|(x, y)| (x - y).abs() > 1e-4 * y.abs().max(1.0))
+    };
+    if let Some(i) = (0..queries.len()).find(|&i| {
+        differs(
+            scores(&queries[i], &found[i]),
+            scores(&queries[i], &truth[i]),
+        )
+    }) {
+        bail!(
+            "the text search answered query {i} otherwise than scoring every row: {:?} vs {:?}",
+            found[i],
+            truth[i]
+        );
+    }
+    Ok(TextInProcess {
+        rows: texts.len(),
+        sluice_qps,
+        scan_qps,
+    })
+}
+
 fn best_median(v: &[f64]) -> (f64, f64) {
     let mut s = v.to_vec();
     s.sort_by(f64::total_cmp);
@@ -756,6 +922,21 @@ pub(crate) async fn search(params: SearchBenchParams) -> anyhow::Result<()> {
         spb / scb,
         spm / scm
     );
+    let tx = text_in_process(&params)?;
+    let (txb, txm) = best_median(&tx.sluice_qps);
+    let (tsb, tsm) = best_median(&tx.scan_qps);
+    eprintln!(
+        "# text (BM25), in process, 1 thread, top-{K}: {} rows of ~60 words over {TEXT_VOCABULARY}, 3-word queries, {} alternating rounds (answers checked equal)",
+        tx.rows, params.rounds
+    );
+    eprintln!("{:>16} {:>10} {:>10}", "path", "best qps", "median");
+    eprintln!("{:>16} {txb:>10.0} {txm:>10.0}", "sluice shard");
+    eprintln!("{:>16} {tsb:>10.0} {tsm:>10.0}", "scan every row");
+    eprintln!(
+        "sluice / scan = {:.1} (best), {:.1} (median)",
+        txb / tsb,
+        txm / tsm
+    );
 
     let mut config = Config {
         data_dir: tmp.path().join("standalone"),
@@ -814,6 +995,10 @@ pub(crate) async fn search(params: SearchBenchParams) -> anyhow::Result<()> {
             "sparse_qps_median": spm,
             "sparse_scan_qps_best": scb,
             "sparse_scan_qps_median": scm,
+            "text_qps_best": txb,
+            "text_qps_median": txm,
+            "text_scan_qps_best": tsb,
+            "text_scan_qps_median": tsm,
         });
         println!("{out}");
     }
