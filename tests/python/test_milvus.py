@@ -3591,6 +3591,16 @@ def test_full_text_search_in_sluice_reads_the_shards_statistics_and_refuses_what
     assert 5 in {h["id"] for h in fused}
     assert max(every, key=every.get) in {h["id"] for h in fused}
 
+    # Upserts, partial ones too, re-derive the output from the stored or given text.
+    sluice.upsert("s_bm25", [{"id": 500, "text": "zephyr zephyr", "tag": 1, "dense": [0.0] * 4}])
+    sluice.upsert("s_bm25", [{"id": 500, "tag": 2}], partial_update=True)
+    got = sluice.search("s_bm25", data=["zephyr"], anns_field="sparse", limit=3, output_fields=["tag", "text"])[0]
+    assert [(h["id"], h["entity"]["tag"], h["entity"]["text"]) for h in got] == [(500, 2, "zephyr zephyr")]
+    sluice.upsert("s_bm25", [{"id": 500, "text": "quasar"}], partial_update=True)
+    got = sluice.search("s_bm25", data=["quasar"], anns_field="sparse", limit=3, output_fields=["tag"])[0]
+    assert [(h["id"], h["entity"]["tag"]) for h in got] == [(500, 2)]
+    sluice.delete("s_bm25", ids=[500])
+
     described = sluice.describe_collection("s_bm25")
     fields = {f["name"]: f for f in described["fields"]}
     assert fields["sparse"].get("is_function_output") is True

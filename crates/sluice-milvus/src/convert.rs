@@ -805,8 +805,9 @@ pub(crate) fn batch_of_rows(
         .map_err(|e| Failure::invalid(e.to_string()))
 }
 
-/// The rows of `batches` as JSON (every field of `schema` the batches hold), values as Milvus
-/// would answer them and [`json_rows_from_milvus`] would take them back.
+/// The rows of `batches` as JSON (every stored field of `schema` the batches hold: not
+/// functions' outputs), values as Milvus would answer them and [`json_rows_from_milvus`] would
+/// take them back.
 pub(crate) fn json_rows_of(
     schema: &CollectionSchema,
     props: &HashMap<String, String>,
@@ -814,9 +815,11 @@ pub(crate) fn json_rows_of(
 ) -> Result<Vec<JsonRow>, Failure> {
     let n = batches.iter().map(RecordBatch::num_rows).sum();
     let mut rows = vec![JsonRow::new(); n];
-    let names: Vec<String> = schema.fields.iter().map(|f| f.name.clone()).collect();
+    let names: Vec<String> = sluice_types::schema::stored_fields(schema)
+        .map(|f| f.name.clone())
+        .collect();
     let columns = batches_to_milvus(schema, props, batches, &names)?;
-    for (f, column) in schema.fields.iter().zip(columns) {
+    for (f, column) in sluice_types::schema::stored_fields(schema).zip(columns) {
         let values = column_values(&column)?;
         if values.len() != n {
             return Err(Failure::unexpected(format!(

@@ -1925,7 +1925,9 @@ impl MilvusFront {
             .get(v1::GetRequest {
                 collection: c.schema.name.clone(),
                 keys: Some(v1::PrimaryKeys { keys: Some(keys) }),
-                output_fields: c.schema.fields.iter().map(|f| f.name.clone()).collect(),
+                output_fields: sluice_types::schema::stored_fields(&c.schema)
+                    .map(|f| f.name.clone())
+                    .collect(),
                 read: Some(v1::ReadOptions {
                     consistency: v1::ConsistencyLevel::Strong as i32,
                     ..Default::default()
