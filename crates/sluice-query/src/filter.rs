@@ -1000,10 +1000,11 @@ enum Pred {
         terms: Vec<(String, usize)>,
         slop: usize,
     },
-    /// A VARCHAR value's terms (by `analyzer`) hold at least `min` of `terms`.
+    /// A VARCHAR value's terms (by `analyzer`) hold at least `min` of `terms` (sorted,
+    /// distinct).
     TextMatch {
         analyzer: Arc<sluice_types::text::Analyzer>,
-        terms: HashSet<String>,
+        terms: Vec<String>,
         min: usize,
     },
     /// `value op by cmp against`, on a numeric field: exactly on integers (truncating `/`)
@@ -1487,7 +1488,9 @@ impl Parser<'_> {
             min = usize::try_from(n).unwrap_or(usize::MAX);
         }
         self.expect_tok(Tok::RParen, "')'", "to close text_match(...)")?;
-        let terms = analyzer.terms(&text).into_iter().collect();
+        let mut terms = analyzer.terms(&text);
+        terms.sort_unstable();
+        terms.dedup();
         Ok(Node::Leaf {
             column,
             pred: Pred::TextMatch {
@@ -2541,24 +2544,56 @@ impl Pred {
             } => array
                 .as_string::<i32>()
                 .iter()
-                .map(|t| Some(t.is_some_and(|t| holds_phrase(&analyzer.tokens(t), terms, *slop))))
+                .map(|t| {
+                    Some(t.is_some_and(|t| {
+                        // Only the phrase's terms matter: the others are not kept.
+                        let mut doc = Vec::new();
+                        analyzer.each_term(t, |term, start, end, position| {
+                            if terms.iter().any(|(q, _)| q == term) {
+                                doc.push(sluice_types::text::Token {
+                                    text: term.to_owned(),
+                                    start,
+                                    end,
+                                    position,
+                                });
+                            }
+                            true
+                        });
+                        holds_phrase(&doc, terms, *slop)
+                    }))
+                })
                 .collect(),
             // Known for every row, as in Milvus: a null value holds no term.
             Pred::TextMatch {
                 analyzer,
                 terms,
                 min,
-            } => array
-                .as_string::<i32>()
-                .iter()
-                .map(|t| {
-                    let Some(t) = t.filter(|_| !terms.is_empty()) else {
-                        return Some(false);
-                    };
-                    let held: HashSet<String> = analyzer.terms(t).into_iter().collect();
-                    Some(terms.iter().filter(|q| held.contains(*q)).count() >= *min)
-                })
-                .collect(),
+            } => {
+                // Which terms a row holds, cleared per row; a row stops being read once it
+                // holds `min` of them.
+                let mut held = vec![false; terms.len()];
+                array
+                    .as_string::<i32>()
+                    .iter()
+                    .map(|t| {
+                        let Some(t) = t.filter(|_| !terms.is_empty()) else {
+                            return Some(false);
+                        };
+                        held.iter_mut().for_each(|h| *h = false);
+                        let mut count = 0;
+                        analyzer.each_term(t, |term, _, _, _| {
+                            if let Ok(i) = terms.binary_search_by(|q| q.as_str().cmp(term))
+                                && !held[i]
+                            {
+                                held[i] = true;
+                                count += 1;
+                            }
+                            count < *min
+                        });
+                        Some(count >= *min)
+                    })
+                    .collect()
+            }
             Pred::Arith {
                 op,
                 by,

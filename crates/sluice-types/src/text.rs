@@ -253,56 +253,83 @@ impl Analyzer {
     /// The terms of `text` with where each is: its byte range in `text` and its position among
     /// the tokenizer's tokens (a token a filter drops leaves a gap).
     pub fn tokens(&self, text: &str) -> Vec<Token> {
+        let mut out = Vec::new();
+        self.each_term(text, |term, start, end, position| {
+            out.push(Token {
+                text: term.to_owned(),
+                start,
+                end,
+                position,
+            });
+            true
+        });
+        out
+    }
+
+    /// Calls `f(term, start, end, position)` for each term of `text`, in order (as
+    /// [`Analyzer::tokens`] lists them, without keeping them), until it returns false.
+    pub fn each_term(&self, text: &str, mut f: impl FnMut(&str, usize, usize, usize) -> bool) {
         let word = |c: char| match self.tokenizer {
             Tokenizer::Standard => c.is_alphanumeric(),
             Tokenizer::Whitespace => !c.is_whitespace(),
         };
-        let mut runs: Vec<(usize, usize)> = Vec::new();
+        let mut term = String::new();
+        let mut position = 0;
         let mut start = None;
-        for (i, c) in text.char_indices() {
-            match (word(c), start) {
+        // A trailing sentinel ends the last run.
+        for (i, c) in text.char_indices().chain([(text.len(), ' ')]) {
+            match (word(c) && i < text.len(), start) {
                 (true, None) => start = Some(i),
                 (false, Some(s)) => {
-                    runs.push((s, i));
                     start = None;
+                    let keep = self.filter_into(&text[s..i], &mut term);
+                    if keep && !f(&term, s, i, position) {
+                        return;
+                    }
+                    position += 1;
                 }
                 _ => {}
             }
         }
-        if let Some(s) = start {
-            runs.push((s, text.len()));
-        }
-        runs.into_iter()
-            .enumerate()
-            .filter_map(|(position, (start, end))| {
-                let mut term = text[start..end].to_owned();
-                for f in &self.filters {
-                    match f {
-                        Filter::Lowercase => term = term.to_lowercase(),
-                        Filter::Stop(words) if words.contains(&term) => return None,
-                        Filter::Length(max) if term.chars().count() > *max => return None,
-                        Filter::Stemmer(algorithm) => {
-                            term = rust_stemmers::Stemmer::create(*algorithm)
-                                .stem(&term)
-                                .into_owned();
-                        }
-                        Filter::Stop(_) | Filter::Length(_) => {}
+    }
+
+    /// `raw` through the filters, into `term`; false when a filter drops it.
+    fn filter_into(&self, raw: &str, term: &mut String) -> bool {
+        term.clear();
+        term.push_str(raw);
+        for f in &self.filters {
+            match f {
+                // ASCII without capitals is its own lowercase: no copy.
+                Filter::Lowercase => {
+                    if !term
+                        .bytes()
+                        .all(|b| b.is_ascii() && !b.is_ascii_uppercase())
+                    {
+                        *term = term.to_lowercase();
                     }
                 }
-                Some(Token {
-                    text: term,
-                    start,
-                    end,
-                    position,
-                })
-            })
-            .collect()
+                Filter::Stop(words) if words.contains(term.as_str()) => return false,
+                Filter::Length(max) if term.chars().count() > *max => return false,
+                Filter::Stemmer(algorithm) => {
+                    let stemmed = rust_stemmers::Stemmer::create(*algorithm)
+                        .stem(term)
+                        .into_owned();
+                    *term = stemmed;
+                }
+                Filter::Stop(_) | Filter::Length(_) => {}
+            }
+        }
+        true
     }
 
     /// `text`'s term frequencies keyed by [`term_id`], by increasing id: a BM25 function's
     /// output row (and a text query's terms).
     pub fn term_frequencies(&self, text: &str) -> Vec<(u32, f32)> {
-        let mut ids: Vec<u32> = self.terms(text).iter().map(|t| term_id(t)).collect();
+        let mut ids: Vec<u32> = Vec::new();
+        self.each_term(text, |term, _, _, _| {
+            ids.push(term_id(term));
+            true
+        });
         ids.sort_unstable();
         let mut out: Vec<(u32, f32)> = Vec::new();
         for id in ids {
