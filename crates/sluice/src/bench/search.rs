@@ -410,11 +410,55 @@ fn in_process(ds: &Dataset, params: &SearchBenchParams) -> anyhow::Result<InProc
     })
 }
 
-/// Sparse search in process: the shard's inverted index against scoring every row.
-struct SparseInProcess {
+/// A search in process against scoring every row: the rows, and each round's searches/s.
+struct AgainstScan {
     rows: usize,
     sluice_qps: Vec<f64>,
     scan_qps: Vec<f64>,
+}
+
+/// The ids of the `K` best of `scored` (score, id): best first, equal scores by id.
+fn top_scored(mut scored: Vec<(f32, i64)>) -> Vec<i64> {
+    scored.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+    scored.into_iter().take(K).map(|(_, i)| i).collect()
+}
+
+/// Each round's searches/s through the shard and by scanning, and the last round's answers.
+struct Alternated {
+    sluice_qps: Vec<f64>,
+    scan_qps: Vec<f64>,
+    found: Vec<Vec<i64>>,
+    truth: Vec<Vec<i64>>,
+}
+
+/// `rounds` alternating rounds of `queries` searched through `shard` (`spec_of` each) and by
+/// `scan`.
+fn alternate<Q>(
+    rounds: usize,
+    queries: &[Q],
+    shard: &ShardData,
+    spec_of: impl Fn(&Q) -> SearchSpec,
+    scan: impl Fn(&Q) -> Vec<i64>,
+) -> anyhow::Result<Alternated> {
+    let (mut sluice_qps, mut scan_qps) = (Vec::new(), Vec::new());
+    let (mut found, mut truth) = (Vec::new(), Vec::new());
+    for _ in 0..rounds.max(1) {
+        let started = Instant::now();
+        found = queries
+            .iter()
+            .map(|q| top_ids(shard, &spec_of(q)))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        sluice_qps.push(queries.len() as f64 / started.elapsed().as_secs_f64());
+        let started = Instant::now();
+        truth = queries.iter().map(&scan).collect();
+        scan_qps.push(queries.len() as f64 / started.elapsed().as_secs_f64());
+    }
+    Ok(Alternated {
+        sluice_qps,
+        scan_qps,
+        found,
+        truth,
+    })
 }
 
 /// Terms of the generated sparse vocabulary.
@@ -434,7 +478,7 @@ fn sparse_row(rng: &mut rand::rngs::StdRng, mean: usize) -> Vec<u8> {
     sluice_types::sparse::encode(pairs).unwrap_or_default()
 }
 
-fn sparse_in_process(params: &SearchBenchParams) -> anyhow::Result<SparseInProcess> {
+fn sparse_in_process(params: &SearchBenchParams) -> anyhow::Result<AgainstScan> {
     use arrow_array::BinaryArray;
     let mut rng = rand::rngs::StdRng::seed_from_u64(11);
     let rows: Vec<Vec<u8>> = (0..params.rows)
@@ -465,34 +509,25 @@ fn sparse_in_process(params: &SearchBenchParams) -> anyhow::Result<SparseInProce
     shard.install_sealed(seg)?;
 
     // The exact answer: every row scored, best first, equal scores in row order.
-    let scan = |q: &[u8]| -> Vec<i64> {
-        let mut scored: Vec<(f32, i64)> = rows
-            .iter()
-            .enumerate()
-            .filter_map(|(i, r)| Some((sluice_types::sparse::dot(q, r)?, i as i64)))
-            .collect();
-        scored.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
-        scored.into_iter().take(K).map(|(_, i)| i).collect()
+    let scan = |q: &Vec<u8>| -> Vec<i64> {
+        top_scored(
+            rows.iter()
+                .enumerate()
+                .filter_map(|(i, r)| Some((sluice_types::sparse::dot(q, r)?, i as i64)))
+                .collect(),
+        )
     };
-    let (mut sluice_qps, mut scan_qps) = (Vec::new(), Vec::new());
-    let mut found = Vec::new();
-    let mut truth = Vec::new();
-    for _ in 0..params.rounds.max(1) {
-        let started = Instant::now();
-        found.clear();
-        for q in &queries {
-            let spec = SearchSpec {
-                sparse: vec![q.clone()],
-                top_k: K,
-                ..SearchSpec::default()
-            };
-            found.push(top_ids(&shard, &spec)?);
-        }
-        sluice_qps.push(queries.len() as f64 / started.elapsed().as_secs_f64());
-        let started = Instant::now();
-        truth = queries.iter().map(|q| scan(q)).collect::<Vec<_>>();
-        scan_qps.push(queries.len() as f64 / started.elapsed().as_secs_f64());
-    }
+    let spec_of = |q: &Vec<u8>| SearchSpec {
+        sparse: vec![q.clone()],
+        top_k: K,
+        ..SearchSpec::default()
+    };
+    let Alternated {
+        sluice_qps,
+        scan_qps,
+        found,
+        truth,
+    } = alternate(params.rounds, &queries, &shard, spec_of, scan)?;
     // The same scores at every rank (rows of equal scores may come in either order).
     let scores = |q: &[u8], ids: &[i64]| -> Vec<Option<f32>> {
         ids.iter()
@@ -508,18 +543,11 @@ fn sparse_in_process(params: &SearchBenchParams) -> anyhow::Result<SparseInProce
             truth[i]
         );
     }
-    Ok(SparseInProcess {
+    Ok(AgainstScan {
         rows: rows.len(),
         sluice_qps,
         scan_qps,
     })
-}
-
-/// Text search in process: the shard's BM25 search against scoring every row.
-struct TextInProcess {
-    rows: usize,
-    sluice_qps: Vec<f64>,
-    scan_qps: Vec<f64>,
 }
 
 /// Words of the generated text vocabulary.
@@ -537,7 +565,8 @@ fn text_row(rng: &mut rand::rngs::StdRng, mean: usize) -> String {
     words.join(" ")
 }
 
-fn text_in_process(params: &SearchBenchParams) -> anyhow::Result<TextInProcess> {
+/// Text search in process: the shard's BM25 search against scoring every row.
+fn text_in_process(params: &SearchBenchParams) -> anyhow::Result<AgainstScan> {
     use sluice_types::schema::{FunctionSchema, FunctionType};
     use sluice_types::text::{Analyzer, DEFAULT_BM25_B, DEFAULT_BM25_K1, idf, tf_weight};
     use std::collections::HashMap;
@@ -615,34 +644,27 @@ fn text_in_process(params: &SearchBenchParams) -> anyhow::Result<TextInProcess> 
         }
         total
     };
-    let scan = |q: &str| -> Vec<i64> {
+    let scan = |q: &String| -> Vec<i64> {
         let q = analyzer.term_frequencies(q);
-        let mut scored: Vec<(f32, i64)> = counted
-            .iter()
-            .enumerate()
-            .filter_map(|(i, row)| Some((score(&q, row)?, i as i64)))
-            .collect();
-        scored.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
-        scored.into_iter().take(K).map(|(_, i)| i).collect()
+        top_scored(
+            counted
+                .iter()
+                .enumerate()
+                .filter_map(|(i, row)| Some((score(&q, row)?, i as i64)))
+                .collect(),
+        )
     };
-    let (mut sluice_qps, mut scan_qps) = (Vec::new(), Vec::new());
-    let (mut found, mut truth) = (Vec::new(), Vec::new());
-    for _ in 0..params.rounds.max(1) {
-        let started = Instant::now();
-        found.clear();
-        for q in &queries {
-            let spec = SearchSpec {
-                texts: vec![q.clone()],
-                top_k: K,
-                ..SearchSpec::default()
-            };
-            found.push(top_ids(&shard, &spec)?);
-        }
-        sluice_qps.push(queries.len() as f64 / started.elapsed().as_secs_f64());
-        let started = Instant::now();
-        truth = queries.iter().map(|q| scan(q)).collect::<Vec<_>>();
-        scan_qps.push(queries.len() as f64 / started.elapsed().as_secs_f64());
-    }
+    let spec_of = |q: &String| SearchSpec {
+        texts: vec![q.clone()],
+        top_k: K,
+        ..SearchSpec::default()
+    };
+    let Alternated {
+        sluice_qps,
+        scan_qps,
+        found,
+        truth,
+    } = alternate(params.rounds, &queries, &shard, spec_of, scan)?;
     // The same scores at every rank (rows of equal scores may come in either order).
     let scores = |q: &str, ids: &[i64]| -> Vec<f32> {
         let q = analyzer.term_frequencies(q);
@@ -668,7 +690,7 @@ fn text_in_process(params: &SearchBenchParams) -> anyhow::Result<TextInProcess> 
             truth[i]
         );
     }
-    Ok(TextInProcess {
+    Ok(AgainstScan {
         rows: texts.len(),
         sluice_qps,
         scan_qps,
