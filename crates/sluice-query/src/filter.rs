@@ -224,13 +224,23 @@ impl Filter {
     /// Columns are found by field name; a missing column of a nullable field reads as all null,
     /// other columns (such as system columns) are ignored.
     pub fn evaluate(&self, batch: &RecordBatch) -> Result<BooleanArray, FilterError> {
+        self.evaluate_with(batch, &|_, _, _| None)
+    }
+
+    /// [`Filter::evaluate`], taking `text_match(field, terms, min)`'s answer for the batch's
+    /// rows from `hits` when it has one (a term index's; `terms` sorted and distinct).
+    pub fn evaluate_with(
+        &self,
+        batch: &RecordBatch,
+        hits: &TextHits<'_>,
+    ) -> Result<BooleanArray, FilterError> {
         let mut arrays = Vec::with_capacity(self.columns.len());
         for col in &self.columns {
             arrays.push(col.resolve(batch)?);
         }
         let result = self
             .root
-            .eval(&self.columns, &arrays, batch.num_rows(), &self.text)?;
+            .eval(&self.columns, &arrays, batch.num_rows(), &self.text, hits)?;
         Ok(match result.nulls() {
             Some(nulls) if nulls.null_count() > 0 => {
                 BooleanArray::new(result.values() & nulls.inner(), None)
@@ -2537,32 +2547,7 @@ impl Pred {
                     })
                 })
                 .collect(),
-            Pred::PhraseMatch {
-                analyzer,
-                terms,
-                slop,
-            } => array
-                .as_string::<i32>()
-                .iter()
-                .map(|t| {
-                    Some(t.is_some_and(|t| {
-                        // Only the phrase's terms matter: the others are not kept.
-                        let mut doc = Vec::new();
-                        analyzer.each_term(t, |term, start, end, position| {
-                            if terms.iter().any(|(q, _)| q == term) {
-                                doc.push(sluice_types::text::Token {
-                                    text: term.to_owned(),
-                                    start,
-                                    end,
-                                    position,
-                                });
-                            }
-                            true
-                        });
-                        holds_phrase(&doc, terms, *slop)
-                    }))
-                })
-                .collect(),
+            Pred::PhraseMatch { .. } => self.phrase_match(array, None),
             // Known for every row, as in Milvus: a null value holds no term.
             Pred::TextMatch {
                 analyzer,
@@ -2652,6 +2637,47 @@ impl Pred {
 }
 
 /// JSON equality with numbers compared by value (`1 == 1.0`).
+impl Pred {
+    /// `phrase_match` over `array`'s texts, reading only the rows `candidates` marks (those
+    /// holding every term of the phrase; `None`: every row).
+    fn phrase_match(&self, array: &ArrayRef, candidates: Option<&BooleanArray>) -> BooleanArray {
+        let Pred::PhraseMatch {
+            analyzer,
+            terms,
+            slop,
+        } = self
+        else {
+            return BooleanArray::new_null(array.len());
+        };
+        array
+            .as_string::<i32>()
+            .iter()
+            .enumerate()
+            .map(|(i, t)| {
+                if candidates.is_some_and(|c| !c.value(i)) {
+                    return Some(false);
+                }
+                Some(t.is_some_and(|t| {
+                    // Only the phrase's terms matter: the others are not kept.
+                    let mut doc = Vec::new();
+                    analyzer.each_term(t, |term, start, end, position| {
+                        if terms.iter().any(|(q, _)| q == term) {
+                            doc.push(sluice_types::text::Token {
+                                text: term.to_owned(),
+                                start,
+                                end,
+                                position,
+                            });
+                        }
+                        true
+                    });
+                    holds_phrase(&doc, terms, *slop)
+                }))
+            })
+            .collect()
+    }
+}
+
 /// The largest slop `phrase_match` takes.
 const MAX_SLOP: i64 = 1 << 16;
 /// The most terms a `phrase_match` phrase may have.
@@ -2739,6 +2765,10 @@ fn json_eq(a: &serde_json::Value, b: &serde_json::Value) -> bool {
     }
 }
 
+/// Where `text_match` may read its answer for a batch's rows: (field, the query's sorted,
+/// distinct terms, how many a row must hold) → one answer per row, or `None` to read the text.
+pub type TextHits<'a> = dyn Fn(&str, &[String], usize) -> Option<BooleanArray> + 'a;
+
 impl Node {
     fn eval(
         &self,
@@ -2746,13 +2776,36 @@ impl Node {
         arrays: &[Option<ArrayRef>],
         len: usize,
         text: &str,
+        hits: &TextHits<'_>,
     ) -> Result<BooleanArray, FilterError> {
+        if let Node::Leaf {
+            column,
+            pred: Pred::TextMatch { terms, min, .. },
+        } = self
+            && let Some(answer) = hits(&columns[*column].name, terms, *min)
+            && answer.len() == len
+        {
+            return Ok(answer);
+        }
+        // A phrase is read only in the rows holding all its terms.
+        if let Node::Leaf {
+            column,
+            pred: pred @ Pred::PhraseMatch { terms, .. },
+        } = self
+            && let Some(array) = &arrays[*column]
+        {
+            let mut all: Vec<String> = terms.iter().map(|t| t.0.clone()).collect();
+            all.sort_unstable();
+            all.dedup();
+            let candidates = hits(&columns[*column].name, &all, all.len());
+            return Ok(pred.phrase_match(array, candidates.as_ref().filter(|c| c.len() == len)));
+        }
         match self {
             Node::And(terms) | Node::Or(terms) => {
                 let is_and = matches!(self, Node::And(_));
-                let mut acc = terms[0].eval(columns, arrays, len, text)?;
+                let mut acc = terms[0].eval(columns, arrays, len, text, hits)?;
                 for term in &terms[1..] {
-                    let next = term.eval(columns, arrays, len, text)?;
+                    let next = term.eval(columns, arrays, len, text, hits)?;
                     acc = if is_and {
                         and_kleene(&acc, &next)
                     } else {
@@ -2763,7 +2816,7 @@ impl Node {
                 Ok(acc)
             }
             Node::Not(inner) => {
-                not(&inner.eval(columns, arrays, len, text)?).map_err(arrow_err(text))
+                not(&inner.eval(columns, arrays, len, text, hits)?).map_err(arrow_err(text))
             }
             Node::Const(b) => Ok(BooleanArray::from(vec![*b; len])),
             Node::OtherType {
@@ -2771,7 +2824,7 @@ impl Node {
                 present,
                 answer,
             } => {
-                let tested = test.eval(columns, arrays, len, text)?;
+                let tested = test.eval(columns, arrays, len, text, hits)?;
                 let Some(present) = &arrays[*present] else {
                     return Ok(tested);
                 };
@@ -2795,6 +2848,10 @@ impl Node {
                             BooleanBuffer::new_set(len)
                         };
                         BooleanArray::new(bits, None)
+                    }
+                    // No text holds no term: false, never unknown.
+                    Pred::TextMatch { .. } | Pred::PhraseMatch { .. } => {
+                        BooleanArray::new(BooleanBuffer::new_unset(len), None)
                     }
                     _ => BooleanArray::new_null(len),
                 }),

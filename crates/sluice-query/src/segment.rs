@@ -69,6 +69,18 @@ pub enum VectorSource {
     },
 }
 
+/// A VARCHAR field with `enable_match` whose terms a segment indexes for `text_match`.
+#[derive(Clone, Debug)]
+pub struct MatchField {
+    /// The field.
+    pub name: String,
+    /// How its text splits into terms.
+    pub analyzer: sluice_types::text::Analyzer,
+}
+
+/// Per term, the rows (offsets in the segment, increasing, once each) whose text holds it.
+pub type TermRows = std::collections::HashMap<Box<str>, Vec<u32>>;
+
 impl VectorSource {
     /// The column the values are read from.
     fn column(&self) -> &str {
@@ -274,6 +286,8 @@ pub struct Segment {
     pub(crate) vectors: Vec<VectorColumn>,
     pub(crate) superseded: Vec<u64>,
     pub(crate) indexes: Vec<Option<AnnIndex>>,
+    /// Per `enable_match` field (by name), its terms' rows.
+    pub(crate) term_rows: std::collections::HashMap<String, TermRows>,
     /// Only keys, timestamps and MVCC bounds are held: a query worker holds the rows.
     pub(crate) remote: bool,
     /// At most every `superseded` value (never raised): no row is gone before it.
@@ -299,6 +313,7 @@ impl Segment {
             vectors: dims.iter().map(|&dim| VectorColumn::new(dim)).collect(),
             superseded: Vec::new(),
             indexes: dims.iter().map(|_| None).collect(),
+            term_rows: std::collections::HashMap::new(),
             remote: false,
             superseded_floor: u64::MAX,
             origin: None,
@@ -357,6 +372,7 @@ impl Segment {
         for i in &mut self.indexes {
             *i = None;
         }
+        self.term_rows = std::collections::HashMap::new();
         self.remote = true;
     }
 
@@ -371,13 +387,15 @@ impl Segment {
     }
 
     /// Appends `batch` (the schema's columns; `pk` names the key column, `sources` the
-    /// vector fields' in the segment's order) with per-row timestamps `ts`.
+    /// vector fields' in the segment's order, `matches` the fields whose terms are indexed)
+    /// with per-row timestamps `ts`.
     pub(crate) fn append(
         &mut self,
         batch: RecordBatch,
         ts: &[u64],
         pk: &str,
         sources: &[VectorSource],
+        matches: &[MatchField],
     ) -> Result<std::ops::Range<usize>, QueryError> {
         let n = batch.num_rows();
         if ts.len() != n {
@@ -414,6 +432,34 @@ impl Segment {
             }
         }
         let first = self.len();
+        for m in matches {
+            let Some(col) = batch.column_by_name(&m.name) else {
+                continue;
+            };
+            let texts = col.as_string_opt::<i32>().ok_or_else(|| {
+                QueryError::Invalid(format!("a text column of type {}", col.data_type()))
+            })?;
+            let index = self.term_rows.entry(m.name.clone()).or_default();
+            let mut seen: std::collections::HashSet<String> = std::collections::HashSet::new();
+            for (i, text) in texts.iter().enumerate() {
+                let row = u32::try_from(first + i)
+                    .map_err(|_| QueryError::Invalid("a segment of over 2^32 rows".into()))?;
+                seen.clear();
+                m.analyzer
+                    .each_term(text.unwrap_or_default(), |term, _, _, _| {
+                        if !seen.contains(term) {
+                            seen.insert(term.to_owned());
+                            match index.get_mut(term) {
+                                Some(rows) => rows.push(row),
+                                None => {
+                                    index.insert(term.into(), vec![row]);
+                                }
+                            }
+                        }
+                        true
+                    });
+            }
+        }
         self.starts.push(first);
         self.batches.push(batch);
         self.ts.extend_from_slice(ts);
@@ -451,6 +497,37 @@ impl Segment {
             .column_by_name(name)
             .cloned()
             .unwrap_or_else(|| arrow_array::new_null_array(ty, batch.num_rows()))
+    }
+
+    /// `text_match(field, terms, min)` for rows `start..start + n`, read from the field's term
+    /// index (`None` when the segment does not index the field).
+    pub(crate) fn text_hits(
+        &self,
+        field: &str,
+        terms: &[String],
+        min: usize,
+        start: usize,
+        n: usize,
+    ) -> Option<arrow_array::BooleanArray> {
+        let index = self.term_rows.get(field)?;
+        let mut held = vec![0usize; n];
+        for term in terms {
+            let Some(rows) = index.get(term.as_str()) else {
+                continue;
+            };
+            let from = rows.partition_point(|&r| (r as usize) < start);
+            for &r in rows[from..]
+                .iter()
+                .take_while(|&&r| (r as usize) < start + n)
+            {
+                held[r as usize - start] += 1;
+            }
+        }
+        Some(
+            held.into_iter()
+                .map(|h| Some(h >= min && !terms.is_empty()))
+                .collect(),
+        )
     }
 
     /// Row `r`'s key.

@@ -24,7 +24,7 @@ use sluice_types::schema::{CollectionSchema, DataType};
 use crate::QueryError;
 use crate::filter::Filter;
 use crate::index::{IndexParams, distance_of};
-use crate::segment::{Pk, RowRef, Segment, TermStats, VectorSource, pks_of};
+use crate::segment::{MatchField, Pk, RowRef, Segment, TermStats, VectorSource, pks_of};
 use crate::vector::{Metric, TopK, norm};
 
 /// The column holding each hit's score in search results.
@@ -150,6 +150,8 @@ pub struct ShardData {
     vector_fields: Vec<String>,
     /// Where each vector field's values come from.
     sources: Vec<VectorSource>,
+    /// The fields whose terms segments index for `text_match`.
+    matches: Vec<MatchField>,
     dims: Vec<usize>,
     segments: BTreeMap<i64, Segment>,
     /// Segments whose rows come from their Parquet file: inserts read again from the log for
@@ -221,6 +223,22 @@ fn sources(
         .collect()
 }
 
+/// The `enable_match` fields, with their analyzers.
+fn match_fields(schema: &CollectionSchema) -> Result<Vec<MatchField>, QueryError> {
+    schema
+        .fields
+        .iter()
+        .filter(|f| f.enable_match)
+        .map(|f| {
+            Ok(MatchField {
+                name: f.name.clone(),
+                analyzer: sluice_types::text::Analyzer::from_params(&f.analyzer_params)
+                    .map_err(|e| QueryError::Invalid(format!("field {}: {e}", f.name)))?,
+            })
+        })
+        .collect()
+}
+
 fn arrow_schema(schema: &CollectionSchema) -> Result<SchemaRef, QueryError> {
     let fields = schema
         .fields
@@ -250,6 +268,7 @@ impl ShardData {
         Ok(ShardData {
             arrow: arrow_schema(&schema)?,
             sources: sources(&schema, &vector_fields)?,
+            matches: match_fields(&schema)?,
             schema,
             pk,
             vector_fields,
@@ -332,6 +351,7 @@ impl ShardData {
     pub fn set_schema(&mut self, schema: CollectionSchema) -> Result<(), QueryError> {
         self.arrow = arrow_schema(&schema)?;
         self.sources = sources(&schema, &self.vector_fields)?;
+        self.matches = match_fields(&schema)?;
         self.schema = schema;
         Ok(())
     }
@@ -385,7 +405,7 @@ impl ShardData {
             .entry(segment)
             .or_insert_with(|| Segment::new(segment, partition, false, &self.dims));
         let n = batch.num_rows();
-        let rows = seg.append(batch, &vec![ts; n], &self.pk, &self.sources)?;
+        let rows = seg.append(batch, &vec![ts; n], &self.pk, &self.sources, &self.matches)?;
         let keys: Vec<Pk> = rows.clone().map(|r| seg.pks[r].clone()).collect();
         for (r, key) in rows.zip(keys) {
             let at = RowRef {
@@ -488,7 +508,7 @@ impl ShardData {
             let Some(ts) = ts.get(at..at + n) else {
                 return Err(QueryError::Invalid("fewer timestamps than rows".into()));
             };
-            seg.append(b, ts, &self.pk, &self.sources)?;
+            seg.append(b, ts, &self.pk, &self.sources, &self.matches)?;
             at += n;
         }
         Ok(seg)
@@ -687,9 +707,13 @@ impl ShardData {
             return Ok(None);
         };
         let mut out = Vec::with_capacity(seg.len());
-        for (_, b) in seg.batches() {
+        for (start, b) in seg.batches() {
+            let n = b.num_rows();
+            let hits = |field: &str, terms: &[String], min: usize| {
+                seg.text_hits(field, terms, min, start, n)
+            };
             let m = filter
-                .evaluate(b)
+                .evaluate_with(b, &hits)
                 .map_err(|e| QueryError::Invalid(e.to_string()))?;
             out.extend(m.values().iter());
         }

@@ -959,3 +959,133 @@ fn a_bm25_output_is_searched_with_text_by_the_shards_term_statistics() {
     let sparse = ShardData::new(sparse_schema(), IndexParams::default()).unwrap();
     assert!(sparse.search(&filtered, 200).is_err());
 }
+
+/// `text_match` reads each segment's term index (built as rows arrive or load): over random
+/// texts in growing and sealed segments, with nulls and batches of several sizes, every
+/// `text_match` (any term, or `minimum_should_match`) and its negation and conjunctions answer
+/// as the row-by-row reading of the text does, and so does `phrase_match` (which reads only
+/// the rows holding all its terms); a demoted segment's rows are not read at all.
+#[test]
+fn text_match_reads_the_term_index_and_answers_as_reading_each_text() {
+    use rand::Rng as _;
+    let mut schema = bm25_schema();
+    schema.fields[1].enable_match = true;
+    let words = ["ant", "Bee", "cat", "dog", "eel", "fox", "gnu", "hen"];
+    let mut rng = StdRng::seed_from_u64(29);
+    let text = |rng: &mut StdRng| -> Option<String> {
+        (!rng.random_bool(0.1)).then(|| {
+            let n = rng.random_range(0..6);
+            (0..n)
+                .map(|_| words[rng.random_range(0..words.len())])
+                .collect::<Vec<_>>()
+                .join(", ")
+        })
+    };
+    let mut shard = ShardData::new(schema.clone(), IndexParams::default()).unwrap();
+    let mut all: Vec<(i64, Option<String>)> = Vec::new();
+    let mut next = 0i64;
+    let mut rows = |n: usize, rng: &mut StdRng, all: &mut Vec<(i64, Option<String>)>| {
+        let part: Vec<(i64, Option<String>)> = (0..n)
+            .map(|_| {
+                next += 1;
+                (next, text(rng))
+            })
+            .collect();
+        all.extend(part.clone());
+        text_batch(
+            part.iter().map(|r| r.0).collect(),
+            part.iter().map(|r| r.1.as_deref()).collect(),
+        )
+    };
+    let sealed = vec![rows(30, &mut rng, &mut all), rows(7, &mut rng, &mut all)];
+    let seg = shard.prepare_sealed(1, 1, sealed, vec![100; 37]).unwrap();
+    shard.install_sealed(seg).unwrap();
+    for n in [1, 12, 25] {
+        let b = rows(n, &mut rng, &mut all);
+        shard.insert(2, 1, b, 110).unwrap();
+    }
+    let analyzer = sluice_types::text::Analyzer::default();
+    let holds = |t: &Option<String>, q: &[&str], min: usize| {
+        let terms: HashSet<String> = t
+            .as_deref()
+            .map(|t| analyzer.terms(t))
+            .unwrap_or_default()
+            .into_iter()
+            .collect();
+        let mut q: Vec<String> = q.iter().flat_map(|w| analyzer.terms(w)).collect();
+        q.sort();
+        q.dedup();
+        !q.is_empty() && q.iter().filter(|w| terms.contains(*w)).count() >= min
+    };
+    let ids = |shard: &ShardData, expr: &str| -> Vec<i64> {
+        let f = Filter::parse(expr, &schema).unwrap();
+        let got = shard.query(Some(&f), &[], &[], 0, 200).unwrap();
+        got.column(0).as_primitive::<Int64Type>().values().to_vec()
+    };
+    for _ in 0..60 {
+        let q: Vec<&str> = (0..rng.random_range(1..4))
+            .map(|_| words[rng.random_range(0..words.len())])
+            .collect();
+        let min = rng.random_range(1..3);
+        let joined = q.join(" ").to_uppercase();
+        type Want<'a> = Box<dyn Fn(i64, &Option<String>) -> bool + 'a>;
+        let cases: Vec<(String, Want<'_>)> = vec![
+            (
+                format!("text_match(text, '{joined}')"),
+                Box::new(|_, t| holds(t, &q, 1)),
+            ),
+            (
+                format!("text_match(text, '{joined}', minimum_should_match={min})"),
+                Box::new(|_, t| holds(t, &q, min)),
+            ),
+            (
+                format!("not text_match(text, '{joined}') and id % 2 == 0"),
+                Box::new(|id, t| !holds(t, &q, 1) && id % 2 == 0),
+            ),
+            (
+                format!("text_match(text, '{joined}') or id < 5"),
+                Box::new(|id, t| holds(t, &q, 1) || id < 5),
+            ),
+        ];
+        for (expr, want) in cases {
+            let expected: Vec<i64> = all
+                .iter()
+                .filter(|(id, t)| want(*id, t))
+                .map(|r| r.0)
+                .collect();
+            assert_eq!(ids(&shard, &expr), expected, "{expr}");
+        }
+    }
+    // Phrases: the shard (candidate rows from the term index) answers as reading every row's
+    // text in one batch does.
+    let every = text_batch(
+        all.iter().map(|r| r.0).collect(),
+        all.iter().map(|r| r.1.as_deref()).collect(),
+    );
+    for _ in 0..60 {
+        let phrase: Vec<&str> = (0..rng.random_range(1..4))
+            .map(|_| words[rng.random_range(0..words.len())])
+            .collect();
+        let expr = format!(
+            "phrase_match(text, '{}', {}) or id == 3",
+            phrase.join(" "),
+            rng.random_range(0..4)
+        );
+        let f = Filter::parse(&expr, &schema).unwrap();
+        let mask = f.evaluate(&every).unwrap();
+        let expected: Vec<i64> = (0..all.len())
+            .filter(|&i| mask.value(i))
+            .map(|i| all[i].0)
+            .collect();
+        assert_eq!(ids(&shard, &expr), expected, "{expr}");
+    }
+    // A demoted segment (its rows on a query worker) has no term index here and no rows read.
+    assert!(shard.demote(1));
+    let expr = "text_match(text, 'ant bee cat dog eel fox gnu hen')";
+    let expected: Vec<i64> = all
+        .iter()
+        .filter(|(id, t)| *id > 37 && holds(t, &words, 1))
+        .map(|r| r.0)
+        .collect();
+    assert_eq!(ids(&shard, expr), expected);
+}
