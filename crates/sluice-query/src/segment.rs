@@ -204,11 +204,14 @@ impl VectorColumn {
 
     /// Drops the values, keeping what a text-sourced column's statistics need.
     fn demote(&mut self) {
-        let kept = (!self.lengths.is_empty() || self.kept_stats.is_some()).then(|| {
-            let mut stats = TermStats::default();
-            let ids: Vec<u32> = self.postings.keys().copied().collect();
-            self.add_term_stats(&ids, &mut stats);
-            Box::new(stats)
+        // Demoted already: the statistics kept stay.
+        let kept = self.kept_stats.take().or_else(|| {
+            (!self.lengths.is_empty()).then(|| {
+                let mut stats = TermStats::default();
+                let ids: Vec<u32> = self.postings.keys().copied().collect();
+                self.add_term_stats(&ids, &mut stats);
+                Box::new(stats)
+            })
         });
         *self = VectorColumn {
             kept_stats: kept,

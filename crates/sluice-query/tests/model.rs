@@ -912,6 +912,9 @@ fn a_bm25_output_is_searched_with_text_by_the_shards_term_statistics() {
     worker.install_sealed(copy).unwrap();
     assert!(shard.demote(1));
     assert_eq!(shard.term_stats(None, &filtered.texts).unwrap(), stats);
+    // Demoted twice (the rows gone already), the statistics stay.
+    assert!(shard.demote(1));
+    assert_eq!(shard.term_stats(None, &filtered.texts).unwrap(), stats);
     let remote = SearchSpec {
         term_stats: Some(stats),
         ..filtered.clone()
