@@ -38,28 +38,41 @@ fn ctl(server: &Proc, args: &[&str]) -> support::CliOutput {
 
 /// `sluice ctl create-collection NAME` with the test's schema and two shards.
 fn create_collection(endpoint: &str, name: &str) -> support::CliOutput {
-    run_cli(
+    create_with_fields(
+        endpoint,
+        name,
         &[
-            "ctl",
-            "create-collection",
-            "--name",
-            name,
-            "--field",
             "id:int64:pk",
-            "--field",
             "title:varchar:32",
-            "--field",
             "vec:float_vector:3",
-            "--field",
             "meta:json:nullable",
-            "--shards",
-            "2",
-            "--coord",
-            endpoint,
         ],
-        &[],
-        TIMEOUT,
+        2,
     )
+}
+
+/// `sluice ctl create-collection NAME` with field specs `fields` and `shards` shards.
+fn create_with_fields(
+    endpoint: &str,
+    name: &str,
+    fields: &[&str],
+    shards: u32,
+) -> support::CliOutput {
+    let shards = shards.to_string();
+    let mut args = vec![
+        "ctl",
+        "create-collection",
+        "--name",
+        name,
+        "--shards",
+        &shards,
+        "--coord",
+        endpoint,
+    ];
+    for f in fields {
+        args.extend(["--field", f]);
+    }
+    run_cli(&args, &[], TIMEOUT)
 }
 
 /// Rows `ids` of the test's schema in a Parquet file (the vector's items not nullable, as the
@@ -1350,21 +1363,11 @@ async fn sparse_vectors_are_searched_by_inner_product_and_recovered_after_a_kill
     let mut server = start(data.path(), logs.path());
     let endpoint = server.endpoint();
     ok(
-        run_cli(
-            &[
-                "ctl",
-                "create-collection",
-                "--name",
-                "terms",
-                "--field",
-                "id:int64:pk",
-                "--field",
-                "sv:sparse_float_vector",
-                "--coord",
-                &endpoint,
-            ],
-            &[],
-            TIMEOUT,
+        create_with_fields(
+            &endpoint,
+            "terms",
+            &["id:int64:pk", "sv:sparse_float_vector"],
+            1,
         ),
         "create-collection",
     );
@@ -1455,23 +1458,15 @@ async fn text_is_searched_by_bm25_and_recovered_after_a_kill() {
     let mut server = start(data.path(), logs.path());
     let endpoint = server.endpoint();
     ok(
-        run_cli(
+        create_with_fields(
+            &endpoint,
+            "notes",
             &[
-                "ctl",
-                "create-collection",
-                "--name",
-                "notes",
-                "--field",
                 "id:int64:pk",
-                "--field",
                 "body:varchar:200:analyzer",
-                "--field",
                 "terms:sparse_float_vector:bm25=body",
-                "--coord",
-                &endpoint,
             ],
-            &[],
-            TIMEOUT,
+            1,
         ),
         "create-collection",
     );

@@ -697,6 +697,26 @@ fn text_in_process(params: &SearchBenchParams) -> anyhow::Result<AgainstScan> {
     })
 }
 
+/// Prints a section measured against scanning every row, headed `what`; returns the shard's
+/// best and median searches/s, then the scan's.
+fn report_against_scan(what: &str, r: &AgainstScan, rounds: usize) -> (f64, f64, f64, f64) {
+    let (sb, sm) = best_median(&r.sluice_qps);
+    let (cb, cm) = best_median(&r.scan_qps);
+    eprintln!(
+        "# {what} ({} rows), {rounds} alternating rounds (answers checked equal)",
+        r.rows
+    );
+    eprintln!("{:>16} {:>10} {:>10}", "path", "best qps", "median");
+    eprintln!("{:>16} {sb:>10.0} {sm:>10.0}", "sluice shard");
+    eprintln!("{:>16} {cb:>10.0} {cm:>10.0}", "scan every row");
+    eprintln!(
+        "sluice / scan = {:.1} (best), {:.1} (median)",
+        sb / cb,
+        sm / cm
+    );
+    (sb, sm, cb, cm)
+}
+
 fn best_median(v: &[f64]) -> (f64, f64) {
     let mut s = v.to_vec();
     s.sort_by(f64::total_cmp);
@@ -929,35 +949,19 @@ pub(crate) async fn search(params: SearchBenchParams) -> anyhow::Result<()> {
         sb / rb,
         sm / rm
     );
-    let sp = sparse_in_process(&params)?;
-    let (spb, spm) = best_median(&sp.sluice_qps);
-    let (scb, scm) = best_median(&sp.scan_qps);
-    eprintln!(
-        "# sparse, in process, 1 thread, top-{K}: {} rows of ~100 weights over {SPARSE_VOCABULARY} terms, ~20 per query, {} alternating rounds (answers checked equal)",
-        sp.rows, params.rounds
+    let (spb, spm, scb, scm) = report_against_scan(
+        &format!(
+            "sparse, in process, 1 thread, top-{K}: ~100 weights a row over {SPARSE_VOCABULARY} terms, ~20 per query"
+        ),
+        &sparse_in_process(&params)?,
+        params.rounds,
     );
-    eprintln!("{:>16} {:>10} {:>10}", "path", "best qps", "median");
-    eprintln!("{:>16} {spb:>10.0} {spm:>10.0}", "sluice shard");
-    eprintln!("{:>16} {scb:>10.0} {scm:>10.0}", "scan every row");
-    eprintln!(
-        "sluice / scan = {:.1} (best), {:.1} (median)",
-        spb / scb,
-        spm / scm
-    );
-    let tx = text_in_process(&params)?;
-    let (txb, txm) = best_median(&tx.sluice_qps);
-    let (tsb, tsm) = best_median(&tx.scan_qps);
-    eprintln!(
-        "# text (BM25), in process, 1 thread, top-{K}: {} rows of ~60 words over {TEXT_VOCABULARY}, 3-word queries, {} alternating rounds (answers checked equal)",
-        tx.rows, params.rounds
-    );
-    eprintln!("{:>16} {:>10} {:>10}", "path", "best qps", "median");
-    eprintln!("{:>16} {txb:>10.0} {txm:>10.0}", "sluice shard");
-    eprintln!("{:>16} {tsb:>10.0} {tsm:>10.0}", "scan every row");
-    eprintln!(
-        "sluice / scan = {:.1} (best), {:.1} (median)",
-        txb / tsb,
-        txm / tsm
+    let (txb, txm, tsb, tsm) = report_against_scan(
+        &format!(
+            "text (BM25), in process, 1 thread, top-{K}: ~60 words a row over {TEXT_VOCABULARY}, 3-word queries"
+        ),
+        &text_in_process(&params)?,
+        params.rounds,
     );
 
     let mut config = Config {
