@@ -7,6 +7,9 @@
 //! | `catalog/collections/{id}` | `CollectionInfo` (protobuf, `coord.proto`) |
 //! | `catalog/names/{name}` | the id of the live collection with that name (decimal) |
 //! | `catalog/aliases/{alias}` | the id of the live collection the alias names (decimal) |
+//! | `catalog/databases/{name}` | `DatabaseInfo` of a database other than `default` ([`databases`]) |
+//!
+//! A name or alias `db.name` is in database `db`, one without a dot in `default`.
 //!
 //! Create: validate the schema (field ids assigned), take ids for the collection and its
 //! partitions, spread one vchannel per shard over the pchannels, record the collection as
@@ -29,8 +32,10 @@ use sluice_types::message::{
     CreateCollectionHeader, CreatePartitionHeader, DropCollectionHeader, DropPartitionHeader,
     MessageHeader, ResourceKey, SchemaChangeHeader,
 };
-use sluice_types::schema::{CollectionSchema, FieldSchema, SchemaError};
+use sluice_types::schema::{CollectionSchema, FieldSchema, SchemaError, split_database};
 use sluice_types::{CollectionId, MutableMessage, PChannel};
+
+pub mod databases;
 
 use crate::broadcast::{BroadcastRequest, Broadcaster};
 use crate::tso::Ids;
@@ -217,10 +222,17 @@ impl Catalog {
         collection: &str,
         repoint: bool,
     ) -> Result<v1::CollectionInfo> {
-        sluice_types::schema::check_name("alias", alias)
+        sluice_types::schema::check_collection_name("alias", alias)
             .map_err(|e| CoordError::InvalidArgument(e.to_string()))?;
         let info = self.by_name(collection).await?;
         let target = info.collection_id;
+        if split_database(alias).0 != split_database(name_of(&info)).0 {
+            return Err(CoordError::InvalidArgument(format!(
+                "the alias {alias:?} and collection {:?} are in different databases",
+                name_of(&info)
+            )));
+        }
+        let database = self.database_guard(alias).await?;
         if self.id_at(self.name_key(alias)).await?.is_some() {
             return Err(CoordError::InvalidArgument(format!(
                 "{alias:?} is the name of a collection, it cannot be an alias"
@@ -248,20 +260,17 @@ impl Catalog {
             }
         };
         // The alias's name must stay free of collections while it is taken.
-        let result = self
-            .store
-            .txn(
-                vec![
-                    (key.clone(), condition),
-                    (self.name_key(alias), Condition::KeyAbsent),
-                ],
-                vec![TxnOp::Put {
-                    key,
-                    value: Bytes::from(target.to_string()),
-                    lease: None,
-                }],
-            )
-            .await?;
+        let mut conditions = vec![
+            (key.clone(), condition),
+            (self.name_key(alias), Condition::KeyAbsent),
+        ];
+        let mut ops = vec![TxnOp::Put {
+            key,
+            value: Bytes::from(target.to_string()),
+            lease: None,
+        }];
+        database.add_to(&mut conditions, &mut ops);
+        let result = self.store.txn(conditions, ops).await?;
         if !result.committed {
             return Err(CoordError::Conflict(format!(
                 "the alias {alias:?} changed meanwhile; retry"
@@ -480,30 +489,39 @@ impl Catalog {
         };
         let name_key = self.name_key(&schema.name);
         let mut stale_cleared = false;
-        let committed = loop {
-            let result = self
-                .store
-                .txn(
-                    vec![
-                        (name_key.clone(), Condition::KeyAbsent),
-                        (self.alias_key(&schema.name), Condition::KeyAbsent),
-                    ],
-                    vec![
-                        TxnOp::Put {
-                            key: name_key.clone(),
-                            value: Bytes::from(id.to_string()),
-                            lease: None,
-                        },
-                        TxnOp::Put {
-                            key: self.record_key(id),
-                            value: Bytes::from(info.encode_to_vec()),
-                            lease: None,
-                        },
-                    ],
-                )
-                .await?;
-            if result.committed || stale_cleared || !self.clear_stale_name(&schema.name).await? {
-                break result.committed;
+        let (committed, database_id) = loop {
+            let database = self.database_guard(&schema.name).await?;
+            let mut conditions = vec![
+                (name_key.clone(), Condition::KeyAbsent),
+                (self.alias_key(&schema.name), Condition::KeyAbsent),
+            ];
+            let mut ops = vec![
+                TxnOp::Put {
+                    key: name_key.clone(),
+                    value: Bytes::from(id.to_string()),
+                    lease: None,
+                },
+                TxnOp::Put {
+                    key: self.record_key(id),
+                    value: Bytes::from(info.encode_to_vec()),
+                    lease: None,
+                },
+            ];
+            database.add_to(&mut conditions, &mut ops);
+            if self.store.txn(conditions, ops).await?.committed {
+                break (true, database.id);
+            }
+            if self.store.get(&name_key).await?.is_none()
+                && self
+                    .store
+                    .get(&self.alias_key(&schema.name))
+                    .await?
+                    .is_none()
+            {
+                continue; // the database's record changed meanwhile: again
+            }
+            if stale_cleared || !self.clear_stale_name(&schema.name).await? {
+                break (false, database.id);
             }
             stale_cleared = true;
         };
@@ -520,7 +538,7 @@ impl Catalog {
         let template = ddl_message(CreateCollectionHeader {
             collection_id: id,
             partition_ids: info.partitions.iter().map(|p| p.partition_id).collect(),
-            db_id: 1,
+            db_id: database_id,
             schema: Some(schema.clone()),
         })?;
         let ts = self
@@ -781,28 +799,34 @@ impl Catalog {
             let renamed = sluice_types::schema::rename(&current, new_name)
                 .map_err(|e| CoordError::InvalidArgument(e.to_string()))?;
             info.schema = Some(renamed);
-            let result = self
-                .store
-                .txn(
-                    vec![
-                        (self.name_key(new_name), Condition::KeyAbsent),
-                        (self.alias_key(new_name), Condition::KeyAbsent),
-                        (key.clone(), Condition::ModRevision(kv.mod_revision)),
-                    ],
-                    vec![
-                        TxnOp::Put {
-                            key: self.name_key(new_name),
-                            value: Bytes::from(id.to_string()),
-                            lease: None,
-                        },
-                        TxnOp::Put {
-                            key,
-                            value: Bytes::from(info.encode_to_vec()),
-                            lease: None,
-                        },
-                    ],
-                )
-                .await?;
+            let database = self.database_guard(new_name).await?;
+            if split_database(name).0 != split_database(new_name).0
+                && !self.aliases(Some(name)).await?.is_empty()
+            {
+                return Err(CoordError::InvalidArgument(format!(
+                    "collection {name:?} has aliases: drop them before moving it to another \
+                     database"
+                )));
+            }
+            let mut conditions = vec![
+                (self.name_key(new_name), Condition::KeyAbsent),
+                (self.alias_key(new_name), Condition::KeyAbsent),
+                (key.clone(), Condition::ModRevision(kv.mod_revision)),
+            ];
+            let mut ops = vec![
+                TxnOp::Put {
+                    key: self.name_key(new_name),
+                    value: Bytes::from(id.to_string()),
+                    lease: None,
+                },
+                TxnOp::Put {
+                    key,
+                    value: Bytes::from(info.encode_to_vec()),
+                    lease: None,
+                },
+            ];
+            database.add_to(&mut conditions, &mut ops);
+            let result = self.store.txn(conditions, ops).await?;
             if result.committed {
                 break info;
             }
@@ -993,26 +1017,33 @@ impl Catalog {
 }
 
 /// Collection properties Sluice keeps: at most 64, keys of 1-256 bytes, values of at most 64 KiB.
-fn check_properties(p: &std::collections::HashMap<String, String>) -> Result<()> {
+/// The limits every set of properties keeps: at most 64, keys 1-256 bytes, values up to
+/// 64 KiB; `kind` (collection, database) names whose they are in the error.
+fn check_property_limits(kind: &str, p: &std::collections::HashMap<String, String>) -> Result<()> {
     if p.len() > 64 {
         return Err(CoordError::InvalidArgument(format!(
-            "{} collection properties: at most 64",
+            "{} {kind} properties: at most 64",
             p.len()
         )));
     }
     for (k, v) in p {
         if k.is_empty() || k.len() > 256 {
             return Err(CoordError::InvalidArgument(format!(
-                "collection property key {k:?}: 1 to 256 bytes"
+                "{kind} property key {k:?}: 1 to 256 bytes"
             )));
         }
         if v.len() > 64 << 10 {
             return Err(CoordError::InvalidArgument(format!(
-                "collection property {k:?}: its value is {} bytes, at most 64 KiB",
+                "{kind} property {k:?}: its value is {} bytes, at most 64 KiB",
                 v.len()
             )));
         }
     }
+    Ok(())
+}
+
+fn check_properties(p: &std::collections::HashMap<String, String>) -> Result<()> {
+    check_property_limits("collection", p)?;
     // The settings Sluice itself reads (index, TTL) must be readable.
     sluice_types::index::IndexSettings::from_properties(p).map_err(CoordError::InvalidArgument)?;
     sluice_types::ttl::ttl_ms(p).map_err(CoordError::InvalidArgument)?;

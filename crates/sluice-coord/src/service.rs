@@ -287,6 +287,60 @@ impl coordinator_server::Coordinator for CoordinatorService {
         Ok(Response::new(v1::BroadcastAckResponse {}))
     }
 
+    async fn create_database(
+        &self,
+        request: Request<v1::CreateDatabaseRequest>,
+    ) -> Result<Response<v1::DatabaseInfo>, Status> {
+        let request = request.into_inner();
+        let leader = self.leader().await?;
+        let info = leader
+            .catalog
+            .create_database(&leader.ids, &request.name, request.properties)
+            .await
+            .map_err(|e| coord_status(&e))?;
+        Ok(Response::new(info))
+    }
+
+    async fn drop_database(
+        &self,
+        request: Request<v1::DropDatabaseRequest>,
+    ) -> Result<Response<v1::DropDatabaseResponse>, Status> {
+        let leader = self.leader().await?;
+        leader
+            .catalog
+            .drop_database(&request.into_inner().name)
+            .await
+            .map_err(|e| coord_status(&e))?;
+        Ok(Response::new(v1::DropDatabaseResponse {}))
+    }
+
+    async fn list_databases(
+        &self,
+        _: Request<v1::ListDatabasesRequest>,
+    ) -> Result<Response<v1::ListDatabasesResponse>, Status> {
+        let leader = self.leader().await?;
+        let databases = leader
+            .catalog
+            .list_databases()
+            .await
+            .map_err(|e| coord_status(&e))?;
+        Ok(Response::new(v1::ListDatabasesResponse { databases }))
+    }
+
+    async fn alter_database_properties(
+        &self,
+        request: Request<v1::AlterDatabasePropertiesRequest>,
+    ) -> Result<Response<v1::DatabaseInfo>, Status> {
+        let request = request.into_inner();
+        let leader = self.leader().await?;
+        let info = leader
+            .catalog
+            .alter_database(&request.name, &request.set, &request.delete_keys)
+            .await
+            .map_err(|e| coord_status(&e))?;
+        Ok(Response::new(info))
+    }
+
     async fn create_collection(
         &self,
         request: Request<v1::CreateCollectionRequest>,

@@ -42,6 +42,48 @@ pub fn check_name(kind: &str, name: &str) -> Result<(), SchemaError> {
     }
 }
 
+/// The database every collection is in unless its name says another.
+pub const DEFAULT_DATABASE: &str = "default";
+
+/// A collection name (or an alias) split into its database and its name there: `db.name` is
+/// `name` in database `db`; a name without a dot is in the [`DEFAULT_DATABASE`]. Names are
+/// checked by [`check_collection_name`], which allows at most one dot.
+pub fn split_database(name: &str) -> (&str, &str) {
+    match name.split_once('.') {
+        Some((db, local)) => (db, local),
+        None => (DEFAULT_DATABASE, name),
+    }
+}
+
+/// `name` in database `database`: qualified unless that is the [`DEFAULT_DATABASE`].
+pub fn in_database(database: &str, name: &str) -> String {
+    if database == DEFAULT_DATABASE || database.is_empty() {
+        name.to_owned()
+    } else {
+        format!("{database}.{name}")
+    }
+}
+
+/// Checks a collection name or alias: a name ([`check_name`]) in the default database, or
+/// `database.name` with both parts names and the database not `default` (a collection of the
+/// default database has one spelling). `kind` names what it is in the error.
+pub fn check_collection_name(kind: &str, name: &str) -> Result<(), SchemaError> {
+    match name.split_once('.') {
+        None => check_name(kind, name),
+        Some((db, local)) => {
+            check_name("database", db)?;
+            check_name(kind, local)?;
+            if db == DEFAULT_DATABASE {
+                return Err(bad(format!(
+                    "{kind} name {name:?}: a collection of the default database is named \
+                     without it ({local:?})"
+                )));
+            }
+            Ok(())
+        }
+    }
+}
+
 /// The field's data type, if it is a known one.
 pub fn data_type(field: &FieldSchema) -> Result<DataType, SchemaError> {
     match DataType::try_from(field.data_type) {
@@ -121,7 +163,7 @@ fn check_field(f: &FieldSchema) -> Result<DataType, SchemaError> {
 /// field names, known types with their parameters, exactly one primary key (INT64 or VARCHAR,
 /// not nullable) and at least one vector field.
 pub fn validate(schema: &CollectionSchema) -> Result<(), SchemaError> {
-    check_name("collection", &schema.name)?;
+    check_collection_name("collection", &schema.name)?;
     if schema.shards > MAX_SHARDS {
         return Err(bad(format!(
             "{} shards: at most {MAX_SHARDS}",
@@ -299,7 +341,7 @@ pub fn add_field(
 /// The schema after a SCHEMA_CHANGE that renames the collection to `name`: the fields as they
 /// are; the version goes up by one.
 pub fn rename(schema: &CollectionSchema, name: &str) -> Result<CollectionSchema, SchemaError> {
-    check_name("collection name", name)?;
+    check_collection_name("collection", name)?;
     if schema.name == name {
         return Err(bad(format!("the collection is named {name:?} already")));
     }
@@ -404,6 +446,34 @@ mod tests {
             data_type: ty as i32,
             ..FieldSchema::default()
         }
+    }
+
+    #[test]
+    fn collection_names_may_name_their_database() {
+        assert_eq!(split_database("docs"), ("default", "docs"));
+        assert_eq!(split_database("tenant_a.docs"), ("tenant_a", "docs"));
+        assert_eq!(in_database("default", "docs"), "docs");
+        assert_eq!(in_database("", "docs"), "docs");
+        assert_eq!(in_database("tenant_a", "docs"), "tenant_a.docs");
+        for ok in ["docs", "tenant_a.docs", "_t._d"] {
+            assert!(check_collection_name("collection", ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "a.b.c",
+            ".docs",
+            "tenant.",
+            "default.docs",
+            "9db.docs",
+            "db.9docs",
+            "db-x.docs",
+        ] {
+            assert!(check_collection_name("collection", bad).is_err(), "{bad}");
+        }
+        let mut s = good();
+        s.name = "tenant_a.docs".into();
+        validate(&s).unwrap();
+        assert_eq!(rename(&s, "tenant_b.docs").unwrap().name, "tenant_b.docs");
+        assert!(rename(&s, "default.docs").is_err());
     }
 
     fn good() -> CollectionSchema {

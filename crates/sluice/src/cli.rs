@@ -488,6 +488,60 @@ pub(crate) async fn create_collection(
 }
 
 /// `sluice ctl collections`.
+/// `sluice ctl databases`.
+pub(crate) async fn list_databases(coord: &str, timeout: Duration) -> anyhow::Result<()> {
+    let r = coordinator(coord)?
+        .list_databases(timed(v1::ListDatabasesRequest {}, timeout))
+        .await
+        .map_err(|s| anyhow::anyhow!("listing databases: {}", s.message()))?
+        .into_inner();
+    for d in &r.databases {
+        println!("{} id={}", d.name, d.database_id);
+    }
+    println!("{} databases", r.databases.len());
+    Ok(())
+}
+
+/// `sluice ctl create-database NAME`.
+pub(crate) async fn create_database(
+    coord: &str,
+    name: &str,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    let d = coordinator(coord)?
+        .create_database(timed(
+            v1::CreateDatabaseRequest {
+                name: name.to_owned(),
+                properties: Default::default(),
+            },
+            timeout,
+        ))
+        .await
+        .map_err(|s| anyhow::anyhow!("creating database {name}: {}", s.message()))?
+        .into_inner();
+    println!("created database {} id={}", d.name, d.database_id);
+    Ok(())
+}
+
+/// `sluice ctl drop-database NAME`.
+pub(crate) async fn drop_database(
+    coord: &str,
+    name: &str,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    coordinator(coord)?
+        .drop_database(timed(
+            v1::DropDatabaseRequest {
+                name: name.to_owned(),
+            },
+            timeout,
+        ))
+        .await
+        .map_err(|s| anyhow::anyhow!("dropping database {name}: {}", s.message()))?;
+    println!("dropped database {name}");
+    Ok(())
+}
+
 pub(crate) async fn list_collections(coord: &str, timeout: Duration) -> anyhow::Result<()> {
     let r = coordinator(coord)?
         .list_collections(timed(v1::ListCollectionsRequest {}, timeout))

@@ -475,6 +475,26 @@ enum CtlCommand {
         #[arg(long = "partition")]
         partitions: Vec<String>,
     },
+    /// The databases: `default`, then the others by name. A collection named `db.name` is
+    /// `name` in database `db`.
+    Databases {
+        #[command(flatten)]
+        client: ClientOpts,
+    },
+    /// Create a database.
+    CreateDatabase {
+        #[command(flatten)]
+        client: ClientOpts,
+        /// Its name.
+        name: String,
+    },
+    /// Drop a database that has no collections (a missing one is no change).
+    DropDatabase {
+        #[command(flatten)]
+        client: ClientOpts,
+        /// Its name.
+        name: String,
+    },
     /// The collections of the catalog.
     Collections {
         #[command(flatten)]
@@ -817,6 +837,9 @@ fn client_security(command: &Command) -> Option<&SecurityOpts> {
                 | CtlCommand::Topology { client }
                 | CtlCommand::CreateCollection { client, .. }
                 | CtlCommand::Collections { client }
+                | CtlCommand::Databases { client }
+                | CtlCommand::CreateDatabase { client, .. }
+                | CtlCommand::DropDatabase { client, .. }
                 | CtlCommand::Describe { client, .. }
                 | CtlCommand::Load { client, .. }
                 | CtlCommand::Drain { client, .. }
@@ -995,6 +1018,26 @@ fn run() -> anyhow::Result<()> {
             what: CtlCommand::Collections { client },
         } => rt.block_on(cli::list_collections(
             &client.coord,
+            Duration::from_secs(client.timeout_secs),
+        )),
+        Command::Ctl {
+            what: CtlCommand::Databases { client },
+        } => rt.block_on(cli::list_databases(
+            &client.coord,
+            Duration::from_secs(client.timeout_secs),
+        )),
+        Command::Ctl {
+            what: CtlCommand::CreateDatabase { client, name },
+        } => rt.block_on(cli::create_database(
+            &client.coord,
+            &name,
+            Duration::from_secs(client.timeout_secs),
+        )),
+        Command::Ctl {
+            what: CtlCommand::DropDatabase { client, name },
+        } => rt.block_on(cli::drop_database(
+            &client.coord,
+            &name,
             Duration::from_secs(client.timeout_secs),
         )),
         Command::Ctl {

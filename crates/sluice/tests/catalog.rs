@@ -1560,3 +1560,169 @@ async fn text_is_searched_by_bm25_and_recovered_after_a_kill() {
         assert!((a.1 - b.1).abs() < 1e-5, "{after:?} vs {before:?}");
     }
 }
+
+/// Databases through the CLI and the coordinator (CreateDatabase, DropDatabase,
+/// ListDatabases, AlterDatabaseProperties): a collection named `db.name` is `name` in database
+/// `db` — created there only while it exists, with rows of its own beside a `default`
+/// collection of the same name; aliases stay in their database; a rename moves a collection
+/// into another database; a database with collections is not dropped; all of it holds after a
+/// SIGKILL and a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn databases_hold_their_own_collections_and_go_only_when_empty() {
+    let data = tempfile::tempdir().unwrap();
+    let logs = tempfile::tempdir().unwrap();
+    let mut server = start(data.path(), logs.path());
+    let endpoint = server.endpoint();
+    let refused = |out: support::CliOutput, why: &str| {
+        assert!(!out.status.success(), "not refused: {}", out.stdout);
+        assert!(out.stderr.contains(why), "{why}: {}", out.stderr);
+    };
+    refused(
+        create_collection(&endpoint, "tenant.docs"),
+        "database \"tenant\" does not exist",
+    );
+    ok(
+        ctl(&server, &["ctl", "create-database", "tenant"]),
+        "create tenant",
+    );
+    refused(
+        ctl(&server, &["ctl", "create-database", "tenant"]),
+        "exists",
+    );
+    refused(
+        ctl(&server, &["ctl", "create-database", "default"]),
+        "default database cannot be created",
+    );
+    refused(
+        ctl(&server, &["ctl", "create-database", "9x"]),
+        "must be 1-",
+    );
+    refused(
+        create_collection(&endpoint, "default.docs"),
+        "named without it",
+    );
+    ok(create_collection(&endpoint, "docs"), "create docs");
+    ok(
+        create_collection(&endpoint, "tenant.docs"),
+        "create tenant.docs",
+    );
+    insert_ids(data.path(), &endpoint, "docs", None, "a.jsonl", 0..3);
+    insert_ids(
+        data.path(),
+        &endpoint,
+        "tenant.docs",
+        None,
+        "b.jsonl",
+        10..15,
+    );
+    assert_eq!(query_ids(&endpoint, "docs"), vec![0, 1, 2]);
+    assert_eq!(
+        query_ids(&endpoint, "tenant.docs"),
+        (10..15).collect::<Vec<_>>()
+    );
+
+    let mut coord = v1::coordinator_client::CoordinatorClient::new(
+        sluice_proto::lazy_channel(&endpoint).unwrap(),
+    );
+    let alias = |alias: &str, collection: &str| v1::CreateAliasRequest {
+        alias: alias.into(),
+        collection_name: collection.into(),
+    };
+    coord
+        .create_alias(alias("tenant.nick", "tenant.docs"))
+        .await
+        .expect("an alias in the collection's database");
+    for (a, c) in [("nick", "tenant.docs"), ("tenant.other", "docs")] {
+        let e = coord.create_alias(alias(a, c)).await.unwrap_err();
+        assert!(e.message().contains("different databases"), "{a}: {e}");
+    }
+    let e = coord
+        .create_alias(alias("ghost.nick", "docs"))
+        .await
+        .unwrap_err();
+    assert!(e.message().contains("different databases"), "{e}");
+    let listed = coord
+        .alter_database_properties(v1::AlterDatabasePropertiesRequest {
+            name: "tenant".into(),
+            set: [("owner".to_owned(), "team-a".to_owned())].into(),
+            delete_keys: Vec::new(),
+        })
+        .await
+        .expect("alter the database")
+        .into_inner();
+    assert_eq!(listed.properties["owner"], "team-a");
+
+    refused(
+        ctl(&server, &["ctl", "drop-database", "tenant"]),
+        "has 1 collection(s) (tenant.docs)",
+    );
+    refused(
+        ctl(&server, &["ctl", "drop-database", "default"]),
+        "cannot be dropped",
+    );
+    // Moving a collection with aliases to another database is refused; without, it moves.
+    ok(
+        ctl(&server, &["ctl", "create-database", "archive"]),
+        "create archive",
+    );
+    refused(
+        ctl(&server, &["ctl", "rename", "tenant.docs", "archive.docs"]),
+        "has aliases",
+    );
+    refused(
+        ctl(&server, &["ctl", "rename", "docs", "nowhere.docs"]),
+        "database \"nowhere\" does not exist",
+    );
+    ok(
+        ctl(&server, &["ctl", "rename", "docs", "archive.docs"]),
+        "move docs",
+    );
+    assert_eq!(query_ids(&endpoint, "archive.docs"), vec![0, 1, 2]);
+
+    server.kill();
+    drop(server);
+    let mut server = start(data.path(), logs.path());
+    let endpoint = server.endpoint();
+    let out = ok(ctl(&server, &["ctl", "databases"]), "databases");
+    let names: Vec<&str> = out
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    assert_eq!(names, ["default", "archive", "tenant", "3"], "{out}");
+    assert_eq!(query_ids(&endpoint, "archive.docs"), vec![0, 1, 2]);
+    assert_eq!(
+        query_ids(&endpoint, "tenant.docs"),
+        (10..15).collect::<Vec<_>>()
+    );
+    let out = ok(
+        ctl(&server, &["ctl", "describe", "tenant.nick"]),
+        "describe alias",
+    );
+    assert!(out.contains("tenant.docs"), "{out}");
+    refused(
+        ctl(&server, &["ctl", "drop-database", "archive"]),
+        "has 1 collection(s)",
+    );
+    ok(
+        ctl(&server, &["ctl", "drop-collection", "archive.docs"]),
+        "drop archive.docs",
+    );
+    ok(
+        ctl(&server, &["ctl", "drop-database", "archive"]),
+        "drop archive",
+    );
+    ok(
+        ctl(&server, &["ctl", "drop-database", "archive"]),
+        "drop a missing database",
+    );
+    refused(
+        create_collection(&endpoint, "archive.docs"),
+        "database \"archive\" does not exist",
+    );
+    let out = ok(ctl(&server, &["ctl", "databases"]), "databases");
+    assert!(
+        out.contains("2 databases") && !out.contains("archive"),
+        "{out}"
+    );
+    server.kill();
+}
