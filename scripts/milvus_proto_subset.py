@@ -45,10 +45,10 @@ RPCS = {
     "HasCollection": "Whether a collection exists.",
     "DescribeCollection": "The schema, id, shards and creation time of a collection.",
     "ShowCollections": "The names (and ids) of every collection.",
-    "RenameCollection": "Renames a collection within the default database (another db_name or "
-    "newDBName is an error); its id, data, partitions, indexes, aliases and load state stay. The "
-    "new name must be free of collections and aliases; oldName must be a collection's own name, "
-    "not an alias.",
+    "RenameCollection": "Renames a collection, into database newDBName when given (it must "
+    "exist, and the collection must have no aliases to move); its id, data, partitions, "
+    "indexes, aliases and load state stay. The new name must be free of collections and "
+    "aliases; oldName must be a collection's own name, not an alias.",
     "GetCollectionStatistics": "row_count: rows inserted and not deleted, as a query sees them.",
     "LoadCollection": "Loads a collection for search and query.",
     "ReleaseCollection": "Releases a collection (search and query refuse it until loaded again).",
@@ -125,11 +125,18 @@ RPCS = {
     "Flush": "Seals the collection's growing segments into Parquet.",
     "GetFlushState": "True once the flush has been written.",
     "AllocTimestamp": "A timestamp from Sluice's oracle.",
-    "ListDatabases": "Sluice has one database, `default` (CreateDatabase, DropDatabase and "
-    "AlterDatabase answer UNIMPLEMENTED). A call whose `dbname` header names any other database "
-    "is refused with INVALID_ARGUMENT before it touches anything.",
-    "DescribeDatabase": "The `default` database (an empty name means it too); any other name is "
-    "DatabaseNotFound (800).",
+    "CreateDatabase": "A database: a namespace of collections and aliases. A call's database "
+    "is its db_name field, else its `dbname` header (what pymilvus's db_name= and use_database "
+    "send), else `default`; a call naming one that does not exist is DatabaseNotFound (800). "
+    "Properties are kept and described, not acted on. A name in use is an error.",
+    "DropDatabase": "Drops a database without collections (one with collections, or "
+    "`default`, is an error; one that does not exist is no change).",
+    "AlterDatabase": "Sets properties (and removes delete_keys) of a database other than "
+    "`default`.",
+    "ListDatabases": "Every database: `default` first, then by name, with ids and creation "
+    "times.",
+    "DescribeDatabase": "A database's id, creation time and properties (an empty name is "
+    "`default`); one that does not exist is DatabaseNotFound (800).",
     "GetPartitionStatistics": "row_count of one partition: its rows inserted and not deleted, "
     "as a query sees them.",
     "FlushAll": "Flush of every collection (as Flush each); flush_all_ts is the newest "

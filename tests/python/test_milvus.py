@@ -816,9 +816,9 @@ def test_unsupported_requests_get_a_clear_error_not_a_silent_success(sluice):
     import grpc
 
     with pytest.raises(grpc.RpcError) as e:
-        sluice.create_database("d_database")
+        sluice.create_role("d_role")
     assert e.value.code() == grpc.StatusCode.UNIMPLEMENTED
-    assert "CreateDatabase is not supported by Sluice" in e.value.details()
+    assert "CreateRole is not supported by Sluice" in e.value.details()
     bad = MilvusClient.create_schema(auto_id=False)
     bad.add_field("id", DataType.INT64, is_primary=True)
     bad.add_field("v", DataType.BINARY_VECTOR, dim=16)
@@ -1604,9 +1604,9 @@ def test_the_default_database_is_listed_and_described_like_milvus(sluice, lite):
     assert e.value.code == 800 and "d_no_such_db" in e.value.message
 
 
-def test_calls_for_another_database_are_refused_and_change_nothing(sluice, sluice_server):
-    """Sluice has one database. A client bound to another (`db_name=`) must not create or
-    write anything in `default` as if it were that database."""
+def test_a_client_bound_to_a_missing_database_creates_nothing(sluice, sluice_server):
+    """A client bound to a database that does not exist (`db_name=`) gets DatabaseNotFound and
+    must not create or write anything in `default` as if it were that database."""
     import grpc
 
     drop_if_exists(sluice, "d_other_db")
@@ -1618,6 +1618,149 @@ def test_calls_for_another_database_are_refused_and_change_nothing(sluice, sluic
         made = str(e)
     assert "database not found[database=tenant_a]" in made, made
     assert not sluice.has_collection("d_other_db")
+
+
+DATABASES = ("d_tenant_a", "d_tenant_b")
+# The collections and aliases of the database tests (`default` holds other tests' too).
+OURS = ("d_same", "d_nick", "d_moved")
+
+
+def drop_databases(c):
+    """Drops the test's databases with everything in them; the client is left in `default`."""
+    for db in DATABASES:
+        if db in c.list_databases():
+            c.use_database(db)
+            for alias in c.list_aliases()["aliases"]:
+                c.drop_alias(alias)
+            for name in c.list_collections():
+                c.drop_collection(name)
+            c.use_database("default")
+            c.drop_database(db)
+    c.use_database("default")
+
+
+def test_databases_hold_their_own_collections_like_milvus(sluice, lite):
+    """Three collections of one name in three databases, each with its own rows; aliases stay
+    in their database; a database with collections is not dropped — Sluice and milvus-lite
+    answer alike. Then (Sluice only: milvus-lite loses a collection renamed into another
+    database) a rename moves a collection to another database, rows and all."""
+
+    def f(c):
+        drop_databases(c)
+        try:
+            c.create_database("d_tenant_a")
+            c.create_database("d_tenant_b")
+            try:
+                c.create_database("d_tenant_a")
+                again = "created"
+            except MilvusException:
+                again = "refused"
+            counts, listed = [], []
+            for db, n in (("default", 3), ("d_tenant_a", 5), ("d_tenant_b", 7)):
+                c.use_database(db)
+                fresh(c, "d_same")
+                c.insert("d_same", rows(n, seed=n))
+            for db in ("default", "d_tenant_a", "d_tenant_b"):
+                c.use_database(db)
+                got = c.query("d_same", filter="id >= 0", output_fields=["id"])
+                counts.append(len(got))
+                listed.append(sorted(n for n in c.list_collections() if n in OURS))
+            c.use_database("d_tenant_a")
+            c.create_alias("d_same", "d_nick")
+            aliases = c.list_aliases()["aliases"]
+            by_alias = len(c.query("d_nick", filter="id >= 0", output_fields=["id"]))
+            described = c.describe_collection("d_same")["collection_name"]
+            c.use_database("d_tenant_b")
+            elsewhere = c.has_collection("d_nick"), c.list_aliases()["aliases"]
+            try:
+                c.drop_database("d_tenant_b")
+                dropped = "dropped"
+            except MilvusException:
+                dropped = "refused"
+            c.use_database("default")
+            c.drop_collection("d_same")
+            return again, counts, listed, aliases, by_alias, described, elsewhere, dropped
+        finally:
+            if c is lite:
+                drop_databases(c)
+            c.use_database("default")
+
+    s, l = both(sluice, lite, f)
+    assert s == l, (s, l)
+    assert s == (
+        "refused",
+        [3, 5, 7],
+        [["d_same"]] * 3,
+        ["d_nick"],
+        5,
+        "d_same",
+        (False, []),
+        "refused",
+    ), s
+    try:
+        sluice.use_database("d_tenant_b")
+        with pytest.raises(MilvusException) as e:
+            sluice.rename_collection("d_same", "d_moved", target_db="d_nowhere")
+        assert e.value.code == 800, e.value
+        sluice.rename_collection("d_same", "d_moved", target_db="d_tenant_a")
+        assert sluice.list_collections() == []
+        sluice.drop_database("d_tenant_b")
+        assert sluice.list_databases() == ["default", "d_tenant_a"]
+        sluice.use_database("d_tenant_a")
+        assert sorted(sluice.list_collections()) == ["d_moved", "d_same"]
+        assert len(sluice.query("d_moved", filter="id >= 0", output_fields=["id"])) == 7
+    finally:
+        drop_databases(sluice)
+    assert sluice.list_databases() == ["default"]
+
+
+def test_databases_are_described_altered_and_named_by_header_or_request(sluice, sluice_server):
+    """Sluice-only: a database's properties are kept, altered and described; a client bound by
+    `db_name=` and a call naming `db_name` in its request both reach the database; a dot in a
+    name cannot reach another database's collection."""
+    import grpc
+    from pymilvus.grpc_gen import milvus_pb2, milvus_pb2_grpc
+
+    drop_databases(sluice)
+    try:
+        sluice.create_database("d_tenant_a", properties={"owner": "team-a"})
+        described = sluice.describe_database("d_tenant_a")
+        assert described["name"] == "d_tenant_a" and described["owner"] == "team-a", described
+        sluice.alter_database_properties("d_tenant_a", {"tier": "gold"})
+        sluice.drop_database_properties("d_tenant_a", ["owner"])
+        described = sluice.describe_database("d_tenant_a")
+        assert described.get("tier") == "gold" and "owner" not in described, described
+        with pytest.raises(MilvusException):
+            sluice.drop_database("default")
+
+        tenant = MilvusClient(uri=f"http://{sluice_server.milvus}", db_name="d_tenant_a")
+        tenant.create_collection("d_secret", dimension=DIM)
+        tenant.insert("d_secret", rows(4))
+        assert not sluice.has_collection("d_secret")
+        with pytest.raises(MilvusException) as e:
+            sluice.query("d_tenant_a.d_secret", filter="id >= 0")
+        assert "d_tenant_a.d_secret" in e.value.message
+
+        # The request's db_name, with no header: what SDKs other than pymilvus send.
+        stub = milvus_pb2_grpc.MilvusServiceStub(grpc.insecure_channel(sluice_server.milvus))
+        shown = stub.ShowCollections(milvus_pb2.ShowCollectionsRequest(db_name="d_tenant_a"))
+        assert list(shown.collection_names) == ["d_secret"], shown
+        has = stub.HasCollection(
+            milvus_pb2.HasCollectionRequest(db_name="d_tenant_a", collection_name="d_secret")
+        )
+        assert has.value, has
+        described = stub.DescribeCollection(
+            milvus_pb2.DescribeCollectionRequest(db_name="d_tenant_a", collection_name="d_secret")
+        )
+        assert (described.db_name, described.collection_name) == ("d_tenant_a", "d_secret")
+        assert described.schema.name == "d_secret", described.schema
+        missing = stub.ShowCollections(milvus_pb2.ShowCollectionsRequest(db_name="d_nowhere"))
+        assert missing.status.code == 800, missing
+        listed = stub.ListDatabases(milvus_pb2.ListDatabasesRequest())
+        assert list(listed.db_names) == ["default", "d_tenant_a"], listed
+        assert listed.db_ids[0] == 1 and listed.created_timestamp[1] > 0, listed
+    finally:
+        drop_databases(sluice)
 
 
 def test_partition_statistics_match(sluice, lite):

@@ -17,6 +17,7 @@
 
 mod array;
 mod convert;
+mod database;
 mod hybrid;
 mod properties;
 mod prune;

@@ -25,6 +25,7 @@ use crate::convert::{
     field_to_sluice, json_object, json_rows_from_milvus, json_rows_of, milvus_type,
     rows_from_milvus, schema_to_milvus, schema_to_sluice,
 };
+use crate::database::{self, entered};
 use crate::hybrid::{MAX_HYBRID_SEARCHES, Ranker, Searched};
 use crate::pb::common::{self as mc, KeyValuePair, Status};
 use crate::pb::milvus::milvus_service_server::{MilvusService, MilvusServiceServer};
@@ -1094,6 +1095,30 @@ impl MilvusFront {
             .collect())
     }
 
+    /// Every database, from the catalog.
+    async fn databases(&self) -> Result<Vec<v1::DatabaseInfo>, Failure> {
+        self.coord
+            .clone()
+            .list_databases(v1::ListDatabasesRequest {})
+            .await
+            .map(|r| r.into_inner().databases)
+            .map_err(|s| Failure::from_client(&ClientError::from_status(&s), ""))
+    }
+
+    /// Database `name` (empty: `default`), or DatabaseNotFound.
+    async fn database(&self, name: &str) -> Result<v1::DatabaseInfo, Failure> {
+        let name = if name.is_empty() {
+            sluice_types::schema::DEFAULT_DATABASE
+        } else {
+            name
+        };
+        self.databases()
+            .await?
+            .into_iter()
+            .find(|d| d.name == name)
+            .ok_or_else(|| Failure::database_not_found(name))
+    }
+
     async fn collection(&self, name: &str) -> Result<Collection, Failure> {
         if name.is_empty() {
             return Err(Failure::invalid("collection name should not be empty"));
@@ -1122,13 +1147,29 @@ impl MilvusFront {
         which: v1::describe_collection_request::Which,
         label: &str,
     ) -> Result<Collection, Failure> {
-        let info = self
+        let database = match &which {
+            v1::describe_collection_request::Which::Name(n) => database::database_of(n).to_owned(),
+            v1::describe_collection_request::Which::CollectionId(_) => String::new(),
+        };
+        let described = self
             .coord
             .clone()
             .describe_collection(v1::DescribeCollectionRequest { which: Some(which) })
-            .await
-            .map_err(|s| Failure::from_client(&ClientError::from_status(&s), label))?
-            .into_inner();
+            .await;
+        let info = match described {
+            Ok(info) => info.into_inner(),
+            Err(s) => {
+                let f = Failure::from_client(&ClientError::from_status(&s), label);
+                // A collection of a database that does not exist: say which is missing.
+                if f.is_collection_not_found()
+                    && !database::is_default(&database)
+                    && self.database(&database).await.is_err()
+                {
+                    return Err(Failure::database_not_found(&database));
+                }
+                return Err(f);
+            }
+        };
         let schema = info
             .schema
             .clone()
@@ -1444,12 +1485,13 @@ impl MilvusFront {
             .map_err(|s| Failure::from_client(&ClientError::from_status(&s), name.unwrap_or("")))
     }
 
+    /// The aliases of collection `name`, as its database names them.
     async fn aliases(&self, name: &str) -> Result<Vec<String>, Failure> {
         Ok(self
             .alias_list(Some(name))
             .await?
-            .into_iter()
-            .map(|a| a.alias)
+            .iter()
+            .map(|a| database::local(&a.alias).to_owned())
             .collect())
     }
 
@@ -1492,14 +1534,18 @@ impl MilvusFront {
         }
     }
 
-    async fn do_create(&self, r: mm::CreateCollectionRequest) -> Result<(), Failure> {
+    /// CreateCollection in database `db` (`r`'s name is a Sluice name already).
+    async fn do_create(&self, db: &str, r: mm::CreateCollectionRequest) -> Result<(), Failure> {
         let m = ms::CollectionSchema::decode(r.schema.as_slice())
             .map_err(|e| Failure::invalid(format!("the schema does not decode: {e}")))?;
         let name = if r.collection_name.is_empty() {
-            m.name.clone()
+            database::sluice_name(db, &m.name)?
         } else {
             r.collection_name.clone()
         };
+        if !database::is_default(db) {
+            self.database(db).await?;
+        }
         let shards = u32::try_from(r.shards_num.max(0)).unwrap_or(1);
         let (schema, mut props) = schema_to_sluice(&m, &name, shards)?;
         props.extend(crate::properties::to_sluice(&r.properties)?);
@@ -1589,12 +1635,6 @@ impl MilvusFront {
         let params = if r.collection_name.is_empty() {
             r.analyzer_params
         } else {
-            if !is_default_database(&r.db_name) {
-                return Err(Failure::invalid(format!(
-                    "database {:?}: Sluice has one database, `default`",
-                    r.db_name
-                )));
-            }
             let c = self.collection(&r.collection_name).await?;
             let field = c
                 .schema
@@ -1640,12 +1680,6 @@ impl MilvusFront {
     }
 
     async fn do_truncate(&self, r: mm::TruncateCollectionRequest) -> Result<(), Failure> {
-        if !is_default_database(&r.db_name) {
-            return Err(Failure::invalid(format!(
-                "database {:?}: Sluice has one database, `default`",
-                r.db_name
-            )));
-        }
         let before = self.collection(&r.collection_name).await?;
         let name = before.schema.name.clone();
         let after = self
@@ -2558,7 +2592,7 @@ impl MilvusFront {
                     })),
                     ..Default::default()
                 }],
-                collection_name: c.schema.name.clone(),
+                collection_name: database::local(&c.schema.name).to_owned(),
                 output_fields: vec!["count(*)".into()],
                 primary_field_name: pk,
                 session_ts: resp.mvcc_timestamp,
@@ -2594,7 +2628,7 @@ impl MilvusFront {
         Ok(mm::QueryResults {
             status: Some(status::ok()),
             fields_data,
-            collection_name: c.schema.name.clone(),
+            collection_name: database::local(&c.schema.name).to_owned(),
             output_fields: report,
             primary_field_name: pk,
             session_ts: resp.mvcc_timestamp,
@@ -2847,11 +2881,12 @@ impl MilvusFront {
                 ts = ts.max(r.timestamp.0);
             }
             let list = ms::LongArray { data: segments };
+            let name = database::local(name).to_owned();
             out.coll_seg_i_ds.insert(name.clone(), list.clone());
             out.flush_coll_seg_i_ds.insert(name.clone(), list);
             out.coll_seal_times
                 .insert(name.clone(), (ts >> 18) as i64 / 1000);
-            out.coll_flush_ts.insert(name.clone(), ts);
+            out.coll_flush_ts.insert(name, ts);
         }
         Ok(out)
     }
@@ -2907,13 +2942,12 @@ impl MilvusService for MilvusFront {
     }
 
     async fn create_collection(&self, r: Request<mm::CreateCollectionRequest>) -> Reply<Status> {
-        Ok(Response::new(status::of(
-            &self.do_create(r.into_inner()).await,
-        )))
+        let (db, r) = entered!(r);
+        Ok(Response::new(status::of(&self.do_create(&db, r).await)))
     }
 
     async fn alter_collection(&self, r: Request<mm::AlterCollectionRequest>) -> Reply<Status> {
-        let r = r.into_inner();
+        let (_db, r) = entered!(r);
         let result = async {
             let c = self
                 .collection_named_or(&r.collection_name, r.collection_id)
@@ -2930,26 +2964,26 @@ impl MilvusService for MilvusFront {
         &self,
         r: Request<mm::RunAnalyzerRequest>,
     ) -> Reply<mm::RunAnalyzerResponse> {
-        Ok(Response::new(
-            match self.do_run_analyzer(r.into_inner()).await {
-                Ok(results) => mm::RunAnalyzerResponse {
-                    status: Some(status::ok()),
-                    results,
-                },
-                Err(f) => mm::RunAnalyzerResponse {
-                    status: Some(f.status()),
-                    results: Vec::new(),
-                },
+        let (_db, r) = entered!(r);
+        Ok(Response::new(match self.do_run_analyzer(r).await {
+            Ok(results) => mm::RunAnalyzerResponse {
+                status: Some(status::ok()),
+                results,
             },
-        ))
+            Err(f) => mm::RunAnalyzerResponse {
+                status: Some(f.status()),
+                results: Vec::new(),
+            },
+        }))
     }
 
     async fn truncate_collection(
         &self,
         r: Request<mm::TruncateCollectionRequest>,
     ) -> Reply<mm::TruncateCollectionResponse> {
+        let (_db, r) = entered!(r);
         Ok(Response::new(mm::TruncateCollectionResponse {
-            status: Some(status::of(&self.do_truncate(r.into_inner()).await)),
+            status: Some(status::of(&self.do_truncate(r).await)),
         }))
     }
 
@@ -2957,22 +2991,21 @@ impl MilvusService for MilvusFront {
         &self,
         r: Request<mm::AlterCollectionFieldRequest>,
     ) -> Reply<Status> {
-        Ok(Response::new(status::of(
-            &self.do_alter_field(r.into_inner()).await,
-        )))
+        let (_db, r) = entered!(r);
+        Ok(Response::new(status::of(&self.do_alter_field(r).await)))
     }
 
     async fn add_collection_field(
         &self,
         r: Request<mm::AddCollectionFieldRequest>,
     ) -> Reply<Status> {
-        Ok(Response::new(status::of(
-            &self.do_add_field(r.into_inner()).await,
-        )))
+        let (_db, r) = entered!(r);
+        Ok(Response::new(status::of(&self.do_add_field(r).await)))
     }
 
     async fn drop_collection(&self, r: Request<mm::DropCollectionRequest>) -> Reply<Status> {
-        let name = r.into_inner().collection_name;
+        let (_db, r) = entered!(r);
+        let name = r.collection_name;
         let request = v1::DropCollectionRequest { name: name.clone() };
         let result = self
             .catalog(
@@ -2987,7 +3020,8 @@ impl MilvusService for MilvusFront {
         &self,
         r: Request<mm::HasCollectionRequest>,
     ) -> Reply<mm::BoolResponse> {
-        let name = r.into_inner().collection_name;
+        let (_db, r) = entered!(r);
+        let name = r.collection_name;
         let (status, value) = match self.collection(&name).await {
             Ok(_) => (status::ok(), true),
             Err(f) if f.is_collection_not_found() => (status::ok(), false),
@@ -3003,7 +3037,8 @@ impl MilvusService for MilvusFront {
         &self,
         r: Request<mm::DescribeCollectionRequest>,
     ) -> Reply<mm::DescribeCollectionResponse> {
-        let name = r.into_inner().collection_name;
+        let (db, r) = entered!(r);
+        let name = r.collection_name;
         let described = match self.collection(&name).await {
             Ok(c) => self.aliases(&c.schema.name).await.map(|a| (c, a)),
             Err(f) => Err(f),
@@ -3011,10 +3046,13 @@ impl MilvusService for MilvusFront {
         Ok(Response::new(match described {
             Ok((c, aliases)) => {
                 let ts = c.info.created_timestamp;
+                let mut schema = schema_to_milvus(&c.schema, c.props());
+                schema.name = database::local(&schema.name).to_owned();
                 mm::DescribeCollectionResponse {
                     aliases,
                     status: Some(status::ok()),
-                    schema: Some(schema_to_milvus(&c.schema, c.props())),
+                    collection_name: schema.name.clone(),
+                    schema: Some(schema),
                     collection_id: c.info.collection_id,
                     virtual_channel_names: c.info.vchannels.clone(),
                     physical_channel_names: c
@@ -3027,8 +3065,7 @@ impl MilvusService for MilvusFront {
                     created_utc_timestamp: ts >> 18,
                     shards_num: c.info.vchannels.len() as i32,
                     consistency_level: c.consistency(),
-                    collection_name: c.schema.name.clone(),
-                    db_name: "default".into(),
+                    db_name: db,
                     num_partitions: c.info.partitions.len() as i64,
                     properties: crate::properties::to_milvus(c.props()),
                     ..Default::default()
@@ -3043,22 +3080,35 @@ impl MilvusService for MilvusFront {
 
     async fn show_collections(
         &self,
-        _: Request<mm::ShowCollectionsRequest>,
+        r: Request<mm::ShowCollectionsRequest>,
     ) -> Reply<mm::ShowCollectionsResponse> {
-        let result = self
-            .coord
-            .clone()
-            .list_collections(v1::ListCollectionsRequest {})
-            .await;
+        let (db, _) = entered!(r);
+        let result = async {
+            if !database::is_default(&db) {
+                self.database(&db).await?;
+            }
+            self.coord
+                .clone()
+                .list_collections(v1::ListCollectionsRequest {})
+                .await
+                .map_err(|s| Failure::from_client(&ClientError::from_status(&s), ""))
+        }
+        .await;
         Ok(Response::new(match result {
             Ok(list) => {
-                let list = list.into_inner().collections;
-                let name = |c: &v1::CollectionInfo| {
+                let sluice_name = |c: &v1::CollectionInfo| {
                     c.schema
                         .as_ref()
                         .map(|s| s.name.clone())
                         .unwrap_or_default()
                 };
+                let list: Vec<v1::CollectionInfo> = list
+                    .into_inner()
+                    .collections
+                    .into_iter()
+                    .filter(|c| database::database_of(&sluice_name(c)) == db)
+                    .collect();
+                let name = |c: &v1::CollectionInfo| database::local(&sluice_name(c)).to_owned();
                 mm::ShowCollectionsResponse {
                     status: Some(status::ok()),
                     collection_names: list.iter().map(name).collect(),
@@ -3076,34 +3126,33 @@ impl MilvusService for MilvusFront {
                     ..Default::default()
                 }
             }
-            Err(s) => mm::ShowCollectionsResponse {
-                status: Some(Failure::from_client(&ClientError::from_status(&s), "").status()),
-                ..Default::default()
-            },
+            Err(f) => database::Failed::failed(f),
         }))
     }
 
     async fn rename_collection(&self, r: Request<mm::RenameCollectionRequest>) -> Reply<Status> {
+        let db = database::of(&r.get_ref().db_name, r.metadata().get(database::HEADER));
         let r = r.into_inner();
-        let result = if !is_default_database(&r.db_name) || !is_default_database(&r.new_db_name) {
-            Err(Failure::invalid(format!(
-                "database {:?}: Sluice has one database, `default`, and renames within it",
-                if is_default_database(&r.db_name) {
-                    &r.new_db_name
-                } else {
-                    &r.db_name
-                }
-            )))
-        } else {
-            let request = v1::RenameCollectionRequest {
-                name: r.old_name.clone(),
-                new_name: r.new_name,
+        let result = async {
+            let new_db = match r.new_db_name.as_str() {
+                "" => db.as_str(),
+                other => other,
             };
-            self.catalog(&r.old_name, |mut c| async move {
-                c.rename_collection(request).await
-            })
+            if !database::is_default(new_db) {
+                self.database(new_db).await?;
+            }
+            let name = database::sluice_name(&db, &r.old_name)?;
+            let request = v1::RenameCollectionRequest {
+                name: name.clone(),
+                new_name: database::sluice_name(new_db, &r.new_name)?,
+            };
+            self.catalog(
+                &name,
+                |mut c| async move { c.rename_collection(request).await },
+            )
             .await
-        };
+        }
+        .await;
         Ok(Response::new(status::of(&result)))
     }
 
@@ -3111,7 +3160,8 @@ impl MilvusService for MilvusFront {
         &self,
         r: Request<mm::GetCollectionStatisticsRequest>,
     ) -> Reply<mm::GetCollectionStatisticsResponse> {
-        let name = r.into_inner().collection_name;
+        let (_db, r) = entered!(r);
+        let name = r.collection_name;
         let result = async {
             let c = self.collection(&name).await?;
             Ok::<_, Failure>(self.keys_matching(&c, "", Vec::new()).await?.len())
@@ -3130,7 +3180,7 @@ impl MilvusService for MilvusFront {
     }
 
     async fn load_collection(&self, r: Request<mm::LoadCollectionRequest>) -> Reply<Status> {
-        let r = r.into_inner();
+        let (_db, r) = entered!(r);
         Ok(Response::new(status::of(
             &self
                 .load(&r.collection_name, r.replica_number, Vec::new())
@@ -3139,7 +3189,8 @@ impl MilvusService for MilvusFront {
     }
 
     async fn release_collection(&self, r: Request<mm::ReleaseCollectionRequest>) -> Reply<Status> {
-        let name = r.into_inner().collection_name;
+        let (_db, r) = entered!(r);
+        let name = r.collection_name;
         let request = v1::ReleaseCollectionRequest { name: name.clone() };
         let result = self
             .catalog(
@@ -3154,7 +3205,7 @@ impl MilvusService for MilvusFront {
         &self,
         r: Request<mm::GetLoadingProgressRequest>,
     ) -> Reply<mm::GetLoadingProgressResponse> {
-        let r = r.into_inner();
+        let (_db, r) = entered!(r);
         let state = match self.collection(&r.collection_name).await {
             Ok(c) => c.load_state(&r.partition_names),
             Err(f) => Err(f),
@@ -3180,7 +3231,7 @@ impl MilvusService for MilvusFront {
         &self,
         r: Request<mm::GetLoadStateRequest>,
     ) -> Reply<mm::GetLoadStateResponse> {
-        let r = r.into_inner();
+        let (_db, r) = entered!(r);
         let state = match self.collection(&r.collection_name).await {
             Ok(c) => c.load_state(&r.partition_names),
             Err(f) => Err(f),
@@ -3198,31 +3249,29 @@ impl MilvusService for MilvusFront {
     }
 
     async fn create_index(&self, r: Request<mm::CreateIndexRequest>) -> Reply<Status> {
-        Ok(Response::new(status::of(
-            &self.do_create_index(r.into_inner()).await,
-        )))
+        let (_db, r) = entered!(r);
+        Ok(Response::new(status::of(&self.do_create_index(r).await)))
     }
 
     async fn describe_index(
         &self,
         r: Request<mm::DescribeIndexRequest>,
     ) -> Reply<mm::DescribeIndexResponse> {
-        Ok(Response::new(
-            match self.do_describe_index(r.into_inner()).await {
-                Ok(index_descriptions) => mm::DescribeIndexResponse {
-                    status: Some(status::ok()),
-                    index_descriptions,
-                },
-                Err(f) => mm::DescribeIndexResponse {
-                    status: Some(f.status()),
-                    index_descriptions: Vec::new(),
-                },
+        let (_db, r) = entered!(r);
+        Ok(Response::new(match self.do_describe_index(r).await {
+            Ok(index_descriptions) => mm::DescribeIndexResponse {
+                status: Some(status::ok()),
+                index_descriptions,
             },
-        ))
+            Err(f) => mm::DescribeIndexResponse {
+                status: Some(f.status()),
+                index_descriptions: Vec::new(),
+            },
+        }))
     }
 
     async fn drop_index(&self, r: Request<mm::DropIndexRequest>) -> Reply<Status> {
-        let r = r.into_inner();
+        let (_db, r) = entered!(r);
         let name = r.collection_name;
         let result = async {
             let c = self.collection(&name).await?;
@@ -3242,13 +3291,12 @@ impl MilvusService for MilvusFront {
     }
 
     async fn alter_index(&self, r: Request<mm::AlterIndexRequest>) -> Reply<Status> {
-        Ok(Response::new(status::of(
-            &self.do_alter_index(r.into_inner()).await,
-        )))
+        let (_db, r) = entered!(r);
+        Ok(Response::new(status::of(&self.do_alter_index(r).await)))
     }
 
     async fn create_partition(&self, r: Request<mm::CreatePartitionRequest>) -> Reply<Status> {
-        let r = r.into_inner();
+        let (_db, r) = entered!(r);
         let request = v1::CreatePartitionRequest {
             collection_name: r.collection_name.clone(),
             partition_name: r.partition_name,
@@ -3266,7 +3314,7 @@ impl MilvusService for MilvusFront {
     }
 
     async fn drop_partition(&self, r: Request<mm::DropPartitionRequest>) -> Reply<Status> {
-        let r = r.into_inner();
+        let (_db, r) = entered!(r);
         let request = v1::DropPartitionRequest {
             collection_name: r.collection_name.clone(),
             partition_name: r.partition_name,
@@ -3284,33 +3332,34 @@ impl MilvusService for MilvusFront {
     }
 
     async fn load_partitions(&self, r: Request<mm::LoadPartitionsRequest>) -> Reply<Status> {
-        Ok(Response::new(status::of(
-            &self.do_load_partitions(r.into_inner()).await,
-        )))
+        let (_db, r) = entered!(r);
+        Ok(Response::new(status::of(&self.do_load_partitions(r).await)))
     }
 
     async fn release_partitions(&self, r: Request<mm::ReleasePartitionsRequest>) -> Reply<Status> {
+        let (_db, r) = entered!(r);
         Ok(Response::new(status::of(
-            &self.do_release_partitions(r.into_inner()).await,
+            &self.do_release_partitions(r).await,
         )))
     }
 
     async fn create_alias(&self, r: Request<mm::CreateAliasRequest>) -> Reply<Status> {
-        let r = r.into_inner();
+        let (_db, r) = entered!(r);
         Ok(Response::new(status::of(
             &self.set_alias(r.alias, r.collection_name, false).await,
         )))
     }
 
     async fn alter_alias(&self, r: Request<mm::AlterAliasRequest>) -> Reply<Status> {
-        let r = r.into_inner();
+        let (_db, r) = entered!(r);
         Ok(Response::new(status::of(
             &self.set_alias(r.alias, r.collection_name, true).await,
         )))
     }
 
     async fn drop_alias(&self, r: Request<mm::DropAliasRequest>) -> Reply<Status> {
-        let alias = r.into_inner().alias;
+        let (_db, r) = entered!(r);
+        let alias = r.alias;
         let result = self
             .coord
             .clone()
@@ -3325,7 +3374,8 @@ impl MilvusService for MilvusFront {
         &self,
         r: Request<mm::DescribeAliasRequest>,
     ) -> Reply<mm::DescribeAliasResponse> {
-        let alias = r.into_inner().alias;
+        let (db, r) = entered!(r);
+        let alias = r.alias;
         let found = match self.alias_list(None).await {
             Ok(all) => all
                 .into_iter()
@@ -3336,9 +3386,9 @@ impl MilvusService for MilvusFront {
         Ok(Response::new(match found {
             Ok(a) => mm::DescribeAliasResponse {
                 status: Some(status::ok()),
-                db_name: "default".into(),
-                alias: a.alias,
-                collection: a.collection_name,
+                db_name: db,
+                alias: database::local(&a.alias).to_owned(),
+                collection: database::local(&a.collection_name).to_owned(),
             },
             Err(f) => mm::DescribeAliasResponse {
                 status: Some(f.status()),
@@ -3351,11 +3401,15 @@ impl MilvusService for MilvusFront {
         &self,
         r: Request<mm::ListAliasesRequest>,
     ) -> Reply<mm::ListAliasesResponse> {
-        let name = r.into_inner().collection_name;
+        let (db, r) = entered!(r);
+        let name = r.collection_name;
         let listed = if name.is_empty() {
-            self.alias_list(None)
-                .await
-                .map(|all| all.into_iter().map(|a| a.alias).collect())
+            self.alias_list(None).await.map(|all| {
+                all.iter()
+                    .filter(|a| database::database_of(&a.alias) == db)
+                    .map(|a| database::local(&a.alias).to_owned())
+                    .collect()
+            })
         } else {
             match self.collection(&name).await {
                 Ok(c) => self.aliases(&c.schema.name).await,
@@ -3365,8 +3419,8 @@ impl MilvusService for MilvusFront {
         Ok(Response::new(match listed {
             Ok(aliases) => mm::ListAliasesResponse {
                 status: Some(status::ok()),
-                db_name: "default".into(),
-                collection_name: name,
+                collection_name: database::local(&name).to_owned(),
+                db_name: db,
                 aliases,
             },
             Err(f) => mm::ListAliasesResponse {
@@ -3377,7 +3431,7 @@ impl MilvusService for MilvusFront {
     }
 
     async fn has_partition(&self, r: Request<mm::HasPartitionRequest>) -> Reply<mm::BoolResponse> {
-        let r = r.into_inner();
+        let (_db, r) = entered!(r);
         Ok(Response::new(
             match self.collection(&r.collection_name).await {
                 Ok(c) => mm::BoolResponse {
@@ -3396,7 +3450,8 @@ impl MilvusService for MilvusFront {
         &self,
         r: Request<mm::ShowPartitionsRequest>,
     ) -> Reply<mm::ShowPartitionsResponse> {
-        let name = r.into_inner().collection_name;
+        let (_db, r) = entered!(r);
+        let name = r.collection_name;
         Ok(Response::new(match self.collection(&name).await {
             Ok(c) => mm::ShowPartitionsResponse {
                 status: Some(status::ok()),
@@ -3424,7 +3479,7 @@ impl MilvusService for MilvusFront {
     }
 
     async fn insert(&self, r: Request<mm::InsertRequest>) -> Reply<mm::MutationResult> {
-        let r = r.into_inner();
+        let (_db, r) = entered!(r);
         Ok(Response::new(mutation(
             self.do_insert(
                 &r.collection_name,
@@ -3438,8 +3493,8 @@ impl MilvusService for MilvusFront {
     }
 
     async fn upsert(&self, r: Request<mm::UpsertRequest>) -> Reply<mm::MutationResult> {
+        let (_db, r) = entered!(r);
         use ms::field_partial_update_op::OpType;
-        let r = r.into_inner();
         let mut ops = HashMap::new();
         for op in &r.field_ops {
             let array_op = match OpType::try_from(op.op) {
@@ -3479,14 +3534,13 @@ impl MilvusService for MilvusFront {
     }
 
     async fn delete(&self, r: Request<mm::DeleteRequest>) -> Reply<mm::MutationResult> {
-        Ok(Response::new(mutation(
-            self.do_delete(r.into_inner()).await,
-        )))
+        let (_db, r) = entered!(r);
+        Ok(Response::new(mutation(self.do_delete(r).await)))
     }
 
     async fn hybrid_search(&self, r: Request<mm::HybridSearchRequest>) -> Reply<mm::SearchResults> {
-        let r = r.into_inner();
-        let collection_name = r.collection_name.clone();
+        let (_db, r) = entered!(r);
+        let collection_name = database::local(&r.collection_name).to_owned();
         Ok(Response::new(match self.do_hybrid_search(r).await {
             Ok((results, session_ts)) => mm::SearchResults {
                 status: Some(status::ok()),
@@ -3503,8 +3557,8 @@ impl MilvusService for MilvusFront {
     }
 
     async fn search(&self, r: Request<mm::SearchRequest>) -> Reply<mm::SearchResults> {
-        let r = r.into_inner();
-        let collection_name = r.collection_name.clone();
+        let (_db, r) = entered!(r);
+        let collection_name = database::local(&r.collection_name).to_owned();
         Ok(Response::new(match self.do_search(r).await {
             Ok((results, session_ts)) => mm::SearchResults {
                 status: Some(status::ok()),
@@ -3521,7 +3575,8 @@ impl MilvusService for MilvusFront {
     }
 
     async fn query(&self, r: Request<mm::QueryRequest>) -> Reply<mm::QueryResults> {
-        Ok(Response::new(match self.do_query(r.into_inner()).await {
+        let (_db, r) = entered!(r);
+        Ok(Response::new(match self.do_query(r).await {
             Ok(q) => q,
             Err(f) => mm::QueryResults {
                 status: Some(f.status()),
@@ -3531,16 +3586,25 @@ impl MilvusService for MilvusFront {
     }
 
     async fn flush(&self, r: Request<mm::FlushRequest>) -> Reply<mm::FlushResponse> {
-        let r = r.into_inner();
-        Ok(Response::new(
-            match self.do_flush(&r.collection_names).await {
-                Ok(f) => f,
-                Err(f) => mm::FlushResponse {
-                    status: Some(f.status()),
-                    ..Default::default()
-                },
+        let (db, r) = entered!(r);
+        let flushed = async {
+            let names = r
+                .collection_names
+                .iter()
+                .map(|n| database::sluice_name(&db, n))
+                .collect::<Result<Vec<_>, _>>()?;
+            self.do_flush(&names).await
+        };
+        Ok(Response::new(match flushed.await {
+            Ok(mut f) => {
+                f.db_name = db;
+                f
+            }
+            Err(f) => mm::FlushResponse {
+                status: Some(f.status()),
+                ..Default::default()
             },
-        ))
+        }))
     }
 
     async fn get_flush_state(
@@ -3570,15 +3634,67 @@ impl MilvusService for MilvusFront {
         }))
     }
 
+    async fn create_database(&self, r: Request<mm::CreateDatabaseRequest>) -> Reply<Status> {
+        let r = r.into_inner();
+        let result = async {
+            let properties = r.properties.into_iter().map(|p| (p.key, p.value)).collect();
+            self.coord
+                .clone()
+                .create_database(v1::CreateDatabaseRequest {
+                    name: r.db_name,
+                    properties,
+                })
+                .await
+                .map_err(|s| Failure::invalid(s.message().to_owned()))
+        }
+        .await;
+        Ok(Response::new(status::of(&result)))
+    }
+
+    async fn drop_database(&self, r: Request<mm::DropDatabaseRequest>) -> Reply<Status> {
+        let name = r.into_inner().db_name;
+        let result = self
+            .coord
+            .clone()
+            .drop_database(v1::DropDatabaseRequest { name })
+            .await
+            .map_err(|s| Failure::invalid(s.message().to_owned()));
+        Ok(Response::new(status::of(&result)))
+    }
+
+    async fn alter_database(&self, r: Request<mm::AlterDatabaseRequest>) -> Reply<Status> {
+        let r = r.into_inner();
+        let result = async {
+            self.database(&r.db_name).await?;
+            self.coord
+                .clone()
+                .alter_database_properties(v1::AlterDatabasePropertiesRequest {
+                    name: r.db_name,
+                    set: r.properties.into_iter().map(|p| (p.key, p.value)).collect(),
+                    delete_keys: r.delete_keys,
+                })
+                .await
+                .map_err(|s| Failure::invalid(s.message().to_owned()))
+        }
+        .await;
+        Ok(Response::new(status::of(&result)))
+    }
+
     async fn list_databases(
         &self,
         _: Request<mm::ListDatabasesRequest>,
     ) -> Reply<mm::ListDatabasesResponse> {
-        Ok(Response::new(mm::ListDatabasesResponse {
-            status: Some(status::ok()),
-            db_names: vec![DEFAULT_DATABASE.to_owned()],
-            created_timestamp: vec![0],
-            db_ids: vec![DEFAULT_DATABASE_ID],
+        Ok(Response::new(match self.databases().await {
+            Ok(all) => mm::ListDatabasesResponse {
+                status: Some(status::ok()),
+                db_names: all.iter().map(|d| d.name.clone()).collect(),
+                created_timestamp: all.iter().map(|d| d.created_unix_ms << 18).collect(),
+                db_ids: all.iter().map(|d| d.database_id).collect(),
+            },
+            Err(f) => mm::ListDatabasesResponse {
+                status: Some(f.status()),
+                ..Default::default()
+            },
         }))
     }
 
@@ -3587,18 +3703,15 @@ impl MilvusService for MilvusFront {
         r: Request<mm::DescribeDatabaseRequest>,
     ) -> Reply<mm::DescribeDatabaseResponse> {
         let name = r.into_inner().db_name;
-        Ok(Response::new(if is_default_database(&name) {
-            mm::DescribeDatabaseResponse {
+        Ok(Response::new(match self.database(&name).await {
+            Ok(d) => mm::DescribeDatabaseResponse {
                 status: Some(status::ok()),
-                db_name: DEFAULT_DATABASE.to_owned(),
-                db_id: DEFAULT_DATABASE_ID,
-                ..Default::default()
-            }
-        } else {
-            mm::DescribeDatabaseResponse {
-                status: Some(Failure::database_not_found(&name).status()),
-                ..Default::default()
-            }
+                db_name: d.name,
+                db_id: d.database_id,
+                created_timestamp: d.created_unix_ms << 18,
+                properties: d.properties.into_iter().map(|(k, v)| kv(&k, v)).collect(),
+            },
+            Err(f) => database::Failed::failed(f),
         }))
     }
 
@@ -3606,7 +3719,7 @@ impl MilvusService for MilvusFront {
         &self,
         r: Request<mm::GetPartitionStatisticsRequest>,
     ) -> Reply<mm::GetPartitionStatisticsResponse> {
-        let r = r.into_inner();
+        let (_db, r) = entered!(r);
         let result = async {
             let c = self.collection(&r.collection_name).await?;
             let partition = c.partition(&r.partition_name)?;
@@ -3619,9 +3732,16 @@ impl MilvusService for MilvusFront {
         })))
     }
 
-    async fn flush_all(&self, _: Request<mm::FlushAllRequest>) -> Reply<mm::FlushAllResponse> {
+    /// Flushes every collection of the call's database (its `dbname` header).
+    async fn flush_all(&self, r: Request<mm::FlushAllRequest>) -> Reply<mm::FlushAllResponse> {
+        let db = database::of("", r.metadata().get(database::HEADER));
         let result = async {
-            let names = self.collection_names().await?;
+            let names: Vec<String> = self
+                .collection_names()
+                .await?
+                .into_iter()
+                .filter(|n| database::database_of(n) == db)
+                .collect();
             self.do_flush(&names).await
         }
         .await;
@@ -3656,7 +3776,7 @@ impl MilvusService for MilvusFront {
         &self,
         r: Request<mm::GetPersistentSegmentInfoRequest>,
     ) -> Reply<mm::GetPersistentSegmentInfoResponse> {
-        let r = r.into_inner();
+        let (_db, r) = entered!(r);
         let flushed = mc::SegmentState::Flushed as i32;
         let result = async {
             let c = self.collection(&r.collection_name).await?;
@@ -3694,7 +3814,7 @@ impl MilvusService for MilvusFront {
         &self,
         r: Request<mm::ManualCompactionRequest>,
     ) -> Reply<mm::ManualCompactionResponse> {
-        let r = r.into_inner();
+        let (_db, r) = entered!(r);
         let result = async {
             if r.major_compaction {
                 return Err(Failure::invalid(
@@ -3772,7 +3892,7 @@ impl MilvusService for MilvusFront {
         &self,
         r: Request<mm::GetReplicasRequest>,
     ) -> Reply<mm::GetReplicasResponse> {
-        let r = r.into_inner();
+        let (_db, r) = entered!(r);
         let result = async {
             let c = self
                 .collection_named_or(&r.collection_name, r.collection_id)
@@ -3841,7 +3961,7 @@ impl MilvusService for MilvusFront {
         &self,
         r: Request<mm::GetQuerySegmentInfoRequest>,
     ) -> Reply<mm::GetQuerySegmentInfoResponse> {
-        let r = r.into_inner();
+        let (_db, r) = entered!(r);
         let result = async {
             let c = self.collection(&r.collection_name).await?;
             if c.released_now() {
@@ -3919,16 +4039,6 @@ impl MilvusService for MilvusFront {
             ..Default::default()
         }))
     }
-}
-
-/// The one database Sluice has (Milvus's default).
-const DEFAULT_DATABASE: &str = "default";
-/// Its id, as Milvus numbers the default database.
-const DEFAULT_DATABASE_ID: i64 = 1;
-
-/// Whether `name` names the default database (an empty name does).
-pub(crate) fn is_default_database(name: &str) -> bool {
-    name.is_empty() || name == DEFAULT_DATABASE
 }
 
 fn mutation(r: Result<mm::MutationResult, Failure>) -> mm::MutationResult {

@@ -51,7 +51,11 @@ impl Failure {
         Failure {
             code: COLLECTION_NOT_FOUND,
             legacy: MilvusCode::CollectionNotExists,
-            reason: format!("collection not found[database=default][collection={name}]"),
+            reason: format!(
+                "collection not found[database={}][collection={}]",
+                crate::database::database_of(name),
+                crate::database::local(name)
+            ),
             retriable: false,
         }
     }
@@ -87,7 +91,10 @@ impl Failure {
         Failure {
             code: COLLECTION_NOT_LOADED,
             legacy: MilvusCode::UnexpectedError,
-            reason: format!("collection not loaded[collection={name}]"),
+            reason: format!(
+                "collection not loaded[collection={}]",
+                crate::database::local(name)
+            ),
             retriable: false,
         }
     }
@@ -96,7 +103,11 @@ impl Failure {
         Failure {
             code: ALIAS_NOT_FOUND,
             legacy: MilvusCode::UnexpectedError,
-            reason: format!("alias not found[database=default][alias={alias}]"),
+            reason: format!(
+                "alias not found[database={}][alias={}]",
+                crate::database::database_of(alias),
+                crate::database::local(alias)
+            ),
             retriable: false,
         }
     }
@@ -105,7 +116,10 @@ impl Failure {
         Failure {
             code: INDEX_NOT_FOUND,
             legacy: MilvusCode::IndexNotExist,
-            reason: format!("index not found[collection={name}]"),
+            reason: format!(
+                "index not found[collection={}]",
+                crate::database::local(name)
+            ),
             retriable: false,
         }
     }
@@ -114,9 +128,7 @@ impl Failure {
         Failure {
             code: DATABASE_NOT_FOUND,
             legacy: MilvusCode::UnexpectedError,
-            reason: format!(
-                "database not found[database={name}] (Sluice has one database, default)"
-            ),
+            reason: format!("database not found[database={name}]"),
             retriable: false,
         }
     }
@@ -143,7 +155,9 @@ impl Failure {
             ErrorCode::CollectionNotLoaded => Failure::collection_not_loaded(collection),
             ErrorCode::InvalidArgument => {
                 // The catalog answers INVALID_ARGUMENT for a name it does not know.
-                if reason.contains("does not exist") {
+                if reason.contains("database \"") && reason.contains("does not exist") {
+                    Failure::database_not_found(crate::database::database_of(collection))
+                } else if reason.contains("does not exist") {
                     Failure::collection_not_found(collection)
                 } else {
                     Failure::invalid(reason)

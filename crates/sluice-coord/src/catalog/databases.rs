@@ -40,7 +40,7 @@ impl DatabaseGuard {
     /// Adds the guard's condition and write to a transaction's.
     pub(super) fn add_to(&self, conditions: &mut Vec<(String, Condition)>, ops: &mut Vec<TxnOp>) {
         if let Some((key, condition, value)) = &self.guard {
-            conditions.push((key.clone(), condition.clone()));
+            conditions.push((key.clone(), *condition));
             ops.push(TxnOp::Put {
                 key: key.clone(),
                 value: value.clone(),

@@ -1,0 +1,204 @@
+//! Milvus databases over Sluice's: the database a call is in, and the names it gives and gets.
+//!
+//! A call's database is its request's `db_name` when set, else its `dbname` header (pymilvus's
+//! `db_name=` and `use_database` send that), else `default`. Sluice names a collection (or an
+//! alias) `name` in `default` and `db.name` in another database (`sluice_types::schema`), so the
+//! front turns the names a call gives into Sluice names as it takes the request ([`enter`]) and
+//! back ([`local`]) in what it answers; in between every helper works with Sluice names.
+
+use sluice_types::schema::{DEFAULT_DATABASE, in_database, split_database};
+use tonic::Request;
+
+use crate::pb::milvus as mm;
+use crate::status::Failure;
+
+/// The header SDKs name a call's database in.
+pub(crate) const HEADER: &str = "dbname";
+
+/// Whether `name` names the default database (an empty name does).
+pub(crate) fn is_default(name: &str) -> bool {
+    name.is_empty() || name == DEFAULT_DATABASE
+}
+
+/// The database named by a request's `db_name` field `body`, else by `header`, else
+/// `default`.
+pub(crate) fn of(
+    body: &str,
+    header: Option<&tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
+) -> String {
+    if !body.is_empty() {
+        return body.to_owned();
+    }
+    match header.and_then(|h| h.to_str().ok()) {
+        Some(h) if !h.is_empty() => h.to_owned(),
+        _ => DEFAULT_DATABASE.to_owned(),
+    }
+}
+
+/// The Sluice name of collection or alias `name` given in database `database`. A dot in
+/// `name` is refused: it would name another database's collection.
+pub(crate) fn sluice_name(database: &str, name: &str) -> Result<String, Failure> {
+    if name.contains('.') {
+        return Err(Failure::invalid(format!(
+            "the name {name:?} is invalid: a name holds only letters, digits and underscores"
+        )));
+    }
+    if name.is_empty() {
+        return Ok(String::new());
+    }
+    Ok(in_database(database, name))
+}
+
+/// A Sluice collection or alias name as its database names it.
+pub(crate) fn local(name: &str) -> &str {
+    split_database(name).1
+}
+
+/// The database of a Sluice collection or alias name.
+pub(crate) fn database_of(name: &str) -> &str {
+    split_database(name).0
+}
+
+/// A request whose collection (and alias) names are in a database.
+pub(crate) trait InDatabase {
+    /// The request's `db_name` field.
+    fn db_name(&self) -> &str;
+    /// The collection and alias names it gives.
+    fn names(&mut self) -> Vec<&mut String>;
+}
+
+/// The request of `r` with its names made Sluice names, and its database; a bad name fails.
+pub(crate) fn enter<R: InDatabase>(r: Request<R>) -> Result<(String, R), Failure> {
+    let database = of(r.get_ref().db_name(), r.metadata().get(HEADER));
+    let mut r = r.into_inner();
+    for name in r.names() {
+        *name = sluice_name(&database, name)?;
+    }
+    Ok((database, r))
+}
+
+/// Implements [`InDatabase`] for requests with a `db_name` field and the name fields listed.
+macro_rules! in_database {
+    ($($request:ident => [$($field:ident),*]);* $(;)?) => {
+        $(impl InDatabase for mm::$request {
+            fn db_name(&self) -> &str {
+                &self.db_name
+            }
+            fn names(&mut self) -> Vec<&mut String> {
+                vec![$(&mut self.$field),*]
+            }
+        })*
+    };
+}
+
+in_database! {
+    CreateCollectionRequest => [collection_name];
+    AlterCollectionRequest => [collection_name];
+    AlterCollectionFieldRequest => [collection_name];
+    AddCollectionFieldRequest => [collection_name];
+    TruncateCollectionRequest => [collection_name];
+    DropCollectionRequest => [collection_name];
+    HasCollectionRequest => [collection_name];
+    DescribeCollectionRequest => [collection_name];
+    ShowCollectionsRequest => [];
+    GetCollectionStatisticsRequest => [collection_name];
+    LoadCollectionRequest => [collection_name];
+    ReleaseCollectionRequest => [collection_name];
+    GetLoadingProgressRequest => [collection_name];
+    GetLoadStateRequest => [collection_name];
+    CreateIndexRequest => [collection_name];
+    DescribeIndexRequest => [collection_name];
+    DropIndexRequest => [collection_name];
+    AlterIndexRequest => [collection_name];
+    CreatePartitionRequest => [collection_name];
+    DropPartitionRequest => [collection_name];
+    HasPartitionRequest => [collection_name];
+    ShowPartitionsRequest => [collection_name];
+    LoadPartitionsRequest => [collection_name];
+    ReleasePartitionsRequest => [collection_name];
+    GetPartitionStatisticsRequest => [collection_name];
+    CreateAliasRequest => [alias, collection_name];
+    AlterAliasRequest => [alias, collection_name];
+    DropAliasRequest => [alias];
+    DescribeAliasRequest => [alias];
+    ListAliasesRequest => [collection_name];
+    InsertRequest => [collection_name];
+    UpsertRequest => [collection_name];
+    DeleteRequest => [collection_name];
+    SearchRequest => [collection_name];
+    HybridSearchRequest => [collection_name];
+    QueryRequest => [collection_name];
+    FlushRequest => [];
+    RunAnalyzerRequest => [collection_name];
+    GetPersistentSegmentInfoRequest => [collection_name];
+    ManualCompactionRequest => [collection_name];
+    GetReplicasRequest => [collection_name];
+    GetQuerySegmentInfoRequest => [collection_name];
+}
+
+/// An answer carrying a failure (its `status`, the rest empty).
+pub(crate) trait Failed {
+    /// The answer to a call that failed with `f`.
+    fn failed(f: Failure) -> Self;
+}
+
+impl Failed for crate::pb::common::Status {
+    fn failed(f: Failure) -> Self {
+        f.status()
+    }
+}
+
+macro_rules! failed {
+    ($($response:ident),* $(,)?) => {
+        $(impl Failed for mm::$response {
+            // Some answers have no field but `status`.
+            #[allow(clippy::needless_update)]
+            fn failed(f: Failure) -> Self {
+                mm::$response {
+                    status: Some(f.status()),
+                    ..Default::default()
+                }
+            }
+        })*
+    };
+}
+
+failed!(
+    BoolResponse,
+    DescribeAliasResponse,
+    DescribeCollectionResponse,
+    DescribeDatabaseResponse,
+    DescribeIndexResponse,
+    FlushAllResponse,
+    FlushResponse,
+    GetCollectionStatisticsResponse,
+    GetLoadStateResponse,
+    GetLoadingProgressResponse,
+    GetPartitionStatisticsResponse,
+    GetPersistentSegmentInfoResponse,
+    GetQuerySegmentInfoResponse,
+    GetReplicasResponse,
+    ListAliasesResponse,
+    ManualCompactionResponse,
+    MutationResult,
+    QueryResults,
+    RunAnalyzerResponse,
+    SearchResults,
+    ShowCollectionsResponse,
+    ShowPartitionsResponse,
+    TruncateCollectionResponse,
+);
+
+/// `let (database, request) = entered!(r);`: the request of `r` in its database (see
+/// [`enter`]), or the handler answers the failure.
+macro_rules! entered {
+    ($r:expr) => {
+        match $crate::database::enter($r) {
+            Ok(entered) => entered,
+            Err(f) => {
+                return Ok(tonic::Response::new($crate::database::Failed::failed(f)));
+            }
+        }
+    };
+}
+pub(crate) use entered;
