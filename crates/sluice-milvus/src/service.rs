@@ -2919,7 +2919,18 @@ pub(crate) fn ids_of(keys: &ArrayRef) -> Result<ms::IDs, Failure> {
 
 #[tonic::async_trait]
 impl MilvusService for MilvusFront {
-    async fn connect(&self, _: Request<mm::ConnectRequest>) -> Reply<mm::ConnectResponse> {
+    /// Registers nothing; a client bound to a database that does not exist is refused here, as
+    /// Milvus refuses it (DatabaseNotFound).
+    async fn connect(&self, r: Request<mm::ConnectRequest>) -> Reply<mm::ConnectResponse> {
+        let db = database::of("", r.metadata().get(database::HEADER));
+        if !database::is_default(&db)
+            && let Err(f) = self.database(&db).await
+        {
+            return Ok(Response::new(mm::ConnectResponse {
+                status: Some(f.status()),
+                ..Default::default()
+            }));
+        }
         Ok(Response::new(mm::ConnectResponse {
             status: Some(status::ok()),
             server_info: Some(mc::ServerInfo {
