@@ -1763,6 +1763,123 @@ def test_databases_are_described_altered_and_named_by_header_or_request(sluice, 
         drop_databases(sluice)
 
 
+def decay_collection(c, name, metric):
+    """`name` with an int64 `ts`, a double `price`, an int8 `rank` and a nullable `maybe`;
+    40 rows, searched by `metric`."""
+    drop_if_exists(c, name)
+    schema = MilvusClient.create_schema(auto_id=False)
+    schema.add_field("id", DataType.INT64, is_primary=True)
+    schema.add_field("vector", DataType.FLOAT_VECTOR, dim=DIM)
+    schema.add_field("ts", DataType.INT64)
+    schema.add_field("price", DataType.DOUBLE)
+    schema.add_field("rank", DataType.INT8)
+    schema.add_field("maybe", DataType.DOUBLE, nullable=True)
+    index = c.prepare_index_params()
+    index.add_index(field_name="vector", index_type="FLAT", metric_type=metric)
+    c.create_collection(name, schema=schema, index_params=index)
+    rnd = random.Random(77)
+    c.insert(
+        name,
+        [
+            {
+                "id": i,
+                "vector": [rnd.random() for _ in range(DIM)],
+                "ts": 1000 + 10 * i,
+                "price": rnd.uniform(0, 50),
+                "rank": rnd.randint(-5, 5),
+                "maybe": None,
+            }
+            for i in range(40)
+        ],
+    )
+
+
+def decay_ranker(field, function, **params):
+    from pymilvus import Function, FunctionType
+
+    return Function(
+        name="decay",
+        input_field_names=[field],
+        function_type=FunctionType.RERANK,
+        params={"reranker": "decay", "function": function, **params},
+    )
+
+
+def test_decay_rankers_rerank_like_milvus(sluice, lite):
+    """Milvus 2.6's decay rankers (gauss, exp, linear on int64, double and int8 fields, after
+    COSINE, IP and L2 searches): with every row a candidate, Sluice and milvus-lite rank and
+    score alike."""
+    cases = [
+        ("COSINE", "ts", "gauss", {"origin": 1200, "scale": 50, "offset": 10, "decay": 0.5}),
+        ("IP", "price", "exp", {"origin": 25.5, "scale": 5, "decay": 0.3}),
+        ("L2", "rank", "linear", {"origin": 0, "scale": 3, "offset": 1, "decay": 0.2}),
+        ("L2", "ts", "gauss", {"origin": 1000, "scale": 100}),
+    ]
+
+    def f(c):
+        out = []
+        for metric, field, function, params in cases:
+            decay_collection(c, "d_decay", metric)
+            hits = c.search(
+                "d_decay",
+                data=[[0.5] * DIM, [0.1] * DIM],
+                limit=40,
+                ranker=decay_ranker(field, function, **params),
+                output_fields=[field],
+            )
+            out.append(
+                [[(h["id"], round(h["distance"], 4), h["entity"][field]) for h in q] for q in hits]
+            )
+        return out
+
+    s, l = both(sluice, lite, f)
+    assert s == l, (s, l)
+    assert len(s) == len(cases) and all(len(q) == 40 for case in s for q in case), s
+
+
+def test_decay_rankers_rerank_the_nearest_limit_plus_offset(sluice):
+    """Sluice-only (milvus-lite reranks per segment): a decay ranker reorders the search's
+    nearest limit + offset hits, as Milvus's proxy does after merging shards, then pages; bad
+    rankers are refused with the reason."""
+    decay_collection(sluice, "d_decay", "L2")
+    query = [0.3] * DIM
+    plain = sluice.search("d_decay", data=[query], limit=7, output_fields=["ts"])[0]
+    origin, scale, decay = 1200, 80, 0.4
+
+    def factor(x):
+        d = max(0.0, abs(x - origin)) / scale
+        return decay ** (d * d)
+
+    expected = sorted(
+        (
+            ((1 - 2 * math.atan(h["distance"]) / math.pi) * factor(h["entity"]["ts"]), h["id"])
+            for h in plain
+        ),
+        key=lambda t: -t[0],
+    )[2:7]
+    got = sluice.search(
+        "d_decay",
+        data=[query],
+        limit=5,
+        offset=2,
+        ranker=decay_ranker("ts", "gauss", origin=origin, scale=scale, decay=decay),
+    )[0]
+    assert [h["id"] for h in got] == [i for _, i in expected], (got, expected)
+    for h, (score, _) in zip(got, expected):
+        assert abs(h["distance"] - score) < 1e-5, (h, score)
+    for field, params, why in [
+        ("maybe", {"origin": 1, "scale": 1}, "nullable"),
+        ("vector", {"origin": 1, "scale": 1}, "numeric field"),
+        ("ts", {"origin": 1, "scale": 0}, "scale must be > 0"),
+        ("ts", {"scale": 1}, "needs an origin"),
+    ]:
+        with pytest.raises(MilvusException) as e:
+            sluice.search(
+                "d_decay", data=[query], limit=3, ranker=decay_ranker(field, "exp", **params)
+            )
+        assert why in e.value.message, (why, e.value.message)
+
+
 def test_partition_statistics_match(sluice, lite):
     def f(c):
         fresh(c, "d_part_stats")

@@ -18,6 +18,7 @@
 mod array;
 mod convert;
 mod database;
+mod decay;
 mod hybrid;
 mod properties;
 mod prune;

@@ -26,6 +26,7 @@ use crate::convert::{
     rows_from_milvus, schema_to_milvus, schema_to_sluice,
 };
 use crate::database::{self, entered};
+use crate::decay::Decay;
 use crate::hybrid::{MAX_HYBRID_SEARCHES, Ranker, Searched};
 use crate::pb::common::{self as mc, KeyValuePair, Status};
 use crate::pb::milvus::milvus_service_server::{MilvusService, MilvusServiceServer};
@@ -2242,13 +2243,18 @@ impl MilvusFront {
         r: mm::SearchRequest,
         at: Option<u64>,
     ) -> Result<Searched, Failure> {
-        if !r.sub_reqs.is_empty() || r.function_score.is_some() || !r.function_chains.is_empty() {
+        if !r.sub_reqs.is_empty() || !r.function_chains.is_empty() {
             return Err(Failure::unsupported(
-                "sub-searches and function scores in Search (use HybridSearch)",
+                "sub-searches and function chains in Search (use HybridSearch)",
             ));
         }
         let filter = crate::template::render(&r.dsl, &r.expr_template_values)?;
         let c = self.collection(&r.collection_name).await?;
+        let decay = r
+            .function_score
+            .as_ref()
+            .map(|f| Decay::of(f, &c.schema))
+            .transpose()?;
         let partition_ids = c.read_partitions(&r.partition_names, &filter)?;
         let p = &r.search_params;
         for key in ["group_by_fields", "order_by_fields", "search_aggregation"] {
@@ -2260,6 +2266,11 @@ impl MilvusFront {
         let iterator = IteratorV2::of(p)?;
         if iterator.is_some() && grouping.is_some() {
             return Err(Failure::unsupported("a grouped search iterator"));
+        }
+        if decay.is_some() && (iterator.is_some() || grouping.is_some()) {
+            return Err(Failure::unsupported(
+                "a decay ranker in a grouped search or a search iterator",
+            ));
         }
         let top_k: u64 = match &iterator {
             Some(it) => it.batch,
@@ -2447,10 +2458,15 @@ impl MilvusFront {
         .max(top_k + offset);
         let (fields, report) = output_fields(&c, &r.output_fields)?;
         let mut fetched = fields.clone();
-        if let Some(g) = &grouping
-            && !fetched.contains(&g.field)
+        for field in grouping
+            .as_ref()
+            .map(|g| &g.field)
+            .into_iter()
+            .chain(decay.as_ref().map(|d| &d.field))
         {
-            fetched.push(g.field.clone());
+            if !fetched.contains(field) {
+                fetched.push(field.clone());
+            }
         }
         let resp = self
             .query
@@ -2492,12 +2508,28 @@ impl MilvusFront {
                 Some(range) => range.run(&hits.scores),
                 None => (0, hits.scores.len()),
             };
-            if let (Some(g), Some(all)) = (&grouping, &all) {
-                let picked = g.pick(all, first..end, offset as usize, top_k as usize)?;
+            let picked = match (&grouping, &decay, &all) {
+                (Some(g), _, Some(all)) => {
+                    let picked = g.pick(all, first..end, offset as usize, top_k as usize)?;
+                    Some(picked.into_iter().map(|i| (i, hits.scores[i])).collect())
+                }
+                (_, Some(d), Some(all)) => Some(d.pick(
+                    all,
+                    &c.pk()?.name,
+                    &hits.scores,
+                    first..end,
+                    metric,
+                    offset as usize,
+                    top_k as usize,
+                )?),
+                _ => None,
+            };
+            if let (Some(picked), Some(all)) = (picked, &all) {
                 topks.push(picked.len() as i64);
-                scores.extend(picked.iter().map(|&i| hits.scores[i]));
-                let indices =
-                    arrow_array::UInt32Array::from_iter_values(picked.iter().map(|&i| i as u32));
+                scores.extend(picked.iter().map(|&(_, score)| score));
+                let indices = arrow_array::UInt32Array::from_iter_values(
+                    picked.iter().map(|&(i, _)| i as u32),
+                );
                 let columns = all
                     .columns()
                     .iter()
