@@ -113,12 +113,17 @@ RPCS = {
     "hits deep, with search_iterator_v2_results (token, last_bound). A BM25 function's output "
     "field is searched with text placeholders (VarChar): each text is split by the input "
     "field's analyzer and rows are scored by Okapi BM25 with the term statistics of every row "
-    "inserted into their shard.",
+    "inserted into their shard. function_score with one decay ranker (a RERANK function, "
+    "reranker decay, function gauss, exp or linear, origin, scale, offset, decay, on one "
+    "numeric non-nullable field) reranks the nearest limit + offset hits by their similarity "
+    "(L2 as 1 - 2 atan(d)/pi) times the decay; other function scores are refused.",
     "HybridSearch": "Several searches (each its own vector field, query vectors, filter and "
     "limit) fused into one ranking per query vector: RRF (k) or weighted (weights, one per "
     "search; scores normalized to 0..1, L2 always, IP and COSINE unless norm_score is false); "
     "limit, offset, "
-    "round_decimal and output fields as in Search. Function scores and grouping are refused.",
+    "round_decimal and output fields as in Search. function_score with one decay ranker (as "
+    "in Search) ranks every hit of the searches by its best score times the decay instead. "
+    "Grouping is refused.",
     "Query": "Rows matching a filter (limit, offset, output fields), or count(*). session_ts "
     "is the timestamp the query read the collection at; a request marked `iterator` reads as "
     "of its guarantee_timestamp (a query iterator's pages see one snapshot).",

@@ -1837,6 +1837,60 @@ def test_decay_rankers_rerank_like_milvus(sluice, lite):
     assert len(s) == len(cases) and all(len(q) == 40 for case in s for q in case), s
 
 
+def test_decay_rankers_rerank_hybrid_searches_like_milvus(sluice, lite):
+    """A decay ranker in a hybrid search: each hit's best score over the searches (L2 made
+    larger-is-nearer) times its decay — Sluice and milvus-lite alike, with every row a
+    candidate; then a page of it (offset) is that ranking's slice."""
+
+    def f(c):
+        drop_if_exists(c, "d_decay_hybrid")
+        schema = MilvusClient.create_schema(auto_id=False)
+        schema.add_field("id", DataType.INT64, is_primary=True)
+        schema.add_field("a", DataType.FLOAT_VECTOR, dim=DIM)
+        schema.add_field("b", DataType.FLOAT_VECTOR, dim=DIM)
+        schema.add_field("ts", DataType.INT64)
+        index = c.prepare_index_params()
+        index.add_index(field_name="a", index_type="FLAT", metric_type="COSINE")
+        index.add_index(field_name="b", index_type="FLAT", metric_type="L2")
+        c.create_collection("d_decay_hybrid", schema=schema, index_params=index)
+        rnd = random.Random(5)
+        c.insert(
+            "d_decay_hybrid",
+            [
+                {
+                    "id": i,
+                    "a": [rnd.random() for _ in range(DIM)],
+                    "b": [rnd.random() for _ in range(DIM)],
+                    "ts": 10 * i,
+                }
+                for i in range(30)
+            ],
+        )
+        from pymilvus import AnnSearchRequest
+
+        searches = [
+            AnnSearchRequest(data=[[0.5] * DIM], anns_field="a", param={}, limit=30),
+            AnnSearchRequest(data=[[0.2] * DIM], anns_field="b", param={}, limit=30),
+        ]
+        ranker = decay_ranker("ts", "exp", origin=150, scale=40, offset=5, decay=0.6)
+        pages = []
+        for limit, offset in ((30, 0), (5, 3)):
+            hits = c.hybrid_search(
+                "d_decay_hybrid",
+                searches,
+                ranker=ranker,
+                limit=limit,
+                offset=offset,
+                output_fields=["ts"],
+            )[0]
+            pages.append([(h["id"], round(h["distance"], 4)) for h in hits])
+        return pages
+
+    s, l = both(sluice, lite, f)
+    assert s == l, (s, l)
+    assert len(s[0]) == 30 and s[1] == s[0][3:8], s
+
+
 def test_decay_rankers_rerank_the_nearest_limit_plus_offset(sluice):
     """Sluice-only (milvus-lite reranks per segment): a decay ranker reorders the search's
     nearest limit + offset hits, as Milvus's proxy does after merging shards, then pages; bad

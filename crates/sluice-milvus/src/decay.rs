@@ -48,6 +48,15 @@ pub(crate) struct Decay {
     decay: f64,
 }
 
+/// A hit's similarity made larger-is-nearer: COSINE, IP and BM25 scores as they are, a
+/// distance `s` as `1 − 2·atan(s)/π`.
+pub(crate) fn nearness(metric: v1::MetricType, score: f32) -> f64 {
+    match metric {
+        v1::MetricType::Cosine | v1::MetricType::Ip | v1::MetricType::Bm25 => f64::from(score),
+        _ => 1.0 - 2.0 * f64::from(score).atan() / std::f64::consts::PI,
+    }
+}
+
 fn number(params: &[KeyValuePair], key: &str) -> Result<Option<f64>, Failure> {
     let Some(p) = params.iter().find(|p| p.key.eq_ignore_ascii_case(key)) else {
         return Ok(None);
@@ -161,8 +170,24 @@ impl Decay {
         })
     }
 
+    /// The field's value in row `i` of `rows`.
+    pub(crate) fn value(&self, rows: &RecordBatch, i: usize) -> Result<f64, Failure> {
+        let column = rows.column_by_name(&self.field).ok_or_else(|| {
+            Failure::unexpected(format!("the hits lack the field {:?}", self.field))
+        })?;
+        let x = match column.data_type() {
+            _ if column.is_null(i) => None,
+            ArrowType::Int32 => Some(f64::from(column.as_primitive::<Int32Type>().value(i))),
+            ArrowType::Int64 => Some(column.as_primitive::<Int64Type>().value(i) as f64),
+            ArrowType::Float32 => Some(f64::from(column.as_primitive::<Float32Type>().value(i))),
+            ArrowType::Float64 => Some(column.as_primitive::<Float64Type>().value(i)),
+            _ => None,
+        };
+        x.ok_or_else(|| Failure::unexpected(format!("a hit without a number in {:?}", self.field)))
+    }
+
     /// The share of a score kept by a row whose field holds `x`.
-    fn factor(&self, x: f64) -> f64 {
+    pub(crate) fn factor(&self, x: f64) -> f64 {
         let d = ((x - self.origin).abs() - self.offset).max(0.0) / self.scale;
         match self.shape {
             Shape::Gauss => self.decay.powf(d * d),
@@ -185,34 +210,11 @@ impl Decay {
         offset: usize,
         limit: usize,
     ) -> Result<Vec<(usize, f32)>, Failure> {
-        let column = all.column_by_name(&self.field).ok_or_else(|| {
-            Failure::unexpected(format!("the hits lack the field {:?}", self.field))
-        })?;
-        let value = |i: usize| -> Option<f64> {
-            if column.is_null(i) {
-                return None;
-            }
-            Some(match column.data_type() {
-                ArrowType::Int32 => f64::from(column.as_primitive::<Int32Type>().value(i)),
-                ArrowType::Int64 => column.as_primitive::<Int64Type>().value(i) as f64,
-                ArrowType::Float32 => f64::from(column.as_primitive::<Float32Type>().value(i)),
-                ArrowType::Float64 => column.as_primitive::<Float64Type>().value(i),
-                _ => return None,
-            })
-        };
         let end = run.end.min(run.start + offset + limit);
         let mut ranked = Vec::with_capacity(end.saturating_sub(run.start));
         for (i, &score) in scores.iter().enumerate().take(end).skip(run.start) {
-            let x = value(i).ok_or_else(|| {
-                Failure::unexpected(format!("a hit without a number in {:?}", self.field))
-            })?;
-            let nearness = match metric {
-                v1::MetricType::Cosine | v1::MetricType::Ip | v1::MetricType::Bm25 => {
-                    f64::from(score)
-                }
-                _ => 1.0 - 2.0 * f64::from(score).atan() / std::f64::consts::PI,
-            };
-            ranked.push((i, (nearness * self.factor(x)) as f32));
+            let x = self.value(all, i)?;
+            ranked.push((i, (nearness(metric, score) * self.factor(x)) as f32));
         }
         let keys = all
             .column_by_name(pk)

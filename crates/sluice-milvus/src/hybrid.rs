@@ -21,6 +21,7 @@ use serde_json::Value;
 use sluice_proto::v1;
 
 use crate::convert::batches_to_milvus;
+use crate::decay::{Decay, nearness};
 use crate::pb::common::KeyValuePair;
 use crate::pb::schema as ms;
 use crate::service::{Collection, ids_of};
@@ -79,11 +80,28 @@ impl Searched {
     }
 }
 
+/// One hit of a hybrid search as the searches' hits are fused.
+struct Fused {
+    score: f64,
+    /// The order it was first seen in (ties of RRF and weighted fusion).
+    seen: usize,
+    /// (search, row) it is first seen at.
+    at: (usize, usize),
+}
+
 /// How the searches' hits are fused.
 #[derive(Clone, Debug, PartialEq)]
 pub(crate) enum Fusion {
-    Rrf { k: f64 },
-    Weighted { weights: Vec<f64>, normalize: bool },
+    Rrf {
+        k: f64,
+    },
+    Weighted {
+        weights: Vec<f64>,
+        normalize: bool,
+    },
+    /// A decay ranker (`crate::decay`): each hit's best larger-is-nearer score over the
+    /// searches, times the decay of its field; equal scores by primary key.
+    Decay(Decay),
 }
 
 /// A hybrid search's ranker and what it keeps.
@@ -120,8 +138,14 @@ fn whole(params: &[KeyValuePair], key: &str, default: i64) -> Result<i64, Failur
 }
 
 impl Ranker {
-    /// The ranker of a HybridSearch's `rank_params`, for `searches` searches.
-    pub(crate) fn of(params: &[KeyValuePair], searches: usize) -> Result<Ranker, Failure> {
+    /// The ranker of a HybridSearch's `rank_params`, for `searches` searches; `decay` when the
+    /// request's function score is a decay ranker (then `rank_params` give only the limit,
+    /// offset and rounding).
+    pub(crate) fn of(
+        params: &[KeyValuePair],
+        searches: usize,
+        decay: Option<Decay>,
+    ) -> Result<Ranker, Failure> {
         for key in [
             "group_by_field",
             "group_size",
@@ -144,8 +168,9 @@ impl Ranker {
             Some(Value::Object(o)) => o,
             Some(v) => return Err(Failure::invalid(format!("rank params {v}: not an object"))),
         };
-        let fusion = match strategy.as_str() {
-            "rrf" => {
+        let fusion = match (decay, strategy.as_str()) {
+            (Some(decay), _) => Fusion::Decay(decay),
+            (None, "rrf") => {
                 let k = match inner.get("k") {
                     None => 60.0,
                     Some(v) => v
@@ -159,7 +184,7 @@ impl Ranker {
                 }
                 Fusion::Rrf { k }
             }
-            "weighted" => {
+            (None, "weighted") => {
                 let weights: Vec<f64> = inner
                     .get("weights")
                     .and_then(Value::as_array)
@@ -184,7 +209,7 @@ impl Ranker {
                 };
                 Fusion::Weighted { weights, normalize }
             }
-            other => {
+            (None, other) => {
                 return Err(Failure::unsupported(format!(
                     "the rank strategy {other:?} (Sluice has rrf and weighted)"
                 )));
@@ -221,6 +246,7 @@ impl Ranker {
                 let s = if map { normalized(metric, s) } else { s };
                 weights[i] * s
             }
+            Fusion::Decay(_) => nearness(metric, score),
         }
     }
 
@@ -249,14 +275,21 @@ impl Ranker {
                 None => Vec::new(),
             });
         }
+        let numeric_keys = match searched.first() {
+            Some(s) => s.collection.pk()?.data_type == sluice_types::schema::DataType::Int64 as i32,
+            None => false,
+        };
         let mut scores = Vec::new();
         let mut topks = Vec::new();
         let mut picked: Vec<RecordBatch> = Vec::new();
         // Where query q's hits start in each search's rows.
         let mut starts = vec![0usize; searched.len()];
+        let decay = match &self.fusion {
+            Fusion::Decay(d) => Some(d),
+            _ => None,
+        };
         for q in 0..nq {
-            // key → (fused score, first seen, (search, row))
-            let mut fused: HashMap<&str, (f64, usize, (usize, usize))> = HashMap::new();
+            let mut fused: HashMap<&str, Fused> = HashMap::new();
             for (i, s) in searched.iter().enumerate() {
                 let n = s
                     .topks
@@ -273,23 +306,50 @@ impl Ranker {
                     let seen = fused.len();
                     fused
                         .entry(key.as_str())
-                        .and_modify(|e| e.0 += add)
-                        .or_insert((add, seen, (i, row)));
+                        .and_modify(|e| match decay {
+                            Some(_) => e.score = e.score.max(add),
+                            None => e.score += add,
+                        })
+                        .or_insert(Fused {
+                            score: add,
+                            seen,
+                            at: (i, row),
+                        });
                 }
                 starts[i] += n;
             }
-            let mut order: Vec<(f64, usize, (usize, usize))> = fused.into_values().collect();
-            order.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
-            let kept: Vec<_> = order
+            let mut order: Vec<(&str, Fused)> = fused.into_iter().collect();
+            if let Some(d) = decay {
+                for (_, f) in &mut order {
+                    if let Some(rows) = &all[f.at.0] {
+                        f.score *= d.factor(d.value(rows, f.at.1)?);
+                    }
+                }
+                // Equal scores by primary key, as Milvus orders them.
+                order.sort_by(|(ka, a), (kb, b)| {
+                    b.score.total_cmp(&a.score).then_with(|| {
+                        match (numeric_keys, ka.parse::<i64>(), kb.parse::<i64>()) {
+                            (true, Ok(x), Ok(y)) => x.cmp(&y),
+                            _ => ka.cmp(kb),
+                        }
+                    })
+                });
+            } else {
+                order.sort_by(|(_, a), (_, b)| {
+                    b.score.total_cmp(&a.score).then(a.seen.cmp(&b.seen))
+                });
+            }
+            let kept: Vec<Fused> = order
                 .into_iter()
+                .map(|(_, f)| f)
                 .skip(self.offset)
                 .take(self.limit)
                 .collect();
             topks.push(kept.len() as i64);
-            for (score, _, (i, row)) in kept {
-                scores.push(self.rounded(score) as f32);
-                if let Some(rows) = &all[i] {
-                    picked.push(rows.slice(row, 1));
+            for f in kept {
+                scores.push(self.rounded(f.score) as f32);
+                if let Some(rows) = &all[f.at.0] {
+                    picked.push(rows.slice(f.at.1, 1));
                 }
             }
         }
@@ -394,6 +454,7 @@ mod tests {
                 kv("offset", "1"),
             ],
             2,
+            None,
         )
         .unwrap();
         assert_eq!(rrf.fusion, Fusion::Rrf { k: 30.0 });
@@ -405,6 +466,7 @@ mod tests {
                 kv("limit", "3"),
             ],
             2,
+            None,
         )
         .unwrap();
         assert_eq!(
@@ -437,7 +499,7 @@ mod tests {
             (vec![kv("limit", "0")], "limit"),
             (vec![kv("group_by_field", "\"x\"")], "grouping"),
         ] {
-            let e = Ranker::of(&params, 2).unwrap_err();
+            let e = Ranker::of(&params, 2, None).unwrap_err();
             assert!(e.reason().contains(why), "{params:?}: {}", e.reason());
         }
     }

@@ -2091,7 +2091,7 @@ impl MilvusFront {
         r: mm::SearchRequest,
     ) -> Result<(ms::SearchResultData, u64), Failure> {
         let round = crate::hybrid::round_decimal(&r.search_params)?;
-        let mut searched = self.search_rows(r, None).await?;
+        let mut searched = self.search_rows(r, None, None).await?;
         if round.is_some() {
             for s in &mut searched.scores {
                 *s = crate::hybrid::rounded(f64::from(*s), round) as f32;
@@ -2107,8 +2107,8 @@ impl MilvusFront {
         &self,
         r: mm::HybridSearchRequest,
     ) -> Result<(ms::SearchResultData, u64), Failure> {
-        if r.function_score.is_some() || !r.function_chains.is_empty() {
-            return Err(Failure::unsupported("function scores in a hybrid search"));
+        if !r.function_chains.is_empty() {
+            return Err(Failure::unsupported("function chains in a hybrid search"));
         }
         if r.requests.is_empty() || r.requests.len() > MAX_HYBRID_SEARCHES {
             return Err(Failure::invalid(format!(
@@ -2116,7 +2116,15 @@ impl MilvusFront {
                 r.requests.len()
             )));
         }
-        let ranker = Ranker::of(&r.rank_params, r.requests.len())?;
+        let decay = match &r.function_score {
+            Some(f) => Some(Decay::of(
+                f,
+                &self.collection(&r.collection_name).await?.schema,
+            )?),
+            None => None,
+        };
+        let also = decay.as_ref().map(|d| d.field.clone());
+        let ranker = Ranker::of(&r.rank_params, r.requests.len(), decay)?;
         let mut searched = Vec::with_capacity(r.requests.len());
         for sub in r.requests {
             let sub = mm::SearchRequest {
@@ -2136,7 +2144,7 @@ impl MilvusFront {
             sub.search_params.retain(|kv| kv.key != "offset");
             // Every search reads the collection as of the first one's timestamp.
             let at = searched.first().map(|s: &Searched| s.mvcc_timestamp);
-            searched.push(self.search_rows(sub, at).await?);
+            searched.push(self.search_rows(sub, at, also.as_deref()).await?);
         }
         let at = searched.first().map_or(0, |s| s.mvcc_timestamp);
         Ok((ranker.fuse(searched)?, at))
@@ -2237,11 +2245,12 @@ impl MilvusFront {
     }
 
     /// A search's hits, best first, as rows (`into_milvus` makes them Milvus's answer); read as
-    /// of timestamp `at` when given.
+    /// of timestamp `at` when given; the rows hold field `also` too (not answered with).
     async fn search_rows(
         &self,
         r: mm::SearchRequest,
         at: Option<u64>,
+        also: Option<&str>,
     ) -> Result<Searched, Failure> {
         if !r.sub_reqs.is_empty() || !r.function_chains.is_empty() {
             return Err(Failure::unsupported(
@@ -2460,12 +2469,13 @@ impl MilvusFront {
         let mut fetched = fields.clone();
         for field in grouping
             .as_ref()
-            .map(|g| &g.field)
+            .map(|g| g.field.as_str())
             .into_iter()
-            .chain(decay.as_ref().map(|d| &d.field))
+            .chain(decay.as_ref().map(|d| d.field.as_str()))
+            .chain(also)
         {
-            if !fetched.contains(field) {
-                fetched.push(field.clone());
+            if !fetched.iter().any(|f| f == field) {
+                fetched.push(field.to_owned());
             }
         }
         let resp = self
