@@ -821,9 +821,9 @@ def test_unsupported_requests_get_a_clear_error_not_a_silent_success(sluice):
     assert "CreateRole is not supported by Sluice" in e.value.details()
     bad = MilvusClient.create_schema(auto_id=False)
     bad.add_field("id", DataType.INT64, is_primary=True)
-    bad.add_field("v", DataType.BINARY_VECTOR, dim=16)
+    bad.add_field("v", DataType.INT8_VECTOR, dim=16)
     with pytest.raises(MilvusException) as e:
-        sluice.create_collection("d_binary", schema=bad)
+        sluice.create_collection("d_int8_vector", schema=bad)
     assert "not supported" in e.value.message
 
 
@@ -1932,6 +1932,75 @@ def test_decay_rankers_rerank_the_nearest_limit_plus_offset(sluice):
                 "d_decay", data=[query], limit=3, ranker=decay_ranker(field, "exp", **params)
             )
         assert why in e.value.message, (why, e.value.message)
+
+
+def test_binary_vectors_are_searched_by_hamming(sluice):
+    """BINARY_VECTOR fields (bytes, 8 bits each; milvus-lite has none, so the answers are
+    checked against distances computed here) with BIN_FLAT and BIN_IVF_FLAT indexes by
+    HAMMING: inserted, searched (every row, a filter, an offset, a radius), read back and
+    described; other binary metrics and a dim that is not whole bytes are refused."""
+    rnd = random.Random(11)
+    bits = 64
+    data = [
+        {"id": i, "bv": bytes(rnd.getrandbits(8) for _ in range(bits // 8)), "k": i % 3}
+        for i in range(50)
+    ]
+    queries = [bytes(rnd.getrandbits(8) for _ in range(bits // 8)) for _ in range(2)]
+
+    def hamming(a, b):
+        return bin(int.from_bytes(a, "big") ^ int.from_bytes(b, "big")).count("1")
+
+    def schema(dim=bits):
+        s = MilvusClient.create_schema(auto_id=False)
+        s.add_field("id", DataType.INT64, is_primary=True)
+        s.add_field("bv", DataType.BINARY_VECTOR, dim=dim)
+        s.add_field("k", DataType.INT64)
+        return s
+
+    for index_type, params in (("BIN_FLAT", {}), ("BIN_IVF_FLAT", {"nlist": 8})):
+        drop_if_exists(sluice, "d_binary")
+        index = sluice.prepare_index_params()
+        index.add_index(field_name="bv", index_type=index_type, metric_type="HAMMING", params=params)
+        sluice.create_collection("d_binary", schema=schema(), index_params=index)
+        sluice.insert("d_binary", data)
+        found = sluice.search("d_binary", data=queries, limit=50)
+        for q, hits in zip(queries, found):
+            expected = {r["id"]: hamming(q, r["bv"]) for r in data}
+            assert sorted(h["id"] for h in hits) == list(range(50)), index_type
+            for h in hits:
+                assert h["distance"] == expected[h["id"]], (index_type, h, expected[h["id"]])
+            assert [h["distance"] for h in hits] == sorted(expected.values()), index_type
+        q = queries[0]
+        near = sorted(hamming(q, r["bv"]) for r in data if r["k"] == 1)
+        filtered = sluice.search("d_binary", data=[q], limit=5, filter="k == 1")[0]
+        assert [h["distance"] for h in filtered] == near[:5], index_type
+        paged = sluice.search("d_binary", data=[q], limit=4, offset=3)[0]
+        everything = sorted(hamming(q, r["bv"]) for r in data)
+        assert [h["distance"] for h in paged] == everything[3:7], index_type
+        radius = everything[10]
+        ranged = sluice.search(
+            "d_binary", data=[q], limit=50, search_params={"params": {"radius": radius}}
+        )[0]
+        assert [h["distance"] for h in ranged] == [d for d in everything if d < radius]
+        got = sluice.query("d_binary", filter="id in [3, 7]", output_fields=["bv"])
+        assert sorted((r["id"], bytes(r["bv"][0])) for r in got) == [
+            (3, data[3]["bv"]),
+            (7, data[7]["bv"]),
+        ]
+        field = sluice.describe_collection("d_binary")["fields"][1]
+        assert field["type"] == DataType.BINARY_VECTOR and field["params"]["dim"] == bits
+        assert sluice.describe_index("d_binary", "bv")["metric_type"] == "HAMMING"
+    drop_if_exists(sluice, "d_binary")
+    index = sluice.prepare_index_params()
+    index.add_index(field_name="bv", index_type="BIN_FLAT", metric_type="JACCARD")
+    with pytest.raises(MilvusException) as e:
+        sluice.create_collection("d_binary", schema=schema(), index_params=index)
+    assert "JACCARD" in e.value.message
+    drop_if_exists(sluice, "d_binary")
+    with pytest.raises(MilvusException) as e:
+        sluice.create_collection("d_binary", schema=schema(dim=12))
+    assert "multiple of 8" in e.value.message
+    drop_if_exists(sluice, "d_binary")
 
 
 def test_partition_statistics_match(sluice, lite):

@@ -19,7 +19,8 @@ use crate::pb::schema::{
 use crate::status::Failure;
 
 /// Collection property: the Milvus types of fields Sluice stores otherwise (INT8 and INT16 as
-/// INT32, FLOAT16 and BFLOAT16 vectors as float vectors, ARRAY as JSON), as a JSON object of
+/// INT32, FLOAT16, BFLOAT16 and BINARY vectors as float vectors — a binary one as one 0 or 1
+/// per bit, see [`unpack_bits`] —, ARRAY as JSON), as a JSON object of
 /// field name → Milvus type number, or for an ARRAY field its declaration
 /// ([`ArraySpec::to_json`]).
 pub(crate) const PROP_TYPES: &str = "milvus.field_types";
@@ -205,6 +206,18 @@ pub(crate) fn field_to_sluice(
             narrow.insert(f.name.clone(), Value::from(f.data_type));
             DataType::FloatVector
         }
+        // One float (0 or 1) per bit: the HAMMING distance of two is their squared L2 one.
+        MDataType::BinaryVector => {
+            let bits: Option<u32> = param(&f.type_params, "dim").and_then(|d| d.parse().ok());
+            if !bits.is_some_and(|b| b > 0 && b % 8 == 0) {
+                return Err(Failure::invalid(format!(
+                    "binary vector field {:?}: dim must be a positive multiple of 8",
+                    f.name
+                )));
+            }
+            narrow.insert(f.name.clone(), Value::from(f.data_type));
+            DataType::FloatVector
+        }
         MDataType::Array => {
             narrow.insert(f.name.clone(), ArraySpec::of(f)?.to_json());
             DataType::Json
@@ -361,6 +374,27 @@ fn default_to_milvus(
         _ => return None,
     };
     Some(ms::ValueField { data: Some(data) })
+}
+
+/// Binary vectors (Milvus's BINARY_VECTOR: 8 bits a byte, the first bit the byte's highest, as
+/// numpy's `packbits` lays them out) as one float per bit, 0 or 1.
+pub(crate) fn unpack_bits(bytes: &[u8]) -> Vec<f32> {
+    bytes
+        .iter()
+        .flat_map(|b| (0..8).rev().map(move |i| f32::from((b >> i) & 1)))
+        .collect()
+}
+
+/// [`unpack_bits`] undone: a float above one half is a set bit.
+pub(crate) fn pack_bits(values: &[f32]) -> Vec<u8> {
+    values
+        .chunks(8)
+        .map(|bits| {
+            bits.iter()
+                .enumerate()
+                .fold(0u8, |b, (i, &x)| b | (u8::from(x > 0.5) << (7 - i)))
+        })
+        .collect()
 }
 
 /// 16-bit floats (IEEE half, or `brain` float16), little-endian, as 32-bit ones (an odd last
@@ -563,6 +597,9 @@ pub(crate) fn column_len(fd: &FieldData) -> usize {
                 b.len() / (2 * v.dim as usize)
             }
             Some(vector_field::Data::SparseFloatVector(a)) => a.contents.len(),
+            Some(vector_field::Data::BinaryVector(b)) if v.dim >= 8 => {
+                b.len() / (v.dim as usize / 8)
+            }
             _ => 0,
         },
         _ => 0,
@@ -643,6 +680,20 @@ fn column_values(fd: &FieldData) -> Result<Vec<Value>, Failure> {
                     .map(|c| Value::Array(c.iter().map(|x| f64::from(*x).into()).collect()))
                     .collect()
             }
+            Some(vector_field::Data::BinaryVector(b)) if v.dim > 0 => {
+                if v.dim % 8 != 0 || b.len() % (v.dim as usize / 8) != 0 {
+                    return Err(Failure::invalid(format!(
+                        "the vectors of field {name:?}: {} bytes is not a whole number of \
+                         {}-bit binary vectors",
+                        b.len(),
+                        v.dim
+                    )));
+                }
+                unpack_bits(b)
+                    .chunks(v.dim as usize)
+                    .map(|c| Value::Array(c.iter().map(|x| f64::from(*x).into()).collect()))
+                    .collect()
+            }
             Some(vector_field::Data::SparseFloatVector(a)) => a
                 .contents
                 .iter()
@@ -659,8 +710,8 @@ fn column_values(fd: &FieldData) -> Result<Vec<Value>, Failure> {
                 .collect::<Result<_, Failure>>()?,
             _ => {
                 return Err(Failure::unsupported(format!(
-                    "the vectors of field {name:?} (float, float16, bfloat16 and sparse float \
-                     vectors are)"
+                    "the vectors of field {name:?} (float, float16, bfloat16, binary and sparse \
+                     float vectors are)"
                 )));
             }
         },
@@ -986,6 +1037,7 @@ pub(crate) fn column_to_milvus(
                         .flat_map(|x| half::bf16::from_f32(*x).to_le_bytes())
                         .collect(),
                 ),
+                MDataType::BinaryVector => vector_field::Data::BinaryVector(pack_bits(values)),
                 _ => vector_field::Data::FloatVector(ms::FloatArray {
                     data: values.to_vec(),
                 }),

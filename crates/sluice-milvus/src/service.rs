@@ -302,9 +302,20 @@ impl Collection {
             .fields
             .iter()
             .any(|f| f.name == field && f.data_type == DataType::SparseFloatVector as i32);
+        let binary =
+            self.schema.fields.iter().any(|f| {
+                f.name == field && milvus_type(f, self.props()) == MDataType::BinaryVector
+            });
         self.index_of(field)
             .and_then(|i| i.get("metric_type")?.as_str().map(str::to_owned))
-            .unwrap_or_else(|| if sparse { "IP" } else { "COSINE" }.into())
+            .unwrap_or_else(|| {
+                match (sparse, binary) {
+                    (true, _) => "IP",
+                    (_, true) => "HAMMING",
+                    _ => "COSINE",
+                }
+                .into()
+            })
     }
 
     /// The collection's consistency level (Milvus's enum number; Bounded by default).
@@ -372,10 +383,11 @@ fn graph_settings(index: &serde_json::Map<String, Value>) -> Result<IndexSetting
             .flatten()
             .map(|n| n as usize)
     };
-    let metric = index
-        .get("metric_type")
-        .and_then(Value::as_str)
-        .unwrap_or("COSINE");
+    let metric = match index.get("metric_type").and_then(Value::as_str) {
+        Some(m) if m.eq_ignore_ascii_case("HAMMING") => "L2",
+        Some(m) => m,
+        None => "COSINE",
+    };
     Ok(IndexSettings {
         metric: Some(metric.parse().map_err(Failure::invalid)?),
         m: number("M"),
@@ -848,6 +860,40 @@ fn vector_index(
     Ok(index)
 }
 
+/// The index to record for a binary vector field: BIN_FLAT (exact), BIN_IVF_FLAT (an HNSW
+/// graph, as IVF indexes of float vectors are) or AUTOINDEX, by HAMMING (the default; the
+/// other binary metrics are refused).
+fn binary_index(
+    index_type: &str,
+    metric_type: Option<&str>,
+    given: &serde_json::Map<String, Value>,
+) -> Result<serde_json::Map<String, Value>, Failure> {
+    let metric_type = metric_type
+        .filter(|m| !m.is_empty())
+        .unwrap_or("HAMMING")
+        .to_ascii_uppercase();
+    if metric_type != "HAMMING" {
+        return Err(Failure::unsupported(format!(
+            "metric type {metric_type} for a binary vector (HAMMING is)"
+        )));
+    }
+    let float_type = match index_type {
+        "BIN_FLAT" => "FLAT",
+        "BIN_IVF_FLAT" => "IVF_FLAT",
+        "AUTOINDEX" => "AUTOINDEX",
+        other => {
+            return Err(Failure::unsupported(format!(
+                "index type {other} for a binary vector (BIN_FLAT, BIN_IVF_FLAT and AUTOINDEX \
+                 are)"
+            )));
+        }
+    };
+    let mut index = vector_index(float_type, Some("L2"), given)?;
+    index.insert("index_type".into(), index_type.into());
+    index.insert("metric_type".into(), metric_type.into());
+    Ok(index)
+}
+
 /// A search's query vectors, of the kind of the field searched.
 enum QueryVectors {
     Dense(Vec<v1::FloatVector>),
@@ -993,7 +1039,9 @@ fn whole_number(key: &str, v: &Value) -> Result<u64, Failure> {
 
 fn metric(name: &str) -> Result<v1::MetricType, Failure> {
     Ok(match name.to_ascii_uppercase().as_str() {
-        "L2" => v1::MetricType::L2,
+        // Binary vectors are held as one 0 or 1 per bit: their squared L2 distance is the
+        // number of bits that differ.
+        "L2" | "HAMMING" => v1::MetricType::L2,
         "IP" => v1::MetricType::Ip,
         "COSINE" => v1::MetricType::Cosine,
         "BM25" => v1::MetricType::Bm25,
@@ -2321,7 +2369,11 @@ impl MilvusFront {
         };
         let exact = c
             .index_of(&anns)
-            .and_then(|i| i.get("index_type")?.as_str().map(|t| t == "FLAT"))
+            .and_then(|i| {
+                i.get("index_type")?
+                    .as_str()
+                    .map(|t| t == "FLAT" || t == "BIN_FLAT")
+            })
             .unwrap_or(false);
         let level = if r.use_default_consistency {
             c.consistency()
@@ -2344,6 +2396,12 @@ impl MilvusFront {
                     // 32-bit floats (`None`), or 16-bit ones (`Some(brain)`: IEEE half or brain
                     // float16).
                     let half = match mc::PlaceholderType::try_from(ph.r#type) {
+                        Ok(mc::PlaceholderType::BinaryVector) => {
+                            vectors.extend(ph.values.iter().map(|v| v1::FloatVector {
+                                values: crate::convert::unpack_bits(v),
+                            }));
+                            continue;
+                        }
                         Ok(mc::PlaceholderType::FloatVector) => None,
                         Ok(mc::PlaceholderType::Float16Vector) => Some(false),
                         Ok(mc::PlaceholderType::BFloat16Vector) => Some(true),
@@ -2366,8 +2424,8 @@ impl MilvusFront {
                         }
                         _ => {
                             return Err(Failure::unsupported(
-                                "query vectors other than float, float16, bfloat16 and sparse \
-                                 float vectors (or text for a BM25 function's output)",
+                                "query vectors other than float, float16, bfloat16, binary and \
+                                 sparse float vectors (or text for a BM25 function's output)",
                             ));
                         }
                     };
@@ -2704,7 +2762,10 @@ impl MilvusFront {
             .filter(|(k, _)| !matches!(k.as_str(), "index_type" | "metric_type" | "params"))
             .collect();
         let ty = DataType::try_from(field.data_type);
-        let mut index = if ty == Ok(DataType::FloatVector) {
+        let binary = milvus_type(field, c.props()) == MDataType::BinaryVector;
+        let mut index = if binary {
+            binary_index(&index_type, param(p, "metric_type"), &given)?
+        } else if ty == Ok(DataType::FloatVector) {
             vector_index(&index_type, param(p, "metric_type"), &given)?
         } else if ty == Ok(DataType::SparseFloatVector) {
             let bm25 = sluice_types::schema::bm25_of(&c.schema, &field.name).is_some();
