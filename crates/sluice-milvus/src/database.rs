@@ -29,8 +29,10 @@ pub(crate) fn of(
     if !body.is_empty() {
         return body.to_owned();
     }
-    match header.and_then(|h| h.to_str().ok()) {
-        Some(h) if !h.is_empty() => h.to_owned(),
+    // Bytes that are not text still name a database (one no name rule lets exist), never
+    // `default`: nothing meant for another database may land there.
+    match header.map(|h| String::from_utf8_lossy(h.as_bytes())) {
+        Some(h) if !h.is_empty() => h.into_owned(),
         _ => DEFAULT_DATABASE.to_owned(),
     }
 }

@@ -176,7 +176,7 @@ impl Decay {
             Failure::unexpected(format!("the hits lack the field {:?}", self.field))
         })?;
         let x = match column.data_type() {
-            _ if column.is_null(i) => None,
+            _ if i >= column.len() || column.is_null(i) => None,
             ArrowType::Int32 => Some(f64::from(column.as_primitive::<Int32Type>().value(i))),
             ArrowType::Int64 => Some(column.as_primitive::<Int64Type>().value(i) as f64),
             ArrowType::Float32 => Some(f64::from(column.as_primitive::<Float32Type>().value(i))),
@@ -218,6 +218,7 @@ impl Decay {
         }
         let keys = all
             .column_by_name(pk)
+            .filter(|k| k.len() >= end)
             .ok_or_else(|| Failure::unexpected(format!("the hits lack the primary key {pk:?}")))?;
         let by_key = |a: usize, b: usize| match keys.data_type() {
             ArrowType::Int64 => {
@@ -240,12 +241,7 @@ mod tests {
     use super::*;
     use sluice_types::schema::FieldSchema;
 
-    fn kv(k: &str, v: &str) -> KeyValuePair {
-        KeyValuePair {
-            key: k.into(),
-            value: v.into(),
-        }
-    }
+    use crate::service::kv;
 
     fn schema() -> CollectionSchema {
         let field = |name: &str, ty: DataType, nullable: bool| FieldSchema {
@@ -268,7 +264,7 @@ mod tests {
 
     fn ranker(field: &str, params: &[(&str, &str)]) -> ms::FunctionScore {
         let mut all = vec![kv("reranker", "decay")];
-        all.extend(params.iter().map(|(k, v)| kv(k, v)));
+        all.extend(params.iter().map(|(k, v)| kv(k, *v)));
         ms::FunctionScore {
             functions: vec![ms::FunctionSchema {
                 name: "d".into(),

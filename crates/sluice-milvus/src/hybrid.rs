@@ -436,12 +436,7 @@ pub(crate) fn key_strings(col: &ArrayRef) -> Result<Vec<String>, Failure> {
 mod tests {
     use super::*;
 
-    fn kv(k: &str, v: &str) -> KeyValuePair {
-        KeyValuePair {
-            key: k.into(),
-            value: v.into(),
-        }
-    }
+    use crate::service::kv;
 
     #[test]
     fn rank_params_as_pymilvus_sends_them() {

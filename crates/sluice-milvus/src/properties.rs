@@ -112,12 +112,7 @@ pub(crate) fn to_milvus(props: &HashMap<String, String>) -> Vec<KeyValuePair> {
 mod tests {
     use super::*;
 
-    fn kv(k: &str, v: &str) -> KeyValuePair {
-        KeyValuePair {
-            key: k.into(),
-            value: v.into(),
-        }
-    }
+    use crate::service::kv;
 
     #[test]
     fn milvus_properties_round_trip_and_unknown_meanings_are_refused() {

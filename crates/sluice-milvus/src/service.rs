@@ -395,7 +395,8 @@ fn graph_settings(index: &serde_json::Map<String, Value>) -> Result<IndexSetting
     })
 }
 
-fn kv(key: &str, value: impl Into<String>) -> KeyValuePair {
+/// A Milvus key-value pair.
+pub(crate) fn kv(key: &str, value: impl Into<String>) -> KeyValuePair {
     KeyValuePair {
         key: key.into(),
         value: value.into(),
