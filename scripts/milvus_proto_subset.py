@@ -123,8 +123,10 @@ RPCS = {
     "limit) fused into one ranking per query vector: RRF (k) or weighted (weights, one per "
     "search; scores normalized to 0..1, L2 always, IP and COSINE unless norm_score is false); "
     "limit, offset, "
-    "round_decimal and output fields as in Search. function_score with one decay ranker (as "
-    "in Search) ranks every hit of the searches by its best score times the decay instead. "
+    "round_decimal and output fields as in Search. function_score with one RERANK function "
+    "fuses instead: reranker rrf (k, default 60) or weighted (weights, norm_score, default "
+    "false) as the rank params do, or a decay ranker (as in Search), which ranks every hit of "
+    "the searches by its best score times the decay. "
     "Grouping is refused.",
     "Query": "Rows matching a filter (limit, offset, output fields), or count(*). session_ts "
     "is the timestamp the query read the collection at; a request marked `iterator` reads as "

@@ -1837,41 +1837,97 @@ def test_decay_rankers_rerank_like_milvus(sluice, lite):
     assert len(s) == len(cases) and all(len(q) == 40 for case in s for q in case), s
 
 
+def reranked_collection(c, name):
+    """`name` with vectors `a` (COSINE) and `b` (L2) and an int64 `ts`, 30 rows; the two
+    searches of a hybrid search over every row."""
+    from pymilvus import AnnSearchRequest
+
+    drop_if_exists(c, name)
+    schema = MilvusClient.create_schema(auto_id=False)
+    schema.add_field("id", DataType.INT64, is_primary=True)
+    schema.add_field("a", DataType.FLOAT_VECTOR, dim=DIM)
+    schema.add_field("b", DataType.FLOAT_VECTOR, dim=DIM)
+    schema.add_field("ts", DataType.INT64)
+    index = c.prepare_index_params()
+    index.add_index(field_name="a", index_type="FLAT", metric_type="COSINE")
+    index.add_index(field_name="b", index_type="FLAT", metric_type="L2")
+    c.create_collection(name, schema=schema, index_params=index)
+    rnd = random.Random(5)
+    c.insert(
+        name,
+        [
+            {
+                "id": i,
+                "a": [rnd.random() for _ in range(DIM)],
+                "b": [rnd.random() for _ in range(DIM)],
+                "ts": 10 * i,
+            }
+            for i in range(30)
+        ],
+    )
+    return [
+        AnnSearchRequest(data=[[0.5] * DIM], anns_field="a", param={}, limit=30),
+        AnnSearchRequest(data=[[0.2] * DIM], anns_field="b", param={}, limit=30),
+    ]
+
+
+def test_rankers_as_functions_fuse_like_their_classes_and_milvus(sluice, lite):
+    """Milvus 2.6's rankers written as functions (`Function(..., params={"reranker": "rrf"
+    or "weighted", ...})`) fuse a hybrid search as RRFRanker and WeightedRanker do — Sluice
+    and milvus-lite alike; a bad one is refused."""
+    from pymilvus import Function, FunctionType, RRFRanker, WeightedRanker
+
+    def function(**params):
+        return Function(
+            name="fuse", input_field_names=[], function_type=FunctionType.RERANK, params=params
+        )
+
+    pairs = [
+        (function(reranker="rrf", k=30), RRFRanker(30)),
+        (function(reranker="rrf"), RRFRanker()),
+        # As a function, norm_score is off unless asked for; WeightedRanker's is on.
+        (
+            function(reranker="weighted", weights=[0.7, 0.3]),
+            WeightedRanker(0.7, 0.3, norm_score=False),
+        ),
+        (
+            function(reranker="weighted", weights=[0.7, 0.3], norm_score=True),
+            WeightedRanker(0.7, 0.3),
+        ),
+        (
+            function(reranker="weighted", weights=[0.2, 0.9], norm_score=False),
+            WeightedRanker(0.2, 0.9, norm_score=False),
+        ),
+    ]
+
+    def f(c):
+        searches = reranked_collection(c, "d_fuse_functions")
+        out = []
+        for as_function, as_class in pairs:
+            for ranker in (as_function, as_class):
+                hits = c.hybrid_search("d_fuse_functions", searches, ranker=ranker, limit=10)[0]
+                out.append([(h["id"], round(h["distance"], 4)) for h in hits])
+        return out
+
+    s, l = both(sluice, lite, f)
+    assert s == l, (s, l)
+    for i in range(0, len(s), 2):
+        assert s[i] == s[i + 1] and len(s[i]) == 10, (i, s[i], s[i + 1])
+    searches = reranked_collection(sluice, "d_fuse_functions")
+    with pytest.raises(MilvusException) as e:
+        sluice.hybrid_search(
+            "d_fuse_functions", searches, ranker=function(reranker="weighted", weights=[1]), limit=3
+        )
+    assert "one weight per search" in e.value.message
+
+
 def test_decay_rankers_rerank_hybrid_searches_like_milvus(sluice, lite):
     """A decay ranker in a hybrid search: each hit's best score over the searches (L2 made
     larger-is-nearer) times its decay — Sluice and milvus-lite alike, with every row a
     candidate; then a page of it (offset) is that ranking's slice."""
 
     def f(c):
-        drop_if_exists(c, "d_decay_hybrid")
-        schema = MilvusClient.create_schema(auto_id=False)
-        schema.add_field("id", DataType.INT64, is_primary=True)
-        schema.add_field("a", DataType.FLOAT_VECTOR, dim=DIM)
-        schema.add_field("b", DataType.FLOAT_VECTOR, dim=DIM)
-        schema.add_field("ts", DataType.INT64)
-        index = c.prepare_index_params()
-        index.add_index(field_name="a", index_type="FLAT", metric_type="COSINE")
-        index.add_index(field_name="b", index_type="FLAT", metric_type="L2")
-        c.create_collection("d_decay_hybrid", schema=schema, index_params=index)
-        rnd = random.Random(5)
-        c.insert(
-            "d_decay_hybrid",
-            [
-                {
-                    "id": i,
-                    "a": [rnd.random() for _ in range(DIM)],
-                    "b": [rnd.random() for _ in range(DIM)],
-                    "ts": 10 * i,
-                }
-                for i in range(30)
-            ],
-        )
-        from pymilvus import AnnSearchRequest
-
-        searches = [
-            AnnSearchRequest(data=[[0.5] * DIM], anns_field="a", param={}, limit=30),
-            AnnSearchRequest(data=[[0.2] * DIM], anns_field="b", param={}, limit=30),
-        ]
+        searches = reranked_collection(c, "d_decay_hybrid")
         ranker = decay_ranker("ts", "exp", origin=150, scale=40, offset=5, decay=0.6)
         pages = []
         for limit, offset in ((30, 0), (5, 3)):

@@ -137,14 +137,109 @@ fn whole(params: &[KeyValuePair], key: &str, default: i64) -> Result<i64, Failur
     }
 }
 
+impl Fusion {
+    /// The fusion a HybridSearch's function score names (Milvus 2.6's rankers as functions):
+    /// one RERANK function with `reranker` `rrf` (`k`, default 60), `weighted` (`weights`,
+    /// `norm_score`, default false) or `decay` ([`Decay`]), for `searches` searches of a
+    /// collection of `schema`.
+    pub(crate) fn of_function(
+        score: &ms::FunctionScore,
+        schema: &sluice_types::schema::CollectionSchema,
+        searches: usize,
+    ) -> Result<Fusion, Failure> {
+        let reranker = match score.functions.as_slice() {
+            [f] if ms::FunctionType::try_from(f.r#type) == Ok(ms::FunctionType::Rerank) => f
+                .params
+                .iter()
+                .find(|p| p.key.eq_ignore_ascii_case("reranker"))
+                .map(|p| (f, p.value.trim().to_ascii_lowercase())),
+            _ => None,
+        };
+        let value = |f: &ms::FunctionSchema, key: &str| {
+            f.params
+                .iter()
+                .find(|p| p.key.eq_ignore_ascii_case(key))
+                .map(|p| p.value.trim().to_owned())
+        };
+        match reranker {
+            Some((f, r)) if r == "rrf" => {
+                let k = match value(f, "k") {
+                    None => 60.0,
+                    Some(k) => k
+                        .parse::<f64>()
+                        .map_err(|_| Failure::invalid(format!("rrf k {k:?} is not a number")))?,
+                };
+                rrf(k)
+            }
+            Some((f, r)) if r == "weighted" => {
+                let weights: Value = match value(f, "weights") {
+                    None => return Err(Failure::invalid("the weighted ranker needs weights")),
+                    Some(w) => serde_json::from_str(&w)
+                        .map_err(|_| Failure::invalid(format!("weights {w}: a list of numbers")))?,
+                };
+                // Unlike WeightedRanker's rank params, off unless asked for (as in Milvus).
+                let normalize = match value(f, "norm_score").map(|n| n.to_ascii_lowercase()) {
+                    None => false,
+                    Some(n) if matches!(n.as_str(), "true" | "t" | "1") => true,
+                    Some(n) if matches!(n.as_str(), "false" | "f" | "0") => false,
+                    Some(n) => return Err(Failure::invalid(format!("norm_score {n}"))),
+                };
+                weighted(&weights, Some(&Value::Bool(normalize)), searches)
+            }
+            _ => Ok(Fusion::Decay(Decay::of(score, schema)?)),
+        }
+    }
+}
+
+/// RRF with constant `k`, checked.
+fn rrf(k: f64) -> Result<Fusion, Failure> {
+    if !(k > 0.0 && k < 16384.0) {
+        return Err(Failure::invalid(format!(
+            "rrf k {k}: it must be in (0, 16384)"
+        )));
+    }
+    Ok(Fusion::Rrf { k })
+}
+
+/// Weighted fusion by `weights` (one per search, each 0 to 1), normalized unless `norm_score`
+/// is false.
+fn weighted(
+    weights: &Value,
+    norm_score: Option<&Value>,
+    searches: usize,
+) -> Result<Fusion, Failure> {
+    let weights: Vec<f64> = weights
+        .as_array()
+        .ok_or_else(|| Failure::invalid("the weighted ranker needs weights"))?
+        .iter()
+        .map(|w| {
+            w.as_f64()
+                .filter(|w| (0.0..=1.0).contains(w))
+                .ok_or_else(|| Failure::invalid(format!("weight {w}: 0 to 1")))
+        })
+        .collect::<Result<_, _>>()?;
+    if weights.len() != searches {
+        return Err(Failure::invalid(format!(
+            "{} weights for {searches} searches: one weight per search",
+            weights.len()
+        )));
+    }
+    let normalize = match norm_score {
+        None => true,
+        Some(Value::Bool(b)) => *b,
+        Some(v) => return Err(Failure::invalid(format!("norm_score {v}"))),
+    };
+    Ok(Fusion::Weighted { weights, normalize })
+}
+
 impl Ranker {
-    /// The ranker of a HybridSearch's `rank_params`, for `searches` searches; `decay` when the
-    /// request's function score is a decay ranker (then `rank_params` give only the limit,
-    /// offset and rounding).
+    /// The ranker of a HybridSearch's `rank_params`, for `searches` searches; `fusion` when
+    /// the request's function score names it ([`Fusion::of_function`]; then `rank_params`
+    /// give only the limit, offset and rounding).
     pub(crate) fn of(
         params: &[KeyValuePair],
         searches: usize,
-        decay: Option<Decay>,
+        fusion: Option<Fusion>,
     ) -> Result<Ranker, Failure> {
         for key in [
             "group_by_field",
@@ -168,47 +263,19 @@ impl Ranker {
             Some(Value::Object(o)) => o,
             Some(v) => return Err(Failure::invalid(format!("rank params {v}: not an object"))),
         };
-        let fusion = match (decay, strategy.as_str()) {
-            (Some(decay), _) => Fusion::Decay(decay),
-            (None, "rrf") => {
-                let k = match inner.get("k") {
-                    None => 60.0,
-                    Some(v) => v
-                        .as_f64()
-                        .ok_or_else(|| Failure::invalid(format!("rrf k {v} is not a number")))?,
-                };
-                if !(k > 0.0 && k < 16384.0) {
-                    return Err(Failure::invalid(format!(
-                        "rrf k {k}: it must be in (0, 16384)"
-                    )));
-                }
-                Fusion::Rrf { k }
-            }
-            (None, "weighted") => {
-                let weights: Vec<f64> = inner
-                    .get("weights")
-                    .and_then(Value::as_array)
-                    .ok_or_else(|| Failure::invalid("the weighted ranker needs weights"))?
-                    .iter()
-                    .map(|w| {
-                        w.as_f64()
-                            .filter(|w| (0.0..=1.0).contains(w))
-                            .ok_or_else(|| Failure::invalid(format!("weight {w}: 0 to 1")))
-                    })
-                    .collect::<Result<_, _>>()?;
-                if weights.len() != searches {
-                    return Err(Failure::invalid(format!(
-                        "{} weights for {searches} searches: one weight per search",
-                        weights.len()
-                    )));
-                }
-                let normalize = match inner.get("norm_score") {
-                    None => true,
-                    Some(Value::Bool(b)) => *b,
-                    Some(v) => return Err(Failure::invalid(format!("norm_score {v}"))),
-                };
-                Fusion::Weighted { weights, normalize }
-            }
+        let fusion = match (fusion, strategy.as_str()) {
+            (Some(fusion), _) => fusion,
+            (None, "rrf") => match inner.get("k") {
+                None => rrf(60.0)?,
+                Some(v) => rrf(v
+                    .as_f64()
+                    .ok_or_else(|| Failure::invalid(format!("rrf k {v} is not a number")))?)?,
+            },
+            (None, "weighted") => weighted(
+                inner.get("weights").unwrap_or(&Value::Null),
+                inner.get("norm_score"),
+                searches,
+            )?,
             (None, other) => {
                 return Err(Failure::unsupported(format!(
                     "the rank strategy {other:?} (Sluice has rrf and weighted)"

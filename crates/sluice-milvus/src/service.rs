@@ -27,7 +27,7 @@ use crate::convert::{
 };
 use crate::database::{self, entered};
 use crate::decay::Decay;
-use crate::hybrid::{MAX_HYBRID_SEARCHES, Ranker, Searched};
+use crate::hybrid::{Fusion, MAX_HYBRID_SEARCHES, Ranker, Searched};
 use crate::pb::common::{self as mc, KeyValuePair, Status};
 use crate::pb::milvus::milvus_service_server::{MilvusService, MilvusServiceServer};
 use crate::pb::milvus::{self as mm};
@@ -2165,15 +2165,19 @@ impl MilvusFront {
                 r.requests.len()
             )));
         }
-        let decay = match &r.function_score {
-            Some(f) => Some(Decay::of(
+        let fusion = match &r.function_score {
+            Some(f) => Some(Fusion::of_function(
                 f,
                 &self.collection(&r.collection_name).await?.schema,
+                r.requests.len(),
             )?),
             None => None,
         };
-        let also = decay.as_ref().map(|d| d.field.clone());
-        let ranker = Ranker::of(&r.rank_params, r.requests.len(), decay)?;
+        let also = match &fusion {
+            Some(Fusion::Decay(d)) => Some(d.field.clone()),
+            _ => None,
+        };
+        let ranker = Ranker::of(&r.rank_params, r.requests.len(), fusion)?;
         let mut searched = Vec::with_capacity(r.requests.len());
         for sub in r.requests {
             let sub = mm::SearchRequest {
