@@ -26,7 +26,7 @@ RPCS = {
     "Sluice's types (FLOAT16_VECTOR and BFLOAT16_VECTOR are kept as 32-bit floats; inserts, "
     "query vectors and answers use their 16-bit form; a BINARY_VECTOR, dim a multiple of 8, "
     "is kept as one float per bit and searched by HAMMING with BIN_FLAT, BIN_IVF_FLAT or "
-    "AUTOINDEX); the dynamic field is a JSON field; "
+    "AUTOINDEX, or exactly by JACCARD); the dynamic field is a JSON field; "
     "shards_num shards (0 = 1). An ARRAY field (element type BOOL, an integer, FLOAT, DOUBLE or "
     "VARCHAR; max_capacity 1-4096; max_length for VARCHAR elements) is kept as a JSON array, "
     "checked against its declaration on every write and answered as a typed ArrayArray; filters "

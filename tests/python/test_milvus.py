@@ -1990,11 +1990,12 @@ def test_decay_rankers_rerank_the_nearest_limit_plus_offset(sluice):
         assert why in e.value.message, (why, e.value.message)
 
 
-def test_binary_vectors_are_searched_by_hamming(sluice):
+def test_binary_vectors_are_searched_by_hamming_and_jaccard(sluice):
     """BINARY_VECTOR fields (bytes, 8 bits each; milvus-lite has none, so the answers are
     checked against distances computed here) with BIN_FLAT and BIN_IVF_FLAT indexes by
-    HAMMING: inserted, searched (every row, a filter, an offset, a radius), read back and
-    described; other binary metrics and a dim that is not whole bytes are refused."""
+    HAMMING and BIN_FLAT by JACCARD: inserted, searched (every row, a filter, an offset, a
+    radius), read back and described; other binary metrics and a dim that is not whole bytes
+    are refused."""
     rnd = random.Random(11)
     bits = 64
     data = [
@@ -2006,6 +2007,11 @@ def test_binary_vectors_are_searched_by_hamming(sluice):
     def hamming(a, b):
         return bin(int.from_bytes(a, "big") ^ int.from_bytes(b, "big")).count("1")
 
+    def jaccard(a, b):
+        x, y = int.from_bytes(a, "big"), int.from_bytes(b, "big")
+        either = bin(x | y).count("1")
+        return 1 - bin(x & y).count("1") / either if either else 0.0
+
     def schema(dim=bits):
         s = MilvusClient.create_schema(auto_id=False)
         s.add_field("id", DataType.INT64, is_primary=True)
@@ -2013,31 +2019,40 @@ def test_binary_vectors_are_searched_by_hamming(sluice):
         s.add_field("k", DataType.INT64)
         return s
 
-    for index_type, params in (("BIN_FLAT", {}), ("BIN_IVF_FLAT", {"nlist": 8})):
+    def same(got, expected):
+        return len(got) == len(expected) and all(abs(g - e) < 1e-6 for g, e in zip(got, expected))
+
+    for index_type, params, metric, distance in (
+        ("BIN_FLAT", {}, "HAMMING", hamming),
+        ("BIN_IVF_FLAT", {"nlist": 8}, "HAMMING", hamming),
+        ("BIN_FLAT", {}, "JACCARD", jaccard),
+    ):
+        case = (index_type, metric)
         drop_if_exists(sluice, "d_binary")
         index = sluice.prepare_index_params()
-        index.add_index(field_name="bv", index_type=index_type, metric_type="HAMMING", params=params)
+        index.add_index(field_name="bv", index_type=index_type, metric_type=metric, params=params)
         sluice.create_collection("d_binary", schema=schema(), index_params=index)
         sluice.insert("d_binary", data)
         found = sluice.search("d_binary", data=queries, limit=50)
         for q, hits in zip(queries, found):
-            expected = {r["id"]: hamming(q, r["bv"]) for r in data}
-            assert sorted(h["id"] for h in hits) == list(range(50)), index_type
+            expected = {r["id"]: distance(q, r["bv"]) for r in data}
+            assert sorted(h["id"] for h in hits) == list(range(50)), case
             for h in hits:
-                assert h["distance"] == expected[h["id"]], (index_type, h, expected[h["id"]])
-            assert [h["distance"] for h in hits] == sorted(expected.values()), index_type
+                assert abs(h["distance"] - expected[h["id"]]) < 1e-6, (case, h, expected[h["id"]])
+            assert same([h["distance"] for h in hits], sorted(expected.values())), case
         q = queries[0]
-        near = sorted(hamming(q, r["bv"]) for r in data if r["k"] == 1)
+        near = sorted(distance(q, r["bv"]) for r in data if r["k"] == 1)
         filtered = sluice.search("d_binary", data=[q], limit=5, filter="k == 1")[0]
-        assert [h["distance"] for h in filtered] == near[:5], index_type
+        assert same([h["distance"] for h in filtered], near[:5]), case
         paged = sluice.search("d_binary", data=[q], limit=4, offset=3)[0]
-        everything = sorted(hamming(q, r["bv"]) for r in data)
-        assert [h["distance"] for h in paged] == everything[3:7], index_type
+        everything = sorted(distance(q, r["bv"]) for r in data)
+        assert same([h["distance"] for h in paged], everything[3:7]), case
         radius = everything[10]
         ranged = sluice.search(
             "d_binary", data=[q], limit=50, search_params={"params": {"radius": radius}}
         )[0]
-        assert [h["distance"] for h in ranged] == [d for d in everything if d < radius]
+        inside = [d for d in everything if d < radius - 1e-6]
+        assert same([h["distance"] for h in ranged], inside), (case, ranged, inside)
         got = sluice.query("d_binary", filter="id in [3, 7]", output_fields=["bv"])
         assert sorted((r["id"], bytes(r["bv"][0])) for r in got) == [
             (3, data[3]["bv"]),
@@ -2045,13 +2060,13 @@ def test_binary_vectors_are_searched_by_hamming(sluice):
         ]
         field = sluice.describe_collection("d_binary")["fields"][1]
         assert field["type"] == DataType.BINARY_VECTOR and field["params"]["dim"] == bits
-        assert sluice.describe_index("d_binary", "bv")["metric_type"] == "HAMMING"
+        assert sluice.describe_index("d_binary", "bv")["metric_type"] == metric
     drop_if_exists(sluice, "d_binary")
     index = sluice.prepare_index_params()
-    index.add_index(field_name="bv", index_type="BIN_FLAT", metric_type="JACCARD")
+    index.add_index(field_name="bv", index_type="BIN_FLAT", metric_type="SUBSTRUCTURE")
     with pytest.raises(MilvusException) as e:
         sluice.create_collection("d_binary", schema=schema(), index_params=index)
-    assert "JACCARD" in e.value.message
+    assert "SUBSTRUCTURE" in e.value.message
     drop_if_exists(sluice, "d_binary")
     with pytest.raises(MilvusException) as e:
         sluice.create_collection("d_binary", schema=schema(dim=12))

@@ -383,8 +383,10 @@ fn graph_settings(index: &serde_json::Map<String, Value>) -> Result<IndexSetting
             .flatten()
             .map(|n| n as usize)
     };
+    // A binary field's: HAMMING is L2 of its bits; a JACCARD field is searched exactly (no
+    // graph has that metric), so the graph it does not use is an L2 one.
     let metric = match index.get("metric_type").and_then(Value::as_str) {
-        Some(m) if m.eq_ignore_ascii_case("HAMMING") => "L2",
+        Some(m) if m.eq_ignore_ascii_case("HAMMING") || m.eq_ignore_ascii_case("JACCARD") => "L2",
         Some(m) => m,
         None => "COSINE",
     };
@@ -567,7 +569,7 @@ impl IteratorV2 {
     /// The hits a page may hold: those of `given` (a range search's), or every hit, strictly
     /// past the last bound.
     fn range(&self, metric: v1::MetricType, given: Option<Range>) -> Range {
-        let ascending = metric == v1::MetricType::L2;
+        let ascending = smaller_is_nearer(metric);
         let mut range = given.unwrap_or(Range {
             far: if ascending {
                 f32::INFINITY
@@ -751,7 +753,7 @@ impl Range {
             }
             return Ok(None);
         };
-        let ascending = metric == v1::MetricType::L2;
+        let ascending = smaller_is_nearer(metric);
         if let Some(near) = range_filter
             && (if ascending { near >= far } else { near <= far })
         {
@@ -862,8 +864,8 @@ fn vector_index(
 }
 
 /// The index to record for a binary vector field: BIN_FLAT (exact), BIN_IVF_FLAT (an HNSW
-/// graph, as IVF indexes of float vectors are) or AUTOINDEX, by HAMMING (the default; the
-/// other binary metrics are refused).
+/// graph, as IVF indexes of float vectors are) or AUTOINDEX, by HAMMING (the default) or
+/// JACCARD (always searched exactly); the other binary metrics are refused.
 fn binary_index(
     index_type: &str,
     metric_type: Option<&str>,
@@ -873,9 +875,9 @@ fn binary_index(
         .filter(|m| !m.is_empty())
         .unwrap_or("HAMMING")
         .to_ascii_uppercase();
-    if metric_type != "HAMMING" {
+    if metric_type != "HAMMING" && metric_type != "JACCARD" {
         return Err(Failure::unsupported(format!(
-            "metric type {metric_type} for a binary vector (HAMMING is)"
+            "metric type {metric_type} for a binary vector (HAMMING and JACCARD are)"
         )));
     }
     let float_type = match index_type {
@@ -1038,11 +1040,17 @@ fn whole_number(key: &str, v: &Value) -> Result<u64, Failure> {
     n.ok_or_else(|| Failure::invalid(format!("index parameter {key} is {v}: a whole number")))
 }
 
+/// Whether a metric's scores are distances (smaller is nearer): L2 (HAMMING too) and JACCARD.
+fn smaller_is_nearer(metric: v1::MetricType) -> bool {
+    matches!(metric, v1::MetricType::L2 | v1::MetricType::Jaccard)
+}
+
 fn metric(name: &str) -> Result<v1::MetricType, Failure> {
     Ok(match name.to_ascii_uppercase().as_str() {
         // Binary vectors are held as one 0 or 1 per bit: their squared L2 distance is the
         // number of bits that differ.
         "L2" | "HAMMING" => v1::MetricType::L2,
+        "JACCARD" => v1::MetricType::Jaccard,
         "IP" => v1::MetricType::Ip,
         "COSINE" => v1::MetricType::Cosine,
         "BM25" => v1::MetricType::Bm25,

@@ -1057,6 +1057,7 @@ pub(crate) fn check_search(req: &pb::SearchRequest) -> Result<Option<Metric>, Re
         Ok(pb::MetricType::L2) => Some(Metric::L2),
         Ok(pb::MetricType::Ip) => Some(Metric::Ip),
         Ok(pb::MetricType::Cosine) => Some(Metric::Cosine),
+        Ok(pb::MetricType::Jaccard) => Some(Metric::Jaccard),
         Ok(pb::MetricType::Bm25) if !req.text_queries.is_empty() => Some(Metric::Ip),
         Ok(pb::MetricType::Bm25) => {
             return Err(ReadError::invalid("the BM25 metric is for text queries"));
@@ -1458,6 +1459,7 @@ pub(crate) fn metric_of(m: i32) -> Option<Metric> {
         Ok(pb::MetricType::L2) => Some(Metric::L2),
         Ok(pb::MetricType::Ip) => Some(Metric::Ip),
         Ok(pb::MetricType::Cosine) => Some(Metric::Cosine),
+        Ok(pb::MetricType::Jaccard) => Some(Metric::Jaccard),
         // BM25 scores, like inner products, grow with relevance.
         Ok(pb::MetricType::Bm25) => Some(Metric::Ip),
         _ => None,
@@ -1469,6 +1471,7 @@ pub(crate) fn metric_to_pb(m: Metric) -> pb::MetricType {
         Metric::L2 => pb::MetricType::L2,
         Metric::Ip => pb::MetricType::Ip,
         Metric::Cosine => pb::MetricType::Cosine,
+        Metric::Jaccard => pb::MetricType::Jaccard,
     }
 }
 
@@ -1491,7 +1494,7 @@ pub(crate) fn hits_of(h: &pb::SearchHits, metric: Metric) -> Result<Hits, ReadEr
         .scores
         .iter()
         .map(|&s| match metric {
-            Metric::L2 => s,
+            Metric::L2 | Metric::Jaccard => s,
             Metric::Ip | Metric::Cosine => -s,
         })
         .collect();

@@ -88,6 +88,8 @@ fn options(dim: usize, p: &IndexParams) -> IndexOptions {
             Metric::L2 => MetricKind::L2sq,
             Metric::Ip => MetricKind::IP,
             Metric::Cosine => MetricKind::Cos,
+            // Never a graph's metric (graphs take theirs from the index settings).
+            Metric::Jaccard => MetricKind::Tanimoto,
         },
         quantization: ScalarKind::F32,
         connectivity: p.connectivity,
@@ -254,7 +256,7 @@ impl AnnIndex {
 /// The score a caller sees for a usearch distance of `metric`.
 pub fn score_of(metric: Metric, d: f32) -> f32 {
     match metric {
-        Metric::L2 => d,
+        Metric::L2 | Metric::Jaccard => d,
         Metric::Ip | Metric::Cosine => 1.0 - d,
     }
 }
@@ -262,7 +264,7 @@ pub fn score_of(metric: Metric, d: f32) -> f32 {
 /// The internal distance (smaller is closer, as [`Metric::distance`]) of a usearch distance.
 pub fn distance_of(metric: Metric, d: f32) -> f32 {
     match metric {
-        Metric::L2 => d,
+        Metric::L2 | Metric::Jaccard => d,
         Metric::Ip | Metric::Cosine => d - 1.0,
     }
 }

@@ -14,6 +14,9 @@ pub enum Metric {
     Ip,
     /// Cosine similarity: larger is closer.
     Cosine,
+    /// Jaccard distance, `1 − Σ min / Σ max` ([`jaccard_distance`]): smaller is closer. Never
+    /// a graph's metric (searched exactly).
+    Jaccard,
 }
 
 impl From<sluice_types::index::IndexMetric> for Metric {
@@ -32,7 +35,7 @@ impl Metric {
     /// L2 distance, the inner product, or the cosine similarity (as Milvus reports them).
     pub fn score(self, d: f32) -> f32 {
         match self {
-            Metric::L2 => d,
+            Metric::L2 | Metric::Jaccard => d,
             Metric::Ip | Metric::Cosine => -d,
         }
     }
@@ -48,6 +51,7 @@ impl Metric {
                 let denom = query_norm * norm_b;
                 if denom > 0.0 { -dot(q, b) / denom } else { 0.0 }
             }
+            Metric::Jaccard => jaccard_distance(q, b),
         }
     }
 
@@ -57,6 +61,7 @@ impl Metric {
             Metric::L2 => "L2",
             Metric::Ip => "IP",
             Metric::Cosine => "COSINE",
+            Metric::Jaccard => "JACCARD",
         }
     }
 }
@@ -103,6 +108,33 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
         sum += x * y;
     }
     sum
+}
+
+/// `1 − Σ min(a, b) / Σ max(a, b)` (0 when both are all zeros): of vectors of 0s and 1s, one
+/// minus the share of the bits set in either that are set in both.
+#[inline]
+pub fn jaccard_distance(a: &[f32], b: &[f32]) -> f32 {
+    let n = a.len().min(b.len());
+    let (a, b) = (&a[..n], &b[..n]);
+    let (mut both, mut either) = ([0f32; LANES], [0f32; LANES]);
+    let (ca, cb) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for i in 0..LANES {
+            both[i] += x[i].min(y[i]);
+            either[i] += x[i].max(y[i]);
+        }
+    }
+    let (mut both, mut either): (f32, f32) = (both.iter().sum(), either.iter().sum());
+    for (x, y) in ra.iter().zip(rb) {
+        both += x.min(*y);
+        either += x.max(*y);
+    }
+    if either > 0.0 {
+        1.0 - both / either
+    } else {
+        0.0
+    }
 }
 
 /// |a|.
@@ -215,6 +247,27 @@ mod tests {
         assert_eq!(
             Metric::Cosine.score(Metric::Cosine.distance(&q, 1.0, &q, 1.0)),
             1.0
+        );
+    }
+
+    #[test]
+    fn jaccard_is_one_minus_shared_over_either_of_the_bits() {
+        // 19 bits (more than two lanes' worth): a sets 0..10, b sets 5..15.
+        let bits = |r: std::ops::Range<usize>| -> Vec<f32> {
+            (0..19)
+                .map(|i| f32::from(u8::from(r.contains(&i))))
+                .collect()
+        };
+        let (a, b) = (bits(0..10), bits(5..15));
+        // 5 shared of 15 set in either.
+        assert!((jaccard_distance(&a, &b) - (1.0 - 5.0 / 15.0)).abs() < 1e-6);
+        assert_eq!(jaccard_distance(&a, &a), 0.0);
+        assert_eq!(jaccard_distance(&a, &bits(12..19)), 1.0);
+        assert_eq!(jaccard_distance(&bits(0..0), &bits(0..0)), 0.0);
+        let m = Metric::Jaccard;
+        assert_eq!(
+            m.score(m.distance(&a, 0.0, &b, 0.0)),
+            jaccard_distance(&a, &b)
         );
     }
 
