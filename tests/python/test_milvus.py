@@ -661,9 +661,9 @@ def test_writes_to_a_missing_partition_are_refused_and_change_nothing(sluice, li
     assert s == l
 
 
-def two_vector_collection(c, name):
-    """A fresh collection `name` with vector fields `a` (FLAT, L2) and `b` (FLAT, IP) and 60
-    rows."""
+def two_vector_collection(c, name, metrics=("L2", "IP"), rows=60, seed=41, t=lambda i: i % 3):
+    """A fresh collection `name` with vector fields `a` and `b` (FLAT, by `metrics`), an int64
+    `t` (`t(i)` in row `i`) and `rows` rows; the rows inserted."""
     drop_if_exists(c, name)
     schema = MilvusClient.create_schema(auto_id=False)
     schema.add_field("id", DataType.INT64, is_primary=True)
@@ -671,18 +671,18 @@ def two_vector_collection(c, name):
     schema.add_field("b", DataType.FLOAT_VECTOR, dim=DIM)
     schema.add_field("t", DataType.INT64)
     index = c.prepare_index_params()
-    index.add_index(field_name="a", index_type="FLAT", metric_type="L2")
-    index.add_index(field_name="b", index_type="FLAT", metric_type="IP")
+    index.add_index(field_name="a", index_type="FLAT", metric_type=metrics[0])
+    index.add_index(field_name="b", index_type="FLAT", metric_type=metrics[1])
     c.create_collection(name, schema=schema, index_params=index)
-    rnd = random.Random(41)
+    rnd = random.Random(seed)
     data = [
         {
             "id": i,
             "a": [rnd.random() for _ in range(DIM)],
             "b": [rnd.random() for _ in range(DIM)],
-            "t": i % 3,
+            "t": t(i),
         }
-        for i in range(60)
+        for i in range(rows)
     ]
     c.insert(name, data)
     return data
@@ -1838,33 +1838,11 @@ def test_decay_rankers_rerank_like_milvus(sluice, lite):
 
 
 def reranked_collection(c, name):
-    """`name` with vectors `a` (COSINE) and `b` (L2) and an int64 `ts`, 30 rows; the two
+    """`name` with vectors `a` (COSINE) and `b` (L2) and `t` = 10 × id, 30 rows; the two
     searches of a hybrid search over every row."""
     from pymilvus import AnnSearchRequest
 
-    drop_if_exists(c, name)
-    schema = MilvusClient.create_schema(auto_id=False)
-    schema.add_field("id", DataType.INT64, is_primary=True)
-    schema.add_field("a", DataType.FLOAT_VECTOR, dim=DIM)
-    schema.add_field("b", DataType.FLOAT_VECTOR, dim=DIM)
-    schema.add_field("ts", DataType.INT64)
-    index = c.prepare_index_params()
-    index.add_index(field_name="a", index_type="FLAT", metric_type="COSINE")
-    index.add_index(field_name="b", index_type="FLAT", metric_type="L2")
-    c.create_collection(name, schema=schema, index_params=index)
-    rnd = random.Random(5)
-    c.insert(
-        name,
-        [
-            {
-                "id": i,
-                "a": [rnd.random() for _ in range(DIM)],
-                "b": [rnd.random() for _ in range(DIM)],
-                "ts": 10 * i,
-            }
-            for i in range(30)
-        ],
-    )
+    two_vector_collection(c, name, metrics=("COSINE", "L2"), rows=30, seed=5, t=lambda i: 10 * i)
     return [
         AnnSearchRequest(data=[[0.5] * DIM], anns_field="a", param={}, limit=30),
         AnnSearchRequest(data=[[0.2] * DIM], anns_field="b", param={}, limit=30),
@@ -1928,7 +1906,7 @@ def test_decay_rankers_rerank_hybrid_searches_like_milvus(sluice, lite):
 
     def f(c):
         searches = reranked_collection(c, "d_decay_hybrid")
-        ranker = decay_ranker("ts", "exp", origin=150, scale=40, offset=5, decay=0.6)
+        ranker = decay_ranker("t", "exp", origin=150, scale=40, offset=5, decay=0.6)
         pages = []
         for limit, offset in ((30, 0), (5, 3)):
             hits = c.hybrid_search(
@@ -1937,7 +1915,7 @@ def test_decay_rankers_rerank_hybrid_searches_like_milvus(sluice, lite):
                 ranker=ranker,
                 limit=limit,
                 offset=offset,
-                output_fields=["ts"],
+                output_fields=["t"],
             )[0]
             pages.append([(h["id"], round(h["distance"], 4)) for h in hits])
         return pages

@@ -53,7 +53,8 @@ pub(crate) struct Decay {
 pub(crate) fn nearness(metric: v1::MetricType, score: f32) -> f64 {
     match metric {
         v1::MetricType::Cosine | v1::MetricType::Ip | v1::MetricType::Bm25 => f64::from(score),
-        _ => 1.0 - 2.0 * f64::from(score).atan() / std::f64::consts::PI,
+        // As weighted fusion maps a distance.
+        distance => crate::hybrid::normalized(distance, f64::from(score)),
     }
 }
 

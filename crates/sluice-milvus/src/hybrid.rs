@@ -469,7 +469,7 @@ pub(crate) fn rounded(score: f64, places: Option<u32>) -> f64 {
 }
 
 /// A score mapped to 0..1, larger = nearer (Milvus's normalization for weighted fusion).
-fn normalized(metric: v1::MetricType, s: f64) -> f64 {
+pub(crate) fn normalized(metric: v1::MetricType, s: f64) -> f64 {
     use std::f64::consts::PI;
     match metric {
         v1::MetricType::Ip => 0.5 + s.atan() / PI,
