@@ -1620,7 +1620,7 @@ def test_a_client_bound_to_a_missing_database_creates_nothing(sluice, sluice_ser
     assert not sluice.has_collection("d_other_db")
 
 
-DATABASES = ("d_tenant_a", "d_tenant_b")
+DATABASES = ("d_tenant_a", "d_tenant_b", "d_props")
 # The collections and aliases of the database tests (`default` holds other tests' too).
 OURS = ("d_same", "d_nick", "d_moved")
 
@@ -1760,6 +1760,82 @@ def test_databases_are_described_altered_and_named_by_header_or_request(sluice, 
         assert list(listed.db_names) == ["default", "d_tenant_a"], listed
         assert listed.db_ids[0] == 1 and listed.created_timestamp[1] > 0, listed
     finally:
+        drop_databases(sluice)
+
+
+def test_database_properties_deny_writes_and_reads_and_cap_collections(sluice, sluice_server, pb):
+    """Sluice-only (milvus-lite keeps no database properties): `database.force.deny.writing`
+    and `database.force.deny.reading` refuse the database's writes and reads with Milvus's
+    quota code 9 and change nothing, other databases go on; `database.max.collections` refuses
+    one collection more with code 102; `database.replica.number` is the replica count of a load
+    naming none."""
+    import grpc
+
+    drop_databases(sluice)
+    try:
+        sluice.create_database("d_props", properties={"database.max.collections": "2"})
+        tenant = MilvusClient(uri=f"http://{sluice_server.milvus}", db_name="d_props")
+        tenant.create_collection("d_one", dimension=DIM)
+        tenant.insert("d_one", rows(4))
+        drop_if_exists(sluice, "d_free")
+        sluice.create_collection("d_free", dimension=DIM)
+
+        sluice.alter_database_properties("d_props", {"database.force.deny.writing": "true"})
+        refused = [
+            lambda: tenant.insert("d_one", rows(2, start=100)),
+            lambda: tenant.upsert("d_one", rows(1)),
+            lambda: tenant.delete("d_one", ids=[0]),
+        ]
+        for call in refused:
+            with pytest.raises(MilvusException) as e:
+                call()
+            assert e.value.code == 9 and "database.force.deny.writing" in e.value.message, e.value
+        sluice.insert("d_free", rows(3))  # another database writes on
+        got = tenant.query("d_one", filter="id >= 0", output_fields=["id"],
+                           consistency_level="Strong")
+        assert sorted(r["id"] for r in got) == [0, 1, 2, 3], got
+
+        sluice.alter_database_properties("d_props", {"database.force.deny.reading": "true"})
+        sluice.drop_database_properties("d_props", ["database.force.deny.writing"])
+        tenant.insert("d_one", rows(1, start=100))
+        for call in [
+            lambda: tenant.query("d_one", filter="id >= 0"),
+            lambda: tenant.search("d_one", [[0.5] * DIM], limit=3),
+            lambda: tenant.get("d_one", ids=[0]),
+        ]:
+            with pytest.raises(MilvusException) as e:
+                call()
+            assert e.value.code == 9 and "database.force.deny.reading" in e.value.message, e.value
+        sluice.drop_database_properties("d_props", ["database.force.deny.reading"])
+        got = tenant.query("d_one", filter="id >= 0", output_fields=["id"],
+                           consistency_level="Strong")
+        assert sorted(r["id"] for r in got) == [0, 1, 2, 3, 100], got
+
+        with pytest.raises(MilvusException):
+            sluice.alter_database_properties("d_props", {"database.force.deny.reading": "maybe"})
+        tenant.create_collection("d_two", dimension=DIM)
+        with pytest.raises(MilvusException) as e:
+            tenant.create_collection("d_three", dimension=DIM)
+        assert e.value.code == 102, e.value
+        assert sorted(tenant.list_collections()) == ["d_one", "d_two"]
+
+        # With no query worker a second replica waits unplaced: the catalog shows the count.
+        coord = pb.coord_grpc.CoordinatorStub(grpc.insecure_channel(sluice_server.address))
+
+        def replicas():
+            described = pb.coord.DescribeCollectionRequest(name="d_props.d_two")
+            return coord.DescribeCollection(described).replicas
+
+        tenant.release_collection("d_two")
+        sluice.alter_database_properties("d_props", {"database.replica.number": "2"})
+        tenant.load_collection("d_two")
+        assert replicas() == 2
+        tenant.load_collection("d_two", replica_number=1)
+        assert replicas() == 1
+        for name in ["d_one", "d_two"]:
+            tenant.drop_collection(name)
+    finally:
+        drop_if_exists(sluice, "d_free")
         drop_databases(sluice)
 
 

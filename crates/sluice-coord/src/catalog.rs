@@ -491,6 +491,7 @@ impl Catalog {
         let mut stale_cleared = false;
         let (committed, database_id) = loop {
             let database = self.database_guard(&schema.name).await?;
+            self.check_room(&database, &schema.name).await?;
             let mut conditions = vec![
                 (name_key.clone(), Condition::KeyAbsent),
                 (self.alias_key(&schema.name), Condition::KeyAbsent),
@@ -807,6 +808,9 @@ impl Catalog {
                     "collection {name:?} has aliases: drop them before moving it to another \
                      database"
                 )));
+            }
+            if split_database(name).0 != split_database(new_name).0 {
+                self.check_room(&database, new_name).await?;
             }
             let mut conditions = vec![
                 (self.name_key(new_name), Condition::KeyAbsent),

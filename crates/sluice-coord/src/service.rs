@@ -33,7 +33,7 @@ pub struct CoordinatorService {
 }
 
 /// The most delegators a shard can have (LoadCollection).
-pub const MAX_REPLICAS: u32 = 16;
+pub use sluice_types::database::MAX_REPLICAS;
 
 impl std::fmt::Debug for CoordinatorService {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

@@ -6,6 +6,11 @@
 //! front turns the names a call gives into Sluice names as it takes the request ([`enter`]) and
 //! back ([`local`]) in what it answers; in between every helper works with Sluice names.
 
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sluice_types::database::{DENY_READING, DENY_WRITING, DatabaseLimits};
 use sluice_types::schema::{DEFAULT_DATABASE, in_database, split_database};
 use tonic::Request;
 
@@ -59,6 +64,59 @@ pub(crate) fn local(name: &str) -> &str {
 /// The database of a Sluice collection or alias name.
 pub(crate) fn database_of(name: &str) -> &str {
     split_database(name).0
+}
+
+/// How long the front goes by database properties it read: a property changed through another
+/// front (or Sluice's own API) acts within this; one changed through this front at once.
+pub(crate) const LIMITS_FOR: Duration = Duration::from_secs(1);
+
+/// The limits of every database, by name.
+pub(crate) type AllLimits = Arc<HashMap<String, DatabaseLimits>>;
+
+/// The limits every database's properties set, as last read from the catalog.
+#[derive(Debug, Default)]
+pub(crate) struct LimitsCache(parking_lot::Mutex<Option<(Instant, AllLimits)>>);
+
+impl LimitsCache {
+    /// The limits read less than [`LIMITS_FOR`] ago.
+    pub(crate) fn fresh(&self) -> Option<AllLimits> {
+        match &*self.0.lock() {
+            Some((read, all)) if read.elapsed() < LIMITS_FOR => Some(all.clone()),
+            _ => None,
+        }
+    }
+
+    /// Keeps `all`, read just now.
+    pub(crate) fn put(&self, all: AllLimits) {
+        *self.0.lock() = Some((Instant::now(), all));
+    }
+
+    /// Forgets what was read (a database changed).
+    pub(crate) fn forget(&self) {
+        *self.0.lock() = None;
+    }
+}
+
+/// What a call does to a database's data.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Access {
+    /// Inserts, upserts, deletes.
+    Write,
+    /// Searches, queries.
+    Read,
+}
+
+/// Whether `limits` (database `name`'s) let a call doing `access` through.
+pub(crate) fn check_access(
+    name: &str,
+    limits: &DatabaseLimits,
+    access: Access,
+) -> Result<(), Failure> {
+    match access {
+        Access::Write if limits.deny_writing => Err(Failure::denied(name, "writing", DENY_WRITING)),
+        Access::Read if limits.deny_reading => Err(Failure::denied(name, "reading", DENY_READING)),
+        _ => Ok(()),
+    }
 }
 
 /// A request whose collection (and alias) names are in a database.

@@ -10,6 +10,7 @@ use sluice_client::coord::CoordClient;
 use sluice_client::{Client, ClientError, QueryClient};
 use sluice_proto::Channel;
 use sluice_proto::v1::{self, coordinator_client::CoordinatorClient};
+use sluice_types::database::DatabaseLimits;
 use sluice_types::index::{self, IndexSettings};
 use sluice_types::message::{
     DeleteHeader, InsertHeader, ManualFlushHeader, PartitionSegmentAssignment,
@@ -25,7 +26,7 @@ use crate::convert::{
     field_to_sluice, json_object, json_rows_from_milvus, json_rows_of, milvus_type,
     rows_from_milvus, schema_to_milvus, schema_to_sluice,
 };
-use crate::database::{self, entered};
+use crate::database::{self, Access, entered};
 use crate::decay::Decay;
 use crate::hybrid::{Fusion, MAX_HYBRID_SEARCHES, Ranker, Searched};
 use crate::pb::common::{self as mc, KeyValuePair, Status};
@@ -64,6 +65,8 @@ pub struct MilvusFront {
     tso: CoordClient,
     client: Client,
     query: QueryClient,
+    /// What database properties allow, as last read.
+    limits: Arc<database::LimitsCache>,
 }
 
 impl std::fmt::Debug for MilvusFront {
@@ -1125,6 +1128,7 @@ impl MilvusFront {
             tso: CoordClient::connect(coord)?,
             client,
             query: QueryClient::connect(query)?,
+            limits: Arc::default(),
         })
     }
 
@@ -1161,6 +1165,35 @@ impl MilvusFront {
             .await
             .map(|r| r.into_inner().databases)
             .map_err(|s| Failure::from_client(&ClientError::from_status(&s), ""))
+    }
+
+    /// Refuses a call doing `access` in database `name` when its properties deny it (read at
+    /// most [`database::LIMITS_FOR`] ago).
+    async fn allowed(&self, name: &str, access: database::Access) -> Result<(), Failure> {
+        let all = match self.limits.fresh() {
+            Some(all) => all,
+            None => {
+                let all: HashMap<_, _> = self
+                    .databases()
+                    .await?
+                    .into_iter()
+                    .map(|d| {
+                        // The catalog writes only readable values.
+                        let limits =
+                            DatabaseLimits::from_properties(&d.properties).unwrap_or_default();
+                        (d.name, limits)
+                    })
+                    .collect();
+                let all = Arc::new(all);
+                self.limits.put(all.clone());
+                all
+            }
+        };
+        match all.get(name) {
+            Some(limits) => database::check_access(name, limits, access),
+            // A database that does not exist: the call fails on its collection.
+            None => Ok(()),
+        }
     }
 
     /// Database `name` (empty: `default`), or DatabaseNotFound.
@@ -1452,9 +1485,20 @@ impl MilvusFront {
         if self.collection(name).await?.released() != released {
             self.set_released(name, released).await?;
         }
+        // A load naming no replicas gets its database's `database.replica.number`.
+        let replicas = match u32::try_from(replicas) {
+            Ok(n) if n > 0 => n,
+            _ => {
+                let database = self.database(database::database_of(name)).await?;
+                DatabaseLimits::from_properties(&database.properties)
+                    .unwrap_or_default()
+                    .replicas
+                    .unwrap_or(0)
+            }
+        };
         let request = v1::LoadCollectionRequest {
             name: name.to_owned(),
-            replicas: u32::try_from(replicas.max(0)).unwrap_or(0),
+            replicas,
         };
         self.catalog(
             name,
@@ -1624,6 +1668,7 @@ impl MilvusFront {
                 (0..n).map(|i| format!("_default_{i}")).collect()
             }
         };
+        let name = schema.name.clone();
         self.coord
             .clone()
             .create_collection(v1::CreateCollectionRequest {
@@ -1632,7 +1677,7 @@ impl MilvusFront {
                 properties: props,
             })
             .await
-            .map_err(|s| Failure::invalid(s.message().to_owned()))?;
+            .map_err(|s| Failure::from_client(&ClientError::from_status(&s), &name))?;
         Ok(())
     }
 
@@ -3606,8 +3651,9 @@ impl MilvusService for MilvusFront {
     }
 
     async fn insert(&self, r: Request<mm::InsertRequest>) -> Reply<mm::MutationResult> {
-        let (_db, r) = entered!(r);
-        Ok(Response::new(mutation(
+        let (db, r) = entered!(r);
+        let result = async {
+            self.allowed(&db, Access::Write).await?;
             self.do_insert(
                 &r.collection_name,
                 &r.partition_name,
@@ -3615,12 +3661,16 @@ impl MilvusService for MilvusFront {
                 r.num_rows,
                 Write::Insert,
             )
-            .await,
-        )))
+            .await
+        };
+        Ok(Response::new(mutation(result.await)))
     }
 
     async fn upsert(&self, r: Request<mm::UpsertRequest>) -> Reply<mm::MutationResult> {
-        let (_db, r) = entered!(r);
+        let (db, r) = entered!(r);
+        if let Err(f) = self.allowed(&db, Access::Write).await {
+            return Ok(Response::new(mutation(Err(f))));
+        }
         use ms::field_partial_update_op::OpType;
         let mut ops = HashMap::new();
         for op in &r.field_ops {
@@ -3661,14 +3711,22 @@ impl MilvusService for MilvusFront {
     }
 
     async fn delete(&self, r: Request<mm::DeleteRequest>) -> Reply<mm::MutationResult> {
-        let (_db, r) = entered!(r);
-        Ok(Response::new(mutation(self.do_delete(r).await)))
+        let (db, r) = entered!(r);
+        let result = async {
+            self.allowed(&db, Access::Write).await?;
+            self.do_delete(r).await
+        };
+        Ok(Response::new(mutation(result.await)))
     }
 
     async fn hybrid_search(&self, r: Request<mm::HybridSearchRequest>) -> Reply<mm::SearchResults> {
-        let (_db, r) = entered!(r);
+        let (db, r) = entered!(r);
         let collection_name = database::local(&r.collection_name).to_owned();
-        Ok(Response::new(match self.do_hybrid_search(r).await {
+        let result = async {
+            self.allowed(&db, Access::Read).await?;
+            self.do_hybrid_search(r).await
+        };
+        Ok(Response::new(match result.await {
             Ok((results, session_ts)) => mm::SearchResults {
                 status: Some(status::ok()),
                 results: Some(results),
@@ -3684,9 +3742,13 @@ impl MilvusService for MilvusFront {
     }
 
     async fn search(&self, r: Request<mm::SearchRequest>) -> Reply<mm::SearchResults> {
-        let (_db, r) = entered!(r);
+        let (db, r) = entered!(r);
         let collection_name = database::local(&r.collection_name).to_owned();
-        Ok(Response::new(match self.do_search(r).await {
+        let result = async {
+            self.allowed(&db, Access::Read).await?;
+            self.do_search(r).await
+        };
+        Ok(Response::new(match result.await {
             Ok((results, session_ts)) => mm::SearchResults {
                 status: Some(status::ok()),
                 results: Some(results),
@@ -3702,8 +3764,12 @@ impl MilvusService for MilvusFront {
     }
 
     async fn query(&self, r: Request<mm::QueryRequest>) -> Reply<mm::QueryResults> {
-        let (_db, r) = entered!(r);
-        Ok(Response::new(match self.do_query(r).await {
+        let (db, r) = entered!(r);
+        let result = async {
+            self.allowed(&db, Access::Read).await?;
+            self.do_query(r).await
+        };
+        Ok(Response::new(match result.await {
             Ok(q) => q,
             Err(f) => mm::QueryResults {
                 status: Some(f.status()),
@@ -3775,6 +3841,7 @@ impl MilvusService for MilvusFront {
                 .map_err(|s| Failure::invalid(s.message().to_owned()))
         }
         .await;
+        self.limits.forget();
         Ok(Response::new(status::of(&result)))
     }
 
@@ -3786,6 +3853,7 @@ impl MilvusService for MilvusFront {
             .drop_database(v1::DropDatabaseRequest { name })
             .await
             .map_err(|s| Failure::invalid(s.message().to_owned()));
+        self.limits.forget();
         Ok(Response::new(status::of(&result)))
     }
 
@@ -3804,6 +3872,7 @@ impl MilvusService for MilvusFront {
                 .map_err(|s| Failure::invalid(s.message().to_owned()))
         }
         .await;
+        self.limits.forget();
         Ok(Response::new(status::of(&result)))
     }
 

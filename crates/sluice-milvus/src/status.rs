@@ -32,6 +32,10 @@ const ALIAS_NOT_FOUND: i32 = 1600;
 const INDEX_NOT_FOUND: i32 = 700;
 /// Milvus's code for a database that does not exist.
 const DATABASE_NOT_FOUND: i32 = 800;
+/// Milvus's code for a quota that refuses a call (a database denying writes or reads).
+const QUOTA_EXCEEDED: i32 = 9;
+/// Milvus's code for a database holding its most collections.
+const COLLECTION_NUM_LIMIT_EXCEEDED: i32 = 102;
 /// Milvus's code for a service that is not ready (retry).
 const SERVICE_NOT_READY: i32 = 1;
 /// Milvus's code for anything else.
@@ -133,6 +137,20 @@ impl Failure {
         }
     }
 
+    /// A call database `name`'s properties deny (`what`: writing or reading, `property` the
+    /// property denying it).
+    pub(crate) fn denied(name: &str, what: &str, property: &str) -> Failure {
+        Failure {
+            code: QUOTA_EXCEEDED,
+            legacy: MilvusCode::ForceDeny,
+            reason: format!(
+                "quota exceeded[reason=access has been disabled by the administrator: database \
+                 {name} denies {what} ({property} is true)]"
+            ),
+            retriable: false,
+        }
+    }
+
     pub(crate) fn unsupported(what: impl std::fmt::Display) -> Failure {
         Failure::invalid(format!("{what} is not supported by Sluice"))
     }
@@ -155,7 +173,14 @@ impl Failure {
             ErrorCode::CollectionNotLoaded => Failure::collection_not_loaded(collection),
             ErrorCode::InvalidArgument => {
                 // The catalog answers INVALID_ARGUMENT for a name it does not know.
-                if reason.contains("database \"") && reason.contains("does not exist") {
+                if reason.contains(sluice_types::database::MAX_COLLECTIONS) {
+                    Failure {
+                        code: COLLECTION_NUM_LIMIT_EXCEEDED,
+                        legacy: MilvusCode::UnexpectedError,
+                        reason,
+                        retriable: false,
+                    }
+                } else if reason.contains("database \"") && reason.contains("does not exist") {
                     Failure::database_not_found(crate::database::database_of(collection))
                 } else if reason.contains("does not exist") {
                     Failure::collection_not_found(collection)

@@ -6,6 +6,7 @@ pub mod backoff;
 pub mod channel;
 pub mod code;
 pub mod codec;
+pub mod database;
 pub mod error;
 pub mod ids;
 pub mod index;

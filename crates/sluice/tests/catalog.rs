@@ -1726,3 +1726,185 @@ async fn databases_hold_their_own_collections_and_go_only_when_empty() {
     );
     server.kill();
 }
+
+/// `database.max.collections` caps a database's collections exactly, also when creates race
+/// (each rewrites the database record guarded by its revision) and for renames into it; the
+/// properties Sluice acts on refuse values they do not take; `default` takes properties too,
+/// and they are kept across a SIGKILL and restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_holds_at_most_its_max_collections_even_when_creates_race() {
+    use sluice_types::database::MAX_COLLECTIONS;
+    use sluice_types::schema::{CollectionSchema, DataType, FieldSchema};
+    let data = tempfile::tempdir().unwrap();
+    let logs = tempfile::tempdir().unwrap();
+    let mut server = start(data.path(), logs.path());
+    let coord = v1::coordinator_client::CoordinatorClient::new(
+        sluice_proto::lazy_channel(&server.endpoint()).unwrap(),
+    );
+    let schema = |name: &str| CollectionSchema {
+        name: name.into(),
+        fields: vec![
+            FieldSchema {
+                name: "id".into(),
+                data_type: DataType::Int64 as i32,
+                is_primary_key: true,
+                ..Default::default()
+            },
+            FieldSchema {
+                name: "v".into(),
+                data_type: DataType::FloatVector as i32,
+                dim: 2,
+                ..Default::default()
+            },
+        ],
+        ..Default::default()
+    };
+    let create = |name: String| {
+        let mut coord = coord.clone();
+        let schema = schema(&name);
+        async move {
+            coord
+                .create_collection(v1::CreateCollectionRequest {
+                    schema: Some(schema),
+                    partition_names: Vec::new(),
+                    properties: Default::default(),
+                })
+                .await
+        }
+    };
+    let set = |name: &str, key: &str, value: &str| v1::AlterDatabasePropertiesRequest {
+        name: name.into(),
+        set: [(key.to_owned(), value.to_owned())].into(),
+        delete_keys: Vec::new(),
+    };
+    let mut c = coord.clone();
+    for (key, bad) in [
+        (MAX_COLLECTIONS, "-1"),
+        ("database.force.deny.writing", "yes"),
+        ("database.replica.number", "0"),
+    ] {
+        let e = c
+            .create_database(v1::CreateDatabaseRequest {
+                name: "capped".into(),
+                properties: [(key.to_owned(), bad.to_owned())].into(),
+            })
+            .await
+            .unwrap_err();
+        assert!(e.message().contains(key), "{key}={bad}: {e}");
+    }
+    c.create_database(v1::CreateDatabaseRequest {
+        name: "capped".into(),
+        properties: [(MAX_COLLECTIONS.to_owned(), "3".to_owned())].into(),
+    })
+    .await
+    .expect("create capped");
+    let e = c
+        .alter_database_properties(set("capped", MAX_COLLECTIONS, "three"))
+        .await
+        .unwrap_err();
+    assert!(e.message().contains(MAX_COLLECTIONS), "{e}");
+
+    // Eight creates at once into a database holding at most three: exactly three land.
+    let racing: Vec<_> = (0..8)
+        .map(|i| tokio::spawn(create(format!("capped.c{i}"))))
+        .collect();
+    let mut landed = 0;
+    for r in racing {
+        match r.await.unwrap() {
+            Ok(_) => landed += 1,
+            Err(e) => assert!(
+                e.message().contains(MAX_COLLECTIONS)
+                    && e.message()
+                        .contains("exceeded the limit number of collections"),
+                "{e}"
+            ),
+        }
+    }
+    assert_eq!(landed, 3, "collections created under a cap of 3");
+    let listed = c
+        .list_collections(v1::ListCollectionsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .collections;
+    let in_capped = listed
+        .iter()
+        .filter(|i| {
+            i.schema
+                .as_ref()
+                .is_some_and(|s| s.name.starts_with("capped."))
+        })
+        .count();
+    assert_eq!(in_capped, 3);
+
+    // A rename into the full database is refused; out of it and within it is not.
+    create(String::from("outside"))
+        .await
+        .expect("create outside");
+    refused_rename(&server, "outside", "capped.outside", MAX_COLLECTIONS);
+    let first = listed
+        .iter()
+        .filter_map(|i| i.schema.as_ref().map(|s| s.name.clone()))
+        .find(|n| n.starts_with("capped."))
+        .unwrap();
+    ok(
+        ctl(&server, &["ctl", "rename", &first, "capped.renamed"]),
+        "rename within the full database",
+    );
+    ok(
+        ctl(&server, &["ctl", "rename", "capped.renamed", "moved"]),
+        "move out of it",
+    );
+    ok(
+        ctl(&server, &["ctl", "rename", "outside", "capped.outside"]),
+        "move into it once there is room",
+    );
+
+    // `default` takes properties (its record is written then) and caps its collections too.
+    // (it holds `moved`)
+    c.alter_database_properties(set("default", MAX_COLLECTIONS, "1"))
+        .await
+        .expect("alter default");
+    let e = create(String::from("third")).await.unwrap_err();
+    assert!(e.message().contains("database \"default\" holds 1"), "{e}");
+
+    server.kill();
+    drop(server);
+    let server = start(data.path(), logs.path());
+    let mut c = v1::coordinator_client::CoordinatorClient::new(
+        sluice_proto::lazy_channel(&server.endpoint()).unwrap(),
+    );
+    let databases = c
+        .list_databases(v1::ListDatabasesRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .databases;
+    let names: Vec<&str> = databases.iter().map(|d| d.name.as_str()).collect();
+    assert_eq!(names, ["default", "capped"]);
+    assert_eq!(databases[0].properties[MAX_COLLECTIONS], "1");
+    assert_eq!(databases[0].database_id, 1);
+    assert_eq!(databases[1].properties[MAX_COLLECTIONS], "3");
+    c.alter_database_properties(v1::AlterDatabasePropertiesRequest {
+        name: "default".into(),
+        set: Default::default(),
+        delete_keys: vec![MAX_COLLECTIONS.into()],
+    })
+    .await
+    .expect("lift default's cap");
+    let mut coord = c;
+    coord
+        .create_collection(v1::CreateCollectionRequest {
+            schema: Some(schema("third")),
+            partition_names: Vec::new(),
+            properties: Default::default(),
+        })
+        .await
+        .expect("created once the cap is gone");
+}
+
+fn refused_rename(server: &Proc, from: &str, to: &str, why: &str) {
+    let out = ctl(server, &["ctl", "rename", from, to]);
+    assert!(!out.status.success(), "not refused: {}", out.stdout);
+    assert!(out.stderr.contains(why), "{why}: {}", out.stderr);
+}

@@ -1,7 +1,7 @@
 //! Databases: namespaces of collections (see "Databases" in `coord.proto`).
 //!
-//! `catalog/databases/{name}` holds each database's `DatabaseInfo`, except `default`'s: it
-//! always exists and is not stored. A collection or an alias says its database in its name
+//! `catalog/databases/{name}` holds each database's `DatabaseInfo`. `default` always exists;
+//! its record is stored only once its properties are altered. A collection or an alias says its database in its name
 //! (`db.name`, [`split_database`]), so the rest of the catalog — and every service reading it —
 //! keeps one key per name.
 //!
@@ -18,6 +18,7 @@ use bytes::Bytes;
 use prost::Message as _;
 use sluice_meta::{Condition, TxnOp};
 use sluice_proto::v1;
+use sluice_types::database::{DatabaseLimits, MAX_COLLECTIONS};
 use sluice_types::schema::{DEFAULT_DATABASE, check_name, split_database};
 
 use super::{Catalog, check_property_limits, id_in};
@@ -33,6 +34,8 @@ pub const DEFAULT_DATABASE_ID: i64 = 1;
 pub(super) struct DatabaseGuard {
     /// The database's id.
     pub(super) id: i64,
+    /// What its properties set.
+    limits: DatabaseLimits,
     guard: Option<(String, Condition, Bytes)>,
 }
 
@@ -66,8 +69,14 @@ fn default_database() -> v1::DatabaseInfo {
     }
 }
 
-/// A database name a caller gave that may be created, dropped or altered: a name, not
-/// `default`.
+/// A database's properties: within the limits of every set of properties, and the values of
+/// those Sluice acts on readable.
+fn check_database_properties(properties: &HashMap<String, String>) -> Result<DatabaseLimits> {
+    check_property_limits("database", properties)?;
+    DatabaseLimits::from_properties(properties).map_err(CoordError::InvalidArgument)
+}
+
+/// A database name a caller gave that may be created or dropped: a name, not `default`.
 fn check_own(name: &str, doing: &str) -> Result<()> {
     check_name("database", name).map_err(|e| CoordError::InvalidArgument(e.to_string()))?;
     if name == DEFAULT_DATABASE {
@@ -90,22 +99,61 @@ impl Catalog {
     /// The guard for putting collection or alias `name` into its database, which must exist.
     pub(super) async fn database_guard(&self, name: &str) -> Result<DatabaseGuard> {
         let (database, _) = split_database(name);
-        if database == DEFAULT_DATABASE {
-            return Ok(DatabaseGuard {
-                id: DEFAULT_DATABASE_ID,
-                guard: None,
-            });
-        }
         let key = self.database_key(database);
         let Some(kv) = self.store.get(&key).await? else {
+            if database == DEFAULT_DATABASE {
+                return Ok(DatabaseGuard {
+                    id: DEFAULT_DATABASE_ID,
+                    limits: DatabaseLimits::default(),
+                    guard: None,
+                });
+            }
             return Err(CoordError::InvalidArgument(format!(
                 "database {database:?} does not exist"
             )));
         };
+        let info = decode(&key, &kv.value)?;
         Ok(DatabaseGuard {
-            id: decode(&key, &kv.value)?.database_id,
+            id: info.database_id,
+            // Written only when readable; a record changed by hand that is not goes by none.
+            limits: DatabaseLimits::from_properties(&info.properties).unwrap_or_default(),
             guard: Some((key, Condition::ModRevision(kv.mod_revision), kv.value)),
         })
+    }
+
+    /// The names of the live collections of database `database`.
+    pub(super) async fn collections_in(&self, database: &str) -> Result<Vec<String>> {
+        let prefix = if database == DEFAULT_DATABASE {
+            self.name_key("")
+        } else {
+            self.name_key(&format!("{database}."))
+        };
+        let (names, _) = self.store.scan_prefix(&prefix).await?;
+        let mut live = Vec::new();
+        for n in &names {
+            let name = n.key.rsplit('/').next().unwrap_or_default();
+            if split_database(name).0 == database && self.contains(id_in(n)?).await? {
+                live.push(name.to_owned());
+            }
+        }
+        Ok(live)
+    }
+
+    /// Refuses one more collection in the database of `name` when `guard` (read for it) says
+    /// it holds its maximum.
+    pub(super) async fn check_room(&self, guard: &DatabaseGuard, name: &str) -> Result<()> {
+        let Some(max) = guard.limits.max_collections else {
+            return Ok(());
+        };
+        let database = split_database(name).0;
+        let held = self.collections_in(database).await?.len() as u64;
+        if held >= max {
+            return Err(CoordError::InvalidArgument(format!(
+                "database {database:?} holds {held} collection(s), its maximum \
+                 ({MAX_COLLECTIONS} = {max}): exceeded the limit number of collections"
+            )));
+        }
+        Ok(())
     }
 
     /// Creates database `name` with `properties`.
@@ -116,7 +164,7 @@ impl Catalog {
         properties: HashMap<String, String>,
     ) -> Result<v1::DatabaseInfo> {
         check_own(name, "created")?;
-        check_property_limits("database", &properties)?;
+        check_database_properties(&properties)?;
         let key = self.database_key(name);
         if self.store.get(&key).await?.is_some() {
             return Err(CoordError::InvalidArgument(format!(
@@ -157,16 +205,7 @@ impl Catalog {
             let Some(kv) = self.store.get(&key).await? else {
                 return Ok(());
             };
-            let (names, _) = self
-                .store
-                .scan_prefix(&self.name_key(&format!("{name}.")))
-                .await?;
-            let mut live = Vec::new();
-            for n in &names {
-                if self.contains(id_in(n)?).await? {
-                    live.push(n.key.rsplit('/').next().unwrap_or_default().to_owned());
-                }
-            }
+            let live = self.collections_in(name).await?;
             if !live.is_empty() {
                 return Err(CoordError::InvalidArgument(format!(
                     "database {name:?} has {} collection(s) ({}): drop them first",
@@ -196,7 +235,12 @@ impl Catalog {
         let (kvs, _) = self.store.scan_prefix(&self.databases_prefix()).await?;
         let mut out = vec![default_database()];
         for kv in kvs {
-            out.push(decode(&kv.key, &kv.value)?);
+            let info = decode(&kv.key, &kv.value)?;
+            if info.name == DEFAULT_DATABASE {
+                out[0] = info;
+            } else {
+                out.push(info);
+            }
         }
         out[1..].sort_by(|a, b| a.name.cmp(&b.name));
         Ok(out)
@@ -209,29 +253,32 @@ impl Catalog {
         set: &HashMap<String, String>,
         delete: &[String],
     ) -> Result<v1::DatabaseInfo> {
-        check_own(name, "altered")?;
+        check_name("database", name).map_err(|e| CoordError::InvalidArgument(e.to_string()))?;
         let key = self.database_key(name);
         loop {
-            let Some(kv) = self.store.get(&key).await? else {
-                return Err(CoordError::InvalidArgument(format!(
-                    "database {name:?} does not exist"
-                )));
+            let current = self.store.get(&key).await?;
+            // `default`'s record is written the first time its properties change.
+            let (mut info, condition) = match current {
+                Some(kv) => (
+                    decode(&key, &kv.value)?,
+                    Condition::ModRevision(kv.mod_revision),
+                ),
+                None if name == DEFAULT_DATABASE => (default_database(), Condition::KeyAbsent),
+                None => {
+                    return Err(CoordError::InvalidArgument(format!(
+                        "database {name:?} does not exist"
+                    )));
+                }
             };
-            let mut info = decode(&key, &kv.value)?;
             info.properties
                 .extend(set.iter().map(|(k, v)| (k.clone(), v.clone())));
             for k in delete {
                 info.properties.remove(k);
             }
-            check_property_limits("database", &info.properties)?;
+            check_database_properties(&info.properties)?;
             match self
                 .store
-                .put(
-                    &key,
-                    Bytes::from(info.encode_to_vec()),
-                    Condition::ModRevision(kv.mod_revision),
-                    None,
-                )
+                .put(&key, Bytes::from(info.encode_to_vec()), condition, None)
                 .await
             {
                 Ok(_) => return Ok(info),
