@@ -2044,6 +2044,85 @@ def test_decay_rankers_rerank_the_nearest_limit_plus_offset(sluice):
         assert why in e.value.message, (why, e.value.message)
 
 
+def test_int8_vectors_are_searched_and_read_back(sluice):
+    """INT8_VECTOR fields (one signed byte a dimension; milvus-lite has none, so the answers
+    are checked against distances computed here) by L2, IP and COSINE: inserted from numpy
+    int8 arrays, searched with int8 query vectors (every row, a filter, an offset), read back
+    as the same bytes also once flushed, and described."""
+    import numpy as np
+
+    rng = np.random.default_rng(5)
+    dim = 16
+    data = [
+        {"id": i, "iv": rng.integers(-128, 128, dim, dtype=np.int8), "k": i % 3}
+        for i in range(50)
+    ]
+    queries = [rng.integers(-128, 128, dim, dtype=np.int8) for _ in range(2)]
+
+    def l2(a, b):
+        d = a.astype(np.float64) - b.astype(np.float64)
+        return float(d @ d)
+
+    def ip(a, b):
+        return float(a.astype(np.float64) @ b.astype(np.float64))
+
+    def cosine(a, b):
+        a, b = a.astype(np.float64), b.astype(np.float64)
+        return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
+
+    s = MilvusClient.create_schema(auto_id=False)
+    s.add_field("id", DataType.INT64, is_primary=True)
+    s.add_field("iv", DataType.INT8_VECTOR, dim=dim)
+    s.add_field("k", DataType.INT64)
+
+    def close(got, expected):
+        return len(got) == len(expected) and all(
+            abs(g - e) <= 1e-4 * max(1.0, abs(e)) for g, e in zip(got, expected)
+        )
+
+    for metric, distance, nearest_first in (
+        ("L2", l2, False),
+        ("IP", ip, True),
+        ("COSINE", cosine, True),
+    ):
+        drop_if_exists(sluice, "d_int8")
+        index = sluice.prepare_index_params()
+        index.add_index(field_name="iv", index_type="HNSW", metric_type=metric,
+                        params={"M": 16, "efConstruction": 64})
+        sluice.create_collection("d_int8", schema=s, index_params=index)
+        sluice.insert("d_int8", data)
+        found = sluice.search("d_int8", data=queries, limit=50)
+        for q, hits in zip(queries, found):
+            expected = {r["id"]: distance(q, r["iv"]) for r in data}
+            assert sorted(h["id"] for h in hits) == list(range(50)), metric
+            for h in hits:
+                e = expected[h["id"]]
+                assert abs(h["distance"] - e) <= 1e-4 * max(1.0, abs(e)), (metric, h, e)
+            ordered = sorted(expected.values(), reverse=nearest_first)
+            assert close([h["distance"] for h in hits], ordered), metric
+        q = queries[0]
+        everything = sorted((distance(q, r["iv"]) for r in data), reverse=nearest_first)
+        near = sorted((distance(q, r["iv"]) for r in data if r["k"] == 1), reverse=nearest_first)
+        filtered = sluice.search("d_int8", data=[q], limit=5, filter="k == 1")[0]
+        assert close([h["distance"] for h in filtered], near[:5]), metric
+        paged = sluice.search("d_int8", data=[q], limit=4, offset=3)[0]
+        assert close([h["distance"] for h in paged], everything[3:7]), metric
+        field = sluice.describe_collection("d_int8")["fields"][1]
+        assert field["type"] == DataType.INT8_VECTOR and field["params"]["dim"] == dim
+    for flushed in (False, True):
+        if flushed:
+            sluice.flush("d_int8")
+        got = sluice.query("d_int8", filter="id in [3, 7]", output_fields=["iv"],
+                           consistency_level="Strong")
+        back = {r["id"]: np.frombuffer(bytes(r["iv"][0]), dtype=np.int8) for r in got}
+        assert sorted(back) == [3, 7], got
+        for i in (3, 7):
+            assert (back[i] == data[i]["iv"]).all(), (flushed, back[i], data[i]["iv"])
+    with pytest.raises(MilvusException):
+        sluice.search("d_int8", data=[np.zeros(dim + 1, dtype=np.int8)], limit=3)
+    drop_if_exists(sluice, "d_int8")
+
+
 def test_binary_vectors_are_searched_by_hamming_and_jaccard(sluice):
     """BINARY_VECTOR fields (bytes, 8 bits each; milvus-lite has none, so the answers are
     checked against distances computed here) with BIN_FLAT and BIN_IVF_FLAT indexes by

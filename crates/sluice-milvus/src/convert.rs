@@ -19,7 +19,7 @@ use crate::pb::schema::{
 use crate::status::Failure;
 
 /// Collection property: the Milvus types of fields Sluice stores otherwise (INT8 and INT16 as
-/// INT32, FLOAT16, BFLOAT16 and BINARY vectors as float vectors — a binary one as one 0 or 1
+/// INT32, FLOAT16, BFLOAT16, INT8 and BINARY vectors as float vectors — a binary one as one 0 or 1
 /// per bit, see [`unpack_bits`] —, ARRAY as JSON), as a JSON object of
 /// field name → Milvus type number, or for an ARRAY field its declaration
 /// ([`ArraySpec::to_json`]).
@@ -202,7 +202,7 @@ pub(crate) fn field_to_sluice(
         MDataType::FloatVector => DataType::FloatVector,
         MDataType::SparseFloatVector => DataType::SparseFloatVector,
         // Kept as 32-bit floats; the Milvus type is noted, and answers are in it.
-        MDataType::Float16Vector | MDataType::BFloat16Vector => {
+        MDataType::Float16Vector | MDataType::BFloat16Vector | MDataType::Int8Vector => {
             narrow.insert(f.name.clone(), Value::from(f.data_type));
             DataType::FloatVector
         }
@@ -395,6 +395,11 @@ pub(crate) fn pack_bits(values: &[f32]) -> Vec<u8> {
                 .fold(0u8, |b, (i, &x)| b | (u8::from(x > 0.5) << (7 - i)))
         })
         .collect()
+}
+
+/// Int8 vectors (Milvus's INT8_VECTOR: one signed byte a dimension) as 32-bit floats.
+pub(crate) fn int8s(bytes: &[u8]) -> Vec<f32> {
+    bytes.iter().map(|&b| f32::from(b as i8)).collect()
 }
 
 /// 16-bit floats (IEEE half, or `brain` float16), little-endian, as 32-bit ones (an odd last
@@ -597,6 +602,7 @@ pub(crate) fn column_len(fd: &FieldData) -> usize {
                 b.len() / (2 * v.dim as usize)
             }
             Some(vector_field::Data::SparseFloatVector(a)) => a.contents.len(),
+            Some(vector_field::Data::Int8Vector(b)) if v.dim > 0 => b.len() / v.dim as usize,
             Some(vector_field::Data::BinaryVector(b)) if v.dim >= 8 => {
                 b.len() / (v.dim as usize / 8)
             }
@@ -680,6 +686,20 @@ fn column_values(fd: &FieldData) -> Result<Vec<Value>, Failure> {
                     .map(|c| Value::Array(c.iter().map(|x| f64::from(*x).into()).collect()))
                     .collect()
             }
+            Some(vector_field::Data::Int8Vector(b)) if v.dim > 0 => {
+                if b.len() % v.dim as usize != 0 {
+                    return Err(Failure::invalid(format!(
+                        "the vectors of field {name:?}: {} bytes is not a whole number of \
+                         {}-dimensional int8 vectors",
+                        b.len(),
+                        v.dim
+                    )));
+                }
+                int8s(b)
+                    .chunks(v.dim as usize)
+                    .map(|c| Value::Array(c.iter().map(|x| f64::from(*x).into()).collect()))
+                    .collect()
+            }
             Some(vector_field::Data::BinaryVector(b)) if v.dim > 0 => {
                 if v.dim % 8 != 0 || b.len() % (v.dim as usize / 8) != 0 {
                     return Err(Failure::invalid(format!(
@@ -710,7 +730,7 @@ fn column_values(fd: &FieldData) -> Result<Vec<Value>, Failure> {
                 .collect::<Result<_, Failure>>()?,
             _ => {
                 return Err(Failure::unsupported(format!(
-                    "the vectors of field {name:?} (float, float16, bfloat16, binary and sparse \
+                    "the vectors of field {name:?} (float, float16, bfloat16, int8, binary and sparse \
                      float vectors are)"
                 )));
             }
@@ -1038,6 +1058,10 @@ pub(crate) fn column_to_milvus(
                         .collect(),
                 ),
                 MDataType::BinaryVector => vector_field::Data::BinaryVector(pack_bits(values)),
+                MDataType::Int8Vector => vector_field::Data::Int8Vector(
+                    // Every value was an int8 (inserts go through [`int8s`]).
+                    values.iter().map(|x| (x.round() as i8) as u8).collect(),
+                ),
                 _ => vector_field::Data::FloatVector(ms::FloatArray {
                     data: values.to_vec(),
                 }),

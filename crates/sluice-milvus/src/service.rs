@@ -2460,6 +2460,12 @@ impl MilvusFront {
                             }));
                             continue;
                         }
+                        Ok(mc::PlaceholderType::Int8Vector) => {
+                            vectors.extend(ph.values.iter().map(|v| v1::FloatVector {
+                                values: crate::convert::int8s(v),
+                            }));
+                            continue;
+                        }
                         Ok(mc::PlaceholderType::FloatVector) => None,
                         Ok(mc::PlaceholderType::Float16Vector) => Some(false),
                         Ok(mc::PlaceholderType::BFloat16Vector) => Some(true),
@@ -2482,8 +2488,8 @@ impl MilvusFront {
                         }
                         _ => {
                             return Err(Failure::unsupported(
-                                "query vectors other than float, float16, bfloat16, binary and \
-                                 sparse float vectors (or text for a BM25 function's output)",
+                                "query vectors other than float, float16, bfloat16, int8, binary \
+                                 and sparse float vectors (or text for a BM25 function's output)",
                             ));
                         }
                     };
