@@ -23,8 +23,8 @@ RPCS = {
     "Connect": "Registers a client; answers with the server's identity. Sluice keeps no session.",
     "GetVersion": "The server's version string.",
     "CreateCollection": "A collection from a serialized schema.CollectionSchema: fields map onto "
-    "Sluice's types (FLOAT16_VECTOR and BFLOAT16_VECTOR are kept as 32-bit floats; inserts, "
-    "query vectors and answers use their 16-bit form; a BINARY_VECTOR, dim a multiple of 8, "
+    "Sluice's types (FLOAT16_VECTOR, BFLOAT16_VECTOR and INT8_VECTOR are kept as 32-bit floats; "
+    "inserts, query vectors and answers use their own form; a BINARY_VECTOR, dim a multiple of 8, "
     "is kept as one float per bit and searched by HAMMING with BIN_FLAT, BIN_IVF_FLAT or "
     "AUTOINDEX, or exactly by JACCARD); the dynamic field is a JSON field; "
     "shards_num shards (0 = 1). An ARRAY field (element type BOOL, an integer, FLOAT, DOUBLE or "
@@ -137,11 +137,14 @@ RPCS = {
     "CreateDatabase": "A database: a namespace of collections and aliases. A call's database "
     "is its db_name field, else its `dbname` header (what pymilvus's db_name= and use_database "
     "send), else `default`; a call naming one that does not exist is DatabaseNotFound (800). "
-    "Properties are kept and described, not acted on. A name in use is an error.",
+    "Properties acted on: database.max.collections (one collection more is refused, code 102), "
+    "database.force.deny.writing / database.force.deny.reading (true: inserts, upserts, deletes "
+    "/ searches and queries are refused, code 9), database.replica.number (replicas of a load "
+    "naming none); others are kept and described. A name in use is an error.",
     "DropDatabase": "Drops a database without collections (one with collections, or "
     "`default`, is an error; one that does not exist is no change).",
-    "AlterDatabase": "Sets properties (and removes delete_keys) of a database other than "
-    "`default`.",
+    "AlterDatabase": "Sets properties (and removes delete_keys) of a database, `default` too; "
+    "a value a property acted on does not take is an error.",
     "ListDatabases": "Every database: `default` first, then by name, with ids and creation "
     "times.",
     "DescribeDatabase": "A database's id, creation time and properties (an empty name is "
@@ -200,6 +203,34 @@ RPCS = {
     "With no compactionID but a collection (collection_name, or collection_id): every "
     "compaction of the collection still remembered, oldest first, their merge infos together; "
     "Executing while any of them is.",
+    "CreateCredential": "A user (username: 1-32 of [A-Za-z0-9_], starting with a letter; "
+    "password: base64 of 6-256 bytes), kept with a salted PBKDF2 hash of its password. Users, "
+    "roles and grants are kept whether or not authorization is on (milvus_authorization): when "
+    "it is, every call but CheckHealth and GetVersion carries `authorization` metadata, the "
+    "base64 of user:password (pymilvus token= or user=/password=) — without a known user and "
+    "its password the call is UNAUTHENTICATED and does nothing — and needs the privilege "
+    "Milvus names for it on its object (the collection, or the database) from a role of the "
+    "user or `public`; else PERMISSION_DENIED. root (password Milvus until changed) and "
+    "holders of admin may do everything.",
+    "UpdateCredential": "Sets a user's password: oldPassword must be its password unless the "
+    "caller is root or holds admin (both base64). A user may change its own.",
+    "DeleteCredential": "Drops a user (root cannot be dropped).",
+    "ListCredUsers": "Every user's name, root first.",
+    "CreateRole": "A role (name: 1-32 of [A-Za-z0-9_], not starting with a digit). admin and "
+    "public always exist.",
+    "DropRole": "Drops a role given to no user (force_drop: taken from its users first); admin "
+    "and public cannot be dropped.",
+    "OperateUserRole": "Gives a user a role (AddUserToRole) or takes it (RemoveUserFromRole).",
+    "SelectRole": "One role (or every one) and, with include_user_info, its users.",
+    "SelectUser": "One user (or every one) and, with include_role_info, its roles.",
+    "OperatePrivilege": "Grants a role a privilege (a built-in privilege group, All or *) on "
+    "an object (Global, Collection or User; object_name * for any) in db_name (* for any; "
+    "empty: default), or revokes it.",
+    "OperatePrivilegeV2": "OperatePrivilege with the object from the privilege's level: a "
+    "collection-level one on collection_name, a database- or cluster-level one on every object "
+    "(cluster level: in every database).",
+    "SelectGrant": "A role's grants, those of one object type and name when the entity names "
+    "them.",
     "RunAnalyzer": "The terms each text (placeholder: UTF-8 strings) splits into, by "
     "analyzer_params (a JSON object as a field's; empty: the standard analyzer) or by the "
     "analyzer of field_name of collection_name (a VARCHAR field with enable_analyzer). "

@@ -816,14 +816,15 @@ def test_unsupported_requests_get_a_clear_error_not_a_silent_success(sluice):
     import grpc
 
     with pytest.raises(grpc.RpcError) as e:
-        sluice.create_role("d_role")
+        sluice.create_resource_group("d_group")
     assert e.value.code() == grpc.StatusCode.UNIMPLEMENTED
-    assert "CreateRole is not supported by Sluice" in e.value.details()
+    assert "CreateResourceGroup is not supported by Sluice" in e.value.details()
     bad = MilvusClient.create_schema(auto_id=False)
     bad.add_field("id", DataType.INT64, is_primary=True)
-    bad.add_field("v", DataType.INT8_VECTOR, dim=16)
+    bad.add_field("v", DataType.FLOAT_VECTOR, dim=4)
+    bad.add_field("g", DataType.GEOMETRY)
     with pytest.raises(MilvusException) as e:
-        sluice.create_collection("d_int8_vector", schema=bad)
+        sluice.create_collection("d_geometry", schema=bad)
     assert "not supported" in e.value.message
 
 

@@ -36,6 +36,7 @@ use sluice_types::schema::{CollectionSchema, FieldSchema, SchemaError, split_dat
 use sluice_types::{CollectionId, MutableMessage, PChannel};
 
 pub mod databases;
+pub mod rbac;
 
 use crate::broadcast::{BroadcastRequest, Broadcaster};
 use crate::tso::Ids;

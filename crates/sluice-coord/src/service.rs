@@ -341,6 +341,145 @@ impl coordinator_server::Coordinator for CoordinatorService {
         Ok(Response::new(info))
     }
 
+    async fn create_user(
+        &self,
+        request: Request<v1::CreateUserRequest>,
+    ) -> Result<Response<v1::UserInfo>, Status> {
+        let r = request.into_inner();
+        let leader = self.leader().await?;
+        let info = leader
+            .catalog
+            .create_user(&r.name, &r.password)
+            .await
+            .map_err(|e| coord_status(&e))?;
+        Ok(Response::new(info))
+    }
+
+    async fn update_password(
+        &self,
+        request: Request<v1::UpdatePasswordRequest>,
+    ) -> Result<Response<v1::UserInfo>, Status> {
+        let r = request.into_inner();
+        let leader = self.leader().await?;
+        let info = leader
+            .catalog
+            .update_password(&r.name, &r.old_password, &r.new_password, r.reset)
+            .await
+            .map_err(|e| coord_status(&e))?;
+        Ok(Response::new(info))
+    }
+
+    async fn drop_user(
+        &self,
+        request: Request<v1::DropUserRequest>,
+    ) -> Result<Response<v1::DropUserResponse>, Status> {
+        let leader = self.leader().await?;
+        leader
+            .catalog
+            .drop_user(&request.into_inner().name)
+            .await
+            .map_err(|e| coord_status(&e))?;
+        Ok(Response::new(v1::DropUserResponse {}))
+    }
+
+    async fn list_users(
+        &self,
+        _: Request<v1::ListUsersRequest>,
+    ) -> Result<Response<v1::ListUsersResponse>, Status> {
+        let leader = self.leader().await?;
+        let users = leader
+            .catalog
+            .list_users()
+            .await
+            .map_err(|e| coord_status(&e))?;
+        Ok(Response::new(v1::ListUsersResponse { users }))
+    }
+
+    async fn authenticate(
+        &self,
+        request: Request<v1::AuthenticateRequest>,
+    ) -> Result<Response<v1::UserInfo>, Status> {
+        let r = request.into_inner();
+        let leader = self.leader().await?;
+        match leader
+            .catalog
+            .authenticate(&r.name, &r.password)
+            .await
+            .map_err(|e| coord_status(&e))?
+        {
+            Some(info) => Ok(Response::new(info)),
+            None => Err(Status::unauthenticated("unknown user or wrong password")),
+        }
+    }
+
+    async fn create_role(
+        &self,
+        request: Request<v1::CreateRoleRequest>,
+    ) -> Result<Response<v1::RoleInfo>, Status> {
+        let leader = self.leader().await?;
+        let role = leader
+            .catalog
+            .create_role(&request.into_inner().name)
+            .await
+            .map_err(|e| coord_status(&e))?;
+        Ok(Response::new(role))
+    }
+
+    async fn drop_role(
+        &self,
+        request: Request<v1::DropRoleRequest>,
+    ) -> Result<Response<v1::DropRoleResponse>, Status> {
+        let r = request.into_inner();
+        let leader = self.leader().await?;
+        leader
+            .catalog
+            .drop_role(&r.name, r.force)
+            .await
+            .map_err(|e| coord_status(&e))?;
+        Ok(Response::new(v1::DropRoleResponse {}))
+    }
+
+    async fn list_roles(
+        &self,
+        _: Request<v1::ListRolesRequest>,
+    ) -> Result<Response<v1::ListRolesResponse>, Status> {
+        let leader = self.leader().await?;
+        let roles = leader
+            .catalog
+            .list_roles()
+            .await
+            .map_err(|e| coord_status(&e))?;
+        Ok(Response::new(v1::ListRolesResponse { roles }))
+    }
+
+    async fn alter_user_roles(
+        &self,
+        request: Request<v1::AlterUserRolesRequest>,
+    ) -> Result<Response<v1::UserInfo>, Status> {
+        let r = request.into_inner();
+        let leader = self.leader().await?;
+        let info = leader
+            .catalog
+            .alter_user_roles(&r.user, &r.add, &r.remove)
+            .await
+            .map_err(|e| coord_status(&e))?;
+        Ok(Response::new(info))
+    }
+
+    async fn alter_role_grants(
+        &self,
+        request: Request<v1::AlterRoleGrantsRequest>,
+    ) -> Result<Response<v1::RoleInfo>, Status> {
+        let r = request.into_inner();
+        let leader = self.leader().await?;
+        let role = leader
+            .catalog
+            .alter_role_grants(&r.role, &r.grant, &r.revoke)
+            .await
+            .map_err(|e| coord_status(&e))?;
+        Ok(Response::new(role))
+    }
+
     async fn create_collection(
         &self,
         request: Request<v1::CreateCollectionRequest>,

@@ -15,6 +15,7 @@ use sluice_types::schema::{DEFAULT_DATABASE, in_database, split_database};
 use tonic::Request;
 
 use crate::pb::milvus as mm;
+use crate::rbac::{Privileged, Rbac};
 use crate::status::Failure;
 
 /// The header SDKs name a call's database in.
@@ -249,16 +250,31 @@ failed!(
     TruncateCollectionResponse,
 );
 
-/// `let (database, request) = entered!(r);`: the request of `r` in its database (see
-/// [`enter`]), or the handler answers the failure.
+/// Checks that the caller of `r` may make it (when authorization is on; see [`crate::rbac`]):
+/// UNAUTHENTICATED or PERMISSION_DENIED otherwise.
+pub(crate) async fn authorized<R: InDatabase + Privileged>(
+    rbac: &Rbac,
+    r: &Request<R>,
+) -> Result<(), tonic::Status> {
+    let database = of(r.get_ref().db_name(), r.metadata().get(HEADER));
+    rbac.check(r.metadata(), &database, R::NEEDS, &r.get_ref().objects())
+        .await
+        .map(|_| ())
+}
+
+/// `let (database, request) = entered!(self, r);`: the request of `r` in its database (see
+/// [`enter`]) once its caller is allowed to make it ([`authorized`]), or the handler answers
+/// the failure.
 macro_rules! entered {
-    ($r:expr) => {
-        match $crate::database::enter($r) {
+    ($front:expr, $r:expr) => {{
+        let r = $r;
+        $crate::database::authorized(&$front.rbac, &r).await?;
+        match $crate::database::enter(r) {
             Ok(entered) => entered,
             Err(f) => {
                 return Ok(tonic::Response::new($crate::database::Failed::failed(f)));
             }
         }
-    };
+    }};
 }
 pub(crate) use entered;

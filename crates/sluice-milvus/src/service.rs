@@ -67,6 +67,8 @@ pub struct MilvusFront {
     query: QueryClient,
     /// What database properties allow, as last read.
     limits: Arc<database::LimitsCache>,
+    /// Who may call, and what (when authorization is on).
+    pub(crate) rbac: Arc<crate::rbac::Rbac>,
 }
 
 impl std::fmt::Debug for MilvusFront {
@@ -1119,12 +1121,20 @@ fn output_fields(c: &Collection, asked: &[String]) -> Result<(Vec<String>, Vec<S
 impl MilvusFront {
     /// A front reaching Sluice at `endpoint` (a standalone server, or a streaming node whose
     /// coordinator address is `coord`), appending through `client`.
-    pub fn connect(coord: &str, query: &str, client: Client) -> Result<MilvusFront, ClientError> {
+    /// With `authorization`, every call is authenticated and authorized (see [`crate::rbac`]).
+    pub fn connect(
+        coord: &str,
+        query: &str,
+        client: Client,
+        authorization: bool,
+    ) -> Result<MilvusFront, ClientError> {
         let channel = sluice_proto::Security::process()
             .lazy_channel(coord)
             .map_err(|e| ClientError::new(sluice_types::ErrorCode::InvalidArgument, e))?;
+        let coord_client = CoordinatorClient::new(channel);
         Ok(MilvusFront {
-            coord: CoordinatorClient::new(channel),
+            rbac: Arc::new(crate::rbac::Rbac::new(authorization, coord_client.clone())),
+            coord: coord_client,
             tso: CoordClient::connect(coord)?,
             client,
             query: QueryClient::connect(query)?,
@@ -1165,6 +1175,23 @@ impl MilvusFront {
             .await
             .map(|r| r.into_inner().databases)
             .map_err(|s| Failure::from_client(&ClientError::from_status(&s), ""))
+    }
+
+    /// Checks that the caller of `r`, a call in database `database`, may make it (see
+    /// [`crate::rbac`]); returns the caller when authorization is on.
+    async fn authorize<R: crate::rbac::Privileged>(
+        &self,
+        r: &Request<R>,
+        database: &str,
+    ) -> Result<Option<String>, tonic::Status> {
+        let database = if database.is_empty() {
+            sluice_types::schema::DEFAULT_DATABASE
+        } else {
+            database
+        };
+        self.rbac
+            .check(r.metadata(), database, R::NEEDS, &r.get_ref().objects())
+            .await
     }
 
     /// Refuses a call doing `access` in database `name` when its properties deny it (read at
@@ -3090,6 +3117,7 @@ impl MilvusService for MilvusFront {
     /// Milvus refuses it (DatabaseNotFound).
     async fn connect(&self, r: Request<mm::ConnectRequest>) -> Reply<mm::ConnectResponse> {
         let db = database::of("", r.metadata().get(database::HEADER));
+        self.authorize(&r, &db).await?;
         if !database::is_default(&db)
             && let Err(f) = self.database(&db).await
         {
@@ -3120,12 +3148,12 @@ impl MilvusService for MilvusFront {
     }
 
     async fn create_collection(&self, r: Request<mm::CreateCollectionRequest>) -> Reply<Status> {
-        let (db, r) = entered!(r);
+        let (db, r) = entered!(self, r);
         Ok(Response::new(status::of(&self.do_create(&db, r).await)))
     }
 
     async fn alter_collection(&self, r: Request<mm::AlterCollectionRequest>) -> Reply<Status> {
-        let (_db, r) = entered!(r);
+        let (_db, r) = entered!(self, r);
         let result = async {
             let c = self
                 .collection_named_or(&r.collection_name, r.collection_id)
@@ -3142,7 +3170,7 @@ impl MilvusService for MilvusFront {
         &self,
         r: Request<mm::RunAnalyzerRequest>,
     ) -> Reply<mm::RunAnalyzerResponse> {
-        let (_db, r) = entered!(r);
+        let (_db, r) = entered!(self, r);
         Ok(Response::new(match self.do_run_analyzer(r).await {
             Ok(results) => mm::RunAnalyzerResponse {
                 status: Some(status::ok()),
@@ -3159,7 +3187,7 @@ impl MilvusService for MilvusFront {
         &self,
         r: Request<mm::TruncateCollectionRequest>,
     ) -> Reply<mm::TruncateCollectionResponse> {
-        let (_db, r) = entered!(r);
+        let (_db, r) = entered!(self, r);
         Ok(Response::new(mm::TruncateCollectionResponse {
             status: Some(status::of(&self.do_truncate(r).await)),
         }))
@@ -3169,7 +3197,7 @@ impl MilvusService for MilvusFront {
         &self,
         r: Request<mm::AlterCollectionFieldRequest>,
     ) -> Reply<Status> {
-        let (_db, r) = entered!(r);
+        let (_db, r) = entered!(self, r);
         Ok(Response::new(status::of(&self.do_alter_field(r).await)))
     }
 
@@ -3177,12 +3205,12 @@ impl MilvusService for MilvusFront {
         &self,
         r: Request<mm::AddCollectionFieldRequest>,
     ) -> Reply<Status> {
-        let (_db, r) = entered!(r);
+        let (_db, r) = entered!(self, r);
         Ok(Response::new(status::of(&self.do_add_field(r).await)))
     }
 
     async fn drop_collection(&self, r: Request<mm::DropCollectionRequest>) -> Reply<Status> {
-        let (_db, r) = entered!(r);
+        let (_db, r) = entered!(self, r);
         let name = r.collection_name;
         let request = v1::DropCollectionRequest { name: name.clone() };
         let result = self
@@ -3198,7 +3226,7 @@ impl MilvusService for MilvusFront {
         &self,
         r: Request<mm::HasCollectionRequest>,
     ) -> Reply<mm::BoolResponse> {
-        let (_db, r) = entered!(r);
+        let (_db, r) = entered!(self, r);
         let name = r.collection_name;
         let (status, value) = match self.collection(&name).await {
             Ok(_) => (status::ok(), true),
@@ -3215,7 +3243,7 @@ impl MilvusService for MilvusFront {
         &self,
         r: Request<mm::DescribeCollectionRequest>,
     ) -> Reply<mm::DescribeCollectionResponse> {
-        let (db, r) = entered!(r);
+        let (db, r) = entered!(self, r);
         let name = r.collection_name;
         let described = match self.collection(&name).await {
             Ok(c) => self.aliases(&c.schema.name).await.map(|a| (c, a)),
@@ -3260,7 +3288,7 @@ impl MilvusService for MilvusFront {
         &self,
         r: Request<mm::ShowCollectionsRequest>,
     ) -> Reply<mm::ShowCollectionsResponse> {
-        let (db, _) = entered!(r);
+        let (db, _) = entered!(self, r);
         let result = async {
             if !database::is_default(&db) {
                 self.database(&db).await?;
@@ -3310,6 +3338,7 @@ impl MilvusService for MilvusFront {
 
     async fn rename_collection(&self, r: Request<mm::RenameCollectionRequest>) -> Reply<Status> {
         let db = database::of(&r.get_ref().db_name, r.metadata().get(database::HEADER));
+        self.authorize(&r, &db).await?;
         let r = r.into_inner();
         let result = async {
             let new_db = match r.new_db_name.as_str() {
@@ -3338,7 +3367,7 @@ impl MilvusService for MilvusFront {
         &self,
         r: Request<mm::GetCollectionStatisticsRequest>,
     ) -> Reply<mm::GetCollectionStatisticsResponse> {
-        let (_db, r) = entered!(r);
+        let (_db, r) = entered!(self, r);
         let name = r.collection_name;
         let result = async {
             let c = self.collection(&name).await?;
@@ -3358,7 +3387,7 @@ impl MilvusService for MilvusFront {
     }
 
     async fn load_collection(&self, r: Request<mm::LoadCollectionRequest>) -> Reply<Status> {
-        let (_db, r) = entered!(r);
+        let (_db, r) = entered!(self, r);
         Ok(Response::new(status::of(
             &self
                 .load(&r.collection_name, r.replica_number, Vec::new())
@@ -3367,7 +3396,7 @@ impl MilvusService for MilvusFront {
     }
 
     async fn release_collection(&self, r: Request<mm::ReleaseCollectionRequest>) -> Reply<Status> {
-        let (_db, r) = entered!(r);
+        let (_db, r) = entered!(self, r);
         let name = r.collection_name;
         let request = v1::ReleaseCollectionRequest { name: name.clone() };
         let result = self
@@ -3383,7 +3412,7 @@ impl MilvusService for MilvusFront {
         &self,
         r: Request<mm::GetLoadingProgressRequest>,
     ) -> Reply<mm::GetLoadingProgressResponse> {
-        let (_db, r) = entered!(r);
+        let (_db, r) = entered!(self, r);
         let state = match self.collection(&r.collection_name).await {
             Ok(c) => c.load_state(&r.partition_names),
             Err(f) => Err(f),
@@ -3409,7 +3438,7 @@ impl MilvusService for MilvusFront {
         &self,
         r: Request<mm::GetLoadStateRequest>,
     ) -> Reply<mm::GetLoadStateResponse> {
-        let (_db, r) = entered!(r);
+        let (_db, r) = entered!(self, r);
         let state = match self.collection(&r.collection_name).await {
             Ok(c) => c.load_state(&r.partition_names),
             Err(f) => Err(f),
@@ -3427,7 +3456,7 @@ impl MilvusService for MilvusFront {
     }
 
     async fn create_index(&self, r: Request<mm::CreateIndexRequest>) -> Reply<Status> {
-        let (_db, r) = entered!(r);
+        let (_db, r) = entered!(self, r);
         Ok(Response::new(status::of(&self.do_create_index(r).await)))
     }
 
@@ -3435,7 +3464,7 @@ impl MilvusService for MilvusFront {
         &self,
         r: Request<mm::DescribeIndexRequest>,
     ) -> Reply<mm::DescribeIndexResponse> {
-        let (_db, r) = entered!(r);
+        let (_db, r) = entered!(self, r);
         Ok(Response::new(match self.do_describe_index(r).await {
             Ok(index_descriptions) => mm::DescribeIndexResponse {
                 status: Some(status::ok()),
@@ -3449,7 +3478,7 @@ impl MilvusService for MilvusFront {
     }
 
     async fn drop_index(&self, r: Request<mm::DropIndexRequest>) -> Reply<Status> {
-        let (_db, r) = entered!(r);
+        let (_db, r) = entered!(self, r);
         let name = r.collection_name;
         let result = async {
             let c = self.collection(&name).await?;
@@ -3469,12 +3498,12 @@ impl MilvusService for MilvusFront {
     }
 
     async fn alter_index(&self, r: Request<mm::AlterIndexRequest>) -> Reply<Status> {
-        let (_db, r) = entered!(r);
+        let (_db, r) = entered!(self, r);
         Ok(Response::new(status::of(&self.do_alter_index(r).await)))
     }
 
     async fn create_partition(&self, r: Request<mm::CreatePartitionRequest>) -> Reply<Status> {
-        let (_db, r) = entered!(r);
+        let (_db, r) = entered!(self, r);
         let request = v1::CreatePartitionRequest {
             collection_name: r.collection_name.clone(),
             partition_name: r.partition_name,
@@ -3492,7 +3521,7 @@ impl MilvusService for MilvusFront {
     }
 
     async fn drop_partition(&self, r: Request<mm::DropPartitionRequest>) -> Reply<Status> {
-        let (_db, r) = entered!(r);
+        let (_db, r) = entered!(self, r);
         let request = v1::DropPartitionRequest {
             collection_name: r.collection_name.clone(),
             partition_name: r.partition_name,
@@ -3510,33 +3539,33 @@ impl MilvusService for MilvusFront {
     }
 
     async fn load_partitions(&self, r: Request<mm::LoadPartitionsRequest>) -> Reply<Status> {
-        let (_db, r) = entered!(r);
+        let (_db, r) = entered!(self, r);
         Ok(Response::new(status::of(&self.do_load_partitions(r).await)))
     }
 
     async fn release_partitions(&self, r: Request<mm::ReleasePartitionsRequest>) -> Reply<Status> {
-        let (_db, r) = entered!(r);
+        let (_db, r) = entered!(self, r);
         Ok(Response::new(status::of(
             &self.do_release_partitions(r).await,
         )))
     }
 
     async fn create_alias(&self, r: Request<mm::CreateAliasRequest>) -> Reply<Status> {
-        let (_db, r) = entered!(r);
+        let (_db, r) = entered!(self, r);
         Ok(Response::new(status::of(
             &self.set_alias(r.alias, r.collection_name, false).await,
         )))
     }
 
     async fn alter_alias(&self, r: Request<mm::AlterAliasRequest>) -> Reply<Status> {
-        let (_db, r) = entered!(r);
+        let (_db, r) = entered!(self, r);
         Ok(Response::new(status::of(
             &self.set_alias(r.alias, r.collection_name, true).await,
         )))
     }
 
     async fn drop_alias(&self, r: Request<mm::DropAliasRequest>) -> Reply<Status> {
-        let (_db, r) = entered!(r);
+        let (_db, r) = entered!(self, r);
         let alias = r.alias;
         let result = self
             .coord
@@ -3552,7 +3581,7 @@ impl MilvusService for MilvusFront {
         &self,
         r: Request<mm::DescribeAliasRequest>,
     ) -> Reply<mm::DescribeAliasResponse> {
-        let (db, r) = entered!(r);
+        let (db, r) = entered!(self, r);
         let alias = r.alias;
         let found = match self.alias_list(None).await {
             Ok(all) => all
@@ -3579,7 +3608,7 @@ impl MilvusService for MilvusFront {
         &self,
         r: Request<mm::ListAliasesRequest>,
     ) -> Reply<mm::ListAliasesResponse> {
-        let (db, r) = entered!(r);
+        let (db, r) = entered!(self, r);
         let name = r.collection_name;
         let listed = if name.is_empty() {
             self.alias_list(None).await.map(|all| {
@@ -3609,7 +3638,7 @@ impl MilvusService for MilvusFront {
     }
 
     async fn has_partition(&self, r: Request<mm::HasPartitionRequest>) -> Reply<mm::BoolResponse> {
-        let (_db, r) = entered!(r);
+        let (_db, r) = entered!(self, r);
         Ok(Response::new(
             match self.collection(&r.collection_name).await {
                 Ok(c) => mm::BoolResponse {
@@ -3628,7 +3657,7 @@ impl MilvusService for MilvusFront {
         &self,
         r: Request<mm::ShowPartitionsRequest>,
     ) -> Reply<mm::ShowPartitionsResponse> {
-        let (_db, r) = entered!(r);
+        let (_db, r) = entered!(self, r);
         let name = r.collection_name;
         Ok(Response::new(match self.collection(&name).await {
             Ok(c) => mm::ShowPartitionsResponse {
@@ -3657,7 +3686,7 @@ impl MilvusService for MilvusFront {
     }
 
     async fn insert(&self, r: Request<mm::InsertRequest>) -> Reply<mm::MutationResult> {
-        let (db, r) = entered!(r);
+        let (db, r) = entered!(self, r);
         let result = async {
             self.allowed(&db, Access::Write).await?;
             self.do_insert(
@@ -3673,7 +3702,7 @@ impl MilvusService for MilvusFront {
     }
 
     async fn upsert(&self, r: Request<mm::UpsertRequest>) -> Reply<mm::MutationResult> {
-        let (db, r) = entered!(r);
+        let (db, r) = entered!(self, r);
         if let Err(f) = self.allowed(&db, Access::Write).await {
             return Ok(Response::new(mutation(Err(f))));
         }
@@ -3717,7 +3746,7 @@ impl MilvusService for MilvusFront {
     }
 
     async fn delete(&self, r: Request<mm::DeleteRequest>) -> Reply<mm::MutationResult> {
-        let (db, r) = entered!(r);
+        let (db, r) = entered!(self, r);
         let result = async {
             self.allowed(&db, Access::Write).await?;
             self.do_delete(r).await
@@ -3726,7 +3755,7 @@ impl MilvusService for MilvusFront {
     }
 
     async fn hybrid_search(&self, r: Request<mm::HybridSearchRequest>) -> Reply<mm::SearchResults> {
-        let (db, r) = entered!(r);
+        let (db, r) = entered!(self, r);
         let collection_name = database::local(&r.collection_name).to_owned();
         let result = async {
             self.allowed(&db, Access::Read).await?;
@@ -3748,7 +3777,7 @@ impl MilvusService for MilvusFront {
     }
 
     async fn search(&self, r: Request<mm::SearchRequest>) -> Reply<mm::SearchResults> {
-        let (db, r) = entered!(r);
+        let (db, r) = entered!(self, r);
         let collection_name = database::local(&r.collection_name).to_owned();
         let result = async {
             self.allowed(&db, Access::Read).await?;
@@ -3770,7 +3799,7 @@ impl MilvusService for MilvusFront {
     }
 
     async fn query(&self, r: Request<mm::QueryRequest>) -> Reply<mm::QueryResults> {
-        let (db, r) = entered!(r);
+        let (db, r) = entered!(self, r);
         let result = async {
             self.allowed(&db, Access::Read).await?;
             self.do_query(r).await
@@ -3785,7 +3814,7 @@ impl MilvusService for MilvusFront {
     }
 
     async fn flush(&self, r: Request<mm::FlushRequest>) -> Reply<mm::FlushResponse> {
-        let (db, r) = entered!(r);
+        let (db, r) = entered!(self, r);
         let flushed = async {
             let names = r
                 .collection_names
@@ -3808,8 +3837,10 @@ impl MilvusService for MilvusFront {
 
     async fn get_flush_state(
         &self,
-        _: Request<mm::GetFlushStateRequest>,
+        r: Request<mm::GetFlushStateRequest>,
     ) -> Reply<mm::GetFlushStateResponse> {
+        let db = database::of(&r.get_ref().db_name, r.metadata().get(database::HEADER));
+        self.authorize(&r, &db).await?;
         // A flush answers once every shard sealed its segments; they are durable in the log.
         Ok(Response::new(mm::GetFlushStateResponse {
             status: Some(status::ok()),
@@ -3819,8 +3850,9 @@ impl MilvusService for MilvusFront {
 
     async fn alloc_timestamp(
         &self,
-        _: Request<mm::AllocTimestampRequest>,
+        r: Request<mm::AllocTimestampRequest>,
     ) -> Reply<mm::AllocTimestampResponse> {
+        self.authorize(&r, "").await?;
         Ok(Response::new(match self.tso.allocate_timestamps(1).await {
             Ok(ts) => mm::AllocTimestampResponse {
                 status: Some(status::ok()),
@@ -3834,6 +3866,7 @@ impl MilvusService for MilvusFront {
     }
 
     async fn create_database(&self, r: Request<mm::CreateDatabaseRequest>) -> Reply<Status> {
+        self.authorize(&r, &r.get_ref().db_name).await?;
         let r = r.into_inner();
         let result = async {
             let properties = r.properties.into_iter().map(|p| (p.key, p.value)).collect();
@@ -3852,6 +3885,7 @@ impl MilvusService for MilvusFront {
     }
 
     async fn drop_database(&self, r: Request<mm::DropDatabaseRequest>) -> Reply<Status> {
+        self.authorize(&r, &r.get_ref().db_name).await?;
         let name = r.into_inner().db_name;
         let result = self
             .coord
@@ -3864,6 +3898,7 @@ impl MilvusService for MilvusFront {
     }
 
     async fn alter_database(&self, r: Request<mm::AlterDatabaseRequest>) -> Reply<Status> {
+        self.authorize(&r, &r.get_ref().db_name).await?;
         let r = r.into_inner();
         let result = async {
             self.database(&r.db_name).await?;
@@ -3884,8 +3919,9 @@ impl MilvusService for MilvusFront {
 
     async fn list_databases(
         &self,
-        _: Request<mm::ListDatabasesRequest>,
+        r: Request<mm::ListDatabasesRequest>,
     ) -> Reply<mm::ListDatabasesResponse> {
+        self.authorize(&r, "").await?;
         Ok(Response::new(match self.databases().await {
             Ok(all) => mm::ListDatabasesResponse {
                 status: Some(status::ok()),
@@ -3904,6 +3940,7 @@ impl MilvusService for MilvusFront {
         &self,
         r: Request<mm::DescribeDatabaseRequest>,
     ) -> Reply<mm::DescribeDatabaseResponse> {
+        self.authorize(&r, &r.get_ref().db_name).await?;
         let name = r.into_inner().db_name;
         Ok(Response::new(match self.database(&name).await {
             Ok(d) => mm::DescribeDatabaseResponse {
@@ -3921,7 +3958,7 @@ impl MilvusService for MilvusFront {
         &self,
         r: Request<mm::GetPartitionStatisticsRequest>,
     ) -> Reply<mm::GetPartitionStatisticsResponse> {
-        let (_db, r) = entered!(r);
+        let (_db, r) = entered!(self, r);
         let result = async {
             let c = self.collection(&r.collection_name).await?;
             let partition = c.partition(&r.partition_name)?;
@@ -3937,6 +3974,7 @@ impl MilvusService for MilvusFront {
     /// Flushes every collection of the call's database (its `dbname` header).
     async fn flush_all(&self, r: Request<mm::FlushAllRequest>) -> Reply<mm::FlushAllResponse> {
         let db = database::of("", r.metadata().get(database::HEADER));
+        self.authorize(&r, &db).await?;
         let result = async {
             let names: Vec<String> = self
                 .collection_names()
@@ -3964,8 +4002,9 @@ impl MilvusService for MilvusFront {
 
     async fn get_flush_all_state(
         &self,
-        _: Request<mm::GetFlushAllStateRequest>,
+        r: Request<mm::GetFlushAllStateRequest>,
     ) -> Reply<mm::GetFlushAllStateResponse> {
+        self.authorize(&r, "").await?;
         // FlushAll answers once every shard of every collection sealed its segments.
         Ok(Response::new(mm::GetFlushAllStateResponse {
             status: Some(status::ok()),
@@ -3978,7 +4017,7 @@ impl MilvusService for MilvusFront {
         &self,
         r: Request<mm::GetPersistentSegmentInfoRequest>,
     ) -> Reply<mm::GetPersistentSegmentInfoResponse> {
-        let (_db, r) = entered!(r);
+        let (_db, r) = entered!(self, r);
         let flushed = mc::SegmentState::Flushed as i32;
         let result = async {
             let c = self.collection(&r.collection_name).await?;
@@ -4016,7 +4055,7 @@ impl MilvusService for MilvusFront {
         &self,
         r: Request<mm::ManualCompactionRequest>,
     ) -> Reply<mm::ManualCompactionResponse> {
-        let (_db, r) = entered!(r);
+        let (_db, r) = entered!(self, r);
         let result = async {
             if r.major_compaction {
                 return Err(Failure::invalid(
@@ -4042,6 +4081,7 @@ impl MilvusService for MilvusFront {
         &self,
         r: Request<mm::GetCompactionStateRequest>,
     ) -> Reply<mm::GetCompactionStateResponse> {
+        self.authorize(&r, "").await?;
         let id = r.into_inner().compaction_id;
         let result = self.compaction(id).await.map(|info| {
             let done = info.done.len() as i64;
@@ -4059,6 +4099,7 @@ impl MilvusService for MilvusFront {
         &self,
         r: Request<mm::GetCompactionPlansRequest>,
     ) -> Reply<mm::GetCompactionPlansResponse> {
+        self.authorize(&r, "").await?;
         let r = r.into_inner();
         let result = async {
             // No compaction but a collection (pymilvus's `list_compaction_tasks`): every
@@ -4094,7 +4135,7 @@ impl MilvusService for MilvusFront {
         &self,
         r: Request<mm::GetReplicasRequest>,
     ) -> Reply<mm::GetReplicasResponse> {
-        let (_db, r) = entered!(r);
+        let (_db, r) = entered!(self, r);
         let result = async {
             let c = self
                 .collection_named_or(&r.collection_name, r.collection_id)
@@ -4163,7 +4204,7 @@ impl MilvusService for MilvusFront {
         &self,
         r: Request<mm::GetQuerySegmentInfoRequest>,
     ) -> Reply<mm::GetQuerySegmentInfoResponse> {
-        let (_db, r) = entered!(r);
+        let (_db, r) = entered!(self, r);
         let result = async {
             let c = self.collection(&r.collection_name).await?;
             if c.released_now() {
@@ -4221,6 +4262,134 @@ impl MilvusService for MilvusFront {
                 ..Default::default()
             }
         })))
+    }
+
+    async fn create_credential(&self, r: Request<mm::CreateCredentialRequest>) -> Reply<Status> {
+        self.authorize(&r, "").await?;
+        let result = self.rbac.create_credential(r.into_inner()).await;
+        Ok(Response::new(status::of(&result)))
+    }
+
+    async fn update_credential(&self, r: Request<mm::UpdateCredentialRequest>) -> Reply<Status> {
+        let caller = self.authorize(&r, "").await?;
+        let result = self
+            .rbac
+            .update_credential(r.into_inner(), caller.as_deref())
+            .await;
+        Ok(Response::new(status::of(&result)))
+    }
+
+    async fn delete_credential(&self, r: Request<mm::DeleteCredentialRequest>) -> Reply<Status> {
+        self.authorize(&r, "").await?;
+        let result = self.rbac.delete_credential(r.into_inner()).await;
+        Ok(Response::new(status::of(&result)))
+    }
+
+    async fn list_cred_users(
+        &self,
+        r: Request<mm::ListCredUsersRequest>,
+    ) -> Reply<mm::ListCredUsersResponse> {
+        self.authorize(&r, "").await?;
+        Ok(Response::new(match self.rbac.list_cred_users().await {
+            Ok(usernames) => mm::ListCredUsersResponse {
+                status: Some(status::ok()),
+                usernames,
+            },
+            Err(f) => mm::ListCredUsersResponse {
+                status: Some(f.status()),
+                usernames: Vec::new(),
+            },
+        }))
+    }
+
+    async fn create_role(&self, r: Request<mm::CreateRoleRequest>) -> Reply<Status> {
+        self.authorize(&r, "").await?;
+        let result = self.rbac.create_role(r.into_inner()).await;
+        Ok(Response::new(status::of(&result)))
+    }
+
+    async fn drop_role(&self, r: Request<mm::DropRoleRequest>) -> Reply<Status> {
+        self.authorize(&r, "").await?;
+        let result = self.rbac.drop_role(r.into_inner()).await;
+        Ok(Response::new(status::of(&result)))
+    }
+
+    async fn operate_user_role(&self, r: Request<mm::OperateUserRoleRequest>) -> Reply<Status> {
+        self.authorize(&r, "").await?;
+        let result = self.rbac.operate_user_role(r.into_inner()).await;
+        Ok(Response::new(status::of(&result)))
+    }
+
+    async fn select_role(
+        &self,
+        r: Request<mm::SelectRoleRequest>,
+    ) -> Reply<mm::SelectRoleResponse> {
+        self.authorize(&r, "").await?;
+        Ok(Response::new(
+            match self.rbac.select_role(r.into_inner()).await {
+                Ok(results) => mm::SelectRoleResponse {
+                    status: Some(status::ok()),
+                    results,
+                },
+                Err(f) => mm::SelectRoleResponse {
+                    status: Some(f.status()),
+                    results: Vec::new(),
+                },
+            },
+        ))
+    }
+
+    async fn select_user(
+        &self,
+        r: Request<mm::SelectUserRequest>,
+    ) -> Reply<mm::SelectUserResponse> {
+        self.authorize(&r, "").await?;
+        Ok(Response::new(
+            match self.rbac.select_user(r.into_inner()).await {
+                Ok(results) => mm::SelectUserResponse {
+                    status: Some(status::ok()),
+                    results,
+                },
+                Err(f) => mm::SelectUserResponse {
+                    status: Some(f.status()),
+                    results: Vec::new(),
+                },
+            },
+        ))
+    }
+
+    async fn operate_privilege(&self, r: Request<mm::OperatePrivilegeRequest>) -> Reply<Status> {
+        self.authorize(&r, "").await?;
+        let result = self.rbac.operate_privilege(r.into_inner()).await;
+        Ok(Response::new(status::of(&result)))
+    }
+
+    async fn operate_privilege_v2(
+        &self,
+        r: Request<mm::OperatePrivilegeV2Request>,
+    ) -> Reply<Status> {
+        self.authorize(&r, "").await?;
+        let result = self.rbac.operate_privilege_v2(r.into_inner()).await;
+        Ok(Response::new(status::of(&result)))
+    }
+
+    async fn select_grant(
+        &self,
+        r: Request<mm::SelectGrantRequest>,
+    ) -> Reply<mm::SelectGrantResponse> {
+        self.authorize(&r, "").await?;
+        Ok(Response::new(
+            match self.rbac.select_grant(r.into_inner()).await {
+                Ok(entities) => mm::SelectGrantResponse {
+                    status: Some(status::ok()),
+                    entities,
+                },
+                Err(f) => mm::SelectGrantResponse {
+                    status: Some(f.status()),
+                    entities: Vec::new(),
+                },
+            },
+        ))
     }
 
     async fn check_health(

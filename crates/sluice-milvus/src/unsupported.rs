@@ -1,5 +1,5 @@
-//! What the Milvus API asks for and Sluice does not have: MilvusService methods (users, roles,
-//! resource groups, ...) the generated router answers UNIMPLEMENTED with no message, which
+//! What the Milvus API asks for and Sluice does not have: MilvusService methods (resource groups,
+//! privilege groups, ...) the generated router answers UNIMPLEMENTED with no message, which
 //! pymilvus shows as an empty `details`. [`Named`] wraps the service and names the method
 //! instead.
 
@@ -66,9 +66,9 @@ mod tests {
 
     #[test]
     fn the_message_names_the_method() {
-        let m = message("/milvus.proto.milvus.MilvusService/CreateRole");
+        let m = message("/milvus.proto.milvus.MilvusService/CreateResourceGroup");
         assert!(
-            m.starts_with("CreateRole is not supported by Sluice"),
+            m.starts_with("CreateResourceGroup is not supported by Sluice"),
             "{m}"
         );
         assert!(message("").contains("not supported"));

@@ -11,6 +11,7 @@ pub mod error;
 pub mod ids;
 pub mod index;
 pub mod message;
+pub mod rbac;
 pub mod read;
 pub mod schema;
 pub mod sparse;

@@ -502,6 +502,47 @@ pub(crate) async fn list_databases(coord: &str, timeout: Duration) -> anyhow::Re
     Ok(())
 }
 
+/// `sluice ctl users`.
+pub(crate) async fn list_users(coord: &str, timeout: Duration) -> anyhow::Result<()> {
+    let r = coordinator(coord)?
+        .list_users(timed(v1::ListUsersRequest {}, timeout))
+        .await
+        .map_err(|s| anyhow::anyhow!("listing users: {}", s.message()))?
+        .into_inner();
+    for u in &r.users {
+        println!("{} roles={}", u.name, u.roles.join(","));
+    }
+    println!("{} users", r.users.len());
+    Ok(())
+}
+
+/// `sluice ctl reset-password NAME`: the new password is stdin's first line.
+pub(crate) async fn reset_password(
+    coord: &str,
+    name: &str,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    let mut line = String::new();
+    std::io::stdin()
+        .read_line(&mut line)
+        .context("reading the new password from stdin")?;
+    let password = line.trim_end_matches(['\r', '\n']).to_owned();
+    coordinator(coord)?
+        .update_password(timed(
+            v1::UpdatePasswordRequest {
+                name: name.to_owned(),
+                old_password: String::new(),
+                new_password: password,
+                reset: true,
+            },
+            timeout,
+        ))
+        .await
+        .map_err(|s| anyhow::anyhow!("setting the password of {name}: {}", s.message()))?;
+    println!("password of {name} set");
+    Ok(())
+}
+
 /// `sluice ctl create-database NAME`.
 pub(crate) async fn create_database(
     coord: &str,

@@ -47,6 +47,13 @@ pub(crate) struct Config {
     /// Unset: `127.0.0.1:19530` for `standalone` when that port is free, none for the other
     /// commands; empty: none.
     pub milvus_listen: Option<String>,
+    /// Whether the Milvus API authenticates and authorizes every call (Milvus's
+    /// `common.security.authorizationEnabled`): a call carries the base64 of `user:password`
+    /// as `authorization` metadata (pymilvus `token="user:password"`), the user must exist with
+    /// that password (`root`, password `Milvus` until changed, always does) and hold a role
+    /// granting the call's privilege. The Milvus listener then checks no `auth.token`.
+    /// Default false: users, roles and grants are kept but not checked.
+    pub milvus_authorization: bool,
     /// TLS of every gRPC connection this process serves or makes.
     pub tls: TlsSection,
     /// The bearer token of every gRPC call.
@@ -543,6 +550,7 @@ impl Default for Config {
             metrics_listen: None,
             otlp_endpoint: None,
             milvus_listen: None,
+            milvus_authorization: false,
             tls: TlsSection::default(),
             auth: AuthSection::default(),
         }
@@ -792,7 +800,7 @@ fn read_pem(key: &str, path: &std::path::Path) -> anyhow::Result<Vec<u8>> {
 }
 
 /// The top-level keys, for telling configuration variables from other `SLUICE_*` ones.
-const TOP_LEVEL_KEYS: [&str; 16] = [
+const TOP_LEVEL_KEYS: [&str; 17] = [
     "data_dir",
     "listen",
     "advertise",
@@ -807,6 +815,7 @@ const TOP_LEVEL_KEYS: [&str; 16] = [
     "metrics_listen",
     "otlp_endpoint",
     "milvus_listen",
+    "milvus_authorization",
     "tls",
     "auth",
 ];

@@ -128,6 +128,9 @@ struct ServerOpts {
     /// standalone when free; empty: none).
     #[arg(long)]
     milvus_listen: Option<String>,
+    /// Authenticate and authorize every call of the Milvus API by its users and roles.
+    #[arg(long)]
+    milvus_authorization: bool,
     /// Number of pchannels the coordinator manages.
     #[arg(long)]
     pchannels: Option<u32>,
@@ -156,6 +159,9 @@ impl ServerOpts {
         set!("metrics_listen", self.metrics_listen);
         set!("otlp_endpoint", self.otlp_endpoint);
         set!("milvus_listen", self.milvus_listen);
+        if self.milvus_authorization {
+            f = f.merge(Serialized::default("milvus_authorization", true));
+        }
         Config::load(self.config.as_deref(), f)
     }
 }
@@ -486,6 +492,19 @@ enum CtlCommand {
         #[command(flatten)]
         client: ClientOpts,
         /// Its name.
+        name: String,
+    },
+    /// The users of the Milvus API's access control, with their roles.
+    Users {
+        #[command(flatten)]
+        client: ClientOpts,
+    },
+    /// Set a user's password (`root`'s too) without the old one, read as one line from stdin,
+    /// so that it shows in no process list or shell history.
+    ResetPassword {
+        #[command(flatten)]
+        client: ClientOpts,
+        /// The user.
         name: String,
     },
     /// Drop a database that has no collections (a missing one is no change).
@@ -839,6 +858,8 @@ fn client_security(command: &Command) -> Option<&SecurityOpts> {
                 | CtlCommand::Collections { client }
                 | CtlCommand::Databases { client }
                 | CtlCommand::CreateDatabase { client, .. }
+                | CtlCommand::Users { client }
+                | CtlCommand::ResetPassword { client, .. }
                 | CtlCommand::DropDatabase { client, .. }
                 | CtlCommand::Describe { client, .. }
                 | CtlCommand::Load { client, .. }
@@ -1029,6 +1050,19 @@ fn run() -> anyhow::Result<()> {
         Command::Ctl {
             what: CtlCommand::CreateDatabase { client, name },
         } => rt.block_on(cli::create_database(
+            &client.coord,
+            &name,
+            Duration::from_secs(client.timeout_secs),
+        )),
+        Command::Ctl {
+            what: CtlCommand::Users { client },
+        } => rt.block_on(cli::list_users(
+            &client.coord,
+            Duration::from_secs(client.timeout_secs),
+        )),
+        Command::Ctl {
+            what: CtlCommand::ResetPassword { client, name },
+        } => rt.block_on(cli::reset_password(
             &client.coord,
             &name,
             Duration::from_secs(client.timeout_secs),

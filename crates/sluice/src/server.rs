@@ -603,9 +603,17 @@ async fn serve_milvus(
         }
         Err(e) => return Err(e).with_context(|| format!("milvus_listen {listen}")),
     };
-    let front = sluice_milvus::MilvusFront::connect(coord, query, client)
-        .map_err(|e| anyhow::anyhow!("the Milvus front: {e}"))?;
-    let router = grpc_server(config)?.add_service(front.server());
+    let front =
+        sluice_milvus::MilvusFront::connect(coord, query, client, config.milvus_authorization)
+            .map_err(|e| anyhow::anyhow!("the Milvus front: {e}"))?;
+    let mut security = config.server_security()?;
+    if config.milvus_authorization {
+        // Milvus clients send their user and password where the token would go.
+        security.token = None;
+    }
+    let router = sluice_proto::security::server(&security)
+        .context("tls / auth")?
+        .add_service(front.server());
     let stop = tokio_util::sync::CancellationToken::new();
     let cancelled = stop.clone();
     let task = tokio::spawn(serve(router, listener, async move {

@@ -1908,3 +1908,239 @@ fn refused_rename(server: &Proc, from: &str, to: &str, why: &str) {
     assert!(!out.status.success(), "not refused: {}", out.stdout);
     assert!(out.stderr.contains(why), "{why}: {}", out.stderr);
 }
+
+/// Users, roles and grants are kept by the coordinator across a SIGKILL and restart: passwords
+/// are checked (a wrong one, an unknown user: UNAUTHENTICATED alike), changed only with the
+/// old one unless reset, `root` has `Milvus` until changed; roles are given and taken, grants
+/// are checked against the privileges that exist, a role given to a user goes only by force.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn users_and_roles_are_kept_checked_and_survive_a_restart() {
+    use v1::coordinator_client::CoordinatorClient;
+    let data = tempfile::tempdir().unwrap();
+    let logs = tempfile::tempdir().unwrap();
+    let mut server = start(data.path(), logs.path());
+    let mut c = CoordinatorClient::new(sluice_proto::lazy_channel(&server.endpoint()).unwrap());
+    let auth = |name: &str, password: &str| v1::AuthenticateRequest {
+        name: name.into(),
+        password: password.into(),
+    };
+    let grant = |object_type: &str, object_name: &str, privilege: &str| v1::Grant {
+        object_type: object_type.into(),
+        object_name: object_name.into(),
+        database: "default".into(),
+        privilege: privilege.into(),
+    };
+    assert_eq!(
+        c.authenticate(auth("root", "Milvus"))
+            .await
+            .expect("root's default password")
+            .into_inner()
+            .roles,
+        ["admin"]
+    );
+    c.create_user(v1::CreateUserRequest {
+        name: "alice".into(),
+        password: "alice-secret".into(),
+    })
+    .await
+    .expect("create alice");
+    for (name, password) in [("alice", "alice-wrong"), ("nobody", "alice-secret")] {
+        let e = c.authenticate(auth(name, password)).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::Unauthenticated, "{name}: {e}");
+    }
+    for (name, password, why) in [
+        ("alice", "whatever", "exists"),
+        ("9lives", "whatever", "user name"),
+        ("bob", "short", "6 to 256"),
+    ] {
+        let e = c
+            .create_user(v1::CreateUserRequest {
+                name: name.into(),
+                password: password.into(),
+            })
+            .await
+            .unwrap_err();
+        assert!(e.message().contains(why), "{name}: {e}");
+    }
+    let e = c
+        .update_password(v1::UpdatePasswordRequest {
+            name: "alice".into(),
+            old_password: "guess-again".into(),
+            new_password: "alice-new".into(),
+            reset: false,
+        })
+        .await
+        .unwrap_err();
+    assert!(e.message().contains("old password"), "{e}");
+    c.update_password(v1::UpdatePasswordRequest {
+        name: "alice".into(),
+        old_password: "alice-secret".into(),
+        new_password: "alice-new".into(),
+        reset: false,
+    })
+    .await
+    .expect("with the old password");
+    c.update_password(v1::UpdatePasswordRequest {
+        name: "root".into(),
+        old_password: String::new(),
+        new_password: "root-secret".into(),
+        reset: true,
+    })
+    .await
+    .expect("reset root's password");
+
+    c.create_role(v1::CreateRoleRequest {
+        name: "readers".into(),
+    })
+    .await
+    .expect("create readers");
+    for (bad, why) in [
+        (grant("Table", "docs", "Search"), "object type"),
+        (grant("Collection", "docs", "Fly"), "Fly"),
+        (grant("Collection", "", "Search"), "names its object"),
+    ] {
+        let e = c
+            .alter_role_grants(v1::AlterRoleGrantsRequest {
+                role: "readers".into(),
+                grant: vec![bad],
+                revoke: Vec::new(),
+            })
+            .await
+            .unwrap_err();
+        assert!(e.message().contains(why), "{why}: {e}");
+    }
+    let role = c
+        .alter_role_grants(v1::AlterRoleGrantsRequest {
+            role: "readers".into(),
+            grant: vec![
+                grant("Collection", "docs", "Search"),
+                grant("Collection", "*", "CollectionReadOnly"),
+                grant("Collection", "docs", "Search"),
+            ],
+            revoke: Vec::new(),
+        })
+        .await
+        .expect("grant")
+        .into_inner();
+    assert_eq!(role.grants.len(), 2, "a grant given twice is kept once");
+    let e = c
+        .alter_role_grants(v1::AlterRoleGrantsRequest {
+            role: "admin".into(),
+            grant: vec![grant("Global", "*", "All")],
+            revoke: Vec::new(),
+        })
+        .await
+        .unwrap_err();
+    assert!(e.message().contains("admin"), "{e}");
+    let e = c
+        .alter_user_roles(v1::AlterUserRolesRequest {
+            user: "alice".into(),
+            add: vec!["ghosts".into()],
+            remove: Vec::new(),
+        })
+        .await
+        .unwrap_err();
+    assert!(e.message().contains("does not exist"), "{e}");
+    c.alter_user_roles(v1::AlterUserRolesRequest {
+        user: "alice".into(),
+        add: vec!["readers".into()],
+        remove: Vec::new(),
+    })
+    .await
+    .expect("give alice readers");
+
+    server.kill();
+    drop(server);
+    let mut server = start(data.path(), logs.path());
+    let mut c = CoordinatorClient::new(sluice_proto::lazy_channel(&server.endpoint()).unwrap());
+    let alice = c
+        .authenticate(auth("alice", "alice-new"))
+        .await
+        .expect("alice's new password after the restart")
+        .into_inner();
+    assert_eq!(alice.roles, ["readers"]);
+    assert!(c.authenticate(auth("alice", "alice-secret")).await.is_err());
+    assert!(c.authenticate(auth("root", "Milvus")).await.is_err());
+    c.authenticate(auth("root", "root-secret"))
+        .await
+        .expect("root's new password");
+    let users = c
+        .list_users(v1::ListUsersRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .users;
+    let names: Vec<&str> = users.iter().map(|u| u.name.as_str()).collect();
+    assert_eq!(names, ["root", "alice"]);
+    let roles = c
+        .list_roles(v1::ListRolesRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .roles;
+    let names: Vec<&str> = roles.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(names, ["admin", "public", "readers"]);
+    assert_eq!(roles[2].grants.len(), 2);
+
+    let e = c
+        .drop_role(v1::DropRoleRequest {
+            name: "readers".into(),
+            force: false,
+        })
+        .await
+        .unwrap_err();
+    assert!(e.message().contains("alice"), "{e}");
+    c.drop_role(v1::DropRoleRequest {
+        name: "readers".into(),
+        force: true,
+    })
+    .await
+    .expect("forced");
+    let alice = c.authenticate(auth("alice", "alice-new")).await.unwrap();
+    assert!(alice.into_inner().roles.is_empty());
+    for (name, why) in [("admin", "built-in"), ("public", "built-in")] {
+        let e = c
+            .drop_role(v1::DropRoleRequest {
+                name: name.into(),
+                force: true,
+            })
+            .await
+            .unwrap_err();
+        assert!(e.message().contains(why), "{name}: {e}");
+    }
+    let e = c
+        .drop_user(v1::DropUserRequest {
+            name: "root".into(),
+        })
+        .await
+        .unwrap_err();
+    assert!(e.message().contains("cannot be dropped"), "{e}");
+    // An operator who lost a password sets it from the CLI, the password on stdin.
+    let endpoint = server.endpoint();
+    let out = support::run_cli_input(
+        &["ctl", "reset-password", "alice", "--coord", &endpoint],
+        &[],
+        Some("alice-from-cli\n"),
+        TIMEOUT,
+    );
+    assert!(out.status.success(), "{}", out.stderr);
+    c.authenticate(auth("alice", "alice-from-cli"))
+        .await
+        .expect("the password set from the CLI");
+    let out = ok(ctl(&server, &["ctl", "users"]), "users");
+    assert!(
+        out.contains("root roles=admin") && out.contains("alice roles="),
+        "{out}"
+    );
+    c.drop_user(v1::DropUserRequest {
+        name: "alice".into(),
+    })
+    .await
+    .expect("drop alice");
+    assert!(
+        c.authenticate(auth("alice", "alice-from-cli"))
+            .await
+            .is_err()
+    );
+    server.kill();
+}

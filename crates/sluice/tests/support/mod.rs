@@ -274,9 +274,23 @@ pub(crate) struct CliOutput {
 /// Runs `sluice ARGS` with `envs` to completion; panics (with what it printed) if it takes
 /// longer than `timeout`.
 pub(crate) fn run_cli(args: &[&str], envs: &[(&str, &str)], timeout: Duration) -> CliOutput {
+    run_cli_input(args, envs, None, timeout)
+}
+
+/// [`run_cli`] with `input` written to the command's stdin (then closed).
+pub(crate) fn run_cli_input(
+    args: &[&str],
+    envs: &[(&str, &str)],
+    input: Option<&str>,
+    timeout: Duration,
+) -> CliOutput {
     let mut cmd = Command::new(sluice_bin());
     cmd.args(args)
-        .stdin(Stdio::null())
+        .stdin(if input.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     for (k, v) in envs {
@@ -285,6 +299,12 @@ pub(crate) fn run_cli(args: &[&str], envs: &[(&str, &str)], timeout: Duration) -
     let mut child = cmd
         .spawn()
         .unwrap_or_else(|e| panic!("spawning sluice {args:?}: {e}"));
+    if let (Some(input), Some(mut stdin)) = (input, child.stdin.take()) {
+        use std::io::Write as _;
+        stdin
+            .write_all(input.as_bytes())
+            .unwrap_or_else(|e| panic!("writing to sluice {args:?}: {e}"));
+    }
     let mut out = child.stdout.take().expect("stdout pipe");
     let mut err = child.stderr.take().expect("stderr pipe");
     let out_thread = std::thread::spawn(move || {
