@@ -206,7 +206,7 @@ RPCS = {
     "CreateCredential": "A user (username: 1-32 of [A-Za-z0-9_], starting with a letter; "
     "password: base64 of 6-256 bytes), kept with a salted PBKDF2 hash of its password. Users, "
     "roles and grants are kept whether or not authorization is on (milvus_authorization): when "
-    "it is, every call but CheckHealth and GetVersion carries `authorization` metadata, the "
+    "it is, every call but CheckHealth, GetComponentStates and GetVersion carries `authorization` metadata, the "
     "base64 of user:password (pymilvus token= or user=/password=) — without a known user and "
     "its password the call is UNAUTHENTICATED and does nothing — and needs the privilege "
     "Milvus names for it on its object (the collection, or the database) from a role of the "
@@ -231,6 +231,15 @@ RPCS = {
     "(cluster level: in every database).",
     "SelectGrant": "A role's grants, those of one object type and name when the entity names "
     "them.",
+    "GetIndexState": "The state of a collection's index (by field_name or index_name): "
+    "Finished, as DescribeIndex says (no segment waits for a build).",
+    "GetIndexBuildProgress": "indexed_rows and total_rows of a collection's index, as "
+    "DescribeIndex says (the committed segments' rows).",
+    "GetIndexStatistics": "DescribeIndex's answer for index_name (empty: every index).",
+    "BatchDescribeCollection": "DescribeCollection of each collection named (collection_name) "
+    "or given by id (collectionID), in order; one that fails fails the call.",
+    "GetComponentStates": "This front's state (role Proxy): Healthy when the coordinator's "
+    "catalog and timestamp oracle answer (as CheckHealth), else Abnormal.",
     "RunAnalyzer": "The terms each text (placeholder: UTF-8 strings) splits into, by "
     "analyzer_params (a JSON object as a field's; empty: the standard analyzer) or by the "
     "analyzer of field_name of collection_name (a VARCHAR field with enable_analyzer). "

@@ -1840,6 +1840,61 @@ def test_database_properties_deny_writes_and_reads_and_cap_collections(sluice, s
         drop_databases(sluice)
 
 
+def test_older_index_and_collection_calls_answer_as_describe_does(sluice, sluice_server):
+    """The calls older SDKs (Java, Node, Go v1) and tools make — GetIndexState,
+    GetIndexBuildProgress, GetIndexStatistics, BatchDescribeCollection, GetComponentStates —
+    answer what DescribeIndex / DescribeCollection / CheckHealth say."""
+    import grpc
+    from pymilvus.grpc_gen import common_pb2, milvus_pb2, milvus_pb2_grpc
+
+    fresh(sluice, "d_older")
+    fresh(sluice, "d_older_too")
+    sluice.insert("d_older", rows(30))
+    sluice.flush("d_older")
+    stub = milvus_pb2_grpc.MilvusServiceStub(grpc.insecure_channel(sluice_server.milvus))
+    state = stub.GetIndexState(
+        milvus_pb2.GetIndexStateRequest(collection_name="d_older", field_name="vector")
+    )
+    assert state.status.code == 0 and state.state == common_pb2.IndexState.Finished, state
+    # The flushed rows count once their segment is committed to storage.
+    deadline = time.monotonic() + 30
+    while True:
+        progress = stub.GetIndexBuildProgress(
+            milvus_pb2.GetIndexBuildProgressRequest(collection_name="d_older", field_name="vector")
+        )
+        if progress.total_rows == 30 or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert (progress.indexed_rows, progress.total_rows) == (30, 30), progress
+    described = sluice.describe_index("d_older", "vector")
+    assert described["indexed_rows"] == 30 and described["total_rows"] == 30, described
+    stats = stub.GetIndexStatistics(milvus_pb2.GetIndexStatisticsRequest(collection_name="d_older"))
+    assert [d.index_name for d in stats.index_descriptions] == [described["index_name"]], stats
+    missing = stub.GetIndexState(milvus_pb2.GetIndexStateRequest(collection_name="d_nowhere"))
+    assert missing.status.code == 100, missing
+
+    too_id = sluice.describe_collection("d_older_too")["collection_id"]
+    batch = stub.BatchDescribeCollection(
+        milvus_pb2.BatchDescribeCollectionRequest(
+            collection_name=["d_older"], collectionID=[too_id]
+        )
+    )
+    assert batch.status.code == 0, batch.status
+    assert [r.collection_name for r in batch.responses] == ["d_older", "d_older_too"]
+    assert batch.responses[1].collectionID == too_id
+    assert [f.name for f in batch.responses[0].schema.fields][:2] == ["id", "vector"]
+    bad = stub.BatchDescribeCollection(
+        milvus_pb2.BatchDescribeCollectionRequest(collection_name=["d_older", "d_nowhere"])
+    )
+    assert bad.status.code == 100 and not bad.responses, bad
+
+    states = stub.GetComponentStates(milvus_pb2.GetComponentStatesRequest())
+    assert states.state.state_code == common_pb2.StateCode.Healthy, states
+    assert states.state.role == "Proxy"
+    sluice.drop_collection("d_older")
+    sluice.drop_collection("d_older_too")
+
+
 def decay_collection(c, name, metric):
     """`name` with an int64 `ts`, a double `price`, an int8 `rank` and a nullable `maybe`;
     40 rows, searched by `metric`."""

@@ -1177,6 +1177,46 @@ impl MilvusFront {
             .map_err(|s| Failure::from_client(&ClientError::from_status(&s), ""))
     }
 
+    /// Why this front cannot serve (empty: it can): the catalog or the timestamp oracle do not
+    /// answer.
+    async fn unhealthy(&self) -> Vec<String> {
+        let mut reasons = Vec::new();
+        if let Err(f) = self.collection_names().await {
+            reasons.push(format!("the catalog does not answer: {}", f.reason()));
+        }
+        if let Err(e) = self.tso.allocate_timestamps(1).await {
+            reasons.push(format!("the timestamp oracle does not answer: {e}"));
+        }
+        reasons
+    }
+
+    /// DescribeIndex of a collection's index by field or name, asked with a call's `metadata`
+    /// (its database and caller): its descriptions, or the failure's status.
+    async fn described_index(
+        &self,
+        metadata: tonic::metadata::MetadataMap,
+        db_name: String,
+        collection_name: String,
+        field_name: String,
+        index_name: String,
+    ) -> Result<Result<Vec<mm::IndexDescription>, Status>, tonic::Status> {
+        let mut asked = Request::new(mm::DescribeIndexRequest {
+            db_name,
+            collection_name,
+            field_name,
+            index_name,
+            ..Default::default()
+        });
+        *asked.metadata_mut() = metadata;
+        let d = MilvusService::describe_index(self, asked)
+            .await?
+            .into_inner();
+        Ok(match d.status {
+            Some(s) if s.code != 0 => Err(s),
+            _ => Ok(d.index_descriptions),
+        })
+    }
+
     /// Checks that the caller of `r`, a call in database `database`, may make it (see
     /// [`crate::rbac`]); returns the caller when authorization is on.
     async fn authorize<R: crate::rbac::Privileged>(
@@ -4392,17 +4432,160 @@ impl MilvusService for MilvusFront {
         ))
     }
 
+    async fn get_index_state(
+        &self,
+        r: Request<mm::GetIndexStateRequest>,
+    ) -> Reply<mm::GetIndexStateResponse> {
+        let (metadata, _, r) = r.into_parts();
+        let described = self
+            .described_index(
+                metadata,
+                r.db_name,
+                r.collection_name,
+                r.field_name,
+                r.index_name,
+            )
+            .await?;
+        Ok(Response::new(match described {
+            Ok(d) => mm::GetIndexStateResponse {
+                status: Some(status::ok()),
+                state: d.first().map_or(mc::IndexState::None as i32, |i| i.state),
+                fail_reason: String::new(),
+            },
+            Err(status) => mm::GetIndexStateResponse {
+                status: Some(status),
+                ..Default::default()
+            },
+        }))
+    }
+
+    async fn get_index_build_progress(
+        &self,
+        r: Request<mm::GetIndexBuildProgressRequest>,
+    ) -> Reply<mm::GetIndexBuildProgressResponse> {
+        let (metadata, _, r) = r.into_parts();
+        let described = self
+            .described_index(
+                metadata,
+                r.db_name,
+                r.collection_name,
+                r.field_name,
+                r.index_name,
+            )
+            .await?;
+        Ok(Response::new(match described {
+            Ok(d) => mm::GetIndexBuildProgressResponse {
+                status: Some(status::ok()),
+                indexed_rows: d.first().map_or(0, |i| i.indexed_rows),
+                total_rows: d.first().map_or(0, |i| i.total_rows),
+            },
+            Err(status) => mm::GetIndexBuildProgressResponse {
+                status: Some(status),
+                ..Default::default()
+            },
+        }))
+    }
+
+    async fn get_index_statistics(
+        &self,
+        r: Request<mm::GetIndexStatisticsRequest>,
+    ) -> Reply<mm::GetIndexStatisticsResponse> {
+        let (metadata, _, r) = r.into_parts();
+        let described = self
+            .described_index(
+                metadata,
+                r.db_name,
+                r.collection_name,
+                String::new(),
+                r.index_name,
+            )
+            .await?;
+        Ok(Response::new(match described {
+            Ok(index_descriptions) => mm::GetIndexStatisticsResponse {
+                status: Some(status::ok()),
+                index_descriptions,
+            },
+            Err(status) => mm::GetIndexStatisticsResponse {
+                status: Some(status),
+                index_descriptions: Vec::new(),
+            },
+        }))
+    }
+
+    async fn batch_describe_collection(
+        &self,
+        r: Request<mm::BatchDescribeCollectionRequest>,
+    ) -> Reply<mm::BatchDescribeCollectionResponse> {
+        let (metadata, _, r) = r.into_parts();
+        let mut asked: Vec<(String, String)> = r
+            .collection_name
+            .iter()
+            .map(|n| (r.db_name.clone(), n.clone()))
+            .collect();
+        for &id in &r.collection_id {
+            match self.collection_named_or("", id).await {
+                Ok(c) => asked.push((
+                    database::database_of(&c.schema.name).to_owned(),
+                    database::local(&c.schema.name).to_owned(),
+                )),
+                Err(f) => {
+                    return Ok(Response::new(mm::BatchDescribeCollectionResponse {
+                        status: Some(f.status()),
+                        responses: Vec::new(),
+                    }));
+                }
+            }
+        }
+        let mut responses = Vec::with_capacity(asked.len());
+        for (db_name, collection_name) in asked {
+            let mut one = Request::new(mm::DescribeCollectionRequest {
+                db_name,
+                collection_name,
+                ..Default::default()
+            });
+            *one.metadata_mut() = metadata.clone();
+            let described = self.describe_collection(one).await?.into_inner();
+            if let Some(s) = described.status.as_ref().filter(|s| s.code != 0) {
+                return Ok(Response::new(mm::BatchDescribeCollectionResponse {
+                    status: Some(s.clone()),
+                    responses: Vec::new(),
+                }));
+            }
+            responses.push(described);
+        }
+        Ok(Response::new(mm::BatchDescribeCollectionResponse {
+            status: Some(status::ok()),
+            responses,
+        }))
+    }
+
+    async fn get_component_states(
+        &self,
+        _: Request<mm::GetComponentStatesRequest>,
+    ) -> Reply<mm::ComponentStates> {
+        let reasons = self.unhealthy().await;
+        let state = mm::ComponentInfo {
+            node_id: 0,
+            role: "Proxy".into(),
+            state_code: if reasons.is_empty() {
+                mc::StateCode::Healthy
+            } else {
+                mc::StateCode::Abnormal
+            } as i32,
+            extra_info: reasons.iter().map(|r| kv("reason", r.clone())).collect(),
+        };
+        Ok(Response::new(mm::ComponentStates {
+            state: Some(state),
+            subcomponent_states: Vec::new(),
+            status: Some(status::ok()),
+        }))
+    }
+
     async fn check_health(
         &self,
         _: Request<mm::CheckHealthRequest>,
     ) -> Reply<mm::CheckHealthResponse> {
-        let mut reasons = Vec::new();
-        if let Err(f) = self.collection_names().await {
-            reasons.push(format!("the catalog does not answer: {}", f.reason()));
-        }
-        if let Err(e) = self.tso.allocate_timestamps(1).await {
-            reasons.push(format!("the timestamp oracle does not answer: {e}"));
-        }
+        let reasons = self.unhealthy().await;
         Ok(Response::new(mm::CheckHealthResponse {
             status: Some(status::ok()),
             is_healthy: reasons.is_empty(),
