@@ -46,7 +46,9 @@ RPCS = {
     "DropCollection": "Drops a collection and its data.",
     "HasCollection": "Whether a collection exists.",
     "DescribeCollection": "The schema, id, shards and creation time of a collection.",
-    "ShowCollections": "The names (and ids) of every collection.",
+    "ShowCollections": "The names (and ids) of every collection of the call's database; with "
+    "authorization on, of those a grant of the caller names (by name or *), every one for root "
+    "and admin holders.",
     "RenameCollection": "Renames a collection, into database newDBName when given (it must "
     "exist, and the collection must have no aliases to move); its id, data, partitions, "
     "indexes, aliases and load state stay. The new name must be free of collections and "
@@ -223,12 +225,20 @@ RPCS = {
     "OperateUserRole": "Gives a user a role (AddUserToRole) or takes it (RemoveUserFromRole).",
     "SelectRole": "One role (or every one) and, with include_user_info, its users.",
     "SelectUser": "One user (or every one) and, with include_role_info, its roles.",
-    "OperatePrivilege": "Grants a role a privilege (a built-in privilege group, All or *) on "
+    "OperatePrivilege": "Grants a role a privilege (a built-in or custom privilege group, All "
+    "or *) on "
     "an object (Global, Collection or User; object_name * for any) in db_name (* for any; "
     "empty: default), or revokes it.",
     "OperatePrivilegeV2": "OperatePrivilege with the object from the privilege's level: a "
     "collection-level one on collection_name, a database- or cluster-level one on every object "
     "(cluster level: in every database).",
+    "CreatePrivilegeGroup": "A custom privilege group (a role's name rule; not a privilege's "
+    "or built-in group's name), empty; a grant may name it as its privilege.",
+    "DropPrivilegeGroup": "Drops a custom privilege group no role's grant names.",
+    "ListPrivilegeGroups": "Every privilege group: the nine built-in ones (CollectionReadOnly … "
+    "ClusterAdmin), then the custom ones by name, with their privileges.",
+    "OperatePrivilegeGroup": "Adds privileges (single ones, not groups) to a custom group or "
+    "removes them.",
     "SelectGrant": "A role's grants, those of one object type and name when the entity names "
     "them.",
     "GetIndexState": "The state of a collection's index (by field_name or index_name): "

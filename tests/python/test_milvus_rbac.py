@@ -183,3 +183,56 @@ def sluice_open():
             yield s
         finally:
             s.stop()
+
+
+def test_custom_privilege_groups_are_granted_and_callers_list_what_they_may_use(secured):
+    """A custom privilege group grants what it holds (changes act at once); the built-in groups
+    are listed with it; a caller lists only the collections its grants name, root all."""
+    root = client(secured, "root:Milvus")
+    if "r_carol" in root.list_users():
+        root.drop_user("r_carol")
+    if "r_viewer" in root.list_roles():
+        root.drop_role("r_viewer", force_drop=True)
+    groups = {g["privilege_group"] for g in root.list_privilege_groups()}
+    if "r_lookers" in groups:
+        root.drop_privilege_group("r_lookers")
+    for name in ("r_g_books", "r_g_other"):
+        if root.has_collection(name):
+            root.drop_collection(name)
+        root.create_collection(name, dimension=DIM)
+        root.insert(name, rows(4))
+
+    root.create_privilege_group("r_lookers")
+    root.add_privileges_to_group("r_lookers", ["Search", "DescribeCollection"])
+    refused(lambda: root.add_privileges_to_group("r_lookers", ["CollectionAdmin"]), "not a privilege")
+    refused(lambda: root.create_privilege_group("Insert"), "exists")
+    listed = {g["privilege_group"]: set(g["privileges"]) for g in root.list_privilege_groups()}
+    assert listed["r_lookers"] == {"Search", "DescribeCollection"}
+    assert "Insert" in listed["CollectionReadWrite"] and len(listed) == 10, listed
+
+    root.create_user("r_carol", "carol-secret")
+    root.create_role("r_viewer")
+    root.grant_privilege_v2("r_viewer", "r_lookers", "r_g_books", db_name="default")
+    root.grant_role("r_carol", "r_viewer")
+    carol = client(secured, "r_carol:carol-secret")
+    assert len(carol.search("r_g_books", [[0.5] * DIM], limit=2)[0]) == 2
+    assert carol.describe_collection("r_g_books")["collection_name"] == "r_g_books"
+    refused(lambda: carol.query("r_g_books", filter="id >= 0"), "PrivilegeQuery")
+    refused(lambda: carol.search("r_g_other", [[0.5] * DIM], limit=2), "PrivilegeSearch")
+    assert carol.list_collections() == ["r_g_books"]
+    assert {"r_g_books", "r_g_other"} <= set(root.list_collections())
+
+    root.add_privileges_to_group("r_lookers", ["Query"])
+    assert len(carol.query("r_g_books", filter="id >= 0")) == 4
+    root.remove_privileges_from_group("r_lookers", ["Search"])
+    refused(lambda: carol.search("r_g_books", [[0.5] * DIM], limit=2), "PrivilegeSearch")
+
+    refused(lambda: root.drop_privilege_group("r_lookers"), "r_viewer")
+    refused(lambda: root.drop_privilege_group("CollectionReadOnly"), "cannot be dropped")
+    root.revoke_privilege_v2("r_viewer", "r_lookers", "r_g_books", db_name="default")
+    root.drop_privilege_group("r_lookers")
+    assert carol.list_collections() == []
+    root.drop_user("r_carol")
+    root.drop_role("r_viewer")
+    for name in ("r_g_books", "r_g_other"):
+        root.drop_collection(name)

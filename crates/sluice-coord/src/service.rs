@@ -480,6 +480,59 @@ impl coordinator_server::Coordinator for CoordinatorService {
         Ok(Response::new(role))
     }
 
+    async fn create_privilege_group(
+        &self,
+        request: Request<v1::CreatePrivilegeGroupRequest>,
+    ) -> Result<Response<v1::PrivilegeGroupInfo>, Status> {
+        let leader = self.leader().await?;
+        let group = leader
+            .catalog
+            .create_privilege_group(&request.into_inner().name)
+            .await
+            .map_err(|e| coord_status(&e))?;
+        Ok(Response::new(group))
+    }
+
+    async fn drop_privilege_group(
+        &self,
+        request: Request<v1::DropPrivilegeGroupRequest>,
+    ) -> Result<Response<v1::DropPrivilegeGroupResponse>, Status> {
+        let leader = self.leader().await?;
+        leader
+            .catalog
+            .drop_privilege_group(&request.into_inner().name)
+            .await
+            .map_err(|e| coord_status(&e))?;
+        Ok(Response::new(v1::DropPrivilegeGroupResponse {}))
+    }
+
+    async fn list_privilege_groups(
+        &self,
+        _: Request<v1::ListPrivilegeGroupsRequest>,
+    ) -> Result<Response<v1::ListPrivilegeGroupsResponse>, Status> {
+        let leader = self.leader().await?;
+        let groups = leader
+            .catalog
+            .list_privilege_groups()
+            .await
+            .map_err(|e| coord_status(&e))?;
+        Ok(Response::new(v1::ListPrivilegeGroupsResponse { groups }))
+    }
+
+    async fn alter_privilege_group(
+        &self,
+        request: Request<v1::AlterPrivilegeGroupRequest>,
+    ) -> Result<Response<v1::PrivilegeGroupInfo>, Status> {
+        let r = request.into_inner();
+        let leader = self.leader().await?;
+        let group = leader
+            .catalog
+            .alter_privilege_group(&r.name, &r.add, &r.remove)
+            .await
+            .map_err(|e| coord_status(&e))?;
+        Ok(Response::new(group))
+    }
+
     async fn create_collection(
         &self,
         request: Request<v1::CreateCollectionRequest>,

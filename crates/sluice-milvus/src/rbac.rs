@@ -21,7 +21,7 @@ use parking_lot::Mutex;
 use sluice_proto::Channel;
 use sluice_proto::v1;
 use sluice_proto::v1::coordinator_client::CoordinatorClient;
-use sluice_types::rbac::{ADMIN_ROLE, ANY, Need, PUBLIC_ROLE, ROOT_USER, permits};
+use sluice_types::rbac::{ADMIN_ROLE, ANY, Need, PUBLIC_ROLE, ROOT_USER, permits_with};
 use tonic::Status;
 use tonic::metadata::MetadataMap;
 
@@ -40,6 +40,35 @@ const IDENTITIES_KEPT: usize = 4096;
 struct Policy {
     roles_of: HashMap<String, Vec<String>>,
     grants: HashMap<String, Vec<v1::Grant>>,
+    /// Custom privilege groups' privileges.
+    groups: HashMap<String, Vec<String>>,
+}
+
+impl Policy {
+    /// The grants of `user`'s roles and `public`'s.
+    fn grants_of(&self, user: &str) -> Vec<&v1::Grant> {
+        let held = self.roles_of.get(user).map_or(&[][..], Vec::as_slice);
+        held.iter()
+            .map(String::as_str)
+            .chain([PUBLIC_ROLE])
+            .filter_map(|r| self.grants.get(r))
+            .flatten()
+            .collect()
+    }
+
+    /// Whether `grant` lets a call with `need` through.
+    fn permits(&self, grant: &v1::Grant, need: &Need<'_>) -> bool {
+        permits_with(
+            (
+                &grant.object_type,
+                &grant.object_name,
+                &grant.database,
+                &grant.privilege,
+            ),
+            need,
+            &|name: &str| self.groups.get(name).map(Vec::as_slice),
+        )
+    }
 }
 
 /// The front's access control.
@@ -155,6 +184,10 @@ privileged! {
     AlterDatabaseRequest => [Global AlterDatabase];
     DescribeDatabaseRequest => [Global DescribeDatabase];
     RunAnalyzerRequest => [];
+    CreatePrivilegeGroupRequest => [Global CreatePrivilegeGroup];
+    DropPrivilegeGroupRequest => [Global DropPrivilegeGroup];
+    ListPrivilegeGroupsRequest => [Global ListPrivilegeGroups];
+    OperatePrivilegeGroupRequest => [Global OperatePrivilegeGroup];
 }
 
 impl Privileged for mm::FlushRequest {
@@ -269,9 +302,19 @@ impl Rbac {
             .await?
             .into_inner()
             .roles;
+        let groups = coord
+            .list_privilege_groups(v1::ListPrivilegeGroupsRequest {})
+            .await?
+            .into_inner()
+            .groups;
         let policy = Arc::new(Policy {
             roles_of: users.into_iter().map(|u| (u.name, u.roles)).collect(),
             grants: roles.into_iter().map(|r| (r.name, r.grants)).collect(),
+            groups: groups
+                .into_iter()
+                .filter(|g| !g.builtin)
+                .map(|g| (g.name, g.privileges))
+                .collect(),
         });
         *self.policy.lock() = Some((Instant::now(), policy.clone()));
         Ok(policy)
@@ -287,6 +330,35 @@ impl Rbac {
             .roles_of
             .get(user)
             .is_some_and(|roles| roles.iter().any(|r| r == ADMIN_ROLE)))
+    }
+
+    /// Of `names` (collections of database `database`), those the caller of a call with
+    /// `metadata` may see: all with authorization off, for `root` and `admin` holders;
+    /// otherwise those some grant of the caller's names (by name or `*`), as Milvus lists them.
+    pub(crate) async fn visible(
+        &self,
+        metadata: &MetadataMap,
+        database: &str,
+        names: Vec<String>,
+    ) -> Result<Vec<String>, Status> {
+        let Some(user) = self.caller(metadata).await? else {
+            return Ok(names);
+        };
+        if self.is_admin(&user).await? {
+            return Ok(names);
+        }
+        let policy = self.policy().await?;
+        let grants = policy.grants_of(&user);
+        Ok(names
+            .into_iter()
+            .filter(|n| {
+                grants.iter().any(|g| {
+                    (g.database == ANY || g.database == database)
+                        && (g.object_name == ANY
+                            || (g.object_type == "Collection" && g.object_name == *n))
+                })
+            })
+            .collect())
     }
 
     /// Checks a call in database `database` needing `needs` on `objects` (none: any object):
@@ -313,14 +385,7 @@ impl Rbac {
             return Ok(Some(user));
         }
         let policy = self.policy().await?;
-        let held = policy.roles_of.get(&user).map_or(&[][..], Vec::as_slice);
-        let grants: Vec<&v1::Grant> = held
-            .iter()
-            .map(String::as_str)
-            .chain([PUBLIC_ROLE])
-            .filter_map(|r| policy.grants.get(r))
-            .flatten()
-            .collect();
+        let grants = policy.grants_of(&user);
         let named: Vec<&str> = objects.iter().copied().filter(|o| !o.is_empty()).collect();
         let objects = if named.is_empty() { vec![ANY] } else { named };
         for name in objects {
@@ -330,12 +395,7 @@ impl Rbac {
                 database,
                 privilege,
             };
-            let allowed = grants.iter().any(|g| {
-                permits(
-                    (&g.object_type, &g.object_name, &g.database, &g.privilege),
-                    &need,
-                )
-            });
+            let allowed = grants.iter().any(|g| policy.permits(g, &need));
             if !allowed {
                 return Err(Status::permission_denied(format!(
                     "Privilege{privilege}: permission deny to {user} in the `{database}` \
@@ -384,6 +444,20 @@ fn grant_database(db_name: &str) -> String {
 
 /// The Milvus RBAC calls, after the caller was allowed to make them.
 impl Rbac {
+    /// Makes a change through the coordinator (`call` with a client of it), then forgets what
+    /// this front read so that the change acts at once.
+    async fn change<T, F, Fut>(&self, call: F) -> Result<(), Failure>
+    where
+        F: FnOnce(CoordinatorClient<Channel>) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<T>, Status>>,
+    {
+        call(self.coord.clone())
+            .await
+            .map_err(|s| coord_failure(&s))?;
+        self.forget();
+        Ok(())
+    }
+
     async fn users(&self) -> Result<Vec<v1::UserInfo>, Failure> {
         Ok(self
             .coord
@@ -411,16 +485,12 @@ impl Rbac {
         r: mm::CreateCredentialRequest,
     ) -> Result<(), Failure> {
         let password = password("password", &r.password)?;
-        self.coord
-            .clone()
-            .create_user(v1::CreateUserRequest {
-                name: r.username,
-                password,
-            })
+        let request = v1::CreateUserRequest {
+            name: r.username,
+            password,
+        };
+        self.change(|mut c| async move { c.create_user(request).await })
             .await
-            .map_err(|s| coord_failure(&s))?;
-        self.forget();
-        Ok(())
     }
 
     /// `caller`: who asks (`None` with authorization off). An administrator changing another
@@ -440,31 +510,23 @@ impl Rbac {
         } else {
             password("oldPassword", &r.old_password)?
         };
-        self.coord
-            .clone()
-            .update_password(v1::UpdatePasswordRequest {
-                name: r.username,
-                old_password,
-                new_password,
-                reset,
-            })
+        let request = v1::UpdatePasswordRequest {
+            name: r.username,
+            old_password,
+            new_password,
+            reset,
+        };
+        self.change(|mut c| async move { c.update_password(request).await })
             .await
-            .map_err(|s| coord_failure(&s))?;
-        self.forget();
-        Ok(())
     }
 
     pub(crate) async fn delete_credential(
         &self,
         r: mm::DeleteCredentialRequest,
     ) -> Result<(), Failure> {
-        self.coord
-            .clone()
-            .drop_user(v1::DropUserRequest { name: r.username })
+        let request = v1::DropUserRequest { name: r.username };
+        self.change(|mut c| async move { c.drop_user(request).await })
             .await
-            .map_err(|s| coord_failure(&s))?;
-        self.forget();
-        Ok(())
     }
 
     pub(crate) async fn list_cred_users(&self) -> Result<Vec<String>, Failure> {
@@ -473,26 +535,18 @@ impl Rbac {
 
     pub(crate) async fn create_role(&self, r: mm::CreateRoleRequest) -> Result<(), Failure> {
         let name = r.entity.map(|e| e.name).unwrap_or_default();
-        self.coord
-            .clone()
-            .create_role(v1::CreateRoleRequest { name })
+        let request = v1::CreateRoleRequest { name };
+        self.change(|mut c| async move { c.create_role(request).await })
             .await
-            .map_err(|s| coord_failure(&s))?;
-        self.forget();
-        Ok(())
     }
 
     pub(crate) async fn drop_role(&self, r: mm::DropRoleRequest) -> Result<(), Failure> {
-        self.coord
-            .clone()
-            .drop_role(v1::DropRoleRequest {
-                name: r.role_name,
-                force: r.force_drop,
-            })
+        let request = v1::DropRoleRequest {
+            name: r.role_name,
+            force: r.force_drop,
+        };
+        self.change(|mut c| async move { c.drop_role(request).await })
             .await
-            .map_err(|s| coord_failure(&s))?;
-        self.forget();
-        Ok(())
     }
 
     pub(crate) async fn operate_user_role(
@@ -509,17 +563,13 @@ impl Rbac {
                 )));
             }
         };
-        self.coord
-            .clone()
-            .alter_user_roles(v1::AlterUserRolesRequest {
-                user: r.username,
-                add,
-                remove,
-            })
+        let request = v1::AlterUserRolesRequest {
+            user: r.username,
+            add,
+            remove,
+        };
+        self.change(|mut c| async move { c.alter_user_roles(request).await })
             .await
-            .map_err(|s| coord_failure(&s))?;
-        self.forget();
-        Ok(())
     }
 
     pub(crate) async fn select_role(
@@ -581,17 +631,13 @@ impl Rbac {
         } else {
             (vec![grant], Vec::new())
         };
-        self.coord
-            .clone()
-            .alter_role_grants(v1::AlterRoleGrantsRequest {
-                role,
-                grant,
-                revoke,
-            })
+        let request = v1::AlterRoleGrantsRequest {
+            role,
+            grant,
+            revoke,
+        };
+        self.change(|mut c| async move { c.alter_role_grants(request).await })
             .await
-            .map_err(|s| coord_failure(&s))?;
-        self.forget();
-        Ok(())
     }
 
     fn revoking(operation: i32) -> Result<bool, Failure> {
@@ -645,7 +691,19 @@ impl Rbac {
         } else {
             r.collection_name
         };
-        let (object_type, object_name, database) = match level(&privilege) {
+        let level = if sluice_types::rbac::is_privilege(&privilege) {
+            level(&privilege)
+        } else {
+            // A custom group: the highest level of its privileges.
+            let groups = self.privilege_groups().await?;
+            let custom = groups.iter().find(|g| g.name == privilege).ok_or_else(|| {
+                Failure::invalid(format!(
+                    "privilege {privilege:?} does not exist (nor a privilege group of that name)"
+                ))
+            })?;
+            sluice_types::rbac::level_of(custom.privileges.iter().map(String::as_str))
+        };
+        let (object_type, object_name, database) = match level {
             Level::Collection => ("Collection", collection, database),
             Level::Database => ("Global", ANY.to_owned(), database),
             Level::Cluster => ("Global", ANY.to_owned(), ANY.to_owned()),
@@ -657,6 +715,79 @@ impl Rbac {
             privilege,
         };
         self.alter_grants(role, grant, revoke).await
+    }
+
+    async fn privilege_groups(&self) -> Result<Vec<v1::PrivilegeGroupInfo>, Failure> {
+        Ok(self
+            .coord
+            .clone()
+            .list_privilege_groups(v1::ListPrivilegeGroupsRequest {})
+            .await
+            .map_err(|s| coord_failure(&s))?
+            .into_inner()
+            .groups)
+    }
+
+    pub(crate) async fn create_privilege_group(
+        &self,
+        r: mm::CreatePrivilegeGroupRequest,
+    ) -> Result<(), Failure> {
+        let request = v1::CreatePrivilegeGroupRequest { name: r.group_name };
+        self.change(|mut c| async move { c.create_privilege_group(request).await })
+            .await
+    }
+
+    pub(crate) async fn drop_privilege_group(
+        &self,
+        r: mm::DropPrivilegeGroupRequest,
+    ) -> Result<(), Failure> {
+        let request = v1::DropPrivilegeGroupRequest { name: r.group_name };
+        self.change(|mut c| async move { c.drop_privilege_group(request).await })
+            .await
+    }
+
+    pub(crate) async fn list_privilege_groups(
+        &self,
+    ) -> Result<Vec<mm::PrivilegeGroupInfo>, Failure> {
+        Ok(self
+            .privilege_groups()
+            .await?
+            .into_iter()
+            .map(|g| mm::PrivilegeGroupInfo {
+                group_name: g.name,
+                privileges: g
+                    .privileges
+                    .into_iter()
+                    .map(|name| mm::PrivilegeEntity { name })
+                    .collect(),
+            })
+            .collect())
+    }
+
+    pub(crate) async fn operate_privilege_group(
+        &self,
+        r: mm::OperatePrivilegeGroupRequest,
+    ) -> Result<(), Failure> {
+        let privileges: Vec<String> = r.privileges.into_iter().map(|p| p.name).collect();
+        let (add, remove) = match mm::OperatePrivilegeGroupType::try_from(r.r#type) {
+            Ok(mm::OperatePrivilegeGroupType::AddPrivilegesToGroup) => (privileges, Vec::new()),
+            Ok(mm::OperatePrivilegeGroupType::RemovePrivilegesFromGroup) => {
+                (Vec::new(), privileges)
+            }
+            Err(_) => {
+                return Err(Failure::invalid(format!(
+                    "operate privilege group type {} is not one Milvus has",
+                    r.r#type
+                )));
+            }
+        };
+        let request = v1::AlterPrivilegeGroupRequest {
+            name: r.group_name,
+            add,
+            remove,
+        };
+        self.change(|mut c| async move { c.alter_privilege_group(request).await })
+            .await
     }
 
     pub(crate) async fn select_grant(

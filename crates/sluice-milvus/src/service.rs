@@ -3328,6 +3328,7 @@ impl MilvusService for MilvusFront {
         &self,
         r: Request<mm::ShowCollectionsRequest>,
     ) -> Reply<mm::ShowCollectionsResponse> {
+        let metadata = r.metadata().clone();
         let (db, _) = entered!(self, r);
         let result = async {
             if !database::is_default(&db) {
@@ -3340,6 +3341,28 @@ impl MilvusService for MilvusFront {
                 .map_err(|s| Failure::from_client(&ClientError::from_status(&s), ""))
         }
         .await;
+        // With authorization on, a caller sees the collections its grants name (Milvus's).
+        let result = match result {
+            Ok(list) => {
+                let mut list = list.into_inner();
+                let local = |c: &v1::CollectionInfo| {
+                    c.schema
+                        .as_ref()
+                        .map(|s| database::local(&s.name).to_owned())
+                        .unwrap_or_default()
+                };
+                let names = list.collections.iter().map(local).collect();
+                let visible: std::collections::HashSet<String> = self
+                    .rbac
+                    .visible(&metadata, &db, names)
+                    .await?
+                    .into_iter()
+                    .collect();
+                list.collections.retain(|c| visible.contains(&local(c)));
+                Ok(Response::new(list))
+            }
+            Err(f) => Err(f),
+        };
         Ok(Response::new(match result {
             Ok(list) => {
                 let sluice_name = |c: &v1::CollectionInfo| {
@@ -4430,6 +4453,52 @@ impl MilvusService for MilvusFront {
                 },
             },
         ))
+    }
+
+    async fn create_privilege_group(
+        &self,
+        r: Request<mm::CreatePrivilegeGroupRequest>,
+    ) -> Reply<Status> {
+        self.authorize(&r, "").await?;
+        let result = self.rbac.create_privilege_group(r.into_inner()).await;
+        Ok(Response::new(status::of(&result)))
+    }
+
+    async fn drop_privilege_group(
+        &self,
+        r: Request<mm::DropPrivilegeGroupRequest>,
+    ) -> Reply<Status> {
+        self.authorize(&r, "").await?;
+        let result = self.rbac.drop_privilege_group(r.into_inner()).await;
+        Ok(Response::new(status::of(&result)))
+    }
+
+    async fn list_privilege_groups(
+        &self,
+        r: Request<mm::ListPrivilegeGroupsRequest>,
+    ) -> Reply<mm::ListPrivilegeGroupsResponse> {
+        self.authorize(&r, "").await?;
+        Ok(Response::new(
+            match self.rbac.list_privilege_groups().await {
+                Ok(privilege_groups) => mm::ListPrivilegeGroupsResponse {
+                    status: Some(status::ok()),
+                    privilege_groups,
+                },
+                Err(f) => mm::ListPrivilegeGroupsResponse {
+                    status: Some(f.status()),
+                    privilege_groups: Vec::new(),
+                },
+            },
+        ))
+    }
+
+    async fn operate_privilege_group(
+        &self,
+        r: Request<mm::OperatePrivilegeGroupRequest>,
+    ) -> Reply<Status> {
+        self.authorize(&r, "").await?;
+        let result = self.rbac.operate_privilege_group(r.into_inner()).await;
+        Ok(Response::new(status::of(&result)))
     }
 
     async fn get_index_state(

@@ -185,7 +185,37 @@ fn privileges() -> impl Iterator<Item = &'static str> {
 
 /// Whether `name` is a privilege, a built-in group, [`ALL`] or [`ANY`].
 pub fn is_privilege(name: &str) -> bool {
-    name == ALL || name == ANY || group(name).is_some() || privileges().any(|p| p == name)
+    name == ALL || name == ANY || group(name).is_some() || is_single(name)
+}
+
+/// Whether `name` is one privilege (not a group, [`ALL`] or [`ANY`]).
+pub fn is_single(name: &str) -> bool {
+    privileges().any(|p| p == name)
+}
+
+/// The built-in privilege groups: name and privileges.
+pub fn builtin_groups() -> impl Iterator<Item = (&'static str, Vec<&'static str>)> {
+    GROUPS.iter().map(|g| {
+        (
+            g.name,
+            g.parts.iter().flat_map(|l| l.iter().copied()).collect(),
+        )
+    })
+}
+
+/// The level of a set of privileges (a custom group's): the highest of theirs, the
+/// collection's when empty.
+pub fn level_of<'a>(privileges: impl IntoIterator<Item = &'a str>) -> Level {
+    let rank = |l: Level| match l {
+        Level::Collection => 0,
+        Level::Database => 1,
+        Level::Cluster => 2,
+    };
+    privileges
+        .into_iter()
+        .map(level)
+        .max_by_key(|l| rank(*l))
+        .unwrap_or(Level::Collection)
 }
 
 /// The level of privilege or group `name` (a grant without an object type gets its object
@@ -211,10 +241,23 @@ pub fn level(name: &str) -> Level {
 
 /// Whether a grant of `granted` (a privilege, a group, [`ALL`] or [`ANY`]) covers `needed`.
 pub fn covers(granted: &str, needed: &str) -> bool {
+    covers_with(granted, needed, &no_custom_groups)
+}
+
+/// The privileges of custom privilege group `name`, if there is one.
+pub type CustomGroups<'a> = dyn Fn(&str) -> Option<&'a [String]> + 'a;
+
+fn no_custom_groups(_: &str) -> Option<&'static [String]> {
+    None
+}
+
+/// [`covers`], where `granted` may also be a custom privilege group `custom` knows.
+pub fn covers_with(granted: &str, needed: &str, custom: &CustomGroups<'_>) -> bool {
     granted == needed
         || granted == ALL
         || granted == ANY
         || group(granted).is_some_and(|g| g.parts.iter().any(|l| l.contains(&needed)))
+        || custom(granted).is_some_and(|privileges| privileges.iter().any(|p| p == needed))
 }
 
 /// What a call needs: `privilege` on object `name` of type `object_type` in `database`.
@@ -235,9 +278,15 @@ pub struct Need<'a> {
 /// privilege Milvus checks on a `Global` object (DescribeCollection, the alias calls), or a
 /// grant of everything on every object — name and database equal or [`ANY`], privilege
 /// covered.
-pub fn permits(
+pub fn permits(grant: (&str, &str, &str, &str), need: &Need<'_>) -> bool {
+    permits_with(grant, need, &no_custom_groups)
+}
+
+/// [`permits`], where the grant's privilege may be a custom group `custom` knows.
+pub fn permits_with(
     (object_type, object_name, database, privilege): (&str, &str, &str, &str),
     need: &Need<'_>,
+    custom: &CustomGroups<'_>,
 ) -> bool {
     let everything = object_name == ANY && (privilege == ALL || privilege == ANY);
     let same_type = object_type == need.object_type
@@ -246,7 +295,7 @@ pub fn permits(
     same_type
         && (object_name == ANY || object_name == need.name)
         && (database == ANY || database == need.database)
-        && covers(privilege, need.privilege)
+        && covers_with(privilege, need.privilege, custom)
 }
 
 /// A user name: 1-32 characters of `[A-Za-z0-9_]`, starting with a letter.
@@ -325,6 +374,15 @@ mod tests {
         assert_eq!(level("CreateDatabase"), Level::Cluster);
         assert!(is_privilege("Search") && is_privilege("ClusterReadOnly") && is_privilege(ALL));
         assert!(!is_privilege("Fly"));
+        assert!(is_single("Insert") && !is_single("CollectionAdmin") && !is_single(ALL));
+        assert_eq!(builtin_groups().count(), 9);
+        assert_eq!(level_of(["Search", "CreateCollection"]), Level::Database);
+        assert_eq!(level_of(["Search", "ListDatabases"]), Level::Cluster);
+        let mine = vec!["Search".to_owned(), "Query".to_owned()];
+        let custom = |name: &str| (name == "readers").then_some(mine.as_slice());
+        assert!(covers_with("readers", "Query", &custom));
+        assert!(!covers_with("readers", "Insert", &custom));
+        assert!(!covers("readers", "Query"));
     }
 
     #[test]

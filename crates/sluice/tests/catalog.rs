@@ -36,6 +36,29 @@ fn ctl(server: &Proc, args: &[&str]) -> support::CliOutput {
     run_cli(&all, &[], TIMEOUT)
 }
 
+/// Collection `name`'s schema: an int64 primary key `id` and a 2-dimensional vector `v`.
+fn id_and_vector(name: &str) -> sluice_types::schema::CollectionSchema {
+    use sluice_types::schema::{CollectionSchema, DataType, FieldSchema};
+    CollectionSchema {
+        name: name.into(),
+        fields: vec![
+            FieldSchema {
+                name: "id".into(),
+                data_type: DataType::Int64 as i32,
+                is_primary_key: true,
+                ..Default::default()
+            },
+            FieldSchema {
+                name: "v".into(),
+                data_type: DataType::FloatVector as i32,
+                dim: 2,
+                ..Default::default()
+            },
+        ],
+        ..Default::default()
+    }
+}
+
 /// `sluice ctl create-collection NAME` with the test's schema and two shards.
 fn create_collection(endpoint: &str, name: &str) -> support::CliOutput {
     create_with_fields(
@@ -362,25 +385,7 @@ async fn collection_properties_are_kept_altered_and_checked() {
         CoordinatorClient::new(channel)
     };
     let mut coord = connect(&server);
-    use sluice_types::schema::{CollectionSchema, DataType, FieldSchema};
-    let schema = CollectionSchema {
-        name: "props".into(),
-        fields: vec![
-            FieldSchema {
-                name: "id".into(),
-                data_type: DataType::Int64 as i32,
-                is_primary_key: true,
-                ..Default::default()
-            },
-            FieldSchema {
-                name: "v".into(),
-                data_type: DataType::FloatVector as i32,
-                dim: 2,
-                ..Default::default()
-            },
-        ],
-        ..Default::default()
-    };
+    let schema = id_and_vector("props");
     let created = coord
         .create_collection(v1::CreateCollectionRequest {
             schema: Some(schema),
@@ -1734,31 +1739,13 @@ async fn databases_hold_their_own_collections_and_go_only_when_empty() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_database_holds_at_most_its_max_collections_even_when_creates_race() {
     use sluice_types::database::MAX_COLLECTIONS;
-    use sluice_types::schema::{CollectionSchema, DataType, FieldSchema};
     let data = tempfile::tempdir().unwrap();
     let logs = tempfile::tempdir().unwrap();
     let mut server = start(data.path(), logs.path());
     let coord = v1::coordinator_client::CoordinatorClient::new(
         sluice_proto::lazy_channel(&server.endpoint()).unwrap(),
     );
-    let schema = |name: &str| CollectionSchema {
-        name: name.into(),
-        fields: vec![
-            FieldSchema {
-                name: "id".into(),
-                data_type: DataType::Int64 as i32,
-                is_primary_key: true,
-                ..Default::default()
-            },
-            FieldSchema {
-                name: "v".into(),
-                data_type: DataType::FloatVector as i32,
-                dim: 2,
-                ..Default::default()
-            },
-        ],
-        ..Default::default()
-    };
+    let schema = id_and_vector;
     let create = |name: String| {
         let mut coord = coord.clone();
         let schema = schema(&name);
@@ -2023,6 +2010,58 @@ async fn users_and_roles_are_kept_checked_and_survive_a_restart() {
         .expect("grant")
         .into_inner();
     assert_eq!(role.grants.len(), 2, "a grant given twice is kept once");
+    // A custom privilege group: granted by name once it exists, not dropped while granted.
+    let e = c
+        .alter_role_grants(v1::AlterRoleGrantsRequest {
+            role: "readers".into(),
+            grant: vec![grant("Collection", "*", "lookers")],
+            revoke: Vec::new(),
+        })
+        .await
+        .unwrap_err();
+    assert!(e.message().contains("lookers"), "{e}");
+    c.create_privilege_group(v1::CreatePrivilegeGroupRequest {
+        name: "lookers".into(),
+    })
+    .await
+    .expect("create lookers");
+    let e = c
+        .alter_privilege_group(v1::AlterPrivilegeGroupRequest {
+            name: "lookers".into(),
+            add: vec!["Search".into(), "CollectionAdmin".into()],
+            remove: Vec::new(),
+        })
+        .await
+        .unwrap_err();
+    assert!(e.message().contains("CollectionAdmin"), "{e}");
+    c.alter_privilege_group(v1::AlterPrivilegeGroupRequest {
+        name: "lookers".into(),
+        add: vec!["Search".into(), "Query".into()],
+        remove: Vec::new(),
+    })
+    .await
+    .expect("fill lookers");
+    c.alter_role_grants(v1::AlterRoleGrantsRequest {
+        role: "readers".into(),
+        grant: vec![grant("Collection", "*", "lookers")],
+        revoke: Vec::new(),
+    })
+    .await
+    .expect("grant lookers");
+    let e = c
+        .drop_privilege_group(v1::DropPrivilegeGroupRequest {
+            name: "lookers".into(),
+        })
+        .await
+        .unwrap_err();
+    assert!(e.message().contains("readers"), "{e}");
+    c.alter_role_grants(v1::AlterRoleGrantsRequest {
+        role: "readers".into(),
+        grant: Vec::new(),
+        revoke: vec![grant("Collection", "*", "lookers")],
+    })
+    .await
+    .expect("revoke lookers");
     let e = c
         .alter_role_grants(v1::AlterRoleGrantsRequest {
             role: "admin".into(),
@@ -2081,6 +2120,16 @@ async fn users_and_roles_are_kept_checked_and_survive_a_restart() {
     let names: Vec<&str> = roles.iter().map(|r| r.name.as_str()).collect();
     assert_eq!(names, ["admin", "public", "readers"]);
     assert_eq!(roles[2].grants.len(), 2);
+    let groups = c
+        .list_privilege_groups(v1::ListPrivilegeGroupsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .groups;
+    assert_eq!(groups.len(), 10, "nine built-in groups and lookers");
+    assert!(groups[..9].iter().all(|g| g.builtin));
+    assert_eq!(groups[9].name, "lookers");
+    assert_eq!(groups[9].privileges, ["Query", "Search"]);
 
     let e = c
         .drop_role(v1::DropRoleRequest {

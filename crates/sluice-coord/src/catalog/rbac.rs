@@ -2,7 +2,8 @@
 //! vocabulary of grants).
 //!
 //! `catalog/users/{name}` holds each user's `StoredUser` (its roles, and its password as a
-//! salted PBKDF2-HMAC-SHA256 hash), `catalog/roles/{name}` each role's `RoleInfo`. `root`, and
+//! salted PBKDF2-HMAC-SHA256 hash), `catalog/roles/{name}` each role's `RoleInfo`,
+//! `catalog/privilege_groups/{name}` each custom privilege group's `PrivilegeGroupInfo`. `root`, and
 //! the roles `admin` and `public`, always exist: `root`'s record is written when its password
 //! or roles first change, `public`'s when its grants do; `admin` is never stored. Every change
 //! is a compare-and-set of the record it read. A user may name a role dropped meanwhile (a
@@ -16,8 +17,8 @@ use ring::rand::SecureRandom as _;
 use sluice_meta::{Condition, MetaError};
 use sluice_proto::v1;
 use sluice_types::rbac::{
-    ADMIN_ROLE, DEFAULT_ROOT_PASSWORD, OBJECT_TYPES, PUBLIC_ROLE, ROOT_USER, check_password,
-    check_role_name, check_user_name, is_privilege,
+    ADMIN_ROLE, DEFAULT_ROOT_PASSWORD, OBJECT_TYPES, PUBLIC_ROLE, ROOT_USER, builtin_groups,
+    check_password, check_role_name, check_user_name, is_privilege, is_single,
 };
 
 use super::Catalog;
@@ -111,12 +112,6 @@ fn check_grant(g: &v1::Grant) -> Result<()> {
             OBJECT_TYPES.join(", ")
         )));
     }
-    if !is_privilege(&g.privilege) {
-        return Err(invalid(format!(
-            "privilege {:?} does not exist",
-            g.privilege
-        )));
-    }
     if g.object_name.is_empty() || g.database.is_empty() {
         return Err(invalid("a grant names its object and database (`*`: any)"));
     }
@@ -143,6 +138,125 @@ impl Catalog {
 
     fn role_key(&self, name: &str) -> String {
         format!("{}/catalog/roles/{name}", self.root)
+    }
+
+    fn group_key(&self, name: &str) -> String {
+        format!("{}/catalog/privilege_groups/{name}", self.root)
+    }
+
+    async fn read_group(&self, name: &str) -> Result<Option<Read<v1::PrivilegeGroupInfo>>> {
+        let key = self.group_key(name);
+        Ok(match self.store.get(&key).await? {
+            Some(kv) => Some(Read {
+                value: decode(&key, &kv.value)?,
+                condition: Condition::ModRevision(kv.mod_revision),
+            }),
+            None => None,
+        })
+    }
+
+    /// Creates custom privilege group `name`, empty.
+    pub async fn create_privilege_group(&self, name: &str) -> Result<v1::PrivilegeGroupInfo> {
+        check_role_name(name)
+            .map_err(|e| invalid(e.replace("role name", "privilege group name")))?;
+        if is_privilege(name) || self.read_group(name).await?.is_some() {
+            return Err(invalid(format!(
+                "privilege group {name:?} exists (or is a privilege's name)"
+            )));
+        }
+        let group = v1::PrivilegeGroupInfo {
+            name: name.to_owned(),
+            privileges: Vec::new(),
+            builtin: false,
+        };
+        if !self
+            .write_if(&self.group_key(name), &group, Condition::KeyAbsent)
+            .await?
+        {
+            return Err(invalid(format!("privilege group {name:?} exists")));
+        }
+        tracing::info!(group = name, "privilege group created");
+        Ok(group)
+    }
+
+    /// Drops custom privilege group `name` when no grant names it.
+    pub async fn drop_privilege_group(&self, name: &str) -> Result<()> {
+        if is_privilege(name) {
+            return Err(invalid(format!(
+                "the built-in privilege group {name:?} cannot be dropped"
+            )));
+        }
+        let using: Vec<String> = self
+            .list_roles()
+            .await?
+            .into_iter()
+            .filter(|r| r.grants.iter().any(|g| g.privilege == name))
+            .map(|r| r.name)
+            .collect();
+        if !using.is_empty() {
+            return Err(invalid(format!(
+                "privilege group {name:?} is granted to role(s) {}: revoke it first",
+                using.join(", ")
+            )));
+        }
+        self.store
+            .delete(&self.group_key(name), Condition::None)
+            .await?;
+        tracing::info!(group = name, "privilege group dropped");
+        Ok(())
+    }
+
+    /// Every privilege group: the built-in ones, then the custom ones by name.
+    pub async fn list_privilege_groups(&self) -> Result<Vec<v1::PrivilegeGroupInfo>> {
+        let mut out: Vec<v1::PrivilegeGroupInfo> = builtin_groups()
+            .map(|(name, privileges)| v1::PrivilegeGroupInfo {
+                name: name.to_owned(),
+                privileges: privileges.into_iter().map(str::to_owned).collect(),
+                builtin: true,
+            })
+            .collect();
+        let (kvs, _) = self.store.scan_prefix(&self.group_key("")).await?;
+        let mut custom = Vec::new();
+        for kv in kvs {
+            custom.push(decode::<v1::PrivilegeGroupInfo>(&kv.key, &kv.value)?);
+        }
+        custom.sort_by(|a, b| a.name.cmp(&b.name));
+        out.extend(custom);
+        Ok(out)
+    }
+
+    /// Adds privileges `add` (single ones) to custom group `name` and removes `remove`.
+    pub async fn alter_privilege_group(
+        &self,
+        name: &str,
+        add: &[String],
+        remove: &[String],
+    ) -> Result<v1::PrivilegeGroupInfo> {
+        if let Some(p) = add.iter().find(|p| !is_single(p)) {
+            return Err(invalid(format!(
+                "{p:?} is not a privilege (a group holds single privileges)"
+            )));
+        }
+        loop {
+            let Some(read) = self.read_group(name).await? else {
+                return Err(invalid(format!(
+                    "privilege group {name:?} does not exist (the built-in ones do not change)"
+                )));
+            };
+            let mut group = read.value;
+            let mut privileges: BTreeSet<String> = group.privileges.drain(..).collect();
+            privileges.extend(add.iter().cloned());
+            for p in remove {
+                privileges.remove(p);
+            }
+            group.privileges = privileges.into_iter().collect();
+            if self
+                .write_if(&self.group_key(name), &group, read.condition)
+                .await?
+            {
+                return Ok(group);
+            }
+        }
     }
 
     async fn read_user(&self, name: &str) -> Result<Option<Read<v1::StoredUser>>> {
@@ -442,6 +556,12 @@ impl Catalog {
         }
         for g in grant {
             check_grant(g)?;
+            if !is_privilege(&g.privilege) && self.read_group(&g.privilege).await?.is_none() {
+                return Err(invalid(format!(
+                    "privilege {:?} does not exist (nor a privilege group of that name)",
+                    g.privilege
+                )));
+            }
         }
         let same = |a: &v1::Grant, b: &v1::Grant| {
             a.object_type == b.object_type
