@@ -162,7 +162,11 @@ RPCS = {
     "allocates; otherwise not, with the reason.",
     "AlterCollection": "Sets and deletes collection properties (drop_collection_properties "
     "deletes). collection.ttl.seconds is a time to live: reads skip rows inserted at least that "
-    "long before the read's timestamp. Rate limits, disk protection, replica numbers, resource "
+    "long before the read's timestamp. collection.insertRate.max.mb, upsertRate.max.mb, "
+    "deleteRate.max.mb (MB of request a second), queryRate.max.qps and searchRate.max.vps "
+    "(query vectors a second) limit the collection's calls through each front (a call beyond "
+    "is refused with the retriable code 8 and writes nothing; negative: no limit). Other rate "
+    "limits, disk protection, replica numbers, resource "
     "groups, partition-key isolation and dynamicfield.enabled are refused; any other key "
     "(mmap.enabled, collection.autocompaction.enabled, a user's own) is kept and described back "
     "with no effect on Sluice. Properties given to CreateCollection are taken the same way.",

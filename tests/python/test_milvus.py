@@ -1895,6 +1895,59 @@ def test_older_index_and_collection_calls_answer_as_describe_does(sluice, sluice
     sluice.drop_collection("d_older_too")
 
 
+def test_collection_rate_limits_refuse_calls_beyond_them_and_pymilvus_retries(sluice):
+    """Sluice-only (milvus-lite has no rate limits): `collection.queryRate.max.qps`,
+    `collection.searchRate.max.vps` and `collection.insertRate.max.mb` refuse calls beyond
+    them with Milvus's retriable code 8 — nothing written — and pymilvus, retrying, gets
+    through; a value that is no number is refused; dropping the property lifts the limit."""
+    fresh(sluice, "d_rated")
+    sluice.insert("d_rated", rows(10))
+    sluice.alter_collection_properties(
+        "d_rated",
+        {
+            "collection.queryRate.max.qps": "2",
+            "collection.searchRate.max.vps": "4",
+            "collection.insertRate.max.mb": "0.001",
+        },
+    )
+    described = sluice.describe_collection("d_rated")["properties"]
+    assert described["collection.queryRate.max.qps"] == "2", described
+
+    def refused_now(call):
+        with pytest.raises(MilvusException) as e:
+            call()
+        assert e.value.code == 8 and "rate limit exceeded" in e.value.message, e.value
+
+    # The bucket holds a second's worth: two queries pass at once, the third waits for it.
+    for _ in range(2):
+        sluice.query("d_rated", filter="id >= 0", retry_on_rate_limit=False)
+    refused_now(lambda: sluice.query("d_rated", filter="id >= 0", retry_on_rate_limit=False))
+    # pymilvus backs off and retries a rate-limited call until it passes.
+    assert len(sluice.query("d_rated", filter="id >= 0", consistency_level="Strong")) == 10
+    # Four query vectors a second: one search of four passes, the next does not.
+    sluice.search("d_rated", [[0.5] * DIM] * 4, limit=2, retry_on_rate_limit=False)
+    refused_now(lambda: sluice.search("d_rated", [[0.5] * DIM], limit=2, retry_on_rate_limit=False))
+    # About 1 KB a second: one insert of 50 rows (more than that) passes on a full bucket
+    # and leaves it in debt; the next is refused and not written.
+    sluice.insert("d_rated", rows(50, seed=3, start=100), retry_on_rate_limit=False)
+    refused_now(
+        lambda: sluice.insert("d_rated", rows(1, start=500), retry_on_rate_limit=False)
+    )
+    with pytest.raises(MilvusException):
+        sluice.alter_collection_properties("d_rated", {"collection.queryRate.max.qps": "fast"})
+    with pytest.raises(MilvusException):
+        sluice.alter_collection_properties("d_rated", {"collection.queryRate.min.qps": "1"})
+    sluice.drop_collection_properties(
+        "d_rated",
+        ["collection.queryRate.max.qps", "collection.insertRate.max.mb"],
+    )
+    for _ in range(5):
+        sluice.query("d_rated", filter="id >= 0", retry_on_rate_limit=False)
+    got = sluice.query("d_rated", filter="id >= 0", output_fields=["id"], consistency_level="Strong")
+    assert sorted(r["id"] for r in got) == list(range(10)) + list(range(100, 150))
+    sluice.drop_collection("d_rated")
+
+
 def decay_collection(c, name, metric):
     """`name` with an int64 `ts`, a double `price`, an int8 `rank` and a nullable `maybe`;
     40 rows, searched by `metric`."""
@@ -2735,7 +2788,8 @@ def test_collection_properties_and_a_ttl_in_sluice(sluice):
     for bad in [
         {"collection.ttl.seconds": -1},
         {"collection.ttl.seconds": "soon"},
-        {"collection.insertRate.max.mb": 1},
+        {"collection.insertRate.max.mb": "lots"},
+        {"collection.insertRate.min.mb": 1},
         {"collection.replica.number": 2},
     ]:
         with pytest.raises(MilvusException) as e:

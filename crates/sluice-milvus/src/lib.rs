@@ -22,6 +22,7 @@ mod decay;
 mod hybrid;
 mod properties;
 mod prune;
+mod rate;
 mod rbac;
 mod scalar_index;
 mod service;

@@ -2,9 +2,13 @@
 //! `DescribeCollection`) and how Sluice keeps them among its own collection properties:
 //!
 //! * `collection.ttl.seconds` is Sluice's `ttl.seconds`: reads skip rows older than it.
-//! * Properties whose Milvus meaning Sluice does not have — rate limits, disk protection, replica
-//!   numbers and resource groups (load with `replica_number` instead), partition-key isolation,
-//!   turning the dynamic field on or off — are refused, never silently kept.
+//! * The rate limits `collection.{insert,upsert,delete}Rate.max.mb`,
+//!   `collection.queryRate.max.qps` and `collection.searchRate.max.vps` are kept as the others
+//!   below and act in the front (`crate::rate`); their value must be a number.
+//! * Properties whose Milvus meaning Sluice does not have — the other rate limits, disk
+//!   protection, replica numbers and resource groups (load with `replica_number` instead),
+//!   partition-key isolation, turning the dynamic field on or off — are refused, never silently
+//!   kept.
 //! * Any other key (`mmap.enabled`, `collection.autocompaction.enabled`, a user's own) is kept
 //!   as `milvus.property.<key>` and described back; Sluice gives it no meaning (loaded rows stay
 //!   in memory; segments are not compacted).
@@ -19,7 +23,7 @@ use crate::status::Failure;
 /// Milvus's time-to-live key.
 pub(crate) const MILVUS_TTL: &str = "collection.ttl.seconds";
 /// Where other Milvus properties are kept.
-const KEPT: &str = "milvus.property.";
+pub(crate) const KEPT: &str = "milvus.property.";
 
 /// Key prefixes whose Milvus meaning Sluice does not have.
 const REFUSED: [&str; 12] = [
@@ -45,7 +49,7 @@ fn sluice_key(key: &str) -> Result<String, Failure> {
     if key == MILVUS_TTL {
         return Ok(PROP_TTL_SECONDS.to_owned());
     }
-    if REFUSED.iter().any(|p| key.starts_with(p)) {
+    if REFUSED.iter().any(|p| key.starts_with(p)) && !crate::rate::is_limit(key) {
         return Err(Failure::unsupported(format!(
             "the collection property {key:?}"
         )));
@@ -68,6 +72,9 @@ pub(crate) fn to_sluice(kvs: &[KeyValuePair]) -> Result<HashMap<String, String>,
                     ))
                 },
             )?;
+        }
+        if crate::rate::is_limit(&kv.key) {
+            crate::rate::check_value(&kv.key, &kv.value)?;
         }
         out.insert(key, kv.value.trim().to_owned());
     }
@@ -132,7 +139,8 @@ mod tests {
         for bad in [
             kv(MILVUS_TTL, "-1"),
             kv(MILVUS_TTL, "soon"),
-            kv("collection.insertRate.max.mb", "10"),
+            kv("collection.insertRate.max.mb", "lots"),
+            kv("collection.insertRate.min.mb", "1"),
             kv("collection.replica.number", "2"),
             kv("", "x"),
         ] {
@@ -142,10 +150,20 @@ mod tests {
             keys_to_sluice(&[
                 MILVUS_TTL.into(),
                 "collection.queryRate.max.qps".into(),
+                "collection.queryRate.min.qps".into(),
                 "owner".into()
             ])
             .unwrap(),
-            vec!["ttl.seconds".to_owned(), "milvus.property.owner".to_owned()]
+            vec![
+                "ttl.seconds".to_owned(),
+                "milvus.property.collection.queryRate.max.qps".to_owned(),
+                "milvus.property.owner".to_owned()
+            ]
+        );
+        let limited = to_sluice(&[kv("collection.searchRate.max.vps", " 40")]).unwrap();
+        assert_eq!(
+            limited["milvus.property.collection.searchRate.max.vps"],
+            "40"
         );
     }
 }

@@ -57,6 +57,9 @@ enum ArrayOp {
     Remove,
 }
 
+/// Bytes in a megabyte, as rate limits count them.
+const MB: f64 = (1u64 << 20) as f64;
+
 /// The Milvus front: answers Milvus calls with Sluice's coordinator (catalog, timestamps), its
 /// client (appends) and its query service.
 #[derive(Clone)]
@@ -69,6 +72,8 @@ pub struct MilvusFront {
     limits: Arc<database::LimitsCache>,
     /// Who may call, and what (when authorization is on).
     pub(crate) rbac: Arc<crate::rbac::Rbac>,
+    /// The collections' rate limits, as this front counts them.
+    rates: Arc<crate::rate::Limits>,
 }
 
 impl std::fmt::Debug for MilvusFront {
@@ -1139,6 +1144,7 @@ impl MilvusFront {
             client,
             query: QueryClient::connect(query)?,
             limits: Arc::default(),
+            rates: Arc::default(),
         })
     }
 
@@ -1175,6 +1181,13 @@ impl MilvusFront {
             .await
             .map(|r| r.into_inner().databases)
             .map_err(|s| Failure::from_client(&ClientError::from_status(&s), ""))
+    }
+
+    /// Refuses a call of `kind` costing `cost` on collection `c` when its rate limit says so
+    /// (see [`crate::rate`]).
+    fn throttle(&self, c: &Collection, kind: crate::rate::Kind, cost: f64) -> Result<(), Failure> {
+        let rate = crate::rate::limit(c.props(), crate::properties::KEPT, kind);
+        self.rates.take(c.info.collection_id, kind, rate, cost)
     }
 
     /// Why this front cannot serve (empty: it can): the catalog or the timestamp oracle do not
@@ -1990,6 +2003,12 @@ impl MilvusFront {
         write: Write<'_>,
     ) -> Result<mm::MutationResult, Failure> {
         let c = self.collection(name).await?;
+        let kind = match write {
+            Write::Insert => crate::rate::Kind::Insert,
+            Write::Upsert | Write::PartialUpsert(_) => crate::rate::Kind::Upsert,
+        };
+        let bytes: usize = columns.iter().map(prost::Message::encoded_len).sum();
+        self.throttle(&c, kind, bytes as f64 / MB)?;
         c.no_named_partitions(&[partition.to_owned()])?;
         let partition_id = c.partition(partition)?;
         let batch = match write {
@@ -2242,6 +2261,11 @@ impl MilvusFront {
         }
         let expr = crate::template::render(&r.expr, &r.expr_template_values)?;
         let c = self.collection(&r.collection_name).await?;
+        self.throttle(
+            &c,
+            crate::rate::Kind::Delete,
+            prost::Message::encoded_len(&r) as f64 / MB,
+        )?;
         let partitions = c.read_partitions(std::slice::from_ref(&r.partition_name), &expr)?;
         let keys = self.keys_matching(&c, &expr, partitions).await?;
         let ts = self.delete_keys(&c, &keys).await?;
@@ -2597,6 +2621,7 @@ impl MilvusFront {
             None => return Err(Failure::invalid("a search needs query vectors")),
         };
         let nq = vectors.len();
+        self.throttle(&c, crate::rate::Kind::Search, nq as f64)?;
         let bm25 = sluice_types::schema::bm25_of(&c.schema, &anns).is_some();
         let (vectors, sparse_vectors, text_queries) = match vectors {
             QueryVectors::Text(_) if !bm25 => {
@@ -2773,6 +2798,7 @@ impl MilvusFront {
     async fn do_query(&self, r: mm::QueryRequest) -> Result<mm::QueryResults, Failure> {
         let expr = crate::template::render(&r.expr, &r.expr_template_values)?;
         let c = self.collection(&r.collection_name).await?;
+        self.throttle(&c, crate::rate::Kind::Query, 1.0)?;
         let partition_ids = c.read_partitions(&r.partition_names, &expr)?;
         let level = if r.use_default_consistency {
             c.consistency()

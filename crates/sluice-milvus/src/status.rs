@@ -32,6 +32,8 @@ const ALIAS_NOT_FOUND: i32 = 1600;
 const INDEX_NOT_FOUND: i32 = 700;
 /// Milvus's code for a database that does not exist.
 const DATABASE_NOT_FOUND: i32 = 800;
+/// Milvus's code for a call over a rate limit (retry later).
+const RATE_LIMIT: i32 = 8;
 /// Milvus's code for a quota that refuses a call (a database denying writes or reads).
 const QUOTA_EXCEEDED: i32 = 9;
 /// Milvus's code for a database holding its most collections.
@@ -148,6 +150,17 @@ impl Failure {
                  {name} denies {what} ({property} is true)]"
             ),
             retriable: false,
+        }
+    }
+
+    /// A call over a rate limit: retriable, as Milvus marks it (pymilvus backs off and
+    /// retries).
+    pub(crate) fn rate_limited(reason: String) -> Failure {
+        Failure {
+            code: RATE_LIMIT,
+            legacy: MilvusCode::RateLimit,
+            reason,
+            retriable: true,
         }
     }
 
