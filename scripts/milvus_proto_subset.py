@@ -165,8 +165,9 @@ RPCS = {
     "long before the read's timestamp. collection.insertRate.max.mb, upsertRate.max.mb, "
     "deleteRate.max.mb (MB of request a second), queryRate.max.qps and searchRate.max.vps "
     "(query vectors a second) limit the collection's calls through each front (a call beyond "
-    "is refused with the retriable code 8 and writes nothing; negative: no limit). Other rate "
-    "limits, disk protection, replica numbers, resource "
+    "is refused with the retriable code 8 and writes nothing; negative: no limit). "
+    "collection.replica.number is the replicas of a load naming none. Other rate "
+    "limits, disk protection, resource "
     "groups, partition-key isolation and dynamicfield.enabled are refused; any other key "
     "(mmap.enabled, collection.autocompaction.enabled, a user's own) is kept and described back "
     "with no effect on Sluice. Properties given to CreateCollection are taken the same way.",

@@ -1833,6 +1833,13 @@ def test_database_properties_deny_writes_and_reads_and_cap_collections(sluice, s
         assert replicas() == 2
         tenant.load_collection("d_two", replica_number=1)
         assert replicas() == 1
+        # The collection's own `collection.replica.number` comes before the database's.
+        tenant.alter_collection_properties("d_two", {"collection.replica.number": "3"})
+        tenant.load_collection("d_two")
+        assert replicas() == 3
+        tenant.drop_collection_properties("d_two", ["collection.replica.number"])
+        tenant.load_collection("d_two")
+        assert replicas() == 2
         for name in ["d_one", "d_two"]:
             tenant.drop_collection(name)
     finally:
@@ -2790,7 +2797,8 @@ def test_collection_properties_and_a_ttl_in_sluice(sluice):
         {"collection.ttl.seconds": "soon"},
         {"collection.insertRate.max.mb": "lots"},
         {"collection.insertRate.min.mb": 1},
-        {"collection.replica.number": 2},
+        {"collection.replica.number": 0},
+        {"collection.resource_groups": "rg1"},
     ]:
         with pytest.raises(MilvusException) as e:
             sluice.alter_collection_properties(name, properties=bad)

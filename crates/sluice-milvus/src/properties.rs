@@ -5,8 +5,10 @@
 //! * The rate limits `collection.{insert,upsert,delete}Rate.max.mb`,
 //!   `collection.queryRate.max.qps` and `collection.searchRate.max.vps` are kept as the others
 //!   below and act in the front (`crate::rate`); their value must be a number.
+//! * `collection.replica.number` (1-16) is the replicas of a load naming none (before the
+//!   database's `database.replica.number`).
 //! * Properties whose Milvus meaning Sluice does not have — the other rate limits, disk
-//!   protection, replica numbers and resource groups (load with `replica_number` instead),
+//!   protection, resource groups,
 //!   partition-key isolation, turning the dynamic field on or off — are refused, never silently
 //!   kept.
 //! * Any other key (`mmap.enabled`, `collection.autocompaction.enabled`, a user's own) is kept
@@ -22,11 +24,32 @@ use crate::status::Failure;
 
 /// Milvus's time-to-live key.
 pub(crate) const MILVUS_TTL: &str = "collection.ttl.seconds";
+/// The replicas a load naming none gives the collection (before its database's
+/// `database.replica.number`).
+pub(crate) const REPLICA_NUMBER: &str = "collection.replica.number";
+
+/// A `collection.replica.number` value: 1 to the most replicas a load takes.
+pub(crate) fn replica_number(value: &str) -> Result<u32, Failure> {
+    use sluice_types::database::MAX_REPLICAS;
+    match value.trim().parse::<u32>() {
+        Ok(n) if (1..=MAX_REPLICAS).contains(&n) => Ok(n),
+        _ => Err(Failure::invalid(format!(
+            "collection property {REPLICA_NUMBER:?} is {value:?}: a whole number from 1 to \
+             {MAX_REPLICAS}"
+        ))),
+    }
+}
+
+/// The `collection.replica.number` a collection's Sluice properties hold.
+pub(crate) fn replicas_of(props: &HashMap<String, String>) -> Option<u32> {
+    replica_number(props.get(&format!("{KEPT}{REPLICA_NUMBER}"))?).ok()
+}
+
 /// Where other Milvus properties are kept.
 pub(crate) const KEPT: &str = "milvus.property.";
 
 /// Key prefixes whose Milvus meaning Sluice does not have.
-const REFUSED: [&str; 12] = [
+const REFUSED: [&str; 11] = [
     "collection.insertRate.",
     "collection.upsertRate.",
     "collection.deleteRate.",
@@ -34,7 +57,6 @@ const REFUSED: [&str; 12] = [
     "collection.queryRate.",
     "collection.searchRate.",
     "collection.diskProtection.",
-    "collection.replica.number",
     "collection.resource_groups",
     "partitionkey.isolation",
     "dynamicfield.enabled",
@@ -75,6 +97,9 @@ pub(crate) fn to_sluice(kvs: &[KeyValuePair]) -> Result<HashMap<String, String>,
         }
         if crate::rate::is_limit(&kv.key) {
             crate::rate::check_value(&kv.key, &kv.value)?;
+        }
+        if kv.key == REPLICA_NUMBER {
+            replica_number(&kv.value)?;
         }
         out.insert(key, kv.value.trim().to_owned());
     }
@@ -141,7 +166,8 @@ mod tests {
             kv(MILVUS_TTL, "soon"),
             kv("collection.insertRate.max.mb", "lots"),
             kv("collection.insertRate.min.mb", "1"),
-            kv("collection.replica.number", "2"),
+            kv("collection.replica.number", "0"),
+            kv("collection.resource_groups", "rg1"),
             kv("", "x"),
         ] {
             assert!(to_sluice(std::slice::from_ref(&bad)).is_err(), "{bad:?}");

@@ -1565,16 +1565,20 @@ impl MilvusFront {
         if self.collection(name).await?.released() != released {
             self.set_released(name, released).await?;
         }
-        // A load naming no replicas gets its database's `database.replica.number`.
+        // A load naming no replicas gets its collection's `collection.replica.number`, else
+        // its database's `database.replica.number`.
         let replicas = match u32::try_from(replicas) {
             Ok(n) if n > 0 => n,
-            _ => {
-                let database = self.database(database::database_of(name)).await?;
-                DatabaseLimits::from_properties(&database.properties)
-                    .unwrap_or_default()
-                    .replicas
-                    .unwrap_or(0)
-            }
+            _ => match crate::properties::replicas_of(self.collection(name).await?.props()) {
+                Some(n) => n,
+                None => {
+                    let database = self.database(database::database_of(name)).await?;
+                    DatabaseLimits::from_properties(&database.properties)
+                        .unwrap_or_default()
+                        .replicas
+                        .unwrap_or(0)
+                }
+            },
         };
         let request = v1::LoadCollectionRequest {
             name: name.to_owned(),
