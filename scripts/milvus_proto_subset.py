@@ -142,7 +142,9 @@ RPCS = {
     "Properties acted on: database.max.collections (one collection more is refused, code 102), "
     "database.force.deny.writing / database.force.deny.reading (true: inserts, upserts, deletes "
     "/ searches and queries are refused, code 9), database.replica.number (replicas of a load "
-    "naming none); others are kept and described. A name in use is an error.",
+    "naming none), database.diskQuota.mb (inserts and upserts are refused, code 9, while the "
+    "database's flushed segment files hold more MB); others are kept and described. A name in "
+    "use is an error.",
     "DropDatabase": "Drops a database without collections (one with collections, or "
     "`default`, is an error; one that does not exist is no change).",
     "AlterDatabase": "Sets properties (and removes delete_keys) of a database, `default` too; "
@@ -166,8 +168,10 @@ RPCS = {
     "deleteRate.max.mb (MB of request a second), queryRate.max.qps and searchRate.max.vps "
     "(query vectors a second) limit the collection's calls through each front (a call beyond "
     "is refused with the retriable code 8 and writes nothing; negative: no limit). "
-    "collection.replica.number is the replicas of a load naming none. Other rate "
-    "limits, disk protection, resource "
+    "collection.replica.number is the replicas of a load naming none. "
+    "collection.diskProtection.diskQuota.mb refuses inserts and upserts (code 9) while the "
+    "collection's flushed segment files hold more MB. Other rate limits and disk protection "
+    "keys, resource "
     "groups, partition-key isolation and dynamicfield.enabled are refused; any other key "
     "(mmap.enabled, collection.autocompaction.enabled, a user's own) is kept and described back "
     "with no effect on Sluice. Properties given to CreateCollection are taken the same way.",

@@ -1621,7 +1621,7 @@ def test_a_client_bound_to_a_missing_database_creates_nothing(sluice, sluice_ser
     assert not sluice.has_collection("d_other_db")
 
 
-DATABASES = ("d_tenant_a", "d_tenant_b", "d_props")
+DATABASES = ("d_tenant_a", "d_tenant_b", "d_props", "d_quota")
 # The collections and aliases of the database tests (`default` holds other tests' too).
 OURS = ("d_same", "d_nick", "d_moved")
 
@@ -1953,6 +1953,62 @@ def test_collection_rate_limits_refuse_calls_beyond_them_and_pymilvus_retries(sl
     got = sluice.query("d_rated", filter="id >= 0", output_fields=["id"], consistency_level="Strong")
     assert sorted(r["id"] for r in got) == list(range(10)) + list(range(100, 150))
     sluice.drop_collection("d_rated")
+
+
+def test_disk_quotas_refuse_inserts_once_flushed_segments_hold_more(sluice, sluice_server):
+    """Sluice-only: `collection.diskProtection.diskQuota.mb` and the database's
+    `database.diskQuota.mb` refuse inserts and upserts (Milvus's quota code 9, nothing written)
+    once the flushed segment files hold more MB — counted at most 2 s ago — while deletes and
+    reads go on; raising the quota lets writes in again."""
+    drop_databases(sluice)
+
+    def flushed(c, name, rows_expected):
+        c.flush(name)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if sum(s.num_rows for s in c.list_persistent_segments(name)) >= rows_expected:
+                break
+            time.sleep(0.2)
+        time.sleep(2.2)  # older than the front's count
+
+    def refused(call):
+        with pytest.raises(MilvusException) as e:
+            call()
+        assert e.value.code == 9 and "disk quota exceeded" in e.value.message, e.value
+
+    try:
+        fresh(sluice, "d_quota_coll")
+        sluice.alter_collection_properties(
+            "d_quota_coll", {"collection.diskProtection.diskQuota.mb": "0.0001"}
+        )
+        sluice.insert("d_quota_coll", rows(20))
+        flushed(sluice, "d_quota_coll", 20)
+        refused(lambda: sluice.insert("d_quota_coll", rows(1, start=100)))
+        refused(lambda: sluice.upsert("d_quota_coll", rows(1)))
+        sluice.delete("d_quota_coll", ids=[0])
+        got = sluice.query("d_quota_coll", filter="id >= 0", consistency_level="Strong")
+        assert len(got) == 19
+        sluice.alter_collection_properties(
+            "d_quota_coll", {"collection.diskProtection.diskQuota.mb": "100"}
+        )
+        sluice.insert("d_quota_coll", rows(1, start=100))
+        sluice.drop_collection("d_quota_coll")
+
+        sluice.create_database("d_quota", properties={"database.diskQuota.mb": "0.0001"})
+        tenant = MilvusClient(uri=f"http://{sluice_server.milvus}", db_name="d_quota")
+        tenant.create_collection("d_first", dimension=DIM)
+        tenant.insert("d_first", rows(20))
+        flushed(tenant, "d_first", 20)
+        # Another collection of the database is refused too: the database's files count.
+        tenant.create_collection("d_second", dimension=DIM)
+        refused(lambda: tenant.insert("d_second", rows(1)))
+        sluice.alter_database_properties("d_quota", {"database.diskQuota.mb": "-1"})
+        tenant.insert("d_second", rows(1))
+        with pytest.raises(MilvusException):
+            sluice.alter_database_properties("d_quota", {"database.diskQuota.mb": "lots"})
+    finally:
+        drop_if_exists(sluice, "d_quota_coll")
+        drop_databases(sluice)
 
 
 def decay_collection(c, name, metric):

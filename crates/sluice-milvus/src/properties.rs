@@ -5,6 +5,8 @@
 //! * The rate limits `collection.{insert,upsert,delete}Rate.max.mb`,
 //!   `collection.queryRate.max.qps` and `collection.searchRate.max.vps` are kept as the others
 //!   below and act in the front (`crate::rate`); their value must be a number.
+//! * `collection.diskProtection.diskQuota.mb` (a number) refuses the collection's inserts and
+//!   upserts while its flushed segment files hold more MB.
 //! * `collection.replica.number` (1-16) is the replicas of a load naming none (before the
 //!   database's `database.replica.number`).
 //! * Properties whose Milvus meaning Sluice does not have — the other rate limits, disk
@@ -45,6 +47,20 @@ pub(crate) fn replicas_of(props: &HashMap<String, String>) -> Option<u32> {
     replica_number(props.get(&format!("{KEPT}{REPLICA_NUMBER}"))?).ok()
 }
 
+/// The most MB of flushed segment files the collection holds before its inserts and upserts
+/// are refused (negative: no quota).
+pub(crate) const DISK_QUOTA_MB: &str = "collection.diskProtection.diskQuota.mb";
+
+/// The `collection.diskProtection.diskQuota.mb` a collection's Sluice properties hold.
+pub(crate) fn disk_quota_mb(props: &HashMap<String, String>) -> Option<f64> {
+    let q: f64 = props
+        .get(&format!("{KEPT}{DISK_QUOTA_MB}"))?
+        .trim()
+        .parse()
+        .ok()?;
+    (q >= 0.0).then_some(q)
+}
+
 /// Where other Milvus properties are kept.
 pub(crate) const KEPT: &str = "milvus.property.";
 
@@ -71,7 +87,10 @@ fn sluice_key(key: &str) -> Result<String, Failure> {
     if key == MILVUS_TTL {
         return Ok(PROP_TTL_SECONDS.to_owned());
     }
-    if REFUSED.iter().any(|p| key.starts_with(p)) && !crate::rate::is_limit(key) {
+    if REFUSED.iter().any(|p| key.starts_with(p))
+        && !crate::rate::is_limit(key)
+        && key != DISK_QUOTA_MB
+    {
         return Err(Failure::unsupported(format!(
             "the collection property {key:?}"
         )));
@@ -100,6 +119,9 @@ pub(crate) fn to_sluice(kvs: &[KeyValuePair]) -> Result<HashMap<String, String>,
         }
         if kv.key == REPLICA_NUMBER {
             replica_number(&kv.value)?;
+        }
+        if kv.key == DISK_QUOTA_MB {
+            crate::rate::check_value(&kv.key, &kv.value)?;
         }
         out.insert(key, kv.value.trim().to_owned());
     }
@@ -168,6 +190,8 @@ mod tests {
             kv("collection.insertRate.min.mb", "1"),
             kv("collection.replica.number", "0"),
             kv("collection.resource_groups", "rg1"),
+            kv("collection.diskProtection.diskQuota.mb", "full"),
+            kv("collection.diskProtection.diskQuotaPerPartition.mb", "1"),
             kv("", "x"),
         ] {
             assert!(to_sluice(std::slice::from_ref(&bad)).is_err(), "{bad:?}");

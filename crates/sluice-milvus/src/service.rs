@@ -57,8 +57,11 @@ enum ArrayOp {
     Remove,
 }
 
-/// Bytes in a megabyte, as rate limits count them.
+/// Bytes in a megabyte, as rate limits and disk quotas count them.
 const MB: f64 = (1u64 << 20) as f64;
+
+/// How long the front goes by a collection's counted bytes of flushed segments (disk quotas).
+const STORED_FOR: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// The Milvus front: answers Milvus calls with Sluice's coordinator (catalog, timestamps), its
 /// client (appends) and its query service.
@@ -74,6 +77,8 @@ pub struct MilvusFront {
     pub(crate) rbac: Arc<crate::rbac::Rbac>,
     /// The collections' rate limits, as this front counts them.
     rates: Arc<crate::rate::Limits>,
+    /// Bytes of flushed segment files per collection, and when they were counted.
+    stored: Arc<parking_lot::Mutex<HashMap<i64, (std::time::Instant, u64)>>>,
 }
 
 impl std::fmt::Debug for MilvusFront {
@@ -1145,6 +1150,7 @@ impl MilvusFront {
             query: QueryClient::connect(query)?,
             limits: Arc::default(),
             rates: Arc::default(),
+            stored: Arc::default(),
         })
     }
 
@@ -1188,6 +1194,64 @@ impl MilvusFront {
     fn throttle(&self, c: &Collection, kind: crate::rate::Kind, cost: f64) -> Result<(), Failure> {
         let rate = crate::rate::limit(c.props(), crate::properties::KEPT, kind);
         self.rates.take(c.info.collection_id, kind, rate, cost)
+    }
+
+    /// Bytes of collection `c`'s flushed segment files, counted at most [`STORED_FOR`] ago.
+    async fn stored_bytes(&self, c: &Collection) -> Result<u64, Failure> {
+        let id = c.info.collection_id;
+        if let Some((at, bytes)) = self.stored.lock().get(&id)
+            && at.elapsed() < STORED_FOR
+        {
+            return Ok(*bytes);
+        }
+        let bytes = self
+            .segment_manifests(c)
+            .await?
+            .iter()
+            .filter_map(|m| m.data.as_ref())
+            .map(|f| f.bytes)
+            .sum();
+        let mut stored = self.stored.lock();
+        if stored.len() >= 4096 {
+            // Dropped collections' counts go.
+            stored.retain(|_, (at, _)| at.elapsed() < STORED_FOR);
+        }
+        stored.insert(id, (std::time::Instant::now(), bytes));
+        Ok(bytes)
+    }
+
+    /// Refuses an insert or upsert into collection `c` while it, or its database, holds more
+    /// flushed segment files than its disk quota.
+    async fn check_disk_quota(&self, c: &Collection) -> Result<(), Failure> {
+        let name = &c.schema.name;
+        if let Some(quota) = crate::properties::disk_quota_mb(c.props()) {
+            let held = self.stored_bytes(c).await? as f64 / MB;
+            if held > quota {
+                return Err(Failure::disk_quota(format!(
+                    "collection {} holds {held:.3} MB, over its \
+                     collection.diskProtection.diskQuota.mb = {quota}",
+                    database::local(name)
+                )));
+            }
+        }
+        let db = database::database_of(name);
+        let Some(quota) = self.database_limits(db).await?.disk_quota_mb else {
+            return Ok(());
+        };
+        let mut held = 0;
+        for other in self.collection_names().await? {
+            if database::database_of(&other) == db {
+                held += self.stored_bytes(&self.collection(&other).await?).await?;
+            }
+        }
+        let held = held as f64 / MB;
+        if held > quota {
+            return Err(Failure::disk_quota(format!(
+                "database {db} holds {held:.3} MB, over its {} = {quota}",
+                sluice_types::database::DISK_QUOTA_MB
+            )));
+        }
+        Ok(())
     }
 
     /// Why this front cannot serve (empty: it can): the catalog or the timestamp oracle do not
@@ -1250,6 +1314,12 @@ impl MilvusFront {
     /// Refuses a call doing `access` in database `name` when its properties deny it (read at
     /// most [`database::LIMITS_FOR`] ago).
     async fn allowed(&self, name: &str, access: database::Access) -> Result<(), Failure> {
+        database::check_access(name, &self.database_limits(name).await?, access)
+    }
+
+    /// What database `name`'s properties set, read at most [`database::LIMITS_FOR`] ago (a
+    /// database that does not exist sets nothing: the call fails on its collection).
+    async fn database_limits(&self, name: &str) -> Result<DatabaseLimits, Failure> {
         let all = match self.limits.fresh() {
             Some(all) => all,
             None => {
@@ -1269,11 +1339,7 @@ impl MilvusFront {
                 all
             }
         };
-        match all.get(name) {
-            Some(limits) => database::check_access(name, limits, access),
-            // A database that does not exist: the call fails on its collection.
-            None => Ok(()),
-        }
+        Ok(all.get(name).copied().unwrap_or_default())
     }
 
     /// Database `name` (empty: `default`), or DatabaseNotFound.
@@ -2013,6 +2079,7 @@ impl MilvusFront {
         };
         let bytes: usize = columns.iter().map(prost::Message::encoded_len).sum();
         self.throttle(&c, kind, bytes as f64 / MB)?;
+        self.check_disk_quota(&c).await?;
         c.no_named_partitions(&[partition.to_owned()])?;
         let partition_id = c.partition(partition)?;
         let batch = match write {

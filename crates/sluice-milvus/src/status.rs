@@ -153,6 +153,16 @@ impl Failure {
         }
     }
 
+    /// A write refused because a disk quota is used up (Milvus's quota code).
+    pub(crate) fn disk_quota(reason: String) -> Failure {
+        Failure {
+            code: QUOTA_EXCEEDED,
+            legacy: MilvusCode::DiskQuotaExhausted,
+            reason: format!("disk quota exceeded[{reason}]"),
+            retriable: false,
+        }
+    }
+
     /// A call over a rate limit: retriable, as Milvus marks it (pymilvus backs off and
     /// retries).
     pub(crate) fn rate_limited(reason: String) -> Failure {

@@ -8,6 +8,8 @@
 //!   inserts, upserts and deletes / searches and queries.
 //! * [`REPLICA_NUMBER`]: the replicas the Milvus API loads a collection of the database with
 //!   when the load names none.
+//! * [`DISK_QUOTA_MB`]: the most MB of flushed segments the database's collections hold before
+//!   the Milvus API refuses their inserts and upserts.
 //!
 //! The coordinator refuses a value this module cannot read, so every reader of the catalog only
 //! meets values that were valid when written. Other properties are kept and described.
@@ -23,11 +25,15 @@ pub const DENY_READING: &str = "database.force.deny.reading";
 /// The replicas a collection of the database is loaded with when its load names none (≥ 1).
 pub const REPLICA_NUMBER: &str = "database.replica.number";
 
+/// The most MB of flushed segment files the database's collections hold before their inserts
+/// and upserts are refused (a number; negative: no quota).
+pub const DISK_QUOTA_MB: &str = "database.diskQuota.mb";
+
 /// The most delegators per shard a collection is loaded with (and [`REPLICA_NUMBER`] names).
 pub const MAX_REPLICAS: u32 = 16;
 
 /// What a database's properties set.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct DatabaseLimits {
     /// [`MAX_COLLECTIONS`], when set.
     pub max_collections: Option<u64>,
@@ -37,6 +43,8 @@ pub struct DatabaseLimits {
     pub deny_reading: bool,
     /// [`REPLICA_NUMBER`], when set.
     pub replicas: Option<u32>,
+    /// [`DISK_QUOTA_MB`], when set and not negative.
+    pub disk_quota_mb: Option<f64>,
 }
 
 fn flag(props: &HashMap<String, String>, key: &str) -> Result<bool, String> {
@@ -69,11 +77,24 @@ impl DatabaseLimits {
                 }
             },
         };
+        let disk_quota_mb = match props.get(DISK_QUOTA_MB) {
+            None => None,
+            Some(v) => match v.trim().parse::<f64>() {
+                Ok(q) if q.is_finite() => (q >= 0.0).then_some(q),
+                _ => {
+                    return Err(format!(
+                        "database property {DISK_QUOTA_MB:?} is {v:?}: a number of MB \
+                         (negative: no quota)"
+                    ));
+                }
+            },
+        };
         Ok(DatabaseLimits {
             max_collections,
             deny_writing: flag(props, DENY_WRITING)?,
             deny_reading: flag(props, DENY_READING)?,
             replicas,
+            disk_quota_mb,
         })
     }
 }
@@ -99,7 +120,7 @@ mod tests {
             (DENY_WRITING, "True"),
             (DENY_READING, "false"),
             (REPLICA_NUMBER, "2"),
-            ("database.diskQuota.mb", "anything"),
+            (DISK_QUOTA_MB, "1.5"),
         ]))
         .unwrap();
         assert_eq!(
@@ -109,6 +130,7 @@ mod tests {
                 deny_writing: true,
                 deny_reading: false,
                 replicas: Some(2),
+                disk_quota_mb: Some(1.5),
             }
         );
         for bad in [
@@ -118,6 +140,7 @@ mod tests {
             (DENY_READING, ""),
             (REPLICA_NUMBER, "0"),
             (REPLICA_NUMBER, "17"),
+            (DISK_QUOTA_MB, "big"),
         ] {
             let e = DatabaseLimits::from_properties(&props(&[bad])).unwrap_err();
             assert!(e.contains(bad.0), "{bad:?}: {e}");
