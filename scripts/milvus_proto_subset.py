@@ -248,6 +248,14 @@ RPCS = {
     "ClusterAdmin), then the custom ones by name, with their privileges.",
     "OperatePrivilegeGroup": "Adds privileges (single ones, not groups) to a custom group or "
     "removes them.",
+    "BackupRBAC": "Every user (password: Sluice's hash, pbkdf2-sha256$rounds$salt$hash in "
+    "base64; empty for a root whose password never changed), role, grant and custom privilege "
+    "group.",
+    "RestoreRBAC": "Merges a BackupRBAC answer: groups, roles and users that do not exist are "
+    "created (users with their hash; root takes its hash only while its password never "
+    "changed), privileges, grants and roles join; nothing is taken away. Checked whole first "
+    "(a password Sluice did not hash, e.g. a Milvus backup's, is an error): on error nothing "
+    "changes.",
     "SelectGrant": "A role's grants, those of one object type and name when the entity names "
     "them.",
     "GetIndexState": "The state of a collection's index (by field_name or index_name): "

@@ -4,6 +4,7 @@ milvus-lite has no users or roles, so what each call may do is checked against M
 a call needs its privilege on its object from a role of the user (or `public`); root and admin
 holders may do everything."""
 
+import base64
 import random
 import tempfile
 from pathlib import Path
@@ -236,3 +237,75 @@ def test_custom_privilege_groups_are_granted_and_callers_list_what_they_may_use(
     root.drop_role("r_viewer")
     for name in ("r_g_books", "r_g_other"):
         root.drop_collection(name)
+
+
+def test_users_roles_and_groups_are_backed_up_and_restored_elsewhere(secured, sluice_open, pb):
+    """BackupRBAC (what milvus-backup calls) gives every user with its password hash, role,
+    grant and custom group; RestoreRBAC on another deployment merges them — the user logs in
+    there with the same password — and a backup holding a password Sluice did not hash is
+    refused whole."""
+    from pymilvus.grpc_gen import milvus_pb2, milvus_pb2_grpc
+
+    root = client(secured, "root:Milvus")
+    if "r_erin" in root.list_users():
+        root.drop_user("r_erin")
+    if "r_backed" in root.list_roles():
+        root.drop_role("r_backed", force_drop=True)
+    if "r_backed_g" in {g["privilege_group"] for g in root.list_privilege_groups()}:
+        root.drop_privilege_group("r_backed_g")
+    root.create_user("r_erin", "erin-secret")
+    root.create_role("r_backed")
+    root.create_privilege_group("r_backed_g")
+    root.add_privileges_to_group("r_backed_g", ["Query", "Search"])
+    root.grant_privilege("r_backed", "Collection", "Insert", "r_books")
+    root.grant_privilege_v2("r_backed", "r_backed_g", "*", db_name="default")
+    root.grant_role("r_erin", "r_backed")
+
+    auth = [("authorization", base64.b64encode(b"root:Milvus").decode())]
+    secured_stub = milvus_pb2_grpc.MilvusServiceStub(grpc.insecure_channel(secured.milvus))
+    backup = secured_stub.BackupRBAC(milvus_pb2.BackupRBACMetaRequest(), metadata=auth)
+    assert backup.status.code == 0, backup.status
+    meta = backup.RBAC_meta
+    erin = next(u for u in meta.users if u.user == "r_erin")
+    assert erin.password.startswith("pbkdf2-sha256$") and "erin-secret" not in erin.password
+    assert [r.name for r in erin.roles] == ["r_backed"]
+    # Without the privilege (a user holding no admin role), no backup.
+    with pytest.raises(grpc.RpcError) as e:
+        secured_stub.BackupRBAC(
+            milvus_pb2.BackupRBACMetaRequest(),
+            metadata=[("authorization", base64.b64encode(b"r_erin:erin-secret").decode())],
+        )
+    assert e.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+    other = client(sluice_open)
+    open_stub = milvus_pb2_grpc.MilvusServiceStub(grpc.insecure_channel(sluice_open.milvus))
+    bad = milvus_pb2.RBACMeta()
+    bad.CopyFrom(meta)
+    stray = bad.users.add()
+    stray.user = "r_stray"
+    stray.password = "$2a$10$somebcrypthashfromamilvusbackup"
+    refused_restore = open_stub.RestoreRBAC(milvus_pb2.RestoreRBACMetaRequest(RBAC_meta=bad))
+    assert refused_restore.code != 0 and "r_stray" in refused_restore.reason, refused_restore
+    assert "r_erin" not in other.list_users()
+
+    for _ in range(2):  # merging twice changes nothing more
+        done = open_stub.RestoreRBAC(milvus_pb2.RestoreRBACMetaRequest(RBAC_meta=meta))
+        assert done.code == 0, done
+    assert other.describe_user("r_erin")["roles"] == ("r_backed",)
+    granted = sorted(
+        (g["object_type"], g["object_name"], g["privilege"])
+        for g in other.describe_role("r_backed")["privileges"]
+    )
+    assert granted == [("Collection", "*", "r_backed_g"), ("Collection", "r_books", "Insert")]
+    groups = {g["privilege_group"]: set(g["privileges"]) for g in other.list_privilege_groups()}
+    assert groups["r_backed_g"] == {"Query", "Search"}
+    coord = pb.coord_grpc.CoordinatorStub(grpc.insecure_channel(sluice_open.address))
+    ok = coord.Authenticate(pb.coord.AuthenticateRequest(name="r_erin", password="erin-secret"))
+    assert ok.name == "r_erin" and list(ok.roles) == ["r_backed"]
+    with pytest.raises(grpc.RpcError):
+        coord.Authenticate(pb.coord.AuthenticateRequest(name="r_erin", password="wrong-secret"))
+
+    for c in (root, other):
+        c.drop_user("r_erin")
+        c.drop_role("r_backed", force_drop=True)
+        c.drop_privilege_group("r_backed_g")

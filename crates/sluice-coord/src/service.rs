@@ -480,6 +480,32 @@ impl coordinator_server::Coordinator for CoordinatorService {
         Ok(Response::new(role))
     }
 
+    async fn export_rbac(
+        &self,
+        _: Request<v1::ExportRbacRequest>,
+    ) -> Result<Response<v1::RbacSnapshot>, Status> {
+        let leader = self.leader().await?;
+        let snapshot = leader
+            .catalog
+            .export_rbac()
+            .await
+            .map_err(|e| coord_status(&e))?;
+        Ok(Response::new(snapshot))
+    }
+
+    async fn import_rbac(
+        &self,
+        request: Request<v1::RbacSnapshot>,
+    ) -> Result<Response<v1::ImportRbacResponse>, Status> {
+        let leader = self.leader().await?;
+        leader
+            .catalog
+            .import_rbac(&request.into_inner())
+            .await
+            .map_err(|e| coord_status(&e))?;
+        Ok(Response::new(v1::ImportRbacResponse {}))
+    }
+
     async fn create_privilege_group(
         &self,
         request: Request<v1::CreatePrivilegeGroupRequest>,

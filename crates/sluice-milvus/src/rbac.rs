@@ -188,6 +188,8 @@ privileged! {
     DropPrivilegeGroupRequest => [Global DropPrivilegeGroup];
     ListPrivilegeGroupsRequest => [Global ListPrivilegeGroups];
     OperatePrivilegeGroupRequest => [Global OperatePrivilegeGroup];
+    BackupRbacMetaRequest => [Global BackupRBAC];
+    RestoreRbacMetaRequest => [Global RestoreRBAC];
 }
 
 impl Privileged for mm::FlushRequest {
@@ -406,6 +408,9 @@ impl Rbac {
         Ok(Some(user))
     }
 }
+
+/// How a backup names the scheme of a password hash.
+const HASH_SCHEME: &str = "pbkdf2-sha256";
 
 /// A password as Milvus clients send it (base64).
 fn password(field: &str, encoded: &str) -> Result<String, Failure> {
@@ -787,6 +792,168 @@ impl Rbac {
             remove,
         };
         self.change(|mut c| async move { c.alter_privilege_group(request).await })
+            .await
+    }
+
+    /// Milvus's BackupRBAC: every user (its password as Sluice hashed it:
+    /// `pbkdf2-sha256$rounds$salt$hash`, base64; empty for a `root` never changed), role,
+    /// grant and custom privilege group.
+    pub(crate) async fn backup(&self) -> Result<mm::RbacMeta, Failure> {
+        let snapshot = self
+            .coord
+            .clone()
+            .export_rbac(v1::ExportRbacRequest {})
+            .await
+            .map_err(|s| coord_failure(&s))?
+            .into_inner();
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let users = snapshot
+            .users
+            .iter()
+            .map(|u| {
+                let info = u.info.clone().unwrap_or_default();
+                let password = if u.iterations == 0 {
+                    String::new()
+                } else {
+                    format!(
+                        "{HASH_SCHEME}${}${}${}",
+                        u.iterations,
+                        b64.encode(&u.salt),
+                        b64.encode(&u.hash)
+                    )
+                };
+                mm::UserInfo {
+                    user: info.name,
+                    password,
+                    roles: info.roles.iter().map(|r| role_entity(r)).collect(),
+                }
+            })
+            .collect();
+        let grants = snapshot
+            .roles
+            .iter()
+            .flat_map(|r| {
+                r.grants.iter().map(|g| mm::GrantEntity {
+                    role: Some(role_entity(&r.name)),
+                    object: Some(mm::ObjectEntity {
+                        name: g.object_type.clone(),
+                    }),
+                    object_name: g.object_name.clone(),
+                    grantor: Some(mm::GrantorEntity {
+                        user: None,
+                        privilege: Some(mm::PrivilegeEntity {
+                            name: g.privilege.clone(),
+                        }),
+                    }),
+                    db_name: g.database.clone(),
+                })
+            })
+            .collect();
+        Ok(mm::RbacMeta {
+            users,
+            roles: snapshot
+                .roles
+                .iter()
+                .filter(|r| !r.builtin)
+                .map(|r| role_entity(&r.name))
+                .collect(),
+            grants,
+            privilege_groups: snapshot
+                .groups
+                .into_iter()
+                .map(|g| mm::PrivilegeGroupInfo {
+                    group_name: g.name,
+                    privileges: g
+                        .privileges
+                        .into_iter()
+                        .map(|name| mm::PrivilegeEntity { name })
+                        .collect(),
+                })
+                .collect(),
+        })
+    }
+
+    /// Milvus's RestoreRBAC of what [`Rbac::backup`] gave (merged; see `ImportRbac`).
+    pub(crate) async fn restore(&self, meta: mm::RbacMeta) -> Result<(), Failure> {
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let mut users = Vec::new();
+        for u in meta.users {
+            let (iterations, salt, hash) = if u.password.is_empty() {
+                (0, Vec::new(), Vec::new())
+            } else {
+                let parts: Vec<&str> = u.password.split('$').collect();
+                match parts.as_slice() {
+                    [HASH_SCHEME, rounds, salt, hash] => (
+                        rounds.parse::<u32>().unwrap_or(0),
+                        b64.decode(salt).unwrap_or_default(),
+                        b64.decode(hash).unwrap_or_default(),
+                    ),
+                    _ => {
+                        return Err(Failure::invalid(format!(
+                            "user {:?}: its password is not one Sluice hashed ({HASH_SCHEME}$…; \
+                             a Milvus backup's cannot be read): restore without it and set it \
+                             with update_password",
+                            u.user
+                        )));
+                    }
+                }
+            };
+            users.push(v1::StoredUser {
+                info: Some(v1::UserInfo {
+                    name: u.user,
+                    roles: u.roles.into_iter().map(|r| r.name).collect(),
+                    created_unix_ms: 0,
+                }),
+                salt: salt.into(),
+                hash: hash.into(),
+                iterations,
+            });
+        }
+        let mut roles: Vec<v1::RoleInfo> = meta
+            .roles
+            .into_iter()
+            .map(|r| v1::RoleInfo {
+                name: r.name,
+                grants: Vec::new(),
+                builtin: false,
+            })
+            .collect();
+        for g in meta.grants {
+            let role = g.role.map(|r| r.name).unwrap_or_default();
+            let grant = v1::Grant {
+                object_type: g.object.map(|o| o.name).unwrap_or_default(),
+                object_name: g.object_name,
+                database: grant_database(&g.db_name),
+                privilege: g
+                    .grantor
+                    .and_then(|x| x.privilege)
+                    .map(|p| p.name)
+                    .unwrap_or_default(),
+            };
+            match roles.iter_mut().find(|r| r.name == role) {
+                Some(r) => r.grants.push(grant),
+                None => roles.push(v1::RoleInfo {
+                    name: role,
+                    grants: vec![grant],
+                    builtin: false,
+                }),
+            }
+        }
+        let groups = meta
+            .privilege_groups
+            .into_iter()
+            .map(|g| v1::PrivilegeGroupInfo {
+                name: g.group_name,
+                privileges: g.privileges.into_iter().map(|p| p.name).collect(),
+                builtin: false,
+            })
+            .collect();
+        let request = v1::RbacSnapshot {
+            users,
+            roles,
+            groups,
+        };
+        self.change(|mut c| async move { c.import_rbac(request).await })
             .await
     }
 

@@ -4552,6 +4552,30 @@ impl MilvusService for MilvusFront {
         ))
     }
 
+    async fn backup_rbac(
+        &self,
+        r: Request<mm::BackupRbacMetaRequest>,
+    ) -> Reply<mm::BackupRbacMetaResponse> {
+        self.authorize(&r, "").await?;
+        Ok(Response::new(match self.rbac.backup().await {
+            Ok(meta) => mm::BackupRbacMetaResponse {
+                status: Some(status::ok()),
+                rbac_meta: Some(meta),
+            },
+            Err(f) => mm::BackupRbacMetaResponse {
+                status: Some(f.status()),
+                rbac_meta: None,
+            },
+        }))
+    }
+
+    async fn restore_rbac(&self, r: Request<mm::RestoreRbacMetaRequest>) -> Reply<Status> {
+        self.authorize(&r, "").await?;
+        let meta = r.into_inner().rbac_meta.unwrap_or_default();
+        let result = self.rbac.restore(meta).await;
+        Ok(Response::new(status::of(&result)))
+    }
+
     async fn create_privilege_group(
         &self,
         r: Request<mm::CreatePrivilegeGroupRequest>,

@@ -542,6 +542,132 @@ impl Catalog {
         }
     }
 
+    /// Every user (password hashes too), role and custom privilege group.
+    pub async fn export_rbac(&self) -> Result<v1::RbacSnapshot> {
+        let mut users = Vec::new();
+        for info in self.list_users().await? {
+            if let Some(read) = self.read_user(&info.name).await? {
+                let mut user = read.value;
+                user.info = Some(info);
+                users.push(user);
+            }
+        }
+        let roles = self
+            .list_roles()
+            .await?
+            .into_iter()
+            .filter(|r| r.name != ADMIN_ROLE)
+            .collect();
+        let groups = self
+            .list_privilege_groups()
+            .await?
+            .into_iter()
+            .filter(|g| !g.builtin)
+            .collect();
+        Ok(v1::RbacSnapshot {
+            users,
+            roles,
+            groups,
+        })
+    }
+
+    /// Merges `snapshot` (see `ImportRbac` in `coord.proto`): checked whole, then applied.
+    pub async fn import_rbac(&self, snapshot: &v1::RbacSnapshot) -> Result<()> {
+        let groups: BTreeSet<&str> = snapshot.groups.iter().map(|g| g.name.as_str()).collect();
+        for g in &snapshot.groups {
+            check_role_name(&g.name).map_err(invalid)?;
+            if let Some(p) = g.privileges.iter().find(|p| !is_single(p)) {
+                return Err(invalid(format!(
+                    "privilege group {:?}: {p:?} is not a privilege",
+                    g.name
+                )));
+            }
+        }
+        for r in &snapshot.roles {
+            check_role_name(&r.name).map_err(invalid)?;
+            for g in &r.grants {
+                check_grant(g)?;
+                if !is_privilege(&g.privilege)
+                    && !groups.contains(g.privilege.as_str())
+                    && self.read_group(&g.privilege).await?.is_none()
+                {
+                    return Err(invalid(format!(
+                        "role {:?}: privilege {:?} does not exist",
+                        r.name, g.privilege
+                    )));
+                }
+            }
+        }
+        let roles: BTreeSet<&str> = snapshot.roles.iter().map(|r| r.name.as_str()).collect();
+        for u in &snapshot.users {
+            let info = u
+                .info
+                .as_ref()
+                .ok_or_else(|| invalid("a user without its info"))?;
+            check_user_name(&info.name).map_err(invalid)?;
+            let hashed = u.iterations > 0 && u.salt.len() >= 8 && u.hash.len() == HASH_LEN;
+            let untouched_root = info.name == ROOT_USER && u.iterations == 0;
+            if !(hashed || untouched_root) {
+                return Err(invalid(format!(
+                    "user {:?}: its password is not one Sluice hashed (PBKDF2-HMAC-SHA256)",
+                    info.name
+                )));
+            }
+            for role in &info.roles {
+                if !roles.contains(role.as_str())
+                    && role != ADMIN_ROLE
+                    && self.read_role(role).await?.is_none()
+                {
+                    return Err(invalid(format!(
+                        "user {:?}: role {role:?} does not exist",
+                        info.name
+                    )));
+                }
+            }
+        }
+        for g in &snapshot.groups {
+            if self.read_group(&g.name).await?.is_none() && !is_privilege(&g.name) {
+                match self.create_privilege_group(&g.name).await {
+                    Ok(_) | Err(CoordError::InvalidArgument(_)) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            self.alter_privilege_group(&g.name, &g.privileges, &[])
+                .await?;
+        }
+        for r in &snapshot.roles {
+            if self.read_role(&r.name).await?.is_none() {
+                match self.create_role(&r.name).await {
+                    Ok(_) | Err(CoordError::InvalidArgument(_)) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            if r.name != ADMIN_ROLE {
+                self.alter_role_grants(&r.name, &r.grants, &[]).await?;
+            }
+        }
+        for u in &snapshot.users {
+            let info = u.info.clone().unwrap_or_default();
+            if u.iterations > 0 {
+                let key = self.user_key(&info.name);
+                let mut fresh = u.clone();
+                if let Some(i) = fresh.info.as_mut() {
+                    i.roles.clear();
+                }
+                // Created with its hash if absent (`root`: while never stored here).
+                self.write_if(&key, &fresh, Condition::KeyAbsent).await?;
+            }
+            self.alter_user_roles(&info.name, &info.roles, &[]).await?;
+        }
+        tracing::info!(
+            users = snapshot.users.len(),
+            roles = snapshot.roles.len(),
+            groups = snapshot.groups.len(),
+            "users and roles imported"
+        );
+        Ok(())
+    }
+
     /// Adds `grant` to role `name` and removes `revoke`.
     pub async fn alter_role_grants(
         &self,
