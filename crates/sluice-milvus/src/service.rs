@@ -79,6 +79,8 @@ pub struct MilvusFront {
     rates: Arc<crate::rate::Limits>,
     /// Bytes of flushed segment files per collection, and when they were counted.
     stored: Arc<parking_lot::Mutex<HashMap<i64, (std::time::Instant, u64)>>>,
+    /// Bytes of flushed segment files per database, and when they were counted.
+    stored_in: Arc<parking_lot::Mutex<HashMap<String, (std::time::Instant, u64)>>>,
 }
 
 impl std::fmt::Debug for MilvusFront {
@@ -1151,6 +1153,7 @@ impl MilvusFront {
             limits: Arc::default(),
             rates: Arc::default(),
             stored: Arc::default(),
+            stored_in: Arc::default(),
         })
     }
 
@@ -1220,6 +1223,28 @@ impl MilvusFront {
         Ok(bytes)
     }
 
+    /// Bytes of the flushed segment files of database `db`'s collections, counted at most
+    /// [`STORED_FOR`] ago.
+    async fn stored_bytes_in(&self, db: &str) -> Result<u64, Failure> {
+        if let Some((at, bytes)) = self.stored_in.lock().get(db)
+            && at.elapsed() < STORED_FOR
+        {
+            return Ok(*bytes);
+        }
+        let mut held = 0;
+        for other in self.collection_names().await? {
+            if database::database_of(&other) == db {
+                held += self.stored_bytes(&self.collection(&other).await?).await?;
+            }
+        }
+        let mut stored_in = self.stored_in.lock();
+        if stored_in.len() >= 1024 {
+            stored_in.retain(|_, (at, _)| at.elapsed() < STORED_FOR);
+        }
+        stored_in.insert(db.to_owned(), (std::time::Instant::now(), held));
+        Ok(held)
+    }
+
     /// Refuses an insert or upsert into collection `c` while it, or its database, holds more
     /// flushed segment files than its disk quota.
     async fn check_disk_quota(&self, c: &Collection) -> Result<(), Failure> {
@@ -1238,13 +1263,7 @@ impl MilvusFront {
         let Some(quota) = self.database_limits(db).await?.disk_quota_mb else {
             return Ok(());
         };
-        let mut held = 0;
-        for other in self.collection_names().await? {
-            if database::database_of(&other) == db {
-                held += self.stored_bytes(&self.collection(&other).await?).await?;
-            }
-        }
-        let held = held as f64 / MB;
+        let held = self.stored_bytes_in(db).await? as f64 / MB;
         if held > quota {
             return Err(Failure::disk_quota(format!(
                 "database {db} holds {held:.3} MB, over its {} = {quota}",
