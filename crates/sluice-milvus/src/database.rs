@@ -224,7 +224,13 @@ macro_rules! failed {
     };
 }
 
+/// The answer of a call: `r`'s, or its failure's.
+pub(crate) fn answer<T: Failed>(r: Result<T, Failure>) -> T {
+    r.unwrap_or_else(T::failed)
+}
+
 failed!(
+    BackupRbacMetaResponse,
     BoolResponse,
     DescribeAliasResponse,
     DescribeCollectionResponse,
@@ -240,11 +246,16 @@ failed!(
     GetQuerySegmentInfoResponse,
     GetReplicasResponse,
     ListAliasesResponse,
+    ListCredUsersResponse,
+    ListPrivilegeGroupsResponse,
     ManualCompactionResponse,
     MutationResult,
     QueryResults,
     RunAnalyzerResponse,
     SearchResults,
+    SelectGrantResponse,
+    SelectRoleResponse,
+    SelectUserResponse,
     ShowCollectionsResponse,
     ShowPartitionsResponse,
     TruncateCollectionResponse,

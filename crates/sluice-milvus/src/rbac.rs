@@ -409,6 +409,22 @@ impl Rbac {
     }
 }
 
+/// `items` as (added, removed) by an operation that adds them (`Ok(true)`), removes them
+/// (`Ok(false)`) or is of a type Milvus does not have (`Err(number)`).
+fn added_or_removed(
+    what: &str,
+    adding: Result<bool, i32>,
+    items: Vec<String>,
+) -> Result<(Vec<String>, Vec<String>), Failure> {
+    match adding {
+        Ok(true) => Ok((items, Vec::new())),
+        Ok(false) => Ok((Vec::new(), items)),
+        Err(n) => Err(Failure::invalid(format!(
+            "{what} type {n} is not one Milvus has"
+        ))),
+    }
+}
+
 /// How a backup names the scheme of a password hash.
 const HASH_SCHEME: &str = "pbkdf2-sha256";
 
@@ -558,16 +574,12 @@ impl Rbac {
         &self,
         r: mm::OperateUserRoleRequest,
     ) -> Result<(), Failure> {
-        let (add, remove) = match mm::OperateUserRoleType::try_from(r.r#type) {
-            Ok(mm::OperateUserRoleType::AddUserToRole) => (vec![r.role_name], Vec::new()),
-            Ok(mm::OperateUserRoleType::RemoveUserFromRole) => (Vec::new(), vec![r.role_name]),
-            Err(_) => {
-                return Err(Failure::invalid(format!(
-                    "operate user role type {} is not one Milvus has",
-                    r.r#type
-                )));
-            }
+        let adding = match mm::OperateUserRoleType::try_from(r.r#type) {
+            Ok(mm::OperateUserRoleType::AddUserToRole) => Ok(true),
+            Ok(mm::OperateUserRoleType::RemoveUserFromRole) => Ok(false),
+            Err(_) => Err(r.r#type),
         };
+        let (add, remove) = added_or_removed("operate user role", adding, vec![r.role_name])?;
         let request = v1::AlterUserRolesRequest {
             user: r.username,
             add,
@@ -774,18 +786,12 @@ impl Rbac {
         r: mm::OperatePrivilegeGroupRequest,
     ) -> Result<(), Failure> {
         let privileges: Vec<String> = r.privileges.into_iter().map(|p| p.name).collect();
-        let (add, remove) = match mm::OperatePrivilegeGroupType::try_from(r.r#type) {
-            Ok(mm::OperatePrivilegeGroupType::AddPrivilegesToGroup) => (privileges, Vec::new()),
-            Ok(mm::OperatePrivilegeGroupType::RemovePrivilegesFromGroup) => {
-                (Vec::new(), privileges)
-            }
-            Err(_) => {
-                return Err(Failure::invalid(format!(
-                    "operate privilege group type {} is not one Milvus has",
-                    r.r#type
-                )));
-            }
+        let adding = match mm::OperatePrivilegeGroupType::try_from(r.r#type) {
+            Ok(mm::OperatePrivilegeGroupType::AddPrivilegesToGroup) => Ok(true),
+            Ok(mm::OperatePrivilegeGroupType::RemovePrivilegesFromGroup) => Ok(false),
+            Err(_) => Err(r.r#type),
         };
+        let (add, remove) = added_or_removed("operate privilege group", adding, privileges)?;
         let request = v1::AlterPrivilegeGroupRequest {
             name: r.group_name,
             add,

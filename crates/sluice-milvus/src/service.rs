@@ -4469,16 +4469,15 @@ impl MilvusService for MilvusFront {
         r: Request<mm::ListCredUsersRequest>,
     ) -> Reply<mm::ListCredUsersResponse> {
         self.authorize(&r, "").await?;
-        Ok(Response::new(match self.rbac.list_cred_users().await {
-            Ok(usernames) => mm::ListCredUsersResponse {
-                status: Some(status::ok()),
-                usernames,
-            },
-            Err(f) => mm::ListCredUsersResponse {
-                status: Some(f.status()),
-                usernames: Vec::new(),
-            },
-        }))
+        Ok(Response::new(database::answer(
+            self.rbac
+                .list_cred_users()
+                .await
+                .map(|usernames| mm::ListCredUsersResponse {
+                    status: Some(status::ok()),
+                    usernames,
+                }),
+        )))
     }
 
     async fn create_role(&self, r: Request<mm::CreateRoleRequest>) -> Reply<Status> {
@@ -4504,18 +4503,15 @@ impl MilvusService for MilvusFront {
         r: Request<mm::SelectRoleRequest>,
     ) -> Reply<mm::SelectRoleResponse> {
         self.authorize(&r, "").await?;
-        Ok(Response::new(
-            match self.rbac.select_role(r.into_inner()).await {
-                Ok(results) => mm::SelectRoleResponse {
+        Ok(Response::new(database::answer(
+            self.rbac
+                .select_role(r.into_inner())
+                .await
+                .map(|results| mm::SelectRoleResponse {
                     status: Some(status::ok()),
                     results,
-                },
-                Err(f) => mm::SelectRoleResponse {
-                    status: Some(f.status()),
-                    results: Vec::new(),
-                },
-            },
-        ))
+                }),
+        )))
     }
 
     async fn select_user(
@@ -4523,18 +4519,15 @@ impl MilvusService for MilvusFront {
         r: Request<mm::SelectUserRequest>,
     ) -> Reply<mm::SelectUserResponse> {
         self.authorize(&r, "").await?;
-        Ok(Response::new(
-            match self.rbac.select_user(r.into_inner()).await {
-                Ok(results) => mm::SelectUserResponse {
+        Ok(Response::new(database::answer(
+            self.rbac
+                .select_user(r.into_inner())
+                .await
+                .map(|results| mm::SelectUserResponse {
                     status: Some(status::ok()),
                     results,
-                },
-                Err(f) => mm::SelectUserResponse {
-                    status: Some(f.status()),
-                    results: Vec::new(),
-                },
-            },
-        ))
+                }),
+        )))
     }
 
     async fn operate_privilege(&self, r: Request<mm::OperatePrivilegeRequest>) -> Reply<Status> {
@@ -4557,18 +4550,15 @@ impl MilvusService for MilvusFront {
         r: Request<mm::SelectGrantRequest>,
     ) -> Reply<mm::SelectGrantResponse> {
         self.authorize(&r, "").await?;
-        Ok(Response::new(
-            match self.rbac.select_grant(r.into_inner()).await {
-                Ok(entities) => mm::SelectGrantResponse {
+        Ok(Response::new(database::answer(
+            self.rbac
+                .select_grant(r.into_inner())
+                .await
+                .map(|entities| mm::SelectGrantResponse {
                     status: Some(status::ok()),
                     entities,
-                },
-                Err(f) => mm::SelectGrantResponse {
-                    status: Some(f.status()),
-                    entities: Vec::new(),
-                },
-            },
-        ))
+                }),
+        )))
     }
 
     async fn backup_rbac(
@@ -4576,16 +4566,15 @@ impl MilvusService for MilvusFront {
         r: Request<mm::BackupRbacMetaRequest>,
     ) -> Reply<mm::BackupRbacMetaResponse> {
         self.authorize(&r, "").await?;
-        Ok(Response::new(match self.rbac.backup().await {
-            Ok(meta) => mm::BackupRbacMetaResponse {
-                status: Some(status::ok()),
-                rbac_meta: Some(meta),
-            },
-            Err(f) => mm::BackupRbacMetaResponse {
-                status: Some(f.status()),
-                rbac_meta: None,
-            },
-        }))
+        Ok(Response::new(database::answer(
+            self.rbac
+                .backup()
+                .await
+                .map(|meta| mm::BackupRbacMetaResponse {
+                    status: Some(status::ok()),
+                    rbac_meta: Some(meta),
+                }),
+        )))
     }
 
     async fn restore_rbac(&self, r: Request<mm::RestoreRbacMetaRequest>) -> Reply<Status> {
@@ -4618,18 +4607,15 @@ impl MilvusService for MilvusFront {
         r: Request<mm::ListPrivilegeGroupsRequest>,
     ) -> Reply<mm::ListPrivilegeGroupsResponse> {
         self.authorize(&r, "").await?;
-        Ok(Response::new(
-            match self.rbac.list_privilege_groups().await {
-                Ok(privilege_groups) => mm::ListPrivilegeGroupsResponse {
+        Ok(Response::new(database::answer(
+            self.rbac
+                .list_privilege_groups()
+                .await
+                .map(|privilege_groups| mm::ListPrivilegeGroupsResponse {
                     status: Some(status::ok()),
                     privilege_groups,
-                },
-                Err(f) => mm::ListPrivilegeGroupsResponse {
-                    status: Some(f.status()),
-                    privilege_groups: Vec::new(),
-                },
-            },
-        ))
+                }),
+        )))
     }
 
     async fn operate_privilege_group(
