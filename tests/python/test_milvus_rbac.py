@@ -96,6 +96,13 @@ def test_a_user_does_what_its_roles_grant_and_nothing_else(secured):
     assert sorted(r["id"] for r in got) == [0, 1, 2, 3, 4]
     refused(lambda: alice.search("r_other", [[0.5] * DIM], limit=2), "PrivilegeSearch")
     refused(lambda: alice.insert("r_books", rows(1, start=50)), "PrivilegeInsert")
+    # Through an alias, the collection's grants apply (Milvus resolves aliases first).
+    if "r_books_nick" in root.list_aliases("r_books")["aliases"]:
+        root.drop_alias("r_books_nick")
+    root.create_alias("r_books", "r_books_nick")
+    assert len(alice.query("r_books_nick", filter="id >= 0")) == 5
+    refused(lambda: alice.insert("r_books_nick", rows(1, start=50)), "permission deny")
+    root.drop_alias("r_books_nick")
     refused(lambda: alice.create_user("r_carol", "carol-secret"), "PrivilegeCreateOwnership")
     granted = root.describe_role("r_reader")["privileges"]
     assert sorted((g["object_type"], g["object_name"], g["privilege"]) for g in granted) == [

@@ -334,6 +334,25 @@ impl Rbac {
             .is_some_and(|roles| roles.iter().any(|r| r == ADMIN_ROLE)))
     }
 
+    /// The collection alias `name` of database `database` names (`None`: it names none, or
+    /// the catalog did not answer).
+    async fn collection_of_alias(&self, database: &str, name: &str) -> Option<String> {
+        use sluice_types::schema::{in_database, split_database};
+        let info = self
+            .coord
+            .clone()
+            .describe_collection(v1::DescribeCollectionRequest {
+                which: Some(v1::describe_collection_request::Which::Name(in_database(
+                    database, name,
+                ))),
+            })
+            .await
+            .ok()?
+            .into_inner();
+        let real = split_database(&info.schema?.name).1.to_owned();
+        (real != name).then_some(real)
+    }
+
     /// Of `names` (collections of database `database`), those the caller of a call with
     /// `metadata` may see: all with authorization off, for `root` and `admin` holders;
     /// otherwise those some grant of the caller's names (by name or `*`), as Milvus lists them.
@@ -397,7 +416,20 @@ impl Rbac {
                 database,
                 privilege,
             };
-            let allowed = grants.iter().any(|g| policy.permits(g, &need));
+            let mut allowed = grants.iter().any(|g| policy.permits(g, &need));
+            // A collection named by an alias: its grants name the collection (as Milvus
+            // resolves aliases before it checks).
+            if !allowed
+                && object_type == "Collection"
+                && name != ANY
+                && let Some(real) = self.collection_of_alias(database, name).await
+            {
+                let need = Need {
+                    name: &real,
+                    ..need
+                };
+                allowed = grants.iter().any(|g| policy.permits(g, &need));
+            }
             if !allowed {
                 return Err(Status::permission_denied(format!(
                     "Privilege{privilege}: permission deny to {user} in the `{database}` \
