@@ -397,6 +397,14 @@ pub(crate) fn pack_bits(values: &[f32]) -> Vec<u8> {
         .collect()
 }
 
+/// `values`, `dim` at a time, as JSON arrays of numbers (one per vector; `dim` > 0).
+fn vector_values(values: &[f32], dim: i64) -> Vec<Value> {
+    values
+        .chunks(dim as usize)
+        .map(|c| Value::Array(c.iter().map(|x| f64::from(*x).into()).collect()))
+        .collect()
+}
+
 /// Int8 vectors (Milvus's INT8_VECTOR: one signed byte a dimension) as 32-bit floats.
 pub(crate) fn int8s(bytes: &[u8]) -> Vec<f32> {
     bytes.iter().map(|&b| f32::from(b as i8)).collect()
@@ -664,11 +672,7 @@ fn column_values(fd: &FieldData) -> Result<Vec<Value>, Failure> {
             }
         },
         Some(field_data::Field::Vectors(v)) => match &v.data {
-            Some(vector_field::Data::FloatVector(a)) if v.dim > 0 => a
-                .data
-                .chunks(v.dim as usize)
-                .map(|c| Value::Array(c.iter().map(|x| f64::from(*x).into()).collect()))
-                .collect(),
+            Some(vector_field::Data::FloatVector(a)) if v.dim > 0 => vector_values(&a.data, v.dim),
             Some(vector_field::Data::Float16Vector(b) | vector_field::Data::Bfloat16Vector(b))
                 if v.dim > 0 =>
             {
@@ -681,10 +685,7 @@ fn column_values(fd: &FieldData) -> Result<Vec<Value>, Failure> {
                         v.dim
                     )));
                 }
-                half_floats(b, brain)
-                    .chunks(v.dim as usize)
-                    .map(|c| Value::Array(c.iter().map(|x| f64::from(*x).into()).collect()))
-                    .collect()
+                vector_values(&half_floats(b, brain), v.dim)
             }
             Some(vector_field::Data::Int8Vector(b)) if v.dim > 0 => {
                 if b.len() % v.dim as usize != 0 {
@@ -695,10 +696,7 @@ fn column_values(fd: &FieldData) -> Result<Vec<Value>, Failure> {
                         v.dim
                     )));
                 }
-                int8s(b)
-                    .chunks(v.dim as usize)
-                    .map(|c| Value::Array(c.iter().map(|x| f64::from(*x).into()).collect()))
-                    .collect()
+                vector_values(&int8s(b), v.dim)
             }
             Some(vector_field::Data::BinaryVector(b)) if v.dim > 0 => {
                 if v.dim % 8 != 0 || b.len() % (v.dim as usize / 8) != 0 {
@@ -709,10 +707,7 @@ fn column_values(fd: &FieldData) -> Result<Vec<Value>, Failure> {
                         v.dim
                     )));
                 }
-                unpack_bits(b)
-                    .chunks(v.dim as usize)
-                    .map(|c| Value::Array(c.iter().map(|x| f64::from(*x).into()).collect()))
-                    .collect()
+                vector_values(&unpack_bits(b), v.dim)
             }
             Some(vector_field::Data::SparseFloatVector(a)) => a
                 .contents

@@ -504,32 +504,34 @@ impl Rbac {
         F: FnOnce(CoordinatorClient<Channel>) -> Fut,
         Fut: std::future::Future<Output = Result<tonic::Response<T>, Status>>,
     {
-        call(self.coord.clone())
-            .await
-            .map_err(|s| coord_failure(&s))?;
+        self.ask(call).await?;
         self.forget();
         Ok(())
     }
 
-    async fn users(&self) -> Result<Vec<v1::UserInfo>, Failure> {
-        Ok(self
-            .coord
-            .clone()
-            .list_users(v1::ListUsersRequest {})
+    /// Asks the coordinator (`call` with a client of it) for its answer.
+    async fn ask<T, F, Fut>(&self, call: F) -> Result<T, Failure>
+    where
+        F: FnOnce(CoordinatorClient<Channel>) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<T>, Status>>,
+    {
+        Ok(call(self.coord.clone())
             .await
             .map_err(|s| coord_failure(&s))?
-            .into_inner()
+            .into_inner())
+    }
+
+    async fn users(&self) -> Result<Vec<v1::UserInfo>, Failure> {
+        Ok(self
+            .ask(|mut c| async move { c.list_users(v1::ListUsersRequest {}).await })
+            .await?
             .users)
     }
 
     async fn roles(&self) -> Result<Vec<v1::RoleInfo>, Failure> {
         Ok(self
-            .coord
-            .clone()
-            .list_roles(v1::ListRolesRequest {})
-            .await
-            .map_err(|s| coord_failure(&s))?
-            .into_inner()
+            .ask(|mut c| async move { c.list_roles(v1::ListRolesRequest {}).await })
+            .await?
             .roles)
     }
 
@@ -768,12 +770,11 @@ impl Rbac {
 
     async fn privilege_groups(&self) -> Result<Vec<v1::PrivilegeGroupInfo>, Failure> {
         Ok(self
-            .coord
-            .clone()
-            .list_privilege_groups(v1::ListPrivilegeGroupsRequest {})
-            .await
-            .map_err(|s| coord_failure(&s))?
-            .into_inner()
+            .ask(|mut c| async move {
+                c.list_privilege_groups(v1::ListPrivilegeGroupsRequest {})
+                    .await
+            })
+            .await?
             .groups)
     }
 
@@ -838,12 +839,8 @@ impl Rbac {
     /// grant and custom privilege group.
     pub(crate) async fn backup(&self) -> Result<mm::RbacMeta, Failure> {
         let snapshot = self
-            .coord
-            .clone()
-            .export_rbac(v1::ExportRbacRequest {})
-            .await
-            .map_err(|s| coord_failure(&s))?
-            .into_inner();
+            .ask(|mut c| async move { c.export_rbac(v1::ExportRbacRequest {}).await })
+            .await?;
         let b64 = base64::engine::general_purpose::STANDARD;
         let users = snapshot
             .users
